@@ -1,0 +1,318 @@
+//! Header blocks: finding fields, unfolding them, and the RFC 2045 `type/subtype; a=b` syntax.
+//! Values stay raw (encoded words are not decoded): IMAP's ENVELOPE and BODYSTRUCTURE want
+//! them so.
+
+use std::ops::Range;
+
+/// One header field of a block: where its name and its value are in the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Field {
+    pub(crate) name: Range<usize>,
+    /// From after the colon to the end of the field, line breaks included.
+    pub(crate) value: Range<usize>,
+}
+
+/// Splits the header block at `raw[range]` into fields. Lines that are neither a field nor a
+/// continuation are skipped, as mail software does.
+pub(crate) fn fields(raw: &[u8], range: Range<usize>) -> Vec<Field> {
+    let mut out: Vec<Field> = Vec::new();
+    let mut at = range.start;
+    while at < range.end {
+        let line_end = find_line_end(raw, at, range.end);
+        let line = &raw[at..line_end];
+        let content = trim_line_break(line);
+        if content.is_empty() {
+            break;
+        }
+        if content[0] == b' ' || content[0] == b'\t' {
+            if let Some(last) = out.last_mut() {
+                last.value.end = line_end;
+            }
+        } else if let Some(colon) = content.iter().position(|&b| b == b':') {
+            let name_end = at + trim_end_ws_len(&content[..colon]);
+            if name_end > at && content[..colon].iter().all(|&b| b > 32 && b < 127) {
+                out.push(Field {
+                    name: at..name_end,
+                    value: at + colon + 1..line_end,
+                });
+            }
+        }
+        at = line_end;
+    }
+    out
+}
+
+/// Finds the end of the header block that starts at `start`: the offset after the empty line,
+/// and the offset where the body starts (the same). A block with no empty line runs to `end`.
+pub(crate) fn header_end(raw: &[u8], start: usize, end: usize) -> usize {
+    let mut at = start;
+    while at < end {
+        let line_end = find_line_end(raw, at, end);
+        if trim_line_break(&raw[at..line_end]).is_empty() {
+            return line_end;
+        }
+        at = line_end;
+    }
+    end
+}
+
+/// The offset after the next LF at or after `at`, or `end`.
+pub(crate) fn find_line_end(raw: &[u8], at: usize, end: usize) -> usize {
+    raw[at..end]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(end, |p| at + p + 1)
+}
+
+fn trim_line_break(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn trim_end_ws_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |p| p + 1)
+}
+
+/// The unfolded value of a field: line breaks removed, outer whitespace trimmed. Bytes that
+/// are not UTF-8 are kept as Latin-1 characters, so nothing is lost or invented.
+pub(crate) fn unfolded(raw: &[u8], field: &Field) -> String {
+    let bytes: Vec<u8> = raw[field.value.clone()]
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\r' && b != b'\n')
+        .collect();
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => e.into_bytes().iter().map(|&b| char::from(b)).collect(),
+    };
+    text.trim().to_string()
+}
+
+/// The first field named `name` (ASCII case-insensitive), unfolded.
+pub(crate) fn first(raw: &[u8], fields: &[Field], name: &str) -> Option<String> {
+    fields
+        .iter()
+        .find(|f| raw[f.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+        .map(|f| unfolded(raw, f))
+}
+
+/// A parsed `value; attribute=value; …` header (Content-Type, Content-Disposition).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Structured {
+    pub(crate) value: String,
+    pub(crate) params: Vec<(String, String)>,
+}
+
+/// Parses `type/subtype; a=b; c="d e"` and `attachment; filename=x`. Comments are dropped,
+/// quoted strings unquoted. Parameters keep their names' case; RFC 2231 `name*=` forms are
+/// kept as they are written.
+pub(crate) fn structured(text: &str) -> Structured {
+    let mut tokens = Tokens {
+        chars: text.chars().collect(),
+        at: 0,
+    };
+    let mut value = String::new();
+    while let Some(c) = tokens.peek() {
+        if c == ';' {
+            break;
+        }
+        if c == '(' {
+            tokens.skip_comment();
+            continue;
+        }
+        tokens.at += 1;
+        if !c.is_whitespace() {
+            value.push(c);
+        }
+    }
+    let mut params = Vec::new();
+    while tokens.peek() == Some(';') {
+        tokens.at += 1;
+        tokens.skip_cfws();
+        let name = tokens.name();
+        tokens.skip_cfws();
+        if tokens.peek() != Some('=') {
+            // A name without a value: skip to the next parameter.
+            while let Some(c) = tokens.peek() {
+                if c == ';' {
+                    break;
+                }
+                tokens.at += 1;
+            }
+            continue;
+        }
+        tokens.at += 1;
+        tokens.skip_cfws();
+        let value = if tokens.peek() == Some('"') {
+            tokens.quoted()
+        } else {
+            tokens.value()
+        };
+        tokens.skip_cfws();
+        if !name.is_empty() {
+            params.push((name, value));
+        }
+    }
+    Structured { value, params }
+}
+
+struct Tokens {
+    chars: Vec<char>,
+    at: usize,
+}
+
+impl Tokens {
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.at).copied()
+    }
+
+    fn skip_cfws(&mut self) {
+        while let Some(c) = self.peek() {
+            if c == '(' {
+                self.skip_comment();
+            } else if c.is_whitespace() {
+                self.at += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Skips a comment, nested ones included, with a counter rather than recursion.
+    fn skip_comment(&mut self) {
+        let mut depth = 0usize;
+        while let Some(c) = self.peek() {
+            self.at += 1;
+            match c {
+                '\\' => self.at += 1,
+                '(' => depth += 1,
+                ')' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn name(&mut self) -> String {
+        let mut out = String::new();
+        while let Some(c) = self.peek() {
+            if c == ';' || c == '=' || c == '(' || c == '"' || c.is_whitespace() {
+                break;
+            }
+            out.push(c);
+            self.at += 1;
+        }
+        out
+    }
+
+    fn value(&mut self) -> String {
+        let mut out = self.name();
+        // A value with spaces but no quotes (seen in the wild): take the rest up to `;`.
+        if !out.is_empty() && self.peek().is_some_and(char::is_whitespace) {
+            let save = self.at;
+            let mut rest = String::new();
+            while let Some(c) = self.peek() {
+                if c == ';' || c == '(' {
+                    break;
+                }
+                rest.push(c);
+                self.at += 1;
+            }
+            let trimmed = rest.trim_end();
+            if trimmed.trim().is_empty() {
+                self.at = save;
+            } else {
+                out.push_str(trimmed);
+            }
+        }
+        out
+    }
+
+    fn quoted(&mut self) -> String {
+        let mut out = String::new();
+        self.at += 1;
+        while let Some(c) = self.peek() {
+            self.at += 1;
+            match c {
+                '"' => return out,
+                '\\' => {
+                    if let Some(next) = self.peek() {
+                        out.push(next);
+                        self.at += 1;
+                    }
+                }
+                '\r' | '\n' => {}
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structured_headers_parse_like_mail_software_does() {
+        let check = |text: &str, value: &str, params: &[(&str, &str)]| {
+            let parsed = structured(text);
+            assert_eq!(parsed.value, value, "{text}");
+            let got: Vec<(&str, &str)> = parsed.params.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            assert_eq!(got, params, "{text}");
+        };
+        check("text/plain", "text/plain", &[]);
+        check("text/plain; charset=UTF-8", "text/plain", &[("charset", "UTF-8")]);
+        check(
+            "Text/HTML ; charset = \"iso-8859-1\" (latin)",
+            "Text/HTML",
+            &[("charset", "iso-8859-1")],
+        );
+        check(
+            "multipart/mixed;\r\n\tboundary=\"=_a b\\\"c\"",
+            "multipart/mixed",
+            &[("boundary", "=_a b\"c")],
+        );
+        check(
+            "attachment; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf",
+            "attachment",
+            &[("filename*", "UTF-8''r%C3%A9sum%C3%A9.pdf")],
+        );
+        check(
+            "text/plain; ; charset=x; broken; name=a",
+            "text/plain",
+            &[("charset", "x"), ("name", "a")],
+        );
+        check(
+            "application/pdf; name=my file.pdf",
+            "application/pdf",
+            &[("name", "my file.pdf")],
+        );
+        check("", "", &[]);
+        check("(comment only", "", &[]);
+        check(
+            "text/plain; charset=\"unterminated",
+            "text/plain",
+            &[("charset", "unterminated")],
+        );
+    }
+
+    #[test]
+    fn fields_unfold_and_bad_lines_are_skipped() {
+        let raw = b"Subject: a\r\n b\r\nX-Bad\r\nFrom: x@y\r\n\r\nbody";
+        let end = header_end(raw, 0, raw.len());
+        assert_eq!(&raw[end..], b"body");
+        let found = fields(raw, 0..end);
+        assert_eq!(found.len(), 2);
+        assert_eq!(first(raw, &found, "subject").as_deref(), Some("a b"));
+        assert_eq!(first(raw, &found, "FROM").as_deref(), Some("x@y"));
+        assert_eq!(first(raw, &found, "To"), None);
+    }
+}

@@ -1,0 +1,100 @@
+//! Decoded text for search: header values with encoded words decoded, and the text of every
+//! text part (HTML reduced to text) in UTF-8, whatever the charset and transfer encoding.
+
+use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
+
+/// Most bytes of body text kept for search; the rest of a huge message is not searched.
+pub const SEARCH_TEXT_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// What SEARCH looks in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SearchText {
+    /// Header fields in order: lower-case name, decoded value.
+    pub headers: Vec<(String, String)>,
+    /// Text of the text parts and attachment names, decoded, one part per paragraph.
+    pub body: String,
+}
+
+impl SearchText {
+    /// Decoded values of every field named `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> impl Iterator<Item = &str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .filter(move |(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decodes `raw` for search. Never panics; what does not parse adds nothing.
+pub fn search_text(raw: &[u8]) -> SearchText {
+    let mut out = SearchText::default();
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return out;
+    };
+    for header in message.headers() {
+        out.headers.push((
+            header.name().to_ascii_lowercase(),
+            header_text(header.value(), raw, header),
+        ));
+    }
+    // Messages inside messages: an explicit list, bounded by the parser's own nesting limit.
+    let mut pending = vec![&message];
+    while let Some(current) = pending.pop() {
+        for part in &current.parts {
+            if out.body.len() >= SEARCH_TEXT_BYTES_MAX {
+                return out;
+            }
+            if let Some(name) = part.attachment_name() {
+                push_paragraph(&mut out.body, name);
+            }
+            match &part.body {
+                PartType::Text(text) => push_paragraph(&mut out.body, text),
+                PartType::Html(html) => push_paragraph(&mut out.body, &mail_parser::decoders::html::html_to_text(html)),
+                PartType::Message(nested) => pending.push(nested),
+                PartType::Binary(_) | PartType::InlineBinary(_) | PartType::Multipart(_) => {}
+            }
+        }
+    }
+    out.body.truncate(floor_char_boundary(&out.body, SEARCH_TEXT_BYTES_MAX));
+    out
+}
+
+fn push_paragraph(body: &mut String, text: &str) {
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    body.push_str(text);
+}
+
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn header_text(value: &HeaderValue<'_>, raw: &[u8], header: &mail_parser::Header<'_>) -> String {
+    match value {
+        HeaderValue::Text(text) => text.to_string(),
+        HeaderValue::TextList(list) => list.join(", "),
+        HeaderValue::Address(address) => address
+            .iter()
+            .map(|a| match (a.name(), a.address()) {
+                (Some(name), Some(email)) => format!("{name} <{email}>"),
+                (None, Some(email)) => email.to_string(),
+                (Some(name), None) => name.to_string(),
+                (None, None) => String::new(),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => {
+            let start = usize::try_from(header.offset_start()).unwrap_or(0);
+            let end = usize::try_from(header.offset_end()).unwrap_or(0);
+            raw.get(start..end)
+                .map(|v| String::from_utf8_lossy(v).trim().to_string())
+                .unwrap_or_default()
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The administrative subcommands: accounts, audit log, master key.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use sealpost_storage::{Account, AccountStatus, Actor, Error as StoreError, MasterKey, NewAccount, Role, Store};
+
+use crate::config::Loaded;
+
+#[derive(Subcommand)]
+pub(crate) enum AccountCommand {
+    /// Make an account. Without --password-stdin a password is generated and printed once.
+    Add {
+        address: String,
+        #[arg(long, default_value = "staff")]
+        role: Role,
+        /// The display name (default: the local part of the address).
+        #[arg(long)]
+        name: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// List accounts.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Stop an account from logging in; its mail stays.
+    Disable {
+        address: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Let a disabled account log in again.
+    Enable {
+        address: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Set a new password, read from the first line of standard input.
+    Password {
+        address: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Delete an account and destroy its keys: its mail can never be read again.
+    Delete {
+        address: String,
+        /// Confirms that the account's mail is to be destroyed.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Walk the hash chain and report the first broken link. Exits 1 if broken.
+    Verify {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Write records as JSON lines.
+    Export {
+        /// Only records at or after this time: RFC 3339 (2026-01-31T08:00:00Z), a date
+        /// (2026-01-31, midnight UTC) or Unix seconds.
+        #[arg(long)]
+        since: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Make a new master key and re-wrap every key with it (mail is not re-encrypted).
+    /// Stop `sealpost serve` first.
+    Rotate {
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+/// Opens the store of a data folder, finishing an interrupted key rotation if one is found.
+pub(crate) fn open_store(data: &Path) -> anyhow::Result<(Loaded, Store)> {
+    let loaded = Loaded::from_data_dir(data)?;
+    let key_path = loaded.master_key_path();
+    let master = MasterKey::load(&key_path)?;
+    match Store::open(loaded.store_config(), master) {
+        Err(StoreError::WrongMasterKey { .. }) if pending_key_path(&key_path).exists() => {
+            let pending = pending_key_path(&key_path);
+            let store = Store::open(loaded.store_config(), MasterKey::load(&pending)?)?;
+            finish_rotation(&key_path)?;
+            eprintln!("sealpost: finished an interrupted master key rotation");
+            Ok((loaded, store))
+        }
+        other => Ok((loaded, other?)),
+    }
+}
+
+fn pending_key_path(key_path: &Path) -> PathBuf {
+    key_path.with_extension("key.new")
+}
+
+/// Puts the new key in place: the old one is kept beside it, renamed, for old backups.
+fn finish_rotation(key_path: &Path) -> anyhow::Result<PathBuf> {
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let retired = key_path.with_extension(format!("key.retired-{stamp}"));
+    std::fs::rename(key_path, &retired).with_context(|| format!("renaming {}", key_path.display()))?;
+    std::fs::rename(pending_key_path(key_path), key_path)
+        .with_context(|| format!("renaming into {}", key_path.display()))?;
+    if let Some(dir) = key_path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(retired)
+}
+
+fn read_password_line() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.chars().count() < 8 {
+        bail!("the password must have at least 8 characters");
+    }
+    Ok(password)
+}
+
+fn find(store: &Store, address: &str) -> anyhow::Result<Account> {
+    store
+        .find_account(address)?
+        .with_context(|| format!("no account {address}"))
+}
+
+pub(crate) fn account(command: AccountCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AccountCommand::Add {
+            address,
+            role,
+            name,
+            password_stdin,
+            data,
+        } => {
+            let (_, store) = open_store(&data)?;
+            let generated = !password_stdin;
+            let password = if password_stdin {
+                read_password_line()?
+            } else {
+                crate::init::generate_password()
+            };
+            let local = address.split('@').next().unwrap_or_default().to_string();
+            let display_name = name.unwrap_or(local);
+            let id = store.create_account(
+                &NewAccount {
+                    address: &address,
+                    display_name: &display_name,
+                    role,
+                    password: Some(&password),
+                },
+                &Actor::cli(),
+            )?;
+            let account = store.account(id)?;
+            println!(
+                "created account {} ({}, role {})",
+                account.address,
+                account.id,
+                account.role.as_str()
+            );
+            if generated {
+                println!("password: {password}");
+                println!(
+                    "(shown once; set another with `sealpost account password {} --data …`)",
+                    account.address
+                );
+            }
+        }
+        AccountCommand::List { json, data } => {
+            let (_, store) = open_store(&data)?;
+            let mut out = std::io::stdout().lock();
+            for account in store.list_accounts()? {
+                let status = match account.status {
+                    AccountStatus::Active => "active",
+                    AccountStatus::Disabled => "disabled",
+                };
+                if json {
+                    let line = serde_json::json!({
+                        "id": account.id.0, "address": account.address, "name": account.display_name,
+                        "role": account.role.as_str(), "status": status, "created_at_ms": account.created_at_ms,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:>6}  {:<40} {:<6} {:<8} {}",
+                        account.id.0,
+                        account.address,
+                        account.role.as_str(),
+                        status,
+                        account.display_name
+                    )?;
+                }
+            }
+        }
+        AccountCommand::Disable { address, data } => {
+            let (_, store) = open_store(&data)?;
+            let account = find(&store, &address)?;
+            store.set_account_status(account.id, AccountStatus::Disabled, &Actor::cli())?;
+            println!("disabled {}", account.address);
+        }
+        AccountCommand::Enable { address, data } => {
+            let (_, store) = open_store(&data)?;
+            let account = find(&store, &address)?;
+            store.set_account_status(account.id, AccountStatus::Active, &Actor::cli())?;
+            println!("enabled {}", account.address);
+        }
+        AccountCommand::Password { address, data } => {
+            let (_, store) = open_store(&data)?;
+            let account = find(&store, &address)?;
+            let password = read_password_line()?;
+            store.set_password(account.id, &password, &Actor::cli())?;
+            println!("password changed for {}", account.address);
+        }
+        AccountCommand::Delete { address, yes, data } => {
+            let (_, store) = open_store(&data)?;
+            let account = find(&store, &address)?;
+            if !yes {
+                bail!(
+                    "deleting {} destroys its keys and all its mail for good; add --yes to confirm",
+                    account.address
+                );
+            }
+            store.delete_account(account.id, &Actor::cli())?;
+            println!("deleted {} and destroyed its keys", account.address);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Verify { data } => {
+            let (_, store) = open_store(&data)?;
+            let report = store.audit_verify()?;
+            match report.first_break {
+                None => {
+                    println!("audit chain intact: {} records verified", report.records_verified);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(broken) => {
+                    println!(
+                        "audit chain BROKEN at record {}: {} ({} records before it verified)",
+                        broken.seq, broken.reason, report.records_verified
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::Export { since, output, data } => {
+            let since_ms = since.as_deref().map(parse_since).transpose()?.unwrap_or(i64::MIN);
+            let (_, store) = open_store(&data)?;
+            let mut writer: Box<dyn Write> = match &output {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let mut count = 0u64;
+            store.audit_records(since_ms, &mut |record| {
+                let mut line =
+                    serde_json::to_value(&record).map_err(|_| StoreError::InvalidInput { what: "audit record" })?;
+                if let Some(object) = line.as_object_mut() {
+                    object.insert("at".to_string(), serde_json::Value::String(format_ms(record.at_ms)));
+                    object.insert(
+                        "outcome".to_string(),
+                        serde_json::Value::String(record.event.outcome.as_str().to_string()),
+                    );
+                }
+                writeln!(writer, "{line}").map_err(|source| StoreError::Io {
+                    path: PathBuf::from("(output)"),
+                    source,
+                })?;
+                count += 1;
+                Ok(())
+            })?;
+            writer.flush()?;
+            if output.is_some() {
+                eprintln!("exported {count} records");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub(crate) fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeyCommand::Rotate { data } => {
+            let (loaded, store) = open_store(&data)?;
+            let key_path = loaded.master_key_path();
+            let pending = pending_key_path(&key_path);
+            if pending.exists() {
+                bail!(
+                    "{} exists: a rotation is in progress or failed; inspect it before rotating again",
+                    pending.display()
+                );
+            }
+            let new_master = MasterKey::create_file(&pending)?;
+            let count = store.rotate_master_key(new_master, &Actor::cli())?;
+            drop(store);
+            let retired = finish_rotation(&key_path)?;
+            println!("master key rotated: {count} account key sets re-wrapped; mail was not re-encrypted");
+            println!("new key: {}", key_path.display());
+            println!(
+                "old key: {} (needed only for backups made before now: move it offline or destroy it)",
+                retired.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn parse_since(text: &str) -> anyhow::Result<i64> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds.saturating_mul(1000));
+    }
+    if let Ok(at) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok((at.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let date_format = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(date) = time::Date::parse(text, &date_format) {
+        return Ok(date.midnight().assume_utc().unix_timestamp() * 1000);
+    }
+    bail!("--since {text:?}: expected RFC 3339 (2026-01-31T08:00:00Z), a date (2026-01-31) or Unix seconds")
+}
+
+fn format_ms(ms: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+
+    #[test]
+    fn since_accepts_rfc3339_dates_and_unix_seconds() {
+        assert_eq!(parse_since("1700000000").unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_since("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_since("2023-11-14").unwrap(), 1_699_920_000_000);
+        assert!(parse_since("yesterday").is_err());
+    }
+}

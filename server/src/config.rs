@@ -1,0 +1,246 @@
+//! `sealpost.toml`: what it holds, its defaults, and errors that name the file and the key.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// The file name of the configuration inside the data folder.
+pub(crate) const CONFIG_FILE: &str = "sealpost.toml";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) server: ServerSection,
+    #[serde(default)]
+    pub(crate) paths: PathsSection,
+    pub(crate) listeners: ListenersSection,
+    #[serde(default)]
+    pub(crate) limits: LimitsSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerSection {
+    /// The organisation's primary mail domain.
+    pub(crate) domain: String,
+    /// The host name clients connect to; the certificate is made for it.
+    pub(crate) hostname: String,
+    /// The address every listener binds.
+    pub(crate) listen_host: IpAddr,
+}
+
+/// Paths, relative to the folder of the configuration file unless absolute.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PathsSection {
+    pub(crate) store: PathBuf,
+    pub(crate) master_key: PathBuf,
+    pub(crate) tls_certificate: PathBuf,
+    pub(crate) tls_private_key: PathBuf,
+}
+
+impl Default for PathsSection {
+    fn default() -> Self {
+        Self {
+            store: PathBuf::from("store"),
+            master_key: PathBuf::from("keys/master.key"),
+            tls_certificate: PathBuf::from("tls/cert.pem"),
+            tls_private_key: PathBuf::from("tls/key.pem"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenersSection {
+    pub(crate) imap: u16,
+    pub(crate) imaps: u16,
+    pub(crate) smtp: u16,
+    pub(crate) submission: u16,
+    pub(crate) submissions: u16,
+    pub(crate) https: u16,
+}
+
+impl ListenersSection {
+    /// The standard ports, each moved up by `base` (`--port-base`).
+    pub(crate) fn with_base(base: u16) -> anyhow::Result<Self> {
+        let port = |standard: u16| {
+            base.checked_add(standard)
+                .with_context(|| format!("--port-base {base} puts port {standard} past 65535"))
+        };
+        Ok(Self {
+            imap: port(143)?,
+            imaps: port(993)?,
+            smtp: port(25)?,
+            submission: port(587)?,
+            submissions: port(465)?,
+            https: port(443)?,
+        })
+    }
+
+    pub(crate) fn named(&self) -> [(&'static str, u16); 6] {
+        [
+            ("imap", self.imap),
+            ("imaps", self.imaps),
+            ("smtp", self.smtp),
+            ("submission", self.submission),
+            ("submissions", self.submissions),
+            ("https", self.https),
+        ]
+    }
+}
+
+/// Bounds, each named with its unit. Any left out keep their defaults.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LimitsSection {
+    pub(crate) message_bytes_max: u64,
+    pub(crate) mailboxes_per_account_max: u32,
+    pub(crate) mailbox_name_bytes_max: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let store = sealpost_storage::StoreLimits::default();
+        Self {
+            message_bytes_max: store.message_bytes_max,
+            mailboxes_per_account_max: store.mailboxes_per_account_max,
+            mailbox_name_bytes_max: store.mailbox_name_bytes_max,
+        }
+    }
+}
+
+/// A loaded configuration and the folder its relative paths start from.
+#[derive(Clone, Debug)]
+pub(crate) struct Loaded {
+    pub(crate) config: Config,
+    pub(crate) file: PathBuf,
+    base: PathBuf,
+}
+
+impl Loaded {
+    /// Reads `DIR/sealpost.toml`.
+    pub(crate) fn from_data_dir(dir: &Path) -> anyhow::Result<Self> {
+        Self::from_file(&dir.join(CONFIG_FILE))
+    }
+
+    pub(crate) fn from_file(file: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "cannot read {}: is this a Sealpost data folder? (`sealpost init` makes one)",
+                file.display()
+            )
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e))?;
+        validate(&config).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Self {
+            config,
+            file: file.to_path_buf(),
+            base,
+        })
+    }
+
+    pub(crate) fn path(&self, relative: &Path) -> PathBuf {
+        self.base.join(relative)
+    }
+
+    pub(crate) fn store_config(&self) -> sealpost_storage::StoreConfig {
+        let mut store =
+            sealpost_storage::StoreConfig::new(self.path(&self.config.paths.store), &self.config.server.domain);
+        store.limits.message_bytes_max = self.config.limits.message_bytes_max;
+        store.limits.mailboxes_per_account_max = self.config.limits.mailboxes_per_account_max;
+        store.limits.mailbox_name_bytes_max = self.config.limits.mailbox_name_bytes_max;
+        store
+    }
+
+    pub(crate) fn master_key_path(&self) -> PathBuf {
+        self.path(&self.config.paths.master_key)
+    }
+}
+
+fn validate(config: &Config) -> anyhow::Result<()> {
+    let domain = &config.server.domain;
+    if domain.is_empty() || !domain.contains('.') && domain != "localhost" || domain.contains(char::is_whitespace) {
+        bail!("server.domain: {domain:?} is not a domain name");
+    }
+    if config.server.hostname.is_empty() || config.server.hostname.contains(char::is_whitespace) {
+        bail!("server.hostname: {:?} is not a host name", config.server.hostname);
+    }
+    let ports = config.listeners.named();
+    for (name, port) in ports {
+        if port == 0 {
+            bail!("listeners.{name}: port 0 is not allowed");
+        }
+        if let Some((other, _)) = ports.iter().find(|(n, p)| *p == port && *n != name) {
+            bail!("listeners.{name}: port {port} is also given to listeners.{other}");
+        }
+    }
+    let limits = &config.limits;
+    if limits.message_bytes_max < 1024 {
+        bail!(
+            "limits.message_bytes_max: {} is below 1024 bytes",
+            limits.message_bytes_max
+        );
+    }
+    if limits.mailboxes_per_account_max < 7 {
+        bail!("limits.mailboxes_per_account_max: must be at least 7 (the default mailboxes)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(&file, text).unwrap();
+        match Loaded::from_file(&file) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("{e:#}").replace(&file.display().to_string(), "FILE"),
+        }
+    }
+
+    const GOOD: &str = r#"
+[server]
+domain = "clinic.example"
+hostname = "mail.clinic.example"
+listen_host = "127.0.0.1"
+[listeners]
+imap = 143
+imaps = 993
+smtp = 25
+submission = 587
+submissions = 465
+https = 443
+"#;
+
+    #[test]
+    fn config_errors_name_the_file_and_the_key() {
+        assert_eq!(parse(GOOD), "ok");
+        let check = |from: &str, to: &str, expect: &str| {
+            let got = parse(&GOOD.replace(from, to));
+            assert!(got.starts_with("FILE: "), "{got}");
+            assert!(got.contains(expect), "expected {expect:?} in {got}");
+        };
+        check(
+            "imap = 143",
+            "imap = 993",
+            "listeners.imap: port 993 is also given to listeners.imaps",
+        );
+        check("smtp = 25", "smtp = 0", "listeners.smtp: port 0");
+        check("smtp = 25", "smtp = 70000", "smtp");
+        check("domain = \"clinic.example\"", "domain = \"nodot\"", "server.domain");
+        check("listen_host = \"127.0.0.1\"", "listen_host = \"here\"", "listen_host");
+        check("https = 443", "https = 443\nhttp = 80", "unknown field `http`");
+        check(
+            "https = 443",
+            "https = 443\n[limits]\nmessage_bytes_max = 10",
+            "limits.message_bytes_max",
+        );
+    }
+}

@@ -1,0 +1,61 @@
+//! `sealpost`: the one binary. Subcommands set up a data folder, manage accounts and keys,
+//! check the audit log, and serve.
+
+mod cli;
+mod config;
+mod init;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sealpost", version, about = "Sealpost: a secure mail host for healthcare")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make a data folder: configuration, master key, self-signed certificate, empty store.
+    Init(init::InitArgs),
+    /// Make a demo data folder if there is none (with a demo account), print how to log in, and serve.
+    Demo(init::DemoArgs),
+    /// Run every configured service until SIGTERM or SIGINT.
+    Serve {
+        /// The data folder made by `sealpost init`.
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Manage accounts.
+    #[command(subcommand)]
+    Account(cli::AccountCommand),
+    /// Check and export the audit log.
+    #[command(subcommand)]
+    Audit(cli::AuditCommand),
+    /// Manage the master key.
+    #[command(subcommand)]
+    Key(cli::KeyCommand),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Init(args) => init::run_init(&args).map(|_| ExitCode::SUCCESS),
+        Command::Demo(args) => init::run_demo(&args),
+        Command::Serve { data } => serve::run(&data),
+        Command::Account(command) => cli::account(command),
+        Command::Audit(command) => cli::audit(command),
+        Command::Key(command) => cli::key(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("sealpost: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Keys and sealing.
+//!
+//! The master key (an age X25519 identity in a file outside the store) wraps two kinds of
+//! key sets with age: the store's own keys (address index, directory, audit) and one key set
+//! per account (metadata, content). Records and body chunks are sealed with
+//! XChaCha20-Poly1305 under those keys, with the record's table and key as associated data,
+//! so a sealed value moved to another key does not open.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use age::secrecy::ExposeSecret;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::error::{Error, Result};
+
+/// The master key: an age identity read from a key file that only its owner may read.
+pub struct MasterKey {
+    identity: age::x25519::Identity,
+    path: PathBuf,
+}
+
+impl MasterKey {
+    /// Makes a new master key and writes it to `path` (mode 0600). Refuses to overwrite.
+    pub fn create_file(path: &Path) -> Result<Self> {
+        let identity = age::x25519::Identity::generate();
+        let io_error = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_error)?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).map_err(io_error)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_error)?;
+        let text = format!(
+            "# Sealpost master key. Without it the store cannot be opened; keep a copy offline.\n\
+             # public key: {}\n{}\n",
+            identity.to_public(),
+            identity.to_string().expose_secret()
+        );
+        file.write_all(text.as_bytes()).map_err(io_error)?;
+        file.sync_all().map_err(io_error)?;
+        sync_parent(path)?;
+        Ok(Self {
+            identity,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Reads the master key from `path`, refusing a file that group or others can read.
+    pub fn load(path: &Path) -> Result<Self> {
+        let fail = |reason: String| Error::MasterKeyFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let metadata = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(fail(format!(
+                "mode is {mode:o}, readable by others than its owner; run chmod 600 on it"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let mut lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'));
+        let (Some(line), None) = (lines.next(), lines.next()) else {
+            return Err(fail("expected exactly one AGE-SECRET-KEY-1… line".to_string()));
+        };
+        let identity = line
+            .parse::<age::x25519::Identity>()
+            .map_err(|_| fail("not an age X25519 secret key".to_string()))?;
+        Ok(Self {
+            identity,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Makes a key that lives only in memory (tests, benchmarks).
+    pub fn ephemeral() -> Self {
+        Self {
+            identity: age::x25519::Identity::generate(),
+            path: PathBuf::from("(memory)"),
+        }
+    }
+
+    /// The file this key was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The age recipient (public key) of this master key.
+    pub fn recipient(&self) -> String {
+        self.identity.to_public().to_string()
+    }
+
+    pub(crate) fn wrap(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        age::encrypt(&self.identity.to_public(), plaintext)
+            .map_err(|e| Error::corrupt(format!("age encryption failed: {e}")))
+    }
+
+    /// Returns `None` when the ciphertext was not made for this key.
+    pub(crate) fn unwrap(&self, ciphertext: &[u8]) -> Option<Vec<u8>> {
+        age::decrypt(&self.identity, ciphertext).ok()
+    }
+}
+
+/// Fsyncs the folder holding `path`, so that a new or renamed file survives a crash.
+pub(crate) fn sync_parent(path: &Path) -> Result<()> {
+    let Some(parent) = path.parent() else { return Ok(()) };
+    std::fs::File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| Error::Io {
+            path: parent.to_path_buf(),
+            source,
+        })
+}
+
+/// 32 bytes of key material, wiped from memory when dropped.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct SecretKey([u8; 32]);
+
+impl SecretKey {
+    pub(crate) fn random() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+}
+
+/// The store's own keys, wrapped by the master key in the meta table.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoreKeys {
+    /// HMAC key for address look-ups.
+    pub(crate) index: SecretKey,
+    /// Seals account directory records (address, name, role, password hash).
+    pub(crate) directory: SecretKey,
+    /// Seals audit records; kept when accounts are shredded, since the log outlives them.
+    pub(crate) audit: SecretKey,
+}
+
+impl StoreKeys {
+    pub(crate) fn random() -> Self {
+        Self {
+            index: SecretKey::random(),
+            directory: SecretKey::random(),
+            audit: SecretKey::random(),
+        }
+    }
+}
+
+/// One account's keys, wrapped by the master key; deleting them shreds the account.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct AccountKeys {
+    pub(crate) metadata: SecretKey,
+    pub(crate) content: SecretKey,
+}
+
+impl AccountKeys {
+    pub(crate) fn random() -> Self {
+        Self {
+            metadata: SecretKey::random(),
+            content: SecretKey::random(),
+        }
+    }
+}
+
+pub(crate) fn wrap_keys<T: Serialize>(master: &MasterKey, keys: &T) -> Result<Vec<u8>> {
+    let mut plain = postcard::to_stdvec(keys).map_err(|e| Error::corrupt(format!("encoding keys: {e}")))?;
+    let wrapped = master.wrap(&plain);
+    plain.zeroize();
+    wrapped
+}
+
+/// Returns `None` when the master key does not open `wrapped`.
+pub(crate) fn unwrap_keys<T: for<'de> Deserialize<'de>>(master: &MasterKey, wrapped: &[u8]) -> Result<Option<T>> {
+    let Some(mut plain) = master.unwrap(wrapped) else {
+        return Ok(None);
+    };
+    let keys = postcard::from_bytes(&plain).map_err(|_| Error::corrupt("wrapped key set"));
+    plain.zeroize();
+    keys.map(Some)
+}
+
+/// Keyed hash used wherever the store must find a record by something identifying.
+pub(crate) fn keyed_hash(key: &SecretKey, domain: &[u8], data: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so this cannot fail for a 32-byte key.
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&key.0) else {
+        unreachable!("HMAC-SHA256 takes any key length")
+    };
+    mac.update(domain);
+    mac.update(&[0]);
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// How values are sealed.
+const SEAL_PLAIN: u8 = 0;
+const SEAL_XCHACHA: u8 = 1;
+const NONCE_BYTES: usize = 24;
+
+/// Seals and opens values under one key. Associated data binds each value to its place.
+#[derive(Clone)]
+pub(crate) struct Sealer {
+    cipher: Option<XChaCha20Poly1305>,
+}
+
+impl Sealer {
+    pub(crate) fn new(key: &SecretKey) -> Self {
+        Self {
+            cipher: Some(XChaCha20Poly1305::new((&key.0).into())),
+        }
+    }
+
+    /// A sealer that does not encrypt: only for measuring what encryption costs.
+    #[cfg(feature = "bench-unencrypted")]
+    pub(crate) fn plaintext() -> Self {
+        Self { cipher: None }
+    }
+
+    pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let Some(cipher) = &self.cipher else {
+            let mut out = Vec::with_capacity(1 + plaintext.len());
+            out.push(SEAL_PLAIN);
+            out.extend_from_slice(plaintext);
+            return out;
+        };
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let sealed = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad });
+        // Encryption with a valid key and nonce only fails past 256 GiB of plaintext, far
+        // over every limit the store enforces before it gets here.
+        let Ok(sealed) = sealed else {
+            unreachable!("XChaCha20-Poly1305 input over 256 GiB")
+        };
+        let mut out = Vec::with_capacity(1 + NONCE_BYTES + sealed.len());
+        out.push(SEAL_XCHACHA);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        let tampered = || Error::corrupt("a sealed value does not open (tampered, or moved)");
+        match (&self.cipher, sealed.split_first()) {
+            (None, Some((&SEAL_PLAIN, rest))) => Ok(rest.to_vec()),
+            (Some(cipher), Some((&SEAL_XCHACHA, rest))) if rest.len() >= NONCE_BYTES => {
+                let (nonce, body) = rest.split_at(NONCE_BYTES);
+                cipher
+                    .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad })
+                    .map_err(|_| tampered())
+            }
+            _ => Err(tampered()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_value_opens_only_with_its_associated_data() {
+        let sealer = Sealer::new(&SecretKey::random());
+        let sealed = sealer.seal(b"table/1", b"secret");
+        assert_eq!(sealer.open(b"table/1", &sealed).ok().as_deref(), Some(&b"secret"[..]));
+        assert!(sealer.open(b"table/2", &sealed).is_err());
+        let other = Sealer::new(&SecretKey::random());
+        assert!(other.open(b"table/1", &sealed).is_err());
+    }
+
+    #[test]
+    fn wrapped_keys_open_only_with_their_master_key() {
+        let master = MasterKey::ephemeral();
+        let wrapped = wrap_keys(&master, &StoreKeys::random()).ok();
+        let wrapped = wrapped.as_deref().unwrap_or_default();
+        assert!(matches!(unwrap_keys::<StoreKeys>(&master, wrapped), Ok(Some(_))));
+        assert!(matches!(
+            unwrap_keys::<StoreKeys>(&MasterKey::ephemeral(), wrapped),
+            Ok(None)
+        ));
+    }
+}

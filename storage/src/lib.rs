@@ -1,0 +1,60 @@
+//! The Sealpost mailbox store: accounts, mailboxes, messages and the audit log, encrypted at
+//! rest on RocksDB.
+//!
+//! [`Store`] is the handle. It is opened with a [`MasterKey`] (an age identity in a file
+//! outside the store folder); a wrong key is refused before any file is touched. Every record
+//! is sealed with a per-account key or a store key, and RocksDB keys hold only numbers, random
+//! ids and keyed hashes. Every method blocks: call it from a blocking thread.
+//!
+//! ```no_run
+//! use sealpost_storage::{Actor, Flags, InternalDate, MasterKey, NewAccount, NewMessage, Role, Store, StoreConfig};
+//!
+//! # fn main() -> Result<(), sealpost_storage::Error> {
+//! let master = MasterKey::create_file("/srv/sealpost/keys/master.key".as_ref())?;
+//! let store = Store::create(StoreConfig::new("/srv/sealpost/store", "clinic.example"), master)?;
+//! let alice = store.create_account(
+//!     &NewAccount { address: "alice", display_name: "Alice", role: Role::Staff, password: Some("a long passphrase") },
+//!     &Actor::cli(),
+//! )?;
+//! let inbox = store.mailbox_by_name(alice, "INBOX")?.expect("every account has an INBOX");
+//! let raw = b"Subject: hello\r\n\r\nhi\r\n";
+//! let appended = store.append(alice, inbox.id, &NewMessage {
+//!     raw, flags: Flags::new(), internal_date: InternalDate::now(), summary: b"",
+//! })?;
+//! assert_eq!(store.read_message(alice, inbox.id, appended.uid)?, raw);
+//! # Ok(()) }
+//! ```
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod account;
+mod audit;
+mod crypto;
+mod engine;
+mod error;
+mod keys;
+mod mailbox;
+mod message;
+mod notify;
+mod store;
+mod types;
+
+pub use account::{normalize_address, Login, ADDRESS_BYTES_MAX};
+pub use audit::{AuditBreak, AuditEvent, AuditOutcome, AuditRecord, AuditVerification};
+pub use crypto::MasterKey;
+pub use error::{Error, Result};
+pub use mailbox::MAILBOX_DELIMITER;
+pub use message::CHUNK_BYTES;
+pub use notify::{MailboxEvent, MailboxEvents};
+pub use store::{Actor, Store, StoreConfig, StoreLimits};
+pub use types::{
+    Account, AccountId, AccountStatus, Appended, Changes, FlagChange, Flags, FlagsStored, InternalDate, Mailbox,
+    MailboxId, MessageMeta, NewAccount, NewMessage, Role, SpecialUse, SystemFlag, Usage,
+};
+
+/// Milliseconds since the Unix epoch, by the system clock.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

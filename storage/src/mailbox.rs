@@ -1,0 +1,454 @@
+//! Mailboxes: sealed records under `account ‖ mailbox id`, with the account's counters in
+//! slot 0. Names live only inside the sealed records.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Batch, Durability, Scan, Table};
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::notify::MailboxEvent;
+use crate::store::{AccountCrypto, Store};
+use crate::types::{AccountId, Mailbox, MailboxId, SpecialUse};
+
+/// The hierarchy delimiter of mailbox names.
+pub const MAILBOX_DELIMITER: char = '/';
+
+/// The mailboxes every new account gets.
+pub(crate) const DEFAULT_MAILBOXES: [(&str, Option<SpecialUse>); 7] = [
+    ("INBOX", None),
+    ("Sent", Some(SpecialUse::Sent)),
+    ("Drafts", Some(SpecialUse::Drafts)),
+    ("Trash", Some(SpecialUse::Trash)),
+    ("Junk", Some(SpecialUse::Junk)),
+    ("Archive", Some(SpecialUse::Archive)),
+    ("BACKUP", Some(SpecialUse::Backup)),
+];
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct AccountState {
+    next_mailbox_id: u32,
+    last_uid_validity: u32,
+}
+
+impl AccountState {
+    pub(crate) fn new() -> Self {
+        Self {
+            next_mailbox_id: 1,
+            last_uid_validity: 0,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct MailboxRecord {
+    pub(crate) name: String,
+    pub(crate) special_use: Option<SpecialUse>,
+    pub(crate) subscribed: bool,
+    pub(crate) uid_validity: u32,
+    pub(crate) uid_next: u32,
+    pub(crate) highest_modseq: u64,
+    pub(crate) messages: u32,
+    pub(crate) unseen: u32,
+    pub(crate) bytes: u64,
+}
+
+impl MailboxRecord {
+    pub(crate) fn read_only(&self) -> bool {
+        self.special_use == Some(SpecialUse::Backup)
+    }
+
+    fn to_mailbox(&self, id: MailboxId) -> Mailbox {
+        Mailbox {
+            id,
+            name: self.name.clone(),
+            special_use: self.special_use,
+            subscribed: self.subscribed,
+            read_only: self.read_only(),
+            uid_validity: self.uid_validity,
+            uid_next: self.uid_next,
+            highest_modseq: self.highest_modseq,
+            messages: self.messages,
+            unseen: self.unseen,
+            bytes: self.bytes,
+        }
+    }
+}
+
+fn is_inbox(name: &str) -> bool {
+    name.eq_ignore_ascii_case("INBOX")
+}
+
+/// Writes INBOX in upper case wherever it is the first level, as IMAP requires.
+fn canonical_name(name: &str) -> String {
+    match name.split_once(MAILBOX_DELIMITER) {
+        Some((first, rest)) if is_inbox(first) => format!("INBOX{MAILBOX_DELIMITER}{rest}"),
+        None if is_inbox(name) => "INBOX".to_string(),
+        _ => name.to_string(),
+    }
+}
+
+fn same_name(a: &str, b: &str) -> bool {
+    canonical_name(a) == canonical_name(b)
+}
+
+fn parent_names(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices(MAILBOX_DELIMITER).map(move |(at, _)| &name[..at])
+}
+
+fn mailbox_aad(account: AccountId, mailbox: MailboxId) -> Vec<u8> {
+    let mut aad = b"mailbox/".to_vec();
+    aad.extend_from_slice(&keys::mailbox(account, mailbox));
+    aad
+}
+
+impl Store {
+    /// Every mailbox of an account, sorted by name.
+    pub fn list_mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>> {
+        let mut list: Vec<Mailbox> = self
+            .mailbox_records(account)?
+            .into_iter()
+            .map(|(id, r)| r.to_mailbox(id))
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
+
+    /// Finds a mailbox by name (`INBOX` in any case).
+    pub fn mailbox_by_name(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>> {
+        Ok(self
+            .mailbox_records(account)?
+            .into_iter()
+            .find(|(_, r)| same_name(&r.name, name))
+            .map(|(id, r)| r.to_mailbox(id)))
+    }
+
+    /// Finds the mailbox with a special use (the first, if several have it).
+    pub fn mailbox_by_special_use(&self, account: AccountId, use_: SpecialUse) -> Result<Option<Mailbox>> {
+        Ok(self
+            .list_mailboxes(account)?
+            .into_iter()
+            .find(|m| m.special_use == Some(use_)))
+    }
+
+    pub fn mailbox(&self, account: AccountId, mailbox: MailboxId) -> Result<Mailbox> {
+        Ok(self.mailbox_record(account, mailbox)?.to_mailbox(mailbox))
+    }
+
+    /// Creates a mailbox, and any missing parent levels of its name.
+    pub fn create_mailbox(&self, account: AccountId, name: &str, special_use: Option<SpecialUse>) -> Result<MailboxId> {
+        let name = self.validate_name(name)?;
+        if special_use == Some(SpecialUse::Backup) {
+            return Err(Error::MailboxProtected {
+                action: "created",
+                reason: "there is one BACKUP folder",
+            });
+        }
+        let crypto = self.account_crypto(account)?;
+        let _namespace = self.inner.namespace_locks.lock(account, 0);
+        let existing = self.mailbox_records(account)?;
+        if existing.iter().any(|(_, r)| same_name(&r.name, &name)) {
+            return Err(Error::MailboxExists);
+        }
+        let mut state = self.account_state(&crypto, account)?;
+        let mut batch = Batch::default();
+        let mut created = 0u32;
+        for parent in parent_names(&name) {
+            if !existing.iter().any(|(_, r)| same_name(&r.name, parent)) {
+                self.stage_new_mailbox(&crypto, account, &mut state, parent, None, &mut batch)?;
+                created += 1;
+            }
+        }
+        let id = self.stage_new_mailbox(&crypto, account, &mut state, &name, special_use, &mut batch)?;
+        created += 1;
+        let max = self.inner.config.limits.mailboxes_per_account_max;
+        let total = existing.len() as u64 + u64::from(created);
+        if total > u64::from(max) {
+            return Err(Error::LimitExceeded {
+                what: "mailboxes per account",
+                actual: total,
+                max: u64::from(max),
+            });
+        }
+        self.stage_account_state(&crypto, account, &state, &mut batch)?;
+        self.inner.engine.write(batch, Durability::Synced)?;
+        Ok(id)
+    }
+
+    /// Renames a mailbox and every mailbox below it. Renaming INBOX moves its messages to a
+    /// new mailbox of that name and leaves INBOX empty (RFC 9051, section 6.3.6).
+    pub fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<()> {
+        let to = self.validate_name(to)?;
+        if is_inbox(from) {
+            return self.rename_inbox(account, &to);
+        }
+        let crypto = self.account_crypto(account)?;
+        let _namespace = self.inner.namespace_locks.lock(account, 0);
+        let existing = self.mailbox_records(account)?;
+        let Some((_, source)) = existing.iter().find(|(_, r)| same_name(&r.name, from)) else {
+            return Err(Error::MailboxNotFound);
+        };
+        if source.read_only() {
+            return Err(Error::MailboxProtected {
+                action: "renamed",
+                reason: "BACKUP keeps its name",
+            });
+        }
+        if is_inbox(&to) || to.starts_with(&format!("{}{MAILBOX_DELIMITER}", source.name)) {
+            return Err(Error::InvalidMailboxName {
+                reason: "cannot rename a mailbox into itself or INBOX",
+            });
+        }
+        let old_prefix = format!("{}{MAILBOX_DELIMITER}", source.name);
+        let mut renames = Vec::new();
+        for (id, record) in &existing {
+            let new_name = if record.name == source.name {
+                to.clone()
+            } else if let Some(rest) = record.name.strip_prefix(&old_prefix) {
+                format!("{to}{MAILBOX_DELIMITER}{rest}")
+            } else {
+                continue;
+            };
+            if existing.iter().any(|(_, r)| same_name(&r.name, &new_name)) {
+                return Err(Error::MailboxExists);
+            }
+            let mut renamed = record.clone();
+            renamed.name = new_name;
+            renames.push((*id, renamed));
+        }
+        let mut batch = Batch::default();
+        let mut state = self.account_state(&crypto, account)?;
+        let renamed_names: Vec<String> = renames.iter().map(|(_, r)| r.name.clone()).collect();
+        for parent in parent_names(&to) {
+            let exists = existing.iter().any(|(_, r)| same_name(&r.name, parent))
+                || renamed_names.iter().any(|n| same_name(n, parent));
+            if !exists {
+                self.stage_new_mailbox(&crypto, account, &mut state, parent, None, &mut batch)?;
+            }
+        }
+        for (id, record) in &renames {
+            self.stage_mailbox(&crypto, account, *id, record, &mut batch)?;
+        }
+        self.stage_account_state(&crypto, account, &state, &mut batch)?;
+        self.inner.engine.write(batch, Durability::Synced)
+    }
+
+    fn rename_inbox(&self, account: AccountId, to: &str) -> Result<()> {
+        let inbox = self.mailbox_by_name(account, "INBOX")?.ok_or(Error::MailboxNotFound)?;
+        let target = self.create_mailbox(account, to, None)?;
+        let uids: Vec<u32> = self.messages(account, inbox.id)?.iter().map(|m| m.uid).collect();
+        self.move_messages(account, inbox.id, &uids, target)?;
+        Ok(())
+    }
+
+    /// Deletes a mailbox and its messages. Mailboxes below it stay. INBOX and BACKUP cannot
+    /// be deleted.
+    pub fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<()> {
+        if is_inbox(name) {
+            return Err(Error::MailboxProtected {
+                action: "deleted",
+                reason: "INBOX always exists",
+            });
+        }
+        let crypto = self.account_crypto(account)?;
+        let _namespace = self.inner.namespace_locks.lock(account, 0);
+        let (id, record) = self
+            .mailbox_records(account)?
+            .into_iter()
+            .find(|(_, r)| same_name(&r.name, name))
+            .ok_or(Error::MailboxNotFound)?;
+        if record.read_only() {
+            return Err(Error::MailboxProtected {
+                action: "deleted",
+                reason: "BACKUP is kept by retention rules only",
+            });
+        }
+        let _mailbox = self.inner.mailbox_locks.lock(account, id.0);
+        let _blobs = self.inner.blob_locks.lock(account, 0);
+        let mut batch = Batch::default();
+        let mut blobs = crate::message::BlobChanges::default();
+        for meta in self.message_records(&crypto, account, id)? {
+            self.release_blob(&crypto, account, &meta.1.blob, &mut blobs)?;
+        }
+        blobs.stage(&crypto, account, &mut batch)?;
+        let prefix = keys::mailbox(account, id);
+        batch.delete_range(Table::Messages, prefix.clone(), keys::prefix_end(&prefix));
+        batch.delete_range(Table::Changes, prefix.clone(), keys::prefix_end(&prefix));
+        batch.delete(Table::Mailboxes, prefix);
+        self.inner.engine.write(batch, Durability::Synced)?;
+        self.inner.notifier.publish(account, id, &[MailboxEvent::Deleted]);
+        Ok(())
+    }
+
+    /// Subscribes to or unsubscribes from a mailbox (IMAP LSUB / LIST (SUBSCRIBED)).
+    pub fn set_subscribed(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()> {
+        let crypto = self.account_crypto(account)?;
+        let _namespace = self.inner.namespace_locks.lock(account, 0);
+        let (id, _) = self
+            .mailbox_records(account)?
+            .into_iter()
+            .find(|(_, r)| same_name(&r.name, name))
+            .ok_or(Error::MailboxNotFound)?;
+        let _mailbox = self.inner.mailbox_locks.lock(account, id.0);
+        // Re-read under the mailbox lock: counters may have moved since the scan.
+        let record = MailboxRecord {
+            subscribed,
+            ..self.mailbox_record(account, id)?
+        };
+        let mut batch = Batch::default();
+        self.stage_mailbox(&crypto, account, id, &record, &mut batch)?;
+        self.inner.engine.write(batch, Durability::Synced)
+    }
+
+    fn validate_name(&self, name: &str) -> Result<String> {
+        let limits = &self.inner.config.limits;
+        if name.is_empty() {
+            return Err(Error::InvalidMailboxName { reason: "empty" });
+        }
+        if name.len() > limits.mailbox_name_bytes_max {
+            return Err(Error::LimitExceeded {
+                what: "mailbox name bytes",
+                actual: name.len() as u64,
+                max: limits.mailbox_name_bytes_max as u64,
+            });
+        }
+        if name.chars().any(char::is_control) {
+            return Err(Error::InvalidMailboxName {
+                reason: "control characters",
+            });
+        }
+        let levels: Vec<&str> = name.split(MAILBOX_DELIMITER).collect();
+        if levels.iter().any(|l| l.is_empty()) {
+            return Err(Error::InvalidMailboxName {
+                reason: "an empty level (leading, trailing or doubled /)",
+            });
+        }
+        if levels.len() > limits.mailbox_depth_max {
+            return Err(Error::LimitExceeded {
+                what: "mailbox name levels",
+                actual: levels.len() as u64,
+                max: limits.mailbox_depth_max as u64,
+            });
+        }
+        if name.contains('*') || name.contains('%') {
+            return Err(Error::InvalidMailboxName {
+                reason: "* and % are LIST wildcards",
+            });
+        }
+        Ok(canonical_name(name))
+    }
+
+    pub(crate) fn mailbox_record(&self, account: AccountId, mailbox: MailboxId) -> Result<MailboxRecord> {
+        let crypto = self.account_crypto(account)?;
+        let sealed = self
+            .inner
+            .engine
+            .get(Table::Mailboxes, &keys::mailbox(account, mailbox))?
+            .ok_or(Error::MailboxNotFound)?;
+        open_record(&crypto, &mailbox_aad(account, mailbox), &sealed)
+    }
+
+    fn mailbox_records(&self, account: AccountId) -> Result<Vec<(MailboxId, MailboxRecord)>> {
+        let crypto = self.account_crypto(account)?;
+        let from = keys::mailbox(account, MailboxId(keys::ACCOUNT_STATE_SLOT + 1));
+        let to = keys::account(AccountId(account.0 + 1));
+        let mut out = Vec::new();
+        self.inner
+            .engine
+            .scan(Table::Mailboxes, &from, &to, &mut |key, value| {
+                let id = MailboxId(keys::read_u32(key, 8).ok_or_else(|| Error::corrupt("a mailbox key"))?);
+                out.push((id, open_record(&crypto, &mailbox_aad(account, id), value)?));
+                Ok(Scan::Continue)
+            })?;
+        Ok(out)
+    }
+
+    fn account_state(&self, crypto: &AccountCrypto, account: AccountId) -> Result<AccountState> {
+        let slot = MailboxId(keys::ACCOUNT_STATE_SLOT);
+        let sealed = self
+            .inner
+            .engine
+            .get(Table::Mailboxes, &keys::mailbox(account, slot))?
+            .ok_or(Error::AccountNotFound { id: account.0 })?;
+        open_record(crypto, &mailbox_aad(account, slot), &sealed)
+    }
+
+    pub(crate) fn stage_account_state(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        state: &AccountState,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        let slot = MailboxId(keys::ACCOUNT_STATE_SLOT);
+        batch.put(
+            Table::Mailboxes,
+            keys::mailbox(account, slot),
+            seal_record(crypto, &mailbox_aad(account, slot), state)?,
+        );
+        Ok(())
+    }
+
+    pub(crate) fn stage_new_mailbox(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        state: &mut AccountState,
+        name: &str,
+        special_use: Option<SpecialUse>,
+        batch: &mut Batch,
+    ) -> Result<MailboxId> {
+        let id = MailboxId(state.next_mailbox_id);
+        state.next_mailbox_id = state.next_mailbox_id.checked_add(1).ok_or(Error::LimitExceeded {
+            what: "mailboxes ever created",
+            actual: u64::from(u32::MAX),
+            max: u64::from(u32::MAX),
+        })?;
+        // A UIDVALIDITY never repeats within an account: after a delete and re-create under
+        // the same name, clients must see a new value.
+        let now = u32::try_from(crate::now_ms() / 1000).unwrap_or(u32::MAX);
+        state.last_uid_validity = now.max(state.last_uid_validity.saturating_add(1));
+        let record = MailboxRecord {
+            name: name.to_string(),
+            special_use,
+            subscribed: true,
+            uid_validity: state.last_uid_validity,
+            uid_next: 1,
+            highest_modseq: 1,
+            messages: 0,
+            unseen: 0,
+            bytes: 0,
+        };
+        self.stage_mailbox(crypto, account, id, &record, batch)?;
+        Ok(id)
+    }
+
+    pub(crate) fn stage_mailbox(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        id: MailboxId,
+        record: &MailboxRecord,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        batch.put(
+            Table::Mailboxes,
+            keys::mailbox(account, id),
+            seal_record(crypto, &mailbox_aad(account, id), record)?,
+        );
+        Ok(())
+    }
+}
+
+pub(crate) fn seal_record<T: Serialize>(crypto: &AccountCrypto, aad: &[u8], record: &T) -> Result<Vec<u8>> {
+    let plain = postcard::to_stdvec(record).map_err(|e| Error::corrupt(format!("encoding: {e}")))?;
+    Ok(crypto.metadata.seal(aad, &plain))
+}
+
+pub(crate) fn open_record<T: for<'de> Deserialize<'de>>(
+    crypto: &AccountCrypto,
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<T> {
+    let plain = crypto.metadata.open(aad, sealed)?;
+    postcard::from_bytes(&plain).map_err(|_| Error::corrupt("a mailbox store record"))
+}

@@ -1,0 +1,830 @@
+//! Messages and their bodies.
+//!
+//! A body is a blob: split into chunks of [`CHUNK_BYTES`], each compressed with zstd (kept raw
+//! when that does not help) and then sealed with the account's content key. A blob index
+//! record holds its size, chunk count, reference count and the caller's summary. Message
+//! records point at blobs, so copies within an account share one blob.
+//!
+//! Every operation is one atomic batch written with a synced log, under the mailbox's lock:
+//! UIDs and MODSEQs are assigned in order and never reused, and an operation that returned
+//! is on disk. Compression and encryption happen before the lock is taken.
+
+use std::collections::HashMap;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Batch, Durability, Scan, Table};
+use crate::error::{Error, Result};
+use crate::keys::{self, BlobId};
+use crate::mailbox::{open_record, seal_record, MailboxRecord};
+use crate::notify::MailboxEvent;
+use crate::store::{AccountCrypto, Store};
+use crate::types::{
+    AccountId, Appended, Changes, FlagChange, Flags, FlagsStored, InternalDate, MailboxId, MessageMeta, NewMessage,
+    SystemFlag, Usage,
+};
+
+/// Plaintext bytes per body chunk: the unit of a ranged read.
+pub const CHUNK_BYTES: usize = 128 * 1024;
+
+/// zstd level: level 1 compresses mail text about 3:1 at several hundred MB/s.
+const ZSTD_LEVEL: i32 = 1;
+const CHUNK_RAW: u8 = 0;
+const CHUNK_ZSTD: u8 = 1;
+
+const CHANGE_LIVE: u8 = 1;
+const CHANGE_EXPUNGED: u8 = 2;
+
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct MessageRecord {
+    pub(crate) blob: BlobId,
+    size: u64,
+    internal_date: InternalDate,
+    flags: Flags,
+    modseq: u64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct BlobRecord {
+    size: u64,
+    chunks: u32,
+    refcount: u32,
+    summary: Vec<u8>,
+}
+
+/// A body compressed and sealed, ready to be written under a lock.
+struct PreparedBlob {
+    id: BlobId,
+    size: u64,
+    chunks: Vec<Vec<u8>>,
+    summary: Vec<u8>,
+}
+
+/// Reference count changes collected over one operation, written once at the end.
+#[derive(Default)]
+pub(crate) struct BlobChanges {
+    records: HashMap<BlobId, Option<BlobRecord>>,
+}
+
+impl BlobChanges {
+    pub(crate) fn stage(self, crypto: &AccountCrypto, account: AccountId, batch: &mut Batch) -> Result<()> {
+        for (id, record) in self.records {
+            let key = keys::blob(account, &id);
+            match record {
+                Some(record) => batch.put(
+                    Table::BlobIndex,
+                    key.clone(),
+                    seal_record(crypto, &blob_aad(&key), &record)?,
+                ),
+                None => {
+                    batch.delete(Table::BlobIndex, key.clone());
+                    let chunk_start = keys::blob_chunk(account, &id, 0);
+                    batch.delete_range(Table::Blobs, chunk_start, keys::prefix_end(&key));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn message_aad(key: &[u8]) -> Vec<u8> {
+    [b"message/".as_slice(), key].concat()
+}
+
+fn blob_aad(key: &[u8]) -> Vec<u8> {
+    [b"blob/".as_slice(), key].concat()
+}
+
+fn chunk_aad(key: &[u8]) -> Vec<u8> {
+    [b"chunk/".as_slice(), key].concat()
+}
+
+fn change_value(kind: u8, uid: u32) -> Vec<u8> {
+    let mut value = vec![kind];
+    value.extend_from_slice(&uid.to_be_bytes());
+    value
+}
+
+impl Store {
+    /// Appends a message as a user would (IMAP APPEND). Returns once it is durable.
+    /// BACKUP refuses: only delivery writes there.
+    pub fn append(&self, account: AccountId, mailbox: MailboxId, message: &NewMessage<'_>) -> Result<Appended> {
+        let record = self.mailbox_record(account, mailbox)?;
+        if record.read_only() {
+            return Err(Error::ReadOnly {
+                reason: "BACKUP is written only by delivery",
+            });
+        }
+        let mut appended = self.deliver(account, &[mailbox], message)?;
+        appended
+            .pop()
+            .ok_or_else(|| Error::corrupt("delivery returned nothing"))
+    }
+
+    /// Delivers one message into several mailboxes of an account (for example INBOX and
+    /// BACKUP) as copies of one blob, in one atomic write. Returns once it is durable.
+    pub fn deliver(
+        &self,
+        account: AccountId,
+        mailboxes: &[MailboxId],
+        message: &NewMessage<'_>,
+    ) -> Result<Vec<Appended>> {
+        if mailboxes.is_empty() {
+            return Err(Error::InvalidInput {
+                what: "delivery to no mailbox",
+            });
+        }
+        self.check_flags(&message.flags)?;
+        let crypto = self.account_crypto(account)?;
+        let blob = self.prepare_blob(&crypto, account, message.raw, message.summary)?;
+        let ids: Vec<u32> = mailboxes.iter().map(|m| m.0).collect();
+        let _locks = self.inner.mailbox_locks.lock_many(account, &ids);
+        let mut batch = Batch::default();
+        let mut appended = Vec::with_capacity(mailboxes.len());
+        let mut records: Vec<(MailboxId, MailboxRecord)> = Vec::new();
+        for &mailbox in mailboxes {
+            let position = records.iter().position(|(id, _)| *id == mailbox);
+            let record = match position {
+                Some(at) => &mut records[at].1,
+                None => {
+                    records.push((mailbox, self.mailbox_record(account, mailbox)?));
+                    let last = records.len() - 1;
+                    &mut records[last].1
+                }
+            };
+            let meta = stage_new_message(
+                &crypto,
+                account,
+                mailbox,
+                record,
+                MessageRecord {
+                    blob: blob.id,
+                    size: blob.size,
+                    internal_date: message.internal_date,
+                    flags: message.flags.clone(),
+                    modseq: 0,
+                },
+                &mut batch,
+            )?;
+            appended.push(Appended {
+                mailbox,
+                uid_validity: record.uid_validity,
+                uid: meta.uid,
+                modseq: meta.modseq,
+            });
+        }
+        for (id, record) in &records {
+            self.stage_mailbox(&crypto, account, *id, record, &mut batch)?;
+        }
+        let refcount = u32::try_from(mailboxes.len()).map_err(|_| Error::InvalidInput {
+            what: "too many mailboxes",
+        })?;
+        self.stage_prepared_blob(&crypto, account, blob, refcount, &mut batch)?;
+        self.inner.engine.write(batch, Durability::Synced)?;
+        for done in &appended {
+            self.inner.notifier.publish(
+                account,
+                done.mailbox,
+                &[MailboxEvent::Appended {
+                    uid: done.uid,
+                    modseq: done.modseq,
+                }],
+            );
+        }
+        Ok(appended)
+    }
+
+    /// Every message of a mailbox, by ascending UID.
+    pub fn messages(&self, account: AccountId, mailbox: MailboxId) -> Result<Vec<MessageMeta>> {
+        let crypto = self.account_crypto(account)?;
+        Ok(self
+            .message_records(&crypto, account, mailbox)?
+            .into_iter()
+            .map(|(uid, record)| meta_of(uid, &record))
+            .collect())
+    }
+
+    pub fn message(&self, account: AccountId, mailbox: MailboxId, uid: u32) -> Result<MessageMeta> {
+        let crypto = self.account_crypto(account)?;
+        let record = self.message_record(&crypto, account, mailbox, uid)?;
+        Ok(meta_of(uid, &record))
+    }
+
+    /// The whole message, byte for byte as appended.
+    pub fn read_message(&self, account: AccountId, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
+        let crypto = self.account_crypto(account)?;
+        let record = self.message_record(&crypto, account, mailbox, uid)?;
+        let blob = self.blob_record(&crypto, account, &record.blob)?;
+        let mut out = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
+        let start = keys::blob_chunk(account, &record.blob, 0);
+        let end = keys::prefix_end(&keys::blob(account, &record.blob));
+        let mut next_chunk = 0u32;
+        self.inner.engine.scan(Table::Blobs, &start, &end, &mut |key, value| {
+            if keys::read_u32(key, 24) != Some(next_chunk) {
+                return Err(Error::corrupt("a message body misses a chunk"));
+            }
+            out.extend_from_slice(&open_chunk(&crypto, key, value)?);
+            next_chunk += 1;
+            Ok(Scan::Continue)
+        })?;
+        if next_chunk != blob.chunks || out.len() as u64 != blob.size {
+            return Err(Error::corrupt("a message body is shorter than its record says"));
+        }
+        Ok(out)
+    }
+
+    /// Up to `length` bytes of the message from `offset` (IMAP BODY[]<offset.length>).
+    /// Only the chunks that hold the range are read and decrypted.
+    pub fn read_message_range(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        uid: u32,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>> {
+        let crypto = self.account_crypto(account)?;
+        let record = self.message_record(&crypto, account, mailbox, uid)?;
+        let end = offset.saturating_add(length).min(record.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let chunk = CHUNK_BYTES as u64;
+        let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
+        for index in offset / chunk..=(end - 1) / chunk {
+            let index = u32::try_from(index).map_err(|_| Error::corrupt("chunk index"))?;
+            let key = keys::blob_chunk(account, &record.blob, index);
+            let sealed = self
+                .inner
+                .engine
+                .get(Table::Blobs, &key)?
+                .ok_or_else(|| Error::corrupt("a message body misses a chunk"))?;
+            let plain = open_chunk(&crypto, &key, &sealed)?;
+            let chunk_start = u64::from(index) * chunk;
+            let from = usize::try_from(offset.saturating_sub(chunk_start)).unwrap_or(0);
+            let to = usize::try_from((end - chunk_start).min(plain.len() as u64)).unwrap_or(0);
+            out.extend_from_slice(
+                plain
+                    .get(from..to)
+                    .ok_or_else(|| Error::corrupt("a short body chunk"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The summary stored with the message at append time.
+    pub fn message_summary(&self, account: AccountId, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
+        let crypto = self.account_crypto(account)?;
+        let record = self.message_record(&crypto, account, mailbox, uid)?;
+        Ok(self.blob_record(&crypto, account, &record.blob)?.summary)
+    }
+
+    /// Changes flags (IMAP STORE). Each changed message gets a new MODSEQ; with
+    /// `unchanged_since`, messages modified after it are left alone and reported
+    /// (CONDSTORE). UIDs that do not exist are skipped.
+    pub fn store_flags(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        uids: &[u32],
+        change: &FlagChange,
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagsStored> {
+        let (FlagChange::Replace(flags) | FlagChange::Add(flags) | FlagChange::Remove(flags)) = change;
+        self.check_flags(flags)?;
+        let crypto = self.account_crypto(account)?;
+        let _lock = self.inner.mailbox_locks.lock(account, mailbox.0);
+        let mut mailbox_record = self.mailbox_record(account, mailbox)?;
+        if mailbox_record.read_only() {
+            return Err(Error::ReadOnly {
+                reason: "flags in BACKUP cannot be changed",
+            });
+        }
+        let mut batch = Batch::default();
+        let mut outcome = FlagsStored::default();
+        let mut events = Vec::new();
+        for &uid in uids {
+            let Ok(mut record) = self.message_record(&crypto, account, mailbox, uid) else {
+                continue;
+            };
+            if unchanged_since.is_some_and(|since| record.modseq > since) {
+                outcome.conflicts.push(uid);
+                continue;
+            }
+            let flags = record.flags.apply(change);
+            self.check_flags(&flags)?;
+            if flags == record.flags {
+                outcome.unchanged.push(meta_of(uid, &record));
+                continue;
+            }
+            let was_seen = record.flags.has(SystemFlag::Seen);
+            let is_seen = flags.has(SystemFlag::Seen);
+            mailbox_record.unseen = match (was_seen, is_seen) {
+                (false, true) => mailbox_record.unseen.saturating_sub(1),
+                (true, false) => mailbox_record.unseen + 1,
+                _ => mailbox_record.unseen,
+            };
+            batch.delete(Table::Changes, keys::change(account, mailbox, record.modseq));
+            mailbox_record.highest_modseq += 1;
+            record.modseq = mailbox_record.highest_modseq;
+            record.flags = flags;
+            let key = keys::message(account, mailbox, uid);
+            batch.put(
+                Table::Messages,
+                key.clone(),
+                seal_record(&crypto, &message_aad(&key), &record)?,
+            );
+            batch.put(
+                Table::Changes,
+                keys::change(account, mailbox, record.modseq),
+                change_value(CHANGE_LIVE, uid),
+            );
+            events.push(MailboxEvent::FlagsChanged {
+                uid,
+                modseq: record.modseq,
+            });
+            outcome.changed.push(meta_of(uid, &record));
+        }
+        if !batch.is_empty() {
+            self.stage_mailbox(&crypto, account, mailbox, &mailbox_record, &mut batch)?;
+            self.inner.engine.write(batch, Durability::Synced)?;
+        }
+        self.inner.notifier.publish(account, mailbox, &events);
+        Ok(outcome)
+    }
+
+    /// Copies messages into another mailbox (IMAP COPY); the copies share the bodies.
+    /// Returns (source UID, new UID) pairs for COPYUID.
+    pub fn copy_messages(
+        &self,
+        account: AccountId,
+        from: MailboxId,
+        uids: &[u32],
+        to: MailboxId,
+    ) -> Result<Vec<(u32, u32)>> {
+        self.transfer(account, from, uids, to, false)
+    }
+
+    /// Moves messages into another mailbox (IMAP MOVE), atomically: they are in exactly one
+    /// of the two mailboxes at every moment.
+    pub fn move_messages(
+        &self,
+        account: AccountId,
+        from: MailboxId,
+        uids: &[u32],
+        to: MailboxId,
+    ) -> Result<Vec<(u32, u32)>> {
+        self.transfer(account, from, uids, to, true)
+    }
+
+    fn transfer(
+        &self,
+        account: AccountId,
+        from: MailboxId,
+        uids: &[u32],
+        to: MailboxId,
+        remove: bool,
+    ) -> Result<Vec<(u32, u32)>> {
+        if from == to && remove {
+            return Err(Error::InvalidInput {
+                what: "moving messages into their own mailbox",
+            });
+        }
+        let crypto = self.account_crypto(account)?;
+        let _locks = self.inner.mailbox_locks.lock_many(account, &[from.0, to.0]);
+        let _blobs = self.inner.blob_locks.lock(account, 0);
+        let mut source = self.mailbox_record(account, from)?;
+        let mut target = if from == to {
+            source.clone()
+        } else {
+            self.mailbox_record(account, to)?
+        };
+        if target.read_only() {
+            return Err(Error::ReadOnly {
+                reason: "BACKUP is written only by delivery",
+            });
+        }
+        if remove && source.read_only() {
+            return Err(Error::ReadOnly {
+                reason: "messages cannot be moved out of BACKUP",
+            });
+        }
+        let mut batch = Batch::default();
+        let mut blobs = BlobChanges::default();
+        let mut pairs = Vec::new();
+        let (mut appended, mut expunged) = (Vec::new(), Vec::new());
+        for &uid in uids {
+            let Ok(record) = self.message_record(&crypto, account, from, uid) else {
+                continue;
+            };
+            let copy = MessageRecord {
+                modseq: 0,
+                ..record.clone()
+            };
+            let target_record = if from == to { &mut source } else { &mut target };
+            let meta = stage_new_message(&crypto, account, to, target_record, copy, &mut batch)?;
+            appended.push(MailboxEvent::Appended {
+                uid: meta.uid,
+                modseq: meta.modseq,
+            });
+            pairs.push((uid, meta.uid));
+            if remove {
+                let modseq = stage_expunge(account, from, &mut source, uid, &record, &mut batch);
+                expunged.push(MailboxEvent::Expunged { uid, modseq });
+            } else {
+                self.retain_blob(&crypto, account, &record.blob, &mut blobs)?;
+            }
+        }
+        if pairs.is_empty() {
+            return Ok(pairs);
+        }
+        blobs.stage(&crypto, account, &mut batch)?;
+        self.stage_mailbox(&crypto, account, from, &source, &mut batch)?;
+        if from != to {
+            self.stage_mailbox(&crypto, account, to, &target, &mut batch)?;
+        }
+        self.inner.engine.write(batch, Durability::Synced)?;
+        self.inner.notifier.publish(account, to, &appended);
+        self.inner.notifier.publish(account, from, &expunged);
+        Ok(pairs)
+    }
+
+    /// Removes the messages flagged \Deleted (IMAP EXPUNGE), or only those among `only`
+    /// (UID EXPUNGE). Returns the expunged UIDs, ascending. Bodies go with their last copy.
+    pub fn expunge_deleted(&self, account: AccountId, mailbox: MailboxId, only: Option<&[u32]>) -> Result<Vec<u32>> {
+        let crypto = self.account_crypto(account)?;
+        let _lock = self.inner.mailbox_locks.lock(account, mailbox.0);
+        let _blobs = self.inner.blob_locks.lock(account, 0);
+        let mut mailbox_record = self.mailbox_record(account, mailbox)?;
+        if mailbox_record.read_only() {
+            return Err(Error::ReadOnly {
+                reason: "only retention rules remove messages from BACKUP",
+            });
+        }
+        let candidates: Vec<(u32, MessageRecord)> = match only {
+            None => self.message_records(&crypto, account, mailbox)?,
+            Some(uids) => {
+                let mut sorted = uids.to_vec();
+                sorted.sort_unstable();
+                sorted.dedup();
+                sorted
+                    .into_iter()
+                    .filter_map(|uid| {
+                        self.message_record(&crypto, account, mailbox, uid)
+                            .ok()
+                            .map(|r| (uid, r))
+                    })
+                    .collect()
+            }
+        };
+        let mut batch = Batch::default();
+        let mut blobs = BlobChanges::default();
+        let mut expunged = Vec::new();
+        let mut events = Vec::new();
+        for (uid, record) in candidates.into_iter().filter(|(_, r)| r.flags.has(SystemFlag::Deleted)) {
+            let modseq = stage_expunge(account, mailbox, &mut mailbox_record, uid, &record, &mut batch);
+            self.release_blob(&crypto, account, &record.blob, &mut blobs)?;
+            expunged.push(uid);
+            events.push(MailboxEvent::Expunged { uid, modseq });
+        }
+        if expunged.is_empty() {
+            return Ok(expunged);
+        }
+        blobs.stage(&crypto, account, &mut batch)?;
+        self.stage_mailbox(&crypto, account, mailbox, &mailbox_record, &mut batch)?;
+        self.inner.engine.write(batch, Durability::Synced)?;
+        self.inner.notifier.publish(account, mailbox, &events);
+        Ok(expunged)
+    }
+
+    /// What changed after `since` (CONDSTORE CHANGEDSINCE, QRESYNC): live messages with a
+    /// higher MODSEQ, and UIDs expunged after it.
+    pub fn changes_since(&self, account: AccountId, mailbox: MailboxId, since: u64) -> Result<Changes> {
+        let from = keys::change(account, mailbox, since.saturating_add(1));
+        let to = keys::prefix_end(&keys::mailbox(account, mailbox));
+        let mut changes = Changes::default();
+        self.inner.engine.scan(Table::Changes, &from, &to, &mut |key, value| {
+            let modseq = keys::read_u64(key, 12).ok_or_else(|| Error::corrupt("a change key"))?;
+            let uid = keys::read_u32(value, 1).ok_or_else(|| Error::corrupt("a change record"))?;
+            match value.first() {
+                Some(&CHANGE_LIVE) => changes.changed.push((uid, modseq)),
+                Some(&CHANGE_EXPUNGED) => changes.expunged.push(uid),
+                _ => return Err(Error::corrupt("a change record")),
+            }
+            Ok(Scan::Continue)
+        })?;
+        changes.changed.sort_unstable();
+        changes.expunged.sort_unstable();
+        Ok(changes)
+    }
+
+    /// Messages and bytes over all of an account's mailboxes (IMAP QUOTA).
+    pub fn usage(&self, account: AccountId) -> Result<Usage> {
+        Ok(self
+            .list_mailboxes(account)?
+            .iter()
+            .fold(Usage::default(), |usage, m| Usage {
+                messages: usage.messages + u64::from(m.messages),
+                bytes: usage.bytes + m.bytes,
+            }))
+    }
+
+    /// How many distinct bodies an account stores: copies share one, so this is at most the
+    /// number of messages over all its mailboxes.
+    pub fn body_count(&self, account: AccountId) -> Result<u64> {
+        let prefix = keys::account(account);
+        let mut count = 0u64;
+        self.inner
+            .engine
+            .scan(Table::BlobIndex, &prefix, &keys::prefix_end(&prefix), &mut |_, _| {
+                count += 1;
+                Ok(Scan::Continue)
+            })?;
+        Ok(count)
+    }
+
+    fn check_flags(&self, flags: &Flags) -> Result<()> {
+        let limits = &self.inner.config.limits;
+        if flags.keywords().len() > limits.keywords_per_message_max {
+            return Err(Error::LimitExceeded {
+                what: "keywords per message",
+                actual: flags.keywords().len() as u64,
+                max: limits.keywords_per_message_max as u64,
+            });
+        }
+        for keyword in flags.keywords() {
+            if keyword.len() > limits.keyword_bytes_max {
+                return Err(Error::LimitExceeded {
+                    what: "keyword bytes",
+                    actual: keyword.len() as u64,
+                    max: limits.keyword_bytes_max as u64,
+                });
+            }
+            let atom = |c: char| c.is_ascii_graphic() && !"(){%*\"\\]".contains(c);
+            if keyword.is_empty() || keyword.starts_with('\\') || !keyword.chars().all(atom) {
+                return Err(Error::InvalidInput {
+                    what: "a keyword is not an IMAP atom",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare_blob(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        raw: &[u8],
+        summary: &[u8],
+    ) -> Result<PreparedBlob> {
+        let max = self.inner.config.limits.message_bytes_max;
+        if raw.len() as u64 > max {
+            return Err(Error::LimitExceeded {
+                what: "message bytes",
+                actual: raw.len() as u64,
+                max,
+            });
+        }
+        let mut id = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut id);
+        let mut chunks = Vec::with_capacity(raw.len().div_ceil(CHUNK_BYTES));
+        for (index, plain) in raw.chunks(CHUNK_BYTES).enumerate() {
+            let index = u32::try_from(index).map_err(|_| Error::InvalidInput {
+                what: "message too large",
+            })?;
+            let key = keys::blob_chunk(account, &id, index);
+            chunks.push(seal_chunk(crypto, &key, plain));
+        }
+        Ok(PreparedBlob {
+            id,
+            size: raw.len() as u64,
+            chunks,
+            summary: summary.to_vec(),
+        })
+    }
+
+    fn stage_prepared_blob(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        blob: PreparedBlob,
+        refcount: u32,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        let chunk_count = u32::try_from(blob.chunks.len()).map_err(|_| Error::InvalidInput {
+            what: "message too large",
+        })?;
+        for (index, sealed) in (0u32..).zip(blob.chunks) {
+            batch.put(Table::Blobs, keys::blob_chunk(account, &blob.id, index), sealed);
+        }
+        let key = keys::blob(account, &blob.id);
+        let record = BlobRecord {
+            size: blob.size,
+            chunks: chunk_count,
+            refcount,
+            summary: blob.summary,
+        };
+        batch.put(
+            Table::BlobIndex,
+            key.clone(),
+            seal_record(crypto, &blob_aad(&key), &record)?,
+        );
+        Ok(())
+    }
+
+    fn blob_record(&self, crypto: &AccountCrypto, account: AccountId, id: &BlobId) -> Result<BlobRecord> {
+        let key = keys::blob(account, id);
+        let sealed = self
+            .inner
+            .engine
+            .get(Table::BlobIndex, &key)?
+            .ok_or_else(|| Error::corrupt("a message whose body is gone"))?;
+        open_record(crypto, &blob_aad(&key), &sealed)
+    }
+
+    fn pending_blob<'a>(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        id: &BlobId,
+        changes: &'a mut BlobChanges,
+    ) -> Result<&'a mut Option<BlobRecord>> {
+        if !changes.records.contains_key(id) {
+            let record = self.blob_record(crypto, account, id)?;
+            changes.records.insert(*id, Some(record));
+        }
+        changes
+            .records
+            .get_mut(id)
+            .ok_or_else(|| Error::corrupt("blob bookkeeping"))
+    }
+
+    fn retain_blob(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        id: &BlobId,
+        changes: &mut BlobChanges,
+    ) -> Result<()> {
+        let entry = self.pending_blob(crypto, account, id, changes)?;
+        let record = entry.as_mut().ok_or_else(|| Error::corrupt("a copy of a freed body"))?;
+        record.refcount += 1;
+        Ok(())
+    }
+
+    pub(crate) fn release_blob(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        id: &BlobId,
+        changes: &mut BlobChanges,
+    ) -> Result<()> {
+        let entry = self.pending_blob(crypto, account, id, changes)?;
+        let Some(record) = entry.as_mut() else {
+            return Err(Error::corrupt("a body released twice"));
+        };
+        record.refcount = record.refcount.saturating_sub(1);
+        if record.refcount == 0 {
+            *entry = None;
+        }
+        Ok(())
+    }
+
+    fn message_record(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        mailbox: MailboxId,
+        uid: u32,
+    ) -> Result<MessageRecord> {
+        let key = keys::message(account, mailbox, uid);
+        let sealed = self
+            .inner
+            .engine
+            .get(Table::Messages, &key)?
+            .ok_or(Error::MessageNotFound { uid })?;
+        open_record(crypto, &message_aad(&key), &sealed)
+    }
+
+    pub(crate) fn message_records(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        mailbox: MailboxId,
+    ) -> Result<Vec<(u32, MessageRecord)>> {
+        let prefix = keys::mailbox(account, mailbox);
+        let mut out = Vec::new();
+        self.inner.engine.scan(
+            Table::Messages,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            &mut |key, value| {
+                let uid = keys::read_u32(key, 12).ok_or_else(|| Error::corrupt("a message key"))?;
+                out.push((uid, open_record(crypto, &message_aad(key), value)?));
+                Ok(Scan::Continue)
+            },
+        )?;
+        Ok(out)
+    }
+}
+
+/// Gives `record` the mailbox's next UID and MODSEQ and stages it.
+fn stage_new_message(
+    crypto: &AccountCrypto,
+    account: AccountId,
+    mailbox: MailboxId,
+    mailbox_record: &mut MailboxRecord,
+    mut record: MessageRecord,
+    batch: &mut Batch,
+) -> Result<MessageMeta> {
+    let uid = mailbox_record.uid_next;
+    mailbox_record.uid_next = uid.checked_add(1).ok_or(Error::LimitExceeded {
+        what: "UIDs in a mailbox",
+        actual: u64::from(u32::MAX),
+        max: u64::from(u32::MAX),
+    })?;
+    mailbox_record.highest_modseq += 1;
+    record.modseq = mailbox_record.highest_modseq;
+    mailbox_record.messages += 1;
+    mailbox_record.bytes += record.size;
+    if !record.flags.has(SystemFlag::Seen) {
+        mailbox_record.unseen += 1;
+    }
+    let key = keys::message(account, mailbox, uid);
+    batch.put(
+        Table::Messages,
+        key.clone(),
+        seal_record(crypto, &message_aad(&key), &record)?,
+    );
+    batch.put(
+        Table::Changes,
+        keys::change(account, mailbox, record.modseq),
+        change_value(CHANGE_LIVE, uid),
+    );
+    Ok(meta_of(uid, &record))
+}
+
+/// Stages the removal of one message and its expunge tombstone; returns the new MODSEQ.
+fn stage_expunge(
+    account: AccountId,
+    mailbox: MailboxId,
+    mailbox_record: &mut MailboxRecord,
+    uid: u32,
+    record: &MessageRecord,
+    batch: &mut Batch,
+) -> u64 {
+    batch.delete(Table::Messages, keys::message(account, mailbox, uid));
+    batch.delete(Table::Changes, keys::change(account, mailbox, record.modseq));
+    mailbox_record.highest_modseq += 1;
+    let modseq = mailbox_record.highest_modseq;
+    batch.put(
+        Table::Changes,
+        keys::change(account, mailbox, modseq),
+        change_value(CHANGE_EXPUNGED, uid),
+    );
+    mailbox_record.messages = mailbox_record.messages.saturating_sub(1);
+    mailbox_record.bytes = mailbox_record.bytes.saturating_sub(record.size);
+    if !record.flags.has(SystemFlag::Seen) {
+        mailbox_record.unseen = mailbox_record.unseen.saturating_sub(1);
+    }
+    modseq
+}
+
+fn meta_of(uid: u32, record: &MessageRecord) -> MessageMeta {
+    MessageMeta {
+        uid,
+        modseq: record.modseq,
+        flags: record.flags.clone(),
+        internal_date: record.internal_date,
+        size: record.size,
+    }
+}
+
+/// Compresses (when it helps), then seals. Never the other way round: ciphertext does not
+/// compress, and compressing after encryption would leak through the sizes anyway.
+fn seal_chunk(crypto: &AccountCrypto, key: &[u8], plain: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(plain.len() + 1);
+    match zstd::bulk::compress(plain, ZSTD_LEVEL) {
+        Ok(compressed) if compressed.len() < plain.len() => {
+            framed.push(CHUNK_ZSTD);
+            framed.extend_from_slice(&compressed);
+        }
+        _ => {
+            framed.push(CHUNK_RAW);
+            framed.extend_from_slice(plain);
+        }
+    }
+    crypto.content.seal(&chunk_aad(key), &framed)
+}
+
+fn open_chunk(crypto: &AccountCrypto, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    let framed = crypto.content.open(&chunk_aad(key), sealed)?;
+    match framed.split_first() {
+        Some((&CHUNK_RAW, body)) => Ok(body.to_vec()),
+        Some((&CHUNK_ZSTD, body)) => {
+            zstd::bulk::decompress(body, CHUNK_BYTES).map_err(|_| Error::corrupt("a body chunk does not decompress"))
+        }
+        _ => Err(Error::corrupt("a body chunk of unknown framing")),
+    }
+}

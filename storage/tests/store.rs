@@ -1,0 +1,908 @@
+//! The store's promises, each shown against the real RocksDB store on disk.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use common::*;
+use sealpost_storage::{
+    AccountStatus, Actor, Error, FlagChange, Flags, InternalDate, Login, MailboxEvent, MasterKey, NewAccount,
+    NewMessage, Role, SpecialUse, Store, SystemFlag,
+};
+
+const MARKER: &str = "zqxmarker7731";
+
+#[test]
+fn marker_written_everywhere_is_nowhere_on_disk_but_reads_back() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let address = format!("{MARKER}@clinic.example");
+    let account = store
+        .create_account(
+            &NewAccount {
+                address: &address,
+                display_name: &format!("Dr {MARKER}"),
+                role: Role::Staff,
+                password: Some("pw-12345678"),
+            },
+            &Actor::cli(),
+        )
+        .unwrap();
+    let folder = format!("Patients/{MARKER}");
+    // Enough varied text that the attachment's chunk goes to a RocksDB blob file too.
+    let filler: String = (0..60_000u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+        .collect();
+    let folder_id = store.create_mailbox(account, &folder, None).unwrap();
+    let raw = format!(
+        "From: {MARKER} <{address}>\r\nTo: {address}\r\nSubject: results for {MARKER}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n\
+         The body names {MARKER} twice: {MARKER}.\r\n--b1\r\nContent-Type: text/plain; name=\"{MARKER}.txt\"\r\n\
+         Content-Disposition: attachment; filename=\"{MARKER}.txt\"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+         attachment text {filler} {MARKER} {filler}\r\n--b1--\r\n"
+    );
+    let mut flags = Flags::new();
+    flags.add_keyword(MARKER);
+    let summary = format!("envelope of {MARKER}");
+    let appended = store
+        .append(
+            account,
+            folder_id,
+            &NewMessage {
+                raw: raw.as_bytes(),
+                flags,
+                internal_date: InternalDate::now(),
+                summary: summary.as_bytes(),
+            },
+        )
+        .unwrap();
+    let inbox = mailbox(&store, account, "INBOX");
+    append(&store, account, inbox, raw.as_bytes());
+
+    // Present through the API.
+    assert_eq!(
+        store.read_message(account, folder_id, appended.uid).unwrap(),
+        raw.as_bytes()
+    );
+    assert_eq!(
+        store.message_summary(account, folder_id, appended.uid).unwrap(),
+        summary.as_bytes()
+    );
+    assert!(store.list_mailboxes(account).unwrap().iter().any(|m| m.name == folder));
+    assert_eq!(
+        store.find_account(&address).unwrap().unwrap().display_name,
+        format!("Dr {MARKER}")
+    );
+    let mut audited = 0;
+    store
+        .audit_records(0, &mut |r| {
+            audited += usize::from(r.event.object.contains(MARKER));
+            Ok(())
+        })
+        .unwrap();
+    assert!(audited > 0, "the audit log names the account");
+
+    store.flush().unwrap();
+    drop(store);
+    let files = files_under(&fx.store_path());
+    assert!(
+        files.iter().any(|f| f.extension().is_some_and(|e| e == "sst")),
+        "flushed to SST files"
+    );
+    assert!(
+        files.iter().any(|f| f.extension().is_some_and(|e| e == "blob")),
+        "bodies in blob files"
+    );
+    assert_eq!(
+        files_containing(&fx.store_path(), MARKER.as_bytes()),
+        Vec::<std::path::PathBuf>::new()
+    );
+    // The check itself works: the same grep finds the marker in a file that has it.
+    std::fs::write(fx.dir.path().join("control.txt"), raw.as_bytes()).unwrap();
+    assert_eq!(files_containing(fx.dir.path(), MARKER.as_bytes()).len(), 1);
+}
+
+fn snapshot(dir: &std::path::Path) -> BTreeMap<std::path::PathBuf, (Vec<u8>, std::time::SystemTime)> {
+    files_under(dir)
+        .into_iter()
+        .map(|f| {
+            let modified = std::fs::metadata(&f).unwrap().modified().unwrap();
+            (f.clone(), (std::fs::read(&f).unwrap(), modified))
+        })
+        .collect()
+}
+
+#[test]
+fn wrong_or_missing_master_key_is_refused_and_changes_nothing() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let account = add_account(&store, "alice");
+    append(
+        &store,
+        account,
+        mailbox(&store, account, "INBOX"),
+        b"Subject: x\r\n\r\nbody\r\n",
+    );
+    drop(store);
+    let before = snapshot(&fx.store_path());
+
+    let wrong = fx.dir.path().join("keys/wrong.key");
+    MasterKey::create_file(&wrong).unwrap();
+    match Store::open(fx.config(), MasterKey::load(&wrong).unwrap()) {
+        Err(Error::WrongMasterKey { .. }) => {}
+        other => panic!("expected WrongMasterKey, got {:?}", other.err()),
+    }
+    assert_eq!(
+        snapshot(&fx.store_path()),
+        before,
+        "a refused open touched the store folder"
+    );
+
+    let missing = MasterKey::load(&fx.dir.path().join("keys/none.key"));
+    assert!(matches!(missing, Err(Error::MasterKeyFile { .. })));
+    std::fs::set_permissions(fx.key_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let message = MasterKey::load(&fx.key_path()).err().unwrap().to_string();
+    assert!(message.contains("chmod 600"), "{message}");
+    std::fs::set_permissions(fx.key_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let store = fx.open();
+    assert_eq!(store.list_accounts().unwrap().len(), 1);
+}
+
+#[test]
+fn store_folder_that_does_not_exist_is_a_clear_error() {
+    let fx = Fixture::new();
+    let master = MasterKey::create_file(&fx.key_path()).unwrap();
+    let message = Store::open(fx.config(), master).err().unwrap().to_string();
+    assert!(message.contains("sealpost init"), "{message}");
+    assert!(!fx.store_path().exists());
+}
+
+#[test]
+fn master_key_rotation_keeps_every_message_readable() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let mut written = Vec::new();
+    for (n, name) in ["alice", "bob", "carol"].iter().enumerate() {
+        let account = add_account(&store, name);
+        let inbox = mailbox(&store, account, "INBOX");
+        for i in 0..5u64 {
+            let raw = message(n as u64 * 100 + i, 3_000 + (i as usize) * 40_000);
+            written.push((account, inbox, append(&store, account, inbox, &raw), raw));
+        }
+    }
+    let new_key = fx.dir.path().join("keys/new.key");
+    assert_eq!(
+        store
+            .rotate_master_key(MasterKey::create_file(&new_key).unwrap(), &Actor::cli())
+            .unwrap(),
+        3
+    );
+    // The open handle keeps working across the rotation.
+    let (account, inbox, uid, raw) = &written[0];
+    assert_eq!(&store.read_message(*account, *inbox, *uid).unwrap(), raw);
+    drop(store);
+
+    assert!(matches!(
+        Store::open(fx.config(), MasterKey::load(&fx.key_path()).unwrap()),
+        Err(Error::WrongMasterKey { .. })
+    ));
+    let store = Store::open(fx.config(), MasterKey::load(&new_key).unwrap()).unwrap();
+    for (account, inbox, uid, raw) in &written {
+        assert_eq!(&store.read_message(*account, *inbox, *uid).unwrap(), raw);
+    }
+    assert_eq!(store.audit_verify().unwrap().first_break, None);
+}
+
+#[test]
+fn concurrent_appends_get_unique_ascending_uids() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let account = add_account(&store, "alice");
+    let inbox = mailbox(&store, account, "INBOX");
+    const TASKS: u64 = 8;
+    const PER_TASK: u64 = 40;
+    let threads: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..PER_TASK)
+                    .map(|i| append(&store, account, inbox, &message(task * 1000 + i, 2_000)))
+                    .collect::<Vec<u32>>()
+            })
+        })
+        .collect();
+    let mut all = HashSet::new();
+    for thread in threads {
+        let uids = thread.join().unwrap();
+        assert!(
+            uids.windows(2).all(|w| w[0] < w[1]),
+            "each task sees its UIDs ascend: {uids:?}"
+        );
+        for uid in uids {
+            assert!(all.insert(uid), "UID {uid} given twice");
+        }
+    }
+    let expected: HashSet<u32> = (1..=(TASKS * PER_TASK) as u32).collect();
+    assert_eq!(all, expected);
+    let status = store.mailbox(account, inbox).unwrap();
+    assert_eq!(
+        (status.messages, status.uid_next),
+        ((TASKS * PER_TASK) as u32, (TASKS * PER_TASK) as u32 + 1)
+    );
+    let listed: Vec<u32> = store.messages(account, inbox).unwrap().iter().map(|m| m.uid).collect();
+    assert_eq!(listed, (1..=(TASKS * PER_TASK) as u32).collect::<Vec<_>>());
+}
+
+#[test]
+fn copies_share_one_body_and_the_last_expunge_frees_it() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let account = add_account(&store, "alice");
+    let inbox = mailbox(&store, account, "INBOX");
+    let archive = mailbox(&store, account, "Archive");
+    let raw = incompressible_message(7, 4 * 1024 * 1024);
+    let uid = append(&store, account, inbox, &raw);
+    store.flush().unwrap();
+    let before = bytes_under(&fx.store_path());
+    let mut copies = Vec::new();
+    for name in ["Archive", "Drafts", "Sent"] {
+        let target = mailbox(&store, account, name);
+        copies.push((
+            target,
+            store.copy_messages(account, inbox, &[uid], target).unwrap()[0].1,
+        ));
+    }
+    store.flush().unwrap();
+    let growth = bytes_under(&fx.store_path()) - before;
+    assert!(
+        growth < raw.len() as u64 / 10,
+        "three copies of 4 MiB grew the store by {growth} bytes"
+    );
+    assert_eq!(store.body_count(account).unwrap(), 1);
+    assert_eq!(store.usage(account).unwrap().bytes, 4 * raw.len() as u64);
+
+    // Each copy is its own message: flags apart, expunge apart.
+    let deleted = FlagChange::Add(Flags::new().with(SystemFlag::Deleted));
+    store.store_flags(account, inbox, &[uid], &deleted, None).unwrap();
+    assert_eq!(store.expunge_deleted(account, inbox, None).unwrap(), vec![uid]);
+    let (_, archived) = copies[0];
+    assert_eq!(store.read_message(account, archive, archived).unwrap(), raw);
+    assert_eq!(store.body_count(account).unwrap(), 1);
+    for (target, copy) in &copies {
+        store.store_flags(account, *target, &[*copy], &deleted, None).unwrap();
+        store.expunge_deleted(account, *target, None).unwrap();
+    }
+    assert_eq!(
+        store.body_count(account).unwrap(),
+        0,
+        "the body goes with its last copy"
+    );
+    assert_eq!(store.usage(account).unwrap().bytes, 0);
+}
+
+#[test]
+fn move_is_atomic_and_keeps_the_body() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let account = add_account(&store, "alice");
+    let inbox = mailbox(&store, account, "INBOX");
+    let trash = mailbox(&store, account, "Trash");
+    let raws: Vec<Vec<u8>> = (0..3).map(|i| message(i, 5_000)).collect();
+    let uids: Vec<u32> = raws.iter().map(|r| append(&store, account, inbox, r)).collect();
+    let pairs = store.move_messages(account, inbox, &uids[..2], trash).unwrap();
+    assert_eq!(pairs, vec![(uids[0], 1), (uids[1], 2)]);
+    assert_eq!(store.mailbox(account, inbox).unwrap().messages, 1);
+    assert_eq!(store.read_message(account, trash, 2).unwrap(), raws[1]);
+    assert_eq!(
+        store.changes_since(account, inbox, 0).unwrap().expunged,
+        uids[..2].to_vec()
+    );
+    assert_eq!(store.body_count(account).unwrap(), 3);
+}
+
+#[test]
+fn ranged_reads_cross_chunk_boundaries() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let account = add_account(&store, "alice");
+    let inbox = mailbox(&store, account, "INBOX");
+    let raw = message(3, 3 * sealpost_storage::CHUNK_BYTES + 1234);
+    let uid = append(&store, account, inbox, &raw);
+    let chunk = sealpost_storage::CHUNK_BYTES as u64;
+    let len = raw.len() as u64;
+    for (offset, length) in [
+        (0, 10),
+        (chunk - 5, 10),
+        (chunk, chunk),
+        (1, 3 * chunk),
+        (len - 1, 100),
+        (len, 10),
+        (len + 5, 1),
+        (0, u64::MAX),
+    ] {
+        let start = offset.min(len) as usize;
+        let end = offset.saturating_add(length).min(len) as usize;
+        let expected = &raw[start..end.max(start)];
+        assert_eq!(
+            store.read_message_range(account, inbox, uid, offset, length).unwrap(),
+            expected,
+            "<{offset}.{length}>"
+        );
+    }
+    assert_eq!(store.message(account, inbox, uid).unwrap().size, len);
+}
+
+#[test]
+fn flags_get_modseqs_and_changes_since_reports_them_with_expunges() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let account = add_account(&store, "alice");
+    let inbox = mailbox(&store, account, "INBOX");
+    let uids: Vec<u32> = (0..4)
+        .map(|i| append(&store, account, inbox, &message(i, 500)))
+        .collect();
+    let after_appends = store.mailbox(account, inbox).unwrap().highest_modseq;
+    assert_eq!(store.mailbox(account, inbox).unwrap().unseen, 4);
+
+    let seen = FlagChange::Add(Flags::new().with(SystemFlag::Seen));
+    let stored = store.store_flags(account, inbox, &[uids[1], 999], &seen, None).unwrap();
+    assert_eq!(stored.changed.len(), 1, "UID 999 does not exist and is skipped");
+    let seen_modseq = stored.changed[0].modseq;
+    assert!(seen_modseq > after_appends);
+    assert_eq!(store.mailbox(account, inbox).unwrap().unseen, 3);
+    // Setting a flag a message has already changes nothing, not even its MODSEQ.
+    let again = store.store_flags(account, inbox, &[uids[1]], &seen, None).unwrap();
+    assert_eq!((again.changed.len(), again.unchanged.len()), (0, 1));
+
+    // UNCHANGEDSINCE below the message's MODSEQ: refused for that message only.
+    let flagged = FlagChange::Add(Flags::new().with(SystemFlag::Flagged));
+    let conditional = store
+        .store_flags(account, inbox, &[uids[0], uids[1]], &flagged, Some(after_appends))
+        .unwrap();
+    assert_eq!(conditional.conflicts, vec![uids[1]]);
+    assert_eq!(
+        conditional.changed.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        vec![uids[0]]
+    );
+
+    let mut keywords = Flags::new().with(SystemFlag::Deleted);
+    keywords.add_keyword("$Label1");
+    store
+        .store_flags(account, inbox, &[uids[2]], &FlagChange::Replace(keywords.clone()), None)
+        .unwrap();
+    assert_eq!(store.message(account, inbox, uids[2]).unwrap().flags, keywords);
+    assert_eq!(store.expunge_deleted(account, inbox, None).unwrap(), vec![uids[2]]);
+
+    let changes = store.changes_since(account, inbox, after_appends).unwrap();
+    let changed: Vec<u32> = changes.changed.iter().map(|(uid, _)| *uid).collect();
+    assert_eq!(changed, vec![uids[0], uids[1]]);
+    assert_eq!(changes.expunged, vec![uids[2]]);
+    assert_eq!(store.changes_since(account, inbox, 0).unwrap().changed.len(), 3);
+    let highest = store.mailbox(account, inbox).unwrap().highest_modseq;
+    assert_eq!(
+        store.changes_since(account, inbox, highest).unwrap(),
+        Default::default()
+    );
+
+    let remove = FlagChange::Remove(Flags::new().with(SystemFlag::Seen));
+    store.store_flags(account, inbox, &[uids[1]], &remove, None).unwrap();
+    assert_eq!(store.mailbox(account, inbox).unwrap().unseen, 3);
+}
+
+#[test]
+fn new_accounts_get_the_default_mailboxes_and_backup_is_read_only() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let account = add_account(&store, "alice");
+    let list = store.list_mailboxes(account).unwrap();
+    let names: Vec<(&str, Option<SpecialUse>)> = list.iter().map(|m| (m.name.as_str(), m.special_use)).collect();
+    assert_eq!(
+        names,
+        vec![
+            ("Archive", Some(SpecialUse::Archive)),
+            ("BACKUP", Some(SpecialUse::Backup)),
+            ("Drafts", Some(SpecialUse::Drafts)),
+            ("INBOX", None),
+            ("Junk", Some(SpecialUse::Junk)),
+            ("Sent", Some(SpecialUse::Sent)),
+            ("Trash", Some(SpecialUse::Trash)),
+        ]
+    );
+    assert!(list.iter().all(|m| m.subscribed && m.uid_next == 1));
+    let validities: HashSet<u32> = list.iter().map(|m| m.uid_validity).collect();
+    assert_eq!(validities.len(), list.len(), "UIDVALIDITY differs per mailbox");
+
+    let inbox = mailbox(&store, account, "inbox");
+    let backup = mailbox(&store, account, "BACKUP");
+    let raw = message(1, 800);
+    let new = NewMessage {
+        raw: &raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: b"",
+    };
+    let delivered = store.deliver(account, &[inbox, backup], &new).unwrap();
+    assert_eq!(
+        store.body_count(account).unwrap(),
+        1,
+        "INBOX and BACKUP copies share a body"
+    );
+    let backup_uid = delivered[1].uid;
+
+    assert!(matches!(
+        store.append(account, backup, &new),
+        Err(Error::ReadOnly { .. })
+    ));
+    let seen = FlagChange::Add(Flags::new().with(SystemFlag::Seen));
+    assert!(matches!(
+        store.store_flags(account, backup, &[backup_uid], &seen, None),
+        Err(Error::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        store.expunge_deleted(account, backup, None),
+        Err(Error::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        store.move_messages(account, backup, &[backup_uid], inbox),
+        Err(Error::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        store.delete_mailbox(account, "BACKUP"),
+        Err(Error::MailboxProtected { .. })
+    ));
+    assert!(matches!(
+        store.rename_mailbox(account, "BACKUP", "Old"),
+        Err(Error::MailboxProtected { .. })
+    ));
+    assert!(matches!(
+        store.delete_mailbox(account, "INBOX"),
+        Err(Error::MailboxProtected { .. })
+    ));
+    // Copying out of BACKUP works.
+    let copied = store.copy_messages(account, backup, &[backup_uid], inbox).unwrap();
+    assert_eq!(store.read_message(account, inbox, copied[0].1).unwrap(), raw);
+    assert_eq!(store.mailbox(account, backup).unwrap().messages, 1);
+}
+
+#[test]
+fn mailboxes_create_parents_rename_with_children_and_delete() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let account = add_account(&store, "alice");
+    store.create_mailbox(account, "Projects/2026/Q1", None).unwrap();
+    let names = |store: &Store| {
+        store
+            .list_mailboxes(account)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect::<Vec<_>>()
+    };
+    assert!(names(&store).contains(&"Projects".to_string()));
+    assert!(names(&store).contains(&"Projects/2026".to_string()));
+    assert!(matches!(
+        store.create_mailbox(account, "Projects/2026", None),
+        Err(Error::MailboxExists)
+    ));
+    assert!(matches!(
+        store.create_mailbox(account, "inbox", None),
+        Err(Error::MailboxExists)
+    ));
+
+    let q1 = mailbox(&store, account, "Projects/2026/Q1");
+    let raw = message(9, 1000);
+    let uid = append(&store, account, q1, &raw);
+    store.rename_mailbox(account, "Projects", "Work/Old").unwrap();
+    let after = names(&store);
+    for expected in ["Work", "Work/Old", "Work/Old/2026", "Work/Old/2026/Q1"] {
+        assert!(after.contains(&expected.to_string()), "{expected} in {after:?}");
+    }
+    assert!(!after.iter().any(|n| n.starts_with("Projects")));
+    let renamed = store.mailbox_by_name(account, "Work/Old/2026/Q1").unwrap().unwrap();
+    assert_eq!(renamed.id, q1, "rename keeps the mailbox and its UIDVALIDITY");
+    assert_eq!(store.read_message(account, q1, uid).unwrap(), raw);
+    assert!(matches!(
+        store.rename_mailbox(account, "Work", "Work/Inside"),
+        Err(Error::InvalidMailboxName { .. })
+    ));
+    assert!(matches!(
+        store.rename_mailbox(account, "Nope", "Other"),
+        Err(Error::MailboxNotFound)
+    ));
+
+    // Delete and re-create under the same name: a new UIDVALIDITY.
+    let validity = store.mailbox(account, q1).unwrap().uid_validity;
+    store.delete_mailbox(account, "Work/Old/2026/Q1").unwrap();
+    assert_eq!(store.body_count(account).unwrap(), 0);
+    let again = store.create_mailbox(account, "Work/Old/2026/Q1", None).unwrap();
+    assert_ne!(again, q1);
+    assert_ne!(store.mailbox(account, again).unwrap().uid_validity, validity);
+
+    // Renaming INBOX moves its messages and leaves it empty.
+    let inbox = mailbox(&store, account, "INBOX");
+    append(&store, account, inbox, &raw);
+    store.rename_mailbox(account, "INBOX", "Old Inbox").unwrap();
+    assert_eq!(store.mailbox(account, inbox).unwrap().messages, 0);
+    let old = mailbox(&store, account, "Old Inbox");
+    assert_eq!(store.read_message(account, old, 1).unwrap(), raw);
+
+    store.set_subscribed(account, "Work", false).unwrap();
+    assert!(!store.mailbox_by_name(account, "Work").unwrap().unwrap().subscribed);
+    for bad in ["", "/a", "a/", "a//b", "a\u{7}b", "a*b"] {
+        assert!(store.create_mailbox(account, bad, None).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn accounts_log_in_by_address_or_local_part_and_can_be_disabled() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let id = add_account(&store, "Alice@Clinic.Example");
+    assert_eq!(store.account(id).unwrap().address, "alice@clinic.example");
+    assert!(matches!(
+        store.create_account(
+            &NewAccount {
+                address: "alice",
+                display_name: "",
+                role: Role::Admin,
+                password: None
+            },
+            &Actor::cli()
+        ),
+        Err(Error::AddressTaken)
+    ));
+    assert!(
+        matches!(store.check_password("alice", "correct horse battery").unwrap(), Login::Accepted(a) if a.id == id)
+    );
+    assert!(matches!(
+        store
+            .check_password("ALICE@clinic.example", "correct horse battery")
+            .unwrap(),
+        Login::Accepted(_)
+    ));
+    assert_eq!(store.check_password("alice", "wrong").unwrap(), Login::Rejected);
+    assert_eq!(
+        store.check_password("nobody", "correct horse battery").unwrap(),
+        Login::Rejected
+    );
+    assert_eq!(
+        store
+            .check_password("alice@other.example", "correct horse battery")
+            .unwrap(),
+        Login::Rejected
+    );
+
+    store
+        .set_account_status(id, AccountStatus::Disabled, &Actor::cli())
+        .unwrap();
+    assert!(matches!(
+        store.check_password("alice", "correct horse battery").unwrap(),
+        Login::Disabled(_)
+    ));
+    store
+        .set_account_status(id, AccountStatus::Active, &Actor::cli())
+        .unwrap();
+    store.set_password(id, "a new passphrase", &Actor::cli()).unwrap();
+    assert_eq!(
+        store.check_password("alice", "correct horse battery").unwrap(),
+        Login::Rejected
+    );
+    assert!(matches!(
+        store.check_password("alice", "a new passphrase").unwrap(),
+        Login::Accepted(_)
+    ));
+
+    let bob = add_account(&store, "bob");
+    let list: Vec<String> = store.list_accounts().unwrap().into_iter().map(|a| a.address).collect();
+    assert_eq!(list, vec!["alice@clinic.example", "bob@clinic.example"]);
+    let mut actions = Vec::new();
+    store
+        .audit_records(0, &mut |r| {
+            actions.push(r.event.action);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        actions,
+        [
+            "store.create",
+            "account.create",
+            "account.disable",
+            "account.enable",
+            "account.password",
+            "account.create"
+        ]
+    );
+    let _ = bob;
+}
+
+#[test]
+fn deleting_an_account_shreds_its_keys_from_every_file() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let alice = add_account(&store, "alice");
+    let bob = add_account(&store, "bob");
+    let inbox = mailbox(&store, alice, "INBOX");
+    let raw = message(5, 20_000);
+    append(&store, alice, inbox, &raw);
+    store.flush().unwrap();
+    drop(store);
+
+    // Read alice's wrapped key set straight from RocksDB, as an attacker with the disk would.
+    let wrapped = {
+        let db =
+            rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), fx.store_path(), ["account_keys"], false)
+                .unwrap();
+        let cf = db.cf_handle("account_keys").unwrap();
+        db.get_cf(cf, alice.0.to_be_bytes())
+            .unwrap()
+            .expect("alice's keys are on disk")
+    };
+    assert!(wrapped.len() > 100);
+    assert!(
+        !files_containing(&fx.store_path(), &wrapped).is_empty(),
+        "the probe finds the key before deletion"
+    );
+
+    let store = fx.open();
+    store.delete_account(alice, &Actor::cli()).unwrap();
+    assert!(store.find_account("alice").unwrap().is_none());
+    assert!(matches!(
+        store.read_message(alice, inbox, 1),
+        Err(Error::AccountNotFound { .. })
+    ));
+    assert!(store.find_account("bob").unwrap().is_some());
+    assert_eq!(store.list_mailboxes(bob).unwrap().len(), 7);
+    drop(store);
+    assert_eq!(
+        files_containing(&fx.store_path(), &wrapped),
+        Vec::<std::path::PathBuf>::new(),
+        "wrapped key still on disk"
+    );
+    let store = fx.open();
+    assert!(store.find_account("alice").unwrap().is_none());
+    assert_eq!(store.audit_verify().unwrap().first_break, None);
+}
+
+#[test]
+fn audit_verify_finds_an_altered_and_a_removed_record() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    for name in ["a1", "a2", "a3", "a4"] {
+        add_account(&store, name);
+    }
+    let report = store.audit_verify().unwrap();
+    assert_eq!((report.records_verified, report.first_break), (5, None));
+    drop(store);
+
+    let edit = |f: &dyn Fn(&rocksdb::DB, &rocksdb::ColumnFamily)| {
+        let cfs = [
+            "meta",
+            "directory",
+            "account_keys",
+            "address_index",
+            "mailboxes",
+            "messages",
+            "changes",
+            "blob_index",
+            "blobs",
+            "audit",
+        ];
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), fx.store_path(), cfs).unwrap();
+        f(&db, db.cf_handle("audit").unwrap());
+    };
+    // Flip one byte inside record 3's sealed body.
+    edit(&|db, cf| {
+        let mut value = db.get_cf(cf, 3u64.to_be_bytes()).unwrap().unwrap();
+        let last = value.len() - 1;
+        value[last] ^= 1;
+        db.put_cf(cf, 3u64.to_be_bytes(), value).unwrap();
+    });
+    let broken = fx.open().audit_verify().unwrap();
+    assert_eq!(broken.records_verified, 2);
+    assert_eq!(broken.first_break.unwrap().seq, 3);
+
+    let fx2 = Fixture::new();
+    let store = fx2.create();
+    for name in ["a1", "a2", "a3", "a4"] {
+        add_account(&store, name);
+    }
+    drop(store);
+    let cfs = [
+        "meta",
+        "directory",
+        "account_keys",
+        "address_index",
+        "mailboxes",
+        "messages",
+        "changes",
+        "blob_index",
+        "blobs",
+        "audit",
+    ];
+    {
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), fx2.store_path(), cfs).unwrap();
+        db.delete_cf(db.cf_handle("audit").unwrap(), 2u64.to_be_bytes())
+            .unwrap();
+    }
+    let removed = fx2.open().audit_verify().unwrap().first_break.unwrap();
+    assert_eq!(removed.seq, 2, "{}", removed.reason);
+}
+
+#[test]
+fn audit_verify_finds_a_removed_tail() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    add_account(&store, "a1");
+    add_account(&store, "a2");
+    drop(store);
+    let cfs = [
+        "meta",
+        "directory",
+        "account_keys",
+        "address_index",
+        "mailboxes",
+        "messages",
+        "changes",
+        "blob_index",
+        "blobs",
+        "audit",
+    ];
+    {
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), fx.store_path(), cfs).unwrap();
+        db.delete_cf(db.cf_handle("audit").unwrap(), 3u64.to_be_bytes())
+            .unwrap();
+    }
+    let report = fx.open().audit_verify().unwrap();
+    assert_eq!(report.records_verified, 2);
+    assert_eq!(report.first_break.unwrap().seq, 3);
+}
+
+#[test]
+fn subscribers_hear_appends_flag_changes_and_expunges() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let account = add_account(&store, "alice");
+    let inbox = mailbox(&store, account, "INBOX");
+    let mut events = store.subscribe(account, inbox);
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || append(&store, account, inbox, &message(1, 300)))
+    };
+    let uid = writer.join().unwrap();
+    assert!(matches!(events.blocking_recv().unwrap(), MailboxEvent::Appended { uid: u, .. } if u == uid));
+    let deleted = FlagChange::Add(Flags::new().with(SystemFlag::Deleted));
+    store.store_flags(account, inbox, &[uid], &deleted, None).unwrap();
+    assert!(matches!(events.blocking_recv().unwrap(), MailboxEvent::FlagsChanged { uid: u, .. } if u == uid));
+    store.expunge_deleted(account, inbox, None).unwrap();
+    assert!(matches!(events.blocking_recv().unwrap(), MailboxEvent::Expunged { uid: u, .. } if u == uid));
+    // Another mailbox's events do not arrive here.
+    append(&store, account, mailbox(&store, account, "Sent"), &message(2, 300));
+    assert!(events.try_recv().is_err());
+}
+
+#[test]
+fn every_limit_refuses_and_changes_nothing() {
+    let fx = Fixture::new();
+    let mut config = fx.config();
+    config.limits.message_bytes_max = 10_000;
+    config.limits.mailboxes_per_account_max = 9;
+    config.limits.mailbox_name_bytes_max = 20;
+    config.limits.mailbox_depth_max = 3;
+    config.limits.keywords_per_message_max = 2;
+    config.limits.display_name_bytes_max = 10;
+    let store = Store::create(config, MasterKey::create_file(&fx.key_path()).unwrap()).unwrap();
+    let account = add_account(&store, "alice");
+    let inbox = mailbox(&store, account, "INBOX");
+
+    let too_big = message(1, 10_001);
+    let new = NewMessage {
+        raw: &too_big,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: b"",
+    };
+    assert!(matches!(
+        store.append(account, inbox, &new),
+        Err(Error::LimitExceeded {
+            what: "message bytes",
+            ..
+        })
+    ));
+    assert_eq!(
+        store.mailbox(account, inbox).unwrap().uid_next,
+        1,
+        "a refused append uses no UID"
+    );
+    assert_eq!(store.body_count(account).unwrap(), 0);
+
+    assert!(matches!(
+        store.create_mailbox(account, &"x".repeat(21), None),
+        Err(Error::LimitExceeded {
+            what: "mailbox name bytes",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.create_mailbox(account, "a/b/c/d", None),
+        Err(Error::LimitExceeded {
+            what: "mailbox name levels",
+            ..
+        })
+    ));
+    store.create_mailbox(account, "one", None).unwrap();
+    store.create_mailbox(account, "two", None).unwrap();
+    assert!(matches!(
+        store.create_mailbox(account, "three", None),
+        Err(Error::LimitExceeded {
+            what: "mailboxes per account",
+            ..
+        })
+    ));
+    assert_eq!(store.list_mailboxes(account).unwrap().len(), 9);
+
+    let mut flags = Flags::new();
+    for k in ["a", "b", "c"] {
+        flags.add_keyword(k);
+    }
+    let small = message(2, 100);
+    let new = NewMessage {
+        raw: &small,
+        flags: flags.clone(),
+        internal_date: InternalDate::now(),
+        summary: b"",
+    };
+    assert!(matches!(
+        store.append(account, inbox, &new),
+        Err(Error::LimitExceeded {
+            what: "keywords per message",
+            ..
+        })
+    ));
+    let uid = append(&store, account, inbox, &small);
+    assert!(store
+        .store_flags(account, inbox, &[uid], &FlagChange::Add(flags), None)
+        .is_err());
+    assert!(store.message(account, inbox, uid).unwrap().flags.is_empty());
+    let mut bad = Flags::new();
+    bad.add_keyword("has space");
+    assert!(matches!(
+        store.store_flags(account, inbox, &[uid], &FlagChange::Add(bad), None),
+        Err(Error::InvalidInput { .. })
+    ));
+
+    let long_name = NewAccount {
+        address: "bob",
+        display_name: "A very long name",
+        role: Role::Staff,
+        password: None,
+    };
+    assert!(matches!(
+        store.create_account(&long_name, &Actor::cli()),
+        Err(Error::LimitExceeded {
+            what: "display name bytes",
+            ..
+        })
+    ));
+    assert!(store.find_account("bob").unwrap().is_none());
+}
+
+#[test]
+fn a_second_process_cannot_open_a_store_in_use() {
+    let fx = Fixture::new();
+    let _store = fx.create();
+    // RocksDB's lock is per process, so this checks the error's wording from the same process.
+    let second = Store::open(fx.config(), MasterKey::load(&fx.key_path()).unwrap());
+    let message = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("in use") || message.contains("lock"), "{message}");
+}
+
+#[test]
+fn store_handles_are_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+    assert_send_sync::<Arc<Store>>();
+}
