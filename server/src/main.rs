@@ -1,6 +1,8 @@
 //! `sealpost`: the one binary. Subcommands set up a data folder, manage accounts and keys,
 //! check the audit log, and serve.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 mod cli;
 mod config;
 mod init;

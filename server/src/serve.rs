@@ -30,6 +30,8 @@ fn init_tracing() {
 }
 
 async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
+    // Installed first: a SIGTERM that comes while we start must stop us cleanly, not kill us.
+    let shutdown = ShutdownSignals::install()?;
     let opened = tokio::task::spawn_blocking(move || crate::cli::open_store(&data))
         .await
         .context("opening the store")?;
@@ -46,7 +48,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         info!(listener = name, address = %cfg.server.listen_host, port, "listener configured, service not built yet");
     }
     info!("sealpost is running; SIGTERM or SIGINT stops it");
-    wait_for_shutdown().await?;
+    shutdown.wait().await;
     info!("shutting down");
     tokio::task::spawn_blocking(move || store.flush())
         .await
@@ -55,15 +57,26 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_shutdown() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+    }
 }
 
 /// Loads the certificate chain and key, so a bad file is reported at start, not at the

@@ -211,6 +211,7 @@ pub(crate) fn keyed_hash(key: &SecretKey, domain: &[u8], data: &[u8]) -> [u8; 32
 /// How values are sealed.
 const SEAL_PLAIN: u8 = 0;
 const SEAL_XCHACHA: u8 = 1;
+const SEAL_AES_GCM_BLOB: u8 = 2;
 const NONCE_BYTES: usize = 24;
 
 /// Seals and opens values under one key. Associated data binds each value to its place.
@@ -269,6 +270,89 @@ impl Sealer {
     }
 }
 
+/// Seals message bodies. Each blob gets its own AES-256-GCM key, derived from the account's
+/// content key and the blob's random 128-bit id; chunk `i` of a blob is sealed with nonce `i`.
+/// Blobs are never rewritten, so a (key, nonce) pair is never used twice, with no limit on
+/// how many chunks an account stores. AES-GCM because it runs on the CPU's AES instructions:
+/// bodies are the bulk of the bytes (see ARCHITECTURE.md for the measurement).
+#[derive(Clone)]
+pub(crate) struct BodySealer {
+    content_key: Option<SecretKey>,
+}
+
+/// The cipher of one blob.
+pub(crate) struct BlobCipher {
+    key: Option<ring::aead::LessSafeKey>,
+}
+
+impl BodySealer {
+    pub(crate) fn new(content_key: &SecretKey) -> Self {
+        Self {
+            content_key: Some(content_key.clone()),
+        }
+    }
+
+    #[cfg(feature = "bench-unencrypted")]
+    pub(crate) fn plaintext() -> Self {
+        Self { content_key: None }
+    }
+
+    pub(crate) fn blob(&self, blob_id: &[u8; 16]) -> BlobCipher {
+        let Some(content_key) = &self.content_key else {
+            return BlobCipher { key: None };
+        };
+        let mut derived = keyed_hash(content_key, b"blob-key", blob_id);
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &derived)
+            .ok()
+            .map(ring::aead::LessSafeKey::new);
+        derived.zeroize();
+        BlobCipher { key }
+    }
+}
+
+fn chunk_nonce(chunk: u32) -> ring::aead::Nonce {
+    let mut nonce = [0u8; ring::aead::NONCE_LEN];
+    nonce[ring::aead::NONCE_LEN - 4..].copy_from_slice(&chunk.to_be_bytes());
+    ring::aead::Nonce::assume_unique_for_key(nonce)
+}
+
+impl BlobCipher {
+    /// Seals `plaintext` (consumed, encrypted in place) as chunk `chunk` of the blob.
+    pub(crate) fn seal(&self, chunk: u32, aad: &[u8], plaintext: Vec<u8>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plaintext.len() + 1 + ring::aead::MAX_TAG_LEN);
+        let Some(key) = &self.key else {
+            out.push(SEAL_PLAIN);
+            out.extend_from_slice(&plaintext);
+            return out;
+        };
+        out.push(SEAL_AES_GCM_BLOB);
+        out.extend_from_slice(&plaintext);
+        let mut body = out.split_off(1);
+        // Sealing fails only for inputs over 64 GiB, far beyond every chunk.
+        if key
+            .seal_in_place_append_tag(chunk_nonce(chunk), ring::aead::Aad::from(aad), &mut body)
+            .is_err()
+        {
+            unreachable!("AES-GCM input over 64 GiB");
+        }
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Opens chunk `chunk` in place and returns the plaintext within `sealed`.
+    pub(crate) fn open<'a>(&self, chunk: u32, aad: &[u8], sealed: &'a mut [u8]) -> Result<&'a [u8]> {
+        let tampered = || Error::corrupt("a body chunk does not open (tampered, or moved)");
+        match (&self.key, sealed.split_first_mut()) {
+            (None, Some((&mut SEAL_PLAIN, rest))) => Ok(rest),
+            (Some(key), Some((&mut SEAL_AES_GCM_BLOB, rest))) => key
+                .open_in_place(chunk_nonce(chunk), ring::aead::Aad::from(aad), rest)
+                .map(|plain| &*plain)
+                .map_err(|_| tampered()),
+            _ => Err(tampered()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +365,23 @@ mod tests {
         assert!(sealer.open(b"table/2", &sealed).is_err());
         let other = Sealer::new(&SecretKey::random());
         assert!(other.open(b"table/1", &sealed).is_err());
+    }
+
+    #[test]
+    fn body_chunks_open_only_in_their_blob_and_position() {
+        let sealer = BodySealer::new(&SecretKey::random());
+        let blob = sealer.blob(&[1; 16]);
+        let mut sealed = blob.seal(3, b"aad", b"chunk text".to_vec());
+        assert_eq!(blob.open(3, b"aad", &mut sealed.clone()).unwrap(), b"chunk text");
+        assert!(blob.open(4, b"aad", &mut sealed.clone()).is_err(), "another position");
+        assert!(
+            sealer.blob(&[2; 16]).open(3, b"aad", &mut sealed.clone()).is_err(),
+            "another blob"
+        );
+        assert!(blob.open(3, b"other", &mut sealed.clone()).is_err(), "another place");
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert!(blob.open(3, b"aad", &mut sealed).is_err(), "altered");
     }
 
     #[test]

@@ -99,18 +99,15 @@ pub(crate) enum Scan {
     Stop,
 }
 
+/// Called with each key and value of a scan.
+pub(crate) type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<Scan> + 'a;
+
 /// The ordered key-value engine under the store.
 pub(crate) trait Engine: Send + Sync {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
     /// Visits every pair with `from <= key < to`, in key order, until the visitor says stop.
-    fn scan(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<Scan>,
-    ) -> Result<()>;
+    fn scan(&self, table: Table, from: &[u8], to: &[u8], visit: &mut Visitor<'_>) -> Result<()>;
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<()>;
 
@@ -256,13 +253,7 @@ impl Engine for RocksEngine {
             .map_err(|e| engine_error("read", &self.path, e))
     }
 
-    fn scan(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<Scan>,
-    ) -> Result<()> {
+    fn scan(&self, table: Table, from: &[u8], to: &[u8], visit: &mut Visitor<'_>) -> Result<()> {
         let mut read = rocksdb::ReadOptions::default();
         read.set_iterate_upper_bound(to.to_vec());
         let mut iter = self.db.raw_iterator_cf_opt(self.cf(table)?, read);

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::BlobCipher;
 use crate::engine::{Batch, Durability, Scan, Table};
 use crate::error::{Error, Result};
 use crate::keys::{self, BlobId};
@@ -219,12 +220,13 @@ impl Store {
         let mut out = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
         let start = keys::blob_chunk(account, &record.blob, 0);
         let end = keys::prefix_end(&keys::blob(account, &record.blob));
+        let cipher = crypto.content.blob(&record.blob);
         let mut next_chunk = 0u32;
         self.inner.engine.scan(Table::Blobs, &start, &end, &mut |key, value| {
             if keys::read_u32(key, 24) != Some(next_chunk) {
                 return Err(Error::corrupt("a message body misses a chunk"));
             }
-            out.extend_from_slice(&open_chunk(&crypto, key, value)?);
+            open_chunk(&cipher, next_chunk, key, &mut value.to_vec(), &mut out)?;
             next_chunk += 1;
             Ok(Scan::Continue)
         })?;
@@ -251,16 +253,18 @@ impl Store {
             return Ok(Vec::new());
         }
         let chunk = CHUNK_BYTES as u64;
+        let cipher = crypto.content.blob(&record.blob);
         let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
         for index in offset / chunk..=(end - 1) / chunk {
             let index = u32::try_from(index).map_err(|_| Error::corrupt("chunk index"))?;
             let key = keys::blob_chunk(account, &record.blob, index);
-            let sealed = self
+            let mut sealed = self
                 .inner
                 .engine
                 .get(Table::Blobs, &key)?
                 .ok_or_else(|| Error::corrupt("a message body misses a chunk"))?;
-            let plain = open_chunk(&crypto, &key, &sealed)?;
+            let mut plain = Vec::new();
+            open_chunk(&cipher, index, &key, &mut sealed, &mut plain)?;
             let chunk_start = u64::from(index) * chunk;
             let from = usize::try_from(offset.saturating_sub(chunk_start)).unwrap_or(0);
             let to = usize::try_from((end - chunk_start).min(plain.len() as u64)).unwrap_or(0);
@@ -588,13 +592,14 @@ impl Store {
         }
         let mut id = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut id);
+        let cipher = crypto.content.blob(&id);
         let mut chunks = Vec::with_capacity(raw.len().div_ceil(CHUNK_BYTES));
         for (index, plain) in raw.chunks(CHUNK_BYTES).enumerate() {
             let index = u32::try_from(index).map_err(|_| Error::InvalidInput {
                 what: "message too large",
             })?;
             let key = keys::blob_chunk(account, &id, index);
-            chunks.push(seal_chunk(crypto, &key, plain));
+            chunks.push(seal_chunk(&cipher, index, &key, plain));
         }
         Ok(PreparedBlob {
             id,
@@ -803,7 +808,7 @@ fn meta_of(uid: u32, record: &MessageRecord) -> MessageMeta {
 
 /// Compresses (when it helps), then seals. Never the other way round: ciphertext does not
 /// compress, and compressing after encryption would leak through the sizes anyway.
-fn seal_chunk(crypto: &AccountCrypto, key: &[u8], plain: &[u8]) -> Vec<u8> {
+fn seal_chunk(cipher: &BlobCipher, index: u32, key: &[u8], plain: &[u8]) -> Vec<u8> {
     let mut framed = Vec::with_capacity(plain.len() + 1);
     match zstd::bulk::compress(plain, ZSTD_LEVEL) {
         Ok(compressed) if compressed.len() < plain.len() => {
@@ -815,16 +820,22 @@ fn seal_chunk(crypto: &AccountCrypto, key: &[u8], plain: &[u8]) -> Vec<u8> {
             framed.extend_from_slice(plain);
         }
     }
-    crypto.content.seal(&chunk_aad(key), &framed)
+    cipher.seal(index, &chunk_aad(key), framed)
 }
 
-fn open_chunk(crypto: &AccountCrypto, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-    let framed = crypto.content.open(&chunk_aad(key), sealed)?;
+/// Opens a chunk (in place) and appends its plaintext to `out`.
+fn open_chunk(cipher: &BlobCipher, index: u32, key: &[u8], sealed: &mut [u8], out: &mut Vec<u8>) -> Result<()> {
+    let framed = cipher.open(index, &chunk_aad(key), sealed)?;
     match framed.split_first() {
-        Some((&CHUNK_RAW, body)) => Ok(body.to_vec()),
+        Some((&CHUNK_RAW, body)) => out.extend_from_slice(body),
         Some((&CHUNK_ZSTD, body)) => {
-            zstd::bulk::decompress(body, CHUNK_BYTES).map_err(|_| Error::corrupt("a body chunk does not decompress"))
+            let start = out.len();
+            out.resize(start + CHUNK_BYTES, 0);
+            let written = zstd::bulk::decompress_to_buffer(body, &mut out[start..])
+                .map_err(|_| Error::corrupt("a body chunk does not decompress"))?;
+            out.truncate(start + written);
         }
-        _ => Err(Error::corrupt("a body chunk of unknown framing")),
+        _ => return Err(Error::corrupt("a body chunk of unknown framing")),
     }
+    Ok(())
 }

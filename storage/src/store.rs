@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::audit::AuditHead;
-use crate::crypto::{self, AccountKeys, MasterKey, Sealer, StoreKeys};
+use crate::crypto::{self, AccountKeys, BodySealer, MasterKey, Sealer, StoreKeys};
 use crate::engine::{Batch, Durability, Engine, RocksEngine, Table};
 use crate::error::{Error, Result};
 use crate::keys;
@@ -131,7 +131,7 @@ pub(crate) struct Inner {
 /// An account's unwrapped keys, ready to seal.
 pub(crate) struct AccountCrypto {
     pub(crate) metadata: Sealer,
-    pub(crate) content: Sealer,
+    pub(crate) content: BodySealer,
 }
 
 /// The on-disk format this code writes: version, then how values are sealed.
@@ -315,12 +315,12 @@ impl Store {
         if self.inner.plaintext {
             return AccountCrypto {
                 metadata: plaintext_sealer(),
-                content: plaintext_sealer(),
+                content: plaintext_body_sealer(),
             };
         }
         AccountCrypto {
             metadata: Sealer::new(&keys.metadata),
-            content: Sealer::new(&keys.content),
+            content: BodySealer::new(&keys.content),
         }
     }
 
@@ -342,11 +342,21 @@ fn plaintext_sealer() -> Sealer {
     Sealer::plaintext()
 }
 
+#[cfg(feature = "bench-unencrypted")]
+fn plaintext_body_sealer() -> BodySealer {
+    BodySealer::plaintext()
+}
+
+// A plaintext store can only be made or opened with the benchmark feature, so these are never
+// reached in a build without it; sealing with a throwaway key keeps it safe anyway.
 #[cfg(not(feature = "bench-unencrypted"))]
 fn plaintext_sealer() -> Sealer {
-    // A plaintext store can only be made or opened with the benchmark feature, so this is
-    // never reached in a build without it; sealing with a throwaway key keeps it safe anyway.
     Sealer::new(&crypto::SecretKey::random())
+}
+
+#[cfg(not(feature = "bench-unencrypted"))]
+fn plaintext_body_sealer() -> BodySealer {
+    BodySealer::new(&crypto::SecretKey::random())
 }
 
 /// Locks a mutex that guards no data of its own; a panic while it was held leaves nothing to

@@ -1,0 +1,197 @@
+//! Helpers for end-to-end tests: find the built `sealpost` binary, run it, start a server in
+//! a data folder of its own on free loopback ports, and stop it.
+//!
+//! `cargo test --workspace` builds the binary before the tests run; `sealpost_binary` finds it
+//! beside the test executable's folder.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The `sealpost` binary of the same build as the running test.
+pub fn sealpost_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/sealpost
+    let binary = exe.parent().and_then(Path::parent).unwrap().join("sealpost");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        binary.display()
+    );
+    binary
+}
+
+/// Runs `sealpost ARGS` to completion, with `stdin` as standard input.
+pub fn sealpost(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(sealpost_binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `sealpost ARGS`, asserts success, and returns standard output.
+pub fn sealpost_ok(args: &[&str], stdin: &str) -> String {
+    let output = sealpost(args, stdin);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(
+        output.status.success(),
+        "sealpost {args:?} failed\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    stdout
+}
+
+/// A port base N such that N+25, N+143, N+443, N+465, N+587 and N+993 are free on loopback
+/// right now. Bounded: tries at most 200 bases.
+pub fn free_port_base() -> u16 {
+    let offsets = [25u16, 143, 443, 465, 587, 993];
+    for attempt in 0..200u16 {
+        let seed = (std::process::id() as u16)
+            .wrapping_mul(31)
+            .wrapping_add(attempt.wrapping_mul(1009));
+        let base = 20_000 + seed % 40_000;
+        let free = offsets
+            .iter()
+            .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free port base found on loopback");
+}
+
+/// A data folder made by `sealpost init`, on free ports.
+pub struct DataDir {
+    pub dir: tempfile::TempDir,
+    pub port_base: u16,
+}
+
+impl DataDir {
+    pub fn init(domain: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port_base = free_port_base();
+        let data = dir.path().join("data");
+        sealpost_ok(
+            &[
+                "init",
+                "--data",
+                data.to_str().unwrap(),
+                "--domain",
+                domain,
+                "--port-base",
+                &port_base.to_string(),
+            ],
+            "",
+        );
+        Self { dir, port_base }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn arg(&self) -> String {
+        self.path().to_str().unwrap().to_string()
+    }
+}
+
+/// A running `sealpost serve` (or `demo`); stopped with SIGTERM when dropped.
+pub struct Server {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(sealpost_binary())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if sender.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until some output line contains `needle`, for at most `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        if self.seen.iter().any(|l| l.contains(needle)) {
+            return true;
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for the exit; returns whether it exited 0.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<bool> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                // Collect what it printed while stopping.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                return Some(status.success());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The `sealpost` binary as an administrator uses it: init, accounts, audit, keys, serve.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use sealpost_e2e::{sealpost, sealpost_ok, DataDir, Server};
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn init_lays_out_the_data_folder_with_private_keys_and_offset_ports() {
+    let data = DataDir::init("clinic.example");
+    let dir = data.path();
+    assert_eq!(mode(&dir.join("keys/master.key")), 0o600);
+    assert_eq!(mode(&dir.join("keys")), 0o700);
+    assert_eq!(mode(&dir.join("tls/key.pem")), 0o600);
+    assert!(std::fs::read_to_string(dir.join("tls/cert.pem"))
+        .unwrap()
+        .starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(dir.join("store/CURRENT").exists());
+    let config = std::fs::read_to_string(dir.join("sealpost.toml")).unwrap();
+    let base = data.port_base;
+    for (name, offset) in [
+        ("imap", 143),
+        ("imaps", 993),
+        ("smtp", 25),
+        ("submission", 587),
+        ("submissions", 465),
+        ("https", 443),
+    ] {
+        assert!(
+            config.contains(&format!("{name} = {}", base + offset)),
+            "{name} in {config}"
+        );
+    }
+    assert!(config.contains("domain = \"clinic.example\""));
+
+    let again = sealpost(&["init", "--data", &data.arg(), "--domain", "clinic.example"], "");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    let standard = tempfile::tempdir().unwrap();
+    let standard_dir = standard.path().join("d");
+    sealpost_ok(
+        &[
+            "init",
+            "--data",
+            standard_dir.to_str().unwrap(),
+            "--domain",
+            "clinic.example",
+        ],
+        "",
+    );
+    let config = std::fs::read_to_string(standard_dir.join("sealpost.toml")).unwrap();
+    assert!(
+        config.contains("imap = 143") && config.contains("smtp = 25") && config.contains("https = 443"),
+        "{config}"
+    );
+}
+
+#[test]
+fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
+    let data = DataDir::init("clinic.example");
+    let d = data.arg();
+    let added = sealpost_ok(
+        &[
+            "account",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--name",
+            "Alice A",
+            "--data",
+            &d,
+        ],
+        "a good passphrase\n",
+    );
+    assert!(added.contains("created account alice@clinic.example"), "{added}");
+    assert!(
+        !added.contains("a good passphrase"),
+        "a password given on stdin is not echoed"
+    );
+    let generated = sealpost_ok(
+        &["account", "add", "root@clinic.example", "--role", "admin", "--data", &d],
+        "",
+    );
+    let password_line = generated.lines().find(|l| l.starts_with("password: ")).unwrap();
+    assert_eq!(password_line.trim_start_matches("password: ").len(), 20);
+
+    let short = sealpost(&["account", "add", "bob", "--password-stdin", "--data", &d], "short\n");
+    assert!(!short.status.success());
+    let bad_role = sealpost(&["account", "add", "bob", "--role", "owner", "--data", &d], "");
+    assert!(!bad_role.status.success());
+
+    let list = sealpost_ok(&["account", "list", "--json", "--data", &d], "");
+    let rows: Vec<serde_json::Value> = list.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["address"], "alice@clinic.example");
+    assert_eq!(rows[0]["name"], "Alice A");
+    assert_eq!(rows[1]["role"], "admin");
+
+    sealpost_ok(&["account", "disable", "alice", "--data", &d], "");
+    let list = sealpost_ok(&["account", "list", "--data", &d], "");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("alice@clinic.example") && l.contains("disabled")),
+        "{list}"
+    );
+    sealpost_ok(&["account", "enable", "alice@clinic.example", "--data", &d], "");
+    sealpost_ok(&["account", "password", "alice", "--data", &d], "another passphrase\n");
+
+    let unconfirmed = sealpost(&["account", "delete", "alice", "--data", &d], "");
+    assert!(!unconfirmed.status.success());
+    assert!(String::from_utf8_lossy(&unconfirmed.stderr).contains("--yes"));
+    sealpost_ok(&["account", "delete", "alice", "--yes", "--data", &d], "");
+    let missing = sealpost(&["account", "disable", "alice", "--data", &d], "");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no account alice"));
+
+    let export = sealpost_ok(&["audit", "export", "--data", &d], "");
+    let actions: Vec<String> = export
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "store.create",
+            "account.create",
+            "account.create",
+            "account.disable",
+            "account.enable",
+            "account.password",
+            "account.delete"
+        ]
+    );
+    let first: serde_json::Value = serde_json::from_str(export.lines().nth(1).unwrap()).unwrap();
+    assert!(first["object"].as_str().unwrap().contains("alice@clinic.example"));
+    assert!(first["at"].as_str().unwrap().contains('T'), "RFC 3339 time: {first}");
+    assert_eq!(first["outcome"], "ok");
+    assert_eq!(
+        sealpost_ok(&["audit", "export", "--since", "2999-01-01", "--data", &d], ""),
+        ""
+    );
+    let verified = sealpost_ok(&["audit", "verify", "--data", &d], "");
+    assert!(
+        verified.contains("audit chain intact: 7 records verified"),
+        "{verified}"
+    );
+}
+
+#[test]
+fn key_rotation_replaces_the_key_file_and_keeps_the_store_open() {
+    let data = DataDir::init("clinic.example");
+    let d = data.arg();
+    sealpost_ok(&["account", "add", "alice", "--data", &d], "");
+    let key = data.path().join("keys/master.key");
+    let before = std::fs::read(&key).unwrap();
+    let rotated = sealpost_ok(&["key", "rotate", "--data", &d], "");
+    assert!(rotated.contains("1 account key sets re-wrapped"), "{rotated}");
+    assert_ne!(std::fs::read(&key).unwrap(), before);
+    assert_eq!(mode(&key), 0o600);
+    let retired: Vec<_> = std::fs::read_dir(data.path().join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("master.key.retired-"))
+        .collect();
+    assert_eq!(retired.len(), 1);
+    assert!(sealpost_ok(&["account", "list", "--data", &d], "").contains("alice@clinic.example"));
+    assert!(sealpost_ok(&["audit", "export", "--data", &d], "").contains("key.rotate"));
+
+    // The retired key no longer opens the store.
+    std::fs::copy(data.path().join("keys").join(&retired[0]), &key).unwrap();
+    let refused = sealpost(&["account", "list", "--data", &d], "");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not open this store"));
+}
+
+#[test]
+fn a_wrong_or_loose_master_key_is_refused_with_a_clear_error() {
+    let data = DataDir::init("clinic.example");
+    let d = data.arg();
+    let other = DataDir::init("other.example");
+    std::fs::copy(
+        other.path().join("keys/master.key"),
+        data.path().join("keys/master.key"),
+    )
+    .unwrap();
+    let refused = sealpost(&["account", "list", "--data", &d], "");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("master.key") && stderr.contains("does not open this store"),
+        "{stderr}"
+    );
+
+    std::fs::set_permissions(
+        data.path().join("keys/master.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let loose = sealpost(&["account", "list", "--data", &d], "");
+    assert!(String::from_utf8_lossy(&loose.stderr).contains("chmod 600"));
+    std::fs::remove_file(data.path().join("keys/master.key")).unwrap();
+    let missing = sealpost(&["serve", "--data", &d], "");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("master.key"));
+}
+
+#[test]
+fn config_errors_name_the_file_and_the_key() {
+    let data = DataDir::init("clinic.example");
+    let file = data.path().join("sealpost.toml");
+    let config = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, config.replace("[listeners]", "[listeners]\npop3 = 110")).unwrap();
+    let output = sealpost(&["serve", "--data", &data.arg()], "");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("sealpost.toml") && stderr.contains("pop3"), "{stderr}");
+    let no_folder = sealpost(&["serve", "--data", "/nonexistent/sealpost"], "");
+    assert!(String::from_utf8_lossy(&no_folder.stderr).contains("sealpost init"));
+}
+
+#[test]
+fn serve_runs_until_sigterm_and_holds_the_store() {
+    let data = DataDir::init("clinic.example");
+    let d = data.arg();
+    sealpost_ok(&["account", "add", "alice", "--data", &d], "");
+    let mut server = Server::start(&["serve", "--data", &d]);
+    assert!(
+        server.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        server.seen
+    );
+    let busy = sealpost(&["account", "list", "--data", &d], "");
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    assert_eq!(
+        server.terminate(Duration::from_secs(20)),
+        Some(true),
+        "{:?}",
+        server.seen
+    );
+    assert!(
+        server.seen.iter().any(|l| l.contains("store closed")),
+        "{:?}",
+        server.seen
+    );
+    // Nothing identifying in the log.
+    assert!(!server.seen.iter().any(|l| l.contains("alice")), "{:?}", server.seen);
+    assert!(sealpost_ok(&["account", "list", "--data", &d], "").contains("alice@clinic.example"));
+}
+
+#[test]
+fn demo_makes_a_ready_data_folder_prints_how_to_log_in_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let base = sealpost_e2e::free_port_base().to_string();
+    let mut server = Server::start(&["demo", "--data", data.to_str().unwrap(), "--port-base", &base]);
+    assert!(
+        server.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        server.seen
+    );
+    let password = server
+        .seen
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("password"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(password.len(), 20);
+    assert!(server.seen.iter().any(|l| l.contains("demo@sealpost.test")));
+    assert!(server
+        .seen
+        .iter()
+        .any(|l| l.contains(&format!("localhost:{}", base.parse::<u16>().unwrap() + 993))));
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    let list = sealpost_ok(&["account", "list", "--data", data.to_str().unwrap()], "");
+    assert!(list.contains("demo@sealpost.test"), "{list}");
+    // A second start reuses the folder and prints the same credentials.
+    let mut again = Server::start(&["demo", "--data", data.to_str().unwrap(), "--port-base", &base]);
+    assert!(
+        again.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        again.seen
+    );
+    assert!(again.seen.iter().any(|l| l.contains(&password)), "{:?}", again.seen);
+    assert_eq!(again.terminate(Duration::from_secs(20)), Some(true));
+}
