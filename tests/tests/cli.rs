@@ -299,3 +299,34 @@ fn demo_makes_a_ready_data_folder_prints_how_to_log_in_and_serves() {
     assert!(again.seen.iter().any(|l| l.contains(&password)), "{:?}", again.seen);
     assert_eq!(again.terminate(Duration::from_secs(20)), Some(true));
 }
+
+#[test]
+fn audit_verify_exits_1_and_names_the_record_someone_altered_on_disk() {
+    let data = DataDir::init("clinic.example");
+    let d = data.arg();
+    sealpost_ok(&["account", "add", "alice", "--data", &d], "");
+    sealpost_ok(&["account", "disable", "alice", "--data", &d], "");
+    {
+        let cfs = [
+            "meta",
+            "directory",
+            "account_keys",
+            "address_index",
+            "mailboxes",
+            "messages",
+            "changes",
+            "blob_index",
+            "blobs",
+            "audit",
+        ];
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), data.path().join("store"), cfs).unwrap();
+        let audit = db.cf_handle("audit").unwrap();
+        let mut record = db.get_cf(audit, 2u64.to_be_bytes()).unwrap().unwrap();
+        record[40] ^= 0x20;
+        db.put_cf(audit, 2u64.to_be_bytes(), record).unwrap();
+    }
+    let verified = sealpost(&["audit", "verify", "--data", &d], "");
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert_eq!(verified.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("BROKEN at record 2"), "{stdout}");
+}
