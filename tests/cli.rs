@@ -4,7 +4,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use sealpost_e2e::{sealpost, sealpost_ok, DataDir, Server};
+mod common;
+
+use common::{sealpost, sealpost_ok, DataDir, Server};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -266,7 +268,7 @@ fn serve_runs_until_sigterm_and_holds_the_store() {
 fn demo_makes_a_ready_data_folder_prints_how_to_log_in_and_serves() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
-    let base = sealpost_e2e::free_port_base().to_string();
+    let base = common::free_port_base().to_string();
     let mut server = Server::start(&["demo", "--data", data.to_str().unwrap(), "--port-base", &base]);
     assert!(
         server.wait_for("sealpost is running", Duration::from_secs(30)),

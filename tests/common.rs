@@ -1,28 +1,17 @@
-//! Helpers for end-to-end tests: find the built `sealpost` binary, run it, start a server in
-//! a data folder of its own on free loopback ports, and stop it.
-//!
-//! `cargo test --workspace` builds the binary before the tests run; `sealpost_binary` finds it
-//! beside the test executable's folder.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Helpers for end-to-end tests: run the built `sealpost` binary, start a server in a data
+//! folder of its own on free loopback ports, and stop it. Included by each test file.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The `sealpost` binary of the same build as the running test.
+/// The `sealpost` binary cargo built for these tests.
 pub fn sealpost_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> → target/<profile>/sealpost
-    let binary = exe.parent().and_then(Path::parent).unwrap().join("sealpost");
-    assert!(
-        binary.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        binary.display()
-    );
-    binary
+    PathBuf::from(env!("CARGO_BIN_EXE_sealpost"))
 }
 
 /// Runs `sealpost ARGS` to completion, with `stdin` as standard input.
