@@ -23,7 +23,11 @@ pub(crate) enum Frame {
     LineTooLong { tag: Option<String> },
     /// A literal over the limit. A synchronising one was not sent yet: the command is dropped
     /// and reading goes on. A non-synchronising one is on its way: the session must close.
-    LiteralTooBig { tag: Option<String>, synchronizing: bool, size: u64 },
+    LiteralTooBig {
+        tag: Option<String>,
+        synchronizing: bool,
+        size: u64,
+    },
 }
 
 pub(crate) struct Framer {
@@ -37,7 +41,13 @@ pub(crate) struct Framer {
 
 impl Framer {
     pub(crate) fn new(limits: FrameLimits) -> Self {
-        Self { limits, input: Vec::new(), command: Vec::new(), literal_left: 0, discarding_line: false }
+        Self {
+            limits,
+            input: Vec::new(),
+            command: Vec::new(),
+            literal_left: 0,
+            discarding_line: false,
+        }
     }
 
     /// Adds bytes read from the client.
@@ -64,7 +74,9 @@ impl Framer {
     pub(crate) fn next_frame(&mut self) -> Option<Frame> {
         loop {
             if self.literal_left > 0 {
-                let take = usize::try_from(self.literal_left).unwrap_or(usize::MAX).min(self.input.len());
+                let take = usize::try_from(self.literal_left)
+                    .unwrap_or(usize::MAX)
+                    .min(self.input.len());
                 self.command.extend(self.input.drain(..take));
                 self.literal_left -= take as u64;
                 if self.literal_left > 0 {
@@ -93,7 +105,11 @@ impl Framer {
                 return None;
             };
             if at + 1 > self.limits.line_bytes_max {
-                let tag = tag_of(if self.command.is_empty() { &self.input } else { &self.command });
+                let tag = tag_of(if self.command.is_empty() {
+                    &self.input
+                } else {
+                    &self.command
+                });
                 self.input.drain(..=at);
                 self.command.clear();
                 return Some(Frame::LineTooLong { tag });
@@ -106,7 +122,11 @@ impl Framer {
                     if size > self.limits.literal_bytes_max || total > self.limits.command_bytes_max {
                         let tag = tag_of(&self.command);
                         self.command.clear();
-                        return Some(Frame::LiteralTooBig { tag, synchronizing, size });
+                        return Some(Frame::LiteralTooBig {
+                            tag,
+                            synchronizing,
+                            size,
+                        });
                     }
                     self.literal_left = size;
                     if synchronizing {
@@ -118,7 +138,11 @@ impl Framer {
     }
 
     fn line_too_long(&mut self) -> Frame {
-        let tag = tag_of(if self.command.is_empty() { &self.input } else { &self.command });
+        let tag = tag_of(if self.command.is_empty() {
+            &self.input
+        } else {
+            &self.command
+        });
         self.input.clear();
         self.command.clear();
         self.discarding_line = true;
@@ -141,16 +165,22 @@ fn literal_announced(line: &[u8]) -> Option<(u64, bool)> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok().map(|size| (size, synchronizing))
+    std::str::from_utf8(digits)
+        .ok()?
+        .parse()
+        .ok()
+        .map(|size| (size, synchronizing))
 }
 
 /// The tag of a command, if it starts with something that can be one.
 pub(crate) fn tag_of(bytes: &[u8]) -> Option<String> {
-    let end = bytes.iter().position(|&b| b == b' ' || b == b'\r' || b == b'\n').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .position(|&b| b == b' ' || b == b'\r' || b == b'\n')
+        .unwrap_or(bytes.len());
     let tag = &bytes[..end];
-    let valid = !tag.is_empty()
-        && tag.len() <= 64
-        && tag.iter().all(|&b| b.is_ascii_graphic() && !b"(){%*\"\\+".contains(&b));
+    let valid =
+        !tag.is_empty() && tag.len() <= 64 && tag.iter().all(|&b| b.is_ascii_graphic() && !b"(){%*\"\\+".contains(&b));
     valid.then(|| String::from_utf8_lossy(tag).to_string())
 }
 
@@ -159,7 +189,11 @@ mod tests {
     use super::*;
 
     fn framer() -> Framer {
-        Framer::new(FrameLimits { line_bytes_max: 40, literal_bytes_max: 10, command_bytes_max: 60 })
+        Framer::new(FrameLimits {
+            line_bytes_max: 40,
+            literal_bytes_max: 10,
+            command_bytes_max: 60,
+        })
     }
 
     #[test]
@@ -172,12 +206,29 @@ mod tests {
         assert_eq!(f.next_frame(), Some(Frame::NeedContinuation));
         assert_eq!(f.next_frame(), None);
         f.push(b"bob {2+}\r\npw\r\n");
-        assert_eq!(f.next_frame(), Some(Frame::Command(b"a2 LOGIN {3}\r\nbob {2+}\r\npw\r\n".to_vec())));
+        assert_eq!(
+            f.next_frame(),
+            Some(Frame::Command(b"a2 LOGIN {3}\r\nbob {2+}\r\npw\r\n".to_vec()))
+        );
 
         f.push(b"a3 APPEND x {11}\r\n");
-        assert_eq!(f.next_frame(), Some(Frame::LiteralTooBig { tag: Some("a3".into()), synchronizing: true, size: 11 }));
+        assert_eq!(
+            f.next_frame(),
+            Some(Frame::LiteralTooBig {
+                tag: Some("a3".into()),
+                synchronizing: true,
+                size: 11
+            })
+        );
         f.push(b"a4 X {99+}\r\n");
-        assert_eq!(f.next_frame(), Some(Frame::LiteralTooBig { tag: Some("a4".into()), synchronizing: false, size: 99 }));
+        assert_eq!(
+            f.next_frame(),
+            Some(Frame::LiteralTooBig {
+                tag: Some("a4".into()),
+                synchronizing: false,
+                size: 99
+            })
+        );
 
         let mut f = framer();
         f.push(b"a5 ");
@@ -188,6 +239,10 @@ mod tests {
 
         let mut f = framer();
         f.push(b"a7 X {99999999999999999999}\r\n");
-        assert_eq!(f.next_frame(), Some(Frame::Command(b"a7 X {99999999999999999999}\r\n".to_vec())), "not a literal: the parser refuses it");
+        assert_eq!(
+            f.next_frame(),
+            Some(Frame::Command(b"a7 X {99999999999999999999}\r\n".to_vec())),
+            "not a literal: the parser refuses it"
+        );
     }
 }
