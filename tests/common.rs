@@ -66,21 +66,26 @@ pub struct DataDir {
 
 impl DataDir {
     pub fn init(domain: &str) -> Self {
+        Self::init_with(domain, &[])
+    }
+
+    /// `sealpost init` with extra arguments.
+    pub fn init_with(domain: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port_base = free_port_base();
         let data = dir.path().join("data");
-        sealpost_ok(
-            &[
-                "init",
-                "--data",
-                data.to_str().unwrap(),
-                "--domain",
-                domain,
-                "--port-base",
-                &port_base.to_string(),
-            ],
-            "",
-        );
+        let base = port_base.to_string();
+        let mut args = vec![
+            "init",
+            "--data",
+            data.to_str().unwrap(),
+            "--domain",
+            domain,
+            "--port-base",
+            &base,
+        ];
+        args.extend_from_slice(extra);
+        sealpost_ok(&args, "");
         Self { dir, port_base }
     }
 

@@ -1,14 +1,28 @@
 //! `sealpost serve`: opens the store, loads the TLS certificate, runs the services until
 //! SIGTERM or SIGINT, and closes the store cleanly.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
-use tracing::info;
+use sealpost_imap::{BoxedStream, Connection, ImapConfig, TlsUpgrade};
+use sealpost_storage::Store;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn, Instrument};
 
 use crate::config::Loaded;
+
+/// Most connections one client address may hold open on one listener.
+const CONNECTIONS_PER_ADDRESS_MAX: usize = 50;
+/// How long connections get to finish after SIGTERM before they are cut.
+const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
 pub(crate) fn run(data: &Path) -> anyhow::Result<ExitCode> {
     init_tracing();
@@ -36,20 +50,59 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         .await
         .context("opening the store")?;
     let (loaded, store) = opened?;
-    let _tls = load_tls(&loaded)?;
+    let tls = tokio_rustls::TlsAcceptor::from(load_tls(&loaded)?);
     let cfg = &loaded.config;
     info!(
         domain = %cfg.server.domain,
         store = %loaded.path(&cfg.paths.store).display(),
         "store open"
     );
-    for (name, port) in cfg.listeners.named() {
-        // The protocol services arrive with their issues; until then they are not started.
-        info!(listener = name, address = %cfg.server.listen_host, port, "listener configured, service not built yet");
+    let imap_config = Arc::new(ImapConfig {
+        message_bytes_max: cfg.limits.message_bytes_max,
+        ..ImapConfig::default()
+    });
+    let (stop, stopped) = watch::channel(false);
+    let mut listeners = JoinSet::new();
+    for (name, port, implicit_tls) in [
+        ("imap", cfg.listeners.imap, false),
+        ("imaps", cfg.listeners.imaps, true),
+    ] {
+        let address = SocketAddr::new(cfg.server.listen_host, port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening on {address} ({name})"))?;
+        info!(listener = name, %address, "listening");
+        let service = ImapService {
+            name,
+            store: store.clone(),
+            config: imap_config.clone(),
+            tls: tls.clone(),
+            implicit_tls,
+            per_address: Arc::new(Mutex::new(HashMap::new())),
+        };
+        listeners.spawn(service.accept_loop(listener, stopped.clone()));
+    }
+    for (name, port) in [
+        ("smtp", cfg.listeners.smtp),
+        ("submission", cfg.listeners.submission),
+        ("submissions", cfg.listeners.submissions),
+        ("https", cfg.listeners.https),
+    ] {
+        // These services arrive with their issues; until then they are not started.
+        info!(listener = name, port, "listener configured, service not built yet");
     }
     info!("sealpost is running; SIGTERM or SIGINT stops it");
     shutdown.wait().await;
     info!("shutting down");
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), async {
+        while listeners.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("connections still open after the grace period; closing them");
+        listeners.abort_all();
+    }
     tokio::task::spawn_blocking(move || store.flush())
         .await
         .context("closing the store")??;
@@ -109,4 +162,133 @@ pub(crate) fn load_tls(loaded: &Loaded) -> anyhow::Result<Arc<rustls::ServerConf
             )
         })?;
     Ok(Arc::new(config))
+}
+
+/// Resolves once shutdown is asked for (the read guard never lives across an await).
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// One IMAP listener: accepts connections and runs a session for each, owned by a JoinSet.
+struct ImapService {
+    name: &'static str,
+    store: Store,
+    config: Arc<ImapConfig>,
+    tls: tokio_rustls::TlsAcceptor,
+    implicit_tls: bool,
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// Counts a connection against its address while it lives.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+impl ImapService {
+    async fn accept_loop(self, listener: TcpListener, stopped: watch::Receiver<bool>) {
+        let mut sessions = JoinSet::new();
+        let mut next_id = 0u64;
+        let mut stop_watch = stopped.clone();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (socket, peer) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            warn!(listener = self.name, %error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    next_id += 1;
+                    let span = tracing::info_span!("connection", conn_id = next_id, peer = %peer.ip(), protocol = self.name);
+                    sessions.spawn(self.connection(socket, peer, stopped.clone()).instrument(span));
+                }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                () = until_stopped(&mut stop_watch) => break,
+            }
+        }
+        drop(listener);
+        while sessions.join_next().await.is_some() {}
+    }
+
+    fn connection(
+        &self,
+        mut socket: tokio::net::TcpStream,
+        peer: SocketAddr,
+        stopped: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let slot = {
+            let mut counts = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+            let count = counts.entry(peer.ip()).or_insert(0);
+            if *count >= CONNECTIONS_PER_ADDRESS_MAX {
+                None
+            } else {
+                *count += 1;
+                Some(AddressSlot {
+                    counts: self.per_address.clone(),
+                    address: peer.ip(),
+                })
+            }
+        };
+        let (store, config, tls, implicit_tls) = (
+            self.store.clone(),
+            self.config.clone(),
+            self.tls.clone(),
+            self.implicit_tls,
+        );
+        async move {
+            let Some(_slot) = slot else {
+                let bye =
+                    format!("* BYE too many connections from your address (limit {CONNECTIONS_PER_ADDRESS_MAX})\r\n");
+                if !implicit_tls {
+                    let _ = socket.write_all(bye.as_bytes()).await;
+                }
+                return;
+            };
+            let _ = socket.set_nodelay(true);
+            let stream: BoxedStream = if implicit_tls {
+                match tls.accept(socket).await {
+                    Ok(stream) => Box::new(stream),
+                    Err(error) => {
+                        tracing::debug!(%error, "TLS handshake failed");
+                        return;
+                    }
+                }
+            } else {
+                Box::new(socket)
+            };
+            let starttls: Option<TlsUpgrade> = if implicit_tls {
+                None
+            } else {
+                let acceptor = tls.clone();
+                Some(Arc::new(move |plain: BoxedStream| {
+                    let acceptor = acceptor.clone();
+                    Box::pin(async move {
+                        let secured = acceptor.accept(plain).await?;
+                        Ok(Box::new(secured) as BoxedStream)
+                    })
+                }))
+            };
+            let connection = Connection {
+                peer: peer.ip().to_string(),
+                tls: implicit_tls,
+                starttls,
+            };
+            sealpost_imap::serve_session(stream, store, config, connection, stopped).await;
+        }
+    }
 }

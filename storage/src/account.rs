@@ -8,7 +8,7 @@ use crate::crypto::{self, AccountKeys};
 use crate::engine::{Batch, Scan, Table};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::mailbox::{AccountState, DEFAULT_MAILBOXES};
+use crate::mailbox::{AccountState, NewMailbox, DEFAULT_MAILBOXES};
 use crate::store::{lock, Actor, Store};
 use crate::types::{Account, AccountId, AccountStatus, NewAccount, Role};
 use crate::AuditEvent;
@@ -153,7 +153,17 @@ impl Store {
         );
         let mut state = AccountState::new();
         for (name, special_use) in DEFAULT_MAILBOXES {
-            self.stage_new_mailbox(&crypto, id, &mut state, name, special_use, &mut batch)?;
+            self.stage_new_mailbox(
+                &crypto,
+                id,
+                &mut state,
+                NewMailbox {
+                    name,
+                    special_use,
+                    subscribed: true,
+                },
+                &mut batch,
+            )?;
         }
         self.stage_account_state(&crypto, id, &state, &mut batch)?;
         let event = AuditEvent::new(actor, "account.create", format!("account:{id} {address}"))

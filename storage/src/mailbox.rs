@@ -24,6 +24,24 @@ pub(crate) const DEFAULT_MAILBOXES: [(&str, Option<SpecialUse>); 7] = [
     ("BACKUP", Some(SpecialUse::Backup)),
 ];
 
+/// A mailbox to make.
+pub(crate) struct NewMailbox<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) special_use: Option<SpecialUse>,
+    /// The default mailboxes start subscribed; those a client creates do not (it subscribes).
+    pub(crate) subscribed: bool,
+}
+
+impl<'a> NewMailbox<'a> {
+    fn plain(name: &'a str) -> Self {
+        Self {
+            name,
+            special_use: None,
+            subscribed: false,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub(crate) struct AccountState {
     next_mailbox_id: u32,
@@ -154,11 +172,21 @@ impl Store {
         let mut created = 0u32;
         for parent in parent_names(&name) {
             if !existing.iter().any(|(_, r)| same_name(&r.name, parent)) {
-                self.stage_new_mailbox(&crypto, account, &mut state, parent, None, &mut batch)?;
+                self.stage_new_mailbox(&crypto, account, &mut state, NewMailbox::plain(parent), &mut batch)?;
                 created += 1;
             }
         }
-        let id = self.stage_new_mailbox(&crypto, account, &mut state, &name, special_use, &mut batch)?;
+        let id = self.stage_new_mailbox(
+            &crypto,
+            account,
+            &mut state,
+            NewMailbox {
+                name: &name,
+                special_use,
+                subscribed: false,
+            },
+            &mut batch,
+        )?;
         created += 1;
         let max = self.inner.config.limits.mailboxes_per_account_max;
         let total = existing.len() as u64 + u64::from(created);
@@ -222,7 +250,7 @@ impl Store {
             let exists = existing.iter().any(|(_, r)| same_name(&r.name, parent))
                 || renamed_names.iter().any(|n| same_name(n, parent));
             if !exists {
-                self.stage_new_mailbox(&crypto, account, &mut state, parent, None, &mut batch)?;
+                self.stage_new_mailbox(&crypto, account, &mut state, NewMailbox::plain(parent), &mut batch)?;
             }
         }
         for (id, record) in &renames {
@@ -393,8 +421,7 @@ impl Store {
         crypto: &AccountCrypto,
         account: AccountId,
         state: &mut AccountState,
-        name: &str,
-        special_use: Option<SpecialUse>,
+        new: NewMailbox<'_>,
         batch: &mut Batch,
     ) -> Result<MailboxId> {
         let id = MailboxId(state.next_mailbox_id);
@@ -408,9 +435,9 @@ impl Store {
         let now = u32::try_from(crate::now_ms() / 1000).unwrap_or(u32::MAX);
         state.last_uid_validity = now.max(state.last_uid_validity.saturating_add(1));
         let record = MailboxRecord {
-            name: name.to_string(),
-            special_use,
-            subscribed: true,
+            name: new.name.to_string(),
+            special_use: new.special_use,
+            subscribed: new.subscribed,
             uid_validity: state.last_uid_validity,
             uid_next: 1,
             highest_modseq: 1,

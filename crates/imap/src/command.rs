@@ -68,6 +68,8 @@ pub(crate) enum CommandBody {
     Search {
         uid: bool,
         returns: Option<Vec<SearchReturn>>,
+        /// As the client named it; anything but UTF-8 and US-ASCII gets NO [BADCHARSET].
+        charset: Option<String>,
         criteria: SearchKey,
     },
     Fetch {

@@ -60,16 +60,6 @@ impl Framer {
         self.input.len()
     }
 
-    /// Takes whatever is buffered, for a layer that takes over the stream (COMPRESS).
-    pub(crate) fn take_buffered(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.input)
-    }
-
-    /// Whether a command is half read (a literal or line in progress).
-    pub(crate) fn in_command(&self) -> bool {
-        !self.command.is_empty() || self.literal_left > 0
-    }
-
     /// The next complete frame, or `None` when more bytes are needed.
     pub(crate) fn next_frame(&mut self) -> Option<Frame> {
         loop {

@@ -33,10 +33,14 @@ pub fn search_text(raw: &[u8]) -> SearchText {
         return out;
     };
     for header in message.headers() {
-        out.headers.push((
-            header.name().to_ascii_lowercase(),
-            header_text(header.value(), raw, header),
-        ));
+        let name = header.name().to_ascii_lowercase();
+        // Identifiers are searched as written (mail-parser strips their angle brackets).
+        let value = if IDENTIFIER_FIELDS.contains(&name.as_str()) {
+            raw_value(raw, header)
+        } else {
+            header_text(header.value(), raw, header)
+        };
+        out.headers.push((name, value));
     }
     // Messages inside messages: an explicit list, bounded by the parser's own nesting limit.
     let mut pending = vec![&message];
@@ -73,6 +77,27 @@ fn floor_char_boundary(text: &str, at: usize) -> usize {
         at -= 1;
     }
     at
+}
+
+const IDENTIFIER_FIELDS: [&str; 5] = [
+    "message-id",
+    "in-reply-to",
+    "references",
+    "content-id",
+    "resent-message-id",
+];
+
+fn raw_value(raw: &[u8], header: &mail_parser::Header<'_>) -> String {
+    let start = usize::try_from(header.offset_start()).unwrap_or(0);
+    let end = usize::try_from(header.offset_end()).unwrap_or(0);
+    raw.get(start..end)
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 fn header_text(value: &HeaderValue<'_>, raw: &[u8], header: &mail_parser::Header<'_>) -> String {

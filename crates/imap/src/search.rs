@@ -1,0 +1,191 @@
+//! SEARCH over the encrypted store: each key is checked against what it needs, loaded
+//! lazily per message: metadata always, the stored summary for header and date keys, the
+//! decoded body only for BODY and TEXT.
+
+use std::collections::HashMap;
+
+use sealpost_mime::{search_text, Summary};
+use sealpost_storage::{AccountId, MailboxId, MessageMeta, Result, Store, SystemFlag};
+
+use crate::command::{SearchKey, SeqNumber, SequenceSet};
+
+/// What is known of one message while its keys are checked.
+struct Candidate<'a> {
+    seq: u32,
+    meta: &'a MessageMeta,
+    summary: Option<Summary>,
+    body: Option<String>,
+}
+
+/// The UIDs (ascending) of the messages matching `key`, and the highest MODSEQ among them.
+pub(crate) fn evaluate(
+    store: &Store,
+    account: AccountId,
+    mailbox: MailboxId,
+    uids: &[u32],
+    saved: &[u32],
+    key: &SearchKey,
+) -> Result<(Vec<u32>, u64)> {
+    let metas: HashMap<u32, MessageMeta> = store
+        .messages(account, mailbox)?
+        .into_iter()
+        .map(|m| (m.uid, m))
+        .collect();
+    let largest_uid = uids.last().copied().unwrap_or(0);
+    let count = uids.len() as u32;
+    let mut out = Vec::new();
+    let mut highest = 0u64;
+    for (index, uid) in uids.iter().enumerate() {
+        let Some(meta) = metas.get(uid) else { continue };
+        let mut candidate = Candidate {
+            seq: index as u32 + 1,
+            meta,
+            summary: None,
+            body: None,
+        };
+        let context = Context {
+            store,
+            account,
+            mailbox,
+            saved,
+            largest_uid,
+            count,
+        };
+        if matches(key, &mut candidate, &context)? {
+            highest = highest.max(meta.modseq);
+            out.push(*uid);
+        }
+    }
+    Ok((out, highest))
+}
+
+struct Context<'a> {
+    store: &'a Store,
+    account: AccountId,
+    mailbox: MailboxId,
+    saved: &'a [u32],
+    largest_uid: u32,
+    count: u32,
+}
+
+pub(crate) fn uses_modseq(key: &SearchKey) -> bool {
+    // Explicit stack: keys nest, but the parser bounds the depth anyway.
+    let mut pending = vec![key];
+    while let Some(key) = pending.pop() {
+        match key {
+            SearchKey::ModSeq(_) => return true,
+            SearchKey::And(keys) => pending.extend(keys.iter()),
+            SearchKey::Or(a, b) => {
+                pending.push(a);
+                pending.push(b);
+            }
+            SearchKey::Not(inner) => pending.push(inner),
+            _ => {}
+        }
+    }
+    false
+}
+
+fn in_set(set: &SequenceSet, number: u32, largest: u32, saved: Option<&[u32]>) -> bool {
+    match set {
+        SequenceSet::Saved => saved.is_some_and(|s| s.contains(&number)),
+        SequenceSet::Ranges(ranges) => ranges.iter().any(|(a, b)| {
+            let value = |n: &SeqNumber| match n {
+                SeqNumber::Value(v) => *v,
+                SeqNumber::Largest => largest,
+            };
+            let (low, high) = (value(a).min(value(b)), value(a).max(value(b)));
+            (low..=high).contains(&number)
+        }),
+    }
+}
+
+fn contains(haystack: &str, needle: &str) -> bool {
+    needle.is_empty() || haystack.to_lowercase().contains(&needle.to_lowercase())
+}
+
+fn day_of(unix_seconds: i64, offset_minutes: i64) -> i64 {
+    (unix_seconds + offset_minutes * 60).div_euclid(86_400) * 86_400
+}
+
+/// Depth is bounded by the parser (NESTING_DEPTH_MAX), so this recursion is too.
+fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> Result<bool> {
+    Ok(match key {
+        SearchKey::All => true,
+        SearchKey::And(keys) => {
+            for key in keys {
+                if !matches(key, c, ctx)? {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        SearchKey::Or(a, b) => matches(a, c, ctx)? || matches(b, c, ctx)?,
+        SearchKey::Not(inner) => !matches(inner, c, ctx)?,
+        SearchKey::Flag { flag, set } => {
+            let has = match flag.to_ascii_lowercase().as_str() {
+                "\\seen" => c.meta.flags.has(SystemFlag::Seen),
+                "\\answered" => c.meta.flags.has(SystemFlag::Answered),
+                "\\flagged" => c.meta.flags.has(SystemFlag::Flagged),
+                "\\deleted" => c.meta.flags.has(SystemFlag::Deleted),
+                "\\draft" => c.meta.flags.has(SystemFlag::Draft),
+                _ => c.meta.flags.keywords().iter().any(|k| k.eq_ignore_ascii_case(flag)),
+            };
+            has == *set
+        }
+        // No message is \Recent in Sealpost (IMAP4rev2 dropped it).
+        SearchKey::New | SearchKey::Recent => false,
+        SearchKey::Old => true,
+        SearchKey::Larger(n) => c.meta.size > *n,
+        SearchKey::Smaller(n) => c.meta.size < *n,
+        SearchKey::Uid(set) => in_set(set, c.meta.uid, ctx.largest_uid, Some(ctx.saved)),
+        SearchKey::Sequence(SequenceSet::Saved) => ctx.saved.contains(&c.meta.uid),
+        SearchKey::Sequence(set) => in_set(set, c.seq, ctx.count, None),
+        SearchKey::ModSeq(n) => c.meta.modseq >= *n,
+        SearchKey::Before(day) | SearchKey::On(day) | SearchKey::Since(day) => {
+            let date = c.meta.internal_date;
+            let internal = day_of(date.unix_seconds, i64::from(date.offset_minutes));
+            match key {
+                SearchKey::Before(_) => internal < *day,
+                SearchKey::On(_) => internal == *day,
+                _ => internal >= *day,
+            }
+        }
+        SearchKey::SentBefore(day) | SearchKey::SentOn(day) | SearchKey::SentSince(day) => {
+            let Some(sent) = summary(c, ctx)?.sent_at else {
+                return Ok(false);
+            };
+            let sent = day_of(sent, 0);
+            match key {
+                SearchKey::SentBefore(_) => sent < *day,
+                SearchKey::SentOn(_) => sent == *day,
+                _ => sent >= *day,
+            }
+        }
+        SearchKey::Header { field, value } => summary(c, ctx)?.header(field).any(|v| contains(v, value)),
+        SearchKey::Body(text) => contains(body(c, ctx)?, text),
+        SearchKey::Text(text) => {
+            summary(c, ctx)?.headers.iter().any(|(_, v)| contains(v, text)) || contains(body(c, ctx)?, text)
+        }
+    })
+}
+
+fn summary<'c>(c: &'c mut Candidate<'_>, ctx: &Context<'_>) -> Result<&'c Summary> {
+    if c.summary.is_none() {
+        let bytes = ctx.store.message_summary(ctx.account, ctx.mailbox, c.meta.uid)?;
+        let summary = match Summary::from_bytes(&bytes) {
+            Some(summary) => summary,
+            None => Summary::of(&ctx.store.read_message(ctx.account, ctx.mailbox, c.meta.uid)?),
+        };
+        c.summary = Some(summary);
+    }
+    Ok(c.summary.get_or_insert_with(Summary::default))
+}
+
+fn body<'c>(c: &'c mut Candidate<'_>, ctx: &Context<'_>) -> Result<&'c str> {
+    if c.body.is_none() {
+        let raw = ctx.store.read_message(ctx.account, ctx.mailbox, c.meta.uid)?;
+        c.body = Some(search_text(&raw).body);
+    }
+    Ok(c.body.get_or_insert_with(String::new))
+}

@@ -1,0 +1,1121 @@
+//! The selected state: a mailbox's messages as this session numbers them, the changes other
+//! sessions make (announced at command boundaries, and at once during IDLE), and the commands
+//! that work on messages.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use sealpost_mime::{Limits, SectionText as MimeSection, Structure, Summary};
+use sealpost_storage::{
+    AuditEvent, FlagChange, MailboxEvent, MailboxEvents, MailboxId, MessageMeta, SpecialUse, SystemFlag,
+};
+use tokio::io::AsyncReadExt;
+use tokio::sync::broadcast::error::TryRecvError;
+
+use crate::command::{
+    CommandBody, FetchItem, Qresync, SearchReturn, Section, SectionText, SeqNumber, SequenceSet, StoreMode,
+};
+use crate::response;
+use crate::session::{blocking, store_failure, Flow, Session};
+
+pub(crate) struct Selected {
+    pub(crate) id: MailboxId,
+    pub(crate) name: String,
+    pub(crate) read_only: bool,
+    /// BACKUP: refuses changes with NO [CANNOT] even when selected read-write.
+    pub(crate) protected: bool,
+    /// UIDs by sequence number (index + 1), ascending.
+    pub(crate) uids: Vec<u32>,
+    events: MailboxEvents,
+    /// Expunges seen but not yet announced (not allowed during FETCH, STORE, SEARCH).
+    pending_expunges: BTreeSet<u32>,
+    /// Flag changes by other sessions, to announce.
+    pending_flags: BTreeSet<u32>,
+    /// MODSEQs this session caused, whose events need no announcement.
+    own_modseqs: BTreeSet<u64>,
+    /// The result of the last SEARCH ... RETURN (SAVE), as UIDs.
+    saved_search: Vec<u32>,
+}
+
+/// UIDs that a sequence set names, in this mailbox, ascending. A message sequence number
+/// past the last message is an error (BAD); UIDs that do not exist are simply skipped.
+fn resolve_checked(set: &SequenceSet, uid: bool, selected: &Selected) -> Result<Vec<u32>, String> {
+    if let (SequenceSet::Ranges(ranges), false) = (set, uid) {
+        let count = selected.uids.len() as u32;
+        for (a, b) in ranges {
+            for n in [a, b] {
+                if let SeqNumber::Value(v) = n {
+                    if *v > count {
+                        return Err(format!("message sequence number {v} does not exist ({count} messages)"));
+                    }
+                }
+                if matches!(n, SeqNumber::Largest) && count == 0 {
+                    return Err("the mailbox is empty: * names no message".to_string());
+                }
+            }
+        }
+    }
+    Ok(resolve(set, uid, selected))
+}
+
+/// UIDs that a sequence set names, in this mailbox, ascending.
+fn resolve(set: &SequenceSet, uid: bool, selected: &Selected) -> Vec<u32> {
+    let ranges = match set {
+        SequenceSet::Saved => {
+            return selected
+                .saved_search
+                .iter()
+                .copied()
+                .filter(|u| selected.uids.binary_search(u).is_ok())
+                .collect()
+        }
+        SequenceSet::Ranges(ranges) => ranges,
+    };
+    let mut out = BTreeSet::new();
+    if uid {
+        let largest = selected.uids.last().copied().unwrap_or(0);
+        for (a, b) in ranges {
+            let value = |n: &SeqNumber| match n {
+                SeqNumber::Value(v) => *v,
+                SeqNumber::Largest => largest,
+            };
+            let (low, high) = (value(a).min(value(b)), value(a).max(value(b)));
+            let start = selected.uids.partition_point(|u| *u < low);
+            for &u in selected.uids[start..].iter().take_while(|u| **u <= high) {
+                out.insert(u);
+            }
+        }
+    } else {
+        let count = selected.uids.len() as u32;
+        for (a, b) in ranges {
+            let value = |n: &SeqNumber| match n {
+                SeqNumber::Value(v) => *v,
+                SeqNumber::Largest => count,
+            };
+            let (low, high) = (value(a).min(value(b)).max(1), value(a).max(value(b)).min(count));
+            for seq in low..=high {
+                out.insert(selected.uids[(seq - 1) as usize]);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// A set of numbers in IMAP's compact form: `1:3,7,9:10`.
+pub(crate) fn compact_set(numbers: &[u32]) -> String {
+    let mut parts = Vec::new();
+    let mut iter = numbers.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while iter.peek() == Some(&(end + 1)) {
+            end += 1;
+            iter.next();
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        });
+    }
+    parts.join(",")
+}
+
+impl Selected {
+    fn seq_of(&self, uid: u32) -> Option<u32> {
+        self.uids.binary_search(&uid).ok().map(|i| i as u32 + 1)
+    }
+
+    /// Takes the events that arrived since the last look. `false` if some were lost and the
+    /// mailbox must be read again.
+    fn drain_events(&mut self) -> bool {
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => self.note(event),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => return true,
+                Err(TryRecvError::Lagged(_)) => return false,
+            }
+        }
+    }
+
+    fn note(&mut self, event: MailboxEvent) {
+        match event {
+            MailboxEvent::Appended { uid, .. } => {
+                if self.uids.last().is_none_or(|last| *last < uid) {
+                    self.uids.push(uid);
+                }
+            }
+            MailboxEvent::FlagsChanged { uid, modseq } => {
+                if !self.own_modseqs.remove(&modseq) {
+                    self.pending_flags.insert(uid);
+                }
+            }
+            MailboxEvent::Expunged { uid, .. } => {
+                self.pending_expunges.insert(uid);
+                self.pending_flags.remove(&uid);
+            }
+            MailboxEvent::Deleted => {}
+        }
+    }
+}
+
+impl Session {
+    pub(crate) async fn select(
+        &mut self,
+        tag: &str,
+        name: &str,
+        examine: bool,
+        condstore: bool,
+        qresync: Option<Qresync>,
+    ) {
+        // A failed SELECT leaves no mailbox selected (RFC 9051 section 6.3.2).
+        if self.selected.take().is_some() && self.enabled.qresync {
+            self.untagged("OK [CLOSED] previous mailbox closed");
+        }
+        if qresync.is_some() && !self.enabled.qresync {
+            return self.bad(tag, "QRESYNC needs ENABLE QRESYNC first");
+        }
+        if condstore {
+            self.enabled.condstore = true;
+        }
+        let mailbox = match self.find_mailbox(name).await {
+            Ok(Some(mailbox)) => mailbox,
+            Ok(None) => return self.no(tag, "[NONEXISTENT] no such mailbox"),
+            Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
+        };
+        // Subscribe before reading, so that nothing falls between the read and the events.
+        let events = self.store.subscribe(self.account_id(), mailbox.id);
+        let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
+        let (metas, mailbox) = match blocking(move || {
+            Ok::<_, sealpost_storage::Error>((store.messages(account, id)?, store.mailbox(account, id)?))
+        })
+        .await
+        {
+            Ok(found) => found,
+            Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
+        };
+        let protected = mailbox.special_use == Some(SpecialUse::Backup);
+        let read_only = examine || protected;
+        let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
+        self.untagged("FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $Junk $NotJunk)");
+        if read_only {
+            self.untagged("OK [PERMANENTFLAGS ()] no permanent flags in a read-only mailbox");
+        } else {
+            self.untagged("OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $Junk $NotJunk \\*)] flags permitted");
+        }
+        self.untagged(&format!("{} EXISTS", uids.len()));
+        if !self.enabled.rev2 {
+            self.untagged("0 RECENT");
+            if let Some(position) = metas.iter().position(|m| !m.flags.has(SystemFlag::Seen)) {
+                self.untagged(&format!("OK [UNSEEN {}] first unseen", position + 1));
+            }
+        }
+        self.untagged(&format!("OK [UIDVALIDITY {}] UIDs valid", mailbox.uid_validity));
+        self.untagged(&format!("OK [UIDNEXT {}] predicted next UID", mailbox.uid_next));
+        self.untagged(&format!("OK [HIGHESTMODSEQ {}] highest", mailbox.highest_modseq));
+        if self.enabled.rev2 {
+            let mut line = b"* LIST () \"/\" ".to_vec();
+            response::mailbox(&mut line, &mailbox.name, self.names());
+            line.extend_from_slice(b"\r\n");
+            self.out.extend_from_slice(&line);
+        }
+        let mut selected = Selected {
+            id: mailbox.id,
+            name: mailbox.name.clone(),
+            read_only,
+            protected,
+            uids,
+            events,
+            pending_expunges: BTreeSet::new(),
+            pending_flags: BTreeSet::new(),
+            own_modseqs: BTreeSet::new(),
+            saved_search: Vec::new(),
+        };
+        if let Some(qresync) = qresync.filter(|q| q.uid_validity == mailbox.uid_validity) {
+            let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
+            if let Ok(changes) = blocking(move || store.changes_since(account, id, qresync.modseq)).await {
+                let known = qresync.known_uids.as_ref().map(resolve_known);
+                let vanished: Vec<u32> = changes
+                    .expunged
+                    .iter()
+                    .copied()
+                    .filter(|uid| known.as_ref().is_none_or(|k| k.contains(uid)))
+                    .collect();
+                if !vanished.is_empty() {
+                    self.untagged(&format!("VANISHED (EARLIER) {}", compact_set(&vanished)));
+                }
+                let by_uid: HashMap<u32, &MessageMeta> = metas.iter().map(|m| (m.uid, m)).collect();
+                for (uid, _) in &changes.changed {
+                    if let (Some(meta), Some(seq)) = (by_uid.get(uid), selected.seq_of(*uid)) {
+                        self.untagged(&format!(
+                            "{seq} FETCH (UID {uid} FLAGS {} MODSEQ ({}))",
+                            response::flags(&meta.flags),
+                            meta.modseq
+                        ));
+                    }
+                }
+            }
+        }
+        selected.drain_events();
+        self.selected = Some(selected);
+        let mode = if read_only { "[READ-ONLY]" } else { "[READ-WRITE]" };
+        self.ok(
+            tag,
+            &format!("{mode} {} completed", if examine { "EXAMINE" } else { "SELECT" }),
+        );
+    }
+
+    pub(crate) fn tagged_line_text(&mut self, tag: &str, text: &str) {
+        self.out.extend_from_slice(format!("{tag} {text}\r\n").as_bytes());
+    }
+
+    /// Tells the client what changed: new messages (EXISTS), flag changes by others (FETCH),
+    /// and, where `expunges_allowed`, expunged messages (EXPUNGE, or VANISHED under QRESYNC).
+    pub(crate) async fn announce_changes(&mut self, expunges_allowed: bool) {
+        let account = self.account_id();
+        let Some(selected) = self.selected.as_mut() else { return };
+        let before = selected.uids.len();
+        if !selected.drain_events() {
+            // Fell behind: read the mailbox again and treat every difference as an event.
+            let (store, id) = (self.store.clone(), selected.id);
+            if let Ok(metas) = blocking(move || store.messages(account, id)).await {
+                let Some(selected) = self.selected.as_mut() else { return };
+                let now: BTreeSet<u32> = metas.iter().map(|m| m.uid).collect();
+                for uid in &selected.uids {
+                    if !now.contains(uid) {
+                        selected.pending_expunges.insert(*uid);
+                    }
+                }
+                let last = selected.uids.last().copied().unwrap_or(0);
+                selected.uids.extend(now.iter().copied().filter(|u| *u > last));
+                selected.pending_flags.extend(now.iter().copied());
+                selected.events = self.store.subscribe(account, selected.id);
+            }
+        }
+        let Some(selected) = self.selected.as_mut() else { return };
+        let grown = selected.uids.len() > before;
+        let mut lines: Vec<String> = Vec::new();
+        if expunges_allowed && !selected.pending_expunges.is_empty() {
+            let gone: Vec<u32> = std::mem::take(&mut selected.pending_expunges)
+                .into_iter()
+                .filter(|u| selected.uids.binary_search(u).is_ok())
+                .collect();
+            if self.enabled.qresync {
+                if !gone.is_empty() {
+                    lines.push(format!("VANISHED {}", compact_set(&gone)));
+                }
+                selected.uids.retain(|u| gone.binary_search(u).is_err());
+            } else {
+                // Highest first, so that each number is right when the client reads it.
+                for uid in gone.iter().rev() {
+                    if let Some(seq) = selected.seq_of(*uid) {
+                        lines.push(format!("{seq} EXPUNGE"));
+                        selected.uids.remove(seq as usize - 1);
+                    }
+                }
+            }
+        }
+        if grown {
+            lines.push(format!("{} EXISTS", selected.uids.len()));
+        }
+        let flagged: Vec<u32> = std::mem::take(&mut selected.pending_flags).into_iter().collect();
+        let id = selected.id;
+        for line in lines {
+            self.untagged(&line);
+        }
+        if flagged.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let metas = blocking(move || {
+            flagged
+                .iter()
+                .filter_map(|uid| store.message(account, id, *uid).ok())
+                .collect::<Vec<_>>()
+        })
+        .await;
+        for meta in metas {
+            let Some(seq) = self.selected.as_ref().and_then(|s| s.seq_of(meta.uid)) else {
+                continue;
+            };
+            let modseq = if self.enabled.condstore {
+                format!(" MODSEQ ({})", meta.modseq)
+            } else {
+                String::new()
+            };
+            self.untagged(&format!(
+                "{seq} FETCH (UID {} FLAGS {}{modseq})",
+                meta.uid,
+                response::flags(&meta.flags)
+            ));
+        }
+    }
+
+    pub(crate) async fn execute_selected(&mut self, tag: &str, body: CommandBody) {
+        match body {
+            CommandBody::Fetch {
+                uid,
+                set,
+                items,
+                changed_since,
+                vanished,
+            } => {
+                self.fetch(tag, uid, &set, &items, changed_since, vanished).await;
+                self.announce_changes(uid).await;
+            }
+            CommandBody::Store {
+                uid,
+                set,
+                mode,
+                silent,
+                flags,
+                unchanged_since,
+            } => {
+                self.store_command(tag, uid, &set, mode, silent, &flags, unchanged_since)
+                    .await;
+            }
+            CommandBody::Search {
+                uid,
+                returns,
+                charset,
+                criteria,
+            } => {
+                self.search(tag, uid, returns, charset, criteria).await;
+            }
+            CommandBody::Copy { uid, set, mailbox } => self.copy_or_move(tag, uid, &set, &mailbox, false).await,
+            CommandBody::Move { uid, set, mailbox } => self.copy_or_move(tag, uid, &set, &mailbox, true).await,
+            CommandBody::Expunge { uids } => self.expunge(tag, uids).await,
+            CommandBody::Close => {
+                let writable = self.selected.as_ref().is_some_and(|s| !s.read_only);
+                if writable {
+                    let (store, account) = (self.store.clone(), self.account_id());
+                    if let Some(id) = self.selected_mailbox_id() {
+                        let _ = blocking(move || store.expunge_deleted(account, id, None)).await;
+                    }
+                }
+                self.selected = None;
+                self.ok(tag, "CLOSE completed");
+            }
+            CommandBody::Unselect => {
+                self.selected = None;
+                self.ok(tag, "UNSELECT completed");
+            }
+            _ => self.bad(tag, "not a selected-state command"),
+        }
+    }
+
+    fn not_writable(&mut self, tag: &str) -> bool {
+        let Some(selected) = self.selected.as_ref() else {
+            return true;
+        };
+        if selected.protected {
+            self.no(tag, "[CANNOT] BACKUP is read-only: only retention rules change it");
+            return true;
+        }
+        if selected.read_only {
+            self.no(tag, "[READ-ONLY] the mailbox is selected read-only");
+            return true;
+        }
+        false
+    }
+
+    async fn fetch(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        set: &SequenceSet,
+        items: &[FetchItem],
+        changed_since: Option<u64>,
+        vanished: bool,
+    ) {
+        let Some(selected) = self.selected.as_ref() else { return };
+        let uids = match resolve_checked(set, uid, selected) {
+            Ok(uids) => uids,
+            Err(error) => return self.bad(tag, &error),
+        };
+        let id = selected.id;
+        let read_only = selected.read_only;
+        let mut items = items.to_vec();
+        if uid && !items.contains(&FetchItem::Uid) {
+            items.insert(0, FetchItem::Uid);
+        }
+        if (changed_since.is_some() || self.enabled.condstore)
+            && items.contains(&FetchItem::Flags)
+            && !items.contains(&FetchItem::ModSeq)
+        {
+            items.push(FetchItem::ModSeq);
+        }
+        if changed_since.is_some() && !items.contains(&FetchItem::ModSeq) {
+            items.push(FetchItem::ModSeq);
+        }
+        if items.contains(&FetchItem::ModSeq) {
+            self.enabled.condstore = true;
+        }
+        if vanished {
+            if let Some(since) = changed_since {
+                let (store, account) = (self.store.clone(), self.account_id());
+                if let Ok(changes) = blocking(move || store.changes_since(account, id, since)).await {
+                    let gone: Vec<u32> = changes
+                        .expunged
+                        .into_iter()
+                        .filter(|u| set_contains_uid(set, *u, &self.selected))
+                        .collect();
+                    if !gone.is_empty() {
+                        self.untagged(&format!("VANISHED (EARLIER) {}", compact_set(&gone)));
+                    }
+                }
+            }
+        }
+        let needs_body = items.iter().any(|i| {
+            matches!(
+                i,
+                FetchItem::Section { .. }
+                    | FetchItem::Binary { .. }
+                    | FetchItem::BinarySize { .. }
+                    | FetchItem::Rfc822
+                    | FetchItem::Rfc822Header
+                    | FetchItem::Rfc822Text
+            )
+        });
+        let needs_summary = items
+            .iter()
+            .any(|i| matches!(i, FetchItem::Envelope | FetchItem::BodyStructure | FetchItem::Body));
+        let sets_seen = !read_only
+            && items.iter().any(|i| {
+                matches!(
+                    i,
+                    FetchItem::Section { peek: false, .. }
+                        | FetchItem::Binary { peek: false, .. }
+                        | FetchItem::Rfc822
+                        | FetchItem::Rfc822Text
+                )
+            });
+        let (store, account) = (self.store.clone(), self.account_id());
+        let wanted = uids.clone();
+        // One blocking trip for the whole command: metadata, and bodies or summaries if asked.
+        let loaded = blocking(move || {
+            let metas: HashMap<u32, MessageMeta> = if wanted.len() > 64 {
+                store.messages(account, id)?.into_iter().map(|m| (m.uid, m)).collect()
+            } else {
+                wanted
+                    .iter()
+                    .filter_map(|u| store.message(account, id, *u).ok().map(|m| (*u, m)))
+                    .collect()
+            };
+            let mut seen_now = BTreeSet::new();
+            if sets_seen {
+                let unseen: Vec<u32> = wanted
+                    .iter()
+                    .copied()
+                    .filter(|u| metas.get(u).is_some_and(|m| !m.flags.has(SystemFlag::Seen)))
+                    .collect();
+                if !unseen.is_empty() {
+                    let stored = store.store_flags(
+                        account,
+                        id,
+                        &unseen,
+                        &FlagChange::Add(sealpost_storage::Flags::new().with(SystemFlag::Seen)),
+                        None,
+                    )?;
+                    seen_now.extend(stored.changed.into_iter().map(|m| (m.uid, m.modseq)));
+                }
+            }
+            let mut loaded = Vec::with_capacity(wanted.len());
+            for uid in &wanted {
+                let Some(meta) = metas.get(uid).cloned() else { continue };
+                let raw = if needs_body {
+                    Some(store.read_message(account, id, *uid)?)
+                } else {
+                    None
+                };
+                let summary = if needs_summary {
+                    let bytes = store.message_summary(account, id, *uid)?;
+                    Some(
+                        Summary::from_bytes(&bytes)
+                            .unwrap_or_else(|| raw.as_deref().map(Summary::of).unwrap_or_default()),
+                    )
+                } else {
+                    None
+                };
+                loaded.push((meta, raw, summary));
+            }
+            Ok::<_, sealpost_storage::Error>((loaded, seen_now))
+        })
+        .await;
+        let (loaded, seen_now) = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
+        };
+        let mut read_uids = Vec::new();
+        for (mut meta, raw, summary) in loaded {
+            if let Some(selected) = self.selected.as_mut() {
+                if let Some((_, modseq)) = seen_now.iter().find(|(u, _)| *u == meta.uid) {
+                    meta.flags = meta.flags.clone().with(SystemFlag::Seen);
+                    meta.modseq = *modseq;
+                    selected.own_modseqs.insert(*modseq);
+                }
+            }
+            if changed_since.is_some_and(|since| meta.modseq <= since) {
+                continue;
+            }
+            let Some(seq) = self.selected.as_ref().and_then(|s| s.seq_of(meta.uid)) else {
+                continue;
+            };
+            let mut line = format!("* {seq} FETCH (").into_bytes();
+            let mut first = true;
+            let mut items_here = items.clone();
+            if seen_now.iter().any(|(u, _)| *u == meta.uid) && !items_here.contains(&FetchItem::Flags) {
+                items_here.push(FetchItem::Flags);
+            }
+            let structure = raw.as_deref().map(|r| Structure::parse(r, Limits::default()));
+            for item in &items_here {
+                if !first {
+                    line.push(b' ');
+                }
+                first = false;
+                if let Err(code) = write_item(
+                    &mut line,
+                    item,
+                    &meta,
+                    raw.as_deref(),
+                    structure.as_ref(),
+                    summary.as_ref(),
+                ) {
+                    return self.no(tag, code);
+                }
+            }
+            line.extend_from_slice(b")\r\n");
+            self.out.extend_from_slice(&line);
+            if raw.is_some() {
+                read_uids.push(meta.uid);
+            }
+        }
+        if !read_uids.is_empty() {
+            let event = AuditEvent::new(
+                &self.actor(),
+                "message.read",
+                format!("mailbox:{} uids:{}", id.0, compact_set(&read_uids)),
+            )
+            .detail("imap fetch");
+            self.audit(event).await;
+        }
+        self.ok(tag, "FETCH completed");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_command(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        set: &SequenceSet,
+        mode: StoreMode,
+        silent: bool,
+        flags: &[String],
+        unchanged_since: Option<u64>,
+    ) {
+        if self.not_writable(tag) {
+            return;
+        }
+        let flags = match response::parse_flags(flags) {
+            Ok(flags) => flags,
+            Err(error) => return self.bad(tag, &error),
+        };
+        let change = match mode {
+            StoreMode::Replace => FlagChange::Replace(flags),
+            StoreMode::Add => FlagChange::Add(flags),
+            StoreMode::Remove => FlagChange::Remove(flags),
+        };
+        let Some(selected) = self.selected.as_ref() else { return };
+        let uids = match resolve_checked(set, uid, selected) {
+            Ok(uids) => uids,
+            Err(error) => return self.bad(tag, &error),
+        };
+        let id = selected.id;
+        if unchanged_since.is_some() {
+            self.enabled.condstore = true;
+        }
+        let (store, account) = (self.store.clone(), self.account_id());
+        let outcome = match blocking(move || store.store_flags(account, id, &uids, &change, unchanged_since)).await {
+            Ok(outcome) => outcome,
+            Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
+        };
+        let condstore = self.enabled.condstore;
+        let mut lines = Vec::new();
+        if let Some(selected) = self.selected.as_mut() {
+            for meta in &outcome.changed {
+                selected.own_modseqs.insert(meta.modseq);
+            }
+            let reported = outcome.changed.iter().chain(
+                if silent { None } else { Some(&outcome.unchanged) }
+                    .into_iter()
+                    .flatten(),
+            );
+            for meta in reported {
+                if silent && !condstore {
+                    continue;
+                }
+                let Some(seq) = selected.seq_of(meta.uid) else { continue };
+                let uid_part = if uid {
+                    format!("UID {} ", meta.uid)
+                } else {
+                    String::new()
+                };
+                let modseq = if condstore {
+                    format!(" MODSEQ ({})", meta.modseq)
+                } else {
+                    String::new()
+                };
+                let flags = if silent {
+                    String::new()
+                } else {
+                    format!("FLAGS {}", response::flags(&meta.flags))
+                };
+                let body = format!("{uid_part}{flags}{modseq}").trim().to_string();
+                lines.push(format!("{seq} FETCH ({body})"));
+            }
+        }
+        for line in lines {
+            self.untagged(&line);
+        }
+        self.announce_changes(uid).await;
+        if outcome.conflicts.is_empty() {
+            self.ok(tag, "STORE completed");
+        } else {
+            let numbers: Vec<u32> = if uid {
+                outcome.conflicts.clone()
+            } else {
+                let selected = self.selected.as_ref();
+                outcome
+                    .conflicts
+                    .iter()
+                    .filter_map(|u| selected.and_then(|s| s.seq_of(*u)))
+                    .collect()
+            };
+            self.ok(
+                tag,
+                &format!("[MODIFIED {}] some messages changed since", compact_set(&numbers)),
+            );
+        }
+    }
+
+    async fn copy_or_move(&mut self, tag: &str, uid: bool, set: &SequenceSet, target: &str, is_move: bool) {
+        if is_move && self.not_writable(tag) {
+            return;
+        }
+        let destination = match self.find_mailbox(target).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return self.no(tag, "[TRYCREATE] no such mailbox"),
+            Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
+        };
+        let Some(selected) = self.selected.as_ref() else { return };
+        let uids = match resolve_checked(set, uid, selected) {
+            Ok(uids) => uids,
+            Err(error) => return self.bad(tag, &error),
+        };
+        let id = selected.id;
+        if uids.is_empty() {
+            return self.ok(
+                tag,
+                if is_move {
+                    "MOVE completed (nothing to move)"
+                } else {
+                    "COPY completed (nothing to copy)"
+                },
+            );
+        }
+        let (store, account) = (self.store.clone(), self.account_id());
+        let wanted = uids.clone();
+        let result = blocking(move || {
+            if is_move {
+                store.move_messages(account, id, &wanted, destination.id)
+            } else {
+                store.copy_messages(account, id, &wanted, destination.id)
+            }
+        })
+        .await;
+        let pairs = match result {
+            Ok(pairs) => pairs,
+            Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
+        };
+        let (sources, targets): (Vec<u32>, Vec<u32>) = pairs.iter().copied().unzip();
+        let code = format!(
+            "COPYUID {} {} {}",
+            destination.uid_validity,
+            compact_set(&sources),
+            compact_set(&targets)
+        );
+        if is_move {
+            self.untagged(&format!("OK [{code}] moved"));
+            if let Some(selected) = self.selected.as_mut() {
+                selected.pending_expunges.extend(sources.iter().copied());
+            }
+            self.announce_changes(true).await;
+            self.ok(tag, "MOVE completed");
+        } else {
+            self.announce_changes(uid).await;
+            self.ok(tag, &format!("[{code}] COPY completed"));
+        }
+    }
+
+    async fn expunge(&mut self, tag: &str, only: Option<SequenceSet>) {
+        if self.not_writable(tag) {
+            return;
+        }
+        let Some(selected) = self.selected.as_ref() else { return };
+        let within = only.as_ref().map(|set| resolve(set, true, selected));
+        let id = selected.id;
+        let (store, account) = (self.store.clone(), self.account_id());
+        match blocking(move || store.expunge_deleted(account, id, within.as_deref())).await {
+            Ok(gone) => {
+                if let Some(selected) = self.selected.as_mut() {
+                    selected.pending_expunges.extend(gone.iter().copied());
+                }
+                self.announce_changes(true).await;
+                self.ok(tag, "EXPUNGE completed");
+            }
+            Err(error) => self.tagged_line_text(tag, &store_failure(&error)),
+        }
+    }
+
+    async fn search(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        returns: Option<Vec<SearchReturn>>,
+        charset: Option<String>,
+        criteria: crate::command::SearchKey,
+    ) {
+        if let Some(charset) =
+            charset.filter(|c| !c.eq_ignore_ascii_case("UTF-8") && !c.eq_ignore_ascii_case("US-ASCII"))
+        {
+            return self.no(
+                tag,
+                &format!("[BADCHARSET (UTF-8 US-ASCII)] {charset} is not supported"),
+            );
+        }
+        let Some(selected) = self.selected.as_ref() else { return };
+        let id = selected.id;
+        let uids = selected.uids.clone();
+        let saved = selected.saved_search.clone();
+        let (store, account) = (self.store.clone(), self.account_id());
+        let key = criteria.clone();
+        let found = blocking(move || crate::search::evaluate(&store, account, id, &uids, &saved, &key)).await;
+        let (matches, highest_modseq) = match found {
+            Ok(found) => found,
+            Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
+        };
+        let uses_modseq = crate::search::uses_modseq(&criteria);
+        if uses_modseq {
+            self.enabled.condstore = true;
+        }
+        let Some(selected) = self.selected.as_mut() else { return };
+        let numbers: Vec<u32> = if uid {
+            matches.clone()
+        } else {
+            matches.iter().filter_map(|u| selected.seq_of(*u)).collect()
+        };
+        let modseq_part = if uses_modseq && !numbers.is_empty() {
+            format!(" (MODSEQ {highest_modseq})")
+        } else {
+            String::new()
+        };
+        let extended = returns.is_some() || self.enabled.rev2;
+        if !extended {
+            let list: Vec<String> = numbers.iter().map(u32::to_string).collect();
+            let line = format!(
+                "SEARCH{}{}{modseq_part}",
+                if list.is_empty() { "" } else { " " },
+                list.join(" ")
+            );
+            self.untagged(&line);
+            self.announce_changes(uid).await;
+            return self.ok(tag, "SEARCH completed");
+        }
+        let mut options = returns.unwrap_or_default();
+        if options.is_empty() {
+            options.push(SearchReturn::All);
+        }
+        if options.contains(&SearchReturn::Save) {
+            selected.saved_search = matches.clone();
+        }
+        let only_save = options.iter().all(|o| *o == SearchReturn::Save);
+        if !only_save {
+            let mut line = format!("ESEARCH (TAG \"{tag}\")");
+            if uid {
+                line.push_str(" UID");
+            }
+            for option in &options {
+                match option {
+                    SearchReturn::Min if !numbers.is_empty() => line.push_str(&format!(" MIN {}", numbers[0])),
+                    SearchReturn::Max if !numbers.is_empty() => {
+                        line.push_str(&format!(" MAX {}", numbers[numbers.len() - 1]))
+                    }
+                    SearchReturn::Count => line.push_str(&format!(" COUNT {}", numbers.len())),
+                    SearchReturn::All if !numbers.is_empty() => {
+                        line.push_str(&format!(" ALL {}", compact_set(&numbers)))
+                    }
+                    _ => {}
+                }
+            }
+            if uses_modseq && !numbers.is_empty() {
+                line.push_str(&format!(" MODSEQ {highest_modseq}"));
+            }
+            self.untagged(&line);
+        }
+        self.announce_changes(uid).await;
+        self.ok(tag, "SEARCH completed");
+    }
+
+    /// IDLE: tells the client of changes as they happen until it says DONE.
+    pub(crate) async fn idle(&mut self, tag: &str) -> std::io::Result<Flow> {
+        self.out.extend_from_slice(b"+ idling\r\n");
+        self.announce_changes(true).await;
+        self.flush().await?;
+        let timeout = Duration::from_millis(self.config.idle_timeout_ms);
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            if let Some(frame) = self.framer.next_frame() {
+                return match frame {
+                    crate::framer::Frame::Command(line) if line.trim_ascii().eq_ignore_ascii_case(b"DONE") => {
+                        self.announce_changes(true).await;
+                        self.ok(tag, "IDLE terminated");
+                        Ok(Flow::Continue)
+                    }
+                    _ => {
+                        self.bad(tag, "expected DONE");
+                        Ok(Flow::Continue)
+                    }
+                };
+            }
+            let mut shutdown = self.shutdown.clone();
+            let mut events = self.selected.as_ref().map(|s| s.events.resubscribe());
+            let Some(stream) = self.stream_mut() else {
+                return Ok(Flow::Close);
+            };
+            let event_arrived = async {
+                match events.as_mut() {
+                    Some(receiver) => {
+                        let _ = receiver.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                read = tokio::time::timeout(timeout, stream.read(&mut buffer)) => match read {
+                    Err(_) => {
+                        self.untagged("BYE idle for too long, closing");
+                        return Ok(Flow::Close);
+                    }
+                    Ok(Ok(0)) => return Ok(Flow::Close),
+                    Ok(Ok(n)) => self.framer.push(&buffer[..n]),
+                    Ok(Err(error)) => return Err(error),
+                },
+                () = event_arrived => {
+                    self.announce_changes(true).await;
+                    self.flush().await?;
+                }
+                () = crate::session::until_stopped(&mut shutdown) => {
+                    self.untagged("BYE the server is shutting down");
+                    return Ok(Flow::Close);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a UID set given by the client names `uid` (for VANISHED, which reports UIDs the
+/// session may no longer know).
+fn set_contains_uid(set: &SequenceSet, uid: u32, selected: &Option<Selected>) -> bool {
+    match set {
+        SequenceSet::Saved => selected.as_ref().is_some_and(|s| s.saved_search.contains(&uid)),
+        SequenceSet::Ranges(ranges) => ranges.iter().any(|(a, b)| {
+            let value = |n: &SeqNumber| match n {
+                SeqNumber::Value(v) => *v,
+                SeqNumber::Largest => u32::MAX,
+            };
+            let (low, high) = (value(a).min(value(b)), value(a).max(value(b)));
+            (low..=high).contains(&uid)
+        }),
+    }
+}
+
+fn resolve_known(set: &SequenceSet) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    if let SequenceSet::Ranges(ranges) = set {
+        for (a, b) in ranges {
+            let value = |n: &SeqNumber| match n {
+                SeqNumber::Value(v) => *v,
+                SeqNumber::Largest => 0,
+            };
+            let (low, high) = (value(a).min(value(b)), value(a).max(value(b)));
+            // Bounded: a known-UID range is clipped to a million entries.
+            for uid in low..=high.min(low.saturating_add(1_000_000)) {
+                out.insert(uid);
+            }
+        }
+    }
+    out
+}
+
+/// The name a section is reported under: `BODY[1.HEADER.FIELDS (FROM)]`.
+fn section_name(section: &Section) -> String {
+    let mut name: Vec<String> = section.path.iter().map(u32::to_string).collect();
+    if let Some(text) = &section.text {
+        name.push(match text {
+            SectionText::Header => "HEADER".to_string(),
+            SectionText::Text => "TEXT".to_string(),
+            SectionText::Mime => "MIME".to_string(),
+            SectionText::HeaderFields { fields, not } => format!(
+                "HEADER.FIELDS{} ({})",
+                if *not { ".NOT" } else { "" },
+                fields
+                    .iter()
+                    .map(|f| f.to_ascii_uppercase())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        });
+    }
+    name.join(".")
+}
+
+fn partial_slice(bytes: &[u8], partial: Option<(u64, u64)>) -> (&[u8], Option<u64>) {
+    let Some((offset, length)) = partial else {
+        return (bytes, None);
+    };
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+    let end = usize::try_from(offset.saturating_add(length))
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    (&bytes[start..end], Some(offset))
+}
+
+/// The bytes of a section, or `None` when the message has no such part (an empty string
+/// then, as RFC 9051 says).
+fn section_bytes(raw: &[u8], structure: &Structure, section: &Section) -> Vec<u8> {
+    let text = match &section.text {
+        None => MimeSection::Whole,
+        Some(SectionText::Header) | Some(SectionText::HeaderFields { .. }) => MimeSection::Header,
+        Some(SectionText::Text) => MimeSection::Text,
+        Some(SectionText::Mime) => MimeSection::Mime,
+    };
+    let Some(range) = structure.section_range(raw.len(), &section.path, text) else {
+        return Vec::new();
+    };
+    match &section.text {
+        Some(SectionText::HeaderFields { fields, not }) => {
+            let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+            sealpost_mime::header_fields(raw, range, &names, *not)
+        }
+        _ => raw[range].to_vec(),
+    }
+}
+
+/// Writes one FETCH item. `Err` carries a NO response code for the whole command.
+fn write_item(
+    out: &mut Vec<u8>,
+    item: &FetchItem,
+    meta: &MessageMeta,
+    raw: Option<&[u8]>,
+    structure: Option<&Structure>,
+    summary: Option<&Summary>,
+) -> Result<(), &'static str> {
+    let empty = Summary::default();
+    let summary = summary.unwrap_or(&empty);
+    match item {
+        FetchItem::Uid => out.extend_from_slice(format!("UID {}", meta.uid).as_bytes()),
+        FetchItem::Flags => out.extend_from_slice(format!("FLAGS {}", response::flags(&meta.flags)).as_bytes()),
+        FetchItem::InternalDate => {
+            out.extend_from_slice(format!("INTERNALDATE {}", response::internal_date(meta.internal_date)).as_bytes())
+        }
+        FetchItem::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes()),
+        FetchItem::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes()),
+        FetchItem::Envelope => {
+            out.extend_from_slice(b"ENVELOPE ");
+            out.extend_from_slice(&summary.envelope);
+        }
+        FetchItem::BodyStructure => {
+            out.extend_from_slice(b"BODYSTRUCTURE ");
+            out.extend_from_slice(&summary.body_structure);
+        }
+        FetchItem::Body => {
+            out.extend_from_slice(b"BODY ");
+            out.extend_from_slice(&summary.body);
+        }
+        FetchItem::Rfc822 | FetchItem::Rfc822Header | FetchItem::Rfc822Text => {
+            let (Some(raw), Some(structure)) = (raw, structure) else {
+                return Err("[SERVERBUG] body not loaded");
+            };
+            let (name, text) = match item {
+                FetchItem::Rfc822 => ("RFC822", None),
+                FetchItem::Rfc822Header => ("RFC822.HEADER", Some(SectionText::Header)),
+                _ => ("RFC822.TEXT", Some(SectionText::Text)),
+            };
+            let bytes = section_bytes(raw, structure, &Section { path: Vec::new(), text });
+            out.extend_from_slice(format!("{name} ").as_bytes());
+            response::literal(out, &bytes);
+        }
+        FetchItem::Section { section, partial, .. } => {
+            let (Some(raw), Some(structure)) = (raw, structure) else {
+                return Err("[SERVERBUG] body not loaded");
+            };
+            let bytes = section_bytes(raw, structure, section);
+            let (slice, origin) = partial_slice(&bytes, *partial);
+            out.extend_from_slice(format!("BODY[{}]", section_name(section)).as_bytes());
+            if let Some(origin) = origin {
+                out.extend_from_slice(format!("<{origin}>").as_bytes());
+            }
+            out.push(b' ');
+            response::literal(out, slice);
+        }
+        FetchItem::BinarySize { path } => {
+            let (Some(raw), Some(structure)) = (raw, structure) else {
+                return Err("[SERVERBUG] body not loaded");
+            };
+            let decoded = decoded_part(raw, structure, path)?;
+            let name = path.iter().map(u32::to_string).collect::<Vec<_>>().join(".");
+            out.extend_from_slice(format!("BINARY.SIZE[{name}] {}", decoded.len()).as_bytes());
+        }
+        FetchItem::Binary { path, partial, .. } => {
+            let (Some(raw), Some(structure)) = (raw, structure) else {
+                return Err("[SERVERBUG] body not loaded");
+            };
+            let decoded = decoded_part(raw, structure, path)?;
+            let name = path.iter().map(u32::to_string).collect::<Vec<_>>().join(".");
+            let (slice, origin) = partial_slice(&decoded, *partial);
+            out.extend_from_slice(format!("BINARY[{name}]").as_bytes());
+            if let Some(origin) = origin {
+                out.extend_from_slice(format!("<{origin}>").as_bytes());
+            }
+            out.push(b' ');
+            if slice.contains(&0) {
+                out.push(b'~');
+            }
+            response::literal(out, slice);
+        }
+    }
+    Ok(())
+}
+
+/// A part's content with its transfer encoding undone (BINARY).
+fn decoded_part(raw: &[u8], structure: &Structure, path: &[u32]) -> Result<Vec<u8>, &'static str> {
+    let index = if path.is_empty() {
+        Some(0)
+    } else {
+        structure.resolve(path)
+    };
+    let Some(part) = index.and_then(|i| structure.parts.get(i)) else {
+        return Ok(Vec::new());
+    };
+    if !matches!(part.content, sealpost_mime::Content::Single) {
+        return Err("[UNKNOWN-CTE] BINARY is for single parts");
+    }
+    let body = &raw[part.body.clone()];
+    match part.encoding.to_ascii_lowercase().as_str() {
+        "7bit" | "8bit" | "binary" => Ok(body.to_vec()),
+        "base64" => sealpost_mime::decode_base64(body).ok_or("[UNKNOWN-CTE] the base64 does not decode"),
+        "quoted-printable" => {
+            sealpost_mime::decode_quoted_printable(body).ok_or("[UNKNOWN-CTE] the quoted-printable does not decode")
+        }
+        _ => Err("[UNKNOWN-CTE] unknown Content-Transfer-Encoding"),
+    }
+}

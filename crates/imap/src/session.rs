@@ -1,0 +1,1005 @@
+//! One client connection: the greeting, the read-parse-execute loop, the states, and the
+//! commands of the not-authenticated and authenticated states. Selected-state commands live
+//! in `selected.rs`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sealpost_mime::Summary;
+use sealpost_storage::{
+    Account, Actor, AuditEvent, AuditOutcome, Error as StoreError, InternalDate, Login, Mailbox, MailboxId, NewMessage,
+    SpecialUse, Store,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use crate::command::{Command, CommandBody, List, StatusItem};
+use crate::framer::{Frame, FrameLimits, Framer};
+use crate::parse::{parse_command, NameEncoding};
+use crate::response;
+use crate::selected::Selected;
+
+/// An async byte stream a session runs over: TCP, TLS, or an in-memory pipe in tests.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Stream for T {}
+
+pub type BoxedStream = Box<dyn Stream>;
+
+/// Turns a plain stream into a TLS one (STARTTLS); supplied by the server.
+pub type TlsUpgrade =
+    Arc<dyn Fn(BoxedStream) -> Pin<Box<dyn Future<Output = std::io::Result<BoxedStream>> + Send>> + Send + Sync>;
+
+/// Bounds and settings of IMAP sessions, each named with its unit.
+#[derive(Clone, Debug)]
+pub struct ImapConfig {
+    /// Longest command line (between literals), CRLF included.
+    pub line_bytes_max: usize,
+    /// Largest message APPEND accepts (the store's `message_bytes_max`), also the literal limit.
+    pub message_bytes_max: u64,
+    /// A session that sends nothing for this long is closed; IDLE counts as activity.
+    pub idle_timeout_ms: u64,
+    /// Commands a session may issue per second, averaged over a second; past it: NO [LIMIT].
+    pub commands_per_second_max: u32,
+    /// Failed logins one connection may make before it is closed.
+    pub login_failures_per_connection_max: u32,
+    /// Storage quota reported by GETQUOTAROOT, in bytes.
+    pub quota_bytes: u64,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        Self {
+            line_bytes_max: 64 * 1024,
+            message_bytes_max: 64 * 1024 * 1024,
+            idle_timeout_ms: 30 * 60 * 1000,
+            commands_per_second_max: 200,
+            login_failures_per_connection_max: 3,
+            quota_bytes: 10 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// What the server knows about one connection.
+pub struct Connection {
+    /// The client's address, for the audit log.
+    pub peer: String,
+    /// Whether the stream is already encrypted (IMAPS).
+    pub tls: bool,
+    /// How to start TLS on a cleartext listener; `None` where STARTTLS is not offered.
+    pub starttls: Option<TlsUpgrade>,
+}
+
+/// Runs one IMAP session to its end: LOGOUT, the client closing, a timeout, or `shutdown`.
+pub async fn serve_session(
+    stream: BoxedStream,
+    store: Store,
+    config: Arc<ImapConfig>,
+    connection: Connection,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let limits = FrameLimits {
+        line_bytes_max: config.line_bytes_max,
+        literal_bytes_max: config.message_bytes_max,
+        command_bytes_max: config.message_bytes_max + 64 * 1024,
+    };
+    let mut session = Session {
+        stream: Some(stream),
+        framer: Framer::new(limits),
+        out: Vec::new(),
+        store,
+        config,
+        peer: connection.peer,
+        tls_active: connection.tls,
+        starttls: connection.starttls,
+        account: None,
+        enabled: Enabled::default(),
+        selected: None,
+        login_failures: 0,
+        rate: RateWindow {
+            started: Instant::now(),
+            commands: 0,
+        },
+        shutdown,
+    };
+    if let Err(error) = session.run().await {
+        debug!(%error, "session ended with an I/O error");
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Enabled {
+    pub(crate) rev2: bool,
+    pub(crate) condstore: bool,
+    pub(crate) qresync: bool,
+    pub(crate) utf8: bool,
+}
+
+struct RateWindow {
+    started: Instant,
+    commands: u32,
+}
+
+pub(crate) struct Session {
+    stream: Option<BoxedStream>,
+    pub(crate) framer: Framer,
+    /// Responses waiting to be written; flushed after each command.
+    pub(crate) out: Vec<u8>,
+    pub(crate) store: Store,
+    pub(crate) config: Arc<ImapConfig>,
+    pub(crate) peer: String,
+    tls_active: bool,
+    starttls: Option<TlsUpgrade>,
+    pub(crate) account: Option<Account>,
+    pub(crate) enabled: Enabled,
+    pub(crate) selected: Option<Selected>,
+    login_failures: u32,
+    rate: RateWindow,
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What the loop does after a command.
+pub(crate) enum Flow {
+    Continue,
+    Close,
+}
+
+/// Runs blocking store work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        // A panic in store code is a bug; the session ends and the listener lives on.
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+/// A store error as a tagged NO: response code and text, never message contents.
+pub(crate) fn store_failure(error: &StoreError) -> String {
+    match error {
+        StoreError::MailboxNotFound => "NO [NONEXISTENT] no such mailbox".into(),
+        StoreError::MailboxExists => "NO [ALREADYEXISTS] the mailbox exists already".into(),
+        StoreError::ReadOnly { reason } => format!("NO [CANNOT] {reason}"),
+        StoreError::MailboxProtected { action, reason } => {
+            format!("NO [CANNOT] the mailbox cannot be {action}: {reason}")
+        }
+        StoreError::InvalidMailboxName { reason } => format!("NO [CANNOT] invalid mailbox name: {reason}"),
+        StoreError::LimitExceeded {
+            what: "message bytes",
+            max,
+            ..
+        } => {
+            format!("NO [TOOBIG] the message is larger than {max} bytes")
+        }
+        StoreError::LimitExceeded { what, max, .. } => format!("NO [LIMIT] {what} over the limit of {max}"),
+        StoreError::InvalidInput { what } => format!("NO {what}"),
+        other => {
+            warn!(error = %other, "store error");
+            "NO [SERVERBUG] the server failed; the administrator can find the details in its log".into()
+        }
+    }
+}
+
+const NAME_ALIASES: [(&str, SpecialUse); 10] = [
+    ("Sent Items", SpecialUse::Sent),
+    ("Sent Messages", SpecialUse::Sent),
+    ("Sent Mail", SpecialUse::Sent),
+    ("Deleted Items", SpecialUse::Trash),
+    ("Deleted Messages", SpecialUse::Trash),
+    ("Junk E-mail", SpecialUse::Junk),
+    ("Junk Email", SpecialUse::Junk),
+    ("Spam", SpecialUse::Junk),
+    ("Archives", SpecialUse::Archive),
+    ("Draft", SpecialUse::Drafts),
+];
+
+impl Session {
+    async fn run(&mut self) -> std::io::Result<()> {
+        let greeting = format!("* OK [CAPABILITY {}] Sealpost IMAP ready\r\n", self.capabilities());
+        self.out.extend_from_slice(greeting.as_bytes());
+        self.flush().await?;
+        loop {
+            let frame = match self.read_frame().await? {
+                ReadOutcome::Frame(frame) => frame,
+                ReadOutcome::Closed => return Ok(()),
+                ReadOutcome::TimedOut => {
+                    self.out.extend_from_slice(b"* BYE idle for too long, closing\r\n");
+                    return self.flush().await;
+                }
+                ReadOutcome::Shutdown => {
+                    self.out.extend_from_slice(b"* BYE the server is shutting down\r\n");
+                    return self.flush().await;
+                }
+            };
+            let flow = match frame {
+                Frame::NeedContinuation => {
+                    self.out.extend_from_slice(b"+ Ready for literal data\r\n");
+                    Flow::Continue
+                }
+                Frame::LineTooLong { tag } => {
+                    let limit = self.config.line_bytes_max;
+                    self.tagged_line(
+                        tag.as_deref(),
+                        &format!("BAD [LIMIT] command line longer than {limit} bytes"),
+                    );
+                    Flow::Continue
+                }
+                Frame::LiteralTooBig {
+                    tag,
+                    synchronizing,
+                    size,
+                } => {
+                    let limit = self.config.message_bytes_max;
+                    if synchronizing {
+                        self.tagged_line(
+                            tag.as_deref(),
+                            &format!("NO [TOOBIG] {size} bytes is over the limit of {limit}"),
+                        );
+                        Flow::Continue
+                    } else {
+                        self.out.extend_from_slice(
+                            format!("* BYE [TOOBIG] a literal of {size} bytes is over the limit of {limit}\r\n")
+                                .as_bytes(),
+                        );
+                        Flow::Close
+                    }
+                }
+                Frame::Command(bytes) => self.command(&bytes).await?,
+            };
+            self.flush().await?;
+            if let Flow::Close = flow {
+                return Ok(());
+            }
+        }
+    }
+
+    fn tagged_line(&mut self, tag: Option<&str>, text: &str) {
+        self.out
+            .extend_from_slice(format!("{} {text}\r\n", tag.unwrap_or("*")).as_bytes());
+    }
+
+    pub(crate) fn names(&self) -> NameEncoding {
+        if self.enabled.rev2 || self.enabled.utf8 {
+            NameEncoding::Utf8
+        } else {
+            NameEncoding::Utf7
+        }
+    }
+
+    async fn command(&mut self, bytes: &[u8]) -> std::io::Result<Flow> {
+        let command = match parse_command(bytes, self.names()) {
+            Ok(command) => command,
+            Err(error) => {
+                self.tagged_line(error.tag.as_deref(), &format!("BAD {}", error.message));
+                return Ok(Flow::Continue);
+            }
+        };
+        if !self.within_rate() {
+            let limit = self.config.commands_per_second_max;
+            self.tagged_line(
+                Some(&command.tag),
+                &format!("NO [LIMIT] more than {limit} commands a second; slow down"),
+            );
+            return Ok(Flow::Continue);
+        }
+        let span = tracing::debug_span!("command", tag = %command.tag);
+        let _entered = span.enter();
+        self.execute(command).await
+    }
+
+    fn within_rate(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.rate.started) >= Duration::from_secs(1) {
+            self.rate = RateWindow {
+                started: now,
+                commands: 0,
+            };
+        }
+        self.rate.commands += 1;
+        self.rate.commands <= self.config.commands_per_second_max
+    }
+
+    pub(crate) fn capabilities(&self) -> String {
+        let mut caps = vec!["IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE"];
+        if self.account.is_none() {
+            if !self.tls_active {
+                if self.starttls.is_some() {
+                    caps.push("STARTTLS");
+                }
+                caps.push("LOGINDISABLED");
+            } else {
+                caps.push("AUTH=PLAIN");
+            }
+            return caps.join(" ");
+        }
+        caps.extend([
+            "NAMESPACE",
+            "UIDPLUS",
+            "MOVE",
+            "UNSELECT",
+            "CHILDREN",
+            "SPECIAL-USE",
+            "CREATE-SPECIAL-USE",
+            "LIST-EXTENDED",
+            "LIST-STATUS",
+            "STATUS=SIZE",
+            "ESEARCH",
+            "SEARCHRES",
+            "CONDSTORE",
+            "QRESYNC",
+            "QUOTA",
+            "QUOTA=RES-STORAGE",
+            "QUOTA=RES-MESSAGE",
+            "BINARY",
+            "UTF8=ACCEPT",
+        ]);
+        let mut text = caps.join(" ");
+        text.push_str(&format!(" APPENDLIMIT={}", self.config.message_bytes_max));
+        text
+    }
+
+    async fn read_frame(&mut self) -> std::io::Result<ReadOutcome> {
+        let timeout = Duration::from_millis(self.config.idle_timeout_ms);
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(frame) = self.framer.next_frame() {
+                return Ok(ReadOutcome::Frame(frame));
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                return Ok(ReadOutcome::Closed);
+            };
+            let mut shutdown = self.shutdown.clone();
+            let read = tokio::select! {
+                read = tokio::time::timeout(timeout, stream.read(&mut buffer)) => read,
+                () = until_stopped(&mut shutdown) => return Ok(ReadOutcome::Shutdown),
+            };
+            match read {
+                Err(_) => return Ok(ReadOutcome::TimedOut),
+                Ok(Ok(0)) => return Ok(ReadOutcome::Closed),
+                Ok(Ok(n)) => self.framer.push(&buffer[..n]),
+                Ok(Err(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Reads one line (AUTHENTICATE continuations, IDLE's DONE) as a frame.
+    pub(crate) async fn read_line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        match self.read_frame().await? {
+            ReadOutcome::Frame(Frame::Command(line)) => Ok(Some(line)),
+            _ => Ok(None),
+        }
+    }
+
+    pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        stream.write_all(&self.out).await?;
+        stream.flush().await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// The stream, for IDLE, which waits on it and on mailbox events at once.
+    pub(crate) fn stream_mut(&mut self) -> Option<&mut BoxedStream> {
+        self.stream.as_mut()
+    }
+
+    pub(crate) fn ok(&mut self, tag: &str, text: &str) {
+        self.out.extend_from_slice(format!("{tag} OK {text}\r\n").as_bytes());
+    }
+
+    pub(crate) fn no(&mut self, tag: &str, text: &str) {
+        self.out.extend_from_slice(format!("{tag} NO {text}\r\n").as_bytes());
+    }
+
+    pub(crate) fn bad(&mut self, tag: &str, text: &str) {
+        self.out.extend_from_slice(format!("{tag} BAD {text}\r\n").as_bytes());
+    }
+
+    pub(crate) fn untagged(&mut self, text: &str) {
+        self.out.extend_from_slice(b"* ");
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    pub(crate) fn actor(&self) -> Actor {
+        let name = self
+            .account
+            .as_ref()
+            .map_or_else(|| "anonymous".to_string(), |a| a.address.clone());
+        Actor {
+            name,
+            peer: self.peer.clone(),
+        }
+    }
+
+    async fn execute(&mut self, command: Command) -> std::io::Result<Flow> {
+        let Command { tag, body } = command;
+        let authenticated = self.account.is_some();
+        let selected = self.selected.is_some();
+        match body {
+            CommandBody::Capability => {
+                let caps = self.capabilities();
+                self.untagged(&format!("CAPABILITY {caps}"));
+                self.ok(&tag, "CAPABILITY completed");
+            }
+            CommandBody::Noop | CommandBody::Check => {
+                if selected {
+                    self.announce_changes(true).await;
+                }
+                self.ok(&tag, "completed");
+            }
+            CommandBody::Logout => {
+                self.untagged("BYE logging out");
+                self.ok(&tag, "LOGOUT completed");
+                return Ok(Flow::Close);
+            }
+            CommandBody::Id => {
+                self.untagged("ID (\"name\" \"Sealpost\")");
+                self.ok(&tag, "ID completed");
+            }
+            CommandBody::StartTls => return self.start_tls(&tag).await,
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } if authenticated => {
+                self.bad(&tag, "already logged in");
+            }
+            CommandBody::Login { user, password } => return self.login(&tag, &user, &password).await,
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                return self.authenticate(&tag, &mechanism, initial_response).await;
+            }
+            _ if !authenticated => self.bad(&tag, "log in first"),
+            CommandBody::Enable(capabilities) => self.enable(&tag, &capabilities),
+            CommandBody::Namespace => {
+                self.untagged("NAMESPACE ((\"\" \"/\")) NIL NIL");
+                self.ok(&tag, "NAMESPACE completed");
+            }
+            CommandBody::Select {
+                mailbox,
+                read_only,
+                condstore,
+                qresync,
+            } => {
+                self.select(&tag, &mailbox, read_only, condstore, qresync).await;
+            }
+            CommandBody::Create { mailbox, special_use } => self.create(&tag, &mailbox, &special_use).await,
+            CommandBody::Delete { mailbox } => self.delete(&tag, &mailbox).await,
+            CommandBody::Rename { from, to } => self.rename(&tag, &from, &to).await,
+            CommandBody::Subscribe { mailbox } => self.subscribe(&tag, &mailbox, true).await,
+            CommandBody::Unsubscribe { mailbox } => self.subscribe(&tag, &mailbox, false).await,
+            CommandBody::List(list) => self.list(&tag, list).await,
+            CommandBody::Status { mailbox, items } => self.status(&tag, &mailbox, &items).await,
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                self.append(&tag, &mailbox, &flags, date, message).await;
+            }
+            CommandBody::Idle => return self.idle(&tag).await,
+            CommandBody::GetQuota { root } => self.get_quota(&tag, Some(&root), None).await,
+            CommandBody::GetQuotaRoot { mailbox } => self.get_quota(&tag, None, Some(&mailbox)).await,
+            CommandBody::SetQuota => self.no(&tag, "[NOPERM] quotas are set by the administrator"),
+            CommandBody::Compress { .. } => self.no(&tag, "COMPRESS is not offered"),
+            _ if !selected => self.bad(&tag, "select a mailbox first"),
+            other => self.execute_selected(&tag, other).await,
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn start_tls(&mut self, tag: &str) -> std::io::Result<Flow> {
+        let Some(upgrade) = self.starttls.clone().filter(|_| !self.tls_active) else {
+            self.bad(tag, "STARTTLS is not available here");
+            return Ok(Flow::Continue);
+        };
+        if self.framer.buffered() > 0 {
+            // Bytes sent before the handshake would be taken as if they came over TLS.
+            self.out
+                .extend_from_slice(b"* BYE commands pipelined after STARTTLS\r\n");
+            return Ok(Flow::Close);
+        }
+        self.ok(tag, "begin TLS negotiation now");
+        self.flush().await?;
+        let Some(plain) = self.stream.take() else {
+            return Ok(Flow::Close);
+        };
+        match upgrade(plain).await {
+            Ok(tls) => {
+                self.stream = Some(tls);
+                self.tls_active = true;
+                Ok(Flow::Continue)
+            }
+            Err(error) => {
+                debug!(%error, "TLS handshake failed");
+                Ok(Flow::Close)
+            }
+        }
+    }
+
+    async fn login(&mut self, tag: &str, user: &str, password: &str) -> std::io::Result<Flow> {
+        if !self.tls_active {
+            self.no(tag, "[PRIVACYREQUIRED] start TLS before logging in");
+            return Ok(Flow::Continue);
+        }
+        self.check_credentials(tag, user, password).await
+    }
+
+    async fn authenticate(&mut self, tag: &str, mechanism: &str, initial: Option<Vec<u8>>) -> std::io::Result<Flow> {
+        if !self.tls_active {
+            self.no(tag, "[PRIVACYREQUIRED] start TLS before authenticating");
+            return Ok(Flow::Continue);
+        }
+        if mechanism != "PLAIN" {
+            self.no(tag, "[CANNOT] only AUTHENTICATE PLAIN is offered");
+            return Ok(Flow::Continue);
+        }
+        let encoded = match initial {
+            Some(initial) => initial,
+            None => {
+                self.out.extend_from_slice(b"+ \r\n");
+                self.flush().await?;
+                let Some(line) = self.read_line().await? else {
+                    return Ok(Flow::Close);
+                };
+                line.strip_suffix(b"\r\n")
+                    .or_else(|| line.strip_suffix(b"\n"))
+                    .unwrap_or(&line)
+                    .to_vec()
+            }
+        };
+        if encoded == b"*" {
+            self.bad(tag, "authentication cancelled");
+            return Ok(Flow::Continue);
+        }
+        let decoded = if encoded == b"=" {
+            Vec::new()
+        } else {
+            match base64::engine::general_purpose::STANDARD.decode(&encoded) {
+                Ok(decoded) => decoded,
+                Err(_) => {
+                    self.bad(tag, "the response is not base64");
+                    return Ok(Flow::Continue);
+                }
+            }
+        };
+        let mut parts = decoded.split(|&b| b == 0);
+        let (Some(authzid), Some(user), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            self.bad(tag, "a PLAIN response is authzid NUL user NUL password");
+            return Ok(Flow::Continue);
+        };
+        let (Ok(authzid), Ok(user), Ok(password)) = (
+            std::str::from_utf8(authzid),
+            std::str::from_utf8(user),
+            std::str::from_utf8(password),
+        ) else {
+            self.bad(tag, "the credentials are not UTF-8");
+            return Ok(Flow::Continue);
+        };
+        if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(user) {
+            self.no(tag, "[AUTHORIZATIONFAILED] acting as another user is not allowed");
+            return Ok(Flow::Continue);
+        }
+        let (user, password) = (user.to_string(), password.to_string());
+        self.check_credentials(tag, &user, &password).await
+    }
+
+    async fn check_credentials(&mut self, tag: &str, user: &str, password: &str) -> std::io::Result<Flow> {
+        let store = self.store.clone();
+        let (login, pass) = (user.to_string(), password.to_string());
+        let outcome = blocking(move || store.check_password(&login, &pass)).await;
+        let attempted = user.to_lowercase();
+        let (result, reply) = match outcome {
+            Ok(Login::Accepted(account)) => {
+                self.account = Some(account);
+                (AuditOutcome::Ok, None)
+            }
+            Ok(Login::Disabled(_)) => (
+                AuditOutcome::Denied,
+                Some("[AUTHENTICATIONFAILED] the account is disabled"),
+            ),
+            Ok(Login::Rejected) => (AuditOutcome::Denied, Some("[AUTHENTICATIONFAILED] invalid credentials")),
+            Err(error) => {
+                warn!(%error, "login check failed");
+                (AuditOutcome::Failed, Some("[UNAVAILABLE] try again later"))
+            }
+        };
+        let event = AuditEvent::new(
+            &Actor {
+                name: attempted.clone(),
+                peer: self.peer.clone(),
+            },
+            "login.imap",
+            format!("account {attempted}"),
+        )
+        .outcome(result);
+        let store = self.store.clone();
+        if let Err(error) = blocking(move || store.audit(event)).await {
+            warn!(%error, "audit write failed");
+        }
+        match reply {
+            None => {
+                info!("login");
+                let caps = self.capabilities();
+                self.ok(tag, &format!("[CAPABILITY {caps}] logged in"));
+                Ok(Flow::Continue)
+            }
+            Some(text) => {
+                self.login_failures += 1;
+                // A growing pause makes guessing slow; past the limit the connection closes.
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(self.login_failures))).await;
+                self.no(tag, text);
+                if self.login_failures >= self.config.login_failures_per_connection_max {
+                    self.untagged("BYE too many failed logins");
+                    return Ok(Flow::Close);
+                }
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    fn enable(&mut self, tag: &str, capabilities: &[String]) {
+        let mut enabled = Vec::new();
+        for capability in capabilities {
+            match capability.as_str() {
+                "IMAP4REV2" if !self.enabled.rev2 => {
+                    self.enabled.rev2 = true;
+                    enabled.push("IMAP4rev2");
+                }
+                "CONDSTORE" if !self.enabled.condstore => {
+                    self.enabled.condstore = true;
+                    enabled.push("CONDSTORE");
+                }
+                "QRESYNC" if !self.enabled.qresync => {
+                    self.enabled.qresync = true;
+                    self.enabled.condstore = true;
+                    enabled.push("QRESYNC");
+                }
+                "UTF8=ACCEPT" if !self.enabled.utf8 => {
+                    self.enabled.utf8 = true;
+                    enabled.push("UTF8=ACCEPT");
+                }
+                _ => {}
+            }
+        }
+        self.untagged(format!("ENABLED {}", enabled.join(" ")).trim_end());
+        self.ok(tag, "ENABLE completed");
+    }
+
+    /// Finds a mailbox by name, or by the names Outlook and others use for special folders.
+    pub(crate) async fn find_mailbox(&self, name: &str) -> Result<Option<Mailbox>, StoreError> {
+        let store = self.store.clone();
+        let account = self.account_id();
+        let name = name.to_string();
+        blocking(move || {
+            if let Some(found) = store.mailbox_by_name(account, &name)? {
+                return Ok(Some(found));
+            }
+            match NAME_ALIASES.iter().find(|(alias, _)| alias.eq_ignore_ascii_case(&name)) {
+                Some((_, special_use)) => store.mailbox_by_special_use(account, *special_use),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    pub(crate) fn account_id(&self) -> sealpost_storage::AccountId {
+        self.account.as_ref().map_or(sealpost_storage::AccountId(0), |a| a.id)
+    }
+
+    async fn create(&mut self, tag: &str, name: &str, special_use: &[String]) {
+        let use_ = match special_use {
+            [] => None,
+            [one] => match special_use_of(one) {
+                Some(SpecialUse::Backup) | None => {
+                    self.no(tag, &format!("[USEATTR] {one} is not a special use Sealpost can give"));
+                    return;
+                }
+                found => found,
+            },
+            _ => {
+                self.no(tag, "[USEATTR] one special use per mailbox");
+                return;
+            }
+        };
+        let name = name.trim_end_matches('/').to_string();
+        if name.eq_ignore_ascii_case("INBOX") {
+            self.no(tag, "[ALREADYEXISTS] INBOX always exists");
+            return;
+        }
+        let (store, account) = (self.store.clone(), self.account_id());
+        match blocking(move || store.create_mailbox(account, &name, use_)).await {
+            Ok(_) => self.ok(tag, "CREATE completed"),
+            Err(error) => {
+                let text = store_failure(&error);
+                self.tagged_line(Some(tag), &text);
+            }
+        }
+    }
+
+    async fn delete(&mut self, tag: &str, name: &str) {
+        let selected_here = self.selected.as_ref().is_some_and(|s| s.name == name);
+        let (store, account, name) = (self.store.clone(), self.account_id(), name.to_string());
+        match blocking(move || store.delete_mailbox(account, &name)).await {
+            Ok(()) => {
+                if selected_here {
+                    self.selected = None;
+                }
+                self.ok(tag, "DELETE completed");
+            }
+            Err(error) => {
+                let text = store_failure(&error);
+                self.tagged_line(Some(tag), &text);
+            }
+        }
+    }
+
+    async fn rename(&mut self, tag: &str, from: &str, to: &str) {
+        let (store, account, from_name, to_name) =
+            (self.store.clone(), self.account_id(), from.to_string(), to.to_string());
+        match blocking(move || store.rename_mailbox(account, &from_name, &to_name)).await {
+            Ok(()) => {
+                if let Some(selected) = self.selected.as_mut().filter(|s| s.name == from) {
+                    selected.name = to.to_string();
+                }
+                self.ok(tag, "RENAME completed");
+            }
+            Err(error) => {
+                let text = store_failure(&error);
+                self.tagged_line(Some(tag), &text);
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, tag: &str, name: &str, subscribed: bool) {
+        let found = match self.find_mailbox(name).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return self.no(tag, "[NONEXISTENT] no such mailbox"),
+            Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
+        };
+        let (store, account) = (self.store.clone(), self.account_id());
+        match blocking(move || store.set_subscribed(account, &found.name, subscribed)).await {
+            Ok(()) => self.ok(
+                tag,
+                if subscribed {
+                    "SUBSCRIBE completed"
+                } else {
+                    "UNSUBSCRIBE completed"
+                },
+            ),
+            Err(error) => self.tagged_line(Some(tag), &store_failure(&error)),
+        }
+    }
+
+    async fn list(&mut self, tag: &str, list: List) {
+        let (store, account) = (self.store.clone(), self.account_id());
+        let mailboxes = match blocking(move || store.list_mailboxes(account)).await {
+            Ok(mailboxes) => mailboxes,
+            Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
+        };
+        let kind = if list.lsub { "LSUB" } else { "LIST" };
+        if list.patterns.len() == 1 && list.patterns[0].is_empty() {
+            self.untagged(&format!("{kind} (\\Noselect) \"/\" \"\""));
+            return self.ok(tag, &format!("{kind} completed"));
+        }
+        let names = self.names();
+        let show_children = !list.lsub;
+        for mailbox in &mailboxes {
+            let full_matches = list.patterns.iter().any(|pattern| {
+                let pattern = format!("{}{}", list.reference, pattern);
+                crate::list::matches(&pattern, &mailbox.name)
+            });
+            if !full_matches {
+                continue;
+            }
+            if (list.lsub || list.select_subscribed) && !mailbox.subscribed {
+                continue;
+            }
+            if list.select_special_use && mailbox.special_use.and_then(SpecialUse::attribute).is_none() {
+                continue;
+            }
+            let mut attributes: Vec<&str> = Vec::new();
+            if show_children {
+                let prefix = format!("{}/", mailbox.name);
+                let has_children = mailboxes.iter().any(|m| m.name.starts_with(&prefix));
+                attributes.push(if has_children {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                });
+            }
+            if let Some(attribute) = mailbox.special_use.and_then(SpecialUse::attribute) {
+                attributes.push(attribute);
+            }
+            if mailbox.subscribed && (list.return_subscribed || list.select_subscribed) {
+                attributes.push("\\Subscribed");
+            }
+            let mut line = format!("* {kind} ({}) \"/\" ", attributes.join(" ")).into_bytes();
+            response::mailbox(&mut line, &mailbox.name, names);
+            line.extend_from_slice(b"\r\n");
+            self.out.extend_from_slice(&line);
+            if let Some(items) = &list.return_status {
+                let status = self.status_line(mailbox, &mailbox.name, items).await;
+                self.out.extend_from_slice(&status);
+            }
+        }
+        self.ok(tag, &format!("{kind} completed"));
+    }
+
+    /// A STATUS response for `mailbox`, under the name the client used for it.
+    pub(crate) async fn status_line(&self, mailbox: &Mailbox, shown_as: &str, items: &[StatusItem]) -> Vec<u8> {
+        let mut parts = Vec::new();
+        let mut deleted = None;
+        for item in items {
+            let value = match item {
+                StatusItem::Messages => ("MESSAGES", u64::from(mailbox.messages)),
+                StatusItem::Recent => ("RECENT", 0),
+                StatusItem::UidNext => ("UIDNEXT", u64::from(mailbox.uid_next)),
+                StatusItem::UidValidity => ("UIDVALIDITY", u64::from(mailbox.uid_validity)),
+                StatusItem::Unseen => ("UNSEEN", u64::from(mailbox.unseen)),
+                StatusItem::Size => ("SIZE", mailbox.bytes),
+                StatusItem::HighestModSeq => ("HIGHESTMODSEQ", mailbox.highest_modseq),
+                StatusItem::Deleted => {
+                    if deleted.is_none() {
+                        let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
+                        let count = blocking(move || store.messages(account, id))
+                            .await
+                            .map(|all| {
+                                all.iter()
+                                    .filter(|m| m.flags.has(sealpost_storage::SystemFlag::Deleted))
+                                    .count()
+                            })
+                            .unwrap_or(0);
+                        deleted = Some(count as u64);
+                    }
+                    ("DELETED", deleted.unwrap_or(0))
+                }
+            };
+            parts.push(format!("{} {}", value.0, value.1));
+        }
+        let mut line = b"* STATUS ".to_vec();
+        response::mailbox(&mut line, shown_as, self.names());
+        line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
+        line
+    }
+
+    async fn status(&mut self, tag: &str, name: &str, items: &[StatusItem]) {
+        match self.find_mailbox(name).await {
+            Ok(Some(mailbox)) => {
+                let line = self.status_line(&mailbox, name, items).await;
+                self.out.extend_from_slice(&line);
+                self.ok(tag, "STATUS completed");
+            }
+            Ok(None) => self.no(tag, "[NONEXISTENT] no such mailbox"),
+            Err(error) => self.tagged_line(Some(tag), &store_failure(&error)),
+        }
+    }
+
+    async fn append(
+        &mut self,
+        tag: &str,
+        name: &str,
+        flags: &[String],
+        date: Option<crate::command::ImapDate>,
+        message: Vec<u8>,
+    ) {
+        let mailbox = match self.find_mailbox(name).await {
+            Ok(Some(mailbox)) => mailbox,
+            Ok(None) => return self.no(tag, "[TRYCREATE] no such mailbox"),
+            Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
+        };
+        let flags = match response::parse_flags(flags) {
+            Ok(flags) => flags,
+            Err(error) => return self.bad(tag, &error),
+        };
+        if message.is_empty() {
+            return self.no(tag, "an empty message");
+        }
+        let internal_date = date
+            .map(|d| InternalDate {
+                unix_seconds: d.unix_seconds,
+                offset_minutes: d.offset_minutes,
+            })
+            .unwrap_or_else(InternalDate::now);
+        let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
+        let result = blocking(move || {
+            let summary = Summary::of(&message).to_bytes();
+            store.append(
+                account,
+                id,
+                &NewMessage {
+                    raw: &message,
+                    flags,
+                    internal_date,
+                    summary: &summary,
+                },
+            )
+        })
+        .await;
+        match result {
+            Ok(appended) => {
+                if self.selected.as_ref().is_some_and(|s| s.id == appended.mailbox) {
+                    self.announce_changes(false).await;
+                }
+                self.ok(
+                    tag,
+                    &format!(
+                        "[APPENDUID {} {}] APPEND completed",
+                        appended.uid_validity, appended.uid
+                    ),
+                );
+            }
+            Err(error) => self.tagged_line(Some(tag), &store_failure(&error)),
+        }
+    }
+
+    async fn get_quota(&mut self, tag: &str, root: Option<&str>, mailbox: Option<&str>) {
+        if let Some(root) = root.filter(|r| !r.is_empty()) {
+            return self.no(tag, &format!("[NONEXISTENT] no quota root {root}"));
+        }
+        if let Some(name) = mailbox {
+            match self.find_mailbox(name).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return self.no(tag, "[NONEXISTENT] no such mailbox"),
+                Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
+            }
+            let mut line = b"* QUOTAROOT ".to_vec();
+            response::mailbox(&mut line, name, self.names());
+            line.extend_from_slice(b" \"\"\r\n");
+            self.out.extend_from_slice(&line);
+        }
+        let (store, account) = (self.store.clone(), self.account_id());
+        let usage = match blocking(move || store.usage(account)).await {
+            Ok(usage) => usage,
+            Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
+        };
+        let limit_kib = self.config.quota_bytes / 1024;
+        self.untagged(&format!(
+            "QUOTA \"\" (STORAGE {} {limit_kib})",
+            usage.bytes.div_ceil(1024)
+        ));
+        self.ok(tag, "GETQUOTA completed");
+    }
+
+    pub(crate) async fn audit(&self, event: AuditEvent) {
+        let store = self.store.clone();
+        if let Err(error) = blocking(move || store.audit(event)).await {
+            warn!(%error, "audit write failed");
+        }
+    }
+
+    pub(crate) fn selected_mailbox_id(&self) -> Option<MailboxId> {
+        self.selected.as_ref().map(|s| s.id)
+    }
+}
+
+/// Resolves once the server asks every session to stop.
+pub(crate) async fn until_stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+pub(crate) enum ReadOutcome {
+    Frame(Frame),
+    Closed,
+    TimedOut,
+    Shutdown,
+}
+
+pub(crate) fn special_use_of(attribute: &str) -> Option<SpecialUse> {
+    match attribute.to_ascii_lowercase().as_str() {
+        "\\sent" => Some(SpecialUse::Sent),
+        "\\drafts" => Some(SpecialUse::Drafts),
+        "\\trash" => Some(SpecialUse::Trash),
+        "\\junk" => Some(SpecialUse::Junk),
+        "\\archive" => Some(SpecialUse::Archive),
+        _ => None,
+    }
+}

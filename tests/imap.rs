@@ -1,0 +1,142 @@
+//! IMAP end to end: the real `sealpost serve` over TLS on loopback, driven by real clients:
+//! the shared conformance harness (both TLS modes) and a Python imaplib scenario.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{sealpost_ok, DataDir, Server};
+
+const PASSWORD: &str = "harness-pw";
+
+/// The shared harness, beside the checkout (`../shared/harness`), as on every machine here.
+fn harness_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/harness");
+    assert!(
+        dir.join("imap_conformance.py").exists(),
+        "{} is missing: the shared harness must sit beside the checkout",
+        dir.display()
+    );
+    dir
+}
+
+/// A data folder with user1..user10@harness.test and a server running on it.
+fn harness_server() -> (DataDir, Server) {
+    let data = DataDir::init_with("harness.test", &["--hostname", "localhost"]);
+    for n in 1..=10 {
+        sealpost_ok(
+            &[
+                "account",
+                "add",
+                &format!("user{n}@harness.test"),
+                "--password-stdin",
+                "--data",
+                &data.arg(),
+            ],
+            &format!("{PASSWORD}\n"),
+        );
+    }
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(
+        server.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        server.seen
+    );
+    (data, server)
+}
+
+fn run_python(args: &[String], envs: &[(&str, String)]) -> (bool, String) {
+    let output = Command::new("python3")
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn shared_conformance_harness_passes_over_starttls_and_implicit_tls() {
+    let (data, mut server) = harness_server();
+    let base = data.port_base;
+    let envs = [
+        ("HARNESS_HOST", "127.0.0.1".to_string()),
+        ("HARNESS_IMAP_PORT", (base + 143).to_string()),
+        ("HARNESS_IMAPS_PORT", (base + 993).to_string()),
+        ("HARNESS_CAFILE", data.path().join("tls/cert.pem").display().to_string()),
+        ("HARNESS_DOMAIN", "harness.test".to_string()),
+        ("HARNESS_USER", "user1@harness.test".to_string()),
+        ("HARNESS_PASS", PASSWORD.to_string()),
+        ("HARNESS_USER2", "user2@harness.test".to_string()),
+        ("HARNESS_PASS2", PASSWORD.to_string()),
+    ];
+    let script = harness_dir().join("imap_conformance.py").display().to_string();
+    for mode in ["starttls", "implicit"] {
+        let (_, text) = run_python(&[script.clone(), "--tls".into(), mode.into()], &envs);
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("passed"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            last.ends_with(" 0 failed") && last.contains("passed"),
+            "harness over {mode}: {last}\n{text}"
+        );
+    }
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+}
+
+#[test]
+fn imaplib_scenario_runs_and_logins_and_reads_are_audited() {
+    let (data, mut server) = harness_server();
+    let base = data.port_base;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/imap_scenario.py");
+    let args = vec![
+        script.display().to_string(),
+        "127.0.0.1".into(),
+        (base + 143).to_string(),
+        (base + 993).to_string(),
+        data.path().join("tls/cert.pem").display().to_string(),
+        "user3@harness.test".into(),
+        PASSWORD.into(),
+    ];
+    let (ok, text) = run_python(&args, &[]);
+    assert!(ok, "{text}");
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    // The log names no user and no subject.
+    assert!(
+        !server
+            .seen
+            .iter()
+            .any(|l| l.contains("user3") || l.contains("Referral")),
+        "{:?}",
+        server.seen
+    );
+
+    let export = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
+    let records: Vec<serde_json::Value> = export.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let logins = |outcome: &str| {
+        records
+            .iter()
+            .filter(|r| r["action"] == "login.imap" && r["outcome"] == outcome && r["actor"] == "user3@harness.test")
+            .count()
+    };
+    assert_eq!(logins("ok"), 3, "three connections logged in: {export}");
+    assert_eq!(logins("denied"), 1, "the failed login audited: {export}");
+    let reads: Vec<&serde_json::Value> = records.iter().filter(|r| r["action"] == "message.read").collect();
+    assert!(!reads.is_empty(), "the body fetch audited");
+    assert!(
+        reads.iter().all(|r| r["object"].as_str().unwrap().contains("uids:")),
+        "{reads:?}"
+    );
+    assert!(reads.iter().all(|r| r["peer"] == "127.0.0.1"), "{reads:?}");
+    assert!(sealpost_ok(&["audit", "verify", "--data", &data.arg()], "").contains("intact"));
+}
