@@ -43,9 +43,13 @@ pub fn sealpost_ok(args: &[&str], stdin: &str) -> String {
 /// right now. Bounded: tries at most 200 bases.
 pub fn free_port_base() -> u16 {
     let offsets = [25u16, 143, 443, 465, 587, 993];
+    // Tests in one process run at once: each call starts from a different point.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     for attempt in 0..200u16 {
         let seed = (std::process::id() as u16)
             .wrapping_mul(31)
+            .wrapping_add(call.wrapping_mul(7919))
             .wrapping_add(attempt.wrapping_mul(1009));
         let base = 20_000 + seed % 40_000;
         let free = offsets

@@ -99,15 +99,42 @@ pub(crate) struct LimitsSection {
     pub(crate) message_bytes_max: u64,
     pub(crate) mailboxes_per_account_max: u32,
     pub(crate) mailbox_name_bytes_max: usize,
+    /// Connections one client address may hold open on one IMAP listener.
+    pub(crate) imap_connections_per_address_max: usize,
+    /// Longest IMAP command line, in bytes.
+    pub(crate) imap_line_bytes_max: usize,
+    /// An IMAP session silent this long is closed.
+    pub(crate) imap_idle_timeout_ms: u64,
+    /// IMAP commands a session may send per second.
+    pub(crate) imap_commands_per_second_max: u32,
+    /// Failed logins on one connection before it is closed.
+    pub(crate) imap_login_failures_per_connection_max: u32,
+    /// IMAP sessions one account may have open at once.
+    pub(crate) imap_sessions_per_account_max: usize,
+    /// Failed logins from one address (within 15 minutes) before it is locked out.
+    pub(crate) login_failures_per_address_max: u32,
+    /// Failed logins for one account (within 15 minutes) before it is locked out.
+    pub(crate) login_failures_per_account_max: u32,
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
         let store = sealpost_storage::StoreLimits::default();
+        let imap = sealpost_imap::ImapConfig::default();
+        let login = sealpost_imap::LoginLimits::default();
         Self {
             message_bytes_max: store.message_bytes_max,
             mailboxes_per_account_max: store.mailboxes_per_account_max,
             mailbox_name_bytes_max: store.mailbox_name_bytes_max,
+            // A clinic behind one NAT address runs many clients, each with several connections.
+            imap_connections_per_address_max: 200,
+            imap_line_bytes_max: imap.line_bytes_max,
+            imap_idle_timeout_ms: imap.idle_timeout_ms,
+            imap_commands_per_second_max: imap.commands_per_second_max,
+            imap_login_failures_per_connection_max: imap.login_failures_per_connection_max,
+            imap_sessions_per_account_max: login.sessions_per_account_max,
+            login_failures_per_address_max: login.failures_per_address_max,
+            login_failures_per_account_max: login.failures_per_account_max,
         }
     }
 }
@@ -184,6 +211,21 @@ fn validate(config: &Config) -> anyhow::Result<()> {
             "limits.message_bytes_max: {} is below 1024 bytes",
             limits.message_bytes_max
         );
+    }
+    if limits.imap_line_bytes_max < 1024 {
+        bail!(
+            "limits.imap_line_bytes_max: {} is below 1024 bytes",
+            limits.imap_line_bytes_max
+        );
+    }
+    if limits.imap_idle_timeout_ms < 60_000 {
+        bail!(
+            "limits.imap_idle_timeout_ms: {} is below one minute",
+            limits.imap_idle_timeout_ms
+        );
+    }
+    if limits.imap_connections_per_address_max == 0 || limits.imap_commands_per_second_max == 0 {
+        bail!("limits: imap_connections_per_address_max and imap_commands_per_second_max must be at least 1");
     }
     if limits.mailboxes_per_account_max < 7 {
         bail!("limits.mailboxes_per_account_max: must be at least 7 (the default mailboxes)");

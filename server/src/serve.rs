@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use sealpost_imap::{BoxedStream, Connection, ImapConfig, TlsUpgrade};
+use sealpost_imap::{BoxedStream, Connection, ImapConfig, ImapShared, LoginLimits, TlsUpgrade};
 use sealpost_storage::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -19,8 +19,6 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::Loaded;
 
-/// Most connections one client address may hold open on one listener.
-const CONNECTIONS_PER_ADDRESS_MAX: usize = 50;
 /// How long connections get to finish after SIGTERM before they are cut.
 const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
@@ -37,8 +35,11 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // A second call (demo → serve) finds a subscriber in place, which is fine.
+    // Colours only for a person at a terminal, never in files or journals.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -57,9 +58,21 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         store = %loaded.path(&cfg.paths.store).display(),
         "store open"
     );
+    let limits = &cfg.limits;
     let imap_config = Arc::new(ImapConfig {
-        message_bytes_max: cfg.limits.message_bytes_max,
+        message_bytes_max: limits.message_bytes_max,
+        line_bytes_max: limits.imap_line_bytes_max,
+        idle_timeout_ms: limits.imap_idle_timeout_ms,
+        commands_per_second_max: limits.imap_commands_per_second_max,
+        login_failures_per_connection_max: limits.imap_login_failures_per_connection_max,
         ..ImapConfig::default()
+    });
+    // One registry for both listeners: limits on sessions and login failures span them.
+    let imap_shared = ImapShared::new(LoginLimits {
+        sessions_per_account_max: limits.imap_sessions_per_account_max,
+        failures_per_address_max: limits.login_failures_per_address_max,
+        failures_per_account_max: limits.login_failures_per_account_max,
+        ..LoginLimits::default()
     });
     let (stop, stopped) = watch::channel(false);
     let mut listeners = JoinSet::new();
@@ -78,7 +91,9 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             config: imap_config.clone(),
             tls: tls.clone(),
             implicit_tls,
+            connections_per_address_max: limits.imap_connections_per_address_max,
             per_address: Arc::new(Mutex::new(HashMap::new())),
+            shared: imap_shared.clone(),
         };
         listeners.spawn(service.accept_loop(listener, stopped.clone()));
     }
@@ -176,7 +191,9 @@ struct ImapService {
     config: Arc<ImapConfig>,
     tls: tokio_rustls::TlsAcceptor,
     implicit_tls: bool,
+    connections_per_address_max: usize,
     per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    shared: Arc<ImapShared>,
 }
 
 /// Counts a connection against its address while it lives.
@@ -234,7 +251,7 @@ impl ImapService {
         let slot = {
             let mut counts = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
             let count = counts.entry(peer.ip()).or_insert(0);
-            if *count >= CONNECTIONS_PER_ADDRESS_MAX {
+            if *count >= self.connections_per_address_max {
                 None
             } else {
                 *count += 1;
@@ -244,6 +261,8 @@ impl ImapService {
                 })
             }
         };
+        let limit = self.connections_per_address_max;
+        let shared = self.shared.clone();
         let (store, config, tls, implicit_tls) = (
             self.store.clone(),
             self.config.clone(),
@@ -252,8 +271,7 @@ impl ImapService {
         );
         async move {
             let Some(_slot) = slot else {
-                let bye =
-                    format!("* BYE too many connections from your address (limit {CONNECTIONS_PER_ADDRESS_MAX})\r\n");
+                let bye = format!("* BYE too many connections from your address (limit {limit})\r\n");
                 if !implicit_tls {
                     let _ = socket.write_all(bye.as_bytes()).await;
                 }
@@ -287,6 +305,7 @@ impl ImapService {
                 peer: peer.ip().to_string(),
                 tls: implicit_tls,
                 starttls,
+                shared,
             };
             sealpost_imap::serve_session(stream, store, config, connection, stopped).await;
         }

@@ -54,12 +54,13 @@ impl Table {
     }
 }
 
-/// Whether a write must be on disk before it returns. Every write the store makes today
-/// must be; the parameter keeps the choice visible at each call.
+/// Whether a write must be on disk before it returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Durability {
     /// The write-ahead log is fsynced before the call returns.
     Synced,
+    /// The write is in the log (the OS has it); a later `sync_log` makes it durable.
+    Buffered,
 }
 
 enum Op {
@@ -110,6 +111,9 @@ pub(crate) trait Engine: Send + Sync {
     fn scan(&self, table: Table, from: &[u8], to: &[u8], visit: &mut Visitor<'_>) -> Result<()>;
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<()>;
+
+    /// Makes every write so far durable (fsyncs the write-ahead log).
+    fn sync_log(&self) -> Result<()>;
 
     /// Writes memtables out and rewrites the files that hold `[from, to)` of `table`, so that
     /// deleted values there leave the disk files (used when shredding keys).
@@ -284,6 +288,12 @@ impl Engine for RocksEngine {
         self.db
             .write_opt(rocks, &options)
             .map_err(|e| engine_error("write", &self.path, e))
+    }
+
+    fn sync_log(&self) -> Result<()> {
+        self.db
+            .flush_wal(true)
+            .map_err(|e| engine_error("sync the log", &self.path, e))
     }
 
     fn purge_range(&self, table: Table, from: &[u8], to: &[u8]) -> Result<()> {

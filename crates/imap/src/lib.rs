@@ -14,6 +14,8 @@ mod response;
 mod search;
 mod selected;
 mod session;
+mod shared;
 mod utf7;
 
 pub use session::{serve_session, BoxedStream, Connection, ImapConfig, Stream, TlsUpgrade};
+pub use shared::{ImapShared, LoginLimits};

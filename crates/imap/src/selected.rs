@@ -479,6 +479,15 @@ impl Session {
         let needs_summary = items
             .iter()
             .any(|i| matches!(i, FetchItem::Envelope | FetchItem::BodyStructure | FetchItem::Body));
+        // The whole message needs no parsing; parts, headers and BINARY do.
+        let needs_structure = items.iter().any(|i| match i {
+            FetchItem::Section { section, .. } => !section.path.is_empty() || section.text.is_some(),
+            FetchItem::Binary { .. }
+            | FetchItem::BinarySize { .. }
+            | FetchItem::Rfc822Header
+            | FetchItem::Rfc822Text => true,
+            _ => false,
+        });
         let sets_seen = !read_only
             && items.iter().any(|i| {
                 matches!(
@@ -566,7 +575,10 @@ impl Session {
             if seen_now.iter().any(|(u, _)| *u == meta.uid) && !items_here.contains(&FetchItem::Flags) {
                 items_here.push(FetchItem::Flags);
             }
-            let structure = raw.as_deref().map(|r| Structure::parse(r, Limits::default()));
+            let structure = raw
+                .as_deref()
+                .filter(|_| needs_structure)
+                .map(|r| Structure::parse(r, Limits::default()));
             for item in &items_here {
                 if !first {
                     line.push(b' ');
@@ -871,7 +883,7 @@ impl Session {
         self.announce_changes(true).await;
         self.flush().await?;
         let timeout = Duration::from_millis(self.config.idle_timeout_ms);
-        let mut buffer = vec![0u8; 4096];
+        let mut buffer = [0u8; 512];
         loop {
             if let Some(frame) = self.framer.next_frame() {
                 return match frame {
@@ -1041,12 +1053,30 @@ fn write_item(
             out.extend_from_slice(b"BODY ");
             out.extend_from_slice(&summary.body);
         }
-        FetchItem::Rfc822 | FetchItem::Rfc822Header | FetchItem::Rfc822Text => {
+        FetchItem::Rfc822 => {
+            let Some(raw) = raw else {
+                return Err("[SERVERBUG] body not loaded");
+            };
+            out.extend_from_slice(b"RFC822 ");
+            response::literal(out, raw);
+        }
+        FetchItem::Section { section, partial, .. } if section.path.is_empty() && section.text.is_none() => {
+            let Some(raw) = raw else {
+                return Err("[SERVERBUG] body not loaded");
+            };
+            let (slice, origin) = partial_slice(raw, *partial);
+            out.extend_from_slice(b"BODY[]");
+            if let Some(origin) = origin {
+                out.extend_from_slice(format!("<{origin}>").as_bytes());
+            }
+            out.push(b' ');
+            response::literal(out, slice);
+        }
+        FetchItem::Rfc822Header | FetchItem::Rfc822Text => {
             let (Some(raw), Some(structure)) = (raw, structure) else {
                 return Err("[SERVERBUG] body not loaded");
             };
             let (name, text) = match item {
-                FetchItem::Rfc822 => ("RFC822", None),
                 FetchItem::Rfc822Header => ("RFC822.HEADER", Some(SectionText::Header)),
                 _ => ("RFC822.TEXT", Some(SectionText::Text)),
             };

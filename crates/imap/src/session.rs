@@ -22,6 +22,9 @@ use crate::parse::{parse_command, NameEncoding};
 use crate::response;
 use crate::selected::Selected;
 
+/// Bytes read from the client at a time.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// An async byte stream a session runs over: TCP, TLS, or an in-memory pipe in tests.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Stream for T {}
@@ -70,6 +73,8 @@ pub struct Connection {
     pub tls: bool,
     /// How to start TLS on a cleartext listener; `None` where STARTTLS is not offered.
     pub starttls: Option<TlsUpgrade>,
+    /// Sessions per account and login failures, shared by the server's sessions.
+    pub shared: Arc<crate::ImapShared>,
 }
 
 /// Runs one IMAP session to its end: LOGOUT, the client closing, a timeout, or `shutdown`.
@@ -87,6 +92,7 @@ pub async fn serve_session(
     };
     let mut session = Session {
         stream: Some(stream),
+        read_buffer: vec![0u8; READ_BUFFER_BYTES],
         framer: Framer::new(limits),
         out: Vec::new(),
         store,
@@ -94,6 +100,8 @@ pub async fn serve_session(
         peer: connection.peer,
         tls_active: connection.tls,
         starttls: connection.starttls,
+        shared: connection.shared,
+        session_slot: None,
         account: None,
         enabled: Enabled::default(),
         selected: None,
@@ -124,6 +132,8 @@ struct RateWindow {
 
 pub(crate) struct Session {
     stream: Option<BoxedStream>,
+    /// Reused for every read: an idle session holds only this much.
+    read_buffer: Vec<u8>,
     pub(crate) framer: Framer,
     /// Responses waiting to be written; flushed after each command.
     pub(crate) out: Vec<u8>,
@@ -132,6 +142,9 @@ pub(crate) struct Session {
     pub(crate) peer: String,
     tls_active: bool,
     starttls: Option<TlsUpgrade>,
+    shared: Arc<crate::ImapShared>,
+    /// Counts this session against its account's limit while it is logged in.
+    session_slot: Option<crate::shared::SessionSlot>,
     pub(crate) account: Option<Account>,
     pub(crate) enabled: Enabled,
     pub(crate) selected: Option<Selected>,
@@ -341,7 +354,13 @@ impl Session {
 
     async fn read_frame(&mut self) -> std::io::Result<ReadOutcome> {
         let timeout = Duration::from_millis(self.config.idle_timeout_ms);
-        let mut buffer = vec![0u8; 64 * 1024];
+        let mut buffer = std::mem::take(&mut self.read_buffer);
+        let outcome = self.read_frame_into(&mut buffer, timeout).await;
+        self.read_buffer = buffer;
+        outcome
+    }
+
+    async fn read_frame_into(&mut self, buffer: &mut [u8], timeout: Duration) -> std::io::Result<ReadOutcome> {
         loop {
             if let Some(frame) = self.framer.next_frame() {
                 return Ok(ReadOutcome::Frame(frame));
@@ -351,7 +370,7 @@ impl Session {
             };
             let mut shutdown = self.shutdown.clone();
             let read = tokio::select! {
-                read = tokio::time::timeout(timeout, stream.read(&mut buffer)) => read,
+                read = tokio::time::timeout(timeout, stream.read(buffer)) => read,
                 () = until_stopped(&mut shutdown) => return Ok(ReadOutcome::Shutdown),
             };
             match read {
@@ -593,57 +612,74 @@ impl Session {
     }
 
     async fn check_credentials(&mut self, tag: &str, user: &str, password: &str) -> std::io::Result<Flow> {
-        let store = self.store.clone();
-        let (login, pass) = (user.to_string(), password.to_string());
-        let outcome = blocking(move || store.check_password(&login, &pass)).await;
-        let attempted = user.to_lowercase();
-        let (result, reply) = match outcome {
-            Ok(Login::Accepted(account)) => {
-                self.account = Some(account);
-                (AuditOutcome::Ok, None)
+        let attempted = user.trim().to_lowercase();
+        let (result, reply) = match self.shared.check(&self.peer, &attempted) {
+            Err(refusal) => {
+                let text = match refusal {
+                    crate::shared::Refusal::AddressLockedOut => {
+                        "[UNAVAILABLE] too many failed logins from your address; try later"
+                    }
+                    crate::shared::Refusal::AccountLockedOut => {
+                        "[UNAVAILABLE] too many failed logins for this account; try later"
+                    }
+                };
+                (AuditOutcome::Denied, Some(text))
             }
-            Ok(Login::Disabled(_)) => (
-                AuditOutcome::Denied,
-                Some("[AUTHENTICATIONFAILED] the account is disabled"),
-            ),
-            Ok(Login::Rejected) => (AuditOutcome::Denied, Some("[AUTHENTICATIONFAILED] invalid credentials")),
-            Err(error) => {
-                warn!(%error, "login check failed");
-                (AuditOutcome::Failed, Some("[UNAVAILABLE] try again later"))
+            Ok(()) => {
+                let store = self.store.clone();
+                let (login, pass) = (user.to_string(), password.to_string());
+                match blocking(move || store.check_password(&login, &pass)).await {
+                    Ok(Login::Accepted(account)) => match self.shared.open_session(account.id) {
+                        Some(slot) => {
+                            self.shared.succeeded(&attempted);
+                            self.session_slot = Some(slot);
+                            self.account = Some(account);
+                            (AuditOutcome::Ok, None)
+                        }
+                        None => (
+                            AuditOutcome::Denied,
+                            Some("[LIMIT] too many sessions open for this account"),
+                        ),
+                    },
+                    Ok(Login::Disabled(_)) => (
+                        AuditOutcome::Denied,
+                        Some("[AUTHENTICATIONFAILED] the account is disabled"),
+                    ),
+                    Ok(Login::Rejected) => (AuditOutcome::Denied, Some("[AUTHENTICATIONFAILED] invalid credentials")),
+                    Err(error) => {
+                        warn!(%error, "login check failed");
+                        (AuditOutcome::Failed, Some("[UNAVAILABLE] try again later"))
+                    }
+                }
             }
         };
-        let event = AuditEvent::new(
-            &Actor {
-                name: attempted.clone(),
-                peer: self.peer.clone(),
-            },
-            "login.imap",
-            format!("account {attempted}"),
-        )
-        .outcome(result);
-        let store = self.store.clone();
-        if let Err(error) = blocking(move || store.audit(event)).await {
-            warn!(%error, "audit write failed");
+        let actor = Actor {
+            name: attempted.clone(),
+            peer: self.peer.clone(),
+        };
+        let mut event = AuditEvent::new(&actor, "login.imap", format!("account {attempted}")).outcome(result);
+        if let Some(text) = reply {
+            event = event.detail(text);
         }
-        match reply {
-            None => {
-                info!("login");
-                let caps = self.capabilities();
-                self.ok(tag, &format!("[CAPABILITY {caps}] logged in"));
-                Ok(Flow::Continue)
-            }
-            Some(text) => {
-                self.login_failures += 1;
-                // A growing pause makes guessing slow; past the limit the connection closes.
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(self.login_failures))).await;
-                self.no(tag, text);
-                if self.login_failures >= self.config.login_failures_per_connection_max {
-                    self.untagged("BYE too many failed logins");
-                    return Ok(Flow::Close);
-                }
-                Ok(Flow::Continue)
-            }
+        self.audit(event).await;
+        let Some(text) = reply else {
+            info!("login");
+            let caps = self.capabilities();
+            self.ok(tag, &format!("[CAPABILITY {caps}] logged in"));
+            return Ok(Flow::Continue);
+        };
+        self.login_failures += 1;
+        if result == AuditOutcome::Denied && text.contains("AUTHENTICATIONFAILED") {
+            // A pause that doubles with each failure makes guessing slow.
+            let pause = self.shared.failed(&self.peer, &attempted);
+            tokio::time::sleep(pause).await;
         }
+        self.no(tag, text);
+        if self.login_failures >= self.config.login_failures_per_connection_max {
+            self.untagged("BYE too many failed logins");
+            return Ok(Flow::Close);
+        }
+        Ok(Flow::Continue)
     }
 
     fn enable(&mut self, tag: &str, capabilities: &[String]) {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealpost_imap::{serve_session, Connection, ImapConfig};
+use sealpost_imap::{serve_session, Connection, ImapConfig, ImapShared, LoginLimits};
 use sealpost_storage::{Actor, MasterKey, NewAccount, Role, Store, StoreConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -87,6 +87,7 @@ async fn run_transcript(name: &str, text: &str, config: ImapConfig) {
             peer: "192.0.2.1".into(),
             tls: true,
             starttls: None,
+            shared: ImapShared::new(LoginLimits::default()),
         },
         stopped,
     ));
