@@ -13,6 +13,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc, not glibc's allocator: each login's argon2 hash takes 19 MiB and frees it, and
+/// under glibc the sessions' small allocations then pinned those regions, so the heap grew
+/// about 1 MiB per concurrent session (measured by tests/scripts/idle_bench.py). mimalloc
+/// gives large blocks back to the system.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sealpost", version, about = "Sealpost: a secure mail host for healthcare")]
 struct Args {

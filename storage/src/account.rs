@@ -82,7 +82,44 @@ pub fn normalize_address(input: &str, primary_domain: &str) -> Result<String> {
     Ok(address)
 }
 
+/// Most password hashes computed at once in the process. Each argon2id run takes 19 MiB and
+/// about 20 ms of a core: unbounded, a burst of login attempts would exhaust memory.
+pub const PASSWORD_HASHES_CONCURRENT_MAX: usize = 2;
+
+static HASHES_BUSY: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static HASH_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Holds one of the hashing slots until dropped (also when the hash panics).
+struct HashSlot;
+
+impl HashSlot {
+    fn take() -> Self {
+        let mut busy = HASHES_BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy >= PASSWORD_HASHES_CONCURRENT_MAX {
+            busy = HASH_FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy += 1;
+        HashSlot
+    }
+}
+
+impl Drop for HashSlot {
+    fn drop(&mut self) {
+        let mut busy = HASHES_BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        *busy = busy.saturating_sub(1);
+        HASH_FREED.notify_one();
+    }
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    let _slot = HashSlot::take();
+    argon2::Argon2::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
+}
+
 fn hash_password(password: &str) -> Result<String> {
+    let _slot = HashSlot::take();
     argon2::Argon2::default()
         .hash_password(password.as_bytes())
         .map(|hash| hash.to_string())
@@ -233,18 +270,17 @@ impl Store {
     /// Checks a login name and password. Costs one argon2 verification (~20 ms) whatever the
     /// outcome, so run it on a blocking thread.
     pub fn check_password(&self, login: &str, password: &str) -> Result<Login> {
-        let verifier = argon2::Argon2::default();
         let found = match normalize_address(login, &self.inner.config.primary_domain) {
             Ok(address) => self.account_id_by_address(&address)?,
             Err(_) => None,
         };
         let Some(id) = found else {
-            let _ = verifier.verify_password(password.as_bytes(), decoy_hash());
+            let _ = verify_password(password, decoy_hash());
             return Ok(Login::Rejected);
         };
         let (record, account) = self.directory_record(id)?;
         let hash = record.password_hash.as_deref().unwrap_or(decoy_hash());
-        let matches = verifier.verify_password(password.as_bytes(), hash).is_ok();
+        let matches = verify_password(password, hash);
         if !matches || record.password_hash.is_none() {
             return Ok(Login::Rejected);
         }

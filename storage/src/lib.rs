@@ -38,7 +38,7 @@ mod notify;
 mod store;
 mod types;
 
-pub use account::{normalize_address, Login, ADDRESS_BYTES_MAX};
+pub use account::{normalize_address, Login, ADDRESS_BYTES_MAX, PASSWORD_HASHES_CONCURRENT_MAX};
 pub use audit::{AuditBreak, AuditEvent, AuditOutcome, AuditRecord, AuditVerification};
 pub use crypto::MasterKey;
 pub use error::{Error, Result};

@@ -55,6 +55,12 @@ impl Framer {
         self.input.extend_from_slice(bytes);
     }
 
+    /// Gives back spare capacity (the session is about to sit idle).
+    pub(crate) fn shrink(&mut self) {
+        self.input.shrink_to_fit();
+        self.command.shrink_to_fit();
+    }
+
     /// Bytes received but not yet part of a frame (after STARTTLS they must be none).
     pub(crate) fn buffered(&self) -> usize {
         self.input.len()

@@ -880,6 +880,7 @@ impl Session {
     /// IDLE: tells the client of changes as they happen until it says DONE.
     pub(crate) async fn idle(&mut self, tag: &str) -> std::io::Result<Flow> {
         self.out.extend_from_slice(b"+ idling\r\n");
+        self.release_buffers();
         self.announce_changes(true).await;
         self.flush().await?;
         let timeout = Duration::from_millis(self.config.idle_timeout_ms);

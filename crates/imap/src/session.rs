@@ -24,6 +24,8 @@ use crate::selected::Selected;
 
 /// Bytes read from the client at a time.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Capacity of the response buffer kept between commands.
+const OUT_BUFFER_KEPT_BYTES: usize = 64 * 1024;
 
 /// An async byte stream a session runs over: TCP, TLS, or an in-memory pipe in tests.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
@@ -355,6 +357,9 @@ impl Session {
     async fn read_frame(&mut self) -> std::io::Result<ReadOutcome> {
         let timeout = Duration::from_millis(self.config.idle_timeout_ms);
         let mut buffer = std::mem::take(&mut self.read_buffer);
+        if buffer.is_empty() {
+            buffer = vec![0u8; READ_BUFFER_BYTES];
+        }
         let outcome = self.read_frame_into(&mut buffer, timeout).await;
         self.read_buffer = buffer;
         outcome
@@ -400,7 +405,18 @@ impl Session {
         stream.write_all(&self.out).await?;
         stream.flush().await?;
         self.out.clear();
+        // One large FETCH must not pin megabytes for the rest of the session.
+        if self.out.capacity() > OUT_BUFFER_KEPT_BYTES {
+            self.out.shrink_to(OUT_BUFFER_KEPT_BYTES);
+        }
         Ok(())
+    }
+
+    /// Gives back what an idling session does not need (IDLE reads with a small buffer).
+    pub(crate) fn release_buffers(&mut self) {
+        self.read_buffer = Vec::new();
+        self.out.shrink_to(0);
+        self.framer.shrink();
     }
 
     /// The stream, for IDLE, which waits on it and on mailbox events at once.
