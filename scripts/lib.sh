@@ -24,3 +24,9 @@ setup_build_env() {
     # Build packages that the RocksDB bindings need: clang for bindgen, a C++ compiler.
     ensure_packages clang libclang-dev g++ sccache
 }
+
+# What the end-to-end tests run as real clients: Python 3 (imaplib, the shared harness) and
+# mbsync (isync).
+setup_test_clients() {
+    ensure_packages python3 isync
+}

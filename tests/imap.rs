@@ -140,3 +140,26 @@ fn imaplib_scenario_runs_and_logins_and_reads_are_audited() {
     assert!(reads.iter().all(|r| r["peer"] == "127.0.0.1"), "{reads:?}");
     assert!(sealpost_ok(&["audit", "verify", "--data", &data.arg()], "").contains("intact"));
 }
+
+#[test]
+fn mbsync_syncs_an_account_to_a_maildir_and_back() {
+    let (data, mut server) = harness_server();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/mbsync_roundtrip.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .args(["127.0.0.1", &(data.port_base + 993).to_string()])
+        .arg(data.path().join("tls/cert.pem"))
+        .args(["user4@harness.test", PASSWORD])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && text.contains("mbsync roundtrip passed"),
+        "{text}"
+    );
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+}

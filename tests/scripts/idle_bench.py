@@ -107,7 +107,7 @@ def main():
         w.sendall(b'a LOGIN "%s" "%s"\r\n' % (user.encode(), args.password.encode()))
         if b"a OK" not in read_until(w, b"a "):
             raise SystemExit("the appending login for %s was refused (sessions per account limit?)" % user)
-        w.sendall(b"b APPEND INBOX {13+}\r\nSubject: x\r\n\r\n\r\n")
+        w.sendall(b"b APPEND INBOX {14+}\r\nSubject: x\r\n\r\n\r\n")
         read_until(w, b"b OK")
         w.close()
     seen, latest = set(), 0.0
