@@ -332,3 +332,55 @@ fn audit_verify_exits_1_and_names_the_record_someone_altered_on_disk() {
     assert_eq!(verified.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("BROKEN at record 2"), "{stdout}");
 }
+
+#[test]
+fn connections_past_the_per_address_limit_are_told_why_and_closed() {
+    let data = DataDir::init("clinic.example");
+    let config = data.path().join("sealpost.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let limited: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("imap_connections_per_address_max") {
+                "imap_connections_per_address_max = 2".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_ne!(
+        limited.join("\n"),
+        text.trim_end(),
+        "init writes the limit into the configuration"
+    );
+    std::fs::write(&config, limited.join("\n")).unwrap();
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(
+        server.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        server.seen
+    );
+    let port = data.port_base + 143;
+    let greeting = |stream: &mut std::net::TcpStream| {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).unwrap();
+        line
+    };
+    let mut first = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut second = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(greeting(&mut first).starts_with("* OK"));
+    assert!(greeting(&mut second).starts_with("* OK"));
+    let mut third = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(
+        greeting(&mut third),
+        "* BYE too many connections from your address (limit 2)\r\n"
+    );
+    drop(first);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fourth = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(
+        greeting(&mut fourth).starts_with("* OK"),
+        "a slot comes free when a connection ends"
+    );
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+}

@@ -19,6 +19,8 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::Loaded;
 
+/// How long a refused TLS connection gets for its handshake, so that it can read why.
+const REFUSAL_HANDSHAKE_MS: Duration = Duration::from_millis(5_000);
 /// How long connections get to finish after SIGTERM before they are cut.
 const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
@@ -274,6 +276,14 @@ impl ImapService {
                 let bye = format!("* BYE too many connections from your address (limit {limit})\r\n");
                 if !implicit_tls {
                     let _ = socket.write_all(bye.as_bytes()).await;
+                    return;
+                }
+                // On the TLS port the client can only read the reason after a handshake,
+                // which gets a few seconds at most.
+                let handshake = tokio::time::timeout(REFUSAL_HANDSHAKE_MS, tls.accept(socket)).await;
+                if let Ok(Ok(mut stream)) = handshake {
+                    let _ = stream.write_all(bye.as_bytes()).await;
+                    let _ = stream.shutdown().await;
                 }
                 return;
             };

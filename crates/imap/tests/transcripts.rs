@@ -145,6 +145,9 @@ async fn check(name: &str) {
     if name.starts_with("limits-rate") {
         config.commands_per_second_max = 3;
     }
+    if name.starts_with("limits-idle") {
+        config.idle_timeout_ms = 300;
+    }
     run_transcript(name, &text, config).await;
 }
 
@@ -176,6 +179,87 @@ async fn malformed_input_and_limits() {
 #[tokio::test]
 async fn command_rate_limit() {
     check("limits-rate.txt").await;
+}
+
+#[tokio::test]
+async fn idle_timeout() {
+    check("limits-idle.txt").await;
+}
+
+/// Starts a session on `store` with `shared`, logs in as alice, and returns the tagged reply.
+/// The session lives while the returned sender and client do.
+async fn login_reply(
+    store: &Store,
+    shared: &Arc<ImapShared>,
+    password: &str,
+) -> (String, tokio::sync::watch::Sender<bool>, tokio::io::DuplexStream) {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let connection = Connection {
+        peer: "192.0.2.9".into(),
+        tls: true,
+        starttls: None,
+        shared: shared.clone(),
+    };
+    tokio::spawn(serve_session(
+        Box::new(server),
+        store.clone(),
+        Arc::new(ImapConfig::default()),
+        connection,
+        stopped,
+    ));
+    let (read, mut write) = tokio::io::split(client);
+    let mut lines = BufReader::new(read).lines();
+    lines.next_line().await.unwrap();
+    write
+        .write_all(format!("a LOGIN alice@example.test {password}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(READ_TIMEOUT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let client = lines.into_inner().into_inner().unsplit(write);
+    (reply, stop, client)
+}
+
+#[tokio::test]
+async fn sessions_per_account_and_login_lockout_are_enforced_across_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let shared = ImapShared::new(LoginLimits {
+        sessions_per_account_max: 1,
+        failures_per_account_max: 2,
+        failure_delay_ms: 1,
+        ..LoginLimits::default()
+    });
+    let (first, _s1, c1) = login_reply(&store, &shared, "secret-pass").await;
+    assert!(first.starts_with("a OK"), "{first}");
+    let (second, _s2, _c2) = login_reply(&store, &shared, "secret-pass").await;
+    assert_eq!(second, "a NO [LIMIT] too many sessions open for this account");
+    drop(c1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (third, _s3, _c3) = login_reply(&store, &shared, "secret-pass").await;
+    assert!(
+        third.starts_with("a OK"),
+        "the slot came free when the first session ended: {third}"
+    );
+
+    let lockout = ImapShared::new(LoginLimits {
+        failures_per_account_max: 2,
+        failure_delay_ms: 1,
+        ..LoginLimits::default()
+    });
+    for _ in 0..2 {
+        let (reply, _, _) = login_reply(&store, &lockout, "wrong").await;
+        assert_eq!(reply, "a NO [AUTHENTICATIONFAILED] invalid credentials");
+    }
+    let (locked, _, _) = login_reply(&store, &lockout, "secret-pass").await;
+    assert_eq!(
+        locked, "a NO [UNAVAILABLE] too many failed logins for this account; try later",
+        "even the right password"
+    );
 }
 
 #[test]
