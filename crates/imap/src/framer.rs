@@ -55,6 +55,11 @@ impl Framer {
         self.input.extend_from_slice(bytes);
     }
 
+    /// Takes the bytes not yet framed, for a layer that takes the stream over (COMPRESS).
+    pub(crate) fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.input)
+    }
+
     /// Gives back spare capacity (the session is about to sit idle).
     pub(crate) fn shrink(&mut self) {
         self.input.shrink_to_fit();

@@ -108,6 +108,7 @@ pub async fn serve_session(
         enabled: Enabled::default(),
         selected: None,
         login_failures: 0,
+        compressed: false,
         rate: RateWindow {
             started: Instant::now(),
             commands: 0,
@@ -151,6 +152,8 @@ pub(crate) struct Session {
     pub(crate) enabled: Enabled,
     pub(crate) selected: Option<Selected>,
     login_failures: u32,
+    /// COMPRESS=DEFLATE is on (it stays on for the rest of the connection).
+    compressed: bool,
     rate: RateWindow,
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -349,6 +352,9 @@ impl Session {
             "BINARY",
             "UTF8=ACCEPT",
         ]);
+        if !self.compressed {
+            caps.push("COMPRESS=DEFLATE");
+        }
         let mut text = caps.join(" ");
         text.push_str(&format!(" APPENDLIMIT={}", self.config.message_bytes_max));
         text
@@ -522,10 +528,37 @@ impl Session {
             CommandBody::GetQuota { root } => self.get_quota(&tag, Some(&root), None).await,
             CommandBody::GetQuotaRoot { mailbox } => self.get_quota(&tag, None, Some(&mailbox)).await,
             CommandBody::SetQuota => self.no(&tag, "[NOPERM] quotas are set by the administrator"),
-            CommandBody::Compress { .. } => self.no(&tag, "COMPRESS is not offered"),
+            CommandBody::Compress { mechanism } => return self.compress(&tag, &mechanism).await,
             _ if !selected => self.bad(&tag, "select a mailbox first"),
             other => self.execute_selected(&tag, other).await,
         }
+        Ok(Flow::Continue)
+    }
+
+    /// COMPRESS DEFLATE (RFC 4978): after the OK, both directions are raw DEFLATE; every
+    /// response flush is a sync flush, so the client can read it at once.
+    async fn compress(&mut self, tag: &str, mechanism: &str) -> std::io::Result<Flow> {
+        if mechanism != "DEFLATE" {
+            self.bad(tag, "only COMPRESS DEFLATE is offered");
+            return Ok(Flow::Continue);
+        }
+        if self.compressed {
+            self.no(tag, "[COMPRESSIONACTIVE] compression is already on");
+            return Ok(Flow::Continue);
+        }
+        self.ok(tag, "DEFLATE active");
+        self.flush().await?;
+        let Some(plain) = self.stream.take() else {
+            return Ok(Flow::Close);
+        };
+        // Whatever the client sent after the command is already compressed.
+        let early = self.framer.take_buffered();
+        let (read, write) = tokio::io::split(plain);
+        let read = tokio::io::BufReader::new(std::io::Cursor::new(early).chain(read));
+        let reader = async_compression::tokio::bufread::DeflateDecoder::new(read);
+        let writer = async_compression::tokio::write::DeflateEncoder::new(write);
+        self.stream = Some(Box::new(tokio::io::join(reader, writer)));
+        self.compressed = true;
         Ok(Flow::Continue)
     }
 

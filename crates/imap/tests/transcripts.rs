@@ -269,3 +269,77 @@ fn transcript_patterns_match_only_what_they_say() {
     assert!(line_matches("a", "a"));
     assert!(!line_matches("a", "ab"));
 }
+
+#[tokio::test]
+async fn compress_deflate_carries_the_rest_of_the_session() {
+    use async_compression::tokio::{bufread::DeflateDecoder, write::DeflateEncoder};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let shared = ImapShared::new(LoginLimits::default());
+    let (_stop, client) = {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let connection = Connection {
+            peer: "192.0.2.3".into(),
+            tls: true,
+            starttls: None,
+            shared: shared.clone(),
+        };
+        tokio::spawn(serve_session(
+            Box::new(server),
+            store.clone(),
+            Arc::new(ImapConfig::default()),
+            connection,
+            stopped,
+        ));
+        (stop, client)
+    };
+    let (read, mut write) = tokio::io::split(client);
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    write.write_all(b"a LOGIN alice secret-pass\r\n").await.unwrap();
+    line.clear();
+    reader.read_line(&mut line).await.unwrap();
+    assert!(line.contains("COMPRESS=DEFLATE"), "{line}");
+    // The compressed commands follow at once, in the same write: the server must keep them.
+    let mut early = DeflateEncoder::new(Vec::new());
+    early.write_all(b"c NOOP\r\n").await.unwrap();
+    early.flush().await.unwrap();
+    let mut request = b"b COMPRESS DEFLATE\r\n".to_vec();
+    request.extend_from_slice(early.get_ref());
+    write.write_all(&request).await.unwrap();
+    line.clear();
+    reader.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "b OK DEFLATE active\r\n");
+    let mut lines = BufReader::new(DeflateDecoder::new(reader)).lines();
+    assert_eq!(
+        tokio::time::timeout(READ_TIMEOUT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        "c OK completed"
+    );
+    let mut writer = early;
+    writer.get_mut().clear();
+    for command in ["d SELECT INBOX\r\n", "e COMPRESS DEFLATE\r\n", "f LOGOUT\r\n"] {
+        writer.write_all(command.as_bytes()).await.unwrap();
+        writer.flush().await.unwrap();
+        write.write_all(writer.get_ref()).await.unwrap();
+        writer.get_mut().clear();
+    }
+    let mut seen = Vec::new();
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(READ_TIMEOUT, lines.next_line()).await {
+        seen.push(line);
+        if seen.last().is_some_and(|l| l.starts_with("f OK")) {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.starts_with("d OK [READ-WRITE]")), "{seen:?}");
+    assert!(
+        seen.contains(&"e NO [COMPRESSIONACTIVE] compression is already on".to_string()),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&"f OK LOGOUT completed".to_string()), "{seen:?}");
+}
