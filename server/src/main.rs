@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod init;
 mod serve;
+mod tcp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

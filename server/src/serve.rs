@@ -287,7 +287,7 @@ impl ImapService {
                 }
                 return;
             };
-            let _ = socket.set_nodelay(true);
+            let socket = crate::tcp::QuickAckStream::new(socket);
             let stream: BoxedStream = if implicit_tls {
                 match tls.accept(socket).await {
                     Ok(stream) => Box::new(stream),
