@@ -309,18 +309,7 @@ fn audit_verify_exits_1_and_names_the_record_someone_altered_on_disk() {
     sealpost_ok(&["account", "add", "alice", "--data", &d], "");
     sealpost_ok(&["account", "disable", "alice", "--data", &d], "");
     {
-        let cfs = [
-            "meta",
-            "directory",
-            "account_keys",
-            "address_index",
-            "mailboxes",
-            "messages",
-            "changes",
-            "blob_index",
-            "blobs",
-            "audit",
-        ];
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), data.path().join("store")).unwrap();
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), data.path().join("store"), cfs).unwrap();
         let audit = db.cf_handle("audit").unwrap();
         let mut record = db.get_cf(audit, 2u64.to_be_bytes()).unwrap().unwrap();

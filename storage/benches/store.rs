@@ -63,6 +63,7 @@ fn run(mode: Mode, corpus: &[Vec<u8>]) -> Timing {
             flags: Flags::new(),
             internal_date: InternalDate::now(),
             summary: b"",
+            search_text: b"",
         };
         uids.push(store.append(account, inbox, &message).unwrap().uid);
     }

@@ -310,6 +310,7 @@ impl Store {
             Table::Changes,
             Table::BlobIndex,
             Table::Blobs,
+            Table::Texts,
         ] {
             batch.delete_range(table, start.clone(), end.clone());
         }

@@ -21,11 +21,12 @@ pub(crate) enum Table {
     Changes,
     BlobIndex,
     Blobs,
+    Texts,
     Audit,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 10] = [
+    pub(crate) const ALL: [Table; 11] = [
         Table::Meta,
         Table::Directory,
         Table::AccountKeys,
@@ -35,6 +36,7 @@ impl Table {
         Table::Changes,
         Table::BlobIndex,
         Table::Blobs,
+        Table::Texts,
         Table::Audit,
     ];
 
@@ -49,6 +51,7 @@ impl Table {
             Table::Changes => "changes",
             Table::BlobIndex => "blob_index",
             Table::Blobs => "blobs",
+            Table::Texts => "texts",
             Table::Audit => "audit",
         }
     }

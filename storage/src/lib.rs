@@ -19,7 +19,7 @@
 //! let inbox = store.mailbox_by_name(alice, "INBOX")?.expect("every account has an INBOX");
 //! let raw = b"Subject: hello\r\n\r\nhi\r\n";
 //! let appended = store.append(alice, inbox.id, &NewMessage {
-//!     raw, flags: Flags::new(), internal_date: InternalDate::now(), summary: b"",
+//!     raw, flags: Flags::new(), internal_date: InternalDate::now(), summary: b"", search_text: b"",
 //! })?;
 //! assert_eq!(store.read_message(alice, inbox.id, appended.uid)?, raw);
 //! # Ok(()) }
@@ -43,7 +43,7 @@ pub use audit::{AuditBreak, AuditEvent, AuditOutcome, AuditRecord, AuditVerifica
 pub use crypto::MasterKey;
 pub use error::{Error, Result};
 pub use mailbox::MAILBOX_DELIMITER;
-pub use message::CHUNK_BYTES;
+pub use message::{CHUNK_BYTES, SEARCH_TEXT_BYTES_MAX};
 pub use notify::{MailboxEvent, MailboxEvents};
 pub use store::{Actor, Store, StoreConfig, StoreLimits};
 pub use types::{

@@ -60,7 +60,15 @@ struct PreparedBlob {
     size: u64,
     chunks: Vec<Vec<u8>>,
     summary: Vec<u8>,
+    /// The sealed search text, if the caller gave one.
+    text: Option<Vec<u8>>,
 }
+
+/// The nonce position of a blob's search text: after every possible body chunk.
+const TEXT_CHUNK: u32 = u32::MAX;
+
+/// Largest search text stored with a message, in bytes.
+pub const SEARCH_TEXT_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Reference count changes collected over one operation, written once at the end.
 #[derive(Default)]
@@ -80,6 +88,7 @@ impl BlobChanges {
                 ),
                 None => {
                     batch.delete(Table::BlobIndex, key.clone());
+                    batch.delete(Table::Texts, key.clone());
                     let chunk_start = keys::blob_chunk(account, &id, 0);
                     batch.delete_range(Table::Blobs, chunk_start, keys::prefix_end(&key));
                 }
@@ -138,7 +147,7 @@ impl Store {
         }
         self.check_flags(&message.flags)?;
         let crypto = self.account_crypto(account)?;
-        let blob = self.prepare_blob(&crypto, account, message.raw, message.summary)?;
+        let blob = self.prepare_blob(&crypto, account, message)?;
         let ids: Vec<u32> = mailboxes.iter().map(|m| m.0).collect();
         let locks = self.inner.mailbox_locks.lock_many(account, &ids);
         let mut batch = Batch::default();
@@ -279,6 +288,20 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// The search text stored with the message at append time (empty if none was given).
+    pub fn message_search_text(&self, account: AccountId, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
+        let crypto = self.account_crypto(account)?;
+        let record = self.message_record(&crypto, account, mailbox, uid)?;
+        let key = keys::blob(account, &record.blob);
+        let Some(mut sealed) = self.inner.engine.get(Table::Texts, &key)? else {
+            return Ok(Vec::new());
+        };
+        let mut text = Vec::new();
+        let cipher = crypto.content.blob(&record.blob);
+        open_sealed(&cipher, TEXT_CHUNK, &key, &mut sealed, &mut text, SEARCH_TEXT_BYTES_MAX)?;
+        Ok(text)
     }
 
     /// The summary stored with the message at append time.
@@ -583,9 +606,9 @@ impl Store {
         &self,
         crypto: &AccountCrypto,
         account: AccountId,
-        raw: &[u8],
-        summary: &[u8],
+        message: &NewMessage<'_>,
     ) -> Result<PreparedBlob> {
+        let raw = message.raw;
         let max = self.inner.config.limits.message_bytes_max;
         if raw.len() as u64 > max {
             return Err(Error::LimitExceeded {
@@ -605,11 +628,23 @@ impl Store {
             let key = keys::blob_chunk(account, &id, index);
             chunks.push(seal_chunk(&cipher, index, &key, plain));
         }
+        if message.search_text.len() > SEARCH_TEXT_BYTES_MAX {
+            return Err(Error::LimitExceeded {
+                what: "search text bytes",
+                actual: message.search_text.len() as u64,
+                max: SEARCH_TEXT_BYTES_MAX as u64,
+            });
+        }
+        let text = (!message.search_text.is_empty()).then(|| {
+            let key = keys::blob(account, &id);
+            seal_chunk(&cipher, TEXT_CHUNK, &key, message.search_text)
+        });
         Ok(PreparedBlob {
             id,
             size: raw.len() as u64,
             chunks,
-            summary: summary.to_vec(),
+            summary: message.summary.to_vec(),
+            text,
         })
     }
 
@@ -628,6 +663,9 @@ impl Store {
             batch.put(Table::Blobs, keys::blob_chunk(account, &blob.id, index), sealed);
         }
         let key = keys::blob(account, &blob.id);
+        if let Some(text) = blob.text {
+            batch.put(Table::Texts, key.clone(), text);
+        }
         let record = BlobRecord {
             size: blob.size,
             chunks: chunk_count,
@@ -829,12 +867,31 @@ fn seal_chunk(cipher: &BlobCipher, index: u32, key: &[u8], plain: &[u8]) -> Vec<
 
 /// Opens a chunk (in place) and appends its plaintext to `out`.
 fn open_chunk(cipher: &BlobCipher, index: u32, key: &[u8], sealed: &mut [u8], out: &mut Vec<u8>) -> Result<()> {
+    open_sealed(cipher, index, key, sealed, out, CHUNK_BYTES)
+}
+
+/// Opens a sealed, maybe compressed value of at most `capacity` bytes and appends it to `out`.
+fn open_sealed(
+    cipher: &BlobCipher,
+    index: u32,
+    key: &[u8],
+    sealed: &mut [u8],
+    out: &mut Vec<u8>,
+    capacity: usize,
+) -> Result<()> {
     let framed = cipher.open(index, &chunk_aad(key), sealed)?;
     match framed.split_first() {
         Some((&CHUNK_RAW, body)) => out.extend_from_slice(body),
         Some((&CHUNK_ZSTD, body)) => {
+            // The frame says how large it is; believe it only up to the bound.
+            let size = zstd::zstd_safe::get_frame_content_size(body)
+                .ok()
+                .flatten()
+                .and_then(|size| usize::try_from(size).ok())
+                .filter(|size| *size <= capacity)
+                .ok_or_else(|| Error::corrupt("a compressed value of unknown or excessive size"))?;
             let start = out.len();
-            out.resize(start + CHUNK_BYTES, 0);
+            out.resize(start + size, 0);
             let written = zstd::bulk::decompress_to_buffer(body, &mut out[start..])
                 .map_err(|_| Error::corrupt("a body chunk does not decompress"))?;
             out.truncate(start + written);

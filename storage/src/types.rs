@@ -254,6 +254,9 @@ pub struct NewMessage<'a> {
     /// The caller's parsed form of the message (envelope, body structure), stored sealed
     /// beside the body so that listing a mailbox never has to parse bodies again.
     pub summary: &'a [u8],
+    /// The caller's decoded text of the message for search, stored compressed and sealed
+    /// apart from the body, so that searching never parses MIME. May be empty.
+    pub search_text: &'a [u8],
 }
 
 /// Where an appended message went.

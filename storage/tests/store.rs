@@ -56,6 +56,7 @@ fn marker_written_everywhere_is_nowhere_on_disk_but_reads_back() {
                 flags,
                 internal_date: InternalDate::now(),
                 summary: summary.as_bytes(),
+                search_text: b"",
             },
         )
         .unwrap();
@@ -430,6 +431,7 @@ fn new_accounts_get_the_default_mailboxes_and_backup_is_read_only() {
         flags: Flags::new(),
         internal_date: InternalDate::now(),
         summary: b"",
+        search_text: b"",
     };
     let delivered = store.deliver(account, &[inbox, backup], &new).unwrap();
     assert_eq!(
@@ -686,18 +688,7 @@ fn audit_verify_finds_an_altered_and_a_removed_record() {
     drop(store);
 
     let edit = |f: &dyn Fn(&rocksdb::DB, &rocksdb::ColumnFamily)| {
-        let cfs = [
-            "meta",
-            "directory",
-            "account_keys",
-            "address_index",
-            "mailboxes",
-            "messages",
-            "changes",
-            "blob_index",
-            "blobs",
-            "audit",
-        ];
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), fx.store_path()).unwrap();
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), fx.store_path(), cfs).unwrap();
         f(&db, db.cf_handle("audit").unwrap());
     };
@@ -718,18 +709,7 @@ fn audit_verify_finds_an_altered_and_a_removed_record() {
         add_account(&store, name);
     }
     drop(store);
-    let cfs = [
-        "meta",
-        "directory",
-        "account_keys",
-        "address_index",
-        "mailboxes",
-        "messages",
-        "changes",
-        "blob_index",
-        "blobs",
-        "audit",
-    ];
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), fx2.store_path()).unwrap();
     {
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), fx2.store_path(), cfs).unwrap();
         db.delete_cf(db.cf_handle("audit").unwrap(), 2u64.to_be_bytes())
@@ -746,18 +726,7 @@ fn audit_verify_finds_a_removed_tail() {
     add_account(&store, "a1");
     add_account(&store, "a2");
     drop(store);
-    let cfs = [
-        "meta",
-        "directory",
-        "account_keys",
-        "address_index",
-        "mailboxes",
-        "messages",
-        "changes",
-        "blob_index",
-        "blobs",
-        "audit",
-    ];
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), fx.store_path()).unwrap();
     {
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), fx.store_path(), cfs).unwrap();
         db.delete_cf(db.cf_handle("audit").unwrap(), 3u64.to_be_bytes())
@@ -811,6 +780,7 @@ fn every_limit_refuses_and_changes_nothing() {
         flags: Flags::new(),
         internal_date: InternalDate::now(),
         summary: b"",
+        search_text: b"",
     };
     assert!(matches!(
         store.append(account, inbox, &new),
@@ -861,6 +831,7 @@ fn every_limit_refuses_and_changes_nothing() {
         flags: flags.clone(),
         internal_date: InternalDate::now(),
         summary: b"",
+        search_text: b"",
     };
     assert!(matches!(
         store.append(account, inbox, &new),
@@ -912,4 +883,40 @@ fn store_handles_are_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Store>();
     assert_send_sync::<Arc<Store>>();
+}
+
+#[test]
+fn search_text_is_stored_sealed_beside_the_body_and_shared_by_copies() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let account = add_account(&store, "alice");
+    let inbox = mailbox(&store, account, "INBOX");
+    let archive = mailbox(&store, account, "Archive");
+    // Random bytes around the marker do not compress: unsealed, the grep would find it.
+    let mut text = incompressible_message(21, 20_000);
+    text.extend_from_slice(MARKER.as_bytes());
+    let raw = message(4, 3_000);
+    let new = NewMessage {
+        raw: &raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: b"",
+        search_text: &text,
+    };
+    let uid = store.append(account, inbox, &new).unwrap().uid;
+    assert_eq!(store.message_search_text(account, inbox, uid).unwrap(), text);
+    let copy = store.copy_messages(account, inbox, &[uid], archive).unwrap()[0].1;
+    assert_eq!(store.message_search_text(account, archive, copy).unwrap(), text);
+    let plain = append(&store, account, inbox, &raw);
+    assert_eq!(
+        store.message_search_text(account, inbox, plain).unwrap(),
+        Vec::<u8>::new(),
+        "none given, none stored"
+    );
+    store.flush().unwrap();
+    drop(store);
+    assert_eq!(
+        files_containing(&fx.store_path(), MARKER.as_bytes()),
+        Vec::<std::path::PathBuf>::new()
+    );
 }

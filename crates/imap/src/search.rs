@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use sealpost_mime::{search_text, Summary};
+use sealpost_mime::{search_text, SearchText, Summary};
 use sealpost_storage::{AccountId, MailboxId, MessageMeta, Result, Store, SystemFlag};
 
 use crate::command::{SearchKey, SeqNumber, SequenceSet};
@@ -14,7 +14,8 @@ struct Candidate<'a> {
     seq: u32,
     meta: &'a MessageMeta,
     summary: Option<Summary>,
-    body: Option<String>,
+    /// Lower-cased decoded headers and body.
+    text: Option<SearchText>,
 }
 
 /// The UIDs (ascending) of the messages matching `key`, and the highest MODSEQ among them.
@@ -41,7 +42,7 @@ pub(crate) fn evaluate(
             seq: index as u32 + 1,
             meta,
             summary: None,
-            body: None,
+            text: None,
         };
         let context = Context {
             store,
@@ -100,8 +101,9 @@ fn in_set(set: &SequenceSet, number: u32, largest: u32, saved: Option<&[u32]>) -
     }
 }
 
-fn contains(haystack: &str, needle: &str) -> bool {
-    needle.is_empty() || haystack.to_lowercase().contains(&needle.to_lowercase())
+/// Case-insensitive: the stored text is lower case already.
+fn contains(lowercase_haystack: &str, needle: &str) -> bool {
+    needle.is_empty() || lowercase_haystack.contains(&needle.to_lowercase())
 }
 
 fn day_of(unix_seconds: i64, offset_minutes: i64) -> i64 {
@@ -162,10 +164,11 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> Result<
                 _ => sent >= *day,
             }
         }
-        SearchKey::Header { field, value } => summary(c, ctx)?.header(field).any(|v| contains(v, value)),
-        SearchKey::Body(text) => contains(body(c, ctx)?, text),
-        SearchKey::Text(text) => {
-            summary(c, ctx)?.headers.iter().any(|(_, v)| contains(v, text)) || contains(body(c, ctx)?, text)
+        SearchKey::Header { field, value } => text(c, ctx)?.header(field).any(|v| contains(v, value)),
+        SearchKey::Body(needle) => contains(&text(c, ctx)?.body, needle),
+        SearchKey::Text(needle) => {
+            let text = text(c, ctx)?;
+            text.headers.iter().any(|(_, v)| contains(v, needle)) || contains(&text.body, needle)
         }
     })
 }
@@ -182,10 +185,15 @@ fn summary<'c>(c: &'c mut Candidate<'_>, ctx: &Context<'_>) -> Result<&'c Summar
     Ok(c.summary.get_or_insert_with(Summary::default))
 }
 
-fn body<'c>(c: &'c mut Candidate<'_>, ctx: &Context<'_>) -> Result<&'c str> {
-    if c.body.is_none() {
-        let raw = ctx.store.read_message(ctx.account, ctx.mailbox, c.meta.uid)?;
-        c.body = Some(search_text(&raw).body);
+/// The stored search text; for a message stored without one, decoded from its body.
+fn text<'c>(c: &'c mut Candidate<'_>, ctx: &Context<'_>) -> Result<&'c SearchText> {
+    if c.text.is_none() {
+        let stored = ctx.store.message_search_text(ctx.account, ctx.mailbox, c.meta.uid)?;
+        let text = match SearchText::from_bytes(&stored) {
+            Some(text) => text,
+            None => search_text(&ctx.store.read_message(ctx.account, ctx.mailbox, c.meta.uid)?).lowercased(),
+        };
+        c.text = Some(text);
     }
-    Ok(c.body.get_or_insert_with(String::new))
+    Ok(c.text.get_or_insert_with(SearchText::default))
 }

@@ -997,6 +997,7 @@ impl Session {
         let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
         let result = blocking(move || {
             let summary = Summary::of(&message).to_bytes();
+            let search_text = sealpost_mime::search_text(&message).lowercased().to_bytes();
             store.append(
                 account,
                 id,
@@ -1005,6 +1006,7 @@ impl Session {
                     flags,
                     internal_date,
                     summary: &summary,
+                    search_text: &search_text,
                 },
             )
         })

@@ -28,7 +28,7 @@ pub use address::{parse_address_list, Address, ADDRESSES_PER_HEADER_MAX};
 pub use imap::{envelope, header_fields, SectionText};
 pub use search::{search_text, SearchText, SEARCH_TEXT_BYTES_MAX};
 pub use structure::{Content, Envelope, Limits, Part, Structure};
-pub use summary::{Summary, SUMMARY_HEADER_BYTES_MAX};
+pub use summary::Summary;
 
 /// Undoes base64 transfer encoding (IMAP BINARY); `None` when it does not decode.
 pub fn decode_base64(bytes: &[u8]) -> Option<Vec<u8>> {

@@ -7,7 +7,7 @@ use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
 pub const SEARCH_TEXT_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// What SEARCH looks in.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SearchText {
     /// Header fields in order: lower-case name, decoded value.
     pub headers: Vec<(String, String)>,
@@ -16,6 +16,27 @@ pub struct SearchText {
 }
 
 impl SearchText {
+    /// The same text in lower case, as stored for case-insensitive search.
+    pub fn lowercased(self) -> SearchText {
+        SearchText {
+            headers: self
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name, value.to_lowercase()))
+                .collect(),
+            body: self.body.to_lowercase(),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// `None` for bytes that are not a search text (an empty record, for example).
+    pub fn from_bytes(bytes: &[u8]) -> Option<SearchText> {
+        postcard::from_bytes(bytes).ok()
+    }
+
     /// Decoded values of every field named `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> impl Iterator<Item = &str> {
         let name = name.to_ascii_lowercase();

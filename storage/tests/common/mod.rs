@@ -75,6 +75,7 @@ pub fn append(store: &Store, account: AccountId, mailbox: MailboxId, raw: &[u8])
                 flags: Flags::new(),
                 internal_date: InternalDate::now(),
                 summary: b"",
+                search_text: b"",
             },
         )
         .unwrap()
