@@ -502,7 +502,16 @@ impl Session {
         let wanted = uids.clone();
         // One blocking trip for the whole command: metadata, and bodies or summaries if asked.
         let loaded = blocking(move || {
-            let metas: HashMap<u32, MessageMeta> = if wanted.len() > 64 {
+            let mut summaries: HashMap<u32, Vec<u8>> = HashMap::new();
+            let metas: HashMap<u32, MessageMeta> = if needs_summary {
+                let pairs = store.message_summaries(account, id, &wanted)?;
+                let mut metas = HashMap::with_capacity(pairs.len());
+                for (meta, summary) in pairs {
+                    summaries.insert(meta.uid, summary);
+                    metas.insert(meta.uid, meta);
+                }
+                metas
+            } else if wanted.len() > 64 {
                 store.messages(account, id)?.into_iter().map(|m| (m.uid, m)).collect()
             } else {
                 wanted
@@ -537,7 +546,7 @@ impl Session {
                     None
                 };
                 let summary = if needs_summary {
-                    let bytes = store.message_summary(account, id, *uid)?;
+                    let bytes = summaries.remove(uid).unwrap_or_default();
                     Some(
                         Summary::from_bytes(&bytes)
                             .unwrap_or_else(|| raw.as_deref().map(Summary::of).unwrap_or_default()),
