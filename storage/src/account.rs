@@ -307,6 +307,7 @@ impl Store {
         for table in [
             Table::Mailboxes,
             Table::Messages,
+            Table::Summaries,
             Table::Changes,
             Table::BlobIndex,
             Table::Blobs,

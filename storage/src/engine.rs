@@ -18,6 +18,7 @@ pub(crate) enum Table {
     AddressIndex,
     Mailboxes,
     Messages,
+    Summaries,
     Changes,
     BlobIndex,
     Blobs,
@@ -26,13 +27,14 @@ pub(crate) enum Table {
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 11] = [
+    pub(crate) const ALL: [Table; 12] = [
         Table::Meta,
         Table::Directory,
         Table::AccountKeys,
         Table::AddressIndex,
         Table::Mailboxes,
         Table::Messages,
+        Table::Summaries,
         Table::Changes,
         Table::BlobIndex,
         Table::Blobs,
@@ -48,6 +50,7 @@ impl Table {
             Table::AddressIndex => "address_index",
             Table::Mailboxes => "mailboxes",
             Table::Messages => "messages",
+            Table::Summaries => "summaries",
             Table::Changes => "changes",
             Table::BlobIndex => "blob_index",
             Table::Blobs => "blobs",

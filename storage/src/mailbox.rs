@@ -300,6 +300,7 @@ impl Store {
         blobs.stage(&crypto, account, &mut batch)?;
         let prefix = keys::mailbox(account, id);
         batch.delete_range(Table::Messages, prefix.clone(), keys::prefix_end(&prefix));
+        batch.delete_range(Table::Summaries, prefix.clone(), keys::prefix_end(&prefix));
         batch.delete_range(Table::Changes, prefix.clone(), keys::prefix_end(&prefix));
         batch.delete(Table::Mailboxes, prefix);
         self.inner.engine.write(batch, Durability::Synced)?;
