@@ -14,7 +14,10 @@ const PASSWORD: &str = "harness-pw";
 
 /// The shared harness, beside the checkout (`../shared/harness`), as on every machine here.
 fn harness_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/harness");
+    let dir = match std::env::var_os("SEALPOST_HARNESS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/harness"),
+    };
     assert!(
         dir.join("imap_conformance.py").exists(),
         "{} is missing: the shared harness must sit beside the checkout",
