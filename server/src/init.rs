@@ -208,11 +208,11 @@ pub(crate) fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         cfg.server.hostname, cfg.listeners.imap, cfg.server.hostname, cfg.listeners.imaps
     );
     println!(
-        "  SMTP           {}:{} (submission, STARTTLS), {}:{} (TLS)",
+        "  SMTP           {}:{} (submission, STARTTLS), {}:{} (TLS) — not built yet",
         cfg.server.hostname, cfg.listeners.submission, cfg.server.hostname, cfg.listeners.submissions
     );
     println!(
-        "  web            https://{}:{}/",
+        "  web            https://{}:{}/ — not built yet",
         cfg.server.hostname, cfg.listeners.https
     );
     println!(
