@@ -49,6 +49,12 @@ fn init_tracing() {
 async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     // Installed first: a SIGTERM that comes while we start must stop us cleanly, not kill us.
     let shutdown = ShutdownSignals::install()?;
+    // Each connection is a descriptor; the common soft default of 1,024 would refuse clients
+    // near a thousand sessions. Raise it as far as the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(open_files_max = limit, "open file limit"),
+        Err(error) => warn!(%error, "could not raise the open file limit"),
+    }
     let opened = tokio::task::spawn_blocking(move || crate::cli::open_store(&data))
         .await
         .context("opening the store")?;
