@@ -578,17 +578,20 @@ impl Session {
             let Some(seq) = self.selected.as_ref().and_then(|s| s.seq_of(meta.uid)) else {
                 continue;
             };
-            let mut line = format!("* {seq} FETCH (").into_bytes();
+            // Written straight into the response; taken back if an item fails.
+            let line_start = self.out.len();
+            let mut line = std::mem::take(&mut self.out);
+            line.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
             let mut first = true;
-            let mut items_here = items.clone();
-            if seen_now.iter().any(|(u, _)| *u == meta.uid) && !items_here.contains(&FetchItem::Flags) {
-                items_here.push(FetchItem::Flags);
-            }
+            let seen_flags = (!seen_now.is_empty()
+                && seen_now.iter().any(|(u, _)| *u == meta.uid)
+                && !items.contains(&FetchItem::Flags))
+            .then_some(FetchItem::Flags);
             let structure = raw
                 .as_deref()
                 .filter(|_| needs_structure)
                 .map(|r| Structure::parse(r, Limits::default()));
-            for item in &items_here {
+            for item in items.iter().chain(seen_flags.iter()) {
                 if !first {
                     line.push(b' ');
                 }
@@ -601,11 +604,13 @@ impl Session {
                     structure.as_ref(),
                     summary.as_ref(),
                 ) {
+                    line.truncate(line_start);
+                    self.out = line;
                     return self.no(tag, code);
                 }
             }
             line.extend_from_slice(b")\r\n");
-            self.out.extend_from_slice(&line);
+            self.out = line;
             if raw.is_some() {
                 read_uids.push(meta.uid);
             }
