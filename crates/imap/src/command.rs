@@ -169,6 +169,23 @@ pub(crate) enum SequenceSet {
     Saved,
 }
 
+impl SequenceSet {
+    /// Each range as (low, high), with `*` standing for `largest`; none for `$`.
+    pub(crate) fn ranges(&self, largest: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let ranges = match self {
+            SequenceSet::Ranges(ranges) => ranges.as_slice(),
+            SequenceSet::Saved => &[],
+        };
+        ranges.iter().map(move |(a, b)| {
+            let value = |n: &SeqNumber| match n {
+                SeqNumber::Value(v) => *v,
+                SeqNumber::Largest => largest,
+            };
+            (value(a).min(value(b)), value(a).max(value(b)))
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SearchReturn {
     Min,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use sealpost_mime::{search_text, SearchText, Summary};
 use sealpost_storage::{AccountId, MailboxId, MessageMeta, Result, Store, SystemFlag};
 
-use crate::command::{SearchKey, SeqNumber, SequenceSet};
+use crate::command::{SearchKey, SequenceSet};
 
 /// What is known of one message while its keys are checked.
 struct Candidate<'a> {
@@ -90,14 +90,7 @@ pub(crate) fn uses_modseq(key: &SearchKey) -> bool {
 fn in_set(set: &SequenceSet, number: u32, largest: u32, saved: Option<&[u32]>) -> bool {
     match set {
         SequenceSet::Saved => saved.is_some_and(|s| s.contains(&number)),
-        SequenceSet::Ranges(ranges) => ranges.iter().any(|(a, b)| {
-            let value = |n: &SeqNumber| match n {
-                SeqNumber::Value(v) => *v,
-                SeqNumber::Largest => largest,
-            };
-            let (low, high) = (value(a).min(value(b)), value(a).max(value(b)));
-            (low..=high).contains(&number)
-        }),
+        SequenceSet::Ranges(_) => set.ranges(largest).any(|(low, high)| (low..=high).contains(&number)),
     }
 }
 

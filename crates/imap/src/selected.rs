@@ -60,26 +60,18 @@ fn resolve_checked(set: &SequenceSet, uid: bool, selected: &Selected) -> Result<
 
 /// UIDs that a sequence set names, in this mailbox, ascending.
 fn resolve(set: &SequenceSet, uid: bool, selected: &Selected) -> Vec<u32> {
-    let ranges = match set {
-        SequenceSet::Saved => {
-            return selected
-                .saved_search
-                .iter()
-                .copied()
-                .filter(|u| selected.uids.binary_search(u).is_ok())
-                .collect()
-        }
-        SequenceSet::Ranges(ranges) => ranges,
-    };
+    if let SequenceSet::Saved = set {
+        return selected
+            .saved_search
+            .iter()
+            .copied()
+            .filter(|u| selected.uids.binary_search(u).is_ok())
+            .collect();
+    }
     let mut out = BTreeSet::new();
     if uid {
         let largest = selected.uids.last().copied().unwrap_or(0);
-        for (a, b) in ranges {
-            let value = |n: &SeqNumber| match n {
-                SeqNumber::Value(v) => *v,
-                SeqNumber::Largest => largest,
-            };
-            let (low, high) = (value(a).min(value(b)), value(a).max(value(b)));
+        for (low, high) in set.ranges(largest) {
             let start = selected.uids.partition_point(|u| *u < low);
             for &u in selected.uids[start..].iter().take_while(|u| **u <= high) {
                 out.insert(u);
@@ -87,13 +79,8 @@ fn resolve(set: &SequenceSet, uid: bool, selected: &Selected) -> Vec<u32> {
         }
     } else {
         let count = selected.uids.len() as u32;
-        for (a, b) in ranges {
-            let value = |n: &SeqNumber| match n {
-                SeqNumber::Value(v) => *v,
-                SeqNumber::Largest => count,
-            };
-            let (low, high) = (value(a).min(value(b)).max(1), value(a).max(value(b)).min(count));
-            for seq in low..=high {
+        for (low, high) in set.ranges(count) {
+            for seq in low.max(1)..=high.min(count) {
                 out.insert(selected.uids[(seq - 1) as usize]);
             }
         }
@@ -954,30 +941,16 @@ impl Session {
 fn set_contains_uid(set: &SequenceSet, uid: u32, selected: &Option<Selected>) -> bool {
     match set {
         SequenceSet::Saved => selected.as_ref().is_some_and(|s| s.saved_search.contains(&uid)),
-        SequenceSet::Ranges(ranges) => ranges.iter().any(|(a, b)| {
-            let value = |n: &SeqNumber| match n {
-                SeqNumber::Value(v) => *v,
-                SeqNumber::Largest => u32::MAX,
-            };
-            let (low, high) = (value(a).min(value(b)), value(a).max(value(b)));
-            (low..=high).contains(&uid)
-        }),
+        SequenceSet::Ranges(_) => set.ranges(u32::MAX).any(|(low, high)| (low..=high).contains(&uid)),
     }
 }
 
 fn resolve_known(set: &SequenceSet) -> BTreeSet<u32> {
     let mut out = BTreeSet::new();
-    if let SequenceSet::Ranges(ranges) = set {
-        for (a, b) in ranges {
-            let value = |n: &SeqNumber| match n {
-                SeqNumber::Value(v) => *v,
-                SeqNumber::Largest => 0,
-            };
-            let (low, high) = (value(a).min(value(b)), value(a).max(value(b)));
-            // Bounded: a known-UID range is clipped to a million entries.
-            for uid in low..=high.min(low.saturating_add(1_000_000)) {
-                out.insert(uid);
-            }
+    for (low, high) in set.ranges(0) {
+        // Bounded: a known-UID range is clipped to a million entries.
+        for uid in low..=high.min(low.saturating_add(1_000_000)) {
+            out.insert(uid);
         }
     }
     out
