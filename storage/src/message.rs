@@ -321,12 +321,25 @@ impl Store {
         uids: &[u32],
     ) -> Result<Vec<(MessageMeta, Vec<u8>)>> {
         let crypto = self.account_crypto(account)?;
+        let (Some(&first), Some(&last)) = (uids.iter().min(), uids.iter().max()) else {
+            return Ok(Vec::new());
+        };
         let records: Vec<(u32, MessageRecord)> = if uids.len() > 64 {
+            // One scan over the UID span of the request, not over the whole mailbox.
             let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
-            self.message_records(&crypto, account, mailbox)?
-                .into_iter()
-                .filter(|(uid, _)| wanted.contains(uid))
-                .collect()
+            let (from, to) = (
+                keys::message(account, mailbox, first),
+                keys::message(account, mailbox, last.saturating_add(1)),
+            );
+            let mut records = Vec::new();
+            self.inner.engine.scan(Table::Messages, &from, &to, &mut |key, value| {
+                let uid = keys::read_u32(key, 12).ok_or_else(|| Error::corrupt("a message key"))?;
+                if wanted.contains(&uid) {
+                    records.push((uid, open_record(&crypto, &message_aad(key), value)?));
+                }
+                Ok(Scan::Continue)
+            })?;
+            records
         } else {
             uids.iter()
                 .filter_map(|uid| {
@@ -338,17 +351,17 @@ impl Store {
         };
         let mut summaries: std::collections::HashMap<u32, Vec<u8>> = std::collections::HashMap::new();
         if uids.len() > 64 {
-            let prefix = keys::mailbox(account, mailbox);
-            self.inner.engine.scan(
-                Table::Summaries,
-                &prefix,
-                &keys::prefix_end(&prefix),
-                &mut |key, value| {
+            let (from, to) = (
+                keys::message(account, mailbox, first),
+                keys::message(account, mailbox, last.saturating_add(1)),
+            );
+            self.inner
+                .engine
+                .scan(Table::Summaries, &from, &to, &mut |key, value| {
                     let uid = keys::read_u32(key, 12).ok_or_else(|| Error::corrupt("a summary key"))?;
                     summaries.insert(uid, crypto.metadata.open(&summary_aad(key), value)?);
                     Ok(Scan::Continue)
-                },
-            )?;
+                })?;
         }
         let mut out = Vec::with_capacity(records.len());
         for (uid, record) in records {

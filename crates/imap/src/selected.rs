@@ -18,6 +18,12 @@ use crate::command::{
 use crate::response;
 use crate::session::{blocking, store_failure, Flow, Session};
 
+/// Messages whose bodies one FETCH reads and writes out at a time (at most this many
+/// message_bytes_max bodies are in memory for one session).
+const FETCH_BODIES_PER_BATCH_MAX: usize = 16;
+/// Messages whose metadata and summaries one FETCH reads at a time.
+const FETCH_SUMMARIES_PER_BATCH_MAX: usize = 1_024;
+
 pub(crate) struct Selected {
     pub(crate) id: MailboxId,
     pub(crate) name: String,
@@ -485,122 +491,133 @@ impl Session {
                         | FetchItem::Rfc822Text
                 )
             });
-        let (store, account) = (self.store.clone(), self.account_id());
-        let wanted = uids.clone();
-        // One blocking trip for the whole command: metadata, and bodies or summaries if asked.
-        let loaded = blocking(move || {
-            let mut summaries: HashMap<u32, Vec<u8>> = HashMap::new();
-            let metas: HashMap<u32, MessageMeta> = if needs_summary {
-                let pairs = store.message_summaries(account, id, &wanted)?;
-                let mut metas = HashMap::with_capacity(pairs.len());
-                for (meta, summary) in pairs {
-                    summaries.insert(meta.uid, summary);
-                    metas.insert(meta.uid, meta);
-                }
-                metas
-            } else if wanted.len() > 64 {
-                store.messages(account, id)?.into_iter().map(|m| (m.uid, m)).collect()
-            } else {
-                wanted
-                    .iter()
-                    .filter_map(|u| store.message(account, id, *u).ok().map(|m| (*u, m)))
-                    .collect()
-            };
-            let mut seen_now = BTreeSet::new();
-            if sets_seen {
-                let unseen: Vec<u32> = wanted
-                    .iter()
-                    .copied()
-                    .filter(|u| metas.get(u).is_some_and(|m| !m.flags.has(SystemFlag::Seen)))
-                    .collect();
-                if !unseen.is_empty() {
-                    let stored = store.store_flags(
-                        account,
-                        id,
-                        &unseen,
-                        &FlagChange::Add(sealpost_storage::Flags::new().with(SystemFlag::Seen)),
-                        None,
-                    )?;
-                    seen_now.extend(stored.changed.into_iter().map(|m| (m.uid, m.modseq)));
-                }
-            }
-            let mut loaded = Vec::with_capacity(wanted.len());
-            for uid in &wanted {
-                let Some(meta) = metas.get(uid).cloned() else { continue };
-                let raw = if needs_body {
-                    Some(store.read_message(account, id, *uid)?)
-                } else {
-                    None
-                };
-                let summary = if needs_summary {
-                    let bytes = summaries.remove(uid).unwrap_or_default();
-                    Some(
-                        Summary::from_bytes(&bytes)
-                            .unwrap_or_else(|| raw.as_deref().map(Summary::of).unwrap_or_default()),
-                    )
-                } else {
-                    None
-                };
-                loaded.push((meta, raw, summary));
-            }
-            Ok::<_, sealpost_storage::Error>((loaded, seen_now))
-        })
-        .await;
-        let (loaded, seen_now) = match loaded {
-            Ok(loaded) => loaded,
-            Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
-        };
         let mut read_uids = Vec::new();
-        for (mut meta, raw, summary) in loaded {
-            if let Some(selected) = self.selected.as_mut() {
-                if let Some((_, modseq)) = seen_now.iter().find(|(u, _)| *u == meta.uid) {
-                    meta.flags = meta.flags.clone().with(SystemFlag::Seen);
-                    meta.modseq = *modseq;
-                    selected.own_modseqs.insert(*modseq);
+        // Bounded batches, each written out before the next is read: a FETCH of a whole large
+        // mailbox holds one batch of bodies in memory, not all of them.
+        let batch_size = if needs_body {
+            FETCH_BODIES_PER_BATCH_MAX
+        } else {
+            FETCH_SUMMARIES_PER_BATCH_MAX
+        };
+        for batch in uids.chunks(batch_size) {
+            let (store, account) = (self.store.clone(), self.account_id());
+            let wanted = batch.to_vec();
+            // One blocking trip per batch: metadata, and bodies or summaries if asked.
+            let loaded = blocking(move || {
+                let mut summaries: HashMap<u32, Vec<u8>> = HashMap::new();
+                let metas: HashMap<u32, MessageMeta> = if needs_summary {
+                    let pairs = store.message_summaries(account, id, &wanted)?;
+                    let mut metas = HashMap::with_capacity(pairs.len());
+                    for (meta, summary) in pairs {
+                        summaries.insert(meta.uid, summary);
+                        metas.insert(meta.uid, meta);
+                    }
+                    metas
+                } else if wanted.len() > 64 {
+                    store.messages(account, id)?.into_iter().map(|m| (m.uid, m)).collect()
+                } else {
+                    wanted
+                        .iter()
+                        .filter_map(|u| store.message(account, id, *u).ok().map(|m| (*u, m)))
+                        .collect()
+                };
+                let mut seen_now = BTreeSet::new();
+                if sets_seen {
+                    let unseen: Vec<u32> = wanted
+                        .iter()
+                        .copied()
+                        .filter(|u| metas.get(u).is_some_and(|m| !m.flags.has(SystemFlag::Seen)))
+                        .collect();
+                    if !unseen.is_empty() {
+                        let stored = store.store_flags(
+                            account,
+                            id,
+                            &unseen,
+                            &FlagChange::Add(sealpost_storage::Flags::new().with(SystemFlag::Seen)),
+                            None,
+                        )?;
+                        seen_now.extend(stored.changed.into_iter().map(|m| (m.uid, m.modseq)));
+                    }
                 }
-            }
-            if changed_since.is_some_and(|since| meta.modseq <= since) {
-                continue;
-            }
-            let Some(seq) = self.selected.as_ref().and_then(|s| s.seq_of(meta.uid)) else {
-                continue;
+                let mut loaded = Vec::with_capacity(wanted.len());
+                for uid in &wanted {
+                    let Some(meta) = metas.get(uid).cloned() else { continue };
+                    let raw = if needs_body {
+                        Some(store.read_message(account, id, *uid)?)
+                    } else {
+                        None
+                    };
+                    let summary = if needs_summary {
+                        let bytes = summaries.remove(uid).unwrap_or_default();
+                        Some(
+                            Summary::from_bytes(&bytes)
+                                .unwrap_or_else(|| raw.as_deref().map(Summary::of).unwrap_or_default()),
+                        )
+                    } else {
+                        None
+                    };
+                    loaded.push((meta, raw, summary));
+                }
+                Ok::<_, sealpost_storage::Error>((loaded, seen_now))
+            })
+            .await;
+            let (loaded, seen_now) = match loaded {
+                Ok(loaded) => loaded,
+                Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
             };
-            // Written straight into the response; taken back if an item fails.
-            let line_start = self.out.len();
-            let mut line = std::mem::take(&mut self.out);
-            line.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
-            let mut first = true;
-            let seen_flags = (!seen_now.is_empty()
-                && seen_now.iter().any(|(u, _)| *u == meta.uid)
-                && !items.contains(&FetchItem::Flags))
-            .then_some(FetchItem::Flags);
-            let structure = raw
-                .as_deref()
-                .filter(|_| needs_structure)
-                .map(|r| Structure::parse(r, Limits::default()));
-            for item in items.iter().chain(seen_flags.iter()) {
-                if !first {
-                    line.push(b' ');
+            for (mut meta, raw, summary) in loaded {
+                if let Some(selected) = self.selected.as_mut() {
+                    if let Some((_, modseq)) = seen_now.iter().find(|(u, _)| *u == meta.uid) {
+                        meta.flags = meta.flags.clone().with(SystemFlag::Seen);
+                        meta.modseq = *modseq;
+                        selected.own_modseqs.insert(*modseq);
+                    }
                 }
-                first = false;
-                if let Err(code) = write_item(
-                    &mut line,
-                    item,
-                    &meta,
-                    raw.as_deref(),
-                    structure.as_ref(),
-                    summary.as_ref(),
-                ) {
-                    line.truncate(line_start);
-                    self.out = line;
-                    return self.no(tag, code);
+                if changed_since.is_some_and(|since| meta.modseq <= since) {
+                    continue;
+                }
+                let Some(seq) = self.selected.as_ref().and_then(|s| s.seq_of(meta.uid)) else {
+                    continue;
+                };
+                // Written straight into the response; taken back if an item fails.
+                let line_start = self.out.len();
+                let mut line = std::mem::take(&mut self.out);
+                line.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+                let mut first = true;
+                let seen_flags = (!seen_now.is_empty()
+                    && seen_now.iter().any(|(u, _)| *u == meta.uid)
+                    && !items.contains(&FetchItem::Flags))
+                .then_some(FetchItem::Flags);
+                let structure = raw
+                    .as_deref()
+                    .filter(|_| needs_structure)
+                    .map(|r| Structure::parse(r, Limits::default()));
+                for item in items.iter().chain(seen_flags.iter()) {
+                    if !first {
+                        line.push(b' ');
+                    }
+                    first = false;
+                    if let Err(code) = write_item(
+                        &mut line,
+                        item,
+                        &meta,
+                        raw.as_deref(),
+                        structure.as_ref(),
+                        summary.as_ref(),
+                    ) {
+                        line.truncate(line_start);
+                        self.out = line;
+                        return self.no(tag, code);
+                    }
+                }
+                line.extend_from_slice(b")\r\n");
+                self.out = line;
+                if raw.is_some() {
+                    read_uids.push(meta.uid);
                 }
             }
-            line.extend_from_slice(b")\r\n");
-            self.out = line;
-            if raw.is_some() {
-                read_uids.push(meta.uid);
-            }
+            // A broken connection shows at the next read; nothing more to do here.
+            let _ = self.flush().await;
         }
         if !read_uids.is_empty() {
             let event = AuditEvent::new(

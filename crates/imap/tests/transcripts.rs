@@ -276,32 +276,11 @@ async fn compress_deflate_carries_the_rest_of_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let shared = ImapShared::new(LoginLimits::default());
-    let (_stop, client) = {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let connection = Connection {
-            peer: "192.0.2.3".into(),
-            tls: true,
-            starttls: None,
-            shared: shared.clone(),
-        };
-        tokio::spawn(serve_session(
-            Box::new(server),
-            store.clone(),
-            Arc::new(ImapConfig::default()),
-            connection,
-            stopped,
-        ));
-        (stop, client)
-    };
+    let (login, _stop, client) = login_reply(&store, &shared, "secret-pass").await;
+    assert!(login.contains("COMPRESS=DEFLATE"), "{login}");
     let (read, mut write) = tokio::io::split(client);
     let mut reader = BufReader::new(read);
     let mut line = String::new();
-    reader.read_line(&mut line).await.unwrap();
-    write.write_all(b"a LOGIN alice secret-pass\r\n").await.unwrap();
-    line.clear();
-    reader.read_line(&mut line).await.unwrap();
-    assert!(line.contains("COMPRESS=DEFLATE"), "{line}");
     // The compressed commands follow at once, in the same write: the server must keep them.
     let mut early = DeflateEncoder::new(Vec::new());
     early.write_all(b"c NOOP\r\n").await.unwrap();
@@ -342,4 +321,47 @@ async fn compress_deflate_carries_the_rest_of_the_session() {
         "{seen:?}"
     );
     assert!(seen.contains(&"f OK LOGOUT completed".to_string()), "{seen:?}");
+}
+
+#[tokio::test]
+async fn fetch_of_more_bodies_than_one_batch_answers_every_message_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let shared = ImapShared::new(LoginLimits::default());
+    let (reply, _stop, client) = login_reply(&store, &shared, "secret-pass").await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+    let (read, mut write) = tokio::io::split(client);
+    let mut lines = BufReader::new(read).lines();
+    let count = 40;
+    for n in 1..=count {
+        let message = format!("Subject: {n}\r\n\r\nbody number {n}\r\n");
+        write
+            .write_all(format!("p{n} APPEND INBOX {{{}+}}\r\n{message}\r\n", message.len()).as_bytes())
+            .await
+            .unwrap();
+    }
+    write
+        .write_all(b"s SELECT INBOX\r\nf FETCH 1:* (UID BODY.PEEK[TEXT])\r\n")
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+    loop {
+        let line = tokio::time::timeout(READ_TIMEOUT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("body number ") {
+            bodies.push(rest.parse::<u32>().unwrap());
+        }
+        if line.starts_with("f ") {
+            assert_eq!(line, "f OK FETCH completed");
+            break;
+        }
+    }
+    assert_eq!(
+        bodies,
+        (1..=count).collect::<Vec<u32>>(),
+        "every body once, in order, across batches"
+    );
 }
