@@ -105,8 +105,10 @@ pub(crate) struct LimitsSection {
     pub(crate) imap_line_bytes_max: usize,
     /// An IMAP session silent this long is closed.
     pub(crate) imap_idle_timeout_ms: u64,
-    /// IMAP commands a session may send per second.
+    /// IMAP commands a session may send per second; past it the session is paced.
     pub(crate) imap_commands_per_second_max: u32,
+    /// A session paced this long in a row gets NO [LIMIT] past the rate, in milliseconds.
+    pub(crate) imap_commands_paced_ms_max: u64,
     /// Failed logins on one connection before it is closed.
     pub(crate) imap_login_failures_per_connection_max: u32,
     /// IMAP sessions one account may have open at once.
@@ -131,6 +133,7 @@ impl Default for LimitsSection {
             imap_line_bytes_max: imap.line_bytes_max,
             imap_idle_timeout_ms: imap.idle_timeout_ms,
             imap_commands_per_second_max: imap.commands_per_second_max,
+            imap_commands_paced_ms_max: imap.commands_paced_ms_max,
             imap_login_failures_per_connection_max: imap.login_failures_per_connection_max,
             imap_sessions_per_account_max: login.sessions_per_account_max,
             login_failures_per_address_max: login.failures_per_address_max,

@@ -72,6 +72,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         line_bytes_max: limits.imap_line_bytes_max,
         idle_timeout_ms: limits.imap_idle_timeout_ms,
         commands_per_second_max: limits.imap_commands_per_second_max,
+        commands_paced_ms_max: limits.imap_commands_paced_ms_max,
         login_failures_per_connection_max: limits.imap_login_failures_per_connection_max,
         ..ImapConfig::default()
     });

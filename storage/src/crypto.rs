@@ -11,8 +11,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use age::secrecy::ExposeSecret;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -215,26 +213,49 @@ const SEAL_AES_GCM_BLOB: u8 = 2;
 const NONCE_BYTES: usize = 24;
 
 /// Seals and opens values under one key. Associated data binds each value to its place.
+///
+/// The format is XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha): a random 192-bit nonce, so
+/// random nonces never collide however many values a key seals. It is computed as HChaCha20
+/// of the key and the nonce's first 16 bytes (a per-value subkey), then ring's
+/// ChaCha20-Poly1305 under that subkey with the nonce's last 8 bytes: ring's assembly is
+/// several times faster than the portable implementation on the small records FETCH opens by
+/// the thousand. A test checks the output against the RustCrypto reference.
 #[derive(Clone)]
 pub(crate) struct Sealer {
-    cipher: Option<XChaCha20Poly1305>,
+    key: Option<SecretKey>,
 }
 
 impl Sealer {
     pub(crate) fn new(key: &SecretKey) -> Self {
-        Self {
-            cipher: Some(XChaCha20Poly1305::new((&key.0).into())),
-        }
+        Self { key: Some(key.clone()) }
     }
 
     /// A sealer that does not encrypt: only for measuring what encryption costs.
     #[cfg(feature = "bench-unencrypted")]
     pub(crate) fn plaintext() -> Self {
-        Self { cipher: None }
+        Self { key: None }
+    }
+
+    /// The ChaCha20-Poly1305 key and 96-bit nonce of one XChaCha20 nonce.
+    fn subkey(key: &SecretKey, nonce: &[u8; NONCE_BYTES]) -> (ring::aead::LessSafeKey, ring::aead::Nonce) {
+        use chacha20::cipher::consts::U10;
+        let (head, tail) = nonce.split_at(16);
+        let mut subkey = chacha20::hchacha::<U10>((&key.0).into(), head.into());
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &subkey);
+        subkey.as_mut_slice().zeroize();
+        let Ok(unbound) = unbound else {
+            unreachable!("ChaCha20-Poly1305 takes a 32-byte key")
+        };
+        let mut short = [0u8; ring::aead::NONCE_LEN];
+        short[4..].copy_from_slice(tail);
+        (
+            ring::aead::LessSafeKey::new(unbound),
+            ring::aead::Nonce::assume_unique_for_key(short),
+        )
     }
 
     pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let Some(cipher) = &self.cipher else {
+        let Some(key) = &self.key else {
             let mut out = Vec::with_capacity(1 + plaintext.len());
             out.push(SEAL_PLAIN);
             out.extend_from_slice(plaintext);
@@ -242,28 +263,38 @@ impl Sealer {
         };
         let mut nonce = [0u8; NONCE_BYTES];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let sealed = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad });
-        // Encryption with a valid key and nonce only fails past 256 GiB of plaintext, far
-        // over every limit the store enforces before it gets here.
-        let Ok(sealed) = sealed else {
-            unreachable!("XChaCha20-Poly1305 input over 256 GiB")
-        };
-        let mut out = Vec::with_capacity(1 + NONCE_BYTES + sealed.len());
+        let mut out = Vec::with_capacity(1 + NONCE_BYTES + plaintext.len() + ring::aead::MAX_TAG_LEN);
         out.push(SEAL_XCHACHA);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(plaintext);
+        let (cipher, short) = Self::subkey(key, &nonce);
+        let tag = cipher.seal_in_place_separate_tag(short, ring::aead::Aad::from(aad), &mut out[1 + NONCE_BYTES..]);
+        // Sealing only fails past 256 GiB of plaintext, far over every limit the store
+        // enforces before it gets here.
+        let Ok(tag) = tag else {
+            unreachable!("ChaCha20-Poly1305 input over 256 GiB")
+        };
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
     pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
         let tampered = || Error::corrupt("a sealed value does not open (tampered, or moved)");
-        match (&self.cipher, sealed.split_first()) {
+        match (&self.key, sealed.split_first()) {
             (None, Some((&SEAL_PLAIN, rest))) => Ok(rest.to_vec()),
-            (Some(cipher), Some((&SEAL_XCHACHA, rest))) if rest.len() >= NONCE_BYTES => {
+            (Some(key), Some((&SEAL_XCHACHA, rest))) if rest.len() >= NONCE_BYTES + ring::aead::MAX_TAG_LEN => {
                 let (nonce, body) = rest.split_at(NONCE_BYTES);
-                cipher
-                    .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad })
-                    .map_err(|_| tampered())
+                let Ok(nonce) = <&[u8; NONCE_BYTES]>::try_from(nonce) else {
+                    return Err(tampered());
+                };
+                let (cipher, short) = Self::subkey(key, nonce);
+                let mut plain = body.to_vec();
+                let opened = cipher
+                    .open_in_place(short, ring::aead::Aad::from(aad), &mut plain)
+                    .map_err(|_| tampered())?
+                    .len();
+                plain.truncate(opened);
+                Ok(plain)
             }
             _ => Err(tampered()),
         }
@@ -365,6 +396,40 @@ mod tests {
         assert!(sealer.open(b"table/2", &sealed).is_err());
         let other = Sealer::new(&SecretKey::random());
         assert!(other.open(b"table/1", &sealed).is_err());
+    }
+
+    #[test]
+    fn sealed_values_are_xchacha20_poly1305_as_the_reference_computes_it() {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let key = SecretKey::random();
+        let reference = chacha20poly1305::XChaCha20Poly1305::new((&key.0).into());
+        let sealer = Sealer::new(&key);
+        for len in [0usize, 1, 63, 64, 65, 300, 4096] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let aad = format!("table/{len}");
+            let sealed = sealer.seal(aad.as_bytes(), &plain);
+            assert_eq!(sealed[0], SEAL_XCHACHA);
+            let (nonce, body) = sealed[1..].split_at(NONCE_BYTES);
+            let expected = reference
+                .encrypt(
+                    nonce.into(),
+                    Payload {
+                        msg: &plain,
+                        aad: aad.as_bytes(),
+                    },
+                )
+                .unwrap();
+            assert_eq!(body, &expected[..], "{len} bytes sealed differently");
+            // And what the reference sealed opens here.
+            let mut theirs = vec![SEAL_XCHACHA];
+            theirs.extend_from_slice(nonce);
+            theirs.extend_from_slice(&expected);
+            assert_eq!(sealer.open(aad.as_bytes(), &theirs).unwrap(), plain);
+            let mut altered = sealed.clone();
+            *altered.last_mut().unwrap() ^= 1;
+            assert!(sealer.open(aad.as_bytes(), &altered).is_err());
+            assert!(sealer.open(aad.as_bytes(), &sealed[..sealed.len() - 1]).is_err());
+        }
     }
 
     #[test]

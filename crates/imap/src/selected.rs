@@ -22,7 +22,10 @@ use crate::session::{blocking, store_failure, Flow, Session};
 /// message_bytes_max bodies are in memory for one session).
 const FETCH_BODIES_PER_BATCH_MAX: usize = 16;
 /// Messages whose metadata and summaries one FETCH reads at a time.
-const FETCH_SUMMARIES_PER_BATCH_MAX: usize = 1_024;
+const FETCH_SUMMARIES_PER_BATCH_MAX: usize = 128;
+/// The first batch of summaries is this small, and each next one twice the last, so that the
+/// client reads the first responses while the server still loads the rest.
+const FETCH_SUMMARIES_FIRST_BATCH: usize = 32;
 
 pub(crate) struct Selected {
     pub(crate) id: MailboxId,
@@ -492,75 +495,28 @@ impl Session {
                 )
             });
         let mut read_uids = Vec::new();
-        // Bounded batches, each written out before the next is read: a FETCH of a whole large
-        // mailbox holds one batch of bodies in memory, not all of them.
-        let batch_size = if needs_body {
-            FETCH_BODIES_PER_BATCH_MAX
-        } else {
-            FETCH_SUMMARIES_PER_BATCH_MAX
+        let needs = FetchNeeds {
+            summary: needs_summary,
+            body: needs_body,
+            sets_seen,
         };
-        for batch in uids.chunks(batch_size) {
-            let (store, account) = (self.store.clone(), self.account_id());
-            let wanted = batch.to_vec();
-            // One blocking trip per batch: metadata, and bodies or summaries if asked.
-            let loaded = blocking(move || {
-                let mut summaries: HashMap<u32, Vec<u8>> = HashMap::new();
-                let metas: HashMap<u32, MessageMeta> = if needs_summary {
-                    let pairs = store.message_summaries(account, id, &wanted)?;
-                    let mut metas = HashMap::with_capacity(pairs.len());
-                    for (meta, summary) in pairs {
-                        summaries.insert(meta.uid, summary);
-                        metas.insert(meta.uid, meta);
-                    }
-                    metas
-                } else if wanted.len() > 64 {
-                    store.messages(account, id)?.into_iter().map(|m| (m.uid, m)).collect()
-                } else {
-                    wanted
-                        .iter()
-                        .filter_map(|u| store.message(account, id, *u).ok().map(|m| (*u, m)))
-                        .collect()
-                };
-                let mut seen_now = BTreeSet::new();
-                if sets_seen {
-                    let unseen: Vec<u32> = wanted
-                        .iter()
-                        .copied()
-                        .filter(|u| metas.get(u).is_some_and(|m| !m.flags.has(SystemFlag::Seen)))
-                        .collect();
-                    if !unseen.is_empty() {
-                        let stored = store.store_flags(
-                            account,
-                            id,
-                            &unseen,
-                            &FlagChange::Add(sealpost_storage::Flags::new().with(SystemFlag::Seen)),
-                            None,
-                        )?;
-                        seen_now.extend(stored.changed.into_iter().map(|m| (m.uid, m.modseq)));
-                    }
-                }
-                let mut loaded = Vec::with_capacity(wanted.len());
-                for uid in &wanted {
-                    let Some(meta) = metas.get(uid).cloned() else { continue };
-                    let raw = if needs_body {
-                        Some(store.read_message(account, id, *uid)?)
-                    } else {
-                        None
-                    };
-                    let summary = if needs_summary {
-                        let bytes = summaries.remove(uid).unwrap_or_default();
-                        Some(
-                            Summary::from_bytes(&bytes)
-                                .unwrap_or_else(|| raw.as_deref().map(Summary::of).unwrap_or_default()),
-                        )
-                    } else {
-                        None
-                    };
-                    loaded.push((meta, raw, summary));
-                }
-                Ok::<_, sealpost_storage::Error>((loaded, seen_now))
-            })
-            .await;
+        let (store, account) = (self.store.clone(), self.account_id());
+        let load = |wanted: Vec<u32>| {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || load_fetch_batch(&store, account, id, &wanted, needs))
+        };
+        let mut batches = fetch_batches(&uids, needs_body).into_iter();
+        let mut pending = batches.next().map(load);
+        while let Some(handle) = pending.take() {
+            let loaded = match handle.await {
+                Ok(loaded) => loaded,
+                Err(error) => std::panic::resume_unwind(error.into_panic()),
+            };
+            // The next batch loads while this one is written out and the client reads it. Not
+            // when the FETCH sets \Seen: a batch after a failed one must change nothing.
+            if !sets_seen {
+                pending = batches.next().map(load);
+            }
             let (loaded, seen_now) = match loaded {
                 Ok(loaded) => loaded,
                 Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
@@ -618,6 +574,9 @@ impl Session {
             }
             // A broken connection shows at the next read; nothing more to do here.
             let _ = self.flush().await;
+            if sets_seen {
+                pending = batches.next().map(load);
+            }
         }
         if !read_uids.is_empty() {
             let event = AuditEvent::new(
@@ -1153,4 +1112,103 @@ fn decoded_part(raw: &[u8], structure: &Structure, path: &[u32]) -> Result<Vec<u
         }
         _ => Err("[UNKNOWN-CTE] unknown Content-Transfer-Encoding"),
     }
+}
+
+/// What one FETCH has to load besides message metadata.
+#[derive(Clone, Copy)]
+struct FetchNeeds {
+    summary: bool,
+    body: bool,
+    sets_seen: bool,
+}
+
+type FetchBatch = (
+    Vec<(MessageMeta, Option<Vec<u8>>, Option<Summary>)>,
+    BTreeSet<(u32, u64)>,
+);
+
+/// The UIDs of one FETCH cut into bounded batches, each written out before the one after next
+/// is loaded: a FETCH of a whole large mailbox holds at most two batches in memory. Bodies go
+/// FETCH_BODIES_PER_BATCH_MAX at a time; summaries start small and double up to
+/// FETCH_SUMMARIES_PER_BATCH_MAX.
+fn fetch_batches(uids: &[u32], bodies: bool) -> Vec<Vec<u32>> {
+    let mut batches = Vec::new();
+    let mut size = if bodies {
+        FETCH_BODIES_PER_BATCH_MAX
+    } else {
+        FETCH_SUMMARIES_FIRST_BATCH
+    };
+    let mut rest = uids;
+    while !rest.is_empty() {
+        let (batch, after) = rest.split_at(size.min(rest.len()));
+        batches.push(batch.to_vec());
+        rest = after;
+        if !bodies {
+            size = (size * 2).min(FETCH_SUMMARIES_PER_BATCH_MAX);
+        }
+    }
+    batches
+}
+
+/// One blocking trip per batch: metadata, and bodies or summaries if asked; \Seen set first
+/// when the FETCH reads content of a writable mailbox.
+fn load_fetch_batch(
+    store: &sealpost_storage::Store,
+    account: sealpost_storage::AccountId,
+    id: MailboxId,
+    wanted: &[u32],
+    needs: FetchNeeds,
+) -> Result<FetchBatch, sealpost_storage::Error> {
+    let mut summaries: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut metas: HashMap<u32, MessageMeta> = if needs.summary {
+        let pairs = store.message_summaries(account, id, wanted)?;
+        let mut metas = HashMap::with_capacity(pairs.len());
+        for (meta, summary) in pairs {
+            summaries.insert(meta.uid, summary);
+            metas.insert(meta.uid, meta);
+        }
+        metas
+    } else if wanted.len() > 64 {
+        store.messages(account, id)?.into_iter().map(|m| (m.uid, m)).collect()
+    } else {
+        wanted
+            .iter()
+            .filter_map(|u| store.message(account, id, *u).ok().map(|m| (*u, m)))
+            .collect()
+    };
+    let mut seen_now = BTreeSet::new();
+    if needs.sets_seen {
+        let unseen: Vec<u32> = wanted
+            .iter()
+            .copied()
+            .filter(|u| metas.get(u).is_some_and(|m| !m.flags.has(SystemFlag::Seen)))
+            .collect();
+        if !unseen.is_empty() {
+            let stored = store.store_flags(
+                account,
+                id,
+                &unseen,
+                &FlagChange::Add(sealpost_storage::Flags::new().with(SystemFlag::Seen)),
+                None,
+            )?;
+            seen_now.extend(stored.changed.into_iter().map(|m| (m.uid, m.modseq)));
+        }
+    }
+    let mut loaded = Vec::with_capacity(wanted.len());
+    for uid in wanted {
+        let Some(meta) = metas.remove(uid) else { continue };
+        let raw = if needs.body {
+            Some(store.read_message(account, id, *uid)?)
+        } else {
+            None
+        };
+        let summary = if needs.summary {
+            let bytes = summaries.remove(uid).unwrap_or_default();
+            Some(Summary::from_bytes(&bytes).unwrap_or_else(|| raw.as_deref().map(Summary::of).unwrap_or_default()))
+        } else {
+            None
+        };
+        loaded.push((meta, raw, summary));
+    }
+    Ok((loaded, seen_now))
 }

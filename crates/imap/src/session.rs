@@ -46,8 +46,12 @@ pub struct ImapConfig {
     pub message_bytes_max: u64,
     /// A session that sends nothing for this long is closed; IDLE counts as activity.
     pub idle_timeout_ms: u64,
-    /// Commands a session may issue per second, averaged over a second; past it: NO [LIMIT].
+    /// Commands a session may issue per second. Past it the session is paced: the next
+    /// command waits for the next second, so a bulk upload or flag sync just takes longer.
     pub commands_per_second_max: u32,
+    /// A session paced for this long in a row (a flood, not a client catching up) gets
+    /// NO [LIMIT] for every command past the rate until it slows down, in milliseconds.
+    pub commands_paced_ms_max: u64,
     /// Failed logins one connection may make before it is closed.
     pub login_failures_per_connection_max: u32,
     /// Storage quota reported by GETQUOTAROOT, in bytes.
@@ -60,7 +64,8 @@ impl Default for ImapConfig {
             line_bytes_max: 64 * 1024,
             message_bytes_max: 64 * 1024 * 1024,
             idle_timeout_ms: 30 * 60 * 1000,
-            commands_per_second_max: 200,
+            commands_per_second_max: 500,
+            commands_paced_ms_max: 60_000,
             login_failures_per_connection_max: 3,
             quota_bytes: 10 * 1024 * 1024 * 1024,
         }
@@ -112,6 +117,7 @@ pub async fn serve_session(
         rate: RateWindow {
             started: Instant::now(),
             commands: 0,
+            paced_since: None,
         },
         shutdown,
     };
@@ -128,9 +134,11 @@ pub(crate) struct Enabled {
     pub(crate) utf8: bool,
 }
 
+/// Commands of the current one-second window, and since when the session has been paced.
 struct RateWindow {
     started: Instant,
     commands: u32,
+    paced_since: Option<Instant>,
 }
 
 pub(crate) struct Session {
@@ -293,11 +301,11 @@ impl Session {
                 return Ok(Flow::Continue);
             }
         };
-        if !self.within_rate() {
+        if !self.admit().await {
             let limit = self.config.commands_per_second_max;
             self.tagged_line(
                 Some(&command.tag),
-                &format!("NO [LIMIT] more than {limit} commands a second; slow down"),
+                &format!("NO [LIMIT] more than {limit} commands a second for too long; slow down"),
             );
             return Ok(Flow::Continue);
         }
@@ -306,16 +314,37 @@ impl Session {
         self.execute(command).await
     }
 
-    fn within_rate(&mut self) -> bool {
+    /// Counts one command against the rate; past it, waits for the next second. False when
+    /// the session has been paced for longer than commands_paced_ms_max: refuse the command.
+    async fn admit(&mut self) -> bool {
+        const WINDOW: Duration = Duration::from_secs(1);
+        let limit = self.config.commands_per_second_max;
         let now = Instant::now();
-        if now.duration_since(self.rate.started) >= Duration::from_secs(1) {
+        if now.duration_since(self.rate.started) >= WINDOW {
+            // A whole window within the rate ends the pacing.
+            let paced_since = self.rate.paced_since.filter(|_| self.rate.commands > limit);
             self.rate = RateWindow {
                 started: now,
                 commands: 0,
+                paced_since,
             };
         }
         self.rate.commands += 1;
-        self.rate.commands <= self.config.commands_per_second_max
+        if self.rate.commands <= limit {
+            return true;
+        }
+        let paced_since = *self.rate.paced_since.get_or_insert(now);
+        if now.duration_since(paced_since) >= Duration::from_millis(self.config.commands_paced_ms_max) {
+            return false;
+        }
+        let next = self.rate.started + WINDOW;
+        tokio::time::sleep_until(next.into()).await;
+        self.rate = RateWindow {
+            started: next,
+            commands: 1,
+            paced_since: Some(paced_since),
+        };
+        true
     }
 
     pub(crate) fn capabilities(&self) -> String {

@@ -144,6 +144,11 @@ async fn check(name: &str) {
     };
     if name.starts_with("limits-rate") {
         config.commands_per_second_max = 3;
+        config.commands_paced_ms_max = 0;
+    }
+    if name.starts_with("limits-paced") {
+        config.commands_per_second_max = 3;
+        config.commands_paced_ms_max = 5_000;
     }
     if name.starts_with("limits-idle") {
         config.idle_timeout_ms = 300;
@@ -179,6 +184,11 @@ async fn malformed_input_and_limits() {
 #[tokio::test]
 async fn command_rate_limit() {
     check("limits-rate.txt").await;
+}
+
+#[tokio::test]
+async fn command_rate_pacing() {
+    check("limits-paced.txt").await;
 }
 
 #[tokio::test]
