@@ -10,8 +10,20 @@ ensure_packages() {
     echo "installing: ${missing[*]}" >&2
     local sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Packages with a daemon (dovecot-imapd, interimap's local side) must not start it: a
+    # policy-rc.d that refuses every start, for the length of the install.
+    local policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+        "${sudo[@]}" chmod 755 /usr/sbin/policy-rc.d
+        policy=1
+    fi
+    local status=0
+    "${sudo[@]}" apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null ||
+        status=$?
+    [ "$policy" -eq 1 ] && "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
+    return "$status"
 }
 
 # Build settings shared by every script: one target folder outside the checkout, so that the
@@ -25,8 +37,9 @@ setup_build_env() {
     ensure_packages clang libclang-dev g++ sccache
 }
 
-# What the end-to-end tests run as real clients: Python 3 (imaplib, the shared harness) and
-# mbsync (isync).
+# What the end-to-end tests run as real clients: Python 3 (imaplib, the shared harness),
+# mbsync (isync), interimap with Dovecot's imap binary as its local side, swaks and msmtp
+# (the harness's real_clients.sh).
 setup_test_clients() {
-    ensure_packages python3 isync
+    ensure_packages python3 isync interimap dovecot-imapd swaks msmtp
 }
