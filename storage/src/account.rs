@@ -312,6 +312,7 @@ impl Store {
             Table::BlobIndex,
             Table::Blobs,
             Table::Texts,
+            Table::Queue,
         ] {
             batch.delete_range(table, start.clone(), end.clone());
         }

@@ -24,10 +24,11 @@ pub(crate) enum Table {
     Blobs,
     Texts,
     Audit,
+    Queue,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 12] = [
+    pub(crate) const ALL: [Table; 13] = [
         Table::Meta,
         Table::Directory,
         Table::AccountKeys,
@@ -40,6 +41,7 @@ impl Table {
         Table::Blobs,
         Table::Texts,
         Table::Audit,
+        Table::Queue,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -56,6 +58,7 @@ impl Table {
             Table::Blobs => "blobs",
             Table::Texts => "texts",
             Table::Audit => "audit",
+            Table::Queue => "queue",
         }
     }
 }

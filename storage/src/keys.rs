@@ -50,6 +50,14 @@ pub(crate) fn blob_chunk(account: AccountId, blob: &BlobId, chunk: u32) -> Vec<u
     key
 }
 
+/// An outbound queue entry: the submitting account, then a random id.
+pub(crate) fn queue(account: AccountId, id: &[u8; 16]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(24);
+    key.extend_from_slice(&account.0.to_be_bytes());
+    key.extend_from_slice(id);
+    key
+}
+
 pub(crate) fn audit(seq: u64) -> Vec<u8> {
     seq.to_be_bytes().to_vec()
 }

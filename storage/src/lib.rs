@@ -35,6 +35,7 @@ mod keys;
 mod mailbox;
 mod message;
 mod notify;
+mod queue;
 mod store;
 mod types;
 
@@ -45,10 +46,11 @@ pub use error::{Error, Result};
 pub use mailbox::MAILBOX_DELIMITER;
 pub use message::{CHUNK_BYTES, SEARCH_TEXT_BYTES_MAX};
 pub use notify::{MailboxEvent, MailboxEvents};
+pub use queue::{Outbound, OutboundRecipient, QueueId, QueuedMessage, QUEUE_RECIPIENTS_MAX};
 pub use store::{Actor, Store, StoreConfig, StoreLimits};
 pub use types::{
-    Account, AccountId, AccountStatus, Appended, Changes, FlagChange, Flags, FlagsStored, InternalDate, Mailbox,
-    MailboxId, MessageMeta, NewAccount, NewMessage, Role, SpecialUse, SystemFlag, Usage,
+    Account, AccountId, AccountStatus, Appended, Changes, DeliveryTarget, FlagChange, Flags, FlagsStored, InternalDate,
+    Mailbox, MailboxId, MessageMeta, NewAccount, NewMessage, Role, SpecialUse, SystemFlag, Usage,
 };
 
 /// Milliseconds since the Unix epoch, by the system clock.

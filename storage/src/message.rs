@@ -22,8 +22,8 @@ use crate::mailbox::{open_record, seal_record, MailboxRecord};
 use crate::notify::MailboxEvent;
 use crate::store::{AccountCrypto, Store};
 use crate::types::{
-    AccountId, Appended, Changes, FlagChange, Flags, FlagsStored, InternalDate, MailboxId, MessageMeta, NewMessage,
-    SystemFlag, Usage,
+    AccountId, Appended, Changes, DeliveryTarget, FlagChange, Flags, FlagsStored, InternalDate, MailboxId, MessageMeta,
+    NewMessage, SystemFlag, Usage,
 };
 
 /// Plaintext bytes per body chunk: the unit of a ranged read.
@@ -147,66 +147,119 @@ impl Store {
         mailboxes: &[MailboxId],
         message: &NewMessage<'_>,
     ) -> Result<Vec<Appended>> {
-        if mailboxes.is_empty() {
+        Ok(self.deliver_and_queue(account, mailboxes, message, None)?.0)
+    }
+
+    /// Delivers into mailboxes as `deliver` does and, in the same atomic write, queues the
+    /// message for outside recipients: the queue entry shares the copies' blob.
+    pub(crate) fn deliver_and_queue(
+        &self,
+        account: AccountId,
+        mailboxes: &[MailboxId],
+        message: &NewMessage<'_>,
+        outbound: Option<&crate::queue::Outbound>,
+    ) -> Result<(Vec<Appended>, Option<crate::queue::QueueId>)> {
+        let target = DeliveryTarget {
+            account,
+            mailboxes: mailboxes.to_vec(),
+            outbound: outbound.cloned(),
+        };
+        self.deliver_all(&[target], message)?
+            .pop()
+            .ok_or_else(|| Error::corrupt("delivery returned nothing"))
+    }
+
+    /// Delivers one message to several accounts at once (SMTP with several local
+    /// recipients): every copy, and the queue entry if any, in one atomic write, durable
+    /// before it returns. Each account gets its own blob under its own keys, shared by its
+    /// copies. Either every recipient has the message or none has.
+    pub fn deliver_all(
+        &self,
+        targets: &[DeliveryTarget],
+        message: &NewMessage<'_>,
+    ) -> Result<Vec<(Vec<Appended>, Option<crate::queue::QueueId>)>> {
+        if targets.is_empty() || targets.iter().any(|t| t.mailboxes.is_empty()) {
             return Err(Error::InvalidInput {
                 what: "delivery to no mailbox",
             });
         }
         self.check_flags(&message.flags)?;
-        let crypto = self.account_crypto(account)?;
-        let blob = self.prepare_blob(&crypto, account, message)?;
-        let ids: Vec<u32> = mailboxes.iter().map(|m| m.0).collect();
-        let locks = self.inner.mailbox_locks.lock_many(account, &ids);
+        let mut prepared = Vec::with_capacity(targets.len());
+        for target in targets {
+            let crypto = self.account_crypto(target.account)?;
+            let blob = self.prepare_blob(&crypto, target.account, message)?;
+            prepared.push((crypto, blob));
+        }
+        let pairs: Vec<(AccountId, u32)> = targets
+            .iter()
+            .flat_map(|t| t.mailboxes.iter().map(|m| (t.account, m.0)))
+            .collect();
+        let locks = self.inner.mailbox_locks.lock_across(&pairs);
         let mut batch = Batch::default();
-        let mut appended = Vec::with_capacity(mailboxes.len());
-        let mut records: Vec<(MailboxId, MailboxRecord)> = Vec::new();
-        for &mailbox in mailboxes {
-            let position = records.iter().position(|(id, _)| *id == mailbox);
-            let record = match position {
-                Some(at) => &mut records[at].1,
-                None => {
-                    records.push((mailbox, self.mailbox_record(account, mailbox)?));
-                    let last = records.len() - 1;
-                    &mut records[last].1
-                }
+        let mut results = Vec::with_capacity(targets.len());
+        let mut published: Vec<(AccountId, Appended)> = Vec::new();
+        for (target, (crypto, blob)) in targets.iter().zip(prepared) {
+            let account = target.account;
+            let mut appended = Vec::with_capacity(target.mailboxes.len());
+            let mut records: Vec<(MailboxId, MailboxRecord)> = Vec::new();
+            for &mailbox in &target.mailboxes {
+                let position = records.iter().position(|(id, _)| *id == mailbox);
+                let record = match position {
+                    Some(at) => &mut records[at].1,
+                    None => {
+                        records.push((mailbox, self.mailbox_record(account, mailbox)?));
+                        let last = records.len() - 1;
+                        &mut records[last].1
+                    }
+                };
+                let meta = stage_new_message(
+                    &crypto,
+                    account,
+                    mailbox,
+                    record,
+                    MessageRecord {
+                        blob: blob.id,
+                        size: blob.size,
+                        internal_date: message.internal_date,
+                        flags: message.flags.clone(),
+                        modseq: 0,
+                        summary: message.summary.to_vec(),
+                    },
+                    &mut batch,
+                )?;
+                appended.push(Appended {
+                    mailbox,
+                    uid_validity: record.uid_validity,
+                    uid: meta.uid,
+                    modseq: meta.modseq,
+                });
+            }
+            for (id, record) in &records {
+                self.stage_mailbox(&crypto, account, *id, record, &mut batch)?;
+            }
+            let queued = match &target.outbound {
+                Some(outbound) => Some(crate::queue::stage_queue_entry(
+                    &crypto, account, blob.id, blob.size, outbound, &mut batch,
+                )?),
+                None => None,
             };
-            let meta = stage_new_message(
-                &crypto,
-                account,
-                mailbox,
-                record,
-                MessageRecord {
-                    blob: blob.id,
-                    size: blob.size,
-                    internal_date: message.internal_date,
-                    flags: message.flags.clone(),
-                    modseq: 0,
-                    summary: message.summary.to_vec(),
-                },
-                &mut batch,
-            )?;
-            appended.push(Appended {
-                mailbox,
-                uid_validity: record.uid_validity,
-                uid: meta.uid,
-                modseq: meta.modseq,
-            });
+            let refcount = u32::try_from(target.mailboxes.len() + usize::from(queued.is_some())).map_err(|_| {
+                Error::InvalidInput {
+                    what: "too many mailboxes",
+                }
+            })?;
+            self.stage_prepared_blob(&crypto, account, blob, refcount, &mut batch)?;
+            published.extend(appended.iter().map(|a| (account, *a)));
+            results.push((appended, queued));
         }
-        for (id, record) in &records {
-            self.stage_mailbox(&crypto, account, *id, record, &mut batch)?;
-        }
-        let refcount = u32::try_from(mailboxes.len()).map_err(|_| Error::InvalidInput {
-            what: "too many mailboxes",
-        })?;
-        self.stage_prepared_blob(&crypto, account, blob, refcount, &mut batch)?;
         // UIDs are assigned and written in order under the locks; the fsync happens after
         // them, so concurrent appenders share syncs instead of queueing behind each other.
         self.inner.engine.write(batch, Durability::Buffered)?;
         drop(locks);
         self.inner.engine.sync_log()?;
-        for done in &appended {
+        for (account, done) in &published {
             self.inner.notifier.publish(
-                account,
+                *account,
                 done.mailbox,
                 &[MailboxEvent::Appended {
                     uid: done.uid,
@@ -214,7 +267,7 @@ impl Store {
                 }],
             );
         }
-        Ok(appended)
+        Ok(results)
     }
 
     /// Every message of a mailbox, by ascending UID.
@@ -237,11 +290,16 @@ impl Store {
     pub fn read_message(&self, account: AccountId, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
         let crypto = self.account_crypto(account)?;
         let record = self.message_record(&crypto, account, mailbox, uid)?;
-        let blob = self.blob_record(&crypto, account, &record.blob)?;
+        self.read_blob(&crypto, account, &record.blob)
+    }
+
+    /// A whole body, every chunk opened and checked to be there.
+    pub(crate) fn read_blob(&self, crypto: &AccountCrypto, account: AccountId, id: &BlobId) -> Result<Vec<u8>> {
+        let blob = self.blob_record(crypto, account, id)?;
         let mut out = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
-        let start = keys::blob_chunk(account, &record.blob, 0);
-        let end = keys::prefix_end(&keys::blob(account, &record.blob));
-        let cipher = crypto.content.blob(&record.blob);
+        let start = keys::blob_chunk(account, id, 0);
+        let end = keys::prefix_end(&keys::blob(account, id));
+        let cipher = crypto.content.blob(id);
         let mut next_chunk = 0u32;
         self.inner.engine.scan(Table::Blobs, &start, &end, &mut |key, value| {
             if keys::read_u32(key, 24) != Some(next_chunk) {

@@ -390,7 +390,13 @@ impl Stripes {
 
     /// Locks several at once, in one global order, so that two callers never deadlock.
     pub(crate) fn lock_many(&self, account: AccountId, subs: &[u32]) -> Vec<MutexGuard<'_, ()>> {
-        let mut indexes: Vec<usize> = subs.iter().map(|s| Self::index(account, *s)).collect();
+        let pairs: Vec<(AccountId, u32)> = subs.iter().map(|s| (account, *s)).collect();
+        self.lock_across(&pairs)
+    }
+
+    /// Locks several of several accounts at once, in the same global order.
+    pub(crate) fn lock_across(&self, pairs: &[(AccountId, u32)]) -> Vec<MutexGuard<'_, ()>> {
+        let mut indexes: Vec<usize> = pairs.iter().map(|(a, s)| Self::index(*a, *s)).collect();
         indexes.sort_unstable();
         indexes.dedup();
         indexes.into_iter().map(|i| lock(&self.locks[i])).collect()

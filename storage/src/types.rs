@@ -259,6 +259,15 @@ pub struct NewMessage<'a> {
     pub search_text: &'a [u8],
 }
 
+/// One account's part of a delivery: its mailboxes (INBOX and BACKUP, say) and, for a
+/// submission with outside recipients, the envelope to queue.
+#[derive(Clone, Debug)]
+pub struct DeliveryTarget {
+    pub account: AccountId,
+    pub mailboxes: Vec<MailboxId>,
+    pub outbound: Option<crate::queue::Outbound>,
+}
+
 /// Where an appended message went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {

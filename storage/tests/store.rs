@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use common::*;
 use sealpost_storage::{
-    AccountStatus, Actor, Error, FlagChange, Flags, InternalDate, Login, MailboxEvent, MasterKey, NewAccount,
-    NewMessage, Role, SpecialUse, Store, SystemFlag,
+    AccountStatus, Actor, DeliveryTarget, Error, FlagChange, Flags, InternalDate, Login, MailboxEvent, MasterKey,
+    NewAccount, NewMessage, Outbound, OutboundRecipient, Role, SpecialUse, Store, SystemFlag,
 };
 
 const MARKER: &str = "zqxmarker7731";
@@ -919,4 +919,87 @@ fn search_text_is_stored_sealed_beside_the_body_and_shared_by_copies() {
         files_containing(&fx.store_path(), MARKER.as_bytes()),
         Vec::<std::path::PathBuf>::new()
     );
+}
+
+#[test]
+fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let alice = add_account(&store, "alice");
+    let bob = add_account(&store, "bob");
+    let raw = message(21, 50_000);
+    let targets = [
+        DeliveryTarget {
+            account: alice,
+            mailboxes: vec![mailbox(&store, alice, "BACKUP")],
+            outbound: Some(Outbound {
+                from: format!("{MARKER}@clinic.example"),
+                recipients: vec![OutboundRecipient {
+                    address: format!("{MARKER}@elsewhere.example"),
+                    notify: vec!["FAILURE".into()],
+                    orcpt: None,
+                }],
+                env_id: Some("env-1".into()),
+                ret: Some("HDRS".into()),
+            }),
+        },
+        DeliveryTarget {
+            account: bob,
+            mailboxes: vec![mailbox(&store, bob, "INBOX"), mailbox(&store, bob, "BACKUP")],
+            outbound: None,
+        },
+    ];
+    let new = NewMessage {
+        raw: &raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: b"",
+        search_text: b"",
+    };
+    let done = store.deliver_all(&targets, &new).unwrap();
+    assert_eq!(done.len(), 2);
+    let queue_id = done[0].1.expect("alice's entry is queued");
+    assert!(done[1].1.is_none());
+    for (appended, _) in &done {
+        for a in appended {
+            let account = if appended.len() == 1 { alice } else { bob };
+            assert_eq!(store.read_message(account, a.mailbox, a.uid).unwrap(), raw);
+        }
+    }
+    // Bob's two copies and alice's copy and queue entry: one body each.
+    assert_eq!(store.body_count(alice).unwrap(), 1);
+    assert_eq!(store.body_count(bob).unwrap(), 1);
+
+    // The queue survives a restart, sealed: the recipient is nowhere on disk.
+    drop(store);
+    let store = fx.open();
+    let queued = store.queued().unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].id, queue_id);
+    assert_eq!(queued[0].account, alice);
+    assert_eq!(queued[0].envelope, targets[0].outbound.clone().unwrap());
+    assert_eq!(queued[0].size, raw.len() as u64);
+    assert_eq!(store.read_queued(alice, queue_id).unwrap(), raw);
+    store.flush().unwrap();
+    assert!(files_containing(&fx.store_path(), MARKER.as_bytes()).is_empty());
+
+    // A target without a mailbox refuses the whole delivery: nothing is written.
+    let bad = [
+        DeliveryTarget {
+            account: bob,
+            mailboxes: vec![mailbox(&store, bob, "INBOX")],
+            outbound: None,
+        },
+        DeliveryTarget {
+            account: alice,
+            mailboxes: vec![],
+            outbound: None,
+        },
+    ];
+    assert!(store.deliver_all(&bad, &new).is_err());
+    assert_eq!(store.messages(bob, mailbox(&store, bob, "INBOX")).unwrap().len(), 1);
+
+    // Deleting the account deletes its queue.
+    store.delete_account(alice, &Actor::cli()).unwrap();
+    assert!(store.queued().unwrap().is_empty());
 }

@@ -1,0 +1,178 @@
+//! The durable outbound queue: messages submitted for outside recipients wait here until the
+//! outbound delivery takes them. An entry is written in the same atomic batch as the
+//! submitter's BACKUP copy and shares its encrypted blob; its envelope (sender, recipients,
+//! DSN parameters) is sealed under the submitting account's keys like every other record.
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Batch, Scan, Table};
+use crate::error::{Error, Result};
+use crate::keys::{self, BlobId};
+use crate::mailbox::{open_record, seal_record};
+use crate::store::{AccountCrypto, Store};
+use crate::types::{AccountId, MailboxId, NewMessage};
+
+/// Recipients one queue entry may hold.
+pub const QUEUE_RECIPIENTS_MAX: usize = 1_000;
+
+/// Names one queue entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QueueId(pub [u8; 16]);
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One outside recipient with its DSN parameters (RFC 3461), kept for the delivery attempts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundRecipient {
+    pub address: String,
+    /// NOTIFY values as given (`SUCCESS`, `FAILURE`, `DELAY`, `NEVER`); empty: the default.
+    pub notify: Vec<String>,
+    /// ORCPT as given (`rfc822;someone@example.org`).
+    pub orcpt: Option<String>,
+}
+
+/// The envelope of a submitted message for the outbound queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbound {
+    /// MAIL FROM (the reverse path); empty for a null sender.
+    pub from: String,
+    pub recipients: Vec<OutboundRecipient>,
+    /// ENVID.
+    pub env_id: Option<String>,
+    /// RET: `FULL` or `HDRS`.
+    pub ret: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct QueueRecord {
+    blob: BlobId,
+    size: u64,
+    envelope: Outbound,
+    created_ms: i64,
+    attempts: u32,
+    next_attempt_ms: i64,
+}
+
+/// A queue entry as `sealpost queue list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub id: QueueId,
+    pub account: AccountId,
+    pub envelope: Outbound,
+    pub size: u64,
+    pub created_ms: i64,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+}
+
+fn queue_aad(key: &[u8]) -> Vec<u8> {
+    [b"queue/".as_slice(), key].concat()
+}
+
+/// Stages a new queue entry for a blob being written in the same batch.
+pub(crate) fn stage_queue_entry(
+    crypto: &AccountCrypto,
+    account: AccountId,
+    blob: BlobId,
+    size: u64,
+    outbound: &Outbound,
+    batch: &mut Batch,
+) -> Result<QueueId> {
+    if outbound.recipients.is_empty() || outbound.recipients.len() > QUEUE_RECIPIENTS_MAX {
+        return Err(Error::LimitExceeded {
+            what: "queue recipients",
+            actual: outbound.recipients.len() as u64,
+            max: QUEUE_RECIPIENTS_MAX as u64,
+        });
+    }
+    let mut id = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut id);
+    let key = keys::queue(account, &id);
+    let now = crate::now_ms();
+    let record = QueueRecord {
+        blob,
+        size,
+        envelope: outbound.clone(),
+        created_ms: now,
+        attempts: 0,
+        next_attempt_ms: now,
+    };
+    batch.put(
+        Table::Queue,
+        key.clone(),
+        seal_record(crypto, &queue_aad(&key), &record)?,
+    );
+    Ok(QueueId(id))
+}
+
+impl Store {
+    /// Submission: the message goes into `mailboxes` of the submitting account (its BACKUP,
+    /// and INBOX when it wrote to itself) and, when `outbound` names outside recipients, into
+    /// the outbound queue, all in one atomic write sharing one blob. Returns once durable.
+    pub fn submit(
+        &self,
+        account: AccountId,
+        mailboxes: &[MailboxId],
+        message: &NewMessage<'_>,
+        outbound: Option<&Outbound>,
+    ) -> Result<(Vec<crate::Appended>, Option<QueueId>)> {
+        self.deliver_and_queue(account, mailboxes, message, outbound)
+    }
+
+    /// Every queue entry, oldest account first. Entries of an account whose keys are gone
+    /// cannot be there: deleting an account deletes its queue.
+    pub fn queued(&self) -> Result<Vec<QueuedMessage>> {
+        let mut raw = Vec::new();
+        self.inner
+            .engine
+            .scan(Table::Queue, &[], &[0xFF; 25], &mut |key, value| {
+                raw.push((key.to_vec(), value.to_vec()));
+                Ok(Scan::Continue)
+            })?;
+        let mut out = Vec::with_capacity(raw.len());
+        for (key, value) in raw {
+            let (Some(account), Some(id)) = (
+                keys::read_u64(&key, 0),
+                key.get(8..).and_then(|id| <[u8; 16]>::try_from(id).ok()),
+            ) else {
+                return Err(Error::corrupt("a queue key"));
+            };
+            let account = AccountId(account);
+            let crypto = self.account_crypto(account)?;
+            let record: QueueRecord = open_record(&crypto, &queue_aad(&key), &value)?;
+            out.push(QueuedMessage {
+                id: QueueId(id),
+                account,
+                envelope: record.envelope,
+                size: record.size,
+                created_ms: record.created_ms,
+                attempts: record.attempts,
+                next_attempt_ms: record.next_attempt_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The message of a queue entry.
+    pub fn read_queued(&self, account: AccountId, id: QueueId) -> Result<Vec<u8>> {
+        let crypto = self.account_crypto(account)?;
+        let key = keys::queue(account, &id.0);
+        let sealed = self
+            .inner
+            .engine
+            .get(Table::Queue, &key)?
+            .ok_or_else(|| Error::InvalidInput {
+                what: "no such queue entry",
+            })?;
+        let record: QueueRecord = open_record(&crypto, &queue_aad(&key), &sealed)?;
+        self.read_blob(&crypto, account, &record.blob)
+    }
+}
