@@ -85,6 +85,57 @@ pub(crate) enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum QueueCommand {
+    /// List messages waiting for outside delivery. Stop `sealpost serve` first.
+    List {
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+pub(crate) fn queue(command: QueueCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        QueueCommand::List { json, data } => {
+            let (_, store) = open_store(&data)?;
+            let accounts: std::collections::HashMap<_, _> =
+                store.list_accounts()?.into_iter().map(|a| (a.id, a.address)).collect();
+            let queued = store.queued()?;
+            let mut out = std::io::stdout().lock();
+            for entry in &queued {
+                let account = accounts.get(&entry.account).map_or("?", String::as_str);
+                let recipients: Vec<&str> = entry.envelope.recipients.iter().map(|r| r.address.as_str()).collect();
+                if json {
+                    let line = serde_json::json!({
+                        "id": entry.id.to_string(), "account": account, "from": entry.envelope.from,
+                        "recipients": recipients, "size": entry.size, "created_at_ms": entry.created_ms,
+                        "attempts": entry.attempts, "next_attempt_at_ms": entry.next_attempt_ms,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  {}  {} bytes  from <{}> to {}  attempts {}",
+                        entry.id,
+                        format_ms(entry.created_ms),
+                        entry.size,
+                        entry.envelope.from,
+                        recipients.join(", "),
+                        entry.attempts
+                    )?;
+                }
+            }
+            if !json {
+                writeln!(out, "{} queued", queued.len())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(Subcommand)]
 pub(crate) enum KeyCommand {
     /// Make a new master key and re-wrap every key with it (mail is not re-encrypted).
     /// Stop `sealpost serve` first.

@@ -18,6 +18,10 @@ pub(crate) struct Config {
     pub(crate) listeners: ListenersSection,
     #[serde(default)]
     pub(crate) limits: LimitsSection,
+    /// Extra addresses: `"team@clinic.example" = ["alice@clinic.example", "bob@clinic.example"]`
+    /// delivers to both, and both may send as it.
+    #[serde(default)]
+    pub(crate) aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -117,6 +121,20 @@ pub(crate) struct LimitsSection {
     pub(crate) login_failures_per_address_max: u32,
     /// Failed logins for one account (within 15 minutes) before it is locked out.
     pub(crate) login_failures_per_account_max: u32,
+    /// Connections one client address may hold open on one SMTP listener.
+    pub(crate) smtp_connections_per_address_max: usize,
+    /// Recipients one message may have.
+    pub(crate) smtp_recipients_per_message_max: usize,
+    /// Longest SMTP command line, in bytes.
+    pub(crate) smtp_line_bytes_max: usize,
+    /// Error replies one SMTP session may cause before it is closed.
+    pub(crate) smtp_errors_per_session_max: u32,
+    /// Messages one account may submit per hour.
+    pub(crate) smtp_messages_per_hour_per_account_max: u32,
+    /// An SMTP client silent this long is disconnected, in milliseconds.
+    pub(crate) smtp_command_timeout_ms: u64,
+    /// Failed AUTH attempts on one SMTP connection before it is closed.
+    pub(crate) smtp_auth_failures_per_connection_max: u32,
 }
 
 impl Default for LimitsSection {
@@ -124,6 +142,7 @@ impl Default for LimitsSection {
         let store = sealpost_storage::StoreLimits::default();
         let imap = sealpost_imap::ImapConfig::default();
         let login = sealpost_imap::LoginLimits::default();
+        let smtp = sealpost_smtp::SmtpConfig::default();
         Self {
             message_bytes_max: store.message_bytes_max,
             mailboxes_per_account_max: store.mailboxes_per_account_max,
@@ -138,6 +157,13 @@ impl Default for LimitsSection {
             imap_sessions_per_account_max: login.sessions_per_account_max,
             login_failures_per_address_max: login.failures_per_address_max,
             login_failures_per_account_max: login.failures_per_account_max,
+            smtp_connections_per_address_max: 50,
+            smtp_recipients_per_message_max: smtp.recipients_per_message_max,
+            smtp_line_bytes_max: smtp.line_bytes_max,
+            smtp_errors_per_session_max: smtp.errors_per_session_max,
+            smtp_messages_per_hour_per_account_max: smtp.messages_per_hour_per_account_max,
+            smtp_command_timeout_ms: smtp.command_timeout_ms,
+            smtp_auth_failures_per_connection_max: smtp.auth_failures_per_connection_max,
         }
     }
 }
@@ -229,6 +255,33 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     }
     if limits.imap_connections_per_address_max == 0 || limits.imap_commands_per_second_max == 0 {
         bail!("limits: imap_connections_per_address_max and imap_commands_per_second_max must be at least 1");
+    }
+    if limits.smtp_line_bytes_max < 512 {
+        bail!(
+            "limits.smtp_line_bytes_max: {} is below the 512 bytes RFC 5321 requires",
+            limits.smtp_line_bytes_max
+        );
+    }
+    if limits.smtp_connections_per_address_max == 0
+        || limits.smtp_recipients_per_message_max == 0
+        || limits.smtp_errors_per_session_max == 0
+        || limits.smtp_auth_failures_per_connection_max == 0
+    {
+        bail!(
+            "limits: smtp_connections_per_address_max, smtp_recipients_per_message_max, \
+             smtp_errors_per_session_max and smtp_auth_failures_per_connection_max must be at least 1"
+        );
+    }
+    if limits.smtp_command_timeout_ms < 10_000 {
+        bail!(
+            "limits.smtp_command_timeout_ms: {} is below ten seconds",
+            limits.smtp_command_timeout_ms
+        );
+    }
+    for (alias, targets) in &config.aliases {
+        if !alias.contains('@') || targets.is_empty() || targets.iter().any(|t| !t.contains('@')) {
+            bail!("aliases.{alias:?}: an alias is an address with a list of one or more account addresses");
+        }
     }
     if limits.mailboxes_per_account_max < 7 {
         bail!("limits.mailboxes_per_account_max: must be at least 7 (the default mailboxes)");

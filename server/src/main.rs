@@ -49,6 +49,9 @@ enum Command {
     /// Manage the master key.
     #[command(subcommand)]
     Key(cli::KeyCommand),
+    /// Look at the outbound queue.
+    #[command(subcommand)]
+    Queue(cli::QueueCommand),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Account(command) => cli::account(command),
         Command::Audit(command) => cli::audit(command),
         Command::Key(command) => cli::key(command),
+        Command::Queue(command) => cli::queue(command),
     };
     match result {
         Ok(code) => code,

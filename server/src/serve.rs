@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sealpost_imap::{BoxedStream, Connection, ImapConfig, ImapShared, LoginLimits, TlsUpgrade};
+use sealpost_smtp::{Aliases, ListenerRole, SmtpConfig, SmtpConnection, SmtpShared, SmtpTlsUpgrade};
 use sealpost_storage::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -100,21 +101,63 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             config: imap_config.clone(),
             tls: tls.clone(),
             implicit_tls,
-            connections_per_address_max: limits.imap_connections_per_address_max,
-            per_address: Arc::new(Mutex::new(HashMap::new())),
+            per_address: AddressLimiter::new(limits.imap_connections_per_address_max),
             shared: imap_shared.clone(),
         };
         listeners.spawn(service.accept_loop(listener, stopped.clone()));
     }
-    for (name, port) in [
-        ("smtp", cfg.listeners.smtp),
-        ("submission", cfg.listeners.submission),
-        ("submissions", cfg.listeners.submissions),
-        ("https", cfg.listeners.https),
+    let smtp_config = Arc::new(SmtpConfig {
+        hostname: cfg.server.hostname.clone(),
+        message_bytes_max: limits.message_bytes_max,
+        recipients_per_message_max: limits.smtp_recipients_per_message_max,
+        line_bytes_max: limits.smtp_line_bytes_max,
+        errors_per_session_max: limits.smtp_errors_per_session_max,
+        messages_per_hour_per_account_max: limits.smtp_messages_per_hour_per_account_max,
+        command_timeout_ms: limits.smtp_command_timeout_ms,
+        auth_failures_per_connection_max: limits.smtp_auth_failures_per_connection_max,
+    });
+    let aliases = Aliases {
+        map: cfg
+            .aliases
+            .iter()
+            .map(|(alias, targets)| {
+                (
+                    alias.trim().to_lowercase(),
+                    targets.iter().map(|t| t.trim().to_lowercase()).collect(),
+                )
+            })
+            .collect(),
+    };
+    // AUTH failures count with the IMAP server's: a guesser cannot switch protocols.
+    let smtp_shared = SmtpShared::new(imap_shared.clone(), aliases);
+    for (name, port, role, implicit_tls) in [
+        ("smtp", cfg.listeners.smtp, ListenerRole::Inbound, false),
+        ("submission", cfg.listeners.submission, ListenerRole::Submission, false),
+        ("submissions", cfg.listeners.submissions, ListenerRole::Submission, true),
     ] {
-        // These services arrive with their issues; until then they are not started.
-        info!(listener = name, port, "listener configured, service not built yet");
+        let address = SocketAddr::new(cfg.server.listen_host, port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening on {address} ({name})"))?;
+        info!(listener = name, %address, "listening");
+        let service = SmtpService {
+            name,
+            store: store.clone(),
+            config: smtp_config.clone(),
+            tls: tls.clone(),
+            role,
+            implicit_tls,
+            per_address: AddressLimiter::new(limits.smtp_connections_per_address_max),
+            shared: smtp_shared.clone(),
+        };
+        listeners.spawn(service.accept_loop(listener, stopped.clone()));
     }
+    // The web application arrives with its issue; until then its port is not opened.
+    info!(
+        listener = "https",
+        port = cfg.listeners.https,
+        "listener configured, service not built yet"
+    );
     info!("sealpost is running; SIGTERM or SIGINT stops it");
     shutdown.wait().await;
     info!("shutting down");
@@ -200,8 +243,7 @@ struct ImapService {
     config: Arc<ImapConfig>,
     tls: tokio_rustls::TlsAcceptor,
     implicit_tls: bool,
-    connections_per_address_max: usize,
-    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_address: AddressLimiter,
     shared: Arc<ImapShared>,
 }
 
@@ -223,32 +265,76 @@ impl Drop for AddressSlot {
     }
 }
 
+/// Accepts connections until shutdown and runs `connection` for each, owned by a JoinSet
+/// that is drained before it returns.
+async fn accept_loop<F, Fut>(name: &'static str, listener: TcpListener, stopped: watch::Receiver<bool>, connection: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut sessions = JoinSet::new();
+    let mut next_id = 0u64;
+    let mut stop_watch = stopped.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        warn!(listener = name, %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                next_id += 1;
+                let span = tracing::info_span!("connection", conn_id = next_id, peer = %peer.ip(), protocol = name);
+                sessions.spawn(connection(socket, peer, stopped.clone()).instrument(span));
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            () = until_stopped(&mut stop_watch) => break,
+        }
+    }
+    drop(listener);
+    while sessions.join_next().await.is_some() {}
+}
+
+/// Connections per client address on one listener.
+#[derive(Clone)]
+struct AddressLimiter {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max: usize,
+}
+
+impl AddressLimiter {
+    fn new(max: usize) -> Self {
+        Self {
+            counts: Arc::new(Mutex::new(HashMap::new())),
+            max,
+        }
+    }
+
+    /// A slot for one more connection from `address`, or `None` past the limit.
+    fn take(&self, address: IpAddr) -> Option<AddressSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: self.counts.clone(),
+            address,
+        })
+    }
+}
+
 impl ImapService {
     async fn accept_loop(self, listener: TcpListener, stopped: watch::Receiver<bool>) {
-        let mut sessions = JoinSet::new();
-        let mut next_id = 0u64;
-        let mut stop_watch = stopped.clone();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (socket, peer) = match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            warn!(listener = self.name, %error, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    next_id += 1;
-                    let span = tracing::info_span!("connection", conn_id = next_id, peer = %peer.ip(), protocol = self.name);
-                    sessions.spawn(self.connection(socket, peer, stopped.clone()).instrument(span));
-                }
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-                () = until_stopped(&mut stop_watch) => break,
-            }
-        }
-        drop(listener);
-        while sessions.join_next().await.is_some() {}
+        let name = self.name;
+        accept_loop(name, listener, stopped, |socket, peer, stopped| {
+            self.connection(socket, peer, stopped)
+        })
+        .await;
     }
 
     fn connection(
@@ -257,20 +343,8 @@ impl ImapService {
         peer: SocketAddr,
         stopped: watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let slot = {
-            let mut counts = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
-            let count = counts.entry(peer.ip()).or_insert(0);
-            if *count >= self.connections_per_address_max {
-                None
-            } else {
-                *count += 1;
-                Some(AddressSlot {
-                    counts: self.per_address.clone(),
-                    address: peer.ip(),
-                })
-            }
-        };
-        let limit = self.connections_per_address_max;
+        let slot = self.per_address.take(peer.ip());
+        let limit = self.per_address.max;
         let shared = self.shared.clone();
         let (store, config, tls, implicit_tls) = (
             self.store.clone(),
@@ -325,6 +399,109 @@ impl ImapService {
                 shared,
             };
             sealpost_imap::serve_session(stream, store, config, connection, stopped).await;
+        }
+    }
+}
+
+/// One SMTP listener (inbound, submission or submissions).
+struct SmtpService {
+    name: &'static str,
+    store: Store,
+    config: Arc<SmtpConfig>,
+    tls: tokio_rustls::TlsAcceptor,
+    role: ListenerRole,
+    implicit_tls: bool,
+    per_address: AddressLimiter,
+    shared: Arc<SmtpShared>,
+}
+
+/// "TLSv1_3 TLS13_AES_256_GCM_SHA384": what a Received field records of a TLS session.
+fn describe_tls<S>(stream: &tokio_rustls::server::TlsStream<S>) -> String {
+    let (_, connection) = stream.get_ref();
+    let version = connection
+        .protocol_version()
+        .map_or_else(|| "TLS".to_string(), |v| format!("{v:?}"));
+    let cipher = connection
+        .negotiated_cipher_suite()
+        .map_or_else(|| "unknown".to_string(), |c| format!("{:?}", c.suite()));
+    format!("{version} {cipher}")
+}
+
+impl SmtpService {
+    async fn accept_loop(self, listener: TcpListener, stopped: watch::Receiver<bool>) {
+        let name = self.name;
+        accept_loop(name, listener, stopped, |socket, peer, stopped| {
+            self.connection(socket, peer, stopped)
+        })
+        .await;
+    }
+
+    fn connection(
+        &self,
+        mut socket: tokio::net::TcpStream,
+        peer: SocketAddr,
+        stopped: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let slot = self.per_address.take(peer.ip());
+        let limit = self.per_address.max;
+        let (store, config, tls, implicit_tls, role, shared) = (
+            self.store.clone(),
+            self.config.clone(),
+            self.tls.clone(),
+            self.implicit_tls,
+            self.role,
+            self.shared.clone(),
+        );
+        async move {
+            let Some(_slot) = slot else {
+                let refusal = format!("421 4.7.0 too many connections from your address (limit {limit})\r\n");
+                if !implicit_tls {
+                    let _ = socket.write_all(refusal.as_bytes()).await;
+                    return;
+                }
+                let handshake = tokio::time::timeout(REFUSAL_HANDSHAKE_MS, tls.accept(socket)).await;
+                if let Ok(Ok(mut stream)) = handshake {
+                    let _ = stream.write_all(refusal.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                }
+                return;
+            };
+            let socket = crate::tcp::QuickAckStream::new(socket);
+            let (stream, described): (BoxedStream, Option<String>) = if implicit_tls {
+                match tls.accept(socket).await {
+                    Ok(stream) => {
+                        let described = describe_tls(&stream);
+                        (Box::new(stream), Some(described))
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "TLS handshake failed");
+                        return;
+                    }
+                }
+            } else {
+                (Box::new(socket), None)
+            };
+            let starttls: Option<SmtpTlsUpgrade> = if implicit_tls {
+                None
+            } else {
+                let acceptor = tls.clone();
+                Some(Arc::new(move |plain: BoxedStream| {
+                    let acceptor = acceptor.clone();
+                    Box::pin(async move {
+                        let secured = acceptor.accept(plain).await?;
+                        let described = describe_tls(&secured);
+                        Ok((Box::new(secured) as BoxedStream, described))
+                    })
+                }))
+            };
+            let connection = SmtpConnection {
+                peer_ip: peer.ip().to_string(),
+                tls: described,
+                starttls,
+                role,
+                shared,
+            };
+            sealpost_smtp::serve_session(stream, store, config, connection, stopped).await;
         }
     }
 }

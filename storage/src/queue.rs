@@ -165,13 +165,9 @@ impl Store {
     pub fn read_queued(&self, account: AccountId, id: QueueId) -> Result<Vec<u8>> {
         let crypto = self.account_crypto(account)?;
         let key = keys::queue(account, &id.0);
-        let sealed = self
-            .inner
-            .engine
-            .get(Table::Queue, &key)?
-            .ok_or_else(|| Error::InvalidInput {
-                what: "no such queue entry",
-            })?;
+        let sealed = self.inner.engine.get(Table::Queue, &key)?.ok_or(Error::InvalidInput {
+            what: "no such queue entry",
+        })?;
         let record: QueueRecord = open_record(&crypto, &queue_aad(&key), &sealed)?;
         self.read_blob(&crypto, account, &record.blob)
     }

@@ -18,7 +18,7 @@ mod shared;
 mod utf7;
 
 pub use session::{serve_session, BoxedStream, Connection, ImapConfig, Stream, TlsUpgrade};
-pub use shared::{ImapShared, LoginLimits};
+pub use shared::{ImapShared, LoginLimits, Refusal};
 
 /// Entry points for the fuzzer (`crates/imap/fuzz/`) and its regression test. Not an API.
 #[doc(hidden)]

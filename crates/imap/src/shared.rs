@@ -56,7 +56,7 @@ pub struct ImapShared {
 
 /// Why a login may not proceed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub enum Refusal {
     AddressLockedOut,
     AccountLockedOut,
 }
@@ -105,7 +105,7 @@ impl ImapShared {
     }
 
     /// Whether a login from `address` for `login` may be tried at all.
-    pub(crate) fn check(&self, address: &str, login: &str) -> Result<(), Refusal> {
+    pub fn check(&self, address: &str, login: &str) -> Result<(), Refusal> {
         if self.recent(&self.by_address, address) >= self.limits.failures_per_address_max {
             return Err(Refusal::AddressLockedOut);
         }
@@ -116,7 +116,7 @@ impl ImapShared {
     }
 
     /// Records a failure and returns how long to pause before answering.
-    pub(crate) fn failed(&self, address: &str, login: &str) -> Duration {
+    pub fn failed(&self, address: &str, login: &str) -> Duration {
         let window = self.window();
         let mut count = 0;
         for (map, key) in [(&self.by_address, address), (&self.by_account, login)] {
@@ -144,7 +144,7 @@ impl ImapShared {
     }
 
     /// A successful login clears the account's failures (not the address's).
-    pub(crate) fn succeeded(&self, login: &str) {
+    pub fn succeeded(&self, login: &str) {
         lock(&self.by_account).remove(login);
     }
 

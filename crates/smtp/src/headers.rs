@@ -1,0 +1,117 @@
+//! Header fields the receiver adds: Received (with the TLS version and cipher), and for
+//! submissions a Message-ID and Date when the client left them out.
+
+use rand::RngCore;
+use time::format_description::well_known::Rfc2822;
+use time::OffsetDateTime;
+
+/// The Received field for a message taken in by this server (RFC 5321 §4.4), folded.
+pub(crate) fn received(
+    helo: &str,
+    peer_ip: &str,
+    hostname: &str,
+    protocol: &str,
+    tls: Option<&str>,
+    id: &str,
+    single_recipient: Option<&str>,
+) -> String {
+    let helo = sanitize(helo);
+    let mut field = format!("Received: from {helo} ([{peer_ip}])\r\n\tby {hostname} (Sealpost) with {protocol}");
+    if let Some(tls) = tls {
+        field.push_str(&format!("\r\n\t(TLS {})", sanitize(tls)));
+    }
+    field.push_str(&format!("\r\n\tid {id}"));
+    if let Some(rcpt) = single_recipient {
+        field.push_str(&format!("\r\n\tfor <{}>", sanitize(rcpt)));
+    }
+    field.push_str(&format!(";\r\n\t{}\r\n", now_rfc2822()));
+    field
+}
+
+/// A Message-ID in our domain.
+pub(crate) fn message_id(hostname: &str) -> String {
+    let mut random = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut random);
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("<{hex}@{hostname}>")
+}
+
+/// A short random id for Received and the queue reply.
+pub(crate) fn session_id() -> String {
+    let mut random = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut random);
+    random.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn now_rfc2822() -> String {
+    let now = OffsetDateTime::now_utc();
+    now.format(&Rfc2822)
+        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into())
+}
+
+/// Keeps what a client sent (HELO name) from breaking the header: printable ASCII, no
+/// parentheses or semicolons that would end the field's comments early, at most 255 bytes.
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .filter(|c| (c.is_ascii_graphic() || *c == ' ') && !matches!(c, '(' | ')' | ';' | '\\'))
+        .take(255)
+        .collect()
+}
+
+/// The end of the header section: the index just past the blank line, or the message's
+/// length when there is no body.
+pub(crate) fn header_len(raw: &[u8]) -> usize {
+    let mut at = 0;
+    while at < raw.len() {
+        let line_end = raw[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |p| at + p + 1);
+        let line = &raw[at..line_end];
+        if line == b"\r\n" || line == b"\n" {
+            return line_end;
+        }
+        at = line_end;
+    }
+    raw.len()
+}
+
+/// Whether the header section has a field of this name (case-insensitive).
+pub(crate) fn has_field(raw: &[u8], name: &str) -> bool {
+    let header = &raw[..header_len(raw)];
+    header.split(|&b| b == b'\n').any(|line| {
+        line.len() > name.len() && line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_names_tls_and_cannot_be_broken_by_the_helo_name() {
+        let field = received(
+            "evil(x);\r\nInjected: yes",
+            "192.0.2.1",
+            "mail.example",
+            "ESMTPS",
+            Some("TLSv1_3 TLS13_AES_256_GCM_SHA384"),
+            "abc",
+            Some("a@example.com"),
+        );
+        assert!(field.starts_with("Received: from evilxInjected: yes ([192.0.2.1])\r\n"));
+        assert!(field.contains("(TLS TLSv1_3 TLS13_AES_256_GCM_SHA384)"));
+        assert!(field.contains("for <a@example.com>;"));
+        assert!(field.ends_with("\r\n"));
+        assert_eq!(field.matches("\r\n").count(), field.matches("\r\n\t").count() + 1);
+    }
+
+    #[test]
+    fn header_fields_are_found_only_in_the_header() {
+        let raw = b"Subject: x\r\nmessage-id: <1@x>\r\n\r\nDate: in the body\r\n";
+        assert!(has_field(raw, "Message-ID"));
+        assert!(!has_field(raw, "Date"));
+        assert_eq!(header_len(raw), 33);
+        assert_eq!(header_len(b"Subject: no body"), 16);
+    }
+}

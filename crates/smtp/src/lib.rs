@@ -1,0 +1,12 @@
+//! Sealpost's SMTP receiver: the inbound MX role (port 25) and authenticated submission
+//! (587 with STARTTLS, 465 with implicit TLS). A session runs over any async byte stream, so
+//! tests drive it in memory as well as over TCP. Commands are parsed by smtp-proto; framing,
+//! limits, the state machine, delivery into the store and the outbound queue are here.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod headers;
+mod session;
+mod shared;
+
+pub use session::{serve_session, ListenerRole, SmtpConfig, SmtpConnection, SmtpTlsUpgrade, TlsDescription};
+pub use shared::{Aliases, SmtpShared};

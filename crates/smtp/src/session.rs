@@ -1,0 +1,1055 @@
+//! One SMTP connection: greeting, command loop with PIPELINING, STARTTLS, AUTH, the mail
+//! transaction (MAIL, RCPT, DATA or BDAT), and delivery into the store.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use sealpost_imap::{BoxedStream, Refusal};
+use sealpost_mime::{Limits, Structure, Summary};
+use sealpost_storage::{
+    Account, AccountStatus, Actor, AuditEvent, AuditOutcome, DeliveryTarget, Error as StoreError, Flags, InternalDate,
+    Login, MailboxId, NewMessage, Outbound, OutboundRecipient, Role, SpecialUse, Store,
+};
+use smtp_proto::{Error as ProtoError, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use crate::headers;
+use crate::shared::SmtpShared;
+
+/// Bytes read from the client at a time.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Bounds and settings of SMTP sessions, each named with its unit.
+#[derive(Clone, Debug)]
+pub struct SmtpConfig {
+    /// The server's name in the greeting, EHLO and Received.
+    pub hostname: String,
+    /// Largest message, in bytes (SIZE, and enforced while reading DATA and BDAT).
+    pub message_bytes_max: u64,
+    /// Recipients one message may have.
+    pub recipients_per_message_max: usize,
+    /// Longest command line, CRLF included, in bytes.
+    pub line_bytes_max: usize,
+    /// Error replies one session may cause before it is closed.
+    pub errors_per_session_max: u32,
+    /// Messages one authenticated account may submit per hour.
+    pub messages_per_hour_per_account_max: u32,
+    /// A client silent this long is disconnected (RFC 5321 suggests 5 minutes), in ms.
+    pub command_timeout_ms: u64,
+    /// Failed AUTH attempts one connection may make before it is closed.
+    pub auth_failures_per_connection_max: u32,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            message_bytes_max: 64 * 1024 * 1024,
+            recipients_per_message_max: 100,
+            line_bytes_max: 4096,
+            errors_per_session_max: 10,
+            messages_per_hour_per_account_max: 500,
+            command_timeout_ms: 5 * 60 * 1000,
+            auth_failures_per_connection_max: 3,
+        }
+    }
+}
+
+/// Which service a listener offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerRole {
+    /// Port 25: mail for local recipients from anyone; no AUTH, no relaying.
+    Inbound,
+    /// Ports 587 and 465: authenticated accounts send to anyone; AUTH only over TLS.
+    Submission,
+}
+
+/// The negotiated TLS version and cipher suite, for the Received field.
+pub type TlsDescription = String;
+
+/// Turns a plain stream into a TLS one (STARTTLS) and says what was negotiated.
+pub type SmtpTlsUpgrade = Arc<
+    dyn Fn(BoxedStream) -> Pin<Box<dyn Future<Output = std::io::Result<(BoxedStream, TlsDescription)>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What the server knows about one connection.
+pub struct SmtpConnection {
+    /// The client's IP address.
+    pub peer_ip: String,
+    /// The TLS version and cipher when the stream is already encrypted (port 465).
+    pub tls: Option<TlsDescription>,
+    /// How to start TLS; `None` where STARTTLS is not offered.
+    pub starttls: Option<SmtpTlsUpgrade>,
+    pub role: ListenerRole,
+    pub shared: Arc<SmtpShared>,
+}
+
+/// A recipient accepted at RCPT.
+#[derive(Clone, Debug)]
+enum Recipient {
+    /// Delivered to these local accounts (more than one for an alias).
+    Local { address: String, accounts: Vec<Account> },
+    /// Queued for outside delivery (submission only).
+    Outside(OutboundRecipient),
+}
+
+#[derive(Default)]
+struct Transaction {
+    from: Option<String>,
+    env_id: Option<String>,
+    ret: Option<String>,
+    recipients: Vec<Recipient>,
+    /// BDAT chunks received so far.
+    chunks: Vec<u8>,
+    /// A BDAT chunk or DATA went over the size limit: the rest is read and dropped.
+    oversized: bool,
+}
+
+/// Why the loop stops.
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Session {
+    stream: Option<BoxedStream>,
+    input: Vec<u8>,
+    read_buffer: Vec<u8>,
+    out: Vec<u8>,
+    store: Store,
+    config: Arc<SmtpConfig>,
+    connection: SmtpConnection,
+    helo: Option<String>,
+    esmtp: bool,
+    account: Option<Account>,
+    transaction: Transaction,
+    errors: u32,
+    auth_failures: u32,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Runs one SMTP session to its end: QUIT, the client closing, a timeout, too many errors,
+/// or `shutdown`.
+pub async fn serve_session(
+    stream: BoxedStream,
+    store: Store,
+    config: Arc<SmtpConfig>,
+    connection: SmtpConnection,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut session = Session {
+        stream: Some(stream),
+        input: Vec::new(),
+        read_buffer: vec![0u8; READ_BUFFER_BYTES],
+        out: Vec::new(),
+        store,
+        config,
+        connection,
+        helo: None,
+        esmtp: false,
+        account: None,
+        transaction: Transaction::default(),
+        errors: 0,
+        auth_failures: 0,
+        shutdown,
+    };
+    if let Err(error) = session.run().await {
+        debug!(%error, "smtp session ended with an I/O error");
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+/// What reading one line gave.
+enum Line {
+    Complete(Vec<u8>),
+    TooLong,
+    Closed,
+}
+
+impl Session {
+    async fn run(&mut self) -> std::io::Result<()> {
+        let greeting = format!("220 {} ESMTP Sealpost ready", self.config.hostname);
+        self.reply(&greeting);
+        self.flush().await?;
+        loop {
+            let line = match self.read_line().await? {
+                Some(Line::Complete(line)) => line,
+                Some(Line::TooLong) => {
+                    self.reply("500 5.5.2 line too long");
+                    if let Flow::Close = self.count_error() {
+                        break;
+                    }
+                    continue;
+                }
+                Some(Line::Closed) | None => break,
+            };
+            if let Flow::Close = self.command(&line).await? {
+                break;
+            }
+        }
+        self.flush().await?;
+        if let Some(stream) = self.stream.as_mut() {
+            let _ = stream.shutdown().await;
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, line: &str) {
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        stream.write_all(&self.out).await?;
+        stream.flush().await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Counts an error reply; past the limit the session says so and ends.
+    fn count_error(&mut self) -> Flow {
+        self.errors += 1;
+        if self.errors >= self.config.errors_per_session_max {
+            self.reply("421 4.7.0 too many errors; closing the connection");
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    fn error(&mut self, line: &str) -> Flow {
+        self.reply(line);
+        self.count_error()
+    }
+
+    /// Reads more input: flushes replies first when nothing complete is buffered
+    /// (PIPELINING: a group of commands gets its replies together). `None` on timeout or
+    /// shutdown, after telling the client.
+    async fn fill(&mut self) -> std::io::Result<Option<usize>> {
+        self.flush().await?;
+        let timeout = Duration::from_millis(self.config.command_timeout_ms);
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(Some(0));
+        };
+        let read = stream.read(&mut self.read_buffer);
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            result = tokio::time::timeout(timeout, read) => match result {
+                Ok(Ok(n)) => {
+                    self.input.extend_from_slice(&self.read_buffer[..n]);
+                    Ok(Some(n))
+                }
+                Ok(Err(error)) => Err(error),
+                Err(_) => {
+                    self.reply("421 4.4.2 idle too long; closing the connection");
+                    Ok(None)
+                }
+            },
+            _ = shutdown.wait_for(|stop| *stop) => {
+                self.reply("421 4.3.2 the server is shutting down");
+                Ok(None)
+            }
+        }
+    }
+
+    /// One line, CRLF (or LF) included; lines past line_bytes_max are skipped to their end.
+    async fn read_line(&mut self) -> std::io::Result<Option<Line>> {
+        let max = self.config.line_bytes_max;
+        let mut skipping = false;
+        loop {
+            if let Some(at) = self.input.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.input.drain(..=at).collect();
+                if skipping || line.len() > max {
+                    return Ok(Some(Line::TooLong));
+                }
+                return Ok(Some(Line::Complete(line)));
+            }
+            if self.input.len() > max {
+                self.input.clear();
+                skipping = true;
+            }
+            match self.fill().await? {
+                None => return Ok(None),
+                Some(0) => return Ok(Some(Line::Closed)),
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn tls_active(&self) -> bool {
+        self.connection.tls.is_some()
+    }
+
+    async fn command(&mut self, line: &[u8]) -> std::io::Result<Flow> {
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(request) => request.into_owned(),
+            Err(error) => {
+                let reply = match error {
+                    ProtoError::UnknownCommand => "500 5.5.1 unknown command".to_string(),
+                    ProtoError::InvalidSenderAddress => "501 5.1.7 bad sender address syntax".to_string(),
+                    ProtoError::InvalidRecipientAddress => "501 5.1.3 bad recipient address syntax".to_string(),
+                    ProtoError::SyntaxError { syntax } => format!("501 5.5.4 syntax: {syntax}"),
+                    ProtoError::InvalidParameter { param } => format!("501 5.5.4 invalid parameter {param}"),
+                    ProtoError::UnsupportedParameter { param } => {
+                        let param: String = param.chars().filter(|c| c.is_ascii_graphic()).take(32).collect();
+                        format!("555 5.5.4 unsupported parameter {param}")
+                    }
+                    _ => "500 5.5.2 syntax error".to_string(),
+                };
+                return Ok(self.error(&reply));
+            }
+        };
+        match request {
+            Request::Ehlo { host } => Ok(self.ehlo(host, true)),
+            Request::Helo { host } => Ok(self.ehlo(host, false)),
+            Request::Lhlo { .. } => Ok(self.error("500 5.5.1 LHLO is for LMTP")),
+            Request::StartTls => self.starttls().await,
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response).await,
+            Request::Mail { from } => Ok(self.mail(from).await),
+            Request::Rcpt { to } => Ok(self.rcpt(to).await),
+            Request::Data => self.data().await,
+            Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size, is_last).await,
+            Request::Rset => {
+                self.transaction = Transaction::default();
+                self.reply("250 2.0.0 reset");
+                Ok(Flow::Continue)
+            }
+            Request::Noop { .. } => {
+                self.reply("250 2.0.0 ok");
+                Ok(Flow::Continue)
+            }
+            Request::Quit => {
+                self.reply("221 2.0.0 bye");
+                Ok(Flow::Close)
+            }
+            // Whether an address exists is not told to strangers.
+            Request::Vrfy { .. } => {
+                self.reply("252 2.5.0 cannot verify; send the message and see");
+                Ok(Flow::Continue)
+            }
+            Request::Expn { .. } => Ok(self.error("502 5.5.1 EXPN is not offered")),
+            Request::Help { .. } => {
+                self.reply("214 2.0.0 see RFC 5321");
+                Ok(Flow::Continue)
+            }
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                Ok(self.error("502 5.5.1 command not implemented"))
+            }
+        }
+    }
+
+    fn ehlo(&mut self, host: String, esmtp: bool) -> Flow {
+        self.transaction = Transaction::default();
+        let host: String = host.chars().filter(|c| c.is_ascii_graphic()).take(255).collect();
+        self.helo = Some(host.clone());
+        self.esmtp = esmtp;
+        let name = self.config.hostname.clone();
+        if !esmtp {
+            self.reply(&format!("250 {name} greets {host}"));
+            return Flow::Continue;
+        }
+        let mut lines = vec![
+            format!("{name} greets {host}"),
+            "PIPELINING".to_string(),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+            format!("SIZE {}", self.config.message_bytes_max),
+            "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
+            "DSN".to_string(),
+        ];
+        if !self.tls_active() && self.connection.starttls.is_some() {
+            lines.push("STARTTLS".to_string());
+        }
+        if self.connection.role == ListenerRole::Submission && self.tls_active() && self.account.is_none() {
+            lines.push("AUTH PLAIN LOGIN".to_string());
+        }
+        let last = lines.len() - 1;
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            self.out.extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
+        }
+        Flow::Continue
+    }
+
+    async fn starttls(&mut self) -> std::io::Result<Flow> {
+        if self.tls_active() {
+            return Ok(self.error("503 5.5.1 TLS is already active"));
+        }
+        let Some(upgrade) = self.connection.starttls.clone() else {
+            return Ok(self.error("502 5.5.1 STARTTLS is not offered here"));
+        };
+        self.reply("220 2.0.0 ready to start TLS");
+        self.flush().await?;
+        // Anything the client sent after STARTTLS in the clear must not be taken as sent
+        // under TLS (the command injection of CVE-2011-0411).
+        self.input.clear();
+        let Some(stream) = self.stream.take() else {
+            return Ok(Flow::Close);
+        };
+        match upgrade(stream).await {
+            Ok((stream, description)) => {
+                self.stream = Some(stream);
+                self.connection.tls = Some(description);
+                self.helo = None;
+                self.esmtp = false;
+                self.transaction = Transaction::default();
+                Ok(Flow::Continue)
+            }
+            Err(error) => {
+                debug!(%error, "STARTTLS handshake failed");
+                Ok(Flow::Close)
+            }
+        }
+    }
+
+    /// Reads one line of an AUTH exchange; `None` when the client went away.
+    async fn auth_line(&mut self, challenge: &str) -> std::io::Result<Option<Vec<u8>>> {
+        self.reply(&format!("334 {challenge}"));
+        match self.read_line().await? {
+            Some(Line::Complete(line)) => {
+                let trimmed = line
+                    .strip_suffix(b"\r\n")
+                    .or_else(|| line.strip_suffix(b"\n"))
+                    .unwrap_or(&line);
+                Ok(Some(trimmed.to_vec()))
+            }
+            Some(Line::TooLong) => Ok(Some(b"\x00too long".to_vec())),
+            Some(Line::Closed) | None => Ok(None),
+        }
+    }
+
+    async fn auth(&mut self, mechanism: u64, initial: String) -> std::io::Result<Flow> {
+        if self.connection.role != ListenerRole::Submission {
+            return Ok(self.error("503 5.5.1 AUTH is offered only on the submission ports"));
+        }
+        if !self.tls_active() {
+            return Ok(self.error("530 5.7.0 must issue a STARTTLS command first"));
+        }
+        if self.helo.is_none() {
+            return Ok(self.error("503 5.5.1 send EHLO first"));
+        }
+        if self.account.is_some() {
+            return Ok(self.error("503 5.5.1 already authenticated"));
+        }
+        if self.transaction.from.is_some() {
+            return Ok(self.error("503 5.5.1 AUTH is not allowed during a mail transaction"));
+        }
+        let decode = |bytes: &[u8]| -> Option<Vec<u8>> {
+            if bytes == b"=" {
+                return Some(Vec::new());
+            }
+            base64::engine::general_purpose::STANDARD.decode(bytes).ok()
+        };
+        let (user, password) = if mechanism == smtp_proto::AUTH_PLAIN {
+            let encoded = if initial.is_empty() {
+                match self.auth_line("").await? {
+                    Some(line) => line,
+                    None => return Ok(Flow::Close),
+                }
+            } else {
+                initial.into_bytes()
+            };
+            if encoded == b"*" {
+                return Ok(self.error("501 5.0.0 authentication cancelled"));
+            }
+            let Some(decoded) = decode(&encoded) else {
+                return Ok(self.error("501 5.5.2 the response is not base64"));
+            };
+            let mut parts = decoded.split(|&b| b == 0);
+            let (Some(authzid), Some(user), Some(password), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Ok(self.error("501 5.5.2 a PLAIN response is authzid NUL user NUL password"));
+            };
+            if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(user) {
+                return Ok(self.error("535 5.7.8 acting as another user is not allowed"));
+            }
+            (user.to_vec(), password.to_vec())
+        } else if mechanism == smtp_proto::AUTH_LOGIN {
+            let user = if initial.is_empty() {
+                match self.auth_line("VXNlcm5hbWU6").await? {
+                    Some(line) => line,
+                    None => return Ok(Flow::Close),
+                }
+            } else {
+                initial.into_bytes()
+            };
+            if user == b"*" {
+                return Ok(self.error("501 5.0.0 authentication cancelled"));
+            }
+            let Some(user) = decode(&user) else {
+                return Ok(self.error("501 5.5.2 the response is not base64"));
+            };
+            let password = match self.auth_line("UGFzc3dvcmQ6").await? {
+                Some(line) => line,
+                None => return Ok(Flow::Close),
+            };
+            if password == b"*" {
+                return Ok(self.error("501 5.0.0 authentication cancelled"));
+            }
+            let Some(password) = decode(&password) else {
+                return Ok(self.error("501 5.5.2 the response is not base64"));
+            };
+            (user, password)
+        } else {
+            return Ok(self.error("504 5.5.4 only AUTH PLAIN and LOGIN are offered"));
+        };
+        let (Ok(user), Ok(password)) = (String::from_utf8(user), String::from_utf8(password)) else {
+            return Ok(self.error("501 5.5.2 the credentials are not UTF-8"));
+        };
+        self.check_credentials(&user, &password).await
+    }
+
+    async fn check_credentials(&mut self, user: &str, password: &str) -> std::io::Result<Flow> {
+        let attempted = user.trim().to_lowercase();
+        let peer = self.connection.peer_ip.clone();
+        let logins = self.connection.shared.logins.clone();
+        let (outcome, refusal) = match logins.check(&peer, &attempted) {
+            Err(Refusal::AddressLockedOut) => (
+                AuditOutcome::Denied,
+                Some("454 4.7.0 too many failed logins from your address; try later"),
+            ),
+            Err(Refusal::AccountLockedOut) => (
+                AuditOutcome::Denied,
+                Some("454 4.7.0 too many failed logins for this account; try later"),
+            ),
+            Ok(()) => {
+                let store = self.store.clone();
+                let (login, pass) = (user.to_string(), password.to_string());
+                match blocking(move || store.check_password(&login, &pass)).await {
+                    Ok(Login::Accepted(account)) => {
+                        logins.succeeded(&attempted);
+                        self.account = Some(account);
+                        (AuditOutcome::Ok, None)
+                    }
+                    Ok(Login::Disabled(_)) => (AuditOutcome::Denied, Some("535 5.7.8 the account is disabled")),
+                    Ok(Login::Rejected) => (
+                        AuditOutcome::Denied,
+                        Some("535 5.7.8 authentication credentials invalid"),
+                    ),
+                    Err(error) => {
+                        warn!(%error, "login check failed");
+                        (AuditOutcome::Failed, Some("454 4.7.0 temporary authentication failure"))
+                    }
+                }
+            }
+        };
+        let actor = Actor {
+            name: attempted.clone(),
+            peer: peer.clone(),
+        };
+        let mut event = AuditEvent::new(&actor, "login.smtp", format!("account {attempted}")).outcome(outcome);
+        if let Some(text) = refusal {
+            event = event.detail(text);
+        }
+        self.audit(event).await;
+        let Some(text) = refusal else {
+            info!("smtp login");
+            self.reply("235 2.7.0 authentication successful");
+            return Ok(Flow::Continue);
+        };
+        if text.starts_with("535") {
+            let pause = logins.failed(&peer, &attempted);
+            tokio::time::sleep(pause).await;
+        }
+        self.auth_failures += 1;
+        self.reply(text);
+        if self.auth_failures >= self.config.auth_failures_per_connection_max {
+            self.reply("421 4.7.0 too many failed logins; closing the connection");
+            return Ok(Flow::Close);
+        }
+        Ok(self.count_error())
+    }
+
+    async fn audit(&self, event: AuditEvent) {
+        let store = self.store.clone();
+        if let Err(error) = blocking(move || store.audit(event)).await {
+            warn!(%error, "audit write failed");
+        }
+    }
+
+    fn actor(&self) -> Actor {
+        Actor {
+            name: self
+                .account
+                .as_ref()
+                .map_or_else(|| "smtp".to_string(), |a| a.address.clone()),
+            peer: self.connection.peer_ip.clone(),
+        }
+    }
+
+    /// Lower-cased address with its domain, or `None` for what is not one.
+    fn normalize(&self, address: &str) -> Option<String> {
+        let address = address.trim().to_lowercase();
+        let (local, domain) = address.rsplit_once('@')?;
+        if local.is_empty() || domain.is_empty() || address.len() > sealpost_storage::ADDRESS_BYTES_MAX {
+            return None;
+        }
+        Some(address)
+    }
+
+    fn is_local_domain(&self, address: &str) -> bool {
+        address
+            .rsplit_once('@')
+            .is_some_and(|(_, domain)| domain == self.store.config().primary_domain)
+    }
+
+    async fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> Flow {
+        if self.helo.is_none() {
+            return self.error("503 5.5.1 send EHLO first");
+        }
+        if self.connection.role == ListenerRole::Submission && self.account.is_none() {
+            return self.error("530 5.7.0 authentication required");
+        }
+        if self.transaction.from.is_some() {
+            return self.error("503 5.5.1 a mail transaction is already open");
+        }
+        if from.size as u64 > self.config.message_bytes_max {
+            return self.error(&format!(
+                "552 5.3.4 the message is larger than the {} bytes accepted",
+                self.config.message_bytes_max
+            ));
+        }
+        let address = if from.address.is_empty() {
+            String::new()
+        } else {
+            match self.normalize(&from.address) {
+                Some(address) => address,
+                None => return self.error("501 5.1.7 bad sender address"),
+            }
+        };
+        if let Some(account) = &self.account {
+            if address.is_empty() || !self.connection.shared.aliases.may_send_as(&account.address, &address) {
+                return self.error("553 5.7.1 you may send only as your own address");
+            }
+            let max = self.config.messages_per_hour_per_account_max;
+            if !self.connection.shared.take_submission(account.id, max) {
+                self.reply(&format!(
+                    "450 4.7.1 this account sent {max} messages in the last hour; try later"
+                ));
+                return Flow::Continue;
+            }
+        }
+        self.transaction = Transaction {
+            from: Some(address),
+            env_id: from.env_id,
+            ret: if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
+                Some("FULL".into())
+            } else if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
+                Some("HDRS".into())
+            } else {
+                None
+            },
+            ..Transaction::default()
+        };
+        self.reply("250 2.1.0 sender ok");
+        Flow::Continue
+    }
+
+    async fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) -> Flow {
+        if self.transaction.from.is_none() {
+            return self.error("503 5.5.1 send MAIL first");
+        }
+        if self.transaction.recipients.len() >= self.config.recipients_per_message_max {
+            self.reply(&format!(
+                "452 4.5.3 at most {} recipients per message",
+                self.config.recipients_per_message_max
+            ));
+            return Flow::Continue;
+        }
+        let Some(address) = self.normalize(&to.address) else {
+            return self.error("501 5.1.3 bad recipient address");
+        };
+        if !self.is_local_domain(&address) {
+            if self.connection.role == ListenerRole::Inbound {
+                return self.error("550 5.7.1 relaying denied: this server takes mail only for its own domain");
+            }
+            let mut notify = Vec::new();
+            for (flag, name) in [
+                (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+                (smtp_proto::RCPT_NOTIFY_FAILURE, "FAILURE"),
+                (smtp_proto::RCPT_NOTIFY_DELAY, "DELAY"),
+                (smtp_proto::RCPT_NOTIFY_NEVER, "NEVER"),
+            ] {
+                if to.flags & flag != 0 {
+                    notify.push(name.to_string());
+                }
+            }
+            self.transaction.recipients.push(Recipient::Outside(OutboundRecipient {
+                address,
+                notify,
+                orcpt: to.orcpt,
+            }));
+            self.reply("250 2.1.5 recipient ok");
+            return Flow::Continue;
+        }
+        let store = self.store.clone();
+        let aliases = self.connection.shared.aliases.clone();
+        let lookup = address.clone();
+        let found = blocking(move || resolve_local(&store, &aliases, &lookup)).await;
+        match found {
+            Ok(accounts) if accounts.is_empty() => self.error("550 5.1.1 no such mailbox here"),
+            Ok(accounts) => {
+                if accounts.iter().all(|a| a.status != AccountStatus::Active) {
+                    return self.error("550 5.2.1 the mailbox is disabled");
+                }
+                let accounts = accounts
+                    .into_iter()
+                    .filter(|a| a.status == AccountStatus::Active)
+                    .collect();
+                self.transaction.recipients.push(Recipient::Local { address, accounts });
+                self.reply("250 2.1.5 recipient ok");
+                Flow::Continue
+            }
+            Err(error) => {
+                warn!(%error, "recipient lookup failed");
+                self.reply("451 4.3.0 temporary failure; try again later");
+                Flow::Continue
+            }
+        }
+    }
+
+    fn transaction_ready(&mut self) -> Option<&'static str> {
+        if self.transaction.from.is_none() {
+            return Some("503 5.5.1 send MAIL first");
+        }
+        if self.transaction.recipients.is_empty() {
+            return Some("554 5.5.1 no valid recipients");
+        }
+        None
+    }
+
+    async fn data(&mut self) -> std::io::Result<Flow> {
+        if !self.transaction.chunks.is_empty() {
+            return Ok(self.error("503 5.5.1 DATA cannot follow BDAT"));
+        }
+        if let Some(reply) = self.transaction_ready() {
+            return Ok(self.error(reply));
+        }
+        self.reply("354 2.0.0 send the message, end with <CRLF>.<CRLF>");
+        let max = self.config.message_bytes_max;
+        let mut receiver = smtp_proto::request::receiver::DataReceiver::new();
+        let mut message = Vec::new();
+        let mut oversized = false;
+        loop {
+            let input = std::mem::take(&mut self.input);
+            let mut bytes = input.iter();
+            let done = if oversized {
+                let mut discard = Vec::new();
+                receiver.ingest(&mut bytes, &mut discard)
+            } else {
+                receiver.ingest(&mut bytes, &mut message)
+            };
+            self.input = bytes.as_slice().to_vec();
+            if message.len() as u64 > max {
+                oversized = true;
+                message = Vec::new();
+            }
+            if done {
+                break;
+            }
+            match self.fill().await? {
+                // The client went away or fell silent mid-DATA: nothing was acknowledged and
+                // nothing is delivered.
+                None | Some(0) => return Ok(Flow::Close),
+                Some(_) => {}
+            }
+        }
+        if oversized {
+            self.transaction = Transaction::default();
+            return Ok(self.error(&format!(
+                "552 5.3.4 the message is larger than the {max} bytes accepted"
+            )));
+        }
+        self.accept_message(message).await
+    }
+
+    async fn bdat(&mut self, size: usize, last: bool) -> std::io::Result<Flow> {
+        // The chunk follows the command whatever the answer, so it is read first.
+        let max = self.config.message_bytes_max;
+        let keep =
+            !self.transaction.oversized && (self.transaction.chunks.len() as u64).saturating_add(size as u64) <= max;
+        let mut left = size;
+        if keep {
+            self.transaction.chunks.reserve(size.min(1 << 20));
+        }
+        loop {
+            let take = left.min(self.input.len());
+            if keep {
+                self.transaction.chunks.extend_from_slice(&self.input[..take]);
+            }
+            self.input.drain(..take);
+            left -= take;
+            if left == 0 {
+                break;
+            }
+            match self.fill().await? {
+                None | Some(0) => return Ok(Flow::Close),
+                Some(_) => {}
+            }
+        }
+        if let Some(reply) = self.transaction_ready() {
+            self.transaction.chunks.clear();
+            return Ok(self.error(reply));
+        }
+        if !keep {
+            self.transaction.oversized = true;
+            self.transaction.chunks = Vec::new();
+        }
+        if !last {
+            if self.transaction.oversized {
+                self.reply(&format!(
+                    "552 5.3.4 the message is larger than the {max} bytes accepted"
+                ));
+            } else {
+                self.reply(&format!("250 2.0.0 {size} bytes received"));
+            }
+            return Ok(Flow::Continue);
+        }
+        if self.transaction.oversized {
+            self.transaction = Transaction::default();
+            return Ok(self.error(&format!(
+                "552 5.3.4 the message is larger than the {max} bytes accepted"
+            )));
+        }
+        let message = std::mem::take(&mut self.transaction.chunks);
+        self.accept_message(message).await
+    }
+
+    /// The end of DATA or the last BDAT: checks, headers, delivery, and the reply.
+    async fn accept_message(&mut self, body: Vec<u8>) -> std::io::Result<Flow> {
+        let transaction = std::mem::take(&mut self.transaction);
+        let from = transaction.from.clone().unwrap_or_default();
+        let id = headers::session_id();
+        let mut prefix = String::new();
+        let submission = self.account.clone();
+        if let Some(account) = &submission {
+            // The From header must be the account's too: MAIL FROM alone is not what people see.
+            let structure = Structure::parse(&body, Limits::default());
+            let owned = !structure.envelope.from.is_empty()
+                && structure.envelope.from.iter().all(|a| {
+                    a.email()
+                        .map(|e| e.to_lowercase())
+                        .is_some_and(|e| self.connection.shared.aliases.may_send_as(&account.address, &e))
+                });
+            if !owned {
+                return Ok(self.error("550 5.7.1 the From header must be your own address"));
+            }
+            if !headers::has_field(&body, "Date") {
+                prefix.push_str(&format!("Date: {}\r\n", headers::now_rfc2822()));
+            }
+            if !headers::has_field(&body, "Message-ID") {
+                prefix.push_str(&format!(
+                    "Message-ID: {}\r\n",
+                    headers::message_id(&self.config.hostname)
+                ));
+            }
+        }
+        let protocol = match (self.esmtp, self.tls_active(), submission.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, _) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, true, true) => "ESMTPSA",
+        };
+        let single = match transaction.recipients.as_slice() {
+            [Recipient::Local { address, .. }] => Some(address.clone()),
+            [Recipient::Outside(r)] => Some(r.address.clone()),
+            _ => None,
+        };
+        let received = headers::received(
+            self.helo.as_deref().unwrap_or("unknown"),
+            &self.connection.peer_ip,
+            &self.config.hostname,
+            protocol,
+            self.connection.tls.as_deref(),
+            &id,
+            single.as_deref(),
+        );
+        let mut raw = Vec::with_capacity(received.len() + prefix.len() + body.len());
+        raw.extend_from_slice(received.as_bytes());
+        raw.extend_from_slice(prefix.as_bytes());
+        raw.extend_from_slice(&body);
+        drop(body);
+        if raw.len() as u64 > self.config.message_bytes_max {
+            return Ok(self.error("552 5.3.4 the message with its trace headers is too large"));
+        }
+
+        let store = self.store.clone();
+        let outbound_recipients: Vec<OutboundRecipient> = transaction
+            .recipients
+            .iter()
+            .filter_map(|r| match r {
+                Recipient::Outside(r) => Some(r.clone()),
+                Recipient::Local { .. } => None,
+            })
+            .collect();
+        let mut local_accounts: Vec<Account> = Vec::new();
+        for recipient in &transaction.recipients {
+            if let Recipient::Local { accounts, .. } = recipient {
+                for account in accounts {
+                    if !local_accounts.iter().any(|a| a.id == account.id) {
+                        local_accounts.push(account.clone());
+                    }
+                }
+            }
+        }
+        let outbound = (!outbound_recipients.is_empty()).then(|| Outbound {
+            from: from.clone(),
+            recipients: outbound_recipients,
+            env_id: transaction.env_id.clone(),
+            ret: transaction.ret.clone(),
+        });
+        let sender = submission.clone();
+        let result = blocking(move || {
+            deliver(&store, &raw, sender.as_ref(), &local_accounts, outbound).map(|n| (n, raw, local_accounts))
+        })
+        .await;
+        match result {
+            Ok((queued, raw, delivered_to)) => {
+                let structure = Structure::parse(&raw, Limits::default());
+                let message_id = structure.envelope.message_id.clone().unwrap_or_default();
+                let actor = self.actor();
+                let mut events = Vec::new();
+                for account in &delivered_to {
+                    events.push(
+                        AuditEvent::new(&actor, "message.deliver", format!("account {}", account.address))
+                            .detail(format!("message-id {message_id}; from <{from}>; id {id}")),
+                    );
+                }
+                if let Some(account) = &submission {
+                    let mut detail = format!("message-id {message_id}; from <{from}>; id {id}");
+                    if let Some(queue) = queued {
+                        detail.push_str(&format!("; queued {queue}"));
+                    }
+                    events.push(
+                        AuditEvent::new(&actor, "message.submit", format!("account {}", account.address))
+                            .detail(detail),
+                    );
+                }
+                let store = self.store.clone();
+                if let Err(error) =
+                    blocking(move || events.into_iter().try_for_each(|e| store.audit(e).map(drop))).await
+                {
+                    warn!(%error, "audit write failed");
+                }
+                info!(id, "message accepted");
+                self.reply(&format!("250 2.0.0 accepted as {id}"));
+                Ok(Flow::Continue)
+            }
+            Err(StoreError::LimitExceeded { what, .. }) => {
+                Ok(self.error(&format!("552 5.3.4 refused: {what} over the limit")))
+            }
+            Err(error) => {
+                warn!(%error, "delivery failed");
+                self.reply("451 4.3.0 temporary failure; nothing was delivered, try again later");
+                Ok(Flow::Continue)
+            }
+        }
+    }
+}
+
+/// The accounts a local address reaches: the account itself, an alias's accounts, or the
+/// admins for postmaster@ and abuse@.
+fn resolve_local(store: &Store, aliases: &crate::shared::Aliases, address: &str) -> Result<Vec<Account>, StoreError> {
+    if let Some(targets) = aliases.targets(address) {
+        let mut accounts = Vec::new();
+        for target in targets {
+            if let Some(account) = store.find_account(target)? {
+                accounts.push(account);
+            }
+        }
+        return Ok(accounts);
+    }
+    if let Some(account) = store.find_account(address)? {
+        return Ok(vec![account]);
+    }
+    let local = address.split('@').next().unwrap_or_default();
+    if local == "postmaster" || local == "abuse" {
+        return Ok(store
+            .list_accounts()?
+            .into_iter()
+            .filter(|a| a.role == Role::Admin && a.status == AccountStatus::Active)
+            .collect());
+    }
+    Ok(Vec::new())
+}
+
+fn mailbox_of(store: &Store, account: &Account, use_: SpecialUse) -> Result<MailboxId, StoreError> {
+    store
+        .mailbox_by_special_use(account.id, use_)?
+        .map(|m| m.id)
+        .ok_or(StoreError::MailboxNotFound)
+}
+
+fn inbox_of(store: &Store, account: &Account) -> Result<MailboxId, StoreError> {
+    store
+        .mailbox_by_name(account.id, "INBOX")?
+        .map(|m| m.id)
+        .ok_or(StoreError::MailboxNotFound)
+}
+
+/// One atomic, durable write: INBOX and BACKUP of every local recipient, the sender's BACKUP
+/// for a submission, and the queue entry for outside recipients.
+fn deliver(
+    store: &Store,
+    raw: &[u8],
+    sender: Option<&Account>,
+    local: &[Account],
+    outbound: Option<Outbound>,
+) -> Result<Option<sealpost_storage::QueueId>, StoreError> {
+    let summary = Summary::of(raw).to_bytes();
+    let search_text = sealpost_mime::search_text(raw).lowercased().to_bytes();
+    let mut targets: Vec<DeliveryTarget> = Vec::new();
+    for account in local {
+        targets.push(DeliveryTarget {
+            account: account.id,
+            mailboxes: vec![
+                inbox_of(store, account)?,
+                mailbox_of(store, account, SpecialUse::Backup)?,
+            ],
+            outbound: None,
+        });
+    }
+    if let Some(sender) = sender {
+        let backup = mailbox_of(store, sender, SpecialUse::Backup)?;
+        match targets.iter_mut().find(|t| t.account == sender.id) {
+            // Writing to oneself: the INBOX and BACKUP copies are already there.
+            Some(target) => target.outbound = outbound,
+            None => targets.push(DeliveryTarget {
+                account: sender.id,
+                mailboxes: vec![backup],
+                outbound,
+            }),
+        }
+    }
+    let message = NewMessage {
+        raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: &summary,
+        search_text: &search_text,
+    };
+    let done = store.deliver_all(&targets, &message)?;
+    Ok(done.into_iter().find_map(|(_, queued)| queued))
+}

@@ -1,0 +1,68 @@
+//! State shared by the SMTP sessions of a server: the login failure counters (the IMAP
+//! server's, so a password guesser cannot switch protocols), messages submitted per account
+//! per hour, and the address aliases.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sealpost_imap::ImapShared;
+use sealpost_storage::AccountId;
+
+/// Extra addresses: each alias delivers to the accounts listed, and those accounts may send
+/// as it. `postmaster@` and `abuse@` of the primary domain always exist and go to the admins
+/// unless listed here.
+#[derive(Clone, Debug, Default)]
+pub struct Aliases {
+    /// Normalised alias address → normalised account addresses.
+    pub map: BTreeMap<String, Vec<String>>,
+}
+
+impl Aliases {
+    pub fn targets(&self, address: &str) -> Option<&[String]> {
+        self.map.get(address).map(Vec::as_slice)
+    }
+
+    /// Whether `account` (its address) may send as `address`.
+    pub fn may_send_as(&self, account: &str, address: &str) -> bool {
+        account == address || self.targets(address).is_some_and(|t| t.iter().any(|a| a == account))
+    }
+}
+
+/// Most accounts whose hourly submissions are remembered; the oldest windows go first.
+const REMEMBERED_SENDERS_MAX: usize = 100_000;
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Shared by the sessions of one server.
+pub struct SmtpShared {
+    pub(crate) logins: Arc<ImapShared>,
+    pub(crate) aliases: Aliases,
+    submitted: Mutex<HashMap<AccountId, (Instant, u32)>>,
+}
+
+impl SmtpShared {
+    pub fn new(logins: Arc<ImapShared>, aliases: Aliases) -> Arc<Self> {
+        Arc::new(Self {
+            logins,
+            aliases,
+            submitted: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts one message against the account's hourly budget; false past `max`.
+    pub(crate) fn take_submission(&self, account: AccountId, max: u32) -> bool {
+        let mut map = self.submitted.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= REMEMBERED_SENDERS_MAX {
+            map.retain(|_, (start, _)| start.elapsed() < HOUR);
+        }
+        let entry = map.entry(account).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= HOUR {
+            *entry = (Instant::now(), 0);
+        }
+        if entry.1 >= max {
+            return false;
+        }
+        entry.1 += 1;
+        true
+    }
+}
