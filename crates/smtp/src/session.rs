@@ -644,7 +644,7 @@ impl Session {
                 return self.error("553 5.7.1 you may send only as your own address");
             }
             let max = self.config.messages_per_hour_per_account_max;
-            if !self.connection.shared.take_submission(account.id, max) {
+            if !self.connection.shared.may_submit(account.id, max) {
                 self.reply(&format!(
                     "450 4.7.1 this account sent {max} messages in the last hour; try later"
                 ));
@@ -938,6 +938,7 @@ impl Session {
                     );
                 }
                 if let Some(account) = &submission {
+                    self.connection.shared.count_submission(account.id);
                     let mut detail = format!("message-id {message_id}; from <{from}>; id {id}");
                     if let Some(queue) = queued {
                         detail.push_str(&format!("; queued {queue}"));

@@ -49,8 +49,15 @@ impl SmtpShared {
         })
     }
 
-    /// Counts one message against the account's hourly budget; false past `max`.
-    pub(crate) fn take_submission(&self, account: AccountId, max: u32) -> bool {
+    /// Whether the account has sent fewer than `max` messages in its current hour.
+    pub(crate) fn may_submit(&self, account: AccountId, max: u32) -> bool {
+        let map = self.submitted.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&account)
+            .is_none_or(|(start, count)| start.elapsed() >= HOUR || *count < max)
+    }
+
+    /// Counts one accepted message against the account's hourly budget.
+    pub(crate) fn count_submission(&self, account: AccountId) {
         let mut map = self.submitted.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= REMEMBERED_SENDERS_MAX {
             map.retain(|_, (start, _)| start.elapsed() < HOUR);
@@ -59,10 +66,6 @@ impl SmtpShared {
         if entry.0.elapsed() >= HOUR {
             *entry = (Instant::now(), 0);
         }
-        if entry.1 >= max {
-            return false;
-        }
         entry.1 += 1;
-        true
     }
 }

@@ -1,0 +1,241 @@
+//! Transcript tests: each file under `tests/transcripts/` is an SMTP conversation over an
+//! in-memory session with a real store. `C:` lines are sent with CRLF, `R:` lines sent as
+//! they are (`{{CRLF}}` for a line break), `S:` lines must be the next reply line
+//! (`{{any}}` matches any text), `CLOSED` expects the server to hang up, `DISCONNECT` hangs
+//! up as the client, and `COUNT address mailbox n` / `QUEUED n` check the store at that
+//! point. A first line `#! key=value ...` sets the listener and limits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealpost_imap::{ImapShared, LoginLimits};
+use sealpost_smtp::{serve_session, Aliases, ListenerRole, SmtpConfig, SmtpConnection, SmtpShared};
+use sealpost_storage::{Actor, MasterKey, NewAccount, Role, Store, StoreConfig};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn store(dir: &std::path::Path) -> Store {
+    let master = MasterKey::create_file(&dir.join("keys/master.key")).unwrap();
+    let store = Store::create(StoreConfig::new(dir.join("store"), "example.test"), master).unwrap();
+    for (address, role) in [
+        ("alice@example.test", Role::Staff),
+        ("bob@example.test", Role::Staff),
+        ("admin@example.test", Role::Admin),
+        ("gone@example.test", Role::Staff),
+    ] {
+        let account = NewAccount {
+            address,
+            display_name: "Test",
+            role,
+            password: Some("secret-pass"),
+        };
+        let id = store.create_account(&account, &Actor::cli()).unwrap();
+        if address.starts_with("gone") {
+            store
+                .set_account_status(id, sealpost_storage::AccountStatus::Disabled, &Actor::cli())
+                .unwrap();
+        }
+    }
+    store
+}
+
+fn expand(text: &str) -> String {
+    let mut out = text.to_string();
+    while let Some(start) = out.find("{{x*") {
+        let Some(len) = out[start..].find("}}") else { break };
+        let count: usize = out[start + 4..start + len].parse().unwrap();
+        out.replace_range(start..start + len + 2, &"x".repeat(count));
+    }
+    out.replace("{{CRLF}}", "\r\n")
+}
+
+fn line_matches(expected: &str, line: &str) -> bool {
+    let parts: Vec<&str> = expected.split("{{any}}").collect();
+    if parts.len() == 1 {
+        return expected == line;
+    }
+    let Some(mut rest) = line.strip_prefix(parts[0]) else {
+        return false;
+    };
+    for (i, part) in parts.iter().enumerate().skip(1) {
+        if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+fn count(store: &Store, address: &str, mailbox: &str) -> usize {
+    let account = store.find_account(address).unwrap().unwrap();
+    let mailbox = store.mailbox_by_name(account.id, mailbox).unwrap().unwrap();
+    store.messages(account.id, mailbox.id).unwrap().len()
+}
+
+async fn run(name: &str) {
+    let path = format!("{}/tests/transcripts/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let mut config = SmtpConfig {
+        hostname: "mx.example.test".into(),
+        message_bytes_max: 4096,
+        ..SmtpConfig::default()
+    };
+    let (mut role, mut tls) = (ListenerRole::Inbound, None);
+    let mut aliases = Aliases::default();
+    aliases.map.insert(
+        "team@example.test".into(),
+        vec!["alice@example.test".into(), "bob@example.test".into()],
+    );
+    if let Some(options) = text.lines().next().and_then(|l| l.strip_prefix("#! ")) {
+        for option in options.split_whitespace() {
+            let (key, value) = option.split_once('=').unwrap();
+            match key {
+                "role" => {
+                    role = if value == "submission" {
+                        ListenerRole::Submission
+                    } else {
+                        ListenerRole::Inbound
+                    }
+                }
+                "tls" => tls = (value == "yes").then(|| "TLSv1_3 TLS13_AES_128_GCM_SHA256".to_string()),
+                "message_bytes_max" => config.message_bytes_max = value.parse().unwrap(),
+                "recipients_max" => config.recipients_per_message_max = value.parse().unwrap(),
+                "errors_max" => config.errors_per_session_max = value.parse().unwrap(),
+                "line_max" => config.line_bytes_max = value.parse().unwrap(),
+                "hourly" => config.messages_per_hour_per_account_max = value.parse().unwrap(),
+                "timeout_ms" => config.command_timeout_ms = value.parse().unwrap(),
+                other => panic!("{name}: unknown option {other}"),
+            }
+        }
+    }
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let shared = SmtpShared::new(ImapShared::new(LoginLimits::default()), aliases);
+    let mut session = Some(tokio::spawn(serve_session(
+        Box::new(server),
+        store.clone(),
+        Arc::new(config),
+        SmtpConnection {
+            peer_ip: "192.0.2.1".into(),
+            tls,
+            starttls: None,
+            role,
+            shared,
+        },
+        stopped,
+    )));
+    let (read, write) = tokio::io::split(client);
+    let mut write = Some(write);
+    let mut lines = Some(BufReader::new(read).lines());
+    for (number, line) in text.lines().enumerate() {
+        let at = format!("{name}:{}", number + 1);
+        if let Some(sent) = line.strip_prefix("C: ").or((line == "C:").then_some("")) {
+            let w = write.as_mut().unwrap();
+            w.write_all(expand(sent).as_bytes()).await.unwrap();
+            w.write_all(b"\r\n").await.unwrap();
+        } else if let Some(raw) = line.strip_prefix("R: ") {
+            write.as_mut().unwrap().write_all(expand(raw).as_bytes()).await.unwrap();
+        } else if let Some(expected) = line.strip_prefix("S: ") {
+            let reader = lines.as_mut().unwrap();
+            let got = tokio::time::timeout(READ_TIMEOUT, reader.next_line()).await;
+            let got = got.unwrap_or_else(|_| panic!("{at}: no answer within {READ_TIMEOUT:?}, expected {expected:?}"));
+            let got = got
+                .unwrap()
+                .unwrap_or_else(|| panic!("{at}: connection closed, expected {expected:?}"));
+            assert!(
+                line_matches(expected, &got),
+                "{at}:\n  expected {expected:?}\n       got {got:?}"
+            );
+        } else if line == "CLOSED" {
+            let reader = lines.as_mut().unwrap();
+            let got = tokio::time::timeout(READ_TIMEOUT, reader.next_line())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, None, "{at}: expected the server to close the connection");
+        } else if line == "DISCONNECT" {
+            write = None;
+            lines = None;
+            let ended = tokio::time::timeout(READ_TIMEOUT, session.take().unwrap()).await;
+            assert!(ended.is_ok(), "{at}: the session did not end when the client went away");
+        } else if let Some(args) = line.strip_prefix("COUNT ") {
+            let args: Vec<&str> = args.split_whitespace().collect();
+            let n: usize = args[2].parse().unwrap();
+            assert_eq!(
+                count(&store, args[0], args[1]),
+                n,
+                "{at}: {} in {} of {}",
+                n,
+                args[1],
+                args[0]
+            );
+        } else if let Some(n) = line.strip_prefix("QUEUED ") {
+            assert_eq!(
+                store.queued().unwrap().len(),
+                n.parse::<usize>().unwrap(),
+                "{at}: queued"
+            );
+        } else {
+            assert!(
+                line.is_empty() || line.starts_with('#'),
+                "{at}: a line must start with C:, S:, R:, CLOSED, DISCONNECT, COUNT, QUEUED or #"
+            );
+        }
+    }
+    drop(write);
+    drop(lines);
+    if let Some(session) = session {
+        let ended = tokio::time::timeout(READ_TIMEOUT, session).await;
+        assert!(
+            ended.is_ok(),
+            "{name}: the session did not end when the client went away"
+        );
+    }
+}
+
+#[tokio::test]
+async fn inbound_delivers_to_local_accounts_only() {
+    run("inbound.txt").await;
+}
+
+#[tokio::test]
+async fn commands_out_of_order_and_malformed_input() {
+    run("errors.txt").await;
+}
+
+#[tokio::test]
+async fn size_recipient_and_line_limits() {
+    run("limits.txt").await;
+}
+
+#[tokio::test]
+async fn submission_authenticates_and_checks_the_sender() {
+    run("submission.txt").await;
+}
+
+#[tokio::test]
+async fn submission_refuses_auth_without_tls() {
+    run("submission-cleartext.txt").await;
+}
+
+#[tokio::test]
+async fn bdat_chunks() {
+    run("bdat.txt").await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_mid_data_delivers_nothing() {
+    run("mid-data.txt").await;
+}
+
+#[tokio::test]
+async fn auth_login_and_hourly_limit() {
+    run("auth-login.txt").await;
+}
