@@ -22,6 +22,28 @@ pub(crate) struct Config {
     /// delivers to both, and both may send as it.
     #[serde(default)]
     pub(crate) aliases: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub(crate) smtp: SmtpSection,
+}
+
+/// Inbound mail checks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct SmtpSection {
+    /// DNS servers for SPF, DKIM and DMARC lookups (`"192.0.2.53:53"`); empty: the system's
+    /// (/etc/resolv.conf).
+    pub(crate) dns_servers: Vec<std::net::SocketAddr>,
+    /// Refuse inbound mail that fails DMARC when its domain publishes p=reject.
+    pub(crate) reject_dmarc_reject: bool,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        Self {
+            dns_servers: Vec::new(),
+            reject_dmarc_reject: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -90,6 +90,7 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
         listeners: ListenersSection::with_base(args.port_base)?,
         limits: Default::default(),
         aliases: Default::default(),
+        smtp: Default::default(),
     };
     let text = toml::to_string(&config).context("writing the configuration")?;
     create_dir(&args.data, 0o750)?;

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sealpost_imap::{BoxedStream, Connection, ImapConfig, ImapShared, LoginLimits, TlsUpgrade};
-use sealpost_smtp::{Aliases, ListenerRole, SmtpConfig, SmtpConnection, SmtpShared, SmtpTlsUpgrade};
+use sealpost_smtp::{
+    Aliases, InboundAuth, InboundPolicy, ListenerRole, SmtpConfig, SmtpConnection, SmtpShared, SmtpTlsUpgrade,
+};
 use sealpost_storage::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -129,7 +131,15 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             .collect(),
     };
     // AUTH failures count with the IMAP server's: a guesser cannot switch protocols.
-    let smtp_shared = SmtpShared::new(imap_shared.clone(), aliases);
+    let inbound_auth = InboundAuth::new(
+        &cfg.smtp.dns_servers,
+        &cfg.server.hostname,
+        InboundPolicy {
+            reject_dmarc_reject: cfg.smtp.reject_dmarc_reject,
+        },
+    )
+    .context("setting up SPF/DKIM/DMARC checks (smtp.dns_servers)")?;
+    let smtp_shared = SmtpShared::new(imap_shared.clone(), aliases, Some(inbound_auth));
     for (name, port, role, implicit_tls) in [
         ("smtp", cfg.listeners.smtp, ListenerRole::Inbound, false),
         ("submission", cfg.listeners.submission, ListenerRole::Submission, false),

@@ -7,6 +7,8 @@
 mod headers;
 mod session;
 mod shared;
+mod verify;
 
 pub use session::{serve_session, ListenerRole, SmtpConfig, SmtpConnection, SmtpTlsUpgrade, TlsDescription};
 pub use shared::{Aliases, SmtpShared};
+pub use verify::{InboundAuth, InboundPolicy, Verdict};

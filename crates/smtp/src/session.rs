@@ -886,6 +886,29 @@ impl Session {
             &id,
             single.as_deref(),
         );
+        // Inbound mail: who sent it, as far as SPF, DKIM and DMARC can tell.
+        let mut auth_summary = String::new();
+        if submission.is_none() {
+            if let Some(auth) = &self.connection.shared.inbound_auth {
+                let peer = self
+                    .connection
+                    .peer_ip
+                    .parse()
+                    .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+                let helo = self.helo.clone().unwrap_or_default();
+                let verdict = auth.check(&body, peer, &helo, &from).await;
+                if let Some(refusal) = verdict.refusal {
+                    let actor = self.actor();
+                    let event = AuditEvent::new(&actor, "message.refuse", format!("from <{from}>"))
+                        .outcome(AuditOutcome::Denied)
+                        .detail(verdict.summary.clone());
+                    self.audit(event).await;
+                    return Ok(self.error(&refusal));
+                }
+                prefix.push_str(&verdict.header);
+                auth_summary = verdict.summary;
+            }
+        }
         let mut raw = Vec::with_capacity(received.len() + prefix.len() + body.len());
         raw.extend_from_slice(received.as_bytes());
         raw.extend_from_slice(prefix.as_bytes());
@@ -933,8 +956,9 @@ impl Session {
                 let mut events = Vec::new();
                 for account in &delivered_to {
                     events.push(
-                        AuditEvent::new(&actor, "message.deliver", format!("account {}", account.address))
-                            .detail(format!("message-id {message_id}; from <{from}>; id {id}")),
+                        AuditEvent::new(&actor, "message.deliver", format!("account {}", account.address)).detail(
+                            format!("message-id {message_id}; from <{from}>; id {id}; {auth_summary}"),
+                        ),
                     );
                 }
                 if let Some(account) = &submission {

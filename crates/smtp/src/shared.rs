@@ -37,14 +37,18 @@ const HOUR: Duration = Duration::from_secs(3600);
 pub struct SmtpShared {
     pub(crate) logins: Arc<ImapShared>,
     pub(crate) aliases: Aliases,
+    /// SPF, DKIM and DMARC for inbound mail; `None` only where no DNS is configured (tests of
+    /// the state machine), and then no Authentication-Results field is added.
+    pub(crate) inbound_auth: Option<crate::InboundAuth>,
     submitted: Mutex<HashMap<AccountId, (Instant, u32)>>,
 }
 
 impl SmtpShared {
-    pub fn new(logins: Arc<ImapShared>, aliases: Aliases) -> Arc<Self> {
+    pub fn new(logins: Arc<ImapShared>, aliases: Aliases, inbound_auth: Option<crate::InboundAuth>) -> Arc<Self> {
         Arc::new(Self {
             logins,
             aliases,
+            inbound_auth,
             submitted: Mutex::new(HashMap::new()),
         })
     }

@@ -117,7 +117,7 @@ async fn run(name: &str) {
     }
     let (client, server) = tokio::io::duplex(1 << 20);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let shared = SmtpShared::new(ImapShared::new(LoginLimits::default()), aliases);
+    let shared = SmtpShared::new(ImapShared::new(LoginLimits::default()), aliases, None);
     let mut session = Some(tokio::spawn(serve_session(
         Box::new(server),
         store.clone(),

@@ -1,0 +1,182 @@
+//! SMTP end to end: the real `sealpost serve` with a real DNS server (dnsmasq) on loopback
+//! publishing SPF, DKIM and DMARC records, driven by smtplib (with dkimpy signing), swaks and
+//! msmtp (`tests/scripts/smtp_scenario.py`); then the outbound queue and the audit log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{sealpost, sealpost_ok, DataDir, Server};
+
+const PASSWORD: &str = "harness-pw";
+
+/// dnsmasq answering on a loopback port from the records given; killed when dropped.
+struct Dns {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port for the DNS server");
+}
+
+fn start_dns(records: &[(&str, String)]) -> Dns {
+    let port = free_udp_port();
+    let mut command = Command::new("dnsmasq");
+    command.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        &format!("--port={port}"),
+        "--log-facility=-",
+        // Authoritative for .test: NXDOMAIN for every other name (DMARC's tree walk asks for
+        // _dmarc.test), where a forwarder without upstreams would answer with an error.
+        "--local=/test/",
+    ]);
+    for (name, text) in records {
+        // On the command line quotes would be part of the text; a comma would split it.
+        assert!(!text.contains(','), "{text}");
+        command.arg(format!("--txt-record={name},{text}"));
+    }
+    let dns = Dns {
+        child: command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+        port,
+    };
+    // Ready when it answers over TCP; dropped (and killed) if it never does.
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return dns;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("dnsmasq did not start on port {port}");
+}
+
+/// A 1024-bit RSA DKIM key: (PEM private key path, base64 public key for the TXT record).
+fn dkim_key(dir: &Path) -> (String, String) {
+    let key = dir.join("dkim.pem");
+    let made = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("1024")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let public = Command::new("openssl")
+        .args(["rsa", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(public.status.success());
+    let encoded = Command::new("base64")
+        .arg("-w0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&public.stdout)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    (key.display().to_string(), String::from_utf8(encoded.stdout).unwrap())
+}
+
+#[test]
+fn real_clients_send_inbound_and_submitted_mail_checked_by_dns_and_read_back_over_imap() {
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = dkim_key(work.path());
+    let dns = start_dns(&[
+        ("sender.test", "v=spf1 ip4:127.0.0.1 ~ip4:127.0.0.2 -all".into()),
+        ("sel._domainkey.sender.test", format!("v=DKIM1; k=rsa; p={public}")),
+        ("_dmarc.sender.test", "v=DMARC1; p=none".into()),
+        ("strict.test", "v=spf1 ip4:127.0.0.1 -all".into()),
+        ("_dmarc.strict.test", "v=DMARC1; p=reject".into()),
+    ]);
+    let data = DataDir::init_with("harness.test", &["--hostname", "localhost"]);
+    let config_path = data.path().join("sealpost.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    assert!(config.contains("dns_servers = []"), "{config}");
+    let config = config.replace(
+        "dns_servers = []",
+        &format!("dns_servers = [\"127.0.0.1:{}\"]", dns.port),
+    );
+    std::fs::write(&config_path, config).unwrap();
+    for user in ["user1", "user2"] {
+        sealpost_ok(
+            &[
+                "account",
+                "add",
+                &format!("{user}@harness.test"),
+                "--password-stdin",
+                "--data",
+                &data.arg(),
+            ],
+            &format!("{PASSWORD}\n"),
+        );
+    }
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(
+        server.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        server.seen
+    );
+    let base = data.port_base;
+    let output = Command::new("/usr/bin/python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/scripts/smtp_scenario.py"
+        ))
+        .env("SMTP_PORT", (base + 25).to_string())
+        .env("SUBMISSION_PORT", (base + 587).to_string())
+        .env("SUBMISSIONS_PORT", (base + 465).to_string())
+        .env("IMAPS_PORT", (base + 993).to_string())
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("DKIM_KEY", &key)
+        .env("WORK", work.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("PASS signed message: INBOX says dkim=pass"), "{text}");
+    drop(dns);
+
+    // The outside recipient waits in the queue, sealed, for the outbound issue's delivery.
+    let listed = sealpost(&["queue", "list", "--json", "--data", &data.arg()], "");
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    let entries: Vec<serde_json::Value> = listed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(entries.len(), 1, "{listed}");
+    assert_eq!(
+        entries[0]["recipients"],
+        serde_json::json!(["someone@elsewhere.example"])
+    );
+    assert_eq!(entries[0]["from"], "user1@harness.test");
+
+    // Deliveries, submissions and the refusal are in the audit log, whose chain holds.
+    let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
+    assert!(exported.contains("message.deliver") && exported.contains("spf=pass dkim=pass dmarc=pass"));
+    assert!(exported.contains("message.submit") && exported.contains("message.refuse"));
+    assert!(exported.contains("login.smtp"));
+    assert!(sealpost_ok(&["audit", "verify", "--data", &data.arg()], "").contains("intact"));
+}
