@@ -55,6 +55,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // mimalloc asks for transparent huge pages for its arenas; each fresh 2 MiB page is then
+    // zeroed whole on first touch, and as mimalloc returns freed memory and takes it again,
+    // that zeroing was a quarter of the CPU of an SMTP delivery burst (perf, bench-smtp).
+    // Small pages cost little for a mail server's many short-lived buffers.
+    // Where the kernel refuses (not Linux, or seccomp), huge pages stay: slower, not wrong.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let args = Args::parse();
     let result = match args.command {
         Command::Init(args) => init::run_init(&args).map(|_| ExitCode::SUCCESS),

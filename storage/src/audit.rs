@@ -144,16 +144,38 @@ fn audit_aad(seq: u64) -> Vec<u8> {
     aad
 }
 
+/// The audit chain's head, held while records are added.
+pub(crate) fn lock_head(store: &Store) -> std::sync::MutexGuard<'_, AuditHead> {
+    lock(&store.inner.audit)
+}
+
 impl Store {
     /// Appends one event to the audit log, durably.
     pub fn audit(&self, event: AuditEvent) -> Result<u64> {
         self.commit_audited(Batch::default(), vec![event])
     }
 
-    /// Writes `batch` and the audit records of `events` in one atomic, synced write.
-    /// Returns the sequence number of the last record.
+    /// Writes `batch` and the audit records of `events` in one atomic write, durable when
+    /// this returns. Returns the sequence number of the last record.
     pub(crate) fn commit_audited(&self, mut batch: Batch, events: Vec<AuditEvent>) -> Result<u64> {
-        let mut head = lock(&self.inner.audit);
+        let seq = {
+            let head = lock(&self.inner.audit);
+            self.write_audited(head, &mut batch, events)?
+        };
+        // The fsync outside the lock: concurrent writers share it instead of queueing.
+        self.inner.engine.sync_log()?;
+        Ok(seq)
+    }
+
+    /// Appends the records of `events` to `batch` and writes it (not yet synced) while the
+    /// chain head is held, then moves the head. The caller syncs the log before it reports
+    /// success; the log is written in order, so that sync covers this write.
+    pub(crate) fn write_audited(
+        &self,
+        mut head: std::sync::MutexGuard<'_, AuditHead>,
+        batch: &mut Batch,
+        events: Vec<AuditEvent>,
+    ) -> Result<u64> {
         let (mut seq, mut hash) = (head.last_seq, head.last_hash);
         let at_ms = crate::now_ms();
         for event in events {
@@ -166,7 +188,7 @@ impl Store {
             batch.put(Table::Audit, keys::audit(seq), stored);
         }
         batch.put(Table::Meta, keys::META_AUDIT_HEAD.to_vec(), encode_head(seq, &hash));
-        self.inner.engine.write(batch, Durability::Synced)?;
+        self.inner.engine.write(std::mem::take(batch), Durability::Buffered)?;
         head.last_seq = seq;
         head.last_hash = hash;
         Ok(seq)

@@ -164,7 +164,7 @@ impl Store {
             mailboxes: mailboxes.to_vec(),
             outbound: outbound.cloned(),
         };
-        self.deliver_all(&[target], message)?
+        self.deliver_all(&[target], message, &|_| Vec::new())?
             .pop()
             .ok_or_else(|| Error::corrupt("delivery returned nothing"))
     }
@@ -173,10 +173,13 @@ impl Store {
     /// recipients): every copy, and the queue entry if any, in one atomic write, durable
     /// before it returns. Each account gets its own blob under its own keys, shared by its
     /// copies. Either every recipient has the message or none has.
+    /// `audit` names the records written with the delivery, in the same atomic write: there is
+    /// no delivery without its audit record.
     pub fn deliver_all(
         &self,
         targets: &[DeliveryTarget],
         message: &NewMessage<'_>,
+        audit: &dyn Fn(&[(Vec<Appended>, Option<crate::queue::QueueId>)]) -> Vec<crate::AuditEvent>,
     ) -> Result<Vec<(Vec<Appended>, Option<crate::queue::QueueId>)>> {
         if targets.is_empty() || targets.iter().any(|t| t.mailboxes.is_empty()) {
             return Err(Error::InvalidInput {
@@ -254,7 +257,13 @@ impl Store {
         }
         // UIDs are assigned and written in order under the locks; the fsync happens after
         // them, so concurrent appenders share syncs instead of queueing behind each other.
-        self.inner.engine.write(batch, Durability::Buffered)?;
+        let events = audit(&results);
+        if events.is_empty() {
+            self.inner.engine.write(batch, Durability::Buffered)?;
+        } else {
+            let head = crate::audit::lock_head(self);
+            self.write_audited(head, &mut batch, events)?;
+        }
         drop(locks);
         self.inner.engine.sync_log()?;
         for (account, done) in &published {
@@ -997,8 +1006,18 @@ fn meta_of(uid: u32, record: &MessageRecord) -> MessageMeta {
 /// Compresses (when it helps), then seals. Never the other way round: ciphertext does not
 /// compress, and compressing after encryption would leak through the sizes anyway.
 fn seal_chunk(cipher: &BlobCipher, index: u32, key: &[u8], plain: &[u8]) -> Vec<u8> {
+    thread_local! {
+        // One compression context per thread, not one per chunk: making a context costs more
+        // than compressing a small message with it.
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok());
+    }
     let mut framed = Vec::with_capacity(plain.len() + 1);
-    match zstd::bulk::compress(plain, ZSTD_LEVEL) {
+    let compressed = COMPRESSOR.with(|cell| match cell.borrow_mut().as_mut() {
+        Some(compressor) => compressor.compress(plain),
+        None => zstd::bulk::compress(plain, ZSTD_LEVEL),
+    });
+    match compressed {
         Ok(compressed) if compressed.len() < plain.len() => {
             framed.push(CHUNK_ZSTD);
             framed.extend_from_slice(&compressed);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use sealpost_storage::{
-    AccountStatus, Actor, DeliveryTarget, Error, FlagChange, Flags, InternalDate, Login, MailboxEvent, MasterKey,
+    AccountStatus, Actor, AuditEvent, DeliveryTarget, Error, FlagChange, Flags, InternalDate, Login, MailboxEvent, MasterKey,
     NewAccount, NewMessage, Outbound, OutboundRecipient, Role, SpecialUse, Store, SystemFlag,
 };
 
@@ -956,7 +956,12 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
         summary: b"",
         search_text: b"",
     };
-    let done = store.deliver_all(&targets, &new).unwrap();
+    let audited = |done: &[(Vec<sealpost_storage::Appended>, Option<sealpost_storage::QueueId>)]| {
+        vec![AuditEvent::new(&Actor::cli(), "message.deliver", format!("{} targets", done.len()))]
+    };
+    let before = store.audit_verify().unwrap().records_verified;
+    let done = store.deliver_all(&targets, &new, &audited).unwrap();
+    assert_eq!(store.audit_verify().unwrap().records_verified, before + 1, "the delivery's audit record");
     assert_eq!(done.len(), 2);
     let queue_id = done[0].1.expect("alice's entry is queued");
     assert!(done[1].1.is_none());
@@ -996,7 +1001,8 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
             outbound: None,
         },
     ];
-    assert!(store.deliver_all(&bad, &new).is_err());
+    assert!(store.deliver_all(&bad, &new, &audited).is_err());
+    assert_eq!(store.audit_verify().unwrap().records_verified, before + 1, "no record for a refusal");
     assert_eq!(store.messages(bob, mailbox(&store, bob, "INBOX")).unwrap().len(), 1);
 
     // Deleting the account deletes its queue.

@@ -62,7 +62,11 @@ pub struct Summary {
 impl Summary {
     /// Summarises a raw message. Never fails.
     pub fn of(raw: &[u8]) -> Summary {
-        let structure = Structure::parse(raw, Limits::default());
+        Self::of_parsed(raw, &Structure::parse(raw, Limits::default()))
+    }
+
+    /// As `of`, for a caller that has parsed the message already.
+    pub fn of_parsed(raw: &[u8], structure: &Structure) -> Summary {
         let sent_at = MessageParser::default()
             .parse_headers(raw)
             .and_then(|m| m.date().map(|d| d.to_timestamp()));

@@ -943,40 +943,18 @@ impl Session {
             env_id: transaction.env_id.clone(),
             ret: transaction.ret.clone(),
         });
+        let audit = AuditContext {
+            actor: self.actor(),
+            from: from.clone(),
+            id: id.clone(),
+            auth_summary,
+        };
         let sender = submission.clone();
-        let result = blocking(move || {
-            deliver(&store, &raw, sender.as_ref(), &local_accounts, outbound).map(|n| (n, raw, local_accounts))
-        })
-        .await;
+        let result = blocking(move || deliver(&store, &raw, sender.as_ref(), &local_accounts, outbound, &audit)).await;
         match result {
-            Ok((queued, raw, delivered_to)) => {
-                let structure = Structure::parse(&raw, Limits::default());
-                let message_id = structure.envelope.message_id.clone().unwrap_or_default();
-                let actor = self.actor();
-                let mut events = Vec::new();
-                for account in &delivered_to {
-                    events.push(
-                        AuditEvent::new(&actor, "message.deliver", format!("account {}", account.address)).detail(
-                            format!("message-id {message_id}; from <{from}>; id {id}; {auth_summary}"),
-                        ),
-                    );
-                }
+            Ok(()) => {
                 if let Some(account) = &submission {
                     self.connection.shared.count_submission(account.id);
-                    let mut detail = format!("message-id {message_id}; from <{from}>; id {id}");
-                    if let Some(queue) = queued {
-                        detail.push_str(&format!("; queued {queue}"));
-                    }
-                    events.push(
-                        AuditEvent::new(&actor, "message.submit", format!("account {}", account.address))
-                            .detail(detail),
-                    );
-                }
-                let store = self.store.clone();
-                if let Err(error) =
-                    blocking(move || events.into_iter().try_for_each(|e| store.audit(e).map(drop))).await
-                {
-                    warn!(%error, "audit write failed");
                 }
                 info!(id, "message accepted");
                 self.reply(&format!("250 2.0.0 accepted as {id}"));
@@ -1034,16 +1012,28 @@ fn inbox_of(store: &Store, account: &Account) -> Result<MailboxId, StoreError> {
         .ok_or(StoreError::MailboxNotFound)
 }
 
+/// What the audit records of a delivery say besides the accounts.
+struct AuditContext {
+    actor: Actor,
+    from: String,
+    id: String,
+    /// `spf=... dkim=... dmarc=...` for inbound mail; empty for submissions.
+    auth_summary: String,
+}
+
 /// One atomic, durable write: INBOX and BACKUP of every local recipient, the sender's BACKUP
-/// for a submission, and the queue entry for outside recipients.
+/// for a submission, the queue entry for outside recipients, and their audit records.
 fn deliver(
     store: &Store,
     raw: &[u8],
     sender: Option<&Account>,
     local: &[Account],
     outbound: Option<Outbound>,
-) -> Result<Option<sealpost_storage::QueueId>, StoreError> {
-    let summary = Summary::of(raw).to_bytes();
+    audit: &AuditContext,
+) -> Result<(), StoreError> {
+    let structure = Structure::parse(raw, Limits::default());
+    let message_id = structure.envelope.message_id.clone().unwrap_or_default();
+    let summary = Summary::of_parsed(raw, &structure).to_bytes();
     let search_text = sealpost_mime::search_text(raw).lowercased().to_bytes();
     let mut targets: Vec<DeliveryTarget> = Vec::new();
     for account in local {
@@ -1075,6 +1065,30 @@ fn deliver(
         summary: &summary,
         search_text: &search_text,
     };
-    let done = store.deliver_all(&targets, &message)?;
-    Ok(done.into_iter().find_map(|(_, queued)| queued))
+    let AuditContext {
+        actor,
+        from,
+        id,
+        auth_summary,
+    } = audit;
+    let events = |done: &[(Vec<sealpost_storage::Appended>, Option<sealpost_storage::QueueId>)]| {
+        let mut events = Vec::new();
+        for account in local {
+            events.push(
+                AuditEvent::new(actor, "message.deliver", format!("account {}", account.address)).detail(format!(
+                    "message-id {message_id}; from <{from}>; id {id}; {auth_summary}"
+                )),
+            );
+        }
+        if let Some(account) = sender {
+            let mut detail = format!("message-id {message_id}; from <{from}>; id {id}");
+            if let Some(queue) = done.iter().find_map(|(_, queued)| *queued) {
+                detail.push_str(&format!("; queued {queue}"));
+            }
+            events.push(AuditEvent::new(actor, "message.submit", format!("account {}", account.address)).detail(detail));
+        }
+        events
+    };
+    store.deliver_all(&targets, &message, &events)?;
+    Ok(())
 }
