@@ -180,3 +180,57 @@ fn real_clients_send_inbound_and_submitted_mail_checked_by_dns_and_read_back_ove
     assert!(exported.contains("login.smtp"));
     assert!(sealpost_ok(&["audit", "verify", "--data", &data.arg()], "").contains("intact"));
 }
+
+#[test]
+fn mail_acknowledged_before_a_crash_is_there_after_it() {
+    let work = tempfile::tempdir().unwrap();
+    let data = DataDir::init_with("harness.test", &["--hostname", "localhost"]);
+    for user in ["user1", "user2"] {
+        sealpost_ok(
+            &[
+                "account",
+                "add",
+                &format!("{user}@harness.test"),
+                "--password-stdin",
+                "--data",
+                &data.arg(),
+            ],
+            &format!("{PASSWORD}\n"),
+        );
+    }
+    let base = data.port_base;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/smtp_crash.py");
+    let acks = work.path().join("acks");
+    let run = |mode: &str| {
+        Command::new("/usr/bin/python3")
+            .args([script, mode])
+            .arg(&acks)
+            .env("SUBMISSIONS_PORT", (base + 465).to_string())
+            .env("IMAPS_PORT", (base + 993).to_string())
+            .env("CAFILE", data.path().join("tls/cert.pem"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(server.wait_for("sealpost is running", Duration::from_secs(30)));
+    let sender = run("send");
+    // Let some messages through, then kill the server without warning (SIGKILL on drop).
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&acks).unwrap_or_default().lines().count() < 20 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no message acknowledged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(server);
+    let sent = sender.wait_with_output().unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(server.wait_for("sealpost is running", Duration::from_secs(30)));
+    let checked = run("check").wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&checked.stdout).to_string() + &String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    assert!(checked.status.success(), "{text}");
+    assert!(sealpost_ok(&["audit", "verify", "--data", &data.arg()], "").contains("intact"));
+}

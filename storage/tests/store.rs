@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use common::*;
 use sealpost_storage::{
-    AccountStatus, Actor, AuditEvent, DeliveryTarget, Error, FlagChange, Flags, InternalDate, Login, MailboxEvent, MasterKey,
-    NewAccount, NewMessage, Outbound, OutboundRecipient, Role, SpecialUse, Store, SystemFlag,
+    AccountStatus, Actor, AuditEvent, DeliveryTarget, Error, FlagChange, Flags, InternalDate, Login, MailboxEvent,
+    MasterKey, NewAccount, NewMessage, Outbound, OutboundRecipient, Role, SpecialUse, Store, SystemFlag,
 };
 
 const MARKER: &str = "zqxmarker7731";
@@ -957,11 +957,19 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
         search_text: b"",
     };
     let audited = |done: &[(Vec<sealpost_storage::Appended>, Option<sealpost_storage::QueueId>)]| {
-        vec![AuditEvent::new(&Actor::cli(), "message.deliver", format!("{} targets", done.len()))]
+        vec![AuditEvent::new(
+            &Actor::cli(),
+            "message.deliver",
+            format!("{} targets", done.len()),
+        )]
     };
     let before = store.audit_verify().unwrap().records_verified;
     let done = store.deliver_all(&targets, &new, &audited).unwrap();
-    assert_eq!(store.audit_verify().unwrap().records_verified, before + 1, "the delivery's audit record");
+    assert_eq!(
+        store.audit_verify().unwrap().records_verified,
+        before + 1,
+        "the delivery's audit record"
+    );
     assert_eq!(done.len(), 2);
     let queue_id = done[0].1.expect("alice's entry is queued");
     assert!(done[1].1.is_none());
@@ -1002,7 +1010,11 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
         },
     ];
     assert!(store.deliver_all(&bad, &new, &audited).is_err());
-    assert_eq!(store.audit_verify().unwrap().records_verified, before + 1, "no record for a refusal");
+    assert_eq!(
+        store.audit_verify().unwrap().records_verified,
+        before + 1,
+        "no record for a refusal"
+    );
     assert_eq!(store.messages(bob, mailbox(&store, bob, "INBOX")).unwrap().len(), 1);
 
     // Deleting the account deletes its queue.

@@ -1085,7 +1085,8 @@ fn deliver(
             if let Some(queue) = done.iter().find_map(|(_, queued)| *queued) {
                 detail.push_str(&format!("; queued {queue}"));
             }
-            events.push(AuditEvent::new(actor, "message.submit", format!("account {}", account.address)).detail(detail));
+            events
+                .push(AuditEvent::new(actor, "message.submit", format!("account {}", account.address)).detail(detail));
         }
         events
     };
