@@ -44,7 +44,7 @@ pub use audit::{AuditBreak, AuditEvent, AuditOutcome, AuditRecord, AuditVerifica
 pub use crypto::MasterKey;
 pub use error::{Error, Result};
 pub use mailbox::MAILBOX_DELIMITER;
-pub use message::{CHUNK_BYTES, SEARCH_TEXT_BYTES_MAX};
+pub use message::{Delivered, CHUNK_BYTES, SEARCH_TEXT_BYTES_MAX};
 pub use notify::{MailboxEvent, MailboxEvents};
 pub use queue::{Outbound, OutboundRecipient, QueueId, QueuedMessage, QUEUE_RECIPIENTS_MAX};
 pub use store::{Actor, Store, StoreConfig, StoreLimits};

@@ -67,6 +67,9 @@ struct PreparedBlob {
     text: Option<Vec<u8>>,
 }
 
+/// What one account's part of a delivery gave: its copies, and its queue entry if any.
+pub type Delivered = (Vec<Appended>, Option<crate::queue::QueueId>);
+
 /// The nonce position of a blob's search text: after every possible body chunk.
 const TEXT_CHUNK: u32 = u32::MAX;
 
@@ -179,8 +182,8 @@ impl Store {
         &self,
         targets: &[DeliveryTarget],
         message: &NewMessage<'_>,
-        audit: &dyn Fn(&[(Vec<Appended>, Option<crate::queue::QueueId>)]) -> Vec<crate::AuditEvent>,
-    ) -> Result<Vec<(Vec<Appended>, Option<crate::queue::QueueId>)>> {
+        audit: &dyn Fn(&[Delivered]) -> Vec<crate::AuditEvent>,
+    ) -> Result<Vec<Delivered>> {
         if targets.is_empty() || targets.iter().any(|t| t.mailboxes.is_empty()) {
             return Err(Error::InvalidInput {
                 what: "delivery to no mailbox",

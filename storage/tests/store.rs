@@ -956,7 +956,7 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
         summary: b"",
         search_text: b"",
     };
-    let audited = |done: &[(Vec<sealpost_storage::Appended>, Option<sealpost_storage::QueueId>)]| {
+    let audited = |done: &[sealpost_storage::Delivered]| {
         vec![AuditEvent::new(
             &Actor::cli(),
             "message.deliver",

@@ -1071,7 +1071,7 @@ fn deliver(
         id,
         auth_summary,
     } = audit;
-    let events = |done: &[(Vec<sealpost_storage::Appended>, Option<sealpost_storage::QueueId>)]| {
+    let events = |done: &[sealpost_storage::Delivered]| {
         let mut events = Vec::new();
         for account in local {
             events.push(
