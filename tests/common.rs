@@ -193,3 +193,69 @@ impl Drop for Server {
         }
     }
 }
+
+/// dnsmasq answering on a loopback port from the records given; killed when dropped.
+pub struct Dns {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_udp_port() -> u16 {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port for the DNS server");
+}
+
+pub fn start_dns(records: &[(&str, String)]) -> Dns {
+    start_dns_for(records, &["test"])
+}
+
+/// As `start_dns`, authoritative (NXDOMAIN for unknown names) for each of `zones`.
+pub fn start_dns_for(records: &[(&str, String)], zones: &[&str]) -> Dns {
+    let port = free_udp_port();
+    let mut command = Command::new("dnsmasq");
+    command.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        &format!("--port={port}"),
+        "--log-facility=-",
+    ]);
+    // Authoritative for the zones: NXDOMAIN for every other name in them (DMARC's tree walk
+    // asks for _dmarc.test), where a forwarder without upstreams would answer with an error.
+    for zone in zones {
+        command.arg(format!("--local=/{zone}/"));
+    }
+    for (name, text) in records {
+        // On the command line quotes would be part of the text; a comma would split it.
+        assert!(!text.contains(','), "{text}");
+        command.arg(format!("--txt-record={name},{text}"));
+    }
+    let dns = Dns {
+        child: command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+        port,
+    };
+    // Ready when it answers over TCP; dropped (and killed) if it never does.
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return dns;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("dnsmasq did not start on port {port}");
+}

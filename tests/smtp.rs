@@ -6,71 +6,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{sealpost, sealpost_ok, DataDir, Server};
+use common::{sealpost, sealpost_ok, start_dns, DataDir, Server};
 
 const PASSWORD: &str = "harness-pw";
-
-/// dnsmasq answering on a loopback port from the records given; killed when dropped.
-struct Dns {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port for the DNS server");
-}
-
-fn start_dns(records: &[(&str, String)]) -> Dns {
-    let port = free_udp_port();
-    let mut command = Command::new("dnsmasq");
-    command.args([
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        "--listen-address=127.0.0.1",
-        &format!("--port={port}"),
-        "--log-facility=-",
-        // Authoritative for .test: NXDOMAIN for every other name (DMARC's tree walk asks for
-        // _dmarc.test), where a forwarder without upstreams would answer with an error.
-        "--local=/test/",
-    ]);
-    for (name, text) in records {
-        // On the command line quotes would be part of the text; a comma would split it.
-        assert!(!text.contains(','), "{text}");
-        command.arg(format!("--txt-record={name},{text}"));
-    }
-    let dns = Dns {
-        child: command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
-        port,
-    };
-    // Ready when it answers over TCP; dropped (and killed) if it never does.
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return dns;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("dnsmasq did not start on port {port}");
-}
 
 /// A 1024-bit RSA DKIM key: (PEM private key path, base64 public key for the TXT record).
 fn dkim_key(dir: &Path) -> (String, String) {
@@ -233,4 +174,48 @@ fn mail_acknowledged_before_a_crash_is_there_after_it() {
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     assert!(checked.status.success(), "{text}");
     assert!(sealpost_ok(&["audit", "verify", "--data", &data.arg()], "").contains("intact"));
+}
+
+#[test]
+fn connections_per_address_are_limited_with_a_421() {
+    use std::io::{BufRead, BufReader};
+    let data = DataDir::init_with("harness.test", &["--hostname", "localhost"]);
+    let config_path = data.path().join("sealpost.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    assert!(config.contains("smtp_connections_per_address_max = 50"), "{config}");
+    let config = config.replace(
+        "smtp_connections_per_address_max = 50",
+        "smtp_connections_per_address_max = 2",
+    );
+    std::fs::write(&config_path, config).unwrap();
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(server.wait_for("sealpost is running", Duration::from_secs(30)));
+    let port = data.port_base + 25;
+    let greeting = |stream: &std::net::TcpStream| {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    };
+    let first = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let second = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(greeting(&first).starts_with("220 "));
+    assert!(greeting(&second).starts_with("220 "));
+    let third = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(
+        greeting(&third),
+        "421 4.7.0 too many connections from your address (limit 2)\r\n"
+    );
+    drop(first);
+    // The slot is free once the first session has seen its client go.
+    let started = std::time::Instant::now();
+    loop {
+        let again = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if greeting(&again).starts_with("220 ") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the slot was not freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
 }

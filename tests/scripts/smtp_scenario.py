@@ -185,6 +185,15 @@ with smtplib.SMTP_SSL(HOST, SUBMISSIONS_PORT, context=TLS, timeout=30) as smtp:
     check("BDAT in two chunks accepted", code == 250 and last == 250, f"{code} {last} {text!r}")
 readback("BDAT", "user2", "bdat", raw, ["Received"])
 
+# A message without Date and Message-ID gets both.
+raw = (b"From: user1@harness.test\r\nTo: user2@harness.test\r\nSubject: test nodate\r\n\r\n"
+       b"marker nodate\r\n")
+with smtplib.SMTP_SSL(HOST, SUBMISSIONS_PORT, context=TLS, timeout=30) as smtp:
+    smtp.login("user1@harness.test", PASSWORD)
+    smtp.sendmail("user1@harness.test", ["user2@harness.test"], raw)
+readback("submission without Date and Message-ID", "user2", "nodate", raw,
+         ["Received", "Date", "Message-ID"], ["Message-ID: <", "@localhost>"])
+
 # Submission refuses another sender.
 with smtplib.SMTP_SSL(HOST, SUBMISSIONS_PORT, context=TLS, timeout=30) as smtp:
     smtp.login("user1@harness.test", PASSWORD)

@@ -16,6 +16,9 @@ use mail_auth::{AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcRe
 
 /// How long one DNS query may take before it counts as a temporary error.
 const DNS_TIMEOUT_MS: u64 = 5_000;
+/// How long all the checks of one message may take; past it the message is delivered with
+/// every result "temperror", as when DNS does not answer.
+const CHECKS_TIMEOUT_MS: u64 = 20_000;
 
 /// What to do with inbound mail whose authentication fails.
 #[derive(Clone, Debug)]
@@ -84,8 +87,24 @@ impl InboundAuth {
         })
     }
 
-    /// SPF, DKIM and DMARC for one message received from `peer` after `helo` and `mail_from`.
+    /// SPF, DKIM and DMARC for one message received from `peer` after `helo` and
+    /// `mail_from`, within CHECKS_TIMEOUT_MS.
     pub async fn check(&self, raw: &[u8], peer: IpAddr, helo: &str, mail_from: &str) -> Verdict {
+        let checks = self.check_unbounded(raw, peer, helo, mail_from);
+        match tokio::time::timeout(Duration::from_millis(CHECKS_TIMEOUT_MS), checks).await {
+            Ok(verdict) => verdict,
+            Err(_) => Verdict {
+                header: format!(
+                    "Authentication-Results: {};\r\n\tspf=temperror (timeout);\r\n\tdkim=temperror (timeout);\r\n\tdmarc=temperror (timeout)\r\n",
+                    self.hostname
+                ),
+                refusal: None,
+                summary: "spf=temperror dkim=temperror dmarc=temperror".into(),
+            },
+        }
+    }
+
+    async fn check_unbounded(&self, raw: &[u8], peer: IpAddr, helo: &str, mail_from: &str) -> Verdict {
         let spf = if mail_from.is_empty() {
             self.authenticator
                 .verify_spf(SpfParameters::verify_ehlo(peer, helo, &self.hostname))

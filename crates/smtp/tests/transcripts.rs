@@ -88,6 +88,7 @@ async fn run(name: &str) {
         ..SmtpConfig::default()
     };
     let (mut role, mut tls) = (ListenerRole::Inbound, None);
+    let mut login_limits = LoginLimits::default();
     let mut aliases = Aliases::default();
     aliases.map.insert(
         "team@example.test".into(),
@@ -111,13 +112,18 @@ async fn run(name: &str) {
                 "line_max" => config.line_bytes_max = value.parse().unwrap(),
                 "hourly" => config.messages_per_hour_per_account_max = value.parse().unwrap(),
                 "timeout_ms" => config.command_timeout_ms = value.parse().unwrap(),
+                "lockout" => {
+                    login_limits.failures_per_account_max = value.parse().unwrap();
+                    login_limits.failure_delay_ms = 1;
+                    login_limits.failure_delay_max_ms = 1;
+                }
                 other => panic!("{name}: unknown option {other}"),
             }
         }
     }
     let (client, server) = tokio::io::duplex(1 << 20);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let shared = SmtpShared::new(ImapShared::new(LoginLimits::default()), aliases, None);
+    let shared = SmtpShared::new(ImapShared::new(login_limits), aliases, None);
     let mut session = Some(tokio::spawn(serve_session(
         Box::new(server),
         store.clone(),
@@ -233,6 +239,11 @@ async fn bdat_chunks() {
 #[tokio::test]
 async fn a_client_that_stops_mid_data_delivers_nothing() {
     run("mid-data.txt").await;
+}
+
+#[tokio::test]
+async fn auth_failures_lock_the_account_out_and_close_the_connection() {
+    run("auth-lockout.txt").await;
 }
 
 #[tokio::test]
