@@ -210,8 +210,13 @@ pub(crate) fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         cfg.server.hostname, cfg.listeners.imap, cfg.server.hostname, cfg.listeners.imaps
     );
     println!(
-        "  SMTP           {}:{} (submission, STARTTLS), {}:{} (TLS) — not built yet",
-        cfg.server.hostname, cfg.listeners.submission, cfg.server.hostname, cfg.listeners.submissions
+        "  SMTP           {}:{} (submission, STARTTLS), {}:{} (TLS); inbound {}:{}",
+        cfg.server.hostname,
+        cfg.listeners.submission,
+        cfg.server.hostname,
+        cfg.listeners.submissions,
+        cfg.server.hostname,
+        cfg.listeners.smtp
     );
     println!(
         "  web            https://{}:{}/ — not built yet",
