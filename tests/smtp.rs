@@ -113,6 +113,14 @@ fn real_clients_send_inbound_and_submitted_mail_checked_by_dns_and_read_back_ove
         serde_json::json!(["someone@elsewhere.example"])
     );
     assert_eq!(entries[0]["from"], "user1@harness.test");
+    // DSN parameters kept for the outbound delivery.
+    assert_eq!(entries[0]["notify"], serde_json::json!([["SUCCESS", "FAILURE"]]));
+    assert_eq!(
+        entries[0]["orcpt"],
+        serde_json::json!(["rfc822;someone@elsewhere.example"])
+    );
+    assert_eq!(entries[0]["env_id"], "env-587");
+    assert_eq!(entries[0]["ret"], "HDRS");
 
     // Deliveries, submissions and the refusal are in the audit log, whose chain holds.
     let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");

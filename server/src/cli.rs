@@ -111,6 +111,9 @@ pub(crate) fn queue(command: QueueCommand) -> anyhow::Result<ExitCode> {
                     let line = serde_json::json!({
                         "id": entry.id.to_string(), "account": account, "from": entry.envelope.from,
                         "recipients": recipients, "size": entry.size, "created_at_ms": entry.created_ms,
+                        "notify": entry.envelope.recipients.iter().map(|r| &r.notify).collect::<Vec<_>>(),
+                        "orcpt": entry.envelope.recipients.iter().map(|r| &r.orcpt).collect::<Vec<_>>(),
+                        "env_id": entry.envelope.env_id, "ret": entry.envelope.ret,
                         "attempts": entry.attempts, "next_attempt_at_ms": entry.next_attempt_ms,
                     });
                     writeln!(out, "{line}")?;

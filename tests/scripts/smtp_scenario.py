@@ -159,7 +159,9 @@ with smtplib.SMTP(HOST, SUBMISSION_PORT, timeout=30) as smtp:
     smtp.ehlo("laptop")
     check("587 offers AUTH PLAIN LOGIN after STARTTLS", "PLAIN" in smtp.esmtp_features.get("auth", "").upper())
     smtp.login("user1@harness.test", PASSWORD)
-    smtp.sendmail("user1@harness.test", ["user2@harness.test", "someone@elsewhere.example"], raw)
+    smtp.sendmail("user1@harness.test", ["user2@harness.test", "someone@elsewhere.example"], raw,
+                  mail_options=["RET=HDRS", "ENVID=env-587"],
+                  rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;someone@elsewhere.example"])
 readback("smtplib on 587", "user2", "sub587", raw, ["Received"], ["ESMTPSA", "TLS"])
 check("smtplib on 587: the sender's BACKUP has it",
       added_fields(fetch("user1", "BACKUP", "sub587"), raw) is not None)

@@ -699,7 +699,11 @@ impl Session {
             self.transaction.recipients.push(Recipient::Outside(OutboundRecipient {
                 address,
                 notify,
-                orcpt: to.orcpt,
+                // smtp-proto gives the address without its type; ORCPT types are rfc822 (or
+                // utf-8, whose addresses are rfc822 ones here after SMTPUTF8).
+                orcpt: to
+                    .orcpt
+                    .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") }),
             }));
             self.reply("250 2.1.5 recipient ok");
             return Flow::Continue;
