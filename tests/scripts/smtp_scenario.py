@@ -140,6 +140,14 @@ inbound(raw, "bob@sender.test", source="127.0.0.3")
 readback("from a -all address", "user1", "spffail", raw, ["Received", "Authentication-Results"],
          ["spf=fail"])
 
+# A verdict forged in our name is removed; the sender's own stays out of the way.
+forged = b"Authentication-Results: localhost; dkim=pass header.d=harness.test\r\n"
+raw = message("forged", "alice@sender.test")
+inbound(forged + raw, "alice@sender.test")
+got = fetch("user1", "INBOX", "forged")
+check("a forged Authentication-Results in our name is removed",
+      got is not None and got.endswith(raw) and forged not in got, repr(got and got[:600]))
+
 raw = message("dmarcreject", "eve@strict.test")
 try:
     inbound(raw, "eve@strict.test", source="127.0.0.3")

@@ -76,6 +76,51 @@ pub(crate) fn header_len(raw: &[u8]) -> usize {
     raw.len()
 }
 
+/// The message without Authentication-Results fields that claim to come from `hostname`: a
+/// sender could otherwise forge our verdict (RFC 8601 section 5). `None` when there is none.
+pub(crate) fn without_forged_results(raw: &[u8], hostname: &str) -> Option<Vec<u8>> {
+    const NAME: &[u8] = b"authentication-results:";
+    let header_end = header_len(raw);
+    let mut fields: Vec<(usize, usize, bool)> = Vec::new();
+    let mut at = 0;
+    while at < header_end {
+        let mut end = raw[at..header_end]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(header_end, |p| at + p + 1);
+        // Continuation lines belong to the field.
+        while end < header_end && matches!(raw[end], b' ' | b'\t') {
+            end = raw[end..header_end]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(header_end, |p| end + p + 1);
+        }
+        let field = &raw[at..end];
+        let forged = field.len() > NAME.len() && field[..NAME.len()].eq_ignore_ascii_case(NAME) && {
+            let value = String::from_utf8_lossy(&field[NAME.len()..]);
+            let authserv = value
+                .trim_start()
+                .split([';', ' ', '\t', '\r', '\n'])
+                .next()
+                .unwrap_or("");
+            authserv.eq_ignore_ascii_case(hostname)
+        };
+        fields.push((at, end, forged));
+        at = end;
+    }
+    if !fields.iter().any(|f| f.2) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (start, end, forged) in fields {
+        if !forged {
+            out.extend_from_slice(&raw[start..end]);
+        }
+    }
+    out.extend_from_slice(&raw[header_end..]);
+    Some(out)
+}
+
 /// Whether the header section has a field of this name (case-insensitive).
 pub(crate) fn has_field(raw: &[u8], name: &str) -> bool {
     let header = &raw[..header_len(raw)];
@@ -104,6 +149,20 @@ mod tests {
         assert!(field.contains("for <a@example.com>;"));
         assert!(field.ends_with("\r\n"));
         assert_eq!(field.matches("\r\n").count(), field.matches("\r\n\t").count() + 1);
+    }
+
+    #[test]
+    fn forged_authentication_results_for_our_name_are_removed_and_others_kept() {
+        let raw = b"Subject: x\r\nAuthentication-Results: MX.Example;\r\n\tdkim=pass\r\n\
+                    Authentication-Results: other.example; spf=fail\r\n\r\n\
+                    Authentication-Results: mx.example; in the body\r\n";
+        let cleaned = without_forged_results(raw, "mx.example").unwrap();
+        assert_eq!(
+            cleaned,
+            b"Subject: x\r\nAuthentication-Results: other.example; spf=fail\r\n\r\n\
+              Authentication-Results: mx.example; in the body\r\n"
+        );
+        assert_eq!(without_forged_results(b"Subject: x\r\n\r\nbody", "mx.example"), None);
     }
 
     #[test]

@@ -890,9 +890,14 @@ impl Session {
             &id,
             single.as_deref(),
         );
-        // Inbound mail: who sent it, as far as SPF, DKIM and DMARC can tell.
+        // Inbound mail: who sent it, as far as SPF, DKIM and DMARC can tell, and no verdict
+        // in our name but ours.
+        let mut body = body;
         let mut auth_summary = String::new();
         if submission.is_none() {
+            if let Some(cleaned) = headers::without_forged_results(&body, &self.config.hostname) {
+                body = cleaned;
+            }
             if let Some(auth) = &self.connection.shared.inbound_auth {
                 let peer = self
                     .connection
