@@ -308,6 +308,43 @@ where
     while sessions.join_next().await.is_some() {}
 }
 
+/// Tells a client past the per-address limit why it is refused, then closes. On a TLS port
+/// the client can only read the reason after a handshake, which gets a few seconds at most.
+async fn refuse(mut socket: tokio::net::TcpStream, tls: &tokio_rustls::TlsAcceptor, implicit_tls: bool, reason: &str) {
+    if !implicit_tls {
+        let _ = socket.write_all(reason.as_bytes()).await;
+        return;
+    }
+    let handshake = tokio::time::timeout(REFUSAL_HANDSHAKE_MS, tls.accept(socket)).await;
+    if let Ok(Ok(mut stream)) = handshake {
+        let _ = stream.write_all(reason.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// The session's stream: TLS at once on an implicit-TLS port (with what was negotiated), the
+/// plain socket otherwise. `None` when the handshake fails.
+async fn open_stream(
+    socket: tokio::net::TcpStream,
+    tls: &tokio_rustls::TlsAcceptor,
+    implicit_tls: bool,
+) -> Option<(BoxedStream, Option<String>)> {
+    let socket = crate::tcp::QuickAckStream::new(socket);
+    if !implicit_tls {
+        return Some((Box::new(socket), None));
+    }
+    match tls.accept(socket).await {
+        Ok(stream) => {
+            let described = describe_tls(&stream);
+            Some((Box::new(stream), Some(described)))
+        }
+        Err(error) => {
+            tracing::debug!(%error, "TLS handshake failed");
+            None
+        }
+    }
+}
+
 /// Connections per client address on one listener.
 #[derive(Clone)]
 struct AddressLimiter {
@@ -349,7 +386,7 @@ impl ImapService {
 
     fn connection(
         &self,
-        mut socket: tokio::net::TcpStream,
+        socket: tokio::net::TcpStream,
         peer: SocketAddr,
         stopped: watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -365,30 +402,10 @@ impl ImapService {
         async move {
             let Some(_slot) = slot else {
                 let bye = format!("* BYE too many connections from your address (limit {limit})\r\n");
-                if !implicit_tls {
-                    let _ = socket.write_all(bye.as_bytes()).await;
-                    return;
-                }
-                // On the TLS port the client can only read the reason after a handshake,
-                // which gets a few seconds at most.
-                let handshake = tokio::time::timeout(REFUSAL_HANDSHAKE_MS, tls.accept(socket)).await;
-                if let Ok(Ok(mut stream)) = handshake {
-                    let _ = stream.write_all(bye.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                }
-                return;
+                return refuse(socket, &tls, implicit_tls, &bye).await;
             };
-            let socket = crate::tcp::QuickAckStream::new(socket);
-            let stream: BoxedStream = if implicit_tls {
-                match tls.accept(socket).await {
-                    Ok(stream) => Box::new(stream),
-                    Err(error) => {
-                        tracing::debug!(%error, "TLS handshake failed");
-                        return;
-                    }
-                }
-            } else {
-                Box::new(socket)
+            let Some((stream, _)) = open_stream(socket, &tls, implicit_tls).await else {
+                return;
             };
             let starttls: Option<TlsUpgrade> = if implicit_tls {
                 None
@@ -448,7 +465,7 @@ impl SmtpService {
 
     fn connection(
         &self,
-        mut socket: tokio::net::TcpStream,
+        socket: tokio::net::TcpStream,
         peer: SocketAddr,
         stopped: watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -465,31 +482,10 @@ impl SmtpService {
         async move {
             let Some(_slot) = slot else {
                 let refusal = format!("421 4.7.0 too many connections from your address (limit {limit})\r\n");
-                if !implicit_tls {
-                    let _ = socket.write_all(refusal.as_bytes()).await;
-                    return;
-                }
-                let handshake = tokio::time::timeout(REFUSAL_HANDSHAKE_MS, tls.accept(socket)).await;
-                if let Ok(Ok(mut stream)) = handshake {
-                    let _ = stream.write_all(refusal.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                }
-                return;
+                return refuse(socket, &tls, implicit_tls, &refusal).await;
             };
-            let socket = crate::tcp::QuickAckStream::new(socket);
-            let (stream, described): (BoxedStream, Option<String>) = if implicit_tls {
-                match tls.accept(socket).await {
-                    Ok(stream) => {
-                        let described = describe_tls(&stream);
-                        (Box::new(stream), Some(described))
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "TLS handshake failed");
-                        return;
-                    }
-                }
-            } else {
-                (Box::new(socket), None)
+            let Some((stream, described)) = open_stream(socket, &tls, implicit_tls).await else {
+                return;
             };
             let starttls: Option<SmtpTlsUpgrade> = if implicit_tls {
                 None
