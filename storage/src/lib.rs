@@ -46,7 +46,9 @@ pub use error::{Error, Result};
 pub use mailbox::MAILBOX_DELIMITER;
 pub use message::{Delivered, CHUNK_BYTES, SEARCH_TEXT_BYTES_MAX};
 pub use notify::{MailboxEvent, MailboxEvents};
-pub use queue::{Outbound, OutboundRecipient, QueueId, QueuedMessage, QUEUE_RECIPIENTS_MAX};
+pub use queue::{
+    Outbound, OutboundRecipient, QueueId, QueuedMessage, RecipientState, RecipientStatus, QUEUE_RECIPIENTS_MAX,
+};
 pub use store::{Actor, Store, StoreConfig, StoreLimits};
 pub use types::{
     Account, AccountId, AccountStatus, Appended, Changes, DeliveryTarget, FlagChange, Flags, FlagsStored, InternalDate,

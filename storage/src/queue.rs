@@ -13,6 +13,10 @@ use crate::mailbox::{open_record, seal_record};
 use crate::store::{AccountCrypto, Store};
 use crate::types::{AccountId, MailboxId, NewMessage};
 
+/// The lock stripe slot that serialises changes to an account's queue entries (mailbox ids
+/// start at 1; 0 holds the account's counters).
+const QUEUE_LOCK_SLOT: u32 = u32::MAX;
+
 /// Recipients one queue entry may hold.
 pub const QUEUE_RECIPIENTS_MAX: usize = 1_000;
 
@@ -59,6 +63,38 @@ struct QueueRecord {
     created_ms: i64,
     attempts: u32,
     next_attempt_ms: i64,
+    /// One per recipient of `envelope`, in its order.
+    states: Vec<RecipientState>,
+}
+
+/// Where one outside recipient's delivery stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecipientStatus {
+    /// Not delivered yet; tried again at the entry's next attempt.
+    Pending,
+    /// Accepted by the recipient's server over verified TLS (`how`: server, TLS version and
+    /// cipher).
+    Delivered { at_ms: i64, how: String },
+    /// Kept for pickup through the portal (no verified TLS, or a rule said so).
+    Portal { at_ms: i64, why: String },
+    /// Refused for good (5xx) or out of retries; the sender got a bounce.
+    Failed { at_ms: i64, reply: String },
+}
+
+/// One recipient's status, with the last reply or error and why its protection was chosen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientState {
+    pub status: RecipientStatus,
+    pub last_reply: Option<String>,
+}
+
+impl RecipientState {
+    fn pending() -> Self {
+        Self {
+            status: RecipientStatus::Pending,
+            last_reply: None,
+        }
+    }
 }
 
 /// A queue entry as `sealpost queue list` shows it.
@@ -71,6 +107,14 @@ pub struct QueuedMessage {
     pub created_ms: i64,
     pub attempts: u32,
     pub next_attempt_ms: i64,
+    pub states: Vec<RecipientState>,
+}
+
+impl QueuedMessage {
+    /// Whether any recipient still waits for delivery.
+    pub fn pending(&self) -> bool {
+        self.states.iter().any(|s| s.status == RecipientStatus::Pending)
+    }
 }
 
 fn queue_aad(key: &[u8]) -> Vec<u8> {
@@ -104,6 +148,7 @@ pub(crate) fn stage_queue_entry(
         created_ms: now,
         attempts: 0,
         next_attempt_ms: now,
+        states: vec![RecipientState::pending(); outbound.recipients.len()],
     };
     batch.put(
         Table::Queue,
@@ -156,6 +201,7 @@ impl Store {
                 created_ms: record.created_ms,
                 attempts: record.attempts,
                 next_attempt_ms: record.next_attempt_ms,
+                states: record.states,
             });
         }
         Ok(out)
@@ -170,5 +216,102 @@ impl Store {
         })?;
         let record: QueueRecord = open_record(&crypto, &queue_aad(&key), &sealed)?;
         self.read_blob(&crypto, account, &record.blob)
+    }
+
+    fn queue_record(&self, crypto: &AccountCrypto, account: AccountId, id: QueueId) -> Result<QueueRecord> {
+        let key = keys::queue(account, &id.0);
+        let sealed = self.inner.engine.get(Table::Queue, &key)?.ok_or(Error::InvalidInput {
+            what: "no such queue entry",
+        })?;
+        open_record(crypto, &queue_aad(&key), &sealed)
+    }
+
+    /// Records a delivery attempt: the recipients' new states, one more attempt, the next
+    /// attempt's time, and `events` in the audit log, in one durable write. An entry with no
+    /// pending recipient left is removed, and its body goes with its last reference.
+    pub fn queue_update(
+        &self,
+        account: AccountId,
+        id: QueueId,
+        states: Vec<RecipientState>,
+        next_attempt_ms: i64,
+        events: Vec<crate::AuditEvent>,
+    ) -> Result<()> {
+        let crypto = self.account_crypto(account)?;
+        let _lock = self.inner.mailbox_locks.lock(account, QUEUE_LOCK_SLOT);
+        let mut record = self.queue_record(&crypto, account, id)?;
+        if states.len() != record.states.len() {
+            return Err(Error::InvalidInput {
+                what: "queue states do not match the recipients",
+            });
+        }
+        record.states = states;
+        record.attempts += 1;
+        record.next_attempt_ms = next_attempt_ms;
+        let mut batch = Batch::default();
+        self.stage_queue_record(&crypto, account, id, record, &mut batch)?;
+        self.commit_audited(batch, events)?;
+        Ok(())
+    }
+
+    /// Makes an entry due now (`sealpost queue retry`).
+    pub fn queue_retry(&self, account: AccountId, id: QueueId, actor: &crate::Actor) -> Result<()> {
+        let crypto = self.account_crypto(account)?;
+        let _lock = self.inner.mailbox_locks.lock(account, QUEUE_LOCK_SLOT);
+        let mut record = self.queue_record(&crypto, account, id)?;
+        record.next_attempt_ms = crate::now_ms();
+        let mut batch = Batch::default();
+        self.stage_queue_record(&crypto, account, id, record, &mut batch)?;
+        let event = crate::AuditEvent::new(actor, "queue.retry", format!("queue {id}"));
+        self.commit_audited(batch, vec![event])?;
+        Ok(())
+    }
+
+    /// Deletes an entry whatever its recipients' states (`sealpost queue delete`), audited.
+    pub fn queue_delete(&self, account: AccountId, id: QueueId, actor: &crate::Actor) -> Result<()> {
+        let crypto = self.account_crypto(account)?;
+        let _lock = self.inner.mailbox_locks.lock(account, QUEUE_LOCK_SLOT);
+        let record = self.queue_record(&crypto, account, id)?;
+        let mut batch = Batch::default();
+        self.stage_queue_removal(&crypto, account, id, &record, &mut batch)?;
+        let event = crate::AuditEvent::new(actor, "queue.delete", format!("queue {id}"))
+            .detail(format!("{} recipients", record.envelope.recipients.len()));
+        self.commit_audited(batch, vec![event])?;
+        Ok(())
+    }
+
+    fn stage_queue_record(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        id: QueueId,
+        record: QueueRecord,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        if record.states.iter().any(|s| s.status == RecipientStatus::Pending) {
+            let key = keys::queue(account, &id.0);
+            batch.put(
+                Table::Queue,
+                key.clone(),
+                seal_record(crypto, &queue_aad(&key), &record)?,
+            );
+            Ok(())
+        } else {
+            self.stage_queue_removal(crypto, account, id, &record, batch)
+        }
+    }
+
+    fn stage_queue_removal(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        id: QueueId,
+        record: &QueueRecord,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        batch.delete(Table::Queue, keys::queue(account, &id.0));
+        let mut blobs = crate::message::BlobChanges::default();
+        self.release_blob(crypto, account, &record.blob, &mut blobs)?;
+        blobs.stage(crypto, account, batch)
     }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use common::*;
 use sealpost_storage::{
     AccountStatus, Actor, AuditEvent, DeliveryTarget, Error, FlagChange, Flags, InternalDate, Login, MailboxEvent,
-    MasterKey, NewAccount, NewMessage, Outbound, OutboundRecipient, Role, SpecialUse, Store, SystemFlag,
+    MasterKey, NewAccount, NewMessage, Outbound, OutboundRecipient, RecipientState, RecipientStatus, Role, SpecialUse,
+    Store, SystemFlag,
 };
 
 const MARKER: &str = "zqxmarker7731";
@@ -1020,4 +1021,92 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
     // Deleting the account deletes its queue.
     store.delete_account(alice, &Actor::cli()).unwrap();
     assert!(store.queued().unwrap().is_empty());
+}
+
+#[test]
+fn queue_entries_record_each_recipient_and_go_with_their_last_pending_one() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let alice = add_account(&store, "alice");
+    let backup = mailbox(&store, alice, "BACKUP");
+    let raw = message(31, 20_000);
+    let recipient = |address: &str| OutboundRecipient {
+        address: address.into(),
+        notify: vec![],
+        orcpt: None,
+    };
+    let outbound = Outbound {
+        from: "alice@clinic.example".into(),
+        recipients: vec![recipient("a@one.example"), recipient("b@two.example")],
+        env_id: None,
+        ret: None,
+    };
+    let new = NewMessage {
+        raw: &raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: b"",
+        search_text: b"",
+    };
+    let (_, id) = store.submit(alice, &[backup], &new, Some(&outbound)).unwrap();
+    let id = id.unwrap();
+    let entry = store.queued().unwrap().remove(0);
+    assert!(entry.pending());
+    assert_eq!(entry.states.len(), 2);
+
+    // One delivered, one deferred: the entry stays, with one more attempt.
+    let delivered = RecipientState {
+        status: RecipientStatus::Delivered {
+            at_ms: 1,
+            how: "mx.one.example TLSv1_3".into(),
+        },
+        last_reply: Some("250 ok".into()),
+    };
+    let deferred = RecipientState {
+        status: RecipientStatus::Pending,
+        last_reply: Some("451 try later".into()),
+    };
+    let event = AuditEvent::new(&Actor::system(), "queue.attempt", "test");
+    store
+        .queue_update(alice, id, vec![delivered.clone(), deferred], 123, vec![event.clone()])
+        .unwrap();
+    let entry = store.queued().unwrap().remove(0);
+    assert_eq!((entry.attempts, entry.next_attempt_ms), (1, 123));
+    assert_eq!(entry.states[0], delivered);
+    assert!(
+        store
+            .queue_update(alice, id, vec![delivered.clone()], 0, vec![])
+            .is_err(),
+        "states must match"
+    );
+
+    store.queue_retry(alice, id, &Actor::cli()).unwrap();
+    assert!(store.queued().unwrap()[0].next_attempt_ms > 123);
+
+    // The last pending recipient done: the entry goes; the BACKUP copy keeps the body.
+    let portal = RecipientState {
+        status: RecipientStatus::Portal {
+            at_ms: 2,
+            why: "no STARTTLS".into(),
+        },
+        last_reply: None,
+    };
+    store
+        .queue_update(alice, id, vec![delivered, portal], 0, vec![event])
+        .unwrap();
+    assert!(store.queued().unwrap().is_empty());
+    assert_eq!(store.body_count(alice).unwrap(), 1);
+    assert_eq!(store.read_message(alice, backup, 1).unwrap(), raw);
+
+    // Deleting an entry is audited and frees its reference to the body.
+    let (_, id) = store.submit(alice, &[backup], &new, Some(&outbound)).unwrap();
+    let before = store.audit_verify().unwrap().records_verified;
+    store.queue_delete(alice, id.unwrap(), &Actor::cli()).unwrap();
+    assert!(store.queued().unwrap().is_empty());
+    assert_eq!(store.audit_verify().unwrap().records_verified, before + 1);
+    assert_eq!(
+        store.body_count(alice).unwrap(),
+        2,
+        "two BACKUP copies, no queue reference"
+    );
 }
