@@ -24,6 +24,38 @@ pub(crate) struct Config {
     pub(crate) aliases: std::collections::BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub(crate) smtp: SmtpSection,
+    #[serde(default)]
+    pub(crate) outbound: OutboundSection,
+}
+
+/// Delivery to other servers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct OutboundSection {
+    /// The port receiving servers listen on.
+    pub(crate) port: u16,
+    /// PEM files of the certificate authorities a receiving server's certificate may chain
+    /// to: the system's bundle, plus any a site adds for its partners' private CAs.
+    pub(crate) ca_files: Vec<PathBuf>,
+    /// The first retry after a temporary failure, in ms; each next one waits twice as long.
+    pub(crate) retry_first_ms: u64,
+    /// The longest wait between two attempts, in ms.
+    pub(crate) retry_max_ms: u64,
+    /// How long a message may wait for delivery before it fails and bounces, in ms.
+    pub(crate) retry_window_ms: u64,
+}
+
+impl Default for OutboundSection {
+    fn default() -> Self {
+        let defaults = sealpost_smtp::OutboundConfig::default();
+        Self {
+            port: defaults.port,
+            ca_files: vec![PathBuf::from("/etc/ssl/certs/ca-certificates.crt")],
+            retry_first_ms: defaults.retry_first_ms,
+            retry_max_ms: defaults.retry_max_ms,
+            retry_window_ms: defaults.retry_window_ms,
+        }
+    }
 }
 
 /// Inbound mail checks.

@@ -91,6 +91,7 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
         limits: Default::default(),
         aliases: Default::default(),
         smtp: Default::default(),
+        outbound: Default::default(),
     };
     let text = toml::to_string(&config).context("writing the configuration")?;
     create_dir(&args.data, 0o750)?;

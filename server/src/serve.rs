@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use sealpost_imap::{BoxedStream, Connection, ImapConfig, ImapShared, LoginLimits, TlsUpgrade};
 use sealpost_smtp::{
-    Aliases, InboundAuth, InboundPolicy, ListenerRole, SmtpConfig, SmtpConnection, SmtpShared, SmtpTlsUpgrade,
+    Aliases, InboundAuth, InboundPolicy, ListenerRole, OutboundAgent, OutboundConfig, SmtpConfig, SmtpConnection,
+    SmtpShared, SmtpTlsUpgrade,
 };
 use sealpost_storage::Store;
 use tokio::io::AsyncWriteExt;
@@ -139,7 +140,22 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         },
     )
     .context("setting up SPF/DKIM/DMARC checks (smtp.dns_servers)")?;
-    let smtp_shared = SmtpShared::new(imap_shared.clone(), aliases, Some(inbound_auth));
+    let outbound = OutboundAgent::new(
+        store.clone(),
+        OutboundConfig {
+            hostname: cfg.server.hostname.clone(),
+            port: cfg.outbound.port,
+            retry_first_ms: cfg.outbound.retry_first_ms,
+            retry_max_ms: cfg.outbound.retry_max_ms,
+            retry_window_ms: cfg.outbound.retry_window_ms,
+            ..OutboundConfig::default()
+        },
+        &cfg.smtp.dns_servers,
+        load_roots(&loaded)?,
+    )
+    .context("setting up outbound delivery")?;
+    let smtp_shared = SmtpShared::new(imap_shared.clone(), aliases, Some(inbound_auth), Some(outbound.waker()));
+    listeners.spawn(outbound.run(stopped.clone()));
     for (name, port, role, implicit_tls) in [
         ("smtp", cfg.listeners.smtp, ListenerRole::Inbound, false),
         ("submission", cfg.listeners.submission, ListenerRole::Submission, false),
@@ -239,6 +255,29 @@ pub(crate) fn load_tls(loaded: &Loaded) -> anyhow::Result<Arc<rustls::ServerConf
             )
         })?;
     Ok(Arc::new(config))
+}
+
+/// The certificate authorities outbound TLS trusts: every certificate in `outbound.ca_files`.
+/// A missing file is skipped with a warning (a machine without the system bundle still
+/// delivers to partners whose CA is configured); a file that is not PEM stops the start.
+fn load_roots(loaded: &Loaded) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for file in &loaded.config.outbound.ca_files {
+        let path = loaded.path(file);
+        let pem = match std::fs::read(&path) {
+            Ok(pem) => pem,
+            Err(error) => {
+                warn!(path = %path.display(), %error, "outbound CA file not read");
+                continue;
+            }
+        };
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{}: not PEM certificates", path.display()))?;
+        let (added, ignored) = roots.add_parsable_certificates(certs);
+        info!(path = %path.display(), added, ignored, "outbound CAs loaded");
+    }
+    Ok(roots)
 }
 
 /// Resolves once shutdown is asked for (the read guard never lives across an await).

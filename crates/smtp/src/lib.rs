@@ -5,10 +5,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod headers;
+mod outbound;
 mod session;
 mod shared;
 mod verify;
 
 pub use session::{serve_session, ListenerRole, SmtpConfig, SmtpConnection, SmtpTlsUpgrade, TlsDescription};
+pub use outbound::{Outbound as OutboundAgent, OutboundConfig};
 pub use shared::{Aliases, SmtpShared};
 pub use verify::{InboundAuth, InboundPolicy, Verdict};

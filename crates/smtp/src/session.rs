@@ -959,9 +959,13 @@ impl Session {
             auth_summary,
         };
         let sender = submission.clone();
+        let queued = outbound.is_some();
         let result = blocking(move || deliver(&store, &raw, sender.as_ref(), &local_accounts, outbound, &audit)).await;
         match result {
             Ok(()) => {
+                if let (true, Some(waker)) = (queued, &self.connection.shared.queue_waker) {
+                    waker.notify_one();
+                }
                 if let Some(account) = &submission {
                     self.connection.shared.count_submission(account.id);
                 }

@@ -40,15 +40,23 @@ pub struct SmtpShared {
     /// SPF, DKIM and DMARC for inbound mail; `None` only where no DNS is configured (tests of
     /// the state machine), and then no Authentication-Results field is added.
     pub(crate) inbound_auth: Option<crate::InboundAuth>,
+    /// Woken when a submission queued mail for outside recipients.
+    pub(crate) queue_waker: Option<Arc<tokio::sync::Notify>>,
     submitted: Mutex<HashMap<AccountId, (Instant, u32)>>,
 }
 
 impl SmtpShared {
-    pub fn new(logins: Arc<ImapShared>, aliases: Aliases, inbound_auth: Option<crate::InboundAuth>) -> Arc<Self> {
+    pub fn new(
+        logins: Arc<ImapShared>,
+        aliases: Aliases,
+        inbound_auth: Option<crate::InboundAuth>,
+        queue_waker: Option<Arc<tokio::sync::Notify>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             logins,
             aliases,
             inbound_auth,
+            queue_waker,
             submitted: Mutex::new(HashMap::new()),
         })
     }

@@ -56,30 +56,7 @@ pub struct Verdict {
 impl InboundAuth {
     /// A checker asking `dns_servers` (UDP and TCP), or the system's resolvers when empty.
     pub fn new(dns_servers: &[SocketAddr], hostname: &str, policy: InboundPolicy) -> std::io::Result<Self> {
-        let mut options = ResolverOpts::default();
-        options.timeout = Duration::from_millis(DNS_TIMEOUT_MS);
-        options.attempts = 2;
-        let authenticator = if dns_servers.is_empty() {
-            let (config, _) = mail_auth::hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| std::io::Error::other(format!("reading the system's DNS configuration: {e}")))?;
-            MessageAuthenticator::new(config, options)
-        } else {
-            let servers = dns_servers
-                .iter()
-                .map(|server| {
-                    let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                        .into_iter()
-                        .map(|mut c| {
-                            c.port = server.port();
-                            c
-                        })
-                        .collect();
-                    NameServerConfig::new(server.ip(), true, connections)
-                })
-                .collect();
-            MessageAuthenticator::new(ResolverConfig::from_parts(None, vec![], servers), options)
-        }
-        .map_err(|e| std::io::Error::other(format!("making the DNS resolver: {e}")))?;
+        let authenticator = make_resolver(dns_servers)?;
         Ok(Self {
             authenticator,
             hostname: hostname.to_string(),
@@ -170,6 +147,34 @@ impl InboundAuth {
             summary: format!("spf={spf_word} dkim={dkim_word} dmarc={dmarc_word}"),
         }
     }
+}
+
+/// A resolver asking `dns_servers` (UDP and TCP), or the system's resolvers when empty.
+pub(crate) fn make_resolver(dns_servers: &[SocketAddr]) -> std::io::Result<MessageAuthenticator> {
+    let mut options = ResolverOpts::default();
+    options.timeout = Duration::from_millis(DNS_TIMEOUT_MS);
+    options.attempts = 2;
+    if dns_servers.is_empty() {
+        let (config, _) = mail_auth::hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| std::io::Error::other(format!("reading the system's DNS configuration: {e}")))?;
+        return MessageAuthenticator::new(config, options)
+            .map_err(|e| std::io::Error::other(format!("making the DNS resolver: {e}")));
+    }
+    let servers = dns_servers
+        .iter()
+        .map(|server| {
+            let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                .into_iter()
+                .map(|mut c| {
+                    c.port = server.port();
+                    c
+                })
+                .collect();
+            NameServerConfig::new(server.ip(), true, connections)
+        })
+        .collect();
+    MessageAuthenticator::new(ResolverConfig::from_parts(None, vec![], servers), options)
+        .map_err(|e| std::io::Error::other(format!("making the DNS resolver: {e}")))
 }
 
 fn spf_word(result: SpfResult) -> &'static str {

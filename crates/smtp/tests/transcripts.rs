@@ -123,7 +123,7 @@ async fn run(name: &str) {
     }
     let (client, server) = tokio::io::duplex(1 << 20);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let shared = SmtpShared::new(ImapShared::new(login_limits), aliases, None);
+    let shared = SmtpShared::new(ImapShared::new(login_limits), aliases, None, None);
     let mut session = Some(tokio::spawn(serve_session(
         Box::new(server),
         store.clone(),

@@ -1,0 +1,569 @@
+//! Outbound delivery of the queue: MX look-up, an SMTP client that delivers only over TLS
+//! whose certificate verifies for the MX name, retries with growing back-off, and the record
+//! of what was done per recipient. Never plaintext: a recipient whose servers offer no
+//! verified TLS waits for the pickup portal.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_auth::hickory_resolver::proto::rr::RData;
+use mail_auth::MessageAuthenticator;
+use sealpost_storage::{Actor, AuditEvent, QueuedMessage, RecipientState, RecipientStatus, Store};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+/// Bounds and settings of outbound delivery, each named with its unit.
+#[derive(Clone, Debug)]
+pub struct OutboundConfig {
+    /// Our name in EHLO.
+    pub hostname: String,
+    /// The port of receiving servers (25; tests point it at loopback servers).
+    pub port: u16,
+    /// How long a connection, a handshake or one reply may take, in ms.
+    pub timeout_ms: u64,
+    /// The first retry after a temporary failure, in ms; each next one waits twice as long.
+    pub retry_first_ms: u64,
+    /// The longest wait between two attempts, in ms.
+    pub retry_max_ms: u64,
+    /// After this long in the queue a recipient still not delivered fails, in ms (5 days).
+    pub retry_window_ms: u64,
+    /// How often the queue is looked at when nothing wakes it, in ms.
+    pub poll_ms: u64,
+    /// Queue entries delivered at the same time.
+    pub parallel_max: usize,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            port: 25,
+            timeout_ms: 60_000,
+            retry_first_ms: 60_000,
+            retry_max_ms: 4 * 3600 * 1000,
+            retry_window_ms: 5 * 24 * 3600 * 1000,
+            poll_ms: 5_000,
+            parallel_max: 8,
+        }
+    }
+}
+
+/// What one delivery attempt to one host gave.
+#[derive(Debug)]
+enum HostOutcome {
+    /// Per recipient (in the order given): the reply to RCPT, or to DATA when RCPT was taken.
+    Replies { replies: Vec<Reply>, tls: String },
+    /// No TLS that verifies: STARTTLS not offered, refused, or a bad certificate.
+    NoVerifiedTls(String),
+    /// The host could not be reached or broke off: try the next one, or later.
+    Unreachable(String),
+}
+
+#[derive(Clone, Debug)]
+struct Reply {
+    code: u16,
+    text: String,
+}
+
+impl Reply {
+    fn line(&self) -> String {
+        format!("{} {}", self.code, self.text)
+    }
+}
+
+/// A connection to a receiving server, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+struct Conversation {
+    io: BufReader<Box<dyn Io>>,
+    timeout: Duration,
+}
+
+impl Conversation {
+    async fn reply(&mut self) -> std::io::Result<(Reply, Vec<String>)> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let read = tokio::time::timeout(self.timeout, self.io.read_line(&mut line)).await;
+            let n = read.map_err(|_| std::io::Error::other("timed out waiting for a reply"))??;
+            if n == 0 {
+                return Err(std::io::Error::other("connection closed"));
+            }
+            if lines.len() > 100 || line.len() > 2048 {
+                return Err(std::io::Error::other("reply too long"));
+            }
+            let line = line.trim_end().to_string();
+            let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if let (Some(code), true) = (code, last) {
+                let text = lines.last().map(|l| l.get(4..).unwrap_or("").to_string()).unwrap_or_default();
+                return Ok((Reply { code, text }, lines));
+            }
+            if code.is_none() {
+                return Err(std::io::Error::other("not an SMTP reply"));
+            }
+        }
+    }
+
+    async fn send(&mut self, line: &str) -> std::io::Result<()> {
+        let write = async {
+            self.io.get_mut().write_all(line.as_bytes()).await?;
+            self.io.get_mut().write_all(b"\r\n").await?;
+            self.io.get_mut().flush().await
+        };
+        tokio::time::timeout(self.timeout, write)
+            .await
+            .map_err(|_| std::io::Error::other("timed out sending"))?
+    }
+
+    async fn command(&mut self, line: &str) -> std::io::Result<(Reply, Vec<String>)> {
+        self.send(line).await?;
+        self.reply().await
+    }
+}
+
+/// Dot-stuffs a message for DATA and ends it with CRLF.CRLF.
+fn dot_stuffed(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 64 + 5);
+    let mut line_start = true;
+    for &byte in raw {
+        if line_start && byte == b'.' {
+            out.push(b'.');
+        }
+        out.push(byte);
+        line_start = byte == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// The outbound side: resolver, TLS client configuration and store.
+pub struct Outbound {
+    store: Store,
+    config: OutboundConfig,
+    resolver: MessageAuthenticator,
+    tls: tokio_rustls::TlsConnector,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Outbound {
+    /// `roots`: the certificate authorities a receiving server's certificate must chain to.
+    pub fn new(
+        store: Store,
+        config: OutboundConfig,
+        dns_servers: &[SocketAddr],
+        roots: rustls::RootCertStore,
+    ) -> std::io::Result<Arc<Self>> {
+        let resolver = crate::verify::make_resolver(dns_servers)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(Self {
+            store,
+            config,
+            resolver,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        }))
+    }
+
+    /// Wakes the queue runner (after a submission queued something).
+    pub fn waker(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs the queue until `shutdown`: due entries are delivered, at most parallel_max at a
+    /// time.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(self.config.parallel_max.max(1)));
+        let mut running = tokio::task::JoinSet::new();
+        let mut busy = std::collections::HashSet::new();
+        loop {
+            let store = self.store.clone();
+            let entries = match tokio::task::spawn_blocking(move || store.queued()).await {
+                Ok(Ok(entries)) => entries,
+                Ok(Err(error)) => {
+                    warn!(%error, "reading the queue failed");
+                    Vec::new()
+                }
+                Err(_) => Vec::new(),
+            };
+            let now = now_ms();
+            for entry in entries {
+                if !entry.pending() || entry.next_attempt_ms > now || busy.contains(&entry.id) {
+                    continue;
+                }
+                let Ok(permit) = semaphore.clone().acquire_owned().await else { break };
+                busy.insert(entry.id);
+                let this = self.clone();
+                running.spawn(async move {
+                    let id = entry.id;
+                    this.attempt(entry).await;
+                    drop(permit);
+                    id
+                });
+            }
+            let poll = Duration::from_millis(self.config.poll_ms);
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok(id) = done {
+                        busy.remove(&id);
+                    }
+                }
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            while let Some(done) = running.try_join_next() {
+                if let Ok(id) = done {
+                    busy.remove(&id);
+                }
+            }
+        }
+        // Attempts in flight end at their next reply's timeout at the latest; a delivery cut
+        // off here is retried after the restart (the recipient's state was not yet changed).
+        running.abort_all();
+    }
+
+    /// One attempt at every pending recipient of one entry, recorded in one write.
+    async fn attempt(&self, entry: QueuedMessage) {
+        let (store, account, id) = (self.store.clone(), entry.account, entry.id);
+        let raw = match tokio::task::spawn_blocking(move || store.read_queued(account, id)).await {
+            Ok(Ok(raw)) => raw,
+            other => {
+                warn!(queue = %entry.id, "reading a queued message failed: {other:?}");
+                return;
+            }
+        };
+        let mut states = entry.states.clone();
+        let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
+            if states[index].status == RecipientStatus::Pending {
+                let domain = recipient.address.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+                by_domain.entry(domain).or_default().push(index);
+            }
+        }
+        let actor = Actor {
+            name: "outbound".into(),
+            peer: String::new(),
+        };
+        let mut events = Vec::new();
+        let now = now_ms();
+        for (domain, indexes) in by_domain {
+            let addresses: Vec<String> = indexes
+                .iter()
+                .map(|&i| entry.envelope.recipients[i].address.clone())
+                .collect();
+            let outcome = self.deliver_domain(&domain, &entry, &addresses, &raw).await;
+            for (slot, &index) in indexes.iter().enumerate() {
+                let address = &entry.envelope.recipients[index].address;
+                let (state, event) = match &outcome {
+                    DomainOutcome::Replies { replies, tls, host } => {
+                        let reply = &replies[slot];
+                        match reply.code {
+                            200..=299 => (
+                                RecipientState {
+                                    status: RecipientStatus::Delivered {
+                                        at_ms: now,
+                                        how: format!("{host} over {tls}"),
+                                    },
+                                    last_reply: Some(reply.line()),
+                                },
+                                AuditEvent::new(&actor, "queue.deliver", format!("to {address}"))
+                                    .detail(format!("queue {}; {host} over verified {tls}; {}", entry.id, reply.line())),
+                            ),
+                            500..=599 => (
+                                RecipientState {
+                                    status: RecipientStatus::Failed {
+                                        at_ms: now,
+                                        reply: reply.line(),
+                                    },
+                                    last_reply: Some(reply.line()),
+                                },
+                                AuditEvent::new(&actor, "queue.fail", format!("to {address}"))
+                                    .outcome(sealpost_storage::AuditOutcome::Failed)
+                                    .detail(format!("queue {}; {host}; {}", entry.id, reply.line())),
+                            ),
+                            _ => deferred(&actor, &entry, address, reply.line()),
+                        }
+                    }
+                    DomainOutcome::NoVerifiedTls(why) => deferred(
+                        &actor,
+                        &entry,
+                        address,
+                        format!("no verified TLS ({why}); held for the pickup portal"),
+                    ),
+                    DomainOutcome::Unreachable(why) => deferred(&actor, &entry, address, why.clone()),
+                };
+                states[index] = state;
+                events.push(event);
+            }
+        }
+        // Out of time: what is still pending fails.
+        if now - entry.created_ms > i64::try_from(self.config.retry_window_ms).unwrap_or(i64::MAX) {
+            for (index, state) in states.iter_mut().enumerate() {
+                if state.status == RecipientStatus::Pending {
+                    let reply = state.last_reply.clone().unwrap_or_else(|| "retry window ran out".into());
+                    state.status = RecipientStatus::Failed { at_ms: now, reply };
+                    let address = &entry.envelope.recipients[index].address;
+                    events.push(
+                        AuditEvent::new(&actor, "queue.fail", format!("to {address}"))
+                            .outcome(sealpost_storage::AuditOutcome::Failed)
+                            .detail(format!("queue {}; retry window ran out", entry.id)),
+                    );
+                }
+            }
+        }
+        let shift = entry.attempts.min(20);
+        let wait = self
+            .config
+            .retry_first_ms
+            .saturating_mul(1u64 << shift)
+            .min(self.config.retry_max_ms);
+        let next = now.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
+        let (store, account, id) = (self.store.clone(), entry.account, entry.id);
+        let written =
+            tokio::task::spawn_blocking(move || store.queue_update(account, id, states, next, events)).await;
+        match written {
+            Ok(Ok(())) => info!(queue = %entry.id, "delivery attempt recorded"),
+            other => warn!(queue = %entry.id, "recording a delivery attempt failed: {other:?}"),
+        }
+    }
+
+    /// The MX hosts of a domain by preference (the domain itself when it has none).
+    async fn mx_hosts(&self, domain: &str) -> Result<Vec<String>, String> {
+        let name = format!("{}.", domain.trim_end_matches('.'));
+        match self.resolver.0.mx_lookup(name.as_str()).await {
+            Ok(lookup) => {
+                let mut hosts: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
+                        _ => None,
+                    })
+                    .collect();
+                hosts.sort();
+                if hosts.is_empty() {
+                    return Ok(vec![domain.to_string()]);
+                }
+                if hosts.len() == 1 && hosts[0].1.is_empty() {
+                    return Err(format!("{domain} accepts no mail (null MX)"));
+                }
+                Ok(hosts.into_iter().map(|(_, h)| h).collect())
+            }
+            Err(error) if error.is_no_records_found() => Ok(vec![domain.to_string()]),
+            Err(error) => Err(format!("MX look-up for {domain} failed: {error}")),
+        }
+    }
+
+    async fn deliver_domain(
+        &self,
+        domain: &str,
+        entry: &QueuedMessage,
+        recipients: &[String],
+        raw: &[u8],
+    ) -> DomainOutcome {
+        let hosts = match self.mx_hosts(domain).await {
+            Ok(hosts) => hosts,
+            Err(why) => return DomainOutcome::Unreachable(why),
+        };
+        let mut no_tls = None;
+        let mut unreachable = format!("no server for {domain}");
+        for host in hosts.iter().take(5) {
+            let addresses: Vec<IpAddr> = match self.resolver.0.lookup_ip(format!("{host}.").as_str()).await {
+                Ok(found) => found.iter().take(4).collect(),
+                Err(error) => {
+                    unreachable = format!("{host}: address look-up failed: {error}");
+                    continue;
+                }
+            };
+            for ip in addresses {
+                match self.deliver_host(host, ip, entry, recipients, raw).await {
+                    HostOutcome::Replies { replies, tls } => {
+                        return DomainOutcome::Replies {
+                            replies,
+                            tls,
+                            host: host.clone(),
+                        }
+                    }
+                    HostOutcome::NoVerifiedTls(why) => no_tls = Some(format!("{host}: {why}")),
+                    HostOutcome::Unreachable(why) => unreachable = format!("{host} [{ip}]: {why}"),
+                }
+            }
+        }
+        match no_tls {
+            Some(why) => DomainOutcome::NoVerifiedTls(why),
+            None => DomainOutcome::Unreachable(unreachable),
+        }
+    }
+
+    async fn deliver_host(
+        &self,
+        host: &str,
+        ip: IpAddr,
+        entry: &QueuedMessage,
+        recipients: &[String],
+        raw: &[u8],
+    ) -> HostOutcome {
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let address = SocketAddr::new(ip, self.config.port);
+        let socket = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(error)) => return HostOutcome::Unreachable(format!("connect: {error}")),
+            Err(_) => return HostOutcome::Unreachable("connect: timed out".into()),
+        };
+        let mut talk = Conversation {
+            io: BufReader::new(Box::new(socket)),
+            timeout,
+        };
+        let ehlo = format!("EHLO {}", self.config.hostname);
+        let plain = async {
+            let (greeting, _) = talk.reply().await?;
+            if greeting.code != 220 {
+                return Ok(Err(format!("greeting {}", greeting.line())));
+            }
+            let (reply, lines) = talk.command(&ehlo).await?;
+            if reply.code != 250 {
+                return Ok(Err(format!("EHLO: {}", reply.line())));
+            }
+            let starttls = lines
+                .iter()
+                .any(|l| l.get(4..).is_some_and(|c| c.trim().eq_ignore_ascii_case("STARTTLS")));
+            if !starttls {
+                return Ok(Err("STARTTLS not offered".to_string()));
+            }
+            let (reply, _) = talk.command("STARTTLS").await?;
+            if reply.code != 220 {
+                return Ok(Err(format!("STARTTLS refused: {}", reply.line())));
+            }
+            Ok::<_, std::io::Error>(Ok(()))
+        };
+        match plain.await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                let _ = talk.send("QUIT").await;
+                return HostOutcome::NoVerifiedTls(why);
+            }
+            Err(error) => return HostOutcome::Unreachable(error.to_string()),
+        }
+        let Ok(server_name) = rustls::pki_types::ServerName::try_from(host.to_string()) else {
+            return HostOutcome::NoVerifiedTls(format!("{host} is not a name a certificate can have"));
+        };
+        let plain_stream = talk.io.into_inner();
+        let secured = match tokio::time::timeout(timeout, self.tls.connect(server_name, plain_stream)).await {
+            Ok(Ok(secured)) => secured,
+            Ok(Err(error)) => return HostOutcome::NoVerifiedTls(format!("TLS: {error}")),
+            Err(_) => return HostOutcome::Unreachable("TLS handshake timed out".into()),
+        };
+        let tls = {
+            let (_, connection) = secured.get_ref();
+            let version = connection.protocol_version().map_or_else(|| "TLS".into(), |v| format!("{v:?}"));
+            let cipher = connection
+                .negotiated_cipher_suite()
+                .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite()));
+            format!("{version} {cipher}")
+        };
+        let mut talk = Conversation {
+            io: BufReader::new(Box::new(secured)),
+            timeout,
+        };
+        let envelope = &entry.envelope;
+        let result = async {
+            let (reply, _) = talk.command(&ehlo).await?;
+            if reply.code != 250 {
+                return Ok(vec![reply; recipients.len()]);
+            }
+            let mut mail = format!("MAIL FROM:<{}> SIZE={}", envelope.from, raw.len());
+            if let Some(ret) = &envelope.ret {
+                mail.push_str(&format!(" RET={ret}"));
+            }
+            if let Some(env_id) = &envelope.env_id {
+                mail.push_str(&format!(" ENVID={env_id}"));
+            }
+            let (reply, _) = talk.command(&mail).await?;
+            if reply.code != 250 {
+                return Ok(vec![reply; recipients.len()]);
+            }
+            let mut replies = Vec::with_capacity(recipients.len());
+            for recipient in recipients {
+                let (reply, _) = talk.command(&format!("RCPT TO:<{recipient}>")).await?;
+                replies.push(reply);
+            }
+            if replies.iter().all(|r| r.code != 250 && r.code != 251) {
+                let _ = talk.send("QUIT").await;
+                return Ok(replies);
+            }
+            let (reply, _) = talk.command("DATA").await?;
+            if reply.code != 354 {
+                return Ok(replies
+                    .into_iter()
+                    .map(|r| if r.code / 100 == 2 { reply.clone() } else { r })
+                    .collect());
+            }
+            let body = dot_stuffed(raw);
+            tokio::time::timeout(timeout.saturating_mul(4), talk.io.get_mut().write_all(&body))
+                .await
+                .map_err(|_| std::io::Error::other("timed out sending the message"))??;
+            talk.io.get_mut().flush().await?;
+            let (data_reply, _) = talk.reply().await?;
+            let _ = talk.send("QUIT").await;
+            Ok::<_, std::io::Error>(
+                replies
+                    .into_iter()
+                    .map(|r| if r.code / 100 == 2 { data_reply.clone() } else { r })
+                    .collect(),
+            )
+        };
+        match result.await {
+            Ok(replies) => {
+                debug!(host, "delivery conversation done");
+                HostOutcome::Replies { replies, tls }
+            }
+            Err(error) => HostOutcome::Unreachable(format!("after TLS: {error}")),
+        }
+    }
+}
+
+/// What delivering to one domain gave.
+enum DomainOutcome {
+    Replies { replies: Vec<Reply>, tls: String, host: String },
+    NoVerifiedTls(String),
+    Unreachable(String),
+}
+
+fn deferred(actor: &Actor, entry: &QueuedMessage, address: &str, why: String) -> (RecipientState, AuditEvent) {
+    (
+        RecipientState {
+            status: RecipientStatus::Pending,
+            last_reply: Some(why.clone()),
+        },
+        AuditEvent::new(actor, "queue.defer", format!("to {address}")).detail(format!("queue {}; {why}", entry.id)),
+    )
+}
+
+fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_dot_stuffed_and_terminated() {
+        assert_eq!(dot_stuffed(b".a\r\nb\r\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n");
+        assert_eq!(dot_stuffed(b"no newline"), b"no newline\r\n.\r\n");
+    }
+}
