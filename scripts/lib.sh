@@ -40,7 +40,8 @@ setup_build_env() {
 # What the end-to-end tests run as real clients: Python 3 (imaplib, the shared harness),
 # mbsync (isync), interimap with Dovecot's imap binary as its local side, swaks and msmtp
 # (the harness's real_clients.sh and the SMTP tests), dnsmasq (a DNS server on loopback for
-# SPF, DKIM and DMARC), dkimpy (signs test messages with Debian's python3) and openssl.
+# SPF, DKIM, DMARC and MX), dkimpy (signs test messages with Debian's python3), aiosmtpd
+# (receiving servers for outbound tests) and openssl.
 setup_test_clients() {
-    ensure_packages python3 isync interimap dovecot-imapd swaks msmtp dnsmasq-base python3-dkim openssl
+    ensure_packages python3 isync interimap dovecot-imapd swaks msmtp dnsmasq-base python3-dkim python3-aiosmtpd openssl
 }

@@ -224,6 +224,11 @@ pub fn start_dns(records: &[(&str, String)]) -> Dns {
 
 /// As `start_dns`, authoritative (NXDOMAIN for unknown names) for each of `zones`.
 pub fn start_dns_for(records: &[(&str, String)], zones: &[&str]) -> Dns {
+    start_dns_with(records, zones, &[])
+}
+
+/// As `start_dns_for`, with more dnsmasq options (`--mx-host=`, `--host-record=`).
+pub fn start_dns_with(records: &[(&str, String)], zones: &[&str], options: &[String]) -> Dns {
     let port = free_udp_port();
     let mut command = Command::new("dnsmasq");
     command.args([
@@ -241,6 +246,7 @@ pub fn start_dns_for(records: &[(&str, String)], zones: &[&str]) -> Dns {
     for zone in zones {
         command.arg(format!("--local=/{zone}/"));
     }
+    command.args(options);
     for (name, text) in records {
         // On the command line quotes would be part of the text; a comma would split it.
         assert!(!text.contains(','), "{text}");

@@ -114,6 +114,7 @@ pub(crate) fn queue(command: QueueCommand) -> anyhow::Result<ExitCode> {
                         "notify": entry.envelope.recipients.iter().map(|r| &r.notify).collect::<Vec<_>>(),
                         "orcpt": entry.envelope.recipients.iter().map(|r| &r.orcpt).collect::<Vec<_>>(),
                         "env_id": entry.envelope.env_id, "ret": entry.envelope.ret,
+                        "states": entry.states,
                         "attempts": entry.attempts, "next_attempt_at_ms": entry.next_attempt_ms,
                     });
                     writeln!(out, "{line}")?;

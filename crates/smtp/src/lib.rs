@@ -10,7 +10,7 @@ mod session;
 mod shared;
 mod verify;
 
-pub use session::{serve_session, ListenerRole, SmtpConfig, SmtpConnection, SmtpTlsUpgrade, TlsDescription};
 pub use outbound::{Outbound as OutboundAgent, OutboundConfig};
+pub use session::{serve_session, ListenerRole, SmtpConfig, SmtpConnection, SmtpTlsUpgrade, TlsDescription};
 pub use shared::{Aliases, SmtpShared};
 pub use verify::{InboundAuth, InboundPolicy, Verdict};

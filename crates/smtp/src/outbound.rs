@@ -101,7 +101,10 @@ impl Conversation {
             let last = line.as_bytes().get(3) != Some(&b'-');
             lines.push(line);
             if let (Some(code), true) = (code, last) {
-                let text = lines.last().map(|l| l.get(4..).unwrap_or("").to_string()).unwrap_or_default();
+                let text = lines
+                    .last()
+                    .map(|l| l.get(4..).unwrap_or("").to_string())
+                    .unwrap_or_default();
                 return Ok((Reply { code, text }, lines));
             }
             if code.is_none() {
@@ -204,7 +207,9 @@ impl Outbound {
                 if !entry.pending() || entry.next_attempt_ms > now || busy.contains(&entry.id) {
                     continue;
                 }
-                let Ok(permit) = semaphore.clone().acquire_owned().await else { break };
+                let Ok(permit) = semaphore.clone().acquire_owned().await else {
+                    break;
+                };
                 busy.insert(entry.id);
                 let this = self.clone();
                 running.spawn(async move {
@@ -280,8 +285,11 @@ impl Outbound {
                                     },
                                     last_reply: Some(reply.line()),
                                 },
-                                AuditEvent::new(&actor, "queue.deliver", format!("to {address}"))
-                                    .detail(format!("queue {}; {host} over verified {tls}; {}", entry.id, reply.line())),
+                                AuditEvent::new(&actor, "queue.deliver", format!("to {address}")).detail(format!(
+                                    "queue {}; {host} over verified {tls}; {}",
+                                    entry.id,
+                                    reply.line()
+                                )),
                             ),
                             500..=599 => (
                                 RecipientState {
@@ -314,7 +322,10 @@ impl Outbound {
         if now - entry.created_ms > i64::try_from(self.config.retry_window_ms).unwrap_or(i64::MAX) {
             for (index, state) in states.iter_mut().enumerate() {
                 if state.status == RecipientStatus::Pending {
-                    let reply = state.last_reply.clone().unwrap_or_else(|| "retry window ran out".into());
+                    let reply = state
+                        .last_reply
+                        .clone()
+                        .unwrap_or_else(|| "retry window ran out".into());
                     state.status = RecipientStatus::Failed { at_ms: now, reply };
                     let address = &entry.envelope.recipients[index].address;
                     events.push(
@@ -333,8 +344,7 @@ impl Outbound {
             .min(self.config.retry_max_ms);
         let next = now.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
         let (store, account, id) = (self.store.clone(), entry.account, entry.id);
-        let written =
-            tokio::task::spawn_blocking(move || store.queue_update(account, id, states, next, events)).await;
+        let written = tokio::task::spawn_blocking(move || store.queue_update(account, id, states, next, events)).await;
         match written {
             Ok(Ok(())) => info!(queue = %entry.id, "delivery attempt recorded"),
             other => warn!(queue = %entry.id, "recording a delivery attempt failed: {other:?}"),
@@ -350,7 +360,10 @@ impl Outbound {
                     .answers()
                     .iter()
                     .filter_map(|record| match &record.data {
-                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
+                        RData::MX(mx) => Some((
+                            mx.preference,
+                            mx.exchange.to_ascii().trim_end_matches('.').to_lowercase(),
+                        )),
                         _ => None,
                     })
                     .collect();
@@ -469,7 +482,9 @@ impl Outbound {
         };
         let tls = {
             let (_, connection) = secured.get_ref();
-            let version = connection.protocol_version().map_or_else(|| "TLS".into(), |v| format!("{v:?}"));
+            let version = connection
+                .protocol_version()
+                .map_or_else(|| "TLS".into(), |v| format!("{v:?}"));
             let cipher = connection
                 .negotiated_cipher_suite()
                 .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite()));
@@ -538,7 +553,11 @@ impl Outbound {
 
 /// What delivering to one domain gave.
 enum DomainOutcome {
-    Replies { replies: Vec<Reply>, tls: String, host: String },
+    Replies {
+        replies: Vec<Reply>,
+        tls: String,
+        host: String,
+    },
     NoVerifiedTls(String),
     Unreachable(String),
 }

@@ -1,0 +1,310 @@
+//! Outbound delivery against real receiving SMTP servers (aiosmtpd, `tests/scripts/
+//! smtp_receiver.py`) on loopback addresses, found through MX records served by dnsmasq:
+//! verified TLS with a certificate from a test CA, no STARTTLS, a certificate for another
+//! name, a server answering 451 first, and one answering 550.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{sealpost, sealpost_ok, start_dns_with, DataDir, Server};
+
+const PASSWORD: &str = "harness-pw";
+
+/// A receiving server; killed when dropped.
+struct Receiver {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    fn start(ip: &str, port: u16, dir: &Path, args: &[&str]) -> Receiver {
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/scripts/smtp_receiver.py"
+            ))
+            .args([ip, &port.to_string()])
+            .arg(dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "receiver on {ip}:{port} did not start");
+        Receiver {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// (envelope JSON, message) of every message received.
+    fn received(&self) -> Vec<(serde_json::Value, Vec<u8>)> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let Ok(envelope) = std::fs::read_to_string(self.dir.join(format!("{n}.json"))) else {
+                break;
+            };
+            let message = std::fs::read(self.dir.join(format!("{n}.eml"))).unwrap();
+            out.push((serde_json::from_str(&envelope).unwrap(), message));
+        }
+        out
+    }
+}
+
+/// A test CA, and certificates it signs: (CA PEM, [(cert PEM path, key PEM path)]).
+fn test_ca(dir: &Path, names: &[&str]) -> (std::path::PathBuf, Vec<(std::path::PathBuf, std::path::PathBuf)>) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Sealpost test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let mut leaves = Vec::new();
+    for name in names {
+        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        leaves.push((cert_path, key_path));
+    }
+    (ca_path, leaves)
+}
+
+fn free_port_on(ips: &[&str]) -> u16 {
+    for _ in 0..50 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        if ips.iter().all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok()) {
+            return port;
+        }
+    }
+    panic!("no port free on every receiver address");
+}
+
+fn queue(data: &DataDir) -> Vec<serde_json::Value> {
+    let listed = sealpost(&["queue", "list", "--json", "--data", &data.arg()], "");
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
+    let work = tempfile::tempdir().unwrap();
+    let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"];
+    let port = free_port_on(&ips);
+    // mx.badcert.test presents a certificate for another name.
+    let (ca, leaves) = test_ca(
+        work.path(),
+        &["mx.tls.test", "somewhere-else.test", "mx.flaky.test", "mx.reject.test"],
+    );
+    let dns = start_dns_with(
+        &[],
+        &["test"],
+        &[
+            ("tls.test", "mx.tls.test", "127.0.0.2"),
+            ("plain.test", "mx.plain.test", "127.0.0.3"),
+            ("badcert.test", "mx.badcert.test", "127.0.0.4"),
+            ("flaky.test", "mx.flaky.test", "127.0.0.5"),
+            ("reject.test", "mx.reject.test", "127.0.0.6"),
+        ]
+        .iter()
+        .flat_map(|(domain, mx, ip)| {
+            [
+                format!("--mx-host={domain},{mx},10"),
+                format!("--host-record={mx},{ip}"),
+            ]
+        })
+        .collect::<Vec<_>>(),
+    );
+    let tls_args = |i: usize| {
+        vec![
+            "--cert".to_string(),
+            leaves[i].0.display().to_string(),
+            "--key".to_string(),
+            leaves[i].1.display().to_string(),
+        ]
+    };
+    let start = |ip: &str, name: &str, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Receiver::start(ip, port, &work.path().join(name), &args)
+    };
+    let tls = start(ips[0], "tls", tls_args(0));
+    let plain = start(ips[1], "plain", vec![]);
+    let badcert = start(ips[2], "badcert", tls_args(1));
+    let flaky = start(
+        ips[3],
+        "flaky",
+        [tls_args(2), vec!["--tempfail".into(), "1".into()]].concat(),
+    );
+    let reject = start(ips[4], "reject", [tls_args(3), vec!["--reject".into()]].concat());
+
+    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
+    let config_path = data.path().join("sealpost.toml");
+    let mut config = std::fs::read_to_string(&config_path).unwrap();
+    config = config.replace(
+        "dns_servers = []",
+        &format!("dns_servers = [\"127.0.0.1:{}\"]", dns.port),
+    );
+    config = config.replace("port = 25\n", &format!("port = {port}\n"));
+    config = config.replace(
+        "ca_files = [\"/etc/ssl/certs/ca-certificates.crt\"]",
+        &format!("ca_files = [\"{}\"]", ca.display()),
+    );
+    config = config.replace("retry_first_ms = 60000", "retry_first_ms = 300");
+    std::fs::write(&config_path, &config).unwrap();
+    assert!(
+        config.contains(&format!("port = {port}")) && config.contains("retry_first_ms = 300"),
+        "{config}"
+    );
+    sealpost_ok(
+        &[
+            "account",
+            "add",
+            "doc@clinic.test",
+            "--password-stdin",
+            "--data",
+            &data.arg(),
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(
+        server.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        server.seen
+    );
+
+    let recipients = [
+        "alice@tls.test",
+        "bob@plain.test",
+        "carol@badcert.test",
+        "dan@flaky.test",
+        "eve@reject.test",
+    ];
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import smtplib, ssl\n\
+             ctx = ssl.create_default_context(cafile={cafile:?})\n\
+             s = smtplib.SMTP_SSL('localhost', {port}, context=ctx)\n\
+             s.login('doc@clinic.test', {PASSWORD:?})\n\
+             s.sendmail('doc@clinic.test', {recipients:?}, b'From: doc@clinic.test\\r\\nSubject: results\\r\\n\\r\\nThe patient record.\\r\\n')\n\
+             s.quit()\n",
+            cafile = data.path().join("tls/cert.pem").display().to_string(),
+            port = data.port_base + 465,
+            recipients = recipients.to_vec(),
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // Wait until tls.test and flaky.test have it (flaky after one retry).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tls.received().is_empty() || flaky.received().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery: {:?}",
+            server.seen.iter().rev().take(20).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        server.wait_for("never", Duration::from_millis(1));
+    }
+    // Give a wrong second delivery the chance to show.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    drop(dns);
+
+    let got = tls.received();
+    assert_eq!(got.len(), 1, "tls.test: one delivery");
+    assert_eq!(got[0].0["tls"], true, "tls.test: over TLS");
+    assert_eq!(got[0].0["to"], serde_json::json!(["alice@tls.test"]));
+    assert!(String::from_utf8_lossy(&got[0].1).contains("The patient record."));
+    let got = flaky.received();
+    assert_eq!(got.len(), 1, "flaky.test: delivered once, after the 451");
+    assert_eq!(got[0].0["tls"], true);
+    assert!(plain.received().is_empty(), "plain.test got the message without TLS");
+    assert!(
+        badcert.received().is_empty(),
+        "badcert.test got the message over unverified TLS"
+    );
+    assert!(reject.received().is_empty());
+
+    // What stays queued: plain.test and badcert.test held for the portal, with the reason;
+    // reject.test failed for good; the delivered ones are done.
+    let entries = queue(&data);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let states = entries[0]["states"].as_array().unwrap().clone();
+    let by_recipient: std::collections::HashMap<String, serde_json::Value> = entries[0]["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .zip(states)
+        .collect();
+    let state = |r: &str| by_recipient[r].to_string();
+    assert!(
+        state("alice@tls.test").contains("Delivered") && state("alice@tls.test").contains("mx.tls.test over TLSv1_3"),
+        "{}",
+        state("alice@tls.test")
+    );
+    assert!(
+        state("dan@flaky.test").contains("Delivered"),
+        "{}",
+        state("dan@flaky.test")
+    );
+    assert!(
+        state("eve@reject.test").contains("Failed") && state("eve@reject.test").contains("550"),
+        "{}",
+        state("eve@reject.test")
+    );
+    assert!(
+        state("bob@plain.test").contains("Pending") && state("bob@plain.test").contains("STARTTLS not offered"),
+        "{}",
+        state("bob@plain.test")
+    );
+    assert!(
+        state("carol@badcert.test").contains("Pending") && state("carol@badcert.test").contains("no verified TLS"),
+        "{}",
+        state("carol@badcert.test")
+    );
+
+    // Every choice is in the audit log.
+    let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
+    for (what, who) in [
+        ("queue.deliver", "alice@tls.test"),
+        ("queue.deliver", "dan@flaky.test"),
+        ("queue.defer", "dan@flaky.test"),
+        ("queue.fail", "eve@reject.test"),
+        ("queue.defer", "bob@plain.test"),
+        ("queue.defer", "carol@badcert.test"),
+    ] {
+        assert!(
+            exported.lines().any(|l| l.contains(what) && l.contains(who)),
+            "no {what} for {who} in the audit log"
+        );
+    }
+}
