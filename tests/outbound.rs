@@ -292,8 +292,31 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         state("carol@badcert.test")
     );
 
-    // Every choice is in the audit log.
+    // The sender's view: `queue show` says where each recipient stands and why.
+    let id = entries[0]["id"].as_str().unwrap().to_string();
+    let shown = sealpost_ok(&["queue", "show", &id, "--data", &data.arg()], "");
+    assert!(
+        shown.contains("to <alice@tls.test>: delivered") && shown.contains("via mx.tls.test over TLSv1_3"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("to <eve@reject.test>: failed") && shown.contains("550"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("to <bob@plain.test>: pending") && shown.contains("STARTTLS not offered"),
+        "{shown}"
+    );
+    sealpost_ok(&["queue", "retry", &id, "--data", &data.arg()], "");
+    assert!(!sealpost(&["queue", "show", "0000", "--data", &data.arg()], "")
+        .status
+        .success());
+    sealpost_ok(&["queue", "delete", &id, "--data", &data.arg()], "");
+    assert!(queue(&data).is_empty());
+
+    // Every choice is in the audit log, and the deletion.
     let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
+    assert!(exported.contains("queue.delete") && exported.contains("queue.retry"));
     for (what, who) in [
         ("queue.deliver", "alice@tls.test"),
         ("queue.deliver", "dan@flaky.test"),

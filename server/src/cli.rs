@@ -94,10 +94,83 @@ pub(crate) enum QueueCommand {
         #[arg(long)]
         data: PathBuf,
     },
+    /// One entry: its envelope and where each recipient's delivery stands, and why.
+    Show {
+        id: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Try an entry again now (at the next look at the queue).
+    Retry {
+        id: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Delete an entry: its recipients get nothing more. Audited.
+    Delete {
+        id: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+/// The queue entry named `id` (its hex id as `queue list` prints it).
+fn find_queued(store: &Store, id: &str) -> anyhow::Result<sealpost_storage::QueuedMessage> {
+    store
+        .queued()?
+        .into_iter()
+        .find(|entry| entry.id.to_string() == id.trim().to_lowercase())
+        .with_context(|| format!("no queue entry {id} (see sealpost queue list)"))
 }
 
 pub(crate) fn queue(command: QueueCommand) -> anyhow::Result<ExitCode> {
     match command {
+        QueueCommand::Show { id, data } => {
+            let (_, store) = open_store(&data)?;
+            let entry = find_queued(&store, &id)?;
+            let account = store.account(entry.account)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "queue entry {}", entry.id)?;
+            writeln!(out, "  account       {}", account.address)?;
+            writeln!(out, "  from          <{}>", entry.envelope.from)?;
+            writeln!(out, "  size          {} bytes", entry.size)?;
+            writeln!(out, "  queued        {}", format_ms(entry.created_ms))?;
+            writeln!(out, "  attempts      {}", entry.attempts)?;
+            writeln!(out, "  next attempt  {}", format_ms(entry.next_attempt_ms))?;
+            for (recipient, state) in entry.envelope.recipients.iter().zip(&entry.states) {
+                let status = match &state.status {
+                    sealpost_storage::RecipientStatus::Pending => "pending".to_string(),
+                    sealpost_storage::RecipientStatus::Delivered { at_ms, how } => {
+                        format!("delivered {} via {how}", format_ms(*at_ms))
+                    }
+                    sealpost_storage::RecipientStatus::Portal { at_ms, why } => {
+                        format!("held for the pickup portal {} ({why})", format_ms(*at_ms))
+                    }
+                    sealpost_storage::RecipientStatus::Failed { at_ms, reply } => {
+                        format!("failed {} ({reply})", format_ms(*at_ms))
+                    }
+                };
+                writeln!(out, "  to <{}>: {status}", recipient.address)?;
+                if let Some(reply) = &state.last_reply {
+                    writeln!(out, "      last: {reply}")?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Retry { id, data } => {
+            let (_, store) = open_store(&data)?;
+            let entry = find_queued(&store, &id)?;
+            store.queue_retry(entry.account, entry.id, &Actor::cli())?;
+            println!("queue entry {} will be tried at the next look at the queue", entry.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Delete { id, data } => {
+            let (_, store) = open_store(&data)?;
+            let entry = find_queued(&store, &id)?;
+            store.queue_delete(entry.account, entry.id, &Actor::cli())?;
+            println!("queue entry {} deleted", entry.id);
+            Ok(ExitCode::SUCCESS)
+        }
         QueueCommand::List { json, data } => {
             let (_, store) = open_store(&data)?;
             let accounts: std::collections::HashMap<_, _> =
