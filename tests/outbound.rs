@@ -235,6 +235,37 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     }
     // Give a wrong second delivery the chance to show.
     std::thread::sleep(Duration::from_secs(2));
+    // The 550 came back to the sender as a delivery status report, in INBOX and BACKUP.
+    let bounce = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import imaplib, ssl\n\
+             ctx = ssl.create_default_context(cafile={cafile:?})\n\
+             m = imaplib.IMAP4_SSL('localhost', {port}, ssl_context=ctx)\n\
+             m.login('doc@clinic.test', {PASSWORD:?})\n\
+             for box in ('INBOX', 'BACKUP'):\n\
+             \x20   m.select(box, readonly=True)\n\
+             \x20   typ, data = m.search(None, 'FROM', 'MAILER-DAEMON')\n\
+             \x20   uid = data[0].split()[-1]\n\
+             \x20   typ, data = m.fetch(uid, '(BODY.PEEK[])')\n\
+             \x20   print(box, data[0][1].decode())\n",
+            cafile = data.path().join("tls/cert.pem").display().to_string(),
+            port = data.port_base + 993,
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&bounce.stdout).to_string() + &String::from_utf8_lossy(&bounce.stderr);
+    assert!(bounce.status.success(), "{text}");
+    assert_eq!(
+        text.matches("Final-Recipient: rfc822; eve@reject.test").count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains("report-type=delivery-status") && text.contains("Status: 5.1.1"),
+        "{text}"
+    );
+    assert!(!text.contains("bob@plain.test"), "only failures are reported: {text}");
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     drop(dns);
 
@@ -316,7 +347,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
 
     // Every choice is in the audit log, and the deletion.
     let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
-    assert!(exported.contains("queue.delete") && exported.contains("queue.retry"));
+    assert!(exported.contains("queue.delete") && exported.contains("queue.retry") && exported.contains("queue.bounce"));
     for (what, who) in [
         ("queue.deliver", "alice@tls.test"),
         ("queue.deliver", "dan@flaky.test"),

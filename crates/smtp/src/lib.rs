@@ -4,6 +4,7 @@
 //! limits, the state machine, delivery into the store and the outbound queue are here.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod bounce;
 mod headers;
 mod outbound;
 mod session;

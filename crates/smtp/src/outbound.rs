@@ -336,6 +336,32 @@ impl Outbound {
                 }
             }
         }
+        // Bounce what failed in this attempt to the sender, before the attempt is recorded:
+        // after a crash in between, a failure may be reported twice, never not at all.
+        let failures: Vec<crate::bounce::Failure<'_>> = states
+            .iter()
+            .zip(&entry.states)
+            .zip(&entry.envelope.recipients)
+            .filter_map(|((new, old), recipient)| match (&new.status, &old.status) {
+                (RecipientStatus::Failed { reply, .. }, RecipientStatus::Pending)
+                    if crate::bounce::wanted(recipient) =>
+                {
+                    Some(crate::bounce::Failure { recipient, reply })
+                }
+                _ => None,
+            })
+            .collect();
+        if !failures.is_empty() && !entry.envelope.from.is_empty() {
+            let report = crate::bounce::report(&self.config.hostname, &entry, &raw, &failures);
+            let (store, account, actor) = (self.store.clone(), entry.account, actor.clone());
+            let detail = format!("queue {}; {} recipients", entry.id, failures.len());
+            let done =
+                tokio::task::spawn_blocking(move || deliver_report(&store, account, &report, &actor, detail)).await;
+            if !matches!(done, Ok(Ok(()))) {
+                warn!(queue = %entry.id, "delivering a bounce failed: {done:?}");
+            }
+        }
+        drop(failures);
         let shift = entry.attempts.min(20);
         let wait = self
             .config
@@ -570,6 +596,41 @@ fn deferred(actor: &Actor, entry: &QueuedMessage, address: &str, why: String) ->
         },
         AuditEvent::new(actor, "queue.defer", format!("to {address}")).detail(format!("queue {}; {why}", entry.id)),
     )
+}
+
+/// A delivery status report into the sending account's INBOX and BACKUP, audited.
+fn deliver_report(
+    store: &Store,
+    account: sealpost_storage::AccountId,
+    report: &[u8],
+    actor: &Actor,
+    detail: String,
+) -> Result<(), sealpost_storage::Error> {
+    let inbox = store
+        .mailbox_by_name(account, "INBOX")?
+        .ok_or(sealpost_storage::Error::MailboxNotFound)?;
+    let backup = store
+        .mailbox_by_special_use(account, sealpost_storage::SpecialUse::Backup)?
+        .ok_or(sealpost_storage::Error::MailboxNotFound)?;
+    let summary = sealpost_mime::Summary::of(report).to_bytes();
+    let search_text = sealpost_mime::search_text(report).lowercased().to_bytes();
+    let message = sealpost_storage::NewMessage {
+        raw: report,
+        flags: sealpost_storage::Flags::new(),
+        internal_date: sealpost_storage::InternalDate::now(),
+        summary: &summary,
+        search_text: &search_text,
+    };
+    let target = sealpost_storage::DeliveryTarget {
+        account,
+        mailboxes: vec![inbox.id, backup.id],
+        outbound: None,
+    };
+    let events = |_: &[sealpost_storage::Delivered]| {
+        vec![AuditEvent::new(actor, "queue.bounce", format!("account:{}", account.0)).detail(detail.clone())]
+    };
+    store.deliver_all(&[target], &message, &events)?;
+    Ok(())
 }
 
 fn now_ms() -> i64 {
