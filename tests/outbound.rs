@@ -274,6 +274,35 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     assert_eq!(got[0].0["tls"], true, "tls.test: over TLS");
     assert_eq!(got[0].0["to"], serde_json::json!(["alice@tls.test"]));
     assert!(String::from_utf8_lossy(&got[0].1).contains("The patient record."));
+    // Both DKIM signatures (Ed25519 and RSA) verify at the receiver, by dkimpy, with the keys
+    // `sealpost dns records` says to publish.
+    let records = work.path().join("records.txt");
+    std::fs::write(&records, sealpost_ok(&["dns", "records", "--data", &data.arg()], "")).unwrap();
+    let message = work.path().join("received.eml");
+    std::fs::write(&message, &got[0].1).unwrap();
+    let verified = Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/dkim_verify.py"))
+        .args([&message, &records])
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    // An altered message does not.
+    std::fs::write(
+        &message,
+        String::from_utf8_lossy(&got[0].1).replace("patient record", "patient recorb"),
+    )
+    .unwrap();
+    let altered = Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/dkim_verify.py"))
+        .args([&message, &records])
+        .output()
+        .unwrap();
+    assert!(!altered.status.success(), "an altered message verified");
     let got = flaky.received();
     assert_eq!(got.len(), 1, "flaky.test: delivered once, after the 451");
     assert_eq!(got[0].0["tls"], true);

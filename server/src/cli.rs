@@ -213,6 +213,26 @@ pub(crate) fn queue(command: QueueCommand) -> anyhow::Result<ExitCode> {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum DnsCommand {
+    /// Print MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records for the primary domain.
+    Records {
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+pub(crate) fn dns(command: DnsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DnsCommand::Records { data } => {
+            let loaded = Loaded::from_file(&data.join(crate::config::CONFIG_FILE))?;
+            crate::dkim::ensure_keys(&loaded)?;
+            print!("{}", crate::dkim::dns_records(&loaded)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(Subcommand)]
 pub(crate) enum KeyCommand {
     /// Make a new master key and re-wrap every key with it (mail is not re-encrypted).
     /// Stop `sealpost serve` first.

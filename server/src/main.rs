@@ -5,6 +5,7 @@
 
 mod cli;
 mod config;
+mod dkim;
 mod init;
 mod serve;
 mod tcp;
@@ -52,6 +53,9 @@ enum Command {
     /// Look at the outbound queue.
     #[command(subcommand)]
     Queue(cli::QueueCommand),
+    /// The DNS records to publish.
+    #[command(subcommand)]
+    Dns(cli::DnsCommand),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Audit(command) => cli::audit(command),
         Command::Key(command) => cli::key(command),
         Command::Queue(command) => cli::queue(command),
+        Command::Dns(command) => cli::dns(command),
     };
     match result {
         Ok(code) => code,

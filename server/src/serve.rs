@@ -152,6 +152,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         },
         &cfg.smtp.dns_servers,
         load_roots(&loaded)?,
+        Some(load_dkim(&loaded)?),
     )
     .context("setting up outbound delivery")?;
     let smtp_shared = SmtpShared::new(imap_shared.clone(), aliases, Some(inbound_auth), Some(outbound.waker()));
@@ -278,6 +279,20 @@ fn load_roots(loaded: &Loaded) -> anyhow::Result<rustls::RootCertStore> {
         info!(path = %path.display(), added, ignored, "outbound CAs loaded");
     }
     Ok(roots)
+}
+
+/// The DKIM keys, made first if this data folder predates them.
+fn load_dkim(loaded: &Loaded) -> anyhow::Result<sealpost_smtp::DkimSigning> {
+    crate::dkim::ensure_keys(loaded)?;
+    let keys = crate::dkim::load(loaded)?;
+    sealpost_smtp::DkimSigning::new(
+        &loaded.config.server.domain,
+        crate::dkim::SELECTOR_ED25519,
+        keys.ed25519,
+        crate::dkim::SELECTOR_RSA,
+        keys.rsa,
+    )
+    .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Resolves once shutdown is asked for (the read guard never lives across an await).

@@ -5,12 +5,14 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod bounce;
+mod dkim_sign;
 mod headers;
 mod outbound;
 mod session;
 mod shared;
 mod verify;
 
+pub use dkim_sign::DkimSigning;
 pub use outbound::{Outbound as OutboundAgent, OutboundConfig};
 pub use session::{serve_session, ListenerRole, SmtpConfig, SmtpConnection, SmtpTlsUpgrade, TlsDescription};
 pub use shared::{Aliases, SmtpShared};

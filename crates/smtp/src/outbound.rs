@@ -155,6 +155,7 @@ pub struct Outbound {
     resolver: MessageAuthenticator,
     tls: tokio_rustls::TlsConnector,
     wake: Arc<tokio::sync::Notify>,
+    dkim: Option<crate::DkimSigning>,
 }
 
 impl Outbound {
@@ -164,6 +165,7 @@ impl Outbound {
         config: OutboundConfig,
         dns_servers: &[SocketAddr],
         roots: rustls::RootCertStore,
+        dkim: Option<crate::DkimSigning>,
     ) -> std::io::Result<Arc<Self>> {
         let resolver = crate::verify::make_resolver(dns_servers)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -178,6 +180,7 @@ impl Outbound {
             resolver,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             wake: Arc::new(tokio::sync::Notify::new()),
+            dkim,
         }))
     }
 
@@ -251,6 +254,17 @@ impl Outbound {
                 return;
             }
         };
+        // Signed as it leaves, so that a key rotation applies to what is still queued.
+        let signed = match &self.dkim {
+            Some(dkim) => match dkim.sign(&raw) {
+                Ok(fields) => [fields.as_bytes(), &raw].concat(),
+                Err(error) => {
+                    warn!(queue = %entry.id, %error, "DKIM signing failed; the message waits");
+                    return;
+                }
+            },
+            None => raw.clone(),
+        };
         let mut states = entry.states.clone();
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
@@ -270,7 +284,7 @@ impl Outbound {
                 .iter()
                 .map(|&i| entry.envelope.recipients[i].address.clone())
                 .collect();
-            let outcome = self.deliver_domain(&domain, &entry, &addresses, &raw).await;
+            let outcome = self.deliver_domain(&domain, &entry, &addresses, &signed).await;
             for (slot, &index) in indexes.iter().enumerate() {
                 let address = &entry.envelope.recipients[index].address;
                 let (state, event) = match &outcome {

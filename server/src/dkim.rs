@@ -1,0 +1,128 @@
+//! DKIM keys: an Ed25519 and an RSA-2048 key, made by `sealpost init` (or by `serve` for a
+//! data folder made before DKIM), kept as PKCS#8 files of mode 0600 beside the master key;
+//! and the DNS records a site publishes (`sealpost dns records`).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::Context;
+use base64::Engine as _;
+use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
+
+use crate::config::Loaded;
+
+/// The selectors the two keys are published under.
+pub(crate) const SELECTOR_ED25519: &str = "sealpost-ed25519";
+pub(crate) const SELECTOR_RSA: &str = "sealpost-rsa";
+/// RSA key size, in bits.
+const RSA_BITS: usize = 2048;
+
+/// The two keys as PKCS#8 DER.
+pub(crate) struct DkimKeys {
+    pub(crate) ed25519: Vec<u8>,
+    pub(crate) rsa: Vec<u8>,
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("making {}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Makes the keys where the configuration says, unless they are there already.
+pub(crate) fn ensure_keys(loaded: &Loaded) -> anyhow::Result<()> {
+    let paths = &loaded.config.paths;
+    let ed_path = loaded.path(&paths.dkim_ed25519);
+    if !ed_path.exists() {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| anyhow::anyhow!("making the Ed25519 DKIM key"))?;
+        write_secret(&ed_path, pkcs8.as_ref())?;
+    }
+    let rsa_path = loaded.path(&paths.dkim_rsa);
+    if !rsa_path.exists() {
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), RSA_BITS).context("making the RSA DKIM key")?;
+        let der = key.to_pkcs8_der().context("encoding the RSA DKIM key")?;
+        write_secret(&rsa_path, der.as_bytes())?;
+    }
+    Ok(())
+}
+
+pub(crate) fn load(loaded: &Loaded) -> anyhow::Result<DkimKeys> {
+    let paths = &loaded.config.paths;
+    let read = |path: &Path| std::fs::read(path).with_context(|| format!("reading the DKIM key {}", path.display()));
+    Ok(DkimKeys {
+        ed25519: read(&loaded.path(&paths.dkim_ed25519))?,
+        rsa: read(&loaded.path(&paths.dkim_rsa))?,
+    })
+}
+
+/// The `p=` values: the raw Ed25519 public key (RFC 8463), the RSA SubjectPublicKeyInfo.
+fn public_keys(keys: &DkimKeys) -> anyhow::Result<(String, String)> {
+    use ring::signature::KeyPair;
+    let ed = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&keys.ed25519)
+        .map_err(|_| anyhow::anyhow!("the Ed25519 DKIM key does not load"))?;
+    let rsa = <rsa::RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_der(&keys.rsa)
+        .context("the RSA DKIM key does not load")?;
+    let spki = rsa
+        .to_public_key()
+        .to_public_key_der()
+        .context("encoding the RSA public key")?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok((b64.encode(ed.public_key().as_ref()), b64.encode(spki.as_bytes())))
+}
+
+/// The records to publish for the primary domain, in zone-file syntax.
+pub(crate) fn dns_records(loaded: &Loaded) -> anyhow::Result<String> {
+    let cfg = &loaded.config;
+    let (domain, host) = (&cfg.server.domain, &cfg.server.hostname);
+    let (ed, rsa) = public_keys(&load(loaded)?)?;
+    // TXT strings are at most 255 bytes: the RSA key is split.
+    let rsa_record = format!("v=DKIM1; k=rsa; p={rsa}");
+    let rsa_strings: Vec<String> = rsa_record
+        .as_bytes()
+        .chunks(250)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    let mut out = String::new();
+    out.push_str(&format!("; DNS records for {domain}, served by {host}\n"));
+    out.push_str(&format!("{domain}.\tIN MX 10 {host}.\n"));
+    out.push_str(&format!("{domain}.\tIN TXT \"v=spf1 mx -all\"\n"));
+    out.push_str(&format!(
+        "{SELECTOR_ED25519}._domainkey.{domain}.\tIN TXT \"v=DKIM1; k=ed25519; p={ed}\"\n"
+    ));
+    out.push_str(&format!(
+        "{SELECTOR_RSA}._domainkey.{domain}.\tIN TXT ( {} )\n",
+        rsa_strings.join(" ")
+    ));
+    out.push_str(&format!(
+        "_dmarc.{domain}.\tIN TXT \"v=DMARC1; p=reject; adkim=s; aspf=s; rua=mailto:postmaster@{domain}\"\n"
+    ));
+    out.push_str(&format!(
+        "_mta-sts.{domain}.\tIN TXT \"v=STSv1; id={}\"\n",
+        mta_sts_id(loaded)
+    ));
+    out.push_str(&format!(
+        "_smtp._tls.{domain}.\tIN TXT \"v=TLSRPTv1; rua=mailto:postmaster@{domain}\"\n"
+    ));
+    out.push_str(&format!(
+        "; and serve https://mta-sts.{domain}/.well-known/mta-sts.txt with:\n;   version: STSv1\n;   mode: enforce\n;   mx: {host}\n;   max_age: 604800\n"
+    ));
+    Ok(out)
+}
+
+/// A policy id that changes when the MX host does.
+fn mta_sts_id(loaded: &Loaded) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, loaded.config.server.hostname.as_bytes());
+    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
