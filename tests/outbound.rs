@@ -103,6 +103,22 @@ fn free_port_on(ips: &[&str]) -> u16 {
     panic!("no port free on every receiver address");
 }
 
+/// The configuration with its DNS server moved to `port`.
+fn with_dns_port(config: &str, port: u16) -> String {
+    config
+        .lines()
+        .map(|line| {
+            if line.starts_with("dns_servers = ") {
+                format!("dns_servers = [\"127.0.0.1:{port}\"]")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
 fn queue(data: &DataDir) -> Vec<serde_json::Value> {
     let listed = sealpost(&["queue", "list", "--json", "--data", &data.arg()], "");
     String::from_utf8_lossy(&listed.stdout)
@@ -351,6 +367,46 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         "{}",
         state("carol@badcert.test")
     );
+
+    // A restart mid-queue: what waits is tried again, what was delivered is not sent twice.
+    let attempts_before = entries[0]["attempts"].as_u64().unwrap();
+    let dns = start_dns_with(
+        &[],
+        &["test"],
+        &[
+            ("tls.test", "mx.tls.test", "127.0.0.2"),
+            ("plain.test", "mx.plain.test", "127.0.0.3"),
+            ("badcert.test", "mx.badcert.test", "127.0.0.4"),
+        ]
+        .iter()
+        .flat_map(|(domain, mx, ip)| {
+            [
+                format!("--mx-host={domain},{mx},10"),
+                format!("--host-record={mx},{ip}"),
+            ]
+        })
+        .collect::<Vec<_>>(),
+    );
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let config = with_dns_port(&config, dns.port);
+    std::fs::write(&config_path, config).unwrap();
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(server.wait_for("sealpost is running", Duration::from_secs(30)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.wait_for("delivery attempt recorded", Duration::from_millis(200)) {
+        assert!(Instant::now() < deadline, "no attempt after the restart");
+    }
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    drop(dns);
+    let entries = queue(&data);
+    assert_eq!(entries.len(), 1);
+    assert!(
+        entries[0]["attempts"].as_u64().unwrap() > attempts_before,
+        "{entries:?}"
+    );
+    assert_eq!(tls.received().len(), 1, "delivered again after the restart");
+    assert_eq!(flaky.received().len(), 1);
+    assert!(plain.received().is_empty() && badcert.received().is_empty());
 
     // The sender's view: `queue show` says where each recipient stands and why.
     let id = entries[0]["id"].as_str().unwrap().to_string();
