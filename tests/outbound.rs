@@ -146,6 +146,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
             ("badcert.test", "mx.badcert.test", "127.0.0.4"),
             ("flaky.test", "mx.flaky.test", "127.0.0.5"),
             ("reject.test", "mx.reject.test", "127.0.0.6"),
+            ("down.test", "mx.down.test", "127.0.0.7"),
         ]
         .iter()
         .flat_map(|(domain, mx, ip)| {
@@ -220,6 +221,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         "carol@badcert.test",
         "dan@flaky.test",
         "eve@reject.test",
+        "frank@down.test",
     ];
     let output = Command::new("/usr/bin/python3")
         .arg("-c")
@@ -240,7 +242,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
 
     // Wait until tls.test and flaky.test have it (flaky after one retry).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tls.received().is_empty() || flaky.received().is_empty() {
+    while [&tls, &flaky, &plain, &badcert].iter().any(|r| r.received().is_empty()) {
         assert!(
             Instant::now() < deadline,
             "no delivery: {:?}",
@@ -281,7 +283,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         text.contains("report-type=delivery-status") && text.contains("Status: 5.1.1"),
         "{text}"
     );
-    assert!(!text.contains("bob@plain.test"), "only failures are reported: {text}");
+    assert!(!text.contains("frank@down.test"), "only failures are reported: {text}");
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     drop(dns);
 
@@ -322,11 +324,25 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     let got = flaky.received();
     assert_eq!(got.len(), 1, "flaky.test: delivered once, after the 451");
     assert_eq!(got[0].0["tls"], true);
-    assert!(plain.received().is_empty(), "plain.test got the message without TLS");
-    assert!(
-        badcert.received().is_empty(),
-        "badcert.test got the message over unverified TLS"
-    );
+    // plain.test (no STARTTLS) and badcert.test (a certificate for another name) get only a
+    // notice, in plaintext, with a link and nothing of the message.
+    let mut tokens = Vec::new();
+    for (receiver, who) in [(&plain, "bob@plain.test"), (&badcert, "carol@badcert.test")] {
+        let got = receiver.received();
+        assert_eq!(got.len(), 1, "{who}: one notice, nothing else");
+        assert_eq!(got[0].0["to"], serde_json::json!([who]));
+        let notice = String::from_utf8_lossy(&got[0].1).to_string();
+        assert!(notice.contains("has sent you a secure message"), "{notice}");
+        assert!(
+            !notice.contains("patient") && !notice.contains("results"),
+            "the notice leaks: {notice}"
+        );
+        let link = notice
+            .lines()
+            .find(|l| l.starts_with("https://localhost:"))
+            .unwrap_or_else(|| panic!("no link: {notice}"));
+        tokens.push(link.rsplit('/').next().unwrap().to_string());
+    }
     assert!(reject.received().is_empty());
 
     // What stays queued: plain.test and badcert.test held for the portal, with the reason;
@@ -358,15 +374,33 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         state("eve@reject.test")
     );
     assert!(
-        state("bob@plain.test").contains("Pending") && state("bob@plain.test").contains("STARTTLS not offered"),
+        state("bob@plain.test").contains("Portal") && state("bob@plain.test").contains("STARTTLS not offered"),
         "{}",
         state("bob@plain.test")
     );
     assert!(
-        state("carol@badcert.test").contains("Pending") && state("carol@badcert.test").contains("no verified TLS"),
+        state("carol@badcert.test").contains("Portal") && state("carol@badcert.test").contains("no verified TLS"),
         "{}",
         state("carol@badcert.test")
     );
+    assert!(
+        state("frank@down.test").contains("Pending"),
+        "{}",
+        state("frank@down.test")
+    );
+
+    // The link leads to the message, for the portal; a made-up one leads nowhere.
+    let shown = sealpost_ok(&["pickup", "show", &tokens[0], "--data", &data.arg()], "");
+    assert!(
+        shown.contains("pickup for <bob@plain.test> from <doc@clinic.test>"),
+        "{shown}"
+    );
+    let message = sealpost_ok(&["pickup", "show", &tokens[1], "--message", "--data", &data.arg()], "");
+    assert!(message.contains("The patient record."), "{message}");
+    let made_up = "0".repeat(64);
+    assert!(!sealpost(&["pickup", "show", &made_up, "--data", &data.arg()], "")
+        .status
+        .success());
 
     // A restart mid-queue: what waits is tried again, what was delivered is not sent twice.
     let attempts_before = entries[0]["attempts"].as_u64().unwrap();
@@ -377,6 +411,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
             ("tls.test", "mx.tls.test", "127.0.0.2"),
             ("plain.test", "mx.plain.test", "127.0.0.3"),
             ("badcert.test", "mx.badcert.test", "127.0.0.4"),
+            ("down.test", "mx.down.test", "127.0.0.7"),
         ]
         .iter()
         .flat_map(|(domain, mx, ip)| {
@@ -404,9 +439,9 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         entries[0]["attempts"].as_u64().unwrap() > attempts_before,
         "{entries:?}"
     );
-    assert_eq!(tls.received().len(), 1, "delivered again after the restart");
-    assert_eq!(flaky.received().len(), 1);
-    assert!(plain.received().is_empty() && badcert.received().is_empty());
+    for receiver in [&tls, &flaky, &plain, &badcert] {
+        assert_eq!(receiver.received().len(), 1, "sent again after the restart");
+    }
 
     // The sender's view: `queue show` says where each recipient stands and why.
     let id = entries[0]["id"].as_str().unwrap().to_string();
@@ -420,9 +455,10 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         "{shown}"
     );
     assert!(
-        shown.contains("to <bob@plain.test>: pending") && shown.contains("STARTTLS not offered"),
+        shown.contains("to <bob@plain.test>: held for the pickup portal") && shown.contains("STARTTLS not offered"),
         "{shown}"
     );
+    assert!(shown.contains("to <frank@down.test>: pending"), "{shown}");
     sealpost_ok(&["queue", "retry", &id, "--data", &data.arg()], "");
     assert!(!sealpost(&["queue", "show", "0000", "--data", &data.arg()], "")
         .status
@@ -433,13 +469,16 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     // Every choice is in the audit log, and the deletion.
     let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
     assert!(exported.contains("queue.delete") && exported.contains("queue.retry") && exported.contains("queue.bounce"));
+    assert!(exported.contains("pickup.read"));
     for (what, who) in [
         ("queue.deliver", "alice@tls.test"),
         ("queue.deliver", "dan@flaky.test"),
         ("queue.defer", "dan@flaky.test"),
         ("queue.fail", "eve@reject.test"),
-        ("queue.defer", "bob@plain.test"),
-        ("queue.defer", "carol@badcert.test"),
+        ("queue.portal", "bob@plain.test"),
+        ("queue.portal", "carol@badcert.test"),
+        ("pickup.create", "bob@plain.test"),
+        ("queue.defer", "frank@down.test"),
     ] {
         assert!(
             exported.lines().any(|l| l.contains(what) && l.contains(who)),

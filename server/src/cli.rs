@@ -213,6 +213,45 @@ pub(crate) fn queue(command: QueueCommand) -> anyhow::Result<ExitCode> {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum PickupCommand {
+    /// What a pickup link leads to (the portal's view); with --message, the message itself
+    /// on standard output (audited).
+    Show {
+        token: String,
+        #[arg(long)]
+        message: bool,
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+pub(crate) fn pickup(command: PickupCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PickupCommand::Show { token, message, data } => {
+            let (_, store) = open_store(&data)?;
+            let Some(pickup) = store.pickup(&token)? else {
+                println!("no pickup for that link (unknown, or expired)");
+                return Ok(ExitCode::FAILURE);
+            };
+            if message {
+                let raw = store.read_pickup(&token)?.context("the pickup went away")?;
+                store.audit(
+                    sealpost_storage::AuditEvent::new(&Actor::cli(), "pickup.read", format!("queue {}", pickup.queue))
+                        .detail(format!("for {}", pickup.recipient)),
+                )?;
+                std::io::stdout().lock().write_all(&raw)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("pickup for <{}> from <{}>", pickup.recipient, pickup.sender);
+            println!("  size     {} bytes", pickup.size);
+            println!("  created  {}", format_ms(pickup.created_ms));
+            println!("  expires  {}", format_ms(pickup.expires_ms));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(Subcommand)]
 pub(crate) enum DnsCommand {
     /// Print MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records for the primary domain.
     Records {

@@ -43,6 +43,12 @@ pub(crate) struct OutboundSection {
     pub(crate) retry_max_ms: u64,
     /// How long a message may wait for delivery before it fails and bounces, in ms.
     pub(crate) retry_window_ms: u64,
+    /// The organisation's name in pickup notices (default: the primary domain).
+    pub(crate) organisation: String,
+    /// The subject of pickup notices; no patient information belongs here.
+    pub(crate) notice_subject: String,
+    /// How long a pickup link works, in ms.
+    pub(crate) pickup_ttl_ms: u64,
 }
 
 impl Default for OutboundSection {
@@ -54,6 +60,9 @@ impl Default for OutboundSection {
             retry_first_ms: defaults.retry_first_ms,
             retry_max_ms: defaults.retry_max_ms,
             retry_window_ms: defaults.retry_window_ms,
+            organisation: String::new(),
+            notice_subject: defaults.notice_subject,
+            pickup_ttl_ms: defaults.pickup_ttl_ms,
         }
     }
 }

@@ -56,6 +56,9 @@ enum Command {
     /// The DNS records to publish.
     #[command(subcommand)]
     Dns(cli::DnsCommand),
+    /// Messages kept for pickup through the portal.
+    #[command(subcommand)]
+    Pickup(cli::PickupCommand),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Key(command) => cli::key(command),
         Command::Queue(command) => cli::queue(command),
         Command::Dns(command) => cli::dns(command),
+        Command::Pickup(command) => cli::pickup(command),
     };
     match result {
         Ok(code) => code,

@@ -148,6 +148,18 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             retry_first_ms: cfg.outbound.retry_first_ms,
             retry_max_ms: cfg.outbound.retry_max_ms,
             retry_window_ms: cfg.outbound.retry_window_ms,
+            portal_url: match cfg.listeners.https {
+                443 => format!("https://{}/pickup/", cfg.server.hostname),
+                port => format!("https://{}:{port}/pickup/", cfg.server.hostname),
+            },
+            organisation: if cfg.outbound.organisation.is_empty() {
+                cfg.server.domain.clone()
+            } else {
+                cfg.outbound.organisation.clone()
+            },
+            notice_subject: cfg.outbound.notice_subject.clone(),
+            notice_from: format!("postmaster@{}", cfg.server.domain),
+            pickup_ttl_ms: cfg.outbound.pickup_ttl_ms,
             ..OutboundConfig::default()
         },
         &cfg.smtp.dns_servers,

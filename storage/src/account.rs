@@ -304,6 +304,19 @@ impl Store {
         batch.delete(Table::AccountKeys, start.clone());
         batch.delete(Table::Directory, start.clone());
         batch.delete(Table::AddressIndex, self.address_key(&account.address).to_vec());
+        // Pickup records are keyed by their token's hash; their value starts with the account.
+        let mut pickups = Vec::new();
+        self.inner
+            .engine
+            .scan(Table::Pickups, &[], &[0xFF; 33], &mut |key, value| {
+                if value.starts_with(&start) {
+                    pickups.push(key.to_vec());
+                }
+                Ok(crate::engine::Scan::Continue)
+            })?;
+        for key in pickups {
+            batch.delete(Table::Pickups, key);
+        }
         for table in [
             Table::Mailboxes,
             Table::Messages,

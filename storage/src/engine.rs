@@ -25,10 +25,11 @@ pub(crate) enum Table {
     Texts,
     Audit,
     Queue,
+    Pickups,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 13] = [
+    pub(crate) const ALL: [Table; 14] = [
         Table::Meta,
         Table::Directory,
         Table::AccountKeys,
@@ -42,6 +43,7 @@ impl Table {
         Table::Texts,
         Table::Audit,
         Table::Queue,
+        Table::Pickups,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -59,6 +61,7 @@ impl Table {
             Table::Texts => "texts",
             Table::Audit => "audit",
             Table::Queue => "queue",
+            Table::Pickups => "pickups",
         }
     }
 }

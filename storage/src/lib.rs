@@ -35,6 +35,7 @@ mod keys;
 mod mailbox;
 mod message;
 mod notify;
+mod pickup;
 mod queue;
 mod store;
 mod types;
@@ -46,6 +47,7 @@ pub use error::{Error, Result};
 pub use mailbox::MAILBOX_DELIMITER;
 pub use message::{Delivered, CHUNK_BYTES, SEARCH_TEXT_BYTES_MAX};
 pub use notify::{MailboxEvent, MailboxEvents};
+pub use pickup::{Pickup, PICKUP_TOKEN_BYTES_MIN};
 pub use queue::{
     Outbound, OutboundRecipient, QueueId, QueuedMessage, RecipientState, RecipientStatus, QUEUE_RECIPIENTS_MAX,
 };

@@ -859,7 +859,7 @@ impl Store {
             .ok_or_else(|| Error::corrupt("blob bookkeeping"))
     }
 
-    fn retain_blob(
+    pub(crate) fn retain_blob(
         &self,
         crypto: &AccountCrypto,
         account: AccountId,

@@ -15,7 +15,7 @@ use crate::types::{AccountId, MailboxId, NewMessage};
 
 /// The lock stripe slot that serialises changes to an account's queue entries (mailbox ids
 /// start at 1; 0 holds the account's counters).
-const QUEUE_LOCK_SLOT: u32 = u32::MAX;
+pub(crate) const QUEUE_LOCK_SLOT: u32 = u32::MAX;
 
 /// Recipients one queue entry may hold.
 pub const QUEUE_RECIPIENTS_MAX: usize = 1_000;
@@ -53,6 +53,10 @@ pub struct Outbound {
     pub env_id: Option<String>,
     /// RET: `FULL` or `HDRS`.
     pub ret: Option<String>,
+    /// A pickup notice, which holds no patient information: it may go over unverified TLS or
+    /// in plaintext where the recipient's server offers nothing better.
+    #[serde(default)]
+    pub notice: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -218,6 +222,12 @@ impl Store {
         self.read_blob(&crypto, account, &record.blob)
     }
 
+    /// The blob a queue entry holds a reference to.
+    pub(crate) fn queue_blob(&self, account: AccountId, id: QueueId) -> Result<BlobId> {
+        let crypto = self.account_crypto(account)?;
+        Ok(self.queue_record(&crypto, account, id)?.blob)
+    }
+
     fn queue_record(&self, crypto: &AccountCrypto, account: AccountId, id: QueueId) -> Result<QueueRecord> {
         let key = keys::queue(account, &id.0);
         let sealed = self.inner.engine.get(Table::Queue, &key)?.ok_or(Error::InvalidInput {
@@ -239,6 +249,7 @@ impl Store {
     ) -> Result<()> {
         let crypto = self.account_crypto(account)?;
         let _lock = self.inner.mailbox_locks.lock(account, QUEUE_LOCK_SLOT);
+        let _blobs = self.inner.blob_locks.lock(account, 0);
         let mut record = self.queue_record(&crypto, account, id)?;
         if states.len() != record.states.len() {
             return Err(Error::InvalidInput {
@@ -271,6 +282,7 @@ impl Store {
     pub fn queue_delete(&self, account: AccountId, id: QueueId, actor: &crate::Actor) -> Result<()> {
         let crypto = self.account_crypto(account)?;
         let _lock = self.inner.mailbox_locks.lock(account, QUEUE_LOCK_SLOT);
+        let _blobs = self.inner.blob_locks.lock(account, 0);
         let record = self.queue_record(&crypto, account, id)?;
         let mut batch = Batch::default();
         self.stage_queue_removal(&crypto, account, id, &record, &mut batch)?;

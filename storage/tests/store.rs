@@ -942,6 +942,7 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
                 }],
                 env_id: Some("env-1".into()),
                 ret: Some("HDRS".into()),
+                notice: false,
             }),
         },
         DeliveryTarget {
@@ -1040,6 +1041,7 @@ fn queue_entries_record_each_recipient_and_go_with_their_last_pending_one() {
         recipients: vec![recipient("a@one.example"), recipient("b@two.example")],
         env_id: None,
         ret: None,
+        notice: false,
     };
     let new = NewMessage {
         raw: &raw,

@@ -117,6 +117,7 @@ mod tests {
                 recipients: vec![recipient.clone()],
                 env_id: Some("env-1".into()),
                 ret: None,
+                notice: false,
             },
             size: 0,
             created_ms: 0,

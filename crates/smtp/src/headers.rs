@@ -28,6 +28,31 @@ pub(crate) fn received(
     field
 }
 
+/// The notice telling an outside recipient that a message waits in the pickup portal. It
+/// says who the organisation is and where to go, and nothing of the message.
+pub(crate) fn pickup_notice(config: &crate::OutboundConfig, recipient: &str, token: &str, expires_ms: i64) -> Vec<u8> {
+    let expires = time::OffsetDateTime::from_unix_timestamp(expires_ms / 1000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc2822).ok())
+        .unwrap_or_default();
+    let organisation = sanitize(&config.organisation);
+    format!(
+        "From: {organisation} <{from}>\r\nTo: <{recipient}>\r\nSubject: {subject}\r\nDate: {date}\r\n\
+         Message-ID: {id}\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n\
+         {organisation} has sent you a secure message.\r\n\r\n\
+         To read it, open this link:\r\n{url}{token}\r\n\r\n\
+         The link works until {expires}.\r\n\
+         This email holds no part of the message; if you did not expect it, you may delete it.\r\n",
+        from = config.notice_from,
+        subject = sanitize(&config.notice_subject),
+        date = now_rfc2822(),
+        id = message_id(&config.hostname),
+        url = config.portal_url,
+    )
+    .into_bytes()
+}
+
 /// A Message-ID in our domain.
 pub(crate) fn message_id(hostname: &str) -> String {
     let mut random = [0u8; 12];

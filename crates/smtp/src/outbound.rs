@@ -34,6 +34,16 @@ pub struct OutboundConfig {
     pub poll_ms: u64,
     /// Queue entries delivered at the same time.
     pub parallel_max: usize,
+    /// The pickup link is this followed by the token.
+    pub portal_url: String,
+    /// The organisation's name, in pickup notices.
+    pub organisation: String,
+    /// The subject of pickup notices (no patient information belongs here).
+    pub notice_subject: String,
+    /// The address pickup notices come from.
+    pub notice_from: String,
+    /// How long a pickup link works, in ms (30 days).
+    pub pickup_ttl_ms: u64,
 }
 
 impl Default for OutboundConfig {
@@ -47,6 +57,11 @@ impl Default for OutboundConfig {
             retry_window_ms: 5 * 24 * 3600 * 1000,
             poll_ms: 5_000,
             parallel_max: 8,
+            portal_url: "https://localhost/pickup/".into(),
+            organisation: "Sealpost".into(),
+            notice_subject: "You have a secure message".into(),
+            notice_from: "postmaster@localhost".into(),
+            pickup_ttl_ms: 30 * 24 * 3600 * 1000,
         }
     }
 }
@@ -320,12 +335,22 @@ impl Outbound {
                             _ => deferred(&actor, &entry, address, reply.line()),
                         }
                     }
-                    DomainOutcome::NoVerifiedTls(why) => deferred(
-                        &actor,
-                        &entry,
-                        address,
-                        format!("no verified TLS ({why}); held for the pickup portal"),
-                    ),
+                    DomainOutcome::NoVerifiedTls(why) => match self.to_portal(&entry, address, why).await {
+                        Ok(()) => (
+                            RecipientState {
+                                status: RecipientStatus::Portal {
+                                    at_ms: now,
+                                    why: format!("no verified TLS: {why}"),
+                                },
+                                last_reply: Some(why.clone()),
+                            },
+                            AuditEvent::new(&actor, "queue.portal", format!("to {address}")).detail(format!(
+                                "queue {}; no verified TLS ({why}); kept for pickup, notice sent",
+                                entry.id
+                            )),
+                        ),
+                        Err(error) => deferred(&actor, &entry, address, format!("no verified TLS ({why}); {error}")),
+                    },
                     DomainOutcome::Unreachable(why) => deferred(&actor, &entry, address, why.clone()),
                 };
                 states[index] = state;
@@ -388,6 +413,112 @@ impl Outbound {
         match written {
             Ok(Ok(())) => info!(queue = %entry.id, "delivery attempt recorded"),
             other => warn!(queue = %entry.id, "recording a delivery attempt failed: {other:?}"),
+        }
+    }
+
+    /// MAIL, RCPT for each recipient, DATA: the reply for each recipient.
+    async fn transaction(
+        &self,
+        talk: &mut Conversation,
+        ehlo_again: bool,
+        ehlo: &str,
+        entry: &QueuedMessage,
+        recipients: &[String],
+        raw: &[u8],
+    ) -> std::io::Result<Vec<Reply>> {
+        let timeout = talk.timeout;
+        let envelope = &entry.envelope;
+        if ehlo_again {
+            let (reply, _) = talk.command(ehlo).await?;
+            if reply.code != 250 {
+                return Ok(vec![reply; recipients.len()]);
+            }
+        }
+        let mut mail = format!("MAIL FROM:<{}> SIZE={}", envelope.from, raw.len());
+        if let Some(ret) = &envelope.ret {
+            mail.push_str(&format!(" RET={ret}"));
+        }
+        if let Some(env_id) = &envelope.env_id {
+            mail.push_str(&format!(" ENVID={env_id}"));
+        }
+        let (reply, _) = talk.command(&mail).await?;
+        if reply.code != 250 {
+            return Ok(vec![reply; recipients.len()]);
+        }
+        let mut replies = Vec::with_capacity(recipients.len());
+        for recipient in recipients {
+            let (reply, _) = talk.command(&format!("RCPT TO:<{recipient}>")).await?;
+            replies.push(reply);
+        }
+        if replies.iter().all(|r| r.code != 250 && r.code != 251) {
+            let _ = talk.send("QUIT").await;
+            return Ok(replies);
+        }
+        let (reply, _) = talk.command("DATA").await?;
+        if reply.code != 354 {
+            return Ok(replies
+                .into_iter()
+                .map(|r| if r.code / 100 == 2 { reply.clone() } else { r })
+                .collect());
+        }
+        let body = dot_stuffed(raw);
+        tokio::time::timeout(timeout.saturating_mul(4), talk.io.get_mut().write_all(&body))
+            .await
+            .map_err(|_| std::io::Error::other("timed out sending the message"))??;
+        talk.io.get_mut().flush().await?;
+        let (data_reply, _) = talk.reply().await?;
+        let _ = talk.send("QUIT").await;
+        Ok::<_, std::io::Error>(
+            replies
+                .into_iter()
+                .map(|r| if r.code / 100 == 2 { data_reply.clone() } else { r })
+                .collect(),
+        )
+    }
+
+    /// Keeps the message for `recipient`'s pickup and queues the notice with the link.
+    async fn to_portal(&self, entry: &QueuedMessage, recipient: &str, why: &str) -> Result<(), String> {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut secret);
+        let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let expires_ms = now_ms().saturating_add(i64::try_from(self.config.pickup_ttl_ms).unwrap_or(i64::MAX));
+        let notice = crate::headers::pickup_notice(&self.config, recipient, &token, expires_ms);
+        let envelope = sealpost_storage::Outbound {
+            from: entry.envelope.from.clone(),
+            recipients: vec![sealpost_storage::OutboundRecipient {
+                address: recipient.to_string(),
+                notify: vec![],
+                orcpt: None,
+            }],
+            env_id: None,
+            ret: None,
+            notice: true,
+        };
+        let (store, account, id, recipient) = (self.store.clone(), entry.account, entry.id, recipient.to_string());
+        let done = tokio::task::spawn_blocking(move || {
+            store.create_pickup(account, id, &recipient, &token, expires_ms)?;
+            let backup = store
+                .mailbox_by_special_use(account, sealpost_storage::SpecialUse::Backup)?
+                .ok_or(sealpost_storage::Error::MailboxNotFound)?;
+            let summary = sealpost_mime::Summary::of(&notice).to_bytes();
+            let message = sealpost_storage::NewMessage {
+                raw: &notice,
+                flags: sealpost_storage::Flags::new(),
+                internal_date: sealpost_storage::InternalDate::now(),
+                summary: &summary,
+                search_text: b"",
+            };
+            store.submit(account, &[backup.id], &message, Some(&envelope))
+        })
+        .await;
+        match done {
+            Ok(Ok(_)) => {
+                debug!(queue = %entry.id, why, "kept for pickup");
+                self.wake.notify_one();
+                Ok(())
+            }
+            Ok(Err(error)) => Err(format!("keeping it for pickup failed: {error}")),
+            Err(error) => Err(format!("keeping it for pickup failed: {error}")),
         }
     }
 
@@ -462,6 +593,8 @@ impl Outbound {
         }
     }
 
+    /// Delivers over verified TLS; a pickup notice (no patient information) that cannot have
+    /// it goes in plaintext on a second connection instead.
     async fn deliver_host(
         &self,
         host: &str,
@@ -469,6 +602,30 @@ impl Outbound {
         entry: &QueuedMessage,
         recipients: &[String],
         raw: &[u8],
+    ) -> HostOutcome {
+        let outcome = self.deliver_host_once(host, ip, entry, recipients, raw, true).await;
+        match outcome {
+            HostOutcome::NoVerifiedTls(why) if entry.envelope.notice => {
+                match self.deliver_host_once(host, ip, entry, recipients, raw, false).await {
+                    HostOutcome::Replies { replies, .. } => HostOutcome::Replies {
+                        replies,
+                        tls: format!("plaintext, a pickup notice without patient information ({why})"),
+                    },
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn deliver_host_once(
+        &self,
+        host: &str,
+        ip: IpAddr,
+        entry: &QueuedMessage,
+        recipients: &[String],
+        raw: &[u8],
+        use_tls: bool,
     ) -> HostOutcome {
         let timeout = Duration::from_millis(self.config.timeout_ms);
         let address = SocketAddr::new(ip, self.config.port);
@@ -491,6 +648,9 @@ impl Outbound {
             if reply.code != 250 {
                 return Ok(Err(format!("EHLO: {}", reply.line())));
             }
+            if !use_tls {
+                return Ok(Ok(false));
+            }
             let starttls = lines
                 .iter()
                 .any(|l| l.get(4..).is_some_and(|c| c.trim().eq_ignore_ascii_case("STARTTLS")));
@@ -501,10 +661,19 @@ impl Outbound {
             if reply.code != 220 {
                 return Ok(Err(format!("STARTTLS refused: {}", reply.line())));
             }
-            Ok::<_, std::io::Error>(Ok(()))
+            Ok::<_, std::io::Error>(Ok(true))
         };
         match plain.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                return match self.transaction(&mut talk, false, &ehlo, entry, recipients, raw).await {
+                    Ok(replies) => HostOutcome::Replies {
+                        replies,
+                        tls: "plaintext".into(),
+                    },
+                    Err(error) => HostOutcome::Unreachable(error.to_string()),
+                };
+            }
             Ok(Err(why)) => {
                 let _ = talk.send("QUIT").await;
                 return HostOutcome::NoVerifiedTls(why);
@@ -534,53 +703,7 @@ impl Outbound {
             io: BufReader::new(Box::new(secured)),
             timeout,
         };
-        let envelope = &entry.envelope;
-        let result = async {
-            let (reply, _) = talk.command(&ehlo).await?;
-            if reply.code != 250 {
-                return Ok(vec![reply; recipients.len()]);
-            }
-            let mut mail = format!("MAIL FROM:<{}> SIZE={}", envelope.from, raw.len());
-            if let Some(ret) = &envelope.ret {
-                mail.push_str(&format!(" RET={ret}"));
-            }
-            if let Some(env_id) = &envelope.env_id {
-                mail.push_str(&format!(" ENVID={env_id}"));
-            }
-            let (reply, _) = talk.command(&mail).await?;
-            if reply.code != 250 {
-                return Ok(vec![reply; recipients.len()]);
-            }
-            let mut replies = Vec::with_capacity(recipients.len());
-            for recipient in recipients {
-                let (reply, _) = talk.command(&format!("RCPT TO:<{recipient}>")).await?;
-                replies.push(reply);
-            }
-            if replies.iter().all(|r| r.code != 250 && r.code != 251) {
-                let _ = talk.send("QUIT").await;
-                return Ok(replies);
-            }
-            let (reply, _) = talk.command("DATA").await?;
-            if reply.code != 354 {
-                return Ok(replies
-                    .into_iter()
-                    .map(|r| if r.code / 100 == 2 { reply.clone() } else { r })
-                    .collect());
-            }
-            let body = dot_stuffed(raw);
-            tokio::time::timeout(timeout.saturating_mul(4), talk.io.get_mut().write_all(&body))
-                .await
-                .map_err(|_| std::io::Error::other("timed out sending the message"))??;
-            talk.io.get_mut().flush().await?;
-            let (data_reply, _) = talk.reply().await?;
-            let _ = talk.send("QUIT").await;
-            Ok::<_, std::io::Error>(
-                replies
-                    .into_iter()
-                    .map(|r| if r.code / 100 == 2 { data_reply.clone() } else { r })
-                    .collect(),
-            )
-        };
+        let result = self.transaction(&mut talk, true, &ehlo, entry, recipients, raw);
         match result.await {
             Ok(replies) => {
                 debug!(host, "delivery conversation done");

@@ -951,6 +951,7 @@ impl Session {
             recipients: outbound_recipients,
             env_id: transaction.env_id.clone(),
             ret: transaction.ret.clone(),
+            notice: false,
         });
         let audit = AuditContext {
             actor: self.actor(),

@@ -1,0 +1,139 @@
+//! Pickup records: a message for an outside recipient whose server offers no verified TLS
+//! stays here, and the recipient gets a link with an unguessable token. The record is found
+//! by a keyed hash of the token (the token itself is stored nowhere), sealed under the
+//! sending account's keys, and holds a reference to the message's blob, so the message stays
+//! readable for the portal until the record expires or is removed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto;
+use crate::engine::{Batch, Table};
+use crate::error::{Error, Result};
+use crate::keys::{self, BlobId};
+use crate::mailbox::{open_record, seal_record};
+use crate::queue::QueueId;
+use crate::store::Store;
+use crate::types::AccountId;
+
+/// Shortest pickup token accepted, in bytes of text (the caller makes 256-bit tokens).
+pub const PICKUP_TOKEN_BYTES_MIN: usize = 32;
+
+#[derive(Serialize, Deserialize)]
+struct PickupRecord {
+    blob: BlobId,
+    size: u64,
+    recipient: String,
+    sender: String,
+    queue: [u8; 16],
+    created_ms: i64,
+    expires_ms: i64,
+}
+
+/// What the portal reads for a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pickup {
+    pub account: AccountId,
+    pub recipient: String,
+    pub sender: String,
+    pub size: u64,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub queue: QueueId,
+}
+
+fn pickup_aad(key: &[u8]) -> Vec<u8> {
+    [b"pickup/".as_slice(), key].concat()
+}
+
+impl Store {
+    fn pickup_key(&self, token: &str) -> [u8; 32] {
+        crypto::keyed_hash(&self.inner.store_keys.index, b"pickup", token.as_bytes())
+    }
+
+    /// Keeps the message of queue entry `queue` for `recipient` behind `token`, durably and
+    /// audited. The token is the caller's (it goes into the notice the caller sends); only
+    /// its keyed hash is kept.
+    pub fn create_pickup(
+        &self,
+        account: AccountId,
+        queue: QueueId,
+        recipient: &str,
+        token: &str,
+        expires_ms: i64,
+    ) -> Result<()> {
+        if token.len() < PICKUP_TOKEN_BYTES_MIN {
+            return Err(Error::InvalidInput {
+                what: "pickup token too short",
+            });
+        }
+        let crypto = self.account_crypto(account)?;
+        let entry = self
+            .queued()?
+            .into_iter()
+            .find(|e| e.account == account && e.id == queue)
+            .ok_or(Error::InvalidInput {
+                what: "no such queue entry",
+            })?;
+        let _blobs = self.inner.blob_locks.lock(account, 0);
+        let blob = self.queue_blob(account, queue)?;
+        let key = self.pickup_key(token).to_vec();
+        let record = PickupRecord {
+            blob,
+            size: entry.size,
+            recipient: recipient.to_string(),
+            sender: entry.envelope.from.clone(),
+            queue: queue.0,
+            created_ms: crate::now_ms(),
+            expires_ms,
+        };
+        let mut value = account.0.to_be_bytes().to_vec();
+        value.extend_from_slice(&seal_record(&crypto, &pickup_aad(&key), &record)?);
+        let mut batch = Batch::default();
+        batch.put(Table::Pickups, key, value);
+        let mut blobs = crate::message::BlobChanges::default();
+        self.retain_blob(&crypto, account, &blob, &mut blobs)?;
+        blobs.stage(&crypto, account, &mut batch)?;
+        let event = crate::AuditEvent::new(&crate::Actor::system(), "pickup.create", format!("queue {queue}"))
+            .detail(format!("for {recipient}; expires {expires_ms}"));
+        self.commit_audited(batch, vec![event])?;
+        Ok(())
+    }
+
+    /// The pickup behind `token`, if there is one and it has not expired.
+    pub fn pickup(&self, token: &str) -> Result<Option<Pickup>> {
+        let key = self.pickup_key(token);
+        let Some(value) = self.inner.engine.get(Table::Pickups, &key)? else {
+            return Ok(None);
+        };
+        let account = AccountId(keys::read_u64(&value, 0).ok_or_else(|| Error::corrupt("a pickup record"))?);
+        let crypto = self.account_crypto(account)?;
+        let record: PickupRecord = open_record(&crypto, &pickup_aad(&key), &value[8..])?;
+        if record.expires_ms < crate::now_ms() {
+            return Ok(None);
+        }
+        Ok(Some(Pickup {
+            account,
+            recipient: record.recipient,
+            sender: record.sender,
+            size: record.size,
+            created_ms: record.created_ms,
+            expires_ms: record.expires_ms,
+            queue: QueueId(record.queue),
+        }))
+    }
+
+    /// The message behind `token`, for the portal.
+    pub fn read_pickup(&self, token: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.pickup_key(token);
+        let Some(value) = self.inner.engine.get(Table::Pickups, &key)? else {
+            return Ok(None);
+        };
+        let account = AccountId(keys::read_u64(&value, 0).ok_or_else(|| Error::corrupt("a pickup record"))?);
+        let crypto = self.account_crypto(account)?;
+        let record: PickupRecord = open_record(&crypto, &pickup_aad(&key), &value[8..])?;
+        if record.expires_ms < crate::now_ms() {
+            return Ok(None);
+        }
+        self.read_blob(&crypto, account, &record.blob).map(Some)
+    }
+}
