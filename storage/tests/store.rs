@@ -1112,3 +1112,66 @@ fn queue_entries_record_each_recipient_and_go_with_their_last_pending_one() {
         "two BACKUP copies, no queue reference"
     );
 }
+
+#[test]
+fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let alice = add_account(&store, "alice");
+    let backup = mailbox(&store, alice, "BACKUP");
+    let raw = message(41, 30_000);
+    let outbound = Outbound {
+        from: "alice@clinic.example".into(),
+        recipients: vec![OutboundRecipient {
+            address: format!("{MARKER}@elsewhere.example"),
+            notify: vec![],
+            orcpt: None,
+        }],
+        env_id: None,
+        ret: None,
+        notice: false,
+    };
+    let new = NewMessage {
+        raw: &raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: b"",
+        search_text: b"",
+    };
+    let (_, id) = store.submit(alice, &[backup], &new, Some(&outbound)).unwrap();
+    let id = id.unwrap();
+    let token = "a".repeat(64);
+    let recipient = format!("{MARKER}@elsewhere.example");
+    assert!(store.create_pickup(alice, id, &recipient, "short", i64::MAX).is_err());
+    store.create_pickup(alice, id, &recipient, &token, i64::MAX).unwrap();
+    let expired = "b".repeat(64);
+    store.create_pickup(alice, id, &recipient, &expired, 1).unwrap();
+
+    let pickup = store.pickup(&token).unwrap().unwrap();
+    assert_eq!(
+        (pickup.account, pickup.recipient.as_str(), pickup.queue),
+        (alice, recipient.as_str(), id)
+    );
+    assert_eq!(store.read_pickup(&token).unwrap().unwrap(), raw);
+    assert_eq!(store.pickup(&expired).unwrap(), None, "expired");
+    assert_eq!(store.pickup(&"c".repeat(64)).unwrap(), None, "unknown");
+
+    // The queue entry finished (the recipient went to the portal): the pickup keeps the body.
+    let portal = RecipientState {
+        status: RecipientStatus::Portal {
+            at_ms: 1,
+            why: "no STARTTLS".into(),
+        },
+        last_reply: None,
+    };
+    store.queue_update(alice, id, vec![portal], 0, vec![]).unwrap();
+    assert!(store.queued().unwrap().is_empty());
+    assert_eq!(store.read_pickup(&token).unwrap().unwrap(), raw);
+    // Neither the token nor the recipient is on disk.
+    store.flush().unwrap();
+    assert!(files_containing(&fx.store_path(), token.as_bytes()).is_empty());
+    assert!(files_containing(&fx.store_path(), MARKER.as_bytes()).is_empty());
+
+    store.delete_account(alice, &Actor::cli()).unwrap();
+    assert_eq!(store.pickup(&token).unwrap(), None, "deleted with the account");
+}
