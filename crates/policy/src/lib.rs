@@ -1,0 +1,250 @@
+//! How a message reaches each outside recipient, decided by the server, never by the
+//! sender's memory: admin rules per domain or address, content rules that find patient
+//! information (PHI) and force the pickup portal or block the message, and accounts barred
+//! from sending outside the organisation. The transport itself (verified TLS, or the portal
+//! when that cannot be had) is the outbound queue's; this crate says what is allowed.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// An admin rule for a domain or an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DomainRule {
+    /// Never by SMTP: always the pickup portal.
+    AlwaysPortal,
+    /// Verified TLS where the server offers it, else the portal; content rules may force the
+    /// portal (the default).
+    TlsAllowed,
+    /// A partner whose verified TLS is trusted for anything: content rules do not force the
+    /// portal (without verified TLS it is still the portal, never plaintext).
+    TlsRequired,
+}
+
+/// What a content rule does when it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Portal,
+    Block,
+}
+
+/// What a content rule looks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "detector")]
+pub enum Detector {
+    /// US Social Security numbers (ddd-dd-dddd, valid area, group and serial).
+    Ssn,
+    /// Medical record numbers, by the site's patterns (regular expressions).
+    Mrn { patterns: Vec<String> },
+    /// A date next to "DOB", "date of birth" or "born".
+    DateOfBirth,
+    /// ICD-10 codes in their dotted form (E11.9), or after "ICD", "diagnosis" or "dx".
+    Icd10,
+    /// Any of these words or phrases (case-insensitive, whole words).
+    Keywords { words: Vec<String> },
+    /// A `[secure]` tag in the subject, which the sender may add.
+    SecureTag,
+}
+
+/// A named content rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentRule {
+    pub name: String,
+    #[serde(flatten)]
+    pub detector: Detector,
+    pub action: Action,
+}
+
+/// The site's rules, as configured.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyConfig {
+    /// Domain (`partner.example`) or address (`someone@partner.example`) → rule.
+    pub domains: BTreeMap<String, DomainRule>,
+    pub content: Vec<ContentRule>,
+    /// Accounts (addresses) that may not send outside the organisation at all.
+    pub barred_accounts: BTreeSet<String>,
+}
+
+impl PolicyConfig {
+    /// Content rules that send what looks like patient information to the portal.
+    pub fn default_content_rules() -> Vec<ContentRule> {
+        let rule = |name: &str, detector| ContentRule {
+            name: name.into(),
+            detector,
+            action: Action::Portal,
+        };
+        vec![
+            rule("ssn", Detector::Ssn),
+            rule(
+                "mrn",
+                Detector::Mrn {
+                    patterns: vec![r"(?i)\b(?:MRN|medical record (?:number|no\.?))[:#]?\s*[A-Z]{0,3}\d{5,12}\b".into()],
+                },
+            ),
+            rule("date-of-birth", Detector::DateOfBirth),
+            rule("icd-10", Detector::Icd10),
+            rule("secure-tag", Detector::SecureTag),
+        ]
+    }
+}
+
+/// The parts of a message the content rules read.
+#[derive(Clone, Debug, Default)]
+pub struct Content<'a> {
+    pub subject: &'a str,
+    /// The decoded text of the body and of text attachments.
+    pub text: &'a str,
+    pub attachment_names: Vec<&'a str>,
+}
+
+/// A content rule that matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub rule: String,
+    pub action: Action,
+}
+
+/// How one outside recipient is to be reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// By SMTP over verified TLS, or the portal when that cannot be had.
+    TlsOrPortal,
+    /// The portal, for the reason given.
+    Portal(String),
+}
+
+enum Compiled {
+    Ssn(Regex),
+    Patterns(Vec<Regex>),
+    DateOfBirth(Regex),
+    Icd10(Regex, Regex),
+    Keywords(Regex),
+    SecureTag,
+}
+
+/// The rules, compiled.
+pub struct Policy {
+    config: PolicyConfig,
+    compiled: Vec<(ContentRule, Compiled)>,
+}
+
+/// Longest text a content scan reads, in bytes; past it the rest is not scanned (the
+/// search text is bounded the same way).
+pub const SCANNED_TEXT_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+impl Policy {
+    /// Compiles the rules; a pattern that is not a regular expression is an error naming it.
+    pub fn new(config: PolicyConfig) -> Result<Policy, String> {
+        let mut compiled = Vec::new();
+        for rule in &config.content {
+            let regex = |pattern: &str| Regex::new(pattern).map_err(|e| format!("content rule {}: {e}", rule.name));
+            let c = match &rule.detector {
+                Detector::Ssn => Compiled::Ssn(regex(r"\b(\d{3})-(\d{2})-(\d{4})\b")?),
+                Detector::Mrn { patterns } => {
+                    Compiled::Patterns(patterns.iter().map(|p| regex(p)).collect::<Result<_, _>>()?)
+                }
+                Detector::DateOfBirth => Compiled::DateOfBirth(regex(
+                    r"(?i)(?:\bdob\b|\bd\.o\.b\.?|\bdate of birth\b|\bborn(?: on)?\b)[\s:]*(?:\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}|\d{4}-\d{2}-\d{2}|\d{1,2} (?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]* \d{4}|(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]* \d{1,2},? \d{4})",
+                )?),
+                Detector::Icd10 => Compiled::Icd10(
+                    regex(r"\b[A-TV-Z][0-9][0-9AB]\.[0-9A-TV-Z]{1,4}\b")?,
+                    regex(r"(?i)\b(?:icd-?10|icd|diagnosis|dx)\b[\s:#-]*[A-TV-Z][0-9][0-9AB]\b")?,
+                ),
+                Detector::Keywords { words } => {
+                    let escaped: Vec<String> = words
+                        .iter()
+                        .filter(|w| !w.is_empty())
+                        .map(|w| regex::escape(w))
+                        .collect();
+                    if escaped.is_empty() {
+                        continue;
+                    }
+                    Compiled::Keywords(regex(&format!(r"(?i)\b(?:{})\b", escaped.join("|")))?)
+                }
+                Detector::SecureTag => Compiled::SecureTag,
+            };
+            compiled.push((rule.clone(), c));
+        }
+        Ok(Policy { config, compiled })
+    }
+
+    /// Whether `account` may send outside the organisation.
+    pub fn may_send_outside(&self, account: &str) -> bool {
+        !self.config.barred_accounts.contains(&account.to_lowercase())
+    }
+
+    /// Every content rule that matches.
+    pub fn scan(&self, content: &Content<'_>) -> Vec<Finding> {
+        let text = truncate(content.text, SCANNED_TEXT_BYTES_MAX);
+        let names = content.attachment_names.join("\n");
+        let fields = [content.subject, text, names.as_str()];
+        let mut findings = Vec::new();
+        for (rule, compiled) in &self.compiled {
+            let hit = match compiled {
+                Compiled::Ssn(re) => fields
+                    .iter()
+                    .any(|f| re.captures_iter(f).any(|c| valid_ssn(&c[1], &c[2], &c[3]))),
+                Compiled::Patterns(res) => res.iter().any(|re| fields.iter().any(|f| re.is_match(f))),
+                Compiled::DateOfBirth(re) | Compiled::Keywords(re) => fields.iter().any(|f| re.is_match(f)),
+                Compiled::Icd10(dotted, context) => fields.iter().any(|f| dotted.is_match(f) || context.is_match(f)),
+                Compiled::SecureTag => content.subject.to_lowercase().contains("[secure]"),
+            };
+            if hit {
+                findings.push(Finding {
+                    rule: rule.name.clone(),
+                    action: rule.action,
+                });
+            }
+        }
+        findings
+    }
+
+    /// The admin rule for a recipient: its address's, else its domain's, else TLS allowed.
+    pub fn rule_for(&self, recipient: &str) -> DomainRule {
+        let recipient = recipient.to_lowercase();
+        if let Some(rule) = self.config.domains.get(&recipient) {
+            return *rule;
+        }
+        let domain = recipient.rsplit_once('@').map_or("", |(_, d)| d);
+        self.config
+            .domains
+            .get(domain)
+            .copied()
+            .unwrap_or(DomainRule::TlsAllowed)
+    }
+
+    /// How a recipient is reached, given the message's findings.
+    pub fn route(&self, recipient: &str, findings: &[Finding]) -> Route {
+        match self.rule_for(recipient) {
+            DomainRule::AlwaysPortal => Route::Portal("an admin rule sends this recipient's mail to the portal".into()),
+            DomainRule::TlsRequired => Route::TlsOrPortal,
+            DomainRule::TlsAllowed => match findings.iter().find(|f| f.action == Action::Portal) {
+                Some(finding) => Route::Portal(format!("content rule {} matched", finding.rule)),
+                None => Route::TlsOrPortal,
+            },
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The Social Security Administration never issues area 000, 666 or 900–999, group 00 or
+/// serial 0000.
+fn valid_ssn(area: &str, group: &str, serial: &str) -> bool {
+    let area: u32 = area.parse().unwrap_or(0);
+    area != 0 && area != 666 && area < 900 && group != "00" && serial != "0000"
+}
