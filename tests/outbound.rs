@@ -130,12 +130,25 @@ fn queue(data: &DataDir) -> Vec<serde_json::Value> {
 #[test]
 fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     let work = tempfile::tempdir().unwrap();
-    let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"];
+    let ips = [
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+        "127.0.0.6",
+        "127.0.0.8",
+    ];
     let port = free_port_on(&ips);
     // mx.badcert.test presents a certificate for another name.
     let (ca, leaves) = test_ca(
         work.path(),
-        &["mx.tls.test", "somewhere-else.test", "mx.flaky.test", "mx.reject.test"],
+        &[
+            "mx.tls.test",
+            "somewhere-else.test",
+            "mx.flaky.test",
+            "mx.reject.test",
+            "mx.partner.test",
+        ],
     );
     let dns = start_dns_with(
         &[],
@@ -147,6 +160,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
             ("flaky.test", "mx.flaky.test", "127.0.0.5"),
             ("reject.test", "mx.reject.test", "127.0.0.6"),
             ("down.test", "mx.down.test", "127.0.0.7"),
+            ("partner.test", "mx.partner.test", "127.0.0.8"),
         ]
         .iter()
         .flat_map(|(domain, mx, ip)| {
@@ -178,6 +192,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         [tls_args(2), vec!["--tempfail".into(), "1".into()]].concat(),
     );
     let reject = start(ips[4], "reject", [tls_args(3), vec!["--reject".into()]].concat());
+    let partner = start(ips[5], "partner", tls_args(4));
 
     let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
     let config_path = data.path().join("sealpost.toml");
@@ -231,6 +246,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
              s = smtplib.SMTP_SSL('localhost', {port}, context=ctx)\n\
              s.login('doc@clinic.test', {PASSWORD:?})\n\
              s.sendmail('doc@clinic.test', {recipients:?}, b'From: doc@clinic.test\\r\\nSubject: results\\r\\n\\r\\nThe patient record.\\r\\n')\n\
+             s.sendmail('doc@clinic.test', ['zoe@partner.test'], b'From: doc@clinic.test\\r\\nSubject: lab\\r\\n\\r\\nSSN 123-45-6789\\r\\n')\n\
              s.quit()\n",
             cafile = data.path().join("tls/cert.pem").display().to_string(),
             port = data.port_base + 465,
@@ -242,7 +258,10 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
 
     // Wait until tls.test and flaky.test have it (flaky after one retry).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while [&tls, &flaky, &plain, &badcert].iter().any(|r| r.received().is_empty()) {
+    while [&tls, &flaky, &plain, &badcert, &partner]
+        .iter()
+        .any(|r| r.received().is_empty())
+    {
         assert!(
             Instant::now() < deadline,
             "no delivery: {:?}",
@@ -327,14 +346,20 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     // plain.test (no STARTTLS) and badcert.test (a certificate for another name) get only a
     // notice, in plaintext, with a link and nothing of the message.
     let mut tokens = Vec::new();
-    for (receiver, who) in [(&plain, "bob@plain.test"), (&badcert, "carol@badcert.test")] {
+    // zoe@partner.test's server has verified TLS, but the message holds an SSN: the default
+    // content rule sends it to the portal, so zoe too gets only the notice.
+    for (receiver, who) in [
+        (&plain, "bob@plain.test"),
+        (&badcert, "carol@badcert.test"),
+        (&partner, "zoe@partner.test"),
+    ] {
         let got = receiver.received();
         assert_eq!(got.len(), 1, "{who}: one notice, nothing else");
         assert_eq!(got[0].0["to"], serde_json::json!([who]));
         let notice = String::from_utf8_lossy(&got[0].1).to_string();
         assert!(notice.contains("has sent you a secure message"), "{notice}");
         assert!(
-            !notice.contains("patient") && !notice.contains("results"),
+            !notice.contains("patient") && !notice.contains("results") && !notice.contains("6789"),
             "the notice leaks: {notice}"
         );
         let link = notice
@@ -412,6 +437,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
             ("plain.test", "mx.plain.test", "127.0.0.3"),
             ("badcert.test", "mx.badcert.test", "127.0.0.4"),
             ("down.test", "mx.down.test", "127.0.0.7"),
+            ("partner.test", "mx.partner.test", "127.0.0.8"),
         ]
         .iter()
         .flat_map(|(domain, mx, ip)| {
@@ -439,7 +465,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         entries[0]["attempts"].as_u64().unwrap() > attempts_before,
         "{entries:?}"
     );
-    for receiver in [&tls, &flaky, &plain, &badcert] {
+    for receiver in [&tls, &flaky, &plain, &badcert, &partner] {
         assert_eq!(receiver.received().len(), 1, "sent again after the restart");
     }
 
@@ -477,6 +503,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         ("queue.fail", "eve@reject.test"),
         ("queue.portal", "bob@plain.test"),
         ("queue.portal", "carol@badcert.test"),
+        ("queue.portal", "zoe@partner.test"),
         ("pickup.create", "bob@plain.test"),
         ("queue.defer", "frank@down.test"),
     ] {

@@ -26,6 +26,9 @@ pub(crate) struct Config {
     pub(crate) smtp: SmtpSection,
     #[serde(default)]
     pub(crate) outbound: OutboundSection,
+    /// Admin rules per domain or address, content rules, barred accounts.
+    #[serde(default)]
+    pub(crate) policy: sealpost_policy::PolicyConfig,
 }
 
 /// Delivery to other servers.

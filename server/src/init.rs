@@ -92,6 +92,7 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
         aliases: Default::default(),
         smtp: Default::default(),
         outbound: Default::default(),
+        policy: Default::default(),
     };
     let text = toml::to_string(&config).context("writing the configuration")?;
     create_dir(&args.data, 0o750)?;

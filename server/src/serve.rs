@@ -167,7 +167,14 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         Some(load_dkim(&loaded)?),
     )
     .context("setting up outbound delivery")?;
-    let smtp_shared = SmtpShared::new(imap_shared.clone(), aliases, Some(inbound_auth), Some(outbound.waker()));
+    let policy = sealpost_policy::Policy::new(cfg.policy.clone()).map_err(|e| anyhow::anyhow!("[policy]: {e}"))?;
+    let smtp_shared = SmtpShared::new(
+        imap_shared.clone(),
+        aliases,
+        Some(inbound_auth),
+        Some(outbound.waker()),
+        Arc::new(policy),
+    );
     listeners.spawn(outbound.run(stopped.clone()));
     for (name, port, role, implicit_tls) in [
         ("smtp", cfg.listeners.smtp, ListenerRole::Inbound, false),

@@ -41,6 +41,10 @@ pub struct OutboundRecipient {
     pub notify: Vec<String>,
     /// ORCPT as given (`rfc822;someone@example.org`).
     pub orcpt: Option<String>,
+    /// Set when a rule decided at submission that this recipient gets the pickup portal
+    /// whatever its server offers: the rule and why.
+    #[serde(default)]
+    pub portal: Option<String>,
 }
 
 /// The envelope of a submitted message for the outbound queue.

@@ -939,6 +939,7 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
                     address: format!("{MARKER}@elsewhere.example"),
                     notify: vec!["FAILURE".into()],
                     orcpt: None,
+                    portal: None,
                 }],
                 env_id: Some("env-1".into()),
                 ret: Some("HDRS".into()),
@@ -1035,6 +1036,7 @@ fn queue_entries_record_each_recipient_and_go_with_their_last_pending_one() {
         address: address.into(),
         notify: vec![],
         orcpt: None,
+        portal: None,
     };
     let outbound = Outbound {
         from: "alice@clinic.example".into(),
@@ -1126,6 +1128,7 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
             address: format!("{MARKER}@elsewhere.example"),
             notify: vec![],
             orcpt: None,
+            portal: None,
         }],
         env_id: None,
         ret: None,

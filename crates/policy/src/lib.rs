@@ -59,8 +59,9 @@ pub struct ContentRule {
     pub action: Action,
 }
 
-/// The site's rules, as configured.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The site's rules, as configured. By default: no admin rules, the default content rules
+/// (patient identifiers send mail to the portal), nobody barred.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PolicyConfig {
     /// Domain (`partner.example`) or address (`someone@partner.example`) → rule.
@@ -68,6 +69,16 @@ pub struct PolicyConfig {
     pub content: Vec<ContentRule>,
     /// Accounts (addresses) that may not send outside the organisation at all.
     pub barred_accounts: BTreeSet<String>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            domains: BTreeMap::new(),
+            content: Self::default_content_rules(),
+            barred_accounts: BTreeSet::new(),
+        }
+    }
 }
 
 impl PolicyConfig {

@@ -108,6 +108,7 @@ mod tests {
             address: "eve@reject.test".into(),
             notify: vec!["FAILURE".into()],
             orcpt: Some("rfc822;eve@reject.test".into()),
+            portal: None,
         };
         let entry = QueuedMessage {
             id: QueueId([7; 16]),

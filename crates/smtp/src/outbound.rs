@@ -282,18 +282,39 @@ impl Outbound {
         };
         let mut states = entry.states.clone();
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
-            if states[index].status == RecipientStatus::Pending {
-                let domain = recipient.address.rsplit_once('@').map_or("", |(_, d)| d).to_string();
-                by_domain.entry(domain).or_default().push(index);
-            }
-        }
         let actor = Actor {
             name: "outbound".into(),
             peer: String::new(),
         };
         let mut events = Vec::new();
         let now = now_ms();
+        for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
+            // A rule chose the portal at submission: no SMTP for this one.
+            if let (RecipientStatus::Pending, Some(why)) = (&states[index].status, &recipient.portal) {
+                let address = &recipient.address;
+                let (state, event) = match self.to_portal(&entry, address, why).await {
+                    Ok(()) => (
+                        RecipientState {
+                            status: RecipientStatus::Portal {
+                                at_ms: now,
+                                why: why.clone(),
+                            },
+                            last_reply: None,
+                        },
+                        AuditEvent::new(&actor, "queue.portal", format!("to {address}"))
+                            .detail(format!("queue {}; {why}; kept for pickup, notice sent", entry.id)),
+                    ),
+                    Err(error) => deferred(&actor, &entry, address, format!("{why}; {error}")),
+                };
+                states[index] = state;
+                events.push(event);
+                continue;
+            }
+            if states[index].status == RecipientStatus::Pending {
+                let domain = recipient.address.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+                by_domain.entry(domain).or_default().push(index);
+            }
+        }
         for (domain, indexes) in by_domain {
             let addresses: Vec<String> = indexes
                 .iter()
@@ -489,6 +510,7 @@ impl Outbound {
                 address: recipient.to_string(),
                 notify: vec![],
                 orcpt: None,
+                portal: None,
             }],
             env_id: None,
             ret: None,

@@ -685,6 +685,11 @@ impl Session {
             if self.connection.role == ListenerRole::Inbound {
                 return self.error("550 5.7.1 relaying denied: this server takes mail only for its own domain");
             }
+            if let Some(account) = &self.account {
+                if !self.connection.shared.policy.may_send_outside(&account.address) {
+                    return self.error("550 5.7.1 this account may not send outside the organisation");
+                }
+            }
             let mut notify = Vec::new();
             for (flag, name) in [
                 (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
@@ -704,6 +709,7 @@ impl Session {
                 orcpt: to
                     .orcpt
                     .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") }),
+                portal: None,
             }));
             self.reply("250 2.1.5 recipient ok");
             return Flow::Continue;
@@ -946,6 +952,29 @@ impl Session {
                 }
             }
         }
+        // The content rules decide, per outside recipient, before anything is written.
+        let mut outbound_recipients = outbound_recipients;
+        if !outbound_recipients.is_empty() {
+            let findings = scan_content(&self.connection.shared.policy, &raw);
+            if let Some(block) = findings.iter().find(|f| f.action == sealpost_policy::Action::Block) {
+                let actor = self.actor();
+                let event = AuditEvent::new(&actor, "message.block", format!("from <{from}>"))
+                    .outcome(AuditOutcome::Denied)
+                    .detail(format!("content rule {}", block.rule));
+                self.audit(event).await;
+                return Ok(self.error(&format!(
+                    "550 5.7.1 not sent: content rule {} matched, and policy blocks such mail to outside recipients",
+                    block.rule
+                )));
+            }
+            for recipient in &mut outbound_recipients {
+                if let sealpost_policy::Route::Portal(why) =
+                    self.connection.shared.policy.route(&recipient.address, &findings)
+                {
+                    recipient.portal = Some(why);
+                }
+            }
+        }
         let outbound = (!outbound_recipients.is_empty()).then(|| Outbound {
             from: from.clone(),
             recipients: outbound_recipients,
@@ -984,6 +1013,37 @@ impl Session {
             }
         }
     }
+}
+
+/// What the content rules find in a message: its subject, its decoded text, the names of its
+/// attachments.
+fn scan_content(policy: &sealpost_policy::Policy, raw: &[u8]) -> Vec<sealpost_policy::Finding> {
+    let text = sealpost_mime::search_text(raw);
+    let structure = Structure::parse(raw, Limits::default());
+    let names: Vec<String> = structure
+        .parts
+        .iter()
+        .flat_map(|part| {
+            let from_disposition = part
+                .disposition
+                .iter()
+                .flat_map(|(_, params)| params.iter())
+                .filter(|(k, _)| k.eq_ignore_ascii_case("filename"))
+                .map(|(_, v)| v.clone());
+            let from_type = part
+                .params
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("name"))
+                .map(|(_, v)| v.clone());
+            from_disposition.chain(from_type).collect::<Vec<_>>()
+        })
+        .collect();
+    let subject = text.header("subject").next().unwrap_or("").to_string();
+    policy.scan(&sealpost_policy::Content {
+        subject: &subject,
+        text: &text.body,
+        attachment_names: names.iter().map(String::as_str).collect(),
+    })
 }
 
 /// The accounts a local address reaches: the account itself, an alias's accounts, or the

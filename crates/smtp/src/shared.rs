@@ -42,6 +42,8 @@ pub struct SmtpShared {
     pub(crate) inbound_auth: Option<crate::InboundAuth>,
     /// Woken when a submission queued mail for outside recipients.
     pub(crate) queue_waker: Option<Arc<tokio::sync::Notify>>,
+    /// Who may send outside, and how each outside recipient is reached.
+    pub(crate) policy: Arc<sealpost_policy::Policy>,
     submitted: Mutex<HashMap<AccountId, (Instant, u32)>>,
 }
 
@@ -51,12 +53,14 @@ impl SmtpShared {
         aliases: Aliases,
         inbound_auth: Option<crate::InboundAuth>,
         queue_waker: Option<Arc<tokio::sync::Notify>>,
+        policy: Arc<sealpost_policy::Policy>,
     ) -> Arc<Self> {
         Arc::new(Self {
             logins,
             aliases,
             inbound_auth,
             queue_waker,
+            policy,
             submitted: Mutex::new(HashMap::new()),
         })
     }

@@ -123,7 +123,17 @@ async fn run(name: &str) {
     }
     let (client, server) = tokio::io::duplex(1 << 20);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let shared = SmtpShared::new(ImapShared::new(login_limits), aliases, None, None);
+    let mut policy = sealpost_policy::PolicyConfig::default();
+    policy.barred_accounts.insert("bob@example.test".into());
+    policy.content.push(sealpost_policy::ContentRule {
+        name: "no-oncology".into(),
+        detector: sealpost_policy::Detector::Keywords {
+            words: vec!["oncology".into()],
+        },
+        action: sealpost_policy::Action::Block,
+    });
+    let policy = std::sync::Arc::new(sealpost_policy::Policy::new(policy).unwrap());
+    let shared = SmtpShared::new(ImapShared::new(login_limits), aliases, None, None, policy);
     let mut session = Some(tokio::spawn(serve_session(
         Box::new(server),
         store.clone(),
@@ -181,6 +191,21 @@ async fn run(name: &str) {
                 n,
                 args[1],
                 args[0]
+            );
+        } else if let Some(rest) = line.strip_prefix("QUEUED_PORTAL ") {
+            // QUEUED_PORTAL n reason: n queued recipients marked for the portal for that reason.
+            let (n, reason) = rest.split_once(' ').unwrap();
+            let marked = store
+                .queued()
+                .unwrap()
+                .iter()
+                .flat_map(|e| e.envelope.recipients.clone())
+                .filter(|r| r.portal.as_deref() == Some(reason))
+                .count();
+            assert_eq!(
+                marked,
+                n.parse::<usize>().unwrap(),
+                "{at}: recipients marked for the portal"
             );
         } else if let Some(n) = line.strip_prefix("QUEUED ") {
             assert_eq!(
@@ -244,6 +269,12 @@ async fn a_client_that_stops_mid_data_delivers_nothing() {
 #[tokio::test]
 async fn auth_failures_lock_the_account_out_and_close_the_connection() {
     run("auth-lockout.txt").await;
+}
+
+#[tokio::test]
+async fn policy_bars_accounts_and_blocks_content_for_outside_recipients() {
+    run("policy.txt").await;
+    run("policy-content.txt").await;
 }
 
 #[tokio::test]
