@@ -227,41 +227,50 @@ pub fn start_dns_for(records: &[(&str, String)], zones: &[&str]) -> Dns {
     start_dns_with(records, zones, &[])
 }
 
-/// As `start_dns_for`, with more dnsmasq options (`--mx-host=`, `--host-record=`).
+/// As `start_dns_for`, with more dnsmasq options (`--mx-host=`, `--host-record=`). A port
+/// taken between choosing and binding it (other tests make connections from ephemeral ports)
+/// makes dnsmasq exit: then it starts again on another, at most five times.
 pub fn start_dns_with(records: &[(&str, String)], zones: &[&str], options: &[String]) -> Dns {
-    let port = free_udp_port();
-    let mut command = Command::new("dnsmasq");
-    command.args([
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        "--listen-address=127.0.0.1",
-        &format!("--port={port}"),
-        "--log-facility=-",
-    ]);
-    // Authoritative for the zones: NXDOMAIN for every other name in them (DMARC's tree walk
-    // asks for _dmarc.test), where a forwarder without upstreams would answer with an error.
-    for zone in zones {
-        command.arg(format!("--local=/{zone}/"));
-    }
-    command.args(options);
-    for (name, text) in records {
-        // On the command line quotes would be part of the text; a comma would split it.
-        assert!(!text.contains(','), "{text}");
-        command.arg(format!("--txt-record={name},{text}"));
-    }
-    let dns = Dns {
-        child: command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
-        port,
-    };
-    // Ready when it answers over TCP; dropped (and killed) if it never does.
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return dns;
+    for _ in 0..5 {
+        let port = free_udp_port();
+        let mut command = Command::new("dnsmasq");
+        command.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+            &format!("--port={port}"),
+            "--log-facility=-",
+        ]);
+        // Authoritative for the zones: NXDOMAIN for every other name in them (DMARC's tree
+        // walk asks for _dmarc.test), where a forwarder without upstreams would answer with
+        // an error.
+        for zone in zones {
+            command.arg(format!("--local=/{zone}/"));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        command.args(options);
+        for (name, text) in records {
+            // On the command line quotes would be part of the text; a comma would split it.
+            assert!(!text.contains(','), "{text}");
+            command.arg(format!("--txt-record={name},{text}"));
+        }
+        let mut dns = Dns {
+            child: command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+            port,
+        };
+        // Ready when it answers over TCP; dropped (and killed) if it never does.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return dns;
+            }
+            if let Ok(Some(_)) = dns.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-    panic!("dnsmasq did not start on port {port}");
+    panic!("dnsmasq did not start");
 }

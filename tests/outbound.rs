@@ -513,3 +513,96 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         );
     }
 }
+
+#[test]
+fn a_smarthost_relays_everything_over_verified_tls_and_connections_per_domain_are_limited() {
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port_on(&["127.0.0.9"]);
+    let (ca, leaves) = test_ca(work.path(), &["relay.smarthost.test"]);
+    let dns = start_dns_with(
+        &[],
+        &["test"],
+        &["--host-record=relay.smarthost.test,127.0.0.9".to_string()],
+    );
+    // Each DATA is held a while, so that parallel deliveries would overlap at the relay.
+    let relay = Receiver::start(
+        "127.0.0.9",
+        port,
+        &work.path().join("relay"),
+        &[
+            "--cert",
+            leaves[0].0.to_str().unwrap(),
+            "--key",
+            leaves[0].1.to_str().unwrap(),
+            "--slow",
+            "0.3",
+        ],
+    );
+    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
+    let config_path = data.path().join("sealpost.toml");
+    let mut config = std::fs::read_to_string(&config_path).unwrap();
+    config = with_dns_port(&config, dns.port);
+    config = config.replace(
+        "ca_files = [\"/etc/ssl/certs/ca-certificates.crt\"]",
+        &format!("ca_files = [\"{}\"]", ca.display()),
+    );
+    config = config.replace(
+        "smarthost = \"\"",
+        &format!("smarthost = \"relay.smarthost.test:{port}\""),
+    );
+    config = config.replace("connections_per_domain_max = 5", "connections_per_domain_max = 1");
+    std::fs::write(&config_path, &config).unwrap();
+    assert!(
+        config.contains("connections_per_domain_max = 1") && config.contains("relay.smarthost.test"),
+        "{config}"
+    );
+    sealpost_ok(
+        &[
+            "account",
+            "add",
+            "doc@clinic.test",
+            "--password-stdin",
+            "--data",
+            &data.arg(),
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(
+        server.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        server.seen
+    );
+    // Four messages to domains without any DNS records: only the smarthost can take them.
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import smtplib, ssl\n\
+             ctx = ssl.create_default_context(cafile={cafile:?})\n\
+             s = smtplib.SMTP_SSL('localhost', {port}, context=ctx)\n\
+             s.login('doc@clinic.test', {PASSWORD:?})\n\
+             for n in range(4):\n\
+             \x20   s.sendmail('doc@clinic.test', ['x%d@nowhere%d.example' % (n, n)], b'From: doc@clinic.test\\r\\nSubject: n\\r\\n\\r\\nbody\\r\\n')\n\
+             s.quit()\n",
+            cafile = data.path().join("tls/cert.pem").display().to_string(),
+            port = data.port_base + 465,
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay.received().len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the relay got {} of 4",
+            relay.received().len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    for (envelope, _) in relay.received() {
+        assert_eq!(envelope["tls"], true, "to the smarthost over TLS");
+    }
+    let concurrency = std::fs::read_to_string(work.path().join("relay/concurrency")).unwrap();
+    assert_eq!(concurrency.trim(), "1", "connections at once to the smarthost");
+}

@@ -52,6 +52,11 @@ pub(crate) struct OutboundSection {
     pub(crate) notice_subject: String,
     /// How long a pickup link works, in ms.
     pub(crate) pickup_ttl_ms: u64,
+    /// Relay all outside mail through this host (`"relay.example:587"`), verified TLS only;
+    /// empty: deliver to each recipient's MX.
+    pub(crate) smarthost: String,
+    /// Connections open at once to one recipient domain (or the smarthost).
+    pub(crate) connections_per_domain_max: usize,
 }
 
 impl Default for OutboundSection {
@@ -66,6 +71,8 @@ impl Default for OutboundSection {
             organisation: String::new(),
             notice_subject: defaults.notice_subject,
             pickup_ttl_ms: defaults.pickup_ttl_ms,
+            smarthost: String::new(),
+            connections_per_domain_max: defaults.connections_per_domain_max,
         }
     }
 }
@@ -348,6 +355,19 @@ fn validate(config: &Config) -> anyhow::Result<()> {
             "limits.smtp_command_timeout_ms: {} is below ten seconds",
             limits.smtp_command_timeout_ms
         );
+    }
+    if config.outbound.connections_per_domain_max == 0 {
+        bail!("outbound.connections_per_domain_max: must be at least 1");
+    }
+    if !config.outbound.smarthost.is_empty() {
+        let port = config
+            .outbound
+            .smarthost
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        if port.is_none_or(|p| p == 0) {
+            bail!("outbound.smarthost: {:?} is not host:port", config.outbound.smarthost);
+        }
     }
     for (alias, targets) in &config.aliases {
         if !alias.contains('@') || targets.is_empty() || targets.iter().any(|t| !t.contains('@')) {

@@ -160,6 +160,12 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             notice_subject: cfg.outbound.notice_subject.clone(),
             notice_from: format!("postmaster@{}", cfg.server.domain),
             pickup_ttl_ms: cfg.outbound.pickup_ttl_ms,
+            smarthost: cfg
+                .outbound
+                .smarthost
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host.to_string(), port.parse().ok()?))),
+            connections_per_domain_max: cfg.outbound.connections_per_domain_max,
             ..OutboundConfig::default()
         },
         &cfg.smtp.dns_servers,

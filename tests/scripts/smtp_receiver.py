@@ -27,6 +27,7 @@ p.add_argument("--cert")
 p.add_argument("--key")
 p.add_argument("--tempfail", type=int, default=0)
 p.add_argument("--reject", action="store_true")
+p.add_argument("--slow", type=float, default=0.0, help="seconds to hold each DATA")
 a = p.parse_args()
 os.makedirs(a.outdir, exist_ok=True)
 
@@ -35,6 +36,22 @@ class Handler:
     def __init__(self):
         self.tempfails_left = a.tempfail
         self.count = 0
+        # Connections open at once, by client address and port (STARTTLS makes a new
+        # session object for the same connection); the most seen goes to OUTDIR/concurrency.
+        self.open = set()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.open.add(session.peer)
+        path = os.path.join(a.outdir, "concurrency")
+        seen = int(open(path).read()) if os.path.exists(path) else 0
+        with open(path, "w") as f:
+            f.write(str(max(seen, len(self.open))))
+        session.host_name = hostname
+        return responses
+
+    async def handle_QUIT(self, server, session, envelope):
+        self.open.discard(session.peer)
+        return "221 Bye"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if a.reject:
@@ -46,6 +63,8 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if a.slow:
+            await asyncio.sleep(a.slow)
         self.count += 1
         base = os.path.join(a.outdir, str(self.count))
         with open(base + ".eml", "wb") as f:

@@ -44,6 +44,11 @@ pub struct OutboundConfig {
     pub notice_from: String,
     /// How long a pickup link works, in ms (30 days).
     pub pickup_ttl_ms: u64,
+    /// Relay everything through this host and port instead of the recipients' MX hosts
+    /// (still only over TLS verified for that host's name).
+    pub smarthost: Option<(String, u16)>,
+    /// Connections open at once to one recipient domain (or the smarthost).
+    pub connections_per_domain_max: usize,
 }
 
 impl Default for OutboundConfig {
@@ -62,6 +67,8 @@ impl Default for OutboundConfig {
             notice_subject: "You have a secure message".into(),
             notice_from: "postmaster@localhost".into(),
             pickup_ttl_ms: 30 * 24 * 3600 * 1000,
+            smarthost: None,
+            connections_per_domain_max: 5,
         }
     }
 }
@@ -171,7 +178,12 @@ pub struct Outbound {
     tls: tokio_rustls::TlsConnector,
     wake: Arc<tokio::sync::Notify>,
     dkim: Option<crate::DkimSigning>,
+    /// One semaphore per domain being delivered to: connections_per_domain_max permits.
+    domain_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
+
+/// Most domains whose connection semaphores are kept; idle ones go first.
+const DOMAIN_SLOTS_KEPT_MAX: usize = 10_000;
 
 impl Outbound {
     /// `roots`: the certificate authorities a receiving server's certificate must chain to.
@@ -196,6 +208,7 @@ impl Outbound {
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             wake: Arc::new(tokio::sync::Notify::new()),
             dkim,
+            domain_slots: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -581,9 +594,31 @@ impl Outbound {
         recipients: &[String],
         raw: &[u8],
     ) -> DomainOutcome {
-        let hosts = match self.mx_hosts(domain).await {
-            Ok(hosts) => hosts,
-            Err(why) => return DomainOutcome::Unreachable(why),
+        let (hosts, port) = match &self.config.smarthost {
+            Some((host, port)) => (vec![host.clone()], *port),
+            None => match self.mx_hosts(domain).await {
+                Ok(hosts) => (hosts, self.config.port),
+                Err(why) => return DomainOutcome::Unreachable(why),
+            },
+        };
+        // At most connections_per_domain_max connections to one domain at a time.
+        let slot_key = match &self.config.smarthost {
+            Some((host, _)) => host.clone(),
+            None => domain.to_string(),
+        };
+        let semaphore = {
+            let mut slots = self.domain_slots.lock().unwrap_or_else(|e| e.into_inner());
+            let max = self.config.connections_per_domain_max.max(1);
+            if slots.len() >= DOMAIN_SLOTS_KEPT_MAX {
+                slots.retain(|_, s| s.available_permits() < max);
+            }
+            slots
+                .entry(slot_key)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max)))
+                .clone()
+        };
+        let Ok(_permit) = semaphore.acquire_owned().await else {
+            return DomainOutcome::Unreachable("shutting down".into());
         };
         let mut no_tls = None;
         let mut unreachable = format!("no server for {domain}");
@@ -596,7 +631,10 @@ impl Outbound {
                 }
             };
             for ip in addresses {
-                match self.deliver_host(host, ip, entry, recipients, raw).await {
+                match self
+                    .deliver_host(host, SocketAddr::new(ip, port), entry, recipients, raw)
+                    .await
+                {
                     HostOutcome::Replies { replies, tls } => {
                         return DomainOutcome::Replies {
                             replies,
@@ -620,15 +658,20 @@ impl Outbound {
     async fn deliver_host(
         &self,
         host: &str,
-        ip: IpAddr,
+        address: SocketAddr,
         entry: &QueuedMessage,
         recipients: &[String],
         raw: &[u8],
     ) -> HostOutcome {
-        let outcome = self.deliver_host_once(host, ip, entry, recipients, raw, true).await;
+        let outcome = self
+            .deliver_host_once(host, address, entry, recipients, raw, true)
+            .await;
         match outcome {
             HostOutcome::NoVerifiedTls(why) if entry.envelope.notice => {
-                match self.deliver_host_once(host, ip, entry, recipients, raw, false).await {
+                match self
+                    .deliver_host_once(host, address, entry, recipients, raw, false)
+                    .await
+                {
                     HostOutcome::Replies { replies, .. } => HostOutcome::Replies {
                         replies,
                         tls: format!("plaintext, a pickup notice without patient information ({why})"),
@@ -643,14 +686,13 @@ impl Outbound {
     async fn deliver_host_once(
         &self,
         host: &str,
-        ip: IpAddr,
+        address: SocketAddr,
         entry: &QueuedMessage,
         recipients: &[String],
         raw: &[u8],
         use_tls: bool,
     ) -> HostOutcome {
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let address = SocketAddr::new(ip, self.config.port);
         let socket = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
             Ok(Ok(socket)) => socket,
             Ok(Err(error)) => return HostOutcome::Unreachable(format!("connect: {error}")),
