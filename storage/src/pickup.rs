@@ -137,3 +137,49 @@ impl Store {
         self.read_blob(&crypto, account, &record.blob).map(Some)
     }
 }
+
+impl Store {
+    /// Removes pickups whose links expired before `now_ms`, releasing their bodies; audited.
+    /// Returns how many went.
+    pub fn expire_pickups(&self, now_ms: i64) -> Result<usize> {
+        let mut rows = Vec::new();
+        self.inner
+            .engine
+            .scan(Table::Pickups, &[], &[0xFF; 33], &mut |key, value| {
+                rows.push((key.to_vec(), value.to_vec()));
+                Ok(crate::engine::Scan::Continue)
+            })?;
+        let mut removed = 0;
+        for (key, value) in rows {
+            let Some(account) = keys::read_u64(&value, 0).map(AccountId) else {
+                continue;
+            };
+            let Ok(crypto) = self.account_crypto(account) else {
+                continue;
+            };
+            let _blobs = self.inner.blob_locks.lock(account, 0);
+            // Read again under the lock: another expiry may have taken it.
+            let Some(value) = self.inner.engine.get(Table::Pickups, &key)? else {
+                continue;
+            };
+            let record: PickupRecord = open_record(&crypto, &pickup_aad(&key), &value[8..])?;
+            if record.expires_ms >= now_ms {
+                continue;
+            }
+            let mut batch = Batch::default();
+            batch.delete(Table::Pickups, key);
+            let mut blobs = crate::message::BlobChanges::default();
+            self.release_blob(&crypto, account, &record.blob, &mut blobs)?;
+            blobs.stage(&crypto, account, &mut batch)?;
+            let event = crate::AuditEvent::new(
+                &crate::Actor::system(),
+                "pickup.expire",
+                format!("queue {}", QueueId(record.queue)),
+            )
+            .detail(format!("for {}", record.recipient));
+            self.commit_audited(batch, vec![event])?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}

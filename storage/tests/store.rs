@@ -1157,6 +1157,7 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
     );
     assert_eq!(store.read_pickup(&token).unwrap().unwrap(), raw);
     assert_eq!(store.pickup(&expired).unwrap(), None, "expired");
+    assert_eq!(store.read_pickup(&expired).unwrap(), None);
     assert_eq!(store.pickup(&"c".repeat(64)).unwrap(), None, "unknown");
 
     // The queue entry finished (the recipient went to the portal): the pickup keeps the body.
@@ -1169,6 +1170,10 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
     };
     store.queue_update(alice, id, vec![portal], 0, vec![]).unwrap();
     assert!(store.queued().unwrap().is_empty());
+    assert_eq!(store.read_pickup(&token).unwrap().unwrap(), raw);
+    // Expired pickups go, and with them their hold on the body; live ones stay.
+    assert_eq!(store.expire_pickups(i64::MAX - 1).unwrap(), 1);
+    assert_eq!(store.expire_pickups(i64::MAX - 1).unwrap(), 0);
     assert_eq!(store.read_pickup(&token).unwrap().unwrap(), raw);
     // Neither the token nor the recipient is on disk.
     store.flush().unwrap();

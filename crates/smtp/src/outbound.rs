@@ -234,6 +234,13 @@ impl Outbound {
                 Err(_) => Vec::new(),
             };
             let now = now_ms();
+            // Expired pickup links go, and release their messages.
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.expire_pickups(now)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => info!(expired = n, "pickups expired"),
+                other => warn!("expiring pickups failed: {other:?}"),
+            }
             for entry in entries {
                 if !entry.pending() || entry.next_attempt_ms > now || busy.contains(&entry.id) {
                     continue;
