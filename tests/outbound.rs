@@ -606,3 +606,174 @@ fn a_smarthost_relays_everything_over_verified_tls_and_connections_per_domain_ar
     let concurrency = std::fs::read_to_string(work.path().join("relay/concurrency")).unwrap();
     assert_eq!(concurrency.trim(), "1", "connections at once to the smarthost");
 }
+
+/// A file served over HTTPS; killed when dropped.
+struct HttpsFile(Child);
+
+impl Drop for HttpsFile {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve_https(ip: &str, port: u16, cert: &Path, key: &Path, body: &str, dir: &Path) -> HttpsFile {
+    let file = dir.join(format!("policy-{ip}.txt"));
+    std::fs::write(&file, body).unwrap();
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/https_file.py"))
+        .args([ip, &port.to_string()])
+        .args([cert, key])
+        .arg("/.well-known/mta-sts.txt")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    HttpsFile(child)
+}
+
+#[test]
+fn an_mta_sts_policy_in_enforce_mode_chooses_the_mx_hosts() {
+    let work = tempfile::tempdir().unwrap();
+    let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.15"];
+    let port = free_port_on(&ips);
+    let https_port = free_port_on(&ips);
+    let (ca, leaves) = test_ca(
+        work.path(),
+        &[
+            "mx1.sts.test",
+            "mx2.sts.test",
+            "mx1.nomatch.test",
+            "mta-sts.sts.test",
+            "mta-sts.nomatch.test",
+        ],
+    );
+    let options: Vec<String> = [
+        "--mx-host=sts.test,mx1.sts.test,10",
+        "--mx-host=sts.test,mx2.sts.test,20",
+        "--mx-host=nomatch.test,mx1.nomatch.test,10",
+        "--host-record=mx1.sts.test,127.0.0.11",
+        "--host-record=mx2.sts.test,127.0.0.12",
+        "--host-record=mx1.nomatch.test,127.0.0.13",
+        "--host-record=mta-sts.sts.test,127.0.0.14",
+        "--host-record=mta-sts.nomatch.test,127.0.0.15",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let dns = start_dns_with(
+        &[
+            ("_mta-sts.sts.test", "v=STSv1; id=20261123".into()),
+            ("_mta-sts.nomatch.test", "v=STSv1; id=20261123".into()),
+        ],
+        &["test"],
+        &options,
+    );
+    let receiver = |i: usize, name: &str| {
+        let (cert, key) = (leaves[i].0.to_str().unwrap(), leaves[i].1.to_str().unwrap());
+        Receiver::start(ips[i], port, &work.path().join(name), &["--cert", cert, "--key", key])
+    };
+    let mx1 = receiver(0, "mx1");
+    let mx2 = receiver(1, "mx2");
+    let nomatch = receiver(2, "nomatch");
+    let _policy = serve_https(
+        ips[3],
+        https_port,
+        &leaves[3].0,
+        &leaves[3].1,
+        "version: STSv1\r\nmode: enforce\r\nmx: mx2.sts.test\r\nmax_age: 86400\r\n",
+        work.path(),
+    );
+    let _nomatch_policy = serve_https(
+        ips[4],
+        https_port,
+        &leaves[4].0,
+        &leaves[4].1,
+        "version: STSv1\r\nmode: enforce\r\nmx: *.elsewhere.test\r\nmax_age: 86400\r\n",
+        work.path(),
+    );
+    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
+    let config_path = data.path().join("sealpost.toml");
+    let mut config = std::fs::read_to_string(&config_path).unwrap();
+    config = with_dns_port(&config, dns.port);
+    config = config.replace("port = 25\n", &format!("port = {port}\n"));
+    config = config.replace("mta_sts_port = 443", &format!("mta_sts_port = {https_port}"));
+    config = config.replace(
+        "ca_files = [\"/etc/ssl/certs/ca-certificates.crt\"]",
+        &format!("ca_files = [\"{}\"]", ca.display()),
+    );
+    std::fs::write(&config_path, &config).unwrap();
+    assert!(config.contains(&format!("mta_sts_port = {https_port}")), "{config}");
+    sealpost_ok(
+        &[
+            "account",
+            "add",
+            "doc@clinic.test",
+            "--password-stdin",
+            "--data",
+            &data.arg(),
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(
+        server.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        server.seen
+    );
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import smtplib, ssl\n\
+             ctx = ssl.create_default_context(cafile={cafile:?})\n\
+             s = smtplib.SMTP_SSL('localhost', {port}, context=ctx)\n\
+             s.login('doc@clinic.test', {PASSWORD:?})\n\
+             s.sendmail('doc@clinic.test', ['a@sts.test', 'b@nomatch.test'], b'From: doc@clinic.test\\r\\nSubject: s\\r\\n\\r\\nbody\\r\\n')\n\
+             s.quit()\n",
+            cafile = data.path().join("tls/cert.pem").display().to_string(),
+            port = data.port_base + 465,
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mx2.received().is_empty() {
+        assert!(Instant::now() < deadline, "nothing reached mx2.sts.test");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let the notice for nomatch.test be tried too (it must wait, not spawn notices).
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
+    // The policy names only mx2: the preferred mx1 is passed over.
+    assert_eq!(mx2.received().len(), 1, "{exported}\n{:?}", server.seen);
+    assert!(mx1.received().is_empty(), "mx1.sts.test is not in the policy");
+    // nomatch.test's policy names none of its MX hosts: nothing goes there, not even a notice.
+    assert!(nomatch.received().is_empty());
+    assert!(
+        exported
+            .lines()
+            .any(|l| l.contains("queue.deliver") && l.contains("mx2.sts.test (MTA-STS enforced)")),
+        "{exported}"
+    );
+    assert!(
+        exported
+            .lines()
+            .any(|l| l.contains("queue.portal") && l.contains("names none of its MX hosts")),
+        "{exported}"
+    );
+    assert_eq!(
+        exported.lines().filter(|l| l.contains("pickup.create")).count(),
+        1,
+        "one pickup, one notice: {exported}"
+    );
+    assert!(exported
+        .lines()
+        .any(|l| l.contains("queue.defer") && l.contains("names none of its MX hosts")));
+}

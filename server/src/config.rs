@@ -57,6 +57,8 @@ pub(crate) struct OutboundSection {
     pub(crate) smarthost: String,
     /// Connections open at once to one recipient domain (or the smarthost).
     pub(crate) connections_per_domain_max: usize,
+    /// The HTTPS port MTA-STS policies are fetched from.
+    pub(crate) mta_sts_port: u16,
 }
 
 impl Default for OutboundSection {
@@ -73,6 +75,7 @@ impl Default for OutboundSection {
             pickup_ttl_ms: defaults.pickup_ttl_ms,
             smarthost: String::new(),
             connections_per_domain_max: defaults.connections_per_domain_max,
+            mta_sts_port: defaults.mta_sts_port,
         }
     }
 }

@@ -7,6 +7,7 @@
 mod bounce;
 mod dkim_sign;
 mod headers;
+mod mta_sts;
 mod outbound;
 mod session;
 mod shared;

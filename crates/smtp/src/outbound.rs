@@ -49,6 +49,8 @@ pub struct OutboundConfig {
     pub smarthost: Option<(String, u16)>,
     /// Connections open at once to one recipient domain (or the smarthost).
     pub connections_per_domain_max: usize,
+    /// The HTTPS port MTA-STS policies are fetched from (443; tests point it elsewhere).
+    pub mta_sts_port: u16,
 }
 
 impl Default for OutboundConfig {
@@ -69,6 +71,7 @@ impl Default for OutboundConfig {
             pickup_ttl_ms: 30 * 24 * 3600 * 1000,
             smarthost: None,
             connections_per_domain_max: 5,
+            mta_sts_port: 443,
         }
     }
 }
@@ -180,6 +183,7 @@ pub struct Outbound {
     dkim: Option<crate::DkimSigning>,
     /// One semaphore per domain being delivered to: connections_per_domain_max permits.
     domain_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    mta_sts: crate::mta_sts::Cache,
 }
 
 /// Most domains whose connection semaphores are kept; idle ones go first.
@@ -209,6 +213,7 @@ impl Outbound {
             wake: Arc::new(tokio::sync::Notify::new()),
             dkim,
             domain_slots: std::sync::Mutex::new(std::collections::HashMap::new()),
+            mta_sts: crate::mta_sts::Cache::default(),
         }))
     }
 
@@ -375,6 +380,11 @@ impl Outbound {
                             ),
                             _ => deferred(&actor, &entry, address, reply.line()),
                         }
+                    }
+                    // A notice that cannot go (an MTA-STS policy naming none of the MX hosts)
+                    // waits: a notice about a notice would never end.
+                    DomainOutcome::NoVerifiedTls(why) if entry.envelope.notice => {
+                        deferred(&actor, &entry, address, why.clone())
                     }
                     DomainOutcome::NoVerifiedTls(why) => match self.to_portal(&entry, address, why).await {
                         Ok(()) => (
@@ -564,6 +574,33 @@ impl Outbound {
         }
     }
 
+    /// The domain's MTA-STS policy: cached while its id and max_age hold, else fetched. A
+    /// fetch that fails keeps the policy cached before (RFC 8461 §5.1), if any.
+    async fn mta_sts_policy(&self, domain: &str) -> Option<crate::mta_sts::Policy> {
+        let txt = self.resolver.txt_raw_lookup(format!("_mta-sts.{domain}.")).await.ok()?;
+        let id = crate::mta_sts::record_id(&String::from_utf8_lossy(&txt))?;
+        if let Some(policy) = self.mta_sts.get(domain, &id) {
+            return Some(policy);
+        }
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        match crate::mta_sts::fetch(&self.tls, &self.resolver, domain, self.config.mta_sts_port, timeout).await {
+            Ok(body) => match crate::mta_sts::parse(&id, &body) {
+                Some(policy) => {
+                    self.mta_sts.put(domain, policy.clone());
+                    Some(policy)
+                }
+                None => {
+                    warn!(domain, "MTA-STS policy does not parse");
+                    None
+                }
+            },
+            Err(why) => {
+                warn!(domain, why, "MTA-STS policy fetch failed");
+                self.mta_sts.get_any(domain)
+            }
+        }
+    }
+
     /// The MX hosts of a domain by preference (the domain itself when it has none).
     async fn mx_hosts(&self, domain: &str) -> Result<Vec<String>, String> {
         let name = format!("{}.", domain.trim_end_matches('.'));
@@ -601,13 +638,28 @@ impl Outbound {
         recipients: &[String],
         raw: &[u8],
     ) -> DomainOutcome {
-        let (hosts, port) = match &self.config.smarthost {
+        let (mut hosts, port) = match &self.config.smarthost {
             Some((host, port)) => (vec![host.clone()], *port),
             None => match self.mx_hosts(domain).await {
                 Ok(hosts) => (hosts, self.config.port),
                 Err(why) => return DomainOutcome::Unreachable(why),
             },
         };
+        // MTA-STS in enforce mode: only the MX hosts the domain's policy names.
+        let mut sts_note = "";
+        if self.config.smarthost.is_none() {
+            if let Some(policy) = self.mta_sts_policy(domain).await {
+                if policy.enforce {
+                    hosts.retain(|h| policy.allows(h));
+                    if hosts.is_empty() {
+                        return DomainOutcome::NoVerifiedTls(format!(
+                            "{domain}'s MTA-STS policy names none of its MX hosts"
+                        ));
+                    }
+                    sts_note = " (MTA-STS enforced)";
+                }
+            }
+        }
         // At most connections_per_domain_max connections to one domain at a time.
         let slot_key = match &self.config.smarthost {
             Some((host, _)) => host.clone(),
@@ -646,7 +698,7 @@ impl Outbound {
                         return DomainOutcome::Replies {
                             replies,
                             tls,
-                            host: host.clone(),
+                            host: format!("{host}{sts_note}"),
                         }
                     }
                     HostOutcome::NoVerifiedTls(why) => no_tls = Some(format!("{host}: {why}")),

@@ -1,0 +1,244 @@
+//! MTA-STS (RFC 8461): a domain that publishes a policy in enforce mode says which MX hosts
+//! may receive its mail; delivery then goes only to those (always over verified TLS, which
+//! this server requires anyway). Policies are fetched over HTTPS verified against the same
+//! roots as SMTP, bounded in size and time, and cached for their max_age.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Largest policy body read, in bytes (RFC 8461 §3.3 suggests 64 KiB).
+const POLICY_BYTES_MAX: usize = 64 * 1024;
+/// Longest a policy is cached, in seconds (RFC 8461: max_age at most 31557600).
+const MAX_AGE_MAX_S: u64 = 31_557_600;
+/// Most domains whose policies are cached; expired ones go first.
+const CACHED_DOMAINS_MAX: usize = 10_000;
+
+/// A domain's policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Policy {
+    pub(crate) id: String,
+    pub(crate) enforce: bool,
+    /// MX patterns: exact names or `*.example.com` (one label).
+    pub(crate) mx: Vec<String>,
+    pub(crate) max_age: Duration,
+}
+
+impl Policy {
+    /// Whether `host` may receive the domain's mail.
+    pub(crate) fn allows(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_lowercase();
+        self.mx.iter().any(|pattern| match pattern.strip_prefix("*.") {
+            Some(suffix) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+            None => host == *pattern,
+        })
+    }
+}
+
+/// Parses a policy body; `None` if it is not a valid STSv1 policy.
+pub(crate) fn parse(id: &str, body: &str) -> Option<Policy> {
+    let mut version = None;
+    let mut mode = None;
+    let mut mx = Vec::new();
+    let mut max_age = None;
+    for line in body.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key.trim() {
+            "version" => version = Some(value.to_string()),
+            "mode" => mode = Some(value.to_string()),
+            "mx" => mx.push(value.trim_end_matches('.').to_lowercase()),
+            "max_age" => max_age = value.parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    if version.as_deref() != Some("STSv1") {
+        return None;
+    }
+    let mode = mode?;
+    if !matches!(mode.as_str(), "enforce" | "testing" | "none") {
+        return None;
+    }
+    Some(Policy {
+        id: id.to_string(),
+        enforce: mode == "enforce",
+        mx,
+        max_age: Duration::from_secs(max_age?.min(MAX_AGE_MAX_S)),
+    })
+}
+
+/// The `id` of a `_mta-sts` TXT record (`v=STSv1; id=...`).
+pub(crate) fn record_id(txt: &str) -> Option<String> {
+    let mut fields = txt.split(';').map(str::trim);
+    if fields.next()? != "v=STSv1" {
+        return None;
+    }
+    fields
+        .filter_map(|f| f.strip_prefix("id="))
+        .next()
+        .filter(|id| !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric()))
+        .map(str::to_string)
+}
+
+/// Policies by domain, with when they were fetched.
+#[derive(Default)]
+pub(crate) struct Cache {
+    policies: Mutex<HashMap<String, (Policy, Instant)>>,
+}
+
+impl Cache {
+    pub(crate) fn get(&self, domain: &str, id: &str) -> Option<Policy> {
+        let policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
+        policies
+            .get(domain)
+            .filter(|(p, at)| p.id == id && at.elapsed() < p.max_age)
+            .map(|(p, _)| p.clone())
+    }
+
+    /// The policy cached for a domain whatever its id, while its max_age holds.
+    pub(crate) fn get_any(&self, domain: &str) -> Option<Policy> {
+        let policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
+        policies
+            .get(domain)
+            .filter(|(p, at)| at.elapsed() < p.max_age)
+            .map(|(p, _)| p.clone())
+    }
+
+    pub(crate) fn put(&self, domain: &str, policy: Policy) {
+        let mut policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
+        if policies.len() >= CACHED_DOMAINS_MAX {
+            policies.retain(|_, (p, at)| at.elapsed() < p.max_age);
+        }
+        policies.insert(domain.to_string(), (policy, Instant::now()));
+    }
+}
+
+/// GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt on `port`, the certificate verified for
+/// that name; the body, or why not.
+pub(crate) async fn fetch(
+    tls: &tokio_rustls::TlsConnector,
+    resolver: &mail_auth::MessageAuthenticator,
+    domain: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<String, String> {
+    let host = format!("mta-sts.{domain}");
+    let work = async {
+        let ip = resolver
+            .0
+            .lookup_ip(format!("{host}.").as_str())
+            .await
+            .map_err(|e| format!("{host}: {e}"))?
+            .iter()
+            .next()
+            .ok_or_else(|| format!("{host}: no address"))?;
+        let socket = tokio::net::TcpStream::connect((ip, port))
+            .await
+            .map_err(|e| format!("{host}: {e}"))?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+        let mut stream = tls
+            .connect(name, socket)
+            .await
+            .map_err(|e| format!("{host}: TLS: {e}"))?;
+        let request = format!(
+            "GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: Sealpost\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        let mut limited = (&mut stream).take((POLICY_BYTES_MAX + 8 * 1024) as u64);
+        // A server that closes without close_notify still gave what it sent.
+        let _ = limited.read_to_end(&mut response).await;
+        parse_http(&response)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("{host}: timed out"))?
+}
+
+/// The body of a `200` response (Content-Length or chunked), or why not.
+fn parse_http(response: &[u8]) -> Result<String, String> {
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no HTTP header")?;
+    let head = String::from_utf8_lossy(&response[..end]).to_string();
+    let body = &response[end + 4..];
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(format!("HTTP status {status}"));
+    }
+    let chunked = head
+        .lines()
+        .any(|l| l.to_lowercase().starts_with("transfer-encoding:") && l.to_lowercase().contains("chunked"));
+    let body = if chunked {
+        let mut out = Vec::new();
+        let mut rest = body;
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk")?;
+            let size_text = String::from_utf8_lossy(&rest[..line_end]).to_string();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| "bad chunk size")?;
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            if rest.len() < size || out.len() + size > POLICY_BYTES_MAX {
+                return Err("chunk past the end or the limit".into());
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = rest.get(size + 2..).unwrap_or(&[]);
+        }
+        out
+    } else {
+        body.to_vec()
+    };
+    if body.len() > POLICY_BYTES_MAX {
+        return Err("policy too large".into());
+    }
+    String::from_utf8(body).map_err(|_| "policy is not UTF-8".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_and_match_hosts() {
+        let policy = parse(
+            "20260101",
+            "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.backup.example.com\r\nmax_age: 86400\r\n",
+        )
+        .unwrap();
+        assert!(policy.enforce);
+        assert!(policy.allows("mail.example.com."));
+        assert!(policy.allows("MX1.backup.example.com"));
+        assert!(!policy.allows("a.b.backup.example.com"));
+        assert!(!policy.allows("evil.example.com"));
+        assert_eq!(policy.max_age, Duration::from_secs(86400));
+        assert!(parse("x", "version: STSv2\nmode: enforce\nmax_age: 1\n").is_none());
+        assert!(parse("x", "version: STSv1\nmode: maybe\nmax_age: 1\n").is_none());
+        assert!(
+            !parse("x", "version: STSv1\nmode: testing\nmx: a\nmax_age: 1\n")
+                .unwrap()
+                .enforce
+        );
+        assert_eq!(record_id("v=STSv1; id=20260101T0000"), Some("20260101T0000".into()));
+        assert_eq!(record_id("v=STSv2; id=1"), None);
+        assert_eq!(record_id("v=STSv1; id=bad id!"), None);
+    }
+
+    #[test]
+    fn http_bodies_are_read_plain_and_chunked() {
+        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(parse_http(plain).unwrap(), "hello");
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
+        assert_eq!(parse_http(chunked).unwrap(), "hello");
+        assert!(parse_http(b"HTTP/1.1 404 Not Found\r\n\r\n").is_err());
+    }
+}
