@@ -184,7 +184,17 @@ pub struct Outbound {
     /// One semaphore per domain being delivered to: connections_per_domain_max permits.
     domain_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     mta_sts: crate::mta_sts::Cache,
+    /// Verified-TLS sessions left open after a delivery, by host and port, for the next
+    /// message to the same server: a TLS handshake per message cost most of the delivery time.
+    idle: std::sync::Mutex<IdleSessions>,
 }
+
+/// Open sessions by (host, port): the conversation, its TLS description, since when idle.
+type IdleSessions = std::collections::HashMap<(String, u16), Vec<(Conversation, String, std::time::Instant)>>;
+
+/// How long an open session waits for the next message, and how many wait per server.
+const IDLE_SESSION_MS: u64 = 10_000;
+const IDLE_SESSIONS_PER_HOST_MAX: usize = 8;
 
 /// Most domains whose connection semaphores are kept; idle ones go first.
 const DOMAIN_SLOTS_KEPT_MAX: usize = 10_000;
@@ -214,6 +224,7 @@ impl Outbound {
             dkim,
             domain_slots: std::sync::Mutex::new(std::collections::HashMap::new()),
             mta_sts: crate::mta_sts::Cache::default(),
+            idle: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -502,7 +513,6 @@ impl Outbound {
             replies.push(reply);
         }
         if replies.iter().all(|r| r.code != 250 && r.code != 251) {
-            let _ = talk.send("QUIT").await;
             return Ok(replies);
         }
         let (reply, _) = talk.command("DATA").await?;
@@ -518,13 +528,50 @@ impl Outbound {
             .map_err(|_| std::io::Error::other("timed out sending the message"))??;
         talk.io.get_mut().flush().await?;
         let (data_reply, _) = talk.reply().await?;
-        let _ = talk.send("QUIT").await;
         Ok::<_, std::io::Error>(
             replies
                 .into_iter()
                 .map(|r| if r.code / 100 == 2 { data_reply.clone() } else { r })
                 .collect(),
         )
+    }
+
+    /// An open session to `key` that has not waited too long.
+    fn take_idle(&self, key: &(String, u16)) -> Option<(Conversation, String)> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let sessions = idle.get_mut(key)?;
+        while let Some((talk, tls, since)) = sessions.pop() {
+            if since.elapsed() < Duration::from_millis(IDLE_SESSION_MS) {
+                return Some((talk, tls));
+            }
+        }
+        None
+    }
+
+    /// Resets a session after a transaction and keeps it for the next message to the same
+    /// server, or ends it (QUIT) when enough wait already.
+    async fn keep_idle(&self, key: (String, u16), mut talk: Conversation, tls: String) {
+        match talk.command("RSET").await {
+            Ok((reply, _)) if reply.code == 250 => {}
+            _ => return,
+        }
+        let mut talk = Some(talk);
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.retain(|_, sessions| {
+                sessions.retain(|(_, _, since)| since.elapsed() < Duration::from_millis(IDLE_SESSION_MS));
+                !sessions.is_empty()
+            });
+            let sessions = idle.entry(key).or_default();
+            if sessions.len() < IDLE_SESSIONS_PER_HOST_MAX {
+                if let Some(talk) = talk.take() {
+                    sessions.push((talk, tls, std::time::Instant::now()));
+                }
+            }
+        }
+        if let Some(mut talk) = talk {
+            let _ = talk.send("QUIT").await;
+        }
     }
 
     /// Keeps the message for `recipient`'s pickup and queues the notice with the link.
@@ -752,6 +799,16 @@ impl Outbound {
         use_tls: bool,
     ) -> HostOutcome {
         let timeout = Duration::from_millis(self.config.timeout_ms);
+        let key = (host.to_string(), address.port());
+        if use_tls {
+            while let Some((mut talk, tls)) = self.take_idle(&key) {
+                // A session the server closed meanwhile fails here; then the next, or a new one.
+                if let Ok(replies) = self.transaction(&mut talk, false, "", entry, recipients, raw).await {
+                    self.keep_idle(key, talk, tls.clone()).await;
+                    return HostOutcome::Replies { replies, tls };
+                }
+            }
+        }
         let socket = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
             Ok(Ok(socket)) => socket,
             Ok(Err(error)) => return HostOutcome::Unreachable(format!("connect: {error}")),
@@ -789,13 +846,16 @@ impl Outbound {
         match plain.await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
-                return match self.transaction(&mut talk, false, &ehlo, entry, recipients, raw).await {
+                let outcome = match self.transaction(&mut talk, false, &ehlo, entry, recipients, raw).await {
                     Ok(replies) => HostOutcome::Replies {
                         replies,
                         tls: "plaintext".into(),
                     },
                     Err(error) => HostOutcome::Unreachable(error.to_string()),
                 };
+                // Plaintext sessions (notices only) are never kept.
+                let _ = talk.send("QUIT").await;
+                return outcome;
             }
             Ok(Err(why)) => {
                 let _ = talk.send("QUIT").await;
@@ -830,6 +890,7 @@ impl Outbound {
         match result.await {
             Ok(replies) => {
                 debug!(host, "delivery conversation done");
+                self.keep_idle(key, talk, tls.clone()).await;
                 HostOutcome::Replies { replies, tls }
             }
             Err(error) => HostOutcome::Unreachable(format!("after TLS: {error}")),
