@@ -139,9 +139,11 @@ impl Conversation {
     }
 
     async fn send(&mut self, line: &str) -> std::io::Result<()> {
+        // One write: a command in two segments waits for the first one's delayed ACK (Nagle),
+        // 40 ms a command.
+        let framed = format!("{line}\r\n");
         let write = async {
-            self.io.get_mut().write_all(line.as_bytes()).await?;
-            self.io.get_mut().write_all(b"\r\n").await?;
+            self.io.get_mut().write_all(framed.as_bytes()).await?;
             self.io.get_mut().flush().await
         };
         tokio::time::timeout(self.timeout, write)
@@ -810,7 +812,11 @@ impl Outbound {
             }
         }
         let socket = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
-            Ok(Ok(socket)) => socket,
+            Ok(Ok(socket)) => {
+                // Commands are small and each waits for its reply: no Nagle delay.
+                let _ = socket.set_nodelay(true);
+                socket
+            }
             Ok(Err(error)) => return HostOutcome::Unreachable(format!("connect: {error}")),
             Err(_) => return HostOutcome::Unreachable("connect: timed out".into()),
         };
