@@ -1,7 +1,8 @@
 //! Outbound delivery against real receiving SMTP servers (aiosmtpd, `tests/scripts/
 //! smtp_receiver.py`) on loopback addresses, found through MX records served by dnsmasq:
 //! verified TLS with a certificate from a test CA, no STARTTLS, a certificate for another
-//! name, a server answering 451 first, and one answering 550.
+//! name, an expired certificate, a server answering 451 first, one answering 550, a partner
+//! with verified TLS that content rules still keep from SMTP, a smarthost, MTA-STS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -80,7 +81,17 @@ fn test_ca(dir: &Path, names: &[&str]) -> (std::path::PathBuf, Vec<(std::path::P
     std::fs::write(&ca_path, ca.pem()).unwrap();
     let mut leaves = Vec::new();
     for name in names {
-        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        // "expired:NAME": a certificate for NAME whose validity ended yesterday.
+        let (name, expired) = match name.strip_prefix("expired:") {
+            Some(name) => (name, true),
+            None => (*name, false),
+        };
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        if expired {
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now - time::Duration::days(30);
+            params.not_after = now - time::Duration::days(1);
+        }
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &ca).unwrap();
         let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
@@ -137,6 +148,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         "127.0.0.5",
         "127.0.0.6",
         "127.0.0.8",
+        "127.0.0.16",
     ];
     let port = free_port_on(&ips);
     // mx.badcert.test presents a certificate for another name.
@@ -148,6 +160,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
             "mx.flaky.test",
             "mx.reject.test",
             "mx.partner.test",
+            "expired:mx.expired.test",
         ],
     );
     let dns = start_dns_with(
@@ -161,6 +174,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
             ("reject.test", "mx.reject.test", "127.0.0.6"),
             ("down.test", "mx.down.test", "127.0.0.7"),
             ("partner.test", "mx.partner.test", "127.0.0.8"),
+            ("expired.test", "mx.expired.test", "127.0.0.16"),
         ]
         .iter()
         .flat_map(|(domain, mx, ip)| {
@@ -193,6 +207,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     );
     let reject = start(ips[4], "reject", [tls_args(3), vec!["--reject".into()]].concat());
     let partner = start(ips[5], "partner", tls_args(4));
+    let expired = start(ips[6], "expired", tls_args(5));
 
     let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
     let config_path = data.path().join("sealpost.toml");
@@ -237,6 +252,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         "dan@flaky.test",
         "eve@reject.test",
         "frank@down.test",
+        "gina@expired.test",
     ];
     let output = Command::new("/usr/bin/python3")
         .arg("-c")
@@ -258,7 +274,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
 
     // Wait until tls.test and flaky.test have it (flaky after one retry).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while [&tls, &flaky, &plain, &badcert, &partner]
+    while [&tls, &flaky, &plain, &badcert, &partner, &expired]
         .iter()
         .any(|r| r.received().is_empty())
     {
@@ -352,6 +368,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         (&plain, "bob@plain.test"),
         (&badcert, "carol@badcert.test"),
         (&partner, "zoe@partner.test"),
+        (&expired, "gina@expired.test"),
     ] {
         let got = receiver.received();
         assert_eq!(got.len(), 1, "{who}: one notice, nothing else");
@@ -438,6 +455,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
             ("badcert.test", "mx.badcert.test", "127.0.0.4"),
             ("down.test", "mx.down.test", "127.0.0.7"),
             ("partner.test", "mx.partner.test", "127.0.0.8"),
+            ("expired.test", "mx.expired.test", "127.0.0.16"),
         ]
         .iter()
         .flat_map(|(domain, mx, ip)| {
@@ -465,7 +483,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         entries[0]["attempts"].as_u64().unwrap() > attempts_before,
         "{entries:?}"
     );
-    for receiver in [&tls, &flaky, &plain, &badcert, &partner] {
+    for receiver in [&tls, &flaky, &plain, &badcert, &partner, &expired] {
         assert_eq!(receiver.received().len(), 1, "sent again after the restart");
     }
 
@@ -504,6 +522,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         ("queue.portal", "bob@plain.test"),
         ("queue.portal", "carol@badcert.test"),
         ("queue.portal", "zoe@partner.test"),
+        ("queue.portal", "gina@expired.test"),
         ("pickup.create", "bob@plain.test"),
         ("queue.defer", "frank@down.test"),
     ] {
