@@ -209,42 +209,15 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     let partner = start(ips[5], "partner", tls_args(4));
     let expired = start(ips[6], "expired", tls_args(5));
 
-    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
-    let config_path = data.path().join("sealpost.toml");
-    let mut config = std::fs::read_to_string(&config_path).unwrap();
-    config = config.replace(
-        "dns_servers = []",
-        &format!("dns_servers = [\"127.0.0.1:{}\"]", dns.port),
-    );
-    config = config.replace("port = 25\n", &format!("port = {port}\n"));
-    config = config.replace(
-        "ca_files = [\"/etc/ssl/certs/ca-certificates.crt\"]",
-        &format!("ca_files = [\"{}\"]", ca.display()),
-    );
-    config = config.replace("retry_first_ms = 60000", "retry_first_ms = 300");
-    std::fs::write(&config_path, &config).unwrap();
-    assert!(
-        config.contains(&format!("port = {port}")) && config.contains("retry_first_ms = 300"),
-        "{config}"
-    );
-    sealpost_ok(
+    let (data, mut server) = sender(
+        dns.port,
+        &ca,
         &[
-            "account",
-            "add",
-            "doc@clinic.test",
-            "--password-stdin",
-            "--data",
-            &data.arg(),
+            ("port = 25\n", format!("port = {port}\n")),
+            ("retry_first_ms = 60000", "retry_first_ms = 300".into()),
         ],
-        &format!("{PASSWORD}\n"),
     );
-    let mut server = Server::start(&["serve", "--data", &data.arg()]);
-    assert!(
-        server.wait_for("sealpost is running", Duration::from_secs(30)),
-        "{:?}",
-        server.seen
-    );
-
+    let config_path = data.path().join("sealpost.toml");
     let recipients = [
         "alice@tls.test",
         "bob@plain.test",
@@ -254,23 +227,19 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         "frank@down.test",
         "gina@expired.test",
     ];
-    let output = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(format!(
-            "import smtplib, ssl\n\
-             ctx = ssl.create_default_context(cafile={cafile:?})\n\
-             s = smtplib.SMTP_SSL('localhost', {port}, context=ctx)\n\
-             s.login('doc@clinic.test', {PASSWORD:?})\n\
-             s.sendmail('doc@clinic.test', {recipients:?}, b'From: doc@clinic.test\\r\\nSubject: results\\r\\n\\r\\nThe patient record.\\r\\n')\n\
-             s.sendmail('doc@clinic.test', ['zoe@partner.test'], b'From: doc@clinic.test\\r\\nSubject: lab\\r\\n\\r\\nSSN 123-45-6789\\r\\n')\n\
-             s.quit()\n",
-            cafile = data.path().join("tls/cert.pem").display().to_string(),
-            port = data.port_base + 465,
-            recipients = recipients.to_vec(),
-        ))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    submit(
+        &data,
+        &[
+            (
+                &recipients,
+                "From: doc@clinic.test\r\nSubject: results\r\n\r\nThe patient record.\r\n",
+            ),
+            (
+                &["zoe@partner.test"],
+                "From: doc@clinic.test\r\nSubject: lab\r\n\r\nSSN 123-45-6789\r\n",
+            ),
+        ],
+    );
 
     // Wait until tls.test and flaky.test have it (flaky after one retry).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -557,58 +526,28 @@ fn a_smarthost_relays_everything_over_verified_tls_and_connections_per_domain_ar
             "0.3",
         ],
     );
-    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
-    let config_path = data.path().join("sealpost.toml");
-    let mut config = std::fs::read_to_string(&config_path).unwrap();
-    config = with_dns_port(&config, dns.port);
-    config = config.replace(
-        "ca_files = [\"/etc/ssl/certs/ca-certificates.crt\"]",
-        &format!("ca_files = [\"{}\"]", ca.display()),
-    );
-    config = config.replace(
-        "smarthost = \"\"",
-        &format!("smarthost = \"relay.smarthost.test:{port}\""),
-    );
-    config = config.replace("connections_per_domain_max = 5", "connections_per_domain_max = 1");
-    std::fs::write(&config_path, &config).unwrap();
-    assert!(
-        config.contains("connections_per_domain_max = 1") && config.contains("relay.smarthost.test"),
-        "{config}"
-    );
-    sealpost_ok(
+    let (data, mut server) = sender(
+        dns.port,
+        &ca,
         &[
-            "account",
-            "add",
-            "doc@clinic.test",
-            "--password-stdin",
-            "--data",
-            &data.arg(),
+            (
+                "smarthost = \"\"",
+                format!("smarthost = \"relay.smarthost.test:{port}\""),
+            ),
+            (
+                "connections_per_domain_max = 5",
+                "connections_per_domain_max = 1".into(),
+            ),
         ],
-        &format!("{PASSWORD}\n"),
-    );
-    let mut server = Server::start(&["serve", "--data", &data.arg()]);
-    assert!(
-        server.wait_for("sealpost is running", Duration::from_secs(30)),
-        "{:?}",
-        server.seen
     );
     // Four messages to domains without any DNS records: only the smarthost can take them.
-    let output = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(format!(
-            "import smtplib, ssl\n\
-             ctx = ssl.create_default_context(cafile={cafile:?})\n\
-             s = smtplib.SMTP_SSL('localhost', {port}, context=ctx)\n\
-             s.login('doc@clinic.test', {PASSWORD:?})\n\
-             for n in range(4):\n\
-             \x20   s.sendmail('doc@clinic.test', ['x%d@nowhere%d.example' % (n, n)], b'From: doc@clinic.test\\r\\nSubject: n\\r\\n\\r\\nbody\\r\\n')\n\
-             s.quit()\n",
-            cafile = data.path().join("tls/cert.pem").display().to_string(),
-            port = data.port_base + 465,
-        ))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let to: Vec<String> = (0..4).map(|n| format!("x{n}@nowhere{n}.example")).collect();
+    let to: Vec<[&str; 1]> = to.iter().map(|t| [t.as_str()]).collect();
+    let messages: Vec<(&[&str], &str)> = to
+        .iter()
+        .map(|t| (t.as_slice(), "From: doc@clinic.test\r\nSubject: n\r\n\r\nbody\r\n"))
+        .collect();
+    submit(&data, &messages);
     let deadline = Instant::now() + Duration::from_secs(30);
     while relay.received().len() < 4 {
         assert!(
@@ -717,50 +656,21 @@ fn an_mta_sts_policy_in_enforce_mode_chooses_the_mx_hosts() {
         "version: STSv1\r\nmode: enforce\r\nmx: *.elsewhere.test\r\nmax_age: 86400\r\n",
         work.path(),
     );
-    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
-    let config_path = data.path().join("sealpost.toml");
-    let mut config = std::fs::read_to_string(&config_path).unwrap();
-    config = with_dns_port(&config, dns.port);
-    config = config.replace("port = 25\n", &format!("port = {port}\n"));
-    config = config.replace("mta_sts_port = 443", &format!("mta_sts_port = {https_port}"));
-    config = config.replace(
-        "ca_files = [\"/etc/ssl/certs/ca-certificates.crt\"]",
-        &format!("ca_files = [\"{}\"]", ca.display()),
-    );
-    std::fs::write(&config_path, &config).unwrap();
-    assert!(config.contains(&format!("mta_sts_port = {https_port}")), "{config}");
-    sealpost_ok(
+    let (data, mut server) = sender(
+        dns.port,
+        &ca,
         &[
-            "account",
-            "add",
-            "doc@clinic.test",
-            "--password-stdin",
-            "--data",
-            &data.arg(),
+            ("port = 25\n", format!("port = {port}\n")),
+            ("mta_sts_port = 443", format!("mta_sts_port = {https_port}")),
         ],
-        &format!("{PASSWORD}\n"),
     );
-    let mut server = Server::start(&["serve", "--data", &data.arg()]);
-    assert!(
-        server.wait_for("sealpost is running", Duration::from_secs(30)),
-        "{:?}",
-        server.seen
+    submit(
+        &data,
+        &[(
+            &["a@sts.test", "b@nomatch.test"],
+            "From: doc@clinic.test\r\nSubject: s\r\n\r\nbody\r\n",
+        )],
     );
-    let output = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(format!(
-            "import smtplib, ssl\n\
-             ctx = ssl.create_default_context(cafile={cafile:?})\n\
-             s = smtplib.SMTP_SSL('localhost', {port}, context=ctx)\n\
-             s.login('doc@clinic.test', {PASSWORD:?})\n\
-             s.sendmail('doc@clinic.test', ['a@sts.test', 'b@nomatch.test'], b'From: doc@clinic.test\\r\\nSubject: s\\r\\n\\r\\nbody\\r\\n')\n\
-             s.quit()\n",
-            cafile = data.path().join("tls/cert.pem").display().to_string(),
-            port = data.port_base + 465,
-        ))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let deadline = Instant::now() + Duration::from_secs(30);
     while mx2.received().is_empty() {
         assert!(Instant::now() < deadline, "nothing reached mx2.sts.test");
@@ -795,4 +705,63 @@ fn an_mta_sts_policy_in_enforce_mode_chooses_the_mx_hosts() {
     assert!(exported
         .lines()
         .any(|l| l.contains("queue.defer") && l.contains("names none of its MX hosts")));
+}
+
+/// A sending Sealpost for clinic.test with the account doc@clinic.test, asking the DNS server
+/// on `dns_port`, trusting `ca`, and its configuration changed further by `edits` (each
+/// must apply).
+fn sender(dns_port: u16, ca: &Path, edits: &[(&str, String)]) -> (DataDir, Server) {
+    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
+    let config_path = data.path().join("sealpost.toml");
+    let mut config = with_dns_port(&std::fs::read_to_string(&config_path).unwrap(), dns_port);
+    let trust = (
+        "ca_files = [\"/etc/ssl/certs/ca-certificates.crt\"]",
+        format!("ca_files = [\"{}\"]", ca.display()),
+    );
+    for (from, to) in std::iter::once(&trust).chain(edits) {
+        assert!(config.contains(from), "{from:?} is not in {config}");
+        config = config.replace(from, to);
+    }
+    std::fs::write(&config_path, &config).unwrap();
+    sealpost_ok(
+        &[
+            "account",
+            "add",
+            "doc@clinic.test",
+            "--password-stdin",
+            "--data",
+            &data.arg(),
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(
+        server.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        server.seen
+    );
+    (data, server)
+}
+
+/// Submits each (recipients, message) as doc@clinic.test over implicit TLS, with smtplib.
+fn submit(data: &DataDir, messages: &[(&[&str], &str)]) {
+    let messages: Vec<serde_json::Value> = messages.iter().map(|(to, raw)| serde_json::json!([to, raw])).collect();
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import json, os, smtplib, ssl\n\
+             ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+             s = smtplib.SMTP_SSL('localhost', int(os.environ['PORT']), context=ctx)\n\
+             s.login('doc@clinic.test', os.environ['PASSWORD'])\n\
+             for to, raw in json.loads(os.environ['MESSAGES']):\n\
+             \x20   s.sendmail('doc@clinic.test', to, raw.encode())\n\
+             s.quit()\n",
+        )
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("PORT", (data.port_base + 465).to_string())
+        .env("PASSWORD", PASSWORD)
+        .env("MESSAGES", serde_json::Value::Array(messages).to_string())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }

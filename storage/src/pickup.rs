@@ -99,8 +99,8 @@ impl Store {
         Ok(())
     }
 
-    /// The pickup behind `token`, if there is one and it has not expired.
-    pub fn pickup(&self, token: &str) -> Result<Option<Pickup>> {
+    /// The record behind `token` and its account, unless unknown or expired.
+    fn live_pickup(&self, token: &str) -> Result<Option<(AccountId, PickupRecord)>> {
         let key = self.pickup_key(token);
         let Some(value) = self.inner.engine.get(Table::Pickups, &key)? else {
             return Ok(None);
@@ -108,10 +108,12 @@ impl Store {
         let account = AccountId(keys::read_u64(&value, 0).ok_or_else(|| Error::corrupt("a pickup record"))?);
         let crypto = self.account_crypto(account)?;
         let record: PickupRecord = open_record(&crypto, &pickup_aad(&key), &value[8..])?;
-        if record.expires_ms < crate::now_ms() {
-            return Ok(None);
-        }
-        Ok(Some(Pickup {
+        Ok((record.expires_ms >= crate::now_ms()).then_some((account, record)))
+    }
+
+    /// The pickup behind `token`, if there is one and it has not expired.
+    pub fn pickup(&self, token: &str) -> Result<Option<Pickup>> {
+        Ok(self.live_pickup(token)?.map(|(account, record)| Pickup {
             account,
             recipient: record.recipient,
             sender: record.sender,
@@ -124,16 +126,10 @@ impl Store {
 
     /// The message behind `token`, for the portal.
     pub fn read_pickup(&self, token: &str) -> Result<Option<Vec<u8>>> {
-        let key = self.pickup_key(token);
-        let Some(value) = self.inner.engine.get(Table::Pickups, &key)? else {
+        let Some((account, record)) = self.live_pickup(token)? else {
             return Ok(None);
         };
-        let account = AccountId(keys::read_u64(&value, 0).ok_or_else(|| Error::corrupt("a pickup record"))?);
         let crypto = self.account_crypto(account)?;
-        let record: PickupRecord = open_record(&crypto, &pickup_aad(&key), &value[8..])?;
-        if record.expires_ms < crate::now_ms() {
-            return Ok(None);
-        }
         self.read_blob(&crypto, account, &record.blob).map(Some)
     }
 }
