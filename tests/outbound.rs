@@ -114,6 +114,19 @@ fn free_port_on(ips: &[&str]) -> u16 {
     panic!("no port free on every receiver address");
 }
 
+/// dnsmasq options for MX records: (domain, MX host, its address).
+fn mx_records(records: &[(&str, &str, &str)]) -> Vec<String> {
+    records
+        .iter()
+        .flat_map(|(domain, mx, ip)| {
+            [
+                format!("--mx-host={domain},{mx},10"),
+                format!("--host-record={mx},{ip}"),
+            ]
+        })
+        .collect()
+}
+
 /// The configuration with its DNS server moved to `port`.
 fn with_dns_port(config: &str, port: u16) -> String {
     config
@@ -163,28 +176,17 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
             "expired:mx.expired.test",
         ],
     );
-    let dns = start_dns_with(
-        &[],
-        &["test"],
-        &[
-            ("tls.test", "mx.tls.test", "127.0.0.2"),
-            ("plain.test", "mx.plain.test", "127.0.0.3"),
-            ("badcert.test", "mx.badcert.test", "127.0.0.4"),
-            ("flaky.test", "mx.flaky.test", "127.0.0.5"),
-            ("reject.test", "mx.reject.test", "127.0.0.6"),
-            ("down.test", "mx.down.test", "127.0.0.7"),
-            ("partner.test", "mx.partner.test", "127.0.0.8"),
-            ("expired.test", "mx.expired.test", "127.0.0.16"),
-        ]
-        .iter()
-        .flat_map(|(domain, mx, ip)| {
-            [
-                format!("--mx-host={domain},{mx},10"),
-                format!("--host-record={mx},{ip}"),
-            ]
-        })
-        .collect::<Vec<_>>(),
-    );
+    let mx = mx_records(&[
+        ("tls.test", "mx.tls.test", "127.0.0.2"),
+        ("plain.test", "mx.plain.test", "127.0.0.3"),
+        ("badcert.test", "mx.badcert.test", "127.0.0.4"),
+        ("flaky.test", "mx.flaky.test", "127.0.0.5"),
+        ("reject.test", "mx.reject.test", "127.0.0.6"),
+        ("down.test", "mx.down.test", "127.0.0.7"),
+        ("partner.test", "mx.partner.test", "127.0.0.8"),
+        ("expired.test", "mx.expired.test", "127.0.0.16"),
+    ]);
+    let dns = start_dns_with(&[], &["test"], &mx);
     let tls_args = |i: usize| {
         vec![
             "--cert".to_string(),
@@ -415,26 +417,8 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
 
     // A restart mid-queue: what waits is tried again, what was delivered is not sent twice.
     let attempts_before = entries[0]["attempts"].as_u64().unwrap();
-    let dns = start_dns_with(
-        &[],
-        &["test"],
-        &[
-            ("tls.test", "mx.tls.test", "127.0.0.2"),
-            ("plain.test", "mx.plain.test", "127.0.0.3"),
-            ("badcert.test", "mx.badcert.test", "127.0.0.4"),
-            ("down.test", "mx.down.test", "127.0.0.7"),
-            ("partner.test", "mx.partner.test", "127.0.0.8"),
-            ("expired.test", "mx.expired.test", "127.0.0.16"),
-        ]
-        .iter()
-        .flat_map(|(domain, mx, ip)| {
-            [
-                format!("--mx-host={domain},{mx},10"),
-                format!("--host-record={mx},{ip}"),
-            ]
-        })
-        .collect::<Vec<_>>(),
-    );
+    // The same records, on a new DNS server (the old one went with the first run).
+    let dns = start_dns_with(&[], &["test"], &mx);
     let config = std::fs::read_to_string(&config_path).unwrap();
     let config = with_dns_port(&config, dns.port);
     std::fs::write(&config_path, config).unwrap();
