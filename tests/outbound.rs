@@ -689,6 +689,27 @@ fn an_mta_sts_policy_in_enforce_mode_chooses_the_mx_hosts() {
     assert!(exported
         .lines()
         .any(|l| l.contains("queue.defer") && l.contains("names none of its MX hosts")));
+
+    // The policy is kept in the store: after a restart, with its HTTPS server gone (a
+    // downgrade attempt), mail for sts.test still goes only to mx2.
+    drop(_policy);
+    let mut server = Server::start(&["serve", "--data", &data.arg()]);
+    assert!(server.wait_for("sealpost is running", Duration::from_secs(30)));
+    submit(
+        &data,
+        &[(
+            &["a@sts.test"],
+            "From: doc@clinic.test\r\nSubject: again\r\n\r\nbody\r\n",
+        )],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mx2.received().len() < 2 {
+        assert!(Instant::now() < deadline, "nothing more reached mx2.sts.test");
+        assert!(mx1.received().is_empty(), "mx1 got mail after the restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    assert!(mx1.received().is_empty());
 }
 
 /// A sending Sealpost for clinic.test with the account doc@clinic.test, asking the DNS server

@@ -1183,3 +1183,25 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
     store.delete_account(alice, &Actor::cli()).unwrap();
     assert_eq!(store.pickup(&token).unwrap(), None, "deleted with the account");
 }
+
+#[test]
+fn cached_values_are_sealed_and_survive_a_restart() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let name = format!("{MARKER}.example");
+    store.cache("mta-sts", &name, MARKER.as_bytes()).unwrap();
+    assert_eq!(
+        store.cached("mta-sts", &name).unwrap().as_deref(),
+        Some(MARKER.as_bytes())
+    );
+    assert_eq!(store.cached("other", &name).unwrap(), None, "kinds apart");
+    assert!(store.cache("mta-sts", &name, &vec![0; 64 * 1024 + 1]).is_err());
+    drop(store);
+    let store = fx.open();
+    assert_eq!(
+        store.cached("mta-sts", &name).unwrap().as_deref(),
+        Some(MARKER.as_bytes())
+    );
+    store.flush().unwrap();
+    assert!(files_containing(&fx.store_path(), MARKER.as_bytes()).is_empty());
+}

@@ -39,6 +39,41 @@ impl Policy {
     }
 }
 
+/// A policy and when it was fetched (Unix ms), as kept in the store across restarts.
+pub(crate) fn encode(policy: &Policy, fetched_ms: i64) -> Vec<u8> {
+    let mut out = format!(
+        "{}\n{}\n{}\n{}\n",
+        policy.id,
+        u8::from(policy.enforce),
+        policy.max_age.as_secs(),
+        fetched_ms
+    );
+    for mx in &policy.mx {
+        out.push_str(mx);
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Option<(Policy, i64)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut lines = text.lines();
+    let id = lines.next()?.to_string();
+    let enforce = lines.next()? == "1";
+    let max_age = Duration::from_secs(lines.next()?.parse().ok()?);
+    let fetched_ms: i64 = lines.next()?.parse().ok()?;
+    let mx = lines.map(str::to_string).collect();
+    Some((
+        Policy {
+            id,
+            enforce,
+            mx,
+            max_age,
+        },
+        fetched_ms,
+    ))
+}
+
 /// Parses a policy body; `None` if it is not a valid STSv1 policy.
 pub(crate) fn parse(id: &str, body: &str) -> Option<Policy> {
     let mut version = None;
@@ -111,11 +146,16 @@ impl Cache {
     }
 
     pub(crate) fn put(&self, domain: &str, policy: Policy) {
+        self.put_at(domain, policy, Instant::now());
+    }
+
+    /// As `put`, for a policy fetched at `at` (one read back from the store).
+    pub(crate) fn put_at(&self, domain: &str, policy: Policy, at: Instant) {
         let mut policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
         if policies.len() >= CACHED_DOMAINS_MAX {
             policies.retain(|_, (p, at)| at.elapsed() < p.max_age);
         }
-        policies.insert(domain.to_string(), (policy, Instant::now()));
+        policies.insert(domain.to_string(), (policy, at));
     }
 }
 
@@ -231,6 +271,7 @@ mod tests {
         assert_eq!(record_id("v=STSv1; id=20260101T0000"), Some("20260101T0000".into()));
         assert_eq!(record_id("v=STSv2; id=1"), None);
         assert_eq!(record_id("v=STSv1; id=bad id!"), None);
+        assert_eq!(decode(&encode(&policy, 42)), Some((policy, 42)));
     }
 
     #[test]

@@ -631,11 +631,41 @@ impl Outbound {
         if let Some(policy) = self.mta_sts.get(domain, &id) {
             return Some(policy);
         }
+        // After a restart: the policy kept in the store, while its max_age holds.
+        let (store, name) = (self.store.clone(), domain.to_string());
+        let kept = tokio::task::spawn_blocking(move || store.cached("mta-sts", &name))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .and_then(|bytes| crate::mta_sts::decode(&bytes));
+        if let Some((policy, fetched_ms)) = kept {
+            let age = Duration::from_millis(u64::try_from(now_ms() - fetched_ms).unwrap_or(u64::MAX));
+            if age < policy.max_age {
+                let at = std::time::Instant::now()
+                    .checked_sub(age)
+                    .unwrap_or_else(std::time::Instant::now);
+                self.mta_sts.put_at(domain, policy.clone(), at);
+                if policy.id == id {
+                    return Some(policy);
+                }
+            }
+        }
         let timeout = Duration::from_millis(self.config.timeout_ms);
         match crate::mta_sts::fetch(&self.tls, &self.resolver, domain, self.config.mta_sts_port, timeout).await {
             Ok(body) => match crate::mta_sts::parse(&id, &body) {
                 Some(policy) => {
                     self.mta_sts.put(domain, policy.clone());
+                    let (store, name, bytes) = (
+                        self.store.clone(),
+                        domain.to_string(),
+                        crate::mta_sts::encode(&policy, now_ms()),
+                    );
+                    if let Ok(Err(error)) =
+                        tokio::task::spawn_blocking(move || store.cache("mta-sts", &name, &bytes)).await
+                    {
+                        warn!(%error, "keeping an MTA-STS policy failed");
+                    }
                     Some(policy)
                 }
                 None => {
