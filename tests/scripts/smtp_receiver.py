@@ -44,8 +44,9 @@ class Handler:
         self.open.add(session.peer)
         path = os.path.join(a.outdir, "concurrency")
         seen = int(open(path).read()) if os.path.exists(path) else 0
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:
             f.write(str(max(seen, len(self.open))))
+        os.replace(path + ".tmp", path)
         session.host_name = hostname
         return responses
 
@@ -70,8 +71,10 @@ class Handler:
         with open(base + ".eml", "wb") as f:
             f.write(envelope.original_content or envelope.content)
         tls = session.ssl is not None
-        with open(base + ".json", "w") as f:
+        # Written aside and renamed: a reader sees the whole envelope or none.
+        with open(base + ".json.tmp", "w") as f:
             json.dump({"from": envelope.mail_from, "to": envelope.rcpt_tos, "tls": tls}, f)
+        os.rename(base + ".json.tmp", base + ".json")
         return "250 2.0.0 stored"
 
 
