@@ -854,18 +854,7 @@ impl Session {
         let id = headers::session_id();
         let mut prefix = String::new();
         let submission = self.account.clone();
-        if let Some(account) = &submission {
-            // The From header must be the account's too: MAIL FROM alone is not what people see.
-            let structure = Structure::parse(&body, Limits::default());
-            let owned = !structure.envelope.from.is_empty()
-                && structure.envelope.from.iter().all(|a| {
-                    a.email()
-                        .map(|e| e.to_lowercase())
-                        .is_some_and(|e| self.connection.shared.aliases.may_send_as(&account.address, &e))
-                });
-            if !owned {
-                return Ok(self.error("550 5.7.1 the From header must be your own address"));
-            }
+        if submission.is_some() {
             if !headers::has_field(&body, "Date") {
                 prefix.push_str(&format!("Date: {}\r\n", headers::now_rfc2822()));
             }
@@ -932,6 +921,22 @@ impl Session {
         if raw.len() as u64 > self.config.message_bytes_max {
             return Ok(self.error("552 5.3.4 the message with its trace headers is too large"));
         }
+        // Parsed once, off the async threads: the From check, the content rules and the stored
+        // summary and search text all come from this.
+        let (raw, analysed) = blocking(move || {
+            let analysed = Analysed::of(&raw);
+            (raw, analysed)
+        })
+        .await;
+        if let Some(account) = &submission {
+            // The From header must be the account's too: MAIL FROM alone is not what people see.
+            let aliases = &self.connection.shared.aliases;
+            let owned =
+                !analysed.from.is_empty() && analysed.from.iter().all(|e| aliases.may_send_as(&account.address, e));
+            if !owned {
+                return Ok(self.error("550 5.7.1 the From header must be your own address"));
+            }
+        }
 
         let store = self.store.clone();
         let outbound_recipients: Vec<OutboundRecipient> = transaction
@@ -955,7 +960,7 @@ impl Session {
         // The content rules decide, per outside recipient, before anything is written.
         let mut outbound_recipients = outbound_recipients;
         if !outbound_recipients.is_empty() {
-            let findings = scan_content(&self.connection.shared.policy, &raw);
+            let findings = analysed.scan(&self.connection.shared.policy);
             if let Some(block) = findings.iter().find(|f| f.action == sealpost_policy::Action::Block) {
                 let actor = self.actor();
                 let event = AuditEvent::new(&actor, "message.block", format!("from <{from}>"))
@@ -990,7 +995,18 @@ impl Session {
         };
         let sender = submission.clone();
         let queued = outbound.is_some();
-        let result = blocking(move || deliver(&store, &raw, sender.as_ref(), &local_accounts, outbound, &audit)).await;
+        let result = blocking(move || {
+            deliver(
+                &store,
+                &raw,
+                &analysed,
+                sender.as_ref(),
+                &local_accounts,
+                outbound,
+                &audit,
+            )
+        })
+        .await;
         match result {
             Ok(()) => {
                 if let (true, Some(waker)) = (queued, &self.connection.shared.queue_waker) {
@@ -1015,35 +1031,61 @@ impl Session {
     }
 }
 
-/// What the content rules find in a message: its subject, its decoded text, the names of its
-/// attachments.
-fn scan_content(policy: &sealpost_policy::Policy, raw: &[u8]) -> Vec<sealpost_policy::Finding> {
-    let text = sealpost_mime::search_text(raw);
-    let structure = Structure::parse(raw, Limits::default());
-    let names: Vec<String> = structure
-        .parts
-        .iter()
-        .flat_map(|part| {
-            let from_disposition = part
-                .disposition
+/// What the receiver needs to know of a message, from one parse: the From addresses, the
+/// Message-ID, what the content rules read, and the summary and search text it stores.
+struct Analysed {
+    /// Every From address, lower-cased.
+    from: Vec<String>,
+    message_id: String,
+    summary: Vec<u8>,
+    /// Decoded headers and text, as written (the content rules' patterns are case-sensitive
+    /// where case matters, ICD-10 codes for one); stored lower-cased.
+    text: sealpost_mime::SearchText,
+    attachment_names: Vec<String>,
+}
+
+impl Analysed {
+    fn of(raw: &[u8]) -> Analysed {
+        let structure = Structure::parse(raw, Limits::default());
+        let attachment_names = structure
+            .parts
+            .iter()
+            .flat_map(|part| {
+                let from_disposition = part
+                    .disposition
+                    .iter()
+                    .flat_map(|(_, params)| params.iter())
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("filename"));
+                let from_type = part.params.iter().filter(|(k, _)| k.eq_ignore_ascii_case("name"));
+                from_disposition
+                    .chain(from_type)
+                    .map(|(_, v)| v.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Analysed {
+            from: structure
+                .envelope
+                .from
                 .iter()
-                .flat_map(|(_, params)| params.iter())
-                .filter(|(k, _)| k.eq_ignore_ascii_case("filename"))
-                .map(|(_, v)| v.clone());
-            let from_type = part
-                .params
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case("name"))
-                .map(|(_, v)| v.clone());
-            from_disposition.chain(from_type).collect::<Vec<_>>()
+                .filter_map(|a| a.email().map(|e| e.to_lowercase()))
+                .collect(),
+            message_id: structure.envelope.message_id.clone().unwrap_or_default(),
+            summary: Summary::of_parsed(raw, &structure).to_bytes(),
+            text: sealpost_mime::search_text(raw),
+            attachment_names,
+        }
+    }
+
+    /// What the content rules find: in the subject, the decoded text, attachment names.
+    fn scan(&self, policy: &sealpost_policy::Policy) -> Vec<sealpost_policy::Finding> {
+        let subject = self.text.header("subject").next().unwrap_or("");
+        policy.scan(&sealpost_policy::Content {
+            subject,
+            text: &self.text.body,
+            attachment_names: self.attachment_names.iter().map(String::as_str).collect(),
         })
-        .collect();
-    let subject = text.header("subject").next().unwrap_or("").to_string();
-    policy.scan(&sealpost_policy::Content {
-        subject: &subject,
-        text: &text.body,
-        attachment_names: names.iter().map(String::as_str).collect(),
-    })
+    }
 }
 
 /// The accounts a local address reaches: the account itself, an alias's accounts, or the
@@ -1100,15 +1142,15 @@ struct AuditContext {
 fn deliver(
     store: &Store,
     raw: &[u8],
+    analysed: &Analysed,
     sender: Option<&Account>,
     local: &[Account],
     outbound: Option<Outbound>,
     audit: &AuditContext,
 ) -> Result<(), StoreError> {
-    let structure = Structure::parse(raw, Limits::default());
-    let message_id = structure.envelope.message_id.clone().unwrap_or_default();
-    let summary = Summary::of_parsed(raw, &structure).to_bytes();
-    let search_text = sealpost_mime::search_text(raw).lowercased().to_bytes();
+    let message_id = &analysed.message_id;
+    let summary = &analysed.summary;
+    let search_text = analysed.text.clone().lowercased().to_bytes();
     let mut targets: Vec<DeliveryTarget> = Vec::new();
     for account in local {
         targets.push(DeliveryTarget {
@@ -1136,7 +1178,7 @@ fn deliver(
         raw,
         flags: Flags::new(),
         internal_date: InternalDate::now(),
-        summary: &summary,
+        summary,
         search_text: &search_text,
     };
     let AuditContext {
