@@ -31,9 +31,15 @@ fn status_of(reply: &str) -> String {
         .map_or_else(|| "5.0.0".to_string(), str::to_string)
 }
 
+/// Longest diagnostic kept from a remote server's reply, in characters.
+const DIAGNOSTIC_CHARS_MAX: usize = 500;
+
 /// Keeps what a remote server said from breaking the report's lines.
 fn one_line(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(500).collect()
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(DIAGNOSTIC_CHARS_MAX)
+        .collect()
 }
 
 /// The report, as a message to `entry`'s sender. `original` is the queued message; with

@@ -74,12 +74,16 @@ pub(crate) fn now_rfc2822() -> String {
         .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into())
 }
 
+/// Longest HELO name or other client text put into a header, in bytes (a DNS name's limit).
+pub(crate) const HEADER_TEXT_BYTES_MAX: usize = 255;
+
 /// Keeps what a client sent (HELO name) from breaking the header: printable ASCII, no
-/// parentheses or semicolons that would end the field's comments early, at most 255 bytes.
+/// parentheses or semicolons that would end the field's comments early, at most
+/// HEADER_TEXT_BYTES_MAX bytes.
 fn sanitize(text: &str) -> String {
     text.chars()
         .filter(|c| (c.is_ascii_graphic() || *c == ' ') && !matches!(c, '(' | ')' | ';' | '\\'))
-        .take(255)
+        .take(HEADER_TEXT_BYTES_MAX)
         .collect()
 }
 

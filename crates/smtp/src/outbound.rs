@@ -76,6 +76,15 @@ impl Default for OutboundConfig {
     }
 }
 
+/// Lines one reply of a receiving server may have, and bytes one line may have.
+const REPLY_LINES_MAX: usize = 100;
+const REPLY_LINE_BYTES_MAX: usize = 2048;
+/// Sending a message body may take this many times `timeout_ms`.
+const DATA_TIMEOUT_FACTOR: u32 = 4;
+/// MX hosts tried per domain in one attempt, and addresses tried per host.
+const MX_HOSTS_TRIED_MAX: usize = 5;
+const ADDRESSES_PER_HOST_TRIED_MAX: usize = 4;
+
 /// What one delivery attempt to one host gave.
 #[derive(Debug)]
 enum HostOutcome {
@@ -118,7 +127,7 @@ impl Conversation {
             if n == 0 {
                 return Err(std::io::Error::other("connection closed"));
             }
-            if lines.len() > 100 || line.len() > 2048 {
+            if lines.len() >= REPLY_LINES_MAX || line.len() > REPLY_LINE_BYTES_MAX {
                 return Err(std::io::Error::other("reply too long"));
             }
             let line = line.trim_end().to_string();
@@ -330,7 +339,7 @@ impl Outbound {
             // A rule chose the portal at submission: no SMTP for this one.
             if let (RecipientStatus::Pending, Some(why)) = (&states[index].status, &recipient.portal) {
                 let address = &recipient.address;
-                let (state, event) = match self.to_portal(&entry, address, why).await {
+                let (state, event) = match self.to_portal(&entry, address).await {
                     Ok(()) => (
                         RecipientState {
                             status: RecipientStatus::Portal {
@@ -399,7 +408,7 @@ impl Outbound {
                     DomainOutcome::NoVerifiedTls(why) if entry.envelope.notice => {
                         deferred(&actor, &entry, address, why.clone())
                     }
-                    DomainOutcome::NoVerifiedTls(why) => match self.to_portal(&entry, address, why).await {
+                    DomainOutcome::NoVerifiedTls(why) => match self.to_portal(&entry, address).await {
                         Ok(()) => (
                             RecipientState {
                                 status: RecipientStatus::Portal {
@@ -525,9 +534,12 @@ impl Outbound {
                 .collect());
         }
         let body = dot_stuffed(raw);
-        tokio::time::timeout(timeout.saturating_mul(4), talk.io.get_mut().write_all(&body))
-            .await
-            .map_err(|_| std::io::Error::other("timed out sending the message"))??;
+        tokio::time::timeout(
+            timeout.saturating_mul(DATA_TIMEOUT_FACTOR),
+            talk.io.get_mut().write_all(&body),
+        )
+        .await
+        .map_err(|_| std::io::Error::other("timed out sending the message"))??;
         talk.io.get_mut().flush().await?;
         let (data_reply, _) = talk.reply().await?;
         Ok::<_, std::io::Error>(
@@ -577,7 +589,7 @@ impl Outbound {
     }
 
     /// Keeps the message for `recipient`'s pickup and queues the notice with the link.
-    async fn to_portal(&self, entry: &QueuedMessage, recipient: &str, why: &str) -> Result<(), String> {
+    async fn to_portal(&self, entry: &QueuedMessage, recipient: &str) -> Result<(), String> {
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut secret);
         let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
@@ -614,7 +626,8 @@ impl Outbound {
         .await;
         match done {
             Ok(Ok(_)) => {
-                debug!(queue = %entry.id, why, "kept for pickup");
+                // No recipient, domain or host in logs: the audit record says who and why.
+                debug!(queue = %entry.id, "kept for pickup");
                 self.wake.notify_one();
                 Ok(())
             }
@@ -669,12 +682,14 @@ impl Outbound {
                     Some(policy)
                 }
                 None => {
-                    warn!(domain, "MTA-STS policy does not parse");
+                    warn!("an MTA-STS policy does not parse; delivering without it");
                     None
                 }
             },
-            Err(why) => {
-                warn!(domain, why, "MTA-STS policy fetch failed");
+            Err(_) => {
+                // The domain and the reason stay out of the log (which domains a clinic writes
+                // to is itself sensitive); delivery goes on with the cached policy, if any.
+                debug!("an MTA-STS policy fetch failed");
                 self.mta_sts.get_any(domain)
             }
         }
@@ -760,9 +775,9 @@ impl Outbound {
         };
         let mut no_tls = None;
         let mut unreachable = format!("no server for {domain}");
-        for host in hosts.iter().take(5) {
+        for host in hosts.iter().take(MX_HOSTS_TRIED_MAX) {
             let addresses: Vec<IpAddr> = match self.resolver.0.lookup_ip(format!("{host}.").as_str()).await {
-                Ok(found) => found.iter().take(4).collect(),
+                Ok(found) => found.iter().take(ADDRESSES_PER_HOST_TRIED_MAX).collect(),
                 Err(error) => {
                     unreachable = format!("{host}: address look-up failed: {error}");
                     continue;
@@ -925,7 +940,7 @@ impl Outbound {
         let result = self.transaction(&mut talk, true, &ehlo, entry, recipients, raw);
         match result.await {
             Ok(replies) => {
-                debug!(host, "delivery conversation done");
+                debug!("delivery conversation done");
                 self.keep_idle(key, talk, tls.clone()).await;
                 HostOutcome::Replies { replies, tls }
             }

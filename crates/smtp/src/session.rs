@@ -20,6 +20,11 @@ use tracing::{debug, info, warn};
 use crate::headers;
 use crate::shared::SmtpShared;
 
+/// Characters of an unsupported parameter repeated in the reply.
+const ECHOED_PARAMETER_CHARS_MAX: usize = 32;
+/// The most of a BDAT chunk's announced size reserved before its bytes arrive, in bytes.
+const BDAT_RESERVE_BYTES_MAX: usize = 1 << 20;
+
 /// Bytes read from the client at a time.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
@@ -308,7 +313,12 @@ impl Session {
                     ProtoError::SyntaxError { syntax } => format!("501 5.5.4 syntax: {syntax}"),
                     ProtoError::InvalidParameter { param } => format!("501 5.5.4 invalid parameter {param}"),
                     ProtoError::UnsupportedParameter { param } => {
-                        let param: String = param.chars().filter(|c| c.is_ascii_graphic()).take(32).collect();
+                        // Echoed back shortened: a reply line stays short whatever was sent.
+                        let param: String = param
+                            .chars()
+                            .filter(|c| c.is_ascii_graphic())
+                            .take(ECHOED_PARAMETER_CHARS_MAX)
+                            .collect();
                         format!("555 5.5.4 unsupported parameter {param}")
                     }
                     _ => "500 5.5.2 syntax error".to_string(),
@@ -360,7 +370,11 @@ impl Session {
 
     fn ehlo(&mut self, host: String, esmtp: bool) -> Flow {
         self.transaction = Transaction::default();
-        let host: String = host.chars().filter(|c| c.is_ascii_graphic()).take(255).collect();
+        let host: String = host
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(headers::HEADER_TEXT_BYTES_MAX)
+            .collect();
         self.helo = Some(host.clone());
         self.esmtp = esmtp;
         let name = self.config.hostname.clone();
@@ -802,7 +816,7 @@ impl Session {
             !self.transaction.oversized && (self.transaction.chunks.len() as u64).saturating_add(size as u64) <= max;
         let mut left = size;
         if keep {
-            self.transaction.chunks.reserve(size.min(1 << 20));
+            self.transaction.chunks.reserve(size.min(BDAT_RESERVE_BYTES_MAX));
         }
         loop {
             let take = left.min(self.input.len());
