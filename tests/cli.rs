@@ -39,6 +39,12 @@ fn init_lays_out_the_data_folder_with_private_keys_and_offset_ports() {
         );
     }
     assert!(config.contains("domain = \"clinic.example\""));
+    // The DKIM keys live sealed in the store: the keys folder holds the master key only.
+    let keys: Vec<String> = std::fs::read_dir(dir.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(keys, vec!["master.key".to_string()]);
 
     let again = sealpost(&["init", "--data", &data.arg(), "--domain", "clinic.example"], "");
     assert!(!again.status.success());
@@ -135,6 +141,8 @@ fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
         actions,
         [
             "store.create",
+            "secret.set",
+            "secret.set",
             "account.create",
             "account.create",
             "account.disable",
@@ -143,7 +151,7 @@ fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
             "account.delete"
         ]
     );
-    let first: serde_json::Value = serde_json::from_str(export.lines().nth(1).unwrap()).unwrap();
+    let first: serde_json::Value = serde_json::from_str(export.lines().nth(3).unwrap()).unwrap();
     assert!(first["object"].as_str().unwrap().contains("alice@clinic.example"));
     assert!(first["at"].as_str().unwrap().contains('T'), "RFC 3339 time: {first}");
     assert_eq!(first["outcome"], "ok");
@@ -153,7 +161,7 @@ fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
     );
     let verified = sealpost_ok(&["audit", "verify", "--data", &d], "");
     assert!(
-        verified.contains("audit chain intact: 7 records verified"),
+        verified.contains("audit chain intact: 9 records verified"),
         "{verified}"
     );
 }
@@ -177,6 +185,12 @@ fn key_rotation_replaces_the_key_file_and_keeps_the_store_open() {
     assert_eq!(retired.len(), 1);
     assert!(sealpost_ok(&["account", "list", "--data", &d], "").contains("alice@clinic.example"));
     assert!(sealpost_ok(&["audit", "export", "--data", &d], "").contains("key.rotate"));
+    // The DKIM keys, sealed with the store keys, come through the rotation.
+    let records = sealpost_ok(&["dns", "records", "--data", &d], "");
+    assert!(
+        records.contains("sealpost-ed25519._domainkey.clinic.example.") && records.contains("k=rsa; p=MII"),
+        "{records}"
+    );
 
     // The retired key no longer opens the store.
     std::fs::copy(data.path().join("keys").join(&retired[0]), &key).unwrap();

@@ -263,9 +263,9 @@ pub(crate) enum DnsCommand {
 pub(crate) fn dns(command: DnsCommand) -> anyhow::Result<ExitCode> {
     match command {
         DnsCommand::Records { data } => {
-            let loaded = Loaded::from_file(&data.join(crate::config::CONFIG_FILE))?;
-            crate::dkim::ensure_keys(&loaded)?;
-            print!("{}", crate::dkim::dns_records(&loaded)?);
+            let (loaded, store) = open_store(&data)?;
+            crate::dkim::ensure_keys(&store)?;
+            print!("{}", crate::dkim::dns_records(&loaded, &store)?);
             Ok(ExitCode::SUCCESS)
         }
     }

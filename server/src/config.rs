@@ -119,9 +119,6 @@ pub(crate) struct PathsSection {
     pub(crate) master_key: PathBuf,
     pub(crate) tls_certificate: PathBuf,
     pub(crate) tls_private_key: PathBuf,
-    /// DKIM signing keys (PKCS#8), made by `init`, or by `serve` when missing.
-    pub(crate) dkim_ed25519: PathBuf,
-    pub(crate) dkim_rsa: PathBuf,
 }
 
 impl Default for PathsSection {
@@ -131,8 +128,6 @@ impl Default for PathsSection {
             master_key: PathBuf::from("keys/master.key"),
             tls_certificate: PathBuf::from("tls/cert.pem"),
             tls_private_key: PathBuf::from("tls/key.pem"),
-            dkim_ed25519: PathBuf::from("keys/dkim-ed25519.pk8"),
-            dkim_rsa: PathBuf::from("keys/dkim-rsa.pk8"),
         }
     }
 }

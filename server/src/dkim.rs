@@ -1,14 +1,12 @@
 //! DKIM keys: an Ed25519 and an RSA-2048 key, made by `sealpost init` (or by `serve` for a
-//! data folder made before DKIM), kept as PKCS#8 files of mode 0600 beside the master key;
-//! and the DNS records a site publishes (`sealpost dns records`).
-
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+//! data folder made before DKIM), kept in the store as secrets sealed with its keys (never on
+//! disk in the clear, re-wrapped when the master key rotates); and the DNS records a site
+//! publishes (`sealpost dns records`).
 
 use anyhow::Context;
 use base64::Engine as _;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use sealpost_storage::{Actor, Store};
 
 use crate::config::Loaded;
 
@@ -17,6 +15,9 @@ pub(crate) const SELECTOR_ED25519: &str = "sealpost-ed25519";
 pub(crate) const SELECTOR_RSA: &str = "sealpost-rsa";
 /// RSA key size, in bits.
 const RSA_BITS: usize = 2048;
+/// The names the keys are kept under in the store.
+const SECRET_ED25519: &str = "dkim-ed25519";
+const SECRET_RSA: &str = "dkim-rsa";
 
 /// The two keys as PKCS#8 DER.
 pub(crate) struct DkimKeys {
@@ -24,46 +25,31 @@ pub(crate) struct DkimKeys {
     pub(crate) rsa: Vec<u8>,
 }
 
-fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("making {}", dir.display()))?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(())
-}
-
-/// Makes the keys where the configuration says, unless they are there already.
-pub(crate) fn ensure_keys(loaded: &Loaded) -> anyhow::Result<()> {
-    let paths = &loaded.config.paths;
-    let ed_path = loaded.path(&paths.dkim_ed25519);
-    if !ed_path.exists() {
+/// Makes the keys unless the store has them already.
+pub(crate) fn ensure_keys(store: &Store) -> anyhow::Result<()> {
+    if store.secret(SECRET_ED25519)?.is_none() {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
             .map_err(|_| anyhow::anyhow!("making the Ed25519 DKIM key"))?;
-        write_secret(&ed_path, pkcs8.as_ref())?;
+        store.set_secret(SECRET_ED25519, pkcs8.as_ref(), &Actor::system())?;
     }
-    let rsa_path = loaded.path(&paths.dkim_rsa);
-    if !rsa_path.exists() {
+    if store.secret(SECRET_RSA)?.is_none() {
         let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), RSA_BITS).context("making the RSA DKIM key")?;
         let der = key.to_pkcs8_der().context("encoding the RSA DKIM key")?;
-        write_secret(&rsa_path, der.as_bytes())?;
+        store.set_secret(SECRET_RSA, der.as_bytes(), &Actor::system())?;
     }
     Ok(())
 }
 
-pub(crate) fn load(loaded: &Loaded) -> anyhow::Result<DkimKeys> {
-    let paths = &loaded.config.paths;
-    let read = |path: &Path| std::fs::read(path).with_context(|| format!("reading the DKIM key {}", path.display()));
+pub(crate) fn load(store: &Store) -> anyhow::Result<DkimKeys> {
+    let read = |name: &str| -> anyhow::Result<Vec<u8>> {
+        store
+            .secret(name)?
+            .with_context(|| format!("the store has no {name} key"))
+    };
     Ok(DkimKeys {
-        ed25519: read(&loaded.path(&paths.dkim_ed25519))?,
-        rsa: read(&loaded.path(&paths.dkim_rsa))?,
+        ed25519: read(SECRET_ED25519)?,
+        rsa: read(SECRET_RSA)?,
     })
 }
 
@@ -83,10 +69,10 @@ fn public_keys(keys: &DkimKeys) -> anyhow::Result<(String, String)> {
 }
 
 /// The records to publish for the primary domain, in zone-file syntax.
-pub(crate) fn dns_records(loaded: &Loaded) -> anyhow::Result<String> {
+pub(crate) fn dns_records(loaded: &Loaded, store: &Store) -> anyhow::Result<String> {
     let cfg = &loaded.config;
     let (domain, host) = (&cfg.server.domain, &cfg.server.hostname);
-    let (ed, rsa) = public_keys(&load(loaded)?)?;
+    let (ed, rsa) = public_keys(&load(store)?)?;
     // TXT strings are at most 255 bytes: the RSA key is split.
     let rsa_record = format!("v=DKIM1; k=rsa; p={rsa}");
     let rsa_strings: Vec<String> = rsa_record

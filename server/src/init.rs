@@ -106,8 +106,8 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
     let master_path = loaded.master_key_path();
     let master = MasterKey::create_file(&master_path)?;
     write_certificate(&loaded, &config)?;
-    crate::dkim::ensure_keys(&loaded)?;
     let store = Store::create(loaded.store_config(), master)?;
+    crate::dkim::ensure_keys(&store)?;
     write_new_file(&config_file, text.as_bytes(), 0o640)?;
     let loaded = Loaded::from_file(&config_file)?;
     Ok(Initialised { loaded, store })

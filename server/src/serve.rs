@@ -171,7 +171,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         },
         &cfg.smtp.dns_servers,
         load_roots(&loaded)?,
-        Some(load_dkim(&loaded)?),
+        Some(load_dkim(&loaded, &store)?),
     )
     .context("setting up outbound delivery")?;
     let policy = sealpost_policy::Policy::new(cfg.policy.clone()).map_err(|e| anyhow::anyhow!("[policy]: {e}"))?;
@@ -308,9 +308,9 @@ fn load_roots(loaded: &Loaded) -> anyhow::Result<rustls::RootCertStore> {
 }
 
 /// The DKIM keys, made first if this data folder predates them.
-fn load_dkim(loaded: &Loaded) -> anyhow::Result<sealpost_smtp::DkimSigning> {
-    crate::dkim::ensure_keys(loaded)?;
-    let keys = crate::dkim::load(loaded)?;
+fn load_dkim(loaded: &Loaded, store: &Store) -> anyhow::Result<sealpost_smtp::DkimSigning> {
+    crate::dkim::ensure_keys(store)?;
+    let keys = crate::dkim::load(store)?;
     sealpost_smtp::DkimSigning::new(
         &loaded.config.server.domain,
         crate::dkim::SELECTOR_ED25519,

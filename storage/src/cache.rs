@@ -48,3 +48,41 @@ impl Store {
         self.inner.engine.write(batch, Durability::Buffered)
     }
 }
+
+/// Longest secret kept, in bytes.
+pub const SECRET_BYTES_MAX: usize = 16 * 1024;
+
+impl Store {
+    fn secret_key(name: &str) -> Vec<u8> {
+        [b"secret/".as_slice(), name.as_bytes()].concat()
+    }
+
+    /// A server secret by name (the DKIM keys), sealed with the store's directory key: it
+    /// is re-wrapped with the store keys when the master key rotates, and never on disk in
+    /// the clear.
+    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let key = Self::secret_key(name);
+        match self.inner.engine.get(Table::Meta, &key)? {
+            Some(sealed) => self.inner.directory.open(&key, &sealed).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps a server secret, durably, audited by name (never by value).
+    pub fn set_secret(&self, name: &str, value: &[u8], actor: &crate::Actor) -> Result<()> {
+        if value.len() > SECRET_BYTES_MAX {
+            return Err(crate::error::Error::LimitExceeded {
+                what: "secret bytes",
+                actual: value.len() as u64,
+                max: SECRET_BYTES_MAX as u64,
+            });
+        }
+        let key = Self::secret_key(name);
+        let sealed = self.inner.directory.seal(&key, value);
+        let mut batch = Batch::default();
+        batch.put(Table::Meta, key, sealed);
+        let event = crate::AuditEvent::new(actor, "secret.set", name.to_string());
+        self.commit_audited(batch, vec![event])?;
+        Ok(())
+    }
+}

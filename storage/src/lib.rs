@@ -43,7 +43,7 @@ mod types;
 
 pub use account::{normalize_address, Login, ADDRESS_BYTES_MAX, PASSWORD_HASHES_CONCURRENT_MAX};
 pub use audit::{AuditBreak, AuditEvent, AuditOutcome, AuditRecord, AuditVerification};
-pub use cache::CACHED_VALUE_BYTES_MAX;
+pub use cache::{CACHED_VALUE_BYTES_MAX, SECRET_BYTES_MAX};
 pub use crypto::MasterKey;
 pub use error::{Error, Result};
 pub use mailbox::MAILBOX_DELIMITER;

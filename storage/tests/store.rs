@@ -1205,3 +1205,30 @@ fn cached_values_are_sealed_and_survive_a_restart() {
     store.flush().unwrap();
     assert!(files_containing(&fx.store_path(), MARKER.as_bytes()).is_empty());
 }
+
+#[test]
+fn secrets_are_sealed_audited_by_name_and_survive_master_key_rotation() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    store.set_secret("dkim-test", MARKER.as_bytes(), &Actor::cli()).unwrap();
+    assert!(store.set_secret("big", &vec![0; 16 * 1024 + 1], &Actor::cli()).is_err());
+    assert_eq!(store.secret("missing").unwrap(), None);
+    let new_key = fx.dir.path().join("rotated.key");
+    store
+        .rotate_master_key(MasterKey::create_file(&new_key).unwrap(), &Actor::cli())
+        .unwrap();
+    assert_eq!(store.secret("dkim-test").unwrap().as_deref(), Some(MARKER.as_bytes()));
+    store.flush().unwrap();
+    assert!(files_containing(&fx.store_path(), MARKER.as_bytes()).is_empty());
+    let mut audited = Vec::new();
+    store
+        .audit_records(0, &mut |r| {
+            audited.push(format!("{:?}", r.event));
+            Ok(())
+        })
+        .unwrap();
+    assert!(audited
+        .iter()
+        .any(|e| e.contains("secret.set") && e.contains("dkim-test")));
+    assert!(!audited.iter().any(|e| e.contains(MARKER)), "the value is not audited");
+}
