@@ -98,16 +98,24 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("listening on {address} ({name})"))?;
         info!(listener = name, %address, "listening");
-        let service = ImapService {
+        let service = Listener {
             name,
-            store: store.clone(),
-            config: imap_config.clone(),
             tls: tls.clone(),
             implicit_tls,
             per_address: AddressLimiter::new(limits.imap_connections_per_address_max),
-            shared: imap_shared.clone(),
+            refusal: "* BYE too many connections from your address",
         };
-        listeners.spawn(service.accept_loop(listener, stopped.clone()));
+        let (store, config, shared) = (store.clone(), imap_config.clone(), imap_shared.clone());
+        let session = move |stream, _, peer: SocketAddr, starttls: Option<SmtpTlsUpgrade>, stopped| {
+            let connection = Connection {
+                peer: peer.ip().to_string(),
+                tls: implicit_tls,
+                starttls: starttls.map(imap_upgrade),
+                shared: shared.clone(),
+            };
+            sealpost_imap::serve_session(stream, store.clone(), config.clone(), connection, stopped)
+        };
+        listeners.spawn(service.serve(listener, stopped.clone(), session));
     }
     let smtp_config = Arc::new(SmtpConfig {
         hostname: cfg.server.hostname.clone(),
@@ -193,17 +201,25 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("listening on {address} ({name})"))?;
         info!(listener = name, %address, "listening");
-        let service = SmtpService {
+        let service = Listener {
             name,
-            store: store.clone(),
-            config: smtp_config.clone(),
             tls: tls.clone(),
-            role,
             implicit_tls,
             per_address: AddressLimiter::new(limits.smtp_connections_per_address_max),
-            shared: smtp_shared.clone(),
+            refusal: "421 4.7.0 too many connections from your address",
         };
-        listeners.spawn(service.accept_loop(listener, stopped.clone()));
+        let (store, config, shared) = (store.clone(), smtp_config.clone(), smtp_shared.clone());
+        let session = move |stream, described, peer: SocketAddr, starttls, stopped| {
+            let connection = SmtpConnection {
+                peer_ip: peer.ip().to_string(),
+                tls: described,
+                starttls,
+                role,
+                shared: shared.clone(),
+            };
+            sealpost_smtp::serve_session(stream, store.clone(), config.clone(), connection, stopped)
+        };
+        listeners.spawn(service.serve(listener, stopped.clone(), session));
     }
     // The web application arrives with its issue; until then its port is not opened.
     info!(
@@ -326,17 +342,6 @@ async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-/// One IMAP listener: accepts connections and runs a session for each, owned by a JoinSet.
-struct ImapService {
-    name: &'static str,
-    store: Store,
-    config: Arc<ImapConfig>,
-    tls: tokio_rustls::TlsAcceptor,
-    implicit_tls: bool,
-    per_address: AddressLimiter,
-    shared: Arc<ImapShared>,
-}
-
 /// Counts a connection against its address while it lives.
 struct AddressSlot {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -455,73 +460,6 @@ impl AddressLimiter {
     }
 }
 
-impl ImapService {
-    async fn accept_loop(self, listener: TcpListener, stopped: watch::Receiver<bool>) {
-        let name = self.name;
-        accept_loop(name, listener, stopped, |socket, peer, stopped| {
-            self.connection(socket, peer, stopped)
-        })
-        .await;
-    }
-
-    fn connection(
-        &self,
-        socket: tokio::net::TcpStream,
-        peer: SocketAddr,
-        stopped: watch::Receiver<bool>,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let slot = self.per_address.take(peer.ip());
-        let limit = self.per_address.max;
-        let shared = self.shared.clone();
-        let (store, config, tls, implicit_tls) = (
-            self.store.clone(),
-            self.config.clone(),
-            self.tls.clone(),
-            self.implicit_tls,
-        );
-        async move {
-            let Some(_slot) = slot else {
-                let bye = format!("* BYE too many connections from your address (limit {limit})\r\n");
-                return refuse(socket, &tls, implicit_tls, &bye).await;
-            };
-            let Some((stream, _)) = open_stream(socket, &tls, implicit_tls).await else {
-                return;
-            };
-            let starttls: Option<TlsUpgrade> = if implicit_tls {
-                None
-            } else {
-                let acceptor = tls.clone();
-                Some(Arc::new(move |plain: BoxedStream| {
-                    let acceptor = acceptor.clone();
-                    Box::pin(async move {
-                        let secured = acceptor.accept(plain).await?;
-                        Ok(Box::new(secured) as BoxedStream)
-                    })
-                }))
-            };
-            let connection = Connection {
-                peer: peer.ip().to_string(),
-                tls: implicit_tls,
-                starttls,
-                shared,
-            };
-            sealpost_imap::serve_session(stream, store, config, connection, stopped).await;
-        }
-    }
-}
-
-/// One SMTP listener (inbound, submission or submissions).
-struct SmtpService {
-    name: &'static str,
-    store: Store,
-    config: Arc<SmtpConfig>,
-    tls: tokio_rustls::TlsAcceptor,
-    role: ListenerRole,
-    implicit_tls: bool,
-    per_address: AddressLimiter,
-    shared: Arc<SmtpShared>,
-}
-
 /// "TLSv1_3 TLS13_AES_256_GCM_SHA384": what a Received field records of a TLS session.
 fn describe_tls<S>(stream: &tokio_rustls::server::TlsStream<S>) -> String {
     let (_, connection) = stream.get_ref();
@@ -534,60 +472,66 @@ fn describe_tls<S>(stream: &tokio_rustls::server::TlsStream<S>) -> String {
     format!("{version} {cipher}")
 }
 
-impl SmtpService {
-    async fn accept_loop(self, listener: TcpListener, stopped: watch::Receiver<bool>) {
+/// A listening port: connections per address counted and refused past the limit with
+/// `refusal` (which names the limit), implicit TLS or not, and a session per connection.
+struct Listener {
+    name: &'static str,
+    tls: tokio_rustls::TlsAcceptor,
+    implicit_tls: bool,
+    per_address: AddressLimiter,
+    /// The protocol's refusal line, e.g. "421 4.7.0 too many connections" (the limit and
+    /// CRLF are added).
+    refusal: &'static str,
+}
+
+impl Listener {
+    /// Serves until shutdown; `session` runs one session over the (possibly TLS) stream, with
+    /// what TLS negotiated on an implicit-TLS port, the client's address, and a STARTTLS
+    /// upgrade on a cleartext port.
+    async fn serve<S, Fut>(self, listener: TcpListener, stopped: watch::Receiver<bool>, session: S)
+    where
+        S: Fn(BoxedStream, Option<String>, SocketAddr, Option<SmtpTlsUpgrade>, watch::Receiver<bool>) -> Fut
+            + Clone
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let name = self.name;
         accept_loop(name, listener, stopped, |socket, peer, stopped| {
-            self.connection(socket, peer, stopped)
+            let slot = self.per_address.take(peer.ip());
+            let refusal = format!("{} (limit {})\r\n", self.refusal, self.per_address.max);
+            let (tls, implicit_tls, session) = (self.tls.clone(), self.implicit_tls, session.clone());
+            async move {
+                let Some(_slot) = slot else {
+                    return refuse(socket, &tls, implicit_tls, &refusal).await;
+                };
+                let Some((stream, described)) = open_stream(socket, &tls, implicit_tls).await else {
+                    return;
+                };
+                let starttls = (!implicit_tls).then(|| starttls_upgrade(tls));
+                session(stream, described, peer, starttls, stopped).await;
+            }
         })
         .await;
     }
+}
 
-    fn connection(
-        &self,
-        socket: tokio::net::TcpStream,
-        peer: SocketAddr,
-        stopped: watch::Receiver<bool>,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let slot = self.per_address.take(peer.ip());
-        let limit = self.per_address.max;
-        let (store, config, tls, implicit_tls, role, shared) = (
-            self.store.clone(),
-            self.config.clone(),
-            self.tls.clone(),
-            self.implicit_tls,
-            self.role,
-            self.shared.clone(),
-        );
-        async move {
-            let Some(_slot) = slot else {
-                let refusal = format!("421 4.7.0 too many connections from your address (limit {limit})\r\n");
-                return refuse(socket, &tls, implicit_tls, &refusal).await;
-            };
-            let Some((stream, described)) = open_stream(socket, &tls, implicit_tls).await else {
-                return;
-            };
-            let starttls: Option<SmtpTlsUpgrade> = if implicit_tls {
-                None
-            } else {
-                let acceptor = tls.clone();
-                Some(Arc::new(move |plain: BoxedStream| {
-                    let acceptor = acceptor.clone();
-                    Box::pin(async move {
-                        let secured = acceptor.accept(plain).await?;
-                        let described = describe_tls(&secured);
-                        Ok((Box::new(secured) as BoxedStream, described))
-                    })
-                }))
-            };
-            let connection = SmtpConnection {
-                peer_ip: peer.ip().to_string(),
-                tls: described,
-                starttls,
-                role,
-                shared,
-            };
-            sealpost_smtp::serve_session(stream, store, config, connection, stopped).await;
-        }
-    }
+/// STARTTLS on a cleartext connection: the TLS stream and what was negotiated.
+fn starttls_upgrade(acceptor: tokio_rustls::TlsAcceptor) -> SmtpTlsUpgrade {
+    Arc::new(move |plain: BoxedStream| {
+        let acceptor = acceptor.clone();
+        Box::pin(async move {
+            let secured = acceptor.accept(plain).await?;
+            let described = describe_tls(&secured);
+            Ok((Box::new(secured) as BoxedStream, described))
+        })
+    })
+}
+
+/// The same upgrade for IMAP, which does not record what TLS negotiated.
+fn imap_upgrade(upgrade: SmtpTlsUpgrade) -> TlsUpgrade {
+    Arc::new(move |plain: BoxedStream| {
+        let upgrade = upgrade.clone();
+        Box::pin(async move { upgrade(plain).await.map(|(stream, _)| stream) })
+    })
 }
