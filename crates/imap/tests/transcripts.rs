@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sealpost_imap::{serve_session, Connection, ImapConfig, ImapShared, LoginLimits};
 use sealpost_storage::{Actor, MasterKey, NewAccount, Role, Store, StoreConfig};
+use sealpost_testkit::{expand, line_matches};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,39 +40,6 @@ fn store(dir: &std::path::Path) -> Store {
         .set_account_status(disabled, sealpost_storage::AccountStatus::Disabled, &Actor::cli())
         .unwrap();
     store
-}
-
-/// Whether `line` matches `expected`, where `{{any}}` matches any run of text.
-/// Expands `{{x*N}}` to N copies of x, for long lines.
-fn expand(text: &str) -> String {
-    let mut out = text.to_string();
-    while let Some(start) = out.find("{{x*") {
-        let Some(len) = out[start..].find("}}") else { break };
-        let count: usize = out[start + 4..start + len].parse().unwrap();
-        out.replace_range(start..start + len + 2, &"x".repeat(count));
-    }
-    out.replace("{{CRLF}}", "\r\n")
-}
-
-fn line_matches(expected: &str, line: &str) -> bool {
-    let parts: Vec<&str> = expected.split("{{any}}").collect();
-    if parts.len() == 1 {
-        return expected == line;
-    }
-    let Some(rest) = line.strip_prefix(parts[0]) else {
-        return false;
-    };
-    let mut rest = rest;
-    for (i, part) in parts.iter().enumerate().skip(1) {
-        if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        }
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 async fn run_transcript(name: &str, text: &str, config: ImapConfig) {
