@@ -100,6 +100,34 @@ impl DataDir {
     pub fn arg(&self) -> String {
         self.path().to_str().unwrap().to_string()
     }
+
+    /// Adds each account with the same password.
+    pub fn add_accounts(&self, addresses: &[&str], password: &str) {
+        for address in addresses {
+            sealpost_ok(
+                &["account", "add", address, "--password-stdin", "--data", &self.arg()],
+                &format!("{password}\n"),
+            );
+        }
+    }
+
+    /// Rewrites `sealpost.toml` through `edit`.
+    pub fn configure(&self, edit: impl FnOnce(&str) -> String) {
+        let path = self.path().join("sealpost.toml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(&config)).unwrap();
+    }
+
+    /// Starts `sealpost serve` on this folder and waits until it runs.
+    pub fn serve(&self) -> Server {
+        let mut server = Server::start(&["serve", "--data", &self.arg()]);
+        assert!(
+            server.wait_for("sealpost is running", Duration::from_secs(30)),
+            "{:?}",
+            server.seen
+        );
+        server
+    }
 }
 
 /// A running `sealpost serve` (or `demo`); stopped with SIGTERM when dropped.

@@ -39,24 +39,9 @@ fn harness_server_with(configure: impl Fn(&str) -> String) -> (DataDir, Server) 
     let config = std::fs::read_to_string(&config_path).unwrap();
     std::fs::write(&config_path, configure(&config)).unwrap();
     for n in 1..=10 {
-        sealpost_ok(
-            &[
-                "account",
-                "add",
-                &format!("user{n}@harness.test"),
-                "--password-stdin",
-                "--data",
-                &data.arg(),
-            ],
-            &format!("{PASSWORD}\n"),
-        );
+        data.add_accounts(&[&format!("user{n}@harness.test")], PASSWORD);
     }
-    let mut server = Server::start(&["serve", "--data", &data.arg()]);
-    assert!(
-        server.wait_for("sealpost is running", Duration::from_secs(30)),
-        "{:?}",
-        server.seen
-    );
+    let server = data.serve();
     (data, server)
 }
 

@@ -422,8 +422,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     let config = std::fs::read_to_string(&config_path).unwrap();
     let config = with_dns_port(&config, dns.port);
     std::fs::write(&config_path, config).unwrap();
-    let mut server = Server::start(&["serve", "--data", &data.arg()]);
-    assert!(server.wait_for("sealpost is running", Duration::from_secs(30)));
+    let mut server = data.serve();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !server.wait_for("delivery attempt recorded", Duration::from_millis(200)) {
         assert!(Instant::now() < deadline, "no attempt after the restart");
@@ -693,8 +692,7 @@ fn an_mta_sts_policy_in_enforce_mode_chooses_the_mx_hosts() {
     // The policy is kept in the store: after a restart, with its HTTPS server gone (a
     // downgrade attempt), mail for sts.test still goes only to mx2.
     drop(_policy);
-    let mut server = Server::start(&["serve", "--data", &data.arg()]);
-    assert!(server.wait_for("sealpost is running", Duration::from_secs(30)));
+    let mut server = data.serve();
     submit(
         &data,
         &[(
@@ -728,23 +726,8 @@ fn sender(dns_port: u16, ca: &Path, edits: &[(&str, String)]) -> (DataDir, Serve
         config = config.replace(from, to);
     }
     std::fs::write(&config_path, &config).unwrap();
-    sealpost_ok(
-        &[
-            "account",
-            "add",
-            "doc@clinic.test",
-            "--password-stdin",
-            "--data",
-            &data.arg(),
-        ],
-        &format!("{PASSWORD}\n"),
-    );
-    let mut server = Server::start(&["serve", "--data", &data.arg()]);
-    assert!(
-        server.wait_for("sealpost is running", Duration::from_secs(30)),
-        "{:?}",
-        server.seen
-    );
+    data.add_accounts(&["doc@clinic.test"], PASSWORD);
+    let server = data.serve();
     (data, server)
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{sealpost, sealpost_ok, start_dns, DataDir, Server};
+use common::{sealpost, sealpost_ok, start_dns, DataDir};
 
 const PASSWORD: &str = "harness-pw";
 
@@ -63,25 +63,8 @@ fn real_clients_send_inbound_and_submitted_mail_checked_by_dns_and_read_back_ove
         &format!("dns_servers = [\"127.0.0.1:{}\"]", dns.port),
     );
     std::fs::write(&config_path, config).unwrap();
-    for user in ["user1", "user2"] {
-        sealpost_ok(
-            &[
-                "account",
-                "add",
-                &format!("{user}@harness.test"),
-                "--password-stdin",
-                "--data",
-                &data.arg(),
-            ],
-            &format!("{PASSWORD}\n"),
-        );
-    }
-    let mut server = Server::start(&["serve", "--data", &data.arg()]);
-    assert!(
-        server.wait_for("sealpost is running", Duration::from_secs(30)),
-        "{:?}",
-        server.seen
-    );
+    data.add_accounts(&["user1@harness.test", "user2@harness.test"], PASSWORD);
+    let mut server = data.serve();
     let base = data.port_base;
     let output = Command::new("/usr/bin/python3")
         .arg(concat!(
@@ -134,19 +117,7 @@ fn real_clients_send_inbound_and_submitted_mail_checked_by_dns_and_read_back_ove
 fn mail_acknowledged_before_a_crash_is_there_after_it() {
     let work = tempfile::tempdir().unwrap();
     let data = DataDir::init_with("harness.test", &["--hostname", "localhost"]);
-    for user in ["user1", "user2"] {
-        sealpost_ok(
-            &[
-                "account",
-                "add",
-                &format!("{user}@harness.test"),
-                "--password-stdin",
-                "--data",
-                &data.arg(),
-            ],
-            &format!("{PASSWORD}\n"),
-        );
-    }
+    data.add_accounts(&["user1@harness.test", "user2@harness.test"], PASSWORD);
     let base = data.port_base;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/smtp_crash.py");
     let acks = work.path().join("acks");
@@ -162,8 +133,7 @@ fn mail_acknowledged_before_a_crash_is_there_after_it() {
             .spawn()
             .unwrap()
     };
-    let mut server = Server::start(&["serve", "--data", &data.arg()]);
-    assert!(server.wait_for("sealpost is running", Duration::from_secs(30)));
+    let server = data.serve();
     let sender = run("send");
     // Let some messages through, then kill the server without warning (SIGKILL on drop).
     let started = std::time::Instant::now();
@@ -175,8 +145,7 @@ fn mail_acknowledged_before_a_crash_is_there_after_it() {
     let sent = sender.wait_with_output().unwrap();
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
 
-    let mut server = Server::start(&["serve", "--data", &data.arg()]);
-    assert!(server.wait_for("sealpost is running", Duration::from_secs(30)));
+    let mut server = data.serve();
     let checked = run("check").wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&checked.stdout).to_string() + &String::from_utf8_lossy(&checked.stderr);
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
@@ -196,8 +165,7 @@ fn connections_per_address_are_limited_with_a_421() {
         "smtp_connections_per_address_max = 2",
     );
     std::fs::write(&config_path, config).unwrap();
-    let mut server = Server::start(&["serve", "--data", &data.arg()]);
-    assert!(server.wait_for("sealpost is running", Duration::from_secs(30)));
+    let mut server = data.serve();
     let port = data.port_base + 25;
     let greeting = |stream: &std::net::TcpStream| {
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
