@@ -753,3 +753,380 @@ fn submit(data: &DataDir, messages: &[(&[&str], &str)]) {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// An authoritative server (nsd) for `zones` — (origin, records, signed) — each signed zone
+/// with its own keys (ldns-keygen, ldns-signzone), behind a validating resolver (unbound)
+/// that trusts exactly those keys: the local resolver a site runs for DANE. Each (from, to)
+/// of `forged` is replaced in the signed zones after signing, as an attacker would change
+/// an answer: its signature no longer holds. Killed when dropped.
+struct SignedDns {
+    children: Vec<Child>,
+    port: u16,
+}
+
+impl Drop for SignedDns {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).current_dir(dir).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`; false if `child`
+/// exits first or 5 s pass.
+fn listening(child: &mut Child, port: u16) -> bool {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn start_signed_dns(dir: &Path, zones: &[(&str, &str, bool)], forged: &[(&str, &str)]) -> SignedDns {
+    let mut anchors = String::new();
+    let mut nsd_zones = String::new();
+    let mut stubs = String::new();
+    for (origin, records, signed) in zones {
+        let file = format!("{origin}zone");
+        std::fs::write(
+            dir.join(&file),
+            format!(
+                "$ORIGIN {origin}\n$TTL 300\n@ SOA ns.{origin} hostmaster.{origin} 1 3600 600 86400 300\n\
+                 @ NS ns.{origin}\nns A 127.0.0.1\n{records}"
+            ),
+        )
+        .unwrap();
+        let served = if *signed {
+            let ksk = run_in(dir, "ldns-keygen", &["-a", "ECDSAP256SHA256", "-k", origin]);
+            let zsk = run_in(dir, "ldns-keygen", &["-a", "ECDSAP256SHA256", origin]);
+            run_in(dir, "ldns-signzone", &[&file, &ksk, &zsk]);
+            let signed_path = dir.join(format!("{file}.signed"));
+            let mut text = std::fs::read_to_string(&signed_path).unwrap();
+            for (from, to) in forged {
+                text = text.replace(from, to);
+            }
+            std::fs::write(&signed_path, text).unwrap();
+            // "origin IN DS tag alg type digest": unbound takes it without the class.
+            let ds = std::fs::read_to_string(dir.join(format!("{ksk}.ds"))).unwrap();
+            let fields: Vec<&str> = ds.split_whitespace().collect();
+            anchors += &format!("  trust-anchor: \"{} DS {}\"\n", fields[0], fields[3..].join(" "));
+            format!("{file}.signed")
+        } else {
+            file
+        };
+        nsd_zones += &format!(
+            "zone:\n  name: \"{origin}\"\n  zonefile: \"{}\"\n",
+            dir.join(served).display()
+        );
+        stubs += &format!("stub-zone:\n  name: \"{origin}\"\n  stub-addr: 127.0.0.1@NSD_PORT\n");
+    }
+    // A port taken between choosing and binding it makes a server exit: start again on
+    // others, at most five times.
+    for _ in 0..5 {
+        let (nsd_port, port) = (common::free_udp_port(), common::free_udp_port());
+        let nsd_conf = dir.join("nsd.conf");
+        std::fs::write(
+            &nsd_conf,
+            format!(
+                "server:\n  ip-address: 127.0.0.1@{nsd_port}\n  port: {nsd_port}\n  database: \"\"\n  \
+                 username: \"\"\n  chroot: \"\"\n  zonesdir: \"{dir}\"\n  pidfile: \"{dir}/nsd.pid\"\n  \
+                 xfrdfile: \"{dir}/xfrd.state\"\n  zonelistfile: \"{dir}/zone.list\"\n  \
+                 logfile: \"{dir}/nsd.log\"\nremote-control:\n  control-enable: no\n{nsd_zones}",
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        let unbound_conf = dir.join("unbound.conf");
+        std::fs::write(
+            &unbound_conf,
+            format!(
+                "server:\n  interface: 127.0.0.1@{port}\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  \
+                 chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  \
+                 logfile: \"{dir}/unbound.log\"\n  num-threads: 1\n  do-not-query-localhost: no\n  \
+                 local-zone: \"test.\" nodefault\n{anchors}remote-control:\n  control-enable: no\n{}",
+                stubs.replace("NSD_PORT", &nsd_port.to_string()),
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut nsd = Command::new("nsd")
+            .args(["-d", "-c"])
+            .arg(&nsd_conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if !listening(&mut nsd, nsd_port) {
+            let _ = nsd.kill();
+            let _ = nsd.wait();
+            continue;
+        }
+        let mut unbound = Command::new("unbound")
+            .arg("-c")
+            .arg(&unbound_conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = listening(&mut unbound, port);
+        let dns = SignedDns {
+            children: vec![nsd, unbound],
+            port,
+        };
+        if up {
+            return dns;
+        }
+    }
+    panic!("nsd and unbound did not start");
+}
+
+/// A key and a self-signed certificate for `name`, written to DIR/FILE.pem and .key; and the
+/// SHA-256 of its public key (what a TLSA 3 1 1 record holds), in hex.
+fn self_signed(dir: &Path, name: &str, file: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    use rcgen::PublicKeyData;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path, sha256_hex(&key.subject_public_key_info()))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn dnssec_signed_tlsa_records_decide_the_certificate_a_server_must_present() {
+    let work = tempfile::tempdir().unwrap();
+    let ips = [
+        "127.0.0.41",
+        "127.0.0.42",
+        "127.0.0.43",
+        "127.0.0.44",
+        "127.0.0.45",
+        "127.0.0.47",
+    ];
+    let port = free_port_on(&ips);
+    // mx.pkix, mx.mismatch and mx.bogus (.secure.test): certificates from the CA Sealpost trusts.
+    let (ca, leaves) = test_ca(
+        work.path(),
+        &["mx.pkix.secure.test", "mx.mismatch.secure.test", "mx.bogus.secure.test"],
+    );
+    // mx.ee.secure.test: a self-signed certificate for another name, pinned by DANE-EE.
+    let (ee_cert, ee_key, ee_pin) = self_signed(work.path(), "elsewhere.test", "ee");
+    // mx.ee.plain.test: the same kind, pinned by a TLSA record in a zone that is not signed.
+    let (plain_cert, plain_key, plain_pin) = self_signed(work.path(), "elsewhere.test", "plain");
+    // mismatch.secure.test's TLSA names a key its server does not have.
+    let (_, _, stranger_pin) = self_signed(work.path(), "stranger.test", "stranger");
+    // mx.ta.secure.test: a certificate from a private CA that only its DANE-TA record names;
+    // the server sends the CA along.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let private_ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let ta_key = rcgen::KeyPair::generate().unwrap();
+    let ta_leaf = rcgen::CertificateParams::new(vec!["mx.ta.secure.test".to_string()])
+        .unwrap()
+        .signed_by(&ta_key, &private_ca)
+        .unwrap();
+    let (ta_cert, ta_key_path) = (work.path().join("ta.pem"), work.path().join("ta.key"));
+    std::fs::write(&ta_cert, ta_leaf.pem() + &private_ca.pem()).unwrap();
+    std::fs::write(&ta_key_path, ta_key.serialize_pem()).unwrap();
+    let ta_hash = sha256_hex(private_ca.der());
+
+    let dns_dir = work.path().join("dns");
+    std::fs::create_dir(&dns_dir).unwrap();
+    let tlsa = |host: &str, record: String| format!("_{port}._tcp.{host} TLSA {record}\n");
+    let secure = [
+        "ee MX 10 mx.ee\nmx.ee A 127.0.0.41\n".to_string(),
+        tlsa("mx.ee", format!("3 1 1 {ee_pin}")),
+        "mismatch MX 10 mx.mismatch\nmx.mismatch A 127.0.0.42\n".to_string(),
+        tlsa("mx.mismatch", format!("3 1 1 {stranger_pin}")),
+        "ta MX 10 mx.ta\nmx.ta A 127.0.0.43\n".to_string(),
+        tlsa("mx.ta", format!("2 0 1 {ta_hash}")),
+        "pkix MX 10 mx.pkix\nmx.pkix A 127.0.0.45\n".to_string(),
+        "down MX 10 mx.down\nmx.down A 127.0.0.46\n".to_string(),
+        // A TLSA record changed after signing (below): the resolver answers SERVFAIL.
+        "bogus MX 10 mx.bogus\nmx.bogus A 127.0.0.47\n".to_string(),
+        tlsa("mx.bogus", format!("3 1 1 {}", "ab".repeat(32))),
+        // A signed MX answer naming a host whose zone (and so its TLSA record) is not signed.
+        "unsignedhost MX 10 mx.ee.plain.test.\n".to_string(),
+    ]
+    .concat();
+    let plain = [
+        "ee MX 10 mx.ee\nmx.ee A 127.0.0.44\n".to_string(),
+        // An unsigned MX answer naming a host with a signed TLSA record: DANE does not apply
+        // (the MX could be forged), the CAs do.
+        "viaplain MX 10 mx.mismatch.secure.test.\n".to_string(),
+        tlsa("mx.ee", format!("3 1 1 {plain_pin}")),
+    ]
+    .concat();
+    let dns = start_signed_dns(
+        &dns_dir,
+        &[("secure.test.", &secure, true), ("plain.test.", &plain, false)],
+        &[(&"ab".repeat(32), &"cd".repeat(32))],
+    );
+
+    let tls_args = |cert: &Path, key: &Path| {
+        vec![
+            "--cert".to_string(),
+            cert.display().to_string(),
+            "--key".to_string(),
+            key.display().to_string(),
+        ]
+    };
+    let start = |ip: &str, name: &str, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Receiver::start(ip, port, &work.path().join(name), &args)
+    };
+    let ee = start(ips[0], "ee", tls_args(&ee_cert, &ee_key));
+    let mismatch = start(ips[1], "mismatch", tls_args(&leaves[1].0, &leaves[1].1));
+    let ta = start(ips[2], "ta", tls_args(&ta_cert, &ta_key_path));
+    let unsigned = start(ips[3], "unsigned", tls_args(&plain_cert, &plain_key));
+    let pkix = start(ips[4], "pkix", tls_args(&leaves[0].0, &leaves[0].1));
+    let bogus = start(ips[5], "bogus", tls_args(&leaves[2].0, &leaves[2].1));
+
+    let (data, mut server) = sender(dns.port, &ca, &[("port = 25\n", format!("port = {port}\n"))]);
+    assert!(
+        server.wait_for("DANE: TLSA records apply", Duration::from_secs(10)),
+        "DANE is not on with a resolver on loopback"
+    );
+    let recipients = [
+        "a@ee.secure.test",
+        "b@mismatch.secure.test",
+        "c@ta.secure.test",
+        "d@ee.plain.test",
+        "e@pkix.secure.test",
+        "f@down.secure.test",
+        "g@unsignedhost.secure.test",
+        "h@viaplain.plain.test",
+        "i@bogus.secure.test",
+    ];
+    submit(
+        &data,
+        &[(
+            &recipients,
+            "From: doc@clinic.test\r\nSubject: results\r\n\r\nThe patient record.\r\n",
+        )],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [
+        (&ee, 1),
+        (&mismatch, 2),
+        (&ta, 1),
+        (&unsigned, 2),
+        (&pkix, 1),
+        (&bogus, 1),
+    ]
+    .iter()
+    .any(|(r, n)| r.received().len() < *n)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery: {:?}",
+            server.seen.iter().rev().take(20).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        server.wait_for("never", Duration::from_millis(1));
+    }
+    // Give a wrong second delivery the chance to show.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+
+    // The message went over TLS to the servers whose certificates the signed records (or,
+    // without records, the CAs) vouch for.
+    for (receiver, who) in [
+        (&ee, "a@ee.secure.test"),
+        (&ta, "c@ta.secure.test"),
+        (&pkix, "e@pkix.secure.test"),
+    ] {
+        let got = receiver.received();
+        assert_eq!(got.len(), 1, "{who}: one delivery");
+        assert_eq!(got[0].0["tls"], true, "{who}: over TLS");
+        assert_eq!(got[0].0["to"], serde_json::json!([who]));
+        assert!(String::from_utf8_lossy(&got[0].1).contains("The patient record."));
+    }
+    // A certificate the CAs vouch for but the signed record does not name, one only an
+    // unsigned record names (found through an unsigned MX answer, or through a signed one),
+    // and one whose TLSA answer fails validation: the portal; those servers got notices (over
+    // TLS the CAs vouch for, or in plaintext) and nothing else.
+    for (receiver, notices) in [(&mismatch, 1), (&unsigned, 2), (&bogus, 1)] {
+        let got: Vec<_> = receiver
+            .received()
+            .into_iter()
+            .filter(|(envelope, _)| envelope["to"] != serde_json::json!(["h@viaplain.plain.test"]))
+            .collect();
+        assert_eq!(got.len(), notices, "{:?}: notices, nothing else", receiver.dir);
+        for (_, message) in got {
+            let notice = String::from_utf8_lossy(&message).to_string();
+            assert!(notice.contains("has sent you a secure message"), "{notice}");
+            assert!(!notice.contains("patient") && !notice.contains("results"), "{notice}");
+        }
+    }
+
+    // Each recipient's record says which evidence held.
+    let entries = queue(&data);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let states = entries[0]["states"].as_array().unwrap().clone();
+    let by_recipient: std::collections::HashMap<String, String> = entries[0]["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .zip(states.iter().map(|s| s.to_string()))
+        .collect();
+    let expect = [
+        ("a@ee.secure.test", "Delivered", "certificate matched DANE-EE 3 1 1"),
+        ("c@ta.secure.test", "Delivered", "certificate matched DANE-TA 2 0 1"),
+        (
+            "b@mismatch.secure.test",
+            "Portal",
+            "matches none of the host's DNSSEC-signed TLSA records",
+        ),
+        ("d@ee.plain.test", "Portal", "no verified TLS"),
+        ("g@unsignedhost.secure.test", "Portal", "no verified TLS"),
+        (
+            "i@bogus.secure.test",
+            "Portal",
+            "TLSA look-up for mx.bogus.secure.test failed: Server Failure",
+        ),
+        ("f@down.secure.test", "Pending", ""),
+    ];
+    for (who, status, why) in expect {
+        let state = &by_recipient[who];
+        assert!(state.contains(status) && state.contains(why), "{who}: {state}");
+    }
+    for (who, host) in [
+        ("e@pkix.secure.test", "mx.pkix.secure.test"),
+        ("h@viaplain.plain.test", "mx.mismatch.secure.test"),
+    ] {
+        let state = &by_recipient[who];
+        assert!(
+            state.contains("Delivered") && state.contains(&format!("{host} over TLS")) && !state.contains("DANE"),
+            "{who}: {state}"
+        );
+    }
+}

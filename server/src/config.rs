@@ -59,6 +59,9 @@ pub(crate) struct OutboundSection {
     pub(crate) connections_per_domain_max: usize,
     /// The HTTPS port MTA-STS policies are fetched from.
     pub(crate) mta_sts_port: u16,
+    /// Honour DANE TLSA records: takes effect when `[smtp] dns_servers` (or the system's
+    /// resolvers) are on this machine and validate DNSSEC, as a local unbound does.
+    pub(crate) dane: bool,
 }
 
 impl Default for OutboundSection {
@@ -76,6 +79,7 @@ impl Default for OutboundSection {
             smarthost: String::new(),
             connections_per_domain_max: defaults.connections_per_domain_max,
             mta_sts_port: defaults.mta_sts_port,
+            dane: defaults.dane,
         }
     }
 }

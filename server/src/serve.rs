@@ -175,6 +175,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
                 .and_then(|(host, port)| Some((host.to_string(), port.parse().ok()?))),
             connections_per_domain_max: cfg.outbound.connections_per_domain_max,
             mta_sts_port: cfg.outbound.mta_sts_port,
+            dane: cfg.outbound.dane,
             ..OutboundConfig::default()
         },
         &cfg.smtp.dns_servers,

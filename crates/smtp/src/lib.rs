@@ -5,6 +5,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod bounce;
+mod dane;
 mod dkim_sign;
 mod headers;
 mod mta_sts;

@@ -8,7 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mail_auth::hickory_resolver::proto::rr::RData;
+use mail_auth::hickory_resolver::proto::op::ResponseCode;
+use mail_auth::hickory_resolver::proto::rr::{RData, RecordType};
 use mail_auth::MessageAuthenticator;
 use sealpost_storage::{Actor, AuditEvent, QueuedMessage, RecipientState, RecipientStatus, Store};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -51,6 +52,9 @@ pub struct OutboundConfig {
     pub connections_per_domain_max: usize,
     /// The HTTPS port MTA-STS policies are fetched from (443; tests point it elsewhere).
     pub mta_sts_port: u16,
+    /// Honour DANE TLSA records (RFC 7672) when the resolver validates DNSSEC and runs on
+    /// this machine (see `dane.rs`).
+    pub dane: bool,
 }
 
 impl Default for OutboundConfig {
@@ -72,6 +76,7 @@ impl Default for OutboundConfig {
             smarthost: None,
             connections_per_domain_max: 5,
             mta_sts_port: 443,
+            dane: true,
         }
     }
 }
@@ -189,6 +194,9 @@ pub struct Outbound {
     store: Store,
     config: OutboundConfig,
     resolver: MessageAuthenticator,
+    /// The resolver whose DNSSEC validation is trusted, when DANE is on.
+    dane: Option<crate::dane::SecureDns>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
     tls: tokio_rustls::TlsConnector,
     wake: Arc<tokio::sync::Notify>,
     dkim: Option<crate::DkimSigning>,
@@ -220,8 +228,24 @@ impl Outbound {
         dkim: Option<crate::DkimSigning>,
     ) -> std::io::Result<Arc<Self>> {
         let resolver = crate::verify::make_resolver(dns_servers)?;
+        let dane = if config.dane {
+            let servers = crate::verify::resolver_addresses(dns_servers)?;
+            let timeout = Duration::from_millis(crate::verify::DNS_TIMEOUT_MS);
+            match crate::dane::SecureDns::for_servers(servers, timeout) {
+                Ok(dns) => {
+                    info!("DANE: TLSA records apply where the resolver on this machine validates them");
+                    Some(dns)
+                }
+                Err(why) => {
+                    warn!("DANE is off: {why}; certificates are checked against the CAs alone");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(std::io::Error::other)?
             .with_root_certificates(roots)
@@ -230,6 +254,8 @@ impl Outbound {
             store,
             config,
             resolver,
+            dane,
+            provider,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             wake: Arc::new(tokio::sync::Notify::new()),
             dkim,
@@ -695,34 +721,42 @@ impl Outbound {
         }
     }
 
-    /// The MX hosts of a domain by preference (the domain itself when it has none).
-    async fn mx_hosts(&self, domain: &str) -> Result<Vec<String>, String> {
+    /// The MX hosts of a domain by preference (the domain itself when it has none), and
+    /// whether the answer was DNSSEC-signed (always no with DANE off).
+    async fn mx_hosts(&self, domain: &str) -> Result<(Vec<String>, bool), String> {
         let name = format!("{}.", domain.trim_end_matches('.'));
-        match self.resolver.0.mx_lookup(name.as_str()).await {
-            Ok(lookup) => {
-                let mut hosts: Vec<(u16, String)> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|record| match &record.data {
-                        RData::MX(mx) => Some((
-                            mx.preference,
-                            mx.exchange.to_ascii().trim_end_matches('.').to_lowercase(),
-                        )),
-                        _ => None,
-                    })
-                    .collect();
-                hosts.sort();
-                if hosts.is_empty() {
-                    return Ok(vec![domain.to_string()]);
+        let (records, secure) = match &self.dane {
+            Some(dns) => {
+                let answer = dns.query(&name, RecordType::MX).await?;
+                match answer.code {
+                    ResponseCode::NoError | ResponseCode::NXDomain => (answer.records, answer.authentic),
+                    code => return Err(format!("MX look-up for {domain} failed: {code}")),
                 }
-                if hosts.len() == 1 && hosts[0].1.is_empty() {
-                    return Err(format!("{domain} accepts no mail (null MX)"));
-                }
-                Ok(hosts.into_iter().map(|(_, h)| h).collect())
             }
-            Err(error) if error.is_no_records_found() => Ok(vec![domain.to_string()]),
-            Err(error) => Err(format!("MX look-up for {domain} failed: {error}")),
+            None => match self.resolver.0.mx_lookup(name.as_str()).await {
+                Ok(lookup) => (lookup.answers().to_vec(), false),
+                Err(error) if error.is_no_records_found() => (Vec::new(), false),
+                Err(error) => return Err(format!("MX look-up for {domain} failed: {error}")),
+            },
+        };
+        let mut hosts: Vec<(u16, String)> = records
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::MX(mx) => Some((
+                    mx.preference,
+                    mx.exchange.to_ascii().trim_end_matches('.').to_lowercase(),
+                )),
+                _ => None,
+            })
+            .collect();
+        hosts.sort();
+        if hosts.is_empty() {
+            return Ok((vec![domain.to_string()], secure));
         }
+        if hosts.len() == 1 && hosts[0].1.is_empty() {
+            return Err(format!("{domain} accepts no mail (null MX)"));
+        }
+        Ok((hosts.into_iter().map(|(_, h)| h).collect(), secure))
     }
 
     async fn deliver_domain(
@@ -732,10 +766,12 @@ impl Outbound {
         recipients: &[String],
         raw: &[u8],
     ) -> DomainOutcome {
-        let (mut hosts, port) = match &self.config.smarthost {
-            Some((host, port)) => (vec![host.clone()], *port),
+        // With the MX answer signed (or the smarthost, which configuration names), a signed
+        // TLSA answer for a host says which certificate it must present.
+        let (mut hosts, port, hosts_secure) = match &self.config.smarthost {
+            Some((host, port)) => (vec![host.clone()], *port, true),
             None => match self.mx_hosts(domain).await {
-                Ok(hosts) => (hosts, self.config.port),
+                Ok((hosts, secure)) => (hosts, self.config.port, secure),
                 Err(why) => return DomainOutcome::Unreachable(why),
             },
         };
@@ -783,11 +819,27 @@ impl Outbound {
                     continue;
                 }
             };
+            let tlsa = match &self.dane {
+                Some(dns) if hosts_secure => match dns.tlsa(host, port).await {
+                    Ok(records) => records,
+                    // A pickup notice may go in plaintext anyway: the CAs decide its TLS.
+                    Err(_) if entry.envelope.notice => None,
+                    // A failed look-up in a signed zone may be an attack on it: no TLS to this
+                    // host can be trusted.
+                    Err(why) => {
+                        no_tls = Some(format!("{host}: {why}"));
+                        continue;
+                    }
+                },
+                _ => None,
+            };
+            let check = match &tlsa {
+                Some(records) => TlsCheck::Dane(records),
+                None => TlsCheck::Pkix,
+            };
             for ip in addresses {
-                match self
-                    .deliver_host(host, SocketAddr::new(ip, port), entry, recipients, raw)
-                    .await
-                {
+                let address = SocketAddr::new(ip, port);
+                match self.deliver_host(host, address, check, entry, recipients, raw).await {
                     HostOutcome::Replies { replies, tls } => {
                         return DomainOutcome::Replies {
                             replies,
@@ -812,17 +864,18 @@ impl Outbound {
         &self,
         host: &str,
         address: SocketAddr,
+        check: TlsCheck<'_>,
         entry: &QueuedMessage,
         recipients: &[String],
         raw: &[u8],
     ) -> HostOutcome {
         let outcome = self
-            .deliver_host_once(host, address, entry, recipients, raw, true)
+            .deliver_host_once(host, address, check, entry, recipients, raw)
             .await;
         match outcome {
             HostOutcome::NoVerifiedTls(why) if entry.envelope.notice => {
                 match self
-                    .deliver_host_once(host, address, entry, recipients, raw, false)
+                    .deliver_host_once(host, address, TlsCheck::Plaintext, entry, recipients, raw)
                     .await
                 {
                     HostOutcome::Replies { replies, .. } => HostOutcome::Replies {
@@ -836,15 +889,32 @@ impl Outbound {
         }
     }
 
+    /// A TLS client that checks certificates against `records` alone, and its verifier (which
+    /// tells the record that matched).
+    fn dane_connector(
+        &self,
+        records: &[crate::dane::Tlsa],
+    ) -> Result<(tokio_rustls::TlsConnector, Option<Arc<crate::dane::DaneVerifier>>), rustls::Error> {
+        let verifier = Arc::new(crate::dane::DaneVerifier::new(records.to_vec(), self.provider.clone()));
+        let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), Some(verifier)))
+    }
+
+    /// One connection, with STARTTLS and the certificate checked as `check` says.
     async fn deliver_host_once(
         &self,
         host: &str,
         address: SocketAddr,
+        check: TlsCheck<'_>,
         entry: &QueuedMessage,
         recipients: &[String],
         raw: &[u8],
-        use_tls: bool,
     ) -> HostOutcome {
+        let use_tls = !matches!(check, TlsCheck::Plaintext);
         let timeout = Duration::from_millis(self.config.timeout_ms);
         let key = (host.to_string(), address.port());
         if use_tls {
@@ -918,7 +988,14 @@ impl Outbound {
             return HostOutcome::NoVerifiedTls(format!("{host} is not a name a certificate can have"));
         };
         let plain_stream = talk.io.into_inner();
-        let secured = match tokio::time::timeout(timeout, self.tls.connect(server_name, plain_stream)).await {
+        let (connector, dane) = match check {
+            TlsCheck::Dane(records) => match self.dane_connector(records) {
+                Ok(pair) => pair,
+                Err(error) => return HostOutcome::NoVerifiedTls(format!("TLS: {error}")),
+            },
+            TlsCheck::Pkix | TlsCheck::Plaintext => (self.tls.clone(), None),
+        };
+        let secured = match tokio::time::timeout(timeout, connector.connect(server_name, plain_stream)).await {
             Ok(Ok(secured)) => secured,
             Ok(Err(error)) => return HostOutcome::NoVerifiedTls(format!("TLS: {error}")),
             Err(_) => return HostOutcome::Unreachable("TLS handshake timed out".into()),
@@ -931,7 +1008,10 @@ impl Outbound {
             let cipher = connection
                 .negotiated_cipher_suite()
                 .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite()));
-            format!("{version} {cipher}")
+            match dane.and_then(|verifier| verifier.matched()) {
+                Some(record) => format!("{version} {cipher}, certificate matched {record}"),
+                None => format!("{version} {cipher}"),
+            }
         };
         let mut talk = Conversation {
             io: BufReader::new(Box::new(secured)),
@@ -947,6 +1027,17 @@ impl Outbound {
             Err(error) => HostOutcome::Unreachable(format!("after TLS: {error}")),
         }
     }
+}
+
+/// What a connection's TLS must prove.
+#[derive(Clone, Copy, Debug)]
+enum TlsCheck<'a> {
+    /// A certificate the CAs vouch for, for the host's name.
+    Pkix,
+    /// A certificate one of these DNSSEC-signed TLSA records names.
+    Dane(&'a [crate::dane::Tlsa]),
+    /// No TLS: only for a pickup notice that could not have verified TLS.
+    Plaintext,
 }
 
 /// What delivering to one domain gave.

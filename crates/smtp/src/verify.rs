@@ -15,7 +15,7 @@ use mail_auth::SpfResult;
 use mail_auth::{AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator};
 
 /// How long one DNS query may take before it counts as a temporary error.
-const DNS_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const DNS_TIMEOUT_MS: u64 = 5_000;
 /// How long all the checks of one message may take; past it the message is delivered with
 /// every result "temperror", as when DNS does not answer.
 const CHECKS_TIMEOUT_MS: u64 = 20_000;
@@ -150,6 +150,23 @@ impl InboundAuth {
 }
 
 /// A resolver asking `dns_servers` (UDP and TCP), or the system's resolvers when empty.
+/// The DNS servers asked: those configured, else the system's (from /etc/resolv.conf).
+pub(crate) fn resolver_addresses(dns_servers: &[SocketAddr]) -> std::io::Result<Vec<SocketAddr>> {
+    if !dns_servers.is_empty() {
+        return Ok(dns_servers.to_vec());
+    }
+    let (config, _) = mail_auth::hickory_resolver::system_conf::read_system_conf()
+        .map_err(|e| std::io::Error::other(format!("reading the system's DNS configuration: {e}")))?;
+    Ok(config
+        .name_servers()
+        .iter()
+        .map(|server| {
+            let port = server.connections.first().map_or(53, |c| c.port);
+            SocketAddr::new(server.ip, port)
+        })
+        .collect())
+}
+
 pub(crate) fn make_resolver(dns_servers: &[SocketAddr]) -> std::io::Result<MessageAuthenticator> {
     let mut options = ResolverOpts::default();
     options.timeout = Duration::from_millis(DNS_TIMEOUT_MS);
