@@ -326,6 +326,7 @@ impl Store {
             Table::Blobs,
             Table::Texts,
             Table::Queue,
+            Table::Auth,
         ] {
             batch.delete_range(table, start.clone(), end.clone());
         }

@@ -26,10 +26,11 @@ pub(crate) enum Table {
     Audit,
     Queue,
     Pickups,
+    Auth,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 14] = [
+    pub(crate) const ALL: [Table; 15] = [
         Table::Meta,
         Table::Directory,
         Table::AccountKeys,
@@ -44,6 +45,7 @@ impl Table {
         Table::Audit,
         Table::Queue,
         Table::Pickups,
+        Table::Auth,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -62,6 +64,7 @@ impl Table {
             Table::Audit => "audit",
             Table::Queue => "queue",
             Table::Pickups => "pickups",
+            Table::Auth => "auth",
         }
     }
 }

@@ -123,6 +123,8 @@ pub(crate) struct Inner {
     pub(crate) mailbox_locks: Stripes,
     /// Per account: blob reference counts.
     pub(crate) blob_locks: Stripes,
+    /// Serialises changes of one account's credential record.
+    pub(crate) auth_locks: Stripes,
     pub(crate) audit: Mutex<AuditHead>,
     pub(crate) notifier: Notifier,
     pub(crate) plaintext: bool,
@@ -236,6 +238,7 @@ impl Store {
                 namespace_locks: Stripes::new(),
                 mailbox_locks: Stripes::new(),
                 blob_locks: Stripes::new(),
+                auth_locks: Stripes::new(),
                 audit: Mutex::new(audit),
                 notifier,
                 plaintext,

@@ -1232,3 +1232,88 @@ fn secrets_are_sealed_audited_by_name_and_survive_master_key_rotation() {
         .any(|e| e.contains("secret.set") && e.contains("dkim-test")));
     assert!(!audited.iter().any(|e| e.contains(MARKER)), "the value is not audited");
 }
+
+#[test]
+fn credentials_and_web_sessions_are_sealed_serialised_and_go_with_the_account() {
+    let fx = Fixture::new();
+    let store = Arc::new(fx.create());
+    fn new(address: &str) -> NewAccount<'_> {
+        NewAccount {
+            address,
+            display_name: "",
+            role: Role::Staff,
+            password: None,
+        }
+    }
+    let alice = store
+        .create_account(&new("alice@clinic.example"), &Actor::cli())
+        .unwrap();
+    let bob = store.create_account(&new("bob@clinic.example"), &Actor::cli()).unwrap();
+    assert_eq!(store.credentials(alice).unwrap(), None);
+    // Sixteen threads each add one byte to the record: none is lost.
+    let threads: Vec<_> = (0..16u8)
+        .map(|n| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .update_credentials(alice, |current| {
+                        let mut record = current.map_or_else(|| MARKER.as_bytes().to_vec(), <[u8]>::to_vec);
+                        record.push(n);
+                        Some((record, vec![]))
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    for thread in threads {
+        assert!(thread.join().unwrap());
+    }
+    let record = store.credentials(alice).unwrap().unwrap();
+    assert_eq!(record.len(), MARKER.len() + 16);
+    assert!(
+        !store.update_credentials(alice, |_| None).unwrap(),
+        "no change, no write"
+    );
+    let too_big = store.update_credentials(alice, |_| Some((vec![0; 256 * 1024 + 1], vec![])));
+    assert!(matches!(too_big, Err(Error::LimitExceeded { .. })));
+    assert_eq!(store.credentials(bob).unwrap(), None, "one account's record is its own");
+
+    let event = AuditEvent::new(&Actor::cli(), "auth.session.start", "account:1");
+    store
+        .put_web_session(alice, &[1; 16], MARKER.as_bytes(), vec![event])
+        .unwrap();
+    store.put_web_session(alice, &[2; 16], b"second", vec![]).unwrap();
+    store.put_web_session(bob, &[3; 16], b"bob's", vec![]).unwrap();
+    let ids: Vec<[u8; 16]> = store
+        .web_sessions(alice)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, vec![[1; 16], [2; 16]]);
+    assert_eq!(
+        store.web_session(alice, &[1; 16]).unwrap().as_deref(),
+        Some(MARKER.as_bytes())
+    );
+    assert_eq!(
+        store.web_session(alice, &[3; 16]).unwrap(),
+        None,
+        "bob's id under alice"
+    );
+    store.delete_web_sessions(alice, Some(&[[1; 16]]), vec![]).unwrap();
+    assert_eq!(store.web_sessions(alice).unwrap().len(), 1);
+    store.flush().unwrap();
+    assert!(
+        files_containing(&fx.store_path(), MARKER.as_bytes()).is_empty(),
+        "records are sealed"
+    );
+    store.delete_web_sessions(alice, None, vec![]).unwrap();
+    assert!(store.web_sessions(alice).unwrap().is_empty(), "sign out everywhere");
+    assert_eq!(store.web_sessions(bob).unwrap().len(), 1);
+
+    store.put_web_session(alice, &[4; 16], b"x", vec![]).unwrap();
+    store.delete_account(alice, &Actor::cli()).unwrap();
+    assert!(matches!(store.credentials(alice), Ok(None)));
+    assert!(matches!(store.web_session(alice, &[4; 16]), Ok(None)));
+    assert_eq!(store.web_sessions(bob).unwrap().len(), 1);
+}
