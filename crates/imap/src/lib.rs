@@ -17,8 +17,9 @@ mod session;
 mod shared;
 mod utf7;
 
+pub use sealpost_auth::{LoginLimits, Refusal};
 pub use session::{serve_session, BoxedStream, Connection, ImapConfig, Stream, TlsUpgrade};
-pub use shared::{ImapShared, LoginLimits, Refusal};
+pub use shared::ImapShared;
 
 /// Entry points for the fuzzer (`crates/imap/fuzz/`) and its regression test. Not an API.
 #[doc(hidden)]

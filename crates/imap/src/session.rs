@@ -694,10 +694,10 @@ impl Session {
         let (result, reply) = match self.shared.check(&self.peer, &attempted) {
             Err(refusal) => {
                 let text = match refusal {
-                    crate::shared::Refusal::AddressLockedOut => {
+                    sealpost_auth::Refusal::AddressLockedOut => {
                         "[UNAVAILABLE] too many failed logins from your address; try later"
                     }
-                    crate::shared::Refusal::AccountLockedOut => {
+                    sealpost_auth::Refusal::AccountLockedOut => {
                         "[UNAVAILABLE] too many failed logins for this account; try later"
                     }
                 };

@@ -1,0 +1,13 @@
+//! Sealpost's identity: who may sign in, and how. Password strength, TOTP, recovery codes,
+//! app passwords for mail clients, passkeys (WebAuthn), web sessions and the lockout that
+//! counts failures across the web, IMAP and SMTP. The records live in the store
+//! (`Store::credentials`, `Store::web_session`), sealed under the account's keys; this crate
+//! decides what is in them.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod lockout;
+pub mod password;
+pub mod secrets;
+pub mod totp;
+
+pub use lockout::{Lockout, LoginLimits, Refusal};
