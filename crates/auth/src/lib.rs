@@ -6,6 +6,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod lockout;
+pub mod passkeys;
 pub mod password;
 pub mod secrets;
 pub mod totp;
