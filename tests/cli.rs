@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
@@ -289,14 +290,95 @@ fn demo_makes_a_ready_data_folder_prints_how_to_log_in_and_serves() {
         "{:?}",
         server.seen
     );
-    let password = server
-        .seen
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("password"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let printed = |label: &str| {
+        server
+            .seen
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .unwrap()
+            .trim()
+            .split("  ")
+            .next()
+            .unwrap()
+            .split(" (")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let password = printed("password");
+    let app_password = printed("app password");
     assert_eq!(password.len(), 20);
+    assert_eq!(app_password.replace(' ', "").len(), 24, "{app_password}");
+    // A second factor is required by default: the app password opens IMAP and SMTP, the
+    // account password opens neither, and the refusal says what to use.
+    let logins = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import imaplib, smtplib, ssl, os, sys\n\
+             ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+             base = int(os.environ['BASE'])\n\
+             for secret in (os.environ['APP'], os.environ['PASSWORD']):\n\
+             \x20   m = imaplib.IMAP4_SSL('localhost', base + 993, ssl_context=ctx)\n\
+             \x20   try:\n\
+             \x20       print('imap', m.login('demo@sealpost.test', secret)[0])\n\
+             \x20   except imaplib.IMAP4.error as e:\n\
+             \x20       print('imap refused', e)\n\
+             \x20   s = smtplib.SMTP_SSL('localhost', base + 465, context=ctx)\n\
+             \x20   try:\n\
+             \x20       print('smtp', s.login('demo@sealpost.test', secret)[0])\n\
+             \x20   except smtplib.SMTPAuthenticationError as e:\n\
+             \x20       print('smtp refused', e.smtp_code, e.smtp_error.decode())\n",
+        )
+        .env("CAFILE", data.join("tls/cert.pem"))
+        .env("BASE", &base)
+        .env("APP", &app_password)
+        .env("PASSWORD", &password)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&logins.stdout).to_string() + &String::from_utf8_lossy(&logins.stderr);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 4, "{said}");
+    assert_eq!(lines[0], "imap OK", "{said}");
+    assert_eq!(lines[1], "smtp 235", "{said}");
+    assert!(
+        lines[2].starts_with("imap refused") && lines[2].contains("app password"),
+        "{said}"
+    );
+    assert!(
+        lines[3].starts_with("smtp refused 535") && lines[3].contains("app password"),
+        "{said}"
+    );
+    // A sign-in from another network (127.0.5.0/24) puts a notice into INBOX; one from the
+    // known network does not.
+    let notices = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import imaplib, smtplib, ssl, os\n\
+             ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+             base = int(os.environ['BASE'])\n\
+             s = smtplib.SMTP_SSL('localhost', base + 465, context=ctx, source_address=('127.0.5.1', 0))\n\
+             s.login('demo@sealpost.test', os.environ['APP'])\n\
+             s.quit()\n\
+             m = imaplib.IMAP4_SSL('localhost', base + 993, ssl_context=ctx)\n\
+             m.login('demo@sealpost.test', os.environ['APP'])\n\
+             m.select('INBOX', readonly=True)\n\
+             typ, found = m.search(None, 'SUBJECT', '\"New sign-in\"')\n\
+             print(len(found[0].split()))\n\
+             typ, body = m.fetch(found[0].split()[-1], '(BODY.PEEK[TEXT])')\n\
+             print(body[0][1].decode())\n",
+        )
+        .env("CAFILE", data.join("tls/cert.pem"))
+        .env("BASE", &base)
+        .env("APP", &app_password)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&notices.stdout).to_string() + &String::from_utf8_lossy(&notices.stderr);
+    assert!(notices.status.success(), "{said}");
+    assert!(said.starts_with("1\n"), "one notice: {said}");
+    assert!(
+        said.contains("127.0.5.0/24") && said.contains("SMTP, app password Demo mail client"),
+        "{said}"
+    );
     assert!(server.seen.iter().any(|l| l.contains("demo@sealpost.test")));
     assert!(server
         .seen

@@ -52,6 +52,31 @@ pub(crate) enum AccountCommand {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Issue an app password for a mail client (shown once). Users issue their own on the
+    /// web after a strong sign-in; this is for an admin setting up a device or a migration.
+    AppPassword {
+        address: String,
+        /// What the user will recognise it by ("Outlook on the clinic PC").
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum, default_value = "both")]
+        scope: ScopeArg,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// List an account's app passwords: id, name, scope, created, last use and address.
+    AppPasswords {
+        address: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Revoke an app password by its id (from `app-passwords`).
+    RevokeAppPassword {
+        address: String,
+        id: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// Delete an account and destroy its keys: its mail can never be read again.
     Delete {
         address: String,
@@ -61,6 +86,24 @@ pub(crate) enum AccountCommand {
         #[arg(long)]
         data: PathBuf,
     },
+}
+
+/// Which mail protocols an app password opens.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ScopeArg {
+    Imap,
+    Smtp,
+    Both,
+}
+
+impl From<ScopeArg> for sealpost_auth::Scope {
+    fn from(scope: ScopeArg) -> Self {
+        match scope {
+            ScopeArg::Imap => sealpost_auth::Scope::Imap,
+            ScopeArg::Smtp => sealpost_auth::Scope::Smtp,
+            ScopeArg::Both => sealpost_auth::Scope::Both,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -423,6 +466,46 @@ pub(crate) fn account(command: AccountCommand) -> anyhow::Result<ExitCode> {
             let password = read_password_line()?;
             store.set_password(account.id, &password, &Actor::cli())?;
             println!("password changed for {}", account.address);
+        }
+        AccountCommand::AppPassword {
+            address,
+            name,
+            scope,
+            data,
+        } => {
+            let (_, store) = open_store(&data)?;
+            let account = find(&store, &address)?;
+            let password =
+                sealpost_auth::credentials::issue_app_password(&store, account.id, &name, scope.into(), &Actor::cli())
+                    .map_err(|why| anyhow::anyhow!("{why}"))?;
+            println!("app password for {} ({name}): {password}", account.address);
+            println!("(shown once; the mail client takes it as its password, spaces or not)");
+        }
+        AccountCommand::AppPasswords { address, data } => {
+            let (_, store) = open_store(&data)?;
+            let account = find(&store, &address)?;
+            let credentials = sealpost_auth::Credentials::load(&store, account.id)?;
+            for app in &credentials.app_passwords {
+                let used = match (app.last_used_ms, &app.last_address) {
+                    (Some(at), Some(from)) => format!("last used {} from {from}", format_ms(at)),
+                    _ => "never used".to_string(),
+                };
+                println!(
+                    "{}  {:<32} {:<13} created {}  {used}",
+                    app.id,
+                    app.name,
+                    app.scope.as_str(),
+                    format_ms(app.created_ms)
+                );
+            }
+        }
+        AccountCommand::RevokeAppPassword { address, id, data } => {
+            let (_, store) = open_store(&data)?;
+            let account = find(&store, &address)?;
+            if !sealpost_auth::credentials::revoke_app_password(&store, account.id, &id, &Actor::cli())? {
+                bail!("{} has no app password {id}", account.address);
+            }
+            println!("revoked app password {id} of {}", account.address);
         }
         AccountCommand::Delete { address, yes, data } => {
             let (_, store) = open_store(&data)?;

@@ -26,6 +26,10 @@ pub(crate) struct Config {
     pub(crate) smtp: SmtpSection,
     #[serde(default)]
     pub(crate) outbound: OutboundSection,
+    /// Who must show what to sign in: a second factor for everyone (then mail clients use
+    /// app passwords), passkeys for staff.
+    #[serde(default)]
+    pub(crate) auth: sealpost_auth::AuthPolicy,
     /// Admin rules per domain or address, content rules, barred accounts.
     #[serde(default)]
     pub(crate) policy: sealpost_policy::PolicyConfig,

@@ -93,6 +93,7 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
         smtp: Default::default(),
         outbound: Default::default(),
         policy: Default::default(),
+        auth: Default::default(),
     };
     let text = toml::to_string(&config).context("writing the configuration")?;
     create_dir(&args.data, 0o750)?;
@@ -188,7 +189,7 @@ pub(crate) fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         let done = init(&init_args)?;
         let password = generate_password();
         let address = format!("demo@{}", done.loaded.config.server.domain);
-        done.store.create_account(
+        let id = done.store.create_account(
             &NewAccount {
                 address: &address,
                 display_name: "Demo User",
@@ -197,17 +198,35 @@ pub(crate) fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             },
             &Actor::cli(),
         )?;
+        // A second factor is required by default: mail clients sign in with an app password.
+        let app_password = sealpost_auth::credentials::issue_app_password(
+            &done.store,
+            id,
+            "Demo mail client",
+            sealpost_auth::Scope::Both,
+            &Actor::cli(),
+        )
+        .map_err(|why| anyhow::anyhow!("issuing the demo's app password: {why}"))?;
         drop(done.store);
-        write_new_file(&credentials, format!("{address}\n{password}\n").as_bytes(), 0o600)?;
+        write_new_file(
+            &credentials,
+            format!("{address}\n{password}\n{app_password}\n").as_bytes(),
+            0o600,
+        )?;
     }
     let loaded = Loaded::from_file(&config_file)?;
     let text = std::fs::read_to_string(&credentials).with_context(|| format!("reading {}", credentials.display()))?;
     let mut lines = text.lines();
-    let (address, password) = (lines.next().unwrap_or_default(), lines.next().unwrap_or_default());
+    let (address, password, app_password) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
     let cfg = &loaded.config;
     println!("Sealpost demo, data in {}", args.data.display());
     println!("  log in as      {address}");
-    println!("  password       {password}");
+    println!("  password       {password} (the web; a second factor is set up at the first sign-in)");
+    println!("  app password   {app_password} (Thunderbird, Outlook: IMAP and SMTP)");
     println!(
         "  IMAP           {}:{} (STARTTLS), {}:{} (TLS)",
         cfg.server.hostname, cfg.listeners.imap, cfg.server.hostname, cfg.listeners.imaps

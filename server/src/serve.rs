@@ -81,12 +81,16 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         ..ImapConfig::default()
     });
     // One registry for both listeners: limits on sessions and login failures span them.
-    let imap_shared = ImapShared::new(LoginLimits {
-        sessions_per_account_max: limits.imap_sessions_per_account_max,
-        failures_per_address_max: limits.login_failures_per_address_max,
-        failures_per_account_max: limits.login_failures_per_account_max,
-        ..LoginLimits::default()
-    });
+    let imap_shared = ImapShared::new(
+        LoginLimits {
+            sessions_per_account_max: limits.imap_sessions_per_account_max,
+            failures_per_address_max: limits.login_failures_per_address_max,
+            failures_per_account_max: limits.login_failures_per_account_max,
+            ..LoginLimits::default()
+        },
+        cfg.auth.clone(),
+        &cfg.server.hostname,
+    );
     let (stop, stopped) = watch::channel(false);
     let mut listeners = JoinSet::new();
     for (name, port, implicit_tls) in [

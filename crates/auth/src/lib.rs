@@ -5,10 +5,13 @@
 //! decides what is in them.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod credentials;
 pub mod lockout;
+pub mod notice;
 pub mod passkeys;
 pub mod password;
 pub mod secrets;
 pub mod totp;
 
+pub use credentials::{mail_login, AuthPolicy, Credentials, MailLogin, Protocol, Scope};
 pub use lockout::{Lockout, LoginLimits, Refusal};

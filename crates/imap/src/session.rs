@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use sealpost_auth::{MailLogin, Protocol};
 use sealpost_mime::Summary;
 use sealpost_storage::{
-    Account, Actor, AuditEvent, AuditOutcome, Error as StoreError, InternalDate, Login, Mailbox, MailboxId, NewMessage,
+    Account, Actor, AuditEvent, AuditOutcome, Error as StoreError, InternalDate, Mailbox, MailboxId, NewMessage,
     SpecialUse, Store,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -691,6 +692,7 @@ impl Session {
 
     async fn check_credentials(&mut self, tag: &str, user: &str, password: &str) -> std::io::Result<Flow> {
         let attempted = user.trim().to_lowercase();
+        let mut login_method = String::new();
         let (result, reply) = match self.shared.check(&self.peer, &attempted) {
             Err(refusal) => {
                 let text = match refusal {
@@ -705,13 +707,27 @@ impl Session {
             }
             Ok(()) => {
                 let store = self.store.clone();
-                let (login, pass) = (user.to_string(), password.to_string());
-                match blocking(move || store.check_password(&login, &pass)).await {
-                    Ok(Login::Accepted(account)) => match self.shared.open_session(account.id) {
+                let (login, pass, peer) = (user.to_string(), password.to_string(), self.peer.clone());
+                let (policy, hostname) = (self.shared.policy().clone(), self.shared.hostname().to_string());
+                let checked = blocking(move || {
+                    sealpost_auth::notice::mail_login_noticed(
+                        &store,
+                        &policy,
+                        &login,
+                        &pass,
+                        Protocol::Imap,
+                        &peer,
+                        &hostname,
+                    )
+                })
+                .await;
+                match checked {
+                    Ok(MailLogin::Accepted { account, method, .. }) => match self.shared.open_session(account.id) {
                         Some(slot) => {
                             self.shared.succeeded(&attempted);
                             self.session_slot = Some(slot);
                             self.account = Some(account);
+                            login_method = method;
                             (AuditOutcome::Ok, None)
                         }
                         None => (
@@ -719,11 +735,22 @@ impl Session {
                             Some("[LIMIT] too many sessions open for this account"),
                         ),
                     },
-                    Ok(Login::Disabled(_)) => (
+                    Ok(MailLogin::Disabled(_)) => (
                         AuditOutcome::Denied,
                         Some("[AUTHENTICATIONFAILED] the account is disabled"),
                     ),
-                    Ok(Login::Rejected) => (AuditOutcome::Denied, Some("[AUTHENTICATIONFAILED] invalid credentials")),
+                    Ok(MailLogin::Rejected {
+                        app_password_needed: true,
+                    }) => (
+                        AuditOutcome::Denied,
+                        Some(
+                            "[AUTHENTICATIONFAILED] invalid credentials (mail clients sign in with an app password \
+                             from the account security page)",
+                        ),
+                    ),
+                    Ok(MailLogin::Rejected { .. }) => {
+                        (AuditOutcome::Denied, Some("[AUTHENTICATIONFAILED] invalid credentials"))
+                    }
                     Err(error) => {
                         warn!(%error, "login check failed");
                         (AuditOutcome::Failed, Some("[UNAVAILABLE] try again later"))
@@ -738,6 +765,8 @@ impl Session {
         let mut event = AuditEvent::new(&actor, "login.imap", format!("account {attempted}")).outcome(result);
         if let Some(text) = reply {
             event = event.detail(text);
+        } else {
+            event = event.detail(format!("with {login_method}"));
         }
         self.audit(event).await;
         let Some(text) = reply else {

@@ -5,12 +5,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sealpost_auth::{Lockout, LoginLimits, Refusal};
+use sealpost_auth::{AuthPolicy, Lockout, LoginLimits, Refusal};
 use sealpost_storage::AccountId;
 
 /// Shared by the sessions of one server.
 pub struct ImapShared {
     lockout: Arc<Lockout>,
+    policy: AuthPolicy,
+    /// Our host name, for the new-network notice's Message-ID.
+    hostname: String,
     sessions: Mutex<HashMap<AccountId, usize>>,
 }
 
@@ -37,9 +40,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ImapShared {
-    pub fn new(limits: LoginLimits) -> Arc<Self> {
+    /// `policy` says whether the account password opens a mail session (see
+    /// `Credentials::password_opens_mail`); `hostname` names this server.
+    pub fn new(limits: LoginLimits, policy: AuthPolicy, hostname: &str) -> Arc<Self> {
         Arc::new(Self {
             lockout: Arc::new(Lockout::new(limits)),
+            policy,
+            hostname: hostname.to_string(),
             sessions: Mutex::new(HashMap::new()),
         })
     }
@@ -47,6 +54,14 @@ impl ImapShared {
     /// The failure counters, for the other ways in (SMTP, the web).
     pub fn lockout(&self) -> Arc<Lockout> {
         self.lockout.clone()
+    }
+
+    pub fn policy(&self) -> &AuthPolicy {
+        &self.policy
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
     }
 
     /// Whether a login from `address` for `login` may be tried at all.
@@ -85,10 +100,14 @@ mod tests {
 
     #[test]
     fn sessions_are_counted_per_account() {
-        let shared = ImapShared::new(LoginLimits {
-            sessions_per_account_max: 2,
-            ..LoginLimits::default()
-        });
+        let shared = ImapShared::new(
+            LoginLimits {
+                sessions_per_account_max: 2,
+                ..LoginLimits::default()
+            },
+            AuthPolicy::default(),
+            "localhost",
+        );
         let account = AccountId(7);
         let first = shared.open_session(account);
         let second = shared.open_session(account);

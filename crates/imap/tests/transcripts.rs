@@ -55,7 +55,7 @@ async fn run_transcript(name: &str, text: &str, config: ImapConfig) {
             peer: "192.0.2.1".into(),
             tls: true,
             starttls: None,
-            shared: ImapShared::new(LoginLimits::default()),
+            shared: ImapShared::new(LoginLimits::default(), passwords_allowed(), "localhost"),
         },
         stopped,
     ));
@@ -206,12 +206,16 @@ async fn login_reply(
 async fn sessions_per_account_and_login_lockout_are_enforced_across_connections() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    let shared = ImapShared::new(LoginLimits {
-        sessions_per_account_max: 1,
-        failures_per_account_max: 2,
-        failure_delay_ms: 1,
-        ..LoginLimits::default()
-    });
+    let shared = ImapShared::new(
+        LoginLimits {
+            sessions_per_account_max: 1,
+            failures_per_account_max: 2,
+            failure_delay_ms: 1,
+            ..LoginLimits::default()
+        },
+        passwords_allowed(),
+        "localhost",
+    );
     let (first, _s1, c1) = login_reply(&store, &shared, "secret-pass").await;
     assert!(first.starts_with("a OK"), "{first}");
     let (second, _s2, _c2) = login_reply(&store, &shared, "secret-pass").await;
@@ -224,11 +228,15 @@ async fn sessions_per_account_and_login_lockout_are_enforced_across_connections(
         "the slot came free when the first session ended: {third}"
     );
 
-    let lockout = ImapShared::new(LoginLimits {
-        failures_per_account_max: 2,
-        failure_delay_ms: 1,
-        ..LoginLimits::default()
-    });
+    let lockout = ImapShared::new(
+        LoginLimits {
+            failures_per_account_max: 2,
+            failure_delay_ms: 1,
+            ..LoginLimits::default()
+        },
+        passwords_allowed(),
+        "localhost",
+    );
     for _ in 0..2 {
         let (reply, _, _) = login_reply(&store, &lockout, "wrong").await;
         assert_eq!(reply, "a NO [AUTHENTICATIONFAILED] invalid credentials");
@@ -253,7 +261,7 @@ async fn compress_deflate_carries_the_rest_of_the_session() {
     use async_compression::tokio::{bufread::DeflateDecoder, write::DeflateEncoder};
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    let shared = ImapShared::new(LoginLimits::default());
+    let shared = ImapShared::new(LoginLimits::default(), passwords_allowed(), "localhost");
     let (login, _stop, client) = login_reply(&store, &shared, "secret-pass").await;
     assert!(login.contains("COMPRESS=DEFLATE"), "{login}");
     let (read, mut write) = tokio::io::split(client);
@@ -305,7 +313,7 @@ async fn compress_deflate_carries_the_rest_of_the_session() {
 async fn fetch_of_more_bodies_than_one_batch_answers_every_message_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    let shared = ImapShared::new(LoginLimits::default());
+    let shared = ImapShared::new(LoginLimits::default(), passwords_allowed(), "localhost");
     let (reply, _stop, client) = login_reply(&store, &shared, "secret-pass").await;
     assert!(reply.starts_with("a OK"), "{reply}");
     let (read, mut write) = tokio::io::split(client);
@@ -342,4 +350,13 @@ async fn fetch_of_more_bodies_than_one_batch_answers_every_message_in_order() {
         (1..=count).collect::<Vec<u32>>(),
         "every body once, in order, across batches"
     );
+}
+
+/// The account password opens a session here: these tests are about the protocol, not about
+/// app passwords (tested in `crates/auth` and `tests/auth.rs`).
+fn passwords_allowed() -> sealpost_auth::AuthPolicy {
+    sealpost_auth::AuthPolicy {
+        second_factor_required: false,
+        ..sealpost_auth::AuthPolicy::default()
+    }
 }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use sealpost_auth::{MailLogin, Protocol};
 use sealpost_imap::{BoxedStream, Refusal};
 use sealpost_mime::{Limits, Structure, Summary};
 use sealpost_storage::{
     Account, AccountStatus, Actor, AuditEvent, AuditOutcome, DeliveryTarget, Error as StoreError, Flags, InternalDate,
-    Login, MailboxId, NewMessage, Outbound, OutboundRecipient, Role, SpecialUse, Store,
+    MailboxId, NewMessage, Outbound, OutboundRecipient, Role, SpecialUse, Store,
 };
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -539,6 +540,7 @@ impl Session {
         let attempted = user.trim().to_lowercase();
         let peer = self.connection.peer_ip.clone();
         let logins = self.connection.shared.logins.clone();
+        let mut login_method = String::new();
         let (outcome, refusal) = match logins.check(&peer, &attempted) {
             Err(Refusal::AddressLockedOut) => (
                 AuditOutcome::Denied,
@@ -550,15 +552,38 @@ impl Session {
             ),
             Ok(()) => {
                 let store = self.store.clone();
-                let (login, pass) = (user.to_string(), password.to_string());
-                match blocking(move || store.check_password(&login, &pass)).await {
-                    Ok(Login::Accepted(account)) => {
+                let (login, pass, client) = (user.to_string(), password.to_string(), peer.clone());
+                let (policy, hostname) = (logins.policy().clone(), logins.hostname().to_string());
+                let checked = blocking(move || {
+                    sealpost_auth::notice::mail_login_noticed(
+                        &store,
+                        &policy,
+                        &login,
+                        &pass,
+                        Protocol::Smtp,
+                        &client,
+                        &hostname,
+                    )
+                })
+                .await;
+                match checked {
+                    Ok(MailLogin::Accepted { account, method, .. }) => {
                         logins.succeeded(&attempted);
                         self.account = Some(account);
+                        login_method = method;
                         (AuditOutcome::Ok, None)
                     }
-                    Ok(Login::Disabled(_)) => (AuditOutcome::Denied, Some("535 5.7.8 the account is disabled")),
-                    Ok(Login::Rejected) => (
+                    Ok(MailLogin::Disabled(_)) => (AuditOutcome::Denied, Some("535 5.7.8 the account is disabled")),
+                    Ok(MailLogin::Rejected {
+                        app_password_needed: true,
+                    }) => (
+                        AuditOutcome::Denied,
+                        Some(
+                            "535 5.7.8 authentication credentials invalid (mail clients sign in with an app \
+                             password from the account security page)",
+                        ),
+                    ),
+                    Ok(MailLogin::Rejected { .. }) => (
                         AuditOutcome::Denied,
                         Some("535 5.7.8 authentication credentials invalid"),
                     ),
@@ -576,6 +601,8 @@ impl Session {
         let mut event = AuditEvent::new(&actor, "login.smtp", format!("account {attempted}")).outcome(outcome);
         if let Some(text) = refusal {
             event = event.detail(text);
+        } else {
+            event = event.detail(format!("with {login_method}"));
         }
         self.audit(event).await;
         let Some(text) = refusal else {

@@ -104,7 +104,13 @@ async fn run(name: &str) {
         action: sealpost_policy::Action::Block,
     });
     let policy = std::sync::Arc::new(sealpost_policy::Policy::new(policy).unwrap());
-    let shared = SmtpShared::new(ImapShared::new(login_limits), aliases, None, None, policy);
+    let shared = SmtpShared::new(
+        ImapShared::new(login_limits, passwords_allowed(), "localhost"),
+        aliases,
+        None,
+        None,
+        policy,
+    );
     let mut session = Some(tokio::spawn(serve_session(
         Box::new(server),
         store.clone(),
@@ -251,4 +257,13 @@ async fn policy_bars_accounts_and_blocks_content_for_outside_recipients() {
 #[tokio::test]
 async fn auth_login_and_hourly_limit() {
     run("auth-login.txt").await;
+}
+
+/// The account password opens a session here: these tests are about the protocol, not about
+/// app passwords (tested in `crates/auth` and `tests/auth.rs`).
+fn passwords_allowed() -> sealpost_auth::AuthPolicy {
+    sealpost_auth::AuthPolicy {
+        second_factor_required: false,
+        ..sealpost_auth::AuthPolicy::default()
+    }
 }
