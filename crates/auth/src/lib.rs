@@ -12,6 +12,7 @@ pub mod passkeys;
 pub mod password;
 pub mod secrets;
 pub mod totp;
+pub mod websession;
 
 pub use credentials::{mail_login, AuthPolicy, Credentials, MailLogin, Protocol, Scope};
 pub use lockout::{Lockout, LoginLimits, Refusal};
