@@ -219,6 +219,8 @@ pub(crate) struct LimitsSection {
     pub(crate) smtp_command_timeout_ms: u64,
     /// Failed AUTH attempts on one SMTP connection before it is closed.
     pub(crate) smtp_auth_failures_per_connection_max: u32,
+    /// Connections one client address may hold open on the HTTPS listener.
+    pub(crate) web_connections_per_address_max: usize,
 }
 
 impl Default for LimitsSection {
@@ -248,6 +250,8 @@ impl Default for LimitsSection {
             smtp_messages_per_hour_per_account_max: smtp.messages_per_hour_per_account_max,
             smtp_command_timeout_ms: smtp.command_timeout_ms,
             smtp_auth_failures_per_connection_max: smtp.auth_failures_per_connection_max,
+            // Browsers open six or so per site; a clinic behind one NAT address has many.
+            web_connections_per_address_max: 200,
         }
     }
 }

@@ -241,7 +241,7 @@ pub(crate) fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         cfg.listeners.smtp
     );
     println!(
-        "  web            https://{}:{}/ — not built yet",
+        "  web            https://{}:{}/ (sign in, account security)",
         cfg.server.hostname, cfg.listeners.https
     );
     println!(

@@ -121,6 +121,39 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         };
         listeners.spawn(service.serve(listener, stopped.clone(), session));
     }
+    // The web application on the HTTPS listener, with the same certificate.
+    {
+        let port = cfg.listeners.https;
+        let origin = match port {
+            443 => format!("https://{}", cfg.server.hostname),
+            port => format!("https://{}:{port}", cfg.server.hostname),
+        };
+        let web = sealpost_webmail::WebState::new(
+            store.clone(),
+            imap_shared.lockout(),
+            cfg.auth.clone(),
+            &cfg.server.hostname,
+            &origin,
+        )
+        .map_err(|why| anyhow::anyhow!("setting up the web application: {why}"))?;
+        let app = sealpost_webmail::router(web);
+        let address = SocketAddr::new(cfg.server.listen_host, port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening on {address} (https)"))?;
+        info!(listener = "https", %address, "listening");
+        let service = Listener {
+            name: "https",
+            tls: tls.clone(),
+            implicit_tls: true,
+            per_address: AddressLimiter::new(limits.web_connections_per_address_max),
+            refusal: "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n\
+                      too many connections from your address",
+        };
+        let session =
+            move |stream, _, peer: SocketAddr, _, _| sealpost_webmail::serve_connection(app.clone(), stream, peer);
+        listeners.spawn(service.serve(listener, stopped.clone(), session));
+    }
     let smtp_config = Arc::new(SmtpConfig {
         hostname: cfg.server.hostname.clone(),
         message_bytes_max: limits.message_bytes_max,
@@ -226,12 +259,6 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         };
         listeners.spawn(service.serve(listener, stopped.clone(), session));
     }
-    // The web application arrives with its issue; until then its port is not opened.
-    info!(
-        listener = "https",
-        port = cfg.listeners.https,
-        "listener configured, service not built yet"
-    );
     info!("sealpost is running; SIGTERM or SIGINT stops it");
     shutdown.wait().await;
     info!("shutting down");

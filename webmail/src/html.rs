@@ -1,0 +1,97 @@
+//! The page frame, rendered by leptos on the server. No hydration, no inline script: the
+//! only script is `/static/webauthn.js`, included where a page has a passkey form.
+
+use axum::response::Html;
+use leptos::prelude::*;
+
+/// What the frame shows besides the page's own content.
+pub(crate) struct Frame<'a> {
+    pub(crate) title: &'a str,
+    /// The session's CSRF token, for the script's requests.
+    pub(crate) csrf: Option<&'a str>,
+    /// The signed-in address, with a sign-out button.
+    pub(crate) account: Option<(&'a str, &'a str)>,
+    pub(crate) script: bool,
+}
+
+pub(crate) fn render(frame: Frame<'_>, content: impl IntoView + 'static) -> Html<String> {
+    let title = format!("{} · Sealpost", frame.title);
+    let heading = frame.title.to_string();
+    let csrf = frame.csrf.map(|c| view! { <meta name="csrf" content=c.to_string()/> });
+    let script = frame
+        .script
+        .then(|| view! { <script src="/static/webauthn.js" defer=true></script> });
+    let account = frame.account.map(|(address, token)| {
+        view! {
+            <span>
+                {address.to_string()} " · " <a href="/security">"Account security"</a> " · "
+                <form class="inline" method="post" action="/sign-out">
+                    <input type="hidden" name="csrf" value=token.to_string()/>
+                    <button type="submit" class="quiet">"Sign out"</button>
+                </form>
+            </span>
+        }
+    });
+    let document = view! {
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                {csrf}
+                <title>{title}</title>
+                <link rel="stylesheet" href="/static/style.css"/>
+                {script}
+            </head>
+            <body>
+                <header>
+                    <strong>"Sealpost"</strong>
+                    {account}
+                </header>
+                <main>
+                    <h1>{heading}</h1>
+                    {content}
+                </main>
+            </body>
+        </html>
+    };
+    Html(format!("<!DOCTYPE html>{}", document.to_html()))
+}
+
+/// A page with a title and one paragraph.
+pub(crate) fn message_page(title: &str, text: &str) -> Html<String> {
+    let text = text.to_string();
+    render(
+        Frame {
+            title,
+            csrf: None,
+            account: None,
+            script: false,
+        },
+        view! { <section><p>{text}</p><p><a href="/">"Go to the start page"</a></p></section> },
+    )
+}
+
+/// A line saying what went wrong, if anything did.
+pub(crate) fn error_line(error: Option<String>) -> impl IntoView {
+    error.map(|e| view! { <p class="error" role="alert">{e}</p> })
+}
+
+/// A line saying what was done, if anything was.
+pub(crate) fn notice_line(notice: Option<String>) -> impl IntoView {
+    notice.map(|n| view! { <p class="notice" role="status">{n}</p> })
+}
+
+/// A time in ms as "2026-11-23 14:05 UTC".
+pub(crate) fn when(ms: i64) -> String {
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp(ms / 1000) else {
+        return "?".into();
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute()
+    )
+}

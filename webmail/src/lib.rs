@@ -1,0 +1,175 @@
+//! Sealpost's web application: axum routes whose pages leptos renders on the server. Plain
+//! HTML forms do everything but WebAuthn, which `static/webauthn.js` does (no inline script,
+//! a strict Content-Security-Policy). Served over the HTTPS listener's TLS by `serve_connection`.
+//!
+//! Now: sign-in (password then second factor, or a passkey alone), sign-out, re-authentication
+//! and the account security page. The webmail, the pickup portal and the admin console come
+//! next on the same foundation.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod ceremony;
+mod html;
+mod request;
+mod security;
+mod signin;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use sealpost_auth::passkeys::Passkeys;
+use sealpost_auth::{AuthPolicy, Lockout};
+use sealpost_storage::Store;
+use tower::ServiceExt;
+
+pub use request::Peer;
+
+/// Largest request body accepted, in bytes (forms and passkey answers are small).
+pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// What every request handler shares.
+pub struct WebState {
+    pub store: Store,
+    pub lockout: Arc<Lockout>,
+    pub policy: AuthPolicy,
+    pub passkeys: Passkeys,
+    /// This server's name (the passkey relying party, notices).
+    pub hostname: String,
+    ceremonies: ceremony::Ceremonies,
+}
+
+impl WebState {
+    /// `origin` is what browsers see: `https://HOST[:PORT]`.
+    pub fn new(
+        store: Store,
+        lockout: Arc<Lockout>,
+        policy: AuthPolicy,
+        hostname: &str,
+        origin: &str,
+    ) -> Result<Arc<Self>, String> {
+        let passkeys = Passkeys::new(hostname, origin).map_err(|e| e.to_string())?;
+        Ok(Arc::new(Self {
+            store,
+            lockout,
+            policy,
+            passkeys,
+            hostname: hostname.to_string(),
+            ceremonies: ceremony::Ceremonies::default(),
+        }))
+    }
+}
+
+const WEBAUTHN_JS: &str = include_str!("../static/webauthn.js");
+const STYLE_CSS: &str = include_str!("../static/style.css");
+
+/// Every response carries these: no script but our file, no framing, no sniffing, HTTPS only,
+/// nothing cached but the static files.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+async fn security_headers(request: Request<axum::body::Body>, next: axum::middleware::Next) -> Response {
+    let is_static = request.uri().path().starts_with("/static/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers.insert(
+        header::HeaderName::from_static("permissions-policy"),
+        HeaderValue::from_static("camera=(), microphone=(), geolocation=(), interest-cohort=()"),
+    );
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    if !is_static {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+fn static_file(body: &'static str, kind: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The application's routes.
+pub fn router(state: Arc<WebState>) -> Router {
+    Router::new()
+        .route("/", get(signin::home))
+        .route("/sign-in", get(signin::sign_in_page).post(signin::sign_in))
+        .route(
+            "/second-factor",
+            get(signin::second_factor_page).post(signin::second_factor),
+        )
+        .route("/passkey/sign-in/start", post(signin::passkey_start))
+        .route("/passkey/sign-in/finish", post(signin::passkey_finish))
+        .route("/sign-out", post(signin::sign_out))
+        .route("/reauth", get(signin::reauth_page).post(signin::reauth))
+        .route("/security", get(security::page))
+        .route("/security/totp/start", post(security::totp_start))
+        .route("/security/totp/confirm", post(security::totp_confirm))
+        .route("/security/totp/remove", post(security::totp_remove))
+        .route("/security/recovery", post(security::recovery_codes))
+        .route("/security/passkeys/start", post(security::passkey_start))
+        .route("/security/passkeys/finish", post(security::passkey_finish))
+        .route("/security/passkeys/remove", post(security::passkey_remove))
+        .route("/security/app-passwords", post(security::app_password_issue))
+        .route("/security/app-passwords/revoke", post(security::app_password_revoke))
+        .route("/security/sessions/end", post(security::session_end))
+        .route("/security/sessions/end-all", post(security::sessions_end_all))
+        .route(
+            "/static/webauthn.js",
+            get(|| async { static_file(WEBAUTHN_JS, "text/javascript; charset=utf-8") }),
+        )
+        // No icon: an empty answer rather than a 404 in every browser's console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/static/style.css",
+            get(|| async { static_file(STYLE_CSS, "text/css; charset=utf-8") }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                html::message_page("Not found", "There is no such page."),
+            )
+        })
+        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one connection (TLS already done by the listener) until the
+/// client closes it.
+pub async fn serve_connection<S>(app: Router, stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = app.map_request(move |mut request: Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(Peer(peer));
+        request
+    });
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    if let Err(error) = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%error, "web connection ended");
+    }
+}

@@ -1,0 +1,102 @@
+//! What handlers need of a request: the client's address, cookies, the session, CSRF checks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sealpost_auth::websession::{self, Found};
+
+use crate::WebState;
+
+/// The client's address, put on each request by `serve_connection`.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// The session cookie: `__Host-` binds it to this host, path / and HTTPS.
+pub(crate) const SESSION_COOKIE: &str = "__Host-sp_session";
+/// Before a session exists, forms carry this cookie's value (double-submit CSRF token).
+pub(crate) const FORM_COOKIE: &str = "__Host-sp_form";
+
+pub(crate) fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+    )
+    .unwrap_or(i64::MAX)
+}
+
+/// Runs store work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(work).await.ok()
+}
+
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_string())
+}
+
+/// A cookie only this site's HTTPS pages send back, never readable by script.
+pub(crate) fn set_cookie(name: &str, value: &str) -> (header::HeaderName, HeaderValue) {
+    let text = format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict");
+    (
+        header::SET_COOKIE,
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("")),
+    )
+}
+
+pub(crate) fn clear_cookie(name: &str) -> (header::HeaderName, HeaderValue) {
+    let text = format!("{name}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
+    (
+        header::SET_COOKIE,
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("")),
+    )
+}
+
+/// 303 to `path`: after a form, the browser loads the next page with GET.
+pub(crate) fn see_other(path: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, path.to_string())]).into_response()
+}
+
+/// The live session of this request, if any.
+pub(crate) async fn session(state: &Arc<WebState>, headers: &HeaderMap) -> Option<Found> {
+    let value = cookie(headers, SESSION_COOKIE)?;
+    let state = state.clone();
+    blocking(move || websession::resume(&state.store, &value, now_ms()))
+        .await?
+        .ok()
+        .flatten()
+}
+
+/// A refused form: no valid CSRF token. Changes nothing.
+pub(crate) fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        crate::html::message_page(
+            "Form expired",
+            "This form was not sent from this site's current page, so nothing was changed. Go back, reload the page and try again.",
+        ),
+    )
+        .into_response()
+}
+
+/// The browser's user agent, for the session list.
+pub(crate) fn agent(headers: &HeaderMap) -> String {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Constant-time equality of two tokens.
+pub(crate) fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
