@@ -41,9 +41,13 @@ setup_build_env() {
 # mbsync (isync), interimap with Dovecot's imap binary as its local side, swaks and msmtp
 # (the harness's real_clients.sh and the SMTP tests), dnsmasq (a DNS server on loopback for
 # SPF, DKIM, DMARC and MX), dkimpy (signs test messages with Debian's python3), aiosmtpd
-# (receiving servers for outbound tests), openssl, and for DANE a DNSSEC-signed zone: nsd
-# serving it, ldnsutils signing it, unbound validating it.
+# (receiving servers for outbound tests), openssl, for DANE a DNSSEC-signed zone (nsd serving
+# it, ldnsutils signing it, unbound validating it), and for the web pages Debian's chromium
+# driven by playwright-core under Node.js (tests/browser; npm fetches playwright-core, never a
+# browser).
 setup_test_clients() {
     ensure_packages python3 isync interimap dovecot-imapd swaks msmtp dnsmasq-base python3-dkim python3-aiosmtpd openssl \
-        nsd ldnsutils unbound
+        nsd ldnsutils unbound chromium nodejs
+    # Debian's nodejs comes without npm; NodeSource's carries its own.
+    command -v npm >/dev/null 2>&1 || ensure_packages npm
 }

@@ -85,11 +85,11 @@ fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
             "--data",
             &d,
         ],
-        "a good passphrase\n",
+        "tulip anvil orbit\n",
     );
     assert!(added.contains("created account alice@clinic.example"), "{added}");
     assert!(
-        !added.contains("a good passphrase"),
+        !added.contains("tulip anvil orbit"),
         "a password given on stdin is not echoed"
     );
     let generated = sealpost_ok(
@@ -101,6 +101,12 @@ fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
 
     let short = sealpost(&["account", "add", "bob", "--password-stdin", "--data", &d], "short\n");
     assert!(!short.status.success());
+    // On the shipped list of common passwords, or guessable from the account's own name.
+    for weak in ["leavemealone\n", "bobbobbob123\n"] {
+        let refused = sealpost(&["account", "add", "bob", "--password-stdin", "--data", &d], weak);
+        assert!(!refused.status.success(), "{weak}");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("too weak"), "{weak}");
+    }
     let bad_role = sealpost(&["account", "add", "bob", "--role", "owner", "--data", &d], "");
     assert!(!bad_role.status.success());
 
@@ -119,7 +125,7 @@ fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
         "{list}"
     );
     sealpost_ok(&["account", "enable", "alice@clinic.example", "--data", &d], "");
-    sealpost_ok(&["account", "password", "alice", "--data", &d], "another passphrase\n");
+    sealpost_ok(&["account", "password", "alice", "--data", &d], "kettle sonar magpie\n");
 
     let unconfirmed = sealpost(&["account", "delete", "alice", "--data", &d], "");
     assert!(!unconfirmed.status.success());

@@ -113,7 +113,15 @@ impl DataDir {
     pub fn add_accounts(&self, addresses: &[&str], password: &str) {
         for address in addresses {
             sealpost_ok(
-                &["account", "add", address, "--password-stdin", "--data", &self.arg()],
+                &[
+                    "account",
+                    "add",
+                    address,
+                    "--password-stdin",
+                    "--allow-weak-password",
+                    "--data",
+                    &self.arg(),
+                ],
                 &format!("{password}\n"),
             );
         }

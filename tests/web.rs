@@ -140,3 +140,137 @@ fn sign_in_passkeys_totp_app_passwords_and_sessions_in_a_real_browser() {
         "the app password is in the audit log"
     );
 }
+
+/// Runs Python against the web sign-in form: each (password) in turn, a fresh form each
+/// time; prints the HTTP status of each and the text of the last page.
+fn web_sign_ins(data: &DataDir, address: &str, passwords: &[&str]) -> String {
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import http.cookiejar, json, os, re, ssl, urllib.parse, urllib.request\n\
+             ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+             class NoRedirect(urllib.request.HTTPRedirectHandler):\n\
+             \x20   def redirect_request(self, *a, **k):\n\
+             \x20       return None\n\
+             base = os.environ['BASE']\n\
+             for password in json.loads(os.environ['PASSWORDS']):\n\
+             \x20   jar = http.cookiejar.CookieJar()\n\
+             \x20   web = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), urllib.request.HTTPCookieProcessor(jar), NoRedirect())\n\
+             \x20   page = web.open(base + '/sign-in').read().decode()\n\
+             \x20   token = re.search(r'name=\"csrf\" value=\"([^\"]+)\"', page).group(1)\n\
+             \x20   form = urllib.parse.urlencode({'csrf': token, 'address': os.environ['ADDRESS'], 'password': password}).encode()\n\
+             \x20   try:\n\
+             \x20       answer = web.open(base + '/sign-in', form)\n\
+             \x20       status, text = answer.status, answer.read().decode()\n\
+             \x20   except urllib.error.HTTPError as e:\n\
+             \x20       status, text = e.code, e.read().decode()\n\
+             \x20   print(status)\n\
+             print(re.sub(r'<[^>]+>', ' ', text))\n",
+        )
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
+        .env("ADDRESS", address)
+        .env("PASSWORDS", serde_json::to_string(passwords).unwrap())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// An IMAP login with imaplib: "OK" or the refusal's text.
+fn imap_login(data: &DataDir, address: &str, password: &str) -> String {
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import imaplib, ssl, os\n\
+             ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+             m = imaplib.IMAP4_SSL('localhost', int(os.environ['PORT']), ssl_context=ctx)\n\
+             try:\n\
+             \x20   print(m.login(os.environ['ADDRESS'], os.environ['PASSWORD'])[0])\n\
+             except imaplib.IMAP4.error as e:\n\
+             \x20   print(e)\n",
+        )
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("PORT", (data.port_base + 993).to_string())
+        .env("ADDRESS", address)
+        .env("PASSWORD", password)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn failed_sign_ins_lock_the_account_on_the_web_and_imap_until_an_admin_lifts_it() {
+    ensure_playwright();
+    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
+    // The account password opens IMAP here (no second factor required), so that IMAP shows
+    // the lockout the web's failures caused.
+    data.configure(|config| {
+        config.replace(
+            "login_failures_per_account_max = 10",
+            "login_failures_per_account_max = 3",
+        )
+    });
+    data.add_accounts(&["alice@clinic.test"], PASSWORD);
+    common::sealpost_ok(
+        &[
+            "account",
+            "add",
+            "root@clinic.test",
+            "--role",
+            "admin",
+            "--password-stdin",
+            "--data",
+            &data.arg(),
+        ],
+        "harbor lantern quiet meadow\n",
+    );
+    let mut server = data.serve();
+    assert_eq!(imap_login(&data, "alice@clinic.test", PASSWORD), "OK");
+
+    let tried = web_sign_ins(
+        &data,
+        "alice@clinic.test",
+        &["wrong one", "wrong two", "wrong three", PASSWORD],
+    );
+    let lines: Vec<&str> = tried.lines().collect();
+    assert_eq!(lines[..4], ["401", "401", "401", "429"], "{tried}");
+    assert!(tried.contains("Too many failed sign-ins for this account"), "{tried}");
+    // The same lockout holds on IMAP, with the right password.
+    let refused = imap_login(&data, "alice@clinic.test", PASSWORD);
+    assert!(
+        refused.contains("UNAVAILABLE") && refused.contains("too many failed"),
+        "{refused}"
+    );
+
+    let run = Command::new("node")
+        .arg(browser_dir().join("admin.mjs"))
+        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
+        .env("ADDRESS", "root@clinic.test")
+        .env("PASSWORD", "harbor lantern quiet meadow")
+        .env("LOCKED", "alice@clinic.test")
+        .env("ARTIFACTS", browser_dir().join("artifacts"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(
+        run.status.success(),
+        "{said}\n{}\n{:?}",
+        String::from_utf8_lossy(&run.stderr),
+        server.seen.iter().rev().take(20).collect::<Vec<_>>()
+    );
+    assert!(said.contains("\"lifted\""), "{said}");
+
+    // Lifted: the web and IMAP take alice's password again.
+    let again = web_sign_ins(&data, "alice@clinic.test", &[PASSWORD]);
+    assert!(again.starts_with("303"), "{again}");
+    assert_eq!(imap_login(&data, "alice@clinic.test", PASSWORD), "OK");
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    let exported = common::sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
+    assert!(
+        exported
+            .lines()
+            .any(|l| l.contains("auth.lockout.lift") && l.contains("alice@clinic.test")),
+        "the lift is not audited"
+    );
+}

@@ -23,6 +23,9 @@ pub(crate) enum AccountCommand {
         /// Read the password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
+        /// Accept a password the strength check refuses (test fixtures, migrations).
+        #[arg(long)]
+        allow_weak_password: bool,
         #[arg(long)]
         data: PathBuf,
     },
@@ -49,6 +52,9 @@ pub(crate) enum AccountCommand {
     /// Set a new password, read from the first line of standard input.
     Password {
         address: String,
+        /// Accept a password the strength check refuses (test fixtures, migrations).
+        #[arg(long)]
+        allow_weak_password: bool,
         #[arg(long)]
         data: PathBuf,
     },
@@ -360,7 +366,9 @@ fn finish_rotation(key_path: &Path) -> anyhow::Result<PathBuf> {
     Ok(retired)
 }
 
-fn read_password_line() -> anyhow::Result<String> {
+/// The password on standard input's first line, checked for strength against the account's
+/// own words (`context`) unless `allow_weak`; even then at least 8 characters.
+fn read_password_line(context: &[&str], allow_weak: bool) -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin()
         .lock()
@@ -369,6 +377,11 @@ fn read_password_line() -> anyhow::Result<String> {
     let password = line.trim_end_matches(['\r', '\n']).to_string();
     if password.chars().count() < 8 {
         bail!("the password must have at least 8 characters");
+    }
+    if !allow_weak {
+        if let Err(weakness) = sealpost_auth::password::check(&password, context) {
+            bail!("the password is too weak ({weakness}); choose another, or add --allow-weak-password for a test fixture or a migration");
+        }
     }
     Ok(password)
 }
@@ -386,12 +399,13 @@ pub(crate) fn account(command: AccountCommand) -> anyhow::Result<ExitCode> {
             role,
             name,
             password_stdin,
+            allow_weak_password,
             data,
         } => {
             let (_, store) = open_store(&data)?;
             let generated = !password_stdin;
             let password = if password_stdin {
-                read_password_line()?
+                read_password_line(&[&address, name.as_deref().unwrap_or("")], allow_weak_password)?
             } else {
                 crate::init::generate_password()
             };
@@ -460,10 +474,14 @@ pub(crate) fn account(command: AccountCommand) -> anyhow::Result<ExitCode> {
             store.set_account_status(account.id, AccountStatus::Active, &Actor::cli())?;
             println!("enabled {}", account.address);
         }
-        AccountCommand::Password { address, data } => {
+        AccountCommand::Password {
+            address,
+            allow_weak_password,
+            data,
+        } => {
             let (_, store) = open_store(&data)?;
             let account = find(&store, &address)?;
-            let password = read_password_line()?;
+            let password = read_password_line(&[&account.address, &account.display_name], allow_weak_password)?;
             store.set_password(account.id, &password, &Actor::cli())?;
             println!("password changed for {}", account.address);
         }

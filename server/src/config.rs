@@ -205,6 +205,8 @@ pub(crate) struct LimitsSection {
     pub(crate) login_failures_per_address_max: u32,
     /// Failed logins for one account (within 15 minutes) before it is locked out.
     pub(crate) login_failures_per_account_max: u32,
+    /// How long failures are remembered and a lockout lasts, in milliseconds (15 minutes).
+    pub(crate) login_failure_window_ms: u64,
     /// Connections one client address may hold open on one SMTP listener.
     pub(crate) smtp_connections_per_address_max: usize,
     /// Recipients one message may have.
@@ -243,6 +245,7 @@ impl Default for LimitsSection {
             imap_sessions_per_account_max: login.sessions_per_account_max,
             login_failures_per_address_max: login.failures_per_address_max,
             login_failures_per_account_max: login.failures_per_account_max,
+            login_failure_window_ms: login.failure_window_ms,
             smtp_connections_per_address_max: 50,
             smtp_recipients_per_message_max: smtp.recipients_per_message_max,
             smtp_line_bytes_max: smtp.line_bytes_max,

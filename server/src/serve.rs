@@ -86,6 +86,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             sessions_per_account_max: limits.imap_sessions_per_account_max,
             failures_per_address_max: limits.login_failures_per_address_max,
             failures_per_account_max: limits.login_failures_per_account_max,
+            failure_window_ms: limits.login_failure_window_ms,
             ..LoginLimits::default()
         },
         cfg.auth.clone(),

@@ -149,12 +149,26 @@ try {
   await screenshot(page, "app-password");
   report("app-password", { password: appPassword });
 
+  // 6b. A weak new password is refused with the reason; a strong one is taken.
+  await page.fill("#new-password", "leavemealone");
+  await page.fill("#new-password-again", "leavemealone");
+  await Promise.all([page.waitForNavigation(), page.click('form[action="/security/password"] button')]);
+  const weak = (await page.textContent(".error")) || "";
+  check(weak.includes("common"), `weak password: ${weak}`);
+  await screenshot(page, "weak-password");
+  await page.fill("#new-password", `${PASSWORD} ferry`);
+  await page.fill("#new-password-again", `${PASSWORD} ferry`);
+  await Promise.all([page.waitForNavigation(), page.click('form[action="/security/password"] button')]);
+  check(((await page.textContent(".notice")) || "").includes("changed"), "the password was not changed");
+  report("password-changed", { password: `${PASSWORD} ferry` });
+
   // 7. Every form refuses a request without this session's CSRF token, and changes nothing.
   const forms = [
     "/security/totp/start",
     "/security/totp/confirm",
     "/security/totp/remove",
     "/security/recovery",
+    "/security/password",
     "/security/passkeys/remove",
     "/security/app-passwords",
     "/security/app-passwords/revoke",
@@ -168,7 +182,7 @@ try {
   const refused = [];
   for (const url of forms) {
     const response = await page.request.post(`${BASE}${url}`, {
-      form: { csrf: "forged", name: "x", scope: "both", id: "x", session: "x", code: "1", password: "x", address: ADDRESS },
+      form: { csrf: "forged", name: "x", scope: "both", id: "x", session: "x", code: "1", password: "x", again: "x", address: ADDRESS },
       maxRedirects: 0,
     });
     refused.push([url, response.status()]);

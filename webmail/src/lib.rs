@@ -7,6 +7,7 @@
 //! next on the same foundation.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod admin;
 mod ceremony;
 mod html;
 mod request;
@@ -122,10 +123,13 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/sign-out", post(signin::sign_out))
         .route("/reauth", get(signin::reauth_page).post(signin::reauth))
         .route("/security", get(security::page))
+        .route("/admin/lockouts", get(admin::lockouts))
+        .route("/admin/lockouts/lift", post(admin::lift))
         .route("/security/totp/start", post(security::totp_start))
         .route("/security/totp/confirm", post(security::totp_confirm))
         .route("/security/totp/remove", post(security::totp_remove))
         .route("/security/recovery", post(security::recovery_codes))
+        .route("/security/password", post(security::password_change))
         .route("/security/passkeys/start", post(security::passkey_start))
         .route("/security/passkeys/finish", post(security::passkey_finish))
         .route("/security/passkeys/remove", post(security::passkey_remove))

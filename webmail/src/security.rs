@@ -129,6 +129,7 @@ async fn show(
         {passkeys_view(credentials, &csrf, enrolling, strong)}
         {(!passkey_needed).then(|| totp_view(credentials, &csrf))}
         {(!enrolling).then(|| view! {
+            {password_view(&csrf, strong)}
             {recovery_view(credentials, &csrf)}
             {app_passwords_view(credentials, &csrf, strong)}
             {sessions_view(&sessions, &found.id, &csrf)}
@@ -266,6 +267,99 @@ fn totp_view(credentials: &Credentials, csrf: &str) -> impl IntoView {
         .into_any(),
     };
     view! { <section id="totp"><h2>"Authenticator app"</h2>{body}</section> }
+}
+
+fn password_view(csrf: &str, strong: bool) -> impl IntoView {
+    let csrf = csrf.to_string();
+    let body = if strong {
+        view! {
+            <form method="post" action="/security/password">
+                <input type="hidden" name="csrf" value=csrf/>
+                <label for="new-password">"New password"</label>
+                <input type="password" id="new-password" name="password" autocomplete="new-password" required=true/>
+                <label for="new-password-again">"The same again"</label>
+                <input type="password" id="new-password-again" name="again" autocomplete="new-password" required=true/>
+                <p class="muted">"At least 12 characters; several unrelated words are easiest to remember. Common and guessable passwords are refused. Your other sessions end."</p>
+                <button type="submit" class="quiet">"Change the password"</button>
+            </form>
+        }
+        .into_any()
+    } else {
+        view! { <p><a href="/reauth">"Confirm it is you"</a>" to change your password."</p> }.into_any()
+    };
+    view! { <section id="password"><h2>"Password"</h2>{body}</section> }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PasswordForm {
+    csrf: String,
+    password: String,
+    again: String,
+}
+
+pub(crate) async fn password_change(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    let (found, account, credentials) = match checked(&state, &headers, &form.csrf).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    if !found.session.signed_in() {
+        return see_other("/security");
+    }
+    if !found.session.recently_strong(now_ms()) {
+        return see_other("/reauth");
+    }
+    if form.password != form.again {
+        return show(
+            &state,
+            &found,
+            &account,
+            &credentials,
+            Outcome::error("The two passwords differ."),
+        )
+        .await;
+    }
+    if let Err(weakness) = sealpost_auth::password::check(&form.password, &[&account.address, &account.display_name]) {
+        return show(
+            &state,
+            &found,
+            &account,
+            &credentials,
+            Outcome::error(format!("Choose another password: {weakness}.")),
+        )
+        .await;
+    }
+    let who = actor(&account, &peer);
+    let (state2, id, this, password) = (state.clone(), account.id, found.id, form.password.clone());
+    let changed = blocking(move || {
+        state2.store.set_password(id, &password, &who)?;
+        // Every other session ends: whoever knew the old password is out.
+        let others: Vec<WebSessionId> = websession::list(&state2.store, id)?
+            .into_iter()
+            .map(|(sid, _)| sid)
+            .filter(|sid| *sid != this)
+            .collect();
+        state2.store.delete_web_sessions(id, Some(&others), vec![])?;
+        Ok::<_, sealpost_storage::Error>(())
+    })
+    .await;
+    match changed {
+        Some(Ok(())) => after(&state, &found, &account, Outcome::notice("Your password was changed.")).await,
+        _ => {
+            show(
+                &state,
+                &found,
+                &account,
+                &credentials,
+                Outcome::error("Try again shortly."),
+            )
+            .await
+        }
+    }
 }
 
 fn recovery_view(credentials: &Credentials, csrf: &str) -> impl IntoView {

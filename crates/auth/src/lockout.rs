@@ -138,6 +138,18 @@ impl Lockout {
         self.recent(&self.by_account, &login.to_lowercase()) >= self.limits.failures_per_account_max
     }
 
+    /// The accounts locked out now, with their failure counts, by name.
+    pub fn locked_accounts(&self) -> Vec<(String, u32)> {
+        let window = self.window();
+        let mut locked: Vec<(String, u32)> = lock(&self.by_account)
+            .iter()
+            .filter(|(_, f)| f.last.elapsed() < window && f.count >= self.limits.failures_per_account_max)
+            .map(|(login, f)| (login.clone(), f.count))
+            .collect();
+        locked.sort();
+        locked
+    }
+
     /// An admin lifts the account's lockout (and forgets its failures); true if it was locked.
     pub fn lift(&self, login: &str) -> bool {
         let was = self.locked(login);
@@ -178,7 +190,9 @@ mod tests {
             Err(Refusal::AddressLockedOut),
             "five failures from a"
         );
+        assert_eq!(lockout.locked_accounts(), vec![("alice".to_string(), 3)]);
         assert!(lockout.lift("alice"));
+        assert!(lockout.locked_accounts().is_empty());
         assert_eq!(lockout.check("c", "alice"), Ok(()), "lifted");
         assert!(!lockout.lift("alice"), "nothing left to lift");
     }

@@ -1,0 +1,129 @@
+//! The first admin page: accounts locked out by failed sign-ins, and lifting a lockout. Only
+//! for admins, who sign in with a passkey (policy); audited. The full console comes with its
+//! own issue, on the same checks.
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use leptos::prelude::*;
+use sealpost_auth::websession::Found;
+use sealpost_storage::{Account, Actor, AuditEvent, Role};
+use serde::Deserialize;
+
+use crate::html::{notice_line, render, Frame};
+use crate::request::{blocking, forbidden, see_other, session};
+use crate::{Peer, WebState};
+
+/// The signed-in admin of this request, or the answer for anyone else.
+async fn admin(state: &Arc<WebState>, headers: &HeaderMap) -> Result<(Found, Account), Response> {
+    let Some(found) = session(state, headers).await.filter(|f| f.session.signed_in()) else {
+        return Err(see_other("/sign-in"));
+    };
+    let (state2, id) = (state.clone(), found.account);
+    let Some(Ok(account)) = blocking(move || state2.store.account(id)).await else {
+        return Err(see_other("/sign-in"));
+    };
+    if account.role != Role::Admin {
+        return Err((
+            StatusCode::FORBIDDEN,
+            crate::html::message_page("Admins only", "This page is for administrators."),
+        )
+            .into_response());
+    }
+    Ok((found, account))
+}
+
+fn page(state: &WebState, found: &Found, account: &Account, notice: Option<String>) -> Response {
+    let rows: Vec<_> = state
+        .lockout
+        .locked_accounts()
+        .into_iter()
+        .map(|(login, failures)| {
+            let csrf = found.session.csrf.clone();
+            let name = login.clone();
+            view! {
+                <tr>
+                    <td>{login}</td>
+                    <td>{failures}</td>
+                    <td>
+                        <form class="inline" method="post" action="/admin/lockouts/lift">
+                            <input type="hidden" name="csrf" value=csrf/>
+                            <input type="hidden" name="login" value=name/>
+                            <button type="submit">"Lift"</button>
+                        </form>
+                    </td>
+                </tr>
+            }
+        })
+        .collect();
+    let empty = rows.is_empty();
+    render(
+        Frame {
+            title: "Locked-out accounts",
+            csrf: Some(&found.session.csrf),
+            account: Some((&account.address, &found.session.csrf)),
+            script: false,
+        },
+        view! {
+            {notice_line(notice)}
+            <section id="lockouts">
+                {if empty {
+                    view! { <p>"No account is locked out."</p> }.into_any()
+                } else {
+                    view! { <table><tr><th>"Account"</th><th>"Failed sign-ins"</th><th></th></tr>{rows}</table> }.into_any()
+                }}
+                <p class="muted">"A lockout also ends by itself when its time is up."</p>
+            </section>
+        },
+    )
+    .into_response()
+}
+
+pub(crate) async fn lockouts(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
+    match admin(&state, &headers).await {
+        Ok((found, account)) => page(&state, &found, &account, None),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LiftForm {
+    csrf: String,
+    login: String,
+}
+
+pub(crate) async fn lift(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<LiftForm>,
+) -> Response {
+    let (found, account) = match admin(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    if !found.session.csrf_ok(&form.csrf) {
+        return forbidden();
+    }
+    let lifted = state.lockout.lift(&form.login);
+    let actor = Actor {
+        name: account.address.clone(),
+        peer: peer.0.to_string(),
+    };
+    let event = AuditEvent::new(&actor, "auth.lockout.lift", format!("account {}", form.login)).detail(if lifted {
+        "lifted"
+    } else {
+        "was not locked"
+    });
+    let state2 = state.clone();
+    let _ = blocking(move || state2.store.audit(event)).await;
+    let notice = if lifted {
+        format!("{}'s lockout is lifted.", form.login)
+    } else {
+        format!("{} was not locked out.", form.login)
+    };
+    page(&state, &found, &account, Some(notice))
+}
