@@ -79,6 +79,7 @@ fn sign_in_passkeys_totp_app_passwords_and_sessions_in_a_real_browser() {
         "passkey-added",
         "signed-in-with-passkey",
         "signed-out-everywhere",
+        "recovery-code-once",
         "done",
     ] {
         step(name);
@@ -121,6 +122,9 @@ fn sign_in_passkeys_totp_app_passwords_and_sessions_in_a_real_browser() {
         vec!["imap OK", "smtp 235", "imap refused", "smtp refused"],
         "{out}"
     );
+    // An app password opens no web session.
+    let web = web_sign_ins(&data, "alice@clinic.test", &[&app_password]);
+    assert!(web.starts_with("401"), "{web}");
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
 
     // The audit log holds each step.

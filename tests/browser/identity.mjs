@@ -140,6 +140,24 @@ try {
   await screenshot(page, "recovery-codes");
   report("recovery-codes", { count: codes.length });
 
+  // 5b. A recovery code instead of the second factor: once, and only once.
+  for (const attempt of ["first", "again"]) {
+    await Promise.all([page.waitForNavigation(), page.click('form[action="/sign-out"] button')]);
+    await signInWithPassword(page);
+    await page.fill("#recovery", codes[0]);
+    await Promise.all([page.waitForNavigation(), page.click('form[action="/second-factor"] button >> nth=1')]);
+    if (attempt === "first") {
+      check(page.url().endsWith("/security"), `a recovery code did not sign in: ${page.url()}`);
+    } else {
+      check(page.url().endsWith("/second-factor"), `a used recovery code signed in: ${page.url()}`);
+      // (A TOTP code would have to wait for the next 30-second step: each is used once.)
+      await page.fill("#recovery", codes[1]);
+      await Promise.all([page.waitForNavigation(), page.click('form[action="/second-factor"] button >> nth=1')]);
+      check(page.url().endsWith("/security"), `after the second code: ${page.url()}`);
+    }
+  }
+  report("recovery-code-once");
+
   // 6. An app password for the mail client, shown once.
   await page.fill("#app-name", "Browser test client");
   await page.selectOption("#app-scope", "both");
