@@ -80,6 +80,7 @@ fn sign_in_passkeys_totp_app_passwords_and_sessions_in_a_real_browser() {
         "signed-in-with-passkey",
         "signed-out-everywhere",
         "recovery-code-once",
+        "decoy",
         "done",
     ] {
         step(name);

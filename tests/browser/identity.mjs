@@ -218,8 +218,27 @@ try {
   check((await page.locator("#passkeys td:has-text('Virtual key')").count()) === 1, "a forged form removed the passkey");
   report("csrf", { refused });
 
-  // 8. Sign out, then the passkey alone signs in.
+  // 8. Sign out, then the passkey alone signs in. An address without a passkey gets an answer
+  // of the same shape (it does not tell which addresses have passkeys), and the browser finds
+  // no key for it.
   await Promise.all([page.waitForNavigation(), page.click('form[action="/sign-out"] button')]);
+  await page.goto(`${BASE}/sign-in`);
+  const token = await page.getAttribute('meta[name="csrf"]', "content");
+  const shapes = [];
+  for (const address of [ADDRESS, "nobody@clinic.test"]) {
+    const response = await page.request.post(`${BASE}/passkey/sign-in/start`, {
+      data: { address },
+      headers: { "X-CSRF-Token": token },
+    });
+    const body = await response.json();
+    shapes.push([response.status(), Object.keys(body).sort().join(","), body.options.publicKey.allowCredentials.length]);
+  }
+  check(JSON.stringify(shapes[0]) === JSON.stringify(shapes[1]), `answers differ: ${JSON.stringify(shapes)}`);
+  await page.fill("#passkey-address", "nobody@clinic.test");
+  await page.click('form[data-passkey="sign-in"] button');
+  await page.waitForSelector('form[data-passkey="sign-in"] .passkey-status:has-text("did not work")');
+  check(page.url().endsWith("/sign-in"), `an address without passkeys signed in: ${page.url()}`);
+  report("decoy", { shapes });
   await page.goto(`${BASE}/sign-in`);
   await page.fill("#passkey-address", ADDRESS);
   await Promise.all([

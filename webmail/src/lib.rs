@@ -40,6 +40,8 @@ pub struct WebState {
     /// This server's name (the passkey relying party, notices).
     pub hostname: String,
     ceremonies: ceremony::Ceremonies,
+    /// Derives the decoy credential ids of addresses without passkeys.
+    decoy_key: [u8; 32],
 }
 
 impl WebState {
@@ -59,6 +61,7 @@ impl WebState {
             passkeys,
             hostname: hostname.to_string(),
             ceremonies: ceremony::Ceremonies::default(),
+            decoy_key: rand::random(),
         }))
     }
 }

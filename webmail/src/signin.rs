@@ -581,10 +581,10 @@ pub(crate) async fn passkey_start(
         .flatten()
     };
     let Some((account, credentials)) = loaded.filter(|(_, c)| !c.passkeys.is_empty()) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "there is no passkey for this address; sign in with the password",
-        );
+        // The same shape of answer as for an account with passkeys, so that it does not tell
+        // which addresses have one; the browser then finds no such key.
+        let options = decoy_options(&state, &login);
+        return Json(serde_json::json!({ "ceremony": secrets::token(24), "options": options })).into_response();
     };
     let keys: Vec<_> = credentials.passkeys.iter().map(|k| k.passkey.clone()).collect();
     match state.passkeys.start_sign_in(&keys) {
@@ -595,6 +595,30 @@ pub(crate) async fn passkey_start(
         }
         Err(error) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
     }
+}
+
+/// Sign-in options for an address without passkeys: a random challenge and a credential id
+/// derived from the address with a key of this process, so that asking twice gives the same
+/// id, as it would for a real key.
+fn decoy_options(state: &WebState, login: &str) -> serde_json::Value {
+    use base64::Engine;
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(state.decoy_key)
+        .chain_update(login.as_bytes())
+        .finalize();
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let challenge: [u8; 32] = rand::random();
+    serde_json::json!({
+        "publicKey": {
+            "challenge": encode(&challenge),
+            "timeout": 300000,
+            "rpId": state.hostname,
+            "allowCredentials": [{ "type": "public-key", "id": encode(&digest[..16]) }],
+            "userVerification": "required",
+            "extensions": { "uvm": true }
+        }
+    })
 }
 
 #[derive(Deserialize)]

@@ -463,6 +463,26 @@ mod tests {
     }
 
     #[test]
+    fn admins_always_need_a_passkey_and_staff_when_policy_says() {
+        let account = |role| Account {
+            id: AccountId(1),
+            address: "a@clinic.example".into(),
+            display_name: String::new(),
+            role,
+            status: sealpost_storage::AccountStatus::Active,
+            created_at_ms: 0,
+        };
+        let default = AuthPolicy::default();
+        assert!(default.passkey_required(&account(Role::Admin)));
+        assert!(!default.passkey_required(&account(Role::Staff)));
+        let strict = AuthPolicy {
+            passkey_required_for_staff: true,
+            ..AuthPolicy::default()
+        };
+        assert!(strict.passkey_required(&account(Role::Staff)));
+    }
+
+    #[test]
     fn app_passwords_match_within_their_scope() {
         let mut record = Credentials::default();
         let (imap_only, hash) = secrets::app_password();
