@@ -18,6 +18,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod address;
+mod display;
 mod header;
 mod imap;
 mod search;
@@ -25,6 +26,7 @@ mod structure;
 mod summary;
 
 pub use address::{parse_address_list, Address, ADDRESSES_PER_HEADER_MAX};
+pub use display::{parse_envelope, Person, Shown};
 pub use imap::{envelope, header_fields, SectionText};
 pub use search::{search_text, SearchText, SEARCH_TEXT_BYTES_MAX};
 pub use structure::{Content, Envelope, Limits, Part, Structure};
