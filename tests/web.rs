@@ -279,3 +279,70 @@ fn failed_sign_ins_lock_the_account_on_the_web_and_imap_until_an_admin_lifts_it(
         "the lift is not audited"
     );
 }
+
+#[test]
+fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
+    ensure_playwright();
+    // The account password signs in here (no second factor required), as the protocol
+    // tests' folders do.
+    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
+    data.add_accounts(&["alice@clinic.test", "bob@clinic.test"], PASSWORD);
+    let mut server = data.serve();
+    let work = tempfile::tempdir().unwrap();
+    let attachment = work.path().join("befund.pdf");
+    let bytes: Vec<u8> = (0..70_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&attachment, &bytes).unwrap();
+    let sent = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import os, smtplib, ssl\n\
+             from email.message import EmailMessage\n\
+             m = EmailMessage()\n\
+             m['From'] = 'bob@clinic.test'\n\
+             m['To'] = 'alice@clinic.test'\n\
+             m['Subject'] = 'Blutwerte für Frau Müller'\n\
+             m.set_content('Die Werte sind im Anhang.\\nGruß, Bob')\n\
+             m.add_attachment(open(os.environ['FILE'], 'rb').read(), maintype='application', subtype='pdf', filename='befund.pdf')\n\
+             ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+             s = smtplib.SMTP_SSL('localhost', int(os.environ['PORT']), context=ctx)\n\
+             s.login('bob@clinic.test', os.environ['PASSWORD'])\n\
+             s.send_message(m)\n\
+             s.quit()\n",
+        )
+        .env("FILE", &attachment)
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("PORT", (data.port_base + 465).to_string())
+        .env("PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    let run = Command::new("node")
+        .arg(browser_dir().join("mail.mjs"))
+        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
+        .env("ADDRESS", "alice@clinic.test")
+        .env("PASSWORD", PASSWORD)
+        .env("SUBJECT", "Blutwerte für Frau Müller")
+        .env("TEXT", "Die Werte sind im Anhang.")
+        .env("ATTACHMENT", &attachment)
+        .env("ARTIFACTS", browser_dir().join("artifacts"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(
+        run.status.success(),
+        "{said}\n{}\n{:?}",
+        String::from_utf8_lossy(&run.stderr),
+        server.seen.iter().rev().take(20).collect::<Vec<_>>()
+    );
+    assert!(said.contains("\"filename\":\"befund.pdf\""), "{said}");
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    let exported = common::sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
+    assert!(
+        exported
+            .lines()
+            .any(|l| l.contains("message.read") && l.contains("web attachment 0")),
+        "the download is not audited"
+    );
+}

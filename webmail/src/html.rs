@@ -24,7 +24,7 @@ pub(crate) fn render(frame: Frame<'_>, content: impl IntoView + 'static) -> Html
     let account = frame.account.map(|(address, token)| {
         view! {
             <span>
-                {address.to_string()} " · " <a href="/security">"Account security"</a> " · "
+                {address.to_string()} " · " <a href="/mail">"Mail"</a> " · " <a href="/security">"Account security"</a> " · "
                 <form class="inline" method="post" action="/sign-out">
                     <input type="hidden" name="csrf" value=token.to_string()/>
                     <button type="submit" class="quiet">"Sign out"</button>

@@ -10,6 +10,7 @@
 mod admin;
 mod ceremony;
 mod html;
+mod mail;
 mod request;
 mod security;
 mod signin;
@@ -126,6 +127,10 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/sign-out", post(signin::sign_out))
         .route("/reauth", get(signin::reauth_page).post(signin::reauth))
         .route("/security", get(security::page))
+        .route("/mail", get(mail::inbox))
+        .route("/mail/{mailbox}", get(mail::folder))
+        .route("/mail/{mailbox}/{uid}", get(mail::message))
+        .route("/mail/{mailbox}/{uid}/attachment/{index}", get(mail::attachment))
         .route("/admin/lockouts", get(admin::lockouts))
         .route("/admin/lockouts/lift", post(admin::lift))
         .route("/security/totp/start", post(security::totp_start))

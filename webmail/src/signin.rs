@@ -26,7 +26,8 @@ use crate::{Peer, WebState};
 pub(crate) async fn home(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
     match session(&state, &headers).await.map(|f| f.session.stage) {
         Some(Stage::SecondFactor) => see_other("/second-factor"),
-        Some(_) => see_other("/security"),
+        Some(Stage::Enrolment) => see_other("/security"),
+        Some(Stage::SignedIn(_)) => see_other("/mail"),
         None => see_other("/sign-in"),
     }
 }

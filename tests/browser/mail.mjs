@@ -1,0 +1,62 @@
+// Reading mail on the web: the folder list, a message in the list (unread until opened), the
+// message's text, and its attachment downloaded with the same bytes. Run by tests/web.rs.
+//
+//   BASE=… ADDRESS=… PASSWORD=… SUBJECT=… TEXT=… ATTACHMENT=file ARTIFACTS=dir node mail.mjs
+
+import fs from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const { BASE, ADDRESS, PASSWORD, SUBJECT, TEXT, ATTACHMENT, ARTIFACTS } = process.env;
+fs.mkdirSync(ARTIFACTS, { recursive: true });
+
+function report(step, fields = {}) {
+  console.log(JSON.stringify({ step, ...fields }));
+}
+
+function check(condition, message) {
+  if (!condition) {
+    console.error(message);
+    process.exit(1);
+  }
+}
+
+const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu"] });
+try {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, acceptDownloads: true });
+  const page = await context.newPage();
+  await page.goto(`${BASE}/sign-in`);
+  await page.fill("#address", ADDRESS);
+  await page.fill("#password", PASSWORD);
+  await Promise.all([page.waitForNavigation(), page.click('form[action="/sign-in"] button')]);
+  await page.goto(`${BASE}/`);
+  check(/\/mail\/\d+$/.test(page.url()), `home is not the inbox: ${page.url()}`);
+  const folders = await page.locator("#folders li").allTextContents();
+  check(folders.some((f) => f.startsWith("Inbox (1)")), `folders: ${folders}`);
+  const row = page.locator(`#messages tr:has-text("${SUBJECT}")`);
+  check((await row.count()) === 1, "the message is not listed");
+  check((await row.getAttribute("class")) === "unread", "not shown as unread");
+  await page.screenshot({ path: path.join(ARTIFACTS, "mail-01-inbox.png"), fullPage: true });
+  report("listed", { folders });
+
+  await Promise.all([page.waitForNavigation(), row.locator("a").click()]);
+  const body = await page.textContent("pre.body");
+  check((await page.locator("text=formatted version").count()) === 0, "a plain message called formatted");
+  check(body.includes(TEXT), `text: ${body}`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "mail-02-message.png"), fullPage: true });
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#attachments a")]);
+  const saved = path.join(ARTIFACTS, "downloaded-attachment");
+  await download.saveAs(saved);
+  const same = Buffer.compare(fs.readFileSync(saved), fs.readFileSync(ATTACHMENT)) === 0;
+  check(same, "the downloaded attachment differs");
+  report("read", { filename: download.suggestedFilename() });
+
+  await page.goto(`${BASE}/mail`);
+  check((await page.locator(`#messages tr:has-text("${SUBJECT}")`).getAttribute("class")) === "", "still unread");
+  // Another account's folder and message numbers lead nowhere.
+  const other = await page.request.get(`${BASE}/mail/999999`);
+  check(other.status() === 404, `a made-up folder: ${other.status()}`);
+  report("done");
+} finally {
+  await browser.close();
+}

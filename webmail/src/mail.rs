@@ -1,0 +1,439 @@
+//! The webmail's reading side: the folder list with unread counts, a folder's messages (50 a
+//! page, sorted by date, sender or subject), and a message (its headers, its text, its
+//! attachments, downloaded as attachments). Reading is audited as IMAP's FETCH is, and marks
+//! the message read.
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use leptos::prelude::*;
+use mail_parser::{MessageParser, MimeHeaders};
+use sealpost_auth::websession::Found;
+use sealpost_mime::Shown;
+use sealpost_storage::{
+    Account, Actor, AuditEvent, FlagChange, Flags, Mailbox, MailboxId, MessageMeta, SpecialUse, SystemFlag,
+};
+use serde::Deserialize;
+
+use crate::html::{render, when, Frame};
+use crate::request::{blocking, see_other, session};
+use crate::{Peer, WebState};
+
+/// Messages on one page of a folder.
+pub(crate) const MESSAGES_PER_PAGE: usize = 50;
+
+/// The signed-in account of this request.
+async fn reader(state: &Arc<WebState>, headers: &HeaderMap) -> Result<(Found, Account), Response> {
+    let Some(found) = session(state, headers).await.filter(|f| f.session.signed_in()) else {
+        return Err(see_other("/"));
+    };
+    let (state2, id) = (state.clone(), found.account);
+    match blocking(move || state2.store.account(id)).await {
+        Some(Ok(account)) => Ok((found, account)),
+        _ => Err(see_other("/sign-in")),
+    }
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        crate::html::message_page("Not found", "There is no such folder or message in your mailbox."),
+    )
+        .into_response()
+}
+
+pub(crate) async fn inbox(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
+    let (_, account) = match reader(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let (state2, id) = (state.clone(), account.id);
+    match blocking(move || state2.store.mailbox_by_name(id, "INBOX")).await {
+        Some(Ok(Some(inbox))) => see_other(&format!("/mail/{}", inbox.id.0)),
+        _ => not_found(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    page: Option<usize>,
+    #[serde(default)]
+    sort: Option<String>,
+}
+
+/// A folder's name as people read it.
+fn folder_label(mailbox: &Mailbox) -> String {
+    match mailbox.special_use {
+        Some(SpecialUse::Backup) => "BACKUP (everything, read-only)".to_string(),
+        _ if mailbox.name.eq_ignore_ascii_case("INBOX") => "Inbox".to_string(),
+        _ => mailbox.name.clone(),
+    }
+}
+
+fn folders_view(mailboxes: &[Mailbox], current: MailboxId) -> impl IntoView {
+    let items: Vec<_> = mailboxes
+        .iter()
+        .map(|m| {
+            let label = folder_label(m);
+            let unseen = (m.unseen > 0).then(|| format!(" ({})", m.unseen));
+            let href = format!("/mail/{}", m.id.0);
+            let aria = (m.id == current).then_some("page");
+            view! { <li><a href=href aria-current=aria>{label}</a>{unseen}</li> }
+        })
+        .collect();
+    view! { <nav aria-label="Folders" id="folders"><ul>{items}</ul></nav> }
+}
+
+pub(crate) async fn folder(
+    State(state): State<Arc<WebState>>,
+    Path(mailbox): Path<u32>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (found, account) = match reader(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let (state2, id) = (state.clone(), account.id);
+    let mailbox = MailboxId(mailbox);
+    let sort = query.sort.clone().unwrap_or_else(|| "date".into());
+    let sort_key = sort.clone();
+    let loaded = blocking(move || {
+        let mailboxes = state2.store.list_mailboxes(id).ok()?;
+        let current = mailboxes.iter().find(|m| m.id == mailbox)?.clone();
+        let metas = state2.store.messages(id, mailbox).ok()?;
+        let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
+        let mut rows: Vec<(MessageMeta, Shown)> = state2
+            .store
+            .message_summaries(id, mailbox, &uids)
+            .ok()?
+            .into_iter()
+            .map(|(meta, summary)| {
+                let shown = sealpost_mime::Summary::from_bytes(&summary)
+                    .map(|s| Shown::of_imap(&s.envelope))
+                    .unwrap_or_default();
+                (meta, shown)
+            })
+            .collect();
+        match sort_key.as_str() {
+            "from" => rows.sort_by_cached_key(|(m, s)| {
+                (
+                    s.from.first().map(|p| p.label().to_lowercase()).unwrap_or_default(),
+                    std::cmp::Reverse(m.internal_date.unix_seconds),
+                )
+            }),
+            "subject" => rows.sort_by_cached_key(|(m, s)| {
+                (
+                    s.subject.to_lowercase(),
+                    std::cmp::Reverse(m.internal_date.unix_seconds),
+                )
+            }),
+            _ => rows.sort_by_key(|(m, _)| std::cmp::Reverse((m.internal_date.unix_seconds, m.uid))),
+        }
+        Some((mailboxes, current, rows))
+    })
+    .await
+    .flatten();
+    let Some((mailboxes, current, rows)) = loaded else {
+        return not_found();
+    };
+    let pages = rows.len().div_ceil(MESSAGES_PER_PAGE).max(1);
+    let page = query.page.unwrap_or(1).clamp(1, pages);
+    let shown: Vec<_> = rows
+        .iter()
+        .skip((page - 1) * MESSAGES_PER_PAGE)
+        .take(MESSAGES_PER_PAGE)
+        .map(|(meta, shown)| {
+            let unread = !meta.flags.has(SystemFlag::Seen);
+            let flagged = meta.flags.has(SystemFlag::Flagged);
+            let from = shown.from.first().map(|p| p.label().to_string()).unwrap_or_default();
+            let subject = if shown.subject.trim().is_empty() {
+                "(no subject)".to_string()
+            } else {
+                shown.subject.clone()
+            };
+            let href = format!("/mail/{}/{}", current.id.0, meta.uid);
+            let class = if unread { "unread" } else { "" };
+            view! {
+                <tr class=class>
+                    <td>{flagged.then_some("⚑")}{unread.then(|| view! { <span class="sr-only">"unread "</span> })}</td>
+                    <td>{from}</td>
+                    <td><a href=href>{subject}</a></td>
+                    <td>{when(meta.internal_date.unix_seconds * 1000)}</td>
+                </tr>
+            }
+        })
+        .collect();
+    let base = format!("/mail/{}", current.id.0);
+    let link = |page: usize, sort: &str| format!("{base}?page={page}&sort={sort}");
+    let previous = (page > 1).then(|| {
+        let href = link(page - 1, &sort);
+        view! { <a href=href rel="prev">"Newer"</a> }
+    });
+    let next = (page < pages).then(|| {
+        let href = link(page + 1, &sort);
+        view! { <a href=href rel="next">"Older"</a> }
+    });
+    let sorts: Vec<_> = [("date", "Date"), ("from", "Sender"), ("subject", "Subject")]
+        .into_iter()
+        .map(|(key, label)| {
+            let href = link(1, key);
+            let aria = (key == sort).then_some("true");
+            view! { <a href=href aria-pressed=aria class="sort">{label}</a> " " }
+        })
+        .collect();
+    let count = rows.len();
+    let title = folder_label(&current);
+    render(
+        Frame {
+            title: &title,
+            csrf: Some(&found.session.csrf),
+            account: Some((&account.address, &found.session.csrf)),
+            script: false,
+        },
+        view! {
+            <div class="mail">
+                {folders_view(&mailboxes, current.id)}
+                <section id="messages">
+                    <p class="muted">{format!("{count} messages · page {page} of {pages} · sort by ")}{sorts}</p>
+                    <table>
+                        <tr><th></th><th>"From"</th><th>"Subject"</th><th>"Received"</th></tr>
+                        {shown}
+                    </table>
+                    <p>{previous}" "{next}</p>
+                </section>
+            </div>
+        },
+    )
+    .into_response()
+}
+
+fn people_line(label: &'static str, people: &[sealpost_mime::Person]) -> impl IntoView {
+    (!people.is_empty()).then(|| {
+        let text = people
+            .iter()
+            .map(|p| {
+                if p.name.trim().is_empty() {
+                    p.email.clone()
+                } else {
+                    format!("{} <{}>", p.name, p.email)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        view! { <tr><th>{label}</th><td>{text}</td></tr> }
+    })
+}
+
+pub(crate) async fn message(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path((mailbox, uid)): Path<(u32, u32)>,
+    headers: HeaderMap,
+) -> Response {
+    let (found, account) = match reader(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let (state2, id, mailbox) = (state.clone(), account.id, MailboxId(mailbox));
+    let actor = Actor {
+        name: account.address.clone(),
+        peer: peer.0.to_string(),
+    };
+    let loaded = blocking(move || {
+        let folder = state2.store.mailbox(id, mailbox).ok()?;
+        let meta = state2.store.message(id, mailbox, uid).ok()?;
+        let raw = state2.store.read_message(id, mailbox, uid).ok()?;
+        let event = AuditEvent::new(&actor, "message.read", format!("mailbox:{} uids:{uid}", mailbox.0)).detail("web");
+        let _ = state2.store.audit(event);
+        if !meta.flags.has(SystemFlag::Seen) && !folder.read_only {
+            let _ = state2.store.store_flags(
+                id,
+                mailbox,
+                &[uid],
+                &FlagChange::Add(Flags::new().with(SystemFlag::Seen)),
+                None,
+            );
+        }
+        Some((folder, meta, raw))
+    })
+    .await
+    .flatten();
+    let Some((folder, meta, raw)) = loaded else {
+        return not_found();
+    };
+    let structure = sealpost_mime::Structure::parse(&raw, sealpost_mime::Limits::default());
+    let shown = Shown::of(&structure.envelope);
+    let parsed = MessageParser::default().parse(&raw);
+    let text = parsed
+        .as_ref()
+        .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
+        .unwrap_or_default();
+    // A text/html part of its own (mail-parser also lists converted text among HTML bodies).
+    let has_html = structure
+        .parts
+        .iter()
+        .any(|p| p.media_type == "text" && p.media_subtype == "html");
+    let authentication = parsed
+        .as_ref()
+        .and_then(|m| m.header_raw("Authentication-Results").map(|v| v.trim().to_string()));
+    let attachments: Vec<_> = parsed
+        .as_ref()
+        .map(|m| {
+            m.attachments()
+                .enumerate()
+                .map(|(index, part)| {
+                    let name = part.attachment_name().unwrap_or("attachment").to_string();
+                    let kind = part
+                        .content_type()
+                        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("octet-stream")))
+                        .unwrap_or_else(|| "application/octet-stream".into());
+                    let href = format!("/mail/{}/{}/attachment/{index}", folder.id.0, uid);
+                    let size = part.len();
+                    view! { <li><a href=href download="">{name}</a>{format!(" ({kind}, {})", human_size(size))}</li> }
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let subject = if shown.subject.trim().is_empty() {
+        "(no subject)".to_string()
+    } else {
+        shown.subject.clone()
+    };
+    let back = format!("/mail/{}", folder.id.0);
+    let date = shown
+        .date
+        .clone()
+        .unwrap_or_else(|| when(meta.internal_date.unix_seconds * 1000));
+    render(
+        Frame {
+            title: &subject,
+            csrf: Some(&found.session.csrf),
+            account: Some((&account.address, &found.session.csrf)),
+            script: false,
+        },
+        view! {
+            <p><a href=back>{format!("← {}", folder_label(&folder))}</a></p>
+            <section id="message">
+                <table class="headers">
+                    {people_line("From", &shown.from)}
+                    {people_line("To", &shown.to)}
+                    {people_line("Cc", &shown.cc)}
+                    <tr><th>"Date"</th><td>{date}</td></tr>
+                    {authentication.map(|a| view! { <tr><th>"Checks"</th><td class="muted">{a}</td></tr> })}
+                </table>
+                {has_html.then(|| view! { <p class="muted">"This message also has a formatted version; the text is shown."</p> })}
+                <pre class="body">{text}</pre>
+                {(!attachments.is_empty()).then(|| view! { <h2>"Attachments"</h2><ul id="attachments">{attachments}</ul> })}
+            </section>
+        },
+    )
+    .into_response()
+}
+
+fn human_size(bytes: usize) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} bytes"),
+        1024..1_048_576 => format!("{:.0} KB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MB", bytes as f64 / 1_048_576.0),
+    }
+}
+
+/// A file name safe in a Content-Disposition header: printable ASCII without quotes or
+/// separators (others become "_"), and the full UTF-8 name in `filename*`.
+fn disposition(name: &str) -> String {
+    let plain: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && !"\"\\;/".contains(c) || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("attachment; filename=\"{plain}\"; filename*=UTF-8''{encoded}")
+}
+
+pub(crate) async fn attachment(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path((mailbox, uid, index)): Path<(u32, u32, usize)>,
+    headers: HeaderMap,
+) -> Response {
+    let (_, account) = match reader(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let (state2, id, mailbox) = (state.clone(), account.id, MailboxId(mailbox));
+    let actor = Actor {
+        name: account.address.clone(),
+        peer: peer.0.to_string(),
+    };
+    let loaded = blocking(move || {
+        let raw = state2.store.read_message(id, mailbox, uid).ok()?;
+        let event = AuditEvent::new(&actor, "message.read", format!("mailbox:{} uids:{uid}", mailbox.0))
+            .detail(format!("web attachment {index}"));
+        let _ = state2.store.audit(event);
+        Some(raw)
+    })
+    .await
+    .flatten();
+    let Some(raw) = loaded else {
+        return not_found();
+    };
+    let Some(message) = MessageParser::default().parse(&raw) else {
+        return not_found();
+    };
+    let Some(part) = message.attachments().nth(index) else {
+        return not_found();
+    };
+    let name = part.attachment_name().unwrap_or("attachment").to_string();
+    let kind = part
+        .content_type()
+        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("octet-stream")))
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let mut response = part.contents().to_vec().into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&kind).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    if let Ok(value) = HeaderValue::from_str(&disposition(&name)) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachment_names_cannot_break_the_header() {
+        assert_eq!(
+            disposition("report.pdf"),
+            "attachment; filename=\"report.pdf\"; filename*=UTF-8''report.pdf"
+        );
+        let tricky = disposition("a\"b;\r\nX-Evil: 1/Befund ü.pdf");
+        assert!(!tricky.contains('\r') && !tricky.contains('\n'), "{tricky}");
+        assert!(
+            tricky.starts_with("attachment; filename=\"a_b___X-Evil: 1_Befund _.pdf\""),
+            "{tricky}"
+        );
+        assert!(tricky.ends_with("Befund%20%C3%BC.pdf"), "{tricky}");
+    }
+}
