@@ -17,6 +17,16 @@ use common::DataDir;
 
 const PASSWORD: &str = "velvet kettle sonar magpie";
 
+/// A helper process, killed when dropped (also when the test fails).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn browser_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/browser"))
 }
@@ -318,8 +328,81 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
         .output()
         .unwrap();
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    // An HTML message whose script, image, style and link all point at a server of the test's
+    // own, which logs every connection it gets (plain HTTP or a TLS attempt, as a browser
+    // upgrading mixed content would make): it must get none.
+    let watcher_port = common::free_udp_port();
+    let log = work.path().join("requests.log");
+    let watcher = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import os, socketserver\n\
+             log = open(os.environ['LOG'], 'a')\n\
+             class H(socketserver.BaseRequestHandler):\n\
+             \x20   def handle(self):\n\
+             \x20       first = self.request.recv(4096)\n\
+             \x20       line = 'tls' if first[:1] == b'\\x16' else first.split(b'\\r\\n')[0].decode('latin-1')\n\
+             \x20       log.write(line + '\\n'); log.flush()\n\
+             \x20       self.request.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n')\n\
+             socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
+             socketserver.ThreadingTCPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n",
+        )
+        .env("LOG", &log)
+        .env("PORT", watcher_port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _watcher = Killed(watcher);
+    std::fs::write(&log, "").unwrap();
+    let remote = format!("http://127.0.0.1:{watcher_port}");
+    let html = format!(
+        "<p>Hello <b>bold</b></p><script>document.body.insertAdjacentHTML('beforeend','<p id=ran>ran</p>');\
+         fetch('{remote}/script')</script><img src=\"{remote}/pixel.png\">\
+         <div style=\"background-image: url({remote}/css)\">styled</div>\
+         <link rel=stylesheet href=\"{remote}/sheet.css\"><iframe src=\"{remote}/frame\"></iframe>"
+    );
+    let sent = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import os, smtplib, ssl\n\
+             from email.message import EmailMessage\n\
+             m = EmailMessage()\n\
+             m['From'] = 'bob@clinic.test'\n\
+             m['To'] = 'alice@clinic.test'\n\
+             m['Subject'] = 'Newsletter'\n\
+             m.set_content('Hello bold (text version)')\n\
+             m.add_alternative(os.environ['HTML'], subtype='html')\n\
+             ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+             s = smtplib.SMTP_SSL('localhost', int(os.environ['PORT']), context=ctx)\n\
+             s.login('bob@clinic.test', os.environ['PASSWORD'])\n\
+             s.send_message(m)\n\
+             s.quit()\n",
+        )
+        .env("HTML", &html)
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("PORT", (data.port_base + 465).to_string())
+        .env("PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    // The watcher answers before the browser looks (else "no request" would prove nothing).
+    let probe = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg("import os, time, urllib.request\nfor _ in range(50):\n    try:\n        urllib.request.urlopen(os.environ['URL']); break\n    except Exception:\n        time.sleep(0.1)\n")
+        .env("URL", format!("{remote}/probe"))
+        .output()
+        .unwrap();
+    assert!(probe.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "GET /probe HTTP/1.1\n",
+        "the watcher logs requests"
+    );
+    std::fs::write(&log, "").unwrap();
     let run = Command::new("node")
         .arg(browser_dir().join("mail.mjs"))
+        .env("HTML_SUBJECT", "Newsletter")
         .env("BASE", format!("https://localhost:{}", data.port_base + 443))
         .env("ADDRESS", "alice@clinic.test")
         .env("PASSWORD", PASSWORD)
@@ -337,6 +420,9 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
         server.seen.iter().rev().take(20).collect::<Vec<_>>()
     );
     assert!(said.contains("\"filename\":\"befund.pdf\""), "{said}");
+    assert!(said.contains("\"step\":\"html\""), "{said}");
+    let requests = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(requests, "", "the HTML message made the browser fetch remote content");
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     let exported = common::sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
     assert!(

@@ -32,7 +32,7 @@ try {
   await page.goto(`${BASE}/`);
   check(/\/mail\/\d+$/.test(page.url()), `home is not the inbox: ${page.url()}`);
   const folders = await page.locator("#folders li").allTextContents();
-  check(folders.some((f) => f.startsWith("Inbox (1)")), `folders: ${folders}`);
+  check(folders.some((f) => f.startsWith("Inbox (2)")), `folders: ${folders}`);
   const row = page.locator(`#messages tr:has-text("${SUBJECT}")`);
   check((await row.count()) === 1, "the message is not listed");
   check((await row.getAttribute("class")) === "unread", "not shown as unread");
@@ -53,6 +53,23 @@ try {
 
   await page.goto(`${BASE}/mail`);
   check((await page.locator(`#messages tr:has-text("${SUBJECT}")`).getAttribute("class")) === "", "still unread");
+
+  // HTML mail: shown in the sandboxed frame, without its script, without remote content.
+  const scriptErrors = [];
+  page.on("pageerror", (e) => scriptErrors.push(String(e)));
+  await Promise.all([
+    page.waitForNavigation(),
+    page.locator(`#messages tr:has-text("${process.env.HTML_SUBJECT}") a`).click(),
+  ]);
+  const frame = page.frameLocator("iframe.formatted");
+  await frame.locator("text=Hello").waitFor();
+  const bold = await frame.locator("b").textContent();
+  check(bold === "bold", `the formatted text: ${bold}`);
+  check((await frame.locator("#ran").count()) === 0, "the message's script ran");
+  check((await frame.locator('img[src^="http"]').count()) === 0, "a remote image is in the page");
+  await page.waitForTimeout(1500);
+  await page.screenshot({ path: path.join(ARTIFACTS, "mail-03-html.png"), fullPage: true });
+  report("html", { errors: scriptErrors.length });
   // Another account's folder and message numbers lead nowhere.
   const other = await page.request.get(`${BASE}/mail/999999`);
   check(other.status() === 404, `a made-up folder: ${other.status()}`);

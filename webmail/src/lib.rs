@@ -73,17 +73,22 @@ const STYLE_CSS: &str = include_str!("../static/style.css");
 /// Every response carries these: no script but our file, no framing, no sniffing, HTTPS only,
 /// nothing cached but the static files.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+     connect-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 async fn security_headers(request: Request<axum::body::Body>, next: axum::middleware::Next) -> Response {
     let is_static = request.uri().path().starts_with("/static/");
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    // A handler may set its own policy and framing (the sandboxed message frame does).
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        headers.entry(name).or_insert(HeaderValue::from_static(value));
+    }
+    for (name, value) in [
         (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::X_FRAME_OPTIONS, "DENY"),
         (header::REFERRER_POLICY, "no-referrer"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -131,6 +136,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/mail/{mailbox}", get(mail::folder))
         .route("/mail/{mailbox}/{uid}", get(mail::message))
         .route("/mail/{mailbox}/{uid}/attachment/{index}", get(mail::attachment))
+        .route("/mail/{mailbox}/{uid}/html", get(mail::formatted))
         .route("/admin/lockouts", get(admin::lockouts))
         .route("/admin/lockouts/lift", post(admin::lift))
         .route("/security/totp/start", post(security::totp_start))

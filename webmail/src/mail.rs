@@ -228,10 +228,22 @@ fn people_line(label: &'static str, people: &[sealpost_mime::Person]) -> impl In
     })
 }
 
+#[derive(Deserialize, Default)]
+pub(crate) struct ImagesQuery {
+    #[serde(default, deserialize_with = "flag")]
+    images: Option<bool>,
+}
+
+fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
+    let text: Option<String> = Option::deserialize(deserializer)?;
+    Ok(text.map(|t| t == "1" || t == "true"))
+}
+
 pub(crate) async fn message(
     State(state): State<Arc<WebState>>,
     Extension(peer): Extension<Peer>,
     Path((mailbox, uid)): Path<(u32, u32)>,
+    Query(query): Query<ImagesQuery>,
     headers: HeaderMap,
 ) -> Response {
     let (found, account) = match reader(&state, &headers).await {
@@ -325,13 +337,88 @@ pub(crate) async fn message(
                     <tr><th>"Date"</th><td>{date}</td></tr>
                     {authentication.map(|a| view! { <tr><th>"Checks"</th><td class="muted">{a}</td></tr> })}
                 </table>
-                {has_html.then(|| view! { <p class="muted">"This message also has a formatted version; the text is shown."</p> })}
-                <pre class="body">{text}</pre>
+                {if has_html {
+                    let images = query.images.unwrap_or(false);
+                    let src = format!("/mail/{}/{}/html{}", folder.id.0, uid, if images { "?images=1" } else { "" });
+                    let toggle = format!("/mail/{}/{}{}", folder.id.0, uid, if images { "" } else { "?images=1" });
+                    view! {
+                        <p class="muted">
+                            {if images { "Remote images are shown for this message. " } else { "Remote images are blocked. " }}
+                            <a href=toggle id="images-toggle">{if images { "Block them" } else { "Show remote images" }}</a>
+                        </p>
+                        <iframe class="formatted" sandbox="allow-popups allow-popups-to-escape-sandbox" src=src title="The formatted message" referrerpolicy="no-referrer"></iframe>
+                    }.into_any()
+                } else {
+                    view! { <pre class="body">{text}</pre> }.into_any()
+                }}
                 {(!attachments.is_empty()).then(|| view! { <h2>"Attachments"</h2><ul id="attachments">{attachments}</ul> })}
             </section>
         },
     )
     .into_response()
+}
+
+/// The message's HTML, sanitized (ammonia: no script, no event handler, no form, no
+/// javascript: link), for a sandboxed frame whose own policy lets nothing load but inline
+/// styles and data: images, and remote images only when the reader asked for them.
+pub(crate) fn sanitize(html: &str, remote_images: bool) -> String {
+    let mut builder = ammonia::Builder::default();
+    builder
+        .add_generic_attributes(["style"])
+        .link_rel(Some("noopener noreferrer"))
+        .set_tag_attribute_value("a", "target", "_blank")
+        .url_schemes(["http", "https", "mailto", "data"].into_iter().collect())
+        .attribute_filter(move |element, attribute, value| {
+            if element == "img" && attribute == "src" {
+                let lower = value.trim().to_ascii_lowercase();
+                let remote = lower.starts_with("http:") || lower.starts_with("https:") || lower.starts_with("//");
+                if remote && !remote_images {
+                    return None;
+                }
+                if !remote && !lower.starts_with("data:image/") {
+                    return None;
+                }
+            }
+            Some(value.into())
+        });
+    builder.clean(html).to_string()
+}
+
+pub(crate) async fn formatted(
+    State(state): State<Arc<WebState>>,
+    Path((mailbox, uid)): Path<(u32, u32)>,
+    Query(query): Query<ImagesQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (_, account) = match reader(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let (state2, id, mailbox) = (state.clone(), account.id, MailboxId(mailbox));
+    let Some(Some(raw)) = blocking(move || state2.store.read_message(id, mailbox, uid).ok()).await else {
+        return not_found();
+    };
+    let html = MessageParser::default()
+        .parse(&raw)
+        .and_then(|m| m.body_html(0).map(|h| h.into_owned()))
+        .unwrap_or_default();
+    let images = query.images.unwrap_or(false);
+    let page = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><base target=\"_blank\"></head><body>{}</body></html>",
+        sanitize(&html, images)
+    );
+    let policy = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:{}; frame-ancestors 'self'; base-uri 'none'; \
+         form-action 'none'; sandbox allow-popups allow-popups-to-escape-sandbox",
+        if images { " https:" } else { "" }
+    );
+    let mut response = axum::response::Html(page).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN"));
+    response
 }
 
 fn human_size(bytes: usize) -> String {
@@ -421,6 +508,42 @@ pub(crate) async fn attachment(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn html_loses_scripts_handlers_and_remote_images_unless_allowed() {
+        let html = r#"<p onclick="steal()">Hello <b>bold</b></p><script>steal()</script>
+            <img src="https://tracker.example/pixel.png"><img src="data:image/png;base64,AAAA">
+            <a href="javascript:steal()">x</a><a href="https://example.org/">link</a>
+            <form action="https://evil.example/"><input name="pw"></form>
+            <div style="color: red">styled</div><iframe src="https://evil.example/"></iframe>"#;
+        let clean = sanitize(html, false);
+        for gone in [
+            "onclick",
+            "<script",
+            "steal()",
+            "tracker.example",
+            "javascript:",
+            "<form",
+            "<input",
+            "<iframe",
+            "evil.example",
+        ] {
+            assert!(!clean.contains(gone), "{gone} survived: {clean}");
+        }
+        for kept in [
+            "Hello <b>bold</b>",
+            "data:image/png",
+            "https://example.org/",
+            "target=\"_blank\"",
+            "style=\"color: red\"",
+        ] {
+            assert!(clean.contains(kept), "{kept} lost: {clean}");
+        }
+        assert!(
+            sanitize(html, true).contains("tracker.example/pixel.png"),
+            "allowed images stay"
+        );
+    }
 
     #[test]
     fn attachment_names_cannot_break_the_header() {
