@@ -70,6 +70,45 @@ try {
   await page.waitForTimeout(1500);
   await page.screenshot({ path: path.join(ARTIFACTS, "mail-03-html.png"), fullPage: true });
   report("html", { errors: scriptErrors.length });
+  // Search: by text, by sender, by date.
+  await page.goto(`${BASE}/mail`);
+  const inboxUrl = page.url();
+  const listed = async () => (await page.locator("#messages td a").allTextContents()).sort();
+  await page.goto(inboxUrl);
+  await page.click("details summary");
+  await page.fill("#s-text", "anhang");
+  await Promise.all([page.waitForNavigation(), page.click("#search button")]);
+  check(JSON.stringify(await listed()) === JSON.stringify([SUBJECT]), `text search: ${await listed()}`);
+  await page.goto(`${inboxUrl}?from=bob`);
+  check((await listed()).length === 2, `from search: ${await listed()}`);
+  await page.goto(`${inboxUrl}?since=2999-01-01`);
+  check((await listed()).length === 0, `date search: ${await listed()}`);
+  await page.goto(`${inboxUrl}?subject=newsletter`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "mail-04-search.png"), fullPage: true });
+  report("searched");
+
+  // Select and act: flag, then delete (to Trash); BACKUP keeps its copy and offers no action.
+  await page.goto(inboxUrl);
+  const select = (subject) => page.locator(`#messages tr:has-text("${subject}") input[type=checkbox]`).check();
+  await select(process.env.HTML_SUBJECT);
+  await Promise.all([page.waitForNavigation(), page.click('#bulk button[value="flag"]')]);
+  check(((await page.textContent(".notice")) || "").includes("Flagged"), "no flagged notice");
+  check(((await page.textContent(`#messages tr:has-text("${process.env.HTML_SUBJECT}")`)) || "").includes("⚑"), "not flagged");
+  await select(process.env.HTML_SUBJECT);
+  await Promise.all([page.waitForNavigation(), page.click('#bulk button[value="delete"]')]);
+  check(JSON.stringify(await listed()) === JSON.stringify([SUBJECT]), `after delete: ${await listed()}`);
+  const folderLinks = await page.locator("#folders a").evaluateAll((links) => links.map((a) => [a.textContent, a.href]));
+  const trash = folderLinks.find(([name]) => name === "Trash")[1];
+  const backup = folderLinks.find(([name]) => name.startsWith("BACKUP"))[1];
+  await page.goto(trash);
+  check(JSON.stringify(await listed()) === JSON.stringify([process.env.HTML_SUBJECT]), `trash: ${await listed()}`);
+  await page.goto(backup);
+  check((await listed()).length === 2, `backup: ${await listed()}`);
+  check((await page.locator("#bulk").count()) === 0, "BACKUP offers actions");
+  const forged = await page.request.post(`${inboxUrl}/act`, { form: { csrf: "forged", action: "delete", uid: "1" }, maxRedirects: 0 });
+  check(forged.status() === 403, `a forged action: ${forged.status()}`);
+  report("acted");
+
   // Another account's folder and message numbers lead nowhere.
   const other = await page.request.get(`${BASE}/mail/999999`);
   check(other.status() === 404, `a made-up folder: ${other.status()}`);

@@ -134,6 +134,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/security", get(security::page))
         .route("/mail", get(mail::inbox))
         .route("/mail/{mailbox}", get(mail::folder))
+        .route("/mail/{mailbox}/act", post(mail::act))
         .route("/mail/{mailbox}/{uid}", get(mail::message))
         .route("/mail/{mailbox}/{uid}/attachment/{index}", get(mail::attachment))
         .route("/mail/{mailbox}/{uid}/html", get(mail::formatted))

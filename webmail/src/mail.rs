@@ -56,12 +56,124 @@ pub(crate) async fn inbox(State(state): State<Arc<WebState>>, headers: HeaderMap
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 pub(crate) struct ListQuery {
     #[serde(default)]
     page: Option<usize>,
     #[serde(default)]
     sort: Option<String>,
+    /// Search: words in the sender, the recipients, the subject, the text; a date range
+    /// (YYYY-MM-DD, received on or after `since`, before `before`).
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    before: Option<String>,
+    /// What the last action did, shown once.
+    #[serde(default)]
+    done: Option<String>,
+}
+
+impl ListQuery {
+    fn searching(&self) -> bool {
+        [
+            &self.from,
+            &self.to,
+            &self.subject,
+            &self.text,
+            &self.since,
+            &self.before,
+        ]
+        .iter()
+        .any(|f| f.as_deref().is_some_and(|v| !v.trim().is_empty()))
+    }
+
+    /// The search part of the query string, for links that keep it.
+    fn search_string(&self) -> String {
+        let mut out = String::new();
+        for (name, value) in [
+            ("from", &self.from),
+            ("to", &self.to),
+            ("subject", &self.subject),
+            ("text", &self.text),
+            ("since", &self.since),
+            ("before", &self.before),
+        ] {
+            if let Some(value) = value.as_deref().filter(|v| !v.trim().is_empty()) {
+                out.push_str(&format!("&{name}={}", encode_component(value)));
+            }
+        }
+        out
+    }
+}
+
+fn encode_component(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A date field as Unix seconds at its midnight UTC.
+fn day_start(text: &str) -> Option<i64> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(text.trim(), &format).ok()?;
+    Some(date.midnight().assume_utc().unix_timestamp())
+}
+
+fn contains_word(haystack: &str, needle: &str) -> bool {
+    haystack.to_lowercase().contains(&needle.trim().to_lowercase())
+}
+
+/// Whether a message passes the search (`text` is checked by the caller against the store).
+fn matches(query: &ListQuery, meta: &MessageMeta, shown: &Shown) -> bool {
+    let people = |list: &[sealpost_mime::Person]| {
+        list.iter()
+            .map(|p| format!("{} {}", p.name, p.email))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    fn field(value: &Option<String>) -> Option<&str> {
+        value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+    if let Some(from) = field(&query.from) {
+        if !contains_word(&people(&shown.from), from) {
+            return false;
+        }
+    }
+    if let Some(to) = field(&query.to) {
+        if !contains_word(&format!("{} {}", people(&shown.to), people(&shown.cc)), to) {
+            return false;
+        }
+    }
+    if let Some(subject) = field(&query.subject) {
+        if !contains_word(&shown.subject, subject) {
+            return false;
+        }
+    }
+    if let Some(since) = field(&query.since).and_then(day_start) {
+        if meta.internal_date.unix_seconds < since {
+            return false;
+        }
+    }
+    if let Some(before) = field(&query.before).and_then(day_start) {
+        if meta.internal_date.unix_seconds >= before {
+            return false;
+        }
+    }
+    true
 }
 
 /// A folder's name as people read it.
@@ -101,6 +213,7 @@ pub(crate) async fn folder(
     let mailbox = MailboxId(mailbox);
     let sort = query.sort.clone().unwrap_or_else(|| "date".into());
     let sort_key = sort.clone();
+    let search = query.clone();
     let loaded = blocking(move || {
         let mailboxes = state2.store.list_mailboxes(id).ok()?;
         let current = mailboxes.iter().find(|m| m.id == mailbox)?.clone();
@@ -117,7 +230,20 @@ pub(crate) async fn folder(
                     .unwrap_or_default();
                 (meta, shown)
             })
+            .filter(|(meta, shown)| matches(&search, meta, shown))
             .collect();
+        if let Some(text) = search.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            // The stored search text is lower-cased, decoded headers and body text.
+            let needle = text.to_lowercase();
+            rows.retain(|(meta, _)| {
+                state2
+                    .store
+                    .message_search_text(id, mailbox, meta.uid)
+                    .ok()
+                    .and_then(|bytes| sealpost_mime::SearchText::from_bytes(&bytes))
+                    .is_some_and(|t| t.body.contains(&needle) || t.headers.iter().any(|(_, v)| v.contains(&needle)))
+            });
+        }
         match sort_key.as_str() {
             "from" => rows.sort_by_cached_key(|(m, s)| {
                 (
@@ -157,9 +283,13 @@ pub(crate) async fn folder(
             };
             let href = format!("/mail/{}/{}", current.id.0, meta.uid);
             let class = if unread { "unread" } else { "" };
+            let (uid, label) = (meta.uid.to_string(), format!("Select {subject}"));
             view! {
                 <tr class=class>
-                    <td>{flagged.then_some("⚑")}{unread.then(|| view! { <span class="sr-only">"unread "</span> })}</td>
+                    <td>
+                        <input type="checkbox" name="uid" value=uid form="bulk" aria-label=label/>
+                        {flagged.then_some(" ⚑")}{unread.then(|| view! { <span class="sr-only">"unread "</span> })}
+                    </td>
                     <td>{from}</td>
                     <td><a href=href>{subject}</a></td>
                     <td>{when(meta.internal_date.unix_seconds * 1000)}</td>
@@ -168,7 +298,8 @@ pub(crate) async fn folder(
         })
         .collect();
     let base = format!("/mail/{}", current.id.0);
-    let link = |page: usize, sort: &str| format!("{base}?page={page}&sort={sort}");
+    let kept = query.search_string();
+    let link = |page: usize, sort: &str| format!("{base}?page={page}&sort={sort}{kept}");
     let previous = (page > 1).then(|| {
         let href = link(page - 1, &sort);
         view! { <a href=href rel="prev">"Newer"</a> }
@@ -187,6 +318,39 @@ pub(crate) async fn folder(
         .collect();
     let count = rows.len();
     let title = folder_label(&current);
+    let value = |v: &Option<String>| v.clone().unwrap_or_default();
+    let (from, to, subject, text, since, before) = (
+        value(&query.from),
+        value(&query.to),
+        value(&query.subject),
+        value(&query.text),
+        value(&query.since),
+        value(&query.before),
+    );
+    let search_action = base.clone();
+    let searching = query.searching();
+    let clear = base.clone();
+    let targets: Vec<_> = mailboxes
+        .iter()
+        .filter(|m| m.id != current.id && !m.read_only)
+        .map(|m| {
+            let (id, label) = (m.id.0.to_string(), folder_label(m));
+            view! { <option value=id>{label}</option> }
+        })
+        .collect();
+    let act = format!("{base}/act");
+    let csrf = found.session.csrf.clone();
+    let read_only = current.read_only;
+    let done = query.done.clone().map(|d| match d.as_str() {
+        "read" => "Marked read.",
+        "unread" => "Marked unread.",
+        "flag" => "Flagged.",
+        "unflag" => "Flag removed.",
+        "delete" => "Deleted (moved to Trash; BACKUP keeps its copy).",
+        "move" => "Moved.",
+        "none" => "Nothing was selected.",
+        _ => "Done.",
+    });
     render(
         Frame {
             title: &title,
@@ -198,7 +362,34 @@ pub(crate) async fn folder(
             <div class="mail">
                 {folders_view(&mailboxes, current.id)}
                 <section id="messages">
+                    {crate::html::notice_line(done.map(str::to_string))}
+                    <details open=searching>
+                        <summary>"Search"</summary>
+                        <form method="get" action=search_action id="search">
+                            <label for="s-from">"From"</label><input type="text" id="s-from" name="from" value=from/>
+                            <label for="s-to">"To"</label><input type="text" id="s-to" name="to" value=to/>
+                            <label for="s-subject">"Subject"</label><input type="text" id="s-subject" name="subject" value=subject/>
+                            <label for="s-text">"Text"</label><input type="text" id="s-text" name="text" value=text/>
+                            <label for="s-since">"Received from (YYYY-MM-DD)"</label><input type="text" id="s-since" name="since" value=since/>
+                            <label for="s-before">"Received before (YYYY-MM-DD)"</label><input type="text" id="s-before" name="before" value=before/>
+                            <button type="submit">"Search"</button>
+                            {searching.then(|| view! { " " <a href=clear>"Show all"</a> })}
+                        </form>
+                    </details>
                     <p class="muted">{format!("{count} messages · page {page} of {pages} · sort by ")}{sorts}</p>
+                    {(!read_only).then(|| view! {
+                        <form method="post" action=act id="bulk" class="actions">
+                            <input type="hidden" name="csrf" value=csrf/>
+                            <button type="submit" name="action" value="read" class="quiet">"Mark read"</button>
+                            " "<button type="submit" name="action" value="unread" class="quiet">"Mark unread"</button>
+                            " "<button type="submit" name="action" value="flag" class="quiet">"Flag"</button>
+                            " "<button type="submit" name="action" value="unflag" class="quiet">"Unflag"</button>
+                            " "<button type="submit" name="action" value="delete" class="danger">"Delete"</button>
+                            " "<label for="move-to" class="inline-label">"Move to"</label>
+                            <select id="move-to" name="to">{targets}</select>
+                            <button type="submit" name="action" value="move" class="quiet">"Move"</button>
+                        </form>
+                    })}
                     <table>
                         <tr><th></th><th>"From"</th><th>"Subject"</th><th>"Received"</th></tr>
                         {shown}
@@ -209,6 +400,125 @@ pub(crate) async fn folder(
         },
     )
     .into_response()
+}
+
+/// A bulk action on selected messages: mark (read, unread, flag, unflag), delete (to Trash;
+/// in Trash for good — BACKUP keeps its copy), or move. The form repeats `uid`, which the
+/// usual form extractor cannot take, so the body is read as pairs.
+pub(crate) async fn act(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(mailbox): Path<u32>,
+    headers: HeaderMap,
+    axum::extract::RawForm(body): axum::extract::RawForm,
+) -> Response {
+    let (found, account) = match reader(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    if !get("csrf").is_some_and(|token| found.session.csrf_ok(&token)) {
+        return crate::request::forbidden();
+    }
+    let uids: Vec<u32> = pairs
+        .iter()
+        .filter(|(k, _)| k == "uid")
+        .filter_map(|(_, v)| v.parse().ok())
+        .take(MESSAGES_PER_PAGE)
+        .collect();
+    let action = get("action").unwrap_or_default();
+    let back = |done: &str| see_other(&format!("/mail/{mailbox}?done={done}"));
+    if uids.is_empty() {
+        return back("none");
+    }
+    let target = get("to").and_then(|t| t.parse::<u32>().ok()).map(MailboxId);
+    let (state2, id, mailbox_id) = (state.clone(), account.id, MailboxId(mailbox));
+    let actor = Actor {
+        name: account.address.clone(),
+        peer: peer.0.to_string(),
+    };
+    let done_action = action.clone();
+    let result = blocking(move || {
+        let store = &state2.store;
+        let flags = |flag| Flags::new().with(flag);
+        let listed = format!(
+            "mailbox:{} uids:{}",
+            mailbox_id.0,
+            uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+        );
+        match done_action.as_str() {
+            "read" => store
+                .store_flags(id, mailbox_id, &uids, &FlagChange::Add(flags(SystemFlag::Seen)), None)
+                .map(|_| ()),
+            "unread" => store
+                .store_flags(
+                    id,
+                    mailbox_id,
+                    &uids,
+                    &FlagChange::Remove(flags(SystemFlag::Seen)),
+                    None,
+                )
+                .map(|_| ()),
+            "flag" => store
+                .store_flags(
+                    id,
+                    mailbox_id,
+                    &uids,
+                    &FlagChange::Add(flags(SystemFlag::Flagged)),
+                    None,
+                )
+                .map(|_| ()),
+            "unflag" => store
+                .store_flags(
+                    id,
+                    mailbox_id,
+                    &uids,
+                    &FlagChange::Remove(flags(SystemFlag::Flagged)),
+                    None,
+                )
+                .map(|_| ()),
+            "move" => {
+                let to = target.ok_or(sealpost_storage::Error::MailboxNotFound)?;
+                store.move_messages(id, mailbox_id, &uids, to)?;
+                store.audit(
+                    AuditEvent::new(&actor, "message.move", listed).detail(format!("web, to mailbox:{}", to.0)),
+                )?;
+                Ok(())
+            }
+            "delete" => {
+                let trash = store.mailbox_by_special_use(id, SpecialUse::Trash)?;
+                match trash {
+                    Some(trash) if trash.id != mailbox_id => {
+                        store.move_messages(id, mailbox_id, &uids, trash.id)?;
+                    }
+                    _ => {
+                        store.store_flags(
+                            id,
+                            mailbox_id,
+                            &uids,
+                            &FlagChange::Add(flags(SystemFlag::Deleted)),
+                            None,
+                        )?;
+                        store.expunge_deleted(id, mailbox_id, Some(&uids))?;
+                    }
+                }
+                store.audit(AuditEvent::new(&actor, "message.delete", listed).detail("web"))?;
+                Ok(())
+            }
+            _ => Err(sealpost_storage::Error::InvalidInput { what: "unknown action" }),
+        }
+    })
+    .await;
+    match result {
+        Some(Ok(())) => back(&action),
+        Some(Err(sealpost_storage::Error::ReadOnly { .. })) => (
+            StatusCode::FORBIDDEN,
+            crate::html::message_page("Read-only", "BACKUP keeps everything; nothing in it can be changed."),
+        )
+            .into_response(),
+        _ => not_found(),
+    }
 }
 
 fn people_line(label: &'static str, people: &[sealpost_mime::Person]) -> impl IntoView {
