@@ -198,6 +198,20 @@ fn key_rotation_replaces_the_key_file_and_keeps_the_store_open() {
         records.contains("sealpost-ed25519._domainkey.clinic.example.") && records.contains("k=rsa; p=MII"),
         "{records}"
     );
+    // The TLSA record pins the certificate's public key, as openssl computes it.
+    let pin = Command::new("sh")
+        .arg("-c")
+        .arg("openssl x509 -in \"$1\" -pubkey -noout | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1")
+        .arg("sh")
+        .arg(data.path().join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    let pin = String::from_utf8_lossy(&pin.stdout).trim().to_string();
+    assert_eq!(pin.len(), 64, "openssl: {pin}");
+    assert!(
+        records.contains(&format!("_25._tcp.mail.clinic.example.\tIN TLSA 3 1 1 {pin}")),
+        "{records}"
+    );
 
     // The retired key no longer opens the store.
     std::fs::copy(data.path().join("keys").join(&retired[0]), &key).unwrap();
