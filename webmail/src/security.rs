@@ -297,16 +297,20 @@ pub(crate) struct PasswordForm {
     again: String,
 }
 
-pub(crate) async fn password_change(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<PasswordForm>,
-) -> Response {
-    let (found, account, credentials) = match checked(&state, &headers, &form.csrf).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+impl WithCsrf for PasswordForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+pub(crate) async fn password_change(State(state): State<Arc<WebState>>, checked: Checked<PasswordForm>) -> Response {
+    let Checked {
+        found,
+        account,
+        credentials,
+        form,
+        peer,
+    } = checked;
     if !found.session.signed_in() {
         return see_other("/security");
     }
@@ -503,19 +507,52 @@ pub(crate) struct TokenForm {
     csrf: String,
 }
 
-/// The request's session, if its form carries the session's token. `Err` is the answer.
-async fn checked(
-    state: &Arc<WebState>,
-    headers: &HeaderMap,
-    csrf: &str,
-) -> Result<(Found, Account, Credentials), Response> {
-    let Some((found, account, credentials)) = current(state, headers).await else {
-        return Err(see_other("/sign-in"));
-    };
-    if !found.session.csrf_ok(csrf) {
-        return Err(forbidden());
+impl WithCsrf for TokenForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
     }
-    Ok((found, account, credentials))
+}
+
+/// Forms of this page: each carries the session's CSRF token.
+pub(crate) trait WithCsrf {
+    fn csrf(&self) -> &str;
+}
+
+/// A form of a signed-in (or enrolling) session whose CSRF token matches: the session, the
+/// account, its credential record, the form and the client. Anything else is answered
+/// before the handler runs: no session, a redirect to sign in; a wrong or missing token or a
+/// malformed form, 403 with nothing changed.
+pub(crate) struct Checked<F> {
+    found: Found,
+    account: Account,
+    credentials: Credentials,
+    form: F,
+    peer: Peer,
+}
+
+impl<F> axum::extract::FromRequest<Arc<WebState>> for Checked<F>
+where
+    F: serde::de::DeserializeOwned + WithCsrf + Send + 'static,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &Arc<WebState>) -> Result<Self, Response> {
+        let peer = request.extensions().get::<Peer>().copied().ok_or_else(forbidden)?;
+        let Some((found, account, credentials)) = current(state, request.headers()).await else {
+            return Err(see_other("/sign-in"));
+        };
+        let Form(form) = Form::<F>::from_request(request, state).await.map_err(|_| forbidden())?;
+        if !found.session.csrf_ok(form.csrf()) {
+            return Err(forbidden());
+        }
+        Ok(Self {
+            found,
+            account,
+            credentials,
+            form,
+            peer,
+        })
+    }
 }
 
 /// Reloads the record after a change, then shows the page.
@@ -538,15 +575,14 @@ async fn enrolled(state: &Arc<WebState>, found: &mut Found, method: &str) {
     let _ = blocking(move || websession::save(&state.store, account, &id, &session, vec![])).await;
 }
 
-pub(crate) async fn totp_start(
-    State(state): State<Arc<WebState>>,
-    headers: HeaderMap,
-    Form(form): Form<TokenForm>,
-) -> Response {
-    let (mut found, account, credentials) = match checked(&state, &headers, &form.csrf).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub(crate) async fn totp_start(State(state): State<Arc<WebState>>, checked: Checked<TokenForm>) -> Response {
+    let Checked {
+        mut found,
+        account,
+        credentials,
+        form: _,
+        peer: _,
+    } = checked;
     if credentials.totp.is_some() {
         return show(
             &state,
@@ -588,16 +624,20 @@ pub(crate) struct CodeForm {
     code: String,
 }
 
-pub(crate) async fn totp_confirm(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<CodeForm>,
-) -> Response {
-    let (mut found, account, credentials) = match checked(&state, &headers, &form.csrf).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+impl WithCsrf for CodeForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Checked<CodeForm>) -> Response {
+    let Checked {
+        mut found,
+        account,
+        credentials,
+        form,
+        peer,
+    } = checked;
     let Some(secret) = found.session.pending_totp.clone() else {
         return show(
             &state,
@@ -670,16 +710,14 @@ fn keeps_enough(state: &WebState, account: &Account, credentials: &Credentials, 
     !state.policy.second_factor_required || passkeys > 0 || totp
 }
 
-pub(crate) async fn totp_remove(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<TokenForm>,
-) -> Response {
-    let (found, account, credentials) = match checked(&state, &headers, &form.csrf).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub(crate) async fn totp_remove(State(state): State<Arc<WebState>>, checked: Checked<TokenForm>) -> Response {
+    let Checked {
+        found,
+        account,
+        credentials,
+        form: _,
+        peer,
+    } = checked;
     if credentials.totp.is_none() {
         return show(&state, &found, &account, &credentials, Outcome::none()).await;
     }
@@ -715,16 +753,14 @@ pub(crate) async fn totp_remove(
     .await
 }
 
-pub(crate) async fn recovery_codes(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<TokenForm>,
-) -> Response {
-    let (found, account, _) = match checked(&state, &headers, &form.csrf).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub(crate) async fn recovery_codes(State(state): State<Arc<WebState>>, checked: Checked<TokenForm>) -> Response {
+    let Checked {
+        found,
+        account,
+        credentials: _,
+        form: _,
+        peer,
+    } = checked;
     if found.session.stage == Stage::Enrolment {
         return see_other("/security");
     }
@@ -876,16 +912,20 @@ pub(crate) struct IdForm {
     id: String,
 }
 
-pub(crate) async fn passkey_remove(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<IdForm>,
-) -> Response {
-    let (found, account, credentials) = match checked(&state, &headers, &form.csrf).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+impl WithCsrf for IdForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+pub(crate) async fn passkey_remove(State(state): State<Arc<WebState>>, checked: Checked<IdForm>) -> Response {
+    let Checked {
+        found,
+        account,
+        credentials,
+        form,
+        peer,
+    } = checked;
     if !credentials.passkeys.iter().any(|k| k.id == form.id) {
         return show(&state, &found, &account, &credentials, Outcome::none()).await;
     }
@@ -924,16 +964,23 @@ pub(crate) struct AppPasswordForm {
     scope: String,
 }
 
+impl WithCsrf for AppPasswordForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub(crate) async fn app_password_issue(
     State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<AppPasswordForm>,
+    checked: Checked<AppPasswordForm>,
 ) -> Response {
-    let (found, account, credentials) = match checked(&state, &headers, &form.csrf).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+    let Checked {
+        found,
+        account,
+        credentials,
+        form,
+        peer,
+    } = checked;
     if !found.session.signed_in() {
         return see_other("/security");
     }
@@ -985,16 +1032,14 @@ pub(crate) async fn app_password_issue(
     }
 }
 
-pub(crate) async fn app_password_revoke(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<IdForm>,
-) -> Response {
-    let (found, account, _) = match checked(&state, &headers, &form.csrf).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub(crate) async fn app_password_revoke(State(state): State<Arc<WebState>>, checked: Checked<IdForm>) -> Response {
+    let Checked {
+        found,
+        account,
+        credentials: _,
+        form,
+        peer,
+    } = checked;
     let who = actor(&account, &peer);
     let (state2, id, app) = (state.clone(), account.id, form.id.clone());
     let _ = blocking(move || revoke_app_password(&state2.store, id, &app, &who)).await;
@@ -1013,16 +1058,20 @@ pub(crate) struct SessionForm {
     session: String,
 }
 
-pub(crate) async fn session_end(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<SessionForm>,
-) -> Response {
-    let (found, account, _) = match checked(&state, &headers, &form.csrf).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+impl WithCsrf for SessionForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+pub(crate) async fn session_end(State(state): State<Arc<WebState>>, checked: Checked<SessionForm>) -> Response {
+    let Checked {
+        found,
+        account,
+        credentials: _,
+        form,
+        peer,
+    } = checked;
     let who = actor(&account, &peer);
     let (state2, id, label, this) = (state.clone(), account.id, form.session.clone(), found.id);
     let _ = blocking(move || {
@@ -1045,16 +1094,14 @@ pub(crate) async fn session_end(
     .await
 }
 
-pub(crate) async fn sessions_end_all(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<TokenForm>,
-) -> Response {
-    let (_, account, _) = match checked(&state, &headers, &form.csrf).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub(crate) async fn sessions_end_all(State(state): State<Arc<WebState>>, checked: Checked<TokenForm>) -> Response {
+    let Checked {
+        found: _,
+        account,
+        credentials: _,
+        form: _,
+        peer,
+    } = checked;
     let who = actor(&account, &peer);
     let (state2, id) = (state.clone(), account.id);
     let _ = blocking(move || websession::end(&state2.store, id, None, &who)).await;
