@@ -447,37 +447,17 @@ pub(crate) async fn act(
             mailbox_id.0,
             uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
         );
+        let mark = match done_action.as_str() {
+            "read" => Some(FlagChange::Add(flags(SystemFlag::Seen))),
+            "unread" => Some(FlagChange::Remove(flags(SystemFlag::Seen))),
+            "flag" => Some(FlagChange::Add(flags(SystemFlag::Flagged))),
+            "unflag" => Some(FlagChange::Remove(flags(SystemFlag::Flagged))),
+            _ => None,
+        };
+        if let Some(change) = mark {
+            return store.store_flags(id, mailbox_id, &uids, &change, None).map(|_| ());
+        }
         match done_action.as_str() {
-            "read" => store
-                .store_flags(id, mailbox_id, &uids, &FlagChange::Add(flags(SystemFlag::Seen)), None)
-                .map(|_| ()),
-            "unread" => store
-                .store_flags(
-                    id,
-                    mailbox_id,
-                    &uids,
-                    &FlagChange::Remove(flags(SystemFlag::Seen)),
-                    None,
-                )
-                .map(|_| ()),
-            "flag" => store
-                .store_flags(
-                    id,
-                    mailbox_id,
-                    &uids,
-                    &FlagChange::Add(flags(SystemFlag::Flagged)),
-                    None,
-                )
-                .map(|_| ()),
-            "unflag" => store
-                .store_flags(
-                    id,
-                    mailbox_id,
-                    &uids,
-                    &FlagChange::Remove(flags(SystemFlag::Flagged)),
-                    None,
-                )
-                .map(|_| ()),
             "move" => {
                 let to = target.ok_or(sealpost_storage::Error::MailboxNotFound)?;
                 store.move_messages(id, mailbox_id, &uids, to)?;

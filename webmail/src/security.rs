@@ -297,12 +297,6 @@ pub(crate) struct PasswordForm {
     again: String,
 }
 
-impl WithCsrf for PasswordForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
-}
-
 pub(crate) async fn password_change(State(state): State<Arc<WebState>>, checked: Checked<PasswordForm>) -> Response {
     let Checked {
         found,
@@ -507,16 +501,22 @@ pub(crate) struct TokenForm {
     csrf: String,
 }
 
-impl WithCsrf for TokenForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
-}
-
 /// Forms of this page: each carries the session's CSRF token.
 pub(crate) trait WithCsrf {
     fn csrf(&self) -> &str;
 }
+
+macro_rules! with_csrf {
+    ($($form:ty),*) => {$(
+        impl WithCsrf for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        }
+    )*};
+}
+
+with_csrf!(TokenForm, CodeForm, IdForm, AppPasswordForm, SessionForm, PasswordForm);
 
 /// A form of a signed-in (or enrolling) session whose CSRF token matches: the session, the
 /// account, its credential record, the form and the client. Anything else is answered
@@ -622,12 +622,6 @@ pub(crate) async fn totp_start(State(state): State<Arc<WebState>>, checked: Chec
 pub(crate) struct CodeForm {
     csrf: String,
     code: String,
-}
-
-impl WithCsrf for CodeForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Checked<CodeForm>) -> Response {
@@ -912,12 +906,6 @@ pub(crate) struct IdForm {
     id: String,
 }
 
-impl WithCsrf for IdForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
-}
-
 pub(crate) async fn passkey_remove(State(state): State<Arc<WebState>>, checked: Checked<IdForm>) -> Response {
     let Checked {
         found,
@@ -962,12 +950,6 @@ pub(crate) struct AppPasswordForm {
     csrf: String,
     name: String,
     scope: String,
-}
-
-impl WithCsrf for AppPasswordForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 pub(crate) async fn app_password_issue(
@@ -1056,12 +1038,6 @@ pub(crate) async fn app_password_revoke(State(state): State<Arc<WebState>>, chec
 pub(crate) struct SessionForm {
     csrf: String,
     session: String,
-}
-
-impl WithCsrf for SessionForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 pub(crate) async fn session_end(State(state): State<Arc<WebState>>, checked: Checked<SessionForm>) -> Response {
