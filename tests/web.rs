@@ -297,6 +297,21 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
     // tests' folders do.
     let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
     data.add_accounts(&["alice@clinic.test", "bob@clinic.test"], PASSWORD);
+    // Branding: the organisation's name and logo on every page.
+    std::fs::write(
+        data.path().join("logo.svg"),
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"40\" height=\"40\"><circle cx=\"20\" cy=\"20\" r=\"18\" fill=\"teal\"/></svg>",
+    )
+    .unwrap();
+    data.configure(|config| {
+        assert!(
+            config.contains("organisation = \"\"") && config.contains("logo = \"\""),
+            "{config}"
+        );
+        config
+            .replace("organisation = \"\"", "organisation = \"Lakeside Clinic\"")
+            .replace("logo = \"\"", "logo = \"logo.svg\"")
+    });
     let mut server = data.serve();
     let work = tempfile::tempdir().unwrap();
     let attachment = work.path().join("befund.pdf");

@@ -30,9 +30,20 @@ pub(crate) struct Config {
     /// app passwords), passkeys for staff.
     #[serde(default)]
     pub(crate) auth: sealpost_auth::AuthPolicy,
+    #[serde(default)]
+    pub(crate) web: WebSection,
     /// Admin rules per domain or address, content rules, barred accounts.
     #[serde(default)]
     pub(crate) policy: sealpost_policy::PolicyConfig,
+}
+
+/// The web application.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct WebSection {
+    /// A logo for every page (PNG, JPEG or SVG, at most 256 KiB), relative to the data folder;
+    /// empty: none. The organisation's name is `[outbound] organisation`.
+    pub(crate) logo: String,
 }
 
 /// Delivery to other servers.

@@ -94,6 +94,7 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
         outbound: Default::default(),
         policy: Default::default(),
         auth: Default::default(),
+        web: Default::default(),
     };
     let text = toml::to_string(&config).context("writing the configuration")?;
     create_dir(&args.data, 0o750)?;

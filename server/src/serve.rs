@@ -129,12 +129,28 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             443 => format!("https://{}", cfg.server.hostname),
             port => format!("https://{}:{port}", cfg.server.hostname),
         };
+        let logo = match cfg.web.logo.trim() {
+            "" => None,
+            path => Some(
+                sealpost_webmail::load_logo(&loaded.path(std::path::Path::new(path)))
+                    .map_err(|why| anyhow::anyhow!("[web] logo: {why}"))?,
+            ),
+        };
+        let brand = sealpost_webmail::Brand {
+            organisation: if cfg.outbound.organisation.is_empty() {
+                cfg.server.domain.clone()
+            } else {
+                cfg.outbound.organisation.clone()
+            },
+            logo,
+        };
         let web = sealpost_webmail::WebState::new(
             store.clone(),
             imap_shared.lockout(),
             cfg.auth.clone(),
             &cfg.server.hostname,
             &origin,
+            brand,
         )
         .map_err(|why| anyhow::anyhow!("setting up the web application: {why}"))?;
         let app = sealpost_webmail::router(web);

@@ -31,6 +31,10 @@ try {
   await Promise.all([page.waitForNavigation(), page.click('form[action="/sign-in"] button')]);
   await page.goto(`${BASE}/`);
   check(/\/mail\/\d+$/.test(page.url()), `home is not the inbox: ${page.url()}`);
+  const brand = await page.textContent("header .brand");
+  check(brand.includes("Lakeside Clinic"), `brand: ${brand}`);
+  const logoWidth = await page.locator("header img.logo").evaluate((img) => img.naturalWidth);
+  check(logoWidth > 0, "the logo did not load");
   const folders = await page.locator("#folders li").allTextContents();
   check(folders.some((f) => f.startsWith("Inbox (2)")), `folders: ${folders}`);
   const row = page.locator(`#messages tr:has-text("${SUBJECT}")`);

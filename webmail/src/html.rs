@@ -1,8 +1,29 @@
 //! The page frame, rendered by leptos on the server. No hydration, no inline script: the
 //! only script is `/static/webauthn.js`, included where a page has a passkey form.
 
+use std::sync::OnceLock;
+
 use axum::response::Html;
 use leptos::prelude::*;
+
+/// The organisation every page names, and whether it has a logo (at `/static/logo`). Set once
+/// when the application is made (one per process).
+#[derive(Clone, Debug, Default)]
+pub struct Brand {
+    pub organisation: String,
+    /// The logo's bytes and media type.
+    pub logo: Option<(Vec<u8>, &'static str)>,
+}
+
+static BRAND: OnceLock<Brand> = OnceLock::new();
+
+pub(crate) fn set_brand(brand: Brand) {
+    let _ = BRAND.set(brand);
+}
+
+pub(crate) fn brand() -> Option<&'static Brand> {
+    BRAND.get()
+}
 
 /// What the frame shows besides the page's own content.
 pub(crate) struct Frame<'a> {
@@ -15,7 +36,15 @@ pub(crate) struct Frame<'a> {
 }
 
 pub(crate) fn render(frame: Frame<'_>, content: impl IntoView + 'static) -> Html<String> {
-    let title = format!("{} · Sealpost", frame.title);
+    let title = format!(
+        "{} · {}",
+        frame.title,
+        brand().map_or("Sealpost", |b| if b.organisation.is_empty() {
+            "Sealpost"
+        } else {
+            b.organisation.as_str()
+        })
+    );
     let heading = frame.title.to_string();
     let csrf = frame.csrf.map(|c| view! { <meta name="csrf" content=c.to_string()/> });
     let script = frame
@@ -32,6 +61,13 @@ pub(crate) fn render(frame: Frame<'_>, content: impl IntoView + 'static) -> Html
             </span>
         }
     });
+    let organisation = brand()
+        .map(|b| b.organisation.clone())
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(|| "Sealpost".to_string());
+    let logo = brand()
+        .and_then(|b| b.logo.as_ref())
+        .map(|_| view! { <img src="/static/logo" alt="" class="logo"/> });
     let document = view! {
         <html lang="en">
             <head>
@@ -44,7 +80,10 @@ pub(crate) fn render(frame: Frame<'_>, content: impl IntoView + 'static) -> Html
             </head>
             <body>
                 <header>
-                    <strong>"Sealpost"</strong>
+                    <span class="brand">
+                        {logo}
+                        <strong>{organisation}</strong>
+                    </span>
                     {account}
                 </header>
                 <main>

@@ -27,7 +27,36 @@ use sealpost_auth::{AuthPolicy, Lockout};
 use sealpost_storage::Store;
 use tower::ServiceExt;
 
+pub use html::Brand;
 pub use request::Peer;
+
+/// Largest logo accepted, in bytes.
+pub const LOGO_BYTES_MAX: usize = 256 * 1024;
+
+/// A logo file for `Brand`: PNG, JPEG or SVG, at most `LOGO_BYTES_MAX`.
+pub fn load_logo(path: &std::path::Path) -> Result<(Vec<u8>, &'static str), String> {
+    let kind = match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("svg") => "image/svg+xml",
+        _ => {
+            return Err(format!(
+                "{}: the logo must be a .png, .jpg or .svg file",
+                path.display()
+            ))
+        }
+    };
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() > LOGO_BYTES_MAX {
+        return Err(format!("{}: the logo is over {LOGO_BYTES_MAX} bytes", path.display()));
+    }
+    Ok((bytes, kind))
+}
 
 /// Largest request body accepted, in bytes (forms and passkey answers are small).
 pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
@@ -46,15 +75,18 @@ pub struct WebState {
 }
 
 impl WebState {
-    /// `origin` is what browsers see: `https://HOST[:PORT]`.
+    /// `origin` is what browsers see: `https://HOST[:PORT]`; `brand` names the organisation
+    /// on every page.
     pub fn new(
         store: Store,
         lockout: Arc<Lockout>,
         policy: AuthPolicy,
         hostname: &str,
         origin: &str,
+        brand: Brand,
     ) -> Result<Arc<Self>, String> {
         let passkeys = Passkeys::new(hostname, origin).map_err(|e| e.to_string())?;
+        html::set_brand(brand);
         Ok(Arc::new(Self {
             store,
             lockout,
@@ -118,6 +150,20 @@ fn static_file(body: &'static str, kind: &'static str) -> Response {
         .into_response()
 }
 
+async fn logo() -> Response {
+    match html::brand().and_then(|b| b.logo.as_ref()) {
+        Some((bytes, kind)) => (
+            [
+                (header::CONTENT_TYPE, *kind),
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+            ],
+            bytes.clone(),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 /// The application's routes.
 pub fn router(state: Arc<WebState>) -> Router {
     Router::new()
@@ -156,6 +202,7 @@ pub fn router(state: Arc<WebState>) -> Router {
             "/static/webauthn.js",
             get(|| async { static_file(WEBAUTHN_JS, "text/javascript; charset=utf-8") }),
         )
+        .route("/static/logo", get(logo))
         // No icon: an empty answer rather than a 404 in every browser's console.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route(
