@@ -113,6 +113,18 @@ try {
   check(forged.status() === 403, `a forged action: ${forged.status()}`);
   report("acted");
 
+  // A phone's width: nothing wider than the screen, on the list and on a message.
+  await page.setViewportSize({ width: 375, height: 800 });
+  for (const url of [inboxUrl, `${inboxUrl}/1`]) {
+    await page.goto(url);
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+    check(wide <= 376, `${url} is ${wide}px wide on a 375px screen`);
+  }
+  await page.goto(inboxUrl);
+  await page.screenshot({ path: path.join(ARTIFACTS, "mail-05-phone.png"), fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 800 });
+  report("phone");
+
   // Another account's folder and message numbers lead nowhere.
   const other = await page.request.get(`${BASE}/mail/999999`);
   check(other.status() === 404, `a made-up folder: ${other.status()}`);
