@@ -380,14 +380,16 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
     let sent = Command::new("/usr/bin/python3")
         .arg("-c")
         .arg(
-            "import os, smtplib, ssl\n\
+            "import base64, os, smtplib, ssl\n\
              from email.message import EmailMessage\n\
              m = EmailMessage()\n\
              m['From'] = 'bob@clinic.test'\n\
              m['To'] = 'alice@clinic.test'\n\
              m['Subject'] = 'Newsletter'\n\
              m.set_content('Hello bold (text version)')\n\
-             m.add_alternative(os.environ['HTML'], subtype='html')\n\
+             m.add_alternative(os.environ['HTML'] + '<img id=own src=\"cid:logo@clinic\">', subtype='html')\n\
+             png = base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')\n\
+             m.get_payload()[1].add_related(png, 'image', 'png', cid='<logo@clinic>')\n\
              ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
              s = smtplib.SMTP_SSL('localhost', int(os.environ['PORT']), context=ctx)\n\
              s.login('bob@clinic.test', os.environ['PASSWORD'])\n\

@@ -71,6 +71,9 @@ try {
   check(bold === "bold", `the formatted text: ${bold}`);
   check((await frame.locator("#ran").count()) === 0, "the message's script ran");
   check((await frame.locator('img[src^="http"]').count()) === 0, "a remote image is in the page");
+  // The message's own image (cid:) is shown, from the message itself.
+  const own = await frame.locator('img[src^="data:image/png"]').evaluate((img) => [img.src.slice(0, 22), img.naturalWidth]);
+  check(own[0] === "data:image/png;base64," && own[1] === 1, `the message's own image: ${own}`);
   await page.waitForTimeout(1500);
   await page.screenshot({ path: path.join(ARTIFACTS, "mail-03-html.png"), fullPage: true });
   report("html", { errors: scriptErrors.length });

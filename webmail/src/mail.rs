@@ -648,19 +648,52 @@ pub(crate) async fn message(
     .into_response()
 }
 
+/// Most bytes of a message's own images (`cid:`) put into its formatted view.
+pub(crate) const INLINE_IMAGES_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// The message's own images by Content-ID, as data: URLs (the sandboxed frame has no
+/// cookies to fetch them with, and loads nothing but data: images anyway).
+fn inline_images(message: &mail_parser::Message<'_>) -> std::collections::HashMap<String, String> {
+    use base64::Engine;
+    let mut images = std::collections::HashMap::new();
+    let mut total = 0;
+    for part in &message.parts {
+        let (Some(id), Some(kind)) = (part.content_id(), part.content_type()) else {
+            continue;
+        };
+        let subtype = kind.subtype().unwrap_or("");
+        if !kind.ctype().eq_ignore_ascii_case("image") || !["png", "jpeg", "jpg", "gif", "webp"].contains(&subtype) {
+            continue;
+        }
+        let bytes = part.contents();
+        total += bytes.len();
+        if total > INLINE_IMAGES_BYTES_MAX {
+            break;
+        }
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let id = id.trim_matches(['<', '>']).to_ascii_lowercase();
+        images.insert(id, format!("data:image/{subtype};base64,{encoded}"));
+    }
+    images
+}
+
 /// The message's HTML, sanitized (ammonia: no script, no event handler, no form, no
 /// javascript: link), for a sandboxed frame whose own policy lets nothing load but inline
-/// styles and data: images, and remote images only when the reader asked for them.
-pub(crate) fn sanitize(html: &str, remote_images: bool) -> String {
+/// styles and data: images, and remote images only when the reader asked for them. `cid:`
+/// images become the message's own images from `inline`.
+pub(crate) fn sanitize(html: &str, remote_images: bool, inline: std::collections::HashMap<String, String>) -> String {
     let mut builder = ammonia::Builder::default();
     builder
         .add_generic_attributes(["style"])
         .link_rel(Some("noopener noreferrer"))
         .set_tag_attribute_value("a", "target", "_blank")
-        .url_schemes(["http", "https", "mailto", "data"].into_iter().collect())
+        .url_schemes(["http", "https", "mailto", "data", "cid"].into_iter().collect())
         .attribute_filter(move |element, attribute, value| {
             if element == "img" && attribute == "src" {
                 let lower = value.trim().to_ascii_lowercase();
+                if let Some(id) = lower.strip_prefix("cid:") {
+                    return inline.get(id.trim_matches(['<', '>'])).cloned().map(Into::into);
+                }
                 let remote = lower.starts_with("http:") || lower.starts_with("https:") || lower.starts_with("//");
                 if remote && !remote_images {
                     return None;
@@ -688,14 +721,16 @@ pub(crate) async fn formatted(
     let Some(Some(raw)) = blocking(move || state2.store.read_message(id, mailbox, uid).ok()).await else {
         return not_found();
     };
-    let html = MessageParser::default()
-        .parse(&raw)
+    let parsed = MessageParser::default().parse(&raw);
+    let html = parsed
+        .as_ref()
         .and_then(|m| m.body_html(0).map(|h| h.into_owned()))
         .unwrap_or_default();
+    let inline = parsed.as_ref().map(inline_images).unwrap_or_default();
     let images = query.images.unwrap_or(false);
     let page = format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><base target=\"_blank\"></head><body>{}</body></html>",
-        sanitize(&html, images)
+        sanitize(&html, images, inline)
     );
     let policy = format!(
         "default-src 'none'; style-src 'unsafe-inline'; img-src data:{}; frame-ancestors 'self'; base-uri 'none'; \
@@ -806,7 +841,7 @@ mod tests {
             <a href="javascript:steal()">x</a><a href="https://example.org/">link</a>
             <form action="https://evil.example/"><input name="pw"></form>
             <div style="color: red">styled</div><iframe src="https://evil.example/"></iframe>"#;
-        let clean = sanitize(html, false);
+        let clean = sanitize(html, false, Default::default());
         for gone in [
             "onclick",
             "<script",
@@ -830,8 +865,17 @@ mod tests {
             assert!(clean.contains(kept), "{kept} lost: {clean}");
         }
         assert!(
-            sanitize(html, true).contains("tracker.example/pixel.png"),
+            sanitize(html, true, Default::default()).contains("tracker.example/pixel.png"),
             "allowed images stay"
+        );
+        // The message's own images come inline; unknown ones go.
+        let inline = [("logo@clinic".to_string(), "data:image/png;base64,AAAA".to_string())]
+            .into_iter()
+            .collect();
+        let own = sanitize(r#"<img src="cid:logo@clinic"><img src="cid:other@x">"#, false, inline);
+        assert!(
+            own.contains(r#"src="data:image/png;base64,AAAA""#) && !own.contains("cid:"),
+            "{own}"
         );
     }
 
