@@ -448,4 +448,10 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
             .any(|l| l.contains("message.read") && l.contains("web attachment 0")),
         "the download is not audited"
     );
+    assert!(
+        exported
+            .lines()
+            .any(|l| l.contains("message.read") && l.contains("web formatted")),
+        "the formatted view is not audited"
+    );
 }

@@ -434,10 +434,7 @@ pub(crate) async fn act(
     }
     let target = get("to").and_then(|t| t.parse::<u32>().ok()).map(MailboxId);
     let (state2, id, mailbox_id) = (state.clone(), account.id, MailboxId(mailbox));
-    let actor = Actor {
-        name: account.address.clone(),
-        peer: peer.0.to_string(),
-    };
+    let actor = actor_of(&account, &peer);
     let done_action = action.clone();
     let result = blocking(move || {
         let store = &state2.store;
@@ -501,6 +498,36 @@ pub(crate) async fn act(
     }
 }
 
+/// A message's bytes, its reading audited first: no audit record, no content (runs on a
+/// blocking thread).
+fn read_audited(
+    store: &sealpost_storage::Store,
+    actor: &Actor,
+    account: sealpost_storage::AccountId,
+    mailbox: MailboxId,
+    uid: u32,
+    what: String,
+) -> Option<Vec<u8>> {
+    let event = AuditEvent::new(actor, "message.read", format!("mailbox:{} uids:{uid}", mailbox.0)).detail(what);
+    store.message(account, mailbox, uid).ok()?;
+    store.audit(event).ok()?;
+    store.read_message(account, mailbox, uid).ok()
+}
+
+fn actor_of(account: &Account, peer: &Peer) -> Actor {
+    Actor {
+        name: account.address.clone(),
+        peer: peer.0.to_string(),
+    }
+}
+
+/// "type/subtype" of a part, `application/octet-stream` when it says none.
+fn media_type(part: &mail_parser::MessagePart<'_>) -> String {
+    part.content_type()
+        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("octet-stream")))
+        .unwrap_or_else(|| "application/octet-stream".into())
+}
+
 fn people_line(label: &'static str, people: &[sealpost_mime::Person]) -> impl IntoView {
     (!people.is_empty()).then(|| {
         let text = people
@@ -541,16 +568,11 @@ pub(crate) async fn message(
         Err(response) => return response,
     };
     let (state2, id, mailbox) = (state.clone(), account.id, MailboxId(mailbox));
-    let actor = Actor {
-        name: account.address.clone(),
-        peer: peer.0.to_string(),
-    };
+    let actor = actor_of(&account, &peer);
     let loaded = blocking(move || {
         let folder = state2.store.mailbox(id, mailbox).ok()?;
         let meta = state2.store.message(id, mailbox, uid).ok()?;
-        let raw = state2.store.read_message(id, mailbox, uid).ok()?;
-        let event = AuditEvent::new(&actor, "message.read", format!("mailbox:{} uids:{uid}", mailbox.0)).detail("web");
-        let _ = state2.store.audit(event);
+        let raw = read_audited(&state2.store, &actor, id, mailbox, uid, "web".into())?;
         if !meta.flags.has(SystemFlag::Seen) && !folder.read_only {
             let _ = state2.store.store_flags(
                 id,
@@ -589,10 +611,7 @@ pub(crate) async fn message(
                 .enumerate()
                 .map(|(index, part)| {
                     let name = part.attachment_name().unwrap_or("attachment").to_string();
-                    let kind = part
-                        .content_type()
-                        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("octet-stream")))
-                        .unwrap_or_else(|| "application/octet-stream".into());
+                    let kind = media_type(part);
                     let href = format!("/mail/{}/{}/attachment/{index}", folder.id.0, uid);
                     let size = part.len();
                     view! { <li><a href=href download="">{name}</a>{format!(" ({kind}, {})", human_size(size))}</li> }
@@ -709,6 +728,7 @@ pub(crate) fn sanitize(html: &str, remote_images: bool, inline: std::collections
 
 pub(crate) async fn formatted(
     State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
     Path((mailbox, uid)): Path<(u32, u32)>,
     Query(query): Query<ImagesQuery>,
     headers: HeaderMap,
@@ -718,7 +738,9 @@ pub(crate) async fn formatted(
         Err(response) => return response,
     };
     let (state2, id, mailbox) = (state.clone(), account.id, MailboxId(mailbox));
-    let Some(Some(raw)) = blocking(move || state2.store.read_message(id, mailbox, uid).ok()).await else {
+    let actor = actor_of(&account, &peer);
+    let read = move || read_audited(&state2.store, &actor, id, mailbox, uid, "web formatted".into());
+    let Some(Some(raw)) = blocking(read).await else {
         return not_found();
     };
     let parsed = MessageParser::default().parse(&raw);
@@ -791,16 +813,16 @@ pub(crate) async fn attachment(
         Err(response) => return response,
     };
     let (state2, id, mailbox) = (state.clone(), account.id, MailboxId(mailbox));
-    let actor = Actor {
-        name: account.address.clone(),
-        peer: peer.0.to_string(),
-    };
+    let actor = actor_of(&account, &peer);
     let loaded = blocking(move || {
-        let raw = state2.store.read_message(id, mailbox, uid).ok()?;
-        let event = AuditEvent::new(&actor, "message.read", format!("mailbox:{} uids:{uid}", mailbox.0))
-            .detail(format!("web attachment {index}"));
-        let _ = state2.store.audit(event);
-        Some(raw)
+        read_audited(
+            &state2.store,
+            &actor,
+            id,
+            mailbox,
+            uid,
+            format!("web attachment {index}"),
+        )
     })
     .await
     .flatten();
@@ -814,10 +836,7 @@ pub(crate) async fn attachment(
         return not_found();
     };
     let name = part.attachment_name().unwrap_or("attachment").to_string();
-    let kind = part
-        .content_type()
-        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("octet-stream")))
-        .unwrap_or_else(|| "application/octet-stream".into());
+    let kind = media_type(part);
     let mut response = part.contents().to_vec().into_response();
     let headers = response.headers_mut();
     headers.insert(

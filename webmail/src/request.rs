@@ -100,3 +100,18 @@ pub(crate) fn agent(headers: &HeaderMap) -> String {
 pub(crate) fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// A JSON error for the script, which shows it.
+pub(crate) fn json_error(status: StatusCode, text: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": text }))).into_response()
+}
+
+/// The CSRF token a script request carries in its `X-CSRF-Token` header ("" if none).
+pub(crate) fn script_token(headers: &HeaderMap) -> &str {
+    headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// The answer to a script request whose token does not match.
+pub(crate) fn stale_page() -> Response {
+    json_error(StatusCode::FORBIDDEN, "this page is out of date; reload it")
+}

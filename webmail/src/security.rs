@@ -21,8 +21,11 @@ use serde::Deserialize;
 
 use crate::ceremony::Kind;
 use crate::html::{error_line, notice_line, render, when, Frame};
-use crate::request::{blocking, forbidden, now_ms, see_other, session};
+use crate::request::{blocking, forbidden, json_error, now_ms, script_token, see_other, session, stale_page};
 use crate::{Peer, WebState};
+
+/// Characters of a session's user agent shown in the session list.
+const AGENT_CHARS_SHOWN: usize = 60;
 
 /// Something shown once, right after the change that made it.
 enum Shown {
@@ -444,7 +447,7 @@ fn sessions_view(
             let (csrf, label) = (csrf.to_string(), websession::label(id));
             view! {
                 <tr>
-                    <td>{if current { "this browser".to_string() } else { s.agent.chars().take(60).collect::<String>() }}</td>
+                    <td>{if current { "this browser".to_string() } else { s.agent.chars().take(AGENT_CHARS_SHOWN).collect::<String>() }}</td>
                     <td>{s.address.clone()}</td>
                     <td>{when(s.created_ms)}</td>
                     <td>{when(s.last_seen_ms)}</td>
@@ -696,7 +699,7 @@ pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Ch
 
 /// Whether removing one factor would leave the account below what policy needs.
 fn keeps_enough(state: &WebState, account: &Account, credentials: &Credentials, removing_passkey: bool) -> bool {
-    let passkeys = credentials.passkeys.len() - usize::from(removing_passkey);
+    let passkeys = credentials.passkeys.len().saturating_sub(usize::from(removing_passkey));
     let totp = credentials.totp.is_some() && removing_passkey;
     if state.policy.passkey_required(account) {
         return passkeys > 0;
@@ -775,10 +778,6 @@ pub(crate) async fn recovery_codes(State(state): State<Arc<WebState>>, checked: 
     after(&state, &found, &account, Outcome::shown(Shown::RecoveryCodes(codes))).await
 }
 
-fn json_error(status: StatusCode, text: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": text }))).into_response()
-}
-
 #[derive(Deserialize)]
 pub(crate) struct PasskeyName {
     name: String,
@@ -792,9 +791,8 @@ pub(crate) async fn passkey_start(
     let Some((found, account, credentials)) = current(&state, &headers).await else {
         return json_error(StatusCode::UNAUTHORIZED, "sign in again");
     };
-    let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !found.session.csrf_ok(token) {
-        return json_error(StatusCode::FORBIDDEN, "this page is out of date; reload it");
+    if !found.session.csrf_ok(script_token(&headers)) {
+        return stale_page();
     }
     if found.session.stage != Stage::Enrolment && !found.session.recently_strong(now_ms()) {
         return json_error(
@@ -842,9 +840,8 @@ pub(crate) async fn passkey_finish(
     let Some((mut found, account, _)) = current(&state, &headers).await else {
         return json_error(StatusCode::UNAUTHORIZED, "sign in again");
     };
-    let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !found.session.csrf_ok(token) {
-        return json_error(StatusCode::FORBIDDEN, "this page is out of date; reload it");
+    if !found.session.csrf_ok(script_token(&headers)) {
+        return stale_page();
     }
     let Some((owner, kept)) = state.ceremonies.finish(&request.ceremony, Kind::Register) else {
         return json_error(StatusCode::BAD_REQUEST, "that took too long; try again");

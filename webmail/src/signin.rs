@@ -18,8 +18,8 @@ use serde::Deserialize;
 use crate::ceremony::Kind;
 use crate::html::{error_line, render, Frame};
 use crate::request::{
-    agent, blocking, clear_cookie, cookie, forbidden, now_ms, same_token, see_other, session, set_cookie, FORM_COOKIE,
-    SESSION_COOKIE,
+    agent, blocking, clear_cookie, cookie, forbidden, json_error, now_ms, same_token, script_token, see_other, session,
+    set_cookie, stale_page, FORM_COOKIE, SESSION_COOKIE,
 };
 use crate::{Peer, WebState};
 
@@ -536,16 +536,12 @@ fn second_factor_again(
         .into_response()
 }
 
-/// A JSON error for the script, which shows it.
-fn json_error(status: StatusCode, text: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": text }))).into_response()
-}
-
 /// The token a script request carries: the session's, or before one the form cookie's.
 fn script_token_ok(headers: &HeaderMap, session: Option<&websession::Found>) -> bool {
-    let Some(sent) = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) else {
+    let sent = script_token(headers);
+    if sent.is_empty() {
         return false;
-    };
+    }
     match session {
         Some(found) => found.session.csrf_ok(sent) || form_token_ok(headers, sent),
         None => form_token_ok(headers, sent),
@@ -565,7 +561,7 @@ pub(crate) async fn passkey_start(
 ) -> Response {
     let found = session(&state, &headers).await;
     if !script_token_ok(&headers, found.as_ref()) {
-        return json_error(StatusCode::FORBIDDEN, "this page is out of date; reload it");
+        return stale_page();
     }
     let login = request.address.trim().to_lowercase();
     if let Err(refusal) = state.lockout.check(&peer.0.ip().to_string(), &login) {
@@ -636,7 +632,7 @@ pub(crate) async fn passkey_finish(
 ) -> Response {
     let found = session(&state, &headers).await;
     if !script_token_ok(&headers, found.as_ref()) {
-        return json_error(StatusCode::FORBIDDEN, "this page is out of date; reload it");
+        return stale_page();
     }
     let Some((id, ceremony_state)) = state.ceremonies.finish(&request.ceremony, Kind::SignIn) else {
         return json_error(StatusCode::BAD_REQUEST, "the sign-in took too long; try again");
