@@ -174,11 +174,21 @@ fn now_ms() -> i64 {
     .unwrap_or(i64::MAX)
 }
 
+fn undecodable() -> sealpost_storage::Error {
+    sealpost_storage::Error::Corrupt {
+        what: "a credential record that does not decode".into(),
+    }
+}
+
 impl Credentials {
-    pub fn decode(bytes: Option<&[u8]>) -> Self {
-        // A record that does not decode is a bug or damage: start empty rather than lock the
-        // account out of the pages that repair it; the store's seal already vouches for it.
-        bytes.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default()
+    /// The record in `bytes` (none yet: an empty one); `None` for bytes that do not decode,
+    /// which callers must not overwrite: writing an empty record over them would drop the
+    /// account's passkeys and app passwords without a word.
+    pub fn decode(bytes: Option<&[u8]>) -> Option<Self> {
+        match bytes {
+            None => Some(Self::default()),
+            Some(bytes) => serde_json::from_slice(bytes).ok(),
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -187,7 +197,7 @@ impl Credentials {
 
     /// The account's record as stored.
     pub fn load(store: &Store, account: AccountId) -> sealpost_storage::Result<Self> {
-        Ok(Self::decode(store.credentials(account)?.as_deref()))
+        Self::decode(store.credentials(account)?.as_deref()).ok_or_else(undecodable)
     }
 
     /// Changes the record with `change`, which returns the audit records of the change or
@@ -198,11 +208,19 @@ impl Credentials {
         account: AccountId,
         change: impl FnOnce(&mut Credentials) -> Option<Vec<AuditEvent>>,
     ) -> sealpost_storage::Result<bool> {
-        store.update_credentials(account, |bytes| {
-            let mut record = Self::decode(bytes);
+        let mut damaged = false;
+        let changed = store.update_credentials(account, |bytes| {
+            let Some(mut record) = Self::decode(bytes) else {
+                damaged = true;
+                return None;
+            };
             let events = change(&mut record)?;
             Some((record.encode(), events))
-        })
+        })?;
+        if damaged {
+            return Err(undecodable());
+        }
+        Ok(changed)
     }
 
     /// Whether the account has a second factor for the web.
@@ -498,7 +516,11 @@ mod tests {
         assert_eq!(record.app_password_index(&imap_only, Protocol::Imap), Some(0));
         assert_eq!(record.app_password_index(&imap_only, Protocol::Smtp), None);
         assert_eq!(record.app_password_index("not it", Protocol::Imap), None);
-        let decoded = Credentials::decode(Some(&record.encode()));
+        let decoded = Credentials::decode(Some(&record.encode())).unwrap();
+        assert!(
+            Credentials::decode(Some(b"not json")).is_none(),
+            "damage is not an empty record"
+        );
         assert_eq!(decoded.app_password_index(&imap_only, Protocol::Imap), Some(0));
     }
 }
