@@ -12,61 +12,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{sealpost, sealpost_ok, start_dns_with, DataDir, Server};
+use common::{
+    free_port_on, mx_records, sealpost, sealpost_ok, start_dns_with, with_dns_port, DataDir, Receiver, Server,
+};
 
 const PASSWORD: &str = "harness-pw";
-
-/// A receiving server; killed when dropped.
-struct Receiver {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Receiver {
-    fn start(ip: &str, port: u16, dir: &Path, args: &[&str]) -> Receiver {
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../tests/scripts/smtp_receiver.py"
-            ))
-            .args([ip, &port.to_string()])
-            .arg(dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "receiver on {ip}:{port} did not start");
-        Receiver {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// (envelope JSON, message) of every message received.
-    fn received(&self) -> Vec<(serde_json::Value, Vec<u8>)> {
-        let mut out = Vec::new();
-        for n in 1.. {
-            let Ok(envelope) = std::fs::read_to_string(self.dir.join(format!("{n}.json"))) else {
-                break;
-            };
-            let message = std::fs::read(self.dir.join(format!("{n}.eml"))).unwrap();
-            out.push((serde_json::from_str(&envelope).unwrap(), message));
-        }
-        out
-    }
-}
 
 /// A test CA, and certificates it signs: (CA PEM, [(cert PEM path, key PEM path)]).
 fn test_ca(dir: &Path, names: &[&str]) -> (std::path::PathBuf, Vec<(std::path::PathBuf, std::path::PathBuf)>) {
@@ -100,47 +50,6 @@ fn test_ca(dir: &Path, names: &[&str]) -> (std::path::PathBuf, Vec<(std::path::P
         leaves.push((cert_path, key_path));
     }
     (ca_path, leaves)
-}
-
-fn free_port_on(ips: &[&str]) -> u16 {
-    for _ in 0..50 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        if ips.iter().all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok()) {
-            return port;
-        }
-    }
-    panic!("no port free on every receiver address");
-}
-
-/// dnsmasq options for MX records: (domain, MX host, its address).
-fn mx_records(records: &[(&str, &str, &str)]) -> Vec<String> {
-    records
-        .iter()
-        .flat_map(|(domain, mx, ip)| {
-            [
-                format!("--mx-host={domain},{mx},10"),
-                format!("--host-record={mx},{ip}"),
-            ]
-        })
-        .collect()
-}
-
-/// The configuration with its DNS server moved to `port`.
-fn with_dns_port(config: &str, port: u16) -> String {
-    config
-        .lines()
-        .map(|line| {
-            if line.starts_with("dns_servers = ") {
-                format!("dns_servers = [\"127.0.0.1:{port}\"]")
-            } else {
-                line.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
 }
 
 fn queue(data: &DataDir) -> Vec<serde_json::Value> {

@@ -455,3 +455,269 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
         "the formatted view is not audited"
     );
 }
+
+/// Runs a Python snippet with the test's CA, ports and password in its environment; its
+/// standard output.
+fn python(data: &DataDir, code: &str, vars: &[(&str, &str)]) -> String {
+    let mut command = Command::new("/usr/bin/python3");
+    command
+        .arg("-c")
+        .arg(code)
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("BASE", data.port_base.to_string())
+        .env("PASSWORD", PASSWORD);
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// Every message of a folder of doc@clinic.test, as (subject, whole message) JSON lines.
+const IMAP_FOLDER: &str = "import imaplib, json, os, ssl, email, email.policy\n\
+ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+m = imaplib.IMAP4_SSL('localhost', int(os.environ['BASE']) + 993, ssl_context=ctx)\n\
+m.login('doc@clinic.test', os.environ['PASSWORD'])\n\
+m.select(os.environ['FOLDER'], readonly=True)\n\
+for num in m.search(None, 'ALL')[1][0].split():\n\
+\x20   raw = m.fetch(num, '(BODY.PEEK[])')[1][0][1]\n\
+\x20   msg = email.message_from_bytes(raw, policy=email.policy.default)\n\
+\x20   files = {p.get_filename(): p.get_content().hex() if isinstance(p.get_content(), bytes) else p.get_content().encode().hex() for p in msg.iter_attachments()}\n\
+\x20   body = msg.get_body(('plain',))\n\
+\x20   print(json.dumps({'subject': msg['Subject'], 'from': msg['From'], 'text': body.get_content() if body else '', 'files': files, 'raw': raw.decode('latin-1')}))\n";
+
+fn imap_folder(data: &DataDir, folder: &str) -> Vec<serde_json::Value> {
+    python(data, IMAP_FOLDER, &[("FOLDER", folder)])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A data folder for clinic.test whose outbound mail finds `patient.test` at a receiving
+/// server without TLS (its MX, through dnsmasq on loopback): the pickup portal's case.
+fn clinic_with_patients(work: &std::path::Path) -> (DataDir, common::Dns, common::Receiver) {
+    let ip = "127.0.0.61";
+    let port = common::free_port_on(&[ip]);
+    let sink = common::Receiver::start(ip, port, &work.join("sink"), &[]);
+    let dns = common::start_dns_with(
+        &[],
+        &["test"],
+        &common::mx_records(&[("patient.test", "mx.patient.test", ip)]),
+    );
+    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
+    data.configure(|config| {
+        let config = common::with_dns_port(config, dns.port);
+        assert!(config.contains("port = 25\n"), "{config}");
+        config
+            .replace("port = 25\n", &format!("port = {port}\n"))
+            .replace("organisation = \"\"", "organisation = \"Lakeside Clinic\"")
+    });
+    data.add_accounts(&["doc@clinic.test"], PASSWORD);
+    (data, dns, sink)
+}
+
+#[test]
+fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
+    ensure_playwright();
+    let work = tempfile::tempdir().unwrap();
+    let (data, _dns, sink) = clinic_with_patients(work.path());
+    let mut server = data.serve();
+    let attachment = work.path().join("laborbefund.pdf");
+    let bytes: Vec<u8> = (0..90_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(&attachment, &bytes).unwrap();
+    let reply_file = work.path().join("blood-pressure-log.txt");
+    std::fs::write(&reply_file, "Mon 128/82\nTue 131/85\n").unwrap();
+    let (subject, secret, reply_text) = (
+        "Lab results SUBJECTMARKER",
+        "Your HbA1c is 6.1 BODYMARKER",
+        "Thank you, doctor REPLYMARKER",
+    );
+    let run = Command::new("node")
+        .arg(browser_dir().join("portal.mjs"))
+        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
+        .env("DOC", "doc@clinic.test")
+        .env("PASSWORD", PASSWORD)
+        .env("PATIENT", "pat@patient.test")
+        .env("OTHER", "sam@patient.test")
+        .env("SINK", work.path().join("sink"))
+        .env("SUBJECT", subject)
+        .env("SECRET", secret)
+        .env("ATTACHMENT", &attachment)
+        .env("REPLY_TEXT", reply_text)
+        .env("REPLY_FILE", &reply_file)
+        .env("ARTIFACTS", browser_dir().join("artifacts"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(
+        run.status.success(),
+        "{said}\n{}\n{:?}",
+        String::from_utf8_lossy(&run.stderr),
+        server.seen.iter().rev().take(30).collect::<Vec<_>>()
+    );
+    for step in [
+        "sent",
+        "notices",
+        "downloaded",
+        "replied",
+        "other-opened",
+        "forbidden",
+        "withdrawn",
+        "reply-forms",
+        "done",
+    ] {
+        assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
+    }
+    assert!(said.contains("\"filename\":\"laborbefund.pdf\""), "{said}");
+
+    // The patients' server got notices and codes only: nothing of the message, in plaintext.
+    let received = sink.received();
+    assert_eq!(received.len(), 4, "two notices and two codes");
+    for (envelope, message) in &received {
+        assert_eq!(envelope["tls"], false);
+        let text = String::from_utf8_lossy(message);
+        for marker in ["SUBJECTMARKER", "BODYMARKER", "laborbefund", "HbA1c"] {
+            assert!(!text.contains(marker), "{marker} left in plaintext: {text}");
+        }
+    }
+
+    // The reply is in the clinician's INBOX and BACKUP, over IMAP, with the patient's file.
+    let inbox = imap_folder(&data, "INBOX");
+    let reply = inbox
+        .iter()
+        .find(|m| m["subject"] == format!("Re: {subject}"))
+        .unwrap_or_else(|| panic!("no reply in INBOX: {inbox:?}"));
+    assert_eq!(reply["from"], "pat@patient.test");
+    assert!(reply["text"].as_str().unwrap().contains(reply_text), "{reply}");
+    assert_eq!(
+        reply["files"]["blood-pressure-log.txt"],
+        hex(b"Mon 128/82\nTue 131/85\n"),
+        "{reply}"
+    );
+    let backup = imap_folder(&data, "BACKUP");
+    assert!(
+        backup.iter().any(|m| m["subject"] == format!("Re: {subject}")),
+        "no reply in BACKUP"
+    );
+    // The sent message is in Sent and BACKUP with its attachment, and Bcc-free.
+    let sent = imap_folder(&data, "Sent");
+    let original = sent
+        .iter()
+        .find(|m| m["subject"] == subject)
+        .unwrap_or_else(|| panic!("not in Sent: {sent:?}"));
+    assert_eq!(original["files"]["laborbefund.pdf"], hex(&bytes));
+    assert!(
+        backup.iter().any(|m| m["subject"] == subject),
+        "the sent message is not in BACKUP"
+    );
+    assert!(
+        !backup.iter().any(|m| m["raw"].as_str().unwrap().contains("Your code:")),
+        "a code is in BACKUP"
+    );
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    let exported = common::sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
+    for action in [
+        "message.submit",
+        "pickup.create",
+        "portal.code.send",
+        "portal.code.verify",
+        "pickup.read",
+        "pickup.reply",
+        "pickup.revoke",
+    ] {
+        assert!(exported.contains(action), "no {action} in the audit log");
+    }
+    assert!(
+        exported
+            .lines()
+            .any(|l| l.contains("pickup.read") && l.contains("portal attachment 0")),
+        "the download is not audited"
+    );
+    assert!(
+        exported
+            .lines()
+            .any(|l| l.contains("portal.code.verify") && l.contains("denied")),
+        "the wrong code is not audited"
+    );
+}
+
+#[test]
+fn an_expired_pickup_link_says_so_and_asks_the_sender_for_a_new_one() {
+    ensure_playwright();
+    let work = tempfile::tempdir().unwrap();
+    let (data, _dns, sink) = clinic_with_patients(work.path());
+    data.configure(|config| {
+        assert!(config.contains("pickup_ttl_ms = "), "{config}");
+        config
+            .lines()
+            .map(|l| {
+                if l.starts_with("pickup_ttl_ms = ") {
+                    "pickup_ttl_ms = 1500".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    });
+    let mut server = data.serve();
+    python(
+        &data,
+        "import os, smtplib, ssl\n\
+         ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+         s = smtplib.SMTP_SSL('localhost', int(os.environ['BASE']) + 465, context=ctx)\n\
+         s.login('doc@clinic.test', os.environ['PASSWORD'])\n\
+         s.sendmail('doc@clinic.test', ['pat@patient.test'], b'From: doc@clinic.test\\r\\nTo: pat@patient.test\\r\\nSubject: Results\\r\\n\\r\\nSee you.\\r\\n')\n\
+         s.quit()\n",
+        &[],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let link = loop {
+        let found = sink.received().iter().find_map(|(_, message)| {
+            let text = String::from_utf8_lossy(message).to_string();
+            text.split_whitespace()
+                .find(|w| w.contains("/pickup/"))
+                .map(str::to_string)
+        });
+        if let Some(link) = found {
+            break link;
+        }
+        assert!(std::time::Instant::now() < deadline, "no notice arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(2000));
+    let run = Command::new("node")
+        .arg(browser_dir().join("portal.mjs"))
+        .env("MODE", "expired")
+        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
+        .env("LINK", &link)
+        .env("SINK", work.path().join("sink"))
+        .env("ARTIFACTS", browser_dir().join("artifacts"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(
+        run.status.success(),
+        "{said}\n{}\n{:?}",
+        String::from_utf8_lossy(&run.stderr),
+        server.seen.iter().rev().take(30).collect::<Vec<_>>()
+    );
+    assert!(said.contains("\"step\":\"expired\""), "{said}");
+    // The sender got the request in INBOX.
+    let inbox = imap_folder(&data, "INBOX");
+    assert!(
+        inbox
+            .iter()
+            .any(|m| m["subject"] == "pat@patient.test asks for a new secure link"),
+        "{inbox:?}"
+    );
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

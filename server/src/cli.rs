@@ -278,8 +278,11 @@ pub(crate) fn pickup(command: PickupCommand) -> anyhow::Result<ExitCode> {
     match command {
         PickupCommand::Show { token, message, data } => {
             let (_, store) = open_store(&data)?;
-            let Some(pickup) = store.pickup(&token)? else {
-                println!("no pickup for that link (unknown, or expired)");
+            let Some(pickup) = store
+                .pickup(&token)?
+                .filter(|p| p.state == sealpost_storage::PickupState::Live)
+            else {
+                println!("no pickup for that link (unknown, expired or withdrawn)");
                 return Ok(ExitCode::FAILURE);
             };
             if message {

@@ -122,55 +122,6 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         };
         listeners.spawn(service.serve(listener, stopped.clone(), session));
     }
-    // The web application on the HTTPS listener, with the same certificate.
-    {
-        let port = cfg.listeners.https;
-        let origin = match port {
-            443 => format!("https://{}", cfg.server.hostname),
-            port => format!("https://{}:{port}", cfg.server.hostname),
-        };
-        let logo = match cfg.web.logo.trim() {
-            "" => None,
-            path => Some(
-                sealpost_webmail::load_logo(&loaded.path(std::path::Path::new(path)))
-                    .map_err(|why| anyhow::anyhow!("[web] logo: {why}"))?,
-            ),
-        };
-        let brand = sealpost_webmail::Brand {
-            organisation: if cfg.outbound.organisation.is_empty() {
-                cfg.server.domain.clone()
-            } else {
-                cfg.outbound.organisation.clone()
-            },
-            logo,
-        };
-        let web = sealpost_webmail::WebState::new(
-            store.clone(),
-            imap_shared.lockout(),
-            cfg.auth.clone(),
-            &cfg.server.hostname,
-            &origin,
-            brand,
-        )
-        .map_err(|why| anyhow::anyhow!("setting up the web application: {why}"))?;
-        let app = sealpost_webmail::router(web);
-        let address = SocketAddr::new(cfg.server.listen_host, port);
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("listening on {address} (https)"))?;
-        info!(listener = "https", %address, "listening");
-        let service = Listener {
-            name: "https",
-            tls: tls.clone(),
-            implicit_tls: true,
-            per_address: AddressLimiter::new(limits.web_connections_per_address_max),
-            refusal: "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n\
-                      too many connections from your address",
-        };
-        let session =
-            move |stream, _, peer: SocketAddr, _, _| sealpost_webmail::serve_connection(app.clone(), stream, peer);
-        listeners.spawn(service.serve(listener, stopped.clone(), session));
-    }
     let smtp_config = Arc::new(SmtpConfig {
         hostname: cfg.server.hostname.clone(),
         message_bytes_max: limits.message_bytes_max,
@@ -245,6 +196,65 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         Some(outbound.waker()),
         Arc::new(policy),
     );
+    // The web application on the HTTPS listener, with the same certificate.
+    {
+        let port = cfg.listeners.https;
+        let origin = match port {
+            443 => format!("https://{}", cfg.server.hostname),
+            port => format!("https://{}:{port}", cfg.server.hostname),
+        };
+        let logo = match cfg.web.logo.trim() {
+            "" => None,
+            path => Some(
+                sealpost_webmail::load_logo(&loaded.path(std::path::Path::new(path)))
+                    .map_err(|why| anyhow::anyhow!("[web] logo: {why}"))?,
+            ),
+        };
+        let brand = sealpost_webmail::Brand {
+            organisation: if cfg.outbound.organisation.is_empty() {
+                cfg.server.domain.clone()
+            } else {
+                cfg.outbound.organisation.clone()
+            },
+            logo,
+        };
+        let web = sealpost_webmail::WebState::new(
+            store.clone(),
+            imap_shared.lockout(),
+            cfg.auth.clone(),
+            &cfg.server.hostname,
+            &origin,
+            brand,
+            sealpost_webmail::SendingConfig {
+                outbox: Arc::new(WebOutbox {
+                    store: store.clone(),
+                    shared: smtp_shared.clone(),
+                    config: smtp_config.clone(),
+                }),
+                queue_waker: Some(outbound.waker()),
+                notice_from: format!("postmaster@{}", cfg.server.domain),
+                upload_bytes_max: usize::try_from(limits.message_bytes_max).unwrap_or(usize::MAX),
+            },
+        )
+        .map_err(|why| anyhow::anyhow!("setting up the web application: {why}"))?;
+        let app = sealpost_webmail::router(web);
+        let address = SocketAddr::new(cfg.server.listen_host, port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening on {address} (https)"))?;
+        info!(listener = "https", %address, "listening");
+        let service = Listener {
+            name: "https",
+            tls: tls.clone(),
+            implicit_tls: true,
+            per_address: AddressLimiter::new(limits.web_connections_per_address_max),
+            refusal: "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n\
+                      too many connections from your address",
+        };
+        let session =
+            move |stream, _, peer: SocketAddr, _, _| sealpost_webmail::serve_connection(app.clone(), stream, peer);
+        listeners.spawn(service.serve(listener, stopped.clone(), session));
+    }
     listeners.spawn(outbound.run(stopped.clone()));
     for (name, port, role, implicit_tls) in [
         ("smtp", cfg.listeners.smtp, ListenerRole::Inbound, false),
@@ -583,4 +593,30 @@ fn imap_upgrade(upgrade: SmtpTlsUpgrade) -> TlsUpgrade {
         let upgrade = upgrade.clone();
         Box::pin(async move { upgrade(plain).await.map(|(stream, _)| stream) })
     })
+}
+
+/// The web's send button: the SMTP crate's submission path, as for a mail client.
+struct WebOutbox {
+    store: sealpost_storage::Store,
+    shared: Arc<SmtpShared>,
+    config: Arc<SmtpConfig>,
+}
+
+impl sealpost_webmail::Outbox for WebOutbox {
+    fn send<'a>(
+        &'a self,
+        account: &'a sealpost_storage::Account,
+        message: sealpost_webmail::Outgoing,
+    ) -> sealpost_webmail::Sending<'a> {
+        Box::pin(async move {
+            let message = sealpost_smtp::WebMessage {
+                raw: message.raw,
+                recipients: message.recipients,
+                peer: message.peer,
+            };
+            let sent =
+                sealpost_smtp::submit_from_web(&self.store, &self.shared, &self.config, account, message).await?;
+            Ok(sealpost_webmail::Sent { queue: sent.queue })
+        })
+    }
 }

@@ -327,6 +327,7 @@ impl Store {
             Table::Texts,
             Table::Queue,
             Table::Auth,
+            Table::Deliveries,
         ] {
             batch.delete_range(table, start.clone(), end.clone());
         }

@@ -27,10 +27,12 @@ pub(crate) enum Table {
     Queue,
     Pickups,
     Auth,
+    PickupRecipients,
+    Deliveries,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 15] = [
+    pub(crate) const ALL: [Table; 17] = [
         Table::Meta,
         Table::Directory,
         Table::AccountKeys,
@@ -46,6 +48,8 @@ impl Table {
         Table::Queue,
         Table::Pickups,
         Table::Auth,
+        Table::PickupRecipients,
+        Table::Deliveries,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -65,6 +69,8 @@ impl Table {
             Table::Queue => "queue",
             Table::Pickups => "pickups",
             Table::Auth => "auth",
+            Table::PickupRecipients => "pickup_recipients",
+            Table::Deliveries => "deliveries",
         }
     }
 }

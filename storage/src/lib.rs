@@ -31,6 +31,7 @@ mod audit;
 mod auth;
 mod cache;
 mod crypto;
+mod delivery;
 mod engine;
 mod error;
 mod keys;
@@ -47,11 +48,15 @@ pub use audit::{AuditBreak, AuditEvent, AuditOutcome, AuditRecord, AuditVerifica
 pub use auth::{WebSessionId, CREDENTIALS_BYTES_MAX, WEB_SESSIONS_PER_ACCOUNT_MAX, WEB_SESSION_BYTES_MAX};
 pub use cache::{CACHED_VALUE_BYTES_MAX, SECRET_BYTES_MAX};
 pub use crypto::MasterKey;
+pub use delivery::{Delivery, DeliveryLine, DELIVERIES_LISTED_MAX};
 pub use error::{Error, Result};
 pub use mailbox::MAILBOX_DELIMITER;
 pub use message::{Delivered, CHUNK_BYTES, SEARCH_TEXT_BYTES_MAX};
 pub use notify::{MailboxEvent, MailboxEvents};
-pub use pickup::{Pickup, PICKUP_TOKEN_BYTES_MIN};
+pub use pickup::{
+    Pickup, PickupId, PickupState, PortalReply, PICKUPS_PER_RECIPIENT_MAX, PICKUP_TOKEN_BYTES_MIN, PICKUP_TOMBSTONE_MS,
+    PORTAL_REPLIES_MAX, PORTAL_REPLY_TEXT_BYTES_MAX,
+};
 pub use queue::{
     Outbound, OutboundRecipient, QueueId, QueuedMessage, RecipientState, RecipientStatus, QUEUE_RECIPIENTS_MAX,
 };

@@ -184,7 +184,8 @@ impl Store {
         message: &NewMessage<'_>,
         audit: &dyn Fn(&[Delivered]) -> Vec<crate::AuditEvent>,
     ) -> Result<Vec<Delivered>> {
-        if targets.is_empty() || targets.iter().any(|t| t.mailboxes.is_empty()) {
+        // A target with no mailbox is a queue entry alone (a system notice that no folder keeps).
+        if targets.is_empty() || targets.iter().any(|t| t.mailboxes.is_empty() && t.outbound.is_none()) {
             return Err(Error::InvalidInput {
                 what: "delivery to no mailbox",
             });
@@ -245,7 +246,13 @@ impl Store {
             }
             let queued = match &target.outbound {
                 Some(outbound) => Some(crate::queue::stage_queue_entry(
-                    &crypto, account, blob.id, blob.size, outbound, &mut batch,
+                    &crypto,
+                    account,
+                    blob.id,
+                    blob.size,
+                    outbound,
+                    message.summary,
+                    &mut batch,
                 )?),
                 None => None,
             };

@@ -33,6 +33,22 @@ impl std::fmt::Display for QueueId {
     }
 }
 
+impl std::str::FromStr for QueueId {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        if text.len() != 32 || !text.is_ascii() {
+            return Err(Error::InvalidInput { what: "queue id" });
+        }
+        let mut id = [0u8; 16];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+                .map_err(|_| Error::InvalidInput { what: "queue id" })?;
+        }
+        Ok(QueueId(id))
+    }
+}
+
 /// One outside recipient with its DSN parameters (RFC 3461), kept for the delivery attempts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboundRecipient {
@@ -136,6 +152,7 @@ pub(crate) fn stage_queue_entry(
     blob: BlobId,
     size: u64,
     outbound: &Outbound,
+    summary: &[u8],
     batch: &mut Batch,
 ) -> Result<QueueId> {
     if outbound.recipients.is_empty() || outbound.recipients.len() > QUEUE_RECIPIENTS_MAX {
@@ -163,6 +180,11 @@ pub(crate) fn stage_queue_entry(
         key.clone(),
         seal_record(crypto, &queue_aad(&key), &record)?,
     );
+    // A pickup notice is the system's message about one: the sender's record is the original's.
+    if !outbound.notice {
+        let recipients: Vec<String> = outbound.recipients.iter().map(|r| r.address.clone()).collect();
+        crate::delivery::stage_new_delivery(crypto, account, QueueId(id), now, summary, &recipients, batch)?;
+    }
     Ok(QueueId(id))
 }
 
@@ -260,10 +282,17 @@ impl Store {
                 what: "queue states do not match the recipients",
             });
         }
+        let mut batch = Batch::default();
+        self.stage_delivery_change(&crypto, account, id, &mut batch, |delivery| {
+            for (recipient, state) in record.envelope.recipients.iter().zip(&states) {
+                if let Some(line) = delivery.line_mut(&recipient.address) {
+                    line.status = state.status.clone();
+                }
+            }
+        })?;
         record.states = states;
         record.attempts += 1;
         record.next_attempt_ms = next_attempt_ms;
-        let mut batch = Batch::default();
         self.stage_queue_record(&crypto, account, id, record, &mut batch)?;
         self.commit_audited(batch, events)?;
         Ok(())

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use common::*;
 use sealpost_storage::{
     AccountStatus, Actor, AuditEvent, DeliveryTarget, Error, FlagChange, Flags, InternalDate, Login, MailboxEvent,
-    MasterKey, NewAccount, NewMessage, Outbound, OutboundRecipient, RecipientState, RecipientStatus, Role, SpecialUse,
-    Store, SystemFlag,
+    MasterKey, NewAccount, NewMessage, Outbound, OutboundRecipient, PickupState, PortalReply, RecipientState,
+    RecipientStatus, Role, SpecialUse, Store, SystemFlag, PICKUP_TOMBSTONE_MS,
 };
 
 const MARKER: &str = "zqxmarker7731";
@@ -1146,21 +1146,28 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
     let token = "a".repeat(64);
     let recipient = format!("{MARKER}@elsewhere.example");
     assert!(store.create_pickup(alice, id, &recipient, "short", i64::MAX).is_err());
-    store.create_pickup(alice, id, &recipient, &token, i64::MAX).unwrap();
+    // (Two pickups for one recipient only here; the delivery record names the newer.)
     let expired = "b".repeat(64);
     store.create_pickup(alice, id, &recipient, &expired, 1).unwrap();
+    store.create_pickup(alice, id, &recipient, &token, i64::MAX).unwrap();
 
     let pickup = store.pickup(&token).unwrap().unwrap();
     assert_eq!(
-        (pickup.account, pickup.recipient.as_str(), pickup.queue),
-        (alice, recipient.as_str(), id)
+        (pickup.account, pickup.recipient.as_str(), pickup.queue, pickup.state),
+        (alice, recipient.as_str(), id, PickupState::Live)
     );
+    assert_eq!(pickup.id, store.pickup_id(&token));
     assert_eq!(store.read_pickup(&token).unwrap().unwrap(), raw);
-    assert_eq!(store.pickup(&expired).unwrap(), None, "expired");
+    // An expired link is still known, as expired, and opens nothing.
+    assert_eq!(store.pickup(&expired).unwrap().unwrap().state, PickupState::Expired);
     assert_eq!(store.read_pickup(&expired).unwrap(), None);
     assert_eq!(store.pickup(&"c".repeat(64)).unwrap(), None, "unknown");
+    // The portal lists a recipient's pickups by address, and nobody else's.
+    assert_eq!(store.pickups_for(&recipient.to_uppercase()).unwrap().len(), 2);
+    assert!(store.pickups_for("someone@elsewhere.example").unwrap().is_empty());
 
-    // The queue entry finished (the recipient went to the portal): the pickup keeps the body.
+    // The queue entry finished (the recipient went to the portal): the pickup keeps the body,
+    // and the delivery record keeps the outcome after the entry is gone.
     let portal = RecipientState {
         status: RecipientStatus::Portal {
             at_ms: 1,
@@ -1168,20 +1175,109 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
         },
         last_reply: None,
     };
-    store.queue_update(alice, id, vec![portal], 0, vec![]).unwrap();
+    store.queue_update(alice, id, vec![portal.clone()], 0, vec![]).unwrap();
     assert!(store.queued().unwrap().is_empty());
     assert_eq!(store.read_pickup(&token).unwrap().unwrap(), raw);
-    // Expired pickups go, and with them their hold on the body; live ones stay.
+    let delivery = store.delivery(alice, id).unwrap().unwrap();
+    assert_eq!(delivery.lines.len(), 1);
+    assert_eq!(delivery.lines[0].status, portal.status);
+    assert_eq!(delivery.lines[0].opened_ms, None);
+    assert_eq!(store.deliveries(alice).unwrap(), vec![delivery]);
+
+    // The first read by the recipient marks it opened, with its audit record.
+    let reader = Actor {
+        name: format!("portal:{recipient}"),
+        peer: "127.0.0.1".into(),
+    };
+    let read = AuditEvent::new(&reader, "pickup.read", "portal view");
+    assert_eq!(
+        store.read_pickup_audited(pickup.id, read.clone()).unwrap().unwrap(),
+        raw
+    );
+    let opened = store.delivery(alice, id).unwrap().unwrap().lines[0].opened_ms;
+    assert!(opened.is_some());
+    assert_eq!(store.pickup(&token).unwrap().unwrap().opened_ms, opened);
+    store.read_pickup_audited(pickup.id, read.clone()).unwrap().unwrap();
+    assert_eq!(
+        store.delivery(alice, id).unwrap().unwrap().lines[0].opened_ms,
+        opened,
+        "the first read counts"
+    );
+    let reply = PortalReply {
+        at_ms: 5,
+        text: format!("thanks {MARKER}"),
+        attachments: vec![],
+    };
+    store
+        .record_portal_reply(pickup.id, reply.clone(), AuditEvent::new(&reader, "pickup.reply", "x"))
+        .unwrap();
+    assert_eq!(store.pickup(&token).unwrap().unwrap().replies, vec![reply]);
+
+    // Expired pickups end, and with them their hold on the body; live ones stay.
     assert_eq!(store.expire_pickups(i64::MAX - 1).unwrap(), 1);
     assert_eq!(store.expire_pickups(i64::MAX - 1).unwrap(), 0);
     assert_eq!(store.read_pickup(&token).unwrap().unwrap(), raw);
+    // An ended link may ask the sender for a new one, once; a live one may not.
+    let ask = AuditEvent::new(&reader, "pickup.renewal", "x");
+    let expired_id = store.pickup_id(&expired);
+    assert!(!store.ask_pickup_renewal(pickup.id, ask.clone()).unwrap());
+    assert!(store.ask_pickup_renewal(expired_id, ask.clone()).unwrap());
+    assert!(!store.ask_pickup_renewal(expired_id, ask).unwrap());
+    // The sender withdraws the live one: it opens no more, and the record says when.
+    assert!(store.revoke_pickup(alice, id, &recipient, &Actor::cli()).unwrap());
+    assert!(
+        !store.revoke_pickup(alice, id, &recipient, &Actor::cli()).unwrap(),
+        "once"
+    );
+    assert_eq!(store.pickup(&token).unwrap().unwrap().state, PickupState::Revoked);
+    assert_eq!(store.read_pickup(&token).unwrap(), None);
+    assert_eq!(store.read_pickup_audited(pickup.id, read).unwrap(), None);
+    assert!(store.delivery(alice, id).unwrap().unwrap().lines[0]
+        .revoked_ms
+        .is_some());
     // Neither the token nor the recipient is on disk.
     store.flush().unwrap();
     assert!(files_containing(&fx.store_path(), token.as_bytes()).is_empty());
     assert!(files_containing(&fx.store_path(), MARKER.as_bytes()).is_empty());
-
     store.delete_account(alice, &Actor::cli()).unwrap();
     assert_eq!(store.pickup(&token).unwrap(), None, "deleted with the account");
+    assert!(store.pickups_for(&recipient).unwrap().is_empty());
+}
+
+#[test]
+fn ended_pickups_are_forgotten_after_their_tombstone_time() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let alice = add_account(&store, "alice");
+    let backup = mailbox(&store, alice, "BACKUP");
+    let raw = message(42, 1_000);
+    let outbound = Outbound {
+        from: "alice@clinic.example".into(),
+        recipients: vec![OutboundRecipient {
+            address: "pat@elsewhere.example".into(),
+            ..OutboundRecipient::default()
+        }],
+        ..Outbound::default()
+    };
+    let new = NewMessage {
+        raw: &raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: b"",
+        search_text: b"",
+    };
+    let (_, id) = store.submit(alice, &[backup], &new, Some(&outbound)).unwrap();
+    let token = "d".repeat(64);
+    store
+        .create_pickup(alice, id.unwrap(), "pat@elsewhere.example", &token, 1_000)
+        .unwrap();
+    assert_eq!(store.expire_pickups(2_000).unwrap(), 1);
+    assert_eq!(store.pickup(&token).unwrap().unwrap().state, PickupState::Expired);
+    store.expire_pickups(2_000 + PICKUP_TOMBSTONE_MS - 1).unwrap();
+    assert!(store.pickup(&token).unwrap().is_some(), "kept for its tombstone time");
+    store.expire_pickups(2_001 + PICKUP_TOMBSTONE_MS).unwrap();
+    assert_eq!(store.pickup(&token).unwrap(), None, "forgotten");
+    assert!(store.pickups_for("pat@elsewhere.example").unwrap().is_empty());
 }
 
 #[test]

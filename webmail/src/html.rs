@@ -53,7 +53,7 @@ pub(crate) fn render(frame: Frame<'_>, content: impl IntoView + 'static) -> Html
     let account = frame.account.map(|(address, token)| {
         view! {
             <span>
-                {address.to_string()} " · " <a href="/mail">"Mail"</a> " · " <a href="/security">"Account security"</a> " · "
+                {address.to_string()} " · " <a href="/mail">"Mail"</a> " · " <a href="/compose" id="write">"Write"</a> " · " <a href="/sent">"Delivery"</a> " · " <a href="/security">"Account security"</a> " · "
                 <form class="inline" method="post" action="/sign-out">
                     <input type="hidden" name="csrf" value=token.to_string()/>
                     <button type="submit" class="quiet">"Sign out"</button>
@@ -108,6 +108,12 @@ pub(crate) fn message_page(title: &str, text: &str) -> Html<String> {
         },
         view! { <section><p>{text}</p><p><a href="/">"Go to the start page"</a></p></section> },
     )
+}
+
+/// A page with a title and one paragraph, answered with `status`.
+pub(crate) fn message_page_status(status: axum::http::StatusCode, title: &str, text: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (status, message_page(title, text)).into_response()
 }
 
 /// A line saying what went wrong, if anything did.

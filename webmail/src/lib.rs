@@ -2,17 +2,20 @@
 //! HTML forms do everything but WebAuthn, which `static/webauthn.js` does (no inline script,
 //! a strict Content-Security-Policy). Served over the HTTPS listener's TLS by `serve_connection`.
 //!
-//! Now: sign-in (password then second factor, or a passkey alone), sign-out, re-authentication
-//! and the account security page. The webmail, the pickup portal and the admin console come
-//! next on the same foundation.
+//! Now: sign-in (password then second factor, or a passkey alone), sign-out, re-authentication,
+//! the account security page, the webmail (reading, writing, delivery status) and the pickup
+//! portal. The admin console comes next on the same foundation.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod admin;
 mod ceremony;
+mod compose;
 mod html;
 mod mail;
+mod portal;
 mod request;
 mod security;
+mod sent;
 mod signin;
 
 use std::net::SocketAddr;
@@ -27,6 +30,7 @@ use sealpost_auth::{AuthPolicy, Lockout};
 use sealpost_storage::Store;
 use tower::ServiceExt;
 
+pub use compose::{Outbox, Outgoing, Sending, Sent};
 pub use html::Brand;
 pub use request::Peer;
 
@@ -61,6 +65,17 @@ pub fn load_logo(path: &std::path::Path) -> Result<(Vec<u8>, &'static str), Stri
 /// Largest request body accepted, in bytes (forms and passkey answers are small).
 pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
 
+/// How the web sends mail: the submission path, the queue's waker (for the portal's code
+/// emails), and the upload bound.
+pub struct SendingConfig {
+    pub outbox: Arc<dyn Outbox>,
+    pub queue_waker: Option<Arc<tokio::sync::Notify>>,
+    /// The address notices come from (`postmaster@DOMAIN`).
+    pub notice_from: String,
+    /// Largest compose or portal reply form, attachments included, in bytes.
+    pub upload_bytes_max: usize,
+}
+
 /// What every request handler shares.
 pub struct WebState {
     pub store: Store,
@@ -72,6 +87,8 @@ pub struct WebState {
     ceremonies: ceremony::Ceremonies,
     /// Derives the decoy credential ids of addresses without passkeys.
     decoy_key: [u8; 32],
+    sending: SendingConfig,
+    portal: portal::PortalState,
 }
 
 impl WebState {
@@ -84,6 +101,7 @@ impl WebState {
         hostname: &str,
         origin: &str,
         brand: Brand,
+        sending: SendingConfig,
     ) -> Result<Arc<Self>, String> {
         let passkeys = Passkeys::new(hostname, origin).map_err(|e| e.to_string())?;
         html::set_brand(brand);
@@ -95,6 +113,8 @@ impl WebState {
             hostname: hostname.to_string(),
             ceremonies: ceremony::Ceremonies::default(),
             decoy_key: rand::random(),
+            sending,
+            portal: portal::PortalState::default(),
         }))
     }
 }
@@ -166,7 +186,22 @@ async fn logo() -> Response {
 
 /// The application's routes.
 pub fn router(state: Arc<WebState>) -> Router {
+    // Forms that carry files get the upload bound instead of the small one.
+    let uploads = axum::extract::DefaultBodyLimit::max(state.sending.upload_bytes_max);
     Router::new()
+        .route("/compose", get(compose::page).post(compose::submit).layer(uploads))
+        .route("/sent", get(sent::list))
+        .route("/sent/{queue}", get(sent::status))
+        .route("/sent/{queue}/revoke", post(sent::revoke))
+        .route("/pickup/{token}", get(portal::link))
+        .route("/pickup/{token}/code", post(portal::send_code))
+        .route("/pickup/{token}/verify", get(portal::verify_page).post(portal::verify))
+        .route("/pickup/{token}/renew", post(portal::renew))
+        .route("/portal", get(portal::home))
+        .route("/portal/sign-out", post(portal::sign_out))
+        .route("/portal/{id}", get(portal::message))
+        .route("/portal/{id}/attachment/{index}", get(portal::attachment))
+        .route("/portal/{id}/reply", post(portal::reply).layer(uploads))
         .route("/", get(signin::home))
         .route("/sign-in", get(signin::sign_in_page).post(signin::sign_in))
         .route(

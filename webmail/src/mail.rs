@@ -25,7 +25,7 @@ use crate::{Peer, WebState};
 pub(crate) const MESSAGES_PER_PAGE: usize = 50;
 
 /// The signed-in account of this request.
-async fn reader(state: &Arc<WebState>, headers: &HeaderMap) -> Result<(Found, Account), Response> {
+pub(crate) async fn reader(state: &Arc<WebState>, headers: &HeaderMap) -> Result<(Found, Account), Response> {
     let Some(found) = session(state, headers).await.filter(|f| f.session.signed_in()) else {
         return Err(see_other("/"));
     };
@@ -36,7 +36,7 @@ async fn reader(state: &Arc<WebState>, headers: &HeaderMap) -> Result<(Found, Ac
     }
 }
 
-fn not_found() -> Response {
+pub(crate) fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         crate::html::message_page("Not found", "There is no such folder or message in your mailbox."),
@@ -177,7 +177,7 @@ fn matches(query: &ListQuery, meta: &MessageMeta, shown: &Shown) -> bool {
 }
 
 /// A folder's name as people read it.
-fn folder_label(mailbox: &Mailbox) -> String {
+pub(crate) fn folder_label(mailbox: &Mailbox) -> String {
     match mailbox.special_use {
         Some(SpecialUse::Backup) => "BACKUP (everything, read-only)".to_string(),
         _ if mailbox.name.eq_ignore_ascii_case("INBOX") => "Inbox".to_string(),
@@ -348,6 +348,7 @@ pub(crate) async fn folder(
         "unflag" => "Flag removed.",
         "delete" => "Deleted (moved to Trash; BACKUP keeps its copy).",
         "move" => "Moved.",
+        "draft" => "Draft saved.",
         "none" => "Nothing was selected.",
         _ => "Done.",
     });
@@ -500,7 +501,7 @@ pub(crate) async fn act(
 
 /// A message's bytes, its reading audited first: no audit record, no content (runs on a
 /// blocking thread).
-fn read_audited(
+pub(crate) fn read_audited(
     store: &sealpost_storage::Store,
     actor: &Actor,
     account: sealpost_storage::AccountId,
@@ -514,7 +515,7 @@ fn read_audited(
     store.read_message(account, mailbox, uid).ok()
 }
 
-fn actor_of(account: &Account, peer: &Peer) -> Actor {
+pub(crate) fn actor_of(account: &Account, peer: &Peer) -> Actor {
     Actor {
         name: account.address.clone(),
         peer: peer.0.to_string(),
@@ -522,7 +523,7 @@ fn actor_of(account: &Account, peer: &Peer) -> Actor {
 }
 
 /// "type/subtype" of a part, `application/octet-stream` when it says none.
-fn media_type(part: &mail_parser::MessagePart<'_>) -> String {
+pub(crate) fn media_type(part: &mail_parser::MessagePart<'_>) -> String {
     part.content_type()
         .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("octet-stream")))
         .unwrap_or_else(|| "application/octet-stream".into())
@@ -625,6 +626,16 @@ pub(crate) async fn message(
         shown.subject.clone()
     };
     let back = format!("/mail/{}", folder.id.0);
+    let reference = format!("{}/{}", folder.id.0, uid);
+    let (reply, reply_all, forward) = (
+        format!("/compose?reply={reference}"),
+        format!("/compose?reply={reference}&all=1"),
+        format!("/compose?forward={reference}"),
+    );
+    let edit = (folder.special_use == Some(SpecialUse::Drafts)).then(|| {
+        let href = format!("/compose?draft={reference}");
+        view! { " · " <a href=href id="edit-draft">"Go on with this draft"</a> }
+    });
     let date = shown
         .date
         .clone()
@@ -638,6 +649,10 @@ pub(crate) async fn message(
         },
         view! {
             <p><a href=back>{format!("← {}", folder_label(&folder))}</a></p>
+            <p class="actions">
+                <a href=reply id="reply">"Reply"</a>" · "<a href=reply_all id="reply-all">"Reply all"</a>" · "<a href=forward id="forward">"Forward"</a>
+                {edit}
+            </p>
             <section id="message">
                 <table class="headers">
                     {people_line("From", &shown.from)}
@@ -829,7 +844,12 @@ pub(crate) async fn attachment(
     let Some(raw) = loaded else {
         return not_found();
     };
-    let Some(message) = MessageParser::default().parse(&raw) else {
+    attachment_response(&raw, index)
+}
+
+/// The `index`th attachment of a message, as a download with its type and a safe name.
+pub(crate) fn attachment_response(raw: &[u8], index: usize) -> Response {
+    let Some(message) = MessageParser::default().parse(raw) else {
         return not_found();
     };
     let Some(part) = message.attachments().nth(index) else {
@@ -847,6 +867,13 @@ pub(crate) async fn attachment(
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     response
+}
+
+/// The time now as an RFC 2822 date, for trace fields.
+pub(crate) fn now_rfc2822() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -115,3 +115,16 @@ pub(crate) fn script_token(headers: &HeaderMap) -> &str {
 pub(crate) fn stale_page() -> Response {
     json_error(StatusCode::FORBIDDEN, "this page is out of date; reload it")
 }
+
+/// The pre-session form token: the cookie's, or a new one (then also set).
+pub(crate) fn form_token(headers: &HeaderMap) -> (String, bool) {
+    match cookie(headers, FORM_COOKIE) {
+        Some(token) if token.len() >= 32 => (token, false),
+        _ => (sealpost_auth::secrets::token(32), true),
+    }
+}
+
+/// Whether a pre-session form or request carries the form cookie's token.
+pub(crate) fn form_token_ok(headers: &HeaderMap, sent: &str) -> bool {
+    cookie(headers, FORM_COOKIE).is_some_and(|token| token.len() >= 32 && same_token(&token, sent))
+}

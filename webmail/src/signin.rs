@@ -18,8 +18,8 @@ use serde::Deserialize;
 use crate::ceremony::Kind;
 use crate::html::{error_line, render, Frame};
 use crate::request::{
-    agent, blocking, clear_cookie, cookie, forbidden, json_error, now_ms, same_token, script_token, see_other, session,
-    set_cookie, stale_page, FORM_COOKIE, SESSION_COOKIE,
+    agent, blocking, clear_cookie, forbidden, form_token, form_token_ok, json_error, now_ms, script_token, see_other,
+    session, set_cookie, stale_page, FORM_COOKIE, SESSION_COOKIE,
 };
 use crate::{Peer, WebState};
 
@@ -30,19 +30,6 @@ pub(crate) async fn home(State(state): State<Arc<WebState>>, headers: HeaderMap)
         Some(Stage::SignedIn(_)) => see_other("/mail"),
         None => see_other("/sign-in"),
     }
-}
-
-/// The pre-session form token: the cookie's, or a new one (then also set).
-fn form_token(headers: &HeaderMap) -> (String, bool) {
-    match cookie(headers, FORM_COOKIE) {
-        Some(token) if token.len() >= 32 => (token, false),
-        _ => (secrets::token(32), true),
-    }
-}
-
-/// Whether a pre-session form or request carries the form cookie's token.
-fn form_token_ok(headers: &HeaderMap, sent: &str) -> bool {
-    cookie(headers, FORM_COOKIE).is_some_and(|token| token.len() >= 32 && same_token(&token, sent))
 }
 
 fn sign_in_view(token: &str, error: Option<String>, address: &str) -> impl IntoView {

@@ -12,10 +12,12 @@ mod mta_sts;
 mod outbound;
 mod session;
 mod shared;
+mod submit;
 mod verify;
 
 pub use dkim_sign::DkimSigning;
 pub use outbound::{Outbound as OutboundAgent, OutboundConfig};
 pub use session::{serve_session, ListenerRole, SmtpConfig, SmtpConnection, SmtpTlsUpgrade, TlsDescription};
 pub use shared::{Aliases, SmtpShared};
+pub use submit::{submit_from_web, WebMessage, WebSent};
 pub use verify::{InboundAuth, InboundPolicy, Verdict};

@@ -9,17 +9,14 @@ use std::time::Duration;
 use base64::Engine as _;
 use sealpost_auth::{MailLogin, Protocol};
 use sealpost_imap::{BoxedStream, Refusal};
-use sealpost_mime::{Limits, Structure, Summary};
-use sealpost_storage::{
-    Account, AccountStatus, Actor, AuditEvent, AuditOutcome, DeliveryTarget, Error as StoreError, Flags, InternalDate,
-    MailboxId, NewMessage, Outbound, OutboundRecipient, Role, SpecialUse, Store,
-};
+use sealpost_storage::{Account, Actor, AuditEvent, AuditOutcome, OutboundRecipient, Store};
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::headers;
 use crate::shared::SmtpShared;
+use crate::submit::{Accept, Recipient, Refused};
 
 /// Characters of an unsupported parameter repeated in the reply.
 const ECHOED_PARAMETER_CHARS_MAX: usize = 32;
@@ -94,15 +91,6 @@ pub struct SmtpConnection {
     pub starttls: Option<SmtpTlsUpgrade>,
     pub role: ListenerRole,
     pub shared: Arc<SmtpShared>,
-}
-
-/// A recipient accepted at RCPT.
-#[derive(Clone, Debug)]
-enum Recipient {
-    /// Delivered to these local accounts (more than one for an alias).
-    Local { address: String, accounts: Vec<Account> },
-    /// Queued for outside delivery (submission only).
-    Outside(OutboundRecipient),
 }
 
 #[derive(Default)]
@@ -640,22 +628,6 @@ impl Session {
         }
     }
 
-    /// Lower-cased address with its domain, or `None` for what is not one.
-    fn normalize(&self, address: &str) -> Option<String> {
-        let address = address.trim().to_lowercase();
-        let (local, domain) = address.rsplit_once('@')?;
-        if local.is_empty() || domain.is_empty() || address.len() > sealpost_storage::ADDRESS_BYTES_MAX {
-            return None;
-        }
-        Some(address)
-    }
-
-    fn is_local_domain(&self, address: &str) -> bool {
-        address
-            .rsplit_once('@')
-            .is_some_and(|(_, domain)| domain == self.store.config().primary_domain)
-    }
-
     async fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> Flow {
         if self.helo.is_none() {
             return self.error("503 5.5.1 send EHLO first");
@@ -675,7 +647,7 @@ impl Session {
         let address = if from.address.is_empty() {
             String::new()
         } else {
-            match self.normalize(&from.address) {
+            match crate::submit::normalize_address(&from.address) {
                 Some(address) => address,
                 None => return self.error("501 5.1.7 bad sender address"),
             }
@@ -719,63 +691,44 @@ impl Session {
             ));
             return Flow::Continue;
         }
-        let Some(address) = self.normalize(&to.address) else {
+        let Some(address) = crate::submit::normalize_address(&to.address) else {
             return self.error("501 5.1.3 bad recipient address");
         };
-        if !self.is_local_domain(&address) {
-            if self.connection.role == ListenerRole::Inbound {
-                return self.error("550 5.7.1 relaying denied: this server takes mail only for its own domain");
+        let mut notify = Vec::new();
+        for (flag, name) in [
+            (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+            (smtp_proto::RCPT_NOTIFY_FAILURE, "FAILURE"),
+            (smtp_proto::RCPT_NOTIFY_DELAY, "DELAY"),
+            (smtp_proto::RCPT_NOTIFY_NEVER, "NEVER"),
+        ] {
+            if to.flags & flag != 0 {
+                notify.push(name.to_string());
             }
-            if let Some(account) = &self.account {
-                if !self.connection.shared.policy.may_send_outside(&account.address) {
-                    return self.error("550 5.7.1 this account may not send outside the organisation");
-                }
-            }
-            let mut notify = Vec::new();
-            for (flag, name) in [
-                (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
-                (smtp_proto::RCPT_NOTIFY_FAILURE, "FAILURE"),
-                (smtp_proto::RCPT_NOTIFY_DELAY, "DELAY"),
-                (smtp_proto::RCPT_NOTIFY_NEVER, "NEVER"),
-            ] {
-                if to.flags & flag != 0 {
-                    notify.push(name.to_string());
-                }
-            }
-            self.transaction.recipients.push(Recipient::Outside(OutboundRecipient {
-                address,
-                notify,
-                // smtp-proto gives the address without its type; ORCPT types are rfc822 (or
-                // utf-8, whose addresses are rfc822 ones here after SMTPUTF8).
-                orcpt: to
-                    .orcpt
-                    .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") }),
-                portal: None,
-            }));
-            self.reply("250 2.1.5 recipient ok");
-            return Flow::Continue;
         }
-        let store = self.store.clone();
-        let aliases = self.connection.shared.aliases.clone();
-        let lookup = address.clone();
-        let found = blocking(move || resolve_local(&store, &aliases, &lookup)).await;
-        match found {
-            Ok(accounts) if accounts.is_empty() => self.error("550 5.1.1 no such mailbox here"),
-            Ok(accounts) => {
-                if accounts.iter().all(|a| a.status != AccountStatus::Active) {
-                    return self.error("550 5.2.1 the mailbox is disabled");
-                }
-                let accounts = accounts
-                    .into_iter()
-                    .filter(|a| a.status == AccountStatus::Active)
-                    .collect();
-                self.transaction.recipients.push(Recipient::Local { address, accounts });
+        let outside = OutboundRecipient {
+            address: String::new(),
+            notify,
+            // smtp-proto gives the address without its type; ORCPT types are rfc822 (or
+            // utf-8, whose addresses are rfc822 ones here after SMTPUTF8).
+            orcpt: to
+                .orcpt
+                .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") }),
+            portal: None,
+        };
+        // Port 25 relays for nobody, whoever authenticated (AUTH is not offered there).
+        let sender = match self.connection.role {
+            ListenerRole::Inbound => None,
+            ListenerRole::Submission => self.account.as_ref(),
+        };
+        match crate::submit::classify_recipient(&self.store, &self.connection.shared, sender, address, outside).await {
+            Ok(recipient) => {
+                self.transaction.recipients.push(recipient);
                 self.reply("250 2.1.5 recipient ok");
                 Flow::Continue
             }
-            Err(error) => {
-                warn!(%error, "recipient lookup failed");
-                self.reply("451 4.3.0 temporary failure; try again later");
+            Err(Refused::Error(reply)) => self.error(&reply),
+            Err(Refused::Transient(reply)) => {
+                self.reply(&reply);
                 Flow::Continue
             }
         }
@@ -962,291 +915,28 @@ impl Session {
         if raw.len() as u64 > self.config.message_bytes_max {
             return Ok(self.error("552 5.3.4 the message with its trace headers is too large"));
         }
-        // Parsed once, off the async threads: the From check, the content rules and the stored
-        // summary and search text all come from this.
-        let (raw, analysed) = blocking(move || {
-            let analysed = Analysed::of(&raw);
-            (raw, analysed)
-        })
-        .await;
-        if let Some(account) = &submission {
-            // The From header must be the account's too: MAIL FROM alone is not what people see.
-            let aliases = &self.connection.shared.aliases;
-            let owned =
-                !analysed.from.is_empty() && analysed.from.iter().all(|e| aliases.may_send_as(&account.address, e));
-            if !owned {
-                return Ok(self.error("550 5.7.1 the From header must be your own address"));
-            }
-        }
-
-        let store = self.store.clone();
-        let outbound_recipients: Vec<OutboundRecipient> = transaction
-            .recipients
-            .iter()
-            .filter_map(|r| match r {
-                Recipient::Outside(r) => Some(r.clone()),
-                Recipient::Local { .. } => None,
-            })
-            .collect();
-        let mut local_accounts: Vec<Account> = Vec::new();
-        for recipient in &transaction.recipients {
-            if let Recipient::Local { accounts, .. } = recipient {
-                for account in accounts {
-                    if !local_accounts.iter().any(|a| a.id == account.id) {
-                        local_accounts.push(account.clone());
-                    }
-                }
-            }
-        }
-        // The content rules decide, per outside recipient, before anything is written.
-        let mut outbound_recipients = outbound_recipients;
-        if !outbound_recipients.is_empty() {
-            let findings = analysed.scan(&self.connection.shared.policy);
-            if let Some(block) = findings.iter().find(|f| f.action == sealpost_policy::Action::Block) {
-                let actor = self.actor();
-                let event = AuditEvent::new(&actor, "message.block", format!("from <{from}>"))
-                    .outcome(AuditOutcome::Denied)
-                    .detail(format!("content rule {}", block.rule));
-                self.audit(event).await;
-                return Ok(self.error(&format!(
-                    "550 5.7.1 not sent: content rule {} matched, and policy blocks such mail to outside recipients",
-                    block.rule
-                )));
-            }
-            for recipient in &mut outbound_recipients {
-                if let sealpost_policy::Route::Portal(why) =
-                    self.connection.shared.policy.route(&recipient.address, &findings)
-                {
-                    recipient.portal = Some(why);
-                }
-            }
-        }
-        let outbound = (!outbound_recipients.is_empty()).then(|| Outbound {
-            from: from.clone(),
-            recipients: outbound_recipients,
+        let accept = Accept {
+            from,
             env_id: transaction.env_id.clone(),
             ret: transaction.ret.clone(),
-            notice: false,
-        });
-        let audit = AuditContext {
+            recipients: transaction.recipients,
+            submission: submission.clone(),
             actor: self.actor(),
-            from: from.clone(),
             id: id.clone(),
             auth_summary,
+            sent_copy: false,
         };
-        let sender = submission.clone();
-        let queued = outbound.is_some();
-        let result = blocking(move || {
-            deliver(
-                &store,
-                &raw,
-                &analysed,
-                sender.as_ref(),
-                &local_accounts,
-                outbound,
-                &audit,
-            )
-        })
-        .await;
-        match result {
-            Ok(()) => {
-                if let (true, Some(waker)) = (queued, &self.connection.shared.queue_waker) {
-                    waker.notify_one();
-                }
-                if let Some(account) = &submission {
-                    self.connection.shared.count_submission(account.id);
-                }
+        match crate::submit::accept(&self.store, &self.connection.shared, raw, accept).await {
+            Ok(_) => {
                 info!(id, "message accepted");
                 self.reply(&format!("250 2.0.0 accepted as {id}"));
                 Ok(Flow::Continue)
             }
-            Err(StoreError::LimitExceeded { what, .. }) => {
-                Ok(self.error(&format!("552 5.3.4 refused: {what} over the limit")))
-            }
-            Err(error) => {
-                warn!(%error, "delivery failed");
-                self.reply("451 4.3.0 temporary failure; nothing was delivered, try again later");
+            Err(Refused::Error(reply)) => Ok(self.error(&reply)),
+            Err(Refused::Transient(reply)) => {
+                self.reply(&reply);
                 Ok(Flow::Continue)
             }
         }
     }
-}
-
-/// What the receiver needs to know of a message, from one parse: the From addresses, the
-/// Message-ID, what the content rules read, and the summary and search text it stores.
-struct Analysed {
-    /// Every From address, lower-cased.
-    from: Vec<String>,
-    message_id: String,
-    summary: Vec<u8>,
-    /// Decoded headers and text, as written (the content rules' patterns are case-sensitive
-    /// where case matters, ICD-10 codes for one); stored lower-cased.
-    text: sealpost_mime::SearchText,
-    attachment_names: Vec<String>,
-}
-
-impl Analysed {
-    fn of(raw: &[u8]) -> Analysed {
-        let structure = Structure::parse(raw, Limits::default());
-        let attachment_names = structure
-            .parts
-            .iter()
-            .flat_map(|part| {
-                let from_disposition = part
-                    .disposition
-                    .iter()
-                    .flat_map(|(_, params)| params.iter())
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("filename"));
-                let from_type = part.params.iter().filter(|(k, _)| k.eq_ignore_ascii_case("name"));
-                from_disposition
-                    .chain(from_type)
-                    .map(|(_, v)| v.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        Analysed {
-            from: structure
-                .envelope
-                .from
-                .iter()
-                .filter_map(|a| a.email().map(|e| e.to_lowercase()))
-                .collect(),
-            message_id: structure.envelope.message_id.clone().unwrap_or_default(),
-            summary: Summary::of_parsed(raw, &structure).to_bytes(),
-            text: sealpost_mime::search_text(raw),
-            attachment_names,
-        }
-    }
-
-    /// What the content rules find: in the subject, the decoded text, attachment names.
-    fn scan(&self, policy: &sealpost_policy::Policy) -> Vec<sealpost_policy::Finding> {
-        let subject = self.text.header("subject").next().unwrap_or("");
-        policy.scan(&sealpost_policy::Content {
-            subject,
-            text: &self.text.body,
-            attachment_names: self.attachment_names.iter().map(String::as_str).collect(),
-        })
-    }
-}
-
-/// The accounts a local address reaches: the account itself, an alias's accounts, or the
-/// admins for postmaster@ and abuse@.
-fn resolve_local(store: &Store, aliases: &crate::shared::Aliases, address: &str) -> Result<Vec<Account>, StoreError> {
-    if let Some(targets) = aliases.targets(address) {
-        let mut accounts = Vec::new();
-        for target in targets {
-            if let Some(account) = store.find_account(target)? {
-                accounts.push(account);
-            }
-        }
-        return Ok(accounts);
-    }
-    if let Some(account) = store.find_account(address)? {
-        return Ok(vec![account]);
-    }
-    let local = address.split('@').next().unwrap_or_default();
-    if local == "postmaster" || local == "abuse" {
-        return Ok(store
-            .list_accounts()?
-            .into_iter()
-            .filter(|a| a.role == Role::Admin && a.status == AccountStatus::Active)
-            .collect());
-    }
-    Ok(Vec::new())
-}
-
-fn mailbox_of(store: &Store, account: &Account, use_: SpecialUse) -> Result<MailboxId, StoreError> {
-    store
-        .mailbox_by_special_use(account.id, use_)?
-        .map(|m| m.id)
-        .ok_or(StoreError::MailboxNotFound)
-}
-
-fn inbox_of(store: &Store, account: &Account) -> Result<MailboxId, StoreError> {
-    store
-        .mailbox_by_name(account.id, "INBOX")?
-        .map(|m| m.id)
-        .ok_or(StoreError::MailboxNotFound)
-}
-
-/// What the audit records of a delivery say besides the accounts.
-struct AuditContext {
-    actor: Actor,
-    from: String,
-    id: String,
-    /// `spf=... dkim=... dmarc=...` for inbound mail; empty for submissions.
-    auth_summary: String,
-}
-
-/// One atomic, durable write: INBOX and BACKUP of every local recipient, the sender's BACKUP
-/// for a submission, the queue entry for outside recipients, and their audit records.
-fn deliver(
-    store: &Store,
-    raw: &[u8],
-    analysed: &Analysed,
-    sender: Option<&Account>,
-    local: &[Account],
-    outbound: Option<Outbound>,
-    audit: &AuditContext,
-) -> Result<(), StoreError> {
-    let message_id = &analysed.message_id;
-    let summary = &analysed.summary;
-    let search_text = analysed.text.clone().lowercased().to_bytes();
-    let mut targets: Vec<DeliveryTarget> = Vec::new();
-    for account in local {
-        targets.push(DeliveryTarget {
-            account: account.id,
-            mailboxes: vec![
-                inbox_of(store, account)?,
-                mailbox_of(store, account, SpecialUse::Backup)?,
-            ],
-            outbound: None,
-        });
-    }
-    if let Some(sender) = sender {
-        let backup = mailbox_of(store, sender, SpecialUse::Backup)?;
-        match targets.iter_mut().find(|t| t.account == sender.id) {
-            // Writing to oneself: the INBOX and BACKUP copies are already there.
-            Some(target) => target.outbound = outbound,
-            None => targets.push(DeliveryTarget {
-                account: sender.id,
-                mailboxes: vec![backup],
-                outbound,
-            }),
-        }
-    }
-    let message = NewMessage {
-        raw,
-        flags: Flags::new(),
-        internal_date: InternalDate::now(),
-        summary,
-        search_text: &search_text,
-    };
-    let AuditContext {
-        actor,
-        from,
-        id,
-        auth_summary,
-    } = audit;
-    let events = |done: &[sealpost_storage::Delivered]| {
-        let mut events = Vec::new();
-        for account in local {
-            events.push(
-                AuditEvent::new(actor, "message.deliver", format!("account {}", account.address)).detail(format!(
-                    "message-id {message_id}; from <{from}>; id {id}; {auth_summary}"
-                )),
-            );
-        }
-        if let Some(account) = sender {
-            let mut detail = format!("message-id {message_id}; from <{from}>; id {id}");
-            if let Some(queue) = done.iter().find_map(|(_, queued)| *queued) {
-                detail.push_str(&format!("; queued {queue}"));
-            }
-            events
-                .push(AuditEvent::new(actor, "message.submit", format!("account {}", account.address)).detail(detail));
-        }
-        events
-    };
-    store.deliver_all(&targets, &message, &events)?;
-    Ok(())
 }

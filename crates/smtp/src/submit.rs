@@ -1,0 +1,578 @@
+//! The accept path every submitted or received message takes, whoever hands it in: an SMTP
+//! session at the end of DATA, or the webmail's send button. One parse (`Analysed`), the From
+//! check, recipient resolution, the content rules, and one atomic delivery (`deliver`: local
+//! INBOX and BACKUP copies, the sender's BACKUP and, from the web, Sent copy, the queue entry
+//! and the audit records). The web gets no shortcut: the same protection choice, queue, DKIM
+//! at departure and BACKUP copy apply.
+
+use sealpost_mime::{Limits, Structure, Summary};
+use sealpost_storage::{
+    Account, AccountStatus, Actor, AuditEvent, AuditOutcome, DeliveryTarget, Error as StoreError, Flags, InternalDate,
+    MailboxId, NewMessage, Outbound, OutboundRecipient, QueueId, Role, SpecialUse, Store,
+};
+use tracing::warn;
+
+use crate::shared::SmtpShared;
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+/// A recipient accepted at RCPT.
+#[derive(Clone, Debug)]
+pub(crate) enum Recipient {
+    /// Delivered to these local accounts (more than one for an alias).
+    Local { address: String, accounts: Vec<Account> },
+    /// Queued for outside delivery (submission only).
+    Outside(OutboundRecipient),
+}
+
+/// Why a message or recipient was not taken: the SMTP reply line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// A refusal counted against the session's error budget (5xx, and 4xx for its client).
+    Error(String),
+    /// A temporary failure on our side, not the client's fault.
+    Transient(String),
+}
+
+impl Refused {
+    pub(crate) fn reply(&self) -> &str {
+        match self {
+            Refused::Error(r) | Refused::Transient(r) => r,
+        }
+    }
+}
+
+/// A message ready to be accepted: its envelope and who hands it in.
+pub(crate) struct Accept {
+    pub(crate) from: String,
+    pub(crate) env_id: Option<String>,
+    pub(crate) ret: Option<String>,
+    pub(crate) recipients: Vec<Recipient>,
+    /// The submitting account; `None` for inbound mail.
+    pub(crate) submission: Option<Account>,
+    pub(crate) actor: Actor,
+    pub(crate) id: String,
+    /// `spf=... dkim=... dmarc=...` for inbound mail; empty for submissions.
+    pub(crate) auth_summary: String,
+    /// Also keep a copy in the sender's Sent folder (the web; mail clients save their own).
+    pub(crate) sent_copy: bool,
+}
+
+/// What was done with an accepted message.
+#[derive(Clone, Debug)]
+pub(crate) struct Accepted {
+    pub(crate) queue: Option<QueueId>,
+    pub(crate) outside: Vec<OutboundRecipient>,
+}
+
+/// Where `address` (normalised) goes for a message from `account` (`None` for inbound mail on
+/// port 25), or the reply that refuses it. `outside` carries the DSN parameters of an
+/// outside recipient.
+pub(crate) async fn classify_recipient(
+    store: &Store,
+    shared: &SmtpShared,
+    account: Option<&Account>,
+    address: String,
+    outside: OutboundRecipient,
+) -> Result<Recipient, Refused> {
+    let local_domain = address
+        .rsplit_once('@')
+        .is_some_and(|(_, domain)| domain == store.config().primary_domain);
+    if !local_domain {
+        let Some(account) = account else {
+            return Err(Refused::Error(
+                "550 5.7.1 relaying denied: this server takes mail only for its own domain".into(),
+            ));
+        };
+        if !shared.policy.may_send_outside(&account.address) {
+            return Err(Refused::Error(
+                "550 5.7.1 this account may not send outside the organisation".into(),
+            ));
+        }
+        return Ok(Recipient::Outside(OutboundRecipient { address, ..outside }));
+    }
+    let (store, aliases, lookup) = (store.clone(), shared.aliases.clone(), address.clone());
+    match blocking(move || resolve_local(&store, &aliases, &lookup)).await {
+        Ok(accounts) if accounts.is_empty() => Err(Refused::Error("550 5.1.1 no such mailbox here".into())),
+        Ok(accounts) => {
+            if accounts.iter().all(|a| a.status != AccountStatus::Active) {
+                return Err(Refused::Error("550 5.2.1 the mailbox is disabled".into()));
+            }
+            let accounts = accounts
+                .into_iter()
+                .filter(|a| a.status == AccountStatus::Active)
+                .collect();
+            Ok(Recipient::Local { address, accounts })
+        }
+        Err(error) => {
+            warn!(%error, "recipient lookup failed");
+            Err(Refused::Transient(
+                "451 4.3.0 temporary failure; try again later".into(),
+            ))
+        }
+    }
+}
+
+/// Accepts a whole message (trace fields already added): checks, content rules, and one
+/// durable delivery with its audit records; wakes the queue and counts the submission.
+pub(crate) async fn accept(
+    store: &Store,
+    shared: &SmtpShared,
+    raw: Vec<u8>,
+    accept: Accept,
+) -> Result<Accepted, Refused> {
+    let Accept {
+        from,
+        env_id,
+        ret,
+        recipients,
+        submission,
+        actor,
+        id,
+        auth_summary,
+        sent_copy,
+    } = accept;
+    // Parsed once, off the async threads: the From check, the content rules and the stored
+    // summary and search text all come from this.
+    let (raw, analysed) = blocking(move || {
+        let analysed = Analysed::of(&raw);
+        (raw, analysed)
+    })
+    .await;
+    if let Some(account) = &submission {
+        // The From header must be the account's too: MAIL FROM alone is not what people see.
+        let aliases = &shared.aliases;
+        let owned = !analysed.from.is_empty() && analysed.from.iter().all(|e| aliases.may_send_as(&account.address, e));
+        if !owned {
+            return Err(Refused::Error(
+                "550 5.7.1 the From header must be your own address".into(),
+            ));
+        }
+    }
+
+    let store = store.clone();
+    let outbound_recipients: Vec<OutboundRecipient> = recipients
+        .iter()
+        .filter_map(|r| match r {
+            Recipient::Outside(r) => Some(r.clone()),
+            Recipient::Local { .. } => None,
+        })
+        .collect();
+    let mut local_accounts: Vec<Account> = Vec::new();
+    for recipient in &recipients {
+        if let Recipient::Local { accounts, .. } = recipient {
+            for account in accounts {
+                if !local_accounts.iter().any(|a| a.id == account.id) {
+                    local_accounts.push(account.clone());
+                }
+            }
+        }
+    }
+    // The content rules decide, per outside recipient, before anything is written.
+    let mut outbound_recipients = outbound_recipients;
+    if !outbound_recipients.is_empty() {
+        let findings = analysed.scan(&shared.policy);
+        if let Some(block) = findings.iter().find(|f| f.action == sealpost_policy::Action::Block) {
+            let event = AuditEvent::new(&actor, "message.block", format!("from <{from}>"))
+                .outcome(AuditOutcome::Denied)
+                .detail(format!("content rule {}", block.rule));
+            audit(&store, event).await;
+            return Err(Refused::Error(format!(
+                "550 5.7.1 not sent: content rule {} matched, and policy blocks such mail to outside recipients",
+                block.rule
+            )));
+        }
+        for recipient in &mut outbound_recipients {
+            if let sealpost_policy::Route::Portal(why) = shared.policy.route(&recipient.address, &findings) {
+                recipient.portal = Some(why);
+            }
+        }
+    }
+    let outbound = (!outbound_recipients.is_empty()).then(|| Outbound {
+        from: from.clone(),
+        recipients: outbound_recipients,
+        env_id,
+        ret,
+        notice: false,
+    });
+    let context = AuditContext {
+        actor,
+        from: from.clone(),
+        id: id.clone(),
+        auth_summary,
+        sent_copy,
+    };
+    let outside: Vec<OutboundRecipient> = outbound.iter().flat_map(|o| o.recipients.clone()).collect();
+    let sender = submission.clone();
+    let queued = outbound.is_some();
+    let result = blocking(move || {
+        deliver(
+            &store,
+            &raw,
+            &analysed,
+            sender.as_ref(),
+            &local_accounts,
+            outbound,
+            &context,
+        )
+    })
+    .await;
+    match result {
+        Ok(queue) => {
+            if let (true, Some(waker)) = (queued, &shared.queue_waker) {
+                waker.notify_one();
+            }
+            if let Some(account) = &submission {
+                shared.count_submission(account.id);
+            }
+            Ok(Accepted { queue, outside })
+        }
+        Err(StoreError::LimitExceeded { what, .. }) => {
+            Err(Refused::Error(format!("552 5.3.4 refused: {what} over the limit")))
+        }
+        Err(error) => {
+            warn!(%error, "delivery failed");
+            Err(Refused::Transient(
+                "451 4.3.0 temporary failure; nothing was delivered, try again later".into(),
+            ))
+        }
+    }
+}
+
+async fn audit(store: &Store, event: AuditEvent) {
+    let store = store.clone();
+    if let Err(error) = blocking(move || store.audit(event)).await {
+        warn!(%error, "audit write failed");
+    }
+}
+
+/// What the receiver needs to know of a message, from one parse: the From addresses, the
+/// Message-ID, what the content rules read, and the summary and search text it stores.
+pub(crate) struct Analysed {
+    /// Every From address, lower-cased.
+    from: Vec<String>,
+    message_id: String,
+    summary: Vec<u8>,
+    /// Decoded headers and text, as written (the content rules' patterns are case-sensitive
+    /// where case matters, ICD-10 codes for one); stored lower-cased.
+    text: sealpost_mime::SearchText,
+    attachment_names: Vec<String>,
+}
+
+impl Analysed {
+    fn of(raw: &[u8]) -> Analysed {
+        let structure = Structure::parse(raw, Limits::default());
+        let attachment_names = structure
+            .parts
+            .iter()
+            .flat_map(|part| {
+                let from_disposition = part
+                    .disposition
+                    .iter()
+                    .flat_map(|(_, params)| params.iter())
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("filename"));
+                let from_type = part.params.iter().filter(|(k, _)| k.eq_ignore_ascii_case("name"));
+                from_disposition
+                    .chain(from_type)
+                    .map(|(_, v)| v.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Analysed {
+            from: structure
+                .envelope
+                .from
+                .iter()
+                .filter_map(|a| a.email().map(|e| e.to_lowercase()))
+                .collect(),
+            message_id: structure.envelope.message_id.clone().unwrap_or_default(),
+            summary: Summary::of_parsed(raw, &structure).to_bytes(),
+            text: sealpost_mime::search_text(raw),
+            attachment_names,
+        }
+    }
+
+    /// What the content rules find: in the subject, the decoded text, attachment names.
+    fn scan(&self, policy: &sealpost_policy::Policy) -> Vec<sealpost_policy::Finding> {
+        let subject = self.text.header("subject").next().unwrap_or("");
+        policy.scan(&sealpost_policy::Content {
+            subject,
+            text: &self.text.body,
+            attachment_names: self.attachment_names.iter().map(String::as_str).collect(),
+        })
+    }
+}
+
+/// The accounts a local address reaches: the account itself, an alias's accounts, or the
+/// admins for postmaster@ and abuse@.
+fn resolve_local(store: &Store, aliases: &crate::shared::Aliases, address: &str) -> Result<Vec<Account>, StoreError> {
+    if let Some(targets) = aliases.targets(address) {
+        let mut accounts = Vec::new();
+        for target in targets {
+            if let Some(account) = store.find_account(target)? {
+                accounts.push(account);
+            }
+        }
+        return Ok(accounts);
+    }
+    if let Some(account) = store.find_account(address)? {
+        return Ok(vec![account]);
+    }
+    let local = address.split('@').next().unwrap_or_default();
+    if local == "postmaster" || local == "abuse" {
+        return Ok(store
+            .list_accounts()?
+            .into_iter()
+            .filter(|a| a.role == Role::Admin && a.status == AccountStatus::Active)
+            .collect());
+    }
+    Ok(Vec::new())
+}
+
+fn mailbox_of(store: &Store, account: &Account, use_: SpecialUse) -> Result<MailboxId, StoreError> {
+    store
+        .mailbox_by_special_use(account.id, use_)?
+        .map(|m| m.id)
+        .ok_or(StoreError::MailboxNotFound)
+}
+
+fn inbox_of(store: &Store, account: &Account) -> Result<MailboxId, StoreError> {
+    store
+        .mailbox_by_name(account.id, "INBOX")?
+        .map(|m| m.id)
+        .ok_or(StoreError::MailboxNotFound)
+}
+
+/// What the audit records of a delivery say besides the accounts.
+struct AuditContext {
+    actor: Actor,
+    from: String,
+    id: String,
+    /// `spf=... dkim=... dmarc=...` for inbound mail; empty for submissions.
+    auth_summary: String,
+    /// The sender's Sent folder gets a copy too (the web).
+    sent_copy: bool,
+}
+
+/// One atomic, durable write: INBOX and BACKUP of every local recipient, the sender's BACKUP
+/// for a submission, the queue entry for outside recipients, and their audit records.
+fn deliver(
+    store: &Store,
+    raw: &[u8],
+    analysed: &Analysed,
+    sender: Option<&Account>,
+    local: &[Account],
+    outbound: Option<Outbound>,
+    audit: &AuditContext,
+) -> Result<Option<QueueId>, StoreError> {
+    let sent_copy = audit.sent_copy;
+    let message_id = &analysed.message_id;
+    let summary = &analysed.summary;
+    let search_text = analysed.text.clone().lowercased().to_bytes();
+    let mut targets: Vec<DeliveryTarget> = Vec::new();
+    for account in local {
+        targets.push(DeliveryTarget {
+            account: account.id,
+            mailboxes: vec![
+                inbox_of(store, account)?,
+                mailbox_of(store, account, SpecialUse::Backup)?,
+            ],
+            outbound: None,
+        });
+    }
+    if let Some(sender) = sender {
+        let backup = mailbox_of(store, sender, SpecialUse::Backup)?;
+        let sent = if sent_copy {
+            Some(mailbox_of(store, sender, SpecialUse::Sent)?)
+        } else {
+            None
+        };
+        match targets.iter_mut().find(|t| t.account == sender.id) {
+            // Writing to oneself: the INBOX and BACKUP copies are already there.
+            Some(target) => {
+                target.outbound = outbound;
+                target.mailboxes.extend(sent);
+            }
+            None => targets.push(DeliveryTarget {
+                account: sender.id,
+                mailboxes: [backup].into_iter().chain(sent).collect(),
+                outbound,
+            }),
+        }
+    }
+    let message = NewMessage {
+        raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary,
+        search_text: &search_text,
+    };
+    let AuditContext {
+        actor,
+        from,
+        id,
+        auth_summary,
+        ..
+    } = audit;
+    let events = |done: &[sealpost_storage::Delivered]| {
+        let mut events = Vec::new();
+        for account in local {
+            events.push(
+                AuditEvent::new(actor, "message.deliver", format!("account {}", account.address)).detail(format!(
+                    "message-id {message_id}; from <{from}>; id {id}; {auth_summary}"
+                )),
+            );
+        }
+        if let Some(account) = sender {
+            let mut detail = format!("message-id {message_id}; from <{from}>; id {id}");
+            if let Some(queue) = done.iter().find_map(|(_, queued)| *queued) {
+                detail.push_str(&format!("; queued {queue}"));
+            }
+            events
+                .push(AuditEvent::new(actor, "message.submit", format!("account {}", account.address)).detail(detail));
+        }
+        events
+    };
+    let done = store.deliver_all(&targets, &message, &events)?;
+    Ok(done.iter().find_map(|(_, queued)| *queued))
+}
+
+/// Lower-cased address with a local part and a domain, within `ADDRESS_BYTES_MAX`; `None`
+/// for what is not one.
+pub(crate) fn normalize_address(address: &str) -> Option<String> {
+    let address = address.trim().to_lowercase();
+    let (local, domain) = address.rsplit_once('@')?;
+    if local.is_empty() || domain.is_empty() || address.len() > sealpost_storage::ADDRESS_BYTES_MAX {
+        return None;
+    }
+    Some(address)
+}
+
+/// A message composed in the webmail by its signed-in author.
+#[derive(Clone, Debug)]
+pub struct WebMessage {
+    /// The whole message, From its author's address.
+    pub raw: Vec<u8>,
+    /// To, Cc and Bcc together.
+    pub recipients: Vec<String>,
+    /// The browser's address.
+    pub peer: String,
+}
+
+/// What became of a message sent from the web.
+#[derive(Clone, Debug)]
+pub struct WebSent {
+    /// The id in its Received field and the audit records.
+    pub id: String,
+    /// The queue entry (and delivery record) of its outside recipients.
+    pub queue: Option<QueueId>,
+    /// Outside recipients, with the rule that chose the portal for them, if one did.
+    pub outside: Vec<(String, Option<String>)>,
+}
+
+/// Sends a message from the web exactly as a submission over SMTP would go (the From check,
+/// recipient rules, content rules, queue, BACKUP), and keeps a copy in Sent. Errors are
+/// sentences for the author.
+pub async fn submit_from_web(
+    store: &Store,
+    shared: &SmtpShared,
+    config: &crate::SmtpConfig,
+    account: &Account,
+    message: WebMessage,
+) -> Result<WebSent, String> {
+    let max = config.messages_per_hour_per_account_max;
+    if !shared.may_submit(account.id, max) {
+        return Err(format!(
+            "You sent {max} messages in the last hour, the most allowed; try again later."
+        ));
+    }
+    let mut recipients: Vec<String> = Vec::new();
+    for written in &message.recipients {
+        let Some(address) = normalize_address(written) else {
+            return Err(format!("\"{}\" is not an email address.", written.trim()));
+        };
+        if !recipients.contains(&address) {
+            recipients.push(address);
+        }
+    }
+    if recipients.is_empty() {
+        return Err("Name at least one recipient.".into());
+    }
+    if recipients.len() > config.recipients_per_message_max {
+        return Err(format!(
+            "A message may have at most {} recipients.",
+            config.recipients_per_message_max
+        ));
+    }
+    let mut classified = Vec::with_capacity(recipients.len());
+    for address in recipients {
+        match classify_recipient(
+            store,
+            shared,
+            Some(account),
+            address.clone(),
+            OutboundRecipient::default(),
+        )
+        .await
+        {
+            Ok(recipient) => classified.push(recipient),
+            Err(refused) => return Err(format!("{address}: {}", reply_text(refused.reply()))),
+        }
+    }
+    let id = crate::headers::session_id();
+    let mut prefix = crate::headers::received("webmail", &message.peer, &config.hostname, "HTTPS", None, &id, None);
+    if !crate::headers::has_field(&message.raw, "Date") {
+        prefix.push_str(&format!("Date: {}\r\n", crate::headers::now_rfc2822()));
+    }
+    if !crate::headers::has_field(&message.raw, "Message-ID") {
+        prefix.push_str(&format!(
+            "Message-ID: {}\r\n",
+            crate::headers::message_id(&config.hostname)
+        ));
+    }
+    let raw = [prefix.as_bytes(), &message.raw].concat();
+    if raw.len() as u64 > config.message_bytes_max {
+        return Err(format!(
+            "The message is larger than the {} bytes allowed.",
+            config.message_bytes_max
+        ));
+    }
+    let accept_ = Accept {
+        from: account.address.clone(),
+        env_id: None,
+        ret: None,
+        recipients: classified,
+        submission: Some(account.clone()),
+        actor: Actor {
+            name: account.address.clone(),
+            peer: message.peer.clone(),
+        },
+        id: id.clone(),
+        auth_summary: String::new(),
+        sent_copy: true,
+    };
+    match accept(store, shared, raw, accept_).await {
+        Ok(accepted) => Ok(WebSent {
+            id,
+            queue: accepted.queue,
+            outside: accepted.outside.into_iter().map(|r| (r.address, r.portal)).collect(),
+        }),
+        Err(refused) => Err(reply_text(refused.reply())),
+    }
+}
+
+/// The human part of an SMTP reply line ("550 5.7.1 text" → "Text.").
+fn reply_text(reply: &str) -> String {
+    let text = reply.splitn(3, ' ').nth(2).unwrap_or(reply);
+    let mut chars = text.chars();
+    let first = chars
+        .next()
+        .map(|c| c.to_uppercase().collect::<String>())
+        .unwrap_or_default();
+    format!("{first}{}.", chars.as_str())
+}

@@ -1,0 +1,999 @@
+//! The secure-pickup portal for outside recipients. A notification link (`/pickup/TOKEN`)
+//! opens a page that asks the recipient to prove they own the address: a one-time code is
+//! mailed to it (`CODE_DIGITS` digits, valid `CODE_MS`, `CODE_TRIES_MAX` tries). A proven
+//! address gets a portal session (its own cookie, apart from staff sessions) that shows only
+//! the pickups sent to that address: read, download attachments, reply. A reply lands in the
+//! sender's INBOX and BACKUP as an internal message, never over the internet. Every view,
+//! download, reply and code is audited; an ended link says whether it expired or was
+//! withdrawn and offers to ask the sender for a new one.
+//!
+//! Codes and portal sessions live in memory (bounded): a restart asks the recipient for a
+//! new code, and nothing about a recipient is written but the audit records.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Extension, Multipart, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{AppendHeaders, IntoResponse, Response};
+use leptos::prelude::*;
+use mail_builder::headers::address::Address;
+use mail_builder::MessageBuilder;
+use mail_parser::{MessageParser, MimeHeaders};
+use sealpost_storage::{
+    Actor, AuditEvent, AuditOutcome, DeliveryTarget, Flags, InternalDate, NewMessage, Outbound, OutboundRecipient,
+    Pickup, PickupId, PickupState, PortalReply, SpecialUse,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::html::{render, when, Frame};
+use crate::request::{blocking, clear_cookie, cookie, form_token, form_token_ok, same_token, see_other, set_cookie};
+use crate::{Peer, WebState};
+
+/// Digits of a one-time code.
+pub(crate) const CODE_DIGITS: u32 = 6;
+/// How long a code works, in ms.
+pub(crate) const CODE_MS: u64 = 10 * 60 * 1000;
+/// Wrong codes one code survives; then a new one must be asked for.
+pub(crate) const CODE_TRIES_MAX: u8 = 5;
+/// Codes one link may have mailed per `CODE_MS`.
+pub(crate) const CODES_SENT_PER_WINDOW_MAX: u8 = 5;
+/// Codes (and their send counters) kept at once; past it the oldest go.
+pub(crate) const CODES_MAX: usize = 10_000;
+/// A portal session ends this long after its last request, in ms.
+pub(crate) const PORTAL_IDLE_MS: u64 = 30 * 60 * 1000;
+/// A portal session ends this long after it began, in ms.
+pub(crate) const PORTAL_ABSOLUTE_MS: u64 = 12 * 3600 * 1000;
+/// Portal sessions kept at once; past it the oldest go.
+pub(crate) const PORTAL_SESSIONS_MAX: usize = 10_000;
+
+/// The portal's session cookie.
+const PORTAL_COOKIE: &str = "__Host-sp_portal";
+
+struct Code {
+    hash: [u8; 32],
+    issued: Instant,
+    tries_left: u8,
+    /// Codes mailed in the current window, and when it began.
+    sent: u8,
+    window: Instant,
+}
+
+struct PortalSession {
+    recipient: String,
+    csrf: String,
+    started: Instant,
+    last_seen: Instant,
+}
+
+/// Codes under way and portal sessions, in memory.
+#[derive(Default)]
+pub(crate) struct PortalState {
+    codes: Mutex<HashMap<PickupId, Code>>,
+    sessions: Mutex<HashMap<[u8; 32], PortalSession>>,
+}
+
+fn digest(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+/// What a code check said.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CodeCheck {
+    Right,
+    Wrong {
+        tries_left: u8,
+    },
+    /// None asked for, expired, or out of tries.
+    NoCode,
+}
+
+impl PortalState {
+    /// A new code for `pickup`, replacing any before; `None` when too many were mailed lately.
+    pub(crate) fn issue_code(&self, pickup: PickupId) -> Option<String> {
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        let window = Duration::from_millis(CODE_MS);
+        if codes.len() >= CODES_MAX {
+            codes.retain(|_, c| c.window.elapsed() < window);
+            if codes.len() >= CODES_MAX {
+                if let Some(oldest) = codes.iter().min_by_key(|(_, c)| c.window).map(|(k, _)| *k) {
+                    codes.remove(&oldest);
+                }
+            }
+        }
+        let now = Instant::now();
+        let (mut sent, mut started) = codes.get(&pickup).map_or((0, now), |c| (c.sent, c.window));
+        if started.elapsed() >= window {
+            (sent, started) = (0, now);
+        }
+        if sent >= CODES_SENT_PER_WINDOW_MAX {
+            return None;
+        }
+        let code = format!("{:06}", rand::random::<u32>() % 10u32.pow(CODE_DIGITS));
+        codes.insert(
+            pickup,
+            Code {
+                hash: digest(&code),
+                issued: now,
+                tries_left: CODE_TRIES_MAX,
+                sent: sent + 1,
+                window: started,
+            },
+        );
+        Some(code)
+    }
+
+    /// Checks a code; a right one is used up, a wrong one costs a try.
+    pub(crate) fn check_code(&self, pickup: PickupId, given: &str) -> CodeCheck {
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(code) = codes.get_mut(&pickup) else {
+            return CodeCheck::NoCode;
+        };
+        if code.tries_left == 0 || code.issued.elapsed() >= Duration::from_millis(CODE_MS) {
+            return CodeCheck::NoCode;
+        }
+        let given: String = given.chars().filter(char::is_ascii_digit).collect();
+        let hash = digest(&given);
+        if same_token(&hex(&hash), &hex(&code.hash)) {
+            code.tries_left = 0;
+            return CodeCheck::Right;
+        }
+        code.tries_left -= 1;
+        CodeCheck::Wrong {
+            tries_left: code.tries_left,
+        }
+    }
+
+    /// A new portal session for a proven address: the cookie's value.
+    fn start_session(&self, recipient: &str) -> String {
+        let secret = sealpost_auth::secrets::token(32);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| live(s));
+        if sessions.len() >= PORTAL_SESSIONS_MAX {
+            if let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| *k) {
+                sessions.remove(&oldest);
+            }
+        }
+        let now = Instant::now();
+        sessions.insert(
+            digest(&secret),
+            PortalSession {
+                recipient: recipient.to_lowercase(),
+                csrf: sealpost_auth::secrets::token(32),
+                started: now,
+                last_seen: now,
+            },
+        );
+        secret
+    }
+
+    /// The proven address and CSRF token of this request's portal session.
+    fn session(&self, headers: &HeaderMap) -> Option<(String, String)> {
+        let secret = cookie(headers, PORTAL_COOKIE)?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let key = digest(&secret);
+        let session = sessions.get_mut(&key)?;
+        if !live(session) {
+            sessions.remove(&key);
+            return None;
+        }
+        session.last_seen = Instant::now();
+        Some((session.recipient.clone(), session.csrf.clone()))
+    }
+
+    fn end_session(&self, headers: &HeaderMap) {
+        if let Some(secret) = cookie(headers, PORTAL_COOKIE) {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.remove(&digest(&secret));
+        }
+    }
+}
+
+fn live(session: &PortalSession) -> bool {
+    session.last_seen.elapsed() < Duration::from_millis(PORTAL_IDLE_MS)
+        && session.started.elapsed() < Duration::from_millis(PORTAL_ABSOLUTE_MS)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// "pat@example.org" as "pa…@example.org": enough for its owner to recognise.
+fn masked(address: &str) -> String {
+    match address.split_once('@') {
+        Some((local, domain)) => {
+            let shown: String = local.chars().take(2).collect();
+            format!("{shown}…@{domain}")
+        }
+        None => "…".into(),
+    }
+}
+
+fn portal_actor(recipient: &str, peer: &Peer) -> Actor {
+    Actor {
+        name: format!("portal:{recipient}"),
+        peer: peer.0.ip().to_string(),
+    }
+}
+
+fn page(title: &str, content: impl IntoView + 'static) -> axum::response::Html<String> {
+    render(
+        Frame {
+            title,
+            csrf: None,
+            account: None,
+            script: false,
+        },
+        content,
+    )
+}
+
+fn unknown_link() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        page(
+            "Link not recognised",
+            view! { <p>"This link does not lead to a message. Check that the whole link was copied from the email; links are long."</p> },
+        ),
+    )
+        .into_response()
+}
+
+async fn pickup_of_token(state: &Arc<WebState>, token: String) -> Option<Pickup> {
+    let state = state.clone();
+    blocking(move || state.store.pickup(&token).ok().flatten())
+        .await
+        .flatten()
+}
+
+/// An ended link: what happened, and a way to ask the sender for a new one.
+fn ended_page(pickup: &Pickup, token: &str, form: &str, asked: bool) -> Response {
+    let (title, text) = match pickup.state {
+        PickupState::Revoked => (
+            "Message withdrawn",
+            "The sender withdrew this message; it can no longer be opened.",
+        ),
+        _ => (
+            "Link expired",
+            "This link has expired, and the message can no longer be opened with it.",
+        ),
+    };
+    let action = format!("/pickup/{token}/renew");
+    let form = form.to_string();
+    let ask = if asked || pickup.renewal_asked_ms.is_some() {
+        let at = pickup.renewal_asked_ms.map(when).unwrap_or_else(|| "just now".into());
+        view! { <p class="notice" role="status">{format!("The sender was asked for a new link ({at}).")}</p> }
+            .into_any()
+    } else {
+        view! {
+            <form method="post" action=action>
+                <input type="hidden" name="form" value=form/>
+                <button type="submit">"Ask the sender for a new link"</button>
+            </form>
+        }
+        .into_any()
+    };
+    (
+        StatusCode::GONE,
+        page(title, view! { <section id="ended"><p>{text}</p>{ask}</section> }),
+    )
+        .into_response()
+}
+
+/// The page a notification link opens.
+pub(crate) async fn link(
+    State(state): State<Arc<WebState>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(pickup) = pickup_of_token(&state, token.clone()).await else {
+        return unknown_link();
+    };
+    let (form, new_form) = form_token(&headers);
+    let set = new_form.then(|| set_cookie(crate::request::FORM_COOKIE, &form));
+    if pickup.state != PickupState::Live {
+        let response = ended_page(&pickup, &token, &form, false);
+        return (AppendHeaders(set), response).into_response();
+    }
+    if let Some((recipient, _)) = state.portal.session(&headers) {
+        if recipient.eq_ignore_ascii_case(&pickup.recipient) {
+            return see_other(&format!("/portal/{}", pickup.id));
+        }
+    }
+    let action = format!("/pickup/{token}/code");
+    let organisation = crate::html::brand()
+        .map(|b| b.organisation.clone())
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(|| "The sender".into());
+    let address = masked(&pickup.recipient);
+    let content = view! {
+        <section id="pickup">
+            <p>{format!("{organisation} sent a secure message to {address}.")}</p>
+            <p>"To open it, show that this address is yours: we email a 6-digit code to it, which you enter on the next page."</p>
+            <form method="post" action=action>
+                <input type="hidden" name="form" value=form/>
+                <button type="submit">"Email me a code"</button>
+            </form>
+        </section>
+    };
+    (AppendHeaders(set), page("A secure message for you", content)).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct FormOnly {
+    form: String,
+}
+
+/// Mails a code to the pickup's recipient, through the queue like every notice.
+pub(crate) async fn send_code(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<FormOnly>,
+) -> Response {
+    if !form_token_ok(&headers, &form.form) {
+        return crate::request::forbidden();
+    }
+    let Some(pickup) = pickup_of_token(&state, token.clone()).await else {
+        return unknown_link();
+    };
+    if pickup.state != PickupState::Live {
+        return ended_page(&pickup, &token, &form.form, false);
+    }
+    let Some(code) = state.portal.issue_code(pickup.id) else {
+        return crate::html::message_page_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many codes",
+            "Several codes were sent in the last minutes. Use the newest one, or wait ten minutes and ask again.",
+        );
+    };
+    let notice = code_notice(&state, &pickup.recipient, &code);
+    let (state2, actor) = (state.clone(), portal_actor(&pickup.recipient, &peer));
+    let (account, recipient, from, id) = (
+        pickup.account,
+        pickup.recipient.clone(),
+        state.sending.notice_from.clone(),
+        pickup.id,
+    );
+    let queued = blocking(move || {
+        let store = &state2.store;
+        let summary = sealpost_mime::Summary::of(&notice).to_bytes();
+        let envelope = Outbound {
+            from,
+            recipients: vec![OutboundRecipient {
+                address: recipient,
+                ..OutboundRecipient::default()
+            }],
+            env_id: None,
+            ret: None,
+            notice: true,
+        };
+        // No folder keeps the code: a copy in the sender's BACKUP would let staff prove an
+        // address that is not theirs.
+        let target = DeliveryTarget {
+            account,
+            mailboxes: Vec::new(),
+            outbound: Some(envelope),
+        };
+        let message = NewMessage {
+            raw: &notice,
+            flags: Flags::new(),
+            internal_date: InternalDate::now(),
+            summary: &summary,
+            search_text: b"",
+        };
+        let event = AuditEvent::new(&actor, "portal.code.send", format!("pickup {id}"));
+        store.deliver_all(&[target], &message, &|_| vec![event.clone()])
+    })
+    .await;
+    match queued {
+        Some(Ok(_)) => {
+            if let Some(waker) = &state.sending.queue_waker {
+                waker.notify_one();
+            }
+            see_other(&format!("/pickup/{token}/verify"))
+        }
+        _ => crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No code sent",
+            "The code could not be sent just now; try again in a minute.",
+        ),
+    }
+}
+
+/// The code email: who sends it and the code; nothing of the message.
+fn code_notice(state: &WebState, recipient: &str, code: &str) -> Vec<u8> {
+    let organisation = crate::html::brand()
+        .map(|b| b.organisation.clone())
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(|| state.hostname.clone());
+    let minutes = CODE_MS / 60_000;
+    let text = format!(
+        "Your code to open the secure message from {organisation}:\r\n\r\n    {code}\r\n\r\n\
+         It works for {minutes} minutes. If you did not ask for it, you may delete this email.\r\n"
+    );
+    MessageBuilder::new()
+        .from(Address::new_address(
+            Some(organisation.clone()),
+            state.sending.notice_from.clone(),
+        ))
+        .to(Address::new_address(None::<String>, recipient.to_string()))
+        .subject(format!("Your code: {code}"))
+        .message_id(format!("{}@{}", hex(&rand::random::<[u8; 12]>()), state.hostname))
+        .header("Auto-Submitted", mail_builder::headers::raw::Raw::new("auto-generated"))
+        .text_body(text)
+        .write_to_vec()
+        .unwrap_or_default()
+}
+
+pub(crate) async fn verify_page(
+    State(state): State<Arc<WebState>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(pickup) = pickup_of_token(&state, token.clone()).await else {
+        return unknown_link();
+    };
+    let (form, new_form) = form_token(&headers);
+    if pickup.state != PickupState::Live {
+        return ended_page(&pickup, &token, &form, false);
+    }
+    let set = new_form.then(|| set_cookie(crate::request::FORM_COOKIE, &form));
+    (
+        AppendHeaders(set),
+        code_form(&token, &form, &pickup.recipient, None, StatusCode::OK),
+    )
+        .into_response()
+}
+
+fn code_form(token: &str, form: &str, recipient: &str, error: Option<String>, status: StatusCode) -> Response {
+    let (action, again, form, form2) = (
+        format!("/pickup/{token}/verify"),
+        format!("/pickup/{token}/code"),
+        form.to_string(),
+        form.to_string(),
+    );
+    let address = masked(recipient);
+    let content = view! {
+        <section id="verify">
+            {crate::html::error_line(error)}
+            <p>{format!("We emailed a {CODE_DIGITS}-digit code to {address}. It works for {} minutes.", CODE_MS / 60_000)}</p>
+            <form method="post" action=action class="stack">
+                <input type="hidden" name="form" value=form/>
+                <label for="code">"Code"</label>
+                <input type="text" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" maxlength="12" required=true/>
+                <button type="submit">"Open the message"</button>
+            </form>
+            <form method="post" action=again>
+                <input type="hidden" name="form" value=form2/>
+                <button type="submit" class="quiet">"Send a new code"</button>
+            </form>
+        </section>
+    };
+    (status, page("Enter your code", content)).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CodeForm {
+    form: String,
+    code: String,
+}
+
+pub(crate) async fn verify(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<CodeForm>,
+) -> Response {
+    if !form_token_ok(&headers, &form.form) {
+        return crate::request::forbidden();
+    }
+    let Some(pickup) = pickup_of_token(&state, token.clone()).await else {
+        return unknown_link();
+    };
+    if pickup.state != PickupState::Live {
+        return ended_page(&pickup, &token, &form.form, false);
+    }
+    let check = state.portal.check_code(pickup.id, &form.code);
+    let actor = portal_actor(&pickup.recipient, &peer);
+    let mut event = AuditEvent::new(&actor, "portal.code.verify", format!("pickup {}", pickup.id));
+    if check != CodeCheck::Right {
+        event = event.outcome(AuditOutcome::Denied);
+    }
+    let state2 = state.clone();
+    let audited = blocking(move || state2.store.audit(event)).await;
+    if !matches!(audited, Some(Ok(_))) {
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The code could not be checked just now; try again in a minute.",
+        );
+    }
+    match check {
+        CodeCheck::Right => {
+            let secret = state.portal.start_session(&pickup.recipient);
+            (
+                StatusCode::SEE_OTHER,
+                AppendHeaders([
+                    (
+                        header::LOCATION,
+                        HeaderValue::from_str(&format!("/portal/{}", pickup.id))
+                            .unwrap_or(HeaderValue::from_static("/portal")),
+                    ),
+                    set_cookie(PORTAL_COOKIE, &secret),
+                ]),
+            )
+                .into_response()
+        }
+        CodeCheck::Wrong { tries_left } if tries_left > 0 => code_form(
+            &token,
+            &form.form,
+            &pickup.recipient,
+            Some(format!("That code is not right. {tries_left} tries left.")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        _ => code_form(
+            &token,
+            &form.form,
+            &pickup.recipient,
+            Some("That code no longer works (too many tries, or too old). Ask for a new code.".into()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    }
+}
+
+/// Asks the sender of an ended pickup for a new link: a note in their INBOX and BACKUP.
+pub(crate) async fn renew(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<FormOnly>,
+) -> Response {
+    if !form_token_ok(&headers, &form.form) {
+        return crate::request::forbidden();
+    }
+    let Some(pickup) = pickup_of_token(&state, token.clone()).await else {
+        return unknown_link();
+    };
+    if pickup.state == PickupState::Live {
+        return see_other(&format!("/pickup/{token}"));
+    }
+    let actor = portal_actor(&pickup.recipient, &peer);
+    let (state2, p) = (state.clone(), pickup.clone());
+    let hostname = state.hostname.clone();
+    let from = state.sending.notice_from.clone();
+    let asked = blocking(move || {
+        let store = &state2.store;
+        let event = AuditEvent::new(&actor, "pickup.renewal", format!("pickup {}", p.id));
+        if !store.ask_pickup_renewal(p.id, event).ok()? {
+            return Some(false);
+        }
+        let text = format!(
+            "{recipient} followed the link to the secure message you sent on {sent}, and it had {what}.\r\n\
+             They ask for a new one: send the message to them again if they should still have it.\r\n",
+            recipient = p.recipient,
+            sent = when(p.created_ms),
+            what = if p.state == PickupState::Revoked {
+                "been withdrawn"
+            } else {
+                "expired"
+            },
+        );
+        let raw = MessageBuilder::new()
+            .from(Address::new_address(Some("Secure portal"), from))
+            .to(Address::new_address(None::<String>, p.sender.clone()))
+            .subject(format!("{} asks for a new secure link", p.recipient))
+            .message_id(format!("{}@{hostname}", hex(&rand::random::<[u8; 12]>())))
+            .text_body(text)
+            .write_to_vec()
+            .ok()?;
+        deliver_internal(store, p.account, &raw, Vec::new()).ok()?;
+        Some(true)
+    })
+    .await
+    .flatten();
+    match asked {
+        Some(_) => ended_page(&pickup, &token, &form.form, true),
+        None => crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not sent",
+            "The request could not be sent just now; try again in a minute.",
+        ),
+    }
+}
+
+/// Delivers a message from the portal into the sending account's INBOX and BACKUP, with
+/// `events` in the same write.
+fn deliver_internal(
+    store: &sealpost_storage::Store,
+    account: sealpost_storage::AccountId,
+    raw: &[u8],
+    events: Vec<AuditEvent>,
+) -> Result<(), sealpost_storage::Error> {
+    let inbox = store
+        .mailbox_by_name(account, "INBOX")?
+        .ok_or(sealpost_storage::Error::MailboxNotFound)?;
+    let backup = store
+        .mailbox_by_special_use(account, SpecialUse::Backup)?
+        .ok_or(sealpost_storage::Error::MailboxNotFound)?;
+    let summary = sealpost_mime::Summary::of(raw).to_bytes();
+    let text = sealpost_mime::search_text(raw).lowercased().to_bytes();
+    let target = DeliveryTarget {
+        account,
+        mailboxes: vec![inbox.id, backup.id],
+        outbound: None,
+    };
+    let message = NewMessage {
+        raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: &summary,
+        search_text: &text,
+    };
+    store.deliver_all(&[target], &message, &|_| events.clone())?;
+    Ok(())
+}
+
+/// The answer to a portal request without a portal session.
+fn open_your_link() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        page(
+            "Open your link",
+            view! { <p>"To read your secure messages, follow the link in the email you received and enter the code we send you."</p> },
+        ),
+    )
+        .into_response()
+}
+
+/// The pickup `id` if this session's address may open it: 404 unknown, 403 another's.
+async fn own_pickup(state: &Arc<WebState>, recipient: &str, id: &str) -> Result<Pickup, Response> {
+    let Ok(id) = id.parse::<PickupId>() else {
+        return Err(crate::html::message_page_status(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such message.",
+        ));
+    };
+    let state2 = state.clone();
+    let Some(Some(pickup)) = blocking(move || state2.store.pickup_by_id(id).ok().flatten()).await else {
+        return Err(crate::html::message_page_status(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such message.",
+        ));
+    };
+    if !pickup.recipient.eq_ignore_ascii_case(recipient) {
+        return Err(crate::html::message_page_status(
+            StatusCode::FORBIDDEN,
+            "Not yours",
+            "This message was sent to another address; it cannot be opened here.",
+        ));
+    }
+    Ok(pickup)
+}
+
+/// Every pickup of the session's address.
+pub(crate) async fn home(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
+    let Some((recipient, csrf)) = state.portal.session(&headers) else {
+        return open_your_link();
+    };
+    let (state2, address) = (state.clone(), recipient.clone());
+    let pickups = blocking(move || state2.store.pickups_for(&address).unwrap_or_default())
+        .await
+        .unwrap_or_default();
+    let rows: Vec<_> = pickups
+        .iter()
+        .map(|p| {
+            let href = format!("/portal/{}", p.id);
+            let state = match p.state {
+                PickupState::Live => format!("until {}", when(p.expires_ms)),
+                PickupState::Expired => "expired".into(),
+                PickupState::Revoked => "withdrawn".into(),
+            };
+            view! { <tr><td><a href=href>{format!("From {}", p.sender)}</a></td><td>{when(p.created_ms)}</td><td>{state}</td></tr> }
+        })
+        .collect();
+    let content = view! {
+        <p>{format!("Signed in as {recipient}.")}</p>
+        <table id="pickups"><tr><th>"Message"</th><th>"Sent"</th><th>"Open"</th></tr>{rows}</table>
+        <form method="post" action="/portal/sign-out">
+            <input type="hidden" name="csrf" value=csrf/>
+            <button type="submit" class="quiet">"Sign out"</button>
+        </form>
+    };
+    page("Your secure messages", content).into_response()
+}
+
+pub(crate) async fn sign_out(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
+    state.portal.end_session(&headers);
+    (
+        StatusCode::SEE_OTHER,
+        AppendHeaders([
+            (header::LOCATION, HeaderValue::from_static("/portal")),
+            clear_cookie(PORTAL_COOKIE),
+        ]),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct DoneQuery {
+    #[serde(default)]
+    done: Option<String>,
+}
+
+/// One message in the portal: read (audited; the first read shows as "opened" to the
+/// sender), its attachments, the recipient's earlier replies and a reply form.
+pub(crate) async fn message(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(id): Path<String>,
+    Query(query): Query<DoneQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some((recipient, csrf)) = state.portal.session(&headers) else {
+        return open_your_link();
+    };
+    let pickup = match own_pickup(&state, &recipient, &id).await {
+        Ok(pickup) => pickup,
+        Err(response) => return response,
+    };
+    let Some(raw) = read(&state, &pickup, &peer, "portal view".into()).await else {
+        return ended_in_portal(&pickup);
+    };
+    let structure = sealpost_mime::Structure::parse(&raw, sealpost_mime::Limits::default());
+    let shown = sealpost_mime::Shown::of(&structure.envelope);
+    let parsed = MessageParser::default().parse(&raw);
+    let text = parsed
+        .as_ref()
+        .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
+        .unwrap_or_default();
+    let attachments: Vec<_> = parsed
+        .as_ref()
+        .map(|m| {
+            m.attachments()
+                .enumerate()
+                .map(|(index, part)| {
+                    let name = part.attachment_name().unwrap_or("attachment").to_string();
+                    let href = format!("/portal/{}/attachment/{index}", pickup.id);
+                    let size = part.len();
+                    view! { <li><a href=href download="">{name}</a>{format!(" ({}, {size} bytes)", crate::mail::media_type(part))}</li> }
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let subject = if shown.subject.trim().is_empty() {
+        "(no subject)".to_string()
+    } else {
+        shown.subject.clone()
+    };
+    let from = shown
+        .from
+        .iter()
+        .map(|p| {
+            if p.name.is_empty() {
+                p.email.clone()
+            } else {
+                format!("{} <{}>", p.name, p.email)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let replies: Vec<_> = pickup
+        .replies
+        .iter()
+        .map(|r| {
+            let files = (!r.attachments.is_empty()).then(|| format!("Attached: {}", r.attachments.join(", ")));
+            view! { <li><p class="muted">{when(r.at_ms)}</p><pre class="body">{r.text.clone()}</pre>{files.map(|f| view! { <p class="muted">{f}</p> })}</li> }
+        })
+        .collect();
+    let done = query.done.map(|_| "Your reply was sent.".to_string());
+    let action = format!("/portal/{}/reply", pickup.id);
+    let content = view! {
+        <p><a href="/portal">"← Your secure messages"</a></p>
+        {crate::html::notice_line(done)}
+        <section id="message">
+            <table class="headers">
+                <tr><th>"From"</th><td>{from}</td></tr>
+                <tr><th>"Date"</th><td>{shown.date.clone().unwrap_or_default()}</td></tr>
+                <tr><th>"Available until"</th><td>{when(pickup.expires_ms)}</td></tr>
+            </table>
+            <pre class="body">{text}</pre>
+            {(!attachments.is_empty()).then(|| view! { <h2>"Attachments"</h2><ul id="attachments">{attachments}</ul> })}
+        </section>
+        {(!replies.is_empty()).then(|| view! { <h2>"Your replies"</h2><ul id="replies">{replies}</ul> })}
+        <h2>"Reply"</h2>
+        <form method="post" action=action enctype="multipart/form-data" class="stack" id="reply">
+            <input type="hidden" name="csrf" value=csrf/>
+            <label for="body">"Your reply"</label>
+            <textarea id="body" name="body" rows="8" required=true></textarea>
+            <label for="files">"Attach files"</label>
+            <input type="file" id="files" name="files" multiple=true/>
+            <p class="muted">"Your reply goes straight to the sender's mailbox here; it does not travel by email."</p>
+            <button type="submit">"Send reply"</button>
+        </form>
+    };
+    page(&subject, content).into_response()
+}
+
+fn ended_in_portal(pickup: &Pickup) -> Response {
+    let text = match pickup.state {
+        PickupState::Revoked => "The sender withdrew this message; it can no longer be opened.",
+        _ => "This message has expired and can no longer be opened. Ask the sender to send it again.",
+    };
+    crate::html::message_page_status(StatusCode::GONE, "No longer available", text)
+}
+
+/// The pickup's bytes, the read audited (and marked opened) first.
+async fn read(state: &Arc<WebState>, pickup: &Pickup, peer: &Peer, what: String) -> Option<Vec<u8>> {
+    let actor = portal_actor(&pickup.recipient, peer);
+    let event = AuditEvent::new(&actor, "pickup.read", format!("pickup {}", pickup.id)).detail(what);
+    let (state2, id) = (state.clone(), pickup.id);
+    blocking(move || state2.store.read_pickup_audited(id, event).ok().flatten())
+        .await
+        .flatten()
+}
+
+pub(crate) async fn attachment(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path((id, index)): Path<(String, usize)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some((recipient, _)) = state.portal.session(&headers) else {
+        return open_your_link();
+    };
+    let pickup = match own_pickup(&state, &recipient, &id).await {
+        Ok(pickup) => pickup,
+        Err(response) => return response,
+    };
+    let Some(raw) = read(&state, &pickup, &peer, format!("portal attachment {index}")).await else {
+        return ended_in_portal(&pickup);
+    };
+    crate::mail::attachment_response(&raw, index)
+}
+
+/// A reply from the portal: to the sender's INBOX and BACKUP, with the recipient's files.
+pub(crate) async fn reply(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    mut multipart: Multipart,
+) -> Response {
+    let Some((recipient, csrf)) = state.portal.session(&headers) else {
+        return open_your_link();
+    };
+    let pickup = match own_pickup(&state, &recipient, &id).await {
+        Ok(pickup) => pickup,
+        Err(response) => return response,
+    };
+    let form = match crate::compose::read_form(&mut multipart, state.sending.upload_bytes_max).await {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    if !same_token(&form.field("csrf"), &csrf) {
+        return crate::request::forbidden();
+    }
+    let text = form.field("body").replace("\r\n", "\n");
+    if text.trim().is_empty() && form.uploads.is_empty() {
+        return see_other(&format!("/portal/{}", pickup.id));
+    }
+    // The original's subject and Message-ID thread the reply; its reading is audited.
+    let Some(raw) = read(&state, &pickup, &peer, "portal reply".into()).await else {
+        return ended_in_portal(&pickup);
+    };
+    let structure = sealpost_mime::Structure::parse(&raw, sealpost_mime::Limits::default());
+    let shown = sealpost_mime::Shown::of(&structure.envelope);
+    let mut builder = MessageBuilder::new()
+        .from(Address::new_address(None::<String>, pickup.recipient.clone()))
+        .to(Address::new_address(None::<String>, pickup.sender.clone()))
+        .subject(if shown.subject.to_lowercase().starts_with("re:") {
+            shown.subject.clone()
+        } else {
+            format!("Re: {}", shown.subject)
+        })
+        .message_id(format!("{}@{}", hex(&rand::random::<[u8; 12]>()), state.hostname))
+        .header(
+            "Authentication-Results",
+            mail_builder::headers::raw::Raw::new(format!(
+                "{}; sealpost-portal=pass (the sender proved this address with a one-time code)",
+                state.hostname
+            )),
+        )
+        .text_body(text.replace('\n', "\r\n"));
+    if let Some(message_id) = &shown.message_id {
+        let id = message_id.trim_matches(['<', '>']).to_string();
+        builder = builder.in_reply_to(id.clone()).references(id);
+    }
+    for upload in &form.uploads {
+        builder = builder.attachment(upload.kind.clone(), upload.name.clone(), upload.bytes.clone());
+    }
+    let Ok(reply_raw) = builder.write_to_vec() else {
+        return crate::html::message_page_status(
+            StatusCode::BAD_REQUEST,
+            "Not sent",
+            "The reply could not be put together.",
+        );
+    };
+    let received = format!(
+        "Received: from portal ([{}])\r\n\tby {} (Sealpost) with HTTPS;\r\n\t{}\r\n",
+        peer.0.ip(),
+        state.hostname,
+        crate::mail::now_rfc2822()
+    );
+    let reply_raw = [received.as_bytes(), &reply_raw].concat();
+    let actor = portal_actor(&pickup.recipient, &peer);
+    let kept = PortalReply {
+        at_ms: crate::request::now_ms(),
+        text,
+        attachments: form.uploads.iter().map(|u| u.name.clone()).collect(),
+    };
+    let (state2, p) = (state.clone(), pickup.clone());
+    let done = blocking(move || {
+        let store = &state2.store;
+        let event = AuditEvent::new(&actor, "pickup.reply", format!("pickup {}", p.id)).detail(format!(
+            "to {}; {} bytes",
+            p.sender,
+            reply_raw.len()
+        ));
+        deliver_internal(store, p.account, &reply_raw, vec![event.clone()])?;
+        store.record_portal_reply(
+            p.id,
+            kept,
+            AuditEvent::new(&actor, "pickup.reply.kept", format!("pickup {}", p.id)),
+        )
+    })
+    .await;
+    match done {
+        Some(Ok(())) => see_other(&format!("/portal/{}?done=replied", pickup.id)),
+        _ => crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not sent",
+            "Your reply could not be sent just now; try again in a minute.",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_works_once_and_five_wrong_tries_end_it() {
+        let portal = PortalState::default();
+        let id = PickupId([7; 32]);
+        assert_eq!(portal.check_code(id, "123456"), CodeCheck::NoCode);
+        let code = portal.issue_code(id).unwrap();
+        assert_eq!(code.len(), 6);
+        assert_eq!(portal.check_code(id, &code), CodeCheck::Right);
+        assert_eq!(portal.check_code(id, &code), CodeCheck::NoCode, "used up");
+        let code = portal.issue_code(id).unwrap();
+        let wrong = if code == "000000" { "000001" } else { "000000" };
+        for left in (0..CODE_TRIES_MAX).rev() {
+            assert_eq!(portal.check_code(id, wrong), CodeCheck::Wrong { tries_left: left });
+        }
+        assert_eq!(portal.check_code(id, &code), CodeCheck::NoCode, "out of tries");
+        // Five codes per window, then none until it passes.
+        for _ in 2..CODES_SENT_PER_WINDOW_MAX {
+            assert!(portal.issue_code(id).is_some());
+        }
+        assert!(portal.issue_code(id).is_none());
+        assert!(
+            portal.issue_code(PickupId([8; 32])).is_some(),
+            "another link is counted apart"
+        );
+    }
+
+    #[test]
+    fn addresses_are_masked() {
+        assert_eq!(masked("patient@example.org"), "pa…@example.org");
+        assert_eq!(masked("p@example.org"), "p…@example.org");
+    }
+}

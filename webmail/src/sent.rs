@@ -1,0 +1,241 @@
+//! What became of sent mail: per outside recipient, how it was protected (verified TLS, or
+//! the secure portal and why), and for the portal whether and when the recipient opened it;
+//! the sender withdraws a portal message (before it is opened, or to stop further access).
+//! Read from the store's delivery records, which outlive the queue entries.
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use leptos::prelude::*;
+use sealpost_storage::{Delivery, DeliveryLine, PickupState, QueueId, RecipientStatus};
+use serde::Deserialize;
+
+use crate::html::{render, when, Frame};
+use crate::mail::{actor_of, reader};
+use crate::request::{blocking, see_other};
+use crate::{Peer, WebState};
+
+#[derive(Deserialize, Default)]
+pub(crate) struct DoneQuery {
+    #[serde(default)]
+    done: Option<String>,
+}
+
+fn subject_of(delivery: &Delivery) -> String {
+    let subject = sealpost_mime::Summary::from_bytes(&delivery.summary)
+        .map(|s| sealpost_mime::Shown::of_imap(&s.envelope).subject)
+        .unwrap_or_default();
+    if subject.trim().is_empty() {
+        "(no subject)".into()
+    } else {
+        subject
+    }
+}
+
+/// How one recipient was reached, in words, and whether the sender may still withdraw it.
+fn describe(line: &DeliveryLine, pickup: Option<PickupState>) -> (String, bool) {
+    match &line.status {
+        RecipientStatus::Pending => ("Waiting to be delivered (tried again automatically)".into(), false),
+        RecipientStatus::Delivered { at_ms, how } => {
+            (format!("Delivered over verified TLS ({how}), {}", when(*at_ms)), false)
+        }
+        RecipientStatus::Failed { at_ms, reply } => (format!("Not delivered: {reply} ({})", when(*at_ms)), false),
+        RecipientStatus::Portal { at_ms, why } => {
+            let opened = match line.opened_ms {
+                Some(at) => format!("opened at {}", when(at)),
+                None => "not opened yet".into(),
+            };
+            let state = match (line.revoked_ms, pickup) {
+                (Some(at), _) => format!("; withdrawn at {}", when(at)),
+                (None, Some(PickupState::Expired)) => "; the link has expired".into(),
+                _ => String::new(),
+            };
+            let live = line.revoked_ms.is_none() && pickup == Some(PickupState::Live);
+            (
+                format!("Secure portal since {} ({why}); {opened}{state}", when(*at_ms)),
+                live,
+            )
+        }
+    }
+}
+
+pub(crate) async fn list(
+    State(state): State<Arc<WebState>>,
+    Query(query): Query<DoneQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (found, account) = match reader(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let (state2, id) = (state.clone(), account.id);
+    let Some(Ok(deliveries)) = blocking(move || state2.store.deliveries(id)).await else {
+        return crate::mail::not_found();
+    };
+    let rows: Vec<_> = deliveries
+        .iter()
+        .map(|d| {
+            let href = format!("/sent/{}", d.queue);
+            let recipients = d.lines.iter().map(|l| l.address.clone()).collect::<Vec<_>>().join(", ");
+            let portal = d
+                .lines
+                .iter()
+                .filter(|l| matches!(l.status, RecipientStatus::Portal { .. }))
+                .count();
+            let opened = d.lines.iter().filter(|l| l.opened_ms.is_some()).count();
+            let summary = if portal > 0 {
+                format!("{portal} by portal, {opened} opened")
+            } else {
+                String::new()
+            };
+            view! {
+                <tr>
+                    <td><a href=href>{subject_of(d)}</a></td>
+                    <td>{recipients}</td>
+                    <td>{when(d.created_ms)}</td>
+                    <td>{summary}</td>
+                </tr>
+            }
+        })
+        .collect();
+    let done = query.done.map(|_| "Sent.".to_string());
+    render(
+        Frame {
+            title: "Sent to outside recipients",
+            csrf: Some(&found.session.csrf),
+            account: Some((&account.address, &found.session.csrf)),
+            script: false,
+        },
+        view! {
+            {crate::html::notice_line(done)}
+            <p class="muted">"Mail to people inside the organisation is delivered at once; below is what became of mail to outside recipients."</p>
+            <table id="deliveries">
+                <tr><th>"Subject"</th><th>"To"</th><th>"Sent"</th><th>"Portal"</th></tr>
+                {rows}
+            </table>
+        },
+    )
+    .into_response()
+}
+
+pub(crate) async fn status(
+    State(state): State<Arc<WebState>>,
+    Path(queue): Path<String>,
+    Query(query): Query<DoneQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (found, account) = match reader(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let Ok(queue) = queue.parse::<QueueId>() else {
+        return crate::mail::not_found();
+    };
+    let (state2, id) = (state.clone(), account.id);
+    let loaded = blocking(move || {
+        let delivery = state2.store.delivery(id, queue).ok()??;
+        let states: Vec<Option<PickupState>> = delivery
+            .lines
+            .iter()
+            .map(|l| {
+                l.pickup
+                    .and_then(|p| state2.store.pickup_by_id(p).ok().flatten())
+                    .map(|p| p.state)
+            })
+            .collect();
+        Some((delivery, states))
+    })
+    .await
+    .flatten();
+    let Some((delivery, states)) = loaded else {
+        return crate::mail::not_found();
+    };
+    let csrf = found.session.csrf.clone();
+    let action = format!("/sent/{queue}/revoke");
+    let rows: Vec<_> = delivery
+        .lines
+        .iter()
+        .zip(states)
+        .map(|(line, pickup)| {
+            let (text, revocable) = describe(line, pickup);
+            let label = if line.opened_ms.is_some() {
+                "Stop further access"
+            } else {
+                "Withdraw"
+            };
+            let form = revocable.then(|| {
+                let (csrf, action, address) = (csrf.clone(), action.clone(), line.address.clone());
+                view! {
+                    <form method="post" action=action class="inline">
+                        <input type="hidden" name="csrf" value=csrf/>
+                        <input type="hidden" name="recipient" value=address/>
+                        <button type="submit" class="danger">{label}</button>
+                    </form>
+                }
+            });
+            view! { <tr><td>{line.address.clone()}</td><td class="status">{text}</td><td>{form}</td></tr> }
+        })
+        .collect();
+    let done = query.done.map(|d| match d.as_str() {
+        "revoked" => "Withdrawn: the link no longer opens the message.".to_string(),
+        "gone" => "There was nothing left to withdraw.".to_string(),
+        _ => "Done.".to_string(),
+    });
+    let title = subject_of(&delivery);
+    render(
+        Frame {
+            title: &title,
+            csrf: Some(&found.session.csrf),
+            account: Some((&account.address, &found.session.csrf)),
+            script: false,
+        },
+        view! {
+            <p><a href="/sent">"← Sent to outside recipients"</a></p>
+            {crate::html::notice_line(done)}
+            <p class="muted">{format!("Sent {}. Reload to see the latest.", when(delivery.created_ms))}</p>
+            <table id="delivery">
+                <tr><th>"Recipient"</th><th>"How it was protected"</th><th></th></tr>
+                {rows}
+            </table>
+        },
+    )
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RevokeForm {
+    csrf: String,
+    recipient: String,
+}
+
+pub(crate) async fn revoke(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<RevokeForm>,
+) -> Response {
+    let (found, account) = match reader(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    if !found.session.csrf_ok(&form.csrf) {
+        return crate::request::forbidden();
+    }
+    let Ok(queue) = queue.parse::<QueueId>() else {
+        return crate::mail::not_found();
+    };
+    let (state2, id, actor) = (state.clone(), account.id, actor_of(&account, &peer));
+    let recipient = form.recipient;
+    match blocking(move || state2.store.revoke_pickup(id, queue, &recipient, &actor)).await {
+        Some(Ok(true)) => see_other(&format!("/sent/{queue}?done=revoked")),
+        Some(Ok(false)) => see_other(&format!("/sent/{queue}?done=gone")),
+        _ => crate::html::message_page_status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Not withdrawn",
+            "The message could not be withdrawn; try again.",
+        ),
+    }
+}
