@@ -605,21 +605,7 @@ pub(crate) async fn message(
     let authentication = parsed
         .as_ref()
         .and_then(|m| m.header_raw("Authentication-Results").map(|v| v.trim().to_string()));
-    let attachments: Vec<_> = parsed
-        .as_ref()
-        .map(|m| {
-            m.attachments()
-                .enumerate()
-                .map(|(index, part)| {
-                    let name = part.attachment_name().unwrap_or("attachment").to_string();
-                    let kind = media_type(part);
-                    let href = format!("/mail/{}/{}/attachment/{index}", folder.id.0, uid);
-                    let size = part.len();
-                    view! { <li><a href=href download="">{name}</a>{format!(" ({kind}, {})", human_size(size))}</li> }
-                })
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    let attachments = attachment_items(parsed.as_ref(), &format!("/mail/{}/{}", folder.id.0, uid));
     let subject = if shown.subject.trim().is_empty() {
         "(no subject)".to_string()
     } else {
@@ -680,6 +666,25 @@ pub(crate) async fn message(
         },
     )
     .into_response()
+}
+
+/// A message's attachments as list items linking to `BASE/attachment/INDEX`, with their type
+/// and size.
+pub(crate) fn attachment_items(message: Option<&mail_parser::Message<'_>>, base: &str) -> Vec<impl IntoView> {
+    let Some(message) = message else {
+        return Vec::new();
+    };
+    message
+        .attachments()
+        .enumerate()
+        .map(|(index, part)| {
+            let name = part.attachment_name().unwrap_or("attachment").to_string();
+            let kind = media_type(part);
+            let href = format!("{base}/attachment/{index}");
+            let size = part.len();
+            view! { <li><a href=href download="">{name}</a>{format!(" ({kind}, {})", human_size(size))}</li> }
+        })
+        .collect()
 }
 
 /// Most bytes of a message's own images (`cid:`) put into its formatted view.

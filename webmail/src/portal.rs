@@ -20,7 +20,7 @@ use axum::response::{AppendHeaders, IntoResponse, Response};
 use leptos::prelude::*;
 use mail_builder::headers::address::Address;
 use mail_builder::MessageBuilder;
-use mail_parser::{MessageParser, MimeHeaders};
+use mail_parser::MessageParser;
 use sealpost_storage::{
     Actor, AuditEvent, AuditOutcome, DeliveryTarget, Flags, InternalDate, NewMessage, Outbound, OutboundRecipient,
     Pickup, PickupId, PickupState, PortalReply, SpecialUse,
@@ -321,6 +321,21 @@ pub(crate) async fn link(
     (AppendHeaders(set), page("A secure message for you", content)).into_response()
 }
 
+/// The live pickup behind `token` for a form that carries the pre-session token `form`; else
+/// the answer: 403 (no token), 404 (unknown link), 410 (ended).
+async fn live_pickup(state: &Arc<WebState>, headers: &HeaderMap, token: &str, form: &str) -> Result<Pickup, Response> {
+    if !form_token_ok(headers, form) {
+        return Err(crate::request::forbidden());
+    }
+    let Some(pickup) = pickup_of_token(state, token.to_string()).await else {
+        return Err(unknown_link());
+    };
+    if pickup.state != PickupState::Live {
+        return Err(ended_page(&pickup, token, form, false));
+    }
+    Ok(pickup)
+}
+
 #[derive(Deserialize)]
 pub(crate) struct FormOnly {
     form: String,
@@ -334,15 +349,10 @@ pub(crate) async fn send_code(
     headers: HeaderMap,
     axum::Form(form): axum::Form<FormOnly>,
 ) -> Response {
-    if !form_token_ok(&headers, &form.form) {
-        return crate::request::forbidden();
-    }
-    let Some(pickup) = pickup_of_token(&state, token.clone()).await else {
-        return unknown_link();
+    let pickup = match live_pickup(&state, &headers, &token, &form.form).await {
+        Ok(pickup) => pickup,
+        Err(response) => return response,
     };
-    if pickup.state != PickupState::Live {
-        return ended_page(&pickup, &token, &form.form, false);
-    }
     let Some(code) = state.portal.issue_code(pickup.id) else {
         return crate::html::message_page_status(
             StatusCode::TOO_MANY_REQUESTS,
@@ -489,15 +499,10 @@ pub(crate) async fn verify(
     headers: HeaderMap,
     axum::Form(form): axum::Form<CodeForm>,
 ) -> Response {
-    if !form_token_ok(&headers, &form.form) {
-        return crate::request::forbidden();
-    }
-    let Some(pickup) = pickup_of_token(&state, token.clone()).await else {
-        return unknown_link();
+    let pickup = match live_pickup(&state, &headers, &token, &form.form).await {
+        Ok(pickup) => pickup,
+        Err(response) => return response,
     };
-    if pickup.state != PickupState::Live {
-        return ended_page(&pickup, &token, &form.form, false);
-    }
     let check = state.portal.check_code(pickup.id, &form.code);
     let actor = portal_actor(&pickup.recipient, &peer);
     let mut event = AuditEvent::new(&actor, "portal.code.verify", format!("pickup {}", pickup.id));
@@ -754,20 +759,7 @@ pub(crate) async fn message(
         .as_ref()
         .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
         .unwrap_or_default();
-    let attachments: Vec<_> = parsed
-        .as_ref()
-        .map(|m| {
-            m.attachments()
-                .enumerate()
-                .map(|(index, part)| {
-                    let name = part.attachment_name().unwrap_or("attachment").to_string();
-                    let href = format!("/portal/{}/attachment/{index}", pickup.id);
-                    let size = part.len();
-                    view! { <li><a href=href download="">{name}</a>{format!(" ({}, {size} bytes)", crate::mail::media_type(part))}</li> }
-                })
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    let attachments = crate::mail::attachment_items(parsed.as_ref(), &format!("/portal/{}", pickup.id));
     let subject = if shown.subject.trim().is_empty() {
         "(no subject)".to_string()
     } else {
