@@ -548,6 +548,7 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         .env("ATTACHMENT", &attachment)
         .env("REPLY_TEXT", reply_text)
         .env("REPLY_FILE", &reply_file)
+        .env("PORTAL_PASSWORD", "lantern orchard pebble nineteen")
         .env("ARTIFACTS", browser_dir().join("artifacts"))
         .output()
         .unwrap();
@@ -563,6 +564,7 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         "notices",
         "downloaded",
         "replied",
+        "password-visit",
         "other-opened",
         "forbidden",
         "withdrawn",
@@ -627,6 +629,8 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         "pickup.read",
         "pickup.reply",
         "pickup.revoke",
+        "portal.password.set",
+        "portal.sign_in",
     ] {
         assert!(exported.contains(action), "no {action} in the audit log");
     }

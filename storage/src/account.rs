@@ -111,14 +111,14 @@ impl Drop for HashSlot {
     }
 }
 
-fn verify_password(password: &str, hash: &str) -> bool {
+pub(crate) fn verify_password(password: &str, hash: &str) -> bool {
     let _slot = HashSlot::take();
     argon2::Argon2::default()
         .verify_password(password.as_bytes(), hash)
         .is_ok()
 }
 
-fn hash_password(password: &str) -> Result<String> {
+pub(crate) fn hash_password(password: &str) -> Result<String> {
     let _slot = HashSlot::take();
     argon2::Argon2::default()
         .hash_password(password.as_bytes())
@@ -130,7 +130,7 @@ fn hash_password(password: &str) -> Result<String> {
 
 /// A hash of a random password, checked when a login names no account, so that an unknown
 /// name costs as much time as a wrong password.
-fn decoy_hash() -> &'static str {
+pub(crate) fn decoy_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DECOY.get_or_init(|| hash_password(&format!("{:x}", rand::random::<u128>())).unwrap_or_default())
 }

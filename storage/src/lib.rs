@@ -55,7 +55,7 @@ pub use message::{Delivered, CHUNK_BYTES, SEARCH_TEXT_BYTES_MAX};
 pub use notify::{MailboxEvent, MailboxEvents};
 pub use pickup::{
     Pickup, PickupId, PickupState, PortalReply, PICKUPS_PER_RECIPIENT_MAX, PICKUP_TOKEN_BYTES_MIN, PICKUP_TOMBSTONE_MS,
-    PORTAL_REPLIES_MAX, PORTAL_REPLY_TEXT_BYTES_MAX,
+    PORTAL_PASSWORD_BYTES_MAX, PORTAL_REPLIES_MAX, PORTAL_REPLY_TEXT_BYTES_MAX,
 };
 pub use queue::{
     Outbound, OutboundRecipient, QueueId, QueuedMessage, RecipientState, RecipientStatus, QUEUE_RECIPIENTS_MAX,

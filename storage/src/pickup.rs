@@ -516,3 +516,80 @@ impl Store {
         Ok(expired)
     }
 }
+
+/// Longest portal password checked, in bytes (longer ones are refused unhashed).
+pub const PORTAL_PASSWORD_BYTES_MAX: usize = 1024;
+
+impl Store {
+    fn portal_password_key(&self, recipient: &str) -> Vec<u8> {
+        let mut key = b"portal-password/".to_vec();
+        key.extend_from_slice(&crypto::keyed_hash(
+            &self.inner.store_keys.index,
+            b"portal-password",
+            recipient.trim().to_lowercase().as_bytes(),
+        ));
+        key
+    }
+
+    /// Sets the password an outside recipient chose in the portal for return visits
+    /// (argon2id, sealed with the directory key under a keyed hash of the address); audited,
+    /// the password never. The caller judges its strength.
+    pub fn set_portal_password(&self, recipient: &str, password: &str, actor: &crate::Actor) -> Result<()> {
+        if password.len() > PORTAL_PASSWORD_BYTES_MAX {
+            return Err(Error::LimitExceeded {
+                what: "portal password bytes",
+                actual: password.len() as u64,
+                max: PORTAL_PASSWORD_BYTES_MAX as u64,
+            });
+        }
+        let hash = crate::account::hash_password(password)?;
+        let key = self.portal_password_key(recipient);
+        let mut batch = Batch::default();
+        batch.put(
+            Table::Meta,
+            key.clone(),
+            self.inner.directory.seal(&key, hash.as_bytes()),
+        );
+        let event = crate::AuditEvent::new(actor, "portal.password.set", format!("for {recipient}"));
+        self.commit_audited(batch, vec![event])?;
+        Ok(())
+    }
+
+    /// Forgets a recipient's portal password; audited.
+    pub fn remove_portal_password(&self, recipient: &str, actor: &crate::Actor) -> Result<()> {
+        let mut batch = Batch::default();
+        batch.delete(Table::Meta, self.portal_password_key(recipient));
+        let event = crate::AuditEvent::new(actor, "portal.password.remove", format!("for {recipient}"));
+        self.commit_audited(batch, vec![event])?;
+        Ok(())
+    }
+
+    /// Whether the recipient chose a portal password.
+    pub fn has_portal_password(&self, recipient: &str) -> Result<bool> {
+        Ok(self
+            .inner
+            .engine
+            .get(Table::Meta, &self.portal_password_key(recipient))?
+            .is_some())
+    }
+
+    /// Checks a recipient's portal password: one argon2 verification (~20 ms) whatever the
+    /// outcome, so a missing password takes as long as a wrong one. Run it on a blocking
+    /// thread.
+    pub fn check_portal_password(&self, recipient: &str, password: &str) -> Result<bool> {
+        if password.len() > PORTAL_PASSWORD_BYTES_MAX {
+            return Ok(false);
+        }
+        let key = self.portal_password_key(recipient);
+        let stored = match self.inner.engine.get(Table::Meta, &key)? {
+            Some(sealed) => Some(self.inner.directory.open(&key, &sealed)?),
+            None => None,
+        };
+        let hash = stored
+            .as_deref()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .unwrap_or(crate::account::decoy_hash());
+        let matches = crate::account::verify_password(password, hash);
+        Ok(matches && stored.is_some())
+    }
+}

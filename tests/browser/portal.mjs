@@ -79,7 +79,7 @@ async function openAsPatient(context, link, address, shot, wrongFirst) {
   check(!intro.includes(env.SUBJECT), "the link's page shows the subject before the code");
   if (shot) await page.screenshot({ path: path.join(ARTIFACTS, "portal-01-link.png"), fullPage: true });
   const before = sinkMessages().length;
-  await Promise.all([page.waitForNavigation(), page.click('#pickup button')]);
+  await Promise.all([page.waitForNavigation(), page.click('#with-code button')]);
   check(page.url().endsWith("/verify"), `after asking for a code: ${page.url()}`);
   const code = (await waitForMail(address, /Your code: (\d{6})/, before))[1];
   if (wrongFirst) {
@@ -153,6 +153,33 @@ try {
   check(replies.includes(env.REPLY_TEXT), `the reply is not shown again: ${replies}`);
   await page.screenshot({ path: path.join(ARTIFACTS, "portal-04-replied.png"), fullPage: true });
   report("replied", { id });
+
+  // The patient chooses a password for return visits (a weak one is refused), and a new
+  // browser opens the link with it instead of a code.
+  await page.goto(`${BASE}/portal`);
+  await page.fill("#new-password", "password1234");
+  await page.fill("#confirm", "password1234");
+  const weak = await Promise.all([page.waitForNavigation(), page.click('#password-form button')]);
+  check(weak[0].status() === 422, `a weak portal password answered ${weak[0].status()}`);
+  await page.goto(`${BASE}/portal`);
+  await page.fill("#new-password", env.PORTAL_PASSWORD);
+  await page.fill("#confirm", env.PORTAL_PASSWORD);
+  await Promise.all([page.waitForNavigation(), page.click('#password-form button')]);
+  check((await page.textContent(".notice")).includes("Your password is set"), "the portal password was not set");
+  const codesBefore = sinkMessages().length;
+  const later = await browser.newContext({ ignoreHTTPSErrors: true });
+  const revisit = await later.newPage();
+  await revisit.goto(link);
+  await revisit.fill("#password", "not the password at all");
+  const wrong = await Promise.all([revisit.waitForNavigation(), revisit.click("#with-password button")]);
+  check(wrong[0].status() === 401, `a wrong portal password answered ${wrong[0].status()}`);
+  await revisit.fill("#password", env.PORTAL_PASSWORD);
+  await Promise.all([revisit.waitForNavigation(), revisit.click("#with-password button")]);
+  check(revisit.url().endsWith(`/portal/${id}`), `after the password: ${revisit.url()}`);
+  check((await revisit.textContent("#message pre.body")).includes(env.SECRET), "the return visit does not show the message");
+  check(sinkMessages().length === codesBefore, "a code was mailed for a password sign-in");
+  await later.close();
+  report("password-visit");
 
   // The other patient proves their own address and reads their copy.
   const other = await browser.newContext({ ignoreHTTPSErrors: true });

@@ -197,6 +197,8 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/pickup/{token}/code", post(portal::send_code))
         .route("/pickup/{token}/verify", get(portal::verify_page).post(portal::verify))
         .route("/pickup/{token}/renew", post(portal::renew))
+        .route("/pickup/{token}/password", post(portal::password_sign_in))
+        .route("/portal/password", post(portal::choose_password))
         .route("/portal", get(portal::home))
         .route("/portal/sign-out", post(portal::sign_out))
         .route("/portal/{id}", get(portal::message))

@@ -302,23 +302,193 @@ pub(crate) async fn link(
             return see_other(&format!("/portal/{}", pickup.id));
         }
     }
+    let (state2, recipient) = (state.clone(), pickup.recipient.clone());
+    let has_password = blocking(move || state2.store.has_portal_password(&recipient).unwrap_or(false))
+        .await
+        .unwrap_or(false);
+    let response = link_page(&token, &form, &pickup, has_password, None, StatusCode::OK);
+    (AppendHeaders(set), response).into_response()
+}
+
+/// The page of a live link: a code by mail, or the recipient's own password if they chose one.
+fn link_page(
+    token: &str,
+    form: &str,
+    pickup: &Pickup,
+    has_password: bool,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
     let action = format!("/pickup/{token}/code");
     let organisation = crate::html::brand()
         .map(|b| b.organisation.clone())
         .filter(|o| !o.is_empty())
         .unwrap_or_else(|| "The sender".into());
     let address = masked(&pickup.recipient);
+    let password = has_password.then(|| {
+        let (action, form) = (format!("/pickup/{token}/password"), form.to_string());
+        view! {
+            <form method="post" action=action class="stack" id="with-password">
+                <p>"Or use the password you chose on an earlier visit:"</p>
+                <input type="hidden" name="form" value=form/>
+                <label for="password">"Your password"</label>
+                <input type="password" id="password" name="password" autocomplete="current-password" required=true/>
+                <button type="submit">"Open with my password"</button>
+            </form>
+        }
+    });
+    let form = form.to_string();
     let content = view! {
         <section id="pickup">
+            {crate::html::error_line(error)}
             <p>{format!("{organisation} sent a secure message to {address}.")}</p>
             <p>"To open it, show that this address is yours: we email a 6-digit code to it, which you enter on the next page."</p>
-            <form method="post" action=action>
+            <form method="post" action=action id="with-code">
                 <input type="hidden" name="form" value=form/>
                 <button type="submit">"Email me a code"</button>
             </form>
+            {password}
         </section>
     };
-    (AppendHeaders(set), page("A secure message for you", content)).into_response()
+    (status, page("A secure message for you", content)).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PasswordForm {
+    form: String,
+    password: String,
+}
+
+/// A return visit with the recipient's own password, through the lockout every sign-in uses.
+pub(crate) async fn password_sign_in(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<PasswordForm>,
+) -> Response {
+    let pickup = match live_pickup(&state, &headers, &token, &form.form).await {
+        Ok(pickup) => pickup,
+        Err(response) => return response,
+    };
+    let login = format!("portal:{}", pickup.recipient);
+    let client = peer.0.ip().to_string();
+    let actor = portal_actor(&pickup.recipient, &peer);
+    if state.lockout.check(&client, &login).is_err() {
+        let event = AuditEvent::new(&actor, "portal.sign_in", format!("pickup {}", pickup.id))
+            .outcome(AuditOutcome::Denied)
+            .detail("locked out");
+        let state2 = state.clone();
+        let _ = blocking(move || state2.store.audit(event)).await;
+        return link_page(
+            &token,
+            &form.form,
+            &pickup,
+            true,
+            Some("Too many wrong passwords; use a code by mail, or try again later.".into()),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    let (state2, recipient, password) = (state.clone(), pickup.recipient.clone(), form.password.clone());
+    let right = blocking(move || state2.store.check_portal_password(&recipient, &password))
+        .await
+        .and_then(Result::ok);
+    let Some(right) = right else {
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The password could not be checked just now; try again in a minute.",
+        );
+    };
+    let mut event = AuditEvent::new(&actor, "portal.sign_in", format!("pickup {}", pickup.id)).detail("password");
+    if !right {
+        event = event.outcome(AuditOutcome::Denied);
+    }
+    let state2 = state.clone();
+    if !matches!(blocking(move || state2.store.audit(event)).await, Some(Ok(_))) {
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The password could not be checked just now; try again in a minute.",
+        );
+    }
+    if !right {
+        let pause = state.lockout.failed(&client, &login);
+        tokio::time::sleep(pause).await;
+        return link_page(
+            &token,
+            &form.form,
+            &pickup,
+            true,
+            Some("That password is not right.".into()),
+            StatusCode::UNAUTHORIZED,
+        );
+    }
+    state.lockout.succeeded(&login);
+    signed_in(&state, &pickup)
+}
+
+/// Starts the portal session of a proven address and shows the pickup.
+fn signed_in(state: &WebState, pickup: &Pickup) -> Response {
+    let secret = state.portal.start_session(&pickup.recipient);
+    let location =
+        HeaderValue::from_str(&format!("/portal/{}", pickup.id)).unwrap_or(HeaderValue::from_static("/portal"));
+    (
+        StatusCode::SEE_OTHER,
+        AppendHeaders([(header::LOCATION, location), set_cookie(PORTAL_COOKIE, &secret)]),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ChooseForm {
+    csrf: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    confirm: String,
+    #[serde(default)]
+    action: String,
+}
+
+/// The recipient chooses (or forgets) a password for return visits.
+pub(crate) async fn choose_password(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<ChooseForm>,
+) -> Response {
+    let Some((recipient, csrf)) = state.portal.session(&headers) else {
+        return open_your_link();
+    };
+    if !same_token(&form.csrf, &csrf) {
+        return crate::request::forbidden();
+    }
+    let actor = portal_actor(&recipient, &peer);
+    if form.action == "remove" {
+        let state2 = state.clone();
+        return match blocking(move || state2.store.remove_portal_password(&recipient, &actor)).await {
+            Some(Ok(())) => see_other("/portal?done=password-removed"),
+            _ => crate::html::message_page_status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Not changed",
+                "Try again in a minute.",
+            ),
+        };
+    }
+    if form.password != form.confirm {
+        return see_other("/portal?done=password-mismatch");
+    }
+    if let Err(weakness) = sealpost_auth::password::check(&form.password, &[&recipient]) {
+        let text = format!("Not set: {weakness}.");
+        return crate::html::message_page_status(StatusCode::UNPROCESSABLE_ENTITY, "Choose another password", &text);
+    }
+    let state2 = state.clone();
+    let password = form.password;
+    match blocking(move || state2.store.set_portal_password(&recipient, &password, &actor)).await {
+        Some(Ok(())) => see_other("/portal?done=password"),
+        _ => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not set", "Try again in a minute."),
+    }
 }
 
 /// The live pickup behind `token` for a form that carries the pre-session token `form`; else
@@ -519,21 +689,7 @@ pub(crate) async fn verify(
         );
     }
     match check {
-        CodeCheck::Right => {
-            let secret = state.portal.start_session(&pickup.recipient);
-            (
-                StatusCode::SEE_OTHER,
-                AppendHeaders([
-                    (
-                        header::LOCATION,
-                        HeaderValue::from_str(&format!("/portal/{}", pickup.id))
-                            .unwrap_or(HeaderValue::from_static("/portal")),
-                    ),
-                    set_cookie(PORTAL_COOKIE, &secret),
-                ]),
-            )
-                .into_response()
-        }
+        CodeCheck::Right => signed_in(&state, &pickup),
         CodeCheck::Wrong { tries_left } if tries_left > 0 => code_form(
             &token,
             &form.form,
@@ -684,14 +840,21 @@ async fn own_pickup(state: &Arc<WebState>, recipient: &str, id: &str) -> Result<
 }
 
 /// Every pickup of the session's address.
-pub(crate) async fn home(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
+pub(crate) async fn home(
+    State(state): State<Arc<WebState>>,
+    Query(query): Query<DoneQuery>,
+    headers: HeaderMap,
+) -> Response {
     let Some((recipient, csrf)) = state.portal.session(&headers) else {
         return open_your_link();
     };
     let (state2, address) = (state.clone(), recipient.clone());
-    let pickups = blocking(move || state2.store.pickups_for(&address).unwrap_or_default())
-        .await
-        .unwrap_or_default();
+    let (pickups, has_password) = blocking(move || {
+        let pickups = state2.store.pickups_for(&address).unwrap_or_default();
+        (pickups, state2.store.has_portal_password(&address).unwrap_or(false))
+    })
+    .await
+    .unwrap_or_default();
     let rows: Vec<_> = pickups
         .iter()
         .map(|p| {
@@ -704,9 +867,45 @@ pub(crate) async fn home(State(state): State<Arc<WebState>>, headers: HeaderMap)
             view! { <tr><td><a href=href>{format!("From {}", p.sender)}</a></td><td>{when(p.created_ms)}</td><td>{state}</td></tr> }
         })
         .collect();
+    let done = query.done.map(|d| {
+        match d.as_str() {
+            "password" => "Your password is set: next time, use it instead of a code.",
+            "password-removed" => "Your password is removed: next time, we email you a code.",
+            "password-mismatch" => "The two passwords were not the same; nothing was changed.",
+            _ => "Done.",
+        }
+        .to_string()
+    });
+    let csrf2 = csrf.clone();
+    let password = if has_password {
+        view! {
+            <form method="post" action="/portal/password" id="password-form">
+                <p>"You chose a password for this address; links sent to it open with it."</p>
+                <input type="hidden" name="csrf" value=csrf2/>
+                <button type="submit" name="action" value="remove" class="quiet">"Forget my password"</button>
+            </form>
+        }
+        .into_any()
+    } else {
+        view! {
+            <form method="post" action="/portal/password" class="stack" id="password-form">
+                <p>"Optional: choose a password, and future links open with it instead of a code by mail."</p>
+                <input type="hidden" name="csrf" value=csrf2/>
+                <label for="new-password">"Password (at least 12 characters)"</label>
+                <input type="password" id="new-password" name="password" autocomplete="new-password" required=true/>
+                <label for="confirm">"The same again"</label>
+                <input type="password" id="confirm" name="confirm" autocomplete="new-password" required=true/>
+                <button type="submit" name="action" value="set">"Set password"</button>
+            </form>
+        }
+        .into_any()
+    };
     let content = view! {
+        {crate::html::notice_line(done)}
         <p>{format!("Signed in as {recipient}.")}</p>
         <table id="pickups"><tr><th>"Message"</th><th>"Sent"</th><th>"Open"</th></tr>{rows}</table>
+        <h2>"Return visits"</h2>
+        {password}
         <form method="post" action="/portal/sign-out">
             <input type="hidden" name="csrf" value=csrf/>
             <button type="submit" class="quiet">"Sign out"</button>
