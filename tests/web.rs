@@ -508,10 +508,15 @@ fn clinic_with_patients(work: &std::path::Path) -> (DataDir, common::Dns, common
     let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
     data.configure(|config| {
         let config = common::with_dns_port(config, dns.port);
-        assert!(config.contains("port = 25\n"), "{config}");
+        assert!(
+            config.contains("port = 25\n") && config.contains("message_bytes_max = 67108864"),
+            "{config}"
+        );
         config
             .replace("port = 25\n", &format!("port = {port}\n"))
             .replace("organisation = \"\"", "organisation = \"Lakeside Clinic\"")
+            // Uploads and messages up to 2 MiB: a test file can exceed it.
+            .replace("message_bytes_max = 67108864", "message_bytes_max = 2097152")
     });
     data.add_accounts(&["doc@clinic.test"], PASSWORD);
     (data, dns, sink)
@@ -528,6 +533,8 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
     std::fs::write(&attachment, &bytes).unwrap();
+    let big_file = work.path().join("scan.tiff");
+    std::fs::write(&big_file, vec![7u8; 3 * 1024 * 1024]).unwrap();
     let reply_file = work.path().join("blood-pressure-log.txt");
     std::fs::write(&reply_file, "Mon 128/82\nTue 131/85\n").unwrap();
     let (subject, secret, reply_text) = (
@@ -549,6 +556,7 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         .env("REPLY_TEXT", reply_text)
         .env("REPLY_FILE", &reply_file)
         .env("PORTAL_PASSWORD", "lantern orchard pebble nineteen")
+        .env("BIG_FILE", &big_file)
         .env("ARTIFACTS", browser_dir().join("artifacts"))
         .output()
         .unwrap();
@@ -568,6 +576,8 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         "other-opened",
         "forbidden",
         "withdrawn",
+        "too-big",
+        "phone",
         "reply-forms",
         "done",
     ] {
@@ -611,6 +621,10 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         .find(|m| m["subject"] == subject)
         .unwrap_or_else(|| panic!("not in Sent: {sent:?}"));
     assert_eq!(original["files"]["laborbefund.pdf"], hex(&bytes));
+    assert!(
+        !sent.iter().any(|m| m["subject"] == "Too big"),
+        "the oversized message was sent"
+    );
     assert!(
         backup.iter().any(|m| m["subject"] == subject),
         "the sent message is not in BACKUP"

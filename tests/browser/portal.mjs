@@ -219,6 +219,26 @@ try {
   await second.page.screenshot({ path: path.join(ARTIFACTS, "portal-05-withdrawn.png"), fullPage: true });
   report("withdrawn");
 
+  // A file past the upload bound is refused with a clear page, and nothing is sent.
+  await mail.goto(`${BASE}/compose`);
+  await mail.fill("#to", env.PATIENT);
+  await mail.fill("#subject", "Too big");
+  await mail.setInputFiles("#files", env.BIG_FILE);
+  const [big] = await Promise.all([mail.waitForNavigation(), mail.click('button[value="send"]')]);
+  check(big.status() === 413, `an oversized upload answered ${big.status()}`);
+  check((await mail.textContent("main")).includes("Not sent"), "the oversized upload's page");
+  report("too-big");
+
+  // Readable on a phone's width: the compose form and the portal's pages.
+  for (const [p, url] of [[mail, `${BASE}/compose`], [mail, `${BASE}/sent/${queue[1]}`], [page, `${BASE}/portal/${id}`], [page, `${BASE}/portal`]]) {
+    await p.setViewportSize({ width: 375, height: 800 });
+    await p.goto(url);
+    const wide = await p.evaluate(() => document.documentElement.scrollWidth);
+    check(wide <= 376, `${url} is ${wide}px wide on a 375px screen`);
+    await p.setViewportSize({ width: 1280, height: 800 });
+  }
+  report("phone");
+
   // Reply, reply all, forward: the forms fill in from the message.
   await mail.goto(`${BASE}/mail`);
   await Promise.all([mail.waitForNavigation(), mail.locator(`#messages tr:has-text("Re: ${env.SUBJECT}") a`).click()]);
