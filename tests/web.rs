@@ -576,6 +576,7 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         "other-opened",
         "forbidden",
         "withdrawn",
+        "draft",
         "too-big",
         "phone",
         "reply-forms",

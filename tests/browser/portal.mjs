@@ -219,6 +219,28 @@ try {
   await second.page.screenshot({ path: path.join(ARTIFACTS, "portal-05-withdrawn.png"), fullPage: true });
   report("withdrawn");
 
+  // A draft: saved to Drafts, opened again, sent (to the clinician's own address), gone
+  // from Drafts.
+  await mail.goto(`${BASE}/compose`);
+  await mail.fill("#to", env.DOC);
+  await mail.fill("#subject", "Draft for the ward round");
+  await mail.fill("#body", "first words");
+  await Promise.all([mail.waitForNavigation(), mail.click('button[value="draft"]')]);
+  check((await mail.textContent(".notice")).includes("Draft saved"), "the draft was not saved");
+  const draftRow = mail.locator('#messages tr:has-text("Draft for the ward round")');
+  check((await draftRow.count()) === 1, "the draft is not in Drafts");
+  const drafts = mail.url().split("?")[0];
+  await Promise.all([mail.waitForNavigation(), draftRow.locator("a").click()]);
+  await Promise.all([mail.waitForNavigation(), mail.click("#edit-draft")]);
+  check((await mail.inputValue("#to")) === env.DOC, `the draft's To: ${await mail.inputValue("#to")}`);
+  check((await mail.inputValue("#body")).includes("first words"), "the draft's text");
+  await mail.fill("#body", "first words, then more");
+  await Promise.all([mail.waitForNavigation(), mail.click('button[value="send"]')]);
+  check(mail.url().endsWith("/sent?done=sent"), `after sending the draft: ${mail.url()}`);
+  await mail.goto(drafts);
+  check((await mail.locator('#messages tr:has-text("Draft for the ward round")').count()) === 0, "the sent draft is still in Drafts");
+  report("draft");
+
   // A file past the upload bound is refused with a clear page, and nothing is sent.
   await mail.goto(`${BASE}/compose`);
   await mail.fill("#to", env.PATIENT);
