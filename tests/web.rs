@@ -626,6 +626,31 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         !sent.iter().any(|m| m["subject"] == "Too big"),
         "the oversized message was sent"
     );
+    // The draft, once sent to the clinician's own address, is in INBOX and Sent, not Drafts.
+    let subject_is = |m: &serde_json::Value| m["subject"] == "Draft for the ward round";
+    assert!(
+        imap_folder(&data, "Drafts").iter().all(|m| !subject_is(m)),
+        "still in Drafts"
+    );
+    let draft = inbox
+        .iter()
+        .find(|m| subject_is(m))
+        .expect("the sent draft is not in INBOX");
+    assert!(
+        draft["text"].as_str().unwrap().contains("first words, then more"),
+        "{draft}"
+    );
+    assert!(sent.iter().any(subject_is), "the sent draft is not in Sent");
+    // The forward carried the patient's file.
+    let forwarded = inbox
+        .iter()
+        .find(|m| m["subject"] == format!("Fwd: Re: {subject}"))
+        .expect("the forward is not in INBOX");
+    assert_eq!(
+        forwarded["files"]["blood-pressure-log.txt"],
+        hex(b"Mon 128/82\nTue 131/85\n"),
+        "{forwarded}"
+    );
     assert!(
         backup.iter().any(|m| m["subject"] == subject),
         "the sent message is not in BACKUP"

@@ -273,6 +273,16 @@ try {
   check((await mail.inputValue("#subject")) === `Fwd: Re: ${env.SUBJECT}`, "forward subject");
   const carried = await mail.textContent("#carried");
   check(carried.includes(path.basename(env.REPLY_FILE)), `the forward does not carry the file: ${carried}`);
+  // An unknown colleague is refused with the reason, the form kept; then the forward goes.
+  await mail.fill("#to", "nobody@clinic.test");
+  const [refused] = await Promise.all([mail.waitForNavigation(), mail.click('button[value="send"]')]);
+  check(refused.status() === 422, `an unknown recipient answered ${refused.status()}`);
+  const why = await mail.textContent(".error");
+  check(why.includes("nobody@clinic.test") && why.includes("No such mailbox"), `the refusal: ${why}`);
+  check((await mail.inputValue("#subject")) === `Fwd: Re: ${env.SUBJECT}`, "the form was not kept");
+  await mail.fill("#to", env.DOC);
+  await Promise.all([mail.waitForNavigation(), mail.click('button[value="send"]')]);
+  check(mail.url().endsWith("/sent?done=sent"), `after forwarding: ${mail.url()}`);
   report("reply-forms");
   report("done");
 } finally {

@@ -40,6 +40,11 @@ pub(crate) const CODE_MS: u64 = 10 * 60 * 1000;
 pub(crate) const CODE_TRIES_MAX: u8 = 5;
 /// Codes one link may have mailed per `CODE_MS`.
 pub(crate) const CODES_SENT_PER_WINDOW_MAX: u8 = 5;
+/// Wrong codes one link takes per `CODE_BLOCK_MS`; then it takes no codes until that passes
+/// (so guessing a 6-digit code stays hopeless over a link's whole life).
+pub(crate) const CODE_FAILURES_PER_LINK_MAX: u16 = 20;
+/// How long a link that took too many wrong codes refuses new ones, in ms (a day).
+pub(crate) const CODE_BLOCK_MS: u64 = 24 * 3600 * 1000;
 /// Codes (and their send counters) kept at once; past it the oldest go.
 pub(crate) const CODES_MAX: usize = 10_000;
 /// A portal session ends this long after its last request, in ms.
@@ -59,6 +64,25 @@ struct Code {
     /// Codes mailed in the current window, and when it began.
     sent: u8,
     window: Instant,
+    /// Wrong codes given for this link since `failed_since` (kept across new codes).
+    failed: u16,
+    failed_since: Instant,
+}
+
+impl Code {
+    /// Whether too many wrong codes were given for the link lately.
+    fn blocked(&self) -> bool {
+        self.failed >= CODE_FAILURES_PER_LINK_MAX && self.failed_since.elapsed() < Duration::from_millis(CODE_BLOCK_MS)
+    }
+}
+
+/// Why no code was issued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NoCode {
+    /// `CODES_SENT_PER_WINDOW_MAX` were mailed in the last `CODE_MS`.
+    TooMany,
+    /// `CODE_FAILURES_PER_LINK_MAX` wrong codes were given in the last `CODE_BLOCK_MS`.
+    Blocked,
 }
 
 struct PortalSession {
@@ -92,11 +116,11 @@ pub(crate) enum CodeCheck {
 
 impl PortalState {
     /// A new code for `pickup`, replacing any before; `None` when too many were mailed lately.
-    pub(crate) fn issue_code(&self, pickup: PickupId) -> Option<String> {
+    pub(crate) fn issue_code(&self, pickup: PickupId) -> Result<String, NoCode> {
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
         let window = Duration::from_millis(CODE_MS);
         if codes.len() >= CODES_MAX {
-            codes.retain(|_, c| c.window.elapsed() < window);
+            codes.retain(|_, c| c.window.elapsed() < window || c.blocked());
             if codes.len() >= CODES_MAX {
                 if let Some(oldest) = codes.iter().min_by_key(|(_, c)| c.window).map(|(k, _)| *k) {
                     codes.remove(&oldest);
@@ -104,12 +128,20 @@ impl PortalState {
             }
         }
         let now = Instant::now();
-        let (mut sent, mut started) = codes.get(&pickup).map_or((0, now), |c| (c.sent, c.window));
+        let (mut sent, mut started, mut failed, mut failed_since) = codes
+            .get(&pickup)
+            .map_or((0, now, 0, now), |c| (c.sent, c.window, c.failed, c.failed_since));
         if started.elapsed() >= window {
             (sent, started) = (0, now);
         }
+        if failed_since.elapsed() >= Duration::from_millis(CODE_BLOCK_MS) {
+            (failed, failed_since) = (0, now);
+        }
+        if failed >= CODE_FAILURES_PER_LINK_MAX {
+            return Err(NoCode::Blocked);
+        }
         if sent >= CODES_SENT_PER_WINDOW_MAX {
-            return None;
+            return Err(NoCode::TooMany);
         }
         let code = format!("{:06}", rand::random::<u32>() % 10u32.pow(CODE_DIGITS));
         codes.insert(
@@ -120,9 +152,11 @@ impl PortalState {
                 tries_left: CODE_TRIES_MAX,
                 sent: sent + 1,
                 window: started,
+                failed,
+                failed_since,
             },
         );
-        Some(code)
+        Ok(code)
     }
 
     /// Checks a code; a right one is used up, a wrong one costs a try.
@@ -131,7 +165,7 @@ impl PortalState {
         let Some(code) = codes.get_mut(&pickup) else {
             return CodeCheck::NoCode;
         };
-        if code.tries_left == 0 || code.issued.elapsed() >= Duration::from_millis(CODE_MS) {
+        if code.tries_left == 0 || code.issued.elapsed() >= Duration::from_millis(CODE_MS) || code.blocked() {
             return CodeCheck::NoCode;
         }
         let given: String = given.chars().filter(char::is_ascii_digit).collect();
@@ -141,6 +175,7 @@ impl PortalState {
             return CodeCheck::Right;
         }
         code.tries_left -= 1;
+        code.failed = code.failed.saturating_add(1);
         CodeCheck::Wrong {
             tries_left: code.tries_left,
         }
@@ -523,12 +558,22 @@ pub(crate) async fn send_code(
         Ok(pickup) => pickup,
         Err(response) => return response,
     };
-    let Some(code) = state.portal.issue_code(pickup.id) else {
-        return crate::html::message_page_status(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many codes",
-            "Several codes were sent in the last minutes. Use the newest one, or wait ten minutes and ask again.",
-        );
+    let code = match state.portal.issue_code(pickup.id) {
+        Ok(code) => code,
+        Err(NoCode::TooMany) => {
+            return crate::html::message_page_status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many codes",
+                "Several codes were sent in the last minutes. Use the newest one, or wait ten minutes and ask again.",
+            )
+        }
+        Err(NoCode::Blocked) => {
+            return crate::html::message_page_status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many wrong codes",
+                "Too many wrong codes were entered for this link; it takes no codes for a day. Ask the sender if you cannot wait.",
+            )
+        }
     };
     let notice = code_notice(&state, &pickup.recipient, &code);
     let (state2, actor) = (state.clone(), portal_actor(&pickup.recipient, &peer));
@@ -1173,13 +1218,32 @@ mod tests {
         assert_eq!(portal.check_code(id, &code), CodeCheck::NoCode, "out of tries");
         // Five codes per window, then none until it passes.
         for _ in 2..CODES_SENT_PER_WINDOW_MAX {
-            assert!(portal.issue_code(id).is_some());
+            assert!(portal.issue_code(id).is_ok());
         }
-        assert!(portal.issue_code(id).is_none());
+        assert_eq!(portal.issue_code(id), Err(NoCode::TooMany));
         assert!(
-            portal.issue_code(PickupId([8; 32])).is_some(),
+            portal.issue_code(PickupId([8; 32])).is_ok(),
             "another link is counted apart"
         );
+    }
+
+    #[test]
+    fn a_link_that_took_too_many_wrong_codes_takes_no_more() {
+        let portal = PortalState::default();
+        let id = PickupId([9; 32]);
+        let code = portal.issue_code(id).unwrap();
+        // As if earlier codes had taken all but one of the wrong tries a link may have.
+        portal.codes.lock().unwrap().get_mut(&id).unwrap().failed = CODE_FAILURES_PER_LINK_MAX - 1;
+        let wrong = if code == "000000" { "000001" } else { "000000" };
+        assert_eq!(
+            portal.check_code(id, wrong),
+            CodeCheck::Wrong {
+                tries_left: CODE_TRIES_MAX - 1
+            }
+        );
+        assert_eq!(portal.check_code(id, &code), CodeCheck::NoCode, "even the right code");
+        portal.codes.lock().unwrap().get_mut(&id).unwrap().sent = 0;
+        assert_eq!(portal.issue_code(id), Err(NoCode::Blocked));
     }
 
     #[test]
