@@ -46,6 +46,29 @@ fn ensure_playwright() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// Runs `tests/browser/SCRIPT` in node against the server of `data`, with BASE and ARTIFACTS
+/// set and `vars`; its report lines, once it succeeded (else the test fails with its output
+/// and the server's last log lines).
+fn run_browser(script: &str, data: &DataDir, server: &common::Server, vars: &[(&str, &std::ffi::OsStr)]) -> String {
+    let mut command = Command::new("node");
+    command
+        .arg(browser_dir().join(script))
+        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
+        .env("ARTIFACTS", browser_dir().join("artifacts"));
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    let run = command.output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(
+        run.status.success(),
+        "{said}\n{}\n{:?}",
+        String::from_utf8_lossy(&run.stderr),
+        server.seen.iter().rev().take(30).collect::<Vec<_>>()
+    );
+    said
+}
+
 /// A data folder with the default policy (a second factor required) and alice's account.
 fn serve_with_second_factor_required() -> (DataDir, common::Server) {
     let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
@@ -60,20 +83,14 @@ fn sign_in_passkeys_totp_app_passwords_and_sessions_in_a_real_browser() {
     ensure_playwright();
     let (data, mut server) = serve_with_second_factor_required();
     let artifacts = browser_dir().join("artifacts");
-    let run = Command::new("node")
-        .arg(browser_dir().join("identity.mjs"))
-        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
-        .env("ADDRESS", "alice@clinic.test")
-        .env("PASSWORD", PASSWORD)
-        .env("ARTIFACTS", &artifacts)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&run.stdout).to_string();
-    assert!(
-        run.status.success(),
-        "{said}\n{}\n{:?}",
-        String::from_utf8_lossy(&run.stderr),
-        server.seen.iter().rev().take(30).collect::<Vec<_>>()
+    let said = run_browser(
+        "identity.mjs",
+        &data,
+        &server,
+        &[
+            ("ADDRESS", std::ffi::OsStr::new("alice@clinic.test")),
+            ("PASSWORD", std::ffi::OsStr::new(PASSWORD)),
+        ],
     );
     let steps: Vec<serde_json::Value> = said.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let step = |name: &str| {
@@ -258,21 +275,15 @@ fn failed_sign_ins_lock_the_account_on_the_web_and_imap_until_an_admin_lifts_it(
         "{refused}"
     );
 
-    let run = Command::new("node")
-        .arg(browser_dir().join("admin.mjs"))
-        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
-        .env("ADDRESS", "root@clinic.test")
-        .env("PASSWORD", "harbor lantern quiet meadow")
-        .env("LOCKED", "alice@clinic.test")
-        .env("ARTIFACTS", browser_dir().join("artifacts"))
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&run.stdout).to_string();
-    assert!(
-        run.status.success(),
-        "{said}\n{}\n{:?}",
-        String::from_utf8_lossy(&run.stderr),
-        server.seen.iter().rev().take(20).collect::<Vec<_>>()
+    let said = run_browser(
+        "admin.mjs",
+        &data,
+        &server,
+        &[
+            ("ADDRESS", std::ffi::OsStr::new("root@clinic.test")),
+            ("PASSWORD", std::ffi::OsStr::new("harbor lantern quiet meadow")),
+            ("LOCKED", std::ffi::OsStr::new("alice@clinic.test")),
+        ],
     );
     assert!(said.contains("\"lifted\""), "{said}");
 
@@ -417,24 +428,18 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
         "the watcher logs requests"
     );
     std::fs::write(&log, "").unwrap();
-    let run = Command::new("node")
-        .arg(browser_dir().join("mail.mjs"))
-        .env("HTML_SUBJECT", "Newsletter")
-        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
-        .env("ADDRESS", "alice@clinic.test")
-        .env("PASSWORD", PASSWORD)
-        .env("SUBJECT", "Blutwerte für Frau Müller")
-        .env("TEXT", "Die Werte sind im Anhang.")
-        .env("ATTACHMENT", &attachment)
-        .env("ARTIFACTS", browser_dir().join("artifacts"))
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&run.stdout).to_string();
-    assert!(
-        run.status.success(),
-        "{said}\n{}\n{:?}",
-        String::from_utf8_lossy(&run.stderr),
-        server.seen.iter().rev().take(20).collect::<Vec<_>>()
+    let said = run_browser(
+        "mail.mjs",
+        &data,
+        &server,
+        &[
+            ("HTML_SUBJECT", std::ffi::OsStr::new("Newsletter")),
+            ("ADDRESS", std::ffi::OsStr::new("alice@clinic.test")),
+            ("PASSWORD", std::ffi::OsStr::new(PASSWORD)),
+            ("SUBJECT", std::ffi::OsStr::new("Blutwerte für Frau Müller")),
+            ("TEXT", std::ffi::OsStr::new("Die Werte sind im Anhang.")),
+            ("ATTACHMENT", std::ffi::OsStr::new(&attachment)),
+        ],
     );
     assert!(said.contains("\"filename\":\"befund.pdf\""), "{said}");
     assert!(said.contains("\"step\":\"html\""), "{said}");
@@ -542,30 +547,28 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         "Your HbA1c is 6.1 BODYMARKER",
         "Thank you, doctor REPLYMARKER",
     );
-    let run = Command::new("node")
-        .arg(browser_dir().join("portal.mjs"))
-        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
-        .env("DOC", "doc@clinic.test")
-        .env("PASSWORD", PASSWORD)
-        .env("PATIENT", "pat@patient.test")
-        .env("OTHER", "sam@patient.test")
-        .env("SINK", work.path().join("sink"))
-        .env("SUBJECT", subject)
-        .env("SECRET", secret)
-        .env("ATTACHMENT", &attachment)
-        .env("REPLY_TEXT", reply_text)
-        .env("REPLY_FILE", &reply_file)
-        .env("PORTAL_PASSWORD", "lantern orchard pebble nineteen")
-        .env("BIG_FILE", &big_file)
-        .env("ARTIFACTS", browser_dir().join("artifacts"))
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&run.stdout).to_string();
-    assert!(
-        run.status.success(),
-        "{said}\n{}\n{:?}",
-        String::from_utf8_lossy(&run.stderr),
-        server.seen.iter().rev().take(30).collect::<Vec<_>>()
+    let sink_dir = work.path().join("sink");
+    let said = run_browser(
+        "portal.mjs",
+        &data,
+        &server,
+        &[
+            ("DOC", std::ffi::OsStr::new("doc@clinic.test")),
+            ("PASSWORD", std::ffi::OsStr::new(PASSWORD)),
+            ("PATIENT", std::ffi::OsStr::new("pat@patient.test")),
+            ("OTHER", std::ffi::OsStr::new("sam@patient.test")),
+            ("SINK", sink_dir.as_os_str()),
+            ("SUBJECT", std::ffi::OsStr::new(subject)),
+            ("SECRET", std::ffi::OsStr::new(secret)),
+            ("ATTACHMENT", std::ffi::OsStr::new(&attachment)),
+            ("REPLY_TEXT", std::ffi::OsStr::new(reply_text)),
+            ("REPLY_FILE", std::ffi::OsStr::new(&reply_file)),
+            (
+                "PORTAL_PASSWORD",
+                std::ffi::OsStr::new("lantern orchard pebble nineteen"),
+            ),
+            ("BIG_FILE", std::ffi::OsStr::new(&big_file)),
+        ],
     );
     for step in [
         "sent",
@@ -734,21 +737,16 @@ fn an_expired_pickup_link_says_so_and_asks_the_sender_for_a_new_one() {
         std::thread::sleep(Duration::from_millis(100));
     };
     std::thread::sleep(Duration::from_millis(2000));
-    let run = Command::new("node")
-        .arg(browser_dir().join("portal.mjs"))
-        .env("MODE", "expired")
-        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
-        .env("LINK", &link)
-        .env("SINK", work.path().join("sink"))
-        .env("ARTIFACTS", browser_dir().join("artifacts"))
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&run.stdout).to_string();
-    assert!(
-        run.status.success(),
-        "{said}\n{}\n{:?}",
-        String::from_utf8_lossy(&run.stderr),
-        server.seen.iter().rev().take(30).collect::<Vec<_>>()
+    let sink_dir = work.path().join("sink");
+    let said = run_browser(
+        "portal.mjs",
+        &data,
+        &server,
+        &[
+            ("MODE", std::ffi::OsStr::new("expired")),
+            ("LINK", std::ffi::OsStr::new(&link)),
+            ("SINK", sink_dir.as_os_str()),
+        ],
     );
     assert!(said.contains("\"step\":\"expired\""), "{said}");
     // The sender got the request in INBOX.
