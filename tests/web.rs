@@ -763,3 +763,62 @@ fn an_expired_pickup_link_says_so_and_asks_the_sender_for_a_new_one() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_imap_session() {
+    ensure_playwright();
+    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
+    common::sealpost_ok(
+        &[
+            "account",
+            "add",
+            "root@clinic.test",
+            "--role",
+            "admin",
+            "--password-stdin",
+            "--data",
+            &data.arg(),
+        ],
+        "harbor lantern quiet meadow\n",
+    );
+    let mut server = data.serve();
+    let cafile = data.path().join("tls/cert.pem");
+    let imap_port = (data.port_base + 993).to_string();
+    let said = run_browser(
+        "admin.mjs",
+        &data,
+        &server,
+        &[
+            ("MODE", std::ffi::OsStr::new("accounts")),
+            ("ADDRESS", std::ffi::OsStr::new("root@clinic.test")),
+            ("PASSWORD", std::ffi::OsStr::new("harbor lantern quiet meadow")),
+            ("NEW_ADDRESS", std::ffi::OsStr::new("nina@clinic.test")),
+            ("NEW_PASSWORD", std::ffi::OsStr::new("copper willow brisk anthem")),
+            ("CAFILE", cafile.as_os_str()),
+            ("IMAP_PORT", std::ffi::OsStr::new(&imap_port)),
+        ],
+    );
+    for step in ["admin-passkey", "created", "enrolled", "disabled", "deleted"] {
+        assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
+    }
+    // Deleted: the account password opens nothing any more.
+    let refused = imap_login(&data, "nina@clinic.test", "copper willow brisk anthem");
+    assert!(refused.contains("AUTHENTICATIONFAILED"), "{refused}");
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    let exported = common::sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
+    // (actor, action): the admin's changes and the owner's enrolment, each by its actor.
+    for (actor, action) in [
+        ("root@clinic.test", "account.create"),
+        ("root@clinic.test", "auth.enrolment_link.issue"),
+        ("nina@clinic.test", "auth.enrolment_link.use"),
+        ("nina@clinic.test", "account.password"),
+        ("root@clinic.test", "account.disable"),
+        ("root@clinic.test", "auth.session.end_all"),
+        ("root@clinic.test", "account.delete"),
+    ] {
+        assert!(
+            exported.lines().any(|l| l.contains(action) && l.contains(actor)),
+            "no {action} by {actor} in the audit log"
+        );
+    }
+}

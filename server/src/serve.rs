@@ -220,7 +220,13 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         };
         let web = sealpost_webmail::WebState::new(
             store.clone(),
-            imap_shared.lockout(),
+            sealpost_webmail::MailSessions {
+                lockout: imap_shared.lockout(),
+                end_sessions: {
+                    let imap = imap_shared.clone();
+                    Arc::new(move |account| imap.end_sessions(account))
+                },
+            },
             cfg.auth.clone(),
             &cfg.server.hostname,
             &origin,

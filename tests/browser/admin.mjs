@@ -3,26 +3,36 @@
 // admin lifts a lockout. Run by tests/web.rs.
 //
 //   BASE=… ADDRESS=… PASSWORD=… LOCKED=… ARTIFACTS=dir node admin.mjs
+//
+// With MODE=accounts, instead: the admin creates NEW_ADDRESS, whose owner follows the
+// enrolment link, chooses NEW_PASSWORD and signs in; an IMAP session of theirs (Python's
+// imaplib, in IDLE; CAFILE, IMAP_PORT) ends the moment the admin disables the account; then
+// the admin deletes it, after a wrong confirmation is refused.
 
+import { spawn } from "node:child_process";
 import fs from "node:fs";
+import readline from "node:readline";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { report, check, launch } from "./lib.mjs";
 
 const { BASE, ADDRESS, PASSWORD, LOCKED, ARTIFACTS } = process.env;
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
-function report(step, fields = {}) {
-  console.log(JSON.stringify({ step, ...fields }));
-}
 
-function check(condition, message) {
-  if (!condition) {
-    console.error(message);
-    process.exit(1);
-  }
-}
 
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu"] });
+/// An IMAP client that idles, then prints what ended the idling.
+const IDLE_CLIENT = `
+import imaplib, os, ssl
+ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])
+m = imaplib.IMAP4_SSL('localhost', int(os.environ['IMAP_PORT']), ssl_context=ctx, timeout=30)
+m.login(os.environ['NEW_ADDRESS'], os.environ['NEW_PASSWORD'])
+m.select('INBOX')
+m.send(m._new_tag() + b' IDLE\\r\\n')
+print(m.readline().decode().strip(), flush=True)
+print('then ' + m.readline().decode().strip(), flush=True)
+`;
+
+const browser = await launch();
 try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
   const page = await context.newPage();
@@ -49,6 +59,11 @@ try {
   await page.waitForSelector("#passkeys td:has-text('Admin key')");
   report("admin-passkey");
 
+  if (process.env.MODE === "accounts") {
+    await accounts(browser, page);
+    process.exit(0);
+  }
+
   await page.goto(`${BASE}/admin/lockouts`);
   check((await page.locator(`#lockouts td:has-text('${LOCKED}')`).count()) === 1, `${LOCKED} not listed as locked`);
   await page.screenshot({ path: path.join(ARTIFACTS, "admin-02-lockouts.png"), fullPage: true });
@@ -59,4 +74,78 @@ try {
   report("lifted");
 } finally {
   await browser.close();
+}
+
+/// Lines from a child process's standard output, one at a time (at most `ms` each).
+function lines(child) {
+  const reader = readline.createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  return async (ms) => {
+    const timeout = new Promise((resolve) => setTimeout(() => resolve({ value: null }), ms));
+    const next = await Promise.race([reader.next(), timeout]);
+    return next.value;
+  };
+}
+
+
+async function accounts(browser, page) {
+  const { NEW_ADDRESS, NEW_PASSWORD } = process.env;
+  await page.goto(`${BASE}/admin/accounts`);
+  await page.fill("#address", NEW_ADDRESS);
+  await page.fill("#display_name", "Nina Nurse");
+  await Promise.all([page.waitForNavigation(), page.click("#new-account button")]);
+  const link = (await page.textContent("#enrolment-link")).trim();
+  check(link.startsWith(`${BASE}/enrol/`), `the enrolment link: ${link}`);
+  const id = link.split("/enrol/")[1].split(".")[0];
+  await page.screenshot({ path: path.join(ARTIFACTS, "admin-04-account-created.png"), fullPage: true });
+  report("created", { id });
+
+  // The owner follows the link: a weak password is refused, a good one is set, once.
+  const owner = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
+  await owner.goto(link);
+  await owner.fill("#password", "password1234");
+  await owner.fill("#confirm", "password1234");
+  const [weak] = await Promise.all([owner.waitForNavigation(), owner.click("#enrol button")]);
+  check(weak.status() === 422, `a weak password answered ${weak.status()}`);
+  await owner.fill("#password", NEW_PASSWORD);
+  await owner.fill("#confirm", NEW_PASSWORD);
+  await Promise.all([owner.waitForNavigation(), owner.click("#enrol button")]);
+  check((await owner.textContent("main")).includes("Your password is set"), "the password was not set");
+  const again = await owner.goto(link);
+  check(again.status() === 410, `a used enrolment link answered ${again.status()}`);
+  await owner.goto(`${BASE}/sign-in`);
+  await owner.fill("#address", NEW_ADDRESS);
+  await owner.fill("#password", NEW_PASSWORD);
+  await Promise.all([owner.waitForNavigation(), owner.click('form[action="/sign-in"] button')]);
+  check(!owner.url().includes("/sign-in"), `the owner's sign-in: ${owner.url()}`);
+  report("enrolled");
+
+  // The owner's mail client idles; the admin disables the account; the session ends at once.
+  const client = spawn("/usr/bin/python3", ["-c", IDLE_CLIENT], { env: process.env, stdio: ["ignore", "pipe", "inherit"] });
+  const next = lines(client);
+  const idling = await next(20000);
+  check(idling && idling.startsWith("+"), `the IMAP client did not idle: ${idling}`);
+  await page.goto(`${BASE}/admin/accounts/${id}`);
+  await Promise.all([page.waitForNavigation(), page.click('button[value="disable"]')]);
+  const notice = await page.textContent(".notice");
+  check(notice.includes("1 mail sessions were ended"), `after disabling: ${notice}`);
+  check((await page.textContent("#status")) === "disabled", "not shown as disabled");
+  const bye = await next(10000);
+  check(bye && bye.includes("BYE [UNAVAILABLE]"), `the idling session got: ${bye}`);
+  client.kill();
+  await owner.goto(`${BASE}/security`);
+  check(owner.url().endsWith("/sign-in"), `the disabled owner's web session: ${owner.url()}`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "admin-05-disabled.png"), fullPage: true });
+  report("disabled");
+
+  // Deleting takes the address typed out.
+  await page.fill("#confirm", "someone.else@clinic.test");
+  const [refused] = await Promise.all([page.waitForNavigation(), page.click("#delete button")]);
+  check(refused.status() === 422, `a wrong confirmation answered ${refused.status()}`);
+  await page.goto(`${BASE}/admin/accounts/${id}`);
+  await page.fill("#confirm", NEW_ADDRESS);
+  await Promise.all([page.waitForNavigation(), page.click("#delete button")]);
+  check((await page.locator(`#accounts td:has-text("${NEW_ADDRESS}")`).count()) === 0, "the account is still listed");
+  const gone = await page.goto(`${BASE}/admin/accounts/${id}`);
+  check(gone.status() === 404, `a deleted account's page answered ${gone.status()}`);
+  report("deleted");
 }

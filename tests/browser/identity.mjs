@@ -9,24 +9,14 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { report, check, launch } from "./lib.mjs";
 
 const { BASE, ADDRESS, PASSWORD, ARTIFACTS } = process.env;
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 let shot = 0;
 
-function report(step, fields = {}) {
-  console.log(JSON.stringify({ step, ...fields }));
-}
 
-function fail(message) {
-  console.error(message);
-  process.exit(1);
-}
 
-function check(condition, message) {
-  if (!condition) fail(message);
-}
 
 async function screenshot(page, name) {
   shot += 1;
@@ -66,10 +56,7 @@ async function signInWithPassword(page) {
   await Promise.all([page.waitForNavigation(), page.click('form[action="/sign-in"] button')]);
 }
 
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
-});
+const browser = await launch();
 try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
   const page = await context.newPage();

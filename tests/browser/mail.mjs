@@ -5,23 +5,14 @@
 
 import fs from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { report, check, launch } from "./lib.mjs";
 
 const { BASE, ADDRESS, PASSWORD, SUBJECT, TEXT, ATTACHMENT, ARTIFACTS } = process.env;
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
-function report(step, fields = {}) {
-  console.log(JSON.stringify({ step, ...fields }));
-}
 
-function check(condition, message) {
-  if (!condition) {
-    console.error(message);
-    process.exit(1);
-  }
-}
 
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu"] });
+const browser = await launch();
 try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true, acceptDownloads: true });
   const page = await context.newPage();

@@ -13,24 +13,14 @@
 
 import fs from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { report, check, sleep, launch } from "./lib.mjs";
 
 const env = process.env;
 const { BASE, ARTIFACTS, SINK } = env;
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
-function report(step, fields = {}) {
-  console.log(JSON.stringify({ step, ...fields }));
-}
 
-function check(condition, message) {
-  if (!condition) {
-    console.error(message);
-    process.exit(1);
-  }
-}
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /// Every message the sink holds: { to, text }.
 function sinkMessages() {
@@ -97,7 +87,7 @@ async function openAsPatient(context, link, address, shot, wrongFirst) {
   return { page, id: id[1] };
 }
 
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu"] });
+const browser = await launch();
 try {
   if (env.MODE === "expired") {
     const context = await browser.newContext({ ignoreHTTPSErrors: true });

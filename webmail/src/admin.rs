@@ -18,7 +18,7 @@ use crate::request::{blocking, forbidden, see_other, session};
 use crate::{Peer, WebState};
 
 /// The signed-in admin of this request, or the answer for anyone else.
-async fn admin(state: &Arc<WebState>, headers: &HeaderMap) -> Result<(Found, Account), Response> {
+pub(crate) async fn admin(state: &Arc<WebState>, headers: &HeaderMap) -> Result<(Found, Account), Response> {
     let Some(found) = session(state, headers).await.filter(|f| f.session.signed_in()) else {
         return Err(see_other("/sign-in"));
     };

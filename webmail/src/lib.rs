@@ -7,6 +7,7 @@
 //! portal. The admin console comes next on the same foundation.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod accounts;
 mod admin;
 mod ceremony;
 mod compose;
@@ -76,6 +77,17 @@ pub struct SendingConfig {
     pub upload_bytes_max: usize,
 }
 
+/// Ends every IMAP session of an account (the binary wires it to the IMAP server's registry);
+/// returns how many there were.
+pub type EndMailSessions = Arc<dyn Fn(sealpost_storage::AccountId) -> usize + Send + Sync>;
+
+/// What the web shares with the mail protocols' sign-ins: the failure counters and a way to
+/// end an account's mail sessions.
+pub struct MailSessions {
+    pub lockout: Arc<Lockout>,
+    pub end_sessions: EndMailSessions,
+}
+
 /// What every request handler shares.
 pub struct WebState {
     pub store: Store,
@@ -89,6 +101,9 @@ pub struct WebState {
     decoy_key: [u8; 32],
     sending: SendingConfig,
     portal: portal::PortalState,
+    /// What browsers see: `https://HOST[:PORT]` (enrolment links).
+    origin: String,
+    end_mail_sessions: EndMailSessions,
 }
 
 impl WebState {
@@ -96,7 +111,7 @@ impl WebState {
     /// on every page.
     pub fn new(
         store: Store,
-        lockout: Arc<Lockout>,
+        mail: MailSessions,
         policy: AuthPolicy,
         hostname: &str,
         origin: &str,
@@ -107,7 +122,7 @@ impl WebState {
         html::set_brand(brand);
         Ok(Arc::new(Self {
             store,
-            lockout,
+            lockout: mail.lockout,
             policy,
             passkeys,
             hostname: hostname.to_string(),
@@ -115,6 +130,8 @@ impl WebState {
             decoy_key: rand::random(),
             sending,
             portal: portal::PortalState::default(),
+            origin: origin.to_string(),
+            end_mail_sessions: mail.end_sessions,
         }))
     }
 }
@@ -222,6 +239,10 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/mail/{mailbox}/{uid}/attachment/{index}", get(mail::attachment))
         .route("/mail/{mailbox}/{uid}/html", get(mail::formatted))
         .route("/admin/lockouts", get(admin::lockouts))
+        .route("/admin/accounts", get(accounts::list).post(accounts::create))
+        .route("/admin/accounts/{id}", get(accounts::detail))
+        .route("/admin/accounts/{id}/act", post(accounts::act))
+        .route("/enrol/{link}", get(accounts::enrol_page).post(accounts::enrol))
         .route("/admin/lockouts/lift", post(admin::lift))
         .route("/security/totp/start", post(security::totp_start))
         .route("/security/totp/confirm", post(security::totp_confirm))

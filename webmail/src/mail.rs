@@ -114,7 +114,7 @@ impl ListQuery {
     }
 }
 
-fn encode_component(text: &str) -> String {
+pub(crate) fn encode_component(text: &str) -> String {
     text.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

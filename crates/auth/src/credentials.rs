@@ -65,6 +65,9 @@ pub struct Credentials {
     pub networks: Vec<KnownNetwork>,
     #[serde(default)]
     pub sign_ins: Vec<SignIn>,
+    /// An unused enrolment link an admin made for the account (`crate::enrolment`).
+    #[serde(default)]
+    pub enrolment: Option<crate::enrolment::EnrolmentLink>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

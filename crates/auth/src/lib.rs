@@ -6,6 +6,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod credentials;
+pub mod enrolment;
 pub mod lockout;
 pub mod notice;
 pub mod passkeys;

@@ -904,7 +904,8 @@ impl Session {
                     self.flush().await?;
                 }
                 () = crate::session::until_stopped(&mut shutdown) => {
-                    self.untagged("BYE the server is shutting down");
+                    let bye = self.stop_reason();
+                    self.out.extend_from_slice(bye);
                     return Ok(Flow::Close);
                 }
             }

@@ -235,7 +235,8 @@ impl Session {
                     return self.flush().await;
                 }
                 ReadOutcome::Shutdown => {
-                    self.out.extend_from_slice(b"* BYE the server is shutting down\r\n");
+                    let bye = self.stop_reason();
+                    self.out.extend_from_slice(bye);
                     return self.flush().await;
                 }
             };
@@ -420,6 +421,34 @@ impl Session {
                 Ok(Ok(n)) => self.framer.push(&buffer[..n]),
                 Ok(Err(error)) => return Err(error),
             }
+        }
+    }
+
+    /// From now on the session also stops when the account's sessions are ended (disabled by
+    /// an admin): one small task merges that signal into the session's own stop signal, and
+    /// ends with the session.
+    fn stop_with_account(&mut self, slot: &crate::shared::SessionSlot) {
+        let (merged, stop) = tokio::sync::watch::channel(false);
+        let mut server = self.shutdown.clone();
+        let mut ended = slot.ended.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = until_stopped(&mut server) => {}
+                _ = ended.wait_for(|end| *end) => {}
+                () = merged.closed() => return,
+            }
+            let _ = merged.send(true);
+        });
+        self.shutdown = stop;
+    }
+
+    /// The BYE for a session told to stop: its account's sessions were ended, or the server
+    /// is shutting down.
+    pub(crate) fn stop_reason(&self) -> &'static [u8] {
+        if self.session_slot.as_ref().is_some_and(|slot| *slot.ended.borrow()) {
+            b"* BYE [UNAVAILABLE] an administrator ended this account's sessions\r\n"
+        } else {
+            b"* BYE the server is shutting down\r\n"
         }
     }
 
@@ -725,6 +754,7 @@ impl Session {
                     Ok(MailLogin::Accepted { account, method, .. }) => match self.shared.open_session(account.id) {
                         Some(slot) => {
                             self.shared.succeeded(&attempted);
+                            self.stop_with_account(&slot);
                             self.session_slot = Some(slot);
                             self.account = Some(account);
                             login_method = method;

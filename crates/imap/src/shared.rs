@@ -14,21 +14,38 @@ pub struct ImapShared {
     policy: AuthPolicy,
     /// Our host name, for the new-network notice's Message-ID.
     hostname: String,
-    sessions: Mutex<HashMap<AccountId, usize>>,
+    /// Open sessions per account, and the signal that ends them all (an admin disabled the
+    /// account or ended its sessions).
+    sessions: Mutex<HashMap<AccountId, Sessions>>,
+    /// Numbers each account's set of sessions, so that a session ended with its set does not
+    /// count against the next.
+    generations: std::sync::atomic::AtomicU64,
+}
+
+struct Sessions {
+    count: usize,
+    ender: tokio::sync::watch::Sender<bool>,
+    generation: u64,
 }
 
 /// One open session of an account; counted until dropped.
 pub(crate) struct SessionSlot {
     shared: Arc<ImapShared>,
     account: AccountId,
+    generation: u64,
+    /// Turns true when the account's sessions are to end.
+    pub(crate) ended: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         let mut sessions = lock(&self.shared.sessions);
-        if let Some(count) = sessions.get_mut(&self.account) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+        if let Some(set) = sessions.get_mut(&self.account) {
+            if set.generation != self.generation {
+                return;
+            }
+            set.count = set.count.saturating_sub(1);
+            if set.count == 0 {
                 sessions.remove(&self.account);
             }
         }
@@ -48,6 +65,7 @@ impl ImapShared {
             policy,
             hostname: hostname.to_string(),
             sessions: Mutex::new(HashMap::new()),
+            generations: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -82,15 +100,34 @@ impl ImapShared {
     /// Takes a session slot for the account, or `None` when it has too many open.
     pub(crate) fn open_session(self: &Arc<Self>, account: AccountId) -> Option<SessionSlot> {
         let mut sessions = lock(&self.sessions);
-        let count = sessions.entry(account).or_insert(0);
-        if *count >= self.lockout.limits().sessions_per_account_max {
+        let set = sessions.entry(account).or_insert_with(|| Sessions {
+            count: 0,
+            ender: tokio::sync::watch::channel(false).0,
+            generation: self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        });
+        if set.count >= self.lockout.limits().sessions_per_account_max {
             return None;
         }
-        *count += 1;
+        set.count += 1;
         Some(SessionSlot {
             shared: self.clone(),
             account,
+            generation: set.generation,
+            ended: set.ender.subscribe(),
         })
+    }
+
+    /// Ends every open session of the account (each says BYE at once, in IDLE too); returns
+    /// how many there were. Sessions opened afterwards are not affected.
+    pub fn end_sessions(&self, account: AccountId) -> usize {
+        let mut sessions = lock(&self.sessions);
+        match sessions.remove(&account) {
+            Some(set) => {
+                let _ = set.ender.send(true);
+                set.count
+            }
+            None => 0,
+        }
     }
 }
 
@@ -111,10 +148,37 @@ mod tests {
         let account = AccountId(7);
         let first = shared.open_session(account);
         let second = shared.open_session(account);
+        assert!(!*first.as_ref().unwrap().ended.borrow());
         assert!(first.is_some() && second.is_some());
         assert!(shared.open_session(account).is_none());
         drop(first);
         assert!(shared.open_session(account).is_some());
         assert!(shared.open_session(AccountId(8)).is_some());
+    }
+
+    #[test]
+    fn ending_an_accounts_sessions_signals_each_and_frees_its_slots() {
+        let shared = ImapShared::new(
+            LoginLimits {
+                sessions_per_account_max: 2,
+                ..LoginLimits::default()
+            },
+            AuthPolicy::default(),
+            "localhost",
+        );
+        let account = AccountId(7);
+        let first = shared.open_session(account).unwrap();
+        let second = shared.open_session(account).unwrap();
+        let other = shared.open_session(AccountId(8)).unwrap();
+        assert_eq!(shared.end_sessions(account), 2);
+        assert!(*first.ended.borrow() && *second.ended.borrow());
+        assert!(!*other.ended.borrow(), "another account's session goes on");
+        // New sessions count afresh; the ended ones leaving does not free their slots twice.
+        let third = shared.open_session(account).unwrap();
+        let _fourth = shared.open_session(account).unwrap();
+        drop((first, second));
+        assert!(shared.open_session(account).is_none());
+        assert!(!*third.ended.borrow());
+        assert_eq!(shared.end_sessions(AccountId(9)), 0);
     }
 }

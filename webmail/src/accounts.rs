@@ -1,0 +1,526 @@
+//! The admin console's accounts (issue 8, first part): list and search, create with a
+//! one-time enrolment link, disable (which ends the account's web and IMAP sessions at once),
+//! enable, end sessions, reset the second factors, revoke app passwords, delete with a typed
+//! confirmation (crypto-shredding). Admins only; every change audited. And `/enrol/LINK`,
+//! where a new user chooses the password.
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{AppendHeaders, IntoResponse, Response};
+use axum::Form;
+use leptos::prelude::*;
+use sealpost_auth::enrolment::{self, LinkCheck};
+use sealpost_auth::websession::{self, Found};
+use sealpost_auth::Credentials;
+use sealpost_storage::{Account, AccountId, AccountStatus, Actor, AuditEvent, NewAccount, Role};
+use serde::Deserialize;
+
+use crate::admin::admin;
+use crate::html::{error_line, notice_line, render, when, Frame};
+use crate::request::{blocking, forbidden, form_token, form_token_ok, now_ms, see_other, set_cookie, FORM_COOKIE};
+use crate::{Peer, WebState};
+
+/// Accounts on one page of the list.
+pub(crate) const ACCOUNTS_PER_PAGE: usize = 50;
+
+fn actor(admin: &Account, peer: &Peer) -> Actor {
+    Actor {
+        name: admin.address.clone(),
+        peer: peer.0.to_string(),
+    }
+}
+
+fn frame<'a>(title: &'a str, found: &'a Found, account: &'a Account) -> Frame<'a> {
+    Frame {
+        title,
+        csrf: Some(&found.session.csrf),
+        account: Some((&account.address, &found.session.csrf)),
+        script: false,
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    page: Option<usize>,
+}
+
+pub(crate) async fn list(
+    State(state): State<Arc<WebState>>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (found, me) = match admin(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let state2 = state.clone();
+    let Some(Ok(mut accounts)) = blocking(move || state2.store.list_accounts()).await else {
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The accounts could not be read.",
+        );
+    };
+    let search = query.q.clone().unwrap_or_default();
+    let needle = search.trim().to_lowercase();
+    if !needle.is_empty() {
+        accounts.retain(|a| a.address.contains(&needle) || a.display_name.to_lowercase().contains(&needle));
+    }
+    accounts.sort_by(|a, b| a.address.cmp(&b.address));
+    let pages = accounts.len().div_ceil(ACCOUNTS_PER_PAGE).max(1);
+    let page = query.page.unwrap_or(1).clamp(1, pages);
+    let rows: Vec<_> = accounts
+        .iter()
+        .skip((page - 1) * ACCOUNTS_PER_PAGE)
+        .take(ACCOUNTS_PER_PAGE)
+        .map(|a| {
+            let href = format!("/admin/accounts/{}", a.id.0);
+            view! {
+                <tr>
+                    <td><a href=href>{a.address.clone()}</a></td>
+                    <td>{a.display_name.clone()}</td>
+                    <td>{a.role.as_str()}</td>
+                    <td>{status_word(a.status)}</td>
+                </tr>
+            }
+        })
+        .collect();
+    let kept = format!("&q={}", crate::mail::encode_component(&search));
+    let previous = (page > 1).then(|| {
+        let href = format!("/admin/accounts?page={}{kept}", page - 1);
+        view! { <a href=href rel="prev">"Previous"</a> }
+    });
+    let next = (page < pages).then(|| {
+        let href = format!("/admin/accounts?page={}{kept}", page + 1);
+        view! { <a href=href rel="next">"Next"</a> }
+    });
+    let csrf = found.session.csrf.clone();
+    let count = accounts.len();
+    render(
+        frame("Accounts", &found, &me),
+        view! {
+            <form method="get" action="/admin/accounts" class="inline">
+                <label for="q">"Find"</label>
+                <input type="text" id="q" name="q" value=search/>
+                <button type="submit">"Search"</button>
+            </form>
+            <p class="muted">{format!("{count} accounts · page {page} of {pages}")}</p>
+            <table id="accounts"><tr><th>"Address"</th><th>"Name"</th><th>"Role"</th><th>"Status"</th></tr>{rows}</table>
+            <p>{previous}" "{next}</p>
+            <h2>"New account"</h2>
+            <form method="post" action="/admin/accounts" class="stack" id="new-account">
+                <input type="hidden" name="csrf" value=csrf/>
+                <label for="address">"Address"</label>
+                <input type="email" id="address" name="address" required=true/>
+                <label for="display_name">"Name"</label>
+                <input type="text" id="display_name" name="display_name"/>
+                <label for="role">"Role"</label>
+                <select id="role" name="role">
+                    <option value="staff">"staff"</option>
+                    <option value="admin">"admin"</option>
+                </select>
+                <p class="muted">"The account gets no password: you receive a one-time link for its owner, who chooses the password and sets up a second factor."</p>
+                <button type="submit">"Create"</button>
+            </form>
+            <p><a href="/admin/lockouts">"Locked-out accounts"</a></p>
+        },
+    )
+    .into_response()
+}
+
+fn status_word(status: AccountStatus) -> &'static str {
+    match status {
+        AccountStatus::Active => "active",
+        AccountStatus::Disabled => "disabled",
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CreateForm {
+    csrf: String,
+    address: String,
+    #[serde(default)]
+    display_name: String,
+    role: String,
+}
+
+pub(crate) async fn create(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<CreateForm>,
+) -> Response {
+    let (found, me) = match admin(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    if !found.session.csrf_ok(&form.csrf) {
+        return forbidden();
+    }
+    let role = match form.role.as_str() {
+        "admin" => Role::Admin,
+        _ => Role::Staff,
+    };
+    let (state2, actor) = (state.clone(), actor(&me, &peer));
+    let created = blocking(move || {
+        let id = state2.store.create_account(
+            &NewAccount {
+                address: &form.address,
+                display_name: &form.display_name,
+                role,
+                password: None,
+            },
+            &actor,
+        )?;
+        let link = enrolment::issue(&state2.store, id, &actor, now_ms())?;
+        Ok::<_, sealpost_storage::Error>((id, link))
+    })
+    .await;
+    match created {
+        Some(Ok((id, link))) => detail_page(&state, &found, &me, id, Some(link), None).await,
+        Some(Err(error)) => {
+            let text = format!("Not created: {error}.");
+            crate::html::message_page_status(StatusCode::UNPROCESSABLE_ENTITY, "Not created", &text)
+        }
+        None => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Try again", "Try again."),
+    }
+}
+
+pub(crate) async fn detail(State(state): State<Arc<WebState>>, Path(id): Path<u64>, headers: HeaderMap) -> Response {
+    let (found, me) = match admin(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    detail_page(&state, &found, &me, AccountId(id), None, None).await
+}
+
+/// One account: what it is and has, and the actions; `link` is a new enrolment link to show
+/// once, `notice` what the last action did.
+async fn detail_page(
+    state: &Arc<WebState>,
+    found: &Found,
+    me: &Account,
+    id: AccountId,
+    link: Option<String>,
+    notice: Option<String>,
+) -> Response {
+    let state2 = state.clone();
+    let loaded = blocking(move || {
+        let account = state2.store.account(id).ok()?;
+        let credentials = Credentials::load(&state2.store, id).ok()?;
+        let sessions = websession::list(&state2.store, id).map(|s| s.len()).unwrap_or(0);
+        Some((account, credentials, sessions))
+    })
+    .await
+    .flatten();
+    let Some((account, credentials, sessions)) = loaded else {
+        return crate::html::message_page_status(StatusCode::NOT_FOUND, "Not found", "There is no such account.");
+    };
+    let link = link.map(|path| {
+        let url = format!("{}{path}", state.origin);
+        view! {
+            <section class="notice" id="enrolment">
+                <p>"Give this link to the account's owner, privately. It works once, for 7 days; it is not shown again."</p>
+                <p><code id="enrolment-link">{url}</code></p>
+            </section>
+        }
+    });
+    let factors = format!(
+        "{} passkeys, {}, {} recovery codes left, {} app passwords, {} web sessions",
+        credentials.passkeys.len(),
+        if credentials.totp.is_some() {
+            "an authenticator app"
+        } else {
+            "no authenticator app"
+        },
+        credentials.recovery.len(),
+        credentials.app_passwords.len(),
+        sessions
+    );
+    let pending = credentials
+        .enrolment
+        .as_ref()
+        .map(|l| format!("An enrolment link is open until {}.", when(l.expires_ms)));
+    let action = format!("/admin/accounts/{}/act", account.id.0);
+    let button = |value: &'static str, label: &'static str, class: &'static str| {
+        let (csrf, action) = (found.session.csrf.clone(), action.clone());
+        view! {
+            <form method="post" action=action class="inline">
+                <input type="hidden" name="csrf" value=csrf/>
+                <button type="submit" name="action" value=value class=class>{label}</button>
+            </form>
+            " "
+        }
+    };
+    let toggle = match account.status {
+        AccountStatus::Active => button("disable", "Disable", "danger"),
+        AccountStatus::Disabled => button("enable", "Enable", "quiet"),
+    };
+    let (csrf, delete_action, address) = (found.session.csrf.clone(), action.clone(), account.address.clone());
+    let title = account.address.clone();
+    render(
+        frame(&title, found, me),
+        view! {
+            <p><a href="/admin/accounts">"← Accounts"</a></p>
+            {notice_line(notice)}
+            {link}
+            <table class="headers" id="account">
+                <tr><th>"Name"</th><td>{account.display_name.clone()}</td></tr>
+                <tr><th>"Role"</th><td>{account.role.as_str()}</td></tr>
+                <tr><th>"Status"</th><td id="status">{status_word(account.status)}</td></tr>
+                <tr><th>"Created"</th><td>{when(account.created_at_ms)}</td></tr>
+                <tr><th>"Sign-in"</th><td>{factors}</td></tr>
+            </table>
+            {pending.map(|p| view! { <p class="muted">{p}</p> })}
+            <p id="actions">
+                {toggle}
+                {button("end-sessions", "End all sessions", "quiet")}
+                {button("link", "New enrolment link", "quiet")}
+                {button("reset-factors", "Reset second factors", "quiet")}
+                {button("revoke-app-passwords", "Revoke app passwords", "quiet")}
+            </p>
+            <h2>"Delete"</h2>
+            <form method="post" action=delete_action class="stack" id="delete">
+                <p>"Deleting destroys the account's keys: its mail can never be read again. Type the address to confirm."</p>
+                <input type="hidden" name="csrf" value=csrf/>
+                <input type="hidden" name="action" value="delete"/>
+                <label for="confirm">{format!("Type {address}")}</label>
+                <input type="text" id="confirm" name="confirm" autocomplete="off"/>
+                <button type="submit" class="danger">"Delete for good"</button>
+            </form>
+        },
+    )
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ActForm {
+    csrf: String,
+    action: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// Ends every web and IMAP session of the account (audited with `actor`).
+fn end_all_sessions(state: &WebState, id: AccountId, actor: &Actor) -> Result<usize, sealpost_storage::Error> {
+    websession::end(&state.store, id, None, actor)?;
+    Ok((state.end_mail_sessions)(id))
+}
+
+pub(crate) async fn act(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    Form(form): Form<ActForm>,
+) -> Response {
+    let (found, me) = match admin(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    if !found.session.csrf_ok(&form.csrf) {
+        return forbidden();
+    }
+    let id = AccountId(id);
+    let (state2, actor) = (state.clone(), actor(&me, &peer));
+    let action = form.action.clone();
+    let confirm = form.confirm.clone();
+    let own = id == me.id;
+    let done = blocking(move || {
+        let store = &state2.store;
+        let account = store.account(id)?;
+        let outcome = match action.as_str() {
+            "disable" if own => Outcome::Refused("You cannot disable your own account.".into()),
+            "disable" => {
+                store.set_account_status(id, AccountStatus::Disabled, &actor)?;
+                let ended = end_all_sessions(&state2, id, &actor)?;
+                Outcome::Done(format!(
+                    "Disabled; its web sessions and {ended} mail sessions were ended."
+                ))
+            }
+            "enable" => {
+                store.set_account_status(id, AccountStatus::Active, &actor)?;
+                Outcome::Done("Enabled.".into())
+            }
+            "end-sessions" => {
+                let ended = end_all_sessions(&state2, id, &actor)?;
+                Outcome::Done(format!("Its web sessions and {ended} mail sessions were ended."))
+            }
+            "link" => Outcome::Link(enrolment::issue(store, id, &actor, now_ms())?),
+            "reset-factors" => {
+                Credentials::update(store, id, |record| {
+                    record.totp = None;
+                    record.passkeys.clear();
+                    record.recovery.clear();
+                    Some(vec![AuditEvent::new(
+                        &actor,
+                        "auth.factors.reset",
+                        format!("account:{}", id.0),
+                    )])
+                })?;
+                end_all_sessions(&state2, id, &actor)?;
+                Outcome::Done("Second factors removed and sessions ended; the next sign-in sets up a new one.".into())
+            }
+            "revoke-app-passwords" => {
+                Credentials::update(store, id, |record| {
+                    let count = record.app_passwords.len();
+                    record.app_passwords.clear();
+                    Some(vec![AuditEvent::new(
+                        &actor,
+                        "auth.app_password.revoke_all",
+                        format!("account:{}", id.0),
+                    )
+                    .detail(format!("{count} app passwords"))])
+                })?;
+                Outcome::Done("Every app password was revoked.".into())
+            }
+            "delete" if own => Outcome::Refused("You cannot delete your own account.".into()),
+            "delete" if confirm.trim().to_lowercase() != account.address => {
+                Outcome::Refused("Not deleted: the address typed does not match.".into())
+            }
+            "delete" => {
+                end_all_sessions(&state2, id, &actor)?;
+                store.delete_account(id, &actor)?;
+                Outcome::Deleted(account.address.clone())
+            }
+            _ => Outcome::Refused("Unknown action.".into()),
+        };
+        Ok::<_, sealpost_storage::Error>(outcome)
+    })
+    .await;
+    match done {
+        Some(Ok(Outcome::Done(text))) => detail_page(&state, &found, &me, id, None, Some(text)).await,
+        Some(Ok(Outcome::Link(link))) => detail_page(&state, &found, &me, id, Some(link), None).await,
+        Some(Ok(Outcome::Refused(text))) => {
+            crate::html::message_page_status(StatusCode::UNPROCESSABLE_ENTITY, "Not done", &text)
+        }
+        Some(Ok(Outcome::Deleted(address))) => see_other(&format!(
+            "/admin/accounts?q={}",
+            crate::mail::encode_component(&address)
+        )),
+        Some(Err(sealpost_storage::Error::AccountNotFound { .. })) => {
+            crate::html::message_page_status(StatusCode::NOT_FOUND, "Not found", "There is no such account.")
+        }
+        _ => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not done", "Try again."),
+    }
+}
+
+enum Outcome {
+    Done(String),
+    Link(String),
+    Refused(String),
+    Deleted(String),
+}
+
+/// The enrolment link's page: choose the password.
+pub(crate) async fn enrol_page(
+    State(state): State<Arc<WebState>>,
+    Path(link): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some((id, secret)) = enrolment::parse(&link) else {
+        return link_refused(LinkCheck::Invalid);
+    };
+    let state2 = state.clone();
+    match blocking(move || enrolment::check(&state2.store, id, &secret, now_ms())).await {
+        Some(Ok(LinkCheck::Valid)) => {}
+        Some(Ok(other)) => return link_refused(other),
+        _ => return link_refused(LinkCheck::Invalid),
+    }
+    let (token, new) = form_token(&headers);
+    let set = new.then(|| set_cookie(FORM_COOKIE, &token));
+    (AppendHeaders(set), enrol_form(&link, &token, None, StatusCode::OK)).into_response()
+}
+
+fn link_refused(check: LinkCheck) -> Response {
+    let text = match check {
+        LinkCheck::Expired => "This enrolment link has expired. Ask your administrator for a new one.",
+        _ => "This enrolment link is not valid: it was used already, replaced by a newer one, or not copied whole.",
+    };
+    crate::html::message_page_status(StatusCode::GONE, "Link not valid", text)
+}
+
+fn enrol_form(link: &str, token: &str, error: Option<String>, status: StatusCode) -> Response {
+    let (action, token) = (format!("/enrol/{link}"), token.to_string());
+    (
+        status,
+        render(
+            Frame {
+                title: "Choose your password",
+                csrf: None,
+                account: None,
+                script: false,
+            },
+            view! {
+                <section id="enrol">
+                    {error_line(error)}
+                    <form method="post" action=action class="stack">
+                        <input type="hidden" name="form" value=token/>
+                        <label for="password">"Password (at least 12 characters; a few unrelated words work well)"</label>
+                        <input type="password" id="password" name="password" autocomplete="new-password" required=true/>
+                        <label for="confirm">"The same again"</label>
+                        <input type="password" id="confirm" name="confirm" autocomplete="new-password" required=true/>
+                        <button type="submit">"Set password"</button>
+                    </form>
+                </section>
+            },
+        ),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct EnrolForm {
+    form: String,
+    password: String,
+    confirm: String,
+}
+
+pub(crate) async fn enrol(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(link): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<EnrolForm>,
+) -> Response {
+    if !form_token_ok(&headers, &form.form) {
+        return forbidden();
+    }
+    let Some((id, secret)) = enrolment::parse(&link) else {
+        return link_refused(LinkCheck::Invalid);
+    };
+    if form.password != form.confirm {
+        let error = Some("The two passwords are not the same.".to_string());
+        return enrol_form(&link, &form.form, error, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let state2 = state.clone();
+    let Some(Ok(account)) = blocking(move || state2.store.account(id)).await else {
+        return link_refused(LinkCheck::Invalid);
+    };
+    let local = account.address.split('@').next().unwrap_or("").to_string();
+    if let Err(weakness) =
+        sealpost_auth::password::check(&form.password, &[&account.address, &local, &account.display_name])
+    {
+        let error = Some(format!("Choose another password: {weakness}."));
+        return enrol_form(&link, &form.form, error, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let actor = Actor {
+        name: account.address.clone(),
+        peer: peer.0.to_string(),
+    };
+    let (state2, password) = (state.clone(), form.password);
+    match blocking(move || enrolment::complete(&state2.store, id, &secret, &password, &actor, now_ms())).await {
+        Some(Ok(true)) => crate::html::message_page_status(
+            StatusCode::OK,
+            "Password set",
+            "Your password is set. Sign in with your address and it; you will then set up a second factor.",
+        ),
+        Some(Ok(false)) => link_refused(LinkCheck::Invalid),
+        _ => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not set", "Try again in a minute."),
+    }
+}
