@@ -767,7 +767,10 @@ fn hex(bytes: &[u8]) -> String {
 #[test]
 fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_imap_session() {
     ensure_playwright();
-    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
+    let work = tempfile::tempdir().unwrap();
+    // patient.test's server is gone: mail to it waits in the queue.
+    let (data, _dns, sink) = clinic_with_patients(work.path());
+    drop(sink);
     common::sealpost_ok(
         &[
             "account",
@@ -782,6 +785,16 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         "harbor lantern quiet meadow\n",
     );
     let mut server = data.serve();
+    python(
+        &data,
+        "import os, smtplib, ssl\n\
+         ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+         s = smtplib.SMTP_SSL('localhost', int(os.environ['BASE']) + 465, context=ctx)\n\
+         s.login('doc@clinic.test', os.environ['PASSWORD'])\n\
+         s.sendmail('doc@clinic.test', ['pat@patient.test'], b'From: doc@clinic.test\\r\\nTo: pat@patient.test\\r\\nSubject: Biopsy STUCKSUBJECT\\r\\nMessage-ID: <trace-me-41@clinic.test>\\r\\n\\r\\nHello.\\r\\n')\n\
+         s.quit()\n",
+        &[],
+    );
     let cafile = data.path().join("tls/cert.pem");
     let imap_port = (data.port_base + 993).to_string();
     let said = run_browser(
@@ -796,9 +809,12 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
             ("NEW_PASSWORD", std::ffi::OsStr::new("copper willow brisk anthem")),
             ("CAFILE", cafile.as_os_str()),
             ("IMAP_PORT", std::ffi::OsStr::new(&imap_port)),
+            ("STUCK_TO", std::ffi::OsStr::new("pat@patient.test")),
+            ("STUCK_SUBJECT", std::ffi::OsStr::new("STUCKSUBJECT")),
+            ("TRACE_ID", std::ffi::OsStr::new("trace-me-41")),
         ],
     );
-    for step in ["admin-passkey", "created", "enrolled", "disabled", "deleted"] {
+    for step in ["admin-passkey", "created", "enrolled", "disabled", "deleted", "queue"] {
         assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
     }
     // Deleted: the account password opens nothing any more.
@@ -815,6 +831,8 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         ("root@clinic.test", "account.disable"),
         ("root@clinic.test", "auth.session.end_all"),
         ("root@clinic.test", "account.delete"),
+        ("root@clinic.test", "queue.retry"),
+        ("root@clinic.test", "queue.delete"),
     ] {
         assert!(
             exported.lines().any(|l| l.contains(action) && l.contains(actor)),

@@ -148,4 +148,24 @@ async function accounts(browser, page) {
   const gone = await page.goto(`${BASE}/admin/accounts/${id}`);
   check(gone.status() === 404, `a deleted account's page answered ${gone.status()}`);
   report("deleted");
+
+  // The queue shows the message that cannot be delivered, and why; tracing finds it by its
+  // Message-ID; the admin retries it, then deletes it.
+  await page.goto(`${BASE}/admin/queue`);
+  const waiting = await page.textContent("#queue");
+  check(waiting.includes(process.env.STUCK_TO) && waiting.includes("waiting"), `the queue: ${waiting}`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "admin-06-queue.png"), fullPage: true });
+  await page.goto(`${BASE}/admin/trace?message_id=${process.env.TRACE_ID}`);
+  const traced = await page.textContent("#traced");
+  check(traced.includes(process.env.STUCK_TO) && traced.includes(process.env.TRACE_ID), `the trace: ${traced}`);
+  check(!traced.includes(process.env.STUCK_SUBJECT), "the trace shows the subject");
+  await page.goto(`${BASE}/admin/trace?message_id=no-such-message`);
+  check((await page.locator("#traced tr").count()) === 1, "a trace for an unknown Message-ID found something");
+  await page.goto(`${BASE}/admin/queue`);
+  await Promise.all([page.waitForNavigation(), page.click('#queue button[value="retry"]')]);
+  check((await page.textContent(".notice")).includes("tried again"), "no retry notice");
+  await Promise.all([page.waitForNavigation(), page.click('#queue button[value="delete"]')]);
+  check((await page.textContent(".notice")).includes("deleted"), "no delete notice");
+  check((await page.locator("#queue tr").count()) === 1, "the queue is not empty after the delete");
+  report("queue");
 }

@@ -127,7 +127,10 @@ pub(crate) async fn list(
                 <p class="muted">"The account gets no password: you receive a one-time link for its owner, who chooses the password and sets up a second factor."</p>
                 <button type="submit">"Create"</button>
             </form>
-            <p><a href="/admin/lockouts">"Locked-out accounts"</a></p>
+            <p id="admin-pages">
+                <a href="/admin/queue">"Queue"</a>" · "<a href="/admin/trace">"Message tracing"</a>" · "
+                <a href="/admin/lockouts">"Locked-out accounts"</a>
+            </p>
         },
     )
     .into_response()

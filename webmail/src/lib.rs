@@ -14,6 +14,7 @@ mod compose;
 mod html;
 mod mail;
 mod portal;
+mod queue;
 mod request;
 mod security;
 mod sent;
@@ -242,6 +243,8 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/admin/accounts", get(accounts::list).post(accounts::create))
         .route("/admin/accounts/{id}", get(accounts::detail))
         .route("/admin/accounts/{id}/act", post(accounts::act))
+        .route("/admin/queue", get(queue::queue).post(queue::queue_act))
+        .route("/admin/trace", get(queue::trace))
         .route("/enrol/{link}", get(accounts::enrol_page).post(accounts::enrol))
         .route("/admin/lockouts/lift", post(admin::lift))
         .route("/security/totp/start", post(security::totp_start))
