@@ -791,7 +791,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
          ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
          s = smtplib.SMTP_SSL('localhost', int(os.environ['BASE']) + 465, context=ctx)\n\
          s.login('doc@clinic.test', os.environ['PASSWORD'])\n\
-         s.sendmail('doc@clinic.test', ['pat@patient.test'], b'From: doc@clinic.test\\r\\nTo: pat@patient.test\\r\\nSubject: Biopsy STUCKSUBJECT\\r\\nMessage-ID: <trace-me-41@clinic.test>\\r\\n\\r\\nHello.\\r\\n')\n\
+         s.sendmail('doc@clinic.test', ['pat@patient.test'], b'From: doc@clinic.test\\r\\nTo: pat@patient.test\\r\\nSubject: Biopsy STUCKSUBJECT\\r\\nMessage-ID: <trace-me-41@clinic.test>\\r\\n\\r\\nHello STUCKBODY.\\r\\n')\n\
          s.quit()\n",
         &[],
     );
@@ -811,10 +811,19 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
             ("IMAP_PORT", std::ffi::OsStr::new(&imap_port)),
             ("STUCK_TO", std::ffi::OsStr::new("pat@patient.test")),
             ("STUCK_SUBJECT", std::ffi::OsStr::new("STUCKSUBJECT")),
+            ("STUCK_BODY", std::ffi::OsStr::new("STUCKBODY")),
             ("TRACE_ID", std::ffi::OsStr::new("trace-me-41")),
         ],
     );
-    for step in ["admin-passkey", "created", "enrolled", "disabled", "deleted", "queue"] {
+    for step in [
+        "admin-passkey",
+        "created",
+        "enrolled",
+        "disabled",
+        "deleted",
+        "queue",
+        "no-mail-for-admins",
+    ] {
         assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
     }
     // Deleted: the account password opens nothing any more.

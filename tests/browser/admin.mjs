@@ -168,4 +168,25 @@ async function accounts(browser, page) {
   check((await page.textContent(".notice")).includes("deleted"), "no delete notice");
   check((await page.locator("#queue tr").count()) === 1, "the queue is not empty after the delete");
   report("queue");
+
+  // An admin is not a mailbox reader: no address of the web application shows an admin
+  // another account's message (the web's mail addresses name the signed-in account's own
+  // folders; the console shows no subject or content).
+  const urls = ["/admin/accounts", "/admin/queue", "/admin/trace?sender=doc", "/sent", "/portal", "/mail"];
+  for (let a = 1; a <= 4; a++) urls.push(`/admin/accounts/${a}`);
+  for (let m = 1; m <= 8; m++) {
+    urls.push(`/mail/${m}`);
+    for (let u = 1; u <= 3; u++) {
+      for (const tail of ["", "/html", "/html?images=1", "/attachment/0"]) urls.push(`/mail/${m}/${u}${tail}`);
+      urls.push(`/compose?reply=${m}/${u}`, `/compose?forward=${m}/${u}`, `/compose?draft=${m}/${u}`);
+    }
+  }
+  for (const url of urls) {
+    const answer = await page.request.get(`${BASE}${url}`, { maxRedirects: 0 });
+    const body = await answer.text();
+    for (const marker of [process.env.STUCK_SUBJECT, process.env.STUCK_BODY]) {
+      check(!body.includes(marker), `${url} showed the admin another account's message (${answer.status()})`);
+    }
+  }
+  report("no-mail-for-admins", { urls: urls.length });
 }
