@@ -784,6 +784,19 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         ],
         "harbor lantern quiet meadow\n",
     );
+    common::sealpost_ok(
+        &[
+            "account",
+            "add",
+            "audra@clinic.test",
+            "--role",
+            "auditor",
+            "--password-stdin",
+            "--data",
+            &data.arg(),
+        ],
+        "harbor lantern quiet meadow\n",
+    );
     let mut server = data.serve();
     python(
         &data,
@@ -813,6 +826,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
             ("STUCK_SUBJECT", std::ffi::OsStr::new("STUCKSUBJECT")),
             ("STUCK_BODY", std::ffi::OsStr::new("STUCKBODY")),
             ("TRACE_ID", std::ffi::OsStr::new("trace-me-41")),
+            ("AUDITOR", std::ffi::OsStr::new("audra@clinic.test")),
         ],
     );
     for step in [
@@ -823,6 +837,8 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         "deleted",
         "queue",
         "no-mail-for-admins",
+        "audit",
+        "auditor",
     ] {
         assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
     }
@@ -842,6 +858,9 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         ("root@clinic.test", "account.delete"),
         ("root@clinic.test", "queue.retry"),
         ("root@clinic.test", "queue.delete"),
+        ("root@clinic.test", "audit.search"),
+        ("root@clinic.test", "audit.export"),
+        ("root@clinic.test", "audit.verify"),
     ] {
         assert!(
             exported.lines().any(|l| l.contains(action) && l.contains(actor)),

@@ -21,6 +21,8 @@ impl std::fmt::Display for AccountId {
 pub enum Role {
     Staff,
     Admin,
+    /// Reads the audit log and exports it; changes nothing, reads no mailbox but its own.
+    Auditor,
 }
 
 impl Role {
@@ -28,6 +30,7 @@ impl Role {
         match self {
             Role::Staff => "staff",
             Role::Admin => "admin",
+            Role::Auditor => "auditor",
         }
     }
 }
@@ -38,7 +41,8 @@ impl std::str::FromStr for Role {
         match s {
             "staff" => Ok(Role::Staff),
             "admin" => Ok(Role::Admin),
-            _ => Err("a role is staff or admin"),
+            "auditor" => Ok(Role::Auditor),
+            _ => Err("a role is staff, admin or auditor"),
         }
     }
 }

@@ -32,8 +32,8 @@ print(m.readline().decode().strip(), flush=True)
 print('then ' + m.readline().decode().strip(), flush=True)
 `;
 
-const browser = await launch();
-try {
+/// A page in a context of its own with Chrome's virtual authenticator.
+async function passkeyPage(browser) {
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
   const page = await context.newPage();
   const cdp = await context.newCDPSession(page);
@@ -41,7 +41,19 @@ try {
   await cdp.send("WebAuthn.addVirtualAuthenticator", {
     options: { protocol: "ctap2", transport: "internal", hasResidentKey: true, hasUserVerification: true, isUserVerified: true },
   });
+  return page;
+}
 
+/// Registers a passkey on the account security page the page shows.
+async function addPasskey(page, name) {
+  await page.fill("#passkey-name", name);
+  await Promise.all([page.waitForNavigation(), page.click('form[data-passkey="register"] button')]);
+  await page.waitForSelector(`#passkeys td:has-text('${name}')`);
+}
+
+const browser = await launch();
+try {
+  const page = await passkeyPage(browser);
   await page.goto(`${BASE}/sign-in`);
   await page.fill("#address", ADDRESS);
   await page.fill("#password", PASSWORD);
@@ -54,9 +66,7 @@ try {
   await page.screenshot({ path: path.join(ARTIFACTS, "admin-01-enrolment.png"), fullPage: true });
   report("admin-enrolment");
 
-  await page.fill("#passkey-name", "Admin key");
-  await Promise.all([page.waitForNavigation(), page.click('form[data-passkey="register"] button')]);
-  await page.waitForSelector("#passkeys td:has-text('Admin key')");
+  await addPasskey(page, "Admin key");
   report("admin-passkey");
 
   if (process.env.MODE === "accounts") {
@@ -189,4 +199,46 @@ async function accounts(browser, page) {
     }
   }
   report("no-mail-for-admins", { urls: urls.length });
+
+  // The audit log: a search finds the test's events; the export holds exactly the lines the
+  // search counted; the chain verifies.
+  await page.goto(`${BASE}/admin/audit?actor=${ADDRESS}&action=account.`);
+  const count = Number((await page.textContent("#audit-count")).match(/(\d+) records/)[1]);
+  const listed = await page.textContent("#audit");
+  for (const action of ["account.create", "account.disable", "account.delete"]) {
+    check(listed.includes(action), `the audit search misses ${action}: ${listed}`);
+  }
+  await page.screenshot({ path: path.join(ARTIFACTS, "admin-07-audit.png"), fullPage: true });
+  const exported = await page.request.get(`${BASE}/admin/audit/export?format=jsonl&actor=${ADDRESS}&action=account.`);
+  const records = (await exported.text()).trim().split("\n").map((l) => JSON.parse(l));
+  check(records.length === count, `the export has ${records.length} lines, the search counted ${count}`);
+  check(records.every((r) => r.actor === ADDRESS && r.action.startsWith("account.")), "the export holds other records");
+  const csv = await (await page.request.get(`${BASE}/admin/audit/export?format=csv&actor=${ADDRESS}&action=account.`)).text();
+  check(csv.trim().split("\r\n").length === count + 1, "the CSV export's lines differ");
+  await Promise.all([page.waitForNavigation(), page.click("#verify button")]);
+  const verified = await page.textContent(".notice");
+  check(verified.includes("The chain holds"), `verify chain: ${verified}`);
+  report("audit", { count });
+
+  // An auditor reads the audit log and nothing else of the console.
+  const auditor = await passkeyPage(browser);
+  await auditor.goto(`${BASE}/sign-in`);
+  await auditor.fill("#address", process.env.AUDITOR);
+  await auditor.fill("#password", PASSWORD);
+  await Promise.all([auditor.waitForNavigation(), auditor.click('form[action="/sign-in"] button')]);
+  check((await auditor.locator("#totp").count()) === 0, "an auditor was offered TOTP");
+  await addPasskey(auditor, "Auditor key");
+  const reads = await auditor.goto(`${BASE}/admin/audit?action=audit.export`);
+  check(reads.status() === 200, `the auditor's audit page: ${reads.status()}`);
+  check((await auditor.textContent("#audit")).includes("audit.export"), "the auditor does not see the export's record");
+  for (const url of ["/admin/accounts", "/admin/queue", "/admin/trace", "/admin/lockouts"]) {
+    const answer = await auditor.request.get(`${BASE}${url}`, { maxRedirects: 0 });
+    check(answer.status() === 403, `an auditor opened ${url}: ${answer.status()}`);
+  }
+  const form = await auditor.request.post(`${BASE}/admin/accounts`, {
+    form: { csrf: "x", address: "mallory@clinic.test", role: "admin" },
+    maxRedirects: 0,
+  });
+  check(form.status() === 403, `an auditor posted a new account: ${form.status()}`);
+  report("auditor");
 }

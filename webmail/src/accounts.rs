@@ -123,12 +123,14 @@ pub(crate) async fn list(
                 <select id="role" name="role">
                     <option value="staff">"staff"</option>
                     <option value="admin">"admin"</option>
+                    <option value="auditor">"auditor (reads the audit log, changes nothing)"</option>
                 </select>
                 <p class="muted">"The account gets no password: you receive a one-time link for its owner, who chooses the password and sets up a second factor."</p>
                 <button type="submit">"Create"</button>
             </form>
             <p id="admin-pages">
                 <a href="/admin/queue">"Queue"</a>" · "<a href="/admin/trace">"Message tracing"</a>" · "
+                <a href="/admin/audit">"Audit log"</a>" · "
                 <a href="/admin/lockouts">"Locked-out accounts"</a>
             </p>
         },
@@ -167,6 +169,7 @@ pub(crate) async fn create(
     }
     let role = match form.role.as_str() {
         "admin" => Role::Admin,
+        "auditor" => Role::Auditor,
         _ => Role::Staff,
     };
     let (state2, actor) = (state.clone(), actor(&me, &peer));

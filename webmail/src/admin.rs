@@ -19,6 +19,16 @@ use crate::{Peer, WebState};
 
 /// The signed-in admin of this request, or the answer for anyone else.
 pub(crate) async fn admin(state: &Arc<WebState>, headers: &HeaderMap) -> Result<(Found, Account), Response> {
+    console(state, headers, &[Role::Admin]).await
+}
+
+/// The signed-in account of this request if its role is one of `roles` (the audit pages
+/// admit auditors too), or the answer for anyone else.
+pub(crate) async fn console(
+    state: &Arc<WebState>,
+    headers: &HeaderMap,
+    roles: &[Role],
+) -> Result<(Found, Account), Response> {
     let Some(found) = session(state, headers).await.filter(|f| f.session.signed_in()) else {
         return Err(see_other("/sign-in"));
     };
@@ -26,10 +36,10 @@ pub(crate) async fn admin(state: &Arc<WebState>, headers: &HeaderMap) -> Result<
     let Some(Ok(account)) = blocking(move || state2.store.account(id)).await else {
         return Err(see_other("/sign-in"));
     };
-    if account.role != Role::Admin {
+    if !roles.contains(&account.role) {
         return Err((
             StatusCode::FORBIDDEN,
-            crate::html::message_page("Admins only", "This page is for administrators."),
+            crate::html::message_page("Not for your role", "This page is for administrators."),
         )
             .into_response());
     }

@@ -9,6 +9,7 @@
 
 mod accounts;
 mod admin;
+mod audit;
 mod ceremony;
 mod compose;
 mod html;
@@ -245,6 +246,9 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/admin/accounts/{id}/act", post(accounts::act))
         .route("/admin/queue", get(queue::queue).post(queue::queue_act))
         .route("/admin/trace", get(queue::trace))
+        .route("/admin/audit", get(audit::page))
+        .route("/admin/audit/export", get(audit::export))
+        .route("/admin/audit/verify", post(audit::verify))
         .route("/enrol/{link}", get(accounts::enrol_page).post(accounts::enrol))
         .route("/admin/lockouts/lift", post(admin::lift))
         .route("/security/totp/start", post(security::totp_start))

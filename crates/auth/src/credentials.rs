@@ -43,7 +43,7 @@ impl Default for AuthPolicy {
 impl AuthPolicy {
     /// Whether `account` must use a passkey on the web.
     pub fn passkey_required(&self, account: &Account) -> bool {
-        account.role == Role::Admin || self.passkey_required_for_staff
+        matches!(account.role, Role::Admin | Role::Auditor) || self.passkey_required_for_staff
     }
 }
 
@@ -495,6 +495,7 @@ mod tests {
         };
         let default = AuthPolicy::default();
         assert!(default.passkey_required(&account(Role::Admin)));
+        assert!(default.passkey_required(&account(Role::Auditor)));
         assert!(!default.passkey_required(&account(Role::Staff)));
         let strict = AuthPolicy {
             passkey_required_for_staff: true,

@@ -1,0 +1,429 @@
+//! The admin console's audit log: search by actor, action, object, any text and time, newest
+//! first, `AUDIT_ROWS_PER_PAGE` a page; export of the selection as CSV or JSON lines; and
+//! "verify chain", which walks the hash chain and shows the result. Admins and auditors only;
+//! nothing here changes or deletes a record (the store has no call that could), and searching,
+//! exporting and verifying are themselves audited.
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use leptos::prelude::*;
+use sealpost_storage::{Actor, AuditEvent, AuditRecord, Role};
+use serde::Deserialize;
+
+use crate::admin::console;
+use crate::html::{notice_line, render, when, Frame};
+use crate::request::{blocking, forbidden};
+use crate::{Peer, WebState};
+
+/// Records on one page of a search.
+pub(crate) const AUDIT_ROWS_PER_PAGE: usize = 100;
+/// Records one export holds at most.
+pub(crate) const AUDIT_EXPORT_RECORDS_MAX: usize = 1_000_000;
+
+const ROLES: &[Role] = &[Role::Admin, Role::Auditor];
+
+/// A search: each filled field must match (case-insensitive, as a part of the field).
+#[derive(Deserialize, Default, Clone, Debug)]
+pub(crate) struct AuditQuery {
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    object: Option<String>,
+    /// Anywhere in the record: actor, address, action, object, outcome, detail.
+    #[serde(default)]
+    text: Option<String>,
+    /// YYYY-MM-DD, on or after (UTC).
+    #[serde(default)]
+    since: Option<String>,
+    /// YYYY-MM-DD, before (UTC).
+    #[serde(default)]
+    before: Option<String>,
+    /// Paging: only records older than this sequence number.
+    #[serde(default)]
+    older_than: Option<u64>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+struct Filter {
+    actor: Option<String>,
+    action: Option<String>,
+    object: Option<String>,
+    text: Option<String>,
+    since_ms: i64,
+    before_ms: Option<i64>,
+}
+
+fn lower(value: &Option<String>) -> Option<String> {
+    value
+        .as_deref()
+        .map(|v| v.trim().to_lowercase())
+        .filter(|v| !v.is_empty())
+}
+
+fn day_ms(text: &Option<String>) -> Option<i64> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(text.as_deref()?.trim(), &format).ok()?;
+    Some(date.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
+impl AuditQuery {
+    fn filter(&self) -> Filter {
+        Filter {
+            actor: lower(&self.actor),
+            action: lower(&self.action),
+            object: lower(&self.object),
+            text: lower(&self.text),
+            since_ms: day_ms(&self.since).unwrap_or(i64::MIN),
+            before_ms: day_ms(&self.before),
+        }
+    }
+
+    /// The query string of the search (not the paging), for links and the export.
+    fn search_string(&self) -> String {
+        let mut out = String::new();
+        for (name, value) in [
+            ("actor", &self.actor),
+            ("action", &self.action),
+            ("object", &self.object),
+            ("text", &self.text),
+            ("since", &self.since),
+            ("before", &self.before),
+        ] {
+            if let Some(value) = value.as_deref().filter(|v| !v.trim().is_empty()) {
+                out.push_str(&format!("&{name}={}", crate::mail::encode_component(value)));
+            }
+        }
+        out
+    }
+}
+
+impl Filter {
+    fn matches(&self, record: &AuditRecord) -> bool {
+        let event = &record.event;
+        let has = |field: &str, needle: &Option<String>| {
+            needle
+                .as_ref()
+                .is_none_or(|n| field.to_lowercase().contains(n.as_str()))
+        };
+        if self.before_ms.is_some_and(|b| record.at_ms >= b) {
+            return false;
+        }
+        if !(has(&event.actor, &self.actor) && has(&event.action, &self.action) && has(&event.object, &self.object)) {
+            return false;
+        }
+        self.text.as_ref().is_none_or(|text| {
+            [
+                event.actor.as_str(),
+                event.peer.as_str(),
+                event.action.as_str(),
+                event.object.as_str(),
+                event.outcome.as_str(),
+                event.detail.as_str(),
+            ]
+            .iter()
+            .any(|f| f.to_lowercase().contains(text.as_str()))
+        })
+    }
+}
+
+/// The newest `limit` records matching `filter` older than `older_than`, newest first, and
+/// how many matched in all.
+fn search(
+    store: &sealpost_storage::Store,
+    filter: &Filter,
+    older_than: Option<u64>,
+    limit: usize,
+) -> sealpost_storage::Result<(Vec<AuditRecord>, usize)> {
+    let mut kept = std::collections::VecDeque::with_capacity(limit.min(4096));
+    let mut matched = 0;
+    store.audit_records(filter.since_ms, &mut |record| {
+        if filter.matches(&record) {
+            matched += 1;
+            if older_than.is_none_or(|o| record.seq < o) {
+                if kept.len() == limit {
+                    kept.pop_front();
+                }
+                kept.push_back(record);
+            }
+        }
+        Ok(())
+    })?;
+    let mut newest_first: Vec<AuditRecord> = kept.into_iter().collect();
+    newest_first.reverse();
+    Ok((newest_first, matched))
+}
+
+fn actor_of(account: &sealpost_storage::Account, peer: &Peer) -> Actor {
+    Actor {
+        name: account.address.clone(),
+        peer: peer.0.to_string(),
+    }
+}
+
+pub(crate) async fn page(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Query(query): Query<AuditQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (found, me) = match console(&state, &headers, ROLES).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let kept = query.search_string();
+    let searching = !kept.is_empty();
+    let (state2, filter, older_than) = (state.clone(), query.filter(), query.older_than);
+    let event = searching.then(|| {
+        AuditEvent::new(&actor_of(&me, &peer), "audit.search", "audit log")
+            .detail(kept.trim_start_matches('&').to_string())
+    });
+    let result = blocking(move || {
+        if let Some(event) = event {
+            state2.store.audit(event)?;
+        }
+        search(&state2.store, &filter, older_than, AUDIT_ROWS_PER_PAGE)
+    })
+    .await;
+    let Some(Ok((records, matched))) = result else {
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The audit log could not be read.",
+        );
+    };
+    let older = (records.len() == AUDIT_ROWS_PER_PAGE)
+        .then(|| records.last().map(|r| r.seq))
+        .flatten()
+        .map(|seq| {
+            let href = format!("/admin/audit?older_than={seq}{kept}");
+            view! { <a href=href rel="next">"Older"</a> }
+        });
+    let rows: Vec<_> = records
+        .iter()
+        .map(|r| {
+            let e = &r.event;
+            view! {
+                <tr>
+                    <td>{r.seq}</td>
+                    <td>{when(r.at_ms)}</td>
+                    <td>{e.actor.clone()}<br/><span class="muted">{e.peer.clone()}</span></td>
+                    <td>{e.action.clone()}</td>
+                    <td>{e.object.clone()}</td>
+                    <td>{e.outcome.as_str()}</td>
+                    <td>{e.detail.clone()}</td>
+                </tr>
+            }
+        })
+        .collect();
+    let value = |v: &Option<String>| v.clone().unwrap_or_default();
+    let (actor, action, object, text, since, before) = (
+        value(&query.actor),
+        value(&query.action),
+        value(&query.object),
+        value(&query.text),
+        value(&query.since),
+        value(&query.before),
+    );
+    let (csv, jsonl) = (
+        format!("/admin/audit/export?format=csv{kept}"),
+        format!("/admin/audit/export?format=jsonl{kept}"),
+    );
+    let csrf = found.session.csrf.clone();
+    render(
+        Frame {
+            title: "Audit log",
+            csrf: Some(&found.session.csrf),
+            account: Some((&me.address, &found.session.csrf)),
+            script: false,
+        },
+        view! {
+            <form method="get" action="/admin/audit" class="stack" id="audit-search">
+                <label for="a-actor">"Actor (account or address)"</label><input type="text" id="a-actor" name="actor" value=actor/>
+                <label for="a-action">"Action (for example message.read)"</label><input type="text" id="a-action" name="action" value=action/>
+                <label for="a-object">"Object (account, mailbox, queue entry…)"</label><input type="text" id="a-object" name="object" value=object/>
+                <label for="a-text">"Any text"</label><input type="text" id="a-text" name="text" value=text/>
+                <label for="a-since">"From (YYYY-MM-DD)"</label><input type="text" id="a-since" name="since" value=since/>
+                <label for="a-before">"Before (YYYY-MM-DD)"</label><input type="text" id="a-before" name="before" value=before/>
+                <button type="submit">"Search"</button>
+            </form>
+            <p class="muted" id="audit-count">{format!("{matched} records match.")}</p>
+            <p>"Export this selection: "<a href=csv id="export-csv">"CSV"</a>" · "<a href=jsonl id="export-jsonl">"JSON lines"</a></p>
+            <form method="post" action="/admin/audit/verify" class="inline" id="verify">
+                <input type="hidden" name="csrf" value=csrf/>
+                <button type="submit">"Verify chain"</button>
+            </form>
+            <table id="audit">
+                <tr><th>"#"</th><th>"When"</th><th>"Who"</th><th>"Action"</th><th>"Object"</th><th>"Outcome"</th><th>"Detail"</th></tr>
+                {rows}
+            </table>
+            <p>{older}</p>
+        },
+    )
+    .into_response()
+}
+
+fn csv_field(text: &str) -> String {
+    // Quoted always; a leading formula character is defused for spreadsheets.
+    let defused = if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
+    format!("\"{}\"", defused.replace('"', "\"\""))
+}
+
+/// The selection as a file: CSV or JSON lines, oldest first, audited with the query and count.
+pub(crate) async fn export(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Query(query): Query<AuditQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (_, me) = match console(&state, &headers, ROLES).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let jsonl = query.format.as_deref() == Some("jsonl");
+    let kept = query.search_string();
+    let (state2, filter, actor) = (state.clone(), query.filter(), actor_of(&me, &peer));
+    let result = blocking(move || {
+        let (mut records, matched) = search(&state2.store, &filter, None, AUDIT_EXPORT_RECORDS_MAX)?;
+        records.reverse();
+        let event = AuditEvent::new(&actor, "audit.export", "audit log").detail(format!(
+            "{} records as {}; {}",
+            records.len(),
+            if jsonl { "JSON lines" } else { "CSV" },
+            kept.trim_start_matches('&')
+        ));
+        state2.store.audit(event)?;
+        Ok::<_, sealpost_storage::Error>((records, matched))
+    })
+    .await;
+    let Some(Ok((records, _))) = result else {
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The audit log could not be read.",
+        );
+    };
+    let mut body = String::new();
+    if jsonl {
+        for record in &records {
+            let mut line = serde_json::to_value(record).unwrap_or_default();
+            if let Some(object) = line.as_object_mut() {
+                object.insert(
+                    "outcome".into(),
+                    serde_json::Value::String(record.event.outcome.as_str().into()),
+                );
+            }
+            body.push_str(&line.to_string());
+            body.push('\n');
+        }
+    } else {
+        body.push_str("seq,at_ms,actor,peer,action,object,outcome,detail\r\n");
+        for r in &records {
+            let e = &r.event;
+            body.push_str(&format!(
+                "{},{},{},{},{},{},{},{}\r\n",
+                r.seq,
+                r.at_ms,
+                csv_field(&e.actor),
+                csv_field(&e.peer),
+                csv_field(&e.action),
+                csv_field(&e.object),
+                e.outcome.as_str(),
+                csv_field(&e.detail)
+            ));
+        }
+    }
+    let (kind, name) = if jsonl {
+        ("application/x-ndjson", "audit.jsonl")
+    } else {
+        ("text/csv; charset=utf-8", "audit.csv")
+    };
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+pub(crate) struct VerifyForm {
+    csrf: String,
+}
+
+pub(crate) async fn verify(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<VerifyForm>,
+) -> Response {
+    let (found, me) = match console(&state, &headers, ROLES).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    if !found.session.csrf_ok(&form.csrf) {
+        return forbidden();
+    }
+    let (state2, actor) = (state.clone(), actor_of(&me, &peer));
+    let result = blocking(move || {
+        let report = state2.store.audit_verify()?;
+        let detail = match &report.first_break {
+            None => format!("{} records, unbroken", report.records_verified),
+            Some(b) => format!("broken at record {}: {}", b.seq, b.reason),
+        };
+        state2
+            .store
+            .audit(AuditEvent::new(&actor, "audit.verify", "audit log").detail(detail))?;
+        Ok::<_, sealpost_storage::Error>(report)
+    })
+    .await;
+    let (text, status) = match result {
+        Some(Ok(report)) => match report.first_break {
+            None => (
+                format!(
+                    "The chain holds: all {} records are linked and sealed as written.",
+                    report.records_verified
+                ),
+                StatusCode::OK,
+            ),
+            Some(b) => (
+                format!(
+                    "The chain is broken at record {} ({}); the {} records before it check out.",
+                    b.seq, b.reason, report.records_verified
+                ),
+                StatusCode::CONFLICT,
+            ),
+        },
+        _ => (
+            "The audit log could not be read.".into(),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    };
+    (
+        status,
+        render(
+            Frame {
+                title: "Audit chain",
+                csrf: Some(&found.session.csrf),
+                account: Some((&me.address, &found.session.csrf)),
+                script: false,
+            },
+            view! {
+                {notice_line(Some(text))}
+                <p><a href="/admin/audit">"← Audit log"</a></p>
+            },
+        ),
+    )
+        .into_response()
+}
