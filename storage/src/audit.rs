@@ -155,6 +155,12 @@ impl Store {
         self.commit_audited(Batch::default(), vec![event])
     }
 
+    /// Appends several events in one atomic, durable write (imports, bulk changes); returns
+    /// the number of the last.
+    pub fn audit_all(&self, events: Vec<AuditEvent>) -> Result<u64> {
+        self.commit_audited(Batch::default(), events)
+    }
+
     /// Writes `batch` and the audit records of `events` in one atomic write, durable when
     /// this returns. Returns the sequence number of the last record.
     pub(crate) fn commit_audited(&self, mut batch: Batch, events: Vec<AuditEvent>) -> Result<u64> {
@@ -180,6 +186,7 @@ impl Store {
         let at_ms = crate::now_ms();
         for event in events {
             seq += 1;
+            self.stage_audit_terms(seq, &event, batch);
             let body = postcard::to_stdvec(&StoredBody { at_ms, event })
                 .map_err(|e| Error::corrupt(format!("encoding an audit record: {e}")))?;
             let mut stored = hash.to_vec();
@@ -210,6 +217,21 @@ impl Store {
                 }
                 Ok(Scan::Continue)
             })
+    }
+
+    /// The number of the last record written (0 for none).
+    pub(crate) fn audit_last_seq(&self) -> u64 {
+        lock(&self.inner.audit).last_seq
+    }
+
+    /// A record from its stored bytes.
+    pub(crate) fn audit_record_from(&self, seq: u64, stored: &[u8]) -> Result<AuditRecord> {
+        let body = self.open_audit_body(seq, stored)?;
+        Ok(AuditRecord {
+            seq,
+            at_ms: body.at_ms,
+            event: body.event,
+        })
     }
 
     fn open_audit_body(&self, seq: u64, stored: &[u8]) -> Result<StoredBody> {

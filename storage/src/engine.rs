@@ -29,10 +29,11 @@ pub(crate) enum Table {
     Auth,
     PickupRecipients,
     Deliveries,
+    AuditIndex,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 17] = [
+    pub(crate) const ALL: [Table; 18] = [
         Table::Meta,
         Table::Directory,
         Table::AccountKeys,
@@ -50,6 +51,7 @@ impl Table {
         Table::Auth,
         Table::PickupRecipients,
         Table::Deliveries,
+        Table::AuditIndex,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -71,6 +73,7 @@ impl Table {
             Table::Auth => "auth",
             Table::PickupRecipients => "pickup_recipients",
             Table::Deliveries => "deliveries",
+            Table::AuditIndex => "audit_index",
         }
     }
 }
@@ -130,6 +133,9 @@ pub(crate) trait Engine: Send + Sync {
 
     /// Visits every pair with `from <= key < to`, in key order, until the visitor says stop.
     fn scan(&self, table: Table, from: &[u8], to: &[u8], visit: &mut Visitor<'_>) -> Result<()>;
+
+    /// As `scan`, from the last key before `to` down to `from`.
+    fn scan_reverse(&self, table: Table, from: &[u8], to: &[u8], visit: &mut Visitor<'_>) -> Result<()>;
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<()>;
 
@@ -291,6 +297,24 @@ impl Engine for RocksEngine {
                 return Ok(());
             }
             iter.next();
+        }
+        iter.status().map_err(|e| engine_error("scan", &self.path, e))
+    }
+
+    fn scan_reverse(&self, table: Table, from: &[u8], to: &[u8], visit: &mut Visitor<'_>) -> Result<()> {
+        let mut read = rocksdb::ReadOptions::default();
+        read.set_iterate_lower_bound(from.to_vec());
+        read.set_iterate_upper_bound(to.to_vec());
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(table)?, read);
+        iter.seek_to_last();
+        while iter.valid() {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            if let Scan::Stop = visit(key, value)? {
+                return Ok(());
+            }
+            iter.prev();
         }
         iter.status().map_err(|e| engine_error("scan", &self.path, e))
     }

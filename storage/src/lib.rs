@@ -28,6 +28,7 @@
 
 mod account;
 mod audit;
+mod audit_index;
 mod auth;
 mod cache;
 mod crypto;
@@ -45,6 +46,9 @@ mod types;
 
 pub use account::{normalize_address, Login, ADDRESS_BYTES_MAX, PASSWORD_HASHES_CONCURRENT_MAX};
 pub use audit::{AuditBreak, AuditEvent, AuditOutcome, AuditRecord, AuditVerification};
+pub use audit_index::{
+    AuditPage, AuditSearch, AUDIT_COUNT_EXACT_MAX, AUDIT_TERMS_PER_RECORD_MAX, AUDIT_TERM_BYTES_MAX,
+};
 pub use auth::{WebSessionId, CREDENTIALS_BYTES_MAX, WEB_SESSIONS_PER_ACCOUNT_MAX, WEB_SESSION_BYTES_MAX};
 pub use cache::{CACHED_VALUE_BYTES_MAX, SECRET_BYTES_MAX};
 pub use crypto::MasterKey;

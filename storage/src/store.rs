@@ -169,6 +169,8 @@ impl Store {
             keys::META_NEXT_ACCOUNT.to_vec(),
             1u64.to_be_bytes().to_vec(),
         );
+        // Every record of a new store is indexed as it is written.
+        batch.put(Table::Meta, crate::audit_index::META_AUDIT_INDEXED.to_vec(), vec![1]);
         engine.write(batch, Durability::Synced)?;
         let store = Self::assemble(Box::new(engine), config, master, store_keys, plaintext)?;
         store.commit_audited(
@@ -204,7 +206,9 @@ impl Store {
         let store_keys = crypto::unwrap_keys::<StoreKeys>(&master, &wrapped)?.ok_or_else(|| Error::WrongMasterKey {
             path: master.path().to_path_buf(),
         })?;
-        Self::assemble(Box::new(engine), config, master, store_keys, plaintext)
+        let store = Self::assemble(Box::new(engine), config, master, store_keys, plaintext)?;
+        store.backfill_audit_index()?;
+        Ok(store)
     }
 
     fn assemble(

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use common::*;
 use sealpost_storage::{
-    AccountStatus, Actor, AuditEvent, DeliveryTarget, Error, FlagChange, Flags, InternalDate, Login, MailboxEvent,
-    MasterKey, NewAccount, NewMessage, Outbound, OutboundRecipient, PickupState, PortalReply, RecipientState,
-    RecipientStatus, Role, SpecialUse, Store, SystemFlag, PICKUP_TOMBSTONE_MS,
+    AccountStatus, Actor, AuditEvent, AuditSearch, DeliveryTarget, Error, FlagChange, Flags, InternalDate, Login,
+    MailboxEvent, MasterKey, NewAccount, NewMessage, Outbound, OutboundRecipient, PickupState, PortalReply,
+    RecipientState, RecipientStatus, Role, SpecialUse, Store, SystemFlag, AUDIT_COUNT_EXACT_MAX, PICKUP_TOMBSTONE_MS,
 };
 
 const MARKER: &str = "zqxmarker7731";
@@ -1412,4 +1412,163 @@ fn credentials_and_web_sessions_are_sealed_serialised_and_go_with_the_account() 
     assert!(matches!(store.credentials(alice), Ok(None)));
     assert!(matches!(store.web_session(alice, &[4; 16]), Ok(None)));
     assert_eq!(store.web_sessions(bob).unwrap().len(), 1);
+}
+
+#[test]
+fn audit_search_finds_by_words_and_time_newest_first_in_pages() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let before_all = store
+        .audit_search(&AuditSearch {
+            limit: 10,
+            ..AuditSearch::default()
+        })
+        .unwrap()
+        .matched;
+    let actor = |name: &str| Actor {
+        name: format!("{name}@clinic.example"),
+        peer: "127.0.0.1:4000".into(),
+    };
+    // Three rounds apart in time: (actor, action, object, detail) cycles, 1,200 records each.
+    let mut marks = Vec::new();
+    for round in 0..3 {
+        marks.push(
+            i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis(),
+            )
+            .unwrap(),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let events: Vec<AuditEvent> = (0..1_200)
+            .map(|i| {
+                let who = ["alice", "bob", "root"][i % 3];
+                let action = ["message.read", "message.deliver", "login.imap", "account.create"][i % 4];
+                AuditEvent::new(&actor(who), action, format!("mailbox:{} uids:{i}", i % 5))
+                    .detail(format!("round{round} imap BODY[]"))
+            })
+            .collect();
+        for chunk in events.chunks(400) {
+            store.audit_all(chunk.to_vec()).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let search = |search: AuditSearch| store.audit_search(&AuditSearch { limit: 50, ..search }).unwrap();
+    let all = search(AuditSearch::default());
+    assert_eq!(all.matched, before_all + 3_600);
+    // By actor word (a part of the address), action prefix and exact action, object word.
+    let bob = search(AuditSearch {
+        actor: Some("bob".into()),
+        ..AuditSearch::default()
+    });
+    assert_eq!((bob.matched, bob.matched_exact), (1_200, true));
+    assert!(bob.records.iter().all(|r| r.event.actor == "bob@clinic.example"));
+    assert!(bob.records.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    let messages = search(AuditSearch {
+        action: Some("message.".into()),
+        ..AuditSearch::default()
+    });
+    assert_eq!(messages.matched, 1_800);
+    let reads_by_alice_in_mailbox_2 = search(AuditSearch {
+        actor: Some("alice@clinic.example".into()),
+        action: Some("message.read".into()),
+        object: Some("mailbox:2".into()),
+        ..AuditSearch::default()
+    });
+    // i % 3 == 0, i % 4 == 0, i % 5 == 2: i ≡ 12 (mod 60): 20 a round.
+    assert_eq!(reads_by_alice_in_mailbox_2.matched, 60);
+    assert!(reads_by_alice_in_mailbox_2
+        .records
+        .iter()
+        .all(|r| r.event.action == "message.read"
+            && r.event.actor.starts_with("alice")
+            && r.event.object.starts_with("mailbox:2 ")));
+    // Words anywhere, and a time range: only the middle round.
+    let middle = search(AuditSearch {
+        text: Some("round1".into()),
+        ..AuditSearch::default()
+    });
+    assert_eq!(middle.matched, 1_200);
+    let by_time = search(AuditSearch {
+        since_ms: Some(marks[1]),
+        before_ms: Some(marks[2]),
+        ..AuditSearch::default()
+    });
+    assert_eq!(by_time.matched, 1_200);
+    assert!(by_time.records.iter().all(|r| r.event.detail.starts_with("round1")));
+    let bob_in_time = search(AuditSearch {
+        actor: Some("bob".into()),
+        since_ms: Some(marks[2]),
+        ..AuditSearch::default()
+    });
+    assert_eq!(bob_in_time.matched, 400);
+    // Paging: each page continues where the last stopped, and together they are all matches.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut older_than = None;
+    for _ in 0..100 {
+        let page = search(AuditSearch {
+            actor: Some("bob".into()),
+            older_than,
+            ..AuditSearch::default()
+        });
+        if page.records.is_empty() {
+            break;
+        }
+        for record in &page.records {
+            assert!(seen.insert(record.seq), "record {} twice", record.seq);
+        }
+        older_than = page.records.last().map(|r| r.seq);
+    }
+    assert_eq!(seen.len(), 1_200);
+    // Nothing, for a word no record has; the index survives a restart.
+    assert_eq!(
+        search(AuditSearch {
+            text: Some("nowhere".into()),
+            ..AuditSearch::default()
+        })
+        .matched,
+        0
+    );
+    drop(store);
+    let store = fx.open();
+    let again = store
+        .audit_search(&AuditSearch {
+            actor: Some("bob".into()),
+            limit: 5,
+            ..AuditSearch::default()
+        })
+        .unwrap();
+    assert_eq!((again.matched, again.records.len()), (1_200, 5));
+    // Neither the words nor the records are in the store's files in the clear.
+    store.flush().unwrap();
+    assert!(files_containing(&fx.store_path(), b"round1").is_empty());
+}
+
+#[test]
+fn audit_search_counts_exactly_up_to_its_bound() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let actor = Actor {
+        name: "bulk@clinic.example".into(),
+        peer: "local".into(),
+    };
+    let events: Vec<AuditEvent> = (0..AUDIT_COUNT_EXACT_MAX + 5)
+        .map(|i| AuditEvent::new(&actor, "message.read", format!("uids:{i}")))
+        .collect();
+    for chunk in events.chunks(1_000) {
+        store.audit_all(chunk.to_vec()).unwrap();
+    }
+    let page = store
+        .audit_search(&AuditSearch {
+            actor: Some("bulk".into()),
+            limit: 10,
+            ..AuditSearch::default()
+        })
+        .unwrap();
+    assert_eq!(
+        (page.matched, page.matched_exact, page.records.len()),
+        (AUDIT_COUNT_EXACT_MAX, false, 10)
+    );
 }

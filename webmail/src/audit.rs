@@ -11,11 +11,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use leptos::prelude::*;
-use sealpost_storage::{Actor, AuditEvent, AuditRecord, Role};
+use sealpost_storage::{Actor, AuditEvent, AuditSearch, Role};
 use serde::Deserialize;
 
 use crate::admin::console;
 use crate::html::{notice_line, render, when, Frame};
+use crate::queue::{day_ms, field as lower};
 use crate::request::{blocking, forbidden};
 use crate::{Peer, WebState};
 
@@ -26,7 +27,9 @@ pub(crate) const AUDIT_EXPORT_RECORDS_MAX: usize = 1_000_000;
 
 const ROLES: &[Role] = &[Role::Admin, Role::Auditor];
 
-/// A search: each filled field must match (case-insensitive, as a part of the field).
+/// A search: a record matches when it has every word of every field given (words as the
+/// store's audit index cuts them: `root` finds `root@clinic.test`, `account` finds
+/// `account.delete`).
 #[derive(Deserialize, Default, Clone, Debug)]
 pub(crate) struct AuditQuery {
     #[serde(default)]
@@ -51,37 +54,17 @@ pub(crate) struct AuditQuery {
     format: Option<String>,
 }
 
-struct Filter {
-    actor: Option<String>,
-    action: Option<String>,
-    object: Option<String>,
-    text: Option<String>,
-    since_ms: i64,
-    before_ms: Option<i64>,
-}
-
-fn lower(value: &Option<String>) -> Option<String> {
-    value
-        .as_deref()
-        .map(|v| v.trim().to_lowercase())
-        .filter(|v| !v.is_empty())
-}
-
-fn day_ms(text: &Option<String>) -> Option<i64> {
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    let date = time::Date::parse(text.as_deref()?.trim(), &format).ok()?;
-    Some(date.midnight().assume_utc().unix_timestamp() * 1000)
-}
-
 impl AuditQuery {
-    fn filter(&self) -> Filter {
-        Filter {
+    fn search(&self, limit: usize) -> AuditSearch {
+        AuditSearch {
             actor: lower(&self.actor),
             action: lower(&self.action),
             object: lower(&self.object),
             text: lower(&self.text),
-            since_ms: day_ms(&self.since).unwrap_or(i64::MIN),
+            since_ms: day_ms(&self.since),
             before_ms: day_ms(&self.before),
+            older_than: self.older_than,
+            limit,
         }
     }
 
@@ -104,62 +87,6 @@ impl AuditQuery {
     }
 }
 
-impl Filter {
-    fn matches(&self, record: &AuditRecord) -> bool {
-        let event = &record.event;
-        let has = |field: &str, needle: &Option<String>| {
-            needle
-                .as_ref()
-                .is_none_or(|n| field.to_lowercase().contains(n.as_str()))
-        };
-        if self.before_ms.is_some_and(|b| record.at_ms >= b) {
-            return false;
-        }
-        if !(has(&event.actor, &self.actor) && has(&event.action, &self.action) && has(&event.object, &self.object)) {
-            return false;
-        }
-        self.text.as_ref().is_none_or(|text| {
-            [
-                event.actor.as_str(),
-                event.peer.as_str(),
-                event.action.as_str(),
-                event.object.as_str(),
-                event.outcome.as_str(),
-                event.detail.as_str(),
-            ]
-            .iter()
-            .any(|f| f.to_lowercase().contains(text.as_str()))
-        })
-    }
-}
-
-/// The newest `limit` records matching `filter` older than `older_than`, newest first, and
-/// how many matched in all.
-fn search(
-    store: &sealpost_storage::Store,
-    filter: &Filter,
-    older_than: Option<u64>,
-    limit: usize,
-) -> sealpost_storage::Result<(Vec<AuditRecord>, usize)> {
-    let mut kept = std::collections::VecDeque::with_capacity(limit.min(4096));
-    let mut matched = 0;
-    store.audit_records(filter.since_ms, &mut |record| {
-        if filter.matches(&record) {
-            matched += 1;
-            if older_than.is_none_or(|o| record.seq < o) {
-                if kept.len() == limit {
-                    kept.pop_front();
-                }
-                kept.push_back(record);
-            }
-        }
-        Ok(())
-    })?;
-    let mut newest_first: Vec<AuditRecord> = kept.into_iter().collect();
-    newest_first.reverse();
-    Ok((newest_first, matched))
-}
-
 fn actor_of(account: &sealpost_storage::Account, peer: &Peer) -> Actor {
     Actor {
         name: account.address.clone(),
@@ -179,7 +106,7 @@ pub(crate) async fn page(
     };
     let kept = query.search_string();
     let searching = !kept.is_empty();
-    let (state2, filter, older_than) = (state.clone(), query.filter(), query.older_than);
+    let (state2, search) = (state.clone(), query.search(AUDIT_ROWS_PER_PAGE));
     let event = searching.then(|| {
         AuditEvent::new(&actor_of(&me, &peer), "audit.search", "audit log")
             .detail(kept.trim_start_matches('&').to_string())
@@ -188,15 +115,21 @@ pub(crate) async fn page(
         if let Some(event) = event {
             state2.store.audit(event)?;
         }
-        search(&state2.store, &filter, older_than, AUDIT_ROWS_PER_PAGE)
+        state2.store.audit_search(&search)
     })
     .await;
-    let Some(Ok((records, matched))) = result else {
+    let Some(Ok(found_page)) = result else {
         return crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
             "Try again",
             "The audit log could not be read.",
         );
+    };
+    let (records, matched) = (found_page.records, found_page.matched);
+    let count = if found_page.matched_exact {
+        format!("{matched} records match.")
+    } else {
+        format!("More than {matched} records match.")
     };
     let older = (records.len() == AUDIT_ROWS_PER_PAGE)
         .then(|| records.last().map(|r| r.seq))
@@ -246,14 +179,14 @@ pub(crate) async fn page(
         view! {
             <form method="get" action="/admin/audit" class="stack" id="audit-search">
                 <label for="a-actor">"Actor (account or address)"</label><input type="text" id="a-actor" name="actor" value=actor/>
-                <label for="a-action">"Action (for example message.read)"</label><input type="text" id="a-action" name="action" value=action/>
+                <label for="a-action">"Action (for example message.read, or message for all message actions)"</label><input type="text" id="a-action" name="action" value=action/>
                 <label for="a-object">"Object (account, mailbox, queue entry…)"</label><input type="text" id="a-object" name="object" value=object/>
-                <label for="a-text">"Any text"</label><input type="text" id="a-text" name="text" value=text/>
+                <label for="a-text">"Words anywhere"</label><input type="text" id="a-text" name="text" value=text/>
                 <label for="a-since">"From (YYYY-MM-DD)"</label><input type="text" id="a-since" name="since" value=since/>
                 <label for="a-before">"Before (YYYY-MM-DD)"</label><input type="text" id="a-before" name="before" value=before/>
                 <button type="submit">"Search"</button>
             </form>
-            <p class="muted" id="audit-count">{format!("{matched} records match.")}</p>
+            <p class="muted" id="audit-count">{count}</p>
             <p>"Export this selection: "<a href=csv id="export-csv">"CSV"</a>" · "<a href=jsonl id="export-jsonl">"JSON lines"</a></p>
             <form method="post" action="/admin/audit/verify" class="inline" id="verify">
                 <input type="hidden" name="csrf" value=csrf/>
@@ -292,9 +225,11 @@ pub(crate) async fn export(
     };
     let jsonl = query.format.as_deref() == Some("jsonl");
     let kept = query.search_string();
-    let (state2, filter, actor) = (state.clone(), query.filter(), actor_of(&me, &peer));
+    let (state2, actor) = (state.clone(), actor_of(&me, &peer));
+    let mut search = query.search(AUDIT_EXPORT_RECORDS_MAX);
+    search.older_than = None;
     let result = blocking(move || {
-        let (mut records, matched) = search(&state2.store, &filter, None, AUDIT_EXPORT_RECORDS_MAX)?;
+        let mut records = state2.store.audit_search(&search)?.records;
         records.reverse();
         let event = AuditEvent::new(&actor, "audit.export", "audit log").detail(format!(
             "{} records as {}; {}",
@@ -303,10 +238,10 @@ pub(crate) async fn export(
             kept.trim_start_matches('&')
         ));
         state2.store.audit(event)?;
-        Ok::<_, sealpost_storage::Error>((records, matched))
+        Ok::<_, sealpost_storage::Error>(records)
     })
     .await;
-    let Some(Ok((records, _))) = result else {
+    let Some(Ok(records)) = result else {
         return crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
             "Try again",

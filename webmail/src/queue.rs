@@ -206,14 +206,14 @@ pub(crate) struct TraceQuery {
     before: Option<String>,
 }
 
-fn field(value: &Option<String>) -> Option<String> {
+pub(crate) fn field(value: &Option<String>) -> Option<String> {
     value
         .as_deref()
         .map(|v| v.trim().to_lowercase())
         .filter(|v| !v.is_empty())
 }
 
-fn day_ms(text: &Option<String>) -> Option<i64> {
+pub(crate) fn day_ms(text: &Option<String>) -> Option<i64> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     let date = time::Date::parse(text.as_deref()?.trim(), &format).ok()?;
     Some(date.midnight().assume_utc().unix_timestamp() * 1000)
