@@ -3,9 +3,9 @@
 //! seq → nothing), so a search reads only the postings of its rarest word, newest first,
 //! and opens only the records it shows; a time range becomes a range of sequence numbers by a
 //! binary search over the records' times (which only grow). The words are lower-cased, cut at
-//! anything but letters, digits and `@._-:+`, and also at `@ . :` (so `root` finds
-//! `root@clinic.test` and `account` finds `account.delete`); a search matches records that
-//! have every word of every field given.
+//! anything but letters, digits and `@._-:+`, and also at `@ . :` (so `root` and
+//! `clinic.test` find `root@clinic.test`, `10.0.3.17` finds `10.0.3.17:4000`, and `account`
+//! finds `account.delete`); a search matches records that have every word of every field given.
 
 use std::collections::BTreeSet;
 
@@ -64,8 +64,12 @@ fn words(text: &str, with_parts: bool, out: &mut BTreeSet<String>) {
         }
         out.insert(word.to_string());
         if with_parts {
-            for part in word.split(['@', '.', ':']).filter(|p| !p.is_empty()) {
-                out.insert(part.to_string());
+            // Each piece between `@ . :`, and the pieces between `:` and between `@` whole:
+            // `10.0.3.17:4000` is found by `10.0.3.17`, `nina@clinic.test` by `clinic.test`.
+            for separators in [&['@', '.', ':'][..], &[':'][..], &['@'][..]] {
+                for part in word.split(separators).filter(|p| !p.is_empty()) {
+                    out.insert(part.to_string());
+                }
             }
         }
     }
@@ -333,6 +337,8 @@ mod tests {
             "o:4",
             "t:crypto-shredding",
             "t:127.0.0.1:5000",
+            "t:127.0.0.1",
+            "u:clinic.test",
         ] {
             assert!(terms.contains(term), "{term} missing from {terms:?}");
         }
