@@ -810,6 +810,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
     );
     let cafile = data.path().join("tls/cert.pem");
     let imap_port = (data.port_base + 993).to_string();
+    let submission_port = (data.port_base + 465).to_string();
     let said = run_browser(
         "admin.mjs",
         &data,
@@ -827,6 +828,9 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
             ("STUCK_BODY", std::ffi::OsStr::new("STUCKBODY")),
             ("TRACE_ID", std::ffi::OsStr::new("trace-me-41")),
             ("AUDITOR", std::ffi::OsStr::new("audra@clinic.test")),
+            ("DOC", std::ffi::OsStr::new("doc@clinic.test")),
+            ("DOC_PASSWORD", std::ffi::OsStr::new(PASSWORD)),
+            ("SUBMISSION_PORT", std::ffi::OsStr::new(&submission_port)),
         ],
     );
     for step in [
@@ -839,12 +843,30 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         "no-mail-for-admins",
         "audit",
         "auditor",
+        "policy",
     ] {
         assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
     }
     // Deleted: the account password opens nothing any more.
     let refused = imap_login(&data, "nina@clinic.test", "copper willow brisk anthem");
     assert!(refused.contains("AUTHENTICATIONFAILED"), "{refused}");
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    // The saved policy is still in force after a restart.
+    let mut server = data.serve();
+    let after_restart = python(
+        &data,
+        "import os, smtplib, ssl\n\
+         ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+         s = smtplib.SMTP_SSL('localhost', int(os.environ['BASE']) + 465, context=ctx)\n\
+         s.login('doc@clinic.test', os.environ['PASSWORD'])\n\
+         try:\n\
+         \x20   s.sendmail('doc@clinic.test', ['pat@patient.test'], b'Subject: x\\r\\nFrom: doc@clinic.test\\r\\n\\r\\nBLOCKWORD\\r\\n')\n\
+         \x20   print('sent')\n\
+         except smtplib.SMTPDataError as e:\n\
+         \x20   print('refused', e.smtp_code)\n",
+        &[],
+    );
+    assert_eq!(after_restart.trim(), "refused 550");
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     let exported = common::sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
     // (actor, action): the admin's changes and the owner's enrolment, each by its actor.
@@ -861,6 +883,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         ("root@clinic.test", "audit.search"),
         ("root@clinic.test", "audit.export"),
         ("root@clinic.test", "audit.verify"),
+        ("root@clinic.test", "policy.change"),
     ] {
         assert!(
             exported.lines().any(|l| l.contains(action) && l.contains(actor)),

@@ -188,13 +188,13 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         Some(load_dkim(&loaded, &store)?),
     )
     .context("setting up outbound delivery")?;
-    let policy = sealpost_policy::Policy::new(cfg.policy.clone()).map_err(|e| anyhow::anyhow!("[policy]: {e}"))?;
+    let rules = sealpost_policy::LivePolicy::new(load_policy(&cfg.policy, &store).await?);
     let smtp_shared = SmtpShared::new(
         imap_shared.clone(),
         aliases,
         Some(inbound_auth),
         Some(outbound.waker()),
-        Arc::new(policy),
+        rules.clone(),
     );
     // The web application on the HTTPS listener, with the same certificate.
     {
@@ -240,6 +240,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
                 queue_waker: Some(outbound.waker()),
                 notice_from: format!("postmaster@{}", cfg.server.domain),
                 upload_bytes_max: usize::try_from(limits.message_bytes_max).unwrap_or(usize::MAX),
+                rules: rules.clone(),
             },
         )
         .map_err(|why| anyhow::anyhow!("setting up the web application: {why}"))?;
@@ -625,4 +626,26 @@ impl sealpost_webmail::Outbox for WebOutbox {
             Ok(sealpost_webmail::Sent { queue: sent.queue })
         })
     }
+}
+
+/// The rules in force: the last version saved in the console, if any, else `[policy]` of
+/// `sealpost.toml`.
+async fn load_policy(
+    configured: &sealpost_policy::PolicyConfig,
+    store: &sealpost_storage::Store,
+) -> anyhow::Result<sealpost_policy::Policy> {
+    let store = store.clone();
+    let saved = tokio::task::spawn_blocking(move || store.secret(sealpost_policy::PolicyVersion::CURRENT))
+        .await
+        .context("reading the saved policy")??;
+    let config = match saved {
+        Some(bytes) => {
+            let saved: sealpost_policy::PolicyVersion =
+                serde_json::from_slice(&bytes).context("the policy saved in the console does not decode")?;
+            info!(version = saved.version, "policy: the version saved in the console");
+            saved.config
+        }
+        None => configured.clone(),
+    };
+    sealpost_policy::Policy::new(config).map_err(|e| anyhow::anyhow!("[policy]: {e}"))
 }

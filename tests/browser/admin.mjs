@@ -20,6 +20,25 @@ fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 
 
+/// Submits a message as DOC over implicit TLS with smtplib; prints "sent" or the refusal.
+const SUBMIT = `
+import os, smtplib, ssl
+ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])
+s = smtplib.SMTP_SSL('localhost', int(os.environ['SUBMISSION_PORT']), context=ctx)
+s.login(os.environ['DOC'], os.environ['DOC_PASSWORD'])
+try:
+    s.sendmail(os.environ['DOC'], ['pat@patient.test'], ('From: ' + os.environ['DOC'] + '\\r\\nTo: pat@patient.test\\r\\nSubject: Results\\r\\n\\r\\nThe word is BLOCKWORD.\\r\\n').encode())
+    print('sent')
+except smtplib.SMTPDataError as e:
+    print('refused', e.smtp_code, e.smtp_error.decode())
+s.quit()
+`;
+
+function submitAsDoc() {
+  const child = spawn("/usr/bin/python3", ["-c", SUBMIT], { env: process.env, stdio: ["ignore", "pipe", "inherit"] });
+  return lines(child)(20000);
+}
+
 /// An IMAP client that idles, then prints what ended the idling.
 const IDLE_CLIENT = `
 import imaplib, os, ssl
@@ -241,4 +260,27 @@ async function accounts(browser, page) {
   });
   check(form.status() === 403, `an auditor posted a new account: ${form.status()}`);
   report("auditor");
+
+  // A policy change alters the next decision, at once: a message with BLOCKWORD goes, then
+  // the admin adds a rule that blocks it, and the same message is refused.
+  check((await submitAsDoc()) === "sent", "the first message was not accepted");
+  await page.goto(`${BASE}/admin/policies`);
+  check((await page.textContent("#policy-version")).includes("Version 0"), "a fresh store has a saved policy");
+  const rules = await page.inputValue("#rules");
+  await page.fill("#rules", rules + "\n[[content]]\nname = \"blockword\"\ndetector = \"keywords\"\nwords = [\"BLOCKWORD\"]\naction = \"block\"\n");
+  await Promise.all([page.waitForNavigation(), page.click("#policy-form button")]);
+  check((await page.textContent(".notice")).includes("Saved as version 1"), `saving the policy: ${await page.textContent("main")}`);
+  await page.fill("#sample", "the BLOCKWORD is here");
+  await Promise.all([page.waitForNavigation(), page.click("#policy-test button")]);
+  check((await page.textContent("#findings")).includes("blockword"), "the sample text does not match the new rule");
+  await page.screenshot({ path: path.join(ARTIFACTS, "admin-08-policy.png"), fullPage: true });
+  const blocked = await submitAsDoc();
+  check(blocked.startsWith("refused 550") && blocked.includes("blockword"), `after the change: ${blocked}`);
+  // Rules that do not compile change nothing.
+  await page.fill("#rules", "[[content]]\nname = \"bad\"\ndetector = \"mrn\"\npatterns = [\"(unclosed\"]\naction = \"portal\"\n");
+  const [bad] = await Promise.all([page.waitForNavigation(), page.click("#policy-form button")]);
+  check(bad.status() === 422, `bad rules answered ${bad.status()}`);
+  check((await page.textContent("#policy-version")).includes("Version 1"), "bad rules changed the version");
+  check((await submitAsDoc()).startsWith("refused 550"), "bad rules changed the rules in force");
+  report("policy");
 }

@@ -14,6 +14,7 @@ mod ceremony;
 mod compose;
 mod html;
 mod mail;
+mod policies;
 mod portal;
 mod queue;
 mod request;
@@ -77,6 +78,8 @@ pub struct SendingConfig {
     pub notice_from: String,
     /// Largest compose or portal reply form, attachments included, in bytes.
     pub upload_bytes_max: usize,
+    /// The sending rules in force, which the console's policy page replaces.
+    pub rules: Arc<sealpost_policy::LivePolicy>,
 }
 
 /// Ends every IMAP session of an account (the binary wires it to the IMAP server's registry);
@@ -246,6 +249,8 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/admin/accounts/{id}/act", post(accounts::act))
         .route("/admin/queue", get(queue::queue).post(queue::queue_act))
         .route("/admin/trace", get(queue::trace))
+        .route("/admin/policies", get(policies::page).post(policies::save))
+        .route("/admin/policies/test", post(policies::test))
         .route("/admin/audit", get(audit::page))
         .route("/admin/audit/export", get(audit::export))
         .route("/admin/audit/verify", post(audit::verify))

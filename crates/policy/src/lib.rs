@@ -144,6 +144,49 @@ pub struct Policy {
     compiled: Vec<(ContentRule, Compiled)>,
 }
 
+/// The policy in force: replaced whole when an admin saves a new version in the console,
+/// without a restart. Each decision takes the current one (`current`), so a message is
+/// judged by one version from start to end.
+pub struct LivePolicy {
+    current: std::sync::RwLock<std::sync::Arc<Policy>>,
+}
+
+impl LivePolicy {
+    pub fn new(policy: Policy) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            current: std::sync::RwLock::new(std::sync::Arc::new(policy)),
+        })
+    }
+
+    pub fn current(&self) -> std::sync::Arc<Policy> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, policy: Policy) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(policy);
+    }
+}
+
+/// A version of the rules saved in the console (kept in the store as a server secret, its
+/// history beside it): which, by whom, when, and the rules themselves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVersion {
+    pub version: u64,
+    pub saved_ms: i64,
+    pub saved_by: String,
+    pub config: PolicyConfig,
+}
+
+impl PolicyVersion {
+    /// The store's secret holding the version in force.
+    pub const CURRENT: &'static str = "policy";
+
+    /// The store's secret holding version `n`.
+    pub fn history_name(version: u64) -> String {
+        format!("policy.v{version}")
+    }
+}
+
 /// Longest text a content scan reads, in bytes; past it the rest is not scanned (the
 /// search text is bounded the same way).
 pub const SCANNED_TEXT_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -185,6 +228,11 @@ impl Policy {
     }
 
     /// Whether `account` may send outside the organisation.
+    /// The rules as configured.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
     pub fn may_send_outside(&self, account: &str) -> bool {
         !self.config.barred_accounts.contains(&account.to_lowercase())
     }

@@ -42,8 +42,8 @@ pub struct SmtpShared {
     pub(crate) inbound_auth: Option<crate::InboundAuth>,
     /// Woken when a submission queued mail for outside recipients.
     pub(crate) queue_waker: Option<Arc<tokio::sync::Notify>>,
-    /// Who may send outside, and how each outside recipient is reached.
-    pub(crate) policy: Arc<sealpost_policy::Policy>,
+    /// Who may send outside, and how each outside recipient is reached (the version in force).
+    pub(crate) policy: Arc<sealpost_policy::LivePolicy>,
     submitted: Mutex<HashMap<AccountId, (Instant, u32)>>,
 }
 
@@ -53,7 +53,7 @@ impl SmtpShared {
         aliases: Aliases,
         inbound_auth: Option<crate::InboundAuth>,
         queue_waker: Option<Arc<tokio::sync::Notify>>,
-        policy: Arc<sealpost_policy::Policy>,
+        policy: Arc<sealpost_policy::LivePolicy>,
     ) -> Arc<Self> {
         Arc::new(Self {
             logins,

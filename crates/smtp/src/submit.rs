@@ -89,7 +89,7 @@ pub(crate) async fn classify_recipient(
                 "550 5.7.1 relaying denied: this server takes mail only for its own domain".into(),
             ));
         };
-        if !shared.policy.may_send_outside(&account.address) {
+        if !shared.policy.current().may_send_outside(&account.address) {
             return Err(Refused::Error(
                 "550 5.7.1 this account may not send outside the organisation".into(),
             ));
@@ -176,7 +176,8 @@ pub(crate) async fn accept(
     // The content rules decide, per outside recipient, before anything is written.
     let mut outbound_recipients = outbound_recipients;
     if !outbound_recipients.is_empty() {
-        let findings = analysed.scan(&shared.policy);
+        let policy = shared.policy.current();
+        let findings = analysed.scan(&policy);
         if let Some(block) = findings.iter().find(|f| f.action == sealpost_policy::Action::Block) {
             let event = AuditEvent::new(&actor, "message.block", format!("from <{from}>"))
                 .outcome(AuditOutcome::Denied)
@@ -188,7 +189,7 @@ pub(crate) async fn accept(
             )));
         }
         for recipient in &mut outbound_recipients {
-            if let sealpost_policy::Route::Portal(why) = shared.policy.route(&recipient.address, &findings) {
+            if let sealpost_policy::Route::Portal(why) = policy.route(&recipient.address, &findings) {
                 recipient.portal = Some(why);
             }
         }

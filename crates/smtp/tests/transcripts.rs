@@ -103,7 +103,7 @@ async fn run(name: &str) {
         },
         action: sealpost_policy::Action::Block,
     });
-    let policy = std::sync::Arc::new(sealpost_policy::Policy::new(policy).unwrap());
+    let policy = sealpost_policy::LivePolicy::new(sealpost_policy::Policy::new(policy).unwrap());
     let shared = SmtpShared::new(
         ImapShared::new(login_limits, passwords_allowed(), "localhost"),
         aliases,
