@@ -841,6 +841,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         "deleted",
         "queue",
         "no-mail-for-admins",
+        "csrf",
         "audit",
         "auditor",
         "policy",

@@ -219,6 +219,24 @@ async function accounts(browser, page) {
   }
   report("no-mail-for-admins", { urls: urls.length });
 
+  // Every console form refuses a forged CSRF token, and changes nothing.
+  const forged = [
+    ["/admin/accounts", { csrf: "forged", address: "mallory@clinic.test", role: "admin" }],
+    ["/admin/accounts/1/act", { csrf: "forged", action: "disable" }],
+    ["/admin/queue", { csrf: "forged", id: "0".repeat(32), action: "delete" }],
+    ["/admin/policies", { csrf: "forged", rules: "" }],
+    ["/admin/policies/test", { csrf: "forged", text: "x" }],
+    ["/admin/audit/verify", { csrf: "forged" }],
+    ["/admin/lockouts/lift", { csrf: "forged", login: "x@clinic.test" }],
+  ];
+  for (const [url, form] of forged) {
+    const answer = await page.request.post(`${BASE}${url}`, { form, maxRedirects: 0 });
+    check(answer.status() === 403, `${url} took a forged form: ${answer.status()}`);
+  }
+  await page.goto(`${BASE}/admin/accounts?q=mallory`);
+  check((await page.locator("#accounts tr").count()) === 1, "a forged form created an account");
+  report("csrf");
+
   // The audit log: a search finds the test's events; the export holds exactly the lines the
   // search counted; the chain verifies.
   await page.goto(`${BASE}/admin/audit?actor=${ADDRESS}&action=account.`);

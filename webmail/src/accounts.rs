@@ -17,7 +17,7 @@ use sealpost_auth::Credentials;
 use sealpost_storage::{Account, AccountId, AccountStatus, Actor, AuditEvent, NewAccount, Role};
 use serde::Deserialize;
 
-use crate::admin::admin;
+use crate::admin::{admin, AdminForm};
 use crate::html::{error_line, notice_line, render, when, Frame};
 use crate::request::{blocking, forbidden, form_token, form_token_ok, now_ms, see_other, set_cookie, FORM_COOKIE};
 use crate::{Peer, WebState};
@@ -154,19 +154,8 @@ pub(crate) struct CreateForm {
     role: String,
 }
 
-pub(crate) async fn create(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<CreateForm>,
-) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    if !found.session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
+pub(crate) async fn create(State(state): State<Arc<WebState>>, checked: AdminForm<CreateForm>) -> Response {
+    let AdminForm { found, me, form, peer } = checked;
     let role = match form.role.as_str() {
         "admin" => Role::Admin,
         "auditor" => Role::Auditor,
@@ -320,18 +309,10 @@ fn end_all_sessions(state: &WebState, id: AccountId, actor: &Actor) -> Result<us
 
 pub(crate) async fn act(
     State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
     Path(id): Path<u64>,
-    headers: HeaderMap,
-    Form(form): Form<ActForm>,
+    checked: AdminForm<ActForm>,
 ) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    if !found.session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
+    let AdminForm { found, me, form, peer } = checked;
     let id = AccountId(id);
     let (state2, actor) = (state.clone(), actor(&me, &peer));
     let action = form.action.clone();
@@ -530,3 +511,5 @@ pub(crate) async fn enrol(
         _ => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not set", "Try again in a minute."),
     }
 }
+
+crate::request::with_csrf!(CreateForm, ActForm);

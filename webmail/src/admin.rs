@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
@@ -20,6 +20,38 @@ use crate::{Peer, WebState};
 /// The signed-in admin of this request, or the answer for anyone else.
 pub(crate) async fn admin(state: &Arc<WebState>, headers: &HeaderMap) -> Result<(Found, Account), Response> {
     console(state, headers, &[Role::Admin]).await
+}
+
+/// A console form of a signed-in admin (or, with `AUDITOR`, an auditor too) whose CSRF token
+/// matches: the session, the account, the form and the client. Anything else is answered
+/// before the handler runs (sign in, 403 for another role, 403 for a wrong token).
+pub(crate) struct AdminForm<F, const AUDITOR: bool = false> {
+    pub(crate) found: Found,
+    pub(crate) me: Account,
+    pub(crate) form: F,
+    pub(crate) peer: Peer,
+}
+
+impl<F, const AUDITOR: bool> axum::extract::FromRequest<Arc<WebState>> for AdminForm<F, AUDITOR>
+where
+    F: serde::de::DeserializeOwned + crate::request::WithCsrf + Send + 'static,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &Arc<WebState>) -> Result<Self, Response> {
+        let peer = request.extensions().get::<Peer>().copied().ok_or_else(forbidden)?;
+        let roles: &[Role] = if AUDITOR {
+            &[Role::Admin, Role::Auditor]
+        } else {
+            &[Role::Admin]
+        };
+        let (found, me) = console(state, request.headers(), roles).await?;
+        let Form(form) = Form::<F>::from_request(request, state).await.map_err(|_| forbidden())?;
+        if !found.session.csrf_ok(form.csrf()) {
+            return Err(forbidden());
+        }
+        Ok(Self { found, me, form, peer })
+    }
 }
 
 /// The signed-in account of this request if its role is one of `roles` (the audit pages
@@ -105,19 +137,13 @@ pub(crate) struct LiftForm {
     login: String,
 }
 
-pub(crate) async fn lift(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<LiftForm>,
-) -> Response {
-    let (found, account) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    if !found.session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
+pub(crate) async fn lift(State(state): State<Arc<WebState>>, checked: AdminForm<LiftForm>) -> Response {
+    let AdminForm {
+        found,
+        me: account,
+        form,
+        peer,
+    } = checked;
     let lifted = state.lockout.lift(&form.login);
     let actor = Actor {
         name: account.address.clone(),
@@ -137,3 +163,5 @@ pub(crate) async fn lift(
     };
     page(&state, &found, &account, Some(notice))
 }
+
+crate::request::with_csrf!(LiftForm);

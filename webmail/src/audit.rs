@@ -9,15 +9,14 @@ use std::sync::Arc;
 use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Form;
 use leptos::prelude::*;
 use sealpost_storage::{Actor, AuditEvent, AuditSearch, Role};
 use serde::Deserialize;
 
-use crate::admin::console;
+use crate::admin::{console, AdminForm};
 use crate::html::{notice_line, render, when, Frame};
 use crate::queue::{day_ms, field as lower};
-use crate::request::{blocking, forbidden};
+use crate::request::blocking;
 use crate::{Peer, WebState};
 
 /// Records on one page of a search.
@@ -297,19 +296,13 @@ pub(crate) struct VerifyForm {
     csrf: String,
 }
 
-pub(crate) async fn verify(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<VerifyForm>,
-) -> Response {
-    let (found, me) = match console(&state, &headers, ROLES).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    if !found.session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
+pub(crate) async fn verify(State(state): State<Arc<WebState>>, checked: AdminForm<VerifyForm, true>) -> Response {
+    let AdminForm {
+        found,
+        me,
+        form: _,
+        peer,
+    } = checked;
     let (state2, actor) = (state.clone(), actor_of(&me, &peer));
     let result = blocking(move || {
         let report = state2.store.audit_verify()?;
@@ -362,3 +355,5 @@ pub(crate) async fn verify(
     )
         .into_response()
 }
+
+crate::request::with_csrf!(VerifyForm);

@@ -6,20 +6,19 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Form;
 use leptos::prelude::*;
 use sealpost_auth::websession::Found;
 use sealpost_policy::{Content, Policy, PolicyConfig, PolicyVersion};
 use sealpost_storage::{Account, Actor, AuditEvent};
 use serde::Deserialize;
 
-use crate::admin::admin;
+use crate::admin::{admin, AdminForm};
 use crate::html::{error_line, notice_line, render, when, Frame};
-use crate::request::{blocking, forbidden, now_ms};
-use crate::{Peer, WebState};
+use crate::request::{blocking, now_ms};
+use crate::WebState;
 
 /// Versions listed in the history, newest first.
 pub(crate) const POLICY_VERSIONS_LISTED: u64 = 20;
@@ -141,19 +140,8 @@ pub(crate) struct SaveForm {
 }
 
 /// Checks the rules, saves them as the next version (kept, audited) and puts them in force.
-pub(crate) async fn save(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<SaveForm>,
-) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    if !found.session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
+pub(crate) async fn save(State(state): State<Arc<WebState>>, checked: AdminForm<SaveForm>) -> Response {
+    let AdminForm { found, me, form, peer } = checked;
     let checked = toml::from_str::<PolicyConfig>(&form.rules)
         .map_err(|e| format!("The rules do not read as TOML: {}", e.message()))
         .and_then(|config| Policy::new(config.clone()).map(|policy| (config, policy)));
@@ -245,18 +233,8 @@ pub(crate) struct TestForm {
 }
 
 /// What the rules in force find in a sample text (nothing is sent or stored).
-pub(crate) async fn test(
-    State(state): State<Arc<WebState>>,
-    headers: HeaderMap,
-    Form(form): Form<TestForm>,
-) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    if !found.session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
+pub(crate) async fn test(State(state): State<Arc<WebState>>, checked: AdminForm<TestForm>) -> Response {
+    let AdminForm { found, me, form, .. } = checked;
     let policy = state.sending.rules.current();
     let findings: Vec<String> = policy
         .scan(&Content {
@@ -274,6 +252,8 @@ pub(crate) async fn test(
     };
     show(&state, &found, &me, rules, outcome, StatusCode::OK).await
 }
+
+crate::request::with_csrf!(SaveForm, TestForm);
 
 #[cfg(test)]
 mod tests {

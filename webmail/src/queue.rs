@@ -6,18 +6,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Form;
 use leptos::prelude::*;
 use sealpost_storage::{Account, Actor, QueueId, RecipientState, RecipientStatus};
 use serde::Deserialize;
 
-use crate::admin::admin;
+use crate::admin::{admin, AdminForm};
 use crate::html::{notice_line, render, when, Frame};
-use crate::request::{blocking, forbidden};
-use crate::{Peer, WebState};
+use crate::request::blocking;
+use crate::WebState;
 
 /// Delivery records one trace shows at most.
 pub(crate) const TRACE_ROWS_MAX: usize = 500;
@@ -142,19 +141,8 @@ pub(crate) struct QueueForm {
     action: String,
 }
 
-pub(crate) async fn queue_act(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<QueueForm>,
-) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    if !found.session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
+pub(crate) async fn queue_act(State(state): State<Arc<WebState>>, checked: AdminForm<QueueForm>) -> Response {
+    let AdminForm { found, me, form, peer } = checked;
     let Ok(id) = form.id.parse::<QueueId>() else {
         return crate::html::message_page_status(StatusCode::NOT_FOUND, "Not found", "There is no such queue entry.");
     };
@@ -344,3 +332,5 @@ pub(crate) async fn trace(
     )
     .into_response()
 }
+
+crate::request::with_csrf!(QueueForm);

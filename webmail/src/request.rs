@@ -128,3 +128,20 @@ pub(crate) fn form_token(headers: &HeaderMap) -> (String, bool) {
 pub(crate) fn form_token_ok(headers: &HeaderMap, sent: &str) -> bool {
     cookie(headers, FORM_COOKIE).is_some_and(|token| token.len() >= 32 && same_token(&token, sent))
 }
+
+/// Forms that carry the session's CSRF token (`csrf`).
+pub(crate) trait WithCsrf {
+    fn csrf(&self) -> &str;
+}
+
+/// Implements `WithCsrf` for forms with a `csrf` field.
+macro_rules! with_csrf {
+    ($($form:ty),*) => {$(
+        impl $crate::request::WithCsrf for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        }
+    )*};
+}
+pub(crate) use with_csrf;

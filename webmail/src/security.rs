@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::ceremony::Kind;
 use crate::html::{error_line, notice_line, render, when, Frame};
+use crate::request::WithCsrf;
 use crate::request::{blocking, forbidden, json_error, now_ms, script_token, see_other, session, stale_page};
 use crate::{Peer, WebState};
 
@@ -504,22 +505,7 @@ pub(crate) struct TokenForm {
     csrf: String,
 }
 
-/// Forms of this page: each carries the session's CSRF token.
-pub(crate) trait WithCsrf {
-    fn csrf(&self) -> &str;
-}
-
-macro_rules! with_csrf {
-    ($($form:ty),*) => {$(
-        impl WithCsrf for $form {
-            fn csrf(&self) -> &str {
-                &self.csrf
-            }
-        }
-    )*};
-}
-
-with_csrf!(TokenForm, CodeForm, IdForm, AppPasswordForm, SessionForm, PasswordForm);
+crate::request::with_csrf!(TokenForm, CodeForm, IdForm, AppPasswordForm, SessionForm, PasswordForm);
 
 /// A form of a signed-in (or enrolling) session whose CSRF token matches: the session, the
 /// account, its credential record, the form and the client. Anything else is answered
