@@ -114,6 +114,30 @@ pub(crate) fn dns_records(loaded: &Loaded, store: &Store) -> anyhow::Result<Stri
     Ok(out)
 }
 
+/// The records the health page asks DNS about: (name, kind, text the answer must hold).
+pub(crate) fn expected_records(
+    loaded: &Loaded,
+    store: &Store,
+) -> anyhow::Result<Vec<(String, sealpost_smtp::DnsKind, String)>> {
+    use sealpost_smtp::DnsKind::{Mx, Txt};
+    let cfg = &loaded.config;
+    let (domain, host) = (&cfg.server.domain, &cfg.server.hostname);
+    let (ed, rsa) = public_keys(&load(store)?)?;
+    Ok(vec![
+        (domain.clone(), Mx, host.to_lowercase()),
+        (domain.clone(), Txt, "v=spf1".into()),
+        (
+            format!("{SELECTOR_ED25519}._domainkey.{domain}"),
+            Txt,
+            format!("p={ed}"),
+        ),
+        (format!("{SELECTOR_RSA}._domainkey.{domain}"), Txt, format!("p={rsa}")),
+        (format!("_dmarc.{domain}"), Txt, "v=DMARC1".into()),
+        (format!("_mta-sts.{domain}"), Txt, format!("id={}", mta_sts_id(loaded))),
+        (format!("_smtp._tls.{domain}"), Txt, "v=TLSRPTv1".into()),
+    ])
+}
+
 /// The TLSA 3 1 1 value of our certificate: the SHA-256 of its public key (DANE-EE), which
 /// survives certificate renewals that keep the key.
 fn tlsa_3_1_1(certificate: &std::path::Path) -> Option<String> {

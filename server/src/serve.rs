@@ -228,9 +228,12 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
                 },
             },
             cfg.auth.clone(),
-            &cfg.server.hostname,
-            &origin,
-            brand,
+            sealpost_webmail::Site {
+                hostname: cfg.server.hostname.clone(),
+                origin: origin.clone(),
+                brand,
+                health: health_info(&loaded, &store)?,
+            },
             sealpost_webmail::SendingConfig {
                 outbox: Arc::new(WebOutbox {
                     store: store.clone(),
@@ -648,4 +651,109 @@ async fn load_policy(
         None => configured.clone(),
     };
     sealpost_policy::Policy::new(config).map_err(|e| anyhow::anyhow!("[policy]: {e}"))
+}
+
+/// What the console's health page shows of this server: its listeners, its certificate, the
+/// DNS records to publish and a look-up of each.
+fn health_info(loaded: &Loaded, store: &sealpost_storage::Store) -> anyhow::Result<sealpost_webmail::HealthInfo> {
+    let cfg = &loaded.config;
+    let host = cfg.server.listen_host;
+    let listeners = [
+        ("imap (STARTTLS)", cfg.listeners.imap),
+        ("imaps", cfg.listeners.imaps),
+        ("smtp (MX)", cfg.listeners.smtp),
+        ("submission (STARTTLS)", cfg.listeners.submission),
+        ("submissions", cfg.listeners.submissions),
+        ("https", cfg.listeners.https),
+    ]
+    .into_iter()
+    .map(|(name, port)| (name.to_string(), SocketAddr::new(host, port).to_string()))
+    .collect();
+    let certificate = certificate_facts(&loaded.path(&cfg.paths.tls_certificate));
+    let dns_zone = crate::dkim::dns_records(loaded, store)?;
+    let expected = Arc::new(crate::dkim::expected_records(loaded, store)?);
+    let servers = cfg.smtp.dns_servers.clone();
+    let dns_check: sealpost_webmail::DnsCheck = Arc::new(move || {
+        let (expected, servers) = (expected.clone(), servers.clone());
+        Box::pin(async move {
+            let questions: Vec<(String, sealpost_smtp::DnsKind)> =
+                expected.iter().map(|(name, kind, _)| (name.clone(), *kind)).collect();
+            let answers = sealpost_smtp::dns_answers(&servers, &questions).await;
+            expected
+                .iter()
+                .zip(answers)
+                .map(|((name, kind, wanted), answer)| {
+                    let record = format!(
+                        "{name} {}",
+                        if *kind == sealpost_smtp::DnsKind::Mx {
+                            "MX"
+                        } else {
+                            "TXT"
+                        }
+                    );
+                    match answer {
+                        Ok(texts) if texts.iter().any(|t| t.to_lowercase().contains(&wanted.to_lowercase())) => {
+                            sealpost_webmail::DnsFinding {
+                                record,
+                                expected: wanted.clone(),
+                                state: Ok(true),
+                                answer: texts.join(" "),
+                            }
+                        }
+                        Ok(texts) if !texts.is_empty() => sealpost_webmail::DnsFinding {
+                            record,
+                            expected: wanted.clone(),
+                            state: Ok(false),
+                            answer: texts.join(" "),
+                        },
+                        Ok(_) => sealpost_webmail::DnsFinding {
+                            record,
+                            expected: wanted.clone(),
+                            state: Err("no record".into()),
+                            answer: String::new(),
+                        },
+                        Err(why) => sealpost_webmail::DnsFinding {
+                            record,
+                            expected: wanted.clone(),
+                            state: Err(why),
+                            answer: String::new(),
+                        },
+                    }
+                })
+                .collect()
+        })
+    });
+    Ok(sealpost_webmail::HealthInfo {
+        listeners,
+        certificate,
+        dns_zone,
+        dns_check,
+    })
+}
+
+/// The names a PEM certificate is for and when it expires (ms), if it reads.
+fn certificate_facts(path: &std::path::Path) -> Option<(Vec<String>, i64)> {
+    let pem = std::fs::read(path).ok()?;
+    let der = rustls_pemfile::certs(&mut pem.as_slice()).next()?.ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let mut names: Vec<String> = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.dedup();
+    if names.is_empty() {
+        names.push(parsed.subject().to_string());
+    }
+    Some((names, parsed.validity().not_after.timestamp() * 1000))
 }

@@ -254,6 +254,28 @@ impl Store {
         &self.inner.config
     }
 
+    /// Bytes the store's folder takes on disk (its files, and those of folders in it down to
+    /// `DISK_WALK_DEPTH_MAX` levels), for the health page.
+    pub fn disk_bytes(&self) -> Result<u64> {
+        const DISK_WALK_DEPTH_MAX: usize = 3;
+        let mut total = 0u64;
+        let mut folders = vec![(self.inner.config.path.clone(), 0)];
+        while let Some((folder, depth)) = folders.pop() {
+            let entries = std::fs::read_dir(&folder).map_err(|e| Error::Io {
+                path: folder.clone(),
+                source: e,
+            })?;
+            for entry in entries.flatten() {
+                match entry.metadata() {
+                    Ok(meta) if meta.is_dir() && depth < DISK_WALK_DEPTH_MAX => folders.push((entry.path(), depth + 1)),
+                    Ok(meta) if meta.is_file() => total += meta.len(),
+                    _ => {}
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// Writes every memtable and the log to disk files. Tests and backups use it.
     pub fn flush(&self) -> Result<()> {
         self.inner.engine.flush()

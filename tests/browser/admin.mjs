@@ -39,6 +39,18 @@ function submitAsDoc() {
   return lines(child)(20000);
 }
 
+/// An IMAP sign-in with a wrong password; prints "refused".
+const WRONG_LOGIN = `
+import imaplib, os, ssl
+ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])
+m = imaplib.IMAP4_SSL('localhost', int(os.environ['IMAP_PORT']), ssl_context=ctx, timeout=30)
+try:
+    m.login(os.environ['DOC'], 'not the password')
+    print('accepted')
+except imaplib.IMAP4.error:
+    print('refused')
+`;
+
 /// An IMAP client that idles, then prints what ended the idling.
 const IDLE_CLIENT = `
 import imaplib, os, ssl
@@ -301,4 +313,23 @@ async function accounts(browser, page) {
   check((await page.textContent("#policy-version")).includes("Version 1"), "bad rules changed the version");
   check((await submitAsDoc()).startsWith("refused 550"), "bad rules changed the rules in force");
   report("policy");
+
+  // Health: listeners, the certificate's expiry, the store, the queue, failures, and which
+  // DNS records are published (the test's DNS server has only the MX). First a refused
+  // IMAP sign-in, for the count.
+  const wrong = spawn("/usr/bin/python3", ["-c", WRONG_LOGIN], { env: process.env, stdio: ["ignore", "pipe", "inherit"] });
+  check((await lines(wrong)(20000)) === "refused", "a wrong IMAP password was not refused");
+  await page.goto(`${BASE}/admin/health`);
+  check((await page.textContent("#listeners")).includes("imaps"), "no listeners shown");
+  const certificate = await page.textContent("#certificate");
+  check(certificate.includes("localhost") && certificate.includes("days left"), `the certificate: ${certificate}`);
+  check(/The store takes [0-9.]+ (KB|MB)/.test(await page.textContent("#store-size")), "no store size");
+  check((await page.textContent("#queue-depth")).startsWith("Queue:"), "no queue depth");
+  check(/[1-9][0-9]* refused sign-ins/.test(await page.textContent("#sign-in-failures")), "the refused sign-ins are not counted");
+  const mx = await page.textContent('#dns tr:has-text("clinic.test MX")');
+  check(mx.includes("published"), `the MX record: ${mx}`);
+  const dmarc = await page.textContent('#dns tr:has-text("_dmarc.clinic.test TXT")');
+  check(dmarc.includes("missing"), `the DMARC record: ${dmarc}`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "admin-09-health.png"), fullPage: true });
+  report("health");
 }

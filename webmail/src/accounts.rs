@@ -130,7 +130,7 @@ pub(crate) async fn list(
             </form>
             <p id="admin-pages">
                 <a href="/admin/queue">"Queue"</a>" · "<a href="/admin/trace">"Message tracing"</a>" · "
-                <a href="/admin/audit">"Audit log"</a>" · "<a href="/admin/policies">"Sending policy"</a>" · "
+                <a href="/admin/audit">"Audit log"</a>" · "<a href="/admin/policies">"Sending policy"</a>" · "<a href="/admin/health">"Health"</a>" · "
                 <a href="/admin/lockouts">"Locked-out accounts"</a>
             </p>
         },

@@ -12,6 +12,7 @@ mod admin;
 mod audit;
 mod ceremony;
 mod compose;
+mod health;
 mod html;
 mod mail;
 mod policies;
@@ -35,6 +36,7 @@ use sealpost_storage::Store;
 use tower::ServiceExt;
 
 pub use compose::{Outbox, Outgoing, Sending, Sent};
+pub use health::{DnsCheck, DnsFinding, HealthInfo};
 pub use html::Brand;
 pub use request::Peer;
 
@@ -93,6 +95,18 @@ pub struct MailSessions {
     pub end_sessions: EndMailSessions,
 }
 
+/// The site: this server's name, what browsers see, the organisation, and what the health
+/// page shows of the server.
+pub struct Site {
+    /// This server's name (the passkey relying party, notices).
+    pub hostname: String,
+    /// `https://HOST[:PORT]`.
+    pub origin: String,
+    /// The organisation every page names.
+    pub brand: Brand,
+    pub health: HealthInfo,
+}
+
 /// What every request handler shares.
 pub struct WebState {
     pub store: Store,
@@ -109,20 +123,24 @@ pub struct WebState {
     /// What browsers see: `https://HOST[:PORT]` (enrolment links).
     origin: String,
     end_mail_sessions: EndMailSessions,
+    health: HealthInfo,
 }
 
 impl WebState {
-    /// `origin` is what browsers see: `https://HOST[:PORT]`; `brand` names the organisation
-    /// on every page.
     pub fn new(
         store: Store,
         mail: MailSessions,
         policy: AuthPolicy,
-        hostname: &str,
-        origin: &str,
-        brand: Brand,
+        site: Site,
         sending: SendingConfig,
     ) -> Result<Arc<Self>, String> {
+        let Site {
+            hostname,
+            origin,
+            brand,
+            health,
+        } = site;
+        let (hostname, origin) = (hostname.as_str(), origin.as_str());
         let passkeys = Passkeys::new(hostname, origin).map_err(|e| e.to_string())?;
         html::set_brand(brand);
         Ok(Arc::new(Self {
@@ -137,6 +155,7 @@ impl WebState {
             portal: portal::PortalState::default(),
             origin: origin.to_string(),
             end_mail_sessions: mail.end_sessions,
+            health,
         }))
     }
 }
@@ -249,6 +268,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/admin/accounts/{id}/act", post(accounts::act))
         .route("/admin/queue", get(queue::queue).post(queue::queue_act))
         .route("/admin/trace", get(queue::trace))
+        .route("/admin/health", get(health::page))
         .route("/admin/policies", get(policies::page).post(policies::save))
         .route("/admin/policies/test", post(policies::test))
         .route("/admin/audit", get(audit::page))

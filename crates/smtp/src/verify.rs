@@ -205,3 +205,52 @@ fn spf_word(result: SpfResult) -> &'static str {
         SpfResult::None => "none",
     }
 }
+
+/// What kind of record `dns_answers` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsKind {
+    Mx,
+    Txt,
+}
+
+/// What DNS answers for each (name, kind) asked, through `dns_servers` (the system's when
+/// empty), for the health page: the records' texts (MX: the hosts), or why there are none.
+pub async fn dns_answers(
+    dns_servers: &[SocketAddr],
+    questions: &[(String, DnsKind)],
+) -> Vec<Result<Vec<String>, String>> {
+    let resolver = match make_resolver(dns_servers) {
+        Ok(resolver) => resolver,
+        Err(error) => return questions.iter().map(|_| Err(error.to_string())).collect(),
+    };
+    let mut out = Vec::with_capacity(questions.len());
+    for (name, kind) in questions {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        let answer = match kind {
+            DnsKind::Mx => resolver
+                .0
+                .mx_lookup(fqdn.as_str())
+                .await
+                .map(|lookup| {
+                    lookup
+                        .answers()
+                        .iter()
+                        .filter_map(|record| match &record.data {
+                            mail_auth::hickory_resolver::proto::rr::RData::MX(mx) => {
+                                Some(mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .map_err(|e| e.to_string()),
+            DnsKind::Txt => resolver
+                .txt_raw_lookup(fqdn.as_str())
+                .await
+                .map(|bytes| vec![String::from_utf8_lossy(&bytes).into_owned()])
+                .map_err(|e| e.to_string()),
+        };
+        out.push(answer);
+    }
+    out
+}

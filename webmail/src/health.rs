@@ -1,0 +1,240 @@
+//! The console's health page: the listeners and the certificate (with its expiry), the store's
+//! size and growth, the queue's depth, recent delivery failures by domain, recent failed
+//! sign-ins, and the DNS records to publish with what DNS answers for each now. Admins only.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use leptos::prelude::*;
+use sealpost_storage::{AuditSearch, RecipientStatus};
+
+use crate::admin::admin;
+use crate::html::{render, when, Frame};
+use crate::request::{blocking, now_ms};
+use crate::WebState;
+
+/// How far back failures are shown, in ms (7 days).
+pub(crate) const FAILURES_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How far back failed sign-ins are counted, in ms (a day).
+pub(crate) const SIGN_IN_FAILURES_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// Rows of each "by domain" or "by account" list.
+pub(crate) const HEALTH_ROWS_MAX: usize = 20;
+/// Store size samples kept for the growth figure (one an hour at most).
+pub(crate) const SIZE_SAMPLES_MAX: usize = 24 * 30;
+const SIZE_SAMPLE_EVERY_MS: i64 = 3600 * 1000;
+
+/// One record to publish, and what DNS answers for it now.
+#[derive(Clone, Debug)]
+pub struct DnsFinding {
+    /// `clinic.example MX`, `_dmarc.clinic.example TXT`, …
+    pub record: String,
+    pub expected: String,
+    /// `Ok(true)`: published as expected; `Ok(false)`: DNS answers something else (`answer`);
+    /// `Err`: no answer, and why.
+    pub state: Result<bool, String>,
+    pub answer: String,
+}
+
+/// Asks DNS about each record to publish (the binary wires it to a resolver).
+pub type DnsCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<DnsFinding>> + Send>> + Send + Sync>;
+
+/// What the health page knows of the server beyond the store.
+pub struct HealthInfo {
+    /// (name, address) of each listener.
+    pub listeners: Vec<(String, String)>,
+    /// The names the TLS certificate is for, and when it expires (ms).
+    pub certificate: Option<(Vec<String>, i64)>,
+    /// The records to publish, in zone-file syntax (`sealpost dns records`).
+    pub dns_zone: String,
+    pub dns_check: DnsCheck,
+}
+
+/// The size samples, as kept (sealed) in the store's cache: (ms, bytes) pairs.
+fn samples(store: &sealpost_storage::Store) -> Vec<(i64, u64)> {
+    store
+        .cached("health", "store-size")
+        .ok()
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        0..1_048_576 => format!("{:.0} KB", bytes as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MB", bytes as f64 / 1_048_576.0),
+        _ => format!("{:.2} GB", bytes as f64 / 1_073_741_824.0),
+    }
+}
+
+struct Figures {
+    store_bytes: u64,
+    growth: Option<(i64, i64)>,
+    queue_depth: usize,
+    oldest_queued_ms: Option<i64>,
+    failures: Vec<(String, usize)>,
+    sign_in_failures: Vec<(String, usize)>,
+    sign_in_failures_total: usize,
+}
+
+fn figures(store: &sealpost_storage::Store) -> Option<Figures> {
+    let now = now_ms();
+    let store_bytes = store.disk_bytes().ok()?;
+    let mut kept = samples(store);
+    if kept.last().is_none_or(|(at, _)| now - at >= SIZE_SAMPLE_EVERY_MS) {
+        kept.push((now, store_bytes));
+        if kept.len() > SIZE_SAMPLES_MAX {
+            kept.remove(0);
+        }
+        if let Ok(bytes) = serde_json::to_vec(&kept) {
+            let _ = store.cache("health", "store-size", &bytes);
+        }
+    }
+    let growth = kept
+        .first()
+        .filter(|(at, _)| now - at >= SIZE_SAMPLE_EVERY_MS)
+        .map(|(at, bytes)| (store_bytes as i64 - *bytes as i64, now - at));
+    let queued = store.queued().ok()?;
+    let oldest_queued_ms = queued.iter().map(|e| e.created_ms).min();
+    let mut failures: std::collections::BTreeMap<String, usize> = Default::default();
+    for account in store.list_accounts().ok()? {
+        for delivery in store.deliveries(account.id).ok()? {
+            for line in &delivery.lines {
+                if let RecipientStatus::Failed { at_ms, .. } = line.status {
+                    if now - at_ms <= FAILURES_WINDOW_MS {
+                        let domain = line.address.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+                        *failures.entry(domain).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    let mut failures: Vec<(String, usize)> = failures.into_iter().collect();
+    failures.sort_by_key(|(domain, count)| (std::cmp::Reverse(*count), domain.clone()));
+    failures.truncate(HEALTH_ROWS_MAX);
+    let denied = store
+        .audit_search(&AuditSearch {
+            action: Some("login".into()),
+            text: Some("denied".into()),
+            since_ms: Some(now - SIGN_IN_FAILURES_WINDOW_MS),
+            limit: sealpost_storage::AUDIT_COUNT_EXACT_MAX,
+            ..AuditSearch::default()
+        })
+        .ok()?;
+    let mut by_account: std::collections::BTreeMap<String, usize> = Default::default();
+    for record in &denied.records {
+        *by_account.entry(record.event.object.clone()).or_default() += 1;
+    }
+    let mut sign_in_failures: Vec<(String, usize)> = by_account.into_iter().collect();
+    sign_in_failures.sort_by_key(|(who, count)| (std::cmp::Reverse(*count), who.clone()));
+    sign_in_failures.truncate(HEALTH_ROWS_MAX);
+    Some(Figures {
+        store_bytes,
+        growth,
+        queue_depth: queued.len(),
+        oldest_queued_ms,
+        failures,
+        sign_in_failures,
+        sign_in_failures_total: denied.matched,
+    })
+}
+
+pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
+    let (found, me) = match admin(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let state2 = state.clone();
+    let Some(Some(figures)) = blocking(move || figures(&state2.store)).await else {
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The store could not be read.",
+        );
+    };
+    let dns = (state.health.dns_check)().await;
+    let health = &state.health;
+    let listeners: Vec<_> = health
+        .listeners
+        .iter()
+        .map(|(name, address)| view! { <tr><td>{name.clone()}</td><td>{address.clone()}</td></tr> })
+        .collect();
+    let certificate = match &health.certificate {
+        Some((names, not_after)) => {
+            let days = (not_after - now_ms()) / (24 * 3600 * 1000);
+            let warning = if days < 0 {
+                " (EXPIRED)".to_string()
+            } else if days < 21 {
+                format!(" (expires in {days} days: renew it)")
+            } else {
+                format!(" ({days} days left)")
+            };
+            format!("for {}, valid until {}{warning}", names.join(", "), when(*not_after))
+        }
+        None => "could not be read".into(),
+    };
+    let growth = match figures.growth {
+        Some((bytes, over_ms)) => format!(
+            "{}{} in the last {:.1} days",
+            if bytes < 0 { "-" } else { "+" },
+            human_bytes(bytes.unsigned_abs()),
+            over_ms as f64 / (24.0 * 3600.0 * 1000.0)
+        ),
+        None => "growth shows after an hour of samples".into(),
+    };
+    let queue = match figures.oldest_queued_ms {
+        Some(oldest) => format!("{} waiting; the oldest since {}", figures.queue_depth, when(oldest)),
+        None => "empty".into(),
+    };
+    let failures: Vec<_> = figures
+        .failures
+        .iter()
+        .map(|(domain, count)| view! { <tr><td>{domain.clone()}</td><td>{*count}</td></tr> })
+        .collect();
+    let sign_ins: Vec<_> = figures
+        .sign_in_failures
+        .iter()
+        .map(|(who, count)| view! { <tr><td>{who.clone()}</td><td>{*count}</td></tr> })
+        .collect();
+    let dns_rows: Vec<_> = dns
+        .iter()
+        .map(|finding| {
+            let (state, class) = match &finding.state {
+                Ok(true) => ("published".to_string(), "ok"),
+                Ok(false) => (format!("differs: DNS answers {}", finding.answer), "error"),
+                Err(why) => (format!("missing ({why})"), "error"),
+            };
+            view! { <tr><td>{finding.record.clone()}</td><td class=class>{state}</td></tr> }
+        })
+        .collect();
+    let zone = health.dns_zone.clone();
+    render(
+        Frame {
+            title: "Health",
+            csrf: Some(&found.session.csrf),
+            account: Some((&me.address, &found.session.csrf)),
+            script: false,
+        },
+        view! {
+            <h2>"Listeners"</h2>
+            <table id="listeners">{listeners}</table>
+            <p id="certificate">{format!("TLS certificate {certificate}.")}</p>
+            <h2>"Store and queue"</h2>
+            <p id="store-size">{format!("The store takes {} ({growth}).", human_bytes(figures.store_bytes))}</p>
+            <p id="queue-depth">{format!("Queue: {queue}.")}</p>
+            <h2>"Delivery failures in the last 7 days, by domain"</h2>
+            <table id="failures"><tr><th>"Domain"</th><th>"Failed recipients"</th></tr>{failures}</table>
+            <h2>"Failed sign-ins in the last 24 hours"</h2>
+            <p id="sign-in-failures">{format!("{} refused sign-ins.", figures.sign_in_failures_total)}</p>
+            <table><tr><th>"Account"</th><th>"Refusals"</th></tr>{sign_ins}</table>
+            <h2>"DNS"</h2>
+            <table id="dns"><tr><th>"Record"</th><th>"Now"</th></tr>{dns_rows}</table>
+            <details><summary>"The records to publish"</summary><pre>{zone}</pre></details>
+        },
+    )
+    .into_response()
+}
