@@ -897,3 +897,65 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         );
     }
 }
+
+#[test]
+fn metrics_are_served_in_prometheus_text_to_the_configured_networks_only() {
+    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
+    data.configure(|config| {
+        assert!(config.contains("metrics_from = [\"127.0.0.1\", \"::1\"]"), "{config}");
+        config.to_string()
+    });
+    data.add_accounts(&["alice@clinic.test"], PASSWORD);
+    let mut server = data.serve();
+    assert_eq!(imap_login(&data, "alice@clinic.test", PASSWORD), "OK");
+    python(
+        &data,
+        "import os, smtplib, ssl\n\
+         ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+         s = smtplib.SMTP_SSL('localhost', int(os.environ['BASE']) + 465, context=ctx)\n\
+         s.login('alice@clinic.test', os.environ['PASSWORD'])\n\
+         s.sendmail('alice@clinic.test', ['alice@clinic.test'], b'Subject: hi\\r\\nFrom: alice@clinic.test\\r\\n\\r\\nhi\\r\\n')\n\
+         s.quit()\n",
+        &[],
+    );
+    // From 127.0.0.1 (configured) and from 127.0.0.7 (not): the status and the text.
+    let fetched = python(
+        &data,
+        "import http.client, os, ssl\n\
+         ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+         for source in ('127.0.0.1', '127.0.0.7'):\n\
+         \x20   c = http.client.HTTPSConnection('localhost', int(os.environ['BASE']) + 443, context=ctx, source_address=(source, 0), timeout=20)\n\
+         \x20   c.request('GET', '/metrics')\n\
+         \x20   r = c.getresponse()\n\
+         \x20   print('status', source, r.status)\n\
+         \x20   if r.status == 200:\n\
+         \x20       print(r.read().decode())\n",
+        &[],
+    );
+    assert!(fetched.contains("status 127.0.0.1 200"), "{fetched}");
+    assert!(fetched.contains("status 127.0.0.7 404"), "{fetched}");
+    for line in [
+        "sealpost_imap_commands_total{command=\"LOGIN\"} 1",
+        "sealpost_imap_command_seconds_count{command=\"LOGIN\"} 1",
+        "sealpost_imap_command_seconds_bucket{command=\"LOGIN\",le=\"+Inf\"} 1",
+        "sealpost_smtp_messages_total{outcome=\"accepted\"} 1",
+        "sealpost_smtp_messages_total{outcome=\"refused\"} 0",
+        "sealpost_outbound_recipients_total{outcome=\"delivered\"} 0",
+        "sealpost_queue_depth 0",
+        "# TYPE sealpost_connections_total counter",
+    ] {
+        assert!(fetched.lines().any(|l| l == line), "no {line} in {fetched}");
+    }
+    // Connections: the IMAP and SMTP ones above, and this one on https.
+    for listener in ["imaps", "submissions", "https"] {
+        let prefix = format!("sealpost_connections_total{{listener=\"{listener}\"}} ");
+        let count: u64 = fetched
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {fetched}"))
+            .parse()
+            .unwrap();
+        assert!(count >= 1, "{listener}: {count}");
+    }
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+}

@@ -38,12 +38,23 @@ pub(crate) struct Config {
 }
 
 /// The web application.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct WebSection {
     /// A logo for every page (PNG, JPEG or SVG, at most 256 KiB), relative to the data folder;
     /// empty: none. The organisation's name is `[outbound] organisation`.
     pub(crate) logo: String,
+    /// Networks that may read `/metrics` (`127.0.0.1`, `10.0.0.0/8`, `::1`); empty: nobody.
+    pub(crate) metrics_from: Vec<String>,
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        Self {
+            logo: String::new(),
+            metrics_from: vec!["127.0.0.1".into(), "::1".into()],
+        }
+    }
 }
 
 /// Delivery to other servers.

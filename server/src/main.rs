@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod dkim;
 mod init;
+mod metrics;
 mod serve;
 mod tcp;
 

@@ -93,6 +93,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         &cfg.server.hostname,
     );
     let (stop, stopped) = watch::channel(false);
+    let connections = Arc::new(crate::metrics::Connections::default());
     let mut listeners = JoinSet::new();
     for (name, port, implicit_tls) in [
         ("imap", cfg.listeners.imap, false),
@@ -104,6 +105,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("listening on {address} ({name})"))?;
         info!(listener = name, %address, "listening");
         let service = Listener {
+            connections: connections.clone(),
             name,
             tls: tls.clone(),
             implicit_tls,
@@ -232,7 +234,32 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
                 hostname: cfg.server.hostname.clone(),
                 origin: origin.clone(),
                 brand,
-                health: health_info(&loaded, &store)?,
+                health: health_info(
+                    &loaded,
+                    &store,
+                    sealpost_webmail::MetricsEndpoint {
+                        from: cfg
+                            .web
+                            .metrics_from
+                            .iter()
+                            .map(|n| sealpost_webmail::parse_network(n))
+                            .collect::<Result<_, _>>()
+                            .map_err(|why| anyhow::anyhow!("[web] metrics_from: {why}"))?,
+                        render: {
+                            let sources = Arc::new(crate::metrics::Sources {
+                                connections: connections.clone(),
+                                imap: imap_shared.clone(),
+                                smtp: smtp_shared.clone(),
+                                outbound: outbound.clone(),
+                                store: store.clone(),
+                            });
+                            Arc::new(move || {
+                                let sources = sources.clone();
+                                Box::pin(async move { sources.render().await })
+                            })
+                        },
+                    },
+                )?,
             },
             sealpost_webmail::SendingConfig {
                 outbox: Arc::new(WebOutbox {
@@ -254,6 +281,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("listening on {address} (https)"))?;
         info!(listener = "https", %address, "listening");
         let service = Listener {
+            connections: connections.clone(),
             name: "https",
             tls: tls.clone(),
             implicit_tls: true,
@@ -277,6 +305,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("listening on {address} ({name})"))?;
         info!(listener = name, %address, "listening");
         let service = Listener {
+            connections: connections.clone(),
             name,
             tls: tls.clone(),
             implicit_tls,
@@ -544,6 +573,8 @@ fn describe_tls<S>(stream: &tokio_rustls::server::TlsStream<S>) -> String {
 /// A listening port: connections per address counted and refused past the limit with
 /// `refusal` (which names the limit), implicit TLS or not, and a session per connection.
 struct Listener {
+    /// Counts connections for /metrics.
+    connections: Arc<crate::metrics::Connections>,
     name: &'static str,
     tls: tokio_rustls::TlsAcceptor,
     implicit_tls: bool,
@@ -570,10 +601,12 @@ impl Listener {
             let slot = self.per_address.take(peer.ip());
             let refusal = format!("{} (limit {})\r\n", self.refusal, self.per_address.max);
             let (tls, implicit_tls, session) = (self.tls.clone(), self.implicit_tls, session.clone());
+            let connections = self.connections.clone();
             async move {
                 let Some(_slot) = slot else {
                     return refuse(socket, &tls, implicit_tls, &refusal).await;
                 };
+                let _open = connections.opened(name);
                 let Some((stream, described)) = open_stream(socket, &tls, implicit_tls).await else {
                     return;
                 };
@@ -655,7 +688,11 @@ async fn load_policy(
 
 /// What the console's health page shows of this server: its listeners, its certificate, the
 /// DNS records to publish and a look-up of each.
-fn health_info(loaded: &Loaded, store: &sealpost_storage::Store) -> anyhow::Result<sealpost_webmail::HealthInfo> {
+fn health_info(
+    loaded: &Loaded,
+    store: &sealpost_storage::Store,
+    metrics: sealpost_webmail::MetricsEndpoint,
+) -> anyhow::Result<sealpost_webmail::HealthInfo> {
     let cfg = &loaded.config;
     let host = cfg.server.listen_host;
     let listeners = [
@@ -728,6 +765,7 @@ fn health_info(loaded: &Loaded, store: &sealpost_storage::Store) -> anyhow::Resu
         certificate,
         dns_zone,
         dns_check,
+        metrics,
     })
 }
 

@@ -51,6 +51,7 @@ pub struct HealthInfo {
     /// The records to publish, in zone-file syntax (`sealpost dns records`).
     pub dns_zone: String,
     pub dns_check: DnsCheck,
+    pub metrics: MetricsEndpoint,
 }
 
 /// The size samples, as kept (sealed) in the store's cache: (ms, bytes) pairs.
@@ -237,4 +238,91 @@ pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap)
         },
     )
     .into_response()
+}
+
+/// Renders the Prometheus text of /metrics (the binary wires it to its counters).
+pub type RenderMetrics = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+
+/// `/metrics`: who may read it (networks as (address, prefix length)) and what it says.
+pub struct MetricsEndpoint {
+    pub from: Vec<(std::net::IpAddr, u8)>,
+    pub render: RenderMetrics,
+}
+
+/// Reads `192.0.2.0/24`, `::1` or `10.1.2.3` (a whole address) as a network.
+pub fn parse_network(text: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (address, length) = match text.trim().split_once('/') {
+        Some((address, length)) => (address, Some(length)),
+        None => (text.trim(), None),
+    };
+    let address: std::net::IpAddr = address.parse().map_err(|_| format!("{text}: not an IP address"))?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let length = match length {
+        Some(length) => length
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{text}: bad prefix length"))?,
+        None => max,
+    };
+    Ok((address, length))
+}
+
+fn in_network(ip: std::net::IpAddr, (network, length): (std::net::IpAddr, u8)) -> bool {
+    let bits = |ip: std::net::IpAddr| -> (u128, u8) {
+        match ip.to_canonical() {
+            std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            std::net::IpAddr::V6(v6) => (u128::from(v6), 128),
+        }
+    };
+    let ((ip, width), (network, network_width)) = (bits(ip), bits(network));
+    if width != network_width {
+        return false;
+    }
+    let length = u32::from(length.min(width));
+    let shift = u32::from(width) - length;
+    length == 0 || (ip >> shift) == (network >> shift)
+}
+
+/// `/metrics` in Prometheus text, for the configured networks only (404 to anyone else, as if
+/// there were no such page).
+pub(crate) async fn metrics(
+    State(state): State<Arc<WebState>>,
+    axum::extract::Extension(peer): axum::extract::Extension<crate::Peer>,
+) -> Response {
+    let endpoint = &state.health.metrics;
+    if !endpoint.from.iter().any(|network| in_network(peer.0.ip(), *network)) {
+        return crate::html::message_page_status(StatusCode::NOT_FOUND, "Not found", "There is no such page.");
+    }
+    let text = (endpoint.render)().await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_admit_their_addresses_only() {
+        let loopback = parse_network("127.0.0.0/8").unwrap();
+        assert!(in_network("127.0.0.5".parse().unwrap(), loopback));
+        assert!(in_network("::ffff:127.0.0.1".parse().unwrap(), loopback), "mapped IPv4");
+        assert!(!in_network("10.0.0.1".parse().unwrap(), loopback));
+        let one = parse_network("10.1.2.3").unwrap();
+        assert!(in_network("10.1.2.3".parse().unwrap(), one) && !in_network("10.1.2.4".parse().unwrap(), one));
+        assert!(in_network("::1".parse().unwrap(), parse_network("::1").unwrap()));
+        assert!(!in_network("::1".parse().unwrap(), loopback), "families differ");
+        assert!(in_network(
+            "203.0.113.9".parse().unwrap(),
+            parse_network("0.0.0.0/0").unwrap()
+        ));
+        assert!(parse_network("10.0.0.0/33").is_err() && parse_network("nonsense").is_err());
+    }
 }

@@ -36,7 +36,7 @@ use sealpost_storage::Store;
 use tower::ServiceExt;
 
 pub use compose::{Outbox, Outgoing, Sending, Sent};
-pub use health::{DnsCheck, DnsFinding, HealthInfo};
+pub use health::{parse_network, DnsCheck, DnsFinding, HealthInfo, MetricsEndpoint, RenderMetrics};
 pub use html::Brand;
 pub use request::Peer;
 
@@ -269,6 +269,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/admin/queue", get(queue::queue).post(queue::queue_act))
         .route("/admin/trace", get(queue::trace))
         .route("/admin/health", get(health::page))
+        .route("/metrics", get(health::metrics))
         .route("/admin/policies", get(policies::page).post(policies::save))
         .route("/admin/policies/test", post(policies::test))
         .route("/admin/audit", get(audit::page))

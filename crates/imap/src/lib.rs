@@ -19,7 +19,7 @@ mod utf7;
 
 pub use sealpost_auth::{LoginLimits, Refusal};
 pub use session::{serve_session, BoxedStream, Connection, ImapConfig, Stream, TlsUpgrade};
-pub use shared::ImapShared;
+pub use shared::{CommandStats, ImapShared, COMMAND_SECONDS_BUCKETS};
 
 /// Entry points for the fuzzer (`crates/imap/fuzz/`) and its regression test. Not an API.
 #[doc(hidden)]

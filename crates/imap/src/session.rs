@@ -313,7 +313,10 @@ impl Session {
         }
         let span = tracing::debug_span!("command", tag = %command.tag);
         let _entered = span.enter();
-        self.execute(command).await
+        let (name, started) = (command.body.name(), Instant::now());
+        let flow = self.execute(command).await;
+        self.shared.record_command(name, started.elapsed());
+        flow
     }
 
     /// Counts one command against the rate; past it, waits for the next second. False when

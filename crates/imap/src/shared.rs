@@ -20,6 +20,20 @@ pub struct ImapShared {
     /// Numbers each account's set of sessions, so that a session ended with its set does not
     /// count against the next.
     generations: std::sync::atomic::AtomicU64,
+    /// Commands run and how long they took, by command, for /metrics.
+    commands: Mutex<std::collections::BTreeMap<&'static str, CommandStats>>,
+}
+
+/// Upper bounds of the command latency histogram's buckets, in seconds.
+pub const COMMAND_SECONDS_BUCKETS: [f64; 6] = [0.001, 0.005, 0.025, 0.1, 0.5, 2.5];
+
+/// How often one command ran and how long it took.
+#[derive(Clone, Debug, Default)]
+pub struct CommandStats {
+    pub count: u64,
+    /// Runs at or under each bound of `COMMAND_SECONDS_BUCKETS`.
+    pub buckets: [u64; 6],
+    pub seconds: f64,
 }
 
 struct Sessions {
@@ -66,6 +80,7 @@ impl ImapShared {
             hostname: hostname.to_string(),
             sessions: Mutex::new(HashMap::new()),
             generations: std::sync::atomic::AtomicU64::new(0),
+            commands: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
@@ -115,6 +130,28 @@ impl ImapShared {
             generation: set.generation,
             ended: set.ender.subscribe(),
         })
+    }
+
+    /// Counts one command and how long it ran.
+    pub(crate) fn record_command(&self, name: &'static str, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let mut commands = lock(&self.commands);
+        let stats = commands.entry(name).or_default();
+        stats.count += 1;
+        stats.seconds += seconds;
+        for (bound, bucket) in COMMAND_SECONDS_BUCKETS.iter().zip(stats.buckets.iter_mut()) {
+            if seconds <= *bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    /// Every command's figures so far, by name.
+    pub fn command_stats(&self) -> Vec<(&'static str, CommandStats)> {
+        lock(&self.commands)
+            .iter()
+            .map(|(name, stats)| (*name, stats.clone()))
+            .collect()
     }
 
     /// Ends every open session of the account (each says BYE at once, in IDLE too); returns

@@ -206,6 +206,8 @@ pub struct Outbound {
     /// Verified-TLS sessions left open after a delivery, by host and port, for the next
     /// message to the same server: a TLS handshake per message cost most of the delivery time.
     idle: std::sync::Mutex<IdleSessions>,
+    /// Recipients' outcomes so far (delivered, portal, failed, deferred), for /metrics.
+    outcomes: [std::sync::atomic::AtomicU64; 4],
 }
 
 /// Open sessions by (host, port): the conversation, its TLS description, since when idle.
@@ -262,10 +264,18 @@ impl Outbound {
             domain_slots: std::sync::Mutex::new(std::collections::HashMap::new()),
             mta_sts: crate::mta_sts::Cache::default(),
             idle: std::sync::Mutex::new(std::collections::HashMap::new()),
+            outcomes: Default::default(),
         }))
     }
 
     /// Wakes the queue runner (after a submission queued something).
+    /// Recipients' outcomes of delivery attempts so far: delivered over verified TLS, kept
+    /// for the portal, failed, deferred (to be tried again).
+    pub fn outcome_counts(&self) -> [u64; 4] {
+        let [a, b, c, d] = &self.outcomes;
+        [a, b, c, d].map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     pub fn waker(&self) -> Arc<tokio::sync::Notify> {
         self.wake.clone()
     }
@@ -473,6 +483,18 @@ impl Outbound {
                     );
                 }
             }
+        }
+        for (new, old) in states.iter().zip(&entry.states) {
+            if old.status != RecipientStatus::Pending {
+                continue;
+            }
+            let slot = match new.status {
+                RecipientStatus::Delivered { .. } => 0,
+                RecipientStatus::Portal { .. } => 1,
+                RecipientStatus::Failed { .. } => 2,
+                RecipientStatus::Pending => 3,
+            };
+            self.outcomes[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         // Bounce what failed in this attempt to the sender, before the attempt is recorded:
         // after a crash in between, a failure may be reported twice, never not at all.

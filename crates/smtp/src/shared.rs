@@ -45,6 +45,9 @@ pub struct SmtpShared {
     /// Who may send outside, and how each outside recipient is reached (the version in force).
     pub(crate) policy: Arc<sealpost_policy::LivePolicy>,
     submitted: Mutex<HashMap<AccountId, (Instant, u32)>>,
+    /// Whole messages accepted and refused at the end of DATA or from the web, for /metrics.
+    pub(crate) accepted: std::sync::atomic::AtomicU64,
+    pub(crate) refused: std::sync::atomic::AtomicU64,
 }
 
 impl SmtpShared {
@@ -62,7 +65,15 @@ impl SmtpShared {
             queue_waker,
             policy,
             submitted: Mutex::new(HashMap::new()),
+            accepted: std::sync::atomic::AtomicU64::new(0),
+            refused: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Messages accepted and refused so far (end of DATA, BDAT or the web's send button).
+    pub fn message_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.accepted.load(Relaxed), self.refused.load(Relaxed))
     }
 
     /// Whether the account has sent fewer than `max` messages in its current hour.

@@ -126,6 +126,17 @@ pub(crate) async fn accept(
     raw: Vec<u8>,
     accept: Accept,
 ) -> Result<Accepted, Refused> {
+    let result = accept_counted(store, shared, raw, accept).await;
+    let counter = if result.is_ok() {
+        &shared.accepted
+    } else {
+        &shared.refused
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    result
+}
+
+async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept: Accept) -> Result<Accepted, Refused> {
     let Accept {
         from,
         env_id,
