@@ -850,6 +850,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         "auditor",
         "policy",
         "health",
+        "aliases",
     ] {
         assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
     }
@@ -890,6 +891,8 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         ("root@clinic.test", "audit.export"),
         ("root@clinic.test", "audit.verify"),
         ("root@clinic.test", "policy.change"),
+        ("root@clinic.test", "alias.add"),
+        ("root@clinic.test", "alias.remove"),
     ] {
         assert!(
             exported.lines().any(|l| l.contains(action) && l.contains(actor)),

@@ -198,6 +198,18 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         Some(outbound.waker()),
         rules.clone(),
     );
+    // The console's aliases join those of sealpost.toml.
+    {
+        let store = store.clone();
+        let saved = tokio::task::spawn_blocking(move || store.secret(sealpost_webmail::CONSOLE_ALIASES_SECRET))
+            .await
+            .context("reading the console's aliases")??;
+        if let Some(bytes) = saved {
+            let map: std::collections::BTreeMap<String, Vec<String>> =
+                serde_json::from_slice(&bytes).context("the console's aliases do not decode")?;
+            smtp_shared.set_console_aliases(&map);
+        }
+    }
     // The web application on the HTTPS listener, with the same certificate.
     {
         let port = cfg.listeners.https;
@@ -227,6 +239,10 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
                 end_sessions: {
                     let imap = imap_shared.clone();
                     Arc::new(move |account| imap.end_sessions(account))
+                },
+                aliases_changed: {
+                    let smtp = smtp_shared.clone();
+                    Arc::new(move |map| smtp.set_console_aliases(map))
                 },
             },
             cfg.auth.clone(),

@@ -34,6 +34,27 @@ except smtplib.SMTPDataError as e:
 s.quit()
 `;
 
+/// Sends as DOC with MAIL FROM and From `from`, to `to`; prints "sent" or the refusal's code.
+const SEND = `
+import os, smtplib, ssl
+ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])
+s = smtplib.SMTP_SSL('localhost', int(os.environ['SUBMISSION_PORT']), context=ctx)
+s.login(os.environ['DOC'], os.environ['DOC_PASSWORD'])
+try:
+    s.sendmail(os.environ['FROM'], [os.environ['TO']], ('From: ' + os.environ['FROM'] + '\\r\\nTo: ' + os.environ['TO'] + '\\r\\nSubject: On call\\r\\n\\r\\nWho is on call?\\r\\n').encode())
+    print('sent')
+except smtplib.SMTPRecipientsRefused as e:
+    print('refused', list(e.recipients.values())[0][0])
+except smtplib.SMTPSenderRefused as e:
+    print('refused', e.smtp_code)
+s.quit()
+`;
+
+function send(from, to) {
+  const child = spawn("/usr/bin/python3", ["-c", SEND], { env: { ...process.env, FROM: from, TO: to }, stdio: ["ignore", "pipe", "inherit"] });
+  return lines(child)(20000);
+}
+
 function submitAsDoc() {
   const child = spawn("/usr/bin/python3", ["-c", SUBMIT], { env: process.env, stdio: ["ignore", "pipe", "inherit"] });
   return lines(child)(20000);
@@ -332,4 +353,25 @@ async function accounts(browser, page) {
   check(dmarc.includes("missing"), `the DMARC record: ${dmarc}`);
   await page.screenshot({ path: path.join(ARTIFACTS, "admin-09-health.png"), fullPage: true });
   report("health");
+
+  // Aliases: one added to doc's account reaches doc, who may send as it, at once; a foreign
+  // domain or an account's own address is refused; removed, it reaches nobody.
+  await page.goto(`${BASE}/admin/accounts?q=doc`);
+  await Promise.all([page.waitForNavigation(), page.click(`#accounts a:has-text("${process.env.DOC}")`)]);
+  const docPage = page.url();
+  for (const bad of ["oncall@elsewhere.test", process.env.DOC]) {
+    await page.fill("#alias", bad);
+    const [refusedAlias] = await Promise.all([page.waitForNavigation(), page.click("#alias-add button")]);
+    check(refusedAlias.status() === 422, `the alias ${bad} answered ${refusedAlias.status()}`);
+    await page.goto(docPage);
+  }
+  check((await send(process.env.DOC, "oncall@clinic.test")).startsWith("refused 550"), "oncall@ reached someone before it existed");
+  await page.fill("#alias", "OnCall@clinic.test");
+  await Promise.all([page.waitForNavigation(), page.click("#alias-add button")]);
+  check((await page.textContent("#aliases")).includes("oncall@clinic.test"), "the alias is not listed");
+  check((await send(process.env.DOC, "oncall@clinic.test")) === "sent", "mail to the alias was refused");
+  check((await send("oncall@clinic.test", "pat@patient.test")) === "sent", "doc may not send as the alias");
+  await Promise.all([page.waitForNavigation(), page.click('#aliases button[value="alias-remove"]')]);
+  check((await send(process.env.DOC, "oncall@clinic.test")).startsWith("refused 550"), "the removed alias still reaches doc");
+  report("aliases");
 }

@@ -209,11 +209,16 @@ async fn detail_page(
         let account = state2.store.account(id).ok()?;
         let credentials = Credentials::load(&state2.store, id).ok()?;
         let sessions = websession::list(&state2.store, id).map(|s| s.len()).unwrap_or(0);
-        Some((account, credentials, sessions))
+        let aliases: Vec<String> = console_aliases(&state2.store)
+            .into_iter()
+            .filter(|(_, targets)| targets.contains(&account.address))
+            .map(|(alias, _)| alias)
+            .collect();
+        Some((account, credentials, sessions, aliases))
     })
     .await
     .flatten();
-    let Some((account, credentials, sessions)) = loaded else {
+    let Some((account, credentials, sessions, aliases)) = loaded else {
         return crate::html::message_page_status(StatusCode::NOT_FOUND, "Not found", "There is no such account.");
     };
     let link = link.map(|path| {
@@ -256,6 +261,23 @@ async fn detail_page(
         AccountStatus::Active => button("disable", "Disable", "danger"),
         AccountStatus::Disabled => button("enable", "Enable", "quiet"),
     };
+    let alias_rows: Vec<_> = aliases
+        .into_iter()
+        .map(|alias| {
+            let (csrf, action) = (found.session.csrf.clone(), action.clone());
+            view! {
+                <li>
+                    {alias.clone()}" "
+                    <form method="post" action=action class="inline">
+                        <input type="hidden" name="csrf" value=csrf/>
+                        <input type="hidden" name="alias" value=alias/>
+                        <button type="submit" name="action" value="alias-remove" class="quiet">"Remove"</button>
+                    </form>
+                </li>
+            }
+        })
+        .collect();
+    let (alias_action, alias_csrf) = (action.clone(), found.session.csrf.clone());
     let (csrf, delete_action, address) = (found.session.csrf.clone(), action.clone(), account.address.clone());
     let title = account.address.clone();
     render(
@@ -279,6 +301,16 @@ async fn detail_page(
                 {button("reset-factors", "Reset second factors", "quiet")}
                 {button("revoke-app-passwords", "Revoke app passwords", "quiet")}
             </p>
+            <h2>"Aliases"</h2>
+            <p class="muted">"Mail to an alias reaches this account (and any other it is set for), and the account may send as it."</p>
+            <ul id="aliases">{alias_rows}</ul>
+            <form method="post" action=alias_action class="inline" id="alias-add">
+                <input type="hidden" name="csrf" value=alias_csrf/>
+                <input type="hidden" name="action" value="alias-add"/>
+                <label for="alias" class="inline-label">"New alias"</label>
+                <input type="text" id="alias" name="alias"/>
+                <button type="submit" class="quiet">"Add"</button>
+            </form>
             <h2>"Delete"</h2>
             <form method="post" action=delete_action class="stack" id="delete">
                 <p>"Deleting destroys the account's keys: its mail can never be read again. Type the address to confirm."</p>
@@ -299,6 +331,38 @@ pub(crate) struct ActForm {
     action: String,
     #[serde(default)]
     confirm: String,
+    #[serde(default)]
+    alias: String,
+}
+
+/// Aliases one console map may hold.
+pub(crate) const CONSOLE_ALIASES_MAX: usize = 10_000;
+
+type AliasMap = std::collections::BTreeMap<String, Vec<String>>;
+
+/// The console's aliases as saved.
+fn console_aliases(store: &sealpost_storage::Store) -> AliasMap {
+    store
+        .secret(crate::CONSOLE_ALIASES_SECRET)
+        .ok()
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// Saves the console's aliases (audited by the secret's name, and with `event`) and puts
+/// them in force.
+fn save_aliases(
+    state: &WebState,
+    map: &AliasMap,
+    actor: &Actor,
+    event: AuditEvent,
+) -> Result<(), sealpost_storage::Error> {
+    let bytes = serde_json::to_vec(map).map_err(|_| sealpost_storage::Error::InvalidInput { what: "aliases" })?;
+    state.store.set_secret(crate::CONSOLE_ALIASES_SECRET, &bytes, actor)?;
+    state.store.audit(event)?;
+    (state.aliases_changed)(map);
+    Ok(())
 }
 
 /// Ends every web and IMAP session of the account (audited with `actor`).
@@ -317,6 +381,7 @@ pub(crate) async fn act(
     let (state2, actor) = (state.clone(), actor(&me, &peer));
     let action = form.action.clone();
     let confirm = form.confirm.clone();
+    let alias = form.alias.clone();
     let own = id == me.id;
     let done = blocking(move || {
         let store = &state2.store;
@@ -372,8 +437,55 @@ pub(crate) async fn act(
             }
             "delete" => {
                 end_all_sessions(&state2, id, &actor)?;
+                let mut map = console_aliases(store);
+                let before = map.clone();
+                for targets in map.values_mut() {
+                    targets.retain(|t| *t != account.address);
+                }
+                map.retain(|_, targets| !targets.is_empty());
+                if map != before {
+                    let event = AuditEvent::new(&actor, "alias.remove", format!("account {}", account.address))
+                        .detail("the account is deleted");
+                    save_aliases(&state2, &map, &actor, event)?;
+                }
                 store.delete_account(id, &actor)?;
                 Outcome::Deleted(account.address.clone())
+            }
+            "alias-add" => {
+                let alias = alias.trim().to_lowercase();
+                let domain = store.config().primary_domain.clone();
+                let mut map = console_aliases(store);
+                if alias
+                    .rsplit_once('@')
+                    .is_none_or(|(local, d)| local.is_empty() || d != domain)
+                {
+                    Outcome::Refused(format!("An alias is an address at {domain}."))
+                } else if store.find_account(&alias)?.is_some() {
+                    Outcome::Refused(format!("{alias} is an account's own address."))
+                } else if map.len() >= CONSOLE_ALIASES_MAX && !map.contains_key(&alias) {
+                    Outcome::Refused(format!("At most {CONSOLE_ALIASES_MAX} aliases."))
+                } else {
+                    let targets = map.entry(alias.clone()).or_default();
+                    if !targets.contains(&account.address) {
+                        targets.push(account.address.clone());
+                    }
+                    let event = AuditEvent::new(&actor, "alias.add", format!("alias {alias}"))
+                        .detail(format!("to {}", account.address));
+                    save_aliases(&state2, &map, &actor, event)?;
+                    Outcome::Done(format!("{alias} now reaches {}, who may send as it.", account.address))
+                }
+            }
+            "alias-remove" => {
+                let alias = alias.trim().to_lowercase();
+                let mut map = console_aliases(store);
+                if let Some(targets) = map.get_mut(&alias) {
+                    targets.retain(|t| *t != account.address);
+                }
+                map.retain(|_, targets| !targets.is_empty());
+                let event = AuditEvent::new(&actor, "alias.remove", format!("alias {alias}"))
+                    .detail(format!("from {}", account.address));
+                save_aliases(&state2, &map, &actor, event)?;
+                Outcome::Done(format!("{alias} no longer reaches {}.", account.address))
             }
             _ => Outcome::Refused("Unknown action.".into()),
         };

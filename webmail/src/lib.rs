@@ -93,7 +93,15 @@ pub type EndMailSessions = Arc<dyn Fn(sealpost_storage::AccountId) -> usize + Se
 pub struct MailSessions {
     pub lockout: Arc<Lockout>,
     pub end_sessions: EndMailSessions,
+    /// Puts the console's aliases (alias → account addresses) in force for SMTP.
+    pub aliases_changed: AliasesChanged,
 }
+
+/// Called with the console's aliases after each change.
+pub type AliasesChanged = Arc<dyn Fn(&std::collections::BTreeMap<String, Vec<String>>) + Send + Sync>;
+
+/// The store secret holding the console's aliases (JSON: alias → account addresses).
+pub const CONSOLE_ALIASES_SECRET: &str = "aliases";
 
 /// The site: this server's name, what browsers see, the organisation, and what the health
 /// page shows of the server.
@@ -123,6 +131,7 @@ pub struct WebState {
     /// What browsers see: `https://HOST[:PORT]` (enrolment links).
     origin: String,
     end_mail_sessions: EndMailSessions,
+    aliases_changed: AliasesChanged,
     health: HealthInfo,
 }
 
@@ -155,6 +164,7 @@ impl WebState {
             portal: portal::PortalState::default(),
             origin: origin.to_string(),
             end_mail_sessions: mail.end_sessions,
+            aliases_changed: mail.aliases_changed,
             health,
         }))
     }

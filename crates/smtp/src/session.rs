@@ -653,7 +653,7 @@ impl Session {
             }
         };
         if let Some(account) = &self.account {
-            if address.is_empty() || !self.connection.shared.aliases.may_send_as(&account.address, &address) {
+            if address.is_empty() || !self.connection.shared.aliases().may_send_as(&account.address, &address) {
                 return self.error("553 5.7.1 you may send only as your own address");
             }
             let max = self.config.messages_per_hour_per_account_max;

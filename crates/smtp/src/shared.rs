@@ -36,7 +36,9 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// Shared by the sessions of one server.
 pub struct SmtpShared {
     pub(crate) logins: Arc<ImapShared>,
-    pub(crate) aliases: Aliases,
+    /// The aliases of `sealpost.toml`, fixed, and those in force: these and the console's.
+    configured: Aliases,
+    aliases: std::sync::RwLock<Aliases>,
     /// SPF, DKIM and DMARC for inbound mail; `None` only where no DNS is configured (tests of
     /// the state machine), and then no Authentication-Results field is added.
     pub(crate) inbound_auth: Option<crate::InboundAuth>,
@@ -60,7 +62,8 @@ impl SmtpShared {
     ) -> Arc<Self> {
         Arc::new(Self {
             logins,
-            aliases,
+            configured: aliases.clone(),
+            aliases: std::sync::RwLock::new(aliases),
             inbound_auth,
             queue_waker,
             policy,
@@ -68,6 +71,26 @@ impl SmtpShared {
             accepted: std::sync::atomic::AtomicU64::new(0),
             refused: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The aliases in force.
+    pub(crate) fn aliases(&self) -> Aliases {
+        self.aliases.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts the console's aliases (alias → account addresses) in force beside those of
+    /// `sealpost.toml`, which keep their targets and gain the console's.
+    pub fn set_console_aliases(&self, console: &BTreeMap<String, Vec<String>>) {
+        let mut merged = self.configured.clone();
+        for (alias, targets) in console {
+            let entry = merged.map.entry(alias.clone()).or_default();
+            for target in targets {
+                if !entry.contains(target) {
+                    entry.push(target.clone());
+                }
+            }
+        }
+        *self.aliases.write().unwrap_or_else(|e| e.into_inner()) = merged;
     }
 
     /// Messages accepted and refused so far (end of DATA, BDAT or the web's send button).

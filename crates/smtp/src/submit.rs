@@ -96,7 +96,7 @@ pub(crate) async fn classify_recipient(
         }
         return Ok(Recipient::Outside(OutboundRecipient { address, ..outside }));
     }
-    let (store, aliases, lookup) = (store.clone(), shared.aliases.clone(), address.clone());
+    let (store, aliases, lookup) = (store.clone(), shared.aliases(), address.clone());
     match blocking(move || resolve_local(&store, &aliases, &lookup)).await {
         Ok(accounts) if accounts.is_empty() => Err(Refused::Error("550 5.1.1 no such mailbox here".into())),
         Ok(accounts) => {
@@ -157,7 +157,7 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
     .await;
     if let Some(account) = &submission {
         // The From header must be the account's too: MAIL FROM alone is not what people see.
-        let aliases = &shared.aliases;
+        let aliases = shared.aliases();
         let owned = !analysed.from.is_empty() && analysed.from.iter().all(|e| aliases.may_send_as(&account.address, e));
         if !owned {
             return Err(Refused::Error(
