@@ -851,6 +851,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         "policy",
         "health",
         "aliases",
+        "quota",
     ] {
         assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
     }
@@ -893,6 +894,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         ("root@clinic.test", "policy.change"),
         ("root@clinic.test", "alias.add"),
         ("root@clinic.test", "alias.remove"),
+        ("root@clinic.test", "account.quota"),
     ] {
         assert!(
             exported.lines().any(|l| l.contains(action) && l.contains(actor)),

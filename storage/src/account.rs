@@ -304,6 +304,7 @@ impl Store {
         batch.delete(Table::AccountKeys, start.clone());
         batch.delete(Table::Directory, start.clone());
         batch.delete(Table::AddressIndex, self.address_key(&account.address).to_vec());
+        batch.delete(Table::Meta, keys::quota(id));
         // Pickup records are keyed by their token's hash; their value starts with the account.
         let mut pickups = Vec::new();
         self.inner

@@ -58,6 +58,13 @@ pub(crate) fn queue(account: AccountId, id: &[u8; 16]) -> Vec<u8> {
     key
 }
 
+/// An account's quota, in the meta table.
+pub(crate) fn quota(account: AccountId) -> Vec<u8> {
+    let mut key = b"quota/".to_vec();
+    key.extend_from_slice(&account.0.to_be_bytes());
+    key
+}
+
 pub(crate) fn audit(seq: u64) -> Vec<u8> {
     seq.to_be_bytes().to_vec()
 }

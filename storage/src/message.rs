@@ -722,6 +722,42 @@ impl Store {
             }))
     }
 
+    /// Bytes of the account's mail that count against its quota: every mailbox but BACKUP
+    /// (which the owner cannot empty; retention does).
+    pub fn quota_usage(&self, account: AccountId) -> Result<u64> {
+        Ok(self
+            .list_mailboxes(account)?
+            .iter()
+            .filter(|m| m.special_use != Some(crate::SpecialUse::Backup))
+            .map(|m| m.bytes)
+            .sum())
+    }
+
+    /// The account's storage limit in bytes, if an admin set one.
+    pub fn quota(&self, account: AccountId) -> Result<Option<u64>> {
+        Ok(self
+            .inner
+            .engine
+            .get(Table::Meta, &crate::keys::quota(account))?
+            .and_then(|v| keys::read_u64(&v, 0)))
+    }
+
+    /// Sets (or with `None` lifts) the account's storage limit in bytes; audited.
+    pub fn set_quota(&self, account: AccountId, bytes: Option<u64>, actor: &crate::Actor) -> Result<()> {
+        let address = self.account(account)?.address;
+        let mut batch = Batch::default();
+        let key = crate::keys::quota(account);
+        match bytes {
+            Some(bytes) => batch.put(Table::Meta, key, bytes.to_be_bytes().to_vec()),
+            None => batch.delete(Table::Meta, key),
+        }
+        let detail = bytes.map_or_else(|| "none".to_string(), |b| format!("{b} bytes"));
+        let event =
+            crate::AuditEvent::new(actor, "account.quota", format!("account:{} {address}", account.0)).detail(detail);
+        self.commit_audited(batch, vec![event])?;
+        Ok(())
+    }
+
     /// How many distinct bodies an account stores: copies share one, so this is at most the
     /// number of messages over all its mailboxes.
     pub fn body_count(&self, account: AccountId) -> Result<u64> {

@@ -50,6 +50,18 @@ except smtplib.SMTPSenderRefused as e:
 s.quit()
 `;
 
+/// APPENDs a small message to DOC's INBOX over IMAP; prints the answer.
+const APPEND = `
+import imaplib, os, ssl
+ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])
+m = imaplib.IMAP4_SSL('localhost', int(os.environ['IMAP_PORT']), ssl_context=ctx, timeout=30)
+m.login(os.environ['DOC'], os.environ['DOC_PASSWORD'])
+try:
+    print(m.append('INBOX', None, None, b'Subject: note\\r\\n\\r\\nA note.\\r\\n'))
+except imaplib.IMAP4.error as e:
+    print('NO', e)
+`;
+
 function send(from, to) {
   const child = spawn("/usr/bin/python3", ["-c", SEND], { env: { ...process.env, FROM: from, TO: to }, stdio: ["ignore", "pipe", "inherit"] });
   return lines(child)(20000);
@@ -374,4 +386,20 @@ async function accounts(browser, page) {
   await Promise.all([page.waitForNavigation(), page.click('#aliases button[value="alias-remove"]')]);
   check((await send(process.env.DOC, "oncall@clinic.test")).startsWith("refused 550"), "the removed alias still reaches doc");
   report("aliases");
+
+  // A quota below what doc stores: SMTP answers 452 and IMAP APPEND NO [OVERQUOTA]; lifted,
+  // mail flows again.
+  await page.goto(docPage);
+  await page.fill("#quota_mb", "0.0001");
+  await Promise.all([page.waitForNavigation(), page.click("#quota-set button")]);
+  check((await page.textContent(".notice")).includes("The quota is 104 bytes"), `setting the quota: ${await page.textContent("main")}`);
+  check((await page.textContent("#quota")).includes("used of 0.0 MB"), `the quota line: ${await page.textContent("#quota")}`);
+  check((await send(process.env.DOC, process.env.DOC)) === "refused 452", "mail to a full mailbox was not refused with 452");
+  const appended = spawn("/usr/bin/python3", ["-c", APPEND], { env: process.env, stdio: ["ignore", "pipe", "inherit"] });
+  const append = await lines(appended)(20000);
+  check(append && append.includes("OVERQUOTA"), `APPEND to a full mailbox: ${append}`);
+  await page.fill("#quota_mb", "");
+  await Promise.all([page.waitForNavigation(), page.click("#quota-set button")]);
+  check((await send(process.env.DOC, process.env.DOC)) === "sent", "mail after the quota was lifted was refused");
+  report("quota");
 }

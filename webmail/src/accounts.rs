@@ -214,11 +214,12 @@ async fn detail_page(
             .filter(|(_, targets)| targets.contains(&account.address))
             .map(|(alias, _)| alias)
             .collect();
-        Some((account, credentials, sessions, aliases))
+        let quota = (state2.store.quota(id).ok()?, state2.store.quota_usage(id).ok()?);
+        Some((account, credentials, sessions, aliases, quota))
     })
     .await
     .flatten();
-    let Some((account, credentials, sessions, aliases)) = loaded else {
+    let Some((account, credentials, sessions, aliases, (quota, used))) = loaded else {
         return crate::html::message_page_status(StatusCode::NOT_FOUND, "Not found", "There is no such account.");
     };
     let link = link.map(|path| {
@@ -278,6 +279,13 @@ async fn detail_page(
         })
         .collect();
     let (alias_action, alias_csrf) = (action.clone(), found.session.csrf.clone());
+    let (quota_action, quota_csrf) = (action.clone(), found.session.csrf.clone());
+    let mb = |bytes: u64| format!("{:.1} MB", bytes as f64 / 1_048_576.0);
+    let quota_text = match quota {
+        Some(limit) => format!("{} used of {} (BACKUP does not count).", mb(used), mb(limit)),
+        None => format!("{} used; no quota (BACKUP does not count).", mb(used)),
+    };
+    let quota_value = quota.map(|b| format!("{}", b as f64 / 1_048_576.0)).unwrap_or_default();
     let (csrf, delete_action, address) = (found.session.csrf.clone(), action.clone(), account.address.clone());
     let title = account.address.clone();
     render(
@@ -301,6 +309,15 @@ async fn detail_page(
                 {button("reset-factors", "Reset second factors", "quiet")}
                 {button("revoke-app-passwords", "Revoke app passwords", "quiet")}
             </p>
+            <h2>"Quota"</h2>
+            <p id="quota">{quota_text}</p>
+            <form method="post" action=quota_action class="inline" id="quota-set">
+                <input type="hidden" name="csrf" value=quota_csrf/>
+                <input type="hidden" name="action" value="quota"/>
+                <label for="quota_mb" class="inline-label">"Quota in MB (empty: none)"</label>
+                <input type="text" id="quota_mb" name="quota_mb" value=quota_value/>
+                <button type="submit" class="quiet">"Set"</button>
+            </form>
             <h2>"Aliases"</h2>
             <p class="muted">"Mail to an alias reaches this account (and any other it is set for), and the account may send as it."</p>
             <ul id="aliases">{alias_rows}</ul>
@@ -333,7 +350,13 @@ pub(crate) struct ActForm {
     confirm: String,
     #[serde(default)]
     alias: String,
+    /// A quota in MB (decimals allowed); empty: none.
+    #[serde(default)]
+    quota_mb: String,
 }
+
+/// The largest quota the page takes, in MB (16 TiB).
+pub(crate) const QUOTA_MB_MAX: f64 = 16.0 * 1024.0 * 1024.0;
 
 /// Aliases one console map may hold.
 pub(crate) const CONSOLE_ALIASES_MAX: usize = 10_000;
@@ -382,6 +405,7 @@ pub(crate) async fn act(
     let action = form.action.clone();
     let confirm = form.confirm.clone();
     let alias = form.alias.clone();
+    let quota_mb = form.quota_mb.clone();
     let own = id == me.id;
     let done = blocking(move || {
         let store = &state2.store;
@@ -475,6 +499,20 @@ pub(crate) async fn act(
                     Outcome::Done(format!("{alias} now reaches {}, who may send as it.", account.address))
                 }
             }
+            "quota" => match quota_mb.trim() {
+                "" => {
+                    store.set_quota(id, None, &actor)?;
+                    Outcome::Done("No quota: the account may store without a limit.".into())
+                }
+                text => match text.parse::<f64>() {
+                    Ok(mb) if mb.is_finite() && mb > 0.0 && mb <= QUOTA_MB_MAX => {
+                        let bytes = (mb * 1_048_576.0) as u64;
+                        store.set_quota(id, Some(bytes), &actor)?;
+                        Outcome::Done(format!("The quota is {bytes} bytes."))
+                    }
+                    _ => Outcome::Refused(format!("A quota is a number of MB above 0, at most {QUOTA_MB_MAX}.")),
+                },
+            },
             "alias-remove" => {
                 let alias = alias.trim().to_lowercase();
                 let mut map = console_aliases(store);

@@ -1086,6 +1086,24 @@ impl Session {
             })
             .unwrap_or_else(InternalDate::now);
         let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
+        let size = message.len() as u64;
+        let quota = {
+            let store = store.clone();
+            blocking(move || Ok::<_, sealpost_storage::Error>((store.quota(account)?, store.quota_usage(account)?)))
+                .await
+        };
+        match quota {
+            Ok((Some(limit), used)) if used.saturating_add(size) > limit => {
+                return self.no(
+                    tag,
+                    &format!(
+                        "[OVERQUOTA] the mailbox is full ({used} of {limit} bytes used); delete or move some mail"
+                    ),
+                )
+            }
+            Ok(_) => {}
+            Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
+        }
         let result = blocking(move || {
             let summary = Summary::of(&message).to_bytes();
             let search_text = sealpost_mime::search_text(&message).lowercased().to_bytes();
@@ -1135,15 +1153,16 @@ impl Session {
             self.out.extend_from_slice(&line);
         }
         let (store, account) = (self.store.clone(), self.account_id());
-        let usage = match blocking(move || store.usage(account)).await {
-            Ok(usage) => usage,
+        let figures =
+            blocking(move || Ok::<_, sealpost_storage::Error>((store.quota_usage(account)?, store.quota(account)?)))
+                .await;
+        let (used, limit) = match figures {
+            Ok(figures) => figures,
             Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
         };
-        let limit_kib = self.config.quota_bytes / 1024;
-        self.untagged(&format!(
-            "QUOTA \"\" (STORAGE {} {limit_kib})",
-            usage.bytes.div_ceil(1024)
-        ));
+        // The account's own limit where an admin set one; the server's otherwise.
+        let limit_kib = limit.unwrap_or(self.config.quota_bytes) / 1024;
+        self.untagged(&format!("QUOTA \"\" (STORAGE {} {limit_kib})", used.div_ceil(1024)));
         self.ok(tag, "GETQUOTA completed");
     }
 

@@ -96,18 +96,42 @@ pub(crate) async fn classify_recipient(
         }
         return Ok(Recipient::Outside(OutboundRecipient { address, ..outside }));
     }
-    let (store, aliases, lookup) = (store.clone(), shared.aliases(), address.clone());
-    match blocking(move || resolve_local(&store, &aliases, &lookup)).await {
+    let (lookup_store, aliases, lookup) = (store.clone(), shared.aliases(), address.clone());
+    match blocking(move || resolve_local(&lookup_store, &aliases, &lookup)).await {
         Ok(accounts) if accounts.is_empty() => Err(Refused::Error("550 5.1.1 no such mailbox here".into())),
         Ok(accounts) => {
             if accounts.iter().all(|a| a.status != AccountStatus::Active) {
                 return Err(Refused::Error("550 5.2.1 the mailbox is disabled".into()));
             }
-            let accounts = accounts
+            let active: Vec<Account> = accounts
                 .into_iter()
                 .filter(|a| a.status == AccountStatus::Active)
                 .collect();
-            Ok(Recipient::Local { address, accounts })
+            // Accounts over their quota take nothing new (the sender may try again later).
+            let (store, candidates) = (store.clone(), active);
+            let with_room = blocking(move || {
+                let mut kept = Vec::new();
+                for account in candidates {
+                    match store.quota(account.id)? {
+                        Some(limit) if store.quota_usage(account.id)? >= limit => {}
+                        _ => kept.push(account),
+                    }
+                }
+                Ok::<_, StoreError>(kept)
+            })
+            .await;
+            match with_room {
+                Ok(accounts) if accounts.is_empty() => Err(Refused::Transient(
+                    "452 4.2.2 the mailbox is full; try again later".into(),
+                )),
+                Ok(accounts) => Ok(Recipient::Local { address, accounts }),
+                Err(error) => {
+                    warn!(%error, "quota look-up failed");
+                    Err(Refused::Transient(
+                        "451 4.3.0 temporary failure; try again later".into(),
+                    ))
+                }
+            }
         }
         Err(error) => {
             warn!(%error, "recipient lookup failed");
