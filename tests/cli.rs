@@ -489,3 +489,160 @@ fn connections_past_the_per_address_limit_are_told_why_and_closed() {
     );
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
 }
+
+#[test]
+fn mbox_and_maildir_imports_arrive_whole_with_flags_and_a_second_run_copies_nothing() {
+    const PASSWORD: &str = "import harbor lantern";
+    let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
+    data.add_accounts(&["alice@clinic.test"], PASSWORD);
+    let work = tempfile::tempdir().unwrap();
+    // An mbox of three messages: quoted "From " lines, Status and X-Status flags.
+    let binary: String = (0..3000u32).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    let mbox = format!(
+        "From alice@example.org Mon Dec  1 12:00:00 2025\n\
+         Message-ID: <m1@example.org>\nSubject: one\nStatus: RO\nX-Status: F\n\nbody\n>From the start\n\n\
+         From bob@example.org Tue Dec  2 08:30:00 2025\n\
+         Message-ID: <m2@example.org>\nSubject: two\n\n{binary}\n\n\
+         From carol@example.org Wed Dec  3 09:00:00 2025\n\
+         Message-ID: <m3@example.org>\nSubject: three\nX-Status: A\n\nthird\n"
+    );
+    let mbox_path = work.path().join("archive.mbox");
+    std::fs::write(&mbox_path, &mbox).unwrap();
+    // A Maildir++: INBOX with seen, flagged and new messages; a nested folder.
+    let maildir = work.path().join("Maildir");
+    for sub in [
+        "cur",
+        "new",
+        "tmp",
+        ".Work.Projects/cur",
+        ".Work.Projects/new",
+        ".Work.Projects/tmp",
+    ] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    let files = [
+        (
+            "cur/1.host:2,S",
+            "Message-ID: <d1@example.org>\r\nSubject: seen\r\n\r\nhello\r\n",
+        ),
+        (
+            "cur/2.host:2,FS",
+            "Message-ID: <d2@example.org>\r\nSubject: flagged\r\n\r\nhello\r\n",
+        ),
+        (
+            "new/3.host",
+            "Message-ID: <d3@example.org>\r\nSubject: new\r\n\r\nhello\r\n",
+        ),
+        (
+            ".Work.Projects/cur/4.host:2,RS",
+            "Message-ID: <d4@example.org>\r\nSubject: project\r\n\r\nplan\r\n",
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::write(maildir.join(name), text).unwrap();
+    }
+    let run = |args: &[&str]| sealpost_ok(args, "");
+    let (mbox_arg, maildir_arg, data_arg) = (
+        mbox_path.to_str().unwrap().to_string(),
+        maildir.to_str().unwrap().to_string(),
+        data.arg(),
+    );
+    let mbox_import = [
+        "import",
+        "mbox",
+        &mbox_arg,
+        "--account",
+        "alice@clinic.test",
+        "--folder",
+        "Archive/2025",
+        "--data",
+        &data_arg,
+    ];
+    let maildir_import = [
+        "import",
+        "maildir",
+        &maildir_arg,
+        "--account",
+        "alice@clinic.test",
+        "--data",
+        &data_arg,
+    ];
+    assert_eq!(run(&mbox_import).trim(), "Archive/2025: 3 copied, 0 already there");
+    assert_eq!(
+        run(&maildir_import).trim(),
+        "INBOX: 3 copied, 0 already there\nWork/Projects: 1 copied, 0 already there"
+    );
+    assert_eq!(run(&mbox_import).trim(), "Archive/2025: 0 copied, 3 already there");
+    assert_eq!(
+        run(&maildir_import).trim(),
+        "INBOX: 0 copied, 3 already there\nWork/Projects: 0 copied, 1 already there"
+    );
+    // Over IMAP: each folder's messages, bytes and flags, and the mbox's dates.
+    let mut server = data.serve();
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import imaplib, json, os, ssl, re\n\
+             ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+             m = imaplib.IMAP4_SSL('localhost', int(os.environ['PORT']), ssl_context=ctx)\n\
+             m.login('alice@clinic.test', os.environ['PASSWORD'])\n\
+             out = {}\n\
+             for folder in ('Archive/2025', 'INBOX', 'Work/Projects'):\n\
+             \x20   m.select(folder, readonly=True)\n\
+             \x20   rows = []\n\
+             \x20   for num in m.search(None, 'ALL')[1][0].split():\n\
+             \x20       typ, data = m.fetch(num, '(FLAGS INTERNALDATE BODY.PEEK[])')\n\
+             \x20       meta = data[0][0].decode()\n\
+             \x20       flags = sorted(re.search(r'FLAGS \\(([^)]*)\\)', meta).group(1).split())\n\
+             \x20       date = re.search(r'INTERNALDATE \"([^\"]+)\"', meta).group(1)\n\
+             \x20       rows.append([flags, date, data[0][1].decode()])\n\
+             \x20   out[folder] = rows\n\
+             print(json.dumps(out))\n",
+        )
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("PORT", (data.port_base + 993).to_string())
+        .env("PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let folders: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let archive = folders["Archive/2025"].as_array().unwrap();
+    assert_eq!(archive.len(), 3);
+    assert_eq!(archive[0][0], serde_json::json!(["\\Flagged", "\\Seen"]));
+    assert_eq!(archive[0][1], "01-Dec-2025 12:00:00 +0000");
+    assert_eq!(
+        archive[0][2],
+        "Message-ID: <m1@example.org>\nSubject: one\nStatus: RO\nX-Status: F\n\nbody\nFrom the start\n"
+    );
+    assert_eq!(
+        archive[1][2],
+        format!("Message-ID: <m2@example.org>\nSubject: two\n\n{binary}\n")
+    );
+    assert_eq!(archive[2][0], serde_json::json!(["\\Answered"]));
+    // (A notice of the first sign-in from a new network may be there too.)
+    let inbox: Vec<&serde_json::Value> = folders["INBOX"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m[2].as_str().unwrap().starts_with("Message-ID: <d"))
+        .collect();
+    let flags: Vec<&serde_json::Value> = inbox.iter().map(|m| &m[0]).collect();
+    assert_eq!(
+        flags,
+        [
+            &serde_json::json!(["\\Seen"]),
+            &serde_json::json!(["\\Flagged", "\\Seen"]),
+            &serde_json::json!([])
+        ]
+    );
+    assert_eq!(inbox[1][2], files[1].1);
+    let projects = folders["Work/Projects"].as_array().unwrap();
+    assert_eq!(projects.len(), 1);
+    assert_eq!(projects[0][0], serde_json::json!(["\\Answered", "\\Seen"]));
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
+    assert!(
+        exported.lines().filter(|l| l.contains("\"import\"")).count() >= 6,
+        "imports not audited"
+    );
+}

@@ -6,6 +6,7 @@
 mod cli;
 mod config;
 mod dkim;
+mod import;
 mod init;
 mod metrics;
 mod serve;
@@ -60,6 +61,9 @@ enum Command {
     /// Messages kept for pickup through the portal.
     #[command(subcommand)]
     Pickup(cli::PickupCommand),
+    /// Copy mail from files into an account (the server must not be running).
+    #[command(subcommand)]
+    Import(import::ImportCommand),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Command::Queue(command) => cli::queue(command),
         Command::Dns(command) => cli::dns(command),
         Command::Pickup(command) => cli::pickup(command),
+        Command::Import(command) => import::import(command),
     };
     match result {
         Ok(code) => code,
