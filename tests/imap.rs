@@ -235,3 +235,193 @@ fn real_clients_script_passes() {
         }
     }
 }
+
+/// The harness's Dovecot on free ports with a state folder of its own; stopped when dropped.
+struct Dovecot {
+    state: tempfile::TempDir,
+    imaps_port: u16,
+}
+
+impl Dovecot {
+    fn env(&self, command: &mut Command) {
+        let ports = common::free_port_base();
+        command
+            .env("HARNESS_STATE", self.state.path())
+            .env("HARNESS_IMAP_PORT", (ports + 143).to_string())
+            .env("HARNESS_IMAPS_PORT", self.imaps_port.to_string())
+            .env("HARNESS_LMTP_PORT", (ports + 24).to_string())
+            .env("HARNESS_AUTH_PORT", (ports + 26).to_string())
+            .env("HARNESS_NUSERS", "2");
+    }
+
+    fn start() -> Dovecot {
+        let dovecot = Dovecot {
+            state: tempfile::tempdir().unwrap(),
+            imaps_port: common::free_port_base() + 993,
+        };
+        // Its output goes to a file: the daemon keeps the descriptors it inherits, so a pipe
+        // would never close.
+        let log = dovecot.state.path().join("start.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new("bash");
+        command
+            .arg(harness_dir().join("peers/start_dovecot.sh"))
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        dovecot.env(&mut command);
+        let status = command.status().unwrap();
+        assert!(
+            status.success(),
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        dovecot
+    }
+
+    fn cafile(&self) -> std::path::PathBuf {
+        self.state.path().join("tls/cert.pem")
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let mut command = Command::new("bash");
+        command
+            .arg(harness_dir().join("peers/stop_dovecot.sh"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        self.env(&mut command);
+        let _ = command.status();
+    }
+}
+
+/// Every message of every folder of an IMAP account, as JSON {folder: [[flags, date, sha256]]}
+/// sorted, over implicit TLS.
+const MAILBOX_DIGEST: &str = "import hashlib, imaplib, json, os, re, ssl\n\
+ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+m = imaplib.IMAP4_SSL('localhost', int(os.environ['PORT']), ssl_context=ctx)\n\
+m.login(os.environ['USER'], os.environ['PASS'])\n\
+out = {}\n\
+for line in m.list()[1]:\n\
+\x20   name = line.decode().rsplit(' ', 1)[-1].strip('\"')\n\
+\x20   if name in ('BACKUP', 'Sent', 'Drafts', 'Trash', 'Junk', 'Archive') and os.environ.get('SKIP_DEFAULTS'):\n\
+\x20       continue\n\
+\x20   m.select('\"' + name + '\"', readonly=True)\n\
+\x20   rows = []\n\
+\x20   nums = m.search(None, 'ALL')[1][0].split()\n\
+\x20   for i in range(0, len(nums), 200):\n\
+\x20       typ, data = m.fetch(b','.join(nums[i:i + 200]), '(FLAGS INTERNALDATE BODY.PEEK[])')\n\
+\x20       for item in data:\n\
+\x20           if not isinstance(item, tuple):\n\
+\x20               continue\n\
+\x20           meta = item[0].decode()\n\
+\x20           flags = sorted(f for f in re.search(r'FLAGS \\(([^)]*)\\)', meta).group(1).split() if f != '\\\\Recent')\n\
+\x20           date = re.search(r'INTERNALDATE \"([^\"]+)\"', meta).group(1)\n\
+\x20           rows.append([flags, date, hashlib.sha256(item[1]).hexdigest()])\n\
+\x20   if rows:\n\
+\x20       out[name] = sorted(rows)\n\
+print(json.dumps(out, sort_keys=True))\n";
+
+fn mailbox_digest(
+    cafile: &std::path::Path,
+    port: u16,
+    user: &str,
+    pass: &str,
+    skip_defaults: bool,
+) -> serde_json::Value {
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(MAILBOX_DIGEST)
+        .env("CAFILE", cafile)
+        .env("PORT", port.to_string())
+        .env("USER", user)
+        .env("PASS", pass)
+        .env("SKIP_DEFAULTS", if skip_defaults { "1" } else { "" })
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn an_import_from_dovecot_of_2000_messages_in_nested_folders_arrives_whole_and_runs_again_copying_nothing() {
+    let dovecot = Dovecot::start();
+    // 2,000 messages over INBOX and three nested folders, with flags, dates and sizes.
+    let filled = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import imaplib, os, ssl, time\n\
+             ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+             m = imaplib.IMAP4_SSL('localhost', int(os.environ['PORT']), ssl_context=ctx)\n\
+             m.login('user1', 'harness-pw')\n\
+             folders = ['INBOX', 'Clinic', 'Clinic/Cardiology', 'Clinic/Cardiology/2025']\n\
+             for f in folders[1:]:\n\
+             \x20   m.create('\"' + f + '\"')\n\
+             flags = ['', '\\\\Seen', '\\\\Seen \\\\Flagged', '\\\\Answered \\\\Seen', '\\\\Draft']\n\
+             for i in range(2000):\n\
+             \x20   body = ('line %d of message %d\\r\\n' % (i, i)) * (1 + (i * 37) % 200)\n\
+             \x20   raw = ('Message-ID: <imp%d@example.org>\\r\\nFrom: a%d@example.org\\r\\nSubject: message %d\\r\\n\\r\\n' % (i, i % 13, i) + body).encode()\n\
+             \x20   date = imaplib.Time2Internaldate(1700000000 + i * 3600)\n\
+             \x20   typ, _ = m.append('\"' + folders[i % 4] + '\"', '(' + flags[i % 5] + ')', date, raw)\n\
+             \x20   assert typ == 'OK'\n\
+             print('filled')\n",
+        )
+        .env("CAFILE", dovecot.cafile())
+        .env("PORT", dovecot.imaps_port.to_string())
+        .output()
+        .unwrap();
+    assert!(filled.status.success(), "{}", String::from_utf8_lossy(&filled.stderr));
+    // The import runs before the server (the store must not be in use).
+    let data = DataDir::init_with("harness.test", &["--hostname", "localhost"]);
+    data.add_accounts(&["user1@harness.test"], PASSWORD);
+    let run = || {
+        sealpost_ok(
+            &[
+                "import",
+                "imap",
+                "--host",
+                "localhost",
+                "--port",
+                &dovecot.imaps_port.to_string(),
+                "--ca-file",
+                dovecot.cafile().to_str().unwrap(),
+                "--user",
+                "user1",
+                "--account",
+                "user1@harness.test",
+                "--data",
+                &data.arg(),
+            ],
+            "harness-pw\n",
+        )
+    };
+    let first = run();
+    for line in [
+        "INBOX: 500 copied, 0 already there",
+        "Clinic: 500 copied, 0 already there",
+        "Clinic/Cardiology: 500 copied, 0 already there",
+        "Clinic/Cardiology/2025: 500 copied, 0 already there",
+    ] {
+        assert!(first.lines().any(|l| l == line), "no {line:?} in {first}");
+    }
+    let second = run();
+    assert!(
+        second.lines().all(|l| l.contains(": 0 copied")),
+        "a second run copied again: {second}"
+    );
+    // Every folder arrives with the same bytes, flags and dates.
+    let mut server = data.serve();
+    let theirs = mailbox_digest(&dovecot.cafile(), dovecot.imaps_port, "user1", "harness-pw", false);
+    let ours = mailbox_digest(
+        &data.path().join("tls/cert.pem"),
+        data.port_base + 993,
+        "user1@harness.test",
+        PASSWORD,
+        true,
+    );
+    assert_eq!(theirs.as_object().unwrap().len(), 4, "{theirs}");
+    assert_eq!(ours, theirs);
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+}

@@ -1,4 +1,4 @@
-//! `sealpost import mbox|maildir`: mail from files into an account, before or between runs
+//! `sealpost import mbox|maildir|imap`: mail from files or another server into an account, before or between runs
 //! of the server (the store must not be in use). Flags and dates are kept (mbox: `Status`
 //! and `X-Status`, the `From ` line's date; Maildir: the `:2,` flags, `new/` unseen, the
 //! file's time); Maildir++ sub-folders (`.Work.Projects`) become folders (`Work/Projects`).
@@ -33,6 +33,27 @@ pub(crate) enum ImportCommand {
         /// The folder (made when missing).
         #[arg(long, default_value = "INBOX")]
         folder: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Copy an account's mail from another IMAP server (implicit TLS), every folder with its
+    /// flags and dates; resumable (run it again after a stop). The password is read from
+    /// the first line of standard input.
+    Imap {
+        /// The other server's name (its certificate must be for it).
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 993)]
+        port: u16,
+        /// PEM file of the CA that signed its certificate (default: the system's).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// The login there.
+        #[arg(long)]
+        user: String,
+        /// The account here.
+        #[arg(long)]
+        account: String,
         #[arg(long)]
         data: PathBuf,
     },
@@ -75,6 +96,35 @@ pub(crate) fn import(command: ImportCommand) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        ImportCommand::Imap {
+            host,
+            port,
+            ca_file,
+            user,
+            account,
+            data,
+        } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let (_, store) = open_store(&data)?;
+            let id = account_id(&store, &account)?;
+            let mut client = crate::import_imap::Client::connect(&host, port, ca_file.as_deref())?;
+            client.login(&user, password)?;
+            for (theirs, ours) in client.folders()?.into_iter().take(IMPORT_FOLDERS_MAX) {
+                let uids = client.uids(&theirs)?;
+                let mut folder = Folder::open(&store, id, &ours)?;
+                for batch in uids.chunks(crate::import_imap::IMPORT_FETCH_BATCH) {
+                    for (raw, flags, date) in client.fetch(batch)? {
+                        folder.copy(&store, id, Imported { raw, flags, date })?;
+                    }
+                }
+                folder.finish(&store, &account, &format!("imap {host}:{port} {user}"))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ImportCommand::Maildir { dir, account, data } => {
             let (_, store) = open_store(&data)?;
             let id = account_id(&store, &account)?;
@@ -110,23 +160,48 @@ fn import_folder(
     messages: Vec<Imported>,
     source: &str,
 ) -> anyhow::Result<()> {
-    let mailbox = match store.mailbox_by_name(account, folder)? {
-        Some(mailbox) => mailbox.id,
-        None => create_with_parents(store, account, folder)?,
-    };
-    let mut present = present_keys(store, account, mailbox)?;
-    let (mut copied, mut skipped) = (0usize, 0usize);
+    let mut target = Folder::open(store, account, folder)?;
     for message in messages.into_iter().take(IMPORT_MESSAGES_PER_FOLDER_MAX) {
-        let key = key_of(&message.raw, message.date.unix_seconds);
-        if !present.insert(key) {
-            skipped += 1;
-            continue;
+        target.copy(store, account, message)?;
+    }
+    target.finish(store, address, source)
+}
+
+/// A folder being filled: what it holds already, and the counts.
+struct Folder {
+    name: String,
+    mailbox: MailboxId,
+    present: HashSet<(String, u64, i64)>,
+    copied: usize,
+    skipped: usize,
+}
+
+impl Folder {
+    fn open(store: &Store, account: AccountId, name: &str) -> anyhow::Result<Folder> {
+        let mailbox = match store.mailbox_by_name(account, name)? {
+            Some(mailbox) => mailbox.id,
+            None => create_with_parents(store, account, name)?,
+        };
+        Ok(Folder {
+            name: name.to_string(),
+            mailbox,
+            present: present_keys(store, account, mailbox)?,
+            copied: 0,
+            skipped: 0,
+        })
+    }
+
+    /// Appends the message unless the folder has it.
+    fn copy(&mut self, store: &Store, account: AccountId, message: Imported) -> anyhow::Result<()> {
+        if !self.present.insert(key_of(&message.raw, message.date.unix_seconds)) {
+            self.skipped += 1;
+            return Ok(());
         }
         let summary = sealpost_mime::Summary::of(&message.raw).to_bytes();
         let text = sealpost_mime::search_text(&message.raw).lowercased().to_bytes();
         store.append(
             account,
-            mailbox,
+            self.mailbox,
             &NewMessage {
                 raw: &message.raw,
                 flags: message.flags,
@@ -135,14 +210,21 @@ fn import_folder(
                 search_text: &text,
             },
         )?;
-        copied += 1;
+        self.copied += 1;
+        Ok(())
     }
-    println!("{folder}: {copied} copied, {skipped} already there");
-    store.audit(
-        AuditEvent::new(&Actor::cli(), "import", format!("account {address} folder {folder}"))
-            .detail(format!("{source}; {copied} copied, {skipped} already there")),
-    )?;
-    Ok(())
+
+    fn finish(self, store: &Store, address: &str, source: &str) -> anyhow::Result<()> {
+        let Folder {
+            name, copied, skipped, ..
+        } = self;
+        println!("{name}: {copied} copied, {skipped} already there");
+        store.audit(
+            AuditEvent::new(&Actor::cli(), "import", format!("account {address} folder {name}"))
+                .detail(format!("{source}; {copied} copied, {skipped} already there")),
+        )?;
+        Ok(())
+    }
 }
 
 fn create_with_parents(store: &Store, account: AccountId, folder: &str) -> anyhow::Result<MailboxId> {

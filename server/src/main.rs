@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod dkim;
 mod import;
+mod import_imap;
 mod init;
 mod metrics;
 mod serve;
