@@ -317,16 +317,16 @@ fn finish_mbox_message(mut raw: Vec<u8>, date: i64) -> Imported {
             flags = flags.with(SystemFlag::Seen);
         }
         if name.eq_ignore_ascii_case("X-Status") {
-            for (letter, flag) in [
-                ('A', SystemFlag::Answered),
-                ('F', SystemFlag::Flagged),
-                ('D', SystemFlag::Deleted),
-                ('T', SystemFlag::Draft),
-            ] {
-                if value.contains(letter) {
-                    flags = flags.with(flag);
-                }
-            }
+            flags = with_letters(
+                flags,
+                value,
+                &[
+                    ('A', SystemFlag::Answered),
+                    ('F', SystemFlag::Flagged),
+                    ('D', SystemFlag::Deleted),
+                    ('T', SystemFlag::Draft),
+                ],
+            );
         }
     }
     Imported {
@@ -337,6 +337,16 @@ fn finish_mbox_message(mut raw: Vec<u8>, date: i64) -> Imported {
             offset_minutes: 0,
         },
     }
+}
+
+/// `flags` with each flag whose letter `letters` holds (mbox's X-Status, Maildir's `:2,`).
+fn with_letters(mut flags: Flags, letters: &str, meaning: &[(char, SystemFlag)]) -> Flags {
+    for (letter, flag) in meaning {
+        if letters.contains(*letter) {
+            flags = flags.with(*flag);
+        }
+    }
+    flags
 }
 
 /// The date of a `From sender Mon Dec  1 12:00:00 2026` line, as Unix seconds (UTC).
@@ -399,17 +409,17 @@ fn read_maildir(dir: &Path) -> anyhow::Result<Vec<Imported>> {
             let mut flags = Flags::new();
             if seen_possible {
                 if let Some((_, info)) = name.rsplit_once(":2,") {
-                    for (letter, flag) in [
-                        ('S', SystemFlag::Seen),
-                        ('R', SystemFlag::Answered),
-                        ('F', SystemFlag::Flagged),
-                        ('T', SystemFlag::Deleted),
-                        ('D', SystemFlag::Draft),
-                    ] {
-                        if info.contains(letter) {
-                            flags = flags.with(flag);
-                        }
-                    }
+                    flags = with_letters(
+                        flags,
+                        info,
+                        &[
+                            ('S', SystemFlag::Seen),
+                            ('R', SystemFlag::Answered),
+                            ('F', SystemFlag::Flagged),
+                            ('T', SystemFlag::Deleted),
+                            ('D', SystemFlag::Draft),
+                        ],
+                    );
                 }
             }
             let modified = std::fs::metadata(&path)
