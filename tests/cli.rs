@@ -646,3 +646,41 @@ fn mbox_and_maildir_imports_arrive_whole_with_flags_and_a_second_run_copies_noth
         "imports not audited"
     );
 }
+
+#[test]
+fn the_consoles_quota_enrolment_link_and_audit_search_work_from_the_command_line() {
+    let data = DataDir::init_with("clinic.test", &[]);
+    data.add_accounts(&["nina@clinic.test"], "copper willow brisk anthem");
+    let arg = data.arg();
+    let quota = sealpost_ok(
+        &["account", "quota", "nina@clinic.test", "--mb", "2", "--data", &arg],
+        "",
+    );
+    assert_eq!(quota.trim(), "quota of nina@clinic.test is 2097152 bytes");
+    let link = sealpost_ok(&["account", "enrolment-link", "nina@clinic.test", "--data", &arg], "");
+    let (account, secret) = link.trim().strip_prefix("/enrol/").unwrap().split_once('.').unwrap();
+    assert!(account.parse::<u64>().is_ok() && secret.len() == 64, "{link}");
+    let refused = sealpost(
+        &["account", "quota", "nina@clinic.test", "--mb", "-1", "--data", &arg],
+        "",
+    );
+    assert!(!refused.status.success());
+    let lifted = sealpost_ok(&["account", "quota", "nina@clinic.test", "--none", "--data", &arg], "");
+    assert_eq!(lifted.trim(), "nina@clinic.test has no quota");
+    // The console's search, here: newest first, the count on standard error.
+    let found = sealpost(&["audit", "search", "--action", "account.quota", "--data", &arg], "");
+    assert!(found.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&found.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["detail"], "none");
+    assert_eq!(lines[1]["detail"], "2097152 bytes");
+    assert_eq!(String::from_utf8_lossy(&found.stderr).trim(), "2 records match");
+    let links = sealpost(
+        &["audit", "search", "--action", "auth.enrolment_link", "--data", &arg],
+        "",
+    );
+    assert_eq!(String::from_utf8_lossy(&links.stderr).trim(), "1 records match");
+}

@@ -37,6 +37,24 @@ pub(crate) enum AccountCommand {
         #[arg(long)]
         data: PathBuf,
     },
+    /// A one-time link for the account's owner to choose the password (as the console's
+    /// "New enrolment link"); prints the path to append to the site's address.
+    EnrolmentLink {
+        address: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Set the account's storage limit in MB (as the console's quota), or lift it with --none.
+    Quota {
+        address: String,
+        /// MB, decimals allowed.
+        #[arg(long, conflicts_with = "none")]
+        mb: Option<f64>,
+        #[arg(long)]
+        none: bool,
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// Stop an account from logging in; its mail stays.
     Disable {
         address: String,
@@ -116,6 +134,27 @@ impl From<ScopeArg> for sealpost_auth::Scope {
 pub(crate) enum AuditCommand {
     /// Walk the hash chain and report the first broken link. Exits 1 if broken.
     Verify {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Search the log as the console does (every word of every field given), newest first;
+    /// JSON lines.
+    Search {
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        object: Option<String>,
+        /// Words anywhere in the record.
+        #[arg(long)]
+        text: Option<String>,
+        /// Records at or after this time (as for export).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
         #[arg(long)]
         data: PathBuf,
     },
@@ -465,6 +504,37 @@ pub(crate) fn account(command: AccountCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        AccountCommand::EnrolmentLink { address, data } => {
+            let (_, store) = open_store(&data)?;
+            let account = find(&store, &address)?;
+            let now = i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis()),
+            )
+            .unwrap_or(i64::MAX);
+            let path = sealpost_auth::enrolment::issue(&store, account.id, &Actor::cli(), now)?;
+            println!("{path}");
+        }
+        AccountCommand::Quota {
+            address,
+            mb,
+            none,
+            data,
+        } => {
+            let (_, store) = open_store(&data)?;
+            let account = find(&store, &address)?;
+            let bytes = match (mb, none) {
+                (_, true) => None,
+                (Some(mb), false) if mb.is_finite() && mb > 0.0 => Some((mb * 1_048_576.0) as u64),
+                _ => anyhow::bail!("give --mb with a number above 0, or --none"),
+            };
+            store.set_quota(account.id, bytes, &Actor::cli())?;
+            match bytes {
+                Some(bytes) => println!("quota of {} is {bytes} bytes", account.address),
+                None => println!("{} has no quota", account.address),
+            }
+        }
         AccountCommand::Disable { address, data } => {
             let (_, store) = open_store(&data)?;
             let account = find(&store, &address)?;
@@ -562,6 +632,45 @@ pub(crate) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        AuditCommand::Search {
+            actor,
+            action,
+            object,
+            text,
+            since,
+            limit,
+            data,
+        } => {
+            let since_ms = since.as_deref().map(parse_since).transpose()?;
+            let (_, store) = open_store(&data)?;
+            let page = store.audit_search(&sealpost_storage::AuditSearch {
+                actor,
+                action,
+                object,
+                text,
+                since_ms,
+                limit: limit.min(sealpost_storage::AUDIT_COUNT_EXACT_MAX),
+                ..sealpost_storage::AuditSearch::default()
+            })?;
+            let mut out = std::io::stdout().lock();
+            for record in &page.records {
+                let mut line =
+                    serde_json::to_value(record).map_err(|_| StoreError::InvalidInput { what: "audit record" })?;
+                if let Some(object) = line.as_object_mut() {
+                    object.insert(
+                        "outcome".into(),
+                        serde_json::Value::String(record.event.outcome.as_str().into()),
+                    );
+                }
+                writeln!(out, "{line}")?;
+            }
+            eprintln!(
+                "{}{} records match",
+                if page.matched_exact { "" } else { "more than " },
+                page.matched
+            );
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Export { since, output, data } => {
             let since_ms = since.as_deref().map(parse_since).transpose()?.unwrap_or(i64::MIN);
