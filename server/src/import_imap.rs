@@ -18,6 +18,11 @@ pub(crate) const IMPORT_FETCH_BATCH: usize = 200;
 pub(crate) const IMPORT_LINE_BYTES_MAX: usize = 1024 * 1024;
 /// Largest message literal taken, in bytes.
 pub(crate) const IMPORT_LITERAL_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Bytes of messages one command may bring (a batch of large messages is refused whole,
+/// rather than held in memory).
+pub(crate) const IMPORT_COMMAND_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Untagged responses one command may bring.
+pub(crate) const IMPORT_RESPONSES_PER_COMMAND_MAX: usize = 1_000_000;
 /// Seconds a read or write may wait.
 pub(crate) const IMPORT_TIMEOUT_SECONDS: u64 = 120;
 
@@ -123,8 +128,16 @@ impl Client {
         stream.write_all(format!("{tag} {command}\r\n").as_bytes())?;
         stream.flush()?;
         let mut untagged = Vec::new();
+        let mut bytes = 0usize;
         loop {
             let response = self.read_response()?;
+            bytes = bytes.saturating_add(response.literals.iter().map(Vec::len).sum::<usize>());
+            if bytes > IMPORT_COMMAND_BYTES_MAX || untagged.len() >= IMPORT_RESPONSES_PER_COMMAND_MAX {
+                bail!(
+                    "the server's answer to one command is over {IMPORT_COMMAND_BYTES_MAX} bytes or \
+                     {IMPORT_RESPONSES_PER_COMMAND_MAX} responses"
+                );
+            }
             if response.text.starts_with(format!("{tag} ").as_bytes()) {
                 let rest = &response.text[tag.len() + 1..];
                 if rest.starts_with(b"OK") {

@@ -255,7 +255,10 @@ impl Store {
             counted.push((self.count_postings(&key, from, to, AUDIT_COUNT_EXACT_MAX + 1)?, key));
         }
         counted.sort_by_key(|(count, _)| *count);
-        let (lead, others) = (counted[0].1, counted[1..].iter().map(|(_, k)| *k).collect::<Vec<_>>());
+        let Some(((_, lead), rest)) = counted.split_first() else {
+            return Err(Error::corrupt("a search with terms has none"));
+        };
+        let (lead, others) = (*lead, rest.iter().map(|(_, k)| *k).collect::<Vec<_>>());
         let has_all = |seq: u64| -> Result<bool> {
             for other in &others {
                 let mut key = other.to_vec();

@@ -49,8 +49,9 @@ impl Store {
     }
 }
 
-/// Longest secret kept, in bytes.
-pub const SECRET_BYTES_MAX: usize = 16 * 1024;
+/// Longest secret kept, in bytes: room for the console's policy versions and its aliases
+/// (`CONSOLE_ALIASES_MAX` of them), which are server secrets too.
+pub const SECRET_BYTES_MAX: usize = 1024 * 1024;
 
 impl Store {
     fn secret_key(name: &str) -> Vec<u8> {

@@ -12,6 +12,7 @@ use sealpost_storage::{
     AccountStatus, Actor, AuditEvent, AuditSearch, DeliveryTarget, Error, FlagChange, Flags, InternalDate, Login,
     MailboxEvent, MasterKey, NewAccount, NewMessage, Outbound, OutboundRecipient, PickupState, PortalReply,
     RecipientState, RecipientStatus, Role, SpecialUse, Store, SystemFlag, AUDIT_COUNT_EXACT_MAX, PICKUP_TOMBSTONE_MS,
+    SECRET_BYTES_MAX,
 };
 
 const MARKER: &str = "zqxmarker7731";
@@ -1307,7 +1308,12 @@ fn secrets_are_sealed_audited_by_name_and_survive_master_key_rotation() {
     let fx = Fixture::new();
     let store = fx.create();
     store.set_secret("dkim-test", MARKER.as_bytes(), &Actor::cli()).unwrap();
-    assert!(store.set_secret("big", &vec![0; 16 * 1024 + 1], &Actor::cli()).is_err());
+    assert!(store
+        .set_secret("big", &vec![0; SECRET_BYTES_MAX + 1], &Actor::cli())
+        .is_err());
+    store
+        .set_secret("just-fits", &vec![0; SECRET_BYTES_MAX], &Actor::cli())
+        .unwrap();
     assert_eq!(store.secret("missing").unwrap(), None);
     let new_key = fx.dir.path().join("rotated.key");
     store

@@ -479,9 +479,10 @@ pub(crate) async fn act(
                 let alias = alias.trim().to_lowercase();
                 let domain = store.config().primary_domain.clone();
                 let mut map = console_aliases(store);
-                if alias
-                    .rsplit_once('@')
-                    .is_none_or(|(local, d)| local.is_empty() || d != domain)
+                if alias.len() > sealpost_storage::ADDRESS_BYTES_MAX
+                    || alias
+                        .rsplit_once('@')
+                        .is_none_or(|(local, d)| local.is_empty() || d != domain)
                 {
                     Outcome::Refused(format!("An alias is an address at {domain}."))
                 } else if store.find_account(&alias)?.is_some() {

@@ -69,20 +69,14 @@ impl AuditQuery {
 
     /// The query string of the search (not the paging), for links and the export.
     fn search_string(&self) -> String {
-        let mut out = String::new();
-        for (name, value) in [
+        crate::mail::query_string(&[
             ("actor", &self.actor),
             ("action", &self.action),
             ("object", &self.object),
             ("text", &self.text),
             ("since", &self.since),
             ("before", &self.before),
-        ] {
-            if let Some(value) = value.as_deref().filter(|v| !v.trim().is_empty()) {
-                out.push_str(&format!("&{name}={}", crate::mail::encode_component(value)));
-            }
-        }
-        out
+        ])
     }
 }
 

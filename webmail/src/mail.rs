@@ -97,21 +97,26 @@ impl ListQuery {
 
     /// The search part of the query string, for links that keep it.
     fn search_string(&self) -> String {
-        let mut out = String::new();
-        for (name, value) in [
+        query_string(&[
             ("from", &self.from),
             ("to", &self.to),
             ("subject", &self.subject),
             ("text", &self.text),
             ("since", &self.since),
             ("before", &self.before),
-        ] {
-            if let Some(value) = value.as_deref().filter(|v| !v.trim().is_empty()) {
-                out.push_str(&format!("&{name}={}", encode_component(value)));
-            }
-        }
-        out
+        ])
     }
+}
+
+/// `&name=value` for each field given (not blank), for links that keep a search.
+pub(crate) fn query_string(fields: &[(&str, &Option<String>)]) -> String {
+    let mut out = String::new();
+    for (name, value) in fields {
+        if let Some(value) = value.as_deref().filter(|v| !v.trim().is_empty()) {
+            out.push_str(&format!("&{name}={}", encode_component(value)));
+        }
+    }
+    out
 }
 
 pub(crate) fn encode_component(text: &str) -> String {

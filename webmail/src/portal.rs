@@ -395,17 +395,13 @@ pub(crate) struct PasswordForm {
 }
 
 /// A return visit with the recipient's own password, through the lockout every sign-in uses.
-pub(crate) async fn password_sign_in(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<PasswordForm>,
-) -> Response {
-    let pickup = match live_pickup(&state, &headers, &token, &form.form).await {
-        Ok(pickup) => pickup,
-        Err(response) => return response,
-    };
+pub(crate) async fn password_sign_in(State(state): State<Arc<WebState>>, link: LinkForm<PasswordForm>) -> Response {
+    let LinkForm {
+        pickup,
+        token,
+        form,
+        peer,
+    } = link;
     let login = format!("portal:{}", pickup.recipient);
     let client = peer.0.ip().to_string();
     let actor = portal_actor(&pickup.recipient, &peer);
@@ -526,19 +522,59 @@ pub(crate) async fn choose_password(
     }
 }
 
-/// The live pickup behind `token` for a form that carries the pre-session token `form`; else
-/// the answer: 403 (no token), 404 (unknown link), 410 (ended).
-async fn live_pickup(state: &Arc<WebState>, headers: &HeaderMap, token: &str, form: &str) -> Result<Pickup, Response> {
-    if !form_token_ok(headers, form) {
-        return Err(crate::request::forbidden());
+/// A form posted from a live pickup link's page: the pickup, the link's token, the form and
+/// the client, once the pre-session form token matches. Anything else is answered before the
+/// handler runs: 403 (no token), 404 (unknown link), 410 (ended).
+pub(crate) struct LinkForm<F> {
+    pickup: Pickup,
+    token: String,
+    form: F,
+    peer: Peer,
+}
+
+/// Forms of a link's page: each carries the pre-session form token (`form`).
+pub(crate) trait WithFormToken {
+    fn form_token(&self) -> &str;
+}
+
+impl<F> axum::extract::FromRequest<Arc<WebState>> for LinkForm<F>
+where
+    F: serde::de::DeserializeOwned + WithFormToken + Send + 'static,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &Arc<WebState>) -> Result<Self, Response> {
+        let peer = request
+            .extensions()
+            .get::<Peer>()
+            .copied()
+            .ok_or_else(crate::request::forbidden)?;
+        let headers = request.headers().clone();
+        let (mut parts, body) = request.into_parts();
+        let Path(token) =
+            <Path<String> as axum::extract::FromRequestParts<Arc<WebState>>>::from_request_parts(&mut parts, state)
+                .await
+                .map_err(|_| unknown_link())?;
+        let request = axum::extract::Request::from_parts(parts, body);
+        let axum::Form(form) = axum::Form::<F>::from_request(request, state)
+            .await
+            .map_err(|_| crate::request::forbidden())?;
+        if !form_token_ok(&headers, form.form_token()) {
+            return Err(crate::request::forbidden());
+        }
+        let Some(pickup) = pickup_of_token(state, token.clone()).await else {
+            return Err(unknown_link());
+        };
+        if pickup.state != PickupState::Live {
+            return Err(ended_page(&pickup, &token, form.form_token(), false));
+        }
+        Ok(Self {
+            pickup,
+            token,
+            form,
+            peer,
+        })
     }
-    let Some(pickup) = pickup_of_token(state, token.to_string()).await else {
-        return Err(unknown_link());
-    };
-    if pickup.state != PickupState::Live {
-        return Err(ended_page(&pickup, token, form, false));
-    }
-    Ok(pickup)
 }
 
 #[derive(Deserialize)]
@@ -546,18 +582,23 @@ pub(crate) struct FormOnly {
     form: String,
 }
 
+macro_rules! with_form_token {
+    ($($form:ty),*) => {$(
+        impl WithFormToken for $form {
+            fn form_token(&self) -> &str {
+                &self.form
+            }
+        }
+    )*};
+}
+
+with_form_token!(FormOnly, CodeForm, PasswordForm);
+
 /// Mails a code to the pickup's recipient, through the queue like every notice.
-pub(crate) async fn send_code(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<FormOnly>,
-) -> Response {
-    let pickup = match live_pickup(&state, &headers, &token, &form.form).await {
-        Ok(pickup) => pickup,
-        Err(response) => return response,
-    };
+pub(crate) async fn send_code(State(state): State<Arc<WebState>>, link: LinkForm<FormOnly>) -> Response {
+    let LinkForm {
+        pickup, token, peer, ..
+    } = link;
     let code = match state.portal.issue_code(pickup.id) {
         Ok(code) => code,
         Err(NoCode::TooMany) => {
@@ -707,17 +748,13 @@ pub(crate) struct CodeForm {
     code: String,
 }
 
-pub(crate) async fn verify(
-    State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<CodeForm>,
-) -> Response {
-    let pickup = match live_pickup(&state, &headers, &token, &form.form).await {
-        Ok(pickup) => pickup,
-        Err(response) => return response,
-    };
+pub(crate) async fn verify(State(state): State<Arc<WebState>>, link: LinkForm<CodeForm>) -> Response {
+    let LinkForm {
+        pickup,
+        token,
+        form,
+        peer,
+    } = link;
     let check = state.portal.check_code(pickup.id, &form.code);
     let actor = portal_actor(&pickup.recipient, &peer);
     let mut event = AuditEvent::new(&actor, "portal.code.verify", format!("pickup {}", pickup.id));

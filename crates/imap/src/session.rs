@@ -1087,41 +1087,38 @@ impl Session {
             .unwrap_or_else(InternalDate::now);
         let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
         let size = message.len() as u64;
-        let quota = {
-            let store = store.clone();
-            blocking(move || Ok::<_, sealpost_storage::Error>((store.quota(account)?, store.quota_usage(account)?)))
-                .await
-        };
-        match quota {
-            Ok((Some(limit), used)) if used.saturating_add(size) > limit => {
-                return self.no(
-                    tag,
-                    &format!(
-                        "[OVERQUOTA] the mailbox is full ({used} of {limit} bytes used); delete or move some mail"
-                    ),
-                )
-            }
-            Ok(_) => {}
-            Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
-        }
         let result = blocking(move || {
+            // The quota is looked at in the same trip, and usage summed only for an account
+            // that has one: APPEND is a hot path.
+            if let Some(limit) = store.quota(account)? {
+                let used = store.quota_usage(account)?;
+                if used.saturating_add(size) > limit {
+                    return Ok(Err((used, limit)));
+                }
+            }
             let summary = Summary::of(&message).to_bytes();
             let search_text = sealpost_mime::search_text(&message).lowercased().to_bytes();
-            store.append(
-                account,
-                id,
-                &NewMessage {
-                    raw: &message,
-                    flags,
-                    internal_date,
-                    summary: &summary,
-                    search_text: &search_text,
-                },
-            )
+            store
+                .append(
+                    account,
+                    id,
+                    &NewMessage {
+                        raw: &message,
+                        flags,
+                        internal_date,
+                        summary: &summary,
+                        search_text: &search_text,
+                    },
+                )
+                .map(Ok)
         })
         .await;
         match result {
-            Ok(appended) => {
+            Ok(Err((used, limit))) => self.no(
+                tag,
+                &format!("[OVERQUOTA] the mailbox is full ({used} of {limit} bytes used); delete or move some mail"),
+            ),
+            Ok(Ok(appended)) => {
                 if self.selected.as_ref().is_some_and(|s| s.id == appended.mailbox) {
                     self.announce_changes(false).await;
                 }
