@@ -190,7 +190,19 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         Some(load_dkim(&loaded, &store)?),
     )
     .context("setting up outbound delivery")?;
-    let rules = sealpost_policy::LivePolicy::new(load_policy(&cfg.policy, &store).await?);
+    let rules = sealpost_policy::LivePolicy::new(load_policy(&version_zero(cfg), &store).await?);
+    // The sign-in and portal settings of the policy in force reach IMAP, SMTP and the queue.
+    {
+        let (imap, outbound, base) = (imap_shared.clone(), outbound.clone(), imap_shared.lockout().limits());
+        rules.watch(Box::new(move |policy| {
+            let config = policy.config();
+            imap.set_policy(
+                sealpost_webmail::auth_policy(&config.sign_in),
+                sealpost_webmail::login_limits(&config.sign_in, base.clone()),
+            );
+            outbound.set_pickup_ttl_ms(config.portal.pickup_ttl_ms);
+        }));
+    }
     let smtp_shared = SmtpShared::new(
         imap_shared.clone(),
         aliases,
@@ -245,7 +257,6 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
                     Arc::new(move |map| smtp.set_console_aliases(map))
                 },
             },
-            cfg.auth.clone(),
             sealpost_webmail::Site {
                 hostname: cfg.server.hostname.clone(),
                 origin: origin.clone(),
@@ -678,6 +689,23 @@ impl sealpost_webmail::Outbox for WebOutbox {
             Ok(sealpost_webmail::Sent { queue: sent.queue })
         })
     }
+}
+
+/// Version 0 of the policy: `[policy]` of sealpost.toml, with the sign-in settings of
+/// `[auth]` and `[limits]` and the portal's of `[outbound]`.
+pub(crate) fn version_zero(cfg: &crate::config::Config) -> sealpost_policy::PolicyConfig {
+    let mut config = cfg.policy.clone();
+    config.sign_in = sealpost_policy::SignInSettings {
+        second_factor_required: cfg.auth.second_factor_required,
+        passkey_required_for_staff: cfg.auth.passkey_required_for_staff,
+        session_idle_ms: u64::try_from(cfg.auth.session_idle_ms).unwrap_or(0),
+        session_absolute_ms: u64::try_from(cfg.auth.session_absolute_ms).unwrap_or(0),
+        failures_per_address_max: cfg.limits.login_failures_per_address_max,
+        failures_per_account_max: cfg.limits.login_failures_per_account_max,
+        failure_window_ms: cfg.limits.login_failure_window_ms,
+    };
+    config.portal.pickup_ttl_ms = cfg.outbound.pickup_ttl_ms;
+    config
 }
 
 /// The rules in force: the last version saved in the console, if any, else `[policy]` of

@@ -14,12 +14,13 @@ use leptos::prelude::*;
 use sealpost_auth::enrolment::{self, LinkCheck};
 use sealpost_auth::websession::{self, Found};
 use sealpost_auth::Credentials;
-use sealpost_storage::{Account, AccountId, AccountStatus, Actor, AuditEvent, NewAccount, Role};
+use sealpost_storage::{Account, AccountId, AccountStatus, Actor, Role};
 use serde::Deserialize;
 
 use crate::admin::{admin, AdminForm};
 use crate::html::{error_line, notice_line, render, when, Frame};
 use crate::request::{blocking, forbidden, form_token, form_token_ok, now_ms, see_other, set_cookie, FORM_COOKIE};
+use crate::console::{AccountAction, Outcome};
 use crate::{Peer, WebState};
 
 /// Accounts on one page of the list.
@@ -161,19 +162,9 @@ pub(crate) async fn create(State(state): State<Arc<WebState>>, checked: AdminFor
         "auditor" => Role::Auditor,
         _ => Role::Staff,
     };
-    let (state2, actor) = (state.clone(), actor(&me, &peer));
+    let (console, actor) = (state.console(), actor(&me, &peer));
     let created = blocking(move || {
-        let id = state2.store.create_account(
-            &NewAccount {
-                address: &form.address,
-                display_name: &form.display_name,
-                role,
-                password: None,
-            },
-            &actor,
-        )?;
-        let link = enrolment::issue(&state2.store, id, &actor, now_ms())?;
-        Ok::<_, sealpost_storage::Error>((id, link))
+        crate::console::create_account(&console, &actor, &form.address, &form.display_name, role)
     })
     .await;
     match created {
@@ -209,11 +200,7 @@ async fn detail_page(
         let account = state2.store.account(id).ok()?;
         let credentials = Credentials::load(&state2.store, id).ok()?;
         let sessions = websession::list(&state2.store, id).map(|s| s.len()).unwrap_or(0);
-        let aliases: Vec<String> = console_aliases(&state2.store)
-            .into_iter()
-            .filter(|(_, targets)| targets.contains(&account.address))
-            .map(|(alias, _)| alias)
-            .collect();
+        let aliases = crate::console::aliases_of(&state2.store, &account.address);
         let quota = (state2.store.quota(id).ok()?, state2.store.quota_usage(id).ok()?);
         Some((account, credentials, sessions, aliases, quota))
     })
@@ -355,45 +342,6 @@ pub(crate) struct ActForm {
     quota_mb: String,
 }
 
-/// The largest quota the page takes, in MB (16 TiB).
-pub(crate) const QUOTA_MB_MAX: f64 = 16.0 * 1024.0 * 1024.0;
-
-/// Aliases one console map may hold.
-pub(crate) const CONSOLE_ALIASES_MAX: usize = 10_000;
-
-type AliasMap = std::collections::BTreeMap<String, Vec<String>>;
-
-/// The console's aliases as saved.
-fn console_aliases(store: &sealpost_storage::Store) -> AliasMap {
-    store
-        .secret(crate::CONSOLE_ALIASES_SECRET)
-        .ok()
-        .flatten()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
-}
-
-/// Saves the console's aliases (audited by the secret's name, and with `event`) and puts
-/// them in force.
-fn save_aliases(
-    state: &WebState,
-    map: &AliasMap,
-    actor: &Actor,
-    event: AuditEvent,
-) -> Result<(), sealpost_storage::Error> {
-    let bytes = serde_json::to_vec(map).map_err(|_| sealpost_storage::Error::InvalidInput { what: "aliases" })?;
-    state.store.set_secret(crate::CONSOLE_ALIASES_SECRET, &bytes, actor)?;
-    state.store.audit(event)?;
-    (state.aliases_changed)(map);
-    Ok(())
-}
-
-/// Ends every web and IMAP session of the account (audited with `actor`).
-fn end_all_sessions(state: &WebState, id: AccountId, actor: &Actor) -> Result<usize, sealpost_storage::Error> {
-    websession::end(&state.store, id, None, actor)?;
-    Ok((state.end_mail_sessions)(id))
-}
-
 pub(crate) async fn act(
     State(state): State<Arc<WebState>>,
     Path(id): Path<u64>,
@@ -401,136 +349,25 @@ pub(crate) async fn act(
 ) -> Response {
     let AdminForm { found, me, form, peer } = checked;
     let id = AccountId(id);
-    let (state2, actor) = (state.clone(), actor(&me, &peer));
-    let action = form.action.clone();
-    let confirm = form.confirm.clone();
-    let alias = form.alias.clone();
-    let quota_mb = form.quota_mb.clone();
-    let own = id == me.id;
-    let done = blocking(move || {
-        let store = &state2.store;
-        let account = store.account(id)?;
-        let outcome = match action.as_str() {
-            "disable" if own => Outcome::Refused("You cannot disable your own account.".into()),
-            "disable" => {
-                store.set_account_status(id, AccountStatus::Disabled, &actor)?;
-                let ended = end_all_sessions(&state2, id, &actor)?;
-                Outcome::Done(format!(
-                    "Disabled; its web sessions and {ended} mail sessions were ended."
-                ))
-            }
-            "enable" => {
-                store.set_account_status(id, AccountStatus::Active, &actor)?;
-                Outcome::Done("Enabled.".into())
-            }
-            "end-sessions" => {
-                let ended = end_all_sessions(&state2, id, &actor)?;
-                Outcome::Done(format!("Its web sessions and {ended} mail sessions were ended."))
-            }
-            "link" => Outcome::Link(enrolment::issue(store, id, &actor, now_ms())?),
-            "reset-factors" => {
-                Credentials::update(store, id, |record| {
-                    record.totp = None;
-                    record.passkeys.clear();
-                    record.recovery.clear();
-                    Some(vec![AuditEvent::new(
-                        &actor,
-                        "auth.factors.reset",
-                        format!("account:{}", id.0),
-                    )])
-                })?;
-                end_all_sessions(&state2, id, &actor)?;
-                Outcome::Done("Second factors removed and sessions ended; the next sign-in sets up a new one.".into())
-            }
-            "revoke-app-passwords" => {
-                Credentials::update(store, id, |record| {
-                    let count = record.app_passwords.len();
-                    record.app_passwords.clear();
-                    Some(vec![AuditEvent::new(
-                        &actor,
-                        "auth.app_password.revoke_all",
-                        format!("account:{}", id.0),
-                    )
-                    .detail(format!("{count} app passwords"))])
-                })?;
-                Outcome::Done("Every app password was revoked.".into())
-            }
-            "delete" if own => Outcome::Refused("You cannot delete your own account.".into()),
-            "delete" if confirm.trim().to_lowercase() != account.address => {
-                Outcome::Refused("Not deleted: the address typed does not match.".into())
-            }
-            "delete" => {
-                end_all_sessions(&state2, id, &actor)?;
-                let mut map = console_aliases(store);
-                let before = map.clone();
-                for targets in map.values_mut() {
-                    targets.retain(|t| *t != account.address);
-                }
-                map.retain(|_, targets| !targets.is_empty());
-                if map != before {
-                    let event = AuditEvent::new(&actor, "alias.remove", format!("account {}", account.address))
-                        .detail("the account is deleted");
-                    save_aliases(&state2, &map, &actor, event)?;
-                }
-                store.delete_account(id, &actor)?;
-                Outcome::Deleted(account.address.clone())
-            }
-            "alias-add" => {
-                let alias = alias.trim().to_lowercase();
-                let domain = store.config().primary_domain.clone();
-                let mut map = console_aliases(store);
-                if alias.len() > sealpost_storage::ADDRESS_BYTES_MAX
-                    || alias
-                        .rsplit_once('@')
-                        .is_none_or(|(local, d)| local.is_empty() || d != domain)
-                {
-                    Outcome::Refused(format!("An alias is an address at {domain}."))
-                } else if store.find_account(&alias)?.is_some() {
-                    Outcome::Refused(format!("{alias} is an account's own address."))
-                } else if map.len() >= CONSOLE_ALIASES_MAX && !map.contains_key(&alias) {
-                    Outcome::Refused(format!("At most {CONSOLE_ALIASES_MAX} aliases."))
-                } else {
-                    let targets = map.entry(alias.clone()).or_default();
-                    if !targets.contains(&account.address) {
-                        targets.push(account.address.clone());
-                    }
-                    let event = AuditEvent::new(&actor, "alias.add", format!("alias {alias}"))
-                        .detail(format!("to {}", account.address));
-                    save_aliases(&state2, &map, &actor, event)?;
-                    Outcome::Done(format!("{alias} now reaches {}, who may send as it.", account.address))
-                }
-            }
-            "quota" => match quota_mb.trim() {
-                "" => {
-                    store.set_quota(id, None, &actor)?;
-                    Outcome::Done("No quota: the account may store without a limit.".into())
-                }
-                text => match text.parse::<f64>() {
-                    Ok(mb) if mb.is_finite() && mb > 0.0 && mb <= QUOTA_MB_MAX => {
-                        let bytes = (mb * 1_048_576.0) as u64;
-                        store.set_quota(id, Some(bytes), &actor)?;
-                        Outcome::Done(format!("The quota is {bytes} bytes."))
-                    }
-                    _ => Outcome::Refused(format!("A quota is a number of MB above 0, at most {QUOTA_MB_MAX}.")),
-                },
-            },
-            "alias-remove" => {
-                let alias = alias.trim().to_lowercase();
-                let mut map = console_aliases(store);
-                if let Some(targets) = map.get_mut(&alias) {
-                    targets.retain(|t| *t != account.address);
-                }
-                map.retain(|_, targets| !targets.is_empty());
-                let event = AuditEvent::new(&actor, "alias.remove", format!("alias {alias}"))
-                    .detail(format!("from {}", account.address));
-                save_aliases(&state2, &map, &actor, event)?;
-                Outcome::Done(format!("{alias} no longer reaches {}.", account.address))
-            }
-            _ => Outcome::Refused("Unknown action.".into()),
-        };
-        Ok::<_, sealpost_storage::Error>(outcome)
-    })
-    .await;
+    let action = match form.action.as_str() {
+        "disable" => AccountAction::Disable,
+        "enable" => AccountAction::Enable,
+        "end-sessions" => AccountAction::EndSessions,
+        "link" => AccountAction::EnrolmentLink,
+        "reset-factors" => AccountAction::ResetFactors,
+        "revoke-app-passwords" => AccountAction::RevokeAppPasswords,
+        "delete" => AccountAction::Delete {
+            confirm: form.confirm.clone(),
+        },
+        "alias-add" => AccountAction::AliasAdd(form.alias.clone()),
+        "alias-remove" => AccountAction::AliasRemove(form.alias.clone()),
+        "quota" => AccountAction::Quota(form.quota_mb.clone()),
+        _ => {
+            return crate::html::message_page_status(StatusCode::UNPROCESSABLE_ENTITY, "Not done", "Unknown action.")
+        }
+    };
+    let (console, actor, me_id) = (state.console(), actor(&me, &peer), me.id);
+    let done = blocking(move || crate::console::act_on_account(&console, &actor, id, action, Some(me_id))).await;
     match done {
         Some(Ok(Outcome::Done(text))) => detail_page(&state, &found, &me, id, None, Some(text)).await,
         Some(Ok(Outcome::Link(link))) => detail_page(&state, &found, &me, id, Some(link), None).await,
@@ -546,13 +383,6 @@ pub(crate) async fn act(
         }
         _ => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not done", "Try again."),
     }
-}
-
-enum Outcome {
-    Done(String),
-    Link(String),
-    Refused(String),
-    Deleted(String),
 }
 
 /// The enrolment link's page: choose the password.

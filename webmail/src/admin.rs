@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Form;
 use leptos::prelude::*;
 use sealpost_auth::websession::Found;
-use sealpost_storage::{Account, Actor, AuditEvent, Role};
+use sealpost_storage::{Account, Actor, Role};
 use serde::Deserialize;
 
 use crate::html::{notice_line, render, Frame};
@@ -144,18 +144,15 @@ pub(crate) async fn lift(State(state): State<Arc<WebState>>, checked: AdminForm<
         form,
         peer,
     } = checked;
-    let lifted = state.lockout.lift(&form.login);
     let actor = Actor {
         name: account.address.clone(),
         peer: peer.0.to_string(),
     };
-    let event = AuditEvent::new(&actor, "auth.lockout.lift", format!("account {}", form.login)).detail(if lifted {
-        "lifted"
-    } else {
-        "was not locked"
-    });
-    let state2 = state.clone();
-    let _ = blocking(move || state2.store.audit(event)).await;
+    let (console, login) = (state.console(), form.login.clone());
+    let lifted = blocking(move || crate::console::lift_lockout(&console, &actor, &login))
+        .await
+        .and_then(Result::ok)
+        .unwrap_or(false);
     let notice = if lifted {
         format!("{}'s lockout is lifted.", form.login)
     } else {

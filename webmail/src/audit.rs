@@ -21,8 +21,6 @@ use crate::{Peer, WebState};
 
 /// Records on one page of a search.
 pub(crate) const AUDIT_ROWS_PER_PAGE: usize = 100;
-/// Records one export holds at most.
-pub(crate) const AUDIT_EXPORT_RECORDS_MAX: usize = 1_000_000;
 
 const ROLES: &[Role] = &[Role::Admin, Role::Auditor];
 
@@ -195,16 +193,6 @@ pub(crate) async fn page(
     .into_response()
 }
 
-fn csv_field(text: &str) -> String {
-    // Quoted always; a leading formula character is defused for spreadsheets.
-    let defused = if text.starts_with(['=', '+', '-', '@']) {
-        format!("'{text}")
-    } else {
-        text.to_string()
-    };
-    format!("\"{}\"", defused.replace('"', "\"\""))
-}
-
 /// The selection as a file: CSV or JSON lines, oldest first, audited with the query and count.
 pub(crate) async fn export(
     State(state): State<Arc<WebState>>,
@@ -217,60 +205,34 @@ pub(crate) async fn export(
         Err(response) => return response,
     };
     let jsonl = query.format.as_deref() == Some("jsonl");
+    let format = if jsonl {
+        crate::console::ExportFormat::JsonLines
+    } else {
+        crate::console::ExportFormat::Csv
+    };
     let kept = query.search_string();
     let (state2, actor) = (state.clone(), actor_of(&me, &peer));
-    let mut search = query.search(AUDIT_EXPORT_RECORDS_MAX);
-    search.older_than = None;
+    let search = query.search(crate::console::AUDIT_EXPORT_RECORDS_MAX);
     let result = blocking(move || {
-        let mut records = state2.store.audit_search(&search)?.records;
-        records.reverse();
-        let event = AuditEvent::new(&actor, "audit.export", "audit log").detail(format!(
-            "{} records as {}; {}",
-            records.len(),
-            if jsonl { "JSON lines" } else { "CSV" },
-            kept.trim_start_matches('&')
-        ));
-        state2.store.audit(event)?;
-        Ok::<_, sealpost_storage::Error>(records)
+        let mut body = Vec::new();
+        crate::console::export_audit(
+            &state2.store,
+            &actor,
+            &search,
+            kept.trim_start_matches('&'),
+            format,
+            &mut body,
+        )?;
+        Ok::<_, sealpost_storage::Error>(body)
     })
     .await;
-    let Some(Ok(records)) = result else {
+    let Some(Ok(body)) = result else {
         return crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
             "Try again",
             "The audit log could not be read.",
         );
     };
-    let mut body = String::new();
-    if jsonl {
-        for record in &records {
-            let mut line = serde_json::to_value(record).unwrap_or_default();
-            if let Some(object) = line.as_object_mut() {
-                object.insert(
-                    "outcome".into(),
-                    serde_json::Value::String(record.event.outcome.as_str().into()),
-                );
-            }
-            body.push_str(&line.to_string());
-            body.push('\n');
-        }
-    } else {
-        body.push_str("seq,at_ms,actor,peer,action,object,outcome,detail\r\n");
-        for r in &records {
-            let e = &r.event;
-            body.push_str(&format!(
-                "{},{},{},{},{},{},{},{}\r\n",
-                r.seq,
-                r.at_ms,
-                csv_field(&e.actor),
-                csv_field(&e.peer),
-                csv_field(&e.action),
-                csv_field(&e.object),
-                e.outcome.as_str(),
-                csv_field(&e.detail)
-            ));
-        }
-    }
     let (kind, name) = if jsonl {
         ("application/x-ndjson", "audit.jsonl")
     } else {

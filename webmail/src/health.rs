@@ -72,17 +72,22 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-struct Figures {
-    store_bytes: u64,
-    growth: Option<(i64, i64)>,
-    queue_depth: usize,
-    oldest_queued_ms: Option<i64>,
-    failures: Vec<(String, usize)>,
-    sign_in_failures: Vec<(String, usize)>,
-    sign_in_failures_total: usize,
+/// What the health page shows of the store.
+pub struct Figures {
+    pub store_bytes: u64,
+    /// Bytes grown (or shrunk) over ms, from the oldest size sample kept.
+    pub growth: Option<(i64, i64)>,
+    pub queue_depth: usize,
+    pub oldest_queued_ms: Option<i64>,
+    /// Failed deliveries in the last `FAILURES_WINDOW_MS`, by domain, most first.
+    pub failures: Vec<(String, usize)>,
+    /// Refused sign-ins in the last `SIGN_IN_FAILURES_WINDOW_MS`, by account, most first.
+    pub sign_in_failures: Vec<(String, usize)>,
+    pub sign_in_failures_total: usize,
 }
 
-fn figures(store: &sealpost_storage::Store) -> Option<Figures> {
+/// The health page's figures from the store (and a store size sample kept for growth).
+pub fn figures(store: &sealpost_storage::Store) -> Option<Figures> {
     let now = now_ms();
     let store_bytes = store.disk_bytes().ok()?;
     let mut kept = samples(store);

@@ -12,6 +12,7 @@ mod admin;
 mod audit;
 mod ceremony;
 mod compose;
+pub mod console;
 mod health;
 mod html;
 mod mail;
@@ -119,7 +120,6 @@ pub struct Site {
 pub struct WebState {
     pub store: Store,
     pub lockout: Arc<Lockout>,
-    pub policy: AuthPolicy,
     pub passkeys: Passkeys,
     /// This server's name (the passkey relying party, notices).
     pub hostname: String,
@@ -139,7 +139,6 @@ impl WebState {
     pub fn new(
         store: Store,
         mail: MailSessions,
-        policy: AuthPolicy,
         site: Site,
         sending: SendingConfig,
     ) -> Result<Arc<Self>, String> {
@@ -155,7 +154,6 @@ impl WebState {
         Ok(Arc::new(Self {
             store,
             lockout: mail.lockout,
-            policy,
             passkeys,
             hostname: hostname.to_string(),
             ceremonies: ceremony::Ceremonies::default(),
@@ -167,6 +165,44 @@ impl WebState {
             aliases_changed: mail.aliases_changed,
             health,
         }))
+    }
+}
+
+impl WebState {
+    /// Who must show what on the web, from the sign-in settings in force.
+    pub(crate) fn policy(&self) -> AuthPolicy {
+        auth_policy(&self.sending.rules.current().config().sign_in)
+    }
+
+    /// The console's operations with this server's live parts.
+    pub fn console(&self) -> console::Console {
+        console::Console {
+            store: self.store.clone(),
+            end_mail_sessions: self.end_mail_sessions.clone(),
+            aliases_changed: self.aliases_changed.clone(),
+            rules: Some(self.sending.rules.clone()),
+            lockout: Some(self.lockout.clone()),
+        }
+    }
+}
+
+/// The sign-in settings of a policy version as the identity crate takes them.
+pub fn auth_policy(sign_in: &sealpost_policy::SignInSettings) -> AuthPolicy {
+    AuthPolicy {
+        second_factor_required: sign_in.second_factor_required,
+        passkey_required_for_staff: sign_in.passkey_required_for_staff,
+        session_idle_ms: i64::try_from(sign_in.session_idle_ms).unwrap_or(i64::MAX),
+        session_absolute_ms: i64::try_from(sign_in.session_absolute_ms).unwrap_or(i64::MAX),
+    }
+}
+
+/// `limits` with the lockout counters of the sign-in settings in force.
+pub fn login_limits(sign_in: &sealpost_policy::SignInSettings, limits: sealpost_auth::LoginLimits) -> sealpost_auth::LoginLimits {
+    sealpost_auth::LoginLimits {
+        failures_per_address_max: sign_in.failures_per_address_max,
+        failures_per_account_max: sign_in.failures_per_account_max,
+        failure_window_ms: sign_in.failure_window_ms,
+        ..limits
     }
 }
 

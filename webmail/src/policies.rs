@@ -11,27 +11,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use leptos::prelude::*;
 use sealpost_auth::websession::Found;
-use sealpost_policy::{Content, Policy, PolicyConfig, PolicyVersion};
-use sealpost_storage::{Account, Actor, AuditEvent};
+use sealpost_storage::{Account, Actor};
 use serde::Deserialize;
 
 use crate::admin::{admin, AdminForm};
 use crate::html::{error_line, notice_line, render, when, Frame};
-use crate::request::{blocking, now_ms};
+use crate::request::blocking;
 use crate::WebState;
-
-/// Versions listed in the history, newest first.
-pub(crate) const POLICY_VERSIONS_LISTED: u64 = 20;
-
-/// The version in force as saved (`None`: the rules of `sealpost.toml`, version 0).
-fn saved(store: &sealpost_storage::Store) -> Option<PolicyVersion> {
-    let bytes = store.secret(PolicyVersion::CURRENT).ok()??;
-    serde_json::from_slice(&bytes).ok()
-}
-
-fn as_toml(config: &PolicyConfig) -> String {
-    toml::to_string(config).unwrap_or_default()
-}
+use crate::console::{policy_history, policy_toml as as_toml, saved_policy as saved, PolicyRefusal};
 
 pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
     let (found, me) = match admin(&state, &headers).await {
@@ -58,21 +45,9 @@ async fn show(
     status: StatusCode,
 ) -> Response {
     let state2 = state.clone();
-    let (current, history) = blocking(move || {
-        let current = saved(&state2.store);
-        let newest = current.as_ref().map_or(0, |c| c.version);
-        let history: Vec<PolicyVersion> = (1..=newest)
-            .rev()
-            .take(POLICY_VERSIONS_LISTED as usize)
-            .filter_map(|v| {
-                let bytes = state2.store.secret(&PolicyVersion::history_name(v)).ok()??;
-                serde_json::from_slice(&bytes).ok()
-            })
-            .collect();
-        (current, history)
-    })
-    .await
-    .unwrap_or_default();
+    let (current, history) = blocking(move || (saved(&state2.store), policy_history(&state2.store)))
+        .await
+        .unwrap_or_default();
     let version = match &current {
         Some(c) => format!(
             "Version {} in force, saved by {} on {}.",
@@ -142,85 +117,38 @@ pub(crate) struct SaveForm {
 /// Checks the rules, saves them as the next version (kept, audited) and puts them in force.
 pub(crate) async fn save(State(state): State<Arc<WebState>>, checked: AdminForm<SaveForm>) -> Response {
     let AdminForm { found, me, form, peer } = checked;
-    let checked = toml::from_str::<PolicyConfig>(&form.rules)
-        .map_err(|e| format!("The rules do not read as TOML: {}", e.message()))
-        .and_then(|config| Policy::new(config.clone()).map(|policy| (config, policy)));
-    let (config, policy) = match checked {
-        Ok(ok) => ok,
-        Err(error) => {
-            let outcome = Outcome {
-                error: Some(format!("Not saved: {error}. The rules in force did not change.")),
-                ..Outcome::default()
-            };
-            return show(
-                &state,
-                &found,
-                &me,
-                form.rules,
-                outcome,
-                StatusCode::UNPROCESSABLE_ENTITY,
-            )
-            .await;
-        }
-    };
     let actor = Actor {
         name: me.address.clone(),
         peer: peer.0.to_string(),
     };
-    let state2 = state.clone();
-    let summary = format!(
-        "{} domain rules, {} content rules, {} barred accounts",
-        config.domains.len(),
-        config.content.len(),
-        config.barred_accounts.len()
-    );
-    let saved_version = blocking(move || {
-        let version = saved(&state2.store).map_or(0, |c| c.version) + 1;
-        let record = PolicyVersion {
-            version,
-            saved_ms: now_ms(),
-            saved_by: actor.name.clone(),
-            config,
-        };
-        let bytes =
-            serde_json::to_vec(&record).map_err(|_| sealpost_storage::Error::InvalidInput { what: "policy" })?;
-        state2
-            .store
-            .set_secret(&PolicyVersion::history_name(version), &bytes, &actor)?;
-        state2.store.set_secret(PolicyVersion::CURRENT, &bytes, &actor)?;
-        state2
-            .store
-            .audit(AuditEvent::new(&actor, "policy.change", format!("policy version {version}")).detail(summary))?;
-        Ok::<_, sealpost_storage::Error>(version)
-    })
-    .await;
-    match saved_version {
+    let (console, rules) = (state.console(), form.rules.clone());
+    let saved_version = blocking(move || crate::console::save_policy(&console, &actor, &rules)).await;
+    let error = match saved_version {
         Some(Ok(version)) => {
-            state.sending.rules.replace(policy);
             let rules = as_toml(state.sending.rules.current().config());
             let outcome = Outcome {
                 notice: Some(format!("Saved as version {version}; in force from now on.")),
                 ..Outcome::default()
             };
-            show(&state, &found, &me, rules, outcome, StatusCode::OK).await
+            return show(&state, &found, &me, rules, outcome, StatusCode::OK).await;
         }
-        Some(Err(error)) => {
-            let outcome = Outcome {
-                error: Some(format!("Not saved: {error}. The rules in force did not change.")),
-                ..Outcome::default()
-            };
-            show(
-                &state,
-                &found,
-                &me,
-                form.rules,
-                outcome,
-                StatusCode::UNPROCESSABLE_ENTITY,
-            )
-            .await
-        }
-        None => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not saved", "Try again."),
-    }
+        Some(Err(PolicyRefusal::Invalid(why))) => why,
+        Some(Err(PolicyRefusal::Store(error))) => error.to_string(),
+        None => return crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not saved", "Try again."),
+    };
+    let outcome = Outcome {
+        error: Some(format!("Not saved: {error}. The rules in force did not change.")),
+        ..Outcome::default()
+    };
+    show(
+        &state,
+        &found,
+        &me,
+        form.rules,
+        outcome,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -236,15 +164,7 @@ pub(crate) struct TestForm {
 pub(crate) async fn test(State(state): State<Arc<WebState>>, checked: AdminForm<TestForm>) -> Response {
     let AdminForm { found, me, form, .. } = checked;
     let policy = state.sending.rules.current();
-    let findings: Vec<String> = policy
-        .scan(&Content {
-            subject: &form.subject,
-            text: &form.text,
-            attachment_names: Vec::new(),
-        })
-        .into_iter()
-        .map(|f| format!("rule {} matches: {:?}", f.rule, f.action).to_lowercase())
-        .collect();
+    let findings = crate::console::try_policy(&policy, &form.subject, &form.text);
     let rules = as_toml(policy.config());
     let outcome = Outcome {
         findings: Some(findings),
@@ -258,6 +178,7 @@ crate::request::with_csrf!(SaveForm, TestForm);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sealpost_policy::{Policy, PolicyConfig};
 
     #[test]
     fn the_rules_read_back_from_their_toml_and_take_one_more_rule_appended() {

@@ -18,10 +18,10 @@ use crate::html::{notice_line, render, when, Frame};
 use crate::request::blocking;
 use crate::WebState;
 
-/// Delivery records one trace shows at most.
-pub(crate) const TRACE_ROWS_MAX: usize = 500;
+use crate::console::TRACE_ROWS_MAX;
 
-fn state_text(state: &RecipientState) -> String {
+/// A recipient's state in words (the queue page, the trace, `sealpost queue` and `trace`).
+pub fn state_text(state: &RecipientState) -> String {
     match &state.status {
         RecipientStatus::Pending => match &state.last_reply {
             Some(reply) => format!("waiting; last: {reply}"),
@@ -225,55 +225,26 @@ pub(crate) async fn trace(
     ]
     .iter()
     .any(|f| field(f).is_some());
-    let (sender, recipient, message_id) = (field(&query.sender), field(&query.recipient), field(&query.message_id));
-    let (since, before) = (day_ms(&query.since), day_ms(&query.before));
-    let state2 = state.clone();
+    let question = crate::console::TraceQuery {
+        sender: field(&query.sender),
+        recipient: field(&query.recipient),
+        message_id: field(&query.message_id),
+        since_ms: day_ms(&query.since),
+        before_ms: day_ms(&query.before),
+    };
+    let store = state.store.clone();
     let found_rows = if searching {
-        blocking(move || {
-            let mut rows = Vec::new();
-            for account in state2.store.list_accounts().ok()? {
-                if sender.as_ref().is_some_and(|s| !account.address.contains(s.as_str())) {
-                    continue;
-                }
-                for delivery in state2.store.deliveries(account.id).ok()? {
-                    if since.is_some_and(|t| delivery.created_ms < t)
-                        || before.is_some_and(|t| delivery.created_ms >= t)
-                    {
-                        continue;
-                    }
-                    if recipient
-                        .as_ref()
-                        .is_some_and(|r| !delivery.lines.iter().any(|l| l.address.contains(r.as_str())))
-                    {
-                        continue;
-                    }
-                    let id = sealpost_mime::Summary::from_bytes(&delivery.summary)
-                        .and_then(|s| sealpost_mime::Shown::of_imap(&s.envelope).message_id)
-                        .unwrap_or_default();
-                    if message_id
-                        .as_ref()
-                        .is_some_and(|m| !id.to_lowercase().contains(m.trim_matches(['<', '>'])))
-                    {
-                        continue;
-                    }
-                    rows.push((account.address.clone(), id, delivery));
-                    if rows.len() >= TRACE_ROWS_MAX {
-                        return Some(rows);
-                    }
-                }
-            }
-            Some(rows)
-        })
-        .await
-        .flatten()
-        .unwrap_or_default()
+        blocking(move || crate::console::trace(&store, &question).ok())
+            .await
+            .flatten()
+            .unwrap_or_default()
     } else {
         Vec::new()
     };
     let count = found_rows.len();
     let rows: Vec<_> = found_rows
         .into_iter()
-        .map(|(sender, id, delivery)| {
+        .map(|crate::console::Traced { sender, message_id: id, delivery }| {
             let lines: Vec<_> = delivery
                 .lines
                 .iter()

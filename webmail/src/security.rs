@@ -109,7 +109,7 @@ async fn show(
             .unwrap_or_default()
     };
     let enrolling = found.session.stage == Stage::Enrolment;
-    let passkey_needed = state.policy.passkey_required(account);
+    let passkey_needed = state.policy().passkey_required(account);
     let strong = found.session.recently_strong(now_ms());
     let csrf = found.session.csrf.clone();
     let status = if outcome.error.is_some() {
@@ -687,10 +687,10 @@ pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Ch
 fn keeps_enough(state: &WebState, account: &Account, credentials: &Credentials, removing_passkey: bool) -> bool {
     let passkeys = credentials.passkeys.len().saturating_sub(usize::from(removing_passkey));
     let totp = credentials.totp.is_some() && removing_passkey;
-    if state.policy.passkey_required(account) {
+    if state.policy().passkey_required(account) {
         return passkeys > 0;
     }
-    !state.policy.second_factor_required || passkeys > 0 || totp
+    !state.policy().second_factor_required || passkeys > 0 || totp
 }
 
 pub(crate) async fn totp_remove(State(state): State<Arc<WebState>>, checked: Checked<TokenForm>) -> Response {

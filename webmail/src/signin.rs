@@ -213,10 +213,10 @@ pub(crate) async fn sign_in(
             }
         }
     };
-    let passkey_needed = state.policy.passkey_required(&account);
+    let passkey_needed = state.policy().passkey_required(&account);
     let (stage, next) = if credentials.has_second_factor() && !(passkey_needed && credentials.passkeys.is_empty()) {
         (Stage::SecondFactor, "/second-factor")
-    } else if state.policy.second_factor_required || passkey_needed {
+    } else if state.policy().second_factor_required || passkey_needed {
         (Stage::Enrolment, "/security")
     } else {
         (Stage::SignedIn("password".into()), "/security")
@@ -367,7 +367,7 @@ fn second_factor_view(
 
 /// What the second-factor page offers the account: (TOTP, recovery codes, passkeys).
 fn offered(state: &WebState, account: &Account, credentials: &Credentials) -> (bool, bool, bool) {
-    let passkey_only = state.policy.passkey_required(account);
+    let passkey_only = state.policy().passkey_required(account);
     (
         credentials.totp.is_some() && !passkey_only,
         !credentials.recovery.is_empty() && !passkey_only,
@@ -784,7 +784,7 @@ pub(crate) async fn reauth(
         return again_reauth(&found, &account, totp_offered, passkeys, refusal_text(refusal));
     }
     // A passkey-only account (an admin) confirms with its passkey.
-    if state.policy.passkey_required(&account) {
+    if state.policy().passkey_required(&account) {
         return again_reauth(&found, &account, false, passkeys, "Confirm with your passkey.");
     }
     let now = now_ms();

@@ -29,6 +29,10 @@ pub struct AuthPolicy {
     pub second_factor_required: bool,
     /// The second factor of staff must be a passkey (TOTP is not enough).
     pub passkey_required_for_staff: bool,
+    /// A web session unused this long ends, in milliseconds.
+    pub session_idle_ms: i64,
+    /// A web session ends this long after sign-in whatever its use, in milliseconds.
+    pub session_absolute_ms: i64,
 }
 
 impl Default for AuthPolicy {
@@ -36,6 +40,8 @@ impl Default for AuthPolicy {
         Self {
             second_factor_required: true,
             passkey_required_for_staff: false,
+            session_idle_ms: crate::websession::SESSION_IDLE_MS,
+            session_absolute_ms: crate::websession::SESSION_ABSOLUTE_MS,
         }
     }
 }

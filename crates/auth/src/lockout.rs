@@ -55,7 +55,7 @@ pub enum Refusal {
 
 /// The failure counters of one server.
 pub struct Lockout {
-    limits: LoginLimits,
+    limits: std::sync::RwLock<LoginLimits>,
     by_address: Mutex<HashMap<String, Failures>>,
     by_account: Mutex<HashMap<String, Failures>>,
 }
@@ -67,18 +67,24 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Lockout {
     pub fn new(limits: LoginLimits) -> Self {
         Self {
-            limits,
+            limits: std::sync::RwLock::new(limits),
             by_address: Mutex::new(HashMap::new()),
             by_account: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn limits(&self) -> &LoginLimits {
-        &self.limits
+    /// The limits in force now.
+    pub fn limits(&self) -> LoginLimits {
+        self.limits.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts new limits in force (the console's sign-in settings); counts so far are kept.
+    pub fn set_limits(&self, limits: LoginLimits) {
+        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
     }
 
     fn window(&self) -> Duration {
-        Duration::from_millis(self.limits.failure_window_ms)
+        Duration::from_millis(self.limits().failure_window_ms)
     }
 
     fn recent(&self, map: &Mutex<HashMap<String, Failures>>, key: &str) -> u32 {
@@ -90,10 +96,10 @@ impl Lockout {
 
     /// Whether a sign-in from `address` for `login` may be tried at all.
     pub fn check(&self, address: &str, login: &str) -> Result<(), Refusal> {
-        if self.recent(&self.by_address, address) >= self.limits.failures_per_address_max {
+        if self.recent(&self.by_address, address) >= self.limits().failures_per_address_max {
             return Err(Refusal::AddressLockedOut);
         }
-        if self.recent(&self.by_account, &login.to_lowercase()) >= self.limits.failures_per_account_max {
+        if self.recent(&self.by_account, &login.to_lowercase()) >= self.limits().failures_per_account_max {
             return Err(Refusal::AccountLockedOut);
         }
         Ok(())
@@ -124,8 +130,9 @@ impl Lockout {
             count = count.max(entry.count);
         }
         let doublings = count.saturating_sub(1).min(16);
-        let delay = self.limits.failure_delay_ms.saturating_mul(1 << doublings);
-        Duration::from_millis(delay.min(self.limits.failure_delay_max_ms))
+        let limits = self.limits();
+        let delay = limits.failure_delay_ms.saturating_mul(1 << doublings);
+        Duration::from_millis(delay.min(limits.failure_delay_max_ms))
     }
 
     /// A successful sign-in clears the account's failures (not the address's).
@@ -135,7 +142,7 @@ impl Lockout {
 
     /// Whether the account is locked out now.
     pub fn locked(&self, login: &str) -> bool {
-        self.recent(&self.by_account, &login.to_lowercase()) >= self.limits.failures_per_account_max
+        self.recent(&self.by_account, &login.to_lowercase()) >= self.limits().failures_per_account_max
     }
 
     /// The accounts locked out now, with their failure counts, by name.
@@ -143,7 +150,7 @@ impl Lockout {
         let window = self.window();
         let mut locked: Vec<(String, u32)> = lock(&self.by_account)
             .iter()
-            .filter(|(_, f)| f.last.elapsed() < window && f.count >= self.limits.failures_per_account_max)
+            .filter(|(_, f)| f.last.elapsed() < window && f.count >= self.limits().failures_per_account_max)
             .map(|(login, f)| (login.clone(), f.count))
             .collect();
         locked.sort();

@@ -69,8 +69,8 @@ impl WebSession {
         self.strong_at_ms.is_some_and(|at| now_ms - at <= REAUTH_WINDOW_MS)
     }
 
-    fn expired(&self, now_ms: i64) -> bool {
-        now_ms - self.last_seen_ms > SESSION_IDLE_MS || now_ms - self.created_ms > SESSION_ABSOLUTE_MS
+    fn expired(&self, now_ms: i64, policy: &crate::AuthPolicy) -> bool {
+        now_ms - self.last_seen_ms > policy.session_idle_ms || now_ms - self.created_ms > policy.session_absolute_ms
     }
 }
 
@@ -150,7 +150,7 @@ pub fn save(
 
 /// The live session a cookie names, if any: the secret must match and the session must not
 /// have expired (an expired one is removed). Its last use is brought up to date.
-pub fn resume(store: &Store, cookie: &str, now_ms: i64) -> sealpost_storage::Result<Option<Found>> {
+pub fn resume(store: &Store, cookie: &str, now_ms: i64, policy: &crate::AuthPolicy) -> sealpost_storage::Result<Option<Found>> {
     let mut parts = cookie.trim().splitn(3, '.');
     let (Some(account), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
         return Ok(None);
@@ -171,7 +171,7 @@ pub fn resume(store: &Store, cookie: &str, now_ms: i64) -> sealpost_storage::Res
     if !bool::from(presented.ct_eq(&session.secret_hash)) {
         return Ok(None);
     }
-    if session.expired(now_ms) {
+    if session.expired(now_ms, policy) {
         store.delete_web_sessions(account, Some(&[id]), vec![])?;
         return Ok(None);
     }

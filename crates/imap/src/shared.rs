@@ -11,7 +11,7 @@ use sealpost_storage::AccountId;
 /// Shared by the sessions of one server.
 pub struct ImapShared {
     lockout: Arc<Lockout>,
-    policy: AuthPolicy,
+    policy: std::sync::RwLock<AuthPolicy>,
     /// Our host name, for the new-network notice's Message-ID.
     hostname: String,
     /// Open sessions per account, and the signal that ends them all (an admin disabled the
@@ -76,7 +76,7 @@ impl ImapShared {
     pub fn new(limits: LoginLimits, policy: AuthPolicy, hostname: &str) -> Arc<Self> {
         Arc::new(Self {
             lockout: Arc::new(Lockout::new(limits)),
-            policy,
+            policy: std::sync::RwLock::new(policy),
             hostname: hostname.to_string(),
             sessions: Mutex::new(HashMap::new()),
             generations: std::sync::atomic::AtomicU64::new(0),
@@ -89,8 +89,16 @@ impl ImapShared {
         self.lockout.clone()
     }
 
-    pub fn policy(&self) -> &AuthPolicy {
-        &self.policy
+    /// Who must show what, as in force now.
+    pub fn policy(&self) -> AuthPolicy {
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts the console's sign-in settings in force: the policy, and the lockout's limits
+    /// (the session bound per account stays as configured).
+    pub fn set_policy(&self, policy: AuthPolicy, limits: LoginLimits) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        self.lockout.set_limits(limits);
     }
 
     pub fn hostname(&self) -> &str {

@@ -48,6 +48,7 @@ fn policy() -> Policy {
     let mut content = PolicyConfig::default_content_rules();
     content.push(ContentRule {
         name: "keywords".into(),
+        enabled: true,
         detector: Detector::Keywords {
             words: vec!["biopsy".into(), "HIV".into(), "oncology".into()],
         },
@@ -142,6 +143,7 @@ fn admin_rules_route_by_address_then_domain_and_content_forces_the_portal() {
     assert!(Policy::new(PolicyConfig {
         content: vec![ContentRule {
             name: "bad".into(),
+            enabled: true,
             detector: Detector::Mrn {
                 patterns: vec!["(".into()]
             },

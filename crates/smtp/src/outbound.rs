@@ -208,6 +208,9 @@ pub struct Outbound {
     idle: std::sync::Mutex<IdleSessions>,
     /// Recipients' outcomes so far (delivered, portal, failed, deferred), for /metrics.
     outcomes: [std::sync::atomic::AtomicU64; 4],
+    /// How long a pickup link lasts, in ms: `pickup_ttl_ms` of the config until the console's
+    /// portal settings replace it.
+    pickup_ttl_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Open sessions by (host, port): the conversation, its TLS description, since when idle.
@@ -254,6 +257,7 @@ impl Outbound {
             .with_no_client_auth();
         Ok(Arc::new(Self {
             store,
+            pickup_ttl_ms: std::sync::atomic::AtomicU64::new(config.pickup_ttl_ms),
             config,
             resolver,
             dane,
@@ -268,7 +272,11 @@ impl Outbound {
         }))
     }
 
-    /// Wakes the queue runner (after a submission queued something).
+    /// Puts a pickup link lifetime in force for the links made from now on, in ms.
+    pub fn set_pickup_ttl_ms(&self, ms: u64) {
+        self.pickup_ttl_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Recipients' outcomes of delivery attempts so far: delivered over verified TLS, kept
     /// for the portal, failed, deferred (to be tried again).
     pub fn outcome_counts(&self) -> [u64; 4] {
@@ -641,7 +649,8 @@ impl Outbound {
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut secret);
         let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        let expires_ms = now_ms().saturating_add(i64::try_from(self.config.pickup_ttl_ms).unwrap_or(i64::MAX));
+        let ttl_ms = self.pickup_ttl_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let expires_ms = now_ms().saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
         let notice = crate::headers::pickup_notice(&self.config, recipient, &token, expires_ms);
         let envelope = sealpost_storage::Outbound {
             from: entry.envelope.from.clone(),

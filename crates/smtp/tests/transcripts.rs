@@ -98,6 +98,7 @@ async fn run(name: &str) {
     policy.barred_accounts.insert("bob@example.test".into());
     policy.content.push(sealpost_policy::ContentRule {
         name: "no-oncology".into(),
+        enabled: true,
         detector: sealpost_policy::Detector::Keywords {
             words: vec!["oncology".into()],
         },
