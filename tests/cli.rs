@@ -153,8 +153,10 @@ fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
             "account.create",
             "account.create",
             "account.disable",
+            "auth.session.end_all",
             "account.enable",
             "account.password",
+            "auth.session.end_all",
             "account.delete"
         ]
     );
@@ -168,7 +170,7 @@ fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
     );
     let verified = sealpost_ok(&["audit", "verify", "--data", &d], "");
     assert!(
-        verified.contains("audit chain intact: 9 records verified"),
+        verified.contains("audit chain intact: 11 records verified"),
         "{verified}"
     );
 }
@@ -276,13 +278,16 @@ fn serve_runs_until_sigterm_and_holds_the_store() {
         "{:?}",
         server.seen
     );
-    let busy = sealpost(&["account", "list", "--data", &d], "");
+    // What needs the store to itself is refused while the server holds it; the console's
+    // commands go through the server (tested below).
+    let busy = sealpost(&["key", "rotate", "--data", &d], "");
     assert!(!busy.status.success());
     assert!(
         String::from_utf8_lossy(&busy.stderr).contains("in use"),
         "{}",
         String::from_utf8_lossy(&busy.stderr)
     );
+    assert!(sealpost_ok(&["account", "list", "--data", &d], "").contains("alice@clinic.example"));
     assert_eq!(
         server.terminate(Duration::from_secs(20)),
         Some(true),
@@ -656,7 +661,7 @@ fn the_consoles_quota_enrolment_link_and_audit_search_work_from_the_command_line
         &["account", "quota", "nina@clinic.test", "--mb", "2", "--data", &arg],
         "",
     );
-    assert_eq!(quota.trim(), "quota of nina@clinic.test is 2097152 bytes");
+    assert_eq!(quota.trim(), "nina@clinic.test: The quota is 2097152 bytes.");
     let link = sealpost_ok(&["account", "enrolment-link", "nina@clinic.test", "--data", &arg], "");
     let (account, secret) = link.trim().strip_prefix("/enrol/").unwrap().split_once('.').unwrap();
     assert!(account.parse::<u64>().is_ok() && secret.len() == 64, "{link}");
@@ -666,7 +671,10 @@ fn the_consoles_quota_enrolment_link_and_audit_search_work_from_the_command_line
     );
     assert!(!refused.status.success());
     let lifted = sealpost_ok(&["account", "quota", "nina@clinic.test", "--none", "--data", &arg], "");
-    assert_eq!(lifted.trim(), "nina@clinic.test has no quota");
+    assert_eq!(
+        lifted.trim(),
+        "nina@clinic.test: No quota: the account may store without a limit."
+    );
     // The console's search, here: newest first, the count on standard error.
     let found = sealpost(&["audit", "search", "--action", "account.quota", "--data", &arg], "");
     assert!(found.status.success());
@@ -683,4 +691,219 @@ fn the_consoles_quota_enrolment_link_and_audit_search_work_from_the_command_line
         "",
     );
     assert_eq!(String::from_utf8_lossy(&links.stderr).trim(), "1 records match");
+}
+
+/// Signs nina in over IMAPS, prints "idling" once in IDLE, then every line the server sends
+/// until it closes (at most 30 s).
+const IDLE_SCRIPT: &str = "import imaplib, os, ssl, sys\n\
+ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+m = imaplib.IMAP4_SSL('localhost', int(os.environ['BASE']) + 993, ssl_context=ctx)\n\
+m.login('nina@clinic.test', os.environ['PASSWORD'])\n\
+m.select('INBOX')\n\
+m.send(b'i1 IDLE\\r\\n')\n\
+assert m.readline().startswith(b'+')\n\
+print('idling', flush=True)\n\
+m.sock.settimeout(30)\n\
+while True:\n\
+\x20   line = m.readline()\n\
+\x20   if not line: break\n\
+\x20   print(line.decode().strip(), flush=True)\n";
+
+/// Tries one IMAPS login as nina; prints OK or the server's refusal.
+const LOGIN_SCRIPT: &str = "import imaplib, os, ssl\n\
+ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+m = imaplib.IMAP4_SSL('localhost', int(os.environ['BASE']) + 993, ssl_context=ctx)\n\
+try:\n\
+\x20   m.login('nina@clinic.test', os.environ['TRY'])\n\
+\x20   print('OK')\n\
+except imaplib.IMAP4.error as e:\n\
+\x20   print(e)\n";
+
+fn imap_login(data: &DataDir, password: &str) -> String {
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(LOGIN_SCRIPT)
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("BASE", data.port_base.to_string())
+        .env("TRY", password)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn a_running_server_takes_the_consoles_commands_through_its_control_socket() {
+    use std::io::BufRead;
+    const PASSWORD: &str = "copper willow brisk anthem";
+    let data = DataDir::init("clinic.test");
+    data.add_accounts(&["nina@clinic.test", "omar@clinic.test"], PASSWORD);
+    let arg = data.arg();
+    let mut server = data.serve();
+    let socket = data.path().join("control.sock");
+    assert_eq!(
+        mode(&socket) & 0o777,
+        0o600,
+        "the control socket is the server user's only"
+    );
+
+    // Nina idles; the disable that comes through the socket ends her session at once.
+    let mut idle = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(IDLE_SCRIPT)
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("BASE", data.port_base.to_string())
+        .env("PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(idle.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "idling");
+    let listed = sealpost_ok(&["account", "list", "--search", "nina", "--data", &arg], "");
+    assert!(
+        listed.contains("nina@clinic.test") && !listed.contains("omar"),
+        "{listed}"
+    );
+    let disabled = sealpost_ok(&["account", "disable", "nina@clinic.test", "--data", &arg], "");
+    assert_eq!(
+        disabled.trim(),
+        "nina@clinic.test: Disabled; its web sessions and 1 mail sessions were ended."
+    );
+    let bye = lines.next().unwrap().unwrap();
+    assert!(bye.starts_with("* BYE [UNAVAILABLE]"), "{bye}");
+    assert!(idle.wait().unwrap().success());
+    assert!(imap_login(&data, PASSWORD).contains("disabled"));
+    sealpost_ok(&["account", "enable", "nina@clinic.test", "--data", &arg], "");
+    assert_eq!(imap_login(&data, PASSWORD), "OK");
+
+    // The policy round-trips through show and set, and a saved version is in force at once:
+    // two wrong passwords now lock nina out, until an admin lifts it.
+    let shown = sealpost_ok(&["policy", "show", "--data", &arg], "");
+    assert!(shown.contains("failures_per_account_max = 10"), "{shown}");
+    let stricter = shown.replace("failures_per_account_max = 10", "failures_per_account_max = 2");
+    let saved = sealpost_ok(&["policy", "set", "--data", &arg], &stricter);
+    assert_eq!(saved.trim(), "saved as version 1; in force from now on");
+    let refused = sealpost(&["policy", "set", "--data", &arg], "[sign_in]\nsession_idle_ms = 5\n");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("session_idle_ms = 5 is outside"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        sealpost_ok(&["policy", "history", "--data", &arg], "").lines().count(),
+        1,
+        "a refused policy is not a version"
+    );
+    assert!(imap_login(&data, "wrong one").contains("invalid credentials"));
+    assert!(imap_login(&data, "wrong two").contains("invalid credentials"));
+    assert!(imap_login(&data, PASSWORD).contains("too many failed logins"));
+    let locked = sealpost_ok(&["lockout", "list", "--data", &arg], "");
+    assert!(locked.starts_with("nina@clinic.test  2 failed"), "{locked}");
+    let lifted = sealpost_ok(&["lockout", "lift", "nina@clinic.test", "--data", &arg], "");
+    assert_eq!(lifted.trim(), "nina@clinic.test's lockout is lifted");
+    assert_eq!(imap_login(&data, PASSWORD), "OK");
+
+    // Aliases are in force for SMTP at once (the console's code), and refused when foreign.
+    let alias = sealpost_ok(
+        &[
+            "account",
+            "alias-add",
+            "omar@clinic.test",
+            "front-desk@clinic.test",
+            "--data",
+            &arg,
+        ],
+        "",
+    );
+    assert!(
+        alias.contains("front-desk@clinic.test now reaches omar@clinic.test"),
+        "{alias}"
+    );
+    let foreign = sealpost(
+        &[
+            "account",
+            "alias-add",
+            "omar@clinic.test",
+            "x@elsewhere.test",
+            "--data",
+            &arg,
+        ],
+        "",
+    );
+    assert_eq!(foreign.status.code(), Some(1));
+    let mut smtp = std::net::TcpStream::connect(("127.0.0.1", data.port_base + 25)).unwrap();
+    smtp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = std::io::BufReader::new(smtp.try_clone().unwrap());
+    let mut say = |line: &str| -> String {
+        use std::io::Write;
+        if !line.is_empty() {
+            smtp.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        }
+        let mut reply = String::new();
+        loop {
+            let mut one = String::new();
+            reader.read_line(&mut one).unwrap();
+            reply.push_str(&one);
+            if one.len() < 4 || one.as_bytes()[3] != b'-' {
+                return reply;
+            }
+        }
+    };
+    assert!(say("").starts_with("220"));
+    assert!(say("EHLO partner.test").starts_with("250"));
+    assert!(say("MAIL FROM:<someone@partner.test>").starts_with("250"));
+    let rcpt = say("RCPT TO:<front-desk@clinic.test>");
+    assert!(rcpt.starts_with("250"), "{rcpt}");
+    say("QUIT");
+
+    // Every page's command answers from the running server.
+    let health = sealpost_ok(&["health", "--data", &arg], "");
+    assert!(health.starts_with("server: running"), "{health}");
+    assert!(
+        health.contains("days left") && health.contains("queue 0 waiting"),
+        "{health}"
+    );
+    let shown = sealpost_ok(&["account", "show", "omar@clinic.test", "--data", &arg], "");
+    assert!(shown.contains("aliases         front-desk@clinic.test"), "{shown}");
+    let tried = sealpost_ok(&["policy", "try", "--text", "SSN 123-45-6789", "--data", &arg], "");
+    assert!(tried.contains("matches: portal"), "{tried}");
+    let trace = sealpost(&["trace", "--sender", "nina", "--data", &arg], "");
+    assert!(trace.status.success());
+    let key = sealpost(&["key", "rotate", "--data", &arg], "");
+    assert!(
+        !key.status.success(),
+        "the master key is not rotated under a running server"
+    );
+
+    // The audit log names the command line, through the socket, as the actor.
+    let found = sealpost_ok(&["audit", "search", "--action", "account.disable", "--data", &arg], "");
+    let record: serde_json::Value = serde_json::from_str(found.lines().next().unwrap()).unwrap();
+    assert!(record["actor"].as_str().unwrap().starts_with("cli:"), "{record}");
+    assert!(
+        record["peer"].as_str().unwrap().starts_with("control socket, uid"),
+        "{record}"
+    );
+    let csv = sealpost_ok(
+        &[
+            "audit",
+            "export",
+            "--format",
+            "csv",
+            "--action",
+            "policy.change",
+            "--data",
+            &arg,
+        ],
+        "",
+    );
+    assert_eq!(csv.lines().count(), 2, "a header and the one change: {csv}");
+
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    assert!(!socket.exists(), "the socket goes with the server");
+    // Without the server the same commands open the store themselves.
+    let offline = sealpost_ok(&["policy", "history", "--data", &arg], "");
+    assert_eq!(offline.lines().count(), 1);
+    let lockouts = sealpost(&["lockout", "list", "--data", &arg], "");
+    assert!(String::from_utf8_lossy(&lockouts.stderr).contains("not running"));
 }

@@ -1,18 +1,202 @@
-//! The administrative subcommands: accounts, audit log, master key.
+//! The administrative subcommands: every page of the admin console as a command (accounts,
+//! lockouts, policy, audit, queue, message tracing, health), plus DNS records, pickups and
+//! the master key. Each calls the code the console's pages call (`sealpost_webmail::console`
+//! and the store). When `sealpost serve` runs on the data folder, the command runs inside it
+//! through the control socket (`control.rs`), so its live parts see the change at once;
+//! otherwise it opens the store itself.
 
-use std::io::{BufRead, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use sealpost_storage::{Account, AccountStatus, Actor, Error as StoreError, MasterKey, NewAccount, Role, Store};
+use sealpost_storage::{
+    Account, AccountStatus, Actor, AuditSearch, Error as StoreError, MasterKey, NewAccount, Role, Store,
+};
+use sealpost_webmail::console::{self, AccountAction, Console, ExportFormat, Outcome, PolicyRefusal};
 
 use crate::config::Loaded;
 
+/// The console's commands, which also run against a running server.
+#[derive(Subcommand)]
+pub(crate) enum Admin {
+    /// Manage accounts (the console's Accounts pages).
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Accounts locked out by failed sign-ins (in a running server).
+    #[command(subcommand)]
+    Lockout(LockoutCommand),
+    /// The sending, sign-in and portal policy (the console's Policies page).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Search, export and check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Look at and act on the outbound queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Was a message sent, did it arrive? From the delivery records, without content.
+    Trace(TraceArgs),
+    /// Listeners, certificate, store, queue, failures and DNS (the console's Health page).
+    Health {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// The DNS records to publish.
+    #[command(subcommand)]
+    Dns(DnsCommand),
+    /// Messages kept for pickup through the portal.
+    #[command(subcommand)]
+    Pickup(PickupCommand),
+}
+
+/// What a command runs with: the store through the console's operations, and where its
+/// output goes (this process's, or frames back to the client of the control socket).
+pub(crate) struct Run<'a> {
+    pub(crate) loaded: &'a Loaded,
+    pub(crate) console: &'a Console,
+    /// The running server's health facts (listeners in use); `None` without a server.
+    pub(crate) health: Option<&'a sealpost_webmail::HealthInfo>,
+    pub(crate) runtime: Option<&'a tokio::runtime::Handle>,
+    /// Standard input, read whole by the client for the commands that take it.
+    pub(crate) input: Option<String>,
+    pub(crate) via_server: bool,
+    pub(crate) actor: Actor,
+    pub(crate) out: &'a mut dyn Write,
+    pub(crate) err: &'a mut dyn Write,
+}
+
+impl Run<'_> {
+    fn store(&self) -> &Store {
+        &self.console.store
+    }
+
+    fn find(&self, address: &str) -> anyhow::Result<Account> {
+        self.store()
+            .find_account(address)?
+            .with_context(|| format!("no account {address}"))
+    }
+
+    /// The first line of standard input, as a password: checked for strength against the
+    /// account's own words (`context`) unless `allow_weak`; even then at least 8 characters.
+    fn password(&self, context: &[&str], allow_weak: bool) -> anyhow::Result<String> {
+        let input = self.input.as_deref().unwrap_or_default();
+        let password = input.lines().next().unwrap_or_default().to_string();
+        if password.chars().count() < 8 {
+            bail!("the password must have at least 8 characters");
+        }
+        if !allow_weak {
+            if let Err(weakness) = sealpost_auth::password::check(&password, context) {
+                bail!("the password is too weak ({weakness}); choose another, or add --allow-weak-password for a test fixture or a migration");
+            }
+        }
+        Ok(password)
+    }
+}
+
+/// The `--data` folder of this process's arguments.
+fn data_arg() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--data" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(value) = arg.to_str().and_then(|a| a.strip_prefix("--data=")) {
+            return Some(PathBuf::from(value));
+        }
+    }
+    None
+}
+
+/// Whether the command reads standard input.
+fn takes_input(command: &Admin) -> bool {
+    matches!(
+        command,
+        Admin::Account(AccountCommand::Add {
+            password_stdin: true,
+            ..
+        }) | Admin::Account(AccountCommand::Password { .. })
+            | Admin::Policy(PolicyCommand::Set { .. })
+    )
+}
+
+/// Standard input whole, at most `CONTROL_INPUT_BYTES_MAX`.
+fn read_input() -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(crate::control::CONTROL_INPUT_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .context("reading standard input")?;
+    if bytes.len() as u64 > crate::control::CONTROL_INPUT_BYTES_MAX {
+        bail!(
+            "standard input is over {} bytes",
+            crate::control::CONTROL_INPUT_BYTES_MAX
+        );
+    }
+    String::from_utf8(bytes).context("standard input is not UTF-8")
+}
+
+/// Runs a console command: in the server when it runs on the data folder, else on the store.
+pub(crate) fn admin(command: Admin) -> anyhow::Result<ExitCode> {
+    let data = data_arg().context("--data DIR is required")?;
+    let input = if takes_input(&command) {
+        Some(read_input()?)
+    } else {
+        None
+    };
+    let output = match &command {
+        Admin::Audit(AuditCommand::Export { output, .. }) => output.clone(),
+        _ => None,
+    };
+    if let Some(stream) = crate::control::connect(&data) {
+        return crate::control::forward(stream, input, output.as_deref());
+    }
+    let (loaded, store) = open_store(&data)?;
+    let console = Console::offline(store);
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    let code = execute(
+        command,
+        &mut Run {
+            loaded: &loaded,
+            console: &console,
+            health: None,
+            runtime: None,
+            input,
+            via_server: false,
+            actor: Actor::cli(),
+            out: &mut out,
+            err: &mut err,
+        },
+    )?;
+    out.flush()?;
+    Ok(ExitCode::from(code))
+}
+
+/// Runs one command; returns its exit status.
+pub(crate) fn execute(command: Admin, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    match command {
+        Admin::Account(command) => account(command, run),
+        Admin::Lockout(command) => lockout(command, run),
+        Admin::Policy(command) => policy(command, run),
+        Admin::Audit(command) => audit(command, run),
+        Admin::Queue(command) => queue(command, run),
+        Admin::Trace(args) => trace(args, run),
+        Admin::Health { .. } => health(run),
+        Admin::Dns(DnsCommand::Records { .. }) => {
+            crate::dkim::ensure_keys(run.store())?;
+            write!(run.out, "{}", crate::dkim::dns_records(run.loaded, run.store())?)?;
+            Ok(0)
+        }
+        Admin::Pickup(command) => pickup(command, run),
+    }
+}
+
 #[derive(Subcommand)]
 pub(crate) enum AccountCommand {
-    /// Make an account. Without --password-stdin a password is generated and printed once.
+    /// Make an account. Without --password-stdin or --enrolment-link a password is generated
+    /// and printed once.
     Add {
         address: String,
         #[arg(long, default_value = "staff")]
@@ -21,19 +205,34 @@ pub(crate) enum AccountCommand {
         #[arg(long)]
         name: Option<String>,
         /// Read the password from the first line of standard input.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "enrolment_link")]
         password_stdin: bool,
+        /// No password: print a one-time link for the owner to choose one (as the console).
+        #[arg(long)]
+        enrolment_link: bool,
         /// Accept a password the strength check refuses (test fixtures, migrations).
         #[arg(long)]
         allow_weak_password: bool,
         #[arg(long)]
         data: PathBuf,
     },
-    /// List accounts.
+    /// List accounts, or search them (address or name) a page of 50 at a time.
     List {
+        /// Only accounts whose address or name contains this.
+        #[arg(long)]
+        search: Option<String>,
+        /// This page of 50 (from 1) instead of every account.
+        #[arg(long)]
+        page: Option<usize>,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// One account: status, role, second factors, sessions, app passwords, aliases, quota.
+    Show {
+        address: String,
         #[arg(long)]
         data: PathBuf,
     },
@@ -48,14 +247,28 @@ pub(crate) enum AccountCommand {
     Quota {
         address: String,
         /// MB, decimals allowed.
-        #[arg(long, conflicts_with = "none")]
-        mb: Option<f64>,
+        #[arg(long, conflicts_with = "none", allow_hyphen_values = true)]
+        mb: Option<String>,
         #[arg(long)]
         none: bool,
         #[arg(long)]
         data: PathBuf,
     },
-    /// Stop an account from logging in; its mail stays.
+    /// Make an alias (an address at the primary domain) reach the account, which may send as it.
+    AliasAdd {
+        address: String,
+        alias: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Stop an alias reaching the account.
+    AliasRemove {
+        address: String,
+        alias: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Stop an account from logging in and end its sessions (web and IMAP); its mail stays.
     Disable {
         address: String,
         #[arg(long)]
@@ -63,6 +276,19 @@ pub(crate) enum AccountCommand {
     },
     /// Let a disabled account log in again.
     Enable {
+        address: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// End every web and IMAP session of the account.
+    EndSessions {
+        address: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Remove the account's second factors (passkeys, authenticator app, recovery codes) and
+    /// end its sessions; the next sign-in sets up a new one.
+    ResetFactors {
         address: String,
         #[arg(long)]
         data: PathBuf,
@@ -101,6 +327,12 @@ pub(crate) enum AccountCommand {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Revoke every app password of the account.
+    RevokeAppPasswords {
+        address: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// Delete an account and destroy its keys: its mail can never be read again.
     Delete {
         address: String,
@@ -131,6 +363,52 @@ impl From<ScopeArg> for sealpost_auth::Scope {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum LockoutCommand {
+    /// Accounts locked out now, with their failed sign-ins.
+    List {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Lift an account's lockout (audited).
+    Lift {
+        address: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// The policy in force (or a saved version) as TOML, which `set` takes back.
+    Show {
+        #[arg(long)]
+        version: Option<u64>,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Check the policy on standard input (TOML) and save it as the next version, in force at
+    /// once in a running server. Nothing changes if it does not check.
+    Set {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// The saved versions, newest first: who saved each and when.
+    History {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Which content rules of the policy in force a sample text matches (nothing is sent).
+    Try {
+        #[arg(long, default_value = "")]
+        subject: String,
+        #[arg(long, default_value = "")]
+        text: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 pub(crate) enum AuditCommand {
     /// Walk the hash chain and report the first broken link. Exits 1 if broken.
     Verify {
@@ -140,30 +418,21 @@ pub(crate) enum AuditCommand {
     /// Search the log as the console does (every word of every field given), newest first;
     /// JSON lines.
     Search {
-        #[arg(long)]
-        actor: Option<String>,
-        #[arg(long)]
-        action: Option<String>,
-        #[arg(long)]
-        object: Option<String>,
-        /// Words anywhere in the record.
-        #[arg(long)]
-        text: Option<String>,
-        /// Records at or after this time (as for export).
-        #[arg(long)]
-        since: Option<String>,
+        #[command(flatten)]
+        filter: AuditFilter,
         /// Records at most.
         #[arg(long, default_value_t = 100)]
         limit: usize,
         #[arg(long)]
         data: PathBuf,
     },
-    /// Write records as JSON lines.
+    /// Write records, oldest first: the whole log as JSON lines, or with a filter or --format
+    /// csv what the console's export writes (at most 1,000,000 records, audited).
     Export {
-        /// Only records at or after this time: RFC 3339 (2026-01-31T08:00:00Z), a date
-        /// (2026-01-31, midnight UTC) or Unix seconds.
-        #[arg(long)]
-        since: Option<String>,
+        #[command(flatten)]
+        filter: AuditFilter,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: FormatArg,
         /// Write to this file instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,
@@ -172,9 +441,74 @@ pub(crate) enum AuditCommand {
     },
 }
 
+/// The console's audit search fields.
+#[derive(clap::Args, Default)]
+pub(crate) struct AuditFilter {
+    #[arg(long)]
+    actor: Option<String>,
+    #[arg(long)]
+    action: Option<String>,
+    #[arg(long)]
+    object: Option<String>,
+    /// Words anywhere in the record.
+    #[arg(long)]
+    text: Option<String>,
+    /// Records at or after this time: RFC 3339 (2026-01-31T08:00:00Z), a date (2026-01-31,
+    /// midnight UTC) or Unix seconds.
+    #[arg(long)]
+    since: Option<String>,
+    /// Records before this time (as --since).
+    #[arg(long)]
+    before: Option<String>,
+}
+
+impl AuditFilter {
+    fn search(&self, limit: usize) -> anyhow::Result<AuditSearch> {
+        Ok(AuditSearch {
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            object: self.object.clone(),
+            text: self.text.clone(),
+            since_ms: self.since.as_deref().map(parse_since).transpose()?,
+            before_ms: self.before.as_deref().map(parse_since).transpose()?,
+            limit,
+            ..AuditSearch::default()
+        })
+    }
+
+    fn narrows(&self) -> bool {
+        self.actor.is_some()
+            || self.action.is_some()
+            || self.object.is_some()
+            || self.text.is_some()
+            || self.before.is_some()
+    }
+
+    fn described(&self) -> String {
+        [
+            ("actor", &self.actor),
+            ("action", &self.action),
+            ("object", &self.object),
+            ("text", &self.text),
+            ("since", &self.since),
+            ("before", &self.before),
+        ]
+        .iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={v}")))
+        .collect::<Vec<_>>()
+        .join("&")
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum FormatArg {
+    Jsonl,
+    Csv,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum QueueCommand {
-    /// List messages waiting for outside delivery. Stop `sealpost serve` first.
+    /// List messages waiting for outside delivery.
     List {
         /// One JSON object a line.
         #[arg(long)]
@@ -202,102 +536,28 @@ pub(crate) enum QueueCommand {
     },
 }
 
-/// The queue entry named `id` (its hex id as `queue list` prints it).
-fn find_queued(store: &Store, id: &str) -> anyhow::Result<sealpost_storage::QueuedMessage> {
-    store
-        .queued()?
-        .into_iter()
-        .find(|entry| entry.id.to_string() == id.trim().to_lowercase())
-        .with_context(|| format!("no queue entry {id} (see sealpost queue list)"))
-}
-
-pub(crate) fn queue(command: QueueCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        QueueCommand::Show { id, data } => {
-            let (_, store) = open_store(&data)?;
-            let entry = find_queued(&store, &id)?;
-            let account = store.account(entry.account)?;
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "queue entry {}", entry.id)?;
-            writeln!(out, "  account       {}", account.address)?;
-            writeln!(out, "  from          <{}>", entry.envelope.from)?;
-            writeln!(out, "  size          {} bytes", entry.size)?;
-            writeln!(out, "  queued        {}", format_ms(entry.created_ms))?;
-            writeln!(out, "  attempts      {}", entry.attempts)?;
-            writeln!(out, "  next attempt  {}", format_ms(entry.next_attempt_ms))?;
-            for (recipient, state) in entry.envelope.recipients.iter().zip(&entry.states) {
-                let status = match &state.status {
-                    sealpost_storage::RecipientStatus::Pending => "pending".to_string(),
-                    sealpost_storage::RecipientStatus::Delivered { at_ms, how } => {
-                        format!("delivered {} via {how}", format_ms(*at_ms))
-                    }
-                    sealpost_storage::RecipientStatus::Portal { at_ms, why } => {
-                        format!("held for the pickup portal {} ({why})", format_ms(*at_ms))
-                    }
-                    sealpost_storage::RecipientStatus::Failed { at_ms, reply } => {
-                        format!("failed {} ({reply})", format_ms(*at_ms))
-                    }
-                };
-                writeln!(out, "  to <{}>: {status}", recipient.address)?;
-                if let Some(reply) = &state.last_reply {
-                    writeln!(out, "      last: {reply}")?;
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        QueueCommand::Retry { id, data } => {
-            let (_, store) = open_store(&data)?;
-            let entry = find_queued(&store, &id)?;
-            store.queue_retry(entry.account, entry.id, &Actor::cli())?;
-            println!("queue entry {} will be tried at the next look at the queue", entry.id);
-            Ok(ExitCode::SUCCESS)
-        }
-        QueueCommand::Delete { id, data } => {
-            let (_, store) = open_store(&data)?;
-            let entry = find_queued(&store, &id)?;
-            store.queue_delete(entry.account, entry.id, &Actor::cli())?;
-            println!("queue entry {} deleted", entry.id);
-            Ok(ExitCode::SUCCESS)
-        }
-        QueueCommand::List { json, data } => {
-            let (_, store) = open_store(&data)?;
-            let accounts: std::collections::HashMap<_, _> =
-                store.list_accounts()?.into_iter().map(|a| (a.id, a.address)).collect();
-            let queued = store.queued()?;
-            let mut out = std::io::stdout().lock();
-            for entry in &queued {
-                let account = accounts.get(&entry.account).map_or("?", String::as_str);
-                let recipients: Vec<&str> = entry.envelope.recipients.iter().map(|r| r.address.as_str()).collect();
-                if json {
-                    let line = serde_json::json!({
-                        "id": entry.id.to_string(), "account": account, "from": entry.envelope.from,
-                        "recipients": recipients, "size": entry.size, "created_at_ms": entry.created_ms,
-                        "notify": entry.envelope.recipients.iter().map(|r| &r.notify).collect::<Vec<_>>(),
-                        "orcpt": entry.envelope.recipients.iter().map(|r| &r.orcpt).collect::<Vec<_>>(),
-                        "env_id": entry.envelope.env_id, "ret": entry.envelope.ret,
-                        "states": entry.states,
-                        "attempts": entry.attempts, "next_attempt_at_ms": entry.next_attempt_ms,
-                    });
-                    writeln!(out, "{line}")?;
-                } else {
-                    writeln!(
-                        out,
-                        "{}  {}  {} bytes  from <{}> to {}  attempts {}",
-                        entry.id,
-                        format_ms(entry.created_ms),
-                        entry.size,
-                        entry.envelope.from,
-                        recipients.join(", "),
-                        entry.attempts
-                    )?;
-                }
-            }
-            if !json {
-                writeln!(out, "{} queued", queued.len())?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-    }
+/// A message trace: every field given must match.
+#[derive(clap::Args)]
+pub(crate) struct TraceArgs {
+    /// Part of the sending account's address.
+    #[arg(long)]
+    sender: Option<String>,
+    /// Part of a recipient's address.
+    #[arg(long)]
+    recipient: Option<String>,
+    #[arg(long)]
+    message_id: Option<String>,
+    /// Sent at or after (as audit's --since).
+    #[arg(long)]
+    since: Option<String>,
+    /// Sent before.
+    #[arg(long)]
+    before: Option<String>,
+    /// One JSON object a line.
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    data: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -313,35 +573,6 @@ pub(crate) enum PickupCommand {
     },
 }
 
-pub(crate) fn pickup(command: PickupCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        PickupCommand::Show { token, message, data } => {
-            let (_, store) = open_store(&data)?;
-            let Some(pickup) = store
-                .pickup(&token)?
-                .filter(|p| p.state == sealpost_storage::PickupState::Live)
-            else {
-                println!("no pickup for that link (unknown, expired or withdrawn)");
-                return Ok(ExitCode::FAILURE);
-            };
-            if message {
-                let raw = store.read_pickup(&token)?.context("the pickup went away")?;
-                store.audit(
-                    sealpost_storage::AuditEvent::new(&Actor::cli(), "pickup.read", format!("queue {}", pickup.queue))
-                        .detail(format!("for {}", pickup.recipient)),
-                )?;
-                std::io::stdout().lock().write_all(&raw)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!("pickup for <{}> from <{}>", pickup.recipient, pickup.sender);
-            println!("  size     {} bytes", pickup.size);
-            println!("  created  {}", format_ms(pickup.created_ms));
-            println!("  expires  {}", format_ms(pickup.expires_ms));
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
 #[derive(Subcommand)]
 pub(crate) enum DnsCommand {
     /// Print MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records for the primary domain.
@@ -349,17 +580,6 @@ pub(crate) enum DnsCommand {
         #[arg(long)]
         data: PathBuf,
     },
-}
-
-pub(crate) fn dns(command: DnsCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        DnsCommand::Records { data } => {
-            let (loaded, store) = open_store(&data)?;
-            crate::dkim::ensure_keys(&store)?;
-            print!("{}", crate::dkim::dns_records(&loaded, &store)?);
-            Ok(ExitCode::SUCCESS)
-        }
-    }
 }
 
 #[derive(Subcommand)]
@@ -408,92 +628,114 @@ fn finish_rotation(key_path: &Path) -> anyhow::Result<PathBuf> {
     Ok(retired)
 }
 
-/// The password on standard input's first line, checked for strength against the account's
-/// own words (`context`) unless `allow_weak`; even then at least 8 characters.
-fn read_password_line(context: &[&str], allow_weak: bool) -> anyhow::Result<String> {
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("reading the password from standard input")?;
-    let password = line.trim_end_matches(['\r', '\n']).to_string();
-    if password.chars().count() < 8 {
-        bail!("the password must have at least 8 characters");
-    }
-    if !allow_weak {
-        if let Err(weakness) = sealpost_auth::password::check(&password, context) {
-            bail!("the password is too weak ({weakness}); choose another, or add --allow-weak-password for a test fixture or a migration");
+/// Prints what came of a console action; a refusal exits 1.
+fn outcome(run: &mut Run<'_>, address: &str, outcome: Outcome) -> anyhow::Result<u8> {
+    match outcome {
+        Outcome::Done(text) => writeln!(run.out, "{address}: {text}")?,
+        Outcome::Link(path) => writeln!(run.out, "{path}")?,
+        Outcome::Deleted(address) => writeln!(run.out, "deleted {address} and destroyed its keys")?,
+        Outcome::Refused(text) => {
+            writeln!(run.err, "sealpost: {address}: {text}")?;
+            return Ok(1);
         }
     }
-    Ok(password)
+    Ok(0)
 }
 
-fn find(store: &Store, address: &str) -> anyhow::Result<Account> {
-    store
-        .find_account(address)?
-        .with_context(|| format!("no account {address}"))
+fn status_word(status: AccountStatus) -> &'static str {
+    match status {
+        AccountStatus::Active => "active",
+        AccountStatus::Disabled => "disabled",
+    }
 }
 
-pub(crate) fn account(command: AccountCommand) -> anyhow::Result<ExitCode> {
+fn account(command: AccountCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    let act = |run: &mut Run<'_>, address: &str, action: AccountAction| -> anyhow::Result<u8> {
+        let account = run.find(address)?;
+        let done = console::act_on_account(run.console, &run.actor, account.id, action, None)?;
+        outcome(run, &account.address, done)
+    };
     match command {
         AccountCommand::Add {
             address,
             role,
             name,
             password_stdin,
+            enrolment_link,
             allow_weak_password,
-            data,
+            ..
         } => {
-            let (_, store) = open_store(&data)?;
-            let generated = !password_stdin;
+            let local = address.split('@').next().unwrap_or_default().to_string();
+            let display_name = name.clone().unwrap_or(local);
+            if enrolment_link {
+                let (id, link) = console::create_account(run.console, &run.actor, &address, &display_name, role)?;
+                let account = run.store().account(id)?;
+                writeln!(
+                    run.out,
+                    "created account {} ({}, role {}) without a password",
+                    account.address,
+                    account.id,
+                    account.role.as_str()
+                )?;
+                writeln!(run.out, "enrolment link: {link}")?;
+                writeln!(run.out, "(append it to the site's address; it works once, for 7 days)")?;
+                return Ok(0);
+            }
             let password = if password_stdin {
-                read_password_line(&[&address, name.as_deref().unwrap_or("")], allow_weak_password)?
+                run.password(&[&address, name.as_deref().unwrap_or("")], allow_weak_password)?
             } else {
                 crate::init::generate_password()
             };
-            let local = address.split('@').next().unwrap_or_default().to_string();
-            let display_name = name.unwrap_or(local);
-            let id = store.create_account(
+            let id = run.store().create_account(
                 &NewAccount {
                     address: &address,
                     display_name: &display_name,
                     role,
                     password: Some(&password),
                 },
-                &Actor::cli(),
+                &run.actor,
             )?;
-            let account = store.account(id)?;
-            println!(
+            let account = run.store().account(id)?;
+            writeln!(
+                run.out,
                 "created account {} ({}, role {})",
                 account.address,
                 account.id,
                 account.role.as_str()
-            );
-            if generated {
-                println!("password: {password}");
-                println!(
+            )?;
+            if !password_stdin {
+                writeln!(run.out, "password: {password}")?;
+                writeln!(
+                    run.out,
                     "(shown once; set another with `sealpost account password {} --data …`)",
                     account.address
-                );
+                )?;
             }
         }
-        AccountCommand::List { json, data } => {
-            let (_, store) = open_store(&data)?;
-            let mut out = std::io::stdout().lock();
-            for account in store.list_accounts()? {
-                let status = match account.status {
-                    AccountStatus::Active => "active",
-                    AccountStatus::Disabled => "disabled",
-                };
+        AccountCommand::List { search, page, json, .. } => {
+            let (accounts, footer) = match (&search, page) {
+                (None, None) => (run.store().list_accounts()?, None),
+                _ => {
+                    let found =
+                        console::search_accounts(run.store(), search.as_deref().unwrap_or(""), page.unwrap_or(1))?;
+                    let footer = format!(
+                        "page {} of {}; {} accounts match",
+                        found.page, found.pages, found.matched
+                    );
+                    (found.accounts, Some(footer))
+                }
+            };
+            for account in accounts {
+                let status = status_word(account.status);
                 if json {
                     let line = serde_json::json!({
                         "id": account.id.0, "address": account.address, "name": account.display_name,
                         "role": account.role.as_str(), "status": status, "created_at_ms": account.created_at_ms,
                     });
-                    writeln!(out, "{line}")?;
+                    writeln!(run.out, "{line}")?;
                 } else {
                     writeln!(
-                        out,
+                        run.out,
                         "{:>6}  {:<40} {:<6} {:<8} {}",
                         account.id.0,
                         account.address,
@@ -503,209 +745,619 @@ pub(crate) fn account(command: AccountCommand) -> anyhow::Result<ExitCode> {
                     )?;
                 }
             }
+            if let Some(footer) = footer {
+                writeln!(run.err, "{footer}")?;
+            }
         }
-        AccountCommand::EnrolmentLink { address, data } => {
-            let (_, store) = open_store(&data)?;
-            let account = find(&store, &address)?;
-            let now = i64::try_from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis()),
-            )
-            .unwrap_or(i64::MAX);
-            let path = sealpost_auth::enrolment::issue(&store, account.id, &Actor::cli(), now)?;
-            println!("{path}");
+        AccountCommand::Show { address, .. } => {
+            let account = run.find(&address)?;
+            let store = run.store();
+            let credentials = sealpost_auth::Credentials::load(store, account.id)?;
+            let sessions = sealpost_auth::websession::list(store, account.id)?.len();
+            let aliases = console::aliases_of(store, &account.address);
+            let quota = store.quota(account.id)?;
+            let used = store.quota_usage(account.id)?;
+            let out = &mut *run.out;
+            writeln!(out, "account {} ({})", account.address, account.id)?;
+            writeln!(out, "  name            {}", account.display_name)?;
+            writeln!(out, "  role            {}", account.role.as_str())?;
+            writeln!(out, "  status          {}", status_word(account.status))?;
+            writeln!(out, "  created         {}", format_ms(account.created_at_ms))?;
+            writeln!(
+                out,
+                "  second factors  {} passkeys, authenticator app {}, {} recovery codes",
+                credentials.passkeys.len(),
+                if credentials.totp.is_some() { "yes" } else { "no" },
+                credentials.recovery.len()
+            )?;
+            writeln!(out, "  app passwords   {}", credentials.app_passwords.len())?;
+            writeln!(out, "  web sessions    {sessions}")?;
+            writeln!(out, "  aliases         {}", aliases.join(", "))?;
+            match quota {
+                Some(quota) => writeln!(out, "  storage         {used} of {quota} bytes")?,
+                None => writeln!(out, "  storage         {used} bytes, no quota")?,
+            }
         }
-        AccountCommand::Quota {
-            address,
-            mb,
-            none,
-            data,
-        } => {
-            let (_, store) = open_store(&data)?;
-            let account = find(&store, &address)?;
-            let bytes = match (mb, none) {
-                (_, true) => None,
-                (Some(mb), false) if mb.is_finite() && mb > 0.0 => Some((mb * 1_048_576.0) as u64),
-                _ => anyhow::bail!("give --mb with a number above 0, or --none"),
+        AccountCommand::EnrolmentLink { address, .. } => return act(run, &address, AccountAction::EnrolmentLink),
+        AccountCommand::Quota { address, mb, none, .. } => {
+            let text = match (mb, none) {
+                (_, true) => String::new(),
+                (Some(mb), false) if !mb.trim().is_empty() => mb,
+                _ => bail!("give --mb with a number above 0, or --none"),
             };
-            store.set_quota(account.id, bytes, &Actor::cli())?;
-            match bytes {
-                Some(bytes) => println!("quota of {} is {bytes} bytes", account.address),
-                None => println!("{} has no quota", account.address),
-            }
+            return act(run, &address, AccountAction::Quota(text));
         }
-        AccountCommand::Disable { address, data } => {
-            let (_, store) = open_store(&data)?;
-            let account = find(&store, &address)?;
-            store.set_account_status(account.id, AccountStatus::Disabled, &Actor::cli())?;
-            println!("disabled {}", account.address);
+        AccountCommand::AliasAdd { address, alias, .. } => return act(run, &address, AccountAction::AliasAdd(alias)),
+        AccountCommand::AliasRemove { address, alias, .. } => {
+            return act(run, &address, AccountAction::AliasRemove(alias))
         }
-        AccountCommand::Enable { address, data } => {
-            let (_, store) = open_store(&data)?;
-            let account = find(&store, &address)?;
-            store.set_account_status(account.id, AccountStatus::Active, &Actor::cli())?;
-            println!("enabled {}", account.address);
+        AccountCommand::Disable { address, .. } => return act(run, &address, AccountAction::Disable),
+        AccountCommand::Enable { address, .. } => return act(run, &address, AccountAction::Enable),
+        AccountCommand::EndSessions { address, .. } => return act(run, &address, AccountAction::EndSessions),
+        AccountCommand::ResetFactors { address, .. } => return act(run, &address, AccountAction::ResetFactors),
+        AccountCommand::RevokeAppPasswords { address, .. } => {
+            return act(run, &address, AccountAction::RevokeAppPasswords)
         }
-        AccountCommand::Password {
-            address,
-            allow_weak_password,
-            data,
-        } => {
-            let (_, store) = open_store(&data)?;
-            let account = find(&store, &address)?;
-            let password = read_password_line(&[&account.address, &account.display_name], allow_weak_password)?;
-            store.set_password(account.id, &password, &Actor::cli())?;
-            println!("password changed for {}", account.address);
-        }
-        AccountCommand::AppPassword {
-            address,
-            name,
-            scope,
-            data,
-        } => {
-            let (_, store) = open_store(&data)?;
-            let account = find(&store, &address)?;
-            let password =
-                sealpost_auth::credentials::issue_app_password(&store, account.id, &name, scope.into(), &Actor::cli())
-                    .map_err(|why| anyhow::anyhow!("{why}"))?;
-            println!("app password for {} ({name}): {password}", account.address);
-            println!("(shown once; the mail client takes it as its password, spaces or not)");
-        }
-        AccountCommand::AppPasswords { address, data } => {
-            let (_, store) = open_store(&data)?;
-            let account = find(&store, &address)?;
-            let credentials = sealpost_auth::Credentials::load(&store, account.id)?;
-            for app in &credentials.app_passwords {
-                let used = match (app.last_used_ms, &app.last_address) {
-                    (Some(at), Some(from)) => format!("last used {} from {from}", format_ms(at)),
-                    _ => "never used".to_string(),
-                };
-                println!(
-                    "{}  {:<32} {:<13} created {}  {used}",
-                    app.id,
-                    app.name,
-                    app.scope.as_str(),
-                    format_ms(app.created_ms)
-                );
-            }
-        }
-        AccountCommand::RevokeAppPassword { address, id, data } => {
-            let (_, store) = open_store(&data)?;
-            let account = find(&store, &address)?;
-            if !sealpost_auth::credentials::revoke_app_password(&store, account.id, &id, &Actor::cli())? {
-                bail!("{} has no app password {id}", account.address);
-            }
-            println!("revoked app password {id} of {}", account.address);
-        }
-        AccountCommand::Delete { address, yes, data } => {
-            let (_, store) = open_store(&data)?;
-            let account = find(&store, &address)?;
+        AccountCommand::Delete { address, yes, .. } => {
+            let account = run.find(&address)?;
             if !yes {
                 bail!(
                     "deleting {} destroys its keys and all its mail for good; add --yes to confirm",
                     account.address
                 );
             }
-            store.delete_account(account.id, &Actor::cli())?;
-            println!("deleted {} and destroyed its keys", account.address);
+            let confirm = account.address.clone();
+            return act(run, &address, AccountAction::Delete { confirm });
+        }
+        AccountCommand::Password {
+            address,
+            allow_weak_password,
+            ..
+        } => {
+            let account = run.find(&address)?;
+            let password = run.password(&[&account.address, &account.display_name], allow_weak_password)?;
+            run.store().set_password(account.id, &password, &run.actor)?;
+            writeln!(run.out, "password changed for {}", account.address)?;
+        }
+        AccountCommand::AppPassword {
+            address, name, scope, ..
+        } => {
+            let account = run.find(&address)?;
+            let password = sealpost_auth::credentials::issue_app_password(
+                run.store(),
+                account.id,
+                &name,
+                scope.into(),
+                &run.actor,
+            )
+            .map_err(|why| anyhow::anyhow!("{why}"))?;
+            writeln!(run.out, "app password for {} ({name}): {password}", account.address)?;
+            writeln!(
+                run.out,
+                "(shown once; the mail client takes it as its password, spaces or not)"
+            )?;
+        }
+        AccountCommand::AppPasswords { address, .. } => {
+            let account = run.find(&address)?;
+            let credentials = sealpost_auth::Credentials::load(run.store(), account.id)?;
+            for app in &credentials.app_passwords {
+                let used = match (app.last_used_ms, &app.last_address) {
+                    (Some(at), Some(from)) => format!("last used {} from {from}", format_ms(at)),
+                    _ => "never used".to_string(),
+                };
+                writeln!(
+                    run.out,
+                    "{}  {:<32} {:<13} created {}  {used}",
+                    app.id,
+                    app.name,
+                    app.scope.as_str(),
+                    format_ms(app.created_ms)
+                )?;
+            }
+        }
+        AccountCommand::RevokeAppPassword { address, id, .. } => {
+            let account = run.find(&address)?;
+            if !sealpost_auth::credentials::revoke_app_password(run.store(), account.id, &id, &run.actor)? {
+                bail!("{} has no app password {id}", account.address);
+            }
+            writeln!(run.out, "revoked app password {id} of {}", account.address)?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-pub(crate) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+fn lockout(command: LockoutCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    let Some(lockout) = run.console.lockout.clone() else {
+        writeln!(
+            run.err,
+            "sealpost: the server is not running; lockouts last only while it runs, so none is in force"
+        )?;
+        return Ok(match command {
+            LockoutCommand::List { .. } => 0,
+            LockoutCommand::Lift { .. } => 1,
+        });
+    };
     match command {
-        AuditCommand::Verify { data } => {
-            let (_, store) = open_store(&data)?;
-            let report = store.audit_verify()?;
+        LockoutCommand::List { .. } => {
+            for (login, failures) in lockout.locked_accounts() {
+                writeln!(run.out, "{login}  {failures} failed sign-ins")?;
+            }
+        }
+        LockoutCommand::Lift { address, .. } => {
+            if console::lift_lockout(run.console, &run.actor, &address)? {
+                writeln!(run.out, "{address}'s lockout is lifted")?;
+            } else {
+                writeln!(run.out, "{address} was not locked out")?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The policy in force: the server's, or without one the saved version (or version 0).
+fn policy_in_force(run: &Run<'_>) -> anyhow::Result<sealpost_policy::PolicyConfig> {
+    if let Some(rules) = &run.console.rules {
+        return Ok(rules.current().config().clone());
+    }
+    Ok(match console::saved_policy(run.store()) {
+        Some(saved) => saved.config,
+        None => crate::serve::version_zero(&run.loaded.config),
+    })
+}
+
+fn policy(command: PolicyCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    match command {
+        PolicyCommand::Show { version: None, .. } => {
+            let config = policy_in_force(run)?;
+            match console::saved_policy(run.store()) {
+                Some(saved) => writeln!(
+                    run.err,
+                    "version {} in force, saved by {} on {}",
+                    saved.version,
+                    saved.saved_by,
+                    format_ms(saved.saved_ms)
+                )?,
+                None => writeln!(run.err, "version 0 in force: the rules of sealpost.toml")?,
+            }
+            write!(run.out, "{}", console::policy_toml(&config))?;
+        }
+        PolicyCommand::Show {
+            version: Some(version), ..
+        } => {
+            let name = sealpost_policy::PolicyVersion::history_name(version);
+            let saved: sealpost_policy::PolicyVersion = run
+                .store()
+                .secret(&name)?
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .with_context(|| format!("no saved policy version {version}"))?;
+            write!(run.out, "{}", console::policy_toml(&saved.config))?;
+        }
+        PolicyCommand::Set { .. } => {
+            let rules = run.input.clone().unwrap_or_default();
+            match console::save_policy(run.console, &run.actor, &rules) {
+                Ok(version) => {
+                    let when = if run.via_server {
+                        "in force from now on"
+                    } else {
+                        "in force when the server starts"
+                    };
+                    writeln!(run.out, "saved as version {version}; {when}")?;
+                }
+                Err(PolicyRefusal::Invalid(why)) => {
+                    writeln!(
+                        run.err,
+                        "sealpost: not saved: {why}; the policy in force did not change"
+                    )?;
+                    return Ok(1);
+                }
+                Err(PolicyRefusal::Store(error)) => return Err(error.into()),
+            }
+        }
+        PolicyCommand::History { .. } => {
+            for version in console::policy_history(run.store()) {
+                writeln!(
+                    run.out,
+                    "version {}  {}  {}",
+                    version.version,
+                    format_ms(version.saved_ms),
+                    version.saved_by
+                )?;
+            }
+        }
+        PolicyCommand::Try { subject, text, .. } => {
+            let policy = match &run.console.rules {
+                Some(rules) => rules.current(),
+                None => std::sync::Arc::new(
+                    sealpost_policy::Policy::new(policy_in_force(run)?).map_err(|e| anyhow::anyhow!("{e}"))?,
+                ),
+            };
+            let findings = console::try_policy(&policy, &subject, &text);
+            if findings.is_empty() {
+                writeln!(run.out, "no rule matches")?;
+            }
+            for finding in findings {
+                writeln!(run.out, "{finding}")?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn audit(command: AuditCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    match command {
+        AuditCommand::Verify { .. } => {
+            let report = run.store().audit_verify()?;
             match report.first_break {
                 None => {
-                    println!("audit chain intact: {} records verified", report.records_verified);
-                    Ok(ExitCode::SUCCESS)
+                    writeln!(
+                        run.out,
+                        "audit chain intact: {} records verified",
+                        report.records_verified
+                    )?;
+                    Ok(0)
                 }
                 Some(broken) => {
-                    println!(
+                    writeln!(
+                        run.out,
                         "audit chain BROKEN at record {}: {} ({} records before it verified)",
                         broken.seq, broken.reason, report.records_verified
-                    );
-                    Ok(ExitCode::FAILURE)
+                    )?;
+                    Ok(1)
                 }
             }
         }
-        AuditCommand::Search {
-            actor,
-            action,
-            object,
-            text,
-            since,
-            limit,
-            data,
-        } => {
-            let since_ms = since.as_deref().map(parse_since).transpose()?;
-            let (_, store) = open_store(&data)?;
-            let page = store.audit_search(&sealpost_storage::AuditSearch {
-                actor,
-                action,
-                object,
-                text,
-                since_ms,
-                limit: limit.min(sealpost_storage::AUDIT_COUNT_EXACT_MAX),
-                ..sealpost_storage::AuditSearch::default()
-            })?;
-            let mut out = std::io::stdout().lock();
+        AuditCommand::Search { filter, limit, .. } => {
+            let page = run
+                .store()
+                .audit_search(&filter.search(limit.min(sealpost_storage::AUDIT_COUNT_EXACT_MAX))?)?;
             for record in &page.records {
-                let mut line =
-                    serde_json::to_value(record).map_err(|_| StoreError::InvalidInput { what: "audit record" })?;
-                if let Some(object) = line.as_object_mut() {
-                    object.insert(
-                        "outcome".into(),
-                        serde_json::Value::String(record.event.outcome.as_str().into()),
-                    );
-                }
-                writeln!(out, "{line}")?;
+                writeln!(run.out, "{}", console::audit_json_line(record))?;
             }
-            eprintln!(
+            writeln!(
+                run.err,
                 "{}{} records match",
                 if page.matched_exact { "" } else { "more than " },
                 page.matched
-            );
-            Ok(ExitCode::SUCCESS)
+            )?;
+            Ok(0)
         }
-        AuditCommand::Export { since, output, data } => {
-            let since_ms = since.as_deref().map(parse_since).transpose()?.unwrap_or(i64::MIN);
-            let (_, store) = open_store(&data)?;
-            let mut writer: Box<dyn Write> = match &output {
-                Some(path) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-                )),
-                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-            };
-            let mut count = 0u64;
-            store.audit_records(since_ms, &mut |record| {
-                let mut line =
-                    serde_json::to_value(&record).map_err(|_| StoreError::InvalidInput { what: "audit record" })?;
-                if let Some(object) = line.as_object_mut() {
-                    object.insert("at".to_string(), serde_json::Value::String(format_ms(record.at_ms)));
-                    object.insert(
-                        "outcome".to_string(),
-                        serde_json::Value::String(record.event.outcome.as_str().to_string()),
+        AuditCommand::Export {
+            filter, format, output, ..
+        } => {
+            let mut file;
+            let writer: &mut dyn Write = match (&output, run.via_server) {
+                (Some(path), false) => {
+                    file = std::io::BufWriter::new(
+                        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
                     );
+                    &mut file
                 }
-                writeln!(writer, "{line}").map_err(|source| StoreError::Io {
-                    path: PathBuf::from("(output)"),
-                    source,
-                })?;
-                count += 1;
-                Ok(())
-            })?;
+                _ => &mut *run.out,
+            };
+            let count = if filter.narrows() || matches!(format, FormatArg::Csv) {
+                let search = filter.search(console::AUDIT_EXPORT_RECORDS_MAX)?;
+                let format = match format {
+                    FormatArg::Csv => ExportFormat::Csv,
+                    FormatArg::Jsonl => ExportFormat::JsonLines,
+                };
+                console::export_audit(
+                    &run.console.store,
+                    &run.actor,
+                    &search,
+                    &filter.described(),
+                    format,
+                    writer,
+                )?
+            } else {
+                whole_log(&run.console.store, &filter, writer)?
+            };
             writer.flush()?;
             if output.is_some() {
-                eprintln!("exported {count} records");
+                writeln!(run.err, "exported {count} records")?;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
     }
+}
+
+/// The whole log from `--since` as JSON lines, each with its time spelled out (an archive:
+/// no bound on the count).
+fn whole_log(store: &Store, filter: &AuditFilter, writer: &mut dyn Write) -> anyhow::Result<usize> {
+    let since_ms = filter
+        .since
+        .as_deref()
+        .map(parse_since)
+        .transpose()?
+        .unwrap_or(i64::MIN);
+    let mut count = 0usize;
+    store.audit_records(since_ms, &mut |record| {
+        let mut line = serde_json::to_value(&record).map_err(|_| StoreError::InvalidInput { what: "audit record" })?;
+        if let Some(object) = line.as_object_mut() {
+            object.insert("at".to_string(), serde_json::Value::String(format_ms(record.at_ms)));
+            object.insert(
+                "outcome".to_string(),
+                serde_json::Value::String(record.event.outcome.as_str().to_string()),
+            );
+        }
+        writeln!(writer, "{line}").map_err(|source| StoreError::Io {
+            path: PathBuf::from("(output)"),
+            source,
+        })?;
+        count += 1;
+        Ok(())
+    })?;
+    Ok(count)
+}
+
+/// The queue entry named `id` (its hex id as `queue list` prints it).
+fn find_queued(store: &Store, id: &str) -> anyhow::Result<sealpost_storage::QueuedMessage> {
+    store
+        .queued()?
+        .into_iter()
+        .find(|entry| entry.id.to_string() == id.trim().to_lowercase())
+        .with_context(|| format!("no queue entry {id} (see sealpost queue list)"))
+}
+
+fn queue(command: QueueCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    match command {
+        QueueCommand::Show { id, .. } => {
+            let entry = find_queued(run.store(), &id)?;
+            let account = run.store().account(entry.account)?;
+            let out = &mut *run.out;
+            writeln!(out, "queue entry {}", entry.id)?;
+            writeln!(out, "  account       {}", account.address)?;
+            writeln!(out, "  from          <{}>", entry.envelope.from)?;
+            writeln!(out, "  size          {} bytes", entry.size)?;
+            writeln!(out, "  queued        {}", format_ms(entry.created_ms))?;
+            writeln!(out, "  attempts      {}", entry.attempts)?;
+            writeln!(out, "  next attempt  {}", format_ms(entry.next_attempt_ms))?;
+            for (recipient, state) in entry.envelope.recipients.iter().zip(&entry.states) {
+                writeln!(out, "  to <{}>: {}", recipient.address, console::state_text(state))?;
+            }
+        }
+        QueueCommand::Retry { id, .. } => {
+            let entry = find_queued(run.store(), &id)?;
+            run.store().queue_retry(entry.account, entry.id, &run.actor)?;
+            if let Some(waker) = run.console.queue_waker.as_ref() {
+                waker.notify_one();
+            }
+            writeln!(
+                run.out,
+                "queue entry {} will be tried at the next look at the queue",
+                entry.id
+            )?;
+        }
+        QueueCommand::Delete { id, .. } => {
+            let entry = find_queued(run.store(), &id)?;
+            run.store().queue_delete(entry.account, entry.id, &run.actor)?;
+            writeln!(run.out, "queue entry {} deleted", entry.id)?;
+        }
+        QueueCommand::List { json, .. } => {
+            let accounts: std::collections::HashMap<_, _> = run
+                .store()
+                .list_accounts()?
+                .into_iter()
+                .map(|a| (a.id, a.address))
+                .collect();
+            let queued = run.store().queued()?;
+            let out = &mut *run.out;
+            for entry in &queued {
+                let account = accounts.get(&entry.account).map_or("?", String::as_str);
+                let recipients: Vec<&str> = entry.envelope.recipients.iter().map(|r| r.address.as_str()).collect();
+                if json {
+                    let line = serde_json::json!({
+                        "id": entry.id.to_string(), "account": account, "from": entry.envelope.from,
+                        "recipients": recipients, "size": entry.size, "created_at_ms": entry.created_ms,
+                        "notify": entry.envelope.recipients.iter().map(|r| &r.notify).collect::<Vec<_>>(),
+                        "orcpt": entry.envelope.recipients.iter().map(|r| &r.orcpt).collect::<Vec<_>>(),
+                        "env_id": entry.envelope.env_id, "ret": entry.envelope.ret,
+                        "states": entry.states,
+                        "attempts": entry.attempts, "next_attempt_at_ms": entry.next_attempt_ms,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  {}  {} bytes  from <{}> to {}  attempts {}",
+                        entry.id,
+                        format_ms(entry.created_ms),
+                        entry.size,
+                        entry.envelope.from,
+                        recipients.join(", "),
+                        entry.attempts
+                    )?;
+                }
+            }
+            if !json {
+                writeln!(out, "{} queued", queued.len())?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn trace(args: TraceArgs, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    let query = console::TraceQuery {
+        sender: args.sender,
+        recipient: args.recipient,
+        message_id: args.message_id,
+        since_ms: args.since.as_deref().map(parse_since).transpose()?,
+        before_ms: args.before.as_deref().map(parse_since).transpose()?,
+    };
+    let found = console::trace(run.store(), &query)?;
+    for traced in &found {
+        let lines: Vec<serde_json::Value> = traced
+            .delivery
+            .lines
+            .iter()
+            .map(|line| {
+                serde_json::json!({
+                    "recipient": line.address,
+                    "outcome": console::state_text(&sealpost_storage::RecipientState {
+                        status: line.status.clone(),
+                        last_reply: None,
+                    }),
+                    "opened_at_ms": line.opened_ms,
+                    "withdrawn_at_ms": line.revoked_ms,
+                })
+            })
+            .collect();
+        if args.json {
+            let line = serde_json::json!({
+                "sent_at_ms": traced.delivery.created_ms, "sender": traced.sender,
+                "message_id": traced.message_id, "recipients": lines,
+            });
+            writeln!(run.out, "{line}")?;
+        } else {
+            writeln!(
+                run.out,
+                "{}  {}  {}",
+                format_ms(traced.delivery.created_ms),
+                traced.sender,
+                traced.message_id
+            )?;
+            for line in &lines {
+                writeln!(
+                    run.out,
+                    "    {}: {}",
+                    line["recipient"].as_str().unwrap_or_default(),
+                    line["outcome"].as_str().unwrap_or_default()
+                )?;
+            }
+        }
+    }
+    writeln!(
+        run.err,
+        "{} messages to outside recipients found (at most {})",
+        found.len(),
+        console::TRACE_ROWS_MAX
+    )?;
+    Ok(0)
+}
+
+fn health(run: &mut Run<'_>) -> anyhow::Result<u8> {
+    let built;
+    let info = match run.health {
+        Some(info) => info,
+        None => {
+            built = crate::serve::health_facts(run.loaded, run.store())?;
+            &built
+        }
+    };
+    let figures = console::health_figures(run.store()).context("the store could not be read")?;
+    let dns = match run.runtime {
+        Some(handle) => handle.block_on((info.dns_check)()),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a runtime for the DNS check")?
+            .block_on((info.dns_check)()),
+    };
+    let out = &mut *run.out;
+    writeln!(
+        out,
+        "server: {}",
+        if run.via_server { "running" } else { "not running" }
+    )?;
+    for (name, address) in &info.listeners {
+        writeln!(out, "listener {name:<22} {address}")?;
+    }
+    match &info.certificate {
+        Some((names, not_after)) => {
+            let days = (not_after - now_ms()) / (24 * 3600 * 1000);
+            let state = if days < 0 {
+                "EXPIRED".to_string()
+            } else {
+                format!("{days} days left")
+            };
+            writeln!(
+                out,
+                "certificate for {} valid until {} ({state})",
+                names.join(", "),
+                format_ms(*not_after)
+            )?;
+        }
+        None => writeln!(out, "certificate: could not be read")?,
+    }
+    writeln!(out, "store {} bytes", figures.store_bytes)?;
+    if let Some((bytes, over_ms)) = figures.growth {
+        writeln!(
+            out,
+            "store growth {bytes:+} bytes in {:.1} days",
+            over_ms as f64 / 86_400_000.0
+        )?;
+    }
+    writeln!(out, "queue {} waiting", figures.queue_depth)?;
+    if let Some(oldest) = figures.oldest_queued_ms {
+        writeln!(out, "queue oldest since {}", format_ms(oldest))?;
+    }
+    for (domain, count) in &figures.failures {
+        writeln!(out, "delivery failures (7 days) {domain}: {count}")?;
+    }
+    writeln!(out, "refused sign-ins (24 hours) {}", figures.sign_in_failures_total)?;
+    for (who, count) in &figures.sign_in_failures {
+        writeln!(out, "refused sign-ins (24 hours) {who}: {count}")?;
+    }
+    let mut missing = 0;
+    for finding in &dns {
+        let state = match &finding.state {
+            Ok(true) => "published".to_string(),
+            Ok(false) => {
+                missing += 1;
+                format!("differs: DNS answers {}", finding.answer)
+            }
+            Err(why) => {
+                missing += 1;
+                format!("missing ({why})")
+            }
+        };
+        writeln!(out, "dns {}: {state}", finding.record)?;
+    }
+    if missing > 0 {
+        writeln!(
+            out,
+            "{missing} DNS records to publish or fix (`sealpost dns records` prints them)"
+        )?;
+    }
+    Ok(0)
+}
+
+fn pickup(command: PickupCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    match command {
+        PickupCommand::Show { token, message, .. } => {
+            let Some(pickup) = run
+                .store()
+                .pickup(&token)?
+                .filter(|p| p.state == sealpost_storage::PickupState::Live)
+            else {
+                writeln!(run.out, "no pickup for that link (unknown, expired or withdrawn)")?;
+                return Ok(1);
+            };
+            if message {
+                let raw = run.store().read_pickup(&token)?.context("the pickup went away")?;
+                run.store().audit(
+                    sealpost_storage::AuditEvent::new(&run.actor, "pickup.read", format!("queue {}", pickup.queue))
+                        .detail(format!("for {}", pickup.recipient)),
+                )?;
+                run.out.write_all(&raw)?;
+                return Ok(0);
+            }
+            writeln!(run.out, "pickup for <{}> from <{}>", pickup.recipient, pickup.sender)?;
+            writeln!(run.out, "  size     {} bytes", pickup.size)?;
+            writeln!(run.out, "  created  {}", format_ms(pickup.created_ms))?;
+            writeln!(run.out, "  expires  {}", format_ms(pickup.expires_ms))?;
+            Ok(0)
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+    )
+    .unwrap_or(i64::MAX)
 }
 
 pub(crate) fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {

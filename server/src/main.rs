@@ -5,6 +5,7 @@
 
 mod cli;
 mod config;
+mod control;
 mod dkim;
 mod import;
 mod import_imap;
@@ -27,13 +28,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "sealpost", version, about = "Sealpost: a secure mail host for healthcare")]
-struct Args {
+pub(crate) struct Args {
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Make a data folder: configuration, master key, self-signed certificate, empty store.
     Init(init::InitArgs),
     /// Make a demo data folder if there is none (with a demo account), print how to log in, and serve.
@@ -44,24 +45,11 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
-    /// Manage accounts.
-    #[command(subcommand)]
-    Account(cli::AccountCommand),
-    /// Check and export the audit log.
-    #[command(subcommand)]
-    Audit(cli::AuditCommand),
-    /// Manage the master key.
+    #[command(flatten)]
+    Admin(cli::Admin),
+    /// Manage the master key (the server must not be running).
     #[command(subcommand)]
     Key(cli::KeyCommand),
-    /// Look at the outbound queue.
-    #[command(subcommand)]
-    Queue(cli::QueueCommand),
-    /// The DNS records to publish.
-    #[command(subcommand)]
-    Dns(cli::DnsCommand),
-    /// Messages kept for pickup through the portal.
-    #[command(subcommand)]
-    Pickup(cli::PickupCommand),
     /// Copy mail from files into an account (the server must not be running).
     #[command(subcommand)]
     Import(import::ImportCommand),
@@ -79,12 +67,8 @@ fn main() -> ExitCode {
         Command::Init(args) => init::run_init(&args).map(|_| ExitCode::SUCCESS),
         Command::Demo(args) => init::run_demo(&args),
         Command::Serve { data } => serve::run(&data),
-        Command::Account(command) => cli::account(command),
-        Command::Audit(command) => cli::audit(command),
+        Command::Admin(command) => cli::admin(command),
         Command::Key(command) => cli::key(command),
-        Command::Queue(command) => cli::queue(command),
-        Command::Dns(command) => cli::dns(command),
-        Command::Pickup(command) => cli::pickup(command),
         Command::Import(command) => import::import(command),
     };
     match result {

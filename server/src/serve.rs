@@ -59,9 +59,12 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         Ok(limit) => info!(open_files_max = limit, "open file limit"),
         Err(error) => warn!(%error, "could not raise the open file limit"),
     }
-    let opened = tokio::task::spawn_blocking(move || crate::cli::open_store(&data))
-        .await
-        .context("opening the store")?;
+    let opened = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || crate::cli::open_store(&data)
+    })
+    .await
+    .context("opening the store")?;
     let (loaded, store) = opened?;
     let tls = tokio_rustls::TlsAcceptor::from(load_tls(&loaded)?);
     let cfg = &loaded.config;
@@ -222,8 +225,11 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             smtp_shared.set_console_aliases(&map);
         }
     }
-    // The web application on the HTTPS listener, with the same certificate.
+    // The web application on the HTTPS listener, with the same certificate; the control
+    // socket lends the subcommands the same console.
+    let _control;
     {
+        let health = health_facts(&loaded, &store)?;
         let port = cfg.listeners.https;
         let origin = match port {
             443 => format!("https://{}", cfg.server.hostname),
@@ -261,32 +267,29 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
                 hostname: cfg.server.hostname.clone(),
                 origin: origin.clone(),
                 brand,
-                health: health_info(
-                    &loaded,
-                    &store,
-                    sealpost_webmail::MetricsEndpoint {
-                        from: cfg
-                            .web
-                            .metrics_from
-                            .iter()
-                            .map(|n| sealpost_webmail::parse_network(n))
-                            .collect::<Result<_, _>>()
-                            .map_err(|why| anyhow::anyhow!("[web] metrics_from: {why}"))?,
-                        render: {
-                            let sources = Arc::new(crate::metrics::Sources {
-                                connections: connections.clone(),
-                                imap: imap_shared.clone(),
-                                smtp: smtp_shared.clone(),
-                                outbound: outbound.clone(),
-                                store: store.clone(),
-                            });
-                            Arc::new(move || {
-                                let sources = sources.clone();
-                                Box::pin(async move { sources.render().await })
-                            })
-                        },
+                health: health.clone(),
+                metrics: sealpost_webmail::MetricsEndpoint {
+                    from: cfg
+                        .web
+                        .metrics_from
+                        .iter()
+                        .map(|n| sealpost_webmail::parse_network(n))
+                        .collect::<Result<_, _>>()
+                        .map_err(|why| anyhow::anyhow!("[web] metrics_from: {why}"))?,
+                    render: {
+                        let sources = Arc::new(crate::metrics::Sources {
+                            connections: connections.clone(),
+                            imap: imap_shared.clone(),
+                            smtp: smtp_shared.clone(),
+                            outbound: outbound.clone(),
+                            store: store.clone(),
+                        });
+                        Arc::new(move || {
+                            let sources = sources.clone();
+                            Box::pin(async move { sources.render().await })
+                        })
                     },
-                )?,
+                },
             },
             sealpost_webmail::SendingConfig {
                 outbox: Arc::new(WebOutbox {
@@ -301,6 +304,15 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             },
         )
         .map_err(|why| anyhow::anyhow!("setting up the web application: {why}"))?;
+        _control = crate::control::listen(
+            &data,
+            crate::control::ServerSide {
+                loaded: loaded.clone(),
+                console: web.console(),
+                health,
+                runtime: tokio::runtime::Handle::current(),
+            },
+        )?;
         let app = sealpost_webmail::router(web);
         let address = SocketAddr::new(cfg.server.listen_host, port);
         let listener = TcpListener::bind(address)
@@ -732,10 +744,9 @@ async fn load_policy(
 
 /// What the console's health page shows of this server: its listeners, its certificate, the
 /// DNS records to publish and a look-up of each.
-fn health_info(
+pub(crate) fn health_facts(
     loaded: &Loaded,
     store: &sealpost_storage::Store,
-    metrics: sealpost_webmail::MetricsEndpoint,
 ) -> anyhow::Result<sealpost_webmail::HealthInfo> {
     let cfg = &loaded.config;
     let host = cfg.server.listen_host;
@@ -809,7 +820,6 @@ fn health_info(
         certificate,
         dns_zone,
         dns_check,
-        metrics,
     })
 }
 

@@ -18,13 +18,10 @@ use sealpost_storage::{Account, AccountId, AccountStatus, Actor, Role};
 use serde::Deserialize;
 
 use crate::admin::{admin, AdminForm};
+use crate::console::{AccountAction, Outcome};
 use crate::html::{error_line, notice_line, render, when, Frame};
 use crate::request::{blocking, forbidden, form_token, form_token_ok, now_ms, see_other, set_cookie, FORM_COOKIE};
-use crate::console::{AccountAction, Outcome};
 use crate::{Peer, WebState};
-
-/// Accounts on one page of the list.
-pub(crate) const ACCOUNTS_PER_PAGE: usize = 50;
 
 fn actor(admin: &Account, peer: &Peer) -> Actor {
     Actor {
@@ -59,26 +56,20 @@ pub(crate) async fn list(
         Ok(found) => found,
         Err(response) => return response,
     };
-    let state2 = state.clone();
-    let Some(Ok(mut accounts)) = blocking(move || state2.store.list_accounts()).await else {
+    let search = query.q.clone().unwrap_or_default();
+    let (store, needle, asked) = (state.store.clone(), search.clone(), query.page.unwrap_or(1));
+    let Some(Ok(found_page)) = blocking(move || crate::console::search_accounts(&store, &needle, asked)).await else {
         return crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
             "Try again",
             "The accounts could not be read.",
         );
     };
-    let search = query.q.clone().unwrap_or_default();
-    let needle = search.trim().to_lowercase();
-    if !needle.is_empty() {
-        accounts.retain(|a| a.address.contains(&needle) || a.display_name.to_lowercase().contains(&needle));
-    }
-    accounts.sort_by(|a, b| a.address.cmp(&b.address));
-    let pages = accounts.len().div_ceil(ACCOUNTS_PER_PAGE).max(1);
-    let page = query.page.unwrap_or(1).clamp(1, pages);
+    let crate::console::AccountsPage {
+        accounts, page, pages, ..
+    } = found_page;
     let rows: Vec<_> = accounts
         .iter()
-        .skip((page - 1) * ACCOUNTS_PER_PAGE)
-        .take(ACCOUNTS_PER_PAGE)
         .map(|a| {
             let href = format!("/admin/accounts/{}", a.id.0);
             view! {
@@ -163,10 +154,9 @@ pub(crate) async fn create(State(state): State<Arc<WebState>>, checked: AdminFor
         _ => Role::Staff,
     };
     let (console, actor) = (state.console(), actor(&me, &peer));
-    let created = blocking(move || {
-        crate::console::create_account(&console, &actor, &form.address, &form.display_name, role)
-    })
-    .await;
+    let created =
+        blocking(move || crate::console::create_account(&console, &actor, &form.address, &form.display_name, role))
+            .await;
     match created {
         Some(Ok((id, link))) => detail_page(&state, &found, &me, id, Some(link), None).await,
         Some(Err(error)) => {
@@ -362,9 +352,7 @@ pub(crate) async fn act(
         "alias-add" => AccountAction::AliasAdd(form.alias.clone()),
         "alias-remove" => AccountAction::AliasRemove(form.alias.clone()),
         "quota" => AccountAction::Quota(form.quota_mb.clone()),
-        _ => {
-            return crate::html::message_page_status(StatusCode::UNPROCESSABLE_ENTITY, "Not done", "Unknown action.")
-        }
+        _ => return crate::html::message_page_status(StatusCode::UNPROCESSABLE_ENTITY, "Not done", "Unknown action."),
     };
     let (console, actor, me_id) = (state.console(), actor(&me, &peer), me.id);
     let done = blocking(move || crate::console::act_on_account(&console, &actor, id, action, Some(me_id))).await;

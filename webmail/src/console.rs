@@ -22,6 +22,9 @@ pub const CONSOLE_ALIASES_MAX: usize = 10_000;
 /// Largest quota an admin may set, in MB (16 TiB).
 pub const QUOTA_MB_MAX: f64 = 16.0 * 1024.0 * 1024.0;
 
+/// Accounts on one page of the list.
+pub const ACCOUNTS_PER_PAGE: usize = 50;
+
 /// Versions listed in the policy history, newest first.
 pub const POLICY_VERSIONS_LISTED: u64 = 20;
 
@@ -41,6 +44,8 @@ pub struct Console {
     pub aliases_changed: AliasesChanged,
     pub rules: Option<Arc<LivePolicy>>,
     pub lockout: Option<Arc<Lockout>>,
+    /// Wakes the running server's queue (a retry goes at once).
+    pub queue_waker: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Console {
@@ -52,6 +57,7 @@ impl Console {
             aliases_changed: Arc::new(|_| {}),
             rules: None,
             lockout: None,
+            queue_waker: None,
         }
     }
 }
@@ -66,7 +72,9 @@ pub enum AccountAction {
     ResetFactors,
     RevokeAppPasswords,
     /// Deletes only when `confirm` is the account's address.
-    Delete { confirm: String },
+    Delete {
+        confirm: String,
+    },
     AliasAdd(String),
     AliasRemove(String),
     /// A quota in MB as typed; empty lifts it.
@@ -115,6 +123,41 @@ fn end_all_sessions(console: &Console, id: AccountId, actor: &Actor) -> Result<u
     Ok((console.end_mail_sessions)(id))
 }
 
+/// One page of accounts whose address or name contains the search, by address.
+pub struct AccountsPage {
+    pub accounts: Vec<sealpost_storage::Account>,
+    /// 1-based, within 1..=pages.
+    pub page: usize,
+    pub pages: usize,
+    /// Accounts matching in all.
+    pub matched: usize,
+}
+
+/// Page `page` (from 1) of the accounts matching `search` (empty: all), `ACCOUNTS_PER_PAGE`
+/// a page.
+pub fn search_accounts(store: &Store, search: &str, page: usize) -> Result<AccountsPage, Error> {
+    let mut accounts = store.list_accounts()?;
+    let needle = search.trim().to_lowercase();
+    if !needle.is_empty() {
+        accounts.retain(|a| a.address.contains(&needle) || a.display_name.to_lowercase().contains(&needle));
+    }
+    accounts.sort_by(|a, b| a.address.cmp(&b.address));
+    let matched = accounts.len();
+    let pages = matched.div_ceil(ACCOUNTS_PER_PAGE).max(1);
+    let page = page.clamp(1, pages);
+    let accounts = accounts
+        .into_iter()
+        .skip((page - 1) * ACCOUNTS_PER_PAGE)
+        .take(ACCOUNTS_PER_PAGE)
+        .collect();
+    Ok(AccountsPage {
+        accounts,
+        page,
+        pages,
+        matched,
+    })
+}
+
 /// Creates an account without a password and returns it with a one-time enrolment link.
 pub fn create_account(
     console: &Console,
@@ -153,7 +196,9 @@ pub fn act_on_account(
         AccountAction::Disable => {
             store.set_account_status(id, AccountStatus::Disabled, actor)?;
             let ended = end_all_sessions(console, id, actor)?;
-            Outcome::Done(format!("Disabled; its web sessions and {ended} mail sessions were ended."))
+            Outcome::Done(format!(
+                "Disabled; its web sessions and {ended} mail sessions were ended."
+            ))
         }
         AccountAction::Enable => {
             store.set_account_status(id, AccountStatus::Active, actor)?;
@@ -169,7 +214,11 @@ pub fn act_on_account(
                 record.totp = None;
                 record.passkeys.clear();
                 record.recovery.clear();
-                Some(vec![AuditEvent::new(actor, "auth.factors.reset", format!("account:{}", id.0))])
+                Some(vec![AuditEvent::new(
+                    actor,
+                    "auth.factors.reset",
+                    format!("account:{}", id.0),
+                )])
             })?;
             end_all_sessions(console, id, actor)?;
             Outcome::Done("Second factors removed and sessions ended; the next sign-in sets up a new one.".into())
@@ -226,8 +275,8 @@ pub fn act_on_account(
                 if !targets.contains(&account.address) {
                     targets.push(account.address.clone());
                 }
-                let event =
-                    AuditEvent::new(actor, "alias.add", format!("alias {alias}")).detail(format!("to {}", account.address));
+                let event = AuditEvent::new(actor, "alias.add", format!("alias {alias}"))
+                    .detail(format!("to {}", account.address));
                 save_aliases(console, &map, actor, event)?;
                 Outcome::Done(format!("{alias} now reaches {}, who may send as it.", account.address))
             }
@@ -235,7 +284,10 @@ pub fn act_on_account(
         AccountAction::AliasRemove(alias) => {
             let alias = alias.trim().to_lowercase();
             let mut map = console_aliases(store);
-            if !map.get(&alias).is_some_and(|targets| targets.contains(&account.address)) {
+            if !map
+                .get(&alias)
+                .is_some_and(|targets| targets.contains(&account.address))
+            {
                 return Ok(Outcome::Refused(format!("{alias} does not reach {}.", account.address)));
             }
             if let Some(targets) = map.get_mut(&alias) {
@@ -340,7 +392,8 @@ pub fn save_policy(console: &Console, actor: &Actor, rules: &str) -> Result<u64,
         saved_by: actor.name.clone(),
         config,
     };
-    let bytes = serde_json::to_vec(&record).map_err(|_| PolicyRefusal::Store(Error::InvalidInput { what: "policy" }))?;
+    let bytes =
+        serde_json::to_vec(&record).map_err(|_| PolicyRefusal::Store(Error::InvalidInput { what: "policy" }))?;
     let saved = (|| {
         store.set_secret(&PolicyVersion::history_name(version), &bytes, actor)?;
         store.set_secret(PolicyVersion::CURRENT, &bytes, actor)?;

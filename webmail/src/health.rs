@@ -43,6 +43,7 @@ pub struct DnsFinding {
 pub type DnsCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<DnsFinding>> + Send>> + Send + Sync>;
 
 /// What the health page knows of the server beyond the store.
+#[derive(Clone)]
 pub struct HealthInfo {
     /// (name, address) of each listener.
     pub listeners: Vec<(String, String)>,
@@ -51,7 +52,6 @@ pub struct HealthInfo {
     /// The records to publish, in zone-file syntax (`sealpost dns records`).
     pub dns_zone: String,
     pub dns_check: DnsCheck,
-    pub metrics: MetricsEndpoint,
 }
 
 /// The size samples, as kept (sealed) in the store's cache: (ms, bytes) pairs.
@@ -295,7 +295,7 @@ pub(crate) async fn metrics(
     State(state): State<Arc<WebState>>,
     axum::extract::Extension(peer): axum::extract::Extension<crate::Peer>,
 ) -> Response {
-    let endpoint = &state.health.metrics;
+    let endpoint = &state.metrics;
     if !endpoint.from.iter().any(|network| in_network(peer.0.ip(), *network)) {
         return crate::html::message_page_status(StatusCode::NOT_FOUND, "Not found", "There is no such page.");
     }

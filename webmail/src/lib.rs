@@ -114,6 +114,7 @@ pub struct Site {
     /// The organisation every page names.
     pub brand: Brand,
     pub health: HealthInfo,
+    pub metrics: MetricsEndpoint,
 }
 
 /// What every request handler shares.
@@ -133,20 +134,17 @@ pub struct WebState {
     end_mail_sessions: EndMailSessions,
     aliases_changed: AliasesChanged,
     health: HealthInfo,
+    metrics: MetricsEndpoint,
 }
 
 impl WebState {
-    pub fn new(
-        store: Store,
-        mail: MailSessions,
-        site: Site,
-        sending: SendingConfig,
-    ) -> Result<Arc<Self>, String> {
+    pub fn new(store: Store, mail: MailSessions, site: Site, sending: SendingConfig) -> Result<Arc<Self>, String> {
         let Site {
             hostname,
             origin,
             brand,
             health,
+            metrics,
         } = site;
         let (hostname, origin) = (hostname.as_str(), origin.as_str());
         let passkeys = Passkeys::new(hostname, origin).map_err(|e| e.to_string())?;
@@ -164,6 +162,7 @@ impl WebState {
             end_mail_sessions: mail.end_sessions,
             aliases_changed: mail.aliases_changed,
             health,
+            metrics,
         }))
     }
 }
@@ -182,6 +181,7 @@ impl WebState {
             aliases_changed: self.aliases_changed.clone(),
             rules: Some(self.sending.rules.clone()),
             lockout: Some(self.lockout.clone()),
+            queue_waker: self.sending.queue_waker.clone(),
         }
     }
 }
@@ -197,7 +197,10 @@ pub fn auth_policy(sign_in: &sealpost_policy::SignInSettings) -> AuthPolicy {
 }
 
 /// `limits` with the lockout counters of the sign-in settings in force.
-pub fn login_limits(sign_in: &sealpost_policy::SignInSettings, limits: sealpost_auth::LoginLimits) -> sealpost_auth::LoginLimits {
+pub fn login_limits(
+    sign_in: &sealpost_policy::SignInSettings,
+    limits: sealpost_auth::LoginLimits,
+) -> sealpost_auth::LoginLimits {
     sealpost_auth::LoginLimits {
         failures_per_address_max: sign_in.failures_per_address_max,
         failures_per_account_max: sign_in.failures_per_account_max,

@@ -1,5 +1,6 @@
-//! The console's policy page: the sending rules in force (admin rules per domain or address,
-//! content rules, accounts barred from sending outside) as TOML, edited and saved as a new
+//! The console's policy page: the policy in force (admin rules per domain or address, content
+//! rules that may be disabled, accounts barred from sending outside, the sign-in settings and
+//! the portal's link lifetime) as TOML, edited and saved as a new
 //! version that takes effect at once, without a restart; checked before it is saved (a rule
 //! that does not compile is refused with its reason and nothing changes); every version kept
 //! with who saved it and when, audited; and a sample text tried against the rules in force.
@@ -15,10 +16,10 @@ use sealpost_storage::{Account, Actor};
 use serde::Deserialize;
 
 use crate::admin::{admin, AdminForm};
+use crate::console::{policy_history, policy_toml as as_toml, saved_policy as saved, PolicyRefusal};
 use crate::html::{error_line, notice_line, render, when, Frame};
 use crate::request::blocking;
 use crate::WebState;
-use crate::console::{policy_history, policy_toml as as_toml, saved_policy as saved, PolicyRefusal};
 
 pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
     let (found, me) = match admin(&state, &headers).await {
@@ -86,7 +87,7 @@ async fn show(
                 <p id="policy-version">{version}</p>
                 <form method="post" action="/admin/policies" class="stack" id="policy-form">
                     <input type="hidden" name="csrf" value=csrf/>
-                    <label for="rules">"Rules (TOML: [domains] \"partner.example\" = \"always-portal\" | \"tls-allowed\" | \"tls-required\"; [[content]] rules with a detector and action \"portal\" or \"block\"; barred_accounts)"</label>
+                    <label for="rules">"Policy (TOML: [domains] \"partner.example\" = \"always-portal\" | \"tls-allowed\" | \"tls-required\"; [[content]] rules with a detector, action \"portal\" or \"block\", enabled = true | false; barred_accounts; [sign_in] second factors, session lifetimes and lockout counters; [portal] pickup_ttl_ms)"</label>
                     <textarea id="rules" name="rules" rows="24">{rules}</textarea>
                     <button type="submit">"Check and save as a new version"</button>
                 </form>

@@ -244,33 +244,39 @@ pub(crate) async fn trace(
     let count = found_rows.len();
     let rows: Vec<_> = found_rows
         .into_iter()
-        .map(|crate::console::Traced { sender, message_id: id, delivery }| {
-            let lines: Vec<_> = delivery
-                .lines
-                .iter()
-                .map(|line| {
-                    let mut text = state_text(&RecipientState {
-                        status: line.status.clone(),
-                        last_reply: None,
-                    });
-                    if let Some(at) = line.opened_ms {
-                        text.push_str(&format!("; opened in the portal {}", when(at)));
-                    }
-                    if let Some(at) = line.revoked_ms {
-                        text.push_str(&format!("; withdrawn {}", when(at)));
-                    }
-                    view! { <li>{format!("{}: {text}", line.address)}</li> }
-                })
-                .collect();
-            view! {
-                <tr>
-                    <td>{when(delivery.created_ms)}</td>
-                    <td>{sender}</td>
-                    <td><code>{id}</code></td>
-                    <td><ul>{lines}</ul></td>
-                </tr>
-            }
-        })
+        .map(
+            |crate::console::Traced {
+                 sender,
+                 message_id: id,
+                 delivery,
+             }| {
+                let lines: Vec<_> = delivery
+                    .lines
+                    .iter()
+                    .map(|line| {
+                        let mut text = state_text(&RecipientState {
+                            status: line.status.clone(),
+                            last_reply: None,
+                        });
+                        if let Some(at) = line.opened_ms {
+                            text.push_str(&format!("; opened in the portal {}", when(at)));
+                        }
+                        if let Some(at) = line.revoked_ms {
+                            text.push_str(&format!("; withdrawn {}", when(at)));
+                        }
+                        view! { <li>{format!("{}: {text}", line.address)}</li> }
+                    })
+                    .collect();
+                view! {
+                    <tr>
+                        <td>{when(delivery.created_ms)}</td>
+                        <td>{sender}</td>
+                        <td><code>{id}</code></td>
+                        <td><ul>{lines}</ul></td>
+                    </tr>
+                }
+            },
+        )
         .collect();
     let value = |v: &Option<String>| v.clone().unwrap_or_default();
     let (s, r, m, a, b) = (

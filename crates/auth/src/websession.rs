@@ -150,7 +150,12 @@ pub fn save(
 
 /// The live session a cookie names, if any: the secret must match and the session must not
 /// have expired (an expired one is removed). Its last use is brought up to date.
-pub fn resume(store: &Store, cookie: &str, now_ms: i64, policy: &crate::AuthPolicy) -> sealpost_storage::Result<Option<Found>> {
+pub fn resume(
+    store: &Store,
+    cookie: &str,
+    now_ms: i64,
+    policy: &crate::AuthPolicy,
+) -> sealpost_storage::Result<Option<Found>> {
     let mut parts = cookie.trim().splitn(3, '.');
     let (Some(account), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
         return Ok(None);

@@ -141,7 +141,9 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
     .unwrap();
     assert!(session.recently_strong(t0 + REAUTH_WINDOW_MS));
     assert!(!session.recently_strong(t0 + REAUTH_WINDOW_MS + 1));
-    let found = websession::resume(&store, &cookie, t0 + 1000, &AuthPolicy::default()).unwrap().unwrap();
+    let found = websession::resume(&store, &cookie, t0 + 1000, &AuthPolicy::default())
+        .unwrap()
+        .unwrap();
     assert_eq!(found.account, alice);
     assert!(found.session.csrf_ok(&session.csrf));
     assert!(!found.session.csrf_ok(""));
@@ -149,46 +151,75 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
     // A wrong secret, another account's number, garbage: nothing.
     let (prefix, secret) = cookie.rsplit_once('.').unwrap();
     let wrong = format!("{prefix}.{}", "A".repeat(secret.len()));
-    assert!(websession::resume(&store, &wrong, t0, &AuthPolicy::default()).unwrap().is_none());
+    assert!(websession::resume(&store, &wrong, t0, &AuthPolicy::default())
+        .unwrap()
+        .is_none());
     let other = cookie.replacen(&format!("{}.", alice.0), &format!("{}.", bob.0), 1);
-    assert!(websession::resume(&store, &other, t0, &AuthPolicy::default()).unwrap().is_none());
+    assert!(websession::resume(&store, &other, t0, &AuthPolicy::default())
+        .unwrap()
+        .is_none());
     for junk in ["", "a.b.c", "1.2", "99999.AAAA.BBBB"] {
-        assert!(websession::resume(&store, junk, t0, &AuthPolicy::default()).unwrap().is_none(), "{junk}");
+        assert!(
+            websession::resume(&store, junk, t0, &AuthPolicy::default())
+                .unwrap()
+                .is_none(),
+            "{junk}"
+        );
     }
     // Use keeps it alive past the idle limit, until the absolute limit.
     let mut now = t0;
     while now + SESSION_IDLE_MS / 2 < t0 + SESSION_ABSOLUTE_MS {
         now += SESSION_IDLE_MS / 2;
-        assert!(websession::resume(&store, &cookie, now, &AuthPolicy::default()).unwrap().is_some(), "at {now}");
+        assert!(
+            websession::resume(&store, &cookie, now, &AuthPolicy::default())
+                .unwrap()
+                .is_some(),
+            "at {now}"
+        );
     }
-    assert!(websession::resume(&store, &cookie, t0 + SESSION_ABSOLUTE_MS + 1, &AuthPolicy::default())
-        .unwrap()
-        .is_none());
+    assert!(
+        websession::resume(&store, &cookie, t0 + SESSION_ABSOLUTE_MS + 1, &AuthPolicy::default())
+            .unwrap()
+            .is_none()
+    );
     assert!(
         websession::list(&store, alice).unwrap().is_empty(),
         "removed when found expired"
     );
     // Idle too long.
     let (idle, _) = websession::start(&store, alice, "192.0.2.1:1", "Firefox", Stage::SecondFactor, t0).unwrap();
-    assert!(websession::resume(&store, &idle, t0 + SESSION_IDLE_MS + 1, &AuthPolicy::default())
-        .unwrap()
-        .is_none());
+    assert!(
+        websession::resume(&store, &idle, t0 + SESSION_IDLE_MS + 1, &AuthPolicy::default())
+            .unwrap()
+            .is_none()
+    );
     // Sign out everywhere: a copied cookie stops working.
     let (first, _) = websession::start(&store, alice, "a", "", Stage::SignedIn("passkey".into()), t0).unwrap();
     let (second, _) = websession::start(&store, alice, "b", "", Stage::SignedIn("passkey".into()), t0).unwrap();
     let (bobs, _) = websession::start(&store, bob, "c", "", Stage::SignedIn("passkey".into()), t0).unwrap();
     assert_eq!(websession::list(&store, alice).unwrap().len(), 2);
     websession::end(&store, alice, None, &Actor::cli()).unwrap();
-    assert!(websession::resume(&store, &first, t0, &AuthPolicy::default()).unwrap().is_none());
-    assert!(websession::resume(&store, &second, t0, &AuthPolicy::default()).unwrap().is_none());
-    assert!(websession::resume(&store, &bobs, t0, &AuthPolicy::default()).unwrap().is_some(), "bob's stays");
+    assert!(websession::resume(&store, &first, t0, &AuthPolicy::default())
+        .unwrap()
+        .is_none());
+    assert!(websession::resume(&store, &second, t0, &AuthPolicy::default())
+        .unwrap()
+        .is_none());
+    assert!(
+        websession::resume(&store, &bobs, t0, &AuthPolicy::default())
+            .unwrap()
+            .is_some(),
+        "bob's stays"
+    );
     // The number of sessions is bounded: the least recently used go.
     for n in 0..70 {
         websession::start(&store, bob, "d", "", Stage::SecondFactor, t0 + n).unwrap();
     }
     assert_eq!(websession::list(&store, bob).unwrap().len(), 64);
     assert!(
-        websession::resume(&store, &bobs, t0, &AuthPolicy::default()).unwrap().is_none(),
+        websession::resume(&store, &bobs, t0, &AuthPolicy::default())
+            .unwrap()
+            .is_none(),
         "the oldest went"
     );
 }

@@ -1,0 +1,285 @@
+//! The control socket: how `sealpost` subcommands reach a running server. `serve` listens on
+//! `DATA/control.sock` (mode 0600, and only the server's own user or root is answered); a
+//! subcommand that finds it running sends its arguments and standard input there, and the
+//! server runs the same code the console's pages call, with its live parts (so a disable
+//! ends the account's IMAP sessions, a policy is in force at once, a lockout can be lifted).
+//! Without a running server the subcommand opens the store itself.
+//!
+//! Protocol: the client sends one JSON line `{"args": [...], "input": "..."|null, "user":
+//! "..."}`; the server answers with frames, each a kind byte (`o` standard output, `e`
+//! standard error, `x` exit status), a 4-byte big-endian length and the bytes. The exit frame
+//! is last.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::cli::Run;
+use crate::config::Loaded;
+
+/// The socket's name in the data folder.
+pub(crate) const SOCKET_NAME: &str = "control.sock";
+/// Control connections served at once; more are told to try again.
+pub(crate) const CONTROL_CONNECTIONS_MAX: usize = 4;
+/// Largest request line (arguments and standard input), in bytes.
+pub(crate) const CONTROL_REQUEST_BYTES_MAX: u64 = 2 * 1024 * 1024;
+/// Largest standard input a subcommand takes (a policy, a password), in bytes.
+pub(crate) const CONTROL_INPUT_BYTES_MAX: u64 = 1024 * 1024;
+/// How long the server waits for a request line, in ms.
+pub(crate) const CONTROL_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Largest frame the client accepts, in bytes.
+const FRAME_BYTES_MAX: u32 = 16 * 1024 * 1024;
+
+#[derive(Serialize, Deserialize)]
+struct Request {
+    args: Vec<String>,
+    input: Option<String>,
+    user: String,
+}
+
+pub(crate) fn socket_path(data: &Path) -> PathBuf {
+    data.join(SOCKET_NAME)
+}
+
+/// What the server lends the subcommands it runs.
+pub(crate) struct ServerSide {
+    pub(crate) loaded: Loaded,
+    pub(crate) console: sealpost_webmail::console::Console,
+    pub(crate) health: sealpost_webmail::HealthInfo,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+/// Removes the socket when the server stops.
+pub(crate) struct Listening {
+    path: PathBuf,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Listens on `DATA/control.sock` in a thread of its own.
+pub(crate) fn listen(data: &Path, side: ServerSide) -> anyhow::Result<Listening> {
+    let path = socket_path(data);
+    // A socket left by a server that did not stop cleanly; the store's lock, taken before
+    // this, shows no other server runs here.
+    if path.exists() {
+        std::fs::remove_file(&path).with_context(|| format!("removing the stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    info!(path = %path.display(), "control socket listening");
+    let side = Arc::new(side);
+    let active = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if active.fetch_add(1, Ordering::SeqCst) >= CONTROL_CONNECTIONS_MAX {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    let _ = frame(
+                        &mut stream,
+                        b'e',
+                        b"sealpost: the server is busy with other commands; try again\n",
+                    );
+                    let _ = frame(&mut stream, b'x', &[75]);
+                    continue;
+                }
+                let (side, active) = (side.clone(), active.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("control-command".into())
+                    .spawn(move || {
+                        if let Err(error) = answer(&side, stream) {
+                            warn!(%error, "control connection");
+                        }
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    warn!("control: no thread for a command");
+                }
+            }
+        })
+        .context("starting the control thread")?;
+    Ok(Listening { path })
+}
+
+fn frame(stream: &mut UnixStream, kind: u8, bytes: &[u8]) -> std::io::Result<()> {
+    let length = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
+    let mut head = [0u8; 5];
+    head[0] = kind;
+    head[1..].copy_from_slice(&length.to_be_bytes());
+    stream.write_all(&head)?;
+    stream.write_all(bytes)
+}
+
+/// Standard output or error of a command run in the server, sent as frames.
+struct Frames {
+    stream: UnixStream,
+    kind: u8,
+}
+
+impl Write for Frames {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let chunk = &bytes[..bytes.len().min(1024 * 1024)];
+        frame(&mut self.stream, self.kind, chunk)?;
+        Ok(chunk.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    let credentials = rustix::net::sockopt::socket_peercred(stream)?;
+    Ok(credentials.uid.as_raw())
+}
+
+fn answer(side: &ServerSide, mut stream: UnixStream) -> anyhow::Result<()> {
+    let uid = peer_uid(&stream)?;
+    let own = rustix::process::geteuid().as_raw();
+    if uid != own && uid != 0 {
+        frame(
+            &mut stream,
+            b'e',
+            b"sealpost: only the server's own user or root may use its control socket\n",
+        )?;
+        frame(&mut stream, b'x', &[77])?;
+        return Ok(());
+    }
+    stream.set_read_timeout(Some(Duration::from_millis(CONTROL_REQUEST_TIMEOUT_MS)))?;
+    let mut line = Vec::new();
+    BufReader::new((&stream).take(CONTROL_REQUEST_BYTES_MAX)).read_until(b'\n', &mut line)?;
+    let request: Request = match serde_json::from_slice(&line) {
+        Ok(request) => request,
+        Err(_) => {
+            frame(&mut stream, b'e', b"sealpost: the control request did not read\n")?;
+            frame(&mut stream, b'x', &[64])?;
+            return Ok(());
+        }
+    };
+    let parsed = crate::Args::try_parse_from(std::iter::once("sealpost".to_string()).chain(request.args));
+    let command = match parsed.map(|args| args.command) {
+        Ok(crate::Command::Admin(command)) => command,
+        Ok(_) => {
+            frame(
+                &mut stream,
+                b'e',
+                b"sealpost: that command runs only with the server stopped (stop `sealpost serve` first)\n",
+            )?;
+            frame(&mut stream, b'x', &[1])?;
+            return Ok(());
+        }
+        Err(error) => {
+            frame(&mut stream, b'e', error.to_string().as_bytes())?;
+            frame(&mut stream, b'x', &[2])?;
+            return Ok(());
+        }
+    };
+    let user: String = request.user.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+    let actor = sealpost_storage::Actor {
+        name: format!("cli:{user}"),
+        peer: format!("control socket, uid {uid}"),
+    };
+    let mut out = std::io::BufWriter::with_capacity(
+        64 * 1024,
+        Frames {
+            stream: stream.try_clone()?,
+            kind: b'o',
+        },
+    );
+    let mut err = Frames {
+        stream: stream.try_clone()?,
+        kind: b'e',
+    };
+    let result = crate::cli::execute(
+        command,
+        &mut Run {
+            loaded: &side.loaded,
+            console: &side.console,
+            health: Some(&side.health),
+            runtime: Some(&side.runtime),
+            input: request.input,
+            via_server: true,
+            actor,
+            out: &mut out,
+            err: &mut err,
+        },
+    );
+    out.flush()?;
+    drop(out);
+    let code = match result {
+        Ok(code) => code,
+        Err(error) => {
+            frame(&mut stream, b'e', format!("sealpost: {error:#}\n").as_bytes())?;
+            1
+        }
+    };
+    frame(&mut stream, b'x', &[code])?;
+    Ok(())
+}
+
+/// The running server's control socket, if one answers.
+pub(crate) fn connect(data: &Path) -> Option<UnixStream> {
+    UnixStream::connect(socket_path(data)).ok()
+}
+
+/// Runs this process's subcommand in the server: sends the arguments and `input`, writes what
+/// comes back to standard output (or `output`) and standard error, and exits as it did.
+pub(crate) fn forward(
+    mut stream: UnixStream,
+    input: Option<String>,
+    output: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".to_string());
+    let request = Request {
+        args: std::env::args().skip(1).collect(),
+        input,
+        user,
+    };
+    let mut line = serde_json::to_vec(&request).context("writing the control request")?;
+    line.push(b'\n');
+    stream.write_all(&line).context("sending the command to the server")?;
+    let mut out: Box<dyn Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut head = [0u8; 5];
+        reader
+            .read_exact(&mut head)
+            .context("the server closed the control connection before the command ended")?;
+        let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        anyhow::ensure!(length <= FRAME_BYTES_MAX, "the server sent a frame of {length} bytes");
+        let mut bytes = vec![0u8; length as usize];
+        reader.read_exact(&mut bytes).context("reading the server's answer")?;
+        match head[0] {
+            b'o' => out.write_all(&bytes)?,
+            b'e' => std::io::stderr().write_all(&bytes)?,
+            b'x' => {
+                out.flush()?;
+                return Ok(ExitCode::from(bytes.first().copied().unwrap_or(1)));
+            }
+            other => anyhow::bail!("the server sent a frame of unknown kind {other}"),
+        }
+    }
+}
