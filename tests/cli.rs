@@ -899,11 +899,20 @@ fn a_running_server_takes_the_consoles_commands_through_its_control_socket() {
     );
     assert_eq!(csv.lines().count(), 2, "a header and the one change: {csv}");
 
+    // A second factor required from now on: a mail client's account password no longer opens
+    // mail (an app password does), at once.
+    let strict = sealpost_ok(&["policy", "show", "--data", &arg], "")
+        .replace("second_factor_required = false", "second_factor_required = true");
+    let saved = sealpost_ok(&["policy", "set", "--data", &arg], &strict);
+    assert_eq!(saved.trim(), "saved as version 2; in force from now on");
+    let refused = imap_login(&data, PASSWORD);
+    assert!(refused.contains("app password"), "{refused}");
+
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     assert!(!socket.exists(), "the socket goes with the server");
     // Without the server the same commands open the store themselves.
     let offline = sealpost_ok(&["policy", "history", "--data", &arg], "");
-    assert_eq!(offline.lines().count(), 1);
+    assert_eq!(offline.lines().count(), 2);
     let lockouts = sealpost(&["lockout", "list", "--data", &arg], "");
     assert!(String::from_utf8_lossy(&lockouts.stderr).contains("not running"));
 }

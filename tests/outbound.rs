@@ -352,7 +352,7 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     let id = entries[0]["id"].as_str().unwrap().to_string();
     let shown = sealpost_ok(&["queue", "show", &id, "--data", &data.arg()], "");
     assert!(
-        shown.contains("to <alice@tls.test>: delivered") && shown.contains("via mx.tls.test over TLSv1_3"),
+        shown.contains("to <alice@tls.test>: delivered") && shown.contains("verified TLS, mx.tls.test over TLSv1_3"),
         "{shown}"
     );
     assert!(
@@ -360,10 +360,10 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         "{shown}"
     );
     assert!(
-        shown.contains("to <bob@plain.test>: held for the pickup portal") && shown.contains("STARTTLS not offered"),
+        shown.contains("to <bob@plain.test>: kept for the pickup portal") && shown.contains("STARTTLS not offered"),
         "{shown}"
     );
-    assert!(shown.contains("to <frank@down.test>: pending"), "{shown}");
+    assert!(shown.contains("to <frank@down.test>: waiting; last:"), "{shown}");
     sealpost_ok(&["queue", "retry", &id, "--data", &data.arg()], "");
     assert!(!sealpost(&["queue", "show", "0000", "--data", &data.arg()], "")
         .status

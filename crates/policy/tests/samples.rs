@@ -153,3 +153,37 @@ fn admin_rules_route_by_address_then_domain_and_content_forces_the_portal() {
     })
     .is_err());
 }
+
+#[test]
+fn a_disabled_content_rule_is_kept_but_matches_nothing_and_bad_settings_are_refused() {
+    let text = "Patient SSN 123-45-6789 on file.";
+    let scan = |config: PolicyConfig| {
+        Policy::new(config).unwrap().scan(&Content {
+            subject: "",
+            text,
+            attachment_names: Vec::new(),
+        })
+    };
+    let on = PolicyConfig::default();
+    assert!(scan(on.clone()).iter().any(|f| f.rule == "ssn"));
+    let mut off = on.clone();
+    for rule in off.content.iter_mut().filter(|r| r.name == "ssn") {
+        rule.enabled = false;
+    }
+    assert!(!scan(off.clone()).iter().any(|f| f.rule == "ssn"));
+    // The rule stays in the policy, written back as disabled.
+    let written = toml::to_string(&off).unwrap();
+    let read: PolicyConfig = toml::from_str(&written).unwrap();
+    assert_eq!(read, off);
+    assert!(written.contains("enabled = false"), "{written}");
+    // Settings outside their bounds are refused with their name.
+    let mut short = on.clone();
+    short.sign_in.session_idle_ms = 5;
+    assert!(Policy::new(short).err().unwrap().contains("session_idle_ms"));
+    let mut none = on.clone();
+    none.sign_in.failures_per_account_max = 0;
+    assert!(Policy::new(none).err().unwrap().contains("failures_per_account_max"));
+    let mut forever = on;
+    forever.portal.pickup_ttl_ms = 0;
+    assert!(Policy::new(forever).err().unwrap().contains("pickup_ttl_ms"));
+}
