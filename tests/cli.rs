@@ -916,3 +916,235 @@ fn a_running_server_takes_the_consoles_commands_through_its_control_socket() {
     let lockouts = sealpost(&["lockout", "list", "--data", &arg], "");
     assert!(String::from_utf8_lossy(&lockouts.stderr).contains("not running"));
 }
+
+/// Every message of nina's INBOX as JSON lines: subject and the whole message (base64).
+const INBOX_DUMP: &str = "import base64, email, imaplib, json, os, ssl\n\
+ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+m = imaplib.IMAP4_SSL('localhost', int(os.environ['BASE']) + 993, ssl_context=ctx)\n\
+m.login('nina@clinic.test', os.environ['PASSWORD'])\n\
+m.select('INBOX', readonly=True)\n\
+for num in m.search(None, 'ALL')[1][0].split():\n\
+\x20   raw = m.fetch(num, '(BODY.PEEK[])')[1][0][1]\n\
+\x20   subject = email.message_from_bytes(raw)['Subject']\n\
+\x20   print(json.dumps({'subject': subject, 'raw': base64.b64encode(raw).decode()}))\n";
+
+#[test]
+fn a_backup_taken_under_load_restores_every_acknowledged_message_and_the_audit_chain() {
+    use std::io::BufRead;
+    const PASSWORD: &str = "copper willow brisk anthem";
+    let data = DataDir::init("clinic.test");
+    data.add_accounts(&["nina@clinic.test"], PASSWORD);
+    let arg = data.arg();
+    let identity = data.path().join("keys/backup.key");
+    assert_eq!(mode(&identity), 0o600, "init makes the backup identity private");
+    let config = std::fs::read_to_string(data.path().join("sealpost.toml")).unwrap();
+    assert!(config.contains("recipient = \"age1"), "{config}");
+    let mut server = data.serve();
+
+    // A load of APPENDs and submissions; the backup is taken in the middle of it.
+    let stop = data.dir.path().join("stop-load");
+    let mut load = Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/backup_load.py"))
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("BASE", data.port_base.to_string())
+        .env("PASSWORD", PASSWORD)
+        .env("STOP", &stop)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = std::io::BufReader::new(load.stdout.take().unwrap());
+    let (sender, received) = std::sync::mpsc::channel::<serde_json::Value>();
+    let collector = std::thread::spawn(move || {
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            let _ = sender.send(serde_json::from_str(&line).unwrap());
+        }
+    });
+    let mut acked = Vec::new();
+    let started = std::time::Instant::now();
+    while acked.len() < 40 && started.elapsed() < Duration::from_secs(30) {
+        if let Ok(line) = received.recv_timeout(Duration::from_secs(1)) {
+            acked.push(line);
+        }
+    }
+    assert!(acked.len() >= 40, "the load did not get going: {acked:?}");
+    let snapshot_began = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let file = data.dir.path().join("nightly.backup");
+    let file_arg = file.to_str().unwrap().to_string();
+    let taken = sealpost(&["backup", "--data", &arg, "--to", &file_arg], "");
+    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).starts_with("backup of "),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    // The load goes on a little after the snapshot, then stops.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, b"").unwrap();
+    assert!(load.wait().unwrap().success());
+    collector.join().unwrap();
+    acked.extend(received.try_iter());
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    let before: Vec<&serde_json::Value> = acked
+        .iter()
+        .filter(|a| a["acked_at"].as_f64().is_some_and(|t| t < snapshot_began))
+        .collect();
+    let after = acked
+        .iter()
+        .filter(|a| a["acked_at"].as_f64().is_some_and(|t| t > snapshot_began))
+        .count();
+    assert!(
+        before.iter().any(|a| a["kind"] == "append") && before.iter().any(|a| a["kind"] == "smtp"),
+        "both kinds of load before the snapshot"
+    );
+    assert!(after > 0, "the load ran past the snapshot's start");
+
+    // Nothing of the mail, the account or the keys is readable in the file.
+    let bytes = std::fs::read(&file).unwrap();
+    for marker in [
+        &b"backup-load"[..],
+        b"nina@clinic.test",
+        b"PRIVATE KEY",
+        b"clinic.test",
+        b"SQLite",
+        b"rocksdb",
+    ] {
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker),
+            "{} in the backup file",
+            String::from_utf8_lossy(marker)
+        );
+    }
+    let verified = sealpost_ok(
+        &["backup", "verify", &file_arg, "--identity", identity.to_str().unwrap()],
+        "",
+    );
+    assert!(verified.starts_with("backup intact: "), "{verified}");
+
+    // A wrong identity, a damaged file and a file cut short are refused.
+    let stranger = data.dir.path().join("stranger.key");
+    let other = DataDir::init("other.test");
+    std::fs::copy(other.path().join("keys/backup.key"), &stranger).unwrap();
+    let wrong = sealpost(
+        &["backup", "verify", &file_arg, "--identity", stranger.to_str().unwrap()],
+        "",
+    );
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("cannot decrypt"));
+    for (name, damaged) in [
+        ("flipped.backup", {
+            let mut b = bytes.clone();
+            let at = b.len() / 2;
+            b[at] ^= 0x40;
+            b
+        }),
+        ("short.backup", bytes[..bytes.len() * 3 / 4].to_vec()),
+    ] {
+        let path = data.dir.path().join(name);
+        std::fs::write(&path, damaged).unwrap();
+        let refused = sealpost(
+            &[
+                "backup",
+                "verify",
+                path.to_str().unwrap(),
+                "--identity",
+                identity.to_str().unwrap(),
+            ],
+            "",
+        );
+        assert!(!refused.status.success(), "{name} verified");
+    }
+    let full = data.dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("something"), b"x").unwrap();
+    let refused = sealpost(
+        &[
+            "restore",
+            &file_arg,
+            "--identity",
+            identity.to_str().unwrap(),
+            "--data",
+            full.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"));
+
+    // Restored into a new folder: ready to serve, the audit chain whole, and every message
+    // acknowledged before the snapshot began is there, byte for byte.
+    let restored = data.dir.path().join("restored");
+    let out = sealpost_ok(
+        &[
+            "restore",
+            &file_arg,
+            "--identity",
+            identity.to_str().unwrap(),
+            "--data",
+            restored.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.contains("audit chain intact"), "{out}");
+    assert_eq!(mode(&restored.join("keys/master.key")), 0o600);
+    assert!(
+        !restored.join("keys/backup.key").exists(),
+        "the backup identity is not in the backup"
+    );
+    let restored_arg = restored.to_str().unwrap().to_string();
+    let mut again = Server::start(&["serve", "--data", &restored_arg]);
+    assert!(
+        again.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        again.seen
+    );
+    let dump = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(INBOX_DUMP)
+        .env("CAFILE", restored.join("tls/cert.pem"))
+        .env("BASE", data.port_base.to_string())
+        .env("PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    assert_eq!(again.terminate(Duration::from_secs(20)), Some(true));
+    use base64::Engine as _;
+    let decode = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let inbox: std::collections::HashMap<String, Vec<u8>> = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["subject"].as_str().unwrap().to_string(), decode(&v["raw"]))
+        })
+        .collect();
+    for sent in &before {
+        let subject = sent["subject"].as_str().unwrap();
+        let raw = decode(&sent["raw"]);
+        let stored = inbox
+            .get(subject)
+            .unwrap_or_else(|| panic!("{subject}, acknowledged before the snapshot, is not restored"));
+        if sent["kind"] == "append" {
+            assert_eq!(stored, &raw, "{subject} differs");
+        } else {
+            assert!(
+                stored.ends_with(&raw),
+                "{subject} differs (beyond the trace fields added on receipt)"
+            );
+        }
+    }
+    let verified = sealpost_ok(&["audit", "verify", "--data", &restored_arg], "");
+    assert!(verified.starts_with("audit chain intact"), "{verified}");
+    let audit = sealpost_ok(
+        &["audit", "search", "--action", "backup.create", "--data", &restored_arg],
+        "",
+    );
+    assert!(audit.is_empty(), "the backup's own record comes after its snapshot");
+    let audit = sealpost_ok(&["audit", "search", "--action", "backup.create", "--data", &arg], "");
+    assert_eq!(audit.lines().count(), 1, "{audit}");
+}

@@ -49,6 +49,35 @@ pub(crate) enum Admin {
     /// Messages kept for pickup through the portal.
     #[command(subcommand)]
     Pickup(PickupCommand),
+    /// Take an encrypted backup (`--to FILE`), while the server runs or not; `backup verify
+    /// FILE --identity KEYFILE` checks one without restoring it.
+    Backup(BackupArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct BackupArgs {
+    #[command(subcommand)]
+    pub(crate) check: Option<BackupCheck>,
+    /// The file to write (written under FILE.part, renamed when whole).
+    #[arg(long)]
+    pub(crate) to: Option<PathBuf>,
+    /// Encrypt to this age recipient instead of `[backup] recipient`.
+    #[arg(long)]
+    recipient: Option<String>,
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BackupCheck {
+    /// Decrypt a backup and check every file against its manifest, writing nothing.
+    Verify {
+        file: PathBuf,
+        /// The backup identity (`keys/backup.key` as `sealpost init` made it).
+        #[arg(long)]
+        identity: PathBuf,
+    },
 }
 
 /// What a command runs with: the store through the console's operations, and where its
@@ -148,6 +177,7 @@ pub(crate) fn admin(command: Admin) -> anyhow::Result<ExitCode> {
     };
     let output = match &command {
         Admin::Audit(AuditCommand::Export { output, .. }) => output.clone(),
+        Admin::Backup(args) => Some(args.to.clone().context("--to FILE is required")?),
         _ => None,
     };
     if let Some(stream) = crate::control::connect(&data) {
@@ -190,7 +220,56 @@ pub(crate) fn execute(command: Admin, run: &mut Run<'_>) -> anyhow::Result<u8> {
             Ok(0)
         }
         Admin::Pickup(command) => pickup(command, run),
+        Admin::Backup(args) => backup(args, run),
     }
+}
+
+/// A backup to `--to` (or, through the control socket, to the client, which writes the file).
+fn backup(args: BackupArgs, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    let to = args.to.context("--to FILE is required")?;
+    let recipient = args
+        .recipient
+        .unwrap_or_else(|| run.loaded.config.backup.recipient.clone());
+    let summary = if run.via_server {
+        crate::backup::write(run.loaded, &run.console.store, &recipient, &mut *run.out)?
+    } else {
+        let partial = part_path(&to);
+        let written = (|| {
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
+            );
+            let summary = crate::backup::write(run.loaded, run.store(), &recipient, &mut file)?;
+            file.into_inner()
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", partial.display()))?
+                .sync_all()?;
+            std::fs::rename(&partial, &to).with_context(|| format!("renaming into {}", to.display()))?;
+            Ok::<_, anyhow::Error>(summary)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        written?
+    };
+    run.store().audit(
+        sealpost_storage::AuditEvent::new(&run.actor, "backup.create", "store")
+            .detail(format!("{} files, {} bytes", summary.files, summary.bytes)),
+    )?;
+    writeln!(
+        run.err,
+        "backup of {} files ({} bytes) encrypted to {} into {}",
+        summary.files,
+        summary.bytes,
+        recipient.trim(),
+        to.display()
+    )?;
+    Ok(0)
+}
+
+/// Where a file is written before it is renamed into place whole.
+pub(crate) fn part_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    path.with_file_name(name)
 }
 
 #[derive(Subcommand)]
@@ -1402,7 +1481,7 @@ fn parse_since(text: &str) -> anyhow::Result<i64> {
     bail!("--since {text:?}: expected RFC 3339 (2026-01-31T08:00:00Z), a date (2026-01-31) or Unix seconds")
 }
 
-fn format_ms(ms: i64) -> String {
+pub(crate) fn format_ms(ms: i64) -> String {
     use time::format_description::well_known::Rfc3339;
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()

@@ -35,6 +35,34 @@ pub(crate) struct Config {
     /// Admin rules per domain or address, content rules, barred accounts.
     #[serde(default)]
     pub(crate) policy: sealpost_policy::PolicyConfig,
+    #[serde(default)]
+    pub(crate) backup: BackupSection,
+}
+
+/// Backups: to whom they are encrypted, and the scheduled ones.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct BackupSection {
+    /// The age recipient (`age1…`) backups are encrypted to; `sealpost init` makes the
+    /// identity (`keys/backup.key`), which belongs off this machine.
+    pub(crate) recipient: String,
+    /// Where scheduled backups go, relative to the data folder unless absolute.
+    pub(crate) folder: PathBuf,
+    /// Time between scheduled backups, in milliseconds (a day); 0: none.
+    pub(crate) interval_ms: u64,
+    /// Scheduled backups kept; older ones are removed.
+    pub(crate) keep: u32,
+}
+
+impl Default for BackupSection {
+    fn default() -> Self {
+        Self {
+            recipient: String::new(),
+            folder: PathBuf::from("backups"),
+            interval_ms: 24 * 3600 * 1000,
+            keep: 7,
+        }
+    }
 }
 
 /// The web application.

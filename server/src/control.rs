@@ -256,12 +256,30 @@ pub(crate) fn forward(
     let mut line = serde_json::to_vec(&request).context("writing the control request")?;
     line.push(b'\n');
     stream.write_all(&line).context("sending the command to the server")?;
-    let mut out: Box<dyn Write> = match output {
+    let partial = output.map(crate::cli::part_path);
+    let mut out: Box<dyn Write> = match &partial {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         )),
         None => Box::new(std::io::stdout().lock()),
     };
+    let result = relay(stream, &mut out);
+    drop(out);
+    if let (Some(partial), Some(output)) = (&partial, output) {
+        match &result {
+            Ok(code) if *code == 0 => {
+                std::fs::rename(partial, output).with_context(|| format!("renaming into {}", output.display()))?
+            }
+            _ => {
+                let _ = std::fs::remove_file(partial);
+            }
+        }
+    }
+    result.map(ExitCode::from)
+}
+
+/// Copies the server's frames out until the exit frame; returns the exit status.
+fn relay(stream: UnixStream, out: &mut dyn Write) -> anyhow::Result<u8> {
     let mut reader = BufReader::new(stream);
     loop {
         let mut head = [0u8; 5];
@@ -277,7 +295,7 @@ pub(crate) fn forward(
             b'e' => std::io::stderr().write_all(&bytes)?,
             b'x' => {
                 out.flush()?;
-                return Ok(ExitCode::from(bytes.first().copied().unwrap_or(1)));
+                return Ok(bytes.first().copied().unwrap_or(1));
             }
             other => anyhow::bail!("the server sent a frame of unknown kind {other}"),
         }

@@ -41,6 +41,9 @@ pub(crate) struct DemoArgs {
     pub(crate) port_base: u16,
 }
 
+/// The backup identity's file, beside the master key.
+pub(crate) const BACKUP_KEY_FILE: &str = "backup.key";
+
 /// What `init` made, for the caller to print.
 pub(crate) struct Initialised {
     pub(crate) loaded: Loaded,
@@ -62,6 +65,10 @@ pub(crate) fn run_init(args: &InitArgs) -> anyhow::Result<Initialised> {
         cfg.server.hostname
     );
     println!("  store          {}", done.loaded.path(&cfg.paths.store).display());
+    println!(
+        "  backup key     {}  (decrypts backups: move it OFF this machine, then delete it here)",
+        done.loaded.master_key_path().with_file_name(BACKUP_KEY_FILE).display()
+    );
     println!(
         "Next: sealpost account add USER@{} --data {}",
         cfg.server.domain,
@@ -95,7 +102,11 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
         policy: Default::default(),
         auth: Default::default(),
         web: Default::default(),
+        backup: Default::default(),
     };
+    let backup_identity = age::x25519::Identity::generate();
+    let mut config = config;
+    config.backup.recipient = backup_identity.to_public().to_string();
     let text = toml::to_string(&config).context("writing the configuration")?;
     create_dir(&args.data, 0o750)?;
     // Validate through the same path `serve` uses before anything secret is made.
@@ -107,6 +118,16 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
 
     let master_path = loaded.master_key_path();
     let master = MasterKey::create_file(&master_path)?;
+    {
+        use age::secrecy::ExposeSecret;
+        let backup_key = master_path.with_file_name(BACKUP_KEY_FILE);
+        let text = format!(
+            "# Sealpost backup identity: decrypts this server's backups. Keep it OFF this machine.\n# recipient: {}\n{}\n",
+            config.backup.recipient,
+            backup_identity.to_string().expose_secret()
+        );
+        write_new_file(&backup_key, text.as_bytes(), 0o600)?;
+    }
     write_certificate(&loaded, &config)?;
     let store = Store::create(loaded.store_config(), master)?;
     crate::dkim::ensure_keys(&store)?;

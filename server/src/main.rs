@@ -3,6 +3,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod backup;
 mod cli;
 mod config;
 mod control;
@@ -50,6 +51,8 @@ pub(crate) enum Command {
     /// Manage the master key (the server must not be running).
     #[command(subcommand)]
     Key(cli::KeyCommand),
+    /// Restore a backup into an empty folder, check it whole, and open its store.
+    Restore(backup::RestoreArgs),
     /// Copy mail from files into an account (the server must not be running).
     #[command(subcommand)]
     Import(import::ImportCommand),
@@ -67,6 +70,11 @@ fn main() -> ExitCode {
         Command::Init(args) => init::run_init(&args).map(|_| ExitCode::SUCCESS),
         Command::Demo(args) => init::run_demo(&args),
         Command::Serve { data } => serve::run(&data),
+        Command::Admin(cli::Admin::Backup(cli::BackupArgs {
+            check: Some(cli::BackupCheck::Verify { file, identity }),
+            ..
+        })) => backup::verify(&file, &identity),
+        Command::Restore(args) => backup::restore(&args),
         Command::Admin(command) => cli::admin(command),
         Command::Key(command) => cli::key(command),
         Command::Import(command) => import::import(command),

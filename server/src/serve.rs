@@ -333,6 +333,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         listeners.spawn(service.serve(listener, stopped.clone(), session));
     }
     listeners.spawn(outbound.run(stopped.clone()));
+    listeners.spawn(scheduled_backups(loaded.clone(), store.clone(), stopped.clone()));
     for (name, port, role, implicit_tls) in [
         ("smtp", cfg.listeners.smtp, ListenerRole::Inbound, false),
         ("submission", cfg.listeners.submission, ListenerRole::Submission, false),
@@ -700,6 +701,35 @@ impl sealpost_webmail::Outbox for WebOutbox {
                 sealpost_smtp::submit_from_web(&self.store, &self.shared, &self.config, account, message).await?;
             Ok(sealpost_webmail::Sent { queue: sent.queue })
         })
+    }
+}
+
+/// Takes a backup every `[backup] interval_ms` until shutdown (none when 0 or without a
+/// recipient); a failure is logged and tried again at the next interval.
+async fn scheduled_backups(loaded: Loaded, store: sealpost_storage::Store, mut stop: watch::Receiver<bool>) {
+    let cfg = &loaded.config.backup;
+    if cfg.interval_ms == 0 {
+        return;
+    }
+    if cfg.recipient.trim().is_empty() {
+        warn!("no scheduled backups: [backup] recipient is empty (sealpost init sets it)");
+        return;
+    }
+    let every = std::time::Duration::from_millis(cfg.interval_ms);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let (loaded, store) = (loaded.clone(), store.clone());
+        match tokio::task::spawn_blocking(move || crate::backup::scheduled(&loaded, &store)).await {
+            Ok(Ok(path)) => info!(path = %path.display(), "scheduled backup written"),
+            Ok(Err(error)) => warn!(error = %format!("{error:#}"), "scheduled backup failed"),
+            Err(_) => warn!("scheduled backup stopped"),
+        }
     }
 }
 

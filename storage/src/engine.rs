@@ -148,6 +148,11 @@ pub(crate) trait Engine: Send + Sync {
 
     /// Writes every memtable to disk files (tests and backups use it).
     fn flush(&self) -> Result<()>;
+
+    /// A consistent copy of the whole store at this moment in the new folder `dir` (on the
+    /// same file system its immutable files are hard links): every write acknowledged before
+    /// the call is in it.
+    fn checkpoint(&self, dir: &Path) -> Result<()>;
 }
 
 /// Values at least this large go to RocksDB blob files instead of the LSM tree, so that
@@ -362,5 +367,13 @@ impl Engine for RocksEngine {
         self.db
             .flush_wal(true)
             .map_err(|e| engine_error("flush", &self.path, e))
+    }
+
+    fn checkpoint(&self, dir: &Path) -> Result<()> {
+        let checkpoint =
+            rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| engine_error("checkpoint", &self.path, e))?;
+        checkpoint
+            .create_checkpoint(dir)
+            .map_err(|e| engine_error("checkpoint", dir, e))
     }
 }

@@ -254,6 +254,13 @@ impl Store {
         &self.inner.config
     }
 
+    /// A consistent copy of the store as it is now in the new folder `dir` (for backups): every
+    /// write acknowledged before the call is in it, the audit chain whole. `dir` must not
+    /// exist; on the store's file system the copy is mostly hard links.
+    pub fn checkpoint(&self, dir: &std::path::Path) -> Result<()> {
+        self.inner.engine.checkpoint(dir)
+    }
+
     /// Bytes the store's folder takes on disk (its files, and those of folders in it down to
     /// `DISK_WALK_DEPTH_MAX` levels), for the health page.
     pub fn disk_bytes(&self) -> Result<u64> {
