@@ -756,8 +756,8 @@ async fn load_policy(
     configured: &sealpost_policy::PolicyConfig,
     store: &sealpost_storage::Store,
 ) -> anyhow::Result<sealpost_policy::Policy> {
-    let store = store.clone();
-    let saved = tokio::task::spawn_blocking(move || store.secret(sealpost_policy::PolicyVersion::CURRENT))
+    let reading = store.clone();
+    let saved = tokio::task::spawn_blocking(move || reading.secret(sealpost_policy::PolicyVersion::CURRENT))
         .await
         .context("reading the saved policy")??;
     let config = match saved {
@@ -769,7 +769,13 @@ async fn load_policy(
         }
         None => configured.clone(),
     };
-    sealpost_policy::Policy::new(config).map_err(|e| anyhow::anyhow!("[policy]: {e}"))
+    let policy = sealpost_policy::Policy::new(config).map_err(|e| anyhow::anyhow!("[policy]: {e}"))?;
+    // The store enforces the retention rules of the policy in force.
+    let (store, rules) = (store.clone(), policy.config().retention.clone());
+    tokio::task::spawn_blocking(move || store.set_retention_rules(&rules, &sealpost_storage::Actor::system()))
+        .await
+        .context("putting the retention rules in force")??;
+    Ok(policy)
 }
 
 /// What the console's health page shows of this server: its listeners, its certificate, the

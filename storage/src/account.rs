@@ -296,6 +296,15 @@ impl Store {
     /// range), so the account's mail cannot be read again even with the master key; the
     /// removed ciphertext leaves the other files as RocksDB compacts them.
     pub fn delete_account(&self, id: AccountId, actor: &Actor) -> Result<()> {
+        // Keeping wins: a hold or a minimum age refuses the deletion (audited as denied).
+        if let Some(reason) = self.deletion_refusal(id, crate::retention::now_ms())? {
+            self.audit(
+                AuditEvent::new(actor, "account.delete", format!("account:{id}"))
+                    .outcome(crate::AuditOutcome::Denied)
+                    .detail(reason.clone()),
+            )?;
+            return Err(Error::Kept { reason });
+        }
         let _directory = lock(&self.inner.directory_lock);
         let (_, account) = self.directory_record(id)?;
         let start = keys::account(id);
@@ -329,6 +338,7 @@ impl Store {
             Table::Queue,
             Table::Auth,
             Table::Deliveries,
+            Table::Kept,
         ] {
             batch.delete_range(table, start.clone(), end.clone());
         }

@@ -30,10 +30,11 @@ pub(crate) enum Table {
     PickupRecipients,
     Deliveries,
     AuditIndex,
+    Kept,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 18] = [
+    pub(crate) const ALL: [Table; 19] = [
         Table::Meta,
         Table::Directory,
         Table::AccountKeys,
@@ -52,6 +53,7 @@ impl Table {
         Table::PickupRecipients,
         Table::Deliveries,
         Table::AuditIndex,
+        Table::Kept,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -74,6 +76,7 @@ impl Table {
             Table::PickupRecipients => "pickup_recipients",
             Table::Deliveries => "deliveries",
             Table::AuditIndex => "audit_index",
+            Table::Kept => "kept",
         }
     }
 }

@@ -51,6 +51,8 @@ pub enum Error {
     LimitExceeded { what: &'static str, actual: u64, max: u64 },
     #[error("invalid input: {what}")]
     InvalidInput { what: &'static str },
+    #[error("not destroyed: {reason}")]
+    Kept { reason: String },
 }
 
 impl Error {

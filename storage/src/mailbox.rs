@@ -294,10 +294,24 @@ impl Store {
         let _blobs = self.inner.blob_locks.lock(account, 0);
         let mut batch = Batch::default();
         let mut blobs = crate::message::BlobChanges::default();
-        for meta in self.message_records(&crypto, account, id)? {
-            self.release_blob(&crypto, account, &meta.1.blob, &mut blobs)?;
+        let keeping = self.keeping(account)?;
+        let now = crate::retention::now_ms();
+        let mut kept = 0u64;
+        for (uid, message) in self.message_records(&crypto, account, id)? {
+            // What a hold or a minimum age keeps leaves the user's view, not the store.
+            if keeping
+                .keeps(&record.name, record.special_use, message.internal_date, now)
+                .is_some()
+            {
+                let summary = self.summary_of(&crypto, account, id, uid)?;
+                self.stage_kept(&crypto, account, &record, message.blob, message.size, message.internal_date, summary, &mut batch)?;
+                kept += 1;
+            } else {
+                self.release_blob(&crypto, account, &message.blob, &mut blobs)?;
+            }
         }
         blobs.stage(&crypto, account, &mut batch)?;
+        let _ = kept;
         let prefix = keys::mailbox(account, id);
         batch.delete_range(Table::Messages, prefix.clone(), keys::prefix_end(&prefix));
         batch.delete_range(Table::Summaries, prefix.clone(), keys::prefix_end(&prefix));
@@ -376,7 +390,7 @@ impl Store {
         open_record(&crypto, &mailbox_aad(account, mailbox), &sealed)
     }
 
-    fn mailbox_records(&self, account: AccountId) -> Result<Vec<(MailboxId, MailboxRecord)>> {
+    pub(crate) fn mailbox_records(&self, account: AccountId) -> Result<Vec<(MailboxId, MailboxRecord)>> {
         let crypto = self.account_crypto(account)?;
         let from = keys::mailbox(account, MailboxId(keys::ACCOUNT_STATE_SLOT + 1));
         let to = keys::account(AccountId(account.0 + 1));

@@ -40,9 +40,9 @@ const CHANGE_EXPUNGED: u8 = 2;
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct MessageRecord {
     pub(crate) blob: BlobId,
-    size: u64,
-    internal_date: InternalDate,
-    flags: Flags,
+    pub(crate) size: u64,
+    pub(crate) internal_date: InternalDate,
+    pub(crate) flags: Flags,
     modseq: u64,
     /// The caller's summary. Stored in the summaries table under the same key, not in this
     /// record: STORE rewrites records and need not rewrite summaries, and listing envelopes is
@@ -389,6 +389,23 @@ impl Store {
         Ok(text)
     }
 
+    /// The search text of a body (lower-cased headers and text).
+    pub(crate) fn blob_search_text(&self, crypto: &AccountCrypto, account: AccountId, blob: &BlobId) -> Result<Vec<u8>> {
+        let key = keys::blob(account, blob);
+        let Some(mut sealed) = self.inner.engine.get(Table::Texts, &key)? else {
+            return Ok(Vec::new());
+        };
+        let mut text = Vec::new();
+        let cipher = crypto.content.blob(blob);
+        open_sealed(&cipher, TEXT_CHUNK, &key, &mut sealed, &mut text, SEARCH_TEXT_BYTES_MAX)?;
+        Ok(text)
+    }
+
+    /// A message's stored summary, as kept with a removed message.
+    pub(crate) fn summary_of(&self, crypto: &AccountCrypto, account: AccountId, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
+        self.summary_bytes(crypto, account, mailbox, uid)
+    }
+
     /// Metadata and stored summary of the messages with these UIDs (those that exist), in one
     /// pass: what FETCH ENVELOPE and BODYSTRUCTURE need, without reading any record twice.
     pub fn message_summaries(
@@ -674,9 +691,29 @@ impl Store {
         let mut blobs = BlobChanges::default();
         let mut expunged = Vec::new();
         let mut events = Vec::new();
+        let keeping = self.keeping(account)?;
+        let now = crate::retention::now_ms();
         for (uid, record) in candidates.into_iter().filter(|(_, r)| r.flags.has(SystemFlag::Deleted)) {
+            // What a hold or a minimum age keeps leaves the user's view, not the store.
+            if keeping
+                .keeps(&mailbox_record.name, mailbox_record.special_use, record.internal_date, now)
+                .is_some()
+            {
+                let summary = self.summary_of(&crypto, account, mailbox, uid)?;
+                self.stage_kept(
+                    &crypto,
+                    account,
+                    &mailbox_record,
+                    record.blob,
+                    record.size,
+                    record.internal_date,
+                    summary,
+                    &mut batch,
+                )?;
+            } else {
+                self.release_blob(&crypto, account, &record.blob, &mut blobs)?;
+            }
             let modseq = stage_expunge(account, mailbox, &mut mailbox_record, uid, &record, &mut batch);
-            self.release_blob(&crypto, account, &record.blob, &mut blobs)?;
             expunged.push(uid);
             events.push(MailboxEvent::Expunged { uid, modseq });
         }
@@ -1013,7 +1050,7 @@ fn stage_new_message(
 }
 
 /// Stages the removal of one message and its expunge tombstone; returns the new MODSEQ.
-fn stage_expunge(
+pub(crate) fn stage_expunge(
     account: AccountId,
     mailbox: MailboxId,
     mailbox_record: &mut MailboxRecord,

@@ -397,6 +397,7 @@ pub fn save_policy(console: &Console, actor: &Actor, rules: &str) -> Result<u64,
     let saved = (|| {
         store.set_secret(&PolicyVersion::history_name(version), &bytes, actor)?;
         store.set_secret(PolicyVersion::CURRENT, &bytes, actor)?;
+        store.set_retention_rules(&record.config.retention, actor)?;
         store.audit(AuditEvent::new(actor, "policy.change", format!("policy version {version}")).detail(summary))
     })();
     saved.map_err(PolicyRefusal::Store)?;
