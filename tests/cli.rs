@@ -1148,3 +1148,212 @@ fn a_backup_taken_under_load_restores_every_acknowledged_message_and_the_audit_c
     let audit = sealpost_ok(&["audit", "search", "--action", "backup.create", "--data", &arg], "");
     assert_eq!(audit.lines().count(), 1, "{audit}");
 }
+
+/// Appends nina's (and omar's) test messages over IMAPS, then as nina expunges one and deletes
+/// a folder; prints each appended message as a JSON line (owner, subject, base64 bytes).
+const HOLD_SCRIPT: &str = "import base64, imaplib, json, os, ssl, time\n\
+ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+def session(user):\n\
+\x20   m = imaplib.IMAP4_SSL('localhost', int(os.environ['BASE']) + 993, ssl_context=ctx)\n\
+\x20   m.login(user, os.environ['PASSWORD'])\n\
+\x20   return m\n\
+def put(m, user, folder, subject, days_old):\n\
+\x20   raw = (f'From: {user}\\r\\nTo: counsel@partner.test\\r\\nSubject: {subject}\\r\\nMessage-ID: <{subject.replace(\" \", \".\")}@clinic.test>\\r\\n\\r\\nFacts of {subject}.\\r\\n').encode()\n\
+\x20   typ, _ = m.append(folder, None, imaplib.Time2Internaldate(time.time() - days_old * 86400), raw)\n\
+\x20   assert typ == 'OK'\n\
+\x20   print(json.dumps({'owner': user, 'subject': subject, 'raw': base64.b64encode(raw).decode()}))\n\
+nina = session('nina@clinic.test')\n\
+nina.create('Casefiles')\n\
+put(nina, 'nina@clinic.test', 'INBOX', 'held old inbox', 100)\n\
+put(nina, 'nina@clinic.test', 'Casefiles', 'held old case', 100)\n\
+put(nina, 'nina@clinic.test', 'Casefiles', 'held new case', 1)\n\
+omar = session('omar@clinic.test')\n\
+put(omar, 'omar@clinic.test', 'INBOX', 'free old inbox', 100)\n\
+nina.select('INBOX')\n\
+nina.store('1', '+FLAGS', '\\\\Deleted')\n\
+assert nina.expunge()[0] == 'OK'\n\
+assert nina.select('INBOX')[1][0] == b'0'\n\
+nina.select('Casefiles')\n\
+nina.close()\n\
+assert nina.delete('Casefiles')[0] == 'OK'\n\
+assert not any(b'Casefiles' in l for l in nina.list()[1])\n";
+
+#[test]
+fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_export_byte_identical() {
+    use base64::Engine as _;
+    use std::io::Read;
+    const PASSWORD: &str = "copper willow brisk anthem";
+    let data = DataDir::init("clinic.test");
+    data.add_accounts(&["nina@clinic.test", "omar@clinic.test"], PASSWORD);
+    let arg = data.arg();
+    let mut server = data.serve();
+    assert_eq!(
+        sealpost_ok(
+            &["hold", "open", "Case 17", "--reason", "litigation", "--data", &arg],
+            ""
+        )
+        .trim(),
+        "hold 1 opened"
+    );
+    sealpost_ok(&["hold", "add", "1", "nina@clinic.test", "--data", &arg], "");
+    // Everything goes after 30 days, by the policy.
+    let policy = sealpost_ok(&["policy", "show", "--data", &arg], "").replace("retention = []\n", "");
+    let policy = format!("{policy}\n[[retention]]\nname = \"month\"\nmax_age_days = 30\n");
+    sealpost_ok(&["policy", "set", "--data", &arg], &policy);
+    assert!(sealpost_ok(&["retention", "rules", "--data", &arg], "").contains("name = \"month\""));
+
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(HOLD_SCRIPT)
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("BASE", data.port_base.to_string())
+        .env("PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let decode = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let appended: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(appended.len(), 4);
+
+    // The sweeper takes omar's old message and nothing of nina's.
+    let dry = sealpost(&["retention", "run", "--dry-run", "--data", &arg], "");
+    assert!(String::from_utf8_lossy(&dry.stderr).contains("1 messages would be destroyed"));
+    let swept = sealpost(&["retention", "run", "--data", &arg], "");
+    let swept_out = String::from_utf8_lossy(&swept.stdout);
+    assert!(
+        swept_out.starts_with("destroyed  omar@clinic.test  INBOX") && !swept_out.contains("nina"),
+        "{swept_out}"
+    );
+    // Deleting the held account is refused, clearly.
+    let refused = sealpost(&["account", "delete", "nina@clinic.test", "--yes", "--data", &arg], "");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("legal hold"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // eDiscovery: counted, then exported encrypted, byte-identical to what was appended.
+    let found = sealpost(&["ediscovery", "search", "--held-only", "--data", &arg], "");
+    assert_eq!(String::from_utf8_lossy(&found.stderr).trim(), "3 messages match");
+    let narrowed = sealpost(&["ediscovery", "search", "--subject", "old case", "--data", &arg], "");
+    assert_eq!(String::from_utf8_lossy(&narrowed.stderr).trim(), "1 messages match");
+    let config = std::fs::read_to_string(data.path().join("sealpost.toml")).unwrap();
+    let recipient = config
+        .lines()
+        .find_map(|l| l.strip_prefix("recipient = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let file = data.dir.path().join("case17.zip.age");
+    let exported = sealpost(
+        &[
+            "ediscovery",
+            "export",
+            "--held-only",
+            "--format",
+            "eml",
+            "--encrypt-to",
+            &recipient,
+            "--to",
+            file.to_str().unwrap(),
+            "--data",
+            &arg,
+        ],
+        "",
+    );
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let sealed = std::fs::read(&file).unwrap();
+    assert!(!sealed.windows(4).any(|w| w == b"held"), "the export is encrypted");
+    let key = std::fs::read_to_string(data.path().join("keys/backup.key")).unwrap();
+    let identity: age::x25519::Identity = key
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut zip = Vec::new();
+    age::Decryptor::new_buffered(sealed.as_slice())
+        .unwrap()
+        .decrypt(std::iter::once(&identity as &dyn age::Identity))
+        .unwrap()
+        .read_to_end(&mut zip)
+        .unwrap();
+    let zip_path = data.dir.path().join("case17.zip");
+    std::fs::write(&zip_path, &zip).unwrap();
+    let listing = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import base64, json, sys, zipfile\n\
+             z = zipfile.ZipFile(sys.argv[1])\n\
+             assert z.testzip() is None\n\
+             for n in z.namelist():\n\
+             \x20   print(json.dumps({'name': n, 'raw': base64.b64encode(z.read(n)).decode()}))\n",
+        )
+        .arg(&zip_path)
+        .output()
+        .unwrap();
+    assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+    let files: std::collections::BTreeMap<String, Vec<u8>> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["name"].as_str().unwrap().to_string(), decode(&v["raw"]))
+        })
+        .collect();
+    let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    assert_eq!(manifest["messages"], 3);
+    let emls: Vec<&Vec<u8>> = files
+        .iter()
+        .filter(|(n, _)| n.ends_with(".eml"))
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(emls.len(), 3);
+    for sent in appended.iter().filter(|a| a["owner"] == "nina@clinic.test") {
+        let raw = decode(&sent["raw"]);
+        assert!(
+            emls.contains(&&raw),
+            "{} is not in the export byte for byte",
+            sent["subject"]
+        );
+        use sha2::Digest as _;
+        let sha: String = sha2::Sha256::digest(&raw).iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            manifest["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["sha256"] == sha.as_str()),
+            "the manifest lacks {}",
+            sent["subject"]
+        );
+    }
+    let audit = sealpost_ok(
+        &["audit", "search", "--action", "ediscovery.export", "--data", &arg],
+        "",
+    );
+    assert!(audit.contains("3 messages"), "{audit}");
+
+    // Released: the expunged and deleted messages go at the next sweep; the new one stays kept
+    // until... no rule keeps it, so it goes too, as its owner removed it.
+    sealpost_ok(&["hold", "release", "1", "--data", &arg], "");
+    let swept = sealpost(&["retention", "run", "--data", &arg], "");
+    assert!(
+        String::from_utf8_lossy(&swept.stderr).contains("3 messages destroyed"),
+        "{}",
+        String::from_utf8_lossy(&swept.stderr)
+    );
+    sealpost_ok(&["account", "delete", "nina@clinic.test", "--yes", "--data", &arg], "");
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+}

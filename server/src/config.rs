@@ -37,6 +37,24 @@ pub(crate) struct Config {
     pub(crate) policy: sealpost_policy::PolicyConfig,
     #[serde(default)]
     pub(crate) backup: BackupSection,
+    #[serde(default)]
+    pub(crate) retention: RetentionSection,
+}
+
+/// When the retention sweeper runs (the rules themselves are the policy's `[[retention]]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RetentionSection {
+    /// Time between sweeps, in milliseconds (an hour); 0: only `sealpost retention run`.
+    pub(crate) sweep_interval_ms: u64,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        Self {
+            sweep_interval_ms: 3600 * 1000,
+        }
+    }
 }
 
 /// Backups: to whom they are encrypted, and the scheduled ones.

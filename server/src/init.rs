@@ -103,6 +103,7 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
         auth: Default::default(),
         web: Default::default(),
         backup: Default::default(),
+        retention: Default::default(),
     };
     let backup_identity = age::x25519::Identity::generate();
     let mut config = config;

@@ -334,6 +334,11 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     }
     listeners.spawn(outbound.run(stopped.clone()));
     listeners.spawn(scheduled_backups(loaded.clone(), store.clone(), stopped.clone()));
+    listeners.spawn(retention_sweeps(
+        cfg.retention.sweep_interval_ms,
+        store.clone(),
+        stopped.clone(),
+    ));
     for (name, port, role, implicit_tls) in [
         ("smtp", cfg.listeners.smtp, ListenerRole::Inbound, false),
         ("submission", cfg.listeners.submission, ListenerRole::Submission, false),
@@ -701,6 +706,38 @@ impl sealpost_webmail::Outbox for WebOutbox {
                 sealpost_smtp::submit_from_web(&self.store, &self.shared, &self.config, account, message).await?;
             Ok(sealpost_webmail::Sent { queue: sent.queue })
         })
+    }
+}
+
+/// Applies the retention rules every `interval_ms` until shutdown (none when 0).
+async fn retention_sweeps(interval_ms: u64, store: sealpost_storage::Store, mut stop: watch::Receiver<bool>) {
+    if interval_ms == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_millis(interval_ms);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let store = store.clone();
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+        )
+        .unwrap_or(i64::MAX);
+        match tokio::task::spawn_blocking(move || store.retention_sweep(now, false, &sealpost_storage::Actor::system()))
+            .await
+        {
+            Ok(Ok(gone)) if !gone.is_empty() => info!(destroyed = gone.len(), "retention sweep"),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => warn!(%error, "retention sweep failed"),
+            Err(_) => warn!("retention sweep stopped"),
+        }
     }
 }
 

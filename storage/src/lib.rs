@@ -66,8 +66,8 @@ pub use queue::{
     Outbound, OutboundRecipient, QueueId, QueuedMessage, RecipientState, RecipientStatus, QUEUE_RECIPIENTS_MAX,
 };
 pub use retention::{
-    check_retention_rules, Custodian, Destruction, Hold, KeptMessage, RetentionRule, CUSTODIANS_PER_HOLD_MAX, HOLDS_MAX,
-    HOLD_TEXT_BYTES_MAX, RETENTION_DAYS_MAX, RETENTION_RULES_MAX,
+    check_retention_rules, Custodian, Destruction, Hold, KeptMessage, RetentionRule, CUSTODIANS_PER_HOLD_MAX,
+    HOLDS_MAX, HOLD_TEXT_BYTES_MAX, RETENTION_DAYS_MAX, RETENTION_RULES_MAX,
 };
 pub use store::{Actor, Store, StoreConfig, StoreLimits};
 pub use types::{

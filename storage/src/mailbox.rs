@@ -304,7 +304,16 @@ impl Store {
                 .is_some()
             {
                 let summary = self.summary_of(&crypto, account, id, uid)?;
-                self.stage_kept(&crypto, account, &record, message.blob, message.size, message.internal_date, summary, &mut batch)?;
+                self.stage_kept(
+                    &crypto,
+                    account,
+                    &record,
+                    message.blob,
+                    message.size,
+                    message.internal_date,
+                    summary,
+                    &mut batch,
+                )?;
                 kept += 1;
             } else {
                 self.release_blob(&crypto, account, &message.blob, &mut blobs)?;

@@ -390,7 +390,12 @@ impl Store {
     }
 
     /// The search text of a body (lower-cased headers and text).
-    pub(crate) fn blob_search_text(&self, crypto: &AccountCrypto, account: AccountId, blob: &BlobId) -> Result<Vec<u8>> {
+    pub(crate) fn blob_search_text(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        blob: &BlobId,
+    ) -> Result<Vec<u8>> {
         let key = keys::blob(account, blob);
         let Some(mut sealed) = self.inner.engine.get(Table::Texts, &key)? else {
             return Ok(Vec::new());
@@ -402,7 +407,13 @@ impl Store {
     }
 
     /// A message's stored summary, as kept with a removed message.
-    pub(crate) fn summary_of(&self, crypto: &AccountCrypto, account: AccountId, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
+    pub(crate) fn summary_of(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        mailbox: MailboxId,
+        uid: u32,
+    ) -> Result<Vec<u8>> {
         self.summary_bytes(crypto, account, mailbox, uid)
     }
 
@@ -696,7 +707,12 @@ impl Store {
         for (uid, record) in candidates.into_iter().filter(|(_, r)| r.flags.has(SystemFlag::Deleted)) {
             // What a hold or a minimum age keeps leaves the user's view, not the store.
             if keeping
-                .keeps(&mailbox_record.name, mailbox_record.special_use, record.internal_date, now)
+                .keeps(
+                    &mailbox_record.name,
+                    mailbox_record.special_use,
+                    record.internal_date,
+                    now,
+                )
                 .is_some()
             {
                 let summary = self.summary_of(&crypto, account, mailbox, uid)?;

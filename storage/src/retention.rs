@@ -13,11 +13,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditEvent;
-use crate::store::AccountCrypto;
 use crate::engine::{Batch, Scan, Table};
 use crate::error::{Error, Result};
 use crate::keys::{self, BlobId};
 use crate::mailbox::{open_record, seal_record, MailboxRecord};
+use crate::store::AccountCrypto;
 use crate::store::{Actor, Store};
 use crate::types::{AccountId, InternalDate, MailboxId, SpecialUse};
 
@@ -207,9 +207,11 @@ impl Keeping {
         now_ms: i64,
     ) -> Option<String> {
         let date_ms = date.unix_seconds.saturating_mul(1000);
-        if let Some(hold) = self.holds.iter().find(|c| {
-            c.from_ms.is_none_or(|from| date_ms >= from) && c.until_ms.is_none_or(|until| date_ms < until)
-        }) {
+        if let Some(hold) = self
+            .holds
+            .iter()
+            .find(|c| c.from_ms.is_none_or(|from| date_ms >= from) && c.until_ms.is_none_or(|until| date_ms < until))
+        {
             let _ = hold;
             return Some("a legal hold".into());
         }
@@ -221,7 +223,13 @@ impl Keeping {
 
     /// The rule whose maximum age the message has passed, if any (whether something keeps it
     /// is `keeps`).
-    fn expired(&self, folder: &str, special_use: Option<SpecialUse>, date: InternalDate, now_ms: i64) -> Option<String> {
+    fn expired(
+        &self,
+        folder: &str,
+        special_use: Option<SpecialUse>,
+        date: InternalDate,
+        now_ms: i64,
+    ) -> Option<String> {
         let age_ms = now_ms.saturating_sub(date.unix_seconds.saturating_mul(1000));
         self.rules_for(folder, special_use)
             .find(|rule| rule.max_age_days.is_some_and(|days| age_ms >= i64::from(days) * DAY_MS))
@@ -274,11 +282,13 @@ impl Store {
         })?;
         self.set_secret(RULES_SECRET, &bytes, actor)?;
         let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
-        self.audit(AuditEvent::new(actor, "retention.rules", "retention rules").detail(format!(
-            "{} rules: {}",
-            rules.len(),
-            names.join(", ")
-        )))?;
+        self.audit(
+            AuditEvent::new(actor, "retention.rules", "retention rules").detail(format!(
+                "{} rules: {}",
+                rules.len(),
+                names.join(", ")
+            )),
+        )?;
         Ok(())
     }
 
@@ -344,7 +354,9 @@ impl Store {
         let case = holds
             .iter_mut()
             .find(|h| h.id == hold && h.active())
-            .ok_or(Error::InvalidInput { what: "no open hold with that id" })?;
+            .ok_or(Error::InvalidInput {
+                what: "no open hold with that id",
+            })?;
         if case.custodians.len() >= CUSTODIANS_PER_HOLD_MAX {
             return Err(Error::LimitExceeded {
                 what: "custodians of a hold",
@@ -374,7 +386,9 @@ impl Store {
         let case = holds
             .iter_mut()
             .find(|h| h.id == hold && h.active())
-            .ok_or(Error::InvalidInput { what: "no open hold with that id" })?;
+            .ok_or(Error::InvalidInput {
+                what: "no open hold with that id",
+            })?;
         case.custodians.retain(|c| c.account != account);
         let event = AuditEvent::new(actor, "hold.custodian.remove", format!("hold {hold}"))
             .detail(format!("account:{}", account.0));
@@ -388,7 +402,9 @@ impl Store {
         let case = holds
             .iter_mut()
             .find(|h| h.id == hold && h.active())
-            .ok_or(Error::InvalidInput { what: "no open hold with that id" })?;
+            .ok_or(Error::InvalidInput {
+                what: "no open hold with that id",
+            })?;
         case.released_ms = Some(now_ms());
         case.released_by = Some(actor.name.clone());
         let event = AuditEvent::new(actor, "hold.release", format!("hold {hold}")).detail(case.name.clone());
@@ -406,7 +422,9 @@ impl Store {
         let rules = self
             .retention_rules()?
             .into_iter()
-            .filter(|rule| rule.accounts.is_empty() || rule.accounts.iter().any(|a| a.trim().eq_ignore_ascii_case(&address)))
+            .filter(|rule| {
+                rule.accounts.is_empty() || rule.accounts.iter().any(|a| a.trim().eq_ignore_ascii_case(&address))
+            })
             .collect();
         let holds = self
             .holds()?
@@ -483,11 +501,9 @@ impl Store {
     pub fn read_kept(&self, account: AccountId, id: &[u8; 16]) -> Result<Vec<u8>> {
         let crypto = self.account_crypto(account)?;
         let key = kept_key(account, id);
-        let sealed = self
-            .inner
-            .engine
-            .get(Table::Kept, &key)?
-            .ok_or(Error::InvalidInput { what: "no kept message with that id" })?;
+        let sealed = self.inner.engine.get(Table::Kept, &key)?.ok_or(Error::InvalidInput {
+            what: "no kept message with that id",
+        })?;
         let record: KeptRecord = open_record(&crypto, &kept_aad(&key), &sealed)?;
         self.read_blob(&crypto, account, &record.blob)
     }
@@ -496,11 +512,9 @@ impl Store {
     pub fn kept_search_text(&self, account: AccountId, id: &[u8; 16]) -> Result<Vec<u8>> {
         let crypto = self.account_crypto(account)?;
         let key = kept_key(account, id);
-        let sealed = self
-            .inner
-            .engine
-            .get(Table::Kept, &key)?
-            .ok_or(Error::InvalidInput { what: "no kept message with that id" })?;
+        let sealed = self.inner.engine.get(Table::Kept, &key)?.ok_or(Error::InvalidInput {
+            what: "no kept message with that id",
+        })?;
         let record: KeptRecord = open_record(&crypto, &kept_aad(&key), &sealed)?;
         self.blob_search_text(&crypto, account, &record.blob)
     }
@@ -572,8 +586,7 @@ impl Store {
                         rule: rule.clone(),
                     };
                     if !dry_run {
-                        let modseq =
-                            crate::message::stage_expunge(id, mailbox, &mut record, uid, &message, &mut batch);
+                        let modseq = crate::message::stage_expunge(id, mailbox, &mut record, uid, &message, &mut batch);
                         self.release_blob(&crypto, id, &message.blob, &mut blobs)?;
                         expunged.push(crate::notify::MailboxEvent::Expunged { uid, modseq });
                         events.push(

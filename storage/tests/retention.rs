@@ -50,11 +50,19 @@ fn expunge(store: &Store, account: sealpost_storage::AccountId, mailbox: Mailbox
     store
         .store_flags(account, mailbox, &[uid], &FlagChange::Add(deleted), None)
         .unwrap();
-    assert_eq!(store.expunge_deleted(account, mailbox, Some(&[uid])).unwrap(), vec![uid]);
+    assert_eq!(
+        store.expunge_deleted(account, mailbox, Some(&[uid])).unwrap(),
+        vec![uid]
+    );
 }
 
 fn uids(store: &Store, account: sealpost_storage::AccountId, mailbox: MailboxId) -> Vec<u32> {
-    store.messages(account, mailbox).unwrap().iter().map(|m| m.uid).collect()
+    store
+        .messages(account, mailbox)
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect()
 }
 
 fn rule(name: &str, folders: &[&str], max: Option<u32>, min: Option<u32>) -> RetentionRule {
@@ -100,13 +108,19 @@ fn a_held_account_loses_nothing_by_any_path_until_the_hold_is_released() {
         .map(|k| String::from_utf8(store.read_kept(held, &k.id).unwrap()).unwrap())
         .collect();
     texts.sort();
-    assert!(texts[0].contains("in-projects") && texts[1].contains("old-held"), "{texts:?}");
+    assert!(
+        texts[0].contains("in-projects") && texts[1].contains("old-held"),
+        "{texts:?}"
+    );
     let _ = in_projects;
 
     // The sweeper takes the free account's old message, nothing of the held one.
     let swept = store.retention_sweep(now_ms(), false, &admin).unwrap();
     assert_eq!(swept.len(), 1, "{swept:?}");
-    assert_eq!((swept[0].account, swept[0].uid, swept[0].rule.as_str()), (free, Some(old_free), "a-year"));
+    assert_eq!(
+        (swept[0].account, swept[0].uid, swept[0].rule.as_str()),
+        (free, Some(old_free), "a-year")
+    );
     assert!(uids(&store, free, inbox(free)).is_empty());
     assert_eq!(store.kept_messages(held).unwrap().len(), 2);
 
@@ -126,7 +140,11 @@ fn a_held_account_loses_nothing_by_any_path_until_the_hold_is_released() {
     let swept = store.retention_sweep(now_ms(), false, &admin).unwrap();
     assert_eq!(swept.len(), 2);
     assert!(store.kept_messages(held).unwrap().is_empty());
-    assert_eq!(uids(&store, held, inbox(held)), vec![new_held], "the young message stays");
+    assert_eq!(
+        uids(&store, held, inbox(held)),
+        vec![new_held],
+        "the young message stays"
+    );
     store.delete_account(held, &admin).unwrap();
 
     let audit = store
@@ -178,7 +196,10 @@ fn a_minimum_age_outweighs_a_maximum_age_and_a_users_expunge_until_it_has_passed
     // Now: the ancient message in Trash goes; the 40-day-old one is past Trash's 30 days but
     // inside the six years, so it stays.
     let swept = store.retention_sweep(now_ms(), false, &admin).unwrap();
-    assert_eq!(swept.iter().map(|d| d.uid).collect::<Vec<_>>(), vec![Some(ancient_trash)]);
+    assert_eq!(
+        swept.iter().map(|d| d.uid).collect::<Vec<_>>(),
+        vec![Some(ancient_trash)]
+    );
     assert_eq!(uids(&store, account, trash), vec![young_trash]);
 
     // The user expunges inside the minimum age: hidden from them, kept.
@@ -192,8 +213,12 @@ fn a_minimum_age_outweighs_a_maximum_age_and_a_users_expunge_until_it_has_passed
     let later = now_ms() + 6 * 366 * DAY_MS;
     let swept = store.retention_sweep(later, false, &admin).unwrap();
     assert_eq!(swept.len(), 2, "{swept:?}");
-    assert!(swept.iter().any(|d| d.rule == "trash-30d" && d.uid == Some(young_trash)));
-    assert!(swept.iter().any(|d| d.kept.is_some() && d.rule == "removed by its owner"));
+    assert!(swept
+        .iter()
+        .any(|d| d.rule == "trash-30d" && d.uid == Some(young_trash)));
+    assert!(swept
+        .iter()
+        .any(|d| d.kept.is_some() && d.rule == "removed by its owner"));
     assert!(store.kept_messages(account).unwrap().is_empty());
     assert!(uids(&store, account, trash).is_empty());
     // The bodies are gone with their last reference.
@@ -238,5 +263,8 @@ fn a_hold_narrowed_to_dates_keeps_only_that_range_and_bad_rules_are_refused() {
     ] {
         assert!(store.set_retention_rules(&bad, &admin).is_err(), "{bad:?}");
     }
-    assert!(store.retention_rules().unwrap().is_empty(), "refused rules change nothing");
+    assert!(
+        store.retention_rules().unwrap().is_empty(),
+        "refused rules change nothing"
+    );
 }

@@ -13,6 +13,7 @@ mod audit;
 mod ceremony;
 mod compose;
 pub mod console;
+pub mod discovery;
 mod health;
 mod html;
 mod mail;
