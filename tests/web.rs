@@ -835,6 +835,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
             ("DOC", std::ffi::OsStr::new("doc@clinic.test")),
             ("DOC_PASSWORD", std::ffi::OsStr::new(PASSWORD)),
             ("SUBMISSION_PORT", std::ffi::OsStr::new(&submission_port)),
+            ("RECIPIENT", std::ffi::OsStr::new(&backup_recipient(&data))),
         ],
     );
     for step in [
@@ -852,9 +853,19 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         "health",
         "aliases",
         "quota",
+        "discovery",
     ] {
         assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
     }
+    // The export the browser downloaded opens with the backup identity: a zip holding doc's
+    // held message and a manifest.
+    let zip = decrypt_with_backup_key(&data, &browser_dir().join("artifacts/ediscovery.zip.age"));
+    assert!(zip.starts_with(b"PK\x03\x04"), "not a zip");
+    assert!(
+        zip.windows(9).any(|w| w == b"STUCKBODY"),
+        "the held message is not in the export"
+    );
+    assert!(zip.windows(13).any(|w| w == b"manifest.json"));
     // Deleted: the account password opens nothing any more.
     let refused = imap_login(&data, "nina@clinic.test", "copper willow brisk anthem");
     assert!(refused.contains("AUTHENTICATIONFAILED"), "{refused}");
@@ -963,4 +974,36 @@ fn metrics_are_served_in_prometheus_text_to_the_configured_networks_only() {
         assert!(count >= 1, "{listener}: {count}");
     }
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+}
+
+/// The age recipient of the data folder's backup identity (`[backup] recipient`).
+fn backup_recipient(data: &DataDir) -> String {
+    let config = std::fs::read_to_string(data.path().join("sealpost.toml")).unwrap();
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("recipient = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string()
+}
+
+/// A file encrypted to the data folder's backup recipient, decrypted.
+fn decrypt_with_backup_key(data: &DataDir, file: &std::path::Path) -> Vec<u8> {
+    use std::io::Read;
+    let key = std::fs::read_to_string(data.path().join("keys/backup.key")).unwrap();
+    let identity: age::x25519::Identity = key
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sealed = std::fs::read(file).unwrap();
+    let mut plain = Vec::new();
+    age::Decryptor::new_buffered(sealed.as_slice())
+        .unwrap()
+        .decrypt(std::iter::once(&identity as &dyn age::Identity))
+        .unwrap()
+        .read_to_end(&mut plain)
+        .unwrap();
+    plain
 }

@@ -313,7 +313,7 @@ async function accounts(browser, page) {
   const reads = await auditor.goto(`${BASE}/admin/audit?action=audit.export`);
   check(reads.status() === 200, `the auditor's audit page: ${reads.status()}`);
   check((await auditor.textContent("#audit")).includes("audit.export"), "the auditor does not see the export's record");
-  for (const url of ["/admin/accounts", "/admin/queue", "/admin/trace", "/admin/lockouts"]) {
+  for (const url of ["/admin/accounts", "/admin/queue", "/admin/trace", "/admin/lockouts", "/admin/holds", "/admin/retention"]) {
     const answer = await auditor.request.get(`${BASE}${url}`, { maxRedirects: 0 });
     check(answer.status() === 403, `an auditor opened ${url}: ${answer.status()}`);
   }
@@ -322,6 +322,8 @@ async function accounts(browser, page) {
     maxRedirects: 0,
   });
   check(form.status() === 403, `an auditor posted a new account: ${form.status()}`);
+  const discovery = await auditor.goto(`${BASE}/admin/discovery`);
+  check(discovery.status() === 200, `the auditor's eDiscovery page: ${discovery.status()}`);
   report("auditor");
 
   // A policy change alters the next decision, at once: a message with BLOCKWORD goes, then
@@ -402,4 +404,27 @@ async function accounts(browser, page) {
   await Promise.all([page.waitForNavigation(), page.click("#quota-set button")]);
   check((await send(process.env.DOC, process.env.DOC)) === "sent", "mail after the quota was lifted was refused");
   report("quota");
+
+  // A legal hold on doc, then eDiscovery finds doc's mail and exports it encrypted.
+  await page.goto(`${BASE}/admin/holds`);
+  await page.fill('#open-hold input[name="name"]', "Case 9");
+  await page.fill('#open-hold input[name="reason"]', "a patient's complaint");
+  await Promise.all([page.waitForNavigation(), page.click("#open-hold button")]);
+  check((await page.textContent(".notice")).includes("Hold 1 is open"), `opening a hold: ${await page.textContent("main")}`);
+  await page.fill('.add-custodian input[name="address"]', process.env.DOC);
+  await Promise.all([page.waitForNavigation(), page.click(".add-custodian button")]);
+  check((await page.textContent(".notice")).includes(`${process.env.DOC} is under hold 1`), `adding a custodian: ${await page.textContent("main")}`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "admin-10-holds.png"), fullPage: true });
+  await page.goto(`${BASE}/admin/retention`);
+  await Promise.all([page.waitForNavigation(), page.click('button[value="dry-run"]')]);
+  check((await page.textContent("#sweep")).includes("0 messages would be destroyed"), `the dry run: ${await page.textContent("main")}`);
+  await page.goto(`${BASE}/admin/discovery?held_only=on&subject=STUCKSUBJECT`);
+  const counted = await page.textContent("#discovery-count");
+  check(counted.includes("1 messages match"), `the discovery count: ${counted}`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "admin-11-discovery.png"), fullPage: true });
+  await page.fill('#discovery-export input[name="encrypt_to"]', process.env.RECIPIENT);
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#discovery-export button")]);
+  const saved = path.join(ARTIFACTS, "ediscovery.zip.age");
+  await download.saveAs(saved);
+  report("discovery", { file: saved });
 }

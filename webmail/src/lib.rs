@@ -11,6 +11,7 @@ mod accounts;
 mod admin;
 mod audit;
 mod ceremony;
+mod compliance;
 mod compose;
 pub mod console;
 pub mod discovery;
@@ -319,6 +320,13 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/admin/queue", get(queue::queue).post(queue::queue_act))
         .route("/admin/trace", get(queue::trace))
         .route("/admin/health", get(health::page))
+        .route("/admin/holds", get(compliance::holds).post(compliance::holds_act))
+        .route(
+            "/admin/retention",
+            get(compliance::retention).post(compliance::retention_act),
+        )
+        .route("/admin/discovery", get(compliance::discovery_page))
+        .route("/admin/discovery/export", post(compliance::discovery_export))
         .route("/metrics", get(health::metrics))
         .route("/admin/policies", get(policies::page).post(policies::save))
         .route("/admin/policies/test", post(policies::test))
