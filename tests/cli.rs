@@ -40,12 +40,15 @@ fn init_lays_out_the_data_folder_with_private_keys_and_offset_ports() {
         );
     }
     assert!(config.contains("domain = \"clinic.example\""));
-    // The DKIM keys live sealed in the store: the keys folder holds the master key only.
-    let keys: Vec<String> = std::fs::read_dir(dir.join("keys"))
+    // The DKIM keys live sealed in the store: the keys folder holds the master key and the
+    // backup identity (to be moved off the machine), both private.
+    let mut keys: Vec<String> = std::fs::read_dir(dir.join("keys"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
-    assert_eq!(keys, vec!["master.key".to_string()]);
+    keys.sort();
+    assert_eq!(keys, vec!["backup.key".to_string(), "master.key".to_string()]);
+    assert_eq!(mode(&dir.join("keys/backup.key")), 0o600);
 
     let again = sealpost(&["init", "--data", &data.arg(), "--domain", "clinic.example"], "");
     assert!(!again.status.success());
@@ -1339,10 +1342,59 @@ fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_expor
             sent["subject"]
         );
     }
+    // The same result as one mbox (mboxrd), in a zip with its manifest.
+    let mbox_file = data.dir.path().join("case17-mbox.zip.age");
+    sealpost_ok(
+        &[
+            "ediscovery",
+            "export",
+            "--held-only",
+            "--format",
+            "mbox",
+            "--encrypt-to",
+            &recipient,
+            "--to",
+            mbox_file.to_str().unwrap(),
+            "--data",
+            &arg,
+        ],
+        "",
+    );
+    let mut mbox_zip = Vec::new();
+    age::Decryptor::new_buffered(std::fs::read(&mbox_file).unwrap().as_slice())
+        .unwrap()
+        .decrypt(std::iter::once(&identity as &dyn age::Identity))
+        .unwrap()
+        .read_to_end(&mut mbox_zip)
+        .unwrap();
+    let mbox_zip_path = data.dir.path().join("case17-mbox.zip");
+    std::fs::write(&mbox_zip_path, &mbox_zip).unwrap();
+    let mbox = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import mailbox, sys, tempfile, zipfile\n\
+             z = zipfile.ZipFile(sys.argv[1])\n\
+             assert z.testzip() is None and sorted(z.namelist()) == ['manifest.json', 'messages.mbox']\n\
+             f = tempfile.NamedTemporaryFile(delete=False)\n\
+             f.write(z.read('messages.mbox')); f.close()\n\
+             for m in mailbox.mbox(f.name):\n\
+             \x20   print(m['Subject'])\n",
+        )
+        .arg(&mbox_zip_path)
+        .output()
+        .unwrap();
+    assert!(mbox.status.success(), "{}", String::from_utf8_lossy(&mbox.stderr));
+    let mut subjects: Vec<String> = String::from_utf8_lossy(&mbox.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["held new case", "held old case", "held old inbox"]);
     let audit = sealpost_ok(
         &["audit", "search", "--action", "ediscovery.export", "--data", &arg],
         "",
     );
+    assert_eq!(audit.lines().count(), 2, "{audit}");
     assert!(audit.contains("3 messages"), "{audit}");
 
     // Released: the expunged and deleted messages go at the next sweep; the new one stays kept
@@ -1356,4 +1408,55 @@ fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_expor
     );
     sealpost_ok(&["account", "delete", "nina@clinic.test", "--yes", "--data", &arg], "");
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+}
+
+#[test]
+fn scheduled_backups_come_at_their_interval_and_only_the_newest_are_kept() {
+    let data = DataDir::init("clinic.test");
+    data.add_accounts(&["nina@clinic.test"], "copper willow brisk anthem");
+    data.configure(|config| {
+        assert!(config.contains("interval_ms = 86400000"), "{config}");
+        config
+            .replace("interval_ms = 86400000", "interval_ms = 400")
+            .replace("keep = 7", "keep = 2")
+    });
+    let mut server = data.serve();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server
+        .seen
+        .iter()
+        .filter(|l| l.contains("scheduled backup written"))
+        .count()
+        < 4
+    {
+        assert!(std::time::Instant::now() < deadline, "{:?}", server.seen);
+        server.wait_for("no such line", Duration::from_millis(200));
+    }
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    let folder = data.path().join("backups");
+    assert_eq!(mode(&folder), 0o700);
+    let mut kept: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "backup"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let identity = data.path().join("keys/backup.key");
+    let verified = sealpost_ok(
+        &[
+            "backup",
+            "verify",
+            kept[1].to_str().unwrap(),
+            "--identity",
+            identity.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(verified.starts_with("backup intact"), "{verified}");
+    let audited = sealpost_ok(
+        &["audit", "search", "--action", "backup.create", "--data", &data.arg()],
+        "",
+    );
+    assert!(audited.lines().count() >= 4, "{audited}");
 }

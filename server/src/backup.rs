@@ -376,7 +376,7 @@ pub(crate) fn scheduled(loaded: &Loaded, store: &sealpost_storage::Store) -> any
     }
     let stamp = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
-            "[year][month][day]T[hour][minute][second]Z"
+            "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
         ))
         .unwrap_or_default();
     let path = folder.join(format!("sealpost-{stamp}.backup"));

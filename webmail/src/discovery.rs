@@ -521,3 +521,44 @@ pub fn export(
         bytes: total,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mbox_entries_quote_from_lines_mboxrd_style() {
+        let entry = mbox_entry(b"Subject: x\r\n\r\nFrom here\r\n>From there\r\nFromage\r\n", 0);
+        let text = String::from_utf8(entry).unwrap();
+        assert!(
+            text.starts_with("From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\n>From here\r\n>>From there\r\nFromage\r\n"), "{text}");
+        assert!(text.ends_with("\n\n"));
+    }
+
+    #[test]
+    fn a_zip_written_as_it_goes_has_its_entries_and_directory() {
+        let mut out = Vec::new();
+        let mut zip = Zip {
+            out: &mut out,
+            offset: 0,
+            central: Vec::new(),
+            entries: 0,
+        };
+        zip.entry("a.eml", &mut std::iter::once(Ok(b"hello".to_vec()))).unwrap();
+        zip.entry("b.eml", &mut [Ok(b"wor".to_vec()), Ok(b"ld".to_vec())].into_iter())
+            .unwrap();
+        zip.finish().unwrap();
+        assert!(out.starts_with(b"PK\x03\x04"));
+        let end = &out[out.len() - 22..];
+        assert_eq!(&end[..4], b"PK\x05\x06");
+        assert_eq!(u16::from_le_bytes([end[10], end[11]]), 2, "two entries");
+        let crc = crc32fast::hash(b"world");
+        assert!(
+            out.windows(4).any(|w| w == crc.to_le_bytes()),
+            "the descriptor's CRC covers every part"
+        );
+    }
+}
