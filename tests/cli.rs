@@ -1460,3 +1460,44 @@ fn scheduled_backups_come_at_their_interval_and_only_the_newest_are_kept() {
     );
     assert!(audited.lines().count() >= 4, "{audited}");
 }
+
+#[test]
+fn doctor_passes_a_fresh_install_and_names_what_is_wrong_with_a_broken_one() {
+    let data = DataDir::init("clinic.test");
+    let dns = common::start_dns_for(&[], &["clinic.test"]);
+    data.configure(|config| common::with_dns_port(config, dns.port));
+    let arg = data.arg();
+    let healthy = sealpost(&["doctor", "--data", &arg], "");
+    let said = String::from_utf8_lossy(&healthy.stdout).to_string();
+    assert!(healthy.status.success(), "{said}");
+    assert!(!said.contains("FAIL"), "{said}");
+    for line in [
+        "ok    configuration",
+        "ok    master key",
+        "ok    certificate valid for",
+        "ok    TLS key",
+        "ok    imaps port",
+        "warn  the backup identity",
+        "warn  DNS clinic.test MX is missing",
+    ] {
+        assert!(said.lines().any(|l| l.starts_with(line)), "no {line:?} in\n{said}");
+    }
+
+    // Broken: a master key others can read, and an expired certificate.
+    let key = data.path().join("keys/master.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["mail.clinic.test".to_string()]).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(90);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let signing = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(data.path().join("tls/cert.pem"), params.self_signed(&signing).unwrap().pem()).unwrap();
+    let broken = sealpost(&["doctor", "--data", &arg], "");
+    let said = String::from_utf8_lossy(&broken.stdout).to_string();
+    assert_eq!(broken.status.code(), Some(1), "{said}");
+    assert!(
+        said.lines().any(|l| l.starts_with("FAIL  master key") && l.contains("mode 644") && l.contains("chmod 600")),
+        "{said}"
+    );
+    assert!(said.lines().any(|l| l.starts_with("FAIL  certificate") && l.contains("EXPIRED")), "{said}");
+    assert!(said.trim_end().ends_with("to look at") && said.contains("to fix"), "{said}");
+}

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod control;
 mod dkim;
+mod doctor;
 mod import;
 mod import_imap;
 mod init;
@@ -51,6 +52,9 @@ pub(crate) enum Command {
     /// Manage the master key (the server must not be running).
     #[command(subcommand)]
     Key(cli::KeyCommand),
+    /// Check an install and say what to fix: configuration, keys and their modes, the
+    /// certificate, DNS records, ports, disk space, the clock. Exits 1 when anything fails.
+    Doctor(doctor::DoctorArgs),
     /// Restore a backup into an empty folder, check it whole, and open its store.
     Restore(backup::RestoreArgs),
     /// Copy mail from files into an account (the server must not be running).
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
             ..
         })) => backup::verify(&file, &identity),
         Command::Restore(args) => backup::restore(&args),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Admin(command) => cli::admin(command),
         Command::Key(command) => cli::key(command),
         Command::Import(command) => import::import(command),

@@ -897,7 +897,7 @@ pub(crate) fn health_facts(
 }
 
 /// The names a PEM certificate is for and when it expires (ms), if it reads.
-fn certificate_facts(path: &std::path::Path) -> Option<(Vec<String>, i64)> {
+pub(crate) fn certificate_facts(path: &std::path::Path) -> Option<(Vec<String>, i64)> {
     let pem = std::fs::read(path).ok()?;
     let der = rustls_pemfile::certs(&mut pem.as_slice()).next()?.ok()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
