@@ -1490,14 +1490,26 @@ fn doctor_passes_a_fresh_install_and_names_what_is_wrong_with_a_broken_one() {
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(90);
     params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
     let signing = rcgen::KeyPair::generate().unwrap();
-    std::fs::write(data.path().join("tls/cert.pem"), params.self_signed(&signing).unwrap().pem()).unwrap();
+    std::fs::write(
+        data.path().join("tls/cert.pem"),
+        params.self_signed(&signing).unwrap().pem(),
+    )
+    .unwrap();
     let broken = sealpost(&["doctor", "--data", &arg], "");
     let said = String::from_utf8_lossy(&broken.stdout).to_string();
     assert_eq!(broken.status.code(), Some(1), "{said}");
     assert!(
-        said.lines().any(|l| l.starts_with("FAIL  master key") && l.contains("mode 644") && l.contains("chmod 600")),
+        said.lines()
+            .any(|l| l.starts_with("FAIL  master key") && l.contains("mode 644") && l.contains("chmod 600")),
         "{said}"
     );
-    assert!(said.lines().any(|l| l.starts_with("FAIL  certificate") && l.contains("EXPIRED")), "{said}");
-    assert!(said.trim_end().ends_with("to look at") && said.contains("to fix"), "{said}");
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("FAIL  certificate") && l.contains("EXPIRED")),
+        "{said}"
+    );
+    assert!(
+        said.trim_end().ends_with("to look at") && said.contains("to fix"),
+        "{said}"
+    );
 }

@@ -82,11 +82,17 @@ pub(crate) fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
 fn check(data: &Path, f: &mut Findings) {
     let loaded = match Loaded::from_data_dir(data) {
         Ok(loaded) => {
-            f.say(Level::Ok, format!("configuration {} reads and checks", loaded.file.display()));
+            f.say(
+                Level::Ok,
+                format!("configuration {} reads and checks", loaded.file.display()),
+            );
             loaded
         }
         Err(error) => {
-            f.say(Level::Fail, format!("configuration: {error:#}; fix: correct the file (sealpost init writes a valid one)"));
+            f.say(
+                Level::Fail,
+                format!("configuration: {error:#}; fix: correct the file (sealpost init writes a valid one)"),
+            );
             return;
         }
     };
@@ -94,9 +100,16 @@ fn check(data: &Path, f: &mut Findings) {
     match mode_of(data) {
         Some(mode) if mode & 0o007 != 0 => f.say(
             Level::Fail,
-            format!("data folder {} is open to every user (mode {mode:o}); fix: chmod o-rwx {}", data.display(), data.display()),
+            format!(
+                "data folder {} is open to every user (mode {mode:o}); fix: chmod o-rwx {}",
+                data.display(),
+                data.display()
+            ),
         ),
-        Some(_) => f.say(Level::Ok, format!("data folder {} is closed to other users", data.display())),
+        Some(_) => f.say(
+            Level::Ok,
+            format!("data folder {} is closed to other users", data.display()),
+        ),
         None => f.say(Level::Fail, format!("data folder {} cannot be read", data.display())),
     }
     // Keys.
@@ -104,13 +117,23 @@ fn check(data: &Path, f: &mut Findings) {
     match mode_of(&master) {
         None => f.say(
             Level::Fail,
-            format!("master key {} is missing; fix: restore it from its offline copy (without it the store is lost)", master.display()),
+            format!(
+                "master key {} is missing; fix: restore it from its offline copy (without it the store is lost)",
+                master.display()
+            ),
         ),
         Some(mode) if mode & 0o077 != 0 => f.say(
             Level::Fail,
-            format!("master key {} has mode {mode:o}; fix: chmod 600 {}", master.display(), master.display()),
+            format!(
+                "master key {} has mode {mode:o}; fix: chmod 600 {}",
+                master.display(),
+                master.display()
+            ),
         ),
-        Some(_) => f.say(Level::Ok, format!("master key {} is private (mode 600)", master.display())),
+        Some(_) => f.say(
+            Level::Ok,
+            format!("master key {} is private (mode 600)", master.display()),
+        ),
     }
     let backup_key = master.with_file_name(crate::init::BACKUP_KEY_FILE);
     if backup_key.exists() {
@@ -127,30 +150,53 @@ fn check(data: &Path, f: &mut Findings) {
     } else if cfg.backup.interval_ms == 0 {
         f.say(Level::Warn, "[backup] interval_ms is 0: no scheduled backups");
     } else {
-        f.say(Level::Ok, format!("backups every {} hours, {} kept", cfg.backup.interval_ms / 3_600_000, cfg.backup.keep));
+        f.say(
+            Level::Ok,
+            format!(
+                "backups every {} hours, {} kept",
+                cfg.backup.interval_ms / 3_600_000,
+                cfg.backup.keep
+            ),
+        );
     }
     // Certificate.
     let cert = loaded.path(&cfg.paths.tls_certificate);
     let key = loaded.path(&cfg.paths.tls_private_key);
     match crate::serve::certificate_facts(&cert) {
-        None => f.say(Level::Fail, format!("certificate {} does not read as PEM; fix: put the certificate chain there", cert.display())),
+        None => f.say(
+            Level::Fail,
+            format!(
+                "certificate {} does not read as PEM; fix: put the certificate chain there",
+                cert.display()
+            ),
+        ),
         Some((names, not_after)) => {
             let days = (not_after - now_ms()) / (24 * 3600 * 1000);
             let host = cfg.server.hostname.to_lowercase();
             if not_after <= now_ms() {
                 f.say(
                     Level::Fail,
-                    format!("certificate {} EXPIRED on {}; fix: renew it (or turn on [acme])", cert.display(), crate::cli::format_ms(not_after)),
+                    format!(
+                        "certificate {} EXPIRED on {}; fix: renew it (or turn on [acme])",
+                        cert.display(),
+                        crate::cli::format_ms(not_after)
+                    ),
                 );
             } else if days < CERTIFICATE_DAYS_WARN {
-                f.say(Level::Warn, format!("certificate expires in {days} days; fix: renew it soon"));
+                f.say(
+                    Level::Warn,
+                    format!("certificate expires in {days} days; fix: renew it soon"),
+                );
             } else {
                 f.say(Level::Ok, format!("certificate valid for {days} more days"));
             }
             if !names.iter().any(|n| n.eq_ignore_ascii_case(&host)) {
                 f.say(
                     Level::Fail,
-                    format!("certificate names {} but not {host}, the host name clients use; fix: a certificate for {host}", names.join(", ")),
+                    format!(
+                        "certificate names {} but not {host}, the host name clients use; fix: a certificate for {host}",
+                        names.join(", ")
+                    ),
                 );
             }
         }
@@ -159,7 +205,11 @@ fn check(data: &Path, f: &mut Findings) {
         None => f.say(Level::Fail, format!("TLS key {} is missing", key.display())),
         Some(mode) if mode & 0o077 != 0 => f.say(
             Level::Fail,
-            format!("TLS key {} has mode {mode:o}; fix: chmod 600 {}", key.display(), key.display()),
+            format!(
+                "TLS key {} has mode {mode:o}; fix: chmod 600 {}",
+                key.display(),
+                key.display()
+            ),
         ),
         Some(_) => f.say(Level::Ok, format!("TLS key {} is private", key.display())),
     }
@@ -167,7 +217,11 @@ fn check(data: &Path, f: &mut Findings) {
     let running = crate::control::connect(data).is_some();
     f.say(
         Level::Ok,
-        if running { "the server is running" } else { "the server is not running" },
+        if running {
+            "the server is running"
+        } else {
+            "the server is not running"
+        },
     );
     for (name, port) in cfg.listeners.named() {
         let address = SocketAddr::new(cfg.server.listen_host, port);
@@ -201,11 +255,27 @@ fn check(data: &Path, f: &mut Findings) {
             let total = stat.f_blocks.saturating_mul(stat.f_frsize).max(1);
             let share = free as f64 / total as f64;
             if free < DISK_FREE_BYTES_MIN {
-                f.say(Level::Fail, format!("{} MB free on the data folder's disk; fix: free space or grow the disk", free / 1_000_000));
+                f.say(
+                    Level::Fail,
+                    format!(
+                        "{} MB free on the data folder's disk; fix: free space or grow the disk",
+                        free / 1_000_000
+                    ),
+                );
             } else if share < 0.10 {
-                f.say(Level::Warn, format!("only {:.0}% of the data folder's disk is free ({} MB)", share * 100.0, free / 1_000_000));
+                f.say(
+                    Level::Warn,
+                    format!(
+                        "only {:.0}% of the data folder's disk is free ({} MB)",
+                        share * 100.0,
+                        free / 1_000_000
+                    ),
+                );
             } else {
-                f.say(Level::Ok, format!("{} GB free on the data folder's disk", free / 1_000_000_000));
+                f.say(
+                    Level::Ok,
+                    format!("{} GB free on the data folder's disk", free / 1_000_000_000),
+                );
             }
         }
         Err(error) => f.say(Level::Warn, format!("disk space unknown: {error}")),
@@ -242,7 +312,10 @@ fn dns(data: &Path, loaded: &Loaded, running: bool, f: &mut Findings) {
     } else {
         match crate::cli::open_store(data) {
             Ok((_, store)) => crate::serve::health_facts(loaded, &store).ok().and_then(|facts| {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
                 Some(runtime.block_on((facts.dns_check)()))
             }),
             Err(error) => {
@@ -252,7 +325,10 @@ fn dns(data: &Path, loaded: &Loaded, running: bool, f: &mut Findings) {
         }
     };
     let Some(findings) = findings else {
-        f.say(Level::Ok, "DNS records: see `sealpost health` (the running server checks them)");
+        f.say(
+            Level::Ok,
+            "DNS records: see `sealpost health` (the running server checks them)",
+        );
         return;
     };
     for finding in findings {
@@ -260,11 +336,17 @@ fn dns(data: &Path, loaded: &Loaded, running: bool, f: &mut Findings) {
             Ok(true) => f.say(Level::Ok, format!("DNS {} is published", finding.record)),
             Ok(false) => f.say(
                 Level::Warn,
-                format!("DNS {} answers {}, expected {}; fix: publish `sealpost dns records`", finding.record, finding.answer, finding.expected),
+                format!(
+                    "DNS {} answers {}, expected {}; fix: publish `sealpost dns records`",
+                    finding.record, finding.answer, finding.expected
+                ),
             ),
             Err(why) => f.say(
                 Level::Warn,
-                format!("DNS {} is missing ({why}); fix: publish `sealpost dns records`", finding.record),
+                format!(
+                    "DNS {} is missing ({why}); fix: publish `sealpost dns records`",
+                    finding.record
+                ),
             ),
         }
     }
