@@ -44,10 +44,13 @@ setup_build_env() {
 # (receiving servers for outbound tests), openssl, for DANE a DNSSEC-signed zone (nsd serving
 # it, ldnsutils signing it, unbound validating it), and for the web pages Debian's chromium
 # driven by playwright-core under Node.js (tests/browser; npm fetches playwright-core, never a
-# browser).
+# browser); for deployment (tests/deploy.rs) pebble, a test ACME CA, systemd-analyze, and
+# cargo-deb.
 setup_test_clients() {
     ensure_packages python3 isync interimap dovecot-imapd swaks msmtp dnsmasq-base python3-dkim python3-aiosmtpd openssl \
-        nsd ldnsutils unbound chromium nodejs
+        nsd ldnsutils unbound chromium nodejs pebble systemd adduser
+    # The Debian package's test builds it with cargo-deb, from crates.io once per machine.
+    command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
     # Debian's nodejs comes without npm; NodeSource's carries its own.
     command -v npm >/dev/null 2>&1 || ensure_packages npm
 }

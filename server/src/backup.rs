@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Loaded;
+use crate::now_ms;
 
 /// The backup format this version writes and reads.
 pub(crate) const BACKUP_FORMAT: u32 = 1;
@@ -88,15 +89,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
-    )
-    .unwrap_or(i64::MAX)
 }
 
 /// Writes a backup of the data folder to `out`, encrypted to `recipient` (`age1…`).

@@ -17,6 +17,7 @@ use sealpost_storage::{
 use sealpost_webmail::console::{self, AccountAction, Console, ExportFormat, Outcome, PolicyRefusal};
 
 use crate::config::Loaded;
+use crate::now_ms;
 
 /// The console's commands, which also run against a running server.
 #[derive(Subcommand)]
@@ -58,9 +59,32 @@ pub(crate) enum Admin {
     /// Search every account's mail (counts first), and export the result encrypted.
     #[command(subcommand)]
     Ediscovery(DiscoveryCommand),
+    /// The TLS certificate: show it, obtain or renew it by ACME now, or reload its files.
+    #[command(subcommand)]
+    Certificate(CertificateCommand),
     /// Take an encrypted backup (`--to FILE`), while the server runs or not; `backup verify
     /// FILE --identity KEYFILE` checks one without restoring it.
     Backup(BackupArgs),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CertificateCommand {
+    /// The certificate in `[paths]`: names, issuer, expiry.
+    Show {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Obtain a certificate from `[acme] directory` now and put it in force (the server
+    /// must run: it answers the CA's challenge).
+    Renew {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Read the certificate files again and put them in force (after replacing them by hand).
+    Reload {
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,6 +255,8 @@ pub(crate) struct Run<'a> {
     /// The running server's health facts (listeners in use); `None` without a server.
     pub(crate) health: Option<&'a sealpost_webmail::HealthInfo>,
     pub(crate) runtime: Option<&'a tokio::runtime::Handle>,
+    /// The running server's certificate in force (ACME renewal, reload).
+    pub(crate) certs: Option<&'a std::sync::Arc<crate::acme::Certificates>>,
     /// Standard input, read whole by the client for the commands that take it.
     pub(crate) input: Option<String>,
     pub(crate) via_server: bool,
@@ -337,6 +363,7 @@ pub(crate) fn admin(command: Admin) -> anyhow::Result<ExitCode> {
             console: &console,
             health: None,
             runtime: None,
+            certs: None,
             input,
             via_server: false,
             actor: Actor::cli(),
@@ -366,9 +393,57 @@ pub(crate) fn execute(command: Admin, run: &mut Run<'_>) -> anyhow::Result<u8> {
         Admin::Pickup(command) => pickup(command, run),
         Admin::Backup(args) => backup(args, run),
         Admin::Retention(command) => retention(command, run),
+        Admin::Certificate(command) => certificate(command, run),
         Admin::Hold(command) => hold(command, run),
         Admin::Ediscovery(command) => ediscovery(command, run),
     }
+}
+
+fn certificate(command: CertificateCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    let cfg = &run.loaded.config;
+    match command {
+        CertificateCommand::Show { .. } => {
+            let path = run.loaded.path(&cfg.paths.tls_certificate);
+            let pem = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let der = rustls_pemfile::certs(&mut pem.as_slice())
+                .next()
+                .context("no certificate in the file")??;
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let (names, not_after) = crate::serve::certificate_facts(&path).context("the certificate does not read")?;
+            writeln!(run.out, "certificate {}", path.display())?;
+            writeln!(run.out, "  names    {}", names.join(", "))?;
+            writeln!(run.out, "  issuer   {}", cert.issuer())?;
+            writeln!(run.out, "  serial   {}", cert.raw_serial_as_string())?;
+            writeln!(run.out, "  expires  {}", format_ms(not_after))?;
+        }
+        CertificateCommand::Renew { .. } => {
+            let (Some(certs), Some(runtime)) = (run.certs, run.runtime) else {
+                bail!(
+                    "the server is not running: start it (it answers the CA's challenge on its HTTPS port), then renew"
+                );
+            };
+            let ends = runtime.block_on(crate::acme::obtain(run.loaded, &run.console.store, certs))?;
+            writeln!(
+                run.out,
+                "certificate obtained, in force for new connections; valid until {}",
+                format_ms(ends)
+            )?;
+        }
+        CertificateCommand::Reload { .. } => {
+            let Some(certs) = run.certs else {
+                bail!("the server is not running: it reads the files when it starts");
+            };
+            certs.reload(run.loaded)?;
+            run.store().audit(sealpost_storage::AuditEvent::new(
+                &run.actor,
+                "certificate.reload",
+                cfg.server.hostname.clone(),
+            ))?;
+            writeln!(run.out, "certificate files read again; in force for new connections")?;
+        }
+    }
+    Ok(0)
 }
 
 fn retention(command: RetentionCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
@@ -1785,15 +1860,6 @@ fn pickup(command: PickupCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
-    )
-    .unwrap_or(i64::MAX)
 }
 
 pub(crate) fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {

@@ -39,6 +39,8 @@ pub(crate) struct Config {
     pub(crate) backup: BackupSection,
     #[serde(default)]
     pub(crate) retention: RetentionSection,
+    #[serde(default)]
+    pub(crate) acme: crate::acme::AcmeSection,
 }
 
 /// When the retention sweeper runs (the rules themselves are the policy's `[[retention]]`).

@@ -57,6 +57,7 @@ pub(crate) struct ServerSide {
     pub(crate) console: sealpost_webmail::console::Console,
     pub(crate) health: sealpost_webmail::HealthInfo,
     pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) certs: Arc<crate::acme::Certificates>,
 }
 
 /// Removes the socket when the server stops.
@@ -213,6 +214,7 @@ fn answer(side: &ServerSide, mut stream: UnixStream) -> anyhow::Result<()> {
             console: &side.console,
             health: Some(&side.health),
             runtime: Some(&side.runtime),
+            certs: Some(&side.certs),
             input: request.input,
             via_server: true,
             actor,

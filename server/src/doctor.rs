@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::Loaded;
+use crate::now_ms;
 
 /// Free space below this is a failure, in bytes (1 GiB).
 pub(crate) const DISK_FREE_BYTES_MIN: u64 = 1024 * 1024 * 1024;
@@ -44,15 +45,6 @@ pub(crate) struct DoctorArgs {
 
 fn mode_of(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o777)
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
-    )
-    .unwrap_or(i64::MAX)
 }
 
 pub(crate) fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {

@@ -104,6 +104,7 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
         web: Default::default(),
         backup: Default::default(),
         retention: Default::default(),
+        acme: Default::default(),
     };
     let backup_identity = age::x25519::Identity::generate();
     let mut config = config;

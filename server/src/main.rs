@@ -3,6 +3,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod acme;
 mod backup;
 mod cli;
 mod config;
@@ -60,6 +61,16 @@ pub(crate) enum Command {
     /// Copy mail from files into an account (the server must not be running).
     #[command(subcommand)]
     Import(import::ImportCommand),
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+    )
+    .unwrap_or(i64::MAX)
 }
 
 fn main() -> ExitCode {

@@ -66,7 +66,9 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     .await
     .context("opening the store")?;
     let (loaded, store) = opened?;
-    let tls = tokio_rustls::TlsAcceptor::from(load_tls(&loaded)?);
+    // One certificate for every listener, swapped in place when ACME renews it.
+    let certs = crate::acme::Certificates::load(&loaded)?;
+    let tls = tokio_rustls::TlsAcceptor::from(certs.server_config(&[])?);
     let cfg = &loaded.config;
     info!(
         domain = %cfg.server.domain,
@@ -311,6 +313,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
                 console: web.console(),
                 health,
                 runtime: tokio::runtime::Handle::current(),
+                certs: certs.clone(),
             },
         )?;
         let app = sealpost_webmail::router(web);
@@ -322,7 +325,8 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         let service = Listener {
             connections: connections.clone(),
             name: "https",
-            tls: tls.clone(),
+            // HTTP/1.1, and acme-tls/1 for the CA's TLS-ALPN-01 challenges.
+            tls: tokio_rustls::TlsAcceptor::from(certs.server_config(&[b"http/1.1", b"acme-tls/1"])?),
             implicit_tls: true,
             per_address: AddressLimiter::new(limits.web_connections_per_address_max),
             refusal: "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n\
@@ -333,6 +337,13 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         listeners.spawn(service.serve(listener, stopped.clone(), session));
     }
     listeners.spawn(outbound.run(stopped.clone()));
+    // After the HTTPS listener is bound: the CA's challenge connects to it.
+    listeners.spawn(crate::acme::keep(
+        loaded.clone(),
+        store.clone(),
+        certs.clone(),
+        stopped.clone(),
+    ));
     listeners.spawn(scheduled_backups(loaded.clone(), store.clone(), stopped.clone()));
     listeners.spawn(retention_sweeps(
         cfg.retention.sweep_interval_ms,
@@ -409,38 +420,6 @@ impl ShutdownSignals {
             _ = self.int.recv() => {},
         }
     }
-}
-
-/// Loads the certificate chain and key, so a bad file is reported at start, not at the
-/// first connection.
-pub(crate) fn load_tls(loaded: &Loaded) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let cert_path = loaded.path(&loaded.config.paths.tls_certificate);
-    let key_path = loaded.path(&loaded.config.paths.tls_private_key);
-    let cert_pem = std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
-    let key_pem = std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
-    let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{}: not a PEM certificate chain", cert_path.display()))?;
-    if chain.is_empty() {
-        anyhow::bail!("{}: holds no certificate", cert_path.display());
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .with_context(|| format!("{}: not a PEM private key", key_path.display()))?
-        .with_context(|| format!("{}: holds no private key", key_path.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .with_context(|| {
-            format!(
-                "{} and {} do not make a usable certificate",
-                cert_path.display(),
-                key_path.display()
-            )
-        })?;
-    Ok(Arc::new(config))
 }
 
 /// The certificate authorities outbound TLS trusts: every certificate in `outbound.ca_files`.
