@@ -59,12 +59,45 @@ pub(crate) enum Admin {
     /// Search every account's mail (counts first), and export the result encrypted.
     #[command(subcommand)]
     Ediscovery(DiscoveryCommand),
+    /// Messages the spam filter held: list, release into INBOX and BACKUP, delete.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// The TLS certificate: show it, obtain or renew it by ACME now, or reload its files.
     #[command(subcommand)]
     Certificate(CertificateCommand),
     /// Take an encrypted backup (`--to FILE`), while the server runs or not; `backup verify
     /// FILE --identity KEYFILE` checks one without restoring it.
     Backup(BackupArgs),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum QuarantineCommand {
+    /// Held messages (of one account, or all): id, account, sender, verdict, held, expires;
+    /// subjects only with --subjects (a subject can be PHI). Audited.
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        subjects: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Deliver a held message into the account's INBOX and BACKUP, byte for byte.
+    Release {
+        address: String,
+        id: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Delete a held message.
+    Delete {
+        address: String,
+        id: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -394,9 +427,75 @@ pub(crate) fn execute(command: Admin, run: &mut Run<'_>) -> anyhow::Result<u8> {
         Admin::Backup(args) => backup(args, run),
         Admin::Retention(command) => retention(command, run),
         Admin::Certificate(command) => certificate(command, run),
+        Admin::Quarantine(command) => quarantine(command, run),
         Admin::Hold(command) => hold(command, run),
         Admin::Ediscovery(command) => ediscovery(command, run),
     }
+}
+
+fn quarantine(command: QuarantineCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    use sealpost_storage::{quarantine_id_hex, quarantine_id_parse};
+    match command {
+        QuarantineCommand::List {
+            account,
+            subjects,
+            json,
+            ..
+        } => {
+            let accounts = match &account {
+                Some(address) => vec![run.find(address)?],
+                None => run.store().list_accounts()?,
+            };
+            let mut count = 0;
+            for account in &accounts {
+                for held in run.store().quarantined(account.id)? {
+                    count += 1;
+                    let subject = if subjects {
+                        held.subject.clone()
+                    } else {
+                        "(not shown)".into()
+                    };
+                    if json {
+                        let line = serde_json::json!({
+                            "id": quarantine_id_hex(&held.id), "account": account.address, "sender": held.sender,
+                            "subject": subject, "verdict": held.verdict, "held_at_ms": held.held_ms,
+                            "expires_at_ms": held.expires_ms, "size": held.size,
+                        });
+                        writeln!(run.out, "{line}")?;
+                    } else {
+                        writeln!(
+                            run.out,
+                            "{}  {}  from {}  {}  held {}  expires {}  {subject}",
+                            quarantine_id_hex(&held.id),
+                            account.address,
+                            held.sender,
+                            held.verdict,
+                            format_ms(held.held_ms),
+                            format_ms(held.expires_ms)
+                        )?;
+                    }
+                }
+            }
+            run.store().audit(
+                sealpost_storage::AuditEvent::new(&run.actor, "quarantine.search", "quarantine")
+                    .detail(format!("{count} held; account {}", account.as_deref().unwrap_or("any"))),
+            )?;
+            writeln!(run.err, "{count} held messages")?;
+        }
+        QuarantineCommand::Release { address, id, .. } => {
+            let account = run.find(&address)?;
+            let id = quarantine_id_parse(&id).context("a quarantine id is 32 hex digits")?;
+            run.store().release_quarantined(account.id, &id, &run.actor)?;
+            writeln!(run.out, "released into {}'s INBOX and BACKUP", account.address)?;
+        }
+        QuarantineCommand::Delete { address, id, .. } => {
+            let account = run.find(&address)?;
+            let id = quarantine_id_parse(&id).context("a quarantine id is 32 hex digits")?;
+            run.store().delete_quarantined(account.id, &id, &run.actor)?;
+            writeln!(run.out, "deleted")?;
+        }
+    }
+    Ok(0)
 }
 
 fn certificate(command: CertificateCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
@@ -1751,7 +1850,7 @@ fn health(run: &mut Run<'_>) -> anyhow::Result<u8> {
     let info = match run.health {
         Some(info) => info,
         None => {
-            built = crate::serve::health_facts(run.loaded, run.store())?;
+            built = crate::serve::health_facts(run.loaded, run.store(), None)?;
             &built
         }
     };
@@ -1790,6 +1889,7 @@ fn health(run: &mut Run<'_>) -> anyhow::Result<u8> {
         }
         None => writeln!(out, "certificate: could not be read")?,
     }
+    writeln!(out, "spam filter: {}", (info.spam_status)())?;
     writeln!(out, "store {} bytes", figures.store_bytes)?;
     if let Some((bytes, over_ms)) = figures.growth {
         writeln!(

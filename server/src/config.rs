@@ -41,6 +41,9 @@ pub(crate) struct Config {
     pub(crate) retention: RetentionSection,
     #[serde(default)]
     pub(crate) acme: crate::acme::AcmeSection,
+    /// Inbound scoring by rspamd, quarantine and impersonation warnings.
+    #[serde(default)]
+    pub(crate) spam: sealpost_smtp::spam::SpamConfig,
 }
 
 /// When the retention sweeper runs (the rules themselves are the policy's `[[retention]]`).

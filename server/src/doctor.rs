@@ -303,7 +303,7 @@ fn dns(data: &Path, loaded: &Loaded, running: bool, f: &mut Findings) {
         None
     } else {
         match crate::cli::open_store(data) {
-            Ok((_, store)) => crate::serve::health_facts(loaded, &store).ok().and_then(|facts| {
+            Ok((_, store)) => crate::serve::health_facts(loaded, &store, None).ok().and_then(|facts| {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

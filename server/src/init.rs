@@ -105,6 +105,7 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
         backup: Default::default(),
         retention: Default::default(),
         acme: Default::default(),
+        spam: Default::default(),
     };
     let backup_identity = age::x25519::Identity::generate();
     let mut config = config;

@@ -215,6 +215,37 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         Some(outbound.waker()),
         rules.clone(),
     );
+    // Inbound scoring and impersonation warnings; filing into or out of Junk trains rspamd.
+    let spam = Arc::new(sealpost_smtp::spam::Spam::new(cfg.spam.clone()));
+    smtp_shared.set_spam(spam.clone());
+    if !cfg.spam.controller.trim().is_empty() {
+        let (learner, reader, handle) = (spam.clone(), store.clone(), tokio::runtime::Handle::current());
+        store.set_junk_hook(Arc::new(move |account, mailbox, uids, is_spam| {
+            let (learner, reader) = (learner.clone(), reader.clone());
+            handle.spawn(async move {
+                for uid in uids {
+                    let reading = reader.clone();
+                    let Ok(Ok(raw)) =
+                        tokio::task::spawn_blocking(move || reading.read_message(account, mailbox, uid)).await
+                    else {
+                        continue;
+                    };
+                    let learned = learner.learn(&raw, is_spam).await;
+                    let event = sealpost_storage::AuditEvent::new(
+                        &sealpost_storage::Actor::system(),
+                        if is_spam { "spam.learn_spam" } else { "spam.learn_ham" },
+                        format!("account:{} mailbox:{} uid:{uid}", account.0, mailbox.0),
+                    );
+                    let event = match learned {
+                        Ok(()) => event.detail("rspamd learned it"),
+                        Err(why) => event.outcome(sealpost_storage::AuditOutcome::Failed).detail(why),
+                    };
+                    let auditing = reader.clone();
+                    let _ = tokio::task::spawn_blocking(move || auditing.audit(event)).await;
+                }
+            });
+        }));
+    }
     // The console's aliases join those of sealpost.toml.
     {
         let store = store.clone();
@@ -231,7 +262,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     // socket lends the subcommands the same console.
     let _control;
     {
-        let health = health_facts(&loaded, &store)?;
+        let health = health_facts(&loaded, &store, Some(spam.clone()))?;
         let port = cfg.listeners.https;
         let origin = match port {
             443 => format!("https://{}", cfg.server.hostname),
@@ -270,6 +301,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
                 origin: origin.clone(),
                 brand,
                 health: health.clone(),
+                quarantine_subjects: cfg.spam.admin_sees_subjects,
                 metrics: sealpost_webmail::MetricsEndpoint {
                     from: cfg
                         .web
@@ -709,8 +741,14 @@ async fn retention_sweeps(interval_ms: u64, store: sealpost_storage::Store, mut 
                 .map_or(0, |d| d.as_millis()),
         )
         .unwrap_or(i64::MAX);
-        match tokio::task::spawn_blocking(move || store.retention_sweep(now, false, &sealpost_storage::Actor::system()))
-            .await
+        match tokio::task::spawn_blocking(move || {
+            let expired = store.expire_quarantine(now, &sealpost_storage::Actor::system())?;
+            if expired > 0 {
+                info!(expired, "quarantine expiry");
+            }
+            store.retention_sweep(now, false, &sealpost_storage::Actor::system())
+        })
+        .await
         {
             Ok(Ok(gone)) if !gone.is_empty() => info!(destroyed = gone.len(), "retention sweep"),
             Ok(Ok(_)) => {}
@@ -799,6 +837,7 @@ async fn load_policy(
 pub(crate) fn health_facts(
     loaded: &Loaded,
     store: &sealpost_storage::Store,
+    spam: Option<Arc<sealpost_smtp::spam::Spam>>,
 ) -> anyhow::Result<sealpost_webmail::HealthInfo> {
     let cfg = &loaded.config;
     let host = cfg.server.listen_host;
@@ -872,6 +911,21 @@ pub(crate) fn health_facts(
         certificate,
         dns_zone,
         dns_check,
+        spam_status: Arc::new(move || match &spam {
+            None => "unknown: the server is not running".into(),
+            Some(spam) if !spam.enabled() => "off ([spam] rspamd is empty)".into(),
+            Some(spam) => match spam.down_since() {
+                None => format!("rspamd at {} answering", spam.config.rspamd),
+                Some((at, why)) => format!(
+                    "DOWN since {} ({why}); mail is {}",
+                    crate::cli::format_ms(at),
+                    match spam.config.on_error {
+                        sealpost_smtp::spam::OnError::Accept => "delivered unscored",
+                        sealpost_smtp::spam::OnError::Tempfail => "deferred (451)",
+                    }
+                ),
+            },
+        }),
     })
 }
 

@@ -339,6 +339,7 @@ impl Store {
             Table::Auth,
             Table::Deliveries,
             Table::Kept,
+            Table::Quarantine,
         ] {
             batch.delete_range(table, start.clone(), end.clone());
         }

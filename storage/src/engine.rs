@@ -31,10 +31,11 @@ pub(crate) enum Table {
     Deliveries,
     AuditIndex,
     Kept,
+    Quarantine,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 19] = [
+    pub(crate) const ALL: [Table; 20] = [
         Table::Meta,
         Table::Directory,
         Table::AccountKeys,
@@ -54,6 +55,7 @@ impl Table {
         Table::Deliveries,
         Table::AuditIndex,
         Table::Kept,
+        Table::Quarantine,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -77,6 +79,7 @@ impl Table {
             Table::Deliveries => "deliveries",
             Table::AuditIndex => "audit_index",
             Table::Kept => "kept",
+            Table::Quarantine => "quarantine",
         }
     }
 }

@@ -40,6 +40,7 @@ mod mailbox;
 mod message;
 mod notify;
 mod pickup;
+mod quarantine;
 mod queue;
 mod retention;
 mod store;
@@ -62,6 +63,7 @@ pub use pickup::{
     Pickup, PickupId, PickupState, PortalReply, PICKUPS_PER_RECIPIENT_MAX, PICKUP_TOKEN_BYTES_MIN, PICKUP_TOMBSTONE_MS,
     PORTAL_PASSWORD_BYTES_MAX, PORTAL_REPLIES_MAX, PORTAL_REPLY_TEXT_BYTES_MAX,
 };
+pub use quarantine::{quarantine_id_hex, quarantine_id_parse, Quarantined, QUARANTINE_PER_ACCOUNT_MAX};
 pub use queue::{
     Outbound, OutboundRecipient, QueueId, QueuedMessage, RecipientState, RecipientStatus, QUEUE_RECIPIENTS_MAX,
 };
@@ -69,7 +71,7 @@ pub use retention::{
     check_retention_rules, Custodian, Destruction, Hold, KeptMessage, RetentionRule, CUSTODIANS_PER_HOLD_MAX,
     HOLDS_MAX, HOLD_TEXT_BYTES_MAX, RETENTION_DAYS_MAX, RETENTION_RULES_MAX,
 };
-pub use store::{Actor, Store, StoreConfig, StoreLimits};
+pub use store::{Actor, JunkHook, Store, StoreConfig, StoreLimits};
 pub use types::{
     Account, AccountId, AccountStatus, Appended, Changes, DeliveryTarget, FlagChange, Flags, FlagsStored, InternalDate,
     Mailbox, MailboxId, MessageMeta, NewAccount, NewMessage, Role, SpecialUse, SystemFlag, Usage,

@@ -59,9 +59,9 @@ struct BlobRecord {
 }
 
 /// A body compressed and sealed, ready to be written under a lock.
-struct PreparedBlob {
-    id: BlobId,
-    size: u64,
+pub(crate) struct PreparedBlob {
+    pub(crate) id: BlobId,
+    pub(crate) size: u64,
     chunks: Vec<Vec<u8>>,
     /// The sealed search text, if the caller gave one.
     text: Option<Vec<u8>>,
@@ -485,7 +485,7 @@ impl Store {
         self.summary_bytes(&crypto, account, mailbox, uid)
     }
 
-    fn summary_bytes(
+    pub(crate) fn summary_bytes(
         &self,
         crypto: &AccountCrypto,
         account: AccountId,
@@ -667,6 +667,13 @@ impl Store {
         self.inner.engine.write(batch, Durability::Synced)?;
         self.inner.notifier.publish(account, to, &appended);
         self.inner.notifier.publish(account, from, &expunged);
+        let junk = |record: &MailboxRecord| record.special_use == Some(crate::SpecialUse::Junk);
+        if junk(&source) != junk(&target) {
+            let hook = self.inner.junk_hook.read().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(hook) = hook {
+                hook(account, to, pairs.iter().map(|(_, new)| *new).collect(), junk(&target));
+            }
+        }
         Ok(pairs)
     }
 
@@ -852,7 +859,7 @@ impl Store {
         Ok(())
     }
 
-    fn prepare_blob(
+    pub(crate) fn prepare_blob(
         &self,
         crypto: &AccountCrypto,
         account: AccountId,
@@ -897,7 +904,7 @@ impl Store {
         })
     }
 
-    fn stage_prepared_blob(
+    pub(crate) fn stage_prepared_blob(
         &self,
         crypto: &AccountCrypto,
         account: AccountId,
@@ -1063,6 +1070,32 @@ fn stage_new_message(
         change_value(CHANGE_LIVE, uid),
     );
     Ok(meta_of(uid, &record))
+}
+
+/// Stages a message made from a kept blob (a release from quarantine): its UID and MODSEQ.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_release(
+    crypto: &AccountCrypto,
+    account: AccountId,
+    mailbox: MailboxId,
+    mailbox_record: &mut MailboxRecord,
+    blob: BlobId,
+    size: u64,
+    internal_date: InternalDate,
+    flags: Flags,
+    summary: Vec<u8>,
+    batch: &mut Batch,
+) -> Result<(u32, u64)> {
+    let record = MessageRecord {
+        blob,
+        size,
+        internal_date,
+        flags,
+        modseq: 0,
+        summary,
+    };
+    let meta = stage_new_message(crypto, account, mailbox, mailbox_record, record, batch)?;
+    Ok((meta.uid, meta.modseq))
 }
 
 /// Stages the removal of one message and its expunge tombstone; returns the new MODSEQ.

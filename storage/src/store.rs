@@ -128,7 +128,13 @@ pub(crate) struct Inner {
     pub(crate) audit: Mutex<AuditHead>,
     pub(crate) notifier: Notifier,
     pub(crate) plaintext: bool,
+    /// Told when messages are filed into Junk or out of it (spam filter training).
+    pub(crate) junk_hook: RwLock<Option<JunkHook>>,
 }
+
+/// Called with (account, the mailbox the messages went to, their UIDs there, whether they
+/// went into Junk) after a move or copy into or out of Junk is durable.
+pub type JunkHook = Arc<dyn Fn(AccountId, crate::MailboxId, Vec<u32>, bool) + Send + Sync>;
 
 /// An account's unwrapped keys, ready to seal.
 pub(crate) struct AccountCrypto {
@@ -246,12 +252,18 @@ impl Store {
                 audit: Mutex::new(audit),
                 notifier,
                 plaintext,
+                junk_hook: RwLock::new(None),
             }),
         })
     }
 
     pub fn config(&self) -> &StoreConfig {
         &self.inner.config
+    }
+
+    /// Sets what is told of messages filed into Junk or out of it.
+    pub fn set_junk_hook(&self, hook: JunkHook) {
+        *self.inner.junk_hook.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
     /// A consistent copy of the store as it is now in the new folder `dir` (for backups): every

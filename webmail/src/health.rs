@@ -52,7 +52,12 @@ pub struct HealthInfo {
     /// The records to publish, in zone-file syntax (`sealpost dns records`).
     pub dns_zone: String,
     pub dns_check: DnsCheck,
+    /// The spam filter's state in words ("answering", "DOWN since …", "off").
+    pub spam_status: SpamStatus,
 }
+
+/// Says how the spam filter is (the binary wires it to the rspamd client).
+pub type SpamStatus = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// The size samples, as kept (sealed) in the store's cache: (ms, bytes) pairs.
 fn samples(store: &sealpost_storage::Store) -> Vec<(i64, u64)> {
@@ -230,6 +235,7 @@ pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap)
             <table id="listeners">{listeners}</table>
             <p id="certificate">{format!("TLS certificate {certificate}.")}</p>
             <h2>"Store and queue"</h2>
+            <p id="spam-filter">{format!("Spam filter: {}.", (health.spam_status)())}</p>
             <p id="store-size">{format!("The store takes {} ({growth}).", human_bytes(figures.store_bytes))}</p>
             <p id="queue-depth">{format!("Queue: {queue}.")}</p>
             <h2>"Delivery failures in the last 7 days, by domain"</h2>

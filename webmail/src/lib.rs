@@ -20,6 +20,7 @@ mod html;
 mod mail;
 mod policies;
 mod portal;
+mod quarantine;
 mod queue;
 mod request;
 mod security;
@@ -39,7 +40,7 @@ use sealpost_storage::Store;
 use tower::ServiceExt;
 
 pub use compose::{Outbox, Outgoing, Sending, Sent};
-pub use health::{parse_network, DnsCheck, DnsFinding, HealthInfo, MetricsEndpoint, RenderMetrics};
+pub use health::{parse_network, DnsCheck, DnsFinding, HealthInfo, MetricsEndpoint, RenderMetrics, SpamStatus};
 pub use html::Brand;
 pub use request::Peer;
 
@@ -117,6 +118,8 @@ pub struct Site {
     pub brand: Brand,
     pub health: HealthInfo,
     pub metrics: MetricsEndpoint,
+    /// The console's quarantine shows subjects (`[spam] admin_sees_subjects`).
+    pub quarantine_subjects: bool,
 }
 
 /// What every request handler shares.
@@ -137,6 +140,7 @@ pub struct WebState {
     aliases_changed: AliasesChanged,
     health: HealthInfo,
     metrics: MetricsEndpoint,
+    spam_subjects_shown: bool,
 }
 
 impl WebState {
@@ -147,6 +151,7 @@ impl WebState {
             brand,
             health,
             metrics,
+            quarantine_subjects,
         } = site;
         let (hostname, origin) = (hostname.as_str(), origin.as_str());
         let passkeys = Passkeys::new(hostname, origin).map_err(|e| e.to_string())?;
@@ -165,6 +170,7 @@ impl WebState {
             aliases_changed: mail.aliases_changed,
             health,
             metrics,
+            spam_subjects_shown: quarantine_subjects,
         }))
     }
 }
@@ -321,6 +327,11 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/admin/trace", get(queue::trace))
         .route("/admin/health", get(health::page))
         .route("/admin/holds", get(compliance::holds).post(compliance::holds_act))
+        .route("/quarantine", get(quarantine::digest).post(quarantine::digest_act))
+        .route(
+            "/admin/quarantine",
+            get(quarantine::console).post(quarantine::console_act),
+        )
         .route(
             "/admin/retention",
             get(compliance::retention).post(compliance::retention_act),

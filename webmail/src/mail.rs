@@ -610,6 +610,17 @@ pub(crate) async fn message(
     let authentication = parsed
         .as_ref()
         .and_then(|m| m.header_raw("Authentication-Results").map(|v| v.trim().to_string()));
+    // Sealpost's own warning (a sender's copy of the field is removed on receipt).
+    let warning = parsed
+        .as_ref()
+        .and_then(|m| m.header_raw("X-Sealpost-Warning").map(|v| v.trim().to_string()))
+        .map(|w| {
+            view! {
+                <p class="error" id="impersonation-warning" role="alert">
+                    {format!("Careful: this message comes from outside the organisation, and {}.", w.trim_start_matches("impersonation: "))}
+                </p>
+            }
+        });
     let attachments = attachment_items(parsed.as_ref(), &format!("/mail/{}/{}", folder.id.0, uid));
     let subject = if shown.subject.trim().is_empty() {
         "(no subject)".to_string()
@@ -644,6 +655,7 @@ pub(crate) async fn message(
                 <a href=reply id="reply">"Reply"</a>" · "<a href=reply_all id="reply-all">"Reply all"</a>" · "<a href=forward id="forward">"Forward"</a>
                 {edit}
             </p>
+            {warning}
             <section id="message">
                 <table class="headers">
                     {people_line("From", &shown.from)}

@@ -203,3 +203,84 @@ mod tests {
         assert_eq!(header_len(b"Subject: no body"), 16);
     }
 }
+
+/// The message without header fields named `X-Sealpost-*` (warnings and verdicts are ours to
+/// add; a sender's are forgeries), or `None` when it has none.
+pub(crate) fn without_own_headers(raw: &[u8]) -> Option<Vec<u8>> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 2)
+        .unwrap_or(raw.len());
+    let head = &raw[..end];
+    let mut out = Vec::with_capacity(raw.len());
+    let mut dropping = false;
+    let mut dropped = false;
+    for line in head.split_inclusive(|b| *b == b'\n') {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            dropping = line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"x-sealpost-");
+        }
+        if dropping {
+            dropped = true;
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(&raw[end..]);
+    dropped.then_some(out)
+}
+
+/// The message with Sealpost's impersonation warning: an `X-Sealpost-Warning` field first,
+/// and `prefix` (if any) in front of the subject.
+pub(crate) fn with_warning(raw: &[u8], why: &str, prefix: &str) -> Vec<u8> {
+    let why: String = why.chars().filter(|c| !c.is_control()).collect();
+    let mut out = format!("X-Sealpost-Warning: impersonation: {why}\r\n").into_bytes();
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |at| at + 2);
+    let mut done = prefix.trim().is_empty();
+    for line in raw[..end].split_inclusive(|b| *b == b'\n') {
+        if !done && line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"subject:") {
+            let rest = &line[8..];
+            let value = rest.strip_prefix(b" ").unwrap_or(rest);
+            if !value.starts_with(prefix.trim().as_bytes()) {
+                out.extend_from_slice(b"Subject: ");
+                out.extend_from_slice(prefix.trim().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(value);
+                done = true;
+                continue;
+            }
+            done = true;
+        }
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(&raw[end..]);
+    out
+}
+
+/// The first value of header field `name` (case-insensitive), unfolded.
+pub(crate) fn field(raw: &[u8], name: &str) -> Option<String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |at| at + 2);
+    let text = String::from_utf8_lossy(&raw[..end]);
+    let mut value: Option<String> = None;
+    for line in text.split("\r\n") {
+        match &mut value {
+            Some(v) if line.starts_with([' ', '\t']) => v.push_str(line.trim_end()),
+            Some(_) => break,
+            None => {
+                if let Some((field, rest)) = line.split_once(':') {
+                    if field.trim().eq_ignore_ascii_case(name) {
+                        value = Some(rest.trim().to_string());
+                    }
+                }
+            }
+        }
+    }
+    value
+}

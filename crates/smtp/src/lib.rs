@@ -12,6 +12,7 @@ mod mta_sts;
 mod outbound;
 mod session;
 mod shared;
+pub mod spam;
 mod submit;
 mod verify;
 

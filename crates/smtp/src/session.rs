@@ -907,6 +907,53 @@ impl Session {
                 auth_summary = verdict.summary;
             }
         }
+        // Inbound mail is scored; where it goes follows from the score.
+        let mut placement = crate::spam::Placement::Inbox;
+        // Sealpost's verdicts and warnings are its own to write, whoever sends.
+        if let Some(cleaned) = headers::without_own_headers(&body) {
+            body = cleaned;
+        }
+        if submission.is_none() {
+            if let Some(spam) = self.connection.shared.spam().filter(|s| s.enabled()) {
+                let recipients: Vec<String> = transaction
+                    .recipients
+                    .iter()
+                    .map(|r| match r {
+                        Recipient::Local { address, .. } => address.clone(),
+                        Recipient::Outside(r) => r.address.clone(),
+                    })
+                    .collect();
+                let envelope = crate::spam::Envelope {
+                    ip: &self.connection.peer_ip,
+                    helo: self.helo.as_deref().unwrap_or(""),
+                    from: &from,
+                    recipients: &recipients,
+                    user: None,
+                };
+                match spam.check(&body, &envelope).await {
+                    Ok(scored) => {
+                        if scored.placement == crate::spam::Placement::Reject {
+                            let actor = self.actor();
+                            let event = AuditEvent::new(&actor, "message.refuse", format!("from <{from}>"))
+                                .outcome(AuditOutcome::Denied)
+                                .detail(format!("spam: {}", scored.summary()));
+                            self.audit(event).await;
+                            return Ok(self.error("550 5.7.1 refused: the message was classified as spam"));
+                        }
+                        placement = scored.placement;
+                        prefix.push_str(&format!("X-Sealpost-Spam: {}\r\n", scored.summary()));
+                    }
+                    Err(why) => {
+                        warn!(%why, "spam scoring unavailable");
+                        if spam.config.on_error == crate::spam::OnError::Tempfail {
+                            self.reply("451 4.7.1 the message cannot be checked now; try again later");
+                            return Ok(Flow::Continue);
+                        }
+                        prefix.push_str("X-Sealpost-Spam: unscored (the filter did not answer)\r\n");
+                    }
+                }
+            }
+        }
         let mut raw = Vec::with_capacity(received.len() + prefix.len() + body.len());
         raw.extend_from_slice(received.as_bytes());
         raw.extend_from_slice(prefix.as_bytes());
@@ -925,6 +972,7 @@ impl Session {
             id: id.clone(),
             auth_summary,
             sent_copy: false,
+            placement,
         };
         match crate::submit::accept(&self.store, &self.connection.shared, raw, accept).await {
             Ok(_) => {

@@ -50,7 +50,14 @@ pub struct SmtpShared {
     /// Whole messages accepted and refused at the end of DATA or from the web, for /metrics.
     pub(crate) accepted: std::sync::atomic::AtomicU64,
     pub(crate) refused: std::sync::atomic::AtomicU64,
+    /// Inbound scoring (rspamd) and impersonation warnings, when configured.
+    spam: std::sync::RwLock<Option<Arc<crate::spam::Spam>>>,
+    /// Staff display names (lower-cased), refreshed every `STAFF_NAMES_REFRESH`.
+    staff_names: Mutex<(Option<Instant>, Arc<std::collections::HashSet<String>>)>,
 }
+
+/// How long the staff display names are reused before they are read again.
+const STAFF_NAMES_REFRESH: Duration = Duration::from_secs(60);
 
 impl SmtpShared {
     pub fn new(
@@ -70,7 +77,34 @@ impl SmtpShared {
             submitted: Mutex::new(HashMap::new()),
             accepted: std::sync::atomic::AtomicU64::new(0),
             refused: std::sync::atomic::AtomicU64::new(0),
+            spam: std::sync::RwLock::new(None),
+            staff_names: Mutex::new((None, Arc::new(std::collections::HashSet::new()))),
         })
+    }
+
+    /// Turns on inbound scoring and impersonation warnings.
+    pub fn set_spam(&self, spam: Arc<crate::spam::Spam>) {
+        *self.spam.write().unwrap_or_else(|e| e.into_inner()) = Some(spam);
+    }
+
+    pub fn spam(&self) -> Option<Arc<crate::spam::Spam>> {
+        self.spam.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The staff's display names, lower-cased (read from the directory at most once a minute).
+    pub(crate) fn staff_names(&self, store: &sealpost_storage::Store) -> Arc<std::collections::HashSet<String>> {
+        let mut cached = self.staff_names.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.0.is_none_or(|at| at.elapsed() >= STAFF_NAMES_REFRESH) {
+            if let Ok(accounts) = store.list_accounts() {
+                let names = accounts
+                    .iter()
+                    .map(|a| a.display_name.trim().to_lowercase())
+                    .filter(|n| n.contains(' '))
+                    .collect();
+                *cached = (Some(Instant::now()), Arc::new(names));
+            }
+        }
+        cached.1.clone()
     }
 
     /// The aliases in force.

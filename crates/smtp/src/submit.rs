@@ -61,6 +61,8 @@ pub(crate) struct Accept {
     pub(crate) auth_summary: String,
     /// Also keep a copy in the sender's Sent folder (the web; mail clients save their own).
     pub(crate) sent_copy: bool,
+    /// Where inbound mail goes for its local recipients, by its spam score.
+    pub(crate) placement: crate::spam::Placement,
 }
 
 /// What was done with an accepted message.
@@ -171,6 +173,7 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
         id,
         auth_summary,
         sent_copy,
+        placement,
     } = accept;
     // Parsed once, off the async threads: the From check, the content rules and the stored
     // summary and search text all come from this.
@@ -179,6 +182,37 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
         (raw, analysed)
     })
     .await;
+    // Mail from outside that pretends to come from inside is marked (and parsed again).
+    let (raw, analysed) = match (&submission, shared.spam()) {
+        (None, Some(spam)) => {
+            // Read from the directory at most once a minute (briefly on this thread).
+            let staff = shared.staff_names(store);
+            let ours = vec![store.config().primary_domain.clone()];
+            let from_name = analysed
+                .text
+                .header("from")
+                .next()
+                .map(|v| v.split('<').next().unwrap_or("").trim().to_string())
+                .unwrap_or_default();
+            let warning = analysed
+                .from
+                .first()
+                .and_then(|address| crate::spam::impersonation(address, &from_name, &ours, &staff));
+            match warning {
+                Some(why) => {
+                    let prefix = spam.config.external_subject_prefix.clone();
+                    blocking(move || {
+                        let marked = crate::headers::with_warning(&raw, &why, &prefix);
+                        let analysed = Analysed::of(&marked);
+                        (marked, analysed)
+                    })
+                    .await
+                }
+                None => (raw, analysed),
+            }
+        }
+        _ => (raw, analysed),
+    };
     if let Some(account) = &submission {
         // The From header must be the account's too: MAIL FROM alone is not what people see.
         let aliases = shared.aliases();
@@ -236,7 +270,12 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
         ret,
         notice: false,
     });
+    let verdict = crate::headers::field(&raw, "x-sealpost-spam").unwrap_or_default();
+    let quarantine_days = shared.spam().map_or(30, |s| s.config.quarantine_days);
     let context = AuditContext {
+        placement,
+        verdict,
+        quarantine_days,
         actor,
         from: from.clone(),
         id: id.clone(),
@@ -384,8 +423,11 @@ fn inbox_of(store: &Store, account: &Account) -> Result<MailboxId, StoreError> {
         .ok_or(StoreError::MailboxNotFound)
 }
 
-/// What the audit records of a delivery say besides the accounts.
+/// What the audit records of a delivery say besides the accounts, and where it goes.
 struct AuditContext {
+    placement: crate::spam::Placement,
+    verdict: String,
+    quarantine_days: u32,
     actor: Actor,
     from: String,
     id: String,
@@ -411,13 +453,62 @@ fn deliver(
     let summary = &analysed.summary;
     let search_text = analysed.text.clone().lowercased().to_bytes();
     let mut targets: Vec<DeliveryTarget> = Vec::new();
+    let mut local: Vec<Account> = local.to_vec();
+    let mut junk: Vec<sealpost_storage::AccountId> = Vec::new();
+    match audit.placement {
+        crate::spam::Placement::Quarantine if sender.is_none() && outbound.is_none() => {
+            // Held by the server: no folder of the recipient has it until it is released.
+            let message = NewMessage {
+                raw,
+                flags: Flags::new(),
+                internal_date: InternalDate::now(),
+                summary,
+                search_text: &search_text,
+            };
+            let subject = analysed.text.header("subject").next().unwrap_or("").to_string();
+            let sender_address = analysed.from.first().cloned().unwrap_or_else(|| audit.from.clone());
+            let now = i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis()),
+            )
+            .unwrap_or(i64::MAX);
+            let expires = now.saturating_add(i64::from(audit.quarantine_days) * 24 * 3600 * 1000);
+            let mut held = Vec::new();
+            for account in &local {
+                match store.quarantine(
+                    account.id,
+                    &message,
+                    &audit.verdict,
+                    &sender_address,
+                    &subject,
+                    expires,
+                    &audit.actor,
+                ) {
+                    Ok(_) => held.push(account.id),
+                    // A full quarantine: the message goes to Junk rather than nowhere.
+                    Err(StoreError::LimitExceeded { .. }) => junk.push(account.id),
+                    Err(error) => return Err(error),
+                }
+            }
+            local.retain(|a| !held.contains(&a.id));
+            if local.is_empty() {
+                return Ok(None);
+            }
+        }
+        crate::spam::Placement::Junk => junk.extend(local.iter().map(|a| a.id)),
+        _ => {}
+    }
+    let local = local.as_slice();
     for account in local {
+        let first = if junk.contains(&account.id) {
+            mailbox_of(store, account, SpecialUse::Junk)?
+        } else {
+            inbox_of(store, account)?
+        };
         targets.push(DeliveryTarget {
             account: account.id,
-            mailboxes: vec![
-                inbox_of(store, account)?,
-                mailbox_of(store, account, SpecialUse::Backup)?,
-            ],
+            mailboxes: vec![first, mailbox_of(store, account, SpecialUse::Backup)?],
             outbound: None,
         });
     }
@@ -591,6 +682,7 @@ pub async fn submit_from_web(
         id: id.clone(),
         auth_summary: String::new(),
         sent_copy: true,
+        placement: crate::spam::Placement::Inbox,
     };
     match accept(store, shared, raw, accept_).await {
         Ok(accepted) => Ok(WebSent {

@@ -1,0 +1,304 @@
+//! Quarantine pages: a user's digest of what the spam filter held for them (sender, subject,
+//! verdict) with release and delete, and the console's view across accounts for admins, which
+//! shows sender and verdict, and the subject only where `[spam] admin_sees_subjects` allows
+//! (a subject can be PHI). Releasing delivers the message byte for byte into INBOX and
+//! BACKUP. Everything audited by the store; the admin's listing too.
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use leptos::prelude::*;
+use sealpost_storage::{quarantine_id_hex, quarantine_id_parse, AccountId, Actor, AuditEvent};
+use serde::Deserialize;
+
+use crate::admin::{admin, AdminForm};
+use crate::html::{error_line, notice_line, render, when, Frame};
+use crate::request::{blocking, forbidden};
+use crate::{Peer, WebState};
+
+/// Held messages one console search lists at most.
+pub(crate) const QUARANTINE_ROWS_MAX: usize = 500;
+
+pub(crate) async fn digest(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
+    match crate::mail::reader(&state, &headers).await {
+        Ok((found, me)) => digest_page(&state, &found, &me, None, None).await,
+        Err(response) => response,
+    }
+}
+
+async fn digest_page(
+    state: &Arc<WebState>,
+    found: &sealpost_auth::websession::Found,
+    me: &sealpost_storage::Account,
+    notice: Option<String>,
+    error: Option<String>,
+) -> Response {
+    let (store, id) = (state.store.clone(), me.id);
+    let Some(Ok(held)) = blocking(move || store.quarantined(id)).await else {
+        return crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Try again", "Try again.");
+    };
+    let rows: Vec<_> = held
+        .iter()
+        .map(|q| {
+            let (csrf, csrf2, id, id2) = (
+                found.session.csrf.clone(),
+                found.session.csrf.clone(),
+                quarantine_id_hex(&q.id),
+                quarantine_id_hex(&q.id),
+            );
+            view! {
+                <tr>
+                    <td>{q.sender.clone()}</td>
+                    <td>{q.subject.clone()}</td>
+                    <td>{q.verdict.clone()}</td>
+                    <td>{when(q.held_ms)}</td>
+                    <td>{when(q.expires_ms)}</td>
+                    <td>
+                        <form method="post" action="/quarantine" class="inline">
+                            <input type="hidden" name="csrf" value=csrf/>
+                            <input type="hidden" name="id" value=id/>
+                            <button type="submit" name="action" value="release">"Release to Inbox"</button>
+                        </form>
+                        <form method="post" action="/quarantine" class="inline">
+                            <input type="hidden" name="csrf" value=csrf2/>
+                            <input type="hidden" name="id" value=id2/>
+                            <button type="submit" name="action" value="delete" class="danger">"Delete"</button>
+                        </form>
+                    </td>
+                </tr>
+            }
+        })
+        .collect();
+    let count = held.len();
+    render(
+        Frame {
+            title: "Quarantine",
+            csrf: Some(&found.session.csrf),
+            account: Some((&me.address, &found.session.csrf)),
+            script: false,
+        },
+        view! {
+            {notice_line(notice)}
+            {error_line(error)}
+            <p class="muted">{format!("{count} messages the spam filter held for you. Released messages go to your Inbox; the rest are deleted when they expire.")}</p>
+            <table id="quarantine"><tr><th>"From"</th><th>"Subject"</th><th>"Verdict"</th><th>"Held"</th><th>"Expires"</th><th></th></tr>{rows}</table>
+            <p><a href="/mail">"← Mail"</a></p>
+        },
+    )
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ActForm {
+    csrf: String,
+    id: String,
+    action: String,
+    /// The account (the console's form only).
+    #[serde(default)]
+    account: Option<u64>,
+}
+
+fn act_on(
+    store: &sealpost_storage::Store,
+    account: AccountId,
+    form: &ActForm,
+    actor: &Actor,
+) -> Result<String, String> {
+    let id = quarantine_id_parse(&form.id).ok_or("no such held message")?;
+    match form.action.as_str() {
+        "release" => store
+            .release_quarantined(account, &id, actor)
+            .map(|()| "Released into the Inbox.".to_string())
+            .map_err(|e| e.to_string()),
+        "delete" => store
+            .delete_quarantined(account, &id, actor)
+            .map(|()| "Deleted.".to_string())
+            .map_err(|e| e.to_string()),
+        _ => Err("unknown action".into()),
+    }
+}
+
+pub(crate) async fn digest_act(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<ActForm>,
+) -> Response {
+    let (found, me) = match crate::mail::reader(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    if !found.session.csrf_ok(&form.csrf) {
+        return forbidden();
+    }
+    let actor = Actor {
+        name: me.address.clone(),
+        peer: peer.0.to_string(),
+    };
+    let (store, id) = (state.store.clone(), me.id);
+    let done = blocking(move || act_on(&store, id, &form, &actor))
+        .await
+        .unwrap_or_else(|| Err("try again".into()));
+    match done {
+        Ok(notice) => digest_page(&state, &found, &me, Some(notice), None).await,
+        Err(error) => {
+            let page = digest_page(&state, &found, &me, None, Some(format!("Not done: {error}."))).await;
+            (StatusCode::UNPROCESSABLE_ENTITY, page).into_response()
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct SearchQuery {
+    #[serde(default)]
+    sender: Option<String>,
+}
+
+pub(crate) async fn console(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Query(query): Query<SearchQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (found, me) = match admin(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let actor = Actor {
+        name: me.address.clone(),
+        peer: peer.0.to_string(),
+    };
+    console_page(&state, &found, &me, &query, actor, None).await
+}
+
+async fn console_page(
+    state: &Arc<WebState>,
+    found: &sealpost_auth::websession::Found,
+    me: &sealpost_storage::Account,
+    query: &SearchQuery,
+    actor: Actor,
+    notice: Option<String>,
+) -> Response {
+    let sender = query
+        .sender
+        .as_deref()
+        .map(|s| s.trim().to_lowercase())
+        .filter(|s| !s.is_empty());
+    let (store, wanted) = (state.store.clone(), sender.clone());
+    let listed = blocking(move || {
+        let mut rows = Vec::new();
+        for account in store.list_accounts()? {
+            for held in store.quarantined(account.id)? {
+                if wanted
+                    .as_ref()
+                    .is_some_and(|w| !held.sender.to_lowercase().contains(w.as_str()))
+                {
+                    continue;
+                }
+                rows.push((account.address.clone(), held));
+                if rows.len() >= QUARANTINE_ROWS_MAX {
+                    break;
+                }
+            }
+        }
+        store.audit(
+            AuditEvent::new(&actor, "quarantine.search", "quarantine of all accounts").detail(format!(
+                "{} held; sender {}",
+                rows.len(),
+                wanted.as_deref().unwrap_or("any")
+            )),
+        )?;
+        Ok::<_, sealpost_storage::Error>(rows)
+    })
+    .await;
+    let Some(Ok(rows)) = listed else {
+        return crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Try again", "Try again.");
+    };
+    let subjects = state.spam_subjects_shown;
+    let count = rows.len();
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|(address, q)| {
+            let (csrf, csrf2, id, id2) = (
+                found.session.csrf.clone(),
+                found.session.csrf.clone(),
+                quarantine_id_hex(&q.id),
+                quarantine_id_hex(&q.id),
+            );
+            let account = q.account.0.to_string();
+            let account2 = account.clone();
+            let subject = if subjects {
+                q.subject.clone()
+            } else {
+                "(not shown)".to_string()
+            };
+            view! {
+                <tr>
+                    <td>{address.clone()}</td>
+                    <td>{q.sender.clone()}</td>
+                    <td>{subject}</td>
+                    <td>{q.verdict.clone()}</td>
+                    <td>{when(q.held_ms)}</td>
+                    <td>
+                        <form method="post" action="/admin/quarantine" class="inline">
+                            <input type="hidden" name="csrf" value=csrf/>
+                            <input type="hidden" name="id" value=id/>
+                            <input type="hidden" name="account" value=account/>
+                            <button type="submit" name="action" value="release">"Release"</button>
+                        </form>
+                        <form method="post" action="/admin/quarantine" class="inline">
+                            <input type="hidden" name="csrf" value=csrf2/>
+                            <input type="hidden" name="id" value=id2/>
+                            <input type="hidden" name="account" value=account2/>
+                            <button type="submit" name="action" value="delete" class="danger">"Delete"</button>
+                        </form>
+                    </td>
+                </tr>
+            }
+        })
+        .collect();
+    let value = sender.unwrap_or_default();
+    render(
+        Frame {
+            title: "Quarantine",
+            csrf: Some(&found.session.csrf),
+            account: Some((&me.address, &found.session.csrf)),
+            script: false,
+        },
+        view! {
+            {notice_line(notice)}
+            <form method="get" action="/admin/quarantine" class="stack" id="quarantine-search">
+                <label for="q-sender">"Sender"</label><input type="text" id="q-sender" name="sender" value=value/>
+                <button type="submit">"Search"</button>
+            </form>
+            <p class="muted">{format!("{count} held messages (at most {QUARANTINE_ROWS_MAX} listed). Contents are not shown here.")}</p>
+            <table id="quarantine"><tr><th>"Account"</th><th>"From"</th><th>"Subject"</th><th>"Verdict"</th><th>"Held"</th><th></th></tr>{rows}</table>
+        },
+    )
+    .into_response()
+}
+
+pub(crate) async fn console_act(State(state): State<Arc<WebState>>, checked: AdminForm<ActForm>) -> Response {
+    let AdminForm { found, me, form, peer } = checked;
+    let actor = Actor {
+        name: me.address.clone(),
+        peer: peer.0.to_string(),
+    };
+    let Some(account) = form.account.map(AccountId) else {
+        return forbidden();
+    };
+    let (store, acting) = (state.store.clone(), actor.clone());
+    let done = blocking(move || act_on(&store, account, &form, &acting))
+        .await
+        .unwrap_or_else(|| Err("try again".into()));
+    let notice = match done {
+        Ok(text) => text,
+        Err(error) => format!("Not done: {error}."),
+    };
+    console_page(&state, &found, &me, &SearchQuery::default(), actor, Some(notice)).await
+}
+
+crate::request::with_csrf!(ActForm);
