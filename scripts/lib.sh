@@ -48,7 +48,7 @@ setup_build_env() {
 # cargo-deb.
 setup_test_clients() {
     ensure_packages python3 isync interimap dovecot-imapd swaks msmtp dnsmasq-base python3-dkim python3-aiosmtpd openssl \
-        nsd ldnsutils unbound chromium nodejs pebble systemd adduser
+        nsd ldnsutils unbound chromium nodejs pebble systemd adduser rspamd redis-server
     # The Debian package's test builds it with cargo-deb, from crates.io once per machine.
     command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
     # Debian's nodejs comes without npm; NodeSource's carries its own.
