@@ -854,6 +854,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         "aliases",
         "quota",
         "discovery",
+        "quarantine-pages",
     ] {
         assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
     }

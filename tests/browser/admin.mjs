@@ -313,7 +313,7 @@ async function accounts(browser, page) {
   const reads = await auditor.goto(`${BASE}/admin/audit?action=audit.export`);
   check(reads.status() === 200, `the auditor's audit page: ${reads.status()}`);
   check((await auditor.textContent("#audit")).includes("audit.export"), "the auditor does not see the export's record");
-  for (const url of ["/admin/accounts", "/admin/queue", "/admin/trace", "/admin/lockouts", "/admin/holds", "/admin/retention"]) {
+  for (const url of ["/admin/accounts", "/admin/queue", "/admin/trace", "/admin/lockouts", "/admin/holds", "/admin/retention", "/admin/quarantine"]) {
     const answer = await auditor.request.get(`${BASE}${url}`, { maxRedirects: 0 });
     check(answer.status() === 403, `an auditor opened ${url}: ${answer.status()}`);
   }
@@ -427,4 +427,11 @@ async function accounts(browser, page) {
   const saved = path.join(ARTIFACTS, "ediscovery.zip.age");
   await download.saveAs(saved);
   report("discovery", { file: saved });
+
+  // The quarantine pages answer (what fills them is tests/spam.rs's).
+  const held = await page.goto(`${BASE}/admin/quarantine`);
+  check(held.status() === 200 && (await page.locator("#quarantine").count()) === 1, `the console's quarantine: ${held.status()}`);
+  const digest = await page.goto(`${BASE}/quarantine`);
+  check(digest.status() === 200 && (await page.textContent("main")).includes("0 messages the spam filter held"), `the quarantine digest: ${digest.status()}`);
+  report("quarantine-pages");
 }

@@ -124,7 +124,8 @@ pub(crate) async fn list(
                 <a href="/admin/queue">"Queue"</a>" · "<a href="/admin/trace">"Message tracing"</a>" · "
                 <a href="/admin/audit">"Audit log"</a>" · "<a href="/admin/policies">"Sending policy"</a>" · "<a href="/admin/health">"Health"</a>" · "
                 <a href="/admin/lockouts">"Locked-out accounts"</a>" · "<a href="/admin/holds">"Legal holds"</a>" · "
-                <a href="/admin/retention">"Retention"</a>" · "<a href="/admin/discovery">"eDiscovery"</a>
+                <a href="/admin/retention">"Retention"</a>" · "<a href="/admin/discovery">"eDiscovery"</a>" · "
+                <a href="/admin/quarantine">"Quarantine"</a>
             </p>
         },
     )

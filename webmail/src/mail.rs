@@ -201,7 +201,7 @@ fn folders_view(mailboxes: &[Mailbox], current: MailboxId) -> impl IntoView {
             view! { <li><a href=href aria-current=aria>{label}</a>{unseen}</li> }
         })
         .collect();
-    view! { <nav aria-label="Folders" id="folders"><ul>{items}</ul></nav> }
+    view! { <nav aria-label="Folders" id="folders"><ul>{items}<li><a href="/quarantine" id="quarantine-link">"Quarantine (held by the spam filter)"</a></li></ul></nav> }
 }
 
 pub(crate) async fn folder(
