@@ -158,52 +158,6 @@ pub(crate) fn has_field(raw: &[u8], name: &str) -> bool {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn received_names_tls_and_cannot_be_broken_by_the_helo_name() {
-        let field = received(
-            "evil(x);\r\nInjected: yes",
-            "192.0.2.1",
-            "mail.example",
-            "ESMTPS",
-            Some("TLSv1_3 TLS13_AES_256_GCM_SHA384"),
-            "abc",
-            Some("a@example.com"),
-        );
-        assert!(field.starts_with("Received: from evilxInjected: yes ([192.0.2.1])\r\n"));
-        assert!(field.contains("(TLS TLSv1_3 TLS13_AES_256_GCM_SHA384)"));
-        assert!(field.contains("for <a@example.com>;"));
-        assert!(field.ends_with("\r\n"));
-        assert_eq!(field.matches("\r\n").count(), field.matches("\r\n\t").count() + 1);
-    }
-
-    #[test]
-    fn forged_authentication_results_for_our_name_are_removed_and_others_kept() {
-        let raw = b"Subject: x\r\nAuthentication-Results: MX.Example;\r\n\tdkim=pass\r\n\
-                    Authentication-Results: other.example; spf=fail\r\n\r\n\
-                    Authentication-Results: mx.example; in the body\r\n";
-        let cleaned = without_forged_results(raw, "mx.example").unwrap();
-        assert_eq!(
-            cleaned,
-            b"Subject: x\r\nAuthentication-Results: other.example; spf=fail\r\n\r\n\
-              Authentication-Results: mx.example; in the body\r\n"
-        );
-        assert_eq!(without_forged_results(b"Subject: x\r\n\r\nbody", "mx.example"), None);
-    }
-
-    #[test]
-    fn header_fields_are_found_only_in_the_header() {
-        let raw = b"Subject: x\r\nmessage-id: <1@x>\r\n\r\nDate: in the body\r\n";
-        assert!(has_field(raw, "Message-ID"));
-        assert!(!has_field(raw, "Date"));
-        assert_eq!(header_len(raw), 33);
-        assert_eq!(header_len(b"Subject: no body"), 16);
-    }
-}
-
 /// The message without header fields named `X-Sealpost-*` (warnings and verdicts are ours to
 /// add; a sender's are forgeries), or `None` when it has none.
 pub(crate) fn without_own_headers(raw: &[u8]) -> Option<Vec<u8>> {
@@ -283,4 +237,74 @@ pub(crate) fn field(raw: &[u8], name: &str) -> Option<String> {
         }
     }
     value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_names_tls_and_cannot_be_broken_by_the_helo_name() {
+        let field = received(
+            "evil(x);\r\nInjected: yes",
+            "192.0.2.1",
+            "mail.example",
+            "ESMTPS",
+            Some("TLSv1_3 TLS13_AES_256_GCM_SHA384"),
+            "abc",
+            Some("a@example.com"),
+        );
+        assert!(field.starts_with("Received: from evilxInjected: yes ([192.0.2.1])\r\n"));
+        assert!(field.contains("(TLS TLSv1_3 TLS13_AES_256_GCM_SHA384)"));
+        assert!(field.contains("for <a@example.com>;"));
+        assert!(field.ends_with("\r\n"));
+        assert_eq!(field.matches("\r\n").count(), field.matches("\r\n\t").count() + 1);
+    }
+
+    #[test]
+    fn forged_authentication_results_for_our_name_are_removed_and_others_kept() {
+        let raw = b"Subject: x\r\nAuthentication-Results: MX.Example;\r\n\tdkim=pass\r\n\
+                    Authentication-Results: other.example; spf=fail\r\n\r\n\
+                    Authentication-Results: mx.example; in the body\r\n";
+        let cleaned = without_forged_results(raw, "mx.example").unwrap();
+        assert_eq!(
+            cleaned,
+            b"Subject: x\r\nAuthentication-Results: other.example; spf=fail\r\n\r\n\
+              Authentication-Results: mx.example; in the body\r\n"
+        );
+        assert_eq!(without_forged_results(b"Subject: x\r\n\r\nbody", "mx.example"), None);
+    }
+
+    #[test]
+    fn header_fields_are_found_only_in_the_header() {
+        let raw = b"Subject: x\r\nmessage-id: <1@x>\r\n\r\nDate: in the body\r\n";
+        assert!(has_field(raw, "Message-ID"));
+        assert!(!has_field(raw, "Date"));
+        assert_eq!(header_len(raw), 33);
+        assert_eq!(header_len(b"Subject: no body"), 16);
+    }
+
+    #[test]
+    fn own_fields_from_senders_go_and_the_warning_marks_the_subject_once() {
+        let raw = b"From: a@b.test\r\nX-Sealpost-Warning: forged\r\n continued\r\nx-sealpost-spam: low\r\nSubject: hi\r\n\r\nX-Sealpost-Warning: in the body\r\n";
+        let cleaned = without_own_headers(raw).unwrap();
+        assert_eq!(
+            cleaned,
+            b"From: a@b.test\r\nSubject: hi\r\n\r\nX-Sealpost-Warning: in the body\r\n".to_vec()
+        );
+        assert!(without_own_headers(&cleaned).is_none());
+        let warned = with_warning(&cleaned, "looks like us", "[EXTERNAL]");
+        let text = String::from_utf8(warned.clone()).unwrap();
+        assert!(
+            text.starts_with("X-Sealpost-Warning: impersonation: looks like us\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nSubject: [EXTERNAL] hi\r\n"), "{text}");
+        let again = String::from_utf8(with_warning(&cleaned, "x", "")).unwrap();
+        assert!(again.contains("\r\nSubject: hi\r\n"));
+        assert_eq!(
+            field(&warned, "x-sealpost-warning").unwrap(),
+            "impersonation: looks like us"
+        );
+    }
 }
