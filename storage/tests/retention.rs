@@ -268,3 +268,72 @@ fn a_hold_narrowed_to_dates_keeps_only_that_range_and_bad_rules_are_refused() {
         "refused rules change nothing"
     );
 }
+
+#[test]
+fn quarantined_mail_is_in_no_folder_until_released_whole_and_expires_unless_held() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let admin = Actor::cli();
+    let account = add_account(&store, "doc@clinic.example");
+    let raw = b"Subject: prize\r\n\r\nYou won.\r\n";
+    let message = NewMessage {
+        raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: b"prize",
+        search_text: b"",
+    };
+    let now = now_ms();
+    let first = store
+        .quarantine(
+            account,
+            &message,
+            "score=20",
+            "win@lottery.test",
+            "prize",
+            now + DAY_MS,
+            &admin,
+        )
+        .unwrap();
+    let second = store
+        .quarantine(
+            account,
+            &message,
+            "score=20",
+            "win@lottery.test",
+            "prize",
+            now + DAY_MS,
+            &admin,
+        )
+        .unwrap();
+    for mailbox in store.list_mailboxes(account).unwrap() {
+        assert!(
+            store.messages(account, mailbox.id).unwrap().is_empty(),
+            "{} has it",
+            mailbox.name
+        );
+    }
+    assert_eq!(store.quarantined(account).unwrap().len(), 2);
+    assert_eq!(store.read_quarantined(account, &first).unwrap(), raw);
+    store.release_quarantined(account, &first, &admin).unwrap();
+    let inbox = mailbox(&store, account, "INBOX");
+    let backup = store
+        .mailbox_by_special_use(account, sealpost_storage::SpecialUse::Backup)
+        .unwrap()
+        .unwrap()
+        .id;
+    for folder in [inbox, backup] {
+        let uid = store.messages(account, folder).unwrap()[0].uid;
+        assert_eq!(store.read_message(account, folder, uid).unwrap(), raw);
+    }
+    // A hold keeps the rest past its expiry; released, expiry takes it.
+    let case = store.open_hold("Case 3", "", &admin).unwrap();
+    store.hold_add_custodian(case, account, None, None, &admin).unwrap();
+    assert_eq!(store.expire_quarantine(now + 2 * DAY_MS, &admin).unwrap(), 0);
+    assert!(store.delete_quarantined(account, &second, &admin).is_err());
+    store.release_hold(case, &admin).unwrap();
+    assert_eq!(store.expire_quarantine(now + 2 * DAY_MS, &admin).unwrap(), 1);
+    assert!(store.quarantined(account).unwrap().is_empty());
+    // One body, shared by the INBOX and BACKUP copies; the expired one is gone.
+    assert_eq!(store.body_count(account).unwrap(), 1);
+}

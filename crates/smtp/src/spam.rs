@@ -206,21 +206,7 @@ impl Spam {
             serde_json::from_slice(&body).map_err(|e| format!("rspamd's answer does not read: {e}"))?;
         let mut symbols: Vec<(String, f64)> = reply.symbols.into_iter().map(|(n, s)| (n, s.score)).collect();
         symbols.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let cfg = &self.config;
-        let placement = if reply.action == "reject" {
-            match cfg.rspamd_reject {
-                RejectAction::Reject => Placement::Reject,
-                RejectAction::Quarantine => Placement::Quarantine,
-            }
-        } else if reply.score >= cfg.reject_score {
-            Placement::Reject
-        } else if reply.score >= cfg.quarantine_score {
-            Placement::Quarantine
-        } else if reply.score >= cfg.junk_score {
-            Placement::Junk
-        } else {
-            Placement::Inbox
-        };
+        let placement = placement(&self.config, reply.score, &reply.action);
         Ok(Scored {
             score: reply.score,
             action: reply.action,
@@ -248,6 +234,24 @@ impl Spam {
         } else {
             Err(format!("rspamd did not learn: {reply}"))
         }
+    }
+}
+
+/// Where a message with rspamd's `score` and `action` goes under `config`.
+pub fn placement(config: &SpamConfig, score: f64, action: &str) -> Placement {
+    if action == "reject" {
+        match config.rspamd_reject {
+            RejectAction::Reject => Placement::Reject,
+            RejectAction::Quarantine => Placement::Quarantine,
+        }
+    } else if score >= config.reject_score {
+        Placement::Reject
+    } else if score >= config.quarantine_score {
+        Placement::Quarantine
+    } else if score >= config.junk_score {
+        Placement::Junk
+    } else {
+        Placement::Inbox
     }
 }
 
@@ -422,6 +426,20 @@ mod tests {
         assert!(impersonation("x@evil.test", "\"Doc Holliday\"", &ours, &staff)
             .unwrap()
             .contains("name of a member of staff"));
+    }
+
+    #[test]
+    fn scores_place_mail_by_the_configured_thresholds() {
+        let mut config = SpamConfig::default();
+        assert_eq!(placement(&config, 2.0, "no action"), Placement::Inbox);
+        assert_eq!(placement(&config, 6.0, "add header"), Placement::Junk);
+        assert_eq!(placement(&config, 12.0, "add header"), Placement::Quarantine);
+        assert_eq!(placement(&config, 15.0, "add header"), Placement::Reject);
+        assert_eq!(placement(&config, 0.0, "reject"), Placement::Quarantine);
+        config.rspamd_reject = RejectAction::Reject;
+        config.junk_score = 1.0;
+        assert_eq!(placement(&config, 0.0, "reject"), Placement::Reject);
+        assert_eq!(placement(&config, 2.0, "no action"), Placement::Junk);
     }
 
     #[test]
