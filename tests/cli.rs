@@ -1513,3 +1513,67 @@ fn doctor_passes_a_fresh_install_and_names_what_is_wrong_with_a_broken_one() {
         "{said}"
     );
 }
+
+#[test]
+fn every_subcommand_has_help_text() {
+    // `sealpost --help` lists the commands; each, and each of theirs, explains itself.
+    let top = sealpost_ok(&["--help"], "");
+    let commands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    for expected in [
+        "init",
+        "demo",
+        "serve",
+        "account",
+        "lockout",
+        "policy",
+        "audit",
+        "queue",
+        "trace",
+        "health",
+        "dns",
+        "pickup",
+        "retention",
+        "hold",
+        "ediscovery",
+        "quarantine",
+        "certificate",
+        "backup",
+        "key",
+        "doctor",
+        "restore",
+        "import",
+    ] {
+        assert!(
+            commands.iter().any(|c| c == expected),
+            "{expected} missing from --help:\n{top}"
+        );
+    }
+    let mut checked = 0;
+    for command in &commands {
+        let text = sealpost_ok(&[command, "--help"], "");
+        assert!(
+            text.lines().next().is_some_and(|l| !l.trim().is_empty()),
+            "{command} has no description"
+        );
+        for sub in text
+            .lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+        {
+            let help = sealpost_ok(&[command, sub, "--help"], "");
+            assert!(help.contains("Usage:"), "{command} {sub}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "only {checked} subcommands");
+}
