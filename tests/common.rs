@@ -411,3 +411,45 @@ pub fn with_dns_port(config: &str, port: u16) -> String {
         .join("\n")
         + "\n"
 }
+
+pub fn browser_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/browser"))
+}
+
+/// playwright-core from the lock file, once (`npm ci`; the registry is reachable, the
+/// browser is Debian's).
+pub fn ensure_playwright() {
+    let dir = browser_dir();
+    if dir.join("node_modules/playwright-core/package.json").exists() {
+        return;
+    }
+    let output = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Runs `tests/browser/SCRIPT` in node against the server of `data`, with BASE and ARTIFACTS
+/// set and `vars`; its report lines, once it succeeded (else the test fails with its output
+/// and the server's last log lines).
+pub fn run_browser(script: &str, data: &DataDir, server: &Server, vars: &[(&str, &std::ffi::OsStr)]) -> String {
+    let mut command = Command::new("node");
+    command
+        .arg(browser_dir().join(script))
+        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
+        .env("ARTIFACTS", browser_dir().join("artifacts"));
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    let run = command.output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(
+        run.status.success(),
+        "{said}\n{}\n{:?}",
+        String::from_utf8_lossy(&run.stderr),
+        server.seen.iter().rev().take(30).collect::<Vec<_>>()
+    );
+    said
+}

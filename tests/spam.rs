@@ -299,6 +299,23 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
     assert!(!folder(&data, "BACKUP", "").iter().any(|(s, _)| s.contains("you won")));
     assert!(!folder(&data, "Junk", "").iter().any(|(s, _)| s.contains("you won")));
 
+    // In the browser: the banner on the impostor's message, none on an honest one, and the
+    // held message in the owner's digest.
+    common::ensure_playwright();
+    let said = common::run_browser(
+        "warning.mjs",
+        &data,
+        &server,
+        &[
+            ("ADDRESS", std::ffi::OsStr::new("doc@clinic.test")),
+            ("PASSWORD", std::ffi::OsStr::new(PASSWORD)),
+            ("SUBJECT", std::ffi::OsStr::new("urgent wire transfer")),
+            ("PLAIN", std::ffi::OsStr::new("lunch on friday")),
+            ("HELD_FROM", std::ffi::OsStr::new("win@lottery.test")),
+        ],
+    );
+    assert!(said.contains("\"step\":\"digest\""), "{said}");
+
     // The quarantine lists it (no subject unless asked), a release delivers it whole.
     let listed = sealpost_ok(
         &[

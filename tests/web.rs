@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,48 +26,6 @@ impl Drop for Killed {
     }
 }
 
-fn browser_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/browser"))
-}
-
-/// playwright-core from the lock file, once (`npm ci`; the registry is reachable, the
-/// browser is Debian's).
-fn ensure_playwright() {
-    let dir = browser_dir();
-    if dir.join("node_modules/playwright-core/package.json").exists() {
-        return;
-    }
-    let output = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-}
-
-/// Runs `tests/browser/SCRIPT` in node against the server of `data`, with BASE and ARTIFACTS
-/// set and `vars`; its report lines, once it succeeded (else the test fails with its output
-/// and the server's last log lines).
-fn run_browser(script: &str, data: &DataDir, server: &common::Server, vars: &[(&str, &std::ffi::OsStr)]) -> String {
-    let mut command = Command::new("node");
-    command
-        .arg(browser_dir().join(script))
-        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
-        .env("ARTIFACTS", browser_dir().join("artifacts"));
-    for (name, value) in vars {
-        command.env(name, value);
-    }
-    let run = command.output().unwrap();
-    let said = String::from_utf8_lossy(&run.stdout).to_string();
-    assert!(
-        run.status.success(),
-        "{said}\n{}\n{:?}",
-        String::from_utf8_lossy(&run.stderr),
-        server.seen.iter().rev().take(30).collect::<Vec<_>>()
-    );
-    said
-}
-
 /// A data folder with the default policy (a second factor required) and alice's account.
 fn serve_with_second_factor_required() -> (DataDir, common::Server) {
     let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
@@ -80,10 +37,10 @@ fn serve_with_second_factor_required() -> (DataDir, common::Server) {
 
 #[test]
 fn sign_in_passkeys_totp_app_passwords_and_sessions_in_a_real_browser() {
-    ensure_playwright();
+    common::ensure_playwright();
     let (data, mut server) = serve_with_second_factor_required();
-    let artifacts = browser_dir().join("artifacts");
-    let said = run_browser(
+    let artifacts = common::browser_dir().join("artifacts");
+    let said = common::run_browser(
         "identity.mjs",
         &data,
         &server,
@@ -233,7 +190,7 @@ fn imap_login(data: &DataDir, address: &str, password: &str) -> String {
 
 #[test]
 fn failed_sign_ins_lock_the_account_on_the_web_and_imap_until_an_admin_lifts_it() {
-    ensure_playwright();
+    common::ensure_playwright();
     let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
     // The account password opens IMAP here (no second factor required), so that IMAP shows
     // the lockout the web's failures caused.
@@ -275,7 +232,7 @@ fn failed_sign_ins_lock_the_account_on_the_web_and_imap_until_an_admin_lifts_it(
         "{refused}"
     );
 
-    let said = run_browser(
+    let said = common::run_browser(
         "admin.mjs",
         &data,
         &server,
@@ -303,7 +260,7 @@ fn failed_sign_ins_lock_the_account_on_the_web_and_imap_until_an_admin_lifts_it(
 
 #[test]
 fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
-    ensure_playwright();
+    common::ensure_playwright();
     // The account password signs in here (no second factor required), as the protocol
     // tests' folders do.
     let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
@@ -428,7 +385,7 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
         "the watcher logs requests"
     );
     std::fs::write(&log, "").unwrap();
-    let said = run_browser(
+    let said = common::run_browser(
         "mail.mjs",
         &data,
         &server,
@@ -533,7 +490,7 @@ fn clinic_with_patients(work: &std::path::Path) -> (DataDir, common::Dns, common
 
 #[test]
 fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
-    ensure_playwright();
+    common::ensure_playwright();
     let work = tempfile::tempdir().unwrap();
     let (data, _dns, sink) = clinic_with_patients(work.path());
     let mut server = data.serve();
@@ -552,7 +509,7 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         "Thank you, doctor REPLYMARKER",
     );
     let sink_dir = work.path().join("sink");
-    let said = run_browser(
+    let said = common::run_browser(
         "portal.mjs",
         &data,
         &server,
@@ -697,7 +654,7 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
 
 #[test]
 fn an_expired_pickup_link_says_so_and_asks_the_sender_for_a_new_one() {
-    ensure_playwright();
+    common::ensure_playwright();
     let work = tempfile::tempdir().unwrap();
     let (data, _dns, sink) = clinic_with_patients(work.path());
     data.configure(|config| {
@@ -742,7 +699,7 @@ fn an_expired_pickup_link_says_so_and_asks_the_sender_for_a_new_one() {
     };
     std::thread::sleep(Duration::from_millis(2000));
     let sink_dir = work.path().join("sink");
-    let said = run_browser(
+    let said = common::run_browser(
         "portal.mjs",
         &data,
         &server,
@@ -770,7 +727,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_imap_session() {
-    ensure_playwright();
+    common::ensure_playwright();
     let work = tempfile::tempdir().unwrap();
     // patient.test's server is gone: mail to it waits in the queue.
     let (data, _dns, sink) = clinic_with_patients(work.path());
@@ -815,7 +772,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
     let cafile = data.path().join("tls/cert.pem");
     let imap_port = (data.port_base + 993).to_string();
     let submission_port = (data.port_base + 465).to_string();
-    let said = run_browser(
+    let said = common::run_browser(
         "admin.mjs",
         &data,
         &server,
@@ -860,7 +817,7 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
     }
     // The export the browser downloaded opens with the backup identity: a zip holding doc's
     // held message and a manifest.
-    let zip = decrypt_with_backup_key(&data, &browser_dir().join("artifacts/ediscovery.zip.age"));
+    let zip = decrypt_with_backup_key(&data, &common::browser_dir().join("artifacts/ediscovery.zip.age"));
     assert!(zip.starts_with(b"PK\x03\x04"), "not a zip");
     assert!(
         zip.windows(9).any(|w| w == b"STUCKBODY"),
