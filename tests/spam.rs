@@ -372,6 +372,41 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
         assert!(Instant::now() < deadline, "no learning recorded");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A message taken out of Junk trains rspamd the other way.
+    let ham = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import imaplib, os, ssl, time\n\
+             ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+             m = imaplib.IMAP4_SSL('localhost', int(os.environ['BASE']) + 993, ssl_context=ctx)\n\
+             m.login('doc@clinic.test', os.environ['PASSWORD'])\n\
+             words = ' '.join(['The ward round moves to Thursday morning; the night team hands over at seven.'] * 4)\n\
+             raw = ('From: nurse@partner.test\\r\\nTo: doc@clinic.test\\r\\nSubject: rota change\\r\\nMessage-ID: <rota.1@partner.test>\\r\\n\\r\\n' + words + '\\r\\n').encode()\n\
+             assert m.append('Junk', None, None, raw)[0] == 'OK'\n\
+             m.select('Junk')\n\
+             num = m.search(None, 'SUBJECT', 'rota')[1][0].split()[0]\n\
+             assert m.copy(num, 'INBOX')[0] == 'OK'\n",
+        )
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("BASE", data.port_base.to_string())
+        .env("PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(ham.status.success(), "{}", String::from_utf8_lossy(&ham.stderr));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let learned = sealpost_ok(
+            &["audit", "search", "--action", "spam.learn_ham", "--data", &data.arg()],
+            "",
+        );
+        if let Some(line) = learned.lines().next() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(record["outcome"], "ok", "{record}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ham learning recorded");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for action in ["quarantine.hold", "quarantine.release", "quarantine.search"] {
         let found = sealpost(&["audit", "search", "--action", action, "--data", &data.arg()], "");
         assert!(!found.stdout.is_empty(), "no {action} record");
