@@ -412,6 +412,38 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
         assert!(!found.stdout.is_empty(), "no {action} record");
     }
 
+    // With the Junk threshold below any score, an ordinary message goes to Junk (and BACKUP).
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    data.configure(|config| {
+        assert!(config.contains("junk_score = 6.0"), "{config}");
+        config.replace("junk_score = 6.0", "junk_score = -1000.0")
+    });
+    let mut server = data.serve();
+    assert_eq!(
+        send(
+            &data,
+            "alice@partner.test",
+            &message(
+                "Alice <alice@partner.test>",
+                "minutes attached",
+                "Here are the minutes."
+            )
+        ),
+        "accepted"
+    );
+    assert!(
+        folder(&data, "Junk", "").iter().any(|(s, _)| s == "minutes attached"),
+        "not in Junk"
+    );
+    assert!(
+        !folder(&data, "INBOX", "").iter().any(|(s, _)| s == "minutes attached"),
+        "in the INBOX"
+    );
+    assert!(
+        folder(&data, "BACKUP", "").iter().any(|(s, _)| s == "minutes attached"),
+        "not in BACKUP"
+    );
+
     // rspamd stopped: mail still flows, unscored, and the health check says so.
     rspamd.stop();
     assert!(
