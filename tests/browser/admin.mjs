@@ -360,6 +360,8 @@ async function accounts(browser, page) {
   check(certificate.includes("localhost") && certificate.includes("days left"), `the certificate: ${certificate}`);
   check(/The store takes [0-9.]+ (KB|MB)/.test(await page.textContent("#store-size")), "no store size");
   check((await page.textContent("#queue-depth")).startsWith("Queue:"), "no queue depth");
+  const filter = await page.textContent("#spam-filter");
+  check(filter.includes("Spam filter: off"), `the spam filter line: ${filter}`);
   check(/[1-9][0-9]* refused sign-ins/.test(await page.textContent("#sign-in-failures")), "the refused sign-ins are not counted");
   const mx = await page.textContent('#dns tr:has-text("clinic.test MX")');
   check(mx.includes("published"), `the MX record: ${mx}`);
