@@ -268,6 +268,16 @@ fn config_errors_name_the_file_and_the_key() {
     assert!(stderr.contains("sealpost.toml") && stderr.contains("pop3"), "{stderr}");
     let no_folder = sealpost(&["serve", "--data", "/nonexistent/sealpost"], "");
     assert!(String::from_utf8_lossy(&no_folder.stderr).contains("sealpost init"));
+    // Sign-in and portal settings belong to [auth], [limits] and [outbound] in this file: a
+    // [policy.portal] here would be ignored, so it is refused, saying where they go.
+    assert!(
+        !config.contains("[policy.sign_in]") && !config.contains("[policy.portal]"),
+        "{config}"
+    );
+    std::fs::write(&file, format!("{config}\n[policy.portal]\npickup_ttl_ms = 5\n")).unwrap();
+    let refused = sealpost(&["serve", "--data", &data.arg()], "");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("[outbound] pickup_ttl_ms"), "{stderr}");
 }
 
 #[test]

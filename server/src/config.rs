@@ -32,8 +32,10 @@ pub(crate) struct Config {
     pub(crate) auth: sealpost_auth::AuthPolicy,
     #[serde(default)]
     pub(crate) web: WebSection,
-    /// Admin rules per domain or address, content rules, barred accounts.
-    #[serde(default)]
+    /// Admin rules per domain or address, content rules, barred accounts, retention rules:
+    /// version 0 of the policy. Its sign-in and portal settings come from `[auth]`,
+    /// `[limits]` and `[outbound]` here (so they are not written under `[policy]`).
+    #[serde(default, serialize_with = "without_console_settings")]
     pub(crate) policy: sealpost_policy::PolicyConfig,
     #[serde(default)]
     pub(crate) backup: BackupSection,
@@ -381,7 +383,30 @@ impl Loaded {
     }
 }
 
+/// `[policy]` as written to sealpost.toml: without `sign_in` and `portal`, which version 0
+/// takes from `[auth]`, `[limits]` and `[outbound]`.
+fn without_console_settings<S: serde::Serializer>(
+    policy: &sealpost_policy::PolicyConfig,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut value = toml::Value::try_from(policy).map_err(serde::ser::Error::custom)?;
+    if let Some(table) = value.as_table_mut() {
+        table.remove("sign_in");
+        table.remove("portal");
+    }
+    value.serialize(serializer)
+}
+
 fn validate(config: &Config) -> anyhow::Result<()> {
+    if config.policy.sign_in != sealpost_policy::SignInSettings::default()
+        || config.policy.portal != sealpost_policy::PortalSettings::default()
+    {
+        bail!(
+            "[policy.sign_in] and [policy.portal] are not read from this file: set second factors in [auth], \
+             lockout counters in [limits], the pickup link lifetime in [outbound] pickup_ttl_ms \
+             (or save a policy version in the console or with sealpost policy set)"
+        );
+    }
     let domain = &config.server.domain;
     if domain.is_empty() || !domain.contains('.') && domain != "localhost" || domain.contains(char::is_whitespace) {
         bail!("server.domain: {domain:?} is not a domain name");
