@@ -556,7 +556,13 @@ impl Store {
             let id = account.id;
             let keeping = self.keeping(id)?;
             let crypto = self.account_crypto(id)?;
-            for (mailbox, _) in self.mailbox_records(id)? {
+            // Without a maximum age for this account, no message in a folder can be due.
+            let folders = if keeping.rules.iter().any(|r| r.max_age_days.is_some()) {
+                self.mailbox_records(id)?
+            } else {
+                Vec::new()
+            };
+            for (mailbox, _) in folders {
                 let _lock = self.inner.mailbox_locks.lock(id, mailbox.0);
                 let _blobs = self.inner.blob_locks.lock(id, 0);
                 let mut record = self.mailbox_record(id, mailbox)?;
