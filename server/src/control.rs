@@ -37,6 +37,8 @@ pub(crate) const CONTROL_REQUEST_BYTES_MAX: u64 = 2 * 1024 * 1024;
 pub(crate) const CONTROL_INPUT_BYTES_MAX: u64 = 1024 * 1024;
 /// How long the server waits for a request line, in ms.
 pub(crate) const CONTROL_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How long one frame may wait for the client to read, in ms.
+pub(crate) const CONTROL_WRITE_TIMEOUT_MS: u64 = 60_000;
 /// Largest frame the client accepts, in bytes.
 const FRAME_BYTES_MAX: u32 = 16 * 1024 * 1024;
 
@@ -163,6 +165,8 @@ fn answer(side: &ServerSide, mut stream: UnixStream) -> anyhow::Result<()> {
         return Ok(());
     }
     stream.set_read_timeout(Some(Duration::from_millis(CONTROL_REQUEST_TIMEOUT_MS)))?;
+    // A client that stops reading frees its slot instead of holding it for ever.
+    stream.set_write_timeout(Some(Duration::from_millis(CONTROL_WRITE_TIMEOUT_MS)))?;
     let mut line = Vec::new();
     BufReader::new((&stream).take(CONTROL_REQUEST_BYTES_MAX)).read_until(b'\n', &mut line)?;
     let request: Request = match serde_json::from_slice(&line) {
