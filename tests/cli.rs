@@ -1493,6 +1493,20 @@ fn doctor_passes_a_fresh_install_and_names_what_is_wrong_with_a_broken_one() {
         assert!(said.lines().any(|l| l.starts_with(line)), "no {line:?} in\n{said}");
     }
 
+    // With the server running: its ports answer, and it checks the DNS records itself.
+    let mut server = data.serve();
+    let running = sealpost(&["doctor", "--data", &arg], "");
+    let said = String::from_utf8_lossy(&running.stdout).to_string();
+    assert!(running.status.success(), "{said}");
+    for line in [
+        "ok    the server is running",
+        "ok    imaps answers on",
+        "warn  DNS clinic.test MX missing",
+    ] {
+        assert!(said.lines().any(|l| l.starts_with(line)), "no {line:?} in\n{said}");
+    }
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+
     // Broken: a master key others can read, and an expired certificate.
     let key = data.path().join("keys/master.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -251,17 +251,7 @@ pub(crate) fn forward(
     input: Option<String>,
     output: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".to_string());
-    let request = Request {
-        args: std::env::args().skip(1).collect(),
-        input,
-        user,
-    };
-    let mut line = serde_json::to_vec(&request).context("writing the control request")?;
-    line.push(b'\n');
-    stream.write_all(&line).context("sending the command to the server")?;
+    send(&mut stream, std::env::args().skip(1).collect(), input)?;
     let partial = output.map(crate::cli::part_path);
     let mut out: Box<dyn Write> = match &partial {
         Some(path) => Box::new(std::io::BufWriter::new(
@@ -282,6 +272,26 @@ pub(crate) fn forward(
         }
     }
     result.map(ExitCode::from)
+}
+
+fn send(stream: &mut UnixStream, args: Vec<String>, input: Option<String>) -> anyhow::Result<()> {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".to_string());
+    let request = Request { args, input, user };
+    let mut line = serde_json::to_vec(&request).context("writing the control request")?;
+    line.push(b'\n');
+    stream.write_all(&line).context("sending the command to the server")
+}
+
+/// Runs `args` (a console command) in the running server and returns its exit status and
+/// standard output (its standard error goes to this process's).
+pub(crate) fn run_in_server(data: &Path, args: &[&str]) -> anyhow::Result<(u8, Vec<u8>)> {
+    let mut stream = connect(data).context("the server is not running")?;
+    send(&mut stream, args.iter().map(|a| a.to_string()).collect(), None)?;
+    let mut out = Vec::new();
+    let code = relay(stream, &mut out)?;
+    Ok((code, out))
 }
 
 /// Copies the server's frames out until the exit frame; returns the exit status.

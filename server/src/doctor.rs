@@ -299,8 +299,29 @@ fn check(data: &Path, f: &mut Findings) {
 
 fn dns(data: &Path, loaded: &Loaded, running: bool, f: &mut Findings) {
     let findings = if running {
-        // The store is the server's: ask it, as `sealpost health` does.
-        None
+        // The store is the server's: it runs the DNS check (`sealpost health`).
+        let data_arg = data.to_string_lossy().to_string();
+        match crate::control::run_in_server(data, &["health", "--data", &data_arg]) {
+            Ok((0, out)) => {
+                for line in String::from_utf8_lossy(&out).lines() {
+                    let Some(rest) = line.strip_prefix("dns ") else {
+                        continue;
+                    };
+                    let (record, state) = rest.split_once(": ").unwrap_or((rest, ""));
+                    if state == "published" {
+                        f.say(Level::Ok, format!("DNS {record} is published"));
+                    } else {
+                        f.say(
+                            Level::Warn,
+                            format!("DNS {record} {state}; fix: publish `sealpost dns records`"),
+                        );
+                    }
+                }
+            }
+            Ok((code, _)) => f.say(Level::Warn, format!("the server's health check ended with {code}")),
+            Err(error) => f.say(Level::Warn, format!("the server's health check did not run: {error:#}")),
+        }
+        return;
     } else {
         match crate::cli::open_store(data) {
             Ok((_, store)) => crate::serve::health_facts(loaded, &store, None).ok().and_then(|facts| {
