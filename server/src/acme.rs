@@ -24,6 +24,8 @@ const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 const ACCOUNT_SECRET: &str = "acme.account";
 /// How long one issuance may take, in ms (orders, challenges, finalisation).
 pub(crate) const ACME_ORDER_TIMEOUT_MS: u64 = 120_000;
+/// The shortest time between two looks at the certificate, in ms.
+pub(crate) const ACME_CHECK_MS_MIN: u64 = 1_000;
 /// The wait before trying again after a failed issuance, in ms.
 pub(crate) const ACME_RETRY_MS: u64 = 3_600_000;
 
@@ -185,24 +187,6 @@ fn not_after_ms(loaded: &Loaded) -> Option<i64> {
     crate::serve::certificate_facts(&loaded.path(&loaded.config.paths.tls_certificate)).map(|(_, at)| at)
 }
 
-/// Writes `bytes` to `path` whole or not at all (a temporary file, fsynced, renamed).
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let partial = crate::cli::part_path(path);
-    let _ = std::fs::remove_file(&partial);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&partial, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
-}
-
 /// Obtains a certificate for the host name from the configured CA (TLS-ALPN-01 answered by
 /// `certs` on the HTTPS listener, which must be listening), writes it and its key to
 /// `[paths]`, and puts it in force. Returns when it ends (ms). Audited.
@@ -230,16 +214,12 @@ pub(crate) async fn obtain(
         key.as_bytes(),
         "the ACME certificate",
     )?;
-    write_atomically(
-        &loaded.path(&loaded.config.paths.tls_private_key),
-        key.as_bytes(),
-        0o600,
-    )?;
-    write_atomically(
-        &loaded.path(&loaded.config.paths.tls_certificate),
-        chain.as_bytes(),
-        0o644,
-    )?;
+    for (path, bytes, mode) in [
+        (&loaded.config.paths.tls_private_key, key.as_bytes(), 0o600),
+        (&loaded.config.paths.tls_certificate, chain.as_bytes(), 0o644),
+    ] {
+        crate::cli::write_whole(&loaded.path(path), mode, |file| Ok(file.write_all(bytes)?))?;
+    }
     *certs.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
     let ends = not_after_ms(loaded).unwrap_or(0);
     let store2 = store.clone();
@@ -367,7 +347,7 @@ pub(crate) async fn keep(
     let renew_before_ms = i64::from(acme.renew_before_days) * 24 * 3600 * 1000;
     loop {
         let due = not_after_ms(&loaded).is_none_or(|ends| ends - now_ms() < renew_before_ms) || !issued_by_ca(&loaded);
-        let mut wait = Duration::from_millis(acme.check_interval_ms.max(1000));
+        let mut wait = Duration::from_millis(acme.check_interval_ms.max(ACME_CHECK_MS_MIN));
         if due {
             match obtain(&loaded, &store, &certs).await {
                 Ok(_) => {}

@@ -372,29 +372,7 @@ pub(crate) fn scheduled(loaded: &Loaded, store: &sealpost_storage::Store) -> any
         ))
         .unwrap_or_default();
     let path = folder.join(format!("sealpost-{stamp}.backup"));
-    let partial = folder.join(format!(".sealpost-{stamp}.backup.part"));
-    let mut file = std::io::BufWriter::new(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&partial)
-            .with_context(|| format!("creating {}", partial.display()))?,
-    );
-    let written = write(loaded, store, &cfg.recipient, &mut file).and_then(|summary| {
-        file.into_inner()
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", partial.display()))?
-            .sync_all()?;
-        std::fs::rename(&partial, &path)?;
-        Ok(summary)
-    });
-    let summary = match written {
-        Ok(summary) => summary,
-        Err(error) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(error);
-        }
-    };
+    let summary = crate::cli::write_whole(&path, 0o600, |file| write(loaded, store, &cfg.recipient, file))?;
     store.audit(
         sealpost_storage::AuditEvent::new(&sealpost_storage::Actor::system(), "backup.create", "store")
             .detail(format!("scheduled; {} files, {} bytes", summary.files, summary.bytes)),

@@ -724,23 +724,10 @@ fn ediscovery(command: DiscoveryCommand, run: &mut Run<'_>) -> anyhow::Result<u8
                 discovery::export(&run.console.store, &run.actor, &query, kind, &encrypt_to, &mut *run.out)
                     .map_err(|why| anyhow::anyhow!("{why}"))?
             } else {
-                let partial = part_path(&to);
-                let written = (|| {
-                    let mut file = std::io::BufWriter::new(
-                        std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
-                    );
-                    let exported = discovery::export(run.store(), &run.actor, &query, kind, &encrypt_to, &mut file)
-                        .map_err(|why| anyhow::anyhow!("{why}"))?;
-                    file.into_inner()
-                        .map_err(|e| anyhow::anyhow!("writing {}: {e}", partial.display()))?
-                        .sync_all()?;
-                    std::fs::rename(&partial, &to).with_context(|| format!("renaming into {}", to.display()))?;
-                    Ok::<_, anyhow::Error>(exported)
-                })();
-                if written.is_err() {
-                    let _ = std::fs::remove_file(&partial);
-                }
-                written?
+                write_whole(&to, 0o600, |file| {
+                    discovery::export(run.store(), &run.actor, &query, kind, &encrypt_to, file)
+                        .map_err(|why| anyhow::anyhow!("{why}"))
+                })?
             };
             writeln!(
                 run.err,
@@ -764,22 +751,9 @@ fn backup(args: BackupArgs, run: &mut Run<'_>) -> anyhow::Result<u8> {
     let summary = if run.via_server {
         crate::backup::write(run.loaded, &run.console.store, &recipient, &mut *run.out)?
     } else {
-        let partial = part_path(&to);
-        let written = (|| {
-            let mut file = std::io::BufWriter::new(
-                std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
-            );
-            let summary = crate::backup::write(run.loaded, run.store(), &recipient, &mut file)?;
-            file.into_inner()
-                .map_err(|e| anyhow::anyhow!("writing {}: {e}", partial.display()))?
-                .sync_all()?;
-            std::fs::rename(&partial, &to).with_context(|| format!("renaming into {}", to.display()))?;
-            Ok::<_, anyhow::Error>(summary)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&partial);
-        }
-        written?
+        write_whole(&to, 0o600, |file| {
+            crate::backup::write(run.loaded, run.store(), &recipient, file)
+        })?
     };
     run.store().audit(
         sealpost_storage::AuditEvent::new(&run.actor, "backup.create", "store")
@@ -801,6 +775,39 @@ pub(crate) fn part_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".part");
     path.with_file_name(name)
+}
+
+/// Writes `path` whole or not at all: `write` fills `path.part` (created with `mode`), which
+/// is fsynced and renamed into place when `write` succeeds, and removed when it fails.
+pub(crate) fn write_whole<T>(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let partial = part_path(path);
+    let _ = std::fs::remove_file(&partial);
+    let written = (|| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?;
+        let mut buffered = std::io::BufWriter::new(file);
+        let done = write(&mut buffered)?;
+        buffered
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", partial.display()))?
+            .sync_all()
+            .with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, path).with_context(|| format!("renaming into {}", path.display()))?;
+        Ok(done)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }
 
 #[derive(Subcommand)]

@@ -37,6 +37,10 @@ pub(crate) const CONTROL_REQUEST_BYTES_MAX: u64 = 2 * 1024 * 1024;
 pub(crate) const CONTROL_INPUT_BYTES_MAX: u64 = 1024 * 1024;
 /// How long the server waits for a request line, in ms.
 pub(crate) const CONTROL_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Largest frame the server writes, in bytes (a longer output is cut into several).
+const FRAME_CHUNK_BYTES: usize = 1024 * 1024;
+/// Longest client user name recorded as the audit's actor, in characters.
+const CONTROL_USER_CHARS_MAX: usize = 64;
 /// How long one frame may wait for the client to read, in ms.
 pub(crate) const CONTROL_WRITE_TIMEOUT_MS: u64 = 60_000;
 /// Largest frame the client accepts, in bytes.
@@ -137,7 +141,7 @@ struct Frames {
 
 impl Write for Frames {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let chunk = &bytes[..bytes.len().min(1024 * 1024)];
+        let chunk = &bytes[..bytes.len().min(FRAME_CHUNK_BYTES)];
         frame(&mut self.stream, self.kind, chunk)?;
         Ok(chunk.len())
     }
@@ -195,7 +199,12 @@ fn answer(side: &ServerSide, mut stream: UnixStream) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let user: String = request.user.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+    let user: String = request
+        .user
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(CONTROL_USER_CHARS_MAX)
+        .collect();
     let actor = sealpost_storage::Actor {
         name: format!("cli:{user}"),
         peer: format!("control socket, uid {uid}"),

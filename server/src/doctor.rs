@@ -15,6 +15,10 @@ use crate::now_ms;
 
 /// Free space below this is a failure, in bytes (1 GiB).
 pub(crate) const DISK_FREE_BYTES_MIN: u64 = 1024 * 1024 * 1024;
+/// Free space below this share of the disk is a warning (10%).
+pub(crate) const DISK_FREE_SHARE_WARN: f64 = 0.10;
+/// A clock before this is surely wrong, in ms since the epoch (November 2023).
+const CLOCK_PLAUSIBLE_MS_MIN: i64 = 1_700_000_000_000;
 /// A certificate closer to its end than this is a warning, in days.
 pub(crate) const CERTIFICATE_DAYS_WARN: i64 = 21;
 /// How long a port check waits for a connection, in ms.
@@ -254,7 +258,7 @@ fn check(data: &Path, f: &mut Findings) {
                         free / 1_000_000
                     ),
                 );
-            } else if share < 0.10 {
+            } else if share < DISK_FREE_SHARE_WARN {
                 f.say(
                     Level::Warn,
                     format!(
@@ -290,7 +294,7 @@ fn check(data: &Path, f: &mut Findings) {
             "whether the clock is synchronised is unknown (no timedatectl answer); make sure a time service (systemd-timesyncd, chrony) runs",
         ),
     }
-    if now_ms() < 1_700_000_000_000 {
+    if now_ms() < CLOCK_PLAUSIBLE_MS_MIN {
         f.say(Level::Fail, "the clock is set before November 2023; fix: set the time");
     }
     // DNS: what the server would publish, against what DNS answers.

@@ -63,15 +63,7 @@ pub(crate) enum Command {
     Import(import::ImportCommand),
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
-    )
-    .unwrap_or(i64::MAX)
-}
+pub(crate) use sealpost_storage::now_ms;
 
 fn main() -> ExitCode {
     // mimalloc asks for transparent huge pages for its arenas; each fresh 2 MiB page is then

@@ -720,71 +720,61 @@ impl sealpost_webmail::Outbox for WebOutbox {
     }
 }
 
-/// Applies the retention rules every `interval_ms` until shutdown (none when 0).
-async fn retention_sweeps(interval_ms: u64, store: sealpost_storage::Store, mut stop: watch::Receiver<bool>) {
+/// Runs `job` (blocking store work, which logs its own outcome) off the async threads every
+/// `interval_ms` until shutdown; none when 0.
+async fn every(interval_ms: u64, mut stop: watch::Receiver<bool>, job: Arc<dyn Fn() + Send + Sync>) {
     if interval_ms == 0 {
         return;
     }
-    let every = std::time::Duration::from_millis(interval_ms);
+    let pause = std::time::Duration::from_millis(interval_ms);
     loop {
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
         }
         if *stop.borrow() {
             return;
         }
-        let store = store.clone();
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
-        )
-        .unwrap_or(i64::MAX);
-        match tokio::task::spawn_blocking(move || {
-            let expired = store.expire_quarantine(now, &sealpost_storage::Actor::system())?;
-            if expired > 0 {
-                info!(expired, "quarantine expiry");
-            }
-            store.retention_sweep(now, false, &sealpost_storage::Actor::system())
-        })
-        .await
-        {
-            Ok(Ok(gone)) if !gone.is_empty() => info!(destroyed = gone.len(), "retention sweep"),
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => warn!(%error, "retention sweep failed"),
-            Err(_) => warn!("retention sweep stopped"),
+        let job = job.clone();
+        if tokio::task::spawn_blocking(move || job()).await.is_err() {
+            warn!("a scheduled job stopped");
         }
     }
 }
 
+/// Expires quarantined mail and applies the retention rules every `interval_ms`.
+async fn retention_sweeps(interval_ms: u64, store: sealpost_storage::Store, stop: watch::Receiver<bool>) {
+    let job = move || {
+        let now = crate::now_ms();
+        let system = sealpost_storage::Actor::system();
+        match store.expire_quarantine(now, &system) {
+            Ok(0) => {}
+            Ok(expired) => info!(expired, "quarantine expiry"),
+            Err(error) => warn!(%error, "quarantine expiry failed"),
+        }
+        match store.retention_sweep(now, false, &system) {
+            Ok(gone) if !gone.is_empty() => info!(destroyed = gone.len(), "retention sweep"),
+            Ok(_) => {}
+            Err(error) => warn!(%error, "retention sweep failed"),
+        }
+    };
+    every(interval_ms, stop, Arc::new(job)).await;
+}
+
 /// Takes a backup every `[backup] interval_ms` until shutdown (none when 0 or without a
 /// recipient); a failure is logged and tried again at the next interval.
-async fn scheduled_backups(loaded: Loaded, store: sealpost_storage::Store, mut stop: watch::Receiver<bool>) {
+async fn scheduled_backups(loaded: Loaded, store: sealpost_storage::Store, stop: watch::Receiver<bool>) {
     let cfg = &loaded.config.backup;
-    if cfg.interval_ms == 0 {
-        return;
-    }
-    if cfg.recipient.trim().is_empty() {
+    if cfg.interval_ms > 0 && cfg.recipient.trim().is_empty() {
         warn!("no scheduled backups: [backup] recipient is empty (sealpost init sets it)");
         return;
     }
-    let every = std::time::Duration::from_millis(cfg.interval_ms);
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
-        let (loaded, store) = (loaded.clone(), store.clone());
-        match tokio::task::spawn_blocking(move || crate::backup::scheduled(&loaded, &store)).await {
-            Ok(Ok(path)) => info!(path = %path.display(), "scheduled backup written"),
-            Ok(Err(error)) => warn!(error = %format!("{error:#}"), "scheduled backup failed"),
-            Err(_) => warn!("scheduled backup stopped"),
-        }
-    }
+    let interval_ms = cfg.interval_ms;
+    let job = move || match crate::backup::scheduled(&loaded, &store) {
+        Ok(path) => info!(path = %path.display(), "scheduled backup written"),
+        Err(error) => warn!(error = %format!("{error:#}"), "scheduled backup failed"),
+    };
+    every(interval_ms, stop, Arc::new(job)).await;
 }
 
 /// Version 0 of the policy: `[policy]` of sealpost.toml, with the sign-in settings of

@@ -297,7 +297,7 @@ impl Store {
     /// removed ciphertext leaves the other files as RocksDB compacts them.
     pub fn delete_account(&self, id: AccountId, actor: &Actor) -> Result<()> {
         // Keeping wins: a hold or a minimum age refuses the deletion (audited as denied).
-        if let Some(reason) = self.deletion_refusal(id, crate::retention::now_ms())? {
+        if let Some(reason) = self.deletion_refusal(id, crate::now_ms())? {
             self.audit(
                 AuditEvent::new(actor, "account.delete", format!("account:{id}"))
                     .outcome(crate::AuditOutcome::Denied)

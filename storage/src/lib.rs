@@ -77,8 +77,8 @@ pub use types::{
     Mailbox, MailboxId, MessageMeta, NewAccount, NewMessage, Role, SpecialUse, SystemFlag, Usage,
 };
 
-/// Milliseconds since the Unix epoch, by the system clock.
-pub(crate) fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch, by the system clock (every crate's clock reading).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

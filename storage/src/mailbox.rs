@@ -295,7 +295,7 @@ impl Store {
         let mut batch = Batch::default();
         let mut blobs = crate::message::BlobChanges::default();
         let keeping = self.keeping(account)?;
-        let now = crate::retention::now_ms();
+        let now = crate::now_ms();
         let mut kept = 0u64;
         for (uid, message) in self.message_records(&crypto, account, id)? {
             // What a hold or a minimum age keeps leaves the user's view, not the store.

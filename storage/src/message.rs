@@ -710,7 +710,7 @@ impl Store {
         let mut expunged = Vec::new();
         let mut events = Vec::new();
         let keeping = self.keeping(account)?;
-        let now = crate::retention::now_ms();
+        let now = crate::now_ms();
         for (uid, record) in candidates.into_iter().filter(|(_, r)| r.flags.has(SystemFlag::Deleted)) {
             // What a hold or a minimum age keeps leaves the user's view, not the store.
             if keeping

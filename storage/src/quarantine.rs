@@ -118,7 +118,7 @@ impl Store {
             blob: blob.id,
             size: blob.size,
             internal_date: message.internal_date,
-            held_ms: crate::retention::now_ms(),
+            held_ms: crate::now_ms(),
             expires_ms,
             verdict: verdict.to_string(),
             sender: sender.to_string(),

@@ -17,9 +17,11 @@ use crate::engine::{Batch, Scan, Table};
 use crate::error::{Error, Result};
 use crate::keys::{self, BlobId};
 use crate::mailbox::{open_record, seal_record, MailboxRecord};
+use crate::now_ms;
 use crate::store::AccountCrypto;
 use crate::store::{Actor, Store};
 use crate::types::{AccountId, InternalDate, MailboxId, SpecialUse};
+use std::sync::Arc;
 
 /// Rules one store may hold.
 pub const RETENTION_RULES_MAX: usize = 200;
@@ -251,15 +253,6 @@ fn kept_aad(key: &[u8]) -> Vec<u8> {
     [b"kept/".as_slice(), key].concat()
 }
 
-pub(crate) fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
-    )
-    .unwrap_or(i64::MAX)
-}
-
 impl Store {
     /// The retention rules in force.
     pub fn retention_rules(&self) -> Result<Vec<RetentionRule>> {
@@ -418,9 +411,14 @@ impl Store {
 
     /// What keeps the account's messages: the rules for its address and its open holds.
     pub(crate) fn keeping(&self, account: AccountId) -> Result<Keeping> {
-        let address = self.account(account).map(|a| a.address).unwrap_or_default();
-        let rules = self
-            .retention_rules()?
+        let all = self.retention_rules()?;
+        // The directory record is opened only when a rule names accounts (on every expunge).
+        let address = if all.iter().any(|r| !r.accounts.is_empty()) {
+            self.account(account).map(|a| a.address).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let rules = all
             .into_iter()
             .filter(|rule| {
                 rule.accounts.is_empty() || rule.accounts.iter().any(|a| a.trim().eq_ignore_ascii_case(&address))
@@ -499,24 +497,24 @@ impl Store {
 
     /// A kept message's bytes.
     pub fn read_kept(&self, account: AccountId, id: &[u8; 16]) -> Result<Vec<u8>> {
-        let crypto = self.account_crypto(account)?;
-        let key = kept_key(account, id);
-        let sealed = self.inner.engine.get(Table::Kept, &key)?.ok_or(Error::InvalidInput {
-            what: "no kept message with that id",
-        })?;
-        let record: KeptRecord = open_record(&crypto, &kept_aad(&key), &sealed)?;
+        let (crypto, record) = self.kept_record(account, id)?;
         self.read_blob(&crypto, account, &record.blob)
     }
 
     /// A kept message's search text (lower-cased headers and text).
     pub fn kept_search_text(&self, account: AccountId, id: &[u8; 16]) -> Result<Vec<u8>> {
+        let (crypto, record) = self.kept_record(account, id)?;
+        self.blob_search_text(&crypto, account, &record.blob)
+    }
+
+    fn kept_record(&self, account: AccountId, id: &[u8; 16]) -> Result<(Arc<AccountCrypto>, KeptRecord)> {
         let crypto = self.account_crypto(account)?;
         let key = kept_key(account, id);
         let sealed = self.inner.engine.get(Table::Kept, &key)?.ok_or(Error::InvalidInput {
             what: "no kept message with that id",
         })?;
-        let record: KeptRecord = open_record(&crypto, &kept_aad(&key), &sealed)?;
-        self.blob_search_text(&crypto, account, &record.blob)
+        let record = open_record(&crypto, &kept_aad(&key), &sealed)?;
+        Ok((crypto, record))
     }
 
     /// Why the account may not be deleted now, if anything keeps its mail: an open hold, or

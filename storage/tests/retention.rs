@@ -8,20 +8,11 @@ mod common;
 
 use common::*;
 use sealpost_storage::{
-    Actor, AuditSearch, Error, FlagChange, Flags, InternalDate, MailboxId, NewMessage, RetentionRule, Store, SystemFlag,
+    now_ms, Actor, AuditSearch, Error, FlagChange, Flags, InternalDate, MailboxId, NewMessage, RetentionRule, Store,
+    SystemFlag,
 };
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 /// Appends a message whose internal date is `days_old` days before now; returns its UID.
 fn put(store: &Store, account: sealpost_storage::AccountId, mailbox: MailboxId, days_old: i64, text: &str) -> u32 {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::admin::{admin, console, AdminForm};
 use crate::discovery::{self, DiscoveryQuery, ExportKind};
-use crate::html::{error_line, notice_line, render, when, Frame};
+use crate::html::{button_form, error_line, notice_line, render, when, Frame};
 use crate::queue::day_ms;
 use crate::request::{blocking, now_ms};
 use crate::WebState;
@@ -91,21 +91,13 @@ async fn holds_page(
                             until.map_or("now".into(), when)
                         ),
                     };
-                    let (csrf, id, address) = (csrf.clone(), hold.id.to_string(), address_of(c.account));
-                    let remove = open.then(|| {
-                        view! {
-                            <form method="post" action="/admin/holds" class="inline">
-                                <input type="hidden" name="csrf" value=csrf/>
-                                <input type="hidden" name="hold" value=id/>
-                                <input type="hidden" name="address" value=address.clone()/>
-                                <button type="submit" name="action" value="remove" class="quiet">"Remove"</button>
-                            </form>
-                        }
-                    });
+                    let address = address_of(c.account);
+                    let fields = [("hold", hold.id.to_string()), ("address", address.clone())];
+                    let remove = open.then(|| button_form("/admin/holds", &csrf, &fields, "remove", "Remove", "quiet"));
                     view! { <li>{format!("{address}: {range} ")}{remove}</li> }
                 })
                 .collect();
-            let (csrf1, csrf2, id1, id2) = (csrf.clone(), csrf.clone(), hold.id.to_string(), hold.id.to_string());
+            let (csrf1, id1) = (csrf.clone(), hold.id.to_string());
             let forms = open.then(|| {
                 view! {
                     <form method="post" action="/admin/holds" class="stack add-custodian">
@@ -116,11 +108,7 @@ async fn holds_page(
                         <label>"until (YYYY-MM-DD, optional)"<input type="text" name="until"/></label>
                         <button type="submit" name="action" value="add">"Add custodian"</button>
                     </form>
-                    <form method="post" action="/admin/holds" class="inline">
-                        <input type="hidden" name="csrf" value=csrf2/>
-                        <input type="hidden" name="hold" value=id2/>
-                        <button type="submit" name="action" value="release" class="danger">"Release this hold"</button>
-                    </form>
+                    {button_form("/admin/holds", &csrf, &[("hold", hold.id.to_string())], "release", "Release this hold", "danger")}
                 }
             });
             view! {

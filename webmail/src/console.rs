@@ -91,9 +91,7 @@ pub enum Outcome {
     Deleted(String),
 }
 
-fn now_ms() -> i64 {
-    crate::request::now_ms()
-}
+use sealpost_storage::now_ms;
 
 pub type AliasMap = std::collections::BTreeMap<String, Vec<String>>;
 

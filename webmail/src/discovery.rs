@@ -152,6 +152,42 @@ fn shown_of(summary: &[u8]) -> sealpost_mime::Shown {
         .unwrap_or_default()
 }
 
+/// The hit for one message (in a folder or kept) if it matches; its text is read only when
+/// the query asks for words.
+fn hit_of(
+    store: &Store,
+    query: &DiscoveryQuery,
+    account: &sealpost_storage::Account,
+    place: Place,
+    folder: String,
+    summary: &[u8],
+    (date_ms, size): (i64, u64),
+) -> Option<Hit> {
+    let shown = shown_of(summary);
+    let text = || {
+        match &place {
+            Place::Folder { mailbox, uid } => store.message_search_text(account.id, *mailbox, *uid),
+            Place::Kept(id) => store.kept_search_text(account.id, id),
+        }
+        .ok()
+        .and_then(|b| search_text(&b))
+    };
+    if !matches(query, &shown, date_ms, text) {
+        return None;
+    }
+    Some(Hit {
+        account: account.id,
+        address: account.address.clone(),
+        place,
+        folder,
+        internal_date_ms: date_ms,
+        size,
+        from: shown.from.first().map(|p| p.email.clone()).unwrap_or_default(),
+        subject: shown.subject,
+        message_id: shown.message_id.unwrap_or_default(),
+    })
+}
+
 /// What a search found: the messages (one per copy of the same message in an account:
 /// INBOX and BACKUP count once), and whether it stopped at `DISCOVERY_HITS_MAX`.
 pub fn search(store: &Store, query: &DiscoveryQuery) -> Result<(Vec<Hit>, bool), Error> {
@@ -175,60 +211,30 @@ pub fn search(store: &Store, query: &DiscoveryQuery) -> Result<(Vec<Hit>, bool),
         for mailbox in store.list_mailboxes(account.id)? {
             let uids: Vec<u32> = store.messages(account.id, mailbox.id)?.iter().map(|m| m.uid).collect();
             for (meta, summary) in store.message_summaries(account.id, mailbox.id, &uids)? {
-                let shown = shown_of(&summary);
-                let date_ms = meta.internal_date.unix_seconds.saturating_mul(1000);
-                let text = || {
-                    store
-                        .message_search_text(account.id, mailbox.id, meta.uid)
-                        .ok()
-                        .and_then(|b| search_text(&b))
+                let place = Place::Folder {
+                    mailbox: mailbox.id,
+                    uid: meta.uid,
                 };
-                if !matches(query, &shown, date_ms, text) {
-                    continue;
-                }
-                let hit = Hit {
-                    account: account.id,
-                    address: account.address.clone(),
-                    place: Place::Folder {
-                        mailbox: mailbox.id,
-                        uid: meta.uid,
-                    },
-                    folder: mailbox.name.clone(),
-                    internal_date_ms: date_ms,
-                    size: meta.size,
-                    from: shown.from.first().map(|p| p.email.clone()).unwrap_or_default(),
-                    subject: shown.subject.clone(),
-                    message_id: shown.message_id.clone().unwrap_or_default(),
-                };
-                if take(hit, &mut hits) {
+                let dated = (meta.internal_date.unix_seconds.saturating_mul(1000), meta.size);
+                let found = hit_of(store, query, &account, place, mailbox.name.clone(), &summary, dated);
+                if found.is_some_and(|hit| take(hit, &mut hits)) {
                     return Ok((hits, true));
                 }
             }
         }
         for kept in store.kept_messages(account.id)? {
-            let shown = shown_of(&kept.summary);
-            let date_ms = kept.internal_date.unix_seconds.saturating_mul(1000);
-            let text = || {
-                store
-                    .kept_search_text(account.id, &kept.id)
-                    .ok()
-                    .and_then(|b| search_text(&b))
-            };
-            if !matches(query, &shown, date_ms, text) {
-                continue;
-            }
-            let hit = Hit {
-                account: account.id,
-                address: account.address.clone(),
-                place: Place::Kept(kept.id),
-                folder: format!("{} (removed by its owner, kept)", kept.folder),
-                internal_date_ms: date_ms,
-                size: kept.size,
-                from: shown.from.first().map(|p| p.email.clone()).unwrap_or_default(),
-                subject: shown.subject.clone(),
-                message_id: shown.message_id.clone().unwrap_or_default(),
-            };
-            if take(hit, &mut hits) {
+            let folder = format!("{} (removed by its owner, kept)", kept.folder);
+            let dated = (kept.internal_date.unix_seconds.saturating_mul(1000), kept.size);
+            let found = hit_of(
+                store,
+                query,
+                &account,
+                Place::Kept(kept.id),
+                folder,
+                &kept.summary,
+                dated,
+            );
+            if found.is_some_and(|hit| take(hit, &mut hits)) {
                 return Ok((hits, true));
             }
         }

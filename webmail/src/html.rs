@@ -126,6 +126,30 @@ pub(crate) fn notice_line(notice: Option<String>) -> impl IntoView {
     notice.map(|n| view! { <p class="notice" role="status">{n}</p> })
 }
 
+/// A form of one button, posting `action` with the CSRF token and the hidden `fields` to `to`
+/// (the row actions of the console's and the quarantine's lists).
+pub(crate) fn button_form(
+    to: &'static str,
+    csrf: &str,
+    fields: &[(&'static str, String)],
+    action: &'static str,
+    label: &'static str,
+    class: &'static str,
+) -> impl IntoView {
+    let hidden: Vec<_> = fields
+        .iter()
+        .map(|(name, value)| view! { <input type="hidden" name=*name value=value.clone()/> })
+        .collect();
+    let csrf = csrf.to_string();
+    view! {
+        <form method="post" action=to class="inline">
+            <input type="hidden" name="csrf" value=csrf/>
+            {hidden}
+            <button type="submit" name="action" value=action class=class>{label}</button>
+        </form>
+    }
+}
+
 /// A time in ms as "2026-11-23 14:05 UTC".
 pub(crate) fn when(ms: i64) -> String {
     let Ok(at) = time::OffsetDateTime::from_unix_timestamp(ms / 1000) else {

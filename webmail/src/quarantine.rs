@@ -15,7 +15,7 @@ use sealpost_storage::{quarantine_id_hex, quarantine_id_parse, AccountId, Actor,
 use serde::Deserialize;
 
 use crate::admin::{admin, AdminForm};
-use crate::html::{error_line, notice_line, render, when, Frame};
+use crate::html::{button_form, error_line, notice_line, render, when, Frame};
 use crate::request::{blocking, forbidden};
 use crate::{Peer, WebState};
 
@@ -43,12 +43,8 @@ async fn digest_page(
     let rows: Vec<_> = held
         .iter()
         .map(|q| {
-            let (csrf, csrf2, id, id2) = (
-                found.session.csrf.clone(),
-                found.session.csrf.clone(),
-                quarantine_id_hex(&q.id),
-                quarantine_id_hex(&q.id),
-            );
+            let fields = [("id", quarantine_id_hex(&q.id))];
+            let csrf = &found.session.csrf;
             view! {
                 <tr>
                     <td>{q.sender.clone()}</td>
@@ -57,16 +53,8 @@ async fn digest_page(
                     <td>{when(q.held_ms)}</td>
                     <td>{when(q.expires_ms)}</td>
                     <td>
-                        <form method="post" action="/quarantine" class="inline">
-                            <input type="hidden" name="csrf" value=csrf/>
-                            <input type="hidden" name="id" value=id/>
-                            <button type="submit" name="action" value="release">"Release to Inbox"</button>
-                        </form>
-                        <form method="post" action="/quarantine" class="inline">
-                            <input type="hidden" name="csrf" value=csrf2/>
-                            <input type="hidden" name="id" value=id2/>
-                            <button type="submit" name="action" value="delete" class="danger">"Delete"</button>
-                        </form>
+                        {button_form("/quarantine", csrf, &fields, "release", "Release to Inbox", "")}
+                        {button_form("/quarantine", csrf, &fields, "delete", "Delete", "danger")}
                     </td>
                 </tr>
             }
@@ -222,14 +210,8 @@ async fn console_page(
     let rows: Vec<_> = rows
         .iter()
         .map(|(address, q)| {
-            let (csrf, csrf2, id, id2) = (
-                found.session.csrf.clone(),
-                found.session.csrf.clone(),
-                quarantine_id_hex(&q.id),
-                quarantine_id_hex(&q.id),
-            );
-            let account = q.account.0.to_string();
-            let account2 = account.clone();
+            let fields = [("id", quarantine_id_hex(&q.id)), ("account", q.account.0.to_string())];
+            let csrf = &found.session.csrf;
             let subject = if subjects {
                 q.subject.clone()
             } else {
@@ -243,18 +225,8 @@ async fn console_page(
                     <td>{q.verdict.clone()}</td>
                     <td>{when(q.held_ms)}</td>
                     <td>
-                        <form method="post" action="/admin/quarantine" class="inline">
-                            <input type="hidden" name="csrf" value=csrf/>
-                            <input type="hidden" name="id" value=id/>
-                            <input type="hidden" name="account" value=account/>
-                            <button type="submit" name="action" value="release">"Release"</button>
-                        </form>
-                        <form method="post" action="/admin/quarantine" class="inline">
-                            <input type="hidden" name="csrf" value=csrf2/>
-                            <input type="hidden" name="id" value=id2/>
-                            <input type="hidden" name="account" value=account2/>
-                            <button type="submit" name="action" value="delete" class="danger">"Delete"</button>
-                        </form>
+                        {button_form("/admin/quarantine", csrf, &fields, "release", "Release", "")}
+                        {button_form("/admin/quarantine", csrf, &fields, "delete", "Delete", "danger")}
                     </td>
                 </tr>
             }

@@ -14,7 +14,7 @@ use sealpost_storage::{Account, Actor, QueueId, RecipientState, RecipientStatus}
 use serde::Deserialize;
 
 use crate::admin::{admin, AdminForm};
-use crate::html::{notice_line, render, when, Frame};
+use crate::html::{button_form, notice_line, render, when, Frame};
 use crate::request::blocking;
 use crate::WebState;
 
@@ -83,12 +83,8 @@ async fn queue_page(
             } else {
                 "message"
             };
-            let (csrf, csrf2, id, id2) = (
-                found.session.csrf.clone(),
-                found.session.csrf.clone(),
-                entry.id.to_string(),
-                entry.id.to_string(),
-            );
+            let fields = [("id", entry.id.to_string())];
+            let csrf = &found.session.csrf;
             view! {
                 <tr>
                     <td><code>{entry.id.to_string()}</code><br/>{kind}</td>
@@ -98,16 +94,8 @@ async fn queue_page(
                     <td>{format!("{} tries; next {}", entry.attempts, when(entry.next_attempt_ms))}</td>
                     <td><ul>{recipients}</ul></td>
                     <td>
-                        <form method="post" action="/admin/queue" class="inline">
-                            <input type="hidden" name="csrf" value=csrf/>
-                            <input type="hidden" name="id" value=id/>
-                            <button type="submit" name="action" value="retry" class="quiet">"Retry now"</button>
-                        </form>
-                        <form method="post" action="/admin/queue" class="inline">
-                            <input type="hidden" name="csrf" value=csrf2/>
-                            <input type="hidden" name="id" value=id2/>
-                            <button type="submit" name="action" value="delete" class="danger">"Delete"</button>
-                        </form>
+                        {button_form("/admin/queue", csrf, &fields, "retry", "Retry now", "quiet")}
+                        {button_form("/admin/queue", csrf, &fields, "delete", "Delete", "danger")}
                     </td>
                 </tr>
             }

@@ -18,14 +18,7 @@ pub(crate) const SESSION_COOKIE: &str = "__Host-sp_session";
 /// Before a session exists, forms carry this cookie's value (double-submit CSRF token).
 pub(crate) const FORM_COOKIE: &str = "__Host-sp_form";
 
-pub(crate) fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
-    )
-    .unwrap_or(i64::MAX)
-}
+pub(crate) use sealpost_storage::now_ms;
 
 /// Runs store work off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {

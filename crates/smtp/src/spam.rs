@@ -12,8 +12,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Largest rspamd answer read, in bytes.
+/// Largest rspamd answer body read, in bytes.
 pub const SPAM_REPLY_BYTES_MAX: usize = 1024 * 1024;
+/// Largest header section of an rspamd answer, in bytes.
+pub const SPAM_REPLY_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Symbols kept with a message's verdict, the highest scores first.
+pub const SPAM_SYMBOLS_KEPT_MAX: usize = 20;
 
 /// What to do with mail while rspamd does not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +109,7 @@ impl Scored {
     /// The verdict as kept with the message: score, action and symbols.
     pub fn summary(&self) -> String {
         let mut symbols = self.symbols.clone();
-        symbols.truncate(20);
+        symbols.truncate(SPAM_SYMBOLS_KEPT_MAX);
         format!(
             "score={:.2}; action={}; placement={:?}; symbols={}",
             self.score,
@@ -138,14 +142,7 @@ pub struct Spam {
     down: Mutex<Option<(i64, String)>>,
 }
 
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
-    )
-    .unwrap_or(i64::MAX)
-}
+use sealpost_storage::now_ms;
 
 /// What the envelope says, for rspamd.
 pub struct Envelope<'a> {
@@ -280,7 +277,7 @@ async fn post(
         stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
         stream.write_all(body).await.map_err(|e| e.to_string())?;
         let mut answer = Vec::new();
-        let mut limited = (&mut stream).take(SPAM_REPLY_BYTES_MAX as u64 + 16 * 1024);
+        let mut limited = (&mut stream).take((SPAM_REPLY_BYTES_MAX + SPAM_REPLY_HEAD_BYTES_MAX) as u64);
         limited.read_to_end(&mut answer).await.map_err(|e| e.to_string())?;
         let split = answer
             .windows(4)

@@ -452,28 +452,23 @@ fn deliver(
     let message_id = &analysed.message_id;
     let summary = &analysed.summary;
     let search_text = analysed.text.clone().lowercased().to_bytes();
+    let message = NewMessage {
+        raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary,
+        search_text: &search_text,
+    };
     let mut targets: Vec<DeliveryTarget> = Vec::new();
     let mut local: Vec<Account> = local.to_vec();
     let mut junk: Vec<sealpost_storage::AccountId> = Vec::new();
     match audit.placement {
         crate::spam::Placement::Quarantine if sender.is_none() && outbound.is_none() => {
             // Held by the server: no folder of the recipient has it until it is released.
-            let message = NewMessage {
-                raw,
-                flags: Flags::new(),
-                internal_date: InternalDate::now(),
-                summary,
-                search_text: &search_text,
-            };
             let subject = analysed.text.header("subject").next().unwrap_or("").to_string();
             let sender_address = analysed.from.first().cloned().unwrap_or_else(|| audit.from.clone());
-            let now = i64::try_from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis()),
-            )
-            .unwrap_or(i64::MAX);
-            let expires = now.saturating_add(i64::from(audit.quarantine_days) * 24 * 3600 * 1000);
+            let expires =
+                sealpost_storage::now_ms().saturating_add(i64::from(audit.quarantine_days) * 24 * 3600 * 1000);
             let mut held = Vec::new();
             for account in &local {
                 match store.quarantine(
@@ -532,13 +527,6 @@ fn deliver(
             }),
         }
     }
-    let message = NewMessage {
-        raw,
-        flags: Flags::new(),
-        internal_date: InternalDate::now(),
-        summary,
-        search_text: &search_text,
-    };
     let AuditContext {
         actor,
         from,
