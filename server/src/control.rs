@@ -10,7 +10,7 @@
 //! standard error, `x` exit status), a 4-byte big-endian length and the bytes. The exit frame
 //! is last.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use serde::{Deserialize, Serialize};
+use sealpost_control::{read_frame, read_request, request_line, write_frame, Frame, Request};
 use tracing::{info, warn};
 
 use crate::cli::Run;
@@ -31,27 +31,14 @@ use crate::config::Loaded;
 pub(crate) const SOCKET_NAME: &str = "control.sock";
 /// Control connections served at once; more are told to try again.
 pub(crate) const CONTROL_CONNECTIONS_MAX: usize = 4;
-/// Largest request line (arguments and standard input), in bytes.
-pub(crate) const CONTROL_REQUEST_BYTES_MAX: u64 = 2 * 1024 * 1024;
 /// Largest standard input a subcommand takes (a policy, a password), in bytes.
 pub(crate) const CONTROL_INPUT_BYTES_MAX: u64 = 1024 * 1024;
 /// How long the server waits for a request line, in ms.
 pub(crate) const CONTROL_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Largest frame the server writes, in bytes (a longer output is cut into several).
 const FRAME_CHUNK_BYTES: usize = 1024 * 1024;
-/// Longest client user name recorded as the audit's actor, in characters.
-const CONTROL_USER_CHARS_MAX: usize = 64;
 /// How long one frame may wait for the client to read, in ms.
 pub(crate) const CONTROL_WRITE_TIMEOUT_MS: u64 = 60_000;
-/// Largest frame the client accepts, in bytes.
-const FRAME_BYTES_MAX: u32 = 16 * 1024 * 1024;
-
-#[derive(Serialize, Deserialize)]
-struct Request {
-    args: Vec<String>,
-    input: Option<String>,
-    user: String,
-}
 
 pub(crate) fn socket_path(data: &Path) -> PathBuf {
     data.join(SOCKET_NAME)
@@ -125,12 +112,7 @@ pub(crate) fn listen(data: &Path, side: ServerSide) -> anyhow::Result<Listening>
 }
 
 fn frame(stream: &mut UnixStream, kind: u8, bytes: &[u8]) -> std::io::Result<()> {
-    let length = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
-    let mut head = [0u8; 5];
-    head[0] = kind;
-    head[1..].copy_from_slice(&length.to_be_bytes());
-    stream.write_all(&head)?;
-    stream.write_all(bytes)
+    write_frame(stream, kind, bytes)
 }
 
 /// Standard output or error of a command run in the server, sent as frames.
@@ -171,11 +153,9 @@ fn answer(side: &ServerSide, mut stream: UnixStream) -> anyhow::Result<()> {
     stream.set_read_timeout(Some(Duration::from_millis(CONTROL_REQUEST_TIMEOUT_MS)))?;
     // A client that stops reading frees its slot instead of holding it for ever.
     stream.set_write_timeout(Some(Duration::from_millis(CONTROL_WRITE_TIMEOUT_MS)))?;
-    let mut line = Vec::new();
-    BufReader::new((&stream).take(CONTROL_REQUEST_BYTES_MAX)).read_until(b'\n', &mut line)?;
-    let request: Request = match serde_json::from_slice(&line) {
-        Ok(request) => request,
-        Err(_) => {
+    let request: Request = match read_request(&stream)? {
+        Some(request) => request,
+        None => {
             frame(&mut stream, b'e', b"sealpost: the control request did not read\n")?;
             frame(&mut stream, b'x', &[64])?;
             return Ok(());
@@ -199,12 +179,7 @@ fn answer(side: &ServerSide, mut stream: UnixStream) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let user: String = request
-        .user
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(CONTROL_USER_CHARS_MAX)
-        .collect();
+    let user = sealpost_control::actor_user(&request.user);
     let actor = sealpost_storage::Actor {
         name: format!("cli:{user}"),
         peer: format!("control socket, uid {uid}"),
@@ -288,8 +263,7 @@ fn send(stream: &mut UnixStream, args: Vec<String>, input: Option<String>) -> an
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown".to_string());
     let request = Request { args, input, user };
-    let mut line = serde_json::to_vec(&request).context("writing the control request")?;
-    line.push(b'\n');
+    let line = request_line(&request).context("writing the control request")?;
     stream.write_all(&line).context("sending the command to the server")
 }
 
@@ -307,22 +281,13 @@ pub(crate) fn run_in_server(data: &Path, args: &[&str]) -> anyhow::Result<(u8, V
 fn relay(stream: UnixStream, out: &mut dyn Write) -> anyhow::Result<u8> {
     let mut reader = BufReader::new(stream);
     loop {
-        let mut head = [0u8; 5];
-        reader
-            .read_exact(&mut head)
-            .context("the server closed the control connection before the command ended")?;
-        let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-        anyhow::ensure!(length <= FRAME_BYTES_MAX, "the server sent a frame of {length} bytes");
-        let mut bytes = vec![0u8; length as usize];
-        reader.read_exact(&mut bytes).context("reading the server's answer")?;
-        match head[0] {
-            b'o' => out.write_all(&bytes)?,
-            b'e' => std::io::stderr().write_all(&bytes)?,
-            b'x' => {
+        match read_frame(&mut reader)? {
+            Frame::Out(bytes) => out.write_all(&bytes)?,
+            Frame::Err(bytes) => std::io::stderr().write_all(&bytes)?,
+            Frame::Exit(code) => {
                 out.flush()?;
-                return Ok(bytes.first().copied().unwrap_or(1));
+                return Ok(code);
             }
-            other => anyhow::bail!("the server sent a frame of unknown kind {other}"),
         }
     }
 }

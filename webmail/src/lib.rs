@@ -15,6 +15,9 @@ mod compliance;
 mod compose;
 pub mod console;
 pub mod discovery;
+/// Entry points for the fuzzer and the replay of its corpora. Not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod html;
 mod mail;

@@ -21,7 +21,7 @@ pub use sealpost_auth::{LoginLimits, Refusal};
 pub use session::{serve_session, BoxedStream, Connection, ImapConfig, Stream, TlsUpgrade};
 pub use shared::{CommandStats, ImapShared, COMMAND_SECONDS_BUCKETS};
 
-/// Entry points for the fuzzer (`crates/imap/fuzz/`) and its regression test. Not an API.
+/// Entry points for the fuzzer (`fuzz/`) and the replay of its corpora (`tests/fuzz_corpora.rs`). Not an API.
 #[doc(hidden)]
 pub mod fuzz {
     use crate::framer::{Frame, FrameLimits, Framer};

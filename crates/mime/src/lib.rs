@@ -19,6 +19,9 @@
 
 mod address;
 mod display;
+/// Entry points for the fuzzer and the replay of its corpora. Not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod header;
 mod imap;
 mod search;

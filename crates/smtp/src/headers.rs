@@ -159,13 +159,11 @@ pub(crate) fn has_field(raw: &[u8], name: &str) -> bool {
 }
 
 /// The message without header fields named `X-Sealpost-*` (warnings and verdicts are ours to
-/// add; a sender's are forgeries), or `None` when it has none.
+/// add; a sender's are forgeries), or `None` when it has none. The header ends where
+/// `header_len` (and every other reader of it) says, so a body after a bare-LF blank line is
+/// left as it was sent.
 pub(crate) fn without_own_headers(raw: &[u8]) -> Option<Vec<u8>> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|at| at + 2)
-        .unwrap_or(raw.len());
+    let end = header_len(raw);
     let head = &raw[..end];
     let mut out = Vec::with_capacity(raw.len());
     let mut dropping = false;
@@ -190,10 +188,7 @@ pub(crate) fn without_own_headers(raw: &[u8]) -> Option<Vec<u8>> {
 pub(crate) fn with_warning(raw: &[u8], why: &str, prefix: &str) -> Vec<u8> {
     let why: String = why.chars().filter(|c| !c.is_control()).collect();
     let mut out = format!("X-Sealpost-Warning: impersonation: {why}\r\n").into_bytes();
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw.len(), |at| at + 2);
+    let end = header_len(raw);
     let mut done = prefix.trim().is_empty();
     for line in raw[..end].split_inclusive(|b| *b == b'\n') {
         if !done && line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"subject:") {
@@ -215,15 +210,12 @@ pub(crate) fn with_warning(raw: &[u8], why: &str, prefix: &str) -> Vec<u8> {
     out
 }
 
-/// The first value of header field `name` (case-insensitive), unfolded.
+/// The first value of header field `name` (case-insensitive), unfolded; lines end in CRLF or
+/// a bare LF.
 pub(crate) fn field(raw: &[u8], name: &str) -> Option<String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw.len(), |at| at + 2);
-    let text = String::from_utf8_lossy(&raw[..end]);
+    let text = String::from_utf8_lossy(&raw[..header_len(raw)]);
     let mut value: Option<String> = None;
-    for line in text.split("\r\n") {
+    for line in text.split('\n').map(|line| line.strip_suffix('\r').unwrap_or(line)) {
         match &mut value {
             Some(v) if line.starts_with([' ', '\t']) => v.push_str(line.trim_end()),
             Some(_) => break,
@@ -305,6 +297,28 @@ mod tests {
         assert_eq!(
             field(&warned, "x-sealpost-warning").unwrap(),
             "impersonation: looks like us"
+        );
+    }
+
+    /// Found by fuzzing (fuzz/regressions/smtp_headers/): the edits took the header to end at
+    /// the first CRLF CRLF while the removal of forged results and every mail reader end it at
+    /// the first blank line, so after a bare-LF blank line the sender's body lost its lines
+    /// that start with `X-Sealpost-` (and the indented lines after them), and a `Subject:` in
+    /// the body got the warning's prefix.
+    #[test]
+    fn the_body_after_a_bare_lf_blank_line_is_left_as_sent() {
+        let raw = b"From: a@b.test\nSubject: hi\n\nX-Sealpost-Note: my own words\n kept\nSubject: body\r\n\r\nend\r\n";
+        assert_eq!(header_len(raw), 28);
+        assert_eq!(without_own_headers(raw), None, "nothing in the header to remove");
+        let warned = with_warning(raw, "x", "[EXTERNAL]");
+        assert!(warned.ends_with(&raw[27..]), "{}", String::from_utf8_lossy(&warned));
+        assert!(String::from_utf8_lossy(&warned).contains("Subject: [EXTERNAL] hi\n"));
+        assert_eq!(field(raw, "subject").as_deref(), Some("hi"));
+        assert_eq!(field(raw, "x-sealpost-note"), None);
+        let forged = b"X-Sealpost-Spam: low\nSubject: hi\n\nX-Sealpost-Note: kept\n";
+        assert_eq!(
+            without_own_headers(forged).unwrap(),
+            b"Subject: hi\n\nX-Sealpost-Note: kept\n".to_vec()
         );
     }
 }

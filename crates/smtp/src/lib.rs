@@ -7,6 +7,9 @@
 mod bounce;
 mod dane;
 mod dkim_sign;
+/// Entry points for the fuzzer and the replay of its corpora. Not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod headers;
 mod mta_sts;
 mod outbound;

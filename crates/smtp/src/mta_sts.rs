@@ -202,7 +202,7 @@ pub(crate) async fn fetch(
 }
 
 /// The body of a `200` response (Content-Length or chunked), or why not.
-fn parse_http(response: &[u8]) -> Result<String, String> {
+pub(crate) fn parse_http(response: &[u8]) -> Result<String, String> {
     let end = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
