@@ -165,25 +165,106 @@ pub(crate) enum SeqNumber {
 /// A sequence set: ranges, or `$` (the saved search result, RFC 5182).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum SequenceSet {
-    Ranges(Vec<(SeqNumber, SeqNumber)>),
+    Ranges(Ranges),
     Saved,
 }
 
-impl SequenceSet {
-    /// Each range as (low, high), with `*` standing for `largest`; none for `$`.
-    pub(crate) fn ranges(&self, largest: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
-        let ranges = match self {
-            SequenceSet::Ranges(ranges) => ranges.as_slice(),
-            SequenceSet::Saved => &[],
-        };
-        ranges.iter().map(move |(a, b)| {
-            let value = |n: &SeqNumber| match n {
-                SeqNumber::Value(v) => *v,
-                SeqNumber::Largest => largest,
-            };
-            (value(a).min(value(b)), value(a).max(value(b)))
-        })
+/// The ranges of a sequence set, kept so that however often they overlap and however far
+/// they reach, asking whether a number is in them costs O(log ranges) and listing what they
+/// name in a mailbox costs O(ranges + messages named): nothing is ever expanded number by
+/// number. Ranges without `*` are sorted and merged when parsed. Every range with `*`
+/// contains the largest number, so together they are one range, kept as the least and the
+/// greatest of their other ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Ranges {
+    /// (low, high), both included: sorted, disjoint and not touching.
+    fixed: Vec<(u32, u32)>,
+    /// Of the ranges with `*`: the least and the greatest other end (`*` alone and `*:*`
+    /// add `u32::MAX` and 0, so they name the largest number only).
+    star: Option<(u32, u32)>,
+}
+
+impl Ranges {
+    /// The ranges as parsed, in any order and overlapping.
+    pub(crate) fn new(parsed: impl IntoIterator<Item = (SeqNumber, SeqNumber)>) -> Self {
+        let mut fixed = Vec::new();
+        let mut star: Option<(u32, u32)> = None;
+        for pair in parsed {
+            match pair {
+                (SeqNumber::Value(a), SeqNumber::Value(b)) => fixed.push((a.min(b), a.max(b))),
+                (SeqNumber::Value(end), SeqNumber::Largest) | (SeqNumber::Largest, SeqNumber::Value(end)) => {
+                    let (low, high) = star.unwrap_or((u32::MAX, 0));
+                    star = Some((low.min(end), high.max(end)));
+                }
+                (SeqNumber::Largest, SeqNumber::Largest) => {
+                    star = Some(star.unwrap_or((u32::MAX, 0)));
+                }
+            }
+        }
+        Self {
+            fixed: merge(fixed),
+            star,
+        }
     }
+
+    /// Whether `number` is named, `*` standing for `largest`.
+    pub(crate) fn contains(&self, number: u32, largest: u32) -> bool {
+        if let Some((low, high)) = self.star_range(largest) {
+            if (low..=high).contains(&number) {
+                return true;
+            }
+        }
+        let after = self.fixed.partition_point(|(low, _)| *low <= number);
+        after > 0 && self.fixed.get(after - 1).is_some_and(|(_, high)| number <= *high)
+    }
+
+    /// What the ranges name with `*` standing for `largest`, clipped to `1..=limit` (numbers
+    /// past `limit`, the mailbox's last, name nothing): sorted, disjoint ranges, at most one
+    /// more than were parsed.
+    pub(crate) fn bound(&self, largest: u32, limit: u32) -> Vec<(u32, u32)> {
+        let mut ranges = self.fixed.clone();
+        if let Some(star) = self.star_range(largest) {
+            let at = ranges.partition_point(|range| *range < star);
+            ranges.insert(at, star);
+            ranges = merge(ranges);
+        }
+        ranges
+            .into_iter()
+            .filter(|(low, _)| *low <= limit)
+            .map(|(low, high)| (low.max(1), high.min(limit)))
+            .filter(|(low, high)| low <= high)
+            .collect()
+    }
+
+    /// The greatest number written in the set (not `*`), if any: message sequence numbers
+    /// past the last message are an error.
+    pub(crate) fn greatest_written(&self) -> Option<u32> {
+        let fixed = self.fixed.last().map(|(_, high)| *high);
+        let star = self.star.map(|(_, high)| high).filter(|high| *high > 0);
+        fixed.max(star)
+    }
+
+    /// Whether some range has `*`.
+    pub(crate) fn has_star(&self) -> bool {
+        self.star.is_some()
+    }
+
+    fn star_range(&self, largest: u32) -> Option<(u32, u32)> {
+        self.star.map(|(low, high)| (low.min(largest), high.max(largest)))
+    }
+}
+
+/// Sorts ranges and merges those that overlap or touch.
+fn merge(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (low, high) in ranges {
+        match merged.last_mut() {
+            Some(last) if low <= last.1.saturating_add(1) => last.1 = last.1.max(high),
+            _ => merged.push((low, high)),
+        }
+    }
+    merged
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,5 +393,66 @@ impl CommandBody {
             CommandBody::SetQuota => "SETQUOTA",
             CommandBody::Compress { .. } => "COMPRESS",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Ranges, SeqNumber};
+
+    const STAR: SeqNumber = SeqNumber::Largest;
+
+    fn v(n: u32) -> SeqNumber {
+        SeqNumber::Value(n)
+    }
+
+    #[test]
+    fn ranges_merge_when_parsed_and_star_ranges_become_one() {
+        let set = Ranges::new([
+            (v(7), v(3)),
+            (v(1), v(2)),
+            (v(10), v(12)),
+            (v(11), v(11)),
+            (v(20), v(20)),
+        ]);
+        // 1:2 and 3:7 touch: one range.
+        assert_eq!(set.bound(0, u32::MAX), vec![(1, 7), (10, 12), (20, 20)]);
+        // Clipped to the mailbox: past the last number, nothing.
+        assert_eq!(set.bound(0, 11), vec![(1, 7), (10, 11)]);
+        assert_eq!(set.greatest_written(), Some(20));
+        // `*` is the largest number; `5:*` past it is `largest:5`; `*` alone is `largest`.
+        let stars = Ranges::new([(v(5), STAR), (STAR, v(9)), (STAR, STAR)]);
+        assert_eq!(stars.bound(3, 100), vec![(3, 9)]);
+        assert_eq!(stars.bound(50, 100), vec![(5, 50)]);
+        assert!(stars.contains(50, 50) && !stars.contains(51, 50) && !stars.contains(4, 50));
+        let alone = Ranges::new([(STAR, STAR)]);
+        assert_eq!(alone.bound(8, 8), vec![(8, 8)]);
+        assert_eq!(alone.greatest_written(), None);
+        assert!(alone.has_star() && !set.has_star());
+        // A star range joins the fixed ones it overlaps.
+        let mixed = Ranges::new([(v(1), v(4)), (v(6), STAR), (v(30), v(40))]);
+        assert_eq!(mixed.bound(35, 1000), vec![(1, 4), (6, 40)]);
+        assert_eq!(mixed.bound(35, 20), vec![(1, 4), (6, 20)]);
+        for (number, named) in [
+            (0, false),
+            (1, true),
+            (4, true),
+            (5, false),
+            (6, true),
+            (40, true),
+            (41, false),
+        ] {
+            assert_eq!(mixed.contains(number, 35), named, "{number}");
+        }
+    }
+
+    #[test]
+    fn overlapping_ranges_keep_one_entry_however_many_were_written() {
+        let widest = Ranges::new(vec![(v(1), v(u32::MAX)); 10_000]);
+        assert_eq!(widest.bound(0, u32::MAX), vec![(1, u32::MAX)]);
+        assert!(widest.contains(u32::MAX, 0) && widest.contains(1, 0));
+        let stars = Ranges::new(vec![(v(1), STAR); 10_000]);
+        assert_eq!(stars.bound(u32::MAX, u32::MAX), vec![(1, u32::MAX)]);
+        assert_eq!(stars.bound(10, 10), vec![(1, 10)]);
     }
 }

@@ -1,53 +1,109 @@
 //! LIST patterns: `*` matches anything, `%` anything but the hierarchy delimiter.
+//!
+//! A pattern is compiled once per LIST: runs of wildcards collapse into one (`%*%*%*` is
+//! `*`), and matching is dynamic programming over (pattern position, name position), never
+//! backtracking, so one name costs at most the product of the two lengths, both bounded by
+//! `mailbox_name_bytes_max` (the session refuses longer patterns).
 
-/// Whether `name` matches `pattern`. Iterative, with one backtracking point per wildcard
-/// kind, so it runs in time bounded by the product of the lengths.
-pub(crate) fn matches(pattern: &str, name: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let name: Vec<char> = name.chars().collect();
-    // Dynamic programming over (pattern position, name position): no recursion.
-    let mut reachable = vec![false; name.len() + 1];
-    reachable[0] = true;
-    for (p, &wild) in pattern.iter().enumerate() {
-        let mut next = vec![false; name.len() + 1];
-        match wild {
-            '*' | '%' => {
-                let mut open = false;
-                for n in 0..=name.len() {
-                    if reachable[n] {
-                        open = true;
-                    }
-                    next[n] = open;
-                    if wild == '%' && n < name.len() && name[n] == '/' {
-                        open = false;
-                    }
-                }
-            }
-            c => {
-                for n in 0..name.len() {
-                    let equal = if p < 5 && is_inbox_prefix(&pattern) {
-                        name[n].eq_ignore_ascii_case(&c)
-                    } else {
-                        name[n] == c
-                    };
-                    next[n + 1] = reachable[n] && equal;
-                }
-            }
-        }
-        reachable = next;
-    }
-    reachable[name.len()]
+/// A compiled LIST pattern.
+pub(crate) struct Pattern {
+    tokens: Vec<Token>,
+    /// Characters of the name a match needs at least (the literal ones).
+    literals: usize,
 }
 
-/// INBOX is case-insensitive; a pattern starting with it matches INBOX in any case.
-fn is_inbox_prefix(pattern: &[char]) -> bool {
-    let head: String = pattern.iter().take(5).collect();
-    head.eq_ignore_ascii_case("INBOX")
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token {
+    /// One character; `any_case` for the leading INBOX, which is case-insensitive.
+    Literal { c: char, any_case: bool },
+    /// `*`: any characters.
+    Any,
+    /// `%`: any characters but `/`.
+    Level,
+}
+
+impl Pattern {
+    pub(crate) fn new(pattern: &str) -> Self {
+        let head: String = pattern.chars().take(5).collect();
+        let inbox_prefix = head.eq_ignore_ascii_case("INBOX");
+        let mut tokens: Vec<Token> = Vec::new();
+        for (p, c) in pattern.chars().enumerate() {
+            let token = match c {
+                '*' => Token::Any,
+                '%' => Token::Level,
+                c => Token::Literal {
+                    c,
+                    any_case: inbox_prefix && p < 5,
+                },
+            };
+            match (tokens.last_mut(), token) {
+                // Two wildcards in a row match what the wider of them matches.
+                (Some(last @ (Token::Any | Token::Level)), Token::Any | Token::Level) => {
+                    if token == Token::Any {
+                        *last = Token::Any;
+                    }
+                }
+                _ => tokens.push(token),
+            }
+        }
+        let literals = tokens.iter().filter(|t| matches!(t, Token::Literal { .. })).count();
+        Self { tokens, literals }
+    }
+
+    /// Whether `name` matches.
+    pub(crate) fn matches(&self, name: &str) -> bool {
+        let name: Vec<char> = name.chars().collect();
+        if name.len() < self.literals {
+            return false;
+        }
+        // reachable[n]: the pattern so far can match the first n characters of the name.
+        let mut reachable = vec![false; name.len() + 1];
+        let mut next = vec![false; name.len() + 1];
+        reachable[0] = true;
+        for token in &self.tokens {
+            match *token {
+                Token::Any | Token::Level => {
+                    let mut open = false;
+                    for n in 0..=name.len() {
+                        if reachable[n] {
+                            open = true;
+                        }
+                        next[n] = open;
+                        if *token == Token::Level && name.get(n) == Some(&'/') {
+                            open = false;
+                        }
+                    }
+                }
+                Token::Literal { c, any_case } => {
+                    next[0] = false;
+                    for n in 0..name.len() {
+                        let equal = if any_case {
+                            name[n].eq_ignore_ascii_case(&c)
+                        } else {
+                            name[n] == c
+                        };
+                        next[n + 1] = reachable[n] && equal;
+                    }
+                }
+            }
+            std::mem::swap(&mut reachable, &mut next);
+            if !reachable.contains(&true) {
+                return false;
+            }
+        }
+        reachable[name.len()]
+    }
+}
+
+/// Whether `name` matches `pattern`.
+#[cfg(test)]
+pub(crate) fn matches(pattern: &str, name: &str) -> bool {
+    Pattern::new(pattern).matches(name)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::{matches, Pattern};
 
     #[test]
     fn list_wildcards_match_as_imap_says() {
@@ -65,8 +121,36 @@ mod tests {
             ("*b*", "abc", true),
             ("x*", "abc", false),
             ("", "", true),
+            ("", "a", false),
+            ("%*", "a/b", true),
+            ("*%", "a/b", true),
+            ("%%", "a/b", false),
+            ("%%/%", "a/b", true),
+            ("Inbox/%", "INBOX/x", true),
+            ("INBOX/X", "INBOX/x", false),
+            ("a*%*%b", "a/x/b", true),
+            ("a%%%b", "a/b", false),
         ] {
             assert_eq!(matches(pattern, name), expected, "{pattern} ~ {name}");
         }
+    }
+
+    #[test]
+    fn wildcard_runs_collapse_and_a_pathological_pattern_matches_in_bounded_steps() {
+        // 1,000 characters of alternating wildcards are one `*`, one `%` when all are `%`.
+        let wild = "%*".repeat(500);
+        assert_eq!(Pattern::new(&wild).tokens, vec![super::Token::Any]);
+        assert_eq!(Pattern::new(&"%".repeat(1000)).tokens, vec![super::Token::Level]);
+        // Against a name of 1,000 characters: a match and a near miss, each at most
+        // 1,000 x 1,000 steps (the old recursion-free table was bounded too, but kept the
+        // 1,000 wildcards as 1,000 rows).
+        let name = "a".repeat(999) + "b";
+        let pattern = "a%".repeat(499) + "b";
+        assert!(matches(&pattern, &name));
+        assert!(!matches(&(pattern.clone() + "c"), &name));
+        assert!(matches(&(wild.clone() + "b"), &name));
+        assert!(!matches(&(wild + "c"), &name));
+        // More literal characters than the name has: no table at all.
+        assert!(!matches(&"a".repeat(1001), &name));
     }
 }

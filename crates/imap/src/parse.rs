@@ -8,6 +8,9 @@ use crate::utf7;
 pub(crate) const NESTING_DEPTH_MAX: usize = 32;
 /// Most items in one list (fetch items, flags, patterns, search keys at one level).
 pub(crate) const LIST_ITEMS_MAX: usize = 1_000;
+/// Most ranges in one sequence set (within a 64 KiB line, `1,1,1,...` could give 32,000).
+/// Overlaps cost nothing past parsing: the ranges are sorted and merged once.
+pub(crate) const SEQUENCE_SET_RANGES_MAX: usize = 10_000;
 
 /// A command that does not parse: answered `BAD`, with the tag when there is one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -320,14 +323,16 @@ impl<'a> Cursor<'a> {
         }
         let mut ranges = Vec::new();
         loop {
-            if ranges.len() >= LIST_ITEMS_MAX * 10 {
-                return Err("a sequence set with too many ranges".into());
+            if ranges.len() >= SEQUENCE_SET_RANGES_MAX {
+                return Err(format!(
+                    "[LIMIT] a sequence set of more than {SEQUENCE_SET_RANGES_MAX} ranges"
+                ));
             }
             let first = self.seq_number()?;
             let last = if self.eat(b':') { self.seq_number()? } else { first };
             ranges.push((first, last));
             if !self.eat(b',') {
-                return Ok(SequenceSet::Ranges(ranges));
+                return Ok(SequenceSet::Ranges(Ranges::new(ranges)));
             }
         }
     }
@@ -538,7 +543,9 @@ impl<'a> Cursor<'a> {
                     c.eat(b' ');
                 }
                 if c.peek() == Some(b'(') {
-                    // Sequence match data: a hint Sealpost does not need.
+                    // Sequence match data: a hint Sealpost does not need, since the store
+                    // keeps every expunged UID; ignored whatever its size (RFC 7162
+                    // section 3.2.5.2 allows it), beyond checking its syntax.
                     c.expect(b'(', "(")?;
                     c.sequence_set()?;
                     c.sp()?;

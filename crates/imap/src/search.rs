@@ -24,6 +24,7 @@ pub(crate) fn evaluate(
     account: AccountId,
     mailbox: MailboxId,
     uids: &[u32],
+    // The saved result (`$`), ascending.
     saved: &[u32],
     key: &SearchKey,
 ) -> Result<(Vec<u32>, u64)> {
@@ -87,10 +88,11 @@ pub(crate) fn uses_modseq(key: &SearchKey) -> bool {
     false
 }
 
+/// O(log ranges) per message, however many ranges the client wrote; `saved` is ascending.
 fn in_set(set: &SequenceSet, number: u32, largest: u32, saved: Option<&[u32]>) -> bool {
     match set {
-        SequenceSet::Saved => saved.is_some_and(|s| s.contains(&number)),
-        SequenceSet::Ranges(_) => set.ranges(largest).any(|(low, high)| (low..=high).contains(&number)),
+        SequenceSet::Saved => saved.is_some_and(|s| s.binary_search(&number).is_ok()),
+        SequenceSet::Ranges(ranges) => ranges.contains(number, largest),
     }
 }
 
@@ -134,7 +136,7 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> Result<
         SearchKey::Larger(n) => c.meta.size > *n,
         SearchKey::Smaller(n) => c.meta.size < *n,
         SearchKey::Uid(set) => in_set(set, c.meta.uid, ctx.largest_uid, Some(ctx.saved)),
-        SearchKey::Sequence(SequenceSet::Saved) => ctx.saved.contains(&c.meta.uid),
+        SearchKey::Sequence(SequenceSet::Saved) => ctx.saved.binary_search(&c.meta.uid).is_ok(),
         SearchKey::Sequence(set) => in_set(set, c.seq, ctx.count, None),
         SearchKey::ModSeq(n) => c.meta.modseq >= *n,
         SearchKey::Before(day) | SearchKey::On(day) | SearchKey::Since(day) => {

@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast::error::TryRecvError;
 
 use crate::command::{
-    CommandBody, FetchItem, Qresync, SearchReturn, Section, SectionText, SeqNumber, SequenceSet, StoreMode,
+    CommandBody, FetchItem, Qresync, Ranges, SearchReturn, Section, SectionText, SequenceSet, StoreMode,
 };
 use crate::response;
 use crate::session::{blocking, store_failure, Flow, Session};
@@ -26,6 +26,12 @@ const FETCH_SUMMARIES_PER_BATCH_MAX: usize = 128;
 /// The first batch of summaries is this small, and each next one twice the last, so that the
 /// client reads the first responses while the server still loads the rest.
 const FETCH_SUMMARIES_FIRST_BATCH: usize = 32;
+/// One message's FETCH response may hold its content this many times over (BODY[] and the
+/// BINARY of its parts, say) plus FETCH_RESPONSE_SLACK_BYTES; a FETCH asking for more (one
+/// section a thousand times) is refused rather than built in memory.
+const FETCH_RESPONSE_MESSAGE_COPIES_MAX: u64 = 3;
+/// Room for structure, envelope, flags and the like beyond those copies, in bytes.
+const FETCH_RESPONSE_SLACK_BYTES: u64 = 1024 * 1024;
 
 pub(crate) struct Selected {
     pub(crate) id: MailboxId,
@@ -42,7 +48,8 @@ pub(crate) struct Selected {
     pending_flags: BTreeSet<u32>,
     /// MODSEQs this session caused, whose events need no announcement.
     own_modseqs: BTreeSet<u64>,
-    /// The result of the last SEARCH ... RETURN (SAVE), as UIDs.
+    /// The result of the last SEARCH ... RETURN (SAVE), as UIDs, ascending (looked up by
+    /// binary search).
     saved_search: Vec<u32>,
 }
 
@@ -51,50 +58,53 @@ pub(crate) struct Selected {
 fn resolve_checked(set: &SequenceSet, uid: bool, selected: &Selected) -> Result<Vec<u32>, String> {
     if let (SequenceSet::Ranges(ranges), false) = (set, uid) {
         let count = selected.uids.len() as u32;
-        for (a, b) in ranges {
-            for n in [a, b] {
-                if let SeqNumber::Value(v) = n {
-                    if *v > count {
-                        return Err(format!("message sequence number {v} does not exist ({count} messages)"));
-                    }
-                }
-                if matches!(n, SeqNumber::Largest) && count == 0 {
-                    return Err("the mailbox is empty: * names no message".to_string());
-                }
-            }
+        if let Some(v) = ranges.greatest_written().filter(|v| *v > count) {
+            return Err(format!("message sequence number {v} does not exist ({count} messages)"));
+        }
+        if ranges.has_star() && count == 0 {
+            return Err("the mailbox is empty: * names no message".to_string());
         }
     }
     Ok(resolve(set, uid, selected))
 }
 
-/// UIDs that a sequence set names, in this mailbox, ascending.
+/// UIDs that a sequence set names, in this mailbox, ascending. The merged ranges are clipped
+/// to the mailbox first, so this costs O(ranges + messages named) whatever the client wrote.
 fn resolve(set: &SequenceSet, uid: bool, selected: &Selected) -> Vec<u32> {
-    if let SequenceSet::Saved = set {
-        return selected
-            .saved_search
-            .iter()
-            .copied()
-            .filter(|u| selected.uids.binary_search(u).is_ok())
-            .collect();
-    }
-    let mut out = BTreeSet::new();
+    let ranges = match set {
+        SequenceSet::Saved => {
+            return selected
+                .saved_search
+                .iter()
+                .copied()
+                .filter(|u| selected.uids.binary_search(u).is_ok())
+                .collect()
+        }
+        SequenceSet::Ranges(ranges) => ranges,
+    };
+    named_uids(ranges, uid, &selected.uids)
+}
+
+/// The UIDs of `uids` (a mailbox's, ascending, by sequence number) that `ranges` name as UIDs
+/// or as sequence numbers, ascending.
+fn named_uids(ranges: &Ranges, uid: bool, uids: &[u32]) -> Vec<u32> {
+    let mut out = Vec::new();
     if uid {
-        let largest = selected.uids.last().copied().unwrap_or(0);
-        for (low, high) in set.ranges(largest) {
-            let start = selected.uids.partition_point(|u| *u < low);
-            for &u in selected.uids[start..].iter().take_while(|u| **u <= high) {
-                out.insert(u);
-            }
+        let largest = uids.last().copied().unwrap_or(0);
+        for (low, high) in ranges.bound(largest, largest) {
+            let start = uids.partition_point(|u| *u < low);
+            let rest = uids.get(start..).unwrap_or_default();
+            out.extend(rest.iter().take_while(|u| **u <= high));
         }
     } else {
-        let count = selected.uids.len() as u32;
-        for (low, high) in set.ranges(count) {
-            for seq in low.max(1)..=high.min(count) {
-                out.insert(selected.uids[(seq - 1) as usize]);
-            }
+        let count = uids.len() as u32;
+        for (low, high) in ranges.bound(count, count) {
+            // bound() clipped the range to 1..=count.
+            let named = uids.get(low as usize - 1..high as usize).unwrap_or_default();
+            out.extend_from_slice(named);
         }
     }
-    out.into_iter().collect()
+    out
 }
 
 /// A set of numbers in IMAP's compact form: `1:3,7,9:10`.
@@ -229,12 +239,18 @@ impl Session {
         if let Some(qresync) = qresync.filter(|q| q.uid_validity == mailbox.uid_validity) {
             let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
             if let Ok(changes) = blocking(move || store.changes_since(account, id, qresync.modseq)).await {
-                let known = qresync.known_uids.as_ref().map(resolve_known);
+                // Looked up range by range, never expanded: `*` is the last UID given out.
+                let largest = mailbox.uid_next.saturating_sub(1);
                 let vanished: Vec<u32> = changes
                     .expunged
                     .iter()
                     .copied()
-                    .filter(|uid| known.as_ref().is_none_or(|k| k.contains(uid)))
+                    .filter(|uid| {
+                        qresync
+                            .known_uids
+                            .as_ref()
+                            .is_none_or(|k| known_contains(k, *uid, largest))
+                    })
                     .collect();
                 if !vanished.is_empty() {
                     self.untagged(&format!("VANISHED (EARLIER) {}", compact_set(&vanished)));
@@ -301,13 +317,14 @@ impl Session {
                 }
                 selected.uids.retain(|u| gone.binary_search(u).is_err());
             } else {
-                // Highest first, so that each number is right when the client reads it.
+                // Highest first, so that each number is right when the client reads it (a
+                // lower message keeps its number when a higher one goes); removed in one pass.
                 for uid in gone.iter().rev() {
                     if let Some(seq) = selected.seq_of(*uid) {
                         lines.push(format!("{seq} EXPUNGE"));
-                        selected.uids.remove(seq as usize - 1);
                     }
                 }
+                selected.uids.retain(|u| gone.binary_search(u).is_err());
             }
         }
         if grown {
@@ -498,15 +515,26 @@ impl Session {
         let needs = FetchNeeds {
             summary: needs_summary,
             body: needs_body,
+            structure: needs_structure,
             sets_seen,
         };
+        // Sequence numbers do not change during a FETCH (changes are taken in after it).
+        let Some(selected) = self.selected.as_ref() else { return };
+        let numbered: Vec<(u32, u32)> = uids
+            .iter()
+            .filter_map(|uid| selected.seq_of(*uid).map(|seq| (*uid, seq)))
+            .collect();
         let (store, account) = (self.store.clone(), self.account_id());
-        let load = |wanted: Vec<u32>| {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || load_fetch_batch(&store, account, id, &wanted, needs))
+        let items = std::sync::Arc::new(items);
+        let load = |wanted: Vec<(u32, u32)>| {
+            let (store, items) = (store.clone(), items.clone());
+            tokio::task::spawn_blocking(move || {
+                load_fetch_batch(&store, account, id, &wanted, needs, &items, changed_since)
+            })
         };
-        let mut batches = fetch_batches(&uids, needs_body).into_iter();
+        let mut batches = fetch_batches(&numbered, needs_body).into_iter();
         let mut pending = batches.next().map(load);
+        let mut failed = None;
         while let Some(handle) = pending.take() {
             let loaded = match handle.await {
                 Ok(loaded) => loaded,
@@ -517,60 +545,20 @@ impl Session {
             if !sets_seen {
                 pending = batches.next().map(load);
             }
-            let (loaded, seen_now) = match loaded {
-                Ok(loaded) => loaded,
+            let batch = match loaded {
+                Ok(batch) => batch,
                 Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
             };
-            for (mut meta, raw, summary) in loaded {
-                if let Some(selected) = self.selected.as_mut() {
-                    if let Some((_, modseq)) = seen_now.iter().find(|(u, _)| *u == meta.uid) {
-                        meta.flags = meta.flags.clone().with(SystemFlag::Seen);
-                        meta.modseq = *modseq;
-                        selected.own_modseqs.insert(*modseq);
-                    }
-                }
-                if changed_since.is_some_and(|since| meta.modseq <= since) {
-                    continue;
-                }
-                let Some(seq) = self.selected.as_ref().and_then(|s| s.seq_of(meta.uid)) else {
-                    continue;
-                };
-                // Written straight into the response; taken back if an item fails.
-                let line_start = self.out.len();
-                let mut line = std::mem::take(&mut self.out);
-                line.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
-                let mut first = true;
-                let seen_flags = (!seen_now.is_empty()
-                    && seen_now.iter().any(|(u, _)| *u == meta.uid)
-                    && !items.contains(&FetchItem::Flags))
-                .then_some(FetchItem::Flags);
-                let structure = raw
-                    .as_deref()
-                    .filter(|_| needs_structure)
-                    .map(|r| Structure::parse(r, Limits::default()));
-                for item in items.iter().chain(seen_flags.iter()) {
-                    if !first {
-                        line.push(b' ');
-                    }
-                    first = false;
-                    if let Err(code) = write_item(
-                        &mut line,
-                        item,
-                        &meta,
-                        raw.as_deref(),
-                        structure.as_ref(),
-                        summary.as_ref(),
-                    ) {
-                        line.truncate(line_start);
-                        self.out = line;
-                        return self.no(tag, code);
-                    }
-                }
-                line.extend_from_slice(b")\r\n");
-                self.out = line;
-                if raw.is_some() {
-                    read_uids.push(meta.uid);
-                }
+            if let Some(selected) = self.selected.as_mut() {
+                selected
+                    .own_modseqs
+                    .extend(batch.seen_now.iter().map(|(_, modseq)| *modseq));
+            }
+            self.out.extend_from_slice(&batch.lines);
+            read_uids.extend_from_slice(&batch.read);
+            if batch.failed.is_some() {
+                failed = batch.failed;
+                break;
             }
             // A broken connection shows at the next read; nothing more to do here.
             let _ = self.flush().await;
@@ -586,6 +574,9 @@ impl Session {
             )
             .detail("imap fetch");
             self.audit(event).await;
+        }
+        if let Some(code) = failed {
+            return self.no(tag, code);
         }
         self.ok(tag, "FETCH completed");
     }
@@ -658,7 +649,9 @@ impl Session {
                 } else {
                     format!("FLAGS {}", response::flags(&meta.flags))
                 };
-                let body = format!("{uid_part}{flags}{modseq}").trim().to_string();
+                // One space between parts: .SILENT under CONDSTORE has no FLAGS between them.
+                let parts = [uid_part.trim(), flags.as_str(), modseq.trim()];
+                let body = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join(" ");
                 lines.push(format!("{seq} FETCH ({body})"));
             }
         }
@@ -917,20 +910,19 @@ impl Session {
 /// session may no longer know).
 fn set_contains_uid(set: &SequenceSet, uid: u32, selected: &Option<Selected>) -> bool {
     match set {
-        SequenceSet::Saved => selected.as_ref().is_some_and(|s| s.saved_search.contains(&uid)),
-        SequenceSet::Ranges(_) => set.ranges(u32::MAX).any(|(low, high)| (low..=high).contains(&uid)),
+        SequenceSet::Saved => selected
+            .as_ref()
+            .is_some_and(|s| s.saved_search.binary_search(&uid).is_ok()),
+        SequenceSet::Ranges(ranges) => ranges.contains(uid, u32::MAX),
     }
 }
 
-fn resolve_known(set: &SequenceSet) -> BTreeSet<u32> {
-    let mut out = BTreeSet::new();
-    for (low, high) in set.ranges(0) {
-        // Bounded: a known-UID range is clipped to a million entries.
-        for uid in low..=high.min(low.saturating_add(1_000_000)) {
-            out.insert(uid);
-        }
+/// Whether a QRESYNC known-UID set names `uid` (`$` is no known-UID set: it names nothing).
+fn known_contains(set: &SequenceSet, uid: u32, largest: u32) -> bool {
+    match set {
+        SequenceSet::Saved => false,
+        SequenceSet::Ranges(ranges) => ranges.contains(uid, largest),
     }
-    out
 }
 
 /// The name a section is reported under: `BODY[1.HEADER.FIELDS (FROM)]`.
@@ -1120,26 +1112,38 @@ fn decoded_part(raw: &[u8], structure: &Structure, path: &[u32]) -> Result<Vec<u
 struct FetchNeeds {
     summary: bool,
     body: bool,
+    /// MIME structure, parsed from the body (parts, headers, BINARY).
+    structure: bool,
     sets_seen: bool,
 }
 
-type FetchBatch = (
-    Vec<(MessageMeta, Option<Vec<u8>>, Option<Summary>)>,
-    BTreeSet<(u32, u64)>,
-);
+/// One batch of a FETCH, loaded and written out on the blocking pool: parsing MIME,
+/// undoing transfer encodings and copying sections cost as much as the messages are large,
+/// and must not hold a runtime thread that other sessions need.
+struct FetchBatch {
+    /// `* n FETCH (...)` lines, whole.
+    lines: Vec<u8>,
+    /// (UID, MODSEQ) of the messages this FETCH marked \Seen.
+    seen_now: BTreeSet<(u32, u64)>,
+    /// UIDs whose content went out (audited).
+    read: Vec<u32>,
+    /// An item that could not be written: the FETCH ends with NO and this response code,
+    /// after the lines of the messages before it.
+    failed: Option<&'static str>,
+}
 
-/// The UIDs of one FETCH cut into bounded batches, each written out before the one after next
-/// is loaded: a FETCH of a whole large mailbox holds at most two batches in memory. Bodies go
-/// FETCH_BODIES_PER_BATCH_MAX at a time; summaries start small and double up to
-/// FETCH_SUMMARIES_PER_BATCH_MAX.
-fn fetch_batches(uids: &[u32], bodies: bool) -> Vec<Vec<u32>> {
+/// The (UID, sequence number) pairs of one FETCH cut into bounded batches, each written out
+/// before the one after next is loaded: a FETCH of a whole large mailbox holds at most two
+/// batches in memory. Bodies go FETCH_BODIES_PER_BATCH_MAX at a time; summaries start small
+/// and double up to FETCH_SUMMARIES_PER_BATCH_MAX.
+fn fetch_batches(numbered: &[(u32, u32)], bodies: bool) -> Vec<Vec<(u32, u32)>> {
     let mut batches = Vec::new();
     let mut size = if bodies {
         FETCH_BODIES_PER_BATCH_MAX
     } else {
         FETCH_SUMMARIES_FIRST_BATCH
     };
-    let mut rest = uids;
+    let mut rest = numbered;
     while !rest.is_empty() {
         let (batch, after) = rest.split_at(size.min(rest.len()));
         batches.push(batch.to_vec());
@@ -1152,17 +1156,21 @@ fn fetch_batches(uids: &[u32], bodies: bool) -> Vec<Vec<u32>> {
 }
 
 /// One blocking trip per batch: metadata, and bodies or summaries if asked; \Seen set first
-/// when the FETCH reads content of a writable mailbox.
+/// when the FETCH reads content of a writable mailbox; then the response lines, each body
+/// dropped once its line is written.
 fn load_fetch_batch(
     store: &sealpost_storage::Store,
     account: sealpost_storage::AccountId,
     id: MailboxId,
-    wanted: &[u32],
+    numbered: &[(u32, u32)],
     needs: FetchNeeds,
+    items: &[FetchItem],
+    changed_since: Option<u64>,
 ) -> Result<FetchBatch, sealpost_storage::Error> {
+    let wanted: Vec<u32> = numbered.iter().map(|(uid, _)| *uid).collect();
     let mut summaries: HashMap<u32, Vec<u8>> = HashMap::new();
     let mut metas: HashMap<u32, MessageMeta> = if needs.summary {
-        let pairs = store.message_summaries(account, id, wanted)?;
+        let pairs = store.message_summaries(account, id, &wanted)?;
         let mut metas = HashMap::with_capacity(pairs.len());
         for (meta, summary) in pairs {
             summaries.insert(meta.uid, summary);
@@ -1195,9 +1203,23 @@ fn load_fetch_batch(
             seen_now.extend(stored.changed.into_iter().map(|m| (m.uid, m.modseq)));
         }
     }
-    let mut loaded = Vec::with_capacity(wanted.len());
-    for uid in wanted {
-        let Some(meta) = metas.remove(uid) else { continue };
+    let seen_modseqs: HashMap<u32, u64> = seen_now.iter().copied().collect();
+    let mut batch = FetchBatch {
+        lines: Vec::new(),
+        seen_now,
+        read: Vec::new(),
+        failed: None,
+    };
+    for (uid, seq) in numbered {
+        let Some(mut meta) = metas.remove(uid) else { continue };
+        let seen_modseq = seen_modseqs.get(uid).copied();
+        if let Some(modseq) = seen_modseq {
+            meta.flags = meta.flags.clone().with(SystemFlag::Seen);
+            meta.modseq = modseq;
+        }
+        if changed_since.is_some_and(|since| meta.modseq <= since) {
+            continue;
+        }
         let raw = if needs.body {
             Some(store.read_message(account, id, *uid)?)
         } else {
@@ -1209,7 +1231,109 @@ fn load_fetch_batch(
         } else {
             None
         };
-        loaded.push((meta, raw, summary));
+        let structure = raw
+            .as_deref()
+            .filter(|_| needs.structure)
+            .map(|r| Structure::parse(r, Limits::default()));
+        // \Seen set by this FETCH is reported even when FLAGS was not asked for.
+        let seen_flags = (seen_modseq.is_some() && !items.contains(&FetchItem::Flags)).then_some(FetchItem::Flags);
+        let line_start = batch.lines.len();
+        batch.lines.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+        for (n, item) in items.iter().chain(seen_flags.iter()).enumerate() {
+            if n > 0 {
+                batch.lines.push(b' ');
+            }
+            let written = write_item(
+                &mut batch.lines,
+                item,
+                &meta,
+                raw.as_deref(),
+                structure.as_ref(),
+                summary.as_ref(),
+            );
+            let written = written.and_then(|()| {
+                let response_bytes = (batch.lines.len() - line_start) as u64;
+                let response_bytes_max = meta
+                    .size
+                    .saturating_mul(FETCH_RESPONSE_MESSAGE_COPIES_MAX)
+                    .saturating_add(FETCH_RESPONSE_SLACK_BYTES);
+                if response_bytes > response_bytes_max {
+                    return Err("[LIMIT] that would send one message's content more than 3 times over");
+                }
+                Ok(())
+            });
+            if let Err(code) = written {
+                batch.lines.truncate(line_start);
+                batch.failed = Some(code);
+                return Ok(batch);
+            }
+        }
+        batch.lines.extend_from_slice(b")\r\n");
+        if raw.is_some() {
+            batch.read.push(*uid);
+        }
     }
-    Ok((loaded, seen_now))
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named_uids;
+    use crate::command::{Ranges, SeqNumber};
+
+    fn ranges(text: &str) -> Ranges {
+        let number = |n: &str| match n {
+            "*" => SeqNumber::Largest,
+            n => SeqNumber::Value(n.parse().unwrap()),
+        };
+        Ranges::new(text.split(',').map(|range| match range.split_once(':') {
+            Some((a, b)) => (number(a), number(b)),
+            None => (number(range), number(range)),
+        }))
+    }
+
+    #[test]
+    fn sets_name_what_the_mailbox_holds_once_each_in_order() {
+        let uids = [2, 3, 5, 8, 13, 21];
+        for (set, uid, expected) in [
+            ("1:*", true, vec![2, 3, 5, 8, 13, 21]),
+            ("*", true, vec![21]),
+            ("4:6,1:3", true, vec![2, 3, 5]),
+            ("13:4294967295,1:4294967295", true, vec![2, 3, 5, 8, 13, 21]),
+            ("22:4294967295", true, vec![]),
+            ("30:*", true, vec![21]),
+            ("2,4,6", false, vec![3, 8, 21]),
+            ("6:1", false, vec![2, 3, 5, 8, 13, 21]),
+            ("*:5", false, vec![13, 21]),
+            ("1,1,1,2:3,3:2", false, vec![2, 3, 5]),
+        ] {
+            assert_eq!(named_uids(&ranges(set), uid, &uids), expected, "{set} (uid {uid})");
+        }
+        assert_eq!(named_uids(&ranges("1:*"), true, &[]), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn ten_thousand_ranges_of_two_to_the_32_cost_what_the_mailbox_holds() {
+        // 10,000 copies of the widest range and 10,000 of `1:*`: merged when parsed into one
+        // range each, so naming a mailbox of 100,000 messages walks it once.
+        let uids: Vec<u32> = (1..=100_000).map(|n| n * 3).collect();
+        let widest = vec!["1:4294967295"; 10_000].join(",");
+        let set = ranges(&widest);
+        assert_eq!(set.bound(u32::MAX, u32::MAX), vec![(1, u32::MAX)]);
+        assert_eq!(named_uids(&set, true, &uids), uids);
+        let stars = ranges(&vec!["1:*"; 10_000].join(","));
+        assert_eq!(stars.bound(100_000, 100_000), vec![(1, 100_000)]);
+        assert_eq!(named_uids(&stars, false, &uids).len(), 100_000);
+        // Disjoint ranges past the last UID name nothing and stay as written (never a
+        // number at a time): 10,000 ranges of 400,000 UIDs each, four billion in all.
+        let start = |k: u32| 400_000 + k * 429_000;
+        let spread: Vec<String> = (0..10_000u32)
+            .map(|k| format!("{}:{}", start(k), start(k) + 399_999))
+            .collect();
+        let spread = ranges(&spread.join(","));
+        assert_eq!(spread.bound(0, u32::MAX).len(), 10_000);
+        assert!(named_uids(&spread, true, &uids).is_empty());
+        assert!(spread.contains(start(9_999) + 7, 0));
+        assert!(!spread.contains(start(0) + 400_000, 0));
+    }
 }

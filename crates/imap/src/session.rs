@@ -956,26 +956,60 @@ impl Session {
     }
 
     async fn list(&mut self, tag: &str, list: List) {
-        let (store, account) = (self.store.clone(), self.account_id());
-        let mailboxes = match blocking(move || store.list_mailboxes(account)).await {
-            Ok(mailboxes) => mailboxes,
-            Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
-        };
         let kind = if list.lsub { "LSUB" } else { "LIST" };
+        // No name is longer, and the matcher's work grows with the pattern's length.
+        let name_bytes_max = self.store.config().limits.mailbox_name_bytes_max;
+        if list
+            .patterns
+            .iter()
+            .any(|pattern| list.reference.len().saturating_add(pattern.len()) > name_bytes_max)
+        {
+            return self.bad(
+                tag,
+                &format!(
+                    "[LIMIT] a {kind} reference and pattern longer than {name_bytes_max} bytes (mailbox_name_bytes_max)"
+                ),
+            );
+        }
         if list.patterns.len() == 1 && list.patterns[0].is_empty() {
             self.untagged(&format!("{kind} (\\Noselect) \"/\" \"\""));
             return self.ok(tag, &format!("{kind} completed"));
         }
+        let (store, account) = (self.store.clone(), self.account_id());
+        let patterns: Vec<String> = list
+            .patterns
+            .iter()
+            .map(|pattern| format!("{}{}", list.reference, pattern))
+            .collect();
+        // Matching costs names x patterns: on the blocking pool, with the store's read.
+        let listed = blocking(move || {
+            let mailboxes = store.list_mailboxes(account)?;
+            let compiled: Vec<crate::list::Pattern> = patterns.iter().map(|p| crate::list::Pattern::new(p)).collect();
+            let mut parents = std::collections::HashSet::new();
+            for mailbox in &mailboxes {
+                for (at, _) in mailbox.name.match_indices('/') {
+                    parents.insert(mailbox.name[..at].to_string());
+                }
+            }
+            Ok::<_, StoreError>(
+                mailboxes
+                    .into_iter()
+                    .filter(|mailbox| compiled.iter().any(|pattern| pattern.matches(&mailbox.name)))
+                    .map(|mailbox| {
+                        let has_children = parents.contains(&mailbox.name);
+                        (mailbox, has_children)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await;
+        let listed = match listed {
+            Ok(listed) => listed,
+            Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
+        };
         let names = self.names();
         let show_children = !list.lsub;
-        for mailbox in &mailboxes {
-            let full_matches = list.patterns.iter().any(|pattern| {
-                let pattern = format!("{}{}", list.reference, pattern);
-                crate::list::matches(&pattern, &mailbox.name)
-            });
-            if !full_matches {
-                continue;
-            }
+        for (mailbox, has_children) in &listed {
             if (list.lsub || list.select_subscribed) && !mailbox.subscribed {
                 continue;
             }
@@ -984,9 +1018,7 @@ impl Session {
             }
             let mut attributes: Vec<&str> = Vec::new();
             if show_children {
-                let prefix = format!("{}/", mailbox.name);
-                let has_children = mailboxes.iter().any(|m| m.name.starts_with(&prefix));
-                attributes.push(if has_children {
+                attributes.push(if *has_children {
                     "\\HasChildren"
                 } else {
                     "\\HasNoChildren"

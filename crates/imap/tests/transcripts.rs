@@ -164,6 +164,11 @@ async fn idle_timeout() {
     check("limits-idle.txt").await;
 }
 
+#[tokio::test]
+async fn overlapping_and_far_reaching_sets_and_long_list_patterns() {
+    check("amplification.txt").await;
+}
+
 /// Starts a session on `store` with `shared`, logs in as alice, and returns the tagged reply.
 /// The session lives while the returned sender and client do.
 async fn login_reply(
