@@ -126,6 +126,10 @@ def seeds():
         out["mime_message"][f"message-{i}-small-limits"] = b"\1" + message
         out["smtp_headers"][f"message-{i}"] = b"\0" + message
         out["web_html"][f"message-{i}"] = b"\1" + message
+    out["smtp_headers"]["forged-results-hidden"] = (
+        b"\0Authentication-Results: (our (verdict)) mx.example.test; dkim=pass\r\n"
+        b"Authentication-Results:\t\"mx.example.test\"; spf=pass\r\nAuthentication-Results: mx.example.test. 1; dmarc=pass\r\n"
+        b"From: a@b.test\nSubject: hi\n\nX-Sealpost-Note: body\n kept\r\n\r\n")
     for i, html in enumerate(HTML):
         out["web_html"][f"html-{i}"] = b"\0" + html
         out["web_html"][f"html-{i}-remote"] = b"\2" + html
