@@ -456,6 +456,162 @@ fn audit_verify_exits_1_and_names_the_record_someone_altered_on_disk() {
     assert!(stdout.contains("BROKEN at record 2"), "{stdout}");
 }
 
+/// The attacker with the disk and the master key: removes every audit record after `keep`
+/// and seals a head over record `keep` as the store would (the derivation ARCHITECTURE.md
+/// documents: the audit key from the age-wrapped store keys, a MAC key from it).
+fn cut_the_audit_log_with_the_master_key(data: &std::path::Path, keep: u64) {
+    use std::str::FromStr;
+    let store = data.join("store");
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &store).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &store, cfs).unwrap();
+    let (meta, audit) = (db.cf_handle("meta").unwrap(), db.cf_handle("audit").unwrap());
+    let text = std::fs::read_to_string(data.join("keys/master.key")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap();
+    let identity = age::x25519::Identity::from_str(line).unwrap();
+    let keys = age::decrypt(&identity, &db.get_cf(meta, b"store_keys").unwrap().unwrap()).unwrap();
+    let hmac = |key: &[u8], domain: &[u8], data: &[u8]| {
+        let mut mac = ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key));
+        mac.update(domain);
+        mac.update(&[0]);
+        mac.update(data);
+        mac.sign().as_ref().to_vec()
+    };
+    // Store keys: index, directory, audit, 32 bytes each.
+    let mac_key = hmac(&keys[64..96], b"sealpost.audit.mac-key", b"");
+    for seq in keep + 1..keep + 10_000 {
+        if db.get_cf(audit, seq.to_be_bytes()).unwrap().is_none() {
+            break;
+        }
+        db.delete_cf(audit, seq.to_be_bytes()).unwrap();
+    }
+    let kept = db.get_cf(audit, keep.to_be_bytes()).unwrap().unwrap();
+    let mut input = kept[..32].to_vec();
+    input.extend_from_slice(&keep.to_be_bytes());
+    input.extend_from_slice(&kept);
+    let link = hmac(&mac_key, b"sealpost.audit.v2", &input);
+    let mut head = keep.to_be_bytes().to_vec();
+    head.extend_from_slice(&link);
+    head.extend_from_slice(&1u64.to_be_bytes());
+    let mac = hmac(&mac_key, b"sealpost.audit.head", &head);
+    head.extend_from_slice(&mac);
+    db.put_cf(meta, b"audit_head", head).unwrap();
+}
+
+#[test]
+fn a_tail_cut_with_the_master_key_is_shown_by_a_count_the_log_anchor_and_a_backup() {
+    let data = DataDir::init("clinic.example");
+    let d = data.arg();
+    for name in ["alice", "bob", "carol"] {
+        sealpost_ok(&["account", "add", name, "--data", &d], "");
+    }
+    let mut server = data.serve();
+    assert!(
+        server.wait_for("audit anchor ", Duration::from_secs(10)),
+        "{:?}",
+        server.seen
+    );
+    let line = server
+        .seen
+        .iter()
+        .find(|l| l.contains("audit anchor "))
+        .unwrap()
+        .clone();
+    let logged = line
+        .split("audit anchor ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let logged_seq: u64 = logged.split(':').next().unwrap().parse().unwrap();
+    assert!(logged_seq >= 4, "{line}");
+    assert!(!line.contains("alice"), "the anchor line names no one: {line}");
+    // More records, then a backup through the running server: its manifest keeps the head.
+    sealpost_ok(&["account", "add", "dave", "--data", &d], "");
+    let backup = data.dir.path().join("anchored.backup");
+    let identity = data.path().join("keys/backup.key");
+    let (backup_arg, identity_arg) = (backup.to_str().unwrap(), identity.to_str().unwrap());
+    sealpost_ok(&["backup", "--data", &d, "--to", backup_arg], "");
+    let verified = sealpost_ok(&["backup", "verify", backup_arg, "--identity", identity_arg], "");
+    assert!(verified.contains("audit anchor: "), "{verified}");
+    let against = [
+        "audit",
+        "verify",
+        "--data",
+        d.as_str(),
+        "--backup",
+        backup_arg,
+        "--identity",
+        identity_arg,
+    ];
+    let held = sealpost_ok(&against, "");
+    assert!(held.contains("audit chain intact") && held.contains("holds"), "{held}");
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+
+    let intact = sealpost_ok(&["audit", "verify", "--data", &d, "--anchor", &logged], "");
+    let count: u64 = intact
+        .split("intact: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(count > logged_seq, "{intact}");
+    let count = count.to_string();
+    assert!(sealpost_ok(&["audit", "verify", "--data", &d, "--expect-at-least", &count], "").contains("intact"));
+
+    cut_the_audit_log_with_the_master_key(&data.path(), logged_seq - 1);
+    let plain = sealpost(&["audit", "verify", "--data", &d], "");
+    let plain_out = String::from_utf8_lossy(&plain.stdout);
+    assert_eq!(
+        plain.status.code(),
+        Some(0),
+        "with the key the chain itself holds: {plain_out}"
+    );
+    for (args, expected) in [
+        (vec!["--expect-at-least", count.as_str()], "SHORTER than expected"),
+        (vec!["--anchor", logged.as_str()], "does NOT hold"),
+        (
+            vec!["--backup", backup_arg, "--identity", identity_arg],
+            "does NOT hold",
+        ),
+    ] {
+        let mut full = vec!["audit", "verify", "--data", d.as_str()];
+        full.extend(&args);
+        let out = sealpost(&full, "");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}");
+        assert!(stdout.contains(expected), "{args:?}: {stdout}");
+    }
+    // A malformed anchor is refused, not taken for a pass.
+    let bad = sealpost(&["audit", "verify", "--data", &d, "--anchor", "12:beef"], "");
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("SEQ:LINK"));
+
+    // Without the key: one more record removed and a SHA-256 head as the old code accepted.
+    {
+        use sha2::Digest;
+        let store = data.path().join("store");
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &store).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &store, cfs).unwrap();
+        let audit = db.cf_handle("audit").unwrap();
+        let last = logged_seq - 1;
+        db.delete_cf(audit, last.to_be_bytes()).unwrap();
+        let kept = db.get_cf(audit, (last - 1).to_be_bytes()).unwrap().unwrap();
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"sealpost.audit.v1");
+        hasher.update(&kept[..32]);
+        hasher.update((last - 1).to_be_bytes());
+        hasher.update(&kept);
+        let mut head = (last - 1).to_be_bytes().to_vec();
+        head.extend_from_slice(&hasher.finalize());
+        db.put_cf(db.cf_handle("meta").unwrap(), b"audit_head", head).unwrap();
+    }
+    let forged = sealpost(&["audit", "verify", "--data", &d], "");
+    let forged_out = String::from_utf8_lossy(&forged.stdout);
+    assert_eq!(forged.status.code(), Some(1), "{forged_out}");
+    assert!(forged_out.contains("BROKEN"), "{forged_out}");
+}
+
 #[test]
 fn connections_past_the_per_address_limit_are_told_why_and_closed() {
     let data = DataDir::init("clinic.example");

@@ -4,6 +4,10 @@
 //! decrypts and checks every file against the manifest without writing anything; `restore`
 //! writes it all into an empty folder, checks it the same way, then opens the store and walks
 //! the audit chain, so that what it leaves is ready for `sealpost serve`.
+//!
+//! The manifest also keeps the audit chain's head as it was when the checkpoint was taken
+//! (record number and link): an anchor outside the store, against which `sealpost audit verify
+//! --backup FILE` shows a live chain that was cut or rewritten below it.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -33,6 +37,17 @@ struct Manifest {
     created_ms: i64,
     domain: String,
     files: Vec<FileEntry>,
+    /// The audit chain's head at the checkpoint; absent in backups made before anchors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audit: Option<ManifestAnchor>,
+}
+
+/// An audit anchor as the manifest keeps it.
+#[derive(Serialize, Deserialize)]
+struct ManifestAnchor {
+    seq: u64,
+    /// The link (MAC) of record `seq`, in hex.
+    link: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
@@ -47,6 +62,8 @@ pub(crate) struct Summary {
     pub(crate) files: usize,
     pub(crate) bytes: u64,
     pub(crate) created_ms: i64,
+    /// The audit chain's head the backup holds.
+    pub(crate) audit: Option<sealpost_storage::AuditAnchor>,
 }
 
 /// Counts and hashes what passes through.
@@ -120,6 +137,8 @@ pub(crate) fn write(
     let store_dir = loaded.path(&cfg.paths.store);
     let scratch = store_dir.with_file_name(format!(".backup-{}-{:016x}", std::process::id(), rand::random::<u64>()));
     let scratch = Scratch(scratch);
+    // Read before the checkpoint, which then holds at least this record.
+    let anchor = store.audit_anchor();
     store.checkpoint(&scratch.0)?;
     let mut walk = vec![scratch.0.clone()];
     while let Some(dir) = walk.pop() {
@@ -150,6 +169,10 @@ pub(crate) fn write(
         created_ms,
         domain: cfg.server.domain.clone(),
         files: Vec::with_capacity(files.len()),
+        audit: Some(ManifestAnchor {
+            seq: anchor.seq,
+            link: anchor.link_hex(),
+        }),
     };
     {
         let mut archive = tar::Builder::new(&mut encrypted);
@@ -188,6 +211,7 @@ pub(crate) fn write(
         files: manifest.files.len(),
         bytes: manifest.files.iter().map(|f| f.bytes).sum(),
         created_ms,
+        audit: Some(anchor),
     })
 }
 
@@ -265,10 +289,18 @@ fn read_through(
             .map_or_else(|| "an extra file".to_string(), |want| want.path.clone());
         bail!("the backup does not match its manifest (first: {differs})");
     }
+    let audit = match &manifest.audit {
+        Some(anchor) => Some(
+            sealpost_storage::AuditAnchor::parse(&format!("{}:{}", anchor.seq, anchor.link))
+                .context("the manifest's audit anchor does not read")?,
+        ),
+        None => None,
+    };
     Ok(Summary {
         files: seen.len(),
         bytes: seen.iter().map(|f| f.bytes).sum(),
         created_ms: manifest.created_ms,
+        audit,
     })
 }
 
@@ -281,7 +313,21 @@ pub(crate) fn verify(file: &Path, identity: &Path) -> anyhow::Result<ExitCode> {
         summary.bytes,
         crate::cli::format_ms(summary.created_ms)
     );
+    if let Some(anchor) = summary.audit {
+        println!("audit anchor: {anchor} (check a live store with sealpost audit verify --backup)");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The audit anchor in a backup's manifest, the backup checked whole on the way.
+pub(crate) fn audit_anchor(file: &Path, identity: &Path) -> anyhow::Result<sealpost_storage::AuditAnchor> {
+    let summary = read_through(file, identity, |_, _, _| Ok(()))?;
+    summary.audit.with_context(|| {
+        format!(
+            "{}: this backup was made before manifests kept the audit chain's head; it has no anchor",
+            file.display()
+        )
+    })
 }
 
 #[derive(clap::Args)]
@@ -334,12 +380,19 @@ pub(crate) fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (_, store) = crate::cli::open_store(target)?;
-    let chain = store.audit_verify()?;
+    let anchors: Vec<_> = summary.audit.into_iter().collect();
+    let chain = store.audit_verify_against(&anchors)?;
     if let Some(broken) = chain.first_break {
         bail!(
             "restored, but the audit chain is broken at record {}: {}",
             broken.seq,
             broken.reason
+        );
+    }
+    if let Some(failed) = chain.anchors_failed.first() {
+        bail!(
+            "restored, but the audit chain does not hold the manifest's anchor: {}",
+            failed.reason
         );
     }
     println!(
@@ -373,10 +426,16 @@ pub(crate) fn scheduled(loaded: &Loaded, store: &sealpost_storage::Store) -> any
         .unwrap_or_default();
     let path = folder.join(format!("sealpost-{stamp}.backup"));
     let summary = crate::cli::write_whole(&path, 0o600, |file| write(loaded, store, &cfg.recipient, file))?;
+    let anchor = summary.audit.map(|a| a.to_string()).unwrap_or_default();
     store.audit(
-        sealpost_storage::AuditEvent::new(&sealpost_storage::Actor::system(), "backup.create", "store")
-            .detail(format!("scheduled; {} files, {} bytes", summary.files, summary.bytes)),
+        sealpost_storage::AuditEvent::new(&sealpost_storage::Actor::system(), "backup.create", "store").detail(
+            format!(
+                "scheduled; {} files, {} bytes; audit anchor {anchor}",
+                summary.files, summary.bytes
+            ),
+        ),
     )?;
+    tracing::info!(%anchor, "scheduled backup's audit anchor");
     let mut kept: Vec<PathBuf> = std::fs::read_dir(&folder)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {

@@ -372,6 +372,16 @@ fn read_input() -> anyhow::Result<String> {
 /// Runs a console command: in the server when it runs on the data folder, else on the store.
 pub(crate) fn admin(command: Admin) -> anyhow::Result<ExitCode> {
     let data = data_arg().context("--data DIR is required")?;
+    let command = match command {
+        Admin::Audit(AuditCommand::Verify {
+            expect_at_least,
+            anchor,
+            backup: Some(backup),
+            identity: Some(identity),
+            data,
+        }) => return audit_verify_against_backup(expect_at_least, anchor, &backup, &identity, data),
+        command => command,
+    };
     let input = if takes_input(&command) {
         Some(read_input()?)
     } else {
@@ -755,13 +765,16 @@ fn backup(args: BackupArgs, run: &mut Run<'_>) -> anyhow::Result<u8> {
             crate::backup::write(run.loaded, run.store(), &recipient, file)
         })?
     };
+    let anchor = summary.audit.map(|a| a.to_string()).unwrap_or_default();
     run.store().audit(
-        sealpost_storage::AuditEvent::new(&run.actor, "backup.create", "store")
-            .detail(format!("{} files, {} bytes", summary.files, summary.bytes)),
+        sealpost_storage::AuditEvent::new(&run.actor, "backup.create", "store").detail(format!(
+            "{} files, {} bytes; audit anchor {anchor}",
+            summary.files, summary.bytes
+        )),
     )?;
     writeln!(
         run.err,
-        "backup of {} files ({} bytes) encrypted to {} into {}",
+        "backup of {} files ({} bytes) encrypted to {} into {}; audit anchor {anchor}",
         summary.files,
         summary.bytes,
         recipient.trim(),
@@ -1027,8 +1040,25 @@ pub(crate) enum PolicyCommand {
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Walk the hash chain and report the first broken link. Exits 1 if broken.
+    /// Walk the keyed chain and report the first broken link; with what was kept outside
+    /// the store (a record count, anchors from the server's log or a backup's manifest), also
+    /// a chain cut or rewritten below it. Exits 1 if broken or short.
     Verify {
+        /// Report a chain of fewer records than N (a count seen earlier: a previous verify,
+        /// the server's log, a backup's anchor).
+        #[arg(long, value_name = "N")]
+        expect_at_least: Option<u64>,
+        /// An anchor SEQ:LINK, as the server logs it every hour ("audit anchor") and backups
+        /// keep it: the chain must still hold record SEQ with that link. Repeatable.
+        #[arg(long, value_name = "SEQ:LINK")]
+        anchor: Vec<String>,
+        /// Check the chain against the anchor in this backup's manifest (the backup is
+        /// decrypted with --identity and checked whole on the way).
+        #[arg(long, value_name = "FILE", requires = "identity")]
+        backup: Option<PathBuf>,
+        /// The backup identity (`keys/backup.key` as `sealpost init` made it).
+        #[arg(long, value_name = "KEYFILE", requires = "backup")]
+        identity: Option<PathBuf>,
         #[arg(long)]
         data: PathBuf,
     },
@@ -1600,28 +1630,109 @@ fn policy(command: PolicyCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `audit verify --backup FILE`: the backup is read here (the identity stays with whoever
+/// runs the command), its anchor then checked like `--anchor`, in the server if it runs.
+fn audit_verify_against_backup(
+    expect_at_least: Option<u64>,
+    mut anchors: Vec<String>,
+    backup: &Path,
+    identity: &Path,
+    data: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let anchor = crate::backup::audit_anchor(backup, identity)?;
+    eprintln!("backup {} is intact; its audit anchor: {anchor}", backup.display());
+    anchors.push(anchor.to_string());
+    let data_text = data.to_str().context("--data is not UTF-8")?.to_string();
+    let mut args = vec!["audit".to_string(), "verify".into(), "--data".into(), data_text];
+    for anchor in &anchors {
+        args.extend(["--anchor".to_string(), anchor.clone()]);
+    }
+    if let Some(n) = expect_at_least {
+        args.extend(["--expect-at-least".to_string(), n.to_string()]);
+    }
+    if crate::control::connect(&data).is_some() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out) = crate::control::run_in_server(&data, &args)?;
+        std::io::stdout().write_all(&out)?;
+        return Ok(ExitCode::from(code));
+    }
+    admin(Admin::Audit(AuditCommand::Verify {
+        expect_at_least,
+        anchor: anchors,
+        backup: None,
+        identity: None,
+        data,
+    }))
+}
+
+/// `audit verify`: the chain, then what was kept outside the store.
+fn audit_verify(expect_at_least: Option<u64>, anchors: &[String], run: &mut Run<'_>) -> anyhow::Result<u8> {
+    let anchors = anchors
+        .iter()
+        .map(|text| {
+            sealpost_storage::AuditAnchor::parse(text)
+                .with_context(|| format!("--anchor {text}: expected SEQ:LINK (a number, a colon, 64 hex digits)"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let report = run.store().audit_verify_against(&anchors)?;
+    let mut code = 0;
+    match &report.first_break {
+        None => {
+            writeln!(
+                run.out,
+                "audit chain intact: {} records verified",
+                report.records_verified
+            )?;
+            if report.keyed_from > 1 {
+                writeln!(
+                    run.out,
+                    "records 1..={} were written before the chain was keyed: linked by SHA-256 only",
+                    report.keyed_from - 1
+                )?;
+            }
+        }
+        Some(broken) => {
+            writeln!(
+                run.out,
+                "audit chain BROKEN at record {}: {} ({} records before it verified)",
+                broken.seq, broken.reason, report.records_verified
+            )?;
+            code = 1;
+        }
+    }
+    if let Some(expected) = expect_at_least {
+        if report.records_verified < expected {
+            writeln!(
+                run.out,
+                "audit chain SHORTER than expected: {} records verified, at least {expected} expected: records were removed",
+                report.records_verified
+            )?;
+            code = 1;
+        }
+    }
+    for anchor in &anchors {
+        match report.anchors_failed.iter().find(|failed| failed.seq == anchor.seq) {
+            None => writeln!(run.out, "anchor {} holds", anchor.seq)?,
+            Some(failed) => {
+                writeln!(run.out, "anchor {} does NOT hold: {}", anchor.seq, failed.reason)?;
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
 fn audit(command: AuditCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
     match command {
-        AuditCommand::Verify { .. } => {
-            let report = run.store().audit_verify()?;
-            match report.first_break {
-                None => {
-                    writeln!(
-                        run.out,
-                        "audit chain intact: {} records verified",
-                        report.records_verified
-                    )?;
-                    Ok(0)
-                }
-                Some(broken) => {
-                    writeln!(
-                        run.out,
-                        "audit chain BROKEN at record {}: {} ({} records before it verified)",
-                        broken.seq, broken.reason, report.records_verified
-                    )?;
-                    Ok(1)
-                }
-            }
+        AuditCommand::Verify {
+            expect_at_least,
+            anchor,
+            backup: None,
+            ..
+        } => audit_verify(expect_at_least, &anchor, run),
+        AuditCommand::Verify { backup: Some(_), .. } => {
+            // The client reads the backup and sends its anchor as --anchor (see `admin`).
+            bail!("--backup is read by the command itself, not in the server: give --anchor SEQ:LINK")
         }
         AuditCommand::Search { filter, limit, .. } => {
             let page = run

@@ -382,6 +382,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         store.clone(),
         stopped.clone(),
     ));
+    listeners.spawn(audit_anchors(store.clone(), stopped.clone()));
     for (name, port, role, implicit_tls) in [
         ("smtp", cfg.listeners.smtp, ListenerRole::Inbound, false),
         ("submission", cfg.listeners.submission, ListenerRole::Submission, false),
@@ -743,6 +744,25 @@ async fn every(interval_ms: u64, mut stop: watch::Receiver<bool>, job: Arc<dyn F
 }
 
 /// Expires quarantined mail and applies the retention rules every `interval_ms`.
+/// How often the server writes the audit chain's head to its log, in ms.
+const AUDIT_ANCHOR_LOG_INTERVAL_MS: u64 = 60 * 60 * 1000;
+
+/// Writes the audit chain's head (record number and link, no content) to the log at start and
+/// every `AUDIT_ANCHOR_LOG_INTERVAL_MS`: logs shipped off the machine keep anchors that
+/// `sealpost audit verify --anchor SEQ:LINK` checks a store against.
+async fn audit_anchors(store: sealpost_storage::Store, stop: watch::Receiver<bool>) {
+    let job = move || {
+        let anchor = store.audit_anchor();
+        info!(seq = anchor.seq, link = %anchor.link_hex(), "audit anchor {anchor}");
+    };
+    let job: Arc<dyn Fn() + Send + Sync> = Arc::new(job);
+    let first = job.clone();
+    if tokio::task::spawn_blocking(move || first()).await.is_err() {
+        warn!("the audit anchor could not be logged");
+    }
+    every(AUDIT_ANCHOR_LOG_INTERVAL_MS, stop, job).await;
+}
+
 async fn retention_sweeps(interval_ms: u64, store: sealpost_storage::Store, stop: watch::Receiver<bool>) {
     let job = move || {
         let now = crate::now_ms();

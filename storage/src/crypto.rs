@@ -138,6 +138,12 @@ impl SecretKey {
         rand::thread_rng().fill_bytes(&mut bytes);
         Self(bytes)
     }
+
+    /// A key of its own for one purpose, computed from `key`: HMAC-SHA256(key, purpose ‖ 0).
+    /// Only who holds `key` (so, for a store key, the master key) can compute it.
+    pub(crate) fn derived(key: &SecretKey, purpose: &[u8]) -> Self {
+        Self(keyed_hash(key, purpose, &[]))
+    }
 }
 
 /// The store's own keys, wrapped by the master key in the meta table.

@@ -47,7 +47,7 @@ mod store;
 mod types;
 
 pub use account::{normalize_address, Login, ADDRESS_BYTES_MAX, PASSWORD_HASHES_CONCURRENT_MAX};
-pub use audit::{AuditBreak, AuditEvent, AuditOutcome, AuditRecord, AuditVerification};
+pub use audit::{AuditAnchor, AuditBreak, AuditEvent, AuditOutcome, AuditRecord, AuditVerification};
 pub use audit_index::{
     AuditPage, AuditSearch, AUDIT_COUNT_EXACT_MAX, AUDIT_TERMS_PER_RECORD_MAX, AUDIT_TERM_BYTES_MAX,
 };

@@ -233,7 +233,7 @@ impl Store {
         };
         let directory = sealer(&store_keys.directory);
         let audit_sealer = sealer(&store_keys.audit);
-        let audit = AuditHead::load(engine.as_ref())?;
+        let audit = AuditHead::load(engine.as_ref(), &store_keys.audit)?;
         let notifier = Notifier::new(config.limits.mailbox_events_max);
         Ok(Store {
             inner: Arc::new(Inner {
