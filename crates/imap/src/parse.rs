@@ -1142,6 +1142,21 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_set_past_its_ranges_max_is_refused_and_one_at_it_is_merged() {
+        let at_max = format!("a FETCH {} FLAGS\r\n", vec!["1:*"; SEQUENCE_SET_RANGES_MAX].join(","));
+        let Ok(CommandBody::Fetch { set, .. }) = parse(&at_max) else {
+            panic!("a set at the bound must parse");
+        };
+        let one = SequenceSet::Ranges(Ranges::new([(SeqNumber::Value(1), SeqNumber::Largest)]));
+        assert_eq!(set, one);
+        let over = format!("a FETCH {} FLAGS\r\n", vec!["1"; SEQUENCE_SET_RANGES_MAX + 1].join(","));
+        assert_eq!(
+            parse(&over).unwrap_err(),
+            "[LIMIT] a sequence set of more than 10000 ranges"
+        );
+    }
+
+    #[test]
     fn dates_parse_to_unix_time() {
         assert_eq!(parse_day("1-Jan-1970"), Some(0));
         assert_eq!(parse_day("14-Nov-2023"), Some(1_699_920_000));

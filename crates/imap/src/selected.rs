@@ -651,7 +651,12 @@ impl Session {
                 };
                 // One space between parts: .SILENT under CONDSTORE has no FLAGS between them.
                 let parts = [uid_part.trim(), flags.as_str(), modseq.trim()];
-                let body = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join(" ");
+                let body = parts
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 lines.push(format!("{seq} FETCH ({body})"));
             }
         }
