@@ -298,6 +298,30 @@ pub(crate) struct LimitsSection {
     pub(crate) smtp_auth_failures_per_connection_max: u32,
     /// Connections one client address may hold open on the HTTPS listener.
     pub(crate) web_connections_per_address_max: usize,
+    /// Connections each IMAP listener holds open at once, from everyone; past it a client is
+    /// told `* BYE [UNAVAILABLE]` and closed.
+    pub(crate) imap_connections_max: usize,
+    /// Connections each SMTP listener holds open at once; past it, `421 4.7.0`.
+    pub(crate) smtp_connections_max: usize,
+    /// Connections the HTTPS listener holds open at once; past it, `503`.
+    pub(crate) web_connections_max: usize,
+    /// A TLS handshake (implicit TLS, or after STARTTLS) not finished within this long is
+    /// dropped, in milliseconds.
+    pub(crate) tls_handshake_ms_max: u64,
+    /// Before an IMAP login, or an SMTP AUTH or MAIL, each command must arrive whole within
+    /// this long, or the connection is closed, in milliseconds.
+    pub(crate) prelogin_idle_ms_max: u64,
+    /// Largest IMAP literal before login, in bytes.
+    pub(crate) prelogin_literal_bytes_max: u64,
+    /// A web request's header must arrive whole within this long (also the longest an idle
+    /// HTTP/1.1 keep-alive connection waits for its next request), in milliseconds.
+    pub(crate) http_header_read_ms_max: u64,
+    /// A web connection with no request in progress and no byte moving for this long is
+    /// closed, in milliseconds.
+    pub(crate) http_idle_ms_max: u64,
+    /// Sign-ins (IMAP, SMTP, web) that may wait for a password hash behind the
+    /// `PASSWORD_HASH_WORKERS` computing one; past it a sign-in is refused at once.
+    pub(crate) password_hash_queue_max: usize,
 }
 
 impl Default for LimitsSection {
@@ -306,6 +330,7 @@ impl Default for LimitsSection {
         let imap = sealpost_imap::ImapConfig::default();
         let login = sealpost_imap::LoginLimits::default();
         let smtp = sealpost_smtp::SmtpConfig::default();
+        let web = sealpost_webmail::HttpLimits::default();
         Self {
             message_bytes_max: store.message_bytes_max,
             mailboxes_per_account_max: store.mailboxes_per_account_max,
@@ -330,6 +355,16 @@ impl Default for LimitsSection {
             smtp_auth_failures_per_connection_max: smtp.auth_failures_per_connection_max,
             // Browsers open six or so per site; a clinic behind one NAT address has many.
             web_connections_per_address_max: 200,
+            // An idle IMAP session holds about 17 KiB: 5,000 on a listener is ~85 MiB.
+            imap_connections_max: 5_000,
+            smtp_connections_max: 1_000,
+            web_connections_max: 2_000,
+            tls_handshake_ms_max: 10_000,
+            prelogin_idle_ms_max: imap.prelogin_idle_ms_max,
+            prelogin_literal_bytes_max: imap.prelogin_literal_bytes_max,
+            http_header_read_ms_max: web.header_read_ms_max,
+            http_idle_ms_max: web.idle_ms_max,
+            password_hash_queue_max: sealpost_auth::PASSWORD_HASH_QUEUE_MAX,
         }
     }
 }
@@ -485,6 +520,25 @@ fn validate(config: &Config) -> anyhow::Result<()> {
             bail!("aliases.{alias:?}: an alias is an address with a list of one or more account addresses");
         }
     }
+    if limits.imap_connections_max == 0 || limits.smtp_connections_max == 0 || limits.web_connections_max == 0 {
+        bail!("limits: imap_connections_max, smtp_connections_max and web_connections_max must be at least 1");
+    }
+    for (name, value) in [
+        ("tls_handshake_ms_max", limits.tls_handshake_ms_max),
+        ("prelogin_idle_ms_max", limits.prelogin_idle_ms_max),
+        ("http_header_read_ms_max", limits.http_header_read_ms_max),
+        ("http_idle_ms_max", limits.http_idle_ms_max),
+    ] {
+        if value < 100 {
+            bail!("limits.{name}: {value} is below 100 milliseconds");
+        }
+    }
+    if limits.prelogin_literal_bytes_max < 1024 {
+        bail!(
+            "limits.prelogin_literal_bytes_max: {} is below 1024 bytes (a LOGIN with literals needs a few hundred)",
+            limits.prelogin_literal_bytes_max
+        );
+    }
     if limits.mailboxes_per_account_max < 7 {
         bail!("limits.mailboxes_per_account_max: must be at least 7 (the default mailboxes)");
     }
@@ -541,6 +595,16 @@ https = 443
             "https = 443",
             "https = 443\n[limits]\nmessage_bytes_max = 10",
             "limits.message_bytes_max",
+        );
+        check(
+            "https = 443",
+            "https = 443\n[limits]\ntls_handshake_ms_max = 0",
+            "limits.tls_handshake_ms_max: 0 is below 100 milliseconds",
+        );
+        check(
+            "https = 443",
+            "https = 443\n[limits]\nweb_connections_max = 0",
+            "web_connections_max must be at least 1",
         );
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,8 +24,13 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::Loaded;
 
-/// How long a refused TLS connection gets for its handshake, so that it can read why.
+/// How long a refused TLS connection gets for its handshake, so that it can read why (or
+/// `tls_handshake_ms_max` if shorter).
 const REFUSAL_HANDSHAKE_MS: Duration = Duration::from_millis(5_000);
+/// Refusals being told at once on one listener (each may need a TLS handshake to be read);
+/// past it a refused connection is closed without a word, so that a flood cannot make the
+/// refusals themselves the cost.
+const REFUSALS_IN_FLIGHT_MAX: usize = 64;
 /// How long connections get to finish after SIGTERM before they are cut.
 const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
@@ -83,6 +89,8 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         commands_per_second_max: limits.imap_commands_per_second_max,
         commands_paced_ms_max: limits.imap_commands_paced_ms_max,
         login_failures_per_connection_max: limits.imap_login_failures_per_connection_max,
+        prelogin_literal_bytes_max: limits.prelogin_literal_bytes_max,
+        prelogin_idle_ms_max: limits.prelogin_idle_ms_max,
         ..ImapConfig::default()
     });
     // One registry for both listeners: limits on sessions and login failures span them.
@@ -97,6 +105,12 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         cfg.auth.clone(),
         &cfg.server.hostname,
     );
+    // IMAP, SMTP and the web hash passwords through this one queue (the lockout is theirs).
+    imap_shared
+        .lockout()
+        .hash_queue()
+        .set_queue_max(limits.password_hash_queue_max);
+    let handshake_max = Duration::from_millis(limits.tls_handshake_ms_max);
     let (stop, stopped) = watch::channel(false);
     let connections = Arc::new(crate::metrics::Connections::default());
     let mut listeners = JoinSet::new();
@@ -116,6 +130,10 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             implicit_tls,
             per_address: AddressLimiter::new(limits.imap_connections_per_address_max),
             refusal: "* BYE too many connections from your address",
+            cap: ConnectionCap::new(limits.imap_connections_max),
+            full_refusal: "* BYE [UNAVAILABLE] the server has too many connections; try again later",
+            handshake_max,
+            refusing: Arc::new(AtomicUsize::new(0)),
         };
         let (store, config, shared) = (store.clone(), imap_config.clone(), imap_shared.clone());
         let session = move |stream, _, peer: SocketAddr, starttls: Option<SmtpTlsUpgrade>, stopped| {
@@ -138,6 +156,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         messages_per_hour_per_account_max: limits.smtp_messages_per_hour_per_account_max,
         command_timeout_ms: limits.smtp_command_timeout_ms,
         auth_failures_per_connection_max: limits.smtp_auth_failures_per_connection_max,
+        prelogin_idle_ms_max: limits.prelogin_idle_ms_max,
     });
     let aliases = Aliases {
         map: cfg
@@ -363,9 +382,19 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             per_address: AddressLimiter::new(limits.web_connections_per_address_max),
             refusal: "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n\
                       too many connections from your address",
+            cap: ConnectionCap::new(limits.web_connections_max),
+            full_refusal: "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+                           Content-Length: 61\r\n\r\nThe server has too many connections; try again in a moment.",
+            handshake_max,
+            refusing: Arc::new(AtomicUsize::new(0)),
         };
-        let session =
-            move |stream, _, peer: SocketAddr, _, _| sealpost_webmail::serve_connection(app.clone(), stream, peer);
+        let http = sealpost_webmail::HttpLimits {
+            header_read_ms_max: limits.http_header_read_ms_max,
+            idle_ms_max: limits.http_idle_ms_max,
+        };
+        let session = move |stream, _, peer: SocketAddr, _, _| {
+            sealpost_webmail::serve_connection(app.clone(), stream, peer, http)
+        };
         listeners.spawn(service.serve(listener, stopped.clone(), session));
     }
     listeners.spawn(outbound.run(stopped.clone()));
@@ -400,6 +429,10 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             implicit_tls,
             per_address: AddressLimiter::new(limits.smtp_connections_per_address_max),
             refusal: "421 4.7.0 too many connections from your address",
+            cap: ConnectionCap::new(limits.smtp_connections_max),
+            full_refusal: "421 4.7.0 the server has too many connections; try again later",
+            handshake_max,
+            refusing: Arc::new(AtomicUsize::new(0)),
         };
         let (store, config, shared) = (store.clone(), smtp_config.clone(), smtp_shared.clone());
         let session = move |stream, described, peer: SocketAddr, starttls, stopped| {
@@ -550,12 +583,19 @@ where
 
 /// Tells a client past the per-address limit why it is refused, then closes. On a TLS port
 /// the client can only read the reason after a handshake, which gets a few seconds at most.
-async fn refuse(mut socket: tokio::net::TcpStream, tls: &tokio_rustls::TlsAcceptor, implicit_tls: bool, reason: &str) {
+async fn refuse(
+    mut socket: tokio::net::TcpStream,
+    tls: &tokio_rustls::TlsAcceptor,
+    implicit_tls: bool,
+    reason: &str,
+    handshake_max: Duration,
+) {
     if !implicit_tls {
-        let _ = socket.write_all(reason.as_bytes()).await;
+        // Bounded too: a client that does not read must not hold the refusal.
+        let _ = tokio::time::timeout(handshake_max, socket.write_all(reason.as_bytes())).await;
         return;
     }
-    let handshake = tokio::time::timeout(REFUSAL_HANDSHAKE_MS, tls.accept(socket)).await;
+    let handshake = tokio::time::timeout(handshake_max, tls.accept(socket)).await;
     if let Ok(Ok(mut stream)) = handshake {
         let _ = stream.write_all(reason.as_bytes()).await;
         let _ = stream.shutdown().await;
@@ -568,18 +608,23 @@ async fn open_stream(
     socket: tokio::net::TcpStream,
     tls: &tokio_rustls::TlsAcceptor,
     implicit_tls: bool,
+    handshake_max: Duration,
 ) -> Option<(BoxedStream, Option<String>)> {
     let socket = crate::tcp::QuickAckStream::new(socket);
     if !implicit_tls {
         return Some((Box::new(socket), None));
     }
-    match tls.accept(socket).await {
-        Ok(stream) => {
+    match tokio::time::timeout(handshake_max, tls.accept(socket)).await {
+        Ok(Ok(stream)) => {
             let described = describe_tls(&stream);
             Some((Box::new(stream), Some(described)))
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             tracing::debug!(%error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake not done in time; dropped");
             None
         }
     }
@@ -600,8 +645,10 @@ impl AddressLimiter {
         }
     }
 
-    /// A slot for one more connection from `address`, or `None` past the limit.
+    /// A slot for one more connection from `address`, or `None` past the limit. Counted by
+    /// the address's group: an IPv6 client's whole /64 is one client.
     fn take(&self, address: IpAddr) -> Option<AddressSlot> {
+        let address = sealpost_auth::address_group(address);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts.entry(address).or_insert(0);
         if *count >= self.max {
@@ -627,8 +674,48 @@ fn describe_tls<S>(stream: &tokio_rustls::server::TlsStream<S>) -> String {
     format!("{version} {cipher}")
 }
 
+/// Connections open on one listener, from everyone, within a bound.
+#[derive(Clone)]
+struct ConnectionCap {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// Counts a connection against its listener's cap while it lives.
+struct CapSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for CapSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ConnectionCap {
+    fn new(max: usize) -> Self {
+        Self {
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// A slot for one more connection, or `None` when the listener is full.
+    fn take(&self) -> Option<CapSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| CapSlot {
+                open: self.open.clone(),
+            })
+    }
+}
+
 /// A listening port: connections per address counted and refused past the limit with
-/// `refusal` (which names the limit), implicit TLS or not, and a session per connection.
+/// `refusal` (which names the limit), all connections capped with `full_refusal`, TLS
+/// handshakes bounded in time, implicit TLS or not, and a session per connection.
 struct Listener {
     /// Counts connections for /metrics.
     connections: Arc<crate::metrics::Connections>,
@@ -639,6 +726,13 @@ struct Listener {
     /// The protocol's refusal line, e.g. "421 4.7.0 too many connections" (the limit and
     /// CRLF are added).
     refusal: &'static str,
+    /// Every connection of the listener, and the refusal past them (sent as it is, CRLF added).
+    cap: ConnectionCap,
+    full_refusal: &'static str,
+    /// A handshake (implicit TLS or STARTTLS) not done within this long is dropped.
+    handshake_max: Duration,
+    /// Refusals being told now (`REFUSALS_IN_FLIGHT_MAX`).
+    refusing: Arc<AtomicUsize>,
 }
 
 impl Listener {
@@ -655,19 +749,32 @@ impl Listener {
     {
         let name = self.name;
         accept_loop(name, listener, stopped, |socket, peer, stopped| {
-            let slot = self.per_address.take(peer.ip());
-            let refusal = format!("{} (limit {})\r\n", self.refusal, self.per_address.max);
+            let capped = self.cap.take();
+            let slot = capped.as_ref().and_then(|_| self.per_address.take(peer.ip()));
+            let refusal = match capped {
+                None => format!("{}\r\n", self.full_refusal),
+                Some(_) => format!("{} (limit {})\r\n", self.refusal, self.per_address.max),
+            };
+            // Taken here, in accept order, so that which refusals are told is deterministic.
+            let telling = match (&capped, &slot) {
+                (Some(_), Some(_)) => None,
+                _ => RefusalSlot::take(&self.refusing),
+            };
             let (tls, implicit_tls, session) = (self.tls.clone(), self.implicit_tls, session.clone());
-            let connections = self.connections.clone();
+            let (connections, handshake_max) = (self.connections.clone(), self.handshake_max);
             async move {
-                let Some(_slot) = slot else {
-                    return refuse(socket, &tls, implicit_tls, &refusal).await;
+                let (Some(_capped), Some(_slot)) = (capped, slot) else {
+                    let Some(_telling) = telling else {
+                        return;
+                    };
+                    let handshake = handshake_max.min(REFUSAL_HANDSHAKE_MS);
+                    return refuse(socket, &tls, implicit_tls, &refusal, handshake).await;
                 };
                 let _open = connections.opened(name);
-                let Some((stream, described)) = open_stream(socket, &tls, implicit_tls).await else {
+                let Some((stream, described)) = open_stream(socket, &tls, implicit_tls, handshake_max).await else {
                     return;
                 };
-                let starttls = (!implicit_tls).then(|| starttls_upgrade(tls));
+                let starttls = (!implicit_tls).then(|| starttls_upgrade(tls, handshake_max));
                 session(stream, described, peer, starttls, stopped).await;
             }
         })
@@ -675,12 +782,35 @@ impl Listener {
     }
 }
 
-/// STARTTLS on a cleartext connection: the TLS stream and what was negotiated.
-fn starttls_upgrade(acceptor: tokio_rustls::TlsAcceptor) -> SmtpTlsUpgrade {
+/// One refusal being told; past `REFUSALS_IN_FLIGHT_MAX` there is none to take.
+struct RefusalSlot(Arc<AtomicUsize>);
+
+impl RefusalSlot {
+    fn take(refusing: &Arc<AtomicUsize>) -> Option<Self> {
+        refusing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < REFUSALS_IN_FLIGHT_MAX).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(refusing.clone()))
+    }
+}
+
+impl Drop for RefusalSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// STARTTLS on a cleartext connection: the TLS stream and what was negotiated; a handshake
+/// not done within `handshake_max` fails (the session then ends).
+fn starttls_upgrade(acceptor: tokio_rustls::TlsAcceptor, handshake_max: Duration) -> SmtpTlsUpgrade {
     Arc::new(move |plain: BoxedStream| {
         let acceptor = acceptor.clone();
         Box::pin(async move {
-            let secured = acceptor.accept(plain).await?;
+            let secured = tokio::time::timeout(handshake_max, acceptor.accept(plain))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake too slow"))??;
             let described = describe_tls(&secured);
             Ok((Box::new(secured) as BoxedStream, described))
         })
@@ -964,4 +1094,41 @@ pub(crate) fn certificate_facts(path: &std::path::Path) -> Option<(Vec<String>, 
         names.push(parsed.subject().to_string());
     }
     Some((names, parsed.validity().not_after.timestamp() * 1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_share_one_count_per_64_at_the_listener() {
+        let limiter = AddressLimiter::new(1);
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let first = limiter.take(ip("2001:db8:7:1::10")).expect("the first connection");
+        assert!(
+            limiter.take(ip("2001:db8:7:1:ffff::20")).is_none(),
+            "another address of the same /64 is the same client"
+        );
+        let other = limiter
+            .take(ip("2001:db8:7:2::10"))
+            .expect("the next /64 is another client");
+        assert!(limiter.take(ip("::ffff:192.0.2.1")).is_some());
+        assert!(
+            limiter.take(ip("192.0.2.1")).is_none(),
+            "an IPv4-mapped address is the IPv4 one"
+        );
+        drop(first);
+        assert!(limiter.take(ip("2001:db8:7:1::99")).is_some(), "the slot came back");
+        drop(other);
+    }
+
+    #[test]
+    fn a_listener_cap_refuses_past_its_bound_and_frees_on_close() {
+        let cap = ConnectionCap::new(2);
+        let (a, b) = (cap.take().unwrap(), cap.take().unwrap());
+        assert!(cap.take().is_none());
+        drop(a);
+        assert!(cap.take().is_some());
+        drop(b);
+    }
 }

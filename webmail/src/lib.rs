@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod fuzzing;
 mod health;
 mod html;
+mod idle;
 mod mail;
 mod policies;
 mod portal;
@@ -383,22 +384,76 @@ pub fn router(state: Arc<WebState>) -> Router {
         .with_state(state)
 }
 
+/// Bounds on one web connection, each with its unit.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// A request's header must arrive whole within this long, in milliseconds. hyper starts
+    /// this clock when an HTTP/1.1 connection begins waiting for a request, so it also closes
+    /// an HTTP/1.1 keep-alive connection left idle.
+    pub header_read_ms_max: u64,
+    /// A connection with no request in progress and no byte moving either way for this long
+    /// is closed (HTTP/2 as well as HTTP/1.1), in milliseconds.
+    pub idle_ms_max: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_ms_max: 30_000,
+            idle_ms_max: 60_000,
+        }
+    }
+}
+
 /// Serves HTTP/1.1 and HTTP/2 on one connection (TLS already done by the listener) until the
-/// client closes it.
-pub async fn serve_connection<S>(app: Router, stream: S, peer: SocketAddr)
+/// client closes it, a header is too slow, or the connection sits idle past `limits`.
+pub async fn serve_connection<S>(app: Router, stream: S, peer: SocketAddr, limits: HttpLimits)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = app.map_request(move |mut request: Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(Peer(peer));
-        request
-    });
+    let activity = Arc::new(idle::Activity::new());
+    let (starting, finishing) = (activity.clone(), activity.clone());
+    let service = app
+        .map_request(move |mut request: Request<hyper::body::Incoming>| {
+            starting.request_started();
+            request.extensions_mut().insert(Peer(peer));
+            request
+        })
+        .map_response(move |response: Response| {
+            finishing.request_answered();
+            response
+        });
     let service = hyper_util::service::TowerToHyperService::new(service);
-    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    if let Err(error) = builder
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!(%error, "web connection ended");
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    // Without a timer hyper's header timeout is silently off: a client could send a header a
+    // byte a minute and hold the connection forever.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_millis(limits.header_read_ms_max));
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    let io = hyper_util::rt::TokioIo::new(idle::Watched::new(stream, activity.clone()));
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let idle_max = std::time::Duration::from_millis(limits.idle_ms_max);
+    loop {
+        let wait = idle_max.saturating_sub(activity.idle_for()).max(idle::CHECK_MS_MIN);
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    tracing::debug!(%error, "web connection ended");
+                }
+                return;
+            }
+            () = tokio::time::sleep(wait) => {
+                if activity.in_flight() == 0 && activity.idle_for() >= idle_max {
+                    break;
+                }
+            }
+        }
     }
+    tracing::debug!("web connection idle for too long; closing");
+    connection.as_mut().graceful_shutdown();
+    // A GOAWAY (HTTP/2) or a close (HTTP/1.1); a client that does not take it is cut.
+    let _ = tokio::time::timeout(idle::CHECK_MS_MIN, connection).await;
 }

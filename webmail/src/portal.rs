@@ -420,10 +420,20 @@ pub(crate) async fn password_sign_in(State(state): State<Arc<WebState>>, link: L
             StatusCode::TOO_MANY_REQUESTS,
         );
     }
+    let Some(ticket) = state.lockout.hash_queue().admit() else {
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "Too many passwords are being checked right now; try again in a moment.",
+        );
+    };
     let (state2, recipient, password) = (state.clone(), pickup.recipient.clone(), form.password.clone());
-    let right = blocking(move || state2.store.check_portal_password(&recipient, &password))
-        .await
-        .and_then(Result::ok);
+    let right = blocking(move || {
+        let _ticket = ticket;
+        state2.store.check_portal_password(&recipient, &password)
+    })
+    .await
+    .and_then(Result::ok);
     let Some(right) = right else {
         return crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,

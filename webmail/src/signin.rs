@@ -125,6 +125,7 @@ fn refusal_text(refusal: Refusal) -> &'static str {
         Refusal::AccountLockedOut => {
             "Too many failed sign-ins for this account. Try again in a while, or ask your administrator."
         }
+        Refusal::Paused => "A sign-in from your network or for this account just failed. Try again in a few seconds.",
     }
 }
 
@@ -166,9 +167,23 @@ pub(crate) async fn sign_in(
             &form.address,
         );
     }
+    // The password is hashed through the server's one queue; when it is full the sign-in is
+    // refused at once rather than waiting behind someone else's flood.
+    let Some(ticket) = state.lockout.hash_queue().admit() else {
+        return sign_in_again(
+            &headers,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many sign-ins are being checked right now. Try again in a moment.",
+            &form.address,
+        );
+    };
     let checked = {
         let (state, login, password) = (state.clone(), login.clone(), form.password.clone());
-        blocking(move || state.store.check_password(&login, &password)).await
+        blocking(move || {
+            let _ticket = ticket;
+            state.store.check_password(&login, &password)
+        })
+        .await
     };
     let account = match checked {
         Some(Ok(Login::Accepted(account))) => account,

@@ -7,6 +7,7 @@
 
 pub mod credentials;
 pub mod enrolment;
+pub mod hashing;
 pub mod lockout;
 pub mod notice;
 pub mod passkeys;
@@ -16,4 +17,5 @@ pub mod totp;
 pub mod websession;
 
 pub use credentials::{mail_login, AuthPolicy, Credentials, MailLogin, Protocol, Scope};
-pub use lockout::{Lockout, LoginLimits, Refusal};
+pub use hashing::{HashQueue, HashTicket, PASSWORD_HASH_QUEUE_MAX, PASSWORD_HASH_WORKERS};
+pub use lockout::{address_group, Lockout, LoginLimits, Refusal};

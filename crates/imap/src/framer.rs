@@ -50,6 +50,16 @@ impl Framer {
         }
     }
 
+    /// Puts new bounds in force for the next command (a login lifts the small pre-login ones).
+    pub(crate) fn set_limits(&mut self, limits: FrameLimits) {
+        self.limits = limits;
+    }
+
+    /// The bounds in force.
+    pub(crate) fn limits(&self) -> FrameLimits {
+        self.limits
+    }
+
     /// Adds bytes read from the client.
     pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.input.extend_from_slice(bytes);
@@ -237,6 +247,15 @@ mod tests {
         assert_eq!(f.next_frame(), Some(Frame::LineTooLong { tag: Some("a5".into()) }));
         f.push(b"xxxx\r\na6 NOOP\r\n");
         assert_eq!(f.next_frame(), Some(Frame::Command(b"a6 NOOP\r\n".to_vec())));
+
+        let mut f = framer();
+        f.set_limits(FrameLimits {
+            literal_bytes_max: 100,
+            command_bytes_max: 200,
+            ..f.limits()
+        });
+        f.push(b"b1 APPEND x {99}\r\n");
+        assert_eq!(f.next_frame(), Some(Frame::NeedContinuation), "raised limits in force");
 
         let mut f = framer();
         f.push(b"a7 X {99999999999999999999}\r\n");

@@ -57,6 +57,13 @@ pub struct ImapConfig {
     pub login_failures_per_connection_max: u32,
     /// Storage quota reported by GETQUOTAROOT, in bytes.
     pub quota_bytes: u64,
+    /// Largest literal before login, in bytes (a LOGIN needs a few hundred): a stranger may
+    /// not make the server hold `message_bytes_max`. A larger synchronising literal is refused
+    /// before it is sent; a larger non-synchronising one ends the connection.
+    pub prelogin_literal_bytes_max: u64,
+    /// Before login, each command (with its literals) must arrive whole within this long, or
+    /// the connection is closed: trickling bytes is not progress. In milliseconds.
+    pub prelogin_idle_ms_max: u64,
 }
 
 impl Default for ImapConfig {
@@ -69,6 +76,24 @@ impl Default for ImapConfig {
             commands_paced_ms_max: 60_000,
             login_failures_per_connection_max: 3,
             quota_bytes: 10 * 1024 * 1024 * 1024,
+            prelogin_literal_bytes_max: 8 * 1024,
+            prelogin_idle_ms_max: 60_000,
+        }
+    }
+}
+
+impl ImapConfig {
+    /// The framer's bounds before login (small) or after.
+    fn frame_limits(&self, logged_in: bool) -> FrameLimits {
+        let literal_bytes_max = if logged_in {
+            self.message_bytes_max
+        } else {
+            self.prelogin_literal_bytes_max.min(self.message_bytes_max)
+        };
+        FrameLimits {
+            line_bytes_max: self.line_bytes_max,
+            literal_bytes_max,
+            command_bytes_max: literal_bytes_max + 64 * 1024,
         }
     }
 }
@@ -93,11 +118,7 @@ pub async fn serve_session(
     connection: Connection,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let limits = FrameLimits {
-        line_bytes_max: config.line_bytes_max,
-        literal_bytes_max: config.message_bytes_max,
-        command_bytes_max: config.message_bytes_max + 64 * 1024,
-    };
+    let limits = config.frame_limits(false);
     let mut session = Session {
         stream: Some(stream),
         read_buffer: vec![0u8; READ_BUFFER_BYTES],
@@ -114,6 +135,7 @@ pub async fn serve_session(
         enabled: Enabled::default(),
         selected: None,
         login_failures: 0,
+        command_deadline: None,
         compressed: false,
         rate: RateWindow {
             started: Instant::now(),
@@ -161,6 +183,8 @@ pub(crate) struct Session {
     pub(crate) enabled: Enabled,
     pub(crate) selected: Option<Selected>,
     login_failures: u32,
+    /// Before login: when the command being read must be complete (`prelogin_idle_ms_max`).
+    command_deadline: Option<Instant>,
     /// COMPRESS=DEFLATE is on (it stays on for the rest of the connection).
     compressed: bool,
     rate: RateWindow,
@@ -230,6 +254,13 @@ impl Session {
             let frame = match self.read_frame().await? {
                 ReadOutcome::Frame(frame) => frame,
                 ReadOutcome::Closed => return Ok(()),
+                ReadOutcome::PreloginTimedOut => {
+                    let limit = self.config.prelogin_idle_ms_max;
+                    self.out.extend_from_slice(
+                        format!("* BYE no complete command within {limit} ms before login, closing\r\n").as_bytes(),
+                    );
+                    return self.flush().await;
+                }
                 ReadOutcome::TimedOut => {
                     self.out.extend_from_slice(b"* BYE idle for too long, closing\r\n");
                     return self.flush().await;
@@ -258,16 +289,17 @@ impl Session {
                     synchronizing,
                     size,
                 } => {
-                    let limit = self.config.message_bytes_max;
+                    let limit = self.framer.limits().literal_bytes_max;
+                    let when = if self.account.is_none() { " before login" } else { "" };
                     if synchronizing {
                         self.tagged_line(
                             tag.as_deref(),
-                            &format!("NO [TOOBIG] {size} bytes is over the limit of {limit}"),
+                            &format!("NO [TOOBIG] {size} bytes is over the limit of {limit}{when}"),
                         );
                         Flow::Continue
                     } else {
                         self.out.extend_from_slice(
-                            format!("* BYE [TOOBIG] a literal of {size} bytes is over the limit of {limit}\r\n")
+                            format!("* BYE [TOOBIG] a literal of {size} bytes is over the limit of {limit}{when}\r\n")
                                 .as_bytes(),
                         );
                         Flow::Close
@@ -395,17 +427,33 @@ impl Session {
     }
 
     async fn read_frame(&mut self) -> std::io::Result<ReadOutcome> {
-        let timeout = Duration::from_millis(self.config.idle_timeout_ms);
+        let idle = Duration::from_millis(self.config.idle_timeout_ms);
+        // Before login the whole command, continuations and literals included, has one
+        // deadline: a stranger who trickles a byte at a time holds the connection no longer.
+        let deadline = if self.account.is_none() {
+            let prelogin = Duration::from_millis(self.config.prelogin_idle_ms_max);
+            Some(*self.command_deadline.get_or_insert_with(|| Instant::now() + prelogin))
+        } else {
+            None
+        };
         let mut buffer = std::mem::take(&mut self.read_buffer);
         if buffer.is_empty() {
             buffer = vec![0u8; READ_BUFFER_BYTES];
         }
-        let outcome = self.read_frame_into(&mut buffer, timeout).await;
+        let outcome = self.read_frame_into(&mut buffer, idle, deadline).await;
         self.read_buffer = buffer;
+        if !matches!(outcome, Ok(ReadOutcome::Frame(Frame::NeedContinuation))) {
+            self.command_deadline = None;
+        }
         outcome
     }
 
-    async fn read_frame_into(&mut self, buffer: &mut [u8], timeout: Duration) -> std::io::Result<ReadOutcome> {
+    async fn read_frame_into(
+        &mut self,
+        buffer: &mut [u8],
+        idle: Duration,
+        deadline: Option<Instant>,
+    ) -> std::io::Result<ReadOutcome> {
         loop {
             if let Some(frame) = self.framer.next_frame() {
                 return Ok(ReadOutcome::Frame(frame));
@@ -413,12 +461,19 @@ impl Session {
             let Some(stream) = self.stream.as_mut() else {
                 return Ok(ReadOutcome::Closed);
             };
+            let timeout = match deadline {
+                Some(deadline) => idle.min(deadline.saturating_duration_since(Instant::now())),
+                None => idle,
+            };
             let mut shutdown = self.shutdown.clone();
             let read = tokio::select! {
                 read = tokio::time::timeout(timeout, stream.read(buffer)) => read,
                 () = until_stopped(&mut shutdown) => return Ok(ReadOutcome::Shutdown),
             };
             match read {
+                Err(_) if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
+                    return Ok(ReadOutcome::PreloginTimedOut)
+                }
                 Err(_) => return Ok(ReadOutcome::TimedOut),
                 Ok(Ok(0)) => return Ok(ReadOutcome::Closed),
                 Ok(Ok(n)) => self.framer.push(&buffer[..n]),
@@ -725,7 +780,12 @@ impl Session {
     async fn check_credentials(&mut self, tag: &str, user: &str, password: &str) -> std::io::Result<Flow> {
         let attempted = user.trim().to_lowercase();
         let mut login_method = String::new();
-        let (result, reply) = match self.shared.check(&self.peer, &attempted) {
+        // Refused before any hash: a lockout, a failure's pause, or a full hashing queue.
+        let admitted = self
+            .shared
+            .check(&self.peer, &attempted)
+            .map(|()| self.shared.lockout().hash_queue().admit());
+        let (result, reply) = match admitted {
             Err(refusal) => {
                 let text = match refusal {
                     sealpost_auth::Refusal::AddressLockedOut => {
@@ -734,14 +794,23 @@ impl Session {
                     sealpost_auth::Refusal::AccountLockedOut => {
                         "[UNAVAILABLE] too many failed logins for this account; try later"
                     }
+                    sealpost_auth::Refusal::Paused => {
+                        "[UNAVAILABLE] a failed login from your address or for this account is still in its pause; \
+                         try again in a few seconds"
+                    }
                 };
                 (AuditOutcome::Denied, Some(text))
             }
-            Ok(()) => {
+            Ok(None) => (
+                AuditOutcome::Denied,
+                Some("[UNAVAILABLE] too many logins are being checked right now; try again shortly"),
+            ),
+            Ok(Some(ticket)) => {
                 let store = self.store.clone();
                 let (login, pass, peer) = (user.to_string(), password.to_string(), self.peer.clone());
                 let (policy, hostname) = (self.shared.policy().clone(), self.shared.hostname().to_string());
                 let checked = blocking(move || {
+                    let _ticket = ticket;
                     sealpost_auth::notice::mail_login_noticed(
                         &store,
                         &policy,
@@ -757,6 +826,7 @@ impl Session {
                     Ok(MailLogin::Accepted { account, method, .. }) => match self.shared.open_session(account.id) {
                         Some(slot) => {
                             self.shared.succeeded(&attempted);
+                            self.framer.set_limits(self.config.frame_limits(true));
                             self.stop_with_account(&slot);
                             self.session_slot = Some(slot);
                             self.account = Some(account);
@@ -1216,6 +1286,8 @@ pub(crate) enum ReadOutcome {
     Frame(Frame),
     Closed,
     TimedOut,
+    /// Before login, a command did not arrive whole within `prelogin_idle_ms_max`.
+    PreloginTimedOut,
     Shutdown,
 }
 

@@ -45,6 +45,10 @@ pub struct SmtpConfig {
     pub command_timeout_ms: u64,
     /// Failed AUTH attempts one connection may make before it is closed.
     pub auth_failures_per_connection_max: u32,
+    /// Until a client has authenticated or sent MAIL, each command line must arrive whole
+    /// within this long, or the connection is closed (421): trickling bytes is not progress.
+    /// In milliseconds.
+    pub prelogin_idle_ms_max: u64,
 }
 
 impl Default for SmtpConfig {
@@ -58,6 +62,7 @@ impl Default for SmtpConfig {
             messages_per_hour_per_account_max: 500,
             command_timeout_ms: 5 * 60 * 1000,
             auth_failures_per_connection_max: 3,
+            prelogin_idle_ms_max: 60_000,
         }
     }
 }
@@ -237,8 +242,17 @@ impl Session {
     /// (PIPELINING: a group of commands gets its replies together). `None` on timeout or
     /// shutdown, after telling the client.
     async fn fill(&mut self) -> std::io::Result<Option<usize>> {
+        self.fill_until(None).await
+    }
+
+    /// `fill`, and before `deadline` (the pre-login bound on a whole line) if one is given.
+    async fn fill_until(&mut self, deadline: Option<std::time::Instant>) -> std::io::Result<Option<usize>> {
         self.flush().await?;
-        let timeout = Duration::from_millis(self.config.command_timeout_ms);
+        let idle = Duration::from_millis(self.config.command_timeout_ms);
+        let timeout = match deadline {
+            Some(deadline) => idle.min(deadline.saturating_duration_since(std::time::Instant::now())),
+            None => idle,
+        };
         let Some(stream) = self.stream.as_mut() else {
             return Ok(Some(0));
         };
@@ -251,6 +265,13 @@ impl Session {
                     Ok(Some(n))
                 }
                 Ok(Err(error)) => Err(error),
+                Err(_) if deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) => {
+                    let limit = self.config.prelogin_idle_ms_max;
+                    self.reply(&format!(
+                        "421 4.4.2 no complete command within {limit} ms before AUTH or MAIL; closing the connection"
+                    ));
+                    Ok(None)
+                }
                 Err(_) => {
                     self.reply("421 4.4.2 idle too long; closing the connection");
                     Ok(None)
@@ -267,6 +288,10 @@ impl Session {
     async fn read_line(&mut self) -> std::io::Result<Option<Line>> {
         let max = self.config.line_bytes_max;
         let mut skipping = false;
+        // A client that has neither authenticated nor begun a transaction gets one deadline
+        // for the whole line: a stranger who trickles bytes holds the connection no longer.
+        let deadline = (self.account.is_none() && self.transaction.from.is_none())
+            .then(|| std::time::Instant::now() + Duration::from_millis(self.config.prelogin_idle_ms_max));
         loop {
             if let Some(at) = self.input.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.input.drain(..=at).collect();
@@ -279,7 +304,7 @@ impl Session {
                 self.input.clear();
                 skipping = true;
             }
-            match self.fill().await? {
+            match self.fill_until(deadline).await? {
                 None => return Ok(None),
                 Some(0) => return Ok(Some(Line::Closed)),
                 Some(_) => {}
@@ -529,7 +554,11 @@ impl Session {
         let peer = self.connection.peer_ip.clone();
         let logins = self.connection.shared.logins.clone();
         let mut login_method = String::new();
-        let (outcome, refusal) = match logins.check(&peer, &attempted) {
+        // Refused before any hash: a lockout, a failure's pause, or a full hashing queue.
+        let admitted = logins
+            .check(&peer, &attempted)
+            .map(|()| logins.lockout().hash_queue().admit());
+        let (outcome, refusal) = match admitted {
             Err(Refusal::AddressLockedOut) => (
                 AuditOutcome::Denied,
                 Some("454 4.7.0 too many failed logins from your address; try later"),
@@ -538,11 +567,23 @@ impl Session {
                 AuditOutcome::Denied,
                 Some("454 4.7.0 too many failed logins for this account; try later"),
             ),
-            Ok(()) => {
+            Err(Refusal::Paused) => (
+                AuditOutcome::Denied,
+                Some(
+                    "454 4.7.0 a failed login from your address or for this account is still in its pause; \
+                     try again in a few seconds",
+                ),
+            ),
+            Ok(None) => (
+                AuditOutcome::Denied,
+                Some("454 4.7.0 too many logins are being checked right now; try again shortly"),
+            ),
+            Ok(Some(ticket)) => {
                 let store = self.store.clone();
                 let (login, pass, client) = (user.to_string(), password.to_string(), peer.clone());
                 let (policy, hostname) = (logins.policy().clone(), logins.hostname().to_string());
                 let checked = blocking(move || {
+                    let _ticket = ticket;
                     sealpost_auth::notice::mail_login_noticed(
                         &store,
                         &policy,
