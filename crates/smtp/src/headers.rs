@@ -127,12 +127,11 @@ pub(crate) fn without_forged_results(raw: &[u8], hostname: &str) -> Option<Vec<u
         let field = &raw[at..end];
         let forged = field.len() > NAME.len() && field[..NAME.len()].eq_ignore_ascii_case(NAME) && {
             let value = String::from_utf8_lossy(&field[NAME.len()..]);
-            let authserv = value
-                .trim_start()
-                .split([';', ' ', '\t', '\r', '\n'])
-                .next()
-                .unwrap_or("");
+            let authserv = authserv_id(&value);
             authserv.eq_ignore_ascii_case(hostname)
+                || authserv
+                    .strip_suffix('.')
+                    .is_some_and(|a| a.eq_ignore_ascii_case(hostname))
         };
         fields.push((at, end, forged));
         at = end;
@@ -148,6 +147,41 @@ pub(crate) fn without_forged_results(raw: &[u8], hostname: &str) -> Option<Vec<u
     }
     out.extend_from_slice(&raw[header_end..]);
     Some(out)
+}
+
+/// The authserv-id an Authentication-Results value names (RFC 8601 section 2.2): after any
+/// whitespace and comments (nested, with quoted pairs), a token or a quoted string. A reader
+/// takes `(comment) mx.example; dkim=pass` and `"mx.example"; dkim=pass` as the server's own.
+fn authserv_id(value: &str) -> String {
+    let mut chars = value.chars().peekable();
+    let mut depth = 0usize;
+    while let Some(&c) = chars.peek() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            '\\' if depth > 0 => {
+                chars.next();
+            }
+            c if depth > 0 || c.is_whitespace() => {}
+            _ => break,
+        }
+        chars.next();
+    }
+    if chars.peek() == Some(&'"') {
+        chars.next();
+        let mut id = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => id.extend(chars.next()),
+                c => id.push(c),
+            }
+        }
+        return id;
+    }
+    chars
+        .take_while(|c| !matches!(c, ';' | '(') && !c.is_whitespace())
+        .collect()
 }
 
 /// Whether the header section has a field of this name (case-insensitive).
@@ -265,6 +299,27 @@ mod tests {
               Authentication-Results: mx.example; in the body\r\n"
         );
         assert_eq!(without_forged_results(b"Subject: x\r\n\r\nbody", "mx.example"), None);
+    }
+
+    /// Comments, a quoted authserv-id and a trailing dot hid a forged verdict from the removal
+    /// (RFC 8601 allows each; a reader takes them as this server's).
+    #[test]
+    fn forged_results_hidden_behind_comments_quotes_or_a_dot_are_removed() {
+        for forged in [
+            "Authentication-Results: (our (verdict)) mx.example; dkim=pass\r\n",
+            "Authentication-Results:\t\"mx.example\"; spf=pass\r\n",
+            "Authentication-Results: mx.example. 1; dmarc=pass\r\n",
+            "Authentication-Results: (a \\) b)MX.Example;dkim=pass\r\n",
+        ] {
+            let raw = format!("Subject: x\r\n{forged}Authentication-Results: other.example; spf=fail\r\n\r\nbody\r\n");
+            assert_eq!(
+                without_forged_results(raw.as_bytes(), "mx.example").as_deref(),
+                Some(&b"Subject: x\r\nAuthentication-Results: other.example; spf=fail\r\n\r\nbody\r\n"[..]),
+                "{forged:?}"
+            );
+        }
+        let ours_in_a_comment = b"Authentication-Results: other.example (mx.example); spf=pass\r\n\r\n";
+        assert_eq!(without_forged_results(ours_in_a_comment, "mx.example"), None);
     }
 
     #[test]
