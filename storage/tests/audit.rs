@@ -16,22 +16,22 @@ mod raw {
     use hmac::{Hmac, Mac};
     use sha2::{Digest, Sha256};
 
-    pub fn open(store: &Path) -> rocksdb::DB {
+    pub(super) fn open(store: &Path) -> rocksdb::DB {
         let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), store).unwrap();
         rocksdb::DB::open_cf(&rocksdb::Options::default(), store, cfs).unwrap()
     }
 
-    pub fn record(db: &rocksdb::DB, seq: u64) -> Option<Vec<u8>> {
+    pub(super) fn record(db: &rocksdb::DB, seq: u64) -> Option<Vec<u8>> {
         db.get_cf(db.cf_handle("audit").unwrap(), seq.to_be_bytes()).unwrap()
     }
 
-    pub fn put_record(db: &rocksdb::DB, seq: u64, value: &[u8]) {
+    pub(super) fn put_record(db: &rocksdb::DB, seq: u64, value: &[u8]) {
         db.put_cf(db.cf_handle("audit").unwrap(), seq.to_be_bytes(), value)
             .unwrap();
     }
 
     /// Deletes records `from..=to` and their index postings, as a careful attacker would.
-    pub fn delete_records(db: &rocksdb::DB, from: u64, to: u64) {
+    pub(super) fn delete_records(db: &rocksdb::DB, from: u64, to: u64) {
         let audit = db.cf_handle("audit").unwrap();
         for seq in from..=to {
             db.delete_cf(audit, seq.to_be_bytes()).unwrap();
@@ -50,18 +50,18 @@ mod raw {
         }
     }
 
-    pub fn head(db: &rocksdb::DB) -> Vec<u8> {
+    pub(super) fn head(db: &rocksdb::DB) -> Vec<u8> {
         db.get_cf(db.cf_handle("meta").unwrap(), b"audit_head")
             .unwrap()
             .unwrap()
     }
 
-    pub fn put_head(db: &rocksdb::DB, head: &[u8]) {
+    pub(super) fn put_head(db: &rocksdb::DB, head: &[u8]) {
         db.put_cf(db.cf_handle("meta").unwrap(), b"audit_head", head).unwrap();
     }
 
     /// The link the chain had before it was keyed: SHA-256 of public bytes only.
-    pub fn sha256_link(prev: &[u8], seq: u64, stored: &[u8]) -> [u8; 32] {
+    pub(super) fn sha256_link(prev: &[u8], seq: u64, stored: &[u8]) -> [u8; 32] {
         let mut hasher = Sha256::new();
         hasher.update(b"sealpost.audit.v1");
         hasher.update(prev);
@@ -71,7 +71,7 @@ mod raw {
     }
 
     /// A head as the code before keyed chaining wrote and accepted it: seq ‖ SHA-256 link.
-    pub fn sha256_head(db: &rocksdb::DB, seq: u64) -> Vec<u8> {
+    pub(super) fn sha256_head(db: &rocksdb::DB, seq: u64) -> Vec<u8> {
         let stored = record(db, seq).unwrap();
         let mut head = seq.to_be_bytes().to_vec();
         head.extend_from_slice(&sha256_link(&stored[..32], seq, &stored));
@@ -89,7 +89,7 @@ mod raw {
     }
 
     /// With the master key: the store's audit key, unwrapped as the store does it.
-    pub fn audit_key(db: &rocksdb::DB, master_key_file: &Path) -> [u8; 32] {
+    pub(super) fn audit_key(db: &rocksdb::DB, master_key_file: &Path) -> [u8; 32] {
         let text = std::fs::read_to_string(master_key_file).unwrap();
         let line = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap();
         let identity = age::x25519::Identity::from_str(line).unwrap();
@@ -103,16 +103,16 @@ mod raw {
     }
 
     /// With the master key: the chain's MAC key, derived as ARCHITECTURE.md documents it.
-    pub fn mac_key(audit_key: &[u8; 32]) -> [u8; 32] {
+    pub(super) fn mac_key(audit_key: &[u8; 32]) -> [u8; 32] {
         hmac(audit_key, b"sealpost.audit.mac-key", &[])
     }
 
-    pub fn mac_link(mac_key: &[u8; 32], prev: &[u8], seq: u64, stored: &[u8]) -> [u8; 32] {
+    pub(super) fn mac_link(mac_key: &[u8; 32], prev: &[u8], seq: u64, stored: &[u8]) -> [u8; 32] {
         hmac(mac_key, b"sealpost.audit.v2", &[prev, &seq.to_be_bytes(), stored])
     }
 
     /// With the master key: a sealed head, as the store writes it.
-    pub fn sealed_head(mac_key: &[u8; 32], seq: u64, link: &[u8; 32], keyed_from: u64) -> Vec<u8> {
+    pub(super) fn sealed_head(mac_key: &[u8; 32], seq: u64, link: &[u8; 32], keyed_from: u64) -> Vec<u8> {
         let mut head = seq.to_be_bytes().to_vec();
         head.extend_from_slice(link);
         head.extend_from_slice(&keyed_from.to_be_bytes());
@@ -130,7 +130,7 @@ mod raw {
     /// With the master key: rewrites the log as the code before keyed chaining wrote it
     /// (records sealed with associated data `audit/` ‖ seq, SHA-256 links, a 40-byte head), to
     /// stand for a store made by an older version. Returns the number of records.
-    pub fn rewrite_as_before_keyed_chaining(db: &rocksdb::DB, master_key_file: &Path) -> u64 {
+    pub(super) fn rewrite_as_before_keyed_chaining(db: &rocksdb::DB, master_key_file: &Path) -> u64 {
         use chacha20poly1305::aead::{Aead, KeyInit, Payload};
         let key = audit_key(db, master_key_file);
         let cipher = chacha20poly1305::XChaCha20Poly1305::new_from_slice(&key).unwrap();
