@@ -1039,3 +1039,513 @@ fn dnssec_signed_tlsa_records_decide_the_certificate_a_server_must_present() {
         );
     }
 }
+
+/// A receiving server as lenient as the ones SMTP smuggling exploits, written for this test
+/// (aiosmtpd is strict): it ends a message at a dot alone on a line whatever ends the lines
+/// around it (`<LF>.<LF>`, `<CR>.<LF>`, `<LF>.<CRLF>`, `<CR>.<CR><LF>` as well as
+/// `<CRLF>.<CRLF>`) and takes what follows as commands. It offers STARTTLS and, with
+/// `--dsn`, DSN. Every command line goes to DIR/commands.jsonl and every message (its MAIL
+/// and RCPT lines, and its data) to DIR/messages.jsonl. Prints "ready" once listening.
+const LENIENT_RECEIVER: &str = r#"
+import json, os, re, socketserver, ssl, sys, threading
+host, port, cert, key, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+dsn = '--dsn' in sys.argv[6:]
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(cert, key)
+END = re.compile(rb'(?:\r\n|\r|\n)\.(?:\r\n|\r|\n)')
+lock = threading.Lock()
+
+def log(name, record):
+    with lock, open(os.path.join(out, name), 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+class Session(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.sock, self.buf = self.request, b''
+        self.sock.settimeout(30)
+        self.send('220 lenient ESMTP')
+        mail, rcpts = None, []
+        try:
+            while True:
+                line = self.line()
+                log('commands.jsonl', line.decode('latin-1'))
+                verb = line[:4].upper()
+                if verb in (b'EHLO', b'HELO'):
+                    caps = ['lenient', 'PIPELINING', 'SIZE 10000000', '8BITMIME']
+                    caps += ['DSN'] if dsn else []
+                    caps += [] if isinstance(self.sock, ssl.SSLSocket) else ['STARTTLS']
+                    for i, cap in enumerate(caps):
+                        self.send(('250 ' if i == len(caps) - 1 else '250-') + cap)
+                    mail, rcpts = None, []
+                elif verb == b'STAR':
+                    self.send('220 go ahead')
+                    self.sock = context.wrap_socket(self.sock, server_side=True)
+                    self.buf = b''
+                elif verb == b'MAIL':
+                    mail, rcpts = line.decode('latin-1'), []
+                    self.send('250 ok')
+                elif verb == b'RCPT':
+                    if mail is None:
+                        self.send('503 need MAIL')
+                    else:
+                        rcpts.append(line.decode('latin-1'))
+                        self.send('250 ok')
+                elif verb == b'DATA':
+                    if not rcpts:
+                        self.send('503 need RCPT')
+                        continue
+                    self.send('354 go ahead')
+                    data = self.data()
+                    log('messages.jsonl', {'mail': mail, 'rcpts': rcpts, 'data': data.decode('latin-1')})
+                    mail, rcpts = None, []
+                    self.send('250 queued')
+                elif verb == b'RSET':
+                    mail, rcpts = None, []
+                    self.send('250 ok')
+                elif verb == b'NOOP':
+                    self.send('250 ok')
+                elif verb == b'QUIT':
+                    self.send('221 bye')
+                    return
+                else:
+                    self.send('500 what')
+        except (EOFError, OSError):
+            pass
+
+    def send(self, line):
+        self.sock.sendall(line.encode() + b'\r\n')
+
+    def more(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError
+        self.buf += chunk
+
+    def line(self):
+        while b'\n' not in self.buf:
+            self.more()
+        line, self.buf = self.buf.split(b'\n', 1)
+        return line.rstrip(b'\r')
+
+    def data(self):
+        while True:
+            # The data starts at the beginning of a line.
+            found = END.search(b'\n' + self.buf)
+            if found and not (found.end() - 1 == len(self.buf) and self.buf.endswith(b'\r')):
+                start, end = max(found.start() - 1, 0), found.end() - 1
+                data, self.buf = self.buf[:start], self.buf[end:]
+                return data
+            self.more()
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+server = Server((host, port), Session)
+print('ready', flush=True)
+server.serve_forever()
+"#;
+
+/// The lenient receiver above, on `ip`:`port` with a certificate; killed when dropped.
+struct Lenient {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Lenient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Lenient {
+    fn start(
+        ip: &str,
+        port: u16,
+        dir: &Path,
+        (cert, key): &(std::path::PathBuf, std::path::PathBuf),
+        dsn: bool,
+    ) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut command = Command::new("/usr/bin/python3");
+        command
+            .arg("-c")
+            .arg(LENIENT_RECEIVER)
+            .args([ip, &port.to_string()])
+            .args([cert, key])
+            .arg(dir);
+        if dsn {
+            command.arg("--dsn");
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the lenient receiver on {ip}:{port} did not start"
+        );
+        Lenient {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn lines(&self, file: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Every message taken: {"mail": MAIL line, "rcpts": [RCPT lines], "data": text}.
+    fn messages(&self) -> Vec<serde_json::Value> {
+        self.lines("messages.jsonl")
+    }
+
+    /// Every command line received, in order.
+    fn commands(&self) -> Vec<String> {
+        self.lines("commands.jsonl")
+            .into_iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// Runs `script` (Python) with an smtplib session `s` signed in as doc@clinic.test over
+/// implicit TLS; the script's standard output.
+fn submission_script(data: &DataDir, script: &str) -> String {
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import json, os, smtplib, ssl\n\
+             ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])\n\
+             s = smtplib.SMTP_SSL('localhost', int(os.environ['PORT']), context=ctx)\n\
+             s.login('doc@clinic.test', os.environ['PASSWORD'])\n\
+             {script}\n\
+             s.quit()\n"
+        ))
+        .env("CAFILE", data.path().join("tls/cert.pem"))
+        .env("PORT", (data.port_base + 465).to_string())
+        .env("PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+#[test]
+fn dsn_parameters_a_staff_member_submits_never_become_commands_to_another_server() {
+    let work = tempfile::tempdir().unwrap();
+    let ips = ["127.0.0.61", "127.0.0.62"];
+    let port = free_port_on(&ips);
+    let (ca, leaves) = test_ca(work.path(), &["mx.dsn.test", "mx.nodsn.test"]);
+    let dns = start_dns_with(
+        &[],
+        &["test"],
+        &mx_records(&[
+            ("dsn.test", "mx.dsn.test", "127.0.0.61"),
+            ("nodsn.test", "mx.nodsn.test", "127.0.0.62"),
+        ]),
+    );
+    // A server that offers DSN, as Postfix and Exchange do; and aiosmtpd, which does not.
+    let dsn = Lenient::start(ips[0], port, &work.path().join("dsn"), &leaves[0], true);
+    let nodsn = Receiver::start(
+        ips[1],
+        port,
+        &work.path().join("nodsn"),
+        &[
+            "--cert",
+            leaves[1].0.to_str().unwrap(),
+            "--key",
+            leaves[1].1.to_str().unwrap(),
+        ],
+    );
+    let (data, mut server) = sender(dns.port, &ca, &[("port = 25\n", format!("port = {port}\n"))]);
+
+    // xtext that decodes to CR LF and a command, in ENVID and in ORCPT: refused at receipt.
+    let message = "From: doc@clinic.test\r\nSubject: dsn\r\n\r\nbody\r\n";
+    let replies = submission_script(
+        &data,
+        &format!(
+            "def data(raw):\n\
+             \x20   code, text = s.docmd('DATA')\n\
+             \x20   if code != 354:\n\
+             \x20       return code, text\n\
+             \x20   s.send(raw.encode() + b'.\\r\\n')\n\
+             \x20   return s.getreply()\n\
+             out = []\n\
+             out.append(s.docmd('MAIL FROM:<doc@clinic.test> ENVID=x+0D+0ARCPT+20TO:<spy@dsn.test>'))\n\
+             out.append(s.docmd('RCPT TO:<alice@dsn.test>'))\n\
+             out.append(data({message:?}))\n\
+             s.rset()\n\
+             out.append(s.docmd('MAIL FROM:<doc@clinic.test>'))\n\
+             out.append(s.docmd('RCPT TO:<alice@dsn.test> ORCPT=rfc822;x+0D+0ARCPT+20TO:<spy@dsn.test>'))\n\
+             out.append(s.docmd('RCPT TO:<carol@dsn.test>'))\n\
+             out.append(data({message:?}))\n\
+             s.rset()\n\
+             # Printable values that need encoding (+ and =) are kept, and relayed encoded.\n\
+             out.append(s.docmd('MAIL FROM:<doc@clinic.test> RET=HDRS ENVID=a+2Bb+3Dc'))\n\
+             out.append(s.docmd('RCPT TO:<bob@dsn.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+2Bx@dsn.test'))\n\
+             out.append(s.docmd('RCPT TO:<dan@nodsn.test> NOTIFY=FAILURE ORCPT=rfc822;dan@nodsn.test'))\n\
+             out.append(data({message:?}))\n\
+             print(json.dumps([[code, text.decode()] for code, text in out]))"
+        ),
+    );
+    let replies: Vec<(u16, String)> = serde_json::from_str(&replies).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dsn.messages().len() < 2 || nodsn.received().is_empty() {
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        server.wait_for("never", Duration::from_millis(1));
+    }
+    // Give a wrong extra delivery the chance to show.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+
+    // The receiving server never saw a command that no queue entry names.
+    let commands = dsn.commands();
+    assert!(
+        !commands.iter().any(|c| c.contains("spy@")),
+        "an injected command reached the receiving server: {commands:#?}"
+    );
+    let codes: Vec<u16> = replies.iter().map(|(code, _)| *code).collect();
+    assert_eq!(
+        codes,
+        [501, 503, 503, 250, 501, 250, 250, 250, 250, 250, 250],
+        "{replies:#?}"
+    );
+    assert!(replies[0].1.contains("ENVID must be printable US-ASCII"), "{replies:?}");
+    assert!(replies[4].1.contains("ORCPT must be printable US-ASCII"), "{replies:?}");
+    let messages = dsn.messages();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    let envelope = |rcpt: &str| {
+        let message = messages
+            .iter()
+            .find(|m| m["rcpts"].to_string().contains(rcpt))
+            .unwrap_or_else(|| panic!("no message for {rcpt}: {messages:#?}"));
+        let rcpts: Vec<String> = message["rcpts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect();
+        (message["mail"].as_str().unwrap().to_string(), rcpts)
+    };
+    // MAIL carries SIZE (offered) and, where DSN is offered, RET and the ENVID as xtext;
+    // RCPT carries NOTIFY and ORCPT as xtext.
+    let (plain_mail, plain_rcpts) = envelope("carol@");
+    assert!(
+        plain_mail.starts_with("MAIL FROM:<doc@clinic.test> SIZE="),
+        "{plain_mail}"
+    );
+    assert!(
+        !plain_mail.contains("ENVID") && !plain_mail.contains("RET="),
+        "{plain_mail}"
+    );
+    assert_eq!(plain_rcpts, ["RCPT TO:<carol@dsn.test>"]);
+    let (dsn_mail, dsn_rcpts) = envelope("bob@");
+    assert!(dsn_mail.ends_with(" RET=HDRS ENVID=a+2Bb+3Dc"), "{dsn_mail}");
+    assert_eq!(
+        dsn_rcpts,
+        ["RCPT TO:<bob@dsn.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+2Bx@dsn.test"]
+    );
+    // A server without DSN gets no DSN parameters (aiosmtpd would refuse them with 555),
+    // and takes the message.
+    let got = nodsn.received();
+    assert_eq!(got.len(), 1, "nodsn.test: one delivery");
+    assert_eq!(got[0].0["to"], serde_json::json!(["dan@nodsn.test"]));
+}
+
+#[test]
+fn bare_cr_and_lf_in_a_submitted_message_never_smuggle_a_second_message() {
+    let work = tempfile::tempdir().unwrap();
+    let ips = ["127.0.0.63"];
+    let port = free_port_on(&ips);
+    let (ca, leaves) = test_ca(work.path(), &["mx.lenient.test"]);
+    let dns = start_dns_with(
+        &[],
+        &["test"],
+        &mx_records(&[("lenient.test", "mx.lenient.test", "127.0.0.63")]),
+    );
+    let lenient = Lenient::start(ips[0], port, &work.path().join("lenient"), &leaves[0], true);
+    let (data, mut server) = sender(dns.port, &ca, &[("port = 25\n", format!("port = {port}\n"))]);
+    // Each payload ends the message for a lenient receiver and starts a second transaction
+    // to spy@lenient.test; sent raw (smtplib would mend the line ends) in DATA and in BDAT.
+    let separators = ["\n.\n", "\r.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r", "\r\n.\n"];
+    let script = format!(
+        "separators = {separators:?}\n\
+         out = []\n\
+         for n, sep in enumerate(separators):\n\
+         \x20   for how in ('DATA', 'BDAT'):\n\
+         \x20       body = ('From: doc@clinic.test\\r\\nSubject: payload %d %s\\r\\n\\r\\nfirst part' % (n, how)\n\
+         \x20               + sep + 'MAIL FROM:<doc@clinic.test>\\r\\nRCPT TO:<spy@lenient.test>\\r\\nDATA\\r\\n'\n\
+         \x20               + 'From: doc@clinic.test\\r\\nSubject: smuggled\\r\\n\\r\\nsecret\\r\\n').encode()\n\
+         \x20       out.append(s.docmd('MAIL FROM:<doc@clinic.test>'))\n\
+         \x20       out.append(s.docmd('RCPT TO:<alice@lenient.test>'))\n\
+         \x20       if how == 'DATA':\n\
+         \x20           out.append(s.docmd('DATA'))\n\
+         \x20           s.send(body + b'\\r\\n.\\r\\n')\n\
+         \x20       else:\n\
+         \x20           s.send(b'BDAT %d LAST\\r\\n' % len(body) + body)\n\
+         \x20       out.append(s.getreply())\n\
+         print(json.dumps([[code, text.decode()] for code, text in out]))"
+    );
+    let replies: Vec<(u16, String)> = serde_json::from_str(&submission_script(&data, &script)).unwrap();
+    let submitted = separators.len() * 2;
+    assert!(replies.iter().all(|(code, _)| matches!(code, 250 | 354)), "{replies:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lenient.messages().len() < submitted {
+        assert!(
+            Instant::now() < deadline,
+            "the receiver got {} of {submitted}",
+            lenient.messages().len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        server.wait_for("never", Duration::from_millis(1));
+    }
+    // Give a smuggled extra message the chance to show.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    let messages = lenient.messages();
+    for message in &messages {
+        assert_eq!(
+            message["rcpts"],
+            serde_json::json!(["RCPT TO:<alice@lenient.test>"]),
+            "a message with other recipients: {messages:#?}"
+        );
+        let text = message["data"].as_str().unwrap();
+        assert!(
+            text.contains("first part") && text.contains("secret"),
+            "cut short: {text:?}"
+        );
+    }
+    assert_eq!(messages.len(), submitted, "one message per submission: {messages:#?}");
+    assert!(!lenient.commands().iter().any(|c| c.contains("spy@")));
+}
+
+#[test]
+fn an_mta_sts_policy_seen_stays_in_force_when_its_dns_record_is_withheld() {
+    let work = tempfile::tempdir().unwrap();
+    let ips = ["127.0.0.71", "127.0.0.72", "127.0.0.73"];
+    let port = free_port_on(&ips);
+    let https_port = free_port_on(&ips);
+    // The rogue MX has a certificate the CAs vouch for, for its own name.
+    let (ca, leaves) = test_ca(
+        work.path(),
+        &["mx.guarded.test", "mx.rogue.test", "mta-sts.guarded.test"],
+    );
+    let receiver = |i: usize, name: &str| {
+        let (cert, key) = (leaves[i].0.to_str().unwrap(), leaves[i].1.to_str().unwrap());
+        Receiver::start(ips[i], port, &work.path().join(name), &["--cert", cert, "--key", key])
+    };
+    let good = receiver(0, "good");
+    let rogue = receiver(1, "rogue");
+    let policy = serve_https(
+        ips[2],
+        https_port,
+        &leaves[2].0,
+        &leaves[2].1,
+        "version: STSv1\r\nmode: enforce\r\nmx: mx.guarded.test\r\nmax_age: 86400\r\n",
+        work.path(),
+    );
+    let published: Vec<String> = [
+        "--mx-host=guarded.test,mx.guarded.test,10",
+        "--host-record=mx.guarded.test,127.0.0.71",
+        "--host-record=mx.rogue.test,127.0.0.72",
+        "--host-record=mta-sts.guarded.test,127.0.0.73",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let dns = start_dns_with(
+        &[("_mta-sts.guarded.test", "v=STSv1; id=20261207".into())],
+        &["test"],
+        &published,
+    );
+    let (data, mut server) = sender(
+        dns.port,
+        &ca,
+        &[
+            ("port = 25\n", format!("port = {port}\n")),
+            ("mta_sts_port = 443", format!("mta_sts_port = {https_port}")),
+        ],
+    );
+    submit(
+        &data,
+        &[(
+            &["a@guarded.test"],
+            "From: doc@clinic.test\r\nSubject: one\r\n\r\nfirst\r\n",
+        )],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while good.received().is_empty() {
+        assert!(Instant::now() < deadline, "nothing reached mx.guarded.test");
+        std::thread::sleep(Duration::from_millis(100));
+        server.wait_for("never", Duration::from_millis(1));
+    }
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    drop(dns);
+    drop(policy);
+
+    // Whoever controls the network now withholds the _mta-sts record (and the policy host)
+    // and points the MX at a server of theirs.
+    let hijacked: Vec<String> = [
+        "--mx-host=guarded.test,mx.rogue.test,10",
+        "--host-record=mx.rogue.test,127.0.0.72",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let dns = start_dns_with(&[], &["test"], &hijacked);
+    data.configure(|config| with_dns_port(config, dns.port));
+    let mut server = data.serve();
+    submit(
+        &data,
+        &[(
+            &["b@guarded.test"],
+            "From: doc@clinic.test\r\nSubject: two\r\n\r\nsecond, confidential\r\n",
+        )],
+    );
+    // Two attempts: the message's, and the pickup notice's (which must wait, not go to the
+    // rogue server either).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let attempts = |server: &Server| {
+        server
+            .seen
+            .iter()
+            .filter(|l| l.contains("delivery attempt recorded"))
+            .count()
+    };
+    while rogue.received().is_empty() && attempts(&server) < 2 {
+        assert!(Instant::now() < deadline, "no attempts for b@guarded.test");
+        server.wait_for("never", Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+    let got = rogue.received();
+    assert!(
+        got.is_empty(),
+        "the rogue MX received mail: {:?}",
+        got.iter()
+            .map(|(e, m)| (e, String::from_utf8_lossy(m).to_string()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(good.received().len(), 1);
+    // As any enforce-mode policy naming none of the MX hosts: a delivery failure, kept in the
+    // queue to be tried again (RFC 8461 §5), never sent to the host the policy does not name.
+    let entries = queue(&data);
+    let held = entries
+        .iter()
+        .find(|e| e["recipients"] == serde_json::json!(["b@guarded.test"]))
+        .unwrap_or_else(|| panic!("b@guarded.test is not in the queue: {entries:#?}"));
+    let state = held["states"].to_string();
+    assert!(state.contains("\"Pending\""), "{state}");
+    assert!(state.contains("names none of its MX hosts"), "{state}");
+}

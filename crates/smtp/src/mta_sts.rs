@@ -127,7 +127,30 @@ pub(crate) struct Cache {
     policies: Mutex<HashMap<String, (Policy, Instant)>>,
 }
 
+/// What to do for a domain once its `_mta-sts` record has been asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// This policy, or none, is in force: nothing to fetch.
+    InForce(Option<Policy>),
+    /// The record names a policy not cached: fetch it (and keep the cached one if that fails).
+    Fetch { id: String },
+}
+
 impl Cache {
+    /// The step for `domain` given the id its record publishes now: `None` when the record
+    /// is missing, unreadable or the look-up failed, and then the policy cached before stays
+    /// in force while its max_age holds (RFC 8461 §5.1), so that withholding a DNS answer
+    /// does not switch it off.
+    pub(crate) fn step(&self, domain: &str, published: Option<&str>) -> Step {
+        match published {
+            None => Step::InForce(self.get_any(domain)),
+            Some(id) => match self.get(domain, id) {
+                Some(policy) => Step::InForce(Some(policy)),
+                None => Step::Fetch { id: id.to_string() },
+            },
+        }
+    }
+
     pub(crate) fn get(&self, domain: &str, id: &str) -> Option<Policy> {
         let policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
         policies
@@ -272,6 +295,34 @@ mod tests {
         assert_eq!(record_id("v=STSv2; id=1"), None);
         assert_eq!(record_id("v=STSv1; id=bad id!"), None);
         assert_eq!(decode(&encode(&policy, 42)), Some((policy, 42)));
+    }
+
+    #[test]
+    fn a_policy_seen_stays_in_force_without_its_record_until_max_age_ends() {
+        let cache = Cache::default();
+        let policy = parse("1", "version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 600\n").unwrap();
+        // Nothing seen yet: a missing record means no policy; a published one is fetched.
+        assert_eq!(cache.step("example.com", None), Step::InForce(None));
+        assert_eq!(cache.step("example.com", Some("1")), Step::Fetch { id: "1".into() });
+        cache.put("example.com", policy.clone());
+        assert_eq!(
+            cache.step("example.com", Some("1")),
+            Step::InForce(Some(policy.clone()))
+        );
+        // The record withheld (or not answered): the policy seen holds.
+        assert_eq!(cache.step("example.com", None), Step::InForce(Some(policy.clone())));
+        assert_eq!(cache.step("other.example", None), Step::InForce(None));
+        // A new id: fetched, the old policy still there to fall back on.
+        assert_eq!(cache.step("example.com", Some("2")), Step::Fetch { id: "2".into() });
+        assert_eq!(cache.get_any("example.com"), Some(policy.clone()));
+        // Past its max_age it is gone, record or not.
+        let short = Policy {
+            max_age: Duration::from_secs(1),
+            ..policy
+        };
+        let seen_before = Instant::now().checked_sub(Duration::from_secs(2)).unwrap();
+        cache.put_at("example.com", short, seen_before);
+        assert_eq!(cache.step("example.com", None), Step::InForce(None));
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::time::Duration;
 use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::{RData, RecordType};
 use mail_auth::MessageAuthenticator;
-use sealpost_storage::{Actor, AuditEvent, QueuedMessage, RecipientState, RecipientStatus, Store};
+use sealpost_storage::{
+    Actor, AuditEvent, Outbound as Envelope, OutboundRecipient, QueuedMessage, RecipientState, RecipientStatus, Store,
+};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -120,6 +122,97 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 struct Conversation {
     io: BufReader<Box<dyn Io>>,
     timeout: Duration,
+    /// What the server's last EHLO reply offered.
+    extensions: Extensions,
+}
+
+/// The SMTP extensions of a receiving server that decide which parameters we may send: none
+/// it did not offer (RFC 1870, RFC 3461 §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Extensions {
+    size: bool,
+    dsn: bool,
+}
+
+impl Extensions {
+    /// From the lines of an EHLO reply ("250-SIZE 1000", "250 DSN").
+    fn of_ehlo(lines: &[String]) -> Extensions {
+        let offered = |name: &str| {
+            lines.iter().skip(1).any(|line| {
+                line.get(4..)
+                    .and_then(|text| text.split_whitespace().next())
+                    .is_some_and(|keyword| keyword.eq_ignore_ascii_case(name))
+            })
+        };
+        Extensions {
+            size: offered("SIZE"),
+            dsn: offered("DSN"),
+        }
+    }
+}
+
+/// `value` as xtext (RFC 3461 §4): printable US-ASCII as itself but "+" and "=", and every
+/// other byte (a CR, an LF, a space) as "+" and two hex digits, so that nothing in it can end
+/// or split a command line.
+fn xtext(value: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_graphic() && byte != b'+' && byte != b'=' {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "+{byte:02X}");
+        }
+    }
+    out
+}
+
+/// The MAIL command for `envelope`: SIZE where the server offers it; RET and ENVID (as
+/// xtext) where it offers DSN. Only checked or encoded values are written.
+fn mail_command(envelope: &Envelope, size: usize, extensions: Extensions) -> String {
+    let mut mail = format!("MAIL FROM:<{}>", envelope.from);
+    if extensions.size {
+        mail.push_str(&format!(" SIZE={size}"));
+    }
+    if extensions.dsn {
+        if let Some(ret @ ("FULL" | "HDRS")) = envelope.ret.as_deref() {
+            mail.push_str(&format!(" RET={ret}"));
+        }
+        if let Some(env_id) = envelope.env_id.as_deref().filter(|id| !id.is_empty()) {
+            mail.push_str(&format!(" ENVID={}", xtext(env_id)));
+        }
+    }
+    mail
+}
+
+/// The RCPT command for `recipient`: NOTIFY (its keywords only) and ORCPT (the address as
+/// xtext) where the server offers DSN.
+fn rcpt_command(recipient: &OutboundRecipient, extensions: Extensions) -> String {
+    let mut rcpt = format!("RCPT TO:<{}>", recipient.address);
+    if !extensions.dsn {
+        return rcpt;
+    }
+    let notify: Vec<&str> = recipient
+        .notify
+        .iter()
+        .map(String::as_str)
+        .filter(|keyword| matches!(*keyword, "SUCCESS" | "FAILURE" | "DELAY" | "NEVER"))
+        .collect();
+    // NEVER stands alone (RFC 3461 §4.1).
+    let notify = if notify.contains(&"NEVER") {
+        vec!["NEVER"]
+    } else {
+        notify
+    };
+    if !notify.is_empty() {
+        rcpt.push_str(&format!(" NOTIFY={}", notify.join(",")));
+    }
+    if let Some((kind, address)) = recipient.orcpt.as_deref().and_then(|o| o.split_once(';')) {
+        if kind.eq_ignore_ascii_case("rfc822") && !address.is_empty() {
+            rcpt.push_str(&format!(" ORCPT=rfc822;{}", xtext(address)));
+        }
+    }
+    rcpt
 }
 
 impl Conversation {
@@ -171,7 +264,9 @@ impl Conversation {
     }
 }
 
-/// Dot-stuffs a message for DATA and ends it with CRLF.CRLF.
+/// Dot-stuffs a message for DATA and ends it with CRLF.CRLF. Its lines end in CRLF (made so at
+/// submission, and again by `attempt` for what was queued before): a dot after a bare CR
+/// would not be stuffed.
 fn dot_stuffed(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 64 + 5);
     let mut line_start = true;
@@ -354,7 +449,9 @@ impl Outbound {
     async fn attempt(&self, entry: QueuedMessage) {
         let (store, account, id) = (self.store.clone(), entry.account, entry.id);
         let raw = match tokio::task::spawn_blocking(move || store.read_queued(account, id)).await {
-            Ok(Ok(raw)) => raw,
+            // Only CRLF line ends on the wire, whenever the message was queued: no lenient
+            // receiver can be told the message ended early (SMTP smuggling).
+            Ok(Ok(raw)) => crate::submit::with_crlf_line_ends(raw),
             other => {
                 warn!(queue = %entry.id, "reading a queued message failed: {other:?}");
                 return;
@@ -407,11 +504,9 @@ impl Outbound {
             }
         }
         for (domain, indexes) in by_domain {
-            let addresses: Vec<String> = indexes
-                .iter()
-                .map(|&i| entry.envelope.recipients[i].address.clone())
-                .collect();
-            let outcome = self.deliver_domain(&domain, &entry, &addresses, &signed).await;
+            let recipients: Vec<OutboundRecipient> =
+                indexes.iter().map(|&i| entry.envelope.recipients[i].clone()).collect();
+            let outcome = self.deliver_domain(&domain, &entry, &recipients, &signed).await;
             for (slot, &index) in indexes.iter().enumerate() {
                 let address = &entry.envelope.recipients[index].address;
                 let (state, event) = match &outcome {
@@ -552,31 +647,43 @@ impl Outbound {
         ehlo_again: bool,
         ehlo: &str,
         entry: &QueuedMessage,
-        recipients: &[String],
+        recipients: &[OutboundRecipient],
         raw: &[u8],
     ) -> std::io::Result<Vec<Reply>> {
         let timeout = talk.timeout;
         let envelope = &entry.envelope;
         if ehlo_again {
-            let (reply, _) = talk.command(ehlo).await?;
+            let (reply, lines) = talk.command(ehlo).await?;
             if reply.code != 250 {
                 return Ok(vec![reply; recipients.len()]);
             }
+            talk.extensions = Extensions::of_ehlo(&lines);
         }
-        let mut mail = format!("MAIL FROM:<{}> SIZE={}", envelope.from, raw.len());
-        if let Some(ret) = &envelope.ret {
-            mail.push_str(&format!(" RET={ret}"));
+        // Addresses are checked at receipt; one queued before that was, and that could break
+        // a command line, fails here rather than being written.
+        if !crate::submit::wire_safe_address(&envelope.from) {
+            let refused = Reply {
+                code: 553,
+                text: "5.1.7 the sender address cannot be written in a MAIL command".into(),
+            };
+            return Ok(vec![refused; recipients.len()]);
         }
-        if let Some(env_id) = &envelope.env_id {
-            mail.push_str(&format!(" ENVID={env_id}"));
-        }
-        let (reply, _) = talk.command(&mail).await?;
+        let (reply, _) = talk
+            .command(&mail_command(envelope, raw.len(), talk.extensions))
+            .await?;
         if reply.code != 250 {
             return Ok(vec![reply; recipients.len()]);
         }
         let mut replies = Vec::with_capacity(recipients.len());
         for recipient in recipients {
-            let (reply, _) = talk.command(&format!("RCPT TO:<{recipient}>")).await?;
+            if !crate::submit::wire_safe_address(&recipient.address) {
+                replies.push(Reply {
+                    code: 553,
+                    text: "5.1.3 the recipient address cannot be written in a RCPT command".into(),
+                });
+                continue;
+            }
+            let (reply, _) = talk.command(&rcpt_command(recipient, talk.extensions)).await?;
             replies.push(reply);
         }
         if replies.iter().all(|r| r.code != 250 && r.code != 251) {
@@ -694,33 +801,27 @@ impl Outbound {
     }
 
     /// The domain's MTA-STS policy: cached while its id and max_age hold, else fetched. A
-    /// fetch that fails keeps the policy cached before (RFC 8461 §5.1), if any.
+    /// fetch that fails keeps the policy cached before, if any; so does a `_mta-sts` record
+    /// that is missing, unreadable or not answered (RFC 8461 §5.1): whoever can withhold a
+    /// DNS answer cannot switch off a policy already seen, before its max_age ends.
     async fn mta_sts_policy(&self, domain: &str) -> Option<crate::mta_sts::Policy> {
-        let txt = self.resolver.txt_raw_lookup(format!("_mta-sts.{domain}.")).await.ok()?;
-        let id = crate::mta_sts::record_id(&String::from_utf8_lossy(&txt))?;
-        if let Some(policy) = self.mta_sts.get(domain, &id) {
+        let published = match self.resolver.txt_raw_lookup(format!("_mta-sts.{domain}.")).await {
+            Ok(txt) => crate::mta_sts::record_id(&String::from_utf8_lossy(&txt)),
+            Err(_) => None,
+        };
+        let mut step = self.mta_sts.step(domain, published.as_deref());
+        if let crate::mta_sts::Step::InForce(Some(policy)) = step {
             return Some(policy);
         }
-        // After a restart: the policy kept in the store, while its max_age holds.
-        let (store, name) = (self.store.clone(), domain.to_string());
-        let kept = tokio::task::spawn_blocking(move || store.cached("mta-sts", &name))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-            .and_then(|bytes| crate::mta_sts::decode(&bytes));
-        if let Some((policy, fetched_ms)) = kept {
-            let age = Duration::from_millis(u64::try_from(now_ms() - fetched_ms).unwrap_or(u64::MAX));
-            if age < policy.max_age {
-                let at = std::time::Instant::now()
-                    .checked_sub(age)
-                    .unwrap_or_else(std::time::Instant::now);
-                self.mta_sts.put_at(domain, policy.clone(), at);
-                if policy.id == id {
-                    return Some(policy);
-                }
-            }
+        // Nothing in memory: after a restart, the policy kept in the store while its max_age
+        // holds.
+        if self.kept_mta_sts_policy(domain).await {
+            step = self.mta_sts.step(domain, published.as_deref());
         }
+        let id = match step {
+            crate::mta_sts::Step::InForce(policy) => return policy,
+            crate::mta_sts::Step::Fetch { id } => id,
+        };
         let timeout = Duration::from_millis(self.config.timeout_ms);
         match crate::mta_sts::fetch(&self.tls, &self.resolver, domain, self.config.mta_sts_port, timeout).await {
             Ok(body) => match crate::mta_sts::parse(&id, &body) {
@@ -739,8 +840,8 @@ impl Outbound {
                     Some(policy)
                 }
                 None => {
-                    warn!("an MTA-STS policy does not parse; delivering without it");
-                    None
+                    warn!("an MTA-STS policy does not parse; the one cached before (if any) stays in force");
+                    self.mta_sts.get_any(domain)
                 }
             },
             Err(_) => {
@@ -750,6 +851,30 @@ impl Outbound {
                 self.mta_sts.get_any(domain)
             }
         }
+    }
+
+    /// Puts the policy the store keeps for `domain` into the memory cache, if there is one
+    /// whose max_age holds; whether there was.
+    async fn kept_mta_sts_policy(&self, domain: &str) -> bool {
+        let (store, name) = (self.store.clone(), domain.to_string());
+        let kept = tokio::task::spawn_blocking(move || store.cached("mta-sts", &name))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .and_then(|bytes| crate::mta_sts::decode(&bytes));
+        let Some((policy, fetched_ms)) = kept else {
+            return false;
+        };
+        let age = Duration::from_millis(u64::try_from(now_ms() - fetched_ms).unwrap_or(u64::MAX));
+        if age >= policy.max_age {
+            return false;
+        }
+        let at = std::time::Instant::now()
+            .checked_sub(age)
+            .unwrap_or_else(std::time::Instant::now);
+        self.mta_sts.put_at(domain, policy, at);
+        true
     }
 
     /// The MX hosts of a domain by preference (the domain itself when it has none), and
@@ -794,7 +919,7 @@ impl Outbound {
         &self,
         domain: &str,
         entry: &QueuedMessage,
-        recipients: &[String],
+        recipients: &[OutboundRecipient],
         raw: &[u8],
     ) -> DomainOutcome {
         // With the MX answer signed (or the smarthost, which configuration names), a signed
@@ -897,7 +1022,7 @@ impl Outbound {
         address: SocketAddr,
         check: TlsCheck<'_>,
         entry: &QueuedMessage,
-        recipients: &[String],
+        recipients: &[OutboundRecipient],
         raw: &[u8],
     ) -> HostOutcome {
         let outcome = self
@@ -942,7 +1067,7 @@ impl Outbound {
         address: SocketAddr,
         check: TlsCheck<'_>,
         entry: &QueuedMessage,
-        recipients: &[String],
+        recipients: &[OutboundRecipient],
         raw: &[u8],
     ) -> HostOutcome {
         let use_tls = !matches!(check, TlsCheck::Plaintext);
@@ -969,6 +1094,7 @@ impl Outbound {
         let mut talk = Conversation {
             io: BufReader::new(Box::new(socket)),
             timeout,
+            extensions: Extensions::default(),
         };
         let ehlo = format!("EHLO {}", self.config.hostname);
         let plain = async {
@@ -980,6 +1106,7 @@ impl Outbound {
             if reply.code != 250 {
                 return Ok(Err(format!("EHLO: {}", reply.line())));
             }
+            talk.extensions = Extensions::of_ehlo(&lines);
             if !use_tls {
                 return Ok(Ok(false));
             }
@@ -1044,9 +1171,11 @@ impl Outbound {
                 None => format!("{version} {cipher}"),
             }
         };
+        // What the server offers is asked again under TLS (the EHLO in `transaction`).
         let mut talk = Conversation {
             io: BufReader::new(Box::new(secured)),
             timeout,
+            extensions: Extensions::default(),
         };
         let result = self.transaction(&mut talk, true, &ehlo, entry, recipients, raw);
         match result.await {
@@ -1139,5 +1268,110 @@ mod tests {
     fn data_is_dot_stuffed_and_terminated() {
         assert_eq!(dot_stuffed(b".a\r\nb\r\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n");
         assert_eq!(dot_stuffed(b"no newline"), b"no newline\r\n.\r\n");
+    }
+
+    /// What goes on the wire for a message with a smuggling payload: only CRLF line ends, and
+    /// the one line that is a lone dot is the end.
+    #[test]
+    fn smuggling_payloads_leave_one_end_of_data_on_the_wire() {
+        for payload in ["\n.\n", "\r.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r", "\r\n.\n", "\r.\r"] {
+            let raw = format!("Subject: x\r\n\r\nfirst{payload}MAIL FROM:<a@b.example>\r\nRCPT TO:<spy@b.example>\r\n");
+            let wire = dot_stuffed(&crate::submit::with_crlf_line_ends(raw.into_bytes()));
+            let text = String::from_utf8(wire).unwrap();
+            let lines: Vec<&str> = text.split("\r\n").collect();
+            assert!(
+                !text.replace("\r\n", "").contains(['\r', '\n']),
+                "{payload:?}: {text:?}"
+            );
+            assert_eq!(lines.iter().filter(|l| **l == ".").count(), 1, "{payload:?}: {text:?}");
+            assert!(text.ends_with("\r\n.\r\n"), "{payload:?}: {text:?}");
+        }
+    }
+
+    #[test]
+    fn xtext_round_trips_through_the_parser_and_never_breaks_a_line() {
+        let all_ascii: String = (1u8..=127).map(char::from).collect();
+        let mut values: Vec<String> = vec![
+            "QQ314159".into(),
+            "a+b=c".into(),
+            "x\r\nRCPT TO:<spy@evil.example>".into(),
+            " leading and trailing ".into(),
+        ];
+        // smtp-proto takes ENVID values of at most 100 characters.
+        values.extend(
+            all_ascii
+                .as_bytes()
+                .chunks(40)
+                .map(|c| String::from_utf8(c.to_vec()).unwrap()),
+        );
+        for value in values {
+            let encoded = xtext(&value);
+            assert!(
+                encoded.bytes().all(|b| b.is_ascii_graphic() && b != b'='),
+                "{value:?} -> {encoded:?}"
+            );
+            let line = format!("MAIL FROM:<a@b.example> ENVID={encoded}\r\n");
+            match smtp_proto::Request::parse(&mut line.as_bytes().iter()) {
+                Ok(smtp_proto::Request::Mail { from }) => {
+                    assert_eq!(from.env_id.as_deref(), Some(value.as_str()), "{encoded}")
+                }
+                other => panic!("{value:?} -> {encoded:?}: {other:?}"),
+            }
+        }
+        assert_eq!(xtext("x\r\nRCPT TO:<s@e>"), "x+0D+0ARCPT+20TO:<s@e>");
+    }
+
+    #[test]
+    fn dsn_parameters_are_written_encoded_and_only_where_offered() {
+        let envelope = Envelope {
+            from: "doc@clinic.example".into(),
+            recipients: vec![],
+            env_id: Some("x\r\nRCPT TO:<spy@evil.example>".into()),
+            ret: Some("HDRS".into()),
+            notice: false,
+        };
+        let recipient = OutboundRecipient {
+            address: "pat@example.org".into(),
+            notify: vec!["SUCCESS".into(), "FAILURE".into(), "BOGUS\r\n".into()],
+            orcpt: Some("rfc822;pat+x\r\nDATA@example.org".into()),
+            portal: None,
+        };
+        let all = Extensions { size: true, dsn: true };
+        assert_eq!(
+            mail_command(&envelope, 42, all),
+            "MAIL FROM:<doc@clinic.example> SIZE=42 RET=HDRS ENVID=x+0D+0ARCPT+20TO:<spy@evil.example>"
+        );
+        assert_eq!(
+            rcpt_command(&recipient, all),
+            "RCPT TO:<pat@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;pat+2Bx+0D+0ADATA@example.org"
+        );
+        let none = Extensions::default();
+        assert_eq!(mail_command(&envelope, 42, none), "MAIL FROM:<doc@clinic.example>");
+        assert_eq!(rcpt_command(&recipient, none), "RCPT TO:<pat@example.org>");
+        let odd = Envelope {
+            ret: Some("FULL\r\nRSET".into()),
+            env_id: None,
+            ..envelope
+        };
+        assert_eq!(mail_command(&odd, 1, all), "MAIL FROM:<doc@clinic.example> SIZE=1");
+        let never = OutboundRecipient {
+            notify: vec!["FAILURE".into(), "NEVER".into()],
+            orcpt: Some("x400;whatever".into()),
+            ..recipient
+        };
+        assert_eq!(rcpt_command(&never, all), "RCPT TO:<pat@example.org> NOTIFY=NEVER");
+    }
+
+    #[test]
+    fn extensions_are_read_from_the_ehlo_reply() {
+        let lines = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            Extensions::of_ehlo(&lines(&["250-mx greets", "250-SIZE 1000", "250-PIPELINING", "250 dsn"])),
+            Extensions { size: true, dsn: true }
+        );
+        assert_eq!(
+            Extensions::of_ehlo(&lines(&["250-DSN.example greets", "250-DSNX", "250 8BITMIME"])),
+            Extensions::default()
+        );
     }
 }

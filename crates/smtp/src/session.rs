@@ -693,6 +693,13 @@ impl Session {
                 None => return self.error("501 5.1.7 bad sender address"),
             }
         };
+        // smtp-proto hands ENVID over decoded from xtext: a CR LF in it would be a command of
+        // its own on the next server's wire. It is relayed encoded; what is kept is what RFC
+        // 3461 §4.4 allows (and no space).
+        if from.env_id.as_deref().is_some_and(|id| !crate::submit::dsn_text_ok(id)) {
+            return self
+                .error("501 5.5.4 ENVID must be printable US-ASCII without spaces or control characters (RFC 3461)");
+        }
         if let Some(account) = &self.account {
             if address.is_empty() || !self.connection.shared.aliases().may_send_as(&account.address, &address) {
                 return self.error("553 5.7.1 you may send only as your own address");
@@ -735,6 +742,11 @@ impl Session {
         let Some(address) = crate::submit::normalize_address(&to.address) else {
             return self.error("501 5.1.3 bad recipient address");
         };
+        // As ENVID: ORCPT's address arrives decoded, and is relayed encoded.
+        if to.orcpt.as_deref().is_some_and(|o| !crate::submit::dsn_text_ok(o)) {
+            return self
+                .error("501 5.5.4 ORCPT must be printable US-ASCII without spaces or control characters (RFC 3461)");
+        }
         let mut notify = Vec::new();
         for (flag, name) in [
             (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
@@ -749,11 +761,8 @@ impl Session {
         let outside = OutboundRecipient {
             address: String::new(),
             notify,
-            // smtp-proto gives the address without its type; ORCPT types are rfc822 (or
-            // utf-8, whose addresses are rfc822 ones here after SMTPUTF8).
-            orcpt: to
-                .orcpt
-                .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") }),
+            // smtp-proto gives the address without its type, and takes only rfc822 ones.
+            orcpt: to.orcpt.map(|o| format!("rfc822;{o}")),
             portal: None,
         };
         // Port 25 relays for nobody, whoever authenticated (AUTH is not offered there).

@@ -175,13 +175,27 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
         sent_copy,
         placement,
     } = accept;
+    // What a staff member submits may be relayed: every line ends in CRLF before anything
+    // reads or keeps it. A bare CR or LF could end the message early at a lenient receiver,
+    // and what follows would be taken as commands (SMTP smuggling).
+    let submitted = submission.is_some();
     // Parsed once, off the async threads: the From check, the content rules and the stored
     // summary and search text all come from this.
     let (raw, analysed) = blocking(move || {
+        let raw = if submitted { with_crlf_line_ends(raw) } else { raw };
         let analysed = Analysed::of(&raw);
         (raw, analysed)
     })
     .await;
+    // One From, one Subject...: which of two fields a receiver shows (or a filter, a DKIM
+    // verifier, the From check here) is anyone's guess (RFC 5322 §3.6).
+    if submitted {
+        if let Some((name, count)) = repeated_field(&raw) {
+            return Err(Refused::Error(format!(
+                "550 5.6.0 message has {count} {name} fields; RFC 5322 allows one"
+            )));
+        }
+    }
     // Mail from outside that pretends to come from inside is marked (and parsed again).
     let (raw, analysed) = match (&submission, shared.spam()) {
         (None, Some(spam)) => {
@@ -557,15 +571,106 @@ fn deliver(
     Ok(done.iter().find_map(|(_, queued)| *queued))
 }
 
-/// Lower-cased address with a local part and a domain, within `ADDRESS_BYTES_MAX`; `None`
-/// for what is not one.
+/// Lower-cased address with a local part and a domain, within `ADDRESS_BYTES_MAX`, that can
+/// be written on a command line as it is (`wire_safe_address`); `None` for what is not one.
 pub(crate) fn normalize_address(address: &str) -> Option<String> {
     let address = address.trim().to_lowercase();
     let (local, domain) = address.rsplit_once('@')?;
-    if local.is_empty() || domain.is_empty() || address.len() > sealpost_storage::ADDRESS_BYTES_MAX {
+    if local.is_empty()
+        || domain.is_empty()
+        || address.len() > sealpost_storage::ADDRESS_BYTES_MAX
+        || !wire_safe_address(&address)
+    {
         return None;
     }
     Some(address)
+}
+
+/// Whether an address can go between the `<` and `>` of a MAIL or RCPT command as it is: no
+/// control character (a CR or LF would end the command and start another one), no angle
+/// bracket, and white space only in a quoted local part.
+pub(crate) fn wire_safe_address(address: &str) -> bool {
+    let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
+    let quoted = local.len() >= 2 && local.starts_with('"') && local.ends_with('"');
+    let allowed = |c: char| !c.is_control() && c != '<' && c != '>';
+    local.chars().all(|c| allowed(c) && (quoted || !c.is_whitespace()))
+        && domain.chars().all(|c| allowed(c) && !c.is_whitespace())
+}
+
+/// Whether a DSN parameter's value, decoded from xtext (ENVID, ORCPT's address), is one we
+/// keep: printable US-ASCII without spaces (RFC 3461 §4.2, §4.4), so that it can be shown in
+/// a report and relayed as xtext again.
+pub(crate) fn dsn_text_ok(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The message with every bare CR and bare LF made a CRLF (a CR LF pair stays one line end);
+/// the message itself when it has none.
+pub(crate) fn with_crlf_line_ends(raw: Vec<u8>) -> Vec<u8> {
+    let bare = raw.iter().enumerate().any(|(i, &b)| match b {
+        b'\r' => raw.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || raw[i - 1] != b'\r',
+        _ => false,
+    });
+    if !bare {
+        return raw;
+    }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32 + 2);
+    let mut bytes = raw.iter().copied().peekable();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                bytes.next_if_eq(&b'\n');
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            _ => out.push(byte),
+        }
+    }
+    out
+}
+
+/// The fields a message may have at most once (RFC 5322 §3.6), as replies name them.
+const ONCE_ONLY_FIELDS: [&str; 11] = [
+    "Date",
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Subject",
+];
+
+/// The first once-only field the message's header has more than once, and how many times.
+fn repeated_field(raw: &[u8]) -> Option<(&'static str, usize)> {
+    let mut counts = [0usize; ONCE_ONLY_FIELDS.len()];
+    let header = &raw[..crate::headers::header_len(raw)];
+    for line in header.split(|&b| b == b'\n') {
+        // Continuation lines belong to the field above.
+        if line.first().is_some_and(|b| matches!(b, b' ' | b'\t')) {
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        // "From :" (obsolete syntax, RFC 5322 §4.5) is a From field too.
+        let name = line[..colon].trim_ascii_end();
+        if let Some(at) = ONCE_ONLY_FIELDS
+            .iter()
+            .position(|field| field.as_bytes().eq_ignore_ascii_case(name))
+        {
+            counts[at] += 1;
+        }
+    }
+    ONCE_ONLY_FIELDS
+        .iter()
+        .zip(counts)
+        .find(|(_, count)| *count > 1)
+        .map(|(field, count)| (*field, count))
 }
 
 /// A message composed in the webmail by its signed-in author.
@@ -691,4 +796,72 @@ fn reply_text(reply: &str) -> String {
         .map(|c| c.to_uppercase().collect::<String>())
         .unwrap_or_default();
     format!("{first}{}.", chars.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_repeated(header: &str, expected: Option<(&str, usize)>) {
+        let raw = format!("{header}\r\nbody\r\nFrom: in the body\r\nFrom: twice\r\n");
+        assert_eq!(repeated_field(raw.as_bytes()), expected, "{header:?}");
+    }
+
+    #[test]
+    fn each_once_only_field_counts_and_others_do_not() {
+        for field in ONCE_ONLY_FIELDS {
+            let header = format!("{field}: one\r\nX-Other: x\r\n{}: two\r\n", field.to_uppercase());
+            check_repeated(&header, Some((field, 2)));
+            check_repeated(&format!("{field}: one\r\n"), None);
+        }
+        check_repeated("From: a\r\nFrom : b\r\nFrom:c\r\n", Some(("From", 3)));
+        check_repeated("Subject: a\r\n Subject: folded, not a field\r\n", None);
+        check_repeated("Received: a\r\nReceived: b\r\nComments: c\r\nComments: d\r\n", None);
+        check_repeated("Resent-From: a\r\nResent-From: b\r\nX-From: c\r\nFrom: d\r\n", None);
+    }
+
+    #[test]
+    fn bare_cr_and_lf_become_crlf_and_crlf_stays() {
+        let check = |input: &[u8], expected: &[u8]| {
+            assert_eq!(with_crlf_line_ends(input.to_vec()), expected, "{input:?}");
+        };
+        check(b"a\r\nb\r\n", b"a\r\nb\r\n");
+        check(b"a\nb\n", b"a\r\nb\r\n");
+        check(b"a\rb\r", b"a\r\nb\r\n");
+        check(b"\n.\n", b"\r\n.\r\n");
+        check(b"x\r.\ny", b"x\r\n.\r\ny");
+        check(b"x\n.\r\ny", b"x\r\n.\r\ny");
+        check(b"x\r\r\n\n", b"x\r\n\r\n\r\n");
+        check(b"", b"");
+    }
+
+    #[test]
+    fn addresses_that_could_break_a_command_line_are_refused() {
+        for good in [
+            "a@b.example",
+            "\"two words\"@b.example",
+            "o'neil+x@b.example",
+            "\u{e9}@b.example",
+        ] {
+            assert!(normalize_address(good).is_some(), "{good:?}");
+        }
+        for bad in [
+            "a@b.example>\r\nRCPT TO:<c@d.example",
+            "a\r@b.example",
+            "a\u{0}@b.example",
+            "a\u{7f}@b.example",
+            "a\u{85}@b.example",
+            "a>@b.example",
+            "<a@b.example",
+            "two words@b.example",
+            "\"a\"@b. example",
+            "a\t@b.example",
+        ] {
+            assert_eq!(normalize_address(bad), None, "{bad:?}");
+        }
+        assert!(dsn_text_ok("a+b=c!~"));
+        for bad in ["", "a b", "a\r\nb", "caf\u{e9}", "tab\t", "\u{7f}"] {
+            assert!(!dsn_text_ok(bad), "{bad:?}");
+        }
+    }
 }

@@ -1,16 +1,20 @@
 //! Transcript tests: each file under `tests/transcripts/` is an SMTP conversation over an
 //! in-memory session with a real store. `C:` lines are sent with CRLF, `R:` lines sent as
-//! they are (`{{CRLF}}` for a line break), `S:` lines must be the next reply line
-//! (`{{any}}` matches any text), `CLOSED` expects the server to hang up, `DISCONNECT` hangs
-//! up as the client, and `COUNT address mailbox n` / `QUEUED n` check the store at that
-//! point. A first line `#! key=value ...` sets the listener and limits.
+//! they are (`{{CRLF}}` for a line break; `{{CR}}` and `{{LF}}` for a bare CR or LF in `C:`
+//! and `R:` lines), `S:` lines must be the next reply line (`{{any}}` matches any text),
+//! `CLOSED` expects the server to hang up, `DISCONNECT` hangs up as the client, and `COUNT
+//! address mailbox n` / `QUEUED n` / `QUEUED_CRLF n` (n queued, every line ending in CRLF)
+//! check the store at that point. A first line `#! key=value ...` sets the listener and
+//! limits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sealpost_imap::{ImapShared, LoginLimits};
-use sealpost_smtp::{serve_session, Aliases, ListenerRole, SmtpConfig, SmtpConnection, SmtpShared};
+use sealpost_smtp::{
+    serve_session, submit_from_web, Aliases, ListenerRole, SmtpConfig, SmtpConnection, SmtpShared, WebMessage,
+};
 use sealpost_storage::{Actor, MasterKey, NewAccount, Role, Store, StoreConfig};
 use sealpost_testkit::{expand, line_matches};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -40,6 +44,53 @@ fn store(dir: &std::path::Path) -> Store {
         }
     }
     store
+}
+
+/// What the sessions of one test server share: bob is barred from sending outside, and a
+/// content rule blocks "oncology" to outside recipients.
+fn shared(login_limits: LoginLimits, aliases: Aliases) -> Arc<SmtpShared> {
+    let mut policy = sealpost_policy::PolicyConfig::default();
+    policy.barred_accounts.insert("bob@example.test".into());
+    policy.content.push(sealpost_policy::ContentRule {
+        name: "no-oncology".into(),
+        enabled: true,
+        detector: sealpost_policy::Detector::Keywords {
+            words: vec!["oncology".into()],
+        },
+        action: sealpost_policy::Action::Block,
+    });
+    let policy = sealpost_policy::LivePolicy::new(sealpost_policy::Policy::new(policy).unwrap());
+    SmtpShared::new(
+        ImapShared::new(login_limits, passwords_allowed(), "localhost"),
+        aliases,
+        None,
+        None,
+        policy,
+    )
+}
+
+/// A transcript line as bytes: `{{CRLF}}`, `{{CR}}` (a bare CR) and `{{LF}}` (a bare LF).
+fn expand_line(text: &str) -> String {
+    expand(text).replace("{{CR}}", "\r").replace("{{LF}}", "\n")
+}
+
+/// The queued messages' bytes, each as stored.
+fn queued_messages(store: &Store) -> Vec<Vec<u8>> {
+    store
+        .queued()
+        .unwrap()
+        .iter()
+        .map(|entry| store.read_queued(entry.account, entry.id).unwrap())
+        .collect()
+}
+
+/// Whether every line of `raw` ends in CRLF: no CR without LF, no LF without CR.
+fn only_crlf(raw: &[u8]) -> bool {
+    raw.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => raw.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && raw[i - 1] == b'\r',
+        _ => true,
+    })
 }
 
 fn count(store: &Store, address: &str, mailbox: &str) -> usize {
@@ -94,24 +145,7 @@ async fn run(name: &str) {
     }
     let (client, server) = tokio::io::duplex(1 << 20);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let mut policy = sealpost_policy::PolicyConfig::default();
-    policy.barred_accounts.insert("bob@example.test".into());
-    policy.content.push(sealpost_policy::ContentRule {
-        name: "no-oncology".into(),
-        enabled: true,
-        detector: sealpost_policy::Detector::Keywords {
-            words: vec!["oncology".into()],
-        },
-        action: sealpost_policy::Action::Block,
-    });
-    let policy = sealpost_policy::LivePolicy::new(sealpost_policy::Policy::new(policy).unwrap());
-    let shared = SmtpShared::new(
-        ImapShared::new(login_limits, passwords_allowed(), "localhost"),
-        aliases,
-        None,
-        None,
-        policy,
-    );
+    let shared = shared(login_limits, aliases);
     let mut session = Some(tokio::spawn(serve_session(
         Box::new(server),
         store.clone(),
@@ -132,10 +166,15 @@ async fn run(name: &str) {
         let at = format!("{name}:{}", number + 1);
         if let Some(sent) = line.strip_prefix("C: ").or((line == "C:").then_some("")) {
             let w = write.as_mut().unwrap();
-            w.write_all(expand(sent).as_bytes()).await.unwrap();
+            w.write_all(expand_line(sent).as_bytes()).await.unwrap();
             w.write_all(b"\r\n").await.unwrap();
         } else if let Some(raw) = line.strip_prefix("R: ") {
-            write.as_mut().unwrap().write_all(expand(raw).as_bytes()).await.unwrap();
+            write
+                .as_mut()
+                .unwrap()
+                .write_all(expand_line(raw).as_bytes())
+                .await
+                .unwrap();
         } else if let Some(expected) = line.strip_prefix("S: ") {
             let reader = lines.as_mut().unwrap();
             let got = tokio::time::timeout(READ_TIMEOUT, reader.next_line()).await;
@@ -185,6 +224,17 @@ async fn run(name: &str) {
                 n.parse::<usize>().unwrap(),
                 "{at}: recipients marked for the portal"
             );
+        } else if let Some(n) = line.strip_prefix("QUEUED_CRLF ") {
+            // QUEUED_CRLF n: n messages queued, every line of each ending in CRLF.
+            let messages = queued_messages(&store);
+            assert_eq!(messages.len(), n.parse::<usize>().unwrap(), "{at}: queued");
+            for raw in messages {
+                assert!(
+                    only_crlf(&raw),
+                    "{at}: a bare CR or LF was queued: {:?}",
+                    String::from_utf8_lossy(&raw)
+                );
+            }
         } else if let Some(n) = line.strip_prefix("QUEUED ") {
             assert_eq!(
                 store.queued().unwrap().len(),
@@ -258,6 +308,84 @@ async fn policy_bars_accounts_and_blocks_content_for_outside_recipients() {
 #[tokio::test]
 async fn auth_login_and_hourly_limit() {
     run("auth-login.txt").await;
+}
+
+#[tokio::test]
+async fn dsn_parameters_are_printable_ascii_or_refused() {
+    run("dsn-parameters.txt").await;
+}
+
+#[tokio::test]
+async fn submissions_with_a_repeated_once_only_field_are_refused() {
+    run("repeated-fields.txt").await;
+    run("inbound-repeated-fields.txt").await;
+}
+
+#[tokio::test]
+async fn submitted_bare_cr_and_lf_are_stored_as_crlf() {
+    run("bare-line-ends.txt").await;
+}
+
+/// The web's send button takes the same path: the same field counts, the same line ends, and
+/// recipients that could break a command line refused.
+#[tokio::test]
+async fn web_submissions_get_crlf_line_ends_one_of_each_field_and_clean_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let shared = shared(LoginLimits::default(), Aliases::default());
+    let config = SmtpConfig {
+        hostname: "mx.example.test".into(),
+        ..SmtpConfig::default()
+    };
+    let alice = store.find_account("alice@example.test").unwrap().unwrap();
+    let message = |raw: &[u8], to: &str| WebMessage {
+        raw: raw.to_vec(),
+        recipients: vec![to.to_string()],
+        peer: "192.0.2.9".into(),
+    };
+    let twice = b"From: alice@example.test\r\nTo: carol@elsewhere.example\r\nTo: spy@elsewhere.example\r\n\r\nbody\r\n";
+    let refused = submit_from_web(
+        &store,
+        &shared,
+        &config,
+        &alice,
+        message(twice, "carol@elsewhere.example"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused, "Message has 2 To fields; RFC 5322 allows one.");
+    for injected in [
+        "spy@elsewhere.example>\r\nRCPT TO:<carol@elsewhere.example",
+        "carol@elsewhere.example\rRCPT TO:<spy@elsewhere.example>",
+        "carol@elsewhere.example\u{7f}",
+        "two words@elsewhere.example",
+    ] {
+        let body = b"From: alice@example.test\r\n\r\nbody\r\n";
+        let refused = submit_from_web(&store, &shared, &config, &alice, message(body, injected))
+            .await
+            .unwrap_err();
+        assert!(refused.contains("is not an email address"), "{injected:?}: {refused}");
+    }
+    assert!(store.queued().unwrap().is_empty(), "a refused message was queued");
+
+    let bare = b"From: alice@example.test\nTo: carol@elsewhere.example\n\none\r.\ntwo\n.\nthree\n.\r\nend\r";
+    submit_from_web(
+        &store,
+        &shared,
+        &config,
+        &alice,
+        message(bare, "carol@elsewhere.example"),
+    )
+    .await
+    .unwrap();
+    let queued = queued_messages(&store);
+    assert_eq!(queued.len(), 1);
+    let text = String::from_utf8_lossy(&queued[0]).to_string();
+    assert!(only_crlf(&queued[0]), "{text:?}");
+    assert!(
+        text.ends_with("\r\n\r\none\r\n.\r\ntwo\r\n.\r\nthree\r\n.\r\nend\r\n"),
+        "{text:?}"
+    );
 }
 
 /// The account password opens a session here: these tests are about the protocol, not about
