@@ -416,6 +416,13 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
             .any(|l| l.contains("message.read") && l.contains("web formatted")),
         "the formatted view is not audited"
     );
+    // The folder list shows subjects and senders: every page shown is a read, with its UIDs.
+    assert!(
+        exported
+            .lines()
+            .any(|l| l.contains("message.read") && l.contains("web folder list, page 1") && l.contains("uids:")),
+        "the folder list is not audited"
+    );
 }
 
 /// Runs a Python snippet with the test's CA, ports and password in its environment; its

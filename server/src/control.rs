@@ -179,10 +179,13 @@ fn answer(side: &ServerSide, mut stream: UnixStream) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let user = sealpost_control::actor_user(&request.user);
+    // The actor is who the kernel says is calling; the name the client sends is only noted.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let user = sealpost_control::user_of_uid(&passwd, uid);
+    let claimed = sealpost_control::actor_user(&request.user);
     let actor = sealpost_storage::Actor {
         name: format!("cli:{user}"),
-        peer: format!("control socket, uid {uid}"),
+        peer: format!("control socket, uid {uid}, says {claimed}"),
     };
     let mut out = std::io::BufWriter::with_capacity(
         64 * 1024,

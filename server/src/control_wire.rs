@@ -42,6 +42,24 @@ pub fn request_line(request: &Request) -> serde_json::Result<Vec<u8>> {
     Ok(line)
 }
 
+/// The name of the user with `uid` in a passwd file's text (`/etc/passwd`), printable ASCII
+/// within `CONTROL_USER_CHARS_MAX`; `uid N` when no line has it. The control socket records
+/// its caller under this name, taken from the kernel's peer credentials: what the client
+/// claims (`$SUDO_USER`, `$USER`) is kept only as a detail.
+pub fn user_of_uid(passwd: &str, uid: u32) -> String {
+    passwd
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let id = fields.nth(1)?;
+            (id.parse::<u32>().ok()? == uid).then(|| actor_user(name))
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
 /// The client's user name as the audit records it: printable ASCII, at most
 /// `CONTROL_USER_CHARS_MAX` characters.
 pub fn actor_user(user: &str) -> String {
@@ -176,5 +194,15 @@ mod tests {
         assert_eq!(read_request(b"not json\n".as_slice()).unwrap(), None);
         assert_eq!(actor_user("a b\u{7}\nc"), "abc");
         assert_eq!(actor_user(&"x".repeat(100)).len(), CONTROL_USER_CHARS_MAX);
+    }
+
+    #[test]
+    fn the_caller_is_named_by_its_uid_never_by_what_it_claims() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# a comment:x:5\nsealpost:x:998:998::/var/lib/sealpost:/usr/sbin/nologin\nbad\nevil\u{7}name:x:1001:1001::/:/bin/sh\n";
+        assert_eq!(user_of_uid(passwd, 0), "root");
+        assert_eq!(user_of_uid(passwd, 998), "sealpost");
+        assert_eq!(user_of_uid(passwd, 1001), "evilname");
+        assert_eq!(user_of_uid(passwd, 4242), "uid 4242");
+        assert_eq!(user_of_uid("", 7), "uid 7");
     }
 }

@@ -29,6 +29,12 @@ typ, data = m.select('"Clinic/Referrals"')
 check("select", typ == "OK" and data[0] == b"1", data)
 typ, data = m.fetch("1", "(BODY.PEEK[] FLAGS)")
 check("fetch body byte-identical", typ == "OK" and data[0][1] == msg, data)
+# The envelope and structure name the subject and the addresses: a read of patient data,
+# audited like the body (the Rust side counts the records); flags alone are not.
+typ, data = m.fetch("1", "(ENVELOPE BODYSTRUCTURE)")
+check("fetch envelope and structure", typ == "OK" and b"Referral for review" in data[0], data)
+typ, data = m.fetch("1", "(FLAGS RFC822.SIZE INTERNALDATE)")
+check("fetch flags and size", typ == "OK" and b"RFC822.SIZE" in data[0], data)
 typ, data = m.search(None, "TEXT", '"review the referral"')
 check("search text over the encrypted store", data == [b"1"], data)
 typ, data = m.uid("SEARCH", None, "HEADER", "Message-ID", '"<ref-1@example.net>"')

@@ -471,8 +471,15 @@ pub(crate) async fn enrol(
         name: account.address.clone(),
         peer: peer.0.to_string(),
     };
+    let Some(ticket) = state.lockout.admit_hash(&peer.0.ip().to_string(), &account.address) else {
+        return crate::request::hashing_busy();
+    };
     let (state2, password) = (state.clone(), form.password);
-    match blocking(move || enrolment::complete(&state2.store, id, &secret, &password, &actor, now_ms())).await {
+    let completed = blocking(move || {
+        let _ticket = ticket;
+        enrolment::complete(&state2.store, id, &secret, &password, &actor, now_ms())
+    });
+    match completed.await {
         Some(Ok(true)) => crate::html::message_page_status(
             StatusCode::OK,
             "Password set",

@@ -79,6 +79,7 @@ pub(crate) async fn console(
 }
 
 fn page(state: &WebState, found: &Found, account: &Account, notice: Option<String>) -> Response {
+    let window_minutes = state.lockout.limits().failure_window_ms.div_ceil(60_000);
     let rows: Vec<_> = state
         .lockout
         .locked_accounts()
@@ -86,10 +87,19 @@ fn page(state: &WebState, found: &Found, account: &Account, notice: Option<Strin
         .map(|(login, failures)| {
             let csrf = found.session.csrf.clone();
             let name = login.clone();
+            let minutes = state
+                .lockout
+                .lock_ends_in(&login)
+                .map_or(0, |left| left.as_secs().div_ceil(60));
+            let why = format!(
+                "{failures} wrong passwords or codes (web, IMAP or SMTP) within {} minutes; passwords and codes are refused for {minutes} more minutes. A passkey still signs in.",
+                window_minutes
+            );
             view! {
                 <tr>
                     <td>{login}</td>
                     <td>{failures}</td>
+                    <td class="why">{why}</td>
                     <td>
                         <form class="inline" method="post" action="/admin/lockouts/lift">
                             <input type="hidden" name="csrf" value=csrf/>
@@ -115,7 +125,7 @@ fn page(state: &WebState, found: &Found, account: &Account, notice: Option<Strin
                 {if empty {
                     view! { <p>"No account is locked out."</p> }.into_any()
                 } else {
-                    view! { <table><tr><th>"Account"</th><th>"Failed sign-ins"</th><th></th></tr>{rows}</table> }.into_any()
+                    view! { <table><tr><th>"Account"</th><th>"Failed sign-ins"</th><th>"Why it is locked"</th><th></th></tr>{rows}</table> }.into_any()
                 }}
                 <p class="muted">"A lockout also ends by itself when its time is up."</p>
             </section>

@@ -297,7 +297,9 @@ pub(crate) async fn retention_act(State(state): State<Arc<WebState>>, checked: A
     }
 }
 
-const DISCOVERY_ROLES: &[Role] = &[Role::Admin, Role::Auditor];
+/// eDiscovery shows subjects and exports whole messages: an admin action. Auditors read the
+/// audit log only.
+const DISCOVERY_ROLES: &[Role] = &[Role::Admin];
 
 #[derive(Deserialize, Default, Clone)]
 pub(crate) struct DiscoveryParams {
@@ -452,10 +454,7 @@ pub(crate) struct ExportForm {
 
 /// The export as a download: an age-encrypted zip, built in memory within
 /// `DISCOVERY_WEB_EXPORT_BYTES_MAX`.
-pub(crate) async fn discovery_export(
-    State(state): State<Arc<WebState>>,
-    checked: AdminForm<ExportForm, true>,
-) -> Response {
+pub(crate) async fn discovery_export(State(state): State<Arc<WebState>>, checked: AdminForm<ExportForm>) -> Response {
     let AdminForm { me, form, peer, .. } = checked;
     let kind = if form.format == "mbox" {
         ExportKind::Mbox

@@ -208,6 +208,7 @@ pub(crate) async fn folder(
     State(state): State<Arc<WebState>>,
     Path(mailbox): Path<u32>,
     Query(query): Query<ListQuery>,
+    axum::extract::Extension(peer): axum::extract::Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
     let (found, account) = match reader(&state, &headers).await {
@@ -273,6 +274,33 @@ pub(crate) async fn folder(
     };
     let pages = rows.len().div_ceil(MESSAGES_PER_PAGE).max(1);
     let page = query.page.unwrap_or(1).clamp(1, pages);
+    // The list shows subjects and senders: a read of patient data, one record per page shown
+    // with its UIDs. No record, no page.
+    let listed: Vec<String> = rows
+        .iter()
+        .skip((page - 1) * MESSAGES_PER_PAGE)
+        .take(MESSAGES_PER_PAGE)
+        .map(|(meta, _)| meta.uid.to_string())
+        .collect();
+    if !listed.is_empty() {
+        let event = AuditEvent::new(
+            &actor_of(&account, &peer),
+            "message.read",
+            format!("mailbox:{} uids:{}", current.id.0, listed.join(",")),
+        )
+        .detail(format!("web folder list, page {page}"));
+        let state2 = state.clone();
+        if !matches!(blocking(move || state2.store.audit(event)).await, Some(Ok(_))) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                crate::html::message_page(
+                    "Try again",
+                    "The folder could not be shown just now; try again shortly.",
+                ),
+            )
+                .into_response();
+        }
+    }
     let shown: Vec<_> = rows
         .iter()
         .skip((page - 1) * MESSAGES_PER_PAGE)

@@ -420,7 +420,7 @@ pub(crate) async fn password_sign_in(State(state): State<Arc<WebState>>, link: L
             StatusCode::TOO_MANY_REQUESTS,
         );
     }
-    let Some(ticket) = state.lockout.hash_queue().admit() else {
+    let Some(ticket) = state.lockout.admit_hash(&client, &login) else {
         return crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
             "Try again",
@@ -524,9 +524,19 @@ pub(crate) async fn choose_password(
         let text = format!("Not set: {weakness}.");
         return crate::html::message_page_status(StatusCode::UNPROCESSABLE_ENTITY, "Choose another password", &text);
     }
+    let Some(ticket) = state
+        .lockout
+        .admit_hash(&peer.0.ip().to_string(), &format!("portal:{recipient}"))
+    else {
+        return crate::request::hashing_busy();
+    };
     let state2 = state.clone();
     let password = form.password;
-    match blocking(move || state2.store.set_portal_password(&recipient, &password, &actor)).await {
+    let set = blocking(move || {
+        let _ticket = ticket;
+        state2.store.set_portal_password(&recipient, &password, &actor)
+    });
+    match set.await {
         Some(Ok(())) => see_other("/portal?done=password"),
         _ => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not set", "Try again in a minute."),
     }
@@ -1006,7 +1016,31 @@ pub(crate) async fn home(
     page("Your secure messages", content).into_response()
 }
 
-pub(crate) async fn sign_out(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
+#[derive(Deserialize)]
+pub(crate) struct SignOutForm {
+    csrf: String,
+}
+
+/// Ends the portal session. Takes the session's CSRF token like every other form: another
+/// site cannot sign a patient out (and so make them ask for a new code by mail).
+pub(crate) async fn sign_out(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+    form: Result<axum::Form<SignOutForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Some((_, csrf)) = state.portal.session(&headers) else {
+        return (
+            StatusCode::SEE_OTHER,
+            AppendHeaders([
+                (header::LOCATION, HeaderValue::from_static("/portal")),
+                clear_cookie(PORTAL_COOKIE),
+            ]),
+        )
+            .into_response();
+    };
+    if !form.is_ok_and(|axum::Form(form)| same_token(&form.csrf, &csrf)) {
+        return crate::request::forbidden();
+    }
     state.portal.end_session(&headers);
     (
         StatusCode::SEE_OTHER,

@@ -138,3 +138,13 @@ macro_rules! with_csrf {
     )*};
 }
 pub(crate) use with_csrf;
+
+/// The answer when the password-hash queue (or this account's or address's share of it) is
+/// full: nothing was hashed or changed.
+pub(crate) fn hashing_busy() -> Response {
+    crate::html::message_page_status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Try again",
+        "Too many passwords are being checked right now; nothing was changed. Try again in a moment.",
+    )
+}

@@ -335,9 +335,13 @@ pub(crate) async fn password_change(State(state): State<Arc<WebState>>, checked:
         )
         .await;
     }
+    let Some(ticket) = state.lockout.admit_hash(&peer.0.ip().to_string(), &account.address) else {
+        return crate::request::hashing_busy();
+    };
     let who = actor(&account, &peer);
     let (state2, id, this, password) = (state.clone(), account.id, found.id, form.password.clone());
     let changed = blocking(move || {
+        let _ticket = ticket;
         state2.store.set_password(id, &password, &who)?;
         // Every other session ends: whoever knew the old password is out.
         let others: Vec<WebSessionId> = websession::list(&state2.store, id)?
@@ -507,11 +511,13 @@ pub(crate) struct TokenForm {
 
 crate::request::with_csrf!(TokenForm, CodeForm, IdForm, AppPasswordForm, SessionForm, PasswordForm);
 
-/// A form of a signed-in (or enrolling) session whose CSRF token matches: the session, the
-/// account, its credential record, the form and the client. Anything else is answered
-/// before the handler runs: no session, a redirect to sign in; a wrong or missing token or a
-/// malformed form, 403 with nothing changed.
-pub(crate) struct Checked<F> {
+/// A form of a signed-in session (with `ENROLLING`, of an enrolling one too) whose CSRF token
+/// matches: the session, the account, its credential record, the form and the client.
+/// Anything else is answered before the handler runs: no session, a redirect to sign in; an
+/// enrolling session at a form that is not enrolment, back to the page; a wrong or missing
+/// token or a malformed form, 403 with nothing changed. So a session that owes its first
+/// factor can enrol it and sign out, and nothing more (no revoking, no ending sessions).
+pub(crate) struct Checked<F, const ENROLLING: bool = false> {
     found: Found,
     account: Account,
     credentials: Credentials,
@@ -519,7 +525,7 @@ pub(crate) struct Checked<F> {
     peer: Peer,
 }
 
-impl<F> axum::extract::FromRequest<Arc<WebState>> for Checked<F>
+impl<F, const ENROLLING: bool> axum::extract::FromRequest<Arc<WebState>> for Checked<F, ENROLLING>
 where
     F: serde::de::DeserializeOwned + WithCsrf + Send + 'static,
 {
@@ -530,6 +536,9 @@ where
         let Some((found, account, credentials)) = current(state, request.headers()).await else {
             return Err(see_other("/sign-in"));
         };
+        if !ENROLLING && !found.session.signed_in() {
+            return Err(see_other("/security"));
+        }
         let Form(form) = Form::<F>::from_request(request, state).await.map_err(|_| forbidden())?;
         if !found.session.csrf_ok(form.csrf()) {
             return Err(forbidden());
@@ -564,7 +573,17 @@ async fn enrolled(state: &Arc<WebState>, found: &mut Found, method: &str) {
     let _ = blocking(move || websession::save(&state.store, account, &id, &session, vec![])).await;
 }
 
-pub(crate) async fn totp_start(State(state): State<Arc<WebState>>, checked: Checked<TokenForm>) -> Response {
+/// Whether a factor may change in this session now: an enrolling session adds its first
+/// factor; a signed-in one must have confirmed with its strongest factor in the last minutes.
+fn may_change_factors(found: &Found) -> bool {
+    found.session.stage == Stage::Enrolment || found.session.recently_strong(now_ms())
+}
+
+/// The refusal of a TOTP enrolment for a role that signs in with a passkey only: the code
+/// would never be asked for, and a password and a code must not stand in for the passkey.
+const TOTP_NOT_FOR_ROLE: &str = "Your role signs in with a passkey: add a passkey instead of an authenticator app.";
+
+pub(crate) async fn totp_start(State(state): State<Arc<WebState>>, checked: Checked<TokenForm, true>) -> Response {
     let Checked {
         mut found,
         account,
@@ -572,6 +591,19 @@ pub(crate) async fn totp_start(State(state): State<Arc<WebState>>, checked: Chec
         form: _,
         peer: _,
     } = checked;
+    if !may_change_factors(&found) {
+        return see_other("/reauth");
+    }
+    if state.policy().passkey_required(&account) {
+        return show(
+            &state,
+            &found,
+            &account,
+            &credentials,
+            Outcome::error(TOTP_NOT_FOR_ROLE),
+        )
+        .await;
+    }
     if credentials.totp.is_some() {
         return show(
             &state,
@@ -613,7 +645,7 @@ pub(crate) struct CodeForm {
     code: String,
 }
 
-pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Checked<CodeForm>) -> Response {
+pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Checked<CodeForm, true>) -> Response {
     let Checked {
         mut found,
         account,
@@ -621,6 +653,19 @@ pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Ch
         form,
         peer,
     } = checked;
+    if !may_change_factors(&found) {
+        return see_other("/reauth");
+    }
+    if state.policy().passkey_required(&account) {
+        return show(
+            &state,
+            &found,
+            &account,
+            &credentials,
+            Outcome::error(TOTP_NOT_FOR_ROLE),
+        )
+        .await;
+    }
     let Some(secret) = found.session.pending_totp.clone() else {
         return show(
             &state,
@@ -704,6 +749,9 @@ pub(crate) async fn totp_remove(State(state): State<Arc<WebState>>, checked: Che
     if credentials.totp.is_none() {
         return show(&state, &found, &account, &credentials, Outcome::none()).await;
     }
+    if !may_change_factors(&found) {
+        return see_other("/reauth");
+    }
     if !keeps_enough(&state, &account, &credentials, false) {
         return show(
             &state,
@@ -744,8 +792,8 @@ pub(crate) async fn recovery_codes(State(state): State<Arc<WebState>>, checked: 
         form: _,
         peer,
     } = checked;
-    if found.session.stage == Stage::Enrolment {
-        return see_other("/security");
+    if !may_change_factors(&found) {
+        return see_other("/reauth");
     }
     let (codes, hashes) = secrets::recovery_codes();
     let who = actor(&account, &peer);
@@ -780,7 +828,7 @@ pub(crate) async fn passkey_start(
     if !found.session.csrf_ok(script_token(&headers)) {
         return stale_page();
     }
-    if found.session.stage != Stage::Enrolment && !found.session.recently_strong(now_ms()) {
+    if !may_change_factors(&found) {
         return json_error(
             StatusCode::FORBIDDEN,
             "confirm it is you first (Account security, Confirm)",
@@ -899,6 +947,9 @@ pub(crate) async fn passkey_remove(State(state): State<Arc<WebState>>, checked: 
     } = checked;
     if !credentials.passkeys.iter().any(|k| k.id == form.id) {
         return show(&state, &found, &account, &credentials, Outcome::none()).await;
+    }
+    if !may_change_factors(&found) {
+        return see_other("/reauth");
     }
     if !keeps_enough(&state, &account, &credentials, true) {
         return show(

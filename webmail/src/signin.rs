@@ -129,9 +129,17 @@ fn refusal_text(refusal: Refusal) -> &'static str {
     }
 }
 
-/// A failed step: counted in the lockout, audited, and answered after the lockout's pause.
+/// A failed password or code: counted in the lockout, audited, and answered after the
+/// lockout's pause.
 async fn failed(state: &Arc<WebState>, peer: &Peer, login: &str, what: &str) {
     let pause = state.lockout.failed(&peer.0.ip().to_string(), login);
+    denied(state, peer, login, what).await;
+    tokio::time::sleep(pause).await;
+}
+
+/// A refused step that the lockout does not count (a passkey: nothing to guess, and a
+/// password spray must not lock an admin out of the passkey sign-in); audited.
+async fn denied(state: &Arc<WebState>, peer: &Peer, login: &str, what: &str) {
     audit(
         state,
         AuditEvent::new(&actor(login, peer), "login.web", format!("account {login}"))
@@ -139,7 +147,6 @@ async fn failed(state: &Arc<WebState>, peer: &Peer, login: &str, what: &str) {
             .detail(what.to_string()),
     )
     .await;
-    tokio::time::sleep(pause).await;
 }
 
 pub(crate) async fn sign_in(
@@ -169,7 +176,7 @@ pub(crate) async fn sign_in(
     }
     // The password is hashed through the server's one queue; when it is full the sign-in is
     // refused at once rather than waiting behind someone else's flood.
-    let Some(ticket) = state.lockout.hash_queue().admit() else {
+    let Some(ticket) = state.lockout.admit_hash(&peer.0.ip().to_string(), &login) else {
         return sign_in_again(
             &headers,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -229,7 +236,10 @@ pub(crate) async fn sign_in(
         }
     };
     let passkey_needed = state.policy().passkey_required(&account);
-    let (stage, next) = if credentials.has_second_factor() && !(passkey_needed && credentials.passkeys.is_empty()) {
+    // Any factor the account has is asked for before anything else, even when the role must
+    // still enrol a passkey: a password alone never reaches enrolment of a second factor
+    // for an account that has one.
+    let (stage, next) = if credentials.has_second_factor() {
         (Stage::SecondFactor, "/second-factor")
     } else if state.policy().second_factor_required || passkey_needed {
         (Stage::Enrolment, "/security")
@@ -247,7 +257,16 @@ pub(crate) async fn sign_in(
     )
     .await;
     if signed_in {
-        return finish_sign_in(&state, &account, None, "password", &peer, &headers, next).await;
+        return finish_sign_in(
+            &state,
+            &account,
+            None,
+            Stage::SignedIn("password".into()),
+            &peer,
+            &headers,
+            next,
+        )
+        .await;
     }
     let started = {
         let (state, id, address, agent) = (state.clone(), account.id, peer.0.to_string(), agent(&headers));
@@ -270,37 +289,31 @@ pub(crate) async fn sign_in(
 
 /// The last step of every sign-in: a new session (the one that held the first step ends, so a
 /// session id seen before the sign-in is worth nothing after it), the sign-in recorded, a
-/// notice when the network is new, the lockout's count for the account cleared.
+/// notice when the network is new, the lockout's count for the account cleared. `stage` is
+/// `SignedIn(method)`, or `Enrolment` for a role that proved the factor it has and must
+/// now add the passkey it lacks (that session is strong: it just proved two factors).
 async fn finish_sign_in(
     state: &Arc<WebState>,
     account: &Account,
     old: Option<WebSessionId>,
-    method: &str,
+    stage: Stage,
     peer: &Peer,
     headers: &HeaderMap,
     next: &str,
 ) -> Response {
     state.lockout.succeeded(&account.address);
+    let method = match &stage {
+        Stage::SignedIn(method) => method.clone(),
+        _ => "two factors, a passkey still owed".to_string(),
+    };
     let done = {
-        let (state, account, method, address, agent) = (
-            state.clone(),
-            account.clone(),
-            method.to_string(),
-            peer.0.to_string(),
-            agent(headers),
-        );
+        let (state, account, address, agent) = (state.clone(), account.clone(), peer.0.to_string(), agent(headers));
         blocking(move || {
             if let Some(old) = old {
                 state.store.delete_web_sessions(account.id, Some(&[old]), vec![])?;
             }
-            let (cookie, _) = websession::start(
-                &state.store,
-                account.id,
-                &address,
-                &agent,
-                Stage::SignedIn(method.clone()),
-                now_ms(),
-            )?;
+            let (cookie, _) =
+                websession::start_proven(&state.store, account.id, &address, &agent, stage, true, now_ms())?;
             let mut new_network = false;
             let how = format!("the web, {method}");
             Credentials::update(&state.store, account.id, |record| {
@@ -382,7 +395,9 @@ fn second_factor_view(
 
 /// What the second-factor page offers the account: (TOTP, recovery codes, passkeys).
 fn offered(state: &WebState, account: &Account, credentials: &Credentials) -> (bool, bool, bool) {
-    let passkey_only = state.policy().passkey_required(account);
+    // A role that must use a passkey answers with its passkey once it has one; until then
+    // with the factor it has, and then enrols a passkey (`Stage::Enrolment`).
+    let passkey_only = state.policy().passkey_required(account) && !credentials.passkeys.is_empty();
     (
         credentials.totp.is_some() && !passkey_only,
         !credentials.recovery.is_empty() && !passkey_only,
@@ -494,7 +509,16 @@ pub(crate) async fn second_factor(
     };
     method = method.or(checked);
     match method {
-        Some(method) => finish_sign_in(&state, &account, Some(found.id), method, &peer, &headers, "/security").await,
+        Some(method) => {
+            // A role that must use a passkey and has none yet proved the factor it has; now it
+            // enrols the passkey, and nothing else, before it is signed in.
+            let stage = if state.policy().passkey_required(&account) && credentials.passkeys.is_empty() {
+                Stage::Enrolment
+            } else {
+                Stage::SignedIn(method.into())
+            };
+            finish_sign_in(&state, &account, Some(found.id), stage, &peer, &headers, "/security").await
+        }
         None => {
             failed(&state, &peer, &account.address, "wrong second factor").await;
             second_factor_again(
@@ -557,7 +581,6 @@ pub(crate) struct PasskeyStart {
 
 pub(crate) async fn passkey_start(
     State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     Json(request): Json<PasskeyStart>,
 ) -> Response {
@@ -565,10 +588,9 @@ pub(crate) async fn passkey_start(
     if !script_token_ok(&headers, found.as_ref()) {
         return stale_page();
     }
+    // No lockout check: the lockout counts passwords and codes, and a passkey sign-in must
+    // stay open to an account whose password is being sprayed.
     let login = request.address.trim().to_lowercase();
-    if let Err(refusal) = state.lockout.check(&peer.0.ip().to_string(), &login) {
-        return json_error(StatusCode::TOO_MANY_REQUESTS, refusal_text(refusal));
-    }
     let loaded = {
         let (state, login) = (state.clone(), login.clone());
         blocking(move || {
@@ -664,11 +686,11 @@ pub(crate) async fn passkey_finish(
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "try again shortly");
     };
     if let Err(why) = outcome {
-        failed(&state, &peer, &account.address, &format!("passkey refused: {why}")).await;
+        denied(&state, &peer, &account.address, &format!("passkey refused: {why}")).await;
         return json_error(StatusCode::UNAUTHORIZED, "the passkey was not accepted");
     }
     if account.status == sealpost_storage::AccountStatus::Disabled {
-        failed(&state, &peer, &account.address, "the account is disabled").await;
+        denied(&state, &peer, &account.address, "the account is disabled").await;
         return json_error(StatusCode::FORBIDDEN, "this account is disabled");
     }
     audit(
@@ -683,7 +705,16 @@ pub(crate) async fn passkey_finish(
     .await;
     // The session of a first step (or of an earlier sign-in) of the same account ends.
     let old = found.filter(|f| f.account == account.id).map(|f| f.id);
-    let response = finish_sign_in(&state, &account, old, "passkey", &peer, &headers, "/security").await;
+    let response = finish_sign_in(
+        &state,
+        &account,
+        old,
+        Stage::SignedIn("passkey".into()),
+        &peer,
+        &headers,
+        "/security",
+    )
+    .await;
     // The script follows `next` itself; keep the cookies, answer JSON.
     let (mut parts, _) = response.into_parts();
     parts.status = StatusCode::OK;
@@ -721,8 +752,26 @@ pub(crate) async fn sign_out(
     ([clear_cookie(SESSION_COOKIE)], see_other("/sign-in")).into_response()
 }
 
+/// The confirmation asks for the strongest factor the account has: its passkey where it has
+/// one (no password form at all), else the password and a TOTP code, else the password.
 fn reauth_view(csrf: &str, address: &str, totp: bool, passkeys: bool, error: Option<String>) -> impl IntoView {
     let (c1, c2, address) = (csrf.to_string(), csrf.to_string(), address.to_string());
+    let password = (!passkeys).then(|| {
+        view! {
+            <section>
+                <form method="post" action="/reauth">
+                    <input type="hidden" name="csrf" value=c2/>
+                    <label for="password">"Password"</label>
+                    <input type="password" id="password" name="password" autocomplete="current-password" required=true/>
+                    {totp.then(|| view! {
+                        <label for="code">"Code from your authenticator app"</label>
+                        <input type="text" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required=true/>
+                    })}
+                    <button type="submit">"Confirm"</button>
+                </form>
+            </section>
+        }
+    });
     view! {
         <p>"For this change, confirm that it is you."</p>
         {error_line(error)}
@@ -736,18 +785,7 @@ fn reauth_view(csrf: &str, address: &str, totp: bool, passkeys: bool, error: Opt
                 </form>
             </section>
         })}
-        <section>
-            <form method="post" action="/reauth">
-                <input type="hidden" name="csrf" value=c2/>
-                <label for="password">"Password"</label>
-                <input type="password" id="password" name="password" autocomplete="current-password" required=true/>
-                {totp.then(|| view! {
-                    <label for="code">"Code from your authenticator app"</label>
-                    <input type="text" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required=true/>
-                })}
-                <button type="submit">"Confirm"</button>
-            </form>
-        </section>
+        {password}
     }
 }
 
@@ -758,7 +796,7 @@ pub(crate) async fn reauth_page(State(state): State<Arc<WebState>>, headers: Hea
     let Some((account, credentials)) = account_and_credentials(&state, found.account).await else {
         return see_other("/sign-in");
     };
-    let (totp, _, passkeys) = offered(&state, &account, &credentials);
+    let (totp, passkeys) = (credentials.totp.is_some(), !credentials.passkeys.is_empty());
     render(
         Frame {
             title: "Confirm it is you",
@@ -794,14 +832,31 @@ pub(crate) async fn reauth(
     let Some((account, credentials)) = account_and_credentials(&state, found.account).await else {
         return see_other("/sign-in");
     };
-    let (totp_offered, _, passkeys) = offered(&state, &account, &credentials);
+    let passkeys = !credentials.passkeys.is_empty();
     if let Err(refusal) = state.lockout.check(&peer.0.ip().to_string(), &account.address) {
-        return again_reauth(&found, &account, totp_offered, passkeys, refusal_text(refusal));
+        return again_reauth(
+            &found,
+            &account,
+            credentials.totp.is_some(),
+            passkeys,
+            refusal_text(refusal),
+        );
     }
-    // A passkey-only account (an admin) confirms with its passkey.
-    if state.policy().passkey_required(&account) {
+    // The strongest factor the account has: an account with a passkey (every admin) confirms
+    // with it, never with a password, and one with TOTP gives a code with its password.
+    let totp_offered = credentials.totp.is_some();
+    if passkeys || state.policy().passkey_required(&account) {
         return again_reauth(&found, &account, false, passkeys, "Confirm with your passkey.");
     }
+    let Some(ticket) = state.lockout.admit_hash(&peer.0.ip().to_string(), &account.address) else {
+        return again_reauth(
+            &found,
+            &account,
+            totp_offered,
+            passkeys,
+            "Too many sign-ins are being checked right now. Try again in a moment.",
+        );
+    };
     let now = now_ms();
     let ok = {
         let (state, address, password, code, id) = (
@@ -812,6 +867,7 @@ pub(crate) async fn reauth(
             account.id,
         );
         blocking(move || {
+            let _ticket = ticket;
             if !matches!(state.store.check_password(&address, &password), Ok(Login::Accepted(_))) {
                 return false;
             }

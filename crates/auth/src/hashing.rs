@@ -25,9 +25,19 @@ pub const PASSWORD_HASH_WORKERS: usize = sealpost_storage::PASSWORD_HASHES_CONCU
 /// At ~20 ms a hash on two workers, the last of them waits about a third of a second.
 pub const PASSWORD_HASH_QUEUE_MAX: usize = 32;
 
+/// Tickets one account may hold at once (a mail client opens a few connections at once; an
+/// account's owner looping their own password cannot take the whole queue, and a burst of
+/// parallel guesses for one account gets at most this many past one lockout check).
+pub const HASHES_PER_ACCOUNT_MAX: usize = 4;
+/// Tickets one client address group (an IPv4 address, an IPv6 /64) may hold at once.
+pub const HASHES_PER_ADDRESS_MAX: usize = 12;
+
 /// The server's one queue of sign-ins waiting for, or computing, a password hash.
 #[derive(Debug)]
 pub struct HashQueue {
+    /// Tickets held per account and per address group (`HASHES_PER_ACCOUNT_MAX`,
+    /// `HASHES_PER_ADDRESS_MAX`); an entry goes when its last ticket does.
+    by_key: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Tickets held now (hashing or waiting).
     held: AtomicUsize,
     /// Sign-ins that may wait beyond the workers.
@@ -43,10 +53,13 @@ pub struct HashQueue {
 #[derive(Debug)]
 pub struct HashTicket {
     queue: Arc<HashQueue>,
+    /// The account and address keys this ticket counts against.
+    keys: Vec<String>,
 }
 
 impl Drop for HashTicket {
     fn drop(&mut self) {
+        self.queue.release(&self.keys);
         self.queue.held.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -55,6 +68,7 @@ impl HashQueue {
     /// A queue where `queue_max` sign-ins may wait behind the workers.
     pub fn new(queue_max: usize) -> Arc<Self> {
         Arc::new(Self {
+            by_key: std::sync::Mutex::new(std::collections::HashMap::new()),
             held: AtomicUsize::new(0),
             queue_max: AtomicUsize::new(queue_max),
             admitted: AtomicU64::new(0),
@@ -84,7 +98,58 @@ impl HashQueue {
             return None;
         }
         self.admitted.fetch_add(1, Ordering::Relaxed);
-        Some(HashTicket { queue: self.clone() })
+        Some(HashTicket {
+            queue: self.clone(),
+            keys: Vec::new(),
+        })
+    }
+
+    /// `admit` for a sign-in of `account` from `address` (an address group's key): also
+    /// `None` when that account holds `HASHES_PER_ACCOUNT_MAX` tickets or that address
+    /// `HASHES_PER_ADDRESS_MAX`.
+    pub fn admit_for(self: &Arc<Self>, account: &str, address: &str) -> Option<HashTicket> {
+        let keys = vec![format!("account {account}"), format!("address {address}")];
+        let bounds = [HASHES_PER_ACCOUNT_MAX, HASHES_PER_ADDRESS_MAX];
+        {
+            let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+            if keys
+                .iter()
+                .zip(bounds)
+                .any(|(key, max)| by_key.get(key).copied().unwrap_or(0) >= max)
+            {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            for key in &keys {
+                *by_key.entry(key.clone()).or_insert(0) += 1;
+            }
+        }
+        match self.admit() {
+            Some(mut ticket) => {
+                ticket.keys = keys;
+                Some(ticket)
+            }
+            None => {
+                self.release(&keys);
+                None
+            }
+        }
+    }
+
+    /// Gives back the account and address shares `keys` counted.
+    fn release(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            if let Some(count) = by_key.get_mut(key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    by_key.remove(key);
+                }
+            }
+        }
     }
 
     /// Tickets held now.
@@ -106,6 +171,42 @@ impl HashQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_account_or_one_address_cannot_hold_the_whole_queue() {
+        let queue = HashQueue::new(PASSWORD_HASH_QUEUE_MAX);
+        let mine: Vec<HashTicket> = (0..HASHES_PER_ACCOUNT_MAX)
+            .map(|i| queue.admit_for("alice", &format!("192.0.2.{i}")).unwrap())
+            .collect();
+        assert!(
+            queue.admit_for("alice", "198.51.100.1").is_none(),
+            "alice holds her share"
+        );
+        assert!(queue.admit_for("bob", "198.51.100.1").is_some(), "bob still gets in");
+        let from_one: Vec<HashTicket> = (0..HASHES_PER_ADDRESS_MAX)
+            .map(|i| queue.admit_for(&format!("guess{i}"), "203.0.113.9").unwrap())
+            .collect();
+        assert!(
+            queue.admit_for("carol", "203.0.113.9").is_none(),
+            "the address holds its share"
+        );
+        assert!(queue.admit_for("carol", "203.0.113.10").is_some());
+        drop(mine);
+        assert!(
+            queue.admit_for("alice", "198.51.100.1").is_some(),
+            "alice's tickets given back"
+        );
+        drop(from_one);
+        assert!(queue.by_key.lock().unwrap().is_empty(), "no key outlives its tickets");
+        assert_eq!(queue.held(), 0);
+        // A full queue refuses a keyed sign-in too, and keeps no count for it.
+        let all: Vec<HashTicket> = (0..PASSWORD_HASH_WORKERS + PASSWORD_HASH_QUEUE_MAX)
+            .map(|_| queue.admit().unwrap())
+            .collect();
+        assert!(queue.admit_for("dave", "192.0.2.77").is_none());
+        assert!(queue.by_key.lock().unwrap().is_empty());
+        assert_eq!(queue.held(), all.len());
+    }
 
     #[test]
     fn a_full_queue_refuses_at_once_and_frees_places_as_tickets_drop() {

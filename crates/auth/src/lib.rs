@@ -17,5 +17,8 @@ pub mod totp;
 pub mod websession;
 
 pub use credentials::{mail_login, AuthPolicy, Credentials, MailLogin, Protocol, Scope};
-pub use hashing::{HashQueue, HashTicket, PASSWORD_HASH_QUEUE_MAX, PASSWORD_HASH_WORKERS};
+pub use hashing::{
+    HashQueue, HashTicket, HASHES_PER_ACCOUNT_MAX, HASHES_PER_ADDRESS_MAX, PASSWORD_HASH_QUEUE_MAX,
+    PASSWORD_HASH_WORKERS,
+};
 pub use lockout::{address_group, Lockout, LoginLimits, Refusal};

@@ -6,7 +6,9 @@
 //! Addresses are counted by group (`address_group`): an IPv6 client owns a whole /64, so
 //! counting each of its 2^64 addresses apart would count nothing. While an address or an
 //! account is in the pause after a failure, a further sign-in is refused before any password
-//! is hashed: parallel connections cannot buy guesses the pause was meant to cost.
+//! is hashed, and an account has at most `HASHES_PER_ACCOUNT_MAX` hashes in flight (an address
+//! group `HASHES_PER_ADDRESS_MAX`): parallel connections buy at most that many guesses past
+//! one check. A full failure map never drops a locked-out entry to make room.
 //! Every password hash of a sign-in goes through the one bounded `HashQueue` held here.
 
 use std::collections::HashMap;
@@ -123,6 +125,13 @@ impl Lockout {
         self.hashes.clone()
     }
 
+    /// A ticket to hash a password of `login` from `address`, within the queue's bound and
+    /// the account's and address group's shares of it (`HashQueue::admit_for`); `None` at
+    /// once when any is full.
+    pub fn admit_hash(&self, address: &str, login: &str) -> Option<crate::HashTicket> {
+        self.hashes.admit_for(&login.to_lowercase(), &address_key(address))
+    }
+
     /// The limits in force now.
     pub fn limits(&self) -> LoginLimits {
         self.limits.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -170,10 +179,14 @@ impl Lockout {
         let window = self.window();
         let (address, login) = (address_key(address), login.to_lowercase());
         let mut count = 0;
-        for (map, key) in [(&self.by_address, &address), (&self.by_account, &login)] {
+        let limits = self.limits();
+        for (map, key, locked_at) in [
+            (&self.by_address, &address, limits.failures_per_address_max),
+            (&self.by_account, &login, limits.failures_per_account_max),
+        ] {
             let mut map = lock(map);
             if !map.contains_key(key.as_str()) && map.len() >= self.remembered_max {
-                make_room(&mut map, self.remembered_max, window);
+                make_room(&mut map, self.remembered_max, window, locked_at);
             }
             let now = Instant::now();
             let entry = map.entry(key.clone()).or_insert(Failures {
@@ -189,7 +202,6 @@ impl Lockout {
             count = count.max(entry.count);
         }
         let doublings = count.saturating_sub(1).min(16);
-        let limits = self.limits();
         let delay = limits.failure_delay_ms.saturating_mul(1 << doublings);
         let pause = Duration::from_millis(delay.min(limits.failure_delay_max_ms));
         // A pause never outlasts the memory of the failure that caused it.
@@ -224,6 +236,19 @@ impl Lockout {
         locked
     }
 
+    /// How long the account's lockout lasts from now (its failures are forgotten then), if it
+    /// is locked out.
+    pub fn lock_ends_in(&self, login: &str) -> Option<Duration> {
+        let login = login.to_lowercase();
+        if !self.locked(&login) {
+            return None;
+        }
+        let window = self.window();
+        lock(&self.by_account)
+            .get(&login)
+            .map(|f| window.saturating_sub(f.last.elapsed()))
+    }
+
     /// An admin lifts the account's lockout (and forgets its failures); true if it was locked.
     pub fn lift(&self, login: &str) -> bool {
         let was = self.locked(login);
@@ -234,15 +259,22 @@ impl Lockout {
 
 /// Frees room in a full map: the expired entries first, then the least recently failed
 /// eighth (one sort per eighth of the bound, not one per insertion).
-fn make_room(map: &mut HashMap<String, Failures>, max: usize, window: Duration) {
+fn make_room(map: &mut HashMap<String, Failures>, max: usize, window: Duration, locked_at: u32) {
     map.retain(|_, f| f.last.elapsed() < window);
     if map.len() < max {
         return;
     }
     let keep = max - (max / 8).max(1);
-    let mut by_age: Vec<(Instant, String)> = map.iter().map(|(key, f)| (f.last, key.clone())).collect();
+    // Locked-out entries go last (a flood of fresh addresses must not push a locked-out one
+    // out and so lift its lockout); among the rest, the least recently failed first.
+    let mut by_age: Vec<(bool, Instant, String)> = map
+        .iter()
+        .map(|(key, f)| (f.count >= locked_at, f.last, key.clone()))
+        .collect();
     by_age.sort_unstable();
-    for (_, key) in by_age.into_iter().take(map.len().saturating_sub(keep)) {
+    let by_age = by_age.into_iter().map(|(_, last, key)| (last, key));
+    let surplus = map.len().saturating_sub(keep);
+    for (_, key) in by_age.take(surplus) {
         map.remove(&key);
     }
 }
@@ -285,6 +317,9 @@ mod tests {
         );
         assert!(lockout.lift("alice"));
         assert_eq!(lockout.locked_accounts(), vec![("carol".to_string(), 3)]);
+        let ends = lockout.lock_ends_in("Carol").expect("carol is locked out");
+        assert!(ends > Duration::ZERO && ends <= Duration::from_millis(lockout.limits().failure_window_ms));
+        assert_eq!(lockout.lock_ends_in("dave"), None);
         assert_eq!(lockout.check("c", "alice"), Ok(()), "lifted");
         assert!(!lockout.lift("alice"), "nothing left to lift");
     }
@@ -333,13 +368,12 @@ mod tests {
             lockout.failed("203.0.113.1", "target");
         }
         assert_eq!(lockout.check("203.0.113.1", "x"), Err(Refusal::AddressLockedOut));
-        // The attacker's flood of fresh addresses: each failure is newer than the lockout's,
-        // but the locked-out address keeps failing too, so it is never among the oldest.
+        // The attacker's flood of fresh addresses, each failure newer than the lockout's; the
+        // locked-out address is refused by `check` (as the sessions do) and fails no more, so
+        // it is the oldest entry: kept because it is locked out.
         for i in 0..40u32 {
             lockout.failed(&format!("198.51.100.{i}"), &format!("guess{i}"));
-            if i % 4 == 0 {
-                lockout.failed("203.0.113.1", "target");
-            }
+            assert_eq!(lockout.check("203.0.113.1", "target"), Err(Refusal::AddressLockedOut));
         }
         assert!(lock(&lockout.by_address).len() <= 16, "bounded");
         assert_eq!(

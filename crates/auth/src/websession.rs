@@ -101,9 +101,25 @@ pub fn start(
     stage: Stage,
     now_ms: i64,
 ) -> sealpost_storage::Result<(String, WebSession)> {
+    let strong = matches!(stage, Stage::SignedIn(_));
+    start_proven(store, account, address, agent, stage, strong, now_ms)
+}
+
+/// `start`, saying whether the sign-in that made it was strong (a signed-in session always
+/// is; an `Enrolment` session is when it proved the factor the account has and now owes a
+/// passkey).
+pub fn start_proven(
+    store: &Store,
+    account: AccountId,
+    address: &str,
+    agent: &str,
+    stage: Stage,
+    strong: bool,
+    now_ms: i64,
+) -> sealpost_storage::Result<(String, WebSession)> {
     let id: WebSessionId = rand::random();
     let secret: [u8; 32] = rand::random();
-    let strong = matches!(stage, Stage::SignedIn(_)).then_some(now_ms);
+    let strong = strong.then_some(now_ms);
     let session = WebSession {
         secret_hash: Sha256::digest(secret).into(),
         created_ms: now_ms,

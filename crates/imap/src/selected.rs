@@ -572,7 +572,11 @@ impl Session {
                 "message.read",
                 format!("mailbox:{} uids:{}", id.0, compact_set(&read_uids)),
             )
-            .detail("imap fetch");
+            .detail(if needs_body {
+                "imap fetch"
+            } else {
+                "imap fetch of the envelope or structure"
+            });
             self.audit(event).await;
         }
         if let Some(code) = failed {
@@ -1274,7 +1278,9 @@ fn load_fetch_batch(
             }
         }
         batch.lines.extend_from_slice(b")\r\n");
-        if raw.is_some() {
+        // The content, and the envelope and structure (subjects, addresses, file names), are
+        // reads of patient data: audited alike. Flags, sizes and dates are not.
+        if raw.is_some() || summary.is_some() {
             batch.read.push(*uid);
         }
     }

@@ -784,7 +784,7 @@ impl Session {
         let admitted = self
             .shared
             .check(&self.peer, &attempted)
-            .map(|()| self.shared.lockout().hash_queue().admit());
+            .map(|()| self.shared.lockout().admit_hash(&self.peer, &attempted));
         let (result, reply) = match admitted {
             Err(refusal) => {
                 let text = match refusal {

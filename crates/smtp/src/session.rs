@@ -557,7 +557,7 @@ impl Session {
         // Refused before any hash: a lockout, a failure's pause, or a full hashing queue.
         let admitted = logins
             .check(&peer, &attempted)
-            .map(|()| logins.lockout().hash_queue().admit());
+            .map(|()| logins.lockout().admit_hash(&peer, &attempted));
         let (outcome, refusal) = match admitted {
             Err(Refusal::AddressLockedOut) => (
                 AuditOutcome::Denied,
