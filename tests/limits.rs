@@ -193,6 +193,46 @@ fn a_stranger_trickling_bytes_is_closed_at_the_prelogin_deadline() {
 }
 
 #[test]
+fn an_smtp_client_that_never_reads_its_replies_is_closed_and_a_silent_one_may_wait() {
+    let data = data_with(&[("prelogin_idle_ms_max", "1000")]);
+    let _server = data.serve();
+    let base = data.port_base;
+    for port in [base + 25, base + 587] {
+        // Pipelined EHLOs whose replies are never read: once the socket buffers are full the
+        // server's write waits, and gives up at the pre-login deadline (it waited for ever).
+        let stream = connect(port);
+        stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        let chunk = b"EHLO x\r\n".repeat(4096);
+        let started = Instant::now();
+        let error = loop {
+            if let Err(error) = (&stream).write_all(&chunk) {
+                break error;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "port {port}: never closed");
+        };
+        assert!(
+            matches!(
+                error.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            ),
+            "port {port}: {error:?} after {:?} (a write timeout means the server still held it)",
+            started.elapsed()
+        );
+    }
+    // Between commands, before AUTH or MAIL, a sender may wait longer than the line deadline
+    // (RFC 5321 section 4.5.3.2.7 asks for minutes): the deadline runs from a line's first byte.
+    let stream = connect(base + 25);
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    reader.get_ref().set_read_timeout(Some(WAIT)).unwrap();
+    assert!(smtp_reply(&mut reader).starts_with("220 "));
+    std::thread::sleep(Duration::from_millis(2_500));
+    (&stream).write_all(b"NOOP\r\n").unwrap();
+    assert!(smtp_reply(&mut reader).starts_with("250 "), "a silent sender was cut");
+}
+
+#[test]
 fn a_big_literal_before_login_is_refused_without_a_continuation() {
     let data = data_with(&[]);
     let _server = data.serve();

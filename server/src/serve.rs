@@ -380,8 +380,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             tls: tokio_rustls::TlsAcceptor::from(certs.server_config(&[b"http/1.1", b"acme-tls/1"])?),
             implicit_tls: true,
             per_address: AddressLimiter::new(limits.web_connections_per_address_max),
-            refusal: "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n\
-                      too many connections from your address",
+            refusal: "HTTP/1.1 503 too many connections from your address",
             cap: ConnectionCap::new(limits.web_connections_max),
             full_refusal: "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n\
                            Content-Length: 61\r\n\r\nThe server has too many connections; try again in a moment.",
@@ -583,6 +582,39 @@ where
 
 /// Tells a client past the per-address limit why it is refused, then closes. On a TLS port
 /// the client can only read the reason after a handshake, which gets a few seconds at most.
+/// The refusal of a connection past its address's limit: the protocol's line with the limit
+/// named; for HTTP (`refusal` "HTTP/1.1 503 TEXT") a whole response whose Content-Length
+/// counts its body (RFC 9112 §6.3).
+fn per_address_refusal(refusal: &str, max: impl std::fmt::Display) -> String {
+    match refusal.strip_prefix("HTTP/1.1 503 ") {
+        Some(text) => {
+            let body = format!("{text} (limit {max})\r\n");
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        None => format!("{refusal} (limit {max})\r\n"),
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    #[test]
+    fn an_http_refusal_counts_its_body_and_the_others_name_the_limit() {
+        let http = super::per_address_refusal("HTTP/1.1 503 too many connections from your address", 7);
+        let (head, body) = http.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{http}");
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{http}");
+        assert_eq!(body, "too many connections from your address (limit 7)\r\n");
+        assert_eq!(
+            super::per_address_refusal("421 4.7.0 too many connections from your address", 2),
+            "421 4.7.0 too many connections from your address (limit 2)\r\n"
+        );
+    }
+}
+
 async fn refuse(
     mut socket: tokio::net::TcpStream,
     tls: &tokio_rustls::TlsAcceptor,
@@ -753,7 +785,7 @@ impl Listener {
             let slot = capped.as_ref().and_then(|_| self.per_address.take(peer.ip()));
             let refusal = match capped {
                 None => format!("{}\r\n", self.full_refusal),
-                Some(_) => format!("{} (limit {})\r\n", self.refusal, self.per_address.max),
+                Some(_) => per_address_refusal(self.refusal, self.per_address.max),
             };
             // Taken here, in accept order, so that which refusals are told is deterministic.
             let telling = match (&capped, &slot) {

@@ -50,6 +50,24 @@ impl Pattern {
         Self { tokens, literals }
     }
 
+    /// The most steps matching one name of `chars` characters takes (the DP's cells).
+    pub(crate) fn steps(&self, chars: usize) -> u64 {
+        (self.tokens.len() as u64).saturating_mul(chars as u64 + 1)
+    }
+}
+
+/// The most steps matching every pattern against every name may take, counted before any
+/// matching (the session refuses a LIST past its bound).
+pub(crate) fn match_steps<'a>(patterns: &[Pattern], names: impl Iterator<Item = &'a str>) -> u64 {
+    names.fold(0u64, |sum, name| {
+        let chars = name.chars().count();
+        patterns
+            .iter()
+            .fold(sum, |sum, pattern| sum.saturating_add(pattern.steps(chars)))
+    })
+}
+
+impl Pattern {
     /// Whether `name` matches.
     pub(crate) fn matches(&self, name: &str) -> bool {
         let name: Vec<char> = name.chars().collect();
@@ -103,7 +121,7 @@ pub(crate) fn matches(pattern: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{matches, Pattern};
+    use super::{match_steps, matches, Pattern};
 
     #[test]
     fn list_wildcards_match_as_imap_says() {
@@ -133,6 +151,25 @@ mod tests {
         ] {
             assert_eq!(matches(pattern, name), expected, "{pattern} ~ {name}");
         }
+    }
+
+    #[test]
+    fn the_work_of_a_list_is_counted_before_it_is_done() {
+        use crate::session::LIST_MATCH_STEPS_MAX;
+        // The attack: a thousand patterns that do not collapse, over ten thousand folders
+        // with names at the 1,000-byte bound.
+        let hostile: Vec<Pattern> = (0..1_000).map(|_| Pattern::new(&"a%".repeat(500))).collect();
+        let long = "a".repeat(1_000);
+        let steps = match_steps(&hostile, std::iter::repeat_n(long.as_str(), 10_000));
+        assert!(steps > LIST_MATCH_STEPS_MAX * 10_000, "{steps}");
+        // What clients send: a few patterns over ten thousand ordinary folders.
+        let usual: Vec<Pattern> = ["*", "%", "INBOX", "Archive/2026/%"]
+            .iter()
+            .map(|p| Pattern::new(p))
+            .collect();
+        let names: Vec<String> = (0..10_000).map(|i| format!("Archive/2026/Patient files {i}")).collect();
+        let steps = match_steps(&usual, names.iter().map(String::as_str));
+        assert!(steps < LIST_MATCH_STEPS_MAX / 10, "{steps}");
     }
 
     #[test]

@@ -337,6 +337,41 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// A QRESYNC known-uids set (RFC 7162 section 7, `sequence-set` without `*`, and not `$`).
+    fn known_uid_set(&mut self) -> Parsed<SequenceSet> {
+        let token = &self.bytes[self.at..];
+        let token = &token[..token
+            .iter()
+            .position(|&b| b == b' ' || b == b')')
+            .unwrap_or(token.len())];
+        if token.iter().any(|&b| b == b'*' || b == b'$') {
+            return Err("known UIDs are numbers and ranges, without * or $ (RFC 7162)".into());
+        }
+        self.sequence_set()
+    }
+
+    /// Skips QRESYNC's sequence match data after checking its syntax (`known-sequence-set SP
+    /// known-uid-set` inside the parentheses: numbers, `:` and `,`), however long: it is a
+    /// hint Sealpost does not need (the store keeps every expunged UID), and RFC 7162 section
+    /// 3.2.5.2 lets a server ignore it.
+    fn skip_seq_match_data(&mut self) -> Parsed<()> {
+        self.expect(b'(', "(")?;
+        for last in [false, true] {
+            let set = self.take_while(|b| b.is_ascii_digit() || b == b':' || b == b',');
+            let well_formed = !set.is_empty()
+                && set.split(',').all(|range| {
+                    range.split(':').count() <= 2 && range.split(':').all(|n| n.parse::<u32>().is_ok_and(|n| n > 0))
+                });
+            if !well_formed {
+                return Err("sequence match data is two sets of numbers and ranges (RFC 7162)".into());
+            }
+            if !last {
+                self.sp()?;
+            }
+        }
+        self.expect(b')', ")")
+    }
+
     /// `dd-Mon-yyyy`, quoted or not, as the start of that day in UTC.
     fn date(&mut self) -> Parsed<i64> {
         let quoted = self.eat(b'"');
@@ -539,18 +574,11 @@ impl<'a> Cursor<'a> {
                 let modseq = c.number()?;
                 let mut known_uids = None;
                 if c.eat(b' ') && c.peek() != Some(b'(') {
-                    known_uids = Some(c.sequence_set()?);
+                    known_uids = Some(c.known_uid_set()?);
                     c.eat(b' ');
                 }
                 if c.peek() == Some(b'(') {
-                    // Sequence match data: a hint Sealpost does not need, since the store
-                    // keeps every expunged UID; ignored whatever its size (RFC 7162
-                    // section 3.2.5.2 allows it), beyond checking its syntax.
-                    c.expect(b'(', "(")?;
-                    c.sequence_set()?;
-                    c.sp()?;
-                    c.sequence_set()?;
-                    c.expect(b')', ")")?;
+                    c.skip_seq_match_data()?;
                 }
                 c.expect(b')', ")")?;
                 qresync = Some(Qresync {
@@ -1198,6 +1226,35 @@ mod tests {
                 ..
             })
         ));
+        // RFC 7162 section 7: known-uids and the match data are sets without `*`, and `$` is
+        // no set there; match data of any length is only checked and skipped.
+        for wrong in ["1:*", "$", "*", "3,*:5"] {
+            assert!(
+                parse(&format!("a SELECT INBOX (QRESYNC (67890007 5 {wrong}))\r\n")).is_err(),
+                "{wrong}"
+            );
+        }
+        assert!(parse("a SELECT INBOX (QRESYNC (67890007 5 1:9 (1,2:* 1,5)))\r\n").is_err());
+        assert!(parse("a SELECT INBOX (QRESYNC (67890007 5 1:9 (0 1)))\r\n").is_err());
+        let spread: Vec<String> = (1..=20_000u32).map(|n| (n * 2).to_string()).collect();
+        let long = format!(
+            "a SELECT INBOX (QRESYNC (67890007 5 1:9 ({} {})))\r\n",
+            spread.join(","),
+            spread.join(",")
+        );
+        assert!(
+            matches!(
+                parse(&long),
+                Ok(CommandBody::Select {
+                    qresync: Some(Qresync {
+                        known_uids: Some(_),
+                        ..
+                    }),
+                    ..
+                })
+            ),
+            "match data past SEQUENCE_SET_RANGES_MAX ranges is skipped, not refused"
+        );
         assert!(matches!(
             parse(
                 "a UID FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (From Subject)]<0.100>) (CHANGEDSINCE 5 VANISHED)\r\n"

@@ -108,7 +108,7 @@ pub(crate) fn header_len(raw: &[u8]) -> usize {
 /// The message without Authentication-Results fields that claim to come from `hostname`: a
 /// sender could otherwise forge our verdict (RFC 8601 section 5). `None` when there is none.
 pub(crate) fn without_forged_results(raw: &[u8], hostname: &str) -> Option<Vec<u8>> {
-    const NAME: &[u8] = b"authentication-results:";
+    const NAME: &[u8] = b"authentication-results";
     let header_end = header_len(raw);
     let mut fields: Vec<(usize, usize, bool)> = Vec::new();
     let mut at = 0;
@@ -125,14 +125,21 @@ pub(crate) fn without_forged_results(raw: &[u8], hostname: &str) -> Option<Vec<u
                 .map_or(header_end, |p| end + p + 1);
         }
         let field = &raw[at..end];
-        let forged = field.len() > NAME.len() && field[..NAME.len()].eq_ignore_ascii_case(NAME) && {
-            let value = String::from_utf8_lossy(&field[NAME.len()..]);
+        // The name, then the colon, with the obsolete syntax's whitespace between them allowed
+        // (RFC 5322 section 4.5.3: `Authentication-Results :` is the same field to a reader).
+        let value_at = field
+            .iter()
+            .position(|&b| b == b':')
+            .filter(|&colon| field[..colon].trim_ascii_end().eq_ignore_ascii_case(NAME))
+            .map(|colon| colon + 1);
+        let forged = value_at.is_some_and(|value_at| {
+            let value = String::from_utf8_lossy(&field[value_at..]);
             let authserv = authserv_id(&value);
             authserv.eq_ignore_ascii_case(hostname)
                 || authserv
                     .strip_suffix('.')
                     .is_some_and(|a| a.eq_ignore_ascii_case(hostname))
-        };
+        });
         fields.push((at, end, forged));
         at = end;
     }
@@ -310,6 +317,8 @@ mod tests {
             "Authentication-Results:\t\"mx.example\"; spf=pass\r\n",
             "Authentication-Results: mx.example. 1; dmarc=pass\r\n",
             "Authentication-Results: (a \\) b)MX.Example;dkim=pass\r\n",
+            "Authentication-Results : mx.example; dkim=pass\r\n",
+            "authentication-results\t: mx.example; spf=pass\r\n",
         ] {
             let raw = format!("Subject: x\r\n{forged}Authentication-Results: other.example; spf=fail\r\n\r\nbody\r\n");
             assert_eq!(

@@ -214,11 +214,31 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
+        // A client that stops reading its replies holds the connection no longer than a
+        // command may take to arrive (before AUTH or MAIL, prelogin_idle_ms_max): the write is
+        // given up and the session ends, instead of waiting in write_all for ever.
+        let limit = Duration::from_millis(if self.account.is_none() && self.transaction.from.is_none() {
+            self.config.prelogin_idle_ms_max
+        } else {
+            self.config.command_timeout_ms
+        });
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
         };
-        stream.write_all(&self.out).await?;
-        stream.flush().await?;
+        let written = tokio::time::timeout(limit, async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        })
+        .await;
+        match written {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client did not read its replies in time",
+                ))
+            }
+        }
         self.out.clear();
         Ok(())
     }
@@ -289,10 +309,15 @@ impl Session {
         let max = self.config.line_bytes_max;
         let mut skipping = false;
         // A client that has neither authenticated nor begun a transaction gets one deadline
-        // for the whole line: a stranger who trickles bytes holds the connection no longer.
-        let deadline = (self.account.is_none() && self.transaction.from.is_none())
-            .then(|| std::time::Instant::now() + Duration::from_millis(self.config.prelogin_idle_ms_max));
+        // for the whole line from its first byte: a stranger who trickles bytes holds the
+        // connection no longer. Between commands it may wait command_timeout_ms (five
+        // minutes, as RFC 5321 section 4.5.3.2.7 asks of a server).
+        let prelogin = self.account.is_none() && self.transaction.from.is_none();
+        let mut deadline = None;
         loop {
+            if prelogin && deadline.is_none() && !self.input.is_empty() {
+                deadline = Some(std::time::Instant::now() + Duration::from_millis(self.config.prelogin_idle_ms_max));
+            }
             if let Some(at) = self.input.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.input.drain(..=at).collect();
                 if skipping || line.len() > max {
@@ -746,6 +771,12 @@ impl Session {
         if to.orcpt.as_deref().is_some_and(|o| !crate::submit::dsn_text_ok(o)) {
             return self
                 .error("501 5.5.4 ORCPT must be printable US-ASCII without spaces or control characters (RFC 3461)");
+        }
+        // NEVER stands alone (RFC 3461 section 4.1: "NEVER" / 1#notify-list-element).
+        let never = to.flags & smtp_proto::RCPT_NOTIFY_NEVER != 0;
+        let others = smtp_proto::RCPT_NOTIFY_SUCCESS | smtp_proto::RCPT_NOTIFY_FAILURE | smtp_proto::RCPT_NOTIFY_DELAY;
+        if never && to.flags & others != 0 {
+            return self.error("501 5.5.4 NOTIFY=NEVER cannot be combined with SUCCESS, FAILURE or DELAY (RFC 3461)");
         }
         let mut notify = Vec::new();
         for (flag, name) in [
