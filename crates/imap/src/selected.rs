@@ -21,6 +21,10 @@ use crate::session::{blocking, store_failure, Flow, Session};
 /// Messages whose bodies one FETCH reads and writes out at a time (at most this many
 /// message_bytes_max bodies are in memory for one session).
 const FETCH_BODIES_PER_BATCH_MAX: usize = 16;
+/// Bytes of message content one FETCH batch reads at a time (at least one message): with
+/// the batch loading next and the output buffer, a session holds about three times this
+/// plus one message's response, whatever the messages' sizes.
+const FETCH_BATCH_CONTENT_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Messages whose metadata and summaries one FETCH reads at a time.
 const FETCH_SUMMARIES_PER_BATCH_MAX: usize = 128;
 /// The first batch of summaries is this small, and each next one twice the last, so that the
@@ -532,23 +536,23 @@ impl Session {
                 load_fetch_batch(&store, account, id, &wanted, needs, &items, changed_since)
             })
         };
-        let mut batches = fetch_batches(&numbered, needs_body).into_iter();
-        let mut pending = batches.next().map(load);
+        let mut batches = Batches::new(&numbered, needs_body);
+        let mut pending = batches.next(0).map(load);
         let mut failed = None;
         while let Some(handle) = pending.take() {
             let loaded = match handle.await {
                 Ok(loaded) => loaded,
                 Err(error) => std::panic::resume_unwind(error.into_panic()),
             };
-            // The next batch loads while this one is written out and the client reads it. Not
-            // when the FETCH sets \Seen: a batch after a failed one must change nothing.
-            if !sets_seen {
-                pending = batches.next().map(load);
-            }
             let batch = match loaded {
                 Ok(batch) => batch,
                 Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
             };
+            // The next batch loads while this one is written out and the client reads it. Not
+            // when the FETCH sets \Seen: a batch after a failed one must change nothing.
+            if !sets_seen {
+                pending = batches.next(batch.consumed).map(load);
+            }
             if let Some(selected) = self.selected.as_mut() {
                 selected
                     .own_modseqs
@@ -563,7 +567,7 @@ impl Session {
             // A broken connection shows at the next read; nothing more to do here.
             let _ = self.flush().await;
             if sets_seen {
-                pending = batches.next().map(load);
+                pending = batches.next(batch.consumed).map(load);
             }
         }
         if !read_uids.is_empty() {
@@ -1139,29 +1143,50 @@ struct FetchBatch {
     /// An item that could not be written: the FETCH ends with NO and this response code,
     /// after the lines of the messages before it.
     failed: Option<&'static str>,
+    /// How many of the batch's (UID, sequence number) pairs it covered: fewer than asked
+    /// when their bodies would pass FETCH_BATCH_CONTENT_BYTES_MAX; the rest go next.
+    consumed: usize,
 }
 
 /// The (UID, sequence number) pairs of one FETCH cut into bounded batches, each written out
 /// before the one after next is loaded: a FETCH of a whole large mailbox holds at most two
 /// batches in memory. Bodies go FETCH_BODIES_PER_BATCH_MAX at a time; summaries start small
 /// and double up to FETCH_SUMMARIES_PER_BATCH_MAX.
-fn fetch_batches(numbered: &[(u32, u32)], bodies: bool) -> Vec<Vec<(u32, u32)>> {
-    let mut batches = Vec::new();
-    let mut size = if bodies {
-        FETCH_BODIES_PER_BATCH_MAX
-    } else {
-        FETCH_SUMMARIES_FIRST_BATCH
-    };
-    let mut rest = numbered;
-    while !rest.is_empty() {
-        let (batch, after) = rest.split_at(size.min(rest.len()));
-        batches.push(batch.to_vec());
-        rest = after;
-        if !bodies {
-            size = (size * 2).min(FETCH_SUMMARIES_PER_BATCH_MAX);
+struct Batches<'a> {
+    numbered: &'a [(u32, u32)],
+    bodies: bool,
+    /// Pairs handed out and covered so far.
+    at: usize,
+    size: usize,
+}
+
+impl<'a> Batches<'a> {
+    fn new(numbered: &'a [(u32, u32)], bodies: bool) -> Self {
+        let size = if bodies {
+            FETCH_BODIES_PER_BATCH_MAX
+        } else {
+            FETCH_SUMMARIES_FIRST_BATCH
+        };
+        Self {
+            numbered,
+            bodies,
+            at: 0,
+            size,
         }
     }
-    batches
+
+    /// The next batch, after the last one covered `consumed` of its pairs (0 before the
+    /// first): the pairs it left come first.
+    fn next(&mut self, consumed: usize) -> Option<Vec<(u32, u32)>> {
+        if consumed > 0 {
+            self.at += consumed;
+            if !self.bodies {
+                self.size = (self.size * 2).min(FETCH_SUMMARIES_PER_BATCH_MAX);
+            }
+        }
+        let rest = self.numbered.get(self.at..).filter(|rest| !rest.is_empty())?;
+        Some(rest[..self.size.min(rest.len())].to_vec())
+    }
 }
 
 /// One blocking trip per batch: metadata, and bodies or summaries if asked; \Seen set first
@@ -1194,6 +1219,23 @@ fn load_fetch_batch(
             .filter_map(|u| store.message(account, id, *u).ok().map(|m| (*u, m)))
             .collect()
     };
+    // Bodies: as many as fit in FETCH_BATCH_CONTENT_BYTES_MAX (at least one), decided from
+    // the sizes before any body is read or \Seen set.
+    let numbered = if needs.body {
+        let mut bytes = 0u64;
+        let fits = numbered
+            .iter()
+            .position(|(uid, _)| {
+                bytes = bytes.saturating_add(metas.get(uid).map_or(0, |m| m.size));
+                bytes > FETCH_BATCH_CONTENT_BYTES_MAX
+            })
+            .unwrap_or(numbered.len())
+            .max(1);
+        &numbered[..fits.min(numbered.len())]
+    } else {
+        numbered
+    };
+    let wanted: Vec<u32> = numbered.iter().map(|(uid, _)| *uid).collect();
     let mut seen_now = BTreeSet::new();
     if needs.sets_seen {
         let unseen: Vec<u32> = wanted
@@ -1218,6 +1260,7 @@ fn load_fetch_batch(
         seen_now,
         read: Vec::new(),
         failed: None,
+        consumed: numbered.len(),
     };
     for (uid, seq) in numbered {
         let Some(mut meta) = metas.remove(uid) else { continue };
@@ -1289,7 +1332,23 @@ fn load_fetch_batch(
 
 #[cfg(test)]
 mod tests {
-    use super::named_uids;
+    use super::{named_uids, Batches};
+
+    #[test]
+    fn batches_go_on_from_what_the_last_one_covered() {
+        let numbered: Vec<(u32, u32)> = (1..=40).map(|n| (n * 10, n)).collect();
+        let mut bodies = Batches::new(&numbered, true);
+        assert_eq!(bodies.next(0).unwrap().len(), 16);
+        // The first batch's bodies passed the byte bound after 3 messages: the 4th comes next.
+        let second = bodies.next(3).unwrap();
+        assert_eq!((second[0], second.len()), ((40, 4), 16));
+        assert_eq!(bodies.next(16).unwrap()[0], (200, 20));
+        assert_eq!(bodies.next(16).unwrap(), numbered[35..].to_vec());
+        assert_eq!(bodies.next(5), None);
+        let mut summaries = Batches::new(&numbered, false);
+        assert_eq!(summaries.next(0).unwrap().len(), 32);
+        assert_eq!(summaries.next(32).unwrap().len(), 8);
+    }
     use crate::command::{Ranges, SeqNumber};
 
     fn ranges(text: &str) -> Ranges {
