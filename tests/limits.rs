@@ -346,6 +346,12 @@ fn the_web_bounds_a_slow_header_and_an_idle_connection() {
     let closed = slow["closed_after"].as_f64().expect("closed while the header trickled");
     assert!((0.9..3.0).contains(&closed), "{slow}");
 
+    // A body trickled after a whole header: cut once it falls behind the minimum rate after
+    // the header's allowance (it was read for as long as the client kept sending).
+    let slow = probe(&["slow-body", &port]);
+    let closed = slow["closed_after"].as_f64().expect("closed while the body trickled");
+    assert!((0.9..3.0).contains(&closed), "{slow}");
+
     let kept = probe(&["idle-keepalive", &port]);
     assert_eq!(kept["status"], "HTTP/1.1 200 OK", "{kept}");
     let closed = kept["closed_after"]

@@ -8,6 +8,8 @@ Each mode prints one JSON object on standard output and exits 0; the Rust test j
       barrier, then all log in at once: how each answered and how long it took.
   slow-header HTTPS_PORT
       An HTTP/1.1 request whose header comes a byte every 100 ms: when the server closed.
+  slow-body HTTPS_PORT
+      A whole POST header, then its body a byte every 100 ms: when the server closed.
   idle-keepalive HTTPS_PORT
       One whole HTTP/1.1 request, then silence on the kept-alive connection: when closed.
   h2-idle HTTPS_PORT
@@ -130,6 +132,18 @@ def slow_header(port):
         sock.close()
 
 
+def slow_body(port):
+    sock = tls(port)
+    try:
+        # A whole header, then a form body that comes a byte every 100 ms.
+        sock.sendall(b"POST /sign-in HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: 400\r\n\r\n")
+        started = time.monotonic()
+        return {"closed_after": closed_after(sock, started, trickle=b"a" * 400)}
+    finally:
+        sock.close()
+
+
 def idle_keepalive(port):
     sock = tls(port)
     try:
@@ -186,6 +200,8 @@ def main():
         result = hash_burst(int(args[0]), int(args[1]), args[2], args[3], int(args[4]))
     elif mode == "slow-header":
         result = slow_header(int(args[0]))
+    elif mode == "slow-body":
+        result = slow_body(int(args[0]))
     elif mode == "idle-keepalive":
         result = idle_keepalive(int(args[0]))
     elif mode == "h2-idle":

@@ -2,6 +2,7 @@
 //! are being answered, so that `serve_connection` can close a connection nobody uses (hyper
 //! has no idle timeout for HTTP/2, and a keep-alive connection otherwise lives forever).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -115,5 +116,80 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The slowest a request body may arrive, in bytes a second, after the header's allowance:
+/// a 50 MB upload has about an hour; a body trickled a byte at a time is cut after the
+/// allowance, as a trickled header is.
+pub const HTTP_BODY_BYTES_PER_SECOND_MIN: u64 = 16 * 1024;
+
+/// A request body that must keep up with `HTTP_BODY_BYTES_PER_SECOND_MIN` after `allowance`:
+/// when it falls behind, the next read fails and the handler's extractor refuses the request
+/// (hyper then closes the connection, the body unread).
+pub(crate) struct Deadline<B> {
+    body: B,
+    started: Instant,
+    allowance: Duration,
+    received: u64,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> Deadline<B> {
+    pub(crate) fn new(body: B, allowance: Duration) -> Self {
+        let started = Instant::now();
+        Self {
+            body,
+            started,
+            allowance,
+            received: 0,
+            sleep: Box::pin(tokio::time::sleep_until((started + allowance).into())),
+        }
+    }
+
+    fn due(&self) -> Instant {
+        let earned = Duration::from_millis(self.received.saturating_mul(1000) / HTTP_BODY_BYTES_PER_SECOND_MIN);
+        self.started + self.allowance + earned
+    }
+}
+
+impl<B> hyper::body::Body for Deadline<B>
+where
+    B: hyper::body::Body<Data = hyper::body::Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = hyper::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received = this.received.saturating_add(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => {
+                let due = this.due();
+                this.sleep.as_mut().reset(due.into());
+                match this.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err("the request body arrived too slowly".into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

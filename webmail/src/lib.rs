@@ -46,6 +46,7 @@ use tower::ServiceExt;
 pub use compose::{Outbox, Outgoing, Sending, Sent};
 pub use health::{parse_network, DnsCheck, DnsFinding, HealthInfo, MetricsEndpoint, RenderMetrics, SpamStatus};
 pub use html::Brand;
+pub use idle::HTTP_BODY_BYTES_PER_SECOND_MIN;
 pub use request::Peer;
 
 /// Largest logo accepted, in bytes.
@@ -389,7 +390,8 @@ pub fn router(state: Arc<WebState>) -> Router {
 pub struct HttpLimits {
     /// A request's header must arrive whole within this long, in milliseconds. hyper starts
     /// this clock when an HTTP/1.1 connection begins waiting for a request, so it also closes
-    /// an HTTP/1.1 keep-alive connection left idle.
+    /// an HTTP/1.1 keep-alive connection left idle. A body gets the same allowance, then must
+    /// keep up with `HTTP_BODY_BYTES_PER_SECOND_MIN`.
     pub header_read_ms_max: u64,
     /// A connection with no request in progress and no byte moving either way for this long
     /// is closed (HTTP/2 as well as HTTP/1.1), in milliseconds.
@@ -413,9 +415,11 @@ where
 {
     let activity = Arc::new(idle::Activity::new());
     let (starting, finishing) = (activity.clone(), activity.clone());
+    let allowance = std::time::Duration::from_millis(limits.header_read_ms_max);
     let service = app
-        .map_request(move |mut request: Request<hyper::body::Incoming>| {
+        .map_request(move |request: Request<hyper::body::Incoming>| {
             starting.request_started();
+            let mut request = request.map(|body| axum::body::Body::new(idle::Deadline::new(body, allowance)));
             request.extensions_mut().insert(Peer(peer));
             request
         })
