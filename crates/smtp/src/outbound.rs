@@ -132,6 +132,49 @@ struct Conversation {
 struct Extensions {
     size: bool,
     dsn: bool,
+    /// 8BITMIME (RFC 6152): only then may a message with 8-bit bytes go.
+    eight_bit_mime: bool,
+    /// SMTPUTF8 (RFC 6531): only then may UTF-8 addresses or header fields go.
+    smtputf8: bool,
+}
+
+/// What a message and its envelope need of the next server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Needs {
+    /// A byte past US-ASCII anywhere: BODY=8BITMIME.
+    eight_bit: bool,
+    /// A UTF-8 address or header field: SMTPUTF8.
+    utf8: bool,
+}
+
+impl Needs {
+    fn of(from: &str, recipients: &[OutboundRecipient], raw: &[u8]) -> Needs {
+        let header = &raw[..crate::headers::header_len(raw)];
+        Needs {
+            eight_bit: !raw.is_ascii(),
+            utf8: !from.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii()) || !header.is_ascii(),
+        }
+    }
+
+    /// Why `extensions` cannot take the message (a permanent failure), if they cannot.
+    fn refused_by(self, extensions: Extensions) -> Option<Reply> {
+        if self.utf8 && !extensions.smtputf8 {
+            return Some(Reply {
+                code: 553,
+                text: "5.6.7 the receiving server does not take internationalised addresses or header fields \
+                       (SMTPUTF8), which this message has"
+                    .into(),
+            });
+        }
+        if self.eight_bit && !extensions.eight_bit_mime {
+            return Some(Reply {
+                code: 554,
+                text: "5.6.3 the receiving server does not take 8-bit content (8BITMIME), which this message has"
+                    .into(),
+            });
+        }
+        None
+    }
 }
 
 impl Extensions {
@@ -147,6 +190,8 @@ impl Extensions {
         Extensions {
             size: offered("SIZE"),
             dsn: offered("DSN"),
+            eight_bit_mime: offered("8BITMIME"),
+            smtputf8: offered("SMTPUTF8"),
         }
     }
 }
@@ -167,12 +212,20 @@ fn xtext(value: &str) -> String {
     out
 }
 
-/// The MAIL command for `envelope`: SIZE where the server offers it; RET and ENVID (as
-/// xtext) where it offers DSN. Only checked or encoded values are written.
-fn mail_command(envelope: &Envelope, size: usize, extensions: Extensions) -> String {
+/// The MAIL command for `envelope`: SIZE where the server offers it; BODY=8BITMIME and
+/// SMTPUTF8 where the message needs them (and the server offers them: the transaction checks
+/// first); RET and ENVID (as xtext) where it offers DSN. Only checked or encoded values are
+/// written.
+fn mail_command(envelope: &Envelope, size: usize, extensions: Extensions, needs: Needs) -> String {
     let mut mail = format!("MAIL FROM:<{}>", envelope.from);
     if extensions.size {
         mail.push_str(&format!(" SIZE={size}"));
+    }
+    if needs.eight_bit && extensions.eight_bit_mime {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if needs.utf8 && extensions.smtputf8 {
+        mail.push_str(" SMTPUTF8");
     }
     if extensions.dsn {
         if let Some(ret @ ("FULL" | "HDRS")) = envelope.ret.as_deref() {
@@ -668,8 +721,14 @@ impl Outbound {
             };
             return Ok(vec![refused; recipients.len()]);
         }
+        // 8-bit content or UTF-8 addresses and fields go only to a server that takes them
+        // (RFC 6152 section 3, RFC 6531 section 3.4); otherwise the recipients fail now.
+        let needs = Needs::of(&envelope.from, recipients, raw);
+        if let Some(refused) = needs.refused_by(talk.extensions) {
+            return Ok(vec![refused; recipients.len()]);
+        }
         let (reply, _) = talk
-            .command(&mail_command(envelope, raw.len(), talk.extensions))
+            .command(&mail_command(envelope, raw.len(), talk.extensions, needs))
             .await?;
         if reply.code != 250 {
             return Ok(vec![reply; recipients.len()]);
@@ -1336,9 +1395,15 @@ mod tests {
             orcpt: Some("rfc822;pat+x\r\nDATA@example.org".into()),
             portal: None,
         };
-        let all = Extensions { size: true, dsn: true };
+        let all = Extensions {
+            size: true,
+            dsn: true,
+            eight_bit_mime: true,
+            smtputf8: true,
+        };
+        let ascii = Needs::default();
         assert_eq!(
-            mail_command(&envelope, 42, all),
+            mail_command(&envelope, 42, all, ascii),
             "MAIL FROM:<doc@clinic.example> SIZE=42 RET=HDRS ENVID=x+0D+0ARCPT+20TO:<spy@evil.example>"
         );
         assert_eq!(
@@ -1346,14 +1411,20 @@ mod tests {
             "RCPT TO:<pat@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;pat+2Bx+0D+0ADATA@example.org"
         );
         let none = Extensions::default();
-        assert_eq!(mail_command(&envelope, 42, none), "MAIL FROM:<doc@clinic.example>");
+        assert_eq!(
+            mail_command(&envelope, 42, none, ascii),
+            "MAIL FROM:<doc@clinic.example>"
+        );
         assert_eq!(rcpt_command(&recipient, none), "RCPT TO:<pat@example.org>");
         let odd = Envelope {
             ret: Some("FULL\r\nRSET".into()),
             env_id: None,
             ..envelope
         };
-        assert_eq!(mail_command(&odd, 1, all), "MAIL FROM:<doc@clinic.example> SIZE=1");
+        assert_eq!(
+            mail_command(&odd, 1, all, ascii),
+            "MAIL FROM:<doc@clinic.example> SIZE=1"
+        );
         let never = OutboundRecipient {
             notify: vec!["FAILURE".into(), "NEVER".into()],
             orcpt: Some("x400;whatever".into()),
@@ -1367,11 +1438,80 @@ mod tests {
         let lines = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             Extensions::of_ehlo(&lines(&["250-mx greets", "250-SIZE 1000", "250-PIPELINING", "250 dsn"])),
-            Extensions { size: true, dsn: true }
+            Extensions {
+                size: true,
+                dsn: true,
+                ..Extensions::default()
+            }
         );
         assert_eq!(
             Extensions::of_ehlo(&lines(&["250-DSN.example greets", "250-DSNX", "250 8BITMIME"])),
-            Extensions::default()
+            Extensions {
+                eight_bit_mime: true,
+                ..Extensions::default()
+            }
         );
+        assert_eq!(
+            Extensions::of_ehlo(&lines(&["250-mx greets", "250-8bitmime", "250 SMTPUTF8"])),
+            Extensions {
+                eight_bit_mime: true,
+                smtputf8: true,
+                ..Extensions::default()
+            }
+        );
+    }
+
+    #[test]
+    fn eight_bit_and_utf8_messages_say_so_and_go_only_where_taken() {
+        let recipient = |address: &str| OutboundRecipient {
+            address: address.into(),
+            ..OutboundRecipient::default()
+        };
+        let envelope = Envelope {
+            from: "doc@clinic.example".into(),
+            recipients: vec![],
+            env_id: None,
+            ret: None,
+            notice: false,
+        };
+        let ascii = Needs::of(
+            "doc@clinic.example",
+            &[recipient("pat@example.org")],
+            b"Subject: hi\r\n\r\nhello\r\n",
+        );
+        assert_eq!(ascii, Needs::default());
+        let latin = "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n\r\nGr\u{fc}\u{df}e\r\n".as_bytes();
+        let eight_bit = Needs::of("doc@clinic.example", &[recipient("pat@example.org")], latin);
+        assert_eq!((eight_bit.eight_bit, eight_bit.utf8), (true, false));
+        let header = Needs::of("doc@clinic.example", &[], "Subject: Grüße\r\n\r\nx\r\n".as_bytes());
+        assert_eq!((header.eight_bit, header.utf8), (true, true));
+        let address = Needs::of(
+            "doc@clinic.example",
+            &[recipient("jos\u{e9}@example.org")],
+            b"x\r\n\r\ny\r\n",
+        );
+        assert_eq!((address.eight_bit, address.utf8), (false, true));
+        let all = Extensions {
+            size: false,
+            dsn: false,
+            eight_bit_mime: true,
+            smtputf8: true,
+        };
+        assert_eq!(
+            mail_command(&envelope, 9, all, header),
+            "MAIL FROM:<doc@clinic.example> BODY=8BITMIME SMTPUTF8"
+        );
+        assert!(header.refused_by(all).is_none());
+        let old = Extensions::default();
+        assert!(ascii.refused_by(old).is_none());
+        assert!(eight_bit.refused_by(old).unwrap().text.starts_with("5.6.3 "));
+        assert!(address
+            .refused_by(Extensions {
+                eight_bit_mime: true,
+                ..old
+            })
+            .unwrap()
+            .text
+            .starts_with("5.6.7 "));
     }
 }
