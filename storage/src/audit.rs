@@ -191,7 +191,7 @@ impl AuditHead {
     /// while records exist, or ends before the last record is not continued from: the server
     /// goes on after the last record with a link no record has, so verification keeps
     /// reporting the break (and the server runs on: the mail must flow).
-    pub(crate) fn load(engine: &dyn Engine, audit_key: &SecretKey) -> Result<Self> {
+    pub(crate) fn load(engine: &dyn Engine, audit_key: &SecretKey, keyed: bool) -> Result<Self> {
         let mac_key = SecretKey::derived(audit_key, b"sealpost.audit.mac-key");
         let last_present = last_record(engine)?;
         let stored = engine.get(Table::Meta, keys::META_AUDIT_HEAD)?;
@@ -228,6 +228,13 @@ impl AuditHead {
             Some(Some(StoredHead::Sealed { seq, keyed_from, .. })) if seq < last_present => {
                 untrusted(keyed_from, "records exist after it")
             }
+            // The store keys say the log is keyed: an old-style head is a forgery (every keyed
+            // record removed and the SHA-256 head recomputed, no key needed). Left on disk, so
+            // that verification reports it.
+            Some(Some(StoredHead::Legacy { seq, .. })) if keyed => untrusted(
+                seq.saturating_add(1),
+                "it is of the old format in a store whose log is keyed (records were removed)",
+            ),
             Some(Some(StoredHead::Legacy { seq, .. })) if seq < last_present => {
                 untrusted(seq.saturating_add(1), "records exist after it")
             }

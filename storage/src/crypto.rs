@@ -155,6 +155,19 @@ pub(crate) struct StoreKeys {
     pub(crate) directory: SecretKey,
     /// Seals audit records; kept when accounts are shredded, since the log outlives them.
     pub(crate) audit: SecretKey,
+    /// The audit log is chained with its MAC key (a store made, or opened once, by a version
+    /// that keys it). Kept here, under the master key, because anyone who can write the store
+    /// could delete any other mark: an old-style head in such a store is a forgery over a
+    /// cut tail, never a store to upgrade.
+    pub(crate) audit_keyed: bool,
+}
+
+/// The store keys as versions before keyed audit chaining wrote them.
+#[derive(Deserialize)]
+struct StoreKeysBefore {
+    index: SecretKey,
+    directory: SecretKey,
+    audit: SecretKey,
 }
 
 impl StoreKeys {
@@ -163,8 +176,28 @@ impl StoreKeys {
             index: SecretKey::random(),
             directory: SecretKey::random(),
             audit: SecretKey::random(),
+            audit_keyed: true,
         }
     }
+}
+
+/// The store keys in `wrapped`, in either format; `None` when the master key does not open it.
+pub(crate) fn unwrap_store_keys(master: &MasterKey, wrapped: &[u8]) -> Result<Option<StoreKeys>> {
+    let Some(mut plain) = master.unwrap(wrapped) else {
+        return Ok(None);
+    };
+    let keys = postcard::from_bytes::<StoreKeys>(&plain)
+        .or_else(|_| {
+            postcard::from_bytes::<StoreKeysBefore>(&plain).map(|before| StoreKeys {
+                index: before.index,
+                directory: before.directory,
+                audit: before.audit,
+                audit_keyed: false,
+            })
+        })
+        .map_err(|_| Error::corrupt("wrapped key set"));
+    plain.zeroize();
+    keys.map(Some)
 }
 
 /// One account's keys, wrapped by the master key; deleting them shreds the account.
@@ -460,10 +493,10 @@ mod tests {
         let master = MasterKey::ephemeral();
         let wrapped = wrap_keys(&master, &StoreKeys::random()).ok();
         let wrapped = wrapped.as_deref().unwrap_or_default();
-        assert!(matches!(unwrap_keys::<StoreKeys>(&master, wrapped), Ok(Some(_))));
         assert!(matches!(
-            unwrap_keys::<StoreKeys>(&MasterKey::ephemeral(), wrapped),
-            Ok(None)
+            unwrap_store_keys(&master, wrapped),
+            Ok(Some(StoreKeys { audit_keyed: true, .. }))
         ));
+        assert!(matches!(unwrap_store_keys(&MasterKey::ephemeral(), wrapped), Ok(None)));
     }
 }

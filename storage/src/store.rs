@@ -192,7 +192,7 @@ impl Store {
     pub fn open(config: StoreConfig, master: MasterKey) -> Result<Store> {
         let wrapped = RocksEngine::read_meta_untouched(&config.path, keys::META_STORE_KEYS)?
             .ok_or_else(|| Error::corrupt("the store has no key record"))?;
-        if crypto::unwrap_keys::<StoreKeys>(&master, &wrapped)?.is_none() {
+        if crypto::unwrap_store_keys(&master, &wrapped)?.is_none() {
             return Err(Error::WrongMasterKey {
                 path: master.path().to_path_buf(),
             });
@@ -209,7 +209,7 @@ impl Store {
         let wrapped = engine
             .get(Table::Meta, keys::META_STORE_KEYS)?
             .ok_or_else(|| Error::corrupt("the store has no key record"))?;
-        let store_keys = crypto::unwrap_keys::<StoreKeys>(&master, &wrapped)?.ok_or_else(|| Error::WrongMasterKey {
+        let store_keys = crypto::unwrap_store_keys(&master, &wrapped)?.ok_or_else(|| Error::WrongMasterKey {
             path: master.path().to_path_buf(),
         })?;
         let store = Self::assemble(Box::new(engine), config, master, store_keys, plaintext)?;
@@ -233,7 +233,20 @@ impl Store {
         };
         let directory = sealer(&store_keys.directory);
         let audit_sealer = sealer(&store_keys.audit);
-        let audit = AuditHead::load(engine.as_ref(), &store_keys.audit)?;
+        let audit = AuditHead::load(engine.as_ref(), &store_keys.audit, store_keys.audit_keyed)?;
+        // From now on the log is keyed: said under the master key, so that an old-style head
+        // put back later is not taken for a store to upgrade.
+        let mut store_keys = store_keys;
+        if !store_keys.audit_keyed && !plaintext {
+            store_keys.audit_keyed = true;
+            let mut batch = Batch::default();
+            batch.put(
+                Table::Meta,
+                keys::META_STORE_KEYS.to_vec(),
+                crypto::wrap_keys(&master, &store_keys)?,
+            );
+            engine.write(batch, Durability::Synced)?;
+        }
         let notifier = Notifier::new(config.limits.mailbox_events_max);
         Ok(Store {
             inner: Arc::new(Inner {

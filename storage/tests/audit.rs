@@ -170,6 +170,15 @@ mod raw {
         let mut head = (seq - 1).to_be_bytes().to_vec();
         head.extend_from_slice(&prev);
         put_head(db, &head);
+        // The store keys as they were: three keys, without the mark of a keyed log.
+        let text = std::fs::read_to_string(master_key_file).unwrap();
+        let line = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap();
+        let identity = age::x25519::Identity::from_str(line).unwrap();
+        let meta = db.cf_handle("meta").unwrap();
+        let keys = age::decrypt(&identity, &db.get_cf(meta, b"store_keys").unwrap().unwrap()).unwrap();
+        assert_eq!(keys.len(), 97, "three keys and the keyed mark");
+        let before = age::encrypt(&identity.to_public(), &keys[..96]).unwrap();
+        db.put_cf(meta, b"store_keys", before).unwrap();
         seq - 1
     }
 }
@@ -395,16 +404,24 @@ fn a_store_from_before_keyed_chaining_opens_verifies_and_goes_on_keyed() {
     let store = fx.open();
     assert!(store.audit_verify().unwrap().first_break.is_some());
     drop(store);
-    // Removing every keyed record and writing an old-style head makes the store look as it
-    // was before the upgrade: the chain alone cannot tell, an anchor does.
+    // Removing every keyed record and writing an old-style head, without the key, would make
+    // the store look as it was before the upgrade; but the store keys (under the master key)
+    // say the log is keyed, so the old-style head is reported, not upgraded again. An anchor
+    // also shows it.
     {
         let db = raw::open(&fx.store_path());
         raw::delete_records(&db, 6, 8);
         let forged = raw::sha256_head(&db, 5);
         raw::put_head(&db, &forged);
     }
-    let report = fx.open().audit_verify_against(&[anchor]).unwrap();
+    let store = fx.open();
+    let report = store.audit_verify_against(&[anchor]).unwrap();
+    let broken = report.first_break.expect("the old-style head is reported");
+    assert!(broken.reason.contains("not sealed"), "{broken:?}");
     assert_eq!(report.anchors_failed.len(), 1);
+    // And it stays reported after the server writes on.
+    add_account(&store, "after");
+    assert!(store.audit_verify().unwrap().first_break.is_some());
 }
 
 #[test]
