@@ -1,0 +1,229 @@
+//! What the in-process web tests share: a real store in a temporary folder, the real router
+//! over it, and requests sent with `tower::ServiceExt::oneshot` (no network, no browser).
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, Response};
+use sealpost_auth::websession::{self, Stage};
+use sealpost_auth::{Lockout, LoginLimits};
+use sealpost_storage::{AccountId, Actor, MasterKey, NewAccount, Role, Store, StoreConfig};
+use sealpost_webmail::{
+    Brand, HealthInfo, MailSessions, MetricsEndpoint, Outbox, Outgoing, Peer, SendingConfig, Site, WebState,
+};
+use tower::ServiceExt;
+
+pub const PASSWORD: &str = "velvet kettle sonar magpie";
+pub const SESSION_COOKIE: &str = "__Host-sp_session";
+pub const FORM_COOKIE: &str = "__Host-sp_form";
+pub const PORTAL_COOKIE: &str = "__Host-sp_portal";
+/// The form token a pre-session form carries (any 32 characters, set as a cookie too).
+pub const FORM_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+/// What browsers see (the passkeys' origin).
+pub const ORIGIN: &str = "https://mail.clinic.test";
+
+/// Counts every message handed to the outbox and sends none (these tests send nothing; a
+/// count above zero is a message that should not have been sent).
+pub struct CountingOutbox(pub Arc<AtomicUsize>);
+
+impl Outbox for CountingOutbox {
+    fn send<'a>(
+        &'a self,
+        _account: &'a sealpost_storage::Account,
+        _message: Outgoing,
+    ) -> sealpost_webmail::Sending<'a> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err("this test sends nothing".to_string()) })
+    }
+}
+
+/// The web application over a new store.
+pub struct Web {
+    pub dir: tempfile::TempDir,
+    pub store: Store,
+    pub lockout: Arc<Lockout>,
+    pub app: axum::Router,
+    pub sent: Arc<AtomicUsize>,
+}
+
+impl Web {
+    pub fn new(limits: LoginLimits) -> Web {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::create_file(&dir.path().join("keys/master.key")).unwrap();
+        let store = Store::create(StoreConfig::new(dir.path().join("store"), "clinic.test"), master).unwrap();
+        let lockout = Arc::new(Lockout::new(limits));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let rules = sealpost_policy::LivePolicy::new(
+            sealpost_policy::Policy::new(sealpost_policy::PolicyConfig::default()).unwrap(),
+        );
+        let state = WebState::new(
+            store.clone(),
+            MailSessions {
+                lockout: lockout.clone(),
+                end_sessions: Arc::new(|_| 0),
+                aliases_changed: Arc::new(|_| {}),
+            },
+            Site {
+                hostname: "mail.clinic.test".into(),
+                origin: ORIGIN.into(),
+                brand: Brand {
+                    organisation: "Clinic".into(),
+                    logo: None,
+                },
+                health: HealthInfo {
+                    listeners: vec![],
+                    certificate: None,
+                    dns_zone: String::new(),
+                    dns_check: Arc::new(|| Box::pin(async { vec![] })),
+                    spam_status: Arc::new(|| "off".into()),
+                },
+                metrics: MetricsEndpoint {
+                    from: vec![],
+                    render: Arc::new(|| Box::pin(async { String::new() })),
+                },
+                quarantine_subjects: false,
+            },
+            SendingConfig {
+                outbox: Arc::new(CountingOutbox(sent.clone())),
+                queue_waker: None,
+                notice_from: "postmaster@clinic.test".into(),
+                upload_bytes_max: 1024 * 1024,
+                rules,
+            },
+        )
+        .unwrap();
+        let app = sealpost_webmail::router(state);
+        Web {
+            dir,
+            store,
+            lockout,
+            app,
+            sent,
+        }
+    }
+
+    pub fn account(&self, address: &str, role: Role) -> AccountId {
+        self.store
+            .create_account(
+                &NewAccount {
+                    address,
+                    display_name: "Test",
+                    role,
+                    password: Some(PASSWORD),
+                },
+                &Actor::cli(),
+            )
+            .unwrap()
+    }
+
+    /// A session signed in with a passkey, as its cookie header value.
+    pub fn signed_in(&self, account: AccountId) -> String {
+        let now = sealpost_storage::now_ms();
+        let (cookie, _) = websession::start(
+            &self.store,
+            account,
+            "192.0.2.10:1000",
+            "test",
+            Stage::SignedIn("passkey".into()),
+            now,
+        )
+        .unwrap();
+        format!("{SESSION_COOKIE}={cookie}")
+    }
+
+    /// The session behind a `__Host-sp_session=...` cookie: its stage and CSRF token.
+    pub fn session(&self, cookie: &str) -> Option<websession::WebSession> {
+        let value = cookie.strip_prefix(&format!("{SESSION_COOKIE}="))?;
+        websession::resume(
+            &self.store,
+            value,
+            sealpost_storage::now_ms(),
+            &sealpost_auth::AuthPolicy::default(),
+        )
+        .unwrap()
+        .map(|found| found.session)
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Response<Body> {
+        let mut request = request;
+        request.extensions_mut().insert(peer());
+        self.app.clone().oneshot(request).await.unwrap()
+    }
+
+    /// A form POST with `cookie` (and the pre-session form cookie).
+    pub async fn post_form(&self, path: &str, cookie: &str, form: &str) -> Response<Body> {
+        let cookies = [format!("{FORM_COOKIE}={FORM_TOKEN}"), cookie.to_string()]
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.send(
+            Request::post(path)
+                .header(header::COOKIE, cookies)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(form.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// A script's JSON POST with `cookie` and its CSRF header.
+    pub async fn post_json(&self, path: &str, cookie: &str, csrf: &str, json: &serde_json::Value) -> Response<Body> {
+        let cookies = [format!("{FORM_COOKIE}={FORM_TOKEN}"), cookie.to_string()]
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.send(
+            Request::post(path)
+                .header(header::COOKIE, cookies)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("x-csrf-token", csrf)
+                .body(Body::from(json.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str, cookie: &str) -> Response<Body> {
+        let mut request = Request::get(path);
+        if !cookie.is_empty() {
+            request = request.header(header::COOKIE, cookie);
+        }
+        self.send(request.body(Body::empty()).unwrap()).await
+    }
+}
+
+pub fn peer() -> Peer {
+    Peer(SocketAddr::from(([192, 0, 2, 10], 1000)))
+}
+
+pub async fn body_text(response: Response<Body>) -> String {
+    let bytes = axum::body::to_bytes(response.into_body(), 4 * 1024 * 1024)
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+pub fn location(response: &Response<Body>) -> String {
+    response
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The `name=value` a response sets for cookie `name`.
+pub fn set_cookie(response: &Response<Body>, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")) && !v.starts_with(&format!("{name}=;")))
+        .map(|v| v.split(';').next().unwrap().to_string())
+}
