@@ -1,0 +1,278 @@
+//! Sign-in as an attacker would try it, in process over the real router and store, with a
+//! software passkey (webauthn-authenticator-rs) answering the WebAuthn ceremonies: a password
+//! alone never adds a factor, an enrolling session reaches nothing but enrolment, TOTP is not
+//! for passkey roles, re-authentication asks for the strongest factor, and a password spray
+//! does not lock an admin out of the passkey sign-in.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{body_text, location, set_cookie, Web, FORM_TOKEN, ORIGIN, PASSWORD, SESSION_COOKIE};
+use sealpost_auth::credentials::{Credentials, TotpFactor};
+use sealpost_auth::websession::Stage;
+use sealpost_auth::LoginLimits;
+use sealpost_storage::{AccountId, Role};
+use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+use webauthn_authenticator_rs::WebauthnAuthenticator;
+use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, Url};
+
+fn limits() -> LoginLimits {
+    LoginLimits {
+        failures_per_account_max: 3,
+        failure_delay_ms: 0,
+        ..LoginLimits::default()
+    }
+}
+
+fn with_totp(web: &Web, account: AccountId) -> Vec<u8> {
+    let secret = sealpost_auth::totp::new_secret();
+    let kept = secret.clone();
+    Credentials::update(&web.store, account, |record| {
+        record.totp = Some(TotpFactor {
+            secret: kept,
+            enrolled_ms: 0,
+            last_step: None,
+        });
+        Some(vec![])
+    })
+    .unwrap();
+    secret
+}
+
+fn code(secret: &[u8]) -> String {
+    let now = u64::try_from(sealpost_storage::now_ms() / 1000).unwrap();
+    sealpost_auth::totp::code_at(secret, 6, now).unwrap()
+}
+
+/// The password step: the session cookie and where it leads.
+async fn password_step(web: &Web, address: &str, password: &str) -> (StatusCode, String, Option<String>) {
+    let form = format!(
+        "csrf={FORM_TOKEN}&address={}&password={}",
+        address.replace('@', "%40"),
+        password.replace(' ', "+")
+    );
+    let response = web.post_form("/sign-in", "", &form).await;
+    (
+        response.status(),
+        location(&response),
+        set_cookie(&response, SESSION_COOKIE),
+    )
+}
+
+fn csrf(web: &Web, cookie: &str) -> String {
+    web.session(cookie).expect("a live session").csrf
+}
+
+/// Registers a passkey from `device` in the session of `cookie`: the JSON answer's status.
+async fn add_passkey(web: &Web, cookie: &str, device: &mut SoftPasskey) -> StatusCode {
+    let token = csrf(web, cookie);
+    let started = web
+        .post_json(
+            "/security/passkeys/start",
+            cookie,
+            &token,
+            &serde_json::json!({ "name": "Key" }),
+        )
+        .await;
+    if started.status() != StatusCode::OK {
+        return started.status();
+    }
+    let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
+    let options: CreationChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
+    let credential = device.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
+    let finished = web
+        .post_json(
+            "/security/passkeys/finish",
+            cookie,
+            &token,
+            &serde_json::json!({ "ceremony": started["ceremony"], "credential": credential }),
+        )
+        .await;
+    finished.status()
+}
+
+/// Signs in with the passkey of `device` (no password): the new session's cookie.
+async fn passkey_sign_in(web: &Web, address: &str, device: &mut SoftPasskey) -> Result<String, StatusCode> {
+    let started = web
+        .post_json(
+            "/passkey/sign-in/start",
+            "",
+            FORM_TOKEN,
+            &serde_json::json!({ "address": address }),
+        )
+        .await;
+    if started.status() != StatusCode::OK {
+        return Err(started.status());
+    }
+    let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
+    let options: RequestChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
+    let credential = device
+        .do_authentication(Url::parse(ORIGIN).unwrap(), options)
+        .map_err(|_| StatusCode::UNAUTHORIZED)?;
+    let finished = web
+        .post_json(
+            "/passkey/sign-in/finish",
+            "",
+            FORM_TOKEN,
+            &serde_json::json!({ "ceremony": started["ceremony"], "credential": credential }),
+        )
+        .await;
+    match finished.status() {
+        StatusCode::OK => Ok(set_cookie(&finished, SESSION_COOKIE).unwrap()),
+        status => Err(status),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_alone_never_adds_a_passkey_to_an_admin_with_totp() {
+    let web = Web::new(limits());
+    let admin = web.account("admin@clinic.test", Role::Admin);
+    let secret = with_totp(&web, admin);
+    // The password is right: the factor the account has is asked for first.
+    let (status, next, first) = password_step(&web, "admin@clinic.test", PASSWORD).await;
+    assert_eq!((status, next.as_str()), (StatusCode::SEE_OTHER, "/second-factor"));
+    let first = first.unwrap();
+    assert_eq!(web.session(&first).unwrap().stage, Stage::SecondFactor);
+    // With the password alone, no passkey can be added (it could, to an Enrolment session).
+    let mut attacker = SoftPasskey::new(true);
+    assert_eq!(add_passkey(&web, &first, &mut attacker).await, StatusCode::UNAUTHORIZED);
+    assert!(Credentials::load(&web.store, admin).unwrap().passkeys.is_empty());
+    // The TOTP code: the admin is now enrolling the passkey the role needs, nothing else.
+    let page = body_text(web.get("/second-factor", &first).await).await;
+    assert!(
+        page.contains("name=\"code\""),
+        "the admin without a passkey is asked for TOTP"
+    );
+    let token = csrf(&web, &first);
+    let answered = web
+        .post_form(
+            "/second-factor",
+            &first,
+            &format!("csrf={token}&code={}", code(&secret)),
+        )
+        .await;
+    assert_eq!(answered.status(), StatusCode::SEE_OTHER);
+    let enrolling = set_cookie(&answered, SESSION_COOKIE).unwrap();
+    assert_eq!(web.session(&enrolling).unwrap().stage, Stage::Enrolment);
+    assert!(web.session(&first).is_none(), "the first step's session ended");
+    // In enrolment: no app passwords, no ending sessions, no TOTP for this role, no console.
+    let token = csrf(&web, &enrolling);
+    let before = web.store.audit_anchor();
+    for (path, form) in [
+        ("/security/app-passwords", format!("csrf={token}&name=x&scope=imap")),
+        ("/security/sessions/end-all", format!("csrf={token}")),
+        ("/security/recovery", format!("csrf={token}")),
+        ("/security/password", format!("csrf={token}&password=x&again=x")),
+    ] {
+        let refused = web.post_form(path, &enrolling, &form).await;
+        assert_eq!(
+            (refused.status(), location(&refused).as_str()),
+            (StatusCode::SEE_OTHER, "/security"),
+            "{path}"
+        );
+    }
+    let totp = web
+        .post_form("/security/totp/start", &enrolling, &format!("csrf={token}"))
+        .await;
+    assert_eq!(totp.status(), StatusCode::BAD_REQUEST);
+    assert!(body_text(totp).await.contains("Your role signs in with a passkey"));
+    assert_eq!(
+        web.get("/admin/accounts", &enrolling).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(web.store.audit_anchor(), before, "nothing changed");
+    // Enrolling the passkey signs the session in.
+    let mut key = SoftPasskey::new(true);
+    assert_eq!(add_passkey(&web, &enrolling, &mut key).await, StatusCode::OK);
+    assert!(web.session(&enrolling).unwrap().signed_in());
+    assert_eq!(web.get("/admin/accounts", &enrolling).await.status(), StatusCode::OK);
+    // From now on the admin's second step is the passkey only.
+    let (_, next, again) = password_step(&web, "admin@clinic.test", PASSWORD).await;
+    assert_eq!(next, "/second-factor");
+    let page = body_text(web.get("/second-factor", &again.unwrap()).await).await;
+    assert!(
+        !page.contains("name=\"code\""),
+        "TOTP is offered to an admin with a passkey"
+    );
+    assert!(page.contains("data-passkey=\"sign-in\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_spray_does_not_lock_an_admin_out_of_the_passkey_sign_in() {
+    let web = Web::new(limits());
+    let admin = web.account("admin@clinic.test", Role::Admin);
+    let mut key = SoftPasskey::new(true);
+    let session = web.signed_in(admin);
+    assert_eq!(add_passkey(&web, &session, &mut key).await, StatusCode::OK);
+    for _ in 0..3 {
+        let (status, _, _) = password_step(&web, "admin@clinic.test", "not the password at all").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Passwords are refused now, the right one too; the console says why.
+    let (status, _, _) = password_step(&web, "admin@clinic.test", PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let lockouts = body_text(web.get("/admin/lockouts", &session).await).await;
+    assert!(
+        lockouts.contains("admin@clinic.test")
+            && lockouts.contains("wrong passwords or codes")
+            && lockouts.contains("A passkey still signs in"),
+        "{lockouts}"
+    );
+    // The passkey still signs in.
+    let signed = passkey_sign_in(&web, "admin@clinic.test", &mut key)
+        .await
+        .expect("the passkey signs in");
+    assert!(web.session(&signed).unwrap().signed_in());
+    // A stranger's key does not, and is not counted as a password failure either.
+    let mut stranger = SoftPasskey::new(true);
+    assert!(passkey_sign_in(&web, "admin@clinic.test", &mut stranger).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_authentication_asks_for_the_strongest_factor_the_account_has() {
+    let web = Web::new(limits());
+    let staff = web.account("doc@clinic.test", Role::Staff);
+    let session = web.signed_in(staff);
+    let mut key = SoftPasskey::new(true);
+    assert_eq!(add_passkey(&web, &session, &mut key).await, StatusCode::OK);
+    // With a passkey, the password alone does not confirm, and the page offers no password.
+    let page = body_text(web.get("/reauth", &session).await).await;
+    assert!(!page.contains("name=\"password\""), "{page}");
+    let token = csrf(&web, &session);
+    let refused = web
+        .post_form(
+            "/reauth",
+            &session,
+            &format!("csrf={token}&password={}", PASSWORD.replace(' ', "+")),
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(body_text(refused).await.contains("Confirm with your passkey"));
+    // With TOTP and no passkey: the password and a code; the password alone does not do.
+    let nurse = web.account("nurse@clinic.test", Role::Staff);
+    let secret = with_totp(&web, nurse);
+    let session = web.signed_in(nurse);
+    let token = csrf(&web, &session);
+    let page = body_text(web.get("/reauth", &session).await).await;
+    assert!(
+        page.contains("name=\"password\"") && page.contains("name=\"code\""),
+        "{page}"
+    );
+    let password = PASSWORD.replace(' ', "+");
+    let alone = web
+        .post_form("/reauth", &session, &format!("csrf={token}&password={password}"))
+        .await;
+    assert_eq!(alone.status(), StatusCode::UNAUTHORIZED);
+    let both = web
+        .post_form(
+            "/reauth",
+            &session,
+            &format!("csrf={token}&password={password}&code={}", code(&secret)),
+        )
+        .await;
+    assert_eq!(
+        (both.status(), location(&both).as_str()),
+        (StatusCode::SEE_OTHER, "/security")
+    );
+}
