@@ -253,6 +253,9 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         let got = receiver.received();
         assert_eq!(got.len(), 1, "{who}: one notice, nothing else");
         assert_eq!(got[0].0["to"], serde_json::json!([who]));
+        // A notice goes over STARTTLS wherever the server offers it, verified or not (a
+        // passive listener sees no link); in plaintext only to plain.test, which offers none.
+        assert_eq!(got[0].0["tls"], who != "bob@plain.test", "{who}: how the notice went");
         let notice = String::from_utf8_lossy(&got[0].1).to_string();
         assert!(notice.contains("has sent you a secure message"), "{notice}");
         assert!(
@@ -375,6 +378,23 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
     assert!(exported.contains("queue.delete") && exported.contains("queue.retry") && exported.contains("queue.bounce"));
     assert!(exported.contains("pickup.read"));
+    // The notices' deliveries say how each went: unverified STARTTLS, or plaintext where the
+    // server offers no TLS; never "verified".
+    let notice_to = |who: &str| {
+        exported
+            .lines()
+            .find(|l| l.contains("queue.deliver") && l.contains(who) && l.contains("a pickup notice"))
+            .unwrap_or_else(|| panic!("no notice delivery to {who}"))
+            .to_string()
+    };
+    assert!(notice_to("bob@plain.test").contains("plaintext: the server offers no STARTTLS"));
+    let badcert = notice_to("carol@badcert.test");
+    assert!(
+        badcert.contains("STARTTLS")
+            && badcert.contains("certificate not verified")
+            && !badcert.contains("verified TLS"),
+        "{badcert}"
+    );
     for (what, who) in [
         ("queue.deliver", "alice@tls.test"),
         ("queue.deliver", "dan@flaky.test"),

@@ -38,6 +38,11 @@ fn subject_of(delivery: &Delivery) -> String {
 fn describe(line: &DeliveryLine, pickup: Option<PickupState>) -> (String, bool) {
     match &line.status {
         RecipientStatus::Pending => ("Waiting to be delivered (tried again automatically)".into(), false),
+        // A pickup notice that could not have verified TLS says how it went instead: over
+        // STARTTLS with its certificate unchecked, or in plaintext where no TLS was offered.
+        RecipientStatus::Delivered { at_ms, how } if how.contains("a pickup notice") => {
+            (format!("Delivered, {how}, {}", when(*at_ms)), false)
+        }
         RecipientStatus::Delivered { at_ms, how } => {
             (format!("Delivered over verified TLS ({how}), {}", when(*at_ms)), false)
         }

@@ -575,8 +575,13 @@ impl Outbound {
                                     last_reply: Some(reply.line()),
                                 },
                                 AuditEvent::new(&actor, "queue.deliver", format!("to {address}")).detail(format!(
-                                    "queue {}; {host} over verified {tls}; {}",
+                                    "queue {}; {host} over {}{tls}; {}",
                                     entry.id,
+                                    if entry.envelope.notice && tls.contains("a pickup notice") {
+                                        ""
+                                    } else {
+                                        "verified "
+                                    },
                                     reply.line()
                                 )),
                             ),
@@ -1074,7 +1079,8 @@ impl Outbound {
     }
 
     /// Delivers over verified TLS; a pickup notice (no patient information) that cannot have
-    /// it goes in plaintext on a second connection instead.
+    /// it goes on a second connection over STARTTLS without checking the certificate (so a
+    /// passive listener sees nothing), or in plaintext only where the server offers no TLS.
     async fn deliver_host(
         &self,
         host: &str,
@@ -1090,12 +1096,12 @@ impl Outbound {
         match outcome {
             HostOutcome::NoVerifiedTls(why) if entry.envelope.notice => {
                 match self
-                    .deliver_host_once(host, address, TlsCheck::Plaintext, entry, recipients, raw)
+                    .deliver_host_once(host, address, TlsCheck::Opportunistic, entry, recipients, raw)
                     .await
                 {
-                    HostOutcome::Replies { replies, .. } => HostOutcome::Replies {
+                    HostOutcome::Replies { replies, tls } => HostOutcome::Replies {
                         replies,
-                        tls: format!("plaintext, a pickup notice without patient information ({why})"),
+                        tls: format!("{tls}, a pickup notice without patient information ({why})"),
                     },
                     other => other,
                 }
@@ -1129,16 +1135,15 @@ impl Outbound {
         recipients: &[OutboundRecipient],
         raw: &[u8],
     ) -> HostOutcome {
-        let use_tls = !matches!(check, TlsCheck::Plaintext);
+        let opportunistic = matches!(check, TlsCheck::Opportunistic);
         let timeout = Duration::from_millis(self.config.timeout_ms);
         let key = (host.to_string(), address.port());
-        if use_tls {
-            while let Some((mut talk, tls)) = self.take_idle(&key) {
-                // A session the server closed meanwhile fails here; then the next, or a new one.
-                if let Ok(replies) = self.transaction(&mut talk, false, "", entry, recipients, raw).await {
-                    self.keep_idle(key, talk, tls.clone()).await;
-                    return HostOutcome::Replies { replies, tls };
-                }
+        // A kept session was verified (an unverified one is never kept): any message may use it.
+        while let Some((mut talk, tls)) = self.take_idle(&key) {
+            // A session the server closed meanwhile fails here; then the next, or a new one.
+            if let Ok(replies) = self.transaction(&mut talk, false, "", entry, recipients, raw).await {
+                self.keep_idle(key, talk, tls.clone()).await;
+                return HostOutcome::Replies { replies, tls };
             }
         }
         let socket = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
@@ -1166,13 +1171,14 @@ impl Outbound {
                 return Ok(Err(format!("EHLO: {}", reply.line())));
             }
             talk.extensions = Extensions::of_ehlo(&lines);
-            if !use_tls {
-                return Ok(Ok(false));
-            }
             let starttls = lines
                 .iter()
                 .any(|l| l.get(4..).is_some_and(|c| c.trim().eq_ignore_ascii_case("STARTTLS")));
             if !starttls {
+                // Plaintext only for a notice, and only where no TLS is offered at all.
+                if opportunistic {
+                    return Ok(Ok(false));
+                }
                 return Ok(Err("STARTTLS not offered".to_string()));
             }
             let (reply, _) = talk.command("STARTTLS").await?;
@@ -1187,7 +1193,7 @@ impl Outbound {
                 let outcome = match self.transaction(&mut talk, false, &ehlo, entry, recipients, raw).await {
                     Ok(replies) => HostOutcome::Replies {
                         replies,
-                        tls: "plaintext".into(),
+                        tls: "plaintext: the server offers no STARTTLS".into(),
                     },
                     Err(error) => HostOutcome::Unreachable(error.to_string()),
                 };
@@ -1210,7 +1216,11 @@ impl Outbound {
                 Ok(pair) => pair,
                 Err(error) => return HostOutcome::NoVerifiedTls(format!("TLS: {error}")),
             },
-            TlsCheck::Pkix | TlsCheck::Plaintext => (self.tls.clone(), None),
+            TlsCheck::Pkix => (self.tls.clone(), None),
+            TlsCheck::Opportunistic => match any_certificate(self.provider.clone()) {
+                Ok(connector) => (connector, None),
+                Err(error) => return HostOutcome::NoVerifiedTls(format!("TLS: {error}")),
+            },
         };
         let secured = match tokio::time::timeout(timeout, connector.connect(server_name, plain_stream)).await {
             Ok(Ok(secured)) => secured,
@@ -1227,6 +1237,7 @@ impl Outbound {
                 .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite()));
             match dane.and_then(|verifier| verifier.matched()) {
                 Some(record) => format!("{version} {cipher}, certificate matched {record}"),
+                None if opportunistic => format!("STARTTLS {version} {cipher}, certificate not verified"),
                 None => format!("{version} {cipher}"),
             }
         };
@@ -1240,7 +1251,13 @@ impl Outbound {
         match result.await {
             Ok(replies) => {
                 debug!("delivery conversation done");
-                self.keep_idle(key, talk, tls.clone()).await;
+                // A session whose certificate was not checked is never kept: the next message
+                // to this server may need a verified one.
+                if opportunistic {
+                    let _ = talk.send("QUIT").await;
+                } else {
+                    self.keep_idle(key, talk, tls.clone()).await;
+                }
                 HostOutcome::Replies { replies, tls }
             }
             Err(error) => HostOutcome::Unreachable(format!("after TLS: {error}")),
@@ -1255,8 +1272,59 @@ enum TlsCheck<'a> {
     Pkix,
     /// A certificate one of these DNSSEC-signed TLSA records names.
     Dane(&'a [crate::dane::Tlsa]),
-    /// No TLS: only for a pickup notice that could not have verified TLS.
-    Plaintext,
+    /// For a pickup notice that could not have verified TLS: STARTTLS whenever offered, its
+    /// certificate unchecked (a passive listener then sees nothing); plaintext only when the
+    /// server offers no STARTTLS.
+    Opportunistic,
+}
+
+/// A TLS client that takes any certificate (the handshake's signatures are still checked):
+/// only for pickup notices, which hold no patient information, against passive listeners.
+fn any_certificate(provider: Arc<rustls::crypto::CryptoProvider>) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, signature, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, signature, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// What delivering to one domain gave.
