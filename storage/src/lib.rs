@@ -61,7 +61,8 @@ pub use message::{Delivered, CHUNK_BYTES, SEARCH_TEXT_BYTES_MAX};
 pub use notify::{MailboxEvent, MailboxEvents};
 pub use pickup::{
     Pickup, PickupId, PickupState, PortalReply, PICKUPS_PER_RECIPIENT_MAX, PICKUP_TOKEN_BYTES_MIN, PICKUP_TOMBSTONE_MS,
-    PORTAL_PASSWORD_BYTES_MAX, PORTAL_REPLIES_MAX, PORTAL_REPLY_TEXT_BYTES_MAX,
+    PORTAL_PASSWORD_BYTES_MAX, PORTAL_REPLIES_MAX, PORTAL_REPLIES_PER_PICKUP_PER_DAY_MAX,
+    PORTAL_REPLY_BYTES_PER_PICKUP_MAX, PORTAL_REPLY_TEXT_BYTES_MAX,
 };
 pub use quarantine::{quarantine_id_hex, quarantine_id_parse, Quarantined, QUARANTINE_PER_ACCOUNT_MAX};
 pub use queue::{

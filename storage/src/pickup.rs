@@ -29,6 +29,11 @@ pub const PICKUP_TOMBSTONE_MS: i64 = 365 * 24 * 3600 * 1000;
 pub const PORTAL_REPLIES_MAX: usize = 50;
 /// Longest reply text kept for the recipient to see, in bytes.
 pub const PORTAL_REPLY_TEXT_BYTES_MAX: usize = 64 * 1024;
+/// Replies the portal takes for one pickup in a day (then it says when to try again).
+pub const PORTAL_REPLIES_PER_PICKUP_PER_DAY_MAX: usize = 10;
+/// Bytes of replies (attachments included) one pickup takes over its life: the replies land
+/// in the sender's INBOX and BACKUP, which its owner cannot empty.
+pub const PORTAL_REPLY_BYTES_PER_PICKUP_MAX: u64 = 100 * 1024 * 1024;
 /// Pickups the portal lists for one recipient.
 pub const PICKUPS_PER_RECIPIENT_MAX: usize = 500;
 
@@ -122,6 +127,12 @@ pub struct Pickup {
     pub state: PickupState,
     pub renewal_asked_ms: Option<i64>,
     pub replies: Vec<PortalReply>,
+}
+
+/// Where a pickup's count of reply bytes is kept (a number under a random id: nothing
+/// identifying).
+fn reply_bytes_key(id: &PickupId) -> Vec<u8> {
+    [b"pickup_reply_bytes/".as_slice(), &id.0].concat()
 }
 
 fn pickup_aad(key: &[u8]) -> Vec<u8> {
@@ -408,7 +419,25 @@ impl Store {
 
     /// Keeps a reply the recipient sent from the portal, to show it to them again (the reply
     /// itself is delivered to the sender by the caller). Audited with `event`.
-    pub fn record_portal_reply(&self, id: PickupId, reply: PortalReply, event: crate::AuditEvent) -> Result<()> {
+    /// Bytes of replies the pickup has taken so far (`PORTAL_REPLY_BYTES_PER_PICKUP_MAX`).
+    pub fn portal_reply_bytes(&self, id: PickupId) -> Result<u64> {
+        Ok(self
+            .inner
+            .engine
+            .get(Table::Meta, &reply_bytes_key(&id))?
+            .and_then(|v| keys::read_u64(&v, 0))
+            .unwrap_or(0))
+    }
+
+    /// Keeps a reply the recipient sent (`bytes` long, as delivered) for the portal to show,
+    /// and counts its bytes against `PORTAL_REPLY_BYTES_PER_PICKUP_MAX`.
+    pub fn record_portal_reply(
+        &self,
+        id: PickupId,
+        reply: PortalReply,
+        bytes: u64,
+        event: crate::AuditEvent,
+    ) -> Result<()> {
         let Some((account, crypto, _)) = self.pickup_record(&id.0)? else {
             return Err(Error::InvalidInput { what: "no such pickup" });
         };
@@ -430,6 +459,8 @@ impl Store {
         record.replies.push(reply);
         let mut batch = Batch::default();
         self.stage_pickup(&crypto, account, &id.0, &record, &mut batch)?;
+        let total = self.portal_reply_bytes(id)?.saturating_add(bytes);
+        batch.put(Table::Meta, reply_bytes_key(&id), total.to_be_bytes().to_vec());
         self.commit_audited(batch, vec![event])?;
         Ok(())
     }

@@ -1210,9 +1210,20 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
         attachments: vec![],
     };
     store
-        .record_portal_reply(pickup.id, reply.clone(), AuditEvent::new(&reader, "pickup.reply", "x"))
+        .record_portal_reply(
+            pickup.id,
+            reply.clone(),
+            1_000,
+            AuditEvent::new(&reader, "pickup.reply", "x"),
+        )
         .unwrap();
-    assert_eq!(store.pickup(&token).unwrap().unwrap().replies, vec![reply]);
+    assert_eq!(store.pickup(&token).unwrap().unwrap().replies, vec![reply.clone()]);
+    // Reply bytes add up over the pickup's life.
+    assert_eq!(store.portal_reply_bytes(pickup.id).unwrap(), 1_000);
+    store
+        .record_portal_reply(pickup.id, reply, 500, AuditEvent::new(&reader, "pickup.reply", "x"))
+        .unwrap();
+    assert_eq!(store.portal_reply_bytes(pickup.id).unwrap(), 1_500);
 
     // Expired pickups end, and with them their hold on the body; live ones stay.
     assert_eq!(store.expire_pickups(i64::MAX - 1).unwrap(), 1);

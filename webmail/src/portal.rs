@@ -1246,6 +1246,9 @@ pub(crate) async fn reply(
         crate::mail::now_rfc2822()
     );
     let reply_raw = [received.as_bytes(), &reply_raw].concat();
+    if let Some(refusal) = reply_refused(&state, &pickup, reply_raw.len() as u64).await {
+        return refusal;
+    }
     let actor = portal_actor(&pickup.recipient, &peer);
     let kept = PortalReply {
         at_ms: crate::request::now_ms(),
@@ -1264,6 +1267,7 @@ pub(crate) async fn reply(
         store.record_portal_reply(
             p.id,
             kept,
+            reply_raw.len() as u64,
             AuditEvent::new(&actor, "pickup.reply.kept", format!("pickup {}", p.id)),
         )
     })
@@ -1276,6 +1280,50 @@ pub(crate) async fn reply(
             "Your reply could not be sent just now; try again in a minute.",
         ),
     }
+}
+
+/// Why a reply of `bytes` may not go now, as the page that says so: the pickup took
+/// `PORTAL_REPLIES_PER_PICKUP_PER_DAY_MAX` replies in the last day, or its replies would pass
+/// `PORTAL_REPLY_BYTES_PER_PICKUP_MAX`, or the sender's mailbox is at its quota (a reply lands
+/// in INBOX, which counts, and BACKUP, which its owner cannot empty). Nothing is sent then.
+async fn reply_refused(state: &Arc<WebState>, pickup: &Pickup, bytes: u64) -> Option<Response> {
+    let day_ago = crate::request::now_ms() - 24 * 3600 * 1000;
+    let today = pickup.replies.iter().filter(|r| r.at_ms > day_ago).count();
+    if today >= sealpost_storage::PORTAL_REPLIES_PER_PICKUP_PER_DAY_MAX {
+        return Some(crate::html::message_page_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Not sent",
+            &format!(
+                "You sent {today} replies to this message in the last day, which is the most it takes.                  Try again tomorrow, or call the sender."
+            ),
+        ));
+    }
+    let (store, id, account) = (state.store.clone(), pickup.id, pickup.account);
+    let (sent, quota) = blocking(move || {
+        let sent = store.portal_reply_bytes(id).ok()?;
+        let quota = match store.quota(account).ok()? {
+            Some(limit) => Some((store.quota_usage(account).ok()?, limit)),
+            None => None,
+        };
+        Some((sent, quota))
+    })
+    .await
+    .flatten()?;
+    if sent.saturating_add(bytes) > sealpost_storage::PORTAL_REPLY_BYTES_PER_PICKUP_MAX {
+        return Some(crate::html::message_page_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Not sent",
+            "Your replies to this message have reached the most they may hold together. Call the sender, or ask them for a new message.",
+        ));
+    }
+    if quota.is_some_and(|(used, limit)| used.saturating_add(bytes) > limit) {
+        return Some(crate::html::message_page_status(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "Not sent",
+            "The sender's mailbox is full. Try again later, or call the sender.",
+        ));
+    }
+    None
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::http::{header, Request, Response, StatusCode};
-use common::{body_text, set_cookie, Web, FORM_COOKIE, FORM_TOKEN, PORTAL_COOKIE};
+use common::{Web, FORM_COOKIE, FORM_TOKEN};
 use sealpost_auth::LoginLimits;
-use sealpost_storage::{AccountId, Actor, Flags, InternalDate, NewMessage, Outbound, OutboundRecipient, Role};
+use sealpost_storage::{AccountId, Actor, Flags, InternalDate, NewMessage, Role};
 
 const SOURCE: &str = include_str!("../src/lib.rs");
 
@@ -185,23 +185,7 @@ impl Fixture {
         };
         let appended = store.append(staff, inbox.id, &new).unwrap();
         // A message sent to a patient through the portal: its queue entry and pickup.
-        let sent = store.mailbox_by_name(staff, "Sent").unwrap().unwrap();
-        let outbound = Outbound {
-            from: "doc@clinic.test".into(),
-            recipients: vec![OutboundRecipient {
-                address: "pat@outside.test".into(),
-                ..OutboundRecipient::default()
-            }],
-            env_id: None,
-            ret: None,
-            notice: false,
-        };
-        let (_, queue) = store.submit(staff, &[sent.id], &new, Some(&outbound)).unwrap();
-        let queue = queue.unwrap();
-        let token = "7e".repeat(32);
-        let pickup = store
-            .create_pickup(staff, queue, "pat@outside.test", &token, i64::MAX / 2)
-            .unwrap();
+        let (token, pickup, queue) = web.pickup(staff, "pat@outside.test", raw);
         let mut fixture = Fixture {
             cookies: vec![
                 (Role5::Anonymous, String::new()),
@@ -220,54 +204,10 @@ impl Fixture {
                 ("{link}", link.trim_start_matches("/enrol/").to_string()),
             ],
         };
-        let portal = fixture.portal_visitor(&token).await;
+        let portal = fixture.web.portal_visitor(&token).await;
         fixture.cookies.push((Role5::Portal, portal));
         fixture.params.push(("{id}", pickup.to_string()));
         fixture
-    }
-
-    /// Opens the pickup as the patient does: a code mailed (read back from the queue), then
-    /// typed in. The portal's session cookie.
-    async fn portal_visitor(&self, token: &str) -> String {
-        let form_cookie = format!("{FORM_COOKIE}={FORM_TOKEN}");
-        let asked = self
-            .web
-            .send(
-                Request::post(format!("/pickup/{token}/code"))
-                    .header(header::COOKIE, &form_cookie)
-                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Body::from(format!("form={FORM_TOKEN}")))
-                    .unwrap(),
-            )
-            .await;
-        assert_eq!(asked.status(), StatusCode::SEE_OTHER, "{}", body_text(asked).await);
-        let notice = self
-            .web
-            .store
-            .queued()
-            .unwrap()
-            .into_iter()
-            .find(|q| q.envelope.notice)
-            .expect("the code's mail is queued");
-        let raw = self.web.store.read_queued(notice.account, notice.id).unwrap();
-        let text = String::from_utf8_lossy(&raw);
-        let code: String = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Subject: Your code: "))
-            .expect("the code in the subject")
-            .trim()
-            .to_string();
-        let verified = self
-            .web
-            .send(
-                Request::post(format!("/pickup/{token}/verify"))
-                    .header(header::COOKIE, &form_cookie)
-                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Body::from(format!("form={FORM_TOKEN}&code={code}")))
-                    .unwrap(),
-            )
-            .await;
-        set_cookie(&verified, PORTAL_COOKIE).expect("a portal session after the right code")
     }
 
     fn path(&self, pattern: &str) -> String {

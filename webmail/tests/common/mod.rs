@@ -7,10 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, Request, Response};
+use axum::http::{header, Request, Response, StatusCode};
 use sealpost_auth::websession::{self, Stage};
 use sealpost_auth::{Lockout, LoginLimits};
-use sealpost_storage::{AccountId, Actor, MasterKey, NewAccount, Role, Store, StoreConfig};
+use sealpost_storage::{
+    AccountId, Actor, Flags, InternalDate, MasterKey, NewAccount, NewMessage, Outbound, OutboundRecipient, PickupId,
+    QueueId, Role, Store, StoreConfig,
+};
 use sealpost_webmail::{
     Brand, HealthInfo, MailSessions, MetricsEndpoint, Outbox, Outgoing, Peer, SendingConfig, Site, WebState,
 };
@@ -119,6 +122,38 @@ impl Web {
             .unwrap()
     }
 
+    /// A message from `account` kept for `recipient`'s pickup (as the queue does when the
+    /// portal is chosen): its token, its id and the sent message's queue entry.
+    pub fn pickup(&self, account: AccountId, recipient: &str, raw: &[u8]) -> (String, PickupId, QueueId) {
+        let sent = self.store.mailbox_by_name(account, "Sent").unwrap().unwrap();
+        let summary = sealpost_mime::Summary::of(raw).to_bytes();
+        let new = NewMessage {
+            raw,
+            flags: Flags::new(),
+            internal_date: InternalDate::now(),
+            summary: &summary,
+            search_text: b"",
+        };
+        let outbound = Outbound {
+            from: "doc@clinic.test".into(),
+            recipients: vec![OutboundRecipient {
+                address: recipient.into(),
+                ..OutboundRecipient::default()
+            }],
+            env_id: None,
+            ret: None,
+            notice: false,
+        };
+        let (_, queue) = self.store.submit(account, &[sent.id], &new, Some(&outbound)).unwrap();
+        let queue = queue.unwrap();
+        let token: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+        let id = self
+            .store
+            .create_pickup(account, queue, recipient, &token, i64::MAX / 2)
+            .unwrap();
+        (token, id, queue)
+    }
+
     /// A session signed in with a passkey, as its cookie header value.
     pub fn signed_in(&self, account: AccountId) -> String {
         let now = sealpost_storage::now_ms();
@@ -186,6 +221,51 @@ impl Web {
                 .unwrap(),
         )
         .await
+    }
+
+    /// Opens the pickup as the patient does: a code mailed (read back from the queue), then
+    /// typed in. The portal's session cookie.
+    pub async fn portal_visitor(&self, token: &str) -> String {
+        let form_cookie = format!("{FORM_COOKIE}={FORM_TOKEN}");
+        let asked = self
+            .send(
+                Request::post(format!("/pickup/{token}/code"))
+                    .header(header::COOKIE, &form_cookie)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(Body::from(format!("form={FORM_TOKEN}")))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(asked.status(), StatusCode::SEE_OTHER, "{}", body_text(asked).await);
+        let notice = self
+            .store
+            .queued()
+            .unwrap()
+            .into_iter()
+            .find(|q| q.envelope.notice)
+            .expect("the code's mail is queued");
+        let raw = self.store.read_queued(notice.account, notice.id).unwrap();
+        // Taken out of the queue once read, so that the next visitor's code is the only one.
+        self.store
+            .queue_delete(notice.account, notice.id, &Actor::cli())
+            .unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        let code: String = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: Your code: "))
+            .expect("the code in the subject")
+            .trim()
+            .to_string();
+        let verified = self
+            .send(
+                Request::post(format!("/pickup/{token}/verify"))
+                    .header(header::COOKIE, &form_cookie)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(Body::from(format!("form={FORM_TOKEN}&code={code}")))
+                    .unwrap(),
+            )
+            .await;
+        set_cookie(&verified, PORTAL_COOKIE).expect("a portal session after the right code")
     }
 
     pub async fn get(&self, path: &str, cookie: &str) -> Response<Body> {
