@@ -623,4 +623,163 @@ impl Store {
         let matches = crate::account::verify_password(password, hash);
         Ok(matches && stored.is_some())
     }
+
+    /// Where the proof for `recipient` of `account`'s message `message_id` is kept: written
+    /// before the message is submitted (so no notice can go out before it), found again from
+    /// the pickup's own message.
+    fn proof_key(&self, account: AccountId, message_id: &str, recipient: &str) -> Vec<u8> {
+        let named = format!(
+            "{}\n{}\n{}",
+            account.0,
+            message_id.trim().trim_matches(['<', '>']),
+            recipient.trim().to_lowercase()
+        );
+        let mut key = b"pickup-proof/".to_vec();
+        key.extend_from_slice(&crypto::keyed_hash(
+            &self.inner.store_keys.index,
+            b"pickup-proof",
+            named.as_bytes(),
+        ));
+        key
+    }
+
+    /// Asks `recipient` of `account`'s message `message_id` to prove more than the mailed code
+    /// before the portal opens it: a passphrase the sender tells them (by phone, in person) or
+    /// the answer to a question the sender knows. Kept as an argon2id hash, sealed with the
+    /// directory key under the queue entry and a keyed hash of the address; audited, the
+    /// secret never.
+    pub fn set_pickup_proof(
+        &self,
+        account: AccountId,
+        message_id: &str,
+        recipient: &str,
+        kind: ProofKind,
+        secret: &str,
+        actor: &crate::Actor,
+    ) -> Result<()> {
+        if secret.len() > PORTAL_PASSWORD_BYTES_MAX {
+            return Err(Error::LimitExceeded {
+                what: "pickup proof bytes",
+                actual: secret.len() as u64,
+                max: PORTAL_PASSWORD_BYTES_MAX as u64,
+            });
+        }
+        let record = ProofRecord {
+            kind,
+            hash: crate::account::hash_password(&normalised_proof(secret))?,
+            tries_left: PICKUP_PROOF_TRIES_MAX,
+        };
+        let key = self.proof_key(account, message_id, recipient);
+        let plain = postcard::to_stdvec(&record).map_err(|e| Error::corrupt(format!("encoding: {e}")))?;
+        let mut batch = Batch::default();
+        batch.put(Table::Meta, key.clone(), self.inner.directory.seal(&key, &plain));
+        let event = crate::AuditEvent::new(
+            actor,
+            "pickup.proof.set",
+            format!("message {message_id} for {recipient}"),
+        )
+        .detail(format!("{kind:?}"));
+        self.commit_audited(batch, vec![event])?;
+        Ok(())
+    }
+
+    fn proof_record(&self, key: &[u8]) -> Result<Option<ProofRecord>> {
+        let Some(sealed) = self.inner.engine.get(Table::Meta, key)? else {
+            return Ok(None);
+        };
+        let plain = self.inner.directory.open(key, &sealed)?;
+        postcard::from_bytes(&plain)
+            .map(Some)
+            .map_err(|_| Error::corrupt("a pickup proof record"))
+    }
+
+    /// What the portal must ask `recipient` of `account`'s message `message_id` besides the
+    /// code, if anything, and how many tries are left.
+    pub fn pickup_proof(
+        &self,
+        account: AccountId,
+        message_id: &str,
+        recipient: &str,
+    ) -> Result<Option<(ProofKind, u8)>> {
+        Ok(self
+            .proof_record(&self.proof_key(account, message_id, recipient))?
+            .map(|r| (r.kind, r.tries_left)))
+    }
+
+    /// Checks an answer (one argon2 verification, on a blocking thread); a wrong one uses a
+    /// try, and the last wrong one locks the proof for good (the sender must send again).
+    /// `event` (the caller's, with its outcome set here) is written in the same batch.
+    pub fn check_pickup_proof(
+        &self,
+        account: AccountId,
+        message_id: &str,
+        recipient: &str,
+        answer: &str,
+        event: crate::AuditEvent,
+    ) -> Result<ProofCheck> {
+        let key = self.proof_key(account, message_id, recipient);
+        let _lock = self.inner.directory_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut record) = self.proof_record(&key)? else {
+            return Ok(ProofCheck::NotAsked);
+        };
+        if record.tries_left == 0 {
+            return Ok(ProofCheck::Locked);
+        }
+        let right = answer.len() <= PORTAL_PASSWORD_BYTES_MAX
+            && crate::account::verify_password(&normalised_proof(answer), &record.hash);
+        if right {
+            self.commit_audited(Batch::default(), vec![event])?;
+            return Ok(ProofCheck::Right);
+        }
+        record.tries_left -= 1;
+        let plain = postcard::to_stdvec(&record).map_err(|e| Error::corrupt(format!("encoding: {e}")))?;
+        let mut batch = Batch::default();
+        batch.put(Table::Meta, key.clone(), self.inner.directory.seal(&key, &plain));
+        let event = event
+            .outcome(crate::AuditOutcome::Denied)
+            .detail(format!("{} tries left", record.tries_left));
+        self.commit_audited(batch, vec![event])?;
+        Ok(match record.tries_left {
+            0 => ProofCheck::Locked,
+            left => ProofCheck::Wrong { tries_left: left },
+        })
+    }
+}
+
+/// Tries a recipient has at a passphrase or an answer; then the proof is locked.
+pub const PICKUP_PROOF_TRIES_MAX: u8 = 5;
+
+/// What the sender asks a portal recipient to prove besides the mailed code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProofKind {
+    /// A passphrase the sender tells the recipient apart from email.
+    Passphrase,
+    /// The recipient's date of birth and surname, which the sender knows.
+    Question,
+}
+
+/// What a proof check said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProofCheck {
+    /// No proof was asked for this recipient.
+    NotAsked,
+    Right,
+    Wrong {
+        tries_left: u8,
+    },
+    /// Out of tries: the message opens no more.
+    Locked,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ProofRecord {
+    kind: ProofKind,
+    hash: String,
+    tries_left: u8,
+}
+
+/// A passphrase or answer as compared: case, surrounding and repeated white space do not
+/// count (it is read out on the phone, typed by someone else).
+fn normalised_proof(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
 }

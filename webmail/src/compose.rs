@@ -89,6 +89,46 @@ pub(crate) struct Draft {
     pub(crate) answered: String,
     /// Names of the attachments a forward carries, shown.
     pub(crate) carried: Vec<String>,
+    /// What a portal recipient must prove besides the mailed code: "", "passphrase" or
+    /// "question", with the passphrase or the date of birth (YYYY-MM-DD) and surname.
+    pub(crate) proof: String,
+    pub(crate) passphrase: String,
+    pub(crate) birth_date: String,
+    pub(crate) surname: String,
+}
+
+/// Shortest passphrase a sender may set, in characters (it is read out, not typed by them).
+pub(crate) const PASSPHRASE_CHARS_MIN: usize = 8;
+
+/// The proof a draft asks of portal recipients, as stored, or why it cannot be taken.
+fn proof_of(draft: &Draft) -> Result<Option<(sealpost_storage::ProofKind, String)>, &'static str> {
+    match draft.proof.as_str() {
+        "" | "none" => Ok(None),
+        "passphrase" if draft.passphrase.trim().chars().count() >= PASSPHRASE_CHARS_MIN => Ok(Some((
+            sealpost_storage::ProofKind::Passphrase,
+            draft.passphrase.clone(),
+        ))),
+        "passphrase" => Err("Choose a passphrase of at least 8 characters to tell the patient."),
+        "question" => {
+            let date = time::Date::parse(
+                draft.birth_date.trim(),
+                &time::macros::format_description!("[year]-[month]-[day]"),
+            );
+            if date.is_err() || draft.surname.trim().is_empty() {
+                return Err("Give the patient's date of birth (YYYY-MM-DD) and surname.");
+            }
+            Ok(Some((
+                sealpost_storage::ProofKind::Question,
+                question_answer(&draft.birth_date, &draft.surname),
+            )))
+        }
+        _ => Err("Choose what the patient must give besides the emailed code."),
+    }
+}
+
+/// The answer to the date-of-birth-and-surname question, as both sides write it.
+pub(crate) fn question_answer(birth_date: &str, surname: &str) -> String {
+    format!("{} {}", birth_date.trim(), surname.trim())
 }
 
 fn parse_reference(text: &str) -> Option<(MailboxId, u32)> {
@@ -161,8 +201,7 @@ fn prefill(raw: &[u8], query: &ComposeQuery, own: &str) -> Draft {
                 .and_then(|m| m.header_raw("X-Sealpost-Forward").map(|r| r.trim().to_string()))
                 .unwrap_or_default(),
             draft: reference.clone(),
-            answered: String::new(),
-            carried: Vec::new(),
+            ..Draft::default()
         };
     }
     let message_id = shown.message_id.clone().unwrap_or_default();
@@ -260,7 +299,16 @@ fn form_page(csrf: &str, account: &Account, draft: Draft, error: Option<String>,
         draft,
         answered,
         carried,
+        proof,
+        passphrase,
+        birth_date,
+        surname,
     } = draft;
+    let (proof_none, proof_passphrase, proof_question) = (
+        !matches!(proof.as_str(), "passphrase" | "question"),
+        proof == "passphrase",
+        proof == "question",
+    );
     let carried = (!carried.is_empty()).then(|| {
         let names: Vec<_> = carried.into_iter().map(|n| view! { <li>{n}</li> }).collect();
         view! { <p>"Attached from the forwarded message:"</p><ul id="carried">{names}</ul> }
@@ -304,6 +352,15 @@ fn form_page(csrf: &str, account: &Account, draft: Draft, error: Option<String>,
                         <label for="files">"Attach files"</label>
                         <input type="file" id="files" name="files" multiple=true/>
                         <p class="muted">"Outside recipients get the message over verified TLS or, where that cannot be had or the content calls for it, through the secure portal. You will see which after sending."</p>
+                        <fieldset id="proof">
+                            <legend>"If it goes to the secure portal, the patient also gives"</legend>
+                            <label><input type="radio" name="proof" value="none" checked=proof_none/>" nothing more than the emailed code"</label>
+                            <label><input type="radio" name="proof" value="passphrase" checked=proof_passphrase/>" a passphrase I tell them by phone or in person:"</label>
+                            <input type="text" id="passphrase" name="passphrase" value=passphrase autocomplete="off" aria-label="Passphrase"/>
+                            <label><input type="radio" name="proof" value="question" checked=proof_question/>" their date of birth and surname:"</label>
+                            <input type="date" id="birth_date" name="birth_date" value=birth_date aria-label="Date of birth"/>
+                            <input type="text" id="surname" name="surname" value=surname autocomplete="off" aria-label="Surname"/>
+                        </fieldset>
                         <p>
                             <button type="submit" name="action" value="send">"Send"</button>
                             " "
@@ -462,6 +519,10 @@ pub(crate) async fn submit(
         draft: get("draft"),
         answered: get("answered"),
         carried: Vec::new(),
+        proof: get("proof"),
+        passphrase: get("passphrase"),
+        birth_date: get("birth_date"),
+        surname: get("surname"),
     };
     let saving = get("action") == "draft";
     // The forwarded message's attachments come along (its reading is audited).
@@ -485,20 +546,21 @@ pub(crate) async fn submit(
     let to = split_addresses(&draft.to);
     let cc = split_addresses(&draft.cc);
     let bcc = split_addresses(&draft.bcc);
+    let message_id = format!(
+        "{}@{}",
+        rand::random::<[u8; 12]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        state.hostname
+    );
     let mut builder = MessageBuilder::new()
         .from(Address::new_address(
             Some(account.display_name.clone()).filter(|n| !n.is_empty()),
             account.address.clone(),
         ))
         .subject(draft.subject.clone())
-        .message_id(format!(
-            "{}@{}",
-            rand::random::<[u8; 12]>()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-            state.hostname
-        ))
+        .message_id(message_id.clone())
         .text_body(draft.body.replace('\n', "\r\n"));
     if !to.is_empty() {
         builder = builder.to(address_list(&to));
@@ -549,6 +611,61 @@ pub(crate) async fn submit(
         return save_draft(&state, &account, raw, old_draft).await;
     }
     let recipients: Vec<String> = to.iter().chain(&cc).chain(&bcc).map(|(_, a)| a.clone()).collect();
+    // The proof a portal recipient must give besides the mailed code: kept (hashed) for each
+    // recipient before the message is submitted, so no notice can leave before it exists.
+    let proof = match proof_of(&draft) {
+        Ok(proof) => proof,
+        Err(why) => {
+            return form_page(
+                &found.session.csrf,
+                &account,
+                draft,
+                Some(why.into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+        }
+    };
+    if proof.is_none() && state.sending.rules.current().config().portal.proof_required {
+        let (state2, all) = (state.clone(), recipients.clone());
+        let outside = blocking(move || all.iter().any(|a| !matches!(state2.store.find_account(a), Ok(Some(_)))))
+            .await
+            .unwrap_or(true);
+        if outside {
+            return form_page(
+                &found.session.csrf,
+                &account,
+                draft,
+                Some(
+                    "Your organisation asks for a passphrase or the patient's date of birth and surname on messages to outside recipients."
+                        .into(),
+                ),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            );
+        }
+    }
+    if let Some((kind, secret)) = proof {
+        let (state2, id, all, actor, message_id) = (
+            state.clone(),
+            account.id,
+            recipients.clone(),
+            actor_of(&account, &peer),
+            message_id.clone(),
+        );
+        let kept = blocking(move || {
+            all.iter()
+                .try_for_each(|r| state2.store.set_pickup_proof(id, &message_id, r, kind, &secret, &actor))
+        })
+        .await;
+        if !matches!(kept, Some(Ok(()))) {
+            return form_page(
+                &found.session.csrf,
+                &account,
+                draft,
+                Some("Not sent: the passphrase could not be kept just now; try again.".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            );
+        }
+    }
     let outgoing = Outgoing {
         raw,
         recipients,

@@ -307,6 +307,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/portal/{id}", get(portal::message))
         .route("/portal/{id}/attachment/{index}", get(portal::attachment))
         .route("/portal/{id}/reply", post(portal::reply).layer(uploads))
+        .route("/portal/{id}/proof", post(portal::prove))
         .route("/", get(signin::home))
         .route("/sign-in", get(signin::sign_in_page).post(signin::sign_in))
         .route(

@@ -23,7 +23,7 @@ use mail_builder::MessageBuilder;
 use mail_parser::MessageParser;
 use sealpost_storage::{
     Actor, AuditEvent, AuditOutcome, DeliveryTarget, Flags, InternalDate, NewMessage, Outbound, OutboundRecipient,
-    Pickup, PickupId, PickupState, PortalReply, SpecialUse,
+    Pickup, PickupId, PickupState, PortalReply, ProofCheck, ProofKind, SpecialUse,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -90,7 +90,12 @@ struct PortalSession {
     csrf: String,
     started: Instant,
     last_seen: Instant,
+    /// Pickups whose extra proof (passphrase or question) this session gave.
+    proven: Vec<PickupId>,
 }
+
+/// Pickups one portal session remembers as proven (the oldest forgotten past it).
+const PROVEN_PER_SESSION_MAX: usize = 100;
 
 /// Codes under way and portal sessions, in memory.
 #[derive(Default)]
@@ -199,6 +204,7 @@ impl PortalState {
                 csrf: sealpost_auth::secrets::token(32),
                 started: now,
                 last_seen: now,
+                proven: Vec::new(),
             },
         );
         secret
@@ -216,6 +222,30 @@ impl PortalState {
         }
         session.last_seen = Instant::now();
         Some((session.recipient.clone(), session.csrf.clone()))
+    }
+
+    /// Whether this request's session gave `pickup`'s extra proof.
+    fn proven(&self, headers: &HeaderMap, pickup: PickupId) -> bool {
+        let Some(secret) = cookie(headers, PORTAL_COOKIE) else {
+            return false;
+        };
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .get(&digest(&secret))
+            .is_some_and(|s| s.proven.contains(&pickup))
+    }
+
+    fn prove(&self, headers: &HeaderMap, pickup: PickupId) {
+        let Some(secret) = cookie(headers, PORTAL_COOKIE) else {
+            return;
+        };
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(session) = sessions.get_mut(&digest(&secret)) {
+            if session.proven.len() >= PROVEN_PER_SESSION_MAX {
+                session.proven.remove(0);
+            }
+            session.proven.push(pickup);
+        }
     }
 
     fn end_session(&self, headers: &HeaderMap) {
@@ -941,6 +971,197 @@ async fn own_pickup(state: &Arc<WebState>, recipient: &str, id: &str) -> Result<
     Ok(pickup)
 }
 
+/// The Message-ID of the message a pickup holds, from its delivery record (the proof is
+/// kept under it, written before the message was submitted).
+async fn message_id_of(state: &Arc<WebState>, pickup: &Pickup) -> Option<String> {
+    let (store, account, queue) = (state.store.clone(), pickup.account, pickup.queue);
+    blocking(move || {
+        let delivery = store.delivery(account, queue).ok()??;
+        let summary = sealpost_mime::Summary::from_bytes(&delivery.summary)?;
+        sealpost_mime::Shown::of_imap(&summary.envelope).message_id
+    })
+    .await
+    .flatten()
+}
+
+/// What the sender asked of this pickup's recipient besides the code, if anything: its kind,
+/// the tries left and the message's id.
+async fn proof_asked(state: &Arc<WebState>, pickup: &Pickup) -> Result<Option<(ProofKind, u8, String)>, Response> {
+    let Some(message_id) = message_id_of(state, pickup).await else {
+        return Ok(None);
+    };
+    let (store, account, recipient, id) = (
+        state.store.clone(),
+        pickup.account,
+        pickup.recipient.clone(),
+        message_id.clone(),
+    );
+    match blocking(move || store.pickup_proof(account, &id, &recipient)).await {
+        Some(Ok(asked)) => Ok(asked.map(|(kind, left)| (kind, left, message_id))),
+        // Fail closed: a proof that cannot be read is not given.
+        _ => Err(crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The message cannot be opened just now; try again in a minute.",
+        )),
+    }
+}
+
+/// The message opens only to a session that gave the sender's extra proof, if one was asked:
+/// otherwise the page asking for it (401), or, out of tries, the page saying so (423).
+async fn gate(state: &Arc<WebState>, headers: &HeaderMap, pickup: &Pickup, csrf: &str) -> Result<(), Response> {
+    if state.portal.proven(headers, pickup.id) {
+        return Ok(());
+    }
+    match proof_asked(state, pickup).await? {
+        None => Ok(()),
+        Some((_, 0, _)) => Err(locked_page()),
+        Some((kind, left, _)) => Err(proof_form(pickup, kind, left, csrf, None)),
+    }
+}
+
+fn locked_page() -> Response {
+    crate::html::message_page_status(
+        StatusCode::LOCKED,
+        "Locked",
+        "The answers given for this message were wrong too many times, so it no longer opens. \
+         The sender has been told; call them if you should have it.",
+    )
+}
+
+fn proof_form(pickup: &Pickup, kind: ProofKind, left: u8, csrf: &str, error: Option<String>) -> Response {
+    let action = format!("/portal/{}/proof", pickup.id);
+    let (csrf, sender) = (csrf.to_string(), pickup.sender.clone());
+    let fields = match kind {
+        ProofKind::Passphrase => view! {
+            <p>{format!("{sender} gave you a passphrase for this message, by phone or in person.")}</p>
+            <label for="passphrase">"Passphrase"</label>
+            <input type="password" id="passphrase" name="passphrase" autocomplete="off" required=true/>
+        }
+        .into_any(),
+        ProofKind::Question => view! {
+            <p>{format!("{sender} asks for your date of birth and surname before this message opens.")}</p>
+            <label for="birth_date">"Date of birth"</label>
+            <input type="date" id="birth_date" name="birth_date" required=true/>
+            <label for="surname">"Surname"</label>
+            <input type="text" id="surname" name="surname" autocomplete="family-name" required=true/>
+        }
+        .into_any(),
+    };
+    let content = view! {
+        {crate::html::error_line(error)}
+        <form method="post" action=action class="stack" id="proof-form">
+            <input type="hidden" name="csrf" value=csrf/>
+            {fields}
+            <p class="muted">{format!("{left} tries left.")}</p>
+            <button type="submit">"Open the message"</button>
+        </form>
+    };
+    (StatusCode::UNAUTHORIZED, page("One more step", content)).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ProofForm {
+    csrf: String,
+    #[serde(default)]
+    passphrase: String,
+    #[serde(default)]
+    birth_date: String,
+    #[serde(default)]
+    surname: String,
+}
+
+/// The recipient's answer to the sender's extra proof: right, the session may open the
+/// message; wrong, a try is used; the last wrong one locks the message and tells the sender.
+/// Every answer is audited; each costs one argon2 check through the server's hash queue.
+pub(crate) async fn prove(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<ProofForm>,
+) -> Response {
+    let Some((recipient, csrf)) = state.portal.session(&headers) else {
+        return open_your_link();
+    };
+    if !same_token(&form.csrf, &csrf) {
+        return crate::request::forbidden();
+    }
+    let pickup = match own_pickup(&state, &recipient, &id).await {
+        Ok(pickup) => pickup,
+        Err(response) => return response,
+    };
+    let (kind, message_id) = match proof_asked(&state, &pickup).await {
+        Ok(Some((_, 0, _))) => return locked_page(),
+        Ok(Some((kind, _, message_id))) => (kind, message_id),
+        Ok(None) => return see_other(&format!("/portal/{}", pickup.id)),
+        Err(response) => return response,
+    };
+    let answer = match kind {
+        ProofKind::Passphrase => form.passphrase.clone(),
+        ProofKind::Question => crate::compose::question_answer(&form.birth_date, &form.surname),
+    };
+    let Some(ticket) = state
+        .lockout
+        .admit_hash(&peer.0.ip().to_string(), &format!("portal:{recipient}"))
+    else {
+        return crate::request::hashing_busy();
+    };
+    let actor = portal_actor(&pickup.recipient, &peer);
+    let (state2, p) = (state.clone(), pickup.clone());
+    let hostname = state.hostname.clone();
+    let from = state.sending.notice_from.clone();
+    let checked = blocking(move || {
+        let _ticket = ticket;
+        let store = &state2.store;
+        let event = AuditEvent::new(&actor, "pickup.proof", format!("pickup {}", p.id)).detail(format!("{kind:?}"));
+        let check = store.check_pickup_proof(p.account, &message_id, &p.recipient, &answer, event).ok()?;
+        if check == ProofCheck::Locked {
+            let text = format!(
+                "{recipient} gave a wrong {what} five times for the secure message you sent on {sent}.\r\n\
+                 It no longer opens. If they should have it, send it again with a new {what}, told to them apart from email.\r\n",
+                recipient = p.recipient,
+                sent = when(p.created_ms),
+                what = match kind {
+                    ProofKind::Passphrase => "passphrase",
+                    ProofKind::Question => "date of birth and surname",
+                },
+            );
+            let raw = MessageBuilder::new()
+                .from(Address::new_address(Some("Secure portal"), from))
+                .to(Address::new_address(None::<String>, p.sender.clone()))
+                .subject(format!("A secure message to {} is locked", p.recipient))
+                .message_id(format!("{}@{hostname}", hex(&rand::random::<[u8; 12]>())))
+                .text_body(text)
+                .write_to_vec()
+                .ok()?;
+            deliver_internal(store, p.account, &raw, Vec::new()).ok()?;
+        }
+        Some(check)
+    })
+    .await
+    .flatten();
+    match checked {
+        Some(ProofCheck::Right | ProofCheck::NotAsked) => {
+            state.portal.prove(&headers, pickup.id);
+            see_other(&format!("/portal/{}", pickup.id))
+        }
+        Some(ProofCheck::Wrong { tries_left }) => proof_form(
+            &pickup,
+            kind,
+            tries_left,
+            &csrf,
+            Some(format!("That was not right. {tries_left} tries left.")),
+        ),
+        Some(ProofCheck::Locked) => locked_page(),
+        None => crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The answer could not be checked just now; try again in a minute.",
+        ),
+    }
+}
+
 /// Every pickup of the session's address.
 pub(crate) async fn home(
     State(state): State<Arc<WebState>>,
@@ -1074,6 +1295,9 @@ pub(crate) async fn message(
         Ok(pickup) => pickup,
         Err(response) => return response,
     };
+    if let Err(response) = gate(&state, &headers, &pickup, &csrf).await {
+        return response;
+    }
     let Some(raw) = read(&state, &pickup, &peer, "portal view".into()).await else {
         return ended_in_portal(&pickup);
     };
@@ -1163,13 +1387,16 @@ pub(crate) async fn attachment(
     Path((id, index)): Path<(String, usize)>,
     headers: HeaderMap,
 ) -> Response {
-    let Some((recipient, _)) = state.portal.session(&headers) else {
+    let Some((recipient, csrf)) = state.portal.session(&headers) else {
         return open_your_link();
     };
     let pickup = match own_pickup(&state, &recipient, &id).await {
         Ok(pickup) => pickup,
         Err(response) => return response,
     };
+    if let Err(response) = gate(&state, &headers, &pickup, &csrf).await {
+        return response;
+    }
     let Some(raw) = read(&state, &pickup, &peer, format!("portal attachment {index}")).await else {
         return ended_in_portal(&pickup);
     };
@@ -1197,6 +1424,9 @@ pub(crate) async fn reply(
     };
     if !same_token(&form.field("csrf"), &csrf) {
         return crate::request::forbidden();
+    }
+    if let Err(response) = gate(&state, &headers, &pickup, &csrf).await {
+        return response;
     }
     let text = form.field("body").replace("\r\n", "\n");
     if text.trim().is_empty() && form.uploads.is_empty() {

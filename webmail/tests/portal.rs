@@ -123,3 +123,193 @@ async fn portal_sign_out_takes_the_csrf_token() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// Composes a message to pat@outside.test on the web with the proof fields given; the status
+/// and the message as handed to the outbox.
+async fn compose(web: &Web, cookie: &str, fields: &[(&str, &str)]) -> (StatusCode, Option<Vec<u8>>) {
+    let csrf = web.session(cookie).unwrap().csrf;
+    let mut body = String::new();
+    let all = [
+        ("csrf", csrf.as_str()),
+        ("to", "pat@outside.test"),
+        ("subject", "Your results"),
+        ("body", "The biopsy is benign."),
+        ("action", "send"),
+    ];
+    for (name, value) in all.iter().chain(fields) {
+        body.push_str(&format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    body.push_str("--XyZ--\r\n");
+    let before = web.outbox.lock().unwrap().len();
+    let response = web
+        .send(
+            Request::post("/compose")
+                .header(header::COOKIE, cookie)
+                .header(header::CONTENT_TYPE, "multipart/form-data; boundary=XyZ")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await;
+    let outbox = web.outbox.lock().unwrap();
+    (
+        response.status(),
+        (outbox.len() > before).then(|| outbox.last().unwrap().clone()),
+    )
+}
+
+async fn prove(web: &Web, cookie: &str, id: &str, fields: &str) -> StatusCode {
+    let csrf = portal_csrf_of_proof(web, cookie, id).await;
+    web.post_form(&format!("/portal/{id}/proof"), cookie, &format!("csrf={csrf}&{fields}"))
+        .await
+        .status()
+}
+
+/// The CSRF token on the proof page (the message page is not shown before the proof).
+async fn portal_csrf_of_proof(web: &Web, cookie: &str, id: &str) -> String {
+    let page = body_text(web.get(&format!("/portal/{id}"), cookie).await).await;
+    let at = page.find("name=\"csrf\" value=\"").expect("the proof form") + 19;
+    page[at..at + page[at..].find('"').unwrap()].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoever_reads_the_patients_mail_opens_a_code_only_message_but_not_one_with_a_passphrase() {
+    let web = Web::new(LoginLimits::default());
+    let doc = web.account("doc@clinic.test", Role::Staff);
+    let clinician = web.signed_in(doc);
+    // The default's limit, documented: the notice and the code are all it takes, so whoever
+    // captures every mail to the patient (here: everything queued for them) opens it.
+    let (status, raw) = compose(&web, &clinician, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw.unwrap());
+    let eavesdropper = web.portal_visitor(&token).await;
+    let page = web.get(&format!("/portal/{id}"), &eavesdropper).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(body_text(page).await.contains("The biopsy is benign."));
+
+    // With a passphrase told by phone: the same capture does not open it, nor its
+    // attachments or reply form, and five wrong guesses lock it and tell the sender.
+    let (status, raw) = compose(
+        &web,
+        &clinician,
+        &[("proof", "passphrase"), ("passphrase", "Blue heron  seven")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let raw = raw.unwrap();
+    let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw);
+    let id = id.to_string();
+    let eavesdropper = web.portal_visitor(&token).await;
+    let page = web.get(&format!("/portal/{id}"), &eavesdropper).await;
+    assert_eq!(page.status(), StatusCode::UNAUTHORIZED);
+    let page = body_text(page).await;
+    assert!(page.contains("passphrase") && !page.contains("benign"), "{page}");
+    assert_eq!(
+        web.get(&format!("/portal/{id}/attachment/0"), &eavesdropper)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let notes_before = inbox_count(&web, doc);
+    for n in 1..=5u8 {
+        let status = prove(&web, &eavesdropper, &id, &format!("passphrase=guess{n}")).await;
+        let expected = if n < 5 {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::LOCKED
+        };
+        assert_eq!(status, expected, "guess {n}");
+    }
+    let locked = web.get(&format!("/portal/{id}"), &eavesdropper).await;
+    assert_eq!(locked.status(), StatusCode::LOCKED);
+    assert_eq!(inbox_count(&web, doc), notes_before + 1, "the sender is told");
+    // Locked is locked: the right passphrase no longer opens it.
+    let home = body_text(web.get("/portal", &eavesdropper).await).await;
+    let at = home.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = home[at..at + home[at..].find('"').unwrap()].to_string();
+    let late = web
+        .post_form(
+            &format!("/portal/{id}/proof"),
+            &eavesdropper,
+            &format!("csrf={csrf}&passphrase=blue+heron+seven"),
+        )
+        .await;
+    assert_eq!(late.status(), StatusCode::LOCKED);
+
+    // The patient, told the passphrase, opens a new one (case and spacing do not count).
+    let (_, raw) = compose(
+        &web,
+        &clinician,
+        &[("proof", "passphrase"), ("passphrase", "Blue heron seven")],
+    )
+    .await;
+    let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw.unwrap());
+    let id = id.to_string();
+    let patient = web.portal_visitor(&token).await;
+    assert_eq!(
+        prove(&web, &patient, &id, "passphrase=blue+HERON+seven").await,
+        StatusCode::SEE_OTHER
+    );
+    let page = web.get(&format!("/portal/{id}"), &patient).await;
+    assert_eq!(page.status(), StatusCode::OK);
+
+    // The question: date of birth and surname, which the sender knows.
+    let (status, _) = compose(&web, &clinician, &[("proof", "question"), ("birth_date", "1970-03-04")]).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a question needs both answers"
+    );
+    let (_, raw) = compose(
+        &web,
+        &clinician,
+        &[
+            ("proof", "question"),
+            ("birth_date", "1970-03-04"),
+            ("surname", "Müller"),
+        ],
+    )
+    .await;
+    let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw.unwrap());
+    let id = id.to_string();
+    let patient = web.portal_visitor(&token).await;
+    let wrong = prove(&web, &patient, &id, "birth_date=1970-04-03&surname=M%C3%BCller").await;
+    assert_eq!(wrong, StatusCode::UNAUTHORIZED);
+    let right = prove(&web, &patient, &id, "birth_date=1970-03-04&surname=+m%C3%BCller").await;
+    assert_eq!(right, StatusCode::SEE_OTHER);
+    assert_eq!(
+        web.get(&format!("/portal/{id}"), &patient).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_can_require_a_proof_for_every_message_to_outside() {
+    let web = Web::new(LoginLimits::default());
+    let doc = web.account("doc@clinic.test", Role::Staff);
+    web.account("nurse@clinic.test", Role::Staff);
+    let clinician = web.signed_in(doc);
+    let mut config = sealpost_policy::PolicyConfig::default();
+    config.portal.proof_required = true;
+    web.rules.replace(sealpost_policy::Policy::new(config).unwrap());
+    let (status, raw) = compose(&web, &clinician, &[]).await;
+    assert_eq!(
+        (status, raw.is_none()),
+        (StatusCode::UNPROCESSABLE_ENTITY, true),
+        "nothing sent"
+    );
+    let (status, raw) = compose(&web, &clinician, &[("proof", "passphrase"), ("passphrase", "short")]).await;
+    assert_eq!(
+        (status, raw.is_none()),
+        (StatusCode::UNPROCESSABLE_ENTITY, true),
+        "too short"
+    );
+    let (status, raw) = compose(
+        &web,
+        &clinician,
+        &[("proof", "passphrase"), ("passphrase", "long enough now")],
+    )
+    .await;
+    assert_eq!((status, raw.is_some()), (StatusCode::SEE_OTHER, true));
+}

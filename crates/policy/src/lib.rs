@@ -108,12 +108,17 @@ impl Default for SignInSettings {
 pub struct PortalSettings {
     /// How long a pickup link opens its message, in milliseconds (30 days).
     pub pickup_ttl_ms: u64,
+    /// Every message with an outside recipient sent from the web must carry a proof besides
+    /// the mailed code (a passphrase told apart from email, or the patient's date of birth
+    /// and surname): whoever reads the patient's mail then still cannot open it.
+    pub proof_required: bool,
 }
 
 impl Default for PortalSettings {
     fn default() -> Self {
         Self {
             pickup_ttl_ms: 30 * 24 * 3600 * 1000,
+            proof_required: false,
         }
     }
 }

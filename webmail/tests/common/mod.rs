@@ -28,18 +28,15 @@ pub const FORM_TOKEN: &str = "0123456789abcdef0123456789abcdef";
 /// What browsers see (the passkeys' origin).
 pub const ORIGIN: &str = "https://mail.clinic.test";
 
-/// Counts every message handed to the outbox and sends none (these tests send nothing; a
-/// count above zero is a message that should not have been sent).
-pub struct CountingOutbox(pub Arc<AtomicUsize>);
+/// Keeps every message handed to the outbox, in order, and sends none (the SMTP submission
+/// path is the server's; here the test plays the queue where it must).
+pub struct CountingOutbox(pub Arc<AtomicUsize>, pub Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 
 impl Outbox for CountingOutbox {
-    fn send<'a>(
-        &'a self,
-        _account: &'a sealpost_storage::Account,
-        _message: Outgoing,
-    ) -> sealpost_webmail::Sending<'a> {
+    fn send<'a>(&'a self, _account: &'a sealpost_storage::Account, message: Outgoing) -> sealpost_webmail::Sending<'a> {
         self.0.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async { Err("this test sends nothing".to_string()) })
+        self.1.lock().unwrap().push(message.raw);
+        Box::pin(async { Ok(sealpost_webmail::Sent { queue: None }) })
     }
 }
 
@@ -50,6 +47,10 @@ pub struct Web {
     pub lockout: Arc<Lockout>,
     pub app: axum::Router,
     pub sent: Arc<AtomicUsize>,
+    /// What the web handed to the outbox.
+    pub outbox: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// The policy in force (tests replace it).
+    pub rules: Arc<sealpost_policy::LivePolicy>,
 }
 
 impl Web {
@@ -59,6 +60,7 @@ impl Web {
         let store = Store::create(StoreConfig::new(dir.path().join("store"), "clinic.test"), master).unwrap();
         let lockout = Arc::new(Lockout::new(limits));
         let sent = Arc::new(AtomicUsize::new(0));
+        let outbox = Arc::new(std::sync::Mutex::new(Vec::new()));
         let rules = sealpost_policy::LivePolicy::new(
             sealpost_policy::Policy::new(sealpost_policy::PolicyConfig::default()).unwrap(),
         );
@@ -90,11 +92,11 @@ impl Web {
                 quarantine_subjects: false,
             },
             SendingConfig {
-                outbox: Arc::new(CountingOutbox(sent.clone())),
+                outbox: Arc::new(CountingOutbox(sent.clone(), outbox.clone())),
                 queue_waker: None,
                 notice_from: "postmaster@clinic.test".into(),
                 upload_bytes_max: 1024 * 1024,
-                rules,
+                rules: rules.clone(),
             },
         )
         .unwrap();
@@ -105,6 +107,8 @@ impl Web {
             lockout,
             app,
             sent,
+            outbox,
+            rules,
         }
     }
 
