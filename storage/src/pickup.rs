@@ -783,3 +783,59 @@ struct ProofRecord {
 fn normalised_proof(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
 }
+
+/// Bytes of passkey records one portal address may keep (a few passkeys' WebAuthn records).
+pub const PORTAL_PASSKEYS_BYTES_MAX: usize = 64 * 1024;
+
+impl Store {
+    fn portal_passkeys_key(&self, recipient: &str) -> Vec<u8> {
+        let mut key = b"portal-passkeys/".to_vec();
+        key.extend_from_slice(&crypto::keyed_hash(
+            &self.inner.store_keys.index,
+            b"portal-passkeys",
+            recipient.trim().to_lowercase().as_bytes(),
+        ));
+        key
+    }
+
+    /// The passkeys an outside recipient registered for their address, as the web keeps them
+    /// (opaque here), sealed with the directory key under a keyed hash of the address.
+    pub fn portal_passkeys(&self, recipient: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.portal_passkeys_key(recipient);
+        match self.inner.engine.get(Table::Meta, &key)? {
+            Some(sealed) => Ok(Some(self.inner.directory.open(&key, &sealed)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps the recipient's passkeys (a new one, or a sign-in's counter), with `events` in the
+    /// same write.
+    pub fn set_portal_passkeys(&self, recipient: &str, keys: &[u8], events: Vec<crate::AuditEvent>) -> Result<()> {
+        if keys.len() > PORTAL_PASSKEYS_BYTES_MAX {
+            return Err(Error::LimitExceeded {
+                what: "portal passkey bytes",
+                actual: keys.len() as u64,
+                max: PORTAL_PASSKEYS_BYTES_MAX as u64,
+            });
+        }
+        let key = self.portal_passkeys_key(recipient);
+        let mut batch = Batch::default();
+        batch.put(Table::Meta, key.clone(), self.inner.directory.seal(&key, keys));
+        self.commit_audited(batch, events)?;
+        Ok(())
+    }
+
+    /// Forgets the recipient's passkeys (a lost device: the sender or an admin resets them, and
+    /// the portal mails codes again); audited. `false` when there were none.
+    pub fn reset_portal_passkeys(&self, recipient: &str, actor: &crate::Actor) -> Result<bool> {
+        let key = self.portal_passkeys_key(recipient);
+        if self.inner.engine.get(Table::Meta, &key)?.is_none() {
+            return Ok(false);
+        }
+        let mut batch = Batch::default();
+        batch.delete(Table::Meta, key);
+        let event = crate::AuditEvent::new(actor, "portal.passkey.reset", format!("for {recipient}"));
+        self.commit_audited(batch, vec![event])?;
+        Ok(true)
+    }
+}

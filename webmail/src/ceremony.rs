@@ -18,6 +18,10 @@ pub(crate) const CEREMONIES_MAX: usize = 10_000;
 pub(crate) enum Kind {
     SignIn,
     Register,
+    /// A portal visitor registering a passkey for their address.
+    PortalRegister,
+    /// A portal visitor opening a pickup with their passkey.
+    PortalSignIn,
 }
 
 struct Pending {

@@ -296,6 +296,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/sent", get(sent::list))
         .route("/sent/{queue}", get(sent::status))
         .route("/sent/{queue}/revoke", post(sent::revoke))
+        .route("/sent/{queue}/reset-passkey", post(sent::reset_passkey))
         .route("/pickup/{token}", get(portal::link))
         .route("/pickup/{token}/code", post(portal::send_code))
         .route("/pickup/{token}/verify", get(portal::verify_page).post(portal::verify))
@@ -308,6 +309,10 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/portal/{id}/attachment/{index}", get(portal::attachment))
         .route("/portal/{id}/reply", post(portal::reply).layer(uploads))
         .route("/portal/{id}/proof", post(portal::prove))
+        .route("/portal/passkey/start", post(portal::passkey_register_start))
+        .route("/portal/passkey/finish", post(portal::passkey_register_finish))
+        .route("/pickup/{token}/passkey/start", post(portal::passkey_sign_in_start))
+        .route("/pickup/{token}/passkey/finish", post(portal::passkey_sign_in_finish))
         .route("/", get(signin::home))
         .route("/sign-in", get(signin::sign_in_page).post(signin::sign_in))
         .route(

@@ -25,7 +25,7 @@ use sealpost_storage::{
     Actor, AuditEvent, AuditOutcome, DeliveryTarget, Flags, InternalDate, NewMessage, Outbound, OutboundRecipient,
     Pickup, PickupId, PickupState, PortalReply, ProofCheck, ProofKind, SpecialUse,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::html::{render, when, Frame};
@@ -367,12 +367,289 @@ pub(crate) async fn link(
             return see_other(&format!("/portal/{}", pickup.id));
         }
     }
+    if patient_keys(&state, &pickup.recipient).await.is_some() {
+        let response = passkey_link_page(&token, &form, &pickup);
+        return (AppendHeaders(set), response).into_response();
+    }
     let (state2, recipient) = (state.clone(), pickup.recipient.clone());
     let has_password = blocking(move || state2.store.has_portal_password(&recipient).unwrap_or(false))
         .await
         .unwrap_or(false);
     let response = link_page(&token, &form, &pickup, has_password, None, StatusCode::OK);
     (AppendHeaders(set), response).into_response()
+}
+
+/// The passkeys one address registered in the portal, as kept in the store.
+#[derive(Serialize, Deserialize)]
+struct PatientKeys {
+    user: sealpost_auth::passkeys::Uuid,
+    keys: Vec<sealpost_auth::passkeys::Passkey>,
+}
+
+/// Passkeys one portal address may register.
+pub(crate) const PORTAL_PASSKEYS_MAX: usize = 5;
+
+/// The address's passkeys, if it registered any (a record that cannot be read counts as
+/// present: the portal then refuses codes rather than falling back to them).
+async fn patient_keys(state: &Arc<WebState>, recipient: &str) -> Option<PatientKeys> {
+    let (store, recipient) = (state.store.clone(), recipient.to_string());
+    let stored = blocking(move || store.portal_passkeys(&recipient)).await;
+    match stored {
+        Some(Ok(None)) => None,
+        Some(Ok(Some(bytes))) => Some(serde_json::from_slice(&bytes).unwrap_or(PatientKeys {
+            user: sealpost_auth::passkeys::new_user_handle(),
+            keys: Vec::new(),
+        })),
+        _ => Some(PatientKeys {
+            user: sealpost_auth::passkeys::new_user_handle(),
+            keys: Vec::new(),
+        }),
+    }
+}
+
+/// The link's page for an address with a passkey: the passkey opens it; no code is mailed.
+fn passkey_link_page(token: &str, form: &str, pickup: &Pickup) -> Response {
+    let organisation = crate::html::brand()
+        .map(|b| b.organisation.clone())
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(|| "The sender".into());
+    let (start, finish) = (
+        format!("/pickup/{token}/passkey/start"),
+        format!("/pickup/{token}/passkey/finish"),
+    );
+    let address = masked(&pickup.recipient);
+    let content = view! {
+        <section id="pickup">
+            <p>{format!("{organisation} sent a secure message to {address}.")}</p>
+            <form data-passkey="sign-in" data-start=start data-finish=finish id="with-passkey">
+                <p>"This address opens its messages with the passkey you registered."</p>
+                <button type="submit">"Open with my passkey"</button>
+                <p class="passkey-status muted" role="status"></p>
+            </form>
+            <p class="muted">"Lost it? Ask the sender to reset your passkey; then a code is emailed again."</p>
+        </section>
+    };
+    render(
+        Frame {
+            title: "A secure message for you",
+            csrf: Some(form),
+            account: None,
+            script: true,
+        },
+        content,
+    )
+    .into_response()
+}
+
+/// The answer to a code or password sign-in for an address that uses a passkey.
+fn passkey_only() -> Response {
+    crate::html::message_page_status(
+        StatusCode::FORBIDDEN,
+        "Use your passkey",
+        "This address opens its messages with a passkey, not with emailed codes or a password. Lost it? Ask the sender to reset it.",
+    )
+}
+
+/// A portal visitor starts registering a passkey for their address (JSON, the session's CSRF
+/// token in the header).
+pub(crate) async fn passkey_register_start(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+    axum::Json(_request): axum::Json<serde_json::Value>,
+) -> Response {
+    let Some((recipient, csrf)) = state.portal.session(&headers) else {
+        return crate::request::json_error(StatusCode::UNAUTHORIZED, "open the link in your email again");
+    };
+    if !same_token(crate::request::script_token(&headers), &csrf) {
+        return crate::request::stale_page();
+    }
+    let existing = patient_keys(&state, &recipient).await;
+    let (user, keys) = match existing {
+        Some(found) => (found.user, found.keys),
+        None => (sealpost_auth::passkeys::new_user_handle(), Vec::new()),
+    };
+    if keys.len() >= PORTAL_PASSKEYS_MAX {
+        return crate::request::json_error(StatusCode::BAD_REQUEST, "at most 5 passkeys for one address");
+    }
+    match state.passkeys.start_registration(user, &recipient, &recipient, &keys) {
+        Ok((options, ceremony_state)) => {
+            let kept = serde_json::json!({ "state": ceremony_state, "recipient": recipient, "user": user }).to_string();
+            let ceremony = state.ceremonies.start(
+                crate::ceremony::Kind::PortalRegister,
+                sealpost_storage::AccountId(0),
+                kept,
+            );
+            let options: serde_json::Value = serde_json::from_str(&options).unwrap_or_default();
+            axum::Json(serde_json::json!({ "ceremony": ceremony, "options": options })).into_response()
+        }
+        Err(error) => crate::request::json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PasskeyAnswer {
+    ceremony: String,
+    credential: serde_json::Value,
+}
+
+/// The passkey's answer: kept for the address, audited; from now on its links open with it.
+pub(crate) async fn passkey_register_finish(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    axum::Json(request): axum::Json<PasskeyAnswer>,
+) -> Response {
+    let Some((recipient, csrf)) = state.portal.session(&headers) else {
+        return crate::request::json_error(StatusCode::UNAUTHORIZED, "open the link in your email again");
+    };
+    if !same_token(crate::request::script_token(&headers), &csrf) {
+        return crate::request::stale_page();
+    }
+    let Some((_, kept)) = state
+        .ceremonies
+        .finish(&request.ceremony, crate::ceremony::Kind::PortalRegister)
+    else {
+        return crate::request::json_error(StatusCode::BAD_REQUEST, "that took too long; try again");
+    };
+    let kept: serde_json::Value = serde_json::from_str(&kept).unwrap_or_default();
+    if kept["recipient"].as_str() != Some(recipient.as_str()) {
+        return crate::request::json_error(StatusCode::FORBIDDEN, "not your ceremony");
+    }
+    let (Some(ceremony_state), Ok(user)) = (
+        kept["state"].as_str(),
+        serde_json::from_value::<sealpost_auth::passkeys::Uuid>(kept["user"].clone()),
+    ) else {
+        return crate::request::json_error(StatusCode::BAD_REQUEST, "try again");
+    };
+    let passkey = match state
+        .passkeys
+        .finish_registration(ceremony_state, &request.credential.to_string())
+    {
+        Ok(passkey) => passkey,
+        Err(error) => return crate::request::json_error(StatusCode::BAD_REQUEST, &error.to_string()),
+    };
+    let mut keys = patient_keys(&state, &recipient)
+        .await
+        .map(|k| k.keys)
+        .unwrap_or_default();
+    if keys.len() >= PORTAL_PASSKEYS_MAX || keys.iter().any(|k| k.cred_id() == passkey.cred_id()) {
+        return crate::request::json_error(StatusCode::BAD_REQUEST, "this passkey is registered already");
+    }
+    keys.push(passkey);
+    let record = serde_json::to_vec(&PatientKeys { user, keys }).unwrap_or_default();
+    let actor = portal_actor(&recipient, &peer);
+    let (store, address) = (state.store.clone(), recipient.clone());
+    let event = AuditEvent::new(&actor, "portal.passkey.add", format!("for {address}"));
+    match blocking(move || store.set_portal_passkeys(&address, &record, vec![event])).await {
+        Some(Ok(())) => axum::Json(serde_json::json!({ "next": "/portal?done=passkey" })).into_response(),
+        _ => crate::request::json_error(StatusCode::SERVICE_UNAVAILABLE, "try again shortly"),
+    }
+}
+
+/// Whether a pre-session script request carries the form cookie's token.
+fn script_form_token_ok(headers: &HeaderMap) -> bool {
+    let sent = crate::request::script_token(headers);
+    !sent.is_empty() && form_token_ok(headers, sent)
+}
+
+/// The link's passkey sign-in starts: options for the address's passkeys.
+pub(crate) async fn passkey_sign_in_start(
+    State(state): State<Arc<WebState>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !script_form_token_ok(&headers) {
+        return crate::request::stale_page();
+    }
+    let Some(pickup) = pickup_of_token(&state, token.clone())
+        .await
+        .filter(|p| p.state == PickupState::Live)
+    else {
+        return crate::request::json_error(StatusCode::NOT_FOUND, "this link does not open a message");
+    };
+    let Some(found) = patient_keys(&state, &pickup.recipient)
+        .await
+        .filter(|k| !k.keys.is_empty())
+    else {
+        return crate::request::json_error(StatusCode::BAD_REQUEST, "this address has no passkey");
+    };
+    match state.passkeys.start_sign_in(&found.keys) {
+        Ok((options, ceremony_state)) => {
+            let kept = serde_json::json!({ "state": ceremony_state, "token": token }).to_string();
+            let ceremony = state.ceremonies.start(
+                crate::ceremony::Kind::PortalSignIn,
+                sealpost_storage::AccountId(0),
+                kept,
+            );
+            let options: serde_json::Value = serde_json::from_str(&options).unwrap_or_default();
+            axum::Json(serde_json::json!({ "ceremony": ceremony, "options": options })).into_response()
+        }
+        Err(error) => crate::request::json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
+}
+
+/// The passkey's answer: a portal session for the address (audited), the signature counter
+/// kept; the script then opens the message.
+pub(crate) async fn passkey_sign_in_finish(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    axum::Json(request): axum::Json<PasskeyAnswer>,
+) -> Response {
+    if !script_form_token_ok(&headers) {
+        return crate::request::stale_page();
+    }
+    let Some((_, kept)) = state
+        .ceremonies
+        .finish(&request.ceremony, crate::ceremony::Kind::PortalSignIn)
+    else {
+        return crate::request::json_error(StatusCode::BAD_REQUEST, "that took too long; try again");
+    };
+    let kept: serde_json::Value = serde_json::from_str(&kept).unwrap_or_default();
+    if kept["token"].as_str() != Some(token.as_str()) {
+        return crate::request::json_error(StatusCode::FORBIDDEN, "not this link's ceremony");
+    }
+    let Some(pickup) = pickup_of_token(&state, token.clone())
+        .await
+        .filter(|p| p.state == PickupState::Live)
+    else {
+        return crate::request::json_error(StatusCode::NOT_FOUND, "this link does not open a message");
+    };
+    let Some(mut found) = patient_keys(&state, &pickup.recipient)
+        .await
+        .filter(|k| !k.keys.is_empty())
+    else {
+        return crate::request::json_error(StatusCode::BAD_REQUEST, "this address has no passkey");
+    };
+    let actor = portal_actor(&pickup.recipient, &peer);
+    let checked = state.passkeys.finish_sign_in(
+        kept["state"].as_str().unwrap_or_default(),
+        &request.credential.to_string(),
+        &mut found.keys,
+    );
+    let (store, address, id) = (state.store.clone(), pickup.recipient.clone(), pickup.id);
+    if let Err(why) = checked {
+        let event = AuditEvent::new(&actor, "portal.sign_in", format!("pickup {id}"))
+            .outcome(AuditOutcome::Denied)
+            .detail(format!("passkey refused: {why}"));
+        let _ = blocking(move || store.audit(event)).await;
+        return crate::request::json_error(StatusCode::UNAUTHORIZED, "the passkey was not accepted");
+    }
+    let record = serde_json::to_vec(&found).unwrap_or_default();
+    let event = AuditEvent::new(&actor, "portal.sign_in", format!("pickup {id}")).detail("passkey");
+    if !matches!(
+        blocking(move || store.set_portal_passkeys(&address, &record, vec![event])).await,
+        Some(Ok(()))
+    ) {
+        return crate::request::json_error(StatusCode::SERVICE_UNAVAILABLE, "try again shortly");
+    }
+    let secret = state.portal.start_session(&pickup.recipient);
+    (
+        AppendHeaders([set_cookie(PORTAL_COOKIE, &secret)]),
+        axum::Json(serde_json::json!({ "next": format!("/portal/{}", pickup.id) })),
+    )
+        .into_response()
 }
 
 /// The page of a live link: a code by mail, or the recipient's own password if they chose one.
@@ -432,6 +709,9 @@ pub(crate) async fn password_sign_in(State(state): State<Arc<WebState>>, link: L
         form,
         peer,
     } = link;
+    if patient_keys(&state, &pickup.recipient).await.is_some() {
+        return passkey_only();
+    }
     let login = format!("portal:{}", pickup.recipient);
     let client = peer.0.ip().to_string();
     let actor = portal_actor(&pickup.recipient, &peer);
@@ -649,6 +929,10 @@ pub(crate) async fn send_code(State(state): State<Arc<WebState>>, link: LinkForm
     let LinkForm {
         pickup, token, peer, ..
     } = link;
+    // An address with a passkey is never mailed a code: whoever reads its mail gets nothing.
+    if patient_keys(&state, &pickup.recipient).await.is_some() {
+        return passkey_only();
+    }
     let code = match state.portal.issue_code(pickup.id) {
         Ok(code) => code,
         Err(NoCode::TooMany) => {
@@ -1195,6 +1479,7 @@ pub(crate) async fn home(
             "password" => "Your password is set: next time, use it instead of a code.",
             "password-removed" => "Your password is removed: next time, we email you a code.",
             "password-mismatch" => "The two passwords were not the same; nothing was changed.",
+            "passkey" => "Your passkey is registered: links to this address now open with it, and no code is emailed.",
             _ => "Done.",
         }
         .to_string()
@@ -1223,18 +1508,41 @@ pub(crate) async fn home(
         }
         .into_any()
     };
+    let has_passkey = patient_keys(&state, &recipient).await.is_some();
+    let passkey = view! {
+        <form data-passkey="register" data-start="/portal/passkey/start" data-finish="/portal/passkey/finish" class="stack" id="passkey-form">
+            <p>{if has_passkey {
+                "Your messages open with your passkey. You may add another device's."
+            } else {
+                "Safest: register a passkey (your phone or computer's screen lock). Then links to this address open only with it, and no code is emailed, so someone reading your email cannot open your messages."
+            }}</p>
+            <input type="hidden" name="name" value="portal"/>
+            <button type="submit">"Use a passkey for this address"</button>
+            <p class="passkey-status muted" role="status"></p>
+        </form>
+    };
     let content = view! {
         {crate::html::notice_line(done)}
         <p>{format!("Signed in as {recipient}.")}</p>
+        {passkey}
         <table id="pickups"><tr><th>"Message"</th><th>"Sent"</th><th>"Open"</th></tr>{rows}</table>
         <h2>"Return visits"</h2>
         {password}
         <form method="post" action="/portal/sign-out">
-            <input type="hidden" name="csrf" value=csrf/>
+            <input type="hidden" name="csrf" value=csrf.clone()/>
             <button type="submit" class="quiet">"Sign out"</button>
         </form>
     };
-    page("Your secure messages", content).into_response()
+    render(
+        Frame {
+            title: "Your secure messages",
+            csrf: Some(&csrf),
+            account: None,
+            script: true,
+        },
+        content,
+    )
+    .into_response()
 }
 
 #[derive(Deserialize)]

@@ -180,12 +180,30 @@ pub(crate) async fn status(
                     </form>
                 }
             });
-            view! { <tr><td>{line.address.clone()}</td><td class="status">{text}</td><td>{form}</td></tr> }
+            // A patient who lost the passkey they registered in the portal: the sender resets it,
+            // and codes are emailed to the address again.
+            let reset = line.pickup.is_some().then(|| {
+                let (csrf, action, address) = (
+                    csrf.clone(),
+                    format!("/sent/{queue}/reset-passkey"),
+                    line.address.clone(),
+                );
+                view! {
+                    <form method="post" action=action class="inline">
+                        <input type="hidden" name="csrf" value=csrf/>
+                        <input type="hidden" name="recipient" value=address/>
+                        <button type="submit" class="quiet">"Reset their portal passkey"</button>
+                    </form>
+                }
+            });
+            view! { <tr><td>{line.address.clone()}</td><td class="status">{text}</td><td>{form}{reset}</td></tr> }
         })
         .collect();
     let done = query.done.map(|d| match d.as_str() {
         "revoked" => "Withdrawn: the link no longer opens the message.".to_string(),
         "gone" => "There was nothing left to withdraw.".to_string(),
+        "passkey-reset" => "Their portal passkey is reset: a code is emailed to them again.".to_string(),
+        "no-passkey" => "They had no portal passkey.".to_string(),
         _ => "Done.".to_string(),
     });
     let title = subject_of(&delivery);
@@ -242,5 +260,43 @@ pub(crate) async fn revoke(
             "Not withdrawn",
             "The message could not be withdrawn; try again.",
         ),
+    }
+}
+
+/// The sender resets the portal passkey of one of this message's portal recipients (a lost
+/// device); audited. Only for an address this message went to through the portal.
+pub(crate) async fn reset_passkey(
+    State(state): State<Arc<WebState>>,
+    Extension(peer): Extension<Peer>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<RevokeForm>,
+) -> Response {
+    let (found, account) = match reader(&state, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    if !found.session.csrf_ok(&form.csrf) {
+        return crate::request::forbidden();
+    }
+    let Ok(queue) = queue.parse::<QueueId>() else {
+        return crate::mail::not_found();
+    };
+    let (state2, id, actor) = (state.clone(), account.id, actor_of(&account, &peer));
+    let recipient = form.recipient;
+    let reset = blocking(move || {
+        let delivery = state2.store.delivery(id, queue).ok()??;
+        let line = delivery
+            .lines
+            .iter()
+            .find(|l| l.address.eq_ignore_ascii_case(&recipient) && l.pickup.is_some())?;
+        state2.store.reset_portal_passkeys(&line.address, &actor).ok()
+    })
+    .await
+    .flatten();
+    match reset {
+        Some(true) => see_other(&format!("/sent/{queue}?done=passkey-reset")),
+        Some(false) => see_other(&format!("/sent/{queue}?done=no-passkey")),
+        None => crate::mail::not_found(),
     }
 }

@@ -7,9 +7,12 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::{body_text, Web};
+use common::{body_text, set_cookie, Web, FORM_TOKEN, ORIGIN, PORTAL_COOKIE};
 use sealpost_auth::LoginLimits;
 use sealpost_storage::{Actor, Role, PORTAL_REPLIES_PER_PICKUP_PER_DAY_MAX};
+use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+use webauthn_authenticator_rs::WebauthnAuthenticator;
+use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, Url};
 
 const RESULTS: &[u8] = b"From: doc@clinic.test\r\nTo: pat@outside.test\r\nSubject: Your results\r\n\
     Message-ID: <r1@clinic.test>\r\n\r\nAll is well.\r\n";
@@ -312,4 +315,117 @@ async fn a_policy_can_require_a_proof_for_every_message_to_outside() {
     )
     .await;
     assert_eq!((status, raw.is_some()), (StatusCode::SEE_OTHER, true));
+}
+
+/// Registers a passkey for the portal session's address: the finish's status.
+async fn register_patient_passkey(web: &Web, cookie: &str, csrf: &str, device: &mut SoftPasskey) -> StatusCode {
+    let started = web
+        .post_json(
+            "/portal/passkey/start",
+            cookie,
+            csrf,
+            &serde_json::json!({ "name": "phone" }),
+        )
+        .await;
+    assert_eq!(started.status(), StatusCode::OK);
+    let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
+    let options: CreationChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
+    let credential = device.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
+    web.post_json(
+        "/portal/passkey/finish",
+        cookie,
+        csrf,
+        &serde_json::json!({ "ceremony": started["ceremony"], "credential": credential }),
+    )
+    .await
+    .status()
+}
+
+/// Opens a link with the address's passkey: the portal cookie, or the refusal's status.
+async fn open_with_passkey(web: &Web, token: &str, device: &mut SoftPasskey) -> Result<String, StatusCode> {
+    let started = web
+        .post_json(
+            &format!("/pickup/{token}/passkey/start"),
+            "",
+            FORM_TOKEN,
+            &serde_json::json!({}),
+        )
+        .await;
+    if started.status() != StatusCode::OK {
+        return Err(started.status());
+    }
+    let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
+    let options: RequestChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
+    let credential = device
+        .do_authentication(Url::parse(ORIGIN).unwrap(), options)
+        .map_err(|_| StatusCode::UNAUTHORIZED)?;
+    let finished = web
+        .post_json(
+            &format!("/pickup/{token}/passkey/finish"),
+            "",
+            FORM_TOKEN,
+            &serde_json::json!({ "ceremony": started["ceremony"], "credential": credential }),
+        )
+        .await;
+    match finished.status() {
+        StatusCode::OK => Ok(set_cookie(&finished, PORTAL_COOKIE).unwrap()),
+        status => Err(status),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_with_a_passkey_is_never_mailed_a_code_and_the_sender_can_reset_it() {
+    let web = Web::new(LoginLimits::default());
+    let doc = web.account("doc@clinic.test", Role::Staff);
+    let clinician = web.signed_in(doc);
+    // First visit: the mailed code, then a passkey for the address.
+    let (token, id, _) = web.pickup(doc, "pat@outside.test", RESULTS);
+    let patient = web.portal_visitor(&token).await;
+    let csrf = portal_csrf(&web, &patient, &id.to_string()).await;
+    let mut phone = SoftPasskey::new(true);
+    assert_eq!(
+        register_patient_passkey(&web, &patient, &csrf, &mut phone).await,
+        StatusCode::OK
+    );
+
+    // The next message: its link asks for the passkey; no code is mailed to the address, so
+    // whoever reads the patient's mail gets nothing to open it with.
+    let (token, id, queue) = web.pickup(doc, "pat@outside.test", RESULTS);
+    let page = body_text(web.get(&format!("/pickup/{token}"), "").await).await;
+    assert!(
+        page.contains("Open with my passkey") && !page.contains("Email me a code"),
+        "{page}"
+    );
+    let queued = web.store.queued().unwrap().len();
+    let asked = web
+        .post_form(&format!("/pickup/{token}/code"), "", &format!("form={FORM_TOKEN}"))
+        .await;
+    assert_eq!(asked.status(), StatusCode::FORBIDDEN);
+    assert_eq!(web.store.queued().unwrap().len(), queued, "no code mailed");
+    let mut stranger = SoftPasskey::new(true);
+    assert!(
+        open_with_passkey(&web, &token, &mut stranger).await.is_err(),
+        "another key"
+    );
+    // The patient's passkey opens it.
+    let session = open_with_passkey(&web, &token, &mut phone)
+        .await
+        .expect("the passkey opens it");
+    assert_eq!(
+        web.get(&format!("/portal/{id}"), &session).await.status(),
+        StatusCode::OK
+    );
+
+    // A lost phone: the sender resets the passkey (audited) and codes are mailed again.
+    let csrf = web.session(&clinician).unwrap().csrf;
+    let reset = web
+        .post_form(
+            &format!("/sent/{queue}/reset-passkey"),
+            &clinician,
+            &format!("csrf={csrf}&recipient=pat%40outside.test"),
+        )
+        .await;
+    assert_eq!(common::location(&reset), format!("/sent/{queue}?done=passkey-reset"));
+    let again = web.portal_visitor(&token).await;
+    assert_eq!(web.get(&format!("/portal/{id}"), &again).await.status(), StatusCode::OK);
 }

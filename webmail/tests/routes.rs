@@ -96,6 +96,11 @@ const POSTS: &[(&str, [u16; 5])] = &[
     ("/portal/sign-out", [303, 303, 303, 303, 403]),
     ("/portal/{id}/reply", [401, 401, 401, 401, 403]),
     ("/portal/{id}/proof", [401, 401, 401, 401, 403]),
+    ("/portal/passkey/start", [401, 401, 401, 401, 403]),
+    ("/portal/passkey/finish", [401, 401, 401, 401, 403]),
+    ("/pickup/{token}/passkey/start", [403, 403, 403, 403, 403]),
+    ("/pickup/{token}/passkey/finish", [403, 403, 403, 403, 403]),
+    ("/sent/{queue}/reset-passkey", [303, 403, 403, 403, 303]),
     ("/sign-in", [403, 403, 403, 403, 403]),
     ("/second-factor", [303, 403, 403, 403, 303]),
     ("/passkey/sign-in/start", [403, 403, 403, 403, 403]),
@@ -346,7 +351,8 @@ async fn every_post_without_its_csrf_token_or_with_a_wrong_one_is_refused_and_ch
                 if let Some(token) = token {
                     form.push_str(&format!("&csrf={token}&form={token}"));
                 }
-                let json = pattern.contains("passkey");
+                // The passkey ceremonies' routes take JSON.
+                let json = pattern.ends_with("/start") || pattern.ends_with("/finish");
                 // The forms that carry files are multipart.
                 let multipart = *pattern == "/compose" || pattern.ends_with("/reply");
                 let mut request = Request::post(&path)

@@ -7,9 +7,12 @@
 //! authenticator works, also those that cannot keep discoverable credentials.
 
 use webauthn_rs::prelude::{
-    CredentialID, Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
-    RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder,
+    CredentialID, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, Url,
+    Webauthn, WebauthnBuilder,
 };
+
+/// The WebAuthn records and user handles callers keep (the portal keeps patients' passkeys).
+pub use webauthn_rs::prelude::{Passkey, Uuid};
 
 /// The relying party: this server's web name and origin.
 pub struct Passkeys {

@@ -144,9 +144,6 @@ pub(crate) async fn classify_recipient(
     }
 }
 
-/// Longest line of a submitted message, in octets before its CRLF (RFC 5322 section 2.1.1).
-pub(crate) const LINE_OCTETS_MAX: usize = 998;
-
 /// Accepts a whole message (trace fields already added): checks, content rules, and one
 /// durable delivery with its audit records; wakes the queue and counts the submission.
 pub(crate) async fn accept(
@@ -198,13 +195,6 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
         if raw.len() as u64 > bytes_max {
             return Err(Refused::Error(format!(
                 "552 5.3.4 the message is larger than the {bytes_max} bytes accepted once its lines end in CRLF"
-            )));
-        }
-        // A line over 998 octets (RFC 5322 section 2.1.1; RFC 5321 section 4.5.3.1.6) would
-        // be cut or refused by the next server: refused here, where the author can mend it.
-        if raw.split(|&b| b == b'\n').any(|line| line.len() > LINE_OCTETS_MAX + 1) {
-            return Err(Refused::Error(format!(
-                "550 5.6.0 a line is longer than {LINE_OCTETS_MAX} octets (RFC 5322); have the mail program encode it"
             )));
         }
         if let Some((name, count)) = repeated_field(&raw) {
