@@ -64,6 +64,7 @@ fn sign_in_passkeys_totp_app_passwords_and_sessions_in_a_real_browser() {
         "signed-in-with-passkey",
         "signed-out-everywhere",
         "recovery-code-once",
+        "confirmed-with-passkey",
         "decoy",
         "done",
     ] {

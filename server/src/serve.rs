@@ -875,6 +875,7 @@ impl sealpost_webmail::Outbox for WebOutbox {
                 raw: message.raw,
                 recipients: message.recipients,
                 peer: message.peer,
+                portal: message.portal,
             };
             let sent =
                 sealpost_smtp::submit_from_web(&self.store, &self.shared, &self.config, account, message).await?;

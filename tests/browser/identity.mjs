@@ -145,6 +145,15 @@ try {
   }
   report("recovery-code-once");
 
+  // 5c. A recovery code signs in, but it is not the account's strongest factor (it has a
+  // passkey now): changes to factors and app passwords first ask for the passkey.
+  check((await page.locator("#app-name").count()) === 0, "an app password offered after a recovery code");
+  await page.goto(`${BASE}/reauth`);
+  check((await page.locator('input[name="password"]').count()) === 0, "the password offered to confirm");
+  await Promise.all([page.waitForNavigation(), page.click('form[data-passkey="sign-in"] button')]);
+  check(page.url().endsWith("/security"), `confirming with the passkey: ${page.url()}`);
+  report("confirmed-with-passkey");
+
   // 6. An app password for the mail client, shown once.
   await page.fill("#app-name", "Browser test client");
   await page.selectOption("#app-scope", "both");

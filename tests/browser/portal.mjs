@@ -200,7 +200,7 @@ try {
   check(status.includes("Secure portal"), `the protection is not shown: ${status}`);
   await mail.screenshot({ path: path.join(ARTIFACTS, "compose-02-delivery-status.png"), fullPage: true });
   const otherRow = mail.locator(`#delivery tr:has-text("${env.OTHER}")`);
-  await Promise.all([mail.waitForNavigation(), otherRow.locator("button").click()]);
+  await Promise.all([mail.waitForNavigation(), otherRow.locator("button.danger").click()]);
   const after = await mail.textContent("main");
   check(after.includes("Withdrawn"), `after withdrawing: ${after}`);
   check((await mail.locator(`#delivery tr:has-text("${env.OTHER}")`).textContent()).includes("withdrawn at"), "not marked withdrawn");

@@ -129,6 +129,15 @@ fn page(state: &WebState, found: &Found, account: &Account, notice: Option<Strin
                 }}
                 <p class="muted">"A lockout also ends by itself when its time is up."</p>
             </section>
+            <section id="portal-passkey">
+                <h2>"A patient lost their portal passkey"</h2>
+                <form method="post" action="/admin/portal-passkeys/reset" class="stack">
+                    <input type="hidden" name="csrf" value=found.session.csrf.clone()/>
+                    <label for="address">"The patient's email address"</label>
+                    <input type="email" id="address" name="address" required=true/>
+                    <button type="submit">"Reset their passkey (codes are emailed again)"</button>
+                </form>
+            </section>
         },
     )
     .into_response()
@@ -172,3 +181,39 @@ pub(crate) async fn lift(State(state): State<Arc<WebState>>, checked: AdminForm<
 }
 
 crate::request::with_csrf!(LiftForm);
+
+#[derive(Deserialize)]
+pub(crate) struct PasskeyResetForm {
+    csrf: String,
+    address: String,
+}
+
+crate::request::with_csrf!(PasskeyResetForm);
+
+/// An admin resets a portal visitor's passkeys (a lost device); audited.
+pub(crate) async fn reset_portal_passkey(
+    State(state): State<Arc<WebState>>,
+    checked: AdminForm<PasskeyResetForm>,
+) -> Response {
+    let AdminForm {
+        found,
+        me: account,
+        form,
+        peer,
+    } = checked;
+    let actor = Actor {
+        name: account.address.clone(),
+        peer: peer.0.to_string(),
+    };
+    let (store, address) = (state.store.clone(), form.address.trim().to_lowercase());
+    let shown = address.clone();
+    let reset = blocking(move || store.reset_portal_passkeys(&address, &actor))
+        .await
+        .and_then(Result::ok);
+    let notice = match reset {
+        Some(true) => format!("{shown}'s portal passkey is reset: codes are emailed to them again."),
+        Some(false) => format!("{shown} had no portal passkey."),
+        None => "Not reset; try again.".to_string(),
+    };
+    page(&state, &found, &account, Some(notice))
+}

@@ -33,6 +33,8 @@ pub struct Outgoing {
     pub recipients: Vec<String>,
     /// The browser's address, for Received and the audit log.
     pub peer: String,
+    /// Set when every outside recipient must get the portal (the sender asked for a proof).
+    pub portal: Option<String>,
 }
 
 /// What became of a sent message.
@@ -643,6 +645,11 @@ pub(crate) async fn submit(
             );
         }
     }
+    // A proof is asked only by the portal: a message that carries one goes there for every
+    // outside recipient, even where verified TLS would reach their mailbox.
+    let portal = proof
+        .as_ref()
+        .map(|_| "the sender asked for a passphrase or the date of birth and surname".to_string());
     if let Some((kind, secret)) = proof {
         let (state2, id, all, actor, message_id) = (
             state.clone(),
@@ -670,6 +677,7 @@ pub(crate) async fn submit(
         raw,
         recipients,
         peer: peer.0.ip().to_string(),
+        portal,
     };
     match state.sending.outbox.send(&account, outgoing).await {
         Ok(sent) => {

@@ -357,6 +357,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/admin/audit/verify", post(audit::verify))
         .route("/enrol/{link}", get(accounts::enrol_page).post(accounts::enrol))
         .route("/admin/lockouts/lift", post(admin::lift))
+        .route("/admin/portal-passkeys/reset", post(admin::reset_portal_passkey))
         .route("/security/totp/start", post(security::totp_start))
         .route("/security/totp/confirm", post(security::totp_confirm))
         .route("/security/totp/remove", post(security::totp_remove))

@@ -235,6 +235,16 @@ impl PortalState {
             .is_some_and(|s| s.proven.contains(&pickup))
     }
 
+    /// Whether this request's session gave any sender's extra proof (a passphrase or an
+    /// answer told apart from email): only such a session may register a passkey.
+    fn proven_any(&self, headers: &HeaderMap) -> bool {
+        let Some(secret) = cookie(headers, PORTAL_COOKIE) else {
+            return false;
+        };
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.get(&digest(&secret)).is_some_and(|s| !s.proven.is_empty())
+    }
+
     fn prove(&self, headers: &HeaderMap, pickup: PickupId) {
         let Some(secret) = cookie(headers, PORTAL_COOKIE) else {
             return;
@@ -463,6 +473,15 @@ pub(crate) async fn passkey_register_start(
     if !same_token(crate::request::script_token(&headers), &csrf) {
         return crate::request::stale_page();
     }
+    // A mailed code proves only that one reads the address's mail: whoever does could
+    // otherwise register their own passkey, shut the patient out and keep reading. So a
+    // passkey is registered only by a session that gave a sender's proof told apart from email.
+    if !state.portal.proven_any(&headers) {
+        return crate::request::json_error(
+            StatusCode::FORBIDDEN,
+            "a passkey can be registered after you gave the passphrase or answer a sender asked for",
+        );
+    }
     let existing = patient_keys(&state, &recipient).await;
     let (user, keys) = match existing {
         Some(found) => (found.user, found.keys),
@@ -512,7 +531,7 @@ pub(crate) async fn passkey_register_finish(
         return crate::request::json_error(StatusCode::BAD_REQUEST, "that took too long; try again");
     };
     let kept: serde_json::Value = serde_json::from_str(&kept).unwrap_or_default();
-    if kept["recipient"].as_str() != Some(recipient.as_str()) {
+    if kept["recipient"].as_str() != Some(recipient.as_str()) || !state.portal.proven_any(&headers) {
         return crate::request::json_error(StatusCode::FORBIDDEN, "not your ceremony");
     }
     let (Some(ceremony_state), Ok(user)) = (
@@ -1089,6 +1108,10 @@ pub(crate) async fn verify(State(state): State<Arc<WebState>>, link: LinkForm<Co
         form,
         peer,
     } = link;
+    // A code issued before the address registered a passkey opens nothing now.
+    if patient_keys(&state, &pickup.recipient).await.is_some() {
+        return passkey_only();
+    }
     let check = state.portal.check_code(pickup.id, &form.code);
     let actor = portal_actor(&pickup.recipient, &peer);
     let mut event = AuditEvent::new(&actor, "portal.code.verify", format!("pickup {}", pickup.id));
@@ -1257,21 +1280,31 @@ async fn own_pickup(state: &Arc<WebState>, recipient: &str, id: &str) -> Result<
 
 /// The Message-ID of the message a pickup holds, from its delivery record (the proof is
 /// kept under it, written before the message was submitted).
-async fn message_id_of(state: &Arc<WebState>, pickup: &Pickup) -> Option<String> {
+/// `Err` when the record cannot be read: the caller then fails closed.
+async fn message_id_of(state: &Arc<WebState>, pickup: &Pickup) -> Result<Option<String>, ()> {
     let (store, account, queue) = (state.store.clone(), pickup.account, pickup.queue);
     blocking(move || {
-        let delivery = store.delivery(account, queue).ok()??;
-        let summary = sealpost_mime::Summary::from_bytes(&delivery.summary)?;
-        sealpost_mime::Shown::of_imap(&summary.envelope).message_id
+        let delivery = store.delivery(account, queue).map_err(|_| ())?;
+        Ok(delivery
+            .and_then(|d| sealpost_mime::Summary::from_bytes(&d.summary))
+            .and_then(|summary| sealpost_mime::Shown::of_imap(&summary.envelope).message_id))
     })
     .await
-    .flatten()
+    .unwrap_or(Err(()))
 }
 
 /// What the sender asked of this pickup's recipient besides the code, if anything: its kind,
 /// the tries left and the message's id.
 async fn proof_asked(state: &Arc<WebState>, pickup: &Pickup) -> Result<Option<(ProofKind, u8, String)>, Response> {
-    let Some(message_id) = message_id_of(state, pickup).await else {
+    let unavailable = || {
+        crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The message cannot be opened just now; try again in a minute.",
+        )
+    };
+    // No Message-ID: the message was not composed on the web, where proofs are set.
+    let Some(message_id) = message_id_of(state, pickup).await.map_err(|()| unavailable())? else {
         return Ok(None);
     };
     let (store, account, recipient, id) = (
@@ -1426,10 +1459,11 @@ pub(crate) async fn prove(
     .await
     .flatten();
     match checked {
-        Some(ProofCheck::Right | ProofCheck::NotAsked) => {
+        Some(ProofCheck::Right) => {
             state.portal.prove(&headers, pickup.id);
             see_other(&format!("/portal/{}", pickup.id))
         }
+        Some(ProofCheck::NotAsked) => see_other(&format!("/portal/{}", pickup.id)),
         Some(ProofCheck::Wrong { tries_left }) => proof_form(
             &pickup,
             kind,
@@ -1509,7 +1543,8 @@ pub(crate) async fn home(
         .into_any()
     };
     let has_passkey = patient_keys(&state, &recipient).await.is_some();
-    let passkey = view! {
+    let may_register = state.portal.proven_any(&headers);
+    let passkey = may_register.then(|| view! {
         <form data-passkey="register" data-start="/portal/passkey/start" data-finish="/portal/passkey/finish" class="stack" id="passkey-form">
             <p>{if has_passkey {
                 "Your messages open with your passkey. You may add another device's."
@@ -1520,7 +1555,7 @@ pub(crate) async fn home(
             <button type="submit">"Use a passkey for this address"</button>
             <p class="passkey-status muted" role="status"></p>
         </form>
-    };
+    });
     let content = view! {
         {crate::html::notice_line(done)}
         <p>{format!("Signed in as {recipient}.")}</p>
@@ -1832,12 +1867,12 @@ async fn reply_refused(state: &Arc<WebState>, pickup: &Pickup, bytes: u64) -> Op
             StatusCode::TOO_MANY_REQUESTS,
             "Not sent",
             &format!(
-                "You sent {today} replies to this message in the last day, which is the most it takes.                  Try again tomorrow, or call the sender."
+                "You sent {today} replies to this message in the last day, which is the most it takes. Try again tomorrow, or call the sender."
             ),
         ));
     }
     let (store, id, account) = (state.store.clone(), pickup.id, pickup.account);
-    let (sent, quota) = blocking(move || {
+    let counted = blocking(move || {
         let sent = store.portal_reply_bytes(id).ok()?;
         let quota = match store.quota(account).ok()? {
             Some(limit) => Some((store.quota_usage(account).ok()?, limit)),
@@ -1846,7 +1881,15 @@ async fn reply_refused(state: &Arc<WebState>, pickup: &Pickup, bytes: u64) -> Op
         Some((sent, quota))
     })
     .await
-    .flatten()?;
+    .flatten();
+    // What cannot be counted is not sent.
+    let Some((sent, quota)) = counted else {
+        return Some(crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not sent",
+            "Your reply could not be sent just now; try again in a minute.",
+        ));
+    };
     if sent.saturating_add(bytes) > sealpost_storage::PORTAL_REPLY_BYTES_PER_PICKUP_MAX {
         return Some(crate::html::message_page_status(
             StatusCode::PAYLOAD_TOO_LARGE,

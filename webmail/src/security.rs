@@ -573,10 +573,16 @@ async fn enrolled(state: &Arc<WebState>, found: &mut Found, method: &str) {
     let _ = blocking(move || websession::save(&state.store, account, &id, &session, vec![])).await;
 }
 
-/// Whether a factor may change in this session now: an enrolling session adds its first
-/// factor; a signed-in one must have confirmed with its strongest factor in the last minutes.
-fn may_change_factors(found: &Found) -> bool {
-    found.session.stage == Stage::Enrolment || found.session.recently_strong(now_ms())
+/// Whether a factor may change in this session now: a signed-in one must have confirmed with
+/// its strongest factor in the last minutes; an enrolling one adds its first factor, or (a
+/// passkey role that proved its TOTP) the passkey it owes, while that proof is recent. An
+/// enrolling session left open from before the owner enrolled a factor adds nothing.
+fn may_change_factors(found: &Found, credentials: &Credentials) -> bool {
+    let recent = found.session.recently_strong(now_ms());
+    match found.session.stage {
+        Stage::Enrolment => !credentials.has_second_factor() || recent,
+        _ => recent,
+    }
 }
 
 /// The refusal of a TOTP enrolment for a role that signs in with a passkey only: the code
@@ -591,7 +597,7 @@ pub(crate) async fn totp_start(State(state): State<Arc<WebState>>, checked: Chec
         form: _,
         peer: _,
     } = checked;
-    if !may_change_factors(&found) {
+    if !may_change_factors(&found, &credentials) {
         return see_other("/reauth");
     }
     if state.policy().passkey_required(&account) {
@@ -653,7 +659,7 @@ pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Ch
         form,
         peer,
     } = checked;
-    if !may_change_factors(&found) {
+    if !may_change_factors(&found, &credentials) {
         return see_other("/reauth");
     }
     if state.policy().passkey_required(&account) {
@@ -749,7 +755,7 @@ pub(crate) async fn totp_remove(State(state): State<Arc<WebState>>, checked: Che
     if credentials.totp.is_none() {
         return show(&state, &found, &account, &credentials, Outcome::none()).await;
     }
-    if !may_change_factors(&found) {
+    if !may_change_factors(&found, &credentials) {
         return see_other("/reauth");
     }
     if !keeps_enough(&state, &account, &credentials, false) {
@@ -788,11 +794,11 @@ pub(crate) async fn recovery_codes(State(state): State<Arc<WebState>>, checked: 
     let Checked {
         found,
         account,
-        credentials: _,
+        credentials,
         form: _,
         peer,
     } = checked;
-    if !may_change_factors(&found) {
+    if !may_change_factors(&found, &credentials) {
         return see_other("/reauth");
     }
     let (codes, hashes) = secrets::recovery_codes();
@@ -828,7 +834,7 @@ pub(crate) async fn passkey_start(
     if !found.session.csrf_ok(script_token(&headers)) {
         return stale_page();
     }
-    if !may_change_factors(&found) {
+    if !may_change_factors(&found, &credentials) {
         return json_error(
             StatusCode::FORBIDDEN,
             "confirm it is you first (Account security, Confirm)",
@@ -948,7 +954,7 @@ pub(crate) async fn passkey_remove(State(state): State<Arc<WebState>>, checked: 
     if !credentials.passkeys.iter().any(|k| k.id == form.id) {
         return show(&state, &found, &account, &credentials, Outcome::none()).await;
     }
-    if !may_change_factors(&found) {
+    if !may_change_factors(&found, &credentials) {
         return see_other("/reauth");
     }
     if !keeps_enough(&state, &account, &credentials, true) {

@@ -262,6 +262,8 @@ pub(crate) async fn sign_in(
             &account,
             None,
             Stage::SignedIn("password".into()),
+            // The password is all this account has: its strongest factor.
+            true,
             &peer,
             &headers,
             next,
@@ -291,12 +293,16 @@ pub(crate) async fn sign_in(
 /// session id seen before the sign-in is worth nothing after it), the sign-in recorded, a
 /// notice when the network is new, the lockout's count for the account cleared. `stage` is
 /// `SignedIn(method)`, or `Enrolment` for a role that proved the factor it has and must
-/// now add the passkey it lacks (that session is strong: it just proved two factors).
+/// now add the passkey it lacks. `strong`: the sign-in used the strongest factor the account
+/// has, so factors may change in the next minutes without confirming again (a password and
+/// TOTP code for an account that has a passkey are not enough for that).
+#[allow(clippy::too_many_arguments)]
 async fn finish_sign_in(
     state: &Arc<WebState>,
     account: &Account,
     old: Option<WebSessionId>,
     stage: Stage,
+    strong: bool,
     peer: &Peer,
     headers: &HeaderMap,
     next: &str,
@@ -313,7 +319,7 @@ async fn finish_sign_in(
                 state.store.delete_web_sessions(account.id, Some(&[old]), vec![])?;
             }
             let (cookie, _) =
-                websession::start_proven(&state.store, account.id, &address, &agent, stage, true, now_ms())?;
+                websession::start_proven(&state.store, account.id, &address, &agent, stage, strong, now_ms())?;
             let mut new_network = false;
             let how = format!("the web, {method}");
             Credentials::update(&state.store, account.id, |record| {
@@ -517,7 +523,20 @@ pub(crate) async fn second_factor(
             } else {
                 Stage::SignedIn(method.into())
             };
-            finish_sign_in(&state, &account, Some(found.id), stage, &peer, &headers, "/security").await
+            // TOTP or a recovery code is the strongest factor only of an account without a
+            // passkey.
+            let strong = credentials.passkeys.is_empty();
+            finish_sign_in(
+                &state,
+                &account,
+                Some(found.id),
+                stage,
+                strong,
+                &peer,
+                &headers,
+                "/security",
+            )
+            .await
         }
         None => {
             failed(&state, &peer, &account.address, "wrong second factor").await;
@@ -710,6 +729,7 @@ pub(crate) async fn passkey_finish(
         &account,
         old,
         Stage::SignedIn("passkey".into()),
+        true,
         &peer,
         &headers,
         "/security",

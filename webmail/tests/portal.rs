@@ -185,6 +185,11 @@ async fn whoever_reads_the_patients_mail_opens_a_code_only_message_but_not_one_w
     // captures every mail to the patient (here: everything queued for them) opens it.
     let (status, raw) = compose(&web, &clinician, &[]).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        web.portals.lock().unwrap().last().unwrap(),
+        &None,
+        "a code-only message may go by TLS"
+    );
     let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw.unwrap());
     let eavesdropper = web.portal_visitor(&token).await;
     let page = web.get(&format!("/portal/{id}"), &eavesdropper).await;
@@ -200,6 +205,12 @@ async fn whoever_reads_the_patients_mail_opens_a_code_only_message_but_not_one_w
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    // A proof is asked only by the portal: the message goes there for every outside
+    // recipient, even one whose server has verified TLS.
+    assert!(
+        web.portals.lock().unwrap().last().unwrap().is_some(),
+        "the portal is forced"
+    );
     let raw = raw.unwrap();
     let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw);
     let id = id.to_string();
@@ -378,10 +389,30 @@ async fn a_patient_with_a_passkey_is_never_mailed_a_code_and_the_sender_can_rese
     let web = Web::new(LoginLimits::default());
     let doc = web.account("doc@clinic.test", Role::Staff);
     let clinician = web.signed_in(doc);
-    // First visit: the mailed code, then a passkey for the address.
+    // A session that only has the mailed code cannot register a passkey: whoever reads the
+    // patient's mail would otherwise register theirs and shut the patient out.
     let (token, id, _) = web.pickup(doc, "pat@outside.test", RESULTS);
+    let eavesdropper = web.portal_visitor(&token).await;
+    let csrf = portal_csrf(&web, &eavesdropper, &id.to_string()).await;
+    let started = web
+        .post_json("/portal/passkey/start", &eavesdropper, &csrf, &serde_json::json!({}))
+        .await;
+    assert_eq!(started.status(), StatusCode::FORBIDDEN);
+    // The patient, who gave the passphrase told by phone, registers one.
+    let (_, raw) = compose(
+        &web,
+        &clinician,
+        &[("proof", "passphrase"), ("passphrase", "Blue heron seven")],
+    )
+    .await;
+    let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw.unwrap());
+    let id = id.to_string();
     let patient = web.portal_visitor(&token).await;
-    let csrf = portal_csrf(&web, &patient, &id.to_string()).await;
+    assert_eq!(
+        prove(&web, &patient, &id, "passphrase=blue+heron+seven").await,
+        StatusCode::SEE_OTHER
+    );
+    let csrf = portal_csrf(&web, &patient, &id).await;
     let mut phone = SoftPasskey::new(true);
     assert_eq!(
         register_patient_passkey(&web, &patient, &csrf, &mut phone).await,
@@ -428,4 +459,8 @@ async fn a_patient_with_a_passkey_is_never_mailed_a_code_and_the_sender_can_rese
     assert_eq!(common::location(&reset), format!("/sent/{queue}?done=passkey-reset"));
     let again = web.portal_visitor(&token).await;
     assert_eq!(web.get(&format!("/portal/{id}"), &again).await.status(), StatusCode::OK);
+    assert!(
+        web.store.portal_passkeys("pat@outside.test").unwrap().is_none(),
+        "the reset forgot the passkey"
+    );
 }

@@ -121,6 +121,7 @@ const POSTS: &[(&str, [u16; 5])] = &[
     ("/admin/audit/verify", [303, 403, 403, 403, 303]),
     ("/enrol/{link}", [403, 403, 403, 403, 403]),
     ("/admin/lockouts/lift", [303, 403, 403, 403, 303]),
+    ("/admin/portal-passkeys/reset", [303, 403, 403, 403, 303]),
     ("/security/totp/start", [303, 403, 403, 403, 303]),
     ("/security/totp/confirm", [303, 403, 403, 403, 303]),
     ("/security/totp/remove", [303, 403, 403, 403, 303]),

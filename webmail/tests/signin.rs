@@ -276,3 +276,42 @@ async fn re_authentication_asks_for_the_strongest_factor_the_account_has() {
         (StatusCode::SEE_OTHER, "/security")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weaker_factor_signs_in_but_does_not_change_factors_and_a_stale_enrolment_adds_none() {
+    let web = Web::new(limits());
+    // A staff member with a passkey and TOTP: password and code sign in, but adding a passkey
+    // then needs the strongest factor (the passkey) first.
+    let staff = web.account("doc@clinic.test", Role::Staff);
+    let session = web.signed_in(staff);
+    let mut key = SoftPasskey::new(true);
+    assert_eq!(add_passkey(&web, &session, &mut key).await, StatusCode::OK);
+    let secret = with_totp(&web, staff);
+    let (_, next, first) = password_step(&web, "doc@clinic.test", PASSWORD).await;
+    assert_eq!(next, "/second-factor");
+    let first = first.unwrap();
+    let token = csrf(&web, &first);
+    let answered = web
+        .post_form(
+            "/second-factor",
+            &first,
+            &format!("csrf={token}&code={}", code(&secret)),
+        )
+        .await;
+    let signed = set_cookie(&answered, SESSION_COOKIE).unwrap();
+    assert!(web.session(&signed).unwrap().signed_in());
+    let mut attacker = SoftPasskey::new(true);
+    assert_eq!(add_passkey(&web, &signed, &mut attacker).await, StatusCode::FORBIDDEN);
+    assert_eq!(Credentials::load(&web.store, staff).unwrap().passkeys.len(), 1);
+
+    // An enrolling session opened with the password before the owner enrolled a factor adds
+    // nothing once the owner has one.
+    let nurse = web.account("nurse@clinic.test", Role::Staff);
+    let (_, next, stale) = password_step(&web, "nurse@clinic.test", PASSWORD).await;
+    assert_eq!(next, "/security");
+    let stale = stale.unwrap();
+    assert_eq!(web.session(&stale).unwrap().stage, Stage::Enrolment);
+    with_totp(&web, nurse);
+    assert_eq!(add_passkey(&web, &stale, &mut attacker).await, StatusCode::FORBIDDEN);
+    assert!(Credentials::load(&web.store, nurse).unwrap().passkeys.is_empty());
+}

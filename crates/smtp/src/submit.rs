@@ -689,6 +689,9 @@ pub struct WebMessage {
     pub recipients: Vec<String>,
     /// The browser's address.
     pub peer: String,
+    /// Why every outside recipient gets the pickup portal whatever their server offers (the
+    /// sender asked for a proof apart from email, which only the portal can ask for).
+    pub portal: Option<String>,
 }
 
 /// What became of a message sent from the web.
@@ -743,7 +746,10 @@ pub async fn submit_from_web(
             shared,
             Some(account),
             address.clone(),
-            OutboundRecipient::default(),
+            OutboundRecipient {
+                portal: message.portal.clone(),
+                ..OutboundRecipient::default()
+            },
         )
         .await
         {

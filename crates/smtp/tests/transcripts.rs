@@ -342,6 +342,7 @@ async fn web_submissions_get_crlf_line_ends_one_of_each_field_and_clean_recipien
         raw: raw.to_vec(),
         recipients: vec![to.to_string()],
         peer: "192.0.2.9".into(),
+        portal: None,
     };
     let twice = b"From: alice@example.test\r\nTo: carol@elsewhere.example\r\nTo: spy@elsewhere.example\r\n\r\nbody\r\n";
     let refused = submit_from_web(
@@ -386,6 +387,23 @@ async fn web_submissions_get_crlf_line_ends_one_of_each_field_and_clean_recipien
         text.ends_with("\r\n\r\none\r\n.\r\ntwo\r\n.\r\nthree\r\n.\r\nend\r\n"),
         "{text:?}"
     );
+    assert_eq!(store.queued().unwrap()[0].envelope.recipients[0].portal, None);
+
+    // A message whose sender asked for a proof apart from email goes to the portal for every
+    // outside recipient, whatever their server offers.
+    let proof = b"From: alice@example.test\r\nTo: dan@elsewhere.example\r\n\r\nresults\r\n";
+    let forced = WebMessage {
+        portal: Some("the sender asked for a passphrase".into()),
+        ..message(proof, "dan@elsewhere.example")
+    };
+    submit_from_web(&store, &shared, &config, &alice, forced).await.unwrap();
+    let entries = store.queued().unwrap();
+    let dan = entries
+        .iter()
+        .flat_map(|e| &e.envelope.recipients)
+        .find(|r| r.address == "dan@elsewhere.example")
+        .unwrap();
+    assert_eq!(dan.portal.as_deref(), Some("the sender asked for a passphrase"));
 }
 
 /// The account password opens a session here: these tests are about the protocol, not about

@@ -30,12 +30,17 @@ pub const ORIGIN: &str = "https://mail.clinic.test";
 
 /// Keeps every message handed to the outbox, in order, and sends none (the SMTP submission
 /// path is the server's; here the test plays the queue where it must).
-pub struct CountingOutbox(pub Arc<AtomicUsize>, pub Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+pub struct CountingOutbox(
+    pub Arc<AtomicUsize>,
+    pub Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    pub Arc<std::sync::Mutex<Vec<Option<String>>>>,
+);
 
 impl Outbox for CountingOutbox {
     fn send<'a>(&'a self, _account: &'a sealpost_storage::Account, message: Outgoing) -> sealpost_webmail::Sending<'a> {
         self.0.fetch_add(1, Ordering::SeqCst);
         self.1.lock().unwrap().push(message.raw);
+        self.2.lock().unwrap().push(message.portal);
         Box::pin(async { Ok(sealpost_webmail::Sent { queue: None }) })
     }
 }
@@ -49,6 +54,8 @@ pub struct Web {
     pub sent: Arc<AtomicUsize>,
     /// What the web handed to the outbox.
     pub outbox: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// Whether each of those must go to the portal, and why.
+    pub portals: Arc<std::sync::Mutex<Vec<Option<String>>>>,
     /// The policy in force (tests replace it).
     pub rules: Arc<sealpost_policy::LivePolicy>,
 }
@@ -61,6 +68,7 @@ impl Web {
         let lockout = Arc::new(Lockout::new(limits));
         let sent = Arc::new(AtomicUsize::new(0));
         let outbox = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let portals = Arc::new(std::sync::Mutex::new(Vec::new()));
         let rules = sealpost_policy::LivePolicy::new(
             sealpost_policy::Policy::new(sealpost_policy::PolicyConfig::default()).unwrap(),
         );
@@ -92,7 +100,7 @@ impl Web {
                 quarantine_subjects: false,
             },
             SendingConfig {
-                outbox: Arc::new(CountingOutbox(sent.clone(), outbox.clone())),
+                outbox: Arc::new(CountingOutbox(sent.clone(), outbox.clone(), portals.clone())),
                 queue_waker: None,
                 notice_from: "postmaster@clinic.test".into(),
                 upload_bytes_max: 1024 * 1024,
@@ -108,6 +116,7 @@ impl Web {
             app,
             sent,
             outbox,
+            portals,
             rules,
         }
     }
