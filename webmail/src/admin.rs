@@ -50,6 +50,11 @@ where
         if !found.session.csrf_ok(form.csrf()) {
             return Err(forbidden());
         }
+        // A console action needs a confirmation with the strongest factor (an admin's or an
+        // auditor's passkey) in the last minutes: a session left open is not enough.
+        if !found.session.recently_strong(crate::request::now_ms()) {
+            return Err(see_other("/reauth"));
+        }
         Ok(Self { found, me, form, peer })
     }
 }

@@ -627,12 +627,41 @@ pub(crate) async fn submit(
             )
         }
     };
-    if proof.is_none() && state.sending.rules.current().config().portal.proof_required {
+    if proof.is_none() {
+        // The policy asks for a proof on every message to outside recipients, on those to
+        // some domains, or on those a content rule with `proof_required` matches.
+        let policy = state.sending.rules.current();
+        let portal = &policy.config().portal;
         let (state2, all) = (state.clone(), recipients.clone());
-        let outside = blocking(move || all.iter().any(|a| !matches!(state2.store.find_account(a), Ok(Some(_)))))
-            .await
-            .unwrap_or(true);
-        if outside {
+        let outside: Vec<String> = blocking(move || {
+            all.into_iter()
+                .filter(|a| !matches!(state2.store.find_account(a), Ok(Some(_))))
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        let by_domain = outside.iter().any(|address| {
+            let domain = address.rsplit('@').next().unwrap_or("").to_lowercase();
+            portal
+                .proof_required_domains
+                .iter()
+                .any(|d| d.trim().trim_start_matches('@').eq_ignore_ascii_case(&domain))
+        });
+        let names: Vec<&str> = uploads.iter().map(|u| u.name.as_str()).collect();
+        let content = sealpost_policy::Content {
+            subject: &draft.subject,
+            text: &draft.body,
+            attachment_names: names,
+        };
+        let by_rule = !outside.is_empty()
+            && policy.scan(&content).iter().any(|finding| {
+                policy
+                    .config()
+                    .content
+                    .iter()
+                    .any(|rule| rule.name == finding.rule && rule.proof_required)
+            });
+        if (!outside.is_empty() && portal.proof_required) || by_domain || by_rule {
             return form_page(
                 &found.session.csrf,
                 &account,

@@ -87,7 +87,7 @@ async fn show(
                 <p id="policy-version">{version}</p>
                 <form method="post" action="/admin/policies" class="stack" id="policy-form">
                     <input type="hidden" name="csrf" value=csrf/>
-                    <label for="rules">"Policy (TOML: [domains] \"partner.example\" = \"always-portal\" | \"tls-allowed\" | \"tls-required\"; [[content]] rules with a detector, action \"portal\" or \"block\", enabled = true | false; barred_accounts; [sign_in] second factors, session lifetimes and lockout counters; [portal] pickup_ttl_ms, proof_required = true | false)"</label>
+                    <label for="rules">"Policy (TOML: [domains] \"partner.example\" = \"always-portal\" | \"tls-allowed\" | \"tls-required\"; [[content]] rules with a detector, action \"portal\" or \"block\", enabled = true | false; barred_accounts; [sign_in] second factors, session lifetimes and lockout counters; [portal] pickup_ttl_ms, proof_required = true | false, proof_required_domains; proof_required = true on a content rule)"</label>
                     <textarea id="rules" name="rules" rows="24">{rules}</textarea>
                     <button type="submit">"Check and save as a new version"</button>
                 </form>

@@ -464,3 +464,42 @@ async fn a_patient_with_a_passkey_is_never_mailed_a_code_and_the_sender_can_rese
         "the reset forgot the passkey"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_can_require_a_proof_per_domain_and_per_content_rule() {
+    let web = Web::new(LoginLimits::default());
+    let doc = web.account("doc@clinic.test", Role::Staff);
+    let clinician = web.signed_in(doc);
+    let mut config = sealpost_policy::PolicyConfig::default();
+    config.portal.proof_required_domains = vec!["outside.test".into()];
+    web.rules.replace(sealpost_policy::Policy::new(config.clone()).unwrap());
+    // pat@outside.test is in a listed domain: no proof, not sent.
+    let (status, raw) = compose(&web, &clinician, &[]).await;
+    assert_eq!((status, raw.is_none()), (StatusCode::UNPROCESSABLE_ENTITY, true));
+    // Another domain, and a content rule that asks for a proof when it matches.
+    config.portal.proof_required_domains = vec!["elsewhere.test".into()];
+    config.content.push(sealpost_policy::ContentRule {
+        name: "biopsy".into(),
+        detector: sealpost_policy::Detector::Keywords {
+            words: vec!["biopsy".into()],
+        },
+        action: sealpost_policy::Action::Portal,
+        enabled: true,
+        proof_required: true,
+    });
+    web.rules.replace(sealpost_policy::Policy::new(config.clone()).unwrap());
+    let (status, raw) = compose(&web, &clinician, &[]).await;
+    assert_eq!(
+        (status, raw.is_none()),
+        (StatusCode::UNPROCESSABLE_ENTITY, true),
+        "the rule matched"
+    );
+    config.content.last_mut().unwrap().proof_required = false;
+    web.rules.replace(sealpost_policy::Policy::new(config).unwrap());
+    let (status, raw) = compose(&web, &clinician, &[]).await;
+    assert_eq!(
+        (status, raw.is_some()),
+        (StatusCode::SEE_OTHER, true),
+        "no rule asks for one"
+    );
+}

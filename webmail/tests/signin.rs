@@ -315,3 +315,47 @@ async fn a_weaker_factor_signs_in_but_does_not_change_factors_and_a_stale_enrolm
     assert_eq!(add_passkey(&web, &stale, &mut attacker).await, StatusCode::FORBIDDEN);
     assert!(Credentials::load(&web.store, nurse).unwrap().passkeys.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_action_needs_a_recent_confirmation_with_the_passkey() {
+    let web = Web::new(limits());
+    let admin = web.account("admin@clinic.test", Role::Admin);
+    let cookie = web.signed_in(admin);
+    // The session was confirmed long ago: a console action first asks for the passkey.
+    let value = cookie.strip_prefix(&format!("{SESSION_COOKIE}=")).unwrap();
+    let found = sealpost_auth::websession::resume(
+        &web.store,
+        value,
+        sealpost_storage::now_ms(),
+        &sealpost_auth::AuthPolicy::default(),
+    )
+    .unwrap()
+    .unwrap();
+    let mut session = found.session.clone();
+    session.strong_at_ms = Some(sealpost_storage::now_ms() - sealpost_auth::websession::REAUTH_WINDOW_MS - 1_000);
+    sealpost_auth::websession::save(&web.store, admin, &found.id, &session, vec![]).unwrap();
+    let before = web.store.audit_anchor();
+    let lifted = web
+        .post_form(
+            "/admin/lockouts/lift",
+            &cookie,
+            &format!("csrf={}&login=doc%40clinic.test", session.csrf),
+        )
+        .await;
+    assert_eq!(
+        (lifted.status(), location(&lifted).as_str()),
+        (StatusCode::SEE_OTHER, "/reauth")
+    );
+    assert_eq!(web.store.audit_anchor(), before, "nothing done");
+    // Confirmed just now (a fresh passkey sign-in), it goes through.
+    session.strong_at_ms = Some(sealpost_storage::now_ms());
+    sealpost_auth::websession::save(&web.store, admin, &found.id, &session, vec![]).unwrap();
+    let lifted = web
+        .post_form(
+            "/admin/lockouts/lift",
+            &cookie,
+            &format!("csrf={}&login=doc%40clinic.test", session.csrf),
+        )
+        .await;
+    assert_eq!(lifted.status(), StatusCode::OK);
+}

@@ -60,6 +60,10 @@ pub struct ContentRule {
     /// A disabled rule is kept in the policy but matches nothing.
     #[serde(default = "enabled_default")]
     pub enabled: bool,
+    /// A message composed on the web that this rule matches must carry a proof apart from
+    /// email (a passphrase or the patient's date of birth and surname) for the portal.
+    #[serde(default)]
+    pub proof_required: bool,
 }
 
 fn enabled_default() -> bool {
@@ -112,6 +116,8 @@ pub struct PortalSettings {
     /// the mailed code (a passphrase told apart from email, or the patient's date of birth
     /// and surname): whoever reads the patient's mail then still cannot open it.
     pub proof_required: bool,
+    /// The same for messages to these recipient domains only.
+    pub proof_required_domains: Vec<String>,
 }
 
 impl Default for PortalSettings {
@@ -119,6 +125,7 @@ impl Default for PortalSettings {
         Self {
             pickup_ttl_ms: 30 * 24 * 3600 * 1000,
             proof_required: false,
+            proof_required_domains: Vec::new(),
         }
     }
 }
@@ -206,6 +213,7 @@ impl PolicyConfig {
         let rule = |name: &str, detector| ContentRule {
             name: name.into(),
             enabled: true,
+            proof_required: false,
             detector,
             action: Action::Portal,
         };

@@ -49,6 +49,7 @@ fn policy() -> Policy {
     content.push(ContentRule {
         name: "keywords".into(),
         enabled: true,
+        proof_required: false,
         detector: Detector::Keywords {
             words: vec!["biopsy".into(), "HIV".into(), "oncology".into()],
         },
@@ -144,6 +145,7 @@ fn admin_rules_route_by_address_then_domain_and_content_forces_the_portal() {
         content: vec![ContentRule {
             name: "bad".into(),
             enabled: true,
+            proof_required: false,
             detector: Detector::Mrn {
                 patterns: vec!["(".into()]
             },

@@ -164,6 +164,7 @@ fn fuzz_policy() -> Arc<sealpost_policy::LivePolicy> {
     config.content.push(sealpost_policy::ContentRule {
         name: "no-oncology".into(),
         enabled: true,
+        proof_required: false,
         detector: sealpost_policy::Detector::Keywords {
             words: vec!["oncology".into()],
         },

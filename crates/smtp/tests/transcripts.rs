@@ -54,6 +54,7 @@ fn shared(login_limits: LoginLimits, aliases: Aliases) -> Arc<SmtpShared> {
     policy.content.push(sealpost_policy::ContentRule {
         name: "no-oncology".into(),
         enabled: true,
+        proof_required: false,
         detector: sealpost_policy::Detector::Keywords {
             words: vec!["oncology".into()],
         },
