@@ -248,6 +248,50 @@ fn real_clients_script_passes() {
     }
 }
 
+/// Runs `tests/scripts/imap_fidelity.py` against a server over implicit TLS: its output, and
+/// whether nothing failed.
+fn fidelity(port: u16, cafile: &std::path::Path, user: &str, password: &str) -> (bool, String) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/imap_fidelity.py");
+    run_python(
+        &[
+            script.display().to_string(),
+            "localhost".into(),
+            port.to_string(),
+            cafile.display().to_string(),
+            user.into(),
+            password.into(),
+        ],
+        &[],
+    )
+}
+
+/// RFC behaviour checked from the RFC's text (issue #27), on Sealpost and, to prove the checks
+/// right, on the harness's Dovecot: atoms that start with "~", a parse error that leaves the
+/// session (and what was pipelined after it) going, SENT* dates as written.
+#[test]
+fn rfc_behaviour_checked_from_the_rfc_holds_on_sealpost_and_on_dovecot() {
+    let dovecot = Dovecot::start();
+    let (ok, text) = fidelity(dovecot.imaps_port, &dovecot.cafile(), "user1", "harness-pw");
+    assert!(
+        ok && text.contains(" 0 failed"),
+        "Dovecot: the checks are wrong\n{text}"
+    );
+    drop(dovecot);
+    let (data, mut server) = harness_server();
+    let (ok, text) = fidelity(
+        data.port_base + 993,
+        &data.path().join("tls/cert.pem"),
+        "user2@harness.test",
+        PASSWORD,
+    );
+    assert!(ok && text.contains(" 0 failed"), "Sealpost:\n{text}");
+    assert!(
+        text.contains("PASS SEARCH SENTON 25-Mar-2007") && text.contains("15 passed"),
+        "{text}"
+    );
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+}
+
 /// The harness's Dovecot on free ports with a state folder of its own; stopped when dropped.
 struct Dovecot {
     state: tempfile::TempDir,

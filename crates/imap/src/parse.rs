@@ -65,6 +65,16 @@ impl<'a> Cursor<'a> {
         self.bytes.get(self.at).copied()
     }
 
+    /// Whether a string starts here: a quoted string, a literal, or a literal8 (`~{`). A `~`
+    /// not followed by `{` is an ATOM-CHAR like any other (`SELECT ~foo`).
+    fn at_string(&self) -> bool {
+        match self.peek() {
+            Some(b'"') | Some(b'{') => true,
+            Some(b'~') => self.bytes.get(self.at + 1) == Some(&b'{'),
+            _ => false,
+        }
+    }
+
     fn rest(&self) -> &'a [u8] {
         &self.bytes[self.at.min(self.bytes.len())..]
     }
@@ -219,9 +229,9 @@ impl<'a> Cursor<'a> {
     }
 
     fn astring_bytes(&mut self) -> Parsed<Vec<u8>> {
-        match self.peek() {
-            Some(b'"') | Some(b'{') | Some(b'~') => self.string(),
-            _ => {
+        match self.at_string() {
+            true => self.string(),
+            false => {
                 let start = self.at;
                 while self.peek().is_some_and(is_astring_char) {
                     self.at += 1;
@@ -256,11 +266,9 @@ impl<'a> Cursor<'a> {
     }
 
     fn list_mailbox(&mut self) -> Parsed<String> {
-        let raw = match self.peek() {
-            Some(b'"') | Some(b'{') | Some(b'~') => {
-                String::from_utf8(self.string()?).map_err(|_| "a pattern that is not UTF-8".to_string())?
-            }
-            _ => {
+        let raw = match self.at_string() {
+            true => String::from_utf8(self.string()?).map_err(|_| "a pattern that is not UTF-8".to_string())?,
+            false => {
                 let start = self.at;
                 while self.peek().is_some_and(is_list_char) {
                     self.at += 1;

@@ -149,10 +149,15 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> Result<
             }
         }
         SearchKey::SentBefore(day) | SearchKey::SentOn(day) | SearchKey::SentSince(day) => {
-            let Some(sent) = summary(c, ctx)?.sent_at else {
+            // The Date header's day as written, time and zone disregarded (RFC 3501 6.4.4).
+            let summary = summary(c, ctx)?;
+            let written = sealpost_mime::Shown::of_imap(&summary.envelope)
+                .date
+                .as_deref()
+                .and_then(sealpost_mime::day_as_written);
+            let Some(sent) = written.or_else(|| summary.sent_at.map(|at| day_of(at, 0))) else {
                 return Ok(false);
             };
-            let sent = day_of(sent, 0);
             match key {
                 SearchKey::SentBefore(_) => sent < *day,
                 SearchKey::SentOn(_) => sent == *day,

@@ -44,3 +44,16 @@ pub fn decode_base64(bytes: &[u8]) -> Option<Vec<u8>> {
 pub fn decode_quoted_printable(bytes: &[u8]) -> Option<Vec<u8>> {
     mail_parser::decoders::quoted_printable::quoted_printable_decode(bytes)
 }
+
+/// The day a Date header names as written, in its own time zone and not converted to UTC, as
+/// the Unix seconds of that day's start: what SENTBEFORE, SENTON and SENTSINCE compare (RFC 3501
+/// section 6.4.4: "disregarding time and timezone"). `None` when it does not parse.
+///
+/// ```
+/// let day = sealpost_mime::day_as_written("Sun, 25 Mar 2007 00:30:00 +0200").unwrap();
+/// assert_eq!(day, 1_174_780_800); // 2007-03-25, though in UTC it is still the 24th
+/// ```
+pub fn day_as_written(date: &str) -> Option<i64> {
+    let parsed = mail_parser::DateTime::parse_rfc822(date)?;
+    Some(parsed.to_timestamp_local().div_euclid(86_400) * 86_400)
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""IMAP behaviour that RFC 3501/9051 fix and clients rely on, checked from the RFC's text
+against any server over implicit TLS: the same checks must pass on the harness's Dovecot (a
+check Dovecot fails is a wrong check). Prints PASS/FAIL lines, then "N passed, M failed";
+exits 0 only when nothing failed. Works in a mailbox of its own, deleted at the end.
+
+  imap_fidelity.py HOST PORT CAFILE USER PASSWORD
+"""
+
+import socket
+import ssl
+import sys
+import time
+
+TIMEOUT_S = 10.0
+results = []
+
+
+def check(name, ok, detail=""):
+    results.append(ok)
+    print(("PASS " if ok else "FAIL ") + name + ("" if ok else f" - {detail!r}"[:400]))
+
+
+class Client:
+    """A raw IMAP client: commands as bytes, every response line kept."""
+
+    def __init__(self, host, port, cafile):
+        context = ssl.create_default_context(cafile=cafile)
+        context.check_hostname = False
+        raw = socket.create_connection((host, port), timeout=TIMEOUT_S)
+        self.sock = context.wrap_socket(raw, server_hostname=host)
+        self.buffer = b""
+        self.tag = 0
+        self.read_line()
+
+    def read_line(self):
+        deadline = time.monotonic() + TIMEOUT_S
+        while b"\r\n" not in self.buffer:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no response line")
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def next_tag(self):
+        self.tag += 1
+        return b"t%d" % self.tag
+
+    def wait(self, tag):
+        """The untagged lines before `tag`'s answer, and that answer (after the tag)."""
+        untagged = []
+        for _ in range(100_000):
+            line = self.read_line()
+            if line.startswith(tag + b" "):
+                return untagged, line[len(tag) + 1:]
+            untagged.append(line)
+        raise RuntimeError("a response too long")
+
+    def command(self, text):
+        tag = self.next_tag()
+        self.send(tag + b" " + text + b"\r\n")
+        return self.wait(tag)
+
+    def append(self, mailbox, message):
+        tag = self.next_tag()
+        self.send(tag + b" APPEND " + mailbox + b" {%d}\r\n" % len(message))
+        line = self.read_line()
+        if not line.startswith(b"+"):
+            return [], line
+        self.send(message + b"\r\n")
+        return self.wait(tag)
+
+
+def search_numbers(untagged):
+    for line in untagged:
+        if line.startswith(b"* SEARCH"):
+            return line[len(b"* SEARCH"):].split()
+    return None
+
+
+def main():
+    host, port, cafile, user, password = sys.argv[1:6]
+    c = Client(host, int(port), cafile)
+    _, answer = c.command(b'LOGIN "%s" "%s"' % (user.encode(), password.encode()))
+    check("LOGIN", answer.startswith(b"OK"), answer)
+    box = b"fidelity-%d" % (int(time.time() * 1000) % 10**9)
+    _, answer = c.command(b"CREATE " + box)
+    check("CREATE the test mailbox", answer.startswith(b"OK"), answer)
+
+    # Atoms (RFC 3501 section 9: ATOM-CHAR is any CHAR but atom-specials; "~" is one): a
+    # mailbox name or pattern may start with "~"; only "~{" begins a literal8.
+    _, answer = c.command(b"SELECT ~fidelity-none")
+    check("SELECT ~name is a mailbox name (NO, not BAD)", answer.startswith(b"NO"), answer)
+    _, answer = c.command(b'LIST "" ~fidelity-none')
+    check('LIST "" ~pattern is a pattern (OK)', answer.startswith(b"OK"), answer)
+    # A parse error answers BAD and the session goes on, pipelined commands too.
+    tag1, tag2 = c.next_tag(), c.next_tag()
+    c.send(tag1 + b" FETCH 1 (BODY[\r\n" + tag2 + b" NOOP\r\n")
+    _, first = c.wait(tag1)
+    check("a malformed command gets BAD", first.startswith(b"BAD"), first)
+    _, second = c.wait(tag2)
+    check("the command pipelined after it is answered", second.startswith(b"OK"), second)
+
+    # SENTBEFORE, SENTON, SENTSINCE compare the Date header's day as written, disregarding
+    # time and timezone (RFC 3501 section 6.4.4): 00:30 +0200 on the 25th is the 25th.
+    message = (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: sent-date\r\n"
+               b"Date: Sun, 25 Mar 2007 00:30:00 +0200\r\nMessage-ID: <sent-date@example.org>\r\n\r\nbody\r\n")
+    _, answer = c.append(box, message)
+    check("APPEND a message dated 00:30 +0200", answer.startswith(b"OK"), answer)
+    _, answer = c.command(b"SELECT " + box)
+    check("SELECT the test mailbox", answer.startswith(b"OK"), answer)
+    for key, expected in [
+        (b"SENTON 25-Mar-2007", [b"1"]),
+        (b"SENTBEFORE 25-Mar-2007", []),
+        (b"SENTBEFORE 26-Mar-2007", [b"1"]),
+        (b"SENTSINCE 25-Mar-2007", [b"1"]),
+        (b"SENTSINCE 26-Mar-2007", []),
+        (b"SENTON 24-Mar-2007", []),
+    ]:
+        untagged, answer = c.command(b"SEARCH " + key)
+        found = search_numbers(untagged)
+        check(f"SEARCH {key.decode()}", answer.startswith(b"OK") and found == expected, (found, answer))
+
+    c.command(b"CLOSE")
+    _, answer = c.command(b"DELETE " + box)
+    check("DELETE the test mailbox", answer.startswith(b"OK"), answer)
+    c.command(b"LOGOUT")
+    passed = sum(1 for r in results if r)
+    failed = len(results) - passed
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(0 if failed == 0 else 1)
+
+
+if __name__ == "__main__":
+    main()
