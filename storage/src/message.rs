@@ -605,11 +605,8 @@ impl Store {
         to: MailboxId,
         remove: bool,
     ) -> Result<Vec<(u32, u32)>> {
-        if from == to && remove {
-            return Err(Error::InvalidInput {
-                what: "moving messages into their own mailbox",
-            });
-        }
+        // A move into the messages' own mailbox gives them new UIDs and expunges the old ones,
+        // as COPY into it adds copies (RFC 6851 does not forbid it; clients use it).
         let crypto = self.account_crypto(account)?;
         let _locks = self.inner.mailbox_locks.lock_many(account, &[from.0, to.0]);
         let _blobs = self.inner.blob_locks.lock(account, 0);

@@ -127,6 +127,19 @@ def main():
         found = search_numbers(untagged)
         check(f"SEARCH {key.decode()}", answer.startswith(b"OK") and found == expected, (found, answer))
 
+    # MOVE into the selected mailbox (RFC 6851 does not forbid it): the message gets a new
+    # UID, the old one is expunged, and COPYUID says which.
+    untagged, _ = c.command(b"UID SEARCH ALL")
+    before = search_numbers(untagged)
+    untagged, answer = c.command(b"UID MOVE " + before[0] + b" " + box)
+    copyuid = [l for l in untagged if b"COPYUID" in l]
+    expunged = [l for l in untagged if l.endswith(b" EXPUNGE")]
+    check("UID MOVE into the selected mailbox", answer.startswith(b"OK") and copyuid and expunged, (untagged, answer))
+    untagged, answer = c.command(b"UID SEARCH ALL")
+    after = search_numbers(untagged)
+    check("the moved message has a new UID, the old one is gone",
+          after is not None and len(after) == 1 and after != before, (before, after))
+
     c.command(b"CLOSE")
     _, answer = c.command(b"DELETE " + box)
     check("DELETE the test mailbox", answer.startswith(b"OK"), answer)
