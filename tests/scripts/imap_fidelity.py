@@ -127,6 +127,30 @@ def main():
         found = search_numbers(untagged)
         check(f"SEARCH {key.decode()}", answer.startswith(b"OK") and found == expected, (found, answer))
 
+    # A keyword is announced in an untagged FLAGS before any FETCH shows it (RFC 3501 7.2.6,
+    # RFC 9051 7.3.5): set by this session, and by another one.
+    def announced_before_shown(lines, keyword):
+        for line in lines:
+            if line.startswith(b"* FLAGS") and keyword in line:
+                return True
+            if b" FETCH " in line and keyword in line:
+                return False
+        return False
+
+    untagged, answer = c.command(b"STORE 1 +FLAGS ($FidelityOwn)")
+    check("a keyword this session sets is in FLAGS before the FETCH that shows it",
+          answer.startswith(b"OK") and announced_before_shown(untagged, b"$FidelityOwn"), untagged)
+    other = Client(host, int(port), cafile)
+    other.command(b'LOGIN "%s" "%s"' % (user.encode(), password.encode()))
+    other.command(b"SELECT " + box)
+    _, answer = other.command(b"STORE 1 +FLAGS ($FidelityOther)")
+    check("another session sets a keyword", answer.startswith(b"OK"), answer)
+    other.command(b"LOGOUT")
+    untagged, answer = c.command(b"NOOP")
+    shows = any(b"$FidelityOther" in l for l in untagged if b" FETCH " in l)
+    check("another session's new keyword is in FLAGS before the FETCH that shows it",
+          shows and announced_before_shown(untagged, b"$FidelityOther"), untagged)
+
     # MOVE into the selected mailbox (RFC 6851 does not forbid it): the message gets a new
     # UID, the old one is expunged, and COPYUID says which.
     untagged, _ = c.command(b"UID SEARCH ALL")

@@ -55,6 +55,36 @@ pub(crate) struct Selected {
     /// The result of the last SEARCH ... RETURN (SAVE), as UIDs, ascending (looked up by
     /// binary search).
     saved_search: Vec<u32>,
+    /// The keywords this session was told of in FLAGS (and PERMANENTFLAGS): a FETCH may show
+    /// only these (RFC 3501 7.2.6, RFC 9051 7.3.5), so a new one is announced first.
+    keywords: Vec<String>,
+}
+
+/// The keywords every mailbox's FLAGS name.
+const KEYWORDS_ALWAYS: [&str; 3] = ["$Forwarded", "$Junk", "$NotJunk"];
+
+/// The FLAGS and PERMANENTFLAGS responses for `keywords` (without the `* `).
+fn flags_responses(keywords: &[String], read_only: bool) -> [String; 2] {
+    let listed = keywords.join(" ");
+    let flags = format!("FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft {listed})");
+    let permanent = if read_only {
+        "OK [PERMANENTFLAGS ()] no permanent flags in a read-only mailbox".to_string()
+    } else {
+        format!("OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft {listed} \\*)] flags permitted")
+    };
+    [flags, permanent]
+}
+
+/// Adds to `known` the keywords of `shown` it lacks; whether there were any.
+fn learn_keywords<'a>(known: &mut Vec<String>, shown: impl IntoIterator<Item = &'a String>) -> bool {
+    let mut added = false;
+    for keyword in shown {
+        if !known.iter().any(|k| k.eq_ignore_ascii_case(keyword)) {
+            known.push(keyword.clone());
+            added = true;
+        }
+    }
+    added
 }
 
 /// UIDs that a sequence set names, in this mailbox, ascending. A message sequence number
@@ -206,11 +236,11 @@ impl Session {
         let protected = mailbox.special_use == Some(SpecialUse::Backup);
         let read_only = examine || protected;
         let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
-        self.untagged("FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $Junk $NotJunk)");
-        if read_only {
-            self.untagged("OK [PERMANENTFLAGS ()] no permanent flags in a read-only mailbox");
-        } else {
-            self.untagged("OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $Junk $NotJunk \\*)] flags permitted");
+        // FLAGS names every keyword a message here has, so that no FETCH shows one unannounced.
+        let mut keywords: Vec<String> = KEYWORDS_ALWAYS.iter().map(|k| k.to_string()).collect();
+        learn_keywords(&mut keywords, metas.iter().flat_map(|m| m.flags.keywords()));
+        for line in flags_responses(&keywords, read_only) {
+            self.untagged(&line);
         }
         self.untagged(&format!("{} EXISTS", uids.len()));
         if !self.enabled.rev2 {
@@ -239,6 +269,7 @@ impl Session {
             pending_flags: BTreeSet::new(),
             own_modseqs: BTreeSet::new(),
             saved_search: Vec::new(),
+            keywords,
         };
         if let Some(qresync) = qresync.filter(|q| q.uid_validity == mailbox.uid_validity) {
             let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
@@ -350,6 +381,7 @@ impl Session {
                 .collect::<Vec<_>>()
         })
         .await;
+        self.announce_keywords(metas.iter().flat_map(|m| m.flags.keywords()));
         for meta in metas {
             let Some(seq) = self.selected.as_ref().and_then(|s| s.seq_of(meta.uid)) else {
                 continue;
@@ -364,6 +396,18 @@ impl Session {
                 meta.uid,
                 response::flags(&meta.flags)
             ));
+        }
+    }
+
+    /// Announces, in FLAGS and PERMANENTFLAGS, the keywords among `shown` this session was not
+    /// told of yet: called before any response that shows flags.
+    fn announce_keywords<'a>(&mut self, shown: impl IntoIterator<Item = &'a String>) {
+        let Some(selected) = self.selected.as_mut() else { return };
+        if learn_keywords(&mut selected.keywords, shown) {
+            let lines = flags_responses(&selected.keywords, selected.read_only);
+            for line in lines {
+                self.untagged(&line);
+            }
         }
     }
 
@@ -558,6 +602,7 @@ impl Session {
                     .own_modseqs
                     .extend(batch.seen_now.iter().map(|(_, modseq)| *modseq));
             }
+            self.announce_keywords(&batch.keywords);
             self.out.extend_from_slice(&batch.lines);
             read_uids.extend_from_slice(&batch.read);
             if batch.failed.is_some() {
@@ -667,6 +712,15 @@ impl Session {
                     .join(" ");
                 lines.push(format!("{seq} FETCH ({body})"));
             }
+        }
+        if !silent {
+            self.announce_keywords(
+                outcome
+                    .changed
+                    .iter()
+                    .chain(&outcome.unchanged)
+                    .flat_map(|m| m.flags.keywords()),
+            );
         }
         for line in lines {
             self.untagged(&line);
@@ -1146,6 +1200,8 @@ struct FetchBatch {
     /// How many of the batch's (UID, sequence number) pairs it covered: fewer than asked
     /// when their bodies would pass FETCH_BATCH_CONTENT_BYTES_MAX; the rest go next.
     consumed: usize,
+    /// The keywords its lines show (announced before them when new to the session).
+    keywords: Vec<String>,
 }
 
 /// The (UID, sequence number) pairs of one FETCH cut into bounded batches, each written out
@@ -1261,6 +1317,7 @@ fn load_fetch_batch(
         read: Vec::new(),
         failed: None,
         consumed: numbered.len(),
+        keywords: Vec::new(),
     };
     for (uid, seq) in numbered {
         let Some(mut meta) = metas.remove(uid) else { continue };
@@ -1289,6 +1346,9 @@ fn load_fetch_batch(
             .map(|r| Structure::parse(r, Limits::default()));
         // \Seen set by this FETCH is reported even when FLAGS was not asked for.
         let seen_flags = (seen_modseq.is_some() && !items.contains(&FetchItem::Flags)).then_some(FetchItem::Flags);
+        if items.contains(&FetchItem::Flags) || seen_flags.is_some() {
+            learn_keywords(&mut batch.keywords, meta.flags.keywords());
+        }
         let line_start = batch.lines.len();
         batch.lines.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
         for (n, item) in items.iter().chain(seen_flags.iter()).enumerate() {
