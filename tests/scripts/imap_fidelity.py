@@ -151,6 +151,15 @@ def main():
     check("another session's new keyword is in FLAGS before the FETCH that shows it",
           shows and announced_before_shown(untagged, b"$FidelityOther"), untagged)
 
+    # COPY into the selected mailbox: the new message is reported, by the COPY's own
+    # response or by the next NOOP at the latest (EXISTS), with its keywords announced.
+    copied, answer = c.command(b"COPY 1 " + box)
+    check("COPY into the selected mailbox", answer.startswith(b"OK"), answer)
+    after_copy, _ = c.command(b"NOOP")
+    exists = [l for l in copied + after_copy if l.endswith(b" EXISTS")]
+    check("the copy is reported with EXISTS by the next NOOP at the latest",
+          exists and exists[-1] == b"* 2 EXISTS", copied + after_copy)
+
     # MOVE into the selected mailbox (RFC 6851 does not forbid it): the message gets a new
     # UID, the old one is expunged, and COPYUID says which.
     untagged, _ = c.command(b"UID SEARCH ALL")
@@ -162,7 +171,7 @@ def main():
     untagged, answer = c.command(b"UID SEARCH ALL")
     after = search_numbers(untagged)
     check("the moved message has a new UID, the old one is gone",
-          after is not None and len(after) == 1 and after != before, (before, after))
+          after is not None and len(after) == len(before) and before[0] not in after, (before, after))
 
     c.command(b"CLOSE")
     _, answer = c.command(b"DELETE " + box)
