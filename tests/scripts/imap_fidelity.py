@@ -173,6 +173,21 @@ def main():
     check("the moved message has a new UID, the old one is gone",
           after is not None and len(after) == len(before) and before[0] not in after, (before, after))
 
+    # ESEARCH with CONDSTORE: with ALL or COUNT returned, MODSEQ is the highest of every match
+    # (RFC 4731 3.2, RFC 7162 3.1.5).
+    c.command(b"STORE 1 +FLAGS (\\Answered)")
+    c.command(b"STORE 2 +FLAGS (\\Flagged)")
+    untagged, _ = c.command(b"FETCH 1:2 (MODSEQ)")
+    modseqs = {}
+    for line in untagged:
+        parts = line.replace(b"(", b" ").replace(b")", b" ").split()
+        if len(parts) >= 5 and parts[2] == b"FETCH" and b"MODSEQ" in parts:
+            modseqs[int(parts[1])] = int(parts[parts.index(b"MODSEQ") + 1])
+    untagged, answer = c.command(b"SEARCH RETURN (MIN COUNT) MODSEQ 1")
+    esearch = [l for l in untagged if l.startswith(b"* ESEARCH")]
+    check("ESEARCH with COUNT and MODSEQ gives the highest of every match",
+          esearch and esearch[0].endswith(b"MODSEQ %d" % max(modseqs.values(), default=-1)), (modseqs, untagged))
+
     c.command(b"CLOSE")
     _, answer = c.command(b"DELETE " + box)
     check("DELETE the test mailbox", answer.startswith(b"OK"), answer)

@@ -27,7 +27,7 @@ pub(crate) fn evaluate(
     // The saved result (`$`), ascending.
     saved: &[u32],
     key: &SearchKey,
-) -> Result<(Vec<u32>, u64)> {
+) -> Result<(Vec<u32>, Vec<u64>)> {
     let metas: HashMap<u32, MessageMeta> = store
         .messages(account, mailbox)?
         .into_iter()
@@ -36,7 +36,7 @@ pub(crate) fn evaluate(
     let largest_uid = uids.last().copied().unwrap_or(0);
     let count = uids.len() as u32;
     let mut out = Vec::new();
-    let mut highest = 0u64;
+    let mut modseqs = Vec::new();
     for (index, uid) in uids.iter().enumerate() {
         let Some(meta) = metas.get(uid) else { continue };
         let mut candidate = Candidate {
@@ -54,11 +54,11 @@ pub(crate) fn evaluate(
             count,
         };
         if matches(key, &mut candidate, &context)? {
-            highest = highest.max(meta.modseq);
+            modseqs.push(meta.modseq);
             out.push(*uid);
         }
     }
-    Ok((out, highest))
+    Ok((out, modseqs))
 }
 
 struct Context<'a> {

@@ -848,7 +848,7 @@ impl Session {
         let (store, account) = (self.store.clone(), self.account_id());
         let key = criteria.clone();
         let found = blocking(move || crate::search::evaluate(&store, account, id, &uids, &saved, &key)).await;
-        let (matches, highest_modseq) = match found {
+        let (matches, modseqs) = match found {
             Ok(found) => found,
             Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
         };
@@ -862,6 +862,7 @@ impl Session {
         } else {
             matches.iter().filter_map(|u| selected.seq_of(*u)).collect()
         };
+        let highest_modseq = modseqs.iter().copied().max().unwrap_or(0);
         let modseq_part = if uses_modseq && !numbers.is_empty() {
             format!(" (MODSEQ {highest_modseq})")
         } else {
@@ -906,7 +907,24 @@ impl Session {
                 }
             }
             if uses_modseq && !numbers.is_empty() {
-                line.push_str(&format!(" MODSEQ {highest_modseq}"));
+                // With only MIN and MAX returned, the mod-sequence of those messages; with ALL
+                // or COUNT, of every match (RFC 4731 3.2 with RFC 7162 3.1.5).
+                let every = options
+                    .iter()
+                    .any(|o| matches!(o, SearchReturn::All | SearchReturn::Count));
+                let modseq = if every {
+                    highest_modseq
+                } else {
+                    let mut returned = Vec::new();
+                    if options.contains(&SearchReturn::Min) {
+                        returned.push(modseqs[0]);
+                    }
+                    if options.contains(&SearchReturn::Max) {
+                        returned.push(modseqs[modseqs.len() - 1]);
+                    }
+                    returned.into_iter().max().unwrap_or(highest_modseq)
+                };
+                line.push_str(&format!(" MODSEQ {modseq}"));
             }
             self.untagged(&line);
         }
