@@ -188,6 +188,24 @@ def main():
     check("ESEARCH with COUNT and MODSEQ gives the highest of every match",
           esearch and esearch[0].endswith(b"MODSEQ %d" % max(modseqs.values(), default=-1)), (modseqs, untagged))
 
+    # Groups (RFC 5322 3.4, RFC 3501 7.4.2): start and end markers, no phantom member for a
+    # group that holds only a comment, and SEARCH CC finds a group's name.
+    grouped = (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: groups\r\n"
+               b"Cc: group2: (foo) ;, Friends: c@example.org, d@example.org;\r\n"
+               b"Date: Mon, 2 Apr 2007 10:00:00 +0000\r\nMessage-ID: <groups@example.org>\r\n\r\nbody\r\n")
+    c.append(box, grouped)
+    c.command(b"NOOP")
+    untagged, answer = c.command(b"UID SEARCH HEADER Message-ID groups@example.org")
+    uids = search_numbers(untagged) or []
+    untagged, answer = c.command(b"UID FETCH " + (uids[0] if uids else b"0") + b" (ENVELOPE)")
+    envelope = b" ".join(untagged)
+    check("ENVELOPE: a comment-only group has no member",
+          b"MISSING_MAILBOX" not in envelope and b'(NIL NIL "group2" NIL)(NIL NIL NIL NIL)' in envelope, envelope)
+    check("ENVELOPE: a group with members keeps its markers",
+          b'(NIL NIL "Friends" NIL)' in envelope and b'"d" "example.org")(NIL NIL NIL NIL)' in envelope, envelope)
+    untagged, answer = c.command(b"UID SEARCH CC Friends")
+    check("SEARCH CC finds a group's name", uids and search_numbers(untagged) == uids[:1], (uids, untagged))
+
     c.command(b"CLOSE")
     _, answer = c.command(b"DELETE " + box)
     check("DELETE the test mailbox", answer.startswith(b"OK"), answer)

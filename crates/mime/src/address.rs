@@ -65,6 +65,10 @@ impl Pending {
             }
             None => {
                 let spec: String = without_unquoted_spaces(self.raw.trim());
+                // A comment alone is no address (`group2: (foo) ;` has no member).
+                if spec.is_empty() {
+                    return None;
+                }
                 (self.comment, spec)
             }
         };

@@ -125,16 +125,29 @@ fn header_text(value: &HeaderValue<'_>, raw: &[u8], header: &mail_parser::Header
     match value {
         HeaderValue::Text(text) => text.to_string(),
         HeaderValue::TextList(list) => list.join(", "),
-        HeaderValue::Address(address) => address
-            .iter()
-            .map(|a| match (a.name(), a.address()) {
+        HeaderValue::Address(address) => {
+            let person = |a: &mail_parser::Addr<'_>| match (a.name(), a.address()) {
                 (Some(name), Some(email)) => format!("{name} <{email}>"),
                 (None, Some(email)) => email.to_string(),
                 (Some(name), None) => name.to_string(),
                 (None, None) => String::new(),
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
+            };
+            match address {
+                // A group's name is searched too (SEARCH TO "Friends" finds `To: Friends: ...;`).
+                mail_parser::Address::Group(groups) => groups
+                    .iter()
+                    .map(|group| {
+                        let members: Vec<String> = group.addresses.iter().map(person).collect();
+                        match &group.name {
+                            Some(name) => format!("{name}: {};", members.join(", ")),
+                            None => members.join(", "),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                mail_parser::Address::List(list) => list.iter().map(person).collect::<Vec<_>>().join(", "),
+            }
+        }
         _ => {
             let start = usize::try_from(header.offset_start()).unwrap_or(0);
             let end = usize::try_from(header.offset_end()).unwrap_or(0);
