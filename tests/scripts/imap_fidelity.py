@@ -206,6 +206,45 @@ def main():
     untagged, answer = c.command(b"UID SEARCH CC Friends")
     check("SEARCH CC finds a group's name", uids and search_numbers(untagged) == uids[:1], (uids, untagged))
 
+    # BINARY of a multipart (RFC 3516, RFC 9051 6.4.5): the content as stored, the same bytes
+    # as BODY; no UNKNOWN-CTE, since a multipart has no encoding to undo.
+    nested = (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: binary\r\n"
+              b"Message-ID: <binary@example.org>\r\nMIME-Version: 1.0\r\n"
+              b"Content-Type: multipart/mixed; boundary=outer\r\n\r\n"
+              b"--outer\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n"
+              b"--inner\r\nContent-Type: text/plain\r\n\r\nplain\r\n"
+              b"--inner\r\nContent-Type: text/html\r\n\r\n<p>html</p>\r\n--inner--\r\n"
+              b"--outer\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n"
+              b"--outer--\r\n")
+    c.append(box, nested)
+    c.command(b"NOOP")
+    untagged, _ = c.command(b"UID SEARCH HEADER Message-ID binary@example.org")
+    uid = (search_numbers(untagged) or [b"0"])[0]
+
+    def literal_of(command):
+        tag = c.next_tag()
+        c.send(tag + b" " + command + b"\r\n")
+        data = b""
+        status = b""
+        while True:
+            line = c.read_line()
+            if line.startswith(tag + b" "):
+                status = line[len(tag) + 1:]
+                break
+            if line.endswith(b"}"):
+                size = int(line[line.rindex(b"{") + 1:-1])
+                while len(c.buffer) < size:
+                    c.buffer += c.sock.recv(65536)
+                data, c.buffer = c.buffer[:size], c.buffer[size:]
+        return status, data
+
+    status, binary = literal_of(b"UID FETCH " + uid + b" (BINARY.PEEK[1])")
+    _, body = literal_of(b"UID FETCH " + uid + b" (BODY.PEEK[1])")
+    check("BINARY of a multipart section is its content as stored",
+          status.startswith(b"OK") and binary == body and b"--inner" in binary, (status, binary[:80], body[:80]))
+    status, decoded = literal_of(b"UID FETCH " + uid + b" (BINARY.PEEK[2])")
+    check("BINARY of a base64 leaf is decoded", status.startswith(b"OK") and decoded == b"hello", (status, decoded))
+
     c.command(b"CLOSE")
     _, answer = c.command(b"DELETE " + box)
     check("DELETE the test mailbox", answer.startswith(b"OK"), answer)

@@ -1178,8 +1178,15 @@ fn decoded_part(raw: &[u8], structure: &Structure, path: &[u32]) -> Result<Vec<u
     let Some(part) = index.and_then(|i| structure.parts.get(i)) else {
         return Ok(Vec::new());
     };
+    // A multipart (or the whole message, when it is one) has no transfer encoding of its own
+    // (RFC 2045 6.4): its content is returned as stored, as BODY[] and BODY[n] return it
+    // (RFC 3516, RFC 9051 6.4.5). UNKNOWN-CTE is for encodings that cannot be undone.
     if !matches!(part.content, sealpost_mime::Content::Single) {
-        return Err("[UNKNOWN-CTE] BINARY is for single parts");
+        return Ok(if path.is_empty() {
+            raw.to_vec()
+        } else {
+            raw[part.body.clone()].to_vec()
+        });
     }
     let body = &raw[part.body.clone()];
     match part.encoding.to_ascii_lowercase().as_str() {
