@@ -233,6 +233,23 @@ pub(crate) struct RevokeForm {
     recipient: String,
 }
 
+/// A form about one recipient of one of the reader's sent messages: the account and the
+/// queue entry, once the session and its CSRF token check out (the same answers as every
+/// form otherwise).
+async fn recipient_form(
+    state: &Arc<WebState>,
+    headers: &HeaderMap,
+    form: &RevokeForm,
+    queue: &str,
+) -> Result<(sealpost_storage::Account, QueueId), Response> {
+    let (found, account) = reader(state, headers).await?;
+    if !found.session.csrf_ok(&form.csrf) {
+        return Err(crate::request::forbidden());
+    }
+    let queue = queue.parse::<QueueId>().map_err(|_| crate::mail::not_found())?;
+    Ok((account, queue))
+}
+
 pub(crate) async fn revoke(
     State(state): State<Arc<WebState>>,
     Extension(peer): Extension<Peer>,
@@ -240,15 +257,9 @@ pub(crate) async fn revoke(
     headers: HeaderMap,
     axum::Form(form): axum::Form<RevokeForm>,
 ) -> Response {
-    let (found, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
+    let (account, queue) = match recipient_form(&state, &headers, &form, &queue).await {
+        Ok(checked) => checked,
         Err(response) => return response,
-    };
-    if !found.session.csrf_ok(&form.csrf) {
-        return crate::request::forbidden();
-    }
-    let Ok(queue) = queue.parse::<QueueId>() else {
-        return crate::mail::not_found();
     };
     let (state2, id, actor) = (state.clone(), account.id, actor_of(&account, &peer));
     let recipient = form.recipient;
@@ -272,15 +283,9 @@ pub(crate) async fn reset_passkey(
     headers: HeaderMap,
     axum::Form(form): axum::Form<RevokeForm>,
 ) -> Response {
-    let (found, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
+    let (account, queue) = match recipient_form(&state, &headers, &form, &queue).await {
+        Ok(checked) => checked,
         Err(response) => return response,
-    };
-    if !found.session.csrf_ok(&form.csrf) {
-        return crate::request::forbidden();
-    }
-    let Ok(queue) = queue.parse::<QueueId>() else {
-        return crate::mail::not_found();
     };
     let (state2, id, actor) = (state.clone(), account.id, actor_of(&account, &peer));
     let recipient = form.recipient;

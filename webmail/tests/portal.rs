@@ -7,12 +7,10 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::{body_text, set_cookie, Web, FORM_TOKEN, ORIGIN, PORTAL_COOKIE};
+use common::{body_text, Web, FORM_TOKEN, PORTAL_COOKIE};
 use sealpost_auth::LoginLimits;
 use sealpost_storage::{Actor, Role, PORTAL_REPLIES_PER_PICKUP_PER_DAY_MAX};
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
-use webauthn_authenticator_rs::WebauthnAuthenticator;
-use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, Url};
 
 const RESULTS: &[u8] = b"From: doc@clinic.test\r\nTo: pat@outside.test\r\nSubject: Your results\r\n\
     Message-ID: <r1@clinic.test>\r\n\r\nAll is well.\r\n";
@@ -252,19 +250,7 @@ async fn whoever_reads_the_patients_mail_opens_a_code_only_message_but_not_one_w
     assert_eq!(late.status(), StatusCode::LOCKED);
 
     // The patient, told the passphrase, opens a new one (case and spacing do not count).
-    let (_, raw) = compose(
-        &web,
-        &clinician,
-        &[("proof", "passphrase"), ("passphrase", "Blue heron seven")],
-    )
-    .await;
-    let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw.unwrap());
-    let id = id.to_string();
-    let patient = web.portal_visitor(&token).await;
-    assert_eq!(
-        prove(&web, &patient, &id, "passphrase=blue+HERON+seven").await,
-        StatusCode::SEE_OTHER
-    );
+    let (id, patient) = proven_passphrase_message(&web, &clinician, doc).await;
     let page = web.get(&format!("/portal/{id}"), &patient).await;
     assert_eq!(page.status(), StatusCode::OK);
 
@@ -330,58 +316,31 @@ async fn a_policy_can_require_a_proof_for_every_message_to_outside() {
 
 /// Registers a passkey for the portal session's address: the finish's status.
 async fn register_patient_passkey(web: &Web, cookie: &str, csrf: &str, device: &mut SoftPasskey) -> StatusCode {
-    let started = web
-        .post_json(
-            "/portal/passkey/start",
-            cookie,
-            csrf,
-            &serde_json::json!({ "name": "phone" }),
-        )
-        .await;
-    assert_eq!(started.status(), StatusCode::OK);
-    let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
-    let options: CreationChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
-    let credential = device.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
-    web.post_json(
-        "/portal/passkey/finish",
-        cookie,
-        csrf,
-        &serde_json::json!({ "ceremony": started["ceremony"], "credential": credential }),
-    )
-    .await
-    .status()
+    let ends = ("/portal/passkey/start", "/portal/passkey/finish");
+    web.register_passkey(ends, cookie, csrf, device).await
 }
 
 /// Opens a link with the address's passkey: the portal cookie, or the refusal's status.
 async fn open_with_passkey(web: &Web, token: &str, device: &mut SoftPasskey) -> Result<String, StatusCode> {
-    let started = web
-        .post_json(
-            &format!("/pickup/{token}/passkey/start"),
-            "",
-            FORM_TOKEN,
-            &serde_json::json!({}),
-        )
-        .await;
-    if started.status() != StatusCode::OK {
-        return Err(started.status());
-    }
-    let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
-    let options: RequestChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
-    let credential = device
-        .do_authentication(Url::parse(ORIGIN).unwrap(), options)
-        .map_err(|_| StatusCode::UNAUTHORIZED)?;
-    let finished = web
-        .post_json(
-            &format!("/pickup/{token}/passkey/finish"),
-            "",
-            FORM_TOKEN,
-            &serde_json::json!({ "ceremony": started["ceremony"], "credential": credential }),
-        )
-        .await;
-    match finished.status() {
-        StatusCode::OK => Ok(set_cookie(&finished, PORTAL_COOKIE).unwrap()),
-        status => Err(status),
-    }
+    let (start, finish) = (
+        format!("/pickup/{token}/passkey/start"),
+        format!("/pickup/{token}/passkey/finish"),
+    );
+    web.passkey_sign_in((&start, &finish), &serde_json::json!({}), PORTAL_COOKIE, device)
+        .await
+}
+
+/// A message composed with the passphrase "Blue heron seven", kept for pat@outside.test's
+/// pickup, opened with a mailed code and the passphrase: its id and the portal cookie.
+async fn proven_passphrase_message(web: &Web, clinician: &str, doc: sealpost_storage::AccountId) -> (String, String) {
+    let proof = [("proof", "passphrase"), ("passphrase", "Blue heron seven")];
+    let (_, raw) = compose(web, clinician, &proof).await;
+    let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw.unwrap());
+    let id = id.to_string();
+    let patient = web.portal_visitor(&token).await;
+    let proved = prove(web, &patient, &id, "passphrase=blue+HERON+seven").await;
+    assert_eq!(proved, StatusCode::SEE_OTHER);
+    (id, patient)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,19 +358,7 @@ async fn a_patient_with_a_passkey_is_never_mailed_a_code_and_the_sender_can_rese
         .await;
     assert_eq!(started.status(), StatusCode::FORBIDDEN);
     // The patient, who gave the passphrase told by phone, registers one.
-    let (_, raw) = compose(
-        &web,
-        &clinician,
-        &[("proof", "passphrase"), ("passphrase", "Blue heron seven")],
-    )
-    .await;
-    let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw.unwrap());
-    let id = id.to_string();
-    let patient = web.portal_visitor(&token).await;
-    assert_eq!(
-        prove(&web, &patient, &id, "passphrase=blue+heron+seven").await,
-        StatusCode::SEE_OTHER
-    );
+    let (id, patient) = proven_passphrase_message(&web, &clinician, doc).await;
     let csrf = portal_csrf(&web, &patient, &id).await;
     let mut phone = SoftPasskey::new(true);
     assert_eq!(

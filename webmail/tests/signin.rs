@@ -8,14 +8,12 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{body_text, location, set_cookie, Web, FORM_TOKEN, ORIGIN, PASSWORD, SESSION_COOKIE};
+use common::{body_text, location, set_cookie, Web, FORM_TOKEN, PASSWORD, SESSION_COOKIE};
 use sealpost_auth::credentials::{Credentials, TotpFactor};
 use sealpost_auth::websession::Stage;
 use sealpost_auth::LoginLimits;
 use sealpost_storage::{AccountId, Role};
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
-use webauthn_authenticator_rs::WebauthnAuthenticator;
-use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, Url};
 
 fn limits() -> LoginLimits {
     LoginLimits {
@@ -67,61 +65,15 @@ fn csrf(web: &Web, cookie: &str) -> String {
 /// Registers a passkey from `device` in the session of `cookie`: the JSON answer's status.
 async fn add_passkey(web: &Web, cookie: &str, device: &mut SoftPasskey) -> StatusCode {
     let token = csrf(web, cookie);
-    let started = web
-        .post_json(
-            "/security/passkeys/start",
-            cookie,
-            &token,
-            &serde_json::json!({ "name": "Key" }),
-        )
-        .await;
-    if started.status() != StatusCode::OK {
-        return started.status();
-    }
-    let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
-    let options: CreationChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
-    let credential = device.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
-    let finished = web
-        .post_json(
-            "/security/passkeys/finish",
-            cookie,
-            &token,
-            &serde_json::json!({ "ceremony": started["ceremony"], "credential": credential }),
-        )
-        .await;
-    finished.status()
+    let ends = ("/security/passkeys/start", "/security/passkeys/finish");
+    web.register_passkey(ends, cookie, &token, device).await
 }
 
 /// Signs in with the passkey of `device` (no password): the new session's cookie.
 async fn passkey_sign_in(web: &Web, address: &str, device: &mut SoftPasskey) -> Result<String, StatusCode> {
-    let started = web
-        .post_json(
-            "/passkey/sign-in/start",
-            "",
-            FORM_TOKEN,
-            &serde_json::json!({ "address": address }),
-        )
-        .await;
-    if started.status() != StatusCode::OK {
-        return Err(started.status());
-    }
-    let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
-    let options: RequestChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
-    let credential = device
-        .do_authentication(Url::parse(ORIGIN).unwrap(), options)
-        .map_err(|_| StatusCode::UNAUTHORIZED)?;
-    let finished = web
-        .post_json(
-            "/passkey/sign-in/finish",
-            "",
-            FORM_TOKEN,
-            &serde_json::json!({ "ceremony": started["ceremony"], "credential": credential }),
-        )
-        .await;
-    match finished.status() {
-        StatusCode::OK => Ok(set_cookie(&finished, SESSION_COOKIE).unwrap()),
-        status => Err(status),
-    }
+    let ends = ("/passkey/sign-in/start", "/passkey/sign-in/finish");
+    let request = serde_json::json!({ "address": address });
+    web.passkey_sign_in(ends, &request, SESSION_COOKIE, device).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,9 @@ use sealpost_webmail::{
     Brand, HealthInfo, MailSessions, MetricsEndpoint, Outbox, Outgoing, Peer, SendingConfig, Site, WebState,
 };
 use tower::ServiceExt;
+use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+use webauthn_authenticator_rs::WebauthnAuthenticator;
+use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, Url};
 
 pub const PASSWORD: &str = "velvet kettle sonar magpie";
 pub const SESSION_COOKIE: &str = "__Host-sp_session";
@@ -201,53 +204,95 @@ impl Web {
         self.app.clone().oneshot(request).await.unwrap()
     }
 
-    /// A form POST with `cookie` (and the pre-session form cookie).
-    pub async fn post_form(&self, path: &str, cookie: &str, form: &str) -> Response<Body> {
+    /// A POST with `cookie` and the pre-session form cookie, of `kind` (and a script's CSRF
+    /// header when `csrf` is given).
+    async fn post(&self, path: &str, cookie: &str, kind: &str, csrf: Option<&str>, body: String) -> Response<Body> {
         let cookies = [format!("{FORM_COOKIE}={FORM_TOKEN}"), cookie.to_string()]
             .into_iter()
             .filter(|c| !c.is_empty())
             .collect::<Vec<_>>()
             .join("; ");
-        self.send(
-            Request::post(path)
-                .header(header::COOKIE, cookies)
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(form.to_string()))
-                .unwrap(),
+        let mut request = Request::post(path)
+            .header(header::COOKIE, cookies)
+            .header(header::CONTENT_TYPE, kind);
+        if let Some(csrf) = csrf {
+            request = request.header("x-csrf-token", csrf);
+        }
+        self.send(request.body(Body::from(body)).unwrap()).await
+    }
+
+    /// A form POST with `cookie` (and the pre-session form cookie).
+    pub async fn post_form(&self, path: &str, cookie: &str, form: &str) -> Response<Body> {
+        self.post(
+            path,
+            cookie,
+            "application/x-www-form-urlencoded",
+            None,
+            form.to_string(),
         )
         .await
     }
 
     /// A script's JSON POST with `cookie` and its CSRF header.
     pub async fn post_json(&self, path: &str, cookie: &str, csrf: &str, json: &serde_json::Value) -> Response<Body> {
-        let cookies = [format!("{FORM_COOKIE}={FORM_TOKEN}"), cookie.to_string()]
-            .into_iter()
-            .filter(|c| !c.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        self.send(
-            Request::post(path)
-                .header(header::COOKIE, cookies)
-                .header(header::CONTENT_TYPE, "application/json")
-                .header("x-csrf-token", csrf)
-                .body(Body::from(json.to_string()))
-                .unwrap(),
-        )
-        .await
+        self.post(path, cookie, "application/json", Some(csrf), json.to_string())
+            .await
+    }
+
+    /// A WebAuthn registration answered by `device`: started at `start` (with `cookie` and its
+    /// script token `csrf`), finished at `finish`. The finish's status.
+    pub async fn register_passkey(
+        &self,
+        (start, finish): (&str, &str),
+        cookie: &str,
+        csrf: &str,
+        device: &mut SoftPasskey,
+    ) -> StatusCode {
+        let started = self
+            .post_json(start, cookie, csrf, &serde_json::json!({ "name": "Key" }))
+            .await;
+        if started.status() != StatusCode::OK {
+            return started.status();
+        }
+        let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
+        let options: CreationChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
+        let credential = device.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
+        let answer = serde_json::json!({ "ceremony": started["ceremony"], "credential": credential });
+        self.post_json(finish, cookie, csrf, &answer).await.status()
+    }
+
+    /// A WebAuthn sign-in answered by `device`, before any session (the form token as the
+    /// script token): `request` to `start`, the answer to `finish`. The `cookie_name` cookie it
+    /// sets, or the refusal's status.
+    pub async fn passkey_sign_in(
+        &self,
+        (start, finish): (&str, &str),
+        request: &serde_json::Value,
+        cookie_name: &str,
+        device: &mut SoftPasskey,
+    ) -> Result<String, StatusCode> {
+        let started = self.post_json(start, "", FORM_TOKEN, request).await;
+        if started.status() != StatusCode::OK {
+            return Err(started.status());
+        }
+        let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
+        let options: RequestChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
+        let credential = device
+            .do_authentication(Url::parse(ORIGIN).unwrap(), options)
+            .map_err(|_| StatusCode::UNAUTHORIZED)?;
+        let answer = serde_json::json!({ "ceremony": started["ceremony"], "credential": credential });
+        let finished = self.post_json(finish, "", FORM_TOKEN, &answer).await;
+        match finished.status() {
+            StatusCode::OK => Ok(set_cookie(&finished, cookie_name).unwrap()),
+            status => Err(status),
+        }
     }
 
     /// Opens the pickup as the patient does: a code mailed (read back from the queue), then
     /// typed in. The portal's session cookie.
     pub async fn portal_visitor(&self, token: &str) -> String {
-        let form_cookie = format!("{FORM_COOKIE}={FORM_TOKEN}");
         let asked = self
-            .send(
-                Request::post(format!("/pickup/{token}/code"))
-                    .header(header::COOKIE, &form_cookie)
-                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Body::from(format!("form={FORM_TOKEN}")))
-                    .unwrap(),
-            )
+            .post_form(&format!("/pickup/{token}/code"), "", &format!("form={FORM_TOKEN}"))
             .await;
         assert_eq!(asked.status(), StatusCode::SEE_OTHER, "{}", body_text(asked).await);
         let notice = self
@@ -270,12 +315,10 @@ impl Web {
             .trim()
             .to_string();
         let verified = self
-            .send(
-                Request::post(format!("/pickup/{token}/verify"))
-                    .header(header::COOKIE, &form_cookie)
-                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Body::from(format!("form={FORM_TOKEN}&code={code}")))
-                    .unwrap(),
+            .post_form(
+                &format!("/pickup/{token}/verify"),
+                "",
+                &format!("form={FORM_TOKEN}&code={code}"),
             )
             .await;
         set_cookie(&verified, PORTAL_COOKIE).expect("a portal session after the right code")
