@@ -62,6 +62,13 @@ fn csrf(web: &Web, cookie: &str) -> String {
     web.session(cookie).expect("a live session").csrf
 }
 
+/// The second step with the current TOTP code, in the first step's session `cookie`.
+async fn totp_step(web: &Web, cookie: &str, secret: &[u8]) -> axum::http::Response<axum::body::Body> {
+    let token = csrf(web, cookie);
+    let form = format!("csrf={token}&code={}", code(secret));
+    web.post_form("/second-factor", cookie, &form).await
+}
+
 /// Registers a passkey from `device` in the session of `cookie`: the JSON answer's status.
 async fn add_passkey(web: &Web, cookie: &str, device: &mut SoftPasskey) -> StatusCode {
     let token = csrf(web, cookie);
@@ -96,14 +103,7 @@ async fn a_password_alone_never_adds_a_passkey_to_an_admin_with_totp() {
         page.contains("name=\"code\""),
         "the admin without a passkey is asked for TOTP"
     );
-    let token = csrf(&web, &first);
-    let answered = web
-        .post_form(
-            "/second-factor",
-            &first,
-            &format!("csrf={token}&code={}", code(&secret)),
-        )
-        .await;
+    let answered = totp_step(&web, &first, &secret).await;
     assert_eq!(answered.status(), StatusCode::SEE_OTHER);
     let enrolling = set_cookie(&answered, SESSION_COOKIE).unwrap();
     assert_eq!(web.session(&enrolling).unwrap().stage, Stage::Enrolment);
@@ -242,14 +242,7 @@ async fn a_weaker_factor_signs_in_but_does_not_change_factors_and_a_stale_enrolm
     let (_, next, first) = password_step(&web, "doc@clinic.test", PASSWORD).await;
     assert_eq!(next, "/second-factor");
     let first = first.unwrap();
-    let token = csrf(&web, &first);
-    let answered = web
-        .post_form(
-            "/second-factor",
-            &first,
-            &format!("csrf={token}&code={}", code(&secret)),
-        )
-        .await;
+    let answered = totp_step(&web, &first, &secret).await;
     let signed = set_cookie(&answered, SESSION_COOKIE).unwrap();
     assert!(web.session(&signed).unwrap().signed_in());
     let mut attacker = SoftPasskey::new(true);
