@@ -56,7 +56,7 @@ pub use cache::{CACHED_VALUE_BYTES_MAX, SECRET_BYTES_MAX};
 pub use crypto::MasterKey;
 pub use delivery::{Delivery, DeliveryLine, DELIVERIES_LISTED_MAX};
 pub use error::{Error, Result};
-pub use mailbox::MAILBOX_DELIMITER;
+pub use mailbox::{LOST_SUBSCRIPTIONS_MAX, MAILBOX_DELIMITER};
 pub use message::{Delivered, CHUNK_BYTES, SEARCH_TEXT_BYTES_MAX};
 pub use notify::{MailboxEvent, MailboxEvents};
 pub use pickup::{

@@ -42,8 +42,23 @@ impl<'a> NewMailbox<'a> {
     }
 }
 
+/// Names that stay subscribed after their mailbox is deleted (RFC 3501 6.3.6: a server
+/// "MUST NOT unilaterally remove an existing mailbox name from the subscription list"), at
+/// most this many per account; past it, the oldest is forgotten.
+pub const LOST_SUBSCRIPTIONS_MAX: usize = 1000;
+
 #[derive(Serialize, Deserialize)]
 pub(crate) struct AccountState {
+    next_mailbox_id: u32,
+    last_uid_validity: u32,
+    /// Subscribed names whose mailbox was deleted, oldest first (LIST (SUBSCRIBED) shows them
+    /// as \NonExistent; a CREATE of the name subscribes the new mailbox).
+    lost_subscriptions: Vec<String>,
+}
+
+/// The account state as stores before the lost subscriptions wrote it.
+#[derive(Deserialize)]
+struct AccountStateV1 {
     next_mailbox_id: u32,
     last_uid_validity: u32,
 }
@@ -53,7 +68,22 @@ impl AccountState {
         Self {
             next_mailbox_id: 1,
             last_uid_validity: 0,
+            lost_subscriptions: Vec::new(),
         }
+    }
+
+    /// Removes `name` from the lost subscriptions; whether it was there.
+    fn take_lost(&mut self, name: &str) -> bool {
+        let before = self.lost_subscriptions.len();
+        self.lost_subscriptions.retain(|lost| !same_name(lost, name));
+        self.lost_subscriptions.len() != before
+    }
+
+    fn add_lost(&mut self, name: &str) {
+        self.take_lost(name);
+        self.lost_subscriptions.push(name.to_string());
+        let excess = self.lost_subscriptions.len().saturating_sub(LOST_SUBSCRIPTIONS_MAX);
+        self.lost_subscriptions.drain(..excess);
     }
 }
 
@@ -68,6 +98,72 @@ pub(crate) struct MailboxRecord {
     pub(crate) messages: u32,
     pub(crate) unseen: u32,
     pub(crate) bytes: u64,
+    /// Messages from this UID on are \Recent: no IMAP4rev1 session has selected the mailbox
+    /// read-write since they arrived (RFC 3501 2.3.2).
+    pub(crate) recent_from: u32,
+}
+
+/// The mailbox record as stores before \Recent wrote it.
+#[derive(Deserialize)]
+struct MailboxRecordV1 {
+    name: String,
+    special_use: Option<SpecialUse>,
+    subscribed: bool,
+    uid_validity: u32,
+    uid_next: u32,
+    highest_modseq: u64,
+    messages: u32,
+    unseen: u32,
+    bytes: u64,
+}
+
+impl From<MailboxRecordV1> for MailboxRecord {
+    fn from(old: MailboxRecordV1) -> Self {
+        MailboxRecord {
+            // What was there before the upgrade is not recent.
+            recent_from: old.uid_next,
+            name: old.name,
+            special_use: old.special_use,
+            subscribed: old.subscribed,
+            uid_validity: old.uid_validity,
+            uid_next: old.uid_next,
+            highest_modseq: old.highest_modseq,
+            messages: old.messages,
+            unseen: old.unseen,
+            bytes: old.bytes,
+        }
+    }
+}
+
+impl From<AccountStateV1> for AccountState {
+    fn from(old: AccountStateV1) -> Self {
+        AccountState {
+            next_mailbox_id: old.next_mailbox_id,
+            last_uid_validity: old.last_uid_validity,
+            lost_subscriptions: Vec::new(),
+        }
+    }
+}
+
+/// Opens a record written in its current layout or, failing that, in the layout before it.
+fn open_versioned<T, Old>(crypto: &AccountCrypto, aad: &[u8], sealed: &[u8]) -> Result<T>
+where
+    T: for<'de> Deserialize<'de>,
+    Old: for<'de> Deserialize<'de> + Into<T>,
+{
+    decode_versioned::<T, Old>(&crypto.metadata.open(aad, sealed)?)
+}
+
+fn decode_versioned<T, Old>(plain: &[u8]) -> Result<T>
+where
+    T: for<'de> Deserialize<'de>,
+    Old: for<'de> Deserialize<'de> + Into<T>,
+{
+    // postcard is not self-describing: an older record ends before the newer fields, so
+    // reading it in the newer layout fails at its end, and the older layout reads it whole.
+    postcard::from_bytes::<T>(plain)
+        .or_else(|_| postcard::from_bytes::<Old>(plain).map(Into::into))
+        .map_err(|_| Error::corrupt("a mailbox store record"))
 }
 
 impl MailboxRecord {
@@ -321,6 +417,11 @@ impl Store {
         }
         blobs.stage(&crypto, account, &mut batch)?;
         let _ = kept;
+        if record.subscribed {
+            let mut state = self.account_state(&crypto, account)?;
+            state.add_lost(&record.name);
+            self.stage_account_state(&crypto, account, &state, &mut batch)?;
+        }
         let prefix = keys::mailbox(account, id);
         batch.delete_range(Table::Messages, prefix.clone(), keys::prefix_end(&prefix));
         batch.delete_range(Table::Summaries, prefix.clone(), keys::prefix_end(&prefix));
@@ -331,24 +432,82 @@ impl Store {
         Ok(())
     }
 
-    /// Subscribes to or unsubscribes from a mailbox (IMAP LSUB / LIST (SUBSCRIBED)).
+    /// Subscribes to or unsubscribes from a mailbox (IMAP LSUB / LIST (SUBSCRIBED)). A name
+    /// whose mailbox was deleted while subscribed can still be unsubscribed; only an existing
+    /// mailbox can be subscribed (as Dovecot does).
     pub fn set_subscribed(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()> {
         let crypto = self.account_crypto(account)?;
         let _namespace = self.inner.namespace_locks.lock(account, 0);
-        let (id, _) = self
+        let mut state = self.account_state(&crypto, account)?;
+        let was_lost = state.take_lost(name);
+        let mut batch = Batch::default();
+        if was_lost {
+            self.stage_account_state(&crypto, account, &state, &mut batch)?;
+        }
+        let found = self
             .mailbox_records(account)?
             .into_iter()
-            .find(|(_, r)| same_name(&r.name, name))
-            .ok_or(Error::MailboxNotFound)?;
+            .find(|(_, r)| same_name(&r.name, name));
+        let Some((id, _)) = found else {
+            if was_lost && !subscribed {
+                return self.inner.engine.write(batch, Durability::Synced);
+            }
+            return Err(Error::MailboxNotFound);
+        };
         let _mailbox = self.inner.mailbox_locks.lock(account, id.0);
         // Re-read under the mailbox lock: counters may have moved since the scan.
         let record = MailboxRecord {
             subscribed,
             ..self.mailbox_record(account, id)?
         };
-        let mut batch = Batch::default();
         self.stage_mailbox(&crypto, account, id, &record, &mut batch)?;
         self.inner.engine.write(batch, Durability::Synced)
+    }
+
+    /// Subscribed names whose mailbox no longer exists, oldest first.
+    pub fn lost_subscriptions(&self, account: AccountId) -> Result<Vec<String>> {
+        let crypto = self.account_crypto(account)?;
+        Ok(self.account_state(&crypto, account)?.lost_subscriptions)
+    }
+
+    /// The UIDs that are \Recent for an IMAP4rev1 session looking at `mailbox` now: those
+    /// from the returned start up to (not including) UIDNEXT. With `claim` (a read-write
+    /// SELECT, or new mail seen by such a session), they are this session's alone: the
+    /// mailbox records them as seen, so that no later session gets them (RFC 3501 2.3.2).
+    /// Without it (EXAMINE) nothing changes. A claim lost in a crash only shows those
+    /// messages as recent once more, so it is written without waiting for the disk.
+    pub fn claim_recent(&self, account: AccountId, mailbox: MailboxId, claim: bool) -> Result<std::ops::Range<u32>> {
+        let crypto = self.account_crypto(account)?;
+        let _mailbox = self.inner.mailbox_locks.lock(account, mailbox.0);
+        let record = self.mailbox_record(account, mailbox)?;
+        let recent = record.recent_from..record.uid_next;
+        if claim && !recent.is_empty() {
+            let claimed = MailboxRecord {
+                recent_from: record.uid_next,
+                ..record
+            };
+            let mut batch = Batch::default();
+            self.stage_mailbox(&crypto, account, mailbox, &claimed, &mut batch)?;
+            self.inner.engine.write(batch, Durability::Buffered)?;
+        }
+        Ok(recent)
+    }
+
+    /// How many messages of `mailbox` no session has claimed as \Recent yet (STATUS RECENT).
+    pub fn recent_count(&self, account: AccountId, mailbox: MailboxId) -> Result<u32> {
+        let from = self.mailbox_record(account, mailbox)?.recent_from;
+        let prefix = keys::mailbox(account, mailbox);
+        let mut count = 0u32;
+        self.inner.engine.scan(
+            Table::Messages,
+            &keys::message(account, mailbox, from),
+            &keys::prefix_end(&prefix),
+            &mut |_, _| {
+                count += 1;
+                Ok(Scan::Continue)
+            },
+        )?;
+        Ok(count)
     }
 
     fn validate_name(&self, name: &str) -> Result<String> {
@@ -396,7 +555,7 @@ impl Store {
             .engine
             .get(Table::Mailboxes, &keys::mailbox(account, mailbox))?
             .ok_or(Error::MailboxNotFound)?;
-        open_record(&crypto, &mailbox_aad(account, mailbox), &sealed)
+        open_versioned::<MailboxRecord, MailboxRecordV1>(&crypto, &mailbox_aad(account, mailbox), &sealed)
     }
 
     pub(crate) fn mailbox_records(&self, account: AccountId) -> Result<Vec<(MailboxId, MailboxRecord)>> {
@@ -408,7 +567,9 @@ impl Store {
             .engine
             .scan(Table::Mailboxes, &from, &to, &mut |key, value| {
                 let id = MailboxId(keys::read_u32(key, 8).ok_or_else(|| Error::corrupt("a mailbox key"))?);
-                out.push((id, open_record(&crypto, &mailbox_aad(account, id), value)?));
+                let record =
+                    open_versioned::<MailboxRecord, MailboxRecordV1>(&crypto, &mailbox_aad(account, id), value)?;
+                out.push((id, record));
                 Ok(Scan::Continue)
             })?;
         Ok(out)
@@ -421,7 +582,7 @@ impl Store {
             .engine
             .get(Table::Mailboxes, &keys::mailbox(account, slot))?
             .ok_or(Error::AccountNotFound { id: account.0 })?;
-        open_record(crypto, &mailbox_aad(account, slot), &sealed)
+        open_versioned::<AccountState, AccountStateV1>(crypto, &mailbox_aad(account, slot), &sealed)
     }
 
     pub(crate) fn stage_account_state(
@@ -458,16 +619,19 @@ impl Store {
         // the same name, clients must see a new value.
         let now = u32::try_from(crate::now_ms() / 1000).unwrap_or(u32::MAX);
         state.last_uid_validity = now.max(state.last_uid_validity.saturating_add(1));
+        // A name still subscribed from a deleted mailbox subscribes its new one.
+        let subscribed = state.take_lost(new.name) || new.subscribed;
         let record = MailboxRecord {
             name: new.name.to_string(),
             special_use: new.special_use,
-            subscribed: new.subscribed,
+            subscribed,
             uid_validity: state.last_uid_validity,
             uid_next: 1,
             highest_modseq: 1,
             messages: 0,
             unseen: 0,
             bytes: 0,
+            recent_from: 1,
         };
         self.stage_mailbox(crypto, account, id, &record, batch)?;
         Ok(id)
@@ -502,4 +666,28 @@ pub(crate) fn open_record<T: for<'de> Deserialize<'de>>(
 ) -> Result<T> {
     let plain = crypto.metadata.open(aad, sealed)?;
     postcard::from_bytes(&plain).map_err(|_| Error::corrupt("a mailbox store record"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record written before \Recent and lost subscriptions existed still opens: nothing
+    /// in it is recent, and no subscription is lost.
+    #[test]
+    fn records_of_the_layout_before_open() {
+        #[derive(Serialize)]
+        struct OldRecord<'a>(&'a str, Option<SpecialUse>, bool, u32, u32, u64, u32, u32, u64);
+        let old = postcard::to_stdvec(&OldRecord("Lab", None, true, 7, 42, 9, 3, 1, 100)).unwrap();
+        let record = decode_versioned::<MailboxRecord, MailboxRecordV1>(&old).unwrap();
+        assert_eq!(
+            (record.name.as_str(), record.uid_next, record.recent_from),
+            ("Lab", 42, 42)
+        );
+        assert!(record.subscribed);
+        let old_state = postcard::to_stdvec(&(5u32, 1_700_000_000u32)).unwrap();
+        let state = decode_versioned::<AccountState, AccountStateV1>(&old_state).unwrap();
+        assert_eq!(state.next_mailbox_id, 5);
+        assert!(state.lost_subscriptions.is_empty());
+    }
 }

@@ -548,6 +548,58 @@ fn mailboxes_create_parents_rename_with_children_and_delete() {
 }
 
 #[test]
+fn recent_is_claimed_once_and_subscriptions_outlive_their_mailbox() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let account = add_account(&store, "alice@clinic.example");
+    let inbox = mailbox(&store, account, "INBOX");
+    let raw = b"Subject: r\r\n\r\nbody\r\n".to_vec();
+    append(&store, account, inbox, &raw);
+    append(&store, account, inbox, &raw);
+    // Looking without claiming (EXAMINE) changes nothing; the first claim takes both; a
+    // second claim finds nothing left, until more mail arrives.
+    assert_eq!(store.recent_count(account, inbox).unwrap(), 2);
+    assert_eq!(store.claim_recent(account, inbox, false).unwrap(), 1..3);
+    assert_eq!(store.claim_recent(account, inbox, true).unwrap(), 1..3);
+    assert_eq!(store.recent_count(account, inbox).unwrap(), 0);
+    assert!(store.claim_recent(account, inbox, true).unwrap().is_empty());
+    append(&store, account, inbox, &raw);
+    assert_eq!(store.recent_count(account, inbox).unwrap(), 1);
+    assert_eq!(store.claim_recent(account, inbox, true).unwrap(), 3..4);
+
+    // A subscribed mailbox deleted stays subscribed (RFC 3501 6.3.6), is subscribed again
+    // when re-created, and can be unsubscribed while it does not exist.
+    store.create_mailbox(account, "Lab", None).unwrap();
+    store.set_subscribed(account, "Lab", true).unwrap();
+    store.delete_mailbox(account, "Lab").unwrap();
+    assert_eq!(store.lost_subscriptions(account).unwrap(), vec!["Lab".to_string()]);
+    store.create_mailbox(account, "Lab", None).unwrap();
+    assert!(store.mailbox_by_name(account, "Lab").unwrap().unwrap().subscribed);
+    assert!(store.lost_subscriptions(account).unwrap().is_empty());
+    store.delete_mailbox(account, "Lab").unwrap();
+    store.set_subscribed(account, "Lab", false).unwrap();
+    assert!(store.lost_subscriptions(account).unwrap().is_empty());
+    assert!(matches!(
+        store.set_subscribed(account, "Lab", true),
+        Err(Error::MailboxNotFound)
+    ));
+    assert!(matches!(
+        store.set_subscribed(account, "Never", false),
+        Err(Error::MailboxNotFound)
+    ));
+    // At most LOST_SUBSCRIPTIONS_MAX names are kept: the oldest goes first.
+    for n in 0..=sealpost_storage::LOST_SUBSCRIPTIONS_MAX {
+        let name = format!("Gone{n}");
+        store.create_mailbox(account, &name, None).unwrap();
+        store.set_subscribed(account, &name, true).unwrap();
+        store.delete_mailbox(account, &name).unwrap();
+    }
+    let lost = store.lost_subscriptions(account).unwrap();
+    assert_eq!(lost.len(), sealpost_storage::LOST_SUBSCRIPTIONS_MAX);
+    assert_eq!(lost[0], "Gone1");
+}
+
+#[test]
 fn accounts_log_in_by_address_or_local_part_and_can_be_disabled() {
     let fx = Fixture::new();
     let store = fx.create();

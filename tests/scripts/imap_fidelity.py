@@ -83,6 +83,87 @@ def search_numbers(untagged):
             return line[len(b"* SEARCH"):].split()
     return None
 
+def untagged_number(untagged, word):
+    """n from the last "* n WORD" line, or None."""
+    found = None
+    for line in untagged:
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == b"*" and parts[2] == word and parts[1].isdigit():
+            found = int(parts[1])
+    return found
+
+
+def status_recent(client, box):
+    untagged, _ = client.command(b"STATUS " + box + b" (RECENT)")
+    for line in untagged:
+        if line.startswith(b"* STATUS") and b"RECENT " in line:
+            return int(line.split(b"RECENT ")[1].split(b")")[0])
+    return None
+
+
+def fetch_flags(client):
+    """{sequence number: flags line} from FETCH 1:* (FLAGS)."""
+    untagged, _ = client.command(b"FETCH 1:* (FLAGS)")
+    return {int(l.split()[1]): l for l in untagged if b" FETCH " in l}
+
+
+def check_recent(login, box):
+    """\\Recent in IMAP4rev1 (RFC 3501 2.3.2, 6.3.1, 6.3.2, 6.3.10, 6.4.4, 7.3.2): the first
+    session to see a new message has it \\Recent; EXAMINE shows it without taking it."""
+    a, b = login(), login()
+    _, answer = a.command(b"CREATE " + box)
+    message = b"From: a@example.org\r\nSubject: recent\r\n\r\nbody\r\n"
+    a.append(box, message)
+    check("STATUS RECENT counts a message no session has seen", status_recent(a, box) == 1, status_recent(a, box))
+    untagged, answer = b.command(b"EXAMINE " + box)
+    check("EXAMINE reports it in RECENT", untagged_number(untagged, b"RECENT") == 1, untagged)
+    b.command(b"CLOSE")
+    untagged, answer = a.command(b"SELECT " + box)
+    check("EXAMINE did not take \\Recent: the next SELECT has it",
+          untagged_number(untagged, b"RECENT") == 1, untagged)
+    flags = fetch_flags(a)
+    check("FETCH FLAGS shows \\Recent to that session", b"\\Recent" in flags.get(1, b""), flags)
+    for key, expected in [(b"RECENT", [b"1"]), (b"NEW", [b"1"]), (b"OLD", [])]:
+        untagged, _ = a.command(b"SEARCH " + key)
+        check(f"SEARCH {key.decode()} in the session that has \\Recent",
+              search_numbers(untagged) == expected, untagged)
+    a.command(b"STORE 1 +FLAGS (\\Seen)")
+    untagged, _ = a.command(b"SEARCH NEW")
+    check("SEARCH NEW is RECENT UNSEEN", search_numbers(untagged) == [], untagged)
+    untagged, _ = b.command(b"SELECT " + box)
+    check("a later session gets no RECENT", untagged_number(untagged, b"RECENT") == 0, untagged)
+    flags = fetch_flags(b)
+    check("nor \\Recent in FETCH", 1 in flags and b"\\Recent" not in flags[1], flags)
+    untagged, _ = b.command(b"SEARCH OLD")
+    check("SEARCH OLD finds it there", search_numbers(untagged) == [b"1"], untagged)
+    b.command(b"CLOSE")
+    # New mail while a session has the mailbox selected is that session's \\Recent.
+    b.append(box, message)
+    untagged, _ = a.command(b"NOOP")
+    check("new mail: NOOP reports EXISTS and RECENT (the first message stays \\Recent)",
+          untagged_number(untagged, b"EXISTS") == 2 and untagged_number(untagged, b"RECENT") == 2, untagged)
+    flags = fetch_flags(a)
+    check("the new message is \\Recent in that session",
+          b"\\Recent" in flags.get(2, b"") and b"\\Recent" in flags.get(1, b""), flags)
+    check("STATUS RECENT is 0 once a session took them", status_recent(b, box) == 0, status_recent(b, box))
+    a.command(b"CLOSE")
+    # A COPY, MOVE or APPEND target gets \\Recent for the next session to select it.
+    b.command(b"SELECT " + box)
+    _, copied = b.command(b"COPY 1 INBOX")
+    _, moved = b.command(b"MOVE 1 INBOX")
+    b.append(b"INBOX", message)
+    b.command(b"CLOSE")
+    recent = status_recent(a, b"INBOX")
+    check("COPY, MOVE and APPEND targets count in STATUS RECENT",
+          copied.startswith(b"OK") and moved.startswith(b"OK") and recent is not None and recent >= 3,
+          (copied, moved, recent))
+    untagged, _ = a.command(b"SELECT INBOX")
+    check("and in the next SELECT's RECENT", (untagged_number(untagged, b"RECENT") or 0) >= 3, untagged)
+    a.command(b"CLOSE")
+    a.command(b"DELETE " + box)
+    a.command(b"LOGOUT")
+    b.command(b"LOGOUT")
+
 
 def main():
     host, port, cafile, user, password = sys.argv[1:6]
@@ -248,6 +329,13 @@ def main():
     c.command(b"CLOSE")
     _, answer = c.command(b"DELETE " + box)
     check("DELETE the test mailbox", answer.startswith(b"OK"), answer)
+
+    def login():
+        client = Client(host, int(port), cafile)
+        client.command(b'LOGIN "%s" "%s"' % (user.encode(), password.encode()))
+        return client
+
+    check_recent(login, box + b"-recent")
     c.command(b"LOGOUT")
     passed = sum(1 for r in results if r)
     failed = len(results) - passed

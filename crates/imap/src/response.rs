@@ -55,9 +55,13 @@ pub(crate) fn flag_name(flag: SystemFlag) -> &'static str {
 }
 
 /// `(\Seen $Label1)`.
-pub(crate) fn flags(flags: &Flags) -> String {
+/// A message's flags in FETCH syntax; `recent` adds `\Recent` (IMAP4rev1 sessions only).
+pub(crate) fn flags(flags: &Flags, recent: bool) -> String {
     let mut names: Vec<&str> = flags.system_flags().map(flag_name).collect();
     names.extend(flags.keywords().iter().map(String::as_str));
+    if recent {
+        names.push("\\Recent");
+    }
     format!("({})", names.join(" "))
 }
 
@@ -141,7 +145,8 @@ mod tests {
         };
         assert_eq!(internal_date(west), "\"31-Dec-1969 18:30:00 -0530\"");
         let parsed = parse_flags(&["\\SEEN".into(), "$Label1".into(), "\\Recent".into()]).unwrap();
-        assert_eq!(flags(&parsed), "(\\Seen $Label1)");
+        assert_eq!(flags(&parsed, false), "(\\Seen $Label1)");
+        assert_eq!(flags(&parsed, true), "(\\Seen $Label1 \\Recent)");
         assert!(parse_flags(&["\\Bogus".into()]).is_err());
         let mut out = Vec::new();
         string(&mut out, b"a \"b\"");

@@ -8,6 +8,7 @@ use sealpost_mime::{search_text, SearchText, Summary};
 use sealpost_storage::{AccountId, MailboxId, MessageMeta, Result, Store, SystemFlag};
 
 use crate::command::{SearchKey, SequenceSet};
+use crate::selected::Recent;
 
 /// What is known of one message while its keys are checked.
 struct Candidate<'a> {
@@ -26,6 +27,7 @@ pub(crate) fn evaluate(
     uids: &[u32],
     // The saved result (`$`), ascending.
     saved: &[u32],
+    recent: &Recent,
     key: &SearchKey,
 ) -> Result<(Vec<u32>, Vec<u64>)> {
     let metas: HashMap<u32, MessageMeta> = store
@@ -50,6 +52,7 @@ pub(crate) fn evaluate(
             account,
             mailbox,
             saved,
+            recent,
             largest_uid,
             count,
         };
@@ -66,6 +69,7 @@ struct Context<'a> {
     account: AccountId,
     mailbox: MailboxId,
     saved: &'a [u32],
+    recent: &'a Recent,
     largest_uid: u32,
     count: u32,
 }
@@ -130,9 +134,11 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> Result<
             };
             has == *set
         }
-        // No message is \Recent in Sealpost (IMAP4rev2 dropped it).
-        SearchKey::New | SearchKey::Recent => false,
-        SearchKey::Old => true,
+        // \Recent as this session has it (none under IMAP4rev2, which dropped it); NEW is
+        // RECENT UNSEEN (RFC 3501 6.4.4).
+        SearchKey::Recent => ctx.recent.contains(c.meta.uid),
+        SearchKey::New => ctx.recent.contains(c.meta.uid) && !c.meta.flags.has(SystemFlag::Seen),
+        SearchKey::Old => !ctx.recent.contains(c.meta.uid),
         SearchKey::Larger(n) => c.meta.size > *n,
         SearchKey::Smaller(n) => c.meta.size < *n,
         SearchKey::Uid(set) => in_set(set, c.meta.uid, ctx.largest_uid, Some(ctx.saved)),

@@ -58,6 +58,44 @@ pub(crate) struct Selected {
     /// The keywords this session was told of in FLAGS (and PERMANENTFLAGS): a FETCH may show
     /// only these (RFC 3501 7.2.6, RFC 9051 7.3.5), so a new one is announced first.
     keywords: Vec<String>,
+    /// The messages that are \Recent in this session (none under IMAP4rev2).
+    pub(crate) recent: Recent,
+    /// Whether this session takes \Recent for new messages from every later session: an
+    /// IMAP4rev1 session that selected the mailbox read-write (RFC 3501 2.3.2).
+    claims_recent: bool,
+}
+
+/// The UIDs that are \Recent in one session: the ranges it claimed (or, read-only, saw
+/// unclaimed), ascending. One range per time new mail arrived, merged where they touch.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Recent(Vec<std::ops::Range<u32>>);
+
+impl Recent {
+    pub(crate) fn contains(&self, uid: u32) -> bool {
+        let at = self.0.partition_point(|range| range.end <= uid);
+        self.0.get(at).is_some_and(|range| range.contains(&uid))
+    }
+
+    fn add(&mut self, range: std::ops::Range<u32>) {
+        if range.is_empty() {
+            return;
+        }
+        match self.0.last_mut() {
+            Some(last) if range.start <= last.end => {
+                last.start = last.start.min(range.start);
+                last.end = last.end.max(range.end);
+            }
+            _ => self.0.push(range),
+        }
+    }
+
+    /// How many of `uids` (ascending) are recent.
+    fn count(&self, uids: &[u32]) -> usize {
+        self.0
+            .iter()
+            .map(|range| uids.partition_point(|u| *u < range.end) - uids.partition_point(|u| *u < range.start))
+            .sum()
+    }
 }
 
 /// The keywords every mailbox's FLAGS name.
@@ -225,16 +263,30 @@ impl Session {
         // Subscribe before reading, so that nothing falls between the read and the events.
         let events = self.store.subscribe(self.account_id(), mailbox.id);
         let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
-        let (metas, mailbox) = match blocking(move || {
-            Ok::<_, sealpost_storage::Error>((store.messages(account, id)?, store.mailbox(account, id)?))
+        let protected = mailbox.special_use == Some(SpecialUse::Backup);
+        let read_only = examine || protected;
+        // \Recent is IMAP4rev1's: a read-write SELECT claims what no session saw yet; EXAMINE
+        // shows it and leaves it for the next session (RFC 3501 2.3.2, 6.3.2).
+        let rev1 = !self.enabled.rev2;
+        let claims_recent = rev1 && !read_only;
+        let (metas, mailbox, recent_range) = match blocking(move || {
+            let metas = store.messages(account, id)?;
+            // After the read: a message arriving between the two is claimed, and its event
+            // (subscribed above) adds it to this session's list.
+            let recent = if rev1 {
+                store.claim_recent(account, id, claims_recent)?
+            } else {
+                0..0
+            };
+            Ok::<_, sealpost_storage::Error>((metas, store.mailbox(account, id)?, recent))
         })
         .await
         {
             Ok(found) => found,
             Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
         };
-        let protected = mailbox.special_use == Some(SpecialUse::Backup);
-        let read_only = examine || protected;
+        let mut recent = Recent::default();
+        recent.add(recent_range);
         let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
         // FLAGS names every keyword a message here has, so that no FETCH shows one unannounced.
         let mut keywords: Vec<String> = KEYWORDS_ALWAYS.iter().map(|k| k.to_string()).collect();
@@ -244,7 +296,7 @@ impl Session {
         }
         self.untagged(&format!("{} EXISTS", uids.len()));
         if !self.enabled.rev2 {
-            self.untagged("0 RECENT");
+            self.untagged(&format!("{} RECENT", recent.count(&uids)));
             if let Some(position) = metas.iter().position(|m| !m.flags.has(SystemFlag::Seen)) {
                 self.untagged(&format!("OK [UNSEEN {}] first unseen", position + 1));
             }
@@ -270,6 +322,8 @@ impl Session {
             own_modseqs: BTreeSet::new(),
             saved_search: Vec::new(),
             keywords,
+            recent,
+            claims_recent,
         };
         if let Some(qresync) = qresync.filter(|q| q.uid_validity == mailbox.uid_validity) {
             let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
@@ -295,7 +349,7 @@ impl Session {
                     if let (Some(meta), Some(seq)) = (by_uid.get(uid), selected.seq_of(*uid)) {
                         self.untagged(&format!(
                             "{seq} FETCH (UID {uid} FLAGS {} MODSEQ ({}))",
-                            response::flags(&meta.flags),
+                            response::flags(&meta.flags, selected.recent.contains(*uid)),
                             meta.modseq
                         ));
                     }
@@ -338,8 +392,18 @@ impl Session {
                 selected.events = self.store.subscribe(account, selected.id);
             }
         }
-        let Some(selected) = self.selected.as_mut() else { return };
+        let Some(selected) = self.selected.as_ref() else { return };
         let grown = selected.uids.len() > before;
+        if grown && !self.enabled.rev2 {
+            // New mail: this session's to claim as \Recent (or, read-only, to see as such).
+            let (store, id, claim) = (self.store.clone(), selected.id, selected.claims_recent);
+            if let Ok(range) = blocking(move || store.claim_recent(account, id, claim)).await {
+                if let Some(selected) = self.selected.as_mut() {
+                    selected.recent.add(range);
+                }
+            }
+        }
+        let Some(selected) = self.selected.as_mut() else { return };
         let mut lines: Vec<String> = Vec::new();
         if expunges_allowed && !selected.pending_expunges.is_empty() {
             let gone: Vec<u32> = std::mem::take(&mut selected.pending_expunges)
@@ -364,6 +428,9 @@ impl Session {
         }
         if grown {
             lines.push(format!("{} EXISTS", selected.uids.len()));
+            if !self.enabled.rev2 {
+                lines.push(format!("{} RECENT", selected.recent.count(&selected.uids)));
+            }
         }
         let flagged: Vec<u32> = std::mem::take(&mut selected.pending_flags).into_iter().collect();
         let id = selected.id;
@@ -383,9 +450,9 @@ impl Session {
         .await;
         self.announce_keywords(metas.iter().flat_map(|m| m.flags.keywords()));
         for meta in metas {
-            let Some(seq) = self.selected.as_ref().and_then(|s| s.seq_of(meta.uid)) else {
-                continue;
-            };
+            let Some(selected) = self.selected.as_ref() else { return };
+            let Some(seq) = selected.seq_of(meta.uid) else { continue };
+            let recent = selected.recent.contains(meta.uid);
             let modseq = if self.enabled.condstore {
                 format!(" MODSEQ ({})", meta.modseq)
             } else {
@@ -394,7 +461,7 @@ impl Session {
             self.untagged(&format!(
                 "{seq} FETCH (UID {} FLAGS {}{modseq})",
                 meta.uid,
-                response::flags(&meta.flags)
+                response::flags(&meta.flags, recent)
             ));
         }
     }
@@ -574,10 +641,11 @@ impl Session {
             .collect();
         let (store, account) = (self.store.clone(), self.account_id());
         let items = std::sync::Arc::new(items);
+        let recent = std::sync::Arc::new(selected.recent.clone());
         let load = |wanted: Vec<(u32, u32)>| {
-            let (store, items) = (store.clone(), items.clone());
+            let (store, items, recent) = (store.clone(), items.clone(), recent.clone());
             tokio::task::spawn_blocking(move || {
-                load_fetch_batch(&store, account, id, &wanted, needs, &items, changed_since)
+                load_fetch_batch(&store, account, id, &wanted, needs, &items, changed_since, &recent)
             })
         };
         let mut batches = Batches::new(&numbered, needs_body);
@@ -700,7 +768,10 @@ impl Session {
                 let flags = if silent {
                     String::new()
                 } else {
-                    format!("FLAGS {}", response::flags(&meta.flags))
+                    format!(
+                        "FLAGS {}",
+                        response::flags(&meta.flags, selected.recent.contains(meta.uid))
+                    )
                 };
                 // One space between parts: .SILENT under CONDSTORE has no FLAGS between them.
                 let parts = [uid_part.trim(), flags.as_str(), modseq.trim()];
@@ -845,9 +916,10 @@ impl Session {
         let id = selected.id;
         let uids = selected.uids.clone();
         let saved = selected.saved_search.clone();
+        let recent = selected.recent.clone();
         let (store, account) = (self.store.clone(), self.account_id());
         let key = criteria.clone();
-        let found = blocking(move || crate::search::evaluate(&store, account, id, &uids, &saved, &key)).await;
+        let found = blocking(move || crate::search::evaluate(&store, account, id, &uids, &saved, &recent, &key)).await;
         let (matches, modseqs) = match found {
             Ok(found) => found,
             Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
@@ -1069,6 +1141,7 @@ fn write_item(
     out: &mut Vec<u8>,
     item: &FetchItem,
     meta: &MessageMeta,
+    recent: bool,
     raw: Option<&[u8]>,
     structure: Option<&Structure>,
     summary: Option<&Summary>,
@@ -1077,7 +1150,7 @@ fn write_item(
     let summary = summary.unwrap_or(&empty);
     match item {
         FetchItem::Uid => out.extend_from_slice(format!("UID {}", meta.uid).as_bytes()),
-        FetchItem::Flags => out.extend_from_slice(format!("FLAGS {}", response::flags(&meta.flags)).as_bytes()),
+        FetchItem::Flags => out.extend_from_slice(format!("FLAGS {}", response::flags(&meta.flags, recent)).as_bytes()),
         FetchItem::InternalDate => {
             out.extend_from_slice(format!("INTERNALDATE {}", response::internal_date(meta.internal_date)).as_bytes())
         }
@@ -1273,6 +1346,7 @@ impl<'a> Batches<'a> {
 /// One blocking trip per batch: metadata, and bodies or summaries if asked; \Seen set first
 /// when the FETCH reads content of a writable mailbox; then the response lines, each body
 /// dropped once its line is written.
+#[allow(clippy::too_many_arguments)]
 fn load_fetch_batch(
     store: &sealpost_storage::Store,
     account: sealpost_storage::AccountId,
@@ -1281,6 +1355,7 @@ fn load_fetch_batch(
     needs: FetchNeeds,
     items: &[FetchItem],
     changed_since: Option<u64>,
+    recent: &Recent,
 ) -> Result<FetchBatch, sealpost_storage::Error> {
     let wanted: Vec<u32> = numbered.iter().map(|(uid, _)| *uid).collect();
     let mut summaries: HashMap<u32, Vec<u8>> = HashMap::new();
@@ -1384,6 +1459,7 @@ fn load_fetch_batch(
                 &mut batch.lines,
                 item,
                 &meta,
+                recent.contains(meta.uid),
                 raw.as_deref(),
                 structure.as_ref(),
                 summary.as_ref(),

@@ -1163,7 +1163,13 @@ impl Session {
         for item in items {
             let value = match item {
                 StatusItem::Messages => ("MESSAGES", u64::from(mailbox.messages)),
-                StatusItem::Recent => ("RECENT", 0),
+                // The messages no session has claimed yet; IMAP4rev2 has no \Recent.
+                StatusItem::Recent if self.enabled.rev2 => ("RECENT", 0),
+                StatusItem::Recent => {
+                    let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
+                    let count = blocking(move || store.recent_count(account, id)).await.unwrap_or(0);
+                    ("RECENT", u64::from(count))
+                }
                 StatusItem::UidNext => ("UIDNEXT", u64::from(mailbox.uid_next)),
                 StatusItem::UidValidity => ("UIDVALIDITY", u64::from(mailbox.uid_validity)),
                 StatusItem::Unseen => ("UNSEEN", u64::from(mailbox.unseen)),
