@@ -165,6 +165,84 @@ def check_recent(login, box):
     b.command(b"LOGOUT")
 
 
+def parse_list(line):
+    """(attributes in lower case, name, what follows) of a LIST or LSUB line."""
+    head, _, rest = line.partition(b") ")
+    attributes = set(head.split(b"(", 1)[1].lower().split())
+    rest = rest.split(b" ", 1)[1]  # the delimiter
+    if rest.startswith(b'"'):
+        name, _, after = rest[1:].partition(b'"')
+    else:
+        name, _, after = rest.partition(b" ")
+    return attributes, name, after.strip()
+
+
+def listed(client, command):
+    untagged, answer = client.command(command)
+    return {parse_list(l)[1]: parse_list(l) for l in untagged if l.startswith((b"* LIST", b"* LSUB"))}, answer
+
+
+def check_subscriptions(login, base):
+    """Subscriptions (RFC 3501 6.3.6, 6.3.9; RFC 5258 3.1, 3.4, 3.5): a subscribed name
+    outlives its mailbox, shown as \\NonExistent; RECURSIVEMATCH gives CHILDINFO for the
+    parent of a subscribed child; LSUB gives that parent as \\Noselect."""
+    c = login()
+    child, other, gone = base + b"/child", base + b"/other", base + b"-gone"
+    for name in (base, child, other, gone):
+        c.command(b"CREATE " + name)
+    c.command(b"SUBSCRIBE " + child)
+    c.command(b"SUBSCRIBE " + gone)
+    c.command(b"DELETE " + gone)
+    names, answer = listed(c, b'LIST (SUBSCRIBED) "" "' + base + b'*"')
+    attributes = names.get(gone, (set(),))[0]
+    check("LIST (SUBSCRIBED) keeps a deleted mailbox's subscription, \\NonExistent",
+          {b"\\subscribed", b"\\nonexistent"} <= attributes and b"\\subscribed" in names.get(child, (set(),))[0]
+          and base not in names, (names, answer))
+    names, answer = listed(c, b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "' + base + b'%"')
+    entry = names.get(base, (set(), b"", b""))
+    check("RECURSIVEMATCH gives the parent of a subscribed child with CHILDINFO",
+          entry[2] == b'(CHILDINFO ("SUBSCRIBED"))' and b"\\subscribed" not in entry[0] and gone in names,
+          (names, answer))
+    names, answer = listed(c, b'LSUB "" "' + base + b'%"')
+    check("LSUB gives an unsubscribed parent of a subscribed child as \\Noselect",
+          b"\\noselect" in names.get(base, (set(),))[0] and gone in names and child not in names, (names, answer))
+    names, answer = listed(c, b'LSUB "" "' + base + b'/%"')
+    check("LSUB of the children lists the subscribed one alone",
+          set(names) == {child} and b"\\noselect" not in names[child][0], (names, answer))
+    c.command(b"CREATE " + gone)
+    names, _ = listed(c, b'LIST (SUBSCRIBED) "" "' + gone + b'"')
+    check("a mailbox created under a name still subscribed is subscribed",
+          gone in names and b"\\nonexistent" not in names[gone][0], names)
+    c.command(b"DELETE " + gone)
+    _, answer = c.command(b"UNSUBSCRIBE " + gone)
+    names, _ = listed(c, b'LIST (SUBSCRIBED) "" "' + base + b'*"')
+    check("UNSUBSCRIBE of a deleted mailbox's name", answer.startswith(b"OK") and gone not in names, (answer, names))
+    c.command(b"UNSUBSCRIBE " + child)
+    for name in (child, other, base):
+        c.command(b"DELETE " + name)
+    c.command(b"LOGOUT")
+
+
+def check_modseq_after_other_store(login, box):
+    """FETCH MODSEQ after another session's STORE is that STORE's MODSEQ (RFC 7162 3.1.4)."""
+    a, b = login(), login()
+    a.command(b"CREATE " + box)
+    a.append(box, b"Subject: modseq\r\n\r\nbody\r\n")
+    a.command(b"SELECT " + box + b" (CONDSTORE)")
+    b.command(b"SELECT " + box + b" (CONDSTORE)")
+    untagged, _ = b.command(b"STORE 1 +FLAGS (\\Flagged)")
+    stored = [int(l.split(b"MODSEQ (")[1].split(b")")[0]) for l in untagged if b"MODSEQ (" in l]
+    untagged, answer = a.command(b"FETCH 1 (MODSEQ)")
+    fetched = [int(l.split(b"MODSEQ (")[1].split(b")")[0]) for l in untagged if l.startswith(b"* 1 FETCH") and b"MODSEQ (" in l]
+    check("FETCH MODSEQ after another session's STORE is the STORE's",
+          stored and fetched and fetched[0] == stored[-1] and max(fetched) == stored[-1], (stored, untagged))
+    a.command(b"CLOSE")
+    b.command(b"CLOSE")
+    a.command(b"DELETE " + box)
+    a.command(b"LOGOUT")
+    b.command(b"LOGOUT")
+
+
 def main():
     host, port, cafile, user, password = sys.argv[1:6]
     c = Client(host, int(port), cafile)
@@ -336,6 +414,8 @@ def main():
         return client
 
     check_recent(login, box + b"-recent")
+    check_subscriptions(login, box + b"-subs")
+    check_modseq_after_other_store(login, box + b"-modseq")
     c.command(b"LOGOUT")
     passed = sum(1 for r in results if r)
     failed = len(results) - passed

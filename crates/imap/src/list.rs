@@ -67,6 +67,113 @@ pub(crate) fn match_steps<'a>(patterns: &[Pattern], names: impl Iterator<Item = 
     })
 }
 
+/// What a LIST or LSUB selects: every mailbox (plain LIST), the subscribed names (LIST
+/// (SUBSCRIBED), LSUB), and with RECURSIVEMATCH their parents too.
+#[derive(Clone, Copy)]
+pub(crate) struct Selection {
+    pub(crate) lsub: bool,
+    pub(crate) subscribed: bool,
+    pub(crate) recursive: bool,
+}
+
+/// One name of a LIST or LSUB answer.
+pub(crate) struct Listed {
+    pub(crate) name: String,
+    /// `None`: no such mailbox: a subscribed name whose mailbox was deleted, or a parent of
+    /// subscribed names (LIST: \NonExistent; LSUB: \Noselect unless subscribed itself).
+    pub(crate) mailbox: Option<sealpost_storage::Mailbox>,
+    pub(crate) has_children: bool,
+    pub(crate) subscribed: bool,
+    /// LSUB: not subscribed, listed for a subscribed name below it that the pattern does not
+    /// reach (\Noselect, RFC 3501 6.3.9).
+    pub(crate) lsub_parent: bool,
+    /// RECURSIVEMATCH: a subscribed name is below it (CHILDINFO ("SUBSCRIBED"), RFC 5258
+    /// 3.5).
+    pub(crate) child_subscribed: bool,
+}
+
+/// The names of every level above `name` (`a/b/c`: `a`, `a/b`).
+pub(crate) fn parents(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices('/').map(move |(at, _)| &name[..at])
+}
+
+/// The names a LIST or LSUB answers with, sorted by name: the mailboxes and `lost` (the
+/// subscribed names whose mailbox was deleted) as `selection` and `patterns` select them.
+pub(crate) fn select(
+    mailboxes: Vec<sealpost_storage::Mailbox>,
+    lost: &[String],
+    patterns: &[Pattern],
+    selection: Selection,
+) -> Vec<Listed> {
+    use std::collections::{BTreeMap, HashSet};
+    let matched = |name: &str| patterns.iter().any(|pattern| pattern.matches(name));
+    let mut with_children: HashSet<String> = HashSet::new();
+    for mailbox in &mailboxes {
+        with_children.extend(parents(&mailbox.name).map(str::to_string));
+    }
+    let mut all: BTreeMap<String, Option<sealpost_storage::Mailbox>> =
+        mailboxes.into_iter().map(|m| (m.name.clone(), Some(m))).collect();
+    if !(selection.lsub || selection.subscribed) {
+        return all
+            .into_iter()
+            .filter(|(name, _)| matched(name))
+            .filter_map(|(name, mailbox)| {
+                let mailbox = mailbox?;
+                Some(Listed {
+                    has_children: with_children.contains(&name),
+                    subscribed: mailbox.subscribed,
+                    name,
+                    mailbox: Some(mailbox),
+                    lsub_parent: false,
+                    child_subscribed: false,
+                })
+            })
+            .collect();
+    }
+    for name in lost {
+        all.entry(name.clone()).or_insert(None);
+    }
+    let subscribed: Vec<String> = all
+        .iter()
+        .filter(|(_, mailbox)| mailbox.as_ref().is_none_or(|m| m.subscribed))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let is_subscribed = |name: &str| subscribed.binary_search_by(|s| s.as_str().cmp(name)).is_ok();
+    let mut above_subscribed: HashSet<String> = HashSet::new();
+    let mut lsub_parents: HashSet<String> = HashSet::new();
+    for name in &subscribed {
+        for parent in parents(name) {
+            above_subscribed.insert(parent.to_string());
+            // LSUB "" "%" with only "a/b" subscribed answers "a" as \Noselect.
+            if selection.lsub
+                && !is_subscribed(parent)
+                && patterns.iter().any(|p| p.matches(parent) && !p.matches(name))
+            {
+                lsub_parents.insert(parent.to_string());
+            }
+        }
+    }
+    for parent in above_subscribed.iter().chain(&lsub_parents) {
+        all.entry(parent.clone()).or_insert(None);
+    }
+    all.into_iter()
+        .filter_map(|(name, mailbox)| {
+            let subscribed = is_subscribed(&name);
+            let lsub_parent = lsub_parents.contains(&name);
+            let child_subscribed = selection.recursive && above_subscribed.contains(&name);
+            let wanted = subscribed || lsub_parent || child_subscribed;
+            (wanted && matched(&name)).then(|| Listed {
+                has_children: with_children.contains(&name),
+                name,
+                mailbox,
+                subscribed,
+                lsub_parent: lsub_parent && !subscribed,
+                child_subscribed,
+            })
+        })
+        .collect()
+}
+
 impl Pattern {
     /// Whether `name` matches.
     pub(crate) fn matches(&self, name: &str) -> bool {

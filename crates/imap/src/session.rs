@@ -1035,12 +1035,15 @@ impl Session {
 
     async fn subscribe(&mut self, tag: &str, name: &str, subscribed: bool) {
         let found = match self.find_mailbox(name).await {
-            Ok(Some(found)) => found,
+            Ok(Some(found)) => found.name,
+            // A name kept subscribed after its mailbox was deleted can still be unsubscribed
+            // (the store answers NONEXISTENT for any other).
+            Ok(None) if !subscribed => name.to_string(),
             Ok(None) => return self.no(tag, "[NONEXISTENT] no such mailbox"),
             Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
         };
         let (store, account) = (self.store.clone(), self.account_id());
-        match blocking(move || store.set_subscribed(account, &found.name, subscribed)).await {
+        match blocking(move || store.set_subscribed(account, &found, subscribed)).await {
             Ok(()) => self.ok(
                 tag,
                 if subscribed {
@@ -1082,31 +1085,35 @@ impl Session {
             .map(|pattern| format!("{}{}", list.reference, pattern))
             .collect();
         // Matching costs names x patterns: on the blocking pool, with the store's read.
+        let selection = crate::list::Selection {
+            lsub: list.lsub,
+            subscribed: list.select_subscribed,
+            recursive: list.recursive_match,
+        };
         let listed = blocking(move || {
             let mailboxes = store.list_mailboxes(account)?;
+            let lost = if selection.lsub || selection.subscribed {
+                store.lost_subscriptions(account)?
+            } else {
+                Vec::new()
+            };
             let compiled: Vec<crate::list::Pattern> = patterns.iter().map(|p| crate::list::Pattern::new(p)).collect();
             // The matching's worst case, counted before any of it: every pattern against every
-            // name. Past LIST_MATCH_STEPS_MAX the command is refused, not run for minutes.
-            let steps = crate::list::match_steps(&compiled, mailboxes.iter().map(|m| m.name.as_str()));
+            // name, and for LSUB and LIST (SUBSCRIBED) against every level above each name
+            // too. Past LIST_MATCH_STEPS_MAX the command is refused, not run for minutes.
+            let names = mailboxes
+                .iter()
+                .map(|m| m.name.as_str())
+                .chain(lost.iter().map(String::as_str));
+            let mut steps = crate::list::match_steps(&compiled, names.clone());
+            if selection.lsub || selection.subscribed {
+                let levels = names.flat_map(crate::list::parents);
+                steps = steps.saturating_add(crate::list::match_steps(&compiled, levels));
+            }
             if steps > LIST_MATCH_STEPS_MAX {
                 return Ok(None);
             }
-            let mut parents = std::collections::HashSet::new();
-            for mailbox in &mailboxes {
-                for (at, _) in mailbox.name.match_indices('/') {
-                    parents.insert(mailbox.name[..at].to_string());
-                }
-            }
-            Ok::<_, StoreError>(Some(
-                mailboxes
-                    .into_iter()
-                    .filter(|mailbox| compiled.iter().any(|pattern| pattern.matches(&mailbox.name)))
-                    .map(|mailbox| {
-                        let has_children = parents.contains(&mailbox.name);
-                        (mailbox, has_children)
-                    })
-                    .collect::<Vec<_>>(),
-            ))
+            Ok::<_, StoreError>(Some(crate::list::select(mailboxes, &lost, &compiled, selection)))
         })
         .await;
         let listed = match listed {
@@ -1122,33 +1129,38 @@ impl Session {
             Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
         };
         let names = self.names();
-        let show_children = !list.lsub;
-        for (mailbox, has_children) in &listed {
-            if (list.lsub || list.select_subscribed) && !mailbox.subscribed {
-                continue;
-            }
-            if list.select_special_use && mailbox.special_use.and_then(SpecialUse::attribute).is_none() {
+        for entry in &listed {
+            let special_use = entry.mailbox.as_ref().and_then(|m| m.special_use);
+            if list.select_special_use && special_use.and_then(SpecialUse::attribute).is_none() {
                 continue;
             }
             let mut attributes: Vec<&str> = Vec::new();
-            if show_children {
-                attributes.push(if *has_children {
+            match (&entry.mailbox, list.lsub) {
+                // RFC 3501 6.3.9: a parent listed for its subscribed children.
+                (_, true) if entry.lsub_parent => attributes.push("\\Noselect"),
+                (_, true) => {}
+                // RFC 5258 3.4: a subscribed name, or a parent, with no mailbox.
+                (None, false) => attributes.push("\\NonExistent"),
+                (Some(_), false) => attributes.push(if entry.has_children {
                     "\\HasChildren"
                 } else {
                     "\\HasNoChildren"
-                });
+                }),
             }
-            if let Some(attribute) = mailbox.special_use.and_then(SpecialUse::attribute) {
+            if let Some(attribute) = special_use.and_then(SpecialUse::attribute) {
                 attributes.push(attribute);
             }
-            if mailbox.subscribed && (list.return_subscribed || list.select_subscribed) {
+            if !list.lsub && entry.subscribed && (list.return_subscribed || list.select_subscribed) {
                 attributes.push("\\Subscribed");
             }
             let mut line = format!("* {kind} ({}) \"/\" ", attributes.join(" ")).into_bytes();
-            response::mailbox(&mut line, &mailbox.name, names);
+            response::mailbox(&mut line, &entry.name, names);
+            if entry.child_subscribed {
+                line.extend_from_slice(b" (CHILDINFO (\"SUBSCRIBED\"))");
+            }
             line.extend_from_slice(b"\r\n");
             self.out.extend_from_slice(&line);
-            if let Some(items) = &list.return_status {
+            if let (Some(items), Some(mailbox)) = (&list.return_status, &entry.mailbox) {
                 let status = self.status_line(mailbox, &mailbox.name, items).await;
                 self.out.extend_from_slice(&status);
             }
