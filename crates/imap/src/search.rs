@@ -56,9 +56,15 @@ pub(crate) fn evaluate(
             largest_uid,
             count,
         };
-        if matches(key, &mut candidate, &context)? {
-            modseqs.push(meta.modseq);
-            out.push(*uid);
+        match matches(key, &mut candidate, &context) {
+            Ok(true) => {
+                modseqs.push(meta.modseq);
+                out.push(*uid);
+            }
+            Ok(false) => {}
+            // Expunged by another session while the search ran: it matches nothing.
+            Err(sealpost_storage::Error::MessageNotFound { .. }) => {}
+            Err(error) => return Err(error),
         }
     }
     Ok((out, modseqs))

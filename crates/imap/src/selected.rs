@@ -45,6 +45,9 @@ pub(crate) struct Selected {
     pub(crate) protected: bool,
     /// UIDs by sequence number (index + 1), ascending.
     pub(crate) uids: Vec<u32>,
+    /// How many of `uids` the client was told of (EXISTS less EXPUNGE): those past it
+    /// arrived since, and one expunged before its EXISTS went out is never announced.
+    announced: usize,
     events: MailboxEvents,
     /// Expunges seen but not yet announced (not allowed during FETCH, STORE, SEARCH).
     pending_expunges: BTreeSet<u32>,
@@ -310,13 +313,14 @@ impl Session {
             line.extend_from_slice(b"\r\n");
             self.out.extend_from_slice(&line);
         }
-        let mut selected = Selected {
+        let selected = Selected {
             id: mailbox.id,
             name: mailbox.name.clone(),
             read_only,
             protected,
             uids,
             events,
+            announced: metas.len(),
             pending_expunges: BTreeSet::new(),
             pending_flags: BTreeSet::new(),
             own_modseqs: BTreeSet::new(),
@@ -356,8 +360,9 @@ impl Session {
                 }
             }
         }
-        selected.drain_events();
         self.selected = Some(selected);
+        // What arrived between the read and the events' start is told now, as EXISTS.
+        self.announce_changes(false).await;
         let mode = if read_only { "[READ-ONLY]" } else { "[READ-WRITE]" };
         self.ok(
             tag,
@@ -374,7 +379,6 @@ impl Session {
     pub(crate) async fn announce_changes(&mut self, expunges_allowed: bool) {
         let account = self.account_id();
         let Some(selected) = self.selected.as_mut() else { return };
-        let before = selected.uids.len();
         if !selected.drain_events() {
             // Fell behind: read the mailbox again and treat every difference as an event.
             let (store, id) = (self.store.clone(), selected.id);
@@ -393,8 +397,7 @@ impl Session {
             }
         }
         let Some(selected) = self.selected.as_ref() else { return };
-        let grown = selected.uids.len() > before;
-        if grown && !self.enabled.rev2 {
+        if selected.uids.len() > selected.announced && !self.enabled.rev2 {
             // New mail: this session's to claim as \Recent (or, read-only, to see as such).
             let (store, id, claim) = (self.store.clone(), selected.id, selected.claims_recent);
             if let Ok(range) = blocking(move || store.claim_recent(account, id, claim)).await {
@@ -410,23 +413,37 @@ impl Session {
                 .into_iter()
                 .filter(|u| selected.uids.binary_search(u).is_ok())
                 .collect();
+            // Only messages the client was told of are announced as gone; one that came and
+            // went between two announcements just never appears.
+            let last_told = selected
+                .announced
+                .checked_sub(1)
+                .and_then(|i| selected.uids.get(i))
+                .copied();
+            let told: Vec<u32> = gone
+                .iter()
+                .copied()
+                .filter(|u| last_told.is_some_and(|last| *u <= last))
+                .collect();
             if self.enabled.qresync {
-                if !gone.is_empty() {
-                    lines.push(format!("VANISHED {}", compact_set(&gone)));
+                if !told.is_empty() {
+                    lines.push(format!("VANISHED {}", compact_set(&told)));
                 }
-                selected.uids.retain(|u| gone.binary_search(u).is_err());
             } else {
                 // Highest first, so that each number is right when the client reads it (a
                 // lower message keeps its number when a higher one goes); removed in one pass.
-                for uid in gone.iter().rev() {
+                for uid in told.iter().rev() {
                     if let Some(seq) = selected.seq_of(*uid) {
                         lines.push(format!("{seq} EXPUNGE"));
                     }
                 }
-                selected.uids.retain(|u| gone.binary_search(u).is_err());
             }
+            selected.announced -= told.len();
+            selected.uids.retain(|u| gone.binary_search(u).is_err());
         }
+        let grown = selected.uids.len() > selected.announced;
         if grown {
+            selected.announced = selected.uids.len();
             lines.push(format!("{} EXISTS", selected.uids.len()));
             if !self.enabled.rev2 {
                 lines.push(format!("{} RECENT", selected.recent.count(&selected.uids)));
@@ -487,8 +504,11 @@ impl Session {
                 changed_since,
                 vanished,
             } => {
-                self.fetch(tag, uid, &set, &items, changed_since, vanished).await;
+                let answer = self.fetch(uid, &set, &items, changed_since, vanished).await;
+                // Before the tagged answer: what is announced after it would fall into the
+                // next command's answer (an EXPUNGE during a FETCH, RFC 3501 7.4.1).
                 self.announce_changes(uid).await;
+                self.tagged_line_text(tag, &answer);
             }
             CommandBody::Store {
                 uid,
@@ -548,17 +568,18 @@ impl Session {
 
     async fn fetch(
         &mut self,
-        tag: &str,
         uid: bool,
         set: &SequenceSet,
         items: &[FetchItem],
         changed_since: Option<u64>,
         vanished: bool,
-    ) {
-        let Some(selected) = self.selected.as_ref() else { return };
+    ) -> String {
+        let Some(selected) = self.selected.as_ref() else {
+            return "BAD no mailbox selected".to_string();
+        };
         let uids = match resolve_checked(set, uid, selected) {
             Ok(uids) => uids,
-            Err(error) => return self.bad(tag, &error),
+            Err(error) => return format!("BAD {error}"),
         };
         let id = selected.id;
         let read_only = selected.read_only;
@@ -627,6 +648,7 @@ impl Session {
                 )
             });
         let mut read_uids = Vec::new();
+        let mut expunged = false;
         let needs = FetchNeeds {
             summary: needs_summary,
             body: needs_body,
@@ -634,7 +656,9 @@ impl Session {
             sets_seen,
         };
         // Sequence numbers do not change during a FETCH (changes are taken in after it).
-        let Some(selected) = self.selected.as_ref() else { return };
+        let Some(selected) = self.selected.as_ref() else {
+            return "BAD no mailbox selected".to_string();
+        };
         let numbered: Vec<(u32, u32)> = uids
             .iter()
             .filter_map(|uid| selected.seq_of(*uid).map(|seq| (*uid, seq)))
@@ -658,7 +682,7 @@ impl Session {
             };
             let batch = match loaded {
                 Ok(batch) => batch,
-                Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
+                Err(error) => return store_failure(&error),
             };
             // The next batch loads while this one is written out and the client reads it. Not
             // when the FETCH sets \Seen: a batch after a failed one must change nothing.
@@ -673,6 +697,7 @@ impl Session {
             self.announce_keywords(&batch.keywords);
             self.out.extend_from_slice(&batch.lines);
             read_uids.extend_from_slice(&batch.read);
+            expunged |= batch.expunged;
             if batch.failed.is_some() {
                 failed = batch.failed;
                 break;
@@ -697,9 +722,13 @@ impl Session {
             self.audit(event).await;
         }
         if let Some(code) = failed {
-            return self.no(tag, code);
+            return format!("NO {code}");
         }
-        self.ok(tag, "FETCH completed");
+        if expunged {
+            // RFC 9051 7.1: the rest went out; the client learns which went at its next NOOP.
+            return "NO [EXPUNGEISSUED] some of the messages were expunged by another session".to_string();
+        }
+        "OK FETCH completed".to_string()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1300,6 +1329,9 @@ struct FetchBatch {
     consumed: usize,
     /// The keywords its lines show (announced before them when new to the session).
     keywords: Vec<String>,
+    /// Some messages asked for were expunged by another session (still numbered here until
+    /// announced): they are left out and the FETCH ends with NO [EXPUNGEISSUED].
+    expunged: bool,
 }
 
 /// The (UID, sequence number) pairs of one FETCH cut into bounded batches, each written out
@@ -1418,9 +1450,13 @@ fn load_fetch_batch(
         failed: None,
         consumed: numbered.len(),
         keywords: Vec::new(),
+        expunged: false,
     };
     for (uid, seq) in numbered {
-        let Some(mut meta) = metas.remove(uid) else { continue };
+        let Some(mut meta) = metas.remove(uid) else {
+            batch.expunged = true;
+            continue;
+        };
         let seen_modseq = seen_modseqs.get(uid).copied();
         if let Some(modseq) = seen_modseq {
             meta.flags = meta.flags.clone().with(SystemFlag::Seen);
@@ -1430,7 +1466,15 @@ fn load_fetch_batch(
             continue;
         }
         let raw = if needs.body {
-            Some(store.read_message(account, id, *uid)?)
+            match store.read_message(account, id, *uid) {
+                Ok(raw) => Some(raw),
+                // Expunged by another session since its metadata was read.
+                Err(sealpost_storage::Error::MessageNotFound { .. }) => {
+                    batch.expunged = true;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            }
         } else {
             None
         };
