@@ -292,6 +292,48 @@ fn rfc_behaviour_checked_from_the_rfc_holds_on_sealpost_and_on_dovecot() {
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
 }
 
+fn stress(port: u16, cafile: &std::path::Path, user_format: &str, seconds: u32) -> (bool, String) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/imap_stress.py");
+    run_python(
+        &[
+            script.display().to_string(),
+            "localhost".into(),
+            port.to_string(),
+            cafile.display().to_string(),
+            user_format.into(),
+            PASSWORD.into(),
+            "--seconds".into(),
+            seconds.to_string(),
+        ],
+        &[],
+    )
+}
+
+/// Ten sessions over ten accounts for 20 s each, every untagged reply checked against a
+/// model of what the session must know (issue #27): first on the harness's Dovecot, which
+/// must come out clean (else the model is wrong), then on Sealpost.
+#[test]
+fn ten_concurrent_sessions_keep_every_reply_consistent_on_dovecot_and_on_sealpost() {
+    let dovecot = Dovecot::start();
+    let (ok, text) = stress(dovecot.imaps_port, &dovecot.cafile(), "user{}", 20);
+    assert!(ok && text.contains("\n0 violations"), "Dovecot: the model is wrong\n{text}");
+    drop(dovecot);
+    let (data, mut server) = harness_server();
+    let (ok, text) = stress(
+        data.port_base + 993,
+        &data.path().join("tls/cert.pem"),
+        "user{}@harness.test",
+        20,
+    );
+    assert!(ok && text.contains("\n0 violations"), "Sealpost:\n{text}");
+    // It ran: commands of every kind went through.
+    for kind in ["APPEND", "COPY/MOVE", "EXPUNGE", "FETCH", "IDLE", "NOOP", "SEARCH", "STORE"] {
+        assert!(text.contains(&format!("{kind} ")), "{kind} never ran:\n{text}");
+    }
+    eprintln!("{text}");
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
+}
+
 /// The harness's Dovecot on free ports with a state folder of its own; stopped when dropped.
 struct Dovecot {
     state: tempfile::TempDir,
@@ -307,7 +349,7 @@ impl Dovecot {
             .env("HARNESS_IMAPS_PORT", self.imaps_port.to_string())
             .env("HARNESS_LMTP_PORT", (ports + 24).to_string())
             .env("HARNESS_AUTH_PORT", (ports + 26).to_string())
-            .env("HARNESS_NUSERS", "2");
+            .env("HARNESS_NUSERS", "10");
     }
 
     fn start() -> Dovecot {
