@@ -44,8 +44,9 @@ impl<'a> NewMailbox<'a> {
 
 /// Names that stay subscribed after their mailbox is deleted (RFC 3501 6.3.6: a server
 /// "MUST NOT unilaterally remove an existing mailbox name from the subscription list"), at
-/// most this many per account; past it, the oldest is forgotten.
-pub const LOST_SUBSCRIPTIONS_MAX: usize = 1000;
+/// most this many per account (each up to mailbox_name_bytes_max, and LIST (SUBSCRIBED) lists
+/// every level above each); past it, the oldest is forgotten.
+pub const LOST_SUBSCRIPTIONS_MAX: usize = 100;
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct AccountState {
@@ -349,8 +350,20 @@ impl Store {
                 self.stage_new_mailbox(&crypto, account, &mut state, NewMailbox::plain(parent), &mut batch)?;
             }
         }
-        for (id, record) in &renames {
-            self.stage_mailbox(&crypto, account, *id, record, &mut batch)?;
+        // Each record read again under its mailbox's lock: an append or a \Recent claim in
+        // between moved its counters, which the record from the scan would set back.
+        let ids: Vec<u32> = renames.iter().map(|(id, _)| id.0).collect();
+        let _mailboxes = self.inner.mailbox_locks.lock_many(account, &ids);
+        for (id, renamed) in &renames {
+            let current = self.mailbox_record(account, *id)?;
+            // A name still subscribed from a deleted mailbox subscribes the one renamed to it.
+            let subscribed = state.take_lost(&renamed.name) || current.subscribed;
+            let record = MailboxRecord {
+                name: renamed.name.clone(),
+                subscribed,
+                ..current
+            };
+            self.stage_mailbox(&crypto, account, *id, &record, &mut batch)?;
         }
         self.stage_account_state(&crypto, account, &state, &mut batch)?;
         self.inner.engine.write(batch, Durability::Synced)

@@ -472,7 +472,12 @@ impl Store {
         for (uid, record) in records {
             let summary = match summaries.remove(&uid) {
                 Some(summary) => summary,
-                None => self.summary_bytes(&crypto, account, mailbox, uid)?,
+                None => match self.summary_bytes(&crypto, account, mailbox, uid) {
+                    Ok(summary) => summary,
+                    // Expunged since its record was read: left out, as if read a moment later.
+                    Err(Error::MessageNotFound { .. }) => continue,
+                    Err(error) => return Err(error),
+                },
             };
             out.push((meta_of(uid, &record), summary));
         }

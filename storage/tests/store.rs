@@ -576,6 +576,12 @@ fn recent_is_claimed_once_and_subscriptions_outlive_their_mailbox() {
     store.create_mailbox(account, "Lab", None).unwrap();
     assert!(store.mailbox_by_name(account, "Lab").unwrap().unwrap().subscribed);
     assert!(store.lost_subscriptions(account).unwrap().is_empty());
+    // A mailbox renamed to such a name takes its subscription, as a new one would.
+    store.delete_mailbox(account, "Lab").unwrap();
+    store.create_mailbox(account, "Other", None).unwrap();
+    store.rename_mailbox(account, "Other", "Lab").unwrap();
+    assert!(store.mailbox_by_name(account, "Lab").unwrap().unwrap().subscribed);
+    assert!(store.lost_subscriptions(account).unwrap().is_empty());
     store.delete_mailbox(account, "Lab").unwrap();
     store.set_subscribed(account, "Lab", false).unwrap();
     assert!(store.lost_subscriptions(account).unwrap().is_empty());
@@ -597,6 +603,43 @@ fn recent_is_claimed_once_and_subscriptions_outlive_their_mailbox() {
     let lost = store.lost_subscriptions(account).unwrap();
     assert_eq!(lost.len(), sealpost_storage::LOST_SUBSCRIPTIONS_MAX);
     assert_eq!(lost[0], "Gone1");
+}
+
+/// A RENAME while mail is appended and \Recent claimed keeps every counter: it wrote back the
+/// records it had read before taking the mailboxes' locks, so UIDNEXT could go back and a
+/// UID be given twice.
+#[test]
+fn a_rename_racing_appends_gives_no_uid_twice() {
+    let fx = Fixture::new();
+    let store = Arc::new(fx.create());
+    let account = add_account(&store, "alice@clinic.example");
+    let id = store.create_mailbox(account, "Box", None).unwrap();
+    let appender = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let raw = b"Subject: r\r\n\r\nbody\r\n".to_vec();
+            (0..200)
+                .map(|_| {
+                    store.claim_recent(account, id, true).unwrap();
+                    append(&store, account, id, &raw)
+                })
+                .collect::<Vec<u32>>()
+        })
+    };
+    for round in 0..100 {
+        let (from, to) = if round % 2 == 0 {
+            ("Box", "Moved")
+        } else {
+            ("Moved", "Box")
+        };
+        store.rename_mailbox(account, from, to).unwrap();
+    }
+    let uids = appender.join().unwrap();
+    let distinct: HashSet<u32> = uids.iter().copied().collect();
+    assert_eq!(distinct.len(), uids.len(), "a UID was given twice");
+    let mailbox = store.mailbox(account, id).unwrap();
+    assert_eq!((mailbox.messages, mailbox.uid_next), (200, 201));
+    assert_eq!(store.messages(account, id).unwrap().len(), 200);
 }
 
 #[test]

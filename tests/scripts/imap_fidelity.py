@@ -148,18 +148,23 @@ def check_recent(login, box):
     check("STATUS RECENT is 0 once a session took them", status_recent(b, box) == 0, status_recent(b, box))
     a.command(b"CLOSE")
     # A COPY, MOVE or APPEND target gets \\Recent for the next session to select it.
+    target = box + b"-target"
+    a.command(b"CREATE " + target)
     b.command(b"SELECT " + box)
-    _, copied = b.command(b"COPY 1 INBOX")
-    _, moved = b.command(b"MOVE 1 INBOX")
-    b.append(b"INBOX", message)
+    _, copied = b.command(b"COPY 1 " + target)
+    _, moved = b.command(b"MOVE 1 " + target)
+    b.append(target, message)
     b.command(b"CLOSE")
-    recent = status_recent(a, b"INBOX")
+    recent = status_recent(a, target)
     check("COPY, MOVE and APPEND targets count in STATUS RECENT",
-          copied.startswith(b"OK") and moved.startswith(b"OK") and recent is not None and recent >= 3,
-          (copied, moved, recent))
-    untagged, _ = a.command(b"SELECT INBOX")
-    check("and in the next SELECT's RECENT", (untagged_number(untagged, b"RECENT") or 0) >= 3, untagged)
+          copied.startswith(b"OK") and moved.startswith(b"OK") and recent == 3, (copied, moved, recent))
+    untagged, _ = a.command(b"SELECT " + target)
+    check("and in the next SELECT's RECENT", untagged_number(untagged, b"RECENT") == 3, untagged)
+    flags = fetch_flags(a)
+    check("each of them \\Recent in FETCH",
+          len(flags) == 3 and all(b"\\Recent" in line for line in flags.values()), flags)
     a.command(b"CLOSE")
+    a.command(b"DELETE " + target)
     a.command(b"DELETE " + box)
     a.command(b"LOGOUT")
     b.command(b"LOGOUT")
@@ -203,6 +208,9 @@ def check_subscriptions(login, base):
     check("RECURSIVEMATCH gives the parent of a subscribed child with CHILDINFO",
           entry[2] == b'(CHILDINFO ("SUBSCRIBED"))' and b"\\subscribed" not in entry[0] and gone in names,
           (names, answer))
+    names, answer = listed(c, b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "' + base + b'*"')
+    check("RECURSIVEMATCH leaves out an unsubscribed parent whose subscribed child is listed",
+          base not in names and child in names, (names, answer))
     names, answer = listed(c, b'LSUB "" "' + base + b'%"')
     check("LSUB gives an unsubscribed parent of a subscribed child as \\Noselect",
           b"\\noselect" in names.get(base, (set(),))[0] and gone in names and child not in names, (names, answer))
@@ -218,6 +226,12 @@ def check_subscriptions(login, base):
     names, _ = listed(c, b'LIST (SUBSCRIBED) "" "' + base + b'*"')
     check("UNSUBSCRIBE of a deleted mailbox's name", answer.startswith(b"OK") and gone not in names, (answer, names))
     c.command(b"UNSUBSCRIBE " + child)
+    # A deleted mailbox's children stay, and "%" still lists its level (RFC 3501 6.3.4,
+    # 6.3.8), which has children.
+    c.command(b"DELETE " + base)
+    names, answer = listed(c, b'LIST "" "' + base + b'%"')
+    check("LIST % lists the level of a deleted mailbox that has children",
+          base in names and b"\\haschildren" in names[base][0], (names, answer))
     for name in (child, other, base):
         c.command(b"DELETE " + name)
     c.command(b"LOGOUT")
@@ -318,6 +332,9 @@ def main():
     exists = [l for l in copied + after_copy if l.endswith(b" EXISTS")]
     check("the copy is reported with EXISTS by the next NOOP at the latest",
           exists and exists[-1] == b"* 2 EXISTS", copied + after_copy)
+    check("and with RECENT, counting the copy (this session selected the mailbox read-write)",
+          untagged_number(copied + after_copy, b"RECENT") == 2, copied + after_copy)
+    check("the copy is \\Recent", b"\\Recent" in fetch_flags(c).get(2, b""), fetch_flags(c))
 
     # MOVE into the selected mailbox (RFC 6851 does not forbid it): the message gets a new
     # UID, the old one is expunged, and COPYUID says which.

@@ -9,9 +9,13 @@ of what the session must know (RFC 3501, RFC 9051, RFC 7162):
   (RFC 3501 7.4.1); a FETCH names a message that exists, with the UID it had;
 - UIDs: ascending by sequence number; a UID a session was told is expunged never comes
   back in it; APPENDUID and COPYUID never give a UID given before, in any session of the run;
-- flags: a FETCH shows no keyword the session was not told of in FLAGS (RFC 3501 7.2.6);
+- flags: a FETCH shows no keyword the session was not told of in FLAGS (RFC 3501 7.2.6 says
+  FLAGS lists the flags in use; that it comes before a FETCH shows a new one is issue #27's
+  rule, which clients keeping a flag table need, and Dovecot keeps);
+- \\Recent: a message is \\Recent in one read-write selection at most (RFC 3501 2.3.2);
 - MODSEQ: a message's MODSEQ never goes down in a session (RFC 7162 3.1.1);
-- VANISHED (sessions that ENABLE QRESYNC): names messages the session has;
+- VANISHED (sessions that ENABLE QRESYNC, which get no EXPUNGE, RFC 7162 3.2.10): names
+  messages the session has, once;
 - no BAD (every command sent is valid) and no NO [SERVERBUG].
 
 Prints the figures and every broken rule; exits 0 only when nothing broke.
@@ -52,6 +56,8 @@ class Shared:
     def __init__(self):
         self.lock = threading.Lock()
         self.given = {}
+        # (account, mailbox, UIDVALIDITY) -> {UID: the read-write selection that had it \\Recent}
+        self.recent = {}
         self.violations = []
         self.counts = Counter()
 
@@ -136,6 +142,7 @@ class Session:
         self.keywords = set()
         # UIDs this session was told are expunged: none may come back.
         self.gone = set()
+        self.selection = getattr(self, "selection", 0) + 1
 
     def key(self):
         return (self.account, self.mailbox, self.uidvalidity)
@@ -152,6 +159,8 @@ class Session:
         if line.startswith(b"* OK") or line.startswith(b"* NO") or line.startswith(b"* BYE"):
             if b"[SERVERBUG]" in line:
                 self.fail(f"untagged SERVERBUG: {line[:200]!r}")
+            if b"[COPYUID " in line:  # MOVE's (RFC 6851 4.3)
+                self.new_uids(b"COPYUID", line)
             if b"[UIDVALIDITY " in line:
                 self.uidvalidity = int(line.split(b"[UIDVALIDITY ")[1].split(b"]")[0])
             return
@@ -170,6 +179,8 @@ class Session:
                 if number > len(self.uids):
                     self.fail(f"RECENT {number} with {len(self.uids)} messages")
             elif kind == b"EXPUNGE":
+                if self.qresync:
+                    self.fail("EXPUNGE in a session that enabled QRESYNC (RFC 7162 3.2.10)")
                 if command in (b"FETCH", b"STORE", b"SEARCH"):
                     self.fail(f"EXPUNGE during {command.decode()} (RFC 3501 7.4.1)")
                 if not 1 <= number <= len(self.uids):
@@ -184,6 +195,8 @@ class Session:
             if command in (b"FETCH", b"STORE", b"SEARCH"):
                 self.fail(f"VANISHED during {command.decode()}")
             for uid in expand_set(line[len(b"* VANISHED "):]):
+                if uid in self.gone:
+                    self.fail(f"VANISHED {uid} a second time")
                 if uid in self.uids:
                     self.uids.remove(uid)
                     self.forget(uid)
@@ -233,6 +246,12 @@ class Session:
             for flag in flags.group(1).split():
                 if not flag.startswith(b"\\") and flag.lower() not in self.keywords:
                     self.fail(f"FETCH shows keyword {flag.decode()} before FLAGS announced it")
+            if b"\\Recent" in flags.group(1).split() and uid is not None and not self.read_only:
+                mine = (self.number, self.selection)
+                with self.shared.lock:
+                    owner = self.shared.recent.setdefault(self.key(), {}).setdefault(uid, mine)
+                if owner != mine:
+                    self.fail(f"UID {uid} \\Recent here and in session {owner[0]}'s selection {owner[1]}")
         modseq = re.search(rb"MODSEQ \((\d+)\)", line)
         if modseq and uid is not None:
             value = int(modseq.group(1))

@@ -97,8 +97,9 @@ pub(crate) fn parents(name: &str) -> impl Iterator<Item = &str> {
     name.match_indices('/').map(move |(at, _)| &name[..at])
 }
 
-/// The names a LIST or LSUB answers with, sorted by name: the mailboxes and `lost` (the
-/// subscribed names whose mailbox was deleted) as `selection` and `patterns` select them.
+/// The names a LIST or LSUB answers with, sorted by name: the mailboxes, the levels above
+/// them that are no mailbox (a deleted parent's children stay), and `lost` (the subscribed
+/// names whose mailbox was deleted), as `selection` and `patterns` select them.
 pub(crate) fn select(
     mailboxes: Vec<sealpost_storage::Mailbox>,
     lost: &[String],
@@ -114,19 +115,20 @@ pub(crate) fn select(
     let mut all: BTreeMap<String, Option<sealpost_storage::Mailbox>> =
         mailboxes.into_iter().map(|m| (m.name.clone(), Some(m))).collect();
     if !(selection.lsub || selection.subscribed) {
+        // A level with no mailbox of its own is listed \Noselect (RFC 3501 6.3.4, 6.3.8).
+        for parent in &with_children {
+            all.entry(parent.clone()).or_insert(None);
+        }
         return all
             .into_iter()
             .filter(|(name, _)| matched(name))
-            .filter_map(|(name, mailbox)| {
-                let mailbox = mailbox?;
-                Some(Listed {
-                    has_children: with_children.contains(&name),
-                    subscribed: mailbox.subscribed,
-                    name,
-                    mailbox: Some(mailbox),
-                    lsub_parent: false,
-                    child_subscribed: false,
-                })
+            .map(|(name, mailbox)| Listed {
+                has_children: with_children.contains(&name),
+                subscribed: mailbox.as_ref().is_some_and(|m| m.subscribed),
+                name,
+                mailbox,
+                lsub_parent: false,
+                child_subscribed: false,
             })
             .collect();
     }
@@ -139,15 +141,27 @@ pub(crate) fn select(
         .map(|(name, _)| name.clone())
         .collect();
     let is_subscribed = |name: &str| subscribed.binary_search_by(|s| s.as_str().cmp(name)).is_ok();
+    // Levels above a subscribed name; of those, the ones above a subscribed name the patterns
+    // miss (RFC 5258 3.5: a parent that is not itself selected comes with CHILDINFO only for
+    // a child that is not listed anyway); and LSUB's \Noselect parents (RFC 3501 6.3.9).
     let mut above_subscribed: HashSet<String> = HashSet::new();
+    let mut above_unlisted: HashSet<String> = HashSet::new();
     let mut lsub_parents: HashSet<String> = HashSet::new();
     for name in &subscribed {
+        // Each name matched once per pattern, each of its levels once per pattern that misses
+        // the name: the work match_steps counted (the name and every level above it).
+        let missing: Vec<&Pattern> = patterns.iter().filter(|p| !p.matches(name)).collect();
+        let listed = missing.len() < patterns.len();
         for parent in parents(name) {
             above_subscribed.insert(parent.to_string());
+            if !listed {
+                above_unlisted.insert(parent.to_string());
+            }
             // LSUB "" "%" with only "a/b" subscribed answers "a" as \Noselect.
             if selection.lsub
+                && !missing.is_empty()
                 && !is_subscribed(parent)
-                && patterns.iter().any(|p| p.matches(parent) && !p.matches(name))
+                && missing.iter().any(|p| p.matches(parent))
             {
                 lsub_parents.insert(parent.to_string());
             }
@@ -159,15 +173,20 @@ pub(crate) fn select(
     all.into_iter()
         .filter_map(|(name, mailbox)| {
             let subscribed = is_subscribed(&name);
-            let lsub_parent = lsub_parents.contains(&name);
-            let child_subscribed = selection.recursive && above_subscribed.contains(&name);
+            let lsub_parent = lsub_parents.contains(&name) && !subscribed;
+            let child_subscribed = selection.recursive
+                && if subscribed {
+                    above_subscribed.contains(&name)
+                } else {
+                    above_unlisted.contains(&name)
+                };
             let wanted = subscribed || lsub_parent || child_subscribed;
             (wanted && matched(&name)).then(|| Listed {
                 has_children: with_children.contains(&name),
                 name,
                 mailbox,
                 subscribed,
-                lsub_parent: lsub_parent && !subscribed,
+                lsub_parent,
                 child_subscribed,
             })
         })
@@ -228,7 +247,125 @@ pub(crate) fn matches(pattern: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{match_steps, matches, Pattern};
+    use super::{match_steps, matches, select, Pattern, Selection};
+
+    fn mailbox(name: &str, subscribed: bool) -> sealpost_storage::Mailbox {
+        sealpost_storage::Mailbox {
+            id: sealpost_storage::MailboxId(1),
+            name: name.to_string(),
+            special_use: None,
+            subscribed,
+            read_only: false,
+            uid_validity: 1,
+            uid_next: 1,
+            highest_modseq: 1,
+            messages: 0,
+            unseen: 0,
+            bytes: 0,
+        }
+    }
+
+    /// (name, exists, subscribed, LSUB \Noselect parent, CHILDINFO) of each line.
+    fn answer(pattern: &str, selection: Selection) -> Vec<(String, bool, bool, bool, bool)> {
+        // "a" exists with a subscribed child; "gone/x" was deleted while subscribed; "p/q"
+        // lost its parent "p" to a DELETE.
+        let mailboxes = vec![
+            mailbox("a", false),
+            mailbox("a/b", true),
+            mailbox("a/c", false),
+            mailbox("p/q", false),
+        ];
+        select(mailboxes, &["gone/x".to_string()], &[Pattern::new(pattern)], selection)
+            .into_iter()
+            .map(|l| {
+                (
+                    l.name,
+                    l.mailbox.is_some(),
+                    l.subscribed,
+                    l.lsub_parent,
+                    l.child_subscribed,
+                )
+            })
+            .collect()
+    }
+
+    const PLAIN: Selection = Selection {
+        lsub: false,
+        subscribed: false,
+        recursive: false,
+    };
+    const SUBSCRIBED: Selection = Selection {
+        lsub: false,
+        subscribed: true,
+        recursive: false,
+    };
+    const RECURSIVE: Selection = Selection {
+        lsub: false,
+        subscribed: true,
+        recursive: true,
+    };
+    const LSUB: Selection = Selection {
+        lsub: true,
+        subscribed: false,
+        recursive: false,
+    };
+
+    fn line(
+        name: &str,
+        exists: bool,
+        subscribed: bool,
+        noselect: bool,
+        childinfo: bool,
+    ) -> (String, bool, bool, bool, bool) {
+        (name.to_string(), exists, subscribed, noselect, childinfo)
+    }
+
+    #[test]
+    fn subscriptions_and_levels_are_selected_as_rfc_3501_and_5258_say() {
+        // Plain LIST: the mailboxes and the level of a deleted parent, never a lost name.
+        assert_eq!(
+            answer("%", PLAIN),
+            vec![
+                line("a", true, false, false, false),
+                line("p", false, false, false, false)
+            ]
+        );
+        // LIST (SUBSCRIBED): the subscribed names, a deleted one too.
+        assert_eq!(
+            answer("*", SUBSCRIBED),
+            vec![
+                line("a/b", true, true, false, false),
+                line("gone/x", false, true, false, false)
+            ]
+        );
+        // RECURSIVEMATCH with "%": the parents of subscribed names the pattern misses, with
+        // CHILDINFO, whether they exist or not.
+        assert_eq!(
+            answer("%", RECURSIVE),
+            vec![
+                line("a", true, false, false, true),
+                line("gone", false, false, false, true)
+            ]
+        );
+        // With "*" the subscribed children are listed themselves: no parent (RFC 5258 3.5).
+        assert_eq!(
+            answer("*", RECURSIVE),
+            vec![
+                line("a/b", true, true, false, false),
+                line("gone/x", false, true, false, false)
+            ]
+        );
+        // LSUB "%": the unsubscribed parents as \Noselect (RFC 3501 6.3.9); LSUB "a/%": the
+        // child itself.
+        assert_eq!(
+            answer("%", LSUB),
+            vec![
+                line("a", true, false, true, false),
+                line("gone", false, false, true, false)
+            ]
+        );
+        assert_eq!(answer("a/%", LSUB), vec![line("a/b", true, true, false, false)]);
+    }
 
     #[test]
     fn list_wildcards_match_as_imap_says() {

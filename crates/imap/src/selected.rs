@@ -92,6 +92,13 @@ impl Recent {
         }
     }
 
+    /// Forgets the ranges that hold none of `uids` (ascending): the list stays no longer
+    /// than the mailbox, however often sessions take turns claiming new mail.
+    fn keep_within(&mut self, uids: &[u32]) {
+        self.0
+            .retain(|range| uids.partition_point(|u| *u < range.end) > uids.partition_point(|u| *u < range.start));
+    }
+
     /// How many of `uids` (ascending) are recent.
     fn count(&self, uids: &[u32]) -> usize {
         self.0
@@ -202,6 +209,12 @@ pub(crate) fn compact_set(numbers: &[u32]) -> String {
 }
 
 impl Selected {
+    /// No message is \Recent any more, and none will be (the session enabled IMAP4rev2).
+    pub(crate) fn drop_recent(&mut self) {
+        self.recent = Recent::default();
+        self.claims_recent = false;
+    }
+
     fn seq_of(&self, uid: u32) -> Option<u32> {
         self.uids.binary_search(&uid).ok().map(|i| i as u32 + 1)
     }
@@ -440,6 +453,7 @@ impl Session {
             }
             selected.announced -= told.len();
             selected.uids.retain(|u| gone.binary_search(u).is_err());
+            selected.recent.keep_within(&selected.uids);
         }
         let grown = selected.uids.len() > selected.announced;
         if grown {
@@ -724,7 +738,9 @@ impl Session {
         if let Some(code) = failed {
             return format!("NO {code}");
         }
-        if expunged {
+        // A UID FETCH announces the expunges before its answer (below), and a UID that does
+        // not exist is no error (RFC 9051 6.4.9).
+        if expunged && !uid {
             // RFC 9051 7.1: the rest went out; the client learns which went at its next NOOP.
             return "NO [EXPUNGEISSUED] some of the messages were expunged by another session".to_string();
         }
@@ -885,6 +901,12 @@ impl Session {
             Ok(pairs) => pairs,
             Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
         };
+        if pairs.is_empty() {
+            // Every message named was expunged by another session meanwhile (RFC 2180 4.4.1);
+            // a COPYUID with empty sets would not parse.
+            self.announce_changes(uid || is_move).await;
+            return self.no(tag, "[EXPUNGEISSUED] the messages were expunged by another session");
+        }
         let (sources, targets): (Vec<u32>, Vec<u32>) = pairs.iter().copied().unzip();
         let code = format!(
             "COPYUID {} {} {}",

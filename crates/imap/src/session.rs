@@ -926,6 +926,11 @@ impl Session {
             match capability.as_str() {
                 "IMAP4REV2" if !self.enabled.rev2 => {
                     self.enabled.rev2 = true;
+                    // IMAP4rev2 has no \Recent, from now on (ENABLE is meant for the
+                    // authenticated state, but a client may send it with a mailbox selected).
+                    if let Some(selected) = self.selected.as_mut() {
+                        selected.drop_recent();
+                    }
                     enabled.push("IMAP4rev2");
                 }
                 "CONDSTORE" if !self.enabled.condstore => {
@@ -1099,17 +1104,15 @@ impl Session {
             };
             let compiled: Vec<crate::list::Pattern> = patterns.iter().map(|p| crate::list::Pattern::new(p)).collect();
             // The matching's worst case, counted before any of it: every pattern against every
-            // name, and for LSUB and LIST (SUBSCRIBED) against every level above each name
-            // too. Past LIST_MATCH_STEPS_MAX the command is refused, not run for minutes.
+            // name and every level above each name (listed when no mailbox has it). Past
+            // LIST_MATCH_STEPS_MAX the command is refused, not run for minutes.
             let names = mailboxes
                 .iter()
                 .map(|m| m.name.as_str())
                 .chain(lost.iter().map(String::as_str));
-            let mut steps = crate::list::match_steps(&compiled, names.clone());
-            if selection.lsub || selection.subscribed {
-                let levels = names.flat_map(crate::list::parents);
-                steps = steps.saturating_add(crate::list::match_steps(&compiled, levels));
-            }
+            let levels = names.clone().flat_map(crate::list::parents);
+            let steps =
+                crate::list::match_steps(&compiled, names).saturating_add(crate::list::match_steps(&compiled, levels));
             if steps > LIST_MATCH_STEPS_MAX {
                 return Ok(None);
             }
@@ -1139,8 +1142,17 @@ impl Session {
                 // RFC 3501 6.3.9: a parent listed for its subscribed children.
                 (_, true) if entry.lsub_parent => attributes.push("\\Noselect"),
                 (_, true) => {}
+                // A level above mailboxes that is none itself (RFC 3501 6.3.8).
+                (None, false) if !list.select_subscribed => {
+                    attributes.extend(["\\Noselect", "\\HasChildren"]);
+                }
                 // RFC 5258 3.4: a subscribed name, or a parent, with no mailbox.
-                (None, false) => attributes.push("\\NonExistent"),
+                (None, false) => {
+                    attributes.push("\\NonExistent");
+                    if entry.has_children && list.return_children {
+                        attributes.push("\\HasChildren");
+                    }
+                }
                 (Some(_), false) => attributes.push(if entry.has_children {
                     "\\HasChildren"
                 } else {
