@@ -257,6 +257,29 @@ def check_modseq_after_other_store(login, box):
     b.command(b"LOGOUT")
 
 
+def check_esearch_min_max(login, box):
+    """ESEARCH with MIN or MAX alone under CONDSTORE: MODSEQ is that message's, not the
+    highest of every match (RFC 4731 3.2, RFC 7162 3.1.5)."""
+    c = login()
+    c.command(b"CREATE " + box)
+    for _ in range(3):
+        c.append(box, b"Subject: esearch\r\n\r\nbody\r\n")
+    c.command(b"SELECT " + box + b" (CONDSTORE)")
+    c.command(b"STORE 1 +FLAGS (\\Answered)")
+    c.command(b"STORE 3 +FLAGS (\\Flagged)")
+    untagged, _ = c.command(b"FETCH 1:3 (MODSEQ)")
+    modseqs = {int(l.split()[1]): int(l.split(b"MODSEQ (")[1].split(b")")[0]) for l in untagged if b"MODSEQ (" in l}
+    for returned, number in [(b"MIN", 1), (b"MAX", 3)]:
+        untagged, _ = c.command(b"SEARCH RETURN (" + returned + b") MODSEQ 1")
+        esearch = [l for l in untagged if l.startswith(b"* ESEARCH")]
+        expected = b"%s %d MODSEQ %d" % (returned, number, modseqs.get(number, -1))
+        check(f"ESEARCH with {returned.decode()} alone gives that message's MODSEQ",
+              len(set(modseqs.values())) == 3 and esearch and esearch[0].endswith(expected), (modseqs, untagged))
+    c.command(b"CLOSE")
+    c.command(b"DELETE " + box)
+    c.command(b"LOGOUT")
+
+
 def main():
     host, port, cafile, user, password = sys.argv[1:6]
     c = Client(host, int(port), cafile)
@@ -433,6 +456,7 @@ def main():
     check_recent(login, box + b"-recent")
     check_subscriptions(login, box + b"-subs")
     check_modseq_after_other_store(login, box + b"-modseq")
+    check_esearch_min_max(login, box + b"-esearch")
     c.command(b"LOGOUT")
     passed = sum(1 for r in results if r)
     failed = len(results) - passed
