@@ -767,7 +767,7 @@ fn mbox_and_maildir_imports_arrive_whole_with_flags_and_a_second_run_copies_noth
              \x20   for num in m.search(None, 'ALL')[1][0].split():\n\
              \x20       typ, data = m.fetch(num, '(FLAGS INTERNALDATE BODY.PEEK[])')\n\
              \x20       meta = data[0][0].decode()\n\
-             \x20       flags = sorted(re.search(r'FLAGS \\(([^)]*)\\)', meta).group(1).split())\n\
+             \x20       flags = sorted(f for f in re.search(r'FLAGS \\(([^)]*)\\)', meta).group(1).split() if f != '\\\\Recent')\n\
              \x20       date = re.search(r'INTERNALDATE \"([^\"]+)\"', meta).group(1)\n\
              \x20       rows.append([flags, date, data[0][1].decode()])\n\
              \x20   out[folder] = rows\n\
