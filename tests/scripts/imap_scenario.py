@@ -65,6 +65,9 @@ except socket.timeout:
 elapsed = time.monotonic() - started
 check("IDLE announces the new message", line.strip() == b"* 1 EXISTS", line)
 check("IDLE announces within a second", elapsed < 1.0, f"{elapsed:.3f}s")
+# An IMAP4rev1 session has it \Recent: the RECENT count follows EXISTS (RFC 3501 7.3.2).
+line = idler.readline()
+check("IDLE announces RECENT with it", line.strip() == b"* 1 RECENT", line)
 idler.send(b"DONE\r\n")
 line = idler.readline()
 check("IDLE ends with DONE", line.startswith(tag.encode() + b" OK"), line)
