@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use sealpost_imap::{BoxedStream, Connection, ImapConfig, ImapShared, LoginLimits, TlsUpgrade};
+use sealpost_auth::{LoginLimits, MailLogins};
+use sealpost_imap::{BoxedStream, Connection, ImapConfig, ImapShared};
 use sealpost_smtp::{
     Aliases, InboundAuth, InboundPolicy, ListenerRole, OutboundAgent, OutboundConfig, SmtpConfig, SmtpConnection,
     SmtpShared, SmtpTlsUpgrade,
@@ -93,8 +94,8 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         prelogin_idle_ms_max: limits.prelogin_idle_ms_max,
         ..ImapConfig::default()
     });
-    // One registry for both listeners: limits on sessions and login failures span them.
-    let imap_shared = ImapShared::new(
+    // One mail-login gate for IMAP and SMTP: limits on login failures span every listener.
+    let logins = MailLogins::new(
         LoginLimits {
             sessions_per_account_max: limits.imap_sessions_per_account_max,
             failures_per_address_max: limits.login_failures_per_address_max,
@@ -105,8 +106,10 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         cfg.auth.clone(),
         &cfg.server.hostname,
     );
+    // One registry for both IMAP listeners: the session bound per account spans them.
+    let imap_shared = ImapShared::with_logins(logins.clone());
     // IMAP, SMTP and the web hash passwords through this one queue (the lockout is theirs).
-    imap_shared
+    logins
         .lockout()
         .hash_queue()
         .set_queue_max(limits.password_hash_queue_max);
@@ -140,7 +143,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             let connection = Connection {
                 peer: peer.ip().to_string(),
                 tls: implicit_tls,
-                starttls: starttls.map(imap_upgrade),
+                starttls,
                 shared: shared.clone(),
             };
             sealpost_imap::serve_session(stream, store.clone(), config.clone(), connection, stopped)
@@ -217,10 +220,10 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     let rules = sealpost_policy::LivePolicy::new(load_policy(&version_zero(cfg), &store).await?);
     // The sign-in and portal settings of the policy in force reach IMAP, SMTP and the queue.
     {
-        let (imap, outbound, base) = (imap_shared.clone(), outbound.clone(), imap_shared.lockout().limits());
+        let (logins, outbound, base) = (logins.clone(), outbound.clone(), logins.lockout().limits());
         rules.watch(Box::new(move |policy| {
             let config = policy.config();
-            imap.set_policy(
+            logins.set_policy(
                 sealpost_webmail::auth_policy(&config.sign_in),
                 sealpost_webmail::login_limits(&config.sign_in, base.clone()),
             );
@@ -228,7 +231,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         }));
     }
     let smtp_shared = SmtpShared::new(
-        imap_shared.clone(),
+        logins.clone(),
         aliases,
         Some(inbound_auth),
         Some(outbound.waker()),
@@ -305,7 +308,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         let web = sealpost_webmail::WebState::new(
             store.clone(),
             sealpost_webmail::MailSessions {
-                lockout: imap_shared.lockout(),
+                lockout: logins.lockout(),
                 end_sessions: {
                     let imap = imap_shared.clone();
                     Arc::new(move |account| imap.end_sessions(account))
@@ -846,14 +849,6 @@ fn starttls_upgrade(acceptor: tokio_rustls::TlsAcceptor, handshake_max: Duration
             let described = describe_tls(&secured);
             Ok((Box::new(secured) as BoxedStream, described))
         })
-    })
-}
-
-/// The same upgrade for IMAP, which does not record what TLS negotiated.
-fn imap_upgrade(upgrade: SmtpTlsUpgrade) -> TlsUpgrade {
-    Arc::new(move |plain: BoxedStream| {
-        let upgrade = upgrade.clone();
-        Box::pin(async move { upgrade(plain).await.map(|(stream, _)| stream) })
     })
 }
 

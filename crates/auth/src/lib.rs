@@ -7,6 +7,7 @@
 
 pub mod credentials;
 pub mod enrolment;
+pub mod gate;
 pub mod hashing;
 pub mod lockout;
 pub mod notice;
@@ -17,6 +18,7 @@ pub mod totp;
 pub mod websession;
 
 pub use credentials::{mail_login, AuthPolicy, Credentials, MailLogin, Protocol, Scope};
+pub use gate::{LoginOutcome, LoginRefusal, MailLogins};
 pub use hashing::{
     HashQueue, HashTicket, HASHES_PER_ACCOUNT_MAX, HASHES_PER_ADDRESS_MAX, PASSWORD_HASH_QUEUE_MAX,
     PASSWORD_HASH_WORKERS,

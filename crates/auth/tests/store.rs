@@ -223,3 +223,104 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
         "the oldest went"
     );
 }
+
+/// The one mail-login gate: a right login is admitted and audited; a wrong guess is counted,
+/// paused and audited; the protocol's admission may still refuse (and then nothing is
+/// cleared); past the account's bound, no password is even hashed.
+#[test]
+fn the_mail_login_gate_checks_counts_and_audits_every_attempt() {
+    use sealpost_auth::{LoginLimits, LoginOutcome, LoginRefusal, MailLogins};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    account(&store, "alice@clinic.example");
+    let open = AuthPolicy {
+        second_factor_required: false,
+        ..AuthPolicy::default()
+    };
+    let limits = LoginLimits {
+        failures_per_account_max: 3,
+        failure_delay_ms: 1,
+        failure_delay_max_ms: 2,
+        ..LoginLimits::default()
+    };
+    let gate = MailLogins::new(limits, open, "mail.clinic.example");
+    let peer = "192.0.2.10";
+    let attempt = |secret: &str, admit: bool, protocol: Protocol| {
+        gate.attempt(&store, peer, " Alice@Clinic.Example", secret, protocol, |account| {
+            admit.then(|| account.address.clone())
+        })
+    };
+    match attempt(PASSWORD, true, Protocol::Imap) {
+        LoginOutcome::Accepted {
+            account,
+            method,
+            admitted,
+        } => {
+            assert_eq!(
+                (account.address.as_str(), method.as_str()),
+                ("alice@clinic.example", "password")
+            );
+            assert_eq!(admitted, "alice@clinic.example");
+        }
+        LoginOutcome::Refused { reason, .. } => panic!("{reason:?}"),
+    }
+    // The protocol's own admission refuses: no pause, not a guess.
+    match attempt(PASSWORD, false, Protocol::Imap) {
+        LoginOutcome::Refused { reason, pause } => {
+            assert_eq!(reason, LoginRefusal::SessionLimit);
+            assert!(pause.is_zero());
+        }
+        LoginOutcome::Accepted { .. } => panic!("admitted"),
+    }
+    // Wrong guesses pause and count; the third locks the account out, before any hash.
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        match attempt("wrong horse", true, Protocol::Smtp) {
+            LoginOutcome::Refused { reason, pause } => {
+                assert_eq!(
+                    reason,
+                    LoginRefusal::Invalid {
+                        app_password_needed: false
+                    }
+                );
+                assert!(!pause.is_zero());
+            }
+            LoginOutcome::Accepted { .. } => panic!("a wrong password admitted"),
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    match attempt(PASSWORD, true, Protocol::Imap) {
+        LoginOutcome::Refused { reason, .. } => assert_eq!(reason, LoginRefusal::AccountLockedOut),
+        LoginOutcome::Accepted { .. } => panic!("admitted past the lockout"),
+    }
+    // Every attempt is one audit record under the protocol's action.
+    let mut records = Vec::new();
+    store
+        .audit_records(0, &mut |record| {
+            let event = record.event;
+            if event.action.starts_with("login.") {
+                records.push((event.action, format!("{:?}", event.outcome), event.detail));
+            }
+            Ok(())
+        })
+        .unwrap();
+    let actions: Vec<&str> = records.iter().map(|(action, _, _)| action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "login.imap",
+            "login.imap",
+            "login.smtp",
+            "login.smtp",
+            "login.smtp",
+            "login.imap"
+        ]
+    );
+    assert!(records[0].2.contains("with password"), "{records:?}");
+    assert!(records[1].2.contains("too many sessions"), "{records:?}");
+    assert!(records[2].2.contains("invalid credentials"), "{records:?}");
+    assert!(
+        records[5].2.contains("too many failed logins for the account"),
+        "{records:?}"
+    );
+}

@@ -2,19 +2,16 @@
 //! commands of the not-authenticated and authenticated states. Selected-state commands live
 //! in `selected.rs`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use sealpost_auth::{MailLogin, Protocol};
+use sealpost_auth::{LoginOutcome, LoginRefusal, Protocol};
 use sealpost_mime::Summary;
 use sealpost_storage::{
-    Account, Actor, AuditEvent, AuditOutcome, Error as StoreError, InternalDate, Mailbox, MailboxId, NewMessage,
-    SpecialUse, Store,
+    Account, Actor, AuditEvent, Error as StoreError, InternalDate, Mailbox, MailboxId, NewMessage, SpecialUse, Store,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::command::{Command, CommandBody, List, StatusItem};
@@ -32,15 +29,7 @@ const OUT_BUFFER_KEPT_BYTES: usize = 64 * 1024;
 /// second of one core. Listing 10,000 folders with a few ordinary patterns takes a hundredth.
 pub(crate) const LIST_MATCH_STEPS_MAX: u64 = 300_000_000;
 
-/// An async byte stream a session runs over: TCP, TLS, or an in-memory pipe in tests.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Stream for T {}
-
-pub type BoxedStream = Box<dyn Stream>;
-
-/// Turns a plain stream into a TLS one (STARTTLS); supplied by the server.
-pub type TlsUpgrade =
-    Arc<dyn Fn(BoxedStream) -> Pin<Box<dyn Future<Output = std::io::Result<BoxedStream>> + Send>> + Send + Sync>;
+pub use sealpost_net::{BoxedStream, Stream, TlsUpgrade};
 
 /// Bounds and settings of IMAP sessions, each named with its unit.
 #[derive(Clone, Debug)]
@@ -724,7 +713,7 @@ impl Session {
             return Ok(Flow::Close);
         };
         match upgrade(plain).await {
-            Ok(tls) => {
+            Ok((tls, _)) => {
                 self.stream = Some(tls);
                 self.tls_active = true;
                 Ok(Flow::Continue)
@@ -806,113 +795,38 @@ impl Session {
     }
 
     async fn check_credentials(&mut self, tag: &str, user: &str, password: &str) -> std::io::Result<Flow> {
-        let attempted = user.trim().to_lowercase();
-        let mut login_method = String::new();
-        // Refused before any hash: a lockout, a failure's pause, or a full hashing queue.
-        let admitted = self
-            .shared
-            .check(&self.peer, &attempted)
-            .map(|()| self.shared.lockout().admit_hash(&self.peer, &attempted));
-        let (result, reply) = match admitted {
-            Err(refusal) => {
-                let text = match refusal {
-                    sealpost_auth::Refusal::AddressLockedOut => {
-                        "[UNAVAILABLE] too many failed logins from your address; try later"
-                    }
-                    sealpost_auth::Refusal::AccountLockedOut => {
-                        "[UNAVAILABLE] too many failed logins for this account; try later"
-                    }
-                    sealpost_auth::Refusal::Paused => {
-                        "[UNAVAILABLE] a failed login from your address or for this account is still in its pause; \
-                         try again in a few seconds"
-                    }
-                };
-                (AuditOutcome::Denied, Some(text))
-            }
-            Ok(None) => (
-                AuditOutcome::Denied,
-                Some("[UNAVAILABLE] too many logins are being checked right now; try again shortly"),
-            ),
-            Ok(Some(ticket)) => {
-                let store = self.store.clone();
-                let (login, pass, peer) = (user.to_string(), password.to_string(), self.peer.clone());
-                let (policy, hostname) = (self.shared.policy().clone(), self.shared.hostname().to_string());
-                let checked = blocking(move || {
-                    let _ticket = ticket;
-                    sealpost_auth::notice::mail_login_noticed(
-                        &store,
-                        &policy,
-                        &login,
-                        &pass,
-                        Protocol::Imap,
-                        &peer,
-                        &hostname,
-                    )
+        let (store, shared) = (self.store.clone(), self.shared.clone());
+        let (user, password, peer) = (user.to_string(), password.to_string(), self.peer.clone());
+        // The gate checks, counts and audits; a session slot is the admission IMAP adds.
+        let outcome = blocking(move || {
+            shared
+                .logins()
+                .attempt(&store, &peer, &user, &password, Protocol::Imap, |account| {
+                    shared.open_session(account.id)
                 })
-                .await;
-                match checked {
-                    Ok(MailLogin::Accepted { account, method, .. }) => match self.shared.open_session(account.id) {
-                        Some(slot) => {
-                            self.shared.succeeded(&attempted);
-                            self.framer.set_limits(self.config.frame_limits(true));
-                            self.stop_with_account(&slot);
-                            self.session_slot = Some(slot);
-                            self.account = Some(account);
-                            login_method = method;
-                            (AuditOutcome::Ok, None)
-                        }
-                        None => (
-                            AuditOutcome::Denied,
-                            Some("[LIMIT] too many sessions open for this account"),
-                        ),
-                    },
-                    Ok(MailLogin::Disabled(_)) => (
-                        AuditOutcome::Denied,
-                        Some("[AUTHENTICATIONFAILED] the account is disabled"),
-                    ),
-                    Ok(MailLogin::Rejected {
-                        app_password_needed: true,
-                    }) => (
-                        AuditOutcome::Denied,
-                        Some(
-                            "[AUTHENTICATIONFAILED] invalid credentials (mail clients sign in with an app password \
-                             from the account security page)",
-                        ),
-                    ),
-                    Ok(MailLogin::Rejected { .. }) => {
-                        (AuditOutcome::Denied, Some("[AUTHENTICATIONFAILED] invalid credentials"))
-                    }
-                    Err(error) => {
-                        warn!(%error, "login check failed");
-                        (AuditOutcome::Failed, Some("[UNAVAILABLE] try again later"))
-                    }
-                }
+        })
+        .await;
+        let (reason, pause) = match outcome {
+            LoginOutcome::Accepted {
+                account,
+                admitted: slot,
+                ..
+            } => {
+                info!("login");
+                self.framer.set_limits(self.config.frame_limits(true));
+                self.stop_with_account(&slot);
+                self.session_slot = Some(slot);
+                self.account = Some(account);
+                let caps = self.capabilities();
+                self.ok(tag, &format!("[CAPABILITY {caps}] logged in"));
+                return Ok(Flow::Continue);
             }
+            LoginOutcome::Refused { reason, pause } => (reason, pause),
         };
-        let actor = Actor {
-            name: attempted.clone(),
-            peer: self.peer.clone(),
-        };
-        let mut event = AuditEvent::new(&actor, "login.imap", format!("account {attempted}")).outcome(result);
-        if let Some(text) = reply {
-            event = event.detail(text);
-        } else {
-            event = event.detail(format!("with {login_method}"));
-        }
-        self.audit(event).await;
-        let Some(text) = reply else {
-            info!("login");
-            let caps = self.capabilities();
-            self.ok(tag, &format!("[CAPABILITY {caps}] logged in"));
-            return Ok(Flow::Continue);
-        };
+        // A pause that doubles with each wrong guess makes guessing slow.
+        tokio::time::sleep(pause).await;
         self.login_failures += 1;
-        if result == AuditOutcome::Denied && text.contains("AUTHENTICATIONFAILED") {
-            // A pause that doubles with each failure makes guessing slow.
-            let pause = self.shared.failed(&self.peer, &attempted);
-            tokio::time::sleep(pause).await;
-        }
-        self.no(tag, text);
+        self.no(tag, login_refusal_text(reason));
         if self.login_failures >= self.config.login_failures_per_connection_max {
             self.untagged("BYE too many failed logins");
             return Ok(Flow::Close);
@@ -1373,5 +1287,28 @@ pub(crate) fn special_use_of(attribute: &str) -> Option<SpecialUse> {
         "\\junk" => Some(SpecialUse::Junk),
         "\\archive" => Some(SpecialUse::Archive),
         _ => None,
+    }
+}
+
+/// The NO of a refused login (RFC 5530 response codes).
+fn login_refusal_text(reason: LoginRefusal) -> &'static str {
+    match reason {
+        LoginRefusal::AddressLockedOut => "[UNAVAILABLE] too many failed logins from your address; try later",
+        LoginRefusal::AccountLockedOut => "[UNAVAILABLE] too many failed logins for this account; try later",
+        LoginRefusal::Paused => {
+            "[UNAVAILABLE] a failed login from your address or for this account is still in its pause; \
+             try again in a few seconds"
+        }
+        LoginRefusal::Busy => "[UNAVAILABLE] too many logins are being checked right now; try again shortly",
+        LoginRefusal::Invalid {
+            app_password_needed: true,
+        } => {
+            "[AUTHENTICATIONFAILED] invalid credentials (mail clients sign in with an app password \
+             from the account security page)"
+        }
+        LoginRefusal::Invalid { .. } => "[AUTHENTICATIONFAILED] invalid credentials",
+        LoginRefusal::Disabled => "[AUTHENTICATIONFAILED] the account is disabled",
+        LoginRefusal::SessionLimit => "[LIMIT] too many sessions open for this account",
+        LoginRefusal::Unavailable => "[UNAVAILABLE] try again later",
     }
 }

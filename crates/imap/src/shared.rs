@@ -1,19 +1,16 @@
-//! State shared by every session of a server: open sessions per account, and the server's
-//! login failure counters (`sealpost_auth::Lockout`, shared with SMTP and the web).
+//! State shared by every session of a server: open sessions per account, command figures,
+//! and the server's mail-login gate (`sealpost_auth::MailLogins`, shared with SMTP).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sealpost_auth::{AuthPolicy, Lockout, LoginLimits, Refusal};
+use sealpost_auth::{AuthPolicy, LoginLimits, MailLogins};
 use sealpost_storage::AccountId;
 
 /// Shared by the sessions of one server.
 pub struct ImapShared {
-    lockout: Arc<Lockout>,
-    policy: std::sync::RwLock<AuthPolicy>,
-    /// Our host name, for the new-network notice's Message-ID.
-    hostname: String,
+    logins: Arc<MailLogins>,
     /// Open sessions per account, and the signal that ends them all (an admin disabled the
     /// account or ended its sessions).
     sessions: Mutex<HashMap<AccountId, Sessions>>,
@@ -74,50 +71,22 @@ impl ImapShared {
     /// `policy` says whether the account password opens a mail session (see
     /// `Credentials::password_opens_mail`); `hostname` names this server.
     pub fn new(limits: LoginLimits, policy: AuthPolicy, hostname: &str) -> Arc<Self> {
+        Self::with_logins(MailLogins::new(limits, policy, hostname))
+    }
+
+    /// Sessions that pass `logins`, the server's one mail-login gate.
+    pub fn with_logins(logins: Arc<MailLogins>) -> Arc<Self> {
         Arc::new(Self {
-            lockout: Arc::new(Lockout::new(limits)),
-            policy: std::sync::RwLock::new(policy),
-            hostname: hostname.to_string(),
+            logins,
             sessions: Mutex::new(HashMap::new()),
             generations: std::sync::atomic::AtomicU64::new(0),
             commands: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
-    /// The failure counters, for the other ways in (SMTP, the web).
-    pub fn lockout(&self) -> Arc<Lockout> {
-        self.lockout.clone()
-    }
-
-    /// Who must show what, as in force now.
-    pub fn policy(&self) -> AuthPolicy {
-        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Puts the console's sign-in settings in force: the policy, and the lockout's limits
-    /// (the session bound per account stays as configured).
-    pub fn set_policy(&self, policy: AuthPolicy, limits: LoginLimits) {
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
-        self.lockout.set_limits(limits);
-    }
-
-    pub fn hostname(&self) -> &str {
-        &self.hostname
-    }
-
-    /// Whether a login from `address` for `login` may be tried at all.
-    pub fn check(&self, address: &str, login: &str) -> Result<(), Refusal> {
-        self.lockout.check(address, login)
-    }
-
-    /// Records a failure and returns how long to pause before answering.
-    pub fn failed(&self, address: &str, login: &str) -> Duration {
-        self.lockout.failed(address, login)
-    }
-
-    /// A successful login clears the account's failures (not the address's).
-    pub fn succeeded(&self, login: &str) {
-        self.lockout.succeeded(login);
+    /// The mail-login gate, for SMTP, the web and the console.
+    pub fn logins(&self) -> Arc<MailLogins> {
+        self.logins.clone()
     }
 
     /// Takes a session slot for the account, or `None` when it has too many open.
@@ -128,7 +97,7 @@ impl ImapShared {
             ender: tokio::sync::watch::channel(false).0,
             generation: self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
-        if set.count >= self.lockout.limits().sessions_per_account_max {
+        if set.count >= self.logins.lockout().limits().sessions_per_account_max {
             return None;
         }
         set.count += 1;

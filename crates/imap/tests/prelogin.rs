@@ -91,12 +91,17 @@ async fn a_login_during_a_failures_pause_is_refused_before_any_hash() {
         failure_delay_max_ms: 3_000,
         ..LoginLimits::default()
     });
-    let hashes = shared.lockout().hash_queue();
+    let hashes = shared.logins().lockout().hash_queue();
     let mut guesser = Client::start(&store, &shared, ImapConfig::default(), "192.0.2.7").await;
     guesser.send("a LOGIN alice@example.test wrong\r\n").await;
     // The failure is recorded once its hash is done; the guesser's answer then waits 3 s.
     let deadline = Instant::now() + READ_TIMEOUT;
-    while shared.check("192.0.2.7", "alice@example.test").is_ok() {
+    while shared
+        .logins()
+        .lockout()
+        .check("192.0.2.7", "alice@example.test")
+        .is_ok()
+    {
         assert!(Instant::now() < deadline, "the failure was never recorded");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -126,7 +131,7 @@ async fn a_full_hashing_queue_refuses_a_login_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let shared = shared(LoginLimits::default());
-    let hashes = shared.lockout().hash_queue();
+    let hashes = shared.logins().lockout().hash_queue();
     hashes.set_queue_max(1);
     // Other sign-ins hold every worker and the one waiting place.
     let held: Vec<_> = (0..sealpost_auth::PASSWORD_HASH_WORKERS + 1)

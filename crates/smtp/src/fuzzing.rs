@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealpost_imap::{ImapShared, LoginLimits};
+use sealpost_auth::{LoginLimits, MailLogins};
 use sealpost_storage::{Actor, MasterKey, NewAccount, Role, Store, StoreConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -108,7 +108,7 @@ impl SessionHarness {
             ..sealpost_auth::AuthPolicy::default()
         };
         let shared = SmtpShared::new(
-            ImapShared::new(limits, auth_policy, "localhost"),
+            MailLogins::new(limits, auth_policy, "localhost"),
             aliases,
             None,
             None,

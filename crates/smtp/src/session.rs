@@ -1,14 +1,12 @@
 //! One SMTP connection: greeting, command loop with PIPELINING, STARTTLS, AUTH, the mail
 //! transaction (MAIL, RCPT, DATA or BDAT), and delivery into the store.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use sealpost_auth::{MailLogin, Protocol};
-use sealpost_imap::{BoxedStream, Refusal};
+use sealpost_auth::{LoginOutcome, LoginRefusal, Protocol};
+use sealpost_net::BoxedStream;
 use sealpost_storage::{Account, Actor, AuditEvent, AuditOutcome, OutboundRecipient, Store};
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,15 +74,7 @@ pub enum ListenerRole {
     Submission,
 }
 
-/// The negotiated TLS version and cipher suite, for the Received field.
-pub type TlsDescription = String;
-
-/// Turns a plain stream into a TLS one (STARTTLS) and says what was negotiated.
-pub type SmtpTlsUpgrade = Arc<
-    dyn Fn(BoxedStream) -> Pin<Box<dyn Future<Output = std::io::Result<(BoxedStream, TlsDescription)>> + Send>>
-        + Send
-        + Sync,
->;
+pub use sealpost_net::{TlsDescription, TlsUpgrade as SmtpTlsUpgrade};
 
 /// What the server knows about one connection.
 pub struct SmtpConnection {
@@ -575,101 +565,24 @@ impl Session {
     }
 
     async fn check_credentials(&mut self, user: &str, password: &str) -> std::io::Result<Flow> {
-        let attempted = user.trim().to_lowercase();
-        let peer = self.connection.peer_ip.clone();
-        let logins = self.connection.shared.logins.clone();
-        let mut login_method = String::new();
-        // Refused before any hash: a lockout, a failure's pause, or a full hashing queue.
-        let admitted = logins
-            .check(&peer, &attempted)
-            .map(|()| logins.lockout().admit_hash(&peer, &attempted));
-        let (outcome, refusal) = match admitted {
-            Err(Refusal::AddressLockedOut) => (
-                AuditOutcome::Denied,
-                Some("454 4.7.0 too many failed logins from your address; try later"),
-            ),
-            Err(Refusal::AccountLockedOut) => (
-                AuditOutcome::Denied,
-                Some("454 4.7.0 too many failed logins for this account; try later"),
-            ),
-            Err(Refusal::Paused) => (
-                AuditOutcome::Denied,
-                Some(
-                    "454 4.7.0 a failed login from your address or for this account is still in its pause; \
-                     try again in a few seconds",
-                ),
-            ),
-            Ok(None) => (
-                AuditOutcome::Denied,
-                Some("454 4.7.0 too many logins are being checked right now; try again shortly"),
-            ),
-            Ok(Some(ticket)) => {
-                let store = self.store.clone();
-                let (login, pass, client) = (user.to_string(), password.to_string(), peer.clone());
-                let (policy, hostname) = (logins.policy().clone(), logins.hostname().to_string());
-                let checked = blocking(move || {
-                    let _ticket = ticket;
-                    sealpost_auth::notice::mail_login_noticed(
-                        &store,
-                        &policy,
-                        &login,
-                        &pass,
-                        Protocol::Smtp,
-                        &client,
-                        &hostname,
-                    )
-                })
-                .await;
-                match checked {
-                    Ok(MailLogin::Accepted { account, method, .. }) => {
-                        logins.succeeded(&attempted);
-                        self.account = Some(account);
-                        login_method = method;
-                        (AuditOutcome::Ok, None)
-                    }
-                    Ok(MailLogin::Disabled(_)) => (AuditOutcome::Denied, Some("535 5.7.8 the account is disabled")),
-                    Ok(MailLogin::Rejected {
-                        app_password_needed: true,
-                    }) => (
-                        AuditOutcome::Denied,
-                        Some(
-                            "535 5.7.8 authentication credentials invalid (mail clients sign in with an app \
-                             password from the account security page)",
-                        ),
-                    ),
-                    Ok(MailLogin::Rejected { .. }) => (
-                        AuditOutcome::Denied,
-                        Some("535 5.7.8 authentication credentials invalid"),
-                    ),
-                    Err(error) => {
-                        warn!(%error, "login check failed");
-                        (AuditOutcome::Failed, Some("454 4.7.0 temporary authentication failure"))
-                    }
-                }
+        let (store, logins) = (self.store.clone(), self.connection.shared.logins.clone());
+        let (user, password, peer) = (user.to_string(), password.to_string(), self.connection.peer_ip.clone());
+        // The gate checks, counts and audits; SMTP adds no admission of its own.
+        let outcome =
+            blocking(move || logins.attempt(&store, &peer, &user, &password, Protocol::Smtp, |_| Some(()))).await;
+        let (reason, pause) = match outcome {
+            LoginOutcome::Accepted { account, .. } => {
+                info!("smtp login");
+                self.account = Some(account);
+                self.reply("235 2.7.0 authentication successful");
+                return Ok(Flow::Continue);
             }
+            LoginOutcome::Refused { reason, pause } => (reason, pause),
         };
-        let actor = Actor {
-            name: attempted.clone(),
-            peer: peer.clone(),
-        };
-        let mut event = AuditEvent::new(&actor, "login.smtp", format!("account {attempted}")).outcome(outcome);
-        if let Some(text) = refusal {
-            event = event.detail(text);
-        } else {
-            event = event.detail(format!("with {login_method}"));
-        }
-        self.audit(event).await;
-        let Some(text) = refusal else {
-            info!("smtp login");
-            self.reply("235 2.7.0 authentication successful");
-            return Ok(Flow::Continue);
-        };
-        if text.starts_with("535") {
-            let pause = logins.failed(&peer, &attempted);
-            tokio::time::sleep(pause).await;
-        }
+        // A pause that doubles with each wrong guess makes guessing slow.
+        tokio::time::sleep(pause).await;
         self.auth_failures += 1;
-        self.reply(text);
+        self.reply(login_refusal_reply(reason));
         if self.auth_failures >= self.config.auth_failures_per_connection_max {
             self.reply("421 4.7.0 too many failed logins; closing the connection");
             return Ok(Flow::Close);
@@ -1067,5 +980,30 @@ impl Session {
                 Ok(Flow::Continue)
             }
         }
+    }
+}
+
+/// The reply to a refused AUTH (RFC 4954 section 6: 535 for credentials, 454 for a temporary
+/// refusal).
+fn login_refusal_reply(reason: LoginRefusal) -> &'static str {
+    match reason {
+        LoginRefusal::AddressLockedOut => "454 4.7.0 too many failed logins from your address; try later",
+        LoginRefusal::AccountLockedOut => "454 4.7.0 too many failed logins for this account; try later",
+        LoginRefusal::Paused => {
+            "454 4.7.0 a failed login from your address or for this account is still in its pause; \
+             try again in a few seconds"
+        }
+        LoginRefusal::Busy => "454 4.7.0 too many logins are being checked right now; try again shortly",
+        LoginRefusal::Invalid {
+            app_password_needed: true,
+        } => {
+            "535 5.7.8 authentication credentials invalid (mail clients sign in with an app \
+             password from the account security page)"
+        }
+        LoginRefusal::Invalid { .. } => "535 5.7.8 authentication credentials invalid",
+        LoginRefusal::Disabled => "535 5.7.8 the account is disabled",
+        // SMTP admits every accepted login; kept for completeness.
+        LoginRefusal::SessionLimit => "454 4.7.0 too many sessions for this account; try later",
+        LoginRefusal::Unavailable => "454 4.7.0 temporary authentication failure",
     }
 }

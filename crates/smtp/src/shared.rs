@@ -1,12 +1,12 @@
-//! State shared by the SMTP sessions of a server: the login failure counters (the IMAP
-//! server's, so a password guesser cannot switch protocols), messages submitted per account
-//! per hour, and the address aliases.
+//! State shared by the SMTP sessions of a server: the mail-login gate (the one IMAP passes too,
+//! so a password guesser cannot switch protocols), messages submitted per account per hour,
+//! and the address aliases.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sealpost_imap::ImapShared;
+use sealpost_auth::MailLogins;
 use sealpost_storage::AccountId;
 
 /// Extra addresses: each alias delivers to the accounts listed, and those accounts may send
@@ -35,7 +35,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 /// Shared by the sessions of one server.
 pub struct SmtpShared {
-    pub(crate) logins: Arc<ImapShared>,
+    pub(crate) logins: Arc<MailLogins>,
     /// The aliases of `sealpost.toml`, fixed, and those in force: these and the console's.
     configured: Aliases,
     aliases: std::sync::RwLock<Aliases>,
@@ -61,7 +61,7 @@ const STAFF_NAMES_REFRESH: Duration = Duration::from_secs(60);
 
 impl SmtpShared {
     pub fn new(
-        logins: Arc<ImapShared>,
+        logins: Arc<MailLogins>,
         aliases: Aliases,
         inbound_auth: Option<crate::InboundAuth>,
         queue_waker: Option<Arc<tokio::sync::Notify>>,

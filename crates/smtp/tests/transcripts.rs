@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealpost_imap::{ImapShared, LoginLimits};
+use sealpost_auth::{LoginLimits, MailLogins};
 use sealpost_smtp::{
     serve_session, submit_from_web, Aliases, ListenerRole, SmtpConfig, SmtpConnection, SmtpShared, WebMessage,
 };
@@ -62,7 +62,7 @@ fn shared(login_limits: LoginLimits, aliases: Aliases) -> Arc<SmtpShared> {
     });
     let policy = sealpost_policy::LivePolicy::new(sealpost_policy::Policy::new(policy).unwrap());
     SmtpShared::new(
-        ImapShared::new(login_limits, passwords_allowed(), "localhost"),
+        MailLogins::new(login_limits, passwords_allowed(), "localhost"),
         aliases,
         None,
         None,

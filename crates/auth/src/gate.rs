@@ -1,0 +1,205 @@
+//! The one gate every mail login passes, IMAP and SMTP alike: the lockout's check, a place in
+//! the hashing queue, the credential check, the failure bookkeeping and the audit record. The
+//! protocols only turn the outcome into their reply; a login rule changes here alone.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sealpost_storage::{Account, Actor, AuditEvent, AuditOutcome, Store};
+
+use crate::credentials::{AuthPolicy, MailLogin, Protocol};
+use crate::lockout::{Lockout, LoginLimits, Refusal};
+
+/// Why a mail login was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginRefusal {
+    /// Too many failures from the client's address (its /64 for IPv6).
+    AddressLockedOut,
+    /// Too many failures for the account.
+    AccountLockedOut,
+    /// A failure's pause is still running, for the address or the account.
+    Paused,
+    /// Too many logins are being checked at once (the hashing queue is full).
+    Busy,
+    /// Wrong or unknown credentials, all alike; `app_password_needed` when the account takes
+    /// only app passwords, so the reply can say where to get one.
+    Invalid { app_password_needed: bool },
+    /// The account exists, the credentials are right, and the account is disabled.
+    Disabled,
+    /// The protocol refused the session itself (IMAP: too many sessions for the account).
+    SessionLimit,
+    /// The store failed; the client should try later.
+    Unavailable,
+}
+
+impl LoginRefusal {
+    /// What the audit record says, in no protocol's words.
+    fn detail(self) -> &'static str {
+        match self {
+            LoginRefusal::AddressLockedOut => "too many failed logins from the address",
+            LoginRefusal::AccountLockedOut => "too many failed logins for the account",
+            LoginRefusal::Paused => "a failed login's pause was still running",
+            LoginRefusal::Busy => "too many logins were being checked",
+            LoginRefusal::Invalid {
+                app_password_needed: true,
+            } => "invalid credentials (the account takes app passwords only)",
+            LoginRefusal::Invalid { .. } => "invalid credentials",
+            LoginRefusal::Disabled => "the account is disabled",
+            LoginRefusal::SessionLimit => "too many sessions open for the account",
+            LoginRefusal::Unavailable => "the login could not be checked",
+        }
+    }
+
+    /// A wrong guess: counted, and answered after a pause that doubles with each one.
+    fn is_guess(self) -> bool {
+        matches!(self, LoginRefusal::Invalid { .. } | LoginRefusal::Disabled)
+    }
+}
+
+/// The outcome of one mail login.
+pub enum LoginOutcome<T> {
+    /// The account, how it signed in ("app password NAME", "password"), and what the
+    /// protocol's admission gave (an IMAP session slot).
+    Accepted {
+        account: Account,
+        method: String,
+        admitted: T,
+    },
+    /// Why not, and how long to wait before answering (zero unless it was a wrong guess).
+    Refused { reason: LoginRefusal, pause: Duration },
+}
+
+/// The mail logins of one server: its lockout (shared with the web, so that a guesser cannot
+/// switch protocols), the sign-in policy in force and the host name the new-network notice
+/// names.
+pub struct MailLogins {
+    lockout: Arc<Lockout>,
+    policy: RwLock<AuthPolicy>,
+    hostname: String,
+}
+
+impl MailLogins {
+    pub fn new(limits: LoginLimits, policy: AuthPolicy, hostname: &str) -> Arc<Self> {
+        Arc::new(Self {
+            lockout: Arc::new(Lockout::new(limits)),
+            policy: RwLock::new(policy),
+            hostname: hostname.to_string(),
+        })
+    }
+
+    /// The failure counters, for the web's sign-in and the console.
+    pub fn lockout(&self) -> Arc<Lockout> {
+        self.lockout.clone()
+    }
+
+    /// Who must show what, as in force now.
+    pub fn policy(&self) -> AuthPolicy {
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts the console's sign-in settings in force: the policy and the lockout's limits.
+    pub fn set_policy(&self, policy: AuthPolicy, limits: LoginLimits) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        self.lockout.set_limits(limits);
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// One mail login, from start to audit record. Blocking (a password hash): run it on the
+    /// blocking pool. `admit` runs once the credentials are right, before anything is
+    /// recorded, and may still refuse (IMAP's session bound). The caller sleeps `pause`
+    /// before it answers a refusal.
+    pub fn attempt<T>(
+        &self,
+        store: &Store,
+        peer: &str,
+        user: &str,
+        secret: &str,
+        protocol: Protocol,
+        admit: impl FnOnce(&Account) -> Option<T>,
+    ) -> LoginOutcome<T> {
+        let attempted = user.trim().to_lowercase();
+        let outcome = self.check(store, peer, user, &attempted, secret, protocol, admit);
+        let action = match protocol {
+            Protocol::Imap => "login.imap",
+            Protocol::Smtp => "login.smtp",
+        };
+        let actor = Actor {
+            name: attempted.clone(),
+            peer: peer.to_string(),
+        };
+        let (result, detail) = match &outcome {
+            LoginOutcome::Accepted { method, .. } => (AuditOutcome::Ok, format!("with {method}")),
+            LoginOutcome::Refused {
+                reason: LoginRefusal::Unavailable,
+                ..
+            } => (AuditOutcome::Failed, LoginRefusal::Unavailable.detail().to_string()),
+            LoginOutcome::Refused { reason, .. } => (AuditOutcome::Denied, reason.detail().to_string()),
+        };
+        let event = AuditEvent::new(&actor, action, format!("account {attempted}"))
+            .outcome(result)
+            .detail(detail);
+        if let Err(error) = store.audit(event) {
+            tracing::warn!(%error, "audit write failed");
+        }
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check<T>(
+        &self,
+        store: &Store,
+        peer: &str,
+        user: &str,
+        attempted: &str,
+        secret: &str,
+        protocol: Protocol,
+        admit: impl FnOnce(&Account) -> Option<T>,
+    ) -> LoginOutcome<T> {
+        let refused = |reason| LoginOutcome::Refused {
+            reason,
+            pause: Duration::ZERO,
+        };
+        // Refused before any hash: a lockout, a failure's pause, or a full hashing queue.
+        if let Err(refusal) = self.lockout.check(peer, attempted) {
+            return refused(match refusal {
+                Refusal::AddressLockedOut => LoginRefusal::AddressLockedOut,
+                Refusal::AccountLockedOut => LoginRefusal::AccountLockedOut,
+                Refusal::Paused => LoginRefusal::Paused,
+            });
+        }
+        let Some(ticket) = self.lockout.admit_hash(peer, attempted) else {
+            return refused(LoginRefusal::Busy);
+        };
+        let policy = self.policy();
+        let checked = crate::notice::mail_login_noticed(store, &policy, user, secret, protocol, peer, &self.hostname);
+        drop(ticket);
+        let reason = match checked {
+            Ok(MailLogin::Accepted { account, method, .. }) => match admit(&account) {
+                Some(admitted) => {
+                    self.lockout.succeeded(attempted);
+                    return LoginOutcome::Accepted {
+                        account,
+                        method,
+                        admitted,
+                    };
+                }
+                None => LoginRefusal::SessionLimit,
+            },
+            Ok(MailLogin::Disabled(_)) => LoginRefusal::Disabled,
+            Ok(MailLogin::Rejected { app_password_needed }) => LoginRefusal::Invalid { app_password_needed },
+            Err(error) => {
+                tracing::warn!(%error, "login check failed");
+                LoginRefusal::Unavailable
+            }
+        };
+        let pause = if reason.is_guess() {
+            self.lockout.failed(peer, attempted)
+        } else {
+            Duration::ZERO
+        };
+        LoginOutcome::Refused { reason, pause }
+    }
+}

@@ -1,0 +1,71 @@
+//! The crate graph as ARCHITECTURE.md draws it: every dependency between Sealpost's crates
+//! points down, from the binary to the web, the protocols, identity and policy, and the
+//! store, MIME and connection crates at the bottom. Two crates of one layer never depend on
+//! each other (IMAP and SMTP share nothing but what lies below them). Read from `cargo
+//! metadata`, so a new edge fails here before it tangles the middle.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+/// Each crate's layer: a crate may depend only on crates of a lower layer.
+const LAYERS: [(&str, u32); 10] = [
+    ("sealpost-storage", 0),
+    ("sealpost-mime", 0),
+    ("sealpost-net", 0),
+    ("sealpost-testkit", 0),
+    ("sealpost-auth", 1),
+    ("sealpost-policy", 1),
+    ("sealpost-imap", 2),
+    ("sealpost-smtp", 2),
+    ("sealpost-webmail", 3),
+    ("sealpost", 4),
+];
+
+#[test]
+fn dependencies_between_sealpost_crates_point_down_only() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let layers: BTreeMap<&str, u32> = LAYERS.into_iter().collect();
+    let mut edges = Vec::new();
+    let mut wrong = Vec::new();
+    for package in metadata["packages"].as_array().unwrap() {
+        let name = package["name"].as_str().unwrap();
+        let Some(&layer) = layers.get(name) else {
+            panic!("{name} has no layer in LAYERS: give it one (and a place in ARCHITECTURE.md)");
+        };
+        for dependency in package["dependencies"].as_array().unwrap() {
+            let target = dependency["name"].as_str().unwrap();
+            // Test helpers sit at the bottom and may serve any crate's tests.
+            if !target.starts_with("sealpost") || dependency["kind"].as_str() == Some("dev") {
+                continue;
+            }
+            let below = layers.get(target).copied().unwrap_or(u32::MAX);
+            edges.push(format!("{name} -> {target}"));
+            if below >= layer {
+                wrong.push(format!("{name} (layer {layer}) -> {target} (layer {below})"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "dependencies that do not point down: {wrong:?}");
+    // The graph is what it should be, and the check saw it (a metadata that lost the
+    // dependencies would pass the loop above).
+    assert!(
+        edges.contains(&"sealpost-imap -> sealpost-net".to_string()),
+        "{edges:?}"
+    );
+    assert!(
+        edges.contains(&"sealpost-smtp -> sealpost-auth".to_string()),
+        "{edges:?}"
+    );
+    assert!(
+        !edges.iter().any(|e| e == "sealpost-smtp -> sealpost-imap"),
+        "{edges:?}"
+    );
+}
