@@ -1,6 +1,6 @@
 //! The crate graph as ARCHITECTURE.md draws it: every dependency between Sealpost's crates
-//! points down, from the binary to the web, the protocols, identity and policy, and the
-//! store, MIME and connection crates at the bottom. Two crates of one layer never depend on
+//! points down, from the binary to the web, the protocols, identity and policy, the store,
+//! and the MIME, connection and shared-type crates at the bottom. Two crates of one layer never depend on
 //! each other (IMAP and SMTP share nothing but what lies below them). Read from `cargo
 //! metadata`, so a new edge fails here before it tangles the middle.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,17 +9,18 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 /// Each crate's layer: a crate may depend only on crates of a lower layer.
-const LAYERS: [(&str, u32); 10] = [
-    ("sealpost-storage", 0),
+const LAYERS: [(&str, u32); 11] = [
+    ("sealpost-types", 0),
     ("sealpost-mime", 0),
     ("sealpost-net", 0),
     ("sealpost-testkit", 0),
-    ("sealpost-auth", 1),
-    ("sealpost-policy", 1),
-    ("sealpost-imap", 2),
-    ("sealpost-smtp", 2),
-    ("sealpost-webmail", 3),
-    ("sealpost", 4),
+    ("sealpost-storage", 1),
+    ("sealpost-auth", 2),
+    ("sealpost-policy", 2),
+    ("sealpost-imap", 3),
+    ("sealpost-smtp", 3),
+    ("sealpost-webmail", 4),
+    ("sealpost", 5),
 ];
 
 #[test]

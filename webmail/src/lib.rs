@@ -22,6 +22,7 @@ mod health;
 mod html;
 mod idle;
 mod mail;
+pub mod notice;
 mod policies;
 mod portal;
 mod quarantine;

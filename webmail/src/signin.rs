@@ -327,7 +327,7 @@ async fn finish_sign_in(
                 Some(vec![])
             })?;
             if new_network {
-                sealpost_auth::notice::new_network(&state.store, &account, &address, &how, &state.hostname)?;
+                crate::notice::new_network(&state.store, &account, &address, &how, &state.hostname)?;
             }
             Ok::<_, sealpost_storage::Error>(cookie)
         })

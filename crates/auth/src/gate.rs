@@ -69,13 +69,20 @@ pub enum LoginOutcome<T> {
     Refused { reason: LoginRefusal, pause: Duration },
 }
 
+/// Writes the notice of a sign-in from a network the account had not used: (store, account,
+/// client address, how it signed in, this server's host name). The server supplies it; this
+/// crate builds no mail.
+pub type NewNetworkNotice =
+    Arc<dyn Fn(&Store, &Account, &str, &str, &str) -> sealpost_storage::Result<()> + Send + Sync>;
+
 /// The mail logins of one server: its lockout (shared with the web, so that a guesser cannot
-/// switch protocols), the sign-in policy in force and the host name the new-network notice
-/// names.
+/// switch protocols), the sign-in policy in force, and the new-network notice with the host
+/// name it names.
 pub struct MailLogins {
     lockout: Arc<Lockout>,
     policy: RwLock<AuthPolicy>,
     hostname: String,
+    notice: RwLock<Option<NewNetworkNotice>>,
 }
 
 impl MailLogins {
@@ -84,7 +91,44 @@ impl MailLogins {
             lockout: Arc::new(Lockout::new(limits)),
             policy: RwLock::new(policy),
             hostname: hostname.to_string(),
+            notice: RwLock::new(None),
         })
+    }
+
+    /// Who writes the new-network notice; without one, none is written (the protocol
+    /// crates' own tests).
+    pub fn set_new_network_notice(&self, notice: NewNetworkNotice) {
+        *self.notice.write().unwrap_or_else(|e| e.into_inner()) = Some(notice);
+    }
+
+    /// A mail client's login (`mail_login`), and the new-network notice when it opened a
+    /// session from a network the account had not used.
+    fn login_noticed(
+        &self,
+        store: &Store,
+        policy: &AuthPolicy,
+        user: &str,
+        secret: &str,
+        protocol: Protocol,
+        peer: &str,
+    ) -> sealpost_storage::Result<MailLogin> {
+        let result = crate::credentials::mail_login(store, policy, user, secret, protocol, peer)?;
+        if let MailLogin::Accepted {
+            account,
+            method,
+            new_network: true,
+        } = &result
+        {
+            let how = match protocol {
+                Protocol::Imap => format!("IMAP, {method}"),
+                Protocol::Smtp => format!("SMTP, {method}"),
+            };
+            let notice = self.notice.read().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(notice) = notice {
+                notice(store, account, peer, &how, &self.hostname)?;
+            }
+        }
+        Ok(result)
     }
 
     /// The failure counters, for the web's sign-in and the console.
@@ -174,7 +218,7 @@ impl MailLogins {
             return refused(LoginRefusal::Busy);
         };
         let policy = self.policy();
-        let checked = crate::notice::mail_login_noticed(store, &policy, user, secret, protocol, peer, &self.hostname);
+        let checked = self.login_noticed(store, &policy, user, secret, protocol, peer);
         drop(ticket);
         let reason = match checked {
             Ok(MailLogin::Accepted { account, method, .. }) => match admit(&account) {

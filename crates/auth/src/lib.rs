@@ -10,7 +10,6 @@ pub mod enrolment;
 pub mod gate;
 pub mod hashing;
 pub mod lockout;
-pub mod notice;
 pub mod passkeys;
 pub mod password;
 pub mod secrets;

@@ -191,7 +191,7 @@ pub struct PolicyConfig {
     pub portal: PortalSettings,
     /// Retention rules (folders and accounts, maximum and minimum ages), which the store
     /// enforces once this version is in force.
-    pub retention: Vec<sealpost_storage::RetentionRule>,
+    pub retention: Vec<sealpost_types::RetentionRule>,
 }
 
 impl Default for PolicyConfig {
@@ -340,7 +340,7 @@ impl Policy {
     /// Compiles the rules; a pattern that is not a regular expression is an error naming it.
     pub fn new(config: PolicyConfig) -> Result<Policy, String> {
         config.sign_in.check()?;
-        sealpost_storage::check_retention_rules(&config.retention)?;
+        sealpost_types::check_retention_rules(&config.retention)?;
         if !(1..=settings_bounds::PICKUP_TTL_MS_MAX).contains(&config.portal.pickup_ttl_ms) {
             return Err(format!(
                 "portal.pickup_ttl_ms = {} is outside 1..={}",

@@ -1,36 +1,9 @@
 //! The message an account gets in its INBOX (and BACKUP) when it is signed in to from a
 //! network it has not used before: when, from where, how, and what to do if it was not them.
+//! The web's sign-in writes it here; the server hands the same function to the mail-login
+//! gate (`MailLogins::set_new_network_notice`), so that the auth crate builds no mail.
 
 use sealpost_storage::{Account, Actor, AuditEvent, Store};
-
-use crate::credentials::{mail_login, AuthPolicy, MailLogin, Protocol};
-
-/// A mail client's login (`mail_login`), and the new-network notice when it opened a
-/// session from a network the account had not used.
-pub fn mail_login_noticed(
-    store: &Store,
-    policy: &AuthPolicy,
-    login: &str,
-    password: &str,
-    protocol: Protocol,
-    peer: &str,
-    hostname: &str,
-) -> sealpost_storage::Result<MailLogin> {
-    let result = mail_login(store, policy, login, password, protocol, peer)?;
-    if let MailLogin::Accepted {
-        account,
-        method,
-        new_network: true,
-    } = &result
-    {
-        let how = match protocol {
-            Protocol::Imap => format!("IMAP, {method}"),
-            Protocol::Smtp => format!("SMTP, {method}"),
-        };
-        new_network(store, account, peer, &how, hostname)?;
-    }
-    Ok(result)
-}
 use time::format_description::well_known::Rfc2822;
 
 /// Writes the notice into the account's INBOX and BACKUP, with the audit record of the new
@@ -42,7 +15,7 @@ pub fn new_network(
     method: &str,
     hostname: &str,
 ) -> sealpost_storage::Result<()> {
-    let network = crate::credentials::network_of(peer);
+    let network = sealpost_auth::credentials::network_of(peer);
     let now = time::OffsetDateTime::now_utc();
     let date = now
         .format(&Rfc2822)
