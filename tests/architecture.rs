@@ -27,11 +27,21 @@ const LAYERS: [(&str, u32); 11] = [
 fn dependencies_between_sealpost_crates_point_down_only() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let layers: BTreeMap<&str, u32> = LAYERS.into_iter().collect();
     let mut edges = Vec::new();
@@ -50,11 +60,16 @@ fn dependencies_between_sealpost_crates_point_down_only() {
             let below = layers.get(target).copied().unwrap_or(u32::MAX);
             edges.push(format!("{name} -> {target}"));
             if below >= layer {
-                wrong.push(format!("{name} (layer {layer}) -> {target} (layer {below})"));
+                wrong.push(format!(
+                    "{name} (layer {layer}) -> {target} (layer {below})"
+                ));
             }
         }
     }
-    assert!(wrong.is_empty(), "dependencies that do not point down: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "dependencies that do not point down: {wrong:?}"
+    );
     // The graph is what it should be, and the check saw it (a metadata that lost the
     // dependencies would pass the loop above).
     assert!(

@@ -47,10 +47,16 @@ fn init_lays_out_the_data_folder_with_private_keys_and_offset_ports() {
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     keys.sort();
-    assert_eq!(keys, vec!["backup.key".to_string(), "master.key".to_string()]);
+    assert_eq!(
+        keys,
+        vec!["backup.key".to_string(), "master.key".to_string()]
+    );
     assert_eq!(mode(&dir.join("keys/backup.key")), 0o600);
 
-    let again = sealpost(&["init", "--data", &data.arg(), "--domain", "clinic.example"], "");
+    let again = sealpost(
+        &["init", "--data", &data.arg(), "--domain", "clinic.example"],
+        "",
+    );
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
 
@@ -68,7 +74,9 @@ fn init_lays_out_the_data_folder_with_private_keys_and_offset_ports() {
     );
     let config = std::fs::read_to_string(standard_dir.join("sealpost.toml")).unwrap();
     assert!(
-        config.contains("imap = 143") && config.contains("smtp = 25") && config.contains("https = 443"),
+        config.contains("imap = 143")
+            && config.contains("smtp = 25")
+            && config.contains("https = 443"),
         "{config}"
     );
 }
@@ -90,31 +98,60 @@ fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
         ],
         "tulip anvil orbit\n",
     );
-    assert!(added.contains("created account alice@clinic.example"), "{added}");
+    assert!(
+        added.contains("created account alice@clinic.example"),
+        "{added}"
+    );
     assert!(
         !added.contains("tulip anvil orbit"),
         "a password given on stdin is not echoed"
     );
     let generated = sealpost_ok(
-        &["account", "add", "root@clinic.example", "--role", "admin", "--data", &d],
+        &[
+            "account",
+            "add",
+            "root@clinic.example",
+            "--role",
+            "admin",
+            "--data",
+            &d,
+        ],
         "",
     );
-    let password_line = generated.lines().find(|l| l.starts_with("password: ")).unwrap();
+    let password_line = generated
+        .lines()
+        .find(|l| l.starts_with("password: "))
+        .unwrap();
     assert_eq!(password_line.trim_start_matches("password: ").len(), 20);
 
-    let short = sealpost(&["account", "add", "bob", "--password-stdin", "--data", &d], "short\n");
+    let short = sealpost(
+        &["account", "add", "bob", "--password-stdin", "--data", &d],
+        "short\n",
+    );
     assert!(!short.status.success());
     // On the shipped list of common passwords, or guessable from the account's own name.
     for weak in ["leavemealone\n", "bobbobbob123\n"] {
-        let refused = sealpost(&["account", "add", "bob", "--password-stdin", "--data", &d], weak);
+        let refused = sealpost(
+            &["account", "add", "bob", "--password-stdin", "--data", &d],
+            weak,
+        );
         assert!(!refused.status.success(), "{weak}");
-        assert!(String::from_utf8_lossy(&refused.stderr).contains("too weak"), "{weak}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("too weak"),
+            "{weak}"
+        );
     }
-    let bad_role = sealpost(&["account", "add", "bob", "--role", "owner", "--data", &d], "");
+    let bad_role = sealpost(
+        &["account", "add", "bob", "--role", "owner", "--data", &d],
+        "",
+    );
     assert!(!bad_role.status.success());
 
     let list = sealpost_ok(&["account", "list", "--json", "--data", &d], "");
-    let rows: Vec<serde_json::Value> = list.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = list
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["address"], "alice@clinic.example");
     assert_eq!(rows[0]["name"], "Alice A");
@@ -127,8 +164,14 @@ fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
             .any(|l| l.contains("alice@clinic.example") && l.contains("disabled")),
         "{list}"
     );
-    sealpost_ok(&["account", "enable", "alice@clinic.example", "--data", &d], "");
-    sealpost_ok(&["account", "password", "alice", "--data", &d], "kettle sonar magpie\n");
+    sealpost_ok(
+        &["account", "enable", "alice@clinic.example", "--data", &d],
+        "",
+    );
+    sealpost_ok(
+        &["account", "password", "alice", "--data", &d],
+        "kettle sonar magpie\n",
+    );
 
     let unconfirmed = sealpost(&["account", "delete", "alice", "--data", &d], "");
     assert!(!unconfirmed.status.success());
@@ -164,11 +207,20 @@ fn accounts_are_added_listed_disabled_and_deleted_from_the_command_line() {
         ]
     );
     let first: serde_json::Value = serde_json::from_str(export.lines().nth(3).unwrap()).unwrap();
-    assert!(first["object"].as_str().unwrap().contains("alice@clinic.example"));
-    assert!(first["at"].as_str().unwrap().contains('T'), "RFC 3339 time: {first}");
+    assert!(first["object"]
+        .as_str()
+        .unwrap()
+        .contains("alice@clinic.example"));
+    assert!(
+        first["at"].as_str().unwrap().contains('T'),
+        "RFC 3339 time: {first}"
+    );
     assert_eq!(first["outcome"], "ok");
     assert_eq!(
-        sealpost_ok(&["audit", "export", "--since", "2999-01-01", "--data", &d], ""),
+        sealpost_ok(
+            &["audit", "export", "--since", "2999-01-01", "--data", &d],
+            ""
+        ),
         ""
     );
     let verified = sealpost_ok(&["audit", "verify", "--data", &d], "");
@@ -186,7 +238,10 @@ fn key_rotation_replaces_the_key_file_and_keeps_the_store_open() {
     let key = data.path().join("keys/master.key");
     let before = std::fs::read(&key).unwrap();
     let rotated = sealpost_ok(&["key", "rotate", "--data", &d], "");
-    assert!(rotated.contains("1 account key sets re-wrapped"), "{rotated}");
+    assert!(
+        rotated.contains("1 account key sets re-wrapped"),
+        "{rotated}"
+    );
     assert_ne!(std::fs::read(&key).unwrap(), before);
     assert_eq!(mode(&key), 0o600);
     let retired: Vec<_> = std::fs::read_dir(data.path().join("keys"))
@@ -200,7 +255,8 @@ fn key_rotation_replaces_the_key_file_and_keeps_the_store_open() {
     // The DKIM keys, sealed with the store keys, come through the rotation.
     let records = sealpost_ok(&["dns", "records", "--data", &d], "");
     assert!(
-        records.contains("sealpost-ed25519._domainkey.clinic.example.") && records.contains("k=rsa; p=MII"),
+        records.contains("sealpost-ed25519._domainkey.clinic.example.")
+            && records.contains("k=rsa; p=MII"),
         "{records}"
     );
     // The TLSA record pins the certificate's public key, as openssl computes it.
@@ -214,7 +270,9 @@ fn key_rotation_replaces_the_key_file_and_keeps_the_store_open() {
     let pin = String::from_utf8_lossy(&pin.stdout).trim().to_string();
     assert_eq!(pin.len(), 64, "openssl: {pin}");
     assert!(
-        records.contains(&format!("_25._tcp.mail.clinic.example.\tIN TLSA 3 1 1 {pin}")),
+        records.contains(&format!(
+            "_25._tcp.mail.clinic.example.\tIN TLSA 3 1 1 {pin}"
+        )),
         "{records}"
     );
 
@@ -261,11 +319,18 @@ fn config_errors_name_the_file_and_the_key() {
     let data = DataDir::init("clinic.example");
     let file = data.path().join("sealpost.toml");
     let config = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, config.replace("[listeners]", "[listeners]\npop3 = 110")).unwrap();
+    std::fs::write(
+        &file,
+        config.replace("[listeners]", "[listeners]\npop3 = 110"),
+    )
+    .unwrap();
     let output = sealpost(&["serve", "--data", &data.arg()], "");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("sealpost.toml") && stderr.contains("pop3"), "{stderr}");
+    assert!(
+        stderr.contains("sealpost.toml") && stderr.contains("pop3"),
+        "{stderr}"
+    );
     let no_folder = sealpost(&["serve", "--data", "/nonexistent/sealpost"], "");
     assert!(String::from_utf8_lossy(&no_folder.stderr).contains("sealpost init"));
     // Sign-in and portal settings belong to [auth], [limits] and [outbound] in this file: a
@@ -274,7 +339,11 @@ fn config_errors_name_the_file_and_the_key() {
         !config.contains("[policy.sign_in]") && !config.contains("[policy.portal]"),
         "{config}"
     );
-    std::fs::write(&file, format!("{config}\n[policy.portal]\npickup_ttl_ms = 5\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("{config}\n[policy.portal]\npickup_ttl_ms = 5\n"),
+    )
+    .unwrap();
     let refused = sealpost(&["serve", "--data", &data.arg()], "");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("[outbound] pickup_ttl_ms"), "{stderr}");
@@ -313,7 +382,11 @@ fn serve_runs_until_sigterm_and_holds_the_store() {
         server.seen
     );
     // Nothing identifying in the log.
-    assert!(!server.seen.iter().any(|l| l.contains("alice")), "{:?}", server.seen);
+    assert!(
+        !server.seen.iter().any(|l| l.contains("alice")),
+        "{:?}",
+        server.seen
+    );
     assert!(sealpost_ok(&["account", "list", "--data", &d], "").contains("alice@clinic.example"));
 }
 
@@ -322,7 +395,13 @@ fn demo_makes_a_ready_data_folder_prints_how_to_log_in_and_serves() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
     let base = common::free_port_base().to_string();
-    let mut server = Server::start(&["demo", "--data", data.to_str().unwrap(), "--port-base", &base]);
+    let mut server = Server::start(&[
+        "demo",
+        "--data",
+        data.to_str().unwrap(),
+        "--port-base",
+        &base,
+    ]);
     assert!(
         server.wait_for("sealpost is running", Duration::from_secs(30)),
         "{:?}",
@@ -373,7 +452,8 @@ fn demo_makes_a_ready_data_folder_prints_how_to_log_in_and_serves() {
         .env("PASSWORD", &password)
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&logins.stdout).to_string() + &String::from_utf8_lossy(&logins.stderr);
+    let said = String::from_utf8_lossy(&logins.stdout).to_string()
+        + &String::from_utf8_lossy(&logins.stderr);
     let lines: Vec<&str> = said.lines().collect();
     assert_eq!(lines.len(), 4, "{said}");
     assert_eq!(lines[0], "imap OK", "{said}");
@@ -410,7 +490,8 @@ fn demo_makes_a_ready_data_folder_prints_how_to_log_in_and_serves() {
         .env("APP", &app_password)
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&notices.stdout).to_string() + &String::from_utf8_lossy(&notices.stderr);
+    let said = String::from_utf8_lossy(&notices.stdout).to_string()
+        + &String::from_utf8_lossy(&notices.stderr);
     assert!(notices.status.success(), "{said}");
     assert!(said.starts_with("1\n"), "one notice: {said}");
     assert!(
@@ -426,13 +507,23 @@ fn demo_makes_a_ready_data_folder_prints_how_to_log_in_and_serves() {
     let list = sealpost_ok(&["account", "list", "--data", data.to_str().unwrap()], "");
     assert!(list.contains("demo@sealpost.test"), "{list}");
     // A second start reuses the folder and prints the same credentials.
-    let mut again = Server::start(&["demo", "--data", data.to_str().unwrap(), "--port-base", &base]);
+    let mut again = Server::start(&[
+        "demo",
+        "--data",
+        data.to_str().unwrap(),
+        "--port-base",
+        &base,
+    ]);
     assert!(
         again.wait_for("sealpost is running", Duration::from_secs(30)),
         "{:?}",
         again.seen
     );
-    assert!(again.seen.iter().any(|l| l.contains(&password)), "{:?}", again.seen);
+    assert!(
+        again.seen.iter().any(|l| l.contains(&password)),
+        "{:?}",
+        again.seen
+    );
     assert_eq!(again.terminate(Duration::from_secs(20)), Some(true));
 }
 
@@ -443,8 +534,10 @@ fn audit_verify_exits_1_and_names_the_record_someone_altered_on_disk() {
     sealpost_ok(&["account", "add", "alice", "--data", &d], "");
     sealpost_ok(&["account", "disable", "alice", "--data", &d], "");
     {
-        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), data.path().join("store")).unwrap();
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), data.path().join("store"), cfs).unwrap();
+        let cfs =
+            rocksdb::DB::list_cf(&rocksdb::Options::default(), data.path().join("store")).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), data.path().join("store"), cfs)
+            .unwrap();
         let audit = db.cf_handle("audit").unwrap();
         let mut record = db.get_cf(audit, 2u64.to_be_bytes()).unwrap().unwrap();
         record[40] ^= 0x20;
@@ -464,13 +557,20 @@ fn cut_the_audit_log_with_the_master_key(data: &std::path::Path, keep: u64) {
     let store = data.join("store");
     let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &store).unwrap();
     let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &store, cfs).unwrap();
-    let (meta, audit) = (db.cf_handle("meta").unwrap(), db.cf_handle("audit").unwrap());
+    let (meta, audit) = (
+        db.cf_handle("meta").unwrap(),
+        db.cf_handle("audit").unwrap(),
+    );
     let text = std::fs::read_to_string(data.join("keys/master.key")).unwrap();
-    let line = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap();
     let identity = age::x25519::Identity::from_str(line).unwrap();
     let keys = age::decrypt(&identity, &db.get_cf(meta, b"store_keys").unwrap().unwrap()).unwrap();
     let hmac = |key: &[u8], domain: &[u8], data: &[u8]| {
-        let mut mac = ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key));
+        let mut mac =
+            ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key));
         mac.update(domain);
         mac.update(&[0]);
         mac.update(data);
@@ -524,14 +624,20 @@ fn a_tail_cut_with_the_master_key_is_shown_by_a_count_the_log_anchor_and_a_backu
         .to_string();
     let logged_seq: u64 = logged.split(':').next().unwrap().parse().unwrap();
     assert!(logged_seq >= 4, "{line}");
-    assert!(!line.contains("alice"), "the anchor line names no one: {line}");
+    assert!(
+        !line.contains("alice"),
+        "the anchor line names no one: {line}"
+    );
     // More records, then a backup through the running server: its manifest keeps the head.
     sealpost_ok(&["account", "add", "dave", "--data", &d], "");
     let backup = data.dir.path().join("anchored.backup");
     let identity = data.path().join("keys/backup.key");
     let (backup_arg, identity_arg) = (backup.to_str().unwrap(), identity.to_str().unwrap());
     sealpost_ok(&["backup", "--data", &d, "--to", backup_arg], "");
-    let verified = sealpost_ok(&["backup", "verify", backup_arg, "--identity", identity_arg], "");
+    let verified = sealpost_ok(
+        &["backup", "verify", backup_arg, "--identity", identity_arg],
+        "",
+    );
     assert!(verified.contains("audit anchor: "), "{verified}");
     let against = [
         "audit",
@@ -544,7 +650,10 @@ fn a_tail_cut_with_the_master_key_is_shown_by_a_count_the_log_anchor_and_a_backu
         identity_arg,
     ];
     let held = sealpost_ok(&against, "");
-    assert!(held.contains("audit chain intact") && held.contains("holds"), "{held}");
+    assert!(
+        held.contains("audit chain intact") && held.contains("holds"),
+        "{held}"
+    );
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
 
     let intact = sealpost_ok(&["audit", "verify", "--data", &d, "--anchor", &logged], "");
@@ -557,7 +666,11 @@ fn a_tail_cut_with_the_master_key_is_shown_by_a_count_the_log_anchor_and_a_backu
         .unwrap();
     assert!(count > logged_seq, "{intact}");
     let count = count.to_string();
-    assert!(sealpost_ok(&["audit", "verify", "--data", &d, "--expect-at-least", &count], "").contains("intact"));
+    assert!(sealpost_ok(
+        &["audit", "verify", "--data", &d, "--expect-at-least", &count],
+        ""
+    )
+    .contains("intact"));
 
     cut_the_audit_log_with_the_master_key(&data.path(), logged_seq - 1);
     let plain = sealpost(&["audit", "verify", "--data", &d], "");
@@ -568,7 +681,10 @@ fn a_tail_cut_with_the_master_key_is_shown_by_a_count_the_log_anchor_and_a_backu
         "with the key the chain itself holds: {plain_out}"
     );
     for (args, expected) in [
-        (vec!["--expect-at-least", count.as_str()], "SHORTER than expected"),
+        (
+            vec!["--expect-at-least", count.as_str()],
+            "SHORTER than expected",
+        ),
         (vec!["--anchor", logged.as_str()], "does NOT hold"),
         (
             vec!["--backup", backup_arg, "--identity", identity_arg],
@@ -583,7 +699,10 @@ fn a_tail_cut_with_the_master_key_is_shown_by_a_count_the_log_anchor_and_a_backu
         assert!(stdout.contains(expected), "{args:?}: {stdout}");
     }
     // A malformed anchor is refused, not taken for a pass.
-    let bad = sealpost(&["audit", "verify", "--data", &d, "--anchor", "12:beef"], "");
+    let bad = sealpost(
+        &["audit", "verify", "--data", &d, "--anchor", "12:beef"],
+        "",
+    );
     assert_ne!(bad.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("SEQ:LINK"));
 
@@ -604,7 +723,8 @@ fn a_tail_cut_with_the_master_key_is_shown_by_a_count_the_log_anchor_and_a_backu
         hasher.update(&kept);
         let mut head = (last - 1).to_be_bytes().to_vec();
         head.extend_from_slice(&hasher.finalize());
-        db.put_cf(db.cf_handle("meta").unwrap(), b"audit_head", head).unwrap();
+        db.put_cf(db.cf_handle("meta").unwrap(), b"audit_head", head)
+            .unwrap();
     }
     let forged = sealpost(&["audit", "verify", "--data", &d], "");
     let forged_out = String::from_utf8_lossy(&forged.stdout);
@@ -671,7 +791,9 @@ fn mbox_and_maildir_imports_arrive_whole_with_flags_and_a_second_run_copies_noth
     data.add_accounts(&["alice@clinic.test"], PASSWORD);
     let work = tempfile::tempdir().unwrap();
     // An mbox of three messages: quoted "From " lines, Status and X-Status flags.
-    let binary: String = (0..3000u32).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    let binary: String = (0..3000u32)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
     let mbox = format!(
         "From alice@example.org Mon Dec  1 12:00:00 2025\n\
          Message-ID: <m1@example.org>\nSubject: one\nStatus: RO\nX-Status: F\n\nbody\n>From the start\n\n\
@@ -741,12 +863,18 @@ fn mbox_and_maildir_imports_arrive_whole_with_flags_and_a_second_run_copies_noth
         "--data",
         &data_arg,
     ];
-    assert_eq!(run(&mbox_import).trim(), "Archive/2025: 3 copied, 0 already there");
+    assert_eq!(
+        run(&mbox_import).trim(),
+        "Archive/2025: 3 copied, 0 already there"
+    );
     assert_eq!(
         run(&maildir_import).trim(),
         "INBOX: 3 copied, 0 already there\nWork/Projects: 1 copied, 0 already there"
     );
-    assert_eq!(run(&mbox_import).trim(), "Archive/2025: 0 copied, 3 already there");
+    assert_eq!(
+        run(&mbox_import).trim(),
+        "Archive/2025: 0 copied, 3 already there"
+    );
     assert_eq!(
         run(&maildir_import).trim(),
         "INBOX: 0 copied, 3 already there\nWork/Projects: 0 copied, 1 already there"
@@ -778,7 +906,11 @@ fn mbox_and_maildir_imports_arrive_whole_with_flags_and_a_second_run_copies_noth
         .env("PASSWORD", PASSWORD)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let folders: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let archive = folders["Archive/2025"].as_array().unwrap();
     assert_eq!(archive.len(), 3);
@@ -816,7 +948,11 @@ fn mbox_and_maildir_imports_arrive_whole_with_flags_and_a_second_run_copies_noth
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
     assert!(
-        exported.lines().filter(|l| l.contains("\"import\"")).count() >= 6,
+        exported
+            .lines()
+            .filter(|l| l.contains("\"import\""))
+            .count()
+            >= 6,
         "imports not audited"
     );
 }
@@ -827,25 +963,81 @@ fn the_consoles_quota_enrolment_link_and_audit_search_work_from_the_command_line
     data.add_accounts(&["nina@clinic.test"], "copper willow brisk anthem");
     let arg = data.arg();
     let quota = sealpost_ok(
-        &["account", "quota", "nina@clinic.test", "--mb", "2", "--data", &arg],
+        &[
+            "account",
+            "quota",
+            "nina@clinic.test",
+            "--mb",
+            "2",
+            "--data",
+            &arg,
+        ],
         "",
     );
-    assert_eq!(quota.trim(), "nina@clinic.test: The quota is 2097152 bytes.");
-    let link = sealpost_ok(&["account", "enrolment-link", "nina@clinic.test", "--data", &arg], "");
-    let (account, secret) = link.trim().strip_prefix("/enrol/").unwrap().split_once('.').unwrap();
-    assert!(account.parse::<u64>().is_ok() && secret.len() == 64, "{link}");
+    assert_eq!(
+        quota.trim(),
+        "nina@clinic.test: The quota is 2097152 bytes."
+    );
+    let link = sealpost_ok(
+        &[
+            "account",
+            "enrolment-link",
+            "nina@clinic.test",
+            "--data",
+            &arg,
+        ],
+        "",
+    );
+    let (account, secret) = link
+        .trim()
+        .strip_prefix("/enrol/")
+        .unwrap()
+        .split_once('.')
+        .unwrap();
+    assert!(
+        account.parse::<u64>().is_ok() && secret.len() == 64,
+        "{link}"
+    );
     let refused = sealpost(
-        &["account", "quota", "nina@clinic.test", "--mb", "-1", "--data", &arg],
+        &[
+            "account",
+            "quota",
+            "nina@clinic.test",
+            "--mb",
+            "-1",
+            "--data",
+            &arg,
+        ],
         "",
     );
     assert!(!refused.status.success());
-    let lifted = sealpost_ok(&["account", "quota", "nina@clinic.test", "--none", "--data", &arg], "");
+    let lifted = sealpost_ok(
+        &[
+            "account",
+            "quota",
+            "nina@clinic.test",
+            "--none",
+            "--data",
+            &arg,
+        ],
+        "",
+    );
     assert_eq!(
         lifted.trim(),
         "nina@clinic.test: No quota: the account may store without a limit."
     );
     // The console's search, here: newest first, the count on standard error.
-    let found = sealpost(&["audit", "search", "--action", "account.quota", "--data", &arg], "");
+    let found = sealpost(
+        &[
+            "audit",
+            "search",
+            "--action",
+            "account.quota",
+            "--data",
+            &arg,
+        ],
+        "",
+    );
     assert!(found.status.success());
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&found.stdout)
         .lines()
@@ -854,12 +1046,25 @@ fn the_consoles_quota_enrolment_link_and_audit_search_work_from_the_command_line
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["detail"], "none");
     assert_eq!(lines[1]["detail"], "2097152 bytes");
-    assert_eq!(String::from_utf8_lossy(&found.stderr).trim(), "2 records match");
+    assert_eq!(
+        String::from_utf8_lossy(&found.stderr).trim(),
+        "2 records match"
+    );
     let links = sealpost(
-        &["audit", "search", "--action", "auth.enrolment_link", "--data", &arg],
+        &[
+            "audit",
+            "search",
+            "--action",
+            "auth.enrolment_link",
+            "--data",
+            &arg,
+        ],
         "",
     );
-    assert_eq!(String::from_utf8_lossy(&links.stderr).trim(), "1 records match");
+    assert_eq!(
+        String::from_utf8_lossy(&links.stderr).trim(),
+        "1 records match"
+    );
 }
 
 /// Signs nina in over IMAPS, prints "idling" once in IDLE, then every line the server sends
@@ -897,7 +1102,11 @@ fn imap_login(data: &DataDir, password: &str) -> String {
         .env("TRY", password)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
@@ -933,7 +1142,10 @@ fn a_running_server_takes_the_consoles_commands_through_its_control_socket() {
         listed.contains("nina@clinic.test") && !listed.contains("omar"),
         "{listed}"
     );
-    let disabled = sealpost_ok(&["account", "disable", "nina@clinic.test", "--data", &arg], "");
+    let disabled = sealpost_ok(
+        &["account", "disable", "nina@clinic.test", "--data", &arg],
+        "",
+    );
     assert_eq!(
         disabled.trim(),
         "nina@clinic.test: Disabled; its web sessions and 1 mail sessions were ended."
@@ -942,17 +1154,26 @@ fn a_running_server_takes_the_consoles_commands_through_its_control_socket() {
     assert!(bye.starts_with("* BYE [UNAVAILABLE]"), "{bye}");
     assert!(idle.wait().unwrap().success());
     assert!(imap_login(&data, PASSWORD).contains("disabled"));
-    sealpost_ok(&["account", "enable", "nina@clinic.test", "--data", &arg], "");
+    sealpost_ok(
+        &["account", "enable", "nina@clinic.test", "--data", &arg],
+        "",
+    );
     assert_eq!(imap_login(&data, PASSWORD), "OK");
 
     // The policy round-trips through show and set, and a saved version is in force at once:
     // two wrong passwords now lock nina out, until an admin lifts it.
     let shown = sealpost_ok(&["policy", "show", "--data", &arg], "");
     assert!(shown.contains("failures_per_account_max = 10"), "{shown}");
-    let stricter = shown.replace("failures_per_account_max = 10", "failures_per_account_max = 2");
+    let stricter = shown.replace(
+        "failures_per_account_max = 10",
+        "failures_per_account_max = 2",
+    );
     let saved = sealpost_ok(&["policy", "set", "--data", &arg], &stricter);
     assert_eq!(saved.trim(), "saved as version 1; in force from now on");
-    let refused = sealpost(&["policy", "set", "--data", &arg], "[sign_in]\nsession_idle_ms = 5\n");
+    let refused = sealpost(
+        &["policy", "set", "--data", &arg],
+        "[sign_in]\nsession_idle_ms = 5\n",
+    );
     assert_eq!(refused.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("session_idle_ms = 5 is outside"),
@@ -960,7 +1181,9 @@ fn a_running_server_takes_the_consoles_commands_through_its_control_socket() {
         String::from_utf8_lossy(&refused.stderr)
     );
     assert_eq!(
-        sealpost_ok(&["policy", "history", "--data", &arg], "").lines().count(),
+        sealpost_ok(&["policy", "history", "--data", &arg], "")
+            .lines()
+            .count(),
         1,
         "a refused policy is not a version"
     );
@@ -1002,7 +1225,8 @@ fn a_running_server_takes_the_consoles_commands_through_its_control_socket() {
     );
     assert_eq!(foreign.status.code(), Some(1));
     let mut smtp = std::net::TcpStream::connect(("127.0.0.1", data.port_base + 25)).unwrap();
-    smtp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    smtp.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut reader = std::io::BufReader::new(smtp.try_clone().unwrap());
     let mut say = |line: &str| -> String {
         use std::io::Write;
@@ -1034,8 +1258,14 @@ fn a_running_server_takes_the_consoles_commands_through_its_control_socket() {
         "{health}"
     );
     let shown = sealpost_ok(&["account", "show", "omar@clinic.test", "--data", &arg], "");
-    assert!(shown.contains("aliases         front-desk@clinic.test"), "{shown}");
-    let tried = sealpost_ok(&["policy", "try", "--text", "SSN 123-45-6789", "--data", &arg], "");
+    assert!(
+        shown.contains("aliases         front-desk@clinic.test"),
+        "{shown}"
+    );
+    let tried = sealpost_ok(
+        &["policy", "try", "--text", "SSN 123-45-6789", "--data", &arg],
+        "",
+    );
     assert!(tried.contains("matches: portal"), "{tried}");
     let trace = sealpost(&["trace", "--sender", "nina", "--data", &arg], "");
     assert!(trace.status.success());
@@ -1046,14 +1276,28 @@ fn a_running_server_takes_the_consoles_commands_through_its_control_socket() {
     );
 
     // The audit log names the command line, through the socket, as the actor.
-    let found = sealpost_ok(&["audit", "search", "--action", "account.disable", "--data", &arg], "");
+    let found = sealpost_ok(
+        &[
+            "audit",
+            "search",
+            "--action",
+            "account.disable",
+            "--data",
+            &arg,
+        ],
+        "",
+    );
     let record: serde_json::Value = serde_json::from_str(found.lines().next().unwrap()).unwrap();
     // The actor is named from the socket's peer credentials (this test runs as some user
     // whose passwd name the kernel's uid gives), not from what the client claims.
     let uid = rustix::process::geteuid().as_raw();
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
     let name = sealpost_control::user_of_uid(&passwd, uid);
-    assert_eq!(record["actor"].as_str().unwrap(), format!("cli:{name}"), "{record}");
+    assert_eq!(
+        record["actor"].as_str().unwrap(),
+        format!("cli:{name}"),
+        "{record}"
+    );
     assert!(
         record["peer"]
             .as_str()
@@ -1078,8 +1322,10 @@ fn a_running_server_takes_the_consoles_commands_through_its_control_socket() {
 
     // A second factor required from now on: a mail client's account password no longer opens
     // mail (an app password does), at once.
-    let strict = sealpost_ok(&["policy", "show", "--data", &arg], "")
-        .replace("second_factor_required = false", "second_factor_required = true");
+    let strict = sealpost_ok(&["policy", "show", "--data", &arg], "").replace(
+        "second_factor_required = false",
+        "second_factor_required = true",
+    );
     let saved = sealpost_ok(&["policy", "set", "--data", &arg], &strict);
     assert_eq!(saved.trim(), "saved as version 2; in force from now on");
     let refused = imap_login(&data, PASSWORD);
@@ -1113,7 +1359,11 @@ fn a_backup_taken_under_load_restores_every_acknowledged_message_and_the_audit_c
     data.add_accounts(&["nina@clinic.test"], PASSWORD);
     let arg = data.arg();
     let identity = data.path().join("keys/backup.key");
-    assert_eq!(mode(&identity), 0o600, "init makes the backup identity private");
+    assert_eq!(
+        mode(&identity),
+        0o600,
+        "init makes the backup identity private"
+    );
     let config = std::fs::read_to_string(data.path().join("sealpost.toml")).unwrap();
     assert!(config.contains("recipient = \"age1"), "{config}");
     let mut server = data.serve();
@@ -1121,7 +1371,10 @@ fn a_backup_taken_under_load_restores_every_acknowledged_message_and_the_audit_c
     // A load of APPENDs and submissions; the backup is taken in the middle of it.
     let stop = data.dir.path().join("stop-load");
     let mut load = Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/backup_load.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/scripts/backup_load.py"
+        ))
         .env("CAFILE", data.path().join("tls/cert.pem"))
         .env("BASE", data.port_base.to_string())
         .env("PASSWORD", PASSWORD)
@@ -1160,7 +1413,11 @@ fn a_backup_taken_under_load_restores_every_acknowledged_message_and_the_audit_c
     let file = data.dir.path().join("nightly.backup");
     let file_arg = file.to_str().unwrap().to_string();
     let taken = sealpost(&["backup", "--data", &arg, "--to", &file_arg], "");
-    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+    assert!(
+        taken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&taken.stderr).starts_with("backup of "),
         "{}",
@@ -1204,7 +1461,13 @@ fn a_backup_taken_under_load_restores_every_acknowledged_message_and_the_audit_c
         );
     }
     let verified = sealpost_ok(
-        &["backup", "verify", &file_arg, "--identity", identity.to_str().unwrap()],
+        &[
+            "backup",
+            "verify",
+            &file_arg,
+            "--identity",
+            identity.to_str().unwrap(),
+        ],
         "",
     );
     assert!(verified.starts_with("backup intact: "), "{verified}");
@@ -1214,7 +1477,13 @@ fn a_backup_taken_under_load_restores_every_acknowledged_message_and_the_audit_c
     let other = DataDir::init("other.test");
     std::fs::copy(other.path().join("keys/backup.key"), &stranger).unwrap();
     let wrong = sealpost(
-        &["backup", "verify", &file_arg, "--identity", stranger.to_str().unwrap()],
+        &[
+            "backup",
+            "verify",
+            &file_arg,
+            "--identity",
+            stranger.to_str().unwrap(),
+        ],
         "",
     );
     assert!(!wrong.status.success());
@@ -1293,7 +1562,11 @@ fn a_backup_taken_under_load_restores_every_acknowledged_message_and_the_audit_c
         .env("PASSWORD", PASSWORD)
         .output()
         .unwrap();
-    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     assert_eq!(again.terminate(Duration::from_secs(20)), Some(true));
     use base64::Engine as _;
     let decode = |v: &serde_json::Value| {
@@ -1305,15 +1578,18 @@ fn a_backup_taken_under_load_restores_every_acknowledged_message_and_the_audit_c
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["subject"].as_str().unwrap().to_string(), decode(&v["raw"]))
+            (
+                v["subject"].as_str().unwrap().to_string(),
+                decode(&v["raw"]),
+            )
         })
         .collect();
     for sent in &before {
         let subject = sent["subject"].as_str().unwrap();
         let raw = decode(&sent["raw"]);
-        let stored = inbox
-            .get(subject)
-            .unwrap_or_else(|| panic!("{subject}, acknowledged before the snapshot, is not restored"));
+        let stored = inbox.get(subject).unwrap_or_else(|| {
+            panic!("{subject}, acknowledged before the snapshot, is not restored")
+        });
         if sent["kind"] == "append" {
             assert_eq!(stored, &raw, "{subject} differs");
         } else {
@@ -1326,11 +1602,31 @@ fn a_backup_taken_under_load_restores_every_acknowledged_message_and_the_audit_c
     let verified = sealpost_ok(&["audit", "verify", "--data", &restored_arg], "");
     assert!(verified.starts_with("audit chain intact"), "{verified}");
     let audit = sealpost_ok(
-        &["audit", "search", "--action", "backup.create", "--data", &restored_arg],
+        &[
+            "audit",
+            "search",
+            "--action",
+            "backup.create",
+            "--data",
+            &restored_arg,
+        ],
         "",
     );
-    assert!(audit.is_empty(), "the backup's own record comes after its snapshot");
-    let audit = sealpost_ok(&["audit", "search", "--action", "backup.create", "--data", &arg], "");
+    assert!(
+        audit.is_empty(),
+        "the backup's own record comes after its snapshot"
+    );
+    let audit = sealpost_ok(
+        &[
+            "audit",
+            "search",
+            "--action",
+            "backup.create",
+            "--data",
+            &arg,
+        ],
+        "",
+    );
     assert_eq!(audit.lines().count(), 1, "{audit}");
 }
 
@@ -1374,15 +1670,27 @@ fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_expor
     let mut server = data.serve();
     assert_eq!(
         sealpost_ok(
-            &["hold", "open", "Case 17", "--reason", "litigation", "--data", &arg],
+            &[
+                "hold",
+                "open",
+                "Case 17",
+                "--reason",
+                "litigation",
+                "--data",
+                &arg
+            ],
             ""
         )
         .trim(),
         "hold 1 opened"
     );
-    sealpost_ok(&["hold", "add", "1", "nina@clinic.test", "--data", &arg], "");
+    sealpost_ok(
+        &["hold", "add", "1", "nina@clinic.test", "--data", &arg],
+        "",
+    );
     // Everything goes after 30 days, by the policy.
-    let policy = sealpost_ok(&["policy", "show", "--data", &arg], "").replace("retention = []\n", "");
+    let policy =
+        sealpost_ok(&["policy", "show", "--data", &arg], "").replace("retention = []\n", "");
     let policy = format!("{policy}\n[[retention]]\nname = \"month\"\nmax_age_days = 30\n");
     sealpost_ok(&["policy", "set", "--data", &arg], &policy);
     assert!(sealpost_ok(&["retention", "rules", "--data", &arg], "").contains("name = \"month\""));
@@ -1395,7 +1703,11 @@ fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_expor
         .env("PASSWORD", PASSWORD)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let decode = |v: &serde_json::Value| {
         base64::engine::general_purpose::STANDARD
             .decode(v.as_str().unwrap())
@@ -1417,7 +1729,17 @@ fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_expor
         "{swept_out}"
     );
     // Deleting the held account is refused, clearly.
-    let refused = sealpost(&["account", "delete", "nina@clinic.test", "--yes", "--data", &arg], "");
+    let refused = sealpost(
+        &[
+            "account",
+            "delete",
+            "nina@clinic.test",
+            "--yes",
+            "--data",
+            &arg,
+        ],
+        "",
+    );
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("legal hold"),
@@ -1427,9 +1749,25 @@ fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_expor
 
     // eDiscovery: counted, then exported encrypted, byte-identical to what was appended.
     let found = sealpost(&["ediscovery", "search", "--held-only", "--data", &arg], "");
-    assert_eq!(String::from_utf8_lossy(&found.stderr).trim(), "3 messages match");
-    let narrowed = sealpost(&["ediscovery", "search", "--subject", "old case", "--data", &arg], "");
-    assert_eq!(String::from_utf8_lossy(&narrowed.stderr).trim(), "1 messages match");
+    assert_eq!(
+        String::from_utf8_lossy(&found.stderr).trim(),
+        "3 messages match"
+    );
+    let narrowed = sealpost(
+        &[
+            "ediscovery",
+            "search",
+            "--subject",
+            "old case",
+            "--data",
+            &arg,
+        ],
+        "",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&narrowed.stderr).trim(),
+        "1 messages match"
+    );
     let config = std::fs::read_to_string(data.path().join("sealpost.toml")).unwrap();
     let recipient = config
         .lines()
@@ -1460,7 +1798,10 @@ fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_expor
         String::from_utf8_lossy(&exported.stderr)
     );
     let sealed = std::fs::read(&file).unwrap();
-    assert!(!sealed.windows(4).any(|w| w == b"held"), "the export is encrypted");
+    assert!(
+        !sealed.windows(4).any(|w| w == b"held"),
+        "the export is encrypted"
+    );
     let key = std::fs::read_to_string(data.path().join("keys/backup.key")).unwrap();
     let identity: age::x25519::Identity = key
         .lines()
@@ -1489,14 +1830,19 @@ fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_expor
         .arg(&zip_path)
         .output()
         .unwrap();
-    assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
-    let files: std::collections::BTreeMap<String, Vec<u8>> = String::from_utf8_lossy(&listing.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["name"].as_str().unwrap().to_string(), decode(&v["raw"]))
-        })
-        .collect();
+    assert!(
+        listing.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    let files: std::collections::BTreeMap<String, Vec<u8>> =
+        String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["name"].as_str().unwrap().to_string(), decode(&v["raw"]))
+            })
+            .collect();
     let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
     assert_eq!(manifest["messages"], 3);
     let emls: Vec<&Vec<u8>> = files
@@ -1513,7 +1859,10 @@ fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_expor
             sent["subject"]
         );
         use sha2::Digest as _;
-        let sha: String = sha2::Sha256::digest(&raw).iter().map(|b| format!("{b:02x}")).collect();
+        let sha: String = sha2::Sha256::digest(&raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert!(
             manifest["entries"]
                 .as_array()
@@ -1565,15 +1914,29 @@ fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_expor
         .arg(&mbox_zip_path)
         .output()
         .unwrap();
-    assert!(mbox.status.success(), "{}", String::from_utf8_lossy(&mbox.stderr));
+    assert!(
+        mbox.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mbox.stderr)
+    );
     let mut subjects: Vec<String> = String::from_utf8_lossy(&mbox.stdout)
         .lines()
         .map(str::to_string)
         .collect();
     subjects.sort();
-    assert_eq!(subjects, ["held new case", "held old case", "held old inbox"]);
+    assert_eq!(
+        subjects,
+        ["held new case", "held old case", "held old inbox"]
+    );
     let audit = sealpost_ok(
-        &["audit", "search", "--action", "ediscovery.export", "--data", &arg],
+        &[
+            "audit",
+            "search",
+            "--action",
+            "ediscovery.export",
+            "--data",
+            &arg,
+        ],
         "",
     );
     assert_eq!(audit.lines().count(), 2, "{audit}");
@@ -1588,7 +1951,17 @@ fn a_held_accounts_mail_survives_every_path_and_comes_out_of_an_ediscovery_expor
         "{}",
         String::from_utf8_lossy(&swept.stderr)
     );
-    sealpost_ok(&["account", "delete", "nina@clinic.test", "--yes", "--data", &arg], "");
+    sealpost_ok(
+        &[
+            "account",
+            "delete",
+            "nina@clinic.test",
+            "--yes",
+            "--data",
+            &arg,
+        ],
+        "",
+    );
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
 }
 
@@ -1637,7 +2010,14 @@ fn scheduled_backups_come_at_their_interval_and_only_the_newest_are_kept() {
     );
     assert!(verified.starts_with("backup intact"), "{verified}");
     let audited = sealpost_ok(
-        &["audit", "search", "--action", "backup.create", "--data", &data.arg()],
+        &[
+            "audit",
+            "search",
+            "--action",
+            "backup.create",
+            "--data",
+            &data.arg(),
+        ],
         "",
     );
     assert!(audited.lines().count() >= 4, "{audited}");
@@ -1662,7 +2042,10 @@ fn doctor_passes_a_fresh_install_and_names_what_is_wrong_with_a_broken_one() {
         "warn  the backup identity",
         "warn  DNS clinic.test MX is missing",
     ] {
-        assert!(said.lines().any(|l| l.starts_with(line)), "no {line:?} in\n{said}");
+        assert!(
+            said.lines().any(|l| l.starts_with(line)),
+            "no {line:?} in\n{said}"
+        );
     }
 
     // With the server running: its ports answer, and it checks the DNS records itself.
@@ -1675,7 +2058,10 @@ fn doctor_passes_a_fresh_install_and_names_what_is_wrong_with_a_broken_one() {
         "ok    imaps answers on",
         "warn  DNS clinic.test MX missing",
     ] {
-        assert!(said.lines().any(|l| l.starts_with(line)), "no {line:?} in\n{said}");
+        assert!(
+            said.lines().any(|l| l.starts_with(line)),
+            "no {line:?} in\n{said}"
+        );
     }
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
 
@@ -1695,8 +2081,9 @@ fn doctor_passes_a_fresh_install_and_names_what_is_wrong_with_a_broken_one() {
     let said = String::from_utf8_lossy(&broken.stdout).to_string();
     assert_eq!(broken.status.code(), Some(1), "{said}");
     assert!(
-        said.lines()
-            .any(|l| l.starts_with("FAIL  master key") && l.contains("mode 644") && l.contains("chmod 600")),
+        said.lines().any(|l| l.starts_with("FAIL  master key")
+            && l.contains("mode 644")
+            && l.contains("chmod 600")),
         "{said}"
     );
     assert!(

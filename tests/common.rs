@@ -23,7 +23,12 @@ pub fn sealpost(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -96,7 +101,10 @@ impl DataDir {
         // (`tests/cli.rs`'s demo test, `crates/auth`).
         made.configure(|config| {
             assert!(config.contains("second_factor_required = true"), "{config}");
-            config.replace("second_factor_required = true", "second_factor_required = false")
+            config.replace(
+                "second_factor_required = true",
+                "second_factor_required = false",
+            )
         });
         made
     }
@@ -209,7 +217,9 @@ impl Server {
     /// Sends SIGTERM and waits (at most `timeout`) for the exit; returns whether it exited 0.
     pub fn terminate(&mut self, timeout: Duration) -> Option<bool> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -302,7 +312,11 @@ pub fn start_dns_with(records: &[(&str, String)], zones: &[&str], options: &[Str
             command.arg(format!("--txt-record={name},{text}"));
         }
         let mut dns = Dns {
-            child: command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+            child: command
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
             port,
         };
         // Ready when it answers over TCP; dropped (and killed) if it never does.
@@ -350,7 +364,11 @@ impl Receiver {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert_eq!(line.trim(), "ready", "receiver on {ip}:{port} did not start");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "receiver on {ip}:{port} did not start"
+        );
         Receiver {
             child,
             dir: dir.to_path_buf(),
@@ -376,7 +394,10 @@ pub fn free_port_on(ips: &[&str]) -> u16 {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = probe.local_addr().unwrap().port();
         drop(probe);
-        if ips.iter().all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok()) {
+        if ips
+            .iter()
+            .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok())
+        {
             return port;
         }
     }
@@ -420,7 +441,10 @@ pub fn browser_dir() -> PathBuf {
 /// browser is Debian's).
 pub fn ensure_playwright() {
     let dir = browser_dir();
-    if dir.join("node_modules/playwright-core/package.json").exists() {
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
         return;
     }
     let output = Command::new("npm")
@@ -428,17 +452,29 @@ pub fn ensure_playwright() {
         .current_dir(&dir)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Runs `tests/browser/SCRIPT` in node against the server of `data`, with BASE and ARTIFACTS
 /// set and `vars`; its report lines, once it succeeded (else the test fails with its output
 /// and the server's last log lines).
-pub fn run_browser(script: &str, data: &DataDir, server: &Server, vars: &[(&str, &std::ffi::OsStr)]) -> String {
+pub fn run_browser(
+    script: &str,
+    data: &DataDir,
+    server: &Server,
+    vars: &[(&str, &std::ffi::OsStr)],
+) -> String {
     let mut command = Command::new("node");
     command
         .arg(browser_dir().join(script))
-        .env("BASE", format!("https://localhost:{}", data.port_base + 443))
+        .env(
+            "BASE",
+            format!("https://localhost:{}", data.port_base + 443),
+        )
         .env("ARTIFACTS", browser_dir().join("artifacts"));
     for (name, value) in vars {
         command.env(name, value);

@@ -40,7 +40,11 @@ fn served_fingerprint(port: u16, name: &str) -> String {
         .args([port.to_string(), name.to_string()])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
@@ -48,7 +52,10 @@ fn served_fingerprint(port: u16, name: &str) -> String {
 fn file_fingerprint(path: &std::path::Path) -> String {
     use sha2::Digest as _;
     let pem = std::fs::read(path).unwrap();
-    let der = rustls_pemfile::certs(&mut pem.as_slice()).next().unwrap().unwrap();
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
     sha2::Sha256::digest(der.as_ref())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -71,10 +78,11 @@ fn a_certificate_comes_from_the_acme_ca_and_a_renewal_swaps_it_under_an_open_ima
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
     std::fs::write(work.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(work.join("cert.pem"), leaf.pem()).unwrap();
     std::fs::write(work.join("key.pem"), leaf_key.serialize_pem()).unwrap();
@@ -146,7 +154,10 @@ fn a_certificate_comes_from_the_acme_ca_and_a_renewal_swaps_it_under_an_open_ima
     let issued = file_fingerprint(&data.path().join("tls/cert.pem"));
     assert_ne!(issued, self_signed);
     assert_eq!(served_fingerprint(https_port, "mail.clinic.test"), issued);
-    assert_eq!(served_fingerprint(data.port_base + 993, "mail.clinic.test"), issued);
+    assert_eq!(
+        served_fingerprint(data.port_base + 993, "mail.clinic.test"),
+        issued
+    );
     let shown = sealpost_ok(&["certificate", "show", "--data", &data.arg()], "");
     assert!(shown.contains("Pebble"), "{shown}");
     let key_mode = std::os::unix::fs::PermissionsExt::mode(
@@ -181,12 +192,23 @@ fn a_certificate_comes_from_the_acme_ca_and_a_renewal_swaps_it_under_an_open_ima
     let mut lines = std::io::BufReader::new(session.0.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "open");
     let renewed = sealpost(&["certificate", "renew", "--data", &data.arg()], "");
-    assert!(renewed.status.success(), "{}", String::from_utf8_lossy(&renewed.stderr));
+    assert!(
+        renewed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&renewed.stderr)
+    );
     let again = file_fingerprint(&data.path().join("tls/cert.pem"));
     assert_ne!(again, issued, "the renewal brought a new certificate");
-    assert_eq!(served_fingerprint(data.port_base + 993, "mail.clinic.test"), again);
+    assert_eq!(
+        served_fingerprint(data.port_base + 993, "mail.clinic.test"),
+        again
+    );
     session.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "OK", "the open session was dropped");
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "OK",
+        "the open session was dropped"
+    );
     let audit = sealpost_ok(
         &[
             "audit",
@@ -213,8 +235,16 @@ fn the_systemd_unit_is_rated_ok_or_better_by_systemd_analyze() {
     let said = String::from_utf8_lossy(&output.stdout);
     let verdict = said
         .lines()
-        .find_map(|l| l.split("Overall exposure level for sealpost.service: ").nth(1))
-        .unwrap_or_else(|| panic!("no rating in {said}{}", String::from_utf8_lossy(&output.stderr)));
+        .find_map(|l| {
+            l.split("Overall exposure level for sealpost.service: ")
+                .nth(1)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no rating in {said}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
     let mut words = verdict.split_whitespace();
     let level: f64 = words.next().unwrap().parse().unwrap();
     let rating = words.next().unwrap();
@@ -232,7 +262,10 @@ fn the_systemd_unit_is_rated_ok_or_better_by_systemd_analyze() {
         "User=sealpost",
     ] {
         assert!(
-            std::fs::read_to_string(unit).unwrap().lines().any(|l| l == line),
+            std::fs::read_to_string(unit)
+                .unwrap()
+                .lines()
+                .any(|l| l == line),
             "{line}"
         );
     }
@@ -257,26 +290,42 @@ fn the_debian_package_installs_and_its_service_serves_imap_and_smtp() {
     );
     uninstall();
     let built = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/build-deb"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/build-deb"
+        ))
         .arg("--dev")
         .output()
         .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let deb = String::from_utf8_lossy(&built.stdout)
         .lines()
         .last()
         .unwrap()
         .trim()
         .to_string();
-    assert!(deb.ends_with(".deb") && std::path::Path::new(&deb).exists(), "{deb}");
-    let contents = Command::new("dpkg-deb").args(["--contents", &deb]).output().unwrap();
+    assert!(
+        deb.ends_with(".deb") && std::path::Path::new(&deb).exists(),
+        "{deb}"
+    );
+    let contents = Command::new("dpkg-deb")
+        .args(["--contents", &deb])
+        .output()
+        .unwrap();
     let contents = String::from_utf8_lossy(&contents.stdout);
     for path in [
         "./usr/bin/sealpost",
         "./lib/systemd/system/sealpost.service",
         "./usr/share/doc/sealpost/README.md",
     ] {
-        assert!(contents.contains(path), "{path} not in the package:\n{contents}");
+        assert!(
+            contents.contains(path),
+            "{path} not in the package:\n{contents}"
+        );
     }
 
     let base = common::free_port_base();
@@ -298,7 +347,10 @@ fn the_debian_package_installs_and_its_service_serves_imap_and_smtp() {
     );
     std::fs::write(MARK, b"").unwrap();
     let owner = |path: &str| {
-        let out = Command::new("stat").args(["-c", "%U %a", path]).output().unwrap();
+        let out = Command::new("stat")
+            .args(["-c", "%U %a", path])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert_eq!(owner(DATA), "sealpost 750");
@@ -311,8 +363,14 @@ fn the_debian_package_installs_and_its_service_serves_imap_and_smtp() {
     let key_before = std::fs::read("/var/lib/sealpost/keys/master.key").unwrap();
     let config_before = std::fs::read("/var/lib/sealpost/sealpost.toml").unwrap();
     assert!(install(&deb).status.success());
-    assert_eq!(std::fs::read("/var/lib/sealpost/keys/master.key").unwrap(), key_before);
-    assert_eq!(std::fs::read("/var/lib/sealpost/sealpost.toml").unwrap(), config_before);
+    assert_eq!(
+        std::fs::read("/var/lib/sealpost/keys/master.key").unwrap(),
+        key_before
+    );
+    assert_eq!(
+        std::fs::read("/var/lib/sealpost/sealpost.toml").unwrap(),
+        config_before
+    );
 
     // The service: under systemd where it runs, else as the packaged user.
     let systemd = std::path::Path::new("/run/systemd/system").exists();
@@ -322,7 +380,12 @@ fn the_debian_package_installs_and_its_service_serves_imap_and_smtp() {
         // setpriv runs the server itself as the user (runuser would stay in between).
         Some(Killed(
             Command::new("setpriv")
-                .args(["--reuid=sealpost", "--regid=sealpost", "--init-groups", "--"])
+                .args([
+                    "--reuid=sealpost",
+                    "--regid=sealpost",
+                    "--init-groups",
+                    "--",
+                ])
                 .args(["/usr/bin/sealpost", "serve", "--data", DATA])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -351,7 +414,12 @@ fn the_debian_package_installs_and_its_service_serves_imap_and_smtp() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -371,7 +439,13 @@ fn the_debian_package_installs_and_its_service_serves_imap_and_smtp() {
         "copper willow brisk anthem\n",
     );
     let issued = as_sealpost(
-        &["account", "app-password", "nina@deb.test", "--name", "package test"],
+        &[
+            "account",
+            "app-password",
+            "nina@deb.test",
+            "--name",
+            "package test",
+        ],
         "",
     );
     let app_password = issued
@@ -415,7 +489,10 @@ fn the_debian_package_installs_and_its_service_serves_imap_and_smtp() {
             .args(["-TERM", &server.0.id().to_string()])
             .status();
         let stopped = server.0.wait().unwrap();
-        assert!(stopped.success(), "the packaged server did not stop cleanly: {stopped}");
+        assert!(
+            stopped.success(),
+            "the packaged server did not stop cleanly: {stopped}"
+        );
     }
     uninstall();
     assert!(

@@ -67,14 +67,20 @@ fn shared_conformance_harness_passes_over_starttls_and_implicit_tls() {
         ("HARNESS_HOST", "127.0.0.1".to_string()),
         ("HARNESS_IMAP_PORT", (base + 143).to_string()),
         ("HARNESS_IMAPS_PORT", (base + 993).to_string()),
-        ("HARNESS_CAFILE", data.path().join("tls/cert.pem").display().to_string()),
+        (
+            "HARNESS_CAFILE",
+            data.path().join("tls/cert.pem").display().to_string(),
+        ),
         ("HARNESS_DOMAIN", "harness.test".to_string()),
         ("HARNESS_USER", "user1@harness.test".to_string()),
         ("HARNESS_PASS", PASSWORD.to_string()),
         ("HARNESS_USER2", "user2@harness.test".to_string()),
         ("HARNESS_PASS2", PASSWORD.to_string()),
     ];
-    let script = harness_dir().join("imap_conformance.py").display().to_string();
+    let script = harness_dir()
+        .join("imap_conformance.py")
+        .display()
+        .to_string();
     for mode in ["starttls", "implicit"] {
         let (ok, text) = run_python(&[script.clone(), "--tls".into(), mode.into()], &envs);
         let last = text
@@ -91,7 +97,10 @@ fn shared_conformance_harness_passes_over_starttls_and_implicit_tls() {
         // A skipped check is a failed one: the harness skips an extension that is not
         // advertised, so an extension Sealpost lost would otherwise pass unseen.
         let skipped: Vec<&str> = text.lines().filter(|l| l.starts_with("SKIP")).collect();
-        assert!(skipped.is_empty(), "harness over {mode} skipped: {skipped:#?}\n{text}");
+        assert!(
+            skipped.is_empty(),
+            "harness over {mode} skipped: {skipped:#?}\n{text}"
+        );
     }
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
 }
@@ -100,7 +109,8 @@ fn shared_conformance_harness_passes_over_starttls_and_implicit_tls() {
 fn imaplib_scenario_runs_and_logins_and_reads_are_audited() {
     let (data, mut server) = harness_server();
     let base = data.port_base;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/imap_scenario.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/imap_scenario.py");
     let args = vec![
         script.display().to_string(),
         "127.0.0.1".into(),
@@ -124,16 +134,26 @@ fn imaplib_scenario_runs_and_logins_and_reads_are_audited() {
     );
 
     let export = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
-    let records: Vec<serde_json::Value> = export.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let logins = |outcome: &str| {
         records
             .iter()
-            .filter(|r| r["action"] == "login.imap" && r["outcome"] == outcome && r["actor"] == "user3@harness.test")
+            .filter(|r| {
+                r["action"] == "login.imap"
+                    && r["outcome"] == outcome
+                    && r["actor"] == "user3@harness.test"
+            })
             .count()
     };
     assert_eq!(logins("ok"), 3, "three connections logged in: {export}");
     assert_eq!(logins("denied"), 1, "the failed login audited: {export}");
-    let reads: Vec<&serde_json::Value> = records.iter().filter(|r| r["action"] == "message.read").collect();
+    let reads: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["action"] == "message.read")
+        .collect();
     assert!(!reads.is_empty(), "the body fetch audited");
     // One record for the FETCH of ENVELOPE and BODYSTRUCTURE (subjects and addresses are
     // patient data), none for the FETCH of flags, size and date.
@@ -143,7 +163,9 @@ fn imaplib_scenario_runs_and_logins_and_reads_are_audited() {
         .count();
     assert_eq!(summaries, 1, "{reads:#?}");
     assert!(
-        reads.iter().all(|r| r["object"].as_str().unwrap().contains("uids:")),
+        reads
+            .iter()
+            .all(|r| r["object"].as_str().unwrap().contains("uids:")),
         "{reads:?}"
     );
     assert!(reads.iter().all(|r| r["peer"] == "127.0.0.1"), "{reads:?}");
@@ -153,7 +175,8 @@ fn imaplib_scenario_runs_and_logins_and_reads_are_audited() {
 #[test]
 fn mbsync_syncs_an_account_to_a_maildir_and_back() {
     let (data, mut server) = harness_server();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/mbsync_roundtrip.sh");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/mbsync_roundtrip.sh");
     let output = Command::new("bash")
         .arg(script)
         .args(["127.0.0.1", &(data.port_base + 993).to_string()])
@@ -225,12 +248,17 @@ fn real_clients_script_passes() {
             .env("HARNESS_SMTPS_PORT", (base + 465).to_string())
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
         results.push((mode, output.status.success(), text));
     }
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     for (mode, success, text) in results {
-        let last = text.lines().rev().find(|l| l.contains(" passed, ")).unwrap_or_default();
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| l.contains(" passed, "))
+            .unwrap_or_default();
         let skipped: Vec<&str> = text.lines().filter(|l| l.starts_with("SKIP")).collect();
         assert!(
             success && last.ends_with(" 0 failed") && skipped.is_empty(),
@@ -243,7 +271,10 @@ fn real_clients_script_passes() {
             "PASS msmtp",
             "PASS inbound SMTP",
         ] {
-            assert!(text.contains(part), "real_clients.sh over {mode}: no {part:?}\n{text}");
+            assert!(
+                text.contains(part),
+                "real_clients.sh over {mode}: no {part:?}\n{text}"
+            );
         }
     }
 }
@@ -251,7 +282,8 @@ fn real_clients_script_passes() {
 /// Runs `tests/scripts/imap_fidelity.py` against a server over implicit TLS: its output, and
 /// whether nothing failed.
 fn fidelity(port: u16, cafile: &std::path::Path, user: &str, password: &str) -> (bool, String) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/imap_fidelity.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/imap_fidelity.py");
     run_python(
         &[
             script.display().to_string(),
@@ -340,7 +372,10 @@ fn ten_concurrent_sessions_keep_every_reply_consistent_on_dovecot_and_on_sealpos
         "SEARCH",
         "STORE",
     ] {
-        assert!(text.contains(&format!("{kind} ")), "{kind} never ran:\n{text}");
+        assert!(
+            text.contains(&format!("{kind} ")),
+            "{kind} never ran:\n{text}"
+        );
     }
     eprintln!("{text}");
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
@@ -451,12 +486,17 @@ fn mailbox_digest(
         .env("SKIP_DEFAULTS", if skip_defaults { "1" } else { "" })
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
 #[test]
-fn an_import_from_dovecot_of_2000_messages_in_nested_folders_arrives_whole_and_runs_again_copying_nothing() {
+fn an_import_from_dovecot_of_2000_messages_in_nested_folders_arrives_whole_and_runs_again_copying_nothing(
+) {
     let dovecot = Dovecot::start();
     // 2,000 messages over INBOX and three nested folders, with flags, dates and sizes.
     let filled = Command::new("/usr/bin/python3")
@@ -482,7 +522,11 @@ fn an_import_from_dovecot_of_2000_messages_in_nested_folders_arrives_whole_and_r
         .env("PORT", dovecot.imaps_port.to_string())
         .output()
         .unwrap();
-    assert!(filled.status.success(), "{}", String::from_utf8_lossy(&filled.stderr));
+    assert!(
+        filled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&filled.stderr)
+    );
     // The import runs before the server (the store must not be in use).
     let data = DataDir::init_with("harness.test", &["--hostname", "localhost"]);
     data.add_accounts(&["user1@harness.test"], PASSWORD);
@@ -523,7 +567,13 @@ fn an_import_from_dovecot_of_2000_messages_in_nested_folders_arrives_whole_and_r
     );
     // Every folder arrives with the same bytes, flags and dates.
     let mut server = data.serve();
-    let theirs = mailbox_digest(&dovecot.cafile(), dovecot.imaps_port, "user1", "harness-pw", false);
+    let theirs = mailbox_digest(
+        &dovecot.cafile(),
+        dovecot.imaps_port,
+        "user1",
+        "harness-pw",
+        false,
+    );
     let ours = mailbox_digest(
         &data.path().join("tls/cert.pem"),
         data.port_base + 993,

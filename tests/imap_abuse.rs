@@ -71,8 +71,12 @@ fn another_users_noops_answer_within_a_second_and_memory_stays_bounded_under_ima
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "the driver failed: {stderr}");
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|_| panic!("no JSON from the driver: {}", String::from_utf8_lossy(&output.stdout)));
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no JSON from the driver: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
     let shown = serde_json::to_string_pretty(&result).unwrap();
     println!("{shown}");
     let kib = |name: &str| result[name].as_u64().unwrap_or(0);
@@ -97,15 +101,24 @@ fn another_users_noops_answer_within_a_second_and_memory_stays_bounded_under_ima
     );
     // A NOOP every 100 ms for the attack's length, less what the attack slowed down.
     let noops = victim["noops"].as_u64().unwrap();
-    assert!(noops >= u64::from(ATTACK_S) * 5, "only {noops} NOOPs answered: {shown}");
+    assert!(
+        noops >= u64::from(ATTACK_S) * 5,
+        "only {noops} NOOPs answered: {shown}"
+    );
     assert_eq!(
         result["attackers_stuck"], 0,
         "an attacker's command never finished: {shown}"
     );
     for connection in ["sets", "sets2", "qresync", "bodies"] {
         let report = result["reports"][connection].as_object().unwrap();
-        assert!(report.get("errors").is_none(), "{connection} failed: {shown}");
-        assert!(report.len() >= 3, "{connection} ran too few kinds of command: {shown}");
+        assert!(
+            report.get("errors").is_none(),
+            "{connection} failed: {shown}"
+        );
+        assert!(
+            report.len() >= 3,
+            "{connection} ran too few kinds of command: {shown}"
+        );
         for (name, entry) in report {
             let status = entry["status"].as_str().unwrap();
             // A valid command past an implementation limit: NO (RFC 9051 section 7.1.2), for

@@ -89,7 +89,10 @@ fn smtp_reply(reader: &mut BufReader<TcpStream>) -> String {
 
 fn probe(args: &[&str]) -> serde_json::Value {
     let output = Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/limits_probe.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/scripts/limits_probe.py"
+        ))
         .args(args)
         .output()
         .unwrap();
@@ -115,7 +118,10 @@ fn a_stalled_tls_handshake_is_dropped_on_every_listener() {
         let started = Instant::now();
         let mut stream = connect(port);
         let took = closed_within(&mut stream, started, name);
-        assert!(took >= Duration::from_millis(400), "{name}: closed too early, {took:?}");
+        assert!(
+            took >= Duration::from_millis(400),
+            "{name}: closed too early, {took:?}"
+        );
         assert!(took < Duration::from_millis(3_000), "{name}: {took:?}");
     }
     // STARTTLS: the client asks for TLS, is told to go ahead, and stalls.
@@ -128,7 +134,10 @@ fn a_stalled_tls_handshake_is_dropped_on_every_listener() {
         let started = Instant::now();
         let mut stream = stream;
         let took = closed_within(&mut stream, started, "imap STARTTLS");
-        assert!(took < Duration::from_millis(3_000), "imap STARTTLS: {took:?}");
+        assert!(
+            took < Duration::from_millis(3_000),
+            "imap STARTTLS: {took:?}"
+        );
     }
     for (name, port) in [("smtp", base + 25), ("submission", base + 587)] {
         let stream = connect(port);
@@ -141,7 +150,10 @@ fn a_stalled_tls_handshake_is_dropped_on_every_listener() {
         let started = Instant::now();
         let mut stream = stream;
         let took = closed_within(&mut stream, started, name);
-        assert!(took < Duration::from_millis(3_000), "{name} STARTTLS: {took:?}");
+        assert!(
+            took < Duration::from_millis(3_000),
+            "{name} STARTTLS: {took:?}"
+        );
     }
 }
 
@@ -151,9 +163,14 @@ fn a_stranger_trickling_bytes_is_closed_at_the_prelogin_deadline() {
     let _server = data.serve();
     let base = data.port_base;
     // A byte every 100 ms: the connection is never silent, and never sends a whole command.
-    let trickle = |port: u16, first: fn(&mut BufReader<TcpStream>) -> String, bytes: &[u8]| -> (String, Duration) {
+    let trickle = |port: u16,
+                   first: fn(&mut BufReader<TcpStream>) -> String,
+                   bytes: &[u8]|
+     -> (String, Duration) {
         let stream = connect(port);
-        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         reader.get_ref().set_read_timeout(Some(WAIT)).unwrap();
         first(&mut reader);
@@ -166,7 +183,9 @@ fn a_stranger_trickling_bytes_is_closed_at_the_prelogin_deadline() {
             (&stream).write_all(&[*byte]).unwrap();
             let mut text = String::new();
             match reader.read_line(&mut text) {
-                Ok(_) if !text.is_empty() => return (text.trim_end().to_string(), started.elapsed()),
+                Ok(_) if !text.is_empty() => {
+                    return (text.trim_end().to_string(), started.elapsed())
+                }
                 Ok(_) => return (String::new(), started.elapsed()),
                 Err(_) => {}
             }
@@ -174,7 +193,10 @@ fn a_stranger_trickling_bytes_is_closed_at_the_prelogin_deadline() {
         panic!("port {port}: still open after {:?}", started.elapsed());
     };
     let (bye, took) = trickle(base + 143, |r| line(r).unwrap(), b"a NOOP");
-    assert_eq!(bye, "* BYE no complete command within 1000 ms before login, closing");
+    assert_eq!(
+        bye,
+        "* BYE no complete command within 1000 ms before login, closing"
+    );
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_millis(3_000),
         "{took:?}"
@@ -201,14 +223,19 @@ fn an_smtp_client_that_never_reads_its_replies_is_closed_and_a_silent_one_may_wa
         // Pipelined EHLOs whose replies are never read: once the socket buffers are full the
         // server's write waits, and gives up at the pre-login deadline (it waited for ever).
         let stream = connect(port);
-        stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let chunk = b"EHLO x\r\n".repeat(4096);
         let started = Instant::now();
         let error = loop {
             if let Err(error) = (&stream).write_all(&chunk) {
                 break error;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "port {port}: never closed");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "port {port}: never closed"
+            );
         };
         assert!(
             matches!(
@@ -229,7 +256,10 @@ fn an_smtp_client_that_never_reads_its_replies_is_closed_and_a_silent_one_may_wa
     assert!(smtp_reply(&mut reader).starts_with("220 "));
     std::thread::sleep(Duration::from_millis(2_500));
     (&stream).write_all(b"NOOP\r\n").unwrap();
-    assert!(smtp_reply(&mut reader).starts_with("250 "), "a silent sender was cut");
+    assert!(
+        smtp_reply(&mut reader).starts_with("250 "),
+        "a silent sender was cut"
+    );
 }
 
 #[test]
@@ -245,13 +275,21 @@ fn a_big_literal_before_login_is_refused_without_a_continuation() {
         "a NO [TOOBIG] 60000000 bytes is over the limit of 8192 before login"
     );
     (&stream).write_all(b"b NOOP\r\n").unwrap();
-    assert_eq!(line(&mut reader).unwrap(), "b OK completed", "the session goes on");
+    assert_eq!(
+        line(&mut reader).unwrap(),
+        "b OK completed",
+        "the session goes on"
+    );
     (&stream).write_all(b"c LOGIN {60000000+}\r\n").unwrap();
     assert_eq!(
         line(&mut reader).unwrap(),
         "* BYE [TOOBIG] a literal of 60000000 bytes is over the limit of 8192 before login"
     );
-    assert_eq!(line(&mut reader), None, "closed: the literal was on its way");
+    assert_eq!(
+        line(&mut reader),
+        None,
+        "closed: the literal was on its way"
+    );
 }
 
 #[test]
@@ -285,7 +323,10 @@ fn every_listener_refuses_politely_past_its_connection_cap() {
         if line(&mut next).unwrap().starts_with("* OK") {
             break;
         }
-        assert!(Instant::now() < deadline, "a freed slot was never given again");
+        assert!(
+            Instant::now() < deadline,
+            "a freed slot was never given again"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -306,9 +347,15 @@ fn every_listener_refuses_politely_past_its_connection_cap() {
     // HTTPS: two connections that have not even shaken hands hold the listener.
     let held: Vec<TcpStream> = (0..2).map(|_| connect(base + 443)).collect();
     let answer = probe(&["get", &(base + 443).to_string()]);
-    assert_eq!(answer["status"], "HTTP/1.1 503 Service Unavailable", "{answer}");
+    assert_eq!(
+        answer["status"], "HTTP/1.1 503 Service Unavailable",
+        "{answer}"
+    );
     assert!(
-        answer["body"].as_str().unwrap().contains("too many connections"),
+        answer["body"]
+            .as_str()
+            .unwrap()
+            .contains("too many connections"),
         "{answer}"
     );
     drop(held);
@@ -339,17 +386,24 @@ fn every_listener_refuses_politely_past_its_connection_cap() {
 
 #[test]
 fn the_web_bounds_a_slow_header_and_an_idle_connection() {
-    let data = data_with(&[("http_header_read_ms_max", "1000"), ("http_idle_ms_max", "1500")]);
+    let data = data_with(&[
+        ("http_header_read_ms_max", "1000"),
+        ("http_idle_ms_max", "1500"),
+    ]);
     let _server = data.serve();
     let port = (data.port_base + 443).to_string();
     let slow = probe(&["slow-header", &port]);
-    let closed = slow["closed_after"].as_f64().expect("closed while the header trickled");
+    let closed = slow["closed_after"]
+        .as_f64()
+        .expect("closed while the header trickled");
     assert!((0.9..3.0).contains(&closed), "{slow}");
 
     // A body trickled after a whole header: cut once it falls behind the minimum rate after
     // the header's allowance (it was read for as long as the client kept sending).
     let slow = probe(&["slow-body", &port]);
-    let closed = slow["closed_after"].as_f64().expect("closed while the body trickled");
+    let closed = slow["closed_after"]
+        .as_f64()
+        .expect("closed while the body trickled");
     assert!((0.9..3.0).contains(&closed), "{slow}");
 
     let kept = probe(&["idle-keepalive", &port]);
@@ -388,18 +442,29 @@ fn a_burst_of_logins_past_the_hashing_queue_is_refused_at_once() {
             .filter(|r| r["protocol"] == protocol && r["answer"].as_str().unwrap().contains(prefix))
             .count()
     };
-    let imap_refused = answered("imap", "[UNAVAILABLE] too many logins are being checked right now");
-    let smtp_refused = answered("smtp", "454 4.7.0 too many logins are being checked right now");
+    let imap_refused = answered(
+        "imap",
+        "[UNAVAILABLE] too many logins are being checked right now",
+    );
+    let smtp_refused = answered(
+        "smtp",
+        "454 4.7.0 too many logins are being checked right now",
+    );
     assert!(
         answered("imap", "OK") + answered("smtp", "235") >= 2,
         "some got through: {burst}"
     );
-    assert!(imap_refused + smtp_refused >= 1, "the queue refused some: {burst}");
+    assert!(
+        imap_refused + smtp_refused >= 1,
+        "the queue refused some: {burst}"
+    );
     // Nothing but those two answers: no failure was counted, no one waited out a pause.
     for result in results {
         let answer = result["answer"].as_str().unwrap();
         assert!(
-            answer == "OK" || answer == "235" || answer.contains("too many logins are being checked"),
+            answer == "OK"
+                || answer == "235"
+                || answer.contains("too many logins are being checked"),
             "{result}"
         );
     }

@@ -13,13 +13,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port_on, mx_records, sealpost, sealpost_ok, start_dns_with, with_dns_port, DataDir, Receiver, Server,
+    free_port_on, mx_records, sealpost, sealpost_ok, start_dns_with, with_dns_port, DataDir,
+    Receiver, Server,
 };
 
 const PASSWORD: &str = "harness-pw";
 
 /// A test CA, and certificates it signs: (CA PEM, [(cert PEM path, key PEM path)]).
-fn test_ca(dir: &Path, names: &[&str]) -> (std::path::PathBuf, Vec<(std::path::PathBuf, std::path::PathBuf)>) {
+fn test_ca(
+    dir: &Path,
+    names: &[&str],
+) -> (
+    std::path::PathBuf,
+    Vec<(std::path::PathBuf, std::path::PathBuf)>,
+) {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params
@@ -44,7 +51,10 @@ fn test_ca(dir: &Path, names: &[&str]) -> (std::path::PathBuf, Vec<(std::path::P
         }
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &ca).unwrap();
-        let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
         std::fs::write(&cert_path, cert.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
         leaves.push((cert_path, key_path));
@@ -116,7 +126,11 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         "flaky",
         [tls_args(2), vec!["--tempfail".into(), "1".into()]].concat(),
     );
-    let reject = start(ips[4], "reject", [tls_args(3), vec!["--reject".into()]].concat());
+    let reject = start(
+        ips[4],
+        "reject",
+        [tls_args(3), vec!["--reject".into()]].concat(),
+    );
     let partner = start(ips[5], "partner", tls_args(4));
     let expired = start(ips[6], "expired", tls_args(5));
 
@@ -187,10 +201,12 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         ))
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&bounce.stdout).to_string() + &String::from_utf8_lossy(&bounce.stderr);
+    let text = String::from_utf8_lossy(&bounce.stdout).to_string()
+        + &String::from_utf8_lossy(&bounce.stderr);
     assert!(bounce.status.success(), "{text}");
     assert_eq!(
-        text.matches("Final-Recipient: rfc822; eve@reject.test").count(),
+        text.matches("Final-Recipient: rfc822; eve@reject.test")
+            .count(),
         2,
         "{text}"
     );
@@ -198,7 +214,10 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         text.contains("report-type=delivery-status") && text.contains("Status: 5.1.1"),
         "{text}"
     );
-    assert!(!text.contains("frank@down.test"), "only failures are reported: {text}");
+    assert!(
+        !text.contains("frank@down.test"),
+        "only failures are reported: {text}"
+    );
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     drop(dns);
 
@@ -210,11 +229,18 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     // Both DKIM signatures (Ed25519 and RSA) verify at the receiver, by dkimpy, with the keys
     // `sealpost dns records` says to publish.
     let records = work.path().join("records.txt");
-    std::fs::write(&records, sealpost_ok(&["dns", "records", "--data", &data.arg()], "")).unwrap();
+    std::fs::write(
+        &records,
+        sealpost_ok(&["dns", "records", "--data", &data.arg()], ""),
+    )
+    .unwrap();
     let message = work.path().join("received.eml");
     std::fs::write(&message, &got[0].1).unwrap();
     let verified = Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/dkim_verify.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/scripts/dkim_verify.py"
+        ))
         .args([&message, &records])
         .output()
         .unwrap();
@@ -231,7 +257,10 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     )
     .unwrap();
     let altered = Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/dkim_verify.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/scripts/dkim_verify.py"
+        ))
         .args([&message, &records])
         .output()
         .unwrap();
@@ -255,7 +284,11 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         assert_eq!(got[0].0["to"], serde_json::json!([who]));
         // A notice goes over STARTTLS wherever the server offers it, verified or not (a
         // passive listener sees no link); in plaintext only to plain.test, which offers none.
-        assert_eq!(got[0].0["tls"], who != "bob@plain.test", "{who}: how the notice went");
+        assert_eq!(
+            got[0].0["tls"],
+            who != "bob@plain.test",
+            "{who}: how the notice went"
+        );
         let notice = String::from_utf8_lossy(&got[0].1).to_string();
         assert!(notice.contains("has sent you a secure message"), "{notice}");
         assert!(
@@ -275,7 +308,8 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     let entries = queue(&data);
     assert_eq!(entries.len(), 1, "{entries:?}");
     let states = entries[0]["states"].as_array().unwrap().clone();
-    let by_recipient: std::collections::HashMap<String, serde_json::Value> = entries[0]["recipients"]
+    let by_recipient: std::collections::HashMap<String, serde_json::Value> = entries[0]
+        ["recipients"]
         .as_array()
         .unwrap()
         .iter()
@@ -284,7 +318,8 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         .collect();
     let state = |r: &str| by_recipient[r].to_string();
     assert!(
-        state("alice@tls.test").contains("Delivered") && state("alice@tls.test").contains("mx.tls.test over TLSv1_3"),
+        state("alice@tls.test").contains("Delivered")
+            && state("alice@tls.test").contains("mx.tls.test over TLSv1_3"),
         "{}",
         state("alice@tls.test")
     );
@@ -299,12 +334,14 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         state("eve@reject.test")
     );
     assert!(
-        state("bob@plain.test").contains("Portal") && state("bob@plain.test").contains("STARTTLS not offered"),
+        state("bob@plain.test").contains("Portal")
+            && state("bob@plain.test").contains("STARTTLS not offered"),
         "{}",
         state("bob@plain.test")
     );
     assert!(
-        state("carol@badcert.test").contains("Portal") && state("carol@badcert.test").contains("no verified TLS"),
+        state("carol@badcert.test").contains("Portal")
+            && state("carol@badcert.test").contains("no verified TLS"),
         "{}",
         state("carol@badcert.test")
     );
@@ -320,12 +357,24 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         shown.contains("pickup for <bob@plain.test> from <doc@clinic.test>"),
         "{shown}"
     );
-    let message = sealpost_ok(&["pickup", "show", &tokens[1], "--message", "--data", &data.arg()], "");
+    let message = sealpost_ok(
+        &[
+            "pickup",
+            "show",
+            &tokens[1],
+            "--message",
+            "--data",
+            &data.arg(),
+        ],
+        "",
+    );
     assert!(message.contains("The patient record."), "{message}");
     let made_up = "0".repeat(64);
-    assert!(!sealpost(&["pickup", "show", &made_up, "--data", &data.arg()], "")
-        .status
-        .success());
+    assert!(
+        !sealpost(&["pickup", "show", &made_up, "--data", &data.arg()], "")
+            .status
+            .success()
+    );
 
     // A restart mid-queue: what waits is tried again, what was delivered is not sent twice.
     let attempts_before = entries[0]["attempts"].as_u64().unwrap();
@@ -355,7 +404,8 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
     let id = entries[0]["id"].as_str().unwrap().to_string();
     let shown = sealpost_ok(&["queue", "show", &id, "--data", &data.arg()], "");
     assert!(
-        shown.contains("to <alice@tls.test>: delivered") && shown.contains("verified TLS, mx.tls.test over TLSv1_3"),
+        shown.contains("to <alice@tls.test>: delivered")
+            && shown.contains("verified TLS, mx.tls.test over TLSv1_3"),
         "{shown}"
     );
     assert!(
@@ -363,27 +413,39 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         "{shown}"
     );
     assert!(
-        shown.contains("to <bob@plain.test>: kept for the pickup portal") && shown.contains("STARTTLS not offered"),
+        shown.contains("to <bob@plain.test>: kept for the pickup portal")
+            && shown.contains("STARTTLS not offered"),
         "{shown}"
     );
-    assert!(shown.contains("to <frank@down.test>: waiting; last:"), "{shown}");
+    assert!(
+        shown.contains("to <frank@down.test>: waiting; last:"),
+        "{shown}"
+    );
     sealpost_ok(&["queue", "retry", &id, "--data", &data.arg()], "");
-    assert!(!sealpost(&["queue", "show", "0000", "--data", &data.arg()], "")
-        .status
-        .success());
+    assert!(
+        !sealpost(&["queue", "show", "0000", "--data", &data.arg()], "")
+            .status
+            .success()
+    );
     sealpost_ok(&["queue", "delete", &id, "--data", &data.arg()], "");
     assert!(queue(&data).is_empty());
 
     // Every choice is in the audit log, and the deletion.
     let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
-    assert!(exported.contains("queue.delete") && exported.contains("queue.retry") && exported.contains("queue.bounce"));
+    assert!(
+        exported.contains("queue.delete")
+            && exported.contains("queue.retry")
+            && exported.contains("queue.bounce")
+    );
     assert!(exported.contains("pickup.read"));
     // The notices' deliveries say how each went: unverified STARTTLS, or plaintext where the
     // server offers no TLS; never "verified".
     let notice_to = |who: &str| {
         exported
             .lines()
-            .find(|l| l.contains("queue.deliver") && l.contains(who) && l.contains("a pickup notice"))
+            .find(|l| {
+                l.contains("queue.deliver") && l.contains(who) && l.contains("a pickup notice")
+            })
             .unwrap_or_else(|| panic!("no notice delivery to {who}"))
             .to_string()
     };
@@ -408,7 +470,9 @@ fn each_recipient_gets_verified_tls_or_waits_and_nothing_goes_in_plaintext() {
         ("queue.defer", "frank@down.test"),
     ] {
         assert!(
-            exported.lines().any(|l| l.contains(what) && l.contains(who)),
+            exported
+                .lines()
+                .any(|l| l.contains(what) && l.contains(who)),
             "no {what} for {who} in the audit log"
         );
     }
@@ -457,7 +521,12 @@ fn a_smarthost_relays_everything_over_verified_tls_and_connections_per_domain_ar
     let to: Vec<[&str; 1]> = to.iter().map(|t| [t.as_str()]).collect();
     let messages: Vec<(&[&str], &str)> = to
         .iter()
-        .map(|t| (t.as_slice(), "From: doc@clinic.test\r\nSubject: n\r\n\r\nbody\r\n"))
+        .map(|t| {
+            (
+                t.as_slice(),
+                "From: doc@clinic.test\r\nSubject: n\r\n\r\nbody\r\n",
+            )
+        })
         .collect();
     submit(&data, &messages);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -474,7 +543,11 @@ fn a_smarthost_relays_everything_over_verified_tls_and_connections_per_domain_ar
         assert_eq!(envelope["tls"], true, "to the smarthost over TLS");
     }
     let concurrency = std::fs::read_to_string(work.path().join("relay/concurrency")).unwrap();
-    assert_eq!(concurrency.trim(), "1", "connections at once to the smarthost");
+    assert_eq!(
+        concurrency.trim(),
+        "1",
+        "connections at once to the smarthost"
+    );
 }
 
 /// A file served over HTTPS; killed when dropped.
@@ -491,7 +564,10 @@ fn serve_https(ip: &str, port: u16, cert: &Path, key: &Path, body: &str, dir: &P
     let file = dir.join(format!("policy-{ip}.txt"));
     std::fs::write(&file, body).unwrap();
     let mut child = Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/https_file.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/scripts/https_file.py"
+        ))
         .args([ip, &port.to_string()])
         .args([cert, key])
         .arg("/.well-known/mta-sts.txt")
@@ -511,7 +587,13 @@ fn serve_https(ip: &str, port: u16, cert: &Path, key: &Path, body: &str, dir: &P
 #[test]
 fn an_mta_sts_policy_in_enforce_mode_chooses_the_mx_hosts() {
     let work = tempfile::tempdir().unwrap();
-    let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.15"];
+    let ips = [
+        "127.0.0.11",
+        "127.0.0.12",
+        "127.0.0.13",
+        "127.0.0.14",
+        "127.0.0.15",
+    ];
     let port = free_port_on(&ips);
     let https_port = free_port_on(&ips);
     let (ca, leaves) = test_ca(
@@ -547,7 +629,12 @@ fn an_mta_sts_policy_in_enforce_mode_chooses_the_mx_hosts() {
     );
     let receiver = |i: usize, name: &str| {
         let (cert, key) = (leaves[i].0.to_str().unwrap(), leaves[i].1.to_str().unwrap());
-        Receiver::start(ips[i], port, &work.path().join(name), &["--cert", cert, "--key", key])
+        Receiver::start(
+            ips[i],
+            port,
+            &work.path().join(name),
+            &["--cert", cert, "--key", key],
+        )
     };
     let mx1 = receiver(0, "mx1");
     let mx2 = receiver(1, "mx2");
@@ -594,7 +681,10 @@ fn an_mta_sts_policy_in_enforce_mode_chooses_the_mx_hosts() {
     let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
     // The policy names only mx2: the preferred mx1 is passed over.
     assert_eq!(mx2.received().len(), 1, "{exported}\n{:?}", server.seen);
-    assert!(mx1.received().is_empty(), "mx1.sts.test is not in the policy");
+    assert!(
+        mx1.received().is_empty(),
+        "mx1.sts.test is not in the policy"
+    );
     // nomatch.test's policy names none of its MX hosts: nothing goes there, not even a notice.
     assert!(nomatch.received().is_empty());
     assert!(
@@ -610,7 +700,10 @@ fn an_mta_sts_policy_in_enforce_mode_chooses_the_mx_hosts() {
         "{exported}"
     );
     assert_eq!(
-        exported.lines().filter(|l| l.contains("pickup.create")).count(),
+        exported
+            .lines()
+            .filter(|l| l.contains("pickup.create"))
+            .count(),
         1,
         "one pickup, one notice: {exported}"
     );
@@ -631,7 +724,10 @@ fn an_mta_sts_policy_in_enforce_mode_chooses_the_mx_hosts() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while mx2.received().len() < 2 {
-        assert!(Instant::now() < deadline, "nothing more reached mx2.sts.test");
+        assert!(
+            Instant::now() < deadline,
+            "nothing more reached mx2.sts.test"
+        );
         assert!(mx1.received().is_empty(), "mx1 got mail after the restart");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -662,7 +758,10 @@ fn sender(dns_port: u16, ca: &Path, edits: &[(&str, String)]) -> (DataDir, Serve
 
 /// Submits each (recipients, message) as doc@clinic.test over implicit TLS, with smtplib.
 fn submit(data: &DataDir, messages: &[(&[&str], &str)]) {
-    let messages: Vec<serde_json::Value> = messages.iter().map(|(to, raw)| serde_json::json!([to, raw])).collect();
+    let messages: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|(to, raw)| serde_json::json!([to, raw]))
+        .collect();
     let output = Command::new("/usr/bin/python3")
         .arg("-c")
         .arg(
@@ -680,7 +779,11 @@ fn submit(data: &DataDir, messages: &[(&[&str], &str)]) {
         .env("MESSAGES", serde_json::Value::Array(messages).to_string())
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// An authoritative server (nsd) for `zones` — (origin, records, signed) — each signed zone
@@ -703,7 +806,11 @@ impl Drop for SignedDns {
 }
 
 fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).current_dir(dir).output().unwrap();
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
     assert!(
         output.status.success(),
         "{program} {args:?}: {}",
@@ -727,7 +834,11 @@ fn listening(child: &mut Child, port: u16) -> bool {
     false
 }
 
-fn start_signed_dns(dir: &Path, zones: &[(&str, &str, bool)], forged: &[(&str, &str)]) -> SignedDns {
+fn start_signed_dns(
+    dir: &Path,
+    zones: &[(&str, &str, bool)],
+    forged: &[(&str, &str)],
+) -> SignedDns {
     let mut anchors = String::new();
     let mut nsd_zones = String::new();
     let mut stubs = String::new();
@@ -754,7 +865,11 @@ fn start_signed_dns(dir: &Path, zones: &[(&str, &str, bool)], forged: &[(&str, &
             // "origin IN DS tag alg type digest": unbound takes it without the class.
             let ds = std::fs::read_to_string(dir.join(format!("{ksk}.ds"))).unwrap();
             let fields: Vec<&str> = ds.split_whitespace().collect();
-            anchors += &format!("  trust-anchor: \"{} DS {}\"\n", fields[0], fields[3..].join(" "));
+            anchors += &format!(
+                "  trust-anchor: \"{} DS {}\"\n",
+                fields[0],
+                fields[3..].join(" ")
+            );
             format!("{file}.signed")
         } else {
             file
@@ -827,17 +942,28 @@ fn start_signed_dns(dir: &Path, zones: &[(&str, &str, bool)], forged: &[(&str, &
 
 /// A key and a self-signed certificate for `name`, written to DIR/FILE.pem and .key; and the
 /// SHA-256 of its public key (what a TLSA 3 1 1 record holds), in hex.
-fn self_signed(dir: &Path, name: &str, file: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+fn self_signed(
+    dir: &Path,
+    name: &str,
+    file: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
     use rcgen::PublicKeyData;
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec![name.to_string()])
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let (cert_path, key_path) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
+    let (cert_path, key_path) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+    );
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path, sha256_hex(&key.subject_public_key_info()))
+    (
+        cert_path,
+        key_path,
+        sha256_hex(&key.subject_public_key_info()),
+    )
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -863,7 +989,11 @@ fn dnssec_signed_tlsa_records_decide_the_certificate_a_server_must_present() {
     // mx.pkix, mx.mismatch and mx.bogus (.secure.test): certificates from the CA Sealpost trusts.
     let (ca, leaves) = test_ca(
         work.path(),
-        &["mx.pkix.secure.test", "mx.mismatch.secure.test", "mx.bogus.secure.test"],
+        &[
+            "mx.pkix.secure.test",
+            "mx.mismatch.secure.test",
+            "mx.bogus.secure.test",
+        ],
     );
     // mx.ee.secure.test: a self-signed certificate for another name, pinned by DANE-EE.
     let (ee_cert, ee_key, ee_pin) = self_signed(work.path(), "elsewhere.test", "ee");
@@ -875,7 +1005,9 @@ fn dnssec_signed_tlsa_records_decide_the_certificate_a_server_must_present() {
     // the server sends the CA along.
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let private_ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let private_ca =
+        rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
     let ta_key = rcgen::KeyPair::generate().unwrap();
     let ta_leaf = rcgen::CertificateParams::new(vec!["mx.ta.secure.test".to_string()])
         .unwrap()
@@ -915,7 +1047,10 @@ fn dnssec_signed_tlsa_records_decide_the_certificate_a_server_must_present() {
     .concat();
     let dns = start_signed_dns(
         &dns_dir,
-        &[("secure.test.", &secure, true), ("plain.test.", &plain, false)],
+        &[
+            ("secure.test.", &secure, true),
+            ("plain.test.", &plain, false),
+        ],
         &[(&"ab".repeat(32), &"cd".repeat(32))],
     );
 
@@ -938,7 +1073,11 @@ fn dnssec_signed_tlsa_records_decide_the_certificate_a_server_must_present() {
     let pkix = start(ips[4], "pkix", tls_args(&leaves[0].0, &leaves[0].1));
     let bogus = start(ips[5], "bogus", tls_args(&leaves[2].0, &leaves[2].1));
 
-    let (data, mut server) = sender(dns.port, &ca, &[("port = 25\n", format!("port = {port}\n"))]);
+    let (data, mut server) = sender(
+        dns.port,
+        &ca,
+        &[("port = 25\n", format!("port = {port}\n"))],
+    );
     assert!(
         server.wait_for("DANE: TLSA records apply", Duration::from_secs(10)),
         "DANE is not on with a resolver on loopback"
@@ -1008,11 +1147,19 @@ fn dnssec_signed_tlsa_records_decide_the_certificate_a_server_must_present() {
             .into_iter()
             .filter(|(envelope, _)| envelope["to"] != serde_json::json!(["h@viaplain.plain.test"]))
             .collect();
-        assert_eq!(got.len(), notices, "{:?}: notices, nothing else", receiver.dir);
+        assert_eq!(
+            got.len(),
+            notices,
+            "{:?}: notices, nothing else",
+            receiver.dir
+        );
         for (_, message) in got {
             let notice = String::from_utf8_lossy(&message).to_string();
             assert!(notice.contains("has sent you a secure message"), "{notice}");
-            assert!(!notice.contains("patient") && !notice.contains("results"), "{notice}");
+            assert!(
+                !notice.contains("patient") && !notice.contains("results"),
+                "{notice}"
+            );
         }
     }
 
@@ -1028,8 +1175,16 @@ fn dnssec_signed_tlsa_records_decide_the_certificate_a_server_must_present() {
         .zip(states.iter().map(|s| s.to_string()))
         .collect();
     let expect = [
-        ("a@ee.secure.test", "Delivered", "certificate matched DANE-EE 3 1 1"),
-        ("c@ta.secure.test", "Delivered", "certificate matched DANE-TA 2 0 1"),
+        (
+            "a@ee.secure.test",
+            "Delivered",
+            "certificate matched DANE-EE 3 1 1",
+        ),
+        (
+            "c@ta.secure.test",
+            "Delivered",
+            "certificate matched DANE-TA 2 0 1",
+        ),
         (
             "b@mismatch.secure.test",
             "Portal",
@@ -1046,7 +1201,10 @@ fn dnssec_signed_tlsa_records_decide_the_certificate_a_server_must_present() {
     ];
     for (who, status, why) in expect {
         let state = &by_recipient[who];
-        assert!(state.contains(status) && state.contains(why), "{who}: {state}");
+        assert!(
+            state.contains(status) && state.contains(why),
+            "{who}: {state}"
+        );
     }
     for (who, host) in [
         ("e@pkix.secure.test", "mx.pkix.secure.test"),
@@ -1054,7 +1212,9 @@ fn dnssec_signed_tlsa_records_decide_the_certificate_a_server_must_present() {
     ] {
         let state = &by_recipient[who];
         assert!(
-            state.contains("Delivered") && state.contains(&format!("{host} over TLS")) && !state.contains("DANE"),
+            state.contains("Delivered")
+                && state.contains(&format!("{host} over TLS"))
+                && !state.contains("DANE"),
             "{who}: {state}"
         );
     }
@@ -1198,7 +1358,11 @@ impl Lenient {
         if dsn {
             command.arg("--dsn");
         }
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -1254,7 +1418,11 @@ fn submission_script(data: &DataDir, script: &str) -> String {
         .env("PASSWORD", PASSWORD)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
@@ -1285,7 +1453,11 @@ fn dsn_parameters_a_staff_member_submits_never_become_commands_to_another_server
             leaves[1].1.to_str().unwrap(),
         ],
     );
-    let (data, mut server) = sender(dns.port, &ca, &[("port = 25\n", format!("port = {port}\n"))]);
+    let (data, mut server) = sender(
+        dns.port,
+        &ca,
+        &[("port = 25\n", format!("port = {port}\n"))],
+    );
 
     // xtext that decodes to CR LF and a command, in ENVID and in ORCPT: refused at receipt.
     let message = "From: doc@clinic.test\r\nSubject: dsn\r\n\r\nbody\r\n";
@@ -1341,8 +1513,14 @@ fn dsn_parameters_a_staff_member_submits_never_become_commands_to_another_server
         [501, 503, 503, 250, 501, 250, 250, 250, 250, 250, 250],
         "{replies:#?}"
     );
-    assert!(replies[0].1.contains("ENVID must be printable US-ASCII"), "{replies:?}");
-    assert!(replies[4].1.contains("ORCPT must be printable US-ASCII"), "{replies:?}");
+    assert!(
+        replies[0].1.contains("ENVID must be printable US-ASCII"),
+        "{replies:?}"
+    );
+    assert!(
+        replies[4].1.contains("ORCPT must be printable US-ASCII"),
+        "{replies:?}"
+    );
     let messages = dsn.messages();
     assert_eq!(messages.len(), 2, "{messages:#?}");
     let envelope = |rcpt: &str| {
@@ -1371,7 +1549,10 @@ fn dsn_parameters_a_staff_member_submits_never_become_commands_to_another_server
     );
     assert_eq!(plain_rcpts, ["RCPT TO:<carol@dsn.test>"]);
     let (dsn_mail, dsn_rcpts) = envelope("bob@");
-    assert!(dsn_mail.ends_with(" RET=HDRS ENVID=a+2Bb+3Dc"), "{dsn_mail}");
+    assert!(
+        dsn_mail.ends_with(" RET=HDRS ENVID=a+2Bb+3Dc"),
+        "{dsn_mail}"
+    );
     assert_eq!(
         dsn_rcpts,
         ["RCPT TO:<bob@dsn.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+2Bx@dsn.test"]
@@ -1395,7 +1576,11 @@ fn bare_cr_and_lf_in_a_submitted_message_never_smuggle_a_second_message() {
         &mx_records(&[("lenient.test", "mx.lenient.test", "127.0.0.63")]),
     );
     let lenient = Lenient::start(ips[0], port, &work.path().join("lenient"), &leaves[0], true);
-    let (data, mut server) = sender(dns.port, &ca, &[("port = 25\n", format!("port = {port}\n"))]);
+    let (data, mut server) = sender(
+        dns.port,
+        &ca,
+        &[("port = 25\n", format!("port = {port}\n"))],
+    );
     // Each payload ends the message for a lenient receiver and starts a second transaction
     // to spy@lenient.test; sent raw (smtplib would mend the line ends) in DATA and in BDAT.
     let separators = ["\n.\n", "\r.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r", "\r\n.\n"];
@@ -1417,9 +1602,13 @@ fn bare_cr_and_lf_in_a_submitted_message_never_smuggle_a_second_message() {
          \x20       out.append(s.getreply())\n\
          print(json.dumps([[code, text.decode()] for code, text in out]))"
     );
-    let replies: Vec<(u16, String)> = serde_json::from_str(&submission_script(&data, &script)).unwrap();
+    let replies: Vec<(u16, String)> =
+        serde_json::from_str(&submission_script(&data, &script)).unwrap();
     let submitted = separators.len() * 2;
-    assert!(replies.iter().all(|(code, _)| matches!(code, 250 | 354)), "{replies:?}");
+    assert!(
+        replies.iter().all(|(code, _)| matches!(code, 250 | 354)),
+        "{replies:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while lenient.messages().len() < submitted {
         assert!(
@@ -1446,7 +1635,11 @@ fn bare_cr_and_lf_in_a_submitted_message_never_smuggle_a_second_message() {
             "cut short: {text:?}"
         );
     }
-    assert_eq!(messages.len(), submitted, "one message per submission: {messages:#?}");
+    assert_eq!(
+        messages.len(),
+        submitted,
+        "one message per submission: {messages:#?}"
+    );
     assert!(!lenient.commands().iter().any(|c| c.contains("spy@")));
 }
 
@@ -1463,7 +1656,12 @@ fn an_mta_sts_policy_seen_stays_in_force_when_its_dns_record_is_withheld() {
     );
     let receiver = |i: usize, name: &str| {
         let (cert, key) = (leaves[i].0.to_str().unwrap(), leaves[i].1.to_str().unwrap());
-        Receiver::start(ips[i], port, &work.path().join(name), &["--cert", cert, "--key", key])
+        Receiver::start(
+            ips[i],
+            port,
+            &work.path().join(name),
+            &["--cert", cert, "--key", key],
+        )
     };
     let good = receiver(0, "good");
     let rogue = receiver(1, "rogue");

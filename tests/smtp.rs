@@ -40,7 +40,10 @@ fn dkim_key(dir: &Path) -> (String, String) {
             child.wait_with_output()
         })
         .unwrap();
-    (key.display().to_string(), String::from_utf8(encoded.stdout).unwrap())
+    (
+        key.display().to_string(),
+        String::from_utf8(encoded.stdout).unwrap(),
+    )
 }
 
 #[test]
@@ -48,8 +51,14 @@ fn real_clients_send_inbound_and_submitted_mail_checked_by_dns_and_read_back_ove
     let work = tempfile::tempdir().unwrap();
     let (key, public) = dkim_key(work.path());
     let dns = start_dns(&[
-        ("sender.test", "v=spf1 ip4:127.0.0.1 ~ip4:127.0.0.2 -all".into()),
-        ("sel._domainkey.sender.test", format!("v=DKIM1; k=rsa; p={public}")),
+        (
+            "sender.test",
+            "v=spf1 ip4:127.0.0.1 ~ip4:127.0.0.2 -all".into(),
+        ),
+        (
+            "sel._domainkey.sender.test",
+            format!("v=DKIM1; k=rsa; p={public}"),
+        ),
         ("_dmarc.sender.test", "v=DMARC1; p=none".into()),
         ("strict.test", "v=spf1 ip4:127.0.0.1 -all".into()),
         ("_dmarc.strict.test", "v=DMARC1; p=reject".into()),
@@ -80,16 +89,23 @@ fn real_clients_send_inbound_and_submitted_mail_checked_by_dns_and_read_back_ove
         .env("WORK", work.path())
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("PASS signed message: INBOX says dkim=pass"), "{text}");
+    assert!(
+        text.contains("PASS signed message: INBOX says dkim=pass"),
+        "{text}"
+    );
     drop(dns);
 
     // The outside recipient waits in the queue, sealed, for the outbound issue's delivery.
     let listed = sealpost(&["queue", "list", "--json", "--data", &data.arg()], "");
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
-    let entries: Vec<serde_json::Value> = listed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let entries: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(entries.len(), 1, "{listed}");
     assert_eq!(
         entries[0]["recipients"],
@@ -97,7 +113,10 @@ fn real_clients_send_inbound_and_submitted_mail_checked_by_dns_and_read_back_ove
     );
     assert_eq!(entries[0]["from"], "user1@harness.test");
     // DSN parameters kept for the outbound delivery.
-    assert_eq!(entries[0]["notify"], serde_json::json!([["SUCCESS", "FAILURE"]]));
+    assert_eq!(
+        entries[0]["notify"],
+        serde_json::json!([["SUCCESS", "FAILURE"]])
+    );
     assert_eq!(
         entries[0]["orcpt"],
         serde_json::json!(["rfc822;someone@elsewhere.example"])
@@ -107,7 +126,9 @@ fn real_clients_send_inbound_and_submitted_mail_checked_by_dns_and_read_back_ove
 
     // Deliveries, submissions and the refusal are in the audit log, whose chain holds.
     let exported = sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
-    assert!(exported.contains("message.deliver") && exported.contains("spf=pass dkim=pass dmarc=pass"));
+    assert!(
+        exported.contains("message.deliver") && exported.contains("spf=pass dkim=pass dmarc=pass")
+    );
     assert!(exported.contains("message.submit") && exported.contains("message.refuse"));
     assert!(exported.contains("login.smtp"));
     assert!(sealpost_ok(&["audit", "verify", "--data", &data.arg()], "").contains("intact"));
@@ -119,7 +140,10 @@ fn mail_acknowledged_before_a_crash_is_there_after_it() {
     let data = DataDir::init_with("harness.test", &["--hostname", "localhost"]);
     data.add_accounts(&["user1@harness.test", "user2@harness.test"], PASSWORD);
     let base = data.port_base;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scripts/smtp_crash.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/scripts/smtp_crash.py"
+    );
     let acks = work.path().join("acks");
     let run = |mode: &str| {
         Command::new("/usr/bin/python3")
@@ -137,17 +161,30 @@ fn mail_acknowledged_before_a_crash_is_there_after_it() {
     let sender = run("send");
     // Let some messages through, then kill the server without warning (SIGKILL on drop).
     let started = std::time::Instant::now();
-    while std::fs::read_to_string(&acks).unwrap_or_default().lines().count() < 20 {
-        assert!(started.elapsed() < Duration::from_secs(60), "no message acknowledged");
+    while std::fs::read_to_string(&acks)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 20
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no message acknowledged"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(server);
     let sent = sender.wait_with_output().unwrap();
-    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
 
     let mut server = data.serve();
     let checked = run("check").wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&checked.stdout).to_string() + &String::from_utf8_lossy(&checked.stderr);
+    let text = String::from_utf8_lossy(&checked.stdout).to_string()
+        + &String::from_utf8_lossy(&checked.stderr);
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     assert!(checked.status.success(), "{text}");
     assert!(sealpost_ok(&["audit", "verify", "--data", &data.arg()], "").contains("intact"));
@@ -159,7 +196,10 @@ fn connections_per_address_are_limited_with_a_421() {
     let data = DataDir::init_with("harness.test", &["--hostname", "localhost"]);
     let config_path = data.path().join("sealpost.toml");
     let config = std::fs::read_to_string(&config_path).unwrap();
-    assert!(config.contains("smtp_connections_per_address_max = 50"), "{config}");
+    assert!(
+        config.contains("smtp_connections_per_address_max = 50"),
+        "{config}"
+    );
     let config = config.replace(
         "smtp_connections_per_address_max = 50",
         "smtp_connections_per_address_max = 2",
@@ -168,7 +208,9 @@ fn connections_per_address_are_limited_with_a_421() {
     let mut server = data.serve();
     let port = data.port_base + 25;
     let greeting = |stream: &std::net::TcpStream| {
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut line = String::new();
         BufReader::new(stream).read_line(&mut line).unwrap();
         line
@@ -190,7 +232,10 @@ fn connections_per_address_are_limited_with_a_421() {
         if greeting(&again).starts_with("220 ") {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "the slot was not freed");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the slot was not freed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));

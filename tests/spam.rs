@@ -33,7 +33,9 @@ impl Rspamd {
             .status();
         let _ = self.child.wait();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.normal)).is_ok() && Instant::now() < deadline {
+        while std::net::TcpStream::connect(("127.0.0.1", self.normal)).is_ok()
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -148,9 +150,18 @@ fn send(data: &DataDir, from: &str, message: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(message.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -180,7 +191,11 @@ fn folder(data: &DataDir, name: &str, junk: &str) -> Vec<(String, Vec<u8>)> {
         .env("JUNK", junk)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
@@ -204,7 +219,9 @@ fn message(from: &str, subject: &str, body: &str) -> String {
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 #[test]
@@ -235,7 +252,10 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
             "{config}"
         );
         common::with_dns_port(config, dns.port)
-            .replace("rspamd = \"\"", &format!("rspamd = \"127.0.0.1:{}\"", rspamd.normal))
+            .replace(
+                "rspamd = \"\"",
+                &format!("rspamd = \"127.0.0.1:{}\"", rspamd.normal),
+            )
             .replace(
                 "controller = \"\"",
                 &format!("controller = \"127.0.0.1:{}\"", rspamd.controller),
@@ -252,7 +272,11 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
         "lunch on friday",
         &format!("{words}\r\n{words}\r\nX-Sealpost-Warning: not a header"),
     );
-    let clean = clean.replacen("Subject:", "X-Sealpost-Warning: impersonation: forged\r\nSubject:", 1);
+    let clean = clean.replacen(
+        "Subject:",
+        "X-Sealpost-Warning: impersonation: forged\r\nSubject:",
+        1,
+    );
     assert_eq!(send(&data, "alice@partner.test", &clean), "accepted");
     // GTUBE: held by the server, in no folder.
     let spam = message("Prize <win@lottery.test>", "you won", GTUBE);
@@ -269,7 +293,10 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
         "new phone number",
         "Call me on this one.",
     );
-    assert_eq!(send(&data, "doc.holliday@freemail.test", &borrowed), "accepted");
+    assert_eq!(
+        send(&data, "doc.holliday@freemail.test", &borrowed),
+        "accepted"
+    );
 
     let inbox = folder(&data, "INBOX", "");
     let subjects: Vec<&str> = inbox.iter().map(|(s, _)| s.as_str()).collect();
@@ -277,27 +304,44 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
         !subjects.iter().any(|s| s.contains("you won")),
         "GTUBE reached the INBOX: {subjects:?}"
     );
-    let lunch = &inbox.iter().find(|(s, _)| s == "lunch on friday").unwrap().1;
-    assert!(contains(lunch, "X-Sealpost-Spam: score="), "no verdict kept");
+    let lunch = &inbox
+        .iter()
+        .find(|(s, _)| s == "lunch on friday")
+        .unwrap()
+        .1;
+    assert!(
+        contains(lunch, "X-Sealpost-Spam: score="),
+        "no verdict kept"
+    );
     assert!(contains(lunch, "placement=inbox"));
     assert!(
         !contains(lunch, "impersonation: forged"),
         "a sender's warning field survived"
     );
-    let wire = &inbox.iter().find(|(s, _)| s.contains("urgent wire transfer")).unwrap();
+    let wire = &inbox
+        .iter()
+        .find(|(s, _)| s.contains("urgent wire transfer"))
+        .unwrap();
     assert!(wire.0.starts_with("[EXTERNAL] "), "{}", wire.0);
     assert!(contains(
         &wire.1,
         "X-Sealpost-Warning: impersonation: the sender's domain c1inic.test looks like clinic.test"
     ));
-    let phone = &inbox.iter().find(|(s, _)| s.contains("new phone number")).unwrap();
+    let phone = &inbox
+        .iter()
+        .find(|(s, _)| s.contains("new phone number"))
+        .unwrap();
     assert!(
         contains(&phone.1, "name of a member of staff (Doc Holliday)"),
         "{}",
         String::from_utf8_lossy(&phone.1)
     );
-    assert!(!folder(&data, "BACKUP", "").iter().any(|(s, _)| s.contains("you won")));
-    assert!(!folder(&data, "Junk", "").iter().any(|(s, _)| s.contains("you won")));
+    assert!(!folder(&data, "BACKUP", "")
+        .iter()
+        .any(|(s, _)| s.contains("you won")));
+    assert!(!folder(&data, "Junk", "")
+        .iter()
+        .any(|(s, _)| s.contains("you won")));
 
     // In the browser: the banner on the impostor's message, none on an honest one, and the
     // held message in the owner's digest.
@@ -332,10 +376,20 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
     let held: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
     assert_eq!(held["subject"], "(not shown)");
     assert_eq!(held["sender"], "win@lottery.test");
-    assert!(held["verdict"].as_str().unwrap().contains("action=reject"), "{held}");
+    assert!(
+        held["verdict"].as_str().unwrap().contains("action=reject"),
+        "{held}"
+    );
     let id = held["id"].as_str().unwrap().to_string();
     sealpost_ok(
-        &["quarantine", "release", "doc@clinic.test", &id, "--data", &data.arg()],
+        &[
+            "quarantine",
+            "release",
+            "doc@clinic.test",
+            &id,
+            "--data",
+            &data.arg(),
+        ],
         "",
     );
     let released = folder(&data, "INBOX", "lunch");
@@ -361,7 +415,14 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let learned = sealpost_ok(
-            &["audit", "search", "--action", "spam.learn_spam", "--data", &data.arg()],
+            &[
+                "audit",
+                "search",
+                "--action",
+                "spam.learn_spam",
+                "--data",
+                &data.arg(),
+            ],
             "",
         );
         if let Some(line) = learned.lines().next() {
@@ -392,11 +453,22 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
         .env("PASSWORD", PASSWORD)
         .output()
         .unwrap();
-    assert!(ham.status.success(), "{}", String::from_utf8_lossy(&ham.stderr));
+    assert!(
+        ham.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ham.stderr)
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let learned = sealpost_ok(
-            &["audit", "search", "--action", "spam.learn_ham", "--data", &data.arg()],
+            &[
+                "audit",
+                "search",
+                "--action",
+                "spam.learn_ham",
+                "--data",
+                &data.arg(),
+            ],
             "",
         );
         if let Some(line) = learned.lines().next() {
@@ -408,7 +480,10 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
         std::thread::sleep(Duration::from_millis(200));
     }
     for action in ["quarantine.hold", "quarantine.release", "quarantine.search"] {
-        let found = sealpost(&["audit", "search", "--action", action, "--data", &data.arg()], "");
+        let found = sealpost(
+            &["audit", "search", "--action", action, "--data", &data.arg()],
+            "",
+        );
         assert!(!found.stdout.is_empty(), "no {action} record");
     }
 
@@ -432,15 +507,21 @@ fn gtube_is_held_a_release_delivers_it_whole_impostors_are_marked_and_mail_flows
         "accepted"
     );
     assert!(
-        folder(&data, "Junk", "").iter().any(|(s, _)| s == "minutes attached"),
+        folder(&data, "Junk", "")
+            .iter()
+            .any(|(s, _)| s == "minutes attached"),
         "not in Junk"
     );
     assert!(
-        !folder(&data, "INBOX", "").iter().any(|(s, _)| s == "minutes attached"),
+        !folder(&data, "INBOX", "")
+            .iter()
+            .any(|(s, _)| s == "minutes attached"),
         "in the INBOX"
     );
     assert!(
-        folder(&data, "BACKUP", "").iter().any(|(s, _)| s == "minutes attached"),
+        folder(&data, "BACKUP", "")
+            .iter()
+            .any(|(s, _)| s == "minutes attached"),
         "not in BACKUP"
     );
 

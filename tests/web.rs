@@ -29,7 +29,12 @@ impl Drop for Killed {
 /// A data folder with the default policy (a second factor required) and alice's account.
 fn serve_with_second_factor_required() -> (DataDir, common::Server) {
     let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
-    data.configure(|config| config.replace("second_factor_required = false", "second_factor_required = true"));
+    data.configure(|config| {
+        config.replace(
+            "second_factor_required = false",
+            "second_factor_required = true",
+        )
+    });
     data.add_accounts(&["alice@clinic.test"], PASSWORD);
     let server = data.serve();
     (data, server)
@@ -49,7 +54,10 @@ fn sign_in_passkeys_totp_app_passwords_and_sessions_in_a_real_browser() {
             ("PASSWORD", std::ffi::OsStr::new(PASSWORD)),
         ],
     );
-    let steps: Vec<serde_json::Value> = said.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps: Vec<serde_json::Value> = said
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let step = |name: &str| {
         steps
             .iter()
@@ -74,10 +82,16 @@ fn sign_in_passkeys_totp_app_passwords_and_sessions_in_a_real_browser() {
     for pair in step("csrf")["refused"].as_array().unwrap() {
         assert_eq!(pair[1], 403, "{pair} accepted a forged form");
     }
-    assert!(std::fs::read_dir(&artifacts).unwrap().count() >= 10, "screenshots");
+    assert!(
+        std::fs::read_dir(&artifacts).unwrap().count() >= 10,
+        "screenshots"
+    );
 
     // The app password opens IMAP and SMTP; the account password opens neither.
-    let app_password = step("app-password")["password"].as_str().unwrap().to_string();
+    let app_password = step("app-password")["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let logins = Command::new("/usr/bin/python3")
         .arg("-c")
         .arg(
@@ -102,7 +116,8 @@ fn sign_in_passkeys_totp_app_passwords_and_sessions_in_a_real_browser() {
         .env("PASSWORD", PASSWORD)
         .output()
         .unwrap();
-    let out = String::from_utf8_lossy(&logins.stdout).to_string() + &String::from_utf8_lossy(&logins.stderr);
+    let out = String::from_utf8_lossy(&logins.stdout).to_string()
+        + &String::from_utf8_lossy(&logins.stderr);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         vec!["imap OK", "smtp 235", "imap refused", "smtp refused"],
@@ -163,7 +178,11 @@ fn web_sign_ins(data: &DataDir, address: &str, passwords: &[&str]) -> String {
         .env("PASSWORDS", serde_json::to_string(passwords).unwrap())
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
@@ -225,7 +244,10 @@ fn failed_sign_ins_lock_the_account_on_the_web_and_imap_until_an_admin_lifts_it(
     );
     let lines: Vec<&str> = tried.lines().collect();
     assert_eq!(lines[..4], ["401", "401", "401", "429"], "{tried}");
-    assert!(tried.contains("Too many failed sign-ins for this account"), "{tried}");
+    assert!(
+        tried.contains("Too many failed sign-ins for this account"),
+        "{tried}"
+    );
     // The same lockout holds on IMAP, with the right password.
     let refused = imap_login(&data, "alice@clinic.test", PASSWORD);
     assert!(
@@ -239,7 +261,10 @@ fn failed_sign_ins_lock_the_account_on_the_web_and_imap_until_an_admin_lifts_it(
         &server,
         &[
             ("ADDRESS", std::ffi::OsStr::new("root@clinic.test")),
-            ("PASSWORD", std::ffi::OsStr::new("harbor lantern quiet meadow")),
+            (
+                "PASSWORD",
+                std::ffi::OsStr::new("harbor lantern quiet meadow"),
+            ),
             ("LOCKED", std::ffi::OsStr::new("alice@clinic.test")),
         ],
     );
@@ -311,7 +336,11 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
         .env("PASSWORD", PASSWORD)
         .output()
         .unwrap();
-    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
     // An HTML message whose script, image, style and link all point at a server of the test's
     // own, which logs every connection it gets (plain HTTP or a TLS attempt, as a browser
     // upgrading mixed content would make): it must get none.
@@ -371,7 +400,11 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
         .env("PASSWORD", PASSWORD)
         .output()
         .unwrap();
-    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
     // The watcher answers before the browser looks (else "no request" would prove nothing).
     let probe = Command::new("/usr/bin/python3")
         .arg("-c")
@@ -402,7 +435,10 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
     assert!(said.contains("\"filename\":\"befund.pdf\""), "{said}");
     assert!(said.contains("\"step\":\"html\""), "{said}");
     let requests = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(requests, "", "the HTML message made the browser fetch remote content");
+    assert_eq!(
+        requests, "",
+        "the HTML message made the browser fetch remote content"
+    );
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
     let exported = common::sealpost_ok(&["audit", "export", "--data", &data.arg()], "");
     assert!(
@@ -419,9 +455,9 @@ fn reading_mail_on_the_web_marks_it_read_and_downloads_the_attachment_intact() {
     );
     // The folder list shows subjects and senders: every page shown is a read, with its UIDs.
     assert!(
-        exported
-            .lines()
-            .any(|l| l.contains("message.read") && l.contains("web folder list, page 1") && l.contains("uids:")),
+        exported.lines().any(|l| l.contains("message.read")
+            && l.contains("web folder list, page 1")
+            && l.contains("uids:")),
         "the folder list is not audited"
     );
 }
@@ -440,7 +476,11 @@ fn python(data: &DataDir, code: &str, vars: &[(&str, &str)]) -> String {
         command.env(name, value);
     }
     let output = command.output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
@@ -490,7 +530,10 @@ fn clinic_with_patients(work: &std::path::Path) -> (DataDir, common::Dns, common
             .replace("port = 25\n", &format!("port = {port}\n"))
             .replace("organisation = \"\"", "organisation = \"Lakeside Clinic\"")
             // Uploads and messages up to 2 MiB: a test file can exceed it.
-            .replace("message_bytes_max = 67108864", "message_bytes_max = 2097152")
+            .replace(
+                "message_bytes_max = 67108864",
+                "message_bytes_max = 2097152",
+            )
     });
     data.add_accounts(&["doc@clinic.test"], PASSWORD);
     (data, dns, sink)
@@ -554,7 +597,10 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         "reply-forms",
         "done",
     ] {
-        assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
+        assert!(
+            said.contains(&format!("\"step\":\"{step}\"")),
+            "no {step}: {said}"
+        );
     }
     assert!(said.contains("\"filename\":\"laborbefund.pdf\""), "{said}");
 
@@ -576,7 +622,10 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         .find(|m| m["subject"] == format!("Re: {subject}"))
         .unwrap_or_else(|| panic!("no reply in INBOX: {inbox:?}"));
     assert_eq!(reply["from"], "pat@patient.test");
-    assert!(reply["text"].as_str().unwrap().contains(reply_text), "{reply}");
+    assert!(
+        reply["text"].as_str().unwrap().contains(reply_text),
+        "{reply}"
+    );
     assert_eq!(
         reply["files"]["blood-pressure-log.txt"],
         hex(b"Mon 128/82\nTue 131/85\n"),
@@ -584,7 +633,9 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
     );
     let backup = imap_folder(&data, "BACKUP");
     assert!(
-        backup.iter().any(|m| m["subject"] == format!("Re: {subject}")),
+        backup
+            .iter()
+            .any(|m| m["subject"] == format!("Re: {subject}")),
         "no reply in BACKUP"
     );
     // The sent message is in Sent and BACKUP with its attachment, and Bcc-free.
@@ -609,7 +660,10 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         .find(|m| subject_is(m))
         .expect("the sent draft is not in INBOX");
     assert!(
-        draft["text"].as_str().unwrap().contains("first words, then more"),
+        draft["text"]
+            .as_str()
+            .unwrap()
+            .contains("first words, then more"),
         "{draft}"
     );
     assert!(sent.iter().any(subject_is), "the sent draft is not in Sent");
@@ -628,7 +682,9 @@ fn a_clinician_sends_to_a_patient_through_the_portal_and_gets_the_reply() {
         "the sent message is not in BACKUP"
     );
     assert!(
-        !backup.iter().any(|m| m["raw"].as_str().unwrap().contains("Your code:")),
+        !backup
+            .iter()
+            .any(|m| m["raw"].as_str().unwrap().contains("Your code:")),
         "a code is in BACKUP"
     );
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(true));
@@ -787,9 +843,15 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         &[
             ("MODE", std::ffi::OsStr::new("accounts")),
             ("ADDRESS", std::ffi::OsStr::new("root@clinic.test")),
-            ("PASSWORD", std::ffi::OsStr::new("harbor lantern quiet meadow")),
+            (
+                "PASSWORD",
+                std::ffi::OsStr::new("harbor lantern quiet meadow"),
+            ),
             ("NEW_ADDRESS", std::ffi::OsStr::new("nina@clinic.test")),
-            ("NEW_PASSWORD", std::ffi::OsStr::new("copper willow brisk anthem")),
+            (
+                "NEW_PASSWORD",
+                std::ffi::OsStr::new("copper willow brisk anthem"),
+            ),
             ("CAFILE", cafile.as_os_str()),
             ("IMAP_PORT", std::ffi::OsStr::new(&imap_port)),
             ("STUCK_TO", std::ffi::OsStr::new("pat@patient.test")),
@@ -821,11 +883,17 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         "discovery",
         "quarantine-pages",
     ] {
-        assert!(said.contains(&format!("\"step\":\"{step}\"")), "no {step}: {said}");
+        assert!(
+            said.contains(&format!("\"step\":\"{step}\"")),
+            "no {step}: {said}"
+        );
     }
     // The export the browser downloaded opens with the backup identity: a zip holding doc's
     // held message and a manifest.
-    let zip = decrypt_with_backup_key(&data, &common::browser_dir().join("artifacts/ediscovery.zip.age"));
+    let zip = decrypt_with_backup_key(
+        &data,
+        &common::browser_dir().join("artifacts/ediscovery.zip.age"),
+    );
     assert!(zip.starts_with(b"PK\x03\x04"), "not a zip");
     assert!(
         zip.windows(9).any(|w| w == b"STUCKBODY"),
@@ -874,7 +942,9 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
         ("root@clinic.test", "account.quota"),
     ] {
         assert!(
-            exported.lines().any(|l| l.contains(action) && l.contains(actor)),
+            exported
+                .lines()
+                .any(|l| l.contains(action) && l.contains(actor)),
             "no {action} by {actor} in the audit log"
         );
     }
@@ -884,7 +954,10 @@ fn an_admin_creates_an_account_with_an_enrolment_link_and_disabling_it_ends_its_
 fn metrics_are_served_in_prometheus_text_to_the_configured_networks_only() {
     let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
     data.configure(|config| {
-        assert!(config.contains("metrics_from = [\"127.0.0.1\", \"::1\"]"), "{config}");
+        assert!(
+            config.contains("metrics_from = [\"127.0.0.1\", \"::1\"]"),
+            "{config}"
+        );
         config.to_string()
     });
     data.add_accounts(&["alice@clinic.test"], PASSWORD);

@@ -98,11 +98,16 @@ impl Certificates {
         }))
     }
 
-    fn read(loaded: &Loaded, provider: &rustls::crypto::CryptoProvider) -> anyhow::Result<CertifiedKey> {
+    fn read(
+        loaded: &Loaded,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> anyhow::Result<CertifiedKey> {
         let cert_path = loaded.path(&loaded.config.paths.tls_certificate);
         let key_path = loaded.path(&loaded.config.paths.tls_private_key);
-        let cert_pem = std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
-        let key_pem = std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+        let cert_pem = std::fs::read(&cert_path)
+            .with_context(|| format!("reading {}", cert_path.display()))?;
+        let key_pem =
+            std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
         certified(
             provider,
             &cert_pem,
@@ -120,7 +125,10 @@ impl Certificates {
 
     /// A TLS configuration that shows the certificate in force; `alpn` are the protocols a
     /// listener speaks (the HTTPS listener adds `acme-tls/1`).
-    pub(crate) fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    pub(crate) fn server_config(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+    ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
@@ -138,7 +146,10 @@ impl Certificates {
     }
 
     fn clear_challenges(&self) {
-        self.challenges.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.challenges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
@@ -156,7 +167,12 @@ impl ResolvesServerCert for Certificates {
                 .get(&name)
                 .cloned();
         }
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -167,10 +183,13 @@ fn challenge_certificate(
     domain: &str,
     digest: &[u8],
 ) -> anyhow::Result<CertifiedKey> {
-    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).context("challenge names")?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![domain.to_string()]).context("challenge names")?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let key = rcgen::KeyPair::generate().context("a challenge key")?;
-    let cert = params.self_signed(&key).context("signing the challenge certificate")?;
+    let cert = params
+        .self_signed(&key)
+        .context("signing the challenge certificate")?;
     // Not `certified`: its pairing check parses the certificate, and webpki refuses the
     // critical acmeIdentifier extension that only the CA's validator reads.
     let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
@@ -184,7 +203,8 @@ fn challenge_certificate(
 
 /// When the certificate in `[paths]` ends, in ms, if it reads.
 fn not_after_ms(loaded: &Loaded) -> Option<i64> {
-    crate::serve::certificate_facts(&loaded.path(&loaded.config.paths.tls_certificate)).map(|(_, at)| at)
+    crate::serve::certificate_facts(&loaded.path(&loaded.config.paths.tls_certificate))
+        .map(|(_, at)| at)
 }
 
 /// Obtains a certificate for the host name from the configured CA (TLS-ALPN-01 answered by
@@ -216,7 +236,11 @@ pub(crate) async fn obtain(
     )?;
     for (path, bytes, mode) in [
         (&loaded.config.paths.tls_private_key, key.as_bytes(), 0o600),
-        (&loaded.config.paths.tls_certificate, chain.as_bytes(), 0o644),
+        (
+            &loaded.config.paths.tls_certificate,
+            chain.as_bytes(),
+            0o644,
+        ),
     ] {
         crate::cli::write_whole(&loaded.path(path), mode, |file| Ok(file.write_all(bytes)?))?;
     }
@@ -227,8 +251,12 @@ pub(crate) async fn obtain(
     let directory = acme.directory.clone();
     tokio::task::spawn_blocking(move || {
         store2.audit(
-            sealpost_storage::AuditEvent::new(&sealpost_storage::Actor::system(), "certificate.issue", host)
-                .detail(format!("from {directory}; valid until {ends} (ms)")),
+            sealpost_storage::AuditEvent::new(
+                &sealpost_storage::Actor::system(),
+                "certificate.issue",
+                host,
+            )
+            .detail(format!("from {directory}; valid until {ends} (ms)")),
         )
     })
     .await
@@ -243,15 +271,16 @@ async fn order(
     certs: &Certificates,
 ) -> anyhow::Result<(String, String)> {
     use instant_acme::{
-        Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-        RetryPolicy,
+        Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+        NewOrder, OrderStatus, RetryPolicy,
     };
     let acme = &loaded.config.acme;
     let builder = || -> anyhow::Result<instant_acme::AccountBuilder> {
         Ok(if acme.ca_file.trim().is_empty() {
             Account::builder().context("the ACME HTTP client")?
         } else {
-            Account::builder_with_root(loaded.path(Path::new(acme.ca_file.trim()))).context("[acme] ca_file")?
+            Account::builder_with_root(loaded.path(Path::new(acme.ca_file.trim())))
+                .context("[acme] ca_file")?
         })
     };
     let reading = store.clone();
@@ -267,7 +296,11 @@ async fn order(
         }
         None => {
             let contact = acme.contact.trim();
-            let contacts: Vec<&str> = if contact.is_empty() { vec![] } else { vec![contact] };
+            let contacts: Vec<&str> = if contact.is_empty() {
+                vec![]
+            } else {
+                vec![contact]
+            };
             let (account, credentials) = builder()?
                 .create(
                     &NewAccount {
@@ -289,7 +322,9 @@ async fn order(
             account
         }
     };
-    let identifiers = [Identifier::Dns(loaded.config.server.hostname.to_lowercase())];
+    let identifiers = [Identifier::Dns(
+        loaded.config.server.hostname.to_lowercase(),
+    )];
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))
         .await
@@ -311,7 +346,10 @@ async fn order(
             &domain,
             challenge_certificate(&certs.provider, &domain, digest.as_ref())?,
         );
-        challenge.set_ready().await.context("answering the challenge")?;
+        challenge
+            .set_ready()
+            .await
+            .context("answering the challenge")?;
     }
     let retries = RetryPolicy::default().timeout(Duration::from_millis(ACME_ORDER_TIMEOUT_MS / 2));
     let status = order
@@ -324,7 +362,10 @@ async fn order(
             loaded.config.server.hostname
         );
     }
-    let key = order.finalize().await.context("finalising the ACME order")?;
+    let key = order
+        .finalize()
+        .await
+        .context("finalising the ACME order")?;
     let chain = order
         .poll_certificate(&retries)
         .await
@@ -346,7 +387,8 @@ pub(crate) async fn keep(
     }
     let renew_before_ms = i64::from(acme.renew_before_days) * 24 * 3600 * 1000;
     loop {
-        let due = not_after_ms(&loaded).is_none_or(|ends| ends - now_ms() < renew_before_ms) || !issued_by_ca(&loaded);
+        let due = not_after_ms(&loaded).is_none_or(|ends| ends - now_ms() < renew_before_ms)
+            || !issued_by_ca(&loaded);
         let mut wait = Duration::from_millis(acme.check_interval_ms.max(ACME_CHECK_MS_MIN));
         if due {
             match obtain(&loaded, &store, &certs).await {

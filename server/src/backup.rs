@@ -88,7 +88,10 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A path of the data folder's layout, as kept in the archive: relative, without `..`.
 fn archive_path(path: &Path, what: &str) -> anyhow::Result<String> {
-    if path.components().any(|c| !matches!(c, Component::Normal(_))) {
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
         bail!(
             "[paths] {what} = {}: backups take files inside the data folder only (a relative path without ..)",
             path.display()
@@ -135,14 +138,20 @@ pub(crate) fn write(
     }
     let store_name = archive_path(&cfg.paths.store, "store")?;
     let store_dir = loaded.path(&cfg.paths.store);
-    let scratch = store_dir.with_file_name(format!(".backup-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+    let scratch = store_dir.with_file_name(format!(
+        ".backup-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let scratch = Scratch(scratch);
     // Read before the checkpoint, which then holds at least this record.
     let anchor = store.audit_anchor();
     store.checkpoint(&scratch.0)?;
     let mut walk = vec![scratch.0.clone()];
     while let Some(dir) = walk.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
             let entry = entry?;
             let path = entry.path();
             if entry.file_type()?.is_dir() {
@@ -151,7 +160,9 @@ pub(crate) fn write(
                 let relative = path.strip_prefix(&scratch.0).context("checkpoint path")?;
                 let name = format!(
                     "{store_name}/{}",
-                    relative.to_str().context("a store file name is not UTF-8")?
+                    relative
+                        .to_str()
+                        .context("a store file name is not UTF-8")?
                 );
                 files.push((name, path));
             }
@@ -160,9 +171,12 @@ pub(crate) fn write(
             bail!("the store has over {BACKUP_FILES_MAX} files");
         }
     }
-    let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-        .context("setting up the encryption")?;
-    let mut encrypted = encryptor.wrap_output(out).context("starting the encryption")?;
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .context("setting up the encryption")?;
+    let mut encrypted = encryptor
+        .wrap_output(out)
+        .context("starting the encryption")?;
     let created_ms = now_ms();
     let mut manifest = Manifest {
         format: BACKUP_FORMAT,
@@ -177,7 +191,8 @@ pub(crate) fn write(
     {
         let mut archive = tar::Builder::new(&mut encrypted);
         for (name, path) in &files {
-            let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
             let meta = file.metadata()?;
             let mut header = tar::Header::new_gnu();
             header.set_size(meta.len());
@@ -217,13 +232,15 @@ pub(crate) fn write(
 
 /// The age identity of a key file (`AGE-SECRET-KEY-…` on a line of its own; # comments).
 fn read_identity(path: &Path) -> anyhow::Result<age::x25519::Identity> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let line = text
         .lines()
         .map(str::trim)
         .find(|l| l.starts_with("AGE-SECRET-KEY-"))
         .with_context(|| format!("{}: no AGE-SECRET-KEY line", path.display()))?;
-    age::x25519::Identity::from_str(line).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
+    age::x25519::Identity::from_str(line)
+        .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
 }
 
 /// Reads a backup through: each file to `sink` (or nowhere), checked against the manifest.
@@ -233,8 +250,9 @@ fn read_through(
     mut sink: impl FnMut(&str, u32, &mut dyn Read) -> anyhow::Result<()>,
 ) -> anyhow::Result<Summary> {
     let identity = read_identity(identity)?;
-    let input =
-        std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?);
+    let input = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+    );
     let decryptor = age::Decryptor::new_buffered(input).context("not an age-encrypted file")?;
     let reader = decryptor
         .decrypt(std::iter::once(&identity as &dyn age::Identity))
@@ -255,7 +273,9 @@ fn read_through(
         }
         if name == MANIFEST {
             let mut text = Vec::new();
-            (&mut entry).take(MANIFEST_BYTES_MAX).read_to_end(&mut text)?;
+            (&mut entry)
+                .take(MANIFEST_BYTES_MAX)
+                .read_to_end(&mut text)?;
             manifest = Some(serde_json::from_slice(&text).context("the manifest does not read")?);
             continue;
         }
@@ -279,7 +299,10 @@ fn read_through(
     }
     let manifest = manifest.context("the backup has no manifest: it is cut short")?;
     if manifest.format != BACKUP_FORMAT {
-        bail!("backup format {} (this version reads {BACKUP_FORMAT})", manifest.format);
+        bail!(
+            "backup format {} (this version reads {BACKUP_FORMAT})",
+            manifest.format
+        );
     }
     if seen != manifest.files {
         let differs = manifest
@@ -320,7 +343,10 @@ pub(crate) fn verify(file: &Path, identity: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// The audit anchor in a backup's manifest, the backup checked whole on the way.
-pub(crate) fn audit_anchor(file: &Path, identity: &Path) -> anyhow::Result<sealpost_storage::AuditAnchor> {
+pub(crate) fn audit_anchor(
+    file: &Path,
+    identity: &Path,
+) -> anyhow::Result<sealpost_storage::AuditAnchor> {
     let summary = read_through(file, identity, |_, _, _| Ok(()))?;
     summary.audit.with_context(|| {
         format!(
@@ -346,19 +372,25 @@ pub(crate) struct RestoreArgs {
 pub(crate) fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let target = &args.data;
     if target.exists() {
-        let mut entries = std::fs::read_dir(target).with_context(|| format!("reading {}", target.display()))?;
+        let mut entries =
+            std::fs::read_dir(target).with_context(|| format!("reading {}", target.display()))?;
         if entries.next().is_some() {
-            bail!("{} is not empty: restore into an empty or new folder", target.display());
+            bail!(
+                "{} is not empty: restore into an empty or new folder",
+                target.display()
+            );
         }
     } else {
-        std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+        std::fs::create_dir_all(target)
+            .with_context(|| format!("creating {}", target.display()))?;
     }
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o750))?;
     let restored = read_through(&args.file, &args.identity, |name, mode, content| {
         let path = target.join(name);
         if let Some(parent) = path.parent() {
             if !parent.exists() {
-                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
                 std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o750))?;
             }
         }
@@ -412,11 +444,15 @@ pub(crate) fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
 
 /// Takes a scheduled backup into `[backup] folder` (as `sealpost-<time>.backup`, written under
 /// a temporary name first) and removes the oldest past `keep`; audited.
-pub(crate) fn scheduled(loaded: &Loaded, store: &sealpost_storage::Store) -> anyhow::Result<PathBuf> {
+pub(crate) fn scheduled(
+    loaded: &Loaded,
+    store: &sealpost_storage::Store,
+) -> anyhow::Result<PathBuf> {
     let cfg = &loaded.config.backup;
     let folder = loaded.path(&cfg.folder);
     if !folder.exists() {
-        std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("creating {}", folder.display()))?;
         std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))?;
     }
     let stamp = time::OffsetDateTime::now_utc()
@@ -425,15 +461,20 @@ pub(crate) fn scheduled(loaded: &Loaded, store: &sealpost_storage::Store) -> any
         ))
         .unwrap_or_default();
     let path = folder.join(format!("sealpost-{stamp}.backup"));
-    let summary = crate::cli::write_whole(&path, 0o600, |file| write(loaded, store, &cfg.recipient, file))?;
+    let summary = crate::cli::write_whole(&path, 0o600, |file| {
+        write(loaded, store, &cfg.recipient, file)
+    })?;
     let anchor = summary.audit.map(|a| a.to_string()).unwrap_or_default();
     store.audit(
-        sealpost_storage::AuditEvent::new(&sealpost_storage::Actor::system(), "backup.create", "store").detail(
-            format!(
-                "scheduled; {} files, {} bytes; audit anchor {anchor}",
-                summary.files, summary.bytes
-            ),
-        ),
+        sealpost_storage::AuditEvent::new(
+            &sealpost_storage::Actor::system(),
+            "backup.create",
+            "store",
+        )
+        .detail(format!(
+            "scheduled; {} files, {} bytes; audit anchor {anchor}",
+            summary.files, summary.bytes
+        )),
     )?;
     tracing::info!(%anchor, "scheduled backup's audit anchor");
     let mut kept: Vec<PathBuf> = std::fs::read_dir(&folder)?

@@ -12,9 +12,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use sealpost_storage::{
-    Account, AccountStatus, Actor, AuditSearch, Error as StoreError, MasterKey, NewAccount, Role, Store,
+    Account, AccountStatus, Actor, AuditSearch, Error as StoreError, MasterKey, NewAccount, Role,
+    Store,
 };
-use sealpost_webmail::console::{self, AccountAction, Console, ExportFormat, Outcome, PolicyRefusal};
+use sealpost_webmail::console::{
+    self, AccountAction, Console, ExportFormat, Outcome, PolicyRefusal,
+};
 
 use crate::config::Loaded;
 use crate::now_ms;
@@ -379,7 +382,9 @@ pub(crate) fn admin(command: Admin) -> anyhow::Result<ExitCode> {
             backup: Some(backup),
             identity: Some(identity),
             data,
-        }) => return audit_verify_against_backup(expect_at_least, anchor, &backup, &identity, data),
+        }) => {
+            return audit_verify_against_backup(expect_at_least, anchor, &backup, &identity, data)
+        }
         command => command,
     };
     let input = if takes_input(&command) {
@@ -430,7 +435,11 @@ pub(crate) fn execute(command: Admin, run: &mut Run<'_>) -> anyhow::Result<u8> {
         Admin::Health { .. } => health(run),
         Admin::Dns(DnsCommand::Records { .. }) => {
             crate::dkim::ensure_keys(run.store())?;
-            write!(run.out, "{}", crate::dkim::dns_records(run.loaded, run.store())?)?;
+            write!(
+                run.out,
+                "{}",
+                crate::dkim::dns_records(run.loaded, run.store())?
+            )?;
             Ok(0)
         }
         Admin::Pickup(command) => pickup(command, run),
@@ -488,20 +497,29 @@ fn quarantine(command: QuarantineCommand, run: &mut Run<'_>) -> anyhow::Result<u
             }
             run.store().audit(
                 sealpost_storage::AuditEvent::new(&run.actor, "quarantine.search", "quarantine")
-                    .detail(format!("{count} held; account {}", account.as_deref().unwrap_or("any"))),
+                    .detail(format!(
+                        "{count} held; account {}",
+                        account.as_deref().unwrap_or("any")
+                    )),
             )?;
             writeln!(run.err, "{count} held messages")?;
         }
         QuarantineCommand::Release { address, id, .. } => {
             let account = run.find(&address)?;
             let id = quarantine_id_parse(&id).context("a quarantine id is 32 hex digits")?;
-            run.store().release_quarantined(account.id, &id, &run.actor)?;
-            writeln!(run.out, "released into {}'s INBOX and BACKUP", account.address)?;
+            run.store()
+                .release_quarantined(account.id, &id, &run.actor)?;
+            writeln!(
+                run.out,
+                "released into {}'s INBOX and BACKUP",
+                account.address
+            )?;
         }
         QuarantineCommand::Delete { address, id, .. } => {
             let account = run.find(&address)?;
             let id = quarantine_id_parse(&id).context("a quarantine id is 32 hex digits")?;
-            run.store().delete_quarantined(account.id, &id, &run.actor)?;
+            run.store()
+                .delete_quarantined(account.id, &id, &run.actor)?;
             writeln!(run.out, "deleted")?;
         }
     }
@@ -513,13 +531,15 @@ fn certificate(command: CertificateCommand, run: &mut Run<'_>) -> anyhow::Result
     match command {
         CertificateCommand::Show { .. } => {
             let path = run.loaded.path(&cfg.paths.tls_certificate);
-            let pem = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let pem =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let der = rustls_pemfile::certs(&mut pem.as_slice())
                 .next()
                 .context("no certificate in the file")??;
             let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            let (names, not_after) = crate::serve::certificate_facts(&path).context("the certificate does not read")?;
+            let (names, not_after) =
+                crate::serve::certificate_facts(&path).context("the certificate does not read")?;
             writeln!(run.out, "certificate {}", path.display())?;
             writeln!(run.out, "  names    {}", names.join(", "))?;
             writeln!(run.out, "  issuer   {}", cert.issuer())?;
@@ -532,7 +552,8 @@ fn certificate(command: CertificateCommand, run: &mut Run<'_>) -> anyhow::Result
                     "the server is not running: start it (it answers the CA's challenge on its HTTPS port), then renew"
                 );
             };
-            let ends = runtime.block_on(crate::acme::obtain(run.loaded, &run.console.store, certs))?;
+            let ends =
+                runtime.block_on(crate::acme::obtain(run.loaded, &run.console.store, certs))?;
             writeln!(
                 run.out,
                 "certificate obtained, in force for new connections; valid until {}",
@@ -549,7 +570,10 @@ fn certificate(command: CertificateCommand, run: &mut Run<'_>) -> anyhow::Result
                 "certificate.reload",
                 cfg.server.hostname.clone(),
             ))?;
-            writeln!(run.out, "certificate files read again; in force for new connections")?;
+            writeln!(
+                run.out,
+                "certificate files read again; in force for new connections"
+            )?;
         }
     }
     Ok(0)
@@ -569,7 +593,11 @@ fn retention(command: RetentionCommand, run: &mut Run<'_>) -> anyhow::Result<u8>
             struct Rules<'a> {
                 retention: &'a [sealpost_storage::RetentionRule],
             }
-            write!(run.out, "{}", toml::to_string(&Rules { retention: &rules })?)?;
+            write!(
+                run.out,
+                "{}",
+                toml::to_string(&Rules { retention: &rules })?
+            )?;
         }
         RetentionCommand::Run { dry_run, .. } => {
             let accounts: std::collections::HashMap<_, _> = run
@@ -582,13 +610,20 @@ fn retention(command: RetentionCommand, run: &mut Run<'_>) -> anyhow::Result<u8>
             for d in &gone {
                 let place = match (d.uid, d.kept) {
                     (Some(uid), _) => format!("uid {uid}"),
-                    (None, Some(id)) => format!("kept {}", id.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+                    (None, Some(id)) => format!(
+                        "kept {}",
+                        id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    ),
                     _ => String::new(),
                 };
                 writeln!(
                     run.out,
                     "{}  {}  {}  {place}  {} bytes  dated {}  rule {}",
-                    if dry_run { "would destroy" } else { "destroyed" },
+                    if dry_run {
+                        "would destroy"
+                    } else {
+                        "destroyed"
+                    },
                     accounts.get(&d.account).map_or("?", String::as_str),
                     d.folder,
                     d.size,
@@ -673,12 +708,16 @@ fn hold(command: HoldCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
         }
         HoldCommand::Remove { hold, address, .. } => {
             let account = run.find(&address)?;
-            run.store().hold_remove_custodian(hold, account.id, &run.actor)?;
+            run.store()
+                .hold_remove_custodian(hold, account.id, &run.actor)?;
             writeln!(run.out, "{} is off hold {hold}", account.address)?;
         }
         HoldCommand::Release { hold, .. } => {
             run.store().release_hold(hold, &run.actor)?;
-            writeln!(run.out, "hold {hold} released; retention takes its course again")?;
+            writeln!(
+                run.out,
+                "hold {hold} released; retention takes its course again"
+            )?;
         }
     }
     Ok(0)
@@ -731,8 +770,15 @@ fn ediscovery(command: DiscoveryCommand, run: &mut Run<'_>) -> anyhow::Result<u8
                 DiscoveryFormat::Eml => discovery::ExportKind::Eml,
             };
             let exported = if run.via_server {
-                discovery::export(&run.console.store, &run.actor, &query, kind, &encrypt_to, &mut *run.out)
-                    .map_err(|why| anyhow::anyhow!("{why}"))?
+                discovery::export(
+                    &run.console.store,
+                    &run.actor,
+                    &query,
+                    kind,
+                    &encrypt_to,
+                    &mut *run.out,
+                )
+                .map_err(|why| anyhow::anyhow!("{why}"))?
             } else {
                 write_whole(&to, 0o600, |file| {
                     discovery::export(run.store(), &run.actor, &query, kind, &encrypt_to, file)
@@ -814,7 +860,8 @@ pub(crate) fn write_whole<T>(
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", partial.display()))?
             .sync_all()
             .with_context(|| format!("writing {}", partial.display()))?;
-        std::fs::rename(&partial, path).with_context(|| format!("renaming into {}", path.display()))?;
+        std::fs::rename(&partial, path)
+            .with_context(|| format!("renaming into {}", path.display()))?;
         Ok(done)
     })();
     if written.is_err() {
@@ -1264,7 +1311,8 @@ fn pending_key_path(key_path: &Path) -> PathBuf {
 fn finish_rotation(key_path: &Path) -> anyhow::Result<PathBuf> {
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
     let retired = key_path.with_extension(format!("key.retired-{stamp}"));
-    std::fs::rename(key_path, &retired).with_context(|| format!("renaming {}", key_path.display()))?;
+    std::fs::rename(key_path, &retired)
+        .with_context(|| format!("renaming {}", key_path.display()))?;
     std::fs::rename(pending_key_path(key_path), key_path)
         .with_context(|| format!("renaming into {}", key_path.display()))?;
     if let Some(dir) = key_path.parent() {
@@ -1315,7 +1363,13 @@ fn account(command: AccountCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
             let local = address.split('@').next().unwrap_or_default().to_string();
             let display_name = name.clone().unwrap_or(local);
             if enrolment_link {
-                let (id, link) = console::create_account(run.console, &run.actor, &address, &display_name, role)?;
+                let (id, link) = console::create_account(
+                    run.console,
+                    &run.actor,
+                    &address,
+                    &display_name,
+                    role,
+                )?;
                 let account = run.store().account(id)?;
                 writeln!(
                     run.out,
@@ -1325,11 +1379,17 @@ fn account(command: AccountCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
                     account.role.as_str()
                 )?;
                 writeln!(run.out, "enrolment link: {link}")?;
-                writeln!(run.out, "(append it to the site's address; it works once, for 7 days)")?;
+                writeln!(
+                    run.out,
+                    "(append it to the site's address; it works once, for 7 days)"
+                )?;
                 return Ok(0);
             }
             let password = if password_stdin {
-                run.password(&[&address, name.as_deref().unwrap_or("")], allow_weak_password)?
+                run.password(
+                    &[&address, name.as_deref().unwrap_or("")],
+                    allow_weak_password,
+                )?
             } else {
                 crate::init::generate_password()
             };
@@ -1359,12 +1419,17 @@ fn account(command: AccountCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
                 )?;
             }
         }
-        AccountCommand::List { search, page, json, .. } => {
+        AccountCommand::List {
+            search, page, json, ..
+        } => {
             let (accounts, footer) = match (&search, page) {
                 (None, None) => (run.store().list_accounts()?, None),
                 _ => {
-                    let found =
-                        console::search_accounts(run.store(), search.as_deref().unwrap_or(""), page.unwrap_or(1))?;
+                    let found = console::search_accounts(
+                        run.store(),
+                        search.as_deref().unwrap_or(""),
+                        page.unwrap_or(1),
+                    )?;
                     let footer = format!(
                         "page {} of {}; {} accounts match",
                         found.page, found.pages, found.matched
@@ -1409,12 +1474,20 @@ fn account(command: AccountCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
             writeln!(out, "  name            {}", account.display_name)?;
             writeln!(out, "  role            {}", account.role.as_str())?;
             writeln!(out, "  status          {}", status_word(account.status))?;
-            writeln!(out, "  created         {}", format_ms(account.created_at_ms))?;
+            writeln!(
+                out,
+                "  created         {}",
+                format_ms(account.created_at_ms)
+            )?;
             writeln!(
                 out,
                 "  second factors  {} passkeys, authenticator app {}, {} recovery codes",
                 credentials.passkeys.len(),
-                if credentials.totp.is_some() { "yes" } else { "no" },
+                if credentials.totp.is_some() {
+                    "yes"
+                } else {
+                    "no"
+                },
                 credentials.recovery.len()
             )?;
             writeln!(out, "  app passwords   {}", credentials.app_passwords.len())?;
@@ -1425,8 +1498,12 @@ fn account(command: AccountCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
                 None => writeln!(out, "  storage         {used} bytes, no quota")?,
             }
         }
-        AccountCommand::EnrolmentLink { address, .. } => return act(run, &address, AccountAction::EnrolmentLink),
-        AccountCommand::Quota { address, mb, none, .. } => {
+        AccountCommand::EnrolmentLink { address, .. } => {
+            return act(run, &address, AccountAction::EnrolmentLink)
+        }
+        AccountCommand::Quota {
+            address, mb, none, ..
+        } => {
             let text = match (mb, none) {
                 (_, true) => String::new(),
                 (Some(mb), false) if !mb.trim().is_empty() => mb,
@@ -1434,14 +1511,22 @@ fn account(command: AccountCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
             };
             return act(run, &address, AccountAction::Quota(text));
         }
-        AccountCommand::AliasAdd { address, alias, .. } => return act(run, &address, AccountAction::AliasAdd(alias)),
+        AccountCommand::AliasAdd { address, alias, .. } => {
+            return act(run, &address, AccountAction::AliasAdd(alias))
+        }
         AccountCommand::AliasRemove { address, alias, .. } => {
             return act(run, &address, AccountAction::AliasRemove(alias))
         }
-        AccountCommand::Disable { address, .. } => return act(run, &address, AccountAction::Disable),
+        AccountCommand::Disable { address, .. } => {
+            return act(run, &address, AccountAction::Disable)
+        }
         AccountCommand::Enable { address, .. } => return act(run, &address, AccountAction::Enable),
-        AccountCommand::EndSessions { address, .. } => return act(run, &address, AccountAction::EndSessions),
-        AccountCommand::ResetFactors { address, .. } => return act(run, &address, AccountAction::ResetFactors),
+        AccountCommand::EndSessions { address, .. } => {
+            return act(run, &address, AccountAction::EndSessions)
+        }
+        AccountCommand::ResetFactors { address, .. } => {
+            return act(run, &address, AccountAction::ResetFactors)
+        }
         AccountCommand::RevokeAppPasswords { address, .. } => {
             return act(run, &address, AccountAction::RevokeAppPasswords)
         }
@@ -1462,12 +1547,19 @@ fn account(command: AccountCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
             ..
         } => {
             let account = run.find(&address)?;
-            let password = run.password(&[&account.address, &account.display_name], allow_weak_password)?;
-            run.store().set_password(account.id, &password, &run.actor)?;
+            let password = run.password(
+                &[&account.address, &account.display_name],
+                allow_weak_password,
+            )?;
+            run.store()
+                .set_password(account.id, &password, &run.actor)?;
             writeln!(run.out, "password changed for {}", account.address)?;
         }
         AccountCommand::AppPassword {
-            address, name, scope, ..
+            address,
+            name,
+            scope,
+            ..
         } => {
             let account = run.find(&address)?;
             let password = sealpost_auth::credentials::issue_app_password(
@@ -1478,7 +1570,11 @@ fn account(command: AccountCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
                 &run.actor,
             )
             .map_err(|why| anyhow::anyhow!("{why}"))?;
-            writeln!(run.out, "app password for {} ({name}): {password}", account.address)?;
+            writeln!(
+                run.out,
+                "app password for {} ({name}): {password}",
+                account.address
+            )?;
             writeln!(
                 run.out,
                 "(shown once; the mail client takes it as its password, spaces or not)"
@@ -1504,7 +1600,12 @@ fn account(command: AccountCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
         }
         AccountCommand::RevokeAppPassword { address, id, .. } => {
             let account = run.find(&address)?;
-            if !sealpost_auth::credentials::revoke_app_password(run.store(), account.id, &id, &run.actor)? {
+            if !sealpost_auth::credentials::revoke_app_password(
+                run.store(),
+                account.id,
+                &id,
+                &run.actor,
+            )? {
                 bail!("{} has no app password {id}", account.address);
             }
             writeln!(run.out, "revoked app password {id} of {}", account.address)?;
@@ -1569,7 +1670,8 @@ fn policy(command: PolicyCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
             write!(run.out, "{}", console::policy_toml(&config))?;
         }
         PolicyCommand::Show {
-            version: Some(version), ..
+            version: Some(version),
+            ..
         } => {
             let name = sealpost_policy::PolicyVersion::history_name(version);
             let saved: sealpost_policy::PolicyVersion = run
@@ -1615,7 +1717,8 @@ fn policy(command: PolicyCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
             let policy = match &run.console.rules {
                 Some(rules) => rules.current(),
                 None => std::sync::Arc::new(
-                    sealpost_policy::Policy::new(policy_in_force(run)?).map_err(|e| anyhow::anyhow!("{e}"))?,
+                    sealpost_policy::Policy::new(policy_in_force(run)?)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
                 ),
             };
             let findings = console::try_policy(&policy, &subject, &text);
@@ -1640,10 +1743,18 @@ fn audit_verify_against_backup(
     data: PathBuf,
 ) -> anyhow::Result<ExitCode> {
     let anchor = crate::backup::audit_anchor(backup, identity)?;
-    eprintln!("backup {} is intact; its audit anchor: {anchor}", backup.display());
+    eprintln!(
+        "backup {} is intact; its audit anchor: {anchor}",
+        backup.display()
+    );
     anchors.push(anchor.to_string());
     let data_text = data.to_str().context("--data is not UTF-8")?.to_string();
-    let mut args = vec!["audit".to_string(), "verify".into(), "--data".into(), data_text];
+    let mut args = vec![
+        "audit".to_string(),
+        "verify".into(),
+        "--data".into(),
+        data_text,
+    ];
     for anchor in &anchors {
         args.extend(["--anchor".to_string(), anchor.clone()]);
     }
@@ -1666,12 +1777,17 @@ fn audit_verify_against_backup(
 }
 
 /// `audit verify`: the chain, then what was kept outside the store.
-fn audit_verify(expect_at_least: Option<u64>, anchors: &[String], run: &mut Run<'_>) -> anyhow::Result<u8> {
+fn audit_verify(
+    expect_at_least: Option<u64>,
+    anchors: &[String],
+    run: &mut Run<'_>,
+) -> anyhow::Result<u8> {
     let anchors = anchors
         .iter()
         .map(|text| {
-            sealpost_storage::AuditAnchor::parse(text)
-                .with_context(|| format!("--anchor {text}: expected SEQ:LINK (a number, a colon, 64 hex digits)"))
+            sealpost_storage::AuditAnchor::parse(text).with_context(|| {
+                format!("--anchor {text}: expected SEQ:LINK (a number, a colon, 64 hex digits)")
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let report = run.store().audit_verify_against(&anchors)?;
@@ -1711,10 +1827,18 @@ fn audit_verify(expect_at_least: Option<u64>, anchors: &[String], run: &mut Run<
         }
     }
     for anchor in &anchors {
-        match report.anchors_failed.iter().find(|failed| failed.seq == anchor.seq) {
+        match report
+            .anchors_failed
+            .iter()
+            .find(|failed| failed.seq == anchor.seq)
+        {
             None => writeln!(run.out, "anchor {} holds", anchor.seq)?,
             Some(failed) => {
-                writeln!(run.out, "anchor {} does NOT hold: {}", anchor.seq, failed.reason)?;
+                writeln!(
+                    run.out,
+                    "anchor {} does NOT hold: {}",
+                    anchor.seq, failed.reason
+                )?;
                 code = 1;
             }
         }
@@ -1730,14 +1854,18 @@ fn audit(command: AuditCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
             backup: None,
             ..
         } => audit_verify(expect_at_least, &anchor, run),
-        AuditCommand::Verify { backup: Some(_), .. } => {
+        AuditCommand::Verify {
+            backup: Some(_), ..
+        } => {
             // The client reads the backup and sends its anchor as --anchor (see `admin`).
-            bail!("--backup is read by the command itself, not in the server: give --anchor SEQ:LINK")
+            bail!(
+                "--backup is read by the command itself, not in the server: give --anchor SEQ:LINK"
+            )
         }
         AuditCommand::Search { filter, limit, .. } => {
-            let page = run
-                .store()
-                .audit_search(&filter.search(limit.min(sealpost_storage::AUDIT_COUNT_EXACT_MAX))?)?;
+            let page = run.store().audit_search(
+                &filter.search(limit.min(sealpost_storage::AUDIT_COUNT_EXACT_MAX))?,
+            )?;
             for record in &page.records {
                 writeln!(run.out, "{}", console::audit_json_line(record))?;
             }
@@ -1750,13 +1878,17 @@ fn audit(command: AuditCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
             Ok(0)
         }
         AuditCommand::Export {
-            filter, format, output, ..
+            filter,
+            format,
+            output,
+            ..
         } => {
             let mut file;
             let writer: &mut dyn Write = match (&output, run.via_server) {
                 (Some(path), false) => {
                     file = std::io::BufWriter::new(
-                        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                        std::fs::File::create(path)
+                            .with_context(|| format!("creating {}", path.display()))?,
                     );
                     &mut file
                 }
@@ -1799,9 +1931,14 @@ fn whole_log(store: &Store, filter: &AuditFilter, writer: &mut dyn Write) -> any
         .unwrap_or(i64::MIN);
     let mut count = 0usize;
     store.audit_records(since_ms, &mut |record| {
-        let mut line = serde_json::to_value(&record).map_err(|_| StoreError::InvalidInput { what: "audit record" })?;
+        let mut line = serde_json::to_value(&record).map_err(|_| StoreError::InvalidInput {
+            what: "audit record",
+        })?;
         if let Some(object) = line.as_object_mut() {
-            object.insert("at".to_string(), serde_json::Value::String(format_ms(record.at_ms)));
+            object.insert(
+                "at".to_string(),
+                serde_json::Value::String(format_ms(record.at_ms)),
+            );
             object.insert(
                 "outcome".to_string(),
                 serde_json::Value::String(record.event.outcome.as_str().to_string()),
@@ -1840,12 +1977,18 @@ fn queue(command: QueueCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
             writeln!(out, "  attempts      {}", entry.attempts)?;
             writeln!(out, "  next attempt  {}", format_ms(entry.next_attempt_ms))?;
             for (recipient, state) in entry.envelope.recipients.iter().zip(&entry.states) {
-                writeln!(out, "  to <{}>: {}", recipient.address, console::state_text(state))?;
+                writeln!(
+                    out,
+                    "  to <{}>: {}",
+                    recipient.address,
+                    console::state_text(state)
+                )?;
             }
         }
         QueueCommand::Retry { id, .. } => {
             let entry = find_queued(run.store(), &id)?;
-            run.store().queue_retry(entry.account, entry.id, &run.actor)?;
+            run.store()
+                .queue_retry(entry.account, entry.id, &run.actor)?;
             if let Some(waker) = run.console.queue_waker.as_ref() {
                 waker.notify_one();
             }
@@ -1857,7 +2000,8 @@ fn queue(command: QueueCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
         }
         QueueCommand::Delete { id, .. } => {
             let entry = find_queued(run.store(), &id)?;
-            run.store().queue_delete(entry.account, entry.id, &run.actor)?;
+            run.store()
+                .queue_delete(entry.account, entry.id, &run.actor)?;
             writeln!(run.out, "queue entry {} deleted", entry.id)?;
         }
         QueueCommand::List { json, .. } => {
@@ -1871,7 +2015,12 @@ fn queue(command: QueueCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
             let out = &mut *run.out;
             for entry in &queued {
                 let account = accounts.get(&entry.account).map_or("?", String::as_str);
-                let recipients: Vec<&str> = entry.envelope.recipients.iter().map(|r| r.address.as_str()).collect();
+                let recipients: Vec<&str> = entry
+                    .envelope
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.as_str())
+                    .collect();
                 if json {
                     let line = serde_json::json!({
                         "id": entry.id.to_string(), "account": account, "from": entry.envelope.from,
@@ -1985,7 +2134,11 @@ fn health(run: &mut Run<'_>) -> anyhow::Result<u8> {
     writeln!(
         out,
         "server: {}",
-        if run.via_server { "running" } else { "not running" }
+        if run.via_server {
+            "running"
+        } else {
+            "not running"
+        }
     )?;
     for (name, address) in &info.listeners {
         writeln!(out, "listener {name:<22} {address}")?;
@@ -2023,7 +2176,11 @@ fn health(run: &mut Run<'_>) -> anyhow::Result<u8> {
     for (domain, count) in &figures.failures {
         writeln!(out, "delivery failures (7 days) {domain}: {count}")?;
     }
-    writeln!(out, "refused sign-ins (24 hours) {}", figures.sign_in_failures_total)?;
+    writeln!(
+        out,
+        "refused sign-ins (24 hours) {}",
+        figures.sign_in_failures_total
+    )?;
     for (who, count) in &figures.sign_in_failures {
         writeln!(out, "refused sign-ins (24 hours) {who}: {count}")?;
     }
@@ -2059,19 +2216,33 @@ fn pickup(command: PickupCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
                 .pickup(&token)?
                 .filter(|p| p.state == sealpost_storage::PickupState::Live)
             else {
-                writeln!(run.out, "no pickup for that link (unknown, expired or withdrawn)")?;
+                writeln!(
+                    run.out,
+                    "no pickup for that link (unknown, expired or withdrawn)"
+                )?;
                 return Ok(1);
             };
             if message {
-                let raw = run.store().read_pickup(&token)?.context("the pickup went away")?;
+                let raw = run
+                    .store()
+                    .read_pickup(&token)?
+                    .context("the pickup went away")?;
                 run.store().audit(
-                    sealpost_storage::AuditEvent::new(&run.actor, "pickup.read", format!("queue {}", pickup.queue))
-                        .detail(format!("for {}", pickup.recipient)),
+                    sealpost_storage::AuditEvent::new(
+                        &run.actor,
+                        "pickup.read",
+                        format!("queue {}", pickup.queue),
+                    )
+                    .detail(format!("for {}", pickup.recipient)),
                 )?;
                 run.out.write_all(&raw)?;
                 return Ok(0);
             }
-            writeln!(run.out, "pickup for <{}> from <{}>", pickup.recipient, pickup.sender)?;
+            writeln!(
+                run.out,
+                "pickup for <{}> from <{}>",
+                pickup.recipient, pickup.sender
+            )?;
             writeln!(run.out, "  size     {} bytes", pickup.size)?;
             writeln!(run.out, "  created  {}", format_ms(pickup.created_ms))?;
             writeln!(run.out, "  expires  {}", format_ms(pickup.expires_ms))?;
@@ -2137,7 +2308,10 @@ mod tests {
     #[test]
     fn since_accepts_rfc3339_dates_and_unix_seconds() {
         assert_eq!(parse_since("1700000000").unwrap(), 1_700_000_000_000);
-        assert_eq!(parse_since("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000);
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20Z").unwrap(),
+            1_700_000_000_000
+        );
         assert_eq!(parse_since("2023-11-14").unwrap(), 1_699_920_000_000);
         assert!(parse_since("yesterday").is_err());
     }

@@ -390,7 +390,8 @@ impl Loaded {
                 file.display()
             )
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e))?;
         validate(&config).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Self {
@@ -405,8 +406,10 @@ impl Loaded {
     }
 
     pub(crate) fn store_config(&self) -> sealpost_storage::StoreConfig {
-        let mut store =
-            sealpost_storage::StoreConfig::new(self.path(&self.config.paths.store), &self.config.server.domain);
+        let mut store = sealpost_storage::StoreConfig::new(
+            self.path(&self.config.paths.store),
+            &self.config.server.domain,
+        );
         store.limits.message_bytes_max = self.config.limits.message_bytes_max;
         store.limits.mailboxes_per_account_max = self.config.limits.mailboxes_per_account_max;
         store.limits.mailbox_name_bytes_max = self.config.limits.mailbox_name_bytes_max;
@@ -443,11 +446,17 @@ fn validate(config: &Config) -> anyhow::Result<()> {
         );
     }
     let domain = &config.server.domain;
-    if domain.is_empty() || !domain.contains('.') && domain != "localhost" || domain.contains(char::is_whitespace) {
+    if domain.is_empty()
+        || !domain.contains('.') && domain != "localhost"
+        || domain.contains(char::is_whitespace)
+    {
         bail!("server.domain: {domain:?} is not a domain name");
     }
     if config.server.hostname.is_empty() || config.server.hostname.contains(char::is_whitespace) {
-        bail!("server.hostname: {:?} is not a host name", config.server.hostname);
+        bail!(
+            "server.hostname: {:?} is not a host name",
+            config.server.hostname
+        );
     }
     let ports = config.listeners.named();
     for (name, port) in ports {
@@ -512,7 +521,10 @@ fn validate(config: &Config) -> anyhow::Result<()> {
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse::<u16>().ok());
         if port.is_none_or(|p| p == 0) {
-            bail!("outbound.smarthost: {:?} is not host:port", config.outbound.smarthost);
+            bail!(
+                "outbound.smarthost: {:?} is not host:port",
+                config.outbound.smarthost
+            );
         }
     }
     for (alias, targets) in &config.aliases {
@@ -520,7 +532,10 @@ fn validate(config: &Config) -> anyhow::Result<()> {
             bail!("aliases.{alias:?}: an alias is an address with a list of one or more account addresses");
         }
     }
-    if limits.imap_connections_max == 0 || limits.smtp_connections_max == 0 || limits.web_connections_max == 0 {
+    if limits.imap_connections_max == 0
+        || limits.smtp_connections_max == 0
+        || limits.web_connections_max == 0
+    {
         bail!("limits: imap_connections_max, smtp_connections_max and web_connections_max must be at least 1");
     }
     for (name, value) in [
@@ -588,9 +603,21 @@ https = 443
         );
         check("smtp = 25", "smtp = 0", "listeners.smtp: port 0");
         check("smtp = 25", "smtp = 70000", "smtp");
-        check("domain = \"clinic.example\"", "domain = \"nodot\"", "server.domain");
-        check("listen_host = \"127.0.0.1\"", "listen_host = \"here\"", "listen_host");
-        check("https = 443", "https = 443\nhttp = 80", "unknown field `http`");
+        check(
+            "domain = \"clinic.example\"",
+            "domain = \"nodot\"",
+            "server.domain",
+        );
+        check(
+            "listen_host = \"127.0.0.1\"",
+            "listen_host = \"here\"",
+            "listen_host",
+        );
+        check(
+            "https = 443",
+            "https = 443\nhttp = 80",
+            "unknown field `http`",
+        );
         check(
             "https = 443",
             "https = 443\n[limits]\nmessage_bytes_max = 10",

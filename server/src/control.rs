@@ -70,9 +70,11 @@ pub(crate) fn listen(data: &Path, side: ServerSide) -> anyhow::Result<Listening>
     // A socket left by a server that did not stop cleanly; the store's lock, taken before
     // this, shows no other server runs here.
     if path.exists() {
-        std::fs::remove_file(&path).with_context(|| format!("removing the stale {}", path.display()))?;
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing the stale {}", path.display()))?;
     }
-    let listener = UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))?;
     info!(path = %path.display(), "control socket listening");
@@ -156,12 +158,17 @@ fn answer(side: &ServerSide, mut stream: UnixStream) -> anyhow::Result<()> {
     let request: Request = match read_request(&stream)? {
         Some(request) => request,
         None => {
-            frame(&mut stream, b'e', b"sealpost: the control request did not read\n")?;
+            frame(
+                &mut stream,
+                b'e',
+                b"sealpost: the control request did not read\n",
+            )?;
             frame(&mut stream, b'x', &[64])?;
             return Ok(());
         }
     };
-    let parsed = crate::Args::try_parse_from(std::iter::once("sealpost".to_string()).chain(request.args));
+    let parsed =
+        crate::Args::try_parse_from(std::iter::once("sealpost".to_string()).chain(request.args));
     let command = match parsed.map(|args| args.command) {
         Ok(crate::Command::Admin(command)) => command,
         Ok(_) => {
@@ -218,7 +225,11 @@ fn answer(side: &ServerSide, mut stream: UnixStream) -> anyhow::Result<()> {
     let code = match result {
         Ok(code) => code,
         Err(error) => {
-            frame(&mut stream, b'e', format!("sealpost: {error:#}\n").as_bytes())?;
+            frame(
+                &mut stream,
+                b'e',
+                format!("sealpost: {error:#}\n").as_bytes(),
+            )?;
             1
         }
     };
@@ -250,9 +261,8 @@ pub(crate) fn forward(
     drop(out);
     if let (Some(partial), Some(output)) = (&partial, output) {
         match &result {
-            Ok(code) if *code == 0 => {
-                std::fs::rename(partial, output).with_context(|| format!("renaming into {}", output.display()))?
-            }
+            Ok(code) if *code == 0 => std::fs::rename(partial, output)
+                .with_context(|| format!("renaming into {}", output.display()))?,
             _ => {
                 let _ = std::fs::remove_file(partial);
             }
@@ -267,14 +277,20 @@ fn send(stream: &mut UnixStream, args: Vec<String>, input: Option<String>) -> an
         .unwrap_or_else(|_| "unknown".to_string());
     let request = Request { args, input, user };
     let line = request_line(&request).context("writing the control request")?;
-    stream.write_all(&line).context("sending the command to the server")
+    stream
+        .write_all(&line)
+        .context("sending the command to the server")
 }
 
 /// Runs `args` (a console command) in the running server and returns its exit status and
 /// standard output (its standard error goes to this process's).
 pub(crate) fn run_in_server(data: &Path, args: &[&str]) -> anyhow::Result<(u8, Vec<u8>)> {
     let mut stream = connect(data).context("the server is not running")?;
-    send(&mut stream, args.iter().map(|a| a.to_string()).collect(), None)?;
+    send(
+        &mut stream,
+        args.iter().map(|a| a.to_string()).collect(),
+        None,
+    )?;
     let mut out = Vec::new();
     let code = relay(stream, &mut out)?;
     Ok((code, out))

@@ -92,11 +92,14 @@ pub enum Frame {
 /// is an error; memory is taken as the bytes arrive, not as the length claims.
 pub fn read_frame(reader: &mut impl Read) -> anyhow::Result<Frame> {
     let mut head = [0u8; 5];
-    reader
-        .read_exact(&mut head)
-        .map_err(|_| anyhow::anyhow!("the server closed the control connection before the command ended"))?;
+    reader.read_exact(&mut head).map_err(|_| {
+        anyhow::anyhow!("the server closed the control connection before the command ended")
+    })?;
     let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-    anyhow::ensure!(length <= FRAME_BYTES_MAX, "the server sent a frame of {length} bytes");
+    anyhow::ensure!(
+        length <= FRAME_BYTES_MAX,
+        "the server sent a frame of {length} bytes"
+    );
     let mut bytes = Vec::new();
     reader
         .take(u64::from(length))
@@ -136,7 +139,10 @@ pub mod fuzzing {
                 return;
             };
             let user = actor_user(&request.user);
-            assert!(user.chars().count() <= CONTROL_USER_CHARS_MAX && user.chars().all(|c| c.is_ascii_graphic()));
+            assert!(
+                user.chars().count() <= CONTROL_USER_CHARS_MAX
+                    && user.chars().all(|c| c.is_ascii_graphic())
+            );
             if let Ok(line) = request_line(&request) {
                 let again = read_request(line.as_slice());
                 assert!(
@@ -152,7 +158,9 @@ pub mod fuzzing {
                 Ok(Frame::Out(bytes) | Frame::Err(bytes)) => {
                     let mut written = Vec::new();
                     if write_frame(&mut written, b'o', &bytes).is_ok() {
-                        assert!(matches!(read_frame(&mut written.as_slice()), Ok(Frame::Out(b)) if b == bytes));
+                        assert!(
+                            matches!(read_frame(&mut written.as_slice()), Ok(Frame::Out(b)) if b == bytes)
+                        );
                     }
                 }
                 Ok(Frame::Exit(_)) | Err(_) => return,
@@ -171,11 +179,17 @@ mod tests {
         write_frame(&mut wire, b'o', b"hello").unwrap();
         write_frame(&mut wire, b'x', &[3]).unwrap();
         let mut reader = wire.as_slice();
-        assert_eq!(read_frame(&mut reader).unwrap(), Frame::Out(b"hello".to_vec()));
+        assert_eq!(
+            read_frame(&mut reader).unwrap(),
+            Frame::Out(b"hello".to_vec())
+        );
         assert_eq!(read_frame(&mut reader).unwrap(), Frame::Exit(3));
         // A length past FRAME_BYTES_MAX, a frame cut short, an unknown kind.
         let error = read_frame(&mut [b'o', 0xff, 0xff, 0xff, 0xff].as_slice()).unwrap_err();
-        assert!(error.to_string().contains("a frame of 4294967295 bytes"), "{error}");
+        assert!(
+            error.to_string().contains("a frame of 4294967295 bytes"),
+            "{error}"
+        );
         let error = read_frame(&mut [b'o', 0, 0, 0, 9, b'a'].as_slice()).unwrap_err();
         assert!(error.to_string().contains("8 bytes short"), "{error}");
         let error = read_frame(&mut [b'?', 0, 0, 0, 0].as_slice()).unwrap_err();

@@ -34,7 +34,8 @@ pub(crate) fn ensure_keys(store: &Store) -> anyhow::Result<()> {
         store.set_secret(SECRET_ED25519, pkcs8.as_ref(), &Actor::system())?;
     }
     if store.secret(SECRET_RSA)?.is_none() {
-        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), RSA_BITS).context("making the RSA DKIM key")?;
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), RSA_BITS)
+            .context("making the RSA DKIM key")?;
         let der = key.to_pkcs8_der().context("encoding the RSA DKIM key")?;
         store.set_secret(SECRET_RSA, der.as_bytes(), &Actor::system())?;
     }
@@ -65,7 +66,10 @@ fn public_keys(keys: &DkimKeys) -> anyhow::Result<(String, String)> {
         .to_public_key_der()
         .context("encoding the RSA public key")?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    Ok((b64.encode(ed.public_key().as_ref()), b64.encode(spki.as_bytes())))
+    Ok((
+        b64.encode(ed.public_key().as_ref()),
+        b64.encode(spki.as_bytes()),
+    ))
 }
 
 /// The records to publish for the primary domain, in zone-file syntax.
@@ -131,9 +135,17 @@ pub(crate) fn expected_records(
             Txt,
             format!("p={ed}"),
         ),
-        (format!("{SELECTOR_RSA}._domainkey.{domain}"), Txt, format!("p={rsa}")),
+        (
+            format!("{SELECTOR_RSA}._domainkey.{domain}"),
+            Txt,
+            format!("p={rsa}"),
+        ),
         (format!("_dmarc.{domain}"), Txt, "v=DMARC1".into()),
-        (format!("_mta-sts.{domain}"), Txt, format!("id={}", mta_sts_id(loaded))),
+        (
+            format!("_mta-sts.{domain}"),
+            Txt,
+            format!("id={}", mta_sts_id(loaded)),
+        ),
         (format!("_smtp._tls.{domain}"), Txt, "v=TLSRPTv1".into()),
     ])
 }
@@ -144,12 +156,21 @@ fn tlsa_3_1_1(certificate: &std::path::Path) -> Option<String> {
     let pem = std::fs::read(certificate).ok()?;
     let der = rustls_pemfile::certs(&mut pem.as_slice()).next()?.ok()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, parsed.tbs_certificate.subject_pki.raw);
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        parsed.tbs_certificate.subject_pki.raw,
+    );
     Some(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A policy id that changes when the MX host does.
 fn mta_sts_id(loaded: &Loaded) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, loaded.config.server.hostname.as_bytes());
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        loaded.config.server.hostname.as_bytes(),
+    );
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -48,7 +48,9 @@ pub(crate) struct DoctorArgs {
 }
 
 fn mode_of(path: &Path) -> Option<u32> {
-    std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o777)
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
 }
 
 pub(crate) fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
@@ -106,7 +108,10 @@ fn check(data: &Path, f: &mut Findings) {
             Level::Ok,
             format!("data folder {} is closed to other users", data.display()),
         ),
-        None => f.say(Level::Fail, format!("data folder {} cannot be read", data.display())),
+        None => f.say(
+            Level::Fail,
+            format!("data folder {} cannot be read", data.display()),
+        ),
     }
     // Keys.
     let master = loaded.master_key_path();
@@ -144,7 +149,10 @@ fn check(data: &Path, f: &mut Findings) {
     if cfg.backup.recipient.trim().is_empty() {
         f.say(Level::Warn, "[backup] recipient is empty: no scheduled backups; fix: set an age recipient (age-keygen) in sealpost.toml");
     } else if cfg.backup.interval_ms == 0 {
-        f.say(Level::Warn, "[backup] interval_ms is 0: no scheduled backups");
+        f.say(
+            Level::Warn,
+            "[backup] interval_ms is 0: no scheduled backups",
+        );
     } else {
         f.say(
             Level::Ok,
@@ -295,7 +303,10 @@ fn check(data: &Path, f: &mut Findings) {
         ),
     }
     if now_ms() < CLOCK_PLAUSIBLE_MS_MIN {
-        f.say(Level::Fail, "the clock is set before November 2023; fix: set the time");
+        f.say(
+            Level::Fail,
+            "the clock is set before November 2023; fix: set the time",
+        );
     }
     // DNS: what the server would publish, against what DNS answers.
     dns(data, &loaded, running, f);
@@ -322,19 +333,27 @@ fn dns(data: &Path, loaded: &Loaded, running: bool, f: &mut Findings) {
                     }
                 }
             }
-            Ok((code, _)) => f.say(Level::Warn, format!("the server's health check ended with {code}")),
-            Err(error) => f.say(Level::Warn, format!("the server's health check did not run: {error:#}")),
+            Ok((code, _)) => f.say(
+                Level::Warn,
+                format!("the server's health check ended with {code}"),
+            ),
+            Err(error) => f.say(
+                Level::Warn,
+                format!("the server's health check did not run: {error:#}"),
+            ),
         }
         return;
     } else {
         match crate::cli::open_store(data) {
-            Ok((_, store)) => crate::serve::health_facts(loaded, &store, None).ok().and_then(|facts| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                Some(runtime.block_on((facts.dns_check)()))
-            }),
+            Ok((_, store)) => crate::serve::health_facts(loaded, &store, None)
+                .ok()
+                .and_then(|facts| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .ok()?;
+                    Some(runtime.block_on((facts.dns_check)()))
+                }),
             Err(error) => {
                 f.say(Level::Fail, format!("the store does not open: {error:#}"));
                 return;

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 use sealpost_storage::{
-    AccountId, Actor, AuditEvent, Flags, InternalDate, MailboxId, NewMessage, Store, SystemFlag, MAILBOX_DELIMITER,
+    AccountId, Actor, AuditEvent, Flags, InternalDate, MailboxId, NewMessage, Store, SystemFlag,
+    MAILBOX_DELIMITER,
 };
 
 use crate::cli::open_store;
@@ -84,7 +85,8 @@ pub(crate) fn import(command: ImportCommand) -> anyhow::Result<ExitCode> {
         } => {
             let (_, store) = open_store(&data)?;
             let id = account_id(&store, &account)?;
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let messages = read_mbox(&bytes);
             import_folder(
                 &store,
@@ -193,12 +195,17 @@ impl Folder {
 
     /// Appends the message unless the folder has it.
     fn copy(&mut self, store: &Store, account: AccountId, message: Imported) -> anyhow::Result<()> {
-        if !self.present.insert(key_of(&message.raw, message.date.unix_seconds)) {
+        if !self
+            .present
+            .insert(key_of(&message.raw, message.date.unix_seconds))
+        {
             self.skipped += 1;
             return Ok(());
         }
         let summary = sealpost_mime::Summary::of(&message.raw).to_bytes();
-        let text = sealpost_mime::search_text(&message.raw).lowercased().to_bytes();
+        let text = sealpost_mime::search_text(&message.raw)
+            .lowercased()
+            .to_bytes();
         store.append(
             account,
             self.mailbox,
@@ -216,18 +223,31 @@ impl Folder {
 
     fn finish(self, store: &Store, address: &str, source: &str) -> anyhow::Result<()> {
         let Folder {
-            name, copied, skipped, ..
+            name,
+            copied,
+            skipped,
+            ..
         } = self;
         println!("{name}: {copied} copied, {skipped} already there");
         store.audit(
-            AuditEvent::new(&Actor::cli(), "import", format!("account {address} folder {name}"))
-                .detail(format!("{source}; {copied} copied, {skipped} already there")),
+            AuditEvent::new(
+                &Actor::cli(),
+                "import",
+                format!("account {address} folder {name}"),
+            )
+            .detail(format!(
+                "{source}; {copied} copied, {skipped} already there"
+            )),
         )?;
         Ok(())
     }
 }
 
-fn create_with_parents(store: &Store, account: AccountId, folder: &str) -> anyhow::Result<MailboxId> {
+fn create_with_parents(
+    store: &Store,
+    account: AccountId,
+    folder: &str,
+) -> anyhow::Result<MailboxId> {
     let mut path = String::new();
     let mut last = None;
     for part in folder.split(MAILBOX_DELIMITER) {
@@ -252,7 +272,11 @@ fn key_of(raw: &[u8], date: i64) -> (String, u64, i64) {
     (id, raw.len() as u64, date)
 }
 
-fn present_keys(store: &Store, account: AccountId, mailbox: MailboxId) -> anyhow::Result<HashSet<(String, u64, i64)>> {
+fn present_keys(
+    store: &Store,
+    account: AccountId,
+    mailbox: MailboxId,
+) -> anyhow::Result<HashSet<(String, u64, i64)>> {
     let metas = store.messages(account, mailbox)?;
     let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
     let mut keys = HashSet::new();
@@ -365,7 +389,8 @@ fn from_line_date(line: &[u8]) -> Option<i64> {
     let month = time::Month::try_from(u8::try_from(month + 1).ok()?).ok()?;
     let date = time::Date::from_calendar_date(year.parse().ok()?, month, day.parse().ok()?).ok()?;
     let mut clock = clock.split(':').map(|p| p.parse::<u8>().ok());
-    let (Some(Some(h)), Some(Some(m)), Some(Some(s))) = (clock.next(), clock.next(), clock.next()) else {
+    let (Some(Some(h)), Some(Some(m)), Some(Some(s))) = (clock.next(), clock.next(), clock.next())
+    else {
         return None;
     };
     let at = date.with_hms(h, m, s).ok()?.assume_utc();
@@ -381,8 +406,12 @@ fn maildir_folders(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             let inner = name.strip_prefix('.')?;
-            (!inner.is_empty() && entry.path().join("cur").is_dir())
-                .then(|| (inner.replace('.', &MAILBOX_DELIMITER.to_string()), entry.path()))
+            (!inner.is_empty() && entry.path().join("cur").is_dir()).then(|| {
+                (
+                    inner.replace('.', &MAILBOX_DELIMITER.to_string()),
+                    entry.path(),
+                )
+            })
         })
         .take(IMPORT_FOLDERS_MAX)
         .collect();
@@ -398,10 +427,15 @@ fn read_maildir(dir: &Path) -> anyhow::Result<Vec<Imported>> {
         let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
             continue;
         };
-        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
         files.sort();
         for path in files.into_iter().take(IMPORT_MESSAGES_PER_FOLDER_MAX) {
-            let raw = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let raw =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -456,9 +490,14 @@ From bob@example.org Tue Dec  2 08:30:00 2026\nSubject: two\n\nsecond\n";
             String::from_utf8_lossy(&messages[0].raw),
             "Subject: one\nStatus: RO\nX-Status: F\n\nbody\nFrom the start\n>From kept once\n"
         );
-        assert!(messages[0].flags.has(SystemFlag::Seen) && messages[0].flags.has(SystemFlag::Flagged));
+        assert!(
+            messages[0].flags.has(SystemFlag::Seen) && messages[0].flags.has(SystemFlag::Flagged)
+        );
         assert!(!messages[1].flags.has(SystemFlag::Seen));
         assert_eq!(messages[0].date.unix_seconds, 1_796_126_400);
-        assert_eq!(String::from_utf8_lossy(&messages[1].raw), "Subject: two\n\nsecond\n");
+        assert_eq!(
+            String::from_utf8_lossy(&messages[1].raw),
+            "Subject: two\n\nsecond\n"
+        );
     }
 }

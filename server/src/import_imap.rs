@@ -42,8 +42,11 @@ impl Client {
     pub(crate) fn connect(host: &str, port: u16, ca_file: Option<&Path>) -> anyhow::Result<Client> {
         let mut roots = rustls::RootCertStore::empty();
         let pem = match ca_file {
-            Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-            None => std::fs::read("/etc/ssl/certs/ca-certificates.crt").context("reading the system's CA bundle")?,
+            Some(path) => {
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+            }
+            None => std::fs::read("/etc/ssl/certs/ca-certificates.crt")
+                .context("reading the system's CA bundle")?,
         };
         let mut pinned = Vec::new();
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -52,13 +55,20 @@ impl Client {
             let _ = roots.add(cert);
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .context("the certificate check")?;
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .context("the certificate check")?;
         let verifier = Arc::new(Pinned {
             webpki,
             // A file given by hand may hold the server's own self-signed certificate.
-            pinned: if ca_file.is_some() { pinned } else { Vec::new() },
+            pinned: if ca_file.is_some() {
+                pinned
+            } else {
+                Vec::new()
+            },
             provider: provider.clone(),
         });
         let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -67,9 +77,11 @@ impl Client {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from(host.to_string()).context("the server's name")?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .context("the server's name")?;
         let connection = rustls::ClientConnection::new(Arc::new(config), name).context("TLS")?;
-        let tcp = TcpStream::connect((host, port)).with_context(|| format!("connecting to {host}:{port}"))?;
+        let tcp = TcpStream::connect((host, port))
+            .with_context(|| format!("connecting to {host}:{port}"))?;
         let timeout = Some(std::time::Duration::from_secs(IMPORT_TIMEOUT_SECONDS));
         tcp.set_read_timeout(timeout)?;
         tcp.set_write_timeout(timeout)?;
@@ -79,7 +91,10 @@ impl Client {
         };
         let greeting = client.read_response()?;
         if !greeting.text.starts_with(b"* OK") {
-            bail!("the server did not greet: {}", String::from_utf8_lossy(&greeting.text));
+            bail!(
+                "the server did not greet: {}",
+                String::from_utf8_lossy(&greeting.text)
+            );
         }
         Ok(client)
     }
@@ -132,7 +147,9 @@ impl Client {
         loop {
             let response = self.read_response()?;
             bytes = bytes.saturating_add(response.literals.iter().map(Vec::len).sum::<usize>());
-            if bytes > IMPORT_COMMAND_BYTES_MAX || untagged.len() >= IMPORT_RESPONSES_PER_COMMAND_MAX {
+            if bytes > IMPORT_COMMAND_BYTES_MAX
+                || untagged.len() >= IMPORT_RESPONSES_PER_COMMAND_MAX
+            {
                 bail!(
                     "the server's answer to one command is over {IMPORT_COMMAND_BYTES_MAX} bytes or \
                      {IMPORT_RESPONSES_PER_COMMAND_MAX} responses"
@@ -178,7 +195,9 @@ impl Client {
                 }
             };
             let name = match response.literals.first() {
-                Some(literal) if name.starts_with('{') => String::from_utf8_lossy(literal).into_owned(),
+                Some(literal) if name.starts_with('{') => {
+                    String::from_utf8_lossy(literal).into_owned()
+                }
                 _ => unquote(&name),
             };
             let ours = match delimiter {
@@ -197,7 +216,10 @@ impl Client {
         for response in self.command("UID SEARCH ALL")? {
             let text = String::from_utf8_lossy(&response.text).into_owned();
             if let Some(list) = text.strip_prefix("* SEARCH") {
-                uids.extend(list.split_whitespace().filter_map(|u| u.parse::<u32>().ok()));
+                uids.extend(
+                    list.split_whitespace()
+                        .filter_map(|u| u.parse::<u32>().ok()),
+                );
             }
         }
         uids.sort_unstable();
@@ -205,10 +227,19 @@ impl Client {
     }
 
     /// Messages with these UIDs: (bytes, flags, internal date).
-    pub(crate) fn fetch(&mut self, uids: &[u32]) -> anyhow::Result<Vec<(Vec<u8>, Flags, InternalDate)>> {
-        let set = uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    pub(crate) fn fetch(
+        &mut self,
+        uids: &[u32],
+    ) -> anyhow::Result<Vec<(Vec<u8>, Flags, InternalDate)>> {
+        let set = uids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let mut out = Vec::new();
-        for response in self.command(&format!("UID FETCH {set} (UID FLAGS INTERNALDATE BODY.PEEK[])"))? {
+        for response in self.command(&format!(
+            "UID FETCH {set} (UID FLAGS INTERNALDATE BODY.PEEK[])"
+        ))? {
             let text = String::from_utf8_lossy(&response.text).into_owned();
             if !text.contains(" FETCH (") {
                 continue;
@@ -250,12 +281,20 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         ocsp_response: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        match self
-            .webpki
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Ok(verified) => Ok(verified),
-            Err(_) if self.pinned.iter().any(|p| p.as_slice() == end_entity.as_ref()) => {
+            Err(_)
+                if self
+                    .pinned
+                    .iter()
+                    .any(|p| p.as_slice() == end_entity.as_ref()) =>
+            {
                 Ok(rustls::client::danger::ServerCertVerified::assertion())
             }
             Err(error) => Err(error),
@@ -291,7 +330,9 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -356,14 +397,22 @@ mod tests {
         assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
         assert_eq!(unquote("\"Work/Sub \\\"x\\\"\""), "Work/Sub \"x\"");
         let flags = parse_flags("\\Seen \\Flagged $Label");
-        assert!(flags.has(SystemFlag::Seen) && flags.has(SystemFlag::Flagged) && !flags.has(SystemFlag::Draft));
+        assert!(
+            flags.has(SystemFlag::Seen)
+                && flags.has(SystemFlag::Flagged)
+                && !flags.has(SystemFlag::Draft)
+        );
         for text in [
             " 7-Jul-1996 02:44:25 -0700",
             "07-Jul-1996 02:44:25 -0700",
             "7-Jul-1996 02:44:25 -0700",
         ] {
             let date = parse_internal_date(text).unwrap_or_else(|| panic!("{text}"));
-            assert_eq!((date.unix_seconds, date.offset_minutes), (836_732_665, -420), "{text}");
+            assert_eq!(
+                (date.unix_seconds, date.offset_minutes),
+                (836_732_665, -420),
+                "{text}"
+            );
         }
         assert!(parse_internal_date("yesterday").is_none());
     }

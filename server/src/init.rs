@@ -64,10 +64,16 @@ pub(crate) fn run_init(args: &InitArgs) -> anyhow::Result<Initialised> {
         done.loaded.path(&cfg.paths.tls_certificate).display(),
         cfg.server.hostname
     );
-    println!("  store          {}", done.loaded.path(&cfg.paths.store).display());
+    println!(
+        "  store          {}",
+        done.loaded.path(&cfg.paths.store).display()
+    );
     println!(
         "  backup key     {}  (decrypts backups: move it OFF this machine, then delete it here)",
-        done.loaded.master_key_path().with_file_name(BACKUP_KEY_FILE).display()
+        done.loaded
+            .master_key_path()
+            .with_file_name(BACKUP_KEY_FILE)
+            .display()
     );
     println!(
         "Next: sealpost account add USER@{} --data {}",
@@ -86,7 +92,10 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
         );
     }
     let domain = args.domain.trim().to_ascii_lowercase();
-    let hostname = args.hostname.clone().unwrap_or_else(|| format!("mail.{domain}"));
+    let hostname = args
+        .hostname
+        .clone()
+        .unwrap_or_else(|| format!("mail.{domain}"));
     let config = Config {
         server: ServerSection {
             domain,
@@ -158,7 +167,9 @@ fn write_certificate(loaded: &Loaded, config: &Config) -> anyhow::Result<()> {
     params.not_before = now - time::Duration::days(1);
     params.not_after = now + time::Duration::days(825);
     let key = rcgen::KeyPair::generate().context("making the certificate key")?;
-    let cert = params.self_signed(&key).context("signing the certificate")?;
+    let cert = params
+        .self_signed(&key)
+        .context("signing the certificate")?;
     let cert_path = loaded.path(&config.paths.tls_certificate);
     let key_path = loaded.path(&config.paths.tls_private_key);
     if let Some(dir) = cert_path.parent() {
@@ -240,7 +251,8 @@ pub(crate) fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     let loaded = Loaded::from_file(&config_file)?;
-    let text = std::fs::read_to_string(&credentials).with_context(|| format!("reading {}", credentials.display()))?;
+    let text = std::fs::read_to_string(&credentials)
+        .with_context(|| format!("reading {}", credentials.display()))?;
     let mut lines = text.lines();
     let (address, password, app_password) = (
         lines.next().unwrap_or_default(),
@@ -250,7 +262,9 @@ pub(crate) fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let cfg = &loaded.config;
     println!("Sealpost demo, data in {}", args.data.display());
     println!("  log in as      {address}");
-    println!("  password       {password} (the web; a second factor is set up at the first sign-in)");
+    println!(
+        "  password       {password} (the web; a second factor is set up at the first sign-in)"
+    );
     println!("  app password   {app_password} (Thunderbird, Outlook: IMAP and SMTP)");
     println!(
         "  IMAP           {}:{} (STARTTLS), {}:{} (TLS)",

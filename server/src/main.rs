@@ -30,7 +30,11 @@ use clap::{Parser, Subcommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "sealpost", version, about = "Sealpost: a secure mail host for healthcare")]
+#[command(
+    name = "sealpost",
+    version,
+    about = "Sealpost: a secure mail host for healthcare"
+)]
 pub(crate) struct Args {
     #[command(subcommand)]
     pub(crate) command: Command,

@@ -24,7 +24,11 @@ pub(crate) struct Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        let mut by = self.connections.by_listener.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by = self
+            .connections
+            .by_listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some((_, open)) = by.get_mut(self.listener) {
             *open = open.saturating_sub(1);
         }
@@ -45,7 +49,9 @@ impl Connections {
 
     fn snapshot(&self) -> Vec<(&'static str, u64, u64)> {
         let by = self.by_listener.lock().unwrap_or_else(|e| e.into_inner());
-        by.iter().map(|(name, (total, open))| (*name, *total, *open)).collect()
+        by.iter()
+            .map(|(name, (total, open))| (*name, *total, *open))
+            .collect()
     }
 }
 
@@ -73,7 +79,10 @@ impl Sources {
         let _ = writeln!(out, "# TYPE sealpost_connections_total counter");
         let connections = self.connections.snapshot();
         for (name, total, _) in &connections {
-            let _ = writeln!(out, "sealpost_connections_total{{listener=\"{name}\"}} {total}");
+            let _ = writeln!(
+                out,
+                "sealpost_connections_total{{listener=\"{name}\"}} {total}"
+            );
         }
         let _ = writeln!(
             out,
@@ -81,7 +90,10 @@ impl Sources {
         );
         let _ = writeln!(out, "# TYPE sealpost_connections_open gauge");
         for (name, _, open) in &connections {
-            let _ = writeln!(out, "sealpost_connections_open{{listener=\"{name}\"}} {open}");
+            let _ = writeln!(
+                out,
+                "sealpost_connections_open{{listener=\"{name}\"}} {open}"
+            );
         }
         let commands = self.imap.command_stats();
         let _ = writeln!(
@@ -130,8 +142,14 @@ impl Sources {
             "# HELP sealpost_smtp_messages_total Messages accepted or refused whole (SMTP and the web)."
         );
         let _ = writeln!(out, "# TYPE sealpost_smtp_messages_total counter");
-        let _ = writeln!(out, "sealpost_smtp_messages_total{{outcome=\"accepted\"}} {accepted}");
-        let _ = writeln!(out, "sealpost_smtp_messages_total{{outcome=\"refused\"}} {refused}");
+        let _ = writeln!(
+            out,
+            "sealpost_smtp_messages_total{{outcome=\"accepted\"}} {accepted}"
+        );
+        let _ = writeln!(
+            out,
+            "sealpost_smtp_messages_total{{outcome=\"refused\"}} {refused}"
+        );
         let _ = writeln!(
             out,
             "# HELP sealpost_outbound_recipients_total Outside recipients' delivery attempts, by outcome."
@@ -147,7 +165,10 @@ impl Sources {
             );
         }
         if let Some(depth) = queue_depth {
-            let _ = writeln!(out, "# HELP sealpost_queue_depth Outbound queue entries waiting.");
+            let _ = writeln!(
+                out,
+                "# HELP sealpost_queue_depth Outbound queue entries waiting."
+            );
             let _ = writeln!(out, "# TYPE sealpost_queue_depth gauge");
             let _ = writeln!(out, "sealpost_queue_depth {depth}");
         }

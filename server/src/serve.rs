@@ -13,8 +13,8 @@ use anyhow::Context;
 use sealpost_auth::{LoginLimits, MailLogins};
 use sealpost_imap::{BoxedStream, Connection, ImapConfig, ImapShared};
 use sealpost_smtp::{
-    Aliases, InboundAuth, InboundPolicy, ListenerRole, OutboundAgent, OutboundConfig, SmtpConfig, SmtpConnection,
-    SmtpShared, SmtpTlsUpgrade,
+    Aliases, InboundAuth, InboundPolicy, ListenerRole, OutboundAgent, OutboundConfig, SmtpConfig,
+    SmtpConnection, SmtpShared, SmtpTlsUpgrade,
 };
 use sealpost_storage::Store;
 use tokio::io::AsyncWriteExt;
@@ -135,12 +135,17 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             per_address: AddressLimiter::new(limits.imap_connections_per_address_max),
             refusal: "* BYE too many connections from your address",
             cap: ConnectionCap::new(limits.imap_connections_max),
-            full_refusal: "* BYE [UNAVAILABLE] the server has too many connections; try again later",
+            full_refusal:
+                "* BYE [UNAVAILABLE] the server has too many connections; try again later",
             handshake_max,
             refusing: Arc::new(AtomicUsize::new(0)),
         };
         let (store, config, shared) = (store.clone(), imap_config.clone(), imap_shared.clone());
-        let session = move |stream, _, peer: SocketAddr, starttls: Option<SmtpTlsUpgrade>, stopped| {
+        let session = move |stream,
+                            _,
+                            peer: SocketAddr,
+                            starttls: Option<SmtpTlsUpgrade>,
+                            stopped| {
             let connection = Connection {
                 peer: peer.ip().to_string(),
                 tls: implicit_tls,
@@ -221,7 +226,8 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     let rules = sealpost_policy::LivePolicy::new(load_policy(&version_zero(cfg), &store).await?);
     // The sign-in and portal settings of the policy in force reach IMAP, SMTP and the queue.
     {
-        let (logins, outbound, base) = (logins.clone(), outbound.clone(), logins.lockout().limits());
+        let (logins, outbound, base) =
+            (logins.clone(), outbound.clone(), logins.lockout().limits());
         rules.watch(Box::new(move |policy| {
             let config = policy.config();
             logins.set_policy(
@@ -242,26 +248,38 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     let spam = Arc::new(sealpost_smtp::spam::Spam::new(cfg.spam.clone()));
     smtp_shared.set_spam(spam.clone());
     if !cfg.spam.controller.trim().is_empty() {
-        let (learner, reader, handle) = (spam.clone(), store.clone(), tokio::runtime::Handle::current());
+        let (learner, reader, handle) = (
+            spam.clone(),
+            store.clone(),
+            tokio::runtime::Handle::current(),
+        );
         store.set_junk_hook(Arc::new(move |account, mailbox, uids, is_spam| {
             let (learner, reader) = (learner.clone(), reader.clone());
             handle.spawn(async move {
                 for uid in uids {
                     let reading = reader.clone();
-                    let Ok(Ok(raw)) =
-                        tokio::task::spawn_blocking(move || reading.read_message(account, mailbox, uid)).await
+                    let Ok(Ok(raw)) = tokio::task::spawn_blocking(move || {
+                        reading.read_message(account, mailbox, uid)
+                    })
+                    .await
                     else {
                         continue;
                     };
                     let learned = learner.learn(&raw, is_spam).await;
                     let event = sealpost_storage::AuditEvent::new(
                         &sealpost_storage::Actor::system(),
-                        if is_spam { "spam.learn_spam" } else { "spam.learn_ham" },
+                        if is_spam {
+                            "spam.learn_spam"
+                        } else {
+                            "spam.learn_ham"
+                        },
                         format!("account:{} mailbox:{} uid:{uid}", account.0, mailbox.0),
                     );
                     let event = match learned {
                         Ok(()) => event.detail("rspamd learned it"),
-                        Err(why) => event.outcome(sealpost_storage::AuditOutcome::Failed).detail(why),
+                        Err(why) => event
+                            .outcome(sealpost_storage::AuditOutcome::Failed)
+                            .detail(why),
                     };
                     let auditing = reader.clone();
                     let _ = tokio::task::spawn_blocking(move || auditing.audit(event)).await;
@@ -272,9 +290,11 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     // The console's aliases join those of sealpost.toml.
     {
         let store = store.clone();
-        let saved = tokio::task::spawn_blocking(move || store.secret(sealpost_webmail::CONSOLE_ALIASES_SECRET))
-            .await
-            .context("reading the console's aliases")??;
+        let saved = tokio::task::spawn_blocking(move || {
+            store.secret(sealpost_webmail::CONSOLE_ALIASES_SECRET)
+        })
+        .await
+        .context("reading the console's aliases")??;
         if let Some(bytes) = saved {
             let map: std::collections::BTreeMap<String, Vec<String>> =
                 serde_json::from_slice(&bytes).context("the console's aliases do not decode")?;
@@ -408,7 +428,11 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         certs.clone(),
         stopped.clone(),
     ));
-    listeners.spawn(scheduled_backups(loaded.clone(), store.clone(), stopped.clone()));
+    listeners.spawn(scheduled_backups(
+        loaded.clone(),
+        store.clone(),
+        stopped.clone(),
+    ));
     listeners.spawn(retention_sweeps(
         cfg.retention.sweep_interval_ms,
         store.clone(),
@@ -417,8 +441,18 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     listeners.spawn(audit_anchors(store.clone(), stopped.clone()));
     for (name, port, role, implicit_tls) in [
         ("smtp", cfg.listeners.smtp, ListenerRole::Inbound, false),
-        ("submission", cfg.listeners.submission, ListenerRole::Submission, false),
-        ("submissions", cfg.listeners.submissions, ListenerRole::Submission, true),
+        (
+            "submission",
+            cfg.listeners.submission,
+            ListenerRole::Submission,
+            false,
+        ),
+        (
+            "submissions",
+            cfg.listeners.submissions,
+            ListenerRole::Submission,
+            true,
+        ),
     ] {
         let address = SocketAddr::new(cfg.server.listen_host, port);
         let listener = TcpListener::bind(address)
@@ -553,8 +587,12 @@ impl Drop for AddressSlot {
 
 /// Accepts connections until shutdown and runs `connection` for each, owned by a JoinSet
 /// that is drained before it returns.
-async fn accept_loop<F, Fut>(name: &'static str, listener: TcpListener, stopped: watch::Receiver<bool>, connection: F)
-where
+async fn accept_loop<F, Fut>(
+    name: &'static str,
+    listener: TcpListener,
+    stopped: watch::Receiver<bool>,
+    connection: F,
+) where
     F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -607,10 +645,17 @@ fn per_address_refusal(refusal: &str, max: impl std::fmt::Display) -> String {
 mod refusal_tests {
     #[test]
     fn an_http_refusal_counts_its_body_and_the_others_name_the_limit() {
-        let http = super::per_address_refusal("HTTP/1.1 503 too many connections from your address", 7);
+        let http =
+            super::per_address_refusal("HTTP/1.1 503 too many connections from your address", 7);
         let (head, body) = http.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{http}");
-        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{http}");
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{http}"
+        );
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{http}"
+        );
         assert_eq!(body, "too many connections from your address (limit 7)\r\n");
         assert_eq!(
             super::per_address_refusal("421 4.7.0 too many connections from your address", 2),
@@ -777,7 +822,13 @@ impl Listener {
     /// upgrade on a cleartext port.
     async fn serve<S, Fut>(self, listener: TcpListener, stopped: watch::Receiver<bool>, session: S)
     where
-        S: Fn(BoxedStream, Option<String>, SocketAddr, Option<SmtpTlsUpgrade>, watch::Receiver<bool>) -> Fut
+        S: Fn(
+                BoxedStream,
+                Option<String>,
+                SocketAddr,
+                Option<SmtpTlsUpgrade>,
+                watch::Receiver<bool>,
+            ) -> Fut
             + Clone
             + Send
             + 'static,
@@ -786,7 +837,9 @@ impl Listener {
         let name = self.name;
         accept_loop(name, listener, stopped, |socket, peer, stopped| {
             let capped = self.cap.take();
-            let slot = capped.as_ref().and_then(|_| self.per_address.take(peer.ip()));
+            let slot = capped
+                .as_ref()
+                .and_then(|_| self.per_address.take(peer.ip()));
             let refusal = match capped {
                 None => format!("{}\r\n", self.full_refusal),
                 Some(_) => per_address_refusal(self.refusal, self.per_address.max),
@@ -796,7 +849,8 @@ impl Listener {
                 (Some(_), Some(_)) => None,
                 _ => RefusalSlot::take(&self.refusing),
             };
-            let (tls, implicit_tls, session) = (self.tls.clone(), self.implicit_tls, session.clone());
+            let (tls, implicit_tls, session) =
+                (self.tls.clone(), self.implicit_tls, session.clone());
             let (connections, handshake_max) = (self.connections.clone(), self.handshake_max);
             async move {
                 let (Some(_capped), Some(_slot)) = (capped, slot) else {
@@ -807,7 +861,9 @@ impl Listener {
                     return refuse(socket, &tls, implicit_tls, &refusal, handshake).await;
                 };
                 let _open = connections.opened(name);
-                let Some((stream, described)) = open_stream(socket, &tls, implicit_tls, handshake_max).await else {
+                let Some((stream, described)) =
+                    open_stream(socket, &tls, implicit_tls, handshake_max).await
+                else {
                     return;
                 };
                 let starttls = (!implicit_tls).then(|| starttls_upgrade(tls, handshake_max));
@@ -840,13 +896,18 @@ impl Drop for RefusalSlot {
 
 /// STARTTLS on a cleartext connection: the TLS stream and what was negotiated; a handshake
 /// not done within `handshake_max` fails (the session then ends).
-fn starttls_upgrade(acceptor: tokio_rustls::TlsAcceptor, handshake_max: Duration) -> SmtpTlsUpgrade {
+fn starttls_upgrade(
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshake_max: Duration,
+) -> SmtpTlsUpgrade {
     Arc::new(move |plain: BoxedStream| {
         let acceptor = acceptor.clone();
         Box::pin(async move {
             let secured = tokio::time::timeout(handshake_max, acceptor.accept(plain))
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake too slow"))??;
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake too slow")
+                })??;
             let described = describe_tls(&secured);
             Ok((Box::new(secured) as BoxedStream, described))
         })
@@ -873,8 +934,14 @@ impl sealpost_webmail::Outbox for WebOutbox {
                 peer: message.peer,
                 portal: message.portal,
             };
-            let sent =
-                sealpost_smtp::submit_from_web(&self.store, &self.shared, &self.config, account, message).await?;
+            let sent = sealpost_smtp::submit_from_web(
+                &self.store,
+                &self.shared,
+                &self.config,
+                account,
+                message,
+            )
+            .await?;
             Ok(sealpost_webmail::Sent { queue: sent.queue })
         })
     }
@@ -882,7 +949,11 @@ impl sealpost_webmail::Outbox for WebOutbox {
 
 /// Runs `job` (blocking store work, which logs its own outcome) off the async threads every
 /// `interval_ms` until shutdown; none when 0.
-async fn every(interval_ms: u64, mut stop: watch::Receiver<bool>, job: Arc<dyn Fn() + Send + Sync>) {
+async fn every(
+    interval_ms: u64,
+    mut stop: watch::Receiver<bool>,
+    job: Arc<dyn Fn() + Send + Sync>,
+) {
     if interval_ms == 0 {
         return;
     }
@@ -922,7 +993,11 @@ async fn audit_anchors(store: sealpost_storage::Store, stop: watch::Receiver<boo
     every(AUDIT_ANCHOR_LOG_INTERVAL_MS, stop, job).await;
 }
 
-async fn retention_sweeps(interval_ms: u64, store: sealpost_storage::Store, stop: watch::Receiver<bool>) {
+async fn retention_sweeps(
+    interval_ms: u64,
+    store: sealpost_storage::Store,
+    stop: watch::Receiver<bool>,
+) {
     let job = move || {
         let now = crate::now_ms();
         let system = sealpost_storage::Actor::system();
@@ -942,7 +1017,11 @@ async fn retention_sweeps(interval_ms: u64, store: sealpost_storage::Store, stop
 
 /// Takes a backup every `[backup] interval_ms` until shutdown (none when 0 or without a
 /// recipient); a failure is logged and tried again at the next interval.
-async fn scheduled_backups(loaded: Loaded, store: sealpost_storage::Store, stop: watch::Receiver<bool>) {
+async fn scheduled_backups(
+    loaded: Loaded,
+    store: sealpost_storage::Store,
+    stop: watch::Receiver<bool>,
+) {
     let cfg = &loaded.config.backup;
     if cfg.interval_ms > 0 && cfg.recipient.trim().is_empty() {
         warn!("no scheduled backups: [backup] recipient is empty (sealpost init sets it)");
@@ -980,24 +1059,32 @@ async fn load_policy(
     store: &sealpost_storage::Store,
 ) -> anyhow::Result<sealpost_policy::Policy> {
     let reading = store.clone();
-    let saved = tokio::task::spawn_blocking(move || reading.secret(sealpost_policy::PolicyVersion::CURRENT))
-        .await
-        .context("reading the saved policy")??;
+    let saved = tokio::task::spawn_blocking(move || {
+        reading.secret(sealpost_policy::PolicyVersion::CURRENT)
+    })
+    .await
+    .context("reading the saved policy")??;
     let config = match saved {
         Some(bytes) => {
-            let saved: sealpost_policy::PolicyVersion =
-                serde_json::from_slice(&bytes).context("the policy saved in the console does not decode")?;
-            info!(version = saved.version, "policy: the version saved in the console");
+            let saved: sealpost_policy::PolicyVersion = serde_json::from_slice(&bytes)
+                .context("the policy saved in the console does not decode")?;
+            info!(
+                version = saved.version,
+                "policy: the version saved in the console"
+            );
             saved.config
         }
         None => configured.clone(),
     };
-    let policy = sealpost_policy::Policy::new(config).map_err(|e| anyhow::anyhow!("[policy]: {e}"))?;
+    let policy =
+        sealpost_policy::Policy::new(config).map_err(|e| anyhow::anyhow!("[policy]: {e}"))?;
     // The store enforces the retention rules of the policy in force.
     let (store, rules) = (store.clone(), policy.config().retention.clone());
-    tokio::task::spawn_blocking(move || store.set_retention_rules(&rules, &sealpost_storage::Actor::system()))
-        .await
-        .context("putting the retention rules in force")??;
+    tokio::task::spawn_blocking(move || {
+        store.set_retention_rules(&rules, &sealpost_storage::Actor::system())
+    })
+    .await
+    .context("putting the retention rules in force")??;
     Ok(policy)
 }
 
@@ -1028,8 +1115,10 @@ pub(crate) fn health_facts(
     let dns_check: sealpost_webmail::DnsCheck = Arc::new(move || {
         let (expected, servers) = (expected.clone(), servers.clone());
         Box::pin(async move {
-            let questions: Vec<(String, sealpost_smtp::DnsKind)> =
-                expected.iter().map(|(name, kind, _)| (name.clone(), *kind)).collect();
+            let questions: Vec<(String, sealpost_smtp::DnsKind)> = expected
+                .iter()
+                .map(|(name, kind, _)| (name.clone(), *kind))
+                .collect();
             let answers = sealpost_smtp::dns_answers(&servers, &questions).await;
             expected
                 .iter()
@@ -1044,7 +1133,11 @@ pub(crate) fn health_facts(
                         }
                     );
                     match answer {
-                        Ok(texts) if texts.iter().any(|t| t.to_lowercase().contains(&wanted.to_lowercase())) => {
+                        Ok(texts)
+                            if texts
+                                .iter()
+                                .any(|t| t.to_lowercase().contains(&wanted.to_lowercase())) =>
+                        {
                             sealpost_webmail::DnsFinding {
                                 record,
                                 expected: wanted.clone(),
@@ -1133,7 +1226,9 @@ mod tests {
     fn ipv6_clients_share_one_count_per_64_at_the_listener() {
         let limiter = AddressLimiter::new(1);
         let ip = |text: &str| text.parse::<IpAddr>().unwrap();
-        let first = limiter.take(ip("2001:db8:7:1::10")).expect("the first connection");
+        let first = limiter
+            .take(ip("2001:db8:7:1::10"))
+            .expect("the first connection");
         assert!(
             limiter.take(ip("2001:db8:7:1:ffff::20")).is_none(),
             "another address of the same /64 is the same client"
@@ -1150,7 +1245,10 @@ mod tests {
         );
         drop(mapped);
         drop(first);
-        assert!(limiter.take(ip("2001:db8:7:1::99")).is_some(), "the slot came back");
+        assert!(
+            limiter.take(ip("2001:db8:7:1::99")).is_some(),
+            "the slot came back"
+        );
         drop(other);
     }
 

@@ -49,7 +49,11 @@ fn event(i: usize) -> AuditEvent {
     AuditEvent::new(
         &actor,
         action,
-        format!("mailbox:{} uids:{}", (mix >> 28) % 7 + 1, (mix >> 32) % 5_000),
+        format!(
+            "mailbox:{} uids:{}",
+            (mix >> 28) % 7 + 1,
+            (mix >> 32) % 5_000
+        ),
     )
     .detail(if action.starts_with("message") {
         "imap BODY[]"
@@ -158,14 +162,21 @@ fn main() {
     println!("|---|---:|---:|---:|---:|");
     let mut failed = false;
     for (name, search) in searches {
-        let search = AuditSearch { limit: 100, ..search };
+        let search = AuditSearch {
+            limit: 100,
+            ..search
+        };
         let mut times = Vec::new();
         let mut found = String::new();
         for _ in 0..RUNS {
             let start = Instant::now();
             let page = store.audit_search(&search).unwrap();
             times.push(start.elapsed());
-            found = format!("{}{}", page.matched, if page.matched_exact { "" } else { "+" });
+            found = format!(
+                "{}{}",
+                page.matched,
+                if page.matched_exact { "" } else { "+" }
+            );
         }
         let indexed = median(times);
         // The baseline: open every record and keep the newest matches, as the console did.

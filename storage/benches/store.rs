@@ -76,7 +76,10 @@ fn run(mode: Mode, corpus: &[Vec<u8>]) -> Timing {
         }
     }
     let read = started.elapsed() / READ_PASSES as u32;
-    assert_eq!(bytes, READ_PASSES * corpus.iter().map(Vec::len).sum::<usize>());
+    assert_eq!(
+        bytes,
+        READ_PASSES * corpus.iter().map(Vec::len).sum::<usize>()
+    );
     Timing { append, read }
 }
 
@@ -96,7 +99,13 @@ fn main() {
         }
     }
     let pick = |mode: Mode, f: fn(&Timing) -> Duration| {
-        median(timings.iter().filter(|(m, _)| *m == mode).map(|(_, t)| f(t)).collect())
+        median(
+            timings
+                .iter()
+                .filter(|(m, _)| *m == mode)
+                .map(|(_, t)| f(t))
+                .collect(),
+        )
     };
     let rates = |append: Duration, read: Duration| {
         let n = corpus.len() as f64;
@@ -107,8 +116,14 @@ fn main() {
             total_mb / read.as_secs_f64(),
         )
     };
-    let encrypted = rates(pick(Mode::Encrypted, |t| t.append), pick(Mode::Encrypted, |t| t.read));
-    let plaintext = rates(pick(Mode::Plaintext, |t| t.append), pick(Mode::Plaintext, |t| t.read));
+    let encrypted = rates(
+        pick(Mode::Encrypted, |t| t.append),
+        pick(Mode::Encrypted, |t| t.read),
+    );
+    let plaintext = rates(
+        pick(Mode::Plaintext, |t| t.append),
+        pick(Mode::Plaintext, |t| t.read),
+    );
     println!(
         "store benchmark: {} messages, {total_mb:.1} MB, sizes 2-200 KB, median of {ROUNDS} rounds",
         corpus.len()

@@ -132,7 +132,8 @@ pub(crate) fn hash_password(password: &str) -> Result<String> {
 /// name costs as much time as a wrong password.
 pub(crate) fn decoy_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DECOY.get_or_init(|| hash_password(&format!("{:x}", rand::random::<u128>())).unwrap_or_default())
+    DECOY
+        .get_or_init(|| hash_password(&format!("{:x}", rand::random::<u128>())).unwrap_or_default())
 }
 
 impl Store {
@@ -182,7 +183,11 @@ impl Store {
             keys::account(id),
             crypto::wrap_keys(&self.master(), &account_keys)?,
         );
-        batch.put(Table::Directory, keys::account(id), self.seal_directory(id, &record)?);
+        batch.put(
+            Table::Directory,
+            keys::account(id),
+            self.seal_directory(id, &record)?,
+        );
         batch.put(
             Table::AddressIndex,
             self.address_key(&address).to_vec(),
@@ -230,7 +235,9 @@ impl Store {
         self.inner
             .engine
             .scan(Table::Directory, &[], &[0xFF; 9], &mut |key, value| {
-                let id = AccountId(keys::read_u64(key, 0).ok_or_else(|| Error::corrupt("a directory key"))?);
+                let id = AccountId(
+                    keys::read_u64(key, 0).ok_or_else(|| Error::corrupt("a directory key"))?,
+                );
                 let record = self.open_directory(id, value)?;
                 accounts.push(account_from(id, &record));
                 Ok(Scan::Continue)
@@ -239,12 +246,21 @@ impl Store {
     }
 
     /// Enables or disables an account; a disabled account cannot log in. Audited.
-    pub fn set_account_status(&self, id: AccountId, status: AccountStatus, actor: &Actor) -> Result<()> {
+    pub fn set_account_status(
+        &self,
+        id: AccountId,
+        status: AccountStatus,
+        actor: &Actor,
+    ) -> Result<()> {
         let _directory = lock(&self.inner.directory_lock);
         let (mut record, account) = self.directory_record(id)?;
         record.status = status;
         let mut batch = Batch::default();
-        batch.put(Table::Directory, keys::account(id), self.seal_directory(id, &record)?);
+        batch.put(
+            Table::Directory,
+            keys::account(id),
+            self.seal_directory(id, &record)?,
+        );
         let action = match status {
             AccountStatus::Active => "account.enable",
             AccountStatus::Disabled => "account.disable",
@@ -261,8 +277,16 @@ impl Store {
         let (mut record, account) = self.directory_record(id)?;
         record.password_hash = Some(hash);
         let mut batch = Batch::default();
-        batch.put(Table::Directory, keys::account(id), self.seal_directory(id, &record)?);
-        let event = AuditEvent::new(actor, "account.password", format!("account:{id} {}", account.address));
+        batch.put(
+            Table::Directory,
+            keys::account(id),
+            self.seal_directory(id, &record)?,
+        );
+        let event = AuditEvent::new(
+            actor,
+            "account.password",
+            format!("account:{id} {}", account.address),
+        );
         self.commit_audited(batch, vec![event])?;
         Ok(())
     }
@@ -312,7 +336,10 @@ impl Store {
         let mut batch = Batch::default();
         batch.delete(Table::AccountKeys, start.clone());
         batch.delete(Table::Directory, start.clone());
-        batch.delete(Table::AddressIndex, self.address_key(&account.address).to_vec());
+        batch.delete(
+            Table::AddressIndex,
+            self.address_key(&account.address).to_vec(),
+        );
         batch.delete(Table::Meta, keys::quota(id));
         // Pickup records are keyed by their token's hash; their value starts with the account.
         let mut pickups = Vec::new();
@@ -343,17 +370,28 @@ impl Store {
         ] {
             batch.delete_range(table, start.clone(), end.clone());
         }
-        let event = AuditEvent::new(actor, "account.delete", format!("account:{id} {}", account.address))
-            .detail("keys destroyed (crypto-shredding)");
+        let event = AuditEvent::new(
+            actor,
+            "account.delete",
+            format!("account:{id} {}", account.address),
+        )
+        .detail("keys destroyed (crypto-shredding)");
         self.commit_audited(batch, vec![event])?;
         self.forget_account_crypto(id);
-        self.inner.engine.purge_range(Table::AccountKeys, &start, &end)?;
-        self.inner.engine.purge_range(Table::Directory, &start, &end)?;
+        self.inner
+            .engine
+            .purge_range(Table::AccountKeys, &start, &end)?;
+        self.inner
+            .engine
+            .purge_range(Table::Directory, &start, &end)?;
         Ok(())
     }
 
     fn account_id_by_address(&self, address: &str) -> Result<Option<AccountId>> {
-        let found = self.inner.engine.get(Table::AddressIndex, &self.address_key(address))?;
+        let found = self
+            .inner
+            .engine
+            .get(Table::AddressIndex, &self.address_key(address))?;
         found
             .map(|v| {
                 keys::read_u64(&v, 0)
@@ -379,7 +417,8 @@ impl Store {
     }
 
     fn seal_directory(&self, id: AccountId, record: &DirectoryRecord) -> Result<Vec<u8>> {
-        let plain = postcard::to_stdvec(record).map_err(|e| Error::corrupt(format!("encoding: {e}")))?;
+        let plain =
+            postcard::to_stdvec(record).map_err(|e| Error::corrupt(format!("encoding: {e}")))?;
         Ok(self.inner.directory.seal(&directory_aad(id), &plain))
     }
 

@@ -225,9 +225,9 @@ impl AuditHead {
                 keyed_from.clamp(1, last_present.saturating_add(1)),
                 "its MAC does not match (written without the key)",
             ),
-            Some(Some(StoredHead::Sealed { seq, keyed_from, .. })) if seq < last_present => {
-                untrusted(keyed_from, "records exist after it")
-            }
+            Some(Some(StoredHead::Sealed {
+                seq, keyed_from, ..
+            })) if seq < last_present => untrusted(keyed_from, "records exist after it"),
             // The store keys say the log is keyed: an old-style head is a forgery (every keyed
             // record removed and the SHA-256 head recomputed, no key needed). Left on disk, so
             // that verification reports it.
@@ -239,7 +239,10 @@ impl AuditHead {
                 untrusted(seq.saturating_add(1), "records exist after it")
             }
             Some(Some(StoredHead::Sealed {
-                seq, link, keyed_from, ..
+                seq,
+                link,
+                keyed_from,
+                ..
             })) => Self {
                 last_seq: seq,
                 last_link: link,
@@ -304,8 +307,12 @@ fn decode_head(bytes: &[u8], mac_key: &SecretKey) -> Option<StoredHead> {
             let (sealed, mac) = bytes.split_at(8 + LINK_BYTES + 8);
             let expected = keyed_hash(mac_key, b"sealpost.audit.head", sealed);
             // Compared in constant time: no byte-by-byte oracle for forging one.
-            let authentic =
-                mac.len() == LINK_BYTES && expected.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            let authentic = mac.len() == LINK_BYTES
+                && expected
+                    .iter()
+                    .zip(mac)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
             Some(StoredHead::Sealed {
                 seq,
                 link,
@@ -402,7 +409,9 @@ impl Store {
             mac_key: head.mac_key.clone(),
         };
         batch.put(Table::Meta, keys::META_AUDIT_HEAD.to_vec(), moved.encode());
-        self.inner.engine.write(std::mem::take(batch), Durability::Buffered)?;
+        self.inner
+            .engine
+            .write(std::mem::take(batch), Durability::Buffered)?;
         *head = moved;
         Ok(seq)
     }
@@ -419,7 +428,11 @@ impl Store {
     }
 
     /// Visits every audit record at or after `since_ms`, oldest first.
-    pub fn audit_records(&self, since_ms: i64, visit: &mut dyn FnMut(AuditRecord) -> Result<()>) -> Result<()> {
+    pub fn audit_records(
+        &self,
+        since_ms: i64,
+        visit: &mut dyn FnMut(AuditRecord) -> Result<()>,
+    ) -> Result<()> {
         self.inner
             .engine
             .scan(Table::Audit, &[], &[0xFF; 9], &mut |key, value| {
@@ -461,7 +474,10 @@ impl Store {
         let sealed = stored
             .get(LINK_BYTES..)
             .ok_or_else(|| Error::corrupt("a short audit record"))?;
-        let body = self.inner.audit_sealer.open(&audit_aad(seq, keyed), sealed)?;
+        let body = self
+            .inner
+            .audit_sealer
+            .open(&audit_aad(seq, keyed), sealed)?;
         postcard::from_bytes(&body).map_err(|_| Error::corrupt("an audit record body"))
     }
 
@@ -581,7 +597,9 @@ impl Store {
         mac_key: &SecretKey,
     ) -> Result<Option<AuditBreak>> {
         let stored = self.inner.engine.get(Table::Meta, keys::META_AUDIT_HEAD)?;
-        let head = stored.as_deref().and_then(|bytes| decode_head(bytes, mac_key));
+        let head = stored
+            .as_deref()
+            .and_then(|bytes| decode_head(bytes, mac_key));
         let at_end = |reason: &str| {
             Some(AuditBreak {
                 seq: verified,

@@ -109,7 +109,8 @@ pub(crate) fn terms_of(event: &AuditEvent) -> BTreeSet<String> {
     }
     // Field terms before the any-word ones (sorted "a" < "o" < "t" < "u"): keep the first and
     // the actor's.
-    let (mut kept, mut rest): (BTreeSet<String>, Vec<String>) = (BTreeSet::new(), terms.into_iter().collect());
+    let (mut kept, mut rest): (BTreeSet<String>, Vec<String>) =
+        (BTreeSet::new(), terms.into_iter().collect());
     rest.sort_by_key(|t| (t.starts_with("t:"), t.clone()));
     for term in rest.into_iter().take(AUDIT_TERMS_PER_RECORD_MAX) {
         kept.insert(term);
@@ -157,7 +158,12 @@ impl Store {
 
     /// Indexes the records written before the index existed, once; then notes it in meta.
     pub(crate) fn backfill_audit_index(&self) -> Result<()> {
-        if self.inner.engine.get(Table::Meta, META_AUDIT_INDEXED)?.is_some() {
+        if self
+            .inner
+            .engine
+            .get(Table::Meta, META_AUDIT_INDEXED)?
+            .is_some()
+        {
             return Ok(());
         }
         let mut batch = Batch::default();
@@ -232,7 +238,8 @@ impl Store {
                 &keys::audit(from),
                 &keys::audit(page_to.max(from)),
                 &mut |key, value| {
-                    let seq = keys::read_u64(key, 0).ok_or_else(|| Error::corrupt("an audit key"))?;
+                    let seq =
+                        keys::read_u64(key, 0).ok_or_else(|| Error::corrupt("an audit key"))?;
                     records.push(self.audit_record_from(seq, value)?);
                     Ok(if records.len() >= search.limit {
                         Scan::Stop
@@ -252,7 +259,10 @@ impl Store {
         let mut counted: Vec<(usize, [u8; TERM_KEY_BYTES])> = Vec::new();
         for term in &terms {
             let key = self.term_key(term);
-            counted.push((self.count_postings(&key, from, to, AUDIT_COUNT_EXACT_MAX + 1)?, key));
+            counted.push((
+                self.count_postings(&key, from, to, AUDIT_COUNT_EXACT_MAX + 1)?,
+                key,
+            ));
         }
         counted.sort_by_key(|(count, _)| *count);
         let Some(((_, lead), rest)) = counted.split_first() else {
@@ -272,10 +282,13 @@ impl Store {
         let mut matched = 0usize;
         let mut records = Vec::new();
         let posting = |seq: u64| [lead.as_slice(), &seq.to_be_bytes()].concat();
-        self.inner
-            .engine
-            .scan_reverse(Table::AuditIndex, &posting(from), &posting(to), &mut |key, _| {
-                let seq = keys::read_u64(key, TERM_KEY_BYTES).ok_or_else(|| Error::corrupt("an audit index key"))?;
+        self.inner.engine.scan_reverse(
+            Table::AuditIndex,
+            &posting(from),
+            &posting(to),
+            &mut |key, _| {
+                let seq = keys::read_u64(key, TERM_KEY_BYTES)
+                    .ok_or_else(|| Error::corrupt("an audit index key"))?;
                 if !has_all(seq)? {
                     return Ok(Scan::Continue);
                 }
@@ -284,12 +297,15 @@ impl Store {
                     records.push(self.audit_record(seq)?);
                 }
                 let counted_enough = matched > AUDIT_COUNT_EXACT_MAX;
-                Ok(if counted_enough && records.len() >= search.limit.min(matched) {
-                    Scan::Stop
-                } else {
-                    Scan::Continue
-                })
-            })?;
+                Ok(
+                    if counted_enough && records.len() >= search.limit.min(matched) {
+                        Scan::Stop
+                    } else {
+                        Scan::Continue
+                    },
+                )
+            },
+        )?;
         let matched_exact = matched <= AUDIT_COUNT_EXACT_MAX;
         Ok(AuditPage {
             records,
@@ -303,14 +319,26 @@ impl Store {
     }
 
     /// Postings of a term between two record numbers, counted up to `cap`.
-    fn count_postings(&self, term: &[u8; TERM_KEY_BYTES], from: u64, to: u64, cap: usize) -> Result<usize> {
+    fn count_postings(
+        &self,
+        term: &[u8; TERM_KEY_BYTES],
+        from: u64,
+        to: u64,
+        cap: usize,
+    ) -> Result<usize> {
         let mut count = 0;
         let start = [term.as_slice(), &from.to_be_bytes()].concat();
         let end = [term.as_slice(), &to.to_be_bytes()].concat();
-        self.inner.engine.scan(Table::AuditIndex, &start, &end, &mut |_, _| {
-            count += 1;
-            Ok(if count >= cap { Scan::Stop } else { Scan::Continue })
-        })?;
+        self.inner
+            .engine
+            .scan(Table::AuditIndex, &start, &end, &mut |_, _| {
+                count += 1;
+                Ok(if count >= cap {
+                    Scan::Stop
+                } else {
+                    Scan::Continue
+                })
+            })?;
         Ok(count)
     }
 }
@@ -352,10 +380,14 @@ mod tests {
             ..AuditSearch::default()
         };
         let wanted = search.terms();
-        assert_eq!(wanted, ["a:account", "t:destroyed", "t:keys", "u:root@clinic.test"]);
+        assert_eq!(
+            wanted,
+            ["a:account", "t:destroyed", "t:keys", "u:root@clinic.test"]
+        );
         assert!(wanted.iter().all(|t| terms.contains(t)));
         // A long detail cannot blow up the index.
-        let long = AuditEvent::new(&actor, "x.y", "o").detail((0..500).map(|i| format!("w{i} ")).collect::<String>());
+        let long = AuditEvent::new(&actor, "x.y", "o")
+            .detail((0..500).map(|i| format!("w{i} ")).collect::<String>());
         let many = terms_of(&long);
         assert_eq!(many.len(), AUDIT_TERMS_PER_RECORD_MAX);
         assert!(

@@ -72,7 +72,11 @@ impl Store {
             });
         }
         let mut batch = Batch::default();
-        batch.put(Table::Auth, key.clone(), crypto.metadata.seal(&aad(&key), &record));
+        batch.put(
+            Table::Auth,
+            key.clone(),
+            crypto.metadata.seal(&aad(&key), &record),
+        );
         self.commit_audited(batch, events)?;
         Ok(true)
     }
@@ -105,9 +109,15 @@ impl Store {
         let crypto = self.account_crypto(account)?;
         let key = session_key(account, id);
         let mut batch = Batch::default();
-        batch.put(Table::Auth, key.clone(), crypto.metadata.seal(&aad(&key), record));
+        batch.put(
+            Table::Auth,
+            key.clone(),
+            crypto.metadata.seal(&aad(&key), record),
+        );
         if events.is_empty() {
-            self.inner.engine.write(batch, crate::engine::Durability::Synced)?;
+            self.inner
+                .engine
+                .write(batch, crate::engine::Durability::Synced)?;
         } else {
             self.commit_audited(batch, events)?;
         }
@@ -120,17 +130,19 @@ impl Store {
         let prefix = [keys::account(account), vec![SESSION]].concat();
         let end = keys::prefix_end(&prefix);
         let mut found = Vec::new();
-        self.inner.engine.scan(Table::Auth, &prefix, &end, &mut |key, value| {
-            let id: WebSessionId = key[prefix.len()..]
-                .try_into()
-                .map_err(|_| Error::corrupt("a web session key"))?;
-            found.push((id, crypto.metadata.open(&aad(key), value)?));
-            Ok(if found.len() > WEB_SESSIONS_PER_ACCOUNT_MAX * 2 {
-                Scan::Stop
-            } else {
-                Scan::Continue
-            })
-        })?;
+        self.inner
+            .engine
+            .scan(Table::Auth, &prefix, &end, &mut |key, value| {
+                let id: WebSessionId = key[prefix.len()..]
+                    .try_into()
+                    .map_err(|_| Error::corrupt("a web session key"))?;
+                found.push((id, crypto.metadata.open(&aad(key), value)?));
+                Ok(if found.len() > WEB_SESSIONS_PER_ACCOUNT_MAX * 2 {
+                    Scan::Stop
+                } else {
+                    Scan::Continue
+                })
+            })?;
         Ok(found)
     }
 

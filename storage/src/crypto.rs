@@ -35,7 +35,8 @@ impl MasterKey {
         };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_error)?;
-            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).map_err(io_error)?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_error)?;
         }
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -77,7 +78,9 @@ impl MasterKey {
             .map(str::trim)
             .filter(|line| !line.is_empty() && !line.starts_with('#'));
         let (Some(line), None) = (lines.next(), lines.next()) else {
-            return Err(fail("expected exactly one AGE-SECRET-KEY-1… line".to_string()));
+            return Err(fail(
+                "expected exactly one AGE-SECRET-KEY-1… line".to_string(),
+            ));
         };
         let identity = line
             .parse::<age::x25519::Identity>()
@@ -119,7 +122,9 @@ impl MasterKey {
 
 /// Fsyncs the folder holding `path`, so that a new or renamed file survives a crash.
 pub(crate) fn sync_parent(path: &Path) -> Result<()> {
-    let Some(parent) = path.parent() else { return Ok(()) };
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
     std::fs::File::open(parent)
         .and_then(|dir| dir.sync_all())
         .map_err(|source| Error::Io {
@@ -217,14 +222,18 @@ impl AccountKeys {
 }
 
 pub(crate) fn wrap_keys<T: Serialize>(master: &MasterKey, keys: &T) -> Result<Vec<u8>> {
-    let mut plain = postcard::to_stdvec(keys).map_err(|e| Error::corrupt(format!("encoding keys: {e}")))?;
+    let mut plain =
+        postcard::to_stdvec(keys).map_err(|e| Error::corrupt(format!("encoding keys: {e}")))?;
     let wrapped = master.wrap(&plain);
     plain.zeroize();
     wrapped
 }
 
 /// Returns `None` when the master key does not open `wrapped`.
-pub(crate) fn unwrap_keys<T: for<'de> Deserialize<'de>>(master: &MasterKey, wrapped: &[u8]) -> Result<Option<T>> {
+pub(crate) fn unwrap_keys<T: for<'de> Deserialize<'de>>(
+    master: &MasterKey,
+    wrapped: &[u8],
+) -> Result<Option<T>> {
     let Some(mut plain) = master.unwrap(wrapped) else {
         return Ok(None);
     };
@@ -266,7 +275,9 @@ pub(crate) struct Sealer {
 
 impl Sealer {
     pub(crate) fn new(key: &SecretKey) -> Self {
-        Self { key: Some(key.clone()) }
+        Self {
+            key: Some(key.clone()),
+        }
     }
 
     /// A sealer that does not encrypt: only for measuring what encryption costs.
@@ -276,7 +287,10 @@ impl Sealer {
     }
 
     /// The ChaCha20-Poly1305 key and 96-bit nonce of one XChaCha20 nonce.
-    fn subkey(key: &SecretKey, nonce: &[u8; NONCE_BYTES]) -> (ring::aead::LessSafeKey, ring::aead::Nonce) {
+    fn subkey(
+        key: &SecretKey,
+        nonce: &[u8; NONCE_BYTES],
+    ) -> (ring::aead::LessSafeKey, ring::aead::Nonce) {
         use chacha20::cipher::consts::U10;
         let (head, tail) = nonce.split_at(16);
         let mut subkey = chacha20::hchacha::<U10>((&key.0).into(), head.into());
@@ -302,12 +316,17 @@ impl Sealer {
         };
         let mut nonce = [0u8; NONCE_BYTES];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let mut out = Vec::with_capacity(1 + NONCE_BYTES + plaintext.len() + ring::aead::MAX_TAG_LEN);
+        let mut out =
+            Vec::with_capacity(1 + NONCE_BYTES + plaintext.len() + ring::aead::MAX_TAG_LEN);
         out.push(SEAL_XCHACHA);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
         let (cipher, short) = Self::subkey(key, &nonce);
-        let tag = cipher.seal_in_place_separate_tag(short, ring::aead::Aad::from(aad), &mut out[1 + NONCE_BYTES..]);
+        let tag = cipher.seal_in_place_separate_tag(
+            short,
+            ring::aead::Aad::from(aad),
+            &mut out[1 + NONCE_BYTES..],
+        );
         // Sealing only fails past 256 GiB of plaintext, far over every limit the store
         // enforces before it gets here.
         let Ok(tag) = tag else {
@@ -321,7 +340,9 @@ impl Sealer {
         let tampered = || Error::corrupt("a sealed value does not open (tampered, or moved)");
         match (&self.key, sealed.split_first()) {
             (None, Some((&SEAL_PLAIN, rest))) => Ok(rest.to_vec()),
-            (Some(key), Some((&SEAL_XCHACHA, rest))) if rest.len() >= NONCE_BYTES + ring::aead::MAX_TAG_LEN => {
+            (Some(key), Some((&SEAL_XCHACHA, rest)))
+                if rest.len() >= NONCE_BYTES + ring::aead::MAX_TAG_LEN =>
+            {
                 let (nonce, body) = rest.split_at(NONCE_BYTES);
                 let Ok(nonce) = <&[u8; NONCE_BYTES]>::try_from(nonce) else {
                     return Err(tampered());
@@ -410,7 +431,12 @@ impl BlobCipher {
     }
 
     /// Opens chunk `chunk` in place and returns the plaintext within `sealed`.
-    pub(crate) fn open<'a>(&self, chunk: u32, aad: &[u8], sealed: &'a mut [u8]) -> Result<&'a [u8]> {
+    pub(crate) fn open<'a>(
+        &self,
+        chunk: u32,
+        aad: &[u8],
+        sealed: &'a mut [u8],
+    ) -> Result<&'a [u8]> {
         let tampered = || Error::corrupt("a body chunk does not open (tampered, or moved)");
         match (&self.key, sealed.split_first_mut()) {
             (None, Some((&mut SEAL_PLAIN, rest))) => Ok(rest),
@@ -431,7 +457,10 @@ mod tests {
     fn sealed_value_opens_only_with_its_associated_data() {
         let sealer = Sealer::new(&SecretKey::random());
         let sealed = sealer.seal(b"table/1", b"secret");
-        assert_eq!(sealer.open(b"table/1", &sealed).ok().as_deref(), Some(&b"secret"[..]));
+        assert_eq!(
+            sealer.open(b"table/1", &sealed).ok().as_deref(),
+            Some(&b"secret"[..])
+        );
         assert!(sealer.open(b"table/2", &sealed).is_err());
         let other = Sealer::new(&SecretKey::random());
         assert!(other.open(b"table/1", &sealed).is_err());
@@ -467,7 +496,9 @@ mod tests {
             let mut altered = sealed.clone();
             *altered.last_mut().unwrap() ^= 1;
             assert!(sealer.open(aad.as_bytes(), &altered).is_err());
-            assert!(sealer.open(aad.as_bytes(), &sealed[..sealed.len() - 1]).is_err());
+            assert!(sealer
+                .open(aad.as_bytes(), &sealed[..sealed.len() - 1])
+                .is_err());
         }
     }
 
@@ -476,13 +507,25 @@ mod tests {
         let sealer = BodySealer::new(&SecretKey::random());
         let blob = sealer.blob(&[1; 16]);
         let mut sealed = blob.seal(3, b"aad", b"chunk text".to_vec());
-        assert_eq!(blob.open(3, b"aad", &mut sealed.clone()).unwrap(), b"chunk text");
-        assert!(blob.open(4, b"aad", &mut sealed.clone()).is_err(), "another position");
+        assert_eq!(
+            blob.open(3, b"aad", &mut sealed.clone()).unwrap(),
+            b"chunk text"
+        );
         assert!(
-            sealer.blob(&[2; 16]).open(3, b"aad", &mut sealed.clone()).is_err(),
+            blob.open(4, b"aad", &mut sealed.clone()).is_err(),
+            "another position"
+        );
+        assert!(
+            sealer
+                .blob(&[2; 16])
+                .open(3, b"aad", &mut sealed.clone())
+                .is_err(),
             "another blob"
         );
-        assert!(blob.open(3, b"other", &mut sealed.clone()).is_err(), "another place");
+        assert!(
+            blob.open(3, b"other", &mut sealed.clone()).is_err(),
+            "another place"
+        );
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
         assert!(blob.open(3, b"aad", &mut sealed).is_err(), "altered");
@@ -495,8 +538,14 @@ mod tests {
         let wrapped = wrapped.as_deref().unwrap_or_default();
         assert!(matches!(
             unwrap_store_keys(&master, wrapped),
-            Ok(Some(StoreKeys { audit_keyed: true, .. }))
+            Ok(Some(StoreKeys {
+                audit_keyed: true,
+                ..
+            }))
         ));
-        assert!(matches!(unwrap_store_keys(&MasterKey::ephemeral(), wrapped), Ok(None)));
+        assert!(matches!(
+            unwrap_store_keys(&MasterKey::ephemeral(), wrapped),
+            Ok(None)
+        ));
     }
 }

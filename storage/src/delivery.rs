@@ -41,7 +41,9 @@ pub(crate) struct DeliveryRecord {
 
 impl DeliveryRecord {
     pub(crate) fn line_mut(&mut self, address: &str) -> Option<&mut DeliveryLine> {
-        self.lines.iter_mut().find(|l| l.address.eq_ignore_ascii_case(address))
+        self.lines
+            .iter_mut()
+            .find(|l| l.address.eq_ignore_ascii_case(address))
     }
 }
 

@@ -141,7 +141,13 @@ pub(crate) trait Engine: Send + Sync {
     fn scan(&self, table: Table, from: &[u8], to: &[u8], visit: &mut Visitor<'_>) -> Result<()>;
 
     /// As `scan`, from the last key before `to` down to `from`.
-    fn scan_reverse(&self, table: Table, from: &[u8], to: &[u8], visit: &mut Visitor<'_>) -> Result<()>;
+    fn scan_reverse(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut Visitor<'_>,
+    ) -> Result<()>;
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<()>;
 
@@ -235,8 +241,8 @@ impl RocksEngine {
         let descriptors = Table::ALL
             .iter()
             .map(|table| rocksdb::ColumnFamilyDescriptor::new(table.name(), table_options(*table)));
-        let db =
-            rocksdb::DB::open_cf_descriptors(&options, path, descriptors).map_err(|e| engine_error("open", path, e))?;
+        let db = rocksdb::DB::open_cf_descriptors(&options, path, descriptors)
+            .map_err(|e| engine_error("open", path, e))?;
         Ok(Self {
             db,
             path: path.to_path_buf(),
@@ -269,14 +275,16 @@ impl RocksEngine {
         })?;
         let mut options = rocksdb::Options::default();
         options.set_db_log_dir(&scratch);
-        let result = rocksdb::DB::open_cf_for_read_only(&options, path, [Table::Meta.name()], false)
-            .map_err(|e| engine_error("open read-only", path, e))
-            .and_then(|db| {
-                let cf = db
-                    .cf_handle(Table::Meta.name())
-                    .ok_or_else(|| Error::corrupt("the meta table is missing"))?;
-                db.get_cf(cf, key).map_err(|e| engine_error("read", path, e))
-            });
+        let result =
+            rocksdb::DB::open_cf_for_read_only(&options, path, [Table::Meta.name()], false)
+                .map_err(|e| engine_error("open read-only", path, e))
+                .and_then(|db| {
+                    let cf = db
+                        .cf_handle(Table::Meta.name())
+                        .ok_or_else(|| Error::corrupt("the meta table is missing"))?;
+                    db.get_cf(cf, key)
+                        .map_err(|e| engine_error("read", path, e))
+                });
         let _ = std::fs::remove_dir_all(&scratch);
         result
     }
@@ -309,10 +317,17 @@ impl Engine for RocksEngine {
             }
             iter.next();
         }
-        iter.status().map_err(|e| engine_error("scan", &self.path, e))
+        iter.status()
+            .map_err(|e| engine_error("scan", &self.path, e))
     }
 
-    fn scan_reverse(&self, table: Table, from: &[u8], to: &[u8], visit: &mut Visitor<'_>) -> Result<()> {
+    fn scan_reverse(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
         let mut read = rocksdb::ReadOptions::default();
         read.set_iterate_lower_bound(from.to_vec());
         read.set_iterate_upper_bound(to.to_vec());
@@ -327,7 +342,8 @@ impl Engine for RocksEngine {
             }
             iter.prev();
         }
-        iter.status().map_err(|e| engine_error("scan", &self.path, e))
+        iter.status()
+            .map_err(|e| engine_error("scan", &self.path, e))
     }
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
@@ -336,7 +352,9 @@ impl Engine for RocksEngine {
             match op {
                 Op::Put(table, key, value) => rocks.put_cf(self.cf(table)?, key, value),
                 Op::Delete(table, key) => rocks.delete_cf(self.cf(table)?, key),
-                Op::DeleteRange(table, from, to) => rocks.delete_range_cf(self.cf(table)?, from, to),
+                Op::DeleteRange(table, from, to) => {
+                    rocks.delete_range_cf(self.cf(table)?, from, to)
+                }
             }
         }
         let mut options = rocksdb::WriteOptions::default();
@@ -361,12 +379,16 @@ impl Engine for RocksEngine {
         let cf = self.cf(table)?;
         let mut options = rocksdb::CompactOptions::default();
         options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        self.db.compact_range_cf_opt(cf, Some(from), Some(to), &options);
+        self.db
+            .compact_range_cf_opt(cf, Some(from), Some(to), &options);
         Ok(())
     }
 
     fn flush(&self) -> Result<()> {
-        let handles: Vec<&rocksdb::ColumnFamily> = Table::ALL.iter().map(|t| self.cf(*t)).collect::<Result<_>>()?;
+        let handles: Vec<&rocksdb::ColumnFamily> = Table::ALL
+            .iter()
+            .map(|t| self.cf(*t))
+            .collect::<Result<_>>()?;
         self.db
             .flush_cfs_opt(&handles, &rocksdb::FlushOptions::default())
             .map_err(|e| engine_error("flush", &self.path, e))?;
@@ -376,8 +398,8 @@ impl Engine for RocksEngine {
     }
 
     fn checkpoint(&self, dir: &Path) -> Result<()> {
-        let checkpoint =
-            rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| engine_error("checkpoint", &self.path, e))?;
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .map_err(|e| engine_error("checkpoint", &self.path, e))?;
         checkpoint
             .create_checkpoint(dir)
             .map_err(|e| engine_error("checkpoint", dir, e))

@@ -24,7 +24,10 @@ pub enum Error {
         message: String,
     },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("corrupt or tampered store record: {what}")]
     Corrupt { what: String },
     #[error("account {id} does not exist")]
@@ -44,11 +47,18 @@ pub enum Error {
     #[error("the mailbox is read-only: {reason}")]
     ReadOnly { reason: &'static str },
     #[error("the mailbox cannot be {action}: {reason}")]
-    MailboxProtected { action: &'static str, reason: &'static str },
+    MailboxProtected {
+        action: &'static str,
+        reason: &'static str,
+    },
     #[error("no message with UID {uid} in this mailbox")]
     MessageNotFound { uid: u32 },
     #[error("{what} is {actual}, over the limit of {max}")]
-    LimitExceeded { what: &'static str, actual: u64, max: u64 },
+    LimitExceeded {
+        what: &'static str,
+        actual: u64,
+        max: u64,
+    },
     #[error("invalid input: {what}")]
     InvalidInput { what: &'static str },
     #[error("not destroyed: {reason}")]

@@ -47,11 +47,15 @@ mod store;
 mod types;
 
 pub use account::{normalize_address, Login, ADDRESS_BYTES_MAX, PASSWORD_HASHES_CONCURRENT_MAX};
-pub use audit::{AuditAnchor, AuditBreak, AuditEvent, AuditOutcome, AuditRecord, AuditVerification};
+pub use audit::{
+    AuditAnchor, AuditBreak, AuditEvent, AuditOutcome, AuditRecord, AuditVerification,
+};
 pub use audit_index::{
     AuditPage, AuditSearch, AUDIT_COUNT_EXACT_MAX, AUDIT_TERMS_PER_RECORD_MAX, AUDIT_TERM_BYTES_MAX,
 };
-pub use auth::{WebSessionId, CREDENTIALS_BYTES_MAX, WEB_SESSIONS_PER_ACCOUNT_MAX, WEB_SESSION_BYTES_MAX};
+pub use auth::{
+    WebSessionId, CREDENTIALS_BYTES_MAX, WEB_SESSIONS_PER_ACCOUNT_MAX, WEB_SESSION_BYTES_MAX,
+};
 pub use cache::{CACHED_VALUE_BYTES_MAX, SECRET_BYTES_MAX};
 pub use crypto::MasterKey;
 pub use delivery::{Delivery, DeliveryLine, DELIVERIES_LISTED_MAX};
@@ -65,18 +69,23 @@ pub use pickup::{
     PORTAL_PASSWORD_BYTES_MAX, PORTAL_REPLIES_MAX, PORTAL_REPLIES_PER_PICKUP_PER_DAY_MAX,
     PORTAL_REPLY_BYTES_PER_PICKUP_MAX, PORTAL_REPLY_TEXT_BYTES_MAX,
 };
-pub use quarantine::{quarantine_id_hex, quarantine_id_parse, Quarantined, QUARANTINE_PER_ACCOUNT_MAX};
+pub use quarantine::{
+    quarantine_id_hex, quarantine_id_parse, Quarantined, QUARANTINE_PER_ACCOUNT_MAX,
+};
 pub use queue::{
-    Outbound, OutboundRecipient, QueueId, QueuedMessage, RecipientState, RecipientStatus, QUEUE_RECIPIENTS_MAX,
+    Outbound, OutboundRecipient, QueueId, QueuedMessage, RecipientState, RecipientStatus,
+    QUEUE_RECIPIENTS_MAX,
 };
 pub use retention::{
-    check_retention_rules, Custodian, Destruction, Hold, KeptMessage, RetentionRule, CUSTODIANS_PER_HOLD_MAX,
-    HOLDS_MAX, HOLD_TEXT_BYTES_MAX, RETENTION_DAYS_MAX, RETENTION_RULES_MAX,
+    check_retention_rules, Custodian, Destruction, Hold, KeptMessage, RetentionRule,
+    CUSTODIANS_PER_HOLD_MAX, HOLDS_MAX, HOLD_TEXT_BYTES_MAX, RETENTION_DAYS_MAX,
+    RETENTION_RULES_MAX,
 };
 pub use store::{Actor, JunkHook, Store, StoreConfig, StoreLimits};
 pub use types::{
-    Account, AccountId, AccountStatus, Appended, Changes, DeliveryTarget, FlagChange, Flags, FlagsStored, InternalDate,
-    Mailbox, MailboxId, MessageMeta, NewAccount, NewMessage, Role, SpecialUse, SystemFlag, Usage,
+    Account, AccountId, AccountStatus, Appended, Changes, DeliveryTarget, FlagChange, Flags,
+    FlagsStored, InternalDate, Mailbox, MailboxId, MessageMeta, NewAccount, NewMessage, Role,
+    SpecialUse, SystemFlag, Usage,
 };
 
 /// Milliseconds since the Unix epoch, by the system clock (every crate's clock reading).

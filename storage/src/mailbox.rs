@@ -76,14 +76,18 @@ impl AccountState {
     /// Removes `name` from the lost subscriptions; whether it was there.
     fn take_lost(&mut self, name: &str) -> bool {
         let before = self.lost_subscriptions.len();
-        self.lost_subscriptions.retain(|lost| !same_name(lost, name));
+        self.lost_subscriptions
+            .retain(|lost| !same_name(lost, name));
         self.lost_subscriptions.len() != before
     }
 
     fn add_lost(&mut self, name: &str) {
         self.take_lost(name);
         self.lost_subscriptions.push(name.to_string());
-        let excess = self.lost_subscriptions.len().saturating_sub(LOST_SUBSCRIPTIONS_MAX);
+        let excess = self
+            .lost_subscriptions
+            .len()
+            .saturating_sub(LOST_SUBSCRIPTIONS_MAX);
         self.lost_subscriptions.drain(..excess);
     }
 }
@@ -207,7 +211,8 @@ fn same_name(a: &str, b: &str) -> bool {
 }
 
 fn parent_names(name: &str) -> impl Iterator<Item = &str> {
-    name.match_indices(MAILBOX_DELIMITER).map(move |(at, _)| &name[..at])
+    name.match_indices(MAILBOX_DELIMITER)
+        .map(move |(at, _)| &name[..at])
 }
 
 fn mailbox_aad(account: AccountId, mailbox: MailboxId) -> Vec<u8> {
@@ -238,7 +243,11 @@ impl Store {
     }
 
     /// Finds the mailbox with a special use (the first, if several have it).
-    pub fn mailbox_by_special_use(&self, account: AccountId, use_: SpecialUse) -> Result<Option<Mailbox>> {
+    pub fn mailbox_by_special_use(
+        &self,
+        account: AccountId,
+        use_: SpecialUse,
+    ) -> Result<Option<Mailbox>> {
         Ok(self
             .list_mailboxes(account)?
             .into_iter()
@@ -250,7 +259,12 @@ impl Store {
     }
 
     /// Creates a mailbox, and any missing parent levels of its name.
-    pub fn create_mailbox(&self, account: AccountId, name: &str, special_use: Option<SpecialUse>) -> Result<MailboxId> {
+    pub fn create_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+        special_use: Option<SpecialUse>,
+    ) -> Result<MailboxId> {
         let name = self.validate_name(name)?;
         if special_use == Some(SpecialUse::Backup) {
             return Err(Error::MailboxProtected {
@@ -269,7 +283,13 @@ impl Store {
         let mut created = 0u32;
         for parent in parent_names(&name) {
             if !existing.iter().any(|(_, r)| same_name(&r.name, parent)) {
-                self.stage_new_mailbox(&crypto, account, &mut state, NewMailbox::plain(parent), &mut batch)?;
+                self.stage_new_mailbox(
+                    &crypto,
+                    account,
+                    &mut state,
+                    NewMailbox::plain(parent),
+                    &mut batch,
+                )?;
                 created += 1;
             }
         }
@@ -347,7 +367,13 @@ impl Store {
             let exists = existing.iter().any(|(_, r)| same_name(&r.name, parent))
                 || renamed_names.iter().any(|n| same_name(n, parent));
             if !exists {
-                self.stage_new_mailbox(&crypto, account, &mut state, NewMailbox::plain(parent), &mut batch)?;
+                self.stage_new_mailbox(
+                    &crypto,
+                    account,
+                    &mut state,
+                    NewMailbox::plain(parent),
+                    &mut batch,
+                )?;
             }
         }
         // Each record read again under its mailbox's lock: an append or a \Recent claim in
@@ -370,9 +396,15 @@ impl Store {
     }
 
     fn rename_inbox(&self, account: AccountId, to: &str) -> Result<()> {
-        let inbox = self.mailbox_by_name(account, "INBOX")?.ok_or(Error::MailboxNotFound)?;
+        let inbox = self
+            .mailbox_by_name(account, "INBOX")?
+            .ok_or(Error::MailboxNotFound)?;
         let target = self.create_mailbox(account, to, None)?;
-        let uids: Vec<u32> = self.messages(account, inbox.id)?.iter().map(|m| m.uid).collect();
+        let uids: Vec<u32> = self
+            .messages(account, inbox.id)?
+            .iter()
+            .map(|m| m.uid)
+            .collect();
         self.move_messages(account, inbox.id, &uids, target)?;
         Ok(())
     }
@@ -441,7 +473,9 @@ impl Store {
         batch.delete_range(Table::Changes, prefix.clone(), keys::prefix_end(&prefix));
         batch.delete(Table::Mailboxes, prefix);
         self.inner.engine.write(batch, Durability::Synced)?;
-        self.inner.notifier.publish(account, id, &[MailboxEvent::Deleted]);
+        self.inner
+            .notifier
+            .publish(account, id, &[MailboxEvent::Deleted]);
         Ok(())
     }
 
@@ -489,7 +523,12 @@ impl Store {
     /// mailbox records them as seen, so that no later session gets them (RFC 3501 2.3.2).
     /// Without it (EXAMINE) nothing changes. A claim lost in a crash only shows those
     /// messages as recent once more, so it is written without waiting for the disk.
-    pub fn claim_recent(&self, account: AccountId, mailbox: MailboxId, claim: bool) -> Result<std::ops::Range<u32>> {
+    pub fn claim_recent(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        claim: bool,
+    ) -> Result<std::ops::Range<u32>> {
         let crypto = self.account_crypto(account)?;
         let _mailbox = self.inner.mailbox_locks.lock(account, mailbox.0);
         let record = self.mailbox_record(account, mailbox)?;
@@ -561,17 +600,28 @@ impl Store {
         Ok(canonical_name(name))
     }
 
-    pub(crate) fn mailbox_record(&self, account: AccountId, mailbox: MailboxId) -> Result<MailboxRecord> {
+    pub(crate) fn mailbox_record(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+    ) -> Result<MailboxRecord> {
         let crypto = self.account_crypto(account)?;
         let sealed = self
             .inner
             .engine
             .get(Table::Mailboxes, &keys::mailbox(account, mailbox))?
             .ok_or(Error::MailboxNotFound)?;
-        open_versioned::<MailboxRecord, MailboxRecordV1>(&crypto, &mailbox_aad(account, mailbox), &sealed)
+        open_versioned::<MailboxRecord, MailboxRecordV1>(
+            &crypto,
+            &mailbox_aad(account, mailbox),
+            &sealed,
+        )
     }
 
-    pub(crate) fn mailbox_records(&self, account: AccountId) -> Result<Vec<(MailboxId, MailboxRecord)>> {
+    pub(crate) fn mailbox_records(
+        &self,
+        account: AccountId,
+    ) -> Result<Vec<(MailboxId, MailboxRecord)>> {
         let crypto = self.account_crypto(account)?;
         let from = keys::mailbox(account, MailboxId(keys::ACCOUNT_STATE_SLOT + 1));
         let to = keys::account(AccountId(account.0 + 1));
@@ -579,9 +629,14 @@ impl Store {
         self.inner
             .engine
             .scan(Table::Mailboxes, &from, &to, &mut |key, value| {
-                let id = MailboxId(keys::read_u32(key, 8).ok_or_else(|| Error::corrupt("a mailbox key"))?);
-                let record =
-                    open_versioned::<MailboxRecord, MailboxRecordV1>(&crypto, &mailbox_aad(account, id), value)?;
+                let id = MailboxId(
+                    keys::read_u32(key, 8).ok_or_else(|| Error::corrupt("a mailbox key"))?,
+                );
+                let record = open_versioned::<MailboxRecord, MailboxRecordV1>(
+                    &crypto,
+                    &mailbox_aad(account, id),
+                    value,
+                )?;
                 out.push((id, record));
                 Ok(Scan::Continue)
             })?;
@@ -623,11 +678,15 @@ impl Store {
         batch: &mut Batch,
     ) -> Result<MailboxId> {
         let id = MailboxId(state.next_mailbox_id);
-        state.next_mailbox_id = state.next_mailbox_id.checked_add(1).ok_or(Error::LimitExceeded {
-            what: "mailboxes ever created",
-            actual: u64::from(u32::MAX),
-            max: u64::from(u32::MAX),
-        })?;
+        state.next_mailbox_id =
+            state
+                .next_mailbox_id
+                .checked_add(1)
+                .ok_or(Error::LimitExceeded {
+                    what: "mailboxes ever created",
+                    actual: u64::from(u32::MAX),
+                    max: u64::from(u32::MAX),
+                })?;
         // A UIDVALIDITY never repeats within an account: after a delete and re-create under
         // the same name, clients must see a new value.
         let now = u32::try_from(crate::now_ms() / 1000).unwrap_or(u32::MAX);
@@ -667,8 +726,13 @@ impl Store {
     }
 }
 
-pub(crate) fn seal_record<T: Serialize>(crypto: &AccountCrypto, aad: &[u8], record: &T) -> Result<Vec<u8>> {
-    let plain = postcard::to_stdvec(record).map_err(|e| Error::corrupt(format!("encoding: {e}")))?;
+pub(crate) fn seal_record<T: Serialize>(
+    crypto: &AccountCrypto,
+    aad: &[u8],
+    record: &T,
+) -> Result<Vec<u8>> {
+    let plain =
+        postcard::to_stdvec(record).map_err(|e| Error::corrupt(format!("encoding: {e}")))?;
     Ok(crypto.metadata.seal(aad, &plain))
 }
 
@@ -690,7 +754,17 @@ mod tests {
     #[test]
     fn records_of_the_layout_before_open() {
         #[derive(Serialize)]
-        struct OldRecord<'a>(&'a str, Option<SpecialUse>, bool, u32, u32, u64, u32, u32, u64);
+        struct OldRecord<'a>(
+            &'a str,
+            Option<SpecialUse>,
+            bool,
+            u32,
+            u32,
+            u64,
+            u32,
+            u32,
+            u64,
+        );
         let old = postcard::to_stdvec(&OldRecord("Lab", None, true, 7, 42, 9, 3, 1, 100)).unwrap();
         let record = decode_versioned::<MailboxRecord, MailboxRecordV1>(&old).unwrap();
         assert_eq!(

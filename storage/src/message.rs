@@ -22,8 +22,8 @@ use crate::mailbox::{open_record, seal_record, MailboxRecord};
 use crate::notify::MailboxEvent;
 use crate::store::{AccountCrypto, Store};
 use crate::types::{
-    AccountId, Appended, Changes, DeliveryTarget, FlagChange, Flags, FlagsStored, InternalDate, MailboxId, MessageMeta,
-    NewMessage, SystemFlag, Usage,
+    AccountId, Appended, Changes, DeliveryTarget, FlagChange, Flags, FlagsStored, InternalDate,
+    MailboxId, MessageMeta, NewMessage, SystemFlag, Usage,
 };
 
 /// Plaintext bytes per body chunk: the unit of a ranged read.
@@ -83,7 +83,12 @@ pub(crate) struct BlobChanges {
 }
 
 impl BlobChanges {
-    pub(crate) fn stage(self, crypto: &AccountCrypto, account: AccountId, batch: &mut Batch) -> Result<()> {
+    pub(crate) fn stage(
+        self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        batch: &mut Batch,
+    ) -> Result<()> {
         for (id, record) in self.records {
             let key = keys::blob(account, &id);
             match record {
@@ -129,7 +134,12 @@ fn change_value(kind: u8, uid: u32) -> Vec<u8> {
 impl Store {
     /// Appends a message as a user would (IMAP APPEND). Returns once it is durable.
     /// BACKUP refuses: only delivery writes there.
-    pub fn append(&self, account: AccountId, mailbox: MailboxId, message: &NewMessage<'_>) -> Result<Appended> {
+    pub fn append(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        message: &NewMessage<'_>,
+    ) -> Result<Appended> {
         let record = self.mailbox_record(account, mailbox)?;
         if record.read_only() {
             return Err(Error::ReadOnly {
@@ -185,7 +195,11 @@ impl Store {
         audit: &dyn Fn(&[Delivered]) -> Vec<crate::AuditEvent>,
     ) -> Result<Vec<Delivered>> {
         // A target with no mailbox is a queue entry alone (a system notice that no folder keeps).
-        if targets.is_empty() || targets.iter().any(|t| t.mailboxes.is_empty() && t.outbound.is_none()) {
+        if targets.is_empty()
+            || targets
+                .iter()
+                .any(|t| t.mailboxes.is_empty() && t.outbound.is_none())
+        {
             return Err(Error::InvalidInput {
                 what: "delivery to no mailbox",
             });
@@ -256,11 +270,10 @@ impl Store {
                 )?),
                 None => None,
             };
-            let refcount = u32::try_from(target.mailboxes.len() + usize::from(queued.is_some())).map_err(|_| {
-                Error::InvalidInput {
+            let refcount = u32::try_from(target.mailboxes.len() + usize::from(queued.is_some()))
+                .map_err(|_| Error::InvalidInput {
                     what: "too many mailboxes",
-                }
-            })?;
+                })?;
             self.stage_prepared_blob(&crypto, account, blob, refcount, &mut batch)?;
             published.extend(appended.iter().map(|a| (account, *a)));
             results.push((appended, queued));
@@ -306,30 +319,44 @@ impl Store {
     }
 
     /// The whole message, byte for byte as appended.
-    pub fn read_message(&self, account: AccountId, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
+    pub fn read_message(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        uid: u32,
+    ) -> Result<Vec<u8>> {
         let crypto = self.account_crypto(account)?;
         let record = self.message_record(&crypto, account, mailbox, uid)?;
         self.read_blob(&crypto, account, &record.blob)
     }
 
     /// A whole body, every chunk opened and checked to be there.
-    pub(crate) fn read_blob(&self, crypto: &AccountCrypto, account: AccountId, id: &BlobId) -> Result<Vec<u8>> {
+    pub(crate) fn read_blob(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        id: &BlobId,
+    ) -> Result<Vec<u8>> {
         let blob = self.blob_record(crypto, account, id)?;
         let mut out = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
         let start = keys::blob_chunk(account, id, 0);
         let end = keys::prefix_end(&keys::blob(account, id));
         let cipher = crypto.content.blob(id);
         let mut next_chunk = 0u32;
-        self.inner.engine.scan(Table::Blobs, &start, &end, &mut |key, value| {
-            if keys::read_u32(key, 24) != Some(next_chunk) {
-                return Err(Error::corrupt("a message body misses a chunk"));
-            }
-            open_chunk(&cipher, next_chunk, key, &mut value.to_vec(), &mut out)?;
-            next_chunk += 1;
-            Ok(Scan::Continue)
-        })?;
+        self.inner
+            .engine
+            .scan(Table::Blobs, &start, &end, &mut |key, value| {
+                if keys::read_u32(key, 24) != Some(next_chunk) {
+                    return Err(Error::corrupt("a message body misses a chunk"));
+                }
+                open_chunk(&cipher, next_chunk, key, &mut value.to_vec(), &mut out)?;
+                next_chunk += 1;
+                Ok(Scan::Continue)
+            })?;
         if next_chunk != blob.chunks || out.len() as u64 != blob.size {
-            return Err(Error::corrupt("a message body is shorter than its record says"));
+            return Err(Error::corrupt(
+                "a message body is shorter than its record says",
+            ));
         }
         Ok(out)
     }
@@ -376,7 +403,12 @@ impl Store {
     }
 
     /// The search text stored with the message at append time (empty if none was given).
-    pub fn message_search_text(&self, account: AccountId, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
+    pub fn message_search_text(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        uid: u32,
+    ) -> Result<Vec<u8>> {
         let crypto = self.account_crypto(account)?;
         let record = self.message_record(&crypto, account, mailbox, uid)?;
         let key = keys::blob(account, &record.blob);
@@ -385,7 +417,14 @@ impl Store {
         };
         let mut text = Vec::new();
         let cipher = crypto.content.blob(&record.blob);
-        open_sealed(&cipher, TEXT_CHUNK, &key, &mut sealed, &mut text, SEARCH_TEXT_BYTES_MAX)?;
+        open_sealed(
+            &cipher,
+            TEXT_CHUNK,
+            &key,
+            &mut sealed,
+            &mut text,
+            SEARCH_TEXT_BYTES_MAX,
+        )?;
         Ok(text)
     }
 
@@ -402,7 +441,14 @@ impl Store {
         };
         let mut text = Vec::new();
         let cipher = crypto.content.blob(blob);
-        open_sealed(&cipher, TEXT_CHUNK, &key, &mut sealed, &mut text, SEARCH_TEXT_BYTES_MAX)?;
+        open_sealed(
+            &cipher,
+            TEXT_CHUNK,
+            &key,
+            &mut sealed,
+            &mut text,
+            SEARCH_TEXT_BYTES_MAX,
+        )?;
         Ok(text)
     }
 
@@ -437,13 +483,16 @@ impl Store {
                 keys::message(account, mailbox, last.saturating_add(1)),
             );
             let mut records = Vec::new();
-            self.inner.engine.scan(Table::Messages, &from, &to, &mut |key, value| {
-                let uid = keys::read_u32(key, 12).ok_or_else(|| Error::corrupt("a message key"))?;
-                if wanted.contains(&uid) {
-                    records.push((uid, open_record(&crypto, &message_aad(key), value)?));
-                }
-                Ok(Scan::Continue)
-            })?;
+            self.inner
+                .engine
+                .scan(Table::Messages, &from, &to, &mut |key, value| {
+                    let uid =
+                        keys::read_u32(key, 12).ok_or_else(|| Error::corrupt("a message key"))?;
+                    if wanted.contains(&uid) {
+                        records.push((uid, open_record(&crypto, &message_aad(key), value)?));
+                    }
+                    Ok(Scan::Continue)
+                })?;
             records
         } else {
             uids.iter()
@@ -454,7 +503,8 @@ impl Store {
                 })
                 .collect()
         };
-        let mut summaries: std::collections::HashMap<u32, Vec<u8>> = std::collections::HashMap::new();
+        let mut summaries: std::collections::HashMap<u32, Vec<u8>> =
+            std::collections::HashMap::new();
         if uids.len() > 64 {
             let (from, to) = (
                 keys::message(account, mailbox, first),
@@ -463,7 +513,8 @@ impl Store {
             self.inner
                 .engine
                 .scan(Table::Summaries, &from, &to, &mut |key, value| {
-                    let uid = keys::read_u32(key, 12).ok_or_else(|| Error::corrupt("a summary key"))?;
+                    let uid =
+                        keys::read_u32(key, 12).ok_or_else(|| Error::corrupt("a summary key"))?;
                     summaries.insert(uid, crypto.metadata.open(&summary_aad(key), value)?);
                     Ok(Scan::Continue)
                 })?;
@@ -485,7 +536,12 @@ impl Store {
     }
 
     /// The summary stored with the message at append time.
-    pub fn message_summary(&self, account: AccountId, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
+    pub fn message_summary(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        uid: u32,
+    ) -> Result<Vec<u8>> {
         let crypto = self.account_crypto(account)?;
         self.summary_bytes(&crypto, account, mailbox, uid)
     }
@@ -515,7 +571,8 @@ impl Store {
         change: &FlagChange,
         unchanged_since: Option<u64>,
     ) -> Result<FlagsStored> {
-        let (FlagChange::Replace(flags) | FlagChange::Add(flags) | FlagChange::Remove(flags)) = change;
+        let (FlagChange::Replace(flags) | FlagChange::Add(flags) | FlagChange::Remove(flags)) =
+            change;
         self.check_flags(flags)?;
         let crypto = self.account_crypto(account)?;
         let _lock = self.inner.mailbox_locks.lock(account, mailbox.0);
@@ -549,7 +606,10 @@ impl Store {
                 (true, false) => mailbox_record.unseen + 1,
                 _ => mailbox_record.unseen,
             };
-            batch.delete(Table::Changes, keys::change(account, mailbox, record.modseq));
+            batch.delete(
+                Table::Changes,
+                keys::change(account, mailbox, record.modseq),
+            );
             mailbox_record.highest_modseq += 1;
             record.modseq = mailbox_record.highest_modseq;
             record.flags = flags;
@@ -671,9 +731,19 @@ impl Store {
         self.inner.notifier.publish(account, from, &expunged);
         let junk = |record: &MailboxRecord| record.special_use == Some(crate::SpecialUse::Junk);
         if junk(&source) != junk(&target) {
-            let hook = self.inner.junk_hook.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let hook = self
+                .inner
+                .junk_hook
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             if let Some(hook) = hook {
-                hook(account, to, pairs.iter().map(|(_, new)| *new).collect(), junk(&target));
+                hook(
+                    account,
+                    to,
+                    pairs.iter().map(|(_, new)| *new).collect(),
+                    junk(&target),
+                );
             }
         }
         Ok(pairs)
@@ -681,7 +751,12 @@ impl Store {
 
     /// Removes the messages flagged \Deleted (IMAP EXPUNGE), or only those among `only`
     /// (UID EXPUNGE). Returns the expunged UIDs, ascending. Bodies go with their last copy.
-    pub fn expunge_deleted(&self, account: AccountId, mailbox: MailboxId, only: Option<&[u32]>) -> Result<Vec<u32>> {
+    pub fn expunge_deleted(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        only: Option<&[u32]>,
+    ) -> Result<Vec<u32>> {
         let crypto = self.account_crypto(account)?;
         let _lock = self.inner.mailbox_locks.lock(account, mailbox.0);
         let _blobs = self.inner.blob_locks.lock(account, 0);
@@ -713,7 +788,10 @@ impl Store {
         let mut events = Vec::new();
         let keeping = self.keeping(account)?;
         let now = crate::now_ms();
-        for (uid, record) in candidates.into_iter().filter(|(_, r)| r.flags.has(SystemFlag::Deleted)) {
+        for (uid, record) in candidates
+            .into_iter()
+            .filter(|(_, r)| r.flags.has(SystemFlag::Deleted))
+        {
             // What a hold or a minimum age keeps leaves the user's view, not the store.
             if keeping
                 .keeps(
@@ -738,7 +816,14 @@ impl Store {
             } else {
                 self.release_blob(&crypto, account, &record.blob, &mut blobs)?;
             }
-            let modseq = stage_expunge(account, mailbox, &mut mailbox_record, uid, &record, &mut batch);
+            let modseq = stage_expunge(
+                account,
+                mailbox,
+                &mut mailbox_record,
+                uid,
+                &record,
+                &mut batch,
+            );
             expunged.push(uid);
             events.push(MailboxEvent::Expunged { uid, modseq });
         }
@@ -754,20 +839,29 @@ impl Store {
 
     /// What changed after `since` (CONDSTORE CHANGEDSINCE, QRESYNC): live messages with a
     /// higher MODSEQ, and UIDs expunged after it.
-    pub fn changes_since(&self, account: AccountId, mailbox: MailboxId, since: u64) -> Result<Changes> {
+    pub fn changes_since(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        since: u64,
+    ) -> Result<Changes> {
         let from = keys::change(account, mailbox, since.saturating_add(1));
         let to = keys::prefix_end(&keys::mailbox(account, mailbox));
         let mut changes = Changes::default();
-        self.inner.engine.scan(Table::Changes, &from, &to, &mut |key, value| {
-            let modseq = keys::read_u64(key, 12).ok_or_else(|| Error::corrupt("a change key"))?;
-            let uid = keys::read_u32(value, 1).ok_or_else(|| Error::corrupt("a change record"))?;
-            match value.first() {
-                Some(&CHANGE_LIVE) => changes.changed.push((uid, modseq)),
-                Some(&CHANGE_EXPUNGED) => changes.expunged.push(uid),
-                _ => return Err(Error::corrupt("a change record")),
-            }
-            Ok(Scan::Continue)
-        })?;
+        self.inner
+            .engine
+            .scan(Table::Changes, &from, &to, &mut |key, value| {
+                let modseq =
+                    keys::read_u64(key, 12).ok_or_else(|| Error::corrupt("a change key"))?;
+                let uid =
+                    keys::read_u32(value, 1).ok_or_else(|| Error::corrupt("a change record"))?;
+                match value.first() {
+                    Some(&CHANGE_LIVE) => changes.changed.push((uid, modseq)),
+                    Some(&CHANGE_EXPUNGED) => changes.expunged.push(uid),
+                    _ => return Err(Error::corrupt("a change record")),
+                }
+                Ok(Scan::Continue)
+            })?;
         changes.changed.sort_unstable();
         changes.expunged.sort_unstable();
         Ok(changes)
@@ -805,7 +899,12 @@ impl Store {
     }
 
     /// Sets (or with `None` lifts) the account's storage limit in bytes; audited.
-    pub fn set_quota(&self, account: AccountId, bytes: Option<u64>, actor: &crate::Actor) -> Result<()> {
+    pub fn set_quota(
+        &self,
+        account: AccountId,
+        bytes: Option<u64>,
+        actor: &crate::Actor,
+    ) -> Result<()> {
         let address = self.account(account)?.address;
         let mut batch = Batch::default();
         let key = crate::keys::quota(account);
@@ -814,8 +913,12 @@ impl Store {
             None => batch.delete(Table::Meta, key),
         }
         let detail = bytes.map_or_else(|| "none".to_string(), |b| format!("{b} bytes"));
-        let event =
-            crate::AuditEvent::new(actor, "account.quota", format!("account:{} {address}", account.0)).detail(detail);
+        let event = crate::AuditEvent::new(
+            actor,
+            "account.quota",
+            format!("account:{} {address}", account.0),
+        )
+        .detail(detail);
         self.commit_audited(batch, vec![event])?;
         Ok(())
     }
@@ -825,12 +928,15 @@ impl Store {
     pub fn body_count(&self, account: AccountId) -> Result<u64> {
         let prefix = keys::account(account);
         let mut count = 0u64;
-        self.inner
-            .engine
-            .scan(Table::BlobIndex, &prefix, &keys::prefix_end(&prefix), &mut |_, _| {
+        self.inner.engine.scan(
+            Table::BlobIndex,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            &mut |_, _| {
                 count += 1;
                 Ok(Scan::Continue)
-            })?;
+            },
+        )?;
         Ok(count)
     }
 
@@ -918,7 +1024,11 @@ impl Store {
             what: "message too large",
         })?;
         for (index, sealed) in (0u32..).zip(blob.chunks) {
-            batch.put(Table::Blobs, keys::blob_chunk(account, &blob.id, index), sealed);
+            batch.put(
+                Table::Blobs,
+                keys::blob_chunk(account, &blob.id, index),
+                sealed,
+            );
         }
         let key = keys::blob(account, &blob.id);
         if let Some(text) = blob.text {
@@ -937,7 +1047,12 @@ impl Store {
         Ok(())
     }
 
-    fn blob_record(&self, crypto: &AccountCrypto, account: AccountId, id: &BlobId) -> Result<BlobRecord> {
+    fn blob_record(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        id: &BlobId,
+    ) -> Result<BlobRecord> {
         let key = keys::blob(account, id);
         let sealed = self
             .inner
@@ -972,7 +1087,9 @@ impl Store {
         changes: &mut BlobChanges,
     ) -> Result<()> {
         let entry = self.pending_blob(crypto, account, id, changes)?;
-        let record = entry.as_mut().ok_or_else(|| Error::corrupt("a copy of a freed body"))?;
+        let record = entry
+            .as_mut()
+            .ok_or_else(|| Error::corrupt("a copy of a freed body"))?;
         record.refcount += 1;
         Ok(())
     }
@@ -1111,7 +1228,10 @@ pub(crate) fn stage_expunge(
 ) -> u64 {
     batch.delete(Table::Messages, keys::message(account, mailbox, uid));
     batch.delete(Table::Summaries, keys::message(account, mailbox, uid));
-    batch.delete(Table::Changes, keys::change(account, mailbox, record.modseq));
+    batch.delete(
+        Table::Changes,
+        keys::change(account, mailbox, record.modseq),
+    );
     mailbox_record.highest_modseq += 1;
     let modseq = mailbox_record.highest_modseq;
     batch.put(
@@ -1165,7 +1285,13 @@ fn seal_chunk(cipher: &BlobCipher, index: u32, key: &[u8], plain: &[u8]) -> Vec<
 }
 
 /// Opens a chunk (in place) and appends its plaintext to `out`.
-fn open_chunk(cipher: &BlobCipher, index: u32, key: &[u8], sealed: &mut [u8], out: &mut Vec<u8>) -> Result<()> {
+fn open_chunk(
+    cipher: &BlobCipher,
+    index: u32,
+    key: &[u8],
+    sealed: &mut [u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
     open_sealed(cipher, index, key, sealed, out, CHUNK_BYTES)
 }
 

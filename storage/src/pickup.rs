@@ -231,7 +231,11 @@ impl Store {
         let mut batch = Batch::default();
         self.stage_pickup(&crypto, account, &key, &record, &mut batch)?;
         let index = [self.recipient_prefix(recipient).as_slice(), &key].concat();
-        batch.put(Table::PickupRecipients, index, account.0.to_be_bytes().to_vec());
+        batch.put(
+            Table::PickupRecipients,
+            index,
+            account.0.to_be_bytes().to_vec(),
+        );
         let mut blobs = crate::message::BlobChanges::default();
         self.retain_blob(&crypto, account, &blob, &mut blobs)?;
         blobs.stage(&crypto, account, &mut batch)?;
@@ -240,8 +244,14 @@ impl Store {
                 line.pickup = Some(id);
             }
         })?;
-        let event = crate::AuditEvent::new(&crate::Actor::system(), "pickup.create", format!("queue {queue}"))
-            .detail(format!("for {recipient}; pickup {id}; expires {expires_ms}"));
+        let event = crate::AuditEvent::new(
+            &crate::Actor::system(),
+            "pickup.create",
+            format!("queue {queue}"),
+        )
+        .detail(format!(
+            "for {recipient}; pickup {id}; expires {expires_ms}"
+        ));
         self.commit_audited(batch, vec![event])?;
         Ok(id)
     }
@@ -268,7 +278,8 @@ impl Store {
         let Some(value) = self.inner.engine.get(Table::Pickups, key)? else {
             return Ok(None);
         };
-        let account = AccountId(keys::read_u64(&value, 0).ok_or_else(|| Error::corrupt("a pickup record"))?);
+        let account =
+            AccountId(keys::read_u64(&value, 0).ok_or_else(|| Error::corrupt("a pickup record"))?);
         let Ok(crypto) = self.account_crypto(account) else {
             // The sending account was deleted: its pickups went with its keys.
             return Ok(None);
@@ -336,7 +347,11 @@ impl Store {
     /// The message of a live pickup, for its recipient in the portal: the first read marks
     /// it opened (for the sender's delivery status), and `event` is written with that mark
     /// before any content is returned. `None` when the pickup is unknown or ended.
-    pub fn read_pickup_audited(&self, id: PickupId, event: crate::AuditEvent) -> Result<Option<Vec<u8>>> {
+    pub fn read_pickup_audited(
+        &self,
+        id: PickupId,
+        event: crate::AuditEvent,
+    ) -> Result<Option<Vec<u8>>> {
         let Some((account, _, _)) = self.pickup_record(&id.0)? else {
             return Ok(None);
         };
@@ -355,11 +370,17 @@ impl Store {
                 record.opened_ms = Some(now);
                 self.stage_pickup(&crypto, account, &id.0, &record, &mut batch)?;
                 let recipient = record.recipient.clone();
-                self.stage_delivery_change(&crypto, account, QueueId(record.queue), &mut batch, |delivery| {
-                    if let Some(line) = delivery.line_mut(&recipient) {
-                        line.opened_ms.get_or_insert(now);
-                    }
-                })?;
+                self.stage_delivery_change(
+                    &crypto,
+                    account,
+                    QueueId(record.queue),
+                    &mut batch,
+                    |delivery| {
+                        if let Some(line) = delivery.line_mut(&recipient) {
+                            line.opened_ms.get_or_insert(now);
+                        }
+                    },
+                )?;
             }
             self.commit_audited(batch, vec![event])?;
             blob
@@ -439,11 +460,15 @@ impl Store {
         event: crate::AuditEvent,
     ) -> Result<()> {
         let Some((account, crypto, _)) = self.pickup_record(&id.0)? else {
-            return Err(Error::InvalidInput { what: "no such pickup" });
+            return Err(Error::InvalidInput {
+                what: "no such pickup",
+            });
         };
         let _queue = self.inner.mailbox_locks.lock(account, QUEUE_LOCK_SLOT);
         let Some((_, _, mut record)) = self.pickup_record(&id.0)? else {
-            return Err(Error::InvalidInput { what: "no such pickup" });
+            return Err(Error::InvalidInput {
+                what: "no such pickup",
+            });
         };
         if record.replies.len() >= PORTAL_REPLIES_MAX {
             record.replies.remove(0);
@@ -460,7 +485,11 @@ impl Store {
         let mut batch = Batch::default();
         self.stage_pickup(&crypto, account, &id.0, &record, &mut batch)?;
         let total = self.portal_reply_bytes(id)?.saturating_add(bytes);
-        batch.put(Table::Meta, reply_bytes_key(&id), total.to_be_bytes().to_vec());
+        batch.put(
+            Table::Meta,
+            reply_bytes_key(&id),
+            total.to_be_bytes().to_vec(),
+        );
         self.commit_audited(batch, vec![event])?;
         Ok(())
     }
@@ -520,9 +549,12 @@ impl Store {
                         continue;
                     }
                     batch.delete(Table::Pickups, key.to_vec());
-                    let index = [self.recipient_prefix(&record.recipient).as_slice(), &key].concat();
+                    let index =
+                        [self.recipient_prefix(&record.recipient).as_slice(), &key].concat();
                     batch.delete(Table::PickupRecipients, index);
-                    self.inner.engine.write(batch, crate::engine::Durability::Synced)?;
+                    self.inner
+                        .engine
+                        .write(batch, crate::engine::Durability::Synced)?;
                     continue;
                 }
                 None if record.expires_ms >= now_ms => continue,
@@ -565,7 +597,12 @@ impl Store {
     /// Sets the password an outside recipient chose in the portal for return visits
     /// (argon2id, sealed with the directory key under a keyed hash of the address); audited,
     /// the password never. The caller judges its strength.
-    pub fn set_portal_password(&self, recipient: &str, password: &str, actor: &crate::Actor) -> Result<()> {
+    pub fn set_portal_password(
+        &self,
+        recipient: &str,
+        password: &str,
+        actor: &crate::Actor,
+    ) -> Result<()> {
         if password.len() > PORTAL_PASSWORD_BYTES_MAX {
             return Err(Error::LimitExceeded {
                 what: "portal password bytes",
@@ -581,7 +618,8 @@ impl Store {
             key.clone(),
             self.inner.directory.seal(&key, hash.as_bytes()),
         );
-        let event = crate::AuditEvent::new(actor, "portal.password.set", format!("for {recipient}"));
+        let event =
+            crate::AuditEvent::new(actor, "portal.password.set", format!("for {recipient}"));
         self.commit_audited(batch, vec![event])?;
         Ok(())
     }
@@ -590,7 +628,8 @@ impl Store {
     pub fn remove_portal_password(&self, recipient: &str, actor: &crate::Actor) -> Result<()> {
         let mut batch = Batch::default();
         batch.delete(Table::Meta, self.portal_password_key(recipient));
-        let event = crate::AuditEvent::new(actor, "portal.password.remove", format!("for {recipient}"));
+        let event =
+            crate::AuditEvent::new(actor, "portal.password.remove", format!("for {recipient}"));
         self.commit_audited(batch, vec![event])?;
         Ok(())
     }
@@ -670,9 +709,14 @@ impl Store {
             tries_left: PICKUP_PROOF_TRIES_MAX,
         };
         let key = self.proof_key(account, message_id, recipient);
-        let plain = postcard::to_stdvec(&record).map_err(|e| Error::corrupt(format!("encoding: {e}")))?;
+        let plain =
+            postcard::to_stdvec(&record).map_err(|e| Error::corrupt(format!("encoding: {e}")))?;
         let mut batch = Batch::default();
-        batch.put(Table::Meta, key.clone(), self.inner.directory.seal(&key, &plain));
+        batch.put(
+            Table::Meta,
+            key.clone(),
+            self.inner.directory.seal(&key, &plain),
+        );
         let event = crate::AuditEvent::new(
             actor,
             "pickup.proof.set",
@@ -718,7 +762,11 @@ impl Store {
         event: crate::AuditEvent,
     ) -> Result<ProofCheck> {
         let key = self.proof_key(account, message_id, recipient);
-        let _lock = self.inner.directory_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _lock = self
+            .inner
+            .directory_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let Some(mut record) = self.proof_record(&key)? else {
             return Ok(ProofCheck::NotAsked);
         };
@@ -732,9 +780,14 @@ impl Store {
             return Ok(ProofCheck::Right);
         }
         record.tries_left -= 1;
-        let plain = postcard::to_stdvec(&record).map_err(|e| Error::corrupt(format!("encoding: {e}")))?;
+        let plain =
+            postcard::to_stdvec(&record).map_err(|e| Error::corrupt(format!("encoding: {e}")))?;
         let mut batch = Batch::default();
-        batch.put(Table::Meta, key.clone(), self.inner.directory.seal(&key, &plain));
+        batch.put(
+            Table::Meta,
+            key.clone(),
+            self.inner.directory.seal(&key, &plain),
+        );
         let event = event
             .outcome(crate::AuditOutcome::Denied)
             .detail(format!("{} tries left", record.tries_left));
@@ -781,7 +834,10 @@ struct ProofRecord {
 /// A passphrase or answer as compared: case, surrounding and repeated white space do not
 /// count (it is read out on the phone, typed by someone else).
 fn normalised_proof(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// Bytes of passkey records one portal address may keep (a few passkeys' WebAuthn records).
@@ -810,7 +866,12 @@ impl Store {
 
     /// Keeps the recipient's passkeys (a new one, or a sign-in's counter), with `events` in the
     /// same write.
-    pub fn set_portal_passkeys(&self, recipient: &str, keys: &[u8], events: Vec<crate::AuditEvent>) -> Result<()> {
+    pub fn set_portal_passkeys(
+        &self,
+        recipient: &str,
+        keys: &[u8],
+        events: Vec<crate::AuditEvent>,
+    ) -> Result<()> {
         if keys.len() > PORTAL_PASSKEYS_BYTES_MAX {
             return Err(Error::LimitExceeded {
                 what: "portal passkey bytes",
@@ -820,7 +881,11 @@ impl Store {
         }
         let key = self.portal_passkeys_key(recipient);
         let mut batch = Batch::default();
-        batch.put(Table::Meta, key.clone(), self.inner.directory.seal(&key, keys));
+        batch.put(
+            Table::Meta,
+            key.clone(),
+            self.inner.directory.seal(&key, keys),
+        );
         self.commit_audited(batch, events)?;
         Ok(())
     }
@@ -834,7 +899,8 @@ impl Store {
         }
         let mut batch = Batch::default();
         batch.delete(Table::Meta, key);
-        let event = crate::AuditEvent::new(actor, "portal.passkey.reset", format!("for {recipient}"));
+        let event =
+            crate::AuditEvent::new(actor, "portal.passkey.reset", format!("for {recipient}"));
         self.commit_audited(batch, vec![event])?;
         Ok(true)
     }

@@ -76,16 +76,19 @@ impl Store {
         let crypto = self.account_crypto(account)?;
         let prefix = keys::account(account);
         let mut out = Vec::new();
-        self.inner
-            .engine
-            .scan(Table::Quarantine, &prefix, &keys::prefix_end(&prefix), &mut |k, v| {
+        self.inner.engine.scan(
+            Table::Quarantine,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            &mut |k, v| {
                 let id: [u8; 16] = k
                     .get(8..24)
                     .and_then(|b| b.try_into().ok())
                     .ok_or_else(|| Error::corrupt("a quarantine key"))?;
                 out.push((id, open_record(&crypto, &aad(k), v)?));
                 Ok(Scan::Continue)
-            })?;
+            },
+        )?;
         Ok(out)
     }
 
@@ -127,12 +130,20 @@ impl Store {
         };
         let _blobs = self.inner.blob_locks.lock(account, 0);
         let mut batch = Batch::default();
-        batch.put(Table::Quarantine, k.clone(), seal_record(&crypto, &aad(&k), &record)?);
+        batch.put(
+            Table::Quarantine,
+            k.clone(),
+            seal_record(&crypto, &aad(&k), &record)?,
+        );
         self.stage_prepared_blob(&crypto, account, blob, 1, &mut batch)?;
         let event = AuditEvent::new(
             actor,
             "quarantine.hold",
-            format!("account:{} quarantine:{}", account.0, quarantine_id_hex(&id)),
+            format!(
+                "account:{} quarantine:{}",
+                account.0,
+                quarantine_id_hex(&id)
+            ),
         )
         .detail(format!("{verdict}; {} bytes", record.size));
         self.commit_audited(batch, vec![event])?;
@@ -181,7 +192,12 @@ impl Store {
 
     /// Releases a held message into the account's INBOX and BACKUP, byte for byte, in one
     /// atomic write with its audit record.
-    pub fn release_quarantined(&self, account: AccountId, id: &[u8; 16], actor: &Actor) -> Result<()> {
+    pub fn release_quarantined(
+        &self,
+        account: AccountId,
+        id: &[u8; 16],
+        actor: &Actor,
+    ) -> Result<()> {
         let record = self.quarantine_record(account, id)?;
         let crypto = self.account_crypto(account)?;
         let inbox = self
@@ -192,7 +208,10 @@ impl Store {
             .mailbox_by_special_use(account, SpecialUse::Backup)?
             .ok_or(Error::MailboxNotFound)?
             .id;
-        let _locks = self.inner.mailbox_locks.lock_many(account, &[inbox.0, backup.0]);
+        let _locks = self
+            .inner
+            .mailbox_locks
+            .lock_many(account, &[inbox.0, backup.0]);
         let _blobs = self.inner.blob_locks.lock(account, 0);
         let mut batch = Batch::default();
         let mut blobs = crate::message::BlobChanges::default();
@@ -226,15 +245,22 @@ impl Store {
         .detail(format!("{}; into INBOX and BACKUP", record.verdict));
         self.commit_audited(batch, vec![event])?;
         for (mailbox, (uid, modseq)) in published {
-            self.inner
-                .notifier
-                .publish(account, mailbox, &[MailboxEvent::Appended { uid, modseq }]);
+            self.inner.notifier.publish(
+                account,
+                mailbox,
+                &[MailboxEvent::Appended { uid, modseq }],
+            );
         }
         Ok(())
     }
 
     /// Deletes a held message (refused while the account is under a legal hold).
-    pub fn delete_quarantined(&self, account: AccountId, id: &[u8; 16], actor: &Actor) -> Result<()> {
+    pub fn delete_quarantined(
+        &self,
+        account: AccountId,
+        id: &[u8; 16],
+        actor: &Actor,
+    ) -> Result<()> {
         if self.is_held(account)? {
             return Err(Error::Kept {
                 reason: "the account is under a legal hold".into(),

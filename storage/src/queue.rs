@@ -137,7 +137,9 @@ pub struct QueuedMessage {
 impl QueuedMessage {
     /// Whether any recipient still waits for delivery.
     pub fn pending(&self) -> bool {
-        self.states.iter().any(|s| s.status == RecipientStatus::Pending)
+        self.states
+            .iter()
+            .any(|s| s.status == RecipientStatus::Pending)
     }
 }
 
@@ -182,8 +184,20 @@ pub(crate) fn stage_queue_entry(
     );
     // A pickup notice is the system's message about one: the sender's record is the original's.
     if !outbound.notice {
-        let recipients: Vec<String> = outbound.recipients.iter().map(|r| r.address.clone()).collect();
-        crate::delivery::stage_new_delivery(crypto, account, QueueId(id), now, summary, &recipients, batch)?;
+        let recipients: Vec<String> = outbound
+            .recipients
+            .iter()
+            .map(|r| r.address.clone())
+            .collect();
+        crate::delivery::stage_new_delivery(
+            crypto,
+            account,
+            QueueId(id),
+            now,
+            summary,
+            &recipients,
+            batch,
+        )?;
     }
     Ok(QueueId(id))
 }
@@ -241,9 +255,13 @@ impl Store {
     pub fn read_queued(&self, account: AccountId, id: QueueId) -> Result<Vec<u8>> {
         let crypto = self.account_crypto(account)?;
         let key = keys::queue(account, &id.0);
-        let sealed = self.inner.engine.get(Table::Queue, &key)?.ok_or(Error::InvalidInput {
-            what: "no such queue entry",
-        })?;
+        let sealed = self
+            .inner
+            .engine
+            .get(Table::Queue, &key)?
+            .ok_or(Error::InvalidInput {
+                what: "no such queue entry",
+            })?;
         let record: QueueRecord = open_record(&crypto, &queue_aad(&key), &sealed)?;
         self.read_blob(&crypto, account, &record.blob)
     }
@@ -254,11 +272,20 @@ impl Store {
         Ok(self.queue_record(&crypto, account, id)?.blob)
     }
 
-    fn queue_record(&self, crypto: &AccountCrypto, account: AccountId, id: QueueId) -> Result<QueueRecord> {
+    fn queue_record(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+        id: QueueId,
+    ) -> Result<QueueRecord> {
         let key = keys::queue(account, &id.0);
-        let sealed = self.inner.engine.get(Table::Queue, &key)?.ok_or(Error::InvalidInput {
-            what: "no such queue entry",
-        })?;
+        let sealed = self
+            .inner
+            .engine
+            .get(Table::Queue, &key)?
+            .ok_or(Error::InvalidInput {
+                what: "no such queue entry",
+            })?;
         open_record(crypto, &queue_aad(&key), &sealed)
     }
 
@@ -312,7 +339,12 @@ impl Store {
     }
 
     /// Deletes an entry whatever its recipients' states (`sealpost queue delete`), audited.
-    pub fn queue_delete(&self, account: AccountId, id: QueueId, actor: &crate::Actor) -> Result<()> {
+    pub fn queue_delete(
+        &self,
+        account: AccountId,
+        id: QueueId,
+        actor: &crate::Actor,
+    ) -> Result<()> {
         let crypto = self.account_crypto(account)?;
         let _lock = self.inner.mailbox_locks.lock(account, QUEUE_LOCK_SLOT);
         let _blobs = self.inner.blob_locks.lock(account, 0);
@@ -333,7 +365,11 @@ impl Store {
         record: QueueRecord,
         batch: &mut Batch,
     ) -> Result<()> {
-        if record.states.iter().any(|s| s.status == RecipientStatus::Pending) {
+        if record
+            .states
+            .iter()
+            .any(|s| s.status == RecipientStatus::Pending)
+        {
             let key = keys::queue(account, &id.0);
             batch.put(
                 Table::Queue,

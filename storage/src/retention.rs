@@ -24,7 +24,9 @@ use crate::types::{AccountId, InternalDate, MailboxId, SpecialUse};
 use std::sync::Arc;
 
 // The rule type lives below the store, where the policy crate sees it too.
-pub use sealpost_types::{check_retention_rules, RetentionRule, RETENTION_DAYS_MAX, RETENTION_RULES_MAX};
+pub use sealpost_types::{
+    check_retention_rules, RetentionRule, RETENTION_DAYS_MAX, RETENTION_RULES_MAX,
+};
 /// Legal holds one store may hold (open and released).
 pub const HOLDS_MAX: usize = 1_000;
 /// Custodians one hold may name.
@@ -135,7 +137,11 @@ impl Keeping {
         special_use: Option<SpecialUse>,
     ) -> impl Iterator<Item = &'a RetentionRule> + 'a {
         self.rules.iter().filter(move |rule| {
-            rule.folders.is_empty() || rule.folders.iter().any(|f| folder_matches(f, folder, special_use))
+            rule.folders.is_empty()
+                || rule
+                    .folders
+                    .iter()
+                    .any(|f| folder_matches(f, folder, special_use))
         })
     }
 
@@ -148,17 +154,19 @@ impl Keeping {
         now_ms: i64,
     ) -> Option<String> {
         let date_ms = date.unix_seconds.saturating_mul(1000);
-        if let Some(hold) = self
-            .holds
-            .iter()
-            .find(|c| c.from_ms.is_none_or(|from| date_ms >= from) && c.until_ms.is_none_or(|until| date_ms < until))
-        {
+        if let Some(hold) = self.holds.iter().find(|c| {
+            c.from_ms.is_none_or(|from| date_ms >= from)
+                && c.until_ms.is_none_or(|until| date_ms < until)
+        }) {
             let _ = hold;
             return Some("a legal hold".into());
         }
         let age_ms = now_ms.saturating_sub(date_ms);
         self.rules_for(folder, special_use)
-            .find(|rule| rule.min_age_days.is_some_and(|days| age_ms < i64::from(days) * DAY_MS))
+            .find(|rule| {
+                rule.min_age_days
+                    .is_some_and(|days| age_ms < i64::from(days) * DAY_MS)
+            })
             .map(|rule| format!("retention rule {}", rule.name))
     }
 
@@ -173,7 +181,10 @@ impl Keeping {
     ) -> Option<String> {
         let age_ms = now_ms.saturating_sub(date.unix_seconds.saturating_mul(1000));
         self.rules_for(folder, special_use)
-            .find(|rule| rule.max_age_days.is_some_and(|days| age_ms >= i64::from(days) * DAY_MS))
+            .find(|rule| {
+                rule.max_age_days
+                    .is_some_and(|days| age_ms >= i64::from(days) * DAY_MS)
+            })
             .map(|rule| rule.name.clone())
     }
 
@@ -196,7 +207,9 @@ impl Store {
     /// The retention rules in force.
     pub fn retention_rules(&self) -> Result<Vec<RetentionRule>> {
         match self.secret(RULES_SECRET)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| Error::corrupt("the retention rules")),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|_| Error::corrupt("the retention rules"))
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -227,7 +240,9 @@ impl Store {
     /// Every legal hold, open and released, oldest first.
     pub fn holds(&self) -> Result<Vec<Hold>> {
         match self.secret(HOLDS_SECRET)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| Error::corrupt("the legal holds")),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|_| Error::corrupt("the legal holds"))
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -250,7 +265,10 @@ impl Store {
                 max: HOLDS_MAX as u64,
             });
         }
-        if name.trim().is_empty() || name.len() > HOLD_TEXT_BYTES_MAX || reason.len() > HOLD_TEXT_BYTES_MAX {
+        if name.trim().is_empty()
+            || name.len() > HOLD_TEXT_BYTES_MAX
+            || reason.len() > HOLD_TEXT_BYTES_MAX
+        {
             return Err(Error::InvalidInput {
                 what: "a hold's name (1 to 1000 bytes) or reason (at most 1000 bytes)",
             });
@@ -312,7 +330,12 @@ impl Store {
     }
 
     /// Takes an account off an open hold.
-    pub fn hold_remove_custodian(&self, hold: u64, account: AccountId, actor: &Actor) -> Result<()> {
+    pub fn hold_remove_custodian(
+        &self,
+        hold: u64,
+        account: AccountId,
+        actor: &Actor,
+    ) -> Result<()> {
         let _guard = HOLDS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut holds = self.holds()?;
         let case = holds
@@ -339,7 +362,8 @@ impl Store {
             })?;
         case.released_ms = Some(now_ms());
         case.released_by = Some(actor.name.clone());
-        let event = AuditEvent::new(actor, "hold.release", format!("hold {hold}")).detail(case.name.clone());
+        let event = AuditEvent::new(actor, "hold.release", format!("hold {hold}"))
+            .detail(case.name.clone());
         self.save_holds(&holds, actor, event)
     }
 
@@ -360,7 +384,11 @@ impl Store {
         let rules = all
             .into_iter()
             .filter(|rule| {
-                rule.accounts.is_empty() || rule.accounts.iter().any(|a| a.trim().eq_ignore_ascii_case(&address))
+                rule.accounts.is_empty()
+                    || rule
+                        .accounts
+                        .iter()
+                        .any(|a| a.trim().eq_ignore_ascii_case(&address))
             })
             .collect();
         let holds = self
@@ -397,23 +425,34 @@ impl Store {
             kept_ms: now_ms(),
             summary,
         };
-        batch.put(Table::Kept, key.clone(), seal_record(crypto, &kept_aad(&key), &record)?);
+        batch.put(
+            Table::Kept,
+            key.clone(),
+            seal_record(crypto, &kept_aad(&key), &record)?,
+        );
         Ok(())
     }
 
-    fn kept_records(&self, crypto: &AccountCrypto, account: AccountId) -> Result<Vec<([u8; 16], KeptRecord)>> {
+    fn kept_records(
+        &self,
+        crypto: &AccountCrypto,
+        account: AccountId,
+    ) -> Result<Vec<([u8; 16], KeptRecord)>> {
         let prefix = keys::account(account);
         let mut out = Vec::new();
-        self.inner
-            .engine
-            .scan(Table::Kept, &prefix, &keys::prefix_end(&prefix), &mut |key, value| {
+        self.inner.engine.scan(
+            Table::Kept,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            &mut |key, value| {
                 let id: [u8; 16] = key
                     .get(8..24)
                     .and_then(|b| b.try_into().ok())
                     .ok_or_else(|| Error::corrupt("a kept message key"))?;
                 out.push((id, open_record(crypto, &kept_aad(key), value)?));
                 Ok(Scan::Continue)
-            })?;
+            },
+        )?;
         Ok(out)
     }
 
@@ -446,12 +485,20 @@ impl Store {
         self.blob_search_text(&crypto, account, &record.blob)
     }
 
-    fn kept_record(&self, account: AccountId, id: &[u8; 16]) -> Result<(Arc<AccountCrypto>, KeptRecord)> {
+    fn kept_record(
+        &self,
+        account: AccountId,
+        id: &[u8; 16],
+    ) -> Result<(Arc<AccountCrypto>, KeptRecord)> {
         let crypto = self.account_crypto(account)?;
         let key = kept_key(account, id);
-        let sealed = self.inner.engine.get(Table::Kept, &key)?.ok_or(Error::InvalidInput {
-            what: "no kept message with that id",
-        })?;
+        let sealed = self
+            .inner
+            .engine
+            .get(Table::Kept, &key)?
+            .ok_or(Error::InvalidInput {
+                what: "no kept message with that id",
+            })?;
         let record = open_record(&crypto, &kept_aad(&key), &sealed)?;
         Ok((crypto, record))
     }
@@ -468,26 +515,40 @@ impl Store {
         let mut why = None;
         for (mailbox, record) in self.mailbox_records(account)? {
             for (_, message) in self.message_records(&crypto, account, mailbox)? {
-                if let Some(reason) = keeping.keeps(&record.name, record.special_use, message.internal_date, now) {
+                if let Some(reason) =
+                    keeping.keeps(&record.name, record.special_use, message.internal_date, now)
+                {
                     kept += 1;
                     why.get_or_insert(reason);
                 }
             }
         }
         for (_, record) in self.kept_records(&crypto, account)? {
-            if let Some(reason) = keeping.keeps(&record.folder, record.special_use, record.internal_date, now) {
+            if let Some(reason) = keeping.keeps(
+                &record.folder,
+                record.special_use,
+                record.internal_date,
+                now,
+            ) {
                 kept += 1;
                 why.get_or_insert(reason);
             }
         }
-        Ok(why.map(|why| format!("{kept} messages must be kept ({why}); disable the account instead")))
+        Ok(why.map(|why| {
+            format!("{kept} messages must be kept ({why}); disable the account instead")
+        }))
     }
 
     /// Applies the retention rules as of `now_ms`: destroys every message past a rule's
     /// maximum age and every kept message that nothing keeps any more, unless a minimum age
     /// or a hold keeps it; each destruction audited by message and rule. With `dry_run`,
     /// only lists what would go.
-    pub fn retention_sweep(&self, now_ms: i64, dry_run: bool, actor: &Actor) -> Result<Vec<Destruction>> {
+    pub fn retention_sweep(
+        &self,
+        now_ms: i64,
+        dry_run: bool,
+        actor: &Actor,
+    ) -> Result<Vec<Destruction>> {
         let mut all = Vec::new();
         for account in self.list_accounts()? {
             let id = account.id;
@@ -508,12 +569,21 @@ impl Store {
                 let mut events = Vec::new();
                 let mut expunged = Vec::new();
                 for (uid, message) in self.message_records(&crypto, id, mailbox)? {
-                    let Some(rule) = keeping.expired(&record.name, record.special_use, message.internal_date, now_ms)
-                    else {
+                    let Some(rule) = keeping.expired(
+                        &record.name,
+                        record.special_use,
+                        message.internal_date,
+                        now_ms,
+                    ) else {
                         continue;
                     };
                     if keeping
-                        .keeps(&record.name, record.special_use, message.internal_date, now_ms)
+                        .keeps(
+                            &record.name,
+                            record.special_use,
+                            message.internal_date,
+                            now_ms,
+                        )
                         .is_some()
                     {
                         continue;
@@ -529,7 +599,14 @@ impl Store {
                         rule: rule.clone(),
                     };
                     if !dry_run {
-                        let modseq = crate::message::stage_expunge(id, mailbox, &mut record, uid, &message, &mut batch);
+                        let modseq = crate::message::stage_expunge(
+                            id,
+                            mailbox,
+                            &mut record,
+                            uid,
+                            &message,
+                            &mut batch,
+                        );
                         self.release_blob(&crypto, id, &message.blob, &mut blobs)?;
                         expunged.push(crate::notify::MailboxEvent::Expunged { uid, modseq });
                         events.push(

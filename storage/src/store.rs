@@ -163,8 +163,16 @@ impl Store {
         let engine = RocksEngine::create(&config.path)?;
         let store_keys = StoreKeys::random();
         let mut batch = Batch::default();
-        let mode = if plaintext { FORMAT_PLAINTEXT } else { FORMAT_ENCRYPTED };
-        batch.put(Table::Meta, keys::META_FORMAT.to_vec(), vec![FORMAT_VERSION, mode]);
+        let mode = if plaintext {
+            FORMAT_PLAINTEXT
+        } else {
+            FORMAT_ENCRYPTED
+        };
+        batch.put(
+            Table::Meta,
+            keys::META_FORMAT.to_vec(),
+            vec![FORMAT_VERSION, mode],
+        );
         batch.put(
             Table::Meta,
             keys::META_STORE_KEYS.to_vec(),
@@ -176,12 +184,20 @@ impl Store {
             1u64.to_be_bytes().to_vec(),
         );
         // Every record of a new store is indexed as it is written.
-        batch.put(Table::Meta, crate::audit_index::META_AUDIT_INDEXED.to_vec(), vec![1]);
+        batch.put(
+            Table::Meta,
+            crate::audit_index::META_AUDIT_INDEXED.to_vec(),
+            vec![1],
+        );
         engine.write(batch, Durability::Synced)?;
         let store = Self::assemble(Box::new(engine), config, master, store_keys, plaintext)?;
         store.commit_audited(
             Batch::default(),
-            vec![crate::AuditEvent::new(&Actor::cli(), "store.create", "store")],
+            vec![crate::AuditEvent::new(
+                &Actor::cli(),
+                "store.create",
+                "store",
+            )],
         )?;
         Ok(store)
     }
@@ -204,14 +220,19 @@ impl Store {
         let plaintext = match format.as_slice() {
             [FORMAT_VERSION, FORMAT_ENCRYPTED] => false,
             [FORMAT_VERSION, FORMAT_PLAINTEXT] if cfg!(feature = "bench-unencrypted") => true,
-            _ => return Err(Error::corrupt("unknown store format (made by another version?)")),
+            _ => {
+                return Err(Error::corrupt(
+                    "unknown store format (made by another version?)",
+                ))
+            }
         };
         let wrapped = engine
             .get(Table::Meta, keys::META_STORE_KEYS)?
             .ok_or_else(|| Error::corrupt("the store has no key record"))?;
-        let store_keys = crypto::unwrap_store_keys(&master, &wrapped)?.ok_or_else(|| Error::WrongMasterKey {
-            path: master.path().to_path_buf(),
-        })?;
+        let store_keys =
+            crypto::unwrap_store_keys(&master, &wrapped)?.ok_or_else(|| Error::WrongMasterKey {
+                path: master.path().to_path_buf(),
+            })?;
         let store = Self::assemble(Box::new(engine), config, master, store_keys, plaintext)?;
         store.backfill_audit_index()?;
         Ok(store)
@@ -276,7 +297,11 @@ impl Store {
 
     /// Sets what is told of messages filed into Junk or out of it.
     pub fn set_junk_hook(&self, hook: JunkHook) {
-        *self.inner.junk_hook.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+        *self
+            .inner
+            .junk_hook
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
     /// A consistent copy of the store as it is now in the new folder `dir` (for backups): every
@@ -299,7 +324,9 @@ impl Store {
             })?;
             for entry in entries.flatten() {
                 match entry.metadata() {
-                    Ok(meta) if meta.is_dir() && depth < DISK_WALK_DEPTH_MAX => folders.push((entry.path(), depth + 1)),
+                    Ok(meta) if meta.is_dir() && depth < DISK_WALK_DEPTH_MAX => {
+                        folders.push((entry.path(), depth + 1))
+                    }
                     Ok(meta) if meta.is_file() => total += meta.len(),
                     _ => {}
                 }
@@ -335,7 +362,11 @@ impl Store {
         for (key, wrapped) in rewrapped {
             let keys = crypto::unwrap_keys::<AccountKeys>(&master, &wrapped)?
                 .ok_or_else(|| Error::corrupt("an account key set the master key does not open"))?;
-            batch.put(Table::AccountKeys, key, crypto::wrap_keys(&new_master, &keys)?);
+            batch.put(
+                Table::AccountKeys,
+                key,
+                crypto::wrap_keys(&new_master, &keys)?,
+            );
         }
         let event = crate::AuditEvent::new(actor, "key.rotate", "master-key")
             .detail(format!("{count} account key sets re-wrapped"));
@@ -441,7 +472,8 @@ impl Stripes {
     }
 
     fn index(account: AccountId, sub: u32) -> usize {
-        let mixed = account.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(sub).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let mixed = account.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ u64::from(sub).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         (mixed >> 32) as usize % STRIPES
     }
 

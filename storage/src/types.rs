@@ -182,7 +182,11 @@ impl Flags {
     }
 
     pub fn add_keyword(&mut self, keyword: &str) {
-        if !self.keywords.iter().any(|k| k.eq_ignore_ascii_case(keyword)) {
+        if !self
+            .keywords
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(keyword))
+        {
             self.keywords.push(keyword.to_string());
             self.keywords.sort();
         }

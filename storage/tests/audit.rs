@@ -22,7 +22,8 @@ mod raw {
     }
 
     pub(super) fn record(db: &rocksdb::DB, seq: u64) -> Option<Vec<u8>> {
-        db.get_cf(db.cf_handle("audit").unwrap(), seq.to_be_bytes()).unwrap()
+        db.get_cf(db.cf_handle("audit").unwrap(), seq.to_be_bytes())
+            .unwrap()
     }
 
     pub(super) fn put_record(db: &rocksdb::DB, seq: u64, value: &[u8]) {
@@ -57,7 +58,8 @@ mod raw {
     }
 
     pub(super) fn put_head(db: &rocksdb::DB, head: &[u8]) {
-        db.put_cf(db.cf_handle("meta").unwrap(), b"audit_head", head).unwrap();
+        db.put_cf(db.cf_handle("meta").unwrap(), b"audit_head", head)
+            .unwrap();
     }
 
     /// The link the chain had before it was keyed: SHA-256 of public bytes only.
@@ -91,7 +93,10 @@ mod raw {
     /// With the master key: the store's audit key, unwrapped as the store does it.
     pub(super) fn audit_key(db: &rocksdb::DB, master_key_file: &Path) -> [u8; 32] {
         let text = std::fs::read_to_string(master_key_file).unwrap();
-        let line = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .unwrap();
         let identity = age::x25519::Identity::from_str(line).unwrap();
         let wrapped = db
             .get_cf(db.cf_handle("meta").unwrap(), b"store_keys")
@@ -108,11 +113,20 @@ mod raw {
     }
 
     pub(super) fn mac_link(mac_key: &[u8; 32], prev: &[u8], seq: u64, stored: &[u8]) -> [u8; 32] {
-        hmac(mac_key, b"sealpost.audit.v2", &[prev, &seq.to_be_bytes(), stored])
+        hmac(
+            mac_key,
+            b"sealpost.audit.v2",
+            &[prev, &seq.to_be_bytes(), stored],
+        )
     }
 
     /// With the master key: a sealed head, as the store writes it.
-    pub(super) fn sealed_head(mac_key: &[u8; 32], seq: u64, link: &[u8; 32], keyed_from: u64) -> Vec<u8> {
+    pub(super) fn sealed_head(
+        mac_key: &[u8; 32],
+        seq: u64,
+        link: &[u8; 32],
+        keyed_from: u64,
+    ) -> Vec<u8> {
         let mut head = seq.to_be_bytes().to_vec();
         head.extend_from_slice(link);
         head.extend_from_slice(&keyed_from.to_be_bytes());
@@ -130,7 +144,10 @@ mod raw {
     /// With the master key: rewrites the log as the code before keyed chaining wrote it
     /// (records sealed with associated data `audit/` ‖ seq, SHA-256 links, a 40-byte head), to
     /// stand for a store made by an older version. Returns the number of records.
-    pub(super) fn rewrite_as_before_keyed_chaining(db: &rocksdb::DB, master_key_file: &Path) -> u64 {
+    pub(super) fn rewrite_as_before_keyed_chaining(
+        db: &rocksdb::DB,
+        master_key_file: &Path,
+    ) -> u64 {
         use chacha20poly1305::aead::{Aead, KeyInit, Payload};
         let key = audit_key(db, master_key_file);
         let cipher = chacha20poly1305::XChaCha20Poly1305::new_from_slice(&key).unwrap();
@@ -172,10 +189,14 @@ mod raw {
         put_head(db, &head);
         // The store keys as they were: three keys, without the mark of a keyed log.
         let text = std::fs::read_to_string(master_key_file).unwrap();
-        let line = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .unwrap();
         let identity = age::x25519::Identity::from_str(line).unwrap();
         let meta = db.cf_handle("meta").unwrap();
-        let keys = age::decrypt(&identity, &db.get_cf(meta, b"store_keys").unwrap().unwrap()).unwrap();
+        let keys =
+            age::decrypt(&identity, &db.get_cf(meta, b"store_keys").unwrap().unwrap()).unwrap();
         assert_eq!(keys.len(), 97, "three keys and the keyed mark");
         let before = age::encrypt(&identity.to_public(), &keys[..96]).unwrap();
         db.put_cf(meta, b"store_keys", before).unwrap();
@@ -248,7 +269,10 @@ fn a_forged_head_stays_reported_after_the_server_writes_on() {
     let store = fx.open();
     let report = store.audit_verify().unwrap();
     let broken = report.first_break.expect("reported");
-    assert!(broken.reason.contains("does not authenticate"), "{broken:?}");
+    assert!(
+        broken.reason.contains("does not authenticate"),
+        "{broken:?}"
+    );
     for n in 0..3 {
         add_account(&store, &format!("later{n}"));
     }
@@ -264,7 +288,8 @@ fn a_log_removed_whole_is_found_once_the_server_writes_again() {
     {
         let db = raw::open(&fx.store_path());
         raw::delete_records(&db, 1, 5);
-        db.delete_cf(db.cf_handle("meta").unwrap(), b"audit_head").unwrap();
+        db.delete_cf(db.cf_handle("meta").unwrap(), b"audit_head")
+            .unwrap();
     }
     let store = fx.open();
     add_account(&store, "after");
@@ -281,7 +306,11 @@ fn with_the_key_a_resealed_shorter_chain_holds_but_its_anchors_do_not() {
     let store = fx.open();
     let anchor = store.audit_anchor();
     assert_eq!(anchor.seq, 10);
-    assert!(store.audit_verify_against(&[anchor]).unwrap().anchors_failed.is_empty());
+    assert!(store
+        .audit_verify_against(&[anchor])
+        .unwrap()
+        .anchors_failed
+        .is_empty());
     drop(store);
     {
         // The attacker has the master key: removes records 7..=10 and seals a head over 6.
@@ -302,7 +331,9 @@ fn with_the_key_a_resealed_shorter_chain_holds_but_its_anchors_do_not() {
     let report = store.audit_verify_against(&[anchor]).unwrap();
     assert_eq!(report.anchors_failed.len(), 1);
     assert!(
-        report.anchors_failed[0].reason.contains("records were removed"),
+        report.anchors_failed[0]
+            .reason
+            .contains("records were removed"),
         "{:?}",
         report.anchors_failed
     );
@@ -369,13 +400,18 @@ fn anchors_read_back_from_text_and_hold_while_the_chain_grows() {
 fn a_store_from_before_keyed_chaining_opens_verifies_and_goes_on_keyed() {
     let fx = Fixture::new();
     store_with_records(&fx, 4);
-    let legacy = raw::rewrite_as_before_keyed_chaining(&raw::open(&fx.store_path()), &fx.key_path());
+    let legacy =
+        raw::rewrite_as_before_keyed_chaining(&raw::open(&fx.store_path()), &fx.key_path());
     assert_eq!(legacy, 5);
     let store = fx.open();
     // Opening sealed the old head, with record 6 as the first keyed one.
     let report = store.audit_verify().unwrap();
     assert_eq!(
-        (report.records_verified, &report.first_break, report.keyed_from),
+        (
+            report.records_verified,
+            &report.first_break,
+            report.keyed_from
+        ),
         (5, &None, 6)
     );
     assert_eq!(
@@ -388,7 +424,11 @@ fn a_store_from_before_keyed_chaining_opens_verifies_and_goes_on_keyed() {
     }
     let report = store.audit_verify().unwrap();
     assert_eq!(
-        (report.records_verified, report.first_break, report.keyed_from),
+        (
+            report.records_verified,
+            report.first_break,
+            report.keyed_from
+        ),
         (8, None, 6)
     );
     let anchor = store.audit_anchor();

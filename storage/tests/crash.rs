@@ -27,7 +27,9 @@ fn size_for(seed: u64) -> usize {
 /// Runs only as the child of the test below (it returns at once otherwise).
 #[test]
 fn crash_child_appender() {
-    let Ok(dir) = std::env::var(CHILD_DIR) else { return };
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return;
+    };
     let fx_dir = PathBuf::from(dir);
     let config = sealpost_storage::StoreConfig::new(fx_dir.join("store"), DOMAIN);
     let master = sealpost_storage::MasterKey::load(&fx_dir.join("keys/master.key")).unwrap();
@@ -63,7 +65,12 @@ fn sigkill_during_appends_loses_no_acknowledged_message() {
     drop(store);
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child_appender", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child_appender",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR, fx.dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -115,7 +122,12 @@ fn sigkill_during_appends_loses_no_acknowledged_message() {
             .unwrap()
             .parse()
             .unwrap();
-        assert_eq!(raw, message(seed, size_for(seed)), "UID {} is whole", meta.uid);
+        assert_eq!(
+            raw,
+            message(seed, size_for(seed)),
+            "UID {} is whole",
+            meta.uid
+        );
         assert_eq!(raw.len() as u64, meta.size);
     }
     let status = store.mailbox(account, inbox).unwrap();

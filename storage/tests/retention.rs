@@ -8,14 +8,20 @@ mod common;
 
 use common::*;
 use sealpost_storage::{
-    now_ms, Actor, AuditSearch, Error, FlagChange, Flags, InternalDate, MailboxId, NewMessage, RetentionRule, Store,
-    SystemFlag,
+    now_ms, Actor, AuditSearch, Error, FlagChange, Flags, InternalDate, MailboxId, NewMessage,
+    RetentionRule, Store, SystemFlag,
 };
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// Appends a message whose internal date is `days_old` days before now; returns its UID.
-fn put(store: &Store, account: sealpost_storage::AccountId, mailbox: MailboxId, days_old: i64, text: &str) -> u32 {
+fn put(
+    store: &Store,
+    account: sealpost_storage::AccountId,
+    mailbox: MailboxId,
+    days_old: i64,
+    text: &str,
+) -> u32 {
     let raw = format!("Subject: {text}\r\nMessage-ID: <{text}@clinic.example>\r\n\r\n{text}\r\n");
     store
         .append(
@@ -42,7 +48,9 @@ fn expunge(store: &Store, account: sealpost_storage::AccountId, mailbox: Mailbox
         .store_flags(account, mailbox, &[uid], &FlagChange::Add(deleted), None)
         .unwrap();
     assert_eq!(
-        store.expunge_deleted(account, mailbox, Some(&[uid])).unwrap(),
+        store
+            .expunge_deleted(account, mailbox, Some(&[uid]))
+            .unwrap(),
         vec![uid]
     );
 }
@@ -83,8 +91,12 @@ fn a_held_account_loses_nothing_by_any_path_until_the_hold_is_released() {
         .set_retention_rules(&[rule("a-year", &[], Some(365), None)], &admin)
         .unwrap();
 
-    let case = store.open_hold("Case 2026-17", "litigation", &admin).unwrap();
-    store.hold_add_custodian(case, held, None, None, &admin).unwrap();
+    let case = store
+        .open_hold("Case 2026-17", "litigation", &admin)
+        .unwrap();
+    store
+        .hold_add_custodian(case, held, None, None, &admin)
+        .unwrap();
     assert!(store.is_held(held).unwrap());
 
     // The user expunges and deletes a folder: gone from their view, kept in the store.
@@ -93,7 +105,11 @@ fn a_held_account_loses_nothing_by_any_path_until_the_hold_is_released() {
     store.delete_mailbox(held, "Projects").unwrap();
     assert!(store.mailbox_by_name(held, "Projects").unwrap().is_none());
     let kept = store.kept_messages(held).unwrap();
-    assert_eq!(kept.len(), 2, "the expunged and the deleted folder's message are kept");
+    assert_eq!(
+        kept.len(),
+        2,
+        "the expunged and the deleted folder's message are kept"
+    );
     let mut texts: Vec<String> = kept
         .iter()
         .map(|k| String::from_utf8(store.read_kept(held, &k.id).unwrap()).unwrap())
@@ -127,7 +143,11 @@ fn a_held_account_loses_nothing_by_any_path_until_the_hold_is_released() {
     assert!(!store.is_held(held).unwrap());
     let dry = store.retention_sweep(now_ms(), true, &admin).unwrap();
     assert_eq!(dry.len(), 2, "the two kept messages: {dry:?}");
-    assert_eq!(store.kept_messages(held).unwrap().len(), 2, "a dry run changes nothing");
+    assert_eq!(
+        store.kept_messages(held).unwrap().len(),
+        2,
+        "a dry run changes nothing"
+    );
     let swept = store.retention_sweep(now_ms(), false, &admin).unwrap();
     assert_eq!(swept.len(), 2);
     assert!(store.kept_messages(held).unwrap().is_empty());
@@ -146,8 +166,16 @@ fn a_held_account_loses_nothing_by_any_path_until_the_hold_is_released() {
         })
         .unwrap();
     assert_eq!(audit.matched, 3, "one record per destroyed message");
-    assert!(audit.records.iter().any(|r| r.event.detail.contains("rule a-year")));
-    for action in ["hold.open", "hold.custodian.add", "hold.release", "retention.rules"] {
+    assert!(audit
+        .records
+        .iter()
+        .any(|r| r.event.detail.contains("rule a-year")));
+    for action in [
+        "hold.open",
+        "hold.custodian.add",
+        "hold.release",
+        "retention.rules",
+    ] {
         let found = store
             .audit_search(&AuditSearch {
                 action: Some(action.into()),
@@ -197,8 +225,14 @@ fn a_minimum_age_outweighs_a_maximum_age_and_a_users_expunge_until_it_has_passed
     expunge(&store, account, inbox, fresh);
     assert!(uids(&store, account, inbox).is_empty());
     assert_eq!(store.kept_messages(account).unwrap().len(), 1);
-    assert!(matches!(store.delete_account(account, &admin), Err(Error::Kept { .. })));
-    assert!(store.retention_sweep(now_ms(), false, &admin).unwrap().is_empty());
+    assert!(matches!(
+        store.delete_account(account, &admin),
+        Err(Error::Kept { .. })
+    ));
+    assert!(store
+        .retention_sweep(now_ms(), false, &admin)
+        .unwrap()
+        .is_empty());
 
     // Six years on (the sweeper's clock), both are destroyed; the account can be deleted.
     let later = now_ms() + 6 * 366 * DAY_MS;
@@ -238,19 +272,31 @@ fn a_hold_narrowed_to_dates_keeps_only_that_range_and_bad_rules_are_refused() {
     expunge(&store, account, inbox, in_range);
     expunge(&store, account, inbox, outside);
     let kept = store.kept_messages(account).unwrap();
-    assert_eq!(kept.len(), 1, "only the message in the hold's range is kept");
-    assert!(String::from_utf8(store.read_kept(account, &kept[0].id).unwrap())
-        .unwrap()
-        .contains("in-range"));
+    assert_eq!(
+        kept.len(),
+        1,
+        "only the message in the hold's range is kept"
+    );
+    assert!(
+        String::from_utf8(store.read_kept(account, &kept[0].id).unwrap())
+            .unwrap()
+            .contains("in-range")
+    );
     // A hold on an account refuses its deletion whatever the range.
-    assert!(matches!(store.delete_account(account, &admin), Err(Error::Kept { .. })));
+    assert!(matches!(
+        store.delete_account(account, &admin),
+        Err(Error::Kept { .. })
+    ));
 
     for bad in [
         vec![rule("", &[], Some(1), None)],
         vec![rule("nothing", &[], None, None)],
         vec![rule("inverted", &[], Some(10), Some(20))],
         vec![rule("zero", &[], Some(0), None)],
-        vec![rule("twice", &[], Some(1), None), rule("twice", &[], Some(2), None)],
+        vec![
+            rule("twice", &[], Some(1), None),
+            rule("twice", &[], Some(2), None),
+        ],
     ] {
         assert!(store.set_retention_rules(&bad, &admin).is_err(), "{bad:?}");
     }
@@ -319,11 +365,19 @@ fn quarantined_mail_is_in_no_folder_until_released_whole_and_expires_unless_held
     }
     // A hold keeps the rest past its expiry; released, expiry takes it.
     let case = store.open_hold("Case 3", "", &admin).unwrap();
-    store.hold_add_custodian(case, account, None, None, &admin).unwrap();
-    assert_eq!(store.expire_quarantine(now + 2 * DAY_MS, &admin).unwrap(), 0);
+    store
+        .hold_add_custodian(case, account, None, None, &admin)
+        .unwrap();
+    assert_eq!(
+        store.expire_quarantine(now + 2 * DAY_MS, &admin).unwrap(),
+        0
+    );
     assert!(store.delete_quarantined(account, &second, &admin).is_err());
     store.release_hold(case, &admin).unwrap();
-    assert_eq!(store.expire_quarantine(now + 2 * DAY_MS, &admin).unwrap(), 1);
+    assert_eq!(
+        store.expire_quarantine(now + 2 * DAY_MS, &admin).unwrap(),
+        1
+    );
     assert!(store.quarantined(account).unwrap().is_empty());
     // One body, shared by the INBOX and BACKUP copies; the expired one is gone.
     assert_eq!(store.body_count(account).unwrap(), 1);

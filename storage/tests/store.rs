@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use common::*;
 use sealpost_storage::{
-    AccountStatus, Actor, AuditEvent, AuditSearch, DeliveryTarget, Error, FlagChange, Flags, InternalDate, Login,
-    MailboxEvent, MasterKey, NewAccount, NewMessage, Outbound, OutboundRecipient, PickupState, PortalReply,
-    RecipientState, RecipientStatus, Role, SpecialUse, Store, SystemFlag, AUDIT_COUNT_EXACT_MAX, PICKUP_TOMBSTONE_MS,
-    SECRET_BYTES_MAX,
+    AccountStatus, Actor, AuditEvent, AuditSearch, DeliveryTarget, Error, FlagChange, Flags,
+    InternalDate, Login, MailboxEvent, MasterKey, NewAccount, NewMessage, Outbound,
+    OutboundRecipient, PickupState, PortalReply, RecipientState, RecipientStatus, Role, SpecialUse,
+    Store, SystemFlag, AUDIT_COUNT_EXACT_MAX, PICKUP_TOMBSTONE_MS, SECRET_BYTES_MAX,
 };
 
 const MARKER: &str = "zqxmarker7731";
@@ -74,14 +74,22 @@ fn marker_written_everywhere_is_nowhere_on_disk_but_reads_back() {
 
     // Present through the API.
     assert_eq!(
-        store.read_message(account, folder_id, appended.uid).unwrap(),
+        store
+            .read_message(account, folder_id, appended.uid)
+            .unwrap(),
         raw.as_bytes()
     );
     assert_eq!(
-        store.message_summary(account, folder_id, appended.uid).unwrap(),
+        store
+            .message_summary(account, folder_id, appended.uid)
+            .unwrap(),
         summary.as_bytes()
     );
-    assert!(store.list_mailboxes(account).unwrap().iter().any(|m| m.name == folder));
+    assert!(store
+        .list_mailboxes(account)
+        .unwrap()
+        .iter()
+        .any(|m| m.name == folder));
     assert_eq!(
         store.find_account(&address).unwrap().unwrap().display_name,
         format!("Dr {MARKER}")
@@ -99,11 +107,15 @@ fn marker_written_everywhere_is_nowhere_on_disk_but_reads_back() {
     drop(store);
     let files = files_under(&fx.store_path());
     assert!(
-        files.iter().any(|f| f.extension().is_some_and(|e| e == "sst")),
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "sst")),
         "flushed to SST files"
     );
     assert!(
-        files.iter().any(|f| f.extension().is_some_and(|e| e == "blob")),
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "blob")),
         "bodies in blob files"
     );
     assert_eq!(
@@ -115,7 +127,9 @@ fn marker_written_everywhere_is_nowhere_on_disk_but_reads_back() {
     assert_eq!(files_containing(fx.dir.path(), MARKER.as_bytes()).len(), 1);
 }
 
-fn snapshot(dir: &std::path::Path) -> BTreeMap<std::path::PathBuf, (Vec<u8>, std::time::SystemTime)> {
+fn snapshot(
+    dir: &std::path::Path,
+) -> BTreeMap<std::path::PathBuf, (Vec<u8>, std::time::SystemTime)> {
     files_under(dir)
         .into_iter()
         .map(|f| {
@@ -242,7 +256,12 @@ fn concurrent_appends_get_unique_ascending_uids() {
         (status.messages, status.uid_next),
         ((TASKS * PER_TASK) as u32, (TASKS * PER_TASK) as u32 + 1)
     );
-    let listed: Vec<u32> = store.messages(account, inbox).unwrap().iter().map(|m| m.uid).collect();
+    let listed: Vec<u32> = store
+        .messages(account, inbox)
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
     assert_eq!(listed, (1..=(TASKS * PER_TASK) as u32).collect::<Vec<_>>());
 }
 
@@ -276,13 +295,20 @@ fn copies_share_one_body_and_the_last_expunge_frees_it() {
 
     // Each copy is its own message: flags apart, expunge apart.
     let deleted = FlagChange::Add(Flags::new().with(SystemFlag::Deleted));
-    store.store_flags(account, inbox, &[uid], &deleted, None).unwrap();
-    assert_eq!(store.expunge_deleted(account, inbox, None).unwrap(), vec![uid]);
+    store
+        .store_flags(account, inbox, &[uid], &deleted, None)
+        .unwrap();
+    assert_eq!(
+        store.expunge_deleted(account, inbox, None).unwrap(),
+        vec![uid]
+    );
     let (_, archived) = copies[0];
     assert_eq!(store.read_message(account, archive, archived).unwrap(), raw);
     assert_eq!(store.body_count(account).unwrap(), 1);
     for (target, copy) in &copies {
-        store.store_flags(account, *target, &[*copy], &deleted, None).unwrap();
+        store
+            .store_flags(account, *target, &[*copy], &deleted, None)
+            .unwrap();
         store.expunge_deleted(account, *target, None).unwrap();
     }
     assert_eq!(
@@ -301,8 +327,13 @@ fn move_is_atomic_and_keeps_the_body() {
     let inbox = mailbox(&store, account, "INBOX");
     let trash = mailbox(&store, account, "Trash");
     let raws: Vec<Vec<u8>> = (0..3).map(|i| message(i, 5_000)).collect();
-    let uids: Vec<u32> = raws.iter().map(|r| append(&store, account, inbox, r)).collect();
-    let pairs = store.move_messages(account, inbox, &uids[..2], trash).unwrap();
+    let uids: Vec<u32> = raws
+        .iter()
+        .map(|r| append(&store, account, inbox, r))
+        .collect();
+    let pairs = store
+        .move_messages(account, inbox, &uids[..2], trash)
+        .unwrap();
     assert_eq!(pairs, vec![(uids[0], 1), (uids[1], 2)]);
     assert_eq!(store.mailbox(account, inbox).unwrap().messages, 1);
     assert_eq!(store.read_message(account, trash, 2).unwrap(), raws[1]);
@@ -337,7 +368,9 @@ fn ranged_reads_cross_chunk_boundaries() {
         let end = offset.saturating_add(length).min(len) as usize;
         let expected = &raw[start..end.max(start)];
         assert_eq!(
-            store.read_message_range(account, inbox, uid, offset, length).unwrap(),
+            store
+                .read_message_range(account, inbox, uid, offset, length)
+                .unwrap(),
             expected,
             "<{offset}.{length}>"
         );
@@ -358,39 +391,76 @@ fn flags_get_modseqs_and_changes_since_reports_them_with_expunges() {
     assert_eq!(store.mailbox(account, inbox).unwrap().unseen, 4);
 
     let seen = FlagChange::Add(Flags::new().with(SystemFlag::Seen));
-    let stored = store.store_flags(account, inbox, &[uids[1], 999], &seen, None).unwrap();
-    assert_eq!(stored.changed.len(), 1, "UID 999 does not exist and is skipped");
+    let stored = store
+        .store_flags(account, inbox, &[uids[1], 999], &seen, None)
+        .unwrap();
+    assert_eq!(
+        stored.changed.len(),
+        1,
+        "UID 999 does not exist and is skipped"
+    );
     let seen_modseq = stored.changed[0].modseq;
     assert!(seen_modseq > after_appends);
     assert_eq!(store.mailbox(account, inbox).unwrap().unseen, 3);
     // Setting a flag a message has already changes nothing, not even its MODSEQ.
-    let again = store.store_flags(account, inbox, &[uids[1]], &seen, None).unwrap();
+    let again = store
+        .store_flags(account, inbox, &[uids[1]], &seen, None)
+        .unwrap();
     assert_eq!((again.changed.len(), again.unchanged.len()), (0, 1));
 
     // UNCHANGEDSINCE below the message's MODSEQ: refused for that message only.
     let flagged = FlagChange::Add(Flags::new().with(SystemFlag::Flagged));
     let conditional = store
-        .store_flags(account, inbox, &[uids[0], uids[1]], &flagged, Some(after_appends))
+        .store_flags(
+            account,
+            inbox,
+            &[uids[0], uids[1]],
+            &flagged,
+            Some(after_appends),
+        )
         .unwrap();
     assert_eq!(conditional.conflicts, vec![uids[1]]);
     assert_eq!(
-        conditional.changed.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        conditional
+            .changed
+            .iter()
+            .map(|m| m.uid)
+            .collect::<Vec<_>>(),
         vec![uids[0]]
     );
 
     let mut keywords = Flags::new().with(SystemFlag::Deleted);
     keywords.add_keyword("$Label1");
     store
-        .store_flags(account, inbox, &[uids[2]], &FlagChange::Replace(keywords.clone()), None)
+        .store_flags(
+            account,
+            inbox,
+            &[uids[2]],
+            &FlagChange::Replace(keywords.clone()),
+            None,
+        )
         .unwrap();
-    assert_eq!(store.message(account, inbox, uids[2]).unwrap().flags, keywords);
-    assert_eq!(store.expunge_deleted(account, inbox, None).unwrap(), vec![uids[2]]);
+    assert_eq!(
+        store.message(account, inbox, uids[2]).unwrap().flags,
+        keywords
+    );
+    assert_eq!(
+        store.expunge_deleted(account, inbox, None).unwrap(),
+        vec![uids[2]]
+    );
 
     let changes = store.changes_since(account, inbox, after_appends).unwrap();
     let changed: Vec<u32> = changes.changed.iter().map(|(uid, _)| *uid).collect();
     assert_eq!(changed, vec![uids[0], uids[1]]);
     assert_eq!(changes.expunged, vec![uids[2]]);
-    assert_eq!(store.changes_since(account, inbox, 0).unwrap().changed.len(), 3);
+    assert_eq!(
+        store
+            .changes_since(account, inbox, 0)
+            .unwrap()
+            .changed
+            .len(),
+        3
+    );
     let highest = store.mailbox(account, inbox).unwrap().highest_modseq;
     assert_eq!(
         store.changes_since(account, inbox, highest).unwrap(),
@@ -398,7 +468,9 @@ fn flags_get_modseqs_and_changes_since_reports_them_with_expunges() {
     );
 
     let remove = FlagChange::Remove(Flags::new().with(SystemFlag::Seen));
-    store.store_flags(account, inbox, &[uids[1]], &remove, None).unwrap();
+    store
+        .store_flags(account, inbox, &[uids[1]], &remove, None)
+        .unwrap();
     assert_eq!(store.mailbox(account, inbox).unwrap().unseen, 3);
 }
 
@@ -408,7 +480,10 @@ fn new_accounts_get_the_default_mailboxes_and_backup_is_read_only() {
     let store = fx.create();
     let account = add_account(&store, "alice");
     let list = store.list_mailboxes(account).unwrap();
-    let names: Vec<(&str, Option<SpecialUse>)> = list.iter().map(|m| (m.name.as_str(), m.special_use)).collect();
+    let names: Vec<(&str, Option<SpecialUse>)> = list
+        .iter()
+        .map(|m| (m.name.as_str(), m.special_use))
+        .collect();
     assert_eq!(
         names,
         vec![
@@ -423,7 +498,11 @@ fn new_accounts_get_the_default_mailboxes_and_backup_is_read_only() {
     );
     assert!(list.iter().all(|m| m.subscribed && m.uid_next == 1));
     let validities: HashSet<u32> = list.iter().map(|m| m.uid_validity).collect();
-    assert_eq!(validities.len(), list.len(), "UIDVALIDITY differs per mailbox");
+    assert_eq!(
+        validities.len(),
+        list.len(),
+        "UIDVALIDITY differs per mailbox"
+    );
 
     let inbox = mailbox(&store, account, "inbox");
     let backup = mailbox(&store, account, "BACKUP");
@@ -473,8 +552,13 @@ fn new_accounts_get_the_default_mailboxes_and_backup_is_read_only() {
         Err(Error::MailboxProtected { .. })
     ));
     // Copying out of BACKUP works.
-    let copied = store.copy_messages(account, backup, &[backup_uid], inbox).unwrap();
-    assert_eq!(store.read_message(account, inbox, copied[0].1).unwrap(), raw);
+    let copied = store
+        .copy_messages(account, backup, &[backup_uid], inbox)
+        .unwrap();
+    assert_eq!(
+        store.read_message(account, inbox, copied[0].1).unwrap(),
+        raw
+    );
     assert_eq!(store.mailbox(account, backup).unwrap().messages, 1);
 }
 
@@ -483,7 +567,9 @@ fn mailboxes_create_parents_rename_with_children_and_delete() {
     let fx = Fixture::new();
     let store = fx.create();
     let account = add_account(&store, "alice");
-    store.create_mailbox(account, "Projects/2026/Q1", None).unwrap();
+    store
+        .create_mailbox(account, "Projects/2026/Q1", None)
+        .unwrap();
     let names = |store: &Store| {
         store
             .list_mailboxes(account)
@@ -506,14 +592,25 @@ fn mailboxes_create_parents_rename_with_children_and_delete() {
     let q1 = mailbox(&store, account, "Projects/2026/Q1");
     let raw = message(9, 1000);
     let uid = append(&store, account, q1, &raw);
-    store.rename_mailbox(account, "Projects", "Work/Old").unwrap();
+    store
+        .rename_mailbox(account, "Projects", "Work/Old")
+        .unwrap();
     let after = names(&store);
     for expected in ["Work", "Work/Old", "Work/Old/2026", "Work/Old/2026/Q1"] {
-        assert!(after.contains(&expected.to_string()), "{expected} in {after:?}");
+        assert!(
+            after.contains(&expected.to_string()),
+            "{expected} in {after:?}"
+        );
     }
     assert!(!after.iter().any(|n| n.starts_with("Projects")));
-    let renamed = store.mailbox_by_name(account, "Work/Old/2026/Q1").unwrap().unwrap();
-    assert_eq!(renamed.id, q1, "rename keeps the mailbox and its UIDVALIDITY");
+    let renamed = store
+        .mailbox_by_name(account, "Work/Old/2026/Q1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        renamed.id, q1,
+        "rename keeps the mailbox and its UIDVALIDITY"
+    );
     assert_eq!(store.read_message(account, q1, uid).unwrap(), raw);
     assert!(matches!(
         store.rename_mailbox(account, "Work", "Work/Inside"),
@@ -528,9 +625,14 @@ fn mailboxes_create_parents_rename_with_children_and_delete() {
     let validity = store.mailbox(account, q1).unwrap().uid_validity;
     store.delete_mailbox(account, "Work/Old/2026/Q1").unwrap();
     assert_eq!(store.body_count(account).unwrap(), 0);
-    let again = store.create_mailbox(account, "Work/Old/2026/Q1", None).unwrap();
+    let again = store
+        .create_mailbox(account, "Work/Old/2026/Q1", None)
+        .unwrap();
     assert_ne!(again, q1);
-    assert_ne!(store.mailbox(account, again).unwrap().uid_validity, validity);
+    assert_ne!(
+        store.mailbox(account, again).unwrap().uid_validity,
+        validity
+    );
 
     // Renaming INBOX moves its messages and leaves it empty.
     let inbox = mailbox(&store, account, "INBOX");
@@ -541,7 +643,13 @@ fn mailboxes_create_parents_rename_with_children_and_delete() {
     assert_eq!(store.read_message(account, old, 1).unwrap(), raw);
 
     store.set_subscribed(account, "Work", false).unwrap();
-    assert!(!store.mailbox_by_name(account, "Work").unwrap().unwrap().subscribed);
+    assert!(
+        !store
+            .mailbox_by_name(account, "Work")
+            .unwrap()
+            .unwrap()
+            .subscribed
+    );
     for bad in ["", "/a", "a/", "a//b", "a\u{7}b", "a*b"] {
         assert!(store.create_mailbox(account, bad, None).is_err(), "{bad:?}");
     }
@@ -572,15 +680,30 @@ fn recent_is_claimed_once_and_subscriptions_outlive_their_mailbox() {
     store.create_mailbox(account, "Lab", None).unwrap();
     store.set_subscribed(account, "Lab", true).unwrap();
     store.delete_mailbox(account, "Lab").unwrap();
-    assert_eq!(store.lost_subscriptions(account).unwrap(), vec!["Lab".to_string()]);
+    assert_eq!(
+        store.lost_subscriptions(account).unwrap(),
+        vec!["Lab".to_string()]
+    );
     store.create_mailbox(account, "Lab", None).unwrap();
-    assert!(store.mailbox_by_name(account, "Lab").unwrap().unwrap().subscribed);
+    assert!(
+        store
+            .mailbox_by_name(account, "Lab")
+            .unwrap()
+            .unwrap()
+            .subscribed
+    );
     assert!(store.lost_subscriptions(account).unwrap().is_empty());
     // A mailbox renamed to such a name takes its subscription, as a new one would.
     store.delete_mailbox(account, "Lab").unwrap();
     store.create_mailbox(account, "Other", None).unwrap();
     store.rename_mailbox(account, "Other", "Lab").unwrap();
-    assert!(store.mailbox_by_name(account, "Lab").unwrap().unwrap().subscribed);
+    assert!(
+        store
+            .mailbox_by_name(account, "Lab")
+            .unwrap()
+            .unwrap()
+            .subscribed
+    );
     assert!(store.lost_subscriptions(account).unwrap().is_empty());
     store.delete_mailbox(account, "Lab").unwrap();
     store.set_subscribed(account, "Lab", false).unwrap();
@@ -669,9 +792,14 @@ fn accounts_log_in_by_address_or_local_part_and_can_be_disabled() {
             .unwrap(),
         Login::Accepted(_)
     ));
-    assert_eq!(store.check_password("alice", "wrong").unwrap(), Login::Rejected);
     assert_eq!(
-        store.check_password("nobody", "correct horse battery").unwrap(),
+        store.check_password("alice", "wrong").unwrap(),
+        Login::Rejected
+    );
+    assert_eq!(
+        store
+            .check_password("nobody", "correct horse battery")
+            .unwrap(),
         Login::Rejected
     );
     assert_eq!(
@@ -685,15 +813,21 @@ fn accounts_log_in_by_address_or_local_part_and_can_be_disabled() {
         .set_account_status(id, AccountStatus::Disabled, &Actor::cli())
         .unwrap();
     assert!(matches!(
-        store.check_password("alice", "correct horse battery").unwrap(),
+        store
+            .check_password("alice", "correct horse battery")
+            .unwrap(),
         Login::Disabled(_)
     ));
     store
         .set_account_status(id, AccountStatus::Active, &Actor::cli())
         .unwrap();
-    store.set_password(id, "a new passphrase", &Actor::cli()).unwrap();
+    store
+        .set_password(id, "a new passphrase", &Actor::cli())
+        .unwrap();
     assert_eq!(
-        store.check_password("alice", "correct horse battery").unwrap(),
+        store
+            .check_password("alice", "correct horse battery")
+            .unwrap(),
         Login::Rejected
     );
     assert!(matches!(
@@ -702,7 +836,12 @@ fn accounts_log_in_by_address_or_local_part_and_can_be_disabled() {
     ));
 
     let bob = add_account(&store, "bob");
-    let list: Vec<String> = store.list_accounts().unwrap().into_iter().map(|a| a.address).collect();
+    let list: Vec<String> = store
+        .list_accounts()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.address)
+        .collect();
     assert_eq!(list, vec!["alice@clinic.example", "bob@clinic.example"]);
     let mut actions = Vec::new();
     store
@@ -739,9 +878,13 @@ fn deleting_an_account_shreds_its_keys_from_every_file() {
 
     // Read alice's wrapped key set straight from RocksDB, as an attacker with the disk would.
     let wrapped = {
-        let db =
-            rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), fx.store_path(), ["account_keys"], false)
-                .unwrap();
+        let db = rocksdb::DB::open_cf_for_read_only(
+            &rocksdb::Options::default(),
+            fx.store_path(),
+            ["account_keys"],
+            false,
+        )
+        .unwrap();
         let cf = db.cf_handle("account_keys").unwrap();
         db.get_cf(cf, alice.0.to_be_bytes())
             .unwrap()
@@ -846,14 +989,27 @@ fn subscribers_hear_appends_flag_changes_and_expunges() {
         std::thread::spawn(move || append(&store, account, inbox, &message(1, 300)))
     };
     let uid = writer.join().unwrap();
-    assert!(matches!(events.blocking_recv().unwrap(), MailboxEvent::Appended { uid: u, .. } if u == uid));
+    assert!(
+        matches!(events.blocking_recv().unwrap(), MailboxEvent::Appended { uid: u, .. } if u == uid)
+    );
     let deleted = FlagChange::Add(Flags::new().with(SystemFlag::Deleted));
-    store.store_flags(account, inbox, &[uid], &deleted, None).unwrap();
-    assert!(matches!(events.blocking_recv().unwrap(), MailboxEvent::FlagsChanged { uid: u, .. } if u == uid));
+    store
+        .store_flags(account, inbox, &[uid], &deleted, None)
+        .unwrap();
+    assert!(
+        matches!(events.blocking_recv().unwrap(), MailboxEvent::FlagsChanged { uid: u, .. } if u == uid)
+    );
     store.expunge_deleted(account, inbox, None).unwrap();
-    assert!(matches!(events.blocking_recv().unwrap(), MailboxEvent::Expunged { uid: u, .. } if u == uid));
+    assert!(
+        matches!(events.blocking_recv().unwrap(), MailboxEvent::Expunged { uid: u, .. } if u == uid)
+    );
     // Another mailbox's events do not arrive here.
-    append(&store, account, mailbox(&store, account, "Sent"), &message(2, 300));
+    append(
+        &store,
+        account,
+        mailbox(&store, account, "Sent"),
+        &message(2, 300),
+    );
     assert!(events.try_recv().is_err());
 }
 
@@ -972,7 +1128,10 @@ fn a_second_process_cannot_open_a_store_in_use() {
     // RocksDB's lock is per process, so this checks the error's wording from the same process.
     let second = Store::open(fx.config(), MasterKey::load(&fx.key_path()).unwrap());
     let message = second.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(message.contains("in use") || message.contains("lock"), "{message}");
+    assert!(
+        message.contains("in use") || message.contains("lock"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -1001,9 +1160,18 @@ fn search_text_is_stored_sealed_beside_the_body_and_shared_by_copies() {
         search_text: &text,
     };
     let uid = store.append(account, inbox, &new).unwrap().uid;
-    assert_eq!(store.message_search_text(account, inbox, uid).unwrap(), text);
-    let copy = store.copy_messages(account, inbox, &[uid], archive).unwrap()[0].1;
-    assert_eq!(store.message_search_text(account, archive, copy).unwrap(), text);
+    assert_eq!(
+        store.message_search_text(account, inbox, uid).unwrap(),
+        text
+    );
+    let copy = store
+        .copy_messages(account, inbox, &[uid], archive)
+        .unwrap()[0]
+        .1;
+    assert_eq!(
+        store.message_search_text(account, archive, copy).unwrap(),
+        text
+    );
     let plain = append(&store, account, inbox, &raw);
     assert_eq!(
         store.message_search_text(account, inbox, plain).unwrap(),
@@ -1044,7 +1212,10 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
         },
         DeliveryTarget {
             account: bob,
-            mailboxes: vec![mailbox(&store, bob, "INBOX"), mailbox(&store, bob, "BACKUP")],
+            mailboxes: vec![
+                mailbox(&store, bob, "INBOX"),
+                mailbox(&store, bob, "BACKUP"),
+            ],
             outbound: None,
         },
     ];
@@ -1114,7 +1285,13 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
         before + 1,
         "no record for a refusal"
     );
-    assert_eq!(store.messages(bob, mailbox(&store, bob, "INBOX")).unwrap().len(), 1);
+    assert_eq!(
+        store
+            .messages(bob, mailbox(&store, bob, "INBOX"))
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Deleting the account deletes its queue.
     store.delete_account(alice, &Actor::cli()).unwrap();
@@ -1148,7 +1325,9 @@ fn queue_entries_record_each_recipient_and_go_with_their_last_pending_one() {
         summary: b"",
         search_text: b"",
     };
-    let (_, id) = store.submit(alice, &[backup], &new, Some(&outbound)).unwrap();
+    let (_, id) = store
+        .submit(alice, &[backup], &new, Some(&outbound))
+        .unwrap();
     let id = id.unwrap();
     let entry = store.queued().unwrap().remove(0);
     assert!(entry.pending());
@@ -1168,7 +1347,13 @@ fn queue_entries_record_each_recipient_and_go_with_their_last_pending_one() {
     };
     let event = AuditEvent::new(&Actor::system(), "queue.attempt", "test");
     store
-        .queue_update(alice, id, vec![delivered.clone(), deferred], 123, vec![event.clone()])
+        .queue_update(
+            alice,
+            id,
+            vec![delivered.clone(), deferred],
+            123,
+            vec![event.clone()],
+        )
         .unwrap();
     let entry = store.queued().unwrap().remove(0);
     assert_eq!((entry.attempts, entry.next_attempt_ms), (1, 123));
@@ -1199,9 +1384,13 @@ fn queue_entries_record_each_recipient_and_go_with_their_last_pending_one() {
     assert_eq!(store.read_message(alice, backup, 1).unwrap(), raw);
 
     // Deleting an entry is audited and frees its reference to the body.
-    let (_, id) = store.submit(alice, &[backup], &new, Some(&outbound)).unwrap();
+    let (_, id) = store
+        .submit(alice, &[backup], &new, Some(&outbound))
+        .unwrap();
     let before = store.audit_verify().unwrap().records_verified;
-    store.queue_delete(alice, id.unwrap(), &Actor::cli()).unwrap();
+    store
+        .queue_delete(alice, id.unwrap(), &Actor::cli())
+        .unwrap();
     assert!(store.queued().unwrap().is_empty());
     assert_eq!(store.audit_verify().unwrap().records_verified, before + 1);
     assert_eq!(
@@ -1237,30 +1426,52 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
         summary: b"",
         search_text: b"",
     };
-    let (_, id) = store.submit(alice, &[backup], &new, Some(&outbound)).unwrap();
+    let (_, id) = store
+        .submit(alice, &[backup], &new, Some(&outbound))
+        .unwrap();
     let id = id.unwrap();
     let token = "a".repeat(64);
     let recipient = format!("{MARKER}@elsewhere.example");
-    assert!(store.create_pickup(alice, id, &recipient, "short", i64::MAX).is_err());
+    assert!(store
+        .create_pickup(alice, id, &recipient, "short", i64::MAX)
+        .is_err());
     // (Two pickups for one recipient only here; the delivery record names the newer.)
     let expired = "b".repeat(64);
-    store.create_pickup(alice, id, &recipient, &expired, 1).unwrap();
-    store.create_pickup(alice, id, &recipient, &token, i64::MAX).unwrap();
+    store
+        .create_pickup(alice, id, &recipient, &expired, 1)
+        .unwrap();
+    store
+        .create_pickup(alice, id, &recipient, &token, i64::MAX)
+        .unwrap();
 
     let pickup = store.pickup(&token).unwrap().unwrap();
     assert_eq!(
-        (pickup.account, pickup.recipient.as_str(), pickup.queue, pickup.state),
+        (
+            pickup.account,
+            pickup.recipient.as_str(),
+            pickup.queue,
+            pickup.state
+        ),
         (alice, recipient.as_str(), id, PickupState::Live)
     );
     assert_eq!(pickup.id, store.pickup_id(&token));
     assert_eq!(store.read_pickup(&token).unwrap().unwrap(), raw);
     // An expired link is still known, as expired, and opens nothing.
-    assert_eq!(store.pickup(&expired).unwrap().unwrap().state, PickupState::Expired);
+    assert_eq!(
+        store.pickup(&expired).unwrap().unwrap().state,
+        PickupState::Expired
+    );
     assert_eq!(store.read_pickup(&expired).unwrap(), None);
     assert_eq!(store.pickup(&"c".repeat(64)).unwrap(), None, "unknown");
     // The portal lists a recipient's pickups by address, and nobody else's.
-    assert_eq!(store.pickups_for(&recipient.to_uppercase()).unwrap().len(), 2);
-    assert!(store.pickups_for("someone@elsewhere.example").unwrap().is_empty());
+    assert_eq!(
+        store.pickups_for(&recipient.to_uppercase()).unwrap().len(),
+        2
+    );
+    assert!(store
+        .pickups_for("someone@elsewhere.example")
+        .unwrap()
+        .is_empty());
 
     // The queue entry finished (the recipient went to the portal): the pickup keeps the body,
     // and the delivery record keeps the outcome after the entry is gone.
@@ -1271,7 +1482,9 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
         },
         last_reply: None,
     };
-    store.queue_update(alice, id, vec![portal.clone()], 0, vec![]).unwrap();
+    store
+        .queue_update(alice, id, vec![portal.clone()], 0, vec![])
+        .unwrap();
     assert!(store.queued().unwrap().is_empty());
     assert_eq!(store.read_pickup(&token).unwrap().unwrap(), raw);
     let delivery = store.delivery(alice, id).unwrap().unwrap();
@@ -1287,13 +1500,19 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
     };
     let read = AuditEvent::new(&reader, "pickup.read", "portal view");
     assert_eq!(
-        store.read_pickup_audited(pickup.id, read.clone()).unwrap().unwrap(),
+        store
+            .read_pickup_audited(pickup.id, read.clone())
+            .unwrap()
+            .unwrap(),
         raw
     );
     let opened = store.delivery(alice, id).unwrap().unwrap().lines[0].opened_ms;
     assert!(opened.is_some());
     assert_eq!(store.pickup(&token).unwrap().unwrap().opened_ms, opened);
-    store.read_pickup_audited(pickup.id, read.clone()).unwrap().unwrap();
+    store
+        .read_pickup_audited(pickup.id, read.clone())
+        .unwrap()
+        .unwrap();
     assert_eq!(
         store.delivery(alice, id).unwrap().unwrap().lines[0].opened_ms,
         opened,
@@ -1312,11 +1531,19 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
             AuditEvent::new(&reader, "pickup.reply", "x"),
         )
         .unwrap();
-    assert_eq!(store.pickup(&token).unwrap().unwrap().replies, vec![reply.clone()]);
+    assert_eq!(
+        store.pickup(&token).unwrap().unwrap().replies,
+        vec![reply.clone()]
+    );
     // Reply bytes add up over the pickup's life.
     assert_eq!(store.portal_reply_bytes(pickup.id).unwrap(), 1_000);
     store
-        .record_portal_reply(pickup.id, reply, 500, AuditEvent::new(&reader, "pickup.reply", "x"))
+        .record_portal_reply(
+            pickup.id,
+            reply,
+            500,
+            AuditEvent::new(&reader, "pickup.reply", "x"),
+        )
         .unwrap();
     assert_eq!(store.portal_reply_bytes(pickup.id).unwrap(), 1_500);
 
@@ -1331,12 +1558,19 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
     assert!(store.ask_pickup_renewal(expired_id, ask.clone()).unwrap());
     assert!(!store.ask_pickup_renewal(expired_id, ask).unwrap());
     // The sender withdraws the live one: it opens no more, and the record says when.
-    assert!(store.revoke_pickup(alice, id, &recipient, &Actor::cli()).unwrap());
+    assert!(store
+        .revoke_pickup(alice, id, &recipient, &Actor::cli())
+        .unwrap());
     assert!(
-        !store.revoke_pickup(alice, id, &recipient, &Actor::cli()).unwrap(),
+        !store
+            .revoke_pickup(alice, id, &recipient, &Actor::cli())
+            .unwrap(),
         "once"
     );
-    assert_eq!(store.pickup(&token).unwrap().unwrap().state, PickupState::Revoked);
+    assert_eq!(
+        store.pickup(&token).unwrap().unwrap().state,
+        PickupState::Revoked
+    );
     assert_eq!(store.read_pickup(&token).unwrap(), None);
     assert_eq!(store.read_pickup_audited(pickup.id, read).unwrap(), None);
     assert!(store.delivery(alice, id).unwrap().unwrap().lines[0]
@@ -1347,7 +1581,11 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
     assert!(files_containing(&fx.store_path(), token.as_bytes()).is_empty());
     assert!(files_containing(&fx.store_path(), MARKER.as_bytes()).is_empty());
     store.delete_account(alice, &Actor::cli()).unwrap();
-    assert_eq!(store.pickup(&token).unwrap(), None, "deleted with the account");
+    assert_eq!(
+        store.pickup(&token).unwrap(),
+        None,
+        "deleted with the account"
+    );
     assert!(store.pickups_for(&recipient).unwrap().is_empty());
 }
 
@@ -1373,18 +1611,31 @@ fn ended_pickups_are_forgotten_after_their_tombstone_time() {
         summary: b"",
         search_text: b"",
     };
-    let (_, id) = store.submit(alice, &[backup], &new, Some(&outbound)).unwrap();
+    let (_, id) = store
+        .submit(alice, &[backup], &new, Some(&outbound))
+        .unwrap();
     let token = "d".repeat(64);
     store
         .create_pickup(alice, id.unwrap(), "pat@elsewhere.example", &token, 1_000)
         .unwrap();
     assert_eq!(store.expire_pickups(2_000).unwrap(), 1);
-    assert_eq!(store.pickup(&token).unwrap().unwrap().state, PickupState::Expired);
-    store.expire_pickups(2_000 + PICKUP_TOMBSTONE_MS - 1).unwrap();
-    assert!(store.pickup(&token).unwrap().is_some(), "kept for its tombstone time");
+    assert_eq!(
+        store.pickup(&token).unwrap().unwrap().state,
+        PickupState::Expired
+    );
+    store
+        .expire_pickups(2_000 + PICKUP_TOMBSTONE_MS - 1)
+        .unwrap();
+    assert!(
+        store.pickup(&token).unwrap().is_some(),
+        "kept for its tombstone time"
+    );
     store.expire_pickups(2_001 + PICKUP_TOMBSTONE_MS).unwrap();
     assert_eq!(store.pickup(&token).unwrap(), None, "forgotten");
-    assert!(store.pickups_for("pat@elsewhere.example").unwrap().is_empty());
+    assert!(store
+        .pickups_for("pat@elsewhere.example")
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -1398,7 +1649,9 @@ fn cached_values_are_sealed_and_survive_a_restart() {
         Some(MARKER.as_bytes())
     );
     assert_eq!(store.cached("other", &name).unwrap(), None, "kinds apart");
-    assert!(store.cache("mta-sts", &name, &vec![0; 64 * 1024 + 1]).is_err());
+    assert!(store
+        .cache("mta-sts", &name, &vec![0; 64 * 1024 + 1])
+        .is_err());
     drop(store);
     let store = fx.open();
     assert_eq!(
@@ -1413,7 +1666,9 @@ fn cached_values_are_sealed_and_survive_a_restart() {
 fn secrets_are_sealed_audited_by_name_and_survive_master_key_rotation() {
     let fx = Fixture::new();
     let store = fx.create();
-    store.set_secret("dkim-test", MARKER.as_bytes(), &Actor::cli()).unwrap();
+    store
+        .set_secret("dkim-test", MARKER.as_bytes(), &Actor::cli())
+        .unwrap();
     assert!(store
         .set_secret("big", &vec![0; SECRET_BYTES_MAX + 1], &Actor::cli())
         .is_err());
@@ -1425,7 +1680,10 @@ fn secrets_are_sealed_audited_by_name_and_survive_master_key_rotation() {
     store
         .rotate_master_key(MasterKey::create_file(&new_key).unwrap(), &Actor::cli())
         .unwrap();
-    assert_eq!(store.secret("dkim-test").unwrap().as_deref(), Some(MARKER.as_bytes()));
+    assert_eq!(
+        store.secret("dkim-test").unwrap().as_deref(),
+        Some(MARKER.as_bytes())
+    );
     store.flush().unwrap();
     assert!(files_containing(&fx.store_path(), MARKER.as_bytes()).is_empty());
     let mut audited = Vec::new();
@@ -1438,7 +1696,10 @@ fn secrets_are_sealed_audited_by_name_and_survive_master_key_rotation() {
     assert!(audited
         .iter()
         .any(|e| e.contains("secret.set") && e.contains("dkim-test")));
-    assert!(!audited.iter().any(|e| e.contains(MARKER)), "the value is not audited");
+    assert!(
+        !audited.iter().any(|e| e.contains(MARKER)),
+        "the value is not audited"
+    );
 }
 
 #[test]
@@ -1456,7 +1717,9 @@ fn credentials_and_web_sessions_are_sealed_serialised_and_go_with_the_account() 
     let alice = store
         .create_account(&new("alice@clinic.example"), &Actor::cli())
         .unwrap();
-    let bob = store.create_account(&new("bob@clinic.example"), &Actor::cli()).unwrap();
+    let bob = store
+        .create_account(&new("bob@clinic.example"), &Actor::cli())
+        .unwrap();
     assert_eq!(store.credentials(alice).unwrap(), None);
     // Sixteen threads each add one byte to the record: none is lost.
     let threads: Vec<_> = (0..16u8)
@@ -1465,7 +1728,8 @@ fn credentials_and_web_sessions_are_sealed_serialised_and_go_with_the_account() 
             std::thread::spawn(move || {
                 store
                     .update_credentials(alice, |current| {
-                        let mut record = current.map_or_else(|| MARKER.as_bytes().to_vec(), <[u8]>::to_vec);
+                        let mut record =
+                            current.map_or_else(|| MARKER.as_bytes().to_vec(), <[u8]>::to_vec);
                         record.push(n);
                         Some((record, vec![]))
                     })
@@ -1484,14 +1748,22 @@ fn credentials_and_web_sessions_are_sealed_serialised_and_go_with_the_account() 
     );
     let too_big = store.update_credentials(alice, |_| Some((vec![0; 256 * 1024 + 1], vec![])));
     assert!(matches!(too_big, Err(Error::LimitExceeded { .. })));
-    assert_eq!(store.credentials(bob).unwrap(), None, "one account's record is its own");
+    assert_eq!(
+        store.credentials(bob).unwrap(),
+        None,
+        "one account's record is its own"
+    );
 
     let event = AuditEvent::new(&Actor::cli(), "auth.session.start", "account:1");
     store
         .put_web_session(alice, &[1; 16], MARKER.as_bytes(), vec![event])
         .unwrap();
-    store.put_web_session(alice, &[2; 16], b"second", vec![]).unwrap();
-    store.put_web_session(bob, &[3; 16], b"bob's", vec![]).unwrap();
+    store
+        .put_web_session(alice, &[2; 16], b"second", vec![])
+        .unwrap();
+    store
+        .put_web_session(bob, &[3; 16], b"bob's", vec![])
+        .unwrap();
     let ids: Vec<[u8; 16]> = store
         .web_sessions(alice)
         .unwrap()
@@ -1508,7 +1780,9 @@ fn credentials_and_web_sessions_are_sealed_serialised_and_go_with_the_account() 
         None,
         "bob's id under alice"
     );
-    store.delete_web_sessions(alice, Some(&[[1; 16]]), vec![]).unwrap();
+    store
+        .delete_web_sessions(alice, Some(&[[1; 16]]), vec![])
+        .unwrap();
     assert_eq!(store.web_sessions(alice).unwrap().len(), 1);
     store.flush().unwrap();
     assert!(
@@ -1516,10 +1790,15 @@ fn credentials_and_web_sessions_are_sealed_serialised_and_go_with_the_account() 
         "records are sealed"
     );
     store.delete_web_sessions(alice, None, vec![]).unwrap();
-    assert!(store.web_sessions(alice).unwrap().is_empty(), "sign out everywhere");
+    assert!(
+        store.web_sessions(alice).unwrap().is_empty(),
+        "sign out everywhere"
+    );
     assert_eq!(store.web_sessions(bob).unwrap().len(), 1);
 
-    store.put_web_session(alice, &[4; 16], b"x", vec![]).unwrap();
+    store
+        .put_web_session(alice, &[4; 16], b"x", vec![])
+        .unwrap();
     store.delete_account(alice, &Actor::cli()).unwrap();
     assert!(matches!(store.credentials(alice), Ok(None)));
     assert!(matches!(store.web_session(alice, &[4; 16]), Ok(None)));
@@ -1557,7 +1836,12 @@ fn audit_search_finds_by_words_and_time_newest_first_in_pages() {
         let events: Vec<AuditEvent> = (0..1_200)
             .map(|i| {
                 let who = ["alice", "bob", "root"][i % 3];
-                let action = ["message.read", "message.deliver", "login.imap", "account.create"][i % 4];
+                let action = [
+                    "message.read",
+                    "message.deliver",
+                    "login.imap",
+                    "account.create",
+                ][i % 4];
                 AuditEvent::new(&actor(who), action, format!("mailbox:{} uids:{i}", i % 5))
                     .detail(format!("round{round} imap BODY[]"))
             })
@@ -1567,7 +1851,14 @@ fn audit_search_finds_by_words_and_time_newest_first_in_pages() {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let search = |search: AuditSearch| store.audit_search(&AuditSearch { limit: 50, ..search }).unwrap();
+    let search = |search: AuditSearch| {
+        store
+            .audit_search(&AuditSearch {
+                limit: 50,
+                ..search
+            })
+            .unwrap()
+    };
     let all = search(AuditSearch::default());
     assert_eq!(all.matched, before_all + 3_600);
     // By actor word (a part of the address), action prefix and exact action, object word.
@@ -1576,8 +1867,14 @@ fn audit_search_finds_by_words_and_time_newest_first_in_pages() {
         ..AuditSearch::default()
     });
     assert_eq!((bob.matched, bob.matched_exact), (1_200, true));
-    assert!(bob.records.iter().all(|r| r.event.actor == "bob@clinic.example"));
-    assert!(bob.records.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    assert!(bob
+        .records
+        .iter()
+        .all(|r| r.event.actor == "bob@clinic.example"));
+    assert!(
+        bob.records.windows(2).all(|w| w[0].seq > w[1].seq),
+        "newest first"
+    );
     let messages = search(AuditSearch {
         action: Some("message.".into()),
         ..AuditSearch::default()
@@ -1609,7 +1906,10 @@ fn audit_search_finds_by_words_and_time_newest_first_in_pages() {
         ..AuditSearch::default()
     });
     assert_eq!(by_time.matched, 1_200);
-    assert!(by_time.records.iter().all(|r| r.event.detail.starts_with("round1")));
+    assert!(by_time
+        .records
+        .iter()
+        .all(|r| r.event.detail.starts_with("round1")));
     let bob_in_time = search(AuditSearch {
         actor: Some("bob".into()),
         since_ms: Some(marks[2]),

@@ -1,4 +1,4 @@
-//! The admin console's accounts (issue 8, first part): list and search, create with a
+//! The admin console's accounts: list and search, create with a
 //! one-time enrolment link, disable (which ends the account's web and IMAP sessions at once),
 //! enable, end sessions, reset the second factors, revoke app passwords, delete with a typed
 //! confirmation (crypto-shredding). Admins only; every change audited. And `/enrol/LINK`,
@@ -20,7 +20,9 @@ use serde::Deserialize;
 use crate::admin::{admin, AdminForm};
 use crate::console::{AccountAction, Outcome};
 use crate::html::{error_line, notice_line, render, when, Frame};
-use crate::request::{blocking, forbidden, form_token, form_token_ok, now_ms, see_other, set_cookie, FORM_COOKIE};
+use crate::request::{
+    blocking, forbidden, form_token, form_token_ok, now_ms, see_other, set_cookie, FORM_COOKIE,
+};
 use crate::{Peer, WebState};
 
 fn actor(admin: &Account, peer: &Peer) -> Actor {
@@ -58,7 +60,9 @@ pub(crate) async fn list(
     };
     let search = query.q.clone().unwrap_or_default();
     let (store, needle, asked) = (state.store.clone(), search.clone(), query.page.unwrap_or(1));
-    let Some(Ok(found_page)) = blocking(move || crate::console::search_accounts(&store, &needle, asked)).await else {
+    let Some(Ok(found_page)) =
+        blocking(move || crate::console::search_accounts(&store, &needle, asked)).await
+    else {
         return crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
             "Try again",
@@ -66,7 +70,10 @@ pub(crate) async fn list(
         );
     };
     let crate::console::AccountsPage {
-        accounts, page, pages, ..
+        accounts,
+        page,
+        pages,
+        ..
     } = found_page;
     let rows: Vec<_> = accounts
         .iter()
@@ -148,28 +155,45 @@ pub(crate) struct CreateForm {
     role: String,
 }
 
-pub(crate) async fn create(State(state): State<Arc<WebState>>, checked: AdminForm<CreateForm>) -> Response {
-    let AdminForm { found, me, form, peer } = checked;
+pub(crate) async fn create(
+    State(state): State<Arc<WebState>>,
+    checked: AdminForm<CreateForm>,
+) -> Response {
+    let AdminForm {
+        found,
+        me,
+        form,
+        peer,
+    } = checked;
     let role = match form.role.as_str() {
         "admin" => Role::Admin,
         "auditor" => Role::Auditor,
         _ => Role::Staff,
     };
     let (console, actor) = (state.console(), actor(&me, &peer));
-    let created =
-        blocking(move || crate::console::create_account(&console, &actor, &form.address, &form.display_name, role))
-            .await;
+    let created = blocking(move || {
+        crate::console::create_account(&console, &actor, &form.address, &form.display_name, role)
+    })
+    .await;
     match created {
         Some(Ok((id, link))) => detail_page(&state, &found, &me, id, Some(link), None).await,
         Some(Err(error)) => {
             let text = format!("Not created: {error}.");
             crate::html::message_page_status(StatusCode::UNPROCESSABLE_ENTITY, "Not created", &text)
         }
-        None => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Try again", "Try again."),
+        None => crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "Try again.",
+        ),
     }
 }
 
-pub(crate) async fn detail(State(state): State<Arc<WebState>>, Path(id): Path<u64>, headers: HeaderMap) -> Response {
+pub(crate) async fn detail(
+    State(state): State<Arc<WebState>>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
     let (found, me) = match admin(&state, &headers).await {
         Ok(found) => found,
         Err(response) => return response,
@@ -191,15 +215,24 @@ async fn detail_page(
     let loaded = blocking(move || {
         let account = state2.store.account(id).ok()?;
         let credentials = Credentials::load(&state2.store, id).ok()?;
-        let sessions = websession::list(&state2.store, id).map(|s| s.len()).unwrap_or(0);
+        let sessions = websession::list(&state2.store, id)
+            .map(|s| s.len())
+            .unwrap_or(0);
         let aliases = crate::console::aliases_of(&state2.store, &account.address);
-        let quota = (state2.store.quota(id).ok()?, state2.store.quota_usage(id).ok()?);
+        let quota = (
+            state2.store.quota(id).ok()?,
+            state2.store.quota_usage(id).ok()?,
+        );
         Some((account, credentials, sessions, aliases, quota))
     })
     .await
     .flatten();
     let Some((account, credentials, sessions, aliases, (quota, used))) = loaded else {
-        return crate::html::message_page_status(StatusCode::NOT_FOUND, "Not found", "There is no such account.");
+        return crate::html::message_page_status(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such account.",
+        );
     };
     let link = link.map(|path| {
         let url = format!("{}{path}", state.origin);
@@ -261,11 +294,21 @@ async fn detail_page(
     let (quota_action, quota_csrf) = (action.clone(), found.session.csrf.clone());
     let mb = |bytes: u64| format!("{:.1} MB", bytes as f64 / 1_048_576.0);
     let quota_text = match quota {
-        Some(limit) => format!("{} used of {} (BACKUP does not count).", mb(used), mb(limit)),
+        Some(limit) => format!(
+            "{} used of {} (BACKUP does not count).",
+            mb(used),
+            mb(limit)
+        ),
         None => format!("{} used; no quota (BACKUP does not count).", mb(used)),
     };
-    let quota_value = quota.map(|b| format!("{}", b as f64 / 1_048_576.0)).unwrap_or_default();
-    let (csrf, delete_action, address) = (found.session.csrf.clone(), action.clone(), account.address.clone());
+    let quota_value = quota
+        .map(|b| format!("{}", b as f64 / 1_048_576.0))
+        .unwrap_or_default();
+    let (csrf, delete_action, address) = (
+        found.session.csrf.clone(),
+        action.clone(),
+        account.address.clone(),
+    );
     let title = account.address.clone();
     render(
         frame(&title, found, me),
@@ -339,7 +382,12 @@ pub(crate) async fn act(
     Path(id): Path<u64>,
     checked: AdminForm<ActForm>,
 ) -> Response {
-    let AdminForm { found, me, form, peer } = checked;
+    let AdminForm {
+        found,
+        me,
+        form,
+        peer,
+    } = checked;
     let id = AccountId(id);
     let action = match form.action.as_str() {
         "disable" => AccountAction::Disable,
@@ -354,13 +402,25 @@ pub(crate) async fn act(
         "alias-add" => AccountAction::AliasAdd(form.alias.clone()),
         "alias-remove" => AccountAction::AliasRemove(form.alias.clone()),
         "quota" => AccountAction::Quota(form.quota_mb.clone()),
-        _ => return crate::html::message_page_status(StatusCode::UNPROCESSABLE_ENTITY, "Not done", "Unknown action."),
+        _ => {
+            return crate::html::message_page_status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Not done",
+                "Unknown action.",
+            )
+        }
     };
     let (console, actor, me_id) = (state.console(), actor(&me, &peer), me.id);
-    let done = blocking(move || crate::console::act_on_account(&console, &actor, id, action, Some(me_id))).await;
+    let done =
+        blocking(move || crate::console::act_on_account(&console, &actor, id, action, Some(me_id)))
+            .await;
     match done {
-        Some(Ok(Outcome::Done(text))) => detail_page(&state, &found, &me, id, None, Some(text)).await,
-        Some(Ok(Outcome::Link(link))) => detail_page(&state, &found, &me, id, Some(link), None).await,
+        Some(Ok(Outcome::Done(text))) => {
+            detail_page(&state, &found, &me, id, None, Some(text)).await
+        }
+        Some(Ok(Outcome::Link(link))) => {
+            detail_page(&state, &found, &me, id, Some(link), None).await
+        }
         Some(Ok(Outcome::Refused(text))) => {
             crate::html::message_page_status(StatusCode::UNPROCESSABLE_ENTITY, "Not done", &text)
         }
@@ -369,9 +429,17 @@ pub(crate) async fn act(
             crate::mail::encode_component(&address)
         )),
         Some(Err(sealpost_storage::Error::AccountNotFound { .. })) => {
-            crate::html::message_page_status(StatusCode::NOT_FOUND, "Not found", "There is no such account.")
+            crate::html::message_page_status(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "There is no such account.",
+            )
         }
-        _ => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not done", "Try again."),
+        _ => crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not done",
+            "Try again.",
+        ),
     }
 }
 
@@ -392,7 +460,11 @@ pub(crate) async fn enrol_page(
     }
     let (token, new) = form_token(&headers);
     let set = new.then(|| set_cookie(FORM_COOKIE, &token));
-    (AppendHeaders(set), enrol_form(&link, &token, None, StatusCode::OK)).into_response()
+    (
+        AppendHeaders(set),
+        enrol_form(&link, &token, None, StatusCode::OK),
+    )
+        .into_response()
 }
 
 fn link_refused(check: LinkCheck) -> Response {
@@ -461,9 +533,10 @@ pub(crate) async fn enrol(
         return link_refused(LinkCheck::Invalid);
     };
     let local = account.address.split('@').next().unwrap_or("").to_string();
-    if let Err(weakness) =
-        sealpost_auth::password::check(&form.password, &[&account.address, &local, &account.display_name])
-    {
+    if let Err(weakness) = sealpost_auth::password::check(
+        &form.password,
+        &[&account.address, &local, &account.display_name],
+    ) {
         let error = Some(format!("Choose another password: {weakness}."));
         return enrol_form(&link, &form.form, error, StatusCode::UNPROCESSABLE_ENTITY);
     }
@@ -471,7 +544,10 @@ pub(crate) async fn enrol(
         name: account.address.clone(),
         peer: peer.0.to_string(),
     };
-    let Some(ticket) = state.lockout.admit_hash(&peer.0.ip().to_string(), &account.address) else {
+    let Some(ticket) = state
+        .lockout
+        .admit_hash(&peer.0.ip().to_string(), &account.address)
+    else {
         return crate::request::hashing_busy();
     };
     let (state2, password) = (state.clone(), form.password);

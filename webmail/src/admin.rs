@@ -18,7 +18,10 @@ use crate::request::{blocking, forbidden, see_other, session};
 use crate::{Peer, WebState};
 
 /// The signed-in admin of this request, or the answer for anyone else.
-pub(crate) async fn admin(state: &Arc<WebState>, headers: &HeaderMap) -> Result<(Found, Account), Response> {
+pub(crate) async fn admin(
+    state: &Arc<WebState>,
+    headers: &HeaderMap,
+) -> Result<(Found, Account), Response> {
     console(state, headers, &[Role::Admin]).await
 }
 
@@ -38,15 +41,24 @@ where
 {
     type Rejection = Response;
 
-    async fn from_request(request: axum::extract::Request, state: &Arc<WebState>) -> Result<Self, Response> {
-        let peer = request.extensions().get::<Peer>().copied().ok_or_else(forbidden)?;
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Response> {
+        let peer = request
+            .extensions()
+            .get::<Peer>()
+            .copied()
+            .ok_or_else(forbidden)?;
         let roles: &[Role] = if AUDITOR {
             &[Role::Admin, Role::Auditor]
         } else {
             &[Role::Admin]
         };
         let (found, me) = console(state, request.headers(), roles).await?;
-        let Form(form) = Form::<F>::from_request(request, state).await.map_err(|_| forbidden())?;
+        let Form(form) = Form::<F>::from_request(request, state)
+            .await
+            .map_err(|_| forbidden())?;
         if !found.session.csrf_ok(form.csrf()) {
             return Err(forbidden());
         }
@@ -55,7 +67,12 @@ where
         if !found.session.recently_strong(crate::request::now_ms()) {
             return Err(see_other("/reauth"));
         }
-        Ok(Self { found, me, form, peer })
+        Ok(Self {
+            found,
+            me,
+            form,
+            peer,
+        })
     }
 }
 
@@ -66,7 +83,10 @@ pub(crate) async fn console(
     headers: &HeaderMap,
     roles: &[Role],
 ) -> Result<(Found, Account), Response> {
-    let Some(found) = session(state, headers).await.filter(|f| f.session.signed_in()) else {
+    let Some(found) = session(state, headers)
+        .await
+        .filter(|f| f.session.signed_in())
+    else {
         return Err(see_other("/sign-in"));
     };
     let (state2, id) = (state.clone(), found.account);
@@ -161,7 +181,10 @@ pub(crate) struct LiftForm {
     login: String,
 }
 
-pub(crate) async fn lift(State(state): State<Arc<WebState>>, checked: AdminForm<LiftForm>) -> Response {
+pub(crate) async fn lift(
+    State(state): State<Arc<WebState>>,
+    checked: AdminForm<LiftForm>,
+) -> Response {
     let AdminForm {
         found,
         me: account,
@@ -216,7 +239,9 @@ pub(crate) async fn reset_portal_passkey(
         .await
         .and_then(Result::ok);
     let notice = match reset {
-        Some(true) => format!("{shown}'s portal passkey is reset: codes are emailed to them again."),
+        Some(true) => {
+            format!("{shown}'s portal passkey is reset: codes are emailed to them again.")
+        }
         Some(false) => format!("{shown} had no portal passkey."),
         None => "Not reset; try again.".to_string(),
     };

@@ -252,7 +252,10 @@ pub(crate) struct VerifyForm {
     csrf: String,
 }
 
-pub(crate) async fn verify(State(state): State<Arc<WebState>>, checked: AdminForm<VerifyForm, true>) -> Response {
+pub(crate) async fn verify(
+    State(state): State<Arc<WebState>>,
+    checked: AdminForm<VerifyForm, true>,
+) -> Response {
     let AdminForm {
         found,
         me,

@@ -44,7 +44,11 @@ impl Ceremonies {
         let ttl = Duration::from_millis(CEREMONY_MS);
         pending.retain(|_, p| p.started.elapsed() < ttl);
         if pending.len() >= CEREMONIES_MAX {
-            if let Some(oldest) = pending.iter().min_by_key(|(_, p)| p.started).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = pending
+                .iter()
+                .min_by_key(|(_, p)| p.started)
+                .map(|(k, _)| k.clone())
+            {
                 pending.remove(&oldest);
             }
         }
@@ -77,7 +81,11 @@ mod tests {
     fn a_ceremony_finishes_once_and_only_as_its_kind() {
         let ceremonies = Ceremonies::default();
         let id = ceremonies.start(Kind::SignIn, AccountId(3), "state".into());
-        assert_eq!(ceremonies.finish(&id, Kind::Register), None, "wrong kind, and gone");
+        assert_eq!(
+            ceremonies.finish(&id, Kind::Register),
+            None,
+            "wrong kind, and gone"
+        );
         let id = ceremonies.start(Kind::SignIn, AccountId(3), "state".into());
         assert_eq!(
             ceremonies.finish(&id, Kind::SignIn),

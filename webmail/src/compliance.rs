@@ -61,7 +61,11 @@ async fn holds_page(
     let Some(Some((holds, accounts))) =
         blocking(move || Some((store.holds().ok()?, store.list_accounts().ok()?))).await
     else {
-        return crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Try again", "Try again.");
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "Try again.",
+        );
     };
     let address_of = |id| {
         accounts
@@ -158,8 +162,16 @@ pub(crate) struct HoldForm {
     until: Option<String>,
 }
 
-pub(crate) async fn holds_act(State(state): State<Arc<WebState>>, checked: AdminForm<HoldForm>) -> Response {
-    let AdminForm { found, me, form, peer } = checked;
+pub(crate) async fn holds_act(
+    State(state): State<Arc<WebState>>,
+    checked: AdminForm<HoldForm>,
+) -> Response {
+    let AdminForm {
+        found,
+        me,
+        form,
+        peer,
+    } = checked;
     let (store, actor) = (state.store.clone(), actor(&me, &peer));
     let done = blocking(move || -> Result<String, String> {
         let hold = form.hold.unwrap_or(0);
@@ -178,7 +190,9 @@ pub(crate) async fn holds_act(State(state): State<Arc<WebState>>, checked: Admin
                 let account = account()?;
                 let date = |v: &Option<String>| match v.as_deref().map(str::trim) {
                     None | Some("") => Ok(None),
-                    Some(_) => day_ms(v).map(Some).ok_or_else(|| "Dates are YYYY-MM-DD.".to_string()),
+                    Some(_) => day_ms(v)
+                        .map(Some)
+                        .ok_or_else(|| "Dates are YYYY-MM-DD.".to_string()),
                 };
                 let (from, until) = (date(&form.from)?, date(&form.until)?);
                 store
@@ -205,7 +219,14 @@ pub(crate) async fn holds_act(State(state): State<Arc<WebState>>, checked: Admin
     match done {
         Ok(notice) => holds_page(&state, &found, &me, Some(notice), None).await,
         Err(error) => {
-            let page = holds_page(&state, &found, &me, None, Some(format!("Not done: {error}"))).await;
+            let page = holds_page(
+                &state,
+                &found,
+                &me,
+                None,
+                Some(format!("Not done: {error}")),
+            )
+            .await;
             (StatusCode::UNPROCESSABLE_ENTITY, page).into_response()
         }
     }
@@ -228,10 +249,20 @@ async fn retention_page(
     let Some(Some((rules, accounts))) =
         blocking(move || Some((store.retention_rules().ok()?, store.list_accounts().ok()?))).await
     else {
-        return crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Try again", "Try again.");
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "Try again.",
+        );
     };
     let days = |d: Option<u32>| d.map_or_else(|| "—".to_string(), |d| format!("{d} days"));
-    let list = |v: &[String]| if v.is_empty() { "all".to_string() } else { v.join(", ") };
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "all".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
     let rows: Vec<_> = rules
         .iter()
         .map(|r| {
@@ -287,13 +318,25 @@ pub(crate) struct RetentionForm {
     action: String,
 }
 
-pub(crate) async fn retention_act(State(state): State<Arc<WebState>>, checked: AdminForm<RetentionForm>) -> Response {
-    let AdminForm { found, me, form, peer } = checked;
+pub(crate) async fn retention_act(
+    State(state): State<Arc<WebState>>,
+    checked: AdminForm<RetentionForm>,
+) -> Response {
+    let AdminForm {
+        found,
+        me,
+        form,
+        peer,
+    } = checked;
     let dry = form.action != "run";
     let (store, actor) = (state.store.clone(), actor(&me, &peer));
     match blocking(move || store.retention_sweep(now_ms(), dry, &actor)).await {
         Some(Ok(gone)) => retention_page(&state, &found, &me, Some((dry, gone))).await,
-        _ => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not done", "Try again."),
+        _ => crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not done",
+            "Try again.",
+        ),
     }
 }
 
@@ -454,7 +497,10 @@ pub(crate) struct ExportForm {
 
 /// The export as a download: an age-encrypted zip, built in memory within
 /// `DISCOVERY_WEB_EXPORT_BYTES_MAX`.
-pub(crate) async fn discovery_export(State(state): State<Arc<WebState>>, checked: AdminForm<ExportForm>) -> Response {
+pub(crate) async fn discovery_export(
+    State(state): State<Arc<WebState>>,
+    checked: AdminForm<ExportForm>,
+) -> Response {
     let AdminForm { me, form, peer, .. } = checked;
     let kind = if form.format == "mbox" {
         ExportKind::Mbox

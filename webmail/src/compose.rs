@@ -16,7 +16,8 @@ use mail_builder::headers::address::Address;
 use mail_builder::MessageBuilder;
 use mail_parser::{MessageParser, MimeHeaders};
 use sealpost_storage::{
-    Account, FlagChange, Flags, InternalDate, MailboxId, NewMessage, QueueId, SpecialUse, SystemFlag,
+    Account, FlagChange, Flags, InternalDate, MailboxId, NewMessage, QueueId, SpecialUse,
+    SystemFlag,
 };
 use serde::Deserialize;
 
@@ -106,10 +107,12 @@ pub(crate) const PASSPHRASE_CHARS_MIN: usize = 8;
 fn proof_of(draft: &Draft) -> Result<Option<(sealpost_storage::ProofKind, String)>, &'static str> {
     match draft.proof.as_str() {
         "" | "none" => Ok(None),
-        "passphrase" if draft.passphrase.trim().chars().count() >= PASSPHRASE_CHARS_MIN => Ok(Some((
-            sealpost_storage::ProofKind::Passphrase,
-            draft.passphrase.clone(),
-        ))),
+        "passphrase" if draft.passphrase.trim().chars().count() >= PASSPHRASE_CHARS_MIN => {
+            Ok(Some((
+                sealpost_storage::ProofKind::Passphrase,
+                draft.passphrase.clone(),
+            )))
+        }
         "passphrase" => Err("Choose a passphrase of at least 8 characters to tell the patient."),
         "question" => {
             let date = time::Date::parse(
@@ -200,7 +203,10 @@ fn prefill(raw: &[u8], query: &ComposeQuery, own: &str) -> Draft {
                 .unwrap_or_default(),
             forward: parsed
                 .as_ref()
-                .and_then(|m| m.header_raw("X-Sealpost-Forward").map(|r| r.trim().to_string()))
+                .and_then(|m| {
+                    m.header_raw("X-Sealpost-Forward")
+                        .map(|r| r.trim().to_string())
+                })
                 .unwrap_or_default(),
             draft: reference.clone(),
             ..Draft::default()
@@ -238,7 +244,9 @@ fn prefill(raw: &[u8], query: &ComposeQuery, own: &str) -> Draft {
             .to
             .iter()
             .chain(&shown.cc)
-            .filter(|p| !p.email.eq_ignore_ascii_case(own) && !answer_to.iter().any(|a| a.email == p.email))
+            .filter(|p| {
+                !p.email.eq_ignore_ascii_case(own) && !answer_to.iter().any(|a| a.email == p.email)
+            })
             .cloned()
             .collect();
         people(&others)
@@ -278,7 +286,16 @@ pub(crate) async fn page(
         Some(Err(())) => return crate::mail::not_found(),
         Some(Ok((mailbox, uid))) => {
             let (state2, id, actor) = (state.clone(), account.id, actor_of(&account, &peer));
-            let read = move || read_audited(&state2.store, &actor, id, mailbox, uid, "web compose".into());
+            let read = move || {
+                read_audited(
+                    &state2.store,
+                    &actor,
+                    id,
+                    mailbox,
+                    uid,
+                    "web compose".into(),
+                )
+            };
             let Some(Some(raw)) = blocking(read).await else {
                 return crate::mail::not_found();
             };
@@ -288,7 +305,13 @@ pub(crate) async fn page(
     form_page(&found.session.csrf, &account, draft, None, StatusCode::OK)
 }
 
-fn form_page(csrf: &str, account: &Account, draft: Draft, error: Option<String>, status: StatusCode) -> Response {
+fn form_page(
+    csrf: &str,
+    account: &Account,
+    draft: Draft,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
     let Draft {
         to,
         cc,
@@ -312,7 +335,10 @@ fn form_page(csrf: &str, account: &Account, draft: Draft, error: Option<String>,
         proof == "question",
     );
     let carried = (!carried.is_empty()).then(|| {
-        let names: Vec<_> = carried.into_iter().map(|n| view! { <li>{n}</li> }).collect();
+        let names: Vec<_> = carried
+            .into_iter()
+            .map(|n| view! { <li>{n}</li> })
+            .collect();
         view! { <p>"Attached from the forwarded message:"</p><ul id="carried">{names}</ul> }
     });
     let title = if subject.is_empty() {
@@ -401,8 +427,13 @@ impl Form {
 
 /// Reads a multipart form whose files come in fields named `files` (at most
 /// `ATTACHMENTS_MAX`; the whole body within the route's limit, `upload_bytes_max`).
-pub(crate) async fn read_form(multipart: &mut Multipart, upload_bytes_max: usize) -> Result<Form, Response> {
-    let too_large = |text: String| crate::html::message_page_status(StatusCode::PAYLOAD_TOO_LARGE, "Not sent", &text);
+pub(crate) async fn read_form(
+    multipart: &mut Multipart,
+    upload_bytes_max: usize,
+) -> Result<Form, Response> {
+    let too_large = |text: String| {
+        crate::html::message_page_status(StatusCode::PAYLOAD_TOO_LARGE, "Not sent", &text)
+    };
     let mut form = Form {
         fields: Vec::new(),
         uploads: Vec::new(),
@@ -420,7 +451,10 @@ pub(crate) async fn read_form(multipart: &mut Multipart, upload_bytes_max: usize
         };
         let name = field.name().unwrap_or("").to_string();
         let file_name = field.file_name().map(str::to_string);
-        let kind = field.content_type().unwrap_or("application/octet-stream").to_string();
+        let kind = field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .to_string();
         let Ok(bytes) = field.bytes().await else {
             return Err(too_large(format!(
                 "The upload was cut off or larger than {upload_bytes_max} bytes; nothing was sent."
@@ -432,7 +466,9 @@ pub(crate) async fn read_form(multipart: &mut Multipart, upload_bytes_max: usize
                     continue;
                 }
                 if form.uploads.len() >= ATTACHMENTS_MAX {
-                    return Err(too_large(format!("At most {ATTACHMENTS_MAX} files may be attached.")));
+                    return Err(too_large(format!(
+                        "At most {ATTACHMENTS_MAX} files may be attached."
+                    )));
                 }
                 form.uploads.push(Upload {
                     name: file,
@@ -440,7 +476,9 @@ pub(crate) async fn read_form(multipart: &mut Multipart, upload_bytes_max: usize
                     bytes: bytes.to_vec(),
                 });
             }
-            _ => form.fields.push((name, String::from_utf8_lossy(&bytes).into_owned())),
+            _ => form
+                .fields
+                .push((name, String::from_utf8_lossy(&bytes).into_owned())),
         }
     }
 }
@@ -531,7 +569,16 @@ pub(crate) async fn submit(
     let mut carried: Vec<Upload> = Vec::new();
     if let Some((mailbox, uid)) = parse_reference(&draft.forward) {
         let (state2, id, actor) = (state.clone(), account.id, actor_of(&account, &peer));
-        let read = move || read_audited(&state2.store, &actor, id, mailbox, uid, "web forward".into());
+        let read = move || {
+            read_audited(
+                &state2.store,
+                &actor,
+                id,
+                mailbox,
+                uid,
+                "web forward".into(),
+            )
+        };
         if let Some(Some(raw)) = blocking(read).await {
             if let Some(message) = MessageParser::default().parse(&raw) {
                 carried = message
@@ -574,7 +621,11 @@ pub(crate) async fn submit(
         // Only the draft keeps Bcc: a sent message never shows it.
         builder = builder.bcc(address_list(&bcc));
     }
-    let in_reply_to = draft.in_reply_to.trim().trim_matches(['<', '>']).to_string();
+    let in_reply_to = draft
+        .in_reply_to
+        .trim()
+        .trim_matches(['<', '>'])
+        .to_string();
     if !in_reply_to.is_empty() {
         builder = builder.in_reply_to(in_reply_to.clone());
     }
@@ -593,8 +644,15 @@ pub(crate) async fn submit(
             mail_builder::headers::raw::Raw::new(draft.forward.clone()),
         );
     }
-    for upload in uploads.iter().chain(if saving { [].iter() } else { carried.iter() }) {
-        builder = builder.attachment(upload.kind.clone(), upload.name.clone(), upload.bytes.clone());
+    for upload in uploads
+        .iter()
+        .chain(if saving { [].iter() } else { carried.iter() })
+    {
+        builder = builder.attachment(
+            upload.kind.clone(),
+            upload.name.clone(),
+            upload.bytes.clone(),
+        );
     }
     let raw = match builder.write_to_vec() {
         Ok(raw) => raw,
@@ -612,7 +670,12 @@ pub(crate) async fn submit(
     if saving {
         return save_draft(&state, &account, raw, old_draft).await;
     }
-    let recipients: Vec<String> = to.iter().chain(&cc).chain(&bcc).map(|(_, a)| a.clone()).collect();
+    let recipients: Vec<String> = to
+        .iter()
+        .chain(&cc)
+        .chain(&bcc)
+        .map(|(_, a)| a.clone())
+        .collect();
     // The proof a portal recipient must give besides the mailed code: kept (hashed) for each
     // recipient before the message is submitted, so no notice can leave before it exists.
     let proof = match proof_of(&draft) {
@@ -642,10 +705,11 @@ pub(crate) async fn submit(
         .unwrap_or_default();
         let by_domain = outside.iter().any(|address| {
             let domain = address.rsplit('@').next().unwrap_or("").to_lowercase();
-            portal
-                .proof_required_domains
-                .iter()
-                .any(|d| d.trim().trim_start_matches('@').eq_ignore_ascii_case(&domain))
+            portal.proof_required_domains.iter().any(|d| {
+                d.trim()
+                    .trim_start_matches('@')
+                    .eq_ignore_ascii_case(&domain)
+            })
         });
         let names: Vec<&str> = uploads.iter().map(|u| u.name.as_str()).collect();
         let content = sealpost_policy::Content {
@@ -688,8 +752,11 @@ pub(crate) async fn submit(
             message_id.clone(),
         );
         let kept = blocking(move || {
-            all.iter()
-                .try_for_each(|r| state2.store.set_pickup_proof(id, &message_id, r, kind, &secret, &actor))
+            all.iter().try_for_each(|r| {
+                state2
+                    .store
+                    .set_pickup_proof(id, &message_id, r, kind, &secret, &actor)
+            })
         })
         .await;
         if !matches!(kept, Some(Ok(()))) {
@@ -718,7 +785,9 @@ pub(crate) async fn submit(
                 }
                 if let Some((mailbox, uid)) = answered {
                     let answered = FlagChange::Add(Flags::new().with(SystemFlag::Answered));
-                    let _ = state2.store.store_flags(id, mailbox, &[uid], &answered, None);
+                    let _ = state2
+                        .store
+                        .store_flags(id, mailbox, &[uid], &answered, None);
                 }
             })
             .await;
@@ -745,11 +814,18 @@ pub(crate) async fn submit(
 }
 
 /// Keeps the message in Drafts (replacing the draft it was opened from) and shows Drafts.
-async fn save_draft(state: &Arc<WebState>, account: &Account, raw: Vec<u8>, old: Option<(MailboxId, u32)>) -> Response {
+async fn save_draft(
+    state: &Arc<WebState>,
+    account: &Account,
+    raw: Vec<u8>,
+    old: Option<(MailboxId, u32)>,
+) -> Response {
     let (state2, id) = (state.clone(), account.id);
     let saved = blocking(move || {
         let store = &state2.store;
-        let drafts = store.mailbox_by_special_use(id, SpecialUse::Drafts).ok()??;
+        let drafts = store
+            .mailbox_by_special_use(id, SpecialUse::Drafts)
+            .ok()??;
         let summary = sealpost_mime::Summary::of(&raw).to_bytes();
         let text = sealpost_mime::search_text(&raw).lowercased().to_bytes();
         store
@@ -783,7 +859,12 @@ async fn save_draft(state: &Arc<WebState>, account: &Account, raw: Vec<u8>, old:
 }
 
 /// Removes a draft once it was sent or saved anew (only from Drafts).
-fn remove_draft(store: &sealpost_storage::Store, account: sealpost_storage::AccountId, mailbox: MailboxId, uid: u32) {
+fn remove_draft(
+    store: &sealpost_storage::Store,
+    account: sealpost_storage::AccountId,
+    mailbox: MailboxId,
+    uid: u32,
+) {
     let is_drafts = store
         .mailbox(account, mailbox)
         .is_ok_and(|m| m.special_use == Some(SpecialUse::Drafts));
@@ -791,7 +872,10 @@ fn remove_draft(store: &sealpost_storage::Store, account: sealpost_storage::Acco
         return;
     }
     let deleted = FlagChange::Add(Flags::new().with(SystemFlag::Deleted));
-    if store.store_flags(account, mailbox, &[uid], &deleted, None).is_ok() {
+    if store
+        .store_flags(account, mailbox, &[uid], &deleted, None)
+        .is_ok()
+    {
         let _ = store.expunge_deleted(account, mailbox, Some(&[uid]));
     }
 }
@@ -803,7 +887,9 @@ mod tests {
     #[test]
     fn addresses_split_with_and_without_names() {
         assert_eq!(
-            split_addresses("Pat Doe <pat@example.org>, bob@example.org; \"Dr. X\" <x@clinic.example>,,"),
+            split_addresses(
+                "Pat Doe <pat@example.org>, bob@example.org; \"Dr. X\" <x@clinic.example>,,"
+            ),
             vec![
                 ("Pat Doe".to_string(), "pat@example.org".to_string()),
                 (String::new(), "bob@example.org".to_string()),
@@ -821,7 +907,11 @@ Cc: carol@example.org\r\nSubject: Results\r\nMessage-ID: <m1@example.org>\r\nDat
         assert_eq!(reply.to, "Pat <pat@example.org>");
         assert_eq!(reply.cc, "");
         assert_eq!(reply.subject, "Re: Results");
-        assert!(reply.body.contains("> Line one\n> Line two\n"), "{}", reply.body);
+        assert!(
+            reply.body.contains("> Line one\n> Line two\n"),
+            "{}",
+            reply.body
+        );
         assert_eq!(reply.in_reply_to, "<m1@example.org>");
         let all = prefill(
             raw,

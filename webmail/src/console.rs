@@ -11,7 +11,8 @@ use sealpost_auth::websession;
 use sealpost_auth::{Credentials, Lockout};
 use sealpost_policy::{Content, LivePolicy, Policy, PolicyConfig, PolicyVersion};
 use sealpost_storage::{
-    AccountId, AccountStatus, Actor, AuditEvent, AuditRecord, AuditSearch, Delivery, Error, NewAccount, Role, Store,
+    AccountId, AccountStatus, Actor, AuditEvent, AuditRecord, AuditSearch, Delivery, Error,
+    NewAccount, Role, Store,
 };
 
 use crate::{AliasesChanged, EndMailSessions};
@@ -107,9 +108,16 @@ pub fn console_aliases(store: &Store) -> AliasMap {
 
 /// Saves the console's aliases (audited by the secret's name, and with `event`) and puts
 /// them in force.
-fn save_aliases(console: &Console, map: &AliasMap, actor: &Actor, event: AuditEvent) -> Result<(), Error> {
+fn save_aliases(
+    console: &Console,
+    map: &AliasMap,
+    actor: &Actor,
+    event: AuditEvent,
+) -> Result<(), Error> {
     let bytes = serde_json::to_vec(map).map_err(|_| Error::InvalidInput { what: "aliases" })?;
-    console.store.set_secret(crate::CONSOLE_ALIASES_SECRET, &bytes, actor)?;
+    console
+        .store
+        .set_secret(crate::CONSOLE_ALIASES_SECRET, &bytes, actor)?;
     console.store.audit(event)?;
     (console.aliases_changed)(map);
     Ok(())
@@ -137,7 +145,9 @@ pub fn search_accounts(store: &Store, search: &str, page: usize) -> Result<Accou
     let mut accounts = store.list_accounts()?;
     let needle = search.trim().to_lowercase();
     if !needle.is_empty() {
-        accounts.retain(|a| a.address.contains(&needle) || a.display_name.to_lowercase().contains(&needle));
+        accounts.retain(|a| {
+            a.address.contains(&needle) || a.display_name.to_lowercase().contains(&needle)
+        });
     }
     accounts.sort_by(|a, b| a.address.cmp(&b.address));
     let matched = accounts.len();
@@ -190,7 +200,9 @@ pub fn act_on_account(
     let account = store.account(id)?;
     let own = me == Some(id);
     let outcome = match action {
-        AccountAction::Disable if own => Outcome::Refused("You cannot disable your own account.".into()),
+        AccountAction::Disable if own => {
+            Outcome::Refused("You cannot disable your own account.".into())
+        }
         AccountAction::Disable => {
             store.set_account_status(id, AccountStatus::Disabled, actor)?;
             let ended = end_all_sessions(console, id, actor)?;
@@ -204,9 +216,13 @@ pub fn act_on_account(
         }
         AccountAction::EndSessions => {
             let ended = end_all_sessions(console, id, actor)?;
-            Outcome::Done(format!("Its web sessions and {ended} mail sessions were ended."))
+            Outcome::Done(format!(
+                "Its web sessions and {ended} mail sessions were ended."
+            ))
         }
-        AccountAction::EnrolmentLink => Outcome::Link(enrolment::issue(store, id, actor, now_ms())?),
+        AccountAction::EnrolmentLink => {
+            Outcome::Link(enrolment::issue(store, id, actor, now_ms())?)
+        }
         AccountAction::ResetFactors => {
             Credentials::update(store, id, |record| {
                 record.totp = None;
@@ -219,7 +235,10 @@ pub fn act_on_account(
                 )])
             })?;
             end_all_sessions(console, id, actor)?;
-            Outcome::Done("Second factors removed and sessions ended; the next sign-in sets up a new one.".into())
+            Outcome::Done(
+                "Second factors removed and sessions ended; the next sign-in sets up a new one."
+                    .into(),
+            )
         }
         AccountAction::RevokeAppPasswords => {
             Credentials::update(store, id, |record| {
@@ -234,7 +253,9 @@ pub fn act_on_account(
             })?;
             Outcome::Done("Every app password was revoked.".into())
         }
-        AccountAction::Delete { .. } if own => Outcome::Refused("You cannot delete your own account.".into()),
+        AccountAction::Delete { .. } if own => {
+            Outcome::Refused("You cannot delete your own account.".into())
+        }
         AccountAction::Delete { confirm } if confirm.trim().to_lowercase() != account.address => {
             Outcome::Refused("Not deleted: the address typed does not match.".into())
         }
@@ -247,8 +268,12 @@ pub fn act_on_account(
             }
             map.retain(|_, targets| !targets.is_empty());
             if map != before {
-                let event = AuditEvent::new(actor, "alias.remove", format!("account {}", account.address))
-                    .detail("the account is deleted");
+                let event = AuditEvent::new(
+                    actor,
+                    "alias.remove",
+                    format!("account {}", account.address),
+                )
+                .detail("the account is deleted");
                 save_aliases(console, &map, actor, event)?;
             }
             store.delete_account(id, actor)?;
@@ -276,7 +301,10 @@ pub fn act_on_account(
                 let event = AuditEvent::new(actor, "alias.add", format!("alias {alias}"))
                     .detail(format!("to {}", account.address));
                 save_aliases(console, &map, actor, event)?;
-                Outcome::Done(format!("{alias} now reaches {}, who may send as it.", account.address))
+                Outcome::Done(format!(
+                    "{alias} now reaches {}, who may send as it.",
+                    account.address
+                ))
             }
         }
         AccountAction::AliasRemove(alias) => {
@@ -286,7 +314,10 @@ pub fn act_on_account(
                 .get(&alias)
                 .is_some_and(|targets| targets.contains(&account.address))
             {
-                return Ok(Outcome::Refused(format!("{alias} does not reach {}.", account.address)));
+                return Ok(Outcome::Refused(format!(
+                    "{alias} does not reach {}.",
+                    account.address
+                )));
             }
             if let Some(targets) = map.get_mut(&alias) {
                 targets.retain(|t| *t != account.address);
@@ -308,7 +339,9 @@ pub fn act_on_account(
                     store.set_quota(id, Some(bytes), actor)?;
                     Outcome::Done(format!("The quota is {bytes} bytes."))
                 }
-                _ => Outcome::Refused(format!("A quota is a number of MB above 0, at most {QUOTA_MB_MAX}.")),
+                _ => Outcome::Refused(format!(
+                    "A quota is a number of MB above 0, at most {QUOTA_MB_MAX}."
+                )),
             },
         },
     };
@@ -327,12 +360,12 @@ pub fn aliases_of(store: &Store, address: &str) -> Vec<String> {
 /// Lifts an account's sign-in lockout (audited); true if it was locked out. Lockouts live in
 /// the running server only.
 pub fn lift_lockout(console: &Console, actor: &Actor, login: &str) -> Result<bool, Error> {
-    let lifted = console.lockout.as_ref().is_some_and(|lockout| lockout.lift(login));
-    let event = AuditEvent::new(actor, "auth.lockout.lift", format!("account {login}")).detail(if lifted {
-        "lifted"
-    } else {
-        "was not locked"
-    });
+    let lifted = console
+        .lockout
+        .as_ref()
+        .is_some_and(|lockout| lockout.lift(login));
+    let event = AuditEvent::new(actor, "auth.lockout.lift", format!("account {login}"))
+        .detail(if lifted { "lifted" } else { "was not locked" });
     console.store.audit(event)?;
     Ok(lifted)
 }
@@ -372,8 +405,9 @@ pub enum PolicyRefusal {
 /// Checks `rules` (TOML), saves them as the next version (kept, audited) and puts them in
 /// force at once if the server runs; returns the version.
 pub fn save_policy(console: &Console, actor: &Actor, rules: &str) -> Result<u64, PolicyRefusal> {
-    let config = toml::from_str::<PolicyConfig>(rules)
-        .map_err(|e| PolicyRefusal::Invalid(format!("the rules do not read as TOML: {}", e.message())))?;
+    let config = toml::from_str::<PolicyConfig>(rules).map_err(|e| {
+        PolicyRefusal::Invalid(format!("the rules do not read as TOML: {}", e.message()))
+    })?;
     let policy = Policy::new(config.clone()).map_err(PolicyRefusal::Invalid)?;
     let summary = format!(
         "{} domain rules, {} content rules ({} enabled), {} barred accounts",
@@ -390,13 +424,16 @@ pub fn save_policy(console: &Console, actor: &Actor, rules: &str) -> Result<u64,
         saved_by: actor.name.clone(),
         config,
     };
-    let bytes =
-        serde_json::to_vec(&record).map_err(|_| PolicyRefusal::Store(Error::InvalidInput { what: "policy" }))?;
+    let bytes = serde_json::to_vec(&record)
+        .map_err(|_| PolicyRefusal::Store(Error::InvalidInput { what: "policy" }))?;
     let saved = (|| {
         store.set_secret(&PolicyVersion::history_name(version), &bytes, actor)?;
         store.set_secret(PolicyVersion::CURRENT, &bytes, actor)?;
         store.set_retention_rules(&record.config.retention, actor)?;
-        store.audit(AuditEvent::new(actor, "policy.change", format!("policy version {version}")).detail(summary))
+        store.audit(
+            AuditEvent::new(actor, "policy.change", format!("policy version {version}"))
+                .detail(summary),
+        )
     })();
     saved.map_err(PolicyRefusal::Store)?;
     if let Some(rules) = &console.rules {
@@ -442,11 +479,22 @@ pub struct Traced {
 /// Messages to outside recipients that match, from the delivery records (no content), at
 /// most `TRACE_ROWS_MAX`.
 pub fn trace(store: &Store, query: &TraceQuery) -> Result<Vec<Traced>, Error> {
-    let lower = |v: &Option<String>| v.as_deref().map(|v| v.trim().to_lowercase()).filter(|v| !v.is_empty());
-    let (sender, recipient, message_id) = (lower(&query.sender), lower(&query.recipient), lower(&query.message_id));
+    let lower = |v: &Option<String>| {
+        v.as_deref()
+            .map(|v| v.trim().to_lowercase())
+            .filter(|v| !v.is_empty())
+    };
+    let (sender, recipient, message_id) = (
+        lower(&query.sender),
+        lower(&query.recipient),
+        lower(&query.message_id),
+    );
     let mut rows = Vec::new();
     for account in store.list_accounts()? {
-        if sender.as_ref().is_some_and(|s| !account.address.contains(s.as_str())) {
+        if sender
+            .as_ref()
+            .is_some_and(|s| !account.address.contains(s.as_str()))
+        {
             continue;
         }
         for delivery in store.deliveries(account.id)? {
@@ -455,10 +503,12 @@ pub fn trace(store: &Store, query: &TraceQuery) -> Result<Vec<Traced>, Error> {
             {
                 continue;
             }
-            if recipient
-                .as_ref()
-                .is_some_and(|r| !delivery.lines.iter().any(|l| l.address.contains(r.as_str())))
-            {
+            if recipient.as_ref().is_some_and(|r| {
+                !delivery
+                    .lines
+                    .iter()
+                    .any(|l| l.address.contains(r.as_str()))
+            }) {
                 continue;
             }
             let id = sealpost_mime::Summary::from_bytes(&delivery.summary)

@@ -106,7 +106,8 @@ fn matches(
     date_ms: i64,
     text: impl FnOnce() -> Option<String>,
 ) -> bool {
-    if query.since_ms.is_some_and(|t| date_ms < t) || query.before_ms.is_some_and(|t| date_ms >= t) {
+    if query.since_ms.is_some_and(|t| date_ms < t) || query.before_ms.is_some_and(|t| date_ms >= t)
+    {
         return false;
     }
     let people = |list: &[sealpost_mime::Person]| {
@@ -118,7 +119,9 @@ fn matches(
     if lower(&query.sender).is_some_and(|s| !people(&shown.from).contains(&s)) {
         return false;
     }
-    if lower(&query.recipient).is_some_and(|r| !people(&shown.to).contains(&r) && !people(&shown.cc).contains(&r)) {
+    if lower(&query.recipient)
+        .is_some_and(|r| !people(&shown.to).contains(&r) && !people(&shown.cc).contains(&r))
+    {
         return false;
     }
     if lower(&query.subject).is_some_and(|s| !shown.subject.to_lowercase().contains(&s)) {
@@ -182,7 +185,11 @@ fn hit_of(
         folder,
         internal_date_ms: date_ms,
         size,
-        from: shown.from.first().map(|p| p.email.clone()).unwrap_or_default(),
+        from: shown
+            .from
+            .first()
+            .map(|p| p.email.clone())
+            .unwrap_or_default(),
         subject: shown.subject,
         message_id: shown.message_id.unwrap_or_default(),
     })
@@ -209,14 +216,29 @@ pub fn search(store: &Store, query: &DiscoveryQuery) -> Result<(Vec<Hit>, bool),
             hits.len() >= DISCOVERY_HITS_MAX
         };
         for mailbox in store.list_mailboxes(account.id)? {
-            let uids: Vec<u32> = store.messages(account.id, mailbox.id)?.iter().map(|m| m.uid).collect();
+            let uids: Vec<u32> = store
+                .messages(account.id, mailbox.id)?
+                .iter()
+                .map(|m| m.uid)
+                .collect();
             for (meta, summary) in store.message_summaries(account.id, mailbox.id, &uids)? {
                 let place = Place::Folder {
                     mailbox: mailbox.id,
                     uid: meta.uid,
                 };
-                let dated = (meta.internal_date.unix_seconds.saturating_mul(1000), meta.size);
-                let found = hit_of(store, query, &account, place, mailbox.name.clone(), &summary, dated);
+                let dated = (
+                    meta.internal_date.unix_seconds.saturating_mul(1000),
+                    meta.size,
+                );
+                let found = hit_of(
+                    store,
+                    query,
+                    &account,
+                    place,
+                    mailbox.name.clone(),
+                    &summary,
+                    dated,
+                );
                 if found.is_some_and(|hit| take(hit, &mut hits)) {
                     return Ok((hits, true));
                 }
@@ -224,7 +246,10 @@ pub fn search(store: &Store, query: &DiscoveryQuery) -> Result<(Vec<Hit>, bool),
         }
         for kept in store.kept_messages(account.id)? {
             let folder = format!("{} (removed by its owner, kept)", kept.folder);
-            let dated = (kept.internal_date.unix_seconds.saturating_mul(1000), kept.size);
+            let dated = (
+                kept.internal_date.unix_seconds.saturating_mul(1000),
+                kept.size,
+            );
             let found = hit_of(
                 store,
                 query,
@@ -243,7 +268,11 @@ pub fn search(store: &Store, query: &DiscoveryQuery) -> Result<(Vec<Hit>, bool),
 }
 
 /// Searches and audits the search with its query and count.
-pub fn search_audited(store: &Store, actor: &Actor, query: &DiscoveryQuery) -> Result<(Vec<Hit>, bool), Error> {
+pub fn search_audited(
+    store: &Store,
+    actor: &Actor,
+    query: &DiscoveryQuery,
+) -> Result<(Vec<Hit>, bool), Error> {
     let found = search(store, query)?;
     store.audit(
         AuditEvent::new(actor, "ediscovery.search", "mail of all accounts").detail(format!(
@@ -304,7 +333,11 @@ impl Zip<'_> {
     }
 
     /// Writes one entry from its parts (an mbox is many parts).
-    fn entry(&mut self, name: &str, parts: &mut dyn Iterator<Item = std::io::Result<Vec<u8>>>) -> std::io::Result<()> {
+    fn entry(
+        &mut self,
+        name: &str,
+        parts: &mut dyn Iterator<Item = std::io::Result<Vec<u8>>>,
+    ) -> std::io::Result<()> {
         let start = self.offset32()?;
         let name = name.as_bytes();
         let name_len = u16::try_from(name.len()).map_err(std::io::Error::other)?;
@@ -329,7 +362,8 @@ impl Zip<'_> {
             self.write(&part)?;
         }
         let crc = crc.finalize();
-        let size = u32::try_from(size).map_err(|_| std::io::Error::other("an entry is over 4 GiB"))?;
+        let size =
+            u32::try_from(size).map_err(|_| std::io::Error::other("an entry is over 4 GiB"))?;
         let mut descriptor = Vec::with_capacity(16);
         descriptor.extend_from_slice(&0x0807_4b50u32.to_le_bytes());
         descriptor.extend_from_slice(&crc.to_le_bytes());
@@ -461,8 +495,9 @@ pub fn export(
             )),
         )
         .map_err(|e| e.to_string())?;
-    let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-        .map_err(|e| e.to_string())?;
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .map_err(|e| e.to_string())?;
     let mut encrypted = encryptor.wrap_output(out).map_err(|e| e.to_string())?;
     let io = |e: std::io::Error| e.to_string();
     let mut entries = Vec::with_capacity(hits.len());
@@ -488,7 +523,8 @@ pub fn export(
                     let message = read_hit(store, hit).map_err(|e| e.to_string())?;
                     let file = format!("{:05}.eml", n + 1);
                     entries.push(describe(hit, file.clone(), &message));
-                    zip.entry(&file, &mut std::iter::once(Ok(message))).map_err(io)?;
+                    zip.entry(&file, &mut std::iter::once(Ok(message)))
+                        .map_err(io)?;
                 }
             }
             ExportKind::Mbox => {
@@ -518,7 +554,8 @@ pub fn export(
             entries,
         };
         let text = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
-        zip.entry("manifest.json", &mut std::iter::once(Ok(text))).map_err(io)?;
+        zip.entry("manifest.json", &mut std::iter::once(Ok(text)))
+            .map_err(io)?;
         zip.finish().map_err(io)?;
     }
     encrypted.finish().map_err(io)?.flush().map_err(io)?;
@@ -534,13 +571,19 @@ mod tests {
 
     #[test]
     fn mbox_entries_quote_from_lines_mboxrd_style() {
-        let entry = mbox_entry(b"Subject: x\r\n\r\nFrom here\r\n>From there\r\nFromage\r\n", 0);
+        let entry = mbox_entry(
+            b"Subject: x\r\n\r\nFrom here\r\n>From there\r\nFromage\r\n",
+            0,
+        );
         let text = String::from_utf8(entry).unwrap();
         assert!(
             text.starts_with("From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n"),
             "{text}"
         );
-        assert!(text.contains("\r\n>From here\r\n>>From there\r\nFromage\r\n"), "{text}");
+        assert!(
+            text.contains("\r\n>From here\r\n>>From there\r\nFromage\r\n"),
+            "{text}"
+        );
         assert!(text.ends_with("\n\n"));
     }
 
@@ -553,9 +596,13 @@ mod tests {
             central: Vec::new(),
             entries: 0,
         };
-        zip.entry("a.eml", &mut std::iter::once(Ok(b"hello".to_vec()))).unwrap();
-        zip.entry("b.eml", &mut [Ok(b"wor".to_vec()), Ok(b"ld".to_vec())].into_iter())
+        zip.entry("a.eml", &mut std::iter::once(Ok(b"hello".to_vec())))
             .unwrap();
+        zip.entry(
+            "b.eml",
+            &mut [Ok(b"wor".to_vec()), Ok(b"ld".to_vec())].into_iter(),
+        )
+        .unwrap();
         zip.finish().unwrap();
         assert!(out.starts_with(b"PK\x03\x04"));
         let end = &out[out.len() - 22..];

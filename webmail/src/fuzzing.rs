@@ -28,9 +28,14 @@ pub fn html(data: &[u8]) {
         String::from_utf8_lossy(input).into_owned()
     };
     let mut inline = std::collections::HashMap::new();
-    inline.insert("img1@x".to_string(), "data:image/png;base64,AAAA".to_string());
+    inline.insert(
+        "img1@x".to_string(),
+        "data:image/png;base64,AAAA".to_string(),
+    );
     let clean = crate::mail::sanitize(&html, selector & 2 == 2, inline).to_ascii_lowercase();
-    for tag in ["<script", "<iframe", "<form", "<object", "<embed", "<meta", "<base"] {
+    for tag in [
+        "<script", "<iframe", "<form", "<object", "<embed", "<meta", "<base",
+    ] {
         assert!(!clean.contains(tag), "{tag} passed the sanitiser: {clean}");
     }
 }
@@ -81,10 +86,12 @@ pub fn forms(data: &[u8]) {
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RUNTIME.get_or_init(|| match tokio::runtime::Builder::new_current_thread().build() {
-        Ok(runtime) => runtime,
-        Err(error) => panic!("no runtime for the fuzzed forms: {error}"),
-    })
+    RUNTIME.get_or_init(
+        || match tokio::runtime::Builder::new_current_thread().build() {
+            Ok(runtime) => runtime,
+            Err(error) => panic!("no runtime for the fuzzed forms: {error}"),
+        },
+    )
 }
 
 fn request(content_type: &str, body: &[u8]) -> Option<Request> {
@@ -97,7 +104,10 @@ fn request(content_type: &str, body: &[u8]) -> Option<Request> {
 }
 
 fn multipart(body: &[u8]) {
-    let Some(request) = request(&format!("multipart/form-data; boundary={FUZZ_BOUNDARY}"), body) else {
+    let Some(request) = request(
+        &format!("multipart/form-data; boundary={FUZZ_BOUNDARY}"),
+        body,
+    ) else {
         return;
     };
     runtime().block_on(async {

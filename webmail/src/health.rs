@@ -40,7 +40,8 @@ pub struct DnsFinding {
 }
 
 /// Asks DNS about each record to publish (the binary wires it to a resolver).
-pub type DnsCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<DnsFinding>> + Send>> + Send + Sync>;
+pub type DnsCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<DnsFinding>> + Send>> + Send + Sync>;
 
 /// What the health page knows of the server beyond the store.
 #[derive(Clone)]
@@ -96,7 +97,10 @@ pub fn figures(store: &sealpost_storage::Store) -> Option<Figures> {
     let now = now_ms();
     let store_bytes = store.disk_bytes().ok()?;
     let mut kept = samples(store);
-    if kept.last().is_none_or(|(at, _)| now - at >= SIZE_SAMPLE_EVERY_MS) {
+    if kept
+        .last()
+        .is_none_or(|(at, _)| now - at >= SIZE_SAMPLE_EVERY_MS)
+    {
         kept.push((now, store_bytes));
         if kept.len() > SIZE_SAMPLES_MAX {
             kept.remove(0);
@@ -117,7 +121,11 @@ pub fn figures(store: &sealpost_storage::Store) -> Option<Figures> {
             for line in &delivery.lines {
                 if let RecipientStatus::Failed { at_ms, .. } = line.status {
                     if now - at_ms <= FAILURES_WINDOW_MS {
-                        let domain = line.address.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+                        let domain = line
+                            .address
+                            .rsplit_once('@')
+                            .map_or("", |(_, d)| d)
+                            .to_string();
                         *failures.entry(domain).or_default() += 1;
                     }
                 }
@@ -184,7 +192,11 @@ pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap)
             } else {
                 format!(" ({days} days left)")
             };
-            format!("for {}, valid until {}{warning}", names.join(", "), when(*not_after))
+            format!(
+                "for {}, valid until {}{warning}",
+                names.join(", "),
+                when(*not_after)
+            )
         }
         None => "could not be read".into(),
     };
@@ -198,7 +210,11 @@ pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap)
         None => "growth shows after an hour of samples".into(),
     };
     let queue = match figures.oldest_queued_ms {
-        Some(oldest) => format!("{} waiting; the oldest since {}", figures.queue_depth, when(oldest)),
+        Some(oldest) => format!(
+            "{} waiting; the oldest since {}",
+            figures.queue_depth,
+            when(oldest)
+        ),
         None => "empty".into(),
     };
     let failures: Vec<_> = figures
@@ -252,7 +268,8 @@ pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap)
 }
 
 /// Renders the Prometheus text of /metrics (the binary wires it to its counters).
-pub type RenderMetrics = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+pub type RenderMetrics =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
 
 /// `/metrics`: who may read it (networks as (address, prefix length)) and what it says.
 pub struct MetricsEndpoint {
@@ -266,7 +283,9 @@ pub fn parse_network(text: &str) -> Result<(std::net::IpAddr, u8), String> {
         Some((address, length)) => (address, Some(length)),
         None => (text.trim(), None),
     };
-    let address: std::net::IpAddr = address.parse().map_err(|_| format!("{text}: not an IP address"))?;
+    let address: std::net::IpAddr = address
+        .parse()
+        .map_err(|_| format!("{text}: not an IP address"))?;
     let max = if address.is_ipv4() { 32 } else { 128 };
     let length = match length {
         Some(length) => length
@@ -302,8 +321,16 @@ pub(crate) async fn metrics(
     axum::extract::Extension(peer): axum::extract::Extension<crate::Peer>,
 ) -> Response {
     let endpoint = &state.metrics;
-    if !endpoint.from.iter().any(|network| in_network(peer.0.ip(), *network)) {
-        return crate::html::message_page_status(StatusCode::NOT_FOUND, "Not found", "There is no such page.");
+    if !endpoint
+        .from
+        .iter()
+        .any(|network| in_network(peer.0.ip(), *network))
+    {
+        return crate::html::message_page_status(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such page.",
+        );
     }
     let text = (endpoint.render)().await;
     (
@@ -324,12 +351,24 @@ mod tests {
     fn networks_admit_their_addresses_only() {
         let loopback = parse_network("127.0.0.0/8").unwrap();
         assert!(in_network("127.0.0.5".parse().unwrap(), loopback));
-        assert!(in_network("::ffff:127.0.0.1".parse().unwrap(), loopback), "mapped IPv4");
+        assert!(
+            in_network("::ffff:127.0.0.1".parse().unwrap(), loopback),
+            "mapped IPv4"
+        );
         assert!(!in_network("10.0.0.1".parse().unwrap(), loopback));
         let one = parse_network("10.1.2.3").unwrap();
-        assert!(in_network("10.1.2.3".parse().unwrap(), one) && !in_network("10.1.2.4".parse().unwrap(), one));
-        assert!(in_network("::1".parse().unwrap(), parse_network("::1").unwrap()));
-        assert!(!in_network("::1".parse().unwrap(), loopback), "families differ");
+        assert!(
+            in_network("10.1.2.3".parse().unwrap(), one)
+                && !in_network("10.1.2.4".parse().unwrap(), one)
+        );
+        assert!(in_network(
+            "::1".parse().unwrap(),
+            parse_network("::1").unwrap()
+        ));
+        assert!(
+            !in_network("::1".parse().unwrap(), loopback),
+            "families differ"
+        );
         assert!(in_network(
             "203.0.113.9".parse().unwrap(),
             parse_network("0.0.0.0/0").unwrap()

@@ -46,7 +46,9 @@ pub(crate) fn render(frame: Frame<'_>, content: impl IntoView + 'static) -> Html
         })
     );
     let heading = frame.title.to_string();
-    let csrf = frame.csrf.map(|c| view! { <meta name="csrf" content=c.to_string()/> });
+    let csrf = frame
+        .csrf
+        .map(|c| view! { <meta name="csrf" content=c.to_string()/> });
     let script = frame
         .script
         .then(|| view! { <script src="/static/webauthn.js" defer=true></script> });
@@ -111,7 +113,11 @@ pub(crate) fn message_page(title: &str, text: &str) -> Html<String> {
 }
 
 /// A page with a title and one paragraph, answered with `status`.
-pub(crate) fn message_page_status(status: axum::http::StatusCode, title: &str, text: &str) -> axum::response::Response {
+pub(crate) fn message_page_status(
+    status: axum::http::StatusCode,
+    title: &str,
+    text: &str,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     (status, message_page(title, text)).into_response()
 }

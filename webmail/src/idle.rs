@@ -52,7 +52,9 @@ impl Activity {
     pub(crate) fn request_answered(&self) {
         let _ = self
             .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
         self.touch();
     }
 
@@ -75,7 +77,11 @@ impl<S> Watched<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -86,7 +92,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -148,7 +158,9 @@ impl<B> Deadline<B> {
     }
 
     fn due(&self) -> Instant {
-        let earned = Duration::from_millis(self.received.saturating_mul(1000) / HTTP_BODY_BYTES_PER_SECOND_MIN);
+        let earned = Duration::from_millis(
+            self.received.saturating_mul(1000) / HTTP_BODY_BYTES_PER_SECOND_MIN,
+        );
         self.started + self.allowance + earned
     }
 }
@@ -178,7 +190,9 @@ where
                 let due = this.due();
                 this.sleep.as_mut().reset(due.into());
                 match this.sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err("the request body arrived too slowly".into()))),
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err("the request body arrived too slowly".into())))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

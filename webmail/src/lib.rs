@@ -2,9 +2,9 @@
 //! HTML forms do everything but WebAuthn, which `static/webauthn.js` does (no inline script,
 //! a strict Content-Security-Policy). Served over the HTTPS listener's TLS by `serve_connection`.
 //!
-//! Now: sign-in (password then second factor, or a passkey alone), sign-out, re-authentication,
-//! the account security page, the webmail (reading, writing, delivery status) and the pickup
-//! portal. The admin console comes next on the same foundation.
+//! Sign-in (password then second factor, or a passkey alone), sign-out, re-authentication,
+//! the account security page, the webmail (reading, writing, delivery status), the pickup
+//! portal and the admin console.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod accounts;
@@ -45,7 +45,9 @@ use sealpost_storage::Store;
 use tower::ServiceExt;
 
 pub use compose::{Outbox, Outgoing, Sending, Sent};
-pub use health::{parse_network, DnsCheck, DnsFinding, HealthInfo, MetricsEndpoint, RenderMetrics, SpamStatus};
+pub use health::{
+    parse_network, DnsCheck, DnsFinding, HealthInfo, MetricsEndpoint, RenderMetrics, SpamStatus,
+};
 pub use html::Brand;
 pub use idle::HTTP_BODY_BYTES_PER_SECOND_MIN;
 pub use request::Peer;
@@ -73,7 +75,10 @@ pub fn load_logo(path: &std::path::Path) -> Result<(Vec<u8>, &'static str), Stri
     };
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if bytes.len() > LOGO_BYTES_MAX {
-        return Err(format!("{}: the logo is over {LOGO_BYTES_MAX} bytes", path.display()));
+        return Err(format!(
+            "{}: the logo is over {LOGO_BYTES_MAX} bytes",
+            path.display()
+        ));
     }
     Ok((bytes, kind))
 }
@@ -108,7 +113,8 @@ pub struct MailSessions {
 }
 
 /// Called with the console's aliases after each change.
-pub type AliasesChanged = Arc<dyn Fn(&std::collections::BTreeMap<String, Vec<String>>) + Send + Sync>;
+pub type AliasesChanged =
+    Arc<dyn Fn(&std::collections::BTreeMap<String, Vec<String>>) + Send + Sync>;
 
 /// The store secret holding the console's aliases (JSON: alias → account addresses).
 pub const CONSOLE_ALIASES_SECRET: &str = "aliases";
@@ -150,7 +156,12 @@ pub struct WebState {
 }
 
 impl WebState {
-    pub fn new(store: Store, mail: MailSessions, site: Site, sending: SendingConfig) -> Result<Arc<Self>, String> {
+    pub fn new(
+        store: Store,
+        mail: MailSessions,
+        site: Site,
+        sending: SendingConfig,
+    ) -> Result<Arc<Self>, String> {
         let Site {
             hostname,
             origin,
@@ -231,7 +242,10 @@ const STYLE_CSS: &str = include_str!("../static/style.css");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-async fn security_headers(request: Request<axum::body::Body>, next: axum::middleware::Next) -> Response {
+async fn security_headers(
+    request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
     let is_static = request.uri().path().starts_with("/static/");
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
@@ -240,7 +254,9 @@ async fn security_headers(request: Request<axum::body::Body>, next: axum::middle
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         (header::X_FRAME_OPTIONS, "DENY"),
     ] {
-        headers.entry(name).or_insert(HeaderValue::from_static(value));
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
     }
     for (name, value) in [
         (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
@@ -293,14 +309,20 @@ pub fn router(state: Arc<WebState>) -> Router {
     // Forms that carry files get the upload bound instead of the small one.
     let uploads = axum::extract::DefaultBodyLimit::max(state.sending.upload_bytes_max);
     Router::new()
-        .route("/compose", get(compose::page).post(compose::submit).layer(uploads))
+        .route(
+            "/compose",
+            get(compose::page).post(compose::submit).layer(uploads),
+        )
         .route("/sent", get(sent::list))
         .route("/sent/{queue}", get(sent::status))
         .route("/sent/{queue}/revoke", post(sent::revoke))
         .route("/sent/{queue}/reset-passkey", post(sent::reset_passkey))
         .route("/pickup/{token}", get(portal::link))
         .route("/pickup/{token}/code", post(portal::send_code))
-        .route("/pickup/{token}/verify", get(portal::verify_page).post(portal::verify))
+        .route(
+            "/pickup/{token}/verify",
+            get(portal::verify_page).post(portal::verify),
+        )
         .route("/pickup/{token}/renew", post(portal::renew))
         .route("/pickup/{token}/password", post(portal::password_sign_in))
         .route("/portal/password", post(portal::choose_password))
@@ -310,10 +332,22 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/portal/{id}/attachment/{index}", get(portal::attachment))
         .route("/portal/{id}/reply", post(portal::reply).layer(uploads))
         .route("/portal/{id}/proof", post(portal::prove))
-        .route("/portal/passkey/start", post(portal::passkey_register_start))
-        .route("/portal/passkey/finish", post(portal::passkey_register_finish))
-        .route("/pickup/{token}/passkey/start", post(portal::passkey_sign_in_start))
-        .route("/pickup/{token}/passkey/finish", post(portal::passkey_sign_in_finish))
+        .route(
+            "/portal/passkey/start",
+            post(portal::passkey_register_start),
+        )
+        .route(
+            "/portal/passkey/finish",
+            post(portal::passkey_register_finish),
+        )
+        .route(
+            "/pickup/{token}/passkey/start",
+            post(portal::passkey_sign_in_start),
+        )
+        .route(
+            "/pickup/{token}/passkey/finish",
+            post(portal::passkey_sign_in_finish),
+        )
         .route("/", get(signin::home))
         .route("/sign-in", get(signin::sign_in_page).post(signin::sign_in))
         .route(
@@ -329,17 +363,29 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/mail/{mailbox}", get(mail::folder))
         .route("/mail/{mailbox}/act", post(mail::act))
         .route("/mail/{mailbox}/{uid}", get(mail::message))
-        .route("/mail/{mailbox}/{uid}/attachment/{index}", get(mail::attachment))
+        .route(
+            "/mail/{mailbox}/{uid}/attachment/{index}",
+            get(mail::attachment),
+        )
         .route("/mail/{mailbox}/{uid}/html", get(mail::formatted))
         .route("/admin/lockouts", get(admin::lockouts))
-        .route("/admin/accounts", get(accounts::list).post(accounts::create))
+        .route(
+            "/admin/accounts",
+            get(accounts::list).post(accounts::create),
+        )
         .route("/admin/accounts/{id}", get(accounts::detail))
         .route("/admin/accounts/{id}/act", post(accounts::act))
         .route("/admin/queue", get(queue::queue).post(queue::queue_act))
         .route("/admin/trace", get(queue::trace))
         .route("/admin/health", get(health::page))
-        .route("/admin/holds", get(compliance::holds).post(compliance::holds_act))
-        .route("/quarantine", get(quarantine::digest).post(quarantine::digest_act))
+        .route(
+            "/admin/holds",
+            get(compliance::holds).post(compliance::holds_act),
+        )
+        .route(
+            "/quarantine",
+            get(quarantine::digest).post(quarantine::digest_act),
+        )
         .route(
             "/admin/quarantine",
             get(quarantine::console).post(quarantine::console_act),
@@ -349,16 +395,25 @@ pub fn router(state: Arc<WebState>) -> Router {
             get(compliance::retention).post(compliance::retention_act),
         )
         .route("/admin/discovery", get(compliance::discovery_page))
-        .route("/admin/discovery/export", post(compliance::discovery_export))
+        .route(
+            "/admin/discovery/export",
+            post(compliance::discovery_export),
+        )
         .route("/metrics", get(health::metrics))
         .route("/admin/policies", get(policies::page).post(policies::save))
         .route("/admin/policies/test", post(policies::test))
         .route("/admin/audit", get(audit::page))
         .route("/admin/audit/export", get(audit::export))
         .route("/admin/audit/verify", post(audit::verify))
-        .route("/enrol/{link}", get(accounts::enrol_page).post(accounts::enrol))
+        .route(
+            "/enrol/{link}",
+            get(accounts::enrol_page).post(accounts::enrol),
+        )
         .route("/admin/lockouts/lift", post(admin::lift))
-        .route("/admin/portal-passkeys/reset", post(admin::reset_portal_passkey))
+        .route(
+            "/admin/portal-passkeys/reset",
+            post(admin::reset_portal_passkey),
+        )
         .route("/security/totp/start", post(security::totp_start))
         .route("/security/totp/confirm", post(security::totp_confirm))
         .route("/security/totp/remove", post(security::totp_remove))
@@ -367,10 +422,19 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/security/passkeys/start", post(security::passkey_start))
         .route("/security/passkeys/finish", post(security::passkey_finish))
         .route("/security/passkeys/remove", post(security::passkey_remove))
-        .route("/security/app-passwords", post(security::app_password_issue))
-        .route("/security/app-passwords/revoke", post(security::app_password_revoke))
+        .route(
+            "/security/app-passwords",
+            post(security::app_password_issue),
+        )
+        .route(
+            "/security/app-passwords/revoke",
+            post(security::app_password_revoke),
+        )
         .route("/security/sessions/end", post(security::session_end))
-        .route("/security/sessions/end-all", post(security::sessions_end_all))
+        .route(
+            "/security/sessions/end-all",
+            post(security::sessions_end_all),
+        )
         .route(
             "/static/webauthn.js",
             get(|| async { static_file(WEBAUTHN_JS, "text/javascript; charset=utf-8") }),
@@ -427,7 +491,8 @@ where
     let service = app
         .map_request(move |request: Request<hyper::body::Incoming>| {
             starting.request_started();
-            let mut request = request.map(|body| axum::body::Body::new(idle::Deadline::new(body, allowance)));
+            let mut request =
+                request.map(|body| axum::body::Body::new(idle::Deadline::new(body, allowance)));
             request.extensions_mut().insert(Peer(peer));
             request
         })
@@ -436,7 +501,8 @@ where
             response
         });
     let service = hyper_util::service::TowerToHyperService::new(service);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     // Without a timer hyper's header timeout is silently off: a client could send a header a
     // byte a minute and hold the connection forever.
     builder
@@ -449,7 +515,9 @@ where
     tokio::pin!(connection);
     let idle_max = std::time::Duration::from_millis(limits.idle_ms_max);
     loop {
-        let wait = idle_max.saturating_sub(activity.idle_for()).max(idle::CHECK_MS_MIN);
+        let wait = idle_max
+            .saturating_sub(activity.idle_for())
+            .max(idle::CHECK_MS_MIN);
         tokio::select! {
             ended = connection.as_mut() => {
                 if let Err(error) = ended {

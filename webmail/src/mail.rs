@@ -13,7 +13,8 @@ use mail_parser::{MessageParser, MimeHeaders};
 use sealpost_auth::websession::Found;
 use sealpost_mime::Shown;
 use sealpost_storage::{
-    Account, Actor, AuditEvent, FlagChange, Flags, Mailbox, MailboxId, MessageMeta, SpecialUse, SystemFlag,
+    Account, Actor, AuditEvent, FlagChange, Flags, Mailbox, MailboxId, MessageMeta, SpecialUse,
+    SystemFlag,
 };
 use serde::Deserialize;
 
@@ -25,8 +26,14 @@ use crate::{Peer, WebState};
 pub(crate) const MESSAGES_PER_PAGE: usize = 50;
 
 /// The signed-in account of this request.
-pub(crate) async fn reader(state: &Arc<WebState>, headers: &HeaderMap) -> Result<(Found, Account), Response> {
-    let Some(found) = session(state, headers).await.filter(|f| f.session.signed_in()) else {
+pub(crate) async fn reader(
+    state: &Arc<WebState>,
+    headers: &HeaderMap,
+) -> Result<(Found, Account), Response> {
+    let Some(found) = session(state, headers)
+        .await
+        .filter(|f| f.session.signed_in())
+    else {
         return Err(see_other("/"));
     };
     let (state2, id) = (state.clone(), found.account);
@@ -39,7 +46,10 @@ pub(crate) async fn reader(state: &Arc<WebState>, headers: &HeaderMap) -> Result
 pub(crate) fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        crate::html::message_page("Not found", "There is no such folder or message in your mailbox."),
+        crate::html::message_page(
+            "Not found",
+            "There is no such folder or message in your mailbox.",
+        ),
     )
         .into_response()
 }
@@ -139,7 +149,9 @@ fn day_start(text: &str) -> Option<i64> {
 }
 
 fn contains_word(haystack: &str, needle: &str) -> bool {
-    haystack.to_lowercase().contains(&needle.trim().to_lowercase())
+    haystack
+        .to_lowercase()
+        .contains(&needle.trim().to_lowercase())
 }
 
 /// Whether a message passes the search (`text` is checked by the caller against the store).
@@ -238,7 +250,12 @@ pub(crate) async fn folder(
             })
             .filter(|(meta, shown)| matches(&search, meta, shown))
             .collect();
-        if let Some(text) = search.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        if let Some(text) = search
+            .text
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             // The stored search text is lower-cased, decoded headers and body text.
             let needle = text.to_lowercase();
             rows.retain(|(meta, _)| {
@@ -247,13 +264,19 @@ pub(crate) async fn folder(
                     .message_search_text(id, mailbox, meta.uid)
                     .ok()
                     .and_then(|bytes| sealpost_mime::SearchText::from_bytes(&bytes))
-                    .is_some_and(|t| t.body.contains(&needle) || t.headers.iter().any(|(_, v)| v.contains(&needle)))
+                    .is_some_and(|t| {
+                        t.body.contains(&needle)
+                            || t.headers.iter().any(|(_, v)| v.contains(&needle))
+                    })
             });
         }
         match sort_key.as_str() {
             "from" => rows.sort_by_cached_key(|(m, s)| {
                 (
-                    s.from.first().map(|p| p.label().to_lowercase()).unwrap_or_default(),
+                    s.from
+                        .first()
+                        .map(|p| p.label().to_lowercase())
+                        .unwrap_or_default(),
                     std::cmp::Reverse(m.internal_date.unix_seconds),
                 )
             }),
@@ -263,7 +286,9 @@ pub(crate) async fn folder(
                     std::cmp::Reverse(m.internal_date.unix_seconds),
                 )
             }),
-            _ => rows.sort_by_key(|(m, _)| std::cmp::Reverse((m.internal_date.unix_seconds, m.uid))),
+            _ => {
+                rows.sort_by_key(|(m, _)| std::cmp::Reverse((m.internal_date.unix_seconds, m.uid)))
+            }
         }
         Some((mailboxes, current, rows))
     })
@@ -290,7 +315,10 @@ pub(crate) async fn folder(
         )
         .detail(format!("web folder list, page {page}"));
         let state2 = state.clone();
-        if !matches!(blocking(move || state2.store.audit(event)).await, Some(Ok(_))) {
+        if !matches!(
+            blocking(move || state2.store.audit(event)).await,
+            Some(Ok(_))
+        ) {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 crate::html::message_page(
@@ -451,7 +479,12 @@ pub(crate) async fn act(
         Err(response) => return response,
     };
     let pairs: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     if !get("csrf").is_some_and(|token| found.session.csrf_ok(&token)) {
         return crate::request::forbidden();
     }
@@ -476,7 +509,10 @@ pub(crate) async fn act(
         let listed = format!(
             "mailbox:{} uids:{}",
             mailbox_id.0,
-            uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            uids.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
         );
         let mark = match done_action.as_str() {
             "read" => Some(FlagChange::Add(flags(SystemFlag::Seen))),
@@ -486,14 +522,17 @@ pub(crate) async fn act(
             _ => None,
         };
         if let Some(change) = mark {
-            return store.store_flags(id, mailbox_id, &uids, &change, None).map(|_| ());
+            return store
+                .store_flags(id, mailbox_id, &uids, &change, None)
+                .map(|_| ());
         }
         match done_action.as_str() {
             "move" => {
                 let to = target.ok_or(sealpost_storage::Error::MailboxNotFound)?;
                 store.move_messages(id, mailbox_id, &uids, to)?;
                 store.audit(
-                    AuditEvent::new(&actor, "message.move", listed).detail(format!("web, to mailbox:{}", to.0)),
+                    AuditEvent::new(&actor, "message.move", listed)
+                        .detail(format!("web, to mailbox:{}", to.0)),
                 )?;
                 Ok(())
             }
@@ -517,7 +556,9 @@ pub(crate) async fn act(
                 store.audit(AuditEvent::new(&actor, "message.delete", listed).detail("web"))?;
                 Ok(())
             }
-            _ => Err(sealpost_storage::Error::InvalidInput { what: "unknown action" }),
+            _ => Err(sealpost_storage::Error::InvalidInput {
+                what: "unknown action",
+            }),
         }
     })
     .await;
@@ -525,7 +566,10 @@ pub(crate) async fn act(
         Some(Ok(())) => back(&action),
         Some(Err(sealpost_storage::Error::ReadOnly { .. })) => (
             StatusCode::FORBIDDEN,
-            crate::html::message_page("Read-only", "BACKUP keeps everything; nothing in it can be changed."),
+            crate::html::message_page(
+                "Read-only",
+                "BACKUP keeps everything; nothing in it can be changed.",
+            ),
         )
             .into_response(),
         _ => not_found(),
@@ -542,7 +586,12 @@ pub(crate) fn read_audited(
     uid: u32,
     what: String,
 ) -> Option<Vec<u8>> {
-    let event = AuditEvent::new(actor, "message.read", format!("mailbox:{} uids:{uid}", mailbox.0)).detail(what);
+    let event = AuditEvent::new(
+        actor,
+        "message.read",
+        format!("mailbox:{} uids:{uid}", mailbox.0),
+    )
+    .detail(what);
     store.message(account, mailbox, uid).ok()?;
     store.audit(event).ok()?;
     store.read_message(account, mailbox, uid).ok()
@@ -635,9 +684,10 @@ pub(crate) async fn message(
         .parts
         .iter()
         .any(|p| p.media_type == "text" && p.media_subtype == "html");
-    let authentication = parsed
-        .as_ref()
-        .and_then(|m| m.header_raw("Authentication-Results").map(|v| v.trim().to_string()));
+    let authentication = parsed.as_ref().and_then(|m| {
+        m.header_raw("Authentication-Results")
+            .map(|v| v.trim().to_string())
+    });
     // Sealpost's own warning (a sender's copy of the field is removed on receipt).
     let warning = parsed
         .as_ref()
@@ -715,7 +765,10 @@ pub(crate) async fn message(
 
 /// A message's attachments as list items linking to `BASE/attachment/INDEX`, with their type
 /// and size.
-pub(crate) fn attachment_items(message: Option<&mail_parser::Message<'_>>, base: &str) -> Vec<impl IntoView> {
+pub(crate) fn attachment_items(
+    message: Option<&mail_parser::Message<'_>>,
+    base: &str,
+) -> Vec<impl IntoView> {
     let Some(message) = message else {
         return Vec::new();
     };
@@ -746,7 +799,9 @@ fn inline_images(message: &mail_parser::Message<'_>) -> std::collections::HashMa
             continue;
         };
         let subtype = kind.subtype().unwrap_or("");
-        if !kind.ctype().eq_ignore_ascii_case("image") || !["png", "jpeg", "jpg", "gif", "webp"].contains(&subtype) {
+        if !kind.ctype().eq_ignore_ascii_case("image")
+            || !["png", "jpeg", "jpg", "gif", "webp"].contains(&subtype)
+        {
             continue;
         }
         let bytes = part.contents();
@@ -765,20 +820,33 @@ fn inline_images(message: &mail_parser::Message<'_>) -> std::collections::HashMa
 /// javascript: link), for a sandboxed frame whose own policy lets nothing load but inline
 /// styles and data: images, and remote images only when the reader asked for them. `cid:`
 /// images become the message's own images from `inline`.
-pub(crate) fn sanitize(html: &str, remote_images: bool, inline: std::collections::HashMap<String, String>) -> String {
+pub(crate) fn sanitize(
+    html: &str,
+    remote_images: bool,
+    inline: std::collections::HashMap<String, String>,
+) -> String {
     let mut builder = ammonia::Builder::default();
     builder
         .add_generic_attributes(["style"])
         .link_rel(Some("noopener noreferrer"))
         .set_tag_attribute_value("a", "target", "_blank")
-        .url_schemes(["http", "https", "mailto", "data", "cid"].into_iter().collect())
+        .url_schemes(
+            ["http", "https", "mailto", "data", "cid"]
+                .into_iter()
+                .collect(),
+        )
         .attribute_filter(move |element, attribute, value| {
             if element == "img" && attribute == "src" {
                 let lower = value.trim().to_ascii_lowercase();
                 if let Some(id) = lower.strip_prefix("cid:") {
-                    return inline.get(id.trim_matches(['<', '>'])).cloned().map(Into::into);
+                    return inline
+                        .get(id.trim_matches(['<', '>']))
+                        .cloned()
+                        .map(Into::into);
                 }
-                let remote = lower.starts_with("http:") || lower.starts_with("https:") || lower.starts_with("//");
+                let remote = lower.starts_with("http:")
+                    || lower.starts_with("https:")
+                    || lower.starts_with("//");
                 if remote && !remote_images {
                     return None;
                 }
@@ -804,7 +872,16 @@ pub(crate) async fn formatted(
     };
     let (state2, id, mailbox) = (state.clone(), account.id, MailboxId(mailbox));
     let actor = actor_of(&account, &peer);
-    let read = move || read_audited(&state2.store, &actor, id, mailbox, uid, "web formatted".into());
+    let read = move || {
+        read_audited(
+            &state2.store,
+            &actor,
+            id,
+            mailbox,
+            uid,
+            "web formatted".into(),
+        )
+    };
     let Some(Some(raw)) = blocking(read).await else {
         return not_found();
     };
@@ -829,7 +906,10 @@ pub(crate) async fn formatted(
     if let Ok(value) = HeaderValue::from_str(&policy) {
         headers.insert(header::CONTENT_SECURITY_POLICY, value);
     }
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN"));
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("SAMEORIGIN"),
+    );
     response
 }
 
@@ -911,7 +991,8 @@ pub(crate) fn attachment_response(raw: &[u8], index: usize) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(&kind).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        HeaderValue::from_str(&kind)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     if let Ok(value) = HeaderValue::from_str(&disposition(&name)) {
         headers.insert(header::CONTENT_DISPOSITION, value);
@@ -965,10 +1046,17 @@ mod tests {
             "allowed images stay"
         );
         // The message's own images come inline; unknown ones go.
-        let inline = [("logo@clinic".to_string(), "data:image/png;base64,AAAA".to_string())]
-            .into_iter()
-            .collect();
-        let own = sanitize(r#"<img src="cid:logo@clinic"><img src="cid:other@x">"#, false, inline);
+        let inline = [(
+            "logo@clinic".to_string(),
+            "data:image/png;base64,AAAA".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let own = sanitize(
+            r#"<img src="cid:logo@clinic"><img src="cid:other@x">"#,
+            false,
+            inline,
+        );
         assert!(
             own.contains(r#"src="data:image/png;base64,AAAA""#) && !own.contains("cid:"),
             "{own}"

@@ -20,8 +20,13 @@ pub fn new_network(
     let date = now
         .format(&Rfc2822)
         .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into());
-    let id: String = (0..12).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-    let domain = account.address.rsplit_once('@').map_or(hostname, |(_, d)| d);
+    let id: String = (0..12)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let domain = account
+        .address
+        .rsplit_once('@')
+        .map_or(hostname, |(_, d)| d);
     let raw = format!(
         "From: Sealpost <postmaster@{domain}>\r\nTo: <{to}>\r\nSubject: New sign-in to your account\r\n\
          Date: {date}\r\nMessage-ID: <{id}@{hostname}>\r\nAuto-Submitted: auto-generated\r\n\
@@ -60,10 +65,12 @@ pub fn new_network(
         peer: peer.to_string(),
     };
     let events = |_: &[sealpost_storage::Delivered]| {
-        vec![
-            AuditEvent::new(&actor, "auth.new_network", format!("account:{}", account.id.0))
-                .detail(format!("{network} by {method}; notice in INBOX")),
-        ]
+        vec![AuditEvent::new(
+            &actor,
+            "auth.new_network",
+            format!("account:{}", account.id.0),
+        )
+        .detail(format!("{network} by {method}; notice in INBOX"))]
     };
     store.deliver_all(&[target], &message, &events)?;
     Ok(())

@@ -16,7 +16,9 @@ use sealpost_storage::{Account, Actor};
 use serde::Deserialize;
 
 use crate::admin::{admin, AdminForm};
-use crate::console::{policy_history, policy_toml as as_toml, saved_policy as saved, PolicyRefusal};
+use crate::console::{
+    policy_history, policy_toml as as_toml, saved_policy as saved, PolicyRefusal,
+};
 use crate::html::{error_line, notice_line, render, when, Frame};
 use crate::request::blocking;
 use crate::WebState;
@@ -27,7 +29,15 @@ pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap)
         Err(response) => return response,
     };
     let rules = as_toml(state.sending.rules.current().config());
-    show(&state, &found, &me, rules, Outcome::default(), StatusCode::OK).await
+    show(
+        &state,
+        &found,
+        &me,
+        rules,
+        Outcome::default(),
+        StatusCode::OK,
+    )
+    .await
 }
 
 #[derive(Default)]
@@ -46,9 +56,10 @@ async fn show(
     status: StatusCode,
 ) -> Response {
     let state2 = state.clone();
-    let (current, history) = blocking(move || (saved(&state2.store), policy_history(&state2.store)))
-        .await
-        .unwrap_or_default();
+    let (current, history) =
+        blocking(move || (saved(&state2.store), policy_history(&state2.store)))
+            .await
+            .unwrap_or_default();
     let version = match &current {
         Some(c) => format!(
             "Version {} in force, saved by {} on {}.",
@@ -56,7 +67,9 @@ async fn show(
             c.saved_by,
             when(c.saved_ms)
         ),
-        None => "Version 0 in force: the rules of sealpost.toml; no version was saved here yet.".into(),
+        None => {
+            "Version 0 in force: the rules of sealpost.toml; no version was saved here yet.".into()
+        }
     };
     let history: Vec<_> = history
         .iter()
@@ -64,7 +77,9 @@ async fn show(
         .collect();
     let findings = outcome.findings.map(|list| {
         let list = if list.is_empty() {
-            vec!["No rule matches: outside recipients with verified TLS get it by SMTP.".to_string()]
+            vec![
+                "No rule matches: outside recipients with verified TLS get it by SMTP.".to_string(),
+            ]
         } else {
             list
         };
@@ -116,14 +131,23 @@ pub(crate) struct SaveForm {
 }
 
 /// Checks the rules, saves them as the next version (kept, audited) and puts them in force.
-pub(crate) async fn save(State(state): State<Arc<WebState>>, checked: AdminForm<SaveForm>) -> Response {
-    let AdminForm { found, me, form, peer } = checked;
+pub(crate) async fn save(
+    State(state): State<Arc<WebState>>,
+    checked: AdminForm<SaveForm>,
+) -> Response {
+    let AdminForm {
+        found,
+        me,
+        form,
+        peer,
+    } = checked;
     let actor = Actor {
         name: me.address.clone(),
         peer: peer.0.to_string(),
     };
     let (console, rules) = (state.console(), form.rules.clone());
-    let saved_version = blocking(move || crate::console::save_policy(&console, &actor, &rules)).await;
+    let saved_version =
+        blocking(move || crate::console::save_policy(&console, &actor, &rules)).await;
     let error = match saved_version {
         Some(Ok(version)) => {
             let rules = as_toml(state.sending.rules.current().config());
@@ -135,10 +159,18 @@ pub(crate) async fn save(State(state): State<Arc<WebState>>, checked: AdminForm<
         }
         Some(Err(PolicyRefusal::Invalid(why))) => why,
         Some(Err(PolicyRefusal::Store(error))) => error.to_string(),
-        None => return crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not saved", "Try again."),
+        None => {
+            return crate::html::message_page_status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Not saved",
+                "Try again.",
+            )
+        }
     };
     let outcome = Outcome {
-        error: Some(format!("Not saved: {error}. The rules in force did not change.")),
+        error: Some(format!(
+            "Not saved: {error}. The rules in force did not change."
+        )),
         ..Outcome::default()
     };
     show(
@@ -162,8 +194,13 @@ pub(crate) struct TestForm {
 }
 
 /// What the rules in force find in a sample text (nothing is sent or stored).
-pub(crate) async fn test(State(state): State<Arc<WebState>>, checked: AdminForm<TestForm>) -> Response {
-    let AdminForm { found, me, form, .. } = checked;
+pub(crate) async fn test(
+    State(state): State<Arc<WebState>>,
+    checked: AdminForm<TestForm>,
+) -> Response {
+    let AdminForm {
+        found, me, form, ..
+    } = checked;
     let policy = state.sending.rules.current();
     let findings = crate::console::try_policy(&policy, &form.subject, &form.text);
     let rules = as_toml(policy.config());

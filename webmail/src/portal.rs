@@ -22,14 +22,17 @@ use mail_builder::headers::address::Address;
 use mail_builder::MessageBuilder;
 use mail_parser::MessageParser;
 use sealpost_storage::{
-    Actor, AuditEvent, AuditOutcome, DeliveryTarget, Flags, InternalDate, NewMessage, Outbound, OutboundRecipient,
-    Pickup, PickupId, PickupState, PortalReply, ProofCheck, ProofKind, SpecialUse,
+    Actor, AuditEvent, AuditOutcome, DeliveryTarget, Flags, InternalDate, NewMessage, Outbound,
+    OutboundRecipient, Pickup, PickupId, PickupState, PortalReply, ProofCheck, ProofKind,
+    SpecialUse,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::html::{render, when, Frame};
-use crate::request::{blocking, clear_cookie, cookie, form_token, form_token_ok, same_token, see_other, set_cookie};
+use crate::request::{
+    blocking, clear_cookie, cookie, form_token, form_token_ok, same_token, see_other, set_cookie,
+};
 use crate::{Peer, WebState};
 
 /// Digits of a one-time code.
@@ -72,7 +75,8 @@ struct Code {
 impl Code {
     /// Whether too many wrong codes were given for the link lately.
     fn blocked(&self) -> bool {
-        self.failed >= CODE_FAILURES_PER_LINK_MAX && self.failed_since.elapsed() < Duration::from_millis(CODE_BLOCK_MS)
+        self.failed >= CODE_FAILURES_PER_LINK_MAX
+            && self.failed_since.elapsed() < Duration::from_millis(CODE_BLOCK_MS)
     }
 }
 
@@ -133,9 +137,10 @@ impl PortalState {
             }
         }
         let now = Instant::now();
-        let (mut sent, mut started, mut failed, mut failed_since) = codes
-            .get(&pickup)
-            .map_or((0, now, 0, now), |c| (c.sent, c.window, c.failed, c.failed_since));
+        let (mut sent, mut started, mut failed, mut failed_since) =
+            codes.get(&pickup).map_or((0, now, 0, now), |c| {
+                (c.sent, c.window, c.failed, c.failed_since)
+            });
         if started.elapsed() >= window {
             (sent, started) = (0, now);
         }
@@ -170,7 +175,10 @@ impl PortalState {
         let Some(code) = codes.get_mut(&pickup) else {
             return CodeCheck::NoCode;
         };
-        if code.tries_left == 0 || code.issued.elapsed() >= Duration::from_millis(CODE_MS) || code.blocked() {
+        if code.tries_left == 0
+            || code.issued.elapsed() >= Duration::from_millis(CODE_MS)
+            || code.blocked()
+        {
             return CodeCheck::NoCode;
         }
         let given: String = given.chars().filter(char::is_ascii_digit).collect();
@@ -192,7 +200,11 @@ impl PortalState {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions.retain(|_, s| live(s));
         if sessions.len() >= PORTAL_SESSIONS_MAX {
-            if let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| *k) {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(k, _)| *k)
+            {
                 sessions.remove(&oldest);
             }
         }
@@ -242,7 +254,9 @@ impl PortalState {
             return false;
         };
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.get(&digest(&secret)).is_some_and(|s| !s.proven.is_empty())
+        sessions
+            .get(&digest(&secret))
+            .is_some_and(|s| !s.proven.is_empty())
     }
 
     fn prove(&self, headers: &HeaderMap, pickup: PickupId) {
@@ -338,7 +352,10 @@ fn ended_page(pickup: &Pickup, token: &str, form: &str, asked: bool) -> Response
     let action = format!("/pickup/{token}/renew");
     let form = form.to_string();
     let ask = if asked || pickup.renewal_asked_ms.is_some() {
-        let at = pickup.renewal_asked_ms.map(when).unwrap_or_else(|| "just now".into());
+        let at = pickup
+            .renewal_asked_ms
+            .map(when)
+            .unwrap_or_else(|| "just now".into());
         view! { <p class="notice" role="status">{format!("The sender was asked for a new link ({at}).")}</p> }
             .into_any()
     } else {
@@ -352,7 +369,10 @@ fn ended_page(pickup: &Pickup, token: &str, form: &str, asked: bool) -> Response
     };
     (
         StatusCode::GONE,
-        page(title, view! { <section id="ended"><p>{text}</p>{ask}</section> }),
+        page(
+            title,
+            view! { <section id="ended"><p>{text}</p>{ask}</section> },
+        ),
     )
         .into_response()
 }
@@ -382,9 +402,14 @@ pub(crate) async fn link(
         return (AppendHeaders(set), response).into_response();
     }
     let (state2, recipient) = (state.clone(), pickup.recipient.clone());
-    let has_password = blocking(move || state2.store.has_portal_password(&recipient).unwrap_or(false))
-        .await
-        .unwrap_or(false);
+    let has_password = blocking(move || {
+        state2
+            .store
+            .has_portal_password(&recipient)
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
     let response = link_page(&token, &form, &pickup, has_password, None, StatusCode::OK);
     (AppendHeaders(set), response).into_response()
 }
@@ -468,7 +493,10 @@ pub(crate) async fn passkey_register_start(
     axum::Json(_request): axum::Json<serde_json::Value>,
 ) -> Response {
     let Some((recipient, csrf)) = state.portal.session(&headers) else {
-        return crate::request::json_error(StatusCode::UNAUTHORIZED, "open the link in your email again");
+        return crate::request::json_error(
+            StatusCode::UNAUTHORIZED,
+            "open the link in your email again",
+        );
     };
     if !same_token(crate::request::script_token(&headers), &csrf) {
         return crate::request::stale_page();
@@ -488,9 +516,15 @@ pub(crate) async fn passkey_register_start(
         None => (sealpost_auth::passkeys::new_user_handle(), Vec::new()),
     };
     if keys.len() >= PORTAL_PASSKEYS_MAX {
-        return crate::request::json_error(StatusCode::BAD_REQUEST, "at most 5 passkeys for one address");
+        return crate::request::json_error(
+            StatusCode::BAD_REQUEST,
+            "at most 5 passkeys for one address",
+        );
     }
-    match state.passkeys.start_registration(user, &recipient, &recipient, &keys) {
+    match state
+        .passkeys
+        .start_registration(user, &recipient, &recipient, &keys)
+    {
         Ok((options, ceremony_state)) => {
             let kept = serde_json::json!({ "state": ceremony_state, "recipient": recipient, "user": user }).to_string();
             let ceremony = state.ceremonies.start(
@@ -499,9 +533,12 @@ pub(crate) async fn passkey_register_start(
                 kept,
             );
             let options: serde_json::Value = serde_json::from_str(&options).unwrap_or_default();
-            axum::Json(serde_json::json!({ "ceremony": ceremony, "options": options })).into_response()
+            axum::Json(serde_json::json!({ "ceremony": ceremony, "options": options }))
+                .into_response()
         }
-        Err(error) => crate::request::json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+        Err(error) => {
+            crate::request::json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
+        }
     }
 }
 
@@ -519,7 +556,10 @@ pub(crate) async fn passkey_register_finish(
     axum::Json(request): axum::Json<PasskeyAnswer>,
 ) -> Response {
     let Some((recipient, csrf)) = state.portal.session(&headers) else {
-        return crate::request::json_error(StatusCode::UNAUTHORIZED, "open the link in your email again");
+        return crate::request::json_error(
+            StatusCode::UNAUTHORIZED,
+            "open the link in your email again",
+        );
     };
     if !same_token(crate::request::script_token(&headers), &csrf) {
         return crate::request::stale_page();
@@ -528,10 +568,14 @@ pub(crate) async fn passkey_register_finish(
         .ceremonies
         .finish(&request.ceremony, crate::ceremony::Kind::PortalRegister)
     else {
-        return crate::request::json_error(StatusCode::BAD_REQUEST, "that took too long; try again");
+        return crate::request::json_error(
+            StatusCode::BAD_REQUEST,
+            "that took too long; try again",
+        );
     };
     let kept: serde_json::Value = serde_json::from_str(&kept).unwrap_or_default();
-    if kept["recipient"].as_str() != Some(recipient.as_str()) || !state.portal.proven_any(&headers) {
+    if kept["recipient"].as_str() != Some(recipient.as_str()) || !state.portal.proven_any(&headers)
+    {
         return crate::request::json_error(StatusCode::FORBIDDEN, "not your ceremony");
     }
     let (Some(ceremony_state), Ok(user)) = (
@@ -545,14 +589,19 @@ pub(crate) async fn passkey_register_finish(
         .finish_registration(ceremony_state, &request.credential.to_string())
     {
         Ok(passkey) => passkey,
-        Err(error) => return crate::request::json_error(StatusCode::BAD_REQUEST, &error.to_string()),
+        Err(error) => {
+            return crate::request::json_error(StatusCode::BAD_REQUEST, &error.to_string())
+        }
     };
     let mut keys = patient_keys(&state, &recipient)
         .await
         .map(|k| k.keys)
         .unwrap_or_default();
     if keys.len() >= PORTAL_PASSKEYS_MAX || keys.iter().any(|k| k.cred_id() == passkey.cred_id()) {
-        return crate::request::json_error(StatusCode::BAD_REQUEST, "this passkey is registered already");
+        return crate::request::json_error(
+            StatusCode::BAD_REQUEST,
+            "this passkey is registered already",
+        );
     }
     keys.push(passkey);
     let record = serde_json::to_vec(&PatientKeys { user, keys }).unwrap_or_default();
@@ -560,7 +609,9 @@ pub(crate) async fn passkey_register_finish(
     let (store, address) = (state.store.clone(), recipient.clone());
     let event = AuditEvent::new(&actor, "portal.passkey.add", format!("for {address}"));
     match blocking(move || store.set_portal_passkeys(&address, &record, vec![event])).await {
-        Some(Ok(())) => axum::Json(serde_json::json!({ "next": "/portal?done=passkey" })).into_response(),
+        Some(Ok(())) => {
+            axum::Json(serde_json::json!({ "next": "/portal?done=passkey" })).into_response()
+        }
         _ => crate::request::json_error(StatusCode::SERVICE_UNAVAILABLE, "try again shortly"),
     }
 }
@@ -584,7 +635,10 @@ pub(crate) async fn passkey_sign_in_start(
         .await
         .filter(|p| p.state == PickupState::Live)
     else {
-        return crate::request::json_error(StatusCode::NOT_FOUND, "this link does not open a message");
+        return crate::request::json_error(
+            StatusCode::NOT_FOUND,
+            "this link does not open a message",
+        );
     };
     let Some(found) = patient_keys(&state, &pickup.recipient)
         .await
@@ -601,9 +655,12 @@ pub(crate) async fn passkey_sign_in_start(
                 kept,
             );
             let options: serde_json::Value = serde_json::from_str(&options).unwrap_or_default();
-            axum::Json(serde_json::json!({ "ceremony": ceremony, "options": options })).into_response()
+            axum::Json(serde_json::json!({ "ceremony": ceremony, "options": options }))
+                .into_response()
         }
-        Err(error) => crate::request::json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+        Err(error) => {
+            crate::request::json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
+        }
     }
 }
 
@@ -623,7 +680,10 @@ pub(crate) async fn passkey_sign_in_finish(
         .ceremonies
         .finish(&request.ceremony, crate::ceremony::Kind::PortalSignIn)
     else {
-        return crate::request::json_error(StatusCode::BAD_REQUEST, "that took too long; try again");
+        return crate::request::json_error(
+            StatusCode::BAD_REQUEST,
+            "that took too long; try again",
+        );
     };
     let kept: serde_json::Value = serde_json::from_str(&kept).unwrap_or_default();
     if kept["token"].as_str() != Some(token.as_str()) {
@@ -633,7 +693,10 @@ pub(crate) async fn passkey_sign_in_finish(
         .await
         .filter(|p| p.state == PickupState::Live)
     else {
-        return crate::request::json_error(StatusCode::NOT_FOUND, "this link does not open a message");
+        return crate::request::json_error(
+            StatusCode::NOT_FOUND,
+            "this link does not open a message",
+        );
     };
     let Some(mut found) = patient_keys(&state, &pickup.recipient)
         .await
@@ -653,7 +716,10 @@ pub(crate) async fn passkey_sign_in_finish(
             .outcome(AuditOutcome::Denied)
             .detail(format!("passkey refused: {why}"));
         let _ = blocking(move || store.audit(event)).await;
-        return crate::request::json_error(StatusCode::UNAUTHORIZED, "the passkey was not accepted");
+        return crate::request::json_error(
+            StatusCode::UNAUTHORIZED,
+            "the passkey was not accepted",
+        );
     }
     let record = serde_json::to_vec(&found).unwrap_or_default();
     let event = AuditEvent::new(&actor, "portal.sign_in", format!("pickup {id}")).detail("passkey");
@@ -721,7 +787,10 @@ pub(crate) struct PasswordForm {
 }
 
 /// A return visit with the recipient's own password, through the lockout every sign-in uses.
-pub(crate) async fn password_sign_in(State(state): State<Arc<WebState>>, link: LinkForm<PasswordForm>) -> Response {
+pub(crate) async fn password_sign_in(
+    State(state): State<Arc<WebState>>,
+    link: LinkForm<PasswordForm>,
+) -> Response {
     let LinkForm {
         pickup,
         token,
@@ -756,7 +825,11 @@ pub(crate) async fn password_sign_in(State(state): State<Arc<WebState>>, link: L
             "Too many passwords are being checked right now; try again in a moment.",
         );
     };
-    let (state2, recipient, password) = (state.clone(), pickup.recipient.clone(), form.password.clone());
+    let (state2, recipient, password) = (
+        state.clone(),
+        pickup.recipient.clone(),
+        form.password.clone(),
+    );
     let right = blocking(move || {
         let _ticket = ticket;
         state2.store.check_portal_password(&recipient, &password)
@@ -770,12 +843,16 @@ pub(crate) async fn password_sign_in(State(state): State<Arc<WebState>>, link: L
             "The password could not be checked just now; try again in a minute.",
         );
     };
-    let mut event = AuditEvent::new(&actor, "portal.sign_in", format!("pickup {}", pickup.id)).detail("password");
+    let mut event = AuditEvent::new(&actor, "portal.sign_in", format!("pickup {}", pickup.id))
+        .detail("password");
     if !right {
         event = event.outcome(AuditOutcome::Denied);
     }
     let state2 = state.clone();
-    if !matches!(blocking(move || state2.store.audit(event)).await, Some(Ok(_))) {
+    if !matches!(
+        blocking(move || state2.store.audit(event)).await,
+        Some(Ok(_))
+    ) {
         return crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
             "Try again",
@@ -801,11 +878,14 @@ pub(crate) async fn password_sign_in(State(state): State<Arc<WebState>>, link: L
 /// Starts the portal session of a proven address and shows the pickup.
 fn signed_in(state: &WebState, pickup: &Pickup) -> Response {
     let secret = state.portal.start_session(&pickup.recipient);
-    let location =
-        HeaderValue::from_str(&format!("/portal/{}", pickup.id)).unwrap_or(HeaderValue::from_static("/portal"));
+    let location = HeaderValue::from_str(&format!("/portal/{}", pickup.id))
+        .unwrap_or(HeaderValue::from_static("/portal"));
     (
         StatusCode::SEE_OTHER,
-        AppendHeaders([(header::LOCATION, location), set_cookie(PORTAL_COOKIE, &secret)]),
+        AppendHeaders([
+            (header::LOCATION, location),
+            set_cookie(PORTAL_COOKIE, &secret),
+        ]),
     )
         .into_response()
 }
@@ -837,7 +917,8 @@ pub(crate) async fn choose_password(
     let actor = portal_actor(&recipient, &peer);
     if form.action == "remove" {
         let state2 = state.clone();
-        return match blocking(move || state2.store.remove_portal_password(&recipient, &actor)).await {
+        return match blocking(move || state2.store.remove_portal_password(&recipient, &actor)).await
+        {
             Some(Ok(())) => see_other("/portal?done=password-removed"),
             _ => crate::html::message_page_status(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -851,7 +932,11 @@ pub(crate) async fn choose_password(
     }
     if let Err(weakness) = sealpost_auth::password::check(&form.password, &[&recipient]) {
         let text = format!("Not set: {weakness}.");
-        return crate::html::message_page_status(StatusCode::UNPROCESSABLE_ENTITY, "Choose another password", &text);
+        return crate::html::message_page_status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Choose another password",
+            &text,
+        );
     }
     let Some(ticket) = state
         .lockout
@@ -863,11 +948,17 @@ pub(crate) async fn choose_password(
     let password = form.password;
     let set = blocking(move || {
         let _ticket = ticket;
-        state2.store.set_portal_password(&recipient, &password, &actor)
+        state2
+            .store
+            .set_portal_password(&recipient, &password, &actor)
     });
     match set.await {
         Some(Ok(())) => see_other("/portal?done=password"),
-        _ => crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Not set", "Try again in a minute."),
+        _ => crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not set",
+            "Try again in a minute.",
+        ),
     }
 }
 
@@ -892,7 +983,10 @@ where
 {
     type Rejection = Response;
 
-    async fn from_request(request: axum::extract::Request, state: &Arc<WebState>) -> Result<Self, Response> {
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Response> {
         let peer = request
             .extensions()
             .get::<Peer>()
@@ -901,9 +995,11 @@ where
         let headers = request.headers().clone();
         let (mut parts, body) = request.into_parts();
         let Path(token) =
-            <Path<String> as axum::extract::FromRequestParts<Arc<WebState>>>::from_request_parts(&mut parts, state)
-                .await
-                .map_err(|_| unknown_link())?;
+            <Path<String> as axum::extract::FromRequestParts<Arc<WebState>>>::from_request_parts(
+                &mut parts, state,
+            )
+            .await
+            .map_err(|_| unknown_link())?;
         let request = axum::extract::Request::from_parts(parts, body);
         let axum::Form(form) = axum::Form::<F>::from_request(request, state)
             .await
@@ -944,9 +1040,15 @@ macro_rules! with_form_token {
 with_form_token!(FormOnly, CodeForm, PasswordForm);
 
 /// Mails a code to the pickup's recipient, through the queue like every notice.
-pub(crate) async fn send_code(State(state): State<Arc<WebState>>, link: LinkForm<FormOnly>) -> Response {
+pub(crate) async fn send_code(
+    State(state): State<Arc<WebState>>,
+    link: LinkForm<FormOnly>,
+) -> Response {
     let LinkForm {
-        pickup, token, peer, ..
+        pickup,
+        token,
+        peer,
+        ..
     } = link;
     // An address with a passkey is never mailed a code: whoever reads its mail gets nothing.
     if patient_keys(&state, &pickup.recipient).await.is_some() {
@@ -1041,8 +1143,15 @@ fn code_notice(state: &WebState, recipient: &str, code: &str) -> Vec<u8> {
         ))
         .to(Address::new_address(None::<String>, recipient.to_string()))
         .subject(format!("Your code: {code}"))
-        .message_id(format!("{}@{}", hex(&rand::random::<[u8; 12]>()), state.hostname))
-        .header("Auto-Submitted", mail_builder::headers::raw::Raw::new("auto-generated"))
+        .message_id(format!(
+            "{}@{}",
+            hex(&rand::random::<[u8; 12]>()),
+            state.hostname
+        ))
+        .header(
+            "Auto-Submitted",
+            mail_builder::headers::raw::Raw::new("auto-generated"),
+        )
         .text_body(text)
         .write_to_vec()
         .unwrap_or_default()
@@ -1068,7 +1177,13 @@ pub(crate) async fn verify_page(
         .into_response()
 }
 
-fn code_form(token: &str, form: &str, recipient: &str, error: Option<String>, status: StatusCode) -> Response {
+fn code_form(
+    token: &str,
+    form: &str,
+    recipient: &str,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
     let (action, again, form, form2) = (
         format!("/pickup/{token}/verify"),
         format!("/pickup/{token}/code"),
@@ -1101,7 +1216,10 @@ pub(crate) struct CodeForm {
     code: String,
 }
 
-pub(crate) async fn verify(State(state): State<Arc<WebState>>, link: LinkForm<CodeForm>) -> Response {
+pub(crate) async fn verify(
+    State(state): State<Arc<WebState>>,
+    link: LinkForm<CodeForm>,
+) -> Response {
     let LinkForm {
         pickup,
         token,
@@ -1114,7 +1232,11 @@ pub(crate) async fn verify(State(state): State<Arc<WebState>>, link: LinkForm<Co
     }
     let check = state.portal.check_code(pickup.id, &form.code);
     let actor = portal_actor(&pickup.recipient, &peer);
-    let mut event = AuditEvent::new(&actor, "portal.code.verify", format!("pickup {}", pickup.id));
+    let mut event = AuditEvent::new(
+        &actor,
+        "portal.code.verify",
+        format!("pickup {}", pickup.id),
+    );
     if check != CodeCheck::Right {
         event = event.outcome(AuditOutcome::Denied);
     }
@@ -1140,7 +1262,10 @@ pub(crate) async fn verify(State(state): State<Arc<WebState>>, link: LinkForm<Co
             &token,
             &form.form,
             &pickup.recipient,
-            Some("That code no longer works (too many tries, or too old). Ask for a new code.".into()),
+            Some(
+                "That code no longer works (too many tries, or too old). Ask for a new code."
+                    .into(),
+            ),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
     }
@@ -1261,7 +1386,8 @@ async fn own_pickup(state: &Arc<WebState>, recipient: &str, id: &str) -> Result<
         ));
     };
     let state2 = state.clone();
-    let Some(Some(pickup)) = blocking(move || state2.store.pickup_by_id(id).ok().flatten()).await else {
+    let Some(Some(pickup)) = blocking(move || state2.store.pickup_by_id(id).ok().flatten()).await
+    else {
         return Err(crate::html::message_page_status(
             StatusCode::NOT_FOUND,
             "Not found",
@@ -1295,7 +1421,10 @@ async fn message_id_of(state: &Arc<WebState>, pickup: &Pickup) -> Result<Option<
 
 /// What the sender asked of this pickup's recipient besides the code, if anything: its kind,
 /// the tries left and the message's id.
-async fn proof_asked(state: &Arc<WebState>, pickup: &Pickup) -> Result<Option<(ProofKind, u8, String)>, Response> {
+async fn proof_asked(
+    state: &Arc<WebState>,
+    pickup: &Pickup,
+) -> Result<Option<(ProofKind, u8, String)>, Response> {
     let unavailable = || {
         crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -1304,7 +1433,10 @@ async fn proof_asked(state: &Arc<WebState>, pickup: &Pickup) -> Result<Option<(P
         )
     };
     // No Message-ID: the message was not composed on the web, where proofs are set.
-    let Some(message_id) = message_id_of(state, pickup).await.map_err(|()| unavailable())? else {
+    let Some(message_id) = message_id_of(state, pickup)
+        .await
+        .map_err(|()| unavailable())?
+    else {
         return Ok(None);
     };
     let (store, account, recipient, id) = (
@@ -1326,7 +1458,12 @@ async fn proof_asked(state: &Arc<WebState>, pickup: &Pickup) -> Result<Option<(P
 
 /// The message opens only to a session that gave the sender's extra proof, if one was asked:
 /// otherwise the page asking for it (401), or, out of tries, the page saying so (423).
-async fn gate(state: &Arc<WebState>, headers: &HeaderMap, pickup: &Pickup, csrf: &str) -> Result<(), Response> {
+async fn gate(
+    state: &Arc<WebState>,
+    headers: &HeaderMap,
+    pickup: &Pickup,
+    csrf: &str,
+) -> Result<(), Response> {
     if state.portal.proven(headers, pickup.id) {
         return Ok(());
     }
@@ -1346,7 +1483,13 @@ fn locked_page() -> Response {
     )
 }
 
-fn proof_form(pickup: &Pickup, kind: ProofKind, left: u8, csrf: &str, error: Option<String>) -> Response {
+fn proof_form(
+    pickup: &Pickup,
+    kind: ProofKind,
+    left: u8,
+    csrf: &str,
+    error: Option<String>,
+) -> Response {
     let action = format!("/portal/{}/proof", pickup.id);
     let (csrf, sender) = (csrf.to_string(), pickup.sender.clone());
     let fields = match kind {
@@ -1492,7 +1635,10 @@ pub(crate) async fn home(
     let (state2, address) = (state.clone(), recipient.clone());
     let (pickups, has_password) = blocking(move || {
         let pickups = state2.store.pickups_for(&address).unwrap_or_default();
-        (pickups, state2.store.has_portal_password(&address).unwrap_or(false))
+        (
+            pickups,
+            state2.store.has_portal_password(&address).unwrap_or(false),
+        )
     })
     .await
     .unwrap_or_default();
@@ -1651,7 +1797,8 @@ pub(crate) async fn message(
         .as_ref()
         .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
         .unwrap_or_default();
-    let attachments = crate::mail::attachment_items(parsed.as_ref(), &format!("/portal/{}", pickup.id));
+    let attachments =
+        crate::mail::attachment_items(parsed.as_ref(), &format!("/portal/{}", pickup.id));
     let subject = if shown.subject.trim().is_empty() {
         "(no subject)".to_string()
     } else {
@@ -1709,15 +1856,23 @@ pub(crate) async fn message(
 fn ended_in_portal(pickup: &Pickup) -> Response {
     let text = match pickup.state {
         PickupState::Revoked => "The sender withdrew this message; it can no longer be opened.",
-        _ => "This message has expired and can no longer be opened. Ask the sender to send it again.",
+        _ => {
+            "This message has expired and can no longer be opened. Ask the sender to send it again."
+        }
     };
     crate::html::message_page_status(StatusCode::GONE, "No longer available", text)
 }
 
 /// The pickup's bytes, the read audited (and marked opened) first.
-async fn read(state: &Arc<WebState>, pickup: &Pickup, peer: &Peer, what: String) -> Option<Vec<u8>> {
+async fn read(
+    state: &Arc<WebState>,
+    pickup: &Pickup,
+    peer: &Peer,
+    what: String,
+) -> Option<Vec<u8>> {
     let actor = portal_actor(&pickup.recipient, peer);
-    let event = AuditEvent::new(&actor, "pickup.read", format!("pickup {}", pickup.id)).detail(what);
+    let event =
+        AuditEvent::new(&actor, "pickup.read", format!("pickup {}", pickup.id)).detail(what);
     let (state2, id) = (state.clone(), pickup.id);
     blocking(move || state2.store.read_pickup_audited(id, event).ok().flatten())
         .await
@@ -1761,7 +1916,8 @@ pub(crate) async fn reply(
         Ok(pickup) => pickup,
         Err(response) => return response,
     };
-    let form = match crate::compose::read_form(&mut multipart, state.sending.upload_bytes_max).await {
+    let form = match crate::compose::read_form(&mut multipart, state.sending.upload_bytes_max).await
+    {
         Ok(form) => form,
         Err(response) => return response,
     };
@@ -1782,14 +1938,21 @@ pub(crate) async fn reply(
     let structure = sealpost_mime::Structure::parse(&raw, sealpost_mime::Limits::default());
     let shown = sealpost_mime::Shown::of(&structure.envelope);
     let mut builder = MessageBuilder::new()
-        .from(Address::new_address(None::<String>, pickup.recipient.clone()))
+        .from(Address::new_address(
+            None::<String>,
+            pickup.recipient.clone(),
+        ))
         .to(Address::new_address(None::<String>, pickup.sender.clone()))
         .subject(if shown.subject.to_lowercase().starts_with("re:") {
             shown.subject.clone()
         } else {
             format!("Re: {}", shown.subject)
         })
-        .message_id(format!("{}@{}", hex(&rand::random::<[u8; 12]>()), state.hostname))
+        .message_id(format!(
+            "{}@{}",
+            hex(&rand::random::<[u8; 12]>()),
+            state.hostname
+        ))
         .header(
             "Authentication-Results",
             mail_builder::headers::raw::Raw::new(format!(
@@ -1803,7 +1966,11 @@ pub(crate) async fn reply(
         builder = builder.in_reply_to(id.clone()).references(id);
     }
     for upload in &form.uploads {
-        builder = builder.attachment(upload.kind.clone(), upload.name.clone(), upload.bytes.clone());
+        builder = builder.attachment(
+            upload.kind.clone(),
+            upload.name.clone(),
+            upload.bytes.clone(),
+        );
     }
     let Ok(reply_raw) = builder.write_to_vec() else {
         return crate::html::message_page_status(
@@ -1831,11 +1998,8 @@ pub(crate) async fn reply(
     let (state2, p) = (state.clone(), pickup.clone());
     let done = blocking(move || {
         let store = &state2.store;
-        let event = AuditEvent::new(&actor, "pickup.reply", format!("pickup {}", p.id)).detail(format!(
-            "to {}; {} bytes",
-            p.sender,
-            reply_raw.len()
-        ));
+        let event = AuditEvent::new(&actor, "pickup.reply", format!("pickup {}", p.id))
+            .detail(format!("to {}; {} bytes", p.sender, reply_raw.len()));
         deliver_internal(store, p.account, &reply_raw, vec![event.clone()])?;
         store.record_portal_reply(
             p.id,
@@ -1923,9 +2087,16 @@ mod tests {
         let code = portal.issue_code(id).unwrap();
         let wrong = if code == "000000" { "000001" } else { "000000" };
         for left in (0..CODE_TRIES_MAX).rev() {
-            assert_eq!(portal.check_code(id, wrong), CodeCheck::Wrong { tries_left: left });
+            assert_eq!(
+                portal.check_code(id, wrong),
+                CodeCheck::Wrong { tries_left: left }
+            );
         }
-        assert_eq!(portal.check_code(id, &code), CodeCheck::NoCode, "out of tries");
+        assert_eq!(
+            portal.check_code(id, &code),
+            CodeCheck::NoCode,
+            "out of tries"
+        );
         // Five codes per window, then none until it passes.
         for _ in 2..CODES_SENT_PER_WINDOW_MAX {
             assert!(portal.issue_code(id).is_ok());
@@ -1951,7 +2122,11 @@ mod tests {
                 tries_left: CODE_TRIES_MAX - 1
             }
         );
-        assert_eq!(portal.check_code(id, &code), CodeCheck::NoCode, "even the right code");
+        assert_eq!(
+            portal.check_code(id, &code),
+            CodeCheck::NoCode,
+            "even the right code"
+        );
         portal.codes.lock().unwrap().get_mut(&id).unwrap().sent = 0;
         assert_eq!(portal.issue_code(id), Err(NoCode::Blocked));
     }

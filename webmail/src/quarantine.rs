@@ -38,7 +38,11 @@ async fn digest_page(
 ) -> Response {
     let (store, id) = (state.store.clone(), me.id);
     let Some(Ok(held)) = blocking(move || store.quarantined(id)).await else {
-        return crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Try again", "Try again.");
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "Try again.",
+        );
     };
     let rows: Vec<_> = held
         .iter()
@@ -133,7 +137,14 @@ pub(crate) async fn digest_act(
     match done {
         Ok(notice) => digest_page(&state, &found, &me, Some(notice), None).await,
         Err(error) => {
-            let page = digest_page(&state, &found, &me, None, Some(format!("Not done: {error}."))).await;
+            let page = digest_page(
+                &state,
+                &found,
+                &me,
+                None,
+                Some(format!("Not done: {error}.")),
+            )
+            .await;
             (StatusCode::UNPROCESSABLE_ENTITY, page).into_response()
         }
     }
@@ -193,17 +204,23 @@ async fn console_page(
             }
         }
         store.audit(
-            AuditEvent::new(&actor, "quarantine.search", "quarantine of all accounts").detail(format!(
-                "{} held; sender {}",
-                rows.len(),
-                wanted.as_deref().unwrap_or("any")
-            )),
+            AuditEvent::new(&actor, "quarantine.search", "quarantine of all accounts").detail(
+                format!(
+                    "{} held; sender {}",
+                    rows.len(),
+                    wanted.as_deref().unwrap_or("any")
+                ),
+            ),
         )?;
         Ok::<_, sealpost_storage::Error>(rows)
     })
     .await;
     let Some(Ok(rows)) = listed else {
-        return crate::html::message_page_status(StatusCode::SERVICE_UNAVAILABLE, "Try again", "Try again.");
+        return crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "Try again.",
+        );
     };
     let subjects = state.spam_subjects_shown;
     let count = rows.len();
@@ -253,8 +270,16 @@ async fn console_page(
     .into_response()
 }
 
-pub(crate) async fn console_act(State(state): State<Arc<WebState>>, checked: AdminForm<ActForm>) -> Response {
-    let AdminForm { found, me, form, peer } = checked;
+pub(crate) async fn console_act(
+    State(state): State<Arc<WebState>>,
+    checked: AdminForm<ActForm>,
+) -> Response {
+    let AdminForm {
+        found,
+        me,
+        form,
+        peer,
+    } = checked;
     let actor = Actor {
         name: me.address.clone(),
         peer: peer.0.to_string(),
@@ -270,7 +295,15 @@ pub(crate) async fn console_act(State(state): State<Arc<WebState>>, checked: Adm
         Ok(text) => text,
         Err(error) => format!("Not done: {error}."),
     };
-    console_page(&state, &found, &me, &SearchQuery::default(), actor, Some(notice)).await
+    console_page(
+        &state,
+        &found,
+        &me,
+        &SearchQuery::default(),
+        actor,
+        Some(notice),
+    )
+    .await
 }
 
 crate::request::with_csrf!(ActForm);

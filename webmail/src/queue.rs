@@ -27,8 +27,12 @@ pub fn state_text(state: &RecipientState) -> String {
             Some(reply) => format!("waiting; last: {reply}"),
             None => "waiting; not tried yet".into(),
         },
-        RecipientStatus::Delivered { at_ms, how } => format!("delivered over verified TLS, {how}, {}", when(*at_ms)),
-        RecipientStatus::Portal { at_ms, why } => format!("kept for the pickup portal ({why}), {}", when(*at_ms)),
+        RecipientStatus::Delivered { at_ms, how } => {
+            format!("delivered over verified TLS, {how}, {}", when(*at_ms))
+        }
+        RecipientStatus::Portal { at_ms, why } => {
+            format!("kept for the pickup portal ({why}), {}", when(*at_ms))
+        }
         RecipientStatus::Failed { at_ms, reply } => format!("failed: {reply}, {}", when(*at_ms)),
     }
 }
@@ -129,10 +133,22 @@ pub(crate) struct QueueForm {
     action: String,
 }
 
-pub(crate) async fn queue_act(State(state): State<Arc<WebState>>, checked: AdminForm<QueueForm>) -> Response {
-    let AdminForm { found, me, form, peer } = checked;
+pub(crate) async fn queue_act(
+    State(state): State<Arc<WebState>>,
+    checked: AdminForm<QueueForm>,
+) -> Response {
+    let AdminForm {
+        found,
+        me,
+        form,
+        peer,
+    } = checked;
     let Ok(id) = form.id.parse::<QueueId>() else {
-        return crate::html::message_page_status(StatusCode::NOT_FOUND, "Not found", "There is no such queue entry.");
+        return crate::html::message_page_status(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such queue entry.",
+        );
     };
     let actor = Actor {
         name: me.address.clone(),

@@ -21,7 +21,9 @@ pub(crate) const FORM_COOKIE: &str = "__Host-sp_form";
 pub(crate) use sealpost_storage::now_ms;
 
 /// Runs store work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     tokio::task::spawn_blocking(work).await.ok()
 }
 
@@ -55,7 +57,11 @@ pub(crate) fn clear_cookie(name: &str) -> (header::HeaderName, HeaderValue) {
 
 /// 303 to `path`: after a form, the browser loads the next page with GET.
 pub(crate) fn see_other(path: &str) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, path.to_string())]).into_response()
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, path.to_string())],
+    )
+        .into_response()
 }
 
 /// The live session of this request, if any.
@@ -91,7 +97,11 @@ pub(crate) fn agent(headers: &HeaderMap) -> String {
 
 /// Constant-time equality of two tokens.
 pub(crate) fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// A JSON error for the script, which shows it.
@@ -101,7 +111,10 @@ pub(crate) fn json_error(status: StatusCode, text: &str) -> Response {
 
 /// The CSRF token a script request carries in its `X-CSRF-Token` header ("" if none).
 pub(crate) fn script_token(headers: &HeaderMap) -> &str {
-    headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("")
+    headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 /// The answer to a script request whose token does not match.

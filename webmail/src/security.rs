@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use leptos::prelude::*;
 use sealpost_auth::credentials::{
-    issue_app_password, revoke_app_password, Credentials, PasskeyFactor, TotpFactor, CREDENTIAL_NAME_CHARS_MAX,
-    PASSKEYS_MAX,
+    issue_app_password, revoke_app_password, Credentials, PasskeyFactor, TotpFactor,
+    CREDENTIAL_NAME_CHARS_MAX, PASSKEYS_MAX,
 };
 use sealpost_auth::websession::{self, Found, Stage};
 use sealpost_auth::{secrets, totp, Scope};
@@ -22,7 +22,9 @@ use serde::Deserialize;
 use crate::ceremony::Kind;
 use crate::html::{error_line, notice_line, render, when, Frame};
 use crate::request::WithCsrf;
-use crate::request::{blocking, forbidden, json_error, now_ms, script_token, see_other, session, stale_page};
+use crate::request::{
+    blocking, forbidden, json_error, now_ms, script_token, see_other, session, stale_page,
+};
 use crate::{Peer, WebState};
 
 /// Characters of a session's user agent shown in the session list.
@@ -63,21 +65,31 @@ impl Outcome {
         }
     }
     fn shown(shown: Shown) -> Self {
-        Self { shown, ..Self::none() }
+        Self {
+            shown,
+            ..Self::none()
+        }
     }
 }
 
 /// The session and account of a request that may see the page (signed in, or enrolling).
-async fn current(state: &Arc<WebState>, headers: &HeaderMap) -> Option<(Found, Account, Credentials)> {
+async fn current(
+    state: &Arc<WebState>,
+    headers: &HeaderMap,
+) -> Option<(Found, Account, Credentials)> {
     let found = session(state, headers).await?;
     if found.session.stage == Stage::SecondFactor {
         return None;
     }
     let (state, id) = (state.clone(), found.account);
-    let (account, credentials) =
-        blocking(move || Some((state.store.account(id).ok()?, Credentials::load(&state.store, id).ok()?)))
-            .await
-            .flatten()?;
+    let (account, credentials) = blocking(move || {
+        Some((
+            state.store.account(id).ok()?,
+            Credentials::load(&state.store, id).ok()?,
+        ))
+    })
+    .await
+    .flatten()?;
     Some((found, account, credentials))
 }
 
@@ -90,7 +102,9 @@ fn actor(account: &Account, peer: &Peer) -> Actor {
 
 pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
     match current(&state, &headers).await {
-        Some((found, account, credentials)) => show(&state, &found, &account, &credentials, Outcome::none()).await,
+        Some((found, account, credentials)) => {
+            show(&state, &found, &account, &credentials, Outcome::none()).await
+        }
         None => see_other("/"),
     }
 }
@@ -199,7 +213,12 @@ fn shown_view(shown: Shown, csrf: &str) -> impl IntoView {
     }
 }
 
-fn passkeys_view(credentials: &Credentials, csrf: &str, enrolling: bool, strong: bool) -> impl IntoView {
+fn passkeys_view(
+    credentials: &Credentials,
+    csrf: &str,
+    enrolling: bool,
+    strong: bool,
+) -> impl IntoView {
     let rows: Vec<_> = credentials
         .passkeys
         .iter()
@@ -289,7 +308,8 @@ fn password_view(csrf: &str, strong: bool) -> impl IntoView {
         }
         .into_any()
     } else {
-        view! { <p><a href="/reauth">"Confirm it is you"</a>" to change your password."</p> }.into_any()
+        view! { <p><a href="/reauth">"Confirm it is you"</a>" to change your password."</p> }
+            .into_any()
     };
     view! { <section id="password"><h2>"Password"</h2>{body}</section> }
 }
@@ -301,7 +321,10 @@ pub(crate) struct PasswordForm {
     again: String,
 }
 
-pub(crate) async fn password_change(State(state): State<Arc<WebState>>, checked: Checked<PasswordForm>) -> Response {
+pub(crate) async fn password_change(
+    State(state): State<Arc<WebState>>,
+    checked: Checked<PasswordForm>,
+) -> Response {
     let Checked {
         found,
         account,
@@ -325,7 +348,9 @@ pub(crate) async fn password_change(State(state): State<Arc<WebState>>, checked:
         )
         .await;
     }
-    if let Err(weakness) = sealpost_auth::password::check(&form.password, &[&account.address, &account.display_name]) {
+    if let Err(weakness) =
+        sealpost_auth::password::check(&form.password, &[&account.address, &account.display_name])
+    {
         return show(
             &state,
             &found,
@@ -335,7 +360,10 @@ pub(crate) async fn password_change(State(state): State<Arc<WebState>>, checked:
         )
         .await;
     }
-    let Some(ticket) = state.lockout.admit_hash(&peer.0.ip().to_string(), &account.address) else {
+    let Some(ticket) = state
+        .lockout
+        .admit_hash(&peer.0.ip().to_string(), &account.address)
+    else {
         return crate::request::hashing_busy();
     };
     let who = actor(&account, &peer);
@@ -349,12 +377,22 @@ pub(crate) async fn password_change(State(state): State<Arc<WebState>>, checked:
             .map(|(sid, _)| sid)
             .filter(|sid| *sid != this)
             .collect();
-        state2.store.delete_web_sessions(id, Some(&others), vec![])?;
+        state2
+            .store
+            .delete_web_sessions(id, Some(&others), vec![])?;
         Ok::<_, sealpost_storage::Error>(())
     })
     .await;
     match changed {
-        Some(Ok(())) => after(&state, &found, &account, Outcome::notice("Your password was changed.")).await,
+        Some(Ok(())) => {
+            after(
+                &state,
+                &found,
+                &account,
+                Outcome::notice("Your password was changed."),
+            )
+            .await
+        }
         _ => {
             show(
                 &state,
@@ -509,7 +547,14 @@ pub(crate) struct TokenForm {
     csrf: String,
 }
 
-crate::request::with_csrf!(TokenForm, CodeForm, IdForm, AppPasswordForm, SessionForm, PasswordForm);
+crate::request::with_csrf!(
+    TokenForm,
+    CodeForm,
+    IdForm,
+    AppPasswordForm,
+    SessionForm,
+    PasswordForm
+);
 
 /// A form of a signed-in session (with `ENROLLING`, of an enrolling one too) whose CSRF token
 /// matches: the session, the account, its credential record, the form and the client.
@@ -531,15 +576,24 @@ where
 {
     type Rejection = Response;
 
-    async fn from_request(request: axum::extract::Request, state: &Arc<WebState>) -> Result<Self, Response> {
-        let peer = request.extensions().get::<Peer>().copied().ok_or_else(forbidden)?;
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Response> {
+        let peer = request
+            .extensions()
+            .get::<Peer>()
+            .copied()
+            .ok_or_else(forbidden)?;
         let Some((found, account, credentials)) = current(state, request.headers()).await else {
             return Err(see_other("/sign-in"));
         };
         if !ENROLLING && !found.session.signed_in() {
             return Err(see_other("/security"));
         }
-        let Form(form) = Form::<F>::from_request(request, state).await.map_err(|_| forbidden())?;
+        let Form(form) = Form::<F>::from_request(request, state)
+            .await
+            .map_err(|_| forbidden())?;
         if !found.session.csrf_ok(form.csrf()) {
             return Err(forbidden());
         }
@@ -554,7 +608,12 @@ where
 }
 
 /// Reloads the record after a change, then shows the page.
-async fn after(state: &Arc<WebState>, found: &Found, account: &Account, outcome: Outcome) -> Response {
+async fn after(
+    state: &Arc<WebState>,
+    found: &Found,
+    account: &Account,
+    outcome: Outcome,
+) -> Response {
     let (state2, id) = (state.clone(), account.id);
     let credentials = blocking(move || Credentials::load(&state2.store, id).unwrap_or_default())
         .await
@@ -569,7 +628,12 @@ async fn enrolled(state: &Arc<WebState>, found: &mut Found, method: &str) {
     }
     found.session.stage = Stage::SignedIn(format!("password, then enrolled {method}"));
     found.session.strong_at_ms = Some(now_ms());
-    let (state, account, id, session) = (state.clone(), found.account, found.id, found.session.clone());
+    let (state, account, id, session) = (
+        state.clone(),
+        found.account,
+        found.id,
+        found.session.clone(),
+    );
     let _ = blocking(move || websession::save(&state.store, account, &id, &session, vec![])).await;
 }
 
@@ -587,9 +651,13 @@ fn may_change_factors(found: &Found, credentials: &Credentials) -> bool {
 
 /// The refusal of a TOTP enrolment for a role that signs in with a passkey only: the code
 /// would never be asked for, and a password and a code must not stand in for the passkey.
-const TOTP_NOT_FOR_ROLE: &str = "Your role signs in with a passkey: add a passkey instead of an authenticator app.";
+const TOTP_NOT_FOR_ROLE: &str =
+    "Your role signs in with a passkey: add a passkey instead of an authenticator app.";
 
-pub(crate) async fn totp_start(State(state): State<Arc<WebState>>, checked: Checked<TokenForm, true>) -> Response {
+pub(crate) async fn totp_start(
+    State(state): State<Arc<WebState>>,
+    checked: Checked<TokenForm, true>,
+) -> Response {
     let Checked {
         mut found,
         account,
@@ -621,8 +689,12 @@ pub(crate) async fn totp_start(State(state): State<Arc<WebState>>, checked: Chec
         .await;
     }
     let secret = totp::new_secret();
-    let link =
-        totp::enrolment_link(&secret, &format!("Sealpost {}", state.hostname), &account.address).unwrap_or_default();
+    let link = totp::enrolment_link(
+        &secret,
+        &format!("Sealpost {}", state.hostname),
+        &account.address,
+    )
+    .unwrap_or_default();
     let svg = totp::qr_svg(&link).unwrap_or_default();
     let svg = svg.trim_start_matches(|c| c != '<').to_string();
     let svg = match svg.find("<svg") {
@@ -630,8 +702,14 @@ pub(crate) async fn totp_start(State(state): State<Arc<WebState>>, checked: Chec
         None => svg,
     };
     found.session.pending_totp = Some(secret.clone());
-    let (state2, id, session_id, session) = (state.clone(), found.account, found.id, found.session.clone());
-    let _ = blocking(move || websession::save(&state2.store, id, &session_id, &session, vec![])).await;
+    let (state2, id, session_id, session) = (
+        state.clone(),
+        found.account,
+        found.id,
+        found.session.clone(),
+    );
+    let _ =
+        blocking(move || websession::save(&state2.store, id, &session_id, &session, vec![])).await;
     show(
         &state,
         &found,
@@ -651,7 +729,10 @@ pub(crate) struct CodeForm {
     code: String,
 }
 
-pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Checked<CodeForm, true>) -> Response {
+pub(crate) async fn totp_confirm(
+    State(state): State<Arc<WebState>>,
+    checked: Checked<CodeForm, true>,
+) -> Response {
     let Checked {
         mut found,
         account,
@@ -683,18 +764,29 @@ pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Ch
         .await;
     };
     let now = now_ms();
-    let Some(step) = totp::verify(&secret, &form.code, u64::try_from(now / 1000).unwrap_or(0), None) else {
+    let Some(step) = totp::verify(
+        &secret,
+        &form.code,
+        u64::try_from(now / 1000).unwrap_or(0),
+        None,
+    ) else {
         return show(
             &state,
             &found,
             &account,
             &credentials,
             Outcome {
-                error: Some("That code did not match; check the app's clock and try the next code.".into()),
+                error: Some(
+                    "That code did not match; check the app's clock and try the next code.".into(),
+                ),
                 ..Outcome::shown(Shown::TotpPending {
                     svg: totp::qr_svg(
-                        &totp::enrolment_link(&secret, &format!("Sealpost {}", state.hostname), &account.address)
-                            .unwrap_or_default(),
+                        &totp::enrolment_link(
+                            &secret,
+                            &format!("Sealpost {}", state.hostname),
+                            &account.address,
+                        )
+                        .unwrap_or_default(),
                     )
                     .map(|s| s.find("<svg").map_or(s.clone(), |at| s[at..].to_string()))
                     .unwrap_or_default(),
@@ -722,7 +814,12 @@ pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Ch
     })
     .await;
     found.session.pending_totp = None;
-    let (state2, aid, sid, session) = (state.clone(), found.account, found.id, found.session.clone());
+    let (state2, aid, sid, session) = (
+        state.clone(),
+        found.account,
+        found.id,
+        found.session.clone(),
+    );
     let _ = blocking(move || websession::save(&state2.store, aid, &sid, &session, vec![])).await;
     enrolled(&state, &mut found, "an authenticator app").await;
     after(
@@ -735,8 +832,16 @@ pub(crate) async fn totp_confirm(State(state): State<Arc<WebState>>, checked: Ch
 }
 
 /// Whether removing one factor would leave the account below what policy needs.
-fn keeps_enough(state: &WebState, account: &Account, credentials: &Credentials, removing_passkey: bool) -> bool {
-    let passkeys = credentials.passkeys.len().saturating_sub(usize::from(removing_passkey));
+fn keeps_enough(
+    state: &WebState,
+    account: &Account,
+    credentials: &Credentials,
+    removing_passkey: bool,
+) -> bool {
+    let passkeys = credentials
+        .passkeys
+        .len()
+        .saturating_sub(usize::from(removing_passkey));
     let totp = credentials.totp.is_some() && removing_passkey;
     if state.policy().passkey_required(account) {
         return passkeys > 0;
@@ -744,7 +849,10 @@ fn keeps_enough(state: &WebState, account: &Account, credentials: &Credentials, 
     !state.policy().second_factor_required || passkeys > 0 || totp
 }
 
-pub(crate) async fn totp_remove(State(state): State<Arc<WebState>>, checked: Checked<TokenForm>) -> Response {
+pub(crate) async fn totp_remove(
+    State(state): State<Arc<WebState>>,
+    checked: Checked<TokenForm>,
+) -> Response {
     let Checked {
         found,
         account,
@@ -790,7 +898,10 @@ pub(crate) async fn totp_remove(State(state): State<Arc<WebState>>, checked: Che
     .await
 }
 
-pub(crate) async fn recovery_codes(State(state): State<Arc<WebState>>, checked: Checked<TokenForm>) -> Response {
+pub(crate) async fn recovery_codes(
+    State(state): State<Arc<WebState>>,
+    checked: Checked<TokenForm>,
+) -> Response {
     let Checked {
         found,
         account,
@@ -815,7 +926,13 @@ pub(crate) async fn recovery_codes(State(state): State<Arc<WebState>>, checked: 
         })
     })
     .await;
-    after(&state, &found, &account, Outcome::shown(Shown::RecoveryCodes(codes))).await
+    after(
+        &state,
+        &found,
+        &account,
+        Outcome::shown(Shown::RecoveryCodes(codes)),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -842,21 +959,34 @@ pub(crate) async fn passkey_start(
     }
     let name = request.name.trim().to_string();
     if name.is_empty() || name.chars().count() > CREDENTIAL_NAME_CHARS_MAX {
-        return json_error(StatusCode::BAD_REQUEST, "give the passkey a name of 1 to 64 characters");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "give the passkey a name of 1 to 64 characters",
+        );
     }
     if credentials.passkeys.len() >= PASSKEYS_MAX {
-        return json_error(StatusCode::BAD_REQUEST, "at most 16 passkeys; remove one first");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "at most 16 passkeys; remove one first",
+        );
     }
     let user = credentials
         .user_handle
         .unwrap_or_else(sealpost_auth::passkeys::new_user_handle);
-    let existing: Vec<_> = credentials.passkeys.iter().map(|k| k.passkey.clone()).collect();
-    match state
+    let existing: Vec<_> = credentials
         .passkeys
-        .start_registration(user, &account.address, &account.display_name, &existing)
-    {
+        .iter()
+        .map(|k| k.passkey.clone())
+        .collect();
+    match state.passkeys.start_registration(
+        user,
+        &account.address,
+        &account.display_name,
+        &existing,
+    ) {
         Ok((options, ceremony_state)) => {
-            let kept = serde_json::json!({ "state": ceremony_state, "name": name, "user": user }).to_string();
+            let kept = serde_json::json!({ "state": ceremony_state, "name": name, "user": user })
+                .to_string();
             let ceremony = state.ceremonies.start(Kind::Register, account.id, kept);
             let options: serde_json::Value = serde_json::from_str(&options).unwrap_or_default();
             Json(serde_json::json!({ "ceremony": ceremony, "options": options })).into_response()
@@ -906,7 +1036,10 @@ pub(crate) async fn passkey_finish(
     let stored = blocking(move || {
         Credentials::update(&state2.store, id, |record| {
             if record.passkeys.len() >= PASSKEYS_MAX
-                || record.passkeys.iter().any(|k| k.passkey.cred_id() == passkey.cred_id())
+                || record
+                    .passkeys
+                    .iter()
+                    .any(|k| k.passkey.cred_id() == passkey.cred_id())
             {
                 return None;
             }
@@ -931,7 +1064,10 @@ pub(crate) async fn passkey_finish(
     })
     .await;
     if !matches!(stored, Some(Ok(true))) {
-        return json_error(StatusCode::BAD_REQUEST, "this passkey is registered already");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "this passkey is registered already",
+        );
     }
     enrolled(&state, &mut found, "a passkey").await;
     Json(serde_json::json!({ "next": "/security" })).into_response()
@@ -943,7 +1079,10 @@ pub(crate) struct IdForm {
     id: String,
 }
 
-pub(crate) async fn passkey_remove(State(state): State<Arc<WebState>>, checked: Checked<IdForm>) -> Response {
+pub(crate) async fn passkey_remove(
+    State(state): State<Arc<WebState>>,
+    checked: Checked<IdForm>,
+) -> Response {
     let Checked {
         found,
         account,
@@ -982,7 +1121,13 @@ pub(crate) async fn passkey_remove(State(state): State<Arc<WebState>>, checked: 
         })
     })
     .await;
-    after(&state, &found, &account, Outcome::notice("The passkey was removed.")).await
+    after(
+        &state,
+        &found,
+        &account,
+        Outcome::notice("The passkey was removed."),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -1054,7 +1199,10 @@ pub(crate) async fn app_password_issue(
     }
 }
 
-pub(crate) async fn app_password_revoke(State(state): State<Arc<WebState>>, checked: Checked<IdForm>) -> Response {
+pub(crate) async fn app_password_revoke(
+    State(state): State<Arc<WebState>>,
+    checked: Checked<IdForm>,
+) -> Response {
     let Checked {
         found,
         account,
@@ -1080,7 +1228,10 @@ pub(crate) struct SessionForm {
     session: String,
 }
 
-pub(crate) async fn session_end(State(state): State<Arc<WebState>>, checked: Checked<SessionForm>) -> Response {
+pub(crate) async fn session_end(
+    State(state): State<Arc<WebState>>,
+    checked: Checked<SessionForm>,
+) -> Response {
     let Checked {
         found,
         account,
@@ -1110,7 +1261,10 @@ pub(crate) async fn session_end(State(state): State<Arc<WebState>>, checked: Che
     .await
 }
 
-pub(crate) async fn sessions_end_all(State(state): State<Arc<WebState>>, checked: Checked<TokenForm>) -> Response {
+pub(crate) async fn sessions_end_all(
+    State(state): State<Arc<WebState>>,
+    checked: Checked<TokenForm>,
+) -> Response {
     let Checked {
         found: _,
         account,

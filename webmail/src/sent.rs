@@ -37,16 +37,22 @@ fn subject_of(delivery: &Delivery) -> String {
 /// How one recipient was reached, in words, and whether the sender may still withdraw it.
 fn describe(line: &DeliveryLine, pickup: Option<PickupState>) -> (String, bool) {
     match &line.status {
-        RecipientStatus::Pending => ("Waiting to be delivered (tried again automatically)".into(), false),
+        RecipientStatus::Pending => (
+            "Waiting to be delivered (tried again automatically)".into(),
+            false,
+        ),
         // A pickup notice that could not have verified TLS says how it went instead: over
         // STARTTLS with its certificate unchecked, or in plaintext where no TLS was offered.
         RecipientStatus::Delivered { at_ms, how } if how.contains("a pickup notice") => {
             (format!("Delivered, {how}, {}", when(*at_ms)), false)
         }
-        RecipientStatus::Delivered { at_ms, how } => {
-            (format!("Delivered over verified TLS ({how}), {}", when(*at_ms)), false)
+        RecipientStatus::Delivered { at_ms, how } => (
+            format!("Delivered over verified TLS ({how}), {}", when(*at_ms)),
+            false,
+        ),
+        RecipientStatus::Failed { at_ms, reply } => {
+            (format!("Not delivered: {reply} ({})", when(*at_ms)), false)
         }
-        RecipientStatus::Failed { at_ms, reply } => (format!("Not delivered: {reply} ({})", when(*at_ms)), false),
         RecipientStatus::Portal { at_ms, why } => {
             let opened = match line.opened_ms {
                 Some(at) => format!("opened at {}", when(at)),
@@ -59,7 +65,10 @@ fn describe(line: &DeliveryLine, pickup: Option<PickupState>) -> (String, bool) 
             };
             let live = line.revoked_ms.is_none() && pickup == Some(PickupState::Live);
             (
-                format!("Secure portal since {} ({why}); {opened}{state}", when(*at_ms)),
+                format!(
+                    "Secure portal since {} ({why}); {opened}{state}",
+                    when(*at_ms)
+                ),
                 live,
             )
         }
@@ -83,7 +92,12 @@ pub(crate) async fn list(
         .iter()
         .map(|d| {
             let href = format!("/sent/{}", d.queue);
-            let recipients = d.lines.iter().map(|l| l.address.clone()).collect::<Vec<_>>().join(", ");
+            let recipients = d
+                .lines
+                .iter()
+                .map(|l| l.address.clone())
+                .collect::<Vec<_>>()
+                .join(", ");
             let portal = d
                 .lines
                 .iter()
@@ -202,7 +216,9 @@ pub(crate) async fn status(
     let done = query.done.map(|d| match d.as_str() {
         "revoked" => "Withdrawn: the link no longer opens the message.".to_string(),
         "gone" => "There was nothing left to withdraw.".to_string(),
-        "passkey-reset" => "Their portal passkey is reset: a code is emailed to them again.".to_string(),
+        "passkey-reset" => {
+            "Their portal passkey is reset: a code is emailed to them again.".to_string()
+        }
         "no-passkey" => "They had no portal passkey.".to_string(),
         _ => "Done.".to_string(),
     });
@@ -246,7 +262,9 @@ async fn recipient_form(
     if !found.session.csrf_ok(&form.csrf) {
         return Err(crate::request::forbidden());
     }
-    let queue = queue.parse::<QueueId>().map_err(|_| crate::mail::not_found())?;
+    let queue = queue
+        .parse::<QueueId>()
+        .map_err(|_| crate::mail::not_found())?;
     Ok((account, queue))
 }
 
@@ -295,7 +313,10 @@ pub(crate) async fn reset_passkey(
             .lines
             .iter()
             .find(|l| l.address.eq_ignore_ascii_case(&recipient) && l.pickup.is_some())?;
-        state2.store.reset_portal_passkeys(&line.address, &actor).ok()
+        state2
+            .store
+            .reset_portal_passkeys(&line.address, &actor)
+            .ok()
     })
     .await
     .flatten();

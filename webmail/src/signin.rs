@@ -18,8 +18,8 @@ use serde::Deserialize;
 use crate::ceremony::Kind;
 use crate::html::{error_line, render, Frame};
 use crate::request::{
-    agent, blocking, clear_cookie, forbidden, form_token, form_token_ok, json_error, now_ms, script_token, see_other,
-    session, set_cookie, stale_page, FORM_COOKIE, SESSION_COOKIE,
+    agent, blocking, clear_cookie, forbidden, form_token, form_token_ok, json_error, now_ms,
+    script_token, see_other, session, set_cookie, stale_page, FORM_COOKIE, SESSION_COOKIE,
 };
 use crate::{Peer, WebState};
 
@@ -162,9 +162,13 @@ pub(crate) async fn sign_in(
     if let Err(refusal) = state.lockout.check(&peer.0.ip().to_string(), &login) {
         audit(
             &state,
-            AuditEvent::new(&actor(&login, &peer), "login.web", format!("account {login}"))
-                .outcome(AuditOutcome::Denied)
-                .detail(refusal_text(refusal)),
+            AuditEvent::new(
+                &actor(&login, &peer),
+                "login.web",
+                format!("account {login}"),
+            )
+            .outcome(AuditOutcome::Denied)
+            .detail(refusal_text(refusal)),
         )
         .await;
         return sign_in_again(
@@ -249,7 +253,12 @@ pub(crate) async fn sign_in(
     let signed_in = matches!(stage, Stage::SignedIn(_));
     audit(
         &state,
-        AuditEvent::new(&actor(&login, &peer), "login.web", format!("account {login}")).detail(match stage {
+        AuditEvent::new(
+            &actor(&login, &peer),
+            "login.web",
+            format!("account {login}"),
+        )
+        .detail(match stage {
             Stage::SecondFactor => "password accepted; second factor owed",
             Stage::Enrolment => "password accepted; a second factor must be set up first",
             Stage::SignedIn(_) => "signed in with the password",
@@ -271,12 +280,21 @@ pub(crate) async fn sign_in(
         .await;
     }
     let started = {
-        let (state, id, address, agent) = (state.clone(), account.id, peer.0.to_string(), agent(&headers));
-        blocking(move || websession::start(&state.store, id, &address, &agent, stage, now_ms())).await
+        let (state, id, address, agent) = (
+            state.clone(),
+            account.id,
+            peer.0.to_string(),
+            agent(&headers),
+        );
+        blocking(move || websession::start(&state.store, id, &address, &agent, stage, now_ms()))
+            .await
     };
     match started {
         Some(Ok((value, _))) => (
-            AppendHeaders([set_cookie(SESSION_COOKIE, &value), clear_cookie(FORM_COOKIE)]),
+            AppendHeaders([
+                set_cookie(SESSION_COOKIE, &value),
+                clear_cookie(FORM_COOKIE),
+            ]),
             see_other(next),
         )
             .into_response(),
@@ -313,13 +331,27 @@ async fn finish_sign_in(
         _ => "two factors, a passkey still owed".to_string(),
     };
     let done = {
-        let (state, account, address, agent) = (state.clone(), account.clone(), peer.0.to_string(), agent(headers));
+        let (state, account, address, agent) = (
+            state.clone(),
+            account.clone(),
+            peer.0.to_string(),
+            agent(headers),
+        );
         blocking(move || {
             if let Some(old) = old {
-                state.store.delete_web_sessions(account.id, Some(&[old]), vec![])?;
+                state
+                    .store
+                    .delete_web_sessions(account.id, Some(&[old]), vec![])?;
             }
-            let (cookie, _) =
-                websession::start_proven(&state.store, account.id, &address, &agent, stage, strong, now_ms())?;
+            let (cookie, _) = websession::start_proven(
+                &state.store,
+                account.id,
+                &address,
+                &agent,
+                stage,
+                strong,
+                now_ms(),
+            )?;
             let mut new_network = false;
             let how = format!("the web, {method}");
             Credentials::update(&state.store, account.id, |record| {
@@ -327,7 +359,13 @@ async fn finish_sign_in(
                 Some(vec![])
             })?;
             if new_network {
-                crate::notice::new_network(&state.store, &account, &address, &how, &state.hostname)?;
+                crate::notice::new_network(
+                    &state.store,
+                    &account,
+                    &address,
+                    &how,
+                    &state.hostname,
+                )?;
             }
             Ok::<_, sealpost_storage::Error>(cookie)
         })
@@ -335,13 +373,19 @@ async fn finish_sign_in(
     };
     match done {
         Some(Ok(cookie)) => (
-            AppendHeaders([set_cookie(SESSION_COOKIE, &cookie), clear_cookie(FORM_COOKIE)]),
+            AppendHeaders([
+                set_cookie(SESSION_COOKIE, &cookie),
+                clear_cookie(FORM_COOKIE),
+            ]),
             see_other(next),
         )
             .into_response(),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
-            crate::html::message_page("Try again", "Signing in is not possible right now; try again shortly."),
+            crate::html::message_page(
+                "Try again",
+                "Signing in is not possible right now; try again shortly.",
+            ),
         )
             .into_response(),
     }
@@ -411,14 +455,25 @@ fn offered(state: &WebState, account: &Account, credentials: &Credentials) -> (b
     )
 }
 
-async fn account_and_credentials(state: &Arc<WebState>, id: AccountId) -> Option<(Account, Credentials)> {
+async fn account_and_credentials(
+    state: &Arc<WebState>,
+    id: AccountId,
+) -> Option<(Account, Credentials)> {
     let state = state.clone();
-    blocking(move || Some((state.store.account(id).ok()?, Credentials::load(&state.store, id).ok()?)))
-        .await
-        .flatten()
+    blocking(move || {
+        Some((
+            state.store.account(id).ok()?,
+            Credentials::load(&state.store, id).ok()?,
+        ))
+    })
+    .await
+    .flatten()
 }
 
-pub(crate) async fn second_factor_page(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
+pub(crate) async fn second_factor_page(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+) -> Response {
     let Some(found) = session(&state, &headers).await else {
         return see_other("/sign-in");
     };
@@ -436,7 +491,14 @@ pub(crate) async fn second_factor_page(State(state): State<Arc<WebState>>, heade
             account: None,
             script: passkeys,
         },
-        second_factor_view(&found.session.csrf, &account.address, totp, recovery, passkeys, None),
+        second_factor_view(
+            &found.session.csrf,
+            &account.address,
+            totp,
+            recovery,
+            passkeys,
+            None,
+        ),
     )
     .into_response()
 }
@@ -468,7 +530,10 @@ pub(crate) async fn second_factor(
     let Some((account, credentials)) = account_and_credentials(&state, found.account).await else {
         return see_other("/sign-in");
     };
-    if let Err(refusal) = state.lockout.check(&peer.0.ip().to_string(), &account.address) {
+    if let Err(refusal) = state
+        .lockout
+        .check(&peer.0.ip().to_string(), &account.address)
+    {
         return second_factor_again(
             &state,
             &found.session.csrf,
@@ -480,7 +545,10 @@ pub(crate) async fn second_factor(
     let (totp_offered, recovery_offered, _) = offered(&state, &account, &credentials);
     let now = now_ms();
     let mut method = None;
-    let (code, recovery) = (form.code.unwrap_or_default(), form.recovery.unwrap_or_default());
+    let (code, recovery) = (
+        form.code.unwrap_or_default(),
+        form.recovery.unwrap_or_default(),
+    );
     let checked = {
         let (state, id) = (state.clone(), account.id);
         blocking(move || {
@@ -495,7 +563,10 @@ pub(crate) async fn second_factor(
                     return Some(vec![]);
                 }
                 if recovery_offered && !recovery.trim().is_empty() {
-                    let index = record.recovery.iter().position(|h| secrets::matches(&recovery, h))?;
+                    let index = record
+                        .recovery
+                        .iter()
+                        .position(|h| secrets::matches(&recovery, h))?;
                     record.recovery.remove(index);
                     used = Some("password and a recovery code");
                     return Some(vec![AuditEvent::new(
@@ -518,11 +589,12 @@ pub(crate) async fn second_factor(
         Some(method) => {
             // A role that must use a passkey and has none yet proved the factor it has; now it
             // enrols the passkey, and nothing else, before it is signed in.
-            let stage = if state.policy().passkey_required(&account) && credentials.passkeys.is_empty() {
-                Stage::Enrolment
-            } else {
-                Stage::SignedIn(method.into())
-            };
+            let stage =
+                if state.policy().passkey_required(&account) && credentials.passkeys.is_empty() {
+                    Stage::Enrolment
+                } else {
+                    Stage::SignedIn(method.into())
+                };
             // TOTP or a recovery code is the strongest factor only of an account without a
             // passkey.
             let strong = credentials.passkeys.is_empty();
@@ -624,12 +696,19 @@ pub(crate) async fn passkey_start(
         // The same shape of answer as for an account with passkeys, so that it does not tell
         // which addresses have one; the browser then finds no such key.
         let options = decoy_options(&state, &login);
-        return Json(serde_json::json!({ "ceremony": secrets::token(24), "options": options })).into_response();
+        return Json(serde_json::json!({ "ceremony": secrets::token(24), "options": options }))
+            .into_response();
     };
-    let keys: Vec<_> = credentials.passkeys.iter().map(|k| k.passkey.clone()).collect();
+    let keys: Vec<_> = credentials
+        .passkeys
+        .iter()
+        .map(|k| k.passkey.clone())
+        .collect();
     match state.passkeys.start_sign_in(&keys) {
         Ok((options, ceremony_state)) => {
-            let ceremony = state.ceremonies.start(Kind::SignIn, account.id, ceremony_state);
+            let ceremony = state
+                .ceremonies
+                .start(Kind::SignIn, account.id, ceremony_state);
             let options: serde_json::Value = serde_json::from_str(&options).unwrap_or_default();
             Json(serde_json::json!({ "ceremony": ceremony, "options": options })).into_response()
         }
@@ -677,8 +756,12 @@ pub(crate) async fn passkey_finish(
     if !script_token_ok(&headers, found.as_ref()) {
         return stale_page();
     }
-    let Some((id, ceremony_state)) = state.ceremonies.finish(&request.ceremony, Kind::SignIn) else {
-        return json_error(StatusCode::BAD_REQUEST, "the sign-in took too long; try again");
+    let Some((id, ceremony_state)) = state.ceremonies.finish(&request.ceremony, Kind::SignIn)
+    else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "the sign-in took too long; try again",
+        );
     };
     let response = request.credential.to_string();
     let checked = {
@@ -688,7 +771,9 @@ pub(crate) async fn passkey_finish(
             let mut outcome = None;
             Credentials::update(&state.store, id, |record| {
                 let mut keys: Vec<_> = record.passkeys.iter().map(|k| k.passkey.clone()).collect();
-                let index = state.passkeys.finish_sign_in(&ceremony_state, &response, &mut keys);
+                let index = state
+                    .passkeys
+                    .finish_sign_in(&ceremony_state, &response, &mut keys);
                 outcome = Some(index.clone().map_err(|e| e.to_string()));
                 let index = index.ok()?;
                 record.passkeys[index].passkey = keys[index].clone();
@@ -705,7 +790,13 @@ pub(crate) async fn passkey_finish(
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "try again shortly");
     };
     if let Err(why) = outcome {
-        denied(&state, &peer, &account.address, &format!("passkey refused: {why}")).await;
+        denied(
+            &state,
+            &peer,
+            &account.address,
+            &format!("passkey refused: {why}"),
+        )
+        .await;
         return json_error(StatusCode::UNAUTHORIZED, "the passkey was not accepted");
     }
     if account.status == sealpost_storage::AccountStatus::Disabled {
@@ -774,7 +865,13 @@ pub(crate) async fn sign_out(
 
 /// The confirmation asks for the strongest factor the account has: its passkey where it has
 /// one (no password form at all), else the password and a TOTP code, else the password.
-fn reauth_view(csrf: &str, address: &str, totp: bool, passkeys: bool, error: Option<String>) -> impl IntoView {
+fn reauth_view(
+    csrf: &str,
+    address: &str,
+    totp: bool,
+    passkeys: bool,
+    error: Option<String>,
+) -> impl IntoView {
     let (c1, c2, address) = (csrf.to_string(), csrf.to_string(), address.to_string());
     let password = (!passkeys).then(|| {
         view! {
@@ -809,8 +906,14 @@ fn reauth_view(csrf: &str, address: &str, totp: bool, passkeys: bool, error: Opt
     }
 }
 
-pub(crate) async fn reauth_page(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
-    let Some(found) = session(&state, &headers).await.filter(|f| f.session.signed_in()) else {
+pub(crate) async fn reauth_page(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(found) = session(&state, &headers)
+        .await
+        .filter(|f| f.session.signed_in())
+    else {
         return see_other("/sign-in");
     };
     let Some((account, credentials)) = account_and_credentials(&state, found.account).await else {
@@ -843,7 +946,10 @@ pub(crate) async fn reauth(
     headers: HeaderMap,
     Form(form): Form<ReauthForm>,
 ) -> Response {
-    let Some(found) = session(&state, &headers).await.filter(|f| f.session.signed_in()) else {
+    let Some(found) = session(&state, &headers)
+        .await
+        .filter(|f| f.session.signed_in())
+    else {
         return see_other("/sign-in");
     };
     if !found.session.csrf_ok(&form.csrf) {
@@ -853,7 +959,10 @@ pub(crate) async fn reauth(
         return see_other("/sign-in");
     };
     let passkeys = !credentials.passkeys.is_empty();
-    if let Err(refusal) = state.lockout.check(&peer.0.ip().to_string(), &account.address) {
+    if let Err(refusal) = state
+        .lockout
+        .check(&peer.0.ip().to_string(), &account.address)
+    {
         return again_reauth(
             &found,
             &account,
@@ -866,9 +975,18 @@ pub(crate) async fn reauth(
     // with it, never with a password, and one with TOTP gives a code with its password.
     let totp_offered = credentials.totp.is_some();
     if passkeys || state.policy().passkey_required(&account) {
-        return again_reauth(&found, &account, false, passkeys, "Confirm with your passkey.");
+        return again_reauth(
+            &found,
+            &account,
+            false,
+            passkeys,
+            "Confirm with your passkey.",
+        );
     }
-    let Some(ticket) = state.lockout.admit_hash(&peer.0.ip().to_string(), &account.address) else {
+    let Some(ticket) = state
+        .lockout
+        .admit_hash(&peer.0.ip().to_string(), &account.address)
+    else {
         return again_reauth(
             &found,
             &account,
@@ -888,7 +1006,10 @@ pub(crate) async fn reauth(
         );
         blocking(move || {
             let _ticket = ticket;
-            if !matches!(state.store.check_password(&address, &password), Ok(Login::Accepted(_))) {
+            if !matches!(
+                state.store.check_password(&address, &password),
+                Ok(Login::Accepted(_))
+            ) {
                 return false;
             }
             if !totp_offered {
@@ -910,7 +1031,13 @@ pub(crate) async fn reauth(
     };
     if !ok {
         failed(&state, &peer, &account.address, "re-authentication failed").await;
-        return again_reauth(&found, &account, totp_offered, passkeys, "That did not match.");
+        return again_reauth(
+            &found,
+            &account,
+            totp_offered,
+            passkeys,
+            "That did not match.",
+        );
     }
     let mut session = found.session.clone();
     session.strong_at_ms = Some(now);
@@ -920,11 +1047,19 @@ pub(crate) async fn reauth(
         "auth.reauth",
         format!("account {}", account.address),
     );
-    let _ = blocking(move || websession::save(&state2.store, account_id, &id, &session, vec![event])).await;
+    let _ =
+        blocking(move || websession::save(&state2.store, account_id, &id, &session, vec![event]))
+            .await;
     see_other("/security")
 }
 
-fn again_reauth(found: &websession::Found, account: &Account, totp: bool, passkeys: bool, error: &str) -> Response {
+fn again_reauth(
+    found: &websession::Found,
+    account: &Account,
+    totp: bool,
+    passkeys: bool,
+    error: &str,
+) -> Response {
     (
         StatusCode::UNAUTHORIZED,
         render(

@@ -12,13 +12,17 @@ use sealpost_auth::LoginLimits;
 use sealpost_storage::{Actor, Role, PORTAL_REPLIES_PER_PICKUP_PER_DAY_MAX};
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
-const RESULTS: &[u8] = b"From: doc@clinic.test\r\nTo: pat@outside.test\r\nSubject: Your results\r\n\
+const RESULTS: &[u8] =
+    b"From: doc@clinic.test\r\nTo: pat@outside.test\r\nSubject: Your results\r\n\
     Message-ID: <r1@clinic.test>\r\n\r\nAll is well.\r\n";
 
 /// The portal session's CSRF token, from its message page.
 async fn portal_csrf(web: &Web, cookie: &str, id: &str) -> String {
     let page = body_text(web.get(&format!("/portal/{id}"), cookie).await).await;
-    let at = page.find("name=\"csrf\" value=\"").expect("a form with the token") + 19;
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with the token")
+        + 19;
     page[at..at + page[at..].find('"').unwrap()].to_string()
 }
 
@@ -39,7 +43,11 @@ async fn reply(web: &Web, cookie: &str, id: &str, csrf: &str, text: &str) -> Sta
 }
 
 fn inbox_count(web: &Web, account: sealpost_storage::AccountId) -> usize {
-    let inbox = web.store.mailbox_by_name(account, "INBOX").unwrap().unwrap();
+    let inbox = web
+        .store
+        .mailbox_by_name(account, "INBOX")
+        .unwrap()
+        .unwrap();
     web.store.messages(account, inbox.id).unwrap().len()
 }
 
@@ -72,7 +80,9 @@ async fn replies_from_the_portal_are_bounded_per_day_and_by_the_senders_quota() 
     let id = id.to_string();
     let csrf = portal_csrf(&web, &patient, &id).await;
     let used = web.store.quota_usage(doc).unwrap();
-    web.store.set_quota(doc, Some(used + 100), &Actor::cli()).unwrap();
+    web.store
+        .set_quota(doc, Some(used + 100), &Actor::cli())
+        .unwrap();
     assert_eq!(
         reply(&web, &patient, &id, &csrf, "this will not fit").await,
         StatusCode::INSUFFICIENT_STORAGE
@@ -127,7 +137,11 @@ async fn portal_sign_out_takes_the_csrf_token() {
 
 /// Composes a message to pat@outside.test on the web with the proof fields given; the status
 /// and the message as handed to the outbox.
-async fn compose(web: &Web, cookie: &str, fields: &[(&str, &str)]) -> (StatusCode, Option<Vec<u8>>) {
+async fn compose(
+    web: &Web,
+    cookie: &str,
+    fields: &[(&str, &str)],
+) -> (StatusCode, Option<Vec<u8>>) {
     let csrf = web.session(cookie).unwrap().csrf;
     let mut body = String::new();
     let all = [
@@ -162,9 +176,13 @@ async fn compose(web: &Web, cookie: &str, fields: &[(&str, &str)]) -> (StatusCod
 
 async fn prove(web: &Web, cookie: &str, id: &str, fields: &str) -> StatusCode {
     let csrf = portal_csrf_of_proof(web, cookie, id).await;
-    web.post_form(&format!("/portal/{id}/proof"), cookie, &format!("csrf={csrf}&{fields}"))
-        .await
-        .status()
+    web.post_form(
+        &format!("/portal/{id}/proof"),
+        cookie,
+        &format!("csrf={csrf}&{fields}"),
+    )
+    .await
+    .status()
 }
 
 /// The CSRF token on the proof page (the message page is not shown before the proof).
@@ -216,7 +234,10 @@ async fn whoever_reads_the_patients_mail_opens_a_code_only_message_but_not_one_w
     let page = web.get(&format!("/portal/{id}"), &eavesdropper).await;
     assert_eq!(page.status(), StatusCode::UNAUTHORIZED);
     let page = body_text(page).await;
-    assert!(page.contains("passphrase") && !page.contains("benign"), "{page}");
+    assert!(
+        page.contains("passphrase") && !page.contains("benign"),
+        "{page}"
+    );
     assert_eq!(
         web.get(&format!("/portal/{id}/attachment/0"), &eavesdropper)
             .await
@@ -235,7 +256,11 @@ async fn whoever_reads_the_patients_mail_opens_a_code_only_message_but_not_one_w
     }
     let locked = web.get(&format!("/portal/{id}"), &eavesdropper).await;
     assert_eq!(locked.status(), StatusCode::LOCKED);
-    assert_eq!(inbox_count(&web, doc), notes_before + 1, "the sender is told");
+    assert_eq!(
+        inbox_count(&web, doc),
+        notes_before + 1,
+        "the sender is told"
+    );
     // Locked is locked: the right passphrase no longer opens it.
     let home = body_text(web.get("/portal", &eavesdropper).await).await;
     let at = home.find("name=\"csrf\" value=\"").unwrap() + 19;
@@ -255,7 +280,12 @@ async fn whoever_reads_the_patients_mail_opens_a_code_only_message_but_not_one_w
     assert_eq!(page.status(), StatusCode::OK);
 
     // The question: date of birth and surname, which the sender knows.
-    let (status, _) = compose(&web, &clinician, &[("proof", "question"), ("birth_date", "1970-03-04")]).await;
+    let (status, _) = compose(
+        &web,
+        &clinician,
+        &[("proof", "question"), ("birth_date", "1970-03-04")],
+    )
+    .await;
     assert_eq!(
         status,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -274,9 +304,21 @@ async fn whoever_reads_the_patients_mail_opens_a_code_only_message_but_not_one_w
     let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw.unwrap());
     let id = id.to_string();
     let patient = web.portal_visitor(&token).await;
-    let wrong = prove(&web, &patient, &id, "birth_date=1970-04-03&surname=M%C3%BCller").await;
+    let wrong = prove(
+        &web,
+        &patient,
+        &id,
+        "birth_date=1970-04-03&surname=M%C3%BCller",
+    )
+    .await;
     assert_eq!(wrong, StatusCode::UNAUTHORIZED);
-    let right = prove(&web, &patient, &id, "birth_date=1970-03-04&surname=+m%C3%BCller").await;
+    let right = prove(
+        &web,
+        &patient,
+        &id,
+        "birth_date=1970-03-04&surname=+m%C3%BCller",
+    )
+    .await;
     assert_eq!(right, StatusCode::SEE_OTHER);
     assert_eq!(
         web.get(&format!("/portal/{id}"), &patient).await.status(),
@@ -292,14 +334,20 @@ async fn a_policy_can_require_a_proof_for_every_message_to_outside() {
     let clinician = web.signed_in(doc);
     let mut config = sealpost_policy::PolicyConfig::default();
     config.portal.proof_required = true;
-    web.rules.replace(sealpost_policy::Policy::new(config).unwrap());
+    web.rules
+        .replace(sealpost_policy::Policy::new(config).unwrap());
     let (status, raw) = compose(&web, &clinician, &[]).await;
     assert_eq!(
         (status, raw.is_none()),
         (StatusCode::UNPROCESSABLE_ENTITY, true),
         "nothing sent"
     );
-    let (status, raw) = compose(&web, &clinician, &[("proof", "passphrase"), ("passphrase", "short")]).await;
+    let (status, raw) = compose(
+        &web,
+        &clinician,
+        &[("proof", "passphrase"), ("passphrase", "short")],
+    )
+    .await;
     assert_eq!(
         (status, raw.is_none()),
         (StatusCode::UNPROCESSABLE_ENTITY, true),
@@ -315,24 +363,42 @@ async fn a_policy_can_require_a_proof_for_every_message_to_outside() {
 }
 
 /// Registers a passkey for the portal session's address: the finish's status.
-async fn register_patient_passkey(web: &Web, cookie: &str, csrf: &str, device: &mut SoftPasskey) -> StatusCode {
+async fn register_patient_passkey(
+    web: &Web,
+    cookie: &str,
+    csrf: &str,
+    device: &mut SoftPasskey,
+) -> StatusCode {
     let ends = ("/portal/passkey/start", "/portal/passkey/finish");
     web.register_passkey(ends, cookie, csrf, device).await
 }
 
 /// Opens a link with the address's passkey: the portal cookie, or the refusal's status.
-async fn open_with_passkey(web: &Web, token: &str, device: &mut SoftPasskey) -> Result<String, StatusCode> {
+async fn open_with_passkey(
+    web: &Web,
+    token: &str,
+    device: &mut SoftPasskey,
+) -> Result<String, StatusCode> {
     let (start, finish) = (
         format!("/pickup/{token}/passkey/start"),
         format!("/pickup/{token}/passkey/finish"),
     );
-    web.passkey_sign_in((&start, &finish), &serde_json::json!({}), PORTAL_COOKIE, device)
-        .await
+    web.passkey_sign_in(
+        (&start, &finish),
+        &serde_json::json!({}),
+        PORTAL_COOKIE,
+        device,
+    )
+    .await
 }
 
 /// A message composed with the passphrase "Blue heron seven", kept for pat@outside.test's
 /// pickup, opened with a mailed code and the passphrase: its id and the portal cookie.
-async fn proven_passphrase_message(web: &Web, clinician: &str, doc: sealpost_storage::AccountId) -> (String, String) {
+async fn proven_passphrase_message(
+    web: &Web,
+    clinician: &str,
+    doc: sealpost_storage::AccountId,
+) -> (String, String) {
     let proof = [("proof", "passphrase"), ("passphrase", "Blue heron seven")];
     let (_, raw) = compose(web, clinician, &proof).await;
     let (token, id, _) = web.pickup(doc, "pat@outside.test", &raw.unwrap());
@@ -354,7 +420,12 @@ async fn a_patient_with_a_passkey_is_never_mailed_a_code_and_the_sender_can_rese
     let eavesdropper = web.portal_visitor(&token).await;
     let csrf = portal_csrf(&web, &eavesdropper, &id.to_string()).await;
     let started = web
-        .post_json("/portal/passkey/start", &eavesdropper, &csrf, &serde_json::json!({}))
+        .post_json(
+            "/portal/passkey/start",
+            &eavesdropper,
+            &csrf,
+            &serde_json::json!({}),
+        )
         .await;
     assert_eq!(started.status(), StatusCode::FORBIDDEN);
     // The patient, who gave the passphrase told by phone, registers one.
@@ -376,13 +447,19 @@ async fn a_patient_with_a_passkey_is_never_mailed_a_code_and_the_sender_can_rese
     );
     let queued = web.store.queued().unwrap().len();
     let asked = web
-        .post_form(&format!("/pickup/{token}/code"), "", &format!("form={FORM_TOKEN}"))
+        .post_form(
+            &format!("/pickup/{token}/code"),
+            "",
+            &format!("form={FORM_TOKEN}"),
+        )
         .await;
     assert_eq!(asked.status(), StatusCode::FORBIDDEN);
     assert_eq!(web.store.queued().unwrap().len(), queued, "no code mailed");
     let mut stranger = SoftPasskey::new(true);
     assert!(
-        open_with_passkey(&web, &token, &mut stranger).await.is_err(),
+        open_with_passkey(&web, &token, &mut stranger)
+            .await
+            .is_err(),
         "another key"
     );
     // The patient's passkey opens it.
@@ -403,11 +480,20 @@ async fn a_patient_with_a_passkey_is_never_mailed_a_code_and_the_sender_can_rese
             &format!("csrf={csrf}&recipient=pat%40outside.test"),
         )
         .await;
-    assert_eq!(common::location(&reset), format!("/sent/{queue}?done=passkey-reset"));
+    assert_eq!(
+        common::location(&reset),
+        format!("/sent/{queue}?done=passkey-reset")
+    );
     let again = web.portal_visitor(&token).await;
-    assert_eq!(web.get(&format!("/portal/{id}"), &again).await.status(), StatusCode::OK);
+    assert_eq!(
+        web.get(&format!("/portal/{id}"), &again).await.status(),
+        StatusCode::OK
+    );
     assert!(
-        web.store.portal_passkeys("pat@outside.test").unwrap().is_none(),
+        web.store
+            .portal_passkeys("pat@outside.test")
+            .unwrap()
+            .is_none(),
         "the reset forgot the passkey"
     );
 }
@@ -419,10 +505,14 @@ async fn a_policy_can_require_a_proof_per_domain_and_per_content_rule() {
     let clinician = web.signed_in(doc);
     let mut config = sealpost_policy::PolicyConfig::default();
     config.portal.proof_required_domains = vec!["outside.test".into()];
-    web.rules.replace(sealpost_policy::Policy::new(config.clone()).unwrap());
+    web.rules
+        .replace(sealpost_policy::Policy::new(config.clone()).unwrap());
     // pat@outside.test is in a listed domain: no proof, not sent.
     let (status, raw) = compose(&web, &clinician, &[]).await;
-    assert_eq!((status, raw.is_none()), (StatusCode::UNPROCESSABLE_ENTITY, true));
+    assert_eq!(
+        (status, raw.is_none()),
+        (StatusCode::UNPROCESSABLE_ENTITY, true)
+    );
     // Another domain, and a content rule that asks for a proof when it matches.
     config.portal.proof_required_domains = vec!["elsewhere.test".into()];
     config.content.push(sealpost_policy::ContentRule {
@@ -434,7 +524,8 @@ async fn a_policy_can_require_a_proof_per_domain_and_per_content_rule() {
         enabled: true,
         proof_required: true,
     });
-    web.rules.replace(sealpost_policy::Policy::new(config.clone()).unwrap());
+    web.rules
+        .replace(sealpost_policy::Policy::new(config.clone()).unwrap());
     let (status, raw) = compose(&web, &clinician, &[]).await;
     assert_eq!(
         (status, raw.is_none()),
@@ -442,7 +533,8 @@ async fn a_policy_can_require_a_proof_per_domain_and_per_content_rule() {
         "the rule matched"
     );
     config.content.last_mut().unwrap().proof_required = false;
-    web.rules.replace(sealpost_policy::Policy::new(config).unwrap());
+    web.rules
+        .replace(sealpost_policy::Policy::new(config).unwrap());
     let (status, raw) = compose(&web, &clinician, &[]).await;
     assert_eq!(
         (status, raw.is_some()),

@@ -47,7 +47,10 @@ const GETS: &[(&str, [u16; 5])] = &[
     // Mailbox numbers are each account's own: an admin's /mail/1 is the admin's INBOX.
     ("/mail/{mailbox}", [303, 200, 200, 200, 303]),
     ("/mail/{mailbox}/{uid}", [303, 200, 404, 404, 303]),
-    ("/mail/{mailbox}/{uid}/attachment/{index}", [303, 200, 404, 404, 303]),
+    (
+        "/mail/{mailbox}/{uid}/attachment/{index}",
+        [303, 200, 404, 404, 303],
+    ),
     ("/mail/{mailbox}/{uid}/html", [303, 200, 404, 404, 303]),
     ("/compose", [303, 200, 200, 200, 303]),
     ("/sent", [303, 200, 200, 200, 303]),
@@ -166,7 +169,8 @@ fn declared_routes() -> BTreeSet<(String, String)> {
         let path = text.split('"').nth(1).expect("a route's path").to_string();
         let handlers = &text[text.find(',').unwrap()..];
         for method in ["get", "post"] {
-            if handlers.contains(&format!("{method}(")) || handlers.contains(&format!(".{method}(")) {
+            if handlers.contains(&format!("{method}(")) || handlers.contains(&format!(".{method}("))
+            {
                 routes.insert((method.to_uppercase(), path.clone()));
             }
         }
@@ -191,8 +195,13 @@ impl Fixture {
         let admin = web.account("admin@clinic.test", Role::Admin);
         let auditor = web.account("audit@clinic.test", Role::Auditor);
         let newcomer = web.account("new@clinic.test", Role::Staff);
-        let link =
-            sealpost_auth::enrolment::issue(&store, newcomer, &Actor::cli(), sealpost_storage::now_ms()).unwrap();
+        let link = sealpost_auth::enrolment::issue(
+            &store,
+            newcomer,
+            &Actor::cli(),
+            sealpost_storage::now_ms(),
+        )
+        .unwrap();
         // A message with an attachment in the staff member's INBOX.
         let inbox = store.mailbox_by_name(staff, "INBOX").unwrap().unwrap();
         let raw = b"From: Lab <lab@outside.test>\r\nTo: doc@clinic.test\r\nSubject: Results\r\n\
@@ -245,7 +254,10 @@ impl Fixture {
                 .replace("{id}", &self.staff.0.to_string())
                 .replace("{index}", "0");
         }
-        assert!(!path.contains('{'), "{pattern}: a parameter without a value");
+        assert!(
+            !path.contains('{'),
+            "{pattern}: a parameter without a value"
+        );
         path
     }
 
@@ -278,9 +290,15 @@ impl Fixture {
 /// The security headers every response carries.
 fn check_headers(what: &str, response: &Response<Body>, problems: &mut Vec<String>) {
     let headers = response.headers();
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
     // The sandboxed message frame sets its own policy when it serves the message.
-    let frame = (what.contains("/html as ") || what.ends_with("/html")) && response.status() == StatusCode::OK;
+    let frame = (what.contains("/html as ") || what.ends_with("/html"))
+        && response.status() == StatusCode::OK;
     let csp = get("content-security-policy");
     if frame {
         if !csp.contains("default-src 'none'") || !csp.contains("sandbox") {
@@ -302,7 +320,10 @@ fn check_headers(what: &str, response: &Response<Body>, problems: &mut Vec<Strin
     // The message frame is framed by the reading page only (frame-ancestors 'self').
     let framing = if frame { "SAMEORIGIN" } else { "DENY" };
     if get("x-frame-options") != framing {
-        problems.push(format!("{what}: x-frame-options {:?}", get("x-frame-options")));
+        problems.push(format!(
+            "{what}: x-frame-options {:?}",
+            get("x-frame-options")
+        ));
     }
     if !what.contains("/static/") && get("cache-control") != "no-store" {
         problems.push(format!("{what}: cache-control {:?}", get("cache-control")));
@@ -317,7 +338,11 @@ async fn every_route_answers_each_role_as_the_table_says_with_its_security_heade
     let tabled: BTreeSet<(String, String)> = GETS
         .iter()
         .map(|(p, _)| ("GET".to_string(), p.to_string()))
-        .chain(POSTS.iter().map(|(p, _)| ("POST".to_string(), p.to_string())))
+        .chain(
+            POSTS
+                .iter()
+                .map(|(p, _)| ("POST".to_string(), p.to_string())),
+        )
         .collect();
     let missing: Vec<_> = declared.difference(&tabled).collect();
     let stale: Vec<_> = tabled.difference(&declared).collect();
@@ -325,7 +350,10 @@ async fn every_route_answers_each_role_as_the_table_says_with_its_security_heade
         missing.is_empty() && stale.is_empty(),
         "routes without a line in the table: {missing:?}; lines for no route: {stale:?}"
     );
-    assert!(declared.len() > 70, "the route reader found only {declared:?}");
+    assert!(
+        declared.len() > 70,
+        "the route reader found only {declared:?}"
+    );
 
     let mut problems = Vec::new();
     let mut observed = String::new();
@@ -346,7 +374,11 @@ async fn every_route_answers_each_role_as_the_table_says_with_its_security_heade
         }
         observed.push_str(&format!("    (\"{pattern}\", {got:?}),\n"));
     }
-    assert!(problems.is_empty(), "{}\n\nobserved:\n{observed}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{}\n\nobserved:\n{observed}",
+        problems.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,7 +424,9 @@ async fn every_post_without_its_csrf_token_or_with_a_wrong_one_is_refused_and_ch
                 }
                 request = request.header(header::COOKIE, cookies.join("; "));
                 let body = if json {
-                    Body::from(r#"{"address":"doc@clinic.test","name":"k","ceremony":"x","credential":{}}"#)
+                    Body::from(
+                        r#"{"address":"doc@clinic.test","name":"k","ceremony":"x","credential":{}}"#,
+                    )
                 } else if multipart {
                     let mut parts = String::new();
                     for (name, value) in form.split('&').filter_map(|pair| pair.split_once('=')) {
@@ -407,9 +441,15 @@ async fn every_post_without_its_csrf_token_or_with_a_wrong_one_is_refused_and_ch
                 };
                 let response = fx.web.send(request.body(body).unwrap()).await;
                 let status = response.status().as_u16();
-                check_headers(&format!("POST {path} as {role:?}"), &response, &mut problems);
+                check_headers(
+                    &format!("POST {path} as {role:?}"),
+                    &response,
+                    &mut problems,
+                );
                 if response.status().is_success() {
-                    problems.push(format!("POST {path} as {role:?} with token {token:?}: {status}"));
+                    problems.push(format!(
+                        "POST {path} as {role:?} with token {token:?}: {status}"
+                    ));
                 }
                 // The table holds the answer to a wrong token (the form is read, the token
                 // compared); a form without one may already fail to read (422, 400).
@@ -429,7 +469,9 @@ async fn every_post_without_its_csrf_token_or_with_a_wrong_one_is_refused_and_ch
             }
         }
         if got != *expected {
-            problems.push(format!("POST {pattern}: expected {expected:?}, got {got:?}"));
+            problems.push(format!(
+                "POST {pattern}: expected {expected:?}, got {got:?}"
+            ));
         }
         observed.push_str(&format!("    (\"{pattern}\", {got:?}),\n"));
     }
@@ -452,10 +494,15 @@ async fn every_post_without_its_csrf_token_or_with_a_wrong_one_is_refused_and_ch
                 )
                 .await;
             if response.status() != StatusCode::FORBIDDEN {
-                problems.push(format!("POST {path} as {role:?} with its token: {}", response.status()));
+                problems.push(format!(
+                    "POST {path} as {role:?} with its token: {}",
+                    response.status()
+                ));
             }
             if fx.fingerprint() != before {
-                problems.push(format!("POST {path} as {role:?} with its token changed something"));
+                problems.push(format!(
+                    "POST {path} as {role:?} with its token changed something"
+                ));
             }
         }
     }
@@ -484,7 +531,14 @@ async fn every_post_without_its_csrf_token_or_with_a_wrong_one_is_refused_and_ch
         )
         .await;
     if portal.status() != StatusCode::OK {
-        problems.push(format!("the portal visitor was signed out: {}", portal.status()));
+        problems.push(format!(
+            "the portal visitor was signed out: {}",
+            portal.status()
+        ));
     }
-    assert!(problems.is_empty(), "{}\n\nobserved:\n{observed}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{}\n\nobserved:\n{observed}",
+        problems.join("\n")
+    );
 }

@@ -44,7 +44,11 @@ fn code(secret: &[u8]) -> String {
 }
 
 /// The password step: the session cookie and where it leads.
-async fn password_step(web: &Web, address: &str, password: &str) -> (StatusCode, String, Option<String>) {
+async fn password_step(
+    web: &Web,
+    address: &str,
+    password: &str,
+) -> (StatusCode, String, Option<String>) {
     let form = format!(
         "csrf={FORM_TOKEN}&address={}&password={}",
         address.replace('@', "%40"),
@@ -63,7 +67,11 @@ fn csrf(web: &Web, cookie: &str) -> String {
 }
 
 /// The second step with the current TOTP code, in the first step's session `cookie`.
-async fn totp_step(web: &Web, cookie: &str, secret: &[u8]) -> axum::http::Response<axum::body::Body> {
+async fn totp_step(
+    web: &Web,
+    cookie: &str,
+    secret: &[u8],
+) -> axum::http::Response<axum::body::Body> {
     let token = csrf(web, cookie);
     let form = format!("csrf={token}&code={}", code(secret));
     web.post_form("/second-factor", cookie, &form).await
@@ -77,10 +85,15 @@ async fn add_passkey(web: &Web, cookie: &str, device: &mut SoftPasskey) -> Statu
 }
 
 /// Signs in with the passkey of `device` (no password): the new session's cookie.
-async fn passkey_sign_in(web: &Web, address: &str, device: &mut SoftPasskey) -> Result<String, StatusCode> {
+async fn passkey_sign_in(
+    web: &Web,
+    address: &str,
+    device: &mut SoftPasskey,
+) -> Result<String, StatusCode> {
     let ends = ("/passkey/sign-in/start", "/passkey/sign-in/finish");
     let request = serde_json::json!({ "address": address });
-    web.passkey_sign_in(ends, &request, SESSION_COOKIE, device).await
+    web.passkey_sign_in(ends, &request, SESSION_COOKIE, device)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,13 +103,22 @@ async fn a_password_alone_never_adds_a_passkey_to_an_admin_with_totp() {
     let secret = with_totp(&web, admin);
     // The password is right: the factor the account has is asked for first.
     let (status, next, first) = password_step(&web, "admin@clinic.test", PASSWORD).await;
-    assert_eq!((status, next.as_str()), (StatusCode::SEE_OTHER, "/second-factor"));
+    assert_eq!(
+        (status, next.as_str()),
+        (StatusCode::SEE_OTHER, "/second-factor")
+    );
     let first = first.unwrap();
     assert_eq!(web.session(&first).unwrap().stage, Stage::SecondFactor);
     // With the password alone, no passkey can be added (it could, to an Enrolment session).
     let mut attacker = SoftPasskey::new(true);
-    assert_eq!(add_passkey(&web, &first, &mut attacker).await, StatusCode::UNAUTHORIZED);
-    assert!(Credentials::load(&web.store, admin).unwrap().passkeys.is_empty());
+    assert_eq!(
+        add_passkey(&web, &first, &mut attacker).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(Credentials::load(&web.store, admin)
+        .unwrap()
+        .passkeys
+        .is_empty());
     // The TOTP code: the admin is now enrolling the passkey the role needs, nothing else.
     let page = body_text(web.get("/second-factor", &first).await).await;
     assert!(
@@ -107,15 +129,24 @@ async fn a_password_alone_never_adds_a_passkey_to_an_admin_with_totp() {
     assert_eq!(answered.status(), StatusCode::SEE_OTHER);
     let enrolling = set_cookie(&answered, SESSION_COOKIE).unwrap();
     assert_eq!(web.session(&enrolling).unwrap().stage, Stage::Enrolment);
-    assert!(web.session(&first).is_none(), "the first step's session ended");
+    assert!(
+        web.session(&first).is_none(),
+        "the first step's session ended"
+    );
     // In enrolment: no app passwords, no ending sessions, no TOTP for this role, no console.
     let token = csrf(&web, &enrolling);
     let before = web.store.audit_anchor();
     for (path, form) in [
-        ("/security/app-passwords", format!("csrf={token}&name=x&scope=imap")),
+        (
+            "/security/app-passwords",
+            format!("csrf={token}&name=x&scope=imap"),
+        ),
         ("/security/sessions/end-all", format!("csrf={token}")),
         ("/security/recovery", format!("csrf={token}")),
-        ("/security/password", format!("csrf={token}&password=x&again=x")),
+        (
+            "/security/password",
+            format!("csrf={token}&password=x&again=x"),
+        ),
     ] {
         let refused = web.post_form(path, &enrolling, &form).await;
         assert_eq!(
@@ -128,7 +159,9 @@ async fn a_password_alone_never_adds_a_passkey_to_an_admin_with_totp() {
         .post_form("/security/totp/start", &enrolling, &format!("csrf={token}"))
         .await;
     assert_eq!(totp.status(), StatusCode::BAD_REQUEST);
-    assert!(body_text(totp).await.contains("Your role signs in with a passkey"));
+    assert!(body_text(totp)
+        .await
+        .contains("Your role signs in with a passkey"));
     assert_eq!(
         web.get("/admin/accounts", &enrolling).await.status(),
         StatusCode::SEE_OTHER
@@ -136,9 +169,15 @@ async fn a_password_alone_never_adds_a_passkey_to_an_admin_with_totp() {
     assert_eq!(web.store.audit_anchor(), before, "nothing changed");
     // Enrolling the passkey signs the session in.
     let mut key = SoftPasskey::new(true);
-    assert_eq!(add_passkey(&web, &enrolling, &mut key).await, StatusCode::OK);
+    assert_eq!(
+        add_passkey(&web, &enrolling, &mut key).await,
+        StatusCode::OK
+    );
     assert!(web.session(&enrolling).unwrap().signed_in());
-    assert_eq!(web.get("/admin/accounts", &enrolling).await.status(), StatusCode::OK);
+    assert_eq!(
+        web.get("/admin/accounts", &enrolling).await.status(),
+        StatusCode::OK
+    );
     // From now on the admin's second step is the passkey only.
     let (_, next, again) = password_step(&web, "admin@clinic.test", PASSWORD).await;
     assert_eq!(next, "/second-factor");
@@ -158,7 +197,8 @@ async fn a_password_spray_does_not_lock_an_admin_out_of_the_passkey_sign_in() {
     let session = web.signed_in(admin);
     assert_eq!(add_passkey(&web, &session, &mut key).await, StatusCode::OK);
     for _ in 0..3 {
-        let (status, _, _) = password_step(&web, "admin@clinic.test", "not the password at all").await;
+        let (status, _, _) =
+            password_step(&web, "admin@clinic.test", "not the password at all").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     // Passwords are refused now, the right one too; the console says why.
@@ -178,7 +218,9 @@ async fn a_password_spray_does_not_lock_an_admin_out_of_the_passkey_sign_in() {
     assert!(web.session(&signed).unwrap().signed_in());
     // A stranger's key does not, and is not counted as a password failure either.
     let mut stranger = SoftPasskey::new(true);
-    assert!(passkey_sign_in(&web, "admin@clinic.test", &mut stranger).await.is_err());
+    assert!(passkey_sign_in(&web, "admin@clinic.test", &mut stranger)
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +242,9 @@ async fn re_authentication_asks_for_the_strongest_factor_the_account_has() {
         )
         .await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
-    assert!(body_text(refused).await.contains("Confirm with your passkey"));
+    assert!(body_text(refused)
+        .await
+        .contains("Confirm with your passkey"));
     // With TOTP and no passkey: the password and a code; the password alone does not do.
     let nurse = web.account("nurse@clinic.test", Role::Staff);
     let secret = with_totp(&web, nurse);
@@ -213,7 +257,11 @@ async fn re_authentication_asks_for_the_strongest_factor_the_account_has() {
     );
     let password = PASSWORD.replace(' ', "+");
     let alone = web
-        .post_form("/reauth", &session, &format!("csrf={token}&password={password}"))
+        .post_form(
+            "/reauth",
+            &session,
+            &format!("csrf={token}&password={password}"),
+        )
         .await;
     assert_eq!(alone.status(), StatusCode::UNAUTHORIZED);
     let both = web
@@ -246,8 +294,14 @@ async fn a_weaker_factor_signs_in_but_does_not_change_factors_and_a_stale_enrolm
     let signed = set_cookie(&answered, SESSION_COOKIE).unwrap();
     assert!(web.session(&signed).unwrap().signed_in());
     let mut attacker = SoftPasskey::new(true);
-    assert_eq!(add_passkey(&web, &signed, &mut attacker).await, StatusCode::FORBIDDEN);
-    assert_eq!(Credentials::load(&web.store, staff).unwrap().passkeys.len(), 1);
+    assert_eq!(
+        add_passkey(&web, &signed, &mut attacker).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        Credentials::load(&web.store, staff).unwrap().passkeys.len(),
+        1
+    );
 
     // An enrolling session opened with the password before the owner enrolled a factor adds
     // nothing once the owner has one.
@@ -257,8 +311,14 @@ async fn a_weaker_factor_signs_in_but_does_not_change_factors_and_a_stale_enrolm
     let stale = stale.unwrap();
     assert_eq!(web.session(&stale).unwrap().stage, Stage::Enrolment);
     with_totp(&web, nurse);
-    assert_eq!(add_passkey(&web, &stale, &mut attacker).await, StatusCode::FORBIDDEN);
-    assert!(Credentials::load(&web.store, nurse).unwrap().passkeys.is_empty());
+    assert_eq!(
+        add_passkey(&web, &stale, &mut attacker).await,
+        StatusCode::FORBIDDEN
+    );
+    assert!(Credentials::load(&web.store, nurse)
+        .unwrap()
+        .passkeys
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +337,8 @@ async fn a_console_action_needs_a_recent_confirmation_with_the_passkey() {
     .unwrap()
     .unwrap();
     let mut session = found.session.clone();
-    session.strong_at_ms = Some(sealpost_storage::now_ms() - sealpost_auth::websession::REAUTH_WINDOW_MS - 1_000);
+    session.strong_at_ms =
+        Some(sealpost_storage::now_ms() - sealpost_auth::websession::REAUTH_WINDOW_MS - 1_000);
     sealpost_auth::websession::save(&web.store, admin, &found.id, &session, vec![]).unwrap();
     let before = web.store.audit_anchor();
     let lifted = web

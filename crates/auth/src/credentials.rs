@@ -389,13 +389,17 @@ pub fn issue_app_password(
 ) -> Result<String, String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > CREDENTIAL_NAME_CHARS_MAX {
-        return Err(format!("give it a name of 1 to {CREDENTIAL_NAME_CHARS_MAX} characters"));
+        return Err(format!(
+            "give it a name of 1 to {CREDENTIAL_NAME_CHARS_MAX} characters"
+        ));
     }
     let (password, hash) = secrets::app_password();
     let mut refused = None;
     Credentials::update(store, account, |record| {
         if record.app_passwords.len() >= APP_PASSWORDS_MAX {
-            refused = Some(format!("at most {APP_PASSWORDS_MAX} app passwords; revoke one first"));
+            refused = Some(format!(
+                "at most {APP_PASSWORDS_MAX} app passwords; revoke one first"
+            ));
             return None;
         }
         let id = secrets::token(6);
@@ -413,7 +417,10 @@ pub fn issue_app_password(
             "auth.app_password.issue",
             format!("account:{}", account.0),
         )
-        .detail(format!("app password {id} \"{name}\" for {}", scope.as_str()))])
+        .detail(format!(
+            "app password {id} \"{name}\" for {}",
+            scope.as_str()
+        ))])
     })
     .map_err(|e| e.to_string())?;
     match refused {
@@ -456,7 +463,10 @@ mod tests {
             !record.record_sign_in("192.0.2.1:1", "password and TOTP", true),
             "the first"
         );
-        assert!(!record.record_sign_in("192.0.2.200:1", "passkey", true), "the same /24");
+        assert!(
+            !record.record_sign_in("192.0.2.200:1", "passkey", true),
+            "the same /24"
+        );
         assert!(
             !record.record_sign_in("198.51.100.1:1", "passkey", false),
             "a failure is no sign-in"
@@ -486,7 +496,10 @@ mod tests {
             enrolled_ms: 0,
             last_step: None,
         });
-        assert!(!record.password_opens_mail(&open), "enrolled: app passwords only");
+        assert!(
+            !record.password_opens_mail(&open),
+            "enrolled: app passwords only"
+        );
     }
 
     #[test]
@@ -523,7 +536,10 @@ mod tests {
             last_used_ms: None,
             last_address: None,
         });
-        assert_eq!(record.app_password_index(&imap_only, Protocol::Imap), Some(0));
+        assert_eq!(
+            record.app_password_index(&imap_only, Protocol::Imap),
+            Some(0)
+        );
         assert_eq!(record.app_password_index(&imap_only, Protocol::Smtp), None);
         assert_eq!(record.app_password_index("not it", Protocol::Imap), None);
         let decoded = Credentials::decode(Some(&record.encode())).unwrap();
@@ -531,6 +547,9 @@ mod tests {
             Credentials::decode(Some(b"not json")).is_none(),
             "damage is not an empty record"
         );
-        assert_eq!(decoded.app_password_index(&imap_only, Protocol::Imap), Some(0));
+        assert_eq!(
+            decoded.app_password_index(&imap_only, Protocol::Imap),
+            Some(0)
+        );
     }
 }

@@ -39,8 +39,16 @@ fn digest(secret: &str) -> [u8; 32] {
 
 /// Makes a new enrolment link for `account` (replacing any before), audited; returns the
 /// path part to append to the site's origin: `/enrol/ACCOUNT.SECRET`.
-pub fn issue(store: &Store, account: AccountId, actor: &Actor, now_ms: i64) -> sealpost_storage::Result<String> {
-    let secret: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+pub fn issue(
+    store: &Store,
+    account: AccountId,
+    actor: &Actor,
+    now_ms: i64,
+) -> sealpost_storage::Result<String> {
+    let secret: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let link = EnrolmentLink {
         secret_hash: digest(&secret),
         expires_ms: now_ms.saturating_add(ENROLMENT_LINK_MS),
@@ -66,7 +74,12 @@ pub fn parse(text: &str) -> Option<(AccountId, String)> {
 }
 
 /// Whether `secret` is the account's live enrolment link (nothing is changed).
-pub fn check(store: &Store, account: AccountId, secret: &str, now_ms: i64) -> sealpost_storage::Result<LinkCheck> {
+pub fn check(
+    store: &Store,
+    account: AccountId,
+    secret: &str,
+    now_ms: i64,
+) -> sealpost_storage::Result<LinkCheck> {
     let record = match Credentials::load(store, account) {
         Ok(record) => record,
         Err(sealpost_storage::Error::AccountNotFound { .. }) => return Ok(LinkCheck::Invalid),
@@ -128,7 +141,10 @@ mod tests {
             expires_ms: 1_000,
         };
         assert_eq!(judge(Some(&link), &"a".repeat(64), 999), LinkCheck::Valid);
-        assert_eq!(judge(Some(&link), &"a".repeat(64), 1_001), LinkCheck::Expired);
+        assert_eq!(
+            judge(Some(&link), &"a".repeat(64), 1_001),
+            LinkCheck::Expired
+        );
         assert_eq!(judge(Some(&link), &"b".repeat(64), 999), LinkCheck::Invalid);
         assert_eq!(judge(None, &"a".repeat(64), 999), LinkCheck::Invalid);
         assert_eq!(

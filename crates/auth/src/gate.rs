@@ -66,7 +66,10 @@ pub enum LoginOutcome<T> {
         admitted: T,
     },
     /// Why not, and how long to wait before answering (zero unless it was a wrong guess).
-    Refused { reason: LoginRefusal, pause: Duration },
+    Refused {
+        reason: LoginRefusal,
+        pause: Duration,
+    },
 }
 
 /// Writes the notice of a sign-in from a network the account had not used: (store, account,
@@ -123,7 +126,11 @@ impl MailLogins {
                 Protocol::Imap => format!("IMAP, {method}"),
                 Protocol::Smtp => format!("SMTP, {method}"),
             };
-            let notice = self.notice.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let notice = self
+                .notice
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             if let Some(notice) = notice {
                 notice(store, account, peer, &how, &self.hostname)?;
             }
@@ -138,7 +145,10 @@ impl MailLogins {
 
     /// Who must show what, as in force now.
     pub fn policy(&self) -> AuthPolicy {
-        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Puts the console's sign-in settings in force: the policy and the lockout's limits.
@@ -179,8 +189,13 @@ impl MailLogins {
             LoginOutcome::Refused {
                 reason: LoginRefusal::Unavailable,
                 ..
-            } => (AuditOutcome::Failed, LoginRefusal::Unavailable.detail().to_string()),
-            LoginOutcome::Refused { reason, .. } => (AuditOutcome::Denied, reason.detail().to_string()),
+            } => (
+                AuditOutcome::Failed,
+                LoginRefusal::Unavailable.detail().to_string(),
+            ),
+            LoginOutcome::Refused { reason, .. } => {
+                (AuditOutcome::Denied, reason.detail().to_string())
+            }
         };
         let event = AuditEvent::new(&actor, action, format!("account {attempted}"))
             .outcome(result)
@@ -221,7 +236,9 @@ impl MailLogins {
         let checked = self.login_noticed(store, &policy, user, secret, protocol, peer);
         drop(ticket);
         let reason = match checked {
-            Ok(MailLogin::Accepted { account, method, .. }) => match admit(&account) {
+            Ok(MailLogin::Accepted {
+                account, method, ..
+            }) => match admit(&account) {
                 Some(admitted) => {
                     self.lockout.succeeded(attempted);
                     return LoginOutcome::Accepted {
@@ -233,7 +250,11 @@ impl MailLogins {
                 None => LoginRefusal::SessionLimit,
             },
             Ok(MailLogin::Disabled(_)) => LoginRefusal::Disabled,
-            Ok(MailLogin::Rejected { app_password_needed }) => LoginRefusal::Invalid { app_password_needed },
+            Ok(MailLogin::Rejected {
+                app_password_needed,
+            }) => LoginRefusal::Invalid {
+                app_password_needed,
+            },
             Err(error) => {
                 tracing::warn!(%error, "login check failed");
                 LoginRefusal::Unavailable

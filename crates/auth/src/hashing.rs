@@ -90,9 +90,11 @@ impl HashQueue {
     /// all taken.
     pub fn admit(self: &Arc<Self>) -> Option<HashTicket> {
         let capacity = PASSWORD_HASH_WORKERS.saturating_add(self.queue_max());
-        let taken = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-            (held < capacity).then_some(held + 1)
-        });
+        let taken = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < capacity).then_some(held + 1)
+            });
         if taken.is_err() {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -182,9 +184,16 @@ mod tests {
             queue.admit_for("alice", "198.51.100.1").is_none(),
             "alice holds her share"
         );
-        assert!(queue.admit_for("bob", "198.51.100.1").is_some(), "bob still gets in");
+        assert!(
+            queue.admit_for("bob", "198.51.100.1").is_some(),
+            "bob still gets in"
+        );
         let from_one: Vec<HashTicket> = (0..HASHES_PER_ADDRESS_MAX)
-            .map(|i| queue.admit_for(&format!("guess{i}"), "203.0.113.9").unwrap())
+            .map(|i| {
+                queue
+                    .admit_for(&format!("guess{i}"), "203.0.113.9")
+                    .unwrap()
+            })
             .collect();
         assert!(
             queue.admit_for("carol", "203.0.113.9").is_none(),
@@ -197,7 +206,10 @@ mod tests {
             "alice's tickets given back"
         );
         drop(from_one);
-        assert!(queue.by_key.lock().unwrap().is_empty(), "no key outlives its tickets");
+        assert!(
+            queue.by_key.lock().unwrap().is_empty(),
+            "no key outlives its tickets"
+        );
         assert_eq!(queue.held(), 0);
         // A full queue refuses a keyed sign-in too, and keeps no count for it.
         let all: Vec<HashTicket> = (0..PASSWORD_HASH_WORKERS + PASSWORD_HASH_QUEUE_MAX)
@@ -211,7 +223,9 @@ mod tests {
     #[test]
     fn a_full_queue_refuses_at_once_and_frees_places_as_tickets_drop() {
         let queue = HashQueue::new(2);
-        let mut held: Vec<HashTicket> = (0..PASSWORD_HASH_WORKERS + 2).map(|_| queue.admit().unwrap()).collect();
+        let mut held: Vec<HashTicket> = (0..PASSWORD_HASH_WORKERS + 2)
+            .map(|_| queue.admit().unwrap())
+            .collect();
         assert_eq!(queue.held(), PASSWORD_HASH_WORKERS + 2);
         assert!(queue.admit().is_none());
         assert_eq!(queue.refused_total(), 1);

@@ -72,7 +72,11 @@ pub fn address_group(address: IpAddr) -> IpAddr {
 /// The key an address is counted under: its group when it is an IP address (as every caller
 /// passes it), else the text itself.
 fn address_key(address: &str) -> String {
-    match address.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    match address
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         Ok(ip) => address_group(ip).to_string(),
         Err(_) => address.to_string(),
     }
@@ -129,12 +133,16 @@ impl Lockout {
     /// the account's and address group's shares of it (`HashQueue::admit_for`); `None` at
     /// once when any is full.
     pub fn admit_hash(&self, address: &str, login: &str) -> Option<crate::HashTicket> {
-        self.hashes.admit_for(&login.to_lowercase(), &address_key(address))
+        self.hashes
+            .admit_for(&login.to_lowercase(), &address_key(address))
     }
 
     /// The limits in force now.
     pub fn limits(&self) -> LoginLimits {
-        self.limits.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Puts new limits in force (the console's sign-in settings); counts so far are kept.
@@ -154,7 +162,9 @@ impl Lockout {
     }
 
     fn paused(map: &Mutex<HashMap<String, Failures>>, key: &str) -> bool {
-        lock(map).get(key).is_some_and(|f| f.paused_until > Instant::now())
+        lock(map)
+            .get(key)
+            .is_some_and(|f| f.paused_until > Instant::now())
     }
 
     /// Whether a sign-in from `address` for `login` may be tried at all. Answered without
@@ -221,7 +231,8 @@ impl Lockout {
 
     /// Whether the account is locked out now.
     pub fn locked(&self, login: &str) -> bool {
-        self.recent(&self.by_account, &login.to_lowercase()) >= self.limits().failures_per_account_max
+        self.recent(&self.by_account, &login.to_lowercase())
+            >= self.limits().failures_per_account_max
     }
 
     /// The accounts locked out now, with their failure counts, by name.
@@ -229,7 +240,9 @@ impl Lockout {
         let window = self.window();
         let mut locked: Vec<(String, u32)> = lock(&self.by_account)
             .iter()
-            .filter(|(_, f)| f.last.elapsed() < window && f.count >= self.limits().failures_per_account_max)
+            .filter(|(_, f)| {
+                f.last.elapsed() < window && f.count >= self.limits().failures_per_account_max
+            })
             .map(|(login, f)| (login.clone(), f.count))
             .collect();
         locked.sort();
@@ -296,7 +309,11 @@ mod tests {
         assert_eq!(lockout.check("a", "alice"), Ok(()));
         assert_eq!(lockout.failed("a", "alice"), Duration::from_millis(100));
         assert_eq!(lockout.failed("a", "Alice"), Duration::from_millis(200));
-        assert_eq!(lockout.failed("b", "alice"), Duration::from_millis(300), "capped");
+        assert_eq!(
+            lockout.failed("b", "alice"),
+            Duration::from_millis(300),
+            "capped"
+        );
         assert_eq!(
             lockout.check("c", "ALICE"),
             Err(Refusal::AccountLockedOut),
@@ -318,7 +335,10 @@ mod tests {
         assert!(lockout.lift("alice"));
         assert_eq!(lockout.locked_accounts(), vec![("carol".to_string(), 3)]);
         let ends = lockout.lock_ends_in("Carol").expect("carol is locked out");
-        assert!(ends > Duration::ZERO && ends <= Duration::from_millis(lockout.limits().failure_window_ms));
+        assert!(
+            ends > Duration::ZERO
+                && ends <= Duration::from_millis(lockout.limits().failure_window_ms)
+        );
         assert_eq!(lockout.lock_ends_in("dave"), None);
         assert_eq!(lockout.check("c", "alice"), Ok(()), "lifted");
         assert!(!lockout.lift("alice"), "nothing left to lift");
@@ -353,7 +373,10 @@ mod tests {
         );
         lockout.failed("::ffff:198.51.100.4", "dave");
         lockout.failed("198.51.100.4", "erin");
-        assert_eq!(lockout.check("198.51.100.4", "frank"), Err(Refusal::AddressLockedOut));
+        assert_eq!(
+            lockout.check("198.51.100.4", "frank"),
+            Err(Refusal::AddressLockedOut)
+        );
     }
 
     #[test]
@@ -367,13 +390,19 @@ mod tests {
         for _ in 0..3 {
             lockout.failed("203.0.113.1", "target");
         }
-        assert_eq!(lockout.check("203.0.113.1", "x"), Err(Refusal::AddressLockedOut));
+        assert_eq!(
+            lockout.check("203.0.113.1", "x"),
+            Err(Refusal::AddressLockedOut)
+        );
         // The attacker's flood of fresh addresses, each failure newer than the lockout's; the
         // locked-out address is refused by `check` (as the sessions do) and fails no more, so
         // it is the oldest entry: kept because it is locked out.
         for i in 0..40u32 {
             lockout.failed(&format!("198.51.100.{i}"), &format!("guess{i}"));
-            assert_eq!(lockout.check("203.0.113.1", "target"), Err(Refusal::AddressLockedOut));
+            assert_eq!(
+                lockout.check("203.0.113.1", "target"),
+                Err(Refusal::AddressLockedOut)
+            );
         }
         assert!(lock(&lockout.by_address).len() <= 16, "bounded");
         assert_eq!(
@@ -400,9 +429,20 @@ mod tests {
             failure_delay_max_ms: 60_000,
             ..LoginLimits::default()
         });
-        assert_eq!(lockout.failed("192.0.2.1", "alice"), Duration::from_secs(60));
-        assert_eq!(lockout.check("192.0.2.1", "bob"), Err(Refusal::Paused), "the address");
-        assert_eq!(lockout.check("192.0.2.2", "ALICE"), Err(Refusal::Paused), "the account");
+        assert_eq!(
+            lockout.failed("192.0.2.1", "alice"),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            lockout.check("192.0.2.1", "bob"),
+            Err(Refusal::Paused),
+            "the address"
+        );
+        assert_eq!(
+            lockout.check("192.0.2.2", "ALICE"),
+            Err(Refusal::Paused),
+            "the account"
+        );
         assert_eq!(lockout.check("192.0.2.2", "bob"), Ok(()));
         let short = Lockout::new(LoginLimits {
             failure_delay_ms: 20,

@@ -7,8 +7,8 @@
 //! authenticator works, also those that cannot keep discoverable credentials.
 
 use webauthn_rs::prelude::{
-    CredentialID, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, Url,
-    Webauthn, WebauthnBuilder,
+    CredentialID, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
+    RegisterPublicKeyCredential, Url, Webauthn, WebauthnBuilder,
 };
 
 /// The WebAuthn records and user handles callers keep (the portal keeps patients' passkeys).
@@ -64,7 +64,11 @@ impl Passkeys {
     }
 
     /// Checks the browser's answer against the kept state: the new passkey.
-    pub fn finish_registration(&self, state: &str, response: &str) -> Result<Passkey, PasskeyError> {
+    pub fn finish_registration(
+        &self,
+        state: &str,
+        response: &str,
+    ) -> Result<Passkey, PasskeyError> {
         let state: PasskeyRegistration = from_json(state)?;
         let response: RegisterPublicKeyCredential = from_json(response)?;
         self.webauthn
@@ -84,7 +88,12 @@ impl Passkeys {
     /// Checks the browser's answer: the index in `keys` of the passkey used, whose counter
     /// and backup state are brought up to date (the caller stores `keys` again). User
     /// verification was required and is checked by webauthn-rs.
-    pub fn finish_sign_in(&self, state: &str, response: &str, keys: &mut [Passkey]) -> Result<usize, PasskeyError> {
+    pub fn finish_sign_in(
+        &self,
+        state: &str,
+        response: &str,
+        keys: &mut [Passkey],
+    ) -> Result<usize, PasskeyError> {
         let state: PasskeyAuthentication = from_json(state)?;
         let response: PublicKeyCredential = from_json(response)?;
         let result = self
@@ -92,7 +101,9 @@ impl Passkeys {
             .finish_passkey_authentication(&response, &state)
             .map_err(|e| failed("the passkey was not accepted", e))?;
         if !result.user_verified() {
-            return Err(PasskeyError("the authenticator did not verify the user".into()));
+            return Err(PasskeyError(
+                "the authenticator did not verify the user".into(),
+            ));
         }
         let index = keys
             .iter()
@@ -125,12 +136,19 @@ mod tests {
 
     const ORIGIN: &str = "https://mail.clinic.example:8443";
 
-    fn register(passkeys: &Passkeys, device: &mut SoftPasskey, user: Uuid, existing: &[Passkey]) -> Passkey {
+    fn register(
+        passkeys: &Passkeys,
+        device: &mut SoftPasskey,
+        user: Uuid,
+        existing: &[Passkey],
+    ) -> Passkey {
         let (options, state) = passkeys
             .start_registration(user, "alice@clinic.example", "Alice", existing)
             .unwrap();
         let options: CreationChallengeResponse = serde_json::from_str(&options).unwrap();
-        let answer = device.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
+        let answer = device
+            .do_registration(Url::parse(ORIGIN).unwrap(), options)
+            .unwrap();
         passkeys
             .finish_registration(&state, &serde_json::to_string(&answer).unwrap())
             .unwrap()
@@ -175,22 +193,36 @@ mod tests {
         let mut phone = SoftPasskey::new(true);
         let mut keys = vec![register(&passkeys, &mut phone, user, &[])];
         // A phishing site's origin: the browser would say so in the client data.
-        assert!(sign_in(&passkeys, &mut phone, "https://mail.clinic-example.net", &mut keys).is_err());
+        assert!(sign_in(
+            &passkeys,
+            &mut phone,
+            "https://mail.clinic-example.net",
+            &mut keys
+        )
+        .is_err());
         // An authenticator that holds none of the account's keys.
         let mut stranger = SoftPasskey::new(true);
         assert!(sign_in(&passkeys, &mut stranger, ORIGIN, &mut keys).is_err());
         // An answer replayed against a new challenge.
         let (options, state) = passkeys.start_sign_in(&keys).unwrap();
         let options: RequestChallengeResponse = serde_json::from_str(&options).unwrap();
-        let answer =
-            serde_json::to_string(&phone.do_authentication(Url::parse(ORIGIN).unwrap(), options).unwrap()).unwrap();
+        let answer = serde_json::to_string(
+            &phone
+                .do_authentication(Url::parse(ORIGIN).unwrap(), options)
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(passkeys.finish_sign_in(&state, &answer, &mut keys), Ok(0));
         let (_, fresh_state) = passkeys.start_sign_in(&keys).unwrap();
         assert!(
-            passkeys.finish_sign_in(&fresh_state, &answer, &mut keys).is_err(),
+            passkeys
+                .finish_sign_in(&fresh_state, &answer, &mut keys)
+                .is_err(),
             "replayed"
         );
-        assert!(passkeys.finish_sign_in(&fresh_state, "{not json", &mut keys).is_err());
+        assert!(passkeys
+            .finish_sign_in(&fresh_state, "{not json", &mut keys)
+            .is_err());
     }
 
     #[test]
@@ -201,15 +233,21 @@ mod tests {
             .unwrap();
         // A client that tells the authenticator user verification does not matter, and an
         // authenticator that then skips it: the server still wants it.
-        assert!(options.contains(r#""userVerification":"required""#), "{options}");
+        assert!(
+            options.contains(r#""userVerification":"required""#),
+            "{options}"
+        );
         let options = options.replace(
             r#""userVerification":"required""#,
             r#""userVerification":"discouraged""#,
         );
         let options: CreationChallengeResponse = serde_json::from_str(&options).unwrap();
         let mut no_uv = SoftPasskey::new(false);
-        let answer = no_uv.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
-        let refused = passkeys.finish_registration(&state, &serde_json::to_string(&answer).unwrap());
+        let answer = no_uv
+            .do_registration(Url::parse(ORIGIN).unwrap(), options)
+            .unwrap();
+        let refused =
+            passkeys.finish_registration(&state, &serde_json::to_string(&answer).unwrap());
         assert!(refused.is_err(), "{refused:?}");
     }
 }

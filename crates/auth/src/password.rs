@@ -111,7 +111,10 @@ mod tests {
         assert_eq!(check("1qaz2wsx3edc!", &[]), Err(Weakness::Common));
         // Long enough, but patterns: a repeat, a keyboard walk, the account's own name.
         for weak in ["aaaaaaaaaaaaaaa", "qwertyuiopasdf", "abcdefghijklm"] {
-            assert!(matches!(check(weak, &[]), Err(Weakness::Guessable(_))), "{weak}");
+            assert!(
+                matches!(check(weak, &[]), Err(Weakness::Guessable(_))),
+                "{weak}"
+            );
         }
         assert!(matches!(
             check(

@@ -86,7 +86,10 @@ mod tests {
         let (password, hashed) = app_password();
         assert_eq!(normalise(&password).len(), 24);
         assert!(matches(&password, &hashed));
-        assert!(matches(&password.replace(' ', ""), &hashed), "pasted without spaces");
+        assert!(
+            matches(&password.replace(' ', ""), &hashed),
+            "pasted without spaces"
+        );
         assert!(!matches(&app_password().0, &hashed));
         assert_eq!(token(32).len(), 43);
     }

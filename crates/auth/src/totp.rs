@@ -34,7 +34,11 @@ pub fn new_secret() -> Vec<u8> {
 /// The code for `secret` at `unix_seconds`, with `digits` digits (6 for people; RFC 6238's
 /// test vectors use 8).
 pub fn code_at(secret: &[u8], digits: u8, unix_seconds: u64) -> Option<String> {
-    Some(totp(secret, digits, "x", "x")?.generate(unix_seconds).to_string())
+    Some(
+        totp(secret, digits, "x", "x")?
+            .generate(unix_seconds)
+            .to_string(),
+    )
 }
 
 /// The step `code` matches at `unix_seconds`, if it is later than `last_step` (codes are
@@ -102,12 +106,20 @@ mod tests {
             Some(step),
             "a step late"
         );
-        assert_eq!(verify(&secret, &code, now + 3 * STEP_SECONDS, None), None, "too late");
+        assert_eq!(
+            verify(&secret, &code, now + 3 * STEP_SECONDS, None),
+            None,
+            "too late"
+        );
         let spaced = format!("{} {}", &code[..3], &code[3..]);
         assert_eq!(verify(&secret, &spaced, now, None), Some(step));
         assert_eq!(verify(&secret, "12345", now, None), None);
         assert_eq!(verify(&secret, "abcdef", now, None), None);
-        assert_eq!(verify(&new_secret(), &code, now, None), None, "another secret");
+        assert_eq!(
+            verify(&new_secret(), &code, now, None),
+            None,
+            "another secret"
+        );
     }
 
     #[test]

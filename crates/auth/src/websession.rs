@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use sealpost_storage::{AccountId, Actor, AuditEvent, Store, WebSessionId, WEB_SESSIONS_PER_ACCOUNT_MAX};
+use sealpost_storage::{
+    AccountId, Actor, AuditEvent, Store, WebSessionId, WEB_SESSIONS_PER_ACCOUNT_MAX,
+};
 
 use crate::secrets;
 
@@ -66,11 +68,13 @@ impl WebSession {
 
     /// Whether a sensitive change may go ahead without signing in again.
     pub fn recently_strong(&self, now_ms: i64) -> bool {
-        self.strong_at_ms.is_some_and(|at| now_ms - at <= REAUTH_WINDOW_MS)
+        self.strong_at_ms
+            .is_some_and(|at| now_ms - at <= REAUTH_WINDOW_MS)
     }
 
     fn expired(&self, now_ms: i64, policy: &crate::AuthPolicy) -> bool {
-        now_ms - self.last_seen_ms > policy.session_idle_ms || now_ms - self.created_ms > policy.session_absolute_ms
+        now_ms - self.last_seen_ms > policy.session_idle_ms
+            || now_ms - self.created_ms > policy.session_absolute_ms
     }
 }
 
@@ -143,10 +147,17 @@ pub fn start_proven(
         name: format!("account:{}", account.0),
         peer: address.to_string(),
     };
-    let event = AuditEvent::new(&actor, "auth.session.start", format!("account:{}", account.0))
-        .detail(format!("session {}", hex(&id[..4])));
+    let event = AuditEvent::new(
+        &actor,
+        "auth.session.start",
+        format!("account:{}", account.0),
+    )
+    .detail(format!("session {}", hex(&id[..4])));
     save(store, account, &id, &session, vec![event])?;
-    Ok((format!("{}.{}.{}", account.0, b64(&id), b64(&secret)), session))
+    Ok((
+        format!("{}.{}.{}", account.0, b64(&id), b64(&secret)),
+        session,
+    ))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -176,8 +187,14 @@ pub fn resume(
     let (Some(account), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
         return Ok(None);
     };
-    let decode = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok();
-    let (Ok(account), Some(id), Some(secret)) = (account.parse::<u64>(), decode(id), decode(secret)) else {
+    let decode = |text: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+    };
+    let (Ok(account), Some(id), Some(secret)) =
+        (account.parse::<u64>(), decode(id), decode(secret))
+    else {
         return Ok(None);
     };
     let (account, Ok(id)) = (AccountId(account), WebSessionId::try_from(id.as_slice())) else {
@@ -200,11 +217,18 @@ pub fn resume(
         session.last_seen_ms = now_ms;
         save(store, account, &id, &session, vec![])?;
     }
-    Ok(Some(Found { account, id, session }))
+    Ok(Some(Found {
+        account,
+        id,
+        session,
+    }))
 }
 
 /// The account's live sessions, most recently used first.
-pub fn list(store: &Store, account: AccountId) -> sealpost_storage::Result<Vec<(WebSessionId, WebSession)>> {
+pub fn list(
+    store: &Store,
+    account: AccountId,
+) -> sealpost_storage::Result<Vec<(WebSessionId, WebSession)>> {
     let mut sessions: Vec<(WebSessionId, WebSession)> = store
         .web_sessions(account)?
         .into_iter()
@@ -215,9 +239,17 @@ pub fn list(store: &Store, account: AccountId) -> sealpost_storage::Result<Vec<(
 }
 
 /// Signs out one session (`Some`) or every session of the account (`None`). Audited.
-pub fn end(store: &Store, account: AccountId, id: Option<WebSessionId>, actor: &Actor) -> sealpost_storage::Result<()> {
+pub fn end(
+    store: &Store,
+    account: AccountId,
+    id: Option<WebSessionId>,
+    actor: &Actor,
+) -> sealpost_storage::Result<()> {
     let (ids, what) = match &id {
-        Some(id) => (Some(std::slice::from_ref(id)), format!("session {}", hex(&id[..4]))),
+        Some(id) => (
+            Some(std::slice::from_ref(id)),
+            format!("session {}", hex(&id[..4])),
+        ),
         None => (None, "every session".to_string()),
     };
     let action = if id.is_some() {

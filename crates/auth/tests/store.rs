@@ -3,15 +3,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use sealpost_auth::credentials::{issue_app_password, revoke_app_password};
-use sealpost_auth::websession::{self, Stage, REAUTH_WINDOW_MS, SESSION_ABSOLUTE_MS, SESSION_IDLE_MS};
+use sealpost_auth::websession::{
+    self, Stage, REAUTH_WINDOW_MS, SESSION_ABSOLUTE_MS, SESSION_IDLE_MS,
+};
 use sealpost_auth::{mail_login, AuthPolicy, Credentials, MailLogin, Protocol, Scope};
-use sealpost_storage::{AccountId, AccountStatus, Actor, MasterKey, NewAccount, Role, Store, StoreConfig};
+use sealpost_storage::{
+    AccountId, AccountStatus, Actor, MasterKey, NewAccount, Role, Store, StoreConfig,
+};
 
 const PASSWORD: &str = "velvet kettle sonar magpie";
 
 fn store(dir: &tempfile::TempDir) -> Store {
     let master = MasterKey::create_file(&dir.path().join("keys/master.key")).unwrap();
-    Store::create(StoreConfig::new(dir.path().join("store"), "clinic.example"), master).unwrap()
+    Store::create(
+        StoreConfig::new(dir.path().join("store"), "clinic.example"),
+        master,
+    )
+    .unwrap()
 }
 
 fn account(store: &Store, address: &str) -> AccountId {
@@ -55,11 +63,26 @@ fn mail_clients_use_app_passwords_when_a_second_factor_is_required() {
             app_password_needed: true
         }
     );
-    assert_eq!(accepted(login(&open, "alice", PASSWORD, Protocol::Imap)), "password");
-    // An app password for IMAP only.
-    let app = issue_app_password(&store, alice, "Thunderbird at home", Scope::Imap, &Actor::cli()).unwrap();
     assert_eq!(
-        accepted(login(&required, "alice@clinic.example", &app, Protocol::Imap)),
+        accepted(login(&open, "alice", PASSWORD, Protocol::Imap)),
+        "password"
+    );
+    // An app password for IMAP only.
+    let app = issue_app_password(
+        &store,
+        alice,
+        "Thunderbird at home",
+        Scope::Imap,
+        &Actor::cli(),
+    )
+    .unwrap();
+    assert_eq!(
+        accepted(login(
+            &required,
+            "alice@clinic.example",
+            &app,
+            Protocol::Imap
+        )),
         "app password Thunderbird at home"
     );
     assert!(matches!(
@@ -96,9 +119,18 @@ fn mail_clients_use_app_passwords_when_a_second_factor_is_required() {
     assert!(!revoke_app_password(&store, alice, &id, &Actor::cli()).unwrap());
     // Names are bounded; so is the count.
     assert!(issue_app_password(&store, alice, "  ", Scope::Both, &Actor::cli()).is_err());
-    assert!(issue_app_password(&store, alice, &"x".repeat(65), Scope::Both, &Actor::cli()).is_err());
+    assert!(
+        issue_app_password(&store, alice, &"x".repeat(65), Scope::Both, &Actor::cli()).is_err()
+    );
     for n in 0..32 {
-        issue_app_password(&store, alice, &format!("device {n}"), Scope::Both, &Actor::cli()).unwrap();
+        issue_app_password(
+            &store,
+            alice,
+            &format!("device {n}"),
+            Scope::Both,
+            &Actor::cli(),
+        )
+        .unwrap();
     }
     assert!(issue_app_password(&store, alice, "one too many", Scope::Both, &Actor::cli()).is_err());
     // Each issue and revoke is audited, without the password.
@@ -110,7 +142,10 @@ fn mail_clients_use_app_passwords_when_a_second_factor_is_required() {
         })
         .unwrap();
     assert_eq!(
-        audited.iter().filter(|e| e.contains("auth.app_password.issue")).count(),
+        audited
+            .iter()
+            .filter(|e| e.contains("auth.app_password.issue"))
+            .count(),
         33
     );
     assert_eq!(
@@ -151,13 +186,17 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
     // A wrong secret, another account's number, garbage: nothing.
     let (prefix, secret) = cookie.rsplit_once('.').unwrap();
     let wrong = format!("{prefix}.{}", "A".repeat(secret.len()));
-    assert!(websession::resume(&store, &wrong, t0, &AuthPolicy::default())
-        .unwrap()
-        .is_none());
+    assert!(
+        websession::resume(&store, &wrong, t0, &AuthPolicy::default())
+            .unwrap()
+            .is_none()
+    );
     let other = cookie.replacen(&format!("{}.", alice.0), &format!("{}.", bob.0), 1);
-    assert!(websession::resume(&store, &other, t0, &AuthPolicy::default())
-        .unwrap()
-        .is_none());
+    assert!(
+        websession::resume(&store, &other, t0, &AuthPolicy::default())
+            .unwrap()
+            .is_none()
+    );
     for junk in ["", "a.b.c", "1.2", "99999.AAAA.BBBB"] {
         assert!(
             websession::resume(&store, junk, t0, &AuthPolicy::default())
@@ -177,34 +216,69 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
             "at {now}"
         );
     }
-    assert!(
-        websession::resume(&store, &cookie, t0 + SESSION_ABSOLUTE_MS + 1, &AuthPolicy::default())
-            .unwrap()
-            .is_none()
-    );
+    assert!(websession::resume(
+        &store,
+        &cookie,
+        t0 + SESSION_ABSOLUTE_MS + 1,
+        &AuthPolicy::default()
+    )
+    .unwrap()
+    .is_none());
     assert!(
         websession::list(&store, alice).unwrap().is_empty(),
         "removed when found expired"
     );
     // Idle too long.
-    let (idle, _) = websession::start(&store, alice, "192.0.2.1:1", "Firefox", Stage::SecondFactor, t0).unwrap();
+    let (idle, _) = websession::start(
+        &store,
+        alice,
+        "192.0.2.1:1",
+        "Firefox",
+        Stage::SecondFactor,
+        t0,
+    )
+    .unwrap();
+    assert!(websession::resume(
+        &store,
+        &idle,
+        t0 + SESSION_IDLE_MS + 1,
+        &AuthPolicy::default()
+    )
+    .unwrap()
+    .is_none());
+    // Sign out everywhere: a copied cookie stops working.
+    let (first, _) = websession::start(
+        &store,
+        alice,
+        "a",
+        "",
+        Stage::SignedIn("passkey".into()),
+        t0,
+    )
+    .unwrap();
+    let (second, _) = websession::start(
+        &store,
+        alice,
+        "b",
+        "",
+        Stage::SignedIn("passkey".into()),
+        t0,
+    )
+    .unwrap();
+    let (bobs, _) =
+        websession::start(&store, bob, "c", "", Stage::SignedIn("passkey".into()), t0).unwrap();
+    assert_eq!(websession::list(&store, alice).unwrap().len(), 2);
+    websession::end(&store, alice, None, &Actor::cli()).unwrap();
     assert!(
-        websession::resume(&store, &idle, t0 + SESSION_IDLE_MS + 1, &AuthPolicy::default())
+        websession::resume(&store, &first, t0, &AuthPolicy::default())
             .unwrap()
             .is_none()
     );
-    // Sign out everywhere: a copied cookie stops working.
-    let (first, _) = websession::start(&store, alice, "a", "", Stage::SignedIn("passkey".into()), t0).unwrap();
-    let (second, _) = websession::start(&store, alice, "b", "", Stage::SignedIn("passkey".into()), t0).unwrap();
-    let (bobs, _) = websession::start(&store, bob, "c", "", Stage::SignedIn("passkey".into()), t0).unwrap();
-    assert_eq!(websession::list(&store, alice).unwrap().len(), 2);
-    websession::end(&store, alice, None, &Actor::cli()).unwrap();
-    assert!(websession::resume(&store, &first, t0, &AuthPolicy::default())
-        .unwrap()
-        .is_none());
-    assert!(websession::resume(&store, &second, t0, &AuthPolicy::default())
-        .unwrap()
-        .is_none());
+    assert!(
+        websession::resume(&store, &second, t0, &AuthPolicy::default())
+            .unwrap()
+            .is_none()
+    );
     assert!(
         websession::resume(&store, &bobs, t0, &AuthPolicy::default())
             .unwrap()
@@ -246,9 +320,14 @@ fn the_mail_login_gate_checks_counts_and_audits_every_attempt() {
     let gate = MailLogins::new(limits, open, "mail.clinic.example");
     let peer = "192.0.2.10";
     let attempt = |secret: &str, admit: bool, protocol: Protocol| {
-        gate.attempt(&store, peer, " Alice@Clinic.Example", secret, protocol, |account| {
-            admit.then(|| account.address.clone())
-        })
+        gate.attempt(
+            &store,
+            peer,
+            " Alice@Clinic.Example",
+            secret,
+            protocol,
+            |account| admit.then(|| account.address.clone()),
+        )
     };
     match attempt(PASSWORD, true, Protocol::Imap) {
         LoginOutcome::Accepted {
@@ -304,7 +383,10 @@ fn the_mail_login_gate_checks_counts_and_audits_every_attempt() {
             Ok(())
         })
         .unwrap();
-    let actions: Vec<&str> = records.iter().map(|(action, _, _)| action.as_str()).collect();
+    let actions: Vec<&str> = records
+        .iter()
+        .map(|(action, _, _)| action.as_str())
+        .collect();
     assert_eq!(
         actions,
         [
@@ -320,7 +402,9 @@ fn the_mail_login_gate_checks_counts_and_audits_every_attempt() {
     assert!(records[1].2.contains("too many sessions"), "{records:?}");
     assert!(records[2].2.contains("invalid credentials"), "{records:?}");
     assert!(
-        records[5].2.contains("too many failed logins for the account"),
+        records[5]
+            .2
+            .contains("too many failed logins for the account"),
         "{records:?}"
     );
 }

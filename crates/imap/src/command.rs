@@ -192,7 +192,8 @@ impl Ranges {
         for pair in parsed {
             match pair {
                 (SeqNumber::Value(a), SeqNumber::Value(b)) => fixed.push((a.min(b), a.max(b))),
-                (SeqNumber::Value(end), SeqNumber::Largest) | (SeqNumber::Largest, SeqNumber::Value(end)) => {
+                (SeqNumber::Value(end), SeqNumber::Largest)
+                | (SeqNumber::Largest, SeqNumber::Value(end)) => {
                     let (low, high) = star.unwrap_or((u32::MAX, 0));
                     star = Some((low.min(end), high.max(end)));
                 }
@@ -215,7 +216,11 @@ impl Ranges {
             }
         }
         let after = self.fixed.partition_point(|(low, _)| *low <= number);
-        after > 0 && self.fixed.get(after - 1).is_some_and(|(_, high)| number <= *high)
+        after > 0
+            && self
+                .fixed
+                .get(after - 1)
+                .is_some_and(|(_, high)| number <= *high)
     }
 
     /// What the ranges name with `*` standing for `largest`, clipped to `1..=limit` (numbers
@@ -250,7 +255,8 @@ impl Ranges {
     }
 
     fn star_range(&self, largest: u32) -> Option<(u32, u32)> {
-        self.star.map(|(low, high)| (low.min(largest), high.max(largest)))
+        self.star
+            .map(|(low, high)| (low.min(largest), high.max(largest)))
     }
 }
 

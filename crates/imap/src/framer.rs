@@ -130,7 +130,8 @@ impl Framer {
                 None => return Some(Frame::Command(std::mem::take(&mut self.command))),
                 Some((size, synchronizing)) => {
                     let total = self.command.len() as u64 + size;
-                    if size > self.limits.literal_bytes_max || total > self.limits.command_bytes_max {
+                    if size > self.limits.literal_bytes_max || total > self.limits.command_bytes_max
+                    {
                         let tag = tag_of(&self.command);
                         self.command.clear();
                         return Some(Frame::LiteralTooBig {
@@ -169,7 +170,8 @@ fn literal_announced(line: &[u8]) -> Option<(u64, bool)> {
     let inner = line.strip_suffix(b"}")?;
     let open = inner.iter().rposition(|&b| b == b'{')?;
     let spec = &inner[open + 1..];
-    let (digits, synchronizing) = match spec.strip_suffix(b"+").or_else(|| spec.strip_suffix(b"-")) {
+    let (digits, synchronizing) = match spec.strip_suffix(b"+").or_else(|| spec.strip_suffix(b"-"))
+    {
         Some(digits) => (digits, false),
         None => (spec, true),
     };
@@ -190,8 +192,11 @@ pub(crate) fn tag_of(bytes: &[u8]) -> Option<String> {
         .position(|&b| b == b' ' || b == b'\r' || b == b'\n')
         .unwrap_or(bytes.len());
     let tag = &bytes[..end];
-    let valid =
-        !tag.is_empty() && tag.len() <= 64 && tag.iter().all(|&b| b.is_ascii_graphic() && !b"(){%*\"\\+".contains(&b));
+    let valid = !tag.is_empty()
+        && tag.len() <= 64
+        && tag
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && !b"(){%*\"\\+".contains(&b));
     valid.then(|| String::from_utf8_lossy(tag).to_string())
 }
 
@@ -211,7 +216,10 @@ mod tests {
     fn commands_literals_and_limits_frame_as_expected() {
         let mut f = framer();
         f.push(b"a1 NOOP\r\na2 LOG");
-        assert_eq!(f.next_frame(), Some(Frame::Command(b"a1 NOOP\r\n".to_vec())));
+        assert_eq!(
+            f.next_frame(),
+            Some(Frame::Command(b"a1 NOOP\r\n".to_vec()))
+        );
         assert_eq!(f.next_frame(), None);
         f.push(b"IN {3}\r\n");
         assert_eq!(f.next_frame(), Some(Frame::NeedContinuation));
@@ -219,7 +227,9 @@ mod tests {
         f.push(b"bob {2+}\r\npw\r\n");
         assert_eq!(
             f.next_frame(),
-            Some(Frame::Command(b"a2 LOGIN {3}\r\nbob {2+}\r\npw\r\n".to_vec()))
+            Some(Frame::Command(
+                b"a2 LOGIN {3}\r\nbob {2+}\r\npw\r\n".to_vec()
+            ))
         );
 
         f.push(b"a3 APPEND x {11}\r\n");
@@ -244,9 +254,17 @@ mod tests {
         let mut f = framer();
         f.push(b"a5 ");
         f.push(&[b'x'; 50]);
-        assert_eq!(f.next_frame(), Some(Frame::LineTooLong { tag: Some("a5".into()) }));
+        assert_eq!(
+            f.next_frame(),
+            Some(Frame::LineTooLong {
+                tag: Some("a5".into())
+            })
+        );
         f.push(b"xxxx\r\na6 NOOP\r\n");
-        assert_eq!(f.next_frame(), Some(Frame::Command(b"a6 NOOP\r\n".to_vec())));
+        assert_eq!(
+            f.next_frame(),
+            Some(Frame::Command(b"a6 NOOP\r\n".to_vec()))
+        );
 
         let mut f = framer();
         f.set_limits(FrameLimits {
@@ -255,7 +273,11 @@ mod tests {
             ..f.limits()
         });
         f.push(b"b1 APPEND x {99}\r\n");
-        assert_eq!(f.next_frame(), Some(Frame::NeedContinuation), "raised limits in force");
+        assert_eq!(
+            f.next_frame(),
+            Some(Frame::NeedContinuation),
+            "raised limits in force"
+        );
 
         let mut f = framer();
         f.push(b"a7 X {99999999999999999999}\r\n");

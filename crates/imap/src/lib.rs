@@ -48,7 +48,10 @@ pub mod fuzz {
                             ..
                         }) = parse_command(&bytes, names)
                         {
-                            let structure = sealpost_mime::Structure::parse(&message, sealpost_mime::Limits::default());
+                            let structure = sealpost_mime::Structure::parse(
+                                &message,
+                                sealpost_mime::Limits::default(),
+                            );
                             let _ = structure.body_structure(true);
                             let _ = sealpost_mime::Summary::of(&message);
                         }

@@ -46,7 +46,10 @@ impl Pattern {
                 _ => tokens.push(token),
             }
         }
-        let literals = tokens.iter().filter(|t| matches!(t, Token::Literal { .. })).count();
+        let literals = tokens
+            .iter()
+            .filter(|t| matches!(t, Token::Literal { .. }))
+            .count();
         Self { tokens, literals }
     }
 
@@ -112,8 +115,10 @@ pub(crate) fn select(
     for mailbox in &mailboxes {
         with_children.extend(parents(&mailbox.name).map(str::to_string));
     }
-    let mut all: BTreeMap<String, Option<sealpost_storage::Mailbox>> =
-        mailboxes.into_iter().map(|m| (m.name.clone(), Some(m))).collect();
+    let mut all: BTreeMap<String, Option<sealpost_storage::Mailbox>> = mailboxes
+        .into_iter()
+        .map(|m| (m.name.clone(), Some(m)))
+        .collect();
     if !(selection.lsub || selection.subscribed) {
         // A level with no mailbox of its own is listed \Noselect (RFC 3501 6.3.4, 6.3.8).
         for parent in &with_children {
@@ -140,7 +145,11 @@ pub(crate) fn select(
         .filter(|(_, mailbox)| mailbox.as_ref().is_none_or(|m| m.subscribed))
         .map(|(name, _)| name.clone())
         .collect();
-    let is_subscribed = |name: &str| subscribed.binary_search_by(|s| s.as_str().cmp(name)).is_ok();
+    let is_subscribed = |name: &str| {
+        subscribed
+            .binary_search_by(|s| s.as_str().cmp(name))
+            .is_ok()
+    };
     // Levels above a subscribed name; of those, the ones above a subscribed name the patterns
     // miss (RFC 5258 3.5: a parent that is not itself selected comes with CHILDINFO only for
     // a child that is not listed anyway); and LSUB's \Noselect parents (RFC 3501 6.3.9).
@@ -275,18 +284,23 @@ mod tests {
             mailbox("a/c", false),
             mailbox("p/q", false),
         ];
-        select(mailboxes, &["gone/x".to_string()], &[Pattern::new(pattern)], selection)
-            .into_iter()
-            .map(|l| {
-                (
-                    l.name,
-                    l.mailbox.is_some(),
-                    l.subscribed,
-                    l.lsub_parent,
-                    l.child_subscribed,
-                )
-            })
-            .collect()
+        select(
+            mailboxes,
+            &["gone/x".to_string()],
+            &[Pattern::new(pattern)],
+            selection,
+        )
+        .into_iter()
+        .map(|l| {
+            (
+                l.name,
+                l.mailbox.is_some(),
+                l.subscribed,
+                l.lsub_parent,
+                l.child_subscribed,
+            )
+        })
+        .collect()
     }
 
     const PLAIN: Selection = Selection {
@@ -364,7 +378,10 @@ mod tests {
                 line("gone", false, false, true, false)
             ]
         );
-        assert_eq!(answer("a/%", LSUB), vec![line("a/b", true, true, false, false)]);
+        assert_eq!(
+            answer("a/%", LSUB),
+            vec![line("a/b", true, true, false, false)]
+        );
     }
 
     #[test]
@@ -402,7 +419,9 @@ mod tests {
         use crate::session::LIST_MATCH_STEPS_MAX;
         // The attack: a thousand patterns that do not collapse, over ten thousand folders
         // with names at the 1,000-byte bound.
-        let hostile: Vec<Pattern> = (0..1_000).map(|_| Pattern::new(&"a%".repeat(500))).collect();
+        let hostile: Vec<Pattern> = (0..1_000)
+            .map(|_| Pattern::new(&"a%".repeat(500)))
+            .collect();
         let long = "a".repeat(1_000);
         let steps = match_steps(&hostile, std::iter::repeat_n(long.as_str(), 10_000));
         assert!(steps > LIST_MATCH_STEPS_MAX * 10_000, "{steps}");
@@ -411,7 +430,9 @@ mod tests {
             .iter()
             .map(|p| Pattern::new(p))
             .collect();
-        let names: Vec<String> = (0..10_000).map(|i| format!("Archive/2026/Patient files {i}")).collect();
+        let names: Vec<String> = (0..10_000)
+            .map(|i| format!("Archive/2026/Patient files {i}"))
+            .collect();
         let steps = match_steps(&usual, names.iter().map(String::as_str));
         assert!(steps < LIST_MATCH_STEPS_MAX / 10, "{steps}");
     }
@@ -421,7 +442,10 @@ mod tests {
         // 1,000 characters of alternating wildcards are one `*`, one `%` when all are `%`.
         let wild = "%*".repeat(500);
         assert_eq!(Pattern::new(&wild).tokens, vec![super::Token::Any]);
-        assert_eq!(Pattern::new(&"%".repeat(1000)).tokens, vec![super::Token::Level]);
+        assert_eq!(
+            Pattern::new(&"%".repeat(1000)).tokens,
+            vec![super::Token::Level]
+        );
         // Against a name of 1,000 characters: a match and a near miss, each at most
         // 1,000 x 1,000 steps (the old recursion-free table was bounded too, but kept the
         // 1,000 wildcards as 1,000 rows).

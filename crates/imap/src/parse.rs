@@ -28,7 +28,11 @@ pub(crate) enum NameEncoding {
 }
 
 pub(crate) fn parse_command(bytes: &[u8], names: NameEncoding) -> Result<Command, ParseError> {
-    let mut cursor = Cursor { bytes, at: 0, names };
+    let mut cursor = Cursor {
+        bytes,
+        at: 0,
+        names,
+    };
     let tag = cursor.tag().ok_or_else(|| ParseError {
         tag: None,
         message: "a command starts with a tag".into(),
@@ -158,7 +162,9 @@ impl<'a> Cursor<'a> {
             self.at += 1;
         }
         let digits = std::str::from_utf8(&self.bytes[start..self.at]).unwrap_or("");
-        digits.parse::<u64>().map_err(|_| "expected a number".to_string())
+        digits
+            .parse::<u64>()
+            .map_err(|_| "expected a number".to_string())
     }
 
     fn number32(&mut self) -> Parsed<u32> {
@@ -257,7 +263,9 @@ impl<'a> Cursor<'a> {
     fn decode_name(&self, raw: &str) -> Parsed<String> {
         let name = match self.names {
             NameEncoding::Utf8 => raw.to_string(),
-            NameEncoding::Utf7 => utf7::decode(raw).ok_or("a mailbox name in invalid modified UTF-7")?,
+            NameEncoding::Utf7 => {
+                utf7::decode(raw).ok_or("a mailbox name in invalid modified UTF-7")?
+            }
         };
         if name.eq_ignore_ascii_case("INBOX") {
             return Ok("INBOX".into());
@@ -267,7 +275,8 @@ impl<'a> Cursor<'a> {
 
     fn list_mailbox(&mut self) -> Parsed<String> {
         let raw = match self.at_string() {
-            true => String::from_utf8(self.string()?).map_err(|_| "a pattern that is not UTF-8".to_string())?,
+            true => String::from_utf8(self.string()?)
+                .map_err(|_| "a pattern that is not UTF-8".to_string())?,
             false => {
                 let start = self.at;
                 while self.peek().is_some_and(is_list_char) {
@@ -281,16 +290,26 @@ impl<'a> Cursor<'a> {
         };
         match self.names {
             NameEncoding::Utf8 => Ok(raw),
-            NameEncoding::Utf7 => utf7::decode(&raw).ok_or_else(|| "a pattern in invalid modified UTF-7".to_string()),
+            NameEncoding::Utf7 => {
+                utf7::decode(&raw).ok_or_else(|| "a pattern in invalid modified UTF-7".to_string())
+            }
         }
     }
 
     /// `( item *(SP item) )` with a parser for one item; empty lists allowed where `empty_ok`.
-    fn paren_list<T>(&mut self, empty_ok: bool, mut item: impl FnMut(&mut Self) -> Parsed<T>) -> Parsed<Vec<T>> {
+    fn paren_list<T>(
+        &mut self,
+        empty_ok: bool,
+        mut item: impl FnMut(&mut Self) -> Parsed<T>,
+    ) -> Parsed<Vec<T>> {
         self.expect(b'(', "(")?;
         let mut out = Vec::new();
         if self.eat(b')') {
-            return if empty_ok { Ok(out) } else { Err("an empty list".into()) };
+            return if empty_ok {
+                Ok(out)
+            } else {
+                Err("an empty list".into())
+            };
         }
         loop {
             if out.len() >= LIST_ITEMS_MAX {
@@ -337,7 +356,11 @@ impl<'a> Cursor<'a> {
                 ));
             }
             let first = self.seq_number()?;
-            let last = if self.eat(b':') { self.seq_number()? } else { first };
+            let last = if self.eat(b':') {
+                self.seq_number()?
+            } else {
+                first
+            };
             ranges.push((first, last));
             if !self.eat(b',') {
                 return Ok(SequenceSet::Ranges(Ranges::new(ranges)));
@@ -368,10 +391,15 @@ impl<'a> Cursor<'a> {
             let set = self.take_while(|b| b.is_ascii_digit() || b == b':' || b == b',');
             let well_formed = !set.is_empty()
                 && set.split(',').all(|range| {
-                    range.split(':').count() <= 2 && range.split(':').all(|n| n.parse::<u32>().is_ok_and(|n| n > 0))
+                    range.split(':').count() <= 2
+                        && range
+                            .split(':')
+                            .all(|n| n.parse::<u32>().is_ok_and(|n| n > 0))
                 });
             if !well_formed {
-                return Err("sequence match data is two sets of numbers and ranges (RFC 7162)".into());
+                return Err(
+                    "sequence match data is two sets of numbers and ranges (RFC 7162)".into(),
+                );
             }
             if !last {
                 self.sp()?;
@@ -421,7 +449,8 @@ impl<'a> Cursor<'a> {
                 self.sp()?;
                 let mechanism = self.atom()?.to_ascii_uppercase();
                 let initial_response = if self.eat(b' ') {
-                    let text = self.take_while(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+                    let text =
+                        self.take_while(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
                     Some(text.into_bytes())
                 } else {
                     None
@@ -472,7 +501,10 @@ impl<'a> Cursor<'a> {
                     special_use = self.flag_list()?;
                     self.expect(b')', ")")?;
                 }
-                CommandBody::Create { mailbox, special_use }
+                CommandBody::Create {
+                    mailbox,
+                    special_use,
+                }
             }
             "DELETE" => {
                 self.sp()?;
@@ -531,7 +563,9 @@ impl<'a> Cursor<'a> {
             }
             "GETQUOTA" => {
                 self.sp()?;
-                CommandBody::GetQuota { root: self.astring()? }
+                CommandBody::GetQuota {
+                    root: self.astring()?,
+                }
             }
             "GETQUOTAROOT" => {
                 self.sp()?;
@@ -641,7 +675,8 @@ impl<'a> Cursor<'a> {
             })?;
             self.sp()?;
         }
-        let reference = String::from_utf8(self.astring_bytes()?).map_err(|_| "a reference that is not UTF-8")?;
+        let reference = String::from_utf8(self.astring_bytes()?)
+            .map_err(|_| "a reference that is not UTF-8")?;
         list.reference = self.decode_name(&reference).unwrap_or(reference);
         self.sp()?;
         if !lsub && self.peek() == Some(b'(') {
@@ -759,7 +794,8 @@ impl<'a> Cursor<'a> {
     fn search_text(&mut self) -> Parsed<String> {
         self.sp()?;
         let bytes = self.astring_bytes()?;
-        String::from_utf8(bytes).map_err(|_| "[BADCHARSET (UTF-8 US-ASCII)] search text must be UTF-8".to_string())
+        String::from_utf8(bytes)
+            .map_err(|_| "[BADCHARSET (UTF-8 US-ASCII)] search text must be UTF-8".to_string())
     }
 
     /// One search key. Nesting is counted in `depth` and refused past NESTING_DEPTH_MAX.
@@ -893,7 +929,11 @@ impl<'a> Cursor<'a> {
                 FetchItem::Envelope,
             ]
         } else if self.keyword("FAST") {
-            vec![FetchItem::Flags, FetchItem::InternalDate, FetchItem::Rfc822Size]
+            vec![
+                FetchItem::Flags,
+                FetchItem::InternalDate,
+                FetchItem::Rfc822Size,
+            ]
         } else if self.keyword("FULL") {
             vec![
                 FetchItem::Flags,
@@ -963,18 +1003,27 @@ impl<'a> Cursor<'a> {
                 self.at += word.len();
                 let path = self.binary_section()?;
                 let partial = self.partial()?;
-                return Ok(FetchItem::Binary { peek, path, partial });
+                return Ok(FetchItem::Binary {
+                    peek,
+                    path,
+                    partial,
+                });
             }
         }
         for (word, peek) in [("BODY.PEEK", true), ("BODY", false)] {
             let rest = self.rest();
-            if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word.as_bytes()) {
+            if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word.as_bytes())
+            {
                 match rest.get(word.len()) {
                     Some(b'[') => {
                         self.at += word.len();
                         let section = self.section()?;
                         let partial = self.partial()?;
-                        return Ok(FetchItem::Section { peek, section, partial });
+                        return Ok(FetchItem::Section {
+                            peek,
+                            section,
+                            partial,
+                        });
                     }
                     _ if !peek && self.keyword("BODY") => return Ok(FetchItem::Body),
                     _ => {}
@@ -1014,7 +1063,8 @@ impl<'a> Cursor<'a> {
         let text = if self.peek() == Some(b']') {
             None
         } else if self.keyword("HEADER.FIELDS.NOT") || self.keyword("HEADER.FIELDS") {
-            let not = self.bytes[..self.at].ends_with(b".NOT") || self.bytes[..self.at].ends_with(b".not");
+            let not = self.bytes[..self.at].ends_with(b".NOT")
+                || self.bytes[..self.at].ends_with(b".not");
             self.sp()?;
             let fields = self.paren_list(false, |c| c.astring())?;
             Some(SectionText::HeaderFields { fields, not })
@@ -1179,13 +1229,19 @@ mod tests {
 
     #[test]
     fn a_sequence_set_past_its_ranges_max_is_refused_and_one_at_it_is_merged() {
-        let at_max = format!("a FETCH {} FLAGS\r\n", vec!["1:*"; SEQUENCE_SET_RANGES_MAX].join(","));
+        let at_max = format!(
+            "a FETCH {} FLAGS\r\n",
+            vec!["1:*"; SEQUENCE_SET_RANGES_MAX].join(",")
+        );
         let Ok(CommandBody::Fetch { set, .. }) = parse(&at_max) else {
             panic!("a set at the bound must parse");
         };
         let one = SequenceSet::Ranges(Ranges::new([(SeqNumber::Value(1), SeqNumber::Largest)]));
         assert_eq!(set, one);
-        let over = format!("a FETCH {} FLAGS\r\n", vec!["1"; SEQUENCE_SET_RANGES_MAX + 1].join(","));
+        let over = format!(
+            "a FETCH {} FLAGS\r\n",
+            vec!["1"; SEQUENCE_SET_RANGES_MAX + 1].join(",")
+        );
         assert_eq!(
             parse(&over).unwrap_err(),
             "[LIMIT] a sequence set of more than 10000 ranges"
@@ -1198,9 +1254,14 @@ mod tests {
         assert_eq!(parse_day("14-Nov-2023"), Some(1_699_920_000));
         assert_eq!(parse_day("31-Foo-2023"), None);
         let dt = parse_date_time("14-Nov-2023 22:13:20 +0100").unwrap();
-        assert_eq!((dt.unix_seconds, dt.offset_minutes), (1_700_000_000 - 3600, 60));
         assert_eq!(
-            parse_date_time(" 2-Jan-2024 00:00:00 -0000").unwrap().unix_seconds,
+            (dt.unix_seconds, dt.offset_minutes),
+            (1_700_000_000 - 3600, 60)
+        );
+        assert_eq!(
+            parse_date_time(" 2-Jan-2024 00:00:00 -0000")
+                .unwrap()
+                .unix_seconds,
             1_704_153_600
         );
     }
@@ -1238,7 +1299,10 @@ mod tests {
         // no set there; match data of any length is only checked and skipped.
         for wrong in ["1:*", "$", "*", "3,*:5"] {
             assert!(
-                parse(&format!("a SELECT INBOX (QRESYNC (67890007 5 {wrong}))\r\n")).is_err(),
+                parse(&format!(
+                    "a SELECT INBOX (QRESYNC (67890007 5 {wrong}))\r\n"
+                ))
+                .is_err(),
                 "{wrong}"
             );
         }
@@ -1319,6 +1383,9 @@ mod tests {
         assert!(parse(&deep).unwrap_err().contains("nested too deeply"));
         let nots = format!("a SEARCH {}ALL\r\n", "NOT ".repeat(40));
         assert!(parse(&nots).unwrap_err().contains("nested too deeply"));
-        assert_eq!(parse_command(b"\r\n", NameEncoding::Utf7).unwrap_err().tag, None);
+        assert_eq!(
+            parse_command(b"\r\n", NameEncoding::Utf7).unwrap_err().tag,
+            None
+        );
     }
 }

@@ -33,7 +33,11 @@ pub(crate) fn mailbox(out: &mut Vec<u8>, name: &str, encoding: NameEncoding) {
     match encoding {
         NameEncoding::Utf7 => string(out, utf7::encode(name).as_bytes()),
         NameEncoding::Utf8 => {
-            if name.chars().any(|c| c.is_control() || c == '"' || c == '\\') || name.is_ascii() {
+            if name
+                .chars()
+                .any(|c| c.is_control() || c == '"' || c == '\\')
+                || name.is_ascii()
+            {
                 string(out, name.as_bytes());
             } else {
                 out.push(b'"');
@@ -77,7 +81,9 @@ pub(crate) fn parse_flags(names: &[String]) -> Result<Flags, String> {
             "\\deleted" => Some(SystemFlag::Deleted),
             "\\draft" => Some(SystemFlag::Draft),
             "\\recent" => continue,
-            other if other.starts_with('\\') => return Err(format!("{name} is not a flag a client may set")),
+            other if other.starts_with('\\') => {
+                return Err(format!("{name} is not a flag a client may set"))
+            }
             _ => None,
         };
         match system {

@@ -136,7 +136,12 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> Result<
                 "\\flagged" => c.meta.flags.has(SystemFlag::Flagged),
                 "\\deleted" => c.meta.flags.has(SystemFlag::Deleted),
                 "\\draft" => c.meta.flags.has(SystemFlag::Draft),
-                _ => c.meta.flags.keywords().iter().any(|k| k.eq_ignore_ascii_case(flag)),
+                _ => c
+                    .meta
+                    .flags
+                    .keywords()
+                    .iter()
+                    .any(|k| k.eq_ignore_ascii_case(flag)),
             };
             has == *set
         }
@@ -176,7 +181,9 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> Result<
                 _ => sent >= *day,
             }
         }
-        SearchKey::Header { field, value } => text(c, ctx)?.header(field).any(|v| contains(v, value)),
+        SearchKey::Header { field, value } => {
+            text(c, ctx)?.header(field).any(|v| contains(v, value))
+        }
         SearchKey::Body(needle) => contains(&text(c, ctx)?.body, needle),
         SearchKey::Text(needle) => {
             let text = text(c, ctx)?;
@@ -187,10 +194,15 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> Result<
 
 fn summary<'c>(c: &'c mut Candidate<'_>, ctx: &Context<'_>) -> Result<&'c Summary> {
     if c.summary.is_none() {
-        let bytes = ctx.store.message_summary(ctx.account, ctx.mailbox, c.meta.uid)?;
+        let bytes = ctx
+            .store
+            .message_summary(ctx.account, ctx.mailbox, c.meta.uid)?;
         let summary = match Summary::from_bytes(&bytes) {
             Some(summary) => summary,
-            None => Summary::of(&ctx.store.read_message(ctx.account, ctx.mailbox, c.meta.uid)?),
+            None => Summary::of(
+                &ctx.store
+                    .read_message(ctx.account, ctx.mailbox, c.meta.uid)?,
+            ),
         };
         c.summary = Some(summary);
     }
@@ -200,10 +212,16 @@ fn summary<'c>(c: &'c mut Candidate<'_>, ctx: &Context<'_>) -> Result<&'c Summar
 /// The stored search text; for a message stored without one, decoded from its body.
 fn text<'c>(c: &'c mut Candidate<'_>, ctx: &Context<'_>) -> Result<&'c SearchText> {
     if c.text.is_none() {
-        let stored = ctx.store.message_search_text(ctx.account, ctx.mailbox, c.meta.uid)?;
+        let stored = ctx
+            .store
+            .message_search_text(ctx.account, ctx.mailbox, c.meta.uid)?;
         let text = match SearchText::from_bytes(&stored) {
             Some(text) => text,
-            None => search_text(&ctx.store.read_message(ctx.account, ctx.mailbox, c.meta.uid)?).lowercased(),
+            None => search_text(
+                &ctx.store
+                    .read_message(ctx.account, ctx.mailbox, c.meta.uid)?,
+            )
+            .lowercased(),
         };
         c.text = Some(text);
     }

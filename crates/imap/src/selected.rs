@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use sealpost_mime::{Limits, SectionText as MimeSection, Structure, Summary};
 use sealpost_storage::{
-    AuditEvent, FlagChange, MailboxEvent, MailboxEvents, MailboxId, MessageMeta, SpecialUse, SystemFlag,
+    AuditEvent, FlagChange, MailboxEvent, MailboxEvents, MailboxId, MessageMeta, SpecialUse,
+    SystemFlag,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast::error::TryRecvError;
 
 use crate::command::{
-    CommandBody, FetchItem, Qresync, Ranges, SearchReturn, Section, SectionText, SequenceSet, StoreMode,
+    CommandBody, FetchItem, Qresync, Ranges, SearchReturn, Section, SectionText, SequenceSet,
+    StoreMode,
 };
 use crate::response;
 use crate::session::{blocking, store_failure, Flow, Session};
@@ -95,15 +97,19 @@ impl Recent {
     /// Forgets the ranges that hold none of `uids` (ascending): the list stays no longer
     /// than the mailbox, however often sessions take turns claiming new mail.
     fn keep_within(&mut self, uids: &[u32]) {
-        self.0
-            .retain(|range| uids.partition_point(|u| *u < range.end) > uids.partition_point(|u| *u < range.start));
+        self.0.retain(|range| {
+            uids.partition_point(|u| *u < range.end) > uids.partition_point(|u| *u < range.start)
+        });
     }
 
     /// How many of `uids` (ascending) are recent.
     fn count(&self, uids: &[u32]) -> usize {
         self.0
             .iter()
-            .map(|range| uids.partition_point(|u| *u < range.end) - uids.partition_point(|u| *u < range.start))
+            .map(|range| {
+                uids.partition_point(|u| *u < range.end)
+                    - uids.partition_point(|u| *u < range.start)
+            })
             .sum()
     }
 }
@@ -124,7 +130,10 @@ fn flags_responses(keywords: &[String], read_only: bool) -> [String; 2] {
 }
 
 /// Adds to `known` the keywords of `shown` it lacks; whether there were any.
-fn learn_keywords<'a>(known: &mut Vec<String>, shown: impl IntoIterator<Item = &'a String>) -> bool {
+fn learn_keywords<'a>(
+    known: &mut Vec<String>,
+    shown: impl IntoIterator<Item = &'a String>,
+) -> bool {
     let mut added = false;
     for keyword in shown {
         if !known.iter().any(|k| k.eq_ignore_ascii_case(keyword)) {
@@ -141,7 +150,9 @@ fn resolve_checked(set: &SequenceSet, uid: bool, selected: &Selected) -> Result<
     if let (SequenceSet::Ranges(ranges), false) = (set, uid) {
         let count = selected.uids.len() as u32;
         if let Some(v) = ranges.greatest_written().filter(|v| *v > count) {
-            return Err(format!("message sequence number {v} does not exist ({count} messages)"));
+            return Err(format!(
+                "message sequence number {v} does not exist ({count} messages)"
+            ));
         }
         if ranges.has_star() && count == 0 {
             return Err("the mailbox is empty: * names no message".to_string());
@@ -182,7 +193,9 @@ fn named_uids(ranges: &Ranges, uid: bool, uids: &[u32]) -> Vec<u32> {
         let count = uids.len() as u32;
         for (low, high) in ranges.bound(count, count) {
             // bound() clipped the range to 1..=count.
-            let named = uids.get(low as usize - 1..high as usize).unwrap_or_default();
+            let named = uids
+                .get(low as usize - 1..high as usize)
+                .unwrap_or_default();
             out.extend_from_slice(named);
         }
     }
@@ -317,9 +330,18 @@ impl Session {
                 self.untagged(&format!("OK [UNSEEN {}] first unseen", position + 1));
             }
         }
-        self.untagged(&format!("OK [UIDVALIDITY {}] UIDs valid", mailbox.uid_validity));
-        self.untagged(&format!("OK [UIDNEXT {}] predicted next UID", mailbox.uid_next));
-        self.untagged(&format!("OK [HIGHESTMODSEQ {}] highest", mailbox.highest_modseq));
+        self.untagged(&format!(
+            "OK [UIDVALIDITY {}] UIDs valid",
+            mailbox.uid_validity
+        ));
+        self.untagged(&format!(
+            "OK [UIDNEXT {}] predicted next UID",
+            mailbox.uid_next
+        ));
+        self.untagged(&format!(
+            "OK [HIGHESTMODSEQ {}] highest",
+            mailbox.highest_modseq
+        ));
         if self.enabled.rev2 {
             let mut line = b"* LIST () \"/\" ".to_vec();
             response::mailbox(&mut line, &mailbox.name, self.names());
@@ -344,7 +366,9 @@ impl Session {
         };
         if let Some(qresync) = qresync.filter(|q| q.uid_validity == mailbox.uid_validity) {
             let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
-            if let Ok(changes) = blocking(move || store.changes_since(account, id, qresync.modseq)).await {
+            if let Ok(changes) =
+                blocking(move || store.changes_since(account, id, qresync.modseq)).await
+            {
                 // Looked up range by range, never expanded: `*` is the last UID given out.
                 let largest = mailbox.uid_next.saturating_sub(1);
                 let vanished: Vec<u32> = changes
@@ -376,27 +400,39 @@ impl Session {
         self.selected = Some(selected);
         // What arrived between the read and the events' start is told now, as EXISTS.
         self.announce_changes(false).await;
-        let mode = if read_only { "[READ-ONLY]" } else { "[READ-WRITE]" };
+        let mode = if read_only {
+            "[READ-ONLY]"
+        } else {
+            "[READ-WRITE]"
+        };
         self.ok(
             tag,
-            &format!("{mode} {} completed", if examine { "EXAMINE" } else { "SELECT" }),
+            &format!(
+                "{mode} {} completed",
+                if examine { "EXAMINE" } else { "SELECT" }
+            ),
         );
     }
 
     pub(crate) fn tagged_line_text(&mut self, tag: &str, text: &str) {
-        self.out.extend_from_slice(format!("{tag} {text}\r\n").as_bytes());
+        self.out
+            .extend_from_slice(format!("{tag} {text}\r\n").as_bytes());
     }
 
     /// Tells the client what changed: new messages (EXISTS), flag changes by others (FETCH),
     /// and, where `expunges_allowed`, expunged messages (EXPUNGE, or VANISHED under QRESYNC).
     pub(crate) async fn announce_changes(&mut self, expunges_allowed: bool) {
         let account = self.account_id();
-        let Some(selected) = self.selected.as_mut() else { return };
+        let Some(selected) = self.selected.as_mut() else {
+            return;
+        };
         if !selected.drain_events() {
             // Fell behind: read the mailbox again and treat every difference as an event.
             let (store, id) = (self.store.clone(), selected.id);
             if let Ok(metas) = blocking(move || store.messages(account, id)).await {
-                let Some(selected) = self.selected.as_mut() else { return };
+                let Some(selected) = self.selected.as_mut() else {
+                    return;
+                };
                 let now: BTreeSet<u32> = metas.iter().map(|m| m.uid).collect();
                 for uid in &selected.uids {
                     if !now.contains(uid) {
@@ -404,12 +440,16 @@ impl Session {
                     }
                 }
                 let last = selected.uids.last().copied().unwrap_or(0);
-                selected.uids.extend(now.iter().copied().filter(|u| *u > last));
+                selected
+                    .uids
+                    .extend(now.iter().copied().filter(|u| *u > last));
                 selected.pending_flags.extend(now.iter().copied());
                 selected.events = self.store.subscribe(account, selected.id);
             }
         }
-        let Some(selected) = self.selected.as_ref() else { return };
+        let Some(selected) = self.selected.as_ref() else {
+            return;
+        };
         if selected.uids.len() > selected.announced && !self.enabled.rev2 {
             // New mail: this session's to claim as \Recent (or, read-only, to see as such).
             let (store, id, claim) = (self.store.clone(), selected.id, selected.claims_recent);
@@ -419,7 +459,9 @@ impl Session {
                 }
             }
         }
-        let Some(selected) = self.selected.as_mut() else { return };
+        let Some(selected) = self.selected.as_mut() else {
+            return;
+        };
         let mut lines: Vec<String> = Vec::new();
         if expunges_allowed && !selected.pending_expunges.is_empty() {
             let gone: Vec<u32> = std::mem::take(&mut selected.pending_expunges)
@@ -463,7 +505,9 @@ impl Session {
                 lines.push(format!("{} RECENT", selected.recent.count(&selected.uids)));
             }
         }
-        let flagged: Vec<u32> = std::mem::take(&mut selected.pending_flags).into_iter().collect();
+        let flagged: Vec<u32> = std::mem::take(&mut selected.pending_flags)
+            .into_iter()
+            .collect();
         let id = selected.id;
         for line in lines {
             self.untagged(&line);
@@ -481,8 +525,12 @@ impl Session {
         .await;
         self.announce_keywords(metas.iter().flat_map(|m| m.flags.keywords()));
         for meta in metas {
-            let Some(selected) = self.selected.as_ref() else { return };
-            let Some(seq) = selected.seq_of(meta.uid) else { continue };
+            let Some(selected) = self.selected.as_ref() else {
+                return;
+            };
+            let Some(seq) = selected.seq_of(meta.uid) else {
+                continue;
+            };
             let recent = selected.recent.contains(meta.uid);
             let modseq = if self.enabled.condstore {
                 format!(" MODSEQ ({})", meta.modseq)
@@ -500,7 +548,9 @@ impl Session {
     /// Announces, in FLAGS and PERMANENTFLAGS, the keywords among `shown` this session was not
     /// told of yet: called before any response that shows flags.
     fn announce_keywords<'a>(&mut self, shown: impl IntoIterator<Item = &'a String>) {
-        let Some(selected) = self.selected.as_mut() else { return };
+        let Some(selected) = self.selected.as_mut() else {
+            return;
+        };
         if learn_keywords(&mut selected.keywords, shown) {
             let lines = flags_responses(&selected.keywords, selected.read_only);
             for line in lines {
@@ -543,8 +593,12 @@ impl Session {
             } => {
                 self.search(tag, uid, returns, charset, criteria).await;
             }
-            CommandBody::Copy { uid, set, mailbox } => self.copy_or_move(tag, uid, &set, &mailbox, false).await,
-            CommandBody::Move { uid, set, mailbox } => self.copy_or_move(tag, uid, &set, &mailbox, true).await,
+            CommandBody::Copy { uid, set, mailbox } => {
+                self.copy_or_move(tag, uid, &set, &mailbox, false).await
+            }
+            CommandBody::Move { uid, set, mailbox } => {
+                self.copy_or_move(tag, uid, &set, &mailbox, true).await
+            }
             CommandBody::Expunge { uids } => self.expunge(tag, uids).await,
             CommandBody::Close => {
                 let writable = self.selected.as_ref().is_some_and(|s| !s.read_only);
@@ -570,7 +624,10 @@ impl Session {
             return true;
         };
         if selected.protected {
-            self.no(tag, "[CANNOT] BACKUP is read-only: only retention rules change it");
+            self.no(
+                tag,
+                "[CANNOT] BACKUP is read-only: only retention rules change it",
+            );
             return true;
         }
         if selected.read_only {
@@ -616,7 +673,8 @@ impl Session {
         if vanished {
             if let Some(since) = changed_since {
                 let (store, account) = (self.store.clone(), self.account_id());
-                if let Ok(changes) = blocking(move || store.changes_since(account, id, since)).await {
+                if let Ok(changes) = blocking(move || store.changes_since(account, id, since)).await
+                {
                     let gone: Vec<u32> = changes
                         .expunged
                         .into_iter()
@@ -639,12 +697,17 @@ impl Session {
                     | FetchItem::Rfc822Text
             )
         });
-        let needs_summary = items
-            .iter()
-            .any(|i| matches!(i, FetchItem::Envelope | FetchItem::BodyStructure | FetchItem::Body));
+        let needs_summary = items.iter().any(|i| {
+            matches!(
+                i,
+                FetchItem::Envelope | FetchItem::BodyStructure | FetchItem::Body
+            )
+        });
         // The whole message needs no parsing; parts, headers and BINARY do.
         let needs_structure = items.iter().any(|i| match i {
-            FetchItem::Section { section, .. } => !section.path.is_empty() || section.text.is_some(),
+            FetchItem::Section { section, .. } => {
+                !section.path.is_empty() || section.text.is_some()
+            }
             FetchItem::Binary { .. }
             | FetchItem::BinarySize { .. }
             | FetchItem::Rfc822Header
@@ -683,7 +746,16 @@ impl Session {
         let load = |wanted: Vec<(u32, u32)>| {
             let (store, items, recent) = (store.clone(), items.clone(), recent.clone());
             tokio::task::spawn_blocking(move || {
-                load_fetch_batch(&store, account, id, &wanted, needs, &items, changed_since, &recent)
+                load_fetch_batch(
+                    &store,
+                    account,
+                    id,
+                    &wanted,
+                    needs,
+                    &items,
+                    changed_since,
+                    &recent,
+                )
             })
         };
         let mut batches = Batches::new(&numbered, needs_body);
@@ -742,7 +814,8 @@ impl Session {
         // not exist is no error (RFC 9051 6.4.9).
         if expunged && !uid {
             // RFC 9051 7.1: the rest went out; the client learns which went at its next NOOP.
-            return "NO [EXPUNGEISSUED] some of the messages were expunged by another session".to_string();
+            return "NO [EXPUNGEISSUED] some of the messages were expunged by another session"
+                .to_string();
         }
         "OK FETCH completed".to_string()
     }
@@ -770,7 +843,9 @@ impl Session {
             StoreMode::Add => FlagChange::Add(flags),
             StoreMode::Remove => FlagChange::Remove(flags),
         };
-        let Some(selected) = self.selected.as_ref() else { return };
+        let Some(selected) = self.selected.as_ref() else {
+            return;
+        };
         let uids = match resolve_checked(set, uid, selected) {
             Ok(uids) => uids,
             Err(error) => return self.bad(tag, &error),
@@ -780,10 +855,13 @@ impl Session {
             self.enabled.condstore = true;
         }
         let (store, account) = (self.store.clone(), self.account_id());
-        let outcome = match blocking(move || store.store_flags(account, id, &uids, &change, unchanged_since)).await {
-            Ok(outcome) => outcome,
-            Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
-        };
+        let outcome =
+            match blocking(move || store.store_flags(account, id, &uids, &change, unchanged_since))
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
+            };
         let condstore = self.enabled.condstore;
         let mut lines = Vec::new();
         if let Some(selected) = self.selected.as_mut() {
@@ -791,15 +869,21 @@ impl Session {
                 selected.own_modseqs.insert(meta.modseq);
             }
             let reported = outcome.changed.iter().chain(
-                if silent { None } else { Some(&outcome.unchanged) }
-                    .into_iter()
-                    .flatten(),
+                if silent {
+                    None
+                } else {
+                    Some(&outcome.unchanged)
+                }
+                .into_iter()
+                .flatten(),
             );
             for meta in reported {
                 if silent && !condstore {
                     continue;
                 }
-                let Some(seq) = selected.seq_of(meta.uid) else { continue };
+                let Some(seq) = selected.seq_of(meta.uid) else {
+                    continue;
+                };
                 let uid_part = if uid {
                     format!("UID {} ", meta.uid)
                 } else {
@@ -857,12 +941,22 @@ impl Session {
             };
             self.ok(
                 tag,
-                &format!("[MODIFIED {}] some messages changed since", compact_set(&numbers)),
+                &format!(
+                    "[MODIFIED {}] some messages changed since",
+                    compact_set(&numbers)
+                ),
             );
         }
     }
 
-    async fn copy_or_move(&mut self, tag: &str, uid: bool, set: &SequenceSet, target: &str, is_move: bool) {
+    async fn copy_or_move(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        set: &SequenceSet,
+        target: &str,
+        is_move: bool,
+    ) {
         if is_move && self.not_writable(tag) {
             return;
         }
@@ -871,7 +965,9 @@ impl Session {
             Ok(None) => return self.no(tag, "[TRYCREATE] no such mailbox"),
             Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
         };
-        let Some(selected) = self.selected.as_ref() else { return };
+        let Some(selected) = self.selected.as_ref() else {
+            return;
+        };
         let uids = match resolve_checked(set, uid, selected) {
             Ok(uids) => uids,
             Err(error) => return self.bad(tag, &error),
@@ -905,7 +1001,10 @@ impl Session {
             // Every message named was expunged by another session meanwhile (RFC 2180 4.4.1);
             // a COPYUID with empty sets would not parse.
             self.announce_changes(uid || is_move).await;
-            return self.no(tag, "[EXPUNGEISSUED] the messages were expunged by another session");
+            return self.no(
+                tag,
+                "[EXPUNGEISSUED] the messages were expunged by another session",
+            );
         }
         let (sources, targets): (Vec<u32>, Vec<u32>) = pairs.iter().copied().unzip();
         let code = format!(
@@ -931,7 +1030,9 @@ impl Session {
         if self.not_writable(tag) {
             return;
         }
-        let Some(selected) = self.selected.as_ref() else { return };
+        let Some(selected) = self.selected.as_ref() else {
+            return;
+        };
         let within = only.as_ref().map(|set| resolve(set, true, selected));
         let id = selected.id;
         let (store, account) = (self.store.clone(), self.account_id());
@@ -955,22 +1056,27 @@ impl Session {
         charset: Option<String>,
         criteria: crate::command::SearchKey,
     ) {
-        if let Some(charset) =
-            charset.filter(|c| !c.eq_ignore_ascii_case("UTF-8") && !c.eq_ignore_ascii_case("US-ASCII"))
+        if let Some(charset) = charset
+            .filter(|c| !c.eq_ignore_ascii_case("UTF-8") && !c.eq_ignore_ascii_case("US-ASCII"))
         {
             return self.no(
                 tag,
                 &format!("[BADCHARSET (UTF-8 US-ASCII)] {charset} is not supported"),
             );
         }
-        let Some(selected) = self.selected.as_ref() else { return };
+        let Some(selected) = self.selected.as_ref() else {
+            return;
+        };
         let id = selected.id;
         let uids = selected.uids.clone();
         let saved = selected.saved_search.clone();
         let recent = selected.recent.clone();
         let (store, account) = (self.store.clone(), self.account_id());
         let key = criteria.clone();
-        let found = blocking(move || crate::search::evaluate(&store, account, id, &uids, &saved, &recent, &key)).await;
+        let found = blocking(move || {
+            crate::search::evaluate(&store, account, id, &uids, &saved, &recent, &key)
+        })
+        .await;
         let (matches, modseqs) = match found {
             Ok(found) => found,
             Err(error) => return self.tagged_line_text(tag, &store_failure(&error)),
@@ -979,7 +1085,9 @@ impl Session {
         if uses_modseq {
             self.enabled.condstore = true;
         }
-        let Some(selected) = self.selected.as_mut() else { return };
+        let Some(selected) = self.selected.as_mut() else {
+            return;
+        };
         let numbers: Vec<u32> = if uid {
             matches.clone()
         } else {
@@ -1018,7 +1126,9 @@ impl Session {
             }
             for option in &options {
                 match option {
-                    SearchReturn::Min if !numbers.is_empty() => line.push_str(&format!(" MIN {}", numbers[0])),
+                    SearchReturn::Min if !numbers.is_empty() => {
+                        line.push_str(&format!(" MIN {}", numbers[0]))
+                    }
                     SearchReturn::Max if !numbers.is_empty() => {
                         line.push_str(&format!(" MAX {}", numbers[numbers.len() - 1]))
                     }
@@ -1066,7 +1176,9 @@ impl Session {
         loop {
             if let Some(frame) = self.framer.next_frame() {
                 return match frame {
-                    crate::framer::Frame::Command(line) if line.trim_ascii().eq_ignore_ascii_case(b"DONE") => {
+                    crate::framer::Frame::Command(line)
+                        if line.trim_ascii().eq_ignore_ascii_case(b"DONE") =>
+                    {
                         self.announce_changes(true).await;
                         self.ok(tag, "IDLE terminated");
                         Ok(Flow::Continue)
@@ -1159,7 +1271,9 @@ fn partial_slice(bytes: &[u8], partial: Option<(u64, u64)>) -> (&[u8], Option<u6
     let Some((offset, length)) = partial else {
         return (bytes, None);
     };
-    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
     let end = usize::try_from(offset.saturating_add(length))
         .unwrap_or(usize::MAX)
         .min(bytes.len());
@@ -1201,11 +1315,19 @@ fn write_item(
     let summary = summary.unwrap_or(&empty);
     match item {
         FetchItem::Uid => out.extend_from_slice(format!("UID {}", meta.uid).as_bytes()),
-        FetchItem::Flags => out.extend_from_slice(format!("FLAGS {}", response::flags(&meta.flags, recent)).as_bytes()),
-        FetchItem::InternalDate => {
-            out.extend_from_slice(format!("INTERNALDATE {}", response::internal_date(meta.internal_date)).as_bytes())
+        FetchItem::Flags => out.extend_from_slice(
+            format!("FLAGS {}", response::flags(&meta.flags, recent)).as_bytes(),
+        ),
+        FetchItem::InternalDate => out.extend_from_slice(
+            format!(
+                "INTERNALDATE {}",
+                response::internal_date(meta.internal_date)
+            )
+            .as_bytes(),
+        ),
+        FetchItem::Rfc822Size => {
+            out.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes())
         }
-        FetchItem::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes()),
         FetchItem::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes()),
         FetchItem::Envelope => {
             out.extend_from_slice(b"ENVELOPE ");
@@ -1226,7 +1348,9 @@ fn write_item(
             out.extend_from_slice(b"RFC822 ");
             response::literal(out, raw);
         }
-        FetchItem::Section { section, partial, .. } if section.path.is_empty() && section.text.is_none() => {
+        FetchItem::Section {
+            section, partial, ..
+        } if section.path.is_empty() && section.text.is_none() => {
             let Some(raw) = raw else {
                 return Err("[SERVERBUG] body not loaded");
             };
@@ -1246,11 +1370,20 @@ fn write_item(
                 FetchItem::Rfc822Header => ("RFC822.HEADER", Some(SectionText::Header)),
                 _ => ("RFC822.TEXT", Some(SectionText::Text)),
             };
-            let bytes = section_bytes(raw, structure, &Section { path: Vec::new(), text });
+            let bytes = section_bytes(
+                raw,
+                structure,
+                &Section {
+                    path: Vec::new(),
+                    text,
+                },
+            );
             out.extend_from_slice(format!("{name} ").as_bytes());
             response::literal(out, &bytes);
         }
-        FetchItem::Section { section, partial, .. } => {
+        FetchItem::Section {
+            section, partial, ..
+        } => {
             let (Some(raw), Some(structure)) = (raw, structure) else {
                 return Err("[SERVERBUG] body not loaded");
             };
@@ -1268,7 +1401,11 @@ fn write_item(
                 return Err("[SERVERBUG] body not loaded");
             };
             let decoded = decoded_part(raw, structure, path)?;
-            let name = path.iter().map(u32::to_string).collect::<Vec<_>>().join(".");
+            let name = path
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(".");
             out.extend_from_slice(format!("BINARY.SIZE[{name}] {}", decoded.len()).as_bytes());
         }
         FetchItem::Binary { path, partial, .. } => {
@@ -1276,7 +1413,11 @@ fn write_item(
                 return Err("[SERVERBUG] body not loaded");
             };
             let decoded = decoded_part(raw, structure, path)?;
-            let name = path.iter().map(u32::to_string).collect::<Vec<_>>().join(".");
+            let name = path
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(".");
             let (slice, origin) = partial_slice(&decoded, *partial);
             out.extend_from_slice(format!("BINARY[{name}]").as_bytes());
             if let Some(origin) = origin {
@@ -1315,10 +1456,11 @@ fn decoded_part(raw: &[u8], structure: &Structure, path: &[u32]) -> Result<Vec<u
     let body = &raw[part.body.clone()];
     match part.encoding.to_ascii_lowercase().as_str() {
         "7bit" | "8bit" | "binary" => Ok(body.to_vec()),
-        "base64" => sealpost_mime::decode_base64(body).ok_or("[UNKNOWN-CTE] the base64 does not decode"),
-        "quoted-printable" => {
-            sealpost_mime::decode_quoted_printable(body).ok_or("[UNKNOWN-CTE] the quoted-printable does not decode")
+        "base64" => {
+            sealpost_mime::decode_base64(body).ok_or("[UNKNOWN-CTE] the base64 does not decode")
         }
+        "quoted-printable" => sealpost_mime::decode_quoted_printable(body)
+            .ok_or("[UNKNOWN-CTE] the quoted-printable does not decode"),
         _ => Err("[UNKNOWN-CTE] unknown Content-Transfer-Encoding"),
     }
 }
@@ -1392,7 +1534,10 @@ impl<'a> Batches<'a> {
                 self.size = (self.size * 2).min(FETCH_SUMMARIES_PER_BATCH_MAX);
             }
         }
-        let rest = self.numbered.get(self.at..).filter(|rest| !rest.is_empty())?;
+        let rest = self
+            .numbered
+            .get(self.at..)
+            .filter(|rest| !rest.is_empty())?;
         Some(rest[..self.size.min(rest.len())].to_vec())
     }
 }
@@ -1422,7 +1567,11 @@ fn load_fetch_batch(
         }
         metas
     } else if wanted.len() > 64 {
-        store.messages(account, id)?.into_iter().map(|m| (m.uid, m)).collect()
+        store
+            .messages(account, id)?
+            .into_iter()
+            .map(|m| (m.uid, m))
+            .collect()
     } else {
         wanted
             .iter()
@@ -1502,7 +1651,10 @@ fn load_fetch_batch(
         };
         let summary = if needs.summary {
             let bytes = summaries.remove(uid).unwrap_or_default();
-            Some(Summary::from_bytes(&bytes).unwrap_or_else(|| raw.as_deref().map(Summary::of).unwrap_or_default()))
+            Some(
+                Summary::from_bytes(&bytes)
+                    .unwrap_or_else(|| raw.as_deref().map(Summary::of).unwrap_or_default()),
+            )
         } else {
             None
         };
@@ -1511,12 +1663,15 @@ fn load_fetch_batch(
             .filter(|_| needs.structure)
             .map(|r| Structure::parse(r, Limits::default()));
         // \Seen set by this FETCH is reported even when FLAGS was not asked for.
-        let seen_flags = (seen_modseq.is_some() && !items.contains(&FetchItem::Flags)).then_some(FetchItem::Flags);
+        let seen_flags = (seen_modseq.is_some() && !items.contains(&FetchItem::Flags))
+            .then_some(FetchItem::Flags);
         if items.contains(&FetchItem::Flags) || seen_flags.is_some() {
             learn_keywords(&mut batch.keywords, meta.flags.keywords());
         }
         let line_start = batch.lines.len();
-        batch.lines.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+        batch
+            .lines
+            .extend_from_slice(format!("* {seq} FETCH (").as_bytes());
         for (n, item) in items.iter().chain(seen_flags.iter()).enumerate() {
             if n > 0 {
                 batch.lines.push(b' ');
@@ -1537,7 +1692,9 @@ fn load_fetch_batch(
                     .saturating_mul(FETCH_RESPONSE_MESSAGE_COPIES_MAX)
                     .saturating_add(FETCH_RESPONSE_SLACK_BYTES);
                 if response_bytes > response_bytes_max {
-                    return Err("[LIMIT] that would send one message's content more than 3 times over");
+                    return Err(
+                        "[LIMIT] that would send one message's content more than 3 times over",
+                    );
                 }
                 Ok(())
             });
@@ -1566,7 +1723,7 @@ mod tests {
         let numbered: Vec<(u32, u32)> = (1..=40).map(|n| (n * 10, n)).collect();
         let mut bodies = Batches::new(&numbered, true);
         assert_eq!(bodies.next(0).unwrap().len(), 16);
-        // The first batch's bodies passed the byte bound after 3 messages: the 4th comes next.
+        // The first batch's bodies passed the byte bound after 3 messages: the 4th is in the next.
         let second = bodies.next(3).unwrap();
         assert_eq!((second[0], second.len()), ((40, 4), 16));
         assert_eq!(bodies.next(16).unwrap()[0], (200, 20));
@@ -1604,7 +1761,11 @@ mod tests {
             ("*:5", false, vec![13, 21]),
             ("1,1,1,2:3,3:2", false, vec![2, 3, 5]),
         ] {
-            assert_eq!(named_uids(&ranges(set), uid, &uids), expected, "{set} (uid {uid})");
+            assert_eq!(
+                named_uids(&ranges(set), uid, &uids),
+                expected,
+                "{set} (uid {uid})"
+            );
         }
         assert_eq!(named_uids(&ranges("1:*"), true, &[]), Vec::<u32>::new());
     }

@@ -9,7 +9,8 @@ use base64::Engine as _;
 use sealpost_auth::{LoginOutcome, LoginRefusal, Protocol};
 use sealpost_mime::Summary;
 use sealpost_storage::{
-    Account, Actor, AuditEvent, Error as StoreError, InternalDate, Mailbox, MailboxId, NewMessage, SpecialUse, Store,
+    Account, Actor, AuditEvent, Error as StoreError, InternalDate, Mailbox, MailboxId, NewMessage,
+    SpecialUse, Store,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
@@ -208,7 +209,9 @@ pub(crate) fn store_failure(error: &StoreError) -> String {
         StoreError::MailboxProtected { action, reason } => {
             format!("NO [CANNOT] the mailbox cannot be {action}: {reason}")
         }
-        StoreError::InvalidMailboxName { reason } => format!("NO [CANNOT] invalid mailbox name: {reason}"),
+        StoreError::InvalidMailboxName { reason } => {
+            format!("NO [CANNOT] invalid mailbox name: {reason}")
+        }
         StoreError::LimitExceeded {
             what: "message bytes",
             max,
@@ -216,11 +219,14 @@ pub(crate) fn store_failure(error: &StoreError) -> String {
         } => {
             format!("NO [TOOBIG] the message is larger than {max} bytes")
         }
-        StoreError::LimitExceeded { what, max, .. } => format!("NO [LIMIT] {what} over the limit of {max}"),
+        StoreError::LimitExceeded { what, max, .. } => {
+            format!("NO [LIMIT] {what} over the limit of {max}")
+        }
         StoreError::InvalidInput { what } => format!("NO {what}"),
         other => {
             warn!(error = %other, "store error");
-            "NO [SERVERBUG] the server failed; the administrator can find the details in its log".into()
+            "NO [SERVERBUG] the server failed; the administrator can find the details in its log"
+                .into()
         }
     }
 }
@@ -240,7 +246,10 @@ const NAME_ALIASES: [(&str, SpecialUse); 10] = [
 
 impl Session {
     async fn run(&mut self) -> std::io::Result<()> {
-        let greeting = format!("* OK [CAPABILITY {}] Sealpost IMAP ready\r\n", self.capabilities());
+        let greeting = format!(
+            "* OK [CAPABILITY {}] Sealpost IMAP ready\r\n",
+            self.capabilities()
+        );
         self.out.extend_from_slice(greeting.as_bytes());
         self.flush().await?;
         loop {
@@ -250,12 +259,16 @@ impl Session {
                 ReadOutcome::PreloginTimedOut => {
                     let limit = self.config.prelogin_idle_ms_max;
                     self.out.extend_from_slice(
-                        format!("* BYE no complete command within {limit} ms before login, closing\r\n").as_bytes(),
+                        format!(
+                            "* BYE no complete command within {limit} ms before login, closing\r\n"
+                        )
+                        .as_bytes(),
                     );
                     return self.flush().await;
                 }
                 ReadOutcome::TimedOut => {
-                    self.out.extend_from_slice(b"* BYE idle for too long, closing\r\n");
+                    self.out
+                        .extend_from_slice(b"* BYE idle for too long, closing\r\n");
                     return self.flush().await;
                 }
                 ReadOutcome::Shutdown => {
@@ -283,7 +296,11 @@ impl Session {
                     size,
                 } => {
                     let limit = self.framer.limits().literal_bytes_max;
-                    let when = if self.account.is_none() { " before login" } else { "" };
+                    let when = if self.account.is_none() {
+                        " before login"
+                    } else {
+                        ""
+                    };
                     if synchronizing {
                         self.tagged_line(
                             tag.as_deref(),
@@ -364,7 +381,9 @@ impl Session {
             return true;
         }
         let paced_since = *self.rate.paced_since.get_or_insert(now);
-        if now.duration_since(paced_since) >= Duration::from_millis(self.config.commands_paced_ms_max) {
+        if now.duration_since(paced_since)
+            >= Duration::from_millis(self.config.commands_paced_ms_max)
+        {
             return false;
         }
         let next = self.rate.started + WINDOW;
@@ -381,8 +400,20 @@ impl Session {
         // Before login, LITERAL- (RFC 7888 section 5): non-synchronising literals only up to
         // 4,096 bytes, under prelogin_literal_bytes_max, so a well-behaved client sends a larger
         // one synchronising and gets NO [TOOBIG] before sending it, never a BYE.
-        let literal = if self.account.is_none() { "LITERAL-" } else { "LITERAL+" };
-        let mut caps = vec!["IMAP4rev1", "IMAP4rev2", literal, "SASL-IR", "ID", "ENABLE", "IDLE"];
+        let literal = if self.account.is_none() {
+            "LITERAL-"
+        } else {
+            "LITERAL+"
+        };
+        let mut caps = vec![
+            "IMAP4rev1",
+            "IMAP4rev2",
+            literal,
+            "SASL-IR",
+            "ID",
+            "ENABLE",
+            "IDLE",
+        ];
         if self.account.is_none() {
             if !self.tls_active {
                 if self.starttls.is_some() {
@@ -429,7 +460,11 @@ impl Session {
         // deadline: a stranger who trickles a byte at a time holds the connection no longer.
         let deadline = if self.account.is_none() {
             let prelogin = Duration::from_millis(self.config.prelogin_idle_ms_max);
-            Some(*self.command_deadline.get_or_insert_with(|| Instant::now() + prelogin))
+            Some(
+                *self
+                    .command_deadline
+                    .get_or_insert_with(|| Instant::now() + prelogin),
+            )
         } else {
             None
         };
@@ -500,7 +535,11 @@ impl Session {
     /// The BYE for a session told to stop: its account's sessions were ended, or the server
     /// is shutting down.
     pub(crate) fn stop_reason(&self) -> &'static [u8] {
-        if self.session_slot.as_ref().is_some_and(|slot| *slot.ended.borrow()) {
+        if self
+            .session_slot
+            .as_ref()
+            .is_some_and(|slot| *slot.ended.borrow())
+        {
             b"* BYE [UNAVAILABLE] an administrator ended this account's sessions\r\n"
         } else {
             b"* BYE the server is shutting down\r\n"
@@ -565,15 +604,18 @@ impl Session {
     }
 
     pub(crate) fn ok(&mut self, tag: &str, text: &str) {
-        self.out.extend_from_slice(format!("{tag} OK {text}\r\n").as_bytes());
+        self.out
+            .extend_from_slice(format!("{tag} OK {text}\r\n").as_bytes());
     }
 
     pub(crate) fn no(&mut self, tag: &str, text: &str) {
-        self.out.extend_from_slice(format!("{tag} NO {text}\r\n").as_bytes());
+        self.out
+            .extend_from_slice(format!("{tag} NO {text}\r\n").as_bytes());
     }
 
     pub(crate) fn bad(&mut self, tag: &str, text: &str) {
-        self.out.extend_from_slice(format!("{tag} BAD {text}\r\n").as_bytes());
+        self.out
+            .extend_from_slice(format!("{tag} BAD {text}\r\n").as_bytes());
     }
 
     pub(crate) fn untagged(&mut self, text: &str) {
@@ -622,7 +664,9 @@ impl Session {
             CommandBody::Login { .. } | CommandBody::Authenticate { .. } if authenticated => {
                 self.bad(&tag, "already logged in");
             }
-            CommandBody::Login { user, password } => return self.login(&tag, &user, &password).await,
+            CommandBody::Login { user, password } => {
+                return self.login(&tag, &user, &password).await
+            }
             CommandBody::Authenticate {
                 mechanism,
                 initial_response,
@@ -641,9 +685,13 @@ impl Session {
                 condstore,
                 qresync,
             } => {
-                self.select(&tag, &mailbox, read_only, condstore, qresync).await;
+                self.select(&tag, &mailbox, read_only, condstore, qresync)
+                    .await;
             }
-            CommandBody::Create { mailbox, special_use } => self.create(&tag, &mailbox, &special_use).await,
+            CommandBody::Create {
+                mailbox,
+                special_use,
+            } => self.create(&tag, &mailbox, &special_use).await,
             CommandBody::Delete { mailbox } => self.delete(&tag, &mailbox).await,
             CommandBody::Rename { from, to } => self.rename(&tag, &from, &to).await,
             CommandBody::Subscribe { mailbox } => self.subscribe(&tag, &mailbox, true).await,
@@ -660,7 +708,9 @@ impl Session {
             }
             CommandBody::Idle => return self.idle(&tag).await,
             CommandBody::GetQuota { root } => self.get_quota(&tag, Some(&root), None).await,
-            CommandBody::GetQuotaRoot { mailbox } => self.get_quota(&tag, None, Some(&mailbox)).await,
+            CommandBody::GetQuotaRoot { mailbox } => {
+                self.get_quota(&tag, None, Some(&mailbox)).await
+            }
             CommandBody::SetQuota => self.no(&tag, "[NOPERM] quotas are set by the administrator"),
             CommandBody::Compress { mechanism } => return self.compress(&tag, &mechanism).await,
             _ if !selected => self.bad(&tag, "select a mailbox first"),
@@ -733,7 +783,12 @@ impl Session {
         self.check_credentials(tag, user, password).await
     }
 
-    async fn authenticate(&mut self, tag: &str, mechanism: &str, initial: Option<Vec<u8>>) -> std::io::Result<Flow> {
+    async fn authenticate(
+        &mut self,
+        tag: &str,
+        mechanism: &str,
+        initial: Option<Vec<u8>>,
+    ) -> std::io::Result<Flow> {
         if !self.tls_active {
             self.no(tag, "[PRIVACYREQUIRED] start TLS before authenticating");
             return Ok(Flow::Continue);
@@ -787,14 +842,22 @@ impl Session {
             return Ok(Flow::Continue);
         };
         if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(user) {
-            self.no(tag, "[AUTHORIZATIONFAILED] acting as another user is not allowed");
+            self.no(
+                tag,
+                "[AUTHORIZATIONFAILED] acting as another user is not allowed",
+            );
             return Ok(Flow::Continue);
         }
         let (user, password) = (user.to_string(), password.to_string());
         self.check_credentials(tag, &user, &password).await
     }
 
-    async fn check_credentials(&mut self, tag: &str, user: &str, password: &str) -> std::io::Result<Flow> {
+    async fn check_credentials(
+        &mut self,
+        tag: &str,
+        user: &str,
+        password: &str,
+    ) -> std::io::Result<Flow> {
         let (store, shared) = (self.store.clone(), self.shared.clone());
         let (user, password, peer) = (user.to_string(), password.to_string(), self.peer.clone());
         // The gate checks, counts and audits; a session slot is the admission IMAP adds.
@@ -876,7 +939,10 @@ impl Session {
             if let Some(found) = store.mailbox_by_name(account, &name)? {
                 return Ok(Some(found));
             }
-            match NAME_ALIASES.iter().find(|(alias, _)| alias.eq_ignore_ascii_case(&name)) {
+            match NAME_ALIASES
+                .iter()
+                .find(|(alias, _)| alias.eq_ignore_ascii_case(&name))
+            {
                 Some((_, special_use)) => store.mailbox_by_special_use(account, *special_use),
                 None => Ok(None),
             }
@@ -885,7 +951,9 @@ impl Session {
     }
 
     pub(crate) fn account_id(&self) -> sealpost_storage::AccountId {
-        self.account.as_ref().map_or(sealpost_storage::AccountId(0), |a| a.id)
+        self.account
+            .as_ref()
+            .map_or(sealpost_storage::AccountId(0), |a| a.id)
     }
 
     async fn create(&mut self, tag: &str, name: &str, special_use: &[String]) {
@@ -893,7 +961,10 @@ impl Session {
             [] => None,
             [one] => match special_use_of(one) {
                 Some(SpecialUse::Backup) | None => {
-                    self.no(tag, &format!("[USEATTR] {one} is not a special use Sealpost can give"));
+                    self.no(
+                        tag,
+                        &format!("[USEATTR] {one} is not a special use Sealpost can give"),
+                    );
                     return;
                 }
                 found => found,
@@ -936,8 +1007,12 @@ impl Session {
     }
 
     async fn rename(&mut self, tag: &str, from: &str, to: &str) {
-        let (store, account, from_name, to_name) =
-            (self.store.clone(), self.account_id(), from.to_string(), to.to_string());
+        let (store, account, from_name, to_name) = (
+            self.store.clone(),
+            self.account_id(),
+            from.to_string(),
+            to.to_string(),
+        );
         match blocking(move || store.rename_mailbox(account, &from_name, &to_name)).await {
             Ok(()) => {
                 if let Some(selected) = self.selected.as_mut().filter(|s| s.name == from) {
@@ -1016,7 +1091,10 @@ impl Session {
             } else {
                 Vec::new()
             };
-            let compiled: Vec<crate::list::Pattern> = patterns.iter().map(|p| crate::list::Pattern::new(p)).collect();
+            let compiled: Vec<crate::list::Pattern> = patterns
+                .iter()
+                .map(|p| crate::list::Pattern::new(p))
+                .collect();
             // The matching's worst case, counted before any of it: every pattern against every
             // name and every level above each name (listed when no mailbox has it). Past
             // LIST_MATCH_STEPS_MAX the command is refused, not run for minutes.
@@ -1025,12 +1103,14 @@ impl Session {
                 .map(|m| m.name.as_str())
                 .chain(lost.iter().map(String::as_str));
             let levels = names.clone().flat_map(crate::list::parents);
-            let steps =
-                crate::list::match_steps(&compiled, names).saturating_add(crate::list::match_steps(&compiled, levels));
+            let steps = crate::list::match_steps(&compiled, names)
+                .saturating_add(crate::list::match_steps(&compiled, levels));
             if steps > LIST_MATCH_STEPS_MAX {
                 return Ok(None);
             }
-            Ok::<_, StoreError>(Some(crate::list::select(mailboxes, &lost, &compiled, selection)))
+            Ok::<_, StoreError>(Some(crate::list::select(
+                mailboxes, &lost, &compiled, selection,
+            )))
         })
         .await;
         let listed = match listed {
@@ -1076,7 +1156,8 @@ impl Session {
             if let Some(attribute) = special_use.and_then(SpecialUse::attribute) {
                 attributes.push(attribute);
             }
-            if !list.lsub && entry.subscribed && (list.return_subscribed || list.select_subscribed) {
+            if !list.lsub && entry.subscribed && (list.return_subscribed || list.select_subscribed)
+            {
                 attributes.push("\\Subscribed");
             }
             let mut line = format!("* {kind} ({}) \"/\" ", attributes.join(" ")).into_bytes();
@@ -1095,7 +1176,12 @@ impl Session {
     }
 
     /// A STATUS response for `mailbox`, under the name the client used for it.
-    pub(crate) async fn status_line(&self, mailbox: &Mailbox, shown_as: &str, items: &[StatusItem]) -> Vec<u8> {
+    pub(crate) async fn status_line(
+        &self,
+        mailbox: &Mailbox,
+        shown_as: &str,
+        items: &[StatusItem],
+    ) -> Vec<u8> {
         let mut parts = Vec::new();
         let mut deleted = None;
         for item in items {
@@ -1105,7 +1191,9 @@ impl Session {
                 StatusItem::Recent if self.enabled.rev2 => ("RECENT", 0),
                 StatusItem::Recent => {
                     let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
-                    let count = blocking(move || store.recent_count(account, id)).await.unwrap_or(0);
+                    let count = blocking(move || store.recent_count(account, id))
+                        .await
+                        .unwrap_or(0);
                     ("RECENT", u64::from(count))
                 }
                 StatusItem::UidNext => ("UIDNEXT", u64::from(mailbox.uid_next)),
@@ -1115,7 +1203,8 @@ impl Session {
                 StatusItem::HighestModSeq => ("HIGHESTMODSEQ", mailbox.highest_modseq),
                 StatusItem::Deleted => {
                     if deleted.is_none() {
-                        let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
+                        let (store, account, id) =
+                            (self.store.clone(), self.account_id(), mailbox.id);
                         let count = blocking(move || store.messages(account, id))
                             .await
                             .map(|all| {
@@ -1240,16 +1329,20 @@ impl Session {
             self.out.extend_from_slice(&line);
         }
         let (store, account) = (self.store.clone(), self.account_id());
-        let figures =
-            blocking(move || Ok::<_, sealpost_storage::Error>((store.quota_usage(account)?, store.quota(account)?)))
-                .await;
+        let figures = blocking(move || {
+            Ok::<_, sealpost_storage::Error>((store.quota_usage(account)?, store.quota(account)?))
+        })
+        .await;
         let (used, limit) = match figures {
             Ok(figures) => figures,
             Err(error) => return self.tagged_line(Some(tag), &store_failure(&error)),
         };
         // The account's own limit where an admin set one; the server's otherwise.
         let limit_kib = limit.unwrap_or(self.config.quota_bytes) / 1024;
-        self.untagged(&format!("QUOTA \"\" (STORAGE {} {limit_kib})", used.div_ceil(1024)));
+        self.untagged(&format!(
+            "QUOTA \"\" (STORAGE {} {limit_kib})",
+            used.div_ceil(1024)
+        ));
         self.ok(tag, "GETQUOTA completed");
     }
 

@@ -95,7 +95,9 @@ impl ImapShared {
         let set = sessions.entry(account).or_insert_with(|| Sessions {
             count: 0,
             ender: tokio::sync::watch::channel(false).0,
-            generation: self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            generation: self
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
         if set.count >= self.logins.lockout().limits().sessions_per_account_max {
             return None;

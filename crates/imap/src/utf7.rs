@@ -14,7 +14,11 @@ pub(crate) fn encode(name: &str) -> String {
         out.push('&');
         let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
         for chunk in bytes.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             let chars = chunk.len() + 1;
             for i in 0..chars {

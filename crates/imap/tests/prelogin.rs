@@ -42,7 +42,12 @@ struct Client {
 
 impl Client {
     /// A session on `store` from `peer`, its greeting read.
-    async fn start(store: &Store, shared: &Arc<ImapShared>, config: ImapConfig, peer: &str) -> Self {
+    async fn start(
+        store: &Store,
+        shared: &Arc<ImapShared>,
+        config: ImapConfig,
+        peer: &str,
+    ) -> Self {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let connection = Connection {
@@ -108,7 +113,9 @@ async fn a_login_during_a_failures_pause_is_refused_before_any_hash() {
     assert_eq!(hashes.admitted_total(), 1);
     // A second connection from the same address, with the right password, during the pause.
     let mut second = Client::start(&store, &shared, ImapConfig::default(), "192.0.2.7").await;
-    second.send("b LOGIN alice@example.test secret-pass\r\n").await;
+    second
+        .send("b LOGIN alice@example.test secret-pass\r\n")
+        .await;
     let reply = second.line().await.unwrap();
     assert!(
         reply.starts_with(
@@ -118,10 +125,16 @@ async fn a_login_during_a_failures_pause_is_refused_before_any_hash() {
     );
     // From elsewhere, for the same account: refused too.
     let mut third = Client::start(&store, &shared, ImapConfig::default(), "198.51.100.1").await;
-    third.send("c LOGIN alice@example.test secret-pass\r\n").await;
+    third
+        .send("c LOGIN alice@example.test secret-pass\r\n")
+        .await;
     let reply = third.line().await.unwrap();
     assert!(reply.starts_with("c NO [UNAVAILABLE]"), "{reply}");
-    assert_eq!(hashes.admitted_total(), 1, "neither refused login computed a hash");
+    assert_eq!(
+        hashes.admitted_total(),
+        1,
+        "neither refused login computed a hash"
+    );
     let answer = guesser.line().await.unwrap();
     assert_eq!(answer, "a NO [AUTHENTICATIONFAILED] invalid credentials");
 }
@@ -139,16 +152,23 @@ async fn a_full_hashing_queue_refuses_a_login_at_once() {
         .collect();
     let mut client = Client::start(&store, &shared, ImapConfig::default(), "192.0.2.8").await;
     let asked = Instant::now();
-    client.send("a LOGIN alice@example.test secret-pass\r\n").await;
+    client
+        .send("a LOGIN alice@example.test secret-pass\r\n")
+        .await;
     let reply = client.line().await.unwrap();
     assert_eq!(
         reply,
         "a NO [UNAVAILABLE] too many logins are being checked right now; try again shortly"
     );
-    assert!(asked.elapsed() < Duration::from_secs(2), "at once, not after a wait");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "at once, not after a wait"
+    );
     assert_eq!(hashes.refused_total(), 1);
     drop(held);
-    client.send("b LOGIN alice@example.test secret-pass\r\n").await;
+    client
+        .send("b LOGIN alice@example.test secret-pass\r\n")
+        .await;
     let reply = client.line().await.unwrap();
     assert!(reply.starts_with("b OK"), "a place came free: {reply}");
 }
@@ -169,7 +189,10 @@ async fn a_big_literal_before_login_is_refused_before_it_is_sent() {
     );
     client.send("b LOGIN {8193}\r\n").await;
     let reply = client.line().await.unwrap();
-    assert_eq!(reply, "b NO [TOOBIG] 8193 bytes is over the limit of 8192 before login");
+    assert_eq!(
+        reply,
+        "b NO [TOOBIG] 8193 bytes is over the limit of 8192 before login"
+    );
     // Within the bound, a literal login works, and afterwards the message limit is in force.
     client.send("c LOGIN {18}\r\n").await;
     assert_eq!(client.line().await.unwrap(), "+ Ready for literal data");
@@ -177,7 +200,11 @@ async fn a_big_literal_before_login_is_refused_before_it_is_sent() {
     let reply = client.line().await.unwrap();
     assert!(reply.starts_with("c OK"), "{reply}");
     client.send("d APPEND INBOX {60000000}\r\n").await;
-    assert_eq!(client.line().await.unwrap(), "+ Ready for literal data", "after login");
+    assert_eq!(
+        client.line().await.unwrap(),
+        "+ Ready for literal data",
+        "after login"
+    );
 
     // A non-synchronising literal is on its way already: the connection ends.
     let mut client = Client::start(&store, &shared, config, "192.0.2.9").await;
@@ -226,7 +253,9 @@ async fn a_stranger_trickling_a_command_is_closed_at_the_prelogin_deadline() {
 
     // After login the session's own idle timeout rules, not the pre-login deadline.
     let mut client = Client::start(&store, &shared, config, "192.0.2.10").await;
-    client.send("a LOGIN alice@example.test secret-pass\r\n").await;
+    client
+        .send("a LOGIN alice@example.test secret-pass\r\n")
+        .await;
     assert!(client.line().await.unwrap().starts_with("a OK"));
     tokio::time::sleep(Duration::from_millis(900)).await;
     client.send("b NOOP\r\n").await;

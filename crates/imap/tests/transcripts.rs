@@ -16,7 +16,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 fn store(dir: &std::path::Path) -> Store {
     let master = MasterKey::create_file(&dir.join("keys/master.key")).unwrap();
     let store = Store::create(StoreConfig::new(dir.join("store"), "example.test"), master).unwrap();
-    for (address, role) in [("alice@example.test", Role::Staff), ("bob@example.test", Role::Staff)] {
+    for (address, role) in [
+        ("alice@example.test", Role::Staff),
+        ("bob@example.test", Role::Staff),
+    ] {
         let account = NewAccount {
             address,
             display_name: "Test",
@@ -37,7 +40,11 @@ fn store(dir: &std::path::Path) -> Store {
         )
         .unwrap();
     store
-        .set_account_status(disabled, sealpost_storage::AccountStatus::Disabled, &Actor::cli())
+        .set_account_status(
+            disabled,
+            sealpost_storage::AccountStatus::Disabled,
+            &Actor::cli(),
+        )
         .unwrap();
     store
 }
@@ -71,7 +78,9 @@ async fn run_transcript(name: &str, text: &str, config: ImapConfig) {
             write.write_all(expand(raw).as_bytes()).await.unwrap();
         } else if let Some(expected) = line.strip_prefix("S: ") {
             let got = tokio::time::timeout(READ_TIMEOUT, lines.next_line()).await;
-            let got = got.unwrap_or_else(|_| panic!("{at}: no answer within {READ_TIMEOUT:?}, expected {expected:?}"));
+            let got = got.unwrap_or_else(|_| {
+                panic!("{at}: no answer within {READ_TIMEOUT:?}, expected {expected:?}")
+            });
             let got = got
                 .unwrap()
                 .unwrap_or_else(|| panic!("{at}: connection closed, expected {expected:?}"));
@@ -84,7 +93,10 @@ async fn run_transcript(name: &str, text: &str, config: ImapConfig) {
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(got, None, "{at}: expected the server to close the connection");
+            assert_eq!(
+                got, None,
+                "{at}: expected the server to close the connection"
+            );
         } else {
             assert!(
                 line.is_empty() || line.starts_with('#'),
@@ -175,7 +187,11 @@ async fn login_reply(
     store: &Store,
     shared: &Arc<ImapShared>,
     password: &str,
-) -> (String, tokio::sync::watch::Sender<bool>, tokio::io::DuplexStream) {
+) -> (
+    String,
+    tokio::sync::watch::Sender<bool>,
+    tokio::io::DuplexStream,
+) {
     let (client, server) = tokio::io::duplex(1 << 16);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let connection = Connection {
@@ -224,7 +240,10 @@ async fn sessions_per_account_and_login_lockout_are_enforced_across_connections(
     let (first, _s1, c1) = login_reply(&store, &shared, "secret-pass").await;
     assert!(first.starts_with("a OK"), "{first}");
     let (second, _s2, _c2) = login_reply(&store, &shared, "secret-pass").await;
-    assert_eq!(second, "a NO [LIMIT] too many sessions open for this account");
+    assert_eq!(
+        second,
+        "a NO [LIMIT] too many sessions open for this account"
+    );
     drop(c1);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (third, _s3, _c3) = login_reply(&store, &shared, "secret-pass").await;
@@ -255,8 +274,14 @@ async fn sessions_per_account_and_login_lockout_are_enforced_across_connections(
 
 #[test]
 fn transcript_patterns_match_only_what_they_say() {
-    assert!(line_matches("* OK [UIDVALIDITY {{any}}] x", "* OK [UIDVALIDITY 123] x"));
-    assert!(!line_matches("* OK [UIDVALIDITY {{any}}] x", "* OK [UIDNEXT 1] y"));
+    assert!(line_matches(
+        "* OK [UIDVALIDITY {{any}}] x",
+        "* OK [UIDVALIDITY 123] x"
+    ));
+    assert!(!line_matches(
+        "* OK [UIDVALIDITY {{any}}] x",
+        "* OK [UIDNEXT 1] y"
+    ));
     assert!(line_matches("a", "a"));
     assert!(!line_matches("a", "ab"));
 }
@@ -293,7 +318,11 @@ async fn compress_deflate_carries_the_rest_of_the_session() {
     );
     let mut writer = early;
     writer.get_mut().clear();
-    for command in ["d SELECT INBOX\r\n", "e COMPRESS DEFLATE\r\n", "f LOGOUT\r\n"] {
+    for command in [
+        "d SELECT INBOX\r\n",
+        "e COMPRESS DEFLATE\r\n",
+        "f LOGOUT\r\n",
+    ] {
         writer.write_all(command.as_bytes()).await.unwrap();
         writer.flush().await.unwrap();
         write.write_all(writer.get_ref()).await.unwrap();
@@ -306,12 +335,18 @@ async fn compress_deflate_carries_the_rest_of_the_session() {
             break;
         }
     }
-    assert!(seen.iter().any(|l| l.starts_with("d OK [READ-WRITE]")), "{seen:?}");
+    assert!(
+        seen.iter().any(|l| l.starts_with("d OK [READ-WRITE]")),
+        "{seen:?}"
+    );
     assert!(
         seen.contains(&"e NO [COMPRESSIONACTIVE] compression is already on".to_string()),
         "{seen:?}"
     );
-    assert!(seen.contains(&"f OK LOGOUT completed".to_string()), "{seen:?}");
+    assert!(
+        seen.contains(&"f OK LOGOUT completed".to_string()),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -327,7 +362,9 @@ async fn fetch_of_more_bodies_than_one_batch_answers_every_message_in_order() {
     for n in 1..=count {
         let message = format!("Subject: {n}\r\n\r\nbody number {n}\r\n");
         write
-            .write_all(format!("p{n} APPEND INBOX {{{}+}}\r\n{message}\r\n", message.len()).as_bytes())
+            .write_all(
+                format!("p{n} APPEND INBOX {{{}+}}\r\n{message}\r\n", message.len()).as_bytes(),
+            )
             .await
             .unwrap();
     }

@@ -24,7 +24,11 @@ impl Address {
 
     /// `mailbox@host`, for display and search.
     pub fn email(&self) -> Option<String> {
-        Some(format!("{}@{}", self.mailbox.as_deref()?, self.host.as_deref()?))
+        Some(format!(
+            "{}@{}",
+            self.mailbox.as_deref()?,
+            self.host.as_deref()?
+        ))
     }
 }
 
@@ -60,7 +64,11 @@ impl Pending {
         let phrase = self.phrase.trim().to_string();
         let (name, spec) = match self.angle {
             Some(angle) => {
-                let name = if phrase.is_empty() { self.comment } else { Some(phrase) };
+                let name = if phrase.is_empty() {
+                    self.comment
+                } else {
+                    Some(phrase)
+                };
                 (name, angle)
             }
             None => {
@@ -80,8 +88,14 @@ impl Pending {
             None => (None, spec),
         };
         let (mailbox, host) = match spec.rsplit_once('@') {
-            Some((local, domain)) => (non_empty(local, MISSING_MAILBOX), non_empty(domain, MISSING_DOMAIN)),
-            None => (non_empty(&spec, MISSING_MAILBOX), MISSING_DOMAIN.to_string()),
+            Some((local, domain)) => (
+                non_empty(local, MISSING_MAILBOX),
+                non_empty(domain, MISSING_DOMAIN),
+            ),
+            None => (
+                non_empty(&spec, MISSING_MAILBOX),
+                MISSING_DOMAIN.to_string(),
+            ),
         };
         Some(Address {
             name: name.filter(|n| !n.is_empty()),
@@ -150,7 +164,10 @@ pub fn parse_address_list(text: &str) -> Vec<Address> {
                     .iter()
                     .position(|&c| c == '>')
                     .map_or(chars.len(), |p| at + p);
-                let inside: String = chars[at..end].iter().filter(|c| !c.is_whitespace()).collect();
+                let inside: String = chars[at..end]
+                    .iter()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
                 pending.angle = Some(inside);
                 at = (end + 1).min(chars.len());
             }
@@ -244,7 +261,13 @@ mod tests {
             .iter()
             .map(|a| {
                 let f = |v: &Option<String>| v.clone().unwrap_or_else(|| "NIL".to_string());
-                format!("{}|{}|{}|{}", f(&a.name), f(&a.adl), f(&a.mailbox), f(&a.host))
+                format!(
+                    "{}|{}|{}|{}",
+                    f(&a.name),
+                    f(&a.adl),
+                    f(&a.mailbox),
+                    f(&a.host)
+                )
             })
             .collect()
     }
@@ -259,14 +282,20 @@ mod tests {
         );
         check(
             "\"Example, Alice\" <alice@example.org>, bob@example.org",
-            &["Example, Alice|NIL|alice|example.org", "NIL|NIL|bob|example.org"],
+            &[
+                "Example, Alice|NIL|alice|example.org",
+                "NIL|NIL|bob|example.org",
+            ],
         );
         check("\"A \\\"q\\\" B\" <a@b.c>", &["A \"q\" B|NIL|a|b.c"]);
         check(
             "alice@example.org (Alice Comment)",
             &["Alice Comment|NIL|alice|example.org"],
         );
-        check("=?utf-8?q?J=C3=B6rg?= <j@x.de>", &["=?utf-8?q?J=C3=B6rg?=|NIL|j|x.de"]);
+        check(
+            "=?utf-8?q?J=C3=B6rg?= <j@x.de>",
+            &["=?utf-8?q?J=C3=B6rg?=|NIL|j|x.de"],
+        );
         check(
             "<@relay.example:alice@example.org>",
             &["NIL|@relay.example|alice|example.org"],
@@ -288,8 +317,17 @@ mod tests {
         check("root", &["NIL|NIL|root|MISSING_DOMAIN"]);
         check("", &[]);
         check(" , ,", &[]);
-        check("Broken <unterminated@x.org", &["Broken|NIL|unterminated|x.org"]);
-        check("John Q. Public <jqp@x.org>", &["John Q. Public|NIL|jqp|x.org"]);
-        check("\"quoted local\"@x.org", &["NIL|NIL|\"quoted local\"|x.org"]);
+        check(
+            "Broken <unterminated@x.org",
+            &["Broken|NIL|unterminated|x.org"],
+        );
+        check(
+            "John Q. Public <jqp@x.org>",
+            &["John Q. Public|NIL|jqp|x.org"],
+        );
+        check(
+            "\"quoted local\"@x.org",
+            &["NIL|NIL|\"quoted local\"|x.org"],
+        );
     }
 }

@@ -185,7 +185,9 @@ impl Shown {
 
     /// From a stored summary's ENVELOPE; an unreadable one shows as empty.
     pub fn of_imap(envelope: &[u8]) -> Shown {
-        parse_envelope(envelope).map(|e| Shown::of(&e)).unwrap_or_default()
+        parse_envelope(envelope)
+            .map(|e| Shown::of(&e))
+            .unwrap_or_default()
     }
 }
 
@@ -216,10 +218,17 @@ mod tests {
             ["bob@example.org", "carol@example.org", "dan@example.org"],
             "groups flattened"
         );
-        assert_eq!(shown.to[0].label(), "bob@example.org", "no name: the address");
+        assert_eq!(
+            shown.to[0].label(),
+            "bob@example.org",
+            "no name: the address"
+        );
         assert_eq!(shown.cc[0].name, "André");
         assert_eq!(shown.message_id.as_deref(), Some("<m1@clinic.example>"));
-        assert_eq!(shown.date.as_deref(), Some("Mon, 23 Nov 2026 09:00:00 +0100"));
+        assert_eq!(
+            shown.date.as_deref(),
+            Some("Mon, 23 Nov 2026 09:00:00 +0100")
+        );
     }
 
     #[test]
@@ -231,11 +240,18 @@ mod tests {
             b"({999}\r\nx NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
             b"garbage",
         ] {
-            assert_eq!(parse_envelope(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_envelope(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
             assert_eq!(Shown::of_imap(bad), Shown::default());
         }
         // Any prefix of a good envelope, and bytes flipped in it: no panic, no read past it.
-        let good = envelope(&Structure::parse(b"Subject: x\r\nFrom: a@b.c\r\n\r\n", Limits::default()).envelope);
+        let good = envelope(
+            &Structure::parse(b"Subject: x\r\nFrom: a@b.c\r\n\r\n", Limits::default()).envelope,
+        );
         for cut in 0..good.len() {
             let _ = parse_envelope(&good[..cut]);
             for flip in [b'{', b'"', b'\\', b')', b'9'] {

@@ -21,7 +21,10 @@ pub fn message(data: &[u8]) {
         }
     };
     let structure = Structure::parse(raw, limits);
-    assert!(!structure.parts.is_empty(), "a message has at least its root part");
+    assert!(
+        !structure.parts.is_empty(),
+        "a message has at least its root part"
+    );
     for part in &structure.parts {
         for range in [&part.header, &part.body] {
             assert!(

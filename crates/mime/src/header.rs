@@ -265,11 +265,19 @@ mod tests {
         let check = |text: &str, value: &str, params: &[(&str, &str)]| {
             let parsed = structured(text);
             assert_eq!(parsed.value, value, "{text}");
-            let got: Vec<(&str, &str)> = parsed.params.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            let got: Vec<(&str, &str)> = parsed
+                .params
+                .iter()
+                .map(|(a, b)| (a.as_str(), b.as_str()))
+                .collect();
             assert_eq!(got, params, "{text}");
         };
         check("text/plain", "text/plain", &[]);
-        check("text/plain; charset=UTF-8", "text/plain", &[("charset", "UTF-8")]);
+        check(
+            "text/plain; charset=UTF-8",
+            "text/plain",
+            &[("charset", "UTF-8")],
+        );
         check(
             "Text/HTML ; charset = \"iso-8859-1\" (latin)",
             "Text/HTML",

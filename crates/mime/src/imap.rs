@@ -22,13 +22,20 @@ pub enum SectionText {
 
 impl Structure {
     /// The bytes a section names, or `None` when the section does not exist in this message.
-    pub fn section_range(&self, raw_len: usize, path: &[u32], text: SectionText) -> Option<Range<usize>> {
+    pub fn section_range(
+        &self,
+        raw_len: usize,
+        path: &[u32],
+        text: SectionText,
+    ) -> Option<Range<usize>> {
         match (path.is_empty(), text) {
             (true, SectionText::Whole) => Some(0..raw_len),
             (true, SectionText::Mime) => None,
             (false, SectionText::Whole) => Some(self.parts.get(self.resolve(path)?)?.body.clone()),
             (false, SectionText::Mime) => Some(self.parts.get(self.resolve(path)?)?.header.clone()),
-            (_, SectionText::Header) => Some(self.parts.get(self.message_root(path)?)?.header.clone()),
+            (_, SectionText::Header) => {
+                Some(self.parts.get(self.message_root(path)?)?.header.clone())
+            }
             (_, SectionText::Text) => Some(self.parts.get(self.message_root(path)?)?.body.clone()),
         }
     }
@@ -48,7 +55,9 @@ impl Structure {
             match step {
                 Step::Text(text) => out.extend_from_slice(text),
                 Step::Part(index) => {
-                    let Some(part) = self.parts.get(index) else { continue };
+                    let Some(part) = self.parts.get(index) else {
+                        continue;
+                    };
                     match &part.content {
                         Content::Multipart(children) => {
                             out.push(b'(');
@@ -78,7 +87,9 @@ impl Structure {
                     }
                 }
                 Step::MultipartTail(index) => {
-                    let Some(part) = self.parts.get(index) else { continue };
+                    let Some(part) = self.parts.get(index) else {
+                        continue;
+                    };
                     out.push(b' ');
                     quoted_or_literal(&mut out, &part.media_subtype.to_ascii_uppercase());
                     if extended {
@@ -89,7 +100,9 @@ impl Structure {
                     out.push(b')');
                 }
                 Step::MessageTail(index) => {
-                    let Some(part) = self.parts.get(index) else { continue };
+                    let Some(part) = self.parts.get(index) else {
+                        continue;
+                    };
                     out.extend_from_slice(format!(" {}", part.lines).as_bytes());
                     if extended {
                         write_leaf_extension(&mut out, part);
@@ -255,7 +268,9 @@ pub fn header_fields(raw: &[u8], header: Range<usize>, names: &[&str], exclude: 
     let mut out = Vec::new();
     for field in header::fields(raw, header) {
         let name = &raw[field.name.clone()];
-        let listed = names.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
+        let listed = names
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
         if listed != exclude {
             out.extend_from_slice(&raw[field.name.start..field.value.end]);
             if !out.ends_with(b"\n") {

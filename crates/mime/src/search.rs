@@ -75,13 +75,17 @@ pub fn search_text(raw: &[u8]) -> SearchText {
             }
             match &part.body {
                 PartType::Text(text) => push_paragraph(&mut out.body, text),
-                PartType::Html(html) => push_paragraph(&mut out.body, &mail_parser::decoders::html::html_to_text(html)),
+                PartType::Html(html) => push_paragraph(
+                    &mut out.body,
+                    &mail_parser::decoders::html::html_to_text(html),
+                ),
                 PartType::Message(nested) => pending.push(nested),
                 PartType::Binary(_) | PartType::InlineBinary(_) | PartType::Multipart(_) => {}
             }
         }
     }
-    out.body.truncate(floor_char_boundary(&out.body, SEARCH_TEXT_BYTES_MAX));
+    out.body
+        .truncate(floor_char_boundary(&out.body, SEARCH_TEXT_BYTES_MAX));
     out
 }
 
@@ -145,7 +149,9 @@ fn header_text(value: &HeaderValue<'_>, raw: &[u8], header: &mail_parser::Header
                     })
                     .collect::<Vec<_>>()
                     .join(", "),
-                mail_parser::Address::List(list) => list.iter().map(person).collect::<Vec<_>>().join(", "),
+                mail_parser::Address::List(list) => {
+                    list.iter().map(person).collect::<Vec<_>>().join(", ")
+                }
             }
         }
         _ => {

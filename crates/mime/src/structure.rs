@@ -51,7 +51,10 @@ pub enum Content {
     /// Indexes of the child parts, in order.
     Multipart(Vec<usize>),
     /// An encapsulated message: its envelope, and the index of its root part.
-    Message { envelope: Box<Envelope>, root: usize },
+    Message {
+        envelope: Box<Envelope>,
+        root: usize,
+    },
 }
 
 /// One MIME part. For a message's root part, `header` is the message header.
@@ -209,7 +212,12 @@ fn parse_part(raw: &[u8], task: &Task, parts: &mut Vec<Part>, limits: Limits) ->
     let parsed = content_type.as_ref().and_then(|ct| {
         let (media_type, subtype) = ct.value.split_once('/')?;
         let valid = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic());
-        (valid(media_type) && valid(subtype)).then(|| (media_type.to_ascii_lowercase(), subtype.to_ascii_lowercase()))
+        (valid(media_type) && valid(subtype)).then(|| {
+            (
+                media_type.to_ascii_lowercase(),
+                subtype.to_ascii_lowercase(),
+            )
+        })
     });
     match (parsed, task.default_type) {
         (Some((media_type, subtype)), _) => {
@@ -277,7 +285,10 @@ fn parse_part(raw: &[u8], task: &Task, parts: &mut Vec<Part>, limits: Limits) ->
             parts.push(Part::placeholder());
         }
         part.content = Content::Multipart(indexes);
-    } else if part.media_type == "message" && matches!(part.media_subtype.as_str(), "rfc822" | "global") && room {
+    } else if part.media_type == "message"
+        && matches!(part.media_subtype.as_str(), "rfc822" | "global")
+        && room
+    {
         let root = parts.len();
         parts.push(Part::placeholder());
         let nested_header_end = header::header_end(raw, part.body.start, part.body.end);
@@ -352,7 +363,11 @@ fn count_lines(body: &[u8]) -> u64 {
 fn envelope_of(raw: &[u8], header: &Range<usize>) -> Envelope {
     let fields: Vec<Field> = header::fields(raw, header.clone());
     let text = |name: &str| header::first(raw, &fields, name).filter(|v| !v.is_empty());
-    let addresses = |name: &str| text(name).map(|v| parse_address_list(&v)).unwrap_or_default();
+    let addresses = |name: &str| {
+        text(name)
+            .map(|v| parse_address_list(&v))
+            .unwrap_or_default()
+    };
     let from = addresses("from");
     let or_from = |list: Vec<Address>| if list.is_empty() { from.clone() } else { list };
     Envelope {

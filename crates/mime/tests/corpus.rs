@@ -44,7 +44,10 @@ fn simple_message_envelope_and_bodystructure_are_exact() {
              ((NIL NIL \"bob\" \"example.org\")(\"Carol, C.\" NIL \"carol\" \"example.org\")) NIL NIL NIL \"<1@example.org>\")"
         )
     );
-    assert_eq!(section(raw, &[], SectionText::Text).unwrap(), "Hello Bob\r\nBye\r\n");
+    assert_eq!(
+        section(raw, &[], SectionText::Text).unwrap(),
+        "Hello Bob\r\nBye\r\n"
+    );
     assert!(section(raw, &[], SectionText::Header)
         .unwrap()
         .ends_with("<1@example.org>\r\n\r\n"));
@@ -87,7 +90,10 @@ epilogue\r\n";
 #[test]
 fn mixed_message_sections_are_the_bytes_written() {
     let raw = MIXED.as_bytes();
-    assert_eq!(section(raw, &[1, 1], SectionText::Whole).unwrap(), "Gr=FC=DFe");
+    assert_eq!(
+        section(raw, &[1, 1], SectionText::Whole).unwrap(),
+        "Gr=FC=DFe"
+    );
     assert_eq!(
         section(raw, &[1, 1], SectionText::Mime).unwrap(),
         "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
@@ -96,7 +102,10 @@ fn mixed_message_sections_are_the_bytes_written() {
         section(raw, &[1, 2], SectionText::Whole).unwrap(),
         "<p>Gr\u{fc}\u{df}e</p>"
     );
-    assert_eq!(section(raw, &[2], SectionText::Whole).unwrap(), "JVBERi0xLjQK");
+    assert_eq!(
+        section(raw, &[2], SectionText::Whole).unwrap(),
+        "JVBERi0xLjQK"
+    );
     assert_eq!(
         section(raw, &[3], SectionText::Whole).unwrap(),
         "From: inner@y.org\r\nSubject: forwarded\r\n\r\ninner body"
@@ -131,7 +140,9 @@ fn mixed_message_sections_are_the_bytes_written() {
     assert_eq!(text(s.body_structure(true)), expected);
     let body = text(s.body_structure(false));
     assert!(
-        body.starts_with("(((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"iso-8859-1\") NIL NIL \"QUOTED-PRINTABLE\" 9 1)"),
+        body.starts_with(
+            "(((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"iso-8859-1\") NIL NIL \"QUOTED-PRINTABLE\" 9 1)"
+        ),
         "{body}"
     );
     assert!(body.ends_with(" 4) \"MIXED\")"), "{body}");
@@ -152,8 +163,14 @@ fn mixed_message_sections_are_the_bytes_written() {
         "quoted-printable Latin-1 decoded: {}",
         search.body
     );
-    assert!(search.body.contains("scan.pdf"), "attachment names are searchable");
-    assert!(search.body.contains("inner body"), "nested messages are searchable");
+    assert!(
+        search.body.contains("scan.pdf"),
+        "attachment names are searchable"
+    );
+    assert!(
+        search.body.contains("inner body"),
+        "nested messages are searchable"
+    );
 }
 
 #[test]
@@ -162,7 +179,12 @@ fn header_fields_select_and_exclude_fields_as_written() {
     let s = parse(raw);
     let header = s.root().header.clone();
     assert_eq!(
-        text(header_fields(raw, header.clone(), &["subject", "TO"], false)),
+        text(header_fields(
+            raw,
+            header.clone(),
+            &["subject", "TO"],
+            false
+        )),
         "To: bob@example.org, \"Carol, C.\" <carol@example.org>\r\nSubject: Hello\r\n\r\n"
     );
     let rest = text(header_fields(
@@ -212,7 +234,9 @@ impl Generator {
                 encoding,
                 body,
             } => {
-                let header = format!("Content-Type: {content_type}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n");
+                let header = format!(
+                    "Content-Type: {content_type}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n"
+                );
                 self.written.push(Written {
                     path,
                     mime_header: header.clone(),
@@ -227,7 +251,9 @@ impl Generator {
                     self.next_boundary,
                     "x".repeat(self.next_boundary as usize % 5)
                 );
-                let header = format!("Content-Type: multipart/{subtype};\r\n boundary=\"{boundary}\"\r\n\r\n");
+                let header = format!(
+                    "Content-Type: multipart/{subtype};\r\n boundary=\"{boundary}\"\r\n\r\n"
+                );
                 let mut body = String::from("This is a MIME preamble.\r\n");
                 for (i, child) in children.iter().enumerate() {
                     let mut child_path = path.clone();
@@ -249,7 +275,8 @@ impl Generator {
                 }
                 let first_recorded = self.written.len();
                 let (inner_header, inner_body) = self.write(inner, inner_path);
-                let nested_header = format!("From: nested@x.org\r\nSubject: nested\r\n{inner_header}");
+                let nested_header =
+                    format!("From: nested@x.org\r\nSubject: nested\r\n{inner_header}");
                 if single {
                     self.written[first_recorded].mime_header = nested_header.clone();
                 }
@@ -284,7 +311,11 @@ fn corpus() -> Vec<Spec> {
         Spec::Multipart {
             subtype: "alternative",
             children: vec![
-                leaf("text/plain; charset=utf-8", "8bit", "plain text\r\nsecond line"),
+                leaf(
+                    "text/plain; charset=utf-8",
+                    "8bit",
+                    "plain text\r\nsecond line",
+                ),
                 leaf("text/html; charset=utf-8", "8bit", "<p>html</p>"),
             ],
         },
@@ -360,7 +391,8 @@ fn generated_corpus_sections_match_what_was_written() {
                 written.path
             );
             // Leaves of a single-part message have the message header as their MIME header.
-            let body_of_single_part_message = written.path == [1] && !matches!(spec, Spec::Multipart { .. });
+            let body_of_single_part_message =
+                written.path == [1] && !matches!(spec, Spec::Multipart { .. });
             if !written.path.is_empty() && !body_of_single_part_message {
                 let got = s
                     .section_range(raw.len(), &written.path, SectionText::Mime)
@@ -377,8 +409,14 @@ fn generated_corpus_sections_match_what_was_written() {
         assert_balanced(&structure);
         assert_balanced(&s.body_structure(false));
         assert_balanced(&envelope(&s.envelope));
-        assert_eq!(s.envelope.from[0].name.as_deref(), Some("=?utf-8?b?SsO2cmc=?="));
-        assert_eq!(search_text(raw).header("from").next(), Some("Jörg <j@x.org>"));
+        assert_eq!(
+            s.envelope.from[0].name.as_deref(),
+            Some("=?utf-8?b?SsO2cmc=?=")
+        );
+        assert_eq!(
+            search_text(raw).header("from").next(),
+            Some("Jörg <j@x.org>")
+        );
     }
 }
 
@@ -401,7 +439,10 @@ fn assert_balanced(bytes: &[u8]) {
                         .iter()
                         .position(|&b| b == b'}')
                         .expect("literal length closes");
-                let length: usize = std::str::from_utf8(&bytes[at + 1..close]).unwrap().parse().unwrap();
+                let length: usize = std::str::from_utf8(&bytes[at + 1..close])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 assert_eq!(&bytes[close + 1..close + 3], b"\r\n");
                 at = close + 2 + length;
             }
@@ -410,7 +451,12 @@ fn assert_balanced(bytes: &[u8]) {
                 depth -= 1;
                 assert!(depth >= 0, "unbalanced: {}", String::from_utf8_lossy(bytes));
                 if depth == 0 {
-                    assert_eq!(at, bytes.len() - 1, "trailing text: {}", String::from_utf8_lossy(bytes));
+                    assert_eq!(
+                        at,
+                        bytes.len() - 1,
+                        "trailing text: {}",
+                        String::from_utf8_lossy(bytes)
+                    );
                 }
             }
             _ => {}
@@ -429,7 +475,9 @@ fn non_utf8_and_control_bytes_in_headers_become_literals() {
     // Header bytes that are not UTF-8 are read as Latin-1 and sent as UTF-8, in literals.
     let shown = String::from_utf8(env).unwrap();
     assert!(
-        shown.starts_with("(NIL {14}\r\ncaf\u{e9} \"quoted\" (({5}\r\nRen\u{e9} NIL \"r\" \"x.org\"))"),
+        shown.starts_with(
+            "(NIL {14}\r\ncaf\u{e9} \"quoted\" (({5}\r\nRen\u{e9} NIL \"r\" \"x.org\"))"
+        ),
         "{shown}"
     );
     let raw = b"Subject: a \"q\" \\ b\r\n\r\n";
@@ -453,7 +501,11 @@ fn nesting_past_the_limit_stays_whole() {
             parts_max: 10_000,
         },
     );
-    assert_eq!(s.parts.len(), 11, "ten levels taken apart, the eleventh kept whole");
+    assert_eq!(
+        s.parts.len(),
+        11,
+        "ten levels taken apart, the eleventh kept whole"
+    );
     assert_balanced(&s.body_structure(true));
     let s = Structure::parse(
         raw.as_bytes(),

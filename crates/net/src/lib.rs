@@ -19,7 +19,10 @@ pub type TlsDescription = String;
 
 /// Turns a plain stream into a TLS one (STARTTLS) and says what was negotiated.
 pub type TlsUpgrade = Arc<
-    dyn Fn(BoxedStream) -> Pin<Box<dyn Future<Output = std::io::Result<(BoxedStream, TlsDescription)>> + Send>>
+    dyn Fn(
+            BoxedStream,
+        )
+            -> Pin<Box<dyn Future<Output = std::io::Result<(BoxedStream, TlsDescription)>> + Send>>
         + Send
         + Sync,
 >;

@@ -154,7 +154,12 @@ impl SignInSettings {
                 Err(format!("sign_in.{name} = {value} is outside {min}..={max}"))
             }
         };
-        in_range("session_idle_ms", self.session_idle_ms, SESSION_MS_MIN, SESSION_MS_MAX)?;
+        in_range(
+            "session_idle_ms",
+            self.session_idle_ms,
+            SESSION_MS_MIN,
+            SESSION_MS_MAX,
+        )?;
         in_range(
             "session_absolute_ms",
             self.session_absolute_ms,
@@ -173,7 +178,12 @@ impl SignInSettings {
             1,
             u64::from(FAILURES_MAX),
         )?;
-        in_range("failure_window_ms", self.failure_window_ms, 1000, FAILURE_WINDOW_MS_MAX)
+        in_range(
+            "failure_window_ms",
+            self.failure_window_ms,
+            1000,
+            FAILURE_WINDOW_MS_MAX,
+        )
     }
 }
 
@@ -293,14 +303,22 @@ impl LivePolicy {
     }
 
     pub fn current(&self) -> std::sync::Arc<Policy> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Puts `policy` in force and tells the watchers.
     pub fn replace(&self, policy: Policy) {
         let policy = std::sync::Arc::new(policy);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = policy.clone();
-        for watcher in self.watchers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for watcher in self
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             watcher(&policy);
         }
     }
@@ -308,7 +326,10 @@ impl LivePolicy {
     /// Calls `watcher` with the policy in force now and with every later one.
     pub fn watch(&self, watcher: PolicyWatcher) {
         watcher(&self.current());
-        self.watchers.lock().unwrap_or_else(|e| e.into_inner()).push(watcher);
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(watcher);
     }
 }
 
@@ -350,12 +371,17 @@ impl Policy {
         }
         let mut compiled = Vec::new();
         for rule in config.content.iter().filter(|rule| rule.enabled) {
-            let regex = |pattern: &str| Regex::new(pattern).map_err(|e| format!("content rule {}: {e}", rule.name));
+            let regex = |pattern: &str| {
+                Regex::new(pattern).map_err(|e| format!("content rule {}: {e}", rule.name))
+            };
             let c = match &rule.detector {
                 Detector::Ssn => Compiled::Ssn(regex(r"\b(\d{3})-(\d{2})-(\d{4})\b")?),
-                Detector::Mrn { patterns } => {
-                    Compiled::Patterns(patterns.iter().map(|p| regex(p)).collect::<Result<_, _>>()?)
-                }
+                Detector::Mrn { patterns } => Compiled::Patterns(
+                    patterns
+                        .iter()
+                        .map(|p| regex(p))
+                        .collect::<Result<_, _>>()?,
+                ),
                 Detector::DateOfBirth => Compiled::DateOfBirth(regex(
                     r"(?i)(?:\bdob\b|\bd\.o\.b\.?|\bdate of birth\b|\bborn(?: on)?\b)[\s:]*(?:\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}|\d{4}-\d{2}-\d{2}|\d{1,2} (?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]* \d{4}|(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]* \d{1,2},? \d{4})",
                 )?),
@@ -388,7 +414,10 @@ impl Policy {
     }
 
     pub fn may_send_outside(&self, account: &str) -> bool {
-        !self.config.barred_accounts.contains(&account.to_lowercase())
+        !self
+            .config
+            .barred_accounts
+            .contains(&account.to_lowercase())
     }
 
     /// Every content rule that matches.
@@ -402,9 +431,15 @@ impl Policy {
                 Compiled::Ssn(re) => fields
                     .iter()
                     .any(|f| re.captures_iter(f).any(|c| valid_ssn(&c[1], &c[2], &c[3]))),
-                Compiled::Patterns(res) => res.iter().any(|re| fields.iter().any(|f| re.is_match(f))),
-                Compiled::DateOfBirth(re) | Compiled::Keywords(re) => fields.iter().any(|f| re.is_match(f)),
-                Compiled::Icd10(dotted, context) => fields.iter().any(|f| dotted.is_match(f) || context.is_match(f)),
+                Compiled::Patterns(res) => {
+                    res.iter().any(|re| fields.iter().any(|f| re.is_match(f)))
+                }
+                Compiled::DateOfBirth(re) | Compiled::Keywords(re) => {
+                    fields.iter().any(|f| re.is_match(f))
+                }
+                Compiled::Icd10(dotted, context) => fields
+                    .iter()
+                    .any(|f| dotted.is_match(f) || context.is_match(f)),
                 Compiled::SecureTag => content.subject.to_lowercase().contains("[secure]"),
             };
             if hit {
@@ -434,7 +469,9 @@ impl Policy {
     /// How a recipient is reached, given the message's findings.
     pub fn route(&self, recipient: &str, findings: &[Finding]) -> Route {
         match self.rule_for(recipient) {
-            DomainRule::AlwaysPortal => Route::Portal("an admin rule sends this recipient's mail to the portal".into()),
+            DomainRule::AlwaysPortal => {
+                Route::Portal("an admin rule sends this recipient's mail to the portal".into())
+            }
             DomainRule::TlsRequired => Route::TlsOrPortal,
             DomainRule::TlsAllowed => match findings.iter().find(|f| f.action == Action::Portal) {
                 Some(finding) => Route::Portal(format!("content rule {} matched", finding.rule)),

@@ -3,7 +3,9 @@
 //! the test fails on any.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use sealpost_policy::{Action, Content, ContentRule, Detector, DomainRule, Policy, PolicyConfig, Route};
+use sealpost_policy::{
+    Action, Content, ContentRule, Detector, DomainRule, Policy, PolicyConfig, Route,
+};
 
 /// (rule, text, should match)
 const SAMPLES: &[(&str, &str, bool)] = &[
@@ -85,7 +87,11 @@ fn content_rules_on_the_sample_table_have_no_false_positives_or_negatives() {
         row.0 += 1;
         if matched != *expected {
             row.1 += 1;
-            let kind = if matched { "false positive" } else { "false negative" };
+            let kind = if matched {
+                "false positive"
+            } else {
+                "false negative"
+            };
             row.2.push(format!("{kind}: {text:?}"));
         }
     }
@@ -119,14 +125,18 @@ fn admin_rules_route_by_address_then_domain_and_content_forces_the_portal() {
         content: PolicyConfig::default_content_rules(),
         ..PolicyConfig::default()
     };
-    config.domains.insert("partner.example".into(), DomainRule::TlsRequired);
+    config
+        .domains
+        .insert("partner.example".into(), DomainRule::TlsRequired);
     config
         .domains
         .insert("lawyer@partner.example".into(), DomainRule::AlwaysPortal);
     config
         .domains
         .insert("webmail.example".into(), DomainRule::AlwaysPortal);
-    config.barred_accounts.insert("intern@clinic.example".into());
+    config
+        .barred_accounts
+        .insert("intern@clinic.example".into());
     let policy = Policy::new(config).unwrap();
     let phi = policy.scan(&Content {
         subject: "x",
@@ -135,9 +145,17 @@ fn admin_rules_route_by_address_then_domain_and_content_forces_the_portal() {
     });
     assert_eq!(phi.len(), 1);
     assert_eq!(policy.route("a@partner.example", &phi), Route::TlsOrPortal);
-    assert!(matches!(policy.route("Lawyer@Partner.example", &[]), Route::Portal(_)));
-    assert!(matches!(policy.route("a@webmail.example", &[]), Route::Portal(_)));
-    assert!(matches!(policy.route("a@other.example", &phi), Route::Portal(why) if why.contains("ssn")));
+    assert!(matches!(
+        policy.route("Lawyer@Partner.example", &[]),
+        Route::Portal(_)
+    ));
+    assert!(matches!(
+        policy.route("a@webmail.example", &[]),
+        Route::Portal(_)
+    ));
+    assert!(
+        matches!(policy.route("a@other.example", &phi), Route::Portal(why) if why.contains("ssn"))
+    );
     assert_eq!(policy.route("a@other.example", &[]), Route::TlsOrPortal);
     assert!(!policy.may_send_outside("Intern@clinic.example"));
     assert!(policy.may_send_outside("doc@clinic.example"));
@@ -181,11 +199,20 @@ fn a_disabled_content_rule_is_kept_but_matches_nothing_and_bad_settings_are_refu
     // Settings outside their bounds are refused with their name.
     let mut short = on.clone();
     short.sign_in.session_idle_ms = 5;
-    assert!(Policy::new(short).err().unwrap().contains("session_idle_ms"));
+    assert!(Policy::new(short)
+        .err()
+        .unwrap()
+        .contains("session_idle_ms"));
     let mut none = on.clone();
     none.sign_in.failures_per_account_max = 0;
-    assert!(Policy::new(none).err().unwrap().contains("failures_per_account_max"));
+    assert!(Policy::new(none)
+        .err()
+        .unwrap()
+        .contains("failures_per_account_max"));
     let mut forever = on;
     forever.portal.pickup_ttl_ms = 0;
-    assert!(Policy::new(forever).err().unwrap().contains("pickup_ttl_ms"));
+    assert!(Policy::new(forever)
+        .err()
+        .unwrap()
+        .contains("pickup_ttl_ms"));
 }

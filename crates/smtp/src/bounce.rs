@@ -44,15 +44,25 @@ fn one_line(text: &str) -> String {
 
 /// The report, as a message to `entry`'s sender. `original` is the queued message; with
 /// RET=FULL it is returned whole, otherwise only its header.
-pub(crate) fn report(hostname: &str, entry: &QueuedMessage, original: &[u8], failures: &[Failure<'_>]) -> Vec<u8> {
+pub(crate) fn report(
+    hostname: &str,
+    entry: &QueuedMessage,
+    original: &[u8],
+    failures: &[Failure<'_>],
+) -> Vec<u8> {
     let boundary = format!("dsn-{}", headers::session_id());
     let date = headers::now_rfc2822();
     let mut out = String::new();
-    out.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"));
+    out.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
+    ));
     out.push_str(&format!("To: <{}>\r\n", entry.envelope.from));
     out.push_str("Subject: Undelivered mail returned to sender\r\n");
     out.push_str(&format!("Date: {date}\r\n"));
-    out.push_str(&format!("Message-ID: {}\r\n", headers::message_id(hostname)));
+    out.push_str(&format!(
+        "Message-ID: {}\r\n",
+        headers::message_id(hostname)
+    ));
     out.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
     out.push_str(&format!(
         "Content-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\r\n\r\n"
@@ -76,13 +86,19 @@ pub(crate) fn report(hostname: &str, entry: &QueuedMessage, original: &[u8], fai
     }
     out.push_str("\r\n");
     for failure in failures {
-        out.push_str(&format!("Final-Recipient: rfc822; {}\r\n", failure.recipient.address));
+        out.push_str(&format!(
+            "Final-Recipient: rfc822; {}\r\n",
+            failure.recipient.address
+        ));
         if let Some(orcpt) = &failure.recipient.orcpt {
             out.push_str(&format!("Original-Recipient: {}\r\n", one_line(orcpt)));
         }
         out.push_str("Action: failed\r\n");
         out.push_str(&format!("Status: {}\r\n", status_of(failure.reply)));
-        out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n\r\n", one_line(failure.reply)));
+        out.push_str(&format!(
+            "Diagnostic-Code: smtp; {}\r\n\r\n",
+            one_line(failure.reply)
+        ));
     }
     let full = entry.envelope.ret.as_deref() == Some("FULL");
     let returned = if full {
@@ -92,7 +108,11 @@ pub(crate) fn report(hostname: &str, entry: &QueuedMessage, original: &[u8], fai
     };
     out.push_str(&format!(
         "--{boundary}\r\nContent-Type: {}\r\n\r\n",
-        if full { "message/rfc822" } else { "text/rfc822-headers" }
+        if full {
+            "message/rfc822"
+        } else {
+            "text/rfc822-headers"
+        }
     ));
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(returned);
@@ -137,7 +157,8 @@ mod tests {
             recipient: &recipient,
             reply: "550 5.1.1 no such user\r\nInjected: x",
         }];
-        let text = String::from_utf8(report("mx.clinic.test", &entry, original, &failures)).unwrap();
+        let text =
+            String::from_utf8(report("mx.clinic.test", &entry, original, &failures)).unwrap();
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status"));
         assert!(text.contains("Final-Recipient: rfc822; eve@reject.test\r\n"));
         assert!(text.contains("Original-Recipient: rfc822;eve@reject.test\r\n"));

@@ -20,7 +20,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mail_auth::hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use mail_auth::hickory_resolver::proto::op::{
+    Edns, Message, MessageType, OpCode, Query, ResponseCode,
+};
 use mail_auth::hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -70,7 +72,8 @@ impl SecureDns {
 
     /// Asks each server in turn until one answers; an answer with an error code is an answer.
     pub(crate) async fn query(&self, name: &str, kind: RecordType) -> Result<Answer, String> {
-        let name = Name::from_ascii(name).map_err(|e| format!("{name} is not a domain name: {e}"))?;
+        let name =
+            Name::from_ascii(name).map_err(|e| format!("{name} is not a domain name: {e}"))?;
         let mut last = String::from("no DNS server");
         for server in &self.servers {
             match tokio::time::timeout(self.timeout, self.ask(*server, &name, kind)).await {
@@ -82,7 +85,12 @@ impl SecureDns {
         Err(last)
     }
 
-    async fn ask(&self, server: SocketAddr, name: &Name, kind: RecordType) -> Result<Answer, String> {
+    async fn ask(
+        &self,
+        server: SocketAddr,
+        name: &Name,
+        kind: RecordType,
+    ) -> Result<Answer, String> {
         let mut query = Message::query();
         query.metadata.recursion_desired = true;
         // RFC 6840, 5.7: AD in a query asks the resolver to say whether it validated.
@@ -92,7 +100,9 @@ impl SecureDns {
         edns.set_max_payload(UDP_PAYLOAD_BYTES_MAX);
         edns.flags_mut().dnssec_ok = true;
         query.set_edns(edns);
-        let bytes = query.to_vec().map_err(|e| format!("encoding a {kind} query: {e}"))?;
+        let bytes = query
+            .to_vec()
+            .map_err(|e| format!("encoding a {kind} query: {e}"))?;
         let id = query.metadata.id;
 
         let local: SocketAddr = if server.is_ipv4() {
@@ -100,7 +110,9 @@ impl SecureDns {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let socket = tokio::net::UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
+        let socket = tokio::net::UdpSocket::bind(local)
+            .await
+            .map_err(|e| e.to_string())?;
         socket.connect(server).await.map_err(|e| e.to_string())?;
         socket.send(&bytes).await.map_err(|e| e.to_string())?;
         let mut buffer = vec![0u8; usize::from(UDP_PAYLOAD_BYTES_MAX)];
@@ -137,10 +149,15 @@ impl SecureDns {
         stream.write_all(&framed).await.map_err(|e| e.to_string())?;
         let length = usize::from(stream.read_u16().await.map_err(|e| e.to_string())?);
         let mut buffer = vec![0u8; length.min(TCP_ANSWER_BYTES_MAX)];
-        stream.read_exact(&mut buffer).await.map_err(|e| e.to_string())?;
+        stream
+            .read_exact(&mut buffer)
+            .await
+            .map_err(|e| e.to_string())?;
         let reply = Message::from_vec(&buffer).map_err(|e| format!("a malformed answer: {e}"))?;
         if !answers(&reply, id, name, kind) {
-            return Err(format!("an answer to another question than the {kind} query"));
+            return Err(format!(
+                "an answer to another question than the {kind} query"
+            ));
         }
         Ok(answer_of(reply, kind))
     }
@@ -191,7 +208,11 @@ fn answer_of(reply: Message, kind: RecordType) -> Answer {
     Answer {
         authentic: reply.metadata.authentic_data,
         code: reply.metadata.response_code,
-        records: reply.answers.into_iter().filter(|r| r.record_type() == kind).collect(),
+        records: reply
+            .answers
+            .into_iter()
+            .filter(|r| r.record_type() == kind)
+            .collect(),
     }
 }
 
@@ -256,8 +277,14 @@ impl Tlsa {
         };
         match self.matching {
             0 => selected == self.data.as_slice(),
-            1 => ring::digest::digest(&ring::digest::SHA256, selected).as_ref() == self.data.as_slice(),
-            _ => ring::digest::digest(&ring::digest::SHA512, selected).as_ref() == self.data.as_slice(),
+            1 => {
+                ring::digest::digest(&ring::digest::SHA256, selected).as_ref()
+                    == self.data.as_slice()
+            }
+            _ => {
+                ring::digest::digest(&ring::digest::SHA512, selected).as_ref()
+                    == self.data.as_slice()
+            }
         }
     }
 }
@@ -282,7 +309,10 @@ impl DaneVerifier {
 
     /// The record that matched in the handshake, described ("DANE-EE 3 1 1").
     pub(crate) fn matched(&self) -> Option<String> {
-        self.matched.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.matched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// DANE-TA: `anchor` (a certificate the server sent) as the only root, the usual chain,
@@ -299,9 +329,11 @@ impl DaneVerifier {
         if roots.add(anchor.clone().into_owned()).is_err() {
             return false;
         }
-        let Ok(verifier) =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone()).build()
-        else {
+        let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build() else {
             return false;
         };
         verifier
@@ -341,19 +373,23 @@ impl ServerCertVerifier for DaneVerifier {
             let matched = match record.usage {
                 // Names and dates do not matter: the record pins this very certificate or key.
                 Usage::EndEntity => record.matches(end_entity),
-                Usage::TrustAnchor => intermediates
-                    .iter()
-                    .filter(|c| record.matches(c))
-                    .any(|anchor| self.chains_to(anchor, end_entity, intermediates, server_name, now)),
+                Usage::TrustAnchor => {
+                    intermediates
+                        .iter()
+                        .filter(|c| record.matches(c))
+                        .any(|anchor| {
+                            self.chains_to(anchor, end_entity, intermediates, server_name, now)
+                        })
+                }
             };
             if matched {
                 *self.matched.lock().unwrap_or_else(|e| e.into_inner()) = Some(record.describe());
                 return Ok(ServerCertVerified::assertion());
             }
         }
-        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-            rustls::OtherError(Arc::new(NoRecordMatches)),
-        )))
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(NoRecordMatches))),
+        ))
     }
 
     fn verify_tls12_signature(
@@ -385,7 +421,9 @@ impl ServerCertVerifier for DaneVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -396,7 +434,9 @@ mod tests {
 
     fn certificate(names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         (params.self_signed(&key).unwrap(), key)
     }
 
@@ -412,9 +452,18 @@ mod tests {
             Tlsa::usable(0, 0, 1, &[0; 32]).is_none(),
             "PKIX-TA is unusable for SMTP"
         );
-        assert!(Tlsa::usable(3, 2, 1, &[0; 32]).is_none(), "unknown selector");
-        assert!(Tlsa::usable(3, 1, 3, &[0; 32]).is_none(), "unknown matching type");
-        assert!(Tlsa::usable(3, 1, 1, &[0; 31]).is_none(), "a SHA-256 is 32 bytes");
+        assert!(
+            Tlsa::usable(3, 2, 1, &[0; 32]).is_none(),
+            "unknown selector"
+        );
+        assert!(
+            Tlsa::usable(3, 1, 3, &[0; 32]).is_none(),
+            "unknown matching type"
+        );
+        assert!(
+            Tlsa::usable(3, 1, 1, &[0; 31]).is_none(),
+            "a SHA-256 is 32 bytes"
+        );
         assert!(Tlsa::usable(3, 0, 0, &[]).is_none());
     }
 
@@ -424,13 +473,31 @@ mod tests {
         let (other, _) = certificate(&["mx.example.test"]);
         let der = cert.der().as_ref();
         let spki = key.subject_public_key_info();
-        let sha256 = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec();
-        let sha512 = |b: &[u8]| ring::digest::digest(&ring::digest::SHA512, b).as_ref().to_vec();
+        let sha256 = |b: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA256, b)
+                .as_ref()
+                .to_vec()
+        };
+        let sha512 = |b: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA512, b)
+                .as_ref()
+                .to_vec()
+        };
         for (selector, selected) in [(0, der.to_vec()), (1, spki.clone())] {
-            for (matching, data) in [(0, selected.clone()), (1, sha256(&selected)), (2, sha512(&selected))] {
+            for (matching, data) in [
+                (0, selected.clone()),
+                (1, sha256(&selected)),
+                (2, sha512(&selected)),
+            ] {
                 let record = Tlsa::usable(3, selector, matching, &data).unwrap();
-                assert!(record.matches(der), "3 {selector} {matching} matches its certificate");
-                assert!(!record.matches(other.der()), "3 {selector} {matching} matches another");
+                assert!(
+                    record.matches(der),
+                    "3 {selector} {matching} matches its certificate"
+                );
+                assert!(
+                    !record.matches(other.der()),
+                    "3 {selector} {matching} matches another"
+                );
             }
         }
     }
@@ -444,11 +511,19 @@ mod tests {
         // DANE-EE: a self-signed certificate for another name passes when pinned, else fails.
         let (cert, key) = certificate(&["elsewhere.test"]);
         let pin = ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info());
-        let verifier = DaneVerifier::new(vec![Tlsa::usable(3, 1, 1, pin.as_ref()).unwrap()], provider.clone());
-        assert!(verifier.verify_server_cert(cert.der(), &[], &host, &[], now).is_ok());
+        let verifier = DaneVerifier::new(
+            vec![Tlsa::usable(3, 1, 1, pin.as_ref()).unwrap()],
+            provider.clone(),
+        );
+        assert!(verifier
+            .verify_server_cert(cert.der(), &[], &host, &[], now)
+            .is_ok());
         assert_eq!(verifier.matched().as_deref(), Some("DANE-EE 3 1 1"));
         let (stranger, _) = certificate(&["mx.example.test"]);
-        let verifier = DaneVerifier::new(vec![Tlsa::usable(3, 1, 1, pin.as_ref()).unwrap()], provider.clone());
+        let verifier = DaneVerifier::new(
+            vec![Tlsa::usable(3, 1, 1, pin.as_ref()).unwrap()],
+            provider.clone(),
+        );
         assert!(verifier
             .verify_server_cert(stranger.der(), &[], &host, &[], now)
             .is_err());
@@ -478,8 +553,14 @@ mod tests {
         };
         assert!(check(leaf.der(), &chain), "the leaf chains to the named CA");
         assert!(!check(leaf.der(), &[]), "the CA must be in the chain sent");
-        assert!(!check(wrong_name.der(), &chain), "DANE-TA keeps the name check");
-        assert!(!check(ca.der(), &[]), "the CA alone is no server certificate");
+        assert!(
+            !check(wrong_name.der(), &chain),
+            "DANE-TA keeps the name check"
+        );
+        assert!(
+            !check(ca.der(), &[]),
+            "the CA alone is no server certificate"
+        );
     }
 
     #[test]
@@ -487,7 +568,10 @@ mod tests {
         let timeout = Duration::from_secs(1);
         assert!(SecureDns::for_servers(vec!["127.0.0.1:53".parse().unwrap()], timeout).is_ok());
         assert!(SecureDns::for_servers(vec!["[::1]:53".parse().unwrap()], timeout).is_ok());
-        let mixed = vec!["127.0.0.1:53".parse().unwrap(), "192.0.2.1:53".parse().unwrap()];
+        let mixed = vec![
+            "127.0.0.1:53".parse().unwrap(),
+            "192.0.2.1:53".parse().unwrap(),
+        ];
         assert!(SecureDns::for_servers(mixed, timeout)
             .unwrap_err()
             .contains("192.0.2.1:53"));

@@ -52,7 +52,8 @@ impl DkimSigning {
 
     /// The two DKIM-Signature fields for `raw`, to put in front of it.
     pub(crate) fn sign(&self, raw: &[u8]) -> Result<String, String> {
-        let ed = Ed25519Key::from_pkcs8_maybe_unchecked_der(&self.ed25519).map_err(|e| e.to_string())?;
+        let ed =
+            Ed25519Key::from_pkcs8_maybe_unchecked_der(&self.ed25519).map_err(|e| e.to_string())?;
         let rsa = RsaKey::<Sha256>::from_key_der(pkcs8(&self.rsa)).map_err(|e| e.to_string())?;
         let ed = DkimSigner::from_key(ed)
             .domain(&self.domain)

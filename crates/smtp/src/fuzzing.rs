@@ -33,9 +33,10 @@ impl SessionHarness {
     /// alice@, bob@ (barred from sending outside), admin@ (an admin) and gone@ (disabled) of
     /// example.test, each with the password `secret-pass`.
     pub fn new(dir: &Path) -> Result<Self, String> {
-        let master = MasterKey::create_file(&dir.join("keys/master.key")).map_err(|e| e.to_string())?;
-        let store =
-            Store::create(StoreConfig::new(dir.join("store"), "example.test"), master).map_err(|e| e.to_string())?;
+        let master =
+            MasterKey::create_file(&dir.join("keys/master.key")).map_err(|e| e.to_string())?;
+        let store = Store::create(StoreConfig::new(dir.join("store"), "example.test"), master)
+            .map_err(|e| e.to_string())?;
         for (address, role) in [
             ("alice@example.test", Role::Staff),
             ("bob@example.test", Role::Staff),
@@ -53,7 +54,11 @@ impl SessionHarness {
                 .map_err(|e| e.to_string())?;
             if address.starts_with("gone") {
                 store
-                    .set_account_status(id, sealpost_storage::AccountStatus::Disabled, &Actor::cli())
+                    .set_account_status(
+                        id,
+                        sealpost_storage::AccountStatus::Disabled,
+                        &Actor::cli(),
+                    )
                     .map_err(|e| e.to_string())?;
             }
         }
@@ -135,7 +140,10 @@ impl SessionHarness {
             let (mut read, mut write) = tokio::io::split(client);
             let reader = tokio::spawn(async move {
                 let mut replies = Vec::new();
-                let _ = (&mut read).take(FUZZ_REPLY_BYTES_MAX).read_to_end(&mut replies).await;
+                let _ = (&mut read)
+                    .take(FUZZ_REPLY_BYTES_MAX)
+                    .read_to_end(&mut replies)
+                    .await;
             });
             for piece in sent.chunks(step) {
                 if write.write_all(piece).await.is_err() {
@@ -152,7 +160,9 @@ impl SessionHarness {
         match finished {
             Ok(Ok(())) => {}
             Ok(Err(error)) => panic!("the SMTP session panicked: {error}"),
-            Err(_) => panic!("the SMTP session did not end within {SESSION_MS_MAX} ms of the client closing"),
+            Err(_) => panic!(
+                "the SMTP session did not end within {SESSION_MS_MAX} ms of the client closing"
+            ),
         }
     }
 }
@@ -194,7 +204,8 @@ pub fn header_edits(data: &[u8]) {
     };
     let header_end = crate::headers::header_len(raw);
     assert!(header_end <= raw.len());
-    let cleaned = crate::headers::without_forged_results(raw, hostname).unwrap_or_else(|| raw.to_vec());
+    let cleaned =
+        crate::headers::without_forged_results(raw, hostname).unwrap_or_else(|| raw.to_vec());
     if !hostname.is_empty() {
         assert!(
             crate::headers::without_forged_results(&cleaned, hostname).is_none(),
@@ -226,16 +237,21 @@ pub fn header_edits(data: &[u8]) {
         received.matches("\r\n\t").count() + 1,
         "client text broke the Received field: {received:?}"
     );
-    assert_eq!(received.matches('\n').count(), received.matches("\r\n").count());
+    assert_eq!(
+        received.matches('\n').count(),
+        received.matches("\r\n").count()
+    );
     let (name, address) = match (from.rfind('<'), from.rfind('>')) {
         (Some(open), Some(close)) if open < close => (&from[..open], &from[open + 1..close]),
         _ => ("", from.as_str()),
     };
-    let staff: std::collections::HashSet<String> = ["doc holliday".to_string()].into_iter().collect();
+    let staff: std::collections::HashSet<String> =
+        ["doc holliday".to_string()].into_iter().collect();
     // The check is quadratic in the domain's length; the session hands it at most a header
     // field's worth (the whole header section is within the message size).
     let why = crate::spam::impersonation(address, name, &["example.test".to_string()], &staff);
-    let warned = crate::headers::with_warning(&cleaned, why.as_deref().unwrap_or("fuzz"), "[EXTERNAL]");
+    let warned =
+        crate::headers::with_warning(&cleaned, why.as_deref().unwrap_or("fuzz"), "[EXTERNAL]");
     assert!(warned.starts_with(b"X-Sealpost-Warning: impersonation: "));
     assert_eq!(
         warned
@@ -303,7 +319,11 @@ fn dane_answer(input: &[u8]) {
         reply.metadata.response_code,
         reply.queries.first(),
     );
-    for record in reply.answers.iter().filter(|r| r.record_type() == RecordType::TLSA) {
+    for record in reply
+        .answers
+        .iter()
+        .filter(|r| r.record_type() == RecordType::TLSA)
+    {
         if let RData::TLSA(tlsa) = &record.data {
             let _ = crate::dane::Tlsa::usable(
                 tlsa.cert_usage.into(),

@@ -16,7 +16,9 @@ pub(crate) fn received(
     single_recipient: Option<&str>,
 ) -> String {
     let helo = sanitize(helo);
-    let mut field = format!("Received: from {helo} ([{peer_ip}])\r\n\tby {hostname} (Sealpost) with {protocol}");
+    let mut field = format!(
+        "Received: from {helo} ([{peer_ip}])\r\n\tby {hostname} (Sealpost) with {protocol}"
+    );
     if let Some(tls) = tls {
         field.push_str(&format!("\r\n\t(TLS {})", sanitize(tls)));
     }
@@ -30,10 +32,18 @@ pub(crate) fn received(
 
 /// The notice telling an outside recipient that a message waits in the pickup portal. It
 /// says who the organisation is and where to go, and nothing of the message.
-pub(crate) fn pickup_notice(config: &crate::OutboundConfig, recipient: &str, token: &str, expires_ms: i64) -> Vec<u8> {
+pub(crate) fn pickup_notice(
+    config: &crate::OutboundConfig,
+    recipient: &str,
+    token: &str,
+    expires_ms: i64,
+) -> Vec<u8> {
     let expires = time::OffsetDateTime::from_unix_timestamp(expires_ms / 1000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc2822).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc2822)
+                .ok()
+        })
         .unwrap_or_default();
     let organisation = sanitize(&config.organisation);
     format!(
@@ -195,7 +205,9 @@ fn authserv_id(value: &str) -> String {
 pub(crate) fn has_field(raw: &[u8], name: &str) -> bool {
     let header = &raw[..header_len(raw)];
     header.split(|&b| b == b'\n').any(|line| {
-        line.len() > name.len() && line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+        line.len() > name.len()
+            && line[name.len()] == b':'
+            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
     })
 }
 
@@ -256,7 +268,10 @@ pub(crate) fn with_warning(raw: &[u8], why: &str, prefix: &str) -> Vec<u8> {
 pub(crate) fn field(raw: &[u8], name: &str) -> Option<String> {
     let text = String::from_utf8_lossy(&raw[..header_len(raw)]);
     let mut value: Option<String> = None;
-    for line in text.split('\n').map(|line| line.strip_suffix('\r').unwrap_or(line)) {
+    for line in text
+        .split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+    {
         match &mut value {
             Some(v) if line.starts_with([' ', '\t']) => v.push_str(line.trim_end()),
             Some(_) => break,
@@ -291,7 +306,10 @@ mod tests {
         assert!(field.contains("(TLS TLSv1_3 TLS13_AES_256_GCM_SHA384)"));
         assert!(field.contains("for <a@example.com>;"));
         assert!(field.ends_with("\r\n"));
-        assert_eq!(field.matches("\r\n").count(), field.matches("\r\n\t").count() + 1);
+        assert_eq!(
+            field.matches("\r\n").count(),
+            field.matches("\r\n\t").count() + 1
+        );
     }
 
     #[test]
@@ -305,7 +323,10 @@ mod tests {
             b"Subject: x\r\nAuthentication-Results: other.example; spf=fail\r\n\r\n\
               Authentication-Results: mx.example; in the body\r\n"
         );
-        assert_eq!(without_forged_results(b"Subject: x\r\n\r\nbody", "mx.example"), None);
+        assert_eq!(
+            without_forged_results(b"Subject: x\r\n\r\nbody", "mx.example"),
+            None
+        );
     }
 
     /// Comments, a quoted authserv-id and a trailing dot hid a forged verdict from the removal
@@ -327,8 +348,12 @@ mod tests {
                 "{forged:?}"
             );
         }
-        let ours_in_a_comment = b"Authentication-Results: other.example (mx.example); spf=pass\r\n\r\n";
-        assert_eq!(without_forged_results(ours_in_a_comment, "mx.example"), None);
+        let ours_in_a_comment =
+            b"Authentication-Results: other.example (mx.example); spf=pass\r\n\r\n";
+        assert_eq!(
+            without_forged_results(ours_in_a_comment, "mx.example"),
+            None
+        );
     }
 
     #[test]
@@ -373,9 +398,17 @@ mod tests {
     fn the_body_after_a_bare_lf_blank_line_is_left_as_sent() {
         let raw = b"From: a@b.test\nSubject: hi\n\nX-Sealpost-Note: my own words\n kept\nSubject: body\r\n\r\nend\r\n";
         assert_eq!(header_len(raw), 28);
-        assert_eq!(without_own_headers(raw), None, "nothing in the header to remove");
+        assert_eq!(
+            without_own_headers(raw),
+            None,
+            "nothing in the header to remove"
+        );
         let warned = with_warning(raw, "x", "[EXTERNAL]");
-        assert!(warned.ends_with(&raw[27..]), "{}", String::from_utf8_lossy(&warned));
+        assert!(
+            warned.ends_with(&raw[27..]),
+            "{}",
+            String::from_utf8_lossy(&warned)
+        );
         assert!(String::from_utf8_lossy(&warned).contains("Subject: [EXTERNAL] hi\n"));
         assert_eq!(field(raw, "subject").as_deref(), Some("hi"));
         assert_eq!(field(raw, "x-sealpost-note"), None);

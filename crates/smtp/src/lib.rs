@@ -21,7 +21,9 @@ mod verify;
 
 pub use dkim_sign::DkimSigning;
 pub use outbound::{Outbound as OutboundAgent, OutboundConfig};
-pub use session::{serve_session, ListenerRole, SmtpConfig, SmtpConnection, SmtpTlsUpgrade, TlsDescription};
+pub use session::{
+    serve_session, ListenerRole, SmtpConfig, SmtpConnection, SmtpTlsUpgrade, TlsDescription,
+};
 pub use shared::{Aliases, SmtpShared};
 pub use submit::{submit_from_web, WebMessage, WebSent};
 pub use verify::{dns_answers, DnsKind, InboundAuth, InboundPolicy, Verdict};

@@ -30,12 +30,14 @@ impl Policy {
     /// Whether `host` may receive the domain's mail.
     pub(crate) fn allows(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_lowercase();
-        self.mx.iter().any(|pattern| match pattern.strip_prefix("*.") {
-            Some(suffix) => host
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-            None => host == *pattern,
-        })
+        self.mx
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(suffix) => host
+                    .split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+                None => host == *pattern,
+            })
     }
 }
 
@@ -117,7 +119,9 @@ pub(crate) fn record_id(txt: &str) -> Option<String> {
     fields
         .filter_map(|f| f.strip_prefix("id="))
         .next()
-        .filter(|id| !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric()))
+        .filter(|id| {
+            !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric())
+        })
         .map(str::to_string)
 }
 
@@ -204,7 +208,8 @@ pub(crate) async fn fetch(
         let socket = tokio::net::TcpStream::connect((ip, port))
             .await
             .map_err(|e| format!("{host}: {e}"))?;
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+        let name =
+            rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
         let mut stream = tls
             .connect(name, socket)
             .await
@@ -212,7 +217,10 @@ pub(crate) async fn fetch(
         let request = format!(
             "GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: Sealpost\r\n\r\n"
         );
-        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut response = Vec::new();
         let mut limited = (&mut stream).take((POLICY_BYTES_MAX + 8 * 1024) as u64);
         // A server that closes without close_notify still gave what it sent.
@@ -236,14 +244,17 @@ pub(crate) fn parse_http(response: &[u8]) -> Result<String, String> {
     if status != "200" {
         return Err(format!("HTTP status {status}"));
     }
-    let chunked = head
-        .lines()
-        .any(|l| l.to_lowercase().starts_with("transfer-encoding:") && l.to_lowercase().contains("chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_lowercase().starts_with("transfer-encoding:") && l.to_lowercase().contains("chunked")
+    });
     let body = if chunked {
         let mut out = Vec::new();
         let mut rest = body;
         loop {
-            let line_end = rest.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk")?;
+            let line_end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or("bad chunk")?;
             let size_text = String::from_utf8_lossy(&rest[..line_end]).to_string();
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
                 .map_err(|_| "bad chunk size")?;
@@ -291,7 +302,10 @@ mod tests {
                 .unwrap()
                 .enforce
         );
-        assert_eq!(record_id("v=STSv1; id=20260101T0000"), Some("20260101T0000".into()));
+        assert_eq!(
+            record_id("v=STSv1; id=20260101T0000"),
+            Some("20260101T0000".into())
+        );
         assert_eq!(record_id("v=STSv2; id=1"), None);
         assert_eq!(record_id("v=STSv1; id=bad id!"), None);
         assert_eq!(decode(&encode(&policy, 42)), Some((policy, 42)));
@@ -300,20 +314,33 @@ mod tests {
     #[test]
     fn a_policy_seen_stays_in_force_without_its_record_until_max_age_ends() {
         let cache = Cache::default();
-        let policy = parse("1", "version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 600\n").unwrap();
+        let policy = parse(
+            "1",
+            "version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 600\n",
+        )
+        .unwrap();
         // Nothing seen yet: a missing record means no policy; a published one is fetched.
         assert_eq!(cache.step("example.com", None), Step::InForce(None));
-        assert_eq!(cache.step("example.com", Some("1")), Step::Fetch { id: "1".into() });
+        assert_eq!(
+            cache.step("example.com", Some("1")),
+            Step::Fetch { id: "1".into() }
+        );
         cache.put("example.com", policy.clone());
         assert_eq!(
             cache.step("example.com", Some("1")),
             Step::InForce(Some(policy.clone()))
         );
         // The record withheld (or not answered): the policy seen holds.
-        assert_eq!(cache.step("example.com", None), Step::InForce(Some(policy.clone())));
+        assert_eq!(
+            cache.step("example.com", None),
+            Step::InForce(Some(policy.clone()))
+        );
         assert_eq!(cache.step("other.example", None), Step::InForce(None));
         // A new id: fetched, the old policy still there to fall back on.
-        assert_eq!(cache.step("example.com", Some("2")), Step::Fetch { id: "2".into() });
+        assert_eq!(
+            cache.step("example.com", Some("2")),
+            Step::Fetch { id: "2".into() }
+        );
         assert_eq!(cache.get_any("example.com"), Some(policy.clone()));
         // Past its max_age it is gone, record or not.
         let short = Policy {

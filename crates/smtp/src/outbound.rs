@@ -12,7 +12,8 @@ use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::{RData, RecordType};
 use mail_auth::MessageAuthenticator;
 use sealpost_storage::{
-    Actor, AuditEvent, Outbound as Envelope, OutboundRecipient, QueuedMessage, RecipientState, RecipientStatus, Store,
+    Actor, AuditEvent, Outbound as Envelope, OutboundRecipient, QueuedMessage, RecipientState,
+    RecipientStatus, Store,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -152,7 +153,9 @@ impl Needs {
         let header = &raw[..crate::headers::header_len(raw)];
         Needs {
             eight_bit: !raw.is_ascii(),
-            utf8: !from.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii()) || !header.is_ascii(),
+            utf8: !from.is_ascii()
+                || recipients.iter().any(|r| !r.address.is_ascii())
+                || !header.is_ascii(),
         }
     }
 
@@ -362,7 +365,8 @@ pub struct Outbound {
 }
 
 /// Open sessions by (host, port): the conversation, its TLS description, since when idle.
-type IdleSessions = std::collections::HashMap<(String, u16), Vec<(Conversation, String, std::time::Instant)>>;
+type IdleSessions =
+    std::collections::HashMap<(String, u16), Vec<(Conversation, String, std::time::Instant)>>;
 
 /// How long an open session waits for the next message, and how many wait per server.
 const IDLE_SESSION_MS: u64 = 10_000;
@@ -422,7 +426,8 @@ impl Outbound {
 
     /// Puts a pickup link lifetime in force for the links made from now on, in ms.
     pub fn set_pickup_ttl_ms(&self, ms: u64) {
-        self.pickup_ttl_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+        self.pickup_ttl_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Recipients' outcomes of delivery attempts so far: delivered over verified TLS, kept
@@ -531,7 +536,9 @@ impl Outbound {
         let now = now_ms();
         for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
             // A rule chose the portal at submission: no SMTP for this one.
-            if let (RecipientStatus::Pending, Some(why)) = (&states[index].status, &recipient.portal) {
+            if let (RecipientStatus::Pending, Some(why)) =
+                (&states[index].status, &recipient.portal)
+            {
                 let address = &recipient.address;
                 let (state, event) = match self.to_portal(&entry, address).await {
                     Ok(()) => (
@@ -542,8 +549,9 @@ impl Outbound {
                             },
                             last_reply: None,
                         },
-                        AuditEvent::new(&actor, "queue.portal", format!("to {address}"))
-                            .detail(format!("queue {}; {why}; kept for pickup, notice sent", entry.id)),
+                        AuditEvent::new(&actor, "queue.portal", format!("to {address}")).detail(
+                            format!("queue {}; {why}; kept for pickup, notice sent", entry.id),
+                        ),
                     ),
                     Err(error) => deferred(&actor, &entry, address, format!("{why}; {error}")),
                 };
@@ -552,14 +560,22 @@ impl Outbound {
                 continue;
             }
             if states[index].status == RecipientStatus::Pending {
-                let domain = recipient.address.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+                let domain = recipient
+                    .address
+                    .rsplit_once('@')
+                    .map_or("", |(_, d)| d)
+                    .to_string();
                 by_domain.entry(domain).or_default().push(index);
             }
         }
         for (domain, indexes) in by_domain {
-            let recipients: Vec<OutboundRecipient> =
-                indexes.iter().map(|&i| entry.envelope.recipients[i].clone()).collect();
-            let outcome = self.deliver_domain(&domain, &entry, &recipients, &signed).await;
+            let recipients: Vec<OutboundRecipient> = indexes
+                .iter()
+                .map(|&i| entry.envelope.recipients[i].clone())
+                .collect();
+            let outcome = self
+                .deliver_domain(&domain, &entry, &recipients, &signed)
+                .await;
             for (slot, &index) in indexes.iter().enumerate() {
                 let address = &entry.envelope.recipients[index].address;
                 let (state, event) = match &outcome {
@@ -574,16 +590,18 @@ impl Outbound {
                                     },
                                     last_reply: Some(reply.line()),
                                 },
-                                AuditEvent::new(&actor, "queue.deliver", format!("to {address}")).detail(format!(
-                                    "queue {}; {host} over {}{tls}; {}",
-                                    entry.id,
-                                    if entry.envelope.notice && tls.contains("a pickup notice") {
-                                        ""
-                                    } else {
-                                        "verified "
-                                    },
-                                    reply.line()
-                                )),
+                                AuditEvent::new(&actor, "queue.deliver", format!("to {address}"))
+                                    .detail(format!(
+                                        "queue {}; {host} over {}{tls}; {}",
+                                        entry.id,
+                                        if entry.envelope.notice && tls.contains("a pickup notice")
+                                        {
+                                            ""
+                                        } else {
+                                            "verified "
+                                        },
+                                        reply.line()
+                                    )),
                             ),
                             500..=599 => (
                                 RecipientState {
@@ -595,7 +613,11 @@ impl Outbound {
                                 },
                                 AuditEvent::new(&actor, "queue.fail", format!("to {address}"))
                                     .outcome(sealpost_storage::AuditOutcome::Failed)
-                                    .detail(format!("queue {}; {host}; {}", entry.id, reply.line())),
+                                    .detail(format!(
+                                        "queue {}; {host}; {}",
+                                        entry.id,
+                                        reply.line()
+                                    )),
                             ),
                             _ => deferred(&actor, &entry, address, reply.line()),
                         }
@@ -605,23 +627,33 @@ impl Outbound {
                     DomainOutcome::NoVerifiedTls(why) if entry.envelope.notice => {
                         deferred(&actor, &entry, address, why.clone())
                     }
-                    DomainOutcome::NoVerifiedTls(why) => match self.to_portal(&entry, address).await {
-                        Ok(()) => (
-                            RecipientState {
-                                status: RecipientStatus::Portal {
-                                    at_ms: now,
-                                    why: format!("no verified TLS: {why}"),
+                    DomainOutcome::NoVerifiedTls(why) => {
+                        match self.to_portal(&entry, address).await {
+                            Ok(()) => (
+                                RecipientState {
+                                    status: RecipientStatus::Portal {
+                                        at_ms: now,
+                                        why: format!("no verified TLS: {why}"),
+                                    },
+                                    last_reply: Some(why.clone()),
                                 },
-                                last_reply: Some(why.clone()),
-                            },
-                            AuditEvent::new(&actor, "queue.portal", format!("to {address}")).detail(format!(
+                                AuditEvent::new(&actor, "queue.portal", format!("to {address}"))
+                                    .detail(format!(
                                 "queue {}; no verified TLS ({why}); kept for pickup, notice sent",
                                 entry.id
                             )),
-                        ),
-                        Err(error) => deferred(&actor, &entry, address, format!("no verified TLS ({why}); {error}")),
-                    },
-                    DomainOutcome::Unreachable(why) => deferred(&actor, &entry, address, why.clone()),
+                            ),
+                            Err(error) => deferred(
+                                &actor,
+                                &entry,
+                                address,
+                                format!("no verified TLS ({why}); {error}"),
+                            ),
+                        }
+                    }
+                    DomainOutcome::Unreachable(why) => {
+                        deferred(&actor, &entry, address, why.clone())
+                    }
                 };
                 states[index] = state;
                 events.push(event);
@@ -676,8 +708,10 @@ impl Outbound {
             let report = crate::bounce::report(&self.config.hostname, &entry, &raw, &failures);
             let (store, account, actor) = (self.store.clone(), entry.account, actor.clone());
             let detail = format!("queue {}; {} recipients", entry.id, failures.len());
-            let done =
-                tokio::task::spawn_blocking(move || deliver_report(&store, account, &report, &actor, detail)).await;
+            let done = tokio::task::spawn_blocking(move || {
+                deliver_report(&store, account, &report, &actor, detail)
+            })
+            .await;
             if !matches!(done, Ok(Ok(()))) {
                 warn!(queue = %entry.id, "delivering a bounce failed: {done:?}");
             }
@@ -691,7 +725,10 @@ impl Outbound {
             .min(self.config.retry_max_ms);
         let next = now.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
         let (store, account, id) = (self.store.clone(), entry.account, entry.id);
-        let written = tokio::task::spawn_blocking(move || store.queue_update(account, id, states, next, events)).await;
+        let written = tokio::task::spawn_blocking(move || {
+            store.queue_update(account, id, states, next, events)
+        })
+        .await;
         match written {
             Ok(Ok(())) => info!(queue = %entry.id, "delivery attempt recorded"),
             other => warn!(queue = %entry.id, "recording a delivery attempt failed: {other:?}"),
@@ -747,7 +784,9 @@ impl Outbound {
                 });
                 continue;
             }
-            let (reply, _) = talk.command(&rcpt_command(recipient, talk.extensions)).await?;
+            let (reply, _) = talk
+                .command(&rcpt_command(recipient, talk.extensions))
+                .await?;
             replies.push(reply);
         }
         if replies.iter().all(|r| r.code != 250 && r.code != 251) {
@@ -772,7 +811,13 @@ impl Outbound {
         Ok::<_, std::io::Error>(
             replies
                 .into_iter()
-                .map(|r| if r.code / 100 == 2 { data_reply.clone() } else { r })
+                .map(|r| {
+                    if r.code / 100 == 2 {
+                        data_reply.clone()
+                    } else {
+                        r
+                    }
+                })
                 .collect(),
         )
     }
@@ -800,7 +845,9 @@ impl Outbound {
         {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.retain(|_, sessions| {
-                sessions.retain(|(_, _, since)| since.elapsed() < Duration::from_millis(IDLE_SESSION_MS));
+                sessions.retain(|(_, _, since)| {
+                    since.elapsed() < Duration::from_millis(IDLE_SESSION_MS)
+                });
                 !sessions.is_empty()
             });
             let sessions = idle.entry(key).or_default();
@@ -820,7 +867,9 @@ impl Outbound {
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut secret);
         let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        let ttl_ms = self.pickup_ttl_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let ttl_ms = self
+            .pickup_ttl_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
         let expires_ms = now_ms().saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
         let notice = crate::headers::pickup_notice(&self.config, recipient, &token, expires_ms);
         let envelope = sealpost_storage::Outbound {
@@ -835,7 +884,12 @@ impl Outbound {
             ret: None,
             notice: true,
         };
-        let (store, account, id, recipient) = (self.store.clone(), entry.account, entry.id, recipient.to_string());
+        let (store, account, id, recipient) = (
+            self.store.clone(),
+            entry.account,
+            entry.id,
+            recipient.to_string(),
+        );
         let done = tokio::task::spawn_blocking(move || {
             store.create_pickup(account, id, &recipient, &token, expires_ms)?;
             let backup = store
@@ -869,7 +923,11 @@ impl Outbound {
     /// that is missing, unreadable or not answered (RFC 8461 §5.1): whoever can withhold a
     /// DNS answer cannot switch off a policy already seen, before its max_age ends.
     async fn mta_sts_policy(&self, domain: &str) -> Option<crate::mta_sts::Policy> {
-        let published = match self.resolver.txt_raw_lookup(format!("_mta-sts.{domain}.")).await {
+        let published = match self
+            .resolver
+            .txt_raw_lookup(format!("_mta-sts.{domain}."))
+            .await
+        {
             Ok(txt) => crate::mta_sts::record_id(&String::from_utf8_lossy(&txt)),
             Err(_) => None,
         };
@@ -887,7 +945,15 @@ impl Outbound {
             crate::mta_sts::Step::Fetch { id } => id,
         };
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        match crate::mta_sts::fetch(&self.tls, &self.resolver, domain, self.config.mta_sts_port, timeout).await {
+        match crate::mta_sts::fetch(
+            &self.tls,
+            &self.resolver,
+            domain,
+            self.config.mta_sts_port,
+            timeout,
+        )
+        .await
+        {
             Ok(body) => match crate::mta_sts::parse(&id, &body) {
                 Some(policy) => {
                     self.mta_sts.put(domain, policy.clone());
@@ -897,7 +963,8 @@ impl Outbound {
                         crate::mta_sts::encode(&policy, now_ms()),
                     );
                     if let Ok(Err(error)) =
-                        tokio::task::spawn_blocking(move || store.cache("mta-sts", &name, &bytes)).await
+                        tokio::task::spawn_blocking(move || store.cache("mta-sts", &name, &bytes))
+                            .await
                     {
                         warn!(%error, "keeping an MTA-STS policy failed");
                     }
@@ -949,7 +1016,9 @@ impl Outbound {
             Some(dns) => {
                 let answer = dns.query(&name, RecordType::MX).await?;
                 match answer.code {
-                    ResponseCode::NoError | ResponseCode::NXDomain => (answer.records, answer.authentic),
+                    ResponseCode::NoError | ResponseCode::NXDomain => {
+                        (answer.records, answer.authentic)
+                    }
                     code => return Err(format!("MX look-up for {domain} failed: {code}")),
                 }
             }
@@ -1032,13 +1101,14 @@ impl Outbound {
         let mut no_tls = None;
         let mut unreachable = format!("no server for {domain}");
         for host in hosts.iter().take(MX_HOSTS_TRIED_MAX) {
-            let addresses: Vec<IpAddr> = match self.resolver.0.lookup_ip(format!("{host}.").as_str()).await {
-                Ok(found) => found.iter().take(ADDRESSES_PER_HOST_TRIED_MAX).collect(),
-                Err(error) => {
-                    unreachable = format!("{host}: address look-up failed: {error}");
-                    continue;
-                }
-            };
+            let addresses: Vec<IpAddr> =
+                match self.resolver.0.lookup_ip(format!("{host}.").as_str()).await {
+                    Ok(found) => found.iter().take(ADDRESSES_PER_HOST_TRIED_MAX).collect(),
+                    Err(error) => {
+                        unreachable = format!("{host}: address look-up failed: {error}");
+                        continue;
+                    }
+                };
             let tlsa = match &self.dane {
                 Some(dns) if hosts_secure => match dns.tlsa(host, port).await {
                     Ok(records) => records,
@@ -1059,7 +1129,10 @@ impl Outbound {
             };
             for ip in addresses {
                 let address = SocketAddr::new(ip, port);
-                match self.deliver_host(host, address, check, entry, recipients, raw).await {
+                match self
+                    .deliver_host(host, address, check, entry, recipients, raw)
+                    .await
+                {
                     HostOutcome::Replies { replies, tls } => {
                         return DomainOutcome::Replies {
                             replies,
@@ -1096,7 +1169,14 @@ impl Outbound {
         match outcome {
             HostOutcome::NoVerifiedTls(why) if entry.envelope.notice => {
                 match self
-                    .deliver_host_once(host, address, TlsCheck::Opportunistic, entry, recipients, raw)
+                    .deliver_host_once(
+                        host,
+                        address,
+                        TlsCheck::Opportunistic,
+                        entry,
+                        recipients,
+                        raw,
+                    )
                     .await
                 {
                     HostOutcome::Replies { replies, tls } => HostOutcome::Replies {
@@ -1115,14 +1195,26 @@ impl Outbound {
     fn dane_connector(
         &self,
         records: &[crate::dane::Tlsa],
-    ) -> Result<(tokio_rustls::TlsConnector, Option<Arc<crate::dane::DaneVerifier>>), rustls::Error> {
-        let verifier = Arc::new(crate::dane::DaneVerifier::new(records.to_vec(), self.provider.clone()));
+    ) -> Result<
+        (
+            tokio_rustls::TlsConnector,
+            Option<Arc<crate::dane::DaneVerifier>>,
+        ),
+        rustls::Error,
+    > {
+        let verifier = Arc::new(crate::dane::DaneVerifier::new(
+            records.to_vec(),
+            self.provider.clone(),
+        ));
         let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(verifier.clone())
             .with_no_client_auth();
-        Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), Some(verifier)))
+        Ok((
+            tokio_rustls::TlsConnector::from(Arc::new(config)),
+            Some(verifier),
+        ))
     }
 
     /// One connection, with STARTTLS and the certificate checked as `check` says.
@@ -1141,7 +1233,10 @@ impl Outbound {
         // A kept session was verified (an unverified one is never kept): any message may use it.
         while let Some((mut talk, tls)) = self.take_idle(&key) {
             // A session the server closed meanwhile fails here; then the next, or a new one.
-            if let Ok(replies) = self.transaction(&mut talk, false, "", entry, recipients, raw).await {
+            if let Ok(replies) = self
+                .transaction(&mut talk, false, "", entry, recipients, raw)
+                .await
+            {
                 self.keep_idle(key, talk, tls.clone()).await;
                 return HostOutcome::Replies { replies, tls };
             }
@@ -1171,9 +1266,10 @@ impl Outbound {
                 return Ok(Err(format!("EHLO: {}", reply.line())));
             }
             talk.extensions = Extensions::of_ehlo(&lines);
-            let starttls = lines
-                .iter()
-                .any(|l| l.get(4..).is_some_and(|c| c.trim().eq_ignore_ascii_case("STARTTLS")));
+            let starttls = lines.iter().any(|l| {
+                l.get(4..)
+                    .is_some_and(|c| c.trim().eq_ignore_ascii_case("STARTTLS"))
+            });
             if !starttls {
                 // Plaintext only for a notice, and only where no TLS is offered at all.
                 if opportunistic {
@@ -1190,7 +1286,10 @@ impl Outbound {
         match plain.await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
-                let outcome = match self.transaction(&mut talk, false, &ehlo, entry, recipients, raw).await {
+                let outcome = match self
+                    .transaction(&mut talk, false, &ehlo, entry, recipients, raw)
+                    .await
+                {
                     Ok(replies) => HostOutcome::Replies {
                         replies,
                         tls: "plaintext: the server offers no STARTTLS".into(),
@@ -1208,7 +1307,9 @@ impl Outbound {
             Err(error) => return HostOutcome::Unreachable(error.to_string()),
         }
         let Ok(server_name) = rustls::pki_types::ServerName::try_from(host.to_string()) else {
-            return HostOutcome::NoVerifiedTls(format!("{host} is not a name a certificate can have"));
+            return HostOutcome::NoVerifiedTls(format!(
+                "{host} is not a name a certificate can have"
+            ));
         };
         let plain_stream = talk.io.into_inner();
         let (connector, dane) = match check {
@@ -1222,11 +1323,13 @@ impl Outbound {
                 Err(error) => return HostOutcome::NoVerifiedTls(format!("TLS: {error}")),
             },
         };
-        let secured = match tokio::time::timeout(timeout, connector.connect(server_name, plain_stream)).await {
-            Ok(Ok(secured)) => secured,
-            Ok(Err(error)) => return HostOutcome::NoVerifiedTls(format!("TLS: {error}")),
-            Err(_) => return HostOutcome::Unreachable("TLS handshake timed out".into()),
-        };
+        let secured =
+            match tokio::time::timeout(timeout, connector.connect(server_name, plain_stream)).await
+            {
+                Ok(Ok(secured)) => secured,
+                Ok(Err(error)) => return HostOutcome::NoVerifiedTls(format!("TLS: {error}")),
+                Err(_) => return HostOutcome::Unreachable("TLS handshake timed out".into()),
+            };
         let tls = {
             let (_, connection) = secured.get_ref();
             let version = connection
@@ -1237,7 +1340,9 @@ impl Outbound {
                 .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite()));
             match dane.and_then(|verifier| verifier.matched()) {
                 Some(record) => format!("{version} {cipher}, certificate matched {record}"),
-                None if opportunistic => format!("STARTTLS {version} {cipher}, certificate not verified"),
+                None if opportunistic => {
+                    format!("STARTTLS {version} {cipher}, certificate not verified")
+                }
                 None => format!("{version} {cipher}"),
             }
         };
@@ -1280,7 +1385,9 @@ enum TlsCheck<'a> {
 
 /// A TLS client that takes any certificate (the handshake's signatures are still checked):
 /// only for pickup notices, which hold no patient information, against passive listeners.
-fn any_certificate(provider: Arc<rustls::crypto::CryptoProvider>) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+fn any_certificate(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -1310,7 +1417,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         cert: &rustls::pki_types::CertificateDer<'_>,
         signature: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, signature, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -1319,7 +1431,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         cert: &rustls::pki_types::CertificateDer<'_>,
         signature: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, signature, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -1338,13 +1455,19 @@ enum DomainOutcome {
     Unreachable(String),
 }
 
-fn deferred(actor: &Actor, entry: &QueuedMessage, address: &str, why: String) -> (RecipientState, AuditEvent) {
+fn deferred(
+    actor: &Actor,
+    entry: &QueuedMessage,
+    address: &str,
+    why: String,
+) -> (RecipientState, AuditEvent) {
     (
         RecipientState {
             status: RecipientStatus::Pending,
             last_reply: Some(why.clone()),
         },
-        AuditEvent::new(actor, "queue.defer", format!("to {address}")).detail(format!("queue {}; {why}", entry.id)),
+        AuditEvent::new(actor, "queue.defer", format!("to {address}"))
+            .detail(format!("queue {}; {why}", entry.id)),
     )
 }
 
@@ -1377,7 +1500,10 @@ fn deliver_report(
         outbound: None,
     };
     let events = |_: &[sealpost_storage::Delivered]| {
-        vec![AuditEvent::new(actor, "queue.bounce", format!("account:{}", account.0)).detail(detail.clone())]
+        vec![
+            AuditEvent::new(actor, "queue.bounce", format!("account:{}", account.0))
+                .detail(detail.clone()),
+        ]
     };
     store.deliver_all(&[target], &message, &events)?;
     Ok(())
@@ -1401,7 +1527,9 @@ mod tests {
     /// the one line that is a lone dot is the end.
     #[test]
     fn smuggling_payloads_leave_one_end_of_data_on_the_wire() {
-        for payload in ["\n.\n", "\r.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r", "\r\n.\n", "\r.\r"] {
+        for payload in [
+            "\n.\n", "\r.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r", "\r\n.\n", "\r.\r",
+        ] {
             let raw = format!("Subject: x\r\n\r\nfirst{payload}MAIL FROM:<a@b.example>\r\nRCPT TO:<spy@b.example>\r\n");
             let wire = dot_stuffed(&crate::submit::with_crlf_line_ends(raw.into_bytes()));
             let text = String::from_utf8(wire).unwrap();
@@ -1410,7 +1538,11 @@ mod tests {
                 !text.replace("\r\n", "").contains(['\r', '\n']),
                 "{payload:?}: {text:?}"
             );
-            assert_eq!(lines.iter().filter(|l| **l == ".").count(), 1, "{payload:?}: {text:?}");
+            assert_eq!(
+                lines.iter().filter(|l| **l == ".").count(),
+                1,
+                "{payload:?}: {text:?}"
+            );
             assert!(text.ends_with("\r\n.\r\n"), "{payload:?}: {text:?}");
         }
     }
@@ -1498,14 +1630,22 @@ mod tests {
             orcpt: Some("x400;whatever".into()),
             ..recipient
         };
-        assert_eq!(rcpt_command(&never, all), "RCPT TO:<pat@example.org> NOTIFY=NEVER");
+        assert_eq!(
+            rcpt_command(&never, all),
+            "RCPT TO:<pat@example.org> NOTIFY=NEVER"
+        );
     }
 
     #[test]
     fn extensions_are_read_from_the_ehlo_reply() {
         let lines = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            Extensions::of_ehlo(&lines(&["250-mx greets", "250-SIZE 1000", "250-PIPELINING", "250 dsn"])),
+            Extensions::of_ehlo(&lines(&[
+                "250-mx greets",
+                "250-SIZE 1000",
+                "250-PIPELINING",
+                "250 dsn"
+            ])),
             Extensions {
                 size: true,
                 dsn: true,
@@ -1513,7 +1653,11 @@ mod tests {
             }
         );
         assert_eq!(
-            Extensions::of_ehlo(&lines(&["250-DSN.example greets", "250-DSNX", "250 8BITMIME"])),
+            Extensions::of_ehlo(&lines(&[
+                "250-DSN.example greets",
+                "250-DSNX",
+                "250 8BITMIME"
+            ])),
             Extensions {
                 eight_bit_mime: true,
                 ..Extensions::default()
@@ -1551,7 +1695,11 @@ mod tests {
         let latin = "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n\r\nGr\u{fc}\u{df}e\r\n".as_bytes();
         let eight_bit = Needs::of("doc@clinic.example", &[recipient("pat@example.org")], latin);
         assert_eq!((eight_bit.eight_bit, eight_bit.utf8), (true, false));
-        let header = Needs::of("doc@clinic.example", &[], "Subject: Grüße\r\n\r\nx\r\n".as_bytes());
+        let header = Needs::of(
+            "doc@clinic.example",
+            &[],
+            "Subject: Grüße\r\n\r\nx\r\n".as_bytes(),
+        );
         assert_eq!((header.eight_bit, header.utf8), (true, true));
         let address = Needs::of(
             "doc@clinic.example",
@@ -1572,7 +1720,11 @@ mod tests {
         assert!(header.refused_by(all).is_none());
         let old = Extensions::default();
         assert!(ascii.refused_by(old).is_none());
-        assert!(eight_bit.refused_by(old).unwrap().text.starts_with("5.6.3 "));
+        assert!(eight_bit
+            .refused_by(old)
+            .unwrap()
+            .text
+            .starts_with("5.6.3 "));
         assert!(address
             .refused_by(Extensions {
                 eight_bit_mime: true,

@@ -207,11 +207,13 @@ impl Session {
         // A client that stops reading its replies holds the connection no longer than a
         // command may take to arrive (before AUTH or MAIL, prelogin_idle_ms_max): the write is
         // given up and the session ends, instead of waiting in write_all for ever.
-        let limit = Duration::from_millis(if self.account.is_none() && self.transaction.from.is_none() {
-            self.config.prelogin_idle_ms_max
-        } else {
-            self.config.command_timeout_ms
-        });
+        let limit = Duration::from_millis(
+            if self.account.is_none() && self.transaction.from.is_none() {
+                self.config.prelogin_idle_ms_max
+            } else {
+                self.config.command_timeout_ms
+            },
+        );
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
         };
@@ -256,11 +258,16 @@ impl Session {
     }
 
     /// `fill`, and before `deadline` (the pre-login bound on a whole line) if one is given.
-    async fn fill_until(&mut self, deadline: Option<std::time::Instant>) -> std::io::Result<Option<usize>> {
+    async fn fill_until(
+        &mut self,
+        deadline: Option<std::time::Instant>,
+    ) -> std::io::Result<Option<usize>> {
         self.flush().await?;
         let idle = Duration::from_millis(self.config.command_timeout_ms);
         let timeout = match deadline {
-            Some(deadline) => idle.min(deadline.saturating_duration_since(std::time::Instant::now())),
+            Some(deadline) => {
+                idle.min(deadline.saturating_duration_since(std::time::Instant::now()))
+            }
             None => idle,
         };
         let Some(stream) = self.stream.as_mut() else {
@@ -306,7 +313,10 @@ impl Session {
         let mut deadline = None;
         loop {
             if prelogin && deadline.is_none() && !self.input.is_empty() {
-                deadline = Some(std::time::Instant::now() + Duration::from_millis(self.config.prelogin_idle_ms_max));
+                deadline = Some(
+                    std::time::Instant::now()
+                        + Duration::from_millis(self.config.prelogin_idle_ms_max),
+                );
             }
             if let Some(at) = self.input.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.input.drain(..=at).collect();
@@ -337,10 +347,16 @@ impl Session {
             Err(error) => {
                 let reply = match error {
                     ProtoError::UnknownCommand => "500 5.5.1 unknown command".to_string(),
-                    ProtoError::InvalidSenderAddress => "501 5.1.7 bad sender address syntax".to_string(),
-                    ProtoError::InvalidRecipientAddress => "501 5.1.3 bad recipient address syntax".to_string(),
+                    ProtoError::InvalidSenderAddress => {
+                        "501 5.1.7 bad sender address syntax".to_string()
+                    }
+                    ProtoError::InvalidRecipientAddress => {
+                        "501 5.1.3 bad recipient address syntax".to_string()
+                    }
                     ProtoError::SyntaxError { syntax } => format!("501 5.5.4 syntax: {syntax}"),
-                    ProtoError::InvalidParameter { param } => format!("501 5.5.4 invalid parameter {param}"),
+                    ProtoError::InvalidParameter { param } => {
+                        format!("501 5.5.4 invalid parameter {param}")
+                    }
                     ProtoError::UnsupportedParameter { param } => {
                         // Echoed back shortened: a reply line stays short whatever was sent.
                         let param: String = param
@@ -367,7 +383,10 @@ impl Session {
             Request::Mail { from } => Ok(self.mail(from).await),
             Request::Rcpt { to } => Ok(self.rcpt(to).await),
             Request::Data => self.data().await,
-            Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size, is_last).await,
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last).await,
             Request::Rset => {
                 self.transaction = Transaction::default();
                 self.reply("250 2.0.0 reset");
@@ -424,13 +443,17 @@ impl Session {
         if !self.tls_active() && self.connection.starttls.is_some() {
             lines.push("STARTTLS".to_string());
         }
-        if self.connection.role == ListenerRole::Submission && self.tls_active() && self.account.is_none() {
+        if self.connection.role == ListenerRole::Submission
+            && self.tls_active()
+            && self.account.is_none()
+        {
             lines.push("AUTH PLAIN LOGIN".to_string());
         }
         let last = lines.len() - 1;
         for (i, line) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            self.out.extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
+            self.out
+                .extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
         }
         Flow::Continue
     }
@@ -523,7 +546,9 @@ impl Session {
             let (Some(authzid), Some(user), Some(password), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
             else {
-                return Ok(self.error("501 5.5.2 a PLAIN response is authzid NUL user NUL password"));
+                return Ok(
+                    self.error("501 5.5.2 a PLAIN response is authzid NUL user NUL password")
+                );
             };
             if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(user) {
                 return Ok(self.error("535 5.7.8 acting as another user is not allowed"));
@@ -558,7 +583,8 @@ impl Session {
         } else {
             return Ok(self.error("504 5.5.4 only AUTH PLAIN and LOGIN are offered"));
         };
-        let (Ok(user), Ok(password)) = (String::from_utf8(user), String::from_utf8(password)) else {
+        let (Ok(user), Ok(password)) = (String::from_utf8(user), String::from_utf8(password))
+        else {
             return Ok(self.error("501 5.5.2 the credentials are not UTF-8"));
         };
         self.check_credentials(&user, &password).await
@@ -566,10 +592,23 @@ impl Session {
 
     async fn check_credentials(&mut self, user: &str, password: &str) -> std::io::Result<Flow> {
         let (store, logins) = (self.store.clone(), self.connection.shared.logins.clone());
-        let (user, password, peer) = (user.to_string(), password.to_string(), self.connection.peer_ip.clone());
+        let (user, password, peer) = (
+            user.to_string(),
+            password.to_string(),
+            self.connection.peer_ip.clone(),
+        );
         // The gate checks, counts and audits; SMTP adds no admission of its own.
-        let outcome =
-            blocking(move || logins.attempt(&store, &peer, &user, &password, Protocol::Smtp, |_| Some(()))).await;
+        let outcome = blocking(move || {
+            logins.attempt(
+                &store,
+                &peer,
+                &user,
+                &password,
+                Protocol::Smtp,
+                |_| Some(()),
+            )
+        })
+        .await;
         let (reason, pause) = match outcome {
             LoginOutcome::Accepted { account, .. } => {
                 info!("smtp login");
@@ -634,12 +673,22 @@ impl Session {
         // smtp-proto hands ENVID over decoded from xtext: a CR LF in it would be a command of
         // its own on the next server's wire. It is relayed encoded; what is kept is what RFC
         // 3461 §4.4 allows (and no space).
-        if from.env_id.as_deref().is_some_and(|id| !crate::submit::dsn_text_ok(id)) {
+        if from
+            .env_id
+            .as_deref()
+            .is_some_and(|id| !crate::submit::dsn_text_ok(id))
+        {
             return self
                 .error("501 5.5.4 ENVID must be printable US-ASCII without spaces or control characters (RFC 3461)");
         }
         if let Some(account) = &self.account {
-            if address.is_empty() || !self.connection.shared.aliases().may_send_as(&account.address, &address) {
+            if address.is_empty()
+                || !self
+                    .connection
+                    .shared
+                    .aliases()
+                    .may_send_as(&account.address, &address)
+            {
                 return self.error("553 5.7.1 you may send only as your own address");
             }
             let max = self.config.messages_per_hour_per_account_max;
@@ -681,13 +730,19 @@ impl Session {
             return self.error("501 5.1.3 bad recipient address");
         };
         // As ENVID: ORCPT's address arrives decoded, and is relayed encoded.
-        if to.orcpt.as_deref().is_some_and(|o| !crate::submit::dsn_text_ok(o)) {
+        if to
+            .orcpt
+            .as_deref()
+            .is_some_and(|o| !crate::submit::dsn_text_ok(o))
+        {
             return self
                 .error("501 5.5.4 ORCPT must be printable US-ASCII without spaces or control characters (RFC 3461)");
         }
         // NEVER stands alone (RFC 3461 section 4.1: "NEVER" / 1#notify-list-element).
         let never = to.flags & smtp_proto::RCPT_NOTIFY_NEVER != 0;
-        let others = smtp_proto::RCPT_NOTIFY_SUCCESS | smtp_proto::RCPT_NOTIFY_FAILURE | smtp_proto::RCPT_NOTIFY_DELAY;
+        let others = smtp_proto::RCPT_NOTIFY_SUCCESS
+            | smtp_proto::RCPT_NOTIFY_FAILURE
+            | smtp_proto::RCPT_NOTIFY_DELAY;
         if never && to.flags & others != 0 {
             return self.error("501 5.5.4 NOTIFY=NEVER cannot be combined with SUCCESS, FAILURE or DELAY (RFC 3461)");
         }
@@ -714,7 +769,15 @@ impl Session {
             ListenerRole::Inbound => None,
             ListenerRole::Submission => self.account.as_ref(),
         };
-        match crate::submit::classify_recipient(&self.store, &self.connection.shared, sender, address, outside).await {
+        match crate::submit::classify_recipient(
+            &self.store,
+            &self.connection.shared,
+            sender,
+            address,
+            outside,
+        )
+        .await
+        {
             Ok(recipient) => {
                 self.transaction.recipients.push(recipient);
                 self.reply("250 2.1.5 recipient ok");
@@ -786,16 +849,20 @@ impl Session {
     async fn bdat(&mut self, size: usize, last: bool) -> std::io::Result<Flow> {
         // The chunk follows the command whatever the answer, so it is read first.
         let max = self.config.message_bytes_max;
-        let keep =
-            !self.transaction.oversized && (self.transaction.chunks.len() as u64).saturating_add(size as u64) <= max;
+        let keep = !self.transaction.oversized
+            && (self.transaction.chunks.len() as u64).saturating_add(size as u64) <= max;
         let mut left = size;
         if keep {
-            self.transaction.chunks.reserve(size.min(BDAT_RESERVE_BYTES_MAX));
+            self.transaction
+                .chunks
+                .reserve(size.min(BDAT_RESERVE_BYTES_MAX));
         }
         loop {
             let take = left.min(self.input.len());
             if keep {
-                self.transaction.chunks.extend_from_slice(&self.input[..take]);
+                self.transaction
+                    .chunks
+                    .extend_from_slice(&self.input[..take]);
             }
             self.input.drain(..take);
             left -= take;
@@ -928,11 +995,14 @@ impl Session {
                     Ok(scored) => {
                         if scored.placement == crate::spam::Placement::Reject {
                             let actor = self.actor();
-                            let event = AuditEvent::new(&actor, "message.refuse", format!("from <{from}>"))
-                                .outcome(AuditOutcome::Denied)
-                                .detail(format!("spam: {}", scored.summary()));
+                            let event =
+                                AuditEvent::new(&actor, "message.refuse", format!("from <{from}>"))
+                                    .outcome(AuditOutcome::Denied)
+                                    .detail(format!("spam: {}", scored.summary()));
                             self.audit(event).await;
-                            return Ok(self.error("550 5.7.1 refused: the message was classified as spam"));
+                            return Ok(
+                                self.error("550 5.7.1 refused: the message was classified as spam")
+                            );
                         }
                         placement = scored.placement;
                         prefix.push_str(&format!("X-Sealpost-Spam: {}\r\n", scored.summary()));
@@ -940,10 +1010,13 @@ impl Session {
                     Err(why) => {
                         warn!(%why, "spam scoring unavailable");
                         if spam.config.on_error == crate::spam::OnError::Tempfail {
-                            self.reply("451 4.7.1 the message cannot be checked now; try again later");
+                            self.reply(
+                                "451 4.7.1 the message cannot be checked now; try again later",
+                            );
                             return Ok(Flow::Continue);
                         }
-                        prefix.push_str("X-Sealpost-Spam: unscored (the filter did not answer)\r\n");
+                        prefix
+                            .push_str("X-Sealpost-Spam: unscored (the filter did not answer)\r\n");
                     }
                 }
             }
@@ -987,13 +1060,19 @@ impl Session {
 /// refusal).
 fn login_refusal_reply(reason: LoginRefusal) -> &'static str {
     match reason {
-        LoginRefusal::AddressLockedOut => "454 4.7.0 too many failed logins from your address; try later",
-        LoginRefusal::AccountLockedOut => "454 4.7.0 too many failed logins for this account; try later",
+        LoginRefusal::AddressLockedOut => {
+            "454 4.7.0 too many failed logins from your address; try later"
+        }
+        LoginRefusal::AccountLockedOut => {
+            "454 4.7.0 too many failed logins for this account; try later"
+        }
         LoginRefusal::Paused => {
             "454 4.7.0 a failed login from your address or for this account is still in its pause; \
              try again in a few seconds"
         }
-        LoginRefusal::Busy => "454 4.7.0 too many logins are being checked right now; try again shortly",
+        LoginRefusal::Busy => {
+            "454 4.7.0 too many logins are being checked right now; try again shortly"
+        }
         LoginRefusal::Invalid {
             app_password_needed: true,
         } => {

@@ -25,7 +25,10 @@ impl Aliases {
 
     /// Whether `account` (its address) may send as `address`.
     pub fn may_send_as(&self, account: &str, address: &str) -> bool {
-        account == address || self.targets(address).is_some_and(|t| t.iter().any(|a| a == account))
+        account == address
+            || self
+                .targets(address)
+                .is_some_and(|t| t.iter().any(|a| a == account))
     }
 }
 
@@ -92,9 +95,15 @@ impl SmtpShared {
     }
 
     /// The staff's display names, lower-cased (read from the directory at most once a minute).
-    pub(crate) fn staff_names(&self, store: &sealpost_storage::Store) -> Arc<std::collections::HashSet<String>> {
+    pub(crate) fn staff_names(
+        &self,
+        store: &sealpost_storage::Store,
+    ) -> Arc<std::collections::HashSet<String>> {
         let mut cached = self.staff_names.lock().unwrap_or_else(|e| e.into_inner());
-        if cached.0.is_none_or(|at| at.elapsed() >= STAFF_NAMES_REFRESH) {
+        if cached
+            .0
+            .is_none_or(|at| at.elapsed() >= STAFF_NAMES_REFRESH)
+        {
             if let Ok(accounts) = store.list_accounts() {
                 let names = accounts
                     .iter()
@@ -109,7 +118,10 @@ impl SmtpShared {
 
     /// The aliases in force.
     pub(crate) fn aliases(&self) -> Aliases {
-        self.aliases.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.aliases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Puts the console's aliases (alias → account addresses) in force beside those of

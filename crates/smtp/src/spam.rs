@@ -196,12 +196,23 @@ impl Spam {
         if let Some(user) = envelope.user {
             headers.push(("User".to_string(), user.to_string()));
         }
-        let answer = post(&self.config.rspamd, "/checkv2", &headers, raw, self.config.timeout_ms).await;
+        let answer = post(
+            &self.config.rspamd,
+            "/checkv2",
+            &headers,
+            raw,
+            self.config.timeout_ms,
+        )
+        .await;
         self.note(&answer.as_ref().map(|_| ()).map_err(Clone::clone));
         let body = answer?;
-        let reply: CheckReply =
-            serde_json::from_slice(&body).map_err(|e| format!("rspamd's answer does not read: {e}"))?;
-        let mut symbols: Vec<(String, f64)> = reply.symbols.into_iter().map(|(n, s)| (n, s.score)).collect();
+        let reply: CheckReply = serde_json::from_slice(&body)
+            .map_err(|e| format!("rspamd's answer does not read: {e}"))?;
+        let mut symbols: Vec<(String, f64)> = reply
+            .symbols
+            .into_iter()
+            .map(|(n, s)| (n, s.score))
+            .collect();
         symbols.sort_by(|a, b| b.1.total_cmp(&a.1));
         let placement = placement(&self.config, reply.score, &reply.action);
         Ok(Scored {
@@ -220,12 +231,15 @@ impl Spam {
         }
         let mut headers = Vec::new();
         if !self.config.controller_password.is_empty() {
-            headers.push(("Password".to_string(), self.config.controller_password.clone()));
+            headers.push((
+                "Password".to_string(),
+                self.config.controller_password.clone(),
+            ));
         }
         let path = if spam { "/learnspam" } else { "/learnham" };
         let body = post(controller, path, &headers, raw, self.config.timeout_ms).await?;
-        let reply: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| format!("rspamd's answer does not read: {e}"))?;
+        let reply: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("rspamd's answer does not read: {e}"))?;
         if reply.get("success").and_then(serde_json::Value::as_bool) == Some(true) {
             Ok(())
         } else {
@@ -274,11 +288,18 @@ async fn post(
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         stream.write_all(body).await.map_err(|e| e.to_string())?;
         let mut answer = Vec::new();
-        let mut limited = (&mut stream).take((SPAM_REPLY_BYTES_MAX + SPAM_REPLY_HEAD_BYTES_MAX) as u64);
-        limited.read_to_end(&mut answer).await.map_err(|e| e.to_string())?;
+        let mut limited =
+            (&mut stream).take((SPAM_REPLY_BYTES_MAX + SPAM_REPLY_HEAD_BYTES_MAX) as u64);
+        limited
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
         let split = answer
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -290,7 +311,10 @@ async fn post(
             .and_then(|s| s.parse().ok())
             .ok_or("rspamd's answer has no status")?;
         let mut content = answer[split + 4..].to_vec();
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             content = unchunk(&content).ok_or("rspamd's chunked answer does not read")?;
         }
         if !(200..300).contains(&status) {
@@ -311,7 +335,11 @@ fn unchunk(mut bytes: &[u8]) -> Option<Vec<u8>> {
     loop {
         let line_end = bytes.windows(2).position(|w| w == b"\r\n")?;
         let size = usize::from_str_radix(
-            std::str::from_utf8(&bytes[..line_end]).ok()?.split(';').next()?.trim(),
+            std::str::from_utf8(&bytes[..line_end])
+                .ok()?
+                .split(';')
+                .next()?
+                .trim(),
             16,
         )
         .ok()?;
@@ -347,7 +375,10 @@ fn skeleton(domain: &str) -> String {
             other => other,
         })
         .collect();
-    mapped.replace("rn", "m").replace("vv", "w").replace('i', "l")
+    mapped
+        .replace("rn", "m")
+        .replace("vv", "w")
+        .replace('i', "l")
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -357,7 +388,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
         let mut current = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
             let cost = usize::from(ca != cb);
-            current.push((previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1));
+            current.push(
+                (previous[j] + cost)
+                    .min(previous[j + 1] + 1)
+                    .min(current[j] + 1),
+            );
         }
         previous = current;
     }
@@ -373,14 +408,22 @@ pub fn impersonation(
     ours: &[String],
     staff: &std::collections::HashSet<String>,
 ) -> Option<String> {
-    let domain = from_address.rsplit_once('@').map_or("", |(_, d)| d).to_lowercase();
+    let domain = from_address
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .to_lowercase();
     if domain.is_empty() || ours.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
         return None;
     }
     for own in ours {
         let (mine, theirs) = (skeleton(own), skeleton(&domain));
-        if mine == theirs || edit_distance(&own.to_lowercase(), &domain) <= 2 || edit_distance(&mine, &theirs) <= 1 {
-            return Some(format!("the sender's domain {domain} looks like {own} but is not ours"));
+        if mine == theirs
+            || edit_distance(&own.to_lowercase(), &domain) <= 2
+            || edit_distance(&mine, &theirs) <= 1
+        {
+            return Some(format!(
+                "the sender's domain {domain} looks like {own} but is not ours"
+            ));
         }
     }
     let name = from_name.trim().trim_matches('"').to_lowercase();
@@ -400,7 +443,8 @@ mod tests {
     #[test]
     fn look_alike_domains_and_borrowed_names_are_caught_and_real_ones_pass() {
         let ours = vec!["clinic.test".to_string()];
-        let staff: std::collections::HashSet<String> = ["doc holliday".to_string()].into_iter().collect();
+        let staff: std::collections::HashSet<String> =
+            ["doc holliday".to_string()].into_iter().collect();
         for fake in [
             "c1inic.test",
             "clinlc.test",
@@ -420,9 +464,11 @@ mod tests {
                 "{real}"
             );
         }
-        assert!(impersonation("x@evil.test", "\"Doc Holliday\"", &ours, &staff)
-            .unwrap()
-            .contains("name of a member of staff"));
+        assert!(
+            impersonation("x@evil.test", "\"Doc Holliday\"", &ours, &staff)
+                .unwrap()
+                .contains("name of a member of staff")
+        );
     }
 
     #[test]
@@ -430,7 +476,10 @@ mod tests {
         let mut config = SpamConfig::default();
         assert_eq!(placement(&config, 2.0, "no action"), Placement::Inbox);
         assert_eq!(placement(&config, 6.0, "add header"), Placement::Junk);
-        assert_eq!(placement(&config, 12.0, "add header"), Placement::Quarantine);
+        assert_eq!(
+            placement(&config, 12.0, "add header"),
+            Placement::Quarantine
+        );
         assert_eq!(placement(&config, 15.0, "add header"), Placement::Reject);
         assert_eq!(placement(&config, 0.0, "reject"), Placement::Quarantine);
         config.rspamd_reject = RejectAction::Reject;
@@ -441,6 +490,9 @@ mod tests {
 
     #[test]
     fn chunked_answers_read() {
-        assert_eq!(unchunk(b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n").unwrap(), b"Wikipedia");
+        assert_eq!(
+            unchunk(b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n").unwrap(),
+            b"Wikipedia"
+        );
     }
 }

@@ -7,8 +7,9 @@
 
 use sealpost_mime::{Limits, Structure, Summary};
 use sealpost_storage::{
-    Account, AccountStatus, Actor, AuditEvent, AuditOutcome, DeliveryTarget, Error as StoreError, Flags, InternalDate,
-    MailboxId, NewMessage, Outbound, OutboundRecipient, QueueId, Role, SpecialUse, Store,
+    Account, AccountStatus, Actor, AuditEvent, AuditOutcome, DeliveryTarget, Error as StoreError,
+    Flags, InternalDate, MailboxId, NewMessage, Outbound, OutboundRecipient, QueueId, Role,
+    SpecialUse, Store,
 };
 use tracing::warn;
 
@@ -25,7 +26,10 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 #[derive(Clone, Debug)]
 pub(crate) enum Recipient {
     /// Delivered to these local accounts (more than one for an alias).
-    Local { address: String, accounts: Vec<Account> },
+    Local {
+        address: String,
+        accounts: Vec<Account>,
+    },
     /// Queued for outside delivery (submission only).
     Outside(OutboundRecipient),
 }
@@ -100,7 +104,9 @@ pub(crate) async fn classify_recipient(
     }
     let (lookup_store, aliases, lookup) = (store.clone(), shared.aliases(), address.clone());
     match blocking(move || resolve_local(&lookup_store, &aliases, &lookup)).await {
-        Ok(accounts) if accounts.is_empty() => Err(Refused::Error("550 5.1.1 no such mailbox here".into())),
+        Ok(accounts) if accounts.is_empty() => {
+            Err(Refused::Error("550 5.1.1 no such mailbox here".into()))
+        }
         Ok(accounts) => {
             if accounts.iter().all(|a| a.status != AccountStatus::Active) {
                 return Err(Refused::Error("550 5.2.1 the mailbox is disabled".into()));
@@ -162,7 +168,12 @@ pub(crate) async fn accept(
     result
 }
 
-async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept: Accept) -> Result<Accepted, Refused> {
+async fn accept_counted(
+    store: &Store,
+    shared: &SmtpShared,
+    raw: Vec<u8>,
+    accept: Accept,
+) -> Result<Accepted, Refused> {
     let Accept {
         from,
         env_id,
@@ -182,7 +193,11 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
     // Parsed once, off the async threads: the From check, the content rules and the stored
     // summary and search text all come from this.
     let (raw, analysed) = blocking(move || {
-        let raw = if submitted { with_crlf_line_ends(raw) } else { raw };
+        let raw = if submitted {
+            with_crlf_line_ends(raw)
+        } else {
+            raw
+        };
         let analysed = Analysed::of(&raw);
         (raw, analysed)
     })
@@ -237,7 +252,11 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
     if let Some(account) = &submission {
         // The From header must be the account's too: MAIL FROM alone is not what people see.
         let aliases = shared.aliases();
-        let owned = !analysed.from.is_empty() && analysed.from.iter().all(|e| aliases.may_send_as(&account.address, e));
+        let owned = !analysed.from.is_empty()
+            && analysed
+                .from
+                .iter()
+                .all(|e| aliases.may_send_as(&account.address, e));
         if !owned {
             return Err(Refused::Error(
                 "550 5.7.1 the From header must be your own address".into(),
@@ -268,7 +287,10 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
     if !outbound_recipients.is_empty() {
         let policy = shared.policy.current();
         let findings = analysed.scan(&policy);
-        if let Some(block) = findings.iter().find(|f| f.action == sealpost_policy::Action::Block) {
+        if let Some(block) = findings
+            .iter()
+            .find(|f| f.action == sealpost_policy::Action::Block)
+        {
             let event = AuditEvent::new(&actor, "message.block", format!("from <{from}>"))
                 .outcome(AuditOutcome::Denied)
                 .detail(format!("content rule {}", block.rule));
@@ -279,7 +301,8 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
             )));
         }
         for recipient in &mut outbound_recipients {
-            if let sealpost_policy::Route::Portal(why) = policy.route(&recipient.address, &findings) {
+            if let sealpost_policy::Route::Portal(why) = policy.route(&recipient.address, &findings)
+            {
                 recipient.portal = Some(why);
             }
         }
@@ -303,7 +326,8 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
         auth_summary,
         sent_copy,
     };
-    let outside: Vec<OutboundRecipient> = outbound.iter().flat_map(|o| o.recipients.clone()).collect();
+    let outside: Vec<OutboundRecipient> =
+        outbound.iter().flat_map(|o| o.recipients.clone()).collect();
     let sender = submission.clone();
     let queued = outbound.is_some();
     let result = blocking(move || {
@@ -328,9 +352,9 @@ async fn accept_counted(store: &Store, shared: &SmtpShared, raw: Vec<u8>, accept
             }
             Ok(Accepted { queue, outside })
         }
-        Err(StoreError::LimitExceeded { what, .. }) => {
-            Err(Refused::Error(format!("552 5.3.4 refused: {what} over the limit")))
-        }
+        Err(StoreError::LimitExceeded { what, .. }) => Err(Refused::Error(format!(
+            "552 5.3.4 refused: {what} over the limit"
+        ))),
         Err(error) => {
             warn!(%error, "delivery failed");
             Err(Refused::Transient(
@@ -372,7 +396,10 @@ impl Analysed {
                     .iter()
                     .flat_map(|(_, params)| params.iter())
                     .filter(|(k, _)| k.eq_ignore_ascii_case("filename"));
-                let from_type = part.params.iter().filter(|(k, _)| k.eq_ignore_ascii_case("name"));
+                let from_type = part
+                    .params
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("name"));
                 from_disposition
                     .chain(from_type)
                     .map(|(_, v)| v.clone())
@@ -406,7 +433,11 @@ impl Analysed {
 
 /// The accounts a local address reaches: the account itself, an alias's accounts, or the
 /// admins for postmaster@ and abuse@.
-fn resolve_local(store: &Store, aliases: &crate::shared::Aliases, address: &str) -> Result<Vec<Account>, StoreError> {
+fn resolve_local(
+    store: &Store,
+    aliases: &crate::shared::Aliases,
+    address: &str,
+) -> Result<Vec<Account>, StoreError> {
     if let Some(targets) = aliases.targets(address) {
         let mut accounts = Vec::new();
         for target in targets {
@@ -486,10 +517,19 @@ fn deliver(
     match audit.placement {
         crate::spam::Placement::Quarantine if sender.is_none() && outbound.is_none() => {
             // Held by the server: no folder of the recipient has it until it is released.
-            let subject = analysed.text.header("subject").next().unwrap_or("").to_string();
-            let sender_address = analysed.from.first().cloned().unwrap_or_else(|| audit.from.clone());
-            let expires =
-                sealpost_storage::now_ms().saturating_add(i64::from(audit.quarantine_days) * 24 * 3600 * 1000);
+            let subject = analysed
+                .text
+                .header("subject")
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let sender_address = analysed
+                .from
+                .first()
+                .cloned()
+                .unwrap_or_else(|| audit.from.clone());
+            let expires = sealpost_storage::now_ms()
+                .saturating_add(i64::from(audit.quarantine_days) * 24 * 3600 * 1000);
             let mut held = Vec::new();
             for account in &local {
                 match store.quarantine(
@@ -559,7 +599,12 @@ fn deliver(
         let mut events = Vec::new();
         for account in local {
             events.push(
-                AuditEvent::new(actor, "message.deliver", format!("account {}", account.address)).detail(format!(
+                AuditEvent::new(
+                    actor,
+                    "message.deliver",
+                    format!("account {}", account.address),
+                )
+                .detail(format!(
                     "message-id {message_id}; from <{from}>; id {id}; {auth_summary}"
                 )),
             );
@@ -569,8 +614,14 @@ fn deliver(
             if let Some(queue) = done.iter().find_map(|(_, queued)| *queued) {
                 detail.push_str(&format!("; queued {queue}"));
             }
-            events
-                .push(AuditEvent::new(actor, "message.submit", format!("account {}", account.address)).detail(detail));
+            events.push(
+                AuditEvent::new(
+                    actor,
+                    "message.submit",
+                    format!("account {}", account.address),
+                )
+                .detail(detail),
+            );
         }
         events
     };
@@ -600,7 +651,9 @@ pub(crate) fn wire_safe_address(address: &str) -> bool {
     let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
     let quoted = local.len() >= 2 && local.starts_with('"') && local.ends_with('"');
     let allowed = |c: char| !c.is_control() && c != '<' && c != '>';
-    local.chars().all(|c| allowed(c) && (quoted || !c.is_whitespace()))
+    local
+        .chars()
+        .all(|c| allowed(c) && (quoted || !c.is_whitespace()))
         && domain.chars().all(|c| allowed(c) && !c.is_whitespace())
 }
 
@@ -758,7 +811,15 @@ pub async fn submit_from_web(
         }
     }
     let id = crate::headers::session_id();
-    let mut prefix = crate::headers::received("webmail", &message.peer, &config.hostname, "HTTPS", None, &id, None);
+    let mut prefix = crate::headers::received(
+        "webmail",
+        &message.peer,
+        &config.hostname,
+        "HTTPS",
+        None,
+        &id,
+        None,
+    );
     if !crate::headers::has_field(&message.raw, "Date") {
         prefix.push_str(&format!("Date: {}\r\n", crate::headers::now_rfc2822()));
     }
@@ -794,7 +855,11 @@ pub async fn submit_from_web(
         Ok(accepted) => Ok(WebSent {
             id,
             queue: accepted.queue,
-            outside: accepted.outside.into_iter().map(|r| (r.address, r.portal)).collect(),
+            outside: accepted
+                .outside
+                .into_iter()
+                .map(|r| (r.address, r.portal))
+                .collect(),
         }),
         Err(refused) => Err(reply_text(refused.reply())),
     }
@@ -823,14 +888,23 @@ mod tests {
     #[test]
     fn each_once_only_field_counts_and_others_do_not() {
         for field in ONCE_ONLY_FIELDS {
-            let header = format!("{field}: one\r\nX-Other: x\r\n{}: two\r\n", field.to_uppercase());
+            let header = format!(
+                "{field}: one\r\nX-Other: x\r\n{}: two\r\n",
+                field.to_uppercase()
+            );
             check_repeated(&header, Some((field, 2)));
             check_repeated(&format!("{field}: one\r\n"), None);
         }
         check_repeated("From: a\r\nFrom : b\r\nFrom:c\r\n", Some(("From", 3)));
         check_repeated("Subject: a\r\n Subject: folded, not a field\r\n", None);
-        check_repeated("Received: a\r\nReceived: b\r\nComments: c\r\nComments: d\r\n", None);
-        check_repeated("Resent-From: a\r\nResent-From: b\r\nX-From: c\r\nFrom: d\r\n", None);
+        check_repeated(
+            "Received: a\r\nReceived: b\r\nComments: c\r\nComments: d\r\n",
+            None,
+        );
+        check_repeated(
+            "Resent-From: a\r\nResent-From: b\r\nX-From: c\r\nFrom: d\r\n",
+            None,
+        );
     }
 
     #[test]

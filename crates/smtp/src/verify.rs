@@ -9,10 +9,14 @@ use std::time::Duration;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
-use mail_auth::hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
+};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::SpfResult;
-use mail_auth::{AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator};
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
+};
 
 /// How long one DNS query may take before it counts as a temporary error.
 pub(crate) const DNS_TIMEOUT_MS: u64 = 5_000;
@@ -55,7 +59,11 @@ pub struct Verdict {
 
 impl InboundAuth {
     /// A checker asking `dns_servers` (UDP and TCP), or the system's resolvers when empty.
-    pub fn new(dns_servers: &[SocketAddr], hostname: &str, policy: InboundPolicy) -> std::io::Result<Self> {
+    pub fn new(
+        dns_servers: &[SocketAddr],
+        hostname: &str,
+        policy: InboundPolicy,
+    ) -> std::io::Result<Self> {
         let authenticator = make_resolver(dns_servers)?;
         Ok(Self {
             authenticator,
@@ -81,7 +89,13 @@ impl InboundAuth {
         }
     }
 
-    async fn check_unbounded(&self, raw: &[u8], peer: IpAddr, helo: &str, mail_from: &str) -> Verdict {
+    async fn check_unbounded(
+        &self,
+        raw: &[u8],
+        peer: IpAddr,
+        helo: &str,
+        mail_from: &str,
+    ) -> Verdict {
         let spf = if mail_from.is_empty() {
             self.authenticator
                 .verify_spf(SpfParameters::verify_ehlo(peer, helo, &self.hostname))
@@ -89,7 +103,12 @@ impl InboundAuth {
         } else {
             let domain = mail_from.rsplit_once('@').map_or("", |(_, d)| d);
             self.authenticator
-                .verify_spf(SpfParameters::verify_mail_from(peer, domain, &self.hostname, mail_from))
+                .verify_spf(SpfParameters::verify_mail_from(
+                    peer,
+                    domain,
+                    &self.hostname,
+                    mail_from,
+                ))
                 .await
         };
         let mut results = AuthenticationResults::new(&self.hostname);
@@ -108,13 +127,20 @@ impl InboundAuth {
             };
         };
         let dkim = self.authenticator.verify_dkim(&message).await;
-        let from_domain = message.from().rsplit_once('@').map_or("", |(_, d)| d).to_lowercase();
+        let from_domain = message
+            .from()
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_lowercase();
         let header_from = message.from().to_string();
         results = results.with_dkim_results(&dkim, &header_from);
         let spf_domain = if mail_from.is_empty() {
             helo.to_string()
         } else {
-            mail_from.rsplit_once('@').map_or("", |(_, d)| d).to_string()
+            mail_from
+                .rsplit_once('@')
+                .map_or("", |(_, d)| d)
+                .to_string()
         };
         let dmarc = self
             .authenticator
@@ -139,8 +165,12 @@ impl InboundAuth {
             DmarcResult::None => "none",
         };
         let dmarc_failed = matches!(dmarc_result, DmarcResult::Fail(_));
-        let refusal = (self.policy.reject_dmarc_reject && dmarc_failed && dmarc.policy() == Policy::Reject)
-            .then(|| format!("550 5.7.1 the message fails DMARC and {from_domain} asks for rejection"));
+        let refusal = (self.policy.reject_dmarc_reject
+            && dmarc_failed
+            && dmarc.policy() == Policy::Reject)
+            .then(|| {
+                format!("550 5.7.1 the message fails DMARC and {from_domain} asks for rejection")
+            });
         Verdict {
             header: results.to_header(),
             refusal,
@@ -155,8 +185,10 @@ pub(crate) fn resolver_addresses(dns_servers: &[SocketAddr]) -> std::io::Result<
     if !dns_servers.is_empty() {
         return Ok(dns_servers.to_vec());
     }
-    let (config, _) = mail_auth::hickory_resolver::system_conf::read_system_conf()
-        .map_err(|e| std::io::Error::other(format!("reading the system's DNS configuration: {e}")))?;
+    let (config, _) =
+        mail_auth::hickory_resolver::system_conf::read_system_conf().map_err(|e| {
+            std::io::Error::other(format!("reading the system's DNS configuration: {e}"))
+        })?;
     Ok(config
         .name_servers()
         .iter()
@@ -172,8 +204,10 @@ pub(crate) fn make_resolver(dns_servers: &[SocketAddr]) -> std::io::Result<Messa
     options.timeout = Duration::from_millis(DNS_TIMEOUT_MS);
     options.attempts = 2;
     if dns_servers.is_empty() {
-        let (config, _) = mail_auth::hickory_resolver::system_conf::read_system_conf()
-            .map_err(|e| std::io::Error::other(format!("reading the system's DNS configuration: {e}")))?;
+        let (config, _) =
+            mail_auth::hickory_resolver::system_conf::read_system_conf().map_err(|e| {
+                std::io::Error::other(format!("reading the system's DNS configuration: {e}"))
+            })?;
         return MessageAuthenticator::new(config, options)
             .map_err(|e| std::io::Error::other(format!("making the DNS resolver: {e}")));
     }

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use sealpost_auth::{LoginLimits, MailLogins};
 use sealpost_smtp::{
-    serve_session, submit_from_web, Aliases, ListenerRole, SmtpConfig, SmtpConnection, SmtpShared, WebMessage,
+    serve_session, submit_from_web, Aliases, ListenerRole, SmtpConfig, SmtpConnection, SmtpShared,
+    WebMessage,
 };
 use sealpost_storage::{Actor, MasterKey, NewAccount, Role, Store, StoreConfig};
 use sealpost_testkit::{expand, line_matches};
@@ -128,7 +129,9 @@ async fn run(name: &str) {
                         ListenerRole::Inbound
                     }
                 }
-                "tls" => tls = (value == "yes").then(|| "TLSv1_3 TLS13_AES_128_GCM_SHA256".to_string()),
+                "tls" => {
+                    tls = (value == "yes").then(|| "TLSv1_3 TLS13_AES_128_GCM_SHA256".to_string())
+                }
                 "message_bytes_max" => config.message_bytes_max = value.parse().unwrap(),
                 "recipients_max" => config.recipients_per_message_max = value.parse().unwrap(),
                 "errors_max" => config.errors_per_session_max = value.parse().unwrap(),
@@ -179,7 +182,9 @@ async fn run(name: &str) {
         } else if let Some(expected) = line.strip_prefix("S: ") {
             let reader = lines.as_mut().unwrap();
             let got = tokio::time::timeout(READ_TIMEOUT, reader.next_line()).await;
-            let got = got.unwrap_or_else(|_| panic!("{at}: no answer within {READ_TIMEOUT:?}, expected {expected:?}"));
+            let got = got.unwrap_or_else(|_| {
+                panic!("{at}: no answer within {READ_TIMEOUT:?}, expected {expected:?}")
+            });
             let got = got
                 .unwrap()
                 .unwrap_or_else(|| panic!("{at}: connection closed, expected {expected:?}"));
@@ -193,12 +198,18 @@ async fn run(name: &str) {
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(got, None, "{at}: expected the server to close the connection");
+            assert_eq!(
+                got, None,
+                "{at}: expected the server to close the connection"
+            );
         } else if line == "DISCONNECT" {
             write = None;
             lines = None;
             let ended = tokio::time::timeout(READ_TIMEOUT, session.take().unwrap()).await;
-            assert!(ended.is_ok(), "{at}: the session did not end when the client went away");
+            assert!(
+                ended.is_ok(),
+                "{at}: the session did not end when the client went away"
+            );
         } else if let Some(args) = line.strip_prefix("COUNT ") {
             let args: Vec<&str> = args.split_whitespace().collect();
             let n: usize = args[2].parse().unwrap();
@@ -366,9 +377,15 @@ async fn web_submissions_get_crlf_line_ends_one_of_each_field_and_clean_recipien
         let refused = submit_from_web(&store, &shared, &config, &alice, message(body, injected))
             .await
             .unwrap_err();
-        assert!(refused.contains("is not an email address"), "{injected:?}: {refused}");
+        assert!(
+            refused.contains("is not an email address"),
+            "{injected:?}: {refused}"
+        );
     }
-    assert!(store.queued().unwrap().is_empty(), "a refused message was queued");
+    assert!(
+        store.queued().unwrap().is_empty(),
+        "a refused message was queued"
+    );
 
     let bare = b"From: alice@example.test\nTo: carol@elsewhere.example\n\none\r.\ntwo\n.\nthree\n.\r\nend\r";
     submit_from_web(
@@ -388,7 +405,10 @@ async fn web_submissions_get_crlf_line_ends_one_of_each_field_and_clean_recipien
         text.ends_with("\r\n\r\none\r\n.\r\ntwo\r\n.\r\nthree\r\n.\r\nend\r\n"),
         "{text:?}"
     );
-    assert_eq!(store.queued().unwrap()[0].envelope.recipients[0].portal, None);
+    assert_eq!(
+        store.queued().unwrap()[0].envelope.recipients[0].portal,
+        None
+    );
 
     // A message whose sender asked for a proof apart from email goes to the portal for every
     // outside recipient, whatever their server offers.
@@ -397,14 +417,19 @@ async fn web_submissions_get_crlf_line_ends_one_of_each_field_and_clean_recipien
         portal: Some("the sender asked for a passphrase".into()),
         ..message(proof, "dan@elsewhere.example")
     };
-    submit_from_web(&store, &shared, &config, &alice, forced).await.unwrap();
+    submit_from_web(&store, &shared, &config, &alice, forced)
+        .await
+        .unwrap();
     let entries = store.queued().unwrap();
     let dan = entries
         .iter()
         .flat_map(|e| &e.envelope.recipients)
         .find(|r| r.address == "dan@elsewhere.example")
         .unwrap();
-    assert_eq!(dan.portal.as_deref(), Some("the sender asked for a passphrase"));
+    assert_eq!(
+        dan.portal.as_deref(),
+        Some("the sender asked for a passphrase")
+    );
 }
 
 /// The account password opens a session here: these tests are about the protocol, not about

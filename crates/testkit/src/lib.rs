@@ -9,7 +9,9 @@
 pub fn expand(text: &str) -> String {
     let mut out = text.to_string();
     while let Some(start) = out.find("{{x*") {
-        let Some(len) = out[start..].find("}}") else { break };
+        let Some(len) = out[start..].find("}}") else {
+            break;
+        };
         let Ok(count) = out[start + 4..start + len].parse::<usize>() else {
             break;
         };

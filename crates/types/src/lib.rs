@@ -40,7 +40,10 @@ pub fn check_retention_rules(rules: &[RetentionRule]) -> std::result::Result<(),
             return Err("every retention rule needs a name of at most 100 bytes".into());
         }
         if !names.insert(rule.name.as_str()) {
-            return Err(format!("retention rule {}: the name is used twice", rule.name));
+            return Err(format!(
+                "retention rule {}: the name is used twice",
+                rule.name
+            ));
         }
         if rule.max_age_days.is_none() && rule.min_age_days.is_none() {
             return Err(format!(

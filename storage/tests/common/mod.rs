@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use sealpost_storage::{
-    AccountId, Actor, Flags, InternalDate, MailboxId, MasterKey, NewAccount, NewMessage, Role, Store, StoreConfig,
+    AccountId, Actor, Flags, InternalDate, MailboxId, MasterKey, NewAccount, NewMessage, Role,
+    Store, StoreConfig,
 };
 
 pub const DOMAIN: &str = "clinic.example";

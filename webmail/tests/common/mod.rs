@@ -11,11 +11,12 @@ use axum::http::{header, Request, Response, StatusCode};
 use sealpost_auth::websession::{self, Stage};
 use sealpost_auth::{Lockout, LoginLimits};
 use sealpost_storage::{
-    AccountId, Actor, Flags, InternalDate, MasterKey, NewAccount, NewMessage, Outbound, OutboundRecipient, PickupId,
-    QueueId, Role, Store, StoreConfig,
+    AccountId, Actor, Flags, InternalDate, MasterKey, NewAccount, NewMessage, Outbound,
+    OutboundRecipient, PickupId, QueueId, Role, Store, StoreConfig,
 };
 use sealpost_webmail::{
-    Brand, HealthInfo, MailSessions, MetricsEndpoint, Outbox, Outgoing, Peer, SendingConfig, Site, WebState,
+    Brand, HealthInfo, MailSessions, MetricsEndpoint, Outbox, Outgoing, Peer, SendingConfig, Site,
+    WebState,
 };
 use tower::ServiceExt;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
@@ -40,7 +41,11 @@ pub struct CountingOutbox(
 );
 
 impl Outbox for CountingOutbox {
-    fn send<'a>(&'a self, _account: &'a sealpost_storage::Account, message: Outgoing) -> sealpost_webmail::Sending<'a> {
+    fn send<'a>(
+        &'a self,
+        _account: &'a sealpost_storage::Account,
+        message: Outgoing,
+    ) -> sealpost_webmail::Sending<'a> {
         self.0.fetch_add(1, Ordering::SeqCst);
         self.1.lock().unwrap().push(message.raw);
         self.2.lock().unwrap().push(message.portal);
@@ -67,7 +72,11 @@ impl Web {
     pub fn new(limits: LoginLimits) -> Web {
         let dir = tempfile::tempdir().unwrap();
         let master = MasterKey::create_file(&dir.path().join("keys/master.key")).unwrap();
-        let store = Store::create(StoreConfig::new(dir.path().join("store"), "clinic.test"), master).unwrap();
+        let store = Store::create(
+            StoreConfig::new(dir.path().join("store"), "clinic.test"),
+            master,
+        )
+        .unwrap();
         let lockout = Arc::new(Lockout::new(limits));
         let sent = Arc::new(AtomicUsize::new(0));
         let outbox = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -103,7 +112,11 @@ impl Web {
                 quarantine_subjects: false,
             },
             SendingConfig {
-                outbox: Arc::new(CountingOutbox(sent.clone(), outbox.clone(), portals.clone())),
+                outbox: Arc::new(CountingOutbox(
+                    sent.clone(),
+                    outbox.clone(),
+                    portals.clone(),
+                )),
                 queue_waker: None,
                 notice_from: "postmaster@clinic.test".into(),
                 upload_bytes_max: 1024 * 1024,
@@ -140,8 +153,17 @@ impl Web {
 
     /// A message from `account` kept for `recipient`'s pickup (as the queue does when the
     /// portal is chosen): its token, its id and the sent message's queue entry.
-    pub fn pickup(&self, account: AccountId, recipient: &str, raw: &[u8]) -> (String, PickupId, QueueId) {
-        let sent = self.store.mailbox_by_name(account, "Sent").unwrap().unwrap();
+    pub fn pickup(
+        &self,
+        account: AccountId,
+        recipient: &str,
+        raw: &[u8],
+    ) -> (String, PickupId, QueueId) {
+        let sent = self
+            .store
+            .mailbox_by_name(account, "Sent")
+            .unwrap()
+            .unwrap();
         let summary = sealpost_mime::Summary::of(raw).to_bytes();
         let new = NewMessage {
             raw,
@@ -160,9 +182,15 @@ impl Web {
             ret: None,
             notice: false,
         };
-        let (_, queue) = self.store.submit(account, &[sent.id], &new, Some(&outbound)).unwrap();
+        let (_, queue) = self
+            .store
+            .submit(account, &[sent.id], &new, Some(&outbound))
+            .unwrap();
         let queue = queue.unwrap();
-        let token: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+        let token: String = rand::random::<[u8; 32]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let id = self
             .store
             .create_pickup(account, queue, recipient, &token, i64::MAX / 2)
@@ -206,7 +234,14 @@ impl Web {
 
     /// A POST with `cookie` and the pre-session form cookie, of `kind` (and a script's CSRF
     /// header when `csrf` is given).
-    async fn post(&self, path: &str, cookie: &str, kind: &str, csrf: Option<&str>, body: String) -> Response<Body> {
+    async fn post(
+        &self,
+        path: &str,
+        cookie: &str,
+        kind: &str,
+        csrf: Option<&str>,
+        body: String,
+    ) -> Response<Body> {
         let cookies = [format!("{FORM_COOKIE}={FORM_TOKEN}"), cookie.to_string()]
             .into_iter()
             .filter(|c| !c.is_empty())
@@ -234,9 +269,21 @@ impl Web {
     }
 
     /// A script's JSON POST with `cookie` and its CSRF header.
-    pub async fn post_json(&self, path: &str, cookie: &str, csrf: &str, json: &serde_json::Value) -> Response<Body> {
-        self.post(path, cookie, "application/json", Some(csrf), json.to_string())
-            .await
+    pub async fn post_json(
+        &self,
+        path: &str,
+        cookie: &str,
+        csrf: &str,
+        json: &serde_json::Value,
+    ) -> Response<Body> {
+        self.post(
+            path,
+            cookie,
+            "application/json",
+            Some(csrf),
+            json.to_string(),
+        )
+        .await
     }
 
     /// A WebAuthn registration answered by `device`: started at `start` (with `cookie` and its
@@ -255,9 +302,13 @@ impl Web {
             return started.status();
         }
         let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
-        let options: CreationChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
-        let credential = device.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
-        let answer = serde_json::json!({ "ceremony": started["ceremony"], "credential": credential });
+        let options: CreationChallengeResponse =
+            serde_json::from_value(started["options"].clone()).unwrap();
+        let credential = device
+            .do_registration(Url::parse(ORIGIN).unwrap(), options)
+            .unwrap();
+        let answer =
+            serde_json::json!({ "ceremony": started["ceremony"], "credential": credential });
         self.post_json(finish, cookie, csrf, &answer).await.status()
     }
 
@@ -276,11 +327,13 @@ impl Web {
             return Err(started.status());
         }
         let started: serde_json::Value = serde_json::from_str(&body_text(started).await).unwrap();
-        let options: RequestChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
+        let options: RequestChallengeResponse =
+            serde_json::from_value(started["options"].clone()).unwrap();
         let credential = device
             .do_authentication(Url::parse(ORIGIN).unwrap(), options)
             .map_err(|_| StatusCode::UNAUTHORIZED)?;
-        let answer = serde_json::json!({ "ceremony": started["ceremony"], "credential": credential });
+        let answer =
+            serde_json::json!({ "ceremony": started["ceremony"], "credential": credential });
         let finished = self.post_json(finish, "", FORM_TOKEN, &answer).await;
         match finished.status() {
             StatusCode::OK => Ok(set_cookie(&finished, cookie_name).unwrap()),
@@ -292,9 +345,18 @@ impl Web {
     /// typed in. The portal's session cookie.
     pub async fn portal_visitor(&self, token: &str) -> String {
         let asked = self
-            .post_form(&format!("/pickup/{token}/code"), "", &format!("form={FORM_TOKEN}"))
+            .post_form(
+                &format!("/pickup/{token}/code"),
+                "",
+                &format!("form={FORM_TOKEN}"),
+            )
             .await;
-        assert_eq!(asked.status(), StatusCode::SEE_OTHER, "{}", body_text(asked).await);
+        assert_eq!(
+            asked.status(),
+            StatusCode::SEE_OTHER,
+            "{}",
+            body_text(asked).await
+        );
         let notice = self
             .store
             .queued()
