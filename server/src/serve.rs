@@ -105,8 +105,9 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         },
         cfg.auth.clone(),
         &cfg.server.hostname,
+        // The web crate builds the new-network notice; the gate only calls it.
+        Arc::new(sealpost_webmail::notice::new_network),
     );
-    logins.set_new_network_notice(Arc::new(sealpost_webmail::notice::new_network));
     // One registry for both IMAP listeners: the session bound per account spans them.
     let imap_shared = ImapShared::with_logins(logins.clone());
     // IMAP, SMTP and the web hash passwords through this one queue (the lockout is theirs).

@@ -1,7 +1,7 @@
 //! The message an account gets in its INBOX (and BACKUP) when it is signed in to from a
 //! network it has not used before: when, from where, how, and what to do if it was not them.
 //! The web's sign-in writes it here; the server hands the same function to the mail-login
-//! gate (`MailLogins::set_new_network_notice`), so that the auth crate builds no mail.
+//! gate (`MailLogins::new`), so that the auth crate builds no mail.
 
 use sealpost_storage::{Account, Actor, AuditEvent, Store};
 use time::format_description::well_known::Rfc2822;

@@ -85,23 +85,30 @@ pub struct MailLogins {
     lockout: Arc<Lockout>,
     policy: RwLock<AuthPolicy>,
     hostname: String,
-    notice: RwLock<Option<NewNetworkNotice>>,
+    notice: NewNetworkNotice,
 }
 
 impl MailLogins {
-    pub fn new(limits: LoginLimits, policy: AuthPolicy, hostname: &str) -> Arc<Self> {
+    /// `notice` writes the new-network notice: the server gives the web crate's
+    /// (`sealpost_webmail::notice::new_network`), the protocol crates' tests `no_notice()`.
+    pub fn new(
+        limits: LoginLimits,
+        policy: AuthPolicy,
+        hostname: &str,
+        notice: NewNetworkNotice,
+    ) -> Arc<Self> {
         Arc::new(Self {
             lockout: Arc::new(Lockout::new(limits)),
             policy: RwLock::new(policy),
             hostname: hostname.to_string(),
-            notice: RwLock::new(None),
+            notice,
         })
     }
 
-    /// Who writes the new-network notice; without one, none is written (the protocol
-    /// crates' own tests).
-    pub fn set_new_network_notice(&self, notice: NewNetworkNotice) {
-        *self.notice.write().unwrap_or_else(|e| e.into_inner()) = Some(notice);
+    /// A notice that writes nothing: for tests of the protocol crates, which run without the
+    /// web crate that builds the real one.
+    pub fn no_notice() -> NewNetworkNotice {
+        Arc::new(|_, _, _, _, _| Ok(()))
     }
 
     /// A mail client's login (`mail_login`), and the new-network notice when it opened a
@@ -126,14 +133,7 @@ impl MailLogins {
                 Protocol::Imap => format!("IMAP, {method}"),
                 Protocol::Smtp => format!("SMTP, {method}"),
             };
-            let notice = self
-                .notice
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            if let Some(notice) = notice {
-                notice(store, account, peer, &how, &self.hostname)?;
-            }
+            (self.notice)(store, account, peer, &how, &self.hostname)?;
         }
         Ok(result)
     }
@@ -155,10 +155,6 @@ impl MailLogins {
     pub fn set_policy(&self, policy: AuthPolicy, limits: LoginLimits) {
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
         self.lockout.set_limits(limits);
-    }
-
-    pub fn hostname(&self) -> &str {
-        &self.hostname
     }
 
     /// One mail login, from start to audit record. Blocking (a password hash): run it on the

@@ -306,7 +306,10 @@ fn the_mail_login_gate_checks_counts_and_audits_every_attempt() {
     use sealpost_auth::{LoginLimits, LoginOutcome, LoginRefusal, MailLogins};
     let dir = tempfile::tempdir().unwrap();
     let store = store(&dir);
-    account(&store, "alice@clinic.example");
+    let alice = account(&store, "alice@clinic.example");
+    // Mail clients' app passwords note the networks they come from (the account password
+    // does not, where policy lets it open mail).
+    let app = issue_app_password(&store, alice, "Phone", Scope::Both, &Actor::cli()).unwrap();
     let open = AuthPolicy {
         second_factor_required: false,
         ..AuthPolicy::default()
@@ -317,7 +320,25 @@ fn the_mail_login_gate_checks_counts_and_audits_every_attempt() {
         failure_delay_max_ms: 2,
         ..LoginLimits::default()
     };
-    let gate = MailLogins::new(limits, open, "mail.clinic.example");
+    // The notice the server would write, recorded: the gate calls it for a new network only.
+    let noticed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let notice: sealpost_auth::gate::NewNetworkNotice = {
+        let noticed = noticed.clone();
+        std::sync::Arc::new(
+            move |_: &Store,
+                  account: &sealpost_storage::Account,
+                  peer: &str,
+                  how: &str,
+                  host: &str| {
+                noticed
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {peer} {how} {host}", account.address));
+                Ok(())
+            },
+        )
+    };
+    let gate = MailLogins::new(limits, open, "mail.clinic.example", notice);
     let peer = "192.0.2.10";
     let attempt = |secret: &str, admit: bool, protocol: Protocol| {
         gate.attempt(
@@ -343,6 +364,18 @@ fn the_mail_login_gate_checks_counts_and_audits_every_attempt() {
         }
         LoginOutcome::Refused { reason, .. } => panic!("{reason:?}"),
     }
+    // The first network an app password is used from is no news; a second one is.
+    let from = |peer: &str| gate.attempt(&store, peer, "alice", &app, Protocol::Smtp, |_| Some(()));
+    assert!(matches!(from("192.0.2.10"), LoginOutcome::Accepted { .. }));
+    assert!(noticed.lock().unwrap().is_empty(), "{noticed:?}");
+    assert!(matches!(
+        from("198.51.100.7"),
+        LoginOutcome::Accepted { .. }
+    ));
+    assert_eq!(
+        *noticed.lock().unwrap(),
+        ["alice@clinic.example 198.51.100.7 SMTP, app password Phone mail.clinic.example"]
+    );
     // The protocol's own admission refuses: no pause, not a guess.
     match attempt(PASSWORD, false, Protocol::Imap) {
         LoginOutcome::Refused { reason, pause } => {
@@ -372,6 +405,8 @@ fn the_mail_login_gate_checks_counts_and_audits_every_attempt() {
         LoginOutcome::Refused { reason, .. } => assert_eq!(reason, LoginRefusal::AccountLockedOut),
         LoginOutcome::Accepted { .. } => panic!("admitted past the lockout"),
     }
+    // The first network is known: no notice for the logins from it since.
+    assert_eq!(noticed.lock().unwrap().len(), 1);
     // Every attempt is one audit record under the protocol's action.
     let mut records = Vec::new();
     store
@@ -391,6 +426,8 @@ fn the_mail_login_gate_checks_counts_and_audits_every_attempt() {
         actions,
         [
             "login.imap",
+            "login.smtp",
+            "login.smtp",
             "login.imap",
             "login.smtp",
             "login.smtp",
@@ -399,10 +436,14 @@ fn the_mail_login_gate_checks_counts_and_audits_every_attempt() {
         ]
     );
     assert!(records[0].2.contains("with password"), "{records:?}");
-    assert!(records[1].2.contains("too many sessions"), "{records:?}");
-    assert!(records[2].2.contains("invalid credentials"), "{records:?}");
     assert!(
-        records[5]
+        records[1].2.contains("with app password Phone"),
+        "{records:?}"
+    );
+    assert!(records[3].2.contains("too many sessions"), "{records:?}");
+    assert!(records[4].2.contains("invalid credentials"), "{records:?}");
+    assert!(
+        records[7]
             .2
             .contains("too many failed logins for the account"),
         "{records:?}"

@@ -17,7 +17,7 @@ mod session;
 mod shared;
 mod utf7;
 
-pub use sealpost_auth::{LoginLimits, Refusal};
+pub use sealpost_auth::LoginLimits;
 pub use session::{serve_session, BoxedStream, Connection, ImapConfig, Stream, TlsUpgrade};
 pub use shared::{CommandStats, ImapShared, COMMAND_SECONDS_BUCKETS};
 

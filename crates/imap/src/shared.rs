@@ -68,10 +68,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ImapShared {
-    /// `policy` says whether the account password opens a mail session (see
-    /// `Credentials::password_opens_mail`); `hostname` names this server.
+    /// Sessions with a gate of their own that writes no new-network notice: for tests (the
+    /// server builds one `MailLogins` for IMAP and SMTP and uses `with_logins`). `policy` says
+    /// whether the account password opens a mail session; `hostname` names this server.
     pub fn new(limits: LoginLimits, policy: AuthPolicy, hostname: &str) -> Arc<Self> {
-        Self::with_logins(MailLogins::new(limits, policy, hostname))
+        Self::with_logins(MailLogins::new(
+            limits,
+            policy,
+            hostname,
+            MailLogins::no_notice(),
+        ))
     }
 
     /// Sessions that pass `logins`, the server's one mail-login gate.
@@ -84,7 +90,7 @@ impl ImapShared {
         })
     }
 
-    /// The mail-login gate, for SMTP, the web and the console.
+    /// The mail-login gate the sessions pass.
     pub fn logins(&self) -> Arc<MailLogins> {
         self.logins.clone()
     }

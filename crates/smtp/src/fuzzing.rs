@@ -113,7 +113,7 @@ impl SessionHarness {
             ..sealpost_auth::AuthPolicy::default()
         };
         let shared = SmtpShared::new(
-            MailLogins::new(limits, auth_policy, "localhost"),
+            MailLogins::new(limits, auth_policy, "localhost", MailLogins::no_notice()),
             aliases,
             None,
             None,

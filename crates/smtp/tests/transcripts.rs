@@ -63,7 +63,12 @@ fn shared(login_limits: LoginLimits, aliases: Aliases) -> Arc<SmtpShared> {
     });
     let policy = sealpost_policy::LivePolicy::new(sealpost_policy::Policy::new(policy).unwrap());
     SmtpShared::new(
-        MailLogins::new(login_limits, passwords_allowed(), "localhost"),
+        MailLogins::new(
+            login_limits,
+            passwords_allowed(),
+            "localhost",
+            MailLogins::no_notice(),
+        ),
         aliases,
         None,
         None,
