@@ -14,7 +14,7 @@ use sealpost_auth::{LoginLimits, MailLogins};
 use sealpost_imap::{BoxedStream, Connection, ImapConfig, ImapShared};
 use sealpost_smtp::{
     Aliases, InboundAuth, InboundPolicy, ListenerRole, OutboundAgent, OutboundConfig, SmtpConfig,
-    SmtpConnection, SmtpShared, SmtpTlsUpgrade,
+    SmtpConnection, SmtpShared, TlsUpgrade,
 };
 use sealpost_storage::Store;
 use tokio::io::AsyncWriteExt;
@@ -142,11 +142,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             refusing: Arc::new(AtomicUsize::new(0)),
         };
         let (store, config, shared) = (store.clone(), imap_config.clone(), imap_shared.clone());
-        let session = move |stream,
-                            _,
-                            peer: SocketAddr,
-                            starttls: Option<SmtpTlsUpgrade>,
-                            stopped| {
+        let session = move |stream, _, peer: SocketAddr, starttls: Option<TlsUpgrade>, stopped| {
             let connection = Connection {
                 peer: peer.ip().to_string(),
                 tls: implicit_tls,
@@ -827,7 +823,7 @@ impl Listener {
                 BoxedStream,
                 Option<String>,
                 SocketAddr,
-                Option<SmtpTlsUpgrade>,
+                Option<TlsUpgrade>,
                 watch::Receiver<bool>,
             ) -> Fut
             + Clone
@@ -897,10 +893,7 @@ impl Drop for RefusalSlot {
 
 /// STARTTLS on a cleartext connection: the TLS stream and what was negotiated; a handshake
 /// not done within `handshake_max` fails (the session then ends).
-fn starttls_upgrade(
-    acceptor: tokio_rustls::TlsAcceptor,
-    handshake_max: Duration,
-) -> SmtpTlsUpgrade {
+fn starttls_upgrade(acceptor: tokio_rustls::TlsAcceptor, handshake_max: Duration) -> TlsUpgrade {
     Arc::new(move |plain: BoxedStream| {
         let acceptor = acceptor.clone();
         Box::pin(async move {

@@ -140,6 +140,16 @@ pub(crate) trait Engine: Send + Sync {
     /// Visits every pair with `from <= key < to`, in key order, until the visitor says stop.
     fn scan(&self, table: Table, from: &[u8], to: &[u8], visit: &mut Visitor<'_>) -> Result<()>;
 
+    /// How many keys lie in `from <= key < to` (a scan that only counts).
+    fn count(&self, table: Table, from: &[u8], to: &[u8]) -> Result<u64> {
+        let mut count = 0u64;
+        self.scan(table, from, to, &mut |_, _| {
+            count += 1;
+            Ok(Scan::Continue)
+        })?;
+        Ok(count)
+    }
+
     /// As `scan`, from the last key before `to` down to `from`.
     fn scan_reverse(
         &self,

@@ -549,17 +549,13 @@ impl Store {
     pub fn recent_count(&self, account: AccountId, mailbox: MailboxId) -> Result<u32> {
         let from = self.mailbox_record(account, mailbox)?.recent_from;
         let prefix = keys::mailbox(account, mailbox);
-        let mut count = 0u32;
-        self.inner.engine.scan(
+        let count = self.inner.engine.count(
             Table::Messages,
             &keys::message(account, mailbox, from),
             &keys::prefix_end(&prefix),
-            &mut |_, _| {
-                count += 1;
-                Ok(Scan::Continue)
-            },
         )?;
-        Ok(count)
+        // A mailbox holds fewer than 2^32 messages (UIDs are 32-bit).
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
     fn validate_name(&self, name: &str) -> Result<String> {

@@ -927,17 +927,9 @@ impl Store {
     /// number of messages over all its mailboxes.
     pub fn body_count(&self, account: AccountId) -> Result<u64> {
         let prefix = keys::account(account);
-        let mut count = 0u64;
-        self.inner.engine.scan(
-            Table::BlobIndex,
-            &prefix,
-            &keys::prefix_end(&prefix),
-            &mut |_, _| {
-                count += 1;
-                Ok(Scan::Continue)
-            },
-        )?;
-        Ok(count)
+        self.inner
+            .engine
+            .count(Table::BlobIndex, &prefix, &keys::prefix_end(&prefix))
     }
 
     fn check_flags(&self, flags: &Flags) -> Result<()> {

@@ -22,7 +22,7 @@ mod verify;
 pub use dkim_sign::DkimSigning;
 pub use outbound::{Outbound as OutboundAgent, OutboundConfig};
 pub use session::{
-    serve_session, ListenerRole, SmtpConfig, SmtpConnection, SmtpTlsUpgrade, TlsDescription,
+    serve_session, ListenerRole, SmtpConfig, SmtpConnection, TlsDescription, TlsUpgrade,
 };
 pub use shared::{Aliases, SmtpShared};
 pub use submit::{submit_from_web, WebMessage, WebSent};

@@ -74,7 +74,7 @@ pub enum ListenerRole {
     Submission,
 }
 
-pub use sealpost_net::{TlsDescription, TlsUpgrade as SmtpTlsUpgrade};
+pub use sealpost_net::{TlsDescription, TlsUpgrade};
 
 /// What the server knows about one connection.
 pub struct SmtpConnection {
@@ -83,7 +83,7 @@ pub struct SmtpConnection {
     /// The TLS version and cipher when the stream is already encrypted (port 465).
     pub tls: Option<TlsDescription>,
     /// How to start TLS; `None` where STARTTLS is not offered.
-    pub starttls: Option<SmtpTlsUpgrade>,
+    pub starttls: Option<TlsUpgrade>,
     pub role: ListenerRole,
     pub shared: Arc<SmtpShared>,
 }
