@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 /// Each crate's layer: a crate may depend only on crates of a lower layer.
-const LAYERS: [(&str, u32); 11] = [
+const LAYERS: [(&str, u32); 12] = [
     ("sealpost-types", 0),
     ("sealpost-mime", 0),
     ("sealpost-net", 0),
@@ -19,6 +19,7 @@ const LAYERS: [(&str, u32); 11] = [
     ("sealpost-policy", 2),
     ("sealpost-imap", 3),
     ("sealpost-smtp", 3),
+    ("sealpost-console", 3),
     ("sealpost-webmail", 4),
     ("sealpost", 5),
 ];

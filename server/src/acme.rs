@@ -242,7 +242,7 @@ pub(crate) async fn obtain(
             0o644,
         ),
     ] {
-        crate::cli::write_whole(&loaded.path(path), mode, |file| Ok(file.write_all(bytes)?))?;
+        crate::files::write_whole(&loaded.path(path), mode, |file| Ok(file.write_all(bytes)?))?;
     }
     *certs.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
     let ends = not_after_ms(loaded).unwrap_or(0);

@@ -363,14 +363,10 @@ pub(crate) struct RestoreArgs {
     /// The backup identity (`keys/backup.key` as `sealpost init` made it).
     #[arg(long)]
     identity: PathBuf,
-    /// An empty (or new) folder to restore into.
-    #[arg(long)]
-    data: PathBuf,
 }
 
 /// Restores a backup into an empty folder, checks it, and opens the restored store.
-pub(crate) fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
-    let target = &args.data;
+pub(crate) fn restore(args: &RestoreArgs, target: &Path) -> anyhow::Result<ExitCode> {
     if target.exists() {
         let mut entries =
             std::fs::read_dir(target).with_context(|| format!("reading {}", target.display()))?;
@@ -411,7 +407,7 @@ pub(crate) fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
             return Err(error.context(format!("nothing restored ({} removed)", target.display())));
         }
     };
-    let (_, store) = crate::cli::open_store(target)?;
+    let (_, store) = crate::key::open_store(target)?;
     let anchors: Vec<_> = summary.audit.into_iter().collect();
     let chain = store.audit_verify_against(&anchors)?;
     if let Some(broken) = chain.first_break {
@@ -461,7 +457,7 @@ pub(crate) fn scheduled(
         ))
         .unwrap_or_default();
     let path = folder.join(format!("sealpost-{stamp}.backup"));
-    let summary = crate::cli::write_whole(&path, 0o600, |file| {
+    let summary = crate::files::write_whole(&path, 0o600, |file| {
         write(loaded, store, &cfg.recipient, file)
     })?;
     let anchor = summary.audit.map(|a| a.to_string()).unwrap_or_default();

@@ -47,8 +47,8 @@ pub(crate) fn socket_path(data: &Path) -> PathBuf {
 /// What the server lends the subcommands it runs.
 pub(crate) struct ServerSide {
     pub(crate) loaded: Loaded,
-    pub(crate) console: sealpost_webmail::console::Console,
-    pub(crate) health: sealpost_webmail::HealthInfo,
+    pub(crate) console: sealpost_console::Console,
+    pub(crate) health: sealpost_console::HealthInfo,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) certs: Arc<crate::acme::Certificates>,
 }
@@ -250,7 +250,7 @@ pub(crate) fn forward(
     output: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     send(&mut stream, std::env::args().skip(1).collect(), input)?;
-    let partial = output.map(crate::cli::part_path);
+    let partial = output.map(crate::files::part_path);
     let mut out: Box<dyn Write> = match &partial {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,

@@ -6,7 +6,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -41,21 +41,15 @@ impl Findings {
     }
 }
 
-#[derive(clap::Args)]
-pub(crate) struct DoctorArgs {
-    #[arg(long)]
-    data: PathBuf,
-}
-
 fn mode_of(path: &Path) -> Option<u32> {
     std::fs::metadata(path)
         .ok()
         .map(|m| m.permissions().mode() & 0o777)
 }
 
-pub(crate) fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(data: &Path) -> anyhow::Result<ExitCode> {
     let mut f = Findings { lines: Vec::new() };
-    check(&args.data, &mut f);
+    check(data, &mut f);
     let worst = f.lines.iter().map(|(l, _)| *l).max().unwrap_or(Level::Ok);
     for (level, text) in &f.lines {
         let tag = match level {
@@ -344,7 +338,7 @@ fn dns(data: &Path, loaded: &Loaded, running: bool, f: &mut Findings) {
         }
         return;
     } else {
-        match crate::cli::open_store(data) {
+        match crate::key::open_store(data) {
             Ok((_, store)) => crate::serve::health_facts(loaded, &store, None)
                 .ok()
                 .and_then(|facts| {

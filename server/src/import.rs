@@ -16,7 +16,7 @@ use sealpost_storage::{
     MAILBOX_DELIMITER,
 };
 
-use crate::cli::open_store;
+use crate::key::open_store;
 
 /// Messages one folder's import reads at most.
 pub(crate) const IMPORT_MESSAGES_PER_FOLDER_MAX: usize = 1_000_000;
@@ -34,8 +34,6 @@ pub(crate) enum ImportCommand {
         /// The folder (made when missing).
         #[arg(long, default_value = "INBOX")]
         folder: String,
-        #[arg(long)]
-        data: PathBuf,
     },
     /// Copy an account's mail from another IMAP server (implicit TLS), every folder with its
     /// flags and dates; resumable (run it again after a stop). The password is read from
@@ -55,16 +53,12 @@ pub(crate) enum ImportCommand {
         /// The account here.
         #[arg(long)]
         account: String,
-        #[arg(long)]
-        data: PathBuf,
     },
     /// Copy a Maildir (Maildir++: its own messages into INBOX, `.A.B` into folder `A/B`).
     Maildir {
         dir: PathBuf,
         #[arg(long)]
         account: String,
-        #[arg(long)]
-        data: PathBuf,
     },
 }
 
@@ -75,15 +69,14 @@ struct Imported {
     date: InternalDate,
 }
 
-pub(crate) fn import(command: ImportCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn import(command: ImportCommand, data: &Path) -> anyhow::Result<ExitCode> {
     match command {
         ImportCommand::Mbox {
             file,
             account,
             folder,
-            data,
         } => {
-            let (_, store) = open_store(&data)?;
+            let (_, store) = open_store(data)?;
             let id = account_id(&store, &account)?;
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -104,14 +97,13 @@ pub(crate) fn import(command: ImportCommand) -> anyhow::Result<ExitCode> {
             ca_file,
             user,
             account,
-            data,
         } => {
             let mut password = String::new();
             std::io::stdin()
                 .read_line(&mut password)
                 .context("reading the password")?;
             let password = password.trim_end_matches(['\r', '\n']);
-            let (_, store) = open_store(&data)?;
+            let (_, store) = open_store(data)?;
             let id = account_id(&store, &account)?;
             let mut client = crate::import_imap::Client::connect(&host, port, ca_file.as_deref())?;
             client.login(&user, password)?;
@@ -127,8 +119,8 @@ pub(crate) fn import(command: ImportCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ImportCommand::Maildir { dir, account, data } => {
-            let (_, store) = open_store(&data)?;
+        ImportCommand::Maildir { dir, account } => {
+            let (_, store) = open_store(data)?;
             let id = account_id(&store, &account)?;
             for (folder, path) in maildir_folders(&dir)? {
                 let messages = read_maildir(&path)?;
@@ -202,10 +194,8 @@ impl Folder {
             self.skipped += 1;
             return Ok(());
         }
-        let summary = sealpost_mime::Summary::of(&message.raw).to_bytes();
-        let text = sealpost_mime::search_text(&message.raw)
-            .lowercased()
-            .to_bytes();
+        let index = sealpost_mime::Indexed::of(&message.raw);
+        let (summary, text) = (index.summary_bytes(), index.search_bytes());
         store.append(
             account,
             self.mailbox,

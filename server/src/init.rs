@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -13,9 +13,6 @@ use crate::config::{self, Config, ListenersSection, Loaded, PathsSection, Server
 
 #[derive(clap::Args)]
 pub(crate) struct InitArgs {
-    /// The data folder to make (it may exist, but must not hold a configuration).
-    #[arg(long)]
-    pub(crate) data: PathBuf,
     /// The organisation's primary mail domain.
     #[arg(long)]
     pub(crate) domain: String,
@@ -33,9 +30,6 @@ pub(crate) struct InitArgs {
 
 #[derive(clap::Args)]
 pub(crate) struct DemoArgs {
-    /// Where the demo keeps its data.
-    #[arg(long, default_value = "/var/tmp/sealpost-demo")]
-    pub(crate) data: PathBuf,
     /// Port base for the demo (IMAP on N+143 and so on).
     #[arg(long, default_value_t = 10000)]
     pub(crate) port_base: u16,
@@ -50,10 +44,10 @@ pub(crate) struct Initialised {
     pub(crate) store: Store,
 }
 
-pub(crate) fn run_init(args: &InitArgs) -> anyhow::Result<Initialised> {
-    let done = init(args)?;
+pub(crate) fn run_init(args: &InitArgs, data: &Path) -> anyhow::Result<Initialised> {
+    let done = init(args, data)?;
     let cfg = &done.loaded.config;
-    println!("Made a Sealpost data folder at {}", args.data.display());
+    println!("Made a Sealpost data folder at {}", data.display());
     println!("  configuration  {}", done.loaded.file.display());
     println!(
         "  master key     {}  (mode 0600; keep a copy offline: without it the store is lost)",
@@ -78,13 +72,13 @@ pub(crate) fn run_init(args: &InitArgs) -> anyhow::Result<Initialised> {
     println!(
         "Next: sealpost account add USER@{} --data {}",
         cfg.server.domain,
-        args.data.display()
+        data.display()
     );
     Ok(done)
 }
 
-fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
-    let config_file = args.data.join(config::CONFIG_FILE);
+fn init(args: &InitArgs, data: &Path) -> anyhow::Result<Initialised> {
+    let config_file = data.join(config::CONFIG_FILE);
     if config_file.exists() {
         bail!(
             "{} exists already: this folder holds a Sealpost configuration",
@@ -120,9 +114,9 @@ fn init(args: &InitArgs) -> anyhow::Result<Initialised> {
     let mut config = config;
     config.backup.recipient = backup_identity.to_public().to_string();
     let text = toml::to_string(&config).context("writing the configuration")?;
-    create_dir(&args.data, 0o750)?;
+    create_dir(data, 0o750)?;
     // Validate through the same path `serve` uses before anything secret is made.
-    let probe = args.data.join(".sealpost.toml.new");
+    let probe = data.join(".sealpost.toml.new");
     std::fs::write(&probe, &text).with_context(|| format!("writing {}", probe.display()))?;
     let loaded = Loaded::from_file(&probe);
     let _ = std::fs::remove_file(&probe);
@@ -211,18 +205,17 @@ pub(crate) fn generate_password() -> String {
         .collect()
 }
 
-pub(crate) fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    let config_file = args.data.join(config::CONFIG_FILE);
-    let credentials = args.data.join("demo-credentials.txt");
+pub(crate) fn run_demo(args: &DemoArgs, data: &Path) -> anyhow::Result<ExitCode> {
+    let config_file = data.join(config::CONFIG_FILE);
+    let credentials = data.join("demo-credentials.txt");
     if !config_file.exists() {
         let init_args = InitArgs {
-            data: args.data.clone(),
             domain: "sealpost.test".to_string(),
             listen_host: "127.0.0.1".parse().context("loopback address")?,
             port_base: args.port_base,
             hostname: Some("localhost".to_string()),
         };
-        let done = init(&init_args)?;
+        let done = init(&init_args, data)?;
         let password = generate_password();
         let address = format!("demo@{}", done.loaded.config.server.domain);
         let id = done.store.create_account(
@@ -260,7 +253,7 @@ pub(crate) fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         lines.next().unwrap_or_default(),
     );
     let cfg = &loaded.config;
-    println!("Sealpost demo, data in {}", args.data.display());
+    println!("Sealpost demo, data in {}", data.display());
     println!("  log in as      {address}");
     println!(
         "  password       {password} (the web; a second factor is set up at the first sign-in)"
@@ -287,5 +280,5 @@ pub(crate) fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         "  certificate    {} (self-signed: accept it once in the client)",
         loaded.path(&cfg.paths.tls_certificate).display()
     );
-    crate::serve::run(&args.data)
+    crate::serve::run(data)
 }

@@ -68,7 +68,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     }
     let opened = tokio::task::spawn_blocking({
         let data = data.clone();
-        move || crate::cli::open_store(&data)
+        move || crate::key::open_store(&data)
     })
     .await
     .context("opening the store")?;
@@ -106,7 +106,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         cfg.auth.clone(),
         &cfg.server.hostname,
         // The web crate builds the new-network notice; the gate only calls it.
-        Arc::new(sealpost_webmail::notice::new_network),
+        Arc::new(sealpost_console::notice::new_network),
     );
     // One registry for both IMAP listeners: the session bound per account spans them.
     let imap_shared = ImapShared::with_logins(logins.clone());
@@ -228,8 +228,8 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         rules.watch(Box::new(move |policy| {
             let config = policy.config();
             logins.set_policy(
-                sealpost_webmail::auth_policy(&config.sign_in),
-                sealpost_webmail::login_limits(&config.sign_in, base.clone()),
+                sealpost_console::auth_policy(&config.sign_in),
+                sealpost_console::login_limits(&config.sign_in, base.clone()),
             );
             outbound.set_pickup_ttl_ms(config.portal.pickup_ttl_ms);
         }));
@@ -288,7 +288,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     {
         let store = store.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            store.secret(sealpost_webmail::CONSOLE_ALIASES_SECRET)
+            store.secret(sealpost_console::CONSOLE_ALIASES_SECRET)
         })
         .await
         .context("reading the console's aliases")??;
@@ -347,7 +347,7 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
                         .web
                         .metrics_from
                         .iter()
-                        .map(|n| sealpost_webmail::parse_network(n))
+                        .map(|n| sealpost_console::parse_network(n))
                         .collect::<Result<_, _>>()
                         .map_err(|why| anyhow::anyhow!("[web] metrics_from: {why}"))?,
                     render: {
@@ -1088,7 +1088,7 @@ pub(crate) fn health_facts(
     loaded: &Loaded,
     store: &sealpost_storage::Store,
     spam: Option<Arc<sealpost_smtp::spam::Spam>>,
-) -> anyhow::Result<sealpost_webmail::HealthInfo> {
+) -> anyhow::Result<sealpost_console::HealthInfo> {
     let cfg = &loaded.config;
     let host = cfg.server.listen_host;
     let listeners = [
@@ -1106,7 +1106,7 @@ pub(crate) fn health_facts(
     let dns_zone = crate::dkim::dns_records(loaded, store)?;
     let expected = Arc::new(crate::dkim::expected_records(loaded, store)?);
     let servers = cfg.smtp.dns_servers.clone();
-    let dns_check: sealpost_webmail::DnsCheck = Arc::new(move || {
+    let dns_check: sealpost_console::DnsCheck = Arc::new(move || {
         let (expected, servers) = (expected.clone(), servers.clone());
         Box::pin(async move {
             let questions: Vec<(String, sealpost_smtp::DnsKind)> = expected
@@ -1132,26 +1132,26 @@ pub(crate) fn health_facts(
                                 .iter()
                                 .any(|t| t.to_lowercase().contains(&wanted.to_lowercase())) =>
                         {
-                            sealpost_webmail::DnsFinding {
+                            sealpost_console::DnsFinding {
                                 record,
                                 expected: wanted.clone(),
                                 state: Ok(true),
                                 answer: texts.join(" "),
                             }
                         }
-                        Ok(texts) if !texts.is_empty() => sealpost_webmail::DnsFinding {
+                        Ok(texts) if !texts.is_empty() => sealpost_console::DnsFinding {
                             record,
                             expected: wanted.clone(),
                             state: Ok(false),
                             answer: texts.join(" "),
                         },
-                        Ok(_) => sealpost_webmail::DnsFinding {
+                        Ok(_) => sealpost_console::DnsFinding {
                             record,
                             expected: wanted.clone(),
                             state: Err("no record".into()),
                             answer: String::new(),
                         },
-                        Err(why) => sealpost_webmail::DnsFinding {
+                        Err(why) => sealpost_console::DnsFinding {
                             record,
                             expected: wanted.clone(),
                             state: Err(why),
@@ -1162,7 +1162,7 @@ pub(crate) fn health_facts(
                 .collect()
         })
     });
-    Ok(sealpost_webmail::HealthInfo {
+    Ok(sealpost_console::HealthInfo {
         listeners,
         certificate,
         dns_zone,

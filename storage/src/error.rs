@@ -59,6 +59,8 @@ pub enum Error {
         actual: u64,
         max: u64,
     },
+    #[error("account {account} is over its quota: {used} of {limit} bytes used")]
+    OverQuota { account: u64, used: u64, limit: u64 },
     #[error("invalid input: {what}")]
     InvalidInput { what: &'static str },
     #[error("not destroyed: {reason}")]

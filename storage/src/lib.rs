@@ -84,8 +84,8 @@ pub use retention::{
 pub use store::{Actor, JunkHook, Store, StoreConfig, StoreLimits};
 pub use types::{
     Account, AccountId, AccountStatus, Appended, Changes, DeliveryTarget, FlagChange, Flags,
-    FlagsStored, InternalDate, Mailbox, MailboxId, MessageMeta, NewAccount, NewMessage, Role,
-    SpecialUse, SystemFlag, Usage,
+    FlagsStored, Held, InternalDate, Mailbox, MailboxId, MessageMeta, NewAccount, NewMessage,
+    Placement, Role, SpecialUse, SystemFlag, Usage,
 };
 
 /// Milliseconds since the Unix epoch, by the system clock (every crate's clock reading).

@@ -22,9 +22,43 @@ use crate::mailbox::{open_record, seal_record, MailboxRecord};
 use crate::notify::MailboxEvent;
 use crate::store::{AccountCrypto, Store};
 use crate::types::{
-    AccountId, Appended, Changes, DeliveryTarget, FlagChange, Flags, FlagsStored, InternalDate,
-    MailboxId, MessageMeta, NewMessage, SystemFlag, Usage,
+    AccountId, Appended, Changes, DeliveryTarget, FlagChange, Flags, FlagsStored, Held,
+    InternalDate, MailboxId, MessageMeta, NewMessage, Placement, SpecialUse, SystemFlag, Usage,
 };
+
+/// A delivery target with its folders found: what one account's part of a delivery writes.
+pub(crate) struct Resolved {
+    pub(crate) account: AccountId,
+    pub(crate) mailboxes: Vec<MailboxId>,
+    /// Held in the quarantine under this id instead of any folder.
+    pub(crate) held: Option<([u8; 16], Held)>,
+    pub(crate) quota_exempt: bool,
+    pub(crate) outbound: Option<crate::queue::Outbound>,
+}
+
+impl Resolved {
+    /// Another target of the same account: one copy in the union of the folders.
+    fn merge(&mut self, other: Resolved) -> Result<()> {
+        if self.held.is_some() || other.held.is_some() {
+            return Err(Error::InvalidInput {
+                what: "a quarantined copy and another for one account",
+            });
+        }
+        if self.outbound.is_some() && other.outbound.is_some() {
+            return Err(Error::InvalidInput {
+                what: "two queue entries for one account",
+            });
+        }
+        for mailbox in other.mailboxes {
+            if !self.mailboxes.contains(&mailbox) {
+                self.mailboxes.push(mailbox);
+            }
+        }
+        self.quota_exempt &= other.quota_exempt;
+        self.outbound = self.outbound.take().or(other.outbound);
+        Ok(())
+    }
+}
 
 /// Plaintext bytes per body chunk: the unit of a ranged read.
 pub const CHUNK_BYTES: usize = 128 * 1024;
@@ -172,41 +206,147 @@ impl Store {
         message: &NewMessage<'_>,
         outbound: Option<&crate::queue::Outbound>,
     ) -> Result<(Vec<Appended>, Option<crate::queue::QueueId>)> {
-        let target = DeliveryTarget {
+        let target = Resolved {
             account,
             mailboxes: mailboxes.to_vec(),
+            held: None,
+            quota_exempt: false,
             outbound: outbound.cloned(),
         };
-        self.deliver_all(&[target], message, &|_| Vec::new())?
+        self.deliver_resolved(vec![target], message, &|_| Vec::new())?
             .pop()
             .ok_or_else(|| Error::corrupt("delivery returned nothing"))
     }
 
     /// Delivers one message to several accounts at once (SMTP with several local
-    /// recipients): every copy, and the queue entry if any, in one atomic write, durable
-    /// before it returns. Each account gets its own blob under its own keys, shared by its
-    /// copies. Either every recipient has the message or none has.
+    /// recipients): every copy, held message and queue entry in one atomic write, durable
+    /// before it returns. Each target's placement names its folders and the store adds
+    /// BACKUP; two targets of one account are one copy in the union of their folders. Each
+    /// account gets its own blob under its own keys, shared by its copies. Either every
+    /// recipient has the message or none has; an account over its quota refuses it
+    /// (`Error::OverQuota`) unless the placement is `Notice`.
     /// `audit` names the records written with the delivery, in the same atomic write: there is
-    /// no delivery without its audit record.
+    /// no delivery without its audit record. A quarantined copy's record
+    /// (`quarantine.hold`) is the store's own, added to them.
     pub fn deliver_all(
         &self,
         targets: &[DeliveryTarget],
         message: &NewMessage<'_>,
         audit: &dyn Fn(&[Delivered]) -> Vec<crate::AuditEvent>,
     ) -> Result<Vec<Delivered>> {
-        // A target with no mailbox is a queue entry alone (a system notice that no folder keeps).
+        let mut resolved: Vec<Resolved> = Vec::with_capacity(targets.len());
+        for target in targets {
+            let next = self.resolve(target)?;
+            match resolved.iter_mut().find(|r| r.account == next.account) {
+                Some(same) => same.merge(next)?,
+                None => resolved.push(next),
+            }
+        }
+        self.deliver_resolved(resolved, message, audit)
+    }
+
+    /// The folders of a target's placement (BACKUP added), or its hold.
+    fn resolve(&self, target: &DeliveryTarget) -> Result<Resolved> {
+        let account = target.account;
+        let special = |use_: SpecialUse| -> Result<MailboxId> {
+            Ok(self
+                .mailbox_by_special_use(account, use_)?
+                .ok_or(Error::MailboxNotFound)?
+                .id)
+        };
+        let inbox = || -> Result<MailboxId> {
+            Ok(self
+                .mailbox_by_name(account, "INBOX")?
+                .ok_or(Error::MailboxNotFound)?
+                .id)
+        };
+        let mut held = None;
+        let mailboxes = match &target.placement {
+            Placement::Inbox | Placement::Notice => vec![inbox()?, special(SpecialUse::Backup)?],
+            Placement::Junk => vec![special(SpecialUse::Junk)?, special(SpecialUse::Backup)?],
+            Placement::Quarantine(why) => {
+                if self.quarantined_count(account)? < crate::QUARANTINE_PER_ACCOUNT_MAX {
+                    held = Some((rand::random(), why.clone()));
+                    Vec::new()
+                } else {
+                    vec![special(SpecialUse::Junk)?, special(SpecialUse::Backup)?]
+                }
+            }
+            Placement::Sender { sent } => {
+                let mut mailboxes = vec![special(SpecialUse::Backup)?];
+                if *sent {
+                    mailboxes.push(special(SpecialUse::Sent)?);
+                }
+                mailboxes
+            }
+            Placement::QueueOnly => Vec::new(),
+        };
+        if mailboxes.is_empty() && held.is_none() && target.outbound.is_none() {
+            return Err(Error::InvalidInput {
+                what: "delivery to no mailbox",
+            });
+        }
+        Ok(Resolved {
+            account,
+            mailboxes,
+            held,
+            quota_exempt: matches!(target.placement, Placement::Notice),
+            outbound: target.outbound.clone(),
+        })
+    }
+
+    /// Refuses a delivery that would take an account with a quota past it: the copies in
+    /// folders other than BACKUP count, as `quota_usage` counts them.
+    fn check_quota(&self, target: &Resolved, size: u64) -> Result<()> {
+        if target.quota_exempt || target.mailboxes.is_empty() {
+            return Ok(());
+        }
+        let Some(limit) = self.quota(target.account)? else {
+            return Ok(());
+        };
+        let backup = self
+            .mailbox_by_special_use(target.account, SpecialUse::Backup)?
+            .map(|m| m.id);
+        let copies = target
+            .mailboxes
+            .iter()
+            .filter(|m| Some(**m) != backup)
+            .count() as u64;
+        if copies == 0 {
+            return Ok(());
+        }
+        let used = self.quota_usage(target.account)?;
+        if used.saturating_add(size.saturating_mul(copies)) > limit {
+            return Err(Error::OverQuota {
+                account: target.account.0,
+                used,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn deliver_resolved(
+        &self,
+        targets: Vec<Resolved>,
+        message: &NewMessage<'_>,
+        audit: &dyn Fn(&[Delivered]) -> Vec<crate::AuditEvent>,
+    ) -> Result<Vec<Delivered>> {
         if targets.is_empty()
             || targets
                 .iter()
-                .any(|t| t.mailboxes.is_empty() && t.outbound.is_none())
+                .any(|t| t.mailboxes.is_empty() && t.outbound.is_none() && t.held.is_none())
         {
             return Err(Error::InvalidInput {
                 what: "delivery to no mailbox",
             });
         }
         self.check_flags(&message.flags)?;
+        for target in &targets {
+            self.check_quota(target, message.raw.len() as u64)?;
+        }
         let mut prepared = Vec::with_capacity(targets.len());
-        for target in targets {
+        for target in &targets {
             let crypto = self.account_crypto(target.account)?;
             let blob = self.prepare_blob(&crypto, target.account, message)?;
             prepared.push((crypto, blob));
@@ -219,6 +359,7 @@ impl Store {
         let mut batch = Batch::default();
         let mut results = Vec::with_capacity(targets.len());
         let mut published: Vec<(AccountId, Appended)> = Vec::new();
+        let mut hold_events = Vec::new();
         for (target, (crypto, blob)) in targets.iter().zip(prepared) {
             let account = target.account;
             let mut appended = Vec::with_capacity(target.mailboxes.len());
@@ -270,17 +411,25 @@ impl Store {
                 )?),
                 None => None,
             };
-            let refcount = u32::try_from(target.mailboxes.len() + usize::from(queued.is_some()))
-                .map_err(|_| Error::InvalidInput {
-                    what: "too many mailboxes",
-                })?;
+            if let Some((id, held)) = &target.held {
+                hold_events.push(crate::quarantine::stage_hold(
+                    &crypto, account, id, &blob, message, held, &mut batch,
+                )?);
+            }
+            let references = target.mailboxes.len()
+                + usize::from(queued.is_some())
+                + usize::from(target.held.is_some());
+            let refcount = u32::try_from(references).map_err(|_| Error::InvalidInput {
+                what: "too many mailboxes",
+            })?;
             self.stage_prepared_blob(&crypto, account, blob, refcount, &mut batch)?;
             published.extend(appended.iter().map(|a| (account, *a)));
             results.push((appended, queued));
         }
         // UIDs are assigned and written in order under the locks; the fsync happens after
         // them, so concurrent appenders share syncs instead of queueing behind each other.
-        let events = audit(&results);
+        let mut events = audit(&results);
+        events.extend(hold_events);
         if events.is_empty() {
             self.inner.engine.write(batch, Durability::Buffered)?;
         } else {
@@ -350,6 +499,7 @@ impl Store {
                     return Err(Error::corrupt("a message body misses a chunk"));
                 }
                 open_chunk(&cipher, next_chunk, key, &mut value.to_vec(), &mut out)?;
+                self.count_chunk_opened();
                 next_chunk += 1;
                 Ok(Scan::Continue)
             })?;
@@ -359,6 +509,20 @@ impl Store {
             ));
         }
         Ok(out)
+    }
+
+    fn count_chunk_opened(&self) {
+        self.inner
+            .chunks_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Message body chunks (`CHUNK_BYTES` of plaintext each) opened since the store was
+    /// opened: a reader that needs part of a message should not open all of it.
+    pub fn chunks_opened(&self) -> u64 {
+        self.inner
+            .chunks_opened
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Up to `length` bytes of the message from `offset` (IMAP BODY[]<offset.length>).
@@ -390,6 +554,7 @@ impl Store {
                 .ok_or_else(|| Error::corrupt("a message body misses a chunk"))?;
             let mut plain = Vec::new();
             open_chunk(&cipher, index, &key, &mut sealed, &mut plain)?;
+            self.count_chunk_opened();
             let chunk_start = u64::from(index) * chunk;
             let from = usize::try_from(offset.saturating_sub(chunk_start)).unwrap_or(0);
             let to = usize::try_from((end - chunk_start).min(plain.len() as u64)).unwrap_or(0);

@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::keys::{self, BlobId};
 use crate::mailbox::{open_record, seal_record};
 use crate::notify::MailboxEvent;
-use crate::store::{Actor, Store};
-use crate::types::{AccountId, Flags, InternalDate, NewMessage, SpecialUse};
+use crate::store::{AccountCrypto, Actor, Store};
+use crate::types::{AccountId, Flags, Held, InternalDate, NewMessage, SpecialUse};
 
 /// Messages one account's quarantine holds at most; past it, the next is delivered to Junk.
 pub const QUARANTINE_PER_ACCOUNT_MAX: usize = 10_000;
@@ -92,62 +92,49 @@ impl Store {
         Ok(out)
     }
 
-    /// Holds `message` for `account` with the filter's `verdict`, until `expires_ms`.
-    /// Audited with `actor`. Returns its id.
-    #[allow(clippy::too_many_arguments)]
+    /// Holds `message` for `account` with the filter's verdict (`held`), alone: refused
+    /// when the account's quarantine is full. Returns its id. Deliveries hold messages with
+    /// `Placement::Quarantine` instead, in the same write as the other recipients' copies.
     pub fn quarantine(
         &self,
         account: AccountId,
         message: &NewMessage<'_>,
-        verdict: &str,
-        sender: &str,
-        subject: &str,
-        expires_ms: i64,
-        actor: &Actor,
+        held: Held,
     ) -> Result<[u8; 16]> {
-        let held = self.quarantine_records(account)?.len();
-        if held >= QUARANTINE_PER_ACCOUNT_MAX {
+        let count = self.quarantined_count(account)?;
+        if count >= QUARANTINE_PER_ACCOUNT_MAX {
             return Err(Error::LimitExceeded {
                 what: "quarantined messages",
-                actual: held as u64,
+                actual: count as u64,
                 max: QUARANTINE_PER_ACCOUNT_MAX as u64,
             });
         }
-        let crypto = self.account_crypto(account)?;
-        let blob = self.prepare_blob(&crypto, account, message)?;
         let id: [u8; 16] = rand::random();
-        let k = key(account, &id);
-        let record = QuarantineRecord {
-            blob: blob.id,
-            size: blob.size,
-            internal_date: message.internal_date,
-            held_ms: crate::now_ms(),
-            expires_ms,
-            verdict: verdict.to_string(),
-            sender: sender.to_string(),
-            subject: subject.to_string(),
-            summary: message.summary.to_vec(),
+        let target = crate::message::Resolved {
+            account,
+            mailboxes: Vec::new(),
+            held: Some((id, held)),
+            quota_exempt: true,
+            outbound: None,
         };
-        let _blobs = self.inner.blob_locks.lock(account, 0);
-        let mut batch = Batch::default();
-        batch.put(
-            Table::Quarantine,
-            k.clone(),
-            seal_record(&crypto, &aad(&k), &record)?,
-        );
-        self.stage_prepared_blob(&crypto, account, blob, 1, &mut batch)?;
-        let event = AuditEvent::new(
-            actor,
-            "quarantine.hold",
-            format!(
-                "account:{} quarantine:{}",
-                account.0,
-                quarantine_id_hex(&id)
-            ),
-        )
-        .detail(format!("{verdict}; {} bytes", record.size));
-        self.commit_audited(batch, vec![event])?;
+        self.deliver_resolved(vec![target], message, &|_| Vec::new())?;
         Ok(id)
+    }
+
+    /// How many messages the account's quarantine holds.
+    pub(crate) fn quarantined_count(&self, account: AccountId) -> Result<usize> {
+        let prefix = keys::account(account);
+        let mut count = 0usize;
+        self.inner.engine.scan(
+            Table::Quarantine,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            &mut |_, _| {
+                count += 1;
+                Ok(Scan::Continue)
+            },
+        )?;
+        Ok(count)
     }
 
     /// The account's held messages, oldest first.
@@ -300,4 +287,40 @@ impl Store {
         }
         Ok(gone)
     }
+}
+
+/// Stages a held message's record (its blob is staged by the caller, this hold one of its
+/// references) and returns the audit record of the hold.
+pub(crate) fn stage_hold(
+    crypto: &AccountCrypto,
+    account: AccountId,
+    id: &[u8; 16],
+    blob: &crate::message::PreparedBlob,
+    message: &NewMessage<'_>,
+    held: &Held,
+    batch: &mut Batch,
+) -> Result<AuditEvent> {
+    let k = key(account, id);
+    let record = QuarantineRecord {
+        blob: blob.id,
+        size: blob.size,
+        internal_date: message.internal_date,
+        held_ms: crate::now_ms(),
+        expires_ms: held.expires_ms,
+        verdict: held.verdict.clone(),
+        sender: held.sender.clone(),
+        subject: held.subject.clone(),
+        summary: message.summary.to_vec(),
+    };
+    batch.put(
+        Table::Quarantine,
+        k.clone(),
+        seal_record(crypto, &aad(&k), &record)?,
+    );
+    Ok(AuditEvent::new(
+        &held.actor,
+        "quarantine.hold",
+        format!("account:{} quarantine:{}", account.0, quarantine_id_hex(id)),
+    )
+    .detail(format!("{}; {} bytes", held.verdict, record.size)))
 }

@@ -130,6 +130,8 @@ pub(crate) struct Inner {
     pub(crate) plaintext: bool,
     /// Told when messages are filed into Junk or out of it (spam filter training).
     pub(crate) junk_hook: RwLock<Option<JunkHook>>,
+    /// Body chunks opened (decrypted) since the store was opened: what reading mail cost.
+    pub(crate) chunks_opened: std::sync::atomic::AtomicU64,
 }
 
 /// Called with (account, the mailbox the messages went to, their UIDs there, whether they
@@ -287,6 +289,7 @@ impl Store {
                 notifier,
                 plaintext,
                 junk_hook: RwLock::new(None),
+                chunks_opened: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }

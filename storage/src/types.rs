@@ -267,13 +267,46 @@ pub struct NewMessage<'a> {
     pub search_text: &'a [u8],
 }
 
-/// One account's part of a delivery: its mailboxes (INBOX and BACKUP, say) and, for a
-/// submission with outside recipients, the envelope to queue.
+/// One account's part of a delivery: where its copy is filed and, for a submission with
+/// outside recipients, the envelope to queue.
 #[derive(Clone, Debug)]
 pub struct DeliveryTarget {
     pub account: AccountId,
-    pub mailboxes: Vec<MailboxId>,
+    pub placement: Placement,
     pub outbound: Option<crate::queue::Outbound>,
+}
+
+/// Where an account's copy of a delivery is filed. The store finds the folders and adds
+/// BACKUP, which keeps every delivered message (a quarantined one once it is released).
+#[derive(Clone, Debug)]
+pub enum Placement {
+    /// INBOX and BACKUP; held to the account's quota.
+    Inbox,
+    /// Junk and BACKUP (the spam filter's verdict); held to the quota.
+    Junk,
+    /// The server's own message to the account (a bounce, a sign-in warning): INBOX and
+    /// BACKUP, not held to the quota, so that a full mailbox still hears of it.
+    Notice,
+    /// Held in the quarantine, in no folder (BACKUP neither), until released or expired; in
+    /// Junk and BACKUP when the account's quarantine is full (`QUARANTINE_PER_ACCOUNT_MAX`).
+    Quarantine(Held),
+    /// A submission's copy for its sender: BACKUP, and Sent when `sent` (the web keeps one).
+    Sender { sent: bool },
+    /// No folder at all: the queue entry alone (a portal code, which no folder may keep).
+    QueueOnly,
+}
+
+/// Why a message is held, and until when, as the quarantine lists it; the hold is audited
+/// with `actor`.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub actor: crate::Actor,
+    /// The spam filter's verdict in words.
+    pub verdict: String,
+    /// The sender as the From field names it (or the envelope's).
+    pub sender: String,
+    pub subject: String,
+    pub expires_ms: i64,
 }
 
 /// Where an appended message went.

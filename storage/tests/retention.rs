@@ -321,28 +321,15 @@ fn quarantined_mail_is_in_no_folder_until_released_whole_and_expires_unless_held
         search_text: b"",
     };
     let now = now_ms();
-    let first = store
-        .quarantine(
-            account,
-            &message,
-            "score=20",
-            "win@lottery.test",
-            "prize",
-            now + DAY_MS,
-            &admin,
-        )
-        .unwrap();
-    let second = store
-        .quarantine(
-            account,
-            &message,
-            "score=20",
-            "win@lottery.test",
-            "prize",
-            now + DAY_MS,
-            &admin,
-        )
-        .unwrap();
+    let held = sealpost_storage::Held {
+        actor: admin.clone(),
+        verdict: "score=20".into(),
+        sender: "win@lottery.test".into(),
+        subject: "prize".into(),
+        expires_ms: now + DAY_MS,
+    };
+    let first = store.quarantine(account, &message, held.clone()).unwrap();
+    let second = store.quarantine(account, &message, held.clone()).unwrap();
     for mailbox in store.list_mailboxes(account).unwrap() {
         assert!(
             store.messages(account, mailbox.id).unwrap().is_empty(),

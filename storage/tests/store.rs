@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use common::*;
 use sealpost_storage::{
-    AccountStatus, Actor, AuditEvent, AuditSearch, DeliveryTarget, Error, FlagChange, Flags,
+    AccountStatus, Actor, AuditEvent, AuditSearch, DeliveryTarget, Error, FlagChange, Flags, Held,
     InternalDate, Login, MailboxEvent, MasterKey, NewAccount, NewMessage, Outbound,
-    OutboundRecipient, PickupState, PortalReply, RecipientState, RecipientStatus, Role, SpecialUse,
-    Store, SystemFlag, AUDIT_COUNT_EXACT_MAX, PICKUP_TOMBSTONE_MS, SECRET_BYTES_MAX,
+    OutboundRecipient, PickupState, Placement, PortalReply, RecipientState, RecipientStatus, Role,
+    SpecialUse, Store, SystemFlag, AUDIT_COUNT_EXACT_MAX, PICKUP_TOMBSTONE_MS, SECRET_BYTES_MAX,
 };
 
 const MARKER: &str = "zqxmarker7731";
@@ -1196,7 +1196,7 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
     let targets = [
         DeliveryTarget {
             account: alice,
-            mailboxes: vec![mailbox(&store, alice, "BACKUP")],
+            placement: Placement::Sender { sent: false },
             outbound: Some(Outbound {
                 from: format!("{MARKER}@clinic.example"),
                 recipients: vec![OutboundRecipient {
@@ -1212,10 +1212,7 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
         },
         DeliveryTarget {
             account: bob,
-            mailboxes: vec![
-                mailbox(&store, bob, "INBOX"),
-                mailbox(&store, bob, "BACKUP"),
-            ],
+            placement: Placement::Inbox,
             outbound: None,
         },
     ];
@@ -1270,12 +1267,12 @@ fn one_delivery_to_several_accounts_and_the_queue_is_one_durable_write() {
     let bad = [
         DeliveryTarget {
             account: bob,
-            mailboxes: vec![mailbox(&store, bob, "INBOX")],
+            placement: Placement::Inbox,
             outbound: None,
         },
         DeliveryTarget {
             account: alice,
-            mailboxes: vec![],
+            placement: Placement::QueueOnly,
             outbound: None,
         },
     ];
@@ -1983,4 +1980,141 @@ fn audit_search_counts_exactly_up_to_its_bound() {
         (page.matched, page.matched_exact, page.records.len()),
         (AUDIT_COUNT_EXACT_MAX, false, 10)
     );
+}
+
+#[test]
+fn placements_are_filed_by_the_store_with_backup_and_quarantine_in_the_same_write() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let alice = add_account(&store, "alice");
+    let bob = add_account(&store, "bob");
+    let carol = add_account(&store, "carol");
+    let raw = message(31, 5_000);
+    let new = NewMessage {
+        raw: &raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: b"",
+        search_text: b"",
+    };
+    let held = Held {
+        actor: Actor::cli(),
+        verdict: "score=30".into(),
+        sender: "x@spam.example".into(),
+        subject: "win".into(),
+        expires_ms: sealpost_storage::now_ms() + 86_400_000,
+    };
+    let target = |account, placement| DeliveryTarget {
+        account,
+        placement,
+        outbound: None,
+    };
+    let count = |account, name: &str| {
+        store
+            .messages(account, mailbox(&store, account, name))
+            .unwrap()
+            .len()
+    };
+    let before = store.audit_verify().unwrap().records_verified;
+    let done = store
+        .deliver_all(
+            &[
+                target(alice, Placement::Inbox),
+                target(bob, Placement::Junk),
+                target(carol, Placement::Quarantine(held.clone())),
+            ],
+            &new,
+            &|_| Vec::new(),
+        )
+        .unwrap();
+    assert_eq!(done.len(), 3);
+    assert_eq!(
+        (
+            count(alice, "INBOX"),
+            count(alice, "BACKUP"),
+            count(alice, "Junk")
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        (
+            count(bob, "INBOX"),
+            count(bob, "BACKUP"),
+            count(bob, "Junk")
+        ),
+        (0, 1, 1)
+    );
+    assert_eq!(
+        (
+            count(carol, "INBOX"),
+            count(carol, "BACKUP"),
+            count(carol, "Junk")
+        ),
+        (0, 0, 0)
+    );
+    let kept = store.quarantined(carol).unwrap();
+    assert_eq!((kept.len(), kept[0].verdict.as_str()), (1, "score=30"));
+    assert_eq!(store.read_quarantined(carol, &kept[0].id).unwrap(), raw);
+    assert_eq!(
+        store.audit_verify().unwrap().records_verified,
+        before + 1,
+        "the hold's audit record, in the same write"
+    );
+
+    // Writing to oneself from the web: one copy each in INBOX, BACKUP and Sent, one body.
+    store
+        .deliver_all(
+            &[
+                target(alice, Placement::Inbox),
+                target(alice, Placement::Sender { sent: true }),
+            ],
+            &new,
+            &|_| Vec::new(),
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            count(alice, "INBOX"),
+            count(alice, "BACKUP"),
+            count(alice, "Sent")
+        ),
+        (2, 2, 1)
+    );
+    assert_eq!(store.body_count(alice).unwrap(), 2);
+
+    // Quota: an INBOX copy past it is refused for every recipient (nothing written); the
+    // server's own notice still arrives; BACKUP alone does not count.
+    let used = store.quota_usage(bob).unwrap();
+    store
+        .set_quota(bob, Some(used + raw.len() as u64 - 1), &Actor::cli())
+        .unwrap();
+    let refused = store.deliver_all(
+        &[
+            target(alice, Placement::Inbox),
+            target(bob, Placement::Inbox),
+        ],
+        &new,
+        &|_| Vec::new(),
+    );
+    assert!(
+        matches!(refused, Err(Error::OverQuota { used: u, .. }) if u == used),
+        "{refused:?}"
+    );
+    assert_eq!((count(alice, "INBOX"), count(bob, "INBOX")), (2, 0));
+    store
+        .deliver_all(&[target(bob, Placement::Notice)], &new, &|_| Vec::new())
+        .unwrap();
+    assert_eq!(count(bob, "INBOX"), 1);
+    let bob_inbox = mailbox(&store, bob, "INBOX");
+    assert!(matches!(
+        store.append(bob, bob_inbox, &new),
+        Err(Error::OverQuota { .. })
+    ));
+    store
+        .deliver_all(
+            &[target(bob, Placement::Sender { sent: false })],
+            &new,
+            &|_| Vec::new(),
+        )
+        .unwrap();
 }

@@ -18,12 +18,12 @@ use sealpost_storage::{Account, AccountId, AccountStatus, Actor, Role};
 use serde::Deserialize;
 
 use crate::admin::{admin, AdminForm};
-use crate::console::{AccountAction, Outcome};
 use crate::html::{error_line, notice_line, render, when, Frame};
 use crate::request::{
     blocking, forbidden, form_token, form_token_ok, now_ms, see_other, set_cookie, FORM_COOKIE,
 };
 use crate::{Peer, WebState};
+use sealpost_console::{AccountAction, Outcome};
 
 fn actor(admin: &Account, peer: &Peer) -> Actor {
     Actor {
@@ -61,7 +61,7 @@ pub(crate) async fn list(
     let search = query.q.clone().unwrap_or_default();
     let (store, needle, asked) = (state.store.clone(), search.clone(), query.page.unwrap_or(1));
     let Some(Ok(found_page)) =
-        blocking(move || crate::console::search_accounts(&store, &needle, asked)).await
+        blocking(move || sealpost_console::search_accounts(&store, &needle, asked)).await
     else {
         return crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -69,7 +69,7 @@ pub(crate) async fn list(
             "The accounts could not be read.",
         );
     };
-    let crate::console::AccountsPage {
+    let sealpost_console::AccountsPage {
         accounts,
         page,
         pages,
@@ -172,7 +172,7 @@ pub(crate) async fn create(
     };
     let (console, actor) = (state.console(), actor(&me, &peer));
     let created = blocking(move || {
-        crate::console::create_account(&console, &actor, &form.address, &form.display_name, role)
+        sealpost_console::create_account(&console, &actor, &form.address, &form.display_name, role)
     })
     .await;
     match created {
@@ -218,7 +218,7 @@ async fn detail_page(
         let sessions = websession::list(&state2.store, id)
             .map(|s| s.len())
             .unwrap_or(0);
-        let aliases = crate::console::aliases_of(&state2.store, &account.address);
+        let aliases = sealpost_console::aliases_of(&state2.store, &account.address);
         let quota = (
             state2.store.quota(id).ok()?,
             state2.store.quota_usage(id).ok()?,
@@ -411,9 +411,10 @@ pub(crate) async fn act(
         }
     };
     let (console, actor, me_id) = (state.console(), actor(&me, &peer), me.id);
-    let done =
-        blocking(move || crate::console::act_on_account(&console, &actor, id, action, Some(me_id)))
-            .await;
+    let done = blocking(move || {
+        sealpost_console::act_on_account(&console, &actor, id, action, Some(me_id))
+    })
+    .await;
     match done {
         Some(Ok(Outcome::Done(text))) => {
             detail_page(&state, &found, &me, id, None, Some(text)).await

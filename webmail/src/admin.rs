@@ -196,7 +196,7 @@ pub(crate) async fn lift(
         peer: peer.0.to_string(),
     };
     let (console, login) = (state.console(), form.login.clone());
-    let lifted = blocking(move || crate::console::lift_lockout(&console, &actor, &login))
+    let lifted = blocking(move || sealpost_console::lift_lockout(&console, &actor, &login))
         .await
         .and_then(Result::ok)
         .unwrap_or(false);

@@ -206,16 +206,16 @@ pub(crate) async fn export(
     };
     let jsonl = query.format.as_deref() == Some("jsonl");
     let format = if jsonl {
-        crate::console::ExportFormat::JsonLines
+        sealpost_console::ExportFormat::JsonLines
     } else {
-        crate::console::ExportFormat::Csv
+        sealpost_console::ExportFormat::Csv
     };
     let kept = query.search_string();
     let (state2, actor) = (state.clone(), actor_of(&me, &peer));
-    let search = query.search(crate::console::AUDIT_EXPORT_RECORDS_MAX);
+    let search = query.search(sealpost_console::AUDIT_EXPORT_RECORDS_MAX);
     let result = blocking(move || {
         let mut body = Vec::new();
-        crate::console::export_audit(
+        sealpost_console::export_audit(
             &state2.store,
             &actor,
             &search,

@@ -15,11 +15,11 @@ use sealpost_storage::{Account, Actor, Role};
 use serde::Deserialize;
 
 use crate::admin::{admin, console, AdminForm};
-use crate::discovery::{self, DiscoveryQuery, ExportKind};
 use crate::html::{button_form, error_line, notice_line, render, when, Frame};
 use crate::queue::day_ms;
 use crate::request::{blocking, now_ms};
 use crate::WebState;
+use sealpost_console::discovery::{self, DiscoveryQuery, ExportKind};
 
 /// Largest export the web hands out, in bytes before encryption (it is built in memory);
 /// larger ones are `sealpost ediscovery export`'s.

@@ -826,8 +826,8 @@ async fn save_draft(
         let drafts = store
             .mailbox_by_special_use(id, SpecialUse::Drafts)
             .ok()??;
-        let summary = sealpost_mime::Summary::of(&raw).to_bytes();
-        let text = sealpost_mime::search_text(&raw).lowercased().to_bytes();
+        let index = sealpost_mime::Indexed::of(&raw);
+        let (summary, text) = (index.summary_bytes(), index.search_bytes());
         store
             .append(
                 id,

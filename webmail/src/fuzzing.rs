@@ -79,7 +79,7 @@ pub fn forms(data: &[u8]) {
         }
         _ => {
             let _ = text.parse::<sealpost_storage::PickupId>();
-            let _ = crate::parse_network(&text);
+            let _ = sealpost_console::parse_network(&text);
         }
     }
 }

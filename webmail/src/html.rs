@@ -156,17 +156,4 @@ pub(crate) fn button_form(
     }
 }
 
-/// A time in ms as "2026-11-23 14:05 UTC".
-pub(crate) fn when(ms: i64) -> String {
-    let Ok(at) = time::OffsetDateTime::from_unix_timestamp(ms / 1000) else {
-        return "?".into();
-    };
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute()
-    )
-}
+pub(crate) use sealpost_console::when;

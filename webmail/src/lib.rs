@@ -13,8 +13,6 @@ mod audit;
 mod ceremony;
 mod compliance;
 mod compose;
-pub mod console;
-pub mod discovery;
 /// Entry points for the fuzzer and the replay of its corpora. Not an API.
 #[doc(hidden)]
 pub mod fuzzing;
@@ -22,7 +20,6 @@ mod health;
 mod html;
 mod idle;
 mod mail;
-pub mod notice;
 mod policies;
 mod portal;
 mod quarantine;
@@ -41,13 +38,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use sealpost_auth::passkeys::Passkeys;
 use sealpost_auth::{AuthPolicy, Lockout};
+use sealpost_console::{auth_policy, AliasesChanged, EndMailSessions, HealthInfo};
 use sealpost_storage::Store;
 use tower::ServiceExt;
 
 pub use compose::{Outbox, Outgoing, Sending, Sent};
-pub use health::{
-    parse_network, DnsCheck, DnsFinding, HealthInfo, MetricsEndpoint, RenderMetrics, SpamStatus,
-};
+pub use health::{MetricsEndpoint, RenderMetrics};
 pub use html::Brand;
 pub use idle::HTTP_BODY_BYTES_PER_SECOND_MIN;
 pub use request::Peer;
@@ -99,10 +95,6 @@ pub struct SendingConfig {
     pub rules: Arc<sealpost_policy::LivePolicy>,
 }
 
-/// Ends every IMAP session of an account (the binary wires it to the IMAP server's registry);
-/// returns how many there were.
-pub type EndMailSessions = Arc<dyn Fn(sealpost_storage::AccountId) -> usize + Send + Sync>;
-
 /// What the web shares with the mail protocols' sign-ins: the failure counters and a way to
 /// end an account's mail sessions.
 pub struct MailSessions {
@@ -111,13 +103,6 @@ pub struct MailSessions {
     /// Puts the console's aliases (alias → account addresses) in force for SMTP.
     pub aliases_changed: AliasesChanged,
 }
-
-/// Called with the console's aliases after each change.
-pub type AliasesChanged =
-    Arc<dyn Fn(&std::collections::BTreeMap<String, Vec<String>>) + Send + Sync>;
-
-/// The store secret holding the console's aliases (JSON: alias → account addresses).
-pub const CONSOLE_ALIASES_SECRET: &str = "aliases";
 
 /// The site: this server's name, what browsers see, the organisation, and what the health
 /// page shows of the server.
@@ -199,8 +184,8 @@ impl WebState {
     }
 
     /// The console's operations with this server's live parts.
-    pub fn console(&self) -> console::Console {
-        console::Console {
+    pub fn console(&self) -> sealpost_console::Console {
+        sealpost_console::Console {
             store: self.store.clone(),
             end_mail_sessions: self.end_mail_sessions.clone(),
             aliases_changed: self.aliases_changed.clone(),
@@ -208,29 +193,6 @@ impl WebState {
             lockout: Some(self.lockout.clone()),
             queue_waker: self.sending.queue_waker.clone(),
         }
-    }
-}
-
-/// The sign-in settings of a policy version as the identity crate takes them.
-pub fn auth_policy(sign_in: &sealpost_policy::SignInSettings) -> AuthPolicy {
-    AuthPolicy {
-        second_factor_required: sign_in.second_factor_required,
-        passkey_required_for_staff: sign_in.passkey_required_for_staff,
-        session_idle_ms: i64::try_from(sign_in.session_idle_ms).unwrap_or(i64::MAX),
-        session_absolute_ms: i64::try_from(sign_in.session_absolute_ms).unwrap_or(i64::MAX),
-    }
-}
-
-/// `limits` with the lockout counters of the sign-in settings in force.
-pub fn login_limits(
-    sign_in: &sealpost_policy::SignInSettings,
-    limits: sealpost_auth::LoginLimits,
-) -> sealpost_auth::LoginLimits {
-    sealpost_auth::LoginLimits {
-        failures_per_address_max: sign_in.failures_per_address_max,
-        failures_per_account_max: sign_in.failures_per_account_max,
-        failure_window_ms: sign_in.failure_window_ms,
-        ..limits
     }
 }
 

@@ -16,12 +16,12 @@ use sealpost_storage::{Account, Actor};
 use serde::Deserialize;
 
 use crate::admin::{admin, AdminForm};
-use crate::console::{
-    policy_history, policy_toml as as_toml, saved_policy as saved, PolicyRefusal,
-};
 use crate::html::{error_line, notice_line, render, when, Frame};
 use crate::request::blocking;
 use crate::WebState;
+use sealpost_console::{
+    policy_history, policy_toml as as_toml, saved_policy as saved, PolicyRefusal,
+};
 
 pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
     let (found, me) = match admin(&state, &headers).await {
@@ -147,7 +147,7 @@ pub(crate) async fn save(
     };
     let (console, rules) = (state.console(), form.rules.clone());
     let saved_version =
-        blocking(move || crate::console::save_policy(&console, &actor, &rules)).await;
+        blocking(move || sealpost_console::save_policy(&console, &actor, &rules)).await;
     let error = match saved_version {
         Some(Ok(version)) => {
             let rules = as_toml(state.sending.rules.current().config());
@@ -202,7 +202,7 @@ pub(crate) async fn test(
         found, me, form, ..
     } = checked;
     let policy = state.sending.rules.current();
-    let findings = crate::console::try_policy(&policy, &form.subject, &form.text);
+    let findings = sealpost_console::try_policy(&policy, &form.subject, &form.text);
     let rules = as_toml(policy.config());
     let outcome = Outcome {
         findings: Some(findings),

@@ -23,8 +23,8 @@ use mail_builder::MessageBuilder;
 use mail_parser::MessageParser;
 use sealpost_storage::{
     Actor, AuditEvent, AuditOutcome, DeliveryTarget, Flags, InternalDate, NewMessage, Outbound,
-    OutboundRecipient, Pickup, PickupId, PickupState, PortalReply, ProofCheck, ProofKind,
-    SpecialUse,
+    OutboundRecipient, Pickup, PickupId, PickupState, Placement, PortalReply, ProofCheck,
+    ProofKind,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -1081,7 +1081,7 @@ pub(crate) async fn send_code(
     );
     let queued = blocking(move || {
         let store = &state2.store;
-        let summary = sealpost_mime::Summary::of(&notice).to_bytes();
+        let summary = sealpost_mime::Indexed::of(&notice).summary_bytes();
         let envelope = Outbound {
             from,
             recipients: vec![OutboundRecipient {
@@ -1096,7 +1096,7 @@ pub(crate) async fn send_code(
         // address that is not theirs.
         let target = DeliveryTarget {
             account,
-            mailboxes: Vec::new(),
+            placement: Placement::QueueOnly,
             outbound: Some(envelope),
         };
         let message = NewMessage {
@@ -1333,24 +1333,19 @@ pub(crate) async fn renew(
 }
 
 /// Delivers a message from the portal into the sending account's INBOX and BACKUP, with
-/// `events` in the same write.
+/// `events` in the same write. Not held to the account's quota (`Placement::Notice`): a
+/// patient has no other way to answer, and cannot retry later as a mail server would.
 fn deliver_internal(
     store: &sealpost_storage::Store,
     account: sealpost_storage::AccountId,
     raw: &[u8],
     events: Vec<AuditEvent>,
 ) -> Result<(), sealpost_storage::Error> {
-    let inbox = store
-        .mailbox_by_name(account, "INBOX")?
-        .ok_or(sealpost_storage::Error::MailboxNotFound)?;
-    let backup = store
-        .mailbox_by_special_use(account, SpecialUse::Backup)?
-        .ok_or(sealpost_storage::Error::MailboxNotFound)?;
-    let summary = sealpost_mime::Summary::of(raw).to_bytes();
-    let text = sealpost_mime::search_text(raw).lowercased().to_bytes();
+    let index = sealpost_mime::Indexed::of(raw);
+    let (summary, text) = (index.summary_bytes(), index.search_bytes());
     let target = DeliveryTarget {
         account,
-        mailboxes: vec![inbox.id, backup.id],
+        placement: Placement::Notice,
         outbound: None,
     };
     let message = NewMessage {

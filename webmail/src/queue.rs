@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use leptos::prelude::*;
-use sealpost_storage::{Account, Actor, QueueId, RecipientState, RecipientStatus};
+use sealpost_storage::{Account, Actor, QueueId, RecipientState};
 use serde::Deserialize;
 
 use crate::admin::{admin, AdminForm};
@@ -18,24 +18,7 @@ use crate::html::{button_form, notice_line, render, when, Frame};
 use crate::request::blocking;
 use crate::WebState;
 
-use crate::console::TRACE_ROWS_MAX;
-
-/// A recipient's state in words (the queue page, the trace, `sealpost queue` and `trace`).
-pub fn state_text(state: &RecipientState) -> String {
-    match &state.status {
-        RecipientStatus::Pending => match &state.last_reply {
-            Some(reply) => format!("waiting; last: {reply}"),
-            None => "waiting; not tried yet".into(),
-        },
-        RecipientStatus::Delivered { at_ms, how } => {
-            format!("delivered over verified TLS, {how}, {}", when(*at_ms))
-        }
-        RecipientStatus::Portal { at_ms, why } => {
-            format!("kept for the pickup portal ({why}), {}", when(*at_ms))
-        }
-        RecipientStatus::Failed { at_ms, reply } => format!("failed: {reply}, {}", when(*at_ms)),
-    }
-}
+use sealpost_console::{state_text, TRACE_ROWS_MAX};
 
 pub(crate) async fn queue(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
     let (found, me) = match admin(&state, &headers).await {
@@ -229,7 +212,7 @@ pub(crate) async fn trace(
     ]
     .iter()
     .any(|f| field(f).is_some());
-    let question = crate::console::TraceQuery {
+    let question = sealpost_console::TraceQuery {
         sender: field(&query.sender),
         recipient: field(&query.recipient),
         message_id: field(&query.message_id),
@@ -238,7 +221,7 @@ pub(crate) async fn trace(
     };
     let store = state.store.clone();
     let found_rows = if searching {
-        blocking(move || crate::console::trace(&store, &question).ok())
+        blocking(move || sealpost_console::trace(&store, &question).ok())
             .await
             .flatten()
             .unwrap_or_default()
@@ -249,7 +232,7 @@ pub(crate) async fn trace(
     let rows: Vec<_> = found_rows
         .into_iter()
         .map(
-            |crate::console::Traced {
+            |sealpost_console::Traced {
                  sender,
                  message_id: id,
                  delivery,

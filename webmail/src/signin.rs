@@ -359,7 +359,7 @@ async fn finish_sign_in(
                 Some(vec![])
             })?;
             if new_network {
-                crate::notice::new_network(
+                sealpost_console::notice::new_network(
                     &state.store,
                     &account,
                     &address,

@@ -729,6 +729,7 @@ impl Session {
         let needs = FetchNeeds {
             summary: needs_summary,
             body: needs_body,
+            range: only_range(&items),
             structure: needs_structure,
             sets_seen,
         };
@@ -1307,10 +1308,11 @@ fn write_item(
     item: &FetchItem,
     meta: &MessageMeta,
     recent: bool,
-    raw: Option<&[u8]>,
+    content: Option<&Content>,
     structure: Option<&Structure>,
     summary: Option<&Summary>,
 ) -> Result<(), &'static str> {
+    let raw = content.and_then(Content::whole);
     let empty = Summary::default();
     let summary = summary.unwrap_or(&empty);
     match item {
@@ -1351,10 +1353,11 @@ fn write_item(
         FetchItem::Section {
             section, partial, ..
         } if section.path.is_empty() && section.text.is_none() => {
-            let Some(raw) = raw else {
-                return Err("[SERVERBUG] body not loaded");
+            let (slice, origin) = match content {
+                Some(Content::Whole(raw)) => partial_slice(raw, *partial),
+                Some(Content::Range { offset, bytes }) => (bytes.as_slice(), Some(*offset)),
+                None => return Err("[SERVERBUG] body not loaded"),
             };
-            let (slice, origin) = partial_slice(raw, *partial);
             out.extend_from_slice(b"BODY[]");
             if let Some(origin) = origin {
                 out.extend_from_slice(format!("<{origin}>").as_bytes());
@@ -1470,9 +1473,60 @@ fn decoded_part(raw: &[u8], structure: &Structure, path: &[u32]) -> Result<Vec<u
 struct FetchNeeds {
     summary: bool,
     body: bool,
+    /// Every content item is `BODY[]<offset.length>` with this one range: only its chunks
+    /// are read and decrypted, not the whole message.
+    range: Option<(u64, u64)>,
     /// MIME structure, parsed from the body (parts, headers, BINARY).
     structure: bool,
     sets_seen: bool,
+}
+
+/// A message's content as one FETCH loaded it.
+enum Content {
+    Whole(Vec<u8>),
+    /// The bytes of `BODY[]<offset.length>` alone (fewer at the message's end).
+    Range {
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+}
+
+impl Content {
+    /// The whole message, if it was read whole.
+    fn whole(&self) -> Option<&[u8]> {
+        match self {
+            Content::Whole(raw) => Some(raw),
+            Content::Range { .. } => None,
+        }
+    }
+}
+
+/// The one range every content item of a FETCH asks for, when each is `BODY[]<o.n>` (or its
+/// PEEK) of the whole message and they agree; `None` when any needs more than that range.
+fn only_range(items: &[FetchItem]) -> Option<(u64, u64)> {
+    let mut range = None;
+    for item in items {
+        match item {
+            FetchItem::Section {
+                section,
+                partial: Some(partial),
+                ..
+            } if section.path.is_empty() && section.text.is_none() => {
+                if range.is_some_and(|r| r != *partial) {
+                    return None;
+                }
+                range = Some(*partial);
+            }
+            FetchItem::Section { .. }
+            | FetchItem::Binary { .. }
+            | FetchItem::BinarySize { .. }
+            | FetchItem::Rfc822
+            | FetchItem::Rfc822Header
+            | FetchItem::Rfc822Text => return None,
+            _ => {}
+        }
+    }
+    range
 }
 
 /// One batch of a FETCH, loaded and written out on the blocking pool: parsing MIME,
@@ -1585,7 +1639,9 @@ fn load_fetch_batch(
         let fits = numbered
             .iter()
             .position(|(uid, _)| {
-                bytes = bytes.saturating_add(metas.get(uid).map_or(0, |m| m.size));
+                let size = metas.get(uid).map_or(0, |m| m.size);
+                let read = needs.range.map_or(size, |(_, length)| size.min(length));
+                bytes = bytes.saturating_add(read);
                 bytes > FETCH_BATCH_CONTENT_BYTES_MAX
             })
             .unwrap_or(numbered.len())
@@ -1637,8 +1693,14 @@ fn load_fetch_batch(
             continue;
         }
         let raw = if needs.body {
-            match store.read_message(account, id, *uid) {
-                Ok(raw) => Some(raw),
+            let read = match needs.range {
+                Some((offset, length)) => store
+                    .read_message_range(account, id, *uid, offset, length)
+                    .map(|bytes| Content::Range { offset, bytes }),
+                None => store.read_message(account, id, *uid).map(Content::Whole),
+            };
+            match read {
+                Ok(content) => Some(content),
                 // Expunged by another session since its metadata was read.
                 Err(sealpost_storage::Error::MessageNotFound { .. }) => {
                     batch.expunged = true;
@@ -1651,15 +1713,18 @@ fn load_fetch_batch(
         };
         let summary = if needs.summary {
             let bytes = summaries.remove(uid).unwrap_or_default();
-            Some(
-                Summary::from_bytes(&bytes)
-                    .unwrap_or_else(|| raw.as_deref().map(Summary::of).unwrap_or_default()),
-            )
+            Some(Summary::from_bytes(&bytes).unwrap_or_else(|| {
+                raw.as_ref()
+                    .and_then(Content::whole)
+                    .map(Summary::of)
+                    .unwrap_or_default()
+            }))
         } else {
             None
         };
         let structure = raw
-            .as_deref()
+            .as_ref()
+            .and_then(Content::whole)
             .filter(|_| needs.structure)
             .map(|r| Structure::parse(r, Limits::default()));
         // \Seen set by this FETCH is reported even when FLAGS was not asked for.
@@ -1681,7 +1746,7 @@ fn load_fetch_batch(
                 item,
                 &meta,
                 recent.contains(meta.uid),
-                raw.as_deref(),
+                raw.as_ref(),
                 structure.as_ref(),
                 summary.as_ref(),
             );

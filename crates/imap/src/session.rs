@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sealpost_auth::{LoginOutcome, LoginRefusal, Protocol};
-use sealpost_mime::Summary;
 use sealpost_storage::{
     Account, Actor, AuditEvent, Error as StoreError, InternalDate, Mailbox, MailboxId, NewMessage,
     SpecialUse, Store,
@@ -1265,39 +1264,29 @@ impl Session {
             })
             .unwrap_or_else(InternalDate::now);
         let (store, account, id) = (self.store.clone(), self.account_id(), mailbox.id);
-        let size = message.len() as u64;
         let result = blocking(move || {
-            // The quota is looked at in the same trip, and usage summed only for an account
-            // that has one: APPEND is a hot path.
-            if let Some(limit) = store.quota(account)? {
-                let used = store.quota_usage(account)?;
-                if used.saturating_add(size) > limit {
-                    return Ok(Err((used, limit)));
-                }
-            }
-            let summary = Summary::of(&message).to_bytes();
-            let search_text = sealpost_mime::search_text(&message).lowercased().to_bytes();
-            store
-                .append(
-                    account,
-                    id,
-                    &NewMessage {
-                        raw: &message,
-                        flags,
-                        internal_date,
-                        summary: &summary,
-                        search_text: &search_text,
-                    },
-                )
-                .map(Ok)
+            // The store refuses what would pass the account's quota (Error::OverQuota).
+            let index = sealpost_mime::Indexed::of(&message);
+            let (summary, search_text) = (index.summary_bytes(), index.search_bytes());
+            store.append(
+                account,
+                id,
+                &NewMessage {
+                    raw: &message,
+                    flags,
+                    internal_date,
+                    summary: &summary,
+                    search_text: &search_text,
+                },
+            )
         })
         .await;
         match result {
-            Ok(Err((used, limit))) => self.no(
+            Err(sealpost_storage::Error::OverQuota { used, limit, .. }) => self.no(
                 tag,
                 &format!("[OVERQUOTA] the mailbox is full ({used} of {limit} bytes used); delete or move some mail"),
             ),
-            Ok(Ok(appended)) => {
+            Ok(appended) => {
                 if self.selected.as_ref().is_some_and(|s| s.id == appended.mailbox) {
                     self.announce_changes(false).await;
                 }

@@ -324,3 +324,134 @@ mod tests {
         assert_eq!(first(raw, &found, "To"), None);
     }
 }
+
+/// One field of a header section with its continuation lines, as an editor walks it: `whole`
+/// is every byte of it, line breaks included, and `name` where its name is (before the colon,
+/// without the obsolete syntax's whitespace). A line that is neither a field nor a
+/// continuation has no name: readers skip it, an editor keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderLine {
+    pub whole: Range<usize>,
+    pub name: Option<Range<usize>>,
+}
+
+/// A message's header section, walked once: its fields in order and where it ends. The
+/// section ends at the first blank line (CRLF or a bare LF), as every mail reader ends it.
+#[derive(Clone, Debug)]
+pub struct HeaderWalk {
+    pub lines: Vec<HeaderLine>,
+    /// Where the blank line that ends the section starts (the message's length without one).
+    pub end: usize,
+    /// Just past that blank line: where the body starts.
+    pub body: usize,
+}
+
+impl HeaderWalk {
+    pub fn of(raw: &[u8]) -> HeaderWalk {
+        let mut lines: Vec<HeaderLine> = Vec::new();
+        let mut at = 0;
+        while at < raw.len() {
+            let line_end = find_line_end(raw, at, raw.len());
+            let content = trim_line_break(&raw[at..line_end]);
+            if content.is_empty() {
+                return HeaderWalk {
+                    lines,
+                    end: at,
+                    body: line_end,
+                };
+            }
+            let continuation = matches!(content[0], b' ' | b'\t');
+            match lines.last_mut() {
+                Some(last) if continuation => last.whole.end = line_end,
+                _ => {
+                    let name = content
+                        .iter()
+                        .position(|&b| b == b':')
+                        .map(|colon| at..at + trim_end_ws_len(&content[..colon]))
+                        .filter(|name| {
+                            !name.is_empty() && raw[name.clone()].iter().all(|&b| b > 32 && b < 127)
+                        });
+                    lines.push(HeaderLine {
+                        whole: at..line_end,
+                        name,
+                    });
+                }
+            }
+            at = line_end;
+        }
+        HeaderWalk {
+            lines,
+            end: raw.len(),
+            body: raw.len(),
+        }
+    }
+
+    /// Whether `line` is a field named `name` (ASCII case-insensitive).
+    pub fn is_named(raw: &[u8], line: &HeaderLine, name: &str) -> bool {
+        line.name
+            .as_ref()
+            .is_some_and(|n| raw[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    /// The fields named `name`.
+    pub fn named<'a>(
+        &'a self,
+        raw: &'a [u8],
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a HeaderLine> + 'a {
+        self.lines
+            .iter()
+            .filter(move |line| Self::is_named(raw, line, name))
+    }
+
+    /// The value of a field (after its colon), unfolded and trimmed; bytes that are not UTF-8
+    /// are kept as Latin-1 characters.
+    pub fn value(raw: &[u8], line: &HeaderLine) -> String {
+        let start = line.name.as_ref().map_or(line.whole.start, |n| {
+            n.end
+                + raw[n.end..line.whole.end]
+                    .iter()
+                    .position(|&b| b == b':')
+                    .map_or(0, |p| p + 1)
+        });
+        unfolded(
+            raw,
+            &Field {
+                name: line.whole.start..start,
+                value: start..line.whole.end,
+            },
+        )
+    }
+
+    /// The first field named `name`, unfolded.
+    pub fn first(&self, raw: &[u8], name: &str) -> Option<String> {
+        self.named(raw, name)
+            .next()
+            .map(|line| Self::value(raw, line))
+    }
+}
+
+#[cfg(test)]
+mod walk_tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_keeps_every_byte_and_ends_at_the_first_blank_line() {
+        let raw = b"Subject: a\r\n b\r\nstray line\r\nFrom : x@y\r\n\tz\n\nDate: in the body\r\n";
+        let walk = HeaderWalk::of(raw);
+        assert_eq!(walk.lines.len(), 3);
+        let covered: Vec<u8> = walk
+            .lines
+            .iter()
+            .flat_map(|l| raw[l.whole.clone()].to_vec())
+            .collect();
+        assert_eq!(&covered[..], &raw[..walk.end]);
+        assert_eq!(&raw[walk.end..walk.body], b"\n");
+        assert_eq!(walk.lines[1].name, None, "a stray line");
+        assert_eq!(walk.first(raw, "subject").as_deref(), Some("a b"));
+        assert_eq!(walk.first(raw, "FROM").as_deref(), Some("x@y\tz"));
+        assert_eq!(walk.first(raw, "date"), None, "only the header counts");
+        let none = HeaderWalk::of(b"Subject: no body");
+        assert_eq!((none.end, none.body, none.lines.len()), (16, 16, 1));
+    }
+}

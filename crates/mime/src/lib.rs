@@ -24,13 +24,16 @@ mod display;
 pub mod fuzzing;
 mod header;
 mod imap;
+mod indexed;
 mod search;
 mod structure;
 mod summary;
 
 pub use address::{parse_address_list, Address, ADDRESSES_PER_HEADER_MAX};
 pub use display::{parse_envelope, Person, Shown};
+pub use header::{HeaderLine, HeaderWalk};
 pub use imap::{envelope, header_fields, SectionText};
+pub use indexed::{sender, Indexed};
 pub use search::{search_text, SearchText, SEARCH_TEXT_BYTES_MAX};
 pub use structure::{Content, Envelope, Limits, Part, Structure};
 pub use summary::Summary;

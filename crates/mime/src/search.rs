@@ -49,8 +49,13 @@ impl SearchText {
 
 /// Decodes `raw` for search. Never panics; what does not parse adds nothing.
 pub fn search_text(raw: &[u8]) -> SearchText {
+    of_parsed(raw, MessageParser::default().parse(raw).as_ref())
+}
+
+/// As `search_text`, from the parse of `raw` (`None`: it did not parse).
+pub(crate) fn of_parsed(raw: &[u8], message: Option<&mail_parser::Message<'_>>) -> SearchText {
     let mut out = SearchText::default();
-    let Some(message) = MessageParser::default().parse(raw) else {
+    let Some(message) = message else {
         return out;
     };
     for header in message.headers() {
@@ -64,7 +69,7 @@ pub fn search_text(raw: &[u8]) -> SearchText {
         out.headers.push((name, value));
     }
     // Messages inside messages: an explicit list, bounded by the parser's own nesting limit.
-    let mut pending = vec![&message];
+    let mut pending = vec![message];
     while let Some(current) = pending.pop() {
         for part in &current.parts {
             if out.body.len() >= SEARCH_TEXT_BYTES_MAX {

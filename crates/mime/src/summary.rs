@@ -72,6 +72,11 @@ impl Summary {
         let sent_at = MessageParser::default()
             .parse_headers(raw)
             .and_then(|m| m.date().map(|d| d.to_timestamp()));
+        Self::of_parts(structure, sent_at)
+    }
+
+    /// From the structure and the Date header as Unix seconds (`Indexed` has both).
+    pub(crate) fn of_parts(structure: &Structure, sent_at: Option<i64>) -> Summary {
         Summary {
             envelope: envelope(&structure.envelope),
             body_structure: structure.body_structure(true),

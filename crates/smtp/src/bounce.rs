@@ -104,7 +104,7 @@ pub(crate) fn report(
     let returned = if full {
         original
     } else {
-        &original[..headers::header_len(original)]
+        &original[..sealpost_mime::HeaderWalk::of(original).body]
     };
     out.push_str(&format!(
         "--{boundary}\r\nContent-Type: {}\r\n\r\n",

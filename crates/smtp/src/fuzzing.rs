@@ -202,24 +202,21 @@ pub fn header_edits(data: &[u8]) {
         1 => "MX.Example.Test",
         _ => "",
     };
-    let header_end = crate::headers::header_len(raw);
-    assert!(header_end <= raw.len());
-    let cleaned =
-        crate::headers::without_forged_results(raw, hostname).unwrap_or_else(|| raw.to_vec());
-    if !hostname.is_empty() {
-        assert!(
-            crate::headers::without_forged_results(&cleaned, hostname).is_none(),
-            "a forged Authentication-Results field survived its removal"
-        );
-    }
-    let cleaned = crate::headers::without_own_headers(&cleaned).unwrap_or(cleaned);
-    assert!(
-        crate::headers::without_own_headers(&cleaned).is_none(),
-        "an X-Sealpost-* field survived its removal"
-    );
-    let _ = crate::headers::has_field(&cleaned, "Message-ID");
-    let from = crate::headers::field(&cleaned, "From").unwrap_or_default();
-    let subject = crate::headers::field(&cleaned, "Subject").unwrap_or_default();
+    let walk = sealpost_mime::HeaderWalk::of(raw);
+    assert!(walk.end <= walk.body && walk.body <= raw.len());
+    let edits = crate::headers::Edits {
+        forged_results_of: (!hostname.is_empty()).then_some(hostname),
+        own_fields: true,
+        ..crate::headers::Edits::default()
+    };
+    let cleaned = crate::headers::edited(raw, &walk, &edits);
+    assert!(cleaned.ends_with(&raw[walk.end..]), "the body changed");
+    let again = crate::headers::edited(&cleaned, &sealpost_mime::HeaderWalk::of(&cleaned), &edits);
+    assert!(again == cleaned, "a removed field survived its removal");
+    let walk = sealpost_mime::HeaderWalk::of(&cleaned);
+    let _ = walk.named(&cleaned, "Message-ID").next();
+    let from = walk.first(&cleaned, "From").unwrap_or_default();
+    let subject = walk.first(&cleaned, "Subject").unwrap_or_default();
     let helo = String::from_utf8_lossy(&raw[..raw.len().min(300)]);
     let received = crate::headers::received(
         &helo,
@@ -250,8 +247,11 @@ pub fn header_edits(data: &[u8]) {
     // The check is quadratic in the domain's length; the session hands it at most a header
     // field's worth (the whole header section is within the message size).
     let why = crate::spam::impersonation(address, name, &["example.test".to_string()], &staff);
-    let warned =
-        crate::headers::with_warning(&cleaned, why.as_deref().unwrap_or("fuzz"), "[EXTERNAL]");
+    let warning = crate::headers::Edits {
+        warning: Some((why.as_deref().unwrap_or("fuzz"), "[EXTERNAL]")),
+        ..crate::headers::Edits::default()
+    };
+    let warned = crate::headers::edited(&cleaned, &walk, &warning);
     assert!(warned.starts_with(b"X-Sealpost-Warning: impersonation: "));
     assert_eq!(
         warned

@@ -2,6 +2,7 @@
 //! submissions a Message-ID and Date when the client left them out.
 
 use rand::RngCore;
+use sealpost_mime::HeaderWalk;
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;
 
@@ -97,73 +98,126 @@ fn sanitize(text: &str) -> String {
         .collect()
 }
 
-/// The end of the header section: the index just past the blank line, or the message's
-/// length when there is no body.
-pub(crate) fn header_len(raw: &[u8]) -> usize {
-    let mut at = 0;
-    while at < raw.len() {
-        let line_end = raw[at..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(raw.len(), |p| at + p + 1);
-        let line = &raw[at..line_end];
-        if line == b"\r\n" || line == b"\n" {
-            return line_end;
-        }
-        at = line_end;
+/// A Date and a Message-ID for a submission whose header has none (RFC 6409 section 8.3 and
+/// 8.2), each ending in CRLF; empty when it has both.
+pub(crate) fn missing_origin_fields(raw: &[u8], walk: &HeaderWalk, hostname: &str) -> String {
+    let mut fields = String::new();
+    if walk.named(raw, "date").next().is_none() {
+        fields.push_str(&format!("Date: {}\r\n", now_rfc2822()));
     }
-    raw.len()
+    if walk.named(raw, "message-id").next().is_none() {
+        fields.push_str(&format!("Message-ID: {}\r\n", message_id(hostname)));
+    }
+    fields
 }
 
-/// The message without Authentication-Results fields that claim to come from `hostname`: a
-/// sender could otherwise forge our verdict (RFC 8601 section 5). `None` when there is none.
-pub(crate) fn without_forged_results(raw: &[u8], hostname: &str) -> Option<Vec<u8>> {
-    const NAME: &[u8] = b"authentication-results";
-    let header_end = header_len(raw);
-    let mut fields: Vec<(usize, usize, bool)> = Vec::new();
-    let mut at = 0;
-    while at < header_end {
-        let mut end = raw[at..header_end]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(header_end, |p| at + p + 1);
-        // Continuation lines belong to the field.
-        while end < header_end && matches!(raw[end], b' ' | b'\t') {
-            end = raw[end..header_end]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(header_end, |p| end + p + 1);
+/// What is done to a message's header on its way to the store, all in one pass (`edited`).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Edits<'a> {
+    /// Fields written first, each ending in CRLF: Received, a Date and Message-ID the client
+    /// left out, Authentication-Results, X-Sealpost-Spam.
+    pub(crate) prefix: &'a str,
+    /// Drops Authentication-Results fields that claim to come from this host name: a sender
+    /// could otherwise forge our verdict (RFC 8601 section 5).
+    pub(crate) forged_results_of: Option<&'a str>,
+    /// Drops every `X-Sealpost-*` field: warnings and verdicts are ours to add, a sender's
+    /// are forgeries.
+    pub(crate) own_fields: bool,
+    /// Sealpost's impersonation warning: the reason, and a prefix for the subject (may be
+    /// empty). The `X-Sealpost-Warning` field goes first.
+    pub(crate) warning: Option<(&'a str, &'a str)>,
+}
+
+/// The message as kept: `raw` (walked as `walk`) with `edits` made, in one copy. The header
+/// ends where `walk` says, as every mail reader ends it, and the body after it is left as it
+/// was sent. A submission's line ends are made CRLF before (`with_crlf_line_ends`), so that a
+/// bare CR cannot hide a field inside another from these edits.
+pub(crate) fn edited(raw: &[u8], walk: &HeaderWalk, edits: &Edits<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + edits.prefix.len() + 256);
+    let push = |out: &mut Vec<u8>, bytes: &[u8]| out.extend_from_slice(bytes);
+    if let Some((why, _)) = edits.warning {
+        let why: String = why.chars().filter(|c| !c.is_control()).collect();
+        out.extend_from_slice(format!("X-Sealpost-Warning: impersonation: {why}\r\n").as_bytes());
+    }
+    out.extend_from_slice(edits.prefix.as_bytes());
+    let subject_prefix = edits
+        .warning
+        .map(|(_, prefix)| prefix.trim())
+        .filter(|prefix| !prefix.is_empty());
+    let mut subject_seen = false;
+    for line in &walk.lines {
+        let bytes = &raw[line.whole.clone()];
+        if edits.own_fields && bytes.len() >= 11 && bytes[..11].eq_ignore_ascii_case(b"x-sealpost-")
+        {
+            continue;
         }
-        let field = &raw[at..end];
-        // The name, then the colon, with the obsolete syntax's whitespace between them allowed
-        // (RFC 5322 section 4.5.3: `Authentication-Results :` is the same field to a reader).
-        let value_at = field
-            .iter()
-            .position(|&b| b == b':')
-            .filter(|&colon| field[..colon].trim_ascii_end().eq_ignore_ascii_case(NAME))
-            .map(|colon| colon + 1);
-        let forged = value_at.is_some_and(|value_at| {
-            let value = String::from_utf8_lossy(&field[value_at..]);
-            let authserv = authserv_id(&value);
-            authserv.eq_ignore_ascii_case(hostname)
-                || authserv
-                    .strip_suffix('.')
-                    .is_some_and(|a| a.eq_ignore_ascii_case(hostname))
-        });
-        fields.push((at, end, forged));
-        at = end;
+        if let Some(hostname) = edits.forged_results_of {
+            if HeaderWalk::is_named(raw, line, "authentication-results")
+                && claims_host(&HeaderWalk::value(raw, line), hostname)
+            {
+                continue;
+            }
+        }
+        if let Some(prefix) = subject_prefix.filter(|_| !subject_seen) {
+            if HeaderWalk::is_named(raw, line, "subject") {
+                subject_seen = true;
+                let colon = bytes.iter().position(|&b| b == b':').unwrap_or(0);
+                let value = &bytes[colon + 1..];
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                if !value.starts_with(prefix.as_bytes()) {
+                    push(&mut out, b"Subject: ");
+                    push(&mut out, prefix.as_bytes());
+                    push(&mut out, b" ");
+                    push(&mut out, value);
+                    continue;
+                }
+            }
+        }
+        push(&mut out, bytes);
     }
-    if !fields.iter().any(|f| f.2) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    for (start, end, forged) in fields {
-        if !forged {
-            out.extend_from_slice(&raw[start..end]);
+    push(&mut out, &raw[walk.end..]);
+    out
+}
+
+/// Whether an Authentication-Results value names `hostname` as its authserv-id (or the same
+/// name with a trailing dot).
+fn claims_host(value: &str, hostname: &str) -> bool {
+    let authserv = authserv_id(value);
+    authserv.eq_ignore_ascii_case(hostname)
+        || authserv
+            .strip_suffix('.')
+            .is_some_and(|a| a.eq_ignore_ascii_case(hostname))
+}
+
+/// Appends `bytes` with every bare CR and bare LF made a CRLF (a CR LF pair stays one).
+fn push_with_crlf(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut iter = bytes.iter().copied().peekable();
+    while let Some(byte) = iter.next() {
+        match byte {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                iter.next_if_eq(&b'\n');
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            _ => out.push(byte),
         }
     }
-    out.extend_from_slice(&raw[header_end..]);
-    Some(out)
+}
+
+/// The message with every bare CR and bare LF made a CRLF; the message itself when it has
+/// none (no copy then).
+pub(crate) fn with_crlf_line_ends(raw: Vec<u8>) -> Vec<u8> {
+    let bare = raw.iter().enumerate().any(|(i, &b)| match b {
+        b'\r' => raw.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || raw[i - 1] != b'\r',
+        _ => false,
+    });
+    if !bare {
+        return raw;
+    }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32 + 2);
+    push_with_crlf(&mut out, &raw);
+    out
 }
 
 /// The authserv-id an Authentication-Results value names (RFC 8601 section 2.2): after any
@@ -201,92 +255,6 @@ fn authserv_id(value: &str) -> String {
         .collect()
 }
 
-/// Whether the header section has a field of this name (case-insensitive).
-pub(crate) fn has_field(raw: &[u8], name: &str) -> bool {
-    let header = &raw[..header_len(raw)];
-    header.split(|&b| b == b'\n').any(|line| {
-        line.len() > name.len()
-            && line[name.len()] == b':'
-            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-    })
-}
-
-/// The message without header fields named `X-Sealpost-*` (warnings and verdicts are ours to
-/// add; a sender's are forgeries), or `None` when it has none. The header ends where
-/// `header_len` (and every other reader of it) says, so a body after a bare-LF blank line is
-/// left as it was sent.
-pub(crate) fn without_own_headers(raw: &[u8]) -> Option<Vec<u8>> {
-    let end = header_len(raw);
-    let head = &raw[..end];
-    let mut out = Vec::with_capacity(raw.len());
-    let mut dropping = false;
-    let mut dropped = false;
-    for line in head.split_inclusive(|b| *b == b'\n') {
-        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
-        if !continuation {
-            dropping = line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"x-sealpost-");
-        }
-        if dropping {
-            dropped = true;
-        } else {
-            out.extend_from_slice(line);
-        }
-    }
-    out.extend_from_slice(&raw[end..]);
-    dropped.then_some(out)
-}
-
-/// The message with Sealpost's impersonation warning: an `X-Sealpost-Warning` field first,
-/// and `prefix` (if any) in front of the subject.
-pub(crate) fn with_warning(raw: &[u8], why: &str, prefix: &str) -> Vec<u8> {
-    let why: String = why.chars().filter(|c| !c.is_control()).collect();
-    let mut out = format!("X-Sealpost-Warning: impersonation: {why}\r\n").into_bytes();
-    let end = header_len(raw);
-    let mut done = prefix.trim().is_empty();
-    for line in raw[..end].split_inclusive(|b| *b == b'\n') {
-        if !done && line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"subject:") {
-            let rest = &line[8..];
-            let value = rest.strip_prefix(b" ").unwrap_or(rest);
-            if !value.starts_with(prefix.trim().as_bytes()) {
-                out.extend_from_slice(b"Subject: ");
-                out.extend_from_slice(prefix.trim().as_bytes());
-                out.push(b' ');
-                out.extend_from_slice(value);
-                done = true;
-                continue;
-            }
-            done = true;
-        }
-        out.extend_from_slice(line);
-    }
-    out.extend_from_slice(&raw[end..]);
-    out
-}
-
-/// The first value of header field `name` (case-insensitive), unfolded; lines end in CRLF or
-/// a bare LF.
-pub(crate) fn field(raw: &[u8], name: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(&raw[..header_len(raw)]);
-    let mut value: Option<String> = None;
-    for line in text
-        .split('\n')
-        .map(|line| line.strip_suffix('\r').unwrap_or(line))
-    {
-        match &mut value {
-            Some(v) if line.starts_with([' ', '\t']) => v.push_str(line.trim_end()),
-            Some(_) => break,
-            None => {
-                if let Some((field, rest)) = line.split_once(':') {
-                    if field.trim().eq_ignore_ascii_case(name) {
-                        value = Some(rest.trim().to_string());
-                    }
-                }
-            }
-        }
-    }
-    value
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,20 +280,29 @@ mod tests {
         );
     }
 
+    /// `raw` with the inbound edits (forged results of mx.example and own fields dropped).
+    fn cleaned(raw: &[u8]) -> Vec<u8> {
+        let edits = Edits {
+            forged_results_of: Some("mx.example"),
+            own_fields: true,
+            ..Edits::default()
+        };
+        edited(raw, &HeaderWalk::of(raw), &edits)
+    }
+
     #[test]
     fn forged_authentication_results_for_our_name_are_removed_and_others_kept() {
         let raw = b"Subject: x\r\nAuthentication-Results: MX.Example;\r\n\tdkim=pass\r\n\
                     Authentication-Results: other.example; spf=fail\r\n\r\n\
                     Authentication-Results: mx.example; in the body\r\n";
-        let cleaned = without_forged_results(raw, "mx.example").unwrap();
         assert_eq!(
-            cleaned,
+            cleaned(raw),
             b"Subject: x\r\nAuthentication-Results: other.example; spf=fail\r\n\r\n\
               Authentication-Results: mx.example; in the body\r\n"
         );
         assert_eq!(
-            without_forged_results(b"Subject: x\r\n\r\nbody", "mx.example"),
-            None
+            cleaned(b"Subject: x\r\n\r\nbody"),
+            b"Subject: x\r\n\r\nbody"
         );
     }
 
@@ -343,50 +320,41 @@ mod tests {
         ] {
             let raw = format!("Subject: x\r\n{forged}Authentication-Results: other.example; spf=fail\r\n\r\nbody\r\n");
             assert_eq!(
-                without_forged_results(raw.as_bytes(), "mx.example").as_deref(),
-                Some(&b"Subject: x\r\nAuthentication-Results: other.example; spf=fail\r\n\r\nbody\r\n"[..]),
+                cleaned(raw.as_bytes()),
+                b"Subject: x\r\nAuthentication-Results: other.example; spf=fail\r\n\r\nbody\r\n",
                 "{forged:?}"
             );
         }
         let ours_in_a_comment =
             b"Authentication-Results: other.example (mx.example); spf=pass\r\n\r\n";
-        assert_eq!(
-            without_forged_results(ours_in_a_comment, "mx.example"),
-            None
-        );
-    }
-
-    #[test]
-    fn header_fields_are_found_only_in_the_header() {
-        let raw = b"Subject: x\r\nmessage-id: <1@x>\r\n\r\nDate: in the body\r\n";
-        assert!(has_field(raw, "Message-ID"));
-        assert!(!has_field(raw, "Date"));
-        assert_eq!(header_len(raw), 33);
-        assert_eq!(header_len(b"Subject: no body"), 16);
+        assert_eq!(cleaned(ours_in_a_comment), ours_in_a_comment);
     }
 
     #[test]
     fn own_fields_from_senders_go_and_the_warning_marks_the_subject_once() {
         let raw = b"From: a@b.test\r\nX-Sealpost-Warning: forged\r\n continued\r\nx-sealpost-spam: low\r\nSubject: hi\r\n\r\nX-Sealpost-Warning: in the body\r\n";
-        let cleaned = without_own_headers(raw).unwrap();
         assert_eq!(
-            cleaned,
+            cleaned(raw),
             b"From: a@b.test\r\nSubject: hi\r\n\r\nX-Sealpost-Warning: in the body\r\n".to_vec()
         );
-        assert!(without_own_headers(&cleaned).is_none());
-        let warned = with_warning(&cleaned, "looks like us", "[EXTERNAL]");
-        let text = String::from_utf8(warned.clone()).unwrap();
-        assert!(
-            text.starts_with("X-Sealpost-Warning: impersonation: looks like us\r\n"),
-            "{text}"
-        );
-        assert!(text.contains("\r\nSubject: [EXTERNAL] hi\r\n"), "{text}");
-        let again = String::from_utf8(with_warning(&cleaned, "x", "")).unwrap();
-        assert!(again.contains("\r\nSubject: hi\r\n"));
+        let warn = |raw: &[u8], prefix| {
+            let edits = Edits {
+                prefix: "Received: here\r\n",
+                own_fields: true,
+                warning: Some(("looks\r\nlike us", prefix)),
+                ..Edits::default()
+            };
+            String::from_utf8(edited(raw, &HeaderWalk::of(raw), &edits)).unwrap()
+        };
+        let text = warn(raw, "[EXTERNAL]");
         assert_eq!(
-            field(&warned, "x-sealpost-warning").unwrap(),
-            "impersonation: looks like us"
+            text,
+            "X-Sealpost-Warning: impersonation: lookslike us\r\nReceived: here\r\n\
+             From: a@b.test\r\nSubject: [EXTERNAL] hi\r\n\r\nX-Sealpost-Warning: in the body\r\n"
         );
+        let twice = warn(text.as_bytes(), "[EXTERNAL]");
+        assert!(twice.contains("\r\nSubject: [EXTERNAL] hi\r\n"), "{twice}");
+        assert!(warn(raw, "").contains("\r\nSubject: hi\r\n"));
     }
 
     /// Found by fuzzing (fuzz/regressions/smtp_headers/): the edits took the header to end at
@@ -397,25 +365,40 @@ mod tests {
     #[test]
     fn the_body_after_a_bare_lf_blank_line_is_left_as_sent() {
         let raw = b"From: a@b.test\nSubject: hi\n\nX-Sealpost-Note: my own words\n kept\nSubject: body\r\n\r\nend\r\n";
-        assert_eq!(header_len(raw), 28);
-        assert_eq!(
-            without_own_headers(raw),
-            None,
-            "nothing in the header to remove"
-        );
-        let warned = with_warning(raw, "x", "[EXTERNAL]");
+        assert_eq!(HeaderWalk::of(raw).body, 28);
+        assert_eq!(cleaned(raw), raw, "nothing in the header to remove");
+        let edits = Edits {
+            warning: Some(("x", "[EXTERNAL]")),
+            ..Edits::default()
+        };
+        let warned = edited(raw, &HeaderWalk::of(raw), &edits);
         assert!(
             warned.ends_with(&raw[27..]),
             "{}",
             String::from_utf8_lossy(&warned)
         );
         assert!(String::from_utf8_lossy(&warned).contains("Subject: [EXTERNAL] hi\n"));
-        assert_eq!(field(raw, "subject").as_deref(), Some("hi"));
-        assert_eq!(field(raw, "x-sealpost-note"), None);
         let forged = b"X-Sealpost-Spam: low\nSubject: hi\n\nX-Sealpost-Note: kept\n";
         assert_eq!(
-            without_own_headers(forged).unwrap(),
+            cleaned(forged),
             b"Subject: hi\n\nX-Sealpost-Note: kept\n".to_vec()
+        );
+    }
+
+    /// Found while making the edits one pass: X-Sealpost-* fields were dropped before a
+    /// submission's bare line ends became CRLF, so a bare CR inside a field hid a verdict
+    /// field that the CRLF then made a field of its own. Line ends go first now.
+    #[test]
+    fn a_bare_cr_cannot_hide_a_field_from_the_edits() {
+        let raw = b"Subject: a\rX-Sealpost-Spam: score=-100\r\nFrom: x@y\n\nbody\r".to_vec();
+        let raw = with_crlf_line_ends(raw);
+        let edits = Edits {
+            own_fields: true,
+            ..Edits::default()
+        };
+        assert_eq!(
+            edited(&raw, &HeaderWalk::of(&raw), &edits),
+            b"Subject: a\r\nFrom: x@y\r\n\r\nbody\r\n".to_vec()
         );
     }
 }

@@ -150,7 +150,7 @@ struct Needs {
 
 impl Needs {
     fn of(from: &str, recipients: &[OutboundRecipient], raw: &[u8]) -> Needs {
-        let header = &raw[..crate::headers::header_len(raw)];
+        let header = &raw[..sealpost_mime::HeaderWalk::of(raw).body];
         Needs {
             eight_bit: !raw.is_ascii(),
             utf8: !from.is_ascii()
@@ -509,7 +509,7 @@ impl Outbound {
         let raw = match tokio::task::spawn_blocking(move || store.read_queued(account, id)).await {
             // Only CRLF line ends on the wire, whenever the message was queued: no lenient
             // receiver can be told the message ended early (SMTP smuggling).
-            Ok(Ok(raw)) => crate::submit::with_crlf_line_ends(raw),
+            Ok(Ok(raw)) => crate::headers::with_crlf_line_ends(raw),
             other => {
                 warn!(queue = %entry.id, "reading a queued message failed: {other:?}");
                 return;
@@ -895,7 +895,7 @@ impl Outbound {
             let backup = store
                 .mailbox_by_special_use(account, sealpost_storage::SpecialUse::Backup)?
                 .ok_or(sealpost_storage::Error::MailboxNotFound)?;
-            let summary = sealpost_mime::Summary::of(&notice).to_bytes();
+            let summary = sealpost_mime::Indexed::of(&notice).summary_bytes();
             let message = sealpost_storage::NewMessage {
                 raw: &notice,
                 flags: sealpost_storage::Flags::new(),
@@ -1479,14 +1479,8 @@ fn deliver_report(
     actor: &Actor,
     detail: String,
 ) -> Result<(), sealpost_storage::Error> {
-    let inbox = store
-        .mailbox_by_name(account, "INBOX")?
-        .ok_or(sealpost_storage::Error::MailboxNotFound)?;
-    let backup = store
-        .mailbox_by_special_use(account, sealpost_storage::SpecialUse::Backup)?
-        .ok_or(sealpost_storage::Error::MailboxNotFound)?;
-    let summary = sealpost_mime::Summary::of(report).to_bytes();
-    let search_text = sealpost_mime::search_text(report).lowercased().to_bytes();
+    let index = sealpost_mime::Indexed::of(report);
+    let (summary, search_text) = (index.summary_bytes(), index.search_bytes());
     let message = sealpost_storage::NewMessage {
         raw: report,
         flags: sealpost_storage::Flags::new(),
@@ -1494,9 +1488,10 @@ fn deliver_report(
         summary: &summary,
         search_text: &search_text,
     };
+    // A bounce reaches a full mailbox too: the sender must hear that mail did not go.
     let target = sealpost_storage::DeliveryTarget {
         account,
-        mailboxes: vec![inbox.id, backup.id],
+        placement: sealpost_storage::Placement::Notice,
         outbound: None,
     };
     let events = |_: &[sealpost_storage::Delivered]| {
@@ -1531,7 +1526,7 @@ mod tests {
             "\n.\n", "\r.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r", "\r\n.\n", "\r.\r",
         ] {
             let raw = format!("Subject: x\r\n\r\nfirst{payload}MAIL FROM:<a@b.example>\r\nRCPT TO:<spy@b.example>\r\n");
-            let wire = dot_stuffed(&crate::submit::with_crlf_line_ends(raw.into_bytes()));
+            let wire = dot_stuffed(&crate::headers::with_crlf_line_ends(raw.into_bytes()));
             let text = String::from_utf8(wire).unwrap();
             let lines: Vec<&str> = text.split("\r\n").collect();
             assert!(

@@ -907,18 +907,18 @@ impl Session {
         let transaction = std::mem::take(&mut self.transaction);
         let from = transaction.from.clone().unwrap_or_default();
         let id = headers::session_id();
-        let mut prefix = String::new();
         let submission = self.account.clone();
+        // What this server writes first, besides Received: for a submission a Date and a
+        // Message-ID the client left out; for inbound mail the verdicts. The message itself is
+        // copied once, with every header edit, when it is accepted (`submit::accept`).
+        let mut prefix = String::new();
         if submission.is_some() {
-            if !headers::has_field(&body, "Date") {
-                prefix.push_str(&format!("Date: {}\r\n", headers::now_rfc2822()));
-            }
-            if !headers::has_field(&body, "Message-ID") {
-                prefix.push_str(&format!(
-                    "Message-ID: {}\r\n",
-                    headers::message_id(&self.config.hostname)
-                ));
-            }
+            let walk = sealpost_mime::HeaderWalk::of(&body);
+            prefix.push_str(&headers::missing_origin_fields(
+                &body,
+                &walk,
+                &self.config.hostname,
+            ));
         }
         let protocol = match (self.esmtp, self.tls_active(), submission.is_some()) {
             (false, _, _) => "SMTP",
@@ -940,14 +940,10 @@ impl Session {
             &id,
             single.as_deref(),
         );
-        // Inbound mail: who sent it, as far as SPF, DKIM and DMARC can tell, and no verdict
-        // in our name but ours.
-        let mut body = body;
+        // Inbound mail: who sent it, as far as SPF, DKIM and DMARC can tell, read from the
+        // message as it came (forged verdicts in our name are dropped when it is kept).
         let mut auth_summary = String::new();
         if submission.is_none() {
-            if let Some(cleaned) = headers::without_forged_results(&body, &self.config.hostname) {
-                body = cleaned;
-            }
             if let Some(auth) = &self.connection.shared.inbound_auth {
                 let peer = self
                     .connection
@@ -970,10 +966,7 @@ impl Session {
         }
         // Inbound mail is scored; where it goes follows from the score.
         let mut placement = crate::spam::Placement::Inbox;
-        // Sealpost's verdicts and warnings are its own to write, whoever sends.
-        if let Some(cleaned) = headers::without_own_headers(&body) {
-            body = cleaned;
-        }
+        let mut spam_verdict = String::new();
         if submission.is_none() {
             if let Some(spam) = self.connection.shared.spam().filter(|s| s.enabled()) {
                 let recipients: Vec<String> = transaction
@@ -1005,7 +998,8 @@ impl Session {
                             );
                         }
                         placement = scored.placement;
-                        prefix.push_str(&format!("X-Sealpost-Spam: {}\r\n", scored.summary()));
+                        spam_verdict = scored.summary();
+                        prefix.push_str(&format!("X-Sealpost-Spam: {spam_verdict}\r\n"));
                     }
                     Err(why) => {
                         warn!(%why, "spam scoring unavailable");
@@ -1015,21 +1009,15 @@ impl Session {
                             );
                             return Ok(Flow::Continue);
                         }
-                        prefix
-                            .push_str("X-Sealpost-Spam: unscored (the filter did not answer)\r\n");
+                        spam_verdict = "unscored (the filter did not answer)".into();
+                        prefix.push_str(&format!("X-Sealpost-Spam: {spam_verdict}\r\n"));
                     }
                 }
             }
         }
-        let mut raw = Vec::with_capacity(received.len() + prefix.len() + body.len());
-        raw.extend_from_slice(received.as_bytes());
-        raw.extend_from_slice(prefix.as_bytes());
-        raw.extend_from_slice(&body);
-        drop(body);
-        if raw.len() as u64 > self.config.message_bytes_max {
-            return Ok(self.error("552 5.3.4 the message with its trace headers is too large"));
-        }
         let accept = Accept {
+            prefix: received + &prefix,
+            hostname: self.config.hostname.clone(),
             from,
             env_id: transaction.env_id.clone(),
             ret: transaction.ret.clone(),
@@ -1040,8 +1028,9 @@ impl Session {
             auth_summary,
             sent_copy: false,
             placement,
+            verdict: spam_verdict,
         };
-        match crate::submit::accept(&self.store, &self.connection.shared, raw, accept).await {
+        match crate::submit::accept(&self.store, &self.connection.shared, body, accept).await {
             Ok(_) => {
                 info!(id, "message accepted");
                 self.reply(&format!("250 2.0.0 accepted as {id}"));

@@ -53,6 +53,9 @@ pub struct SmtpShared {
     /// Whole messages accepted and refused at the end of DATA or from the web, for /metrics.
     pub(crate) accepted: std::sync::atomic::AtomicU64,
     pub(crate) refused: std::sync::atomic::AtomicU64,
+    /// Messages through `submit::accept`'s edits, and the whole-message copies and parses
+    /// made on the way (`pipeline_counts`).
+    pipeline: [std::sync::atomic::AtomicU64; 3],
     /// Inbound scoring (rspamd) and impersonation warnings, when configured.
     spam: std::sync::RwLock<Option<Arc<crate::spam::Spam>>>,
     /// Staff display names (lower-cased), refreshed every `STAFF_NAMES_REFRESH`.
@@ -80,6 +83,7 @@ impl SmtpShared {
             submitted: Mutex::new(HashMap::new()),
             accepted: std::sync::atomic::AtomicU64::new(0),
             refused: std::sync::atomic::AtomicU64::new(0),
+            pipeline: Default::default(),
             spam: std::sync::RwLock::new(None),
             staff_names: Mutex::new((None, Arc::new(std::collections::HashSet::new()))),
         })
@@ -143,6 +147,26 @@ impl SmtpShared {
     pub fn message_counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (self.accepted.load(Relaxed), self.refused.load(Relaxed))
+    }
+
+    /// One message through the edits, with the copies of it and the parses it took.
+    pub(crate) fn count_pipeline(&self, copies: u64, parses: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.pipeline[0].fetch_add(1, Relaxed);
+        self.pipeline[1].fetch_add(copies, Relaxed);
+        self.pipeline[2].fetch_add(parses, Relaxed);
+    }
+
+    /// (messages, whole-message copies, whole-message parses) between the socket's buffer
+    /// and the store since the start; the store's own compressed and sealed chunks are not
+    /// counted.
+    pub fn pipeline_counts(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.pipeline[0].load(Relaxed),
+            self.pipeline[1].load(Relaxed),
+            self.pipeline[2].load(Relaxed),
+        )
     }
 
     /// Whether the account has sent fewer than `max` messages in its current hour.

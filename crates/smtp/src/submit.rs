@@ -5,11 +5,11 @@
 //! and the audit records). The web gets no shortcut: the same protection choice, queue, DKIM
 //! at departure and BACKUP copy apply.
 
-use sealpost_mime::{Limits, Structure, Summary};
+use sealpost_mime::{HeaderWalk, Indexed};
 use sealpost_storage::{
     Account, AccountStatus, Actor, AuditEvent, AuditOutcome, DeliveryTarget, Error as StoreError,
-    Flags, InternalDate, MailboxId, NewMessage, Outbound, OutboundRecipient, QueueId, Role,
-    SpecialUse, Store,
+    Flags, Held, InternalDate, NewMessage, Outbound, OutboundRecipient, Placement, QueueId, Role,
+    Store,
 };
 use tracing::warn;
 
@@ -53,6 +53,12 @@ impl Refused {
 
 /// A message ready to be accepted: its envelope and who hands it in.
 pub(crate) struct Accept {
+    /// The fields this server writes first (Received, and for a submission a Date and a
+    /// Message-ID the client left out; for inbound mail Authentication-Results and the spam
+    /// verdict), each ending in CRLF.
+    pub(crate) prefix: String,
+    /// This server's name: inbound Authentication-Results fields that claim it are forged.
+    pub(crate) hostname: String,
     pub(crate) from: String,
     pub(crate) env_id: Option<String>,
     pub(crate) ret: Option<String>,
@@ -67,6 +73,9 @@ pub(crate) struct Accept {
     pub(crate) sent_copy: bool,
     /// Where inbound mail goes for its local recipients, by its spam score.
     pub(crate) placement: crate::spam::Placement,
+    /// The spam filter's verdict in words (what the X-Sealpost-Spam field says), kept with a
+    /// quarantined message; empty when the message was not scored.
+    pub(crate) verdict: String,
 }
 
 /// What was done with an accepted message.
@@ -155,10 +164,10 @@ pub(crate) async fn classify_recipient(
 pub(crate) async fn accept(
     store: &Store,
     shared: &SmtpShared,
-    raw: Vec<u8>,
+    body: Vec<u8>,
     accept: Accept,
 ) -> Result<Accepted, Refused> {
-    let result = accept_counted(store, shared, raw, accept).await;
+    let result = accept_counted(store, shared, body, accept).await;
     let counter = if result.is_ok() {
         &shared.accepted
     } else {
@@ -171,10 +180,12 @@ pub(crate) async fn accept(
 async fn accept_counted(
     store: &Store,
     shared: &SmtpShared,
-    raw: Vec<u8>,
+    body: Vec<u8>,
     accept: Accept,
 ) -> Result<Accepted, Refused> {
     let Accept {
+        prefix,
+        hostname,
         from,
         env_id,
         ret,
@@ -185,70 +196,77 @@ async fn accept_counted(
         auth_summary,
         sent_copy,
         placement,
+        verdict,
     } = accept;
+    let submitted = submission.is_some();
+    // Mail from outside that pretends to come from inside is marked. The staff's names are
+    // read from the directory at most once a minute (briefly on this thread).
+    let impersonation = match (&submission, shared.spam()) {
+        (None, Some(spam)) => Some((
+            shared.staff_names(store),
+            vec![store.config().primary_domain.clone()],
+            spam.config.external_subject_prefix.clone(),
+        )),
+        _ => None,
+    };
     // What a staff member submits may be relayed: every line ends in CRLF before anything
     // reads or keeps it. A bare CR or LF could end the message early at a lenient receiver,
-    // and what follows would be taken as commands (SMTP smuggling).
-    let submitted = submission.is_some();
-    // Parsed once, off the async threads: the From check, the content rules and the stored
-    // summary and search text all come from this.
-    let (raw, analysed) = blocking(move || {
-        let raw = if submitted {
-            with_crlf_line_ends(raw)
+    // and what follows would be taken as commands (SMTP smuggling). Then one pass over the
+    // header and one copy of the message: the trace fields first, forged verdicts and
+    // X-Sealpost-* fields out, the impersonation warning in. Then one parse, off the async
+    // threads: the From check, the content rules and the stored summary and search text all
+    // come from it.
+    let hostname = (!submitted).then_some(hostname);
+    let (raw, analysed, normalised) = blocking(move || {
+        // A copy only when a line ends bare; first, so that the edits see the fields every
+        // later reader will see.
+        let (body, normalised) = if submitted {
+            let length = body.len();
+            let body = crate::headers::with_crlf_line_ends(body);
+            let copied = body.len() != length;
+            (body, copied)
         } else {
-            raw
+            (body, false)
         };
+        let walk = HeaderWalk::of(&body);
+        let warning = impersonation.and_then(|(staff, ours, subject_prefix)| {
+            let (address, name) = sealpost_mime::sender(&body)?;
+            let why = crate::spam::impersonation(&address, &name, &ours, &staff)?;
+            Some((why, subject_prefix))
+        });
+        let edits = crate::headers::Edits {
+            prefix: &prefix,
+            forged_results_of: hostname.as_deref(),
+            own_fields: true,
+            warning: warning.as_ref().map(|(why, p)| (why.as_str(), p.as_str())),
+        };
+        let raw = crate::headers::edited(&body, &walk, &edits);
+        drop(body);
         let analysed = Analysed::of(&raw);
-        (raw, analysed)
+        (raw, analysed, normalised)
     })
     .await;
+    // One copy of the body (two when its line ends were made CRLF), and one parse by each
+    // of the two parsers (`Indexed`); the impersonation check reads the header alone.
+    shared.count_pipeline(1 + u64::from(normalised), 2);
+    let bytes_max = store.config().limits.message_bytes_max;
+    if raw.len() as u64 > bytes_max {
+        return Err(Refused::Error(if submitted {
+            // Each bare LF became two bytes: the bound holds for what is kept and relayed.
+            format!("552 5.3.4 the message is larger than the {bytes_max} bytes accepted once its lines end in CRLF")
+        } else {
+            "552 5.3.4 the message with its trace headers is too large".into()
+        }));
+    }
     // One From, one Subject...: which of two fields a receiver shows (or a filter, a DKIM
     // verifier, the From check here) is anyone's guess (RFC 5322 §3.6).
     if submitted {
-        // Each bare LF became two bytes: the size bound holds for what is kept and relayed.
-        let bytes_max = store.config().limits.message_bytes_max;
-        if raw.len() as u64 > bytes_max {
-            return Err(Refused::Error(format!(
-                "552 5.3.4 the message is larger than the {bytes_max} bytes accepted once its lines end in CRLF"
-            )));
-        }
-        if let Some((name, count)) = repeated_field(&raw) {
+        if let Some((name, count)) = repeated_field(&raw, &HeaderWalk::of(&raw)) {
             return Err(Refused::Error(format!(
                 "550 5.6.0 message has {count} {name} fields; RFC 5322 allows one"
             )));
         }
     }
-    // Mail from outside that pretends to come from inside is marked (and parsed again).
-    let (raw, analysed) = match (&submission, shared.spam()) {
-        (None, Some(spam)) => {
-            // Read from the directory at most once a minute (briefly on this thread).
-            let staff = shared.staff_names(store);
-            let ours = vec![store.config().primary_domain.clone()];
-            let from_name = analysed
-                .text
-                .header("from")
-                .next()
-                .map(|v| v.split('<').next().unwrap_or("").trim().to_string())
-                .unwrap_or_default();
-            let warning = analysed
-                .from
-                .first()
-                .and_then(|address| crate::spam::impersonation(address, &from_name, &ours, &staff));
-            match warning {
-                Some(why) => {
-                    let prefix = spam.config.external_subject_prefix.clone();
-                    blocking(move || {
-                        let marked = crate::headers::with_warning(&raw, &why, &prefix);
-                        let analysed = Analysed::of(&marked);
-                        (marked, analysed)
-                    })
-                    .await
-                }
-                None => (raw, analysed),
-            }
-        }
-        _ => (raw, analysed),
-    };
     if let Some(account) = &submission {
         // The From header must be the account's too: MAIL FROM alone is not what people see.
         let aliases = shared.aliases();
@@ -314,7 +332,6 @@ async fn accept_counted(
         ret,
         notice: false,
     });
-    let verdict = crate::headers::field(&raw, "x-sealpost-spam").unwrap_or_default();
     let quarantine_days = shared.spam().map_or(30, |s| s.config.quarantine_days);
     let context = AuditContext {
         placement,
@@ -352,6 +369,11 @@ async fn accept_counted(
             }
             Ok(Accepted { queue, outside })
         }
+        // A mailbox filled up since RCPT: the store refuses every copy, the sender retries.
+        Err(StoreError::OverQuota { .. }) => Err(Refused::Transient(
+            "452 4.2.2 a recipient's mailbox is full; nothing was delivered, try again later"
+                .into(),
+        )),
         Err(StoreError::LimitExceeded { what, .. }) => Err(Refused::Error(format!(
             "552 5.3.4 refused: {what} over the limit"
         ))),
@@ -386,7 +408,11 @@ pub(crate) struct Analysed {
 
 impl Analysed {
     fn of(raw: &[u8]) -> Analysed {
-        let structure = Structure::parse(raw, Limits::default());
+        let Indexed {
+            structure,
+            summary,
+            text,
+        } = Indexed::of(raw);
         let attachment_names = structure
             .parts
             .iter()
@@ -414,8 +440,8 @@ impl Analysed {
                 .filter_map(|a| a.email().map(|e| e.to_lowercase()))
                 .collect(),
             message_id: structure.envelope.message_id.clone().unwrap_or_default(),
-            summary: Summary::of_parsed(raw, &structure).to_bytes(),
-            text: sealpost_mime::search_text(raw),
+            summary: summary.to_bytes(),
+            text,
             attachment_names,
         }
     }
@@ -461,20 +487,6 @@ fn resolve_local(
     Ok(Vec::new())
 }
 
-fn mailbox_of(store: &Store, account: &Account, use_: SpecialUse) -> Result<MailboxId, StoreError> {
-    store
-        .mailbox_by_special_use(account.id, use_)?
-        .map(|m| m.id)
-        .ok_or(StoreError::MailboxNotFound)
-}
-
-fn inbox_of(store: &Store, account: &Account) -> Result<MailboxId, StoreError> {
-    store
-        .mailbox_by_name(account.id, "INBOX")?
-        .map(|m| m.id)
-        .ok_or(StoreError::MailboxNotFound)
-}
-
 /// What the audit records of a delivery say besides the accounts, and where it goes.
 struct AuditContext {
     placement: crate::spam::Placement,
@@ -489,8 +501,9 @@ struct AuditContext {
     sent_copy: bool,
 }
 
-/// One atomic, durable write: INBOX and BACKUP of every local recipient, the sender's BACKUP
-/// for a submission, the queue entry for outside recipients, and their audit records.
+/// One atomic, durable write: every local recipient's copy where the spam verdict places it
+/// (the store adds BACKUP, or holds it in the quarantine), the sender's copy for a
+/// submission, the queue entry for outside recipients, and their audit records.
 fn deliver(
     store: &Store,
     raw: &[u8],
@@ -500,93 +513,56 @@ fn deliver(
     outbound: Option<Outbound>,
     audit: &AuditContext,
 ) -> Result<Option<QueueId>, StoreError> {
-    let sent_copy = audit.sent_copy;
     let message_id = &analysed.message_id;
-    let summary = &analysed.summary;
     let search_text = analysed.text.clone().lowercased().to_bytes();
     let message = NewMessage {
         raw,
         flags: Flags::new(),
         internal_date: InternalDate::now(),
-        summary,
+        summary: &analysed.summary,
         search_text: &search_text,
     };
-    let mut targets: Vec<DeliveryTarget> = Vec::new();
-    let mut local: Vec<Account> = local.to_vec();
-    let mut junk: Vec<sealpost_storage::AccountId> = Vec::new();
-    match audit.placement {
+    let placement = match audit.placement {
+        // Held by the server: no folder of the recipient has it until it is released.
         crate::spam::Placement::Quarantine if sender.is_none() && outbound.is_none() => {
-            // Held by the server: no folder of the recipient has it until it is released.
-            let subject = analysed
-                .text
-                .header("subject")
-                .next()
-                .unwrap_or("")
-                .to_string();
-            let sender_address = analysed
-                .from
-                .first()
-                .cloned()
-                .unwrap_or_else(|| audit.from.clone());
-            let expires = sealpost_storage::now_ms()
-                .saturating_add(i64::from(audit.quarantine_days) * 24 * 3600 * 1000);
-            let mut held = Vec::new();
-            for account in &local {
-                match store.quarantine(
-                    account.id,
-                    &message,
-                    &audit.verdict,
-                    &sender_address,
-                    &subject,
-                    expires,
-                    &audit.actor,
-                ) {
-                    Ok(_) => held.push(account.id),
-                    // A full quarantine: the message goes to Junk rather than nowhere.
-                    Err(StoreError::LimitExceeded { .. }) => junk.push(account.id),
-                    Err(error) => return Err(error),
-                }
-            }
-            local.retain(|a| !held.contains(&a.id));
-            if local.is_empty() {
-                return Ok(None);
-            }
+            Placement::Quarantine(Held {
+                actor: audit.actor.clone(),
+                verdict: audit.verdict.clone(),
+                sender: analysed
+                    .from
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| audit.from.clone()),
+                subject: analysed
+                    .text
+                    .header("subject")
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+                expires_ms: sealpost_storage::now_ms()
+                    .saturating_add(i64::from(audit.quarantine_days) * 24 * 3600 * 1000),
+            })
         }
-        crate::spam::Placement::Junk => junk.extend(local.iter().map(|a| a.id)),
-        _ => {}
-    }
-    let local = local.as_slice();
-    for account in local {
-        let first = if junk.contains(&account.id) {
-            mailbox_of(store, account, SpecialUse::Junk)?
-        } else {
-            inbox_of(store, account)?
-        };
-        targets.push(DeliveryTarget {
+        crate::spam::Placement::Junk => Placement::Junk,
+        _ => Placement::Inbox,
+    };
+    let mut targets: Vec<DeliveryTarget> = local
+        .iter()
+        .map(|account| DeliveryTarget {
             account: account.id,
-            mailboxes: vec![first, mailbox_of(store, account, SpecialUse::Backup)?],
+            placement: placement.clone(),
             outbound: None,
-        });
-    }
+        })
+        .collect();
     if let Some(sender) = sender {
-        let backup = mailbox_of(store, sender, SpecialUse::Backup)?;
-        let sent = if sent_copy {
-            Some(mailbox_of(store, sender, SpecialUse::Sent)?)
-        } else {
-            None
-        };
-        match targets.iter_mut().find(|t| t.account == sender.id) {
-            // Writing to oneself: the INBOX and BACKUP copies are already there.
-            Some(target) => {
-                target.outbound = outbound;
-                target.mailboxes.extend(sent);
-            }
-            None => targets.push(DeliveryTarget {
-                account: sender.id,
-                mailboxes: [backup].into_iter().chain(sent).collect(),
-                outbound,
-            }),
-        }
+        // Writing to oneself: the store keeps one copy in INBOX, BACKUP (and Sent).
+        targets.push(DeliveryTarget {
+            account: sender.id,
+            placement: Placement::Sender {
+                sent: audit.sent_copy,
+            },
+            outbound,
+        });
     }
     let AuditContext {
         actor,
@@ -595,9 +571,14 @@ fn deliver(
         auth_summary,
         ..
     } = audit;
+    // One result per account, local recipients first: a held copy has no folder copies
+    // (the store audits the hold itself).
     let events = |done: &[sealpost_storage::Delivered]| {
         let mut events = Vec::new();
-        for account in local {
+        for (account, (copies, _)) in local.iter().zip(done) {
+            if copies.is_empty() {
+                continue;
+            }
             events.push(
                 AuditEvent::new(
                     actor,
@@ -664,32 +645,6 @@ pub(crate) fn dsn_text_ok(value: &str) -> bool {
     !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// The message with every bare CR and bare LF made a CRLF (a CR LF pair stays one line end);
-/// the message itself when it has none.
-pub(crate) fn with_crlf_line_ends(raw: Vec<u8>) -> Vec<u8> {
-    let bare = raw.iter().enumerate().any(|(i, &b)| match b {
-        b'\r' => raw.get(i + 1) != Some(&b'\n'),
-        b'\n' => i == 0 || raw[i - 1] != b'\r',
-        _ => false,
-    });
-    if !bare {
-        return raw;
-    }
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32 + 2);
-    let mut bytes = raw.iter().copied().peekable();
-    while let Some(byte) = bytes.next() {
-        match byte {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                bytes.next_if_eq(&b'\n');
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            _ => out.push(byte),
-        }
-    }
-    out
-}
-
 /// The fields a message may have at most once (RFC 5322 §3.6), as replies name them.
 const ONCE_ONLY_FIELDS: [&str; 11] = [
     "Date",
@@ -705,32 +660,13 @@ const ONCE_ONLY_FIELDS: [&str; 11] = [
     "Subject",
 ];
 
-/// The first once-only field the message's header has more than once, and how many times.
-fn repeated_field(raw: &[u8]) -> Option<(&'static str, usize)> {
-    let mut counts = [0usize; ONCE_ONLY_FIELDS.len()];
-    let header = &raw[..crate::headers::header_len(raw)];
-    for line in header.split(|&b| b == b'\n') {
-        // Continuation lines belong to the field above.
-        if line.first().is_some_and(|b| matches!(b, b' ' | b'\t')) {
-            continue;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        // "From :" (obsolete syntax, RFC 5322 §4.5) is a From field too.
-        let name = line[..colon].trim_ascii_end();
-        if let Some(at) = ONCE_ONLY_FIELDS
-            .iter()
-            .position(|field| field.as_bytes().eq_ignore_ascii_case(name))
-        {
-            counts[at] += 1;
-        }
-    }
+/// The first once-only field the message's header has more than once, and how many times
+/// ("From :", the obsolete syntax of RFC 5322 §4.5, is a From field too).
+fn repeated_field(raw: &[u8], walk: &HeaderWalk) -> Option<(&'static str, usize)> {
     ONCE_ONLY_FIELDS
         .iter()
-        .zip(counts)
+        .map(|field| (*field, walk.named(raw, field).count()))
         .find(|(_, count)| *count > 1)
-        .map(|(field, count)| (*field, count))
 }
 
 /// A message composed in the webmail by its signed-in author.
@@ -820,23 +756,21 @@ pub async fn submit_from_web(
         &id,
         None,
     );
-    if !crate::headers::has_field(&message.raw, "Date") {
-        prefix.push_str(&format!("Date: {}\r\n", crate::headers::now_rfc2822()));
-    }
-    if !crate::headers::has_field(&message.raw, "Message-ID") {
-        prefix.push_str(&format!(
-            "Message-ID: {}\r\n",
-            crate::headers::message_id(&config.hostname)
-        ));
-    }
-    let raw = [prefix.as_bytes(), &message.raw].concat();
-    if raw.len() as u64 > config.message_bytes_max {
+    let walk = HeaderWalk::of(&message.raw);
+    prefix.push_str(&crate::headers::missing_origin_fields(
+        &message.raw,
+        &walk,
+        &config.hostname,
+    ));
+    if (prefix.len() + message.raw.len()) as u64 > config.message_bytes_max {
         return Err(format!(
             "The message is larger than the {} bytes allowed.",
             config.message_bytes_max
         ));
     }
     let accept_ = Accept {
+        prefix,
+        hostname: config.hostname.clone(),
         from: account.address.clone(),
         env_id: None,
         ret: None,
@@ -844,14 +778,15 @@ pub async fn submit_from_web(
         submission: Some(account.clone()),
         actor: Actor {
             name: account.address.clone(),
-            peer: message.peer.clone(),
+            peer: message.peer,
         },
         id: id.clone(),
         auth_summary: String::new(),
         sent_copy: true,
         placement: crate::spam::Placement::Inbox,
+        verdict: String::new(),
     };
-    match accept(store, shared, raw, accept_).await {
+    match accept(store, shared, message.raw, accept_).await {
         Ok(accepted) => Ok(WebSent {
             id,
             queue: accepted.queue,
@@ -882,7 +817,11 @@ mod tests {
 
     fn check_repeated(header: &str, expected: Option<(&str, usize)>) {
         let raw = format!("{header}\r\nbody\r\nFrom: in the body\r\nFrom: twice\r\n");
-        assert_eq!(repeated_field(raw.as_bytes()), expected, "{header:?}");
+        assert_eq!(
+            repeated_field(raw.as_bytes(), &HeaderWalk::of(raw.as_bytes())),
+            expected,
+            "{header:?}"
+        );
     }
 
     #[test]
@@ -910,7 +849,11 @@ mod tests {
     #[test]
     fn bare_cr_and_lf_become_crlf_and_crlf_stays() {
         let check = |input: &[u8], expected: &[u8]| {
-            assert_eq!(with_crlf_line_ends(input.to_vec()), expected, "{input:?}");
+            assert_eq!(
+                crate::headers::with_crlf_line_ends(input.to_vec()),
+                expected,
+                "{input:?}"
+            );
         };
         check(b"a\r\nb\r\n", b"a\r\nb\r\n");
         check(b"a\nb\n", b"a\r\nb\r\n");

@@ -155,6 +155,7 @@ async fn run(name: &str) {
     let (client, server) = tokio::io::duplex(1 << 20);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let shared = shared(login_limits, aliases);
+    let counts = shared.clone();
     let mut session = Some(tokio::spawn(serve_session(
         Box::new(server),
         store.clone(),
@@ -252,6 +253,12 @@ async fn run(name: &str) {
                     String::from_utf8_lossy(&raw)
                 );
             }
+        } else if let Some(rest) = line.strip_prefix("PIPELINE ") {
+            // PIPELINE m c p: m messages through the header edits so far, with c copies of
+            // them and p whole-message parses in all.
+            let expected: Vec<u64> = rest.split(' ').map(|n| n.parse().unwrap()).collect();
+            let (m, c, p) = counts.pipeline_counts();
+            assert_eq!(vec![m, c, p], expected, "{at}: messages, copies, parses");
         } else if let Some(n) = line.strip_prefix("QUEUED ") {
             assert_eq!(
                 store.queued().unwrap().len(),
@@ -261,7 +268,7 @@ async fn run(name: &str) {
         } else {
             assert!(
                 line.is_empty() || line.starts_with('#'),
-                "{at}: a line must start with C:, S:, R:, CLOSED, DISCONNECT, COUNT, QUEUED or #"
+                "{at}: a line must start with C:, S:, R:, CLOSED, DISCONNECT, COUNT, QUEUED, PIPELINE or #"
             );
         }
     }

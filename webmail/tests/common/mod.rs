@@ -10,13 +10,13 @@ use axum::body::Body;
 use axum::http::{header, Request, Response, StatusCode};
 use sealpost_auth::websession::{self, Stage};
 use sealpost_auth::{Lockout, LoginLimits};
+use sealpost_console::HealthInfo;
 use sealpost_storage::{
     AccountId, Actor, Flags, InternalDate, MasterKey, NewAccount, NewMessage, Outbound,
     OutboundRecipient, PickupId, QueueId, Role, Store, StoreConfig,
 };
 use sealpost_webmail::{
-    Brand, HealthInfo, MailSessions, MetricsEndpoint, Outbox, Outgoing, Peer, SendingConfig, Site,
-    WebState,
+    Brand, MailSessions, MetricsEndpoint, Outbox, Outgoing, Peer, SendingConfig, Site, WebState,
 };
 use tower::ServiceExt;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;

@@ -548,7 +548,7 @@ pub fn export(
         }
         let manifest = Manifest {
             query: query.describe(),
-            exported_ms: crate::request::now_ms(),
+            exported_ms: sealpost_storage::now_ms(),
             exported_by: actor.name.clone(),
             messages: entries.len(),
             entries,

@@ -40,14 +40,8 @@ pub fn new_network(
         to = account.address,
     );
     let raw = raw.as_bytes();
-    let inbox = store
-        .mailbox_by_name(account.id, "INBOX")?
-        .ok_or(sealpost_storage::Error::MailboxNotFound)?;
-    let backup = store
-        .mailbox_by_special_use(account.id, sealpost_storage::SpecialUse::Backup)?
-        .ok_or(sealpost_storage::Error::MailboxNotFound)?;
-    let summary = sealpost_mime::Summary::of(raw).to_bytes();
-    let search_text = sealpost_mime::search_text(raw).lowercased().to_bytes();
+    let index = sealpost_mime::Indexed::of(raw);
+    let (summary, search_text) = (index.summary_bytes(), index.search_bytes());
     let message = sealpost_storage::NewMessage {
         raw,
         flags: sealpost_storage::Flags::new(),
@@ -57,7 +51,7 @@ pub fn new_network(
     };
     let target = sealpost_storage::DeliveryTarget {
         account: account.id,
-        mailboxes: vec![inbox.id, backup.id],
+        placement: sealpost_storage::Placement::Notice,
         outbound: None,
     };
     let actor = Actor {

@@ -1,21 +1,100 @@
-//! The console's operations, each one function that both the console's pages and the
-//! `sealpost` subcommands call (the subcommands run them in the server, through its control
-//! socket, when it is running, or on the stopped store otherwise). The pages render what
-//! these return; the subcommands print it.
+//! The console's operations, each one function that both the console's pages
+//! (`sealpost-webmail`) and the `sealpost` subcommands call (the subcommands run them in the
+//! server, through its control socket, when it is running, or on the stopped store
+//! otherwise). The pages render what these return; the subcommands print it.
+//!
+//! Also here because both sides need them: the eDiscovery search and export (`discovery`),
+//! the health figures (`health`), the new-network notice (`notice`), the sign-in settings as
+//! the identity crate takes them (`auth_policy`, `login_limits`) and a delivery state in words
+//! (`state_text`).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod discovery;
+pub mod health;
+pub mod notice;
 
 use std::io::Write;
 use std::sync::Arc;
 
 use sealpost_auth::enrolment;
 use sealpost_auth::websession;
-use sealpost_auth::{Credentials, Lockout};
+use sealpost_auth::{AuthPolicy, Credentials, Lockout};
 use sealpost_policy::{Content, LivePolicy, Policy, PolicyConfig, PolicyVersion};
 use sealpost_storage::{
-    AccountId, AccountStatus, Actor, AuditEvent, AuditRecord, AuditSearch, Delivery, Error,
-    NewAccount, Role, Store,
+    now_ms, AccountId, AccountStatus, Actor, AuditEvent, AuditRecord, AuditSearch, Delivery, Error,
+    NewAccount, RecipientState, RecipientStatus, Role, Store,
 };
 
-use crate::{AliasesChanged, EndMailSessions};
+pub use health::{
+    figures as health_figures, parse_network, DnsCheck, DnsFinding, Figures, HealthInfo, SpamStatus,
+};
+
+/// Ends every IMAP session of an account (the binary wires it to the IMAP server's registry);
+/// returns how many there were.
+pub type EndMailSessions = Arc<dyn Fn(AccountId) -> usize + Send + Sync>;
+
+/// Called with the console's aliases after each change (the binary puts them in force for
+/// SMTP).
+pub type AliasesChanged =
+    Arc<dyn Fn(&std::collections::BTreeMap<String, Vec<String>>) + Send + Sync>;
+
+/// The store secret holding the console's aliases (JSON: alias → account addresses).
+pub const CONSOLE_ALIASES_SECRET: &str = "aliases";
+
+/// The sign-in settings of a policy version as the identity crate takes them.
+pub fn auth_policy(sign_in: &sealpost_policy::SignInSettings) -> AuthPolicy {
+    AuthPolicy {
+        second_factor_required: sign_in.second_factor_required,
+        passkey_required_for_staff: sign_in.passkey_required_for_staff,
+        session_idle_ms: i64::try_from(sign_in.session_idle_ms).unwrap_or(i64::MAX),
+        session_absolute_ms: i64::try_from(sign_in.session_absolute_ms).unwrap_or(i64::MAX),
+    }
+}
+
+/// `limits` with the lockout counters of the sign-in settings in force.
+pub fn login_limits(
+    sign_in: &sealpost_policy::SignInSettings,
+    limits: sealpost_auth::LoginLimits,
+) -> sealpost_auth::LoginLimits {
+    sealpost_auth::LoginLimits {
+        failures_per_address_max: sign_in.failures_per_address_max,
+        failures_per_account_max: sign_in.failures_per_account_max,
+        failure_window_ms: sign_in.failure_window_ms,
+        ..limits
+    }
+}
+
+/// A time in ms since the epoch as `YYYY-MM-DD HH:MM UTC` ("?" if out of range).
+pub fn when(ms: i64) -> String {
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp(ms / 1000) else {
+        return "?".into();
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute()
+    )
+}
+
+/// A recipient's delivery state in words, as the sender's status page and the trace show it.
+pub fn state_text(state: &RecipientState) -> String {
+    match &state.status {
+        RecipientStatus::Pending => match &state.last_reply {
+            Some(reply) => format!("waiting; last: {reply}"),
+            None => "waiting; not tried yet".into(),
+        },
+        RecipientStatus::Delivered { at_ms, how } => {
+            format!("delivered over verified TLS, {how}, {}", when(*at_ms))
+        }
+        RecipientStatus::Portal { at_ms, why } => {
+            format!("kept for the pickup portal ({why}), {}", when(*at_ms))
+        }
+        RecipientStatus::Failed { at_ms, reply } => format!("failed: {reply}, {}", when(*at_ms)),
+    }
+}
 
 /// Aliases one console map may hold.
 pub const CONSOLE_ALIASES_MAX: usize = 10_000;
@@ -92,14 +171,12 @@ pub enum Outcome {
     Deleted(String),
 }
 
-use sealpost_storage::now_ms;
-
 pub type AliasMap = std::collections::BTreeMap<String, Vec<String>>;
 
 /// The console's aliases as saved.
 pub fn console_aliases(store: &Store) -> AliasMap {
     store
-        .secret(crate::CONSOLE_ALIASES_SECRET)
+        .secret(CONSOLE_ALIASES_SECRET)
         .ok()
         .flatten()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -117,7 +194,7 @@ fn save_aliases(
     let bytes = serde_json::to_vec(map).map_err(|_| Error::InvalidInput { what: "aliases" })?;
     console
         .store
-        .set_secret(crate::CONSOLE_ALIASES_SECRET, &bytes, actor)?;
+        .set_secret(CONSOLE_ALIASES_SECRET, &bytes, actor)?;
     console.store.audit(event)?;
     (console.aliases_changed)(map);
     Ok(())
@@ -618,6 +695,3 @@ pub fn export_audit(
     }
     Ok(records.len())
 }
-
-pub use crate::health::{figures as health_figures, Figures};
-pub use crate::queue::state_text;

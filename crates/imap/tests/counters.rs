@@ -1,7 +1,8 @@
-//! Before login, a stranger gets little: small literals, one deadline per command, and a
-//! login that costs an argon2 hash only when the lockout and the hashing queue allow it.
-//! In-memory sessions over a real store; the counts come from the server's one hashing
-//! queue (`sealpost_auth::HashQueue`), so "no hash was computed" is read, not timed.
+//! What a session costs, read from the server's own counters rather than timed, over
+//! in-memory sessions on a real store. Before login a stranger gets little: small literals,
+//! one deadline per command, and a login that costs an argon2 hash only when the lockout and
+//! the hashing queue allow it (counted by `sealpost_auth::HashQueue`). After it, a partial
+//! FETCH opens only the body chunks that hold its range (`Store::chunks_opened`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -76,6 +77,19 @@ impl Client {
 
     async fn send(&mut self, bytes: &str) {
         self.write.write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    /// Lines up to and including the one tagged `tag`, as bytes decoded lossily.
+    async fn until_tagged(&mut self, tag: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line().await.expect("the server closed");
+            let done = line.starts_with(&format!("{tag} "));
+            lines.push(line);
+            if done || lines.len() > 1_000_000 {
+                return lines;
+            }
+        }
     }
 
     /// The next line, or `None` when the server closed.
@@ -260,4 +274,100 @@ async fn a_stranger_trickling_a_command_is_closed_at_the_prelogin_deadline() {
     tokio::time::sleep(Duration::from_millis(900)).await;
     client.send("b NOOP\r\n").await;
     assert_eq!(client.line().await.unwrap(), "b OK completed");
+}
+
+#[tokio::test]
+async fn a_partial_fetch_opens_only_the_chunks_of_its_range() {
+    use sealpost_storage::{Flags, InternalDate, NewMessage, CHUNK_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let alice = store.find_account("alice@example.test").unwrap().unwrap();
+    let inbox = store.mailbox_by_name(alice.id, "INBOX").unwrap().unwrap();
+    // Eight chunks and a bit; lines of digits so that a range's bytes can be checked.
+    let mut raw = b"Subject: large\r\n\r\n".to_vec();
+    let mut n = 0u64;
+    while raw.len() < 8 * CHUNK_BYTES + 100 {
+        raw.extend_from_slice(format!("{n:08}\r\n").as_bytes());
+        n += 1;
+    }
+    let message = NewMessage {
+        raw: &raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: b"",
+        search_text: b"",
+    };
+    store.append(alice.id, inbox.id, &message).unwrap();
+    let shared = shared(LoginLimits::default());
+    let mut client = Client::start(&store, &shared, ImapConfig::default(), "192.0.2.9").await;
+    client
+        .send("a LOGIN alice@example.test secret-pass\r\n")
+        .await;
+    assert!(client
+        .until_tagged("a")
+        .await
+        .last()
+        .unwrap()
+        .starts_with("a OK"));
+    client.send("b SELECT INBOX\r\n").await;
+    assert!(client
+        .until_tagged("b")
+        .await
+        .last()
+        .unwrap()
+        .starts_with("b OK"));
+
+    // A range inside the fifth chunk: one chunk opened, the right bytes sent.
+    let offset = 4 * CHUNK_BYTES + 7;
+    let before = store.chunks_opened();
+    client
+        .send(&format!("c FETCH 1 BODY.PEEK[]<{offset}.20>\r\n"))
+        .await;
+    let lines = client.until_tagged("c").await;
+    assert!(lines.last().unwrap().starts_with("c OK"), "{lines:?}");
+    assert_eq!(store.chunks_opened() - before, 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!("* 1 FETCH (BODY[]<{offset}> {{20}}")),
+        "{lines:?}"
+    );
+    let expected = String::from_utf8_lossy(&raw[offset..offset + 20]).to_string();
+    let sent = lines[1..lines.len() - 1].join("\r\n");
+    assert!(
+        sent.starts_with(expected.trim_end()),
+        "{sent:?} / {expected:?}"
+    );
+
+    // A range across a chunk boundary opens the two chunks; the whole message opens all.
+    let before = store.chunks_opened();
+    client
+        .send(&format!(
+            "d FETCH 1 BODY.PEEK[]<{}.200>\r\n",
+            CHUNK_BYTES - 100
+        ))
+        .await;
+    assert!(client
+        .until_tagged("d")
+        .await
+        .last()
+        .unwrap()
+        .starts_with("d OK"));
+    assert_eq!(store.chunks_opened() - before, 2);
+    let before = store.chunks_opened();
+    client.send("e FETCH 1 BODY.PEEK[]\r\n").await;
+    assert!(client
+        .until_tagged("e")
+        .await
+        .last()
+        .unwrap()
+        .starts_with("e OK"));
+    assert_eq!(store.chunks_opened() - before, 9);
+    // Past the end: an empty string, nothing opened (RFC 9051 6.4.5).
+    let before = store.chunks_opened();
+    client
+        .send(&format!("f FETCH 1 BODY.PEEK[]<{}.10>\r\n", raw.len() + 5))
+        .await;
+    let lines = client.until_tagged("f").await;
+    assert!(lines.last().unwrap().starts_with("f OK"), "{lines:?}");
+    assert!(lines[0].ends_with("{0}"), "{lines:?}");
+    assert_eq!(store.chunks_opened() - before, 0);
 }
