@@ -48,6 +48,30 @@ pub(crate) struct Config {
     pub(crate) spam: sealpost_smtp::spam::SpamConfig,
 }
 
+impl Config {
+    /// What browsers see: `https://HOST`, with the HTTPS port when it is not 443.
+    pub(crate) fn origin(&self) -> String {
+        match self.listeners.https {
+            443 => format!("https://{}", self.server.hostname),
+            port => format!("https://{}:{port}", self.server.hostname),
+        }
+    }
+
+    /// The organisation pages and notices name: `[outbound] organisation`, else the domain.
+    pub(crate) fn organisation(&self) -> String {
+        if self.outbound.organisation.is_empty() {
+            self.server.domain.clone()
+        } else {
+            self.outbound.organisation.clone()
+        }
+    }
+
+    /// The address notices come from.
+    pub(crate) fn postmaster(&self) -> String {
+        format!("postmaster@{}", self.server.domain)
+    }
+}
+
 /// When the retention sweeper runs (the rules themselves are the policy's `[[retention]]`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

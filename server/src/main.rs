@@ -15,6 +15,7 @@ mod import;
 mod import_imap;
 mod init;
 mod key;
+mod listener;
 mod metrics;
 mod serve;
 mod tcp;

@@ -1,37 +1,28 @@
-//! `sealpost serve`: opens the store, loads the TLS certificate, runs the services until
-//! SIGTERM or SIGINT, and closes the store cleanly.
+//! `sealpost serve`: opens the store, sets up what the listeners share (`Server::start`),
+//! starts each listener and job (`spawn_imap`, `spawn_web`, `spawn_jobs`, `spawn_smtp`), runs
+//! until SIGTERM or SIGINT, and closes the store cleanly.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use sealpost_auth::{LoginLimits, MailLogins};
-use sealpost_imap::{BoxedStream, Connection, ImapConfig, ImapShared};
+use sealpost_imap::{Connection, ImapConfig, ImapShared};
 use sealpost_smtp::{
     Aliases, InboundAuth, InboundPolicy, ListenerRole, OutboundAgent, OutboundConfig, SmtpConfig,
     SmtpConnection, SmtpShared, TlsUpgrade,
 };
 use sealpost_storage::Store;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 use crate::config::Loaded;
+use crate::listener::{self, Bounds, Common, Listener};
 
-/// How long a refused TLS connection gets for its handshake, so that it can read why (or
-/// `tls_handshake_ms_max` if shorter).
-const REFUSAL_HANDSHAKE_MS: Duration = Duration::from_millis(5_000);
-/// Refusals being told at once on one listener (each may need a TLS handshake to be read);
-/// past it a refused connection is closed without a word, so that a flood cannot make the
-/// refusals themselves the cost.
-const REFUSALS_IN_FLIGHT_MAX: usize = 64;
 /// How long connections get to finish after SIGTERM before they are cut.
 const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
@@ -57,6 +48,25 @@ fn init_tracing() {
         .try_init();
 }
 
+/// What the listeners and jobs of one running server share.
+struct Server {
+    loaded: Loaded,
+    store: Store,
+    certs: Arc<crate::acme::Certificates>,
+    /// The TLS every mail listener shows (the web's adds ACME's protocol).
+    tls: tokio_rustls::TlsAcceptor,
+    common: Common,
+    stopped: watch::Receiver<bool>,
+    logins: Arc<MailLogins>,
+    /// One registry for both IMAP listeners: the session bound per account spans them.
+    imap: Arc<ImapShared>,
+    smtp: Arc<SmtpShared>,
+    smtp_config: Arc<SmtpConfig>,
+    outbound: Arc<OutboundAgent>,
+    rules: Arc<sealpost_policy::LivePolicy>,
+    spam: Arc<sealpost_smtp::spam::Spam>,
+}
+
 async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     // Installed first: a SIGTERM that comes while we start must stop us cleanly, not kill us.
     let shutdown = ShutdownSignals::install()?;
@@ -73,17 +83,153 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     .await
     .context("opening the store")?;
     let (loaded, store) = opened?;
-    // One certificate for every listener, swapped in place when ACME renews it.
-    let certs = crate::acme::Certificates::load(&loaded)?;
-    let tls = tokio_rustls::TlsAcceptor::from(certs.server_config(&[])?);
-    let cfg = &loaded.config;
     info!(
-        domain = %cfg.server.domain,
-        store = %loaded.path(&cfg.paths.store).display(),
+        domain = %loaded.config.server.domain,
+        store = %loaded.path(&loaded.config.paths.store).display(),
         "store open"
     );
-    let limits = &cfg.limits;
-    let imap_config = Arc::new(ImapConfig {
+    let (stop, stopped) = watch::channel(false);
+    let server = Arc::new(Server::set_up(loaded, store, stopped).await?);
+    let mut tasks = JoinSet::new();
+    spawn_imap(&server, &mut tasks).await?;
+    let _control = spawn_web(&server, &data, &mut tasks).await?;
+    spawn_jobs(&server, &mut tasks);
+    spawn_smtp(&server, &mut tasks).await?;
+    info!("sealpost is running; SIGTERM or SIGINT stops it");
+    shutdown.wait().await;
+    info!("shutting down");
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("connections still open after the grace period; closing them");
+        tasks.abort_all();
+    }
+    let store = server.store.clone();
+    drop(server);
+    tokio::task::spawn_blocking(move || store.flush())
+        .await
+        .context("closing the store")??;
+    info!("store closed");
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Server {
+    /// Everything the listeners share, set up before any of them binds.
+    async fn set_up(
+        loaded: Loaded,
+        store: Store,
+        stopped: watch::Receiver<bool>,
+    ) -> anyhow::Result<Server> {
+        // One certificate for every listener, swapped in place when ACME renews it.
+        let certs = crate::acme::Certificates::load(&loaded)?;
+        let tls = tokio_rustls::TlsAcceptor::from(certs.server_config(&[])?);
+        let cfg = &loaded.config;
+        let limits = &cfg.limits;
+        // One mail-login gate for IMAP and SMTP: limits on login failures span every listener.
+        let logins = MailLogins::new(
+            LoginLimits {
+                sessions_per_account_max: limits.imap_sessions_per_account_max,
+                failures_per_address_max: limits.login_failures_per_address_max,
+                failures_per_account_max: limits.login_failures_per_account_max,
+                failure_window_ms: limits.login_failure_window_ms,
+                ..LoginLimits::default()
+            },
+            cfg.auth.clone(),
+            &cfg.server.hostname,
+            // The console crate builds the new-network notice; the gate only calls it.
+            Arc::new(sealpost_console::notice::new_network),
+        );
+        // IMAP, SMTP and the web hash passwords through this one queue (the lockout is theirs).
+        logins
+            .lockout()
+            .hash_queue()
+            .set_queue_max(limits.password_hash_queue_max);
+        let imap = ImapShared::with_logins(logins.clone());
+        let outbound = OutboundAgent::new(
+            store.clone(),
+            outbound_config(cfg),
+            &cfg.smtp.dns_servers,
+            load_roots(&loaded)?,
+            Some(load_dkim(&loaded, &store)?),
+        )
+        .context("setting up outbound delivery")?;
+        let rules =
+            sealpost_policy::LivePolicy::new(load_policy(&version_zero(cfg), &store).await?);
+        // The sign-in and portal settings of the policy in force reach IMAP, SMTP and the queue.
+        {
+            let (logins, outbound, base) =
+                (logins.clone(), outbound.clone(), logins.lockout().limits());
+            rules.watch(Box::new(move |policy| {
+                let config = policy.config();
+                logins.set_policy(
+                    sealpost_console::auth_policy(&config.sign_in),
+                    sealpost_console::login_limits(&config.sign_in, base.clone()),
+                );
+                outbound.set_pickup_ttl_ms(config.portal.pickup_ttl_ms);
+            }));
+        }
+        // AUTH failures count with the IMAP server's: a guesser cannot switch protocols.
+        let inbound_auth = InboundAuth::new(
+            &cfg.smtp.dns_servers,
+            &cfg.server.hostname,
+            InboundPolicy {
+                reject_dmarc_reject: cfg.smtp.reject_dmarc_reject,
+            },
+        )
+        .context("setting up SPF/DKIM/DMARC checks (smtp.dns_servers)")?;
+        let smtp = SmtpShared::new(
+            logins.clone(),
+            aliases(cfg),
+            Some(inbound_auth),
+            Some(outbound.waker()),
+            rules.clone(),
+        );
+        // Inbound scoring and impersonation warnings; filing into or out of Junk trains rspamd.
+        let spam = Arc::new(sealpost_smtp::spam::Spam::new(cfg.spam.clone()));
+        smtp.set_spam(spam.clone());
+        if !cfg.spam.controller.trim().is_empty() {
+            store.set_junk_hook(junk_learning(&spam, &store));
+        }
+        // The console's aliases join those of sealpost.toml.
+        let reader = store.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            reader.secret(sealpost_console::CONSOLE_ALIASES_SECRET)
+        })
+        .await
+        .context("reading the console's aliases")??;
+        if let Some(bytes) = saved {
+            let map: std::collections::BTreeMap<String, Vec<String>> =
+                serde_json::from_slice(&bytes).context("the console's aliases do not decode")?;
+            smtp.set_console_aliases(&map);
+        }
+        let common = Common {
+            connections: Arc::new(crate::metrics::Connections::default()),
+            handshake_max: Duration::from_millis(limits.tls_handshake_ms_max),
+        };
+        Ok(Server {
+            smtp_config: Arc::new(smtp_config(cfg)),
+            loaded,
+            store,
+            certs,
+            tls,
+            common,
+            stopped,
+            logins,
+            imap,
+            smtp,
+            outbound,
+            rules,
+            spam,
+        })
+    }
+}
+
+/// `[limits]`'s IMAP keys as the IMAP crate takes them.
+fn imap_config(limits: &crate::config::LimitsSection) -> ImapConfig {
+    ImapConfig {
         message_bytes_max: limits.message_bytes_max,
         line_bytes_max: limits.imap_line_bytes_max,
         idle_timeout_ms: limits.imap_idle_timeout_ms,
@@ -93,67 +239,13 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         prelogin_literal_bytes_max: limits.prelogin_literal_bytes_max,
         prelogin_idle_ms_max: limits.prelogin_idle_ms_max,
         ..ImapConfig::default()
-    });
-    // One mail-login gate for IMAP and SMTP: limits on login failures span every listener.
-    let logins = MailLogins::new(
-        LoginLimits {
-            sessions_per_account_max: limits.imap_sessions_per_account_max,
-            failures_per_address_max: limits.login_failures_per_address_max,
-            failures_per_account_max: limits.login_failures_per_account_max,
-            failure_window_ms: limits.login_failure_window_ms,
-            ..LoginLimits::default()
-        },
-        cfg.auth.clone(),
-        &cfg.server.hostname,
-        // The web crate builds the new-network notice; the gate only calls it.
-        Arc::new(sealpost_console::notice::new_network),
-    );
-    // One registry for both IMAP listeners: the session bound per account spans them.
-    let imap_shared = ImapShared::with_logins(logins.clone());
-    // IMAP, SMTP and the web hash passwords through this one queue (the lockout is theirs).
-    logins
-        .lockout()
-        .hash_queue()
-        .set_queue_max(limits.password_hash_queue_max);
-    let handshake_max = Duration::from_millis(limits.tls_handshake_ms_max);
-    let (stop, stopped) = watch::channel(false);
-    let connections = Arc::new(crate::metrics::Connections::default());
-    let mut listeners = JoinSet::new();
-    for (name, port, implicit_tls) in [
-        ("imap", cfg.listeners.imap, false),
-        ("imaps", cfg.listeners.imaps, true),
-    ] {
-        let address = SocketAddr::new(cfg.server.listen_host, port);
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("listening on {address} ({name})"))?;
-        info!(listener = name, %address, "listening");
-        let service = Listener {
-            connections: connections.clone(),
-            name,
-            tls: tls.clone(),
-            implicit_tls,
-            per_address: AddressLimiter::new(limits.imap_connections_per_address_max),
-            refusal: "* BYE too many connections from your address",
-            cap: ConnectionCap::new(limits.imap_connections_max),
-            full_refusal:
-                "* BYE [UNAVAILABLE] the server has too many connections; try again later",
-            handshake_max,
-            refusing: Arc::new(AtomicUsize::new(0)),
-        };
-        let (store, config, shared) = (store.clone(), imap_config.clone(), imap_shared.clone());
-        let session = move |stream, _, peer: SocketAddr, starttls: Option<TlsUpgrade>, stopped| {
-            let connection = Connection {
-                peer: peer.ip().to_string(),
-                tls: implicit_tls,
-                starttls,
-                shared: shared.clone(),
-            };
-            sealpost_imap::serve_session(stream, store.clone(), config.clone(), connection, stopped)
-        };
-        listeners.spawn(service.serve(listener, stopped.clone(), session));
     }
-    let smtp_config = Arc::new(SmtpConfig {
+}
+
+/// The SMTP receiver's settings from `[server]` and `[limits]`.
+fn smtp_config(cfg: &crate::config::Config) -> SmtpConfig {
+    let limits = &cfg.limits;
+    SmtpConfig {
         hostname: cfg.server.hostname.clone(),
         message_bytes_max: limits.message_bytes_max,
         recipients_per_message_max: limits.smtp_recipients_per_message_max,
@@ -163,8 +255,37 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
         command_timeout_ms: limits.smtp_command_timeout_ms,
         auth_failures_per_connection_max: limits.smtp_auth_failures_per_connection_max,
         prelogin_idle_ms_max: limits.prelogin_idle_ms_max,
-    });
-    let aliases = Aliases {
+    }
+}
+
+/// The queue's settings from `[outbound]` and `[server]`.
+fn outbound_config(cfg: &crate::config::Config) -> OutboundConfig {
+    OutboundConfig {
+        hostname: cfg.server.hostname.clone(),
+        port: cfg.outbound.port,
+        retry_first_ms: cfg.outbound.retry_first_ms,
+        retry_max_ms: cfg.outbound.retry_max_ms,
+        retry_window_ms: cfg.outbound.retry_window_ms,
+        portal_url: format!("{}/pickup/", cfg.origin()),
+        organisation: cfg.organisation(),
+        notice_subject: cfg.outbound.notice_subject.clone(),
+        notice_from: cfg.postmaster(),
+        pickup_ttl_ms: cfg.outbound.pickup_ttl_ms,
+        smarthost: cfg
+            .outbound
+            .smarthost
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host.to_string(), port.parse().ok()?))),
+        connections_per_domain_max: cfg.outbound.connections_per_domain_max,
+        mta_sts_port: cfg.outbound.mta_sts_port,
+        dane: cfg.outbound.dane,
+        ..OutboundConfig::default()
+    }
+}
+
+/// `[aliases]`, addresses lower-cased.
+fn aliases(cfg: &crate::config::Config) -> Aliases {
+    Aliases {
         map: cfg
             .aliases
             .iter()
@@ -175,267 +296,94 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
                 )
             })
             .collect(),
-    };
-    // AUTH failures count with the IMAP server's: a guesser cannot switch protocols.
-    let inbound_auth = InboundAuth::new(
-        &cfg.smtp.dns_servers,
-        &cfg.server.hostname,
-        InboundPolicy {
-            reject_dmarc_reject: cfg.smtp.reject_dmarc_reject,
-        },
-    )
-    .context("setting up SPF/DKIM/DMARC checks (smtp.dns_servers)")?;
-    let outbound = OutboundAgent::new(
-        store.clone(),
-        OutboundConfig {
-            hostname: cfg.server.hostname.clone(),
-            port: cfg.outbound.port,
-            retry_first_ms: cfg.outbound.retry_first_ms,
-            retry_max_ms: cfg.outbound.retry_max_ms,
-            retry_window_ms: cfg.outbound.retry_window_ms,
-            portal_url: match cfg.listeners.https {
-                443 => format!("https://{}/pickup/", cfg.server.hostname),
-                port => format!("https://{}:{port}/pickup/", cfg.server.hostname),
-            },
-            organisation: if cfg.outbound.organisation.is_empty() {
-                cfg.server.domain.clone()
-            } else {
-                cfg.outbound.organisation.clone()
-            },
-            notice_subject: cfg.outbound.notice_subject.clone(),
-            notice_from: format!("postmaster@{}", cfg.server.domain),
-            pickup_ttl_ms: cfg.outbound.pickup_ttl_ms,
-            smarthost: cfg
-                .outbound
-                .smarthost
-                .rsplit_once(':')
-                .and_then(|(host, port)| Some((host.to_string(), port.parse().ok()?))),
-            connections_per_domain_max: cfg.outbound.connections_per_domain_max,
-            mta_sts_port: cfg.outbound.mta_sts_port,
-            dane: cfg.outbound.dane,
-            ..OutboundConfig::default()
-        },
-        &cfg.smtp.dns_servers,
-        load_roots(&loaded)?,
-        Some(load_dkim(&loaded, &store)?),
-    )
-    .context("setting up outbound delivery")?;
-    let rules = sealpost_policy::LivePolicy::new(load_policy(&version_zero(cfg), &store).await?);
-    // The sign-in and portal settings of the policy in force reach IMAP, SMTP and the queue.
-    {
-        let (logins, outbound, base) =
-            (logins.clone(), outbound.clone(), logins.lockout().limits());
-        rules.watch(Box::new(move |policy| {
-            let config = policy.config();
-            logins.set_policy(
-                sealpost_console::auth_policy(&config.sign_in),
-                sealpost_console::login_limits(&config.sign_in, base.clone()),
-            );
-            outbound.set_pickup_ttl_ms(config.portal.pickup_ttl_ms);
-        }));
     }
-    let smtp_shared = SmtpShared::new(
-        logins.clone(),
-        aliases,
-        Some(inbound_auth),
-        Some(outbound.waker()),
-        rules.clone(),
+}
+
+/// Filing into or out of Junk teaches rspamd, each lesson audited.
+fn junk_learning(
+    spam: &Arc<sealpost_smtp::spam::Spam>,
+    store: &Store,
+) -> sealpost_storage::JunkHook {
+    let (learner, reader, handle) = (
+        spam.clone(),
+        store.clone(),
+        tokio::runtime::Handle::current(),
     );
-    // Inbound scoring and impersonation warnings; filing into or out of Junk trains rspamd.
-    let spam = Arc::new(sealpost_smtp::spam::Spam::new(cfg.spam.clone()));
-    smtp_shared.set_spam(spam.clone());
-    if !cfg.spam.controller.trim().is_empty() {
-        let (learner, reader, handle) = (
-            spam.clone(),
-            store.clone(),
-            tokio::runtime::Handle::current(),
-        );
-        store.set_junk_hook(Arc::new(move |account, mailbox, uids, is_spam| {
-            let (learner, reader) = (learner.clone(), reader.clone());
-            handle.spawn(async move {
-                for uid in uids {
-                    let reading = reader.clone();
-                    let Ok(Ok(raw)) = tokio::task::spawn_blocking(move || {
-                        reading.read_message(account, mailbox, uid)
-                    })
-                    .await
-                    else {
-                        continue;
-                    };
-                    let learned = learner.learn(&raw, is_spam).await;
-                    let event = sealpost_storage::AuditEvent::new(
-                        &sealpost_storage::Actor::system(),
-                        if is_spam {
-                            "spam.learn_spam"
-                        } else {
-                            "spam.learn_ham"
-                        },
-                        format!("account:{} mailbox:{} uid:{uid}", account.0, mailbox.0),
-                    );
-                    let event = match learned {
-                        Ok(()) => event.detail("rspamd learned it"),
-                        Err(why) => event
-                            .outcome(sealpost_storage::AuditOutcome::Failed)
-                            .detail(why),
-                    };
-                    let auditing = reader.clone();
-                    let _ = tokio::task::spawn_blocking(move || auditing.audit(event)).await;
-                }
-            });
-        }));
-    }
-    // The console's aliases join those of sealpost.toml.
-    {
-        let store = store.clone();
-        let saved = tokio::task::spawn_blocking(move || {
-            store.secret(sealpost_console::CONSOLE_ALIASES_SECRET)
-        })
-        .await
-        .context("reading the console's aliases")??;
-        if let Some(bytes) = saved {
-            let map: std::collections::BTreeMap<String, Vec<String>> =
-                serde_json::from_slice(&bytes).context("the console's aliases do not decode")?;
-            smtp_shared.set_console_aliases(&map);
-        }
-    }
-    // The web application on the HTTPS listener, with the same certificate; the control
-    // socket lends the subcommands the same console.
-    let _control;
-    {
-        let health = health_facts(&loaded, &store, Some(spam.clone()))?;
-        let port = cfg.listeners.https;
-        let origin = match port {
-            443 => format!("https://{}", cfg.server.hostname),
-            port => format!("https://{}:{port}", cfg.server.hostname),
-        };
-        let logo = match cfg.web.logo.trim() {
-            "" => None,
-            path => Some(
-                sealpost_webmail::load_logo(&loaded.path(std::path::Path::new(path)))
-                    .map_err(|why| anyhow::anyhow!("[web] logo: {why}"))?,
-            ),
-        };
-        let brand = sealpost_webmail::Brand {
-            organisation: if cfg.outbound.organisation.is_empty() {
-                cfg.server.domain.clone()
-            } else {
-                cfg.outbound.organisation.clone()
-            },
-            logo,
-        };
-        let web = sealpost_webmail::WebState::new(
-            store.clone(),
-            sealpost_webmail::MailSessions {
-                lockout: logins.lockout(),
-                end_sessions: {
-                    let imap = imap_shared.clone();
-                    Arc::new(move |account| imap.end_sessions(account))
-                },
-                aliases_changed: {
-                    let smtp = smtp_shared.clone();
-                    Arc::new(move |map| smtp.set_console_aliases(map))
-                },
-            },
-            sealpost_webmail::Site {
-                hostname: cfg.server.hostname.clone(),
-                origin: origin.clone(),
-                brand,
-                health: health.clone(),
-                quarantine_subjects: cfg.spam.admin_sees_subjects,
-                metrics: sealpost_webmail::MetricsEndpoint {
-                    from: cfg
-                        .web
-                        .metrics_from
-                        .iter()
-                        .map(|n| sealpost_console::parse_network(n))
-                        .collect::<Result<_, _>>()
-                        .map_err(|why| anyhow::anyhow!("[web] metrics_from: {why}"))?,
-                    render: {
-                        let sources = Arc::new(crate::metrics::Sources {
-                            connections: connections.clone(),
-                            imap: imap_shared.clone(),
-                            smtp: smtp_shared.clone(),
-                            outbound: outbound.clone(),
-                            store: store.clone(),
-                        });
-                        Arc::new(move || {
-                            let sources = sources.clone();
-                            Box::pin(async move { sources.render().await })
-                        })
+    Arc::new(move |account, mailbox, uids, is_spam| {
+        let (learner, reader) = (learner.clone(), reader.clone());
+        handle.spawn(async move {
+            for uid in uids {
+                let reading = reader.clone();
+                let Ok(Ok(raw)) = tokio::task::spawn_blocking(move || {
+                    reading.read_message(account, mailbox, uid)
+                })
+                .await
+                else {
+                    continue;
+                };
+                let learned = learner.learn(&raw, is_spam).await;
+                let event = sealpost_storage::AuditEvent::new(
+                    &sealpost_storage::Actor::system(),
+                    if is_spam {
+                        "spam.learn_spam"
+                    } else {
+                        "spam.learn_ham"
                     },
-                },
+                    format!("account:{} mailbox:{} uid:{uid}", account.0, mailbox.0),
+                );
+                let event = match learned {
+                    Ok(()) => event.detail("rspamd learned it"),
+                    Err(why) => event
+                        .outcome(sealpost_storage::AuditOutcome::Failed)
+                        .detail(why),
+                };
+                let auditing = reader.clone();
+                let _ = tokio::task::spawn_blocking(move || auditing.audit(event)).await;
+            }
+        });
+    })
+}
+
+/// IMAP with STARTTLS and IMAPS.
+async fn spawn_imap(server: &Arc<Server>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
+    let cfg = &server.loaded.config;
+    let config = Arc::new(imap_config(&cfg.limits));
+    for (name, port, implicit_tls) in [
+        ("imap", cfg.listeners.imap, false),
+        ("imaps", cfg.listeners.imaps, true),
+    ] {
+        let listener = listener::bind(name, SocketAddr::new(cfg.server.listen_host, port)).await?;
+        let service = Listener::new(
+            &server.common,
+            name,
+            server.tls.clone(),
+            implicit_tls,
+            Bounds {
+                per_address_max: cfg.limits.imap_connections_per_address_max,
+                per_address_refusal: "* BYE too many connections from your address",
+                max: cfg.limits.imap_connections_max,
+                full_refusal:
+                    "* BYE [UNAVAILABLE] the server has too many connections; try again later",
             },
-            sealpost_webmail::SendingConfig {
-                outbox: Arc::new(WebOutbox {
-                    store: store.clone(),
-                    shared: smtp_shared.clone(),
-                    config: smtp_config.clone(),
-                }),
-                queue_waker: Some(outbound.waker()),
-                notice_from: format!("postmaster@{}", cfg.server.domain),
-                upload_bytes_max: usize::try_from(limits.message_bytes_max).unwrap_or(usize::MAX),
-                rules: rules.clone(),
-            },
-        )
-        .map_err(|why| anyhow::anyhow!("setting up the web application: {why}"))?;
-        _control = crate::control::listen(
-            &data,
-            crate::control::ServerSide {
-                loaded: loaded.clone(),
-                console: web.console(),
-                health,
-                runtime: tokio::runtime::Handle::current(),
-                certs: certs.clone(),
-            },
-        )?;
-        let app = sealpost_webmail::router(web);
-        let address = SocketAddr::new(cfg.server.listen_host, port);
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("listening on {address} (https)"))?;
-        info!(listener = "https", %address, "listening");
-        let service = Listener {
-            connections: connections.clone(),
-            name: "https",
-            // HTTP/1.1, and acme-tls/1 for the CA's TLS-ALPN-01 challenges.
-            tls: tokio_rustls::TlsAcceptor::from(certs.server_config(&[b"http/1.1", b"acme-tls/1"])?),
-            implicit_tls: true,
-            per_address: AddressLimiter::new(limits.web_connections_per_address_max),
-            refusal: "HTTP/1.1 503 too many connections from your address",
-            cap: ConnectionCap::new(limits.web_connections_max),
-            full_refusal: "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n\
-                           Content-Length: 61\r\n\r\nThe server has too many connections; try again in a moment.",
-            handshake_max,
-            refusing: Arc::new(AtomicUsize::new(0)),
+        );
+        let (store, config, shared) = (server.store.clone(), config.clone(), server.imap.clone());
+        let session = move |stream, _, peer: SocketAddr, starttls: Option<TlsUpgrade>, stopped| {
+            let connection = Connection {
+                peer: peer.ip().to_string(),
+                tls: implicit_tls,
+                starttls,
+                shared: shared.clone(),
+            };
+            sealpost_imap::serve_session(stream, store.clone(), config.clone(), connection, stopped)
         };
-        let http = sealpost_webmail::HttpLimits {
-            header_read_ms_max: limits.http_header_read_ms_max,
-            idle_ms_max: limits.http_idle_ms_max,
-        };
-        let session = move |stream, _, peer: SocketAddr, _, _| {
-            sealpost_webmail::serve_connection(app.clone(), stream, peer, http)
-        };
-        listeners.spawn(service.serve(listener, stopped.clone(), session));
+        tasks.spawn(service.serve(listener, server.stopped.clone(), session));
     }
-    listeners.spawn(outbound.run(stopped.clone()));
-    // After the HTTPS listener is bound: the CA's challenge connects to it.
-    listeners.spawn(crate::acme::keep(
-        loaded.clone(),
-        store.clone(),
-        certs.clone(),
-        stopped.clone(),
-    ));
-    listeners.spawn(scheduled_backups(
-        loaded.clone(),
-        store.clone(),
-        stopped.clone(),
-    ));
-    listeners.spawn(retention_sweeps(
-        cfg.retention.sweep_interval_ms,
-        store.clone(),
-        stopped.clone(),
-    ));
-    listeners.spawn(audit_anchors(store.clone(), stopped.clone()));
+    Ok(())
+}
+
+/// SMTP on 25, submission on 587 (STARTTLS) and 465 (implicit TLS).
+async fn spawn_smtp(server: &Arc<Server>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
+    let cfg = &server.loaded.config;
     for (name, port, role, implicit_tls) in [
         ("smtp", cfg.listeners.smtp, ListenerRole::Inbound, false),
         (
@@ -451,24 +399,24 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             true,
         ),
     ] {
-        let address = SocketAddr::new(cfg.server.listen_host, port);
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("listening on {address} ({name})"))?;
-        info!(listener = name, %address, "listening");
-        let service = Listener {
-            connections: connections.clone(),
+        let listener = listener::bind(name, SocketAddr::new(cfg.server.listen_host, port)).await?;
+        let service = Listener::new(
+            &server.common,
             name,
-            tls: tls.clone(),
+            server.tls.clone(),
             implicit_tls,
-            per_address: AddressLimiter::new(limits.smtp_connections_per_address_max),
-            refusal: "421 4.7.0 too many connections from your address",
-            cap: ConnectionCap::new(limits.smtp_connections_max),
-            full_refusal: "421 4.7.0 the server has too many connections; try again later",
-            handshake_max,
-            refusing: Arc::new(AtomicUsize::new(0)),
-        };
-        let (store, config, shared) = (store.clone(), smtp_config.clone(), smtp_shared.clone());
+            Bounds {
+                per_address_max: cfg.limits.smtp_connections_per_address_max,
+                per_address_refusal: "421 4.7.0 too many connections from your address",
+                max: cfg.limits.smtp_connections_max,
+                full_refusal: "421 4.7.0 the server has too many connections; try again later",
+            },
+        );
+        let (store, config, shared) = (
+            server.store.clone(),
+            server.smtp_config.clone(),
+            server.smtp.clone(),
+        );
         let session = move |stream, described, peer: SocketAddr, starttls, stopped| {
             let connection = SmtpConnection {
                 peer_ip: peer.ip().to_string(),
@@ -479,25 +427,156 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
             };
             sealpost_smtp::serve_session(stream, store.clone(), config.clone(), connection, stopped)
         };
-        listeners.spawn(service.serve(listener, stopped.clone(), session));
+        tasks.spawn(service.serve(listener, server.stopped.clone(), session));
     }
-    info!("sealpost is running; SIGTERM or SIGINT stops it");
-    shutdown.wait().await;
-    info!("shutting down");
-    let _ = stop.send(true);
-    let drained = tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), async {
-        while listeners.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The web application on the HTTPS listener, with the same certificate, and the control
+/// socket, which lends the subcommands the same console (kept open while it is held).
+async fn spawn_web(
+    server: &Arc<Server>,
+    data: &Path,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<crate::control::Listening> {
+    let cfg = &server.loaded.config;
+    let health = health_facts(&server.loaded, &server.store, Some(server.spam.clone()))?;
+    let web = sealpost_webmail::WebState::new(
+        server.store.clone(),
+        sealpost_webmail::MailSessions {
+            lockout: server.logins.lockout(),
+            end_sessions: {
+                let imap = server.imap.clone();
+                Arc::new(move |account| imap.end_sessions(account))
+            },
+            aliases_changed: {
+                let smtp = server.smtp.clone();
+                Arc::new(move |map| smtp.set_console_aliases(map))
+            },
+        },
+        site(server, health.clone())?,
+        sealpost_webmail::SendingConfig {
+            outbox: Arc::new(WebOutbox {
+                store: server.store.clone(),
+                shared: server.smtp.clone(),
+                config: server.smtp_config.clone(),
+            }),
+            queue_waker: Some(server.outbound.waker()),
+            notice_from: cfg.postmaster(),
+            upload_bytes_max: usize::try_from(cfg.limits.message_bytes_max).unwrap_or(usize::MAX),
+            rules: server.rules.clone(),
+        },
+    )
+    .map_err(|why| anyhow::anyhow!("setting up the web application: {why}"))?;
+    let control = crate::control::listen(
+        data,
+        crate::control::ServerSide {
+            loaded: server.loaded.clone(),
+            console: web.console(),
+            health,
+            runtime: tokio::runtime::Handle::current(),
+            certs: server.certs.clone(),
+        },
+    )?;
+    let app = sealpost_webmail::router(web);
+    let address = SocketAddr::new(cfg.server.listen_host, cfg.listeners.https);
+    let listener = listener::bind("https", address).await?;
+    let service = Listener::new(
+        &server.common,
+        "https",
+        // HTTP/1.1, and acme-tls/1 for the CA's TLS-ALPN-01 challenges.
+        tokio_rustls::TlsAcceptor::from(
+            server
+                .certs
+                .server_config(&[b"http/1.1", b"acme-tls/1"])?,
+        ),
+        true,
+        Bounds {
+            per_address_max: cfg.limits.web_connections_per_address_max,
+            per_address_refusal: "HTTP/1.1 503 too many connections from your address",
+            max: cfg.limits.web_connections_max,
+            full_refusal: "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+                           Content-Length: 61\r\n\r\nThe server has too many connections; try again in a moment.",
+        },
+    );
+    let http = sealpost_webmail::HttpLimits {
+        header_read_ms_max: cfg.limits.http_header_read_ms_max,
+        idle_ms_max: cfg.limits.http_idle_ms_max,
+    };
+    let session = move |stream, _, peer: SocketAddr, _, _| {
+        sealpost_webmail::serve_connection(app.clone(), stream, peer, http)
+    };
+    tasks.spawn(service.serve(listener, server.stopped.clone(), session));
+    Ok(control)
+}
+
+/// What the web shows of the site: its name, origin, brand, health facts and /metrics.
+fn site(
+    server: &Arc<Server>,
+    health: sealpost_console::HealthInfo,
+) -> anyhow::Result<sealpost_webmail::Site> {
+    let cfg = &server.loaded.config;
+    let logo = match cfg.web.logo.trim() {
+        "" => None,
+        path => Some(
+            sealpost_webmail::load_logo(&server.loaded.path(Path::new(path)))
+                .map_err(|why| anyhow::anyhow!("[web] logo: {why}"))?,
+        ),
+    };
+    let sources = Arc::new(crate::metrics::Sources {
+        connections: server.common.connections.clone(),
+        imap: server.imap.clone(),
+        smtp: server.smtp.clone(),
+        outbound: server.outbound.clone(),
+        store: server.store.clone(),
+    });
+    Ok(sealpost_webmail::Site {
+        hostname: cfg.server.hostname.clone(),
+        origin: cfg.origin(),
+        brand: sealpost_webmail::Brand {
+            organisation: cfg.organisation(),
+            logo,
+        },
+        health,
+        quarantine_subjects: cfg.spam.admin_sees_subjects,
+        metrics: sealpost_webmail::MetricsEndpoint {
+            from: cfg
+                .web
+                .metrics_from
+                .iter()
+                .map(|n| sealpost_console::parse_network(n))
+                .collect::<Result<_, _>>()
+                .map_err(|why| anyhow::anyhow!("[web] metrics_from: {why}"))?,
+            render: Arc::new(move || {
+                let sources = sources.clone();
+                Box::pin(async move { sources.render().await })
+            }),
+        },
     })
-    .await;
-    if drained.is_err() {
-        warn!("connections still open after the grace period; closing them");
-        listeners.abort_all();
-    }
-    tokio::task::spawn_blocking(move || store.flush())
-        .await
-        .context("closing the store")??;
-    info!("store closed");
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The queue runner, ACME, scheduled backups, retention sweeps and audit anchors.
+fn spawn_jobs(server: &Arc<Server>, tasks: &mut JoinSet<()>) {
+    let (loaded, store, stopped) = (&server.loaded, &server.store, &server.stopped);
+    tasks.spawn(server.outbound.clone().run(stopped.clone()));
+    // After the HTTPS listener is bound: the CA's challenge connects to it.
+    tasks.spawn(crate::acme::keep(
+        loaded.clone(),
+        store.clone(),
+        server.certs.clone(),
+        stopped.clone(),
+    ));
+    tasks.spawn(scheduled_backups(
+        loaded.clone(),
+        store.clone(),
+        stopped.clone(),
+    ));
+    tasks.spawn(retention_sweeps(
+        loaded.config.retention.sweep_interval_ms,
+        store.clone(),
+        stopped.clone(),
+    ));
+    tasks.spawn(audit_anchors(store.clone(), stopped.clone()));
 }
 
 struct ShutdownSignals {
@@ -557,355 +636,6 @@ fn load_dkim(loaded: &Loaded, store: &Store) -> anyhow::Result<sealpost_smtp::Dk
         keys.rsa,
     )
     .map_err(|e| anyhow::anyhow!(e))
-}
-
-/// Resolves once shutdown is asked for (the read guard never lives across an await).
-async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stop| *stop).await;
-}
-
-/// Counts a connection against its address while it lives.
-struct AddressSlot {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    address: IpAddr,
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.address);
-            }
-        }
-    }
-}
-
-/// Accepts connections until shutdown and runs `connection` for each, owned by a JoinSet
-/// that is drained before it returns.
-async fn accept_loop<F, Fut>(
-    name: &'static str,
-    listener: TcpListener,
-    stopped: watch::Receiver<bool>,
-    connection: F,
-) where
-    F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut sessions = JoinSet::new();
-    let mut next_id = 0u64;
-    let mut stop_watch = stopped.clone();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (socket, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        warn!(listener = name, %error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                next_id += 1;
-                let span = tracing::info_span!("connection", conn_id = next_id, peer = %peer.ip(), protocol = name);
-                sessions.spawn(connection(socket, peer, stopped.clone()).instrument(span));
-            }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            () = until_stopped(&mut stop_watch) => break,
-        }
-    }
-    drop(listener);
-    while sessions.join_next().await.is_some() {}
-}
-
-/// Tells a client past the per-address limit why it is refused, then closes. On a TLS port
-/// the client can only read the reason after a handshake, which gets a few seconds at most.
-/// The refusal of a connection past its address's limit: the protocol's line with the limit
-/// named; for HTTP (`refusal` "HTTP/1.1 503 TEXT") a whole response whose Content-Length
-/// counts its body (RFC 9112 §6.3).
-fn per_address_refusal(refusal: &str, max: impl std::fmt::Display) -> String {
-    match refusal.strip_prefix("HTTP/1.1 503 ") {
-        Some(text) => {
-            let body = format!("{text} (limit {max})\r\n");
-            format!(
-                "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n\
-                 Content-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-        }
-        None => format!("{refusal} (limit {max})\r\n"),
-    }
-}
-
-#[cfg(test)]
-mod refusal_tests {
-    #[test]
-    fn an_http_refusal_counts_its_body_and_the_others_name_the_limit() {
-        let http =
-            super::per_address_refusal("HTTP/1.1 503 too many connections from your address", 7);
-        let (head, body) = http.split_once("\r\n\r\n").unwrap();
-        assert!(
-            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
-            "{http}"
-        );
-        assert!(
-            head.contains(&format!("Content-Length: {}", body.len())),
-            "{http}"
-        );
-        assert_eq!(body, "too many connections from your address (limit 7)\r\n");
-        assert_eq!(
-            super::per_address_refusal("421 4.7.0 too many connections from your address", 2),
-            "421 4.7.0 too many connections from your address (limit 2)\r\n"
-        );
-    }
-}
-
-async fn refuse(
-    mut socket: tokio::net::TcpStream,
-    tls: &tokio_rustls::TlsAcceptor,
-    implicit_tls: bool,
-    reason: &str,
-    handshake_max: Duration,
-) {
-    if !implicit_tls {
-        // Bounded too: a client that does not read must not hold the refusal.
-        let _ = tokio::time::timeout(handshake_max, socket.write_all(reason.as_bytes())).await;
-        return;
-    }
-    let handshake = tokio::time::timeout(handshake_max, tls.accept(socket)).await;
-    if let Ok(Ok(mut stream)) = handshake {
-        let _ = stream.write_all(reason.as_bytes()).await;
-        let _ = stream.shutdown().await;
-    }
-}
-
-/// The session's stream: TLS at once on an implicit-TLS port (with what was negotiated), the
-/// plain socket otherwise. `None` when the handshake fails.
-async fn open_stream(
-    socket: tokio::net::TcpStream,
-    tls: &tokio_rustls::TlsAcceptor,
-    implicit_tls: bool,
-    handshake_max: Duration,
-) -> Option<(BoxedStream, Option<String>)> {
-    let socket = crate::tcp::QuickAckStream::new(socket);
-    if !implicit_tls {
-        return Some((Box::new(socket), None));
-    }
-    match tokio::time::timeout(handshake_max, tls.accept(socket)).await {
-        Ok(Ok(stream)) => {
-            let described = describe_tls(&stream);
-            Some((Box::new(stream), Some(described)))
-        }
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!("TLS handshake not done in time; dropped");
-            None
-        }
-    }
-}
-
-/// Connections per client address on one listener.
-#[derive(Clone)]
-struct AddressLimiter {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    max: usize,
-}
-
-impl AddressLimiter {
-    fn new(max: usize) -> Self {
-        Self {
-            counts: Arc::new(Mutex::new(HashMap::new())),
-            max,
-        }
-    }
-
-    /// A slot for one more connection from `address`, or `None` past the limit. Counted by
-    /// the address's group: an IPv6 client's whole /64 is one client.
-    fn take(&self, address: IpAddr) -> Option<AddressSlot> {
-        let address = sealpost_auth::address_group(address);
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(address).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot {
-            counts: self.counts.clone(),
-            address,
-        })
-    }
-}
-
-/// "TLSv1_3 TLS13_AES_256_GCM_SHA384": what a Received field records of a TLS session.
-fn describe_tls<S>(stream: &tokio_rustls::server::TlsStream<S>) -> String {
-    let (_, connection) = stream.get_ref();
-    let version = connection
-        .protocol_version()
-        .map_or_else(|| "TLS".to_string(), |v| format!("{v:?}"));
-    let cipher = connection
-        .negotiated_cipher_suite()
-        .map_or_else(|| "unknown".to_string(), |c| format!("{:?}", c.suite()));
-    format!("{version} {cipher}")
-}
-
-/// Connections open on one listener, from everyone, within a bound.
-#[derive(Clone)]
-struct ConnectionCap {
-    open: Arc<AtomicUsize>,
-    max: usize,
-}
-
-/// Counts a connection against its listener's cap while it lives.
-struct CapSlot {
-    open: Arc<AtomicUsize>,
-}
-
-impl Drop for CapSlot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl ConnectionCap {
-    fn new(max: usize) -> Self {
-        Self {
-            open: Arc::new(AtomicUsize::new(0)),
-            max,
-        }
-    }
-
-    /// A slot for one more connection, or `None` when the listener is full.
-    fn take(&self) -> Option<CapSlot> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < self.max).then_some(open + 1)
-            })
-            .ok()
-            .map(|_| CapSlot {
-                open: self.open.clone(),
-            })
-    }
-}
-
-/// A listening port: connections per address counted and refused past the limit with
-/// `refusal` (which names the limit), all connections capped with `full_refusal`, TLS
-/// handshakes bounded in time, implicit TLS or not, and a session per connection.
-struct Listener {
-    /// Counts connections for /metrics.
-    connections: Arc<crate::metrics::Connections>,
-    name: &'static str,
-    tls: tokio_rustls::TlsAcceptor,
-    implicit_tls: bool,
-    per_address: AddressLimiter,
-    /// The protocol's refusal line, e.g. "421 4.7.0 too many connections" (the limit and
-    /// CRLF are added).
-    refusal: &'static str,
-    /// Every connection of the listener, and the refusal past them (sent as it is, CRLF added).
-    cap: ConnectionCap,
-    full_refusal: &'static str,
-    /// A handshake (implicit TLS or STARTTLS) not done within this long is dropped.
-    handshake_max: Duration,
-    /// Refusals being told now (`REFUSALS_IN_FLIGHT_MAX`).
-    refusing: Arc<AtomicUsize>,
-}
-
-impl Listener {
-    /// Serves until shutdown; `session` runs one session over the (possibly TLS) stream, with
-    /// what TLS negotiated on an implicit-TLS port, the client's address, and a STARTTLS
-    /// upgrade on a cleartext port.
-    async fn serve<S, Fut>(self, listener: TcpListener, stopped: watch::Receiver<bool>, session: S)
-    where
-        S: Fn(
-                BoxedStream,
-                Option<String>,
-                SocketAddr,
-                Option<TlsUpgrade>,
-                watch::Receiver<bool>,
-            ) -> Fut
-            + Clone
-            + Send
-            + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let name = self.name;
-        accept_loop(name, listener, stopped, |socket, peer, stopped| {
-            let capped = self.cap.take();
-            let slot = capped
-                .as_ref()
-                .and_then(|_| self.per_address.take(peer.ip()));
-            let refusal = match capped {
-                None => format!("{}\r\n", self.full_refusal),
-                Some(_) => per_address_refusal(self.refusal, self.per_address.max),
-            };
-            // Taken here, in accept order, so that which refusals are told is deterministic.
-            let telling = match (&capped, &slot) {
-                (Some(_), Some(_)) => None,
-                _ => RefusalSlot::take(&self.refusing),
-            };
-            let (tls, implicit_tls, session) =
-                (self.tls.clone(), self.implicit_tls, session.clone());
-            let (connections, handshake_max) = (self.connections.clone(), self.handshake_max);
-            async move {
-                let (Some(_capped), Some(_slot)) = (capped, slot) else {
-                    let Some(_telling) = telling else {
-                        return;
-                    };
-                    let handshake = handshake_max.min(REFUSAL_HANDSHAKE_MS);
-                    return refuse(socket, &tls, implicit_tls, &refusal, handshake).await;
-                };
-                let _open = connections.opened(name);
-                let Some((stream, described)) =
-                    open_stream(socket, &tls, implicit_tls, handshake_max).await
-                else {
-                    return;
-                };
-                let starttls = (!implicit_tls).then(|| starttls_upgrade(tls, handshake_max));
-                session(stream, described, peer, starttls, stopped).await;
-            }
-        })
-        .await;
-    }
-}
-
-/// One refusal being told; past `REFUSALS_IN_FLIGHT_MAX` there is none to take.
-struct RefusalSlot(Arc<AtomicUsize>);
-
-impl RefusalSlot {
-    fn take(refusing: &Arc<AtomicUsize>) -> Option<Self> {
-        refusing
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < REFUSALS_IN_FLIGHT_MAX).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(refusing.clone()))
-    }
-}
-
-impl Drop for RefusalSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// STARTTLS on a cleartext connection: the TLS stream and what was negotiated; a handshake
-/// not done within `handshake_max` fails (the session then ends).
-fn starttls_upgrade(acceptor: tokio_rustls::TlsAcceptor, handshake_max: Duration) -> TlsUpgrade {
-    Arc::new(move |plain: BoxedStream| {
-        let acceptor = acceptor.clone();
-        Box::pin(async move {
-            let secured = tokio::time::timeout(handshake_max, acceptor.accept(plain))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake too slow")
-                })??;
-            let described = describe_tls(&secured);
-            Ok((Box::new(secured) as BoxedStream, described))
-        })
-    })
 }
 
 /// The web's send button: the SMTP crate's submission path, as for a mail client.
@@ -1210,49 +940,4 @@ pub(crate) fn certificate_facts(path: &std::path::Path) -> Option<(Vec<String>, 
         names.push(parsed.subject().to_string());
     }
     Some((names, parsed.validity().not_after.timestamp() * 1000))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv6_clients_share_one_count_per_64_at_the_listener() {
-        let limiter = AddressLimiter::new(1);
-        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
-        let first = limiter
-            .take(ip("2001:db8:7:1::10"))
-            .expect("the first connection");
-        assert!(
-            limiter.take(ip("2001:db8:7:1:ffff::20")).is_none(),
-            "another address of the same /64 is the same client"
-        );
-        let other = limiter
-            .take(ip("2001:db8:7:2::10"))
-            .expect("the next /64 is another client");
-        let mapped = limiter
-            .take(ip("::ffff:192.0.2.1"))
-            .expect("the first connection of 192.0.2.1, written IPv4-mapped");
-        assert!(
-            limiter.take(ip("192.0.2.1")).is_none(),
-            "an IPv4-mapped address is the IPv4 one"
-        );
-        drop(mapped);
-        drop(first);
-        assert!(
-            limiter.take(ip("2001:db8:7:1::99")).is_some(),
-            "the slot came back"
-        );
-        drop(other);
-    }
-
-    #[test]
-    fn a_listener_cap_refuses_past_its_bound_and_frees_on_close() {
-        let cap = ConnectionCap::new(2);
-        let (a, b) = (cap.take().unwrap(), cap.take().unwrap());
-        assert!(cap.take().is_none());
-        drop(a);
-        assert!(cap.take().is_some());
-        drop(b);
-    }
 }

@@ -26,13 +26,26 @@ use crate::types::{
     InternalDate, MailboxId, MessageMeta, NewMessage, Placement, SpecialUse, SystemFlag, Usage,
 };
 
+/// How a delivery is held to the account's quota (`Store::quota`; copies in BACKUP do not
+/// count, as `quota_usage` does not count them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum QuotaRule {
+    /// Not held to it: the server's own notices, the sender's copy of what they send.
+    Exempt,
+    /// Mail from others: an account at or over its quota takes nothing new, and one message
+    /// may take it past (a sender cannot make a message smaller to fit).
+    Room,
+    /// The account's own APPEND (and import): the copies must fit under the quota.
+    Fits,
+}
+
 /// A delivery target with its folders found: what one account's part of a delivery writes.
 pub(crate) struct Resolved {
     pub(crate) account: AccountId,
     pub(crate) mailboxes: Vec<MailboxId>,
     /// Held in the quarantine under this id instead of any folder.
     pub(crate) held: Option<([u8; 16], Held)>,
-    pub(crate) quota_exempt: bool,
+    pub(crate) quota: QuotaRule,
     pub(crate) outbound: Option<crate::queue::Outbound>,
 }
 
@@ -54,7 +67,7 @@ impl Resolved {
                 self.mailboxes.push(mailbox);
             }
         }
-        self.quota_exempt &= other.quota_exempt;
+        self.quota = self.quota.max(other.quota);
         self.outbound = self.outbound.take().or(other.outbound);
         Ok(())
     }
@@ -210,7 +223,7 @@ impl Store {
             account,
             mailboxes: mailboxes.to_vec(),
             held: None,
-            quota_exempt: false,
+            quota: QuotaRule::Fits,
             outbound: outbound.cloned(),
         };
         self.deliver_resolved(vec![target], message, &|_| Vec::new())?
@@ -223,8 +236,9 @@ impl Store {
     /// before it returns. Each target's placement names its folders and the store adds
     /// BACKUP; two targets of one account are one copy in the union of their folders. Each
     /// account gets its own blob under its own keys, shared by its copies. Either every
-    /// recipient has the message or none has; an account over its quota refuses it
-    /// (`Error::OverQuota`) unless the placement is `Notice`.
+    /// recipient has the message or none has: an account already at or over its quota
+    /// refuses it for all (`Error::OverQuota`; one message may take an account past it),
+    /// but for a `Notice` or the sender's own copy.
     /// `audit` names the records written with the delivery, in the same atomic write: there is
     /// no delivery without its audit record. A quarantined copy's record
     /// (`quarantine.hold`) is the store's own, added to them.
@@ -290,15 +304,21 @@ impl Store {
             account,
             mailboxes,
             held,
-            quota_exempt: matches!(target.placement, Placement::Notice),
+            quota: match target.placement {
+                Placement::Inbox | Placement::Junk | Placement::Quarantine(_) => QuotaRule::Room,
+                Placement::Notice | Placement::Sender { .. } | Placement::QueueOnly => {
+                    QuotaRule::Exempt
+                }
+            },
             outbound: target.outbound.clone(),
         })
     }
 
-    /// Refuses a delivery that would take an account with a quota past it: the copies in
-    /// folders other than BACKUP count, as `quota_usage` counts them.
+    /// Refuses a delivery its quota rule refuses: the copies in folders other than BACKUP
+    /// count, as `quota_usage` counts them. Checked before the mailbox locks are taken, so
+    /// concurrent deliveries can each pass and take the account past it by what they hold.
     fn check_quota(&self, target: &Resolved, size: u64) -> Result<()> {
-        if target.quota_exempt || target.mailboxes.is_empty() {
+        if target.quota == QuotaRule::Exempt || target.mailboxes.is_empty() {
             return Ok(());
         }
         let Some(limit) = self.quota(target.account)? else {
@@ -316,7 +336,11 @@ impl Store {
             return Ok(());
         }
         let used = self.quota_usage(target.account)?;
-        if used.saturating_add(size.saturating_mul(copies)) > limit {
+        let refused = match target.quota {
+            QuotaRule::Room => used >= limit,
+            _ => used.saturating_add(size.saturating_mul(copies)) > limit,
+        };
+        if refused {
             return Err(Error::OverQuota {
                 account: target.account.0,
                 used,

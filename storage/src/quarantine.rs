@@ -114,7 +114,7 @@ impl Store {
             account,
             mailboxes: Vec::new(),
             held: Some((id, held)),
-            quota_exempt: true,
+            quota: crate::message::QuotaRule::Exempt,
             outbound: None,
         };
         self.deliver_resolved(vec![target], message, &|_| Vec::new())?;

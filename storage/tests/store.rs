@@ -2082,12 +2082,12 @@ fn placements_are_filed_by_the_store_with_backup_and_quarantine_in_the_same_writ
     );
     assert_eq!(store.body_count(alice).unwrap(), 2);
 
-    // Quota: an INBOX copy past it is refused for every recipient (nothing written); the
-    // server's own notice still arrives; BACKUP alone does not count.
+    // Quota, for mail from others: an account at its quota refuses the message for every
+    // recipient (nothing written); an account under it takes it, even past it (a sender
+    // cannot make a message smaller). The server's own notice still arrives, and the
+    // sender's copy of what they send is not held to it. APPEND must fit.
     let used = store.quota_usage(bob).unwrap();
-    store
-        .set_quota(bob, Some(used + raw.len() as u64 - 1), &Actor::cli())
-        .unwrap();
+    store.set_quota(bob, Some(used), &Actor::cli()).unwrap();
     let refused = store.deliver_all(
         &[
             target(alice, Placement::Inbox),
@@ -2101,20 +2101,47 @@ fn placements_are_filed_by_the_store_with_backup_and_quarantine_in_the_same_writ
         "{refused:?}"
     );
     assert_eq!((count(alice, "INBOX"), count(bob, "INBOX")), (2, 0));
-    store
-        .deliver_all(&[target(bob, Placement::Notice)], &new, &|_| Vec::new())
-        .unwrap();
-    assert_eq!(count(bob, "INBOX"), 1);
-    let bob_inbox = mailbox(&store, bob, "INBOX");
-    assert!(matches!(
-        store.append(bob, bob_inbox, &new),
-        Err(Error::OverQuota { .. })
-    ));
+    store.set_quota(bob, Some(used + 1), &Actor::cli()).unwrap();
     store
         .deliver_all(
-            &[target(bob, Placement::Sender { sent: false })],
+            &[
+                target(alice, Placement::Inbox),
+                target(bob, Placement::Inbox),
+            ],
             &new,
             &|_| Vec::new(),
         )
+        .unwrap();
+    assert_eq!((count(alice, "INBOX"), count(bob, "INBOX")), (3, 1));
+    assert!(
+        store.quota_usage(bob).unwrap() > used + 1,
+        "one message took it past"
+    );
+    store
+        .deliver_all(&[target(bob, Placement::Notice)], &new, &|_| Vec::new())
+        .unwrap();
+    assert_eq!(count(bob, "INBOX"), 2);
+    store
+        .deliver_all(
+            &[target(bob, Placement::Sender { sent: true })],
+            &new,
+            &|_| Vec::new(),
+        )
+        .unwrap();
+    assert_eq!(count(bob, "Sent"), 1);
+    let (alice_inbox, room) = (mailbox(&store, alice, "INBOX"), raw.len() as u64 - 1);
+    store
+        .set_quota(
+            alice,
+            Some(store.quota_usage(alice).unwrap() + room),
+            &Actor::cli(),
+        )
+        .unwrap();
+    assert!(matches!(
+        store.append(alice, alice_inbox, &new),
+        Err(Error::OverQuota { .. })
+    ));
+    store
+        .deliver_all(&[target(alice, Placement::Inbox)], &new, &|_| Vec::new())
         .unwrap();
 }

@@ -684,14 +684,13 @@ pub(crate) async fn message(
         .parts
         .iter()
         .any(|p| p.media_type == "text" && p.media_subtype == "html");
-    let authentication = parsed.as_ref().and_then(|m| {
-        m.header_raw("Authentication-Results")
-            .map(|v| v.trim().to_string())
-    });
+    // Ours are the first of their name (written before the sender's fields); a later one,
+    // another server's, is not shown in their place.
+    let walk = sealpost_mime::HeaderWalk::of(&raw);
+    let authentication = walk.first(&raw, "Authentication-Results");
     // Sealpost's own warning (a sender's copy of the field is removed on receipt).
-    let warning = parsed
-        .as_ref()
-        .and_then(|m| m.header_raw("X-Sealpost-Warning").map(|v| v.trim().to_string()))
+    let warning = walk
+        .first(&raw, "X-Sealpost-Warning")
         .map(|w| {
             view! {
                 <p class="error" id="impersonation-warning" role="alert">

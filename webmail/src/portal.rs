@@ -1317,7 +1317,7 @@ pub(crate) async fn renew(
             .text_body(text)
             .write_to_vec()
             .ok()?;
-        deliver_internal(store, p.account, &raw, Vec::new()).ok()?;
+        deliver_internal(store, p.account, &raw, Vec::new(), Placement::Notice).ok()?;
         Some(true)
     })
     .await
@@ -1333,19 +1333,21 @@ pub(crate) async fn renew(
 }
 
 /// Delivers a message from the portal into the sending account's INBOX and BACKUP, with
-/// `events` in the same write. Not held to the account's quota (`Placement::Notice`): a
-/// patient has no other way to answer, and cannot retry later as a mail server would.
+/// `events` in the same write: a patient's reply as mail from outside (`Placement::Inbox`,
+/// refused when the account is at its quota), the portal's notices as the server's own
+/// (`Placement::Notice`, which a full mailbox still takes).
 fn deliver_internal(
     store: &sealpost_storage::Store,
     account: sealpost_storage::AccountId,
     raw: &[u8],
     events: Vec<AuditEvent>,
+    placement: Placement,
 ) -> Result<(), sealpost_storage::Error> {
     let index = sealpost_mime::Indexed::of(raw);
     let (summary, text) = (index.summary_bytes(), index.search_bytes());
     let target = DeliveryTarget {
         account,
-        placement: Placement::Notice,
+        placement,
         outbound: None,
     };
     let message = NewMessage {
@@ -1590,7 +1592,7 @@ pub(crate) async fn prove(
                 .text_body(text)
                 .write_to_vec()
                 .ok()?;
-            deliver_internal(store, p.account, &raw, Vec::new()).ok()?;
+            deliver_internal(store, p.account, &raw, Vec::new(), Placement::Notice).ok()?;
         }
         Some(check)
     })
@@ -1995,7 +1997,13 @@ pub(crate) async fn reply(
         let store = &state2.store;
         let event = AuditEvent::new(&actor, "pickup.reply", format!("pickup {}", p.id))
             .detail(format!("to {}; {} bytes", p.sender, reply_raw.len()));
-        deliver_internal(store, p.account, &reply_raw, vec![event.clone()])?;
+        deliver_internal(
+            store,
+            p.account,
+            &reply_raw,
+            vec![event.clone()],
+            Placement::Inbox,
+        )?;
         store.record_portal_reply(
             p.id,
             kept,
@@ -2006,6 +2014,13 @@ pub(crate) async fn reply(
     .await;
     match done {
         Some(Ok(())) => see_other(&format!("/portal/{}?done=replied", pickup.id)),
+        // The store holds the sender's mailbox to its quota (a reply lands in INBOX, which
+        // counts, and BACKUP, which its owner cannot empty).
+        Some(Err(sealpost_storage::Error::OverQuota { .. })) => crate::html::message_page_status(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "Not sent",
+            "The sender's mailbox is full. Try again later, or call the sender.",
+        ),
         _ => crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
             "Not sent",
@@ -2016,8 +2031,8 @@ pub(crate) async fn reply(
 
 /// Why a reply of `bytes` may not go now, as the page that says so: the pickup took
 /// `PORTAL_REPLIES_PER_PICKUP_PER_DAY_MAX` replies in the last day, or its replies would pass
-/// `PORTAL_REPLY_BYTES_PER_PICKUP_MAX`, or the sender's mailbox is at its quota (a reply lands
-/// in INBOX, which counts, and BACKUP, which its owner cannot empty). Nothing is sent then.
+/// `PORTAL_REPLY_BYTES_PER_PICKUP_MAX` (the sender's quota is the store's to hold). Nothing is
+/// sent then.
 async fn reply_refused(state: &Arc<WebState>, pickup: &Pickup, bytes: u64) -> Option<Response> {
     let day_ago = crate::request::now_ms() - 24 * 3600 * 1000;
     let today = pickup.replies.iter().filter(|r| r.at_ms > day_ago).count();
@@ -2030,19 +2045,12 @@ async fn reply_refused(state: &Arc<WebState>, pickup: &Pickup, bytes: u64) -> Op
             ),
         ));
     }
-    let (store, id, account) = (state.store.clone(), pickup.id, pickup.account);
-    let counted = blocking(move || {
-        let sent = store.portal_reply_bytes(id).ok()?;
-        let quota = match store.quota(account).ok()? {
-            Some(limit) => Some((store.quota_usage(account).ok()?, limit)),
-            None => None,
-        };
-        Some((sent, quota))
-    })
-    .await
-    .flatten();
+    let (store, id) = (state.store.clone(), pickup.id);
+    let counted = blocking(move || store.portal_reply_bytes(id).ok())
+        .await
+        .flatten();
     // What cannot be counted is not sent.
-    let Some((sent, quota)) = counted else {
+    let Some(sent) = counted else {
         return Some(crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
             "Not sent",
@@ -2054,13 +2062,6 @@ async fn reply_refused(state: &Arc<WebState>, pickup: &Pickup, bytes: u64) -> Op
             StatusCode::PAYLOAD_TOO_LARGE,
             "Not sent",
             "Your replies to this message have reached the most they may hold together. Call the sender, or ask them for a new message.",
-        ));
-    }
-    if quota.is_some_and(|(used, limit)| used.saturating_add(bytes) > limit) {
-        return Some(crate::html::message_page_status(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "Not sent",
-            "The sender's mailbox is full. Try again later, or call the sender.",
         ));
     }
     None

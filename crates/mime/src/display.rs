@@ -149,7 +149,7 @@ impl Reader<'_> {
 
 /// Decodes RFC 2047 encoded words (and charsets) in a header value, the way mail-parser
 /// decodes a Subject.
-fn decode(text: &str) -> String {
+pub(crate) fn decode(text: &str) -> String {
     let header = format!("Subject: {}\r\n\r\n", text.replace(['\r', '\n'], " "));
     MessageParser::default()
         .parse_headers(header.as_bytes())

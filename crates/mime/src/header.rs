@@ -12,34 +12,24 @@ pub(crate) struct Field {
     pub(crate) value: Range<usize>,
 }
 
-/// Splits the header block at `raw[range]` into fields. Lines that are neither a field nor a
-/// continuation are skipped, as mail software does.
+/// Splits the header block at `raw[range]` into fields: `HeaderWalk`'s fields, stray lines
+/// (and what continues them) left out, as mail software skips them.
 pub(crate) fn fields(raw: &[u8], range: Range<usize>) -> Vec<Field> {
-    let mut out: Vec<Field> = Vec::new();
-    let mut at = range.start;
-    while at < range.end {
-        let line_end = find_line_end(raw, at, range.end);
-        let line = &raw[at..line_end];
-        let content = trim_line_break(line);
-        if content.is_empty() {
-            break;
-        }
-        if content[0] == b' ' || content[0] == b'\t' {
-            if let Some(last) = out.last_mut() {
-                last.value.end = line_end;
-            }
-        } else if let Some(colon) = content.iter().position(|&b| b == b':') {
-            let name_end = at + trim_end_ws_len(&content[..colon]);
-            if name_end > at && content[..colon].iter().all(|&b| b > 32 && b < 127) {
-                out.push(Field {
-                    name: at..name_end,
-                    value: at + colon + 1..line_end,
-                });
-            }
-        }
-        at = line_end;
-    }
-    out
+    HeaderWalk::within(raw, range)
+        .lines
+        .into_iter()
+        .filter_map(|line| {
+            let name = line.name?;
+            let colon = name.end
+                + raw[name.end..line.whole.end]
+                    .iter()
+                    .position(|&b| b == b':')?;
+            Some(Field {
+                name,
+                value: colon + 1..line.whole.end,
+            })
+        })
+        .collect()
 }
 
 /// Finds the end of the header block that starts at `start`: the offset after the empty line,
@@ -347,11 +337,17 @@ pub struct HeaderWalk {
 }
 
 impl HeaderWalk {
+    /// The message's own header section.
     pub fn of(raw: &[u8]) -> HeaderWalk {
+        Self::within(raw, 0..raw.len())
+    }
+
+    /// The header block at `raw[range]` (a part's, say).
+    pub fn within(raw: &[u8], range: Range<usize>) -> HeaderWalk {
         let mut lines: Vec<HeaderLine> = Vec::new();
-        let mut at = 0;
-        while at < raw.len() {
-            let line_end = find_line_end(raw, at, raw.len());
+        let mut at = range.start;
+        while at < range.end {
+            let line_end = find_line_end(raw, at, range.end);
             let content = trim_line_break(&raw[at..line_end]);
             if content.is_empty() {
                 return HeaderWalk {
@@ -381,8 +377,8 @@ impl HeaderWalk {
         }
         HeaderWalk {
             lines,
-            end: raw.len(),
-            body: raw.len(),
+            end: range.end,
+            body: range.end,
         }
     }
 

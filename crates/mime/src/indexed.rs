@@ -42,24 +42,22 @@ impl Indexed {
     }
 }
 
-/// The first From address, lower-cased (as the envelope reads it), and its display name
-/// with encoded words decoded (as a reader shows it), from the header alone; `None` without
-/// an address.
+/// The first From address, lower-cased, and its display name decoded, as IMAP's ENVELOPE and
+/// the webmail show the sender (the first From field, our own parser, RFC 2047 words decoded):
+/// what a reader sees is what the impersonation check reads. `None` without an address.
 pub fn sender(raw: &[u8]) -> Option<(String, String)> {
     let walk = crate::HeaderWalk::of(raw);
-    let address = crate::parse_address_list(&walk.first(raw, "from")?)
-        .iter()
-        .find_map(|a| a.email())?
-        .to_lowercase();
-    let name = MessageParser::default()
-        .parse_headers(&raw[..walk.body])
-        .and_then(|m| {
-            m.from()
-                .and_then(|from| from.first())
-                .and_then(|a| a.name().map(String::from))
+    crate::parse_address_list(&walk.first(raw, "from")?)
+        .into_iter()
+        .find_map(|a| {
+            let email = a.email()?.to_lowercase();
+            let name = a
+                .name
+                .as_deref()
+                .map(crate::display::decode)
+                .unwrap_or_default();
+            Some((email, name))
         })
-        .unwrap_or_default();
-    Some((address, name))
 }
 
 #[cfg(test)]
@@ -81,6 +79,18 @@ mod tests {
             Some(("doc@clinic.test".into(), "Doc Holliday".into()))
         );
         assert_eq!(sender(b"Subject: none\r\n\r\n"), None);
+        // The name a reader is shown, whatever another parser makes of a second field or of
+        // a line before the first (found by review: mail-parser keeps the last From, takes
+        // `Fr om` for From and ends the header at a line of one space).
+        let shown = Some(("x@evil.test".to_string(), "Doc Holliday".to_string()));
+        assert_eq!(
+            sender(b"From: Doc Holliday <x@evil.test>\r\nFr om: <x@evil.test>\r\n\r\nb"),
+            shown
+        );
+        assert_eq!(
+            sender(b" \r\nFrom: Doc Holliday <x@evil.test>\r\n\r\nb"),
+            shown
+        );
         assert_eq!(
             indexed.search_bytes(),
             crate::search_text(raw).lowercased().to_bytes()

@@ -266,8 +266,8 @@ pub fn header_edits(data: &[u8]) {
 
 /// What Sealpost parses itself of what DNS servers, web servers and senders' domains say
 /// (SPF, DKIM and DMARC themselves are mail-auth's): `data[0]` picks the parser, the rest is
-/// its input. MTA-STS: the `_mta-sts` TXT record, the policy file, the HTTP response that
-/// carries it and the stored form; DANE: a DNS answer as read off the wire and its TLSA
+/// its input. MTA-STS: the `_mta-sts` TXT record, the policy file (as a 200 answer's body;
+/// the HTTP is hyper's) and the stored form; DANE: a DNS answer as read off the wire and its TLSA
 /// records; and mail-auth's message parser, which reads every inbound message first.
 pub fn auth_inputs(data: &[u8]) {
     let Some((selector, input)) = data.split_first() else {
@@ -290,7 +290,7 @@ pub fn auth_inputs(data: &[u8]) {
             }
         }
         2 => {
-            if let Ok(body) = crate::mta_sts::parse_http(input) {
+            if let Ok(body) = crate::mta_sts::policy_text(200, input.to_vec()) {
                 let _ = crate::mta_sts::parse("fuzz", &body);
             }
         }

@@ -145,18 +145,27 @@ pub(crate) fn edited(raw: &[u8], walk: &HeaderWalk, edits: &Edits<'_>) -> Vec<u8
         .map(|(_, prefix)| prefix.trim())
         .filter(|prefix| !prefix.is_empty());
     let mut subject_seen = false;
-    for line in &walk.lines {
+    for (at, line) in walk.lines.iter().enumerate() {
         let bytes = &raw[line.whole.clone()];
-        if edits.own_fields && bytes.len() >= 11 && bytes[..11].eq_ignore_ascii_case(b"x-sealpost-")
-        {
+        // Lines before the first field that start with white space would continue the last
+        // field we put first (our verdict, say) for every reader: they go.
+        if at == 0 && line.name.is_none() && matches!(bytes.first(), Some(b' ' | b'\t')) {
             continue;
         }
-        if let Some(hostname) = edits.forged_results_of {
-            if HeaderWalk::is_named(raw, line, "authentication-results")
-                && claims_host(&HeaderWalk::value(raw, line), hostname)
-            {
-                continue;
-            }
+        // A field is judged by its name; a stray line, and each line continuing it, by what
+        // another reader could take for a name (spaces inside it dropped, as mail-parser
+        // drops them), since such a reader starts a field there.
+        let forged = match &line.name {
+            Some(name) => forged_field(edits, &raw[name.clone()], || HeaderWalk::value(raw, line)),
+            None => bytes.split_inclusive(|b| *b == b'\n').any(|physical| {
+                let text = String::from_utf8_lossy(physical);
+                let (name, value) = text.split_once(':').unwrap_or((&text, ""));
+                let name: String = name.chars().filter(|c| !c.is_whitespace()).collect();
+                forged_field(edits, name.as_bytes(), || value.to_string())
+            }),
+        };
+        if forged {
+            continue;
         }
         if let Some(prefix) = subject_prefix.filter(|_| !subject_seen) {
             if HeaderWalk::is_named(raw, line, "subject") {
@@ -177,6 +186,17 @@ pub(crate) fn edited(raw: &[u8], walk: &HeaderWalk, edits: &Edits<'_>) -> Vec<u8
     }
     push(&mut out, &raw[walk.end..]);
     out
+}
+
+/// Whether a field named `name` (its value read only if needed) is one the edits drop: ours,
+/// or a verdict claiming our host name.
+fn forged_field(edits: &Edits<'_>, name: &[u8], value: impl FnOnce() -> String) -> bool {
+    if edits.own_fields && name.len() >= 11 && name[..11].eq_ignore_ascii_case(b"x-sealpost-") {
+        return true;
+    }
+    edits.forged_results_of.is_some_and(|hostname| {
+        name.eq_ignore_ascii_case(b"authentication-results") && claims_host(&value(), hostname)
+    })
 }
 
 /// Whether an Authentication-Results value names `hostname` as its authserv-id (or the same
@@ -383,6 +403,50 @@ mod tests {
             cleaned(forged),
             b"Subject: hi\n\nX-Sealpost-Note: kept\n".to_vec()
         );
+    }
+
+    /// Found by review: another reader (mail-parser, which the webmail uses) takes a name
+    /// with a space inside for the field, starts a field at an indented line after a stray
+    /// one, and a first line that starts with white space continues our own last field.
+    #[test]
+    fn verdicts_hidden_from_the_walk_are_dropped_for_every_reader() {
+        let inbound = Edits {
+            prefix: "Authentication-Results: mx.example; dmarc=fail\r\n",
+            forged_results_of: Some("mx.example"),
+            own_fields: true,
+            ..Edits::default()
+        };
+        for (raw, kept) in [
+            (
+                &b"Authentication -Results: mx.example; dmarc=pass\r\nSubject: x\r\n\r\nb"[..],
+                &b"Subject: x\r\n\r\nb"[..],
+            ),
+            (
+                b"no colon here\r\n Authentication-Results: mx.example; dkim=pass\r\nSubject: x\r\n\r\nb",
+                b"Subject: x\r\n\r\nb",
+            ),
+            (
+                b"stray\r\n\tX-Sealpost-Warning : none\r\nSubject: x\r\n\r\nb",
+                b"Subject: x\r\n\r\nb",
+            ),
+            (
+                b"\tdmarc=pass (x)\r\nSubject: x\r\n\r\nb",
+                b"Subject: x\r\n\r\nb",
+            ),
+            (
+                b"a stray line, kept\r\nSubject: x\r\n\r\nb",
+                b"a stray line, kept\r\nSubject: x\r\n\r\nb",
+            ),
+        ] {
+            let out = edited(raw, &HeaderWalk::of(raw), &inbound);
+            let expected = [inbound.prefix.as_bytes(), kept].concat();
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&expected),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     /// Found while making the edits one pass: X-Sealpost-* fields were dropped before a

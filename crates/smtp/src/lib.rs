@@ -11,6 +11,7 @@ mod dkim_sign;
 #[doc(hidden)]
 pub mod fuzzing;
 mod headers;
+mod http;
 mod mta_sts;
 mod outbound;
 mod session;

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 /// Largest policy body read, in bytes (RFC 8461 §3.3 suggests 64 KiB).
 const POLICY_BYTES_MAX: usize = 64 * 1024;
+/// Largest header of a policy's HTTP answer, in bytes.
+const HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Longest a policy is cached, in seconds (RFC 8461: max_age at most 31557600).
 const MAX_AGE_MAX_S: u64 = 31_557_600;
 /// Most domains whose policies are cached; expired ones go first.
@@ -210,70 +210,31 @@ pub(crate) async fn fetch(
             .map_err(|e| format!("{host}: {e}"))?;
         let name =
             rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-        let mut stream = tls
+        let stream = tls
             .connect(name, socket)
             .await
             .map_err(|e| format!("{host}: TLS: {e}"))?;
-        let request = format!(
-            "GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: Sealpost\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
+        let request = crate::http::request(
+            hyper::Method::GET,
+            &host,
+            "/.well-known/mta-sts.txt",
+            &[],
+            Vec::new(),
+        )?;
+        let answer = crate::http::exchange(stream, request, HEAD_BYTES_MAX, POLICY_BYTES_MAX)
             .await
-            .map_err(|e| e.to_string())?;
-        let mut response = Vec::new();
-        let mut limited = (&mut stream).take((POLICY_BYTES_MAX + 8 * 1024) as u64);
-        // A server that closes without close_notify still gave what it sent.
-        let _ = limited.read_to_end(&mut response).await;
-        parse_http(&response)
+            .map_err(|e| format!("{host}: {e}"))?;
+        policy_text(answer.status, answer.body)
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| format!("{host}: timed out"))?
 }
 
-/// The body of a `200` response (Content-Length or chunked), or why not.
-pub(crate) fn parse_http(response: &[u8]) -> Result<String, String> {
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no HTTP header")?;
-    let head = String::from_utf8_lossy(&response[..end]).to_string();
-    let body = &response[end + 4..];
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
+/// The policy in a `200` answer's body, or why not (RFC 8461 §3.3: only a 200 counts).
+pub(crate) fn policy_text(status: u16, body: Vec<u8>) -> Result<String, String> {
+    if status != 200 {
         return Err(format!("HTTP status {status}"));
-    }
-    let chunked = head.lines().any(|l| {
-        l.to_lowercase().starts_with("transfer-encoding:") && l.to_lowercase().contains("chunked")
-    });
-    let body = if chunked {
-        let mut out = Vec::new();
-        let mut rest = body;
-        loop {
-            let line_end = rest
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .ok_or("bad chunk")?;
-            let size_text = String::from_utf8_lossy(&rest[..line_end]).to_string();
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| "bad chunk size")?;
-            rest = &rest[line_end + 2..];
-            if size == 0 {
-                break;
-            }
-            if rest.len() < size || out.len() + size > POLICY_BYTES_MAX {
-                return Err("chunk past the end or the limit".into());
-            }
-            out.extend_from_slice(&rest[..size]);
-            rest = rest.get(size + 2..).unwrap_or(&[]);
-        }
-        out
-    } else {
-        body.to_vec()
-    };
-    if body.len() > POLICY_BYTES_MAX {
-        return Err("policy too large".into());
     }
     String::from_utf8(body).map_err(|_| "policy is not UTF-8".into())
 }
@@ -353,11 +314,9 @@ mod tests {
     }
 
     #[test]
-    fn http_bodies_are_read_plain_and_chunked() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
-        assert_eq!(parse_http(plain).unwrap(), "hello");
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
-        assert_eq!(parse_http(chunked).unwrap(), "hello");
-        assert!(parse_http(b"HTTP/1.1 404 Not Found\r\n\r\n").is_err());
+    fn only_a_200_answer_carries_a_policy() {
+        assert_eq!(policy_text(200, b"hello".to_vec()).unwrap(), "hello");
+        assert!(policy_text(404, b"version: STSv1".to_vec()).is_err());
+        assert!(policy_text(200, vec![0xff]).is_err());
     }
 }

@@ -892,9 +892,6 @@ impl Outbound {
         );
         let done = tokio::task::spawn_blocking(move || {
             store.create_pickup(account, id, &recipient, &token, expires_ms)?;
-            let backup = store
-                .mailbox_by_special_use(account, sealpost_storage::SpecialUse::Backup)?
-                .ok_or(sealpost_storage::Error::MailboxNotFound)?;
             let summary = sealpost_mime::Indexed::of(&notice).summary_bytes();
             let message = sealpost_storage::NewMessage {
                 raw: &notice,
@@ -903,7 +900,13 @@ impl Outbound {
                 summary: &summary,
                 search_text: b"",
             };
-            store.submit(account, &[backup.id], &message, Some(&envelope))
+            // The sender's BACKUP keeps the notice (the store adds it), the queue sends it.
+            let target = sealpost_storage::DeliveryTarget {
+                account,
+                placement: sealpost_storage::Placement::Sender { sent: false },
+                outbound: Some(envelope),
+            };
+            store.deliver_all(&[target], &message, &|_| Vec::new())
         })
         .await;
         match done {

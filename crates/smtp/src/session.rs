@@ -908,18 +908,10 @@ impl Session {
         let from = transaction.from.clone().unwrap_or_default();
         let id = headers::session_id();
         let submission = self.account.clone();
-        // What this server writes first, besides Received: for a submission a Date and a
-        // Message-ID the client left out; for inbound mail the verdicts. The message itself is
-        // copied once, with every header edit, when it is accepted (`submit::accept`).
+        // What this server writes first, besides Received: for inbound mail the verdicts (a
+        // submission's missing Date and Message-ID are added in `submit::accept`, once its
+        // line ends are CRLF). The message is copied once, with every header edit, there.
         let mut prefix = String::new();
-        if submission.is_some() {
-            let walk = sealpost_mime::HeaderWalk::of(&body);
-            prefix.push_str(&headers::missing_origin_fields(
-                &body,
-                &walk,
-                &self.config.hostname,
-            ));
-        }
         let protocol = match (self.esmtp, self.tls_active(), submission.is_some()) {
             (false, _, _) => "SMTP",
             (true, false, _) => "ESMTP",

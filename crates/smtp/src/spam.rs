@@ -10,7 +10,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Largest rspamd answer body read, in bytes.
 pub const SPAM_REPLY_BYTES_MAX: usize = 1024 * 1024;
@@ -275,81 +274,36 @@ async fn post(
     timeout_ms: u64,
 ) -> Result<Vec<u8>, String> {
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address.trim())
+        let stream = tokio::net::TcpStream::connect(address.trim())
             .await
             .map_err(|e| format!("rspamd at {address}: {e}"))?;
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            // Header values come from the envelope: no line breaks may pass.
-            let value: String = value.chars().filter(|c| !c.is_control()).collect();
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.write_all(body).await.map_err(|e| e.to_string())?;
-        let mut answer = Vec::new();
-        let mut limited =
-            (&mut stream).take((SPAM_REPLY_BYTES_MAX + SPAM_REPLY_HEAD_BYTES_MAX) as u64);
-        limited
-            .read_to_end(&mut answer)
-            .await
-            .map_err(|e| e.to_string())?;
-        let split = answer
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or("rspamd's answer has no headers")?;
-        let head = String::from_utf8_lossy(&answer[..split]).to_string();
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or("rspamd's answer has no status")?;
-        let mut content = answer[split + 4..].to_vec();
-        if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            content = unchunk(&content).ok_or("rspamd's chunked answer does not read")?;
-        }
-        if !(200..300).contains(&status) {
+        let request = crate::http::request(
+            hyper::Method::POST,
+            address.trim(),
+            path,
+            headers,
+            body.to_vec(),
+        )?;
+        let answer = crate::http::exchange(
+            stream,
+            request,
+            SPAM_REPLY_HEAD_BYTES_MAX,
+            SPAM_REPLY_BYTES_MAX,
+        )
+        .await
+        .map_err(|e| format!("rspamd's answer does not read: {e}"))?;
+        if !(200..300).contains(&answer.status) {
             return Err(format!(
-                "rspamd answered {status}: {}",
-                String::from_utf8_lossy(&content)
+                "rspamd answered {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
             ));
         }
-        Ok(content)
+        Ok(answer.body)
     };
     tokio::time::timeout(Duration::from_millis(timeout_ms), exchange)
         .await
         .map_err(|_| format!("rspamd did not answer within {timeout_ms} ms"))?
-}
-
-fn unchunk(mut bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = bytes.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(
-            std::str::from_utf8(&bytes[..line_end])
-                .ok()?
-                .split(';')
-                .next()?
-                .trim(),
-            16,
-        )
-        .ok()?;
-        bytes = &bytes[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(bytes.get(..size)?);
-        bytes = bytes.get(size + 2..)?;
-    }
 }
 
 /// Maps look-alike characters to the letters they imitate, so that `c1inic` and `сlinic`
@@ -486,13 +440,5 @@ mod tests {
         config.junk_score = 1.0;
         assert_eq!(placement(&config, 0.0, "reject"), Placement::Reject);
         assert_eq!(placement(&config, 2.0, "no action"), Placement::Junk);
-    }
-
-    #[test]
-    fn chunked_answers_read() {
-        assert_eq!(
-            unchunk(b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n").unwrap(),
-            b"Wikipedia"
-        );
     }
 }

@@ -53,11 +53,12 @@ impl Refused {
 
 /// A message ready to be accepted: its envelope and who hands it in.
 pub(crate) struct Accept {
-    /// The fields this server writes first (Received, and for a submission a Date and a
-    /// Message-ID the client left out; for inbound mail Authentication-Results and the spam
-    /// verdict), each ending in CRLF.
+    /// The fields this server writes first (Received; for inbound mail Authentication-Results
+    /// and the spam verdict), each ending in CRLF. A submission's missing Date and
+    /// Message-ID are added after them here.
     pub(crate) prefix: String,
-    /// This server's name: inbound Authentication-Results fields that claim it are forged.
+    /// This server's name: inbound Authentication-Results fields that claim it are forged,
+    /// and a Message-ID this server adds names it.
     pub(crate) hostname: String,
     pub(crate) from: String,
     pub(crate) env_id: Option<String>,
@@ -216,6 +217,7 @@ async fn accept_counted(
     // X-Sealpost-* fields out, the impersonation warning in. Then one parse, off the async
     // threads: the From check, the content rules and the stored summary and search text all
     // come from it.
+    let origin_host = hostname.clone();
     let hostname = (!submitted).then_some(hostname);
     let (raw, analysed, normalised) = blocking(move || {
         // A copy only when a line ends bare; first, so that the edits see the fields every
@@ -229,6 +231,12 @@ async fn accept_counted(
             (body, false)
         };
         let walk = HeaderWalk::of(&body);
+        // A submission's missing Date and Message-ID (RFC 6409 §8), after Received.
+        let prefix = if submitted {
+            prefix + &crate::headers::missing_origin_fields(&body, &walk, &origin_host)
+        } else {
+            prefix
+        };
         let warning = impersonation.and_then(|(staff, ours, subject_prefix)| {
             let (address, name) = sealpost_mime::sender(&body)?;
             let why = crate::spam::impersonation(&address, &name, &ours, &staff)?;
@@ -747,7 +755,7 @@ pub async fn submit_from_web(
         }
     }
     let id = crate::headers::session_id();
-    let mut prefix = crate::headers::received(
+    let prefix = crate::headers::received(
         "webmail",
         &message.peer,
         &config.hostname,
@@ -756,12 +764,6 @@ pub async fn submit_from_web(
         &id,
         None,
     );
-    let walk = HeaderWalk::of(&message.raw);
-    prefix.push_str(&crate::headers::missing_origin_fields(
-        &message.raw,
-        &walk,
-        &config.hostname,
-    ));
     if (prefix.len() + message.raw.len()) as u64 > config.message_bytes_max {
         return Err(format!(
             "The message is larger than the {} bytes allowed.",

@@ -30,7 +30,7 @@ use compliance::{ediscovery, hold, retention, DiscoveryCommand, HoldCommand, Ret
 use policy::{policy, PolicyCommand};
 use quarantine::{quarantine, QuarantineCommand};
 use queue::{pickup, queue, trace, PickupCommand, QueueCommand, TraceArgs};
-use server::{backup, certificate, health, CertificateCommand, DnsCommand};
+use server::{backup, certificate, dns, health, CertificateCommand, DnsCommand};
 pub(crate) use server::{BackupArgs, BackupCheck};
 
 /// The console's commands, which also run against a running server.
@@ -215,15 +215,7 @@ pub(crate) fn execute(command: Admin, run: &mut Run<'_>) -> anyhow::Result<u8> {
         Admin::Queue(command) => queue(command, run),
         Admin::Trace(args) => trace(args, run),
         Admin::Health => health(run),
-        Admin::Dns(DnsCommand::Records) => {
-            crate::dkim::ensure_keys(run.store())?;
-            write!(
-                run.out,
-                "{}",
-                crate::dkim::dns_records(run.loaded, run.store())?
-            )?;
-            Ok(0)
-        }
+        Admin::Dns(command) => dns(command, run),
         Admin::Pickup(command) => pickup(command, run),
         Admin::Backup(args) => backup(args, run),
         Admin::Retention(command) => retention(command, run),

@@ -135,6 +135,21 @@ pub(crate) enum DnsCommand {
     Records,
 }
 
+/// `dns records`: the records to publish (DKIM keys made first if there are none).
+pub(super) fn dns(command: DnsCommand, run: &mut Run<'_>) -> anyhow::Result<u8> {
+    match command {
+        DnsCommand::Records => {
+            crate::dkim::ensure_keys(run.store())?;
+            write!(
+                run.out,
+                "{}",
+                crate::dkim::dns_records(run.loaded, run.store())?
+            )?;
+            Ok(0)
+        }
+    }
+}
+
 pub(super) fn health(run: &mut Run<'_>) -> anyhow::Result<u8> {
     let built;
     let info = match run.health {
