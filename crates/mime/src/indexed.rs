@@ -18,12 +18,13 @@ pub struct Indexed {
 impl Indexed {
     /// Parses `raw` once with each parser. Never fails; what does not parse is left out.
     pub fn of(raw: &[u8]) -> Indexed {
-        let structure = Structure::parse(raw, Limits::default());
         let parsed = MessageParser::default().parse(raw);
         let sent_at = parsed
             .as_ref()
             .and_then(|m| m.date().map(|d| d.to_timestamp()));
         let text = search::of_parsed(raw, parsed.as_ref());
+        drop(parsed);
+        let structure = Structure::parse(raw, Limits::default());
         Indexed {
             summary: Summary::of_parts(&structure, sent_at),
             structure,
@@ -38,7 +39,7 @@ impl Indexed {
 
     /// The search text as the store keeps it: lower-cased, for case-insensitive search.
     pub fn search_bytes(&self) -> Vec<u8> {
-        self.text.clone().lowercased().to_bytes()
+        self.text.to_lowercased().to_bytes()
     }
 }
 

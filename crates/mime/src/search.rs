@@ -18,11 +18,17 @@ pub struct SearchText {
 impl SearchText {
     /// The same text in lower case, as stored for case-insensitive search.
     pub fn lowercased(self) -> SearchText {
+        self.to_lowercased()
+    }
+
+    /// As `lowercased`, leaving this text as written (no copy of it first: lower-casing
+    /// makes the one copy).
+    pub fn to_lowercased(&self) -> SearchText {
         SearchText {
             headers: self
                 .headers
-                .into_iter()
-                .map(|(name, value)| (name, value.to_lowercase()))
+                .iter()
+                .map(|(name, value)| (name.clone(), value.to_lowercase()))
                 .collect(),
             body: self.body.to_lowercase(),
         }

@@ -522,7 +522,7 @@ fn deliver(
     audit: &AuditContext,
 ) -> Result<Option<QueueId>, StoreError> {
     let message_id = &analysed.message_id;
-    let search_text = analysed.text.clone().lowercased().to_bytes();
+    let search_text = analysed.text.to_lowercased().to_bytes();
     let message = NewMessage {
         raw,
         flags: Flags::new(),
