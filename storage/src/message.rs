@@ -600,21 +600,7 @@ impl Store {
     ) -> Result<Vec<u8>> {
         let crypto = self.account_crypto(account)?;
         let record = self.message_record(&crypto, account, mailbox, uid)?;
-        let key = keys::blob(account, &record.blob);
-        let Some(mut sealed) = self.inner.engine.get(Table::Texts, &key)? else {
-            return Ok(Vec::new());
-        };
-        let mut text = Vec::new();
-        let cipher = crypto.content.blob(&record.blob);
-        open_sealed(
-            &cipher,
-            TEXT_CHUNK,
-            &key,
-            &mut sealed,
-            &mut text,
-            SEARCH_TEXT_BYTES_MAX,
-        )?;
-        Ok(text)
+        self.blob_search_text(&crypto, account, &record.blob)
     }
 
     /// The search text of a body (lower-cased headers and text).
