@@ -193,41 +193,16 @@ impl Store {
                 reason: "BACKUP is written only by delivery",
             });
         }
-        let mut appended = self.deliver(account, &[mailbox], message)?;
-        appended
-            .pop()
-            .ok_or_else(|| Error::corrupt("delivery returned nothing"))
-    }
-
-    /// Delivers one message into several mailboxes of an account (for example INBOX and
-    /// BACKUP) as copies of one blob, in one atomic write. Returns once it is durable.
-    pub fn deliver(
-        &self,
-        account: AccountId,
-        mailboxes: &[MailboxId],
-        message: &NewMessage<'_>,
-    ) -> Result<Vec<Appended>> {
-        Ok(self.deliver_and_queue(account, mailboxes, message, None)?.0)
-    }
-
-    /// Delivers into mailboxes as `deliver` does and, in the same atomic write, queues the
-    /// message for outside recipients: the queue entry shares the copies' blob.
-    pub(crate) fn deliver_and_queue(
-        &self,
-        account: AccountId,
-        mailboxes: &[MailboxId],
-        message: &NewMessage<'_>,
-        outbound: Option<&crate::queue::Outbound>,
-    ) -> Result<(Vec<Appended>, Option<crate::queue::QueueId>)> {
         let target = Resolved {
             account,
-            mailboxes: mailboxes.to_vec(),
+            mailboxes: vec![mailbox],
             held: None,
             quota: QuotaRule::Fits,
-            outbound: outbound.cloned(),
+            outbound: None,
         };
         self.deliver_resolved(vec![target], message, &|_| Vec::new())?
             .pop()
+            .and_then(|(mut appended, _)| appended.pop())
             .ok_or_else(|| Error::corrupt("delivery returned nothing"))
     }
 
@@ -321,9 +296,6 @@ impl Store {
         if target.quota == QuotaRule::Exempt || target.mailboxes.is_empty() {
             return Ok(());
         }
-        let Some(limit) = self.quota(target.account)? else {
-            return Ok(());
-        };
         let backup = self
             .mailbox_by_special_use(target.account, SpecialUse::Backup)?
             .map(|m| m.id);
@@ -335,14 +307,30 @@ impl Store {
         if copies == 0 {
             return Ok(());
         }
-        let used = self.quota_usage(target.account)?;
-        let refused = match target.quota {
+        self.quota_allows(target.account, target.quota, size.saturating_mul(copies))
+    }
+
+    /// Refuses (`Error::OverQuota`) adding `added` bytes to the folders that count, by `rule`.
+    pub(crate) fn quota_allows(
+        &self,
+        account: AccountId,
+        rule: QuotaRule,
+        added: u64,
+    ) -> Result<()> {
+        if rule == QuotaRule::Exempt || added == 0 {
+            return Ok(());
+        }
+        let Some(limit) = self.quota(account)? else {
+            return Ok(());
+        };
+        let used = self.quota_usage(account)?;
+        let refused = match rule {
             QuotaRule::Room => used >= limit,
-            _ => used.saturating_add(size.saturating_mul(copies)) > limit,
+            _ => used.saturating_add(added) > limit,
         };
         if refused {
             return Err(Error::OverQuota {
-                account: target.account.0,
+                account: account.0,
                 used,
                 limit,
             });
@@ -814,7 +802,8 @@ impl Store {
     }
 
     /// Copies messages into another mailbox (IMAP COPY); the copies share the bodies.
-    /// Returns (source UID, new UID) pairs for COPYUID.
+    /// Returns (source UID, new UID) pairs for COPYUID. Copies must fit under the account's
+    /// quota, as an APPEND must (`Error::OverQuota`).
     pub fn copy_messages(
         &self,
         account: AccountId,
@@ -866,6 +855,11 @@ impl Store {
                 reason: "messages cannot be moved out of BACKUP",
             });
         }
+        let before = if from == to {
+            source.bytes
+        } else {
+            target.bytes
+        };
         let mut batch = Batch::default();
         let mut blobs = BlobChanges::default();
         let mut pairs = Vec::new();
@@ -895,6 +889,16 @@ impl Store {
         }
         if pairs.is_empty() {
             return Ok(pairs);
+        }
+        if !remove {
+            // A copy is the account's own act, as APPEND is: it must fit under the quota
+            // (a move changes no folder's total that counts; BACKUP is neither end of one).
+            let after = if from == to {
+                source.bytes
+            } else {
+                target.bytes
+            };
+            self.quota_allows(account, QuotaRule::Fits, after.saturating_sub(before))?;
         }
         blobs.stage(&crypto, account, &mut batch)?;
         self.stage_mailbox(&crypto, account, from, &source, &mut batch)?;

@@ -178,7 +178,8 @@ impl Store {
     }
 
     /// Releases a held message into the account's INBOX and BACKUP, byte for byte, in one
-    /// atomic write with its audit record.
+    /// atomic write with its audit record. An account at or over its quota refuses it
+    /// (`Error::OverQuota`), as it refuses new mail.
     pub fn release_quarantined(
         &self,
         account: AccountId,
@@ -186,6 +187,8 @@ impl Store {
         actor: &Actor,
     ) -> Result<()> {
         let record = self.quarantine_record(account, id)?;
+        // Mail from others, as when it arrived: an account at or over its quota takes it not.
+        self.quota_allows(account, crate::message::QuotaRule::Room, record.size)?;
         let crypto = self.account_crypto(account)?;
         let inbox = self
             .mailbox_by_name(account, "INBOX")?

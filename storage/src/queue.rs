@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::keys::{self, BlobId};
 use crate::mailbox::{open_record, seal_record};
 use crate::store::{AccountCrypto, Store};
-use crate::types::{AccountId, MailboxId, NewMessage};
+use crate::types::AccountId;
 
 /// The lock stripe slot that serialises changes to an account's queue entries (mailbox ids
 /// start at 1; 0 holds the account's counters).
@@ -203,19 +203,6 @@ pub(crate) fn stage_queue_entry(
 }
 
 impl Store {
-    /// Submission: the message goes into `mailboxes` of the submitting account (its BACKUP,
-    /// and INBOX when it wrote to itself) and, when `outbound` names outside recipients, into
-    /// the outbound queue, all in one atomic write sharing one blob. Returns once durable.
-    pub fn submit(
-        &self,
-        account: AccountId,
-        mailboxes: &[MailboxId],
-        message: &NewMessage<'_>,
-        outbound: Option<&Outbound>,
-    ) -> Result<(Vec<crate::Appended>, Option<QueueId>)> {
-        self.deliver_and_queue(account, mailboxes, message, outbound)
-    }
-
     /// Every queue entry, oldest account first. Entries of an account whose keys are gone
     /// cannot be there: deleting an account deletes its queue.
     pub fn queued(&self) -> Result<Vec<QueuedMessage>> {

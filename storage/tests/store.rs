@@ -514,7 +514,16 @@ fn new_accounts_get_the_default_mailboxes_and_backup_is_read_only() {
         summary: b"",
         search_text: b"",
     };
-    let delivered = store.deliver(account, &[inbox, backup], &new).unwrap();
+    let target = DeliveryTarget {
+        account,
+        placement: Placement::Inbox,
+        outbound: None,
+    };
+    let (delivered, _) = store
+        .deliver_all(&[target], &new, &|_| Vec::new())
+        .unwrap()
+        .remove(0);
+    assert_eq!(delivered[0].mailbox, inbox, "INBOX first, then BACKUP");
     assert_eq!(
         store.body_count(account).unwrap(),
         1,
@@ -1323,8 +1332,9 @@ fn queue_entries_record_each_recipient_and_go_with_their_last_pending_one() {
         search_text: b"",
     };
     let (_, id) = store
-        .submit(alice, &[backup], &new, Some(&outbound))
-        .unwrap();
+        .deliver_all(&[sent_by(alice, &outbound)], &new, &|_| Vec::new())
+        .unwrap()
+        .remove(0);
     let id = id.unwrap();
     let entry = store.queued().unwrap().remove(0);
     assert!(entry.pending());
@@ -1382,8 +1392,9 @@ fn queue_entries_record_each_recipient_and_go_with_their_last_pending_one() {
 
     // Deleting an entry is audited and frees its reference to the body.
     let (_, id) = store
-        .submit(alice, &[backup], &new, Some(&outbound))
-        .unwrap();
+        .deliver_all(&[sent_by(alice, &outbound)], &new, &|_| Vec::new())
+        .unwrap()
+        .remove(0);
     let before = store.audit_verify().unwrap().records_verified;
     store
         .queue_delete(alice, id.unwrap(), &Actor::cli())
@@ -1402,7 +1413,6 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
     let fx = Fixture::new();
     let store = fx.create();
     let alice = add_account(&store, "alice");
-    let backup = mailbox(&store, alice, "BACKUP");
     let raw = message(41, 30_000);
     let outbound = Outbound {
         from: "alice@clinic.example".into(),
@@ -1424,8 +1434,9 @@ fn pickups_are_found_by_token_only_hold_their_body_and_expire() {
         search_text: b"",
     };
     let (_, id) = store
-        .submit(alice, &[backup], &new, Some(&outbound))
-        .unwrap();
+        .deliver_all(&[sent_by(alice, &outbound)], &new, &|_| Vec::new())
+        .unwrap()
+        .remove(0);
     let id = id.unwrap();
     let token = "a".repeat(64);
     let recipient = format!("{MARKER}@elsewhere.example");
@@ -1591,7 +1602,6 @@ fn ended_pickups_are_forgotten_after_their_tombstone_time() {
     let fx = Fixture::new();
     let store = fx.create();
     let alice = add_account(&store, "alice");
-    let backup = mailbox(&store, alice, "BACKUP");
     let raw = message(42, 1_000);
     let outbound = Outbound {
         from: "alice@clinic.example".into(),
@@ -1609,8 +1619,9 @@ fn ended_pickups_are_forgotten_after_their_tombstone_time() {
         search_text: b"",
     };
     let (_, id) = store
-        .submit(alice, &[backup], &new, Some(&outbound))
-        .unwrap();
+        .deliver_all(&[sent_by(alice, &outbound)], &new, &|_| Vec::new())
+        .unwrap()
+        .remove(0);
     let token = "d".repeat(64);
     store
         .create_pickup(alice, id.unwrap(), "pat@elsewhere.example", &token, 1_000)
@@ -2144,4 +2155,55 @@ fn placements_are_filed_by_the_store_with_backup_and_quarantine_in_the_same_writ
     store
         .deliver_all(&[target(alice, Placement::Inbox)], &new, &|_| Vec::new())
         .unwrap();
+
+    // COPY is the account's own act, as APPEND is: refused past the quota, nothing written.
+    // MOVE changes no total that counts, so it goes on.
+    let alice_sent = mailbox(&store, alice, "Sent");
+    let (inbox_before, sent_before) = (count(alice, "INBOX"), count(alice, "Sent"));
+    assert!(matches!(
+        store.copy_messages(alice, alice_inbox, &[1], alice_sent),
+        Err(Error::OverQuota { .. })
+    ));
+    assert_eq!(
+        count(alice, "Sent"),
+        sent_before,
+        "a refused COPY writes nothing"
+    );
+    store
+        .move_messages(alice, alice_inbox, &[1], alice_sent)
+        .unwrap();
+    assert_eq!(
+        (count(alice, "INBOX"), count(alice, "Sent")),
+        (inbox_before - 1, sent_before + 1)
+    );
+    store.set_quota(alice, None, &Actor::cli()).unwrap();
+    store
+        .copy_messages(alice, alice_sent, &[sent_before as u32 + 1], alice_inbox)
+        .unwrap();
+
+    // Releasing a held message is mail from others arriving late: an account at its quota
+    // refuses it, and it stays held.
+    let carol_used = store.quota_usage(carol).unwrap();
+    store
+        .set_quota(carol, Some(carol_used), &Actor::cli())
+        .unwrap();
+    assert!(matches!(
+        store.release_quarantined(carol, &kept[0].id, &Actor::cli()),
+        Err(Error::OverQuota { .. })
+    ));
+    assert_eq!(store.quarantined(carol).unwrap().len(), 1, "still held");
+    store.set_quota(carol, None, &Actor::cli()).unwrap();
+    store
+        .release_quarantined(carol, &kept[0].id, &Actor::cli())
+        .unwrap();
+    assert_eq!((count(carol, "INBOX"), count(carol, "BACKUP")), (1, 1));
+}
+
+/// The sender's part of a submission: its BACKUP copy and the queue entry, as SMTP writes it.
+fn sent_by(account: sealpost_storage::AccountId, outbound: &Outbound) -> DeliveryTarget {
+    DeliveryTarget {
+        account,
+        placement: Placement::Sender { sent: false },
+        outbound: Some(outbound.clone()),
+    }
 }

@@ -57,9 +57,11 @@ ctx = ssl.create_default_context(cafile=os.environ['CAFILE'])
 m = imaplib.IMAP4_SSL('localhost', int(os.environ['IMAP_PORT']), ssl_context=ctx, timeout=30)
 m.login(os.environ['DOC'], os.environ['DOC_PASSWORD'])
 try:
-    print(m.append('INBOX', None, None, b'Subject: note\\r\\n\\r\\nA note.\\r\\n'))
+    appended = m.append('INBOX', None, None, b'Subject: note\\r\\n\\r\\nA note.\\r\\n')
 except imaplib.IMAP4.error as e:
-    print('NO', e)
+    appended = ('NO', str(e))
+m.select('INBOX')
+print('APPEND', appended, 'COPY', m.copy('1', 'INBOX'))
 `;
 
 function send(from, to) {
@@ -392,7 +394,7 @@ async function accounts(browser, page) {
   check((await send(process.env.DOC, "oncall@clinic.test")).startsWith("refused 550"), "the removed alias still reaches doc");
   report("aliases");
 
-  // A quota below what doc stores: SMTP answers 452 and IMAP APPEND NO [OVERQUOTA]; lifted,
+  // A quota below what doc stores: SMTP answers 452, IMAP APPEND and COPY NO [OVERQUOTA]; lifted,
   // mail flows again.
   await page.goto(docPage);
   await page.fill("#quota_mb", "0.0001");
@@ -402,7 +404,7 @@ async function accounts(browser, page) {
   check((await send(process.env.DOC, process.env.DOC)) === "refused 452", "mail to a full mailbox was not refused with 452");
   const appended = spawn("/usr/bin/python3", ["-c", APPEND], { env: process.env, stdio: ["ignore", "pipe", "inherit"] });
   const append = await lines(appended)(20000);
-  check(append && append.includes("OVERQUOTA"), `APPEND to a full mailbox: ${append}`);
+  check(append && /^APPEND \('NO'.*OVERQUOTA.* COPY \('NO'.*OVERQUOTA/.test(append), `APPEND and COPY in a full mailbox: ${append}`);
   await page.fill("#quota_mb", "");
   await Promise.all([page.waitForNavigation(), page.click("#quota-set button")]);
   check((await send(process.env.DOC, process.env.DOC)) === "sent", "mail after the quota was lifted was refused");

@@ -221,6 +221,9 @@ pub(crate) fn store_failure(error: &StoreError) -> String {
         StoreError::LimitExceeded { what, max, .. } => {
             format!("NO [LIMIT] {what} over the limit of {max}")
         }
+        StoreError::OverQuota { used, limit, .. } => format!(
+            "NO [OVERQUOTA] the mailbox is full ({used} of {limit} bytes used); delete or move some mail"
+        ),
         StoreError::InvalidInput { what } => format!("NO {what}"),
         other => {
             warn!(error = %other, "store error");
@@ -1282,12 +1285,12 @@ impl Session {
         })
         .await;
         match result {
-            Err(sealpost_storage::Error::OverQuota { used, limit, .. }) => self.no(
-                tag,
-                &format!("[OVERQUOTA] the mailbox is full ({used} of {limit} bytes used); delete or move some mail"),
-            ),
             Ok(appended) => {
-                if self.selected.as_ref().is_some_and(|s| s.id == appended.mailbox) {
+                if self
+                    .selected
+                    .as_ref()
+                    .is_some_and(|s| s.id == appended.mailbox)
+                {
                     self.announce_changes(false).await;
                 }
                 self.ok(

@@ -159,11 +159,6 @@ impl Web {
         recipient: &str,
         raw: &[u8],
     ) -> (String, PickupId, QueueId) {
-        let sent = self
-            .store
-            .mailbox_by_name(account, "Sent")
-            .unwrap()
-            .unwrap();
         let summary = sealpost_mime::Summary::of(raw).to_bytes();
         let new = NewMessage {
             raw,
@@ -184,8 +179,17 @@ impl Web {
         };
         let (_, queue) = self
             .store
-            .submit(account, &[sent.id], &new, Some(&outbound))
-            .unwrap();
+            .deliver_all(
+                &[sealpost_storage::DeliveryTarget {
+                    account,
+                    placement: sealpost_storage::Placement::Sender { sent: true },
+                    outbound: Some(outbound),
+                }],
+                &new,
+                &|_| Vec::new(),
+            )
+            .unwrap()
+            .remove(0);
         let queue = queue.unwrap();
         let token: String = rand::random::<[u8; 32]>()
             .iter()
