@@ -737,25 +737,31 @@ fn connections_past_the_per_address_limit_are_told_why_and_closed() {
     let data = DataDir::init("clinic.example");
     let config = data.path().join("sealpost.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    let limited: Vec<String> = text
+    // Written as earlier versions wrote it, in [limits]: still read, where it lives now
+    // ([imap] connections_per_address_max), and the log says so.
+    // (An earlier version's file has no [imap] section: its key there goes.)
+    assert!(text.contains("\n[limits]\n"), "{text}");
+    let earlier: Vec<&str> = text
         .lines()
-        .map(|l| {
-            if l.starts_with("imap_connections_per_address_max") {
-                "imap_connections_per_address_max = 2".to_string()
-            } else {
-                l.to_string()
-            }
-        })
+        .filter(|line| *line != "connections_per_address_max = 200")
         .collect();
-    assert_ne!(
-        limited.join("\n"),
-        text.trim_end(),
-        "init writes the limit into the configuration"
+    assert_eq!(earlier.len() + 1, text.lines().count(), "{text}");
+    let limited = earlier.join("\n").replacen(
+        "\n[limits]\n",
+        "\n[limits]\nimap_connections_per_address_max = 2\n",
+        1,
     );
-    std::fs::write(&config, limited.join("\n")).unwrap();
+    std::fs::write(&config, limited).unwrap();
     let mut server = Server::start(&["serve", "--data", &data.arg()]);
     assert!(
         server.wait_for("sealpost is running", Duration::from_secs(30)),
+        "{:?}",
+        server.seen
+    );
+    assert!(
+        server.seen.iter().any(|line| line.contains(
+            "[limits] imap_connections_per_address_max is read as [imap] connections_per_address_max"
+        )),
         "{:?}",
         server.seen
     );

@@ -142,6 +142,31 @@ impl DataDir {
         std::fs::write(&path, edit(&config)).unwrap();
     }
 
+    /// Sets keys of `sealpost.toml`, each named `section.key`; each must be in the file
+    /// `init` wrote (a misspelt key fails here, not silently).
+    pub fn set(&self, settings: &[(&str, &str)]) {
+        let path = self.path().join("sealpost.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut file: toml::Table = toml::from_str(&text).unwrap();
+        for (name, value) in settings {
+            let (section, key) = name.split_once('.').unwrap();
+            let table = file
+                .get_mut(section)
+                .and_then(toml::Value::as_table_mut)
+                .unwrap_or_else(|| panic!("no [{section}] in sealpost.toml:\n{text}"));
+            assert!(
+                table.contains_key(key),
+                "{name} is not in sealpost.toml:\n{text}"
+            );
+            let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .unwrap()
+                .remove("v")
+                .unwrap();
+            table.insert(key.to_string(), value);
+        }
+        std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    }
+
     /// Starts `sealpost serve` on this folder and waits until it runs.
     pub fn serve(&self) -> Server {
         let mut server = Server::start(&["serve", "--data", &self.arg()]);

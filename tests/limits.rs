@@ -21,21 +21,10 @@ const PASSWORD: &str = "limits-test-pw";
 /// How long a test waits for the server to do what a bound says, at most.
 const WAIT: Duration = Duration::from_secs(6);
 
-/// A data folder whose `[limits]` keys are set as given (each key is in the file `init`
-/// wrote, so it is replaced in place).
-fn data_with(limits: &[(&str, &str)]) -> DataDir {
+/// A data folder whose keys (`section.key`) are set as given.
+fn data_with(settings: &[(&str, &str)]) -> DataDir {
     let data = DataDir::init_with("limits.test", &["--hostname", "localhost"]);
-    data.configure(|config| {
-        let mut lines: Vec<String> = config.lines().map(str::to_string).collect();
-        for (key, value) in limits {
-            let at = lines
-                .iter()
-                .position(|line| line.split('=').next().map(str::trim) == Some(key))
-                .unwrap_or_else(|| panic!("{key} is not in sealpost.toml:\n{config}"));
-            lines[at] = format!("{key} = {value}");
-        }
-        lines.join("\n") + "\n"
-    });
+    data.set(settings);
     data.add_accounts(&["user@limits.test"], PASSWORD);
     data
 }
@@ -106,7 +95,7 @@ fn probe(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn a_stalled_tls_handshake_is_dropped_on_every_listener() {
-    let data = data_with(&[("tls_handshake_ms_max", "500")]);
+    let data = data_with(&[("limits.tls_handshake_ms_max", "500")]);
     let _server = data.serve();
     let base = data.port_base;
     // Implicit TLS: the client connects and never says hello.
@@ -159,7 +148,10 @@ fn a_stalled_tls_handshake_is_dropped_on_every_listener() {
 
 #[test]
 fn a_stranger_trickling_bytes_is_closed_at_the_prelogin_deadline() {
-    let data = data_with(&[("prelogin_idle_ms_max", "1000")]);
+    let data = data_with(&[
+        ("imap.prelogin_idle_ms_max", "1000"),
+        ("smtp.prelogin_idle_ms_max", "1000"),
+    ]);
     let _server = data.serve();
     let base = data.port_base;
     // A byte every 100 ms: the connection is never silent, and never sends a whole command.
@@ -216,7 +208,10 @@ fn a_stranger_trickling_bytes_is_closed_at_the_prelogin_deadline() {
 
 #[test]
 fn an_smtp_client_that_never_reads_its_replies_is_closed_and_a_silent_one_may_wait() {
-    let data = data_with(&[("prelogin_idle_ms_max", "1000")]);
+    let data = data_with(&[
+        ("imap.prelogin_idle_ms_max", "1000"),
+        ("smtp.prelogin_idle_ms_max", "1000"),
+    ]);
     let _server = data.serve();
     let base = data.port_base;
     for port in [base + 25, base + 587] {
@@ -295,9 +290,9 @@ fn a_big_literal_before_login_is_refused_without_a_continuation() {
 #[test]
 fn every_listener_refuses_politely_past_its_connection_cap() {
     let data = data_with(&[
-        ("imap_connections_max", "2"),
-        ("smtp_connections_max", "2"),
-        ("web_connections_max", "2"),
+        ("imap.connections_max", "2"),
+        ("smtp.connections_max", "2"),
+        ("limits.web_connections_max", "2"),
     ]);
     let _server = data.serve();
     let base = data.port_base;
@@ -387,8 +382,8 @@ fn every_listener_refuses_politely_past_its_connection_cap() {
 #[test]
 fn the_web_bounds_a_slow_header_and_an_idle_connection() {
     let data = data_with(&[
-        ("http_header_read_ms_max", "1000"),
-        ("http_idle_ms_max", "1500"),
+        ("limits.http_header_read_ms_max", "1000"),
+        ("limits.http_idle_ms_max", "1500"),
     ]);
     let _server = data.serve();
     let port = (data.port_base + 443).to_string();
@@ -423,7 +418,7 @@ fn the_web_bounds_a_slow_header_and_an_idle_connection() {
 
 #[test]
 fn a_burst_of_logins_past_the_hashing_queue_is_refused_at_once() {
-    let data = data_with(&[("password_hash_queue_max", "0")]);
+    let data = data_with(&[("limits.password_hash_queue_max", "0")]);
     let _server = data.serve();
     let base = data.port_base;
     let burst = probe(&[

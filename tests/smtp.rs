@@ -194,17 +194,7 @@ fn mail_acknowledged_before_a_crash_is_there_after_it() {
 fn connections_per_address_are_limited_with_a_421() {
     use std::io::{BufRead, BufReader};
     let data = DataDir::init_with("harness.test", &["--hostname", "localhost"]);
-    let config_path = data.path().join("sealpost.toml");
-    let config = std::fs::read_to_string(&config_path).unwrap();
-    assert!(
-        config.contains("smtp_connections_per_address_max = 50"),
-        "{config}"
-    );
-    let config = config.replace(
-        "smtp_connections_per_address_max = 50",
-        "smtp_connections_per_address_max = 2",
-    );
-    std::fs::write(&config_path, config).unwrap();
+    data.set(&[("smtp.connections_per_address_max", "2")]);
     let mut server = data.serve();
     let port = data.port_base + 25;
     let greeting = |stream: &std::net::TcpStream| {

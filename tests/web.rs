@@ -214,12 +214,7 @@ fn failed_sign_ins_lock_the_account_on_the_web_and_imap_until_an_admin_lifts_it(
     let data = DataDir::init_with("clinic.test", &["--hostname", "localhost"]);
     // The account password opens IMAP here (no second factor required), so that IMAP shows
     // the lockout the web's failures caused.
-    data.configure(|config| {
-        config.replace(
-            "login_failures_per_account_max = 10",
-            "login_failures_per_account_max = 3",
-        )
-    });
+    data.set(&[("auth.failures_per_account_max", "3")]);
     data.add_accounts(&["alice@clinic.test"], PASSWORD);
     common::sealpost_ok(
         &[

@@ -22,19 +22,25 @@ pub(crate) struct Config {
     /// delivers to both, and both may send as it.
     #[serde(default)]
     pub(crate) aliases: std::collections::BTreeMap<String, Vec<String>>,
+    /// IMAP sessions and their listeners' bounds.
     #[serde(default)]
-    pub(crate) smtp: SmtpSection,
+    pub(crate) imap: sealpost_imap::ImapConfig,
+    /// SMTP sessions, inbound checks and their listeners' bounds.
     #[serde(default)]
-    pub(crate) outbound: OutboundSection,
-    /// Who must show what to sign in: a second factor for everyone (then mail clients use
-    /// app passwords), passkeys for staff.
+    pub(crate) smtp: sealpost_smtp::SmtpConfig,
+    /// Delivery to other servers and the pickup portal's notices.
     #[serde(default)]
-    pub(crate) auth: sealpost_auth::AuthPolicy,
+    pub(crate) outbound: sealpost_smtp::OutboundConfig,
+    /// Sign-in settings (version 0 of the policy's): who must show what (a second factor for
+    /// everyone, then mail clients use app passwords; passkeys for staff), how long web
+    /// sessions last, and when failures lock a client out.
+    #[serde(default)]
+    pub(crate) auth: sealpost_auth::SignInSettings,
     #[serde(default)]
     pub(crate) web: WebSection,
     /// Admin rules per domain or address, content rules, barred accounts, retention rules:
-    /// version 0 of the policy. Its sign-in and portal settings come from `[auth]`,
-    /// `[limits]` and `[outbound]` here (so they are not written under `[policy]`).
+    /// version 0 of the policy. Its sign-in and portal settings come from `[auth]` and
+    /// `[outbound]` here (so they are not written under `[policy]`).
     #[serde(default, serialize_with = "without_console_settings")]
     pub(crate) policy: sealpost_policy::PolicyConfig,
     #[serde(default)]
@@ -134,79 +140,6 @@ impl Default for WebSection {
     }
 }
 
-/// Delivery to other servers.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct OutboundSection {
-    /// The port receiving servers listen on.
-    pub(crate) port: u16,
-    /// PEM files of the certificate authorities a receiving server's certificate may chain
-    /// to: the system's bundle, plus any a site adds for its partners' private CAs.
-    pub(crate) ca_files: Vec<PathBuf>,
-    /// The first retry after a temporary failure, in ms; each next one waits twice as long.
-    pub(crate) retry_first_ms: u64,
-    /// The longest wait between two attempts, in ms.
-    pub(crate) retry_max_ms: u64,
-    /// How long a message may wait for delivery before it fails and bounces, in ms.
-    pub(crate) retry_window_ms: u64,
-    /// The organisation's name in pickup notices (default: the primary domain).
-    pub(crate) organisation: String,
-    /// The subject of pickup notices; no patient information belongs here.
-    pub(crate) notice_subject: String,
-    /// How long a pickup link works, in ms.
-    pub(crate) pickup_ttl_ms: u64,
-    /// Relay all outside mail through this host (`"relay.example:587"`), verified TLS only;
-    /// empty: deliver to each recipient's MX.
-    pub(crate) smarthost: String,
-    /// Connections open at once to one recipient domain (or the smarthost).
-    pub(crate) connections_per_domain_max: usize,
-    /// The HTTPS port MTA-STS policies are fetched from.
-    pub(crate) mta_sts_port: u16,
-    /// Honour DANE TLSA records: takes effect when `[smtp] dns_servers` (or the system's
-    /// resolvers) are on this machine and validate DNSSEC, as a local unbound does.
-    pub(crate) dane: bool,
-}
-
-impl Default for OutboundSection {
-    fn default() -> Self {
-        let defaults = sealpost_smtp::OutboundConfig::default();
-        Self {
-            port: defaults.port,
-            ca_files: vec![PathBuf::from("/etc/ssl/certs/ca-certificates.crt")],
-            retry_first_ms: defaults.retry_first_ms,
-            retry_max_ms: defaults.retry_max_ms,
-            retry_window_ms: defaults.retry_window_ms,
-            organisation: String::new(),
-            notice_subject: defaults.notice_subject,
-            pickup_ttl_ms: defaults.pickup_ttl_ms,
-            smarthost: String::new(),
-            connections_per_domain_max: defaults.connections_per_domain_max,
-            mta_sts_port: defaults.mta_sts_port,
-            dane: defaults.dane,
-        }
-    }
-}
-
-/// Inbound mail checks.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct SmtpSection {
-    /// DNS servers for SPF, DKIM and DMARC lookups (`"192.0.2.53:53"`); empty: the system's
-    /// (/etc/resolv.conf).
-    pub(crate) dns_servers: Vec<std::net::SocketAddr>,
-    /// Refuse inbound mail that fails DMARC when its domain publishes p=reject.
-    pub(crate) reject_dmarc_reject: bool,
-}
-
-impl Default for SmtpSection {
-    fn default() -> Self {
-        Self {
-            dns_servers: Vec::new(),
-            reject_dmarc_reject: true,
-        }
-    }
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServerSection {
@@ -279,64 +212,22 @@ impl ListenersSection {
     }
 }
 
-/// Bounds, each named with its unit. Any left out keep their defaults.
+/// Bounds of the store and the web, each named with its unit. Any left out keep their
+/// defaults. IMAP's and SMTP's are in `[imap]` and `[smtp]`, the lockout's in `[auth]`; their
+/// old keys here are still read (`MOVED_LIMITS`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct LimitsSection {
     pub(crate) message_bytes_max: u64,
     pub(crate) mailboxes_per_account_max: u32,
     pub(crate) mailbox_name_bytes_max: usize,
-    /// Connections one client address may hold open on one IMAP listener.
-    pub(crate) imap_connections_per_address_max: usize,
-    /// Longest IMAP command line, in bytes.
-    pub(crate) imap_line_bytes_max: usize,
-    /// An IMAP session silent this long is closed.
-    pub(crate) imap_idle_timeout_ms: u64,
-    /// IMAP commands a session may send per second; past it the session is paced.
-    pub(crate) imap_commands_per_second_max: u32,
-    /// A session paced this long in a row gets NO [LIMIT] past the rate, in milliseconds.
-    pub(crate) imap_commands_paced_ms_max: u64,
-    /// Failed logins on one connection before it is closed.
-    pub(crate) imap_login_failures_per_connection_max: u32,
-    /// IMAP sessions one account may have open at once.
-    pub(crate) imap_sessions_per_account_max: usize,
-    /// Failed logins from one address (within 15 minutes) before it is locked out.
-    pub(crate) login_failures_per_address_max: u32,
-    /// Failed logins for one account (within 15 minutes) before it is locked out.
-    pub(crate) login_failures_per_account_max: u32,
-    /// How long failures are remembered and a lockout lasts, in milliseconds (15 minutes).
-    pub(crate) login_failure_window_ms: u64,
-    /// Connections one client address may hold open on one SMTP listener.
-    pub(crate) smtp_connections_per_address_max: usize,
-    /// Recipients one message may have.
-    pub(crate) smtp_recipients_per_message_max: usize,
-    /// Longest SMTP command line, in bytes.
-    pub(crate) smtp_line_bytes_max: usize,
-    /// Error replies one SMTP session may cause before it is closed.
-    pub(crate) smtp_errors_per_session_max: u32,
-    /// Messages one account may submit per hour.
-    pub(crate) smtp_messages_per_hour_per_account_max: u32,
-    /// An SMTP client silent this long is disconnected, in milliseconds.
-    pub(crate) smtp_command_timeout_ms: u64,
-    /// Failed AUTH attempts on one SMTP connection before it is closed.
-    pub(crate) smtp_auth_failures_per_connection_max: u32,
     /// Connections one client address may hold open on the HTTPS listener.
     pub(crate) web_connections_per_address_max: usize,
-    /// Connections each IMAP listener holds open at once, from everyone; past it a client is
-    /// told `* BYE [UNAVAILABLE]` and closed.
-    pub(crate) imap_connections_max: usize,
-    /// Connections each SMTP listener holds open at once; past it, `421 4.7.0`.
-    pub(crate) smtp_connections_max: usize,
     /// Connections the HTTPS listener holds open at once; past it, `503`.
     pub(crate) web_connections_max: usize,
     /// A TLS handshake (implicit TLS, or after STARTTLS) not finished within this long is
     /// dropped, in milliseconds.
     pub(crate) tls_handshake_ms_max: u64,
-    /// Before an IMAP login, or an SMTP AUTH or MAIL, each command must arrive whole within
-    /// this long, or the connection is closed, in milliseconds.
-    pub(crate) prelogin_idle_ms_max: u64,
-    /// Largest IMAP literal before login, in bytes.
-    pub(crate) prelogin_literal_bytes_max: u64,
     /// A web request's header must arrive whole within this long (also the longest an idle
     /// HTTP/1.1 keep-alive connection waits for its next request), in milliseconds.
     pub(crate) http_header_read_ms_max: u64,
@@ -351,46 +242,124 @@ pub(crate) struct LimitsSection {
 impl Default for LimitsSection {
     fn default() -> Self {
         let store = sealpost_storage::StoreLimits::default();
-        let imap = sealpost_imap::ImapConfig::default();
-        let login = sealpost_imap::LoginLimits::default();
-        let smtp = sealpost_smtp::SmtpConfig::default();
         let web = sealpost_webmail::HttpLimits::default();
         Self {
             message_bytes_max: store.message_bytes_max,
             mailboxes_per_account_max: store.mailboxes_per_account_max,
             mailbox_name_bytes_max: store.mailbox_name_bytes_max,
-            // A clinic behind one NAT address runs many clients, each with several connections.
-            imap_connections_per_address_max: 200,
-            imap_line_bytes_max: imap.line_bytes_max,
-            imap_idle_timeout_ms: imap.idle_timeout_ms,
-            imap_commands_per_second_max: imap.commands_per_second_max,
-            imap_commands_paced_ms_max: imap.commands_paced_ms_max,
-            imap_login_failures_per_connection_max: imap.login_failures_per_connection_max,
-            imap_sessions_per_account_max: login.sessions_per_account_max,
-            login_failures_per_address_max: login.failures_per_address_max,
-            login_failures_per_account_max: login.failures_per_account_max,
-            login_failure_window_ms: login.failure_window_ms,
-            smtp_connections_per_address_max: 50,
-            smtp_recipients_per_message_max: smtp.recipients_per_message_max,
-            smtp_line_bytes_max: smtp.line_bytes_max,
-            smtp_errors_per_session_max: smtp.errors_per_session_max,
-            smtp_messages_per_hour_per_account_max: smtp.messages_per_hour_per_account_max,
-            smtp_command_timeout_ms: smtp.command_timeout_ms,
-            smtp_auth_failures_per_connection_max: smtp.auth_failures_per_connection_max,
             // Browsers open six or so per site; a clinic behind one NAT address has many.
             web_connections_per_address_max: 200,
-            // An idle IMAP session holds about 17 KiB: 5,000 on a listener is ~85 MiB.
-            imap_connections_max: 5_000,
-            smtp_connections_max: 1_000,
             web_connections_max: 2_000,
             tls_handshake_ms_max: 10_000,
-            prelogin_idle_ms_max: imap.prelogin_idle_ms_max,
-            prelogin_literal_bytes_max: imap.prelogin_literal_bytes_max,
             http_header_read_ms_max: web.header_read_ms_max,
             http_idle_ms_max: web.idle_ms_max,
             password_hash_queue_max: sealpost_auth::PASSWORD_HASH_QUEUE_MAX,
         }
     }
+}
+
+/// `[limits]` keys of earlier versions and where they live now (`section`, `key`); a file
+/// that has them is read as if they were there, and the server says so at start.
+const MOVED_LIMITS: &[(&str, &[(&str, &str)])] = &[
+    ("imap_line_bytes_max", &[("imap", "line_bytes_max")]),
+    ("imap_idle_timeout_ms", &[("imap", "idle_timeout_ms")]),
+    (
+        "imap_commands_per_second_max",
+        &[("imap", "commands_per_second_max")],
+    ),
+    (
+        "imap_commands_paced_ms_max",
+        &[("imap", "commands_paced_ms_max")],
+    ),
+    (
+        "imap_login_failures_per_connection_max",
+        &[("imap", "login_failures_per_connection_max")],
+    ),
+    (
+        "imap_sessions_per_account_max",
+        &[("imap", "sessions_per_account_max")],
+    ),
+    (
+        "imap_connections_per_address_max",
+        &[("imap", "connections_per_address_max")],
+    ),
+    ("imap_connections_max", &[("imap", "connections_max")]),
+    (
+        "prelogin_literal_bytes_max",
+        &[("imap", "prelogin_literal_bytes_max")],
+    ),
+    (
+        "prelogin_idle_ms_max",
+        &[
+            ("imap", "prelogin_idle_ms_max"),
+            ("smtp", "prelogin_idle_ms_max"),
+        ],
+    ),
+    (
+        "smtp_connections_per_address_max",
+        &[("smtp", "connections_per_address_max")],
+    ),
+    ("smtp_connections_max", &[("smtp", "connections_max")]),
+    (
+        "smtp_recipients_per_message_max",
+        &[("smtp", "recipients_per_message_max")],
+    ),
+    ("smtp_line_bytes_max", &[("smtp", "line_bytes_max")]),
+    (
+        "smtp_errors_per_session_max",
+        &[("smtp", "errors_per_session_max")],
+    ),
+    (
+        "smtp_messages_per_hour_per_account_max",
+        &[("smtp", "messages_per_hour_per_account_max")],
+    ),
+    ("smtp_command_timeout_ms", &[("smtp", "command_timeout_ms")]),
+    (
+        "smtp_auth_failures_per_connection_max",
+        &[("smtp", "auth_failures_per_connection_max")],
+    ),
+    (
+        "login_failures_per_address_max",
+        &[("auth", "failures_per_address_max")],
+    ),
+    (
+        "login_failures_per_account_max",
+        &[("auth", "failures_per_account_max")],
+    ),
+    ("login_failure_window_ms", &[("auth", "failure_window_ms")]),
+];
+
+/// Moves the `[limits]` keys of earlier versions to where they live now. Returns a line for
+/// each key moved, for the log; a key given both ways is an error naming both.
+fn carry_over_limits(file: &mut toml::Table) -> anyhow::Result<Vec<String>> {
+    let mut moved = Vec::new();
+    let Some(limits) = file.get_mut("limits").and_then(toml::Value::as_table_mut) else {
+        return Ok(moved);
+    };
+    let mut taken = Vec::new();
+    for (old, places) in MOVED_LIMITS {
+        if let Some(value) = limits.remove(*old) {
+            taken.push((*old, *places, value));
+        }
+    }
+    for (old, places, value) in taken {
+        for (section, key) in places {
+            let table = file
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(table) = table.as_table_mut() else {
+                bail!("{section}: is not a table");
+            };
+            if table.contains_key(*key) {
+                bail!("limits.{old} and {section}.{key} are the same setting: keep {section}.{key} only");
+            }
+            table.insert(key.to_string(), value.clone());
+            moved.push(format!(
+                "[limits] {old} is read as [{section}] {key}: move it there"
+            ));
+        }
+    }
+    Ok(moved)
 }
 
 /// A loaded configuration and the folder its relative paths start from.
@@ -399,6 +368,8 @@ pub(crate) struct Loaded {
     pub(crate) config: Config,
     pub(crate) file: PathBuf,
     base: PathBuf,
+    /// Keys of earlier versions read where they live now, one line each for the log.
+    pub(crate) moved: Vec<String>,
 }
 
 impl Loaded {
@@ -414,14 +385,15 @@ impl Loaded {
                 file.display()
             )
         })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e))?;
+        let (config, moved) =
+            parse(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
         validate(&config).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Self {
             config,
             file: file.to_path_buf(),
             base,
+            moved,
         })
     }
 
@@ -445,8 +417,20 @@ impl Loaded {
     }
 }
 
+/// The configuration in `text`, with the keys of earlier versions moved (and the lines that
+/// say so). A file without them is parsed straight from the text, so that an error names its
+/// line.
+fn parse(text: &str) -> anyhow::Result<(Config, Vec<String>)> {
+    let mut table: toml::Table = toml::from_str(text)?;
+    let moved = carry_over_limits(&mut table)?;
+    if moved.is_empty() {
+        return Ok((toml::from_str(text)?, moved));
+    }
+    Ok((Config::deserialize(toml::Value::Table(table))?, moved))
+}
+
 /// `[policy]` as written to sealpost.toml: without `sign_in` and `portal`, which version 0
-/// takes from `[auth]`, `[limits]` and `[outbound]`.
+/// takes from `[auth]` and `[outbound]`.
 fn without_console_settings<S: serde::Serializer>(
     policy: &sealpost_policy::PolicyConfig,
     serializer: S,
@@ -464,8 +448,8 @@ fn validate(config: &Config) -> anyhow::Result<()> {
         || config.policy.portal != sealpost_policy::PortalSettings::default()
     {
         bail!(
-            "[policy.sign_in] and [policy.portal] are not read from this file: set second factors in [auth], \
-             lockout counters in [limits], the pickup link lifetime in [outbound] pickup_ttl_ms \
+            "[policy.sign_in] and [policy.portal] are not read from this file: set sign-in settings \
+             in [auth], the pickup link lifetime in [outbound] pickup_ttl_ms \
              (or save a policy version in the console or with sealpost policy set)"
         );
     }
@@ -491,6 +475,13 @@ fn validate(config: &Config) -> anyhow::Result<()> {
             bail!("listeners.{name}: port {port} is also given to listeners.{other}");
         }
     }
+    config.imap.check().map_err(|e| e.in_section("imap"))?;
+    config.smtp.check().map_err(|e| e.in_section("smtp"))?;
+    config
+        .outbound
+        .check()
+        .map_err(|e| e.in_section("outbound"))?;
+    config.auth.check().map_err(|e| e.in_section("auth"))?;
     let limits = &config.limits;
     if limits.message_bytes_max < 1024 {
         bail!(
@@ -498,85 +489,22 @@ fn validate(config: &Config) -> anyhow::Result<()> {
             limits.message_bytes_max
         );
     }
-    if limits.imap_line_bytes_max < 1024 {
-        bail!(
-            "limits.imap_line_bytes_max: {} is below 1024 bytes",
-            limits.imap_line_bytes_max
-        );
-    }
-    if limits.imap_idle_timeout_ms < 60_000 {
-        bail!(
-            "limits.imap_idle_timeout_ms: {} is below one minute",
-            limits.imap_idle_timeout_ms
-        );
-    }
-    if limits.imap_connections_per_address_max == 0 || limits.imap_commands_per_second_max == 0 {
-        bail!("limits: imap_connections_per_address_max and imap_commands_per_second_max must be at least 1");
-    }
-    if limits.smtp_line_bytes_max < 512 {
-        bail!(
-            "limits.smtp_line_bytes_max: {} is below the 512 bytes RFC 5321 requires",
-            limits.smtp_line_bytes_max
-        );
-    }
-    if limits.smtp_connections_per_address_max == 0
-        || limits.smtp_recipients_per_message_max == 0
-        || limits.smtp_errors_per_session_max == 0
-        || limits.smtp_auth_failures_per_connection_max == 0
-    {
-        bail!(
-            "limits: smtp_connections_per_address_max, smtp_recipients_per_message_max, \
-             smtp_errors_per_session_max and smtp_auth_failures_per_connection_max must be at least 1"
-        );
-    }
-    if limits.smtp_command_timeout_ms < 10_000 {
-        bail!(
-            "limits.smtp_command_timeout_ms: {} is below ten seconds",
-            limits.smtp_command_timeout_ms
-        );
-    }
-    if config.outbound.connections_per_domain_max == 0 {
-        bail!("outbound.connections_per_domain_max: must be at least 1");
-    }
-    if !config.outbound.smarthost.is_empty() {
-        let port = config
-            .outbound
-            .smarthost
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok());
-        if port.is_none_or(|p| p == 0) {
-            bail!(
-                "outbound.smarthost: {:?} is not host:port",
-                config.outbound.smarthost
-            );
-        }
-    }
     for (alias, targets) in &config.aliases {
         if !alias.contains('@') || targets.is_empty() || targets.iter().any(|t| !t.contains('@')) {
             bail!("aliases.{alias:?}: an alias is an address with a list of one or more account addresses");
         }
     }
-    if limits.imap_connections_max == 0
-        || limits.smtp_connections_max == 0
-        || limits.web_connections_max == 0
-    {
-        bail!("limits: imap_connections_max, smtp_connections_max and web_connections_max must be at least 1");
+    if limits.web_connections_max == 0 || limits.web_connections_per_address_max == 0 {
+        bail!("limits: web_connections_max and web_connections_per_address_max must be at least 1");
     }
     for (name, value) in [
         ("tls_handshake_ms_max", limits.tls_handshake_ms_max),
-        ("prelogin_idle_ms_max", limits.prelogin_idle_ms_max),
         ("http_header_read_ms_max", limits.http_header_read_ms_max),
         ("http_idle_ms_max", limits.http_idle_ms_max),
     ] {
         if value < 100 {
             bail!("limits.{name}: {value} is below 100 milliseconds");
         }
-    }
-    if limits.prelogin_literal_bytes_max < 1024 {
-        bail!(
-            "limits.prelogin_literal_bytes_max: {} is below 1024 bytes (a LOGIN with literals needs a few hundred)",
-            limits.prelogin_literal_bytes_max
-        );
     }
     if limits.mailboxes_per_account_max < 7 {
         bail!("limits.mailboxes_per_account_max: must be at least 7 (the default mailboxes)");
@@ -655,7 +583,78 @@ https = 443
         check(
             "https = 443",
             "https = 443\n[limits]\nweb_connections_max = 0",
-            "web_connections_max must be at least 1",
+            "web_connections_max and web_connections_per_address_max must be at least 1",
         );
+        // Each crate's section is its own config type, with its own checks.
+        check(
+            "https = 443",
+            "https = 443\n[imap]\nline_bytes_max = 10",
+            "imap.line_bytes_max: 10 is below 1024",
+        );
+        check(
+            "https = 443",
+            "https = 443\n[smtp]\nline_bytes_max = 100",
+            "smtp.line_bytes_max: 100 is below 512",
+        );
+        check(
+            "https = 443",
+            "https = 443\n[imap]\nline_byte_max = 2000",
+            "unknown field `line_byte_max`",
+        );
+        check(
+            "https = 443",
+            "https = 443\n[outbound]\nsmarthost = \"relay.example\"",
+            "\"relay.example\" is not host:port",
+        );
+        check(
+            "https = 443",
+            "https = 443\n[auth]\nfailures_per_account_max = 0",
+            "auth.failures_per_account_max = 0 is outside 1..=10000",
+        );
+        // The [limits] keys of earlier versions are still read, where they live now; given
+        // both ways, the file is refused.
+        check(
+            "https = 443",
+            "https = 443\n[limits]\nimap_line_bytes_max = 10",
+            "imap.line_bytes_max: 10 is below 1024",
+        );
+        check(
+            "https = 443",
+            "https = 443\n[limits]\nsmtp_line_bytes_max = 600\n[smtp]\nline_bytes_max = 700",
+            "limits.smtp_line_bytes_max and smtp.line_bytes_max are the same setting",
+        );
+    }
+
+    #[test]
+    fn the_limits_keys_of_earlier_versions_are_read_where_they_live_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(CONFIG_FILE);
+        let old = "\n[limits]\nimap_connections_max = 7\nprelogin_idle_ms_max = 1500\n\
+                   login_failures_per_account_max = 4\nsmtp_line_bytes_max = 1000\n\
+                   message_bytes_max = 2000000\n";
+        std::fs::write(&file, format!("{GOOD}{old}")).unwrap();
+        let loaded = Loaded::from_file(&file).unwrap();
+        let config = &loaded.config;
+        assert_eq!(config.imap.connections_max, 7);
+        assert_eq!(config.imap.prelogin_idle_ms_max, 1500);
+        assert_eq!(config.smtp.prelogin_idle_ms_max, 1500);
+        assert_eq!(config.auth.failures_per_account_max, 4);
+        assert_eq!(config.smtp.line_bytes_max, 1000);
+        assert_eq!(
+            config.limits.message_bytes_max, 2_000_000,
+            "still a [limits] key"
+        );
+        assert_eq!(loaded.moved.len(), 5, "{:?}", loaded.moved);
+        assert!(loaded.moved.contains(
+            &"[limits] imap_connections_max is read as [imap] connections_max: move it there"
+                .to_string()
+        ));
+        // What `init` writes today has none of them.
+        let written = toml::to_string(config).unwrap();
+        assert!(!written.contains("imap_connections_max"), "{written}");
+        std::fs::write(&file, written).unwrap();
+        let again = Loaded::from_file(&file).unwrap();
+        assert!(again.moved.is_empty());
+        assert_eq!(again.config.imap.connections_max, 7);
     }
 }

@@ -100,6 +100,7 @@ fn init(args: &InitArgs, data: &Path) -> anyhow::Result<Initialised> {
         listeners: ListenersSection::with_base(args.port_base)?,
         limits: Default::default(),
         aliases: Default::default(),
+        imap: Default::default(),
         smtp: Default::default(),
         outbound: Default::default(),
         policy: Default::default(),

@@ -83,6 +83,9 @@ async fn serve(data: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     .await
     .context("opening the store")?;
     let (loaded, store) = opened?;
+    for moved in &loaded.moved {
+        warn!("{}: {moved}", loaded.file.display());
+    }
     info!(
         domain = %loaded.config.server.domain,
         store = %loaded.path(&loaded.config.paths.store).display(),
@@ -131,12 +134,10 @@ impl Server {
         // One mail-login gate for IMAP and SMTP: limits on login failures span every listener.
         let logins = MailLogins::new(
             LoginLimits {
-                sessions_per_account_max: limits.imap_sessions_per_account_max,
-                failures_per_address_max: limits.login_failures_per_address_max,
-                failures_per_account_max: limits.login_failures_per_account_max,
-                failure_window_ms: limits.login_failure_window_ms,
+                sessions_per_account_max: cfg.imap.sessions_per_account_max,
                 ..LoginLimits::default()
             },
+            // The policy in force replaces these at once (below), and again whenever it does.
             cfg.auth.clone(),
             &cfg.server.hostname,
             // The console crate builds the new-network notice; the gate only calls it.
@@ -160,14 +161,10 @@ impl Server {
             sealpost_policy::LivePolicy::new(load_policy(&version_zero(cfg), &store).await?);
         // The sign-in and portal settings of the policy in force reach IMAP, SMTP and the queue.
         {
-            let (logins, outbound, base) =
-                (logins.clone(), outbound.clone(), logins.lockout().limits());
+            let (logins, outbound) = (logins.clone(), outbound.clone());
             rules.watch(Box::new(move |policy| {
                 let config = policy.config();
-                logins.set_policy(
-                    sealpost_console::auth_policy(&config.sign_in),
-                    sealpost_console::login_limits(&config.sign_in, base.clone()),
-                );
+                logins.set_settings(config.sign_in.clone());
                 outbound.set_pickup_ttl_ms(config.portal.pickup_ttl_ms);
             }));
         }
@@ -227,59 +224,32 @@ impl Server {
     }
 }
 
-/// `[limits]`'s IMAP keys as the IMAP crate takes them.
-fn imap_config(limits: &crate::config::LimitsSection) -> ImapConfig {
+/// `[imap]`, with the store's largest message.
+fn imap_config(cfg: &crate::config::Config) -> ImapConfig {
     ImapConfig {
-        message_bytes_max: limits.message_bytes_max,
-        line_bytes_max: limits.imap_line_bytes_max,
-        idle_timeout_ms: limits.imap_idle_timeout_ms,
-        commands_per_second_max: limits.imap_commands_per_second_max,
-        commands_paced_ms_max: limits.imap_commands_paced_ms_max,
-        login_failures_per_connection_max: limits.imap_login_failures_per_connection_max,
-        prelogin_literal_bytes_max: limits.prelogin_literal_bytes_max,
-        prelogin_idle_ms_max: limits.prelogin_idle_ms_max,
-        ..ImapConfig::default()
+        message_bytes_max: cfg.limits.message_bytes_max,
+        ..cfg.imap.clone()
     }
 }
 
-/// The SMTP receiver's settings from `[server]` and `[limits]`.
+/// `[smtp]`, with the server's name and the store's largest message.
 fn smtp_config(cfg: &crate::config::Config) -> SmtpConfig {
-    let limits = &cfg.limits;
     SmtpConfig {
         hostname: cfg.server.hostname.clone(),
-        message_bytes_max: limits.message_bytes_max,
-        recipients_per_message_max: limits.smtp_recipients_per_message_max,
-        line_bytes_max: limits.smtp_line_bytes_max,
-        errors_per_session_max: limits.smtp_errors_per_session_max,
-        messages_per_hour_per_account_max: limits.smtp_messages_per_hour_per_account_max,
-        command_timeout_ms: limits.smtp_command_timeout_ms,
-        auth_failures_per_connection_max: limits.smtp_auth_failures_per_connection_max,
-        prelogin_idle_ms_max: limits.prelogin_idle_ms_max,
+        message_bytes_max: cfg.limits.message_bytes_max,
+        ..cfg.smtp.clone()
     }
 }
 
-/// The queue's settings from `[outbound]` and `[server]`.
+/// `[outbound]`, with the server's name, the portal's address, the organisation's name and
+/// the notices' sender.
 fn outbound_config(cfg: &crate::config::Config) -> OutboundConfig {
     OutboundConfig {
         hostname: cfg.server.hostname.clone(),
-        port: cfg.outbound.port,
-        retry_first_ms: cfg.outbound.retry_first_ms,
-        retry_max_ms: cfg.outbound.retry_max_ms,
-        retry_window_ms: cfg.outbound.retry_window_ms,
         portal_url: format!("{}/pickup/", cfg.origin()),
         organisation: cfg.organisation(),
-        notice_subject: cfg.outbound.notice_subject.clone(),
         notice_from: cfg.postmaster(),
-        pickup_ttl_ms: cfg.outbound.pickup_ttl_ms,
-        smarthost: cfg
-            .outbound
-            .smarthost
-            .rsplit_once(':')
-            .and_then(|(host, port)| Some((host.to_string(), port.parse().ok()?))),
-        connections_per_domain_max: cfg.outbound.connections_per_domain_max,
-        mta_sts_port: cfg.outbound.mta_sts_port,
-        dane: cfg.outbound.dane,
-        ..OutboundConfig::default()
+        ..cfg.outbound.clone()
     }
 }
 
@@ -347,7 +317,7 @@ fn junk_learning(
 /// IMAP with STARTTLS and IMAPS.
 async fn spawn_imap(server: &Arc<Server>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
     let cfg = &server.loaded.config;
-    let config = Arc::new(imap_config(&cfg.limits));
+    let config = Arc::new(imap_config(cfg));
     for (name, port, implicit_tls) in [
         ("imap", cfg.listeners.imap, false),
         ("imaps", cfg.listeners.imaps, true),
@@ -359,9 +329,9 @@ async fn spawn_imap(server: &Arc<Server>, tasks: &mut JoinSet<()>) -> anyhow::Re
             server.tls.clone(),
             implicit_tls,
             Bounds {
-                per_address_max: cfg.limits.imap_connections_per_address_max,
+                per_address_max: cfg.imap.connections_per_address_max,
                 per_address_refusal: "* BYE too many connections from your address",
-                max: cfg.limits.imap_connections_max,
+                max: cfg.imap.connections_max,
                 full_refusal:
                     "* BYE [UNAVAILABLE] the server has too many connections; try again later",
             },
@@ -406,9 +376,9 @@ async fn spawn_smtp(server: &Arc<Server>, tasks: &mut JoinSet<()>) -> anyhow::Re
             server.tls.clone(),
             implicit_tls,
             Bounds {
-                per_address_max: cfg.limits.smtp_connections_per_address_max,
+                per_address_max: cfg.smtp.connections_per_address_max,
                 per_address_refusal: "421 4.7.0 too many connections from your address",
-                max: cfg.limits.smtp_connections_max,
+                max: cfg.smtp.connections_max,
                 full_refusal: "421 4.7.0 the server has too many connections; try again later",
             },
         );
@@ -760,18 +730,10 @@ async fn scheduled_backups(
 }
 
 /// Version 0 of the policy: `[policy]` of sealpost.toml, with the sign-in settings of
-/// `[auth]` and `[limits]` and the portal's of `[outbound]`.
+/// `[auth]` and the portal's of `[outbound]`.
 pub(crate) fn version_zero(cfg: &crate::config::Config) -> sealpost_policy::PolicyConfig {
     let mut config = cfg.policy.clone();
-    config.sign_in = sealpost_policy::SignInSettings {
-        second_factor_required: cfg.auth.second_factor_required,
-        passkey_required_for_staff: cfg.auth.passkey_required_for_staff,
-        session_idle_ms: u64::try_from(cfg.auth.session_idle_ms).unwrap_or(0),
-        session_absolute_ms: u64::try_from(cfg.auth.session_absolute_ms).unwrap_or(0),
-        failures_per_address_max: cfg.limits.login_failures_per_address_max,
-        failures_per_account_max: cfg.limits.login_failures_per_account_max,
-        failure_window_ms: cfg.limits.login_failure_window_ms,
-    };
+    config.sign_in = cfg.auth.clone();
     config.portal.pickup_ttl_ms = cfg.outbound.pickup_ttl_ms;
     config
 }

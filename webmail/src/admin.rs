@@ -104,7 +104,7 @@ pub(crate) async fn console(
 }
 
 fn page(state: &WebState, found: &Found, account: &Account, notice: Option<String>) -> Response {
-    let window_minutes = state.lockout.limits().failure_window_ms.div_ceil(60_000);
+    let window_minutes = state.lockout.settings().failure_window_ms.div_ceil(60_000);
     let rows: Vec<_> = state
         .lockout
         .locked_accounts()

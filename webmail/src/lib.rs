@@ -37,8 +37,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use sealpost_auth::passkeys::Passkeys;
-use sealpost_auth::{AuthPolicy, Lockout};
-use sealpost_console::{auth_policy, AliasesChanged, EndMailSessions, HealthInfo};
+use sealpost_auth::{Lockout, SignInSettings};
+use sealpost_console::{AliasesChanged, EndMailSessions, HealthInfo};
 use sealpost_storage::Store;
 use tower::ServiceExt;
 
@@ -178,9 +178,14 @@ impl WebState {
 }
 
 impl WebState {
-    /// Who must show what on the web, from the sign-in settings in force.
-    pub(crate) fn policy(&self) -> AuthPolicy {
-        auth_policy(&self.sending.rules.current().config().sign_in)
+    /// The sign-in settings in force: who must show what on the web.
+    pub(crate) fn sign_in(&self) -> SignInSettings {
+        self.sending.rules.current().config().sign_in.clone()
+    }
+
+    /// Whether `account` must use a passkey on the web, by the settings in force.
+    pub(crate) fn passkey_required(&self, account: &sealpost_storage::Account) -> bool {
+        sealpost_auth::passkey_required(&self.sign_in(), account)
     }
 
     /// The console's operations with this server's live parts.

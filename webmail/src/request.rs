@@ -68,7 +68,7 @@ pub(crate) fn see_other(path: &str) -> Response {
 pub(crate) async fn session(state: &Arc<WebState>, headers: &HeaderMap) -> Option<Found> {
     let value = cookie(headers, SESSION_COOKIE)?;
     let state = state.clone();
-    blocking(move || websession::resume(&state.store, &value, now_ms(), &state.policy()))
+    blocking(move || websession::resume(&state.store, &value, now_ms(), &state.sign_in()))
         .await?
         .ok()
         .flatten()

@@ -123,7 +123,7 @@ async fn show(
             .unwrap_or_default()
     };
     let enrolling = found.session.stage == Stage::Enrolment;
-    let passkey_needed = state.policy().passkey_required(account);
+    let passkey_needed = state.passkey_required(account);
     let strong = found.session.recently_strong(now_ms());
     let csrf = found.session.csrf.clone();
     let status = if outcome.error.is_some() {
@@ -668,7 +668,7 @@ pub(crate) async fn totp_start(
     if !may_change_factors(&found, &credentials) {
         return see_other("/reauth");
     }
-    if state.policy().passkey_required(&account) {
+    if state.passkey_required(&account) {
         return show(
             &state,
             &found,
@@ -743,7 +743,7 @@ pub(crate) async fn totp_confirm(
     if !may_change_factors(&found, &credentials) {
         return see_other("/reauth");
     }
-    if state.policy().passkey_required(&account) {
+    if state.passkey_required(&account) {
         return show(
             &state,
             &found,
@@ -843,10 +843,10 @@ fn keeps_enough(
         .len()
         .saturating_sub(usize::from(removing_passkey));
     let totp = credentials.totp.is_some() && removing_passkey;
-    if state.policy().passkey_required(account) {
+    if state.passkey_required(account) {
         return passkeys > 0;
     }
-    !state.policy().second_factor_required || passkeys > 0 || totp
+    !state.sign_in().second_factor_required || passkeys > 0 || totp
 }
 
 pub(crate) async fn totp_remove(

@@ -239,13 +239,13 @@ pub(crate) async fn sign_in(
             }
         }
     };
-    let passkey_needed = state.policy().passkey_required(&account);
+    let passkey_needed = state.passkey_required(&account);
     // Any factor the account has is asked for before anything else, even when the role must
     // still enrol a passkey: a password alone never reaches enrolment of a second factor
     // for an account that has one.
     let (stage, next) = if credentials.has_second_factor() {
         (Stage::SecondFactor, "/second-factor")
-    } else if state.policy().second_factor_required || passkey_needed {
+    } else if state.sign_in().second_factor_required || passkey_needed {
         (Stage::Enrolment, "/security")
     } else {
         (Stage::SignedIn("password".into()), "/security")
@@ -447,7 +447,7 @@ fn second_factor_view(
 fn offered(state: &WebState, account: &Account, credentials: &Credentials) -> (bool, bool, bool) {
     // A role that must use a passkey answers with its passkey once it has one; until then
     // with the factor it has, and then enrols a passkey (`Stage::Enrolment`).
-    let passkey_only = state.policy().passkey_required(account) && !credentials.passkeys.is_empty();
+    let passkey_only = state.passkey_required(account) && !credentials.passkeys.is_empty();
     (
         credentials.totp.is_some() && !passkey_only,
         !credentials.recovery.is_empty() && !passkey_only,
@@ -589,12 +589,11 @@ pub(crate) async fn second_factor(
         Some(method) => {
             // A role that must use a passkey and has none yet proved the factor it has; now it
             // enrols the passkey, and nothing else, before it is signed in.
-            let stage =
-                if state.policy().passkey_required(&account) && credentials.passkeys.is_empty() {
-                    Stage::Enrolment
-                } else {
-                    Stage::SignedIn(method.into())
-                };
+            let stage = if state.passkey_required(&account) && credentials.passkeys.is_empty() {
+                Stage::Enrolment
+            } else {
+                Stage::SignedIn(method.into())
+            };
             // TOTP or a recovery code is the strongest factor only of an account without a
             // passkey.
             let strong = credentials.passkeys.is_empty();
@@ -974,7 +973,7 @@ pub(crate) async fn reauth(
     // The strongest factor the account has: an account with a passkey (every admin) confirms
     // with it, never with a password, and one with TOTP gives a code with its password.
     let totp_offered = credentials.totp.is_some();
-    if passkeys || state.policy().passkey_required(&account) {
+    if passkeys || state.passkey_required(&account) {
         return again_reauth(
             &found,
             &account,

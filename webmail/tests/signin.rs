@@ -15,12 +15,18 @@ use sealpost_auth::LoginLimits;
 use sealpost_storage::{AccountId, Role};
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
-fn limits() -> LoginLimits {
-    LoginLimits {
-        failures_per_account_max: 3,
-        failure_delay_ms: 0,
-        ..LoginLimits::default()
-    }
+/// A web whose lockout closes an account after three failures, with no pause between them.
+fn web() -> Web {
+    Web::with_sign_in(
+        LoginLimits {
+            failure_delay_ms: 0,
+            ..LoginLimits::default()
+        },
+        sealpost_auth::SignInSettings {
+            failures_per_account_max: 3,
+            ..sealpost_auth::SignInSettings::default()
+        },
+    )
 }
 
 fn with_totp(web: &Web, account: AccountId) -> Vec<u8> {
@@ -98,7 +104,7 @@ async fn passkey_sign_in(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_alone_never_adds_a_passkey_to_an_admin_with_totp() {
-    let web = Web::new(limits());
+    let web = web();
     let admin = web.account("admin@clinic.test", Role::Admin);
     let secret = with_totp(&web, admin);
     // The password is right: the factor the account has is asked for first.
@@ -191,7 +197,7 @@ async fn a_password_alone_never_adds_a_passkey_to_an_admin_with_totp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_spray_does_not_lock_an_admin_out_of_the_passkey_sign_in() {
-    let web = Web::new(limits());
+    let web = web();
     let admin = web.account("admin@clinic.test", Role::Admin);
     let mut key = SoftPasskey::new(true);
     let session = web.signed_in(admin);
@@ -225,7 +231,7 @@ async fn a_password_spray_does_not_lock_an_admin_out_of_the_passkey_sign_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn re_authentication_asks_for_the_strongest_factor_the_account_has() {
-    let web = Web::new(limits());
+    let web = web();
     let staff = web.account("doc@clinic.test", Role::Staff);
     let session = web.signed_in(staff);
     let mut key = SoftPasskey::new(true);
@@ -279,7 +285,7 @@ async fn re_authentication_asks_for_the_strongest_factor_the_account_has() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weaker_factor_signs_in_but_does_not_change_factors_and_a_stale_enrolment_adds_none() {
-    let web = Web::new(limits());
+    let web = web();
     // A staff member with a passkey and TOTP: password and code sign in, but adding a passkey
     // then needs the strongest factor (the passkey) first.
     let staff = web.account("doc@clinic.test", Role::Staff);
@@ -323,7 +329,7 @@ async fn a_weaker_factor_signs_in_but_does_not_change_factors_and_a_stale_enrolm
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_action_needs_a_recent_confirmation_with_the_passkey() {
-    let web = Web::new(limits());
+    let web = web();
     let admin = web.account("admin@clinic.test", Role::Admin);
     let cookie = web.signed_in(admin);
     // The session was confirmed long ago: a console action first asks for the passkey.
@@ -332,7 +338,7 @@ async fn a_console_action_needs_a_recent_confirmation_with_the_passkey() {
         &web.store,
         value,
         sealpost_storage::now_ms(),
-        &sealpost_auth::AuthPolicy::default(),
+        &sealpost_auth::SignInSettings::default(),
     )
     .unwrap()
     .unwrap();

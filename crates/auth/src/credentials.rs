@@ -9,6 +9,7 @@ use webauthn_rs::prelude::{Passkey, Uuid};
 use sealpost_storage::{Account, AccountId, Actor, AuditEvent, Role, Store};
 
 use crate::secrets;
+use sealpost_types::SignInSettings;
 
 /// Most passkeys per account.
 pub const PASSKEYS_MAX: usize = 16;
@@ -21,36 +22,10 @@ pub const NETWORKS_KEPT_MAX: usize = 64;
 /// Recent sign-ins kept per account, for the account security page.
 pub const SIGN_INS_KEPT_MAX: usize = 20;
 
-/// Who must show what. Admins always need a passkey on the web.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthPolicy {
-    /// A second factor for everyone on the web; with it, mail clients need app passwords.
-    pub second_factor_required: bool,
-    /// The second factor of staff must be a passkey (TOTP is not enough).
-    pub passkey_required_for_staff: bool,
-    /// A web session unused this long ends, in milliseconds.
-    pub session_idle_ms: i64,
-    /// A web session ends this long after sign-in whatever its use, in milliseconds.
-    pub session_absolute_ms: i64,
-}
-
-impl Default for AuthPolicy {
-    fn default() -> Self {
-        Self {
-            second_factor_required: true,
-            passkey_required_for_staff: false,
-            session_idle_ms: crate::websession::SESSION_IDLE_MS,
-            session_absolute_ms: crate::websession::SESSION_ABSOLUTE_MS,
-        }
-    }
-}
-
-impl AuthPolicy {
-    /// Whether `account` must use a passkey on the web.
-    pub fn passkey_required(&self, account: &Account) -> bool {
-        matches!(account.role, Role::Admin | Role::Auditor) || self.passkey_required_for_staff
-    }
+/// Whether `account` must use a passkey on the web: admins and auditors always, staff when
+/// the settings say so.
+pub fn passkey_required(settings: &SignInSettings, account: &Account) -> bool {
+    matches!(account.role, Role::Admin | Role::Auditor) || settings.passkey_required_for_staff
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -239,7 +214,7 @@ impl Credentials {
 
     /// Whether the account password may open an IMAP or SMTP session: only with neither a
     /// second factor required by policy nor one enrolled.
-    pub fn password_opens_mail(&self, policy: &AuthPolicy) -> bool {
+    pub fn password_opens_mail(&self, policy: &SignInSettings) -> bool {
         !policy.second_factor_required && !self.has_second_factor()
     }
 
@@ -322,7 +297,7 @@ pub enum MailLogin {
 /// last use (time and address) recorded.
 pub fn mail_login(
     store: &Store,
-    policy: &AuthPolicy,
+    policy: &SignInSettings,
     login: &str,
     password: &str,
     protocol: Protocol,
@@ -484,12 +459,12 @@ mod tests {
 
     #[test]
     fn password_opens_mail_only_without_a_second_factor_required_or_enrolled() {
-        let open = AuthPolicy {
+        let open = SignInSettings {
             second_factor_required: false,
-            ..AuthPolicy::default()
+            ..SignInSettings::default()
         };
         let mut record = Credentials::default();
-        assert!(!record.password_opens_mail(&AuthPolicy::default()));
+        assert!(!record.password_opens_mail(&SignInSettings::default()));
         assert!(record.password_opens_mail(&open));
         record.totp = Some(TotpFactor {
             secret: vec![1; 20],
@@ -512,15 +487,15 @@ mod tests {
             status: sealpost_storage::AccountStatus::Active,
             created_at_ms: 0,
         };
-        let default = AuthPolicy::default();
-        assert!(default.passkey_required(&account(Role::Admin)));
-        assert!(default.passkey_required(&account(Role::Auditor)));
-        assert!(!default.passkey_required(&account(Role::Staff)));
-        let strict = AuthPolicy {
+        let default = SignInSettings::default();
+        assert!(passkey_required(&default, &account(Role::Admin)));
+        assert!(passkey_required(&default, &account(Role::Auditor)));
+        assert!(!passkey_required(&default, &account(Role::Staff)));
+        let strict = SignInSettings {
             passkey_required_for_staff: true,
-            ..AuthPolicy::default()
+            ..SignInSettings::default()
         };
-        assert!(strict.passkey_required(&account(Role::Staff)));
+        assert!(passkey_required(&strict, &account(Role::Staff)));
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! the hashing queue, the credential check, the failure bookkeeping and the audit record. The
 //! protocols only turn the outcome into their reply; a login rule changes here alone.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sealpost_storage::{Account, Actor, AuditEvent, AuditOutcome, Store};
 
-use crate::credentials::{AuthPolicy, MailLogin, Protocol};
+use crate::credentials::{MailLogin, Protocol};
 use crate::lockout::{Lockout, LoginLimits, Refusal};
+use sealpost_types::SignInSettings;
 
 /// Why a mail login was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,11 +80,10 @@ pub type NewNetworkNotice =
     Arc<dyn Fn(&Store, &Account, &str, &str, &str) -> sealpost_storage::Result<()> + Send + Sync>;
 
 /// The mail logins of one server: its lockout (shared with the web, so that a guesser cannot
-/// switch protocols), the sign-in policy in force, and the new-network notice with the host
-/// name it names.
+/// switch protocols), which holds the sign-in settings in force, and the new-network notice
+/// with the host name it names.
 pub struct MailLogins {
     lockout: Arc<Lockout>,
-    policy: RwLock<AuthPolicy>,
     hostname: String,
     notice: NewNetworkNotice,
 }
@@ -93,13 +93,12 @@ impl MailLogins {
     /// (`sealpost_webmail::notice::new_network`), the protocol crates' tests `no_notice()`.
     pub fn new(
         limits: LoginLimits,
-        policy: AuthPolicy,
+        settings: SignInSettings,
         hostname: &str,
         notice: NewNetworkNotice,
     ) -> Arc<Self> {
         Arc::new(Self {
-            lockout: Arc::new(Lockout::new(limits)),
-            policy: RwLock::new(policy),
+            lockout: Arc::new(Lockout::new(limits, settings)),
             hostname: hostname.to_string(),
             notice,
         })
@@ -116,13 +115,13 @@ impl MailLogins {
     fn login_noticed(
         &self,
         store: &Store,
-        policy: &AuthPolicy,
+        settings: &SignInSettings,
         user: &str,
         secret: &str,
         protocol: Protocol,
         peer: &str,
     ) -> sealpost_storage::Result<MailLogin> {
-        let result = crate::credentials::mail_login(store, policy, user, secret, protocol, peer)?;
+        let result = crate::credentials::mail_login(store, settings, user, secret, protocol, peer)?;
         if let MailLogin::Accepted {
             account,
             method,
@@ -143,18 +142,14 @@ impl MailLogins {
         self.lockout.clone()
     }
 
-    /// Who must show what, as in force now.
-    pub fn policy(&self) -> AuthPolicy {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The sign-in settings in force now.
+    pub fn settings(&self) -> SignInSettings {
+        self.lockout.settings()
     }
 
-    /// Puts the console's sign-in settings in force: the policy and the lockout's limits.
-    pub fn set_policy(&self, policy: AuthPolicy, limits: LoginLimits) {
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
-        self.lockout.set_limits(limits);
+    /// Puts the console's sign-in settings in force (second factors and lockout counters).
+    pub fn set_settings(&self, settings: SignInSettings) {
+        self.lockout.set_settings(settings);
     }
 
     /// One mail login, from start to audit record. Blocking (a password hash): run it on the
@@ -228,8 +223,8 @@ impl MailLogins {
         let Some(ticket) = self.lockout.admit_hash(peer, attempted) else {
             return refused(LoginRefusal::Busy);
         };
-        let policy = self.policy();
-        let checked = self.login_noticed(store, &policy, user, secret, protocol, peer);
+        let settings = self.settings();
+        let checked = self.login_noticed(store, &settings, user, secret, protocol, peer);
         drop(ticket);
         let reason = match checked {
             Ok(MailLogin::Accepted {

@@ -16,10 +16,11 @@ pub mod secrets;
 pub mod totp;
 pub mod websession;
 
-pub use credentials::{mail_login, AuthPolicy, Credentials, MailLogin, Protocol, Scope};
+pub use credentials::{mail_login, passkey_required, Credentials, MailLogin, Protocol, Scope};
 pub use gate::{LoginOutcome, LoginRefusal, MailLogins};
 pub use hashing::{
     HashQueue, HashTicket, HASHES_PER_ACCOUNT_MAX, HASHES_PER_ADDRESS_MAX, PASSWORD_HASH_QUEUE_MAX,
     PASSWORD_HASH_WORKERS,
 };
 pub use lockout::{address_group, Lockout, LoginLimits, Refusal};
+pub use sealpost_types::SignInSettings;

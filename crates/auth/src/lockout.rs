@@ -17,18 +17,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::hashing::{HashQueue, PASSWORD_HASH_QUEUE_MAX};
+use sealpost_types::SignInSettings;
 
-/// Bounds on logins and sessions, each with its unit.
+/// Fixed bounds on logins and sessions, each with its unit. How many failures lock a client
+/// out, and for how long, are sign-in settings (`SignInSettings`), which the console changes
+/// live.
 #[derive(Clone, Debug)]
 pub struct LoginLimits {
     /// Sessions one account may have open at once.
     pub sessions_per_account_max: usize,
-    /// Failed logins from one address within the window before that address is locked out.
-    pub failures_per_address_max: u32,
-    /// Failed logins for one account within the window before the account is locked out.
-    pub failures_per_account_max: u32,
-    /// How long failures are remembered, and how long a lockout lasts.
-    pub failure_window_ms: u64,
     /// The pause after the first failure; it doubles with each further one.
     pub failure_delay_ms: u64,
     /// The longest pause.
@@ -39,9 +36,6 @@ impl Default for LoginLimits {
     fn default() -> Self {
         Self {
             sessions_per_account_max: 100,
-            failures_per_address_max: 20,
-            failures_per_account_max: 10,
-            failure_window_ms: 15 * 60 * 1000,
             failure_delay_ms: 250,
             failure_delay_max_ms: 8_000,
         }
@@ -101,7 +95,8 @@ pub enum Refusal {
 
 /// The failure counters of one server.
 pub struct Lockout {
-    limits: std::sync::RwLock<LoginLimits>,
+    limits: LoginLimits,
+    settings: std::sync::RwLock<SignInSettings>,
     by_address: Mutex<HashMap<String, Failures>>,
     by_account: Mutex<HashMap<String, Failures>>,
     /// Bound on each map's entries (`REMEMBERED_FAILURES_MAX`; smaller in tests).
@@ -114,9 +109,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Lockout {
-    pub fn new(limits: LoginLimits) -> Self {
+    pub fn new(limits: LoginLimits, settings: SignInSettings) -> Self {
         Self {
-            limits: std::sync::RwLock::new(limits),
+            limits,
+            settings: std::sync::RwLock::new(settings),
             by_address: Mutex::new(HashMap::new()),
             by_account: Mutex::new(HashMap::new()),
             remembered_max: REMEMBERED_FAILURES_MAX,
@@ -137,21 +133,26 @@ impl Lockout {
             .admit_for(&login.to_lowercase(), &address_key(address))
     }
 
-    /// The limits in force now.
-    pub fn limits(&self) -> LoginLimits {
-        self.limits
+    /// The fixed bounds.
+    pub fn limits(&self) -> &LoginLimits {
+        &self.limits
+    }
+
+    /// The sign-in settings in force now.
+    pub fn settings(&self) -> SignInSettings {
+        self.settings
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Puts new limits in force (the console's sign-in settings); counts so far are kept.
-    pub fn set_limits(&self, limits: LoginLimits) {
-        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+    /// Puts new sign-in settings in force (the console's); counts so far are kept.
+    pub fn set_settings(&self, settings: SignInSettings) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
     }
 
     fn window(&self) -> Duration {
-        Duration::from_millis(self.limits().failure_window_ms)
+        Duration::from_millis(self.settings().failure_window_ms)
     }
 
     fn recent(&self, map: &Mutex<HashMap<String, Failures>>, key: &str) -> u32 {
@@ -171,10 +172,10 @@ impl Lockout {
     /// hashing anything, so it comes before any password is looked at.
     pub fn check(&self, address: &str, login: &str) -> Result<(), Refusal> {
         let (address, login) = (address_key(address), login.to_lowercase());
-        if self.recent(&self.by_address, &address) >= self.limits().failures_per_address_max {
+        if self.recent(&self.by_address, &address) >= self.settings().failures_per_address_max {
             return Err(Refusal::AddressLockedOut);
         }
-        if self.recent(&self.by_account, &login) >= self.limits().failures_per_account_max {
+        if self.recent(&self.by_account, &login) >= self.settings().failures_per_account_max {
             return Err(Refusal::AccountLockedOut);
         }
         if Self::paused(&self.by_address, &address) || Self::paused(&self.by_account, &login) {
@@ -189,10 +190,14 @@ impl Lockout {
         let window = self.window();
         let (address, login) = (address_key(address), login.to_lowercase());
         let mut count = 0;
-        let limits = self.limits();
+        let (settings, limits) = (self.settings(), &self.limits);
         for (map, key, locked_at) in [
-            (&self.by_address, &address, limits.failures_per_address_max),
-            (&self.by_account, &login, limits.failures_per_account_max),
+            (
+                &self.by_address,
+                &address,
+                settings.failures_per_address_max,
+            ),
+            (&self.by_account, &login, settings.failures_per_account_max),
         ] {
             let mut map = lock(map);
             if !map.contains_key(key.as_str()) && map.len() >= self.remembered_max {
@@ -232,7 +237,7 @@ impl Lockout {
     /// Whether the account is locked out now.
     pub fn locked(&self, login: &str) -> bool {
         self.recent(&self.by_account, &login.to_lowercase())
-            >= self.limits().failures_per_account_max
+            >= self.settings().failures_per_account_max
     }
 
     /// The accounts locked out now, with their failure counts, by name.
@@ -241,7 +246,7 @@ impl Lockout {
         let mut locked: Vec<(String, u32)> = lock(&self.by_account)
             .iter()
             .filter(|(_, f)| {
-                f.last.elapsed() < window && f.count >= self.limits().failures_per_account_max
+                f.last.elapsed() < window && f.count >= self.settings().failures_per_account_max
             })
             .map(|(login, f)| (login.clone(), f.count))
             .collect();
@@ -298,14 +303,19 @@ mod tests {
 
     #[test]
     fn failures_grow_the_delay_then_lock_out_until_lifted() {
-        let lockout = Lockout::new(LoginLimits {
-            sessions_per_account_max: 2,
-            failures_per_address_max: 5,
-            failures_per_account_max: 3,
-            failure_window_ms: 60_000,
-            failure_delay_ms: 100,
-            failure_delay_max_ms: 300,
-        });
+        let lockout = Lockout::new(
+            LoginLimits {
+                sessions_per_account_max: 2,
+                failure_delay_ms: 100,
+                failure_delay_max_ms: 300,
+            },
+            SignInSettings {
+                failures_per_address_max: 5,
+                failures_per_account_max: 3,
+                failure_window_ms: 60_000,
+                ..SignInSettings::default()
+            },
+        );
         assert_eq!(lockout.check("a", "alice"), Ok(()));
         assert_eq!(lockout.failed("a", "alice"), Duration::from_millis(100));
         assert_eq!(lockout.failed("a", "Alice"), Duration::from_millis(200));
@@ -337,7 +347,7 @@ mod tests {
         let ends = lockout.lock_ends_in("Carol").expect("carol is locked out");
         assert!(
             ends > Duration::ZERO
-                && ends <= Duration::from_millis(lockout.limits().failure_window_ms)
+                && ends <= Duration::from_millis(lockout.settings().failure_window_ms)
         );
         assert_eq!(lockout.lock_ends_in("dave"), None);
         assert_eq!(lockout.check("c", "alice"), Ok(()), "lifted");
@@ -354,11 +364,16 @@ mod tests {
         assert_eq!(group("2001:db8:1:3::1"), "2001:db8:1:3::");
         assert_eq!(group("::1"), "::");
 
-        let lockout = Lockout::new(LoginLimits {
-            failures_per_address_max: 2,
-            failure_delay_ms: 0,
-            ..LoginLimits::default()
-        });
+        let lockout = Lockout::new(
+            LoginLimits {
+                failure_delay_ms: 0,
+                ..LoginLimits::default()
+            },
+            SignInSettings {
+                failures_per_address_max: 2,
+                ..SignInSettings::default()
+            },
+        );
         lockout.failed("2001:db8:1:2::1", "alice");
         lockout.failed("2001:db8:1:2:ffff::9", "bob");
         assert_eq!(
@@ -381,11 +396,16 @@ mod tests {
 
     #[test]
     fn a_full_map_drops_its_oldest_entries_and_keeps_a_locked_out_address() {
-        let mut lockout = Lockout::new(LoginLimits {
-            failures_per_address_max: 3,
-            failure_delay_ms: 0,
-            ..LoginLimits::default()
-        });
+        let mut lockout = Lockout::new(
+            LoginLimits {
+                failure_delay_ms: 0,
+                ..LoginLimits::default()
+            },
+            SignInSettings {
+                failures_per_address_max: 3,
+                ..SignInSettings::default()
+            },
+        );
         lockout.remembered_max = 16;
         for _ in 0..3 {
             lockout.failed("203.0.113.1", "target");
@@ -424,11 +444,16 @@ mod tests {
 
     #[test]
     fn a_sign_in_during_the_pause_is_refused_without_hashing() {
-        let lockout = Lockout::new(LoginLimits {
-            failure_delay_ms: 60_000,
-            failure_delay_max_ms: 60_000,
-            ..LoginLimits::default()
-        });
+        let lockout = Lockout::new(
+            LoginLimits {
+                failure_delay_ms: 60_000,
+                failure_delay_max_ms: 60_000,
+                ..LoginLimits::default()
+            },
+            SignInSettings {
+                ..SignInSettings::default()
+            },
+        );
         assert_eq!(
             lockout.failed("192.0.2.1", "alice"),
             Duration::from_secs(60)
@@ -444,10 +469,15 @@ mod tests {
             "the account"
         );
         assert_eq!(lockout.check("192.0.2.2", "bob"), Ok(()));
-        let short = Lockout::new(LoginLimits {
-            failure_delay_ms: 20,
-            ..LoginLimits::default()
-        });
+        let short = Lockout::new(
+            LoginLimits {
+                failure_delay_ms: 20,
+                ..LoginLimits::default()
+            },
+            SignInSettings {
+                ..SignInSettings::default()
+            },
+        );
         short.failed("192.0.2.1", "alice");
         let deadline = Instant::now() + Duration::from_secs(5);
         while short.check("192.0.2.1", "alice").is_err() {
@@ -458,11 +488,16 @@ mod tests {
 
     #[test]
     fn a_lockout_ends_with_its_window() {
-        let lockout = Lockout::new(LoginLimits {
-            failures_per_account_max: 1,
-            failure_window_ms: 50,
-            ..LoginLimits::default()
-        });
+        let lockout = Lockout::new(
+            LoginLimits {
+                ..LoginLimits::default()
+            },
+            SignInSettings {
+                failures_per_account_max: 1,
+                failure_window_ms: 50,
+                ..SignInSettings::default()
+            },
+        );
         lockout.failed("a", "alice");
         assert!(lockout.locked("alice"));
         std::thread::sleep(Duration::from_millis(60));

@@ -72,9 +72,9 @@ impl WebSession {
             .is_some_and(|at| now_ms - at <= REAUTH_WINDOW_MS)
     }
 
-    fn expired(&self, now_ms: i64, policy: &crate::AuthPolicy) -> bool {
-        now_ms - self.last_seen_ms > policy.session_idle_ms
-            || now_ms - self.created_ms > policy.session_absolute_ms
+    fn expired(&self, now_ms: i64, settings: &crate::SignInSettings) -> bool {
+        now_ms - self.last_seen_ms > settings.session_idle_ms_signed()
+            || now_ms - self.created_ms > settings.session_absolute_ms_signed()
     }
 }
 
@@ -181,7 +181,7 @@ pub fn resume(
     store: &Store,
     cookie: &str,
     now_ms: i64,
-    policy: &crate::AuthPolicy,
+    settings: &crate::SignInSettings,
 ) -> sealpost_storage::Result<Option<Found>> {
     let mut parts = cookie.trim().splitn(3, '.');
     let (Some(account), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
@@ -209,7 +209,7 @@ pub fn resume(
     if !bool::from(presented.ct_eq(&session.secret_hash)) {
         return Ok(None);
     }
-    if session.expired(now_ms, policy) {
+    if session.expired(now_ms, settings) {
         store.delete_web_sessions(account, Some(&[id]), vec![])?;
         return Ok(None);
     }

@@ -6,7 +6,7 @@ use sealpost_auth::credentials::{issue_app_password, revoke_app_password};
 use sealpost_auth::websession::{
     self, Stage, REAUTH_WINDOW_MS, SESSION_ABSOLUTE_MS, SESSION_IDLE_MS,
 };
-use sealpost_auth::{mail_login, AuthPolicy, Credentials, MailLogin, Protocol, Scope};
+use sealpost_auth::{mail_login, Credentials, MailLogin, Protocol, Scope, SignInSettings};
 use sealpost_storage::{
     AccountId, AccountStatus, Actor, MasterKey, NewAccount, Role, Store, StoreConfig,
 };
@@ -48,12 +48,12 @@ fn mail_clients_use_app_passwords_when_a_second_factor_is_required() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(&dir);
     let alice = account(&store, "alice@clinic.example");
-    let required = AuthPolicy::default();
-    let open = AuthPolicy {
+    let required = SignInSettings::default();
+    let open = SignInSettings {
         second_factor_required: false,
-        ..AuthPolicy::default()
+        ..SignInSettings::default()
     };
-    let login = |policy: &AuthPolicy, login: &str, secret: &str, protocol: Protocol| {
+    let login = |policy: &SignInSettings, login: &str, secret: &str, protocol: Protocol| {
         mail_login(&store, policy, login, secret, protocol, "192.0.2.10:50000").unwrap()
     };
     // The account password: refused where a second factor is required, with the hint.
@@ -176,7 +176,7 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
     .unwrap();
     assert!(session.recently_strong(t0 + REAUTH_WINDOW_MS));
     assert!(!session.recently_strong(t0 + REAUTH_WINDOW_MS + 1));
-    let found = websession::resume(&store, &cookie, t0 + 1000, &AuthPolicy::default())
+    let found = websession::resume(&store, &cookie, t0 + 1000, &SignInSettings::default())
         .unwrap()
         .unwrap();
     assert_eq!(found.account, alice);
@@ -187,19 +187,19 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
     let (prefix, secret) = cookie.rsplit_once('.').unwrap();
     let wrong = format!("{prefix}.{}", "A".repeat(secret.len()));
     assert!(
-        websession::resume(&store, &wrong, t0, &AuthPolicy::default())
+        websession::resume(&store, &wrong, t0, &SignInSettings::default())
             .unwrap()
             .is_none()
     );
     let other = cookie.replacen(&format!("{}.", alice.0), &format!("{}.", bob.0), 1);
     assert!(
-        websession::resume(&store, &other, t0, &AuthPolicy::default())
+        websession::resume(&store, &other, t0, &SignInSettings::default())
             .unwrap()
             .is_none()
     );
     for junk in ["", "a.b.c", "1.2", "99999.AAAA.BBBB"] {
         assert!(
-            websession::resume(&store, junk, t0, &AuthPolicy::default())
+            websession::resume(&store, junk, t0, &SignInSettings::default())
                 .unwrap()
                 .is_none(),
             "{junk}"
@@ -210,7 +210,7 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
     while now + SESSION_IDLE_MS / 2 < t0 + SESSION_ABSOLUTE_MS {
         now += SESSION_IDLE_MS / 2;
         assert!(
-            websession::resume(&store, &cookie, now, &AuthPolicy::default())
+            websession::resume(&store, &cookie, now, &SignInSettings::default())
                 .unwrap()
                 .is_some(),
             "at {now}"
@@ -220,7 +220,7 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
         &store,
         &cookie,
         t0 + SESSION_ABSOLUTE_MS + 1,
-        &AuthPolicy::default()
+        &SignInSettings::default()
     )
     .unwrap()
     .is_none());
@@ -242,7 +242,7 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
         &store,
         &idle,
         t0 + SESSION_IDLE_MS + 1,
-        &AuthPolicy::default()
+        &SignInSettings::default()
     )
     .unwrap()
     .is_none());
@@ -270,17 +270,17 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
     assert_eq!(websession::list(&store, alice).unwrap().len(), 2);
     websession::end(&store, alice, None, &Actor::cli()).unwrap();
     assert!(
-        websession::resume(&store, &first, t0, &AuthPolicy::default())
+        websession::resume(&store, &first, t0, &SignInSettings::default())
             .unwrap()
             .is_none()
     );
     assert!(
-        websession::resume(&store, &second, t0, &AuthPolicy::default())
+        websession::resume(&store, &second, t0, &SignInSettings::default())
             .unwrap()
             .is_none()
     );
     assert!(
-        websession::resume(&store, &bobs, t0, &AuthPolicy::default())
+        websession::resume(&store, &bobs, t0, &SignInSettings::default())
             .unwrap()
             .is_some(),
         "bob's stays"
@@ -291,7 +291,7 @@ fn web_sessions_expire_check_their_secret_and_end_everywhere() {
     }
     assert_eq!(websession::list(&store, bob).unwrap().len(), 64);
     assert!(
-        websession::resume(&store, &bobs, t0, &AuthPolicy::default())
+        websession::resume(&store, &bobs, t0, &SignInSettings::default())
             .unwrap()
             .is_none(),
         "the oldest went"
@@ -310,12 +310,12 @@ fn the_mail_login_gate_checks_counts_and_audits_every_attempt() {
     // Mail clients' app passwords note the networks they come from (the account password
     // does not, where policy lets it open mail).
     let app = issue_app_password(&store, alice, "Phone", Scope::Both, &Actor::cli()).unwrap();
-    let open = AuthPolicy {
+    let open = SignInSettings {
         second_factor_required: false,
-        ..AuthPolicy::default()
+        failures_per_account_max: 3,
+        ..SignInSettings::default()
     };
     let limits = LoginLimits {
-        failures_per_account_max: 3,
         failure_delay_ms: 1,
         failure_delay_max_ms: 2,
         ..LoginLimits::default()

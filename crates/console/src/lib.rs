@@ -4,9 +4,8 @@
 //! otherwise). The pages render what these return; the subcommands print it.
 //!
 //! Also here because both sides need them: the eDiscovery search and export (`discovery`),
-//! the health figures (`health`), the new-network notice (`notice`), the sign-in settings as
-//! the identity crate takes them (`auth_policy`, `login_limits`) and a delivery state in words
-//! (`state_text`).
+//! the health figures (`health`), the new-network notice (`notice`) and a delivery state in
+//! words (`state_text`).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod discovery;
@@ -18,7 +17,7 @@ use std::sync::Arc;
 
 use sealpost_auth::enrolment;
 use sealpost_auth::websession;
-use sealpost_auth::{AuthPolicy, Credentials, Lockout};
+use sealpost_auth::{Credentials, Lockout};
 use sealpost_policy::{Content, LivePolicy, Policy, PolicyConfig, PolicyVersion};
 use sealpost_storage::{
     now_ms, AccountId, AccountStatus, Actor, AuditEvent, AuditRecord, AuditSearch, Delivery, Error,
@@ -40,29 +39,6 @@ pub type AliasesChanged =
 
 /// The store secret holding the console's aliases (JSON: alias → account addresses).
 pub const CONSOLE_ALIASES_SECRET: &str = "aliases";
-
-/// The sign-in settings of a policy version as the identity crate takes them.
-pub fn auth_policy(sign_in: &sealpost_policy::SignInSettings) -> AuthPolicy {
-    AuthPolicy {
-        second_factor_required: sign_in.second_factor_required,
-        passkey_required_for_staff: sign_in.passkey_required_for_staff,
-        session_idle_ms: i64::try_from(sign_in.session_idle_ms).unwrap_or(i64::MAX),
-        session_absolute_ms: i64::try_from(sign_in.session_absolute_ms).unwrap_or(i64::MAX),
-    }
-}
-
-/// `limits` with the lockout counters of the sign-in settings in force.
-pub fn login_limits(
-    sign_in: &sealpost_policy::SignInSettings,
-    limits: sealpost_auth::LoginLimits,
-) -> sealpost_auth::LoginLimits {
-    sealpost_auth::LoginLimits {
-        failures_per_address_max: sign_in.failures_per_address_max,
-        failures_per_account_max: sign_in.failures_per_account_max,
-        failure_window_ms: sign_in.failure_window_ms,
-        ..limits
-    }
-}
 
 /// A time in ms since the epoch as `YYYY-MM-DD HH:MM UTC` ("?" if out of range).
 pub fn when(ms: i64) -> String {

@@ -31,12 +31,15 @@ pub(crate) const LIST_MATCH_STEPS_MAX: u64 = 300_000_000;
 
 pub use sealpost_net::{BoxedStream, Stream, TlsUpgrade};
 
-/// Bounds and settings of IMAP sessions, each named with its unit.
-#[derive(Clone, Debug)]
+/// Bounds and settings of IMAP sessions, each named with its unit: `sealpost.toml`'s
+/// `[imap]` section, as it is written there. `message_bytes_max` is the store's (`[limits]`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ImapConfig {
     /// Longest command line (between literals), CRLF included.
     pub line_bytes_max: usize,
     /// Largest message APPEND accepts (the store's `message_bytes_max`), also the literal limit.
+    #[serde(skip)]
     pub message_bytes_max: u64,
     /// A session that sends nothing for this long is closed; IDLE counts as activity.
     pub idle_timeout_ms: u64,
@@ -48,7 +51,9 @@ pub struct ImapConfig {
     pub commands_paced_ms_max: u64,
     /// Failed logins one connection may make before it is closed.
     pub login_failures_per_connection_max: u32,
-    /// Storage quota reported by GETQUOTAROOT, in bytes.
+    /// Sessions one account may have open at once (the login gate counts them).
+    pub sessions_per_account_max: usize,
+    /// Storage quota reported by GETQUOTAROOT where an account has none set, in bytes.
     pub quota_bytes: u64,
     /// Largest literal before login, in bytes (a LOGIN needs a few hundred): a stranger may
     /// not make the server hold `message_bytes_max`. A larger synchronising literal is refused
@@ -57,6 +62,11 @@ pub struct ImapConfig {
     /// Before login, each command (with its literals) must arrive whole within this long, or
     /// the connection is closed: trickling bytes is not progress. In milliseconds.
     pub prelogin_idle_ms_max: u64,
+    /// Connections each IMAP listener holds open at once, from everyone; past it a client is
+    /// told `* BYE [UNAVAILABLE]` and closed (the server's listener enforces it).
+    pub connections_max: usize,
+    /// Connections one client address may hold open on one IMAP listener.
+    pub connections_per_address_max: usize,
 }
 
 impl Default for ImapConfig {
@@ -68,10 +78,47 @@ impl Default for ImapConfig {
             commands_per_second_max: 500,
             commands_paced_ms_max: 60_000,
             login_failures_per_connection_max: 3,
+            sessions_per_account_max: 100,
             quota_bytes: 10 * 1024 * 1024 * 1024,
             prelogin_literal_bytes_max: 8 * 1024,
             prelogin_idle_ms_max: 60_000,
+            // An idle IMAP session holds about 17 KiB: 5,000 on a listener is ~85 MiB.
+            connections_max: 5_000,
+            // A clinic behind one NAT address runs many clients, each with several connections.
+            connections_per_address_max: 200,
         }
+    }
+}
+
+impl ImapConfig {
+    /// Refuses settings no server should run with; keys as written in `[imap]`.
+    pub fn check(&self) -> Result<(), sealpost_types::InvalidSetting> {
+        use sealpost_types::at_least;
+        at_least("line_bytes_max", self.line_bytes_max as u64, 1024)?;
+        at_least("idle_timeout_ms", self.idle_timeout_ms, 60_000)?;
+        at_least(
+            "commands_per_second_max",
+            self.commands_per_second_max.into(),
+            1,
+        )?;
+        at_least(
+            "sessions_per_account_max",
+            self.sessions_per_account_max as u64,
+            1,
+        )?;
+        // A LOGIN with literals needs a few hundred bytes.
+        at_least(
+            "prelogin_literal_bytes_max",
+            self.prelogin_literal_bytes_max,
+            1024,
+        )?;
+        at_least("prelogin_idle_ms_max", self.prelogin_idle_ms_max, 100)?;
+        at_least("connections_max", self.connections_max as u64, 1)?;
+        at_least(
+            "connections_per_address_max",
+            self.connections_per_address_max as u64,
+            1,
+        )
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sealpost_auth::{AuthPolicy, LoginLimits, MailLogins};
+use sealpost_auth::{LoginLimits, MailLogins, SignInSettings};
 use sealpost_storage::AccountId;
 
 /// Shared by the sessions of one server.
@@ -69,12 +69,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ImapShared {
     /// Sessions with a gate of their own that writes no new-network notice: for tests (the
-    /// server builds one `MailLogins` for IMAP and SMTP and uses `with_logins`). `policy` says
-    /// whether the account password opens a mail session; `hostname` names this server.
-    pub fn new(limits: LoginLimits, policy: AuthPolicy, hostname: &str) -> Arc<Self> {
+    /// server builds one `MailLogins` for IMAP and SMTP and uses `with_logins`). `settings` say
+    /// whether the account password opens a mail session and when failures lock a client
+    /// out; `hostname` names this server.
+    pub fn new(limits: LoginLimits, settings: SignInSettings, hostname: &str) -> Arc<Self> {
         Self::with_logins(MailLogins::new(
             limits,
-            policy,
+            settings,
             hostname,
             MailLogins::no_notice(),
         ))
@@ -164,7 +165,7 @@ mod tests {
                 sessions_per_account_max: 2,
                 ..LoginLimits::default()
             },
-            AuthPolicy::default(),
+            SignInSettings::default(),
             "localhost",
         );
         let account = AccountId(7);
@@ -185,7 +186,7 @@ mod tests {
                 sessions_per_account_max: 2,
                 ..LoginLimits::default()
             },
-            AuthPolicy::default(),
+            SignInSettings::default(),
             "localhost",
         );
         let account = AccountId(7);

@@ -28,9 +28,9 @@ fn store(dir: &std::path::Path) -> Store {
 }
 
 fn shared(limits: LoginLimits) -> Arc<ImapShared> {
-    let policy = sealpost_auth::AuthPolicy {
+    let policy = sealpost_auth::SignInSettings {
         second_factor_required: false,
-        ..sealpost_auth::AuthPolicy::default()
+        ..sealpost_auth::SignInSettings::default()
     };
     ImapShared::new(limits, policy, "localhost")
 }

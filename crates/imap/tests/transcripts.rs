@@ -230,11 +230,10 @@ async fn sessions_per_account_and_login_lockout_are_enforced_across_connections(
     let shared = ImapShared::new(
         LoginLimits {
             sessions_per_account_max: 1,
-            failures_per_account_max: 2,
             failure_delay_ms: 1,
             ..LoginLimits::default()
         },
-        passwords_allowed(),
+        locked_after_two(),
         "localhost",
     );
     let (first, _s1, c1) = login_reply(&store, &shared, "secret-pass").await;
@@ -254,11 +253,10 @@ async fn sessions_per_account_and_login_lockout_are_enforced_across_connections(
 
     let lockout = ImapShared::new(
         LoginLimits {
-            failures_per_account_max: 2,
             failure_delay_ms: 1,
             ..LoginLimits::default()
         },
-        passwords_allowed(),
+        locked_after_two(),
         "localhost",
     );
     for _ in 0..2 {
@@ -396,9 +394,17 @@ async fn fetch_of_more_bodies_than_one_batch_answers_every_message_in_order() {
 
 /// The account password opens a session here: these tests are about the protocol, not about
 /// app passwords (tested in `crates/auth` and `tests/auth.rs`).
-fn passwords_allowed() -> sealpost_auth::AuthPolicy {
-    sealpost_auth::AuthPolicy {
+/// Passwords open mail, and two failures lock an account out.
+fn locked_after_two() -> sealpost_auth::SignInSettings {
+    sealpost_auth::SignInSettings {
+        failures_per_account_max: 2,
+        ..passwords_allowed()
+    }
+}
+
+fn passwords_allowed() -> sealpost_auth::SignInSettings {
+    sealpost_auth::SignInSettings {
         second_factor_required: false,
-        ..sealpost_auth::AuthPolicy::default()
+        ..sealpost_auth::SignInSettings::default()
     }
 }

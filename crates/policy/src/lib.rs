@@ -70,41 +70,8 @@ fn enabled_default() -> bool {
     true
 }
 
-/// Sign-in settings: the second factors asked for, how long a web session lasts, and when
-/// failed sign-ins lock an address or an account out. Version 0 takes them from
-/// `sealpost.toml` (`[auth]`, `[limits]`); the console's versions replace them live.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SignInSettings {
-    /// A second factor for everyone on the web; with it, mail clients need app passwords.
-    pub second_factor_required: bool,
-    /// The second factor of staff must be a passkey (admins and auditors always need one).
-    pub passkey_required_for_staff: bool,
-    /// A web session unused this long ends, in milliseconds.
-    pub session_idle_ms: u64,
-    /// A web session ends this long after sign-in whatever its use, in milliseconds.
-    pub session_absolute_ms: u64,
-    /// Failed sign-ins from one client address within the window before it is locked out.
-    pub failures_per_address_max: u32,
-    /// Failed sign-ins for one account within the window before it is locked out.
-    pub failures_per_account_max: u32,
-    /// How long failures are remembered and a lockout lasts, in milliseconds.
-    pub failure_window_ms: u64,
-}
-
-impl Default for SignInSettings {
-    fn default() -> Self {
-        Self {
-            second_factor_required: true,
-            passkey_required_for_staff: false,
-            session_idle_ms: 30 * 60 * 1000,
-            session_absolute_ms: 12 * 3600 * 1000,
-            failures_per_address_max: 20,
-            failures_per_account_max: 10,
-            failure_window_ms: 15 * 60 * 1000,
-        }
-    }
-}
+/// The sign-in settings of a policy version (the one type for them, from the types crate).
+pub use sealpost_types::SignInSettings;
 
 /// The pickup portal's settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,59 +99,9 @@ impl Default for PortalSettings {
 
 /// Bounds on the settings an admin may save, each in its unit.
 pub mod settings_bounds {
-    /// Longest web session idle time and absolute lifetime, in milliseconds (7 days).
-    pub const SESSION_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
-    /// Shortest web session idle time, in milliseconds (1 minute).
-    pub const SESSION_MS_MIN: u64 = 60 * 1000;
-    /// Most failures either lockout counter may allow.
-    pub const FAILURES_MAX: u32 = 10_000;
-    /// Longest failure window, in milliseconds (1 day).
-    pub const FAILURE_WINDOW_MS_MAX: u64 = 24 * 3600 * 1000;
+    pub use sealpost_types::sign_in_bounds::*;
     /// Longest pickup link lifetime, in milliseconds (365 days).
     pub const PICKUP_TTL_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
-}
-
-impl SignInSettings {
-    fn check(&self) -> Result<(), String> {
-        use settings_bounds::*;
-        let in_range = |name: &str, value: u64, min: u64, max: u64| {
-            if (min..=max).contains(&value) {
-                Ok(())
-            } else {
-                Err(format!("sign_in.{name} = {value} is outside {min}..={max}"))
-            }
-        };
-        in_range(
-            "session_idle_ms",
-            self.session_idle_ms,
-            SESSION_MS_MIN,
-            SESSION_MS_MAX,
-        )?;
-        in_range(
-            "session_absolute_ms",
-            self.session_absolute_ms,
-            self.session_idle_ms,
-            SESSION_MS_MAX,
-        )?;
-        in_range(
-            "failures_per_address_max",
-            u64::from(self.failures_per_address_max),
-            1,
-            u64::from(FAILURES_MAX),
-        )?;
-        in_range(
-            "failures_per_account_max",
-            u64::from(self.failures_per_account_max),
-            1,
-            u64::from(FAILURES_MAX),
-        )?;
-        in_range(
-            "failure_window_ms",
-            self.failure_window_ms,
-            1000,
-            FAILURE_WINDOW_MS_MAX,
-        )
-    }
 }
 
 /// The site's rules, as configured. By default: no admin rules, the default content rules
@@ -360,7 +277,10 @@ pub const SCANNED_TEXT_BYTES_MAX: usize = 16 * 1024 * 1024;
 impl Policy {
     /// Compiles the rules; a pattern that is not a regular expression is an error naming it.
     pub fn new(config: PolicyConfig) -> Result<Policy, String> {
-        config.sign_in.check()?;
+        config
+            .sign_in
+            .check()
+            .map_err(|e| e.in_section("sign_in").to_string())?;
         sealpost_types::check_retention_rules(&config.retention)?;
         if !(1..=settings_bounds::PICKUP_TTL_MS_MAX).contains(&config.portal.pickup_ttl_ms) {
             return Err(format!(

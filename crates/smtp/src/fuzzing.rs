@@ -97,7 +97,6 @@ impl SessionHarness {
         // fuzzer; a fresh set of counters per session, so one input's failures do not lock
         // the next one out.
         let limits = LoginLimits {
-            failures_per_account_max: 3,
             failure_delay_ms: 1,
             failure_delay_max_ms: 1,
             ..LoginLimits::default()
@@ -108,12 +107,13 @@ impl SessionHarness {
             "team@example.test".into(),
             vec!["alice@example.test".into(), "bob@example.test".into()],
         );
-        let auth_policy = sealpost_auth::AuthPolicy {
+        let settings = sealpost_auth::SignInSettings {
             second_factor_required: false,
-            ..sealpost_auth::AuthPolicy::default()
+            failures_per_account_max: 3,
+            ..sealpost_auth::SignInSettings::default()
         };
         let shared = SmtpShared::new(
-            MailLogins::new(limits, auth_policy, "localhost", MailLogins::no_notice()),
+            MailLogins::new(limits, settings, "localhost", MailLogins::no_notice()),
             aliases,
             None,
             None,

@@ -46,7 +46,10 @@ pub(crate) fn pickup_notice(
                 .ok()
         })
         .unwrap_or_default();
-    let organisation = sanitize(&config.organisation);
+    let organisation = match sanitize(&config.organisation) {
+        named if named.trim().is_empty() => "Sealpost".to_string(),
+        named => named,
+    };
     format!(
         "From: {organisation} <{from}>\r\nTo: <{recipient}>\r\nSubject: {subject}\r\nDate: {date}\r\n\
          Message-ID: {id}\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n\

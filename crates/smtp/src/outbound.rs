@@ -19,13 +19,21 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-/// Bounds and settings of outbound delivery, each named with its unit.
-#[derive(Clone, Debug)]
+/// Bounds and settings of outbound delivery, each named with its unit: `sealpost.toml`'s
+/// `[outbound]` section, as it is written there. The host name, the portal's address and the
+/// notices' sender are the server's (from `[server]` and `[listeners]`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct OutboundConfig {
     /// Our name in EHLO.
+    #[serde(skip)]
     pub hostname: String,
     /// The port of receiving servers (25; tests point it at loopback servers).
     pub port: u16,
+    /// PEM files of the certificate authorities a receiving server's certificate may chain
+    /// to: the system's bundle, plus any a site adds for its partners' private CAs (the
+    /// server reads them).
+    pub ca_files: Vec<std::path::PathBuf>,
     /// How long a connection, a handshake or one reply may take, in ms.
     pub timeout_ms: u64,
     /// The first retry after a temporary failure, in ms; each next one waits twice as long.
@@ -39,17 +47,21 @@ pub struct OutboundConfig {
     /// Queue entries delivered at the same time.
     pub parallel_max: usize,
     /// The pickup link is this followed by the token.
+    #[serde(skip)]
     pub portal_url: String,
-    /// The organisation's name, in pickup notices.
+    /// The organisation's name, in pickup notices; empty: the server names its primary domain.
     pub organisation: String,
     /// The subject of pickup notices (no patient information belongs here).
     pub notice_subject: String,
     /// The address pickup notices come from.
+    #[serde(skip)]
     pub notice_from: String,
     /// How long a pickup link works, in ms (30 days).
     pub pickup_ttl_ms: u64,
     /// Relay everything through this host and port instead of the recipients' MX hosts
-    /// (still only over TLS verified for that host's name).
+    /// (still only over TLS verified for that host's name). In the file `"host:port"`;
+    /// empty: deliver to each recipient's MX.
+    #[serde(with = "host_port")]
     pub smarthost: Option<(String, u16)>,
     /// Connections open at once to one recipient domain (or the smarthost).
     pub connections_per_domain_max: usize,
@@ -65,6 +77,7 @@ impl Default for OutboundConfig {
         Self {
             hostname: "localhost".into(),
             port: 25,
+            ca_files: vec!["/etc/ssl/certs/ca-certificates.crt".into()],
             timeout_ms: 60_000,
             retry_first_ms: 60_000,
             retry_max_ms: 4 * 3600 * 1000,
@@ -72,7 +85,7 @@ impl Default for OutboundConfig {
             poll_ms: 5_000,
             parallel_max: 8,
             portal_url: "https://localhost/pickup/".into(),
-            organisation: "Sealpost".into(),
+            organisation: String::new(),
             notice_subject: "You have a secure message".into(),
             notice_from: "postmaster@localhost".into(),
             pickup_ttl_ms: 30 * 24 * 3600 * 1000,
@@ -81,6 +94,60 @@ impl Default for OutboundConfig {
             mta_sts_port: 443,
             dane: true,
         }
+    }
+}
+
+impl OutboundConfig {
+    /// Refuses settings no server should run with; keys as written in `[outbound]`.
+    pub fn check(&self) -> Result<(), sealpost_types::InvalidSetting> {
+        use sealpost_types::{at_least, in_range};
+        at_least(
+            "connections_per_domain_max",
+            self.connections_per_domain_max as u64,
+            1,
+        )?;
+        at_least("parallel_max", self.parallel_max as u64, 1)?;
+        at_least("timeout_ms", self.timeout_ms, 1000)?;
+        at_least("poll_ms", self.poll_ms, 10)?;
+        at_least("retry_first_ms", self.retry_first_ms, 1)?;
+        in_range(
+            "retry_max_ms",
+            self.retry_max_ms,
+            self.retry_first_ms,
+            u64::MAX,
+        )?;
+        at_least("pickup_ttl_ms", self.pickup_ttl_ms, 1)
+    }
+}
+
+/// `"host:port"` in the file for `Option<(host, port)>`; the empty string for none.
+mod host_port {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<(String, u16)>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some((host, port)) => serializer.serialize_str(&format!("{host}:{port}")),
+            None => serializer.serialize_str(""),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<(String, u16)>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        text.rsplit_once(':')
+            .and_then(|(host, port)| {
+                let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+                (!host.is_empty()).then(|| (host.to_string(), port))
+            })
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not host:port")))
     }
 }
 

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use sealpost_auth::{LoginOutcome, LoginRefusal, Protocol};
 use sealpost_net::BoxedStream;
 use sealpost_storage::{Account, Actor, AuditEvent, AuditOutcome, OutboundRecipient, Store};
+use serde::{Deserialize, Serialize};
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
@@ -24,12 +25,17 @@ const BDAT_RESERVE_BYTES_MAX: usize = 1 << 20;
 /// Bytes read from the client at a time.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
-/// Bounds and settings of SMTP sessions, each named with its unit.
-#[derive(Clone, Debug)]
+/// Bounds and settings of SMTP sessions, each named with its unit: `sealpost.toml`'s
+/// `[smtp]` section, as it is written there. The host name is `[server]`'s and the largest
+/// message the store's (`[limits]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SmtpConfig {
     /// The server's name in the greeting, EHLO and Received.
+    #[serde(skip)]
     pub hostname: String,
     /// Largest message, in bytes (SIZE, and enforced while reading DATA and BDAT).
+    #[serde(skip)]
     pub message_bytes_max: u64,
     /// Recipients one message may have.
     pub recipients_per_message_max: usize,
@@ -47,6 +53,16 @@ pub struct SmtpConfig {
     /// within this long, or the connection is closed (421): trickling bytes is not progress.
     /// In milliseconds.
     pub prelogin_idle_ms_max: u64,
+    /// DNS servers for SPF, DKIM, DMARC, MX, MTA-STS and DANE lookups (`"192.0.2.53:53"`);
+    /// empty: the system's (/etc/resolv.conf).
+    pub dns_servers: Vec<std::net::SocketAddr>,
+    /// Refuse inbound mail that fails DMARC when its domain publishes p=reject.
+    pub reject_dmarc_reject: bool,
+    /// Connections each SMTP listener holds open at once; past it, `421 4.7.0` (the server's
+    /// listener enforces it).
+    pub connections_max: usize,
+    /// Connections one client address may hold open on one SMTP listener.
+    pub connections_per_address_max: usize,
 }
 
 impl Default for SmtpConfig {
@@ -61,7 +77,43 @@ impl Default for SmtpConfig {
             command_timeout_ms: 5 * 60 * 1000,
             auth_failures_per_connection_max: 3,
             prelogin_idle_ms_max: 60_000,
+            dns_servers: Vec::new(),
+            reject_dmarc_reject: true,
+            connections_max: 1_000,
+            connections_per_address_max: 50,
         }
+    }
+}
+
+impl SmtpConfig {
+    /// Refuses settings no server should run with; keys as written in `[smtp]`.
+    pub fn check(&self) -> Result<(), sealpost_types::InvalidSetting> {
+        use sealpost_types::at_least;
+        // RFC 5321 4.5.3.1.4: a command line of 512 octets must be taken.
+        at_least("line_bytes_max", self.line_bytes_max as u64, 512)?;
+        at_least(
+            "recipients_per_message_max",
+            self.recipients_per_message_max as u64,
+            1,
+        )?;
+        at_least(
+            "errors_per_session_max",
+            self.errors_per_session_max.into(),
+            1,
+        )?;
+        at_least(
+            "auth_failures_per_connection_max",
+            self.auth_failures_per_connection_max.into(),
+            1,
+        )?;
+        at_least("command_timeout_ms", self.command_timeout_ms, 10_000)?;
+        at_least("prelogin_idle_ms_max", self.prelogin_idle_ms_max, 100)?;
+        at_least("connections_max", self.connections_max as u64, 1)?;
+        at_least(
+            "connections_per_address_max",
+            self.connections_per_address_max as u64,
+            1,
+        )
     }
 }
 

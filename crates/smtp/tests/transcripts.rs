@@ -49,7 +49,11 @@ fn store(dir: &std::path::Path) -> Store {
 
 /// What the sessions of one test server share: bob is barred from sending outside, and a
 /// content rule blocks "oncology" to outside recipients.
-fn shared(login_limits: LoginLimits, aliases: Aliases) -> Arc<SmtpShared> {
+fn shared(
+    login_limits: LoginLimits,
+    settings: sealpost_auth::SignInSettings,
+    aliases: Aliases,
+) -> Arc<SmtpShared> {
     let mut policy = sealpost_policy::PolicyConfig::default();
     policy.barred_accounts.insert("bob@example.test".into());
     policy.content.push(sealpost_policy::ContentRule {
@@ -63,12 +67,7 @@ fn shared(login_limits: LoginLimits, aliases: Aliases) -> Arc<SmtpShared> {
     });
     let policy = sealpost_policy::LivePolicy::new(sealpost_policy::Policy::new(policy).unwrap());
     SmtpShared::new(
-        MailLogins::new(
-            login_limits,
-            passwords_allowed(),
-            "localhost",
-            MailLogins::no_notice(),
-        ),
+        MailLogins::new(login_limits, settings, "localhost", MailLogins::no_notice()),
         aliases,
         None,
         None,
@@ -117,7 +116,7 @@ async fn run(name: &str) {
         ..SmtpConfig::default()
     };
     let (mut role, mut tls) = (ListenerRole::Inbound, None);
-    let mut login_limits = LoginLimits::default();
+    let (mut login_limits, mut settings) = (LoginLimits::default(), passwords_allowed());
     let mut aliases = Aliases::default();
     aliases.map.insert(
         "team@example.test".into(),
@@ -144,7 +143,7 @@ async fn run(name: &str) {
                 "hourly" => config.messages_per_hour_per_account_max = value.parse().unwrap(),
                 "timeout_ms" => config.command_timeout_ms = value.parse().unwrap(),
                 "lockout" => {
-                    login_limits.failures_per_account_max = value.parse().unwrap();
+                    settings.failures_per_account_max = value.parse().unwrap();
                     login_limits.failure_delay_ms = 1;
                     login_limits.failure_delay_max_ms = 1;
                 }
@@ -154,7 +153,7 @@ async fn run(name: &str) {
     }
     let (client, server) = tokio::io::duplex(1 << 20);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let shared = shared(login_limits, aliases);
+    let shared = shared(login_limits, settings, aliases);
     let counts = shared.clone();
     let mut session = Some(tokio::spawn(serve_session(
         Box::new(server),
@@ -356,7 +355,11 @@ async fn submitted_bare_cr_and_lf_are_stored_as_crlf() {
 async fn web_submissions_get_crlf_line_ends_one_of_each_field_and_clean_recipients() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    let shared = shared(LoginLimits::default(), Aliases::default());
+    let shared = shared(
+        LoginLimits::default(),
+        passwords_allowed(),
+        Aliases::default(),
+    );
     let config = SmtpConfig {
         hostname: "mx.example.test".into(),
         ..SmtpConfig::default()
@@ -446,9 +449,9 @@ async fn web_submissions_get_crlf_line_ends_one_of_each_field_and_clean_recipien
 
 /// The account password opens a session here: these tests are about the protocol, not about
 /// app passwords (tested in `crates/auth` and `tests/auth.rs`).
-fn passwords_allowed() -> sealpost_auth::AuthPolicy {
-    sealpost_auth::AuthPolicy {
+fn passwords_allowed() -> sealpost_auth::SignInSettings {
+    sealpost_auth::SignInSettings {
         second_factor_required: false,
-        ..sealpost_auth::AuthPolicy::default()
+        ..sealpost_auth::SignInSettings::default()
     }
 }

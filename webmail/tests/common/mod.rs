@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, Request, Response, StatusCode};
 use sealpost_auth::websession::{self, Stage};
-use sealpost_auth::{Lockout, LoginLimits};
+use sealpost_auth::{Lockout, LoginLimits, SignInSettings};
 use sealpost_console::HealthInfo;
 use sealpost_storage::{
     AccountId, Actor, Flags, InternalDate, MasterKey, NewAccount, NewMessage, Outbound,
@@ -70,6 +70,11 @@ pub struct Web {
 
 impl Web {
     pub fn new(limits: LoginLimits) -> Web {
+        Web::with_sign_in(limits, SignInSettings::default())
+    }
+
+    /// A web whose lockout counts by `settings`.
+    pub fn with_sign_in(limits: LoginLimits, settings: SignInSettings) -> Web {
         let dir = tempfile::tempdir().unwrap();
         let master = MasterKey::create_file(&dir.path().join("keys/master.key")).unwrap();
         let store = Store::create(
@@ -77,7 +82,7 @@ impl Web {
             master,
         )
         .unwrap();
-        let lockout = Arc::new(Lockout::new(limits));
+        let lockout = Arc::new(Lockout::new(limits, settings));
         let sent = Arc::new(AtomicUsize::new(0));
         let outbox = Arc::new(std::sync::Mutex::new(Vec::new()));
         let portals = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -224,7 +229,7 @@ impl Web {
             &self.store,
             value,
             sealpost_storage::now_ms(),
-            &sealpost_auth::AuthPolicy::default(),
+            &SignInSettings::default(),
         )
         .unwrap()
         .map(|found| found.session)
