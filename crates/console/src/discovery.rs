@@ -13,10 +13,12 @@ use sealpost_storage::{AccountId, Actor, AuditEvent, Error, MailboxId, Store};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-/// Messages one search finds at most (a zip without ZIP64 holds 65 535 entries).
-pub const DISCOVERY_HITS_MAX: usize = 65_000;
-/// Bytes one export holds at most, before encryption (a zip without ZIP64 stays under 4 GiB).
-pub const DISCOVERY_EXPORT_BYTES_MAX: u64 = 4_000_000_000;
+/// Messages one search finds at most: the hits and the export's manifest are held in memory
+/// (a few hundred bytes each, so about 300 MiB at the bound).
+pub const DISCOVERY_HITS_MAX: usize = 500_000;
+/// Bytes one export holds at most, before encryption, in bytes (256 GiB; the zip is ZIP64
+/// where it must be, and written as it goes, so only the disk it goes to bounds it).
+pub const DISCOVERY_EXPORT_BYTES_MAX: u64 = 256 * 1024 * 1024 * 1024;
 
 /// A search: every field given must match (case-insensitive parts).
 #[derive(Clone, Debug, Default)]
@@ -313,101 +315,48 @@ struct Manifest {
     entries: Vec<ManifestEntry>,
 }
 
-/// A zip written as it goes (stored entries, data descriptors, no ZIP64: hence the bounds).
+/// A zip written as it goes to a writer that cannot seek (the age stream): the `zip` crate's
+/// stream mode, stored entries each followed by a data descriptor, ZIP64 records where sizes,
+/// offsets or the entry count need them.
 struct Zip<'a> {
-    out: &'a mut dyn Write,
-    offset: u64,
-    central: Vec<u8>,
-    entries: u16,
+    writer: zip::ZipWriter<zip::write::StreamWriter<&'a mut dyn Write>>,
 }
 
-impl Zip<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(bytes)?;
-        self.offset += bytes.len() as u64;
-        Ok(())
+impl<'a> Zip<'a> {
+    fn new(out: &'a mut dyn Write) -> Self {
+        Self {
+            writer: zip::ZipWriter::new_stream(out),
+        }
     }
 
-    fn offset32(&self) -> std::io::Result<u32> {
-        u32::try_from(self.offset).map_err(|_| std::io::Error::other("the export is over 4 GiB"))
-    }
-
-    /// Writes one entry from its parts (an mbox is many parts).
+    /// Writes one entry from its parts (an mbox is many parts). A `large` entry may pass
+    /// 4 GiB (its sizes are written as ZIP64); others may not.
     fn entry(
         &mut self,
         name: &str,
+        large: bool,
         parts: &mut dyn Iterator<Item = std::io::Result<Vec<u8>>>,
     ) -> std::io::Result<()> {
-        let start = self.offset32()?;
-        let name = name.as_bytes();
-        let name_len = u16::try_from(name.len()).map_err(std::io::Error::other)?;
-        let mut head = Vec::with_capacity(30 + name.len());
-        head.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-        head.extend_from_slice(&20u16.to_le_bytes()); // version needed
-        head.extend_from_slice(&0x0808u16.to_le_bytes()); // data descriptor, UTF-8 names
-        head.extend_from_slice(&0u16.to_le_bytes()); // stored
-        head.extend_from_slice(&0u16.to_le_bytes()); // time
-        head.extend_from_slice(&0x0021u16.to_le_bytes()); // date: 1980-01-01
-        head.extend_from_slice(&[0u8; 12]); // crc and sizes follow the data
-        head.extend_from_slice(&name_len.to_le_bytes());
-        head.extend_from_slice(&0u16.to_le_bytes());
-        head.extend_from_slice(name);
-        self.write(&head)?;
-        let mut crc = crc32fast::Hasher::new();
-        let mut size = 0u64;
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .last_modified_time(zip::DateTime::DEFAULT)
+            .unix_permissions(0o600)
+            .large_file(large);
+        self.writer
+            .start_file(name, options)
+            .map_err(std::io::Error::other)?;
         for part in parts {
-            let part = part?;
-            crc.update(&part);
-            size += part.len() as u64;
-            self.write(&part)?;
+            self.writer.write_all(&part?)?;
         }
-        let crc = crc.finalize();
-        let size =
-            u32::try_from(size).map_err(|_| std::io::Error::other("an entry is over 4 GiB"))?;
-        let mut descriptor = Vec::with_capacity(16);
-        descriptor.extend_from_slice(&0x0807_4b50u32.to_le_bytes());
-        descriptor.extend_from_slice(&crc.to_le_bytes());
-        descriptor.extend_from_slice(&size.to_le_bytes());
-        descriptor.extend_from_slice(&size.to_le_bytes());
-        self.write(&descriptor)?;
-        let c = &mut self.central;
-        c.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-        c.extend_from_slice(&20u16.to_le_bytes()); // made by
-        c.extend_from_slice(&20u16.to_le_bytes()); // needed
-        c.extend_from_slice(&0x0808u16.to_le_bytes());
-        c.extend_from_slice(&0u16.to_le_bytes());
-        c.extend_from_slice(&0u16.to_le_bytes());
-        c.extend_from_slice(&0x0021u16.to_le_bytes());
-        c.extend_from_slice(&crc.to_le_bytes());
-        c.extend_from_slice(&size.to_le_bytes());
-        c.extend_from_slice(&size.to_le_bytes());
-        c.extend_from_slice(&name_len.to_le_bytes());
-        c.extend_from_slice(&[0u8; 8]); // extra, comment, disk, internal attributes
-        c.extend_from_slice(&0u32.to_le_bytes()); // external attributes
-        c.extend_from_slice(&start.to_le_bytes());
-        c.extend_from_slice(name);
-        self.entries = self
-            .entries
-            .checked_add(1)
-            .ok_or_else(|| std::io::Error::other("over 65 535 entries"))?;
         Ok(())
     }
 
-    fn finish(mut self) -> std::io::Result<()> {
-        let start = self.offset32()?;
-        let central = std::mem::take(&mut self.central);
-        self.write(&central)?;
-        let size = u32::try_from(central.len()).map_err(std::io::Error::other)?;
-        let mut end = Vec::with_capacity(22);
-        end.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
-        end.extend_from_slice(&[0u8; 4]); // disk numbers
-        end.extend_from_slice(&self.entries.to_le_bytes());
-        end.extend_from_slice(&self.entries.to_le_bytes());
-        end.extend_from_slice(&size.to_le_bytes());
-        end.extend_from_slice(&start.to_le_bytes());
-        end.extend_from_slice(&0u16.to_le_bytes());
-        self.write(&end)?;
-        self.out.flush()
+    fn finish(self) -> std::io::Result<()> {
+        self.writer
+            .finish()
+            .map_err(std::io::Error::other)?
+            .into_inner()
+            .flush()
     }
 }
 
@@ -502,12 +451,7 @@ pub fn export(
     let io = |e: std::io::Error| e.to_string();
     let mut entries = Vec::with_capacity(hits.len());
     {
-        let mut zip = Zip {
-            out: &mut encrypted,
-            offset: 0,
-            central: Vec::new(),
-            entries: 0,
-        };
+        let mut zip = Zip::new(&mut encrypted);
         let describe = |hit: &Hit, file: String, message: &[u8]| ManifestEntry {
             file,
             account: hit.address.clone(),
@@ -523,7 +467,7 @@ pub fn export(
                     let message = read_hit(store, hit).map_err(|e| e.to_string())?;
                     let file = format!("{:05}.eml", n + 1);
                     entries.push(describe(hit, file.clone(), &message));
-                    zip.entry(&file, &mut std::iter::once(Ok(message)))
+                    zip.entry(&file, false, &mut std::iter::once(Ok(message)))
                         .map_err(io)?;
                 }
             }
@@ -539,7 +483,7 @@ pub fn export(
                         None
                     }
                 });
-                zip.entry("messages.mbox", &mut parts).map_err(io)?;
+                zip.entry("messages.mbox", true, &mut parts).map_err(io)?;
                 drop(parts);
                 if let Some(error) = failed {
                     return Err(error);
@@ -554,7 +498,7 @@ pub fn export(
             entries,
         };
         let text = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
-        zip.entry("manifest.json", &mut std::iter::once(Ok(text)))
+        zip.entry("manifest.json", false, &mut std::iter::once(Ok(text)))
             .map_err(io)?;
         zip.finish().map_err(io)?;
     }
@@ -590,28 +534,120 @@ mod tests {
     #[test]
     fn a_zip_written_as_it_goes_has_its_entries_and_directory() {
         let mut out = Vec::new();
-        let mut zip = Zip {
-            out: &mut out,
-            offset: 0,
-            central: Vec::new(),
-            entries: 0,
-        };
-        zip.entry("a.eml", &mut std::iter::once(Ok(b"hello".to_vec())))
+        let mut zip = Zip::new(&mut out);
+        zip.entry("a.eml", false, &mut std::iter::once(Ok(b"hello".to_vec())))
             .unwrap();
         zip.entry(
-            "b.eml",
+            "b.mbox",
+            true,
             &mut [Ok(b"wor".to_vec()), Ok(b"ld".to_vec())].into_iter(),
         )
         .unwrap();
         zip.finish().unwrap();
         assert!(out.starts_with(b"PK\x03\x04"));
-        let end = &out[out.len() - 22..];
-        assert_eq!(&end[..4], b"PK\x05\x06");
-        assert_eq!(u16::from_le_bytes([end[10], end[11]]), 2, "two entries");
-        let crc = crc32fast::hash(b"world");
+        let mut read = zip::ZipArchive::new(std::io::Cursor::new(out)).unwrap();
+        assert_eq!(read.len(), 2);
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut read.by_name("b.mbox").unwrap(), &mut text).unwrap();
+        assert_eq!(text, "world", "every part, its CRC checked by the reader");
+    }
+
+    #[test]
+    fn a_zip_holds_more_than_65535_entries() {
+        let mut out = Vec::new();
+        let mut zip = Zip::new(&mut out);
+        let count = 70_000;
+        for n in 0..count {
+            let body = format!("message {n}").into_bytes();
+            zip.entry(
+                &format!("{n:06}.eml"),
+                false,
+                &mut std::iter::once(Ok(body)),
+            )
+            .unwrap();
+        }
+        zip.finish().unwrap();
+        let mut read = zip::ZipArchive::new(std::io::Cursor::new(out)).unwrap();
+        assert_eq!(read.len(), count, "the ZIP64 end record counts them all");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut read.by_name("069999.eml").unwrap(), &mut text).unwrap();
+        assert_eq!(text, "message 69999");
+    }
+
+    /// Keeps the length of what went through it and its last `TAIL` bytes.
+    struct Tail {
+        length: u64,
+        tail: Vec<u8>,
+    }
+
+    const TAIL: usize = 64 * 1024;
+
+    impl Write for Tail {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.length += bytes.len() as u64;
+            self.tail
+                .extend_from_slice(&bytes[bytes.len().saturating_sub(TAIL)..]);
+            let excess = self.tail.len().saturating_sub(TAIL);
+            self.tail.drain(..excess);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_mbox_entry_may_pass_4_gib() {
+        let size: u64 = (4 << 30) + (1 << 20);
+        let chunk = vec![b'x'; 1 << 20];
+        let mut out = Tail {
+            length: 0,
+            tail: Vec::new(),
+        };
+        let mut zip = Zip::new(&mut out);
+        let mut parts = (0..size / chunk.len() as u64).map(|_| Ok(chunk.clone()));
+        zip.entry("messages.mbox", true, &mut parts).unwrap();
+        zip.entry(
+            "manifest.json",
+            false,
+            &mut std::iter::once(Ok(b"{}".to_vec())),
+        )
+        .unwrap();
+        zip.finish().unwrap();
+        assert!(out.length > size);
+        // The central directory names the mbox with its 64-bit size and the manifest with
+        // its offset past 4 GiB (ZIP64 extra fields, APPNOTE 4.5.3), and the ZIP64 end record
+        // (signature 0x06064b50) is there.
+        let tail = &out.tail;
+        let central = tail
+            .windows(4)
+            .position(|w| w == b"PK\x01\x02")
+            .expect("a central directory header");
+        let field = |at: usize, n: usize| {
+            let mut bytes = [0u8; 8];
+            bytes[..n].copy_from_slice(&tail[at..at + n]);
+            u64::from_le_bytes(bytes)
+        };
+        let name_len = field(central + 28, 2) as usize;
+        let extra_len = field(central + 30, 2) as usize;
+        assert_eq!(
+            &tail[central + 46..central + 46 + name_len],
+            b"messages.mbox"
+        );
+        assert_eq!(
+            field(central + 24, 4),
+            u64::from(u32::MAX),
+            "size in the extra field"
+        );
+        let extra = central + 46 + name_len;
+        assert_eq!(field(extra, 2), 1, "the ZIP64 extra field");
+        assert!(extra_len >= 20);
+        assert_eq!(field(extra + 4, 8), size, "uncompressed size");
+        assert_eq!(field(extra + 12, 8), size, "stored: compressed size");
         assert!(
-            out.windows(4).any(|w| w == crc.to_le_bytes()),
-            "the descriptor's CRC covers every part"
+            tail.windows(4).any(|w| w == b"PK\x06\x06"),
+            "a ZIP64 end record"
         );
     }
 }
