@@ -9,7 +9,6 @@ use std::sync::Arc;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{AppendHeaders, IntoResponse, Response};
-use axum::Form;
 use leptos::prelude::*;
 use sealpost_auth::enrolment::{self, LinkCheck};
 use sealpost_auth::websession::{self, Found};
@@ -17,10 +16,9 @@ use sealpost_auth::Credentials;
 use sealpost_storage::{Account, AccountId, AccountStatus, Actor, Role};
 use serde::Deserialize;
 
-use crate::admin::{admin, AdminForm};
 use crate::html::{error_line, notice_line, render, when, Frame};
 use crate::request::{
-    blocking, forbidden, form_token, form_token_ok, now_ms, see_other, set_cookie, FORM_COOKIE,
+    blocking, form_token, now_ms, see_other, set_cookie, Admin, Csrf, FORM_COOKIE,
 };
 use crate::{Peer, WebState};
 use sealpost_console::{AccountAction, Outcome};
@@ -33,12 +31,7 @@ fn actor(admin: &Account, peer: &Peer) -> Actor {
 }
 
 fn frame<'a>(title: &'a str, found: &'a Found, account: &'a Account) -> Frame<'a> {
-    Frame {
-        title,
-        csrf: Some(&found.session.csrf),
-        account: Some((&account.address, &found.session.csrf)),
-        script: false,
-    }
+    Frame::new(title).account(&account.address, &found.session.csrf)
 }
 
 #[derive(Deserialize, Default)]
@@ -51,13 +44,9 @@ pub(crate) struct ListQuery {
 
 pub(crate) async fn list(
     State(state): State<Arc<WebState>>,
+    Admin { found, me, .. }: Admin,
     Query(query): Query<ListQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let search = query.q.clone().unwrap_or_default();
     let (store, needle, asked) = (state.store.clone(), search.clone(), query.page.unwrap_or(1));
     let Some(Ok(found_page)) =
@@ -113,7 +102,7 @@ pub(crate) async fn list(
             <p>{previous}" "{next}</p>
             <h2>"New account"</h2>
             <form method="post" action="/admin/accounts" class="stack" id="new-account">
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 <label for="address">"Address"</label>
                 <input type="email" id="address" name="address" required=true/>
                 <label for="display_name">"Name"</label>
@@ -157,14 +146,9 @@ pub(crate) struct CreateForm {
 
 pub(crate) async fn create(
     State(state): State<Arc<WebState>>,
-    checked: AdminForm<CreateForm>,
+    Admin { found, me, peer }: Admin,
+    Csrf(form): Csrf<CreateForm>,
 ) -> Response {
-    let AdminForm {
-        found,
-        me,
-        form,
-        peer,
-    } = checked;
     let role = match form.role.as_str() {
         "admin" => Role::Admin,
         "auditor" => Role::Auditor,
@@ -191,13 +175,9 @@ pub(crate) async fn create(
 
 pub(crate) async fn detail(
     State(state): State<Arc<WebState>>,
+    Admin { found, me, .. }: Admin,
     Path(id): Path<u64>,
-    headers: HeaderMap,
 ) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     detail_page(&state, &found, &me, AccountId(id), None, None).await
 }
 
@@ -264,7 +244,7 @@ async fn detail_page(
         let (csrf, action) = (found.session.csrf.clone(), action.clone());
         view! {
             <form method="post" action=action class="inline">
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 <button type="submit" name="action" value=value class=class>{label}</button>
             </form>
             " "
@@ -282,7 +262,7 @@ async fn detail_page(
                 <li>
                     {alias.clone()}" "
                     <form method="post" action=action class="inline">
-                        <input type="hidden" name="csrf" value=csrf/>
+                        {crate::html::csrf_field(&csrf)}
                         <input type="hidden" name="alias" value=alias/>
                         <button type="submit" name="action" value="alias-remove" class="quiet">"Remove"</button>
                     </form>
@@ -334,7 +314,7 @@ async fn detail_page(
             <h2>"Quota"</h2>
             <p id="quota">{quota_text}</p>
             <form method="post" action=quota_action class="inline" id="quota-set">
-                <input type="hidden" name="csrf" value=quota_csrf/>
+                {crate::html::csrf_field(&quota_csrf)}
                 <input type="hidden" name="action" value="quota"/>
                 <label for="quota_mb" class="inline-label">"Quota in MB (empty: none)"</label>
                 <input type="text" id="quota_mb" name="quota_mb" value=quota_value/>
@@ -344,7 +324,7 @@ async fn detail_page(
             <p class="muted">"Mail to an alias reaches this account (and any other it is set for), and the account may send as it."</p>
             <ul id="aliases">{alias_rows}</ul>
             <form method="post" action=alias_action class="inline" id="alias-add">
-                <input type="hidden" name="csrf" value=alias_csrf/>
+                {crate::html::csrf_field(&alias_csrf)}
                 <input type="hidden" name="action" value="alias-add"/>
                 <label for="alias" class="inline-label">"New alias"</label>
                 <input type="text" id="alias" name="alias"/>
@@ -353,7 +333,7 @@ async fn detail_page(
             <h2>"Delete"</h2>
             <form method="post" action=delete_action class="stack" id="delete">
                 <p>"Deleting destroys the account's keys: its mail can never be read again. Type the address to confirm."</p>
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 <input type="hidden" name="action" value="delete"/>
                 <label for="confirm">{format!("Type {address}")}</label>
                 <input type="text" id="confirm" name="confirm" autocomplete="off"/>
@@ -380,14 +360,9 @@ pub(crate) struct ActForm {
 pub(crate) async fn act(
     State(state): State<Arc<WebState>>,
     Path(id): Path<u64>,
-    checked: AdminForm<ActForm>,
+    Admin { found, me, peer }: Admin,
+    Csrf(form): Csrf<ActForm>,
 ) -> Response {
-    let AdminForm {
-        found,
-        me,
-        form,
-        peer,
-    } = checked;
     let id = AccountId(id);
     let action = match form.action.as_str() {
         "disable" => AccountAction::Disable,
@@ -481,17 +456,12 @@ fn enrol_form(link: &str, token: &str, error: Option<String>, status: StatusCode
     (
         status,
         render(
-            Frame {
-                title: "Choose your password",
-                csrf: None,
-                account: None,
-                script: false,
-            },
+            Frame::new("Choose your password"),
             view! {
                 <section id="enrol">
                     {error_line(error)}
                     <form method="post" action=action class="stack">
-                        <input type="hidden" name="form" value=token/>
+                        {crate::html::csrf_field(&token)}
                         <label for="password">"Password (at least 12 characters; a few unrelated words work well)"</label>
                         <input type="password" id="password" name="password" autocomplete="new-password" required=true/>
                         <label for="confirm">"The same again"</label>
@@ -507,27 +477,25 @@ fn enrol_form(link: &str, token: &str, error: Option<String>, status: StatusCode
 
 #[derive(Deserialize)]
 pub(crate) struct EnrolForm {
-    form: String,
+    csrf: String,
     password: String,
     confirm: String,
 }
+
+crate::request::with_csrf!(EnrolForm);
 
 pub(crate) async fn enrol(
     State(state): State<Arc<WebState>>,
     Extension(peer): Extension<Peer>,
     Path(link): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<EnrolForm>,
+    Csrf(form): Csrf<EnrolForm>,
 ) -> Response {
-    if !form_token_ok(&headers, &form.form) {
-        return forbidden();
-    }
     let Some((id, secret)) = enrolment::parse(&link) else {
         return link_refused(LinkCheck::Invalid);
     };
     if form.password != form.confirm {
         let error = Some("The two passwords are not the same.".to_string());
-        return enrol_form(&link, &form.form, error, StatusCode::UNPROCESSABLE_ENTITY);
+        return enrol_form(&link, &form.csrf, error, StatusCode::UNPROCESSABLE_ENTITY);
     }
     let state2 = state.clone();
     let Some(Ok(account)) = blocking(move || state2.store.account(id)).await else {
@@ -539,7 +507,7 @@ pub(crate) async fn enrol(
         &[&account.address, &local, &account.display_name],
     ) {
         let error = Some(format!("Choose another password: {weakness}."));
-        return enrol_form(&link, &form.form, error, StatusCode::UNPROCESSABLE_ENTITY);
+        return enrol_form(&link, &form.csrf, error, StatusCode::UNPROCESSABLE_ENTITY);
     }
     let actor = Actor {
         name: account.address.clone(),

@@ -7,22 +7,19 @@
 use std::sync::Arc;
 
 use axum::extract::{Extension, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use leptos::prelude::*;
-use sealpost_storage::{Actor, AuditEvent, AuditSearch, Role};
+use sealpost_storage::{Actor, AuditEvent, AuditSearch};
 use serde::Deserialize;
 
-use crate::admin::{console, AdminForm};
 use crate::html::{notice_line, render, when, Frame};
 use crate::queue::{day_ms, field as lower};
-use crate::request::blocking;
+use crate::request::{blocking, Auditor, Csrf};
 use crate::{Peer, WebState};
 
 /// Records on one page of a search.
 pub(crate) const AUDIT_ROWS_PER_PAGE: usize = 100;
-
-const ROLES: &[Role] = &[Role::Admin, Role::Auditor];
 
 /// A search: a record matches when it has every word of every field given (words as the
 /// store's audit index cuts them: `root` finds `root@clinic.test`, `account` finds
@@ -87,14 +84,10 @@ fn actor_of(account: &sealpost_storage::Account, peer: &Peer) -> Actor {
 
 pub(crate) async fn page(
     State(state): State<Arc<WebState>>,
+    Auditor { found, me, .. }: Auditor,
     Extension(peer): Extension<Peer>,
     Query(query): Query<AuditQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (found, me) = match console(&state, &headers, ROLES).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let kept = query.search_string();
     let searching = !kept.is_empty();
     let (state2, search) = (state.clone(), query.search(AUDIT_ROWS_PER_PAGE));
@@ -161,12 +154,7 @@ pub(crate) async fn page(
     );
     let csrf = found.session.csrf.clone();
     render(
-        Frame {
-            title: "Audit log",
-            csrf: Some(&found.session.csrf),
-            account: Some((&me.address, &found.session.csrf)),
-            script: false,
-        },
+        Frame::new("Audit log").account(&me.address, &found.session.csrf),
         view! {
             <form method="get" action="/admin/audit" class="stack" id="audit-search">
                 <label for="a-actor">"Actor (account or address)"</label><input type="text" id="a-actor" name="actor" value=actor/>
@@ -180,7 +168,7 @@ pub(crate) async fn page(
             <p class="muted" id="audit-count">{count}</p>
             <p>"Export this selection: "<a href=csv id="export-csv">"CSV"</a>" · "<a href=jsonl id="export-jsonl">"JSON lines"</a></p>
             <form method="post" action="/admin/audit/verify" class="inline" id="verify">
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 <button type="submit">"Verify chain"</button>
             </form>
             <table id="audit">
@@ -196,14 +184,10 @@ pub(crate) async fn page(
 /// The selection as a file: CSV or JSON lines, oldest first, audited with the query and count.
 pub(crate) async fn export(
     State(state): State<Arc<WebState>>,
+    Auditor { found: _, me, .. }: Auditor,
     Extension(peer): Extension<Peer>,
     Query(query): Query<AuditQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (_, me) = match console(&state, &headers, ROLES).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let jsonl = query.format.as_deref() == Some("jsonl");
     let format = if jsonl {
         sealpost_console::ExportFormat::JsonLines
@@ -254,14 +238,9 @@ pub(crate) struct VerifyForm {
 
 pub(crate) async fn verify(
     State(state): State<Arc<WebState>>,
-    checked: AdminForm<VerifyForm, true>,
+    Auditor { found, me, peer }: Auditor,
+    Csrf(_): Csrf<VerifyForm>,
 ) -> Response {
-    let AdminForm {
-        found,
-        me,
-        form: _,
-        peer,
-    } = checked;
     let (state2, actor) = (state.clone(), actor_of(&me, &peer));
     let result = blocking(move || {
         let report = state2.store.audit_verify()?;
@@ -300,12 +279,7 @@ pub(crate) async fn verify(
     (
         status,
         render(
-            Frame {
-                title: "Audit chain",
-                csrf: Some(&found.session.csrf),
-                account: Some((&me.address, &found.session.csrf)),
-                script: false,
-            },
+            Frame::new("Audit chain").account(&me.address, &found.session.csrf),
             view! {
                 {notice_line(Some(text))}
                 <p><a href="/admin/audit">"← Audit log"</a></p>

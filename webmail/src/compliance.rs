@@ -7,17 +7,16 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use leptos::prelude::*;
 use sealpost_auth::websession::Found;
-use sealpost_storage::{Account, Actor, Role};
+use sealpost_storage::{Account, Actor};
 use serde::Deserialize;
 
-use crate::admin::{admin, console, AdminForm};
 use crate::html::{button_form, error_line, notice_line, render, when, Frame};
 use crate::queue::day_ms;
-use crate::request::{blocking, now_ms};
+use crate::request::{blocking, now_ms, Admin, Csrf};
 use crate::WebState;
 use sealpost_console::discovery::{self, DiscoveryQuery, ExportKind};
 
@@ -28,12 +27,7 @@ pub(crate) const DISCOVERY_WEB_EXPORT_BYTES_MAX: u64 = 256 * 1024 * 1024;
 pub(crate) const DISCOVERY_ROWS_SHOWN: usize = 200;
 
 fn frame<'a>(title: &'a str, found: &'a Found, me: &'a Account) -> Frame<'a> {
-    Frame {
-        title,
-        csrf: Some(&found.session.csrf),
-        account: Some((&me.address, &found.session.csrf)),
-        script: false,
-    }
+    Frame::new(title).account(&me.address, &found.session.csrf)
 }
 
 fn actor(me: &Account, peer: &crate::Peer) -> Actor {
@@ -43,11 +37,11 @@ fn actor(me: &Account, peer: &crate::Peer) -> Actor {
     }
 }
 
-pub(crate) async fn holds(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
-    match admin(&state, &headers).await {
-        Ok((found, me)) => holds_page(&state, &found, &me, None, None).await,
-        Err(response) => response,
-    }
+pub(crate) async fn holds(
+    State(state): State<Arc<WebState>>,
+    Admin { found, me, .. }: Admin,
+) -> Response {
+    holds_page(&state, &found, &me, None, None).await
 }
 
 async fn holds_page(
@@ -105,7 +99,7 @@ async fn holds_page(
             let forms = open.then(|| {
                 view! {
                     <form method="post" action="/admin/holds" class="stack add-custodian">
-                        <input type="hidden" name="csrf" value=csrf1/>
+                        {crate::html::csrf_field(&csrf1)}
                         <input type="hidden" name="hold" value=id1/>
                         <label>"Account"<input type="text" name="address" placeholder="someone@…"/></label>
                         <label>"Mail dated from (YYYY-MM-DD, optional)"<input type="text" name="from"/></label>
@@ -133,7 +127,7 @@ async fn holds_page(
             {error_line(error)}
             <p class="muted">"While an account is held, nothing of its mail is destroyed: its owner's deletions hide messages from them only, retention skips them, and the account cannot be deleted."</p>
             <form method="post" action="/admin/holds" class="stack" id="open-hold">
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 <label>"Case name"<input type="text" name="name" required/></label>
                 <label>"Reason"<input type="text" name="reason"/></label>
                 <button type="submit" name="action" value="open">"Open a hold"</button>
@@ -164,14 +158,9 @@ pub(crate) struct HoldForm {
 
 pub(crate) async fn holds_act(
     State(state): State<Arc<WebState>>,
-    checked: AdminForm<HoldForm>,
+    Admin { found, me, peer }: Admin,
+    Csrf(form): Csrf<HoldForm>,
 ) -> Response {
-    let AdminForm {
-        found,
-        me,
-        form,
-        peer,
-    } = checked;
     let (store, actor) = (state.store.clone(), actor(&me, &peer));
     let done = blocking(move || -> Result<String, String> {
         let hold = form.hold.unwrap_or(0);
@@ -232,11 +221,11 @@ pub(crate) async fn holds_act(
     }
 }
 
-pub(crate) async fn retention(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
-    match admin(&state, &headers).await {
-        Ok((found, me)) => retention_page(&state, &found, &me, None).await,
-        Err(response) => response,
-    }
+pub(crate) async fn retention(
+    State(state): State<Arc<WebState>>,
+    Admin { found, me, .. }: Admin,
+) -> Response {
+    retention_page(&state, &found, &me, None).await
 }
 
 async fn retention_page(
@@ -299,11 +288,11 @@ async fn retention_page(
             <p class="muted">"Rules are part of the policy ("<a href="/admin/policies">"edit them there"</a>", as [[retention]]). A message past a rule's maximum age is destroyed, unless a minimum age or a legal hold keeps it: keeping wins. Messages their owners deleted inside a minimum age or a hold are kept out of sight until nothing keeps them."</p>
             <table id="rules"><tr><th>"Rule"</th><th>"Folders"</th><th>"Accounts"</th><th>"Destroy after"</th><th>"Keep at least"</th></tr>{rows}</table>
             <form method="post" action="/admin/retention" class="inline">
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 <button type="submit" name="action" value="dry-run" class="quiet">"What would go now"</button>
             </form>
             <form method="post" action="/admin/retention" class="inline">
-                <input type="hidden" name="csrf" value=csrf2/>
+                {crate::html::csrf_field(&csrf2)}
                 <button type="submit" name="action" value="run" class="danger">"Apply the rules now"</button>
             </form>
             {outcome}
@@ -320,14 +309,9 @@ pub(crate) struct RetentionForm {
 
 pub(crate) async fn retention_act(
     State(state): State<Arc<WebState>>,
-    checked: AdminForm<RetentionForm>,
+    Admin { found, me, peer }: Admin,
+    Csrf(form): Csrf<RetentionForm>,
 ) -> Response {
-    let AdminForm {
-        found,
-        me,
-        form,
-        peer,
-    } = checked;
     let dry = form.action != "run";
     let (store, actor) = (state.store.clone(), actor(&me, &peer));
     match blocking(move || store.retention_sweep(now_ms(), dry, &actor)).await {
@@ -339,10 +323,6 @@ pub(crate) async fn retention_act(
         ),
     }
 }
-
-/// eDiscovery shows subjects and exports whole messages: an admin action. Auditors read the
-/// audit log only.
-const DISCOVERY_ROLES: &[Role] = &[Role::Admin];
 
 #[derive(Deserialize, Default, Clone)]
 pub(crate) struct DiscoveryParams {
@@ -397,16 +377,14 @@ impl DiscoveryParams {
     }
 }
 
+/// eDiscovery shows subjects and exports whole messages: an admin action (`Admin`). Auditors
+/// read the audit log only.
 pub(crate) async fn discovery_page(
     State(state): State<Arc<WebState>>,
+    Admin { found, me, .. }: Admin,
     Query(params): Query<DiscoveryParams>,
-    headers: HeaderMap,
     axum::extract::Extension(peer): axum::extract::Extension<crate::Peer>,
 ) -> Response {
-    let (found, me) = match console(&state, &headers, DISCOVERY_ROLES).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let found_hits = if params.asked() {
         let (store, actor, query) = (state.store.clone(), actor(&me, &peer), params.query());
         blocking(move || discovery::search_audited(&store, &actor, &query).ok())
@@ -457,7 +435,7 @@ pub(crate) async fn discovery_page(
             <table id="discovery"><tr><th>"Account"</th><th>"Folder"</th><th>"Date"</th><th>"Bytes"</th><th>"From"</th><th>"Subject"</th></tr>{rows}</table>
             <h2>"Export"</h2>
             <form method="post" action="/admin/discovery/export" class="stack" id="discovery-export">
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 {hidden}
                 <label>"Encrypt to (age recipient, age1…)"<input type="text" name="encrypt_to" required/></label>
                 <label>"Format"<select name="format"><option value="eml">"a .eml file per message"</option><option value="mbox">"one mbox"</option></select></label>
@@ -499,9 +477,9 @@ pub(crate) struct ExportForm {
 /// `DISCOVERY_WEB_EXPORT_BYTES_MAX`.
 pub(crate) async fn discovery_export(
     State(state): State<Arc<WebState>>,
-    checked: AdminForm<ExportForm>,
+    Admin { me, peer, .. }: Admin,
+    Csrf(form): Csrf<ExportForm>,
 ) -> Response {
-    let AdminForm { me, form, peer, .. } = checked;
     let kind = if form.format == "mbox" {
         ExportKind::Mbox
     } else {

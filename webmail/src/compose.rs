@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::{Extension, Multipart, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use leptos::prelude::*;
 use mail_builder::headers::address::Address;
@@ -22,8 +22,8 @@ use sealpost_storage::{
 use serde::Deserialize;
 
 use crate::html::{render, Frame};
-use crate::mail::{actor_of, read_audited, reader};
-use crate::request::{blocking, see_other};
+use crate::mail::{actor_of, read_audited};
+use crate::request::{blocking, see_other, SignedIn};
 use crate::{Peer, WebState};
 
 /// A message composed on the web, for `Outbox::send`.
@@ -267,14 +267,10 @@ fn prefill(raw: &[u8], query: &ComposeQuery, own: &str) -> Draft {
 
 pub(crate) async fn page(
     State(state): State<Arc<WebState>>,
+    SignedIn { found, account, .. }: SignedIn,
     Extension(peer): Extension<Peer>,
     Query(query): Query<ComposeQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (found, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let source = query
         .reply
         .as_deref()
@@ -350,17 +346,12 @@ fn form_page(
     (
         status,
         render(
-            Frame {
-                title: &title,
-                csrf: Some(csrf),
-                account: Some((&account.address, csrf)),
-                script: false,
-            },
+            Frame::new(&title).account(&account.address, csrf),
             view! {
                 <section id="compose">
                     {crate::html::error_line(error)}
                     <form method="post" action="/compose" enctype="multipart/form-data" class="stack">
-                        <input type="hidden" name="csrf" value=token/>
+                        {crate::html::csrf_field(&token)}
                         <input type="hidden" name="in_reply_to" value=in_reply_to/>
                         <input type="hidden" name="references" value=references/>
                         <input type="hidden" name="forward" value=forward/>
@@ -515,14 +506,10 @@ fn address_list(pairs: &[(String, String)]) -> Address<'static> {
 
 pub(crate) async fn submit(
     State(state): State<Arc<WebState>>,
+    SignedIn { found, account, .. }: SignedIn,
     Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
     mut multipart: Multipart,
 ) -> Response {
-    let (found, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let form = match read_form(&mut multipart, state.sending.upload_bytes_max).await {
         Ok(form) => form,
         Err(response) => return response,

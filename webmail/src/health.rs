@@ -6,21 +6,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use leptos::prelude::*;
 use sealpost_console::health::{figures, human_bytes, in_network};
 
-use crate::admin::admin;
 use crate::html::{render, when, Frame};
-use crate::request::{blocking, now_ms};
+use crate::request::{blocking, now_ms, Admin};
 use crate::WebState;
 
-pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub(crate) async fn page(
+    State(state): State<Arc<WebState>>,
+    Admin { found, me, .. }: Admin,
+) -> Response {
     let state2 = state.clone();
     let Some(Some(figures)) = blocking(move || figures(&state2.store)).await else {
         return crate::html::message_page_status(
@@ -94,12 +92,7 @@ pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap)
         .collect();
     let zone = health.dns_zone.clone();
     render(
-        Frame {
-            title: "Health",
-            csrf: Some(&found.session.csrf),
-            account: Some((&me.address, &found.session.csrf)),
-            script: false,
-        },
+        Frame::new("Health").account(&me.address, &found.session.csrf),
         view! {
             <h2>"Listeners"</h2>
             <table id="listeners">{listeners}</table>

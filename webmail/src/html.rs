@@ -25,14 +25,55 @@ pub(crate) fn brand() -> Option<&'static Brand> {
     BRAND.get()
 }
 
-/// What the frame shows besides the page's own content.
+/// What the frame shows besides the page's own content; made by `Frame::new` alone.
 pub(crate) struct Frame<'a> {
-    pub(crate) title: &'a str,
-    /// The session's CSRF token, for the script's requests.
-    pub(crate) csrf: Option<&'a str>,
-    /// The signed-in address, with a sign-out button.
-    pub(crate) account: Option<(&'a str, &'a str)>,
-    pub(crate) script: bool,
+    title: &'a str,
+    /// The page's CSRF token, for the script's requests.
+    csrf: Option<&'a str>,
+    /// The signed-in address, with a sign-out button carrying its CSRF token.
+    account: Option<(&'a str, &'a str)>,
+    script: bool,
+}
+
+impl<'a> Frame<'a> {
+    /// A page titled `title`, for anyone, without script.
+    pub(crate) fn new(title: &'a str) -> Self {
+        Self {
+            title,
+            csrf: None,
+            account: None,
+            script: false,
+        }
+    }
+
+    /// The page's scripts send `csrf` with their requests (a `<meta name="csrf">`).
+    pub(crate) fn token(self, csrf: &'a str) -> Self {
+        Self {
+            csrf: Some(csrf),
+            ..self
+        }
+    }
+
+    /// A signed-in page: the address and its sign-out form, and the session's CSRF token.
+    pub(crate) fn account(self, address: &'a str, csrf: &'a str) -> Self {
+        Self {
+            csrf: Some(csrf),
+            account: Some((address, csrf)),
+            ..self
+        }
+    }
+
+    /// Whether the page includes `/static/webauthn.js` (its passkey and script forms).
+    pub(crate) fn script(self, script: bool) -> Self {
+        Self { script, ..self }
+    }
+}
+
+/// The hidden field every form carries its CSRF token in (`csrf`): the session's, the
+/// portal's, or before any session the form cookie's (`request::Csrf` checks it).
+pub(crate) fn csrf_field(token: &str) -> impl IntoView {
+    let token = token.to_string();
+    view! { <input type="hidden" name="csrf" value=token/> }
 }
 
 pub(crate) fn render(frame: Frame<'_>, content: impl IntoView + 'static) -> Html<String> {
@@ -57,7 +98,7 @@ pub(crate) fn render(frame: Frame<'_>, content: impl IntoView + 'static) -> Html
             <span>
                 {address.to_string()} " · " <a href="/mail">"Mail"</a> " · " <a href="/compose" id="write">"Write"</a> " · " <a href="/sent">"Delivery"</a> " · " <a href="/security">"Account security"</a> " · "
                 <form class="inline" method="post" action="/sign-out">
-                    <input type="hidden" name="csrf" value=token.to_string()/>
+                    {csrf_field(token)}
                     <button type="submit" class="quiet">"Sign out"</button>
                 </form>
             </span>
@@ -102,12 +143,7 @@ pub(crate) fn render(frame: Frame<'_>, content: impl IntoView + 'static) -> Html
 pub(crate) fn message_page(title: &str, text: &str) -> Html<String> {
     let text = text.to_string();
     render(
-        Frame {
-            title,
-            csrf: None,
-            account: None,
-            script: false,
-        },
+        Frame::new(title),
         view! { <section><p>{text}</p><p><a href="/">"Go to the start page"</a></p></section> },
     )
 }
@@ -146,10 +182,9 @@ pub(crate) fn button_form(
         .iter()
         .map(|(name, value)| view! { <input type="hidden" name=*name value=value.clone()/> })
         .collect();
-    let csrf = csrf.to_string();
     view! {
         <form method="post" action=to class="inline">
-            <input type="hidden" name="csrf" value=csrf/>
+            {csrf_field(csrf)}
             {hidden}
             <button type="submit" name="action" value=action class=class>{label}</button>
         </form>

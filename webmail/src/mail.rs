@@ -6,11 +6,10 @@
 use std::sync::Arc;
 
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use leptos::prelude::*;
 use mail_parser::{MessageParser, MimeHeaders};
-use sealpost_auth::websession::Found;
 use sealpost_mime::Shown;
 use sealpost_storage::{
     Account, Actor, AuditEvent, FlagChange, Flags, Mailbox, MailboxId, MessageMeta, SpecialUse,
@@ -19,29 +18,11 @@ use sealpost_storage::{
 use serde::Deserialize;
 
 use crate::html::{render, when, Frame};
-use crate::request::{blocking, see_other, session};
+use crate::request::{blocking, see_other, SignedIn};
 use crate::{Peer, WebState};
 
 /// Messages on one page of a folder.
 pub(crate) const MESSAGES_PER_PAGE: usize = 50;
-
-/// The signed-in account of this request.
-pub(crate) async fn reader(
-    state: &Arc<WebState>,
-    headers: &HeaderMap,
-) -> Result<(Found, Account), Response> {
-    let Some(found) = session(state, headers)
-        .await
-        .filter(|f| f.session.signed_in())
-    else {
-        return Err(see_other("/"));
-    };
-    let (state2, id) = (state.clone(), found.account);
-    match blocking(move || state2.store.account(id)).await {
-        Some(Ok(account)) => Ok((found, account)),
-        _ => Err(see_other("/sign-in")),
-    }
-}
 
 pub(crate) fn not_found() -> Response {
     (
@@ -54,11 +35,12 @@ pub(crate) fn not_found() -> Response {
         .into_response()
 }
 
-pub(crate) async fn inbox(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
-    let (_, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub(crate) async fn inbox(
+    State(state): State<Arc<WebState>>,
+    SignedIn {
+        found: _, account, ..
+    }: SignedIn,
+) -> Response {
     let (state2, id) = (state.clone(), account.id);
     match blocking(move || state2.store.mailbox_by_name(id, "INBOX")).await {
         Some(Ok(Some(inbox))) => see_other(&format!("/mail/{}", inbox.id.0)),
@@ -218,15 +200,11 @@ fn folders_view(mailboxes: &[Mailbox], current: MailboxId) -> impl IntoView {
 
 pub(crate) async fn folder(
     State(state): State<Arc<WebState>>,
+    SignedIn { found, account, .. }: SignedIn,
     Path(mailbox): Path<u32>,
     Query(query): Query<ListQuery>,
     axum::extract::Extension(peer): axum::extract::Extension<Peer>,
-    headers: HeaderMap,
 ) -> Response {
-    let (found, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let (state2, id) = (state.clone(), account.id);
     let mailbox = MailboxId(mailbox);
     let sort = query.sort.clone().unwrap_or_else(|| "date".into());
@@ -414,12 +392,7 @@ pub(crate) async fn folder(
         _ => "Done.",
     });
     render(
-        Frame {
-            title: &title,
-            csrf: Some(&found.session.csrf),
-            account: Some((&account.address, &found.session.csrf)),
-            script: false,
-        },
+        Frame::new(&title).account(&account.address, &found.session.csrf),
         view! {
             <div class="mail">
                 {folders_view(&mailboxes, current.id)}
@@ -441,7 +414,7 @@ pub(crate) async fn folder(
                     <p class="muted">{format!("{count} messages · page {page} of {pages} · sort by ")}{sorts}</p>
                     {(!read_only).then(|| view! {
                         <form method="post" action=act id="bulk" class="actions">
-                            <input type="hidden" name="csrf" value=csrf/>
+                            {crate::html::csrf_field(&csrf)}
                             <button type="submit" name="action" value="read" class="quiet">"Mark read"</button>
                             " "<button type="submit" name="action" value="unread" class="quiet">"Mark unread"</button>
                             " "<button type="submit" name="action" value="flag" class="quiet">"Flag"</button>
@@ -469,15 +442,11 @@ pub(crate) async fn folder(
 /// usual form extractor cannot take, so the body is read as pairs.
 pub(crate) async fn act(
     State(state): State<Arc<WebState>>,
+    SignedIn { found, account, .. }: SignedIn,
     Extension(peer): Extension<Peer>,
     Path(mailbox): Path<u32>,
-    headers: HeaderMap,
     axum::extract::RawForm(body): axum::extract::RawForm,
 ) -> Response {
-    let (found, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let pairs: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let get = |name: &str| {
         pairs
@@ -641,15 +610,11 @@ fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<bool
 
 pub(crate) async fn message(
     State(state): State<Arc<WebState>>,
+    SignedIn { found, account, .. }: SignedIn,
     Extension(peer): Extension<Peer>,
     Path((mailbox, uid)): Path<(u32, u32)>,
     Query(query): Query<ImagesQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (found, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let (state2, id, mailbox) = (state.clone(), account.id, MailboxId(mailbox));
     let actor = actor_of(&account, &peer);
     let loaded = blocking(move || {
@@ -720,12 +685,7 @@ pub(crate) async fn message(
         .clone()
         .unwrap_or_else(|| when(meta.internal_date.unix_seconds * 1000));
     render(
-        Frame {
-            title: &subject,
-            csrf: Some(&found.session.csrf),
-            account: Some((&account.address, &found.session.csrf)),
-            script: false,
-        },
+        Frame::new(&subject).account(&account.address, &found.session.csrf),
         view! {
             <p><a href=back>{format!("← {}", folder_label(&folder))}</a></p>
             <p class="actions">
@@ -860,15 +820,13 @@ pub(crate) fn sanitize(
 
 pub(crate) async fn formatted(
     State(state): State<Arc<WebState>>,
+    SignedIn {
+        found: _, account, ..
+    }: SignedIn,
     Extension(peer): Extension<Peer>,
     Path((mailbox, uid)): Path<(u32, u32)>,
     Query(query): Query<ImagesQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (_, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let (state2, id, mailbox) = (state.clone(), account.id, MailboxId(mailbox));
     let actor = actor_of(&account, &peer);
     let read = move || {
@@ -948,14 +906,12 @@ fn disposition(name: &str) -> String {
 
 pub(crate) async fn attachment(
     State(state): State<Arc<WebState>>,
+    SignedIn {
+        found: _, account, ..
+    }: SignedIn,
     Extension(peer): Extension<Peer>,
     Path((mailbox, uid, index)): Path<(u32, u32, usize)>,
-    headers: HeaderMap,
 ) -> Response {
-    let (_, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let (state2, id, mailbox) = (state.clone(), account.id, MailboxId(mailbox));
     let actor = actor_of(&account, &peer);
     let loaded = blocking(move || {

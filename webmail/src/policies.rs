@@ -8,26 +8,24 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use leptos::prelude::*;
 use sealpost_auth::websession::Found;
 use sealpost_storage::{Account, Actor};
 use serde::Deserialize;
 
-use crate::admin::{admin, AdminForm};
 use crate::html::{error_line, notice_line, render, when, Frame};
-use crate::request::blocking;
+use crate::request::{blocking, Admin, Csrf};
 use crate::WebState;
 use sealpost_console::{
     policy_history, policy_toml as as_toml, saved_policy as saved, PolicyRefusal,
 };
 
-pub(crate) async fn page(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub(crate) async fn page(
+    State(state): State<Arc<WebState>>,
+    Admin { found, me, .. }: Admin,
+) -> Response {
     let rules = as_toml(state.sending.rules.current().config());
     show(
         &state,
@@ -90,25 +88,20 @@ async fn show(
     (
         status,
         render(
-            Frame {
-                title: "Sending policy",
-                csrf: Some(&found.session.csrf),
-                account: Some((&me.address, &found.session.csrf)),
-                script: false,
-            },
+            Frame::new("Sending policy").account(&me.address, &found.session.csrf),
             view! {
                 {notice_line(outcome.notice)}
                 {error_line(outcome.error)}
                 <p id="policy-version">{version}</p>
                 <form method="post" action="/admin/policies" class="stack" id="policy-form">
-                    <input type="hidden" name="csrf" value=csrf/>
+                    {crate::html::csrf_field(&csrf)}
                     <label for="rules">"Policy (TOML: [domains] \"partner.example\" = \"always-portal\" | \"tls-allowed\" | \"tls-required\"; [[content]] rules with a detector, action \"portal\" or \"block\", enabled = true | false; barred_accounts; [sign_in] second factors, session lifetimes and lockout counters; [portal] pickup_ttl_ms, proof_required = true | false, proof_required_domains; proof_required = true on a content rule)"</label>
                     <textarea id="rules" name="rules" rows="24">{rules}</textarea>
                     <button type="submit">"Check and save as a new version"</button>
                 </form>
                 <h2>"Try a text against the rules in force"</h2>
                 <form method="post" action="/admin/policies/test" class="stack" id="policy-test">
-                    <input type="hidden" name="csrf" value=csrf2/>
+                    {crate::html::csrf_field(&csrf2)}
                     <label for="sample-subject">"Subject"</label>
                     <input type="text" id="sample-subject" name="subject"/>
                     <label for="sample">"Text"</label>
@@ -133,14 +126,9 @@ pub(crate) struct SaveForm {
 /// Checks the rules, saves them as the next version (kept, audited) and puts them in force.
 pub(crate) async fn save(
     State(state): State<Arc<WebState>>,
-    checked: AdminForm<SaveForm>,
+    Admin { found, me, peer }: Admin,
+    Csrf(form): Csrf<SaveForm>,
 ) -> Response {
-    let AdminForm {
-        found,
-        me,
-        form,
-        peer,
-    } = checked;
     let actor = Actor {
         name: me.address.clone(),
         peer: peer.0.to_string(),
@@ -196,11 +184,9 @@ pub(crate) struct TestForm {
 /// What the rules in force find in a sample text (nothing is sent or stored).
 pub(crate) async fn test(
     State(state): State<Arc<WebState>>,
-    checked: AdminForm<TestForm>,
+    Admin { found, me, .. }: Admin,
+    Csrf(form): Csrf<TestForm>,
 ) -> Response {
-    let AdminForm {
-        found, me, form, ..
-    } = checked;
     let policy = state.sending.rules.current();
     let findings = sealpost_console::try_policy(&policy, &form.subject, &form.text);
     let rules = as_toml(policy.config());

@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::html::{render, when, Frame};
 use crate::request::{
     blocking, clear_cookie, cookie, form_token, form_token_ok, same_token, see_other, set_cookie,
+    Csrf, PortalVisitor, TokenForm,
 };
 use crate::{Peer, WebState};
 
@@ -223,7 +224,7 @@ impl PortalState {
     }
 
     /// The proven address and CSRF token of this request's portal session.
-    fn session(&self, headers: &HeaderMap) -> Option<(String, String)> {
+    pub(crate) fn session(&self, headers: &HeaderMap) -> Option<(String, String)> {
         let secret = cookie(headers, PORTAL_COOKIE)?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let key = digest(&secret);
@@ -308,15 +309,7 @@ fn portal_actor(recipient: &str, peer: &Peer) -> Actor {
 }
 
 fn page(title: &str, content: impl IntoView + 'static) -> axum::response::Html<String> {
-    render(
-        Frame {
-            title,
-            csrf: None,
-            account: None,
-            script: false,
-        },
-        content,
-    )
+    render(Frame::new(title), content)
 }
 
 fn unknown_link() -> Response {
@@ -361,7 +354,7 @@ fn ended_page(pickup: &Pickup, token: &str, form: &str, asked: bool) -> Response
     } else {
         view! {
             <form method="post" action=action>
-                <input type="hidden" name="form" value=form/>
+                {crate::html::csrf_field(&form)}
                 <button type="submit">"Ask the sender for a new link"</button>
             </form>
         }
@@ -465,12 +458,9 @@ fn passkey_link_page(token: &str, form: &str, pickup: &Pickup) -> Response {
         </section>
     };
     render(
-        Frame {
-            title: "A secure message for you",
-            csrf: Some(form),
-            account: None,
-            script: true,
-        },
+        Frame::new("A secure message for you")
+            .token(form)
+            .script(true),
         content,
     )
     .into_response()
@@ -757,7 +747,7 @@ fn link_page(
         view! {
             <form method="post" action=action class="stack" id="with-password">
                 <p>"Or use the password you chose on an earlier visit:"</p>
-                <input type="hidden" name="form" value=form/>
+                {crate::html::csrf_field(&form)}
                 <label for="password">"Your password"</label>
                 <input type="password" id="password" name="password" autocomplete="current-password" required=true/>
                 <button type="submit">"Open with my password"</button>
@@ -771,7 +761,7 @@ fn link_page(
             <p>{format!("{organisation} sent a secure message to {address}.")}</p>
             <p>"To open it, show that this address is yours: we email a 6-digit code to it, which you enter on the next page."</p>
             <form method="post" action=action id="with-code">
-                <input type="hidden" name="form" value=form/>
+                {crate::html::csrf_field(&form)}
                 <button type="submit">"Email me a code"</button>
             </form>
             {password}
@@ -782,21 +772,20 @@ fn link_page(
 
 #[derive(Deserialize)]
 pub(crate) struct PasswordForm {
-    form: String,
+    csrf: String,
     password: String,
 }
 
 /// A return visit with the recipient's own password, through the lockout every sign-in uses.
 pub(crate) async fn password_sign_in(
     State(state): State<Arc<WebState>>,
-    link: LinkForm<PasswordForm>,
-) -> Response {
-    let LinkForm {
+    PickupLink {
         pickup,
         token,
-        form,
         peer,
-    } = link;
+    }: PickupLink,
+    Csrf(form): Csrf<PasswordForm>,
+) -> Response {
     if patient_keys(&state, &pickup.recipient).await.is_some() {
         return passkey_only();
     }
@@ -811,7 +800,7 @@ pub(crate) async fn password_sign_in(
         let _ = blocking(move || state2.store.audit(event)).await;
         return link_page(
             &token,
-            &form.form,
+            &form.csrf,
             &pickup,
             true,
             Some("Too many wrong passwords; use a code by mail, or try again later.".into()),
@@ -864,7 +853,7 @@ pub(crate) async fn password_sign_in(
         tokio::time::sleep(pause).await;
         return link_page(
             &token,
-            &form.form,
+            &form.csrf,
             &pickup,
             true,
             Some("That password is not right.".into()),
@@ -904,16 +893,11 @@ pub(crate) struct ChooseForm {
 /// The recipient chooses (or forgets) a password for return visits.
 pub(crate) async fn choose_password(
     State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<ChooseForm>,
+    PortalVisitor {
+        recipient, peer, ..
+    }: PortalVisitor,
+    Csrf(form): Csrf<ChooseForm>,
 ) -> Response {
-    let Some((recipient, csrf)) = state.portal.session(&headers) else {
-        return open_your_link();
-    };
-    if !same_token(&form.csrf, &csrf) {
-        return crate::request::forbidden();
-    }
     let actor = portal_actor(&recipient, &peer);
     if form.action == "remove" {
         let state2 = state.clone();
@@ -962,94 +946,60 @@ pub(crate) async fn choose_password(
     }
 }
 
-/// A form posted from a live pickup link's page: the pickup, the link's token, the form and
-/// the client, once the pre-session form token matches. Anything else is answered before the
-/// handler runs: 403 (no token), 404 (unknown link), 410 (ended).
-pub(crate) struct LinkForm<F> {
+/// A live pickup link of the request's path (`/pickup/{token}/...`): the pickup, the link's
+/// token and the client. Anything else is answered before the handler runs: 403 (no form
+/// cookie, so no form of this site's), 404 (unknown link), 410 (ended). Its forms come with
+/// `Csrf`, checked against the form cookie.
+pub(crate) struct PickupLink {
     pickup: Pickup,
     token: String,
-    form: F,
     peer: Peer,
 }
 
-/// Forms of a link's page: each carries the pre-session form token (`form`).
-pub(crate) trait WithFormToken {
-    fn form_token(&self) -> &str;
-}
-
-impl<F> axum::extract::FromRequest<Arc<WebState>> for LinkForm<F>
-where
-    F: serde::de::DeserializeOwned + WithFormToken + Send + 'static,
-{
+impl axum::extract::FromRequestParts<Arc<WebState>> for PickupLink {
     type Rejection = Response;
 
-    async fn from_request(
-        request: axum::extract::Request,
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
         state: &Arc<WebState>,
     ) -> Result<Self, Response> {
-        let peer = request
-            .extensions()
+        let peer = parts
+            .extensions
             .get::<Peer>()
             .copied()
             .ok_or_else(crate::request::forbidden)?;
-        let headers = request.headers().clone();
-        let (mut parts, body) = request.into_parts();
-        let Path(token) =
-            <Path<String> as axum::extract::FromRequestParts<Arc<WebState>>>::from_request_parts(
-                &mut parts, state,
-            )
+        let form = cookie(&parts.headers, crate::request::FORM_COOKIE)
+            .filter(|token| token.len() >= 32)
+            .ok_or_else(crate::request::forbidden)?;
+        let Path(token) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| unknown_link())?;
-        let request = axum::extract::Request::from_parts(parts, body);
-        let axum::Form(form) = axum::Form::<F>::from_request(request, state)
-            .await
-            .map_err(|_| crate::request::forbidden())?;
-        if !form_token_ok(&headers, form.form_token()) {
-            return Err(crate::request::forbidden());
-        }
         let Some(pickup) = pickup_of_token(state, token.clone()).await else {
             return Err(unknown_link());
         };
         if pickup.state != PickupState::Live {
-            return Err(ended_page(&pickup, &token, form.form_token(), false));
+            return Err(ended_page(&pickup, &token, &form, false));
         }
         Ok(Self {
             pickup,
             token,
-            form,
             peer,
         })
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct FormOnly {
-    form: String,
-}
-
-macro_rules! with_form_token {
-    ($($form:ty),*) => {$(
-        impl WithFormToken for $form {
-            fn form_token(&self) -> &str {
-                &self.form
-            }
-        }
-    )*};
-}
-
-with_form_token!(FormOnly, CodeForm, PasswordForm);
+crate::request::with_csrf!(CodeForm, PasswordForm, ChooseForm, ProofForm);
 
 /// Mails a code to the pickup's recipient, through the queue like every notice.
 pub(crate) async fn send_code(
     State(state): State<Arc<WebState>>,
-    link: LinkForm<FormOnly>,
-) -> Response {
-    let LinkForm {
+    PickupLink {
         pickup,
         token,
         peer,
-        ..
-    } = link;
+    }: PickupLink,
+    Csrf(_): Csrf<TokenForm>,
+) -> Response {
     // An address with a passkey is never mailed a code: whoever reads its mail gets nothing.
     if patient_keys(&state, &pickup.recipient).await.is_some() {
         return passkey_only();
@@ -1196,13 +1146,13 @@ fn code_form(
             {crate::html::error_line(error)}
             <p>{format!("We emailed a {CODE_DIGITS}-digit code to {address}. It works for {} minutes.", CODE_MS / 60_000)}</p>
             <form method="post" action=action class="stack">
-                <input type="hidden" name="form" value=form/>
+                {crate::html::csrf_field(&form)}
                 <label for="code">"Code"</label>
                 <input type="text" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" maxlength="12" required=true/>
                 <button type="submit">"Open the message"</button>
             </form>
             <form method="post" action=again>
-                <input type="hidden" name="form" value=form2/>
+                {crate::html::csrf_field(&form2)}
                 <button type="submit" class="quiet">"Send a new code"</button>
             </form>
         </section>
@@ -1212,20 +1162,19 @@ fn code_form(
 
 #[derive(Deserialize)]
 pub(crate) struct CodeForm {
-    form: String,
+    csrf: String,
     code: String,
 }
 
 pub(crate) async fn verify(
     State(state): State<Arc<WebState>>,
-    link: LinkForm<CodeForm>,
-) -> Response {
-    let LinkForm {
+    PickupLink {
         pickup,
         token,
-        form,
         peer,
-    } = link;
+    }: PickupLink,
+    Csrf(form): Csrf<CodeForm>,
+) -> Response {
     // A code issued before the address registered a passkey opens nothing now.
     if patient_keys(&state, &pickup.recipient).await.is_some() {
         return passkey_only();
@@ -1253,14 +1202,14 @@ pub(crate) async fn verify(
         CodeCheck::Right => signed_in(&state, &pickup),
         CodeCheck::Wrong { tries_left } if tries_left > 0 => code_form(
             &token,
-            &form.form,
+            &form.csrf,
             &pickup.recipient,
             Some(format!("That code is not right. {tries_left} tries left.")),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         _ => code_form(
             &token,
-            &form.form,
+            &form.csrf,
             &pickup.recipient,
             Some(
                 "That code no longer works (too many tries, or too old). Ask for a new code."
@@ -1276,12 +1225,8 @@ pub(crate) async fn renew(
     State(state): State<Arc<WebState>>,
     Extension(peer): Extension<Peer>,
     Path(token): Path<String>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<FormOnly>,
+    Csrf(form): Csrf<TokenForm>,
 ) -> Response {
-    if !form_token_ok(&headers, &form.form) {
-        return crate::request::forbidden();
-    }
     let Some(pickup) = pickup_of_token(&state, token.clone()).await else {
         return unknown_link();
     };
@@ -1323,7 +1268,7 @@ pub(crate) async fn renew(
     .await
     .flatten();
     match asked {
-        Some(_) => ended_page(&pickup, &token, &form.form, true),
+        Some(_) => ended_page(&pickup, &token, &form.csrf, true),
         None => crate::html::message_page_status(
             StatusCode::SERVICE_UNAVAILABLE,
             "Not sent",
@@ -1362,7 +1307,7 @@ fn deliver_internal(
 }
 
 /// The answer to a portal request without a portal session.
-fn open_your_link() -> Response {
+pub(crate) fn open_your_link() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         page(
@@ -1508,7 +1453,7 @@ fn proof_form(
     let content = view! {
         {crate::html::error_line(error)}
         <form method="post" action=action class="stack" id="proof-form">
-            <input type="hidden" name="csrf" value=csrf/>
+            {crate::html::csrf_field(&csrf)}
             {fields}
             <p class="muted">{format!("{left} tries left.")}</p>
             <button type="submit">"Open the message"</button>
@@ -1533,17 +1478,15 @@ pub(crate) struct ProofForm {
 /// Every answer is audited; each costs one argon2 check through the server's hash queue.
 pub(crate) async fn prove(
     State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
+    PortalVisitor {
+        recipient,
+        csrf,
+        peer,
+    }: PortalVisitor,
     Path(id): Path<String>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<ProofForm>,
+    Csrf(form): Csrf<ProofForm>,
 ) -> Response {
-    let Some((recipient, csrf)) = state.portal.session(&headers) else {
-        return open_your_link();
-    };
-    if !same_token(&form.csrf, &csrf) {
-        return crate::request::forbidden();
-    }
     let pickup = match own_pickup(&state, &recipient, &id).await {
         Ok(pickup) => pickup,
         Err(response) => return response,
@@ -1623,12 +1566,13 @@ pub(crate) async fn prove(
 /// Every pickup of the session's address.
 pub(crate) async fn home(
     State(state): State<Arc<WebState>>,
+    visitor: PortalVisitor,
     Query(query): Query<DoneQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Some((recipient, csrf)) = state.portal.session(&headers) else {
-        return open_your_link();
-    };
+    let PortalVisitor {
+        recipient, csrf, ..
+    } = visitor;
     let (state2, address) = (state.clone(), recipient.clone());
     let (pickups, has_password) = blocking(move || {
         let pickups = state2.store.pickups_for(&address).unwrap_or_default();
@@ -1666,7 +1610,7 @@ pub(crate) async fn home(
         view! {
             <form method="post" action="/portal/password" id="password-form">
                 <p>"You chose a password for this address; links sent to it open with it."</p>
-                <input type="hidden" name="csrf" value=csrf2/>
+                {crate::html::csrf_field(&csrf2)}
                 <button type="submit" name="action" value="remove" class="quiet">"Forget my password"</button>
             </form>
         }
@@ -1675,7 +1619,7 @@ pub(crate) async fn home(
         view! {
             <form method="post" action="/portal/password" class="stack" id="password-form">
                 <p>"Optional: choose a password, and future links open with it instead of a code by mail."</p>
-                <input type="hidden" name="csrf" value=csrf2/>
+                {crate::html::csrf_field(&csrf2)}
                 <label for="new-password">"Password (at least 12 characters)"</label>
                 <input type="password" id="new-password" name="password" autocomplete="new-password" required=true/>
                 <label for="confirm">"The same again"</label>
@@ -1707,25 +1651,15 @@ pub(crate) async fn home(
         <h2>"Return visits"</h2>
         {password}
         <form method="post" action="/portal/sign-out">
-            <input type="hidden" name="csrf" value=csrf.clone()/>
+            {crate::html::csrf_field(&csrf)}
             <button type="submit" class="quiet">"Sign out"</button>
         </form>
     };
     render(
-        Frame {
-            title: "Your secure messages",
-            csrf: Some(&csrf),
-            account: None,
-            script: true,
-        },
+        Frame::new("Your secure messages").token(&csrf).script(true),
         content,
     )
     .into_response()
-}
-
-#[derive(Deserialize)]
-pub(crate) struct SignOutForm {
-    csrf: String,
 }
 
 /// Ends the portal session. Takes the session's CSRF token like every other form: another
@@ -1733,7 +1667,7 @@ pub(crate) struct SignOutForm {
 pub(crate) async fn sign_out(
     State(state): State<Arc<WebState>>,
     headers: HeaderMap,
-    form: Result<axum::Form<SignOutForm>, axum::extract::rejection::FormRejection>,
+    form: Result<axum::Form<TokenForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Some((_, csrf)) = state.portal.session(&headers) else {
         return (
@@ -1769,14 +1703,15 @@ pub(crate) struct DoneQuery {
 /// sender), its attachments, the recipient's earlier replies and a reply form.
 pub(crate) async fn message(
     State(state): State<Arc<WebState>>,
+    visitor: PortalVisitor,
     Extension(peer): Extension<Peer>,
     Path(id): Path<String>,
     Query(query): Query<DoneQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Some((recipient, csrf)) = state.portal.session(&headers) else {
-        return open_your_link();
-    };
+    let PortalVisitor {
+        recipient, csrf, ..
+    } = visitor;
     let pickup = match own_pickup(&state, &recipient, &id).await {
         Ok(pickup) => pickup,
         Err(response) => return response,
@@ -1838,7 +1773,7 @@ pub(crate) async fn message(
         {(!replies.is_empty()).then(|| view! { <h2>"Your replies"</h2><ul id="replies">{replies}</ul> })}
         <h2>"Reply"</h2>
         <form method="post" action=action enctype="multipart/form-data" class="stack" id="reply">
-            <input type="hidden" name="csrf" value=csrf/>
+            {crate::html::csrf_field(&csrf)}
             <label for="body">"Your reply"</label>
             <textarea id="body" name="body" rows="8" required=true></textarea>
             <label for="files">"Attach files"</label>
@@ -1878,13 +1813,14 @@ async fn read(
 
 pub(crate) async fn attachment(
     State(state): State<Arc<WebState>>,
+    visitor: PortalVisitor,
     Extension(peer): Extension<Peer>,
     Path((id, index)): Path<(String, usize)>,
     headers: HeaderMap,
 ) -> Response {
-    let Some((recipient, csrf)) = state.portal.session(&headers) else {
-        return open_your_link();
-    };
+    let PortalVisitor {
+        recipient, csrf, ..
+    } = visitor;
     let pickup = match own_pickup(&state, &recipient, &id).await {
         Ok(pickup) => pickup,
         Err(response) => return response,
@@ -1901,14 +1837,15 @@ pub(crate) async fn attachment(
 /// A reply from the portal: to the sender's INBOX and BACKUP, with the recipient's files.
 pub(crate) async fn reply(
     State(state): State<Arc<WebState>>,
+    visitor: PortalVisitor,
     Extension(peer): Extension<Peer>,
     Path(id): Path<String>,
     headers: HeaderMap,
     mut multipart: Multipart,
 ) -> Response {
-    let Some((recipient, csrf)) = state.portal.session(&headers) else {
-        return open_your_link();
-    };
+    let PortalVisitor {
+        recipient, csrf, ..
+    } = visitor;
     let pickup = match own_pickup(&state, &recipient, &id).await {
         Ok(pickup) => pickup,
         Err(response) => return response,

@@ -7,26 +7,26 @@
 use std::sync::Arc;
 
 use axum::extract::{Extension, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Form;
 use leptos::prelude::*;
 use sealpost_storage::{quarantine_id_hex, quarantine_id_parse, AccountId, Actor, AuditEvent};
 use serde::Deserialize;
 
-use crate::admin::{admin, AdminForm};
 use crate::html::{button_form, error_line, notice_line, render, when, Frame};
-use crate::request::{blocking, forbidden};
+use crate::request::{blocking, forbidden, Admin, Csrf, SignedIn};
 use crate::{Peer, WebState};
 
 /// Held messages one console search lists at most.
 pub(crate) const QUARANTINE_ROWS_MAX: usize = 500;
 
-pub(crate) async fn digest(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
-    match crate::mail::reader(&state, &headers).await {
-        Ok((found, me)) => digest_page(&state, &found, &me, None, None).await,
-        Err(response) => response,
-    }
+pub(crate) async fn digest(
+    State(state): State<Arc<WebState>>,
+    SignedIn {
+        found, account: me, ..
+    }: SignedIn,
+) -> Response {
+    digest_page(&state, &found, &me, None, None).await
 }
 
 async fn digest_page(
@@ -66,12 +66,7 @@ async fn digest_page(
         .collect();
     let count = held.len();
     render(
-        Frame {
-            title: "Quarantine",
-            csrf: Some(&found.session.csrf),
-            account: Some((&me.address, &found.session.csrf)),
-            script: false,
-        },
+        Frame::new("Quarantine").account(&me.address, &found.session.csrf),
         view! {
             {notice_line(notice)}
             {error_line(error)}
@@ -115,17 +110,13 @@ fn act_on(
 
 pub(crate) async fn digest_act(
     State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<ActForm>,
+    SignedIn {
+        found,
+        account: me,
+        peer,
+    }: SignedIn,
+    Csrf(form): Csrf<ActForm>,
 ) -> Response {
-    let (found, me) = match crate::mail::reader(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    if !found.session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
     let actor = Actor {
         name: me.address.clone(),
         peer: peer.0.to_string(),
@@ -158,14 +149,10 @@ pub(crate) struct SearchQuery {
 
 pub(crate) async fn console(
     State(state): State<Arc<WebState>>,
+    Admin { found, me, .. }: Admin,
     Extension(peer): Extension<Peer>,
     Query(query): Query<SearchQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let actor = Actor {
         name: me.address.clone(),
         peer: peer.0.to_string(),
@@ -251,12 +238,7 @@ async fn console_page(
         .collect();
     let value = sender.unwrap_or_default();
     render(
-        Frame {
-            title: "Quarantine",
-            csrf: Some(&found.session.csrf),
-            account: Some((&me.address, &found.session.csrf)),
-            script: false,
-        },
+        Frame::new("Quarantine").account(&me.address, &found.session.csrf),
         view! {
             {notice_line(notice)}
             <form method="get" action="/admin/quarantine" class="stack" id="quarantine-search">
@@ -272,14 +254,9 @@ async fn console_page(
 
 pub(crate) async fn console_act(
     State(state): State<Arc<WebState>>,
-    checked: AdminForm<ActForm>,
+    Admin { found, me, peer }: Admin,
+    Csrf(form): Csrf<ActForm>,
 ) -> Response {
-    let AdminForm {
-        found,
-        me,
-        form,
-        peer,
-    } = checked;
     let actor = Actor {
         name: me.address.clone(),
         peer: peer.0.to_string(),

@@ -7,24 +7,22 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use leptos::prelude::*;
 use sealpost_storage::{Account, Actor, QueueId, RecipientState};
 use serde::Deserialize;
 
-use crate::admin::{admin, AdminForm};
 use crate::html::{button_form, notice_line, render, when, Frame};
-use crate::request::blocking;
+use crate::request::{blocking, Admin, Csrf};
 use crate::WebState;
 
 use sealpost_console::{state_text, TRACE_ROWS_MAX};
 
-pub(crate) async fn queue(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub(crate) async fn queue(
+    State(state): State<Arc<WebState>>,
+    Admin { found, me, .. }: Admin,
+) -> Response {
     queue_page(&state, &found, &me, None).await
 }
 
@@ -90,12 +88,7 @@ async fn queue_page(
         .collect();
     let count = entries.len();
     render(
-        Frame {
-            title: "Queue",
-            csrf: Some(&found.session.csrf),
-            account: Some((&me.address, &found.session.csrf)),
-            script: false,
-        },
+        Frame::new("Queue").account(&me.address, &found.session.csrf),
         view! {
             {notice_line(notice)}
             <p class="muted">{format!("{count} entries wait. Deleting one drops its undelivered recipients without a bounce.")}</p>
@@ -118,14 +111,9 @@ pub(crate) struct QueueForm {
 
 pub(crate) async fn queue_act(
     State(state): State<Arc<WebState>>,
-    checked: AdminForm<QueueForm>,
+    Admin { found, me, peer }: Admin,
+    Csrf(form): Csrf<QueueForm>,
 ) -> Response {
-    let AdminForm {
-        found,
-        me,
-        form,
-        peer,
-    } = checked;
     let Ok(id) = form.id.parse::<QueueId>() else {
         return crate::html::message_page_status(
             StatusCode::NOT_FOUND,
@@ -196,13 +184,9 @@ pub(crate) fn day_ms(text: &Option<String>) -> Option<i64> {
 
 pub(crate) async fn trace(
     State(state): State<Arc<WebState>>,
+    Admin { found, me, .. }: Admin,
     Query(query): Query<TraceQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (found, me) = match admin(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let searching = [
         &query.sender,
         &query.recipient,
@@ -274,12 +258,7 @@ pub(crate) async fn trace(
         value(&query.before),
     );
     render(
-        Frame {
-            title: "Message tracing",
-            csrf: Some(&found.session.csrf),
-            account: Some((&me.address, &found.session.csrf)),
-            script: false,
-        },
+        Frame::new("Message tracing").account(&me.address, &found.session.csrf),
         view! {
             <form method="get" action="/admin/trace" class="stack" id="trace">
                 <label for="t-sender">"Sender (account)"</label><input type="text" id="t-sender" name="sender" value=s/>

@@ -1,11 +1,23 @@
 //! What handlers need of a request: the client's address, cookies, the session, CSRF checks.
+//!
+//! The gates are extractors, each answering before the handler runs: `SignedIn` (a signed-in
+//! session), `Enrolling` (one that may also still owe its first second factor), `Admin` and
+//! `Auditor` (the console's roles; a request that changes something also needs a recent
+//! confirmation with the passkey), `PortalVisitor` (a patient signed into the portal),
+//! `PickupLink` (a live pickup link of the path), and `Csrf<F>` (a form whose `csrf` field
+//! matches the token of the session the gate before it found, or before any session the form
+//! cookie's). A handler names what it needs in its arguments and checks nothing itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use sealpost_auth::websession::{self, Found};
+use sealpost_auth::websession::{self, Found, Stage};
+use sealpost_storage::{Account, Role};
+use serde::Deserialize;
 
 use crate::WebState;
 
@@ -135,7 +147,7 @@ pub(crate) fn form_token_ok(headers: &HeaderMap, sent: &str) -> bool {
     cookie(headers, FORM_COOKIE).is_some_and(|token| token.len() >= 32 && same_token(&token, sent))
 }
 
-/// Forms that carry the session's CSRF token (`csrf`).
+/// Forms that carry a CSRF token in their `csrf` field (`html::csrf_field`).
 pub(crate) trait WithCsrf {
     fn csrf(&self) -> &str;
 }
@@ -151,6 +163,225 @@ macro_rules! with_csrf {
     )*};
 }
 pub(crate) use with_csrf;
+
+/// A form with nothing but its token (sign-out, and buttons that say all in their path).
+#[derive(Deserialize)]
+pub(crate) struct TokenForm {
+    pub(crate) csrf: String,
+}
+
+with_csrf!(TokenForm);
+
+/// The token a form of this request must carry: the session's or the portal's, put here by
+/// the gate that found it. Without one, the pre-session form cookie's.
+#[derive(Clone)]
+struct ExpectedToken(String);
+
+/// The client's address (every request has it; without it, 403).
+fn peer_of(parts: &Parts) -> Option<Peer> {
+    parts.extensions.get::<Peer>().copied()
+}
+
+/// A form (`application/x-www-form-urlencoded`) whose `csrf` field matches: the token of the
+/// session an earlier extractor found (`SignedIn`, `Enrolling`, `Admin`, `Auditor`,
+/// `PortalVisitor`), or, with none, the form cookie's (double submit). A malformed form or a
+/// wrong token is answered 403 and changes nothing.
+pub(crate) struct Csrf<F>(pub(crate) F);
+
+impl<F> FromRequest<Arc<WebState>> for Csrf<F>
+where
+    F: serde::de::DeserializeOwned + WithCsrf + Send + 'static,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &Arc<WebState>) -> Result<Self, Response> {
+        let expected = request.extensions().get::<ExpectedToken>().cloned();
+        let headers = request.headers().clone();
+        let axum::Form(form) = axum::Form::<F>::from_request(request, state)
+            .await
+            .map_err(|_| forbidden())?;
+        let sent = form.csrf();
+        let matches = match expected {
+            Some(ExpectedToken(token)) => same_token(&token, sent),
+            None => form_token_ok(&headers, sent),
+        };
+        if matches {
+            Ok(Self(form))
+        } else {
+            Err(forbidden())
+        }
+    }
+}
+
+/// The session of this request and its account, if the session is at one of the stages
+/// `admit` takes; its CSRF token then becomes the one forms must carry.
+async fn session_parts(
+    parts: &mut Parts,
+    state: &Arc<WebState>,
+    admit: fn(&Stage) -> bool,
+) -> Option<(Found, Account)> {
+    let found = session(state, &parts.headers)
+        .await
+        .filter(|f| admit(&f.session.stage))?;
+    let (state, id) = (state.clone(), found.account);
+    let account = blocking(move || state.store.account(id)).await?.ok()?;
+    parts
+        .extensions
+        .insert(ExpectedToken(found.session.csrf.clone()));
+    Some((found, account))
+}
+
+/// A signed-in session: its record, its account and the client. Anyone else is sent to sign
+/// in (an enrolling session to finish enrolling first).
+pub(crate) struct SignedIn {
+    pub(crate) found: Found,
+    pub(crate) account: Account,
+    pub(crate) peer: Peer,
+}
+
+impl FromRequestParts<Arc<WebState>> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Response> {
+        let peer = peer_of(parts).ok_or_else(forbidden)?;
+        let enrolling = |stage: &Stage| matches!(stage, Stage::SignedIn(_) | Stage::Enrolment);
+        match session_parts(parts, state, enrolling).await {
+            Some((found, _)) if !found.session.signed_in() => Err(see_other("/security")),
+            Some((found, account)) => Ok(Self {
+                found,
+                account,
+                peer,
+            }),
+            None => Err(see_other("/sign-in")),
+        }
+    }
+}
+
+/// A signed-in session, or one that owes its first second factor and may enrol it (and sign
+/// out) but nothing more. Anyone else is sent to sign in.
+pub(crate) struct Enrolling {
+    pub(crate) found: Found,
+    pub(crate) account: Account,
+    pub(crate) peer: Peer,
+}
+
+impl FromRequestParts<Arc<WebState>> for Enrolling {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Response> {
+        let peer = peer_of(parts).ok_or_else(forbidden)?;
+        let admit = |stage: &Stage| matches!(stage, Stage::SignedIn(_) | Stage::Enrolment);
+        let (found, account) = session_parts(parts, state, admit)
+            .await
+            .ok_or_else(|| see_other("/sign-in"))?;
+        Ok(Self {
+            found,
+            account,
+            peer,
+        })
+    }
+}
+
+/// A console session of one of `roles`. A request that changes something (not GET or HEAD)
+/// also needs a confirmation with the strongest factor (an admin's or auditor's passkey) in
+/// the last minutes: a session left open is not enough.
+async fn console_parts(
+    parts: &mut Parts,
+    state: &Arc<WebState>,
+    roles: &[Role],
+) -> Result<(Found, Account, Peer), Response> {
+    let peer = peer_of(parts).ok_or_else(forbidden)?;
+    let signed_in = |stage: &Stage| matches!(stage, Stage::SignedIn(_));
+    let (found, account) = session_parts(parts, state, signed_in)
+        .await
+        .ok_or_else(|| see_other("/sign-in"))?;
+    if !roles.contains(&account.role) {
+        return Err(crate::html::message_page_status(
+            StatusCode::FORBIDDEN,
+            "Not for your role",
+            "This page is for administrators.",
+        ));
+    }
+    let reads = parts.method == Method::GET || parts.method == Method::HEAD;
+    if !reads && !found.session.recently_strong(now_ms()) {
+        return Err(see_other("/reauth"));
+    }
+    Ok((found, account, peer))
+}
+
+/// An admin's console session (see `console_parts`).
+pub(crate) struct Admin {
+    pub(crate) found: Found,
+    pub(crate) me: Account,
+    pub(crate) peer: Peer,
+}
+
+impl FromRequestParts<Arc<WebState>> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Response> {
+        let (found, me, peer) = console_parts(parts, state, &[Role::Admin]).await?;
+        Ok(Self { found, me, peer })
+    }
+}
+
+/// An admin's or an auditor's console session (the audit and eDiscovery pages).
+pub(crate) struct Auditor {
+    pub(crate) found: Found,
+    pub(crate) me: Account,
+    pub(crate) peer: Peer,
+}
+
+impl FromRequestParts<Arc<WebState>> for Auditor {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Response> {
+        let (found, me, peer) = console_parts(parts, state, &[Role::Admin, Role::Auditor]).await?;
+        Ok(Self { found, me, peer })
+    }
+}
+
+/// A patient signed into the portal: the recipient address and the client; the portal
+/// session's CSRF token becomes the one forms must carry. Anyone else is told to open their
+/// link.
+pub(crate) struct PortalVisitor {
+    pub(crate) recipient: String,
+    pub(crate) csrf: String,
+    pub(crate) peer: Peer,
+}
+
+impl FromRequestParts<Arc<WebState>> for PortalVisitor {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Response> {
+        let peer = peer_of(parts).ok_or_else(forbidden)?;
+        let (recipient, csrf) = state
+            .portal
+            .session(&parts.headers)
+            .ok_or_else(crate::portal::open_your_link)?;
+        parts.extensions.insert(ExpectedToken(csrf.clone()));
+        Ok(Self {
+            recipient,
+            csrf,
+            peer,
+        })
+    }
+}
 
 /// The answer when the password-hash queue (or this account's or address's share of it) is
 /// full: nothing was hashed or changed.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Form, Json};
+use axum::Json;
 use leptos::prelude::*;
 use sealpost_auth::credentials::{
     issue_app_password, revoke_app_password, Credentials, PasskeyFactor, TotpFactor,
@@ -21,9 +21,9 @@ use serde::Deserialize;
 
 use crate::ceremony::Kind;
 use crate::html::{error_line, notice_line, render, when, Frame};
-use crate::request::WithCsrf;
 use crate::request::{
-    blocking, forbidden, json_error, now_ms, script_token, see_other, session, stale_page,
+    blocking, json_error, now_ms, script_token, see_other, session, stale_page, Csrf, Enrolling,
+    SignedIn, TokenForm,
 };
 use crate::{Peer, WebState};
 
@@ -157,12 +157,9 @@ async fn show(
     (
         status,
         render(
-            Frame {
-                title: "Account security",
-                csrf: Some(&found.session.csrf),
-                account: Some((&account.address, &found.session.csrf)),
-                script: true,
-            },
+            Frame::new("Account security")
+                .account(&account.address, &found.session.csrf)
+                .script(true),
             content,
         ),
     )
@@ -201,7 +198,7 @@ fn shown_view(shown: Shown, csrf: &str) -> impl IntoView {
                     <div class="qr" inner_html=svg></div>
                     <p>"Key: " <span class="secret" id="totp-secret">{secret}</span></p>
                     <form method="post" action="/security/totp/confirm">
-                        <input type="hidden" name="csrf" value=csrf/>
+                        {crate::html::csrf_field(&csrf)}
                         <label for="totp-code">"Code from the app"</label>
                         <input type="text" id="totp-code" name="code" inputmode="numeric" autocomplete="one-time-code" required=true/>
                         <button type="submit">"Turn on"</button>
@@ -232,7 +229,7 @@ fn passkeys_view(
                     <td>{used}</td>
                     <td>
                         <form class="inline" method="post" action="/security/passkeys/remove">
-                            <input type="hidden" name="csrf" value=csrf/>
+                            {crate::html::csrf_field(&csrf)}
                             <input type="hidden" name="id" value=id/>
                             <button type="submit" class="quiet">"Remove"</button>
                         </form>
@@ -255,7 +252,7 @@ fn passkeys_view(
             {if can_add {
                 view! {
                     <form data-passkey="register" data-start="/security/passkeys/start" data-finish="/security/passkeys/finish">
-                        <input type="hidden" name="csrf" value=csrf/>
+                        {crate::html::csrf_field(&csrf)}
                         <label for="passkey-name">"Name for the new passkey"</label>
                         <input type="text" id="passkey-name" name="name" placeholder="Phone, security key, laptop" maxlength="64" required=true/>
                         <button type="submit">"Add a passkey"</button>
@@ -275,7 +272,7 @@ fn totp_view(credentials: &Credentials, csrf: &str) -> impl IntoView {
         Some(factor) => view! {
             <p>"On since " {when(factor.enrolled_ms)} "."</p>
             <form method="post" action="/security/totp/remove">
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 <button type="submit" class="quiet">"Turn off"</button>
             </form>
         }
@@ -283,7 +280,7 @@ fn totp_view(credentials: &Credentials, csrf: &str) -> impl IntoView {
         None => view! {
             <p class="muted">"Not set up."</p>
             <form method="post" action="/security/totp/start">
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 <button type="submit">"Set up an authenticator app"</button>
             </form>
         }
@@ -297,7 +294,7 @@ fn password_view(csrf: &str, strong: bool) -> impl IntoView {
     let body = if strong {
         view! {
             <form method="post" action="/security/password">
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 <label for="new-password">"New password"</label>
                 <input type="password" id="new-password" name="password" autocomplete="new-password" required=true/>
                 <label for="new-password-again">"The same again"</label>
@@ -323,15 +320,17 @@ pub(crate) struct PasswordForm {
 
 pub(crate) async fn password_change(
     State(state): State<Arc<WebState>>,
-    checked: Checked<PasswordForm>,
-) -> Response {
-    let Checked {
+    SignedIn {
         found,
         account,
-        credentials,
-        form,
         peer,
-    } = checked;
+    }: SignedIn,
+    Csrf(form): Csrf<PasswordForm>,
+) -> Response {
+    let credentials = match credentials_of(&state, &account).await {
+        Ok(credentials) => credentials,
+        Err(response) => return response,
+    };
     if !found.session.signed_in() {
         return see_other("/security");
     }
@@ -414,7 +413,7 @@ fn recovery_view(credentials: &Credentials, csrf: &str) -> impl IntoView {
             <h2>"Recovery codes"</h2>
             <p>{format!("{left} unused.")}</p>
             <form method="post" action="/security/recovery">
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 <button type="submit" class="quiet">"Make new recovery codes"</button>
             </form>
         </section>
@@ -439,7 +438,7 @@ fn app_passwords_view(credentials: &Credentials, csrf: &str, strong: bool) -> im
                     <td>{used}</td>
                     <td>
                         <form class="inline" method="post" action="/security/app-passwords/revoke">
-                            <input type="hidden" name="csrf" value=csrf/>
+                            {crate::html::csrf_field(&csrf)}
                             <input type="hidden" name="id" value=id/>
                             <button type="submit" class="quiet">"Revoke"</button>
                         </form>
@@ -459,7 +458,7 @@ fn app_passwords_view(credentials: &Credentials, csrf: &str, strong: bool) -> im
             {if strong {
                 view! {
                     <form method="post" action="/security/app-passwords">
-                        <input type="hidden" name="csrf" value=csrf/>
+                        {crate::html::csrf_field(&csrf)}
                         <label for="app-name">"Name"</label>
                         <input type="text" id="app-name" name="name" placeholder="Outlook on the clinic PC" maxlength="64" required=true/>
                         <label for="app-scope">"For"</label>
@@ -497,7 +496,7 @@ fn sessions_view(
                     <td>
                         {(!current).then(|| view! {
                             <form class="inline" method="post" action="/security/sessions/end">
-                                <input type="hidden" name="csrf" value=csrf/>
+                                {crate::html::csrf_field(&csrf)}
                                 <input type="hidden" name="session" value=label/>
                                 <button type="submit" class="quiet">"Sign out"</button>
                             </form>
@@ -513,7 +512,7 @@ fn sessions_view(
             <h2>"Where you are signed in"</h2>
             <table><tr><th>"Browser"</th><th>"Address"</th><th>"Signed in"</th><th>"Last seen"</th><th></th></tr>{rows}</table>
             <form method="post" action="/security/sessions/end-all">
-                <input type="hidden" name="csrf" value=csrf/>
+                {crate::html::csrf_field(&csrf)}
                 <button type="submit" class="danger">"Sign out everywhere"</button>
             </form>
         </section>
@@ -542,68 +541,19 @@ fn sign_ins_view(credentials: &Credentials) -> impl IntoView {
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct TokenForm {
-    csrf: String,
-}
+crate::request::with_csrf!(CodeForm, IdForm, AppPasswordForm, SessionForm, PasswordForm);
 
-crate::request::with_csrf!(
-    TokenForm,
-    CodeForm,
-    IdForm,
-    AppPasswordForm,
-    SessionForm,
-    PasswordForm
-);
-
-/// A form of a signed-in session (with `ENROLLING`, of an enrolling one too) whose CSRF token
-/// matches: the session, the account, its credential record, the form and the client.
-/// Anything else is answered before the handler runs: no session, a redirect to sign in; an
-/// enrolling session at a form that is not enrolment, back to the page; a wrong or missing
-/// token or a malformed form, 403 with nothing changed. So a session that owes its first
-/// factor can enrol it and sign out, and nothing more (no revoking, no ending sessions).
-pub(crate) struct Checked<F, const ENROLLING: bool = false> {
-    found: Found,
-    account: Account,
-    credentials: Credentials,
-    form: F,
-    peer: Peer,
-}
-
-impl<F, const ENROLLING: bool> axum::extract::FromRequest<Arc<WebState>> for Checked<F, ENROLLING>
-where
-    F: serde::de::DeserializeOwned + WithCsrf + Send + 'static,
-{
-    type Rejection = Response;
-
-    async fn from_request(
-        request: axum::extract::Request,
-        state: &Arc<WebState>,
-    ) -> Result<Self, Response> {
-        let peer = request
-            .extensions()
-            .get::<Peer>()
-            .copied()
-            .ok_or_else(forbidden)?;
-        let Some((found, account, credentials)) = current(state, request.headers()).await else {
-            return Err(see_other("/sign-in"));
-        };
-        if !ENROLLING && !found.session.signed_in() {
-            return Err(see_other("/security"));
-        }
-        let Form(form) = Form::<F>::from_request(request, state)
-            .await
-            .map_err(|_| forbidden())?;
-        if !found.session.csrf_ok(form.csrf()) {
-            return Err(forbidden());
-        }
-        Ok(Self {
-            found,
-            account,
-            credentials,
-            form,
-            peer,
-        })
+/// The account's credential record, or the answer when it cannot be read (nothing is
+/// decided on a record that is not there).
+async fn credentials_of(state: &Arc<WebState>, account: &Account) -> Result<Credentials, Response> {
+    let (state, id) = (state.clone(), account.id);
+    match blocking(move || Credentials::load(&state.store, id)).await {
+        Some(Ok(credentials)) => Ok(credentials),
+        _ => Err(crate::html::message_page_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "Your account's security settings could not be read just now; nothing was changed.",
+        )),
     }
 }
 
@@ -656,15 +606,17 @@ const TOTP_NOT_FOR_ROLE: &str =
 
 pub(crate) async fn totp_start(
     State(state): State<Arc<WebState>>,
-    checked: Checked<TokenForm, true>,
-) -> Response {
-    let Checked {
+    Enrolling {
         mut found,
         account,
-        credentials,
-        form: _,
         peer: _,
-    } = checked;
+    }: Enrolling,
+    Csrf(_): Csrf<TokenForm>,
+) -> Response {
+    let credentials = match credentials_of(&state, &account).await {
+        Ok(credentials) => credentials,
+        Err(response) => return response,
+    };
     if !may_change_factors(&found, &credentials) {
         return see_other("/reauth");
     }
@@ -731,15 +683,17 @@ pub(crate) struct CodeForm {
 
 pub(crate) async fn totp_confirm(
     State(state): State<Arc<WebState>>,
-    checked: Checked<CodeForm, true>,
-) -> Response {
-    let Checked {
+    Enrolling {
         mut found,
         account,
-        credentials,
-        form,
         peer,
-    } = checked;
+    }: Enrolling,
+    Csrf(form): Csrf<CodeForm>,
+) -> Response {
+    let credentials = match credentials_of(&state, &account).await {
+        Ok(credentials) => credentials,
+        Err(response) => return response,
+    };
     if !may_change_factors(&found, &credentials) {
         return see_other("/reauth");
     }
@@ -851,15 +805,17 @@ fn keeps_enough(
 
 pub(crate) async fn totp_remove(
     State(state): State<Arc<WebState>>,
-    checked: Checked<TokenForm>,
-) -> Response {
-    let Checked {
+    SignedIn {
         found,
         account,
-        credentials,
-        form: _,
         peer,
-    } = checked;
+    }: SignedIn,
+    Csrf(_): Csrf<TokenForm>,
+) -> Response {
+    let credentials = match credentials_of(&state, &account).await {
+        Ok(credentials) => credentials,
+        Err(response) => return response,
+    };
     if credentials.totp.is_none() {
         return show(&state, &found, &account, &credentials, Outcome::none()).await;
     }
@@ -900,15 +856,17 @@ pub(crate) async fn totp_remove(
 
 pub(crate) async fn recovery_codes(
     State(state): State<Arc<WebState>>,
-    checked: Checked<TokenForm>,
-) -> Response {
-    let Checked {
+    SignedIn {
         found,
         account,
-        credentials,
-        form: _,
         peer,
-    } = checked;
+    }: SignedIn,
+    Csrf(_): Csrf<TokenForm>,
+) -> Response {
+    let credentials = match credentials_of(&state, &account).await {
+        Ok(credentials) => credentials,
+        Err(response) => return response,
+    };
     if !may_change_factors(&found, &credentials) {
         return see_other("/reauth");
     }
@@ -1081,15 +1039,17 @@ pub(crate) struct IdForm {
 
 pub(crate) async fn passkey_remove(
     State(state): State<Arc<WebState>>,
-    checked: Checked<IdForm>,
-) -> Response {
-    let Checked {
+    SignedIn {
         found,
         account,
-        credentials,
-        form,
         peer,
-    } = checked;
+    }: SignedIn,
+    Csrf(form): Csrf<IdForm>,
+) -> Response {
+    let credentials = match credentials_of(&state, &account).await {
+        Ok(credentials) => credentials,
+        Err(response) => return response,
+    };
     if !credentials.passkeys.iter().any(|k| k.id == form.id) {
         return show(&state, &found, &account, &credentials, Outcome::none()).await;
     }
@@ -1139,15 +1099,17 @@ pub(crate) struct AppPasswordForm {
 
 pub(crate) async fn app_password_issue(
     State(state): State<Arc<WebState>>,
-    checked: Checked<AppPasswordForm>,
-) -> Response {
-    let Checked {
+    SignedIn {
         found,
         account,
-        credentials,
-        form,
         peer,
-    } = checked;
+    }: SignedIn,
+    Csrf(form): Csrf<AppPasswordForm>,
+) -> Response {
+    let credentials = match credentials_of(&state, &account).await {
+        Ok(credentials) => credentials,
+        Err(response) => return response,
+    };
     if !found.session.signed_in() {
         return see_other("/security");
     }
@@ -1201,15 +1163,13 @@ pub(crate) async fn app_password_issue(
 
 pub(crate) async fn app_password_revoke(
     State(state): State<Arc<WebState>>,
-    checked: Checked<IdForm>,
-) -> Response {
-    let Checked {
+    SignedIn {
         found,
         account,
-        credentials: _,
-        form,
         peer,
-    } = checked;
+    }: SignedIn,
+    Csrf(form): Csrf<IdForm>,
+) -> Response {
     let who = actor(&account, &peer);
     let (state2, id, app) = (state.clone(), account.id, form.id.clone());
     let _ = blocking(move || revoke_app_password(&state2.store, id, &app, &who)).await;
@@ -1230,15 +1190,13 @@ pub(crate) struct SessionForm {
 
 pub(crate) async fn session_end(
     State(state): State<Arc<WebState>>,
-    checked: Checked<SessionForm>,
-) -> Response {
-    let Checked {
+    SignedIn {
         found,
         account,
-        credentials: _,
-        form,
         peer,
-    } = checked;
+    }: SignedIn,
+    Csrf(form): Csrf<SessionForm>,
+) -> Response {
     let who = actor(&account, &peer);
     let (state2, id, label, this) = (state.clone(), account.id, form.session.clone(), found.id);
     let _ = blocking(move || {
@@ -1263,15 +1221,13 @@ pub(crate) async fn session_end(
 
 pub(crate) async fn sessions_end_all(
     State(state): State<Arc<WebState>>,
-    checked: Checked<TokenForm>,
-) -> Response {
-    let Checked {
+    SignedIn {
         found: _,
         account,
-        credentials: _,
-        form: _,
         peer,
-    } = checked;
+    }: SignedIn,
+    Csrf(_): Csrf<TokenForm>,
+) -> Response {
     let who = actor(&account, &peer);
     let (state2, id) = (state.clone(), account.id);
     let _ = blocking(move || websession::end(&state2.store, id, None, &who)).await;

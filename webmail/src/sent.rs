@@ -5,17 +5,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use leptos::prelude::*;
 use sealpost_storage::{Delivery, DeliveryLine, PickupState, QueueId, RecipientStatus};
 use serde::Deserialize;
 
 use crate::html::{render, when, Frame};
-use crate::mail::{actor_of, reader};
-use crate::request::{blocking, see_other};
-use crate::{Peer, WebState};
+use crate::mail::actor_of;
+use crate::request::{blocking, see_other, Csrf, SignedIn};
+use crate::WebState;
 
 #[derive(Deserialize, Default)]
 pub(crate) struct DoneQuery {
@@ -77,13 +77,9 @@ fn describe(line: &DeliveryLine, pickup: Option<PickupState>) -> (String, bool) 
 
 pub(crate) async fn list(
     State(state): State<Arc<WebState>>,
+    SignedIn { found, account, .. }: SignedIn,
     Query(query): Query<DoneQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (found, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let (state2, id) = (state.clone(), account.id);
     let Some(Ok(deliveries)) = blocking(move || state2.store.deliveries(id)).await else {
         return crate::mail::not_found();
@@ -121,12 +117,7 @@ pub(crate) async fn list(
         .collect();
     let done = query.done.map(|_| "Sent.".to_string());
     render(
-        Frame {
-            title: "Sent to outside recipients",
-            csrf: Some(&found.session.csrf),
-            account: Some((&account.address, &found.session.csrf)),
-            script: false,
-        },
+        Frame::new("Sent to outside recipients").account(&account.address, &found.session.csrf),
         view! {
             {crate::html::notice_line(done)}
             <p class="muted">"Mail to people inside the organisation is delivered at once; below is what became of mail to outside recipients."</p>
@@ -141,14 +132,10 @@ pub(crate) async fn list(
 
 pub(crate) async fn status(
     State(state): State<Arc<WebState>>,
+    SignedIn { found, account, .. }: SignedIn,
     Path(queue): Path<String>,
     Query(query): Query<DoneQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (found, account) = match reader(&state, &headers).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let Ok(queue) = queue.parse::<QueueId>() else {
         return crate::mail::not_found();
     };
@@ -188,7 +175,7 @@ pub(crate) async fn status(
                 let (csrf, action, address) = (csrf.clone(), action.clone(), line.address.clone());
                 view! {
                     <form method="post" action=action class="inline">
-                        <input type="hidden" name="csrf" value=csrf/>
+                        {crate::html::csrf_field(&csrf)}
                         <input type="hidden" name="recipient" value=address/>
                         <button type="submit" class="danger">{label}</button>
                     </form>
@@ -204,7 +191,7 @@ pub(crate) async fn status(
                 );
                 view! {
                     <form method="post" action=action class="inline">
-                        <input type="hidden" name="csrf" value=csrf/>
+                        {crate::html::csrf_field(&csrf)}
                         <input type="hidden" name="recipient" value=address/>
                         <button type="submit" class="quiet">"Reset their portal passkey"</button>
                     </form>
@@ -224,12 +211,7 @@ pub(crate) async fn status(
     });
     let title = subject_of(&delivery);
     render(
-        Frame {
-            title: &title,
-            csrf: Some(&found.session.csrf),
-            account: Some((&account.address, &found.session.csrf)),
-            script: false,
-        },
+        Frame::new(&title).account(&account.address, &found.session.csrf),
         view! {
             <p><a href="/sent">"← Sent to outside recipients"</a></p>
             {crate::html::notice_line(done)}
@@ -249,35 +231,21 @@ pub(crate) struct RevokeForm {
     recipient: String,
 }
 
-/// A form about one recipient of one of the reader's sent messages: the account and the
-/// queue entry, once the session and its CSRF token check out (the same answers as every
-/// form otherwise).
-async fn recipient_form(
-    state: &Arc<WebState>,
-    headers: &HeaderMap,
-    form: &RevokeForm,
-    queue: &str,
-) -> Result<(sealpost_storage::Account, QueueId), Response> {
-    let (found, account) = reader(state, headers).await?;
-    if !found.session.csrf_ok(&form.csrf) {
-        return Err(crate::request::forbidden());
-    }
-    let queue = queue
-        .parse::<QueueId>()
-        .map_err(|_| crate::mail::not_found())?;
-    Ok((account, queue))
+crate::request::with_csrf!(RevokeForm);
+
+/// The queue entry a sent message's form names (404 for anything else).
+fn queue_of(queue: &str) -> Option<QueueId> {
+    queue.parse::<QueueId>().ok()
 }
 
 pub(crate) async fn revoke(
     State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
     Path(queue): Path<String>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<RevokeForm>,
+    SignedIn { account, peer, .. }: SignedIn,
+    Csrf(form): Csrf<RevokeForm>,
 ) -> Response {
-    let (account, queue) = match recipient_form(&state, &headers, &form, &queue).await {
-        Ok(checked) => checked,
-        Err(response) => return response,
+    let Some(queue) = queue_of(&queue) else {
+        return crate::mail::not_found();
     };
     let (state2, id, actor) = (state.clone(), account.id, actor_of(&account, &peer));
     let recipient = form.recipient;
@@ -296,14 +264,12 @@ pub(crate) async fn revoke(
 /// device); audited. Only for an address this message went to through the portal.
 pub(crate) async fn reset_passkey(
     State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
     Path(queue): Path<String>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<RevokeForm>,
+    SignedIn { account, peer, .. }: SignedIn,
+    Csrf(form): Csrf<RevokeForm>,
 ) -> Response {
-    let (account, queue) = match recipient_form(&state, &headers, &form, &queue).await {
-        Ok(checked) => checked,
-        Err(response) => return response,
+    let Some(queue) = queue_of(&queue) else {
+        return crate::mail::not_found();
     };
     let (state2, id, actor) = (state.clone(), account.id, actor_of(&account, &peer));
     let recipient = form.recipient;

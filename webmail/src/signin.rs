@@ -19,7 +19,8 @@ use crate::ceremony::Kind;
 use crate::html::{error_line, render, Frame};
 use crate::request::{
     agent, blocking, clear_cookie, forbidden, form_token, form_token_ok, json_error, now_ms,
-    script_token, see_other, session, set_cookie, stale_page, FORM_COOKIE, SESSION_COOKIE,
+    script_token, see_other, session, set_cookie, stale_page, Csrf, SignedIn, TokenForm,
+    FORM_COOKIE, SESSION_COOKIE,
 };
 use crate::{Peer, WebState};
 
@@ -44,7 +45,7 @@ fn sign_in_view(token: &str, error: Option<String>, address: &str) -> impl IntoV
         <section>
             <h2>"With your password"</h2>
             <form method="post" action="/sign-in">
-                <input type="hidden" name="csrf" value=token/>
+                {crate::html::csrf_field(&token)}
                 <label for="address">"Email address"</label>
                 <input type="email" id="address" name="address" value=address autocomplete="username" required=true/>
                 <label for="password">"Password"</label>
@@ -55,7 +56,7 @@ fn sign_in_view(token: &str, error: Option<String>, address: &str) -> impl IntoV
         <section>
             <h2>"With a passkey"</h2>
             <form data-passkey="sign-in" data-start="/passkey/sign-in/start" data-finish="/passkey/sign-in/finish">
-                <input type="hidden" name="csrf" value=token2/>
+                {crate::html::csrf_field(&token2)}
                 <label for="passkey-address">"Email address"</label>
                 <input type="email" id="passkey-address" name="address" value=address2 autocomplete="username webauthn" required=true/>
                 <button type="submit">"Sign in with a passkey"</button>
@@ -68,12 +69,7 @@ fn sign_in_view(token: &str, error: Option<String>, address: &str) -> impl IntoV
 pub(crate) async fn sign_in_page(headers: HeaderMap) -> Response {
     let (token, new) = form_token(&headers);
     let page = render(
-        Frame {
-            title: "Sign in",
-            csrf: Some(&token),
-            account: None,
-            script: true,
-        },
+        Frame::new("Sign in").token(&token).script(true),
         sign_in_view(&token, None, ""),
     );
     if new {
@@ -90,15 +86,12 @@ pub(crate) struct SignInForm {
     password: String,
 }
 
+crate::request::with_csrf!(SignInForm, ReauthForm);
+
 fn sign_in_again(headers: &HeaderMap, status: StatusCode, error: &str, address: &str) -> Response {
     let (token, _) = form_token(headers);
     let page = render(
-        Frame {
-            title: "Sign in",
-            csrf: Some(&token),
-            account: None,
-            script: true,
-        },
+        Frame::new("Sign in").token(&token).script(true),
         sign_in_view(&token, Some(error.to_string()), address),
     );
     (status, [set_cookie(FORM_COOKIE, &token)], page).into_response()
@@ -153,11 +146,8 @@ pub(crate) async fn sign_in(
     State(state): State<Arc<WebState>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Form(form): Form<SignInForm>,
+    Csrf(form): Csrf<SignInForm>,
 ) -> Response {
-    if !form_token_ok(&headers, &form.csrf) {
-        return forbidden();
-    }
     let login = form.address.trim().to_lowercase();
     if let Err(refusal) = state.lockout.check(&peer.0.ip().to_string(), &login) {
         audit(
@@ -411,7 +401,7 @@ fn second_factor_view(
             <section>
                 <h2>"Use your passkey"</h2>
                 <form data-passkey="sign-in" data-start="/passkey/sign-in/start" data-finish="/passkey/sign-in/finish">
-                    <input type="hidden" name="csrf" value=c1/>
+                    {crate::html::csrf_field(&c1)}
                     <input type="hidden" name="address" value=address/>
                     <button type="submit">"Use a passkey"</button>
                     <p class="passkey-status muted" role="status"></p>
@@ -422,7 +412,7 @@ fn second_factor_view(
             <section>
                 <h2>"Or a code from your authenticator app"</h2>
                 <form method="post" action="/second-factor">
-                    <input type="hidden" name="csrf" value=c2/>
+                    {crate::html::csrf_field(&c2)}
                     <label for="code">"Six-digit code"</label>
                     <input type="text" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required=true/>
                     <button type="submit">"Sign in"</button>
@@ -433,7 +423,7 @@ fn second_factor_view(
             <section>
                 <h2>"Or a recovery code"</h2>
                 <form method="post" action="/second-factor">
-                    <input type="hidden" name="csrf" value=c3/>
+                    {crate::html::csrf_field(&c3)}
                     <label for="recovery">"Recovery code"</label>
                     <input type="text" id="recovery" name="recovery" autocomplete="off" required=true/>
                     <button type="submit" class="quiet">"Sign in with a recovery code"</button>
@@ -485,12 +475,9 @@ pub(crate) async fn second_factor_page(
     };
     let (totp, recovery, passkeys) = offered(&state, &account, &credentials);
     render(
-        Frame {
-            title: "Second step",
-            csrf: Some(&found.session.csrf),
-            account: None,
-            script: passkeys,
-        },
+        Frame::new("Second step")
+            .token(&found.session.csrf)
+            .script(passkeys),
         second_factor_view(
             &found.session.csrf,
             &account.address,
@@ -633,12 +620,7 @@ fn second_factor_again(
     (
         StatusCode::UNAUTHORIZED,
         render(
-            Frame {
-                title: "Second step",
-                csrf: Some(csrf),
-                account: None,
-                script: passkeys,
-            },
+            Frame::new("Second step").token(csrf).script(passkeys),
             second_factor_view(
                 csrf,
                 &account.address,
@@ -839,11 +821,6 @@ pub(crate) async fn passkey_finish(
     Response::from_parts(parts, body)
 }
 
-#[derive(Deserialize)]
-pub(crate) struct TokenForm {
-    csrf: String,
-}
-
 pub(crate) async fn sign_out(
     State(state): State<Arc<WebState>>,
     Extension(peer): Extension<Peer>,
@@ -876,7 +853,7 @@ fn reauth_view(
         view! {
             <section>
                 <form method="post" action="/reauth">
-                    <input type="hidden" name="csrf" value=c2/>
+                    {crate::html::csrf_field(&c2)}
                     <label for="password">"Password"</label>
                     <input type="password" id="password" name="password" autocomplete="current-password" required=true/>
                     {totp.then(|| view! {
@@ -894,7 +871,7 @@ fn reauth_view(
         {passkeys.then(|| view! {
             <section>
                 <form data-passkey="sign-in" data-start="/passkey/sign-in/start" data-finish="/passkey/sign-in/finish">
-                    <input type="hidden" name="csrf" value=c1/>
+                    {crate::html::csrf_field(&c1)}
                     <input type="hidden" name="address" value=address/>
                     <button type="submit">"Confirm with a passkey"</button>
                     <p class="passkey-status muted" role="status"></p>
@@ -920,12 +897,9 @@ pub(crate) async fn reauth_page(
     };
     let (totp, passkeys) = (credentials.totp.is_some(), !credentials.passkeys.is_empty());
     render(
-        Frame {
-            title: "Confirm it is you",
-            csrf: Some(&found.session.csrf),
-            account: Some((&account.address, &found.session.csrf)),
-            script: passkeys,
-        },
+        Frame::new("Confirm it is you")
+            .account(&account.address, &found.session.csrf)
+            .script(passkeys),
         reauth_view(&found.session.csrf, &account.address, totp, passkeys, None),
     )
     .into_response()
@@ -941,19 +915,9 @@ pub(crate) struct ReauthForm {
 
 pub(crate) async fn reauth(
     State(state): State<Arc<WebState>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<ReauthForm>,
+    SignedIn { found, peer, .. }: SignedIn,
+    Csrf(form): Csrf<ReauthForm>,
 ) -> Response {
-    let Some(found) = session(&state, &headers)
-        .await
-        .filter(|f| f.session.signed_in())
-    else {
-        return see_other("/sign-in");
-    };
-    if !found.session.csrf_ok(&form.csrf) {
-        return forbidden();
-    }
     let Some((account, credentials)) = account_and_credentials(&state, found.account).await else {
         return see_other("/sign-in");
     };
@@ -1062,12 +1026,9 @@ fn again_reauth(
     (
         StatusCode::UNAUTHORIZED,
         render(
-            Frame {
-                title: "Confirm it is you",
-                csrf: Some(&found.session.csrf),
-                account: Some((&account.address, &found.session.csrf)),
-                script: passkeys,
-            },
+            Frame::new("Confirm it is you")
+                .account(&account.address, &found.session.csrf)
+                .script(passkeys),
             reauth_view(
                 &found.session.csrf,
                 &account.address,

@@ -459,7 +459,7 @@ async fn a_patient_with_a_passkey_is_never_mailed_a_code_and_the_sender_can_rese
         .post_form(
             &format!("/pickup/{token}/code"),
             "",
-            &format!("form={FORM_TOKEN}"),
+            &format!("csrf={FORM_TOKEN}"),
         )
         .await;
     assert_eq!(asked.status(), StatusCode::FORBIDDEN);

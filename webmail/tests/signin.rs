@@ -359,9 +359,20 @@ async fn a_console_action_needs_a_recent_confirmation_with_the_passkey() {
         (StatusCode::SEE_OTHER, "/reauth")
     );
     assert_eq!(web.store.audit_anchor(), before, "nothing done");
-    // Confirmed just now (a fresh passkey sign-in), it goes through.
+    // Confirmed just now (a fresh passkey sign-in), it goes through, with the session's own
+    // token only: the pre-session form cookie's token, matching its cookie, opens no session
+    // form (`request::Csrf` checks the token of the gate that found the session).
     session.strong_at_ms = Some(sealpost_storage::now_ms());
     sealpost_auth::websession::save(&web.store, admin, &found.id, &session, vec![]).unwrap();
+    let with_cookie_token = web
+        .post_form(
+            "/admin/lockouts/lift",
+            &cookie,
+            &format!("csrf={FORM_TOKEN}&login=doc%40clinic.test"),
+        )
+        .await;
+    assert_eq!(with_cookie_token.status(), StatusCode::FORBIDDEN);
+    assert_eq!(web.store.audit_anchor(), before, "nothing done");
     let lifted = web
         .post_form(
             "/admin/lockouts/lift",

@@ -357,7 +357,7 @@ impl Web {
             .post_form(
                 &format!("/pickup/{token}/code"),
                 "",
-                &format!("form={FORM_TOKEN}"),
+                &format!("csrf={FORM_TOKEN}"),
             )
             .await;
         assert_eq!(
@@ -389,7 +389,7 @@ impl Web {
             .post_form(
                 &format!("/pickup/{token}/verify"),
                 "",
-                &format!("form={FORM_TOKEN}&code={code}"),
+                &format!("csrf={FORM_TOKEN}&code={code}"),
             )
             .await;
         set_cookie(&verified, PORTAL_COOKIE).expect("a portal session after the right code")
