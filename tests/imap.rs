@@ -297,7 +297,7 @@ fn fidelity(port: u16, cafile: &std::path::Path, user: &str, password: &str) -> 
     )
 }
 
-/// RFC behaviour checked from the RFC's text (issue #27), on Sealpost and, to prove the checks
+/// RFC behaviour checked from the RFC's text, on Sealpost and, to prove the checks
 /// right, on the harness's Dovecot: atoms that start with "~", a parse error that leaves the
 /// session (and what was pipelined after it) going, SENT* dates as written.
 #[test]
@@ -342,7 +342,7 @@ fn stress(port: u16, cafile: &std::path::Path, user_format: &str, seconds: u32) 
 }
 
 /// Ten sessions over ten accounts for 20 s each, every untagged reply checked against a
-/// model of what the session must know (issue #27): first on the harness's Dovecot, which
+/// model of what the session must know: first on the harness's Dovecot, which
 /// must come out clean (else the model is wrong), then on Sealpost.
 #[test]
 fn ten_concurrent_sessions_keep_every_reply_consistent_on_dovecot_and_on_sealpost() {

@@ -1,4 +1,4 @@
-//! IMAP amplification against the real binary (issue #19, "Exhaustion"): one user sends, on
+//! IMAP amplification against the real binary (exhaustion): one user sends, on
 //! four connections at once, commands whose cost used to follow what the client wrote
 //! instead of the mailbox (huge overlapping sequence and UID sets, a huge QRESYNC known-UID
 //! set, CHANGEDSINCE/VANISHED over one, a megabyte LIST pattern of wildcards) and commands

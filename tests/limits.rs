@@ -1,4 +1,4 @@
-//! The network and login bounds of issue #19 ("Exhaustion"), against the real binary on
+//! The network and login bounds (against exhaustion), against the real binary on
 //! loopback: stalled TLS handshakes dropped on every listener (implicit TLS and after
 //! STARTTLS), strangers closed at the pre-login deadline however they trickle, a big literal
 //! before login refused without a continuation, every listener's connection cap answered

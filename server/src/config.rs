@@ -608,6 +608,16 @@ https = 443
         );
         check(
             "https = 443",
+            "https = 443\n[outbound]\nsmarthost = \" \"",
+            "\" \" is not host:port",
+        );
+        check(
+            "https = 443",
+            "https = 443\n[imap]\nquota_bytes = 1",
+            "unknown field `quota_bytes`",
+        );
+        check(
+            "https = 443",
             "https = 443\n[auth]\nfailures_per_account_max = 0",
             "auth.failures_per_account_max = 0 is outside 1..=10000",
         );

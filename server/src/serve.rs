@@ -628,6 +628,8 @@ impl sealpost_webmail::Outbox for WebOutbox {
                 peer: message.peer,
                 portal: message.portal,
             };
+            use sealpost_smtp::WebSendError as Why;
+            use sealpost_webmail::NotSent;
             let sent = sealpost_smtp::submit_from_web(
                 &self.store,
                 &self.shared,
@@ -635,7 +637,12 @@ impl sealpost_webmail::Outbox for WebOutbox {
                 account,
                 message,
             )
-            .await?;
+            .await
+            .map_err(|why| match why {
+                Why::TooMany(text) => NotSent::TooMany(text),
+                Why::Refused(text) => NotSent::Refused(text),
+                Why::Unavailable(text) => NotSent::Unavailable(text),
+            })?;
             Ok(sealpost_webmail::Sent { queue: sent.queue })
         })
     }

@@ -187,8 +187,6 @@ impl Store {
         actor: &Actor,
     ) -> Result<()> {
         let record = self.quarantine_record(account, id)?;
-        // Mail from others, as when it arrived: an account at or over its quota takes it not.
-        self.quota_allows(account, crate::message::QuotaRule::Room, record.size)?;
         let crypto = self.account_crypto(account)?;
         let inbox = self
             .mailbox_by_name(account, "INBOX")?
@@ -203,6 +201,9 @@ impl Store {
             .mailbox_locks
             .lock_many(account, &[inbox.0, backup.0]);
         let _blobs = self.inner.blob_locks.lock(account, 0);
+        // Mail from others, as when it arrived: an account at or over its quota takes it not.
+        // Checked under the account's blob lock, as COPY is, so two releases cannot both pass.
+        self.quota_allows(account, crate::message::QuotaRule::Room, record.size)?;
         let mut batch = Batch::default();
         let mut blobs = crate::message::BlobChanges::default();
         let mut published = Vec::new();

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::html::{error_line, notice_line, render, when, Frame};
 use crate::request::{
-    blocking, form_token, now_ms, see_other, set_cookie, Admin, Csrf, FORM_COOKIE,
+    blocking, form_token, now_ms, see_other, set_cookie, Admin, Csrf, FormCookie, FORM_COOKIE,
 };
 use crate::{Peer, WebState};
 use sealpost_console::{AccountAction, Outcome};
@@ -488,7 +488,7 @@ pub(crate) async fn enrol(
     State(state): State<Arc<WebState>>,
     Extension(peer): Extension<Peer>,
     Path(link): Path<String>,
-    Csrf(form): Csrf<EnrolForm>,
+    FormCookie(form): FormCookie<EnrolForm>,
 ) -> Response {
     let Some((id, secret)) = enrolment::parse(&link) else {
         return link_refused(LinkCheck::Invalid);

@@ -18,7 +18,9 @@ use crate::html::{button_form, error_line, notice_line, render, when, Frame};
 use crate::queue::day_ms;
 use crate::request::{blocking, now_ms, Admin, Csrf};
 use crate::WebState;
-use sealpost_console::discovery::{self, DiscoveryQuery, ExportKind};
+use sealpost_console::discovery::{
+    self, DiscoveryQuery, ExportError, ExportKind, DISCOVERY_WEB_HITS_MAX,
+};
 
 /// Largest export the web hands out, in bytes before encryption (it is built in memory);
 /// larger ones are `sealpost ediscovery export`'s.
@@ -387,9 +389,11 @@ pub(crate) async fn discovery_page(
 ) -> Response {
     let found_hits = if params.asked() {
         let (store, actor, query) = (state.store.clone(), actor(&me, &peer), params.query());
-        blocking(move || discovery::search_audited(&store, &actor, &query).ok())
-            .await
-            .flatten()
+        blocking(move || {
+            discovery::search_audited(&store, &actor, &query, DISCOVERY_WEB_HITS_MAX).ok()
+        })
+        .await
+        .flatten()
     } else {
         None
     };
@@ -488,19 +492,28 @@ pub(crate) async fn discovery_export(
     let (store, actor, query) = (state.store.clone(), actor(&me, &peer), form.params.query());
     let recipient = form.encrypt_to.clone();
     let done = blocking(move || {
-        let (hits, _) = discovery::search(&store, &query).map_err(|e| e.to_string())?;
+        let (hits, _) = discovery::search(&store, &query, DISCOVERY_WEB_HITS_MAX)
+            .map_err(|e| ExportError::Failed(e.to_string()))?;
         let total: u64 = hits.iter().map(|h| h.size).sum();
         if total > DISCOVERY_WEB_EXPORT_BYTES_MAX {
-            return Err(format!(
+            return Err(ExportError::Refused(format!(
                 "the messages take {total} bytes, over the web's {DISCOVERY_WEB_EXPORT_BYTES_MAX}: use sealpost ediscovery export"
-            ));
+            )));
         }
         let mut body = Vec::new();
-        discovery::export(&store, &actor, &query, kind, &recipient, &mut body)?;
+        discovery::export(
+            &store,
+            &actor,
+            &query,
+            kind,
+            &recipient,
+            DISCOVERY_WEB_HITS_MAX,
+            &mut body,
+        )?;
         Ok(body)
     })
     .await
-    .unwrap_or_else(|| Err("try again".into()));
+    .unwrap_or_else(|| Err(ExportError::Failed("the export stopped".into())));
     match done {
         Ok(body) => {
             let mut response = body.into_response();
@@ -515,11 +528,21 @@ pub(crate) async fn discovery_export(
             }
             response
         }
-        Err(why) => crate::html::message_page_status(
+        // The request cannot be exported as it is: say why, to be fixed.
+        Err(ExportError::Refused(why)) => crate::html::message_page_status(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Not exported",
             &format!("Not exported: {why}."),
         ),
+        // The server failed: nothing the admin can fix in the form; the log has it.
+        Err(failed @ ExportError::Failed(_)) => {
+            tracing::warn!(error = %failed, "eDiscovery export failed");
+            crate::html::message_page_status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Not exported",
+                "The export failed on the server; try again, and if it fails again the server's log says why.",
+            )
+        }
     }
 }
 

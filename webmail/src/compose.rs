@@ -45,11 +45,26 @@ pub struct Sent {
     pub queue: Option<QueueId>,
 }
 
+/// Why the outbox did not send a message, each a sentence for the author; the compose page
+/// answers 429, 422 or 503.
+#[derive(Debug, thiserror::Error)]
+pub enum NotSent {
+    /// The account's hourly budget is spent.
+    #[error("{0}")]
+    TooMany(String),
+    /// The message or a recipient is refused: the author can change it.
+    #[error("{0}")]
+    Refused(String),
+    /// The server cannot take it now; try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// The future `Outbox::send` returns.
-pub type Sending<'a> = Pin<Box<dyn Future<Output = Result<Sent, String>> + Send + 'a>>;
+pub type Sending<'a> = Pin<Box<dyn Future<Output = Result<Sent, NotSent>> + Send + 'a>>;
 
 /// Where the web hands a message to be sent: the same path as SMTP submission (the binary
-/// wires it to `sealpost_smtp::submit_from_web`). An error is a sentence for the author.
+/// wires it to `sealpost_smtp::submit_from_web`).
 pub trait Outbox: Send + Sync {
     fn send<'a>(&'a self, account: &'a Account, message: Outgoing) -> Sending<'a>;
 }
@@ -789,13 +804,12 @@ pub(crate) async fn submit(
             } else {
                 format!("Not sent: {error} Attach the files again before sending.")
             };
-            form_page(
-                &found.session.csrf,
-                &account,
-                draft,
-                Some(text),
-                StatusCode::UNPROCESSABLE_ENTITY,
-            )
+            let status = match error {
+                NotSent::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+                NotSent::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                NotSent::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            form_page(&found.session.csrf, &account, draft, Some(text), status)
         }
     }
 }

@@ -42,7 +42,7 @@ use sealpost_console::{AliasesChanged, EndMailSessions, HealthInfo};
 use sealpost_storage::Store;
 use tower::ServiceExt;
 
-pub use compose::{Outbox, Outgoing, Sending, Sent};
+pub use compose::{NotSent, Outbox, Outgoing, Sending, Sent};
 pub use health::{MetricsEndpoint, RenderMetrics};
 pub use html::Brand;
 pub use idle::HTTP_BODY_BYTES_PER_SECOND_MIN;

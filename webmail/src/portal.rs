@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::html::{render, when, Frame};
 use crate::request::{
     blocking, clear_cookie, cookie, form_token, form_token_ok, same_token, see_other, set_cookie,
-    Csrf, PortalVisitor, TokenForm,
+    Csrf, FormCookie, PortalVisitor, TokenForm,
 };
 use crate::{Peer, WebState};
 
@@ -784,7 +784,7 @@ pub(crate) async fn password_sign_in(
         token,
         peer,
     }: PickupLink,
-    Csrf(form): Csrf<PasswordForm>,
+    FormCookie(form): FormCookie<PasswordForm>,
 ) -> Response {
     if patient_keys(&state, &pickup.recipient).await.is_some() {
         return passkey_only();
@@ -998,7 +998,7 @@ pub(crate) async fn send_code(
         token,
         peer,
     }: PickupLink,
-    Csrf(_): Csrf<TokenForm>,
+    FormCookie(_): FormCookie<TokenForm>,
 ) -> Response {
     // An address with a passkey is never mailed a code: whoever reads its mail gets nothing.
     if patient_keys(&state, &pickup.recipient).await.is_some() {
@@ -1173,7 +1173,7 @@ pub(crate) async fn verify(
         token,
         peer,
     }: PickupLink,
-    Csrf(form): Csrf<CodeForm>,
+    FormCookie(form): FormCookie<CodeForm>,
 ) -> Response {
     // A code issued before the address registered a passkey opens nothing now.
     if patient_keys(&state, &pickup.recipient).await.is_some() {
@@ -1225,7 +1225,7 @@ pub(crate) async fn renew(
     State(state): State<Arc<WebState>>,
     Extension(peer): Extension<Peer>,
     Path(token): Path<String>,
-    Csrf(form): Csrf<TokenForm>,
+    FormCookie(form): FormCookie<TokenForm>,
 ) -> Response {
     let Some(pickup) = pickup_of_token(&state, token.clone()).await else {
         return unknown_link();

@@ -4,9 +4,10 @@
 //! session), `Enrolling` (one that may also still owe its first second factor), `Admin` and
 //! `Auditor` (the console's roles; a request that changes something also needs a recent
 //! confirmation with the passkey), `PortalVisitor` (a patient signed into the portal),
-//! `PickupLink` (a live pickup link of the path), and `Csrf<F>` (a form whose `csrf` field
-//! matches the token of the session the gate before it found, or before any session the form
-//! cookie's). A handler names what it needs in its arguments and checks nothing itself.
+//! `PickupLink` (a live pickup link of the path), `Csrf<F>` (a form whose `csrf` field
+//! matches the token of the session the gate before it found) and `FormCookie<F>` (a form
+//! before any session, whose token matches the form cookie's). A handler names what it needs
+//! in its arguments and checks nothing itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -182,10 +183,11 @@ fn peer_of(parts: &Parts) -> Option<Peer> {
     parts.extensions.get::<Peer>().copied()
 }
 
-/// A form (`application/x-www-form-urlencoded`) whose `csrf` field matches: the token of the
-/// session an earlier extractor found (`SignedIn`, `Enrolling`, `Admin`, `Auditor`,
-/// `PortalVisitor`), or, with none, the form cookie's (double submit). A malformed form or a
-/// wrong token is answered 403 and changes nothing.
+/// A form (`application/x-www-form-urlencoded`) of a session whose `csrf` field matches the
+/// session's token: the token the gate before it found (`SignedIn`, `Enrolling`, `Admin`,
+/// `Auditor`, `PortalVisitor`). Without such a gate it refuses (so a handler cannot take the
+/// pre-session form cookie for a session's token by leaving its gate out). A malformed form
+/// or a wrong token is answered 403 and changes nothing.
 pub(crate) struct Csrf<F>(pub(crate) F);
 
 impl<F> FromRequest<Arc<WebState>> for Csrf<F>
@@ -195,17 +197,38 @@ where
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &Arc<WebState>) -> Result<Self, Response> {
-        let expected = request.extensions().get::<ExpectedToken>().cloned();
+        let Some(ExpectedToken(token)) = request.extensions().get::<ExpectedToken>().cloned()
+        else {
+            return Err(forbidden());
+        };
+        let axum::Form(form) = axum::Form::<F>::from_request(request, state)
+            .await
+            .map_err(|_| forbidden())?;
+        if same_token(&token, form.csrf()) {
+            Ok(Self(form))
+        } else {
+            Err(forbidden())
+        }
+    }
+}
+
+/// A form sent before any session (sign-in, enrolment, a pickup link's page) whose `csrf`
+/// field matches the form cookie's token (double submit: another site can neither read nor
+/// set the `__Host-` cookie). 403 otherwise, changing nothing.
+pub(crate) struct FormCookie<F>(pub(crate) F);
+
+impl<F> FromRequest<Arc<WebState>> for FormCookie<F>
+where
+    F: serde::de::DeserializeOwned + WithCsrf + Send + 'static,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &Arc<WebState>) -> Result<Self, Response> {
         let headers = request.headers().clone();
         let axum::Form(form) = axum::Form::<F>::from_request(request, state)
             .await
             .map_err(|_| forbidden())?;
-        let sent = form.csrf();
-        let matches = match expected {
-            Some(ExpectedToken(token)) => same_token(&token, sent),
-            None => form_token_ok(&headers, sent),
-        };
-        if matches {
+        if form_token_ok(&headers, form.csrf()) {
             Ok(Self(form))
         } else {
             Err(forbidden())
@@ -231,8 +254,9 @@ async fn session_parts(
     Some((found, account))
 }
 
-/// A signed-in session: its record, its account and the client. Anyone else is sent to sign
-/// in (an enrolling session to finish enrolling first).
+/// A signed-in session: its record, its account and the client. Anyone else is sent to the
+/// start page, which sends each on by its stage (sign in, the second factor); an enrolling
+/// session to finish enrolling first.
 pub(crate) struct SignedIn {
     pub(crate) found: Found,
     pub(crate) account: Account,
@@ -255,7 +279,8 @@ impl FromRequestParts<Arc<WebState>> for SignedIn {
                 account,
                 peer,
             }),
-            None => Err(see_other("/sign-in")),
+            // No session, or one still owing its second factor: the start page sends each on.
+            None => Err(see_other("/")),
         }
     }
 }

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use leptos::prelude::*;
 use sealpost_auth::credentials::{
-    issue_app_password, revoke_app_password, Credentials, PasskeyFactor, TotpFactor,
-    CREDENTIAL_NAME_CHARS_MAX, PASSKEYS_MAX,
+    issue_app_password, revoke_app_password, AppPasswordRefused, Credentials, PasskeyFactor,
+    TotpFactor, CREDENTIAL_NAME_CHARS_MAX, PASSKEYS_MAX,
 };
 use sealpost_auth::websession::{self, Found, Stage};
 use sealpost_auth::{secrets, totp, Scope};
@@ -1147,7 +1147,27 @@ pub(crate) async fn app_password_issue(
             )
             .await
         }
-        Some(Err(why)) => show(&state, &found, &account, &credentials, Outcome::error(why)).await,
+        Some(Err(why @ (AppPasswordRefused::Name | AppPasswordRefused::TooMany))) => {
+            show(
+                &state,
+                &found,
+                &account,
+                &credentials,
+                Outcome::error(why.to_string()),
+            )
+            .await
+        }
+        Some(Err(AppPasswordRefused::Store(error))) => {
+            tracing::warn!(%error, "issuing an app password failed");
+            show(
+                &state,
+                &found,
+                &account,
+                &credentials,
+                Outcome::error("Try again shortly."),
+            )
+            .await
+        }
         None => {
             show(
                 &state,

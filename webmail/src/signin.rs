@@ -19,8 +19,8 @@ use crate::ceremony::Kind;
 use crate::html::{error_line, render, Frame};
 use crate::request::{
     agent, blocking, clear_cookie, forbidden, form_token, form_token_ok, json_error, now_ms,
-    script_token, see_other, session, set_cookie, stale_page, Csrf, SignedIn, TokenForm,
-    FORM_COOKIE, SESSION_COOKIE,
+    script_token, see_other, session, set_cookie, stale_page, Csrf, FormCookie, SignedIn,
+    TokenForm, FORM_COOKIE, SESSION_COOKIE,
 };
 use crate::{Peer, WebState};
 
@@ -146,7 +146,7 @@ pub(crate) async fn sign_in(
     State(state): State<Arc<WebState>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Csrf(form): Csrf<SignInForm>,
+    FormCookie(form): FormCookie<SignInForm>,
 ) -> Response {
     let login = form.address.trim().to_lowercase();
     if let Err(refusal) = state.lockout.check(&peer.0.ip().to_string(), &login) {

@@ -382,3 +382,34 @@ async fn a_console_action_needs_a_recent_confirmation_with_the_passkey() {
         .await;
     assert_eq!(lifted.status(), StatusCode::OK);
 }
+
+/// A session still owing its second factor is sent on by the start page (to the second-factor
+/// step), not back to the password: the gates of mail pages send it to `/`.
+#[tokio::test]
+async fn a_session_owing_its_second_factor_is_sent_to_the_start_page_from_mail_pages() {
+    let web = web();
+    let doc = web.account("doc@clinic.test", Role::Staff);
+    let cookie = web.signed_in(doc);
+    let value = cookie.strip_prefix(&format!("{SESSION_COOKIE}=")).unwrap();
+    let found = sealpost_auth::websession::resume(
+        &web.store,
+        value,
+        sealpost_storage::now_ms(),
+        &sealpost_auth::SignInSettings::default(),
+    )
+    .unwrap()
+    .unwrap();
+    let mut session = found.session.clone();
+    session.stage = Stage::SecondFactor;
+    sealpost_auth::websession::save(&web.store, doc, &found.id, &session, vec![]).unwrap();
+    for page in ["/mail", "/sent", "/quarantine", "/compose"] {
+        let answer = web.get(page, &cookie).await;
+        assert_eq!(
+            (answer.status(), location(&answer).as_str()),
+            (StatusCode::SEE_OTHER, "/"),
+            "{page}"
+        );
+    }
+    let start = web.get("/", &cookie).await;
+    assert_eq!(location(&start), "/second-factor");
+}

@@ -353,6 +353,20 @@ pub fn mail_login(
     })
 }
 
+/// Why no app password was issued.
+#[derive(Debug, thiserror::Error)]
+pub enum AppPasswordRefused {
+    /// The name is empty or longer than `CREDENTIAL_NAME_CHARS_MAX`.
+    #[error("give it a name of 1 to {CREDENTIAL_NAME_CHARS_MAX} characters")]
+    Name,
+    /// The account has `APP_PASSWORDS_MAX` already.
+    #[error("at most {APP_PASSWORDS_MAX} app passwords; revoke one first")]
+    TooMany,
+    /// The credential record could not be read or written.
+    #[error("the account's credentials could not be changed: {0}")]
+    Store(#[from] sealpost_storage::Error),
+}
+
 /// Issues an app password: the password (shown once) and the audit record. Refused past
 /// `APP_PASSWORDS_MAX` or with an empty or overlong name.
 pub fn issue_app_password(
@@ -361,20 +375,16 @@ pub fn issue_app_password(
     name: &str,
     scope: Scope,
     actor: &Actor,
-) -> Result<String, String> {
+) -> Result<String, AppPasswordRefused> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > CREDENTIAL_NAME_CHARS_MAX {
-        return Err(format!(
-            "give it a name of 1 to {CREDENTIAL_NAME_CHARS_MAX} characters"
-        ));
+        return Err(AppPasswordRefused::Name);
     }
     let (password, hash) = secrets::app_password();
     let mut refused = None;
     Credentials::update(store, account, |record| {
         if record.app_passwords.len() >= APP_PASSWORDS_MAX {
-            refused = Some(format!(
-                "at most {APP_PASSWORDS_MAX} app passwords; revoke one first"
-            ));
+            refused = Some(AppPasswordRefused::TooMany);
             return None;
         }
         let id = secrets::token(6);
@@ -396,8 +406,7 @@ pub fn issue_app_password(
             "app password {id} \"{name}\" for {}",
             scope.as_str()
         ))])
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     match refused {
         Some(why) => Err(why),
         None => Ok(password),

@@ -13,9 +13,13 @@ use sealpost_storage::{AccountId, Actor, AuditEvent, Error, MailboxId, Store};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-/// Messages one search finds at most: the hits and the export's manifest are held in memory
-/// (a few hundred bytes each, so about 300 MiB at the bound).
+/// Messages one search from the command line finds at most: the hits, the export's manifest
+/// and the zip's directory are held in memory (a few hundred bytes each, more with long
+/// subjects: about 0.5 GiB at the bound).
 pub const DISCOVERY_HITS_MAX: usize = 500_000;
+/// Messages one search from the console's page finds at most (the web's export is built in
+/// memory too; `sealpost ediscovery` takes the larger searches).
+pub const DISCOVERY_WEB_HITS_MAX: usize = 65_000;
 /// Bytes one export holds at most, before encryption, in bytes (256 GiB; the zip is ZIP64
 /// where it must be, and written as it goes, so only the disk it goes to bounds it).
 pub const DISCOVERY_EXPORT_BYTES_MAX: u64 = 256 * 1024 * 1024 * 1024;
@@ -198,8 +202,13 @@ fn hit_of(
 }
 
 /// What a search found: the messages (one per copy of the same message in an account:
-/// INBOX and BACKUP count once), and whether it stopped at `DISCOVERY_HITS_MAX`.
-pub fn search(store: &Store, query: &DiscoveryQuery) -> Result<(Vec<Hit>, bool), Error> {
+/// INBOX and BACKUP count once), and whether it stopped at `hits_max`
+/// (`DISCOVERY_HITS_MAX` or `DISCOVERY_WEB_HITS_MAX`).
+pub fn search(
+    store: &Store,
+    query: &DiscoveryQuery,
+    hits_max: usize,
+) -> Result<(Vec<Hit>, bool), Error> {
     let mut hits = Vec::new();
     for account in store.list_accounts()? {
         if query.held_only && !store.is_held(account.id)? {
@@ -215,7 +224,7 @@ pub fn search(store: &Store, query: &DiscoveryQuery) -> Result<(Vec<Hit>, bool),
             if seen.insert(key) {
                 hits.push(hit);
             }
-            hits.len() >= DISCOVERY_HITS_MAX
+            hits.len() >= hits_max
         };
         for mailbox in store.list_mailboxes(account.id)? {
             let uids: Vec<u32> = store
@@ -274,8 +283,9 @@ pub fn search_audited(
     store: &Store,
     actor: &Actor,
     query: &DiscoveryQuery,
+    hits_max: usize,
 ) -> Result<(Vec<Hit>, bool), Error> {
-    let found = search(store, query)?;
+    let found = search(store, query, hits_max)?;
     store.audit(
         AuditEvent::new(actor, "ediscovery.search", "mail of all accounts").detail(format!(
             "{} messages; {}",
@@ -398,6 +408,19 @@ fn mbox_entry(message: &[u8], date_ms: i64) -> Vec<u8> {
     out
 }
 
+/// Why an export wrote nothing, or stopped: what the person asked for cannot be exported
+/// (fix the request), or the server failed (try again; the log has it).
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A bad recipient, or a result past the bounds: nothing was written or audited.
+    #[error("{0}")]
+    Refused(String),
+    /// The store or the output failed; part of the export may have been written (useless:
+    /// the age stream was not finished, so it does not decrypt).
+    #[error("the export failed: {0}")]
+    Failed(String),
+}
+
 /// What an export wrote.
 pub struct Exported {
     pub messages: usize,
@@ -413,21 +436,26 @@ pub fn export(
     query: &DiscoveryQuery,
     kind: ExportKind,
     recipient: &str,
+    hits_max: usize,
     out: &mut dyn Write,
-) -> Result<Exported, String> {
-    let recipient = age::x25519::Recipient::from_str(recipient.trim())
-        .map_err(|why| format!("the recipient is not an age X25519 recipient (age1…): {why}"))?;
-    let (hits, truncated) = search(store, query).map_err(|e| e.to_string())?;
+) -> Result<Exported, ExportError> {
+    let failed = |e: &dyn std::fmt::Display| ExportError::Failed(e.to_string());
+    let recipient = age::x25519::Recipient::from_str(recipient.trim()).map_err(|why| {
+        ExportError::Refused(format!(
+            "the recipient is not an age X25519 recipient (age1…): {why}"
+        ))
+    })?;
+    let (hits, truncated) = search(store, query, hits_max).map_err(|e| failed(&e))?;
     if truncated {
-        return Err(format!(
-            "over {DISCOVERY_HITS_MAX} messages match; narrow the search (dates, accounts)"
-        ));
+        return Err(ExportError::Refused(format!(
+            "over {hits_max} messages match; narrow the search (dates, accounts)"
+        )));
     }
     let total: u64 = hits.iter().map(|h| h.size).sum();
     if total > DISCOVERY_EXPORT_BYTES_MAX {
-        return Err(format!(
+        return Err(ExportError::Refused(format!(
             "the messages take {total} bytes, over {DISCOVERY_EXPORT_BYTES_MAX}; narrow the search"
-        ));
+        )));
     }
     // Audited before a byte is written: an export that fails half-way is still on record.
     store
@@ -443,12 +471,12 @@ pub fn export(
                 query.describe()
             )),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(&e))?;
     let encryptor =
         age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-            .map_err(|e| e.to_string())?;
-    let mut encrypted = encryptor.wrap_output(out).map_err(|e| e.to_string())?;
-    let io = |e: std::io::Error| e.to_string();
+            .map_err(|e| failed(&e))?;
+    let mut encrypted = encryptor.wrap_output(out).map_err(|e| failed(&e))?;
+    let io = |e: std::io::Error| failed(&e);
     let mut entries = Vec::with_capacity(hits.len());
     {
         let mut zip = Zip::new(&mut encrypted);
@@ -464,28 +492,28 @@ pub fn export(
         match kind {
             ExportKind::Eml => {
                 for (n, hit) in hits.iter().enumerate() {
-                    let message = read_hit(store, hit).map_err(|e| e.to_string())?;
-                    let file = format!("{:05}.eml", n + 1);
+                    let message = read_hit(store, hit).map_err(|e| failed(&e))?;
+                    let file = format!("{:06}.eml", n + 1);
                     entries.push(describe(hit, file.clone(), &message));
                     zip.entry(&file, false, &mut std::iter::once(Ok(message)))
                         .map_err(io)?;
                 }
             }
             ExportKind::Mbox => {
-                let mut failed = None;
+                let mut stopped = None;
                 let mut parts = hits.iter().map_while(|hit| match read_hit(store, hit) {
                     Ok(message) => {
                         entries.push(describe(hit, "messages.mbox".into(), &message));
                         Some(Ok(mbox_entry(&message, hit.internal_date_ms)))
                     }
                     Err(error) => {
-                        failed = Some(error.to_string());
+                        stopped = Some(failed(&error));
                         None
                     }
                 });
                 zip.entry("messages.mbox", true, &mut parts).map_err(io)?;
                 drop(parts);
-                if let Some(error) = failed {
+                if let Some(error) = stopped {
                     return Err(error);
                 }
             }
@@ -497,7 +525,7 @@ pub fn export(
             messages: entries.len(),
             entries,
         };
-        let text = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+        let text = serde_json::to_vec_pretty(&manifest).map_err(|e| failed(&e))?;
         zip.entry("manifest.json", false, &mut std::iter::once(Ok(text)))
             .map_err(io)?;
         zip.finish().map_err(io)?;
@@ -567,6 +595,20 @@ mod tests {
             .unwrap();
         }
         zip.finish().unwrap();
+        // Python's reader (as an examiner would use) tests every entry's CRC too.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("many.zip");
+        std::fs::write(&file, &out).unwrap();
+        let python = std::process::Command::new("python3")
+            .args(["-m", "zipfile", "-t"])
+            .arg(&file)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            python.status.success(),
+            "{}",
+            String::from_utf8_lossy(&python.stderr)
+        );
         let mut read = zip::ZipArchive::new(std::io::Cursor::new(out)).unwrap();
         assert_eq!(read.len(), count, "the ZIP64 end record counts them all");
         let mut text = String::new();

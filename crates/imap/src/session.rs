@@ -53,7 +53,10 @@ pub struct ImapConfig {
     pub login_failures_per_connection_max: u32,
     /// Sessions one account may have open at once (the login gate counts them).
     pub sessions_per_account_max: usize,
-    /// Storage quota reported by GETQUOTAROOT where an account has none set, in bytes.
+    /// Storage quota reported by GETQUOTAROOT where an account has none set, in bytes. Not a
+    /// file key: it enforces nothing (the store's per-account quota does), so an operator must
+    /// not be led to think it caps mailboxes.
+    #[serde(skip)]
     pub quota_bytes: u64,
     /// Largest literal before login, in bytes (a LOGIN needs a few hundred): a stranger may
     /// not make the server hold `message_bytes_max`. A larger synchronising literal is refused

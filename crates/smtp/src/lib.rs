@@ -26,5 +26,5 @@ pub use session::{
     serve_session, ListenerRole, SmtpConfig, SmtpConnection, TlsDescription, TlsUpgrade,
 };
 pub use shared::{Aliases, SmtpShared};
-pub use submit::{submit_from_web, WebMessage, WebSent};
+pub use submit::{submit_from_web, WebMessage, WebSendError, WebSent};
 pub use verify::{dns_answers, DnsKind, InboundAuth, InboundPolicy, Verdict};

@@ -138,7 +138,9 @@ mod host_port {
         deserializer: D,
     ) -> Result<Option<(String, u16)>, D::Error> {
         let text = String::deserialize(deserializer)?;
-        if text.trim().is_empty() {
+        // Only the empty string means none: `" "` is a mistake, not a choice to deliver
+        // straight to the recipients' servers past a relay the site requires.
+        if text.is_empty() {
             return Ok(None);
         }
         text.rsplit_once(':')

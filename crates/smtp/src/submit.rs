@@ -702,6 +702,34 @@ pub struct WebSent {
     pub outside: Vec<(String, Option<String>)>,
 }
 
+/// Why a message from the web was not sent, each a sentence for the author: what callers
+/// answer differs (the web: 429, 422, 503).
+#[derive(Debug, thiserror::Error)]
+pub enum WebSendError {
+    /// The account's hourly budget is spent.
+    #[error("{0}")]
+    TooMany(String),
+    /// The message or a recipient is refused (an address, a rule, the size): the author can
+    /// change it.
+    #[error("{0}")]
+    Refused(String),
+    /// The server cannot take it now (a recipient's full mailbox, the store): nothing the
+    /// author can change; try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl WebSendError {
+    /// SMTP's refusal as the author reads it, `before` its text.
+    fn of(refused: &Refused, before: &str) -> Self {
+        let text = format!("{before}{}", reply_text(refused.reply()));
+        match refused {
+            Refused::Error(_) => Self::Refused(text),
+            Refused::Transient(_) => Self::Unavailable(text),
+        }
+    }
+}
+
 /// Sends a message from the web exactly as a submission over SMTP would go (the From check,
 /// recipient rules, content rules, queue, BACKUP), and keeps a copy in Sent. Errors are
 /// sentences for the author.
@@ -711,30 +739,33 @@ pub async fn submit_from_web(
     config: &crate::SmtpConfig,
     account: &Account,
     message: WebMessage,
-) -> Result<WebSent, String> {
+) -> Result<WebSent, WebSendError> {
     let max = config.messages_per_hour_per_account_max;
     if !shared.may_submit(account.id, max) {
-        return Err(format!(
+        return Err(WebSendError::TooMany(format!(
             "You sent {max} messages in the last hour, the most allowed; try again later."
-        ));
+        )));
     }
     let mut recipients: Vec<String> = Vec::new();
     for written in &message.recipients {
         let Some(address) = normalize_address(written) else {
-            return Err(format!("\"{}\" is not an email address.", written.trim()));
+            return Err(WebSendError::Refused(format!(
+                "\"{}\" is not an email address.",
+                written.trim()
+            )));
         };
         if !recipients.contains(&address) {
             recipients.push(address);
         }
     }
     if recipients.is_empty() {
-        return Err("Name at least one recipient.".into());
+        return Err(WebSendError::Refused("Name at least one recipient.".into()));
     }
     if recipients.len() > config.recipients_per_message_max {
-        return Err(format!(
+        return Err(WebSendError::Refused(format!(
             "A message may have at most {} recipients.",
             config.recipients_per_message_max
-        ));
+        )));
     }
     let mut classified = Vec::with_capacity(recipients.len());
     for address in recipients {
@@ -751,7 +782,7 @@ pub async fn submit_from_web(
         .await
         {
             Ok(recipient) => classified.push(recipient),
-            Err(refused) => return Err(format!("{address}: {}", reply_text(refused.reply()))),
+            Err(refused) => return Err(WebSendError::of(&refused, &format!("{address}: "))),
         }
     }
     let id = crate::headers::session_id();
@@ -765,10 +796,10 @@ pub async fn submit_from_web(
         None,
     );
     if (prefix.len() + message.raw.len()) as u64 > config.message_bytes_max {
-        return Err(format!(
+        return Err(WebSendError::Refused(format!(
             "The message is larger than the {} bytes allowed.",
             config.message_bytes_max
-        ));
+        )));
     }
     let accept_ = Accept {
         prefix,
@@ -798,7 +829,7 @@ pub async fn submit_from_web(
                 .map(|r| (r.address, r.portal))
                 .collect(),
         }),
-        Err(refused) => Err(reply_text(refused.reply())),
+        Err(refused) => Err(WebSendError::of(&refused, "")),
     }
 }
 

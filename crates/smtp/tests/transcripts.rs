@@ -381,7 +381,11 @@ async fn web_submissions_get_crlf_line_ends_one_of_each_field_and_clean_recipien
     )
     .await
     .unwrap_err();
-    assert_eq!(refused, "Message has 2 To fields; RFC 5322 allows one.");
+    assert!(
+        matches!(&refused, sealpost_smtp::WebSendError::Refused(text)
+            if text == "Message has 2 To fields; RFC 5322 allows one."),
+        "{refused:?}"
+    );
     for injected in [
         "spy@elsewhere.example>\r\nRCPT TO:<carol@elsewhere.example",
         "carol@elsewhere.example\rRCPT TO:<spy@elsewhere.example>",
@@ -393,8 +397,9 @@ async fn web_submissions_get_crlf_line_ends_one_of_each_field_and_clean_recipien
             .await
             .unwrap_err();
         assert!(
-            refused.contains("is not an email address"),
-            "{injected:?}: {refused}"
+            matches!(&refused, sealpost_smtp::WebSendError::Refused(text)
+                if text.contains("is not an email address")),
+            "{injected:?}: {refused:?}"
         );
     }
     assert!(
@@ -444,6 +449,26 @@ async fn web_submissions_get_crlf_line_ends_one_of_each_field_and_clean_recipien
     assert_eq!(
         dan.portal.as_deref(),
         Some("the sender asked for a passphrase")
+    );
+
+    // Past the hourly budget the refusal says so as its own kind (the web answers 429, not
+    // the 422 of a message the author can change).
+    let spent = SmtpConfig {
+        messages_per_hour_per_account_max: 2,
+        ..config.clone()
+    };
+    let refused = submit_from_web(
+        &store,
+        &shared,
+        &spent,
+        &alice,
+        message(proof, "dan@elsewhere.example"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&refused, sealpost_smtp::WebSendError::TooMany(text) if text.contains("last hour")),
+        "{refused:?}"
     );
 }
 

@@ -267,7 +267,12 @@ pub(super) fn ediscovery(command: DiscoveryCommand, run: &mut Run<'_>) -> anyhow
     match command {
         DiscoveryCommand::Search { query, json, .. } => {
             let query = query.query()?;
-            let (hits, truncated) = discovery::search_audited(run.store(), &run.actor, &query)?;
+            let (hits, truncated) = discovery::search_audited(
+                run.store(),
+                &run.actor,
+                &query,
+                discovery::DISCOVERY_HITS_MAX,
+            )?;
             for hit in &hits {
                 if json {
                     let line = serde_json::json!({
@@ -315,13 +320,22 @@ pub(super) fn ediscovery(command: DiscoveryCommand, run: &mut Run<'_>) -> anyhow
                     &query,
                     kind,
                     &encrypt_to,
+                    discovery::DISCOVERY_HITS_MAX,
                     &mut *run.out,
                 )
                 .map_err(|why| anyhow::anyhow!("{why}"))?
             } else {
                 write_whole(&to, 0o600, |file| {
-                    discovery::export(run.store(), &run.actor, &query, kind, &encrypt_to, file)
-                        .map_err(|why| anyhow::anyhow!("{why}"))
+                    discovery::export(
+                        run.store(),
+                        &run.actor,
+                        &query,
+                        kind,
+                        &encrypt_to,
+                        discovery::DISCOVERY_HITS_MAX,
+                        file,
+                    )
+                    .map_err(|why| anyhow::anyhow!("{why}"))
                 })?
             };
             writeln!(
