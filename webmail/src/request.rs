@@ -340,43 +340,40 @@ async fn console_parts(
     Ok((found, account, peer))
 }
 
-/// An admin's console session (see `console_parts`).
-pub(crate) struct Admin {
-    pub(crate) found: Found,
-    pub(crate) me: Account,
-    pub(crate) peer: Peer,
+/// A console gate: `$name` admits a session whose role is in `$roles` (see `console_parts`).
+macro_rules! console_gate {
+    ($(#[$doc:meta])* $name:ident, $roles:expr) => {
+        $(#[$doc])*
+        pub(crate) struct $name {
+            pub(crate) found: Found,
+            pub(crate) me: Account,
+            pub(crate) peer: Peer,
+        }
+
+        impl FromRequestParts<Arc<WebState>> for $name {
+            type Rejection = Response;
+
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &Arc<WebState>,
+            ) -> Result<Self, Response> {
+                let (found, me, peer) = console_parts(parts, state, $roles).await?;
+                Ok(Self { found, me, peer })
+            }
+        }
+    };
 }
 
-impl FromRequestParts<Arc<WebState>> for Admin {
-    type Rejection = Response;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<WebState>,
-    ) -> Result<Self, Response> {
-        let (found, me, peer) = console_parts(parts, state, &[Role::Admin]).await?;
-        Ok(Self { found, me, peer })
-    }
-}
-
-/// An admin's or an auditor's console session (the audit and eDiscovery pages).
-pub(crate) struct Auditor {
-    pub(crate) found: Found,
-    pub(crate) me: Account,
-    pub(crate) peer: Peer,
-}
-
-impl FromRequestParts<Arc<WebState>> for Auditor {
-    type Rejection = Response;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<WebState>,
-    ) -> Result<Self, Response> {
-        let (found, me, peer) = console_parts(parts, state, &[Role::Admin, Role::Auditor]).await?;
-        Ok(Self { found, me, peer })
-    }
-}
+console_gate!(
+    /// An admin's console session: every console page but the audit log's.
+    Admin,
+    &[Role::Admin]
+);
+console_gate!(
+    /// An admin's or an auditor's console session: the audit log's pages.
+    Auditor,
+    &[Role::Admin, Role::Auditor]
+);
 
 /// A patient signed into the portal: the recipient address and the client; the portal
 /// session's CSRF token becomes the one forms must carry. Anyone else is told to open their
