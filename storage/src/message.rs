@@ -296,6 +296,11 @@ impl Store {
         if target.quota == QuotaRule::Exempt || target.mailboxes.is_empty() {
             return Ok(());
         }
+        // One read when no quota is set (the common case, and APPEND's hot path): the
+        // mailboxes are looked at only for an account that has one.
+        let Some(limit) = self.quota(target.account)? else {
+            return Ok(());
+        };
         let backup = self
             .mailbox_by_special_use(target.account, SpecialUse::Backup)?
             .map(|m| m.id);
@@ -304,10 +309,12 @@ impl Store {
             .iter()
             .filter(|m| Some(**m) != backup)
             .count() as u64;
-        if copies == 0 {
-            return Ok(());
-        }
-        self.quota_allows(target.account, target.quota, size.saturating_mul(copies))
+        self.refuse_past(
+            target.account,
+            target.quota,
+            size.saturating_mul(copies),
+            limit,
+        )
     }
 
     /// Refuses (`Error::OverQuota`) adding `added` bytes to the folders that count, by `rule`.
@@ -320,9 +327,23 @@ impl Store {
         if rule == QuotaRule::Exempt || added == 0 {
             return Ok(());
         }
-        let Some(limit) = self.quota(account)? else {
+        match self.quota(account)? {
+            Some(limit) => self.refuse_past(account, rule, added, limit),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses adding `added` bytes by `rule` to an account whose quota is `limit`.
+    fn refuse_past(
+        &self,
+        account: AccountId,
+        rule: QuotaRule,
+        added: u64,
+        limit: u64,
+    ) -> Result<()> {
+        if rule == QuotaRule::Exempt || added == 0 {
             return Ok(());
-        };
+        }
         let used = self.quota_usage(account)?;
         let refused = match rule {
             QuotaRule::Room => used >= limit,
