@@ -618,6 +618,9 @@ impl Store {
         &self,
         account: AccountId,
     ) -> Result<Vec<(MailboxId, MailboxRecord)>> {
+        self.inner
+            .mailbox_scans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let crypto = self.account_crypto(account)?;
         let from = keys::mailbox(account, MailboxId(keys::ACCOUNT_STATE_SLOT + 1));
         let to = keys::account(AccountId(account.0 + 1));

@@ -237,17 +237,24 @@ impl Store {
     /// The folders of a target's placement (BACKUP added), or its hold.
     fn resolve(&self, target: &DeliveryTarget) -> Result<Resolved> {
         let account = target.account;
+        // One read of the account's mailboxes finds every folder a placement names.
+        let folders = match target.placement {
+            Placement::QueueOnly => Vec::new(),
+            _ => self.list_mailboxes(account)?,
+        };
         let special = |use_: SpecialUse| -> Result<MailboxId> {
-            Ok(self
-                .mailbox_by_special_use(account, use_)?
-                .ok_or(Error::MailboxNotFound)?
-                .id)
+            folders
+                .iter()
+                .find(|m| m.special_use == Some(use_))
+                .map(|m| m.id)
+                .ok_or(Error::MailboxNotFound)
         };
         let inbox = || -> Result<MailboxId> {
-            Ok(self
-                .mailbox_by_name(account, "INBOX")?
-                .ok_or(Error::MailboxNotFound)?
-                .id)
+            folders
+                .iter()
+                .find(|m| m.name.eq_ignore_ascii_case("INBOX"))
+                .map(|m| m.id)
+                .ok_or(Error::MailboxNotFound)
         };
         let mut held = None;
         let mailboxes = match &target.placement {
@@ -555,6 +562,14 @@ impl Store {
     pub fn chunks_opened(&self) -> u64 {
         self.inner
             .chunks_opened
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whole mailbox lists read (every mailbox record of an account decrypted) since the
+    /// store was opened: the hot paths (APPEND, delivery without a quota) read none.
+    pub fn mailbox_scans(&self) -> u64 {
+        self.inner
+            .mailbox_scans
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

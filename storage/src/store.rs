@@ -132,6 +132,8 @@ pub(crate) struct Inner {
     pub(crate) junk_hook: RwLock<Option<JunkHook>>,
     /// Body chunks opened (decrypted) since the store was opened: what reading mail cost.
     pub(crate) chunks_opened: std::sync::atomic::AtomicU64,
+    /// Whole mailbox lists read (each record decrypted) since the store was opened.
+    pub(crate) mailbox_scans: std::sync::atomic::AtomicU64,
 }
 
 /// Called with (account, the mailbox the messages went to, their UIDs there, whether they
@@ -290,6 +292,7 @@ impl Store {
                 plaintext,
                 junk_hook: RwLock::new(None),
                 chunks_opened: std::sync::atomic::AtomicU64::new(0),
+                mailbox_scans: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }

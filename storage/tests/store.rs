@@ -2207,3 +2207,32 @@ fn sent_by(account: sealpost_storage::AccountId, outbound: &Outbound) -> Deliver
         outbound: Some(outbound.clone()),
     }
 }
+
+/// The hot paths read no whole mailbox list beyond what they need: an APPEND to an account
+/// without a quota reads none, a delivery one per account (its folders found in one read).
+#[test]
+fn append_reads_no_mailbox_list_and_a_delivery_one() {
+    let fx = Fixture::new();
+    let store = fx.create();
+    let alice = add_account(&store, "alice");
+    let inbox = mailbox(&store, alice, "INBOX");
+    let raw = message(7, 3_000);
+    let new = NewMessage {
+        raw: &raw,
+        flags: Flags::new(),
+        internal_date: InternalDate::now(),
+        summary: b"",
+        search_text: b"",
+    };
+    let before = store.mailbox_scans();
+    store.append(alice, inbox, &new).unwrap();
+    assert_eq!(store.mailbox_scans(), before, "APPEND without a quota");
+    let target = DeliveryTarget {
+        account: alice,
+        placement: Placement::Inbox,
+        outbound: None,
+    };
+    let before = store.mailbox_scans();
+    store.deliver_all(&[target], &new, &|_| Vec::new()).unwrap();
+    assert_eq!(store.mailbox_scans(), before + 1, "one delivery");
+}
