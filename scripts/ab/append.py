@@ -35,9 +35,17 @@ def batch(name, mailbox):
         for i in range(k, len(msgs), 4):
             typ, dat = conns[k].append(mailbox, None, None, msgs[i])
             assert typ == 'OK', dat
-    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    errors = []
+    def guarded(k):
+        try:
+            work(k)
+        except Exception as e:  # a refused message fails the run, not just its thread
+            errors.append(f'connection {k}: {e!r}')
+    ts = [threading.Thread(target=guarded, args=(k,)) for k in range(4)]
     for t in ts: t.start()
     for t in ts: t.join()
+    if errors:
+        sys.exit(f'{name}: ' + '; '.join(errors))
     wall, used = time.perf_counter() - t0, cpu(pid) - c0
     for c in conns:
         c.logout()

@@ -24,9 +24,17 @@ def batch(name):
     def work(k):
         for i in range(k, len(msgs), 4):
             conns[k].sendmail('bench-sender@example.org', ['user1@harness.test'], msgs[i])
-    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    errors = []
+    def guarded(k):
+        try:
+            work(k)
+        except Exception as e:  # a refused message fails the run, not just its thread
+            errors.append(f'connection {k}: {e!r}')
+    ts = [threading.Thread(target=guarded, args=(k,)) for k in range(4)]
     for t in ts: t.start()
     for t in ts: t.join()
+    if errors:
+        sys.exit(f'{name}: ' + '; '.join(errors))
     wall, used = time.perf_counter() - t0, cpu(pid) - c0
     for c in conns: c.quit()
     return wall, used

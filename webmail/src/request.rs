@@ -236,22 +236,37 @@ where
     }
 }
 
-/// The session of this request and its account, if the session is at one of the stages
-/// `admit` takes; its CSRF token then becomes the one forms must carry.
+/// What the session of a request is to a gate.
+enum Session {
+    /// No session, or one at a stage the gate does not take.
+    Not,
+    /// A session the gate takes, whose account could not be read.
+    Unreadable,
+    /// A session the gate takes, and its account; its CSRF token is now the one forms must
+    /// carry. (Boxed: the record is large next to the other answers.)
+    Found(Box<(Found, Account)>),
+}
+
+/// The session of this request, if the session is at one of the stages `admit` takes.
 async fn session_parts(
     parts: &mut Parts,
     state: &Arc<WebState>,
     admit: fn(&Stage) -> bool,
-) -> Option<(Found, Account)> {
-    let found = session(state, &parts.headers)
+) -> Session {
+    let Some(found) = session(state, &parts.headers)
         .await
-        .filter(|f| admit(&f.session.stage))?;
+        .filter(|f| admit(&f.session.stage))
+    else {
+        return Session::Not;
+    };
     let (state, id) = (state.clone(), found.account);
-    let account = blocking(move || state.store.account(id)).await?.ok()?;
+    let Some(Ok(account)) = blocking(move || state.store.account(id)).await else {
+        return Session::Unreadable;
+    };
     parts
         .extensions
         .insert(ExpectedToken(found.session.csrf.clone()));
-    Some((found, account))
+    Session::Found(Box::new((found, account)))
 }
 
 /// A signed-in session: its record, its account and the client. Anyone else is sent to the
@@ -273,14 +288,19 @@ impl FromRequestParts<Arc<WebState>> for SignedIn {
         let peer = peer_of(parts).ok_or_else(forbidden)?;
         let enrolling = |stage: &Stage| matches!(stage, Stage::SignedIn(_) | Stage::Enrolment);
         match session_parts(parts, state, enrolling).await {
-            Some((found, _)) if !found.session.signed_in() => Err(see_other("/security")),
-            Some((found, account)) => Ok(Self {
-                found,
-                account,
-                peer,
-            }),
+            Session::Found(both) if !both.0.session.signed_in() => Err(see_other("/security")),
+            Session::Found(both) => {
+                let (found, account) = *both;
+                Ok(Self {
+                    found,
+                    account,
+                    peer,
+                })
+            }
             // No session, or one still owing its second factor: the start page sends each on.
-            None => Err(see_other("/")),
+            Session::Not => Err(see_other("/")),
+            // Not back to the start page, which would send a signed-in session here again.
+            Session::Unreadable => Err(see_other("/sign-in")),
         }
     }
 }
@@ -302,14 +322,17 @@ impl FromRequestParts<Arc<WebState>> for Enrolling {
     ) -> Result<Self, Response> {
         let peer = peer_of(parts).ok_or_else(forbidden)?;
         let admit = |stage: &Stage| matches!(stage, Stage::SignedIn(_) | Stage::Enrolment);
-        let (found, account) = session_parts(parts, state, admit)
-            .await
-            .ok_or_else(|| see_other("/sign-in"))?;
-        Ok(Self {
-            found,
-            account,
-            peer,
-        })
+        match session_parts(parts, state, admit).await {
+            Session::Found(both) => {
+                let (found, account) = *both;
+                Ok(Self {
+                    found,
+                    account,
+                    peer,
+                })
+            }
+            Session::Not | Session::Unreadable => Err(see_other("/sign-in")),
+        }
     }
 }
 
@@ -323,9 +346,10 @@ async fn console_parts(
 ) -> Result<(Found, Account, Peer), Response> {
     let peer = peer_of(parts).ok_or_else(forbidden)?;
     let signed_in = |stage: &Stage| matches!(stage, Stage::SignedIn(_));
-    let (found, account) = session_parts(parts, state, signed_in)
-        .await
-        .ok_or_else(|| see_other("/sign-in"))?;
+    let Session::Found(both) = session_parts(parts, state, signed_in).await else {
+        return Err(see_other("/sign-in"));
+    };
+    let (found, account) = *both;
     if !roles.contains(&account.role) {
         return Err(crate::html::message_page_status(
             StatusCode::FORBIDDEN,
