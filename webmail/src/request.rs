@@ -269,6 +269,17 @@ async fn session_parts(
     Session::Found(Box::new((found, account)))
 }
 
+/// A signed-in or enrolling session of this request (the stages an account's own pages take),
+/// with the client.
+async fn own_session(
+    parts: &mut Parts,
+    state: &Arc<WebState>,
+) -> Result<(Session, Peer), Response> {
+    let peer = peer_of(parts).ok_or_else(forbidden)?;
+    let own = |stage: &Stage| matches!(stage, Stage::SignedIn(_) | Stage::Enrolment);
+    Ok((session_parts(parts, state, own).await, peer))
+}
+
 /// A signed-in session: its record, its account and the client. Anyone else is sent to the
 /// start page, which sends each on by its stage (sign in, the second factor); an enrolling
 /// session to finish enrolling first.
@@ -285,12 +296,10 @@ impl FromRequestParts<Arc<WebState>> for SignedIn {
         parts: &mut Parts,
         state: &Arc<WebState>,
     ) -> Result<Self, Response> {
-        let peer = peer_of(parts).ok_or_else(forbidden)?;
-        let enrolling = |stage: &Stage| matches!(stage, Stage::SignedIn(_) | Stage::Enrolment);
-        match session_parts(parts, state, enrolling).await {
-            Session::Found(both) if !both.0.session.signed_in() => Err(see_other("/security")),
-            Session::Found(both) => {
-                let (found, account) = *both;
+        match own_session(parts, state).await? {
+            (Session::Found(both), _) if !both.0.session.signed_in() => Err(see_other("/security")),
+            (Session::Found(both), peer) => {
+                let Enrolling { found, account, .. } = Enrolling::of(*both, peer);
                 Ok(Self {
                     found,
                     account,
@@ -298,9 +307,9 @@ impl FromRequestParts<Arc<WebState>> for SignedIn {
                 })
             }
             // No session, or one still owing its second factor: the start page sends each on.
-            Session::Not => Err(see_other("/")),
+            (Session::Not, _) => Err(see_other("/")),
             // Not back to the start page, which would send a signed-in session here again.
-            Session::Unreadable => Err(see_other("/sign-in")),
+            (Session::Unreadable, _) => Err(see_other("/sign-in")),
         }
     }
 }
@@ -313,6 +322,16 @@ pub(crate) struct Enrolling {
     pub(crate) peer: Peer,
 }
 
+impl Enrolling {
+    fn of((found, account): (Found, Account), peer: Peer) -> Self {
+        Self {
+            found,
+            account,
+            peer,
+        }
+    }
+}
+
 impl FromRequestParts<Arc<WebState>> for Enrolling {
     type Rejection = Response;
 
@@ -320,18 +339,9 @@ impl FromRequestParts<Arc<WebState>> for Enrolling {
         parts: &mut Parts,
         state: &Arc<WebState>,
     ) -> Result<Self, Response> {
-        let peer = peer_of(parts).ok_or_else(forbidden)?;
-        let admit = |stage: &Stage| matches!(stage, Stage::SignedIn(_) | Stage::Enrolment);
-        match session_parts(parts, state, admit).await {
-            Session::Found(both) => {
-                let (found, account) = *both;
-                Ok(Self {
-                    found,
-                    account,
-                    peer,
-                })
-            }
-            Session::Not | Session::Unreadable => Err(see_other("/sign-in")),
+        match own_session(parts, state).await? {
+            (Session::Found(both), peer) => Ok(Self::of(*both, peer)),
+            _ => Err(see_other("/sign-in")),
         }
     }
 }
